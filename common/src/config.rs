@@ -1,0 +1,306 @@
+//! Configuration shared by every service, and the layered loader.
+//!
+//! Layers, later wins: built-in defaults → TOML file (`--config`) → environment
+//! (`TRAILGUARD_<SECTION>__<KEY>`, double underscore between levels, e.g.
+//! `TRAILGUARD_KAFKA__PARTITIONS=12`) → command-line flags. Unknown keys are errors, and every
+//! error names the key and where its value came from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Kafka connection, topics and client settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `HOST:PORT[,HOST:PORT...]` (flag `--brokers`, env `TRAILGUARD_BROKERS`).
+    pub brokers: String,
+    /// Topic names.
+    pub topics: Topics,
+    /// Create missing topics through the admin API at start-up.
+    pub create_topics: bool,
+    /// Partitions of topics created at start-up. Partitions bound how many instances of the
+    /// consuming service can share the work.
+    pub partitions: i32,
+    /// Replication factor of topics created at start-up (3 on a production cluster).
+    pub replication_factor: i32,
+    /// Any librdkafka setting, passed through as is: `"security.protocol" = "SASL_SSL"`,
+    /// `"sasl.mechanisms" = "SCRAM-SHA-512"`, `"ssl.ca.location"`, ... From the environment,
+    /// `TRAILGUARD_KAFKA__CLIENT__SECURITY_PROTOCOL` sets `security.protocol` (underscores
+    /// become dots).
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topics: Topics::default(),
+            create_topics: true,
+            partitions: 6,
+            replication_factor: 1,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.brokers.trim().is_empty() {
+            return Err(Error::config(
+                "kafka.brokers",
+                "must name at least one HOST:PORT",
+            ));
+        }
+        for broker in self.brokers.split(',') {
+            let ok = broker
+                .trim()
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(Error::config(
+                    "kafka.brokers",
+                    format!("`{broker}` is not HOST:PORT"),
+                ));
+            }
+        }
+        if self.partitions < 1 {
+            return Err(Error::config("kafka.partitions", "must be at least 1"));
+        }
+        if self.replication_factor < 1 {
+            return Err(Error::config(
+                "kafka.replication_factor",
+                "must be at least 1",
+            ));
+        }
+        self.topics.validate()
+    }
+
+    /// librdkafka settings from `client`, keys normalized (`security_protocol` → `security.protocol`).
+    pub fn client_settings(&self) -> impl Iterator<Item = (String, &str)> {
+        self.client.iter().map(|(k, v)| {
+            let key = if k.contains('.') {
+                k.clone()
+            } else {
+                k.replace('_', ".")
+            };
+            (key, v.as_str())
+        })
+    }
+}
+
+/// Topic names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    /// Normalized activities, keyed by principal.
+    pub activities: String,
+    /// Inputs that could not be processed, with the reason in headers.
+    pub dlq: String,
+    /// Alerts, keyed by entity.
+    pub alerts: String,
+    /// Action records (the audit trail of remediation), keyed by alert id.
+    pub actions: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            activities: "trailguard.activities".into(),
+            dlq: "trailguard.activities.dlq".into(),
+            alerts: "trailguard.alerts".into(),
+            actions: "trailguard.actions".into(),
+        }
+    }
+}
+
+impl Topics {
+    fn validate(&self) -> Result<(), Error> {
+        for (key, name) in [
+            ("kafka.topics.activities", &self.activities),
+            ("kafka.topics.dlq", &self.dlq),
+            ("kafka.topics.alerts", &self.alerts),
+            ("kafka.topics.actions", &self.actions),
+        ] {
+            let valid = !name.is_empty()
+                && name.len() <= 249
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(Error::config(
+                    key,
+                    format!("`{name}` is not a valid topic name (1-249 of [a-zA-Z0-9._-])"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The admin HTTP endpoint: `/metrics` and `/healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to listen on; port 0 picks a free port (logged at start-up).
+    pub listen: SocketAddr,
+}
+
+impl AdminConfig {
+    /// Default admin endpoint for a service.
+    pub fn on_port(port: u16) -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig::on_port(0)
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `auto` (pretty in a terminal, JSON otherwise), `pretty` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `info,trailguard_detect=debug`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty when stderr is a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Loads a service's configuration: `defaults` → `file` → `TRAILGUARD_*__*` env → `overrides`
+/// (the flags, as a partial structure with only the keys the user set).
+pub fn load<T>(defaults: &T, file: Option<&Path>, overrides: &impl Serialize) -> Result<T, Error>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(Error::config(
+                "--config",
+                format!("{} does not exist or is not a file", path.display()),
+            ));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    // Only variables with a `__` are configuration keys, so TRAILGUARD_BROKERS (a flag's env)
+    // and the scripts' own TRAILGUARD_* variables never collide with them.
+    figment = figment
+        .merge(
+            Env::prefixed("TRAILGUARD_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        )
+        .merge(Serialized::defaults(overrides));
+    figment.extract().map_err(|err| Error::Config {
+        key: err
+            .path
+            .iter()
+            .filter(|p| p.as_str() != "default")
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("."),
+        message: err.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Demo {
+        kafka: KafkaConfig,
+        log: LogConfig,
+    }
+
+    #[test]
+    fn layers_file_then_flags() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::config("test", e.to_string()))?;
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nbrokers = \"a:1\"\npartitions = 3\n[kafka.client]\n\"security.protocol\" = \"SSL\"\n",
+        )
+        .map_err(|e| Error::config("test", e.to_string()))?;
+        let flags = json!({"kafka": {"brokers": "b:2"}});
+        let cfg: Demo = load(&Demo::default(), Some(&path), &flags)?;
+        assert_eq!(cfg.kafka.brokers, "b:2");
+        assert_eq!(cfg.kafka.partitions, 3);
+        assert_eq!(
+            cfg.kafka
+                .client
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("SSL")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let flags = json!({"kafka": {"brokerz": "b:2"}});
+        let err = load(&Demo::default(), None, &flags)
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("brokerz"), "{err}");
+    }
+
+    #[test]
+    fn bad_brokers_named() {
+        let cfg = KafkaConfig {
+            brokers: "localhost".into(),
+            ..KafkaConfig::default()
+        };
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("kafka.brokers"), "{err}");
+    }
+
+    #[test]
+    fn client_keys_accept_env_style() {
+        let mut cfg = KafkaConfig::default();
+        cfg.client.insert("security_protocol".into(), "SSL".into());
+        let settings: Vec<_> = cfg.client_settings().collect();
+        assert_eq!(settings, vec![("security.protocol".to_string(), "SSL")]);
+    }
+}

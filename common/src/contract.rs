@@ -1,0 +1,625 @@
+//! The wire contract: what flows on Trailguard's topics.
+//!
+//! Every message is JSON. Each type carries a `schema_version`; consumers accept every version up
+//! to the one they were built with. Changes that only add optional fields keep the version; any
+//! other change bumps it. The JSON Schemas in `schemas/` are generated from these types
+//! (`cargo run -p trailguard-common --bin gen-schemas`) and a test fails when they drift.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Version of [`Activity`] this build writes.
+pub const ACTIVITY_SCHEMA_VERSION: u32 = 1;
+/// Version of [`Alert`] this build writes.
+pub const ALERT_SCHEMA_VERSION: u32 = 1;
+/// Version of [`ActionRecord`] this build writes.
+pub const ACTION_SCHEMA_VERSION: u32 = 1;
+
+/// One normalized CloudTrail record.
+///
+/// Published on the activities topic, keyed by [`Principal::key`], so every activity of one
+/// principal lands on one partition and meets the detector state kept for that principal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Activity {
+    /// Version of this structure; see [`ACTIVITY_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Stable identifier derived from several fields of the record (CloudTrail's `eventID` alone
+    /// is not unique in real data). The same record always yields the same id.
+    pub id: String,
+    /// CloudTrail's own `eventID`, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// When the event happened (CloudTrail `eventTime`), UTC.
+    pub event_time: DateTime<Utc>,
+    /// AWS service that recorded the event, e.g. `s3.amazonaws.com`.
+    pub event_source: String,
+    /// API or console action, e.g. `PutBucketAcl`, `ConsoleLogin`.
+    pub event_name: String,
+    /// CloudTrail `eventType` (`AwsApiCall`, `AwsConsoleSignIn`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// Account that received the event (`recipientAccountId`, else the principal's account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// AWS region (`awsRegion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// AWS partition (`aws`, `aws-cn`, `aws-us-gov`), from the principal ARN or the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Who acted.
+    pub principal: Principal,
+    /// `sourceIPAddress` when it is an IP address (leading-zero IPv4 accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub source_ip: Option<IpAddr>,
+    /// `sourceIPAddress` when it is not an IP: a service host name or `AWS Internal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_host: Option<String>,
+    /// `userAgent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// `readOnly`, when CloudTrail says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// Whether the action succeeded.
+    pub outcome: Outcome,
+    /// Resources the event touched (bucket names, instance ids, ARNs, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<Resource>,
+    /// `requestID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// `requestParameters`, kept as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_parameters: Option<Value>,
+    /// `responseElements`, kept as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_elements: Option<Value>,
+    /// `additionalEventData`, kept as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_event_data: Option<Value>,
+    /// Filled by detect: geo location and IP reputation of `source_ip`.
+    #[serde(default, skip_serializing_if = "Enrichment::is_empty")]
+    pub enrichment: Enrichment,
+}
+
+/// The identity behind an activity (CloudTrail `userIdentity`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Principal {
+    /// `userIdentity.type`: `Root`, `IAMUser`, `AssumedRole`, `FederatedUser`, `AWSService`,
+    /// `AWSAccount`, `IdentityCenterUser`, ... or `Unknown` when the record has none.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `userIdentity.arn` (empty ARNs, as Identity Center writes them, become absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    /// User, role or session name: `userName`, else the last ARN segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `userIdentity.accountId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// `userIdentity.principalId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    /// `userIdentity.accessKeyId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// For role sessions: the ARN of the role that issued the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_issuer_arn: Option<String>,
+    /// `sessionContext.attributes.mfaAuthenticated`, or `MFAUsed` of a console sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa_authenticated: Option<bool>,
+    /// `invokedBy`, when an AWS service acted on the principal's behalf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
+    /// True for the account root user.
+    pub is_root: bool,
+}
+
+impl Principal {
+    /// The partition key of every activity and the key of per-principal state: the ARN when
+    /// there is one, otherwise the best stable combination of account, type and name.
+    pub fn key(&self) -> String {
+        if let Some(arn) = &self.arn {
+            return arn.clone();
+        }
+        let account = self.account_id.as_deref().unwrap_or("-");
+        match (&self.name, &self.principal_id) {
+            (Some(name), _) => format!("{account}/{}/{name}", self.kind),
+            (None, Some(id)) => format!("{account}/{}/{id}", self.kind),
+            (None, None) => format!("{account}/{}", self.kind),
+        }
+    }
+
+    /// A short human form: the name, else the ARN, else the key.
+    pub fn display(&self) -> String {
+        self.name
+            .clone()
+            .or_else(|| self.arn.clone())
+            .unwrap_or_else(|| self.key())
+    }
+}
+
+/// Whether the recorded action succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Outcome {
+    /// `success` or `failure`.
+    pub status: OutcomeStatus,
+    /// `errorCode`, when the call failed with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// `errorMessage`, or `Failed authentication` for failed console sign-ins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+}
+
+/// Success or failure of an activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeStatus {
+    /// The call (or sign-in) succeeded.
+    Success,
+    /// The call failed (an `errorCode`) or the console sign-in said `Failure`.
+    Failure,
+}
+
+impl Outcome {
+    /// True when the activity succeeded.
+    pub fn is_success(&self) -> bool {
+        self.status == OutcomeStatus::Success
+    }
+}
+
+/// A resource an activity touched.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub struct Resource {
+    /// What it is: `s3-bucket`, `ec2-instance`, `cloudtrail-trail`, `iam-user`, `iam-role`,
+    /// `iam-policy`, `security-group`, `arn`, ...
+    pub kind: String,
+    /// Its name, id or ARN.
+    pub id: String,
+}
+
+/// Enrichment detect adds to an activity before policies see it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Enrichment {
+    /// Where `source_ip` is, from the configured MMDB database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo: Option<Geo>,
+    /// Categories of IP-intelligence lists `source_ip` is on (`tor`, `vpn`, `malicious`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_categories: Vec<String>,
+}
+
+impl Enrichment {
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.geo.is_none() && self.ip_categories.is_empty()
+    }
+}
+
+/// A geo location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Geo {
+    /// ISO 3166-1 alpha-2 country code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// City name, when the database has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// Latitude in degrees.
+    pub latitude: f64,
+    /// Longitude in degrees.
+    pub longitude: f64,
+}
+
+/// A finding raised by detect, published on the alerts topic keyed by [`Alert::entity`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Alert {
+    /// Version of this structure; see [`ALERT_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Stable id derived from the policy and the evidence: a replay raises the same id, so
+    /// consumers de-duplicate on it.
+    pub id: String,
+    /// Policy that raised it, e.g. `s3-bucket-public`.
+    pub policy_id: String,
+    /// Human name of the policy.
+    pub policy_name: String,
+    /// What kind of policy raised it.
+    pub kind: AlertKind,
+    /// How bad it is.
+    pub severity: Severity,
+    /// Event time of the activity that completed the evidence.
+    pub time: DateTime<Utc>,
+    /// What the alert is about (a bucket, a principal, a source IP).
+    pub entity: Entity,
+    /// The acting principal, when one is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Principal>,
+    /// Account the activity happened in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// Region the activity happened in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Why: the activities and a one-line summary a person can read.
+    pub evidence: Evidence,
+    /// MITRE ATT&CK mapping, where one fits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mitre: Vec<Mitre>,
+    /// Governance actions the policy asks remediate to take.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<RequestedAction>,
+}
+
+/// The kinds of policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// An activity policy (event-driven, optionally with a threshold over a window).
+    ActivityPolicy,
+    /// An anomaly against a learned baseline.
+    Anomaly,
+    /// A file (data) policy, e.g. a bucket is public.
+    FilePolicy,
+    /// A policy the user wrote in configuration.
+    Custom,
+}
+
+/// Alert severity, ordered.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Informational.
+    Low,
+    /// Worth a look.
+    Medium,
+    /// Act on it.
+    High,
+}
+
+impl Severity {
+    /// Lower-case name, for labels and display.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        }
+    }
+}
+
+/// The thing an alert is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Entity {
+    /// `s3-bucket`, `principal`, `source-ip`, `cloudtrail-trail`, ...
+    pub kind: String,
+    /// Its name or id.
+    pub id: String,
+}
+
+/// The evidence of an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Evidence {
+    /// Ids of the activities that make up the evidence, oldest first.
+    pub activity_ids: Vec<String>,
+    /// One line a person can read.
+    pub summary: String,
+}
+
+/// A MITRE ATT&CK mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Mitre {
+    /// Tactic name, e.g. `Defense Evasion`.
+    pub tactic: String,
+    /// Technique id, e.g. `T1562.008`.
+    pub technique_id: String,
+    /// Technique name.
+    pub technique: String,
+}
+
+/// The governance actions remediate can take.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Block public access, reset the ACL to private, drop public bucket-policy statements.
+    MakeBucketPrivate,
+    /// Remove a grantee from a bucket's ACL and policy.
+    RemoveCollaborator,
+    /// Tell the security team or the user.
+    Notify,
+    /// Revoke active sessions.
+    RequireSignIn,
+    /// Deactivate keys, remove console access, deny all.
+    SuspendUser,
+}
+
+impl ActionKind {
+    /// Snake-case name, as on the wire; also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::MakeBucketPrivate => "make_bucket_private",
+            ActionKind::RemoveCollaborator => "remove_collaborator",
+            ActionKind::Notify => "notify",
+            ActionKind::RequireSignIn => "require_sign_in",
+            ActionKind::SuspendUser => "suspend_user",
+        }
+    }
+}
+
+/// An action a policy asks for, with its target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RequestedAction {
+    /// What to do.
+    pub kind: ActionKind,
+    /// What to do it to.
+    pub target: Target,
+}
+
+/// The target of an action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Target {
+    /// `s3-bucket`, `iam-user`, `principal`, ...
+    pub kind: String,
+    /// Name, id or ARN.
+    pub id: String,
+    /// Account the target lives in, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+}
+
+/// Audit record of one remediation decision, published on the actions topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionRecord {
+    /// Version of this structure; see [`ACTION_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Stable id: derived from the alert id, the action kind and the target.
+    pub id: String,
+    /// The alert this decision answers.
+    pub alert_id: String,
+    /// Policy that raised the alert.
+    pub policy_id: String,
+    /// Which action.
+    pub kind: ActionKind,
+    /// What it was applied to.
+    pub target: Target,
+    /// Mode the action ran in.
+    pub mode: Mode,
+    /// What happened.
+    pub outcome: ActionOutcome,
+    /// A sentence a person can read: what was (or would have been) done, or why not.
+    pub detail: String,
+    /// The changes, in order: each AWS call made (or, in dry-run, that would be made).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<ActionStep>,
+    /// AWS request ids of the calls that changed something.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aws_request_ids: Vec<String>,
+    /// When the decision was made (wall clock).
+    pub time: DateTime<Utc>,
+    /// What it takes to undo: the prior state of everything changed, as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Value>,
+}
+
+/// Mode of an action, per policy and action kind.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Do nothing (the decision is still recorded).
+    Off,
+    /// Record what would be done, change nothing.
+    DryRun,
+    /// Apply the action.
+    Auto,
+}
+
+impl Mode {
+    /// Kebab-case name, as on the wire and in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::DryRun => "dry-run",
+            Mode::Auto => "auto",
+        }
+    }
+}
+
+/// What came of an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionOutcome {
+    /// Changes were made.
+    Applied,
+    /// The target already complied: nothing needed changing.
+    AlreadyCompliant,
+    /// Dry-run: `steps` lists what would have been done.
+    DryRun,
+    /// Mode `off` for this policy/action: nothing done.
+    Skipped,
+    /// The target is protected: refused.
+    Refused,
+    /// The action failed; `detail` says why.
+    Failed,
+}
+
+impl ActionOutcome {
+    /// Snake-case name; also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionOutcome::Applied => "applied",
+            ActionOutcome::AlreadyCompliant => "already_compliant",
+            ActionOutcome::DryRun => "dry_run",
+            ActionOutcome::Skipped => "skipped",
+            ActionOutcome::Refused => "refused",
+            ActionOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One AWS change of an action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionStep {
+    /// The API call, e.g. `s3:PutPublicAccessBlock`.
+    pub call: String,
+    /// What it does, in words.
+    pub description: String,
+    /// AWS request id, when the call was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Kafka header names on dead-letter messages. The message value is the original bytes
+/// (or, for an input too large for one message, a JSON pointer to it).
+pub mod dlq_headers {
+    /// Why the input was dead-lettered, in words.
+    pub const REASON: &str = "trailguard.reason";
+    /// Short, closed-set error kind (also a metric label).
+    pub const ERROR_KIND: &str = "trailguard.error_kind";
+    /// Where the input came from (file path, `stdin`, topic/partition/offset).
+    pub const SOURCE: &str = "trailguard.source";
+    /// Index of the record within its source (record number or line), when known.
+    pub const INDEX: &str = "trailguard.index";
+    /// Which service dead-lettered it.
+    pub const STAGE: &str = "trailguard.stage";
+    /// `true` when the value is a pointer rather than the original bytes.
+    pub const POINTER: &str = "trailguard.pointer";
+}
+
+/// A stable, short id: the first 16 bytes of SHA-256 over the parts, hex-encoded. Parts are
+/// separated so that `("ab", "c")` and `("a", "bc")` differ.
+pub fn stable_id<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    hex::encode(&digest[..16])
+}
+
+/// The JSON Schemas of the wire contract, by file name, as committed under `schemas/`.
+pub fn schemas() -> BTreeMap<&'static str, String> {
+    fn render<T: JsonSchema>() -> String {
+        let schema = schemars::schema_for!(T);
+        // Serializing a schema (plain maps and strings) cannot fail.
+        let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+    BTreeMap::from([
+        ("activity.schema.json", render::<Activity>()),
+        ("alert.schema.json", render::<Alert>()),
+        ("action-record.schema.json", render::<ActionRecord>()),
+    ])
+}
+
+impl std::fmt::Display for Alert {
+    /// One line a person can read: severity, policy, entity and summary.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ALERT  [{}] {} — {} {} — {} (at {}, id {})",
+            self.severity.as_str().to_uppercase(),
+            self.policy_name,
+            self.entity.kind,
+            self.entity.id,
+            self.evidence.summary,
+            self.time.format("%Y-%m-%d %H:%M:%SZ"),
+            &self.id[..self.id.len().min(12)]
+        )?;
+        for action in &self.actions {
+            write!(
+                f,
+                "\n       asks for: {} on {} {}",
+                action.kind.as_str(),
+                action.target.kind,
+                action.target.id
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ActionRecord {
+    /// One line a person can read: outcome, action, target and detail.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ACTION [{}] {} on {} {} (mode {}, alert {}) — {}",
+            self.outcome.as_str().to_uppercase(),
+            self.kind.as_str(),
+            self.target.kind,
+            self.target.id,
+            self.mode.as_str(),
+            &self.alert_id[..self.alert_id.len().min(12)],
+            self.detail
+        )?;
+        for step in &self.steps {
+            match &step.request_id {
+                Some(id) => write!(
+                    f,
+                    "\n       {} — {} (request {id})",
+                    step.call, step.description
+                )?,
+                None => write!(f, "\n       {} — {}", step.call, step.description)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_id_separates_parts() {
+        assert_ne!(stable_id(["ab", "c"]), stable_id(["a", "bc"]));
+        assert_eq!(stable_id(["x", "y"]), stable_id(["x", "y"]));
+        assert_eq!(stable_id(["x"]).len(), 32);
+    }
+
+    #[test]
+    fn principal_key_prefers_arn() {
+        let mut p = Principal {
+            kind: "IAMUser".into(),
+            arn: Some("arn:aws:iam::1:user/a".into()),
+            name: Some("a".into()),
+            account_id: Some("1".into()),
+            ..Principal::default()
+        };
+        assert_eq!(p.key(), "arn:aws:iam::1:user/a");
+        p.arn = None;
+        assert_eq!(p.key(), "1/IAMUser/a");
+    }
+
+    /// The committed schemas must match the types; regenerate with
+    /// `cargo run -p trailguard-common --bin gen-schemas`.
+    #[test]
+    fn committed_schemas_match_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+        for (name, generated) in schemas() {
+            let committed = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "schemas/{name} is out of date with the types: run `cargo run -p trailguard-common --bin gen-schemas`"
+            );
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Kafka client construction and the few produce/consume helpers every service needs.
+//!
+//! Nothing here depends on a particular broker: the same settings run against Apache Kafka,
+//! Amazon MSK (TLS, SASL/SCRAM through `kafka.client`) and the local tansu broker.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::Error;
+
+fn base_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &cfg.brokers);
+    for (key, value) in cfg.client_settings() {
+        client.set(key, value);
+    }
+    client
+}
+
+/// An idempotent producer (`acks=all`): a retried send never duplicates or reorders.
+pub fn producer(cfg: &KafkaConfig, client_id: &str) -> Result<FutureProducer, Error> {
+    let mut client = base_config(cfg);
+    client
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    // User settings win over ours.
+    for (key, value) in cfg.client_settings() {
+        client.set(key, value);
+    }
+    Ok(client.create()?)
+}
+
+/// A group consumer that never commits an offset it was not told to: offsets are stored by the
+/// service after its outputs are durable (`enable.auto.offset.store=false`) and committed
+/// periodically and on shutdown.
+pub fn consumer<C: ConsumerContext + 'static>(
+    cfg: &KafkaConfig,
+    group_id: &str,
+    client_id: &str,
+    context: C,
+) -> Result<StreamConsumer<C>, Error> {
+    let mut client = base_config(cfg);
+    client
+        .set("group.id", group_id)
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for (key, value) in cfg.client_settings() {
+        client.set(key, value);
+    }
+    Ok(client.create_with_context(context)?)
+}
+
+/// A consumer without a group, for reading a topic back from the start (e.g. remediate
+/// loading what it has already done).
+pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer, Error> {
+    let mut client = base_config(cfg);
+    client
+        .set("group.id", format!("{client_id}-reader"))
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    Ok(client.create()?)
+}
+
+/// Creates the given topics if they are missing (explicitly, never by auto-creation).
+/// `compacted` topics get `cleanup.policy=compact`.
+pub async fn ensure_topics(
+    cfg: &KafkaConfig,
+    topics: &[&str],
+    compacted: &[&str],
+) -> Result<(), Error> {
+    if !cfg.create_topics {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg).create()?;
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|name| {
+            let topic = NewTopic::new(
+                name,
+                cfg.partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            );
+            if compacted.contains(name) {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, partitions = cfg.partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::Kafka(KafkaError::AdminOp(code)).context(format!(
+                    "creating topic `{name}` (set kafka.create_topics = false if topics are managed elsewhere)"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends one record and waits until the broker has it (all in-sync replicas). A full local
+/// queue is waited out, never dropped; other errors are returned to the caller, which decides
+/// whether they are retryable.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<(i32, i64), Error> {
+    loop {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(h) = headers.clone() {
+            record = record.headers(h);
+        }
+        match producer
+            .send(record, Timeout::After(Duration::from_secs(60)))
+            .await
+        {
+            Ok(delivery) => return Ok((delivery.partition, delivery.offset)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err((err, _)) => {
+                return Err(Error::Kafka(err).context(format!("producing to `{topic}`")))
+            }
+        }
+    }
+}
+
+/// Builds dead-letter headers from `(name, value)` pairs.
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
+    pairs
+        .into_iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        })
+}
+
+/// Flushes a producer, waiting at most `timeout` for outstanding deliveries.
+pub fn flush(producer: &FutureProducer, timeout: Duration) -> Result<(), Error> {
+    producer.flush(Timeout::After(timeout))?;
+    Ok(())
+}
+
+/// Reads every record of `topic` from the beginning up to its end at the time of the call, and
+/// hands each payload to `visit`.
+pub fn read_all(
+    cfg: &KafkaConfig,
+    topic: &str,
+    client_id: &str,
+    mut visit: impl FnMut(&[u8]),
+) -> Result<u64, Error> {
+    use rdkafka::message::Message;
+    let consumer = reader(cfg, client_id)?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0usize;
+    let mut ends = std::collections::HashMap::new();
+    for t in metadata.topics() {
+        if t.error()
+            .is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        {
+            continue;
+        }
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(30))?;
+            if high > low {
+                assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                ends.insert(p.id(), high);
+                remaining += 1;
+            }
+        }
+    }
+    if remaining == 0 {
+        return Ok(0);
+    }
+    consumer.assign(&assignment)?;
+    let mut count = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while remaining > 0 {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Timeout(format!("reading `{topic}` back")));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        if let Some(payload) = message.payload() {
+            visit(payload);
+            count += 1;
+        }
+        if let Some(end) = ends.get(&message.partition()) {
+            if message.offset() + 1 >= *end {
+                ends.remove(&message.partition());
+                remaining -= 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Follows `topic` (every partition, from the beginning or from the end) and hands each
+/// message to `visit`, until `stop` is cancelled, `visit` returns false, or nothing arrives for
+/// `idle` (when set).
+pub async fn follow(
+    cfg: &KafkaConfig,
+    topic: &str,
+    from_beginning: bool,
+    idle: Option<Duration>,
+    stop: &tokio_util::sync::CancellationToken,
+    mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
+) -> Result<(), Error> {
+    let consumer: StreamConsumer = {
+        let mut client = base_config(cfg);
+        client
+            .set("group.id", "trailguard-follow")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        client.create()?
+    };
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let offset = if from_beginning {
+                Offset::Beginning
+            } else {
+                Offset::End
+            };
+            assignment.add_partition_offset(topic, p.id(), offset)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    loop {
+        let idle_wait = async {
+            match idle {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let message = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = idle_wait => return Ok(()),
+            m = consumer.recv() => m?,
+        };
+        if !visit(&message) {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! What Trailguard's three services share, and nothing else.
+//!
+//! - [`contract`]: the wire contract — [`Activity`], [`Alert`], [`ActionRecord`] — with schema
+//!   versions and generated JSON Schemas. This is what users consuming the topics rely on.
+//! - [`config`]: the configuration every service has (Kafka, admin endpoint, logs) and the
+//!   layered loader (defaults → file → env → flags).
+//! - [`kafka`]: producer/consumer construction with librdkafka pass-through, topic creation,
+//!   durable sends.
+//! - [`telemetry`]: logs, the Prometheus registry endpoint and `/healthz`.
+//! - [`shutdown`]: the process-wide cancellation token.
+//! - [`s3`]: what makes a bucket public (detect alerts on it, remediate undoes it).
+
+pub mod config;
+pub mod contract;
+mod error;
+pub mod kafka;
+pub mod s3;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use contract::{ActionRecord, Activity, Alert};
+pub use error::Error;

@@ -1,0 +1,112 @@
+//! Logs, metrics and the admin endpoint (`/metrics`, `/healthz`).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+use crate::Error;
+
+/// Installs the global `tracing` subscriber: JSON or pretty, filtered by `RUST_LOG` or
+/// `log.level`. Logs go to stderr so stdout stays for the data a command prints.
+pub fn init_logging(cfg: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let json = match cfg.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second call (tests) keeps the first subscriber.
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Liveness flag served on `/healthz`: 200 while healthy, 503 after `set(false)`.
+#[derive(Clone, Debug)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Health {
+    /// Marks the service healthy or not.
+    pub fn set(&self, healthy: bool) {
+        self.0.store(healthy, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Registry,
+    health: Health,
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut buffer = Vec::new();
+    match TextEncoder::new().encode(&state.registry.gather(), &mut buffer) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            buffer,
+        ),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            err.to_string().into_bytes(),
+        ),
+    }
+}
+
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.health.0.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+    }
+}
+
+/// Binds the admin endpoint and serves it until `shutdown`. Returns the bound address.
+pub async fn serve_admin(
+    listen: SocketAddr,
+    registry: Registry,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::config("admin.listen", format!("cannot bind {listen}: {e}")))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(AdminState { registry, health });
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(err) = served {
+            tracing::error!(error = %err, "admin endpoint failed");
+        }
+    });
+    tracing::info!(%addr, "admin endpoint: /metrics and /healthz");
+    Ok(addr)
+}

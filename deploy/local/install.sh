@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Install the local test tools (tansu broker, moto server) into $TG_CACHE.
+# Idempotent; near-instant when everything is already cached.
+set -euo pipefail
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+mkdir -p "$TG_CACHE"
+
+# --- (a) system packages: OpenSSL headers + pkg-config (cmake not needed) ---
+need_apt=0
+command -v pkg-config >/dev/null 2>&1 || need_apt=1
+((need_apt)) || pkg-config --exists openssl || need_apt=1
+if command -v dpkg-query >/dev/null 2>&1; then
+    dpkg-query -W -f='${Status}' libssl-dev 2>/dev/null | grep -q 'install ok installed' || need_apt=1
+fi
+if ((need_apt)); then
+    sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    log "installing libssl-dev pkg-config via apt-get"
+    "${sudo[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends libssl-dev pkg-config
+else
+    log "system packages: libssl-dev + pkg-config present"
+fi
+
+# --- (b) tansu broker (cargo install, serialised by flock) ---
+tansu_ok() { [[ -x $TANSU_BIN ]] && "$TANSU_BIN" --version >/dev/null 2>&1; }
+
+if tansu_ok; then
+    log "tansu: present ($("$TANSU_BIN" --version))"
+else
+    exec 8>"$TG_CACHE/tansu-install.lock"
+    log "tansu: waiting for install lock"
+    flock 8
+    # An install started outside this script (same --root) may still be running.
+    while pgrep -f -- "cargo install tansu .*--root $TANSU_ROOT" >/dev/null 2>&1; do
+        log "tansu: another 'cargo install' is running (see $TANSU_INSTALL_LOG); waiting"
+        sleep 15
+    done
+    if tansu_ok; then
+        log "tansu: installed by a concurrent caller ($("$TANSU_BIN" --version))"
+    else
+        command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust first"
+        log "tansu: cargo install tansu $TANSU_VERSION (several minutes; log: $TANSU_INSTALL_LOG)"
+        rc=0
+        cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
+            --root "$TANSU_ROOT" >"$TANSU_INSTALL_LOG" 2>&1 || rc=$?
+        echo "exit $rc" >>"$TANSU_INSTALL_LOG"
+        if ((rc != 0)) || ! tansu_ok; then
+            tail -n 30 "$TANSU_INSTALL_LOG" >&2
+            die "tansu install failed (exit $rc)"
+        fi
+        log "tansu: installed ($("$TANSU_BIN" --version))"
+    fi
+    exec 8>&-
+fi
+
+# --- (c) moto server in a dedicated venv ---
+moto_ok() {
+    [[ -x $MOTO_BIN ]] &&
+        "$MOTO_VENV/bin/python" -c "import sys, moto; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null
+}
+
+if moto_ok; then
+    log "moto: present ($MOTO_VERSION)"
+else
+    exec 8>"$TG_CACHE/moto-install.lock"
+    flock 8
+    if moto_ok; then
+        log "moto: installed by a concurrent caller"
+    else
+        log "moto: creating venv $MOTO_VENV"
+        rm -rf "$MOTO_VENV"
+        python3 -m venv "$MOTO_VENV"
+        "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
+            >"$TG_CACHE/moto-install.log" 2>&1 || {
+            tail -n 30 "$TG_CACHE/moto-install.log" >&2
+            die "moto install failed"
+        }
+        moto_ok || die "moto installed but not importable"
+        log "moto: installed ($MOTO_VERSION)"
+    fi
+    exec 8>&-
+fi
+
+# --- (d) convenience symlink $REPO/.tools -> $TG_CACHE (git-ignored) ---
+if [[ -e $REPO/.tools && ! -L $REPO/.tools ]]; then
+    log "warning: $REPO/.tools exists and is not a symlink; leaving it alone"
+elif [[ $(readlink "$REPO/.tools" 2>/dev/null) != "$TG_CACHE" ]]; then
+    ln -sfn "$TG_CACHE" "$REPO/.tools"
+    log "linked $REPO/.tools -> $TG_CACHE"
+else
+    log "symlink $REPO/.tools -> $TG_CACHE ok"
+fi

@@ -1,0 +1,100 @@
+//! Trailguard detect: consumes activities, evaluates the policies, publishes alerts.
+//!
+//! - [`policies`] (pure): each policy's settings and its evaluation of one activity.
+//! - [`detector`] (pure): the per-partition state machine — windows on event time, and the
+//!   offset that is safe to commit.
+//! - [`run`]: the Kafka loop — consume, evaluate, publish alerts, and only then store offsets.
+
+pub mod detector;
+pub mod policies;
+mod runner;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use trailguard_common::config::{AdminConfig, KafkaConfig, LogConfig};
+
+pub use runner::{run, Metrics};
+
+/// Everything detect can be configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Kafka connection and topics.
+    pub kafka: KafkaConfig,
+    /// Admin endpoint (`/metrics`, `/healthz`).
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Consumer group and time handling.
+    pub detect: DetectSettings,
+    /// Policy settings.
+    pub policies: policies::PoliciesConfig,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            kafka: KafkaConfig::default(),
+            admin: AdminConfig::on_port(9102),
+            log: LogConfig::default(),
+            detect: DetectSettings::default(),
+            policies: policies::PoliciesConfig::default(),
+        }
+    }
+}
+
+impl DetectConfig {
+    /// Checks cross-field rules; errors name the key.
+    pub fn validate(&self) -> Result<(), trailguard_common::Error> {
+        self.kafka.validate()?;
+        if self.detect.group_id.trim().is_empty() {
+            return Err(trailguard_common::Error::config(
+                "detect.group_id",
+                "must not be empty",
+            ));
+        }
+        self.policies.validate()
+    }
+}
+
+/// Consumer group and time handling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectSettings {
+    /// Consumer group; instances in one group split the activities partitions.
+    pub group_id: String,
+    /// How late (in event time) an activity may arrive and still count in its window.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// How long shutdown may take to finish in-flight work.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for DetectSettings {
+    fn default() -> Self {
+        DetectSettings {
+            group_id: "trailguard-detect".into(),
+            allowed_lateness: Duration::from_secs(5 * 60),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Errors that stop detect.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration or Kafka plumbing.
+    #[error(transparent)]
+    Common(#[from] trailguard_common::Error),
+    /// A Kafka error in the processing loop.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Processing stopped without advancing past an input it could not make durable.
+    #[error("stopped: {0}")]
+    Stopped(String),
+    /// Metrics registration.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}

@@ -1,0 +1,162 @@
+//! `detect`: evaluates Trailguard's policies over the activities topic. See `detect --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use rdkafka::message::{Headers, Message};
+use serde_json::json;
+use trailguard_common::{config, kafka, shutdown, telemetry, ActionRecord, Alert};
+use trailguard_detect::{DetectConfig, Metrics};
+
+/// Trailguard detect: consumes activities, evaluates activity, file and (later) anomaly and
+/// custom policies on event time, and publishes alerts. Runs until SIGINT/SIGTERM, then drains,
+/// commits and exits.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Kafka bootstrap brokers, HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "TRAILGUARD_BROKERS", global = true)]
+    brokers: Option<String>,
+    /// TOML configuration file (see README "Configuration").
+    #[arg(long, env = "TRAILGUARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    /// Address of the admin endpoint (/metrics, /healthz); default 127.0.0.1:9102.
+    #[arg(long)]
+    admin_listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a Trailguard topic as a person reads it: alerts, actions, activities or dead
+    /// letters, as they arrive.
+    Tail {
+        /// Which topic.
+        #[arg(value_enum)]
+        topic: TailTopic,
+        /// Start from the beginning instead of from new records.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop when nothing arrives for this many seconds.
+        #[arg(long)]
+        idle_seconds: Option<u64>,
+        /// Print raw JSON instead of readable lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TailTopic {
+    Alerts,
+    Actions,
+    Activities,
+    Dlq,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("detect: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut flags = json!({});
+    if let Some(brokers) = &cli.brokers {
+        flags["kafka"] = json!({ "brokers": brokers });
+    }
+    if let Some(format) = &cli.log_format {
+        flags["log"] = json!({ "format": format });
+    }
+    if let Some(listen) = &cli.admin_listen {
+        flags["admin"] = json!({ "listen": listen });
+    }
+    let cfg: DetectConfig = config::load(&DetectConfig::default(), cli.config.as_deref(), &flags)?;
+    cfg.validate()?;
+    telemetry::init_logging(&cfg.log);
+    let shutdown = shutdown::on_signals();
+    match cli.command {
+        None => {
+            let registry = prometheus::Registry::new();
+            let metrics = Metrics::new(&registry)?;
+            let health = telemetry::Health::default();
+            telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone())
+                .await?;
+            let result = trailguard_detect::run(cfg, metrics, shutdown.clone()).await;
+            health.set(false);
+            shutdown.cancel();
+            Ok(result?)
+        }
+        Some(Command::Tail {
+            topic,
+            from_beginning,
+            count,
+            idle_seconds,
+            json,
+        }) => {
+            let topics = &cfg.kafka.topics;
+            let name = match topic {
+                TailTopic::Alerts => &topics.alerts,
+                TailTopic::Actions => &topics.actions,
+                TailTopic::Activities => &topics.activities,
+                TailTopic::Dlq => &topics.dlq,
+            };
+            let mut seen = 0usize;
+            let idle = idle_seconds.map(Duration::from_secs);
+            kafka::follow(
+                &cfg.kafka,
+                name,
+                from_beginning,
+                idle,
+                &shutdown,
+                |message| {
+                    let payload = message.payload().unwrap_or_default();
+                    let line = match topic {
+                        _ if json => String::from_utf8_lossy(payload).into_owned(),
+                        TailTopic::Alerts => serde_json::from_slice::<Alert>(payload)
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|e| format!("(not an alert: {e})")),
+                        TailTopic::Actions => serde_json::from_slice::<ActionRecord>(payload)
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|e| format!("(not an action record: {e})")),
+                        TailTopic::Activities => String::from_utf8_lossy(payload).into_owned(),
+                        TailTopic::Dlq => {
+                            let mut text = String::from("DEAD LETTER");
+                            if let Some(headers) = message.headers() {
+                                for header in headers.iter() {
+                                    let value = header
+                                        .value
+                                        .map(String::from_utf8_lossy)
+                                        .unwrap_or_default();
+                                    text.push_str(&format!(" {}={value:?}", header.key));
+                                }
+                            }
+                            text.push_str(&format!(" ({} bytes)", payload.len()));
+                            text
+                        }
+                    };
+                    println!("{line}");
+                    seen += 1;
+                    count.is_none_or(|c| seen < c)
+                },
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}

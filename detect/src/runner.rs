@@ -1,0 +1,276 @@
+//! The Kafka loop around [`Detector`]: consume an activity, evaluate it, publish its alerts and
+//! wait until the broker has them, and only then store the offset the detector says is safe.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use trailguard_common::contract::{dlq_headers as h, ACTIVITY_SCHEMA_VERSION};
+use trailguard_common::{kafka, Activity, Alert};
+
+use crate::detector::Detector;
+use crate::{DetectConfig, Error};
+
+/// Detect's metrics. Labels come from closed sets only.
+#[derive(Clone)]
+pub struct Metrics {
+    activities: IntCounterVec,
+    alerts: IntCounterVec,
+    state: IntGauge,
+    lag: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let activities = IntCounterVec::new(
+            Opts::new(
+                "trailguard_detect_activities_total",
+                "Activities consumed, by result (evaluated, dead_lettered).",
+            ),
+            &["result"],
+        )?;
+        let alerts = IntCounterVec::new(
+            Opts::new(
+                "trailguard_detect_alerts_total",
+                "Alerts durably published, by policy and severity.",
+            ),
+            &["policy", "severity"],
+        )?;
+        let state = IntGauge::new(
+            "trailguard_detect_state_entries",
+            "Open windows held in detector state.",
+        )?;
+        let lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "trailguard_detect_event_lag_seconds",
+                "Wall-clock time minus event time when an activity is evaluated.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+            ]),
+        )?;
+        registry.register(Box::new(activities.clone()))?;
+        registry.register(Box::new(alerts.clone()))?;
+        registry.register(Box::new(state.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        Ok(Metrics {
+            activities,
+            alerts,
+            state,
+            lag,
+        })
+    }
+}
+
+/// Remembers partitions taken away in a rebalance, so their state is dropped (the next owner
+/// rebuilds it from the committed offset).
+#[derive(Default, Clone)]
+struct RebalanceContext {
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            if let Ok(mut revoked) = self.revoked.lock() {
+                revoked.extend(list.elements().iter().map(|e| e.partition()));
+            }
+        }
+    }
+}
+
+/// Why an activity message cannot be evaluated.
+fn decode(payload: Option<&[u8]>) -> Result<Activity, (&'static str, String)> {
+    let bytes = payload.ok_or(("empty_message", "message has no value".to_string()))?;
+    let activity: Activity = serde_json::from_slice(bytes)
+        .map_err(|e| ("undecodable_activity", format!("not an Activity: {e}")))?;
+    if activity.schema_version > ACTIVITY_SCHEMA_VERSION {
+        return Err((
+            "unsupported_schema_version",
+            format!(
+                "schema_version {} is newer than this detect ({ACTIVITY_SCHEMA_VERSION})",
+                activity.schema_version
+            ),
+        ));
+    }
+    Ok(activity)
+}
+
+/// Runs detect until `shutdown`, then commits what is safe and returns.
+pub async fn run(
+    cfg: DetectConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let topics = &cfg.kafka.topics;
+    kafka::ensure_topics(
+        &cfg.kafka,
+        &[&topics.activities, &topics.dlq, &topics.alerts],
+        &[],
+    )
+    .await?;
+    let producer = kafka::producer(&cfg.kafka, "trailguard-detect")?;
+    let context = RebalanceContext::default();
+    let consumer = kafka::consumer(
+        &cfg.kafka,
+        &cfg.detect.group_id,
+        "trailguard-detect",
+        context.clone(),
+    )?;
+    consumer.subscribe(&[&topics.activities])?;
+    tracing::info!(topic = %topics.activities, group = %cfg.detect.group_id, "detect running");
+
+    let mut detectors: HashMap<i32, Detector> = HashMap::new();
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(error = %err, "consume failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if let Ok(mut revoked) = context.revoked.lock() {
+            for partition in revoked.drain(..) {
+                detectors.remove(&partition);
+            }
+        }
+        let (partition, offset) = (message.partition(), message.offset());
+        let decoded = decode(message.payload());
+        let original = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        drop(message);
+        let detector = detectors
+            .entry(partition)
+            .or_insert_with(|| Detector::new(&cfg.policies, cfg.detect.allowed_lateness));
+        match decoded {
+            Ok(activity) => {
+                metrics.activities.with_label_values(&["evaluated"]).inc();
+                let lag =
+                    (chrono::Utc::now() - activity.event_time).num_milliseconds() as f64 / 1000.0;
+                metrics.lag.observe(lag.max(0.0));
+                for alert in detector.observe(&activity, offset) {
+                    if !publish_alert(&producer, &cfg, &alert, &shutdown).await {
+                        return commit_and_stop(
+                            &consumer,
+                            "shutdown while an alert was unpublished",
+                        );
+                    }
+                    metrics
+                        .alerts
+                        .with_label_values(&[&alert.policy_id, alert.severity.as_str()])
+                        .inc();
+                }
+            }
+            Err((kind, reason)) => {
+                let source = format!("{}/{partition}/{offset}", topics.activities);
+                let headers = kafka::headers([
+                    (h::REASON, reason.as_str()),
+                    (h::ERROR_KIND, kind),
+                    (h::SOURCE, source.as_str()),
+                    (h::STAGE, "detect"),
+                    (h::POINTER, "false"),
+                ]);
+                tracing::warn!(%source, kind, %reason, "dead-lettered activity");
+                if let Err(err) = kafka::send(
+                    &producer,
+                    &topics.dlq,
+                    source.as_bytes(),
+                    &original,
+                    Some(headers),
+                )
+                .await
+                {
+                    // Not durable: do not advance past it; a restart retries.
+                    commit_and_stop(&consumer, "dead-letter publish failed")?;
+                    return Err(Error::Stopped(format!(
+                        "dead-lettering {source} failed: {err}"
+                    )));
+                }
+                metrics
+                    .activities
+                    .with_label_values(&["dead_lettered"])
+                    .inc();
+            }
+        }
+        let safe = detector.safe_offset(offset + 1);
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&topics.activities, partition, Offset::Offset(safe))?;
+        if let Err(err) = consumer.store_offsets(&list) {
+            // Happens when the partition was just revoked; the next owner replays from the last commit.
+            tracing::debug!(error = %err, partition, "offset not stored");
+        }
+        metrics
+            .state
+            .set(detectors.values().map(Detector::state_size).sum::<usize>() as i64);
+    }
+    commit_and_stop(&consumer, "shutdown")?;
+    kafka::flush(&producer, cfg.detect.drain_timeout)?;
+    tracing::info!("detect stopped");
+    Ok(())
+}
+
+fn commit_and_stop<C: ConsumerContext>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    why: &str,
+) -> Result<(), Error> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!(why, "committed stored offsets"),
+        // Nothing stored yet is not an error.
+        Err(err) => tracing::debug!(error = %err, why, "nothing committed"),
+    }
+    Ok(())
+}
+
+/// Publishes an alert, retrying with backoff until the broker has it. Returns false if
+/// shutdown came first.
+async fn publish_alert(
+    producer: &rdkafka::producer::FutureProducer,
+    cfg: &DetectConfig,
+    alert: &Alert,
+    shutdown: &CancellationToken,
+) -> bool {
+    let payload = match serde_json::to_vec(alert) {
+        Ok(p) => p,
+        Err(err) => {
+            tracing::error!(error = %err, "alert not serializable");
+            return true;
+        }
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match kafka::send(
+            producer,
+            &cfg.kafka.topics.alerts,
+            alert.entity.id.as_bytes(),
+            &payload,
+            None,
+        )
+        .await
+        {
+            Ok(_) => {
+                tracing::info!(alert_id = %alert.id, policy = %alert.policy_id, severity = alert.severity.as_str(), summary = %alert.evidence.summary, "alert");
+                return true;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "publishing alert failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

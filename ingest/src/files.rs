@@ -1,0 +1,341 @@
+//! The `files` source: CloudTrail log files, `.json.gz`, NDJSON, whole directory trees and stdin.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::normalize::normalize;
+use crate::publish::{DeadLetter, Publisher};
+use crate::split::{decompress, split};
+use crate::Error;
+
+const SOURCE: &str = "files";
+
+/// One input named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Standard input (`-`, or no path at all).
+    Stdin,
+    /// A file, or a directory walked recursively.
+    Path(PathBuf),
+}
+
+impl Input {
+    /// `-` is stdin; anything else a path.
+    pub fn parse(arg: &str) -> Input {
+        if arg == "-" {
+            Input::Stdin
+        } else {
+            Input::Path(PathBuf::from(arg))
+        }
+    }
+}
+
+/// What a `files` run did; printed at the end.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    /// Inputs read (files and stdin).
+    pub inputs_read: u64,
+    /// Files found in directory walks that are not named like log files, left alone.
+    pub inputs_skipped: u64,
+    /// Inputs dead-lettered whole (unreadable, bad gzip, invalid JSON document).
+    pub inputs_dead_lettered: u64,
+    /// Records found in the inputs.
+    pub records: u64,
+    /// Activities durably published.
+    pub published: u64,
+    /// Dead letters durably published (records and whole inputs).
+    pub dead_lettered: u64,
+    /// Dead letters by error kind.
+    pub dead_letter_kinds: BTreeMap<String, u64>,
+    /// Bytes read, as stored.
+    pub bytes: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// True when a shutdown signal stopped the run before every input was read.
+    pub interrupted: bool,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "ingest files: {} inputs read ({} skipped, {} dead-lettered whole), {} records, {:.1} MB in {:.2}s",
+            self.inputs_read,
+            self.inputs_skipped,
+            self.inputs_dead_lettered,
+            self.records,
+            self.bytes as f64 / 1e6,
+            self.seconds
+        )?;
+        write!(
+            f,
+            "  published {} activities, dead-lettered {}",
+            self.published, self.dead_lettered
+        )?;
+        for (kind, n) in &self.dead_letter_kinds {
+            write!(f, "\n    {kind}: {n}")?;
+        }
+        if self.interrupted {
+            write!(f, "\n  INTERRUPTED: not every input was read")?;
+        }
+        Ok(())
+    }
+}
+
+/// True for names a directory walk picks up: `.json`, `.json.gz`, `.jsonl`, `.ndjson`, `.gz`.
+pub fn looks_like_log(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    [
+        ".json",
+        ".json.gz",
+        ".jsonl",
+        ".jsonl.gz",
+        ".ndjson",
+        ".ndjson.gz",
+        ".gz",
+    ]
+    .iter()
+    .any(|ext| name.ends_with(ext))
+}
+
+/// Expands inputs: directories into their log files (sorted, recursively), counting the rest
+/// as skipped. Named files are always read, whatever their name.
+pub fn expand(inputs: &[Input]) -> (Vec<Input>, u64, Vec<(PathBuf, String)>) {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    let mut unreadable = Vec::new();
+    for input in inputs {
+        match input {
+            Input::Path(path) if path.is_dir() => {
+                for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+                    match entry {
+                        Ok(e) if e.file_type().is_file() => {
+                            if looks_like_log(e.path()) {
+                                out.push(Input::Path(e.into_path()));
+                            } else {
+                                skipped += 1;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            let at = err
+                                .path()
+                                .map(Path::to_path_buf)
+                                .unwrap_or_else(|| path.clone());
+                            unreadable.push((at, err.to_string()));
+                        }
+                    }
+                }
+            }
+            other => out.push(other.clone()),
+        }
+    }
+    (out, skipped, unreadable)
+}
+
+/// Reads every input, publishes every record (or its dead letter), waits for every delivery.
+pub async fn run(
+    inputs: &[Input],
+    publisher: &mut Publisher,
+    shutdown: &CancellationToken,
+) -> Result<Summary, Error> {
+    let started = Instant::now();
+    let inputs = if inputs.is_empty() {
+        vec![Input::Stdin]
+    } else {
+        inputs.to_vec()
+    };
+    let (inputs, skipped, unreadable) = expand(&inputs);
+    let mut summary = Summary {
+        inputs_skipped: skipped,
+        ..Summary::default()
+    };
+    for (path, error) in unreadable {
+        let name = path.display().to_string();
+        dead_letter_input(
+            publisher,
+            &mut summary,
+            &name,
+            b"",
+            "unreadable",
+            format!("cannot read: {error}"),
+        )
+        .await;
+    }
+    for input in &inputs {
+        if shutdown.is_cancelled() {
+            summary.interrupted = true;
+            break;
+        }
+        let (name, bytes) = match read(input).await {
+            Ok(read) => read,
+            Err((name, error)) if matches!(input, Input::Path(_)) => {
+                dead_letter_input(
+                    publisher,
+                    &mut summary,
+                    &name,
+                    b"",
+                    "unreadable",
+                    format!("cannot read: {error}"),
+                )
+                .await;
+                continue;
+            }
+            Err((name, error)) => {
+                return Err(Error::Read {
+                    source_name: name,
+                    error,
+                })
+            }
+        };
+        summary.inputs_read += 1;
+        summary.bytes += bytes.len() as u64;
+        publisher
+            .metrics()
+            .bytes_read
+            .with_label_values(&[SOURCE])
+            .inc_by(bytes.len() as u64);
+        process(&name, &bytes, publisher, &mut summary).await;
+    }
+    let finished = publisher.finish().await;
+    summary.published = publisher.published;
+    summary.dead_lettered = publisher.dead_lettered;
+    summary.seconds = started.elapsed().as_secs_f64();
+    finished.map(|()| summary)
+}
+
+async fn read(input: &Input) -> Result<(String, Vec<u8>), (String, std::io::Error)> {
+    match input {
+        Input::Stdin => {
+            let mut bytes = Vec::new();
+            tokio::io::stdin()
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| ("stdin".to_string(), e))?;
+            Ok(("stdin".into(), bytes))
+        }
+        Input::Path(path) => {
+            let name = path.display().to_string();
+            match tokio::fs::read(path).await {
+                Ok(bytes) => Ok((name, bytes)),
+                Err(e) => Err((name, e)),
+            }
+        }
+    }
+}
+
+/// Splits and normalizes one input's bytes, publishing each record or its dead letter.
+pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summary: &mut Summary) {
+    let plain = match decompress(bytes) {
+        Ok(plain) => plain,
+        Err(err) => {
+            dead_letter_input(publisher, summary, name, bytes, err.kind(), err.to_string()).await;
+            return;
+        }
+    };
+    let items = match split(&plain) {
+        Ok(items) => items,
+        Err(err) => {
+            dead_letter_input(publisher, summary, name, bytes, err.kind(), err.to_string()).await;
+            return;
+        }
+    };
+    publisher
+        .metrics()
+        .inputs
+        .with_label_values(&[SOURCE, "ok"])
+        .inc();
+    for item in items {
+        summary.records += 1;
+        publisher
+            .metrics()
+            .records_read
+            .with_label_values(&[SOURCE])
+            .inc();
+        let result = match item.text {
+            Ok(text) => normalize(text).map_err(|e| (e.kind(), e.to_string())),
+            Err(e) => Err((e.kind(), e.to_string())),
+        };
+        match result {
+            Ok(activity) => publisher.activity(&activity).await,
+            Err((kind, reason)) => {
+                *summary
+                    .dead_letter_kinds
+                    .entry(kind.to_string())
+                    .or_default() += 1;
+                let letter = DeadLetter {
+                    source: name,
+                    index: item.index,
+                    kind,
+                    reason,
+                };
+                publisher.dead_letter(item.bytes, letter).await;
+            }
+        }
+    }
+}
+
+async fn dead_letter_input(
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+    name: &str,
+    bytes: &[u8],
+    kind: &'static str,
+    reason: String,
+) {
+    summary.inputs_dead_lettered += 1;
+    *summary
+        .dead_letter_kinds
+        .entry(kind.to_string())
+        .or_default() += 1;
+    publisher
+        .metrics()
+        .inputs
+        .with_label_values(&[SOURCE, "dead_lettered"])
+        .inc();
+    let letter = DeadLetter {
+        source: name,
+        index: 0,
+        kind,
+        reason,
+    };
+    publisher.dead_letter(bytes, letter).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_names() {
+        for name in ["a.json", "b.json.gz", "c.JSONL", "d.ndjson", "e.gz"] {
+            assert!(looks_like_log(Path::new(name)), "{name}");
+        }
+        for name in ["SQSMessageBody", "x.yaml", "README.md"] {
+            assert!(!looks_like_log(Path::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn expand_walks_and_skips() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("sub"))?;
+        std::fs::write(dir.path().join("sub/b.json"), "{}")?;
+        std::fs::write(dir.path().join("a.json.gz"), "")?;
+        std::fs::write(dir.path().join("notes.txt"), "")?;
+        let (inputs, skipped, unreadable) = expand(&[Input::Path(dir.path().to_path_buf())]);
+        assert_eq!(inputs.len(), 2);
+        assert_eq!(skipped, 1);
+        assert!(unreadable.is_empty());
+        Ok(())
+    }
+}

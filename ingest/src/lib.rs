@@ -1,0 +1,101 @@
+//! Trailguard ingest: reads CloudTrail, normalizes each record into an
+//! [`Activity`](trailguard_common::Activity) and publishes it to the activities topic, keyed by
+//! principal. Whatever cannot be normalized goes to the dead-letter topic with its reason.
+//!
+//! - [`split`] (pure): input bytes → raw records (log files, arrays, NDJSON, gzip).
+//! - [`normalize`] (pure): raw record → `Activity`.
+//! - [`files`]: the `files` source — paths, directory trees, stdin.
+//! - [`publish`]: the Kafka side — durable sends of activities and dead letters.
+
+pub mod files;
+pub mod normalize;
+pub mod publish;
+pub mod split;
+
+use serde::{Deserialize, Serialize};
+use trailguard_common::config::{AdminConfig, KafkaConfig, LogConfig};
+
+/// Everything ingest can be configured with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Kafka connection and topics.
+    pub kafka: KafkaConfig,
+    /// Admin endpoint. One-shot commands (`files`) serve it only with `--admin-listen`.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Publishing.
+    pub publish: PublishConfig,
+}
+
+impl IngestConfig {
+    /// Checks cross-field rules; errors name the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.kafka.validate()?;
+        self.publish.validate()
+    }
+}
+
+/// How records are published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Most records awaiting their delivery report at once (bounds memory).
+    pub max_in_flight: usize,
+    /// A dead letter larger than this carries a pointer to its source instead of its bytes.
+    pub max_dead_letter_bytes: usize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            max_in_flight: 20_000,
+            max_dead_letter_bytes: 900_000,
+        }
+    }
+}
+
+impl PublishConfig {
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_in_flight == 0 {
+            return Err(trailguard_common::Error::config(
+                "publish.max_in_flight",
+                "must be at least 1",
+            )
+            .into());
+        }
+        if self.max_dead_letter_bytes < 1024 {
+            return Err(trailguard_common::Error::config(
+                "publish.max_dead_letter_bytes",
+                "must be at least 1024",
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// Errors of ingest. Poison inputs are not errors: they are dead-lettered and counted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration or Kafka plumbing.
+    #[error(transparent)]
+    Common(#[from] trailguard_common::Error),
+    /// Reading an input failed in a way that is not the input's fault (e.g. stdin closed).
+    #[error("reading {source_name}: {error}")]
+    Read {
+        /// The input.
+        source_name: String,
+        /// What happened.
+        error: std::io::Error,
+    },
+    /// Records could not be published even after the producer's retries.
+    #[error("{failed} records could not be published: {first}")]
+    Publish {
+        /// How many.
+        failed: u64,
+        /// The first error.
+        first: String,
+    },
+}

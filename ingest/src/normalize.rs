@@ -1,0 +1,645 @@
+//! `normalize`: one raw CloudTrail record (JSON text) → one [`Activity`], or the reason it
+//! cannot be one. Pure: no I/O, no clock.
+//!
+//! Accepts what real exports contain: RFC 3339 and `YYYY-MM-DD HH:MM:SS[.f]` times, Logstash's
+//! `@timestamp` and Panther's `p_event_time` when `eventTime` is absent, leading-zero IPv4,
+//! host names and `AWS Internal` as source, unknown fields anywhere, numbers where strings are
+//! expected, and records wrapped in an EventBridge (`detail`) or export (`event`) envelope.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use trailguard_common::contract::{
+    stable_id, Activity, Enrichment, Outcome, OutcomeStatus, Principal, Resource,
+    ACTIVITY_SCHEMA_VERSION,
+};
+
+/// Why a record could not be normalized. Every variant is poison: retrying cannot help, so the
+/// record goes to the dead-letter topic with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NormalizeError {
+    /// The bytes are not JSON, or not the shape of a CloudTrail record.
+    #[error("not a valid CloudTrail record: {0}")]
+    Malformed(String),
+    /// A field every CloudTrail record has is missing or empty.
+    #[error("missing required field `{0}`")]
+    Missing(&'static str),
+    /// `eventTime` is present but is not a time.
+    #[error("unparseable eventTime `{0}`")]
+    BadTime(String),
+}
+
+impl NormalizeError {
+    /// Closed-set kind, for metric labels and the DLQ `error_kind` header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NormalizeError::Malformed(_) => "malformed_record",
+            NormalizeError::Missing(_) => "missing_field",
+            NormalizeError::BadTime(_) => "bad_event_time",
+        }
+    }
+}
+
+/// Normalizes one CloudTrail record given as JSON text.
+pub fn normalize(raw: &str) -> Result<Activity, NormalizeError> {
+    if !raw.trim_start().starts_with('{') {
+        return Err(NormalizeError::Malformed(
+            "a record must be a JSON object".into(),
+        ));
+    }
+    let record: RawRecord =
+        serde_json::from_str(raw).map_err(|e| NormalizeError::Malformed(e.to_string()))?;
+    normalize_record(record, 0)
+}
+
+fn normalize_record(record: RawRecord, depth: u8) -> Result<Activity, NormalizeError> {
+    if record.event_name.is_none() && depth == 0 {
+        // An envelope: EventBridge puts the record under `detail`, exports under `event`.
+        if let Some(inner) = record.detail.or(record.event).filter(Value::is_object) {
+            let inner: RawRecord = serde_json::from_value(inner)
+                .map_err(|e| NormalizeError::Malformed(e.to_string()))?;
+            return normalize_record(inner, depth + 1);
+        }
+    }
+    let event_name = non_empty(record.event_name).ok_or(NormalizeError::Missing("eventName"))?;
+    let event_source =
+        non_empty(record.event_source).ok_or(NormalizeError::Missing("eventSource"))?;
+    let time_text = non_empty(record.event_time)
+        .or_else(|| non_empty(record.at_timestamp))
+        .or_else(|| non_empty(record.p_event_time))
+        .ok_or(NormalizeError::Missing("eventTime"))?;
+    let event_time =
+        parse_time(&time_text).ok_or_else(|| NormalizeError::BadTime(truncate(&time_text)))?;
+
+    let region = non_empty(record.aws_region);
+    let mut principal = principal(record.user_identity);
+    if principal.mfa_authenticated.is_none() && event_name == "ConsoleLogin" {
+        principal.mfa_authenticated = record
+            .additional_event_data
+            .as_ref()
+            .and_then(|d| d.get("MFAUsed"))
+            .and_then(Value::as_str)
+            .map(|v| v.eq_ignore_ascii_case("yes"));
+    }
+    let account_id =
+        non_empty(record.recipient_account_id).or_else(|| principal.account_id.clone());
+    let partition = principal
+        .arn
+        .as_deref()
+        .and_then(arn_partition)
+        .map(str::to_string)
+        .or_else(|| region.as_deref().map(region_partition).map(str::to_string));
+    let (source_ip, source_host) = match non_empty(record.source_ip_address) {
+        Some(text) => match parse_ip(&text) {
+            Some(ip) => (Some(ip), None),
+            None => (None, Some(text)),
+        },
+        None => (None, None),
+    };
+    let outcome = outcome(
+        &event_source,
+        non_empty(record.error_code),
+        non_empty(record.error_message),
+        record.response_elements.as_ref(),
+    );
+    let resources = resources(
+        &event_source,
+        record.resources.as_ref(),
+        record.request_parameters.as_ref(),
+    );
+    let event_id = non_empty(record.event_id);
+    let request_id = non_empty(record.request_id);
+    let source_text = source_ip
+        .map(|ip| ip.to_string())
+        .or_else(|| source_host.clone());
+    let time_key = event_time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let principal_key = principal.key();
+    let id = stable_id([
+        event_id.as_deref().unwrap_or(""),
+        time_key.as_str(),
+        event_source.as_str(),
+        event_name.as_str(),
+        account_id.as_deref().unwrap_or(""),
+        region.as_deref().unwrap_or(""),
+        request_id.as_deref().unwrap_or(""),
+        principal_key.as_str(),
+        source_text.as_deref().unwrap_or(""),
+    ]);
+
+    Ok(Activity {
+        schema_version: ACTIVITY_SCHEMA_VERSION,
+        id,
+        event_id,
+        event_time,
+        event_source,
+        event_name,
+        event_type: non_empty(record.event_type),
+        account_id,
+        region,
+        partition,
+        principal,
+        source_ip,
+        source_host,
+        user_agent: non_empty(record.user_agent),
+        read_only: record.read_only.as_ref().and_then(as_bool),
+        outcome,
+        resources,
+        request_id,
+        request_parameters: record.request_parameters.filter(|v| !v.is_null()),
+        response_elements: record.response_elements.filter(|v| !v.is_null()),
+        additional_event_data: record.additional_event_data.filter(|v| !v.is_null()),
+        enrichment: Enrichment::default(),
+    })
+}
+
+/// Parses CloudTrail time stamps: RFC 3339, or `YYYY-MM-DD[ T]HH:MM:SS[.fraction][Z]` in UTC.
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let bare = text.strip_suffix('Z').unwrap_or(text);
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(bare, format).ok())
+        .map(|t| t.and_utc())
+}
+
+/// Parses an IP address, accepting IPv4 written with leading zeros (`035.249.253.232`) as the
+/// decimal address it means.
+pub fn parse_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = text.split('.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *octet = part.parse().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(IpAddr::V4(Ipv4Addr::from(octets)))
+}
+
+fn principal(identity: Option<RawIdentity>) -> Principal {
+    let Some(id) = identity else {
+        return Principal {
+            kind: "Unknown".into(),
+            ..Principal::default()
+        };
+    };
+    let kind = non_empty(id.kind).unwrap_or_else(|| "Unknown".into());
+    let arn = non_empty(id.arn);
+    let session = id.session_context.unwrap_or_default();
+    let name = non_empty(id.user_name)
+        .or_else(|| arn.as_deref().and_then(arn_name))
+        .or_else(|| {
+            id.on_behalf_of
+                .as_ref()
+                .and_then(|o| o.get("userId"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+    let is_root = kind == "Root" || arn.as_deref().is_some_and(|a| a.ends_with(":root"));
+    Principal {
+        is_root,
+        name,
+        account_id: non_empty(id.account_id),
+        principal_id: non_empty(id.principal_id),
+        access_key_id: non_empty(id.access_key_id),
+        session_issuer_arn: session.session_issuer.and_then(|s| non_empty(s.arn)),
+        mfa_authenticated: session
+            .attributes
+            .and_then(|a| a.mfa_authenticated)
+            .and_then(|v| as_bool(&v)),
+        invoked_by: non_empty(id.invoked_by),
+        arn,
+        kind,
+    }
+}
+
+fn outcome(
+    event_source: &str,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    response: Option<&Value>,
+) -> Outcome {
+    if error_code.is_some() {
+        return Outcome {
+            status: OutcomeStatus::Failure,
+            error_code,
+            error_message,
+        };
+    }
+    // Console sign-ins fail without an errorCode: `responseElements.ConsoleLogin = "Failure"`.
+    let signin_failed = event_source == "signin.amazonaws.com"
+        && response
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.values().any(|v| v.as_str() == Some("Failure")));
+    if signin_failed {
+        return Outcome {
+            status: OutcomeStatus::Failure,
+            error_code: None,
+            error_message: error_message.or_else(|| Some("Failed authentication".into())),
+        };
+    }
+    Outcome {
+        status: OutcomeStatus::Success,
+        error_code: None,
+        error_message,
+    }
+}
+
+fn resources(event_source: &str, listed: Option<&Value>, request: Option<&Value>) -> Vec<Resource> {
+    let mut out = Vec::new();
+    let mut push = |kind: &str, id: &str| {
+        if !id.is_empty() {
+            out.push(Resource {
+                kind: kind.to_string(),
+                id: id.to_string(),
+            });
+        }
+    };
+    if let Some(items) = listed.and_then(Value::as_array) {
+        for item in items {
+            let arn = item
+                .get("ARN")
+                .or_else(|| item.get("arn"))
+                .and_then(Value::as_str);
+            if let Some(arn) = arn {
+                push("arn", arn);
+            }
+        }
+    }
+    if let Some(params) = request.and_then(Value::as_object) {
+        let text = |key: &str| params.get(key).and_then(Value::as_str);
+        if let Some(bucket) = text("bucketName") {
+            push("s3-bucket", bucket);
+        }
+        if let Some(instance) = text("instanceId") {
+            push("ec2-instance", instance);
+        }
+        let items = params
+            .get("instancesSet")
+            .and_then(|s| s.get("items"))
+            .and_then(Value::as_array);
+        for item in items.into_iter().flatten() {
+            if let Some(instance) = item.get("instanceId").and_then(Value::as_str) {
+                push("ec2-instance", instance);
+            }
+        }
+        if event_source == "cloudtrail.amazonaws.com" {
+            if let Some(trail) = text("name").or_else(|| text("trailName")) {
+                push("cloudtrail-trail", trail);
+            }
+        }
+        if event_source == "iam.amazonaws.com" {
+            if let Some(user) = text("userName") {
+                push("iam-user", user);
+            }
+            if let Some(role) = text("roleName") {
+                push("iam-role", role);
+            }
+            if let Some(policy) = text("policyArn") {
+                push("iam-policy", policy);
+            }
+        }
+        if let Some(group) = text("groupId") {
+            push("security-group", group);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `arn:PARTITION:service:region:account:resource` → PARTITION.
+fn arn_partition(arn: &str) -> Option<&str> {
+    let mut parts = arn.split(':');
+    (parts.next() == Some("arn"))
+        .then(|| parts.next())
+        .flatten()
+        .filter(|p| !p.is_empty())
+}
+
+/// The name in an ARN's resource part: `user/path/alice` → `alice`,
+/// `assumed-role/Role/session` → `Role/session`, `root` → `root`.
+fn arn_name(arn: &str) -> Option<String> {
+    let resource = arn.splitn(6, ':').nth(5)?;
+    let name = match resource.split_once('/') {
+        Some(("assumed-role" | "federated-user", rest)) => rest,
+        Some((_, rest)) => rest.rsplit('/').next().unwrap_or(rest),
+        None => resource,
+    };
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+fn region_partition(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|s| !s.trim().is_empty())
+}
+
+fn as_bool(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// A string field that real data sometimes writes as a number or a boolean.
+fn lenient_string<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(de)? {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Bool(b)) => Some(b.to_string()),
+        _ => None,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRecord {
+    #[serde(default, deserialize_with = "lenient_string")]
+    event_time: Option<String>,
+    #[serde(default, rename = "@timestamp", deserialize_with = "lenient_string")]
+    at_timestamp: Option<String>,
+    #[serde(default, rename = "p_event_time", deserialize_with = "lenient_string")]
+    p_event_time: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    event_source: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    event_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    event_type: Option<String>,
+    #[serde(default, rename = "eventID", deserialize_with = "lenient_string")]
+    event_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    aws_region: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    recipient_account_id: Option<String>,
+    #[serde(
+        default,
+        rename = "sourceIPAddress",
+        deserialize_with = "lenient_string"
+    )]
+    source_ip_address: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    user_agent: Option<String>,
+    #[serde(default)]
+    read_only: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    error_code: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    error_message: Option<String>,
+    #[serde(default, rename = "requestID", deserialize_with = "lenient_string")]
+    request_id: Option<String>,
+    #[serde(default)]
+    request_parameters: Option<Value>,
+    #[serde(default)]
+    response_elements: Option<Value>,
+    #[serde(default)]
+    additional_event_data: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_identity")]
+    user_identity: Option<RawIdentity>,
+    #[serde(default)]
+    resources: Option<Value>,
+    #[serde(default)]
+    detail: Option<Value>,
+    #[serde(default)]
+    event: Option<Value>,
+}
+
+/// `userIdentity` that is not an object (null, a string) counts as absent.
+fn lenient_identity<'de, D: Deserializer<'de>>(de: D) -> Result<Option<RawIdentity>, D::Error> {
+    match Option::<Value>::deserialize(de)? {
+        Some(value @ Value::Object(_)) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        _ => Ok(None),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawIdentity {
+    #[serde(default, rename = "type", deserialize_with = "lenient_string")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    principal_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    arn: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    account_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    access_key_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    user_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    invoked_by: Option<String>,
+    #[serde(default)]
+    on_behalf_of: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_session")]
+    session_context: Option<RawSessionContext>,
+}
+
+fn lenient_session<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<RawSessionContext>, D::Error> {
+    Ok(match Option::<Value>::deserialize(de)? {
+        Some(value @ Value::Object(_)) => serde_json::from_value(value).ok(),
+        _ => None,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawSessionContext {
+    #[serde(default)]
+    attributes: Option<RawAttributes>,
+    #[serde(default)]
+    session_issuer: Option<RawIssuer>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAttributes {
+    #[serde(default)]
+    mfa_authenticated: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawIssuer {
+    #[serde(default, deserialize_with = "lenient_string")]
+    arn: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT_LOGIN_FAILURE: &str = r#"{"additionalEventData":{"LoginTo":"https://console.aws.amazon.com/console/","MFAUsed":"No","MobileVersion":"No"},"awsRegion":"us-east-1","eventID":"1","eventName":"ConsoleLogin","eventSource":"signin.amazonaws.com","eventTime":"2020-10-30T23:25:32Z","eventType":"AwsConsoleSignIn","eventVersion":"1.05","recipientAccountId":"493859302102","requestParameters":null,"responseElements":{"ConsoleLogin":"Failure"},"sourceIPAddress":"92.55.146.245","userAgent":"Mozilla","userIdentity":{"accountId":"493859302102","arn":"arn:aws:iam::493859302102:root","principalId":"493859302102","type":"Root","userName":"root"}}"#;
+
+    #[test]
+    fn failed_console_login_without_error_code_is_a_failure() -> Result<(), NormalizeError> {
+        let a = normalize(ROOT_LOGIN_FAILURE)?;
+        assert_eq!(a.outcome.status, OutcomeStatus::Failure);
+        assert_eq!(
+            a.outcome.error_message.as_deref(),
+            Some("Failed authentication")
+        );
+        assert!(a.principal.is_root);
+        assert_eq!(a.principal.mfa_authenticated, Some(false));
+        assert_eq!(
+            a.source_ip,
+            Some(
+                "92.55.146.245"
+                    .parse()
+                    .map_err(|_| NormalizeError::Missing("ip"))?
+            )
+        );
+        assert_eq!(a.partition.as_deref(), Some("aws"));
+        assert_eq!(a.account_id.as_deref(), Some("493859302102"));
+        assert!(a.request_parameters.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn ids_differ_when_event_id_repeats() -> Result<(), NormalizeError> {
+        let other = ROOT_LOGIN_FAILURE.replace("23:25:32", "23:25:33");
+        assert_ne!(normalize(ROOT_LOGIN_FAILURE)?.id, normalize(&other)?.id);
+        assert_eq!(
+            normalize(ROOT_LOGIN_FAILURE)?.id,
+            normalize(ROOT_LOGIN_FAILURE)?.id
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn time_formats() {
+        for text in [
+            "2020-10-30T23:25:32Z",
+            "2020-10-30T23:25:32.000Z",
+            "2020-10-30 23:25:32",
+            "2020-10-30 23:25:32.000000000",
+            "2020-10-30 23:25:32.000Z",
+            "2020-10-30T23:25:32+00:00",
+        ] {
+            let t = parse_time(text).map(|t| t.timestamp());
+            assert_eq!(t, Some(1_604_100_332), "{text}");
+        }
+        assert_eq!(parse_time("ThisIsAWrongEventTime"), None);
+        assert_eq!(parse_time("redacted"), None);
+    }
+
+    #[test]
+    fn leading_zero_ipv4_and_hosts() {
+        assert_eq!(parse_ip("035.249.253.232"), "35.249.253.232".parse().ok());
+        assert_eq!(parse_ip("2001:db8::1"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_ip("AWS Internal"), None);
+        assert_eq!(parse_ip("ec2.amazonaws.com"), None);
+        assert_eq!(parse_ip("256.1.1.1"), None);
+        assert_eq!(parse_ip("1.2.3"), None);
+        assert_eq!(parse_ip("1.2.3.4.5"), None);
+    }
+
+    #[test]
+    fn host_source_kept_as_host() -> Result<(), NormalizeError> {
+        let raw = ROOT_LOGIN_FAILURE.replace("92.55.146.245", "AWS Internal");
+        let a = normalize(&raw)?;
+        assert_eq!(a.source_ip, None);
+        assert_eq!(a.source_host.as_deref(), Some("AWS Internal"));
+        Ok(())
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let no_time = r#"{"eventName":"X","eventSource":"s3.amazonaws.com"}"#;
+        assert_eq!(
+            normalize(no_time),
+            Err(NormalizeError::Missing("eventTime"))
+        );
+        let bad_time = r#"{"eventName":"X","eventSource":"s","eventTime":"soon"}"#;
+        assert_eq!(
+            normalize(bad_time),
+            Err(NormalizeError::BadTime("soon".into()))
+        );
+        assert!(matches!(
+            normalize("[1,2]"),
+            Err(NormalizeError::Malformed(_))
+        ));
+        assert!(matches!(normalize("{"), Err(NormalizeError::Malformed(_))));
+    }
+
+    #[test]
+    fn envelopes_are_unwrapped() -> Result<(), NormalizeError> {
+        let wrapped = format!(r#"{{"rule_id":"x","event":{ROOT_LOGIN_FAILURE}}}"#);
+        assert_eq!(normalize(&wrapped)?, normalize(ROOT_LOGIN_FAILURE)?);
+        let bridge = format!(
+            r#"{{"detail-type":"AWS Console Sign In via CloudTrail","detail":{ROOT_LOGIN_FAILURE}}}"#
+        );
+        assert_eq!(normalize(&bridge)?, normalize(ROOT_LOGIN_FAILURE)?);
+        Ok(())
+    }
+
+    #[test]
+    fn identity_center_and_partitions() -> Result<(), NormalizeError> {
+        let raw = r#"{"eventTime":"2024-01-01T00:00:00Z","eventName":"ListBuckets","eventSource":"s3.amazonaws.com","awsRegion":"us-gov-west-1","userIdentity":{"type":"IdentityCenterUser","arn":"","accountId":"1","onBehalfOf":{"userId":"u-123"}}}"#;
+        let a = normalize(raw)?;
+        assert_eq!(a.principal.arn, None);
+        assert_eq!(a.principal.name.as_deref(), Some("u-123"));
+        assert_eq!(a.partition.as_deref(), Some("aws-us-gov"));
+        assert_eq!(a.principal.key(), "1/IdentityCenterUser/u-123");
+        let cn = raw.replace(r#""arn":"""#, r#""arn":"arn:aws-cn:iam::1:user/bob""#);
+        let a = normalize(&cn)?;
+        assert_eq!(a.partition.as_deref(), Some("aws-cn"));
+        assert_eq!(a.principal.name.as_deref(), Some("bob"));
+        Ok(())
+    }
+
+    #[test]
+    fn resources_from_parameters() -> Result<(), NormalizeError> {
+        let raw = r#"{"eventTime":"2024-01-01T00:00:00Z","eventName":"TerminateInstances","eventSource":"ec2.amazonaws.com","requestParameters":{"instancesSet":{"items":[{"instanceId":"i-1"},{"instanceId":"i-2"}]}},"userIdentity":{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/Admin/alice","sessionContext":{"attributes":{"mfaAuthenticated":"true"},"sessionIssuer":{"arn":"arn:aws:iam::1:role/Admin"}}}}"#;
+        let a = normalize(raw)?;
+        let ids: Vec<_> = a.resources.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["i-1", "i-2"]);
+        assert_eq!(a.principal.name.as_deref(), Some("Admin/alice"));
+        assert_eq!(
+            a.principal.session_issuer_arn.as_deref(),
+            Some("arn:aws:iam::1:role/Admin")
+        );
+        assert_eq!(a.principal.mfa_authenticated, Some(true));
+        Ok(())
+    }
+
+    #[test]
+    fn numbers_where_strings_expected() -> Result<(), NormalizeError> {
+        let raw = r#"{"eventTime":"2024-01-01T00:00:00Z","eventName":"X","eventSource":"s","recipientAccountId":123456789012,"userIdentity":"weird"}"#;
+        let a = normalize(raw)?;
+        assert_eq!(a.account_id.as_deref(), Some("123456789012"));
+        assert_eq!(a.principal.kind, "Unknown");
+        Ok(())
+    }
+}

@@ -1,0 +1,271 @@
+//! The Kafka side of ingest: activities and dead letters, sent with an idempotent producer and
+//! counted only once the broker has them.
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use prometheus::{IntCounterVec, Opts, Registry};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use trailguard_common::contract::dlq_headers as h;
+use trailguard_common::kafka;
+use trailguard_common::Activity;
+
+use crate::{Error, IngestConfig};
+
+/// Ingest's metrics. Labels come from closed sets only.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Records read from a source, before normalization.
+    pub records_read: IntCounterVec,
+    /// Activities the broker acknowledged.
+    pub records_published: IntCounterVec,
+    /// Dead letters the broker acknowledged, by error kind.
+    pub dead_lettered: IntCounterVec,
+    /// Inputs (files, objects) processed, by result (`ok`, `dead_lettered`, `skipped`).
+    pub inputs: IntCounterVec,
+    /// Bytes read from sources (as stored, before decompression).
+    pub bytes_read: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<_, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(Metrics {
+            records_read: counter(
+                "trailguard_ingest_records_read_total",
+                "Records read from a source, before normalization.",
+                &["source"],
+            )?,
+            records_published: counter(
+                "trailguard_ingest_records_published_total",
+                "Activities durably published to the activities topic.",
+                &["source"],
+            )?,
+            dead_lettered: counter(
+                "trailguard_ingest_dead_letters_total",
+                "Records or inputs durably published to the dead-letter topic, by error kind.",
+                &["source", "error_kind"],
+            )?,
+            inputs: counter(
+                "trailguard_ingest_inputs_total",
+                "Inputs (files, objects, stdin) processed, by result.",
+                &["source", "result"],
+            )?,
+            bytes_read: counter(
+                "trailguard_ingest_read_bytes_total",
+                "Bytes read from sources, as stored (before decompression).",
+                &["source"],
+            )?,
+        })
+    }
+}
+
+/// What a dead letter says about itself.
+pub struct DeadLetter<'a> {
+    /// Where it came from (path, `stdin`).
+    pub source: &'a str,
+    /// Record index or line, 0 for a whole input.
+    pub index: usize,
+    /// Closed-set error kind.
+    pub kind: &'static str,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Sends activities and dead letters, keeping at most `max_in_flight` unacknowledged.
+pub struct Publisher {
+    producer: FutureProducer,
+    activities_topic: String,
+    dlq_topic: String,
+    max_in_flight: usize,
+    max_dead_letter_bytes: usize,
+    source_kind: &'static str,
+    /// Deliveries not yet acknowledged; each resolves to the dead-letter kind, or `None` for an
+    /// activity.
+    in_flight: FuturesUnordered<BoxFuture<'static, Result<Option<&'static str>, KafkaError>>>,
+    metrics: Metrics,
+    /// Acknowledged activities.
+    pub published: u64,
+    /// Acknowledged dead letters.
+    pub dead_lettered: u64,
+    failed: u64,
+    first_error: Option<String>,
+    buffer: Vec<u8>,
+}
+
+impl Publisher {
+    /// A publisher for one source kind (`files`, `s3`, ...), used as the metric label.
+    pub fn new(
+        producer: FutureProducer,
+        cfg: &IngestConfig,
+        source_kind: &'static str,
+        metrics: Metrics,
+    ) -> Self {
+        Publisher {
+            producer,
+            activities_topic: cfg.kafka.topics.activities.clone(),
+            dlq_topic: cfg.kafka.topics.dlq.clone(),
+            max_in_flight: cfg.publish.max_in_flight,
+            max_dead_letter_bytes: cfg.publish.max_dead_letter_bytes,
+            source_kind,
+            in_flight: FuturesUnordered::new(),
+            metrics,
+            published: 0,
+            dead_lettered: 0,
+            failed: 0,
+            first_error: None,
+            buffer: Vec::with_capacity(4096),
+        }
+    }
+
+    /// The metrics this publisher counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Queues one activity, keyed by its principal.
+    pub async fn activity(&mut self, activity: &Activity) {
+        self.buffer.clear();
+        if let Err(err) = serde_json::to_writer(&mut self.buffer, activity) {
+            // Serializing plain data to memory cannot fail; count it if it ever does.
+            self.record_failure(err.to_string());
+            return;
+        }
+        let key = activity.principal.key();
+        let payload = std::mem::take(&mut self.buffer);
+        let topic = self.activities_topic.clone();
+        self.enqueue(&topic, key.as_bytes(), &payload, None, None)
+            .await;
+        self.buffer = payload;
+    }
+
+    /// Queues one dead letter: the original bytes (or a pointer, when too large) with the
+    /// reason in headers.
+    pub async fn dead_letter(&mut self, original: &[u8], letter: DeadLetter<'_>) {
+        let index = letter.index.to_string();
+        let pointer;
+        let (payload, is_pointer) = if original.len() > self.max_dead_letter_bytes {
+            pointer = serde_json::json!({
+                "pointer": letter.source,
+                "index": letter.index,
+                "size_bytes": original.len(),
+            })
+            .to_string();
+            (pointer.as_bytes(), "true")
+        } else {
+            (original, "false")
+        };
+        let headers = kafka::headers([
+            (h::REASON, letter.reason.as_str()),
+            (h::ERROR_KIND, letter.kind),
+            (h::SOURCE, letter.source),
+            (h::INDEX, index.as_str()),
+            (h::STAGE, "ingest"),
+            (h::POINTER, is_pointer),
+        ]);
+        tracing::warn!(source = letter.source, index = letter.index, kind = letter.kind, reason = %letter.reason, "dead-lettered");
+        let topic = self.dlq_topic.clone();
+        self.enqueue(
+            &topic,
+            letter.source.as_bytes(),
+            payload,
+            Some(headers),
+            Some(letter.kind),
+        )
+        .await;
+    }
+
+    async fn enqueue(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        dead_letter_kind: Option<&'static str>,
+    ) {
+        while self.in_flight.len() >= self.max_in_flight {
+            self.settle_one().await;
+        }
+        loop {
+            let mut record = FutureRecord::to(topic).key(key).payload(payload);
+            if let Some(h) = headers.clone() {
+                record = record.headers(h);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.in_flight.push(Box::pin(async move {
+                        resolve(delivery).await.map(|()| dead_letter_kind)
+                    }));
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // The local queue is full: wait for a delivery, never drop.
+                    if self.in_flight.is_empty() {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    } else {
+                        self.settle_one().await;
+                    }
+                }
+                Err((err, _)) => {
+                    self.record_failure(err.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn settle_one(&mut self) {
+        match self.in_flight.next().await {
+            Some(Ok(None)) => {
+                self.published += 1;
+                self.metrics
+                    .records_published
+                    .with_label_values(&[self.source_kind])
+                    .inc();
+            }
+            Some(Ok(Some(kind))) => {
+                self.dead_lettered += 1;
+                self.metrics
+                    .dead_lettered
+                    .with_label_values(&[self.source_kind, kind])
+                    .inc();
+            }
+            Some(Err(err)) => self.record_failure(err.to_string()),
+            None => {}
+        }
+    }
+
+    fn record_failure(&mut self, error: String) {
+        tracing::error!(%error, "publish failed after the producer's retries");
+        self.failed += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    /// Waits for every queued record's delivery report. Errors if any record was not published.
+    pub async fn finish(&mut self) -> Result<(), Error> {
+        while !self.in_flight.is_empty() {
+            self.settle_one().await;
+        }
+        if self.failed > 0 {
+            return Err(Error::Publish {
+                failed: self.failed,
+                first: self.first_error.clone().unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn resolve(delivery: DeliveryFuture) -> Result<(), KafkaError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((err, _))) => Err(err),
+        Err(_canceled) => Err(KafkaError::Canceled),
+    }
+}

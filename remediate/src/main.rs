@@ -1,0 +1,74 @@
+//! `remediate`: applies governance actions for alerts. See `remediate --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde_json::json;
+use trailguard_common::{config, shutdown, telemetry};
+use trailguard_remediate::{Metrics, RemediateConfig};
+
+/// Trailguard remediate: consumes alerts and applies the governance actions their policies ask
+/// for — in `off`, `dry-run` (the default) or `auto` mode per policy and action — never touching
+/// protected targets, never acting twice on one alert, and publishing an action record for every
+/// decision. Runs until SIGINT/SIGTERM.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Kafka bootstrap brokers, HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "TRAILGUARD_BROKERS")]
+    brokers: Option<String>,
+    /// TOML configuration file (see README "Configuration").
+    #[arg(long, env = "TRAILGUARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Address of the admin endpoint (/metrics, /healthz); default 127.0.0.1:9103.
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// AWS endpoint override (a local AWS-API server); implies path-style S3 addressing.
+    #[arg(long, env = "TRAILGUARD_AWS_ENDPOINT")]
+    aws_endpoint: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("remediate: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut flags = json!({});
+    if let Some(brokers) = &cli.brokers {
+        flags["kafka"] = json!({ "brokers": brokers });
+    }
+    if let Some(format) = &cli.log_format {
+        flags["log"] = json!({ "format": format });
+    }
+    if let Some(listen) = &cli.admin_listen {
+        flags["admin"] = json!({ "listen": listen });
+    }
+    if let Some(endpoint) = &cli.aws_endpoint {
+        flags["aws"] = json!({ "endpoint_url": endpoint, "force_path_style": true });
+    }
+    let cfg: RemediateConfig =
+        config::load(&RemediateConfig::default(), cli.config.as_deref(), &flags)?;
+    cfg.validate()?;
+    telemetry::init_logging(&cfg.log);
+    let shutdown = shutdown::on_signals();
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry)?;
+    let health = telemetry::Health::default();
+    telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone()).await?;
+    let result = trailguard_remediate::run(cfg, metrics, shutdown.clone()).await;
+    health.set(false);
+    shutdown.cancel();
+    Ok(result?)
+}

@@ -35,7 +35,36 @@ pub struct KafkaConfig {
     /// `"sasl.mechanisms" = "SCRAM-SHA-512"`, `"ssl.ca.location"`, ... From the environment,
     /// `TRAILGUARD_KAFKA__CLIENT__SECURITY_PROTOCOL` sets `security.protocol` (underscores
     /// become dots).
+    #[serde(deserialize_with = "scalar_map")]
     pub client: BTreeMap<String, String>,
+}
+
+/// A map of settings whose values may be written as strings, numbers or booleans
+/// (`"linger.ms" = 5` and `TRAILGUARD_KAFKA__CLIENT__LINGER_MS=5` both work).
+fn scalar_map<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(de)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::Text(s) => s,
+                Scalar::Int(n) => n.to_string(),
+                Scalar::Float(n) => n.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 impl Default for KafkaConfig {
@@ -200,6 +229,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// Every top-level configuration section of every Trailguard service.
+pub const ALL_SECTIONS: &[&str] = &[
+    "kafka",
+    "admin",
+    "log",
+    "publish",
+    "detect",
+    "policies",
+    "aws",
+    "remediate",
+];
+
+/// The top-level sections of a configuration structure.
+fn sections(defaults: &impl Serialize) -> Vec<String> {
+    match serde_json::to_value(defaults) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Loads a service's configuration: `defaults` → `file` → `TRAILGUARD_*__*` env → `overrides`
 /// (the flags, as a partial structure with only the keys the user set).
 pub fn load<T>(defaults: &T, file: Option<&Path>, overrides: &impl Serialize) -> Result<T, Error>
@@ -217,11 +266,37 @@ where
         figment = figment.merge(Toml::file_exact(path));
     }
     // Only variables with a `__` are configuration keys, so TRAILGUARD_BROKERS (a flag's env)
-    // and the scripts' own TRAILGUARD_* variables never collide with them.
+    // and the scripts' own TRAILGUARD_* variables never collide with them. One environment is
+    // often shared by all three services: sections of another service are left to it, and a
+    // section no service has is an error (a typo would otherwise go unnoticed).
+    let own = sections(defaults);
+    for (name, _) in std::env::vars() {
+        let Some(key) = name
+            .strip_prefix("TRAILGUARD_")
+            .filter(|k| k.contains("__"))
+        else {
+            continue;
+        };
+        let section = key
+            .split("__")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !ALL_SECTIONS.contains(&section.as_str()) {
+            return Err(Error::config(
+                &section,
+                format!("unknown configuration section in environment variable {name}"),
+            ));
+        }
+    }
     figment = figment
         .merge(
             Env::prefixed("TRAILGUARD_")
-                .filter(|key| key.as_str().contains("__"))
+                .filter(move |key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    key.split_once("__")
+                        .is_some_and(|(section, _)| own.iter().any(|s| s == section))
+                })
                 .split("__"),
         )
         .merge(Serialized::defaults(overrides));
@@ -258,8 +333,19 @@ mod tests {
             "[kafka]\nbrokers = \"a:1\"\npartitions = 3\n[kafka.client]\n\"security.protocol\" = \"SSL\"\n",
         )
         .map_err(|e| Error::config("test", e.to_string()))?;
-        let flags = json!({"kafka": {"brokers": "b:2"}});
+        let flags = json!({"kafka": {"brokers": "b:2", "client": {"linger.ms": 5, "enable.idempotence": true}}});
         let cfg: Demo = load(&Demo::default(), Some(&path), &flags)?;
+        assert_eq!(
+            cfg.kafka.client.get("linger.ms").map(String::as_str),
+            Some("5")
+        );
+        assert_eq!(
+            cfg.kafka
+                .client
+                .get("enable.idempotence")
+                .map(String::as_str),
+            Some("true")
+        );
         assert_eq!(cfg.kafka.brokers, "b:2");
         assert_eq!(cfg.kafka.partitions, 3);
         assert_eq!(

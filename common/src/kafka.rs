@@ -29,13 +29,19 @@ fn base_config(cfg: &KafkaConfig) -> ClientConfig {
 }
 
 /// An idempotent producer (`acks=all`): a retried send never duplicates or reorders.
-pub fn producer(cfg: &KafkaConfig, client_id: &str) -> Result<FutureProducer, Error> {
+/// `linger_ms` trades latency for batching: 0 for services that wait on each send (alerts,
+/// action records), a few ms for bulk publishing.
+pub fn producer(
+    cfg: &KafkaConfig,
+    client_id: &str,
+    linger_ms: u32,
+) -> Result<FutureProducer, Error> {
     let mut client = base_config(cfg);
     client
         .set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms.to_string())
         .set("compression.type", "lz4");
     // User settings win over ours.
     for (key, value) in cfg.client_settings() {
@@ -245,16 +251,25 @@ pub async fn follow(
             .set("enable.partition.eof", "false");
         client.create()?
     };
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    // The topic may not exist yet (its producer creates it at start-up): wait for it.
+    let offset = if from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
     let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let offset = if from_beginning {
-                Offset::Beginning
-            } else {
-                Offset::End
-            };
-            assignment.add_partition_offset(topic, p.id(), offset)?;
+    while assignment.count() == 0 {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                assignment.add_partition_offset(topic, p.id(), offset)?;
+            }
+        }
+        if assignment.count() == 0 {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
         }
     }
     consumer.assign(&assignment)?;

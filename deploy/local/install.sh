@@ -46,7 +46,7 @@ else
         log "tansu: cargo install tansu $TANSU_VERSION (several minutes; log: $TANSU_INSTALL_LOG)"
         rc=0
         cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
-            --root "$TANSU_ROOT" >"$TANSU_INSTALL_LOG" 2>&1 || rc=$?
+            --root "$TANSU_ROOT" --target-dir "$TG_CACHE/tansu-build" >"$TANSU_INSTALL_LOG" 2>&1 || rc=$?
         echo "exit $rc" >>"$TANSU_INSTALL_LOG"
         if ((rc != 0)) || ! tansu_ok; then
             tail -n 30 "$TANSU_INSTALL_LOG" >&2

@@ -25,6 +25,9 @@ use crate::policies::{
 /// Kafka offset within one partition.
 pub type Offset = i64;
 
+/// How many offsets a burst outlives its last activity, whatever the watermark says.
+pub const RETAIN_OFFSETS: Offset = 10_000;
+
 /// Evaluates every policy over one partition's activities.
 pub struct Detector {
     cloudtrail: CloudTrailChanges,
@@ -43,10 +46,20 @@ pub struct Detector {
 impl Detector {
     /// A detector with the given policy settings.
     pub fn new(cfg: &PoliciesConfig, lateness: std::time::Duration) -> Self {
+        Self::with_retention(cfg, lateness, RETAIN_OFFSETS)
+    }
+
+    /// A detector whose closed-in-event-time state outlives its last activity by
+    /// `retain_offsets` offsets (see [`RETAIN_OFFSETS`]).
+    pub fn with_retention(
+        cfg: &PoliciesConfig,
+        lateness: std::time::Duration,
+        retain_offsets: Offset,
+    ) -> Self {
         Detector {
             cloudtrail: CloudTrailChanges::new(cfg.cloudtrail_changes.clone()),
             bucket_public: BucketPublic::new(cfg.s3_bucket_public.clone()),
-            signin: SigninFailures::new(cfg.console_signin_failures.clone()),
+            signin: SigninFailures::new(cfg.console_signin_failures.clone(), retain_offsets),
             lateness: Duration::from_std(lateness).unwrap_or(Duration::MAX),
             max_event_time: None,
             closed: Vec::new(),
@@ -65,7 +78,7 @@ impl Detector {
         }
         if let Some(max) = self.max_event_time {
             let watermark = max - self.lateness;
-            self.signin.expire(watermark, &mut self.closed);
+            self.signin.expire(watermark, offset, &mut self.closed);
         }
         alerts
     }
@@ -123,15 +136,17 @@ struct Burst {
 struct SigninFailures {
     cfg: SigninFailuresConfig,
     window: Duration,
+    retain_offsets: Offset,
     bursts: HashMap<BurstKey, Burst>,
 }
 
 impl SigninFailures {
-    fn new(cfg: SigninFailuresConfig) -> Self {
+    fn new(cfg: SigninFailuresConfig, retain_offsets: Offset) -> Self {
         let window = Duration::from_std(cfg.window).unwrap_or(Duration::MAX);
         SigninFailures {
             cfg,
             window,
+            retain_offsets,
             bursts: HashMap::new(),
         }
     }
@@ -254,11 +269,19 @@ impl SigninFailures {
         Some(alert)
     }
 
-    /// Closes bursts whose window ended before the watermark.
-    fn expire(&mut self, watermark: DateTime<Utc>, closed: &mut Vec<(Offset, Offset)>) {
-        let window = self.window;
+    /// Closes bursts whose window ended before the watermark and that no activity has touched
+    /// for `retain_offsets` offsets. The second condition keeps keys whose activities arrive
+    /// late as a whole (a backfill of one account while another streams live on the same
+    /// partition) counting on their own event time instead of being dropped as too late.
+    fn expire(
+        &mut self,
+        watermark: DateTime<Utc>,
+        now: Offset,
+        closed: &mut Vec<(Offset, Offset)>,
+    ) {
+        let (window, retain) = (self.window, self.retain_offsets);
         self.bursts.retain(|_, b| {
-            let open = b.max_time + window >= watermark;
+            let open = b.max_time + window >= watermark || b.last_offset + retain > now;
             if !open {
                 closed.push((b.first_offset, b.last_offset));
             }
@@ -404,6 +427,18 @@ mod tests {
         assert_eq!(a.len(), 2);
     }
 
+    /// A principal whose activities all arrive far behind the partition's watermark (a backfill
+    /// beside a live stream) is still counted on its own event time.
+    #[test]
+    fn a_late_key_still_counts() {
+        let mut d = detector();
+        let mut live = failure("live", "5.5.5.5", 100_000);
+        live.outcome.status = OutcomeStatus::Success;
+        let mut events = vec![live];
+        events.extend((0..5).map(|m| failure("backfilled", "1.2.3.4", m)));
+        assert_eq!(run(&mut d, &events).len(), 2);
+    }
+
     #[test]
     fn duplicates_count_once() {
         let mut d = detector();
@@ -424,15 +459,29 @@ mod tests {
     /// uninterrupted run raised after that offset, with the same ids.
     #[test]
     fn replay_from_safe_offset_reproduces_alerts() {
+        // Blocks an hour apart; in each, two users fail 6 times each within 12 minutes from one
+        // IP (slightly out of order), so bursts open, fire and close again and again.
         let mut events = Vec::new();
-        for m in 0..30 {
-            events.push(failure(
-                if m % 3 == 0 { "bob" } else { "alice" },
-                "1.2.3.4",
-                m * 2,
-            ));
-            events.push(failure("carol", &format!("10.0.0.{}", m % 7), m * 3));
+        for block in 0..6i64 {
+            let users =
+                [["alice", "bob"], ["bob", "carol"], ["carol", "alice"]][block as usize % 3];
+            let ip = format!("1.2.3.{}", block % 2);
+            let mut minutes: Vec<i64> = (0..12).collect();
+            minutes.swap(2, 3);
+            minutes.swap(7, 9);
+            for m in minutes {
+                events.push(failure(users[m as usize % 2], &ip, block * 60 + m));
+            }
         }
+        let detector = || {
+            Detector::with_retention(
+                &PoliciesConfig::default(),
+                std::time::Duration::from_secs(300),
+                4,
+            )
+        };
+        // Per block: one alert per user and one for the IP.
+        assert_eq!(run(&mut detector(), &events).len(), 18);
         for cut in 1..events.len() {
             let mut first = detector();
             let before: Vec<Alert> = events[..cut]
@@ -471,6 +520,12 @@ mod tests {
             }
             expected.sort();
             got.sort();
+            if cut == events.len() - 1 {
+                assert!(
+                    safe > 0,
+                    "windows never closed: the test does not exercise replay"
+                );
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use trailguard_common::Activity;
 pub struct PoliciesConfig {
     /// Admin console sign-in failures.
     pub console_signin_failures: SigninFailuresConfig,
-    /// CloudTrail configuration changes.
+    /// CloudTrail configuration changes (stopping or deleting a trail is always `high`).
     pub cloudtrail_changes: SimplePolicyConfig,
     /// S3 bucket is publicly accessible.
     pub s3_bucket_public: BucketPublicConfig,
@@ -65,7 +65,7 @@ impl Default for SimplePolicyConfig {
     fn default() -> Self {
         SimplePolicyConfig {
             enabled: true,
-            severity: Severity::High,
+            severity: Severity::Medium,
             allow_principals: Vec::new(),
         }
     }

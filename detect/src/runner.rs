@@ -117,7 +117,7 @@ pub async fn run(
         &[],
     )
     .await?;
-    let producer = kafka::producer(&cfg.kafka, "trailguard-detect")?;
+    let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
     let context = RebalanceContext::default();
     let consumer = kafka::consumer(
         &cfg.kafka,

@@ -154,6 +154,21 @@ pub async fn run(
     } else {
         inputs.to_vec()
     };
+    // A path named on the command line that does not exist is the caller's mistake: fail
+    // before publishing anything. (Files that cannot be read are dead-lettered.)
+    for input in &inputs {
+        if let Input::Path(path) = input {
+            if !path.exists() {
+                return Err(Error::Read {
+                    source_name: path.display().to_string(),
+                    error: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no such file or directory",
+                    ),
+                });
+            }
+        }
+    }
     let (inputs, skipped, unreadable) = expand(&inputs);
     let mut summary = Summary {
         inputs_skipped: skipped,

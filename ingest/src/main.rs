@@ -110,7 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
             .context("creating topics")?;
-            let producer = kafka::producer(&cfg.kafka, "trailguard-ingest")?;
+            let producer = kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?;
             let mut publisher = Publisher::new(producer, &cfg, "files", metrics);
             let inputs: Vec<Input> = paths.iter().map(|p| Input::parse(p)).collect();
             let result = files::run(&inputs, &mut publisher, &shutdown).await?;

@@ -190,7 +190,7 @@ pub async fn run(
     kafka::ensure_topics(&cfg.kafka, &[&topics.alerts, &topics.actions], &[]).await?;
     let mut answered = tokio::task::block_in_place(|| answered_alerts(&cfg))?;
     let s3 = s3_client(&cfg.aws).await;
-    let producer = kafka::producer(&cfg.kafka, "trailguard-remediate")?;
+    let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
     let consumer = kafka::consumer(
         &cfg.kafka,
         &cfg.remediate.group_id,

@@ -1,0 +1,38 @@
+# Trailguard — the two commands: `make demo` and `make test`. Both install what they need.
+SHELL := bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/trailguard/target
+
+.PHONY: demo test build env-up env-down schemas lint fmt bench clean-data
+
+## make demo: the whole pipeline locally — alerts and remediations on screen.
+demo:
+	deploy/demo/run.sh
+
+## make test: unit, integration and end-to-end tests against tansu and moto.
+test:
+	deploy/test.sh
+
+build:
+	cargo build --workspace --bins
+
+## Start / stop the local broker and AWS server by hand.
+env-up:
+	deploy/local/up.sh
+
+env-down:
+	deploy/local/down.sh
+
+## Regenerate the wire contract's JSON Schemas after changing the types.
+schemas:
+	cargo run -q -p trailguard-common --bin gen-schemas
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean-data:
+	deploy/local/down.sh
+	rm -rf .data

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# make test: starts tansu + moto (installing them on first use), builds the binaries, runs every
+# test (unit, integration, end-to-end), and stops the servers it started.
+set -euo pipefail
+# shellcheck source=local/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local/common.sh"
+
+started_env=0
+if ! port_open "$TG_HOST" "$TG_KAFKA_PORT" || ! port_open "$TG_HOST" "$TG_MOTO_PORT"; then
+    started_env=1
+fi
+cleanup() {
+    if [[ $started_env == 1 ]]; then "$TG_LOCAL_DIR/down.sh" >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+"$TG_LOCAL_DIR/up.sh"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TG_CACHE/target}"
+export TRAILGUARD_TEST_BROKERS="$TG_HOST:$TG_KAFKA_PORT"
+export TRAILGUARD_TEST_AWS_ENDPOINT="http://$TG_HOST:$TG_MOTO_PORT"
+export TRAILGUARD_TEST_SHARED_DATA="${TRAILGUARD_TEST_SHARED_DATA:-$REPO/../shared/data/cloudtrail}"
+export TRAILGUARD_TEST_BIN_DIR="$CARGO_TARGET_DIR/debug"
+
+cd "$REPO"
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast

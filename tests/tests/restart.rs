@@ -1,0 +1,161 @@
+//! Restarts mid-stream lose nothing and repeat nothing: detect stopped with SIGTERM and killed
+//! with SIGKILL raises the same alerts as an uninterrupted run; remediate restarted never acts
+//! twice on one alert.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use trailguard_common::{ActionRecord, Alert};
+use trailguard_tests::{produce, read_topic, repo, wait_for_topic, Run};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// NDJSON of `users` × 7 failed console sign-ins a minute apart (enough for one burst each, on
+/// both the principal and the source IP), built from the real failure record in the demo sample.
+/// User `u` starts at minute 3u, and records are in time order, so windows keep closing and the
+/// committed offsets keep moving while the stream is consumed.
+fn burst_file(users: usize) -> Result<PathBuf> {
+    let sample: Value = serde_json::from_str(&std::fs::read_to_string(
+        repo().join("deploy/demo/sample/02-signin-failures.json"),
+    )?)?;
+    let template = sample["Records"][0].clone();
+    let path = std::env::temp_dir().join(format!("bursts-{}-{users}.jsonl", std::process::id()));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let start = chrono::DateTime::parse_from_rfc3339("2024-05-01T00:00:00Z")?;
+    let mut events: Vec<(i64, usize)> = (0..users)
+        .flat_map(|user| (0..7).map(move |m| (user as i64 * 3 + m, user)))
+        .collect();
+    events.sort();
+    for (minute, user) in events {
+        {
+            let mut record = template.clone();
+            record["userIdentity"]["arn"] =
+                Value::from(format!("arn:aws:iam::123456789012:user/u{user}"));
+            record["userIdentity"]["userName"] = Value::from(format!("u{user}"));
+            record["sourceIPAddress"] = Value::from(format!("10.{}.{}.1", user / 250, user % 250));
+            record["eventID"] = Value::from(format!("e-{user}-{minute}"));
+            let time = start + chrono::Duration::minutes(minute);
+            record["eventTime"] = Value::from(time.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+            writeln!(file, "{record}")?;
+        }
+    }
+    file.flush()?;
+    Ok(path)
+}
+
+fn alert_ids(topic: &str, distinct: usize) -> Result<(BTreeSet<String>, usize)> {
+    let records = read_topic(topic, TIMEOUT, Duration::from_secs(3), |r| {
+        r.iter()
+            .filter_map(|r| serde_json::from_slice::<Alert>(&r.value).ok())
+            .map(|a| a.id)
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= distinct
+    })?;
+    let ids: BTreeSet<String> = records
+        .iter()
+        .map(|r| serde_json::from_slice::<Alert>(&r.value).map(|a| a.id))
+        .collect::<Result<_, _>>()?;
+    Ok((ids, records.len()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detect_restarted_mid_stream_raises_the_same_alerts() -> Result<()> {
+    const USERS: usize = 600;
+    let run = Run::new("detect-restart")?;
+    let input = burst_file(USERS)?;
+    let output = run
+        .command("ingest", &["files", input.to_str().context("path")?])?
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "ingest: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected = USERS * 2; // one burst per principal and one per source IP
+
+    // Uninterrupted reference run.
+    let mut reference = run.spawn("detect", &[])?;
+    let (reference_ids, _) = alert_ids(&run.topic("alerts"), expected)?;
+    reference.stop("-TERM")?;
+    assert_eq!(reference_ids.len(), expected);
+
+    // Same activities, a new group and alerts topic; stopped with SIGTERM, then killed with
+    // SIGKILL, mid-stream.
+    let mut again = Run::new("detect-restart-b")?;
+    // A killed member leaves the group only when its session times out: keep that short.
+    again.env.push((
+        "TRAILGUARD_KAFKA__CLIENT__SESSION_TIMEOUT_MS".into(),
+        "6000".into(),
+    ));
+    for (key, value) in again.env.iter_mut() {
+        if key == "TRAILGUARD_KAFKA__TOPICS__ACTIVITIES" {
+            *value = run.topic("activities");
+        }
+    }
+    let alerts = again.topic("alerts");
+    for signal in ["-TERM", "-KILL"] {
+        let mut detect = again.spawn("detect", &[])?;
+        let seen = read_topic(&alerts, TIMEOUT, Duration::ZERO, |r| {
+            r.len() >= expected / 4
+        })?
+        .len();
+        let status = detect.stop(signal)?;
+        if signal == "-TERM" {
+            ensure!(
+                status.success(),
+                "detect exited {status} on SIGTERM: {}",
+                detect.log()
+            );
+        }
+        ensure!(
+            seen < expected * 2,
+            "the stream finished before the {signal}; make it longer"
+        );
+    }
+    let _detect = again.spawn("detect", &[])?;
+    let (ids, messages) = alert_ids(&alerts, expected)?;
+    // None lost, none new; a replay may repeat an alert, always with the same id.
+    assert_eq!(ids, reference_ids);
+    assert!(messages >= expected);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remediate_restarted_never_acts_twice() -> Result<()> {
+    let run = Run::new("remediate-restart")?;
+    let alerts = run.topic("alerts");
+    let actions = run.topic("actions");
+    let alert = |id: &str| -> Result<Vec<u8>> {
+        let mut alert: Value = serde_json::from_str(include_str!("alert.json"))?;
+        alert["id"] = Value::from(id);
+        Ok(serde_json::to_vec(&alert)?)
+    };
+
+    let mut remediate = run.spawn("remediate", &[])?;
+    wait_for_topic(&alerts, TIMEOUT)?;
+    produce(&alerts, "e", &alert("alert-1")?).await?;
+    read_topic(&actions, TIMEOUT, Duration::ZERO, |r| r.len() >= 1)?;
+    let status = remediate.stop("-TERM")?;
+    ensure!(
+        status.success(),
+        "remediate exited {status}: {}",
+        remediate.log()
+    );
+
+    // The same alert again (a replayed detect), and a new one, while remediate is down.
+    produce(&alerts, "e", &alert("alert-1")?).await?;
+    produce(&alerts, "e", &alert("alert-2")?).await?;
+    let _remediate = run.spawn("remediate", &[])?;
+    let records = read_topic(&actions, TIMEOUT, Duration::from_secs(3), |r| r.len() >= 2)?;
+    let answered: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::from_slice::<ActionRecord>(&r.value).map(|a| a.alert_id))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(answered, ["alert-1", "alert-2"]);
+    Ok(())
+}

@@ -139,7 +139,7 @@ async fn remediate_restarted_never_acts_twice() -> Result<()> {
     let mut remediate = run.spawn("remediate", &[])?;
     wait_for_topic(&alerts, TIMEOUT)?;
     produce(&alerts, "e", &alert("alert-1")?).await?;
-    read_topic(&actions, TIMEOUT, Duration::ZERO, |r| r.len() >= 1)?;
+    read_topic(&actions, TIMEOUT, Duration::ZERO, |r| !r.is_empty())?;
     let status = remediate.stop("-TERM")?;
     ensure!(
         status.success(),

@@ -23,4 +23,11 @@ export TRAILGUARD_TEST_BIN_DIR="$CARGO_TARGET_DIR/debug"
 
 cd "$REPO"
 cargo build --workspace --bins
-cargo test --workspace --no-fail-fast
+log="$TG_DATA/logs/test-$(date +%Y%m%d%H%M%S).log"
+mkdir -p "$(dirname "$log")"
+rc=0
+cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$log" || rc=$?
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$rc"

@@ -89,19 +89,21 @@ impl ConsumerContext for RebalanceContext {
 
 /// Why an activity message cannot be evaluated.
 fn decode(payload: Option<&[u8]>) -> Result<Activity, (&'static str, String)> {
-    let bytes = payload.ok_or(("empty_message", "message has no value".to_string()))?;
-    let activity: Activity = serde_json::from_slice(bytes)
-        .map_err(|e| ("undecodable_activity", format!("not an Activity: {e}")))?;
-    if activity.schema_version > ACTIVITY_SCHEMA_VERSION {
-        return Err((
-            "unsupported_schema_version",
-            format!(
-                "schema_version {} is newer than this detect ({ACTIVITY_SCHEMA_VERSION})",
-                activity.schema_version
-            ),
-        ));
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        schema_version: u32,
     }
-    Ok(activity)
+    let bytes = payload.ok_or(("empty_message", "message has no value".to_string()))?;
+    let version = serde_json::from_slice::<Versioned>(bytes).map(|v| v.schema_version);
+    if let Ok(version) = version.as_ref().copied() {
+        if version > ACTIVITY_SCHEMA_VERSION {
+            return Err((
+                "unsupported_schema_version",
+                format!("schema_version {version} is newer than this detect reads ({ACTIVITY_SCHEMA_VERSION})"),
+            ));
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|e| ("undecodable_activity", format!("not an Activity: {e}")))
 }
 
 /// Runs detect until `shutdown`, then commits what is safe and returns.

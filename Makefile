@@ -12,6 +12,10 @@ demo:
 test:
 	deploy/test.sh
 
+## make bench: throughput numbers (release build, local broker).
+bench:
+	deploy/bench.sh
+
 build:
 	cargo build --workspace --bins
 

@@ -103,7 +103,8 @@ fn decode(payload: Option<&[u8]>) -> Result<Activity, (&'static str, String)> {
             ));
         }
     }
-    serde_json::from_slice(bytes).map_err(|e| ("undecodable_activity", format!("not an Activity: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ("undecodable_activity", format!("not an Activity: {e}")))
 }
 
 /// Runs detect until `shutdown`, then commits what is safe and returns.

@@ -170,10 +170,20 @@ async fn detect_dead_letters_what_it_cannot_read() -> Result<()> {
     wait_for_topic(&activities, TIMEOUT)?;
     produce(&activities, "k", b"not json at all").await?;
     produce(&activities, "k", br#"{"schema_version": 99}"#).await?;
-    let dlq = read_topic(&run.topic("dlq"), TIMEOUT, Duration::from_secs(2), |r| r.len() >= 2)?;
-    let kinds: Vec<&str> = dlq.iter().filter_map(|r| r.headers.get("trailguard.error_kind").map(String::as_str)).collect();
-    assert_eq!(kinds, ["undecodable_activity", "unsupported_schema_version"]);
+    let dlq = read_topic(&run.topic("dlq"), TIMEOUT, Duration::from_secs(2), |r| {
+        r.len() >= 2
+    })?;
+    let kinds: Vec<&str> = dlq
+        .iter()
+        .filter_map(|r| r.headers.get("trailguard.error_kind").map(String::as_str))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["undecodable_activity", "unsupported_schema_version"]
+    );
     assert_eq!(dlq[0].value, b"not json at all");
-    assert!(dlq.iter().all(|r| r.headers.get("trailguard.stage").map(String::as_str) == Some("detect")));
+    assert!(dlq
+        .iter()
+        .all(|r| r.headers.get("trailguard.stage").map(String::as_str) == Some("detect")));
     Ok(())
 }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# make bench: builds in release, starts the local broker, and prints throughput numbers.
+set -euo pipefail
+# shellcheck source=local/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local/common.sh"
+started_env=0
+if ! port_open "$TG_HOST" "$TG_KAFKA_PORT"; then started_env=1; fi
+cleanup() { if [[ $started_env == 1 ]]; then "$TG_LOCAL_DIR/down.sh" >/dev/null 2>&1 || true; fi; }
+trap cleanup EXIT
+"$TG_LOCAL_DIR/up.sh" >/dev/null
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TG_CACHE/target}"
+cd "$REPO"
+cargo build --release --bins --quiet
+export TRAILGUARD_TEST_SHARED_DATA="${TRAILGUARD_TEST_SHARED_DATA:-$REPO/../shared/data/cloudtrail}"
+export TRAILGUARD_BENCH_BROKERS="$TG_HOST:$TG_KAFKA_PORT"
+export TRAILGUARD_BENCH_INGEST="$CARGO_TARGET_DIR/release/ingest"
+cargo bench --workspace --quiet --bench throughput

@@ -1,0 +1,201 @@
+//! `make bench` for ingest: normalize throughput on one core over a corpus built from the
+//! shared CloudTrail records, and — with a broker — `ingest files` next to a raw publish of the
+//! very same bytes. Prints numbers; asserts nothing.
+//!
+//! Env: `TRAILGUARD_TEST_SHARED_DATA` (the shared records), `TRAILGUARD_BENCH_BROKERS` and
+//! `TRAILGUARD_BENCH_INGEST` (the release `ingest` binary) for the end-to-end part,
+//! `TRAILGUARD_BENCH_RECORDS` (corpus size, default 200000).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::Value;
+use trailguard_ingest::files::{expand, Input};
+use trailguard_ingest::normalize::normalize;
+use trailguard_ingest::split::{decompress, split};
+
+/// Every normalizable shared record, as JSON text.
+fn shared_records() -> Vec<String> {
+    let root = std::env::var("TRAILGUARD_TEST_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloudtrail")
+        });
+    let (inputs, _, _) = expand(&[Input::Path(root)]);
+    let mut out = Vec::new();
+    for input in inputs {
+        let Input::Path(path) = input else { continue };
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(plain) = decompress(&bytes) else {
+            continue;
+        };
+        let Ok(items) = split(&plain) else { continue };
+        for item in items {
+            if let Ok(text) = item.text {
+                if let Ok(activity) = normalize(text) {
+                    // Unwrap envelopes so the corpus is plain CloudTrail records.
+                    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                    let record = value
+                        .get("event")
+                        .filter(|_| activity.event_name != value["eventName"])
+                        .cloned()
+                        .unwrap_or(value);
+                    out.push(record.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `n` records cycling through the shared ones, each with its own eventID and time.
+fn corpus(n: usize) -> Vec<String> {
+    let base = shared_records();
+    assert!(!base.is_empty(), "no shared records found");
+    (0..n)
+        .map(|i| {
+            let mut record: Value =
+                serde_json::from_str(&base[i % base.len()]).unwrap_or(Value::Null);
+            record["eventID"] = Value::from(format!("bench-{i}"));
+            record["eventTime"] = Value::from(format!(
+                "2024-06-{:02}T{:02}:{:02}:{:02}Z",
+                1 + i / 86_400 % 28,
+                i / 3600 % 24,
+                i / 60 % 60,
+                i % 60
+            ));
+            record.to_string()
+        })
+        .collect()
+}
+
+fn main() {
+    let n: usize = std::env::var("TRAILGUARD_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let records = corpus(n);
+    let bytes: usize = records.iter().map(String::len).sum();
+    println!(
+        "corpus: {n} records built from the shared data, {:.1} MB, {:.0} bytes/record",
+        bytes as f64 / 1e6,
+        bytes as f64 / n as f64
+    );
+
+    // Normalize on one core (this thread), best of three.
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut ok = 0usize;
+        for r in &records {
+            ok += usize::from(normalize(r).is_ok());
+        }
+        assert_eq!(ok, n);
+        best = best.min(started.elapsed());
+    }
+    println!(
+        "normalize: {:.0} records/s on one core ({:.0} MB/s), best of 3",
+        n as f64 / best.as_secs_f64(),
+        bytes as f64 / 1e6 / best.as_secs_f64()
+    );
+
+    let (Ok(brokers), Ok(ingest)) = (
+        std::env::var("TRAILGUARD_BENCH_BROKERS"),
+        std::env::var("TRAILGUARD_BENCH_INGEST"),
+    ) else {
+        println!("ingest files vs raw publish: skipped (set TRAILGUARD_BENCH_BROKERS and TRAILGUARD_BENCH_INGEST, or run `make bench`)");
+        return;
+    };
+    let run = format!("bench-{}", std::process::id());
+    let path = std::env::temp_dir().join(format!("{run}.jsonl"));
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("corpus file"));
+        for r in &records {
+            writeln!(file, "{r}").expect("write corpus");
+        }
+    }
+
+    let started = Instant::now();
+    let status = std::process::Command::new(&ingest)
+        .args([
+            "--brokers",
+            &brokers,
+            "files",
+            path.to_str().unwrap_or_default(),
+        ])
+        .env(
+            "TRAILGUARD_KAFKA__TOPICS__ACTIVITIES",
+            format!("{run}.activities"),
+        )
+        .env("TRAILGUARD_KAFKA__TOPICS__DLQ", format!("{run}.dlq"))
+        .env("TRAILGUARD_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run ingest");
+    let ingest_secs = started.elapsed().as_secs_f64();
+    assert!(status.success(), "ingest failed");
+    let ingest_rate = n as f64 / ingest_secs;
+    println!("ingest files → topic: {ingest_rate:.0} records/s ({:.1} MB/s), {ingest_secs:.2}s incl. start-up", bytes as f64 / 1e6 / ingest_secs);
+
+    // Raw publish of the same bytes, same producer settings, topic created the same way.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let raw_secs = runtime.block_on(async {
+        let topic = format!("{run}.raw");
+        let cfg = trailguard_common::config::KafkaConfig {
+            brokers: brokers.clone(),
+            ..Default::default()
+        };
+        trailguard_common::kafka::ensure_topics(&cfg, &[&topic], &[])
+            .await
+            .expect("create topic");
+        let producer: FutureProducer =
+            trailguard_common::kafka::producer(&cfg, "bench-raw", 5).expect("producer");
+        let started = Instant::now();
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for (i, r) in records.iter().enumerate() {
+            loop {
+                let key = (i % 1024).to_string();
+                match producer.send_result(
+                    FutureRecord::to(&topic)
+                        .key(key.as_bytes())
+                        .payload(r.as_bytes()),
+                ) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err(_) => {
+                        use futures::StreamExt;
+                        let _ = pending.next().await;
+                    }
+                }
+                if pending.len() >= 20_000 {
+                    use futures::StreamExt;
+                    let _ = pending.next().await;
+                }
+            }
+        }
+        use futures::StreamExt;
+        while let Some(result) = pending.next().await {
+            assert!(matches!(result, Ok(Ok(_))), "raw publish failed");
+        }
+        let _ = producer.flush(Duration::from_secs(30));
+        started.elapsed().as_secs_f64()
+    });
+    let raw_rate = n as f64 / raw_secs;
+    println!(
+        "raw publish of the same bytes: {raw_rate:.0} records/s ({:.1} MB/s)",
+        bytes as f64 / 1e6 / raw_secs
+    );
+    println!(
+        "ingest files / raw publish: {:.0} %",
+        100.0 * ingest_rate / raw_rate
+    );
+    let _ = std::fs::remove_file(&path);
+}

@@ -62,7 +62,7 @@ fn corpus(n: usize) -> Vec<String> {
         .map(|i| {
             let mut record: Value =
                 serde_json::from_str(&base[i % base.len()]).unwrap_or(Value::Null);
-            record["eventID"] = Value::from(format!("bench-{i}"));
+            record["eventID"] = Value::from(format!("{:08x}-0000-4000-8000-{i:012x}", i / 7));
             record["eventTime"] = Value::from(format!(
                 "2024-06-{:02}T{:02}:{:02}:{:02}Z",
                 1 + i / 86_400 % 28,

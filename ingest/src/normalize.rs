@@ -116,14 +116,20 @@ fn normalize_record(record: RawRecord, depth: u8) -> Result<Activity, NormalizeE
         .or_else(|| source_host.clone());
     let time_key = event_time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     let principal_key = principal.key();
-    // Parameters tell apart records whose other fields coincide (test fixtures, replays of a
-    // template); serde_json's maps are sorted, so this text is canonical.
-    let params_text = record
-        .request_parameters
-        .as_ref()
-        .filter(|v| !v.is_null())
-        .map(Value::to_string)
-        .unwrap_or_default();
+    // A real CloudTrail eventID is a UUID, unique per event: with the fields below it names the
+    // record. Without one (exports, test fixtures, a reused id like "1"), the parameters tell
+    // apart records whose other fields coincide; serde_json's maps are sorted, so this text is
+    // canonical whatever the key order of the source.
+    let params_text = if event_id.as_deref().is_some_and(is_uuid) {
+        String::new()
+    } else {
+        record
+            .request_parameters
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(Value::to_string)
+            .unwrap_or_default()
+    };
     let id = stable_id([
         event_id.as_deref().unwrap_or(""),
         time_key.as_str(),
@@ -162,6 +168,16 @@ fn normalize_record(record: RawRecord, depth: u8) -> Result<Activity, NormalizeE
         additional_event_data: record.additional_event_data.filter(|v| !v.is_null()),
         enrichment: Enrichment::default(),
     })
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_uuid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 /// Parses CloudTrail time stamps: RFC 3339, or `YYYY-MM-DD[ T]HH:MM:SS[.fraction][Z]` in UTC.
@@ -652,6 +668,14 @@ mod tests {
         let c = a.replace(r#""a":1"#, r#""a":2"#);
         assert_ne!(normalize(a)?.id, normalize(&c)?.id);
         Ok(())
+    }
+
+    #[test]
+    fn uuids() {
+        assert!(is_uuid("fd4f1042-c7f6-4107-a6ee-d841d92596e7"));
+        assert!(!is_uuid("1"));
+        assert!(!is_uuid("fd4f1042-c7f6-4107-a6ee-d841d92596eg"));
+        assert!(!is_uuid("fd4f1042c-7f6-4107-a6ee-d841d92596e7"));
     }
 
     #[test]

@@ -170,7 +170,9 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         format!("cloudtrail-changes medium cloudtrail-trail {trail}"), // failed StopLogging
         "cloudtrail-changes medium cloudtrail-trail example-trail".into(), // failed DeleteTrail
         "cloudtrail-changes medium cloudtrail-trail management-events".into(), // UpdateTrail
-        "cloudtrail-changes medium cloudtrail-trail sample-cloudtrail-name".into(), // PutEventSelectors x2
+        // PutEventSelectors: Panther's two variants of one event (same eventID UUID, different
+        // selectors) are one activity id to Trailguard, so they raise one alert id twice.
+        "cloudtrail-changes medium cloudtrail-trail sample-cloudtrail-name".into(),
         "cloudtrail-changes medium cloudtrail-trail sample-cloudtrail-name".into(),
         "console-signin-failures medium principal arn:aws:iam::123456789012:user/tester".into(), // the sample's burst
         "console-signin-failures medium source-ip 111.111.111.111".into(),
@@ -202,7 +204,7 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
     }
     alert_lines.sort();
     assert_eq!(alert_lines, expected_alerts);
-    assert_eq!(distinct.len(), 13);
+    assert_eq!(distinct.len(), 12);
 
     // One action record per distinct alert and action — never two.
     let mut expected_actions: Vec<String> = [
@@ -213,7 +215,7 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
     .into_iter()
     .chain(std::iter::repeat_n(
         "notify default dry-run skipped".to_string(),
-        8,
+        7,
     )) // no channel in this version
     .collect();
     expected_actions.sort();

@@ -138,6 +138,8 @@ pub struct Topics {
     pub alerts: String,
     /// Action records (the audit trail of remediation), keyed by alert id.
     pub actions: String,
+    /// Where each ingest source left off (compacted), keyed by source.
+    pub checkpoints: String,
 }
 
 impl Default for Topics {
@@ -147,6 +149,7 @@ impl Default for Topics {
             dlq: "trailguard.activities.dlq".into(),
             alerts: "trailguard.alerts".into(),
             actions: "trailguard.actions".into(),
+            checkpoints: "trailguard.ingest.checkpoints".into(),
         }
     }
 }
@@ -158,6 +161,7 @@ impl Topics {
             ("kafka.topics.dlq", &self.dlq),
             ("kafka.topics.alerts", &self.alerts),
             ("kafka.topics.actions", &self.actions),
+            ("kafka.topics.checkpoints", &self.checkpoints),
         ] {
             let valid = !name.is_empty()
                 && name.len() <= 249

@@ -2,6 +2,7 @@
 //!
 //! - [`contract`]: the wire contract — [`Activity`], [`Alert`], [`ActionRecord`] — with schema
 //!   versions and generated JSON Schemas. This is what users consuming the topics rely on.
+//! - [`aws`]: AWS settings and client construction (endpoint override for local servers).
 //! - [`config`]: the configuration every service has (Kafka, admin endpoint, logs) and the
 //!   layered loader (defaults → file → env → flags).
 //! - [`kafka`]: producer/consumer construction with librdkafka pass-through, topic creation,
@@ -10,6 +11,7 @@
 //! - [`shutdown`]: the process-wide cancellation token.
 //! - [`s3`]: what makes a bucket public (detect alerts on it, remediate undoes it).
 
+pub mod aws;
 pub mod config;
 pub mod contract;
 mod error;

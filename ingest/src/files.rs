@@ -299,7 +299,8 @@ pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summar
     }
 }
 
-async fn dead_letter_input(
+/// Dead-letters a whole input (unreadable, bad gzip, not JSON), counting it in `summary`.
+pub async fn dead_letter_input(
     publisher: &mut Publisher,
     summary: &mut Summary,
     name: &str,

@@ -5,11 +5,15 @@
 //! - [`split`] (pure): input bytes → raw records (log files, arrays, NDJSON, gzip).
 //! - [`normalize`] (pure): raw record → `Activity`.
 //! - [`files`]: the `files` source — paths, directory trees, stdin.
+//! - [`s3`]: the `s3` source — trail log files in a bucket, account and organization layouts.
+//! - [`checkpoint`]: where each source left off, in a compacted topic.
 //! - [`publish`]: the Kafka side — durable sends of activities and dead letters.
 
+pub mod checkpoint;
 pub mod files;
 pub mod normalize;
 pub mod publish;
+pub mod s3;
 pub mod split;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +31,10 @@ pub struct IngestConfig {
     pub log: LogConfig,
     /// Publishing.
     pub publish: PublishConfig,
+    /// AWS access (the `s3` source).
+    pub aws: trailguard_common::aws::AwsConfig,
+    /// The `s3` source.
+    pub s3: s3::S3SourceConfig,
 }
 
 impl IngestConfig {
@@ -90,6 +98,9 @@ pub enum Error {
         /// What happened.
         error: std::io::Error,
     },
+    /// A source failed in a way that is not one input's fault (listing a bucket, access).
+    #[error("source: {0}")]
+    Source(String),
     /// Records could not be published even after the producer's retries.
     #[error("{failed} records could not be published: {first}")]
     Publish {

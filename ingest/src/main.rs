@@ -8,8 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use trailguard_common::{config, kafka, shutdown, telemetry};
+use trailguard_ingest::checkpoint::Checkpoints;
 use trailguard_ingest::files::{self, Input};
 use trailguard_ingest::publish::{Metrics, Publisher};
+use trailguard_ingest::s3;
 use trailguard_ingest::IngestConfig;
 
 /// Trailguard ingest: reads CloudTrail records, normalizes each into an Activity and publishes
@@ -46,6 +48,43 @@ enum Command {
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
+    /// Publish trail log files from an S3 bucket (account and organization layouts), resuming
+    /// each (account, region) from its checkpoint. Polls every `s3.poll_interval` unless `--once`.
+    S3 {
+        #[command(flatten)]
+        args: S3Args,
+        /// Summary format printed on stdout after each listing.
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        summary: SummaryFormat,
+        /// Serve /metrics and /healthz on this address (default: `admin.listen`).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct S3Args {
+    /// Bucket the trail writes to.
+    #[arg(long)]
+    bucket: Option<String>,
+    /// Key prefix the trail was configured with (before `AWSLogs/`), ending in `/`.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Only this account (repeatable).
+    #[arg(long = "account")]
+    accounts: Vec<String>,
+    /// Only this region (repeatable).
+    #[arg(long = "region")]
+    regions: Vec<String>,
+    /// Skip days before this one (YYYY-MM-DD) on a stream's first listing.
+    #[arg(long)]
+    start_date: Option<String>,
+    /// List once, publish what is new, and exit (for backfills and cron); otherwise poll.
+    #[arg(long)]
+    once: bool,
+    /// AWS endpoint override (a local AWS-API server); implies path-style addressing.
+    #[arg(long, env = "TRAILGUARD_AWS_ENDPOINT")]
+    aws_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -74,12 +113,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(format) = &cli.log_format {
         flags["log"] = json!({ "format": format });
     }
-    if let Command::Files {
-        admin_listen: Some(addr),
-        ..
-    } = &cli.command
-    {
-        flags["admin"] = json!({ "listen": addr.to_string() });
+    match &cli.command {
+        Command::Files {
+            admin_listen: Some(addr),
+            ..
+        }
+        | Command::S3 {
+            admin_listen: Some(addr),
+            ..
+        } => {
+            flags["admin"] = json!({ "listen": addr.to_string() });
+        }
+        _ => {}
+    }
+    if let Command::S3 { args, .. } = &cli.command {
+        let mut s3 = json!({});
+        if let Some(bucket) = &args.bucket {
+            s3["bucket"] = json!(bucket);
+        }
+        if let Some(prefix) = &args.prefix {
+            s3["prefix"] = json!(prefix);
+        }
+        if !args.accounts.is_empty() {
+            s3["accounts"] = json!(args.accounts);
+        }
+        if !args.regions.is_empty() {
+            s3["regions"] = json!(args.regions);
+        }
+        if let Some(date) = &args.start_date {
+            s3["start_date"] = json!(date);
+        }
+        flags["s3"] = s3;
+        if let Some(endpoint) = &args.aws_endpoint {
+            flags["aws"] = json!({ "endpoint_url": endpoint, "force_path_style": true });
+        }
     }
     let cfg: IngestConfig = config::load(&IngestConfig::default(), cli.config.as_deref(), &flags)?;
     cfg.validate()?;
@@ -124,6 +191,71 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::S3 { args, summary, .. } => {
+            cfg.s3.validate()?;
+            cfg.aws.validate()?;
+            let health = telemetry::Health::default();
+            if !args.once {
+                telemetry::serve_admin(
+                    cfg.admin.listen,
+                    registry,
+                    health.clone(),
+                    shutdown.clone(),
+                )
+                .await?;
+            }
+            kafka::ensure_topics(
+                &cfg.kafka,
+                &[&cfg.kafka.topics.activities, &cfg.kafka.topics.dlq],
+                &[],
+            )
+            .await
+            .context("creating topics")?;
+            let producer = kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?;
+            let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
+            let mut publisher = Publisher::new(producer, &cfg, "s3", metrics);
+            let client = trailguard_common::aws::s3_client(&cfg.aws).await;
+            loop {
+                let result = match s3::run_once(
+                    &client,
+                    &cfg.s3,
+                    &mut checkpoints,
+                    &mut publisher,
+                    &shutdown,
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(err) if !args.once && !shutdown.is_cancelled() => {
+                        // The next listing starts at the checkpoints: nothing is lost by retrying.
+                        tracing::error!(error = %err, "s3 listing failed; retrying at the next interval");
+                        health.set(false);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                            _ = tokio::time::sleep(cfg.s3.poll_interval) => continue,
+                        }
+                    }
+                    Err(err) => return Err(err.into()),
+                };
+                health.set(true);
+                match summary {
+                    SummaryFormat::Text => println!("{result}"),
+                    SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
+                }
+                if args.once || shutdown.is_cancelled() {
+                    shutdown.cancel();
+                    return Ok(if result.interrupted {
+                        ExitCode::from(130)
+                    } else {
+                        ExitCode::SUCCESS
+                    });
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                    _ = tokio::time::sleep(cfg.s3.poll_interval) => {}
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use trailguard_common::aws::AwsConfig;
 use trailguard_common::config::{AdminConfig, KafkaConfig, LogConfig};
 use trailguard_common::contract::{ActionKind, Mode};
 
@@ -57,28 +58,8 @@ impl RemediateConfig {
                 "must not be empty",
             ));
         }
-        if let Some(url) = &self.aws.endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(trailguard_common::Error::config(
-                    "aws.endpoint_url",
-                    "must start with http:// or https://",
-                ));
-            }
-        }
-        Ok(())
+        self.aws.validate()
     }
-}
-
-/// How to reach AWS. Credentials come from the standard chain (env, profile, IRSA, instance).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AwsConfig {
-    /// Region for API calls; default from the environment/profile.
-    pub region: Option<String>,
-    /// Endpoint override for every service (a local AWS-API server such as moto).
-    pub endpoint_url: Option<String>,
-    /// Path-style S3 addressing (needed by local servers).
-    pub force_path_style: bool,
 }
 
 /// Modes per policy and action, and what is never touched.

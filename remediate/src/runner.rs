@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use prometheus::{IntCounterVec, Opts, Registry};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext};
 use rdkafka::message::Message;
@@ -19,7 +18,7 @@ use trailguard_common::contract::{
 use trailguard_common::{kafka, Alert};
 
 use crate::plan::{plan, Decision};
-use crate::{bucket, AwsConfig, Error, RemediateConfig};
+use crate::{bucket, Error, RemediateConfig};
 
 /// Remediate's metrics. Labels come from closed sets only.
 #[derive(Clone)]
@@ -49,23 +48,6 @@ impl Metrics {
         registry.register(Box::new(actions.clone()))?;
         Ok(Metrics { alerts, actions })
     }
-}
-
-/// Builds an S3 client from the AWS settings (endpoint override and path style for local
-/// servers; the standard credential chain otherwise).
-pub async fn s3_client(aws: &AwsConfig) -> aws_sdk_s3::Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = &aws.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    if let Some(url) = &aws.endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
-    let shared = loader.load().await;
-    let config = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(aws.force_path_style)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// Carries out one decision and describes it as an action record.
@@ -189,7 +171,7 @@ pub async fn run(
     let topics = &cfg.kafka.topics;
     kafka::ensure_topics(&cfg.kafka, &[&topics.alerts, &topics.actions], &[]).await?;
     let mut answered = tokio::task::block_in_place(|| answered_alerts(&cfg))?;
-    let s3 = s3_client(&cfg.aws).await;
+    let s3 = trailguard_common::aws::s3_client(&cfg.aws).await;
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
     let consumer = kafka::consumer(
         &cfg.kafka,

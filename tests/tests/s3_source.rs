@@ -1,0 +1,195 @@
+//! `ingest s3` against moto: account and organization layouts, several accounts, regions and
+//! days, digests, Insights and stray files mixed in, filters, and resuming from checkpoints.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use serde_json::{json, Value};
+use trailguard_tests::{read_topic, s3, Run};
+
+fn log_file(account: &str, region: &str, records: usize, tag: &str) -> Result<Vec<u8>> {
+    let records: Vec<Value> = (0..records)
+        .map(|i| {
+            json!({
+                "eventVersion": "1.08", "eventTime": "2024-01-01T00:00:00Z", "eventSource": "s3.amazonaws.com",
+                "eventName": "ListBuckets", "awsRegion": region, "sourceIPAddress": "1.2.3.4",
+                "eventID": format!("{tag}-{i}"), "recipientAccountId": account,
+                "userIdentity": {"type": "IAMUser", "arn": format!("arn:aws:iam::{account}:user/u{i}"), "accountId": account}
+            })
+        })
+        .collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(json!({ "Records": records }).to_string().as_bytes())?;
+    Ok(gz.finish()?)
+}
+
+fn key(root: &str, account: &str, region: &str, day: &str, time: &str) -> String {
+    format!(
+        "{root}{account}/CloudTrail/{region}/{day}/{account}_CloudTrail_{region}_{time}_x.json.gz"
+    )
+}
+
+async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await?;
+    Ok(())
+}
+
+fn ingest_s3(run: &Run, bucket: &str, extra: &[&str]) -> Result<Value> {
+    let endpoint = trailguard_tests::aws_endpoint()?;
+    let mut args = vec![
+        "s3",
+        "--once",
+        "--summary",
+        "json",
+        "--bucket",
+        bucket,
+        "--prefix",
+        "trail/",
+        "--aws-endpoint",
+        endpoint.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run.command("ingest", &args)?.output()?;
+    ensure!(
+        out.status.success(),
+        "ingest s3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layouts_filters_and_checkpoints() -> Result<()> {
+    let run = Run::new("s3src")?;
+    let bucket = format!("trail-{}", &run.id[run.id.len() - 12..]);
+    let client = s3().await?;
+    client.create_bucket().bucket(&bucket).send().await?;
+    let account_root = "trail/AWSLogs/";
+    let org_root = "trail/AWSLogs/o-abc123/";
+    // Account layout: two regions, two days; organization layout: another account.
+    put(
+        &client,
+        &bucket,
+        &key(
+            account_root,
+            "111111111111",
+            "us-east-1",
+            "2024/01/01",
+            "20240101T0000Z",
+        ),
+        log_file("111111111111", "us-east-1", 3, "a")?,
+    )
+    .await?;
+    put(
+        &client,
+        &bucket,
+        &key(
+            account_root,
+            "111111111111",
+            "us-east-1",
+            "2024/01/02",
+            "20240102T0000Z",
+        ),
+        log_file("111111111111", "us-east-1", 2, "b")?,
+    )
+    .await?;
+    put(
+        &client,
+        &bucket,
+        &key(
+            account_root,
+            "111111111111",
+            "eu-west-1",
+            "2024/01/01",
+            "20240101T0100Z",
+        ),
+        log_file("111111111111", "eu-west-1", 4, "c")?,
+    )
+    .await?;
+    put(
+        &client,
+        &bucket,
+        &key(
+            org_root,
+            "222222222222",
+            "us-east-1",
+            "2024/01/01",
+            "20240101T0200Z",
+        ),
+        log_file("222222222222", "us-east-1", 5, "d")?,
+    )
+    .await?;
+    // Not trail log files: a digest, an Insights file, a stray file in a region folder.
+    put(&client, &bucket, "trail/AWSLogs/111111111111/CloudTrail-Digest/us-east-1/2024/01/01/111111111111_CloudTrail-Digest_us-east-1_t_us-east-1_20240101T000000Z.json.gz", b"{}".to_vec()).await?;
+    put(&client, &bucket, "trail/AWSLogs/111111111111/CloudTrail-Insight/us-east-1/2024/01/01/111111111111_CloudTrail-Insight_us-east-1_20240101T0000Z_x.json.gz", b"{}".to_vec()).await?;
+    put(
+        &client,
+        &bucket,
+        "trail/AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/01/README.txt",
+        b"hi".to_vec(),
+    )
+    .await?;
+
+    // Only the organization's account first (its own checkpoints topic).
+    let mut filtered = Run::new("s3src-filtered")?;
+    filtered
+        .env
+        .retain(|(k, _)| k != "TRAILGUARD_KAFKA__TOPICS__ACTIVITIES");
+    filtered.env.push((
+        "TRAILGUARD_KAFKA__TOPICS__ACTIVITIES".into(),
+        run.topic("filtered"),
+    ));
+    let only_org = ingest_s3(&filtered, &bucket, &["--account", "222222222222"])?;
+    assert_eq!(only_org["published"], 5, "{only_org}");
+
+    let first = ingest_s3(&run, &bucket, &[])?;
+    assert_eq!(first["published"], 14, "{first}");
+    assert_eq!(first["inputs_read"], 4, "{first}");
+    assert_eq!(
+        first["inputs_skipped"], 3,
+        "digest and Insights folders, the stray file: {first}"
+    );
+
+    // Nothing new: the checkpoints say where each stream left off.
+    let second = ingest_s3(&run, &bucket, &[])?;
+    assert_eq!(second["published"], 0, "{second}");
+    assert_eq!(second["inputs_read"], 0, "{second}");
+
+    // A new file in one stream: only it is read.
+    put(
+        &client,
+        &bucket,
+        &key(
+            account_root,
+            "111111111111",
+            "us-east-1",
+            "2024/01/02",
+            "20240102T0500Z",
+        ),
+        log_file("111111111111", "us-east-1", 6, "e")?,
+    )
+    .await?;
+    let third = ingest_s3(&run, &bucket, &[])?;
+    assert_eq!(third["published"], 6, "{third}");
+
+    let activities = read_topic(
+        &run.topic("activities"),
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        |r| r.len() >= 20,
+    )?;
+    assert_eq!(activities.len(), 20);
+
+    // A start date skips earlier days on a stream's first listing.
+    let dated = Run::new("s3src-dated")?;
+    let from_jan_2 = ingest_s3(&dated, &bucket, &["--start-date", "2024-01-02"])?;
+    assert_eq!(from_jan_2["published"], 8, "{from_jan_2}");
+    Ok(())
+}

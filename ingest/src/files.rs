@@ -50,6 +50,8 @@ pub struct Summary {
     pub published: u64,
     /// Dead letters durably published (records and whole inputs).
     pub dead_lettered: u64,
+    /// Activities dropped as repeats of one already published.
+    pub duplicates: u64,
     /// Dead letters by error kind.
     pub dead_letter_kinds: BTreeMap<String, u64>,
     /// Bytes read, as stored.
@@ -74,8 +76,8 @@ impl std::fmt::Display for Summary {
         )?;
         write!(
             f,
-            "  published {} activities, dead-lettered {}",
-            self.published, self.dead_lettered
+            "  published {} activities, dead-lettered {}, dropped {} repeats",
+            self.published, self.dead_lettered, self.duplicates
         )?;
         for (kind, n) in &self.dead_letter_kinds {
             write!(f, "\n    {kind}: {n}")?;
@@ -224,6 +226,7 @@ pub async fn run(
     let finished = publisher.finish().await;
     summary.published = publisher.published;
     summary.dead_lettered = publisher.dead_lettered;
+    summary.duplicates = publisher.duplicates;
     summary.seconds = started.elapsed().as_secs_f64();
     finished.map(|()| summary)
 }

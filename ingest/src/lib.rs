@@ -7,9 +7,11 @@
 //! - [`files`]: the `files` source — paths, directory trees, stdin.
 //! - [`s3`]: the `s3` source — trail log files in a bucket, account and organization layouts.
 //! - [`checkpoint`]: where each source left off, in a compacted topic.
+//! - [`dedup`] (pure): drops repeats of an activity id within a horizon.
 //! - [`publish`]: the Kafka side — durable sends of activities and dead letters.
 
 pub mod checkpoint;
+pub mod dedup;
 pub mod files;
 pub mod normalize;
 pub mod publish;
@@ -53,6 +55,12 @@ pub struct PublishConfig {
     pub max_in_flight: usize,
     /// A dead letter larger than this carries a pointer to its source instead of its bytes.
     pub max_dead_letter_bytes: usize,
+    /// Repeats of an activity id within this much event time of the newest activity are
+    /// dropped (and counted).
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: std::time::Duration,
+    /// Most ids remembered for de-duplication (about 60 bytes each); 0 turns it off.
+    pub dedup_max_entries: usize,
 }
 
 impl Default for PublishConfig {
@@ -60,6 +68,8 @@ impl Default for PublishConfig {
         PublishConfig {
             max_in_flight: 20_000,
             max_dead_letter_bytes: 900_000,
+            dedup_horizon: std::time::Duration::from_secs(24 * 3600),
+            dedup_max_entries: 1_000_000,
         }
     }
 }

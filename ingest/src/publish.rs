@@ -11,6 +11,7 @@ use trailguard_common::contract::dlq_headers as h;
 use trailguard_common::kafka;
 use trailguard_common::Activity;
 
+use crate::dedup::Dedup;
 use crate::{Error, IngestConfig};
 
 /// Ingest's metrics. Labels come from closed sets only.
@@ -26,6 +27,8 @@ pub struct Metrics {
     pub inputs: IntCounterVec,
     /// Bytes read from sources (as stored, before decompression).
     pub bytes_read: IntCounterVec,
+    /// Activities dropped as repeats of one already published.
+    pub duplicates: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,6 +65,11 @@ impl Metrics {
                 "Bytes read from sources, as stored (before decompression).",
                 &["source"],
             )?,
+            duplicates: counter(
+                "trailguard_ingest_duplicates_total",
+                "Activities dropped as repeats of an id published within the de-duplication horizon.",
+                &["source"],
+            )?,
         })
     }
 }
@@ -94,6 +102,9 @@ pub struct Publisher {
     pub published: u64,
     /// Acknowledged dead letters.
     pub dead_lettered: u64,
+    /// Activities dropped as repeats.
+    pub duplicates: u64,
+    dedup: Dedup,
     failed: u64,
     first_error: Option<String>,
     buffer: Vec<u8>,
@@ -118,6 +129,8 @@ impl Publisher {
             metrics,
             published: 0,
             dead_lettered: 0,
+            duplicates: 0,
+            dedup: Dedup::new(cfg.publish.dedup_horizon, cfg.publish.dedup_max_entries),
             failed: 0,
             first_error: None,
             buffer: Vec::with_capacity(4096),
@@ -129,8 +142,16 @@ impl Publisher {
         &self.metrics
     }
 
-    /// Queues one activity, keyed by its principal.
+    /// Queues one activity, keyed by its principal, unless it repeats one already queued.
     pub async fn activity(&mut self, activity: &Activity) {
+        if !self.dedup.first_time(&activity.id, activity.event_time) {
+            self.duplicates += 1;
+            self.metrics
+                .duplicates
+                .with_label_values(&[self.source_kind])
+                .inc();
+            return;
+        }
         self.buffer.clear();
         if let Err(err) = serde_json::to_writer(&mut self.buffer, activity) {
             // Serializing plain data to memory cannot fail; count it if it ever does.

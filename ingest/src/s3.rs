@@ -216,7 +216,11 @@ pub async fn run_once(
     shutdown: &CancellationToken,
 ) -> Result<Summary, Error> {
     let started = std::time::Instant::now();
-    let (published_before, dead_before) = (publisher.published, publisher.dead_lettered);
+    let (published_before, dead_before, repeats_before) = (
+        publisher.published,
+        publisher.dead_lettered,
+        publisher.duplicates,
+    );
     let mut summary = Summary::default();
     let mut skipped_folders = 0;
     let streams = discover(client, cfg, &mut skipped_folders).await?;
@@ -274,6 +278,7 @@ pub async fn run_once(
     }
     summary.published = publisher.published - published_before;
     summary.dead_lettered = publisher.dead_lettered - dead_before;
+    summary.duplicates = publisher.duplicates - repeats_before;
     summary.seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         streams = streams.len(),

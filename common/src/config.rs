@@ -243,10 +243,12 @@ pub const ALL_SECTIONS: &[&str] = &[
     "policies",
     "aws",
     "remediate",
+    "s3",
+    "sqs",
 ];
 
 /// The top-level sections of a configuration structure.
-fn sections(defaults: &impl Serialize) -> Vec<String> {
+pub fn sections(defaults: &impl Serialize) -> Vec<String> {
     match serde_json::to_value(defaults) {
         Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
         _ => Vec::new(),

@@ -6,6 +6,7 @@
 //! - [`normalize`] (pure): raw record → `Activity`.
 //! - [`files`]: the `files` source — paths, directory trees, stdin.
 //! - [`s3`]: the `s3` source — trail log files in a bucket, account and organization layouts.
+//! - [`sqs`]: the `sqs` source — S3/SNS/CloudTrail notifications on a shared queue.
 //! - [`checkpoint`]: where each source left off, in a compacted topic.
 //! - [`dedup`] (pure): drops repeats of an activity id within a horizon.
 //! - [`publish`]: the Kafka side — durable sends of activities and dead letters.
@@ -17,6 +18,7 @@ pub mod normalize;
 pub mod publish;
 pub mod s3;
 pub mod split;
+pub mod sqs;
 
 use serde::{Deserialize, Serialize};
 use trailguard_common::config::{AdminConfig, KafkaConfig, LogConfig};
@@ -37,6 +39,8 @@ pub struct IngestConfig {
     pub aws: trailguard_common::aws::AwsConfig,
     /// The `s3` source.
     pub s3: s3::S3SourceConfig,
+    /// The `sqs` source.
+    pub sqs: sqs::SqsSourceConfig,
 }
 
 impl IngestConfig {
@@ -119,4 +123,19 @@ pub enum Error {
         /// The first error.
         first: String,
     },
+}
+
+#[cfg(test)]
+mod config_sections {
+    /// Every section of this service's configuration is one the shared loader knows, so the
+    /// environment of another service never trips it and a typo always does.
+    #[test]
+    fn sections_are_known() {
+        for section in trailguard_common::config::sections(&super::IngestConfig::default()) {
+            assert!(
+                trailguard_common::config::ALL_SECTIONS.contains(&section.as_str()),
+                "add `{section}` to ALL_SECTIONS"
+            );
+        }
+    }
 }

@@ -48,6 +48,19 @@ enum Command {
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
+    /// Publish the trail log files named by notifications on an SQS queue (S3 event
+    /// notifications, CloudTrail's SNS notifications, EventBridge), deleting each message only
+    /// once all its records are durable. Many instances can share one queue.
+    Sqs {
+        #[command(flatten)]
+        args: SqsArgs,
+        /// Summary format printed on stdout at the end.
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        summary: SummaryFormat,
+        /// Serve /metrics and /healthz on this address (default: `admin.listen`).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
     /// Publish trail log files from an S3 bucket (account and organization layouts), resuming
     /// each (account, region) from its checkpoint. Polls every `s3.poll_interval` unless `--once`.
     S3 {
@@ -87,6 +100,19 @@ struct S3Args {
     aws_endpoint: Option<String>,
 }
 
+#[derive(clap::Args, Debug)]
+struct SqsArgs {
+    /// URL of the queue that receives the trail's S3 or SNS notifications.
+    #[arg(long)]
+    queue_url: Option<String>,
+    /// Handle what is in the queue now and exit; otherwise run until stopped.
+    #[arg(long)]
+    once: bool,
+    /// AWS endpoint override (a local AWS-API server); implies path-style S3 addressing.
+    #[arg(long, env = "TRAILGUARD_AWS_ENDPOINT")]
+    aws_endpoint: Option<String>,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SummaryFormat {
     Text,
@@ -121,10 +147,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::S3 {
             admin_listen: Some(addr),
             ..
+        }
+        | Command::Sqs {
+            admin_listen: Some(addr),
+            ..
         } => {
             flags["admin"] = json!({ "listen": addr.to_string() });
         }
         _ => {}
+    }
+    if let Command::Sqs { args, .. } = &cli.command {
+        if let Some(url) = &args.queue_url {
+            flags["sqs"] = json!({ "queue_url": url });
+        }
+        if let Some(endpoint) = &args.aws_endpoint {
+            flags["aws"] = json!({ "endpoint_url": endpoint, "force_path_style": true });
+        }
     }
     if let Command::S3 { args, .. } = &cli.command {
         let mut s3 = json!({});
@@ -256,6 +294,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     _ = tokio::time::sleep(cfg.s3.poll_interval) => {}
                 }
             }
+        }
+        Command::Sqs { args, summary, .. } => {
+            cfg.sqs.validate()?;
+            cfg.aws.validate()?;
+            let health = telemetry::Health::default();
+            if !args.once {
+                telemetry::serve_admin(
+                    cfg.admin.listen,
+                    registry,
+                    health.clone(),
+                    shutdown.clone(),
+                )
+                .await?;
+            }
+            kafka::ensure_topics(
+                &cfg.kafka,
+                &[&cfg.kafka.topics.activities, &cfg.kafka.topics.dlq],
+                &[],
+            )
+            .await
+            .context("creating topics")?;
+            let producer = kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?;
+            let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);
+            let s3_client = trailguard_common::aws::s3_client(&cfg.aws).await;
+            let sqs_client = aws_sdk_sqs::Client::new(&cfg.aws.sdk_config().await);
+            let result = trailguard_ingest::sqs::run(
+                &sqs_client,
+                &s3_client,
+                &cfg.sqs,
+                &mut publisher,
+                args.once,
+                &shutdown,
+            )
+            .await?;
+            match summary {
+                SummaryFormat::Text => println!("{result}"),
+                SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
+            }
+            shutdown.cancel();
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

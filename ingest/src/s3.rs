@@ -292,7 +292,8 @@ fn is_object_error(err: &Error) -> bool {
     matches!(err, Error::Source(text) if text.contains("NoSuchKey") || text.contains("AccessDenied"))
 }
 
-async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, Error> {
+/// Reads a whole object.
+pub async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, Error> {
     let object = client
         .get_object()
         .bucket(bucket)

@@ -153,3 +153,18 @@ mod tests {
         assert_eq!(s.mode_for("p", ActionKind::Notify), Mode::Auto);
     }
 }
+
+#[cfg(test)]
+mod config_sections {
+    /// Every section of this service's configuration is one the shared loader knows, so the
+    /// environment of another service never trips it and a typo always does.
+    #[test]
+    fn sections_are_known() {
+        for section in trailguard_common::config::sections(&super::RemediateConfig::default()) {
+            assert!(
+                trailguard_common::config::ALL_SECTIONS.contains(&section.as_str()),
+                "add `{section}` to ALL_SECTIONS"
+            );
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The `sqs` source, the scalable mode: an SQS queue fed by S3 event notifications and/or
+//! CloudTrail's SNS notifications. Many ingest instances share one queue; a message is deleted
+//! only after every record of every file it names is durable; its visibility is extended while
+//! large files are processed; a message that names no file is dead-lettered with its reason and
+//! deleted.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::files::{self, Summary};
+use crate::publish::{DeadLetter, Publisher};
+use crate::s3::{classify, KeyKind};
+use crate::Error;
+
+/// Settings of the `sqs` source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqsSourceConfig {
+    /// The queue's URL (flag `--queue-url`).
+    pub queue_url: String,
+    /// How long a received message stays invisible to other instances; extended while its
+    /// files are still being read.
+    #[serde(with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+    /// Long-poll wait per receive (at most 20 s).
+    #[serde(with = "humantime_serde")]
+    pub wait_time: Duration,
+}
+
+impl Default for SqsSourceConfig {
+    fn default() -> Self {
+        SqsSourceConfig {
+            queue_url: String::new(),
+            visibility_timeout: Duration::from_secs(300),
+            wait_time: Duration::from_secs(20),
+        }
+    }
+}
+
+impl SqsSourceConfig {
+    /// Checks values serde cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), trailguard_common::Error> {
+        if self.queue_url.trim().is_empty() {
+            return Err(trailguard_common::Error::config(
+                "sqs.queue_url",
+                "must name the queue (or pass --queue-url)",
+            ));
+        }
+        if self.wait_time > Duration::from_secs(20) {
+            return Err(trailguard_common::Error::config(
+                "sqs.wait_time",
+                "must be at most 20s",
+            ));
+        }
+        if self.visibility_timeout < Duration::from_secs(30)
+            || self.visibility_timeout > Duration::from_secs(12 * 3600)
+        {
+            return Err(trailguard_common::Error::config(
+                "sqs.visibility_timeout",
+                "must be between 30s and 12h",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An object a notification names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// Bucket.
+    pub bucket: String,
+    /// Key, decoded.
+    pub key: String,
+}
+
+/// What a notification asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// Read these objects.
+    Objects(Vec<ObjectRef>),
+    /// A test or other event that names no object (e.g. `s3:TestEvent`): nothing to do.
+    Nothing,
+}
+
+/// Decodes an S3 event-notification key: URL-encoded, with `+` for a space.
+pub fn decode_key(key: &str) -> String {
+    let spaced = key.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Parses a message body: an S3 event notification, CloudTrail's notification
+/// (`s3Bucket` + `s3ObjectKey` list), an EventBridge "Object Created" event, or any of these
+/// wrapped in an SNS envelope. Pure.
+pub fn parse(body: &str) -> Result<Notification, String> {
+    let value: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    parse_value(&value, 0)
+}
+
+fn parse_value(value: &Value, depth: u8) -> Result<Notification, String> {
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    // SNS envelope: the notification is the string `Message`.
+    if value.get("Type").and_then(Value::as_str) == Some("Notification") && depth == 0 {
+        let message = text(value, "Message").ok_or("SNS notification without a `Message`")?;
+        let inner: Value = serde_json::from_str(&message)
+            .map_err(|e| format!("SNS `Message` is not JSON: {e}"))?;
+        return parse_value(&inner, depth + 1);
+    }
+    // CloudTrail's own notification.
+    if let Some(bucket) = text(value, "s3Bucket") {
+        let keys = value
+            .get("s3ObjectKey")
+            .and_then(Value::as_array)
+            .ok_or("`s3ObjectKey` is not a list")?;
+        let objects = keys
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|key| ObjectRef {
+                bucket: bucket.clone(),
+                key: key.to_string(),
+            })
+            .collect::<Vec<_>>();
+        return Ok(Notification::Objects(objects));
+    }
+    // S3 event notification.
+    if let Some(records) = value.get("Records").and_then(Value::as_array) {
+        let mut objects = Vec::new();
+        for record in records {
+            let s3 = record.get("s3").ok_or("S3 event record without `s3`")?;
+            let bucket = s3
+                .get("bucket")
+                .and_then(|b| text(b, "name"))
+                .ok_or("S3 event without a bucket name")?;
+            let key = s3
+                .get("object")
+                .and_then(|o| text(o, "key"))
+                .ok_or("S3 event without an object key")?;
+            objects.push(ObjectRef {
+                bucket,
+                key: decode_key(&key),
+            });
+        }
+        return Ok(Notification::Objects(objects));
+    }
+    if value.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
+        return Ok(Notification::Nothing);
+    }
+    // EventBridge "Object Created".
+    if let Some(detail) = value.get("detail") {
+        let bucket = detail.get("bucket").and_then(|b| text(b, "name"));
+        let key = detail.get("object").and_then(|o| text(o, "key"));
+        if let (Some(bucket), Some(key)) = (bucket, key) {
+            return Ok(Notification::Objects(vec![ObjectRef { bucket, key }]));
+        }
+    }
+    Err("not an S3, SNS, CloudTrail or EventBridge notification".into())
+}
+
+/// Receives and handles messages until `shutdown` (or, with `once`, until the queue is empty).
+pub async fn run(
+    sqs: &aws_sdk_sqs::Client,
+    s3: &aws_sdk_s3::Client,
+    cfg: &SqsSourceConfig,
+    publisher: &mut Publisher,
+    once: bool,
+    shutdown: &CancellationToken,
+) -> Result<Summary, Error> {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let visibility = i32::try_from(cfg.visibility_timeout.as_secs()).unwrap_or(i32::MAX);
+    let wait = if once {
+        1
+    } else {
+        i32::try_from(cfg.wait_time.as_secs()).unwrap_or(20)
+    };
+    loop {
+        let receive = sqs
+            .receive_message()
+            .queue_url(&cfg.queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(visibility)
+            .wait_time_seconds(wait)
+            .send();
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = receive => r.map_err(|e| Error::Source(format!("sqs:ReceiveMessage: {}", aws_message(&e))))?,
+        };
+        let messages = received.messages();
+        if messages.is_empty() {
+            if once {
+                break;
+            }
+            continue;
+        }
+        for message in messages {
+            let (Some(body), Some(receipt)) = (message.body(), message.receipt_handle()) else {
+                continue;
+            };
+            let id = message.message_id().unwrap_or("?");
+            let received_at = Instant::now();
+            match parse(body) {
+                Ok(Notification::Objects(objects)) => {
+                    for object in objects {
+                        if classify(&object.key) != KeyKind::Log {
+                            summary.inputs_skipped += 1;
+                            continue;
+                        }
+                        if received_at.elapsed() > cfg.visibility_timeout / 2 {
+                            // Still working: keep the message from going to another instance.
+                            sqs.change_message_visibility()
+                                .queue_url(&cfg.queue_url)
+                                .receipt_handle(receipt)
+                                .visibility_timeout(visibility)
+                                .send()
+                                .await
+                                .map_err(|e| {
+                                    Error::Source(format!(
+                                        "sqs:ChangeMessageVisibility: {}",
+                                        aws_message(&e)
+                                    ))
+                                })?;
+                        }
+                        let name = format!("s3://{}/{}", object.bucket, object.key);
+                        match crate::s3::get(s3, &object.bucket, &object.key).await {
+                            Ok(bytes) => {
+                                summary.inputs_read += 1;
+                                summary.bytes += bytes.len() as u64;
+                                files::process(&name, &bytes, publisher, &mut summary).await;
+                            }
+                            Err(err) => {
+                                files::dead_letter_input(
+                                    publisher,
+                                    &mut summary,
+                                    &name,
+                                    b"",
+                                    "unreadable",
+                                    err.to_string(),
+                                )
+                                .await;
+                            }
+                        }
+                    }
+                }
+                Ok(Notification::Nothing) => {}
+                Err(reason) => {
+                    let source = format!("{}#{id}", cfg.queue_url);
+                    *summary
+                        .dead_letter_kinds
+                        .entry("bad_notification".into())
+                        .or_default() += 1;
+                    let letter = DeadLetter {
+                        source: &source,
+                        index: 0,
+                        kind: "bad_notification",
+                        reason,
+                    };
+                    publisher.dead_letter(body.as_bytes(), letter).await;
+                }
+            }
+            // Everything the message named is durable (or dead-lettered): only now delete it.
+            publisher.finish().await?;
+            sqs.delete_message()
+                .queue_url(&cfg.queue_url)
+                .receipt_handle(receipt)
+                .send()
+                .await
+                .map_err(|e| Error::Source(format!("sqs:DeleteMessage: {}", aws_message(&e))))?;
+        }
+    }
+    summary.published = publisher.published;
+    summary.dead_lettered = publisher.dead_lettered;
+    summary.duplicates = publisher.duplicates;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn aws_message<E: aws_sdk_sqs::error::ProvideErrorMetadata + std::fmt::Debug>(err: &E) -> String {
+    match (err.code(), err.message()) {
+        (Some(code), message) => format!("{code}: {}", message.unwrap_or_default()),
+        _ => format!("{err:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(name: &str) -> Option<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/cloudtrail/aws-cloudtrail-processing-library")
+            .join(name);
+        std::fs::read_to_string(path).ok()
+    }
+
+    #[test]
+    fn sns_wrapped_cloudtrail_notification() {
+        let Some(body) = shared("SQSMessageBody") else {
+            return;
+        };
+        let Ok(Notification::Objects(objects)) = parse(&body) else {
+            panic!("not parsed")
+        };
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[0].bucket, "my-test-bucket");
+        assert!(objects[0].key.ends_with("_996mpJdKNLd1Yvzl.json.gz"));
+    }
+
+    #[test]
+    fn malformed_sns_is_rejected() {
+        let Some(body) = shared("SQSMessageBodyWrongFormat") else {
+            return;
+        };
+        assert!(parse(&body).is_err());
+    }
+
+    #[test]
+    fn s3_event_keys_are_decoded() {
+        let body = r#"{"Records":[{"eventSource":"aws:s3","s3":{"bucket":{"name":"b"},"object":{"key":"AWSLogs/1/CloudTrail/us-east-1/2024/01/01/a+b%3Dc.json.gz"}}}]}"#;
+        let Ok(Notification::Objects(objects)) = parse(body) else {
+            panic!("not parsed")
+        };
+        assert_eq!(
+            objects[0].key,
+            "AWSLogs/1/CloudTrail/us-east-1/2024/01/01/a b=c.json.gz"
+        );
+    }
+
+    #[test]
+    fn test_events_and_garbage() {
+        assert_eq!(
+            parse(r#"{"Service":"Amazon S3","Event":"s3:TestEvent"}"#),
+            Ok(Notification::Nothing)
+        );
+        assert!(parse("nope").is_err());
+        assert!(parse(r#"{"hello": 1}"#).is_err());
+        assert!(parse(r#"{"Type":"Notification","Message":"{oops"}"#).is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! `ingest sqs` against moto: an S3 event notification (URL-encoded key), CloudTrail's
+//! SNS-wrapped notification, a test event and a malformed message on one queue. Records are
+//! published, the malformed message is dead-lettered with its reason, and every message is
+//! deleted — only after its files' records are durable.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use trailguard_tests::{read_topic, s3, Run};
+
+fn log_file(records: usize, tag: &str) -> Result<Vec<u8>> {
+    let records: Vec<Value> = (0..records)
+        .map(|i| json!({
+            "eventTime": "2024-01-01T00:00:00Z", "eventSource": "iam.amazonaws.com", "eventName": "ListUsers",
+            "awsRegion": "us-east-1", "eventID": format!("{tag}-{i}"), "recipientAccountId": "111111111111",
+            "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111111111111:user/alice"}
+        }))
+        .collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(json!({ "Records": records }).to_string().as_bytes())?;
+    Ok(gz.finish()?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_are_read_deleted_or_dead_lettered() -> Result<()> {
+    let run = Run::new("sqssrc")?;
+    let name = format!("trail-{}", &run.id[run.id.len() - 12..]);
+    let s3 = s3().await?;
+    s3.create_bucket().bucket(&name).send().await?;
+    let prefix = "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/01/";
+    let key_a = format!("{prefix}111111111111_CloudTrail_us-east-1_20240101T0000Z_a=b.json.gz");
+    let key_b = format!("{prefix}111111111111_CloudTrail_us-east-1_20240101T0005Z_c.json.gz");
+    s3.put_object()
+        .bucket(&name)
+        .key(&key_a)
+        .body(log_file(3, "a")?.into())
+        .send()
+        .await?;
+    s3.put_object()
+        .bucket(&name)
+        .key(&key_b)
+        .body(log_file(4, "b")?.into())
+        .send()
+        .await?;
+
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(trailguard_tests::aws_endpoint()?)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&shared);
+    let queue = sqs
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await?
+        .queue_url()
+        .context("queue url")?
+        .to_string();
+    let s3_event = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": name}, "object": {"key": key_a.replace('=', "%3D")}}}]});
+    let cloudtrail = json!({"s3Bucket": name, "s3ObjectKey": [key_b]});
+    let sns = json!({"Type": "Notification", "MessageId": "m", "Message": cloudtrail.to_string()});
+    for body in [
+        s3_event.to_string(),
+        sns.to_string(),
+        r#"{"Service":"Amazon S3","Event":"s3:TestEvent"}"#.into(),
+        "this is not a notification".into(),
+    ] {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await?;
+    }
+
+    let endpoint = trailguard_tests::aws_endpoint()?;
+    let out = run
+        .command(
+            "ingest",
+            &[
+                "sqs",
+                "--once",
+                "--summary",
+                "json",
+                "--queue-url",
+                &queue,
+                "--aws-endpoint",
+                &endpoint,
+            ],
+        )?
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ingest sqs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(summary["published"], 7, "{summary}");
+    assert_eq!(summary["inputs_read"], 2, "{summary}");
+    assert_eq!(summary["dead_lettered"], 1, "{summary}");
+
+    let dlq = read_topic(
+        &run.topic("dlq"),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |r| !r.is_empty(),
+    )?;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].value, b"this is not a notification");
+    assert_eq!(
+        dlq[0]
+            .headers
+            .get("trailguard.error_kind")
+            .map(String::as_str),
+        Some("bad_notification")
+    );
+
+    // Every message was deleted.
+    let left = sqs
+        .receive_message()
+        .queue_url(&queue)
+        .wait_time_seconds(1)
+        .send()
+        .await?;
+    assert!(
+        left.messages().is_empty(),
+        "messages left: {:?}",
+        left.messages()
+    );
+    Ok(())
+}

@@ -245,6 +245,7 @@ pub const ALL_SECTIONS: &[&str] = &[
     "remediate",
     "s3",
     "sqs",
+    "lookup",
 ];
 
 /// The top-level sections of a configuration structure.

@@ -52,6 +52,10 @@ pub struct Summary {
     pub dead_lettered: u64,
     /// Activities dropped as repeats of one already published.
     pub duplicates: u64,
+    /// API calls made (LookupEvents pages).
+    pub api_calls: u64,
+    /// API calls throttled and retried.
+    pub throttles: u64,
     /// Dead letters by error kind.
     pub dead_letter_kinds: BTreeMap<String, u64>,
     /// Bytes read, as stored.

@@ -7,6 +7,7 @@
 //! - [`files`]: the `files` source — paths, directory trees, stdin.
 //! - [`s3`]: the `s3` source — trail log files in a bucket, account and organization layouts.
 //! - [`sqs`]: the `sqs` source — S3/SNS/CloudTrail notifications on a shared queue.
+//! - [`lookup`]: the `lookup` source — CloudTrail's LookupEvents API, paced and checkpointed.
 //! - [`checkpoint`]: where each source left off, in a compacted topic.
 //! - [`dedup`] (pure): drops repeats of an activity id within a horizon.
 //! - [`publish`]: the Kafka side — durable sends of activities and dead letters.
@@ -14,6 +15,7 @@
 pub mod checkpoint;
 pub mod dedup;
 pub mod files;
+pub mod lookup;
 pub mod normalize;
 pub mod publish;
 pub mod s3;
@@ -41,6 +43,8 @@ pub struct IngestConfig {
     pub s3: s3::S3SourceConfig,
     /// The `sqs` source.
     pub sqs: sqs::SqsSourceConfig,
+    /// The `lookup` source.
+    pub lookup: lookup::LookupSourceConfig,
 }
 
 impl IngestConfig {

@@ -11,8 +11,8 @@ use trailguard_common::{config, kafka, shutdown, telemetry};
 use trailguard_ingest::checkpoint::Checkpoints;
 use trailguard_ingest::files::{self, Input};
 use trailguard_ingest::publish::{Metrics, Publisher};
-use trailguard_ingest::s3;
 use trailguard_ingest::IngestConfig;
+use trailguard_ingest::{lookup, s3};
 
 /// Trailguard ingest: reads CloudTrail records, normalizes each into an Activity and publishes
 /// it to Kafka (keyed by principal); what cannot be normalized goes to the dead-letter topic
@@ -45,6 +45,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         summary: SummaryFormat,
         /// Serve /metrics and /healthz on this address while running.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Publish events from CloudTrail's LookupEvents API, per region: a backfill on the first
+    /// run (`lookup.backfill`, 7 days), then polls from the checkpoint minus an overlap window,
+    /// at most 2 requests per second per region.
+    Lookup {
+        #[command(flatten)]
+        args: LookupArgs,
+        /// Summary format printed on stdout after each poll.
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        summary: SummaryFormat,
+        /// Serve /metrics and /healthz on this address (default: `admin.listen`).
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
@@ -101,6 +114,19 @@ struct S3Args {
 }
 
 #[derive(clap::Args, Debug)]
+struct LookupArgs {
+    /// Region to read (repeatable).
+    #[arg(long = "region")]
+    regions: Vec<String>,
+    /// Poll once (the backfill on a first run) and exit; otherwise poll until stopped.
+    #[arg(long)]
+    once: bool,
+    /// AWS endpoint override (a local server).
+    #[arg(long, env = "TRAILGUARD_AWS_ENDPOINT")]
+    aws_endpoint: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
 struct SqsArgs {
     /// URL of the queue that receives the trail's S3 or SNS notifications.
     #[arg(long)]
@@ -151,10 +177,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Sqs {
             admin_listen: Some(addr),
             ..
+        }
+        | Command::Lookup {
+            admin_listen: Some(addr),
+            ..
         } => {
             flags["admin"] = json!({ "listen": addr.to_string() });
         }
         _ => {}
+    }
+    if let Command::Lookup { args, .. } = &cli.command {
+        if !args.regions.is_empty() {
+            flags["lookup"] = json!({ "regions": args.regions });
+        }
+        if let Some(endpoint) = &args.aws_endpoint {
+            flags["aws"] = json!({ "endpoint_url": endpoint, "force_path_style": true });
+        }
     }
     if let Command::Sqs { args, .. } = &cli.command {
         if let Some(url) = &args.queue_url {
@@ -292,6 +330,89 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
                     _ = tokio::time::sleep(cfg.s3.poll_interval) => {}
+                }
+            }
+        }
+        Command::Lookup { args, summary, .. } => {
+            cfg.lookup.validate()?;
+            cfg.aws.validate()?;
+            let health = telemetry::Health::default();
+            if !args.once {
+                telemetry::serve_admin(
+                    cfg.admin.listen,
+                    registry,
+                    health.clone(),
+                    shutdown.clone(),
+                )
+                .await?;
+            }
+            kafka::ensure_topics(
+                &cfg.kafka,
+                &[&cfg.kafka.topics.activities, &cfg.kafka.topics.dlq],
+                &[],
+            )
+            .await
+            .context("creating topics")?;
+            let producer = kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?;
+            let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
+            let mut publisher = Publisher::new(producer, &cfg, "lookup", metrics);
+            let mut clients = Vec::new();
+            for region in &cfg.lookup.regions {
+                let mut region_cfg = cfg.aws.clone();
+                region_cfg.region = Some(region.clone());
+                // Throttling and transient errors are retried by the source itself (paced,
+                // counted), not by the SDK.
+                let sdk = region_cfg.sdk_config().await;
+                let config = aws_sdk_cloudtrail::config::Builder::from(&sdk)
+                    .retry_config(aws_sdk_cloudtrail::config::retry::RetryConfig::disabled())
+                    .build();
+                clients.push((
+                    region.clone(),
+                    aws_sdk_cloudtrail::Client::from_conf(config),
+                ));
+            }
+            let mut buckets: Vec<_> = clients
+                .iter()
+                .map(|_| lookup::TokenBucket::new(cfg.lookup.requests_per_second))
+                .collect();
+            loop {
+                let polled = lookup::poll(
+                    &clients,
+                    &cfg.lookup,
+                    &mut buckets,
+                    &mut checkpoints,
+                    &mut publisher,
+                    &shutdown,
+                )
+                .await;
+                let result = match polled {
+                    Ok(r) => r,
+                    Err(err) if !args.once && !shutdown.is_cancelled() => {
+                        tracing::error!(error = %err, "LookupEvents poll failed; retrying at the next interval");
+                        health.set(false);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                            _ = tokio::time::sleep(cfg.lookup.poll_interval) => continue,
+                        }
+                    }
+                    Err(err) => return Err(err.into()),
+                };
+                health.set(true);
+                match summary {
+                    SummaryFormat::Text => println!("{result}"),
+                    SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
+                }
+                if args.once || shutdown.is_cancelled() {
+                    shutdown.cancel();
+                    return Ok(if result.interrupted {
+                        ExitCode::from(130)
+                    } else {
+                        ExitCode::SUCCESS
+                    });
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                    _ = tokio::time::sleep(cfg.lookup.poll_interval) => {}
                 }
             }
         }

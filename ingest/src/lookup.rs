@@ -1,0 +1,327 @@
+//! The `lookup` source: CloudTrail's LookupEvents API, as Defender for Cloud Apps uses it.
+//!
+//! Per region: on first start a backfill (default 7 days), then a poll every interval from the
+//! checkpoint minus an overlap window, so events CloudTrail delivers late are not missed; the
+//! overlap's repeats are dropped by the publisher's de-duplication (same ids). Requests never
+//! exceed the API's limit of 2 per second per account and region (a token bucket per region);
+//! throttling is retried with exponential backoff and jitter, counted. A region's checkpoint
+//! (the end of its last complete window) moves only after every record of the window is durable.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Checkpoints;
+use crate::files::Summary;
+use crate::normalize::normalize;
+use crate::publish::{DeadLetter, Publisher};
+use crate::Error;
+
+/// Settings of the `lookup` source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupSourceConfig {
+    /// Regions to read (flag `--region`); required.
+    pub regions: Vec<String>,
+    /// How far back the first run reads.
+    #[serde(with = "humantime_serde")]
+    pub backfill: Duration,
+    /// Time between polls in the long-running mode.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How far before the checkpoint each poll starts again, for late deliveries.
+    #[serde(with = "humantime_serde")]
+    pub overlap: Duration,
+    /// Requests per second per region (CloudTrail allows 2).
+    pub requests_per_second: f64,
+}
+
+impl Default for LookupSourceConfig {
+    fn default() -> Self {
+        LookupSourceConfig {
+            regions: Vec::new(),
+            backfill: Duration::from_secs(7 * 86_400),
+            poll_interval: Duration::from_secs(300),
+            overlap: Duration::from_secs(15 * 60),
+            requests_per_second: 2.0,
+        }
+    }
+}
+
+impl LookupSourceConfig {
+    /// Checks values serde cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), trailguard_common::Error> {
+        if self.regions.is_empty() {
+            return Err(trailguard_common::Error::config(
+                "lookup.regions",
+                "name at least one region (or pass --region)",
+            ));
+        }
+        if !(self.requests_per_second > 0.0 && self.requests_per_second <= 2.0) {
+            return Err(trailguard_common::Error::config(
+                "lookup.requests_per_second",
+                "must be above 0 and at most 2 (CloudTrail's limit)",
+            ));
+        }
+        if self.backfill > Duration::from_secs(90 * 86_400) {
+            return Err(trailguard_common::Error::config(
+                "lookup.backfill",
+                "LookupEvents keeps 90 days at most",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A token bucket: at most `rate` requests per second, bursts of one.
+pub struct TokenBucket {
+    interval: Duration,
+    next: Instant,
+}
+
+impl TokenBucket {
+    /// A bucket allowing `rate` requests per second.
+    pub fn new(rate: f64) -> Self {
+        TokenBucket {
+            interval: Duration::from_secs_f64(1.0 / rate.max(0.001)),
+            next: Instant::now(),
+        }
+    }
+
+    /// Waits for the next token.
+    pub async fn take(&mut self) {
+        let now = Instant::now();
+        if self.next > now {
+            tokio::time::sleep_until(self.next).await;
+        }
+        self.next = self.next.max(now) + self.interval;
+    }
+}
+
+/// The window a poll reads: from the checkpoint minus the overlap (or the backfill on a first
+/// run) up to `now`. Pure.
+pub fn window(
+    checkpoint: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    backfill: Duration,
+    overlap: Duration,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let backfill = chrono::Duration::from_std(backfill).unwrap_or(chrono::Duration::days(7));
+    let overlap = chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::zero());
+    let start = match checkpoint {
+        Some(c) => (c - overlap).max(now - backfill),
+        None => now - backfill,
+    };
+    (start.min(now), now)
+}
+
+/// Exponential backoff with full jitter: a random wait up to `base * 2^attempt`, at most 30 s.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(250)
+        .saturating_mul(1 << attempt.min(7))
+        .min(Duration::from_secs(30));
+    cap.mul_f64(rand::random::<f64>())
+}
+
+/// Throttling, server errors and failures to get an answer at all are worth retrying;
+/// anything else (access denied, a bad request) is not.
+fn retryable<E: aws_sdk_cloudtrail::error::ProvideErrorMetadata>(
+    err: &aws_sdk_cloudtrail::error::SdkError<E, aws_sdk_cloudtrail::config::http::HttpResponse>,
+) -> bool {
+    use aws_sdk_cloudtrail::error::{ProvideErrorMetadata, SdkError};
+    match err {
+        SdkError::ServiceError(e) => {
+            matches!(
+                err.code(),
+                Some("ThrottlingException" | "RequestLimitExceeded" | "ServiceUnavailable")
+            ) || e.raw().status().as_u16() >= 500
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Reads one window of one region, publishing every event; returns the events read.
+async fn read_window(
+    client: &aws_sdk_cloudtrail::Client,
+    region: &str,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    bucket: &mut TokenBucket,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    use aws_sdk_cloudtrail::error::ProvideErrorMetadata;
+    let mut next_token: Option<String> = None;
+    let mut attempt = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            summary.interrupted = true;
+            return Ok(());
+        }
+        bucket.take().await;
+        let response = client
+            .lookup_events()
+            .start_time(aws_sdk_cloudtrail::primitives::DateTime::from_secs(
+                start.timestamp(),
+            ))
+            .end_time(aws_sdk_cloudtrail::primitives::DateTime::from_secs(
+                end.timestamp(),
+            ))
+            .max_results(50)
+            .set_next_token(next_token.clone())
+            .send()
+            .await;
+        let page = match response {
+            Ok(page) => page,
+            Err(err) if retryable(&err) && attempt < 8 => {
+                summary.throttles += u64::from(err.code() == Some("ThrottlingException"));
+                let wait = backoff(attempt);
+                tracing::warn!(
+                    region,
+                    ?wait,
+                    code = err.code().unwrap_or("transient"),
+                    "LookupEvents failed; backing off"
+                );
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+                continue;
+            }
+            Err(err) => {
+                let text = match (err.code(), err.message()) {
+                    (Some(code), message) => format!("{code}: {}", message.unwrap_or_default()),
+                    _ => format!("{err:?}"),
+                };
+                return Err(Error::Source(format!(
+                    "cloudtrail:LookupEvents in {region}: {text}"
+                )));
+            }
+        };
+        attempt = 0;
+        summary.api_calls += 1;
+        for event in page.events() {
+            summary.records += 1;
+            let Some(raw) = event.cloud_trail_event() else {
+                continue;
+            };
+            match normalize(raw) {
+                Ok(activity) => publisher.activity(&activity).await,
+                Err(err) => {
+                    let source = format!("lookup://{region}/{}", event.event_id().unwrap_or("?"));
+                    *summary
+                        .dead_letter_kinds
+                        .entry(err.kind().to_string())
+                        .or_default() += 1;
+                    let letter = DeadLetter {
+                        source: &source,
+                        index: 0,
+                        kind: err.kind(),
+                        reason: err.to_string(),
+                    };
+                    publisher.dead_letter(raw.as_bytes(), letter).await;
+                }
+            }
+        }
+        next_token = page.next_token().map(str::to_string);
+        if next_token.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// One poll of every region: reads each region's window and moves its checkpoint to the
+/// window's end once everything is durable.
+pub async fn poll(
+    clients: &[(String, aws_sdk_cloudtrail::Client)],
+    cfg: &LookupSourceConfig,
+    buckets: &mut [TokenBucket],
+    checkpoints: &mut Checkpoints,
+    publisher: &mut Publisher,
+    shutdown: &CancellationToken,
+) -> Result<Summary, Error> {
+    let started = std::time::Instant::now();
+    let (published, dead, repeats) = (
+        publisher.published,
+        publisher.dead_lettered,
+        publisher.duplicates,
+    );
+    let mut summary = Summary::default();
+    for ((region, client), bucket) in clients.iter().zip(buckets.iter_mut()) {
+        let key = format!("lookup://{region}");
+        let checkpoint = checkpoints
+            .get(&key)
+            .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+            .map(|c| c.with_timezone(&Utc));
+        let range = window(checkpoint, Utc::now(), cfg.backfill, cfg.overlap);
+        read_window(
+            client,
+            region,
+            range,
+            bucket,
+            publisher,
+            &mut summary,
+            shutdown,
+        )
+        .await?;
+        if summary.interrupted {
+            break;
+        }
+        publisher.finish().await?;
+        checkpoints.save(&key, &range.1.to_rfc3339()).await?;
+    }
+    summary.published = publisher.published - published;
+    summary.dead_lettered = publisher.dead_lettered - dead;
+    summary.duplicates = publisher.duplicates - repeats;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(hours: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + hours * 3600, 0).unwrap_or_default()
+    }
+
+    #[test]
+    fn first_window_is_the_backfill_then_checkpoint_minus_overlap() {
+        let week = Duration::from_secs(7 * 86_400);
+        let quarter = Duration::from_secs(900);
+        assert_eq!(
+            window(None, t(1000), week, quarter),
+            (t(1000 - 168), t(1000))
+        );
+        let (start, end) = window(Some(t(999)), t(1000), week, quarter);
+        assert_eq!(
+            (start, end),
+            (t(999) - chrono::Duration::minutes(15), t(1000))
+        );
+        // A checkpoint older than the backfill is capped by it.
+        assert_eq!(window(Some(t(0)), t(1000), week, quarter).0, t(1000 - 168));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..20 {
+            assert!(backoff(attempt) <= Duration::from_secs(30));
+        }
+        assert!(backoff(0) <= Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_paces_requests() {
+        let mut bucket = TokenBucket::new(2.0);
+        let started = Instant::now();
+        for _ in 0..5 {
+            bucket.take().await;
+        }
+        // The first is immediate, then one every half second.
+        assert_eq!(started.elapsed(), Duration::from_millis(2000));
+    }
+}

@@ -180,7 +180,14 @@ async fn read_window(
         let page = match response {
             Ok(page) => page,
             Err(err) if retryable(&err) && attempt < 8 => {
-                summary.throttles += u64::from(err.code() == Some("ThrottlingException"));
+                if err.code() == Some("ThrottlingException") {
+                    summary.throttles += 1;
+                    publisher
+                        .metrics()
+                        .throttles
+                        .with_label_values(&["lookup"])
+                        .inc();
+                }
                 let wait = backoff(attempt);
                 tracing::warn!(
                     region,
@@ -204,6 +211,11 @@ async fn read_window(
         };
         attempt = 0;
         summary.api_calls += 1;
+        publisher
+            .metrics()
+            .api_calls
+            .with_label_values(&["lookup"])
+            .inc();
         for event in page.events() {
             summary.records += 1;
             let Some(raw) = event.cloud_trail_event() else {
@@ -273,6 +285,11 @@ pub async fn poll(
         }
         publisher.finish().await?;
         checkpoints.save(&key, &range.1.to_rfc3339()).await?;
+        publisher
+            .metrics()
+            .checkpoint_time
+            .with_label_values(&["lookup"])
+            .set(Utc::now().timestamp());
     }
     summary.published = publisher.published - published;
     summary.dead_lettered = publisher.dead_lettered - dead;

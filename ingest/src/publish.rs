@@ -3,7 +3,7 @@
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -29,6 +29,14 @@ pub struct Metrics {
     pub bytes_read: IntCounterVec,
     /// Activities dropped as repeats of one already published.
     pub duplicates: IntCounterVec,
+    /// Source API calls (LookupEvents pages), and those throttled.
+    pub api_calls: IntCounterVec,
+    /// Source API calls that were throttled and retried.
+    pub throttles: IntCounterVec,
+    /// Wall clock minus event time of each published activity.
+    pub event_lag: HistogramVec,
+    /// Unix time of each source kind's last checkpoint (age = now − this).
+    pub checkpoint_time: IntGaugeVec,
 }
 
 impl Metrics {
@@ -65,6 +73,39 @@ impl Metrics {
                 "Bytes read from sources, as stored (before decompression).",
                 &["source"],
             )?,
+            api_calls: counter(
+                "trailguard_ingest_api_calls_total",
+                "Source API calls made (LookupEvents pages).",
+                &["source"],
+            )?,
+            throttles: counter(
+                "trailguard_ingest_api_throttles_total",
+                "Source API calls throttled (and retried with backoff).",
+                &["source"],
+            )?,
+            event_lag: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "trailguard_ingest_event_lag_seconds",
+                        "Wall-clock time minus event time when an activity is published.",
+                    )
+                    .buckets(vec![1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0, 604800.0]),
+                    &["source"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            checkpoint_time: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "trailguard_ingest_checkpoint_timestamp_seconds",
+                        "Unix time of the last checkpoint written, by source kind (age = time() - this).",
+                    ),
+                    &["source"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             duplicates: counter(
                 "trailguard_ingest_duplicates_total",
                 "Activities dropped as repeats of an id published within the de-duplication horizon.",
@@ -158,6 +199,11 @@ impl Publisher {
             self.record_failure(err.to_string());
             return;
         }
+        let lag = (chrono::Utc::now() - activity.event_time).num_milliseconds() as f64 / 1000.0;
+        self.metrics
+            .event_lag
+            .with_label_values(&[self.source_kind])
+            .observe(lag.max(0.0));
         let key = activity.principal.key();
         let payload = std::mem::take(&mut self.buffer);
         let topic = self.activities_topic.clone();

@@ -273,6 +273,11 @@ pub async fn run_once(
                 }
                 publisher.finish().await?;
                 checkpoints.save(&key, object_key).await?;
+                publisher
+                    .metrics()
+                    .checkpoint_time
+                    .with_label_values(&["s3"])
+                    .set(chrono::Utc::now().timestamp());
             }
         }
     }

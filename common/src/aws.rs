@@ -46,6 +46,16 @@ impl AwsConfig {
     }
 }
 
+/// A one-line description of an AWS SDK error: `CODE: message`, or the error itself when the
+/// service gave no code (a connection failure, a timeout).
+pub fn error_text<E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug>(err: &E) -> String {
+    match (err.code(), err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => format!("{err:?}"),
+    }
+}
+
 /// An S3 client for these settings.
 pub async fn s3_client(aws: &AwsConfig) -> aws_sdk_s3::Client {
     let shared = aws.sdk_config().await;

@@ -200,10 +200,7 @@ async fn read_window(
                 continue;
             }
             Err(err) => {
-                let text = match (err.code(), err.message()) {
-                    (Some(code), message) => format!("{code}: {}", message.unwrap_or_default()),
-                    _ => format!("{err:?}"),
-                };
+                let text = trailguard_common::aws::error_text(&err);
                 return Err(Error::Source(format!(
                     "cloudtrail:LookupEvents in {region}: {text}"
                 )));

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use trailguard_common::{config, kafka, shutdown, telemetry};
 use trailguard_ingest::checkpoint::Checkpoints;
-use trailguard_ingest::files::{self, Input};
+use trailguard_ingest::files::{self, Input, Summary};
 use trailguard_ingest::publish::{Metrics, Publisher};
 use trailguard_ingest::IngestConfig;
 use trailguard_ingest::{lookup, s3};
@@ -237,23 +237,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             summary,
             admin_listen,
         } => {
-            if admin_listen.is_some() {
-                telemetry::serve_admin(
-                    cfg.admin.listen,
-                    registry,
-                    telemetry::Health::default(),
-                    shutdown.clone(),
-                )
-                .await?;
-            }
-            kafka::ensure_topics(
-                &cfg.kafka,
-                &[&cfg.kafka.topics.activities, &cfg.kafka.topics.dlq],
-                &[],
-            )
-            .await
-            .context("creating topics")?;
-            let producer = kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?;
+            let (producer, _health) =
+                start(&cfg, registry, admin_listen.is_some(), &shutdown).await?;
             let mut publisher = Publisher::new(producer, &cfg, "files", metrics);
             let inputs: Vec<Input> = paths.iter().map(|p| Input::parse(p)).collect();
             let result = files::run(&inputs, &mut publisher, &shutdown).await?;
@@ -271,89 +256,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::S3 { args, summary, .. } => {
             cfg.s3.validate()?;
             cfg.aws.validate()?;
-            let health = telemetry::Health::default();
-            if !args.once {
-                telemetry::serve_admin(
-                    cfg.admin.listen,
-                    registry,
-                    health.clone(),
-                    shutdown.clone(),
-                )
-                .await?;
-            }
-            kafka::ensure_topics(
-                &cfg.kafka,
-                &[&cfg.kafka.topics.activities, &cfg.kafka.topics.dlq],
-                &[],
-            )
-            .await
-            .context("creating topics")?;
-            let producer = kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?;
+            let (producer, health) = start(&cfg, registry, !args.once, &shutdown).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
             let mut publisher = Publisher::new(producer, &cfg, "s3", metrics);
             let client = trailguard_common::aws::s3_client(&cfg.aws).await;
+            let poller = Poller {
+                once: args.once,
+                interval: cfg.s3.poll_interval,
+                format: summary,
+                health: &health,
+                shutdown: &shutdown,
+            };
             loop {
-                let result = match s3::run_once(
+                let polled = s3::run_once(
                     &client,
                     &cfg.s3,
                     &mut checkpoints,
                     &mut publisher,
                     &shutdown,
                 )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(err) if !args.once && !shutdown.is_cancelled() => {
-                        // The next listing starts at the checkpoints: nothing is lost by retrying.
-                        tracing::error!(error = %err, "s3 listing failed; retrying at the next interval");
-                        health.set(false);
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
-                            _ = tokio::time::sleep(cfg.s3.poll_interval) => continue,
-                        }
-                    }
-                    Err(err) => return Err(err.into()),
-                };
-                health.set(true);
-                match summary {
-                    SummaryFormat::Text => println!("{result}"),
-                    SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
-                }
-                if args.once || shutdown.is_cancelled() {
-                    shutdown.cancel();
-                    return Ok(if result.interrupted {
-                        ExitCode::from(130)
-                    } else {
-                        ExitCode::SUCCESS
-                    });
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
-                    _ = tokio::time::sleep(cfg.s3.poll_interval) => {}
+                .await;
+                if let Some(code) = poller.after(polled, "s3 listing").await? {
+                    return Ok(code);
                 }
             }
         }
         Command::Lookup { args, summary, .. } => {
             cfg.lookup.validate()?;
             cfg.aws.validate()?;
-            let health = telemetry::Health::default();
-            if !args.once {
-                telemetry::serve_admin(
-                    cfg.admin.listen,
-                    registry,
-                    health.clone(),
-                    shutdown.clone(),
-                )
-                .await?;
-            }
-            kafka::ensure_topics(
-                &cfg.kafka,
-                &[&cfg.kafka.topics.activities, &cfg.kafka.topics.dlq],
-                &[],
-            )
-            .await
-            .context("creating topics")?;
-            let producer = kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?;
+            let (producer, health) = start(&cfg, registry, !args.once, &shutdown).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
             let mut publisher = Publisher::new(producer, &cfg, "lookup", metrics);
             let mut clients = Vec::new();
@@ -375,6 +306,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|_| lookup::TokenBucket::new(cfg.lookup.requests_per_second))
                 .collect();
+            let poller = Poller {
+                once: args.once,
+                interval: cfg.lookup.poll_interval,
+                format: summary,
+                health: &health,
+                shutdown: &shutdown,
+            };
             loop {
                 let polled = lookup::poll(
                     &clients,
@@ -385,58 +323,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &shutdown,
                 )
                 .await;
-                let result = match polled {
-                    Ok(r) => r,
-                    Err(err) if !args.once && !shutdown.is_cancelled() => {
-                        tracing::error!(error = %err, "LookupEvents poll failed; retrying at the next interval");
-                        health.set(false);
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
-                            _ = tokio::time::sleep(cfg.lookup.poll_interval) => continue,
-                        }
-                    }
-                    Err(err) => return Err(err.into()),
-                };
-                health.set(true);
-                match summary {
-                    SummaryFormat::Text => println!("{result}"),
-                    SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
-                }
-                if args.once || shutdown.is_cancelled() {
-                    shutdown.cancel();
-                    return Ok(if result.interrupted {
-                        ExitCode::from(130)
-                    } else {
-                        ExitCode::SUCCESS
-                    });
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
-                    _ = tokio::time::sleep(cfg.lookup.poll_interval) => {}
+                if let Some(code) = poller.after(polled, "LookupEvents poll").await? {
+                    return Ok(code);
                 }
             }
         }
         Command::Sqs { args, summary, .. } => {
             cfg.sqs.validate()?;
             cfg.aws.validate()?;
-            let health = telemetry::Health::default();
-            if !args.once {
-                telemetry::serve_admin(
-                    cfg.admin.listen,
-                    registry,
-                    health.clone(),
-                    shutdown.clone(),
-                )
-                .await?;
-            }
-            kafka::ensure_topics(
-                &cfg.kafka,
-                &[&cfg.kafka.topics.activities, &cfg.kafka.topics.dlq],
-                &[],
-            )
-            .await
-            .context("creating topics")?;
-            let producer = kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?;
+            let (producer, _health) = start(&cfg, registry, !args.once, &shutdown).await?;
             let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);
             let s3_client = trailguard_common::aws::s3_client(&cfg.aws).await;
             let sqs_client = aws_sdk_sqs::Client::new(&cfg.aws.sdk_config().await);
@@ -457,4 +352,70 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What the polling sources (`s3`, `lookup`) do between polls.
+struct Poller<'a> {
+    once: bool,
+    interval: std::time::Duration,
+    format: SummaryFormat,
+    health: &'a telemetry::Health,
+    shutdown: &'a tokio_util::sync::CancellationToken,
+}
+
+impl Poller<'_> {
+    /// Prints a poll's summary and waits for the next one. Returns the exit code when the
+    /// process should stop. A failed poll is retried at the next interval (sources resume from
+    /// their checkpoints, so nothing is lost), except with `--once`, where it is the result.
+    async fn after(
+        &self,
+        polled: Result<Summary, trailguard_ingest::Error>,
+        what: &str,
+    ) -> anyhow::Result<Option<ExitCode>> {
+        match polled {
+            Ok(result) => {
+                self.health.set(true);
+                match self.format {
+                    SummaryFormat::Text => println!("{result}"),
+                    SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
+                }
+                if self.once || self.shutdown.is_cancelled() {
+                    self.shutdown.cancel();
+                    return Ok(Some(if result.interrupted {
+                        ExitCode::from(130)
+                    } else {
+                        ExitCode::SUCCESS
+                    }));
+                }
+            }
+            Err(err) if !self.once && !self.shutdown.is_cancelled() => {
+                tracing::error!(error = %err, "{what} failed; retrying at the next interval");
+                self.health.set(false);
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Ok(Some(ExitCode::SUCCESS)),
+            _ = tokio::time::sleep(self.interval) => Ok(None),
+        }
+    }
+}
+
+/// What every source starts with: the admin endpoint (when asked), its topics, a producer.
+async fn start(
+    cfg: &IngestConfig,
+    registry: prometheus::Registry,
+    serve_admin: bool,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(rdkafka::producer::FutureProducer, telemetry::Health)> {
+    let health = telemetry::Health::default();
+    if serve_admin {
+        telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone())
+            .await?;
+    }
+    let topics = &cfg.kafka.topics;
+    kafka::ensure_topics(&cfg.kafka, &[&topics.activities, &topics.dlq], &[])
+        .await
+        .context("creating topics")?;
+    Ok((kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?, health))
 }

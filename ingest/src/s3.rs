@@ -143,9 +143,7 @@ fn last_segment(folder: &str) -> &str {
 fn aws_error<E: ProvideErrorMetadata + std::fmt::Debug>(call: &str, what: &str, err: &E) -> Error {
     Error::Source(format!(
         "{call} {what}: {}",
-        err.code()
-            .map(|c| format!("{c}: {}", err.message().unwrap_or_default()))
-            .unwrap_or_else(|| format!("{err:?}"))
+        trailguard_common::aws::error_text(err)
     ))
 }
 
@@ -249,28 +247,7 @@ pub async fn run_once(
                     summary.inputs_skipped += 1;
                     continue;
                 }
-                let name = format!("s3://{}/{object_key}", cfg.bucket);
-                match get(client, &cfg.bucket, object_key).await {
-                    Ok(bytes) => {
-                        summary.inputs_read += 1;
-                        summary.bytes += bytes.len() as u64;
-                        files::process(&name, &bytes, publisher, &mut summary).await;
-                    }
-                    Err(err @ Error::Source(_)) if is_object_error(&err) => {
-                        // This object cannot be read (deleted, no permission on it): dead-letter a
-                        // pointer and move on; listing errors stop the run instead.
-                        files::dead_letter_input(
-                            publisher,
-                            &mut summary,
-                            &name,
-                            b"",
-                            "unreadable",
-                            err.to_string(),
-                        )
-                        .await;
-                    }
-                    Err(err) => return Err(err),
-                }
+                read_object(client, &cfg.bucket, object_key, publisher, &mut summary).await?;
                 publisher.finish().await?;
                 checkpoints.save(&key, object_key).await?;
                 publisher
@@ -293,8 +270,30 @@ pub async fn run_once(
     Ok(summary)
 }
 
-fn is_object_error(err: &Error) -> bool {
-    matches!(err, Error::Source(text) if text.contains("NoSuchKey") || text.contains("AccessDenied"))
+/// Reads one object and publishes its records. An object that cannot be read (deleted, no
+/// permission on it) is dead-lettered as a pointer; other failures (the network, throttling)
+/// are returned, so the caller retries instead of moving on.
+pub async fn read_object(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let name = format!("s3://{bucket}/{key}");
+    match get(client, bucket, key).await {
+        Ok(bytes) => {
+            summary.inputs_read += 1;
+            summary.bytes += bytes.len() as u64;
+            files::process(&name, &bytes, publisher, summary).await;
+            Ok(())
+        }
+        Err(Error::Source(text)) if text.contains("NoSuchKey") || text.contains("AccessDenied") => {
+            files::dead_letter_input(publisher, summary, &name, b"", "unreadable", text).await;
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Reads a whole object.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::files::{self, Summary};
+use crate::files::Summary;
 use crate::publish::{DeadLetter, Publisher};
 use crate::s3::{classify, KeyKind};
 use crate::Error;
@@ -187,7 +187,7 @@ pub async fn run(
             .send();
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = receive => r.map_err(|e| Error::Source(format!("sqs:ReceiveMessage: {}", aws_message(&e))))?,
+            r = receive => r.map_err(|e| Error::Source(format!("sqs:ReceiveMessage: {}", trailguard_common::aws::error_text(&e))))?,
         };
         let messages = received.messages();
         if messages.is_empty() {
@@ -220,29 +220,18 @@ pub async fn run(
                                 .map_err(|e| {
                                     Error::Source(format!(
                                         "sqs:ChangeMessageVisibility: {}",
-                                        aws_message(&e)
+                                        trailguard_common::aws::error_text(&e)
                                     ))
                                 })?;
                         }
-                        let name = format!("s3://{}/{}", object.bucket, object.key);
-                        match crate::s3::get(s3, &object.bucket, &object.key).await {
-                            Ok(bytes) => {
-                                summary.inputs_read += 1;
-                                summary.bytes += bytes.len() as u64;
-                                files::process(&name, &bytes, publisher, &mut summary).await;
-                            }
-                            Err(err) => {
-                                files::dead_letter_input(
-                                    publisher,
-                                    &mut summary,
-                                    &name,
-                                    b"",
-                                    "unreadable",
-                                    err.to_string(),
-                                )
-                                .await;
-                            }
-                        }
+                        crate::s3::read_object(
+                            s3,
+                            &object.bucket,
+                            &object.key,
+                            publisher,
+                            &mut summary,
+                        )
+                        .await?;
                     }
                 }
                 Ok(Notification::Nothing) => {}
@@ -268,7 +257,12 @@ pub async fn run(
                 .receipt_handle(receipt)
                 .send()
                 .await
-                .map_err(|e| Error::Source(format!("sqs:DeleteMessage: {}", aws_message(&e))))?;
+                .map_err(|e| {
+                    Error::Source(format!(
+                        "sqs:DeleteMessage: {}",
+                        trailguard_common::aws::error_text(&e)
+                    ))
+                })?;
         }
     }
     summary.published = publisher.published;
@@ -276,13 +270,6 @@ pub async fn run(
     summary.duplicates = publisher.duplicates;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
-}
-
-fn aws_message<E: aws_sdk_sqs::error::ProvideErrorMetadata + std::fmt::Debug>(err: &E) -> String {
-    match (err.code(), err.message()) {
-        (Some(code), message) => format!("{code}: {}", message.unwrap_or_default()),
-        _ => format!("{err:?}"),
-    }
 }
 
 #[cfg(test)]

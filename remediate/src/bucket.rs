@@ -25,11 +25,7 @@ pub struct BucketResult {
 }
 
 fn sdk_error<E: ProvideErrorMetadata + std::fmt::Debug>(call: &str, err: &E) -> String {
-    match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{call}: {code}: {message}"),
-        (Some(code), None) => format!("{call}: {code}"),
-        _ => format!("{call}: {err:?}"),
-    }
+    format!("{call}: {}", trailguard_common::aws::error_text(err))
 }
 
 /// Reads what makes a bucket public, plus the undo data (the prior ACL and policy).

@@ -300,3 +300,26 @@ pub async fn produce(topic: &str, key: &str, value: &[u8]) -> Result<()> {
 pub fn wait_for_topic(topic: &str, timeout: Duration) -> Result<()> {
     read_topic(topic, timeout, Duration::ZERO, |_| true).map(|_| ())
 }
+
+/// Creates `bucket` on the AWS-API server and makes it public: a public-read ACL and a policy
+/// with a public statement (`Public`) beside a private one (`Admin`).
+pub async fn make_public_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<()> {
+    client.create_bucket().bucket(bucket).send().await?;
+    client
+        .put_bucket_acl()
+        .bucket(bucket)
+        .acl(aws_sdk_s3::types::BucketCannedAcl::PublicRead)
+        .send()
+        .await?;
+    let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Public", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")},
+        {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "s3:*", "Resource": format!("arn:aws:s3:::{bucket}")}
+    ]});
+    client
+        .put_bucket_policy()
+        .bucket(bucket)
+        .policy(policy.to_string())
+        .send()
+        .await?;
+    Ok(())
+}

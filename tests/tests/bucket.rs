@@ -2,33 +2,12 @@
 //! and keeps the non-public policy statement, a second run finds it already compliant.
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use trailguard_common::contract::ActionOutcome;
 use trailguard_remediate::bucket::make_private;
-use trailguard_tests::{s3, Run};
+use trailguard_tests::{make_public_bucket, s3, Run};
 
 const PUBLIC: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
-
-async fn public_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<()> {
-    client.create_bucket().bucket(bucket).send().await?;
-    client
-        .put_bucket_acl()
-        .bucket(bucket)
-        .acl(aws_sdk_s3::types::BucketCannedAcl::PublicRead)
-        .send()
-        .await?;
-    let policy = json!({"Version": "2012-10-17", "Statement": [
-        {"Sid": "Public", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")},
-        {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "s3:*", "Resource": format!("arn:aws:s3:::{bucket}")}
-    ]});
-    client
-        .put_bucket_policy()
-        .bucket(bucket)
-        .policy(policy.to_string())
-        .send()
-        .await?;
-    Ok(())
-}
 
 async fn acl_is_public(client: &aws_sdk_s3::Client, bucket: &str) -> Result<bool> {
     let acl = client.get_bucket_acl().bucket(bucket).send().await?;
@@ -61,7 +40,7 @@ async fn dry_run_then_auto_then_already_compliant() -> Result<()> {
     let run = Run::new("bucket")?;
     let bucket = format!("bucket-{}", &run.id[run.id.len() - 12..]);
     let client = s3().await?;
-    public_bucket(&client, &bucket).await?;
+    make_public_bucket(&client, &bucket).await?;
 
     let dry = make_private(&client, &bucket, true).await;
     assert_eq!(dry.outcome, ActionOutcome::DryRun, "{}", dry.detail);

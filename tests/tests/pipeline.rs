@@ -10,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use trailguard_common::contract::ActionOutcome;
 use trailguard_common::{ActionRecord, Activity, Alert};
-use trailguard_tests::{read_topic, repo, s3, shared_data, Run};
+use trailguard_tests::{make_public_bucket, read_topic, repo, s3, shared_data, Run};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(3);
@@ -26,30 +26,6 @@ fn sample_for(bucket: &str, dir: &Path) -> Result<()> {
             text.replace("trailguard-demo-public", bucket),
         )?;
     }
-    Ok(())
-}
-
-async fn make_public_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<()> {
-    client.create_bucket().bucket(bucket).send().await?;
-    client
-        .put_bucket_acl()
-        .bucket(bucket)
-        .acl(aws_sdk_s3::types::BucketCannedAcl::PublicRead)
-        .send()
-        .await?;
-    let policy = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "PublicRead", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")},
-            {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "s3:*", "Resource": format!("arn:aws:s3:::{bucket}")}
-        ]
-    });
-    client
-        .put_bucket_policy()
-        .bucket(bucket)
-        .policy(policy.to_string())
-        .send()
-        .await?;
     Ok(())
 }
 

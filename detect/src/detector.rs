@@ -59,7 +59,11 @@ impl Detector {
         Detector {
             cloudtrail: CloudTrailChanges::new(cfg.cloudtrail_changes.clone()),
             bucket_public: BucketPublic::new(cfg.s3_bucket_public.clone()),
-            signin: SigninFailures::new(cfg.console_signin_failures.clone(), retain_offsets),
+            signin: SigninFailures::new(
+                cfg.console_signin_failures.clone(),
+                Duration::from_std(lateness).unwrap_or(Duration::MAX),
+                retain_offsets,
+            ),
             lateness: Duration::from_std(lateness).unwrap_or(Duration::MAX),
             max_event_time: None,
             closed: Vec::new(),
@@ -128,24 +132,29 @@ struct Burst {
     first_offset: Offset,
     last_offset: Offset,
     max_time: DateTime<Utc>,
-    fired: bool,
+    /// Event time of the failure that raised this burst's alert.
+    fired_at: Option<DateTime<Utc>>,
 }
 
 /// Admin console sign-in failures: `threshold` failed `ConsoleLogin`s for one principal, or
-/// from one source IP, within `window`; one alert per burst.
+/// from one source IP, within `window`; one alert per burst. A burst that goes on past the
+/// window of its alert rolls over into a new one (an attack that does not stop alerts again,
+/// and its state and the commit offset do not stay pinned to its start).
 struct SigninFailures {
     cfg: SigninFailuresConfig,
     window: Duration,
+    lateness: Duration,
     retain_offsets: Offset,
     bursts: HashMap<BurstKey, Burst>,
 }
 
 impl SigninFailures {
-    fn new(cfg: SigninFailuresConfig, retain_offsets: Offset) -> Self {
+    fn new(cfg: SigninFailuresConfig, lateness: Duration, retain_offsets: Offset) -> Self {
         let window = Duration::from_std(cfg.window).unwrap_or(Duration::MAX);
         SigninFailures {
             cfg,
             window,
+            lateness,
             retain_offsets,
             bursts: HashMap::new(),
         }
@@ -189,7 +198,7 @@ impl SigninFailures {
         let starts_new = self
             .bursts
             .get(&key)
-            .is_none_or(|b| t > b.max_time + window);
+            .is_none_or(|b| t > b.max_time + window || b.fired_at.is_some_and(|f| t > f + window));
         if starts_new {
             if let Some(old) = self.bursts.remove(&key) {
                 closed.push((old.first_offset, old.last_offset));
@@ -202,7 +211,7 @@ impl SigninFailures {
                     first_offset: offset,
                     last_offset: offset,
                     max_time: t,
-                    fired: false,
+                    fired_at: None,
                 },
             );
         }
@@ -215,11 +224,20 @@ impl SigninFailures {
         burst.failures.insert(at, (t, activity.id.clone()));
         burst.last_offset = burst.last_offset.max(offset);
         burst.max_time = burst.max_time.max(t);
-        if burst.fired {
+        // Failures that can no longer share a window with a new one are forgotten.
+        let horizon = burst.max_time - window - self.lateness;
+        while burst
+            .failures
+            .front()
+            .is_some_and(|(time, _)| *time < horizon)
+        {
+            burst.failures.pop_front();
+        }
+        if burst.fired_at.is_some() {
             return None;
         }
         let window_ids = densest_window(&burst.failures, window, self.cfg.threshold)?;
-        burst.fired = true;
+        burst.fired_at = Some(t);
         let (what, entity) = match &key {
             BurstKey::Principal(_) => (
                 format!(
@@ -437,6 +455,26 @@ mod tests {
         let mut events = vec![live];
         events.extend((0..5).map(|m| failure("backfilled", "1.2.3.4", m)));
         assert_eq!(run(&mut d, &events).len(), 2);
+    }
+
+    /// An attack that never pauses alerts again once the window of its alert is over, and its
+    /// state does not grow with it.
+    #[test]
+    fn an_endless_burst_rolls_over() {
+        let mut d = detector();
+        let events: Vec<_> = (0..60).map(|m| failure("alice", "1.2.3.4", m)).collect();
+        let alerts = run(&mut d, &events);
+        // Minutes 4, 24, 44: a new burst starts after the alert's 15-minute window (minutes
+        // 20, 40) and alerts at its fifth failure.
+        assert_eq!(
+            alerts
+                .iter()
+                .filter(|a| a.entity.kind == "principal")
+                .count(),
+            3
+        );
+        assert_eq!(alerts.len(), 6);
+        assert!(d.signin.bursts.values().all(|b| b.failures.len() <= 21));
     }
 
     #[test]

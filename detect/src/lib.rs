@@ -54,6 +54,12 @@ impl DetectConfig {
                 "must not be empty",
             ));
         }
+        if self.detect.allowed_lateness > Duration::from_secs(7 * 86_400) {
+            return Err(trailguard_common::Error::config(
+                "detect.allowed_lateness",
+                "must be at most 7 days",
+            ));
+        }
         self.policies.validate()
     }
 }

@@ -39,10 +39,10 @@ impl PoliciesConfig {
                 "must be at least 2",
             ));
         }
-        if s.window.is_zero() {
+        if s.window.is_zero() || s.window > std::time::Duration::from_secs(30 * 86_400) {
             return Err(trailguard_common::Error::config(
                 "policies.console_signin_failures.window",
-                "must be longer than zero",
+                "must be longer than zero and at most 30 days",
             ));
         }
         Ok(())

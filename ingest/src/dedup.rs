@@ -68,6 +68,12 @@ impl Dedup {
         }
     }
 
+    /// Forgets every id (after a failed publish, whose ids may not have reached the broker).
+    pub fn clear(&mut self) {
+        self.seen.clear();
+        self.order.clear();
+    }
+
     /// Ids remembered now.
     pub fn len(&self) -> usize {
         self.seen.len()

@@ -70,8 +70,9 @@ fn normalize_record(record: RawRecord, depth: u8) -> Result<Activity, NormalizeE
         .or_else(|| non_empty(record.at_timestamp))
         .or_else(|| non_empty(record.p_event_time))
         .ok_or(NormalizeError::Missing("eventTime"))?;
-    let event_time =
-        parse_time(&time_text).ok_or_else(|| NormalizeError::BadTime(truncate(&time_text)))?;
+    let event_time = parse_time(&time_text)
+        .filter(|t| (EARLIEST..=LATEST).contains(&t.timestamp()))
+        .ok_or_else(|| NormalizeError::BadTime(truncate(&time_text)))?;
 
     let region = non_empty(record.aws_region);
     let mut principal = principal(record.user_identity);
@@ -179,6 +180,11 @@ fn is_uuid(text: &str) -> bool {
             _ => b.is_ascii_hexdigit(),
         })
 }
+
+/// Event times outside 1970–2200 are rejected: no CloudTrail record has one, and time
+/// arithmetic downstream (windows, horizons) must never reach the limits of the calendar.
+const EARLIEST: i64 = 0;
+const LATEST: i64 = 7_258_118_400;
 
 /// Parses CloudTrail time stamps: RFC 3339, or `YYYY-MM-DD[ T]HH:MM:SS[.fraction][Z]` in UTC.
 pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
@@ -578,6 +584,10 @@ mod tests {
         }
         assert_eq!(parse_time("ThisIsAWrongEventTime"), None);
         assert_eq!(parse_time("redacted"), None);
+        let far = r#"{"eventName":"X","eventSource":"s","eventTime":"+262000-01-01T00:00:00Z"}"#;
+        assert!(matches!(normalize(far), Err(NormalizeError::BadTime(_))));
+        let early = r#"{"eventName":"X","eventSource":"s","eventTime":"1969-12-31T23:59:59Z"}"#;
+        assert!(matches!(normalize(early), Err(NormalizeError::BadTime(_))));
     }
 
     #[test]

@@ -204,6 +204,25 @@ impl Publisher {
             .event_lag
             .with_label_values(&[self.source_kind])
             .observe(lag.max(0.0));
+        if self.buffer.len() > self.max_dead_letter_bytes {
+            // Larger than a Kafka message may be: dead-letter a pointer instead of failing the
+            // delivery (and every retry of it).
+            let reason = format!(
+                "activity of {} bytes is too large to publish",
+                self.buffer.len()
+            );
+            let source = format!("activity/{}", activity.id);
+            let original = std::mem::take(&mut self.buffer);
+            let letter = DeadLetter {
+                source: &source,
+                index: 0,
+                kind: "too_large",
+                reason,
+            };
+            self.dead_letter(&original, letter).await;
+            self.buffer = original;
+            return;
+        }
         let key = activity.principal.key();
         let payload = std::mem::take(&mut self.buffer);
         let topic = self.activities_topic.clone();
@@ -320,10 +339,15 @@ impl Publisher {
             self.settle_one().await;
         }
         if self.failed > 0 {
-            return Err(Error::Publish {
+            let err = Error::Publish {
                 failed: self.failed,
-                first: self.first_error.clone().unwrap_or_default(),
-            });
+                first: self.first_error.take().unwrap_or_default(),
+            };
+            // The caller re-reads from its last checkpoint: start clean, and forget the ids of
+            // this round, some of which never reached the broker.
+            self.failed = 0;
+            self.dedup.clear();
+            return Err(err);
         }
         Ok(())
     }

@@ -248,6 +248,25 @@ pub const ALL_SECTIONS: &[&str] = &[
     "lookup",
 ];
 
+const CLIENT_PREFIX: &str = "kafka__client__";
+
+/// librdkafka settings from `TRAILGUARD_KAFKA__CLIENT__*`, taken as the exact text of the
+/// variable (a password like `0123` must not become the number 123).
+fn client_settings_from_env() -> serde_json::Value {
+    let client: serde_json::Map<String, serde_json::Value> = std::env::vars()
+        .filter_map(|(name, value)| {
+            let key = name.strip_prefix("TRAILGUARD_")?.to_ascii_lowercase();
+            let setting = key.strip_prefix(CLIENT_PREFIX)?.to_string();
+            Some((setting, serde_json::Value::String(value)))
+        })
+        .collect();
+    if client.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "kafka": { "client": client } })
+    }
+}
+
 /// The top-level sections of a configuration structure.
 pub fn sections(defaults: &impl Serialize) -> Vec<String> {
     match serde_json::to_value(defaults) {
@@ -301,11 +320,14 @@ where
             Env::prefixed("TRAILGUARD_")
                 .filter(move |key| {
                     let key = key.as_str().to_ascii_lowercase();
-                    key.split_once("__")
-                        .is_some_and(|(section, _)| own.iter().any(|s| s == section))
+                    !key.starts_with(CLIENT_PREFIX)
+                        && key
+                            .split_once("__")
+                            .is_some_and(|(section, _)| own.iter().any(|s| s == section))
                 })
                 .split("__"),
         )
+        .merge(Serialized::defaults(client_settings_from_env()))
         .merge(Serialized::defaults(overrides));
     figment.extract().map_err(|err| Error::Config {
         key: err

@@ -290,3 +290,29 @@ pub async fn follow(
         }
     }
 }
+
+/// Sends one record, retrying with exponential backoff (capped at 10 s) until the broker has
+/// it. Returns false if `shutdown` came first: the caller must then not advance past its input.
+pub async fn send_until_durable(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match send(producer, topic, key, payload, headers.clone()).await {
+            Ok(_) => return true,
+            Err(err) => {
+                tracing::warn!(error = %err, topic, "publish failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

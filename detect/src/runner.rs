@@ -186,20 +186,21 @@ pub async fn run(
                     (h::POINTER, "false"),
                 ]);
                 tracing::warn!(%source, kind, %reason, "dead-lettered activity");
-                if let Err(err) = kafka::send(
+                let sent = kafka::send_until_durable(
                     &producer,
                     &topics.dlq,
                     source.as_bytes(),
                     &original,
                     Some(headers),
+                    &shutdown,
                 )
-                .await
-                {
-                    // Not durable: do not advance past it; a restart retries.
-                    commit_and_stop(&consumer, "dead-letter publish failed")?;
-                    return Err(Error::Stopped(format!(
-                        "dead-lettering {source} failed: {err}"
-                    )));
+                .await;
+                if !sent {
+                    // Not durable: do not advance past it; the next start retries.
+                    return commit_and_stop(
+                        &consumer,
+                        "shutdown while a dead letter was unpublished",
+                    );
                 }
                 metrics
                     .activities
@@ -236,44 +237,29 @@ fn commit_and_stop<C: ConsumerContext>(
     Ok(())
 }
 
-/// Publishes an alert, retrying with backoff until the broker has it. Returns false if
-/// shutdown came first.
+/// Publishes an alert, retrying until the broker has it. Returns false if shutdown came first.
 async fn publish_alert(
     producer: &rdkafka::producer::FutureProducer,
     cfg: &DetectConfig,
     alert: &Alert,
     shutdown: &CancellationToken,
 ) -> bool {
-    let payload = match serde_json::to_vec(alert) {
-        Ok(p) => p,
-        Err(err) => {
-            tracing::error!(error = %err, "alert not serializable");
-            return true;
-        }
+    let Ok(payload) = serde_json::to_vec(alert) else {
+        // Plain data always serializes; never advance past an alert that was not published.
+        return false;
     };
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match kafka::send(
-            producer,
-            &cfg.kafka.topics.alerts,
-            alert.entity.id.as_bytes(),
-            &payload,
-            None,
-        )
-        .await
-        {
-            Ok(_) => {
-                tracing::info!(alert_id = %alert.id, policy = %alert.policy_id, severity = alert.severity.as_str(), summary = %alert.evidence.summary, "alert");
-                return true;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "publishing alert failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
+    let topic = &cfg.kafka.topics.alerts;
+    let sent = kafka::send_until_durable(
+        producer,
+        topic,
+        alert.entity.id.as_bytes(),
+        &payload,
+        None,
+        shutdown,
+    )
+    .await;
+    if sent {
+        tracing::info!(alert_id = %alert.id, policy = %alert.policy_id, severity = alert.severity.as_str(), summary = %alert.evidence.summary, "alert");
     }
+    sent
 }

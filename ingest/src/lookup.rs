@@ -112,7 +112,8 @@ pub fn window(
     let backfill = chrono::Duration::from_std(backfill).unwrap_or(chrono::Duration::days(7));
     let overlap = chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::zero());
     let start = match checkpoint {
-        Some(c) => (c - overlap).max(now - backfill),
+        // After downtime, catch up from the checkpoint as far as the API keeps events.
+        Some(c) => (c - overlap).max(now - chrono::Duration::days(90)),
         None => now - backfill,
     };
     (start.min(now), now)
@@ -216,6 +217,19 @@ async fn read_window(
         for event in page.events() {
             summary.records += 1;
             let Some(raw) = event.cloud_trail_event() else {
+                let source = format!("lookup://{region}/{}", event.event_id().unwrap_or("?"));
+                *summary
+                    .dead_letter_kinds
+                    .entry("missing_field".into())
+                    .or_default() += 1;
+                let reason = "LookupEvents returned an event without CloudTrailEvent".to_string();
+                let letter = DeadLetter {
+                    source: &source,
+                    index: 0,
+                    kind: "missing_field",
+                    reason,
+                };
+                publisher.dead_letter(b"", letter).await;
                 continue;
             };
             match normalize(raw) {
@@ -316,8 +330,16 @@ mod tests {
             (start, end),
             (t(999) - chrono::Duration::minutes(15), t(1000))
         );
-        // A checkpoint older than the backfill is capped by it.
-        assert_eq!(window(Some(t(0)), t(1000), week, quarter).0, t(1000 - 168));
+        // After downtime longer than the backfill, catch up from the checkpoint...
+        assert_eq!(
+            window(Some(t(900)), t(1000), week, quarter).0,
+            t(900) - chrono::Duration::minutes(15)
+        );
+        // ...as far as LookupEvents keeps events (90 days).
+        assert_eq!(
+            window(Some(t(0)), t(5000), week, quarter).0,
+            t(5000 - 90 * 24)
+        );
     }
 
     #[test]

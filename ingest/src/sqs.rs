@@ -4,6 +4,7 @@
 //! large files are processed; a message that names no file is dead-lettered with its reason and
 //! deleted.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -190,6 +191,23 @@ pub async fn run(
             r = receive => r.map_err(|e| Error::Source(format!("sqs:ReceiveMessage: {}", trailguard_common::aws::error_text(&e))))?,
         };
         let messages = received.messages();
+        // While this batch is worked through, keep every message of it not yet deleted invisible
+        // to other instances.
+        let pending: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
+            messages
+                .iter()
+                .filter_map(|m| m.receipt_handle().map(str::to_string))
+                .collect(),
+        ));
+        let heartbeat = CancellationToken::new();
+        tokio::spawn(extend_visibility(
+            sqs.clone(),
+            cfg.queue_url.clone(),
+            cfg.visibility_timeout,
+            pending.clone(),
+            heartbeat.clone(),
+        ));
+        let _stop_heartbeat = heartbeat.drop_guard();
         if messages.is_empty() {
             if once {
                 break;
@@ -201,28 +219,12 @@ pub async fn run(
                 continue;
             };
             let id = message.message_id().unwrap_or("?");
-            let received_at = Instant::now();
             match parse(body) {
                 Ok(Notification::Objects(objects)) => {
                     for object in objects {
                         if classify(&object.key) != KeyKind::Log {
                             summary.inputs_skipped += 1;
                             continue;
-                        }
-                        if received_at.elapsed() > cfg.visibility_timeout / 2 {
-                            // Still working: keep the message from going to another instance.
-                            sqs.change_message_visibility()
-                                .queue_url(&cfg.queue_url)
-                                .receipt_handle(receipt)
-                                .visibility_timeout(visibility)
-                                .send()
-                                .await
-                                .map_err(|e| {
-                                    Error::Source(format!(
-                                        "sqs:ChangeMessageVisibility: {}",
-                                        trailguard_common::aws::error_text(&e)
-                                    ))
-                                })?;
                         }
                         crate::s3::read_object(
                             s3,
@@ -252,17 +254,20 @@ pub async fn run(
             }
             // Everything the message named is durable (or dead-lettered): only now delete it.
             publisher.finish().await?;
-            sqs.delete_message()
+            if let Ok(mut pending) = pending.lock() {
+                pending.retain(|r| r != receipt);
+            }
+            if let Err(err) = sqs
+                .delete_message()
                 .queue_url(&cfg.queue_url)
                 .receipt_handle(receipt)
                 .send()
                 .await
-                .map_err(|e| {
-                    Error::Source(format!(
-                        "sqs:DeleteMessage: {}",
-                        trailguard_common::aws::error_text(&e)
-                    ))
-                })?;
+            {
+                // The message comes back after its visibility timeout and its records are
+                // published again with the same ids: a repeat, never a loss.
+                tracing::warn!(message = id, error = %trailguard_common::aws::error_text(&err), "sqs:DeleteMessage failed");
+            }
         }
     }
     summary.published = publisher.published;
@@ -270,6 +275,36 @@ pub async fn run(
     summary.duplicates = publisher.duplicates;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Every half visibility timeout, extends the visibility of the messages still `pending`.
+async fn extend_visibility(
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    timeout: Duration,
+    pending: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+) {
+    let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(timeout / 2) => {}
+        }
+        let receipts = pending.lock().map(|p| p.clone()).unwrap_or_default();
+        for receipt in receipts {
+            let extended = sqs
+                .change_message_visibility()
+                .queue_url(&queue_url)
+                .receipt_handle(&receipt)
+                .visibility_timeout(seconds)
+                .send()
+                .await;
+            if let Err(err) = extended {
+                tracing::warn!(error = %trailguard_common::aws::error_text(&err), "sqs:ChangeMessageVisibility failed");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

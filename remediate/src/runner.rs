@@ -6,9 +6,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
-use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use trailguard_common::contract::{
@@ -108,6 +112,23 @@ async fn execute(s3: &aws_sdk_s3::Client, alert: &Alert, decision: &Decision) ->
     record
 }
 
+/// Notes that partitions were assigned: what other instances answered on them must be read
+/// back before acting on their alerts.
+#[derive(Clone, Default)]
+struct AssignmentContext {
+    assigned: Arc<AtomicBool>,
+}
+
+impl ClientContext for AssignmentContext {}
+
+impl ConsumerContext for AssignmentContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.assigned.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Reads the actions topic back: the ids of alerts already answered.
 fn answered_alerts(cfg: &RemediateConfig) -> Result<HashSet<String>, Error> {
     let mut done = HashSet::new();
@@ -138,28 +159,16 @@ async fn publish(
     let Ok(payload) = serde_json::to_vec(record) else {
         return false;
     };
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match kafka::send(
-            producer,
-            &cfg.kafka.topics.actions,
-            record.alert_id.as_bytes(),
-            &payload,
-            None,
-        )
-        .await
-        {
-            Ok(_) => return true,
-            Err(err) => {
-                tracing::warn!(error = %err, "publishing action record failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let topic = &cfg.kafka.topics.actions;
+    kafka::send_until_durable(
+        producer,
+        topic,
+        record.alert_id.as_bytes(),
+        &payload,
+        None,
+        shutdown,
+    )
+    .await
 }
 
 /// Runs remediate until `shutdown`.
@@ -170,14 +179,15 @@ pub async fn run(
 ) -> Result<(), Error> {
     let topics = &cfg.kafka.topics;
     kafka::ensure_topics(&cfg.kafka, &[&topics.alerts, &topics.actions], &[]).await?;
-    let mut answered = tokio::task::block_in_place(|| answered_alerts(&cfg))?;
+    let mut answered = HashSet::new();
     let s3 = trailguard_common::aws::s3_client(&cfg.aws).await;
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
+    let context = AssignmentContext::default();
     let consumer = kafka::consumer(
         &cfg.kafka,
         &cfg.remediate.group_id,
         "trailguard-remediate",
-        DefaultConsumerContext,
+        context.clone(),
     )?;
     consumer.subscribe(&[&topics.alerts])?;
     tracing::info!(topic = %topics.alerts, default_mode = cfg.remediate.default_mode.as_str(), "remediate running");
@@ -198,6 +208,12 @@ pub async fn run(
         let (partition, offset) = (message.partition(), message.offset());
         let alert = message.payload().map(serde_json::from_slice::<Alert>);
         drop(message);
+        if context.assigned.swap(false, Ordering::SeqCst) {
+            // New partitions (at start or after a rebalance): another instance may have answered
+            // some of their uncommitted alerts. Read the actions topic back first.
+            answered.extend(tokio::task::block_in_place(|| answered_alerts(&cfg))?);
+        }
+        let mut acted = false;
         match alert {
             Some(Ok(alert)) if alert.schema_version <= ALERT_SCHEMA_VERSION => {
                 if answered.contains(&alert.id) {
@@ -219,6 +235,7 @@ pub async fn run(
                             .inc();
                     }
                     answered.insert(alert.id);
+                    acted = true;
                     metrics.alerts.with_label_values(&["handled"]).inc();
                 }
             }
@@ -237,6 +254,12 @@ pub async fn run(
         list.add_partition_offset(&topics.alerts, partition, Offset::Offset(offset + 1))?;
         if let Err(err) = consumer.store_offsets(&list) {
             tracing::debug!(error = %err, partition, "offset not stored");
+        }
+        if acted {
+            // Commit at once after acting, so no other instance replays this alert.
+            if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::warn!(error = %err, "commit after acting failed; the next commit retries");
+            }
         }
     }
     if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {

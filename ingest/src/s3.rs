@@ -190,6 +190,68 @@ pub async fn discover(
     Ok(streams)
 }
 
+/// Where a stream left off: its last key, and every key read of that key's delivery minute.
+///
+/// Log file names carry their delivery minute and then a random suffix
+/// (`…_20240101T0000Z_Ab3x.json.gz`), so a file delivered later in the same minute can sort
+/// *before* the last key read. Each listing therefore starts at the last key's minute and skips
+/// the keys of that minute already read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The greatest key read.
+    pub last: Option<String>,
+    /// The keys read that share `last`'s delivery minute.
+    pub minute: Vec<String>,
+}
+
+/// A key without its random suffix: everything up to the delivery minute.
+fn minute_prefix(key: &str) -> &str {
+    key.rsplit_once('_').map_or(key, |(prefix, _)| prefix)
+}
+
+impl Position {
+    /// Reads a stored position (a bare key, as older checkpoints were, is accepted).
+    pub fn parse(stored: Option<&str>) -> Position {
+        match stored {
+            None => Position::default(),
+            Some(text) => serde_json::from_str(text).unwrap_or_else(|_| Position {
+                last: Some(text.to_string()),
+                minute: vec![text.to_string()],
+            }),
+        }
+    }
+
+    /// `StartAfter` for the next listing: just before the last key's minute.
+    pub fn resume_after(&self) -> Option<&str> {
+        self.last.as_deref().map(minute_prefix)
+    }
+
+    /// True for a key of the current minute already read.
+    pub fn done(&self, key: &str) -> bool {
+        self.minute.iter().any(|k| k == key)
+    }
+
+    /// Records that `key` has been read.
+    pub fn advance(&mut self, key: &str) {
+        let same_minute = self
+            .last
+            .as_deref()
+            .is_some_and(|l| minute_prefix(l) == minute_prefix(key));
+        if !same_minute && self.last.as_deref().is_none_or(|l| key > l) {
+            self.minute.clear();
+        }
+        self.minute.push(key.to_string());
+        if self.last.as_deref().is_none_or(|l| key > l) {
+            self.last = Some(key.to_string());
+        }
+    }
+
+    /// The stored form.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// Where a stream's listing starts: after its checkpoint, or at the start date.
 pub fn start_after(
     stream: &Stream,
@@ -225,11 +287,12 @@ pub async fn run_once(
     summary.inputs_skipped += skipped_folders;
     'streams: for stream in &streams {
         let key = stream.checkpoint_key(&cfg.bucket);
+        let mut position = Position::parse(checkpoints.get(&key));
         let mut request = client
             .list_objects_v2()
             .bucket(&cfg.bucket)
             .prefix(&stream.list_prefix);
-        if let Some(after) = start_after(stream, checkpoints.get(&key), cfg.start_date) {
+        if let Some(after) = start_after(stream, position.resume_after(), cfg.start_date) {
             request = request.start_after(after);
         }
         let mut pages = request.into_paginator().send();
@@ -243,13 +306,17 @@ pub async fn run_once(
                 let Some(object_key) = object.key() else {
                     continue;
                 };
+                if position.done(object_key) {
+                    continue;
+                }
                 if classify(object_key) != KeyKind::Log {
                     summary.inputs_skipped += 1;
                     continue;
                 }
                 read_object(client, &cfg.bucket, object_key, publisher, &mut summary).await?;
                 publisher.finish().await?;
-                checkpoints.save(&key, object_key).await?;
+                position.advance(object_key);
+                checkpoints.save(&key, &position.to_text()).await?;
                 publisher
                     .metrics()
                     .checkpoint_time
@@ -329,6 +396,25 @@ mod tests {
             KeyKind::Other
         );
         assert_eq!(classify("x/notes.txt"), KeyKind::Other);
+    }
+
+    #[test]
+    fn a_late_file_of_the_same_minute_is_not_missed() {
+        let a = "p/1_CloudTrail_r_20240101T0000Z_b.json.gz";
+        let b = "p/1_CloudTrail_r_20240101T0000Z_a.json.gz";
+        let next = "p/1_CloudTrail_r_20240101T0005Z_c.json.gz";
+        let mut position = Position::default();
+        position.advance(a);
+        let position = Position::parse(Some(&position.to_text()));
+        // The next listing starts before `b`, and skips `a`.
+        assert!(position.resume_after().is_some_and(|after| after < b));
+        assert!(position.done(a) && !position.done(b));
+        let mut position = position;
+        position.advance(b);
+        assert_eq!(position.last.as_deref(), Some(a));
+        position.advance(next);
+        assert_eq!(position.minute, vec![next.to_string()]);
+        assert_eq!(Position::parse(Some(a)).last.as_deref(), Some(a));
     }
 
     #[test]

@@ -179,17 +179,39 @@ async fn layouts_filters_and_checkpoints() -> Result<()> {
     let third = ingest_s3(&run, &bucket, &[])?;
     assert_eq!(third["published"], 6, "{third}");
 
+    // Delivered later in the same minute as the last file read, with a suffix that sorts
+    // before it: still read, and only it.
+    let late = key(
+        account_root,
+        "111111111111",
+        "us-east-1",
+        "2024/01/02",
+        "20240102T0500Z",
+    )
+    .replace("_x.json.gz", "_a.json.gz");
+    put(
+        &client,
+        &bucket,
+        &late,
+        log_file("111111111111", "us-east-1", 2, "f")?,
+    )
+    .await?;
+    let fourth = ingest_s3(&run, &bucket, &[])?;
+    assert_eq!(fourth["published"], 2, "{fourth}");
+    assert_eq!(fourth["inputs_read"], 1, "{fourth}");
+
     let activities = read_topic(
         &run.topic("activities"),
         Duration::from_secs(60),
         Duration::from_secs(2),
-        |r| r.len() >= 20,
+        |r| r.len() >= 22,
     )?;
-    assert_eq!(activities.len(), 20);
+    assert_eq!(activities.len(), 22);
 
-    // A start date skips earlier days on a stream's first listing.
+    // A start date skips earlier days on a stream's first listing: only the three files of
+    // January 2 (2 + 6 + 2 records).
     let dated = Run::new("s3src-dated")?;
     let from_jan_2 = ingest_s3(&dated, &bucket, &["--start-date", "2024-01-02"])?;
-    assert_eq!(from_jan_2["published"], 8, "{from_jan_2}");
+    assert_eq!(from_jan_2["published"], 10, "{from_jan_2}");
     Ok(())
 }

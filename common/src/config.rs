@@ -267,6 +267,16 @@ fn client_settings_from_env() -> serde_json::Value {
     }
 }
 
+/// Sections of a service's configuration the shared loader does not know (it must know them
+/// all, so the environment of another service never trips it and a typo always does). Each
+/// service's tests assert this is empty.
+pub fn unknown_sections(defaults: &impl Serialize) -> Vec<String> {
+    sections(defaults)
+        .into_iter()
+        .filter(|s| !ALL_SECTIONS.contains(&s.as_str()))
+        .collect()
+}
+
 /// The top-level sections of a configuration structure.
 pub fn sections(defaults: &impl Serialize) -> Vec<String> {
     match serde_json::to_value(defaults) {

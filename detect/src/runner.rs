@@ -151,8 +151,14 @@ pub async fn run(
             }
         }
         let (partition, offset) = (message.partition(), message.offset());
-        let decoded = decode(message.payload());
-        let original = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        // The payload is copied only when it is going to the dead-letter topic.
+        let decoded = decode(message.payload()).map_err(|(kind, reason)| {
+            (
+                kind,
+                reason,
+                message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            )
+        });
         drop(message);
         let detector = detectors
             .entry(partition)
@@ -176,7 +182,7 @@ pub async fn run(
                         .inc();
                 }
             }
-            Err((kind, reason)) => {
+            Err((kind, reason, original)) => {
                 let source = format!("{}/{partition}/{offset}", topics.activities);
                 let headers = kafka::headers([
                     (h::REASON, reason.as_str()),

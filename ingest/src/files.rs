@@ -9,7 +9,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::normalize::normalize;
-use crate::publish::{DeadLetter, Publisher};
+use crate::publish::{Counts, DeadLetter, Publisher};
 use crate::split::{decompress, split};
 use crate::Error;
 
@@ -64,6 +64,17 @@ pub struct Summary {
     pub seconds: f64,
     /// True when a shutdown signal stopped the run before every input was read.
     pub interrupted: bool,
+}
+
+impl Summary {
+    /// Records what the publisher did since `before`, and the wall time since `started`.
+    pub fn finish(&mut self, publisher: &Publisher, before: Counts, started: Instant) {
+        let now = publisher.counts();
+        self.published = now.published - before.published;
+        self.dead_lettered = now.dead_lettered - before.dead_lettered;
+        self.duplicates = now.duplicates - before.duplicates;
+        self.seconds = started.elapsed().as_secs_f64();
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -154,7 +165,7 @@ pub async fn run(
     publisher: &mut Publisher,
     shutdown: &CancellationToken,
 ) -> Result<Summary, Error> {
-    let started = Instant::now();
+    let (started, before) = (Instant::now(), publisher.counts());
     let inputs = if inputs.is_empty() {
         vec![Input::Stdin]
     } else {
@@ -228,10 +239,7 @@ pub async fn run(
         process(&name, &bytes, publisher, &mut summary).await;
     }
     let finished = publisher.finish().await;
-    summary.published = publisher.published;
-    summary.dead_lettered = publisher.dead_lettered;
-    summary.duplicates = publisher.duplicates;
-    summary.seconds = started.elapsed().as_secs_f64();
+    summary.finish(publisher, before, started);
     finished.map(|()| summary)
 }
 

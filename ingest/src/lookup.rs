@@ -267,12 +267,7 @@ pub async fn poll(
     publisher: &mut Publisher,
     shutdown: &CancellationToken,
 ) -> Result<Summary, Error> {
-    let started = std::time::Instant::now();
-    let (published, dead, repeats) = (
-        publisher.published,
-        publisher.dead_lettered,
-        publisher.duplicates,
-    );
+    let (started, before) = (std::time::Instant::now(), publisher.counts());
     let mut summary = Summary::default();
     for ((region, client), bucket) in clients.iter().zip(buckets.iter_mut()) {
         let key = format!("lookup://{region}");
@@ -302,10 +297,7 @@ pub async fn poll(
             .with_label_values(&["lookup"])
             .set(Utc::now().timestamp());
     }
-    summary.published = publisher.published - published;
-    summary.dead_lettered = publisher.dead_lettered - dead;
-    summary.duplicates = publisher.duplicates - repeats;
-    summary.seconds = started.elapsed().as_secs_f64();
+    summary.finish(publisher, before, started);
     Ok(summary)
 }
 

@@ -115,6 +115,17 @@ impl Metrics {
     }
 }
 
+/// What a publisher has had acknowledged so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Activities.
+    pub published: u64,
+    /// Dead letters.
+    pub dead_lettered: u64,
+    /// Activities dropped as repeats.
+    pub duplicates: u64,
+}
+
 /// What a dead letter says about itself.
 pub struct DeadLetter<'a> {
     /// Where it came from (path, `stdin`).
@@ -140,11 +151,11 @@ pub struct Publisher {
     in_flight: FuturesUnordered<BoxFuture<'static, Result<Option<&'static str>, KafkaError>>>,
     metrics: Metrics,
     /// Acknowledged activities.
-    pub published: u64,
+    published: u64,
     /// Acknowledged dead letters.
-    pub dead_lettered: u64,
+    dead_lettered: u64,
     /// Activities dropped as repeats.
-    pub duplicates: u64,
+    duplicates: u64,
     dedup: Dedup,
     failed: u64,
     first_error: Option<String>,
@@ -175,6 +186,15 @@ impl Publisher {
             failed: 0,
             first_error: None,
             buffer: Vec::with_capacity(4096),
+        }
+    }
+
+    /// What has been acknowledged (or dropped as a repeat) so far.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            published: self.published,
+            dead_lettered: self.dead_lettered,
+            duplicates: self.duplicates,
         }
     }
 

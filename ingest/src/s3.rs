@@ -275,12 +275,7 @@ pub async fn run_once(
     publisher: &mut Publisher,
     shutdown: &CancellationToken,
 ) -> Result<Summary, Error> {
-    let started = std::time::Instant::now();
-    let (published_before, dead_before, repeats_before) = (
-        publisher.published,
-        publisher.dead_lettered,
-        publisher.duplicates,
-    );
+    let (started, before) = (std::time::Instant::now(), publisher.counts());
     let mut summary = Summary::default();
     let mut skipped_folders = 0;
     let streams = discover(client, cfg, &mut skipped_folders).await?;
@@ -325,10 +320,7 @@ pub async fn run_once(
             }
         }
     }
-    summary.published = publisher.published - published_before;
-    summary.dead_lettered = publisher.dead_lettered - dead_before;
-    summary.duplicates = publisher.duplicates - repeats_before;
-    summary.seconds = started.elapsed().as_secs_f64();
+    summary.finish(publisher, before, started);
     tracing::info!(
         streams = streams.len(),
         files = summary.inputs_read,

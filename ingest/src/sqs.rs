@@ -170,7 +170,7 @@ pub async fn run(
     once: bool,
     shutdown: &CancellationToken,
 ) -> Result<Summary, Error> {
-    let started = Instant::now();
+    let (started, before) = (Instant::now(), publisher.counts());
     let mut summary = Summary::default();
     let visibility = i32::try_from(cfg.visibility_timeout.as_secs()).unwrap_or(i32::MAX);
     let wait = if once {
@@ -270,10 +270,7 @@ pub async fn run(
             }
         }
     }
-    summary.published = publisher.published;
-    summary.dead_lettered = publisher.dead_lettered;
-    summary.duplicates = publisher.duplicates;
-    summary.seconds = started.elapsed().as_secs_f64();
+    summary.finish(publisher, before, started);
     Ok(summary)
 }
 

@@ -17,6 +17,37 @@ pub struct AwsConfig {
     pub endpoint_url: Option<String>,
     /// Path-style S3 addressing (needed by local servers).
     pub force_path_style: bool,
+    /// Accounts to read through an assumed role (needs `role_arn_template`). Empty, and
+    /// without `organization_accounts`, means the credentials' own account only.
+    pub accounts: Vec<String>,
+    /// Also read every ACTIVE account of the AWS Organization (organizations:ListAccounts;
+    /// the credentials must be the management account's or a delegated administrator's).
+    pub organization_accounts: bool,
+    /// Role to assume in each account, with `{account}` standing for the account id, e.g.
+    /// `arn:aws:iam::{account}:role/TrailguardReader`.
+    pub role_arn_template: Option<String>,
+    /// External id the roles require, if any.
+    pub external_id: Option<String>,
+    /// Session name of the assumed roles (shows in the accounts' own CloudTrail);
+    /// default `trailguard`.
+    pub session_name: Option<String>,
+}
+
+/// One account to read: its id (none for the credentials' own account) and the SDK
+/// configuration whose credentials act in it.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The account id; `None` for the credentials' own account.
+    pub id: Option<String>,
+    /// Configuration with the account's credentials.
+    pub sdk: aws_config::SdkConfig,
+}
+
+impl Account {
+    /// The account id, or `self` for the credentials' own account (labels, checkpoint keys).
+    pub fn label(&self) -> &str {
+        self.id.as_deref().unwrap_or("self")
+    }
 }
 
 impl AwsConfig {
@@ -30,7 +61,82 @@ impl AwsConfig {
                 ));
             }
         }
-        Ok(())
+        if let Some(bad) = self.accounts.iter().find(|a| !is_account_id(a)) {
+            return Err(Error::config(
+                "aws.accounts",
+                format!("`{bad}` is not a 12-digit account id"),
+            ));
+        }
+        match &self.role_arn_template {
+            Some(t) if !(t.starts_with("arn:") && t.contains("{account}")) => Err(Error::config(
+                "aws.role_arn_template",
+                "must be a role ARN containing `{account}`, e.g. arn:aws:iam::{account}:role/TrailguardReader",
+            )),
+            None if !self.accounts.is_empty() || self.organization_accounts => Err(Error::config(
+                "aws.role_arn_template",
+                "is required when aws.accounts or aws.organization_accounts is set",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The role ARN for `account` (pure).
+    pub fn role_arn(&self, account: &str) -> Option<String> {
+        self.role_arn_template
+            .as_ref()
+            .map(|t| t.replace("{account}", account))
+    }
+
+    /// The accounts to read: the configured ones and, when asked, the organization's active
+    /// ones, each with credentials from assuming the role there; or the credentials' own
+    /// account alone. Roles are assumed lazily: a role that cannot be assumed shows as an
+    /// error on that account's first call, not here.
+    pub async fn accounts(&self) -> Result<Vec<Account>, Error> {
+        let base = self.sdk_config().await;
+        if self.role_arn_template.is_none() {
+            return Ok(vec![Account {
+                id: None,
+                sdk: base,
+            }]);
+        }
+        let mut ids = self.accounts.clone();
+        if self.organization_accounts {
+            let client = aws_sdk_organizations::Client::new(&base);
+            let mut pages = client.list_accounts().into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| {
+                    Error::Aws(format!("organizations:ListAccounts: {}", error_text(&e)))
+                })?;
+                for account in page.accounts() {
+                    let active = account.status().map(|s| s.as_str()) == Some("ACTIVE")
+                        || account.state().map(|s| s.as_str()) == Some("ACTIVE");
+                    if let Some(id) = account.id().filter(|_| active) {
+                        ids.push(id.to_string());
+                    }
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(arn) = self.role_arn(&id) else {
+                continue;
+            };
+            let mut builder = aws_config::sts::AssumeRoleProvider::builder(arn)
+                .session_name(self.session_name.as_deref().unwrap_or("trailguard"))
+                .configure(&base);
+            if let Some(external) = &self.external_id {
+                builder = builder.external_id(external);
+            }
+            let provider = builder.build().await;
+            let sdk = base
+                .to_builder()
+                .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(provider))
+                .build();
+            out.push(Account { id: Some(id), sdk });
+        }
+        Ok(out)
     }
 
     /// The shared SDK configuration (region, endpoint, credential chain).
@@ -56,6 +162,11 @@ pub fn error_text<E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
+/// True for a 12-digit AWS account id.
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// An S3 client for these settings.
 pub async fn s3_client(aws: &AwsConfig) -> aws_sdk_s3::Client {
     let shared = aws.sdk_config().await;
@@ -63,4 +174,46 @@ pub async fn s3_client(aws: &AwsConfig) -> aws_sdk_s3::Client {
         .force_path_style(aws.force_path_style)
         .build();
     aws_sdk_s3::Client::from_conf(config)
+}
+
+/// An S3 client acting with `sdk`'s credentials, in `region` when given.
+pub fn s3_client_for(
+    aws: &AwsConfig,
+    sdk: &aws_config::SdkConfig,
+    region: Option<&str>,
+) -> aws_sdk_s3::Client {
+    let mut config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(aws.force_path_style);
+    if let Some(region) = region {
+        config = config.region(aws_config::Region::new(region.to_string()));
+    }
+    aws_sdk_s3::Client::from_conf(config.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_need_a_role_template_with_the_account() {
+        let mut cfg = AwsConfig {
+            accounts: vec!["111122223333".into()],
+            ..AwsConfig::default()
+        };
+        let err = cfg.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("aws.role_arn_template"), "{err}");
+        cfg.role_arn_template = Some("arn:aws:iam::111122223333:role/Fixed".into());
+        assert!(cfg.validate().is_err());
+        cfg.role_arn_template = Some("arn:aws:iam::{account}:role/TrailguardReader".into());
+        assert!(cfg.validate().is_ok());
+        assert_eq!(
+            cfg.role_arn("444455556666").as_deref(),
+            Some("arn:aws:iam::444455556666:role/TrailguardReader")
+        );
+        cfg.accounts.push("12345".into());
+        let err = cfg.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("aws.accounts") && err.contains("12345"),
+            "{err}"
+        );
+    }
 }

@@ -246,6 +246,9 @@ pub const ALL_SECTIONS: &[&str] = &[
     "s3",
     "sqs",
     "lookup",
+    "inventory",
+    "geo",
+    "intel",
 ];
 
 const CLIENT_PREFIX: &str = "kafka__client__";

@@ -21,6 +21,11 @@ pub const ALERT_SCHEMA_VERSION: u32 = 1;
 /// Version of [`ActionRecord`] this build writes.
 pub const ACTION_SCHEMA_VERSION: u32 = 1;
 
+/// `eventSource` of the activities ingest's posture inventory publishes.
+pub const INVENTORY_SOURCE: &str = "inventory.trailguard";
+/// `eventName` of an inventory snapshot of one S3 bucket.
+pub const BUCKET_SNAPSHOT: &str = "BucketSnapshot";
+
 /// One normalized CloudTrail record.
 ///
 /// Published on the activities topic, keyed by [`Principal::key`], so every activity of one

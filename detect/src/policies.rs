@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use trailguard_common::contract::{
     stable_id, ActionKind, Alert, AlertKind, Entity, Evidence, Mitre, RequestedAction, Severity,
-    Target, ALERT_SCHEMA_VERSION,
+    Target, ALERT_SCHEMA_VERSION, BUCKET_SNAPSHOT, INVENTORY_SOURCE,
 };
 use trailguard_common::s3::{
     is_public_statement, items, parse_policy, PUBLIC_CANNED_ACLS, PUBLIC_GRANTEE_URIS,
@@ -322,8 +322,10 @@ impl BucketPublic {
 
     /// An alert when `activity` made a bucket publicly accessible.
     pub fn evaluate(&self, activity: &Activity) -> Option<Alert> {
+        let snapshot =
+            activity.event_source == INVENTORY_SOURCE && activity.event_name == BUCKET_SNAPSHOT;
         if !self.cfg.enabled
-            || activity.event_source != "s3.amazonaws.com"
+            || !(snapshot || activity.event_source == "s3.amazonaws.com")
             || !activity.outcome.is_success()
         {
             return None;
@@ -334,6 +336,7 @@ impl BucketPublic {
             return None;
         }
         let why = match activity.event_name.as_str() {
+            _ if snapshot => snapshot_exposure(params),
             "PutBucketAcl" | "CreateBucket" => acl_public(params),
             "PutBucketPolicy" => policy_public(params),
             "DeleteBucketPublicAccessBlock" | "DeletePublicAccessBlock" => {
@@ -342,7 +345,11 @@ impl BucketPublic {
             "PutBucketPublicAccessBlock" | "PutPublicAccessBlock" => access_block_weakened(params),
             _ => None,
         }?;
-        let summary = format!("{} {why} on bucket {bucket}", who(activity));
+        let summary = if snapshot {
+            format!("bucket {bucket} is publicly accessible (inventory): {why}")
+        } else {
+            format!("{} {why} on bucket {bucket}", who(activity))
+        };
         let mut alert = alert_for(
             activity,
             &S3_BUCKET_PUBLIC,
@@ -416,6 +423,40 @@ fn acl_public(params: &Value) -> Option<String> {
         }
     }
     None
+}
+
+/// Why an inventory snapshot's bucket is reachable by anyone, if it is: a public ACL not
+/// neutralised by `IgnorePublicAcls`, or a public policy (by S3's own `PolicyStatus` or by our
+/// reading) not neutralised by `RestrictPublicBuckets` — at the bucket or the account level.
+fn snapshot_exposure(params: &Value) -> Option<String> {
+    let flag = |name: &str| {
+        ["PublicAccessBlockConfiguration", "accountPublicAccessBlock"]
+            .iter()
+            .any(|block| params.get(*block).and_then(|b| b.get(name)) == Some(&Value::Bool(true)))
+    };
+    let mut reasons = Vec::new();
+    if !flag("IgnorePublicAcls") {
+        if let Some(why) = acl_public(params) {
+            reasons.push(
+                why.replace("granted", "the ACL grants")
+                    .replace(" in the bucket ACL", ""),
+            );
+        }
+    }
+    if !flag("RestrictPublicBuckets") {
+        let status = params
+            .get("policyStatus")
+            .and_then(|s| s.get("IsPublic"))
+            .and_then(Value::as_bool);
+        match (status, policy_public(params)) {
+            (_, Some(why)) => {
+                reasons.push(why.replace("set a bucket policy", "the bucket policy is"))
+            }
+            (Some(true), None) => reasons.push("S3 reports the bucket policy as public".into()),
+            _ => {}
+        }
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 fn policy_public(params: &Value) -> Option<String> {
@@ -495,5 +536,30 @@ mod tests {
         assert!(params_public("PutPublicAccessBlock", weak).is_some());
         let strong = json!({"PublicAccessBlockConfiguration": {"BlockPublicAcls": true, "IgnorePublicAcls": true, "BlockPublicPolicy": true, "RestrictPublicBuckets": true}});
         assert!(params_public("PutPublicAccessBlock", strong).is_none());
+    }
+
+    #[test]
+    fn inventory_snapshots() {
+        let all_users = json!({"AccessControlList": {"Grant": [
+            {"Grantee": {"ID": "owner"}, "Permission": "FULL_CONTROL"},
+            {"Grantee": {"URI": "http://acs.amazonaws.com/groups/global/AllUsers"}, "Permission": "READ"}]}});
+        let acl = json!({"bucketName": "b", "AccessControlPolicy": all_users});
+        let why = snapshot_exposure(&acl).unwrap_or_default();
+        assert!(why.contains("READ") && why.contains("AllUsers"), "{why}");
+        // The account's block neutralises the ACL.
+        let mut blocked = acl.clone();
+        blocked["accountPublicAccessBlock"] = json!({"IgnorePublicAcls": true});
+        assert_eq!(snapshot_exposure(&blocked), None);
+        // A public policy, and S3's own verdict.
+        let policy = json!({"bucketName": "b", "bucketPolicy": {"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject"}]}});
+        assert!(snapshot_exposure(&policy).is_some());
+        let status_only = json!({"bucketName": "b", "policyStatus": {"IsPublic": true}});
+        assert!(snapshot_exposure(&status_only).is_some());
+        let mut restricted = policy.clone();
+        restricted["PublicAccessBlockConfiguration"] = json!({"RestrictPublicBuckets": true});
+        assert_eq!(snapshot_exposure(&restricted), None);
+        let private = json!({"bucketName": "b", "policyStatus": {"IsPublic": false},
+            "AccessControlPolicy": {"AccessControlList": {"Grant": [{"Grantee": {"ID": "owner"}, "Permission": "FULL_CONTROL"}]}}});
+        assert_eq!(snapshot_exposure(&private), None);
     }
 }

@@ -56,6 +56,9 @@ pub struct Summary {
     pub api_calls: u64,
     /// API calls throttled and retried.
     pub throttles: u64,
+    /// Failures that skipped part of a source (an account or a setting that could not be
+    /// read); logged with their cause.
+    pub errors: u64,
     /// Dead letters by error kind.
     pub dead_letter_kinds: BTreeMap<String, u64>,
     /// Bytes read, as stored.
@@ -96,6 +99,9 @@ impl std::fmt::Display for Summary {
         )?;
         for (kind, n) in &self.dead_letter_kinds {
             write!(f, "\n    {kind}: {n}")?;
+        }
+        if self.errors > 0 {
+            write!(f, "\n  {} errors (see the log)", self.errors)?;
         }
         if self.interrupted {
             write!(f, "\n  INTERRUPTED: not every input was read")?;
@@ -163,6 +169,7 @@ pub fn expand(inputs: &[Input]) -> (Vec<Input>, u64, Vec<(PathBuf, String)>) {
 pub async fn run(
     inputs: &[Input],
     publisher: &mut Publisher,
+    progress: bool,
     shutdown: &CancellationToken,
 ) -> Result<Summary, Error> {
     let (started, before) = (Instant::now(), publisher.counts());
@@ -203,10 +210,21 @@ pub async fn run(
         )
         .await;
     }
+    let bar = progress.then(|| progress_bar(inputs.len() as u64));
     for input in &inputs {
         if shutdown.is_cancelled() {
             summary.interrupted = true;
             break;
+        }
+        if let Some(bar) = &bar {
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            bar.set_message(format!(
+                "{} records, {:.1} MB, {:.0} records/s",
+                summary.records,
+                summary.bytes as f64 / 1e6,
+                summary.records as f64 / secs
+            ));
+            bar.set_position(summary.inputs_read + summary.inputs_dead_lettered);
         }
         let (name, bytes) = match read(input).await {
             Ok(read) => read,
@@ -238,9 +256,28 @@ pub async fn run(
             .inc_by(bytes.len() as u64);
         process(&name, &bytes, publisher, &mut summary).await;
     }
+    if let Some(bar) = &bar {
+        bar.set_message("waiting for the broker's acknowledgements");
+    }
     let finished = publisher.finish().await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     summary.finish(publisher, before, started);
     finished.map(|()| summary)
+}
+
+/// The progress display on stderr: files done of the total, and a message with records, bytes
+/// and the record rate.
+fn progress_bar(files: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(files);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files  {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
 }
 
 async fn read(input: &Input) -> Result<(String, Vec<u8>), (String, std::io::Error)> {

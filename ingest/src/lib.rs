@@ -7,6 +7,7 @@
 //! - [`files`]: the `files` source — paths, directory trees, stdin.
 //! - [`s3`]: the `s3` source — trail log files in a bucket, account and organization layouts.
 //! - [`sqs`]: the `sqs` source — S3/SNS/CloudTrail notifications on a shared queue.
+//! - [`inventory`]: the posture inventory — every bucket's exposure settings, now.
 //! - [`lookup`]: the `lookup` source — CloudTrail's LookupEvents API, paced and checkpointed.
 //! - [`checkpoint`]: where each source left off, in a compacted topic.
 //! - [`dedup`] (pure): drops repeats of an activity id within a horizon.
@@ -15,6 +16,7 @@
 pub mod checkpoint;
 pub mod dedup;
 pub mod files;
+pub mod inventory;
 pub mod lookup;
 pub mod normalize;
 pub mod publish;
@@ -45,12 +47,16 @@ pub struct IngestConfig {
     pub sqs: sqs::SqsSourceConfig,
     /// The `lookup` source.
     pub lookup: lookup::LookupSourceConfig,
+    /// The posture inventory (`ingest inventory`, or on an interval in the long-running
+    /// sources).
+    pub inventory: inventory::InventoryConfig,
 }
 
 impl IngestConfig {
     /// Checks cross-field rules; errors name the key.
     pub fn validate(&self) -> Result<(), Error> {
         self.kafka.validate()?;
+        self.inventory.validate()?;
         self.publish.validate()
     }
 }

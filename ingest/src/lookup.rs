@@ -1,6 +1,6 @@
 //! The `lookup` source: CloudTrail's LookupEvents API, as Defender for Cloud Apps uses it.
 //!
-//! Per region: on first start a backfill (default 7 days), then a poll every interval from the
+//! Per account × region (a [`Stream`]): on first start a backfill (default 7 days), then a poll every interval from the
 //! checkpoint minus an overlap window, so events CloudTrail delivers late are not missed; the
 //! overlap's repeats are dropped by the publisher's de-duplication (same ids). Requests never
 //! exceed the API's limit of 2 per second per account and region (a token bucket per region);
@@ -24,7 +24,8 @@ use crate::Error;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LookupSourceConfig {
-    /// Regions to read (flag `--region`); required.
+    /// Regions to read (flag `--region`); required. `all` reads every region enabled in each
+    /// account (account:ListRegions).
     pub regions: Vec<String>,
     /// How far back the first run reads.
     #[serde(with = "humantime_serde")]
@@ -150,7 +151,7 @@ fn retryable<E: aws_sdk_cloudtrail::error::ProvideErrorMetadata>(
 /// Reads one window of one region, publishing every event; returns the events read.
 async fn read_window(
     client: &aws_sdk_cloudtrail::Client,
-    region: &str,
+    stream: &str,
     (start, end): (DateTime<Utc>, DateTime<Utc>),
     bucket: &mut TokenBucket,
     publisher: &mut Publisher,
@@ -191,7 +192,7 @@ async fn read_window(
                 }
                 let wait = backoff(attempt);
                 tracing::warn!(
-                    region,
+                    stream,
                     ?wait,
                     code = err.code().unwrap_or("transient"),
                     "LookupEvents failed; backing off"
@@ -203,7 +204,7 @@ async fn read_window(
             Err(err) => {
                 let text = trailguard_common::aws::error_text(&err);
                 return Err(Error::Source(format!(
-                    "cloudtrail:LookupEvents in {region}: {text}"
+                    "cloudtrail:LookupEvents for {stream}: {text}"
                 )));
             }
         };
@@ -217,7 +218,7 @@ async fn read_window(
         for event in page.events() {
             summary.records += 1;
             let Some(raw) = event.cloud_trail_event() else {
-                let source = format!("lookup://{region}/{}", event.event_id().unwrap_or("?"));
+                let source = format!("{stream}/{}", event.event_id().unwrap_or("?"));
                 *summary
                     .dead_letter_kinds
                     .entry("missing_field".into())
@@ -235,7 +236,7 @@ async fn read_window(
             match normalize(raw) {
                 Ok(activity) => publisher.activity(&activity).await,
                 Err(err) => {
-                    let source = format!("lookup://{region}/{}", event.event_id().unwrap_or("?"));
+                    let source = format!("{stream}/{}", event.event_id().unwrap_or("?"));
                     *summary
                         .dead_letter_kinds
                         .entry(err.kind().to_string())
@@ -257,35 +258,131 @@ async fn read_window(
     }
 }
 
-/// One poll of every region: reads each region's window and moves its checkpoint to the
-/// window's end once everything is durable.
-pub async fn poll(
-    clients: &[(String, aws_sdk_cloudtrail::Client)],
+/// One account × region read by the source: its client, its own request pace, and the key of
+/// its checkpoint.
+pub struct Stream {
+    /// The account (`None`: the credentials' own).
+    pub account: Option<String>,
+    /// The region.
+    pub region: String,
+    /// A client acting in that account and region, without SDK retries (the source retries,
+    /// paced and counted).
+    pub client: aws_sdk_cloudtrail::Client,
+    /// The account × region's share of CloudTrail's request limit.
+    pub bucket: TokenBucket,
+}
+
+impl Stream {
+    /// The checkpoint key: `lookup://REGION` for the own account, else
+    /// `lookup://ACCOUNT/REGION`.
+    pub fn key(&self) -> String {
+        match &self.account {
+            Some(account) => format!("lookup://{account}/{}", self.region),
+            None => format!("lookup://{}", self.region),
+        }
+    }
+}
+
+/// The streams to read: every account (see [`AwsConfig::accounts`]) × every configured region,
+/// or each account's enabled regions when the regions are `all`.
+///
+/// [`AwsConfig::accounts`]: trailguard_common::aws::AwsConfig::accounts
+pub async fn streams(
+    aws: &trailguard_common::aws::AwsConfig,
     cfg: &LookupSourceConfig,
-    buckets: &mut [TokenBucket],
+) -> Result<Vec<Stream>, Error> {
+    let mut out = Vec::new();
+    for account in aws.accounts().await? {
+        let regions = if cfg.regions.iter().any(|r| r == "all") {
+            enabled_regions(&account.sdk).await?
+        } else {
+            cfg.regions.clone()
+        };
+        for region in regions {
+            let config = aws_sdk_cloudtrail::config::Builder::from(&account.sdk)
+                .region(aws_sdk_cloudtrail::config::Region::new(region.clone()))
+                .retry_config(aws_sdk_cloudtrail::config::retry::RetryConfig::disabled())
+                .build();
+            out.push(Stream {
+                account: account.id.clone(),
+                region,
+                client: aws_sdk_cloudtrail::Client::from_conf(config),
+                bucket: TokenBucket::new(cfg.requests_per_second),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The regions enabled in the account of `sdk` (account:ListRegions).
+async fn enabled_regions(sdk: &aws_config::SdkConfig) -> Result<Vec<String>, Error> {
+    use aws_sdk_account::types::RegionOptStatus;
+    let client = aws_sdk_account::Client::new(sdk);
+    let mut regions = Vec::new();
+    let mut pages = client
+        .list_regions()
+        .region_opt_status_contains(RegionOptStatus::Enabled)
+        .region_opt_status_contains(RegionOptStatus::EnabledByDefault)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            Error::Source(format!(
+                "account:ListRegions: {}",
+                trailguard_common::aws::error_text(&e)
+            ))
+        })?;
+        regions.extend(
+            page.regions()
+                .iter()
+                .filter_map(|r| r.region_name().map(str::to_string)),
+        );
+    }
+    if regions.is_empty() {
+        return Err(Error::Source(
+            "account:ListRegions returned no enabled region".into(),
+        ));
+    }
+    Ok(regions)
+}
+
+/// One poll of every stream: reads each one's window and moves its checkpoint to the window's
+/// end once everything is durable. A stream that fails (access denied, a role that cannot be
+/// assumed, retries exhausted) is logged and counted, the others still run, and the error
+/// names every failed stream; its checkpoint stays, so the next poll covers the gap.
+pub async fn poll(
+    streams: &mut [Stream],
+    cfg: &LookupSourceConfig,
     checkpoints: &mut Checkpoints,
     publisher: &mut Publisher,
     shutdown: &CancellationToken,
 ) -> Result<Summary, Error> {
     let (started, before) = (std::time::Instant::now(), publisher.counts());
     let mut summary = Summary::default();
-    for ((region, client), bucket) in clients.iter().zip(buckets.iter_mut()) {
-        let key = format!("lookup://{region}");
+    let mut failed = Vec::new();
+    for stream in streams.iter_mut() {
+        let key = stream.key();
         let checkpoint = checkpoints
             .get(&key)
             .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
             .map(|c| c.with_timezone(&Utc));
         let range = window(checkpoint, Utc::now(), cfg.backfill, cfg.overlap);
-        read_window(
-            client,
-            region,
+        let read = read_window(
+            &stream.client,
+            &key,
             range,
-            bucket,
+            &mut stream.bucket,
             publisher,
             &mut summary,
             shutdown,
         )
-        .await?;
+        .await;
+        if let Err(err) = read {
+            tracing::error!(stream = %key, error = %err, "LookupEvents stream failed");
+            summary.errors += 1;
+            failed.push(err.to_string());
+            continue;
+        }
         if summary.interrupted {
             break;
         }
@@ -297,8 +394,14 @@ pub async fn poll(
             .with_label_values(&["lookup"])
             .set(Utc::now().timestamp());
     }
+    publisher.finish().await?;
     summary.finish(publisher, before, started);
-    Ok(summary)
+    if failed.is_empty() {
+        Ok(summary)
+    } else {
+        tracing::info!(%summary, "poll finished with errors");
+        Err(Error::Source(failed.join("; ")))
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use trailguard_ingest::checkpoint::Checkpoints;
 use trailguard_ingest::files::{self, Input, Summary};
 use trailguard_ingest::publish::{Metrics, Publisher};
 use trailguard_ingest::IngestConfig;
-use trailguard_ingest::{lookup, s3};
+use trailguard_ingest::{inventory, lookup, s3};
 
 /// Trailguard ingest: reads CloudTrail records, normalizes each into an Activity and publishes
 /// it to Kafka (keyed by principal); what cannot be normalized goes to the dead-letter topic
@@ -47,6 +47,9 @@ enum Command {
         /// Serve /metrics and /healthz on this address while running.
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// No progress display (it shows only when stderr is a terminal).
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Publish events from CloudTrail's LookupEvents API, per region: a backfill on the first
     /// run (`lookup.backfill`, 7 days), then polls from the checkpoint minus an overlap window,
@@ -73,6 +76,25 @@ enum Command {
         /// Serve /metrics and /healthz on this address (default: `admin.listen`).
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+    },
+    /// Take the posture inventory: every bucket of every account (ListBuckets, GetBucketAcl,
+    /// GetBucketPolicy, GetBucketPolicyStatus, GetPublicAccessBlock, and the account's
+    /// public-access block), one `BucketSnapshot` activity per bucket, so buckets that were
+    /// public before Trailguard started are caught too. Accounts: `aws.accounts` /
+    /// `aws.organization_accounts` with `aws.role_arn_template`, else the credentials' own.
+    Inventory {
+        /// Account to read through the assumed role (repeatable; adds to `aws.accounts`).
+        #[arg(long = "account")]
+        accounts: Vec<String>,
+        /// Role to assume in each account, `{account}` standing for its id.
+        #[arg(long)]
+        role_arn_template: Option<String>,
+        /// AWS endpoint override (a local AWS-API server); implies path-style addressing.
+        #[arg(long, env = "TRAILGUARD_AWS_ENDPOINT")]
+        aws_endpoint: Option<String>,
+        /// Summary format printed on stdout at the end.
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        summary: SummaryFormat,
     },
     /// Publish trail log files from an S3 bucket (account and organization layouts), resuming
     /// each (account, region) from its checkpoint. Polls every `s3.poll_interval` unless `--once`.
@@ -186,6 +208,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
+    if let Command::Inventory {
+        accounts,
+        role_arn_template,
+        aws_endpoint,
+        ..
+    } = &cli.command
+    {
+        let mut aws = json!({});
+        if !accounts.is_empty() {
+            aws["accounts"] = json!(accounts);
+        }
+        if let Some(template) = role_arn_template {
+            aws["role_arn_template"] = json!(template);
+        }
+        if let Some(endpoint) = aws_endpoint {
+            aws["endpoint_url"] = json!(endpoint);
+            aws["force_path_style"] = json!(true);
+        }
+        flags["aws"] = aws;
+    }
     if let Command::Lookup { args, .. } = &cli.command {
         if !args.regions.is_empty() {
             flags["lookup"] = json!({ "regions": args.regions });
@@ -236,12 +278,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             paths,
             summary,
             admin_listen,
+            no_progress,
         } => {
             let (producer, _health) =
                 start(&cfg, registry, admin_listen.is_some(), &shutdown).await?;
             let mut publisher = Publisher::new(producer, &cfg, "files", metrics);
             let inputs: Vec<Input> = paths.iter().map(|p| Input::parse(p)).collect();
-            let result = files::run(&inputs, &mut publisher, &shutdown).await?;
+            let progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let result = files::run(&inputs, &mut publisher, progress, &shutdown).await?;
+            match summary {
+                SummaryFormat::Text => println!("{result}"),
+                SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
+            }
+            shutdown.cancel();
+            Ok(if result.interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Inventory { summary, .. } => {
+            cfg.aws.validate()?;
+            let (producer, _health) = start(&cfg, registry, false, &shutdown).await?;
+            let mut publisher = Publisher::new(producer, &cfg, "inventory", metrics);
+            let accounts = cfg.aws.accounts().await?;
+            let result = inventory::run(&cfg.aws, &accounts, &mut publisher, &shutdown).await?;
             match summary {
                 SummaryFormat::Text => println!("{result}"),
                 SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
@@ -258,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.aws.validate()?;
             let (producer, health) = start(&cfg, registry, !args.once, &shutdown).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
+            periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "s3", metrics);
             let client = trailguard_common::aws::s3_client(&cfg.aws).await;
             let poller = Poller {
@@ -286,26 +348,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.aws.validate()?;
             let (producer, health) = start(&cfg, registry, !args.once, &shutdown).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
+            periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "lookup", metrics);
-            let mut clients = Vec::new();
-            for region in &cfg.lookup.regions {
-                let mut region_cfg = cfg.aws.clone();
-                region_cfg.region = Some(region.clone());
-                // Throttling and transient errors are retried by the source itself (paced,
-                // counted), not by the SDK.
-                let sdk = region_cfg.sdk_config().await;
-                let config = aws_sdk_cloudtrail::config::Builder::from(&sdk)
-                    .retry_config(aws_sdk_cloudtrail::config::retry::RetryConfig::disabled())
-                    .build();
-                clients.push((
-                    region.clone(),
-                    aws_sdk_cloudtrail::Client::from_conf(config),
-                ));
-            }
-            let mut buckets: Vec<_> = clients
-                .iter()
-                .map(|_| lookup::TokenBucket::new(cfg.lookup.requests_per_second))
-                .collect();
+            let mut streams = lookup::streams(&cfg.aws, &cfg.lookup).await?;
             let poller = Poller {
                 once: args.once,
                 interval: cfg.lookup.poll_interval,
@@ -315,9 +360,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             loop {
                 let polled = lookup::poll(
-                    &clients,
+                    &mut streams,
                     &cfg.lookup,
-                    &mut buckets,
                     &mut checkpoints,
                     &mut publisher,
                     &shutdown,
@@ -332,6 +376,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.sqs.validate()?;
             cfg.aws.validate()?;
             let (producer, _health) = start(&cfg, registry, !args.once, &shutdown).await?;
+            periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);
             let s3_client = trailguard_common::aws::s3_client(&cfg.aws).await;
             let sqs_client = aws_sdk_sqs::Client::new(&cfg.aws.sdk_config().await);
@@ -399,6 +444,41 @@ impl Poller<'_> {
             _ = tokio::time::sleep(self.interval) => Ok(None),
         }
     }
+}
+
+/// With `inventory.enabled`, takes the inventory every `inventory.interval` alongside a
+/// long-running source, on its own publisher; failures are logged and retried next time.
+fn periodic_inventory(
+    cfg: &IngestConfig,
+    producer: &rdkafka::producer::FutureProducer,
+    metrics: &Metrics,
+    once: bool,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    if !cfg.inventory.enabled || once {
+        return;
+    }
+    let mut publisher = Publisher::new(producer.clone(), cfg, "inventory", metrics.clone());
+    let (aws, interval, shutdown) = (cfg.aws.clone(), cfg.inventory.interval, shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            match aws.accounts().await {
+                Ok(accounts) => {
+                    match inventory::run(&aws, &accounts, &mut publisher, &shutdown).await {
+                        Ok(summary) => tracing::info!(buckets = summary.records, "inventory taken"),
+                        Err(err) => {
+                            tracing::error!(error = %err, "inventory failed; retrying at the next interval")
+                        }
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "inventory: cannot list the accounts"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    });
 }
 
 /// What every source starts with: the admin endpoint (when asked), its topics, a producer.

@@ -266,15 +266,38 @@ pub fn read_topic(
 
 /// An S3 client for the AWS-API server.
 pub async fn s3() -> Result<aws_sdk_s3::Client> {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let shared = aws_shared().await?;
+    let config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .build();
+    Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+/// The SDK configuration for the AWS-API server, with the test credentials (the server's
+/// default account, 123456789012).
+pub async fn aws_shared() -> Result<aws_config::SdkConfig> {
+    Ok(aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(aws_endpoint()?)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
             "testing", "testing", None, None, "test",
         ))
         .load()
-        .await;
+        .await)
+}
+
+/// An S3 client acting in another account of the AWS-API server, through an assumed role.
+pub async fn s3_in_account(account: &str) -> Result<aws_sdk_s3::Client> {
+    let shared = aws_shared().await?;
+    let role = aws_config::sts::AssumeRoleProvider::builder(format!(
+        "arn:aws:iam::{account}:role/test-admin"
+    ))
+    .session_name("test")
+    .configure(&shared)
+    .build()
+    .await;
     let config = aws_sdk_s3::config::Builder::from(&shared)
+        .credentials_provider(role)
         .force_path_style(true)
         .build();
     Ok(aws_sdk_s3::Client::from_conf(config))

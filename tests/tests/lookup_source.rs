@@ -158,3 +158,87 @@ impl Clone for Stub {
         }
     }
 }
+
+/// Answers one page of two events, except in eu-north-1, where access is denied.
+async fn denied_in_one_region(
+    State(stub): State<Arc<Mutex<Stub>>>,
+    headers: HeaderMap,
+    body: String,
+) -> impl IntoResponse {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    if let Ok(mut stub) = stub.lock() {
+        stub.calls.push((Instant::now(), request));
+    }
+    if auth.contains("/eu-north-1/") {
+        return (
+            StatusCode::BAD_REQUEST,
+            json!({"__type": "AccessDeniedException", "message": "not authorized to perform cloudtrail:LookupEvents"}).to_string(),
+        );
+    }
+    (
+        StatusCode::OK,
+        json!({ "Events": [event(100), event(101)] }).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_denied_in_one_region_spares_the_others() -> Result<()> {
+    let stub = Arc::new(Mutex::new(Stub::default()));
+    let app = Router::new()
+        .route("/", post(denied_in_one_region))
+        .with_state(stub.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let run = Run::new("lookup-denied")?;
+    let args = [
+        "lookup",
+        "--once",
+        "--region",
+        "eu-north-1",
+        "--region",
+        "us-east-1",
+        "--aws-endpoint",
+        &endpoint,
+    ];
+    let out = tokio::task::block_in_place(|| {
+        run.command("ingest", &args)?
+            .output()
+            .map_err(anyhow::Error::from)
+    })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a denied region must fail a --once run"
+    );
+    assert!(
+        stderr.contains("eu-north-1") && stderr.contains("AccessDeniedException"),
+        "the error names the stream and the cause: {stderr}"
+    );
+    // Not retried: access denied is not transient.
+    let calls = stub.lock().map(|s| s.calls.len()).unwrap_or_default();
+    assert_eq!(calls, 2, "one denied call, one page from us-east-1");
+    // us-east-1 was still read, and its checkpoint saved.
+    let activities = read_topic(
+        &run.topic("activities"),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |r| r.len() >= 2,
+    )?;
+    assert_eq!(activities.len(), 2);
+    let checkpoints = read_topic(
+        &run.topic("checkpoints"),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        |r| !r.is_empty(),
+    )?;
+    let keys: Vec<&str> = checkpoints.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["lookup://us-east-1"]);
+    Ok(())
+}

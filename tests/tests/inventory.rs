@@ -1,0 +1,148 @@
+//! `ingest inventory` against moto, across two accounts through assumed roles: every bucket's
+//! exposure settings become a `BucketSnapshot` activity of the right account, and detect alerts
+//! on the public ones (a public ACL in one account, a public policy in the other), not on the
+//! private one.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use serde_json::{json, Value};
+use trailguard_tests::{read_topic, s3, s3_in_account, Run};
+
+const OWN: &str = "123456789012";
+const OTHER: &str = "210987654321";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_accounts_through_assumed_roles() -> Result<()> {
+    let run = Run::new("inventory")?;
+    let tag = &run.id[run.id.len() - 12..];
+    let (private, acl_public, policy_public) = (
+        format!("inv-private-{tag}"),
+        format!("inv-acl-{tag}"),
+        format!("inv-policy-{tag}"),
+    );
+    let own = s3().await?;
+    own.create_bucket().bucket(&private).send().await?;
+    own.create_bucket().bucket(&acl_public).send().await?;
+    own.put_bucket_acl()
+        .bucket(&acl_public)
+        .acl(aws_sdk_s3::types::BucketCannedAcl::PublicRead)
+        .send()
+        .await?;
+    let other = s3_in_account(OTHER).await?;
+    other.create_bucket().bucket(&policy_public).send().await?;
+    let policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",
+        "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{policy_public}/*")}]});
+    other
+        .put_bucket_policy()
+        .bucket(&policy_public)
+        .policy(policy.to_string())
+        .send()
+        .await?;
+
+    let endpoint = trailguard_tests::aws_endpoint()?;
+    let out = run
+        .command(
+            "ingest",
+            &[
+                "inventory",
+                "--account",
+                OWN,
+                "--account",
+                OTHER,
+                "--role-arn-template",
+                "arn:aws:iam::{account}:role/trailguard-reader",
+                "--aws-endpoint",
+                &endpoint,
+                "--summary",
+                "json",
+            ],
+        )?
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ingest inventory failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout)?;
+    assert!(summary["records"].as_u64() >= Some(3), "{summary}");
+
+    let mine = [&private, &acl_public, &policy_public];
+    let bucket_of = |record: &trailguard_tests::Record| -> String {
+        record
+            .json()
+            .ok()
+            .and_then(|a| {
+                a["request_parameters"]["bucketName"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    };
+    let snapshots = read_topic(
+        &run.topic("activities"),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |records| {
+            let seen: Vec<String> = records.iter().map(bucket_of).collect();
+            mine.iter().all(|m| seen.contains(m))
+        },
+    )?;
+    let mut accounts = std::collections::BTreeMap::new();
+    for record in &snapshots {
+        let activity = record.json()?;
+        let bucket = activity["request_parameters"]["bucketName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if mine.contains(&&bucket) {
+            assert_eq!(activity["event_name"], "BucketSnapshot");
+            accounts.insert(bucket, activity["account_id"].as_str().map(str::to_string));
+        }
+    }
+    assert_eq!(accounts.get(&private), Some(&Some(OWN.to_string())));
+    assert_eq!(accounts.get(&acl_public), Some(&Some(OWN.to_string())));
+    assert_eq!(accounts.get(&policy_public), Some(&Some(OTHER.to_string())));
+
+    // detect turns the public ones into alerts.
+    let mut detect = run.spawn("detect", &[])?;
+    let alerts = read_topic(
+        &run.topic("alerts"),
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+        |records| {
+            let buckets: Vec<String> = records
+                .iter()
+                .filter_map(|r| r.json().ok())
+                .filter_map(|a| a["entity"]["id"].as_str().map(str::to_string))
+                .collect();
+            buckets.contains(&acl_public) && buckets.contains(&policy_public)
+        },
+    )?;
+    detect.stop("-TERM")?;
+    let flagged: Vec<Value> = alerts
+        .iter()
+        .filter_map(|r| r.json().ok())
+        .filter(|a| {
+            a["entity"]["id"]
+                .as_str()
+                .is_some_and(|b| mine.iter().any(|m| m.as_str() == b))
+        })
+        .collect();
+    let names: Vec<&str> = flagged
+        .iter()
+        .filter_map(|a| a["entity"]["id"].as_str())
+        .collect();
+    assert!(!names.contains(&private.as_str()), "{flagged:?}");
+    assert!(names.contains(&acl_public.as_str()), "{flagged:?}");
+    let other_alert = flagged
+        .iter()
+        .find(|a| a["entity"]["id"] == policy_public.as_str());
+    assert!(
+        other_alert.is_some_and(|a| a["evidence"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("policy"))),
+        "{flagged:?}"
+    );
+    Ok(())
+}

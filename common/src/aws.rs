@@ -199,7 +199,11 @@ mod tests {
             accounts: vec!["111122223333".into()],
             ..AwsConfig::default()
         };
-        let err = cfg.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("aws.role_arn_template"), "{err}");
         cfg.role_arn_template = Some("arn:aws:iam::111122223333:role/Fixed".into());
         assert!(cfg.validate().is_err());
@@ -210,7 +214,11 @@ mod tests {
             Some("arn:aws:iam::444455556666:role/TrailguardReader")
         );
         cfg.accounts.push("12345".into());
-        let err = cfg.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(
             err.contains("aws.accounts") && err.contains("12345"),
             "{err}"

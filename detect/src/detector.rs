@@ -32,6 +32,7 @@ pub const RETAIN_OFFSETS: Offset = 10_000;
 pub struct Detector {
     cloudtrail: CloudTrailChanges,
     bucket_public: BucketPublic,
+    templates: crate::templates::Templates,
     signin: SigninFailures,
     /// Out-of-order tolerance: state is kept this long past the end of its window.
     lateness: Duration,
@@ -59,6 +60,7 @@ impl Detector {
         Detector {
             cloudtrail: CloudTrailChanges::new(cfg.cloudtrail_changes.clone()),
             bucket_public: BucketPublic::new(cfg.s3_bucket_public.clone()),
+            templates: crate::templates::Templates::new(&cfg.templates),
             signin: SigninFailures::new(
                 cfg.console_signin_failures.clone(),
                 Duration::from_std(lateness).unwrap_or(Duration::MAX),
@@ -76,6 +78,7 @@ impl Detector {
         let mut alerts = Vec::new();
         alerts.extend(self.cloudtrail.evaluate(activity));
         alerts.extend(self.bucket_public.evaluate(activity));
+        alerts.extend(self.templates.evaluate(activity));
         alerts.extend(self.signin.observe(activity, offset, &mut self.closed));
         if self.max_event_time.is_none_or(|t| activity.event_time > t) {
             self.max_event_time = Some(activity.event_time);

@@ -8,6 +8,7 @@
 pub mod detector;
 pub mod policies;
 mod runner;
+pub mod templates;
 
 use std::time::Duration;
 

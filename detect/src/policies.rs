@@ -27,11 +27,14 @@ pub struct PoliciesConfig {
     pub cloudtrail_changes: SimplePolicyConfig,
     /// S3 bucket is publicly accessible.
     pub s3_bucket_public: BucketPublicConfig,
+    /// The activity policy templates, by id (see [`crate::templates`]).
+    pub templates: crate::templates::TemplatesConfig,
 }
 
 impl PoliciesConfig {
     /// Checks values serde cannot; errors name the key.
     pub fn validate(&self) -> Result<(), trailguard_common::Error> {
+        crate::templates::validate(&self.templates)?;
         let s = &self.console_signin_failures;
         if s.threshold < 2 {
             return Err(trailguard_common::Error::config(
@@ -136,7 +139,7 @@ fn mitre(tactic: &str, technique_id: &str, technique: &str) -> Mitre {
     }
 }
 
-fn allowed(list: &[String], activity: &Activity) -> bool {
+pub(crate) fn allowed(list: &[String], activity: &Activity) -> bool {
     let p = &activity.principal;
     list.iter().any(|entry| {
         p.arn.as_deref() == Some(entry.as_str())
@@ -201,7 +204,7 @@ pub fn alert_for(
     }
 }
 
-fn who(activity: &Activity) -> String {
+pub(crate) fn who(activity: &Activity) -> String {
     let mut text = activity.principal.display();
     if let Some(ip) = activity.source_ip {
         text.push_str(&format!(" from {ip}"));

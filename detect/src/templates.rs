@@ -1,0 +1,933 @@
+//! Activity policy templates: event-driven policies over one activity each, one table row per
+//! template (the calls it watches, what the alert is about, how bad it is, its MITRE ATT&CK
+//! technique), with a per-template judgement that raises the severity of the dangerous variants
+//! (an administrator policy attached, a security group opened to the internet, flow logs
+//! deleted) and lowers it for failed attempts.
+//!
+//! Every template is on by default and tunable under `[policies.templates.ID]`: `enabled`,
+//! `severity` (the base; refinements move from it), `allow_principals`, `accounts`, `regions`,
+//! `include_failures`, `actions`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use trailguard_common::contract::{
+    ActionKind, Alert, AlertKind, Entity, Evidence, Mitre, RequestedAction, Severity, Target,
+};
+use trailguard_common::s3::items;
+use trailguard_common::Activity;
+
+use crate::policies::{alert_for, PolicyMeta};
+
+/// One template: the table row.
+pub struct Template {
+    /// Id and name (in alerts, config and metric labels).
+    pub meta: PolicyMeta,
+    /// `eventSource` values it watches.
+    pub sources: &'static [&'static str],
+    /// `eventName` values it watches.
+    pub events: &'static [&'static str],
+    /// Base severity.
+    pub severity: Severity,
+    /// Tactic, technique id, technique.
+    pub mitre: (&'static str, &'static str, &'static str),
+    /// Judges one matching activity: `None` skips it, otherwise a severity change (in steps
+    /// from the base, +1 more dangerous) and a short note for the summary.
+    pub judge: fn(&Activity) -> Option<(i8, String)>,
+}
+
+/// Settings of one template; every key is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateConfig {
+    /// Evaluate this template (default true).
+    pub enabled: Option<bool>,
+    /// Base severity (default: the template's).
+    pub severity: Option<Severity>,
+    /// Principal ARNs, names or role ARNs whose activity this template ignores.
+    pub allow_principals: Vec<String>,
+    /// Only these accounts (all when empty).
+    pub accounts: Vec<String>,
+    /// Only these regions (all when empty).
+    pub regions: Vec<String>,
+    /// Alert on failed attempts too, one severity step lower (default true).
+    pub include_failures: Option<bool>,
+    /// Governance actions to request (default: notify the security team).
+    pub actions: Option<Vec<ActionKind>>,
+}
+
+/// The templates' settings by id.
+pub type TemplatesConfig = BTreeMap<String, TemplateConfig>;
+
+/// Checks that every configured id names a template; errors name the key.
+pub fn validate(cfg: &TemplatesConfig) -> Result<(), trailguard_common::Error> {
+    for id in cfg.keys() {
+        if !TEMPLATES.iter().any(|t| t.meta.id == id) {
+            let known: Vec<&str> = TEMPLATES.iter().map(|t| t.meta.id).collect();
+            return Err(trailguard_common::Error::config(
+                &format!("policies.templates.{id}"),
+                format!("no such template; known: {}", known.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn step(severity: Severity, by: i8) -> Severity {
+    let level = match severity {
+        Severity::Low => 0i8,
+        Severity::Medium => 1,
+        Severity::High => 2,
+    };
+    match (level + by).clamp(0, 2) {
+        0 => Severity::Low,
+        1 => Severity::Medium,
+        _ => Severity::High,
+    }
+}
+
+/// The templates, in evaluation order.
+pub static TEMPLATES: &[Template] = &[
+    Template {
+        meta: PolicyMeta {
+            id: "ec2-instance-changes",
+            name: "EC2 instance configuration change",
+            kind: AlertKind::ActivityPolicy,
+        },
+        sources: &["ec2.amazonaws.com"],
+        events: &[
+            "ModifyInstanceAttribute",
+            "ResetInstanceAttribute",
+            "ModifyInstanceMetadataOptions",
+            "AssociateIamInstanceProfile",
+            "ReplaceIamInstanceProfileAssociation",
+            "DisassociateIamInstanceProfile",
+            "ModifyInstancePlacement",
+            "ModifyInstanceMaintenanceOptions",
+        ],
+        severity: Severity::Medium,
+        mitre: (
+            "Defense Evasion",
+            "T1578",
+            "Modify Cloud Compute Infrastructure",
+        ),
+        judge: judge_instance,
+    },
+    Template {
+        meta: PolicyMeta {
+            id: "iam-policy-changes",
+            name: "IAM policy change",
+            kind: AlertKind::ActivityPolicy,
+        },
+        sources: &["iam.amazonaws.com"],
+        events: &[
+            "AttachUserPolicy",
+            "AttachRolePolicy",
+            "AttachGroupPolicy",
+            "DetachUserPolicy",
+            "DetachRolePolicy",
+            "DetachGroupPolicy",
+            "PutUserPolicy",
+            "PutRolePolicy",
+            "PutGroupPolicy",
+            "DeleteUserPolicy",
+            "DeleteRolePolicy",
+            "DeleteGroupPolicy",
+            "CreatePolicy",
+            "DeletePolicy",
+            "CreatePolicyVersion",
+            "DeletePolicyVersion",
+            "SetDefaultPolicyVersion",
+            "UpdateAssumeRolePolicy",
+            "PutUserPermissionsBoundary",
+            "PutRolePermissionsBoundary",
+            "DeleteUserPermissionsBoundary",
+            "DeleteRolePermissionsBoundary",
+        ],
+        severity: Severity::Medium,
+        mitre: (
+            "Privilege Escalation",
+            "T1098.003",
+            "Account Manipulation: Additional Cloud Roles",
+        ),
+        judge: judge_iam_policy,
+    },
+    Template {
+        meta: PolicyMeta {
+            id: "network-acl-changes",
+            name: "Network ACL change",
+            kind: AlertKind::ActivityPolicy,
+        },
+        sources: &["ec2.amazonaws.com"],
+        events: &[
+            "CreateNetworkAcl",
+            "CreateNetworkAclEntry",
+            "DeleteNetworkAcl",
+            "DeleteNetworkAclEntry",
+            "ReplaceNetworkAclEntry",
+            "ReplaceNetworkAclAssociation",
+        ],
+        severity: Severity::Medium,
+        mitre: (
+            "Defense Evasion",
+            "T1562.007",
+            "Impair Defenses: Disable or Modify Cloud Firewall",
+        ),
+        judge: judge_network_acl,
+    },
+    Template {
+        meta: PolicyMeta {
+            id: "network-gateway-changes",
+            name: "Network gateway change",
+            kind: AlertKind::ActivityPolicy,
+        },
+        sources: &["ec2.amazonaws.com"],
+        events: &[
+            "CreateInternetGateway",
+            "AttachInternetGateway",
+            "DetachInternetGateway",
+            "DeleteInternetGateway",
+            "CreateEgressOnlyInternetGateway",
+            "DeleteEgressOnlyInternetGateway",
+            "CreateNatGateway",
+            "DeleteNatGateway",
+            "CreateTransitGateway",
+            "DeleteTransitGateway",
+            "ModifyTransitGateway",
+            "CreateTransitGatewayVpcAttachment",
+            "DeleteTransitGatewayVpcAttachment",
+            "CreateTransitGatewayRoute",
+            "DeleteTransitGatewayRoute",
+            "CreateCustomerGateway",
+            "DeleteCustomerGateway",
+            "CreateVpnGateway",
+            "AttachVpnGateway",
+            "DetachVpnGateway",
+            "DeleteVpnGateway",
+            "CreateCarrierGateway",
+            "DeleteCarrierGateway",
+            "CreateRoute",
+            "ReplaceRoute",
+            "DeleteRoute",
+        ],
+        severity: Severity::Medium,
+        mitre: (
+            "Defense Evasion",
+            "T1578",
+            "Modify Cloud Compute Infrastructure",
+        ),
+        judge: judge_gateway,
+    },
+    Template {
+        meta: PolicyMeta {
+            id: "s3-bucket-activity",
+            name: "S3 bucket activity",
+            kind: AlertKind::ActivityPolicy,
+        },
+        sources: &["s3.amazonaws.com"],
+        events: &[
+            "CreateBucket",
+            "DeleteBucket",
+            "PutBucketAcl",
+            "PutBucketPolicy",
+            "DeleteBucketPolicy",
+            "PutBucketPublicAccessBlock",
+            "DeleteBucketPublicAccessBlock",
+            "PutBucketEncryption",
+            "DeleteBucketEncryption",
+            "PutBucketLogging",
+            "PutBucketReplication",
+            "DeleteBucketReplication",
+            "PutBucketVersioning",
+            "PutBucketLifecycle",
+            "PutBucketLifecycleConfiguration",
+            "DeleteBucketLifecycle",
+            "PutBucketOwnershipControls",
+            "DeleteBucketOwnershipControls",
+        ],
+        severity: Severity::Low,
+        mitre: ("Defense Evasion", "T1562", "Impair Defenses"),
+        judge: judge_bucket,
+    },
+    Template {
+        meta: PolicyMeta {
+            id: "security-group-changes",
+            name: "Security group configuration change",
+            kind: AlertKind::ActivityPolicy,
+        },
+        sources: &["ec2.amazonaws.com"],
+        events: &[
+            "AuthorizeSecurityGroupIngress",
+            "AuthorizeSecurityGroupEgress",
+            "RevokeSecurityGroupIngress",
+            "RevokeSecurityGroupEgress",
+            "CreateSecurityGroup",
+            "DeleteSecurityGroup",
+            "ModifySecurityGroupRules",
+            "UpdateSecurityGroupRuleDescriptionsIngress",
+            "UpdateSecurityGroupRuleDescriptionsEgress",
+        ],
+        severity: Severity::Low,
+        mitre: (
+            "Defense Evasion",
+            "T1562.007",
+            "Impair Defenses: Disable or Modify Cloud Firewall",
+        ),
+        judge: judge_security_group,
+    },
+    Template {
+        meta: PolicyMeta {
+            id: "vpn-vpc-changes",
+            name: "Virtual private network change",
+            kind: AlertKind::ActivityPolicy,
+        },
+        sources: &["ec2.amazonaws.com"],
+        events: &[
+            "CreateVpc",
+            "DeleteVpc",
+            "ModifyVpcAttribute",
+            "AssociateVpcCidrBlock",
+            "DisassociateVpcCidrBlock",
+            "CreateVpnConnection",
+            "DeleteVpnConnection",
+            "ModifyVpnConnection",
+            "CreateVpnConnectionRoute",
+            "DeleteVpnConnectionRoute",
+            "CreateVpcPeeringConnection",
+            "AcceptVpcPeeringConnection",
+            "DeleteVpcPeeringConnection",
+            "RejectVpcPeeringConnection",
+            "ModifyVpcPeeringConnectionOptions",
+            "CreateVpcEndpoint",
+            "ModifyVpcEndpoint",
+            "DeleteVpcEndpoints",
+            "CreateFlowLogs",
+            "DeleteFlowLogs",
+            "AttachClassicLinkVpc",
+            "DetachClassicLinkVpc",
+            "EnableVpcClassicLink",
+            "DisableVpcClassicLink",
+        ],
+        severity: Severity::Low,
+        mitre: (
+            "Defense Evasion",
+            "T1578",
+            "Modify Cloud Compute Infrastructure",
+        ),
+        judge: judge_vpc,
+    },
+];
+
+fn params(a: &Activity) -> Option<&Value> {
+    a.request_parameters.as_ref()
+}
+
+fn text<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a str> {
+    v.and_then(|v| v.get(key)).and_then(Value::as_str)
+}
+
+fn judge_instance(a: &Activity) -> Option<(i8, String)> {
+    let p = params(a);
+    let instance = text(p, "instanceId").unwrap_or("an instance");
+    if a.event_name.contains("IamInstanceProfile") {
+        return Some((0, format!("changed the IAM instance profile of {instance}")));
+    }
+    if let Some(attr) = text(p, "attribute") {
+        let bump = i8::from(attr == "userData");
+        return Some((bump, format!("changed `{attr}` of {instance}")));
+    }
+    let changed: Vec<&str> = p
+        .and_then(Value::as_object)
+        .map(|o| {
+            o.keys()
+                .filter(|k| *k != "instanceId")
+                .map(String::as_str)
+                .collect()
+        })
+        .unwrap_or_default();
+    // Startup scripts run as root on every boot: persistence.
+    let bump = i8::from(changed.contains(&"userData"));
+    if a.event_name == "ModifyInstanceMetadataOptions" {
+        // Allowing IMDSv1 again (tokens optional) reopens credential theft through SSRF.
+        let v1 = text(p, "httpTokens") == Some("optional");
+        return Some((
+            i8::from(v1),
+            format!(
+                "changed the metadata options of {instance}{}",
+                if v1 { " (IMDSv1 allowed)" } else { "" }
+            ),
+        ));
+    }
+    Some((
+        bump,
+        format!("changed {} of {instance}", changed.join(", ")),
+    ))
+}
+
+/// Managed policies that grant (nearly) everything.
+const POWERFUL_POLICIES: &[&str] = &[
+    "AdministratorAccess",
+    "PowerUserAccess",
+    "IAMFullAccess",
+    "AWSOrganizationsFullAccess",
+];
+
+/// A policy document (object or JSON text) allowing every action, or `iam:*`/`sts:AssumeRole`
+/// on everything.
+fn document_is_admin(doc: Option<&Value>) -> bool {
+    let parsed;
+    let doc = match doc {
+        Some(Value::String(s)) => {
+            parsed = serde_json::from_str::<Value>(s).ok();
+            parsed.as_ref()
+        }
+        other => other,
+    };
+    let Some(doc) = doc else { return false };
+    items(doc.get("Statement")).iter().any(|s| {
+        s.get("Effect").and_then(Value::as_str) == Some("Allow")
+            && items(s.get("Action"))
+                .iter()
+                .any(|a| matches!(a.as_str(), Some("*" | "*:*" | "iam:*")))
+            && items(s.get("Resource"))
+                .iter()
+                .any(|r| r.as_str() == Some("*"))
+    })
+}
+
+/// A trust policy letting anyone, or any AWS account, assume the role.
+fn trust_is_open(doc: Option<&Value>) -> bool {
+    let parsed;
+    let doc = match doc {
+        Some(Value::String(s)) => {
+            parsed = serde_json::from_str::<Value>(s).ok();
+            parsed.as_ref()
+        }
+        other => other,
+    };
+    let Some(doc) = doc else { return false };
+    items(doc.get("Statement")).iter().any(|s| {
+        s.get("Effect").and_then(Value::as_str) == Some("Allow")
+            && trailguard_common::s3::principal_is_public(s.get("Principal"))
+            && s.get("Condition").is_none()
+    })
+}
+
+fn judge_iam_policy(a: &Activity) -> Option<(i8, String)> {
+    let p = params(a);
+    let target = text(p, "userName")
+        .map(|u| format!("user {u}"))
+        .or_else(|| text(p, "roleName").map(|r| format!("role {r}")))
+        .or_else(|| text(p, "groupName").map(|g| format!("group {g}")))
+        .or_else(|| text(p, "policyArn").map(|p| format!("policy {p}")))
+        .or_else(|| text(p, "policyName").map(|p| format!("policy {p}")))
+        .unwrap_or_else(|| "a policy".into());
+    let arn = text(p, "policyArn").unwrap_or("");
+    let managed = arn.rsplit('/').next().unwrap_or("");
+    let attaching = a.event_name.starts_with("Attach");
+    if attaching && arn.starts_with("arn:aws") && POWERFUL_POLICIES.contains(&managed) {
+        return Some((1, format!("attached {managed} to {target}")));
+    }
+    let document = p.and_then(|p| p.get("policyDocument"));
+    if matches!(
+        a.event_name.as_str(),
+        "PutUserPolicy"
+            | "PutRolePolicy"
+            | "PutGroupPolicy"
+            | "CreatePolicy"
+            | "CreatePolicyVersion"
+    ) && document_is_admin(document)
+    {
+        return Some((
+            1,
+            format!("granted every action on every resource to {target}"),
+        ));
+    }
+    if a.event_name == "UpdateAssumeRolePolicy" && trust_is_open(document) {
+        return Some((1, format!("let anyone assume {target}")));
+    }
+    Some((0, format!("changed {target}")))
+}
+
+fn judge_network_acl(a: &Activity) -> Option<(i8, String)> {
+    let p = params(a);
+    let acl = text(p, "networkAclId").unwrap_or("a network ACL");
+    let open = matches!(
+        a.event_name.as_str(),
+        "CreateNetworkAclEntry" | "ReplaceNetworkAclEntry"
+    ) && text(p, "ruleAction") == Some("allow")
+        && p.and_then(|p| p.get("egress")).and_then(Value::as_bool) == Some(false)
+        && (text(p, "cidrBlock") == Some("0.0.0.0/0") || text(p, "ipv6CidrBlock") == Some("::/0"));
+    if open {
+        return Some((1, format!("allowed inbound traffic from anywhere in {acl}")));
+    }
+    Some((0, format!("changed {acl}")))
+}
+
+fn judge_gateway(a: &Activity) -> Option<(i8, String)> {
+    let p = params(a);
+    const GATEWAY_KEYS: &[&str] = &[
+        "internetGatewayId",
+        "egressOnlyInternetGatewayId",
+        "natGatewayId",
+        "transitGatewayId",
+        "vpnGatewayId",
+        "customerGatewayId",
+        "carrierGatewayId",
+        "gatewayId",
+        "transitGatewayAttachmentId",
+    ];
+    let gateway = GATEWAY_KEYS.iter().find_map(|k| text(p, k));
+    if a.event_name.ends_with("Route") && !a.event_name.contains("TransitGateway") {
+        // Routes count only when they lead to a gateway.
+        let gateway = gateway?;
+        let to = text(p, "destinationCidrBlock")
+            .or_else(|| text(p, "destinationIpv6CidrBlock"))
+            .unwrap_or("?");
+        let table = text(p, "routeTableId").unwrap_or("a route table");
+        return Some((0, format!("routed {to} in {table} to {gateway}")));
+    }
+    Some((0, format!("changed gateway {}", gateway.unwrap_or("(new)"))))
+}
+
+fn judge_bucket(a: &Activity) -> Option<(i8, String)> {
+    let bucket = text(params(a), "bucketName").unwrap_or("a bucket");
+    // Switching off protection is worse than configuring it.
+    let weakening = matches!(
+        a.event_name.as_str(),
+        "DeleteBucketEncryption"
+            | "DeleteBucketPublicAccessBlock"
+            | "DeleteBucketReplication"
+            | "DeleteBucketPolicy"
+            | "DeleteBucket"
+    ) || (a.event_name == "PutBucketLogging"
+        && params(a)
+            .and_then(|p| p.get("BucketLoggingStatus"))
+            .is_some_and(|s| s.get("LoggingEnabled").is_none()))
+        || (a.event_name == "PutBucketVersioning"
+            && params(a)
+                .and_then(|p| p.get("VersioningConfiguration"))
+                .and_then(|v| v.get("Status"))
+                .and_then(Value::as_str)
+                .is_some_and(|s| s != "Enabled"));
+    Some((i8::from(weakening), format!("{} on {bucket}", a.event_name)))
+}
+
+/// Ports whose exposure to the internet is an incident in itself.
+const SENSITIVE_PORTS: &[i64] = &[22, 3389, 3306, 5432, 1433, 6379, 9200, 27017, 2375, 445];
+
+fn judge_security_group(a: &Activity) -> Option<(i8, String)> {
+    let p = params(a);
+    let group = text(p, "groupId")
+        .or_else(|| text(p, "groupName"))
+        .unwrap_or("a security group");
+    if a.event_name == "AuthorizeSecurityGroupIngress" {
+        if let Some(port) = open_to_world(p) {
+            let bump = if port.is_none_or(|p| SENSITIVE_PORTS.contains(&p)) {
+                2
+            } else {
+                1
+            };
+            let ports = port.map_or("every port".to_string(), |p| format!("port {p}"));
+            return Some((bump, format!("opened {ports} of {group} to the internet")));
+        }
+    }
+    Some((0, format!("{} on {group}", a.event_name)))
+}
+
+/// When an ingress request opens something to 0.0.0.0/0 or ::/0: `Some(Some(port))` for a
+/// sensitive port in range (or the from-port), `Some(None)` for every port.
+fn open_to_world(p: Option<&Value>) -> Option<Option<i64>> {
+    let p = p?;
+    let perms = p.get("ipPermissions").and_then(|v| v.get("items"));
+    let mut found = None;
+    // The flat form (cidrIp + fromPort/toPort) and the list form.
+    let flat_open = text(Some(p), "cidrIp") == Some("0.0.0.0/0");
+    let mut check = |perm: &Value, open: bool| {
+        if !open {
+            return;
+        }
+        let proto = perm.get("ipProtocol").and_then(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v.as_i64().map(|n| n.to_string()))
+        });
+        let from = perm.get("fromPort").and_then(Value::as_i64);
+        let to = perm.get("toPort").and_then(Value::as_i64).or(from);
+        let verdict = match (proto.as_deref(), from, to) {
+            (Some("-1"), _, _) | (_, None, _) => None,
+            (_, Some(f), Some(t)) if f <= 0 && t >= 65535 => None,
+            (_, Some(f), Some(t)) => Some(
+                SENSITIVE_PORTS
+                    .iter()
+                    .copied()
+                    .find(|s| (f..=t).contains(s))
+                    .unwrap_or(f),
+            ),
+            (_, Some(f), None) => Some(f),
+        };
+        // Every port beats a single one.
+        found = match (found, verdict) {
+            (Some(None), _) | (_, None) => Some(None),
+            (Some(Some(old)), Some(new)) if SENSITIVE_PORTS.contains(&old) => {
+                Some(Some(if SENSITIVE_PORTS.contains(&new) {
+                    new
+                } else {
+                    old
+                }))
+            }
+            (_, Some(new)) => Some(Some(new)),
+        };
+    };
+    if flat_open {
+        check(p, true);
+    }
+    for perm in items(perms) {
+        let ranges = perm.get("ipRanges").and_then(|r| r.get("items"));
+        let v6 = perm.get("ipv6Ranges").and_then(|r| r.get("items"));
+        let open = items(ranges)
+            .iter()
+            .any(|r| r.get("cidrIp").and_then(Value::as_str) == Some("0.0.0.0/0"))
+            || items(v6)
+                .iter()
+                .any(|r| r.get("cidrIpv6").and_then(Value::as_str) == Some("::/0"));
+        check(perm, open);
+    }
+    found
+}
+
+fn judge_vpc(a: &Activity) -> Option<(i8, String)> {
+    let p = params(a);
+    let target = [
+        "vpcId",
+        "vpnConnectionId",
+        "vpcPeeringConnectionId",
+        "vpcEndpointId",
+    ]
+    .iter()
+    .find_map(|k| text(p, k))
+    .unwrap_or("");
+    // Deleting flow logs blinds network forensics.
+    let bump = i8::from(a.event_name == "DeleteFlowLogs");
+    Some((
+        bump,
+        format!("{} {target}", a.event_name).trim_end().to_string(),
+    ))
+}
+
+/// The entity an alert of a template is about: the first resource named by the request,
+/// else the acting principal.
+fn entity(a: &Activity) -> Entity {
+    const KEYS: &[(&str, &str)] = &[
+        ("bucketName", "s3-bucket"),
+        ("instanceId", "ec2-instance"),
+        ("groupId", "security-group"),
+        ("networkAclId", "network-acl"),
+        ("internetGatewayId", "internet-gateway"),
+        ("natGatewayId", "nat-gateway"),
+        ("transitGatewayId", "transit-gateway"),
+        ("vpnGatewayId", "vpn-gateway"),
+        ("customerGatewayId", "customer-gateway"),
+        ("routeTableId", "route-table"),
+        ("vpnConnectionId", "vpn-connection"),
+        ("vpcPeeringConnectionId", "vpc-peering"),
+        ("vpcEndpointId", "vpc-endpoint"),
+        ("vpcId", "vpc"),
+        ("roleName", "iam-role"),
+        ("userName", "iam-user"),
+        ("policyArn", "iam-policy"),
+        ("groupName", "iam-group"),
+        ("policyName", "iam-policy"),
+    ];
+    let p = params(a);
+    for (key, kind) in KEYS {
+        if let Some(id) = text(p, key) {
+            return Entity {
+                kind: (*kind).into(),
+                id: id.into(),
+            };
+        }
+    }
+    if let Some(r) = a.resources.first() {
+        return Entity {
+            kind: r.kind.clone(),
+            id: r.id.clone(),
+        };
+    }
+    Entity {
+        kind: "principal".into(),
+        id: a.principal.key(),
+    }
+}
+
+/// The templates with their settings, ready to evaluate activities.
+pub struct Templates {
+    active: Vec<(&'static Template, TemplateConfig)>,
+}
+
+impl Templates {
+    /// Every enabled template with its settings.
+    pub fn new(cfg: &TemplatesConfig) -> Self {
+        let active = TEMPLATES
+            .iter()
+            .filter_map(|t| {
+                let c = cfg.get(t.meta.id).cloned().unwrap_or_default();
+                c.enabled.unwrap_or(true).then_some((t, c))
+            })
+            .collect();
+        Templates { active }
+    }
+
+    /// The alerts `activity` raises.
+    pub fn evaluate(&self, a: &Activity) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for (t, c) in &self.active {
+            if !t.events.contains(&a.event_name.as_str())
+                || !t.sources.contains(&a.event_source.as_str())
+            {
+                continue;
+            }
+            if (!c.accounts.is_empty()
+                && !a
+                    .account_id
+                    .as_ref()
+                    .is_some_and(|x| c.accounts.contains(x)))
+                || (!c.regions.is_empty()
+                    && !a.region.as_ref().is_some_and(|x| c.regions.contains(x)))
+                || crate::policies::allowed(&c.allow_principals, a)
+            {
+                continue;
+            }
+            let failed = !a.outcome.is_success();
+            if failed && !c.include_failures.unwrap_or(true) {
+                continue;
+            }
+            let Some((by, what)) = (t.judge)(a) else {
+                continue;
+            };
+            let base = c.severity.unwrap_or(t.severity);
+            let severity = step(base, by - i8::from(failed));
+            let attempt = match (&a.outcome.error_code, failed) {
+                (_, false) => String::new(),
+                (Some(code), true) => format!(" (attempt failed: {code})"),
+                (None, true) => " (attempt failed)".into(),
+            };
+            let summary = format!("{} {what}{attempt}", crate::policies::who(a));
+            let mut alert = alert_for(
+                a,
+                &t.meta,
+                severity,
+                entity(a),
+                Evidence {
+                    activity_ids: vec![a.id.clone()],
+                    summary,
+                },
+                &[a.id.as_str()],
+            );
+            alert.mitre = vec![Mitre {
+                tactic: t.mitre.0.into(),
+                technique_id: t.mitre.1.into(),
+                technique: t.mitre.2.into(),
+            }];
+            let kinds = c
+                .actions
+                .clone()
+                .unwrap_or_else(|| vec![ActionKind::Notify]);
+            alert.actions = kinds
+                .into_iter()
+                .map(|kind| RequestedAction {
+                    kind,
+                    target: action_target(kind, a),
+                })
+                .collect();
+            out.push(alert);
+        }
+        out
+    }
+}
+
+/// What an action requested by an activity alert acts on: the team for notifications, the
+/// acting principal for user actions.
+pub fn action_target(kind: ActionKind, a: &Activity) -> Target {
+    match kind {
+        ActionKind::Notify => Target {
+            kind: "security-team".into(),
+            id: "default".into(),
+            account_id: None,
+        },
+        _ => Target {
+            kind: "principal".into(),
+            id: a.principal.arn.clone().unwrap_or_else(|| a.principal.key()),
+            account_id: a.account_id.clone().or(a.principal.account_id.clone()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn activity(source: &str, name: &str, params: Value, error: Option<&str>) -> Activity {
+        let mut record = json!({
+            "eventTime": "2024-05-01T10:00:00Z", "eventSource": source, "eventName": name,
+            "awsRegion": "us-east-1", "recipientAccountId": "111111111111",
+            "sourceIPAddress": "203.0.113.9",
+            "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111111111111:user/alice", "userName": "alice"},
+            "requestParameters": params,
+        });
+        if let Some(code) = error {
+            record["errorCode"] = json!(code);
+        }
+        let text = record.to_string();
+        match trailguard_ingest::normalize::normalize(&text) {
+            Ok(a) => a,
+            Err(e) => panic!("test record does not normalize: {e}: {text}"),
+        }
+    }
+
+    fn fire(a: &Activity) -> Vec<(String, Severity, String)> {
+        Templates::new(&TemplatesConfig::new())
+            .evaluate(a)
+            .into_iter()
+            .map(|al| (al.policy_id, al.severity, al.evidence.summary))
+            .collect()
+    }
+
+    #[test]
+    fn admin_policy_attached_is_high() {
+        let a = activity(
+            "iam.amazonaws.com",
+            "AttachUserPolicy",
+            json!({"userName": "bob", "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"}),
+            None,
+        );
+        let got = fire(&a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, Severity::High);
+        assert!(got[0].2.contains("AdministratorAccess"), "{got:?}");
+        let read_only = activity(
+            "iam.amazonaws.com",
+            "AttachUserPolicy",
+            json!({"userName": "bob", "policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"}),
+            None,
+        );
+        assert_eq!(fire(&read_only)[0].1, Severity::Medium);
+        let denied = activity(
+            "iam.amazonaws.com",
+            "AttachUserPolicy",
+            json!({"userName": "bob", "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"}),
+            Some("AccessDenied"),
+        );
+        let got = fire(&denied);
+        assert_eq!(got[0].1, Severity::Medium);
+        assert!(got[0].2.contains("attempt failed: AccessDenied"));
+    }
+
+    #[test]
+    fn security_group_open_to_the_world() {
+        let ssh = json!({"groupId": "sg-1", "ipPermissions": {"items": [{"ipProtocol": "tcp", "fromPort": 22, "toPort": 22,
+            "ipRanges": {"items": [{"cidrIp": "0.0.0.0/0"}]}}]}});
+        let got = fire(&activity(
+            "ec2.amazonaws.com",
+            "AuthorizeSecurityGroupIngress",
+            ssh,
+            None,
+        ));
+        assert_eq!(got[0].1, Severity::High);
+        assert!(got[0].2.contains("port 22"), "{got:?}");
+        let internal = json!({"groupId": "sg-1", "ipPermissions": {"items": [{"ipProtocol": "tcp", "fromPort": 22, "toPort": 22,
+            "ipRanges": {"items": [{"cidrIp": "10.0.0.0/8"}]}}]}});
+        let got = fire(&activity(
+            "ec2.amazonaws.com",
+            "AuthorizeSecurityGroupIngress",
+            internal,
+            None,
+        ));
+        assert_eq!(got[0].1, Severity::Low);
+        let web = json!({"groupId": "sg-1", "ipPermissions": {"items": [{"ipProtocol": "tcp", "fromPort": 443, "toPort": 443,
+            "ipRanges": {"items": [{"cidrIp": "0.0.0.0/0"}]}}]}});
+        let got = fire(&activity(
+            "ec2.amazonaws.com",
+            "AuthorizeSecurityGroupIngress",
+            web,
+            None,
+        ));
+        assert_eq!(got[0].1, Severity::Medium);
+    }
+
+    #[test]
+    fn routes_count_only_towards_gateways() {
+        let local = json!({"routeTableId": "rtb-1", "destinationCidrBlock": "10.1.0.0/16", "networkInterfaceId": "eni-1"});
+        assert!(fire(&activity("ec2.amazonaws.com", "CreateRoute", local, None)).is_empty());
+        let igw = json!({"routeTableId": "rtb-1", "destinationCidrBlock": "0.0.0.0/0", "gatewayId": "igw-1"});
+        let got = fire(&activity("ec2.amazonaws.com", "CreateRoute", igw, None));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "network-gateway-changes");
+    }
+
+    #[test]
+    fn user_data_and_flow_logs_are_worse() {
+        let ud = json!({"instanceId": "i-1", "userData": "<sensitiveDataRemoved>"});
+        assert_eq!(
+            fire(&activity(
+                "ec2.amazonaws.com",
+                "ModifyInstanceAttribute",
+                ud,
+                None
+            ))[0]
+                .1,
+            Severity::High
+        );
+        let flow = json!({"DeleteFlowLogsRequest": {"FlowLogId": {"content": "fl-1"}}});
+        assert_eq!(
+            fire(&activity("ec2.amazonaws.com", "DeleteFlowLogs", flow, None))[0].1,
+            Severity::Medium
+        );
+    }
+
+    #[test]
+    fn settings_scope_and_silence() {
+        let a = activity(
+            "ec2.amazonaws.com",
+            "DeleteVpc",
+            json!({"vpcId": "vpc-1"}),
+            None,
+        );
+        let mut cfg = TemplatesConfig::new();
+        cfg.insert(
+            "vpn-vpc-changes".into(),
+            TemplateConfig {
+                regions: vec!["eu-west-1".into()],
+                ..TemplateConfig::default()
+            },
+        );
+        assert!(Templates::new(&cfg).evaluate(&a).is_empty());
+        cfg.insert(
+            "vpn-vpc-changes".into(),
+            TemplateConfig {
+                allow_principals: vec!["alice".into()],
+                ..TemplateConfig::default()
+            },
+        );
+        assert!(Templates::new(&cfg).evaluate(&a).is_empty());
+        cfg.insert(
+            "vpn-vpc-changes".into(),
+            TemplateConfig {
+                severity: Some(Severity::High),
+                ..TemplateConfig::default()
+            },
+        );
+        assert_eq!(
+            Templates::new(&cfg).evaluate(&a)[0].severity,
+            Severity::High
+        );
+        cfg.insert("no-such".into(), TemplateConfig::default());
+        let err = validate(&cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("policies.templates.no-such"), "{err}");
+    }
+}

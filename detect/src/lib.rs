@@ -6,6 +6,7 @@
 //! - [`run`]: the Kafka loop — consume, evaluate, publish alerts, and only then store offsets.
 
 pub mod detector;
+pub mod enrich;
 pub mod policies;
 mod runner;
 pub mod templates;
@@ -31,6 +32,10 @@ pub struct DetectConfig {
     pub detect: DetectSettings,
     /// Policy settings.
     pub policies: policies::PoliciesConfig,
+    /// Geolocation databases.
+    pub geo: enrich::GeoConfig,
+    /// IP intelligence lists.
+    pub intel: enrich::IntelConfig,
 }
 
 impl Default for DetectConfig {
@@ -41,6 +46,8 @@ impl Default for DetectConfig {
             log: LogConfig::default(),
             detect: DetectSettings::default(),
             policies: policies::PoliciesConfig::default(),
+            geo: enrich::GeoConfig::default(),
+            intel: enrich::IntelConfig::default(),
         }
     }
 }
@@ -61,6 +68,7 @@ impl DetectConfig {
                 "must be at most 7 days",
             ));
         }
+        self.intel.validate()?;
         self.policies.validate()
     }
 }

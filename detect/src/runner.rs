@@ -131,6 +131,20 @@ pub async fn run(
     consumer.subscribe(&[&topics.activities])?;
     tracing::info!(topic = %topics.activities, group = %cfg.detect.group_id, "detect running");
 
+    let geo = crate::enrich::GeoDb::open(&cfg.geo)?;
+    if geo.is_none() {
+        tracing::warn!(
+            "no geolocation database (geo.databases): infrequent-country and impossible-travel \
+             detections are off"
+        );
+    }
+    let intel = crate::enrich::load_intel(&cfg.intel)
+        .await
+        .map_err(|e| Error::Stopped(format!("loading IP intelligence: {e}")))?;
+    let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(intel)));
+    crate::enrich::refresh_intel(cfg.intel.clone(), intel.clone(), shutdown.clone());
+    let mut enricher = crate::enrich::Enricher::new(geo, intel);
+
     let mut detectors: HashMap<i32, Detector> = HashMap::new();
     loop {
         let message = tokio::select! {
@@ -164,7 +178,8 @@ pub async fn run(
             .entry(partition)
             .or_insert_with(|| Detector::new(&cfg.policies, cfg.detect.allowed_lateness));
         match decoded {
-            Ok(activity) => {
+            Ok(mut activity) => {
+                enricher.enrich(&mut activity);
                 metrics.activities.with_label_values(&["evaluated"]).inc();
                 let lag =
                     (chrono::Utc::now() - activity.event_time).num_milliseconds() as f64 / 1000.0;

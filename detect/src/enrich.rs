@@ -1,0 +1,507 @@
+//! Enrichment: where a source IP is (an MMDB geolocation database) and what it is (IP
+//! intelligence lists: Tor exits, anonymizing VPNs and proxies, hosting ranges, known-malicious
+//! addresses, and the organization's own egress ranges).
+//!
+//! Both MaxMind's GeoLite2/GeoIP2 City and Country layout (`country.iso_code`,
+//! `city.names.en`, `location.latitude`) and DB-IP Lite's flat city layout as ip-location-db
+//! ships it (`country_code`, `city`, `latitude`, `longitude`) are read. Without a database the
+//! geo-based detections are off (one warning at start-up) and everything else works.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use trailguard_common::contract::{Enrichment, Geo};
+use trailguard_common::Activity;
+
+/// The `[geo]` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoConfig {
+    /// MMDB files, tried in order (e.g. DB-IP's separate IPv4 and IPv6 files). Empty: no geo.
+    pub databases: Vec<PathBuf>,
+}
+
+/// The `[intel]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntelConfig {
+    /// The lists; each has a category and a file or URL.
+    pub lists: Vec<IntelList>,
+    /// How often lists are read again (files and URLs).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for IntelConfig {
+    fn default() -> Self {
+        IntelConfig {
+            lists: Vec::new(),
+            refresh_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Categories a list may carry; the detections read them.
+pub const CATEGORIES: &[&str] = &["tor", "vpn", "proxy", "hosting", "malicious", "corporate"];
+
+/// One list of addresses: one IP or CIDR per line (`#` starts a comment; a CSV line's first
+/// column is used), all of one category.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntelList {
+    /// `tor`, `vpn`, `proxy`, `hosting`, `malicious` or `corporate` (the organization's own
+    /// egress and VPN ranges: never anomalous, never impossible travel).
+    pub category: String,
+    /// A local file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// An http(s) URL.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl IntelConfig {
+    /// Checks values serde cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), trailguard_common::Error> {
+        for (i, list) in self.lists.iter().enumerate() {
+            if !CATEGORIES.contains(&list.category.as_str()) {
+                return Err(trailguard_common::Error::config(
+                    &format!("intel.lists[{i}].category"),
+                    format!(
+                        "`{}` is not one of {}",
+                        list.category,
+                        CATEGORIES.join(", ")
+                    ),
+                ));
+            }
+            match (&list.path, &list.url) {
+                (Some(_), None) => {}
+                (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {}
+                (None, Some(_)) => {
+                    return Err(trailguard_common::Error::config(
+                        &format!("intel.lists[{i}].url"),
+                        "must start with http:// or https://",
+                    ))
+                }
+                _ => {
+                    return Err(trailguard_common::Error::config(
+                        &format!("intel.lists[{i}]"),
+                        "give exactly one of `path` and `url`",
+                    ))
+                }
+            }
+        }
+        if self.refresh_interval < Duration::from_secs(60) {
+            return Err(trailguard_common::Error::config(
+                "intel.refresh_interval",
+                "must be at least 1m",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn as_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// Sorted, merged address ranges of each category.
+#[derive(Debug, Default, Clone)]
+pub struct Intel {
+    ranges: BTreeMap<String, Vec<(u128, u128)>>,
+}
+
+impl Intel {
+    /// Adds the entries of one list's text; returns (entries read, lines not understood).
+    pub fn add(&mut self, category: &str, text: &str) -> (usize, usize) {
+        let (mut read, mut bad) = (0, 0);
+        let list = self.ranges.entry(category.to_string()).or_default();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let field = line
+                .split([',', ';', ' ', '\t'])
+                .next()
+                .unwrap_or("")
+                .trim();
+            if field.is_empty() {
+                continue;
+            }
+            let range = if let Ok(net) = field.parse::<ipnet::IpNet>() {
+                Some((as_u128(net.network()), as_u128(net.broadcast())))
+            } else if let Ok(ip) = field.parse::<IpAddr>() {
+                Some((as_u128(ip), as_u128(ip)))
+            } else {
+                None
+            };
+            match range {
+                Some(r) => {
+                    list.push(r);
+                    read += 1;
+                }
+                None => bad += 1,
+            }
+        }
+        list.sort_unstable();
+        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(list.len());
+        for &(start, end) in list.iter() {
+            match merged.last_mut() {
+                Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        *list = merged;
+        (read, bad)
+    }
+
+    /// The categories `ip` is listed under, sorted.
+    pub fn categories(&self, ip: IpAddr) -> Vec<String> {
+        let n = as_u128(ip);
+        self.ranges
+            .iter()
+            .filter(|(_, ranges)| {
+                let i = ranges.partition_point(|(start, _)| *start <= n);
+                i > 0 && ranges[i - 1].1 >= n
+            })
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// Number of ranges held.
+    pub fn len(&self) -> usize {
+        self.ranges.values().map(Vec::len).sum()
+    }
+
+    /// True when no list has entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads every list; a list that cannot be read is an error naming it.
+pub async fn load_intel(cfg: &IntelConfig) -> Result<Intel, String> {
+    let mut intel = Intel::default();
+    for (i, list) in cfg.lists.iter().enumerate() {
+        let text = match (&list.path, &list.url) {
+            (Some(path), _) => tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("intel.lists[{i}]: reading {}: {e}", path.display()))?,
+            (None, Some(url)) => fetch(url)
+                .await
+                .map_err(|e| format!("intel.lists[{i}]: fetching {url}: {e}"))?,
+            (None, None) => continue,
+        };
+        let (read, bad) = intel.add(&list.category, &text);
+        if bad > 0 {
+            tracing::warn!(list = i, category = %list.category, bad, "intel list lines not understood (skipped)");
+        }
+        tracing::info!(list = i, category = %list.category, entries = read, "intel list loaded");
+    }
+    Ok(intel)
+}
+
+async fn fetch(url: &str) -> Result<String, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await
+}
+
+/// What an MMDB record may hold, in either layout.
+#[derive(Deserialize, Default)]
+struct Record {
+    // GeoIP2 / GeoLite2.
+    country: Option<Named>,
+    registered_country: Option<Named>,
+    city: Option<CityField>,
+    location: Option<Location>,
+    // DB-IP Lite (ip-location-db).
+    country_code: Option<String>,
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CityField {
+    Name(String),
+    Record {
+        names: Option<BTreeMap<String, String>>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Named {
+    iso_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Location {
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    accuracy_radius: Option<u32>,
+}
+
+impl Record {
+    fn into_geo(self) -> Option<Geo> {
+        let country = self
+            .country
+            .and_then(|c| c.iso_code)
+            .or(self.country_code)
+            .or(self.registered_country.and_then(|c| c.iso_code));
+        let city = match self.city {
+            Some(CityField::Name(name)) => Some(name),
+            Some(CityField::Record { names }) => names.and_then(|n| n.get("en").cloned()),
+            None => None,
+        }
+        .filter(|c| !c.is_empty());
+        let (lat, lon, radius) = match self.location {
+            Some(l) => (l.latitude, l.longitude, l.accuracy_radius),
+            None => (self.latitude, self.longitude, None),
+        };
+        if country.is_none() && lat.is_none() {
+            return None;
+        }
+        Some(Geo {
+            country,
+            city,
+            latitude: lat.zip(lon).map(|(lat, _)| lat),
+            longitude: lat.zip(lon).map(|(_, lon)| lon),
+            accuracy_radius_km: radius,
+        })
+    }
+}
+
+/// The geolocation databases.
+pub struct GeoDb {
+    readers: Vec<maxminddb::Reader<Vec<u8>>>,
+}
+
+impl GeoDb {
+    /// Opens every configured database; `None` when none is configured. A configured database
+    /// that cannot be opened is an error naming it.
+    pub fn open(cfg: &GeoConfig) -> Result<Option<GeoDb>, trailguard_common::Error> {
+        if cfg.databases.is_empty() {
+            return Ok(None);
+        }
+        let mut readers = Vec::new();
+        for (i, path) in cfg.databases.iter().enumerate() {
+            let reader = maxminddb::Reader::open_readfile(path).map_err(|e| {
+                trailguard_common::Error::config(
+                    &format!("geo.databases[{i}]"),
+                    format!("cannot open {}: {e}", path.display()),
+                )
+            })?;
+            readers.push(reader);
+        }
+        Ok(Some(GeoDb { readers }))
+    }
+
+    /// Where `ip` is, from the first database that knows.
+    pub fn lookup(&self, ip: IpAddr) -> Option<Geo> {
+        for reader in &self.readers {
+            let v6_db = reader.metadata.ip_version == 6;
+            if ip.is_ipv6() && !v6_db {
+                continue;
+            }
+            if let Ok(Some(record)) = reader.lookup::<Record>(ip) {
+                if let Some(geo) = record.into_geo() {
+                    return Some(geo);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Adds geo and IP categories to activities, caching per address.
+pub struct Enricher {
+    geo: Option<GeoDb>,
+    intel: Arc<RwLock<Arc<Intel>>>,
+    cache: HashMap<IpAddr, Enrichment>,
+    /// The intel generation the cache was filled from.
+    cached_from: usize,
+}
+
+/// Most addresses remembered before the cache starts over.
+const CACHE_MAX: usize = 200_000;
+
+impl Enricher {
+    /// An enricher over `geo` and the shared, refreshed `intel`.
+    pub fn new(geo: Option<GeoDb>, intel: Arc<RwLock<Arc<Intel>>>) -> Self {
+        Enricher {
+            geo,
+            intel,
+            cache: HashMap::new(),
+            cached_from: 0,
+        }
+    }
+
+    /// True when a geolocation database is loaded.
+    pub fn has_geo(&self) -> bool {
+        self.geo.is_some()
+    }
+
+    /// Fills `activity.enrichment` from its source IP.
+    pub fn enrich(&mut self, activity: &mut Activity) {
+        let Some(ip) = activity.source_ip else {
+            return;
+        };
+        let intel = match self.intel.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        let generation = Arc::as_ptr(&intel) as usize;
+        if generation != self.cached_from || self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+            self.cached_from = generation;
+        }
+        let geo = &self.geo;
+        let found = self.cache.entry(ip).or_insert_with(|| Enrichment {
+            geo: geo.as_ref().and_then(|g| g.lookup(ip)),
+            ip_categories: intel.categories(ip),
+        });
+        activity.enrichment = found.clone();
+    }
+}
+
+/// Reloads the lists every `refresh_interval` into `shared`; a failed reload keeps the last
+/// good lists and logs why.
+pub fn refresh_intel(
+    cfg: IntelConfig,
+    shared: Arc<RwLock<Arc<Intel>>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    if cfg.lists.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(cfg.refresh_interval) => {}
+            }
+            match load_intel(&cfg).await {
+                Ok(intel) => {
+                    if let Ok(mut guard) = shared.write() {
+                        *guard = Arc::new(intel);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "intel refresh failed; keeping the last lists")
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_merge_and_match() {
+        let mut intel = Intel::default();
+        let text = "# tor exits\n185.220.101.1\n185.220.101.0/24 # whole range\nnot-an-ip\n2001:db8::/32\n10.0.0.5,extra,columns\n";
+        assert_eq!(intel.add("tor", text), (4, 1));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(intel.categories(ip("185.220.101.77")), ["tor"]);
+        assert!(intel.categories(ip("185.220.102.1")).is_empty());
+        assert_eq!(intel.categories(ip("2001:db8:1::1")), ["tor"]);
+        assert_eq!(intel.categories(ip("10.0.0.5")), ["tor"]);
+        intel.add("corporate", "10.0.0.0/8");
+        assert_eq!(intel.categories(ip("10.0.0.5")), ["corporate", "tor"]);
+        assert_eq!(intel.len(), 4);
+    }
+
+    #[test]
+    fn bad_lists_are_named() {
+        let cfg = IntelConfig {
+            lists: vec![IntelList {
+                category: "evil".into(),
+                path: Some("x".into()),
+                url: None,
+            }],
+            ..IntelConfig::default()
+        };
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("intel.lists[0].category"), "{err}");
+        let cfg = IntelConfig {
+            lists: vec![IntelList {
+                category: "tor".into(),
+                path: None,
+                url: None,
+            }],
+            ..IntelConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn records_of_both_layouts() {
+        let dbip = Record {
+            country_code: Some("DE".into()),
+            city: Some(CityField::Name("Berlin".into())),
+            latitude: Some(52.52),
+            longitude: Some(13.4),
+            ..Record::default()
+        };
+        let geo = dbip.into_geo();
+        assert_eq!(geo.as_ref().and_then(|g| g.country.as_deref()), Some("DE"));
+        assert_eq!(geo.as_ref().and_then(|g| g.city.as_deref()), Some("Berlin"));
+        let maxmind = Record {
+            country: Some(Named {
+                iso_code: Some("SE".into()),
+            }),
+            city: Some(CityField::Record {
+                names: Some([("en".to_string(), "Linköping".to_string())].into()),
+            }),
+            location: Some(Location {
+                latitude: Some(58.4),
+                longitude: Some(15.6),
+                accuracy_radius: Some(76),
+            }),
+            ..Record::default()
+        };
+        let geo = maxmind.into_geo();
+        assert_eq!(geo.as_ref().and_then(|g| g.accuracy_radius_km), Some(76));
+        assert_eq!(geo.as_ref().and_then(|g| g.latitude), Some(58.4));
+        assert!(Record::default().into_geo().is_none());
+    }
+
+    /// Against the real DB-IP database when the local setup fetched it.
+    #[test]
+    fn dbip_lookup_when_available() {
+        let Ok(path) = std::env::var("TRAILGUARD_TEST_GEO_V4") else {
+            return;
+        };
+        let db = GeoDb::open(&GeoConfig {
+            databases: vec![path.into()],
+        });
+        let Ok(Some(db)) = db else {
+            panic!("cannot open the DB-IP database");
+        };
+        let geo = db.lookup(IpAddr::from([8, 8, 8, 8]));
+        assert_eq!(
+            geo.as_ref().and_then(|g| g.country.as_deref()),
+            Some("US"),
+            "{geo:?}"
+        );
+        assert!(db.lookup(IpAddr::from([10, 0, 0, 1])).is_none());
+    }
+}

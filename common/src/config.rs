@@ -140,6 +140,9 @@ pub struct Topics {
     pub actions: String,
     /// Where each ingest source left off (compacted), keyed by source.
     pub checkpoints: String,
+    /// detect's per-principal baselines (compacted changelog; partition N holds the state of
+    /// the activities topic's partition N), keyed by principal.
+    pub detect_state: String,
 }
 
 impl Default for Topics {
@@ -150,6 +153,7 @@ impl Default for Topics {
             alerts: "trailguard.alerts".into(),
             actions: "trailguard.actions".into(),
             checkpoints: "trailguard.ingest.checkpoints".into(),
+            detect_state: "trailguard.detect.state".into(),
         }
     }
 }
@@ -160,6 +164,7 @@ impl Topics {
             ("kafka.topics.activities", &self.activities),
             ("kafka.topics.dlq", &self.dlq),
             ("kafka.topics.alerts", &self.alerts),
+            ("kafka.topics.detect_state", &self.detect_state),
             ("kafka.topics.actions", &self.actions),
             ("kafka.topics.checkpoints", &self.checkpoints),
         ] {

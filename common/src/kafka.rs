@@ -232,6 +232,56 @@ pub fn read_all(
     Ok(count)
 }
 
+/// Reads one partition of `topic` from its start to its current end, handing each message's
+/// key and payload (`None` for a tombstone) to `visit`. Errors when the partition does not
+/// exist.
+pub fn read_partition(
+    cfg: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    client_id: &str,
+    mut visit: impl FnMut(&[u8], Option<&[u8]>),
+) -> Result<u64, Error> {
+    use rdkafka::message::Message;
+    let consumer = reader(cfg, client_id)?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let exists = metadata
+        .topics()
+        .iter()
+        .any(|t| t.partitions().iter().any(|p| p.id() == partition));
+    if !exists {
+        return Err(Error::Timeout(format!(
+            "`{topic}` has no partition {partition}: it needs as many partitions as the topic it \
+             follows"
+        )));
+    }
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    if high <= low {
+        return Ok(0);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut count = 0;
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Timeout(format!(
+                "reading `{topic}` partition {partition} back"
+            )));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        visit(message.key().unwrap_or_default(), message.payload());
+        count += 1;
+        if message.offset() + 1 >= high {
+            return Ok(count);
+        }
+    }
+}
+
 /// Follows `topic` (every partition, from the beginning or from the end) and hands each
 /// message to `visit`, until `stop` is cancelled, `visit` returns false, or nothing arrives for
 /// `idle` (when set).

@@ -42,6 +42,18 @@ pub struct Detector {
     closed: Vec<(Offset, Offset)>,
     /// Last offset returned by `safe_offset`, so it never moves back.
     committed: Offset,
+    /// The anomaly detections.
+    anomalies: crate::anomaly::Anomalies,
+    /// Baselines by principal key.
+    principals: HashMap<String, crate::anomaly::PrincipalState>,
+    /// Organization-wide counts derived from the baselines.
+    org: crate::anomaly::Org,
+    /// Principals whose baseline changed (or was forgotten) since the last `take_changes`.
+    dirty: std::collections::HashSet<String>,
+    /// Forget principals not seen for this long.
+    state_ttl: Duration,
+    /// Activities observed, for periodic pruning.
+    observed: u64,
 }
 
 impl Detector {
@@ -70,7 +82,88 @@ impl Detector {
             max_event_time: None,
             closed: Vec::new(),
             committed: 0,
+            anomalies: crate::anomaly::Anomalies::new(cfg.anomaly.clone(), false),
+            principals: HashMap::new(),
+            org: crate::anomaly::Org::default(),
+            dirty: std::collections::HashSet::new(),
+            state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(35)),
+            observed: 0,
         }
+    }
+
+    /// Turns the geo-based anomaly detections on (a geolocation database is loaded).
+    pub fn with_geo(mut self, cfg: &PoliciesConfig, geo: bool) -> Self {
+        self.anomalies = crate::anomaly::Anomalies::new(cfg.anomaly.clone(), geo);
+        self
+    }
+
+    /// Installs baselines restored from the changelog (before the first `observe`).
+    pub fn restore(&mut self, states: HashMap<String, crate::anomaly::PrincipalState>) {
+        self.org = crate::anomaly::Org::rebuild(states.values());
+        self.principals = states;
+        self.dirty.clear();
+    }
+
+    /// The baselines changed since the last call: (principal key, state), `None` for a
+    /// forgotten principal (a tombstone).
+    pub fn take_changes(&mut self) -> Vec<(String, Option<&crate::anomaly::PrincipalState>)> {
+        let keys: Vec<String> = self.dirty.drain().collect();
+        keys.into_iter()
+            .map(|k| {
+                let state = self.principals.get(&k);
+                (k, state)
+            })
+            .collect()
+    }
+
+    /// Marks baselines to be saved again (their last save failed).
+    pub fn mark_dirty(&mut self, keys: impl IntoIterator<Item = String>) {
+        self.dirty.extend(keys);
+    }
+
+    /// Number of principals with a baseline.
+    pub fn principals(&self) -> usize {
+        self.principals.len()
+    }
+
+    /// Approximate bytes held by the baselines.
+    pub fn baseline_bytes(&self) -> usize {
+        self.principals
+            .iter()
+            .map(|(k, s)| k.capacity() + s.heap_size())
+            .sum()
+    }
+
+    fn observe_baseline(&mut self, activity: &Activity, offset: Offset) -> Vec<Alert> {
+        if activity.principal.kind == "Trailguard" {
+            return Vec::new();
+        }
+        let key = activity.principal.key();
+        let state = self.principals.entry(key.clone()).or_default();
+        // Already in a restored baseline: its alerts were published before it was saved.
+        if offset < state.offset {
+            return Vec::new();
+        }
+        let alerts = self.anomalies.observe(state, &mut self.org, activity);
+        state.offset = offset + 1;
+        self.dirty.insert(key);
+        self.observed += 1;
+        if self.observed % 10_000 == 0 {
+            if let Some(max) = self.max_event_time {
+                let horizon = (max - self.state_ttl).timestamp();
+                let old: Vec<String> = self
+                    .principals
+                    .iter()
+                    .filter(|(_, s)| s.last_seen < horizon)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in old {
+                    self.principals.remove(&k);
+                    self.dirty.insert(k);
+                }
+            }
+        }
+        alerts
     }
 
     /// Evaluates one activity read at `offset`. Returns the alerts it raises.
@@ -79,6 +172,7 @@ impl Detector {
         alerts.extend(self.cloudtrail.evaluate(activity));
         alerts.extend(self.bucket_public.evaluate(activity));
         alerts.extend(self.templates.evaluate(activity));
+        alerts.extend(self.observe_baseline(activity, offset));
         alerts.extend(self.signin.observe(activity, offset, &mut self.closed));
         if self.max_event_time.is_none_or(|t| activity.event_time > t) {
             self.max_event_time = Some(activity.event_time);
@@ -114,7 +208,7 @@ impl Detector {
 
     /// Number of open bursts (for the state-size gauge).
     pub fn state_size(&self) -> usize {
-        self.signin.bursts.len()
+        self.signin.bursts.len() + self.principals.len()
     }
 }
 

@@ -5,10 +5,12 @@
 //!   offset that is safe to commit.
 //! - [`run`]: the Kafka loop — consume, evaluate, publish alerts, and only then store offsets.
 
+pub mod anomaly;
 pub mod detector;
 pub mod enrich;
 pub mod policies;
 mod runner;
+pub mod state;
 pub mod templates;
 
 use std::time::Duration;

@@ -29,12 +29,15 @@ pub struct PoliciesConfig {
     pub s3_bucket_public: BucketPublicConfig,
     /// The activity policy templates, by id (see [`crate::templates`]).
     pub templates: crate::templates::TemplatesConfig,
+    /// The anomaly detections (see [`crate::anomaly`]).
+    pub anomaly: crate::anomaly::AnomalyConfig,
 }
 
 impl PoliciesConfig {
     /// Checks values serde cannot; errors name the key.
     pub fn validate(&self) -> Result<(), trailguard_common::Error> {
         crate::templates::validate(&self.templates)?;
+        self.anomaly.validate()?;
         let s = &self.console_signin_failures;
         if s.threshold < 2 {
             return Err(trailguard_common::Error::config(

@@ -116,8 +116,13 @@ pub async fn run(
     let topics = &cfg.kafka.topics;
     kafka::ensure_topics(
         &cfg.kafka,
-        &[&topics.activities, &topics.dlq, &topics.alerts],
-        &[],
+        &[
+            &topics.activities,
+            &topics.dlq,
+            &topics.alerts,
+            &topics.detect_state,
+        ],
+        &[&topics.detect_state],
     )
     .await?;
     let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
@@ -146,9 +151,18 @@ pub async fn run(
     let mut enricher = crate::enrich::Enricher::new(geo, intel);
 
     let mut detectors: HashMap<i32, Detector> = HashMap::new();
+    // Safe offsets not yet stored: stored at the next checkpoint, after the baselines.
+    let mut pending: HashMap<i32, i64> = HashMap::new();
+    let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {
+                forget_revoked(&context, &mut detectors, &mut pending);
+                checkpoint(&producer, &consumer, &cfg, &mut detectors, &mut pending).await?;
+                continue;
+            }
             message = consumer.recv() => message,
         };
         let message = match message {
@@ -159,11 +173,7 @@ pub async fn run(
                 continue;
             }
         };
-        if let Ok(mut revoked) = context.revoked.lock() {
-            for partition in revoked.drain(..) {
-                detectors.remove(&partition);
-            }
-        }
+        forget_revoked(&context, &mut detectors, &mut pending);
         let (partition, offset) = (message.partition(), message.offset());
         // The payload is copied only when it is going to the dead-letter topic.
         let decoded = decode(message.payload()).map_err(|(kind, reason)| {
@@ -174,9 +184,21 @@ pub async fn run(
             )
         });
         drop(message);
-        let detector = detectors
-            .entry(partition)
-            .or_insert_with(|| Detector::new(&cfg.policies, cfg.detect.allowed_lateness));
+        if !detectors.contains_key(&partition) {
+            // A partition new to this instance: its baselines first.
+            let kafka_cfg = cfg.kafka.clone();
+            let states =
+                tokio::task::spawn_blocking(move || crate::state::restore(&kafka_cfg, partition))
+                    .await
+                    .map_err(|e| Error::Stopped(format!("restoring baselines: {e}")))??;
+            let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
+                .with_geo(&cfg.policies, enricher.has_geo());
+            detector.restore(states);
+            detectors.insert(partition, detector);
+        }
+        let Some(detector) = detectors.get_mut(&partition) else {
+            continue;
+        };
         match decoded {
             Ok(mut activity) => {
                 enricher.enrich(&mut activity);
@@ -229,20 +251,63 @@ pub async fn run(
                     .inc();
             }
         }
-        let safe = detector.safe_offset(offset + 1);
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&topics.activities, partition, Offset::Offset(safe))?;
-        if let Err(err) = consumer.store_offsets(&list) {
-            // Happens when the partition was just revoked; the next owner replays from the last commit.
-            tracing::debug!(error = %err, partition, "offset not stored");
-        }
+        pending.insert(partition, detector.safe_offset(offset + 1));
         metrics
             .state
             .set(detectors.values().map(Detector::state_size).sum::<usize>() as i64);
     }
+    forget_revoked(&context, &mut detectors, &mut pending);
+    checkpoint(&producer, &consumer, &cfg, &mut detectors, &mut pending).await?;
     commit_and_stop(&consumer, "shutdown")?;
     kafka::flush(&producer, cfg.detect.drain_timeout)?;
     tracing::info!("detect stopped");
+    Ok(())
+}
+
+/// How often baselines are saved and offsets stored.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Drops the state of partitions this instance no longer owns (their next owner restores it
+/// from the changelog and replays from the last commit).
+fn forget_revoked(
+    context: &RebalanceContext,
+    detectors: &mut HashMap<i32, Detector>,
+    pending: &mut HashMap<i32, i64>,
+) {
+    if let Ok(mut revoked) = context.revoked.lock() {
+        for partition in revoked.drain(..) {
+            detectors.remove(&partition);
+            pending.remove(&partition);
+        }
+    }
+}
+
+/// Saves every changed baseline, then stores the safe offsets: an offset is committed only
+/// once the baselines of the activities before it are durable. A partition whose baselines
+/// could not be saved keeps its offset pending until a later checkpoint succeeds.
+async fn checkpoint<C: ConsumerContext>(
+    producer: &rdkafka::producer::FutureProducer,
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    cfg: &DetectConfig,
+    detectors: &mut HashMap<i32, Detector>,
+    pending: &mut HashMap<i32, i64>,
+) -> Result<(), Error> {
+    let topics = &cfg.kafka.topics;
+    let mut list = TopicPartitionList::new();
+    for (&partition, detector) in detectors.iter_mut() {
+        if !crate::state::save(producer, &topics.detect_state, partition, detector).await {
+            continue;
+        }
+        if let Some(safe) = pending.remove(&partition) {
+            list.add_partition_offset(&topics.activities, partition, Offset::Offset(safe))?;
+        }
+    }
+    if list.count() > 0 {
+        if let Err(err) = consumer.store_offsets(&list) {
+            // Happens when a partition was just revoked; its next owner replays from the last commit.
+            tracing::debug!(error = %err, "offsets not stored");
+        }
+    }
     Ok(())
 }
 

@@ -73,6 +73,10 @@ impl Run {
                 "TRAILGUARD_KAFKA__TOPICS__CHECKPOINTS".into(),
                 format!("{id}.checkpoints"),
             ),
+            (
+                "TRAILGUARD_KAFKA__TOPICS__DETECT_STATE".into(),
+                format!("{id}.state"),
+            ),
             ("TRAILGUARD_KAFKA__PARTITIONS".into(), "3".into()),
             ("TRAILGUARD_DETECT__GROUP_ID".into(), format!("{id}-detect")),
             (

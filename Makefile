@@ -2,7 +2,7 @@
 SHELL := bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/trailguard/target
 
-.PHONY: demo test build env-up env-down schemas lint fmt bench clean-data
+.PHONY: demo test build env-up env-down schemas lint fmt bench fuzz clean-data
 
 ## make demo: the whole pipeline locally — alerts and remediations on screen.
 demo:
@@ -15,6 +15,10 @@ test:
 ## make bench: throughput numbers (release build, local broker).
 bench:
 	deploy/bench.sh
+
+## make fuzz: cargo-fuzz on ingest's split → normalize (nightly; FUZZ_SECONDS, default 600).
+fuzz:
+	deploy/fuzz.sh
 
 build:
 	cargo build --workspace --bins

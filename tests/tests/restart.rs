@@ -15,7 +15,10 @@ use trailguard_tests::{produce, read_topic, repo, wait_for_topic, Run};
 const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// NDJSON of `users` × 7 failed console sign-ins a minute apart (enough for one burst each, on
-/// both the principal and the source IP), built from the real failure record in the demo sample.
+/// both the principal and the source IP), built from the real failure record in the demo sample;
+/// and per user a baseline of one TerminateInstances call a day for the 8 days before, then a
+/// burst of 6 calls (12 instances) among the sign-ins — a "multiple delete VM activities" alert
+/// that only a detector which kept the user's week-old baseline can raise.
 /// User `u` starts at minute 3u, and records are in time order, so windows keep closing and the
 /// committed offsets keep moving while the stream is consumed.
 fn burst_file(users: usize) -> Result<PathBuf> {
@@ -29,8 +32,39 @@ fn burst_file(users: usize) -> Result<PathBuf> {
     let mut events: Vec<(i64, usize)> = (0..users)
         .flat_map(|user| (0..7).map(move |m| (user as i64 * 3 + m, user)))
         .collect();
-    events.sort();
-    for (minute, user) in events {
+    // Terminations: (minute, user, -1 for the baseline days / burst index).
+    let mut terminations: Vec<(i64, usize)> = (0..users)
+        .flat_map(|user| {
+            let history = (1..=8).map(move |day| (-day * 1440 + user as i64, user));
+            let burst = (0..6).map(move |i| (user as i64 * 3 + 1 + i, user));
+            history.chain(burst)
+        })
+        .collect();
+    terminations.sort();
+    let mut merged: Vec<(i64, usize, bool)> = events
+        .into_iter()
+        .map(|(m, u)| (m, u, false))
+        .chain(terminations.into_iter().map(|(m, u)| (m, u, true)))
+        .collect();
+    merged.sort();
+    for (minute, user, terminate) in merged {
+        if terminate {
+            let time = start + chrono::Duration::minutes(minute);
+            let record = serde_json::json!({
+                "eventVersion": "1.09", "eventTime": time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "eventSource": "ec2.amazonaws.com", "eventName": "TerminateInstances",
+                "awsRegion": "us-east-1", "recipientAccountId": "123456789012",
+                "sourceIPAddress": format!("10.{}.{}.1", user / 250, user % 250),
+                "userAgent": "aws-cli/2.15.0", "eventType": "AwsApiCall", "readOnly": false,
+                "eventID": format!("t-{user}-{minute}"),
+                "userIdentity": {"type": "IAMUser", "userName": format!("u{user}"),
+                    "arn": format!("arn:aws:iam::123456789012:user/u{user}"), "accountId": "123456789012"},
+                "requestParameters": {"instancesSet": {"items": [
+                    {"instanceId": format!("i-{user}-{minute}-a")}, {"instanceId": format!("i-{user}-{minute}-b")}]}},
+            });
+            writeln!(file, "{record}")?;
+            continue;
+        }
         {
             let mut record = template.clone();
             record["userIdentity"]["arn"] =
@@ -76,7 +110,8 @@ async fn detect_restarted_mid_stream_raises_the_same_alerts() -> Result<()> {
         "ingest: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let expected = USERS * 2; // one burst per principal and one per source IP
+    // One burst per principal and one per source IP, one VM-deletion burst per principal.
+    let expected = USERS * 3;
 
     // Uninterrupted reference run.
     let mut reference = run.spawn("detect", &[])?;

@@ -54,6 +54,8 @@ pub struct Detector {
     state_ttl: Duration,
     /// Activities observed, for periodic pruning.
     observed: u64,
+    /// Custom policies and their windows.
+    custom: crate::custom::Custom,
 }
 
 impl Detector {
@@ -88,6 +90,7 @@ impl Detector {
             dirty: std::collections::HashSet::new(),
             state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(35)),
             observed: 0,
+            custom: crate::custom::Custom::new(&cfg.custom),
         }
     }
 
@@ -173,6 +176,7 @@ impl Detector {
         alerts.extend(self.bucket_public.evaluate(activity));
         alerts.extend(self.templates.evaluate(activity));
         alerts.extend(self.observe_baseline(activity, offset));
+        alerts.extend(self.custom.observe(activity, offset));
         alerts.extend(self.signin.observe(activity, offset, &mut self.closed));
         if self.max_event_time.is_none_or(|t| activity.event_time > t) {
             self.max_event_time = Some(activity.event_time);
@@ -180,6 +184,7 @@ impl Detector {
         if let Some(max) = self.max_event_time {
             let watermark = max - self.lateness;
             self.signin.expire(watermark, offset, &mut self.closed);
+            self.custom.expire(watermark);
         }
         alerts
     }
@@ -187,7 +192,12 @@ impl Detector {
     /// The offset from which a replay would rebuild this detector's state exactly: everything
     /// before it may be committed. `next` is the offset after the last one observed.
     pub fn safe_offset(&mut self, next: Offset) -> Offset {
-        let mut safe = self.signin.first_open_offset().unwrap_or(next).min(next);
+        let mut safe = self
+            .signin
+            .first_open_offset()
+            .unwrap_or(next)
+            .min(self.custom.first_open_offset().unwrap_or(next))
+            .min(next);
         // Never land inside a closed burst: move to its start (repeat, spans may chain).
         loop {
             let inside = self

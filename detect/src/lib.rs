@@ -6,6 +6,7 @@
 //! - [`run`]: the Kafka loop — consume, evaluate, publish alerts, and only then store offsets.
 
 pub mod anomaly;
+pub mod custom;
 pub mod detector;
 pub mod enrich;
 pub mod policies;

@@ -31,6 +31,8 @@ pub struct PoliciesConfig {
     pub templates: crate::templates::TemplatesConfig,
     /// The anomaly detections (see [`crate::anomaly`]).
     pub anomaly: crate::anomaly::AnomalyConfig,
+    /// Custom policies (see [`crate::custom`]).
+    pub custom: Vec<crate::custom::CustomPolicyConfig>,
 }
 
 impl PoliciesConfig {
@@ -38,6 +40,7 @@ impl PoliciesConfig {
     pub fn validate(&self) -> Result<(), trailguard_common::Error> {
         crate::templates::validate(&self.templates)?;
         self.anomaly.validate()?;
+        crate::custom::validate(&self.custom)?;
         let s = &self.console_signin_failures;
         if s.threshold < 2 {
             return Err(trailguard_common::Error::config(

@@ -184,6 +184,7 @@ pub async fn run(
             )
         });
         drop(message);
+        #[allow(clippy::map_entry)] // the entry cannot be held across the await
         if !detectors.contains_key(&partition) {
             // A partition new to this instance: its baselines first.
             let kafka_cfg = cfg.kafka.clone();

@@ -29,7 +29,7 @@ fn burst_file(users: usize) -> Result<PathBuf> {
     let path = std::env::temp_dir().join(format!("bursts-{}-{users}.jsonl", std::process::id()));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
     let start = chrono::DateTime::parse_from_rfc3339("2024-05-01T00:00:00Z")?;
-    let mut events: Vec<(i64, usize)> = (0..users)
+    let events: Vec<(i64, usize)> = (0..users)
         .flat_map(|user| (0..7).map(move |m| (user as i64 * 3 + m, user)))
         .collect();
     // Terminations: (minute, user, -1 for the baseline days / burst index).

@@ -14,4 +14,5 @@ cargo build --release --bins --quiet
 export TRAILGUARD_TEST_SHARED_DATA="${TRAILGUARD_TEST_SHARED_DATA:-$REPO/../shared/data/cloudtrail}"
 export TRAILGUARD_BENCH_BROKERS="$TG_HOST:$TG_KAFKA_PORT"
 export TRAILGUARD_BENCH_INGEST="$CARGO_TARGET_DIR/release/ingest"
-cargo bench --workspace --quiet --bench throughput
+export TRAILGUARD_TEST_GEO_V4="$GEO_V4"
+cargo bench --workspace --quiet --bench throughput --bench detect

@@ -567,6 +567,15 @@ fn rate_units(a: &Activity) -> [u32; 4] {
     units
 }
 
+/// "principal from address", formatted only when an alert is written.
+struct Who<'a>(&'a Activity);
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::policies::who(self.0))
+    }
+}
+
 /// Great-circle distance, km.
 pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
@@ -622,10 +631,14 @@ impl Anomalies {
         st.first_seen = st.first_seen.min(t);
         st.last_seen = st.last_seen.max(t);
         let learned = t - st.first_seen >= self.cfg.learning_period.as_secs() as i64;
-        let who = crate::policies::who(a);
+        let who = Who(a);
         let categories = &a.enrichment.ip_categories;
         let corporate = categories.iter().any(|c| c == "corporate");
-        let ip = a.source_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        // Text of the address, only when a detection may need it.
+        let ip = match a.source_ip {
+            Some(addr) if !categories.is_empty() || a.enrichment.geo.is_some() => addr.to_string(),
+            _ => String::new(),
+        };
 
         // Anonymous and suspicious addresses: no baseline needed.
         if acts_itself(a) && !corporate && !ip.is_empty() {

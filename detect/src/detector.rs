@@ -28,6 +28,9 @@ pub type Offset = i64;
 /// How many offsets a burst outlives its last activity, whatever the watermark says.
 pub const RETAIN_OFFSETS: Offset = 10_000;
 
+/// Windows are expired at offsets that are multiples of this.
+pub const EXPIRE_EVERY: Offset = 64;
+
 /// Evaluates every policy over one partition's activities.
 pub struct Detector {
     cloudtrail: CloudTrailChanges,
@@ -142,14 +145,21 @@ impl Detector {
             return Vec::new();
         }
         let key = activity.principal.key();
-        let state = self.principals.entry(key.clone()).or_default();
+        if !self.principals.contains_key(&key) {
+            self.principals.insert(key.clone(), Default::default());
+        }
+        let Some(state) = self.principals.get_mut(&key) else {
+            return Vec::new();
+        };
         // Already in a restored baseline: its alerts were published before it was saved.
         if offset < state.offset {
             return Vec::new();
         }
         let alerts = self.anomalies.observe(state, &mut self.org, activity);
         state.offset = offset + 1;
-        self.dirty.insert(key);
+        if !self.dirty.contains(&key) {
+            self.dirty.insert(key);
+        }
         self.observed += 1;
         if self.observed % 10_000 == 0 {
             if let Some(max) = self.max_event_time {
@@ -181,10 +191,14 @@ impl Detector {
         if self.max_event_time.is_none_or(|t| activity.event_time > t) {
             self.max_event_time = Some(activity.event_time);
         }
-        if let Some(max) = self.max_event_time {
-            let watermark = max - self.lateness;
-            self.signin.expire(watermark, offset, &mut self.closed);
-            self.custom.expire(watermark);
+        // Expiry scans every open window: run it on a schedule of absolute offsets, so a replay
+        // from any offset expires at the same points as the first run did.
+        if offset % EXPIRE_EVERY == 0 {
+            if let Some(max) = self.max_event_time {
+                let watermark = max - self.lateness;
+                self.signin.expire(watermark, offset, &mut self.closed);
+                self.custom.expire(watermark);
+            }
         }
         alerts
     }

@@ -10,6 +10,10 @@ use serde_json::json;
 use trailguard_common::{config, kafka, shutdown, telemetry, ActionRecord, Alert};
 use trailguard_detect::{DetectConfig, Metrics};
 
+/// Per-principal state is many small allocations; mimalloc keeps them fast and compact.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Trailguard detect: consumes activities, evaluates activity, file and (later) anomaly and
 /// custom policies on event time, and publishes alerts. Runs until SIGINT/SIGTERM, then drains,
 /// commits and exits.

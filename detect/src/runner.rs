@@ -151,7 +151,8 @@ pub async fn run(
     let mut enricher = crate::enrich::Enricher::new(geo, intel);
 
     let mut detectors: HashMap<i32, Detector> = HashMap::new();
-    // Safe offsets not yet stored: stored at the next checkpoint, after the baselines.
+    // The next offset of each partition since the last checkpoint; its safe offset is stored at
+    // the next checkpoint, after the baselines.
     let mut pending: HashMap<i32, i64> = HashMap::new();
     let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,7 +253,7 @@ pub async fn run(
                     .inc();
             }
         }
-        pending.insert(partition, detector.safe_offset(offset + 1));
+        pending.insert(partition, offset + 1);
         metrics
             .state
             .set(detectors.values().map(Detector::state_size).sum::<usize>() as i64);
@@ -299,7 +300,8 @@ async fn checkpoint<C: ConsumerContext>(
         if !crate::state::save(producer, &topics.detect_state, partition, detector).await {
             continue;
         }
-        if let Some(safe) = pending.remove(&partition) {
+        if let Some(next) = pending.remove(&partition) {
+            let safe = detector.safe_offset(next);
             list.add_partition_offset(&topics.activities, partition, Offset::Offset(safe))?;
         }
     }

@@ -664,28 +664,39 @@ fn entity(a: &Activity) -> Entity {
 /// The templates with their settings, ready to evaluate activities.
 pub struct Templates {
     active: Vec<(&'static Template, TemplateConfig)>,
+    /// eventName → indexes into `active` of the templates watching it.
+    by_event: std::collections::HashMap<&'static str, Vec<usize>>,
 }
 
 impl Templates {
     /// Every enabled template with its settings.
     pub fn new(cfg: &TemplatesConfig) -> Self {
-        let active = TEMPLATES
+        let active: Vec<(&'static Template, TemplateConfig)> = TEMPLATES
             .iter()
             .filter_map(|t| {
                 let c = cfg.get(t.meta.id).cloned().unwrap_or_default();
                 c.enabled.unwrap_or(true).then_some((t, c))
             })
             .collect();
-        Templates { active }
+        let mut by_event: std::collections::HashMap<&'static str, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, (t, _)) in active.iter().enumerate() {
+            for event in t.events {
+                by_event.entry(*event).or_default().push(i);
+            }
+        }
+        Templates { active, by_event }
     }
 
     /// The alerts `activity` raises.
     pub fn evaluate(&self, a: &Activity) -> Vec<Alert> {
         let mut out = Vec::new();
-        for (t, c) in &self.active {
-            if !t.events.contains(&a.event_name.as_str())
-                || !t.sources.contains(&a.event_source.as_str())
-            {
+        let Some(candidates) = self.by_event.get(a.event_name.as_str()) else {
+            return out;
+        };
+        for &i in candidates {
+            let (t, c) = &self.active[i];
+            if !t.sources.contains(&a.event_source.as_str()) {
                 continue;
             }
             if (!c.accounts.is_empty()

@@ -145,7 +145,6 @@ fn main() {
 
     // Decoding (and dropping) activities is the consumer's work, not the detector's: the loop
     // borrows them.
-    let mut activities = activities;
     let began = Instant::now();
     let mut alerts = 0usize;
     for (offset, a) in activities.iter_mut().enumerate() {

@@ -143,6 +143,9 @@ pub struct Topics {
     /// detect's per-principal baselines (compacted changelog; partition N holds the state of
     /// the activities topic's partition N), keyed by principal.
     pub detect_state: String,
+    /// detect's organization-wide facts (compacted; read whole by every instance), keyed by
+    /// fact.
+    pub detect_facts: String,
 }
 
 impl Default for Topics {
@@ -154,6 +157,7 @@ impl Default for Topics {
             actions: "trailguard.actions".into(),
             checkpoints: "trailguard.ingest.checkpoints".into(),
             detect_state: "trailguard.detect.state".into(),
+            detect_facts: "trailguard.detect.facts".into(),
         }
     }
 }
@@ -165,6 +169,7 @@ impl Topics {
             ("kafka.topics.dlq", &self.dlq),
             ("kafka.topics.alerts", &self.alerts),
             ("kafka.topics.detect_state", &self.detect_state),
+            ("kafka.topics.detect_facts", &self.detect_facts),
             ("kafka.topics.actions", &self.actions),
             ("kafka.topics.checkpoints", &self.checkpoints),
         ] {

@@ -101,6 +101,14 @@ pub struct AnomalyConfig {
     pub vm_deletion: DetectionConfig,
     /// Unusual multiple VM creation activities.
     pub vm_creation: DetectionConfig,
+    /// Activity performed by a terminated user (deleted user, removed console access,
+    /// deactivated or deleted access key — learned from the trail — or listed below).
+    pub terminated_user: DetectionConfig,
+    /// Users terminated elsewhere (an identity provider's leavers): names or ARNs.
+    pub terminated_users: Vec<String>,
+    /// Unusual region for a cloud resource: something created in a region the organization
+    /// has not changed anything in (after `learning_period` of organization history).
+    pub unusual_region: DetectionConfig,
 }
 
 impl Default for AnomalyConfig {
@@ -118,6 +126,9 @@ impl Default for AnomalyConfig {
             storage_deletion: DetectionConfig::default(),
             vm_deletion: DetectionConfig::default(),
             vm_creation: DetectionConfig::default(),
+            terminated_user: DetectionConfig::default(),
+            terminated_users: Vec::new(),
+            unusual_region: DetectionConfig::default(),
         }
     }
 }
@@ -322,6 +333,9 @@ pub struct PrincipalState {
     /// The four rates.
     #[serde(rename = "r", default)]
     rates: [Rate; 4],
+    /// Id of the latest activity (evidence for a termination learned after it).
+    #[serde(rename = "i", default, skip_serializing_if = "String::is_empty")]
+    pub last_id: String,
     /// Suppressions: (detection and key, quiet until).
     #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
     quiet: Vec<(String, i64)>,
@@ -416,7 +430,7 @@ fn travel_params(s: Sensitivity) -> (f64, f64) {
 
 /// Calls that change something, by their name (CloudTrail's `readOnly` is missing in some
 /// exports).
-fn is_write(a: &Activity) -> bool {
+pub(crate) fn is_write(a: &Activity) -> bool {
     if let Some(ro) = a.read_only {
         return !ro;
     }
@@ -451,7 +465,7 @@ fn is_write(a: &Activity) -> bool {
 }
 
 /// Data-plane calls that are not administration even when they write.
-fn is_data_event(a: &Activity) -> bool {
+pub(crate) fn is_data_event(a: &Activity) -> bool {
     matches!(
         (a.event_source.as_str(), a.event_name.as_str()),
         (
@@ -606,7 +620,7 @@ impl Anomalies {
     }
 
     /// Quiet check-and-set: true when `key` may fire at `t`.
-    fn may_fire(&self, st: &mut PrincipalState, key: String, t: i64) -> bool {
+    pub(crate) fn may_fire(&self, st: &mut PrincipalState, key: String, t: i64) -> bool {
         st.quiet.retain(|(_, until)| *until > t);
         if st.quiet.iter().any(|(k, _)| *k == key) {
             return false;
@@ -629,6 +643,10 @@ impl Anomalies {
             org.principals += 1;
         }
         st.first_seen = st.first_seen.min(t);
+        if t >= st.last_seen {
+            st.last_id.clear();
+            st.last_id.push_str(&a.id);
+        }
         st.last_seen = st.last_seen.max(t);
         let learned = t - st.first_seen >= self.cfg.learning_period.as_secs() as i64;
         let who = Who(a);
@@ -888,6 +906,148 @@ impl Anomalies {
             }
         }
         out
+    }
+
+    /// The organization-wide detections (terminated user, unusual region) against `facts`,
+    /// for `a`'s principal.
+    pub fn observe_facts(
+        &self,
+        st: &mut PrincipalState,
+        facts: &crate::facts::Facts,
+        a: &Activity,
+    ) -> Vec<Alert> {
+        let mut out = Vec::new();
+        let t = a.event_time.timestamp();
+        let d = &self.cfg.terminated_user;
+        if acts_itself(a) && self.on(d, a) {
+            if let Some((summary, severity)) =
+                crate::facts::terminated(facts, &self.cfg.terminated_users, a)
+            {
+                if self.may_fire(st, "terminated".into(), t) {
+                    out.push(self.alert(
+                        a,
+                        &crate::facts::TERMINATED_USER,
+                        d,
+                        severity,
+                        summary,
+                        vec![a.id.clone()],
+                        ("Persistence", "T1078.004", "Valid Accounts: Cloud Accounts"),
+                    ));
+                }
+            }
+        }
+        let d = &self.cfg.unusual_region;
+        if acts_itself(a) && self.on(d, a) {
+            let learning = self.cfg.learning_period.as_secs() as i64;
+            if let Some(summary) = crate::facts::unusual_region(facts, learning, a) {
+                let region = a.region.clone().unwrap_or_default();
+                if self.may_fire(st, format!("region|{region}"), t) {
+                    out.push(self.alert(
+                        a,
+                        &crate::facts::UNUSUAL_REGION,
+                        d,
+                        Severity::Medium,
+                        summary,
+                        vec![a.id.clone()],
+                        (
+                            "Defense Evasion",
+                            "T1535",
+                            "Unused/Unsupported Cloud Regions",
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// A termination learned after this partition saw the principal act past it (the
+    /// termination was on another partition, read later): the alert, on the latest activity.
+    pub fn retro_terminated(
+        &self,
+        st: &mut PrincipalState,
+        principal_key: &str,
+        subject: &str,
+        fact_key: &str,
+        fact: &crate::facts::Fact,
+    ) -> Option<Alert> {
+        let d = &self.cfg.terminated_user;
+        if !d.enabled || st.last_seen <= fact.time || st.last_id.is_empty() {
+            return None;
+        }
+        if !self.may_fire(st, "terminated".into(), st.last_seen) {
+            return None;
+        }
+        let (account, name) = subject.split_once('/').unwrap_or(("", subject));
+        let time = chrono::DateTime::<chrono::Utc>::from_timestamp(st.last_seen, 0)?;
+        let summary = format!(
+            "{name} acted after its credentials were terminated ({}: {}); seen last at {}",
+            fact_key
+                .replace("key:", "access key ")
+                .replace("user:", "user "),
+            fact.how,
+            time.format("%Y-%m-%d %H:%M UTC")
+        );
+        Some(Alert {
+            schema_version: trailguard_common::contract::ALERT_SCHEMA_VERSION,
+            id: trailguard_common::contract::stable_id([
+                crate::facts::TERMINATED_USER.id,
+                st.last_id.as_str(),
+            ]),
+            policy_id: crate::facts::TERMINATED_USER.id.into(),
+            policy_name: crate::facts::TERMINATED_USER.name.into(),
+            kind: AlertKind::Anomaly,
+            severity: d.severity.unwrap_or(Severity::High),
+            time,
+            entity: Entity {
+                kind: "principal".into(),
+                id: principal_key.into(),
+            },
+            principal: Some(trailguard_common::contract::Principal {
+                kind: "IAMUser".into(),
+                arn: Some(principal_key.into()),
+                name: Some(name.into()),
+                account_id: Some(account.into()),
+                principal_id: None,
+                access_key_id: None,
+                session_issuer_arn: None,
+                mfa_authenticated: None,
+                invoked_by: None,
+                is_root: false,
+            }),
+            account_id: Some(account.into()),
+            region: None,
+            evidence: Evidence {
+                activity_ids: vec![st.last_id.clone()],
+                summary,
+            },
+            mitre: vec![Mitre {
+                tactic: "Persistence".into(),
+                technique_id: "T1078.004".into(),
+                technique: "Valid Accounts: Cloud Accounts".into(),
+            }],
+            actions: d
+                .actions
+                .clone()
+                .unwrap_or_else(|| vec![ActionKind::Notify])
+                .into_iter()
+                .map(|kind| RequestedAction {
+                    kind,
+                    target: match kind {
+                        ActionKind::Notify => trailguard_common::contract::Target {
+                            kind: "security-team".into(),
+                            id: "default".into(),
+                            account_id: None,
+                        },
+                        _ => trailguard_common::contract::Target {
+                            kind: "principal".into(),
+                            id: principal_key.into(),
+                            account_id: Some(account.into()),
+                        },
+                    },
+                })
+                .collect(),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -59,6 +59,12 @@ pub struct Detector {
     observed: u64,
     /// Custom policies and their windows.
     custom: crate::custom::Custom,
+    /// Organization-wide facts (shared by the partitions of this instance).
+    facts: crate::facts::SharedFacts,
+    /// Facts learned here, for the facts topic.
+    outbox: Vec<(String, crate::facts::Fact)>,
+    /// Terminations already checked against this partition's principals.
+    terminations_seen: usize,
 }
 
 impl Detector {
@@ -94,7 +100,21 @@ impl Detector {
             state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(35)),
             observed: 0,
             custom: crate::custom::Custom::new(&cfg.custom),
+            facts: crate::facts::SharedFacts::default(),
+            outbox: Vec::new(),
+            terminations_seen: 0,
         }
+    }
+
+    /// Shares `facts` with the other partitions of this instance.
+    pub fn with_facts(mut self, facts: crate::facts::SharedFacts) -> Self {
+        self.facts = facts;
+        self
+    }
+
+    /// Facts learned since the last call, to publish on the facts topic.
+    pub fn take_facts(&mut self) -> Vec<(String, crate::facts::Fact)> {
+        std::mem::take(&mut self.outbox)
     }
 
     /// Turns the geo-based anomaly detections on (a geolocation database is loaded).
@@ -140,23 +160,84 @@ impl Detector {
             .sum()
     }
 
+    /// Terminations that reached this partition after it saw the terminated user act (also
+    /// called between activities, so a quiet partition still raises them).
+    pub fn look_back(&mut self) -> Vec<Alert> {
+        let new: Vec<(String, crate::facts::Fact)> = {
+            let facts = match self.facts.read() {
+                Ok(f) => f,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if facts.terminations() <= self.terminations_seen {
+                return Vec::new();
+            }
+            let new = facts.terminations_since(self.terminations_seen).to_vec();
+            self.terminations_seen = facts.terminations();
+            new
+        };
+        let mut alerts = Vec::new();
+        for (key, fact) in new {
+            let subject = match key.split_once(':') {
+                Some(("user", s)) => Some(s.to_string()),
+                Some(("key", _)) => fact.subject.clone(),
+                _ => None,
+            };
+            let Some(subject) = subject else { continue };
+            let Some((account, name)) = subject.split_once('/') else {
+                continue;
+            };
+            let principal = format!("arn:aws:iam::{account}:user/{name}");
+            if let Some(state) = self.principals.get_mut(&principal) {
+                if let Some(alert) = self
+                    .anomalies
+                    .retro_terminated(state, &principal, &subject, &key, &fact)
+                {
+                    self.dirty.insert(principal);
+                    alerts.push(alert);
+                }
+            }
+        }
+        alerts
+    }
+
     fn observe_baseline(&mut self, activity: &Activity, offset: Offset) -> Vec<Alert> {
         if activity.principal.kind == "Trailguard" {
             return Vec::new();
         }
+        let mut looked_back = self.look_back();
         let key = activity.principal.key();
         if !self.principals.contains_key(&key) {
             self.principals.insert(key.clone(), Default::default());
         }
         let Some(state) = self.principals.get_mut(&key) else {
-            return Vec::new();
+            return looked_back;
         };
         // Already in a restored baseline: its alerts were published before it was saved.
         if offset < state.offset {
-            return Vec::new();
+            return looked_back;
         }
-        let alerts = self.anomalies.observe(state, &mut self.org, activity);
+        let mut alerts = self.anomalies.observe(state, &mut self.org, activity);
+        let learned = crate::facts::facts_of(activity);
+        {
+            let facts = match self.facts.read() {
+                Ok(f) => f,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            alerts.extend(self.anomalies.observe_facts(state, &facts, activity));
+        }
+        if !learned.is_empty() {
+            let mut facts = match self.facts.write() {
+                Ok(f) => f,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for (key, fact) in learned {
+                if facts.learn(&key, fact.clone()) {
+                    self.outbox.push((key, fact));
+                }
+            }
+        }
         state.offset = offset + 1;
+        alerts.append(&mut looked_back);
         if !self.dirty.contains(&key) {
             self.dirty.insert(key);
         }

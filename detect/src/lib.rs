@@ -9,6 +9,7 @@ pub mod anomaly;
 pub mod custom;
 pub mod detector;
 pub mod enrich;
+pub mod facts;
 pub mod policies;
 mod runner;
 pub mod state;

@@ -121,8 +121,9 @@ pub async fn run(
             &topics.dlq,
             &topics.alerts,
             &topics.detect_state,
+            &topics.detect_facts,
         ],
-        &[&topics.detect_state],
+        &[&topics.detect_state, &topics.detect_facts],
     )
     .await?;
     let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
@@ -149,6 +150,7 @@ pub async fn run(
     let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(intel)));
     crate::enrich::refresh_intel(cfg.intel.clone(), intel.clone(), shutdown.clone());
     let mut enricher = crate::enrich::Enricher::new(geo, intel);
+    let facts = follow_facts(&cfg, shutdown.clone());
 
     let mut detectors: HashMap<i32, Detector> = HashMap::new();
     // The next offset of each partition since the last checkpoint; its safe offset is stored at
@@ -161,6 +163,17 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 forget_revoked(&context, &mut detectors, &mut pending);
+                for detector in detectors.values_mut() {
+                    for alert in detector.look_back() {
+                        if !publish_alert(&producer, &cfg, &alert, &shutdown).await {
+                            return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
+                        }
+                        metrics
+                            .alerts
+                            .with_label_values(&[&alert.policy_id, alert.severity.as_str()])
+                            .inc();
+                    }
+                }
                 checkpoint(&producer, &consumer, &cfg, &mut detectors, &mut pending).await?;
                 continue;
             }
@@ -194,7 +207,8 @@ pub async fn run(
                     .await
                     .map_err(|e| Error::Stopped(format!("restoring baselines: {e}")))??;
             let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
-                .with_geo(&cfg.policies, enricher.has_geo());
+                .with_geo(&cfg.policies, enricher.has_geo())
+                .with_facts(facts.clone());
             detector.restore(states);
             detectors.insert(partition, detector);
         }
@@ -254,6 +268,9 @@ pub async fn run(
             }
         }
         pending.insert(partition, offset + 1);
+        for (key, fact) in detector.take_facts() {
+            publish_fact(&producer, &topics.detect_facts, &key, &fact);
+        }
         metrics
             .state
             .set(detectors.values().map(Detector::state_size).sum::<usize>() as i64);
@@ -264,6 +281,52 @@ pub async fn run(
     kafka::flush(&producer, cfg.detect.drain_timeout)?;
     tracing::info!("detect stopped");
     Ok(())
+}
+
+/// Reads the facts topic whole and keeps following it, into the facts every partition of this
+/// instance shares.
+fn follow_facts(cfg: &DetectConfig, shutdown: CancellationToken) -> crate::facts::SharedFacts {
+    let facts = crate::facts::SharedFacts::default();
+    let (shared, kafka_cfg, topic) = (
+        facts.clone(),
+        cfg.kafka.clone(),
+        cfg.kafka.topics.detect_facts.clone(),
+    );
+    tokio::spawn(async move {
+        let followed = kafka::follow(&kafka_cfg, &topic, true, None, &shutdown, |message| {
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            let fact = message
+                .payload()
+                .and_then(|p| serde_json::from_slice::<crate::facts::Fact>(p).ok());
+            if let (Some(fact), Ok(mut facts)) = (fact, shared.write()) {
+                facts.learn(&key, fact);
+            }
+            true
+        })
+        .await;
+        if let Err(err) = followed {
+            tracing::error!(error = %err, "following the facts topic failed; facts from other instances are not seen");
+        }
+    });
+    facts
+}
+
+/// Publishes a fact learned here (idempotent producer; a fact published twice is harmless).
+fn publish_fact(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    fact: &crate::facts::Fact,
+) {
+    let Ok(payload) = serde_json::to_vec(fact) else {
+        return;
+    };
+    let record = rdkafka::producer::FutureRecord::to(topic)
+        .key(key)
+        .payload(&payload);
+    if let Err((err, _)) = producer.send_result(record) {
+        tracing::warn!(error = %err, key, "fact not published; other instances learn it later or not");
+    }
 }
 
 /// How often baselines are saved and offsets stored.

@@ -77,6 +77,10 @@ impl Run {
                 "TRAILGUARD_KAFKA__TOPICS__DETECT_STATE".into(),
                 format!("{id}.state"),
             ),
+            (
+                "TRAILGUARD_KAFKA__TOPICS__DETECT_FACTS".into(),
+                format!("{id}.facts"),
+            ),
             ("TRAILGUARD_KAFKA__PARTITIONS".into(), "3".into()),
             ("TRAILGUARD_DETECT__GROUP_ID".into(), format!("{id}-detect")),
             (

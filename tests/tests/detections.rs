@@ -1,0 +1,180 @@
+//! The anomaly detections end to end, through ingest and detect with a configuration file:
+//! a deactivated access key used later by its owner (learned on the administrator's partition,
+//! raised on the owner's), impossible travel with the DB-IP database when the setup fetched it,
+//! and a Tor exit from an intelligence list.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use trailguard_common::Alert;
+use trailguard_tests::{read_topic, Run};
+
+fn record(minutes: i64, name: &str, source: &str, user: &str, ip: &str, params: Value) -> Value {
+    let time = chrono::DateTime::parse_from_rfc3339("2024-05-10T12:00:00Z")
+        .map(|t| t + chrono::Duration::minutes(minutes))
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    json!({
+        "eventVersion": "1.09", "eventTime": time, "eventSource": source, "eventName": name,
+        "awsRegion": "us-east-1", "recipientAccountId": "123456789012", "sourceIPAddress": ip,
+        "userAgent": "aws-cli/2.15.0 Python/3.11", "eventType": "AwsApiCall",
+        "readOnly": name.starts_with("List") || name.starts_with("Describe"),
+        "eventID": format!("00000000-0000-4000-8000-{:012}", minutes + 100_000),
+        "userIdentity": {"type": "IAMUser", "userName": user, "accountId": "123456789012",
+            "arn": format!("arn:aws:iam::123456789012:user/{user}"),
+            "accessKeyId": format!("AKIA{}", user.to_uppercase())},
+        "requestParameters": params,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminated_key_travel_and_tor() -> Result<()> {
+    let run = Run::new("detections")?;
+    let dir = std::env::temp_dir().join(&run.id);
+    std::fs::create_dir_all(&dir)?;
+    let tor = dir.join("tor.txt");
+    std::fs::write(&tor, "# sample exits\n185.220.101.0/24\n")?;
+    let geo: Vec<String> = ["TRAILGUARD_TEST_GEO_V4", "TRAILGUARD_TEST_GEO_V6"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .filter(|p| std::path::Path::new(p).exists())
+        .collect();
+    let config = dir.join("detect.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[geo]\ndatabases = {geo:?}\n\n[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n\n[policies.anomaly]\nlearning_period = \"1d\"\n",
+            tor.display().to_string()
+        ),
+    )?;
+
+    let none = json!({});
+    let mut records = vec![
+        // Two days of bob, alice and carol from home (New York area).
+        record(
+            -2 * 1440,
+            "ListBuckets",
+            "s3.amazonaws.com",
+            "bob",
+            "71.253.251.71",
+            none.clone(),
+        ),
+        record(
+            -2 * 1440,
+            "ListBuckets",
+            "s3.amazonaws.com",
+            "carol",
+            "71.253.251.72",
+            none.clone(),
+        ),
+        record(
+            -2 * 1440,
+            "ListUsers",
+            "iam.amazonaws.com",
+            "alice",
+            "71.253.251.73",
+            none.clone(),
+        ),
+        record(
+            -5,
+            "ListBuckets",
+            "s3.amazonaws.com",
+            "bob",
+            "71.253.251.71",
+            none.clone(),
+        ),
+        // alice deactivates bob's key...
+        record(
+            0,
+            "UpdateAccessKey",
+            "iam.amazonaws.com",
+            "alice",
+            "71.253.251.73",
+            json!({"userName": "bob", "accessKeyId": "AKIABOB", "status": "Inactive"}),
+        ),
+    ];
+    // ...and ten minutes later bob's key is used from Europe.
+    records.push(record(
+        10,
+        "ListBuckets",
+        "s3.amazonaws.com",
+        "bob",
+        "92.55.146.245",
+        none.clone(),
+    ));
+    // carol through a Tor exit.
+    records.push(record(
+        20,
+        "DescribeInstances",
+        "ec2.amazonaws.com",
+        "carol",
+        "185.220.101.7",
+        none,
+    ));
+    let input = dir.join("records.jsonl");
+    let mut file = std::fs::File::create(&input)?;
+    for r in &records {
+        writeln!(file, "{r}")?;
+    }
+    drop(file);
+
+    let out = run
+        .command("ingest", &["files", input.to_str().context("path")?])?
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ingest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
+    let want: Vec<&str> = if geo.is_empty() {
+        vec!["terminated-user", "anonymous-ip"]
+    } else {
+        vec!["terminated-user", "anonymous-ip", "impossible-travel"]
+    };
+    let alerts = read_topic(
+        &run.topic("alerts"),
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+        |r| {
+            let got: Vec<String> = r
+                .iter()
+                .filter_map(|r| serde_json::from_slice::<Alert>(&r.value).ok())
+                .map(|a| a.policy_id)
+                .collect();
+            want.iter().all(|w| got.iter().any(|g| g == w))
+        },
+    );
+    let log = detect.log();
+    detect.stop("-TERM")?;
+    let alerts = alerts.with_context(|| format!("detect log: {log}"))?;
+    let alerts: Vec<Alert> = alerts
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.value).ok())
+        .collect();
+    let find = |policy: &str| alerts.iter().find(|a| a.policy_id == policy);
+    let terminated = find("terminated-user").context("terminated-user")?;
+    assert_eq!(terminated.entity.id, "arn:aws:iam::123456789012:user/bob");
+    assert!(
+        terminated.evidence.summary.contains("AKIABOB"),
+        "{}",
+        terminated.evidence.summary
+    );
+    let tor = find("anonymous-ip").context("anonymous-ip")?;
+    assert_eq!(tor.entity.id, "arn:aws:iam::123456789012:user/carol");
+    if !geo.is_empty() {
+        let travel = find("impossible-travel").context("impossible-travel")?;
+        assert_eq!(travel.entity.id, "arn:aws:iam::123456789012:user/bob");
+        assert_eq!(travel.evidence.activity_ids.len(), 2);
+    }
+    // Nobody else is anomalous.
+    assert!(
+        alerts.iter().all(|a| a.entity.id.ends_with("/bob")
+            || a.entity.id.ends_with("/carol")
+            || a.policy_id == "iam-policy-changes"),
+        "{alerts:#?}"
+    );
+    Ok(())
+}

@@ -30,6 +30,8 @@ export TRAILGUARD_KAFKA__TOPICS__ACTIVITIES="$run.activities"
 export TRAILGUARD_KAFKA__TOPICS__DLQ="$run.activities.dlq"
 export TRAILGUARD_KAFKA__TOPICS__ALERTS="$run.alerts"
 export TRAILGUARD_KAFKA__TOPICS__ACTIONS="$run.actions"
+export TRAILGUARD_KAFKA__TOPICS__DETECT_STATE="$run.detect.state"
+export TRAILGUARD_KAFKA__TOPICS__DETECT_FACTS="$run.detect.facts"
 export TRAILGUARD_KAFKA__PARTITIONS=3
 export TRAILGUARD_DETECT__GROUP_ID="$run-detect"
 export TRAILGUARD_REMEDIATE__GROUP_ID="$run-remediate"
@@ -49,6 +51,19 @@ protected_buckets = ["corporate-*"]
 mode = "auto"
 TOML
 
+# Geolocation from DB-IP City Lite (fetched by the setup; CC BY 4.0, https://db-ip.com) and a
+# sample Tor list; a one-day learning period so the sample's baselines count.
+cat >"$demo_dir/detect.toml" <<TOML
+[geo]
+databases = ["$GEO_V4", "$GEO_V6"]
+
+[intel]
+lists = [{ category = "tor", path = "$REPO/deploy/demo/intel/tor-exits-sample.txt" }]
+
+[policies.anomaly]
+learning_period = "1d"
+TOML
+
 "$MOTO_VENV/bin/python" "$REPO/deploy/demo/bucket.py" create "$endpoint" "$bucket"
 
 pids=()
@@ -59,7 +74,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN/detect" --admin-listen 127.0.0.1:0 --log-format json >"$demo_dir/detect.log" 2>&1 &
+"$BIN/detect" --config "$demo_dir/detect.toml" --admin-listen 127.0.0.1:0 --log-format json \
+    >"$demo_dir/detect.log" 2>&1 &
 pids+=($!)
 "$BIN/remediate" --config "$demo_dir/remediate.toml" --admin-listen 127.0.0.1:0 --log-format json \
     >"$demo_dir/remediate.log" 2>&1 &
@@ -70,9 +86,9 @@ pids+=($!)
 log "replaying deploy/demo/sample (real CloudTrail records; see its DATA-README.md)"
 "$BIN/ingest" files "$REPO/deploy/demo/sample" 2>"$demo_dir/ingest.log"
 
-# The sample asks for 4 actions: make the demo bucket private (auto), make a protected
-# bucket private (refused), and notify about two CloudTrail changes (no channel yet).
-"$BIN/detect" tail actions --from-beginning --count 4 --idle-seconds 90 2>>"$demo_dir/tail.log"
+# The sample asks for: make the demo bucket private (auto), make a protected bucket private
+# (refused), and notifications about CloudTrail, IAM and bucket changes (no channel yet).
+"$BIN/detect" tail actions --from-beginning --idle-seconds 20 2>>"$demo_dir/tail.log"
 
 "$MOTO_VENV/bin/python" "$REPO/deploy/demo/bucket.py" check "$endpoint" "$bucket"
 log "logs of this run: $demo_dir"

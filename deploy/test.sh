@@ -16,6 +16,8 @@ trap cleanup EXIT
 "$TG_LOCAL_DIR/up.sh"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TG_CACHE/target}"
+# No incremental artifacts in test builds: they only grow the cache.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export TRAILGUARD_TEST_BROKERS="$TG_HOST:$TG_KAFKA_PORT"
 export TRAILGUARD_TEST_AWS_ENDPOINT="http://$TG_HOST:$TG_MOTO_PORT"
 export TRAILGUARD_TEST_SHARED_DATA="${TRAILGUARD_TEST_SHARED_DATA:-$REPO/../shared/data/cloudtrail}"

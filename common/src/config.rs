@@ -146,6 +146,8 @@ pub struct Topics {
     /// detect's organization-wide facts (compacted; read whole by every instance), keyed by
     /// fact.
     pub detect_facts: String,
+    /// Alerts again as OCSF Detection Findings (class 2004), keyed by entity; empty: off.
+    pub alerts_ocsf: String,
 }
 
 impl Default for Topics {
@@ -158,6 +160,7 @@ impl Default for Topics {
             checkpoints: "trailguard.ingest.checkpoints".into(),
             detect_state: "trailguard.detect.state".into(),
             detect_facts: "trailguard.detect.facts".into(),
+            alerts_ocsf: String::new(),
         }
     }
 }
@@ -172,7 +175,11 @@ impl Topics {
             ("kafka.topics.detect_facts", &self.detect_facts),
             ("kafka.topics.actions", &self.actions),
             ("kafka.topics.checkpoints", &self.checkpoints),
+            ("kafka.topics.alerts_ocsf", &self.alerts_ocsf),
         ] {
+            if key == "kafka.topics.alerts_ocsf" && name.is_empty() {
+                continue;
+            }
             let valid = !name.is_empty()
                 && name.len() <= 249
                 && name

@@ -126,6 +126,9 @@ pub async fn run(
         &[&topics.detect_state, &topics.detect_facts],
     )
     .await?;
+    if !topics.alerts_ocsf.is_empty() {
+        kafka::ensure_topics(&cfg.kafka, &[&topics.alerts_ocsf], &[]).await?;
+    }
     let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
     let context = RebalanceContext::default();
     let consumer = kafka::consumer(
@@ -410,8 +413,24 @@ async fn publish_alert(
         shutdown,
     )
     .await;
-    if sent {
-        tracing::info!(alert_id = %alert.id, policy = %alert.policy_id, severity = alert.severity.as_str(), summary = %alert.evidence.summary, "alert");
+    if !sent {
+        return false;
     }
-    sent
+    tracing::info!(alert_id = %alert.id, policy = %alert.policy_id, severity = alert.severity.as_str(), summary = %alert.evidence.summary, "alert");
+    let ocsf_topic = &cfg.kafka.topics.alerts_ocsf;
+    if ocsf_topic.is_empty() {
+        return true;
+    }
+    let Ok(finding) = serde_json::to_vec(&crate::ocsf::detection_finding(alert)) else {
+        return false;
+    };
+    kafka::send_until_durable(
+        producer,
+        ocsf_topic,
+        alert.entity.id.as_bytes(),
+        &finding,
+        None,
+        shutdown,
+    )
+    .await
 }

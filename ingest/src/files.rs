@@ -322,31 +322,42 @@ pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summar
         .with_label_values(&[SOURCE, "ok"])
         .inc();
     for item in items {
-        summary.records += 1;
-        publisher
-            .metrics()
-            .records_read
-            .with_label_values(&[SOURCE])
-            .inc();
-        let result = match item.text {
-            Ok(text) => normalize(text).map_err(|e| (e.kind(), e.to_string())),
-            Err(e) => Err((e.kind(), e.to_string())),
-        };
-        match result {
-            Ok(activity) => publisher.activity(&activity).await,
-            Err((kind, reason)) => {
-                *summary
-                    .dead_letter_kinds
-                    .entry(kind.to_string())
-                    .or_default() += 1;
-                let letter = DeadLetter {
-                    source: name,
-                    index: item.index,
-                    kind,
-                    reason,
-                };
-                publisher.dead_letter(item.bytes, letter).await;
-            }
+        let text = item.text.map_err(|e| (e.kind(), e.to_string()));
+        process_record(name, item.index, text, item.bytes, publisher, summary).await;
+    }
+}
+
+/// Normalizes and publishes one record (`text`, or why it has none), dead-lettering it with
+/// its original `bytes` when it cannot be normalized.
+pub async fn process_record(
+    name: &str,
+    index: usize,
+    text: Result<&str, (&'static str, String)>,
+    bytes: &[u8],
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) {
+    summary.records += 1;
+    publisher
+        .metrics()
+        .records_read
+        .with_label_values(&[SOURCE])
+        .inc();
+    let result = text.and_then(|t| normalize(t).map_err(|e| (e.kind(), e.to_string())));
+    match result {
+        Ok(activity) => publisher.activity(&activity).await,
+        Err((kind, reason)) => {
+            *summary
+                .dead_letter_kinds
+                .entry(kind.to_string())
+                .or_default() += 1;
+            let letter = DeadLetter {
+                source: name,
+                index,
+                kind,
+                reason,
+            };
+            publisher.dead_letter(bytes, letter).await;
         }
     }
 }

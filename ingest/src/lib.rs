@@ -23,6 +23,7 @@ pub mod publish;
 pub mod s3;
 pub mod split;
 pub mod sqs;
+pub mod stream;
 
 use serde::{Deserialize, Serialize};
 use trailguard_common::config::{AdminConfig, KafkaConfig, LogConfig};

@@ -34,7 +34,13 @@ pub struct S3SourceConfig {
     /// Time between listings in the long-running mode.
     #[serde(with = "humantime_serde")]
     pub poll_interval: std::time::Duration,
+    /// Objects larger than this (as stored) are streamed record by record instead of read
+    /// whole.
+    pub stream_above_bytes: u64,
 }
+
+/// Default of `stream_above_bytes`: 32 MiB.
+pub const STREAM_ABOVE_BYTES: u64 = 32 << 20;
 
 impl Default for S3SourceConfig {
     fn default() -> Self {
@@ -45,6 +51,7 @@ impl Default for S3SourceConfig {
             regions: Vec::new(),
             start_date: None,
             poll_interval: std::time::Duration::from_secs(60),
+            stream_above_bytes: STREAM_ABOVE_BYTES,
         }
     }
 }
@@ -308,7 +315,15 @@ pub async fn run_once(
                     summary.inputs_skipped += 1;
                     continue;
                 }
-                read_object(client, &cfg.bucket, object_key, publisher, &mut summary).await?;
+                read_object(
+                    client,
+                    &cfg.bucket,
+                    object_key,
+                    cfg.stream_above_bytes,
+                    publisher,
+                    &mut summary,
+                )
+                .await?;
                 publisher.finish().await?;
                 position.advance(object_key);
                 checkpoints.save(&key, &position.to_text()).await?;
@@ -329,29 +344,97 @@ pub async fn run_once(
     Ok(summary)
 }
 
-/// Reads one object and publishes its records. An object that cannot be read (deleted, no
-/// permission on it) is dead-lettered as a pointer; other failures (the network, throttling)
-/// are returned, so the caller retries instead of moving on.
+/// Reads one object and publishes its records; objects larger than `stream_above` bytes are
+/// streamed record by record. An object that cannot be read (deleted, no permission on it) is
+/// dead-lettered as a pointer; other failures (the network, throttling) are returned, so the
+/// caller retries instead of moving on.
 pub async fn read_object(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
+    stream_above: u64,
     publisher: &mut Publisher,
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let name = format!("s3://{bucket}/{key}");
-    match get(client, bucket, key).await {
-        Ok(bytes) => {
-            summary.inputs_read += 1;
-            summary.bytes += bytes.len() as u64;
-            files::process(&name, &bytes, publisher, summary).await;
+    let object = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(object) => object,
+        Err(e) => {
+            return match aws_error("s3:GetObject", key, &e) {
+                Error::Source(text)
+                    if text.contains("NoSuchKey") || text.contains("AccessDenied") =>
+                {
+                    files::dead_letter_input(publisher, summary, &name, b"", "unreadable", text)
+                        .await;
+                    Ok(())
+                }
+                err => Err(err),
+            }
+        }
+    };
+    let size = object.content_length().unwrap_or(0).max(0) as u64;
+    if size > stream_above {
+        return stream_object(object, &name, size, publisher, summary).await;
+    }
+    let bytes = object
+        .body
+        .collect()
+        .await
+        .map_err(|e| Error::Source(format!("s3:GetObject {key}: reading the body: {e}")))?
+        .into_bytes();
+    summary.inputs_read += 1;
+    summary.bytes += bytes.len() as u64;
+    files::process(&name, &bytes, publisher, summary).await;
+    Ok(())
+}
+
+/// Streams a large object: a blocking task decompresses and splits it, handing records over a
+/// bounded channel to be normalized and published here, so memory stays flat. If the object
+/// breaks off, the records before the break are published and the object is dead-lettered
+/// (as a pointer) with where and why.
+async fn stream_object(
+    object: aws_sdk_s3::operation::get_object::GetObjectOutput,
+    name: &str,
+    size: u64,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    tracing::info!(object = name, size, "streaming a large object");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4096);
+    let reader = tokio_util::io::SyncIoBridge::new(object.body.into_async_read());
+    let splitter = tokio::task::spawn_blocking(move || {
+        crate::stream::stream_log_file(reader, |record| tx.blocking_send(record).is_ok())
+    });
+    summary.inputs_read += 1;
+    summary.bytes += size;
+    let mut index = 0usize;
+    while let Some(record) = rx.recv().await {
+        index += 1;
+        files::process_record(
+            name,
+            index,
+            Ok(&record),
+            record.as_bytes(),
+            publisher,
+            summary,
+        )
+        .await;
+    }
+    match splitter.await {
+        Ok(Ok(_)) => {
+            publisher
+                .metrics()
+                .inputs
+                .with_label_values(&["s3", "ok"])
+                .inc();
             Ok(())
         }
-        Err(Error::Source(text)) if text.contains("NoSuchKey") || text.contains("AccessDenied") => {
-            files::dead_letter_input(publisher, summary, &name, b"", "unreadable", text).await;
+        Ok(Err(err)) => {
+            files::dead_letter_input(publisher, summary, name, b"", err.kind(), err.to_string())
+                .await;
             Ok(())
         }
-        Err(err) => Err(err),
+        Err(join) => Err(Error::Source(format!("streaming {name}: {join}"))),
     }
 }
 

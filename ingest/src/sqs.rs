@@ -29,6 +29,8 @@ pub struct SqsSourceConfig {
     /// Long-poll wait per receive (at most 20 s).
     #[serde(with = "humantime_serde")]
     pub wait_time: Duration,
+    /// Objects larger than this (as stored) are streamed record by record.
+    pub stream_above_bytes: u64,
 }
 
 impl Default for SqsSourceConfig {
@@ -37,6 +39,7 @@ impl Default for SqsSourceConfig {
             queue_url: String::new(),
             visibility_timeout: Duration::from_secs(300),
             wait_time: Duration::from_secs(20),
+            stream_above_bytes: crate::s3::STREAM_ABOVE_BYTES,
         }
     }
 }
@@ -230,6 +233,7 @@ pub async fn run(
                             s3,
                             &object.bucket,
                             &object.key,
+                            cfg.stream_above_bytes,
                             publisher,
                             &mut summary,
                         )

@@ -1,7 +1,7 @@
 //! The anomaly detections end to end, through ingest and detect with a configuration file:
 //! a deactivated access key used later by its owner (learned on the administrator's partition,
 //! raised on the owner's), impossible travel with the DB-IP database when the setup fetched it,
-//! and a Tor exit from an intelligence list.
+//! and a Tor exit from an intelligence list; every alert also as an OCSF Detection Finding.
 
 use std::io::Write;
 use std::time::Duration;
@@ -31,7 +31,12 @@ fn record(minutes: i64, name: &str, source: &str, user: &str, ip: &str, params: 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn terminated_key_travel_and_tor() -> Result<()> {
-    let run = Run::new("detections")?;
+    let mut run = Run::new("detections")?;
+    let ocsf_topic = format!("{}.ocsf", run.id);
+    run.env.push((
+        "TRAILGUARD_KAFKA__TOPICS__ALERTS_OCSF".into(),
+        ocsf_topic.clone(),
+    ));
     let dir = std::env::temp_dir().join(&run.id);
     std::fs::create_dir_all(&dir)?;
     let tor = dir.join("tor.txt");
@@ -168,6 +173,23 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
         let travel = find("impossible-travel").context("impossible-travel")?;
         assert_eq!(travel.entity.id, "arn:aws:iam::123456789012:user/bob");
         assert_eq!(travel.evidence.activity_ids.len(), 2);
+    }
+    // Every alert again as an OCSF Detection Finding.
+    let findings = read_topic(
+        &ocsf_topic,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        |r| r.len() >= alerts.len(),
+    )?;
+    for f in &findings {
+        let f: Value = serde_json::from_slice(&f.value)?;
+        assert_eq!(f["class_uid"], 2004, "{f}");
+        assert!(
+            alerts
+                .iter()
+                .any(|a| f["finding_info"]["uid"] == a.id.as_str()),
+            "{f}"
+        );
     }
     // Nobody else is anomalous.
     assert!(

@@ -215,3 +215,72 @@ async fn layouts_filters_and_checkpoints() -> Result<()> {
     assert_eq!(from_jan_2["published"], 10, "{from_jan_2}");
     Ok(())
 }
+
+/// Objects above `s3.stream_above_bytes` are streamed record by record: every record of a
+/// large file arrives, and a file cut off half-way gives its first records and a dead letter
+/// saying where it broke.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_objects_are_streamed() -> Result<()> {
+    let mut run = Run::new("s3-stream")?;
+    run.env
+        .push(("TRAILGUARD_S3__STREAM_ABOVE_BYTES".into(), "1000".into()));
+    let bucket = format!("stream-{}", &run.id[run.id.len() - 12..]);
+    let client = s3().await?;
+    client.create_bucket().bucket(&bucket).send().await?;
+    let root = "trail/AWSLogs/";
+    let whole = log_file("111111111111", "us-east-1", 3000, "big")?;
+    put(
+        &client,
+        &bucket,
+        &key(
+            root,
+            "111111111111",
+            "us-east-1",
+            "2024/01/01",
+            "20240101T0000Z",
+        ),
+        whole,
+    )
+    .await?;
+    let cut = log_file("111111111111", "us-east-1", 3000, "cut")?;
+    let half = cut[..cut.len() / 2].to_vec();
+    put(
+        &client,
+        &bucket,
+        &key(
+            root,
+            "111111111111",
+            "us-east-1",
+            "2024/01/01",
+            "20240101T0005Z",
+        ),
+        half,
+    )
+    .await?;
+
+    let summary = tokio::task::block_in_place(|| ingest_s3(&run, &bucket, &[]))?;
+    assert_eq!(summary["inputs_read"], 2, "{summary}");
+    assert_eq!(summary["inputs_dead_lettered"], 1, "{summary}");
+    let published = summary["published"].as_u64().unwrap_or_default();
+    assert!(
+        published > 3000 && published < 6000,
+        "all of one file and part of the other: {summary}"
+    );
+    let dead = read_topic(
+        &run.topic("dlq"),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |r| !r.is_empty(),
+    )?;
+    let reason = dead[0]
+        .headers
+        .iter()
+        .find(|(k, _)| *k == "trailguard.reason")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains(&format!("after {} records", published - 3000)),
+        "{reason}"
+    );
+    Ok(())
+}

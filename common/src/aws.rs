@@ -31,6 +31,9 @@ pub struct AwsConfig {
     /// Session name of the assumed roles (shows in the accounts' own CloudTrail);
     /// default `trailguard`.
     pub session_name: Option<String>,
+    /// Endpoint overrides per service, over `endpoint_url`: `s3`, `sqs`, `cloudtrail`
+    /// (e.g. a local S3 server beside real SQS).
+    pub endpoints: std::collections::BTreeMap<String, String>,
 }
 
 /// One account to read: its id (none for the credentials' own account) and the SDK
@@ -57,6 +60,20 @@ impl AwsConfig {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(Error::config(
                     "aws.endpoint_url",
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        for (service, url) in &self.endpoints {
+            if !["s3", "sqs", "cloudtrail"].contains(&service.as_str()) {
+                return Err(Error::config(
+                    &format!("aws.endpoints.{service}"),
+                    "per-service endpoints exist for s3, sqs and cloudtrail",
+                ));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Error::config(
+                    &format!("aws.endpoints.{service}"),
                     "must start with http:// or https://",
                 ));
             }
@@ -170,10 +187,17 @@ pub fn is_account_id(s: &str) -> bool {
 /// An S3 client for these settings.
 pub async fn s3_client(aws: &AwsConfig) -> aws_sdk_s3::Client {
     let shared = aws.sdk_config().await;
-    let config = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(aws.force_path_style)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
+    s3_client_for(aws, &shared, None)
+}
+
+/// An SQS client for these settings.
+pub async fn sqs_client(aws: &AwsConfig) -> aws_sdk_sqs::Client {
+    let shared = aws.sdk_config().await;
+    let mut config = aws_sdk_sqs::config::Builder::from(&shared);
+    if let Some(url) = aws.endpoints.get("sqs") {
+        config = config.endpoint_url(url);
+    }
+    aws_sdk_sqs::Client::from_conf(config.build())
 }
 
 /// An S3 client acting with `sdk`'s credentials, in `region` when given.
@@ -183,6 +207,9 @@ pub fn s3_client_for(
     region: Option<&str>,
 ) -> aws_sdk_s3::Client {
     let mut config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(aws.force_path_style);
+    if let Some(url) = aws.endpoints.get("s3") {
+        config = config.endpoint_url(url);
+    }
     if let Some(region) = region {
         config = config.region(aws_config::Region::new(region.to_string()));
     }

@@ -299,10 +299,13 @@ pub async fn streams(
             cfg.regions.clone()
         };
         for region in regions {
-            let config = aws_sdk_cloudtrail::config::Builder::from(&account.sdk)
+            let mut config = aws_sdk_cloudtrail::config::Builder::from(&account.sdk)
                 .region(aws_sdk_cloudtrail::config::Region::new(region.clone()))
-                .retry_config(aws_sdk_cloudtrail::config::retry::RetryConfig::disabled())
-                .build();
+                .retry_config(aws_sdk_cloudtrail::config::retry::RetryConfig::disabled());
+            if let Some(url) = aws.endpoints.get("cloudtrail") {
+                config = config.endpoint_url(url);
+            }
+            let config = config.build();
             out.push(Stream {
                 account: account.id.clone(),
                 region,

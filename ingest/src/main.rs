@@ -379,7 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);
             let s3_client = trailguard_common::aws::s3_client(&cfg.aws).await;
-            let sqs_client = aws_sdk_sqs::Client::new(&cfg.aws.sdk_config().await);
+            let sqs_client = trailguard_common::aws::sqs_client(&cfg.aws).await;
             let result = trailguard_ingest::sqs::run(
                 &sqs_client,
                 &s3_client,

@@ -205,8 +205,19 @@ pub fn read_topic(
     settle: Duration,
     done: impl Fn(&[Record]) -> bool,
 ) -> Result<Vec<Record>> {
+    read_topic_at(&brokers()?, topic, timeout, settle, done)
+}
+
+/// [`read_topic`] from the broker at `brokers`.
+pub fn read_topic_at(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    settle: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Result<Vec<Record>> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers()?)
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("reader-{topic}"))
         .set("enable.auto.commit", "false")
         .create()?;

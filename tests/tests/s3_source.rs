@@ -284,3 +284,86 @@ async fn large_objects_are_streamed() -> Result<()> {
     );
     Ok(())
 }
+
+/// Killed (SIGKILL) in the middle of a listing, `ingest s3` resumes from its checkpoints: the
+/// second run reads only what the first did not finish, and every record is on the topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn resumes_after_a_kill() -> Result<()> {
+    const FILES: usize = 30;
+    const PER_FILE: usize = 2000;
+    let run = Run::new("s3-kill")?;
+    let bucket = format!("kill-{}", &run.id[run.id.len() - 12..]);
+    let client = s3().await?;
+    client.create_bucket().bucket(&bucket).send().await?;
+    for f in 0..FILES {
+        let body = log_file("111111111111", "us-east-1", PER_FILE, &format!("k{f}"))?;
+        let time = format!("20240101T{:02}{:02}Z", f / 60, f % 60);
+        put(
+            &client,
+            &bucket,
+            &key(
+                "trail/AWSLogs/",
+                "111111111111",
+                "us-east-1",
+                "2024/01/01",
+                &time,
+            ),
+            body,
+        )
+        .await?;
+    }
+    let endpoint = trailguard_tests::aws_endpoint()?;
+    let args = [
+        "s3",
+        "--once",
+        "--summary",
+        "json",
+        "--bucket",
+        &bucket,
+        "--prefix",
+        "trail/",
+        "--aws-endpoint",
+        &endpoint,
+    ];
+    let mut first = run
+        .command("ingest", &args)?
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Kill it once some records are on the topic.
+    tokio::task::block_in_place(|| {
+        read_topic(
+            &run.topic("activities"),
+            Duration::from_secs(60),
+            Duration::ZERO,
+            |r| r.len() >= PER_FILE * 2,
+        )
+    })?;
+    ensure!(
+        first.try_wait()?.is_none(),
+        "the first run finished before the kill; add files"
+    );
+    first.kill()?;
+    first.wait()?;
+    let second = tokio::task::block_in_place(|| ingest_s3(&run, &bucket, &[]))?;
+    let read_again = second["inputs_read"].as_u64().unwrap_or_default();
+    assert!(
+        read_again < FILES as u64,
+        "resumed, not started over: {second}"
+    );
+    let all = tokio::task::block_in_place(|| {
+        read_topic(
+            &run.topic("activities"),
+            Duration::from_secs(120),
+            Duration::from_secs(2),
+            |r| r.len() >= FILES * PER_FILE,
+        )
+    })?;
+    let ids: std::collections::BTreeSet<String> = all
+        .iter()
+        .filter_map(|r| r.json().ok())
+        .filter_map(|a| a["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), FILES * PER_FILE, "every record of every file");
+    Ok(())
+}

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::Value;
 use trailguard_ingest::files::{expand, Input};
+
+// As in the ingest binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use trailguard_ingest::normalize::normalize;
 use trailguard_ingest::split::{decompress, split};
 

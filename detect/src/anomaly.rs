@@ -13,7 +13,8 @@
 //!
 //! Detections that need no baseline — an anonymous or a known-malicious source address — fire
 //! from the first activity. Each detection is suppressed per principal (and address or
-//! country) for `suppression` after it fires, so one incident is one alert.
+//! country) for `suppression` after it fires, so one incident is one alert; a rate detection
+//! stays quiet for the hour after it fires (its sliding window).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -336,6 +337,9 @@ pub struct PrincipalState {
     /// Id of the latest activity (evidence for a termination learned after it).
     #[serde(rename = "i", default, skip_serializing_if = "String::is_empty")]
     pub last_id: String,
+    /// Access key of the latest activity, when it had one.
+    #[serde(rename = "k", default, skip_serializing_if = "String::is_empty")]
+    pub last_key: String,
     /// Suppressions: (detection and key, quiet until).
     #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
     quiet: Vec<(String, i64)>,
@@ -646,6 +650,9 @@ impl Anomalies {
         if t >= st.last_seen {
             st.last_id.clear();
             st.last_id.push_str(&a.id);
+            st.last_key.clear();
+            st.last_key
+                .push_str(a.principal.access_key_id.as_deref().unwrap_or(""));
         }
         st.last_seen = st.last_seen.max(t);
         let learned = t - st.first_seen >= self.cfg.learning_period.as_secs() as i64;
@@ -974,6 +981,12 @@ impl Anomalies {
         let d = &self.cfg.terminated_user;
         if !d.enabled || st.last_seen <= fact.time || st.last_id.is_empty() {
             return None;
+        }
+        // A deactivated key counts only if it is the key the principal last used.
+        if let Some(key) = fact_key.strip_prefix("key:") {
+            if st.last_key != key {
+                return None;
+            }
         }
         if !self.may_fire(st, "terminated".into(), st.last_seen) {
             return None;

@@ -371,8 +371,8 @@ pub struct Custom {
 }
 
 impl Custom {
-    /// The enabled policies. Configuration is validated at start-up, so compile errors here
-    /// leave the policy out.
+    /// The enabled policies. Configuration is validated at start-up (detect does not start
+    /// with an invalid policy), so compiling cannot fail here.
     pub fn new(cfgs: &[CustomPolicyConfig]) -> Self {
         Custom {
             policies: compile(cfgs).unwrap_or_default(),

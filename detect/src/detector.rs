@@ -269,7 +269,11 @@ impl Detector {
         alerts.extend(self.observe_baseline(activity, offset));
         alerts.extend(self.custom.observe(activity, offset));
         alerts.extend(self.signin.observe(activity, offset, &mut self.closed));
-        if self.max_event_time.is_none_or(|t| activity.event_time > t) {
+        // Inventory snapshots carry the time they were taken, not trail time: they must not
+        // move the watermark of a backfill.
+        if activity.principal.kind != "Trailguard"
+            && self.max_event_time.is_none_or(|t| activity.event_time > t)
+        {
             self.max_event_time = Some(activity.event_time);
         }
         // Expiry scans every open window: run it on a schedule of absolute offsets, so a replay

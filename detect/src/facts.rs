@@ -41,6 +41,10 @@ pub struct Fact {
     /// The IAM user it concerns, `ACCOUNT/NAME`, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The termination was undone at `time` (user re-created, key re-activated, console
+    /// access given back): forget it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cleared: bool,
 }
 
 /// The facts known to this instance.
@@ -64,8 +68,19 @@ impl Facts {
         if key.starts_with("region:") {
             self.first_use = Some(self.first_use.map_or(fact.time, |t| t.min(fact.time)));
         }
+        if fact.cleared {
+            // Forget a termination the undo comes after.
+            return match self.map.get(key) {
+                Some(known) if known.time <= fact.time && !known.cleared => {
+                    self.map.insert(key.to_string(), fact);
+                    true
+                }
+                _ => false,
+            };
+        }
         match self.map.get(key) {
-            Some(known) if known.time <= fact.time => false,
+            Some(known) if known.cleared && known.time >= fact.time => false,
+            Some(known) if !known.cleared && known.time <= fact.time => false,
             _ => {
                 if !key.starts_with("region:") {
                     self.terminations.push((key.to_string(), fact.clone()));
@@ -76,9 +91,9 @@ impl Facts {
         }
     }
 
-    /// The fact under `key`.
+    /// The fact under `key`, unless it was undone.
     pub fn get(&self, key: &str) -> Option<&Fact> {
-        self.map.get(key)
+        self.map.get(key).filter(|f| !f.cleared)
     }
 
     /// Terminations learned after the first `seen`.
@@ -138,6 +153,7 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
                             time: t,
                             how: how(),
                             subject: subject.clone(),
+                            cleared: false,
                         },
                     ));
                 }
@@ -150,6 +166,38 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
                             time: t,
                             how: how(),
                             subject: subject.clone(),
+                            cleared: false,
+                        },
+                    ));
+                }
+            }
+            "CreateUser" | "CreateLoginProfile" => {
+                if let Some(user) = text("userName") {
+                    let kind = if a.event_name == "CreateUser" {
+                        "user"
+                    } else {
+                        "console"
+                    };
+                    out.push((
+                        format!("{kind}:{account}/{user}"),
+                        Fact {
+                            time: t,
+                            how: how(),
+                            subject: subject.clone(),
+                            cleared: true,
+                        },
+                    ));
+                }
+            }
+            "UpdateAccessKey" if text("status") == Some("Active") => {
+                if let Some(key) = text("accessKeyId") {
+                    out.push((
+                        format!("key:{key}"),
+                        Fact {
+                            time: t,
+                            how: how(),
+                            subject: subject.clone(),
+                            cleared: true,
                         },
                     ));
                 }
@@ -162,6 +210,7 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
                             time: t,
                             how: how(),
                             subject: subject.clone(),
+                            cleared: false,
                         },
                     ));
                 }
@@ -178,6 +227,7 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
                     time: t,
                     how: how(),
                     subject: None,
+                    cleared: false,
                 },
             ));
         }
@@ -411,6 +461,43 @@ mod tests {
             )
         )
         .is_some());
+    }
+
+    #[test]
+    fn an_undone_termination_is_forgotten() {
+        let mut facts = Facts::default();
+        let steps = [
+            act(
+                10,
+                "iam.amazonaws.com",
+                "UpdateAccessKey",
+                json!({"userName": "bob", "accessKeyId": "AKIAEXAMPLEBOB", "status": "Inactive"}),
+                admin(),
+                "us-east-1",
+            ),
+            act(
+                20,
+                "iam.amazonaws.com",
+                "UpdateAccessKey",
+                json!({"userName": "bob", "accessKeyId": "AKIAEXAMPLEBOB", "status": "Active"}),
+                admin(),
+                "us-east-1",
+            ),
+        ];
+        for step in &steps {
+            for (k, f) in facts_of(step) {
+                facts.learn(&k, f);
+            }
+        }
+        let after = act(
+            30,
+            "s3.amazonaws.com",
+            "ListBuckets",
+            json!({}),
+            bob(),
+            "us-east-1",
+        );
+        assert!(terminated(&facts, &[], &after).is_none());
     }
 
     #[test]

@@ -153,7 +153,7 @@ pub async fn run(
     let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(intel)));
     crate::enrich::refresh_intel(cfg.intel.clone(), intel.clone(), shutdown.clone());
     let mut enricher = crate::enrich::Enricher::new(geo, intel);
-    let facts = follow_facts(&cfg, shutdown.clone());
+    let facts = follow_facts(&cfg, shutdown.clone()).await?;
 
     let mut detectors: HashMap<i32, Detector> = HashMap::new();
     // The next offset of each partition since the last checkpoint; its safe offset is stored at
@@ -272,7 +272,7 @@ pub async fn run(
         }
         pending.insert(partition, offset + 1);
         for (key, fact) in detector.take_facts() {
-            publish_fact(&producer, &topics.detect_facts, &key, &fact);
+            publish_fact(&producer, &topics.detect_facts, &key, &fact, &shutdown).await;
         }
         metrics
             .state
@@ -286,10 +286,38 @@ pub async fn run(
     Ok(())
 }
 
-/// Reads the facts topic whole and keeps following it, into the facts every partition of this
-/// instance shares.
-fn follow_facts(cfg: &DetectConfig, shutdown: CancellationToken) -> crate::facts::SharedFacts {
+/// A fact as published: its key travels in the value too, so the topic can be read back whole.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FactRecord {
+    key: String,
+    fact: crate::facts::Fact,
+}
+
+/// Reads the facts topic whole (before any activity is processed, so the organization's history
+/// is known), then keeps following it, into the facts every partition of this instance shares.
+async fn follow_facts(
+    cfg: &DetectConfig,
+    shutdown: CancellationToken,
+) -> Result<crate::facts::SharedFacts, Error> {
     let facts = crate::facts::SharedFacts::default();
+    let (loaded, kafka_cfg, topic) = (
+        facts.clone(),
+        cfg.kafka.clone(),
+        cfg.kafka.topics.detect_facts.clone(),
+    );
+    let count = tokio::task::spawn_blocking(move || {
+        kafka::read_all(&kafka_cfg, &topic, "trailguard-detect-facts", |payload| {
+            if let (Ok(record), Ok(mut facts)) = (
+                serde_json::from_slice::<FactRecord>(payload),
+                loaded.write(),
+            ) {
+                facts.learn(&record.key, record.fact);
+            }
+        })
+    })
+    .await
+    .map_err(|e| Error::Stopped(format!("reading the facts topic: {e}")))??;
+    tracing::info!(facts = count, "organization facts loaded");
     let (shared, kafka_cfg, topic) = (
         facts.clone(),
         cfg.kafka.clone(),
@@ -297,12 +325,11 @@ fn follow_facts(cfg: &DetectConfig, shutdown: CancellationToken) -> crate::facts
     );
     tokio::spawn(async move {
         let followed = kafka::follow(&kafka_cfg, &topic, true, None, &shutdown, |message| {
-            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-            let fact = message
+            let record = message
                 .payload()
-                .and_then(|p| serde_json::from_slice::<crate::facts::Fact>(p).ok());
-            if let (Some(fact), Ok(mut facts)) = (fact, shared.write()) {
-                facts.learn(&key, fact);
+                .and_then(|p| serde_json::from_slice::<FactRecord>(p).ok());
+            if let (Some(record), Ok(mut facts)) = (record, shared.write()) {
+                facts.learn(&record.key, record.fact);
             }
             true
         })
@@ -311,24 +338,27 @@ fn follow_facts(cfg: &DetectConfig, shutdown: CancellationToken) -> crate::facts
             tracing::error!(error = %err, "following the facts topic failed; facts from other instances are not seen");
         }
     });
-    facts
+    Ok(facts)
 }
 
-/// Publishes a fact learned here (idempotent producer; a fact published twice is harmless).
-fn publish_fact(
+/// Publishes a fact learned here and waits until the broker has it (facts are rare; a fact
+/// published twice is harmless).
+async fn publish_fact(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
     key: &str,
     fact: &crate::facts::Fact,
+    shutdown: &CancellationToken,
 ) {
-    let Ok(payload) = serde_json::to_vec(fact) else {
+    let record = FactRecord {
+        key: key.to_string(),
+        fact: fact.clone(),
+    };
+    let Ok(payload) = serde_json::to_vec(&record) else {
         return;
     };
-    let record = rdkafka::producer::FutureRecord::to(topic)
-        .key(key)
-        .payload(&payload);
-    if let Err((err, _)) = producer.send_result(record) {
-        tracing::warn!(error = %err, key, "fact not published; other instances learn it later or not");
+    if !kafka::send_until_durable(producer, topic, key.as_bytes(), &payload, None, shutdown).await {
+        tracing::warn!(key, "fact not published before shutdown");
     }
 }
 

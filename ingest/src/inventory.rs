@@ -315,12 +315,25 @@ async fn account_inventory(
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let id = account_id(account).await?;
-    let partition = "aws";
+    let region = account
+        .sdk
+        .region()
+        .map(|r| r.as_ref().to_string())
+        .unwrap_or_default();
+    let partition = if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    };
+    let mut block_error = None;
     let account_block = match account_block(account, &id, &mut summary.api_calls).await {
         Ok(block) => block,
         Err(err) => {
             tracing::warn!(account = %id, error = %err, "cannot read the account's public-access block");
             summary.errors += 1;
+            block_error = Some(err);
             None
         }
     };
@@ -370,6 +383,11 @@ async fn account_inventory(
                 .entry(state.region.clone())
                 .or_insert_with(|| s3_client_for(aws, &account.sdk, Some(&state.region)));
             read_bucket(client, &mut state, &mut summary.api_calls).await;
+            if let Some(err) = &block_error {
+                state
+                    .errors
+                    .insert("accountPublicAccessBlock".into(), json!(err));
+            }
             if !state.errors.is_empty() {
                 summary.errors += 1;
                 let errors = serde_json::to_string(&state.errors).unwrap_or_default();

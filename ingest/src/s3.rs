@@ -401,7 +401,11 @@ async fn stream_object(
 ) -> Result<(), Error> {
     tracing::info!(object = name, size, "streaming a large object");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4096);
-    let reader = tokio_util::io::SyncIoBridge::new(object.body.into_async_read());
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = Counting {
+        inner: tokio_util::io::SyncIoBridge::new(object.body.into_async_read()),
+        count: received.clone(),
+    };
     let splitter = tokio::task::spawn_blocking(move || {
         crate::stream::stream_log_file(reader, |record| tx.blocking_send(record).is_ok())
     });
@@ -430,11 +434,34 @@ async fn stream_object(
             Ok(())
         }
         Ok(Err(err)) => {
+            let got = received.load(std::sync::atomic::Ordering::Relaxed);
+            if got < size {
+                // The connection broke, not the file: retry it (what was published repeats
+                // with the same ids).
+                return Err(Error::Source(format!(
+                    "s3:GetObject {name}: the body broke off after {got} of {size} bytes: {err}"
+                )));
+            }
             files::dead_letter_input(publisher, summary, name, b"", err.kind(), err.to_string())
                 .await;
             Ok(())
         }
         Err(join) => Err(Error::Source(format!("streaming {name}: {join}"))),
+    }
+}
+
+/// A reader that counts the bytes it hands out.
+struct Counting<R> {
+    inner: R,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
     }
 }
 

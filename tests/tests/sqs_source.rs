@@ -66,7 +66,11 @@ async fn notifications_are_read_deleted_or_dead_lettered() -> Result<()> {
         "s3": {"bucket": {"name": name}, "object": {"key": key_a.replace('=', "%3D")}}}]});
     let cloudtrail = json!({"s3Bucket": name, "s3ObjectKey": [key_b]});
     let sns = json!({"Type": "Notification", "MessageId": "m", "Message": cloudtrail.to_string()});
+    // A file deleted before it was read: dead-lettered as unreadable, the message deleted.
+    let gone = format!("{prefix}111111111111_CloudTrail_us-east-1_20240101T0010Z_gone.json.gz");
+    let missing = json!({"s3Bucket": name, "s3ObjectKey": [gone]});
     for body in [
+        missing.to_string(),
         s3_event.to_string(),
         sns.to_string(),
         r#"{"Service":"Amazon S3","Event":"s3:TestEvent"}"#.into(),
@@ -103,23 +107,35 @@ async fn notifications_are_read_deleted_or_dead_lettered() -> Result<()> {
     let summary: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(summary["published"], 7, "{summary}");
     assert_eq!(summary["inputs_read"], 2, "{summary}");
-    assert_eq!(summary["dead_lettered"], 1, "{summary}");
+    assert_eq!(summary["dead_lettered"], 2, "{summary}");
 
     let dlq = read_topic(
         &run.topic("dlq"),
         Duration::from_secs(60),
         Duration::from_secs(1),
-        |r| !r.is_empty(),
+        |r| r.len() >= 2,
     )?;
-    assert_eq!(dlq.len(), 1);
-    assert_eq!(dlq[0].value, b"this is not a notification");
-    assert_eq!(
-        dlq[0]
+    assert_eq!(dlq.len(), 2);
+    let kind = |i: usize| {
+        dlq[i]
             .headers
             .get("trailguard.error_kind")
-            .map(String::as_str),
-        Some("bad_notification")
-    );
+            .cloned()
+            .unwrap_or_default()
+    };
+    let bad = (0..2)
+        .find(|&i| kind(i) == "bad_notification")
+        .context("bad_notification")?;
+    assert_eq!(dlq[bad].value, b"this is not a notification");
+    let unreadable = (0..2)
+        .find(|&i| kind(i) == "unreadable")
+        .context("unreadable")?;
+    let reason = dlq[unreadable]
+        .headers
+        .get("trailguard.reason")
+        .cloned()
+        .unwrap_or_default();
+    assert!(reason.contains("NoSuchKey"), "{reason}");
 
     // Every message was deleted.
     let left = sqs

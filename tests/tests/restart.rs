@@ -239,3 +239,61 @@ async fn detect_dead_letters_what_it_cannot_read() -> Result<()> {
         .all(|r| r.headers.get("trailguard.stage").map(String::as_str) == Some("detect")));
     Ok(())
 }
+
+/// Two detect instances in one consumer group split the partitions and together raise exactly
+/// the alerts one instance raises: bursts, and the baselines each restores for its partitions.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_raise_what_one_does() -> Result<()> {
+    const USERS: usize = 150;
+    let run = Run::new("detect-pair")?;
+    let input = burst_file(USERS)?;
+    let output = run
+        .command("ingest", &["files", input.to_str().context("path")?])?
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "ingest: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected = USERS * 3;
+    let mut one = run.spawn("detect", &[])?;
+    let (reference, _) = alert_ids(&run.topic("alerts"), expected)?;
+    one.stop("-TERM")?;
+    assert_eq!(reference.len(), expected);
+
+    // The pair joins its group first, then the same records arrive (same ids, so the same
+    // alert ids), so both have partitions when the work starts.
+    let pair = Run::new("detect-pair-b")?;
+    let mut a = pair.spawn("detect", &[])?;
+    let mut b = pair.spawn("detect", &[])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(a.log().contains("detect running") && b.log().contains("detect running")) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "detect did not start: {}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the group settle on both members.
+    std::thread::sleep(Duration::from_secs(8));
+    let output = pair
+        .command("ingest", &["files", input.to_str().context("path")?])?
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "ingest: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (ids, _) = alert_ids(&pair.topic("alerts"), expected)?;
+    a.stop("-TERM")?;
+    b.stop("-TERM")?;
+    assert_eq!(ids, reference);
+    // Both took part.
+    let worked = |log: String| log.contains("baselines restored");
+    assert!(
+        worked(a.log()) && worked(b.log()),
+        "one instance did all the work"
+    );
+    Ok(())
+}

@@ -139,83 +139,30 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
         })
         .map(|name| format!("{account}/{name}"));
     if a.event_source == "iam.amazonaws.com" {
-        match a.event_name.as_str() {
-            "DeleteUser" | "DeleteLoginProfile" => {
-                if let Some(user) = text("userName") {
-                    let kind = if a.event_name == "DeleteUser" {
-                        "user"
-                    } else {
-                        "console"
-                    };
-                    out.push((
-                        format!("{kind}:{account}/{user}"),
-                        Fact {
-                            time: t,
-                            how: how(),
-                            subject: subject.clone(),
-                            cleared: false,
-                        },
-                    ));
-                }
-            }
-            "UpdateAccessKey" if text("status") == Some("Inactive") => {
-                if let Some(key) = text("accessKeyId") {
-                    out.push((
-                        format!("key:{key}"),
-                        Fact {
-                            time: t,
-                            how: how(),
-                            subject: subject.clone(),
-                            cleared: false,
-                        },
-                    ));
-                }
-            }
-            "CreateUser" | "CreateLoginProfile" => {
-                if let Some(user) = text("userName") {
-                    let kind = if a.event_name == "CreateUser" {
-                        "user"
-                    } else {
-                        "console"
-                    };
-                    out.push((
-                        format!("{kind}:{account}/{user}"),
-                        Fact {
-                            time: t,
-                            how: how(),
-                            subject: subject.clone(),
-                            cleared: true,
-                        },
-                    ));
-                }
-            }
-            "UpdateAccessKey" if text("status") == Some("Active") => {
-                if let Some(key) = text("accessKeyId") {
-                    out.push((
-                        format!("key:{key}"),
-                        Fact {
-                            time: t,
-                            how: how(),
-                            subject: subject.clone(),
-                            cleared: true,
-                        },
-                    ));
-                }
-            }
-            "DeleteAccessKey" => {
-                if let Some(key) = text("accessKeyId") {
-                    out.push((
-                        format!("key:{key}"),
-                        Fact {
-                            time: t,
-                            how: how(),
-                            subject: subject.clone(),
-                            cleared: false,
-                        },
-                    ));
-                }
-            }
-            _ => {}
+        // (fact key, whether the call undoes a termination)
+        let user = |kind: &str| text("userName").map(|u| format!("{kind}:{account}/{u}"));
+        let key = || text("accessKeyId").map(|k| format!("key:{k}"));
+        let status = text("status");
+        let fact = match a.event_name.as_str() {
+            "DeleteUser" => user("user").map(|k| (k, false)),
+            "DeleteLoginProfile" => user("console").map(|k| (k, false)),
+            "CreateUser" => user("user").map(|k| (k, true)),
+            "CreateLoginProfile" => user("console").map(|k| (k, true)),
+            "UpdateAccessKey" if status == Some("Inactive") => key().map(|k| (k, false)),
+            "UpdateAccessKey" if status == Some("Active") => key().map(|k| (k, true)),
+            "DeleteAccessKey" => key().map(|k| (k, false)),
+            _ => None,
+        };
+        if let Some((k, cleared)) = fact {
+            out.push((
+                k,
+                Fact {
+                    time: t,
+                    how: how(),
+                    subject: subject.clone(),
+                    cleared,
+                },
+            ));
         }
     }
     // A region is in use once something changes there (reads sweep every region).

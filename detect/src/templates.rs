@@ -15,7 +15,7 @@ use serde_json::Value;
 use trailguard_common::contract::{
     ActionKind, Alert, AlertKind, Entity, Evidence, Mitre, RequestedAction, Severity, Target,
 };
-use trailguard_common::s3::items;
+use trailguard_common::s3::{items, parse_policy};
 use trailguard_common::Activity;
 
 use crate::policies::{alert_for, PolicyMeta};
@@ -373,18 +373,11 @@ const POWERFUL_POLICIES: &[&str] = &[
     "AWSOrganizationsFullAccess",
 ];
 
-/// A policy document (object or JSON text) allowing every action, or `iam:*`/`sts:AssumeRole`
-/// on everything.
+/// A policy document (object or JSON text) allowing every action, or `iam:*`, on everything.
 fn document_is_admin(doc: Option<&Value>) -> bool {
-    let parsed;
-    let doc = match doc {
-        Some(Value::String(s)) => {
-            parsed = serde_json::from_str::<Value>(s).ok();
-            parsed.as_ref()
-        }
-        other => other,
+    let Some(doc) = doc.and_then(parse_policy) else {
+        return false;
     };
-    let Some(doc) = doc else { return false };
     items(doc.get("Statement")).iter().any(|s| {
         s.get("Effect").and_then(Value::as_str) == Some("Allow")
             && items(s.get("Action"))
@@ -398,15 +391,9 @@ fn document_is_admin(doc: Option<&Value>) -> bool {
 
 /// A trust policy letting anyone, or any AWS account, assume the role.
 fn trust_is_open(doc: Option<&Value>) -> bool {
-    let parsed;
-    let doc = match doc {
-        Some(Value::String(s)) => {
-            parsed = serde_json::from_str::<Value>(s).ok();
-            parsed.as_ref()
-        }
-        other => other,
+    let Some(doc) = doc.and_then(parse_policy) else {
+        return false;
     };
-    let Some(doc) = doc else { return false };
     items(doc.get("Statement")).iter().any(|s| {
         s.get("Effect").and_then(Value::as_str) == Some("Allow")
             && trailguard_common::s3::principal_is_public(s.get("Principal"))

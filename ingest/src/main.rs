@@ -171,6 +171,17 @@ enum SummaryFormat {
     Json,
 }
 
+impl SummaryFormat {
+    /// Prints a run's summary on stdout in this format.
+    fn print(self, summary: &Summary) -> anyhow::Result<()> {
+        match self {
+            SummaryFormat::Text => println!("{summary}"),
+            SummaryFormat::Json => println!("{}", serde_json::to_string(summary)?),
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -290,10 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let inputs: Vec<Input> = paths.iter().map(|p| Input::parse(p)).collect();
             let progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
             let result = files::run(&inputs, &mut publisher, progress, &shutdown).await?;
-            match summary {
-                SummaryFormat::Text => println!("{result}"),
-                SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
-            }
+            summary.print(&result)?;
             shutdown.cancel();
             Ok(if result.interrupted {
                 ExitCode::from(130)
@@ -307,10 +315,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut publisher = Publisher::new(producer, &cfg, "inventory", metrics);
             let accounts = cfg.aws.accounts().await?;
             let result = inventory::run(&cfg.aws, &accounts, &mut publisher, &shutdown).await?;
-            match summary {
-                SummaryFormat::Text => println!("{result}"),
-                SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
-            }
+            summary.print(&result)?;
             shutdown.cancel();
             Ok(if result.interrupted {
                 ExitCode::from(130)
@@ -393,10 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &shutdown,
             )
             .await?;
-            match summary {
-                SummaryFormat::Text => println!("{result}"),
-                SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
-            }
+            summary.print(&result)?;
             shutdown.cancel();
             Ok(ExitCode::SUCCESS)
         }
@@ -424,10 +426,7 @@ impl Poller<'_> {
         match polled {
             Ok(result) => {
                 self.health.set(true);
-                match self.format {
-                    SummaryFormat::Text => println!("{result}"),
-                    SummaryFormat::Json => println!("{}", serde_json::to_string(&result)?),
-                }
+                self.format.print(&result)?;
                 if self.once || self.shutdown.is_cancelled() {
                     self.shutdown.cancel();
                     return Ok(Some(if result.interrupted {

@@ -78,6 +78,16 @@ impl Summary {
         self.duplicates = now.duplicates - before.duplicates;
         self.seconds = started.elapsed().as_secs_f64();
     }
+
+    /// The run's result: this summary, or — when parts of the source failed (`failed` names
+    /// them) — an error naming them all, after logging what the rest did.
+    pub fn or_failures(self, failed: Vec<String>, what: &str) -> Result<Summary, Error> {
+        if failed.is_empty() {
+            return Ok(self);
+        }
+        tracing::info!(summary = %self, "{what} finished with errors");
+        Err(Error::Source(failed.join("; ")))
+    }
 }
 
 impl std::fmt::Display for Summary {

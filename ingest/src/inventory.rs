@@ -433,12 +433,7 @@ pub async fn run(
         .with_label_values(&["inventory"])
         .inc_by(summary.api_calls);
     summary.finish(publisher, before, started);
-    if failed.is_empty() {
-        Ok(summary)
-    } else {
-        tracing::info!(%summary, "inventory finished with errors");
-        Err(Error::Source(failed.join("; ")))
-    }
+    summary.or_failures(failed, "inventory")
 }
 
 #[cfg(test)]

@@ -399,12 +399,7 @@ pub async fn poll(
     }
     publisher.finish().await?;
     summary.finish(publisher, before, started);
-    if failed.is_empty() {
-        Ok(summary)
-    } else {
-        tracing::info!(%summary, "poll finished with errors");
-        Err(Error::Source(failed.join("; ")))
-    }
+    summary.or_failures(failed, "poll")
 }
 
 #[cfg(test)]

@@ -171,6 +171,15 @@ enum SummaryFormat {
     Json,
 }
 
+/// 130 (as after SIGINT) when a signal stopped the run before every input was read, else 0.
+fn exit_code(summary: &Summary) -> ExitCode {
+    if summary.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 impl SummaryFormat {
     /// Prints a run's summary on stdout in this format.
     fn print(self, summary: &Summary) -> anyhow::Result<()> {
@@ -303,11 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = files::run(&inputs, &mut publisher, progress, &shutdown).await?;
             summary.print(&result)?;
             shutdown.cancel();
-            Ok(if result.interrupted {
-                ExitCode::from(130)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(exit_code(&result))
         }
         Command::Inventory { summary, .. } => {
             cfg.aws.validate()?;
@@ -317,11 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = inventory::run(&cfg.aws, &accounts, &mut publisher, &shutdown).await?;
             summary.print(&result)?;
             shutdown.cancel();
-            Ok(if result.interrupted {
-                ExitCode::from(130)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(exit_code(&result))
         }
         Command::S3 { args, summary, .. } => {
             cfg.s3.validate()?;
@@ -429,11 +430,7 @@ impl Poller<'_> {
                 self.format.print(&result)?;
                 if self.once || self.shutdown.is_cancelled() {
                     self.shutdown.cancel();
-                    return Ok(Some(if result.interrupted {
-                        ExitCode::from(130)
-                    } else {
-                        ExitCode::SUCCESS
-                    }));
+                    return Ok(Some(exit_code(&result)));
                 }
             }
             Err(err) if !self.once && !self.shutdown.is_cancelled() => {

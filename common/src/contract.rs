@@ -269,6 +269,22 @@ pub struct Alert {
     /// Governance actions the policy asks remediate to take.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<RequestedAction>,
+    /// How many times the policy matched this entity within its fold period, the first
+    /// included. An alert whose repeats were folded in is published again with the same id
+    /// when the period closes; the later record supersedes the earlier.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub occurrences: u64,
+    /// Event time of the last repeat folded into this alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<DateTime<Utc>>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 /// The kinds of policy.

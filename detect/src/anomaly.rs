@@ -343,6 +343,9 @@ pub struct PrincipalState {
     /// Suppressions: (detection and key, quiet until).
     #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
     quiet: Vec<(String, i64)>,
+    /// Alerts of the event-driven policies whose repeats are being folded in.
+    #[serde(rename = "g", default, skip_serializing_if = "Vec::is_empty")]
+    pub folds: Vec<crate::fold::Fold>,
 }
 
 impl PrincipalState {
@@ -376,6 +379,11 @@ impl PrincipalState {
                 .quiet
                 .iter()
                 .map(|(k, _)| 32 + k.capacity())
+                .sum::<usize>()
+            + self
+                .folds
+                .iter()
+                .map(crate::fold::Fold::heap_size)
                 .sum::<usize>()
     }
 }
@@ -1060,6 +1068,8 @@ impl Anomalies {
                     },
                 })
                 .collect(),
+            occurrences: 1,
+            last_time: None,
         })
     }
 

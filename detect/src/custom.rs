@@ -490,6 +490,8 @@ impl Custom {
                         target: crate::templates::action_target(kind, a),
                     })
                     .collect(),
+                occurrences: 1,
+                last_time: None,
             });
         }
         out

@@ -10,6 +10,7 @@ pub mod custom;
 pub mod detector;
 pub mod enrich;
 pub mod facts;
+pub mod fold;
 pub mod ocsf;
 pub mod policies;
 mod runner;

@@ -33,6 +33,26 @@ pub struct PoliciesConfig {
     pub anomaly: crate::anomaly::AnomalyConfig,
     /// Custom policies (see [`crate::custom`]).
     pub custom: Vec<crate::custom::CustomPolicyConfig>,
+    /// Folding of repeated event-driven alerts (see [`crate::fold`]).
+    pub fold: FoldConfig,
+}
+
+/// How repeats of an event-driven policy fold into one alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FoldConfig {
+    /// Repeats of the same policy, entity and severity within this much event time of the
+    /// first alert fold into it; zero publishes every match.
+    #[serde(with = "humantime_serde")]
+    pub period: std::time::Duration,
+}
+
+impl Default for FoldConfig {
+    fn default() -> Self {
+        FoldConfig {
+            period: std::time::Duration::from_secs(3600),
+        }
+    }
 }
 
 impl PoliciesConfig {
@@ -41,6 +61,12 @@ impl PoliciesConfig {
         crate::templates::validate(&self.templates)?;
         self.anomaly.validate()?;
         crate::custom::validate(&self.custom)?;
+        if self.fold.period > std::time::Duration::from_secs(30 * 86_400) {
+            return Err(trailguard_common::Error::config(
+                "policies.fold.period",
+                "must be at most 30 days",
+            ));
+        }
         let s = &self.console_signin_failures;
         if s.threshold < 2 {
             return Err(trailguard_common::Error::config(
@@ -207,6 +233,8 @@ pub fn alert_for(
         evidence,
         mitre: Vec::new(),
         actions: Vec::new(),
+        occurrences: 1,
+        last_time: None,
     }
 }
 

@@ -1,0 +1,339 @@
+//! Folding repeats: the same policy matching the same entity with the same severity again
+//! within `policies.fold_period` (event time) of its first alert raises no new alert. The
+//! repeats are counted in the acting principal's state, which is persisted with its baseline,
+//! so a restart neither loses the count nor raises a repeat as a new alert.
+//!
+//! The first match is published at once. When the period closes — the principal acts again
+//! after it, or the partition's watermark passes it — an alert with the *same id* is published
+//! again carrying `occurrences`, `last_time` and the repeats' activity ids. Both records have
+//! the same key (the entity), so they stay in order on one partition. A consumer keeps, per
+//! alert id, the record with the most `occurrences` (an activity re-published long after its
+//! fold closed raises its first record again); remediate acts on an id once.
+
+use serde::{Deserialize, Serialize};
+use trailguard_common::contract::Alert;
+
+/// Evidence ids kept per fold (the first alert's plus this many repeats).
+const MAX_REPEAT_IDS: usize = 20;
+/// Open folds kept per principal; the oldest is closed early beyond this.
+const MAX_OPEN: usize = 16;
+
+/// One open fold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fold {
+    /// Policy, entity and severity.
+    #[serde(rename = "k")]
+    key: String,
+    /// Repeats before this event time (unix seconds) fold in.
+    #[serde(rename = "u")]
+    pub until: i64,
+    /// Matches so far, the first included.
+    #[serde(rename = "n")]
+    count: u64,
+    /// Latest event time of a match.
+    #[serde(rename = "l")]
+    last: i64,
+    /// Activity ids of the repeats (at most [`MAX_REPEAT_IDS`]).
+    #[serde(rename = "r", default, skip_serializing_if = "Vec::is_empty")]
+    repeats: Vec<String>,
+    /// The alert as first published.
+    #[serde(rename = "a")]
+    alert: Box<Alert>,
+}
+
+impl Fold {
+    /// Approximate bytes held.
+    pub fn heap_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.key.capacity()
+            + self
+                .repeats
+                .iter()
+                .map(|r| 24 + r.capacity())
+                .sum::<usize>()
+            + 512
+    }
+
+    /// The closing alert: the first one with the repeats counted in; `None` when nothing was
+    /// folded into it.
+    fn close(self) -> Option<Alert> {
+        if self.count < 2 {
+            return None;
+        }
+        let mut alert = *self.alert;
+        alert.occurrences = self.count;
+        alert.last_time = chrono::DateTime::from_timestamp(self.last, 0);
+        alert.evidence.activity_ids.extend(self.repeats);
+        alert.evidence.summary = format!(
+            "{} (and {} more time{} until {})",
+            alert.evidence.summary,
+            self.count - 1,
+            if self.count == 2 { "" } else { "s" },
+            alert
+                .last_time
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_default()
+        );
+        Some(alert)
+    }
+}
+
+fn key_of(alert: &Alert) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        alert.policy_id,
+        alert.entity.kind,
+        alert.entity.id,
+        alert.severity.as_str()
+    )
+}
+
+/// Folds `alerts`, raised by one activity at event time `t`, into `folds`. Returns the alerts
+/// to publish: the first of each fold, and the closing alerts of folds this activity ended.
+/// `period` zero turns folding off.
+pub fn fold(folds: &mut Vec<Fold>, alerts: Vec<Alert>, t: i64, period: i64) -> Vec<Alert> {
+    let mut out = close_before(folds, t);
+    if period <= 0 {
+        out.extend(alerts);
+        return out;
+    }
+    for alert in alerts {
+        let key = key_of(&alert);
+        if let Some(open) = folds.iter_mut().find(|f| f.key == key) {
+            // The same activity again (re-published past ingest's de-duplication) is no repeat.
+            let id = alert.evidence.activity_ids.last();
+            if id.is_some_and(|id| {
+                open.alert.evidence.activity_ids.contains(id) || open.repeats.contains(id)
+            }) {
+                continue;
+            }
+            open.count += 1;
+            open.last = open.last.max(t);
+            if open.repeats.len() < MAX_REPEAT_IDS {
+                open.repeats
+                    .extend(alert.evidence.activity_ids.last().cloned());
+            }
+            continue;
+        }
+        if folds.len() >= MAX_OPEN {
+            let oldest = folds
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, f)| f.until)
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            out.extend(folds.remove(oldest).close());
+        }
+        folds.push(Fold {
+            key,
+            until: t.saturating_add(period),
+            count: 1,
+            last: t,
+            repeats: Vec::new(),
+            alert: Box::new(alert.clone()),
+        });
+        out.push(alert);
+    }
+    out
+}
+
+/// Closes the folds whose period ended at or before `t`; returns their closing alerts.
+pub fn close_before(folds: &mut Vec<Fold>, t: i64) -> Vec<Alert> {
+    if folds.iter().all(|f| f.until > t) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < folds.len() {
+        if folds[i].until <= t {
+            out.extend(folds.remove(i).close());
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trailguard_common::contract::{
+        AlertKind, Entity, Evidence, Severity, ALERT_SCHEMA_VERSION,
+    };
+
+    fn alert(id: &str, entity: &str, severity: Severity, t: i64) -> Alert {
+        Alert {
+            schema_version: ALERT_SCHEMA_VERSION,
+            id: format!("id-{id}"),
+            policy_id: "security-group-changes".into(),
+            policy_name: "Security group configuration changes".into(),
+            kind: AlertKind::ActivityPolicy,
+            severity,
+            time: chrono::DateTime::from_timestamp(t, 0).unwrap_or_default(),
+            entity: Entity {
+                kind: "principal".into(),
+                id: entity.into(),
+            },
+            principal: None,
+            account_id: None,
+            region: None,
+            evidence: Evidence {
+                activity_ids: vec![format!("act-{id}")],
+                summary: "alice changed sg-1".into(),
+            },
+            mitre: Vec::new(),
+            actions: Vec::new(),
+            occurrences: 1,
+            last_time: None,
+        }
+    }
+
+    #[test]
+    fn repeats_within_the_period_fold_into_one_alert_with_a_count() {
+        let mut folds = Vec::new();
+        let mut out = Vec::new();
+        for i in 0..5 {
+            let t = 1_000 + i * 60;
+            out.extend(fold(
+                &mut folds,
+                vec![alert(&i.to_string(), "alice", Severity::Low, t)],
+                t,
+                3_600,
+            ));
+        }
+        assert_eq!(out.len(), 1, "only the first is published at once");
+        assert_eq!(out[0].id, "id-0");
+        assert_eq!(out[0].occurrences, 1);
+        // The principal acts again after the period: the fold closes with the count.
+        let closing = fold(&mut folds, Vec::new(), 1_000 + 3_600, 3_600);
+        assert_eq!(closing.len(), 1);
+        assert_eq!(closing[0].id, "id-0", "same id: it supersedes the first");
+        assert_eq!(closing[0].occurrences, 5);
+        assert_eq!(
+            closing[0].last_time,
+            chrono::DateTime::from_timestamp(1_240, 0)
+        );
+        assert_eq!(
+            closing[0].evidence.activity_ids,
+            ["act-0", "act-1", "act-2", "act-3", "act-4"]
+        );
+        assert!(closing[0].evidence.summary.contains("4 more times"));
+        assert!(folds.is_empty());
+    }
+
+    #[test]
+    fn a_lone_alert_closes_silently() {
+        let mut folds = Vec::new();
+        let out = fold(
+            &mut folds,
+            vec![alert("a", "alice", Severity::Low, 0)],
+            0,
+            60,
+        );
+        assert_eq!(out.len(), 1);
+        assert!(close_before(&mut folds, 60).is_empty());
+        assert!(folds.is_empty());
+    }
+
+    #[test]
+    fn another_entity_or_a_higher_severity_is_a_new_alert() {
+        let mut folds = Vec::new();
+        let out = fold(
+            &mut folds,
+            vec![
+                alert("a", "alice", Severity::Low, 0),
+                alert("b", "bob", Severity::Low, 0),
+                alert("c", "alice", Severity::High, 0),
+                alert("d", "alice", Severity::Low, 0),
+            ],
+            0,
+            60,
+        );
+        let ids: Vec<&str> = out.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["id-a", "id-b", "id-c"]);
+    }
+
+    #[test]
+    fn after_the_period_the_same_match_alerts_again() {
+        let mut folds = Vec::new();
+        let first = fold(
+            &mut folds,
+            vec![alert("a", "alice", Severity::Low, 0)],
+            0,
+            60,
+        );
+        let again = fold(
+            &mut folds,
+            vec![alert("b", "alice", Severity::Low, 61)],
+            61,
+            60,
+        );
+        assert_eq!(first[0].id, "id-a");
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, "id-b");
+    }
+
+    #[test]
+    fn the_same_activity_again_is_no_repeat() {
+        let mut folds = Vec::new();
+        let first = fold(
+            &mut folds,
+            vec![alert("a", "alice", Severity::Low, 0)],
+            0,
+            60,
+        );
+        let again = fold(
+            &mut folds,
+            vec![alert("a", "alice", Severity::Low, 0)],
+            0,
+            60,
+        );
+        assert_eq!(first.len(), 1);
+        assert!(again.is_empty());
+        assert!(
+            close_before(&mut folds, 60).is_empty(),
+            "nothing was folded in"
+        );
+    }
+
+    #[test]
+    fn a_zero_period_folds_nothing() {
+        let mut folds = Vec::new();
+        let out = fold(
+            &mut folds,
+            vec![
+                alert("a", "alice", Severity::Low, 0),
+                alert("b", "alice", Severity::Low, 0),
+            ],
+            0,
+            0,
+        );
+        assert_eq!(out.len(), 2);
+        assert!(folds.is_empty());
+    }
+
+    #[test]
+    fn too_many_open_folds_close_the_oldest_first() {
+        let mut folds = Vec::new();
+        let mut out = Vec::new();
+        for i in 0..=MAX_OPEN as i64 {
+            let who = format!("p{i}");
+            out.extend(fold(
+                &mut folds,
+                vec![alert(&who, &who, Severity::Low, i)],
+                i,
+                600,
+            ));
+            out.extend(fold(
+                &mut folds,
+                vec![alert(&format!("{who}x"), &who, Severity::Low, i)],
+                i,
+                600,
+            ));
+        }
+        assert_eq!(folds.len(), MAX_OPEN);
+        let closing: Vec<&Alert> = out.iter().filter(|a| a.occurrences == 2).collect();
+        assert_eq!(closing.len(), 1);
+        assert_eq!(closing[0].id, "id-p0");
+    }
+}

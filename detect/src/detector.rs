@@ -234,10 +234,18 @@ impl Detector {
             return looked_back;
         }
         let t = activity.event_time.timestamp();
-        let mut alerts = crate::fold::fold(&mut state.folds, matched, t, self.fold_period);
-        for f in &state.folds {
-            if !self.fold_index.contains(&(f.until, key.clone())) {
-                self.fold_index.insert((f.until, key.clone()));
+        let mut alerts = Vec::new();
+        if !matched.is_empty() || !state.folds.is_empty() {
+            let mut opened = Vec::new();
+            alerts = crate::fold::fold_noting(
+                &mut state.folds,
+                matched,
+                t,
+                self.fold_period,
+                &mut opened,
+            );
+            for until in opened {
+                self.fold_index.insert((until, key.clone()));
             }
         }
         alerts.extend(self.anomalies.observe(state, &mut self.org, activity));

@@ -92,6 +92,17 @@ fn key_of(alert: &Alert) -> String {
 /// to publish: the first of each fold, and the closing alerts of folds this activity ended.
 /// `period` zero turns folding off.
 pub fn fold(folds: &mut Vec<Fold>, alerts: Vec<Alert>, t: i64, period: i64) -> Vec<Alert> {
+    fold_noting(folds, alerts, t, period, &mut Vec::new())
+}
+
+/// [`fold`], also noting the end of each fold it opens in `opened`.
+pub fn fold_noting(
+    folds: &mut Vec<Fold>,
+    alerts: Vec<Alert>,
+    t: i64,
+    period: i64,
+    opened: &mut Vec<i64>,
+) -> Vec<Alert> {
     let mut out = close_before(folds, t);
     if period <= 0 {
         out.extend(alerts);
@@ -124,6 +135,7 @@ pub fn fold(folds: &mut Vec<Fold>, alerts: Vec<Alert>, t: i64, period: i64) -> V
                 .unwrap_or(0);
             out.extend(folds.remove(oldest).close());
         }
+        opened.push(t.saturating_add(period));
         folds.push(Fold {
             key,
             until: t.saturating_add(period),

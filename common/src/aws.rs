@@ -118,7 +118,11 @@ impl AwsConfig {
         }
         let mut ids = self.accounts.clone();
         if self.organization_accounts {
-            let client = aws_sdk_organizations::Client::new(&base);
+            let client = aws_sdk_organizations::Client::from_conf(
+                aws_sdk_organizations::config::Builder::from(&base)
+                    .interceptor(crate::aws_calls::CallRecorder)
+                    .build(),
+            );
             let mut pages = client.list_accounts().into_paginator().send();
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| {
@@ -154,6 +158,25 @@ impl AwsConfig {
             out.push(Account { id: Some(id), sdk });
         }
         Ok(out)
+    }
+
+    /// The SDK configuration for acting in `account`: the role assumed there when a
+    /// `role_arn_template` is set and the account is given, else the shared configuration.
+    pub async fn sdk_config_for(&self, account: Option<&str>) -> aws_config::SdkConfig {
+        let base = self.sdk_config().await;
+        let Some(arn) = account.and_then(|a| self.role_arn(a)) else {
+            return base;
+        };
+        let mut builder = aws_config::sts::AssumeRoleProvider::builder(arn)
+            .session_name(self.session_name.as_deref().unwrap_or("trailguard"))
+            .configure(&base);
+        if let Some(external) = &self.external_id {
+            builder = builder.external_id(external);
+        }
+        let provider = builder.build().await;
+        base.to_builder()
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(provider))
+            .build()
     }
 
     /// The shared SDK configuration (region, endpoint, credential chain).
@@ -193,7 +216,8 @@ pub async fn s3_client(aws: &AwsConfig) -> aws_sdk_s3::Client {
 /// An SQS client for these settings.
 pub async fn sqs_client(aws: &AwsConfig) -> aws_sdk_sqs::Client {
     let shared = aws.sdk_config().await;
-    let mut config = aws_sdk_sqs::config::Builder::from(&shared);
+    let mut config =
+        aws_sdk_sqs::config::Builder::from(&shared).interceptor(crate::aws_calls::CallRecorder);
     if let Some(url) = aws.endpoints.get("sqs") {
         config = config.endpoint_url(url);
     }
@@ -206,7 +230,9 @@ pub fn s3_client_for(
     sdk: &aws_config::SdkConfig,
     region: Option<&str>,
 ) -> aws_sdk_s3::Client {
-    let mut config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(aws.force_path_style);
+    let mut config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(aws.force_path_style)
+        .interceptor(crate::aws_calls::CallRecorder);
     if let Some(url) = aws.endpoints.get("s3") {
         config = config.endpoint_url(url);
     }

@@ -266,6 +266,8 @@ pub const ALL_SECTIONS: &[&str] = &[
     "inventory",
     "geo",
     "intel",
+    "signing",
+    "notify",
 ];
 
 const CLIENT_PREFIX: &str = "kafka__client__";
@@ -284,6 +286,36 @@ fn client_settings_from_env() -> serde_json::Value {
         serde_json::json!({})
     } else {
         serde_json::json!({ "kafka": { "client": client } })
+    }
+}
+
+/// Signing keys from `TRAILGUARD_SIGNING__KEY` and `TRAILGUARD_SIGNING__KEYS__<ID>`, taken as
+/// the exact text of the variable (a key of digits must stay a string). Only for services that
+/// have a `signing` section.
+fn signing_keys_from_env(own: &[String]) -> serde_json::Value {
+    if !own.iter().any(|s| s == "signing") {
+        return serde_json::json!({});
+    }
+    let mut signing = serde_json::Map::new();
+    let mut keys = serde_json::Map::new();
+    for (name, value) in std::env::vars() {
+        let Some(key) = name.strip_prefix("TRAILGUARD_") else {
+            continue;
+        };
+        let lower = key.to_ascii_lowercase();
+        if lower == "signing__key" {
+            signing.insert("key".into(), serde_json::Value::String(value));
+        } else if let Some(id) = lower.strip_prefix("signing__keys__") {
+            keys.insert(id.to_string(), serde_json::Value::String(value));
+        }
+    }
+    if !keys.is_empty() {
+        signing.insert("keys".into(), serde_json::Value::Object(keys));
+    }
+    if signing.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "signing": signing })
     }
 }
 
@@ -326,6 +358,7 @@ where
     // often shared by all three services: sections of another service are left to it, and a
     // section no service has is an error (a typo would otherwise go unnoticed).
     let own = sections(defaults);
+    let own_sections = own.clone();
     for (name, _) in std::env::vars() {
         let Some(key) = name
             .strip_prefix("TRAILGUARD_")
@@ -351,6 +384,8 @@ where
                 .filter(move |key| {
                     let key = key.as_str().to_ascii_lowercase();
                     !key.starts_with(CLIENT_PREFIX)
+                        && key != "signing__key"
+                        && !key.starts_with("signing__keys__")
                         && key
                             .split_once("__")
                             .is_some_and(|(section, _)| own.iter().any(|s| s == section))
@@ -358,6 +393,7 @@ where
                 .split("__"),
         )
         .merge(Serialized::defaults(client_settings_from_env()))
+        .merge(Serialized::defaults(signing_keys_from_env(&own_sections)))
         .merge(Serialized::defaults(overrides));
     figment.extract().map_err(|err| Error::Config {
         key: err

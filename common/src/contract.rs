@@ -277,6 +277,19 @@ pub struct Alert {
     /// Event time of the last repeat folded into this alert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_time: Option<DateTime<Utc>>,
+    /// HMAC-SHA256 over the canonical alert (see `trailguard_common::sign`); remediate acts
+    /// only on alerts signed with a key it knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<AlertSignature>,
+}
+
+/// The signature of an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AlertSignature {
+    /// Which key signed it (keys rotate; the verifier holds several).
+    pub key_id: String,
+    /// Hex HMAC-SHA256 of the canonical alert without this member.
+    pub hmac_sha256: String,
 }
 
 fn one() -> u64 {
@@ -405,6 +418,10 @@ pub struct Target {
     /// Account the target lives in, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
+    /// For `remove_collaborator`: whom to remove — a principal ARN, an account id, a
+    /// canonical user id or an e-mail grantee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grantee: Option<String>,
 }
 
 /// Audit record of one remediation decision, published on the actions topic.
@@ -439,6 +456,9 @@ pub struct ActionRecord {
     /// What it takes to undo: the prior state of everything changed, as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo: Option<Value>,
+    /// Set on the record of an undo: the id of the action it undid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo_of: Option<String>,
 }
 
 /// Mode of an action, per policy and action kind.
@@ -482,6 +502,8 @@ pub enum ActionOutcome {
     Refused,
     /// The action failed; `detail` says why.
     Failed,
+    /// The alert was not authentic (unsigned, unknown key, forged or altered): never acted on.
+    Rejected,
 }
 
 impl ActionOutcome {
@@ -492,6 +514,7 @@ impl ActionOutcome {
             ActionOutcome::AlreadyCompliant => "already_compliant",
             ActionOutcome::DryRun => "dry_run",
             ActionOutcome::Skipped => "skipped",
+            ActionOutcome::Rejected => "rejected",
             ActionOutcome::Refused => "refused",
             ActionOutcome::Failed => "failed",
         }

@@ -10,14 +10,17 @@
 //! - [`telemetry`]: logs, the Prometheus registry endpoint and `/healthz`.
 //! - [`shutdown`]: the process-wide cancellation token.
 //! - [`s3`]: what makes a bucket public (detect alerts on it, remediate undoes it).
+//! - [`sign`]: HMAC signatures on alerts (detect signs, remediate verifies).
 
 pub mod aws;
+pub mod aws_calls;
 pub mod config;
 pub mod contract;
 mod error;
 pub mod kafka;
 pub mod s3;
 pub mod shutdown;
+pub mod sign;
 pub mod telemetry;
 
 pub use contract::{ActionRecord, Activity, Alert};

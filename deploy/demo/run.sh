@@ -36,6 +36,10 @@ export TRAILGUARD_KAFKA__PARTITIONS=3
 export TRAILGUARD_DETECT__GROUP_ID="$run-detect"
 export TRAILGUARD_REMEDIATE__GROUP_ID="$run-remediate"
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+# A fresh alert-signing key per run: detect signs with it, remediate verifies with it.
+export TRAILGUARD_SIGNING__KEY_ID="$run"
+TRAILGUARD_SIGNING__KEY="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+export TRAILGUARD_SIGNING__KEY
 
 cat >"$demo_dir/remediate.toml" <<TOML
 [aws]

@@ -1059,17 +1059,20 @@ impl Anomalies {
                             kind: "security-team".into(),
                             id: "default".into(),
                             account_id: None,
+                            grantee: None,
                         },
                         _ => trailguard_common::contract::Target {
                             kind: "principal".into(),
                             id: principal_key.into(),
                             account_id: Some(account.into()),
+                            grantee: None,
                         },
                     },
                 })
                 .collect(),
             occurrences: 1,
             last_time: None,
+            signature: None,
         })
     }
 

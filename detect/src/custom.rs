@@ -492,6 +492,7 @@ impl Custom {
                     .collect(),
                 occurrences: 1,
                 last_time: None,
+                signature: None,
             });
         }
         out

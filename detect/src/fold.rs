@@ -197,6 +197,7 @@ mod tests {
             actions: Vec::new(),
             occurrences: 1,
             last_time: None,
+            signature: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct DetectConfig {
     pub geo: enrich::GeoConfig,
     /// IP intelligence lists.
     pub intel: enrich::IntelConfig,
+    /// The key alerts are signed with (remediate acts only on signed alerts).
+    pub signing: trailguard_common::sign::SigningConfig,
 }
 
 impl Default for DetectConfig {
@@ -54,6 +56,7 @@ impl Default for DetectConfig {
             policies: policies::PoliciesConfig::default(),
             geo: enrich::GeoConfig::default(),
             intel: enrich::IntelConfig::default(),
+            signing: trailguard_common::sign::SigningConfig::default(),
         }
     }
 }
@@ -75,6 +78,7 @@ impl DetectConfig {
             ));
         }
         self.intel.validate()?;
+        self.signing.validate()?;
         self.policies.validate()
     }
 }

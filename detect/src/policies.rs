@@ -235,6 +235,7 @@ pub fn alert_for(
         actions: Vec::new(),
         occurrences: 1,
         last_time: None,
+        signature: None,
     }
 }
 
@@ -339,6 +340,7 @@ impl CloudTrailChanges {
                 kind: "security-team".into(),
                 id: "default".into(),
                 account_id: None,
+                grantee: None,
             },
         }];
         Some(alert)
@@ -413,6 +415,7 @@ impl BucketPublic {
                     kind: "s3-bucket".into(),
                     id: bucket.into(),
                     account_id: activity.account_id.clone(),
+                    grantee: None,
                 },
             }];
         }

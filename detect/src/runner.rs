@@ -129,6 +129,13 @@ pub async fn run(
     if !topics.alerts_ocsf.is_empty() {
         kafka::ensure_topics(&cfg.kafka, &[&topics.alerts_ocsf], &[]).await?;
     }
+    match &cfg.signing.key_id {
+        Some(key_id) => tracing::info!(%key_id, "alerts are signed"),
+        None => tracing::warn!(
+            "no signing key (signing.key_id / TRAILGUARD_SIGNING__KEY): alerts are published \
+             unsigned and remediate, which requires signatures by default, will refuse them"
+        ),
+    }
     let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
     let context = RebalanceContext::default();
     let consumer = kafka::consumer(
@@ -429,6 +436,16 @@ async fn publish_alert(
     alert: &Alert,
     shutdown: &CancellationToken,
 ) -> bool {
+    let signed;
+    let alert = match cfg.signing.signer() {
+        Some(signer) => {
+            let mut copy = alert.clone();
+            signer.sign(&mut copy);
+            signed = copy;
+            &signed
+        }
+        None => alert,
+    };
     let Ok(payload) = serde_json::to_vec(alert) else {
         // Plain data always serializes; never advance past an alert that was not published.
         return false;

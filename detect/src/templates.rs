@@ -747,17 +747,55 @@ impl Templates {
 
 /// What an action requested by an activity alert acts on: the team for notifications, the
 /// acting principal for user actions.
+///
+/// `remove_collaborator` targets the bucket the activity touched and removes the acting
+/// principal's access to it — from another account, the whole account's grant (a
+/// collaborator's account reading or writing our bucket).
 pub fn action_target(kind: ActionKind, a: &Activity) -> Target {
+    let account_id = a.account_id.clone().or(a.principal.account_id.clone());
     match kind {
         ActionKind::Notify => Target {
             kind: "security-team".into(),
             id: "default".into(),
             account_id: None,
+            grantee: None,
         },
+        ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator => {
+            let bucket = a
+                .request_parameters
+                .as_ref()
+                .and_then(|p| p.get("bucketName"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| {
+                    a.resources
+                        .iter()
+                        .find(|r| r.kind == "s3-bucket")
+                        .map(|r| r.id.trim_start_matches("arn:aws:s3:::").to_string())
+                })
+                .unwrap_or_default();
+            let foreign = a
+                .principal
+                .account_id
+                .as_ref()
+                .filter(|acct| a.account_id.as_ref().is_some_and(|own| own != *acct));
+            Target {
+                kind: "s3-bucket".into(),
+                id: bucket,
+                account_id: a.account_id.clone(),
+                grantee: (kind == ActionKind::RemoveCollaborator).then(|| {
+                    foreign
+                        .cloned()
+                        .or_else(|| a.principal.arn.clone())
+                        .unwrap_or_else(|| a.principal.key())
+                }),
+            }
+        }
         _ => Target {
             kind: "principal".into(),
             id: a.principal.arn.clone().unwrap_or_else(|| a.principal.key()),
-            account_id: a.account_id.clone().or(a.principal.account_id.clone()),
+            account_id,
+            grantee: None,
         },
     }
 }

@@ -272,7 +272,11 @@ async fn account_id(account: &Account) -> Result<String, Error> {
     if let Some(id) = &account.id {
         return Ok(id.clone());
     }
-    let sts = aws_sdk_sts::Client::new(&account.sdk);
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::from(&account.sdk)
+            .interceptor(trailguard_common::aws_calls::CallRecorder)
+            .build(),
+    );
     let me = sts
         .get_caller_identity()
         .send()
@@ -291,7 +295,11 @@ async fn account_block(
 ) -> Result<Option<Value>, String> {
     use aws_sdk_s3control::error::ProvideErrorMetadata;
     *calls += 1;
-    let client = aws_sdk_s3control::Client::new(&account.sdk);
+    let client = aws_sdk_s3control::Client::from_conf(
+        aws_sdk_s3control::config::Builder::from(&account.sdk)
+            .interceptor(trailguard_common::aws_calls::CallRecorder)
+            .build(),
+    );
     match client.get_public_access_block().account_id(id).send().await {
         Ok(out) => Ok(out.public_access_block_configuration().map(|c| {
             json!({

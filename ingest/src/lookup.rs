@@ -300,6 +300,7 @@ pub async fn streams(
         };
         for region in regions {
             let mut config = aws_sdk_cloudtrail::config::Builder::from(&account.sdk)
+                .interceptor(trailguard_common::aws_calls::CallRecorder)
                 .region(aws_sdk_cloudtrail::config::Region::new(region.clone()))
                 .retry_config(aws_sdk_cloudtrail::config::retry::RetryConfig::disabled());
             if let Some(url) = aws.endpoints.get("cloudtrail") {
@@ -320,7 +321,11 @@ pub async fn streams(
 /// The regions enabled in the account of `sdk` (account:ListRegions).
 async fn enabled_regions(sdk: &aws_config::SdkConfig) -> Result<Vec<String>, Error> {
     use aws_sdk_account::types::RegionOptStatus;
-    let client = aws_sdk_account::Client::new(sdk);
+    let client = aws_sdk_account::Client::from_conf(
+        aws_sdk_account::config::Builder::from(sdk)
+            .interceptor(trailguard_common::aws_calls::CallRecorder)
+            .build(),
+    );
     let mut regions = Vec::new();
     let mut pages = client
         .list_regions()

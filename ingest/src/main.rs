@@ -296,6 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown::on_signals();
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
+    trailguard_common::aws_calls::register_metrics(&registry)?;
 
     match cli.command {
         Command::Files {

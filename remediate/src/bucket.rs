@@ -1,15 +1,20 @@
-//! "Make bucket private" against S3: read the bucket's state, plan the changes
-//! ([`make_private_changes`]), apply them (or, in dry-run, only describe them), and keep the
-//! prior state as undo data.
+//! The bucket actions against S3. "Make bucket private": read the bucket's state, plan the
+//! changes ([`make_private_changes`]), apply them (or, in dry-run, only describe them), and
+//! keep the prior state as undo data. "Remove a collaborator": drop a grantee's ACL grants and
+//! its principal from the bucket policy. Both undo from the recorded prior state.
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::RequestId;
-use aws_sdk_s3::types::{BucketCannedAcl, PublicAccessBlockConfiguration};
+use aws_sdk_s3::types::{
+    AccessControlPolicy, BucketCannedAcl, Grant, Grantee, Owner, Permission,
+    PublicAccessBlockConfiguration, Type,
+};
 use aws_sdk_s3::Client;
 use serde_json::{json, Value};
 use trailguard_common::contract::{ActionOutcome, ActionStep};
 
 use crate::plan::{make_private_changes, BucketState, Change};
+use trailguard_common::s3::items;
 
 /// What happened to the bucket.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,5 +221,303 @@ pub async fn make_private(client: &Client, bucket: &str, dry_run: bool) -> Bucke
         detail,
         steps,
         undo: Some(undo),
+    }
+}
+
+fn grant_from_json(g: &Value) -> Option<Grant> {
+    let field = |k: &str| g.get(k).and_then(Value::as_str);
+    let grantee = match field("type")? {
+        "CanonicalUser" => Grantee::builder()
+            .r#type(Type::CanonicalUser)
+            .set_id(field("id").map(str::to_string))
+            .build()
+            .ok()?,
+        "Group" => Grantee::builder()
+            .r#type(Type::Group)
+            .set_uri(field("uri").map(str::to_string))
+            .build()
+            .ok()?,
+        "AmazonCustomerByEmail" => Grantee::builder()
+            .r#type(Type::AmazonCustomerByEmail)
+            .set_email_address(field("email").map(str::to_string))
+            .build()
+            .ok()?,
+        _ => return None,
+    };
+    Some(
+        Grant::builder()
+            .grantee(grantee)
+            .set_permission(field("permission").map(Permission::from))
+            .build(),
+    )
+}
+
+async fn put_acl(client: &Client, bucket: &str, acl: &Value) -> Result<ActionStep, String> {
+    let grants: Vec<Grant> = acl["grants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(grant_from_json)
+        .collect();
+    let owner = Owner::builder()
+        .set_id(acl["owner_id"].as_str().map(str::to_string))
+        .build();
+    let policy = AccessControlPolicy::builder()
+        .owner(owner)
+        .set_grants(Some(grants.clone()))
+        .build();
+    let out = client
+        .put_bucket_acl()
+        .bucket(bucket)
+        .access_control_policy(policy)
+        .send()
+        .await
+        .map_err(|e| sdk_error("s3:PutBucketAcl", &e))?;
+    Ok(ActionStep {
+        call: "s3:PutBucketAcl".into(),
+        description: format!("set the ACL to {} grant(s)", grants.len()),
+        request_id: out.request_id().map(str::to_string),
+    })
+}
+
+async fn put_or_delete_policy(
+    client: &Client,
+    bucket: &str,
+    policy: Option<&str>,
+) -> Result<ActionStep, String> {
+    match policy {
+        Some(text) => {
+            let out = client
+                .put_bucket_policy()
+                .bucket(bucket)
+                .policy(text)
+                .send()
+                .await
+                .map_err(|e| sdk_error("s3:PutBucketPolicy", &e))?;
+            Ok(ActionStep {
+                call: "s3:PutBucketPolicy".into(),
+                description: "put the bucket policy".into(),
+                request_id: out.request_id().map(str::to_string),
+            })
+        }
+        None => {
+            let out = client
+                .delete_bucket_policy()
+                .bucket(bucket)
+                .send()
+                .await
+                .map_err(|e| sdk_error("s3:DeleteBucketPolicy", &e))?;
+            Ok(ActionStep {
+                call: "s3:DeleteBucketPolicy".into(),
+                description: "delete the bucket policy".into(),
+                request_id: out.request_id().map(str::to_string),
+            })
+        }
+    }
+}
+
+/// Removes `grantee` from `bucket`: its ACL grants, and its principal from the bucket policy
+/// (statements left without a principal are deleted). With `dry_run`, plans only.
+pub async fn remove_collaborator(
+    client: &Client,
+    bucket: &str,
+    grantee: &str,
+    dry_run: bool,
+) -> BucketResult {
+    let (_, undo) = match read_state(client, bucket).await {
+        Ok(read) => read,
+        Err(detail) => {
+            return BucketResult {
+                outcome: ActionOutcome::Failed,
+                detail,
+                steps: Vec::new(),
+                undo: None,
+            }
+        }
+    };
+    let grants: Vec<Value> = undo["acl"]["grants"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let kept: Vec<Value> = grants
+        .iter()
+        .filter(|g| !crate::plan::grant_matches(g, grantee))
+        .cloned()
+        .collect();
+    let policy: Option<Value> = undo["policy"]
+        .as_str()
+        .and_then(|t| serde_json::from_str(t).ok());
+    let new_policy = policy
+        .as_ref()
+        .and_then(|p| crate::plan::policy_without(p, grantee));
+    let mut planned = Vec::new();
+    if kept.len() < grants.len() {
+        planned.push(ActionStep {
+            call: "s3:PutBucketAcl".into(),
+            description: format!(
+                "remove {} ACL grant(s) of {grantee}",
+                grants.len() - kept.len()
+            ),
+            request_id: None,
+        });
+    }
+    if let Some(change) = &new_policy {
+        planned.push(ActionStep {
+            call: if change.is_some() {
+                "s3:PutBucketPolicy"
+            } else {
+                "s3:DeleteBucketPolicy"
+            }
+            .into(),
+            description: match change {
+                Some(p) => format!(
+                    "remove {grantee} from the bucket policy, keep {} statement(s)",
+                    items(p.get("Statement")).len()
+                ),
+                None => format!("delete the bucket policy: it only granted {grantee}"),
+            },
+            request_id: None,
+        });
+    }
+    if planned.is_empty() {
+        return BucketResult {
+            outcome: ActionOutcome::AlreadyCompliant,
+            detail: format!("{grantee} has no grant on bucket {bucket}"),
+            steps: Vec::new(),
+            undo: None,
+        };
+    }
+    if dry_run {
+        return BucketResult {
+            outcome: ActionOutcome::DryRun,
+            detail: format!(
+                "would remove {grantee} from bucket {bucket} ({} changes)",
+                planned.len()
+            ),
+            steps: planned,
+            undo: Some(undo),
+        };
+    }
+    let mut steps = Vec::new();
+    if kept.len() < grants.len() {
+        let acl = json!({"owner_id": undo["acl"]["owner_id"], "grants": kept});
+        match put_acl(client, bucket, &acl).await {
+            Ok(step) => steps.push(step),
+            Err(detail) => {
+                return BucketResult {
+                    outcome: ActionOutcome::Failed,
+                    detail,
+                    steps,
+                    undo: Some(undo),
+                }
+            }
+        }
+    }
+    if let Some(change) = &new_policy {
+        let text = change.as_ref().map(Value::to_string);
+        match put_or_delete_policy(client, bucket, text.as_deref()).await {
+            Ok(step) => steps.push(step),
+            Err(detail) => {
+                return BucketResult {
+                    outcome: ActionOutcome::Failed,
+                    detail,
+                    steps,
+                    undo: Some(undo),
+                }
+            }
+        }
+    }
+    BucketResult {
+        outcome: ActionOutcome::Applied,
+        detail: format!(
+            "removed {grantee} from bucket {bucket} ({} changes)",
+            steps.len()
+        ),
+        steps,
+        undo: Some(undo),
+    }
+}
+
+/// Restores a bucket from the undo data of `make_bucket_private` or `remove_collaborator`: its
+/// public-access block (when recorded), ACL and policy as they were.
+pub async fn undo(client: &Client, undo: &Value) -> BucketResult {
+    let Some(bucket) = undo["bucket"].as_str() else {
+        return BucketResult {
+            outcome: ActionOutcome::Failed,
+            detail: "the undo data names no bucket".into(),
+            steps: Vec::new(),
+            undo: None,
+        };
+    };
+    let mut steps = Vec::new();
+    let fail = |detail: String, steps: Vec<ActionStep>| BucketResult {
+        outcome: ActionOutcome::Failed,
+        detail,
+        steps,
+        undo: None,
+    };
+    if let Some(block) = undo.get("public_access_block") {
+        let result = match block {
+            Value::Null => client
+                .delete_public_access_block()
+                .bucket(bucket)
+                .send()
+                .await
+                .map(|o| {
+                    (
+                        "s3:DeletePublicAccessBlock",
+                        "remove the public-access block".to_string(),
+                        o.request_id().map(str::to_string),
+                    )
+                })
+                .map_err(|e| sdk_error("s3:DeletePublicAccessBlock", &e)),
+            flags => {
+                let flag = |k: &str| flags[k].as_bool().unwrap_or(false);
+                let config = PublicAccessBlockConfiguration::builder()
+                    .block_public_acls(flag("BlockPublicAcls"))
+                    .ignore_public_acls(flag("IgnorePublicAcls"))
+                    .block_public_policy(flag("BlockPublicPolicy"))
+                    .restrict_public_buckets(flag("RestrictPublicBuckets"))
+                    .build();
+                client
+                    .put_public_access_block()
+                    .bucket(bucket)
+                    .public_access_block_configuration(config)
+                    .send()
+                    .await
+                    .map(|o| {
+                        (
+                            "s3:PutPublicAccessBlock",
+                            "restore the public-access block".to_string(),
+                            o.request_id().map(str::to_string),
+                        )
+                    })
+                    .map_err(|e| sdk_error("s3:PutPublicAccessBlock", &e))
+            }
+        };
+        match result {
+            Ok((call, description, request_id)) => steps.push(ActionStep {
+                call: call.into(),
+                description,
+                request_id,
+            }),
+            Err(detail) => return fail(detail, steps),
+        }
+    }
+    // The policy before the ACL: with the block restored, a public policy is accepted again.
+    match put_or_delete_policy(client, bucket, undo["policy"].as_str()).await {
+        Ok(step) => steps.push(step),
+        Err(detail) if undo["policy"].is_null() && detail.contains("NoSuchBucketPolicy") => {}
+        Err(detail) => return fail(detail, steps),
+    }
+    match put_acl(client, bucket, &undo["acl"]).await {
+        Ok(step) => steps.push(step),
+        Err(detail) => return fail(detail, steps),
+    }
+    BucketResult {
+        outcome: ActionOutcome::Applied,
+        detail: format!("restored bucket {bucket} ({} changes)", steps.len()),
+        steps,
+        undo: None,
     }
 }

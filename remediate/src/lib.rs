@@ -1,12 +1,17 @@
-//! Trailguard remediate: consumes alerts, decides each requested governance action
-//! ([`plan`]), applies it in its mode, and records every decision on the actions topic.
+//! Trailguard remediate: consumes alerts, verifies their signatures, decides each requested
+//! governance action ([`plan`]), applies it in its mode, and records every decision on the
+//! actions topic.
 //!
-//! - [`plan`] (pure): modes, protections, and the changes "make bucket private" needs.
-//! - [`bucket`]: the S3 side of "make bucket private".
-//! - [`run`]: the Kafka loop — never acts twice on one alert, across restarts (it reads back
-//!   the actions topic at start).
+//! - [`plan`] (pure): modes, protections, rate limits, and the changes the bucket actions need.
+//! - [`bucket`]: make a bucket private, remove a collaborator, and their undo (S3).
+//! - [`iam`]: require sign-in again, suspend a user, and their undo (IAM).
+//! - [`notify`]: webhooks, Slack, SNS.
+//! - [`run`]: the Kafka loop — never acts twice on one alert, across restarts and instances
+//!   (it reads back the actions topic on every assignment); [`undo`] reverses one action.
 
 pub mod bucket;
+pub mod iam;
+pub mod notify;
 pub mod plan;
 mod runner;
 
@@ -18,7 +23,7 @@ use trailguard_common::aws::AwsConfig;
 use trailguard_common::config::{AdminConfig, KafkaConfig, LogConfig};
 use trailguard_common::contract::{ActionKind, Mode};
 
-pub use runner::{run, Metrics};
+pub use runner::{run, undo, Metrics};
 
 /// Everything remediate can be configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +39,10 @@ pub struct RemediateConfig {
     pub aws: AwsConfig,
     /// Modes and protections.
     pub remediate: RemediateSettings,
+    /// Keys alerts must be signed with.
+    pub signing: trailguard_common::sign::SigningConfig,
+    /// Notification channels.
+    pub notify: notify::NotifyConfig,
 }
 
 impl Default for RemediateConfig {
@@ -44,6 +53,8 @@ impl Default for RemediateConfig {
             log: LogConfig::default(),
             aws: AwsConfig::default(),
             remediate: RemediateSettings::default(),
+            signing: trailguard_common::sign::SigningConfig::default(),
+            notify: notify::NotifyConfig::default(),
         }
     }
 }
@@ -58,6 +69,23 @@ impl RemediateConfig {
                 "must not be empty",
             ));
         }
+        for (kind, limit) in &self.remediate.rate_limits {
+            if limit.per.is_zero() {
+                return Err(trailguard_common::Error::config(
+                    &format!("remediate.rate_limits.{}.per", kind.as_str()),
+                    "must be longer than zero",
+                ));
+            }
+        }
+        self.signing.validate()?;
+        if self.signing.required && self.signing.verifier().has_no_keys() {
+            return Err(trailguard_common::Error::config(
+                "signing.keys",
+                "signed alerts are required but no key is configured: set signing.keys \
+                 (TRAILGUARD_SIGNING__KEYS__<ID>) to detect's key, or signing.required = false",
+            ));
+        }
+        self.notify.validate()?;
         self.aws.validate()
     }
 }
@@ -72,8 +100,16 @@ pub struct RemediateSettings {
     pub default_mode: Mode,
     /// Per policy id: a mode for all its actions and/or per action kind.
     pub policies: BTreeMap<String, PolicyModes>,
+    /// Mode of `notify` where no policy entry names it (not destructive: `auto`).
+    pub notify_mode: Mode,
     /// Buckets never touched, whatever an alert asks (`*` matches any run of characters).
     pub protected_buckets: Vec<String>,
+    /// Principals never touched (ARN patterns, `*` wildcards), besides the built-in ones: every
+    /// account's root, roles named `trailguard-*`, and the role in `aws.role_arn_template`.
+    pub protected_principals: Vec<String>,
+    /// At most `max` actions of a kind per `per` (applied ones; `max = 0`: no limit). Beyond
+    /// it, actions are refused and recorded.
+    pub rate_limits: BTreeMap<ActionKind, RateLimit>,
     /// How long shutdown may take to finish in-flight work.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -85,7 +121,16 @@ impl Default for RemediateSettings {
             group_id: "trailguard-remediate".into(),
             default_mode: Mode::DryRun,
             policies: BTreeMap::new(),
+            notify_mode: Mode::Auto,
             protected_buckets: Vec::new(),
+            protected_principals: Vec::new(),
+            rate_limits: [
+                (ActionKind::SuspendUser, RateLimit::per_hour(5)),
+                (ActionKind::RequireSignIn, RateLimit::per_hour(20)),
+                (ActionKind::MakeBucketPrivate, RateLimit::per_hour(50)),
+                (ActionKind::RemoveCollaborator, RateLimit::per_hour(50)),
+            ]
+            .into(),
             drain_timeout: Duration::from_secs(20),
         }
     }
@@ -96,10 +141,36 @@ impl RemediateSettings {
     /// else the default.
     pub fn mode_for(&self, policy_id: &str, kind: ActionKind) -> Mode {
         let policy = self.policies.get(policy_id);
+        let fallback = if kind == ActionKind::Notify {
+            self.notify_mode
+        } else {
+            self.default_mode
+        };
         policy
             .and_then(|p| p.actions.get(&kind).copied())
             .or_else(|| policy.and_then(|p| p.mode))
-            .unwrap_or(self.default_mode)
+            .unwrap_or(fallback)
+    }
+}
+
+/// A rate limit of one action kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Actions allowed per window (0: unlimited).
+    pub max: u32,
+    /// The sliding window.
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// `max` per hour.
+    pub fn per_hour(max: u32) -> Self {
+        RateLimit {
+            max,
+            per: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -128,6 +199,9 @@ pub enum Error {
     /// Stopped before a decision could be recorded.
     #[error("stopped: {0}")]
     Stopped(String),
+    /// An undo that cannot be done.
+    #[error("undo: {0}")]
+    Undo(String),
 }
 
 #[cfg(test)]
@@ -151,6 +225,8 @@ mod tests {
         }
         assert_eq!(s.mode_for("p", ActionKind::MakeBucketPrivate), Mode::Off);
         assert_eq!(s.mode_for("p", ActionKind::Notify), Mode::Auto);
+        assert_eq!(s.mode_for("other", ActionKind::Notify), Mode::Auto);
+        assert_eq!(s.mode_for("other", ActionKind::SuspendUser), Mode::DryRun);
     }
 }
 

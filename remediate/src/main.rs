@@ -30,6 +30,18 @@ struct Cli {
     /// AWS endpoint override (a local AWS-API server); implies path-style S3 addressing.
     #[arg(long, env = "TRAILGUARD_AWS_ENDPOINT")]
     aws_endpoint: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Undo one applied action from its recorded prior state, and record the undo on the
+    /// actions topic. ACTION_ID is the `id` of its action record.
+    Undo {
+        /// Id of the action record to undo.
+        action_id: String,
+    },
 }
 
 #[tokio::main]
@@ -62,9 +74,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config::load(&RemediateConfig::default(), cli.config.as_deref(), &flags)?;
     cfg.validate()?;
     telemetry::init_logging(&cfg.log);
+    if let Some(Command::Undo { action_id }) = &cli.command {
+        let record = trailguard_remediate::undo(cfg, action_id).await?;
+        println!(
+            "{} {}: {}",
+            record.outcome.as_str(),
+            record.id,
+            record.detail
+        );
+        for step in &record.steps {
+            println!(
+                "  {} {}{}",
+                step.call,
+                step.description,
+                step.request_id
+                    .as_deref()
+                    .map(|id| format!(" (request {id})"))
+                    .unwrap_or_default()
+            );
+        }
+        if record.outcome != trailguard_common::contract::ActionOutcome::Applied {
+            anyhow::bail!("undo of {action_id} did not complete");
+        }
+        return Ok(());
+    }
     let shutdown = shutdown::on_signals();
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
+    trailguard_common::aws_calls::register_metrics(&registry)?;
     let health = telemetry::Health::default();
     telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone()).await?;
     let result = trailguard_remediate::run(cfg, metrics, shutdown.clone()).await;

@@ -19,14 +19,57 @@ pub struct Decision {
     pub refusal: Option<String>,
 }
 
+/// Principals no action touches, whatever the configuration says.
+pub const BUILTIN_PROTECTED_PRINCIPALS: &[&str] = &[
+    "arn:aws:iam::*:root",
+    "arn:aws:iam::*:role/trailguard-*",
+    "arn:aws:iam::*:role/*/trailguard-*",
+    "arn:aws:sts::*:assumed-role/trailguard-*",
+];
+
+/// Why a principal must not be touched, if so. `own_role` is the role remediate assumes
+/// (from `aws.role_arn_template`, `{account}` as `*`).
+pub fn principal_refusal(
+    arn: &str,
+    settings: &RemediateSettings,
+    own_role: Option<&str>,
+) -> Option<String> {
+    if let Ok(crate::iam::Identity::Root { account }) = crate::iam::Identity::parse(arn) {
+        return Some(format!("the root user of {account} is never touched"));
+    }
+    // A role session is protected when its role is.
+    let mut names = vec![arn.to_string()];
+    if let Some((prefix, rest)) = arn.split_once(":assumed-role/") {
+        let account = prefix.rsplit(':').next().unwrap_or_default();
+        let role = rest.split('/').next().unwrap_or_default();
+        names.push(format!("arn:aws:iam::{account}:role/{role}"));
+    }
+    let patterns = BUILTIN_PROTECTED_PRINCIPALS
+        .iter()
+        .map(|p| p.to_string())
+        .chain(settings.protected_principals.iter().cloned())
+        .chain(own_role.map(str::to_string));
+    for pattern in patterns {
+        if names.iter().any(|n| wildcard_match(&pattern, n)) {
+            return Some(format!(
+                "principal {arn} is protected (matches `{pattern}`)"
+            ));
+        }
+    }
+    None
+}
+
 /// Decides every action an alert asks for.
-pub fn plan(alert: &Alert, settings: &RemediateSettings) -> Vec<Decision> {
+pub fn plan(alert: &Alert, settings: &RemediateSettings, own_role: Option<&str>) -> Vec<Decision> {
     alert
         .actions
         .iter()
         .map(|action| {
             let mode = settings.mode_for(&alert.policy_id, action.kind);
             let refusal = match action.kind {
+                ActionKind::RequireSignIn | ActionKind::SuspendUser => {
+                    principal_refusal(&action.target.id, settings, own_role)
+                }
                 ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator => settings
                     .protected_buckets
                     .iter()
@@ -46,6 +89,43 @@ pub fn plan(alert: &Alert, settings: &RemediateSettings) -> Vec<Decision> {
             }
         })
         .collect()
+}
+
+/// Sliding-window rate limits per action kind (pure: the caller passes the time).
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    used: std::collections::HashMap<ActionKind, std::collections::VecDeque<std::time::Instant>>,
+}
+
+impl RateLimiter {
+    /// Takes one action of `kind` at `now` if the limit allows; otherwise says why not.
+    pub fn take(
+        &mut self,
+        kind: ActionKind,
+        limit: Option<&crate::RateLimit>,
+        now: std::time::Instant,
+    ) -> Result<(), String> {
+        let Some(limit) = limit.filter(|l| l.max > 0) else {
+            return Ok(());
+        };
+        let used = self.used.entry(kind).or_default();
+        while used
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= limit.per)
+        {
+            used.pop_front();
+        }
+        if used.len() >= limit.max as usize {
+            return Err(format!(
+                "rate limit reached: at most {} {} per {}",
+                limit.max,
+                kind.as_str(),
+                humantime::format_duration(limit.per)
+            ));
+        }
+        used.push_back(now);
+        Ok(())
+    }
 }
 
 /// Matches `text` against a pattern where `*` stands for any run of characters.
@@ -151,6 +231,59 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn settings() -> RemediateSettings {
+        RemediateSettings {
+            protected_principals: vec!["arn:aws:iam::*:user/break-glass".into()],
+            ..RemediateSettings::default()
+        }
+    }
+
+    #[test]
+    fn protected_principals_are_refused() {
+        let s = settings();
+        for arn in [
+            "arn:aws:iam::111111111111:root",
+            "arn:aws:iam::111111111111:user/break-glass",
+            "arn:aws:iam::111111111111:role/trailguard-remediate",
+            "arn:aws:sts::111111111111:assumed-role/trailguard-remediate/session",
+            "arn:aws:sts::111111111111:assumed-role/OrgAdmin/alice",
+        ] {
+            assert!(
+                principal_refusal(arn, &s, Some("arn:aws:iam::*:role/OrgAdmin")).is_some(),
+                "{arn}"
+            );
+        }
+        assert_eq!(
+            principal_refusal("arn:aws:iam::111111111111:user/alice", &s, None),
+            None
+        );
+    }
+
+    #[test]
+    fn rate_limit_slides() {
+        let mut r = RateLimiter::default();
+        let limit = crate::RateLimit {
+            max: 2,
+            per: std::time::Duration::from_secs(60),
+        };
+        let t0 = std::time::Instant::now();
+        assert!(r.take(ActionKind::SuspendUser, Some(&limit), t0).is_ok());
+        assert!(r.take(ActionKind::SuspendUser, Some(&limit), t0).is_ok());
+        let refused = match r.take(ActionKind::SuspendUser, Some(&limit), t0) {
+            Ok(()) => String::new(),
+            Err(why) => why,
+        };
+        assert!(
+            refused.contains("at most 2 suspend_user per 1m"),
+            "{refused}"
+        );
+        // Another kind has its own budget; unlimited kinds always pass.
+        assert!(r.take(ActionKind::RequireSignIn, Some(&limit), t0).is_ok());
+        assert!(r.take(ActionKind::Notify, None, t0).is_ok());
+        let later = t0 + std::time::Duration::from_secs(60);
+        assert!(r.take(ActionKind::SuspendUser, Some(&limit), later).is_ok());
+    }
+
     #[test]
     fn wildcards() {
         assert!(wildcard_match("trailguard-*", "trailguard-logs"));
@@ -200,5 +333,151 @@ mod tests {
             ),
         };
         assert_eq!(make_private_changes(&state), vec![Change::DeletePolicy]);
+    }
+}
+
+/// True when the policy principal value `p` names `grantee` (a principal ARN, an account id or
+/// a canonical user id). An account id matches the account's root and every principal in it;
+/// an assumed-role session matches its role.
+pub fn principal_matches(p: &str, grantee: &str) -> bool {
+    if p == grantee {
+        return true;
+    }
+    if trailguard_common::aws::is_account_id(grantee) {
+        return p == format!("arn:aws:iam::{grantee}:root") || p.split(':').nth(4) == Some(grantee);
+    }
+    // arn:aws:sts::A:assumed-role/R/S → arn:aws:iam::A:role/[path/]R
+    if let Some((prefix, rest)) = grantee.split_once(":assumed-role/") {
+        let account = prefix.rsplit(':').next().unwrap_or_default();
+        let role = rest.split('/').next().unwrap_or_default();
+        return p.starts_with(&format!("arn:aws:iam::{account}:role/"))
+            && p.rsplit('/').next() == Some(role);
+    }
+    false
+}
+
+/// The bucket policy without `grantee`: it is removed from every statement's `AWS` and
+/// `CanonicalUser` principals; a statement left with no principal is dropped. `None` when
+/// nothing names the grantee; `Some(None)` when no statement is left (delete the policy).
+pub fn policy_without(policy: &Value, grantee: &str) -> Option<Option<Value>> {
+    let statements = items(policy.get("Statement"));
+    let mut changed = false;
+    let mut kept = Vec::new();
+    for st in statements {
+        let mut st = st.clone();
+        let Some(Value::Object(principal)) = st.get_mut("Principal") else {
+            kept.push(st);
+            continue;
+        };
+        for key in ["AWS", "CanonicalUser"] {
+            let Some(value) = principal.get(key).cloned() else {
+                continue;
+            };
+            let values: Vec<Value> = match value {
+                Value::Array(a) => a,
+                other => vec![other],
+            };
+            let left: Vec<Value> = values
+                .iter()
+                .filter(|v| !v.as_str().is_some_and(|p| principal_matches(p, grantee)))
+                .cloned()
+                .collect();
+            if left.len() != values.len() {
+                changed = true;
+                match left.len() {
+                    0 => {
+                        principal.remove(key);
+                    }
+                    1 => {
+                        principal.insert(key.into(), left[0].clone());
+                    }
+                    _ => {
+                        principal.insert(key.into(), Value::Array(left));
+                    }
+                }
+            }
+        }
+        if principal.is_empty() {
+            continue;
+        }
+        kept.push(st);
+    }
+    if !changed {
+        return None;
+    }
+    if kept.is_empty() {
+        return Some(None);
+    }
+    let mut policy = policy.clone();
+    policy["Statement"] = Value::Array(kept);
+    Some(Some(policy))
+}
+
+/// True when the ACL grant (as recorded: `type`, `id`, `email`, `uri`) is `grantee`'s.
+pub fn grant_matches(grant: &Value, grantee: &str) -> bool {
+    let field = |k: &str| grant.get(k).and_then(Value::as_str);
+    field("id") == Some(grantee) || field("email").is_some_and(|e| e.eq_ignore_ascii_case(grantee))
+}
+
+#[cfg(test)]
+mod collaborator_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn principals_match_by_arn_account_and_role() {
+        assert!(principal_matches(
+            "arn:aws:iam::222222222222:root",
+            "222222222222"
+        ));
+        assert!(principal_matches(
+            "arn:aws:iam::222222222222:user/bob",
+            "222222222222"
+        ));
+        assert!(principal_matches("222222222222", "222222222222"));
+        assert!(!principal_matches(
+            "arn:aws:iam::333333333333:root",
+            "222222222222"
+        ));
+        assert!(principal_matches(
+            "arn:aws:iam::222222222222:role/ops/Reader",
+            "arn:aws:sts::222222222222:assumed-role/Reader/bob"
+        ));
+        assert!(!principal_matches(
+            "arn:aws:iam::222222222222:role/Writer",
+            "arn:aws:sts::222222222222:assumed-role/Reader/bob"
+        ));
+        assert!(principal_matches(
+            "arn:aws:iam::2:user/bob",
+            "arn:aws:iam::2:user/bob"
+        ));
+    }
+
+    #[test]
+    fn the_grantee_leaves_the_policy_and_empty_statements_go() {
+        let policy = json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "Both", "Effect": "Allow", "Principal": {"AWS": ["arn:aws:iam::222222222222:root", "arn:aws:iam::444444444444:root"]}, "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"},
+            {"Sid": "Only", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::222222222222:root"}, "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b"},
+            {"Sid": "Service", "Effect": "Allow", "Principal": {"Service": "logging.s3.amazonaws.com"}, "Action": "s3:PutObject", "Resource": "arn:aws:s3:::b/*"}
+        ]});
+        let Some(Some(out)) = policy_without(&policy, "222222222222") else {
+            panic!("expected a changed policy");
+        };
+        let sts = out["Statement"].as_array().cloned().unwrap_or_default();
+        assert_eq!(sts.len(), 2);
+        assert_eq!(sts[0]["Principal"]["AWS"], "arn:aws:iam::444444444444:root");
+        assert_eq!(sts[1]["Sid"], "Service");
+        assert_eq!(policy_without(&policy, "555555555555"), None);
+        let only = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "222222222222"}, "Action": "s3:*"}]});
+        assert_eq!(policy_without(&only, "222222222222"), Some(None));
+    }
+
+    #[test]
+    fn grants_match_by_canonical_id_or_email() {
+        let g = json!({"type": "CanonicalUser", "id": "abc123", "permission": "READ"});
+        assert!(grant_matches(&g, "abc123"));
+        assert!(!grant_matches(&g, "abc"));
+        let e = json!({"type": "AmazonCustomerByEmail", "email": "Bob@Example.com"});
+        assert!(grant_matches(&e, "bob@example.com"));
     }
 }

@@ -1,8 +1,8 @@
-//! The Kafka loop: consume an alert, decide, act, publish the action record, and only then
-//! store the offset. Alerts already answered (by this or an earlier instance, as the actions
-//! topic shows) are skipped, so no alert is acted on twice.
+//! The Kafka loop: consume an alert, verify its signature, decide, act, publish the action
+//! record, and only then store the offset. Alerts already answered (by this or an earlier
+//! instance, as the actions topic shows) are skipped, so no alert is acted on twice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -16,19 +16,23 @@ use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use trailguard_common::contract::{
-    stable_id, ActionKind, ActionOutcome, ActionRecord, Mode, ACTION_SCHEMA_VERSION,
-    ALERT_SCHEMA_VERSION,
+    stable_id, ActionKind, ActionOutcome, ActionRecord, Mode, RequestedAction,
+    ACTION_SCHEMA_VERSION, ALERT_SCHEMA_VERSION,
 };
+use trailguard_common::sign::Rejection;
 use trailguard_common::{kafka, Alert};
 
-use crate::plan::{plan, Decision};
-use crate::{bucket, Error, RemediateConfig};
+use crate::notify::Notifier;
+use crate::plan::{plan, Decision, RateLimiter};
+use crate::{bucket, iam, Error, RemediateConfig};
 
 /// Remediate's metrics. Labels come from closed sets only.
 #[derive(Clone)]
 pub struct Metrics {
     alerts: IntCounterVec,
     actions: IntCounterVec,
+    rejected: IntCounterVec,
+    latency: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -37,7 +41,7 @@ impl Metrics {
         let alerts = IntCounterVec::new(
             Opts::new(
                 "trailguard_remediate_alerts_total",
-                "Alerts consumed, by result (handled, duplicate, undecodable).",
+                "Alerts consumed, by result (handled, duplicate, rejected, undecodable).",
             ),
             &["result"],
         )?;
@@ -48,21 +52,85 @@ impl Metrics {
             ),
             &["kind", "outcome"],
         )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "trailguard_remediate_rejected_alerts_total",
+                "Alerts refused as not authentic, by reason (unsigned, unknown_key, bad_signature).",
+            ),
+            &["reason"],
+        )?;
+        let latency = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "trailguard_remediate_alert_to_action_seconds",
+                "From an alert's arrival on the alerts topic (its Kafka timestamp) to its action records being durable.",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )?;
         registry.register(Box::new(alerts.clone()))?;
         registry.register(Box::new(actions.clone()))?;
-        Ok(Metrics { alerts, actions })
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Metrics {
+            alerts,
+            actions,
+            rejected,
+            latency,
+        })
     }
 }
 
-/// Carries out one decision and describes it as an action record.
-async fn execute(s3: &aws_sdk_s3::Client, alert: &Alert, decision: &Decision) -> ActionRecord {
+/// AWS clients per target account (the role from `aws.role_arn_template` is assumed there).
+struct Clients {
+    aws: trailguard_common::aws::AwsConfig,
+    by_account: tokio::sync::Mutex<HashMap<String, (aws_sdk_s3::Client, aws_sdk_iam::Client)>>,
+}
+
+impl Clients {
+    fn new(aws: trailguard_common::aws::AwsConfig) -> Self {
+        Clients {
+            aws,
+            by_account: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn get(&self, account: Option<&str>) -> (aws_sdk_s3::Client, aws_sdk_iam::Client) {
+        let key = account.unwrap_or_default().to_string();
+        let mut map = self.by_account.lock().await;
+        if let Some(c) = map.get(&key) {
+            return c.clone();
+        }
+        let sdk = self
+            .aws
+            .sdk_config_for(account.filter(|a| !a.is_empty()))
+            .await;
+        let s3 = trailguard_common::aws::s3_client_for(&self.aws, &sdk, None);
+        let mut iam = aws_sdk_iam::config::Builder::from(&sdk)
+            .interceptor(trailguard_common::aws_calls::CallRecorder);
+        if let Some(url) = self.aws.endpoints.get("iam") {
+            iam = iam.endpoint_url(url);
+        }
+        let clients = (s3, aws_sdk_iam::Client::from_conf(iam.build()));
+        map.insert(key, clients.clone());
+        clients
+    }
+}
+
+/// What the loop needs to act.
+struct Actor {
+    clients: Clients,
+    notifier: Notifier,
+    limiter: std::sync::Mutex<RateLimiter>,
+}
+
+fn new_record(alert: &Alert, decision: &Decision) -> ActionRecord {
     let target = &decision.action.target;
-    let mut record = ActionRecord {
+    ActionRecord {
         schema_version: ACTION_SCHEMA_VERSION,
         id: stable_id([
             alert.id.as_str(),
             decision.action.kind.as_str(),
             target.id.as_str(),
+            target.grantee.as_deref().unwrap_or(""),
         ]),
         alert_id: alert.id.clone(),
         policy_id: alert.policy_id.clone(),
@@ -75,7 +143,33 @@ async fn execute(s3: &aws_sdk_s3::Client, alert: &Alert, decision: &Decision) ->
         aws_request_ids: Vec::new(),
         time: chrono::Utc::now(),
         undo: None,
-    };
+        undo_of: None,
+    }
+}
+
+fn fill(
+    record: &mut ActionRecord,
+    outcome: ActionOutcome,
+    detail: String,
+    steps: Vec<trailguard_common::contract::ActionStep>,
+    undo: Option<serde_json::Value>,
+) {
+    record.outcome = outcome;
+    record.detail = detail;
+    record.aws_request_ids = steps.iter().filter_map(|s| s.request_id.clone()).collect();
+    record.steps = steps;
+    record.undo = undo;
+}
+
+/// Carries out one decision and describes it as an action record.
+async fn execute(
+    actor: &Actor,
+    cfg: &RemediateConfig,
+    alert: &Alert,
+    decision: &Decision,
+) -> ActionRecord {
+    let target = &decision.action.target;
+    let mut record = new_record(alert, decision);
     if let Some(refusal) = &decision.refusal {
         record.outcome = ActionOutcome::Refused;
         record.detail = format!("refused: {refusal}");
@@ -89,26 +183,88 @@ async fn execute(s3: &aws_sdk_s3::Client, alert: &Alert, decision: &Decision) ->
         );
         return record;
     }
-    match decision.action.kind {
-        ActionKind::MakeBucketPrivate => {
-            let result = bucket::make_private(s3, &target.id, decision.mode == Mode::DryRun).await;
-            record.outcome = result.outcome;
-            record.detail = result.detail;
-            record.aws_request_ids = result
-                .steps
-                .iter()
-                .filter_map(|s| s.request_id.clone())
-                .collect();
-            record.steps = result.steps;
-            record.undo = result.undo;
-        }
-        other => {
-            record.detail = format!(
-                "{} is not available in this version; nothing done",
-                other.as_str()
-            );
+    let dry_run = decision.mode == Mode::DryRun;
+    if !dry_run {
+        let limit = cfg.remediate.rate_limits.get(&decision.action.kind);
+        let taken = match actor.limiter.lock() {
+            Ok(mut l) => l.take(decision.action.kind, limit, std::time::Instant::now()),
+            Err(poisoned) => {
+                poisoned
+                    .into_inner()
+                    .take(decision.action.kind, limit, std::time::Instant::now())
+            }
+        };
+        if let Err(why) = taken {
+            record.outcome = ActionOutcome::Refused;
+            record.detail = format!("refused: {why}");
+            return record;
         }
     }
+    let account = target.account_id.as_deref();
+    match decision.action.kind {
+        ActionKind::MakeBucketPrivate => {
+            let (s3, _) = actor.clients.get(account).await;
+            let r = bucket::make_private(&s3, &target.id, dry_run).await;
+            fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
+        }
+        ActionKind::RemoveCollaborator => {
+            let Some(grantee) = target.grantee.as_deref().filter(|g| !g.is_empty()) else {
+                record.outcome = ActionOutcome::Failed;
+                record.detail = "remove_collaborator needs a grantee in its target".into();
+                return record;
+            };
+            let (s3, _) = actor.clients.get(account).await;
+            let r = bucket::remove_collaborator(&s3, &target.id, grantee, dry_run).await;
+            fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
+        }
+        ActionKind::RequireSignIn | ActionKind::SuspendUser => {
+            let who = match iam::Identity::parse(&target.id) {
+                Ok(who) => who,
+                Err(why) => {
+                    record.outcome = ActionOutcome::Failed;
+                    record.detail = why;
+                    return record;
+                }
+            };
+            let (_, client) = actor.clients.get(account.or(Some(who.account()))).await;
+            let r = if decision.action.kind == ActionKind::SuspendUser {
+                iam::suspend_user(&client, &who, dry_run).await
+            } else {
+                let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+                iam::require_sign_in(&client, &who, &now, dry_run).await
+            };
+            fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
+        }
+        ActionKind::Notify => {
+            let r = actor.notifier.notify(alert, target, dry_run).await;
+            fill(&mut record, r.outcome, r.detail, r.steps, None);
+        }
+    }
+    record
+}
+
+/// The record of an alert that was not authentic: never acted on.
+fn rejection_record(alert: &Alert, action: &RequestedAction, why: &Rejection) -> ActionRecord {
+    let mut record = new_record(
+        alert,
+        &Decision {
+            action: action.clone(),
+            mode: Mode::Off,
+            refusal: None,
+        },
+    );
+    // Its own id: a forged copy must never stand in for the genuine alert's records.
+    record.id = stable_id([
+        "rejected",
+        record.id.as_str(),
+        alert
+            .signature
+            .as_ref()
+            .map(|s| s.hmac_sha256.as_str())
+            .unwrap_or(""),
+    ]);
+    record.outcome = ActionOutcome::Rejected;
+    record.detail = format!("alert rejected, not acted on: {why}");
     record
 }
 
@@ -138,7 +294,10 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<HashSet<String>, Error> {
         "trailguard-remediate",
         |payload| {
             if let Ok(record) = serde_json::from_slice::<ActionRecord>(payload) {
-                done.insert(record.alert_id);
+                // A rejected (forged) copy does not answer the genuine alert.
+                if record.outcome != ActionOutcome::Rejected && record.undo_of.is_none() {
+                    done.insert(record.alert_id);
+                }
             }
         },
     )?;
@@ -180,7 +339,32 @@ pub async fn run(
     let topics = &cfg.kafka.topics;
     kafka::ensure_topics(&cfg.kafka, &[&topics.alerts, &topics.actions], &[]).await?;
     let mut answered = HashSet::new();
-    let s3 = trailguard_common::aws::s3_client(&cfg.aws).await;
+    let verifier = cfg.signing.verifier();
+    let own_role = cfg.aws.role_arn("*");
+    let sns = if cfg
+        .notify
+        .channels
+        .iter()
+        .any(|c| c.kind == crate::notify::ChannelKind::Sns)
+    {
+        let sdk = cfg.aws.sdk_config().await;
+        let mut b = aws_sdk_sns::config::Builder::from(&sdk)
+            .interceptor(trailguard_common::aws_calls::CallRecorder);
+        if let Some(url) = cfg.aws.endpoints.get("sns") {
+            b = b.endpoint_url(url);
+        }
+        Some(aws_sdk_sns::Client::from_conf(b.build()))
+    } else {
+        None
+    };
+    let actor = Actor {
+        clients: Clients::new(cfg.aws.clone()),
+        notifier: Notifier::new(cfg.notify.clone(), sns),
+        limiter: std::sync::Mutex::new(RateLimiter::default()),
+    };
+    if !cfg.signing.required {
+        tracing::warn!("signing.required is false: unsigned alerts are acted on");
+    }
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
     let context = AssignmentContext::default();
     let consumer = kafka::consumer(
@@ -206,6 +390,7 @@ pub async fn run(
             }
         };
         let (partition, offset) = (message.partition(), message.offset());
+        let arrived = message.timestamp().to_millis();
         let alert = message.payload().map(serde_json::from_slice::<Alert>);
         drop(message);
         if context.assigned.swap(false, Ordering::SeqCst) {
@@ -216,12 +401,29 @@ pub async fn run(
         let mut acted = false;
         match alert {
             Some(Ok(alert)) if alert.schema_version <= ALERT_SCHEMA_VERSION => {
-                if answered.contains(&alert.id) {
+                if let Err(why) = verifier.verify(&alert) {
+                    metrics.alerts.with_label_values(&["rejected"]).inc();
+                    metrics.rejected.with_label_values(&[why.as_str()]).inc();
+                    tracing::warn!(alert_id = %alert.id, policy = %alert.policy_id, partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
+                    for action in &alert.actions {
+                        let record = rejection_record(&alert, action, &why);
+                        if !publish(&producer, &cfg, &record, &shutdown).await {
+                            return Err(Error::Stopped(format!(
+                                "rejection record for alert {} not published",
+                                alert.id
+                            )));
+                        }
+                        metrics
+                            .actions
+                            .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
+                            .inc();
+                    }
+                } else if answered.contains(&alert.id) {
                     metrics.alerts.with_label_values(&["duplicate"]).inc();
                     tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
                 } else {
-                    for decision in plan(&alert, &cfg.remediate) {
-                        let record = execute(&s3, &alert, &decision).await;
+                    for decision in plan(&alert, &cfg.remediate, own_role.as_deref()) {
+                        let record = execute(&actor, &cfg, &alert, &decision).await;
                         if !publish(&producer, &cfg, &record, &shutdown).await {
                             return Err(Error::Stopped(format!(
                                 "action record for alert {} not published",
@@ -237,6 +439,10 @@ pub async fn run(
                     answered.insert(alert.id);
                     acted = true;
                     metrics.alerts.with_label_values(&["handled"]).inc();
+                    if let Some(ms) = arrived {
+                        let now = chrono::Utc::now().timestamp_millis();
+                        metrics.latency.observe((now - ms).max(0) as f64 / 1000.0);
+                    }
                 }
             }
             other => {
@@ -268,4 +474,90 @@ pub async fn run(
     kafka::flush(&producer, cfg.remediate.drain_timeout)?;
     tracing::info!("remediate stopped");
     Ok(())
+}
+
+/// Undoes the action `action_id` from its recorded undo data and records that on the actions
+/// topic. Refuses an action that changed nothing, has no undo data, or was undone already.
+pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord, Error> {
+    let mut original: Option<ActionRecord> = None;
+    let mut undone: Option<ActionRecord> = None;
+    let topic = cfg.kafka.topics.actions.clone();
+    let cfg_for_read = cfg.clone();
+    let id = action_id.to_string();
+    let (found, previous) = tokio::task::spawn_blocking(move || {
+        kafka::read_all(
+            &cfg_for_read.kafka,
+            &topic,
+            "trailguard-remediate-undo",
+            |payload| {
+                if let Ok(record) = serde_json::from_slice::<ActionRecord>(payload) {
+                    if record.undo_of.as_deref() == Some(id.as_str())
+                        && record.outcome == ActionOutcome::Applied
+                    {
+                        undone = Some(record);
+                    } else if record.id == id && record.undo_of.is_none() {
+                        original = Some(record);
+                    }
+                }
+            },
+        )
+        .map(|_| (original, undone))
+    })
+    .await
+    .map_err(|e| Error::Stopped(format!("reading the actions topic: {e}")))??;
+    let Some(original) = found else {
+        return Err(Error::Undo(format!(
+            "no action {action_id} on topic {}",
+            cfg.kafka.topics.actions
+        )));
+    };
+    if let Some(previous) = previous {
+        return Err(Error::Undo(format!(
+            "action {action_id} was undone already at {} ({})",
+            previous.time, previous.id
+        )));
+    }
+    if original.outcome != ActionOutcome::Applied {
+        return Err(Error::Undo(format!(
+            "action {action_id} changed nothing (outcome {}): there is nothing to undo",
+            original.outcome.as_str()
+        )));
+    }
+    let Some(data) = original.undo.clone() else {
+        return Err(Error::Undo(format!(
+            "action {action_id} recorded no undo data"
+        )));
+    };
+    let clients = Clients::new(cfg.aws.clone());
+    let account = original.target.account_id.clone();
+    let mut record = original.clone();
+    record.id = stable_id(["undo", action_id]);
+    record.undo_of = Some(action_id.to_string());
+    record.time = chrono::Utc::now();
+    record.mode = Mode::Auto;
+    match original.kind {
+        ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator => {
+            let (s3, _) = clients.get(account.as_deref()).await;
+            let r = bucket::undo(&s3, &data).await;
+            fill(&mut record, r.outcome, r.detail, r.steps, None);
+        }
+        ActionKind::RequireSignIn | ActionKind::SuspendUser => {
+            let who_account = data["identity"]["account"].as_str().map(str::to_string);
+            let (_, client) = clients
+                .get(account.as_deref().or(who_account.as_deref()))
+                .await;
+            let r = iam::undo(&client, &data).await;
+            fill(&mut record, r.outcome, r.detail, r.steps, None);
+        }
+        ActionKind::Notify => {
+            return Err(Error::Undo("a notification cannot be unsent".into()));
+        }
+    }
+    let producer = kafka::producer(&cfg.kafka, "trailguard-remediate-undo", 0)?;
+    let shutdown = CancellationToken::new();
+    if !publish(&producer, &cfg, &record, &shutdown).await {
+        return Err(Error::Stopped("the undo record was not published".into()));
+    }
+    kafka::flush(&producer, cfg.remediate.drain_timeout)?;
+    Ok(record)
 }

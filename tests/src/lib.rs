@@ -47,6 +47,11 @@ pub struct Run {
     pub env: Vec<(String, String)>,
 }
 
+/// The alert-signing key id of test runs.
+pub const TEST_KEY_ID: &str = "test";
+/// The alert-signing key of test runs.
+pub const TEST_KEY: &str = "trailguard-test-signing-key-0123456789abcdef";
+
 impl Run {
     /// Fresh names for a test called `name`.
     pub fn new(name: &str) -> Result<Run> {
@@ -88,6 +93,9 @@ impl Run {
                 format!("{id}-remediate"),
             ),
             ("TRAILGUARD_LOG__FORMAT".into(), "json".into()),
+            // detect signs with this key; remediate accepts it.
+            ("TRAILGUARD_SIGNING__KEY_ID".into(), TEST_KEY_ID.into()),
+            ("TRAILGUARD_SIGNING__KEY".into(), TEST_KEY.into()),
             ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
             ("AWS_REGION".into(), "us-east-1".into()),
@@ -290,6 +298,17 @@ pub async fn s3() -> Result<aws_sdk_s3::Client> {
         .force_path_style(true)
         .build();
     Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+/// An IAM client for the AWS-API server.
+pub async fn iam() -> Result<aws_sdk_iam::Client> {
+    Ok(aws_sdk_iam::Client::new(&aws_shared().await?))
+}
+
+/// `alert` signed with the test runs' key, as bytes for the alerts topic.
+pub fn signed(mut alert: trailguard_common::Alert) -> Result<Vec<u8>> {
+    trailguard_common::sign::Signer::new(TEST_KEY_ID, TEST_KEY).sign(&mut alert);
+    Ok(serde_json::to_vec(&alert)?)
 }
 
 /// The SDK configuration for the AWS-API server, with the test credentials (the server's

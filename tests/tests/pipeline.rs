@@ -172,9 +172,20 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
     })?;
     let mut alert_lines: Vec<String> = Vec::new();
     let mut distinct: BTreeMap<String, Alert> = BTreeMap::new();
+    let verifier = trailguard_common::sign::SigningConfig {
+        key_id: Some(trailguard_tests::TEST_KEY_ID.into()),
+        key: Some(trailguard_tests::TEST_KEY.into()),
+        ..Default::default()
+    }
+    .verifier();
     for record in &alerts {
         let alert: Alert = serde_json::from_slice(&record.value)?;
         assert_eq!(record.key, alert.entity.id, "alerts are keyed by entity");
+        assert_eq!(
+            verifier.verify(&alert),
+            Ok(Some(trailguard_tests::TEST_KEY_ID.to_string())),
+            "detect signs every alert"
+        );
         // One id, one alert: records with the same id differ only in the folded repeats
         // counted in; the one with the most occurrences is the alert.
         if let Some(earlier) = distinct.get(&alert.id) {
@@ -182,6 +193,7 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
             same.occurrences = earlier.occurrences;
             same.last_time = earlier.last_time;
             same.evidence = earlier.evidence.clone();
+            same.signature = earlier.signature.clone();
             assert_eq!(&same, earlier, "one id, one alert");
             if alert.occurrences <= earlier.occurrences {
                 continue;
@@ -267,9 +279,9 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
     // One notification per distinct alert that asks for one: 7 of the foundation policies,
     // and one per template alert.
     .chain(std::iter::repeat_n(
-        "notify default dry-run skipped".to_string(),
+        "notify default auto skipped".to_string(),
         7 + distinct.len() - distinct_foundation,
-    )) // no channel in this version
+    )) // notify is `auto` by default; no channel is configured here
     .collect();
     expected_actions.sort();
     let actions = read_topic(&run.topic("actions"), TIMEOUT, SETTLE, |r| {

@@ -166,9 +166,9 @@ async fn remediate_restarted_never_acts_twice() -> Result<()> {
     let alerts = run.topic("alerts");
     let actions = run.topic("actions");
     let alert = |id: &str| -> Result<Vec<u8>> {
-        let mut alert: Value = serde_json::from_str(include_str!("alert.json"))?;
-        alert["id"] = Value::from(id);
-        Ok(serde_json::to_vec(&alert)?)
+        let mut alert: trailguard_common::Alert = serde_json::from_str(include_str!("alert.json"))?;
+        alert.id = id.into();
+        trailguard_tests::signed(alert)
     };
 
     let mut remediate = run.spawn("remediate", &[])?;

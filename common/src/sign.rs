@@ -1,0 +1,409 @@
+//! Authentic alerts: detect signs every alert with HMAC-SHA256 over its canonical form, naming
+//! the key by id; remediate verifies before acting and refuses anything unsigned, signed with a
+//! key it does not know, or altered after signing.
+//!
+//! The canonical form is the alert as JSON with the `signature` member removed, object keys
+//! sorted at every level, no insignificant whitespace. Any change to any field — a target, a
+//! requested action, a severity — changes it. Several keys may be configured for verification,
+//! so keys rotate without downtime: add the new key to remediate, switch detect to it, then
+//! remove the old one.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::contract::{Alert, AlertSignature};
+use crate::Error;
+
+/// Shortest key accepted, in bytes.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// Signing and verification keys. Key material usually comes from the environment
+/// (`TRAILGUARD_SIGNING__KEY`, `TRAILGUARD_SIGNING__KEYS__<ID>`), never from a committed file.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// Id of the key detect signs with.
+    pub key_id: Option<String>,
+    /// The key detect signs with (at least 32 bytes; e.g. 64 hex characters).
+    pub key: Option<String>,
+    /// Keys remediate accepts, by id (the signing key is accepted too).
+    pub keys: BTreeMap<String, String>,
+    /// Remediate refuses alerts that are not signed by a known key (default true).
+    pub required: bool,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            key_id: None,
+            key: None,
+            keys: BTreeMap::new(),
+            required: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for SigningConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningConfig")
+            .field("key_id", &self.key_id)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("required", &self.required)
+            .finish()
+    }
+}
+
+impl SigningConfig {
+    /// Checks the keys; errors name the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        match (&self.key_id, &self.key) {
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "signing.key",
+                    "signing.key_id is set but the key is missing",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "signing.key_id",
+                    "signing.key is set but has no key_id",
+                ))
+            }
+            (Some(id), Some(key)) => {
+                check_key("signing.key", key)?;
+                if id.trim().is_empty() {
+                    return Err(Error::config("signing.key_id", "must not be empty"));
+                }
+            }
+            (None, None) => {}
+        }
+        for (id, key) in &self.keys {
+            check_key(&format!("signing.keys.{id}"), key)?;
+        }
+        Ok(())
+    }
+
+    /// The signer, when a signing key is configured.
+    pub fn signer(&self) -> Option<Signer> {
+        Some(Signer {
+            key_id: self.key_id.clone()?,
+            key: self.key.clone()?.into_bytes(),
+        })
+    }
+
+    /// The verifier: every configured key.
+    pub fn verifier(&self) -> Verifier {
+        let mut keys: BTreeMap<String, Vec<u8>> = self
+            .keys
+            .iter()
+            .map(|(id, k)| (id.clone(), k.clone().into_bytes()))
+            .collect();
+        if let Some(signer) = self.signer() {
+            keys.insert(signer.key_id, signer.key);
+        }
+        Verifier {
+            keys,
+            required: self.required,
+        }
+    }
+}
+
+fn check_key(name: &str, key: &str) -> Result<(), Error> {
+    if key.len() < MIN_KEY_BYTES {
+        return Err(Error::config(
+            name,
+            format!(
+                "must be at least {MIN_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`), got {}",
+                key.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Signs alerts with one key.
+#[derive(Clone)]
+pub struct Signer {
+    key_id: String,
+    key: Vec<u8>,
+}
+
+impl Signer {
+    /// A signer with `key` named `key_id`.
+    pub fn new(key_id: impl Into<String>, key: impl Into<Vec<u8>>) -> Self {
+        Signer {
+            key_id: key_id.into(),
+            key: key.into(),
+        }
+    }
+
+    /// Sets `alert.signature` over the alert's canonical form.
+    pub fn sign(&self, alert: &mut Alert) {
+        alert.signature = None;
+        let mac = mac_of(&self.key, alert);
+        alert.signature = Some(AlertSignature {
+            key_id: self.key_id.clone(),
+            hmac_sha256: hex::encode(mac),
+        });
+    }
+}
+
+/// Why an alert was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// It carries no signature and signatures are required.
+    #[error("unsigned")]
+    Unsigned,
+    /// Signed with a key id this instance does not have.
+    #[error("signed with unknown key id `{0}`")]
+    UnknownKey(String),
+    /// The signature does not match: forged, or altered after signing.
+    #[error("signature does not match (forged or altered) for key id `{0}`")]
+    Mismatch(String),
+}
+
+impl Rejection {
+    /// Metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Rejection::Unsigned => "unsigned",
+            Rejection::UnknownKey(_) => "unknown_key",
+            Rejection::Mismatch(_) => "bad_signature",
+        }
+    }
+}
+
+/// Verifies alerts against the configured keys.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: BTreeMap<String, Vec<u8>>,
+    required: bool,
+}
+
+impl Verifier {
+    /// Accepts `alert` when it is signed by a known key and unaltered (or, with signatures not
+    /// required, when it is unsigned). Returns the key id it was signed with.
+    pub fn verify(&self, alert: &Alert) -> Result<Option<String>, Rejection> {
+        let Some(signature) = &alert.signature else {
+            return if self.required {
+                Err(Rejection::Unsigned)
+            } else {
+                Ok(None)
+            };
+        };
+        let Some(key) = self.keys.get(&signature.key_id) else {
+            return Err(Rejection::UnknownKey(signature.key_id.clone()));
+        };
+        let Ok(expected) = hex::decode(&signature.hmac_sha256) else {
+            return Err(Rejection::Mismatch(signature.key_id.clone()));
+        };
+        let mut unsigned = alert.clone();
+        unsigned.signature = None;
+        let mut mac = new_mac(key);
+        mac.update(canonical(&unsigned).as_bytes());
+        // Constant-time comparison.
+        mac.verify_slice(&expected)
+            .map(|()| Some(signature.key_id.clone()))
+            .map_err(|_| Rejection::Mismatch(signature.key_id.clone()))
+    }
+
+    /// True when no key is configured.
+    pub fn has_no_keys(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+fn new_mac(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length; this never fails.
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable_mac(),
+    }
+}
+
+#[cold]
+fn unreachable_mac() -> Hmac<Sha256> {
+    // Hmac::new_from_slice only fails for fixed-size keys; SHA-256 HMAC accepts any length.
+    #[allow(clippy::expect_used)]
+    <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).expect("HMAC accepts any key length")
+}
+
+fn mac_of(key: &[u8], alert: &Alert) -> Vec<u8> {
+    let mut mac = new_mac(key);
+    mac.update(canonical(alert).as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The canonical JSON text of `alert` without its signature: keys sorted at every level.
+pub fn canonical(alert: &Alert) -> String {
+    let mut value = serde_json::to_value(alert).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.remove("signature");
+    }
+    let mut out = String::with_capacity(1024);
+    write_canonical(&value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{}", Value::String(k.clone()));
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => {
+            let _ = write!(out, "{other}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn alert() -> Alert {
+        serde_json::from_str(include_str!("../../tests/tests/alert.json")).unwrap_or_else(|e| {
+            panic!("tests/tests/alert.json: {e}");
+        })
+    }
+
+    fn verifier(keys: &[(&str, &str)], required: bool) -> Verifier {
+        SigningConfig {
+            keys: keys
+                .iter()
+                .map(|(i, k)| (i.to_string(), k.to_string()))
+                .collect(),
+            required,
+            ..SigningConfig::default()
+        }
+        .verifier()
+    }
+
+    #[test]
+    fn a_signed_alert_verifies_and_survives_a_round_trip() {
+        let mut a = alert();
+        Signer::new("k1", KEY).sign(&mut a);
+        let text = serde_json::to_string_pretty(&a).unwrap_or_default();
+        let back: Alert = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            verifier(&[("k1", KEY)], true).verify(&back),
+            Ok(Some("k1".into()))
+        );
+    }
+
+    #[test]
+    fn altered_forged_unknown_and_unsigned_alerts_are_refused() {
+        let v = verifier(&[("k1", KEY)], true);
+        let mut a = alert();
+        Signer::new("k1", KEY).sign(&mut a);
+        let mut altered = a.clone();
+        altered.actions[0].target.id = "someone-else".into();
+        assert_eq!(v.verify(&altered), Err(Rejection::Mismatch("k1".into())));
+        let mut forged = alert();
+        Signer::new("k1", "a guessed key that is long enough!!").sign(&mut forged);
+        assert_eq!(v.verify(&forged), Err(Rejection::Mismatch("k1".into())));
+        let mut unknown = alert();
+        Signer::new("k9", KEY).sign(&mut unknown);
+        assert_eq!(v.verify(&unknown), Err(Rejection::UnknownKey("k9".into())));
+        assert_eq!(v.verify(&alert()), Err(Rejection::Unsigned));
+        let mut garbage = a.clone();
+        if let Some(s) = garbage.signature.as_mut() {
+            s.hmac_sha256 = "not hex".into();
+        }
+        assert_eq!(v.verify(&garbage), Err(Rejection::Mismatch("k1".into())));
+    }
+
+    #[test]
+    fn unsigned_alerts_pass_only_when_not_required() {
+        assert_eq!(verifier(&[], false).verify(&alert()), Ok(None));
+    }
+
+    #[test]
+    fn keys_rotate() {
+        let old = "old-key-old-key-old-key-old-key-old-key";
+        let new = "new-key-new-key-new-key-new-key-new-key";
+        let v = verifier(&[("2026-10", old), ("2026-11", new)], true);
+        let mut a = alert();
+        Signer::new("2026-10", old).sign(&mut a);
+        assert!(v.verify(&a).is_ok());
+        Signer::new("2026-11", new).sign(&mut a);
+        assert!(v.verify(&a).is_ok());
+    }
+
+    #[test]
+    fn canonical_form_sorts_keys_and_omits_the_signature() {
+        let mut a = alert();
+        let before = canonical(&a);
+        Signer::new("k1", KEY).sign(&mut a);
+        assert_eq!(canonical(&a), before);
+        assert!(!before.contains("signature"));
+        assert!(
+            before.starts_with("{\"actions\":[{\"kind\":\"notify\""),
+            "{before}"
+        );
+    }
+
+    fn err_of(r: Result<(), Error>) -> String {
+        match r {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn short_or_half_configured_keys_fail_naming_the_key() {
+        let short = SigningConfig {
+            key_id: Some("k".into()),
+            key: Some("short".into()),
+            ..SigningConfig::default()
+        };
+        assert!(err_of(short.validate()).contains("signing.key"));
+        let no_id = SigningConfig {
+            key: Some(KEY.into()),
+            ..SigningConfig::default()
+        };
+        assert!(err_of(no_id.validate()).contains("signing.key_id"));
+        let bad = SigningConfig {
+            keys: [("old".to_string(), "x".to_string())].into(),
+            ..SigningConfig::default()
+        };
+        assert!(err_of(bad.validate()).contains("signing.keys.old"));
+        assert!(!format!(
+            "{:?}",
+            SigningConfig {
+                key_id: Some("k".into()),
+                key: Some(KEY.into()),
+                ..SigningConfig::default()
+            }
+        )
+        .contains(KEY));
+    }
+}

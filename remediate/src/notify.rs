@@ -1,0 +1,474 @@
+//! Notify: tell the security team (or route a message to the user) about an alert — a generic
+//! JSON webhook, a Slack-compatible webhook, or an SNS topic. Each delivery is retried with
+//! exponential backoff on connection errors, 5xx and 429; every failure ends in the action
+//! record (`failed`, with the last error), never silently dropped.
+//!
+//! A `notify` target names a channel; `default` means every channel marked `default`. The user
+//! target (`kind = "user"`) goes to the same channels with the principal as `recipient`, so the
+//! receiving system can route it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use trailguard_common::contract::{ActionOutcome, ActionStep, Target};
+use trailguard_common::{Alert, Error};
+
+/// Notification channels and delivery settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// The channels.
+    pub channels: Vec<ChannelConfig>,
+    /// Attempts per delivery (the first included).
+    pub attempts: u32,
+    /// Wait before the first retry; doubles each time (at most 30 s).
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Timeout of one HTTP attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            channels: Vec::new(),
+            attempts: 5,
+            backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a channel is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// POST the alert as JSON.
+    Webhook,
+    /// POST a Slack-compatible message (`text` and `blocks`).
+    Slack,
+    /// Publish to an SNS topic.
+    Sns,
+}
+
+/// One channel.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Name a `notify` target can use.
+    pub name: String,
+    /// Webhook, Slack or SNS.
+    pub kind: ChannelKind,
+    /// Webhook URL (for `webhook` and `slack`). Prefer `url_env`: URLs are secrets.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding the webhook URL.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// SNS topic ARN (for `sns`).
+    #[serde(default)]
+    pub topic_arn: Option<String>,
+    /// Part of the `default` target.
+    #[serde(default = "yes")]
+    pub default: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl std::fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("url_env", &self.url_env)
+            .field("topic_arn", &self.topic_arn)
+            .field("default", &self.default)
+            .finish()
+    }
+}
+
+impl NotifyConfig {
+    /// Checks the channels; errors name the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.attempts == 0 {
+            return Err(Error::config("notify.attempts", "must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.channels.iter().enumerate() {
+            let key = |field: &str| format!("notify.channels[{i}].{field}");
+            if c.name.trim().is_empty() || c.name == "default" {
+                return Err(Error::config(
+                    &key("name"),
+                    "must be a name other than `default`",
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                return Err(Error::config(
+                    &key("name"),
+                    format!("`{}` is used twice", c.name),
+                ));
+            }
+            match c.kind {
+                ChannelKind::Webhook | ChannelKind::Slack => {
+                    let url = c
+                        .resolved_url()
+                        .map_err(|m| Error::config(&key("url_env"), m))?;
+                    let Some(url) = url else {
+                        return Err(Error::config(
+                            &key("url"),
+                            "a webhook channel needs `url` or `url_env`",
+                        ));
+                    };
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return Err(Error::config(&key("url"), "must be an http(s) URL"));
+                    }
+                }
+                ChannelKind::Sns => {
+                    if !c
+                        .topic_arn
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with("arn:"))
+                    {
+                        return Err(Error::config(
+                            &key("topic_arn"),
+                            "an sns channel needs a topic ARN",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChannelConfig {
+    fn resolved_url(&self) -> Result<Option<String>, String> {
+        if let Some(var) = &self.url_env {
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("environment variable {var} is not set"));
+        }
+        Ok(self.url.clone())
+    }
+}
+
+/// The generic JSON payload: the alert in brief, and who it is for.
+pub fn webhook_payload(alert: &Alert, target: &Target) -> Value {
+    json!({
+        "type": "trailguard.alert",
+        "recipient": {"kind": target.kind, "id": target.id},
+        "alert_id": alert.id,
+        "policy_id": alert.policy_id,
+        "policy_name": alert.policy_name,
+        "severity": alert.severity.as_str(),
+        "time": alert.time,
+        "occurrences": alert.occurrences,
+        "principal": alert.principal.as_ref().map(|p| p.display()),
+        "entity": {"kind": alert.entity.kind, "id": alert.entity.id},
+        "account_id": alert.account_id,
+        "region": alert.region,
+        "summary": alert.evidence.summary,
+        "activity_ids": alert.evidence.activity_ids,
+        "mitre": alert.mitre.iter().map(|m| &m.technique_id).collect::<Vec<_>>(),
+    })
+}
+
+/// A Slack-compatible message: severity, principal, policy and the evidence summary; no links.
+pub fn slack_payload(alert: &Alert) -> Value {
+    let who = alert
+        .principal
+        .as_ref()
+        .map(|p| p.display())
+        .unwrap_or_else(|| "unknown principal".into());
+    let sev = alert.severity.as_str().to_uppercase();
+    let text = format!("[{sev}] {}: {}", alert.policy_name, alert.evidence.summary);
+    let mut fields = vec![
+        json!({"type": "mrkdwn", "text": format!("*Severity*\n{sev}")}),
+        json!({"type": "mrkdwn", "text": format!("*Policy*\n{}", alert.policy_name)}),
+        json!({"type": "mrkdwn", "text": format!("*Principal*\n{who}")}),
+        json!({"type": "mrkdwn", "text": format!("*{}*\n{}", alert.entity.kind, alert.entity.id)}),
+    ];
+    if alert.occurrences > 1 {
+        fields.push(
+            json!({"type": "mrkdwn", "text": format!("*Occurrences*\n{}", alert.occurrences)}),
+        );
+    }
+    json!({
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*\n{}", alert.policy_name, alert.evidence.summary)}},
+            {"type": "section", "fields": fields},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("alert {} · {}", alert.id, alert.time.format("%Y-%m-%d %H:%M:%S UTC"))}]}
+        ]
+    })
+}
+
+/// What a notification did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyResult {
+    /// Applied, dry-run, skipped or failed.
+    pub outcome: ActionOutcome,
+    /// A sentence for the action record.
+    pub detail: String,
+    /// One step per channel.
+    pub steps: Vec<ActionStep>,
+}
+
+/// Sends notifications.
+#[derive(Clone)]
+pub struct Notifier {
+    cfg: NotifyConfig,
+    http: reqwest::Client,
+    sns: Option<aws_sdk_sns::Client>,
+}
+
+enum Attempt {
+    Done(Option<String>),
+    Retry(String),
+    Fatal(String),
+}
+
+impl Notifier {
+    /// A notifier; `sns` is needed only when an SNS channel is configured.
+    pub fn new(cfg: NotifyConfig, sns: Option<aws_sdk_sns::Client>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .user_agent(concat!("trailguard-remediate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Notifier { cfg, http, sns }
+    }
+
+    fn channels_for(&self, target: &Target) -> Vec<&ChannelConfig> {
+        self.cfg
+            .channels
+            .iter()
+            .filter(|c| {
+                if target.id == "default" || target.kind == "user" {
+                    c.default
+                } else {
+                    c.name == target.id
+                }
+            })
+            .collect()
+    }
+
+    /// Notifies about `alert` per `target`. With `dry_run`, describes what would be sent.
+    pub async fn notify(&self, alert: &Alert, target: &Target, dry_run: bool) -> NotifyResult {
+        let channels = self.channels_for(target);
+        if channels.is_empty() {
+            return NotifyResult {
+                outcome: ActionOutcome::Skipped,
+                detail: format!("no notification channel for target `{}`", target.id),
+                steps: Vec::new(),
+            };
+        }
+        let mut steps = Vec::new();
+        let mut failures = Vec::new();
+        for channel in channels {
+            let call = match channel.kind {
+                ChannelKind::Webhook => "http:POST webhook",
+                ChannelKind::Slack => "http:POST slack",
+                ChannelKind::Sns => "sns:Publish",
+            };
+            if dry_run {
+                steps.push(ActionStep {
+                    call: call.into(),
+                    description: format!("would notify channel {}", channel.name),
+                    request_id: None,
+                });
+                continue;
+            }
+            match self.deliver(channel, alert, target).await {
+                Ok((request_id, attempts)) => steps.push(ActionStep {
+                    call: call.into(),
+                    description: format!(
+                        "notified channel {}{}",
+                        channel.name,
+                        if attempts > 1 {
+                            format!(" (attempt {attempts})")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    request_id,
+                }),
+                Err(why) => failures.push(format!("{}: {why}", channel.name)),
+            }
+        }
+        if dry_run {
+            return NotifyResult {
+                outcome: ActionOutcome::DryRun,
+                detail: format!("would notify {} channel(s)", steps.len()),
+                steps,
+            };
+        }
+        if failures.is_empty() {
+            NotifyResult {
+                outcome: ActionOutcome::Applied,
+                detail: format!("notified {} channel(s)", steps.len()),
+                steps,
+            }
+        } else {
+            NotifyResult {
+                outcome: ActionOutcome::Failed,
+                detail: format!(
+                    "notified {} channel(s); failed: {}",
+                    steps.len(),
+                    failures.join("; ")
+                ),
+                steps,
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        channel: &ChannelConfig,
+        alert: &Alert,
+        target: &Target,
+    ) -> Result<(Option<String>, u32), String> {
+        let mut wait = self.cfg.backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.cfg.attempts {
+            let result = match channel.kind {
+                ChannelKind::Webhook => self.post(channel, &webhook_payload(alert, target)).await,
+                ChannelKind::Slack => self.post(channel, &slack_payload(alert)).await,
+                ChannelKind::Sns => self.publish_sns(channel, alert, target).await,
+            };
+            match result {
+                Attempt::Done(id) => return Ok((id, attempt)),
+                Attempt::Fatal(why) => return Err(why),
+                Attempt::Retry(why) => {
+                    tracing::warn!(channel = %channel.name, attempt, error = %why, "notification failed; retrying");
+                    last = why;
+                }
+            }
+            if attempt < self.cfg.attempts {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+        Err(format!("after {} attempts: {last}", self.cfg.attempts))
+    }
+
+    async fn post(&self, channel: &ChannelConfig, body: &Value) -> Attempt {
+        let url = match channel.resolved_url() {
+            Ok(Some(url)) => url,
+            Ok(None) => return Attempt::Fatal("no URL".into()),
+            Err(e) => return Attempt::Fatal(e),
+        };
+        match self.http.post(&url).json(body).send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                if status.is_success() {
+                    Attempt::Done(None)
+                } else if status.is_server_error() || status.as_u16() == 429 {
+                    Attempt::Retry(format!("HTTP {status}"))
+                } else {
+                    Attempt::Fatal(format!("HTTP {status}"))
+                }
+            }
+            // Connection refused, reset, timeout: worth another try.
+            Err(err) => Attempt::Retry(format!("{err}")),
+        }
+    }
+
+    async fn publish_sns(
+        &self,
+        channel: &ChannelConfig,
+        alert: &Alert,
+        target: &Target,
+    ) -> Attempt {
+        let Some(client) = &self.sns else {
+            return Attempt::Fatal("no SNS client".into());
+        };
+        let Some(arn) = &channel.topic_arn else {
+            return Attempt::Fatal("no topic ARN".into());
+        };
+        let subject: String = format!(
+            "[{}] {}",
+            alert.severity.as_str().to_uppercase(),
+            alert.policy_name
+        )
+        .chars()
+        .take(100)
+        .collect();
+        match client
+            .publish()
+            .topic_arn(arn)
+            .subject(subject)
+            .message(webhook_payload(alert, target).to_string())
+            .send()
+            .await
+        {
+            Ok(out) => Attempt::Done(out.message_id().map(str::to_string)),
+            Err(err) => {
+                let text = trailguard_common::aws::error_text(&err);
+                // The SDK has already retried transient errors.
+                Attempt::Fatal(format!("sns:Publish: {text}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert() -> Alert {
+        serde_json::from_str(include_str!("../../tests/tests/alert.json"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn slack_message_has_severity_policy_principal_and_summary_and_no_links() {
+        let msg = slack_payload(&alert());
+        let text = msg.to_string();
+        assert!(msg["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("[HIGH] CloudTrail configuration change"));
+        assert!(text.contains("root called StopLogging"));
+        assert!(!text.contains("http"), "link-free: {text}");
+    }
+
+    fn err_of(r: Result<(), Error>) -> String {
+        match r {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn channels_validate_naming_the_key() {
+        let cfg = NotifyConfig {
+            channels: vec![ChannelConfig {
+                name: "team".into(),
+                kind: ChannelKind::Slack,
+                url: None,
+                url_env: None,
+                topic_arn: None,
+                default: true,
+            }],
+            ..NotifyConfig::default()
+        };
+        let err = err_of(cfg.validate());
+        assert!(err.contains("notify.channels[0].url"), "{err}");
+        let mut sns = cfg.clone();
+        sns.channels[0].kind = ChannelKind::Sns;
+        assert!(err_of(sns.validate()).contains("topic_arn"));
+        let mut env = cfg.clone();
+        env.channels[0].url_env = Some("TRAILGUARD_TEST_SURELY_UNSET_URL".into());
+        assert!(err_of(env.validate()).contains("TRAILGUARD_TEST_SURELY_UNSET_URL"));
+        let mut ok = cfg;
+        ok.channels[0].url = Some("https://hooks.example.com/x".into());
+        assert!(ok.validate().is_ok());
+        assert!(!format!("{ok:?}").contains("hooks.example.com"));
+    }
+}

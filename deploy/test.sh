@@ -30,7 +30,16 @@ cargo build --workspace --bins
 log="$TG_DATA/logs/test-$(date +%Y%m%d%H%M%S).log"
 mkdir -p "$(dirname "$log")"
 rc=0
+# Every AWS call the services make in the tests is logged, then checked against deploy/iam/.
+export TRAILGUARD_AWS_CALL_LOG="$TG_DATA/logs/aws-calls-$(date +%Y%m%d%H%M%S).log"
+: >"$TRAILGUARD_AWS_CALL_LOG"
 cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$log" || rc=$?
+if ! cargo run -q -p trailguard-tests --bin check-iam-policies -- "$TRAILGUARD_AWS_CALL_LOG" 2>&1 | tee -a "$log"; then
+    rc=1
+    echo "test result: FAILED. 0 passed; 1 failed (IAM policies do not allow every call made)" | tee -a "$log"
+else
+    echo "test result: ok. 1 passed; 0 failed (IAM policies allow every call made)" | tee -a "$log"
+fi
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -2,6 +2,8 @@
 //! data and the built binaries are (set by `deploy/test.sh`), fresh topic names per test, the
 //! three services as child processes, and reading topics back.
 
+pub mod iam_check;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

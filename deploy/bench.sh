@@ -15,4 +15,6 @@ export TRAILGUARD_TEST_SHARED_DATA="${TRAILGUARD_TEST_SHARED_DATA:-$REPO/../shar
 export TRAILGUARD_BENCH_BROKERS="$TG_HOST:$TG_KAFKA_PORT"
 export TRAILGUARD_BENCH_INGEST="$CARGO_TARGET_DIR/release/ingest"
 export TRAILGUARD_TEST_GEO_V4="$GEO_V4"
-cargo bench --workspace --quiet --bench throughput --bench detect
+export TRAILGUARD_BENCH_AWS_ENDPOINT="http://$TG_HOST:$TG_MOTO_PORT"
+export TRAILGUARD_BENCH_REMEDIATE="$CARGO_TARGET_DIR/release/remediate"
+cargo bench --workspace --quiet --bench throughput --bench detect --bench remediate

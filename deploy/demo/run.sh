@@ -41,6 +41,12 @@ export TRAILGUARD_SIGNING__KEY_ID="$run"
 TRAILGUARD_SIGNING__KEY="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
 export TRAILGUARD_SIGNING__KEY
 
+# A local webhook receiver stands in for the security team's channel.
+"$MOTO_VENV/bin/python" "$REPO/deploy/demo/webhook.py" "$demo_dir/webhook.port" "$demo_dir/notifications.jsonl" &
+webhook_pid=$!
+for _ in $(seq 50); do [[ -s $demo_dir/webhook.port ]] && break; sleep 0.1; done
+webhook_port="$(cat "$demo_dir/webhook.port")"
+
 cat >"$demo_dir/remediate.toml" <<TOML
 [aws]
 endpoint_url = "$endpoint"
@@ -53,6 +59,11 @@ protected_buckets = ["corporate-*"]
 
 [remediate.policies.s3-bucket-public]
 mode = "auto"
+
+[[notify.channels]]
+name = "security-team"
+kind = "webhook"
+url = "http://127.0.0.1:$webhook_port/trailguard"
 TOML
 
 # Geolocation from DB-IP City Lite (fetched by the setup; CC BY 4.0, https://db-ip.com) and a
@@ -70,7 +81,7 @@ TOML
 
 "$MOTO_VENV/bin/python" "$REPO/deploy/demo/bucket.py" create "$endpoint" "$bucket"
 
-pids=()
+pids=("$webhook_pid")
 cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -91,8 +102,13 @@ log "replaying deploy/demo/sample (real CloudTrail records; see its DATA-README.
 "$BIN/ingest" files "$REPO/deploy/demo/sample" 2>"$demo_dir/ingest.log"
 
 # The sample asks for: make the demo bucket private (auto), make a protected bucket private
-# (refused), and notifications about CloudTrail, IAM and bucket changes (no channel yet).
+# (refused), and notifications about CloudTrail, IAM and bucket changes (to the local webhook).
 "$BIN/detect" tail actions --from-beginning --idle-seconds 20 2>>"$demo_dir/tail.log"
+
+if [[ -s $demo_dir/notifications.jsonl ]]; then
+    log "the security team's webhook received $(wc -l <"$demo_dir/notifications.jsonl") notifications, e.g.:"
+    head -n 1 "$demo_dir/notifications.jsonl"
+fi
 
 "$MOTO_VENV/bin/python" "$REPO/deploy/demo/bucket.py" check "$endpoint" "$bucket"
 log "logs of this run: $demo_dir"

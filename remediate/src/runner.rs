@@ -243,6 +243,78 @@ async fn execute(
     record
 }
 
+/// Alerts taken in one batch at most.
+const BATCH: usize = 64;
+
+/// What remediate needs of one message (the message itself borrows the consumer).
+struct Incoming {
+    partition: i32,
+    offset: i64,
+    /// Kafka timestamp (ms).
+    arrived: Option<i64>,
+    alert: Option<Result<Alert, String>>,
+}
+
+impl Incoming {
+    fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Incoming {
+            partition: m.partition(),
+            offset: m.offset(),
+            arrived: m.timestamp().to_millis(),
+            alert: m
+                .payload()
+                .map(|p| serde_json::from_slice::<Alert>(p).map_err(|e| e.to_string())),
+        }
+    }
+}
+
+/// Splits alerts into groups that share no target (other than notification channels), keeping
+/// the order within each group: a group runs in order, groups run concurrently.
+fn group_by_target<T>(work: Vec<(Alert, T)>) -> Vec<Vec<(Alert, T)>> {
+    let mut groups: Vec<Vec<(Alert, T)>> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for item in work {
+        let keys: Vec<String> = item
+            .0
+            .actions
+            .iter()
+            .filter(|a| a.kind != ActionKind::Notify)
+            .map(|a| a.target.id.clone())
+            .collect();
+        let mut found: Vec<usize> = keys
+            .iter()
+            .filter_map(|k| group_of.get(k).copied())
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        let index = match found.first() {
+            Some(&first) => {
+                // The alert joins groups that were apart: merge them into the first.
+                for &other in found.iter().skip(1).rev() {
+                    let moved = std::mem::take(&mut groups[other]);
+                    groups[first].extend(moved);
+                    for g in group_of.values_mut() {
+                        if *g == other {
+                            *g = first;
+                        }
+                    }
+                }
+                first
+            }
+            None => {
+                groups.push(Vec::new());
+                groups.len() - 1
+            }
+        };
+        for k in keys {
+            group_of.insert(k, index);
+        }
+        groups[index].push(item);
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
 /// The record of an alert that was not authentic: never acted on.
 fn rejection_record(alert: &Alert, action: &RequestedAction, why: &Rejection) -> ActionRecord {
     let mut record = new_record(
@@ -377,58 +449,84 @@ pub async fn run(
     tracing::info!(topic = %topics.alerts, default_mode = cfg.remediate.default_mode.as_str(), "remediate running");
 
     loop {
-        let message = tokio::select! {
+        // A batch: the first alert waited for, then whatever else is already there.
+        let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             message = consumer.recv() => message,
         };
-        let message = match message {
-            Ok(m) => m,
+        let mut batch = match first {
+            Ok(m) => vec![Incoming::from(&m)],
             Err(err) => {
                 tracing::warn!(error = %err, "consume failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        let (partition, offset) = (message.partition(), message.offset());
-        let arrived = message.timestamp().to_millis();
-        let alert = message.payload().map(serde_json::from_slice::<Alert>);
-        drop(message);
+        while batch.len() < BATCH {
+            match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(Incoming::from(&m)),
+                _ => break,
+            }
+        }
         if context.assigned.swap(false, Ordering::SeqCst) {
             // New partitions (at start or after a rebalance): another instance may have answered
             // some of their uncommitted alerts. Read the actions topic back first.
             answered.extend(tokio::task::block_in_place(|| answered_alerts(&cfg))?);
         }
-        let mut acted = false;
-        match alert {
-            Some(Ok(alert)) if alert.schema_version <= ALERT_SCHEMA_VERSION => {
-                if let Err(why) = verifier.verify(&alert) {
-                    metrics.alerts.with_label_values(&["rejected"]).inc();
-                    metrics.rejected.with_label_values(&[why.as_str()]).inc();
-                    tracing::warn!(alert_id = %alert.id, policy = %alert.policy_id, partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
-                    for action in &alert.actions {
-                        let record = rejection_record(&alert, action, &why);
-                        if !publish(&producer, &cfg, &record, &shutdown).await {
-                            return Err(Error::Stopped(format!(
-                                "rejection record for alert {} not published",
-                                alert.id
-                            )));
+        let mut work: Vec<(Alert, Option<i64>)> = Vec::new();
+        let mut in_batch: HashSet<String> = HashSet::new();
+        for incoming in &batch {
+            let (partition, offset) = (incoming.partition, incoming.offset);
+            match &incoming.alert {
+                Some(Ok(alert)) if alert.schema_version <= ALERT_SCHEMA_VERSION => {
+                    if let Err(why) = verifier.verify(alert) {
+                        metrics.alerts.with_label_values(&["rejected"]).inc();
+                        metrics.rejected.with_label_values(&[why.as_str()]).inc();
+                        tracing::warn!(alert_id = %alert.id, policy = %alert.policy_id, partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
+                        for action in &alert.actions {
+                            let record = rejection_record(alert, action, &why);
+                            if !publish(&producer, &cfg, &record, &shutdown).await {
+                                return Err(Error::Stopped(format!(
+                                    "rejection record for alert {} not published",
+                                    alert.id
+                                )));
+                            }
+                            metrics
+                                .actions
+                                .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
+                                .inc();
                         }
-                        metrics
-                            .actions
-                            .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
-                            .inc();
+                    } else if answered.contains(&alert.id) || !in_batch.insert(alert.id.clone()) {
+                        metrics.alerts.with_label_values(&["duplicate"]).inc();
+                        tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
+                    } else {
+                        work.push((alert.clone(), incoming.arrived));
                     }
-                } else if answered.contains(&alert.id) {
-                    metrics.alerts.with_label_values(&["duplicate"]).inc();
-                    tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
-                } else {
-                    for decision in plan(&alert, &cfg.remediate, own_role.as_deref()) {
-                        let record = execute(&actor, &cfg, &alert, &decision).await;
-                        if !publish(&producer, &cfg, &record, &shutdown).await {
-                            return Err(Error::Stopped(format!(
-                                "action record for alert {} not published",
-                                alert.id
-                            )));
+                }
+                other => {
+                    // Not an alert this version can read: never act on it; count and log it.
+                    let why = match other {
+                        Some(Err(e)) => e.clone(),
+                        Some(Ok(a)) => format!("unsupported schema_version {}", a.schema_version),
+                        None => "empty message".into(),
+                    };
+                    metrics.alerts.with_label_values(&["undecodable"]).inc();
+                    tracing::warn!(partition, offset, %why, "ignored a record on the alerts topic that is not a readable alert");
+                }
+            }
+        }
+        let acted = !work.is_empty();
+        // Alerts touching the same target run in order; the others run concurrently.
+        let runs = futures::future::join_all(group_by_target(work).into_iter().map(|group| {
+            let (actor, cfg, producer, shutdown, metrics, own_role) =
+                (&actor, &cfg, &producer, &shutdown, &metrics, own_role.as_deref());
+            async move {
+                let mut done = Vec::new();
+                for (alert, arrived) in group {
+                    for decision in plan(&alert, &cfg.remediate, own_role) {
+                        let record = execute(actor, cfg, &alert, &decision).await;
+                        if !publish(producer, cfg, &record, shutdown).await {
+                            return Err(alert.id);
                         }
                         tracing::info!(action_id = %record.id, alert_id = %alert.id, kind = record.kind.as_str(), outcome = record.outcome.as_str(), detail = %record.detail, "action");
                         metrics
@@ -436,33 +534,41 @@ pub async fn run(
                             .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
                             .inc();
                     }
-                    answered.insert(alert.id);
-                    acted = true;
                     metrics.alerts.with_label_values(&["handled"]).inc();
                     if let Some(ms) = arrived {
                         let now = chrono::Utc::now().timestamp_millis();
                         metrics.latency.observe((now - ms).max(0) as f64 / 1000.0);
                     }
+                    done.push(alert.id);
+                }
+                Ok(done)
+            }
+        }))
+        .await;
+        for run in runs {
+            match run {
+                Ok(ids) => answered.extend(ids),
+                Err(id) => {
+                    return Err(Error::Stopped(format!(
+                        "action record for alert {id} not published"
+                    )))
                 }
             }
-            other => {
-                // Not an alert this version can read: never act on it; count and log it.
-                let why = match other {
-                    Some(Err(e)) => e.to_string(),
-                    Some(Ok(a)) => format!("unsupported schema_version {}", a.schema_version),
-                    None => "empty message".into(),
-                };
-                metrics.alerts.with_label_values(&["undecodable"]).inc();
-                tracing::warn!(partition, offset, %why, "ignored a record on the alerts topic that is not a readable alert");
-            }
+        }
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for incoming in &batch {
+            let e = next.entry(incoming.partition).or_insert(0);
+            *e = (*e).max(incoming.offset + 1);
         }
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&topics.alerts, partition, Offset::Offset(offset + 1))?;
+        for (partition, offset) in next {
+            list.add_partition_offset(&topics.alerts, partition, Offset::Offset(offset))?;
+        }
         if let Err(err) = consumer.store_offsets(&list) {
-            tracing::debug!(error = %err, partition, "offset not stored");
+            tracing::debug!(error = %err, "offsets not stored");
         }
         if acted {
-            // Commit at once after acting, so no other instance replays this alert.
+            // Commit at once after acting, so no other instance replays these alerts.
             if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::warn!(error = %err, "commit after acting failed; the next commit retries");
             }
@@ -560,4 +666,75 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
     }
     kafka::flush(&producer, cfg.remediate.drain_timeout)?;
     Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trailguard_common::contract::Target;
+
+    fn alert(id: &str, targets: &[(ActionKind, &str)]) -> Alert {
+        let mut a: Alert = match serde_json::from_str(include_str!("../../tests/tests/alert.json"))
+        {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        a.id = id.into();
+        a.actions = targets
+            .iter()
+            .map(|(kind, t)| RequestedAction {
+                kind: *kind,
+                target: Target {
+                    kind: "x".into(),
+                    id: (*t).into(),
+                    account_id: None,
+                    grantee: None,
+                },
+            })
+            .collect();
+        a
+    }
+
+    fn ids(groups: &[Vec<(Alert, ())>]) -> Vec<Vec<String>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|(a, _)| a.id.clone()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn alerts_on_one_target_stay_in_order_and_others_run_apart() {
+        use ActionKind::*;
+        let work = vec![
+            (
+                alert("1", &[(MakeBucketPrivate, "b1"), (Notify, "default")]),
+                (),
+            ),
+            (
+                alert("2", &[(MakeBucketPrivate, "b2"), (Notify, "default")]),
+                (),
+            ),
+            (alert("3", &[(RemoveCollaborator, "b1")]), ()),
+            (alert("4", &[(Notify, "default")]), ()),
+        ];
+        assert_eq!(
+            ids(&group_by_target(work)),
+            [vec!["1", "3"], vec!["2"], vec!["4"]]
+        );
+    }
+
+    #[test]
+    fn an_alert_spanning_two_groups_merges_them() {
+        use ActionKind::*;
+        let work = vec![
+            (alert("1", &[(SuspendUser, "u1")]), ()),
+            (alert("2", &[(SuspendUser, "u2")]), ()),
+            (
+                alert("3", &[(SuspendUser, "u1"), (RequireSignIn, "u2")]),
+                (),
+            ),
+            (alert("4", &[(RequireSignIn, "u2")]), ()),
+        ];
+        assert_eq!(ids(&group_by_target(work)), [vec!["1", "2", "3", "4"]]);
+    }
 }

@@ -144,32 +144,17 @@ impl AwsConfig {
             let Some(arn) = self.role_arn(&id) else {
                 continue;
             };
-            let mut builder = aws_config::sts::AssumeRoleProvider::builder(arn)
-                .session_name(self.session_name.as_deref().unwrap_or("trailguard"))
-                .configure(&base);
-            if let Some(external) = &self.external_id {
-                builder = builder.external_id(external);
-            }
-            let provider = builder.build().await;
-            let sdk = base
-                .to_builder()
-                .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(provider))
-                .build();
+            let sdk = self.assuming(&base, arn).await;
             out.push(Account { id: Some(id), sdk });
         }
         Ok(out)
     }
 
-    /// The SDK configuration for acting in `account`: the role assumed there when a
-    /// `role_arn_template` is set and the account is given, else the shared configuration.
-    pub async fn sdk_config_for(&self, account: Option<&str>) -> aws_config::SdkConfig {
-        let base = self.sdk_config().await;
-        let Some(arn) = account.and_then(|a| self.role_arn(a)) else {
-            return base;
-        };
+    /// `base` acting as the role `arn` (assumed lazily, cached and refreshed by the provider).
+    async fn assuming(&self, base: &aws_config::SdkConfig, arn: String) -> aws_config::SdkConfig {
         let mut builder = aws_config::sts::AssumeRoleProvider::builder(arn)
             .session_name(self.session_name.as_deref().unwrap_or("trailguard"))
-            .configure(&base);
+            .configure(base);
         if let Some(external) = &self.external_id {
             builder = builder.external_id(external);
         }
@@ -177,6 +162,16 @@ impl AwsConfig {
         base.to_builder()
             .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(provider))
             .build()
+    }
+
+    /// The SDK configuration for acting in `account`: the role assumed there when a
+    /// `role_arn_template` is set and the account is given, else the shared configuration.
+    pub async fn sdk_config_for(&self, account: Option<&str>) -> aws_config::SdkConfig {
+        let base = self.sdk_config().await;
+        match account.and_then(|a| self.role_arn(a)) {
+            Some(arn) => self.assuming(&base, arn).await,
+            None => base,
+        }
     }
 
     /// The shared SDK configuration (region, endpoint, credential chain).

@@ -307,6 +307,32 @@ async fn set_password_reset(
     })
 }
 
+async fn set_key_status(
+    client: &Client,
+    user: &str,
+    key: &str,
+    status: StatusType,
+) -> Result<ActionStep, String> {
+    let verb = if status == StatusType::Active {
+        "reactivate"
+    } else {
+        "deactivate"
+    };
+    let out = client
+        .update_access_key()
+        .user_name(user)
+        .access_key_id(key)
+        .status(status)
+        .send()
+        .await
+        .map_err(|e| err_text("iam:UpdateAccessKey", &e))?;
+    Ok(ActionStep {
+        call: "iam:UpdateAccessKey".into(),
+        description: format!("{verb} access key {key}"),
+        request_id: out.request_id().map(str::to_string),
+    })
+}
+
 fn step(call: &str, description: String) -> ActionStep {
     ActionStep {
         call: call.into(),
@@ -464,20 +490,9 @@ pub async fn suspend_user(client: &Client, who: &Identity, dry_run: bool) -> Iam
         Err(e) => return failed(e, steps, Some(undo)),
     }
     for key in &keys {
-        match client
-            .update_access_key()
-            .user_name(name)
-            .access_key_id(key)
-            .status(StatusType::Inactive)
-            .send()
-            .await
-        {
-            Ok(out) => steps.push(ActionStep {
-                call: "iam:UpdateAccessKey".into(),
-                description: format!("deactivate access key {key}"),
-                request_id: out.request_id().map(str::to_string),
-            }),
-            Err(e) => return failed(err_text("iam:UpdateAccessKey", &e), steps, Some(undo)),
+        match set_key_status(client, name, key, StatusType::Inactive).await {
+            Ok(step) => steps.push(step),
+            Err(e) => return failed(e, steps, Some(undo)),
         }
     }
     if console.is_some() {
@@ -563,20 +578,9 @@ pub async fn undo(client: &Client, undo: &Value) -> IamResult {
             .flatten()
             .filter_map(Value::as_str)
         {
-            match client
-                .update_access_key()
-                .user_name(name)
-                .access_key_id(key)
-                .status(StatusType::Active)
-                .send()
-                .await
-            {
-                Ok(out) => steps.push(ActionStep {
-                    call: "iam:UpdateAccessKey".into(),
-                    description: format!("reactivate access key {key}"),
-                    request_id: out.request_id().map(str::to_string),
-                }),
-                Err(e) => return failed(err_text("iam:UpdateAccessKey", &e), steps, None),
+            match set_key_status(client, name, key, StatusType::Active).await {
+                Ok(step) => steps.push(step),
+                Err(e) => return failed(e, steps, None),
             }
         }
         if undo["prior_password_reset_required"] == Value::Bool(false) {

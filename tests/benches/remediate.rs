@@ -95,6 +95,10 @@ async fn run(brokers: &str, endpoint: &str, binary: &str, n: usize) -> Result<()
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    // Leave the shared AWS-API server as it was: other runs list this account's buckets.
+    for i in 0..n {
+        let _ = s3.delete_bucket().bucket(format!("{id}-{i}")).send().await;
+    }
     result
 }
 

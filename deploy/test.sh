@@ -26,6 +26,14 @@ export TRAILGUARD_TEST_GEO_V4="$GEO_V4" TRAILGUARD_TEST_GEO_V6="$GEO_V6"
 export TRAILGUARD_TEST_TANSU_BIN="$TANSU_BIN"
 
 cd "$REPO"
+# Test executables carry full debug info (~1 GB each) and every feature combination keeps its
+# own: when the disk runs low, drop the old ones (they are relinked on demand).
+free_kb=$(df -Pk "$CARGO_TARGET_DIR" 2>/dev/null | awk 'NR == 2 { print $4 }')
+if [[ -n ${free_kb:-} && $free_kb -lt 20000000 && -d $CARGO_TARGET_DIR/debug/deps ]]; then
+    log "less than 20 GB free: removing test executables older than an hour from $CARGO_TARGET_DIR"
+    find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -mmin +60 -delete
+    rm -rf "$CARGO_TARGET_DIR/debug/incremental"
+fi
 cargo build --workspace --bins
 log="$TG_DATA/logs/test-$(date +%Y%m%d%H%M%S).log"
 mkdir -p "$(dirname "$log")"

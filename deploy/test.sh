@@ -31,7 +31,8 @@ cd "$REPO"
 free_kb=$(df -Pk "$CARGO_TARGET_DIR" 2>/dev/null | awk 'NR == 2 { print $4 }')
 if [[ -n ${free_kb:-} && $free_kb -lt 20000000 && -d $CARGO_TARGET_DIR/debug/deps ]]; then
     log "less than 20 GB free: removing test executables older than an hour from $CARGO_TARGET_DIR"
-    find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -mmin +60 -delete
+    # Executables only (no extension): proc-macro libraries (`lib*.so`) are executable too.
+    find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable ! -name '*.*' -mmin +60 -delete
     rm -rf "$CARGO_TARGET_DIR/debug/incremental"
 fi
 cargo build --workspace --bins

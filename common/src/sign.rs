@@ -99,13 +99,14 @@ impl SigningConfig {
 
     /// The verifier: every configured key.
     pub fn verifier(&self) -> Verifier {
+        // Key ids compare case-insensitively (ids from the environment arrive lower-cased).
         let mut keys: BTreeMap<String, Vec<u8>> = self
             .keys
             .iter()
-            .map(|(id, k)| (id.clone(), k.clone().into_bytes()))
+            .map(|(id, k)| (id.to_ascii_lowercase(), k.clone().into_bytes()))
             .collect();
         if let Some(signer) = self.signer() {
-            keys.insert(signer.key_id, signer.key);
+            keys.insert(signer.key_id.to_ascii_lowercase(), signer.key);
         }
         Verifier {
             keys,
@@ -190,27 +191,39 @@ impl Verifier {
     /// Accepts `alert` when it is signed by a known key and unaltered (or, with signatures not
     /// required, when it is unsigned). Returns the key id it was signed with.
     pub fn verify(&self, alert: &Alert) -> Result<Option<String>, Rejection> {
-        let Some(signature) = &alert.signature else {
-            return if self.required {
-                Err(Rejection::Unsigned)
-            } else {
-                Ok(None)
-            };
+        self.verify_json(&serde_json::to_value(alert).unwrap_or(Value::Null))
+    }
+
+    /// [`Self::verify`] over the alert as it arrived: members this version does not know (a
+    /// newer detect) are part of what was signed, so they are verified too, not dropped.
+    pub fn verify_json(&self, alert: &Value) -> Result<Option<String>, Rejection> {
+        let signature = alert
+            .get("signature")
+            .filter(|s| !s.is_null())
+            .map(|s| serde_json::from_value::<AlertSignature>(s.clone()));
+        let signature = match signature {
+            None => {
+                return if self.required {
+                    Err(Rejection::Unsigned)
+                } else {
+                    Ok(None)
+                }
+            }
+            Some(Err(_)) => return Err(Rejection::Mismatch(String::new())),
+            Some(Ok(s)) => s,
         };
-        let Some(key) = self.keys.get(&signature.key_id) else {
-            return Err(Rejection::UnknownKey(signature.key_id.clone()));
+        let Some(key) = self.keys.get(&signature.key_id.to_ascii_lowercase()) else {
+            return Err(Rejection::UnknownKey(signature.key_id));
         };
         let Ok(expected) = hex::decode(&signature.hmac_sha256) else {
-            return Err(Rejection::Mismatch(signature.key_id.clone()));
+            return Err(Rejection::Mismatch(signature.key_id));
         };
-        let mut unsigned = alert.clone();
-        unsigned.signature = None;
         let mut mac = new_mac(key);
-        mac.update(canonical(&unsigned).as_bytes());
+        mac.update(canonical_value(alert).as_bytes());
         // Constant-time comparison.
         mac.verify_slice(&expected)
             .map(|()| Some(signature.key_id.clone()))
-            .map_err(|_| Rejection::Mismatch(signature.key_id.clone()))
+            .map_err(|_| Rejection::Mismatch(signature.key_id))
     }
 
     /// True when no key is configured.
@@ -242,12 +255,20 @@ fn mac_of(key: &[u8], alert: &Alert) -> Vec<u8> {
 
 /// The canonical JSON text of `alert` without its signature: keys sorted at every level.
 pub fn canonical(alert: &Alert) -> String {
-    let mut value = serde_json::to_value(alert).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        map.remove("signature");
-    }
+    canonical_value(&serde_json::to_value(alert).unwrap_or(Value::Null))
+}
+
+/// The canonical text of an alert given as JSON, without its `signature` member.
+pub fn canonical_value(alert: &Value) -> String {
     let mut out = String::with_capacity(1024);
-    write_canonical(&value, &mut out);
+    match alert {
+        Value::Object(map) => {
+            let mut unsigned = map.clone();
+            unsigned.remove("signature");
+            write_canonical(&Value::Object(unsigned), &mut out);
+        }
+        other => write_canonical(other, &mut out),
+    }
     out
 }
 
@@ -342,6 +363,26 @@ mod tests {
     }
 
     #[test]
+    fn members_a_newer_detect_added_are_verified_not_dropped() {
+        let mut a = alert();
+        let v = verifier(&[("k1", KEY)], true);
+        // A newer detect signs an alert with a member this version does not know.
+        let mut newer = serde_json::to_value(&a).unwrap_or(Value::Null);
+        newer["triage"] = serde_json::json!({"score": 7});
+        let mut mac = new_mac(KEY.as_bytes());
+        mac.update(canonical_value(&newer).as_bytes());
+        newer["signature"] = serde_json::json!({"key_id": "k1", "hmac_sha256": hex::encode(mac.finalize().into_bytes())});
+        assert_eq!(v.verify_json(&newer), Ok(Some("k1".into())));
+        // Tampering with that member is caught too.
+        newer["triage"]["score"] = serde_json::json!(0);
+        assert!(v.verify_json(&newer).is_err());
+        // And the typed path agrees with the raw one.
+        Signer::new("k1", KEY).sign(&mut a);
+        let raw = serde_json::to_value(&a).unwrap_or(Value::Null);
+        assert_eq!(v.verify_json(&raw), v.verify(&a));
+    }
+
+    #[test]
     fn unsigned_alerts_pass_only_when_not_required() {
         assert_eq!(verifier(&[], false).verify(&alert()), Ok(None));
     }
@@ -350,11 +391,11 @@ mod tests {
     fn keys_rotate() {
         let old = "old-key-old-key-old-key-old-key-old-key";
         let new = "new-key-new-key-new-key-new-key-new-key";
-        let v = verifier(&[("2026-10", old), ("2026-11", new)], true);
+        let v = verifier(&[("2026-10", old), ("2026-NOV", new)], true);
         let mut a = alert();
         Signer::new("2026-10", old).sign(&mut a);
         assert!(v.verify(&a).is_ok());
-        Signer::new("2026-11", new).sign(&mut a);
+        Signer::new("2026-nov", new).sign(&mut a);
         assert!(v.verify(&a).is_ok());
     }
 

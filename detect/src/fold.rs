@@ -1,5 +1,6 @@
 //! Folding repeats: the same policy matching the same entity with the same severity again
-//! within `policies.fold_period` (event time) of its first alert raises no new alert. The
+//! within `policies.fold.period` (event time) of its first alert raises no new alert — unless
+//! the alert asks for a remediation beyond notifying, which is always raised. The
 //! repeats are counted in the acting principal's state, which is persisted with its baseline,
 //! so a restart neither loses the count nor raises a repeat as a new alert.
 //!
@@ -109,6 +110,16 @@ pub fn fold_noting(
         return out;
     }
     for alert in alerts {
+        // An alert that asks for more than a notification is never folded away: a bucket made
+        // public again right after it was fixed must be fixed again.
+        if alert
+            .actions
+            .iter()
+            .any(|a| a.kind != trailguard_common::contract::ActionKind::Notify)
+        {
+            out.push(alert);
+            continue;
+        }
         let key = key_of(&alert);
         if let Some(open) = folds.iter_mut().find(|f| f.key == key) {
             // The same activity again (re-published past ingest's de-duplication) is no repeat.
@@ -307,6 +318,28 @@ mod tests {
             close_before(&mut folds, 60).is_empty(),
             "nothing was folded in"
         );
+    }
+
+    #[test]
+    fn alerts_asking_for_remediation_are_never_folded() {
+        let mut folds = Vec::new();
+        let fixable = |id: &str| {
+            let mut a = alert(id, "bucket", Severity::High, 0);
+            a.actions = vec![trailguard_common::contract::RequestedAction {
+                kind: trailguard_common::contract::ActionKind::MakeBucketPrivate,
+                target: trailguard_common::contract::Target {
+                    kind: "s3-bucket".into(),
+                    id: "bucket".into(),
+                    account_id: None,
+                    grantee: None,
+                },
+            }];
+            a
+        };
+        let first = fold(&mut folds, vec![fixable("a")], 0, 3600);
+        let again = fold(&mut folds, vec![fixable("b")], 60, 3600);
+        assert_eq!((first.len(), again.len()), (1, 1));
+        assert!(folds.is_empty());
     }
 
     #[test]

@@ -484,10 +484,12 @@ pub async fn suspend_user(client: &Client, who: &Identity, dry_run: bool) -> Iam
         };
     }
     let mut steps = Vec::new();
-    // Deny first: it takes effect for keys and sessions alike while the rest proceeds.
+    // Deny first: it takes effect for keys and sessions alike while the rest proceeds. If it
+    // cannot be put, the keys and the password are still taken away, and the result says so.
+    let mut deny_error = None;
     match put_inline(client, who, SUSPEND_POLICY, &suspend_document()).await {
         Ok(s) => steps.push(s),
-        Err(e) => return failed(e, steps, Some(undo)),
+        Err(e) => deny_error = Some(e),
     }
     for key in &keys {
         match set_key_status(client, name, key, StatusType::Inactive).await {
@@ -505,6 +507,13 @@ pub async fn suspend_user(client: &Client, who: &Identity, dry_run: bool) -> Iam
             Err(e) if e.code() == Some("NoSuchEntity") => {}
             Err(e) => return failed(err_text("iam:DeleteLoginProfile", &e), steps, Some(undo)),
         }
+    }
+    if let Some(e) = deny_error {
+        return failed(
+            format!("{e} (the keys were deactivated and the password deleted all the same)"),
+            steps,
+            Some(undo),
+        );
     }
     IamResult {
         outcome: ActionOutcome::Applied,
@@ -580,6 +589,10 @@ pub async fn undo(client: &Client, undo: &Value) -> IamResult {
         {
             match set_key_status(client, name, key, StatusType::Active).await {
                 Ok(step) => steps.push(step),
+                // Deleted since: nothing to reactivate; the rest of the undo still applies.
+                Err(e) if e.contains("NoSuchEntity") => {
+                    notes.push(format!("access key {key} no longer exists"))
+                }
                 Err(e) => return failed(e, steps, None),
             }
         }

@@ -37,12 +37,17 @@ pub fn principal_refusal(
     if let Ok(crate::iam::Identity::Root { account }) = crate::iam::Identity::parse(arn) {
         return Some(format!("the root user of {account} is never touched"));
     }
-    // A role session is protected when its role is.
-    let mut names = vec![arn.to_string()];
-    if let Some((prefix, rest)) = arn.split_once(":assumed-role/") {
-        let account = prefix.rsplit(':').next().unwrap_or_default();
-        let role = rest.split('/').next().unwrap_or_default();
-        names.push(format!("arn:aws:iam::{account}:role/{role}"));
+    // A role session is protected when its role is; a name with a path also as without it.
+    // IAM names are case-insensitive.
+    let mut names = vec![arn.to_ascii_lowercase()];
+    match crate::iam::Identity::parse(arn) {
+        Ok(crate::iam::Identity::Role { account, name }) => {
+            names.push(format!("arn:aws:iam::{account}:role/{name}").to_ascii_lowercase());
+        }
+        Ok(crate::iam::Identity::User { account, name }) => {
+            names.push(format!("arn:aws:iam::{account}:user/{name}").to_ascii_lowercase());
+        }
+        _ => {}
     }
     let patterns = BUILTIN_PROTECTED_PRINCIPALS
         .iter()
@@ -50,7 +55,8 @@ pub fn principal_refusal(
         .chain(settings.protected_principals.iter().cloned())
         .chain(own_role.map(str::to_string));
     for pattern in patterns {
-        if names.iter().any(|n| wildcard_match(&pattern, n)) {
+        let lower = pattern.to_ascii_lowercase();
+        if names.iter().any(|n| wildcard_match(&lower, n)) {
             return Some(format!(
                 "principal {arn} is protected (matches `{pattern}`)"
             ));
@@ -79,6 +85,15 @@ pub fn plan(alert: &Alert, settings: &RemediateSettings, own_role: Option<&str>)
                             "bucket {} is protected (matches `{pattern}`)",
                             action.target.id
                         )
+                    })
+                    .or_else(|| {
+                        // Never cut a protected principal (Trailguard's own roles) out of a bucket.
+                        action
+                            .target
+                            .grantee
+                            .as_deref()
+                            .filter(|g| g.starts_with("arn:"))
+                            .and_then(|g| principal_refusal(g, settings, own_role))
                     }),
                 _ => None,
             };
@@ -247,6 +262,8 @@ mod tests {
             "arn:aws:iam::111111111111:role/trailguard-remediate",
             "arn:aws:sts::111111111111:assumed-role/trailguard-remediate/session",
             "arn:aws:sts::111111111111:assumed-role/OrgAdmin/alice",
+            "arn:aws:iam::111111111111:user/ops/Break-Glass",
+            "arn:aws:iam::111111111111:role/team/trailguard-reader",
         ] {
             assert!(
                 principal_refusal(arn, &s, Some("arn:aws:iam::*:role/OrgAdmin")).is_some(),
@@ -365,6 +382,11 @@ pub fn policy_without(policy: &Value, grantee: &str) -> Option<Option<Value>> {
     let mut kept = Vec::new();
     for st in statements {
         let mut st = st.clone();
+        // Only grants are edited: taking the grantee out of a Deny would widen its access.
+        if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
+            kept.push(st);
+            continue;
+        }
         let Some(Value::Object(principal)) = st.get_mut("Principal") else {
             kept.push(st);
             continue;
@@ -467,6 +489,9 @@ mod collaborator_tests {
         assert_eq!(sts.len(), 2);
         assert_eq!(sts[0]["Principal"]["AWS"], "arn:aws:iam::444444444444:root");
         assert_eq!(sts[1]["Sid"], "Service");
+        // A Deny naming the grantee stays as it is.
+        let deny = json!({"Statement": [{"Effect": "Deny", "Principal": {"AWS": "222222222222"}, "Action": "s3:*"}]});
+        assert_eq!(policy_without(&deny, "222222222222"), None);
         assert_eq!(policy_without(&policy, "555555555555"), None);
         let only = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "222222222222"}, "Action": "s3:*"}]});
         assert_eq!(policy_without(&only, "222222222222"), Some(None));

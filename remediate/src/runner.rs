@@ -122,16 +122,21 @@ struct Actor {
     limiter: std::sync::Mutex<RateLimiter>,
 }
 
+/// The id of the record answering `action` of `alert`.
+fn record_id(alert: &Alert, action: &RequestedAction) -> String {
+    stable_id([
+        alert.id.as_str(),
+        action.kind.as_str(),
+        action.target.id.as_str(),
+        action.target.grantee.as_deref().unwrap_or(""),
+    ])
+}
+
 fn new_record(alert: &Alert, decision: &Decision) -> ActionRecord {
     let target = &decision.action.target;
     ActionRecord {
         schema_version: ACTION_SCHEMA_VERSION,
-        id: stable_id([
-            alert.id.as_str(),
-            decision.action.kind.as_str(),
-            target.id.as_str(),
-            target.grantee.as_deref().unwrap_or(""),
-        ]),
+        id: record_id(alert, &decision.action),
         alert_id: alert.id.clone(),
         policy_id: alert.policy_id.clone(),
         kind: decision.action.kind,
@@ -226,7 +231,9 @@ async fn execute(
                     return record;
                 }
             };
-            let (_, client) = actor.clients.get(account.or(Some(who.account()))).await;
+            // IAM names are per account: act in the principal's own account (from its ARN), never
+            // in the account where the activity happened (a cross-account session acts there).
+            let (_, client) = actor.clients.get(Some(who.account())).await;
             let r = if decision.action.kind == ActionKind::SuspendUser {
                 iam::suspend_user(&client, &who, dry_run).await
             } else {
@@ -253,6 +260,8 @@ struct Incoming {
     /// Kafka timestamp (ms).
     arrived: Option<i64>,
     alert: Option<Result<Alert, String>>,
+    /// The alert as it arrived (its signature covers every member, known or not).
+    raw: Option<serde_json::Value>,
 }
 
 impl Incoming {
@@ -264,6 +273,9 @@ impl Incoming {
             alert: m
                 .payload()
                 .map(|p| serde_json::from_slice::<Alert>(p).map_err(|e| e.to_string())),
+            raw: m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()),
         }
     }
 }
@@ -279,7 +291,11 @@ fn group_by_target<T>(work: Vec<(Alert, T)>) -> Vec<Vec<(Alert, T)>> {
             .actions
             .iter()
             .filter(|a| a.kind != ActionKind::Notify)
-            .map(|a| a.target.id.clone())
+            .map(|a| match iam::Identity::parse(&a.target.id) {
+                // A role and its sessions are one target (one inline policy).
+                Ok(who) => format!("{who:?}"),
+                Err(_) => a.target.id.clone(),
+            })
             .collect();
         let mut found: Vec<usize> = keys
             .iter()
@@ -368,15 +384,15 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<HashSet<String>, Error> {
             if let Ok(record) = serde_json::from_slice::<ActionRecord>(payload) {
                 // A rejected (forged) copy does not answer the genuine alert.
                 if record.outcome != ActionOutcome::Rejected && record.undo_of.is_none() {
-                    done.insert(record.alert_id);
+                    done.insert(record.id);
                 }
             }
         },
     )?;
     tracing::info!(
         records = read,
-        alerts = done.len(),
-        "loaded answered alerts from the actions topic"
+        answered = done.len(),
+        "loaded answered actions from the actions topic"
     );
     Ok(done)
 }
@@ -473,17 +489,27 @@ pub async fn run(
             // some of their uncommitted alerts. Read the actions topic back first.
             answered.extend(tokio::task::block_in_place(|| answered_alerts(&cfg))?);
         }
+        let owned: HashSet<i32> = match consumer.assignment() {
+            Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
+            Err(_) => batch.iter().map(|i| i.partition).collect(),
+        };
         let mut work: Vec<(Alert, Option<i64>)> = Vec::new();
         let mut in_batch: HashSet<String> = HashSet::new();
         for incoming in &batch {
             let (partition, offset) = (incoming.partition, incoming.offset);
             match &incoming.alert {
                 Some(Ok(alert)) if alert.schema_version <= ALERT_SCHEMA_VERSION => {
-                    if let Err(why) = verifier.verify(alert) {
+                    let verdict = match &incoming.raw {
+                        Some(raw) => verifier.verify_json(raw),
+                        None => verifier.verify(alert),
+                    };
+                    if let Err(why) = verdict {
                         metrics.alerts.with_label_values(&["rejected"]).inc();
                         metrics.rejected.with_label_values(&[why.as_str()]).inc();
                         tracing::warn!(alert_id = %alert.id, policy = %alert.policy_id, partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
-                        for action in &alert.actions {
+                        // One record per alert, however many actions it asks for: a forgery
+                        // must not be able to stall the loop.
+                        for action in alert.actions.iter().take(1) {
                             let record = rejection_record(alert, action, &why);
                             if !publish(&producer, &cfg, &record, &shutdown).await {
                                 return Err(Error::Stopped(format!(
@@ -496,7 +522,14 @@ pub async fn run(
                                 .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
                                 .inc();
                         }
-                    } else if answered.contains(&alert.id) || !in_batch.insert(alert.id.clone()) {
+                    } else if !owned.contains(&incoming.partition) {
+                        // Revoked while the batch was gathered: its new owner answers it.
+                        tracing::info!(alert_id = %alert.id, partition, "partition revoked; left to its new owner");
+                    } else if !in_batch.insert(alert.id.clone())
+                        || plan(alert, &cfg.remediate, own_role.as_deref())
+                            .iter()
+                            .all(|d| answered.contains(&record_id(alert, &d.action)))
+                    {
                         metrics.alerts.with_label_values(&["duplicate"]).inc();
                         tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
                     } else {
@@ -518,16 +551,28 @@ pub async fn run(
         let acted = !work.is_empty();
         // Alerts touching the same target run in order; the others run concurrently.
         let runs = futures::future::join_all(group_by_target(work).into_iter().map(|group| {
-            let (actor, cfg, producer, shutdown, metrics, own_role) =
-                (&actor, &cfg, &producer, &shutdown, &metrics, own_role.as_deref());
+            let (actor, cfg, producer, shutdown, metrics, own_role, answered) = (
+                &actor,
+                &cfg,
+                &producer,
+                &shutdown,
+                &metrics,
+                own_role.as_deref(),
+                &answered,
+            );
             async move {
                 let mut done = Vec::new();
                 for (alert, arrived) in group {
                     for decision in plan(&alert, &cfg.remediate, own_role) {
+                        // Recorded before a restart (an alert half answered): not again.
+                        if answered.contains(&record_id(&alert, &decision.action)) {
+                            continue;
+                        }
                         let record = execute(actor, cfg, &alert, &decision).await;
                         if !publish(producer, cfg, &record, shutdown).await {
                             return Err(alert.id);
                         }
+                        done.push(record.id.clone());
                         tracing::info!(action_id = %record.id, alert_id = %alert.id, kind = record.kind.as_str(), outcome = record.outcome.as_str(), detail = %record.detail, "action");
                         metrics
                             .actions
@@ -539,7 +584,6 @@ pub async fn run(
                         let now = chrono::Utc::now().timestamp_millis();
                         metrics.latency.observe((now - ms).max(0) as f64 / 1000.0);
                     }
-                    done.push(alert.id);
                 }
                 Ok(done)
             }
@@ -650,7 +694,7 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
         ActionKind::RequireSignIn | ActionKind::SuspendUser => {
             let who_account = data["identity"]["account"].as_str().map(str::to_string);
             let (_, client) = clients
-                .get(account.as_deref().or(who_account.as_deref()))
+                .get(who_account.as_deref().or(account.as_deref()))
                 .await;
             let r = iam::undo(&client, &data).await;
             fill(&mut record, r.outcome, r.detail, r.steps, None);

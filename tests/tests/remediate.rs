@@ -755,3 +755,82 @@ async fn webhooks_are_retried_and_failures_recorded() -> Result<()> {
     assert_eq!(seen.lock().map(|s| s.len()).unwrap_or(0), 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sns_notifications_reach_the_topic() -> Result<()> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let shared = trailguard_tests::aws_shared().await?;
+    let sns = aws_sdk_sns::Client::new(&shared);
+    let sqs = aws_sdk_sqs::Client::new(&shared);
+    let topic = sns
+        .create_topic()
+        .name(unique("trailguard-alerts"))
+        .send()
+        .await?
+        .topic_arn()
+        .context("topic arn")?
+        .to_string();
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(unique("sns-sink"))
+        .send()
+        .await?
+        .queue_url()
+        .context("queue url")?
+        .to_string();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .context("queue arn")?;
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(&queue_arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await?;
+    let alert: Alert = serde_json::from_str(include_str!("alert.json"))?;
+    let target = alert.actions[0].target.clone();
+    let notifier = Notifier::new(
+        NotifyConfig {
+            channels: vec![ChannelConfig {
+                name: "pager".into(),
+                kind: ChannelKind::Sns,
+                url: None,
+                url_env: None,
+                topic_arn: Some(topic),
+                default: true,
+            }],
+            ..NotifyConfig::default()
+        },
+        Some(sns),
+    );
+    let result = notifier.notify(&alert, &target, false).await;
+    assert_eq!(result.outcome, ActionOutcome::Applied, "{}", result.detail);
+    assert_eq!(result.steps[0].call, "sns:Publish");
+    assert!(
+        result.steps[0].request_id.is_some(),
+        "the message id is recorded"
+    );
+    let received = sqs
+        .receive_message()
+        .queue_url(&queue_url)
+        .wait_time_seconds(5)
+        .send()
+        .await?;
+    let body = received
+        .messages()
+        .first()
+        .and_then(|m| m.body())
+        .context("no message reached the subscribed queue")?;
+    let payload: Value = serde_json::from_str(body)?;
+    assert_eq!(payload["alert_id"], alert.id);
+    assert_eq!(payload["severity"], "high");
+    assert_eq!(payload["summary"], "root called StopLogging");
+    Ok(())
+}

@@ -250,6 +250,9 @@ async fn execute(
     record
 }
 
+/// An alert's decisions not yet recorded, and its Kafka timestamp (ms).
+type Pending = (Vec<Decision>, Option<i64>);
+
 /// Alerts taken in one batch at most.
 const BATCH: usize = 64;
 
@@ -493,7 +496,8 @@ pub async fn run(
             Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
             Err(_) => batch.iter().map(|i| i.partition).collect(),
         };
-        let mut work: Vec<(Alert, Option<i64>)> = Vec::new();
+        // Each alert to act on, with the decisions not yet recorded and its arrival time.
+        let mut work: Vec<(Alert, Pending)> = Vec::new();
         let mut in_batch: HashSet<String> = HashSet::new();
         for incoming in &batch {
             let (partition, offset) = (incoming.partition, incoming.offset);
@@ -525,15 +529,19 @@ pub async fn run(
                     } else if !owned.contains(&incoming.partition) {
                         // Revoked while the batch was gathered: its new owner answers it.
                         tracing::info!(alert_id = %alert.id, partition, "partition revoked; left to its new owner");
-                    } else if !in_batch.insert(alert.id.clone())
-                        || plan(alert, &cfg.remediate, own_role.as_deref())
-                            .iter()
-                            .all(|d| answered.contains(&record_id(alert, &d.action)))
-                    {
-                        metrics.alerts.with_label_values(&["duplicate"]).inc();
-                        tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
                     } else {
-                        work.push((alert.clone(), incoming.arrived));
+                        // Decisions recorded before (an alert half answered before a restart)
+                        // are not taken again.
+                        let open: Vec<Decision> = plan(alert, &cfg.remediate, own_role.as_deref())
+                            .into_iter()
+                            .filter(|d| !answered.contains(&record_id(alert, &d.action)))
+                            .collect();
+                        if !in_batch.insert(alert.id.clone()) || open.is_empty() {
+                            metrics.alerts.with_label_values(&["duplicate"]).inc();
+                            tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
+                        } else {
+                            work.push((alert.clone(), (open, incoming.arrived)));
+                        }
                     }
                 }
                 other => {
@@ -551,23 +559,12 @@ pub async fn run(
         let acted = !work.is_empty();
         // Alerts touching the same target run in order; the others run concurrently.
         let runs = futures::future::join_all(group_by_target(work).into_iter().map(|group| {
-            let (actor, cfg, producer, shutdown, metrics, own_role, answered) = (
-                &actor,
-                &cfg,
-                &producer,
-                &shutdown,
-                &metrics,
-                own_role.as_deref(),
-                &answered,
-            );
+            let (actor, cfg, producer, shutdown, metrics) =
+                (&actor, &cfg, &producer, &shutdown, &metrics);
             async move {
                 let mut done = Vec::new();
-                for (alert, arrived) in group {
-                    for decision in plan(&alert, &cfg.remediate, own_role) {
-                        // Recorded before a restart (an alert half answered): not again.
-                        if answered.contains(&record_id(&alert, &decision.action)) {
-                            continue;
-                        }
+                for (alert, (decisions, arrived)) in group {
+                    for decision in decisions {
                         let record = execute(actor, cfg, &alert, &decision).await;
                         if !publish(producer, cfg, &record, shutdown).await {
                             return Err(alert.id);

@@ -269,16 +269,20 @@ struct Incoming {
 
 impl Incoming {
     fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        // The bytes are parsed once; the typed alert is read from that tree.
+        let raw = m.payload().map(serde_json::from_slice::<serde_json::Value>);
+        let alert = raw.as_ref().map(|r| match r {
+            Ok(value) => {
+                <Alert as serde::Deserialize>::deserialize(value).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        });
         Incoming {
             partition: m.partition(),
             offset: m.offset(),
             arrived: m.timestamp().to_millis(),
-            alert: m
-                .payload()
-                .map(|p| serde_json::from_slice::<Alert>(p).map_err(|e| e.to_string())),
-            raw: m
-                .payload()
-                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()),
+            alert,
+            raw: raw.and_then(Result::ok),
         }
     }
 }

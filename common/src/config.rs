@@ -146,6 +146,9 @@ pub struct Topics {
     /// detect's organization-wide facts (compacted; read whole by every instance), keyed by
     /// fact.
     pub detect_facts: String,
+    /// Failed console sign-ins again, keyed by source IP, so one instance counts all of an
+    /// address's failures (a password spray) whatever partitions its targets' activities are on.
+    pub detect_signin_failures: String,
     /// Alerts again as OCSF Detection Findings (class 2004), keyed by entity; empty: off.
     pub alerts_ocsf: String,
 }
@@ -160,6 +163,7 @@ impl Default for Topics {
             checkpoints: "trailguard.ingest.checkpoints".into(),
             detect_state: "trailguard.detect.state".into(),
             detect_facts: "trailguard.detect.facts".into(),
+            detect_signin_failures: "trailguard.detect.signin-failures".into(),
             alerts_ocsf: String::new(),
         }
     }
@@ -173,6 +177,10 @@ impl Topics {
             ("kafka.topics.alerts", &self.alerts),
             ("kafka.topics.detect_state", &self.detect_state),
             ("kafka.topics.detect_facts", &self.detect_facts),
+            (
+                "kafka.topics.detect_signin_failures",
+                &self.detect_signin_failures,
+            ),
             ("kafka.topics.actions", &self.actions),
             ("kafka.topics.checkpoints", &self.checkpoints),
             ("kafka.topics.alerts_ocsf", &self.alerts_ocsf),

@@ -112,6 +112,14 @@ impl Detector {
         }
     }
 
+    /// Leaves counting failed sign-ins per source IP to a [`SourceIpFailures`] fed by the
+    /// sign-in failures topic (see [`counts_per_source_ip`]): this partition sees only the
+    /// failures of its own principals, a spray's targets are spread over every partition.
+    pub fn counting_source_ips_elsewhere(mut self) -> Self {
+        self.signin.cfg.per_source_ip = false;
+        self
+    }
+
     /// Shares `facts` with the other partitions of this instance.
     pub fn with_facts(mut self, facts: crate::facts::SharedFacts) -> Self {
         self.facts = facts;
@@ -346,33 +354,116 @@ impl Detector {
     /// The offset from which a replay would rebuild this detector's state exactly: everything
     /// before it may be committed. `next` is the offset after the last one observed.
     pub fn safe_offset(&mut self, next: Offset) -> Offset {
-        let mut safe = self
+        let first_open = self
             .signin
             .first_open_offset()
             .unwrap_or(next)
             .min(self.custom.first_open_offset().unwrap_or(next))
             .min(next);
-        // Never land inside a closed burst: move to its start (repeat, spans may chain).
-        loop {
-            let inside = self
-                .closed
-                .iter()
-                .filter(|(first, last)| *first < safe && safe <= *last)
-                .map(|(first, _)| *first)
-                .min();
-            match inside {
-                Some(first) => safe = first,
-                None => break,
-            }
-        }
-        self.closed.retain(|(_, last)| *last >= safe);
-        self.committed = self.committed.max(safe);
-        self.committed
+        settle(first_open, &mut self.closed, &mut self.committed)
     }
 
     /// Number of open bursts (for the state-size gauge).
     pub fn state_size(&self) -> usize {
         self.signin.bursts.len() + self.principals.len()
+    }
+}
+
+/// The offset that may be committed given the first offset an open window needs: never inside
+/// a closed burst (whose tail alone would replay as a shorter, different burst), never back.
+fn settle(
+    first_open: Offset,
+    closed: &mut Vec<(Offset, Offset)>,
+    committed: &mut Offset,
+) -> Offset {
+    let mut safe = first_open;
+    // Move to the start of a closed burst it falls in (repeat: spans may chain).
+    loop {
+        let inside = closed
+            .iter()
+            .filter(|(first, last)| *first < safe && safe <= *last)
+            .map(|(first, _)| *first)
+            .min();
+        match inside {
+            Some(first) => safe = first,
+            None => break,
+        }
+    }
+    closed.retain(|(_, last)| *last >= safe);
+    *committed = (*committed).max(safe);
+    *committed
+}
+
+/// Whether `activity` goes to the per-source-IP count: a failed console sign-in from a known
+/// address, with that count on.
+pub fn counts_per_source_ip(cfg: &SigninFailuresConfig, activity: &Activity) -> bool {
+    cfg.enabled
+        && cfg.per_source_ip
+        && activity.event_name == "ConsoleLogin"
+        && !activity.outcome.is_success()
+        && activity.source_ip.is_some()
+}
+
+/// Failed console sign-ins counted per source IP over one partition of the sign-in failures
+/// topic, which is keyed by address: every failure from one address reaches the same counter,
+/// however the activities topic spreads the principals it tried. Its state is rebuilt by
+/// replay like a [`Detector`]'s bursts (see the module notes), with offsets of its own.
+pub struct SourceIpFailures {
+    signin: SigninFailures,
+    lateness: Duration,
+    max_event_time: Option<DateTime<Utc>>,
+    closed: Vec<(Offset, Offset)>,
+    committed: Offset,
+}
+
+impl SourceIpFailures {
+    /// A counter with the sign-in failures policy's settings (per source IP only).
+    pub fn new(cfg: &SigninFailuresConfig, lateness: std::time::Duration) -> Self {
+        Self::with_retention(cfg, lateness, RETAIN_OFFSETS)
+    }
+
+    /// As [`Self::new`], keeping closed-in-event-time bursts for `retain_offsets` offsets.
+    pub fn with_retention(
+        cfg: &SigninFailuresConfig,
+        lateness: std::time::Duration,
+        retain_offsets: Offset,
+    ) -> Self {
+        let mut cfg = cfg.clone();
+        cfg.per_principal = false;
+        let lateness = Duration::from_std(lateness).unwrap_or(Duration::MAX);
+        SourceIpFailures {
+            signin: SigninFailures::new(cfg, lateness, retain_offsets),
+            lateness,
+            max_event_time: None,
+            closed: Vec::new(),
+            committed: 0,
+        }
+    }
+
+    /// Counts one failure read at `offset`; returns the alert it raises, if any.
+    pub fn observe(&mut self, activity: &Activity, offset: Offset) -> Vec<Alert> {
+        let alerts = self.signin.observe(activity, offset, &mut self.closed);
+        if self.max_event_time.is_none_or(|t| activity.event_time > t) {
+            self.max_event_time = Some(activity.event_time);
+        }
+        if offset % EXPIRE_EVERY == 0 {
+            if let Some(max) = self.max_event_time {
+                self.signin
+                    .expire(max - self.lateness, offset, &mut self.closed);
+            }
+        }
+        alerts
+    }
+
+    /// As [`Detector::safe_offset`].
+    pub fn safe_offset(&mut self, next: Offset) -> Offset {
+        let first_open = self.signin.first_open_offset().unwrap_or(next).min(next);
+        settle(first_open, &mut self.closed, &mut self.committed)
+    }
+
+    /// Open bursts.
+    pub fn state_size(&self) -> usize {
+        self.signin.bursts.len()
     }
 }
 
@@ -387,7 +478,7 @@ enum BurstKey {
 #[derive(Debug)]
 struct Burst {
     /// (event time, activity id), sorted by time; older than the window (plus lateness) pruned.
-    failures: VecDeque<(DateTime<Utc>, String)>,
+    failures: VecDeque<Failure>,
     /// Id of the burst's first activity: names the alert, so a replay raises the same id.
     first_activity: String,
     first_offset: Offset,
@@ -478,27 +569,39 @@ impl SigninFailures {
         }
         let burst = self.bursts.get_mut(&key)?;
         // A replayed or duplicated activity counts once.
-        if burst.failures.iter().any(|(_, id)| *id == activity.id) {
+        if burst.failures.iter().any(|f| f.id == activity.id) {
             return None;
         }
-        let at = burst.failures.partition_point(|(time, _)| *time <= t);
-        burst.failures.insert(at, (t, activity.id.clone()));
+        let at = burst.failures.partition_point(|f| f.time <= t);
+        let failure = Failure {
+            time: t,
+            id: activity.id.clone(),
+            principal: match &key {
+                BurstKey::SourceIp(_) => activity.principal.key(),
+                BurstKey::Principal(_) => String::new(),
+            },
+        };
+        burst.failures.insert(at, failure);
         burst.last_offset = burst.last_offset.max(offset);
         burst.max_time = burst.max_time.max(t);
         // Failures that can no longer share a window with a new one are forgotten.
         let horizon = burst.max_time - window - self.lateness;
-        while burst
-            .failures
-            .front()
-            .is_some_and(|(time, _)| *time < horizon)
-        {
+        while burst.failures.front().is_some_and(|f| f.time < horizon) {
             burst.failures.pop_front();
         }
         if burst.fired_at.is_some() {
             return None;
         }
-        let window_ids = densest_window(&burst.failures, window, self.cfg.threshold)?;
+        let (start, end) = densest_window(&burst.failures, window, self.cfg.threshold)?;
         burst.fired_at = Some(t);
+        let in_window = burst.failures.range(start..=end);
+        let window_ids: Vec<String> = in_window.clone().map(|f| f.id.clone()).collect();
+        let targets = in_window
+            .map(|f| f.principal.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        // Few tries against each of many principals: the shape of a password spray.
+        let spray = matches!(key, BurstKey::SourceIp(_)) && targets >= self.cfg.threshold;
         let (what, entity) = match &key {
             BurstKey::Principal(_) => (
                 format!(
@@ -512,7 +615,12 @@ impl SigninFailures {
                 },
             ),
             BurstKey::SourceIp(ip) => (
-                format!("{} failed console sign-ins from {ip}", window_ids.len()),
+                format!(
+                    "{}{} failed console sign-ins from {ip} against {targets} principal{}",
+                    if spray { "password spray: " } else { "" },
+                    window_ids.len(),
+                    if targets == 1 { "" } else { "s" }
+                ),
                 Entity {
                     kind: "source-ip".into(),
                     id: ip.clone(),
@@ -542,7 +650,7 @@ impl SigninFailures {
             technique_id: "T1110".into(),
             technique: "Brute Force".into(),
         }];
-        if activity.principal.is_root {
+        if activity.principal.is_root || spray {
             alert.severity = alert.severity.max(Severity::High);
         }
         Some(alert)
@@ -573,24 +681,30 @@ impl SigninFailures {
     }
 }
 
-/// The ids in the first window of length `window` holding at least `threshold` failures.
+/// One failed sign-in of a burst.
+#[derive(Debug)]
+struct Failure {
+    time: DateTime<Utc>,
+    /// Activity id.
+    id: String,
+    /// Who was tried (per-source-IP bursts only; empty otherwise).
+    principal: String,
+}
+
+/// The index range of the first window of length `window` holding at least `threshold`
+/// failures.
 fn densest_window(
-    failures: &VecDeque<(DateTime<Utc>, String)>,
+    failures: &VecDeque<Failure>,
     window: Duration,
     threshold: usize,
-) -> Option<Vec<String>> {
+) -> Option<(usize, usize)> {
     let mut start = 0;
     for end in 0..failures.len() {
-        while failures[end].0 - failures[start].0 > window {
+        while failures[end].time - failures[start].time > window {
             start += 1;
         }
         if end + 1 - start >= threshold {
-            return Some(
-                failures
-                    .range(start..=end)
-                    .map(|(_, id)| id.clone())
-                    .collect(),
-            );
+            return Some((start, end));
         }
     }
     None
@@ -826,6 +940,126 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A spray of one address over 30 users whose activities land on three partitions: no
+    /// partition alone sees enough to alert, the failures topic's counter sees it whole.
+    #[test]
+    fn a_spray_across_partitions_is_counted_per_source_ip() {
+        let cfg = PoliciesConfig::default();
+        let lateness = std::time::Duration::from_secs(300);
+        let mut partitions: Vec<Detector> = (0..3)
+            .map(|_| Detector::new(&cfg, lateness).counting_source_ips_elsewhere())
+            .collect();
+        let mut counter = SourceIpFailures::new(&cfg.console_signin_failures, lateness);
+        // One try per user, one a minute: each partition sees 4, under the threshold of 5.
+        let users: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+        let (mut partition_alerts, mut forwarded) = (Vec::new(), Vec::new());
+        for (i, user) in users.iter().enumerate() {
+            let a = failure(user, "203.0.113.9", i as i64);
+            let p = i % 3;
+            partition_alerts.extend(partitions[p].observe(&a, (i / 3) as Offset));
+            if counts_per_source_ip(&cfg.console_signin_failures, &a) {
+                forwarded.push(a);
+            }
+        }
+        assert!(partition_alerts.is_empty(), "{partition_alerts:?}");
+        assert_eq!(forwarded.len(), 12);
+        let alerts: Vec<Alert> = forwarded
+            .iter()
+            .enumerate()
+            .flat_map(|(o, a)| counter.observe(a, o as Offset))
+            .collect();
+        assert_eq!(alerts.len(), 1);
+        let alert = &alerts[0];
+        assert_eq!(alert.entity.kind, "source-ip");
+        assert_eq!(alert.entity.id, "203.0.113.9");
+        assert_eq!(alert.severity, Severity::High, "a spray is high");
+        assert!(
+            alert.evidence.summary.starts_with(
+                "password spray: 5 failed console sign-ins from 203.0.113.9 against 5 principals"
+            ),
+            "{}",
+            alert.evidence.summary
+        );
+        // Its offset stays at the open burst until the burst closes.
+        assert_eq!(counter.safe_offset(12), 0);
+        // One user failing from one address is brute force, not a spray: medium.
+        let mut single = SourceIpFailures::new(&cfg.console_signin_failures, lateness);
+        let alerts: Vec<Alert> = (0..5)
+            .flat_map(|m| single.observe(&failure("alice", "198.51.100.1", m), m as Offset))
+            .collect();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].severity, Severity::Medium);
+        assert!(alerts[0]
+            .evidence
+            .summary
+            .contains("against 1 principal within"));
+        // Successes and failures without an address are not forwarded.
+        let mut ok = failure("alice", "198.51.100.1", 0);
+        ok.outcome.status = OutcomeStatus::Success;
+        assert!(!counts_per_source_ip(&cfg.console_signin_failures, &ok));
+        let mut nowhere = failure("alice", "198.51.100.1", 0);
+        nowhere.source_ip = None;
+        assert!(!counts_per_source_ip(
+            &cfg.console_signin_failures,
+            &nowhere
+        ));
+    }
+
+    /// The failures topic's counter, restarted from its safe offset with nothing but a
+    /// replay, raises exactly the alerts of an uninterrupted run.
+    #[test]
+    fn the_source_ip_counter_replays_from_its_safe_offset() {
+        let cfg = PoliciesConfig::default().console_signin_failures;
+        let lateness = std::time::Duration::from_secs(300);
+        let mut events = Vec::new();
+        for block in 0..6i64 {
+            let ip = format!("192.0.2.{}", block % 2);
+            for m in 0..10 {
+                events.push(failure(&format!("u{m}"), &ip, block * 60 + m));
+            }
+        }
+        let counter = || SourceIpFailures::with_retention(&cfg, lateness, 4);
+        let all: Vec<String> = {
+            let mut c = counter();
+            events
+                .iter()
+                .enumerate()
+                .flat_map(|(o, a)| c.observe(a, o as Offset))
+                .map(|a| a.id)
+                .collect()
+        };
+        assert_eq!(all.len(), 6);
+        let mut exercised = false;
+        for cut in 1..events.len() {
+            let mut first = counter();
+            let before: Vec<String> = events[..cut]
+                .iter()
+                .enumerate()
+                .flat_map(|(o, a)| first.observe(a, o as Offset))
+                .map(|a| a.id)
+                .collect();
+            let safe = first.safe_offset(cut as Offset) as usize;
+            exercised |= safe > 0;
+            let mut second = counter();
+            let replayed: Vec<String> = events[safe..]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, a)| second.observe(a, (safe + i) as Offset))
+                .map(|a| a.id)
+                .collect();
+            let mut union: Vec<String> = before.iter().chain(&replayed).cloned().collect();
+            union.sort();
+            union.dedup();
+            let mut expected = all.clone();
+            expected.sort();
+            assert_eq!(union, expected, "cut {cut}");
+        }
+        assert!(
+            exercised,
+            "bursts never closed: the test does not exercise replay"
+        );
     }
 
     fn sg_change(user: &str, minute: i64) -> Activity {

@@ -1,5 +1,11 @@
 //! The Kafka loop around [`Detector`]: consume an activity, evaluate it, publish its alerts and
 //! wait until the broker has them, and only then store the offset the detector says is safe.
+//!
+//! The same consumer also reads the sign-in failures topic: every failed console sign-in is
+//! published there again keyed by source IP (before its activity is committed), and each of
+//! that topic's partitions has a [`SourceIpFailures`] that counts per address with offsets of
+//! its own. A password spray's targets are spread over every activities partition; their
+//! failures from one address all meet on one failures partition.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use trailguard_common::contract::{dlq_headers as h, ACTIVITY_SCHEMA_VERSION};
 use trailguard_common::{kafka, Activity, Alert};
 
-use crate::detector::Detector;
+use crate::detector::{counts_per_source_ip, Detector, SourceIpFailures};
 use crate::{DetectConfig, Error};
 
 /// Detect's metrics. Labels come from closed sets only.
@@ -72,7 +78,7 @@ impl Metrics {
 /// rebuilds it from the committed offset).
 #[derive(Default, Clone)]
 struct RebalanceContext {
-    revoked: Arc<Mutex<Vec<i32>>>,
+    revoked: Arc<Mutex<Vec<(String, i32)>>>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -81,7 +87,11 @@ impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             if let Ok(mut revoked) = self.revoked.lock() {
-                revoked.extend(list.elements().iter().map(|e| e.partition()));
+                revoked.extend(
+                    list.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition())),
+                );
             }
         }
     }
@@ -122,6 +132,7 @@ pub async fn run(
             &topics.alerts,
             &topics.detect_state,
             &topics.detect_facts,
+            &topics.detect_signin_failures,
         ],
         &[&topics.detect_state, &topics.detect_facts],
     )
@@ -144,7 +155,7 @@ pub async fn run(
         "trailguard-detect",
         context.clone(),
     )?;
-    consumer.subscribe(&[&topics.activities])?;
+    consumer.subscribe(&[&topics.activities, &topics.detect_signin_failures])?;
     tracing::info!(topic = %topics.activities, group = %cfg.detect.group_id, "detect running");
 
     let geo = crate::enrich::GeoDb::open(&cfg.geo)?;
@@ -162,29 +173,26 @@ pub async fn run(
     let mut enricher = crate::enrich::Enricher::new(geo, intel);
     let facts = follow_facts(&cfg, shutdown.clone()).await?;
 
-    let mut detectors: HashMap<i32, Detector> = HashMap::new();
-    // The next offset of each partition since the last checkpoint; its safe offset is stored at
-    // the next checkpoint, after the baselines.
-    let mut pending: HashMap<i32, i64> = HashMap::new();
+    let mut state = Partitions {
+        failures_topic: topics.detect_signin_failures.clone(),
+        ..Default::default()
+    };
+    let signin_cfg = &cfg.policies.console_signin_failures;
     let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
-                forget_revoked(&context, &mut detectors, &mut pending);
-                for detector in detectors.values_mut() {
+                state.forget_revoked(&context);
+                for detector in state.detectors.values_mut() {
                     for alert in detector.look_back() {
-                        if !publish_alert(&producer, &cfg, &alert, &shutdown).await {
+                        if !publish_alert(&producer, &cfg, &metrics, &alert, &shutdown).await {
                             return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
                         }
-                        metrics
-                            .alerts
-                            .with_label_values(&[&alert.policy_id, alert.severity.as_str()])
-                            .inc();
                     }
                 }
-                checkpoint(&producer, &consumer, &cfg, &mut detectors, &mut pending).await?;
+                checkpoint(&producer, &consumer, &cfg, &mut state).await?;
                 continue;
             }
             message = consumer.recv() => message,
@@ -197,8 +205,48 @@ pub async fn run(
                 continue;
             }
         };
-        forget_revoked(&context, &mut detectors, &mut pending);
+        state.forget_revoked(&context);
         let (partition, offset) = (message.partition(), message.offset());
+        if message.topic() == topics.detect_signin_failures {
+            let decoded = decode(message.payload()).map_err(|(kind, reason)| {
+                (
+                    kind,
+                    reason,
+                    message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                )
+            });
+            drop(message);
+            match decoded {
+                Ok(activity) => {
+                    let counter = state.counters.entry(partition).or_insert_with(|| {
+                        SourceIpFailures::new(signin_cfg, cfg.detect.allowed_lateness)
+                    });
+                    for alert in counter.observe(&activity, offset) {
+                        if !publish_alert(&producer, &cfg, &metrics, &alert, &shutdown).await {
+                            return commit_and_stop(
+                                &consumer,
+                                "shutdown while an alert was unpublished",
+                            );
+                        }
+                    }
+                }
+                Err((kind, reason, original)) => {
+                    let source = format!("{}/{partition}/{offset}", topics.detect_signin_failures);
+                    if !dead_letter(
+                        &producer, &cfg, &source, kind, &reason, &original, &shutdown,
+                    )
+                    .await
+                    {
+                        return commit_and_stop(
+                            &consumer,
+                            "shutdown while a dead letter was unpublished",
+                        );
+                    }
+                }
+            }
+            state.pending_counters.insert(partition, offset + 1);
+            continue;
+        }
         // The payload is copied only when it is going to the dead-letter topic.
         let decoded = decode(message.payload()).map_err(|(kind, reason)| {
             (
@@ -209,7 +257,7 @@ pub async fn run(
         });
         drop(message);
         #[allow(clippy::map_entry)] // the entry cannot be held across the await
-        if !detectors.contains_key(&partition) {
+        if !state.detectors.contains_key(&partition) {
             // A partition new to this instance: its baselines first.
             let kafka_cfg = cfg.kafka.clone();
             let states =
@@ -218,11 +266,12 @@ pub async fn run(
                     .map_err(|e| Error::Stopped(format!("restoring baselines: {e}")))??;
             let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
                 .with_geo(&cfg.policies, enricher.has_geo())
-                .with_facts(facts.clone());
+                .with_facts(facts.clone())
+                .counting_source_ips_elsewhere();
             detector.restore(states);
-            detectors.insert(partition, detector);
+            state.detectors.insert(partition, detector);
         }
-        let Some(detector) = detectors.get_mut(&partition) else {
+        let Some(detector) = state.detectors.get_mut(&partition) else {
             continue;
         };
         match decoded {
@@ -233,38 +282,30 @@ pub async fn run(
                     (chrono::Utc::now() - activity.event_time).num_milliseconds() as f64 / 1000.0;
                 metrics.lag.observe(lag.max(0.0));
                 for alert in detector.observe(&activity, offset) {
-                    if !publish_alert(&producer, &cfg, &alert, &shutdown).await {
+                    if !publish_alert(&producer, &cfg, &metrics, &alert, &shutdown).await {
                         return commit_and_stop(
                             &consumer,
                             "shutdown while an alert was unpublished",
                         );
                     }
-                    metrics
-                        .alerts
-                        .with_label_values(&[&alert.policy_id, alert.severity.as_str()])
-                        .inc();
+                }
+                // Durable on the failures topic before this activity can be committed.
+                if counts_per_source_ip(signin_cfg, &activity)
+                    && !forward_failure(&producer, &cfg, &activity, &shutdown).await
+                {
+                    return commit_and_stop(
+                        &consumer,
+                        "shutdown while a sign-in failure was unforwarded",
+                    );
                 }
             }
             Err((kind, reason, original)) => {
                 let source = format!("{}/{partition}/{offset}", topics.activities);
-                let headers = kafka::headers([
-                    (h::REASON, reason.as_str()),
-                    (h::ERROR_KIND, kind),
-                    (h::SOURCE, source.as_str()),
-                    (h::STAGE, "detect"),
-                    (h::POINTER, "false"),
-                ]);
-                tracing::warn!(%source, kind, %reason, "dead-lettered activity");
-                let sent = kafka::send_until_durable(
-                    &producer,
-                    &topics.dlq,
-                    source.as_bytes(),
-                    &original,
-                    Some(headers),
-                    &shutdown,
+                if !dead_letter(
+                    &producer, &cfg, &source, kind, &reason, &original, &shutdown,
                 )
-                .await;
-                if !sent {
+                .await
+                {
                     // Not durable: do not advance past it; the next start retries.
                     return commit_and_stop(
                         &consumer,
@@ -277,16 +318,14 @@ pub async fn run(
                     .inc();
             }
         }
-        pending.insert(partition, offset + 1);
+        state.pending.insert(partition, offset + 1);
         for (key, fact) in detector.take_facts() {
             publish_fact(&producer, &topics.detect_facts, &key, &fact, &shutdown).await;
         }
-        metrics
-            .state
-            .set(detectors.values().map(Detector::state_size).sum::<usize>() as i64);
+        metrics.state.set(state.size() as i64);
     }
-    forget_revoked(&context, &mut detectors, &mut pending);
-    checkpoint(&producer, &consumer, &cfg, &mut detectors, &mut pending).await?;
+    state.forget_revoked(&context);
+    checkpoint(&producer, &consumer, &cfg, &mut state).await?;
     commit_and_stop(&consumer, "shutdown")?;
     kafka::flush(&producer, cfg.detect.drain_timeout)?;
     tracing::info!("detect stopped");
@@ -372,19 +411,105 @@ async fn publish_fact(
 /// How often baselines are saved and offsets stored.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// Drops the state of partitions this instance no longer owns (their next owner restores it
-/// from the changelog and replays from the last commit).
-fn forget_revoked(
-    context: &RebalanceContext,
-    detectors: &mut HashMap<i32, Detector>,
-    pending: &mut HashMap<i32, i64>,
-) {
-    if let Ok(mut revoked) = context.revoked.lock() {
-        for partition in revoked.drain(..) {
-            detectors.remove(&partition);
-            pending.remove(&partition);
+/// What this instance holds for the partitions it owns.
+#[derive(Default)]
+struct Partitions {
+    /// Name of the sign-in failures topic (partition numbers are per topic).
+    failures_topic: String,
+    /// By activities partition.
+    detectors: HashMap<i32, Detector>,
+    /// The next offset of each activities partition since the last checkpoint; its safe
+    /// offset is stored at the next checkpoint, after the baselines.
+    pending: HashMap<i32, i64>,
+    /// By sign-in failures partition.
+    counters: HashMap<i32, SourceIpFailures>,
+    /// As `pending`, for the sign-in failures partitions.
+    pending_counters: HashMap<i32, i64>,
+}
+
+impl Partitions {
+    /// Drops the state of partitions this instance no longer owns (their next owner restores
+    /// it from the changelog and replays from the last commit).
+    fn forget_revoked(&mut self, context: &RebalanceContext) {
+        if let Ok(mut revoked) = context.revoked.lock() {
+            for (topic, partition) in revoked.drain(..) {
+                if topic == self.failures_topic {
+                    self.counters.remove(&partition);
+                    self.pending_counters.remove(&partition);
+                } else {
+                    self.detectors.remove(&partition);
+                    self.pending.remove(&partition);
+                }
+            }
         }
     }
+
+    /// Open windows and baselines held.
+    fn size(&self) -> usize {
+        self.detectors
+            .values()
+            .map(Detector::state_size)
+            .sum::<usize>()
+            + self
+                .counters
+                .values()
+                .map(SourceIpFailures::state_size)
+                .sum::<usize>()
+    }
+}
+
+/// Publishes a failed sign-in to the sign-in failures topic, keyed by its source IP, and waits
+/// until the broker has it. Returns false if shutdown came first.
+async fn forward_failure(
+    producer: &rdkafka::producer::FutureProducer,
+    cfg: &DetectConfig,
+    activity: &Activity,
+    shutdown: &CancellationToken,
+) -> bool {
+    let (Some(ip), Ok(payload)) = (activity.source_ip, serde_json::to_vec(activity)) else {
+        // Nothing to count it by (or, never, unserializable): nothing to forward.
+        return true;
+    };
+    let key = ip.to_string();
+    kafka::send_until_durable(
+        producer,
+        &cfg.kafka.topics.detect_signin_failures,
+        key.as_bytes(),
+        &payload,
+        None,
+        shutdown,
+    )
+    .await
+}
+
+/// Sends a record that cannot be evaluated to the dead-letter topic with its reason, and waits
+/// until the broker has it. Returns false if shutdown came first.
+async fn dead_letter(
+    producer: &rdkafka::producer::FutureProducer,
+    cfg: &DetectConfig,
+    source: &str,
+    kind: &str,
+    reason: &str,
+    original: &[u8],
+    shutdown: &CancellationToken,
+) -> bool {
+    let headers = kafka::headers([
+        (h::REASON, reason),
+        (h::ERROR_KIND, kind),
+        (h::SOURCE, source),
+        (h::STAGE, "detect"),
+        (h::POINTER, "false"),
+    ]);
+    tracing::warn!(%source, kind, %reason, "dead-lettered activity");
+    kafka::send_until_durable(
+        producer,
+        &cfg.kafka.topics.dlq,
+        source.as_bytes(),
+        original,
+        Some(headers),
+        shutdown,
+    )
+    .await
 }
 
 /// Saves every changed baseline, then stores the safe offsets: an offset is committed only
@@ -394,18 +519,28 @@ async fn checkpoint<C: ConsumerContext>(
     producer: &rdkafka::producer::FutureProducer,
     consumer: &rdkafka::consumer::StreamConsumer<C>,
     cfg: &DetectConfig,
-    detectors: &mut HashMap<i32, Detector>,
-    pending: &mut HashMap<i32, i64>,
+    state: &mut Partitions,
 ) -> Result<(), Error> {
     let topics = &cfg.kafka.topics;
     let mut list = TopicPartitionList::new();
-    for (&partition, detector) in detectors.iter_mut() {
+    for (&partition, detector) in state.detectors.iter_mut() {
         if !crate::state::save(producer, &topics.detect_state, partition, detector).await {
             continue;
         }
-        if let Some(next) = pending.remove(&partition) {
+        if let Some(next) = state.pending.remove(&partition) {
             let safe = detector.safe_offset(next);
             list.add_partition_offset(&topics.activities, partition, Offset::Offset(safe))?;
+        }
+    }
+    // The counters keep no changelog: their state is rebuilt by replay from the safe offset.
+    for (&partition, counter) in state.counters.iter_mut() {
+        if let Some(next) = state.pending_counters.remove(&partition) {
+            let safe = counter.safe_offset(next);
+            list.add_partition_offset(
+                &topics.detect_signin_failures,
+                partition,
+                Offset::Offset(safe),
+            )?;
         }
     }
     if list.count() > 0 {
@@ -429,8 +564,27 @@ fn commit_and_stop<C: ConsumerContext>(
     Ok(())
 }
 
-/// Publishes an alert, retrying until the broker has it. Returns false if shutdown came first.
+/// Publishes an alert, retrying until the broker has it, and counts it. Returns false if
+/// shutdown came first.
 async fn publish_alert(
+    producer: &rdkafka::producer::FutureProducer,
+    cfg: &DetectConfig,
+    metrics: &Metrics,
+    alert: &Alert,
+    shutdown: &CancellationToken,
+) -> bool {
+    let published = publish_signed(producer, cfg, alert, shutdown).await;
+    if published {
+        metrics
+            .alerts
+            .with_label_values(&[&alert.policy_id, alert.severity.as_str()])
+            .inc();
+    }
+    published
+}
+
+/// Signs and publishes an alert (and its OCSF form), retrying until the broker has them.
+async fn publish_signed(
     producer: &rdkafka::producer::FutureProducer,
     cfg: &DetectConfig,
     alert: &Alert,

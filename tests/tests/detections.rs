@@ -200,3 +200,83 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
     );
     Ok(())
 }
+
+/// A password spray: one address, one failed console sign-in (the sample's real record,
+/// re-addressed and re-timed) for each of 24 users within eight minutes. The activities topic
+/// is keyed by principal, so its three partitions each see only some of the failures; detect
+/// counts them together on the sign-in failures topic, keyed by address: one high alert for
+/// the address, however many partitions the users fell on, and none per user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_spray_across_partitions_is_one_alert() -> Result<()> {
+    const USERS: usize = 24;
+    const SPRAYER: &str = "203.0.113.77";
+    let run = Run::new("spray")?;
+    let sample: Value = serde_json::from_str(&std::fs::read_to_string(
+        trailguard_tests::repo().join("deploy/demo/sample/02-signin-failures.json"),
+    )?)?;
+    let template = sample["Records"][0].clone();
+    let start = chrono::DateTime::parse_from_rfc3339("2024-06-01T03:00:00Z")?;
+    let input = std::env::temp_dir().join(format!("{}.jsonl", run.id));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&input)?);
+    for i in 0..USERS {
+        let mut r = template.clone();
+        r["userIdentity"]["arn"] = Value::from(format!("arn:aws:iam::123456789012:user/staff{i}"));
+        r["userIdentity"]["userName"] = Value::from(format!("staff{i}"));
+        r["sourceIPAddress"] = Value::from(SPRAYER);
+        r["eventID"] = Value::from(format!("00000000-0000-4000-9000-{i:012}"));
+        let time = start + chrono::Duration::seconds(20 * i as i64);
+        r["eventTime"] = Value::from(time.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        writeln!(file, "{r}")?;
+    }
+    file.flush()?;
+    drop(file);
+    let output = run
+        .command("ingest", &["files", input.to_str().context("path")?])?
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "ingest: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let activities = read_topic(
+        &run.topic("activities"),
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |r| r.len() >= USERS,
+    )?;
+    let partitions: std::collections::BTreeSet<i32> =
+        activities.iter().map(|r| r.partition).collect();
+    ensure!(
+        partitions.len() > 1,
+        "every user fell on one partition; the test would not show counting across them"
+    );
+
+    let detect = run.spawn("detect", &[])?;
+    let records = read_topic(
+        &run.topic("alerts"),
+        Duration::from_secs(120),
+        Duration::from_secs(5),
+        |r| !r.is_empty(),
+    )?;
+    let alerts: Vec<Alert> = records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value))
+        .collect::<Result<_, _>>()?;
+    let ids: std::collections::BTreeSet<&str> = alerts.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "{alerts:#?}\n{}", detect.log());
+    let alert = &alerts[0];
+    assert_eq!(alert.policy_id, "console-signin-failures");
+    assert_eq!(
+        (alert.entity.kind.as_str(), alert.entity.id.as_str()),
+        ("source-ip", SPRAYER)
+    );
+    assert_eq!(alert.severity, trailguard_common::contract::Severity::High);
+    assert!(
+        alert.evidence.summary.starts_with(&format!(
+            "password spray: 5 failed console sign-ins from {SPRAYER} against 5 principals"
+        )),
+        "{}",
+        alert.evidence.summary
+    );
+    Ok(())
+}

@@ -337,6 +337,47 @@ pub fn unknown_sections(defaults: &impl Serialize) -> Vec<String> {
         .collect()
 }
 
+/// A configuration as JSON with every secret replaced by `"<redacted>"`: values of keys named
+/// `key`, `keys`, `url` (webhook URLs carry their tokens) or containing `secret`, `password`
+/// or `token`. For `--check-config`.
+pub fn redacted(cfg: &impl Serialize) -> serde_json::Value {
+    fn secret(name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        matches!(name.as_str(), "key" | "keys" | "url")
+            || ["secret", "password", "token"]
+                .iter()
+                .any(|s| name.contains(s))
+    }
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (name, v) in map.iter_mut() {
+                    if secret(name) && !v.is_null() {
+                        *v = serde_json::Value::from("<redacted>");
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(cfg).unwrap_or_default();
+    walk(&mut value);
+    value
+}
+
+/// Prints [`redacted`] `cfg` on stdout (a closed pipe, as with `| head`, is not an error).
+pub fn print_redacted(cfg: &impl Serialize) -> std::io::Result<()> {
+    use std::io::Write;
+    let text = format!("{:#}\n", redacted(cfg));
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// The top-level sections of a configuration structure.
 pub fn sections(defaults: &impl Serialize) -> Vec<String> {
     match serde_json::to_value(defaults) {

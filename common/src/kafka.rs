@@ -19,6 +19,47 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::KafkaConfig;
 use crate::Error;
 
+/// Consumer lag per assigned partition, from librdkafka's statistics (emitted every
+/// `statistics.interval.ms`: 10 s unless `kafka.client` says otherwise) as
+/// `trailguard_kafka_consumer_lag_records{topic, partition}`. A partition this consumer no
+/// longer fetches loses its series, so a sum over instances counts each partition once.
+#[derive(Clone)]
+pub struct ConsumerLag(prometheus::IntGaugeVec);
+
+impl ConsumerLag {
+    /// Creates and registers the gauge.
+    pub fn new(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let gauge = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "trailguard_kafka_consumer_lag_records",
+                "Records between this consumer group's committed offset and the end of each partition it owns (librdkafka statistics).",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(gauge.clone()))?;
+        Ok(ConsumerLag(gauge))
+    }
+
+    /// Takes the lag of every partition from one statistics report.
+    pub fn record(&self, stats: &rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (&partition, p) in &t.partitions {
+                // -1 is librdkafka's internal unassigned partition.
+                if partition < 0 {
+                    continue;
+                }
+                let label = partition.to_string();
+                let labels = [topic.as_str(), label.as_str()];
+                if p.consumer_lag >= 0 && p.fetch_state != "none" && p.fetch_state != "stopped" {
+                    self.0.with_label_values(&labels).set(p.consumer_lag);
+                } else {
+                    let _ = self.0.remove_label_values(&labels);
+                }
+            }
+        }
+    }
+}
+
 fn base_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &cfg.brokers);
@@ -67,7 +108,8 @@ pub fn consumer<C: ConsumerContext + 'static>(
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "10000");
     for (key, value) in cfg.client_settings() {
         client.set(key, value);
     }

@@ -1,15 +1,15 @@
 //! `Detector`: the per-partition state machine. Pure: activities and their offsets in, alerts and
 //! the offset that is safe to commit out. Time is event time only.
 //!
-//! ## How state survives a restart (v1)
-//! The only stateful policy so far, sign-in failures, keeps *bursts*: per key (principal or
-//! source IP), the failures that followed each other within the window. A burst's decisions
+//! ## How state survives a restart
+//! Baselines are saved to a changelog (see [`crate::state`]). Sign-in failures and custom
+//! windows keep *bursts*: per key (principal here; source IP in a [`SourceIpFailures`] over the
+//! sign-in failures topic), the failures that followed each other within the window. A burst's decisions
 //! depend only on its own activities, so replaying the partition from the first offset of every
 //! burst that is still open rebuilds exactly the same bursts and raises the same alerts with the
 //! same ids (which consumers de-duplicate). [`Detector::safe_offset`] therefore never lets the
 //! committed offset pass the start of an open burst — nor fall inside a closed one, whose tail
-//! alone would otherwise be replayed as a shorter, different burst. A durable changelog for
-//! long-lived baselines comes with the anomaly detections.
+//! alone would otherwise be replayed as a shorter, different burst.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -27,6 +27,9 @@ pub type Offset = i64;
 
 /// How many offsets a burst outlives its last activity, whatever the watermark says.
 pub const RETAIN_OFFSETS: Offset = 10_000;
+
+/// As [`RETAIN_OFFSETS`], on the sign-in failures topic.
+pub const COUNTER_RETAIN_OFFSETS: Offset = 16;
 
 /// Windows are expired at offsets that are multiples of this.
 pub const EXPIRE_EVERY: Offset = 64;
@@ -118,6 +121,14 @@ impl Detector {
     pub fn counting_source_ips_elsewhere(mut self) -> Self {
         self.signin.cfg.per_source_ip = false;
         self
+    }
+
+    /// Whether the restored baseline of `activity`'s principal already covers `offset`: the
+    /// activity was evaluated (and what it produced published) before the last checkpoint.
+    pub fn already_applied(&self, activity: &Activity, offset: Offset) -> bool {
+        self.principals
+            .get(&activity.principal.key())
+            .is_some_and(|state| offset < state.offset)
     }
 
     /// Shares `facts` with the other partitions of this instance.
@@ -408,6 +419,10 @@ pub fn counts_per_source_ip(cfg: &SigninFailuresConfig, activity: &Activity) -> 
 /// topic, which is keyed by address: every failure from one address reaches the same counter,
 /// however the activities topic spreads the principals it tried. Its state is rebuilt by
 /// replay like a [`Detector`]'s bursts (see the module notes), with offsets of its own.
+///
+/// The topic is quiet (only failures reach it), so closed bursts are expired at every record
+/// and kept only [`COUNTER_RETAIN_OFFSETS`] records past their last: the committed offset
+/// follows the open bursts closely instead of waiting for thousands of failures.
 pub struct SourceIpFailures {
     signin: SigninFailures,
     lateness: Duration,
@@ -419,7 +434,7 @@ pub struct SourceIpFailures {
 impl SourceIpFailures {
     /// A counter with the sign-in failures policy's settings (per source IP only).
     pub fn new(cfg: &SigninFailuresConfig, lateness: std::time::Duration) -> Self {
-        Self::with_retention(cfg, lateness, RETAIN_OFFSETS)
+        Self::with_retention(cfg, lateness, COUNTER_RETAIN_OFFSETS)
     }
 
     /// As [`Self::new`], keeping closed-in-event-time bursts for `retain_offsets` offsets.
@@ -446,11 +461,9 @@ impl SourceIpFailures {
         if self.max_event_time.is_none_or(|t| activity.event_time > t) {
             self.max_event_time = Some(activity.event_time);
         }
-        if offset % EXPIRE_EVERY == 0 {
-            if let Some(max) = self.max_event_time {
-                self.signin
-                    .expire(max - self.lateness, offset, &mut self.closed);
-            }
+        if let Some(max) = self.max_event_time {
+            self.signin
+                .expire(max - self.lateness, offset, &mut self.closed);
         }
         alerts
     }
@@ -477,7 +490,7 @@ enum BurstKey {
 /// Failures of one key that followed each other within the window.
 #[derive(Debug)]
 struct Burst {
-    /// (event time, activity id), sorted by time; older than the window (plus lateness) pruned.
+    /// Sorted by time; older than the window (plus lateness) pruned.
     failures: VecDeque<Failure>,
     /// Id of the burst's first activity: names the alert, so a replay raises the same id.
     first_activity: String,
@@ -600,8 +613,10 @@ impl SigninFailures {
             .map(|f| f.principal.as_str())
             .collect::<std::collections::BTreeSet<_>>()
             .len();
-        // Few tries against each of many principals: the shape of a password spray.
-        let spray = matches!(key, BurstKey::SourceIp(_)) && targets >= self.cfg.threshold;
+        // Few tries against each of many principals: the shape of a password spray (at least
+        // three principals, and at least one for every two failures).
+        let spray =
+            matches!(key, BurstKey::SourceIp(_)) && targets >= 3 && targets * 2 >= window_ids.len();
         let (what, entity) = match &key {
             BurstKey::Principal(_) => (
                 format!(
@@ -952,8 +967,9 @@ mod tests {
             .map(|_| Detector::new(&cfg, lateness).counting_source_ips_elsewhere())
             .collect();
         let mut counter = SourceIpFailures::new(&cfg.console_signin_failures, lateness);
-        // One try per user, one a minute: each partition sees 4, under the threshold of 5.
-        let users: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+        // One try per user, one a minute: each partition sees 5, the threshold, and would
+        // alert on its own share if it still counted per address.
+        let users: Vec<String> = (0..15).map(|i| format!("user{i}")).collect();
         let (mut partition_alerts, mut forwarded) = (Vec::new(), Vec::new());
         for (i, user) in users.iter().enumerate() {
             let a = failure(user, "203.0.113.9", i as i64);
@@ -964,7 +980,7 @@ mod tests {
             }
         }
         assert!(partition_alerts.is_empty(), "{partition_alerts:?}");
-        assert_eq!(forwarded.len(), 12);
+        assert_eq!(forwarded.len(), 15);
         let alerts: Vec<Alert> = forwarded
             .iter()
             .enumerate()
@@ -983,7 +999,18 @@ mod tests {
             alert.evidence.summary
         );
         // Its offset stays at the open burst until the burst closes.
-        assert_eq!(counter.safe_offset(12), 0);
+        assert_eq!(counter.safe_offset(15), 0);
+        // Each user tried twice: still a spray (3 principals in the 5 failures).
+        let mut twice = SourceIpFailures::new(&cfg.console_signin_failures, lateness);
+        let alerts: Vec<Alert> = (0..6)
+            .flat_map(|m| {
+                let a = failure(&format!("v{}", m / 2), "198.51.100.7", m);
+                twice.observe(&a, m as Offset)
+            })
+            .collect();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].severity, Severity::High);
+        assert!(alerts[0].evidence.summary.contains("against 3 principals"));
         // One user failing from one address is brute force, not a spray: medium.
         let mut single = SourceIpFailures::new(&cfg.console_signin_failures, lateness);
         let alerts: Vec<Alert> = (0..5)

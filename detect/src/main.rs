@@ -29,6 +29,10 @@ struct Cli {
     /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
     #[arg(long, global = true)]
     log_format: Option<String>,
+    /// Load and validate the configuration (file, `TRAILGUARD_*` environment, flags), print it
+    /// with secrets redacted, and exit without connecting to anything.
+    #[arg(long, global = true)]
+    check_config: bool,
     /// Address of the admin endpoint (/metrics, /healthz); default 127.0.0.1:9102.
     #[arg(long)]
     admin_listen: Option<String>,
@@ -92,6 +96,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let cfg: DetectConfig = config::load(&DetectConfig::default(), cli.config.as_deref(), &flags)?;
     cfg.validate()?;
+    if cli.check_config {
+        config::print_redacted(&cfg)?;
+        return Ok(());
+    }
     telemetry::init_logging(&cfg.log);
     let shutdown = shutdown::on_signals();
     match cli.command {

@@ -29,6 +29,7 @@ pub struct Metrics {
     alerts: IntCounterVec,
     state: IntGauge,
     lag: Histogram,
+    consumer_lag: kafka::ConsumerLag,
 }
 
 impl Metrics {
@@ -65,11 +66,16 @@ impl Metrics {
         registry.register(Box::new(alerts.clone()))?;
         registry.register(Box::new(state.clone()))?;
         registry.register(Box::new(lag.clone()))?;
+        // Every result from the start, so rates and alert rules see zeros, not absent series.
+        for result in ["evaluated", "dead_lettered"] {
+            activities.with_label_values(&[result]);
+        }
         Ok(Metrics {
             activities,
             alerts,
             state,
             lag,
+            consumer_lag: kafka::ConsumerLag::new(registry)?,
         })
     }
 }
@@ -79,9 +85,16 @@ impl Metrics {
 #[derive(Default, Clone)]
 struct RebalanceContext {
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
+    lag: Option<kafka::ConsumerLag>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(lag) = &self.lag {
+            lag.record(&statistics);
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -148,7 +161,10 @@ pub async fn run(
         ),
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
-    let context = RebalanceContext::default();
+    let context = RebalanceContext {
+        lag: Some(metrics.consumer_lag.clone()),
+        ..Default::default()
+    };
     let consumer = kafka::consumer(
         &cfg.kafka,
         &cfg.detect.group_id,
@@ -216,11 +232,12 @@ pub async fn run(
                 )
             });
             drop(message);
+            let counter = state
+                .counters
+                .entry(partition)
+                .or_insert_with(|| SourceIpFailures::new(signin_cfg, cfg.detect.allowed_lateness));
             match decoded {
                 Ok(activity) => {
-                    let counter = state.counters.entry(partition).or_insert_with(|| {
-                        SourceIpFailures::new(signin_cfg, cfg.detect.allowed_lateness)
-                    });
                     for alert in counter.observe(&activity, offset) {
                         if !publish_alert(&producer, &cfg, &metrics, &alert, &shutdown).await {
                             return commit_and_stop(
@@ -245,6 +262,7 @@ pub async fn run(
                 }
             }
             state.pending_counters.insert(partition, offset + 1);
+            metrics.state.set(state.size() as i64);
             continue;
         }
         // The payload is copied only when it is going to the dead-letter topic.
@@ -281,6 +299,9 @@ pub async fn run(
                 let lag =
                     (chrono::Utc::now() - activity.event_time).num_milliseconds() as f64 / 1000.0;
                 metrics.lag.observe(lag.max(0.0));
+                // Forwarded before, if its baseline was saved: a replay does not count it twice.
+                let forward = counts_per_source_ip(signin_cfg, &activity)
+                    && !detector.already_applied(&activity, offset);
                 for alert in detector.observe(&activity, offset) {
                     if !publish_alert(&producer, &cfg, &metrics, &alert, &shutdown).await {
                         return commit_and_stop(
@@ -290,9 +311,7 @@ pub async fn run(
                     }
                 }
                 // Durable on the failures topic before this activity can be committed.
-                if counts_per_source_ip(signin_cfg, &activity)
-                    && !forward_failure(&producer, &cfg, &activity, &shutdown).await
-                {
+                if forward && !forward_failure(&producer, &cfg, &activity, &shutdown).await {
                     return commit_and_stop(
                         &consumer,
                         "shutdown while a sign-in failure was unforwarded",
@@ -429,7 +448,8 @@ struct Partitions {
 
 impl Partitions {
     /// Drops the state of partitions this instance no longer owns (their next owner restores
-    /// it from the changelog and replays from the last commit).
+    /// the baselines from the changelog and replays from the last commit; a counter is rebuilt
+    /// by the replay alone).
     fn forget_revoked(&mut self, context: &RebalanceContext) {
         if let Ok(mut revoked) = context.revoked.lock() {
             for (topic, partition) in revoked.drain(..) {

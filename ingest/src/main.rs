@@ -33,6 +33,10 @@ struct Cli {
     /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
     #[arg(long, global = true)]
     log_format: Option<String>,
+    /// Load and validate the configuration (file, `TRAILGUARD_*` environment, flags), print it
+    /// with secrets redacted, and exit without connecting to anything.
+    #[arg(long, global = true)]
+    check_config: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -292,6 +296,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let cfg: IngestConfig = config::load(&IngestConfig::default(), cli.config.as_deref(), &flags)?;
     cfg.validate()?;
+    if cli.check_config {
+        config::print_redacted(&cfg)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     telemetry::init_logging(&cfg.log);
     let shutdown = shutdown::on_signals();
     let registry = prometheus::Registry::new();

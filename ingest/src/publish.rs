@@ -115,6 +115,25 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Creates the series of `source` at zero, so rates and alert rules see zeros, not absent
+    /// series. (Not the checkpoint time: zero would read as a checkpoint 56 years old.)
+    pub fn start(&self, source: &str) {
+        for counter in [
+            &self.records_read,
+            &self.records_published,
+            &self.bytes_read,
+            &self.duplicates,
+            &self.api_calls,
+            &self.throttles,
+        ] {
+            counter.with_label_values(&[source]);
+        }
+        self.inputs.with_label_values(&[source, "ok"]);
+        self.event_lag.with_label_values(&[source]);
+    }
+}
+
 /// What a publisher has had acknowledged so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -170,6 +189,7 @@ impl Publisher {
         source_kind: &'static str,
         metrics: Metrics,
     ) -> Self {
+        metrics.start(source_kind);
         Publisher {
             producer,
             activities_topic: cfg.kafka.topics.activities.clone(),

@@ -30,6 +30,10 @@ struct Cli {
     /// AWS endpoint override (a local AWS-API server); implies path-style S3 addressing.
     #[arg(long, env = "TRAILGUARD_AWS_ENDPOINT")]
     aws_endpoint: Option<String>,
+    /// Load and validate the configuration (file, `TRAILGUARD_*` environment, flags), print it
+    /// with secrets redacted, and exit without connecting to anything.
+    #[arg(long, global = true)]
+    check_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -73,6 +77,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg: RemediateConfig =
         config::load(&RemediateConfig::default(), cli.config.as_deref(), &flags)?;
     cfg.validate()?;
+    if cli.check_config {
+        config::print_redacted(&cfg)?;
+        return Ok(());
+    }
     telemetry::init_logging(&cfg.log);
     if let Some(Command::Undo { action_id }) = &cli.command {
         let record = trailguard_remediate::undo(cfg, action_id).await?;

@@ -33,6 +33,7 @@ pub struct Metrics {
     actions: IntCounterVec,
     rejected: IntCounterVec,
     latency: prometheus::Histogram,
+    consumer_lag: kafka::ConsumerLag,
 }
 
 impl Metrics {
@@ -70,11 +71,40 @@ impl Metrics {
         registry.register(Box::new(actions.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        // Every closed label set from the start, so rates and alert rules see zeros, not
+        // absent series.
+        for result in ["handled", "duplicate", "rejected", "undecodable"] {
+            alerts.with_label_values(&[result]);
+        }
+        for reason in ["unsigned", "unknown_key", "bad_signature"] {
+            rejected.with_label_values(&[reason]);
+        }
+        use trailguard_common::contract::{ActionKind as K, ActionOutcome as O};
+        for kind in [
+            K::MakeBucketPrivate,
+            K::RemoveCollaborator,
+            K::Notify,
+            K::RequireSignIn,
+            K::SuspendUser,
+        ] {
+            for outcome in [
+                O::Applied,
+                O::AlreadyCompliant,
+                O::DryRun,
+                O::Skipped,
+                O::Refused,
+                O::Failed,
+                O::Rejected,
+            ] {
+                actions.with_label_values(&[kind.as_str(), outcome.as_str()]);
+            }
+        }
         Ok(Metrics {
             alerts,
             actions,
             rejected,
             latency,
+            consumer_lag: kafka::ConsumerLag::new(registry)?,
         })
     }
 }
@@ -368,9 +398,16 @@ fn rejection_record(alert: &Alert, action: &RequestedAction, why: &Rejection) ->
 #[derive(Clone, Default)]
 struct AssignmentContext {
     assigned: Arc<AtomicBool>,
+    lag: Option<kafka::ConsumerLag>,
 }
 
-impl ClientContext for AssignmentContext {}
+impl ClientContext for AssignmentContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(lag) = &self.lag {
+            lag.record(&statistics);
+        }
+    }
+}
 
 impl ConsumerContext for AssignmentContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -461,7 +498,10 @@ pub async fn run(
         tracing::warn!("signing.required is false: unsigned alerts are acted on");
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
-    let context = AssignmentContext::default();
+    let context = AssignmentContext {
+        lag: Some(metrics.consumer_lag.clone()),
+        ..Default::default()
+    };
     let consumer = kafka::consumer(
         &cfg.kafka,
         &cfg.remediate.group_id,

@@ -2,7 +2,7 @@
 SHELL := bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/trailguard/target
 
-.PHONY: demo test build env-up env-down schemas lint fmt bench fuzz clean-data
+.PHONY: demo test build image env-up env-down schemas lint fmt bench fuzz clean-data
 
 ## make demo: the whole pipeline locally — alerts and remediations on screen.
 demo:
@@ -22,6 +22,12 @@ fuzz:
 
 build:
 	cargo build --workspace --bins
+
+## make image: the container image (Dockerfile; needs a Docker engine), tagged with the version.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+image:
+	@command -v docker >/dev/null || { echo "make image: docker is not installed" >&2; exit 1; }
+	DOCKER_BUILDKIT=1 docker build -t trailguard:$(VERSION) -f Dockerfile .
 
 ## Start / stop the local broker and AWS server by hand.
 env-up:

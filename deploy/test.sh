@@ -24,6 +24,7 @@ export TRAILGUARD_TEST_SHARED_DATA="${TRAILGUARD_TEST_SHARED_DATA:-$REPO/../shar
 export TRAILGUARD_TEST_BIN_DIR="$CARGO_TARGET_DIR/debug"
 export TRAILGUARD_TEST_GEO_V4="$GEO_V4" TRAILGUARD_TEST_GEO_V6="$GEO_V6"
 export TRAILGUARD_TEST_TANSU_BIN="$TANSU_BIN"
+export TRAILGUARD_TEST_PROMTOOL="$PROMTOOL_BIN"
 
 cd "$REPO"
 # Test executables carry full debug info (~1 GB each) and every feature combination keeps its

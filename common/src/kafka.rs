@@ -6,12 +6,11 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -60,9 +59,119 @@ impl ConsumerLag {
     }
 }
 
+/// Every Kafka client of the services: counts consumer lag from librdkafka's statistics
+/// (when given a [`ConsumerLag`]) and, with `kafka.msk_iam.enabled`, answers librdkafka's
+/// OAUTHBEARER token requests with an Amazon MSK IAM token signed by the default AWS
+/// credentials. (Token requests only come when `sasl.mechanism` is OAUTHBEARER.)
+#[derive(Clone, Default)]
+pub struct KafkaContext {
+    msk_iam: Option<std::sync::Arc<MskIam>>,
+    lag: Option<ConsumerLag>,
+}
+
+/// Where MSK IAM tokens are signed.
+struct MskIam {
+    region: Option<String>,
+}
+
+/// The producer every service uses.
+pub type Producer = FutureProducer<KafkaContext>;
+
+impl KafkaContext {
+    /// The context for clients of `cfg`.
+    pub fn new(cfg: &KafkaConfig) -> Self {
+        KafkaContext {
+            msk_iam: cfg.msk_iam.enabled.then(|| {
+                std::sync::Arc::new(MskIam {
+                    region: cfg.msk_iam.region.clone(),
+                })
+            }),
+            lag: None,
+        }
+    }
+
+    /// Also records consumer lag into `lag`.
+    pub fn with_lag(mut self, lag: ConsumerLag) -> Self {
+        self.lag = Some(lag);
+        self
+    }
+
+    /// An MSK IAM token for librdkafka (the body of [`ClientContext::generate_oauth_token`];
+    /// contexts of the services that wrap this one delegate here).
+    pub fn oauth_token(&self) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        let Some(iam) = &self.msk_iam else {
+            return Err("sasl.mechanism is OAUTHBEARER but kafka.msk_iam.enabled is false".into());
+        };
+        let region = iam.region.clone();
+        // librdkafka asks from inside a poll, possibly on a runtime thread: sign on a thread
+        // of its own, with a runtime of its own.
+        let signed = std::thread::spawn(move || -> Result<(String, i64), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async move {
+                let region = match region {
+                    Some(r) => aws_config::Region::new(r),
+                    None => aws_config::load_defaults(aws_config::BehaviorVersion::latest())
+                        .await
+                        .region()
+                        .cloned()
+                        .ok_or("no AWS region for MSK IAM (kafka.msk_iam.region or AWS_REGION)")?,
+                };
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    aws_msk_iam_sasl_signer::generate_auth_token(region),
+                )
+                .await
+                .map_err(|_| "signing the MSK IAM token timed out".to_string())?
+                .map_err(|e| format!("signing the MSK IAM token: {e}"))
+            })
+        })
+        .join()
+        .map_err(|_| "the MSK IAM signer panicked")??;
+        let (token, lifetime_ms) = signed;
+        Ok(rdkafka::client::OAuthToken {
+            token,
+            principal_name: String::new(),
+            lifetime_ms,
+        })
+    }
+
+    /// Records a statistics report's consumer lag (the body of [`ClientContext::stats`]).
+    pub fn record_stats(&self, statistics: &rdkafka::Statistics) {
+        if let Some(lag) = &self.lag {
+            lag.record(statistics);
+        }
+    }
+}
+
+impl rdkafka::ClientContext for KafkaContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.oauth_token()
+            .inspect_err(|e| tracing::error!(error = %e, "no MSK IAM token"))
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.record_stats(&statistics);
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
 fn base_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &cfg.brokers);
+    if cfg.msk_iam.enabled {
+        client
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "OAUTHBEARER");
+    }
     for (key, value) in cfg.client_settings() {
         client.set(key, value);
     }
@@ -72,11 +181,7 @@ fn base_config(cfg: &KafkaConfig) -> ClientConfig {
 /// An idempotent producer (`acks=all`): a retried send never duplicates or reorders.
 /// `linger_ms` trades latency for batching: 0 for services that wait on each send (alerts,
 /// action records), a few ms for bulk publishing.
-pub fn producer(
-    cfg: &KafkaConfig,
-    client_id: &str,
-    linger_ms: u32,
-) -> Result<FutureProducer, Error> {
+pub fn producer(cfg: &KafkaConfig, client_id: &str, linger_ms: u32) -> Result<Producer, Error> {
     let mut client = base_config(cfg);
     client
         .set("client.id", client_id)
@@ -88,7 +193,7 @@ pub fn producer(
     for (key, value) in cfg.client_settings() {
         client.set(key, value);
     }
-    Ok(client.create()?)
+    Ok(client.create_with_context(KafkaContext::new(cfg))?)
 }
 
 /// A group consumer that never commits an offset it was not told to: offsets are stored by the
@@ -118,14 +223,14 @@ pub fn consumer<C: ConsumerContext + 'static>(
 
 /// A consumer without a group, for reading a topic back from the start (e.g. remediate
 /// loading what it has already done).
-pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer, Error> {
+pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaContext>, Error> {
     let mut client = base_config(cfg);
     client
         .set("group.id", format!("{client_id}-reader"))
         .set("client.id", client_id)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
-    Ok(client.create()?)
+    Ok(client.create_with_context(KafkaContext::new(cfg))?)
 }
 
 /// Creates the given topics if they are missing (explicitly, never by auto-creation).
@@ -138,7 +243,8 @@ pub async fn ensure_topics(
     if !cfg.create_topics {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = base_config(cfg).create()?;
+    let admin: AdminClient<KafkaContext> =
+        base_config(cfg).create_with_context(KafkaContext::new(cfg))?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|name| {
@@ -173,7 +279,7 @@ pub async fn ensure_topics(
 /// queue is waited out, never dropped; other errors are returned to the caller, which decides
 /// whether they are retryable.
 pub async fn send(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     key: &[u8],
     payload: &[u8],
@@ -212,7 +318,7 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Owned
 }
 
 /// Flushes a producer, waiting at most `timeout` for outstanding deliveries.
-pub fn flush(producer: &FutureProducer, timeout: Duration) -> Result<(), Error> {
+pub fn flush(producer: &Producer, timeout: Duration) -> Result<(), Error> {
     producer.flush(Timeout::After(timeout))?;
     Ok(())
 }
@@ -335,13 +441,13 @@ pub async fn follow(
     stop: &tokio_util::sync::CancellationToken,
     mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
 ) -> Result<(), Error> {
-    let consumer: StreamConsumer = {
+    let consumer: StreamConsumer<KafkaContext> = {
         let mut client = base_config(cfg);
         client
             .set("group.id", "trailguard-follow")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
-        client.create()?
+        client.create_with_context(KafkaContext::new(cfg))?
     };
     // The topic may not exist yet (its producer creates it at start-up): wait for it.
     let offset = if from_beginning {
@@ -386,7 +492,7 @@ pub async fn follow(
 /// Sends one record, retrying with exponential backoff (capped at 10 s) until the broker has
 /// it. Returns false if `shutdown` came first: the caller must then not advance past its input.
 pub async fn send_until_durable(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     key: &[u8],
     payload: &[u8],
@@ -406,5 +512,80 @@ pub async fn send_until_durable(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn iam_config() -> KafkaConfig {
+        let mut cfg = KafkaConfig::default();
+        cfg.msk_iam.enabled = true;
+        cfg.msk_iam.region = Some("eu-west-1".into());
+        cfg
+    }
+
+    /// The token librdkafka gets is MSK's: a SigV4-presigned `kafka-cluster:Connect` request
+    /// to the region's kafka endpoint, base64url-encoded, signed with the default credentials.
+    #[test]
+    fn msk_iam_token_is_a_presigned_connect_request() {
+        // The default chain reads these first (no other test here reads AWS credentials).
+        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDTRAILGUARDTEST");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "secret");
+        let token = KafkaContext::new(&iam_config())
+            .oauth_token()
+            .expect("a token");
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&token.token)
+            .expect("base64url");
+        let url = String::from_utf8(url).expect("text");
+        assert!(
+            url.starts_with("https://kafka.eu-west-1.amazonaws.com/?"),
+            "{url}"
+        );
+        assert!(url.contains("Action=kafka-cluster%3AConnect"), "{url}");
+        assert!(
+            url.contains("X-Amz-Credential=AKIDTRAILGUARDTEST%2F"),
+            "{url}"
+        );
+        assert!(url.contains("X-Amz-Signature="), "{url}");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        assert!(token.lifetime_ms > now_ms, "expires in the future");
+    }
+
+    #[test]
+    fn without_msk_iam_no_token_is_made() {
+        assert!(KafkaContext::new(&KafkaConfig::default())
+            .oauth_token()
+            .is_err());
+    }
+
+    #[test]
+    fn msk_iam_sets_sasl_oauthbearer_unless_told_otherwise() {
+        let client = base_config(&iam_config());
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("sasl.mechanism"), Some("OAUTHBEARER"));
+        let mut plain = iam_config();
+        plain
+            .client
+            .insert("security.protocol".into(), "SASL_PLAINTEXT".into());
+        assert_eq!(
+            base_config(&plain).get("security.protocol"),
+            Some("SASL_PLAINTEXT")
+        );
+        let mut scram = iam_config();
+        scram
+            .client
+            .insert("sasl.mechanism".into(), "SCRAM-SHA-512".into());
+        let err = scram.validate().expect_err("conflicting mechanism");
+        assert!(
+            err.to_string().contains("kafka.client.sasl.mechanism"),
+            "{err}"
+        );
     }
 }

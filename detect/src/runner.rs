@@ -82,17 +82,24 @@ impl Metrics {
 
 /// Remembers partitions taken away in a rebalance, so their state is dropped (the next owner
 /// rebuilds it from the committed offset).
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct RebalanceContext {
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
-    lag: Option<kafka::ConsumerLag>,
+    kafka: kafka::KafkaContext,
 }
 
 impl ClientContext for RebalanceContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.kafka.oauth_token()
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
-        if let Some(lag) = &self.lag {
-            lag.record(&statistics);
-        }
+        self.kafka.record_stats(&statistics);
     }
 }
 
@@ -162,8 +169,8 @@ pub async fn run(
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
     let context = RebalanceContext {
-        lag: Some(metrics.consumer_lag.clone()),
-        ..Default::default()
+        revoked: Arc::default(),
+        kafka: kafka::KafkaContext::new(&cfg.kafka).with_lag(metrics.consumer_lag.clone()),
     };
     let consumer = kafka::consumer(
         &cfg.kafka,
@@ -409,7 +416,7 @@ async fn follow_facts(
 /// Publishes a fact learned here and waits until the broker has it (facts are rare; a fact
 /// published twice is harmless).
 async fn publish_fact(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &kafka::Producer,
     topic: &str,
     key: &str,
     fact: &crate::facts::Fact,
@@ -481,7 +488,7 @@ impl Partitions {
 /// Publishes a failed sign-in to the sign-in failures topic, keyed by its source IP, and waits
 /// until the broker has it. Returns false if shutdown came first.
 async fn forward_failure(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &kafka::Producer,
     cfg: &DetectConfig,
     activity: &Activity,
     shutdown: &CancellationToken,
@@ -505,7 +512,7 @@ async fn forward_failure(
 /// Sends a record that cannot be evaluated to the dead-letter topic with its reason, and waits
 /// until the broker has it. Returns false if shutdown came first.
 async fn dead_letter(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &kafka::Producer,
     cfg: &DetectConfig,
     source: &str,
     kind: &str,
@@ -536,7 +543,7 @@ async fn dead_letter(
 /// once the baselines of the activities before it are durable. A partition whose baselines
 /// could not be saved keeps its offset pending until a later checkpoint succeeds.
 async fn checkpoint<C: ConsumerContext>(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &kafka::Producer,
     consumer: &rdkafka::consumer::StreamConsumer<C>,
     cfg: &DetectConfig,
     state: &mut Partitions,
@@ -587,7 +594,7 @@ fn commit_and_stop<C: ConsumerContext>(
 /// Publishes an alert, retrying until the broker has it, and counts it. Returns false if
 /// shutdown came first.
 async fn publish_alert(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &kafka::Producer,
     cfg: &DetectConfig,
     metrics: &Metrics,
     alert: &Alert,
@@ -605,7 +612,7 @@ async fn publish_alert(
 
 /// Signs and publishes an alert (and its OCSF form), retrying until the broker has them.
 async fn publish_signed(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &kafka::Producer,
     cfg: &DetectConfig,
     alert: &Alert,
     shutdown: &CancellationToken,

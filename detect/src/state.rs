@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use trailguard_common::config::KafkaConfig;
 
 use crate::anomaly::PrincipalState;
@@ -67,7 +67,7 @@ fn kafka_read(
 /// waits until the broker has them all. Returns false if that failed (nothing may be
 /// committed then).
 pub async fn save(
-    producer: &FutureProducer,
+    producer: &trailguard_common::kafka::Producer,
     topic: &str,
     partition: i32,
     detector: &mut Detector,

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use serde_json::Value;
 use trailguard_ingest::files::{expand, Input};
 
@@ -158,7 +158,7 @@ fn main() {
         trailguard_common::kafka::ensure_topics(&cfg, &[&topic], &[])
             .await
             .expect("create topic");
-        let producer: FutureProducer =
+        let producer: trailguard_common::kafka::Producer =
             trailguard_common::kafka::producer(&cfg, "bench-raw", 5).expect("producer");
         let started = Instant::now();
         let mut pending = futures::stream::FuturesUnordered::new();

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 use trailguard_common::config::KafkaConfig;
 use trailguard_common::kafka;
@@ -25,14 +24,17 @@ pub struct Checkpoint {
 
 /// The checkpoints of this instance's sources.
 pub struct Checkpoints {
-    producer: FutureProducer,
+    producer: trailguard_common::kafka::Producer,
     topic: String,
     positions: HashMap<String, String>,
 }
 
 impl Checkpoints {
     /// Creates the topic if needed and reads every checkpoint in it (the last one per source wins).
-    pub async fn load(cfg: &KafkaConfig, producer: FutureProducer) -> Result<Self, Error> {
+    pub async fn load(
+        cfg: &KafkaConfig,
+        producer: trailguard_common::kafka::Producer,
+    ) -> Result<Self, Error> {
         let topic = cfg.topics.checkpoints.clone();
         kafka::ensure_topics(cfg, &[&topic], &[&topic]).await?;
         let mut positions = HashMap::new();

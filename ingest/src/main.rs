@@ -459,7 +459,7 @@ impl Poller<'_> {
 /// long-running source, on its own publisher; failures are logged and retried next time.
 fn periodic_inventory(
     cfg: &IngestConfig,
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &trailguard_common::kafka::Producer,
     metrics: &Metrics,
     once: bool,
     shutdown: &tokio_util::sync::CancellationToken,
@@ -496,7 +496,7 @@ async fn start(
     registry: prometheus::Registry,
     serve_admin: bool,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<(rdkafka::producer::FutureProducer, telemetry::Health)> {
+) -> anyhow::Result<(trailguard_common::kafka::Producer, telemetry::Health)> {
     let health = telemetry::Health::default();
     if serve_admin {
         telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone())

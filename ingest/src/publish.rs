@@ -6,7 +6,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use trailguard_common::contract::dlq_headers as h;
 use trailguard_common::kafka;
 use trailguard_common::Activity;
@@ -159,7 +159,7 @@ pub struct DeadLetter<'a> {
 
 /// Sends activities and dead letters, keeping at most `max_in_flight` unacknowledged.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: trailguard_common::kafka::Producer,
     activities_topic: String,
     dlq_topic: String,
     max_in_flight: usize,
@@ -184,7 +184,7 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher for one source kind (`files`, `s3`, ...), used as the metric label.
     pub fn new(
-        producer: FutureProducer,
+        producer: trailguard_common::kafka::Producer,
         cfg: &IngestConfig,
         source_kind: &'static str,
         metrics: Metrics,

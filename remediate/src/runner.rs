@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -395,17 +394,24 @@ fn rejection_record(alert: &Alert, action: &RequestedAction, why: &Rejection) ->
 
 /// Notes that partitions were assigned: what other instances answered on them must be read
 /// back before acting on their alerts.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct AssignmentContext {
     assigned: Arc<AtomicBool>,
-    lag: Option<kafka::ConsumerLag>,
+    kafka: kafka::KafkaContext,
 }
 
 impl ClientContext for AssignmentContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.kafka.oauth_token()
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
-        if let Some(lag) = &self.lag {
-            lag.record(&statistics);
-        }
+        self.kafka.record_stats(&statistics);
     }
 }
 
@@ -442,7 +448,7 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<HashSet<String>, Error> {
 }
 
 async fn publish(
-    producer: &FutureProducer,
+    producer: &kafka::Producer,
     cfg: &RemediateConfig,
     record: &ActionRecord,
     shutdown: &CancellationToken,
@@ -499,8 +505,8 @@ pub async fn run(
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
     let context = AssignmentContext {
-        lag: Some(metrics.consumer_lag.clone()),
-        ..Default::default()
+        assigned: Arc::default(),
+        kafka: kafka::KafkaContext::new(&cfg.kafka).with_lag(metrics.consumer_lag.clone()),
     };
     let consumer = kafka::consumer(
         &cfg.kafka,

@@ -774,14 +774,20 @@ fn msk_examples_are_valid_configuration() -> Result<()> {
             ensure!(
                 cfg["kafka"]["client"]["security.protocol"]
                     .as_str()
-                    .is_some_and(|p| p.ends_with("SSL")),
+                    .is_some_and(|p| p.ends_with("SSL"))
+                    || cfg["kafka"]["msk_iam"]["enabled"] == true,
                 "{}: MSK is reached over TLS",
                 path.display()
             );
         }
         checked += 1;
     }
-    ensure!(checked >= 2, "TLS and SCRAM examples at least");
+    ensure!(checked >= 3, "TLS, SCRAM and IAM examples");
+    let policy: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("iam-policy.json"))?)?;
+    ensure!(policy["Statement"]
+        .as_array()
+        .is_some_and(|s| !s.is_empty()));
     Ok(())
 }
 

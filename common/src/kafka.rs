@@ -60,13 +60,24 @@ impl ConsumerLag {
 }
 
 /// Every Kafka client of the services: counts consumer lag from librdkafka's statistics
-/// (when given a [`ConsumerLag`]) and, with `kafka.msk_iam.enabled`, answers librdkafka's
-/// OAUTHBEARER token requests with an Amazon MSK IAM token signed by the default AWS
-/// credentials. (Token requests only come when `sasl.mechanism` is OAUTHBEARER.)
+/// (when given a [`ConsumerLag`]), notes rebalances for the group consumers, and, with
+/// `kafka.msk_iam.enabled`, answers librdkafka's OAUTHBEARER token requests with an Amazon
+/// MSK IAM token signed by the default AWS credentials. (Token requests only come when
+/// `sasl.mechanism` is OAUTHBEARER.)
 #[derive(Clone, Default)]
 pub struct KafkaContext {
     msk_iam: Option<std::sync::Arc<MskIam>>,
     lag: Option<ConsumerLag>,
+    rebalances: std::sync::Arc<Rebalances>,
+}
+
+/// What rebalances did since the service last asked.
+#[derive(Default)]
+struct Rebalances {
+    /// (topic, partition) taken away.
+    revoked: std::sync::Mutex<Vec<(String, i32)>>,
+    /// Partitions were assigned.
+    assigned: std::sync::atomic::AtomicBool,
 }
 
 /// Where MSK IAM tokens are signed.
@@ -87,6 +98,7 @@ impl KafkaContext {
                 })
             }),
             lag: None,
+            rebalances: std::sync::Arc::default(),
         }
     }
 
@@ -96,8 +108,8 @@ impl KafkaContext {
         self
     }
 
-    /// An MSK IAM token for librdkafka (the body of [`ClientContext::generate_oauth_token`];
-    /// contexts of the services that wrap this one delegate here).
+    /// An MSK IAM token for librdkafka (the body of
+    /// [`rdkafka::ClientContext::generate_oauth_token`]).
     pub fn oauth_token(&self) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
         let Some(iam) = &self.msk_iam else {
             return Err("sasl.mechanism is OAUTHBEARER but kafka.msk_iam.enabled is false".into());
@@ -138,11 +150,19 @@ impl KafkaContext {
         })
     }
 
-    /// Records a statistics report's consumer lag (the body of [`ClientContext::stats`]).
-    pub fn record_stats(&self, statistics: &rdkafka::Statistics) {
-        if let Some(lag) = &self.lag {
-            lag.record(statistics);
+    /// The (topic, partition)s revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
+        match self.rebalances.revoked.lock() {
+            Ok(mut revoked) => std::mem::take(&mut *revoked),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         }
+    }
+
+    /// Whether partitions were assigned since the last call.
+    pub fn take_assigned(&self) -> bool {
+        self.rebalances
+            .assigned
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -158,11 +178,43 @@ impl rdkafka::ClientContext for KafkaContext {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
-        self.record_stats(&statistics);
+        if let Some(lag) = &self.lag {
+            lag.record(&statistics);
+        }
     }
 }
 
-impl ConsumerContext for KafkaContext {}
+impl ConsumerContext for KafkaContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
+            let taken: Vec<(String, i32)> = list
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            match self.rebalances.revoked.lock() {
+                Ok(mut revoked) => revoked.extend(taken),
+                Err(poisoned) => poisoned.into_inner().extend(taken),
+            }
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _consumer: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(_) = rebalance {
+            self.rebalances
+                .assigned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
 
 fn base_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();

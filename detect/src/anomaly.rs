@@ -306,7 +306,8 @@ pub struct Place {
     lon: f32,
     /// Accuracy radius, km.
     acc: u16,
-    ip: String,
+    /// The address (persisted as text, as it always was).
+    ip: std::net::IpAddr,
     /// "City, CC" or "CC".
     label: String,
     /// The activity.
@@ -360,12 +361,7 @@ impl PrincipalState {
             + self
                 .places
                 .iter()
-                .map(|p| {
-                    std::mem::size_of::<Place>()
-                        + p.ip.capacity()
-                        + p.label.capacity()
-                        + p.id.capacity()
-                })
+                .map(|p| std::mem::size_of::<Place>() + p.label.capacity() + p.id.capacity())
                 .sum::<usize>()
             + self
                 .rates
@@ -667,14 +663,12 @@ impl Anomalies {
         let who = Who(a);
         let categories = &a.enrichment.ip_categories;
         let corporate = categories.iter().any(|c| c == "corporate");
-        // Text of the address, only when a detection may need it.
-        let ip = match a.source_ip {
-            Some(addr) if !categories.is_empty() || a.enrichment.geo.is_some() => addr.to_string(),
-            _ => String::new(),
-        };
-
-        // Anonymous and suspicious addresses: no baseline needed.
-        if acts_itself(a) && !corporate && !ip.is_empty() {
+        // Anonymous and suspicious addresses (listed, so categorized): no baseline needed.
+        if let Some(addr) = a
+            .source_ip
+            .filter(|_| acts_itself(a) && !corporate && !categories.is_empty())
+        {
+            let ip = addr.to_string();
             let anon: Vec<&str> = categories
                 .iter()
                 .map(String::as_str)
@@ -783,14 +777,16 @@ impl Anomalies {
         }
 
         // Impossible travel.
-        if let Some((geo, (lat, lon))) = geo
-            .filter(|_| is_interactive(a) && !corporate)
-            .and_then(|g| g.latitude.zip(g.longitude).map(|p| (g, p)))
-        {
+        if let (Some((geo, (lat, lon))), Some(ip)) = (
+            geo.filter(|_| is_interactive(a) && !corporate)
+                .and_then(|g| g.latitude.zip(g.longitude).map(|p| (g, p))),
+            a.source_ip,
+        ) {
             let d = &self.cfg.impossible_travel;
             let (speed_max, min_km) = travel_params(self.sens(d));
             let acc = geo.accuracy_radius_km.unwrap_or(100).min(1000) as f64;
-            let label = match (&geo.city, &geo.country) {
+            // Text only when an alert or a new place needs it.
+            let label = || match (&geo.city, &geo.country) {
                 (Some(city), Some(cc)) => format!("{city}, {cc}"),
                 (None, Some(cc)) => cc.clone(),
                 _ => format!("{lat:.1},{lon:.1}"),
@@ -812,13 +808,13 @@ impl Anomalies {
                 if let Some((speed, km, p)) = worst {
                     let (first, second) = if p.t <= t {
                         (
-                            (p.label.clone(), p.ip.clone(), p.id.clone()),
-                            (label.clone(), ip.clone(), a.id.clone()),
+                            (p.label.clone(), p.ip.to_string(), p.id.clone()),
+                            (label(), ip.to_string(), a.id.clone()),
                         )
                     } else {
                         (
-                            (label.clone(), ip.clone(), a.id.clone()),
-                            (p.label.clone(), p.ip.clone(), p.id.clone()),
+                            (label(), ip.to_string(), a.id.clone()),
+                            (p.label.clone(), p.ip.to_string(), p.id.clone()),
                         )
                     };
                     let minutes = (p.t - t).abs() / 60;
@@ -856,8 +852,8 @@ impl Anomalies {
                     lat: lat as f32,
                     lon: lon as f32,
                     acc: acc as u16,
-                    ip: ip.clone(),
-                    label,
+                    ip,
+                    label: label(),
                     id: a.id.clone(),
                 });
                 st.places.sort_by_key(|p| p.t);

@@ -28,8 +28,12 @@ pub type Offset = i64;
 /// How many offsets a burst outlives its last activity, whatever the watermark says.
 pub const RETAIN_OFFSETS: Offset = 10_000;
 
-/// As [`RETAIN_OFFSETS`], on the sign-in failures topic.
-pub const COUNTER_RETAIN_OFFSETS: Offset = 16;
+/// As [`RETAIN_OFFSETS`], on the sign-in failures topic. As large: that topic interleaves
+/// the activities partitions as their instances forward them, and while they catch up (a
+/// backfill, a rebalance) one may run hours of event time ahead of another. A smaller count
+/// closed an address's burst before its lagging failures arrived, which then opened a second
+/// burst with another id (the two-instance test caught it at 16).
+pub const COUNTER_RETAIN_OFFSETS: Offset = RETAIN_OFFSETS;
 
 /// Windows are expired at offsets that are multiples of this.
 pub const EXPIRE_EVERY: Offset = 64;
@@ -50,12 +54,13 @@ pub struct Detector {
     committed: Offset,
     /// The anomaly detections.
     anomalies: crate::anomaly::Anomalies,
-    /// Baselines by principal key.
-    principals: HashMap<String, crate::anomaly::PrincipalState>,
+    /// Baselines by principal key (foldhash: randomly seeded, and several times faster than
+    /// SipHash on ARN-length keys; this map is looked up for every activity).
+    principals: HashMap<String, crate::anomaly::PrincipalState, foldhash::fast::RandomState>,
     /// Organization-wide counts derived from the baselines.
     org: crate::anomaly::Org,
     /// Principals whose baseline changed (or was forgotten) since the last `take_changes`.
-    dirty: std::collections::HashSet<String>,
+    dirty: std::collections::HashSet<String, foldhash::fast::RandomState>,
     /// Forget principals not seen for this long.
     state_ttl: Duration,
     /// Activities observed, for periodic pruning.
@@ -101,9 +106,9 @@ impl Detector {
             closed: Vec::new(),
             committed: 0,
             anomalies: crate::anomaly::Anomalies::new(cfg.anomaly.clone(), false),
-            principals: HashMap::new(),
+            principals: HashMap::default(),
             org: crate::anomaly::Org::default(),
-            dirty: std::collections::HashSet::new(),
+            dirty: std::collections::HashSet::default(),
             state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(35)),
             observed: 0,
             custom: crate::custom::Custom::new(&cfg.custom),
@@ -155,7 +160,7 @@ impl Detector {
             .iter()
             .flat_map(|(key, st)| st.folds.iter().map(move |f| (f.until, key.clone())))
             .collect();
-        self.principals = states;
+        self.principals = states.into_iter().collect();
         self.dirty.clear();
     }
 
@@ -268,13 +273,15 @@ impl Detector {
             }
         }
         alerts.extend(self.anomalies.observe(state, &mut self.org, activity));
-        let learned = crate::facts::facts_of(activity);
+        let mut learned = crate::facts::facts_of(activity);
         {
             let facts = match self.facts.read() {
                 Ok(f) => f,
                 Err(poisoned) => poisoned.into_inner(),
             };
             alerts.extend(self.anomalies.observe_facts(state, &facts, activity));
+            // Most are known already (a region in use): no write lock for those.
+            learned.retain(|(key, fact)| !facts.already_knows(key, fact));
         }
         if !learned.is_empty() {
             let mut facts = match self.facts.write() {
@@ -420,9 +427,10 @@ pub fn counts_per_source_ip(cfg: &SigninFailuresConfig, activity: &Activity) -> 
 /// however the activities topic spreads the principals it tried. Its state is rebuilt by
 /// replay like a [`Detector`]'s bursts (see the module notes), with offsets of its own.
 ///
-/// The topic is quiet (only failures reach it), so closed bursts are expired at every record
-/// and kept only [`COUNTER_RETAIN_OFFSETS`] records past their last: the committed offset
-/// follows the open bursts closely instead of waiting for thousands of failures.
+/// Closed bursts are expired at every record (the topic is quiet) once the watermark has
+/// passed them and [`COUNTER_RETAIN_OFFSETS`] records have followed their last. On a quiet
+/// topic the committed offset can therefore wait at an old burst for a long time: a restart
+/// then replays from there and publishes that burst's alert again, with the same id.
 pub struct SourceIpFailures {
     signin: SigninFailures,
     lateness: Duration,

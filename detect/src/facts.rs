@@ -91,6 +91,16 @@ impl Facts {
         }
     }
 
+    /// Whether [`Self::learn`] would change nothing for `fact`: an earlier (or equal) one is
+    /// known and not undone. Lets a caller holding only a read lock skip the write lock.
+    pub fn already_knows(&self, key: &str, fact: &Fact) -> bool {
+        !fact.cleared
+            && self
+                .map
+                .get(key)
+                .is_some_and(|known| !known.cleared && known.time <= fact.time)
+    }
+
     /// The fact under `key`, unless it was undone.
     pub fn get(&self, key: &str) -> Option<&Fact> {
         self.map.get(key).filter(|f| !f.cleared)
@@ -127,18 +137,18 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
     }
     let params = a.request_parameters.as_ref();
     let text = |k: &str| params.and_then(|p| p.get(k)).and_then(Value::as_str);
-    let account = a.account_id.clone().unwrap_or_default();
-    // Whose credentials: the named user, else the caller (a user managing its own keys).
-    let subject = text("userName")
-        .map(str::to_string)
-        .or_else(|| {
-            a.principal
-                .name
-                .clone()
-                .filter(|_| a.principal.kind == "IAMUser")
-        })
-        .map(|name| format!("{account}/{name}"));
     if a.event_source == "iam.amazonaws.com" {
+        let account = a.account_id.clone().unwrap_or_default();
+        // Whose credentials: the named user, else the caller (a user managing its own keys).
+        let subject = text("userName")
+            .map(str::to_string)
+            .or_else(|| {
+                a.principal
+                    .name
+                    .clone()
+                    .filter(|_| a.principal.kind == "IAMUser")
+            })
+            .map(|name| format!("{account}/{name}"));
         // (fact key, whether the call undoes a termination)
         let user = |kind: &str| text("userName").map(|u| format!("{kind}:{account}/{u}"));
         let key = || text("accessKeyId").map(|k| format!("key:{k}"));
@@ -211,7 +221,15 @@ fn creates(a: &Activity) -> bool {
 pub fn terminated(facts: &Facts, listed: &[String], a: &Activity) -> Option<(String, Severity)> {
     let t = a.event_time.timestamp();
     let p = &a.principal;
-    if let Some(key) = &p.access_key_id {
+    // Nothing terminated and nobody listed: the usual case, decided without building keys.
+    if facts.terminations() == 0 && listed.is_empty() {
+        return None;
+    }
+    if let Some(key) = p
+        .access_key_id
+        .as_ref()
+        .filter(|_| facts.terminations() > 0)
+    {
         if let Some(f) = facts.get(&format!("key:{key}")).filter(|f| f.time < t) {
             return Some((
                 format!(
@@ -224,7 +242,7 @@ pub fn terminated(facts: &Facts, listed: &[String], a: &Activity) -> Option<(Str
             ));
         }
     }
-    if p.kind == "IAMUser" {
+    if p.kind == "IAMUser" && facts.terminations() > 0 {
         if let (Some(account), Some(name)) = (&p.account_id, &p.name) {
             if let Some(f) = facts
                 .get(&format!("user:{account}/{name}"))

@@ -8,13 +8,12 @@
 //! failures from one address all meet on one failures partition.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use trailguard_common::contract::{dlq_headers as h, ACTIVITY_SCHEMA_VERSION};
 use trailguard_common::{kafka, Activity, Alert};
@@ -80,43 +79,6 @@ impl Metrics {
     }
 }
 
-/// Remembers partitions taken away in a rebalance, so their state is dropped (the next owner
-/// rebuilds it from the committed offset).
-#[derive(Clone)]
-struct RebalanceContext {
-    revoked: Arc<Mutex<Vec<(String, i32)>>>,
-    kafka: kafka::KafkaContext,
-}
-
-impl ClientContext for RebalanceContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        _oauthbearer_config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        self.kafka.oauth_token()
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.kafka.record_stats(&statistics);
-    }
-}
-
-impl ConsumerContext for RebalanceContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            if let Ok(mut revoked) = self.revoked.lock() {
-                revoked.extend(
-                    list.elements()
-                        .iter()
-                        .map(|e| (e.topic().to_string(), e.partition())),
-                );
-            }
-        }
-    }
-}
-
 /// Why an activity message cannot be evaluated.
 fn decode(payload: Option<&[u8]>) -> Result<Activity, (&'static str, String)> {
     #[derive(serde::Deserialize)]
@@ -168,10 +130,9 @@ pub async fn run(
         ),
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
-    let context = RebalanceContext {
-        revoked: Arc::default(),
-        kafka: kafka::KafkaContext::new(&cfg.kafka).with_lag(metrics.consumer_lag.clone()),
-    };
+    // Notes revoked partitions, so their state is dropped (the next owner rebuilds it from
+    // the committed offset).
+    let context = kafka::KafkaContext::new(&cfg.kafka).with_lag(metrics.consumer_lag.clone());
     let consumer = kafka::consumer(
         &cfg.kafka,
         &cfg.detect.group_id,
@@ -457,16 +418,14 @@ impl Partitions {
     /// Drops the state of partitions this instance no longer owns (their next owner restores
     /// the baselines from the changelog and replays from the last commit; a counter is rebuilt
     /// by the replay alone).
-    fn forget_revoked(&mut self, context: &RebalanceContext) {
-        if let Ok(mut revoked) = context.revoked.lock() {
-            for (topic, partition) in revoked.drain(..) {
-                if topic == self.failures_topic {
-                    self.counters.remove(&partition);
-                    self.pending_counters.remove(&partition);
-                } else {
-                    self.detectors.remove(&partition);
-                    self.pending.remove(&partition);
-                }
+    fn forget_revoked(&mut self, context: &kafka::KafkaContext) {
+        for (topic, partition) in context.take_revoked() {
+            if topic == self.failures_topic {
+                self.counters.remove(&partition);
+                self.pending_counters.remove(&partition);
+            } else {
+                self.detectors.remove(&partition);
+                self.pending.remove(&partition);
             }
         }
     }

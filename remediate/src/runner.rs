@@ -6,12 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use trailguard_common::contract::{
@@ -392,37 +389,6 @@ fn rejection_record(alert: &Alert, action: &RequestedAction, why: &Rejection) ->
     record
 }
 
-/// Notes that partitions were assigned: what other instances answered on them must be read
-/// back before acting on their alerts.
-#[derive(Clone)]
-struct AssignmentContext {
-    assigned: Arc<AtomicBool>,
-    kafka: kafka::KafkaContext,
-}
-
-impl ClientContext for AssignmentContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        _oauthbearer_config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        self.kafka.oauth_token()
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.kafka.record_stats(&statistics);
-    }
-}
-
-impl ConsumerContext for AssignmentContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(_) = rebalance {
-            self.assigned.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
 /// Reads the actions topic back: the ids of alerts already answered.
 fn answered_alerts(cfg: &RemediateConfig) -> Result<HashSet<String>, Error> {
     let mut done = HashSet::new();
@@ -504,10 +470,9 @@ pub async fn run(
         tracing::warn!("signing.required is false: unsigned alerts are acted on");
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
-    let context = AssignmentContext {
-        assigned: Arc::default(),
-        kafka: kafka::KafkaContext::new(&cfg.kafka).with_lag(metrics.consumer_lag.clone()),
-    };
+    // Notes assignments: what other instances answered on new partitions must be read back
+    // before acting on their alerts.
+    let context = kafka::KafkaContext::new(&cfg.kafka).with_lag(metrics.consumer_lag.clone());
     let consumer = kafka::consumer(
         &cfg.kafka,
         &cfg.remediate.group_id,
@@ -537,7 +502,7 @@ pub async fn run(
                 _ => break,
             }
         }
-        if context.assigned.swap(false, Ordering::SeqCst) {
+        if context.take_assigned() {
             // New partitions (at start or after a rebalance): another instance may have answered
             // some of their uncommitted alerts. Read the actions topic back first.
             answered.extend(tokio::task::block_in_place(|| answered_alerts(&cfg))?);

@@ -69,6 +69,9 @@ pub struct KafkaContext {
     msk_iam: Option<std::sync::Arc<MskIam>>,
     lag: Option<ConsumerLag>,
     rebalances: std::sync::Arc<Rebalances>,
+    /// Keep revoked partitions for [`Self::take_revoked`] (a consumer that never takes them
+    /// must not collect them).
+    track_revoked: bool,
 }
 
 /// What rebalances did since the service last asked.
@@ -99,7 +102,14 @@ impl KafkaContext {
             }),
             lag: None,
             rebalances: std::sync::Arc::default(),
+            track_revoked: false,
         }
+    }
+
+    /// Keeps the partitions revoked by rebalances for [`Self::take_revoked`].
+    pub fn tracking_revoked(mut self) -> Self {
+        self.track_revoked = true;
+        self
     }
 
     /// Also records consumer lag into `lag`.
@@ -122,7 +132,7 @@ impl KafkaContext {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            runtime.block_on(async move {
+            let sign = async move {
                 let region = match region {
                     Some(r) => aws_config::Region::new(r),
                     None => aws_config::load_defaults(aws_config::BehaviorVersion::latest())
@@ -131,13 +141,14 @@ impl KafkaContext {
                         .cloned()
                         .ok_or("no AWS region for MSK IAM (kafka.msk_iam.region or AWS_REGION)")?,
                 };
-                tokio::time::timeout(
-                    Duration::from_secs(10),
-                    aws_msk_iam_sasl_signer::generate_auth_token(region),
-                )
-                .await
-                .map_err(|_| "signing the MSK IAM token timed out".to_string())?
-                .map_err(|e| format!("signing the MSK IAM token: {e}"))
+                aws_msk_iam_sasl_signer::generate_auth_token(region)
+                    .await
+                    .map_err(|e| format!("signing the MSK IAM token: {e}"))
+            };
+            runtime.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(10), sign)
+                    .await
+                    .map_err(|_| "signing the MSK IAM token timed out".to_string())?
             })
         })
         .join()
@@ -190,7 +201,8 @@ impl ConsumerContext for KafkaContext {
         _consumer: &BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
+        if let (true, rdkafka::consumer::Rebalance::Revoke(list)) = (self.track_revoked, rebalance)
+        {
             let taken: Vec<(String, i32)> = list
                 .elements()
                 .iter()

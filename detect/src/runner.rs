@@ -132,7 +132,9 @@ pub async fn run(
     let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
     // Notes revoked partitions, so their state is dropped (the next owner rebuilds it from
     // the committed offset).
-    let context = kafka::KafkaContext::new(&cfg.kafka).with_lag(metrics.consumer_lag.clone());
+    let context = kafka::KafkaContext::new(&cfg.kafka)
+        .with_lag(metrics.consumer_lag.clone())
+        .tracking_revoked();
     let consumer = kafka::consumer(
         &cfg.kafka,
         &cfg.detect.group_id,

@@ -172,10 +172,9 @@ pub async fn run(
             _ = ticker.tick() => {
                 state.forget_revoked(&context);
                 for detector in state.detectors.values_mut() {
-                    for alert in detector.look_back() {
-                        if !publish_alert(&producer, &cfg, &metrics, &alert, &shutdown).await {
-                            return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
-                        }
+                    let alerts = detector.look_back();
+                    if !publish_alerts(&producer, &cfg, &metrics, alerts, &shutdown).await {
+                        return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
                     }
                 }
                 checkpoint(&producer, &consumer, &cfg, &mut state).await?;
@@ -193,48 +192,7 @@ pub async fn run(
         };
         state.forget_revoked(&context);
         let (partition, offset) = (message.partition(), message.offset());
-        if message.topic() == topics.detect_signin_failures {
-            let decoded = decode(message.payload()).map_err(|(kind, reason)| {
-                (
-                    kind,
-                    reason,
-                    message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                )
-            });
-            drop(message);
-            let counter = state
-                .counters
-                .entry(partition)
-                .or_insert_with(|| SourceIpFailures::new(signin_cfg, cfg.detect.allowed_lateness));
-            match decoded {
-                Ok(activity) => {
-                    for alert in counter.observe(&activity, offset) {
-                        if !publish_alert(&producer, &cfg, &metrics, &alert, &shutdown).await {
-                            return commit_and_stop(
-                                &consumer,
-                                "shutdown while an alert was unpublished",
-                            );
-                        }
-                    }
-                }
-                Err((kind, reason, original)) => {
-                    let source = format!("{}/{partition}/{offset}", topics.detect_signin_failures);
-                    if !dead_letter(
-                        &producer, &cfg, &source, kind, &reason, &original, &shutdown,
-                    )
-                    .await
-                    {
-                        return commit_and_stop(
-                            &consumer,
-                            "shutdown while a dead letter was unpublished",
-                        );
-                    }
-                }
-            }
-            state.pending_counters.insert(partition, offset + 1);
-            metrics.state.set(state.size() as i64);
-            continue;
-        }
+        let from_failures = message.topic() == topics.detect_signin_failures;
         // The payload is copied only when it is going to the dead-letter topic.
         let decoded = decode(message.payload()).map_err(|(kind, reason)| {
             (
@@ -244,6 +202,50 @@ pub async fn run(
             )
         });
         drop(message);
+        let activity = match decoded {
+            Ok(activity) => Some(activity),
+            Err((kind, reason, original)) => {
+                let topic = if from_failures {
+                    &topics.detect_signin_failures
+                } else {
+                    &topics.activities
+                };
+                let source = format!("{topic}/{partition}/{offset}");
+                if !dead_letter(
+                    &producer, &cfg, &source, kind, &reason, &original, &shutdown,
+                )
+                .await
+                {
+                    // Not durable: do not advance past it; the next start retries.
+                    return commit_and_stop(
+                        &consumer,
+                        "shutdown while a dead letter was unpublished",
+                    );
+                }
+                if !from_failures {
+                    metrics
+                        .activities
+                        .with_label_values(&["dead_lettered"])
+                        .inc();
+                }
+                None
+            }
+        };
+        if from_failures {
+            let counter = state
+                .counters
+                .entry(partition)
+                .or_insert_with(|| SourceIpFailures::new(signin_cfg, cfg.detect.allowed_lateness));
+            if let Some(activity) = &activity {
+                let alerts = counter.observe(activity, offset);
+                if !publish_alerts(&producer, &cfg, &metrics, alerts, &shutdown).await {
+                    return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
+                }
+            }
+            state.pending_counters.insert(partition, offset + 1);
+            metrics.state.set(state.size() as i64);
+            continue;
+        }
         #[allow(clippy::map_entry)] // the entry cannot be held across the await
         if !state.detectors.contains_key(&partition) {
             // A partition new to this instance: its baselines first.
@@ -262,49 +264,24 @@ pub async fn run(
         let Some(detector) = state.detectors.get_mut(&partition) else {
             continue;
         };
-        match decoded {
-            Ok(mut activity) => {
-                enricher.enrich(&mut activity);
-                metrics.activities.with_label_values(&["evaluated"]).inc();
-                let lag =
-                    (chrono::Utc::now() - activity.event_time).num_milliseconds() as f64 / 1000.0;
-                metrics.lag.observe(lag.max(0.0));
-                // Forwarded before, if its baseline was saved: a replay does not count it twice.
-                let forward = counts_per_source_ip(signin_cfg, &activity)
-                    && !detector.already_applied(&activity, offset);
-                for alert in detector.observe(&activity, offset) {
-                    if !publish_alert(&producer, &cfg, &metrics, &alert, &shutdown).await {
-                        return commit_and_stop(
-                            &consumer,
-                            "shutdown while an alert was unpublished",
-                        );
-                    }
-                }
-                // Durable on the failures topic before this activity can be committed.
-                if forward && !forward_failure(&producer, &cfg, &activity, &shutdown).await {
-                    return commit_and_stop(
-                        &consumer,
-                        "shutdown while a sign-in failure was unforwarded",
-                    );
-                }
+        if let Some(mut activity) = activity {
+            enricher.enrich(&mut activity);
+            metrics.activities.with_label_values(&["evaluated"]).inc();
+            let lag = (chrono::Utc::now() - activity.event_time).num_milliseconds() as f64 / 1000.0;
+            metrics.lag.observe(lag.max(0.0));
+            // Forwarded before, if its baseline was saved: a replay does not count it twice.
+            let forward = counts_per_source_ip(signin_cfg, &activity)
+                && !detector.already_applied(&activity, offset);
+            let alerts = detector.observe(&activity, offset);
+            if !publish_alerts(&producer, &cfg, &metrics, alerts, &shutdown).await {
+                return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
             }
-            Err((kind, reason, original)) => {
-                let source = format!("{}/{partition}/{offset}", topics.activities);
-                if !dead_letter(
-                    &producer, &cfg, &source, kind, &reason, &original, &shutdown,
-                )
-                .await
-                {
-                    // Not durable: do not advance past it; the next start retries.
-                    return commit_and_stop(
-                        &consumer,
-                        "shutdown while a dead letter was unpublished",
-                    );
-                }
-                metrics
-                    .activities
-                    .with_label_values(&["dead_lettered"])
-                    .inc();
+            // Durable on the failures topic before this activity can be committed.
+            if forward && !forward_failure(&producer, &cfg, &activity, &shutdown).await {
+                return commit_and_stop(
+                    &consumer,
+                    "shutdown while a sign-in failure was unforwarded",
+                );
             }
         }
         state.pending.insert(partition, offset + 1);
@@ -550,6 +527,22 @@ fn commit_and_stop<C: ConsumerContext>(
         Err(err) => tracing::debug!(error = %err, why, "nothing committed"),
     }
     Ok(())
+}
+
+/// Publishes `alerts` in order with [`publish_alert`]. Returns false if shutdown came first.
+async fn publish_alerts(
+    producer: &kafka::Producer,
+    cfg: &DetectConfig,
+    metrics: &Metrics,
+    alerts: Vec<Alert>,
+    shutdown: &CancellationToken,
+) -> bool {
+    for alert in &alerts {
+        if !publish_alert(producer, cfg, metrics, alert, shutdown).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Publishes an alert, retrying until the broker has it, and counts it. Returns false if

@@ -125,6 +125,16 @@ impl Run {
         Ok(cmd)
     }
 
+    /// Runs `ingest files PATH` to completion; fails with its stderr unless it succeeds.
+    pub fn ingest_files(&self, path: &std::path::Path) -> Result<()> {
+        let path = path.to_str().context("path")?;
+        let output = self.command("ingest", &["files", path])?.output()?;
+        if !output.status.success() {
+            bail!("ingest: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+
     /// Starts a long-running service (detect, remediate) with its admin endpoint on a free port.
     pub fn spawn(&self, binary: &str, extra: &[&str]) -> Result<Service> {
         let log =

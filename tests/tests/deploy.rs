@@ -161,22 +161,10 @@ fn port_of(listen: &Value) -> Result<u16> {
     Ok(listen.rsplit(':').next().unwrap_or_default().parse()?)
 }
 
-/// Seconds of a humantime duration as the binaries print it (`20s`, `5m`, `1h 30m`).
+/// Seconds of a duration as the binaries print it (`20s`, `5m`, `1h 30m`).
 fn seconds(duration: &Value) -> Result<u64> {
     let text = duration.as_str().context("a duration")?;
-    let mut total = 0;
-    for part in text.split_whitespace() {
-        let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
-        let n: u64 = digits.parse()?;
-        total += match &part[digits.len()..] {
-            "s" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            "ms" => 0,
-            other => bail!("unexpected unit {other} in {text}"),
-        };
-    }
-    Ok(total)
+    Ok(humantime::parse_duration(text)?.as_secs())
 }
 
 /// The drain timeout of a service's effective configuration (ingest has none of its own).

@@ -125,14 +125,7 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
     }
     drop(file);
 
-    let out = run
-        .command("ingest", &["files", input.to_str().context("path")?])?
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "ingest: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run.ingest_files(&input)?;
     let mut detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
     let want: Vec<&str> = if geo.is_empty() {
         vec!["terminated-user", "anonymous-ip"]
@@ -230,14 +223,7 @@ async fn a_password_spray_across_partitions_is_one_alert() -> Result<()> {
     }
     file.flush()?;
     drop(file);
-    let output = run
-        .command("ingest", &["files", input.to_str().context("path")?])?
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "ingest: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run.ingest_files(&input)?;
     let activities = read_topic(
         &run.topic("activities"),
         Duration::from_secs(60),

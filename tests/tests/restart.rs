@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde_json::Value;
 use trailguard_common::{ActionRecord, Alert};
 use trailguard_tests::{produce, read_topic, repo, wait_for_topic, Run};
@@ -102,14 +102,7 @@ async fn detect_restarted_mid_stream_raises_the_same_alerts() -> Result<()> {
     const USERS: usize = 600;
     let run = Run::new("detect-restart")?;
     let input = burst_file(USERS)?;
-    let output = run
-        .command("ingest", &["files", input.to_str().context("path")?])?
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "ingest: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run.ingest_files(&input)?;
     // One burst per principal and one per source IP, one VM-deletion burst per principal.
     let expected = USERS * 3;
 
@@ -247,14 +240,7 @@ async fn two_instances_raise_what_one_does() -> Result<()> {
     const USERS: usize = 150;
     let run = Run::new("detect-pair")?;
     let input = burst_file(USERS)?;
-    let output = run
-        .command("ingest", &["files", input.to_str().context("path")?])?
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "ingest: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run.ingest_files(&input)?;
     let expected = USERS * 3;
     let mut one = run.spawn("detect", &[])?;
     let (reference, _) = alert_ids(&run.topic("alerts"), expected)?;
@@ -277,14 +263,7 @@ async fn two_instances_raise_what_one_does() -> Result<()> {
     }
     // Let the group settle on both members.
     std::thread::sleep(Duration::from_secs(8));
-    let output = pair
-        .command("ingest", &["files", input.to_str().context("path")?])?
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "ingest: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    pair.ingest_files(&input)?;
     let (ids, _) = alert_ids(&pair.topic("alerts"), expected)?;
     a.stop("-TERM")?;
     b.stop("-TERM")?;

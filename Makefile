@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/trailguard/target
 demo:
 	deploy/demo/run.sh
 
-## make test: unit, integration and end-to-end tests against tansu and moto.
+## make test: unit, integration and end-to-end tests against Apache Kafka (and tansu) and moto.
 test:
 	deploy/test.sh
 

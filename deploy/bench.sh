@@ -17,4 +17,7 @@ export TRAILGUARD_BENCH_INGEST="$CARGO_TARGET_DIR/release/ingest"
 export TRAILGUARD_TEST_GEO_V4="$GEO_V4"
 export TRAILGUARD_BENCH_AWS_ENDPOINT="http://$TG_HOST:$TG_MOTO_PORT"
 export TRAILGUARD_BENCH_REMEDIATE="$CARGO_TARGET_DIR/release/remediate"
-cargo bench --workspace --quiet --bench throughput --bench detect --bench remediate
+# The recovery bench runs the release binaries through the tests' helpers.
+export TRAILGUARD_TEST_BIN_DIR="$CARGO_TARGET_DIR/release"
+export TRAILGUARD_TEST_BROKERS="$TRAILGUARD_BENCH_BROKERS"
+cargo bench --workspace --quiet --bench throughput --bench detect --bench remediate --bench recovery

@@ -31,6 +31,13 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor of topics created at start-up (3 on a production cluster).
     pub replication_factor: i32,
+    /// Topic settings that replace or add to the defaults of each topic created at start-up,
+    /// by topic (the keys of `kafka.topics`): `[kafka.topic_config.alerts]
+    /// "retention.ms" = "7776000000"`. The defaults are in [`TopicRole::settings`] (and
+    /// docs/topics.md): a cleanup policy and retention fitting each topic's role, and
+    /// `min.insync.replicas` of 2 from a replication factor of 3.
+    #[serde(deserialize_with = "scalar_map_map")]
+    pub topic_config: BTreeMap<String, BTreeMap<String, String>>,
     /// Any librdkafka setting, passed through as is: `"security.protocol" = "SASL_SSL"`,
     /// `"sasl.mechanisms" = "SCRAM-SHA-512"`, `"ssl.ca.location"`, ... From the environment,
     /// `TRAILGUARD_KAFKA__CLIENT__SECURITY_PROTOCOL` sets `security.protocol` (underscores
@@ -51,6 +58,16 @@ pub struct MskIamConfig {
     pub enabled: bool,
     /// Region of the cluster; default the environment's (`AWS_REGION`, the profile).
     pub region: Option<String>,
+}
+
+/// [`scalar_map`] one level down: settings by topic.
+fn scalar_map_map<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Settings(#[serde(deserialize_with = "scalar_map")] BTreeMap<String, String>);
+    let map = BTreeMap::<String, Settings>::deserialize(de)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
 }
 
 /// A map of settings whose values may be written as strings, numbers or booleans
@@ -89,6 +106,7 @@ impl Default for KafkaConfig {
             create_topics: true,
             partitions: 6,
             replication_factor: 1,
+            topic_config: BTreeMap::new(),
             client: BTreeMap::new(),
             msk_iam: MskIamConfig::default(),
         }
@@ -125,6 +143,25 @@ impl KafkaConfig {
                 "must be at least 1",
             ));
         }
+        for (topic, settings) in &self.topic_config {
+            if TopicRole::from_key(topic).is_none() {
+                return Err(Error::config(
+                    &format!("kafka.topic_config.{topic}"),
+                    format!(
+                        "is not a topic; one of {}",
+                        TopicRole::ALL.map(TopicRole::key).join(", ")
+                    ),
+                ));
+            }
+            for (key, value) in settings {
+                if key.is_empty() || value.is_empty() {
+                    return Err(Error::config(
+                        &format!("kafka.topic_config.{topic}"),
+                        "settings must have a name and a value",
+                    ));
+                }
+            }
+        }
         if self.msk_iam.enabled {
             let mechanism = self
                 .client_settings()
@@ -140,6 +177,20 @@ impl KafkaConfig {
         self.topics.validate()
     }
 
+    /// The settings of `role`'s topic when a service creates it: the role's defaults for this
+    /// replication factor, then `topic_config`'s for the topic.
+    pub fn topic_settings(&self, role: TopicRole) -> BTreeMap<String, String> {
+        let mut settings: BTreeMap<String, String> = role
+            .settings(self.replication_factor)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        if let Some(extra) = self.topic_config.get(role.key()) {
+            settings.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        settings
+    }
+
     /// librdkafka settings from `client`, keys normalized (`security_protocol` → `security.protocol`).
     pub fn client_settings(&self) -> impl Iterator<Item = (String, &str)> {
         self.client.iter().map(|(k, v)| {
@@ -150,6 +201,116 @@ impl KafkaConfig {
             };
             (key, v.as_str())
         })
+    }
+}
+
+/// What a topic is for, which decides how it is kept. Each service creates the topics of its
+/// roles at start-up (unless `kafka.create_topics = false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRole {
+    /// `kafka.topics.activities`.
+    Activities,
+    /// `kafka.topics.dlq`.
+    Dlq,
+    /// `kafka.topics.alerts`.
+    Alerts,
+    /// `kafka.topics.alerts_ocsf`.
+    AlertsOcsf,
+    /// `kafka.topics.actions`.
+    Actions,
+    /// `kafka.topics.checkpoints`.
+    Checkpoints,
+    /// `kafka.topics.detect_state`.
+    DetectState,
+    /// `kafka.topics.detect_facts`.
+    DetectFacts,
+    /// `kafka.topics.detect_signin_failures`.
+    DetectSigninFailures,
+}
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+impl TopicRole {
+    /// Every role.
+    pub const ALL: [TopicRole; 9] = [
+        TopicRole::Activities,
+        TopicRole::Dlq,
+        TopicRole::Alerts,
+        TopicRole::AlertsOcsf,
+        TopicRole::Actions,
+        TopicRole::Checkpoints,
+        TopicRole::DetectState,
+        TopicRole::DetectFacts,
+        TopicRole::DetectSigninFailures,
+    ];
+
+    /// The role's key in `kafka.topics` and `kafka.topic_config`.
+    pub fn key(self) -> &'static str {
+        match self {
+            TopicRole::Activities => "activities",
+            TopicRole::Dlq => "dlq",
+            TopicRole::Alerts => "alerts",
+            TopicRole::AlertsOcsf => "alerts_ocsf",
+            TopicRole::Actions => "actions",
+            TopicRole::Checkpoints => "checkpoints",
+            TopicRole::DetectState => "detect_state",
+            TopicRole::DetectFacts => "detect_facts",
+            TopicRole::DetectSigninFailures => "detect_signin_failures",
+        }
+    }
+
+    /// The role of a `kafka.topics` key.
+    pub fn from_key(key: &str) -> Option<TopicRole> {
+        TopicRole::ALL.into_iter().find(|role| role.key() == key)
+    }
+
+    /// Whether the topic keeps the latest record per key (state, not a stream).
+    pub fn compacted(self) -> bool {
+        matches!(
+            self,
+            TopicRole::Checkpoints | TopicRole::DetectState | TopicRole::DetectFacts
+        )
+    }
+
+    /// The topic's settings when created with `replication_factor` replicas:
+    /// - compacted topics (checkpoints, detector state, facts) keep the latest record per key
+    ///   for ever; nothing else reads them, so nothing expires;
+    /// - activities and the sign-in failures are kept 7 days: long enough to rebuild detector
+    ///   state and to replay a week of traffic after an outage or into a new policy;
+    /// - dead letters and alerts 30 days: time to notice, fix and re-drive;
+    /// - action records, the audit trail of remediation, 365 days;
+    /// - `min.insync.replicas` 2 when there are 3 or more replicas (an acknowledged record
+    ///   survives the loss of a broker), else 1 (a smaller cluster still takes writes).
+    pub fn settings(self, replication_factor: i32) -> Vec<(&'static str, String)> {
+        let min_insync = if replication_factor >= 3 { 2 } else { 1 };
+        let mut settings = vec![("min.insync.replicas", min_insync.to_string())];
+        if self.compacted() {
+            settings.push(("cleanup.policy", "compact".into()));
+        } else {
+            let days = match self {
+                TopicRole::Activities | TopicRole::DetectSigninFailures => 7,
+                TopicRole::Dlq | TopicRole::Alerts | TopicRole::AlertsOcsf => 30,
+                _ => 365,
+            };
+            settings.push(("cleanup.policy", "delete".into()));
+            settings.push(("retention.ms", (days * DAY_MS).to_string()));
+        }
+        settings
+    }
+
+    /// The topic's name in `topics` (empty for the OCSF alerts when they are off).
+    pub fn topic(self, topics: &Topics) -> &str {
+        match self {
+            TopicRole::Activities => &topics.activities,
+            TopicRole::Dlq => &topics.dlq,
+            TopicRole::Alerts => &topics.alerts,
+            TopicRole::AlertsOcsf => &topics.alerts_ocsf,
+            TopicRole::Actions => &topics.actions,
+            TopicRole::Checkpoints => &topics.checkpoints,
+            TopicRole::DetectState => &topics.detect_state,
+            TopicRole::DetectFacts => &topics.detect_facts,
+            TopicRole::DetectSigninFailures => &topics.detect_signin_failures,
+        }
     }
 }
 

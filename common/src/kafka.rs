@@ -3,6 +3,7 @@
 //! Nothing here depends on a particular broker: the same settings run against Apache Kafka,
 //! Amazon MSK (TLS, SASL/SCRAM through `kafka.client`) and the local tansu broker.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -15,7 +16,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, TopicRole};
 use crate::Error;
 
 /// Consumer lag per assigned partition, from librdkafka's statistics (emitted every
@@ -81,6 +82,11 @@ struct Rebalances {
     revoked: std::sync::Mutex<Vec<(String, i32)>>,
     /// Partitions were assigned.
     assigned: std::sync::atomic::AtomicBool,
+    /// Partitions owned now (the last assignment; none after a revocation).
+    owned: std::sync::atomic::AtomicUsize,
+    /// [`watch_group`] found the group stalled while this consumer owns nothing: the service
+    /// should leave and join the group again.
+    rejoin: std::sync::atomic::AtomicBool,
 }
 
 /// Where MSK IAM tokens are signed.
@@ -169,6 +175,20 @@ impl KafkaContext {
         }
     }
 
+    /// How many partitions the consumer owns now.
+    pub fn owned_partitions(&self) -> usize {
+        self.rebalances
+            .owned
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the consumer should leave and join its group again (see [`watch_group`]).
+    pub fn take_rejoin(&self) -> bool {
+        self.rebalances
+            .rejoin
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Whether partitions were assigned since the last call.
     pub fn take_assigned(&self) -> bool {
         self.rebalances
@@ -201,6 +221,12 @@ impl ConsumerContext for KafkaContext {
         _consumer: &BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
+        if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
+            // The eager protocol revokes every partition before assigning anew.
+            self.rebalances
+                .owned
+                .store(0, std::sync::atomic::Ordering::SeqCst);
+        }
         if let (true, rdkafka::consumer::Rebalance::Revoke(list)) = (self.track_revoked, rebalance)
         {
             let taken: Vec<(String, i32)> = list
@@ -220,7 +246,10 @@ impl ConsumerContext for KafkaContext {
         _consumer: &BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Assign(_) = rebalance {
+        if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
+            self.rebalances
+                .owned
+                .store(list.count(), std::sync::atomic::Ordering::SeqCst);
             self.rebalances
                 .assigned
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -293,47 +322,93 @@ pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaCo
         .set("group.id", format!("{client_id}-reader"))
         .set("client.id", client_id)
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
+        // Reading back to the end is done when the broker says the end is reached, not when
+        // a record at the high watermark's offset arrives (there may be none).
+        .set("enable.partition.eof", "true");
     Ok(client.create_with_context(KafkaContext::new(cfg))?)
 }
 
-/// Creates the given topics if they are missing (explicitly, never by auto-creation).
-/// `compacted` topics get `cleanup.policy=compact`.
-pub async fn ensure_topics(
-    cfg: &KafkaConfig,
-    topics: &[&str],
-    compacted: &[&str],
-) -> Result<(), Error> {
+/// Creates the topics of the given roles if they are missing (explicitly, never by
+/// auto-creation), with the settings of their roles ([`KafkaConfig::topic_settings`]). A role
+/// whose topic is not configured (empty name) is skipped. Existing topics are left as they are.
+pub async fn ensure_topics(cfg: &KafkaConfig, roles: &[TopicRole]) -> Result<(), Error> {
     if !cfg.create_topics {
         return Ok(());
     }
     let admin: AdminClient<KafkaContext> =
         base_config(cfg).create_with_context(KafkaContext::new(cfg))?;
-    let new_topics: Vec<NewTopic> = topics
+    let wanted: Vec<(&str, BTreeMap<String, String>)> = roles
         .iter()
-        .map(|name| {
-            let topic = NewTopic::new(
-                name,
-                cfg.partitions,
-                TopicReplication::Fixed(cfg.replication_factor),
-            );
-            if compacted.contains(name) {
-                topic.set("cleanup.policy", "compact")
-            } else {
-                topic
-            }
+        .map(|role| (role.topic(&cfg.topics), cfg.topic_settings(*role)))
+        .filter(|(name, _)| !name.is_empty())
+        .collect();
+    let new_topics: Vec<NewTopic> = wanted
+        .iter()
+        .map(|(name, settings)| {
+            settings.iter().fold(
+                NewTopic::new(
+                    name,
+                    cfg.partitions,
+                    TopicReplication::Fixed(cfg.replication_factor),
+                ),
+                |topic, (key, value)| topic.set(key, value),
+            )
         })
         .collect();
+    if new_topics.is_empty() {
+        return Ok(());
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut created = Vec::new();
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
-            Ok(name) => tracing::info!(topic = %name, partitions = cfg.partitions, "created topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = cfg.partitions, "created topic");
+                created.push(name);
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(Error::Kafka(KafkaError::AdminOp(code)).context(format!(
                     "creating topic `{name}` (set kafka.create_topics = false if topics are managed elsewhere)"
                 )))
             }
+        }
+    }
+    if created.is_empty() {
+        return Ok(());
+    }
+    // A created topic is usable once every partition has a leader the brokers know of (Apache
+    // Kafka answers "not leader" for a moment after CreateTopics returns).
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || await_leaders(&cfg, &created))
+        .await
+        .map_err(|e| Error::Timeout(format!("waiting for partition leaders: {e}")))?
+}
+
+/// Waits (up to 30 s) until every partition of `topics` has a leader. Blocking.
+fn await_leaders(cfg: &KafkaConfig, topics: &[String]) -> Result<(), Error> {
+    let consumer: BaseConsumer<KafkaContext> =
+        base_config(cfg).create_with_context(KafkaContext::new(cfg))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for topic in topics {
+        loop {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            let ready = metadata.topics().iter().any(|t| {
+                t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.error().is_none() && p.leader() >= 0)
+            });
+            if ready {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "topic `{topic}` was created but its partitions have no leader after 30 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     Ok(())
@@ -387,6 +462,42 @@ pub fn flush(producer: &Producer, timeout: Duration) -> Result<(), Error> {
     Ok(())
 }
 
+/// A partition's low and high watermarks, retried for up to 30 s while the broker says it is
+/// still settling the partition: just after a topic is created, or while its leader moves,
+/// Apache Kafka answers `NotLeaderForPartition` / `LeaderNotAvailable` for a moment.
+fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Err(err) if settling(&err) && std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %err, topic, partition, "partition settling; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Errors that mean "the cluster is still settling this partition; ask again".
+fn settling(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode as Code;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+                | Code::UnknownTopicOrPartition
+                | Code::NotCoordinator
+                | Code::CoordinatorLoadInProgress
+                | Code::CoordinatorNotAvailable
+        )
+    )
+}
+
 /// Reads every record of `topic` from the beginning up to its end at the time of the call, and
 /// hands each payload to `visit`.
 pub fn read_all(
@@ -408,7 +519,7 @@ pub fn read_all(
             continue;
         }
         for p in t.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(30))?;
+            let (low, high) = watermarks(&consumer, topic, p.id())?;
             if high > low {
                 assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
                 ends.insert(p.id(), high);
@@ -429,16 +540,22 @@ pub fn read_all(
         let Some(message) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let message = message?;
-        if let Some(payload) = message.payload() {
-            visit(payload);
-            count += 1;
-        }
-        if let Some(end) = ends.get(&message.partition()) {
-            if message.offset() + 1 >= *end {
-                ends.remove(&message.partition());
-                remaining -= 1;
+        let (partition, next) = match message {
+            Ok(message) => {
+                if let Some(payload) = message.payload() {
+                    visit(payload);
+                    count += 1;
+                }
+                (message.partition(), message.offset() + 1)
             }
+            // The end of the log as the broker has it now: past any offsets that compaction
+            // or transaction markers left without a record.
+            Err(KafkaError::PartitionEOF(partition)) => (partition, i64::MAX),
+            Err(err) => return Err(err.into()),
+        };
+        if ends.get(&partition).is_some_and(|end| next >= *end) {
+            ends.remove(&partition);
+            remaining -= 1;
         }
     }
     Ok(count)
@@ -467,7 +584,7 @@ pub fn read_partition(
              follows"
         )));
     }
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    let (low, high) = watermarks(&consumer, topic, partition)?;
     if high <= low {
         return Ok(0);
     }
@@ -485,11 +602,18 @@ pub fn read_partition(
         let Some(message) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let message = message?;
-        visit(message.key().unwrap_or_default(), message.payload());
-        count += 1;
-        if message.offset() + 1 >= high {
-            return Ok(count);
+        match message {
+            Ok(message) => {
+                visit(message.key().unwrap_or_default(), message.payload());
+                count += 1;
+                if message.offset() + 1 >= high {
+                    return Ok(count);
+                }
+            }
+            // The end of the log as the broker has it now: the last offsets below the high
+            // watermark may hold no record (compacted away, or a transaction marker).
+            Err(KafkaError::PartitionEOF(p)) if p == partition => return Ok(count),
+            Err(err) => return Err(err.into()),
         }
     }
 }
@@ -577,6 +701,144 @@ pub async fn send_until_durable(
             }
         }
     }
+}
+
+/// Records not yet consumed by `group` on `topics` (high watermark minus committed offset, or
+/// minus the log start where the group has committed nothing), and the sum of the committed
+/// offsets (which moves when anyone in the group makes progress). Blocking.
+pub fn group_lag(cfg: &KafkaConfig, group: &str, topics: &[&str]) -> Result<(i64, i64), Error> {
+    let mut client = base_config(cfg);
+    client
+        .set("group.id", group)
+        .set("client.id", "trailguard-group-watch")
+        .set("enable.auto.commit", "false");
+    // Never subscribes: it only asks the group coordinator for the group's offsets.
+    let consumer: BaseConsumer<KafkaContext> =
+        client.create_with_context(KafkaContext::new(cfg))?;
+    let timeout = Duration::from_secs(10);
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                list.add_partition(topic, p.id());
+            }
+        }
+    }
+    let committed = consumer.committed_offsets(list, timeout)?;
+    let (mut lag, mut progress) = (0i64, 0i64);
+    for element in committed.elements() {
+        let (low, high) = watermarks(&consumer, element.topic(), element.partition())?;
+        let from = match element.offset() {
+            Offset::Offset(offset) => {
+                progress += offset;
+                offset.max(low)
+            }
+            _ => low,
+        };
+        lag += (high - from).max(0);
+    }
+    Ok((lag, progress))
+}
+
+/// How often [`watch_group`] looks, and how long a group may sit with lag and no progress
+/// while this instance owns nothing before it is unhealthy.
+const GROUP_WATCH_EVERY: Duration = Duration::from_secs(5);
+const GROUP_STALL_AFTER: Duration = Duration::from_secs(20);
+
+/// Watches, until `shutdown`, whether this consumer (its `context`) owns partitions of `group`.
+/// While it owns none, the group has lag on `topics` and the group's committed offsets have
+/// not moved for 20 s, `health` reports the instance unhealthy (`/healthz` 503, naming the
+/// group and the lag): it is waiting on a rebalance that does not come, or on instances that
+/// are gone. An instance that owns nothing while others make progress (more instances than
+/// partitions) stays healthy.
+///
+/// A stalled group is also asked to rebalance again: [`KafkaContext::take_rejoin`] turns true
+/// (at most once per 20 s) and the service leaves and rejoins. A broker that handed this member
+/// an empty assignment from a dead leader, and never told it to rejoin when that leader's
+/// session expired, otherwise keeps the group stuck for good (seen on tansu 0.6).
+pub fn watch_group(
+    cfg: &KafkaConfig,
+    group: &str,
+    topics: &[&str],
+    context: KafkaContext,
+    health: crate::telemetry::Health,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    const CHECK: &str = "consumer group";
+    let cfg = cfg.clone();
+    let group = group.to_string();
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    tokio::spawn(async move {
+        // (committed offsets' sum, since when unchanged) while owning nothing with lag.
+        let mut stalled: Option<(i64, std::time::Instant)> = None;
+        let mut last_rejoin: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(GROUP_WATCH_EVERY) => {}
+            }
+            if context.owned_partitions() > 0 {
+                stalled = None;
+                health.report(CHECK, None);
+                continue;
+            }
+            let (cfg2, group2, topics2) = (cfg.clone(), group.clone(), topics.clone());
+            let looked = tokio::task::spawn_blocking(move || {
+                let topics: Vec<&str> = topics2.iter().map(String::as_str).collect();
+                group_lag(&cfg2, &group2, &topics)
+            })
+            .await;
+            let (lag, progress) = match looked {
+                Ok(Ok(found)) => found,
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, %group, "group lag unknown");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if lag == 0 {
+                stalled = None;
+                health.report(CHECK, None);
+                continue;
+            }
+            let since = match stalled {
+                Some((at, since)) if at == progress => since,
+                _ => std::time::Instant::now(),
+            };
+            stalled = Some((progress, since));
+            if since.elapsed() >= GROUP_STALL_AFTER {
+                let problem = format!(
+                    "owns no partitions of group `{group}`, which has {lag} records of lag and \
+                     has made no progress for {} s",
+                    since.elapsed().as_secs()
+                );
+                tracing::warn!(%group, lag, "owns no partitions while the group is stalled");
+                health.report(CHECK, Some(problem));
+                if last_rejoin.is_none_or(|at| at.elapsed() >= GROUP_STALL_AFTER) {
+                    last_rejoin = Some(std::time::Instant::now());
+                    context
+                        .rebalances
+                        .rejoin
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    });
+}
+
+/// Leaves `consumer`'s group and joins it again with the same subscription (after
+/// [`watch_group`] found the group stalled).
+pub fn rejoin<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    topics: &[&str],
+) -> Result<(), Error> {
+    tracing::warn!(
+        "owning no partitions of a stalled group: leaving and joining it again to force a rebalance"
+    );
+    consumer.unsubscribe();
+    consumer.subscribe(topics)?;
+    Ok(())
 }
 
 #[cfg(test)]

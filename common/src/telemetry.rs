@@ -37,20 +37,53 @@ pub fn init_logging(cfg: &LogConfig) {
     };
 }
 
-/// Liveness flag served on `/healthz`: 200 while healthy, 503 after `set(false)`.
+/// Health served on `/healthz`: 200 `ok` while the service is up and no check reports a
+/// problem; 503 with the problems otherwise.
 #[derive(Clone, Debug)]
-pub struct Health(Arc<AtomicBool>);
+pub struct Health {
+    up: Arc<AtomicBool>,
+    /// Problems by the check that found them.
+    problems: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>>,
+}
 
 impl Default for Health {
     fn default() -> Self {
-        Health(Arc::new(AtomicBool::new(true)))
+        Health {
+            up: Arc::new(AtomicBool::new(true)),
+            problems: Arc::default(),
+        }
     }
 }
 
 impl Health {
-    /// Marks the service healthy or not.
+    /// Marks the service as a whole up or not (not up: it is stopping or has failed).
     pub fn set(&self, healthy: bool) {
-        self.0.store(healthy, Ordering::Relaxed);
+        self.up.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Records what `check` found: a problem, or none (`None` clears an earlier one).
+    pub fn report(&self, check: &'static str, problem: Option<String>) {
+        let mut problems = match self.problems.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match problem {
+            Some(problem) => problems.insert(check, problem),
+            None => problems.remove(check),
+        };
+    }
+
+    /// `None` when healthy, else why not.
+    pub fn problems(&self) -> Option<String> {
+        let problems = match self.problems.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut found: Vec<String> = problems.iter().map(|(c, p)| format!("{c}: {p}")).collect();
+        if !self.up.load(Ordering::Relaxed) {
+            found.insert(0, "the service is not running".into());
+        }
+        (!found.is_empty()).then(|| found.join("; "))
     }
 }
 
@@ -77,10 +110,12 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.health.0.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+    match state.health.problems() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(problems) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {problems}\n"),
+        ),
     }
 }
 

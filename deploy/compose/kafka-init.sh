@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
 # Creates every topic Trailguard uses, once, before the services start (the broker never
-# auto-creates topics). Compacted topics keep the latest record per key: ingest checkpoints,
-# detect's baselines and organization facts. Names are the defaults of `kafka.topics`.
+# auto-creates topics), with the settings the services would give them (docs/kafka.md):
+# compacted topics keep the latest record per key (ingest checkpoints, detect's baselines and
+# organization facts); the others are kept as long as their role needs (milliseconds).
+# Names are the defaults of `kafka.topics`.
 set -euo pipefail
 bootstrap=${BOOTSTRAP:-kafka:9092}
 partitions=${PARTITIONS:-3}
 replication=${REPLICATION:-1}
 topics=/opt/kafka/bin/kafka-topics.sh
 
-create() { # name cleanup-policy
+min_insync=1
+if ((replication >= 3)); then min_insync=2; fi
+
+create() { # name cleanup-policy [retention-ms]
+  local configs=(--config "cleanup.policy=$2" --config "min.insync.replicas=$min_insync")
+  if [[ -n ${3:-} ]]; then configs+=(--config "retention.ms=$3"); fi
   "$topics" --bootstrap-server "$bootstrap" --create --if-not-exists --topic "$1" \
-    --partitions "$partitions" --replication-factor "$replication" \
-    --config "cleanup.policy=$2"
+    --partitions "$partitions" --replication-factor "$replication" "${configs[@]}"
 }
 
-create trailguard.activities delete
-create trailguard.activities.dlq delete
-create trailguard.alerts delete
-create trailguard.actions delete
-create trailguard.detect.signin-failures delete
+create trailguard.activities delete 604800000
+create trailguard.activities.dlq delete 2592000000
+create trailguard.alerts delete 2592000000
+create trailguard.actions delete 31536000000
+create trailguard.detect.signin-failures delete 604800000
 create trailguard.ingest.checkpoints compact
 create trailguard.detect.state compact
 create trailguard.detect.facts compact

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make demo: the whole pipeline on this machine. Starts tansu + moto (installing them on first
+# make demo: the whole pipeline on this machine. Starts the local broker (Apache Kafka, or tansu
+# with TRAILGUARD_BROKER=tansu) + moto (installing them on first
 # use), builds the binaries, creates a public bucket on moto, runs detect and remediate, replays
 # the bundled sample of real CloudTrail records, prints alerts and action records as they arrive,
 # checks the bucket is private afterwards, and stops everything it started.

@@ -11,6 +11,14 @@ unset _tg_here
 
 # Tool cache (shared between checkouts), keyed by version.
 TG_CACHE="${TRAILGUARD_CACHE:-$HOME/.cache/trailguard}"
+# The local broker: Apache Kafka (what users run; the default) or tansu (the lightweight
+# Kafka-protocol broker). `TRAILGUARD_BROKER=tansu make env-up` picks tansu.
+TG_BROKER="${TRAILGUARD_BROKER:-kafka}"
+[[ $TG_BROKER == kafka || $TG_BROKER == tansu ]] ||
+    { echo "TRAILGUARD_BROKER must be kafka or tansu, not '$TG_BROKER'" >&2; exit 1; }
+KAFKA_VERSION=4.1.1
+KAFKA_ROOT="$TG_CACHE/kafka-$KAFKA_VERSION"
+KAFKA_LIBS="$KAFKA_ROOT/libs"
 TANSU_VERSION=0.6.0
 MOTO_VERSION=5.2.5
 TANSU_ROOT="$TG_CACHE/tansu-$TANSU_VERSION"
@@ -33,10 +41,20 @@ TG_DATA="${TRAILGUARD_DATA:-$REPO/.data}"
 TG_LOG_DIR="$TG_DATA/logs"
 TG_RUN_DIR="$TG_DATA/run"
 TG_TANSU_DATA="$TG_DATA/tansu"
+TG_AK_DATA="$TG_DATA/kafka"
 
 # Loopback only.
 TG_HOST=127.0.0.1
-TG_KAFKA_PORT="${TG_KAFKA_PORT:-19092}"
+TG_TANSU_PORT="${TG_TANSU_PORT:-19092}"
+# Apache Kafka: PLAINTEXT (no credentials), SASL_PLAINTEXT with SCRAM and ACLs, and the KRaft
+# controller, on three consecutive ports (see kafka.sh).
+TG_AK_PORT="${TG_AK_PORT:-19192}"
+TG_AK_SASL_PORT=$((TG_AK_PORT + 1))
+TG_AK_CONTROLLER_PORT=$((TG_AK_PORT + 2))
+# The SCRAM super user of the local Apache Kafka (loopback only; not a secret).
+TG_KAFKA_ADMIN_PASSWORD="${TG_KAFKA_ADMIN_PASSWORD:-trailguard-local-admin}"
+# The chosen broker's plaintext port.
+if [[ $TG_BROKER == kafka ]]; then TG_KAFKA_PORT=$TG_AK_PORT; else TG_KAFKA_PORT=$TG_TANSU_PORT; fi
 TG_MOTO_PORT="${TG_MOTO_PORT:-15000}"
 TG_CLUSTER_ID="${TG_CLUSTER_ID:-trailguard-local}"
 

@@ -7,3 +7,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 stop_service moto "$MOTO_BIN"
 stop_service tansu "$TANSU_BIN"
+stop_service kafka "$TG_AK_DATA"

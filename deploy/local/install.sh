@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
-# Install the local test tools (tansu broker, moto server) into $TG_CACHE.
-# Idempotent; near-instant when everything is already cached.
+# Install the local test tools into $TG_CACHE: the broker(s) named as arguments (`kafka`,
+# `tansu`; default the one TRAILGUARD_BROKER picks), moto server, the geolocation database and
+# promtool. Idempotent; near-instant when everything is already cached.
+#   install.sh                 the chosen broker and the rest
+#   install.sh kafka tansu     both brokers and the rest
 set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 mkdir -p "$TG_CACHE"
+brokers=("$@")
+((${#brokers[@]})) || brokers=("$TG_BROKER")
+wants() { [[ " ${brokers[*]} " == *" $1 "* ]]; }
 
 # --- (a) system packages: OpenSSL headers + pkg-config (cmake not needed) ---
 need_apt=0
@@ -25,10 +31,43 @@ else
     log "system packages: libssl-dev + pkg-config present"
 fi
 
-# --- (b) tansu broker (cargo install, serialised by flock) ---
+# --- (b1) Apache Kafka: its jars from Maven Central into a classpath directory ---
+kafka_ok() { [[ -s $KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar && -e $KAFKA_ROOT/.complete ]]; }
+
+if ! wants kafka; then
+    :
+elif kafka_ok; then
+    log "kafka: Apache Kafka $KAFKA_VERSION present"
+else
+    command -v mvn >/dev/null 2>&1 || die "mvn not found; it resolves Apache Kafka from Maven Central"
+    command -v java >/dev/null 2>&1 || die "java not found; Apache Kafka $KAFKA_VERSION needs Java 17+"
+    exec 8>"$TG_CACHE/kafka-install.lock"
+    flock 8
+    if ! kafka_ok; then
+        log "kafka: resolving Apache Kafka $KAFKA_VERSION from Maven Central (about 100 MB; log: $TG_CACHE/kafka-install.log)"
+        rm -rf "$KAFKA_ROOT"
+        mkdir -p "$KAFKA_ROOT"
+        # Maven's own repository lives in the cache too; the jars are copied out of it.
+        mvn -B -q -f "$TG_LOCAL_DIR/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+            -Dmaven.repo.local="$TG_CACHE/m2" dependency:copy-dependencies \
+            -DoutputDirectory="$KAFKA_LIBS" -Dmdep.includeScope=runtime \
+            >"$TG_CACHE/kafka-install.log" 2>&1 || {
+            tail -n 30 "$TG_CACHE/kafka-install.log" >&2
+            die "kafka: resolving Apache Kafka $KAFKA_VERSION failed"
+        }
+        [[ -s $KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar ]] || die "kafka: kafka_2.13-$KAFKA_VERSION.jar missing after resolving"
+        touch "$KAFKA_ROOT/.complete"
+        log "kafka: Apache Kafka $KAFKA_VERSION installed ($(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars)"
+    fi
+    exec 8>&-
+fi
+
+# --- (b2) tansu broker (cargo install, serialised by flock) ---
 tansu_ok() { [[ -x $TANSU_BIN ]] && "$TANSU_BIN" --version >/dev/null 2>&1; }
 
-if tansu_ok; then
+if ! wants tansu; then
+    :
+elif tansu_ok; then
     log "tansu: present ($("$TANSU_BIN" --version))"
 else
     exec 8>"$TG_CACHE/tansu-install.lock"

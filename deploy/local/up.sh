@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
-# Start the local test environment: tansu (Kafka protocol) + moto (AWS APIs).
+# Start the local test environment: the broker (Apache Kafka, or tansu with
+# TRAILGUARD_BROKER=tansu) + moto (AWS APIs).
 # Safe to re-run: services that are already up are left alone.
-#   TRAILGUARD_FRESH=1  wipe broker state ($TG_DATA/tansu) before starting
+#   TRAILGUARD_FRESH=1  wipe the broker's state ($TG_DATA/kafka or $TG_DATA/tansu) before starting
 set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-START_TIMEOUT=60
+START_TIMEOUT=90
 
-"$TG_LOCAL_DIR/install.sh"
+"$TG_LOCAL_DIR/install.sh" "$TG_BROKER"
 
-mkdir -p "$TG_LOG_DIR" "$TG_RUN_DIR" "$TG_TANSU_DATA"
+if [[ $TG_BROKER == kafka ]]; then
+    broker_exe=$TG_AK_DATA broker_data=$TG_AK_DATA
+else
+    broker_exe=$TANSU_BIN broker_data=$TG_TANSU_DATA
+fi
+mkdir -p "$TG_LOG_DIR" "$TG_RUN_DIR" "$broker_data"
 
 if [[ ${TRAILGUARD_FRESH:-0} == 1 ]]; then
-    stop_service tansu "$TANSU_BIN"
-    log "TRAILGUARD_FRESH=1: wiping $TG_TANSU_DATA"
-    rm -rf "$TG_TANSU_DATA"
-    mkdir -p "$TG_TANSU_DATA"
+    stop_service "$TG_BROKER" "$broker_exe"
+    log "TRAILGUARD_FRESH=1: wiping $broker_data"
+    rm -rf "$broker_data"
+    mkdir -p "$broker_data"
 fi
 
 # fail_start NAME: print the log tail and abort.
@@ -58,14 +64,20 @@ ensure() {
     launch "$name" "$dir" "$@"
 }
 
-# tansu's sqlite:// URL is resolved relative to its working directory
-# (host + path are appended to cwd), so run it inside $TG_TANSU_DATA.
-ensure tansu "$TANSU_BIN" "$TG_KAFKA_PORT" kafka_ping "$TG_TANSU_DATA" \
-    "$TANSU_BIN" broker \
-    --cluster-id "$TG_CLUSTER_ID" \
-    --listener-url "tcp://$TG_HOST:$TG_KAFKA_PORT" \
-    --advertised-listener-url "tcp://$TG_HOST:$TG_KAFKA_PORT" \
-    --storage-engine "sqlite://tansu.db"
+if [[ $TG_BROKER == kafka ]]; then
+    # Apache Kafka in KRaft mode; its own log is $TG_AK_DATA/server.log.
+    ensure kafka "$TG_AK_DATA" "$TG_AK_PORT" kafka_ping "$TG_AK_DATA" \
+        "$TG_LOCAL_DIR/kafka.sh" run "$TG_AK_DATA" "$TG_AK_PORT" "$TG_AK_SASL_PORT" "$TG_AK_CONTROLLER_PORT"
+else
+    # tansu's sqlite:// URL is resolved relative to its working directory
+    # (host + path are appended to cwd), so run it inside $TG_TANSU_DATA.
+    ensure tansu "$TANSU_BIN" "$TG_TANSU_PORT" kafka_ping "$TG_TANSU_DATA" \
+        "$TANSU_BIN" broker \
+        --cluster-id "$TG_CLUSTER_ID" \
+        --listener-url "tcp://$TG_HOST:$TG_TANSU_PORT" \
+        --advertised-listener-url "tcp://$TG_HOST:$TG_TANSU_PORT" \
+        --storage-engine "sqlite://tansu.db"
+fi
 
 ensure moto "$MOTO_BIN" "$TG_MOTO_PORT" http_ping "$TG_DATA" \
     "$MOTO_BIN" --host "$TG_HOST" --port "$TG_MOTO_PORT"
@@ -84,7 +96,7 @@ await_service() {
         sleep 0.5
     done
 }
-await_service tansu "$TANSU_BIN" "$TG_KAFKA_PORT" kafka_ping
+await_service "$TG_BROKER" "$broker_exe" "$TG_KAFKA_PORT" kafka_ping
 await_service moto "$MOTO_BIN" "$TG_MOTO_PORT" http_ping
 
-echo "broker=$TG_HOST:$TG_KAFKA_PORT moto=http://$TG_HOST:$TG_MOTO_PORT"
+echo "broker=$TG_HOST:$TG_KAFKA_PORT ($TG_BROKER) moto=http://$TG_HOST:$TG_MOTO_PORT"

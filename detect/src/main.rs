@@ -109,7 +109,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let health = telemetry::Health::default();
             telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone())
                 .await?;
-            let result = trailguard_detect::run(cfg, metrics, shutdown.clone()).await;
+            let result =
+                trailguard_detect::run(cfg, metrics, health.clone(), shutdown.clone()).await;
             health.set(false);
             shutdown.cancel();
             Ok(result?)

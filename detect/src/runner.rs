@@ -15,7 +15,9 @@ use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use trailguard_common::config::TopicRole;
 use trailguard_common::contract::{dlq_headers as h, ACTIVITY_SCHEMA_VERSION};
+use trailguard_common::telemetry::Health;
 use trailguard_common::{kafka, Activity, Alert};
 
 use crate::detector::{counts_per_source_ip, Detector, SourceIpFailures};
@@ -99,29 +101,28 @@ fn decode(payload: Option<&[u8]>) -> Result<Activity, (&'static str, String)> {
         .map_err(|e| ("undecodable_activity", format!("not an Activity: {e}")))
 }
 
-/// Runs detect until `shutdown`, then commits what is safe and returns.
+/// Runs detect until `shutdown`, then commits what is safe and returns; `health` hears when
+/// this instance owns no partitions of a stalled group.
 pub async fn run(
     cfg: DetectConfig,
     metrics: Metrics,
+    health: Health,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let topics = &cfg.kafka.topics;
     kafka::ensure_topics(
         &cfg.kafka,
         &[
-            &topics.activities,
-            &topics.dlq,
-            &topics.alerts,
-            &topics.detect_state,
-            &topics.detect_facts,
-            &topics.detect_signin_failures,
+            TopicRole::Activities,
+            TopicRole::Dlq,
+            TopicRole::Alerts,
+            TopicRole::DetectState,
+            TopicRole::DetectFacts,
+            TopicRole::DetectSigninFailures,
+            TopicRole::AlertsOcsf,
         ],
-        &[&topics.detect_state, &topics.detect_facts],
     )
     .await?;
-    if !topics.alerts_ocsf.is_empty() {
-        kafka::ensure_topics(&cfg.kafka, &[&topics.alerts_ocsf], &[]).await?;
-    }
     match &cfg.signing.key_id {
         Some(key_id) => tracing::info!(%key_id, "alerts are signed"),
         None => tracing::warn!(
@@ -142,6 +143,14 @@ pub async fn run(
         context.clone(),
     )?;
     consumer.subscribe(&[&topics.activities, &topics.detect_signin_failures])?;
+    kafka::watch_group(
+        &cfg.kafka,
+        &cfg.detect.group_id,
+        &[&topics.activities, &topics.detect_signin_failures],
+        context.clone(),
+        health,
+        shutdown.clone(),
+    );
     tracing::info!(topic = %topics.activities, group = %cfg.detect.group_id, "detect running");
 
     let geo = crate::enrich::GeoDb::open(&cfg.geo)?;
@@ -170,6 +179,9 @@ pub async fn run(
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
+                if context.take_rejoin() {
+                    kafka::rejoin(&consumer, &[&topics.activities, &topics.detect_signin_failures])?;
+                }
                 state.forget_revoked(&context);
                 for detector in state.detectors.values_mut() {
                     let alerts = detector.look_back();

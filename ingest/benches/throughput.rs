@@ -153,9 +153,14 @@ fn main() {
         let topic = format!("{run}.raw");
         let cfg = trailguard_common::config::KafkaConfig {
             brokers: brokers.clone(),
+            topics: trailguard_common::config::Topics {
+                activities: topic.clone(),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        trailguard_common::kafka::ensure_topics(&cfg, &[&topic], &[])
+        let activities = trailguard_common::config::TopicRole::Activities;
+        trailguard_common::kafka::ensure_topics(&cfg, &[activities])
             .await
             .expect("create topic");
         let producer: trailguard_common::kafka::Producer =

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use trailguard_common::config::KafkaConfig;
+use trailguard_common::config::{KafkaConfig, TopicRole};
 use trailguard_common::kafka;
 
 use crate::Error;
@@ -36,7 +36,7 @@ impl Checkpoints {
         producer: trailguard_common::kafka::Producer,
     ) -> Result<Self, Error> {
         let topic = cfg.topics.checkpoints.clone();
-        kafka::ensure_topics(cfg, &[&topic], &[&topic]).await?;
+        kafka::ensure_topics(cfg, &[TopicRole::Checkpoints]).await?;
         let mut positions = HashMap::new();
         let cfg = cfg.clone();
         let reading = topic.clone();

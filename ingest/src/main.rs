@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
+use trailguard_common::config::TopicRole;
 use trailguard_common::{config, kafka, shutdown, telemetry};
 use trailguard_ingest::checkpoint::Checkpoints;
 use trailguard_ingest::files::{self, Input, Summary};
@@ -502,8 +503,7 @@ async fn start(
         telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone())
             .await?;
     }
-    let topics = &cfg.kafka.topics;
-    kafka::ensure_topics(&cfg.kafka, &[&topics.activities, &topics.dlq], &[])
+    kafka::ensure_topics(&cfg.kafka, &[TopicRole::Activities, TopicRole::Dlq])
         .await
         .context("creating topics")?;
     Ok((kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?, health))

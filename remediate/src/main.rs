@@ -112,7 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     trailguard_common::aws_calls::register_metrics(&registry)?;
     let health = telemetry::Health::default();
     telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone()).await?;
-    let result = trailguard_remediate::run(cfg, metrics, shutdown.clone()).await;
+    let result = trailguard_remediate::run(cfg, metrics, health.clone(), shutdown.clone()).await;
     health.set(false);
     shutdown.cancel();
     Ok(result?)

@@ -11,11 +11,13 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use trailguard_common::config::TopicRole;
 use trailguard_common::contract::{
     stable_id, ActionKind, ActionOutcome, ActionRecord, Mode, RequestedAction,
     ACTION_SCHEMA_VERSION, ALERT_SCHEMA_VERSION,
 };
 use trailguard_common::sign::Rejection;
+use trailguard_common::telemetry::Health;
 use trailguard_common::{kafka, Alert};
 
 use crate::notify::Notifier;
@@ -434,14 +436,16 @@ async fn publish(
     .await
 }
 
-/// Runs remediate until `shutdown`.
+/// Runs remediate until `shutdown`; `health` hears when this instance owns no partitions of a
+/// stalled group.
 pub async fn run(
     cfg: RemediateConfig,
     metrics: Metrics,
+    health: Health,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let topics = &cfg.kafka.topics;
-    kafka::ensure_topics(&cfg.kafka, &[&topics.alerts, &topics.actions], &[]).await?;
+    kafka::ensure_topics(&cfg.kafka, &[TopicRole::Alerts, TopicRole::Actions]).await?;
     let mut answered = HashSet::new();
     let verifier = cfg.signing.verifier();
     let own_role = cfg.aws.role_arn("*");
@@ -480,12 +484,27 @@ pub async fn run(
         context.clone(),
     )?;
     consumer.subscribe(&[&topics.alerts])?;
+    kafka::watch_group(
+        &cfg.kafka,
+        &cfg.remediate.group_id,
+        &[&topics.alerts],
+        context.clone(),
+        health,
+        shutdown.clone(),
+    );
     tracing::info!(topic = %topics.alerts, default_mode = cfg.remediate.default_mode.as_str(), "remediate running");
 
     loop {
         // A batch: the first alert waited for, then whatever else is already there.
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
+            // `recv` is cancel-safe: nothing is lost when the wait is cut short.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                if context.take_rejoin() {
+                    kafka::rejoin(&consumer, &[&topics.alerts])?;
+                }
+                continue;
+            }
             message = consumer.recv() => message,
         };
         let mut batch = match first {

@@ -5,6 +5,7 @@
 pub mod iam_check;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
 
 fn env(name: &str) -> Result<String> {
     std::env::var(name).with_context(|| {
@@ -221,13 +223,14 @@ impl Record {
     }
 }
 
-/// Reads `topic` from the beginning until `done(records)` says so — then on for `settle`, to
+/// Reads `topic` from the beginning until `done(records)` says so (asked after every record:
+/// keep it incremental for long topics) — then on for `settle`, to
 /// catch anything extra (a duplicate, a record too many) — or fails after `timeout`.
 pub fn read_topic(
     topic: &str,
     timeout: Duration,
     settle: Duration,
-    done: impl Fn(&[Record]) -> bool,
+    done: impl FnMut(&[Record]) -> bool,
 ) -> Result<Vec<Record>> {
     read_topic_at(&brokers()?, topic, timeout, settle, done)
 }
@@ -238,7 +241,7 @@ pub fn read_topic_at(
     topic: &str,
     timeout: Duration,
     settle: Duration,
-    done: impl Fn(&[Record]) -> bool,
+    mut done: impl FnMut(&[Record]) -> bool,
 ) -> Result<Vec<Record>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -399,4 +402,182 @@ pub async fn make_public_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Re
         .send()
         .await?;
     Ok(())
+}
+
+/// The kind of broker the suite runs on (`TRAILGUARD_TEST_BROKER`: `kafka` or `tansu`).
+pub fn broker_kind() -> Result<String> {
+    let kind = env("TRAILGUARD_TEST_BROKER")?;
+    match kind.as_str() {
+        "kafka" | "tansu" => Ok(kind),
+        other => bail!("TRAILGUARD_TEST_BROKER must be kafka or tansu, not {other:?}"),
+    }
+}
+
+/// A free TCP port on loopback (free now; a race with other processes is possible but rare).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A broker of a test's own, of the kind the suite runs on, on free ports, with its data in a
+/// directory of the test's: for tests that kill and restart the broker without disturbing the
+/// shared one. Killed when dropped.
+pub struct PrivateBroker {
+    kind: String,
+    dir: PathBuf,
+    /// Plaintext port, then (Apache Kafka) the SASL and controller ports.
+    ports: [u16; 3],
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    /// Starts a broker with its data in `dir` and waits until it accepts connections.
+    pub fn start(dir: &std::path::Path) -> Result<PrivateBroker> {
+        std::fs::create_dir_all(dir)?;
+        let mut broker = PrivateBroker {
+            kind: broker_kind()?,
+            dir: dir.to_path_buf(),
+            ports: [free_port()?, free_port()?, free_port()?],
+            child: None,
+        };
+        broker.restart()?;
+        Ok(broker)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.ports[0])
+    }
+
+    /// Kills the broker at once (SIGKILL: no clean shutdown) and waits for it to exit.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same ports and data, and waits until it listens.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.out"))?;
+        let mut command = if self.kind == "kafka" {
+            let mut command = Command::new(env("TRAILGUARD_TEST_KAFKA_SCRIPT")?);
+            command.arg("run").arg(&self.dir);
+            command.args(self.ports.iter().map(u16::to_string));
+            command
+        } else {
+            let url = format!("tcp://{}", self.address());
+            let mut command = Command::new(env("TRAILGUARD_TEST_TANSU_BIN")?);
+            command
+                .args(["broker", "--cluster-id", "private-test-broker"])
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .current_dir(&self.dir);
+            command
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting a private {} broker", self.kind))?;
+        self.child = Some(child);
+        // Apache Kafka starts a JVM and formats its storage on first use: allow a minute.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while std::net::TcpStream::connect(("127.0.0.1", self.ports[0])).is_err() {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "the private {} broker exited ({status}); see {}",
+                        self.kind,
+                        self.dir.join("broker.out").display()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the private {} broker did not listen in 90 s", self.kind);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// NDJSON of `users` × 7 failed console sign-ins a minute apart (enough for one burst each, on
+/// both the principal and the source IP), built from the real failure record in the demo sample;
+/// and per user a baseline of one TerminateInstances call a day for the 8 days before, then a
+/// burst of 6 calls (12 instances) among the sign-ins — a "multiple delete VM activities" alert
+/// that only a detector which kept the user's week-old baseline can raise.
+/// User `u` starts at minute 3u, and records are in time order, so windows keep closing and the
+/// committed offsets keep moving while the stream is consumed.
+pub fn burst_file(users: usize) -> Result<PathBuf> {
+    let sample: Value = serde_json::from_str(&std::fs::read_to_string(
+        repo().join("deploy/demo/sample/02-signin-failures.json"),
+    )?)?;
+    let template = sample["Records"][0].clone();
+    let path = std::env::temp_dir().join(format!("bursts-{}-{users}.jsonl", std::process::id()));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let start = chrono::DateTime::parse_from_rfc3339("2024-05-01T00:00:00Z")?;
+    let events: Vec<(i64, usize)> = (0..users)
+        .flat_map(|user| (0..7).map(move |m| (user as i64 * 3 + m, user)))
+        .collect();
+    // Terminations: (minute, user, -1 for the baseline days / burst index).
+    let mut terminations: Vec<(i64, usize)> = (0..users)
+        .flat_map(|user| {
+            let history = (1..=8).map(move |day| (-day * 1440 + user as i64, user));
+            let burst = (0..6).map(move |i| (user as i64 * 3 + 1 + i, user));
+            history.chain(burst)
+        })
+        .collect();
+    terminations.sort();
+    let mut merged: Vec<(i64, usize, bool)> = events
+        .into_iter()
+        .map(|(m, u)| (m, u, false))
+        .chain(terminations.into_iter().map(|(m, u)| (m, u, true)))
+        .collect();
+    merged.sort();
+    for (minute, user, terminate) in merged {
+        if terminate {
+            let time = start + chrono::Duration::minutes(minute);
+            let record = serde_json::json!({
+                "eventVersion": "1.09", "eventTime": time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "eventSource": "ec2.amazonaws.com", "eventName": "TerminateInstances",
+                "awsRegion": "us-east-1", "recipientAccountId": "123456789012",
+                "sourceIPAddress": format!("10.{}.{}.1", user / 250, user % 250),
+                "userAgent": "aws-cli/2.15.0", "eventType": "AwsApiCall", "readOnly": false,
+                "eventID": format!("t-{user}-{minute}"),
+                "userIdentity": {"type": "IAMUser", "userName": format!("u{user}"),
+                    "arn": format!("arn:aws:iam::123456789012:user/u{user}"), "accountId": "123456789012"},
+                "requestParameters": {"instancesSet": {"items": [
+                    {"instanceId": format!("i-{user}-{minute}-a")}, {"instanceId": format!("i-{user}-{minute}-b")}]}},
+            });
+            writeln!(file, "{record}")?;
+            continue;
+        }
+        {
+            let mut record = template.clone();
+            record["userIdentity"]["arn"] =
+                Value::from(format!("arn:aws:iam::123456789012:user/u{user}"));
+            record["userIdentity"]["userName"] = Value::from(format!("u{user}"));
+            record["sourceIPAddress"] = Value::from(format!("10.{}.{}.1", user / 250, user % 250));
+            record["eventID"] = Value::from(format!("e-{user}-{minute}"));
+            let time = start + chrono::Duration::minutes(minute);
+            record["eventTime"] = Value::from(time.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+            writeln!(file, "{record}")?;
+        }
+    }
+    file.flush()?;
+    Ok(path)
 }

@@ -1,64 +1,29 @@
 //! The broker goes down in the middle of `ingest files` and comes back: ingest waits, retries,
-//! and exits 0 with every record published — none lost. Uses a broker of its own (tansu on a
-//! free port, started and killed by the test), so the shared one is not disturbed.
+//! and exits 0 with every record published — none lost. Uses a broker of its own (of the kind
+//! the suite runs on, on free ports, started and killed by the test), so the shared one is not
+//! disturbed.
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use trailguard_tests::{read_topic_at, Run};
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn start_tansu(bin: &str, dir: &std::path::Path, port: u16) -> Result<Child> {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .args([
-            "broker",
-            "--cluster-id",
-            "broker-down-test",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "sqlite://tansu.db",
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("tansu.log"))?)
-        .spawn()
-        .context("starting tansu")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(Instant::now() < deadline, "tansu did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(child)
-}
+use trailguard_tests::{read_topic_at, PrivateBroker, Run};
 
 #[test]
 fn broker_down_mid_run_loses_nothing() -> Result<()> {
-    let Ok(tansu) = std::env::var("TRAILGUARD_TEST_TANSU_BIN") else {
-        bail!("TRAILGUARD_TEST_TANSU_BIN is not set (make test sets it)");
-    };
     const RECORDS: usize = 60_000;
-    let port = free_port()?;
-    let brokers = format!("127.0.0.1:{port}");
     let mut run = Run::new("broker-down")?;
+    let dir = std::env::temp_dir().join(&run.id);
+    std::fs::create_dir_all(&dir)?;
+    let mut broker = PrivateBroker::start(&dir.join("broker"))?;
+    let brokers = broker.address();
     for (key, value) in run.env.iter_mut() {
         if key == "TRAILGUARD_BROKERS" {
             *value = brokers.clone();
         }
     }
-    let dir = std::env::temp_dir().join(&run.id);
-    std::fs::create_dir_all(&dir)?;
     let input = dir.join("records.jsonl");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&input)?);
     for i in 0..RECORDS {
@@ -73,7 +38,6 @@ fn broker_down_mid_run_loses_nothing() -> Result<()> {
     file.flush()?;
     drop(file);
 
-    let mut broker = start_tansu(&tansu, &dir, port)?;
     let mut ingest = run
         .command(
             "ingest",
@@ -94,13 +58,12 @@ fn broker_down_mid_run_loses_nothing() -> Result<()> {
         "ingest finished before the broker went down; make the input longer"
     );
     broker.kill()?;
-    broker.wait()?;
     std::thread::sleep(Duration::from_secs(4));
     ensure!(
         ingest.try_wait()?.is_none(),
         "ingest gave up while the broker was down"
     );
-    let mut broker = start_tansu(&tansu, &dir, port)?;
+    broker.restart()?;
 
     let out = ingest.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -121,7 +84,6 @@ fn broker_down_mid_run_loses_nothing() -> Result<()> {
         .filter_map(|a| a["id"].as_str().map(str::to_string))
         .collect();
     broker.kill()?;
-    let _ = broker.wait();
     assert_eq!(ids.len(), RECORDS, "every record, none lost");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
+use trailguard_common::config::TopicRole;
 use trailguard_tests::{repo, Run};
 
 /// The binaries the image carries.
@@ -195,9 +196,8 @@ fn as_strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The topics of an effective configuration and whether each is compacted.
-fn topics_of(cfg: &Value) -> Vec<(String, bool)> {
-    let compacted = ["checkpoints", "detect_state", "detect_facts"];
+/// The topics of an effective configuration and the role of each.
+fn topics_of(cfg: &Value) -> Vec<(String, TopicRole)> {
     cfg["kafka"]["topics"]
         .as_object()
         .map(|topics| {
@@ -205,7 +205,7 @@ fn topics_of(cfg: &Value) -> Vec<(String, bool)> {
                 .iter()
                 .filter_map(|(key, name)| {
                     let name = name.as_str().filter(|n| !n.is_empty())?;
-                    Some((name.to_string(), compacted.contains(&key.as_str())))
+                    Some((name.to_string(), TopicRole::from_key(key)?))
                 })
                 .collect()
         })
@@ -482,11 +482,18 @@ fn check_compose(project: &Value, dir: &Path, operator: &BTreeMap<String, String
             cfg["kafka"]["create_topics"] == false,
             "{name}: compose creates topics in kafka-init"
         );
-        for (topic, compacted) in topics_of(&cfg) {
-            let policy = if compacted { "compact" } else { "delete" };
+        for (topic, role) in topics_of(&cfg) {
+            // The services' own settings for the topic (min.insync.replicas is computed
+            // from the replication factor in the script).
+            let settings: BTreeMap<&str, String> = role.settings(1).into_iter().collect();
+            let policy = &settings["cleanup.policy"];
+            let line = match settings.get("retention.ms") {
+                Some(ms) => format!("create {topic} {policy} {ms}\n"),
+                None => format!("create {topic} {policy}\n"),
+            };
             ensure!(
-                init.contains(&format!("create {topic} {policy}\n")),
-                "kafka-init.sh does not create {topic} ({policy})"
+                init.contains(&line),
+                "kafka-init.sh does not create {topic} as the services would: {line}"
             );
         }
         let partitions = cfg["kafka"]["partitions"].as_u64().unwrap_or_default();

@@ -241,15 +241,27 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         ("s3-bucket-activity medium", 6),
         ("security-group-changes high", 1),
         ("security-group-changes low", 4),
-        // The shared records span 2014-2025 but are mostly rule-test fixtures: three of them
-        // create something in a region no earlier record changed anything in.
-        ("unusual-region medium", 3),
         ("vpn-vpc-changes low", 1),
         ("vpn-vpc-changes medium", 1),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    // The shared records span 2014-2025 but are mostly rule-test fixtures: three or four of
+    // them create something in a region no earlier record changed anything in. Which: the
+    // regions in use are organization-wide facts, learned on one partition and reaching the
+    // others through the facts topic, so in a replay of a backlog (every partition's history at
+    // once) a region first used on one partition may or may not be known yet when another
+    // partition's earlier-dated record is read. Seen: 3 on tansu, 3 or 4 on Apache Kafka.
+    let unusual_regions = templates.remove("unusual-region medium").unwrap_or(0);
+    assert!(
+        (3..=4).contains(&unusual_regions),
+        "unusual regions: {:#?}",
+        alert_lines
+            .iter()
+            .filter(|l| l.starts_with("unusual-region"))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(templates, expected_templates);
     // Panther's fixtures repeat one principal's changes to one entity: without folding these
     // were 83 template alerts, folded they are 56. The folds whose hour has closed in event

@@ -34,7 +34,7 @@ pub struct KafkaConfig {
     /// Topic settings that replace or add to the defaults of each topic created at start-up,
     /// by topic (the keys of `kafka.topics`): `[kafka.topic_config.alerts]
     /// "retention.ms" = "7776000000"`. The defaults are in [`TopicRole::settings`] (and
-    /// docs/topics.md): a cleanup policy and retention fitting each topic's role, and
+    /// docs/kafka.md): a cleanup policy and retention fitting each topic's role, and
     /// `min.insync.replicas` of 2 from a replication factor of 3.
     #[serde(deserialize_with = "scalar_map_map")]
     pub topic_config: BTreeMap<String, BTreeMap<String, String>>,

@@ -82,8 +82,9 @@ struct Rebalances {
     revoked: std::sync::Mutex<Vec<(String, i32)>>,
     /// Partitions were assigned.
     assigned: std::sync::atomic::AtomicBool,
-    /// Partitions owned now (the last assignment; none after a revocation).
-    owned: std::sync::atomic::AtomicUsize,
+    /// Partitions owned now: added on assignment, removed on revocation, cleared on a
+    /// rebalance error (right for the eager and the cooperative protocols alike).
+    owned: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
     /// [`watch_group`] found the group stalled while this consumer owns nothing: the service
     /// should leave and join the group again.
     rejoin: std::sync::atomic::AtomicBool,
@@ -177,16 +178,26 @@ impl KafkaContext {
 
     /// How many partitions the consumer owns now.
     pub fn owned_partitions(&self) -> usize {
-        self.rebalances
-            .owned
-            .load(std::sync::atomic::Ordering::SeqCst)
+        match self.rebalances.owned.lock() {
+            Ok(owned) => owned.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        }
     }
 
-    /// Whether the consumer should leave and join its group again (see [`watch_group`]).
+    fn update_owned(&self, change: impl FnOnce(&mut std::collections::HashSet<(String, i32)>)) {
+        match self.rebalances.owned.lock() {
+            Ok(mut owned) => change(&mut owned),
+            Err(poisoned) => change(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Whether the consumer should leave and join its group again (see [`watch_group`]): asked
+    /// for, and still owning nothing.
     pub fn take_rejoin(&self) -> bool {
         self.rebalances
             .rejoin
             .swap(false, std::sync::atomic::Ordering::SeqCst)
+            && self.owned_partitions() == 0
     }
 
     /// Whether partitions were assigned since the last call.
@@ -221,11 +232,14 @@ impl ConsumerContext for KafkaContext {
         _consumer: &BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
-            // The eager protocol revokes every partition before assigning anew.
-            self.rebalances
-                .owned
-                .store(0, std::sync::atomic::Ordering::SeqCst);
+        match rebalance {
+            rdkafka::consumer::Rebalance::Revoke(list) => self.update_owned(|owned| {
+                for e in list.elements() {
+                    owned.remove(&(e.topic().to_string(), e.partition()));
+                }
+            }),
+            rdkafka::consumer::Rebalance::Error(_) => self.update_owned(|owned| owned.clear()),
+            rdkafka::consumer::Rebalance::Assign(_) => {}
         }
         if let (true, rdkafka::consumer::Rebalance::Revoke(list)) = (self.track_revoked, rebalance)
         {
@@ -247,9 +261,17 @@ impl ConsumerContext for KafkaContext {
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
+            self.update_owned(|owned| {
+                owned.extend(
+                    list.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition())),
+                )
+            });
+            // Owning partitions again: a rejoin asked for before is moot.
             self.rebalances
-                .owned
-                .store(list.count(), std::sync::atomic::Ordering::SeqCst);
+                .rejoin
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             self.rebalances
                 .assigned
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -322,6 +344,9 @@ pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaCo
         .set("group.id", format!("{client_id}-reader"))
         .set("client.id", client_id)
         .set("enable.auto.commit", "false")
+        // Should the start be deleted (retention) before the first fetch, start at the new
+        // start, never at the end: a read-back that skipped to the end would end "complete".
+        .set("auto.offset.reset", "earliest")
         // Reading back to the end is done when the broker says the end is reached, not when
         // a record at the high watermark's offset arrives (there may be none).
         .set("enable.partition.eof", "true");
@@ -392,14 +417,19 @@ fn await_leaders(cfg: &KafkaConfig, topics: &[String]) -> Result<(), Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for topic in topics {
         loop {
-            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-            let ready = metadata.topics().iter().any(|t| {
-                t.error().is_none()
-                    && !t.partitions().is_empty()
-                    && t.partitions()
-                        .iter()
-                        .all(|p| p.error().is_none() && p.leader() >= 0)
-            });
+            let ready = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+                Ok(metadata) => metadata.topics().iter().any(|t| {
+                    t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions()
+                            .iter()
+                            .all(|p| p.error().is_none() && p.leader() >= 0)
+                }),
+                Err(err) => {
+                    tracing::debug!(error = %err, topic, "metadata not available yet");
+                    false
+                }
+            };
             if ready {
                 break;
             }

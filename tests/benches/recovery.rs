@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use trailguard_tests::{burst_file, read_topic_at, Run};
+use trailguard_tests::{burst_file, read_topic_at, topic_end, Run};
 
 fn main() -> Result<()> {
     let Ok(brokers) = std::env::var("TRAILGUARD_BENCH_BROKERS") else {
@@ -40,11 +40,12 @@ fn main() -> Result<()> {
         let expected = users * 3;
         let mut detect = run.spawn("detect", &[])?;
         let long = Duration::from_secs(600);
-        let before = read_topic_at(&brokers, &alerts, long, Duration::ZERO, |r| {
+        read_topic_at(&brokers, &alerts, long, Duration::ZERO, |r| {
             r.len() >= expected / 4
-        })?
-        .len();
+        })?;
         detect.stop("-KILL")?;
+        // Everything the killed instance wrote; resuming is a record past it.
+        let before = topic_end(&alerts)? as usize;
         let restarted = Instant::now();
         let _detect = run.spawn("detect", &[])?;
         read_topic_at(&brokers, &alerts, long, Duration::ZERO, |r| {

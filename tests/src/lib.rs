@@ -404,6 +404,24 @@ pub async fn make_public_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Re
     Ok(())
 }
 
+/// How many records `topic` holds now (the sum of its partitions' high watermarks, at the
+/// broker): what a reader must read past to see anything written from now on.
+pub fn topic_end(topic: &str) -> Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers()?)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut end = 0;
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            end += consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))?
+                .1;
+        }
+    }
+    Ok(end)
+}
+
 /// The kind of broker the suite runs on (`TRAILGUARD_TEST_BROKER`: `kafka` or `tansu`).
 pub fn broker_kind() -> Result<String> {
     let kind = env("TRAILGUARD_TEST_BROKER")?;
@@ -527,7 +545,14 @@ pub fn burst_file(users: usize) -> Result<PathBuf> {
         repo().join("deploy/demo/sample/02-signin-failures.json"),
     )?)?;
     let template = sample["Records"][0].clone();
-    let path = std::env::temp_dir().join(format!("bursts-{}-{users}.jsonl", std::process::id()));
+    // A file of its own per call: tests running at once must not share one.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let path = std::env::temp_dir().join(format!(
+        "bursts-{}-{users}-{nanos}.jsonl",
+        std::process::id()
+    ));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
     let start = chrono::DateTime::parse_from_rfc3339("2024-05-01T00:00:00Z")?;
     let events: Vec<(i64, usize)> = (0..users)

@@ -125,10 +125,19 @@ async fn pages_throttling_pace_and_overlap() -> Result<()> {
     let calls = stub.lock().map(|s| s.calls.clone()).unwrap_or_default();
     assert_eq!(calls.len(), 4, "one throttled call and three pages");
     // Never faster than 2 requests per second (the throttled call backs off on top of that).
+    // The stub sees arrivals, which carry each request's own latency (a new connection, a
+    // loaded machine): the pace is judged over the whole run, and a single gap may be short by
+    // that jitter only. (The bucket's own spacing is unit-tested in ingest's lookup module.)
+    let span = calls[calls.len() - 1].0 - calls[0].0;
+    assert!(
+        span >= Duration::from_millis(490 * (calls.len() as u64 - 1)),
+        "{} requests within {span:?}: faster than 2 a second",
+        calls.len()
+    );
     for pair in calls.windows(2) {
         assert!(
-            pair[1].0 - pair[0].0 >= Duration::from_millis(490),
-            "requests closer than 0.5 s"
+            pair[1].0 - pair[0].0 >= Duration::from_millis(250),
+            "requests closer than 0.25 s"
         );
     }
     // The first run reads the 7-day backfill.

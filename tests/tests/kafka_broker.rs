@@ -187,33 +187,23 @@ async fn scram_users_get_what_their_acls_grant_and_nothing_else() -> Result<()> 
     scram_user(&stranger, "stranger-secret")?;
     // The service may use this run's topics (created on first use) and consumer groups.
     let principal = format!("User:{service}");
-    kafka_admin(
-        "org.apache.kafka.tools.AclCommand",
-        &[
-            "--add",
-            "--allow-principal",
-            &principal,
-            "--operation",
-            "All",
-            "--topic",
-            &format!("{}.", run.id),
-            "--group",
-            &format!("{}-", run.id),
-            "--resource-pattern-type",
-            "prefixed",
-        ],
-    )?;
-    kafka_admin(
-        "org.apache.kafka.tools.AclCommand",
-        &[
-            "--add",
-            "--allow-principal",
-            &principal,
-            "--operation",
-            "IdempotentWrite",
-            "--cluster",
-        ],
-    )?;
+    let grant = |what: &[&str]| -> Result<()> {
+        let mut args = vec!["--add", "--allow-principal", principal.as_str()];
+        args.extend_from_slice(what);
+        kafka_admin("org.apache.kafka.tools.AclCommand", &args)
+    };
+    let (topics, groups) = (format!("{}.", run.id), format!("{}-", run.id));
+    grant(&[
+        "--operation",
+        "All",
+        "--topic",
+        &topics,
+        "--group",
+        &groups,
+        "--resource-pattern-type",
+        "prefixed",
+    ])?;
+    grant(&["--operation", "IdempotentWrite", "--cluster"])?;
 
     // Refused: the stranger authenticates but has no grant.
     let mut refused = Run {

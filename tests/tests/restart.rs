@@ -31,19 +31,25 @@ fn alert_ids(topic: &str, distinct: usize) -> Result<(BTreeSet<String>, usize)> 
     Ok((ids, records.len()))
 }
 
+/// The uninterrupted reference: `users`' bursts (see [`burst_file`]) ingested into `run`'s
+/// activities topic and run through one detect to the end. Returns the input (for runs to
+/// compare against) and the alert ids raised: one burst per principal and one per source IP,
+/// one VM-deletion burst per principal, `users * 3` in all.
+fn reference_run(run: &Run, users: usize) -> Result<(std::path::PathBuf, BTreeSet<String>)> {
+    let input = burst_file(users)?;
+    run.ingest_files(&input)?;
+    let mut reference = run.spawn("detect", &[])?;
+    let (ids, _) = alert_ids(&run.topic("alerts"), users * 3)?;
+    reference.stop("-TERM")?;
+    Ok((input, ids))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn detect_restarted_mid_stream_raises_the_same_alerts() -> Result<()> {
     const USERS: usize = 600;
     let run = Run::new("detect-restart")?;
-    let input = burst_file(USERS)?;
-    run.ingest_files(&input)?;
-    // One burst per principal and one per source IP, one VM-deletion burst per principal.
     let expected = USERS * 3;
-
-    // Uninterrupted reference run.
-    let mut reference = run.spawn("detect", &[])?;
-    let (reference_ids, _) = alert_ids(&run.topic("alerts"), expected)?;
-    reference.stop("-TERM")?;
+    let (_, reference_ids) = reference_run(&run, USERS)?;
     assert_eq!(reference_ids.len(), expected);
 
     // Same activities, a new group and alerts topic; stopped with SIGTERM, then killed with
@@ -173,12 +179,8 @@ async fn detect_dead_letters_what_it_cannot_read() -> Result<()> {
 async fn two_instances_raise_what_one_does() -> Result<()> {
     const USERS: usize = 150;
     let run = Run::new("detect-pair")?;
-    let input = burst_file(USERS)?;
-    run.ingest_files(&input)?;
     let expected = USERS * 3;
-    let mut one = run.spawn("detect", &[])?;
-    let (reference, _) = alert_ids(&run.topic("alerts"), expected)?;
-    one.stop("-TERM")?;
+    let (input, reference) = reference_run(&run, USERS)?;
     assert_eq!(reference.len(), expected);
 
     // The pair joins its group first, then the same records arrive (same ids, so the same
@@ -253,12 +255,8 @@ fn wait_running(services: &[&trailguard_tests::Service], line: &str) -> Result<(
 async fn detect_pair_with_one_killed_raises_what_one_does() -> Result<()> {
     const USERS: usize = 300;
     let run = Run::new("detect-pair-kill")?;
-    let input = burst_file(USERS)?;
-    run.ingest_files(&input)?;
     let expected = USERS * 3;
-    let mut one = run.spawn("detect", &[])?;
-    let (reference, _) = alert_ids(&run.topic("alerts"), expected)?;
-    one.stop("-TERM")?;
+    let (input, reference) = reference_run(&run, USERS)?;
     assert_eq!(reference.len(), expected);
 
     let mut pair = Run::new("detect-pair-kill-b")?;
@@ -373,12 +371,8 @@ async fn detect_killed_repeatedly_resumes_within_a_bound() -> Result<()> {
     let mut run = Run::new("detect-kills")?;
     // Six partitions, as a default deployment has: more for a restarted instance to restore.
     six_partitions(&mut run);
-    let input = burst_file(USERS)?;
-    run.ingest_files(&input)?;
     let expected = USERS * 3;
-    let mut reference = run.spawn("detect", &[])?;
-    let (reference_ids, _) = alert_ids(&run.topic("alerts"), expected)?;
-    reference.stop("-TERM")?;
+    let (_, reference_ids) = reference_run(&run, USERS)?;
 
     let mut again = Run::new("detect-kills-b")?;
     six_partitions(&mut again);

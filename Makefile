@@ -1,6 +1,6 @@
 # Trailguard — the two commands: `make demo` and `make test`. Both install what they need.
 SHELL := bash
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/trailguard/target
+export CARGO_TARGET_DIR ?= $(or $(TRAILGUARD_CACHE),$(HOME)/.cache/trailguard)/target
 
 .PHONY: demo test build image env-up env-down schemas lint fmt bench fuzz clean-data
 

@@ -68,7 +68,9 @@ export TRAILGUARD_TEST_PROMTOOL="$PROMTOOL_BIN"
 cd "$REPO"
 # Test executables carry full debug info (~1 GB each) and every feature combination keeps its
 # own: when the disk runs low, drop the old ones (they are relinked on demand).
-free_kb=$(df -Pk "$CARGO_TARGET_DIR" 2>/dev/null | awk 'NR == 2 { print $4 }')
+# (On a fresh machine the target dir does not exist yet: make it, or df fails and set -e stops.)
+mkdir -p "$CARGO_TARGET_DIR"
+free_kb=$(df -Pk "$CARGO_TARGET_DIR" 2>/dev/null | awk 'NR == 2 { print $4 }' || true)
 if [[ -n ${free_kb:-} && $free_kb -lt 20000000 && -d $CARGO_TARGET_DIR/debug/deps ]]; then
     log "less than 20 GB free: removing test executables older than an hour from $CARGO_TARGET_DIR"
     # Executables only (no extension): proc-macro libraries (`lib*.so`) are executable too.

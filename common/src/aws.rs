@@ -164,14 +164,19 @@ impl AwsConfig {
             .build()
     }
 
-    /// The SDK configuration for acting in `account`: the role assumed there when a
-    /// `role_arn_template` is set and the account is given, else the shared configuration.
-    pub async fn sdk_config_for(&self, account: Option<&str>) -> aws_config::SdkConfig {
-        let base = self.sdk_config().await;
-        match account.and_then(|a| self.role_arn(a)) {
-            Some(arn) => self.assuming(&base, arn).await,
-            None => base,
+    /// The SDK configuration that acts in `account` through the role assumed there, when a
+    /// `role_arn_template` is set and `aws.accounts` (when not empty) lists the account. `None`
+    /// otherwise: the caller must never fall back to the base credentials, which act in their
+    /// own account (where IAM names resolve to someone else).
+    pub async fn sdk_config_in(&self, account: &str) -> Option<aws_config::SdkConfig> {
+        if !is_account_id(account)
+            || (!self.accounts.is_empty() && !self.accounts.iter().any(|a| a == account))
+        {
+            return None;
         }
+        let arn = self.role_arn(account)?;
+        let base = self.sdk_config().await;
+        Some(self.assuming(&base, arn).await)
     }
 
     /// The shared SDK configuration (region, endpoint, credential chain).
@@ -233,6 +238,49 @@ pub fn s3_client_for(
     }
     if let Some(region) = region {
         config = config.region(aws_config::Region::new(region.to_string()));
+    }
+    aws_sdk_s3::Client::from_conf(config.build())
+}
+
+/// An S3 interceptor that sends `x-amz-expected-bucket-owner` with every request: S3 then
+/// refuses (403) any call on a bucket another account owns, so a client meant for one account
+/// cannot act on a same-named bucket elsewhere (a bucket deleted and re-created by someone
+/// else, or an alert naming the wrong account).
+#[derive(Debug, Clone)]
+pub struct ExpectedBucketOwner(pub String);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for ExpectedBucketOwner {
+    fn name(&self) -> &'static str {
+        "TrailguardExpectedBucketOwner"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let headers = context.request_mut().headers_mut();
+        if !headers.contains_key("x-amz-expected-bucket-owner") {
+            headers.insert("x-amz-expected-bucket-owner", self.0.clone());
+        }
+        Ok(())
+    }
+}
+
+/// An S3 client acting with `sdk`'s credentials on buckets `owner` owns only (see
+/// [`ExpectedBucketOwner`]).
+pub fn s3_client_owned_by(
+    aws: &AwsConfig,
+    sdk: &aws_config::SdkConfig,
+    owner: &str,
+) -> aws_sdk_s3::Client {
+    let mut config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(aws.force_path_style)
+        .interceptor(crate::aws_calls::CallRecorder)
+        .interceptor(ExpectedBucketOwner(owner.to_string()));
+    if let Some(url) = aws.endpoints.get("s3") {
+        config = config.endpoint_url(url);
     }
     aws_sdk_s3::Client::from_conf(config.build())
 }

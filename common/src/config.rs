@@ -525,34 +525,50 @@ pub fn unknown_sections(defaults: &impl Serialize) -> Vec<String> {
         .collect()
 }
 
-/// A configuration as JSON with every secret replaced by `"<redacted>"`: values of keys named
-/// `key`, `keys`, `url` (webhook URLs carry their tokens) or containing `secret`, `password`
-/// or `token`. For `--check-config`.
+/// A configuration as JSON with every secret replaced by `"<redacted>"`, for `--check-config`:
+/// values of keys named `key`, `keys`, `url` (webhook URLs carry their tokens) or containing
+/// `secret`, `password`, `passwd`, `token`, `pem`, `credential`, `private` or `external_id`;
+/// under `kafka.client` (librdkafka settings) also every key naming a key, OAuth, JAAS or
+/// Kerberos setting (`ssl.key.pem`, `ssl.keystore.password`, `sasl.oauthbearer.config`,
+/// `sasl.kerberos.keytab`…), in dotted or env (`ssl_key_pem`) form.
 pub fn redacted(cfg: &impl Serialize) -> serde_json::Value {
-    fn secret(name: &str) -> bool {
-        let name = name.to_ascii_lowercase();
+    fn secret(name: &str, in_client: bool) -> bool {
+        let name = name.to_ascii_lowercase().replace('_', ".");
         matches!(name.as_str(), "key" | "keys" | "url")
-            || ["secret", "password", "token"]
-                .iter()
-                .any(|s| name.contains(s))
+            || [
+                "secret",
+                "password",
+                "passwd",
+                "token",
+                "pem",
+                "credential",
+                "private",
+                "external.id",
+            ]
+            .iter()
+            .any(|s| name.contains(s))
+            || (in_client
+                && ["key", "oauth", "jaas", "kerberos"]
+                    .iter()
+                    .any(|s| name.contains(s)))
     }
-    fn walk(value: &mut serde_json::Value) {
+    fn walk(value: &mut serde_json::Value, in_client: bool) {
         match value {
             serde_json::Value::Object(map) => {
                 for (name, v) in map.iter_mut() {
-                    if secret(name) && !v.is_null() {
+                    if secret(name, in_client) && !v.is_null() {
                         *v = serde_json::Value::from("<redacted>");
                     } else {
-                        walk(v);
+                        walk(v, in_client || name == "client");
                     }
                 }
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, in_client)),
             _ => {}
         }
     }
     let mut value = serde_json::to_value(cfg).unwrap_or_default();
-    walk(&mut value);
+    walk(&mut value, false);
     value
 }
 
@@ -712,6 +728,50 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("kafka.brokers"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_any_form() {
+        #[derive(Serialize)]
+        struct WithAws {
+            kafka: KafkaConfig,
+            aws: crate::aws::AwsConfig,
+        }
+        let mut cfg = WithAws {
+            kafka: KafkaConfig::default(),
+            aws: crate::aws::AwsConfig {
+                external_id: Some("org-external-id".into()),
+                endpoint_url: Some("http://127.0.0.1:5000".into()),
+                ..Default::default()
+            },
+        };
+        for (k, v) in [
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
+            ("ssl_key_pem", "-----BEGIN PRIVATE KEY----- env"),
+            ("ssl.key.password", "pw"),
+            ("ssl.keystore.password", "pw2"),
+            ("sasl.oauthbearer.config", "clientSecret=abc"),
+            ("sasl.oauthbearer.client.secret", "abc2"),
+            ("sasl.password", "scram"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+        ] {
+            cfg.kafka.client.insert(k.into(), v.into());
+        }
+        let text = redacted(&cfg).to_string();
+        for secret in [
+            "BEGIN PRIVATE",
+            "pw",
+            "clientSecret",
+            "abc2",
+            "scram",
+            "org-external-id",
+        ] {
+            assert!(!text.contains(secret), "{secret} printed: {text}");
+        }
+        for kept in ["SASL_SSL", "SCRAM-SHA-512", "http://127.0.0.1:5000"] {
+            assert!(text.contains(kept), "{kept} hidden: {text}");
+        }
     }
 
     #[test]

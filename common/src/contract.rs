@@ -578,27 +578,55 @@ pub fn schemas() -> BTreeMap<&'static str, String> {
     ])
 }
 
+/// `text` safe to print on a terminal: control characters (escape sequences, carriage returns,
+/// line breaks) and invisible bidirectional or zero-width characters are escaped (`\u{1b}`),
+/// so text taken from CloudTrail or a topic cannot rewrite what an operator sees.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    }
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hidden(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The first 12 characters of an id (ids come from topics: never sliced by bytes).
+fn short(id: &str) -> String {
+    printable(&id.chars().take(12).collect::<String>()).into_owned()
+}
+
 impl std::fmt::Display for Alert {
-    /// One line a person can read: severity, policy, entity and summary.
+    /// One line a person can read: severity, policy, entity and summary. Every text that came
+    /// from a record is made [`printable`].
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "ALERT  [{}] {} — {} {} — {} (at {}, id {})",
             self.severity.as_str().to_uppercase(),
-            self.policy_name,
-            self.entity.kind,
-            self.entity.id,
-            self.evidence.summary,
+            printable(&self.policy_name),
+            printable(&self.entity.kind),
+            printable(&self.entity.id),
+            printable(&self.evidence.summary),
             self.time.format("%Y-%m-%d %H:%M:%SZ"),
-            &self.id[..self.id.len().min(12)]
+            short(&self.id)
         )?;
         for action in &self.actions {
             write!(
                 f,
                 "\n       asks for: {} on {} {}",
                 action.kind.as_str(),
-                action.target.kind,
-                action.target.id
+                printable(&action.target.kind),
+                printable(&action.target.id)
             )?;
         }
         Ok(())
@@ -606,27 +634,35 @@ impl std::fmt::Display for Alert {
 }
 
 impl std::fmt::Display for ActionRecord {
-    /// One line a person can read: outcome, action, target and detail.
+    /// One line a person can read: outcome, action, target and detail. Every text that came
+    /// from a record is made [`printable`].
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "ACTION [{}] {} on {} {} (mode {}, alert {}) — {}",
             self.outcome.as_str().to_uppercase(),
             self.kind.as_str(),
-            self.target.kind,
-            self.target.id,
+            printable(&self.target.kind),
+            printable(&self.target.id),
             self.mode.as_str(),
-            &self.alert_id[..self.alert_id.len().min(12)],
-            self.detail
+            short(&self.alert_id),
+            printable(&self.detail)
         )?;
         for step in &self.steps {
             match &step.request_id {
                 Some(id) => write!(
                     f,
-                    "\n       {} — {} (request {id})",
-                    step.call, step.description
+                    "\n       {} — {} (request {})",
+                    printable(&step.call),
+                    printable(&step.description),
+                    printable(id)
                 )?,
-                None => write!(f, "\n       {} — {}", step.call, step.description)?,
+                None => write!(
+                    f,
+                    "\n       {} — {}",
+                    printable(&step.call),
+                    printable(&step.description)
+                )?,
             }
         }
         Ok(())
@@ -636,6 +672,50 @@ impl std::fmt::Display for ActionRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_never_panics_and_escapes_terminal_control() -> Result<(), serde_json::Error> {
+        let mut alert: Alert = serde_json::from_str(include_str!("../../tests/tests/alert.json"))?;
+        // A multi-byte character across byte 12 of the id; an OSC title sequence and a fake
+        // second line in the summary.
+        alert.id = "aaaaaaaaaaa\u{e9}bbbb".into();
+        alert.evidence.summary = "x\u{1b}]0;owned\u{7}\nALERT  [LOW] all clear\u{202e}".into();
+        let text = alert.to_string();
+        assert!(text.contains("id aaaaaaaaaaa\u{e9}"), "{text}");
+        assert!(
+            !text
+                .chars()
+                .any(|c| c == '\u{1b}' || c == '\u{7}' || c == '\u{202e}'),
+            "{text}"
+        );
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("ALERT")).count(),
+            1,
+            "{text}"
+        );
+        let record = ActionRecord {
+            schema_version: ACTION_SCHEMA_VERSION,
+            id: "r".into(),
+            alert_id: alert.id.clone(),
+            policy_id: "p".into(),
+            kind: ActionKind::Notify,
+            target: alert.actions[0].target.clone(),
+            mode: Mode::Auto,
+            outcome: ActionOutcome::Rejected,
+            detail: "\u{1b}[2J".into(),
+            steps: Vec::new(),
+            aws_request_ids: Vec::new(),
+            time: alert.time,
+            undo: None,
+            undo_of: None,
+        };
+        let text = record.to_string();
+        assert!(
+            text.contains("alert aaaaaaaaaaa\u{e9}") && !text.contains('\u{1b}'),
+            "{text}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn stable_id_separates_parts() {

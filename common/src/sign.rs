@@ -125,7 +125,48 @@ fn check_key(name: &str, key: &str) -> Result<(), Error> {
             ),
         ));
     }
+    if let Some(why) = placeholder(key) {
+        return Err(Error::config(
+            name,
+            format!("looks like a placeholder, not a random key ({why}): generate one with `openssl rand -hex 32`"),
+        ));
+    }
     Ok(())
+}
+
+/// Why `key` looks like an example value copied from documentation rather than random bytes:
+/// a placeholder word, a long run of one character, or too few distinct characters (64 hex
+/// digits from `openssl rand -hex 32` practically always use 14 or more of the 16).
+fn placeholder(key: &str) -> Option<String> {
+    let lower = key.to_ascii_lowercase();
+    if let Some(word) = [
+        "replace",
+        "changeme",
+        "change-me",
+        "change_me",
+        "example",
+        "placeholder",
+        "your-",
+        "your_",
+        "insert",
+    ]
+    .iter()
+    .find(|w| lower.contains(*w))
+    {
+        return Some(format!("it contains `{word}`"));
+    }
+    let bytes = key.as_bytes();
+    if bytes.windows(8).any(|w| w.iter().all(|b| *b == w[0])) {
+        return Some("a character repeats 8 times in a row".into());
+    }
+    let distinct = bytes
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if distinct < 10 {
+        return Some(format!("only {distinct} distinct characters"));
+    }
+    None
 }
 
 /// Signs alerts with one key.
@@ -309,6 +350,38 @@ mod tests {
     use super::*;
 
     const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn placeholder_keys_are_refused() {
+        for (key, why) in [
+            // The example Kubernetes Secret's value, applied verbatim.
+            ("replace-with-32-or-more-random-bytes-0000000000", "replace"),
+            ("changeme-changeme-changeme-changeme", "changeme"),
+            ("00000000000000000000000000000000", "repeats"),
+            ("abababababababababababababababab", "distinct"),
+        ] {
+            let cfg = SigningConfig {
+                key_id: Some("k".into()),
+                key: Some(key.into()),
+                ..SigningConfig::default()
+            };
+            let err = cfg
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("signing.key") && err.contains(why),
+                "{key}: {err}"
+            );
+        }
+        let random = SigningConfig {
+            key_id: Some("k".into()),
+            key: Some("3f9c1e0b7a5d42e8c6b1f0a9d8e7c6b53f9c1e0b7a5d42e8c6b1f0a9d8e7c6b5".into()),
+            ..SigningConfig::default()
+        };
+        assert!(random.validate().is_ok());
+    }
 
     fn alert() -> Alert {
         serde_json::from_str(include_str!("../../tests/tests/alert.json")).unwrap_or_else(|e| {

@@ -77,6 +77,28 @@ pub struct Detector {
     fold_period: i64,
     /// Open folds by end of period: (until, principal key). Entries may be stale.
     fold_index: std::collections::BTreeSet<(i64, String)>,
+    /// Policies that may ask for destructive actions on failed activity.
+    act_on_failed: std::collections::HashSet<String>,
+}
+
+/// Takes every action but `notify` off the alerts a failed activity raised, unless their
+/// policy opts in: a failed call proves nothing about its caller's rights, and some (a failed
+/// console sign-in, an `AccessDenied` on another's bucket) can be caused by anyone.
+fn disarm_if_failed(
+    alerts: &mut [Alert],
+    activity: &Activity,
+    act_on_failed: &std::collections::HashSet<String>,
+) {
+    if activity.outcome.is_success() {
+        return;
+    }
+    for alert in alerts {
+        if !act_on_failed.contains(&alert.policy_id) {
+            alert
+                .actions
+                .retain(|a| a.kind == trailguard_common::contract::ActionKind::Notify);
+        }
+    }
 }
 
 impl Detector {
@@ -117,6 +139,7 @@ impl Detector {
             terminations_seen: 0,
             fold_period: cfg.fold.period.as_secs() as i64,
             fold_index: std::collections::BTreeSet::new(),
+            act_on_failed: cfg.act_on_failed_activity.iter().cloned().collect(),
         }
     }
 
@@ -272,14 +295,18 @@ impl Detector {
                 self.fold_index.insert((until, key.clone()));
             }
         }
-        alerts.extend(self.anomalies.observe(state, &mut self.org, activity));
+        let mut raised = self.anomalies.observe(state, &mut self.org, activity);
+        disarm_if_failed(&mut raised, activity, &self.act_on_failed);
+        alerts.extend(raised);
         let mut learned = crate::facts::facts_of(activity);
         {
             let facts = match self.facts.read() {
                 Ok(f) => f,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            alerts.extend(self.anomalies.observe_facts(state, &facts, activity));
+            let mut raised = self.anomalies.observe_facts(state, &facts, activity);
+            disarm_if_failed(&mut raised, activity, &self.act_on_failed);
+            alerts.extend(raised);
             // Most are known already (a region in use): no write lock for those.
             learned.retain(|(key, fact)| !facts.already_knows(key, fact));
         }
@@ -324,9 +351,13 @@ impl Detector {
         matched.extend(self.cloudtrail.evaluate(activity));
         matched.extend(self.bucket_public.evaluate(activity));
         matched.extend(self.templates.evaluate(activity));
+        // Before folding: a fold keeps the actions of the alert that opened it.
+        disarm_if_failed(&mut matched, activity, &self.act_on_failed);
         let mut alerts = self.observe_baseline(activity, offset, matched);
-        alerts.extend(self.custom.observe(activity, offset));
-        alerts.extend(self.signin.observe(activity, offset, &mut self.closed));
+        let mut raised = self.custom.observe(activity, offset);
+        raised.extend(self.signin.observe(activity, offset, &mut self.closed));
+        disarm_if_failed(&mut raised, activity, &self.act_on_failed);
+        alerts.extend(raised);
         // Inventory snapshots carry the time they were taken, not trail time: they must not
         // move the watermark of a backfill.
         if activity.principal.kind != "Trailguard"
@@ -1175,5 +1206,55 @@ mod tests {
             );
             assert_eq!(counted(&got), reference, "cut {cut}");
         }
+    }
+
+    /// A failed call asks for no destructive action unless its policy opts in: an
+    /// `AccessDenied` on someone else's bucket must not get that bucket changed, a failed
+    /// console sign-in from a Tor exit must not suspend the user it names.
+    #[test]
+    fn failed_activity_only_notifies_unless_the_policy_opts_in() {
+        use trailguard_common::contract::ActionKind;
+        let mut cfg = PoliciesConfig::default();
+        cfg.templates.insert(
+            "s3-bucket-activity".into(),
+            crate::templates::TemplateConfig {
+                actions: Some(vec![ActionKind::Notify, ActionKind::MakeBucketPrivate]),
+                ..Default::default()
+            },
+        );
+        let acl = |outcome: OutcomeStatus, user: &str| {
+            let mut a = failure(user, "1.2.3.4", 0);
+            a.id = format!("acl-{user}");
+            a.event_source = "s3.amazonaws.com".into();
+            a.event_name = "PutBucketAcl".into();
+            a.outcome.status = outcome;
+            a.outcome.error_code =
+                (outcome == OutcomeStatus::Failure).then(|| "AccessDenied".into());
+            a.request_parameters =
+                Some(serde_json::json!({"bucketName": "www-site", "x-amz-acl": ["public-read"]}));
+            a
+        };
+        let kinds = |alerts: &[Alert]| -> Vec<Vec<ActionKind>> {
+            alerts
+                .iter()
+                .filter(|a| a.policy_id == "s3-bucket-activity")
+                .map(|a| a.actions.iter().map(|x| x.kind).collect())
+                .collect()
+        };
+        let mut d = Detector::new(&cfg, std::time::Duration::from_secs(300));
+        let denied = d.observe(&acl(OutcomeStatus::Failure, "mallory"), 0);
+        assert_eq!(kinds(&denied), [vec![ActionKind::Notify]]);
+        let done = d.observe(&acl(OutcomeStatus::Success, "alice"), 1);
+        assert_eq!(
+            kinds(&done),
+            [vec![ActionKind::Notify, ActionKind::MakeBucketPrivate]]
+        );
+        cfg.act_on_failed_activity = vec!["s3-bucket-activity".into()];
+        let mut opted = Detector::new(&cfg, std::time::Duration::from_secs(300));
+        let denied = opted.observe(&acl(OutcomeStatus::Failure, "mallory"), 0);
+        assert_eq!(
+            kinds(&denied),
+            [vec![ActionKind::Notify, ActionKind::MakeBucketPrivate]]
+        );
     }
 }

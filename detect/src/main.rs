@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use rdkafka::message::{Headers, Message};
 use serde_json::json;
+use trailguard_common::contract::printable;
 use trailguard_common::{config, kafka, shutdown, telemetry, ActionRecord, Alert};
 use trailguard_detect::{DetectConfig, Metrics};
 
@@ -140,14 +141,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 |message| {
                     let payload = message.payload().unwrap_or_default();
                     let line = match topic {
-                        _ if json => String::from_utf8_lossy(payload).into_owned(),
+                        // Raw text from a topic: escaped, so it cannot drive the terminal.
+                        _ if json => printable(&String::from_utf8_lossy(payload)).into_owned(),
                         TailTopic::Alerts => serde_json::from_slice::<Alert>(payload)
                             .map(|a| a.to_string())
                             .unwrap_or_else(|e| format!("(not an alert: {e})")),
                         TailTopic::Actions => serde_json::from_slice::<ActionRecord>(payload)
                             .map(|a| a.to_string())
                             .unwrap_or_else(|e| format!("(not an action record: {e})")),
-                        TailTopic::Activities => String::from_utf8_lossy(payload).into_owned(),
+                        TailTopic::Activities => {
+                            printable(&String::from_utf8_lossy(payload)).into_owned()
+                        }
                         TailTopic::Dlq => {
                             let mut text = String::from("DEAD LETTER");
                             if let Some(headers) = message.headers() {
@@ -156,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                         .value
                                         .map(String::from_utf8_lossy)
                                         .unwrap_or_default();
-                                    text.push_str(&format!(" {}={value:?}", header.key));
+                                    text.push_str(&format!(" {}={value:?}", printable(header.key)));
                                 }
                             }
                             text.push_str(&format!(" ({} bytes)", payload.len()));

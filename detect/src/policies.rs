@@ -35,6 +35,11 @@ pub struct PoliciesConfig {
     pub custom: Vec<crate::custom::CustomPolicyConfig>,
     /// Folding of repeated event-driven alerts (see [`crate::fold`]).
     pub fold: FoldConfig,
+    /// Policy ids that may request destructive actions (every action but `notify`) from a
+    /// failed call. By default a failed call only notifies: anyone can cause an
+    /// `AccessDenied` on someone else's bucket, or a failed console sign-in for a known user
+    /// name, and neither must make remediate act.
+    pub act_on_failed_activity: Vec<String>,
 }
 
 /// How repeats of an event-driven policy fold into one alert.
@@ -364,12 +369,20 @@ impl BucketPublic {
         let snapshot =
             activity.event_source == INVENTORY_SOURCE && activity.event_name == BUCKET_SNAPSHOT;
         if !self.cfg.enabled
-            || !(snapshot || activity.event_source == "s3.amazonaws.com")
+            || !(snapshot
+                || activity.event_source == "s3.amazonaws.com"
+                || activity.event_source == "s3-control.amazonaws.com")
             || !activity.outcome.is_success()
         {
             return None;
         }
-        let params = activity.request_parameters.as_ref()?;
+        let params = activity.request_parameters.as_ref();
+        if !snapshot {
+            if let Some(alert) = self.account_block(activity, params) {
+                return Some(alert);
+            }
+        }
+        let params = params?;
         let bucket = params.get("bucketName").and_then(Value::as_str)?;
         if self.cfg.allow_buckets.iter().any(|b| b == bucket) {
             return None;
@@ -419,6 +432,58 @@ impl BucketPublic {
                 },
             }];
         }
+        Some(alert)
+    }
+}
+
+impl BucketPublic {
+    /// An alert when `activity` removed or weakened the account-level public-access block
+    /// (S3 Control `DeletePublicAccessBlock`/`PutPublicAccessBlock`, logged as
+    /// `DeleteAccountPublicAccessBlock`/`PutAccountPublicAccessBlock`): every bucket of the
+    /// account loses that guard at once. Nothing to make private: the team is notified.
+    fn account_block(&self, activity: &Activity, params: Option<&Value>) -> Option<Alert> {
+        let why = match activity.event_name.as_str() {
+            "DeleteAccountPublicAccessBlock" => {
+                "removed the account-level public-access block".to_string()
+            }
+            "PutAccountPublicAccessBlock" => access_block_weakened(params?)?
+                .replace("public-access block", "account-level public-access block"),
+            _ => return None,
+        };
+        let account = activity
+            .account_id
+            .clone()
+            .or_else(|| {
+                params
+                    .and_then(|p| p.get("x-amz-account-id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "(unknown account)".into());
+        let mut alert = alert_for(
+            activity,
+            &S3_BUCKET_PUBLIC,
+            self.cfg.severity,
+            Entity {
+                kind: "aws-account".into(),
+                id: account.clone(),
+            },
+            Evidence {
+                activity_ids: vec![activity.id.clone()],
+                summary: format!("{} {why} of account {account}", who(activity)),
+            },
+            &[account.as_str(), activity.id.as_str()],
+        );
+        alert.mitre = vec![mitre("Defense Evasion", "T1562", "Impair Defenses")];
+        alert.actions = vec![RequestedAction {
+            kind: ActionKind::Notify,
+            target: Target {
+                kind: "security-team".into(),
+                id: "default".into(),
+                account_id: None,
+                grantee: None,
+            },
+        }];
         Some(alert)
     }
 }

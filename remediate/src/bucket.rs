@@ -317,12 +317,14 @@ async fn put_or_delete_policy(
 }
 
 /// Removes `grantee` from `bucket`: its ACL grants, and its principal from the bucket policy
-/// (statements left without a principal are deleted). With `dry_run`, plans only.
+/// (statements left without a principal are deleted). `refuse` judges the current policy first
+/// (see [`crate::plan::strip_refusal`]). With `dry_run`, plans only.
 pub async fn remove_collaborator(
     client: &Client,
     bucket: &str,
     grantee: &str,
     dry_run: bool,
+    refuse: impl Fn(&Value) -> Option<String>,
 ) -> BucketResult {
     let (_, undo) = match read_state(client, bucket).await {
         Ok(read) => read,
@@ -347,6 +349,16 @@ pub async fn remove_collaborator(
     let policy: Option<Value> = undo["policy"]
         .as_str()
         .and_then(|t| serde_json::from_str(t).ok());
+    // What the policy would lose is known only now: a protected principal in it stops the
+    // whole action (an account-id grantee strips every principal of the account).
+    if let Some(why) = policy.as_ref().and_then(&refuse) {
+        return BucketResult {
+            outcome: ActionOutcome::Refused,
+            detail: format!("refused: {why}"),
+            steps: Vec::new(),
+            undo: None,
+        };
+    }
     let new_policy = policy
         .as_ref()
         .and_then(|p| crate::plan::policy_without(p, grantee));

@@ -8,9 +8,12 @@
 //!   password-reset-required. Sessions and console sign-ins from before the action stop
 //!   working; new ones work. Long-term access keys carry no token issue time and are not
 //!   affected: suspend the user for that.
-//! - **suspend_user** deactivates every active access key, deletes the console password (login
-//!   profile) and puts an inline deny-all policy. Roles are not suspended (that would stop
-//!   every user of the role): a role session gets `require_sign_in` instead.
+//! - **suspend_user** puts an inline deny-all policy and deactivates every active access key:
+//!   both undone exactly. The console password is kept by default — the deny-all policy stops
+//!   every console action — because deleting it cannot be undone (IAM never reveals
+//!   passwords); `remediate.suspend_deletes_console_password = true` deletes it too, and the
+//!   record says the step is irreversible. Roles are not suspended (that would stop every user
+//!   of the role): a role session gets `require_sign_in` instead.
 //!
 //! Every change is idempotent (inline policies are put by fixed name; deactivating an inactive
 //! key or deleting a missing login profile is a no-op), so a retried action does no harm. The
@@ -424,9 +427,15 @@ pub async fn require_sign_in(
     }
 }
 
-/// Suspends an IAM user: every active key deactivated, the console password deleted, a
-/// deny-all inline policy. With `dry_run`, reads and describes but changes nothing.
-pub async fn suspend_user(client: &Client, who: &Identity, dry_run: bool) -> IamResult {
+/// Suspends an IAM user: a deny-all inline policy and every active key deactivated; with
+/// `delete_console_password`, the console password deleted too (irreversible). With
+/// `dry_run`, reads and describes but changes nothing.
+pub async fn suspend_user(
+    client: &Client,
+    who: &Identity,
+    dry_run: bool,
+    delete_console_password: bool,
+) -> IamResult {
     let Identity::User { name, .. } = who else {
         return failed(
             format!(
@@ -446,10 +455,11 @@ pub async fn suspend_user(client: &Client, who: &Identity, dry_run: bool) -> Iam
             .collect::<Vec<_>>(),
         Err(e) => return failed(err_text("iam:ListAccessKeys", &e), Vec::new(), None),
     };
-    let console = match login_profile(client, name).await {
-        Ok(p) => p,
+    let has_console = match login_profile(client, name).await {
+        Ok(p) => p.is_some(),
         Err(e) => return failed(e, Vec::new(), None),
     };
+    let delete_console = has_console && delete_console_password;
     let prior_policy = match get_inline(client, who, SUSPEND_POLICY).await {
         Ok(p) => p,
         Err(e) => return failed(e, Vec::new(), None),
@@ -459,16 +469,16 @@ pub async fn suspend_user(client: &Client, who: &Identity, dry_run: bool) -> Iam
         "policy_name": SUSPEND_POLICY,
         "prior_policy": prior_policy,
         "active_keys": keys,
-        "had_console_password": console.is_some(),
+        "had_console_password": delete_console,
     });
     let mut planned: Vec<ActionStep> = keys
         .iter()
         .map(|k| step("iam:UpdateAccessKey", format!("deactivate access key {k}")))
         .collect();
-    if console.is_some() {
+    if delete_console {
         planned.push(step(
             "iam:DeleteLoginProfile",
-            "delete the console password".into(),
+            "delete the console password (irreversible)".into(),
         ));
     }
     planned.push(step(
@@ -497,11 +507,11 @@ pub async fn suspend_user(client: &Client, who: &Identity, dry_run: bool) -> Iam
             Err(e) => return failed(e, steps, Some(undo)),
         }
     }
-    if console.is_some() {
+    if delete_console {
         match client.delete_login_profile().user_name(name).send().await {
             Ok(out) => steps.push(ActionStep {
                 call: "iam:DeleteLoginProfile".into(),
-                description: "delete the console password".into(),
+                description: "delete the console password (irreversible)".into(),
                 request_id: out.request_id().map(str::to_string),
             }),
             Err(e) if e.code() == Some("NoSuchEntity") => {}
@@ -510,7 +520,14 @@ pub async fn suspend_user(client: &Client, who: &Identity, dry_run: bool) -> Iam
     }
     if let Some(e) = deny_error {
         return failed(
-            format!("{e} (the keys were deactivated and the password deleted all the same)"),
+            format!(
+                "{e} (the keys were deactivated{} all the same)",
+                if delete_console {
+                    " and the password deleted"
+                } else {
+                    ""
+                }
+            ),
             steps,
             Some(undo),
         );
@@ -518,12 +535,13 @@ pub async fn suspend_user(client: &Client, who: &Identity, dry_run: bool) -> Iam
     IamResult {
         outcome: ActionOutcome::Applied,
         detail: format!(
-            "suspended user {name}: {} access key(s) deactivated{}, deny-all policy attached",
+            "suspended user {name}: {} access key(s) deactivated, deny-all policy attached{}",
             keys.len(),
-            if console.is_some() {
-                ", console password deleted"
-            } else {
-                ""
+            match (has_console, delete_console) {
+                (_, true) => "; console password deleted (irreversible: undo cannot restore it)",
+                (true, false) =>
+                    "; console password kept (the deny-all policy stops every console action)",
+                (false, false) => "",
             }
         ),
         steps,
@@ -562,12 +580,24 @@ fn identity_from_undo(undo: &Value) -> Result<Identity, String> {
     }
 }
 
-/// Undoes `require_sign_in` or `suspend_user` from its undo data.
-pub async fn undo(client: &Client, undo: &Value) -> IamResult {
+/// Undoes `require_sign_in` or `suspend_user` of `target` from its undo data; refuses undo
+/// data that names another principal than the action's target.
+pub async fn undo(client: &Client, target: &Identity, undo: &Value) -> IamResult {
     let who = match identity_from_undo(undo) {
         Ok(w) => w,
         Err(e) => return failed(e, Vec::new(), None),
     };
+    if &who != target {
+        return failed(
+            format!(
+                "the undo data names {}, not the action's target {}",
+                describe(&who),
+                describe(target)
+            ),
+            Vec::new(),
+            None,
+        );
+    }
     let policy_name = undo["policy_name"].as_str().unwrap_or_default();
     let mut steps = Vec::new();
     let mut notes = Vec::new();

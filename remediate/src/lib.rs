@@ -102,10 +102,16 @@ pub struct RemediateSettings {
     pub policies: BTreeMap<String, PolicyModes>,
     /// Mode of `notify` where no policy entry names it (not destructive: `auto`).
     pub notify_mode: Mode,
-    /// Buckets never touched, whatever an alert asks (`*` matches any run of characters).
+    /// Buckets never touched, whatever an alert asks (`*` matches any run of characters;
+    /// case-insensitive).
     pub protected_buckets: Vec<String>,
-    /// Principals never touched (ARN patterns, `*` wildcards), besides the built-in ones: every
-    /// account's root, roles named `trailguard-*`, and the role in `aws.role_arn_template`.
+    /// Principals never touched, besides the built-in ones (every account's root user,
+    /// remediate's own identity, the role in `aws.role_arn_template` in every account, and roles
+    /// named `trailguard-*` in the home accounts). An entry starting with `arn:` is an ARN
+    /// pattern (`*` wildcards; the account is part of it: `arn:aws:iam::*:user/break-glass`
+    /// means every account); any other entry is a name (`break-glass`, `role/ops-*`,
+    /// `user/ci`) and protects only in the home accounts: the credentials' own account and
+    /// `aws.accounts`. Case-insensitive, as IAM names are.
     pub protected_principals: Vec<String>,
     /// At most `max` actions of a kind per `per` (applied ones; `max = 0`: no limit). Beyond
     /// it, actions are refused and recorded.
@@ -113,6 +119,10 @@ pub struct RemediateSettings {
     /// How long shutdown may take to finish in-flight work.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// `suspend_user` also deletes the console password (default false). Irreversible: IAM
+    /// never reveals a password, so undo cannot put it back and an administrator sets a new
+    /// one. Without it the deny-all policy already stops every console action.
+    pub suspend_deletes_console_password: bool,
 }
 
 impl Default for RemediateSettings {
@@ -132,6 +142,7 @@ impl Default for RemediateSettings {
             ]
             .into(),
             drain_timeout: Duration::from_secs(20),
+            suspend_deletes_console_password: false,
         }
     }
 }

@@ -158,6 +158,40 @@ impl ChannelConfig {
 }
 
 /// The generic JSON payload: the alert in brief, and who it is for.
+/// A transport error without the URL: a webhook or Slack URL is the credential, and reqwest's
+/// `Display` appends it (`… for url (…)`). The causes (connection refused, DNS, timeout) are
+/// kept; anything of the URL that a cause might still carry is cut out.
+fn transport_error(err: reqwest::Error, url: &str) -> String {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let mut secrets = vec![url.to_string()];
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        secrets.push(parsed.path().to_string());
+        if let Some(query) = parsed.query() {
+            secrets.push(query.to_string());
+        }
+        if let Some(host) = parsed.host_str() {
+            secrets.push(host.to_string());
+        }
+    }
+    for secret in secrets.iter().filter(|s| s.len() > 1) {
+        text = text.replace(secret.as_str(), "<redacted>");
+    }
+    text
+}
+
 pub fn webhook_payload(alert: &Alert, target: &Target) -> Value {
     json!({
         "type": "trailguard.alert",
@@ -375,7 +409,7 @@ impl Notifier {
                 }
             }
             // Connection refused, reset, timeout: worth another try.
-            Err(err) => Attempt::Retry(format!("{err}")),
+            Err(err) => Attempt::Retry(transport_error(err, &url)),
         }
     }
 

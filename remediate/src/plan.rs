@@ -19,44 +19,116 @@ pub struct Decision {
     pub refusal: Option<String>,
 }
 
-/// Principals no action touches, whatever the configuration says.
-pub const BUILTIN_PROTECTED_PRINCIPALS: &[&str] = &[
-    "arn:aws:iam::*:root",
-    "arn:aws:iam::*:role/trailguard-*",
-    "arn:aws:iam::*:role/*/trailguard-*",
-    "arn:aws:sts::*:assumed-role/trailguard-*",
-];
+/// Role names protected in remediate's home accounts (its own and `aws.accounts`): Trailguard's
+/// own roles. Only there: anyone who can create a role in another account of an organization
+/// could otherwise name it `trailguard-x` and be immune.
+pub const BUILTIN_PROTECTED_ROLE_NAMES: &[&str] = &["trailguard-*"];
 
-/// Why a principal must not be touched, if so. `own_role` is the role remediate assumes
-/// (from `aws.role_arn_template`, `{account}` as `*`).
+/// Who remediate must never touch, besides `remediate.protected_principals`: every account's
+/// root user (by parse, not pattern), its own identity, the role it assumes in other accounts,
+/// and [`BUILTIN_PROTECTED_ROLE_NAMES`] in its home accounts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Protection {
+    /// ARN patterns (`*` wildcards) of remediate's own identities: its credentials' ARN (a
+    /// session as its role) and the role from `aws.role_arn_template` (`{account}` as `*`).
+    pub own: Vec<String>,
+    /// Accounts where a protection written as a name (not an ARN) applies: the credentials'
+    /// own account and `aws.accounts`.
+    pub home_accounts: Vec<String>,
+}
+
+impl Protection {
+    /// The protection of remediate acting as `caller_arn` in `caller_account`.
+    pub fn new(
+        caller_account: &str,
+        caller_arn: &str,
+        aws: &trailguard_common::aws::AwsConfig,
+    ) -> Self {
+        let mut own = vec![caller_arn.to_string()];
+        if let Ok(crate::iam::Identity::Role { account, name }) =
+            crate::iam::Identity::parse(caller_arn)
+        {
+            own.push(format!("arn:aws:iam::{account}:role/{name}"));
+        }
+        own.extend(aws.role_arn("*"));
+        let mut home_accounts = vec![caller_account.to_string()];
+        home_accounts.extend(aws.accounts.iter().cloned());
+        Protection { own, home_accounts }
+    }
+}
+
+/// The account and name of an IAM principal ARN, lower-cased, for name patterns: `user/NAME`,
+/// `role/NAME` (a role session as its role; paths dropped).
+fn account_and_name(arn: &str) -> Option<(String, String)> {
+    match crate::iam::Identity::parse(arn).ok()? {
+        crate::iam::Identity::User { account, name } => {
+            Some((account, format!("user/{name}").to_ascii_lowercase()))
+        }
+        crate::iam::Identity::Role { account, name } => {
+            Some((account, format!("role/{name}").to_ascii_lowercase()))
+        }
+        crate::iam::Identity::Root { .. } => None,
+    }
+}
+
+/// Why a principal must not be touched, if so. Patterns starting with `arn:` match the ARN
+/// (account included; a role session also as its role, a path also without it); any other
+/// pattern is a name (`break-glass`, `role/ops-*`, `user/ci`) and matches only principals of
+/// the home accounts. Case-insensitive, as IAM names are.
 pub fn principal_refusal(
     arn: &str,
     settings: &RemediateSettings,
-    own_role: Option<&str>,
+    protection: &Protection,
 ) -> Option<String> {
     if let Ok(crate::iam::Identity::Root { account }) = crate::iam::Identity::parse(arn) {
         return Some(format!("the root user of {account} is never touched"));
     }
-    // A role session is protected when its role is; a name with a path also as without it.
-    // IAM names are case-insensitive.
-    let mut names = vec![arn.to_ascii_lowercase()];
+    pattern_refusal(arn, settings, protection)
+}
+
+/// [`principal_refusal`] without the root rule (a bucket grant to an account's root stands for
+/// the account, not for the root user).
+fn pattern_refusal(
+    arn: &str,
+    settings: &RemediateSettings,
+    protection: &Protection,
+) -> Option<String> {
+    let mut arns = vec![arn.to_ascii_lowercase()];
     match crate::iam::Identity::parse(arn) {
         Ok(crate::iam::Identity::Role { account, name }) => {
-            names.push(format!("arn:aws:iam::{account}:role/{name}").to_ascii_lowercase());
+            arns.push(format!("arn:aws:iam::{account}:role/{name}").to_ascii_lowercase());
         }
         Ok(crate::iam::Identity::User { account, name }) => {
-            names.push(format!("arn:aws:iam::{account}:user/{name}").to_ascii_lowercase());
+            arns.push(format!("arn:aws:iam::{account}:user/{name}").to_ascii_lowercase());
         }
         _ => {}
     }
-    let patterns = BUILTIN_PROTECTED_PRINCIPALS
+    let home =
+        account_and_name(arn).filter(|(account, _)| protection.home_accounts.contains(account));
+    let builtin_names = BUILTIN_PROTECTED_ROLE_NAMES
         .iter()
-        .map(|p| p.to_string())
-        .chain(settings.protected_principals.iter().cloned())
-        .chain(own_role.map(str::to_string));
+        .map(|n| format!("role/{n}"));
+    let patterns = protection
+        .own
+        .iter()
+        .cloned()
+        .chain(builtin_names)
+        .chain(settings.protected_principals.iter().cloned());
     for pattern in patterns {
         let lower = pattern.to_ascii_lowercase();
-        if names.iter().any(|n| wildcard_match(&lower, n)) {
+        let hit = if lower.starts_with("arn:") {
+            arns.iter().any(|n| wildcard_match(&lower, n))
+        } else if let Some((_, name)) = &home {
+            // `NAME` alone matches a user or role of that name; `user/…`, `role/…` one kind.
+            wildcard_match(&lower, name)
+                || (!lower.contains('/')
+                    && name
+                        .split_once('/')
+                        .is_some_and(|(_, n)| wildcard_match(&lower, n)))
+        } else {
+            false
+        };
+        if hit {
             return Some(format!(
                 "principal {arn} is protected (matches `{pattern}`)"
             ));
@@ -65,8 +137,33 @@ pub fn principal_refusal(
     None
 }
 
+/// Why a bucket must not be touched, if so: `protected_buckets` compare case-insensitively.
+pub fn bucket_refusal(bucket: &str, settings: &RemediateSettings) -> Option<String> {
+    let lower = bucket.to_ascii_lowercase();
+    settings
+        .protected_buckets
+        .iter()
+        .find(|pattern| wildcard_match(&pattern.to_ascii_lowercase(), &lower))
+        .map(|pattern| format!("bucket {bucket} is protected (matches `{pattern}`)"))
+}
+
+/// Why removing `grantee` from a bucket policy is refused, if so: every principal it would
+/// strip (an account id strips every principal of that account) is checked against the
+/// protections; an account's root stands for the account there and is not itself protected.
+pub fn strip_refusal(
+    policy: &Value,
+    grantee: &str,
+    settings: &RemediateSettings,
+    protection: &Protection,
+) -> Option<String> {
+    stripped_principals(policy, grantee)
+        .iter()
+        .find_map(|p| pattern_refusal(p, settings, protection))
+        .map(|why| format!("removing {grantee} would also remove a protected principal: {why}"))
+}
+
 /// Decides every action an alert asks for.
-pub fn plan(alert: &Alert, settings: &RemediateSettings, own_role: Option<&str>) -> Vec<Decision> {
+pub fn plan(alert: &Alert, settings: &RemediateSettings, protection: &Protection) -> Vec<Decision> {
     alert
         .actions
         .iter()
@@ -74,27 +171,21 @@ pub fn plan(alert: &Alert, settings: &RemediateSettings, own_role: Option<&str>)
             let mode = settings.mode_for(&alert.policy_id, action.kind);
             let refusal = match action.kind {
                 ActionKind::RequireSignIn | ActionKind::SuspendUser => {
-                    principal_refusal(&action.target.id, settings, own_role)
+                    principal_refusal(&action.target.id, settings, protection)
                 }
-                ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator => settings
-                    .protected_buckets
-                    .iter()
-                    .find(|pattern| wildcard_match(pattern, &action.target.id))
-                    .map(|pattern| {
-                        format!(
-                            "bucket {} is protected (matches `{pattern}`)",
-                            action.target.id
-                        )
-                    })
-                    .or_else(|| {
-                        // Never cut a protected principal (Trailguard's own roles) out of a bucket.
+                ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator => {
+                    bucket_refusal(&action.target.id, settings).or_else(|| {
+                        // Never cut a protected principal (Trailguard's own roles) out of a
+                        // bucket. An account-id grantee is checked against the policy when
+                        // the action runs (what it would strip is known only then).
                         action
                             .target
                             .grantee
                             .as_deref()
                             .filter(|g| g.starts_with("arn:"))
-                            .and_then(|g| principal_refusal(g, settings, own_role))
-                    }),
+                            .and_then(|g| principal_refusal(g, settings, protection))
+                    })
+                }
                 _ => None,
             };
             Decision {
@@ -253,27 +344,117 @@ mod tests {
         }
     }
 
+    fn protection() -> Protection {
+        Protection {
+            own: vec!["arn:aws:iam::*:role/OrgAdmin".into()],
+            home_accounts: vec!["111111111111".into()],
+        }
+    }
+
     #[test]
     fn protected_principals_are_refused() {
-        let s = settings();
+        let mut s = settings();
+        s.protected_principals.push("ci-deployer".into());
+        s.protected_principals.push("role/ops-*".into());
+        let p = protection();
         for arn in [
             "arn:aws:iam::111111111111:root",
+            "arn:aws:iam::999999999999:root",
             "arn:aws:iam::111111111111:user/break-glass",
+            "arn:aws:iam::999999999999:user/break-glass",
             "arn:aws:iam::111111111111:role/trailguard-remediate",
             "arn:aws:sts::111111111111:assumed-role/trailguard-remediate/session",
             "arn:aws:sts::111111111111:assumed-role/OrgAdmin/alice",
+            "arn:aws:sts::999999999999:assumed-role/OrgAdmin/alice",
             "arn:aws:iam::111111111111:user/ops/Break-Glass",
             "arn:aws:iam::111111111111:role/team/trailguard-reader",
+            "arn:aws:iam::111111111111:user/CI-Deployer",
+            "arn:aws:iam::111111111111:role/ci-deployer",
+            "arn:aws:sts::111111111111:assumed-role/ops-admin/bob",
         ] {
-            assert!(
-                principal_refusal(arn, &s, Some("arn:aws:iam::*:role/OrgAdmin")).is_some(),
-                "{arn}"
-            );
+            assert!(principal_refusal(arn, &s, &p).is_some(), "{arn}");
+        }
+        // Names protect only in the home accounts: a look-alike elsewhere in the organization
+        // is not immune. An explicit ARN pattern says which accounts it means.
+        for arn in [
+            "arn:aws:iam::111111111111:user/alice",
+            "arn:aws:iam::999999999999:role/trailguard-remediate",
+            "arn:aws:sts::999999999999:assumed-role/trailguard-x/s",
+            "arn:aws:iam::999999999999:user/ci-deployer",
+            "arn:aws:iam::999999999999:role/ops-admin",
+            "arn:aws:iam::111111111111:user/ops-admin",
+        ] {
+            assert_eq!(principal_refusal(arn, &s, &p), None, "{arn}");
+        }
+    }
+
+    #[test]
+    fn own_identity_and_home_come_from_the_caller() {
+        let aws = trailguard_common::aws::AwsConfig {
+            role_arn_template: Some("arn:aws:iam::{account}:role/Remediator".into()),
+            accounts: vec!["222222222222".into()],
+            ..Default::default()
+        };
+        let p = Protection::new(
+            "111111111111",
+            "arn:aws:sts::111111111111:assumed-role/SecOpsRunner/i-0abc",
+            &aws,
+        );
+        let s = RemediateSettings::default();
+        for arn in [
+            "arn:aws:iam::111111111111:role/SecOpsRunner",
+            "arn:aws:sts::111111111111:assumed-role/SecOpsRunner/other",
+            "arn:aws:iam::333333333333:role/Remediator",
+            "arn:aws:iam::222222222222:role/trailguard-ingest",
+        ] {
+            assert!(principal_refusal(arn, &s, &p).is_some(), "{arn}");
         }
         assert_eq!(
-            principal_refusal("arn:aws:iam::111111111111:user/alice", &s, None),
+            principal_refusal("arn:aws:iam::333333333333:role/trailguard-ingest", &s, &p),
             None
         );
+    }
+
+    #[test]
+    fn buckets_are_protected_case_insensitively() {
+        let s = RemediateSettings {
+            protected_buckets: vec!["Corporate-*".into()],
+            ..RemediateSettings::default()
+        };
+        assert!(bucket_refusal("corporate-docs", &s).is_some());
+        assert!(bucket_refusal("CORPORATE-docs", &s).is_some());
+        assert_eq!(bucket_refusal("public-site", &s), None);
+    }
+
+    #[test]
+    fn an_account_grantee_never_strips_a_protected_principal() {
+        let policy = json!({"Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": ["arn:aws:iam::222222222222:root", "arn:aws:iam::222222222222:role/BreakGlass"]}, "Action": "s3:GetObject"},
+            {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::222222222222:role/replication"}, "Action": "s3:ReplicateObject"}
+        ]});
+        let mut s = RemediateSettings {
+            protected_principals: vec!["arn:aws:iam::*:role/BreakGlass".into()],
+            ..RemediateSettings::default()
+        };
+        let why = strip_refusal(&policy, "222222222222", &s, &protection()).unwrap_or_default();
+        assert!(why.contains("BreakGlass"), "{why}");
+        // Removing the one role alone is fine; so is the whole account when nothing in it is
+        // protected (its root stands for the account).
+        assert_eq!(
+            strip_refusal(
+                &policy,
+                "arn:aws:iam::222222222222:role/replication",
+                &s,
+                &protection()
+            ),
+            None
+        );
+        s.protected_principals.clear();
+        assert_eq!(
+            strip_refusal(&policy, "222222222222", &s, &protection()),
+            None
+        );
+        assert_eq!(stripped_principals(&policy, "222222222222").len(), 3);
     }
 
     #[test]
@@ -371,6 +552,29 @@ pub fn principal_matches(p: &str, grantee: &str) -> bool {
             && p.rsplit('/').next() == Some(role);
     }
     false
+}
+
+/// The principal values of `Allow` statements that removing `grantee` would strip.
+pub fn stripped_principals(policy: &Value, grantee: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for st in items(policy.get("Statement")) {
+        if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
+            continue;
+        }
+        let Some(Value::Object(principal)) = st.get("Principal") else {
+            continue;
+        };
+        for key in ["AWS", "CanonicalUser"] {
+            for v in items(principal.get(key)) {
+                if let Some(p) = v.as_str().filter(|p| principal_matches(p, grantee)) {
+                    if !out.iter().any(|o| o == p) {
+                        out.push(p.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The bucket policy without `grantee`: it is removed from every statement's `AWS` and

@@ -21,7 +21,7 @@ use trailguard_common::telemetry::Health;
 use trailguard_common::{kafka, Alert};
 
 use crate::notify::Notifier;
-use crate::plan::{plan, Decision, RateLimiter};
+use crate::plan::{plan, Decision, Protection, RateLimiter};
 use crate::{bucket, iam, Error, RemediateConfig};
 
 /// Remediate's metrics. Labels come from closed sets only.
@@ -107,9 +107,34 @@ impl Metrics {
     }
 }
 
-/// AWS clients per target account (the role from `aws.role_arn_template` is assumed there).
+/// Who remediate's own credentials are (`sts:GetCallerIdentity`).
+#[derive(Debug, Clone)]
+struct Caller {
+    account: String,
+    arn: String,
+}
+
+/// Why no clients can act in an account.
+#[derive(Debug, Clone, PartialEq)]
+enum NoClients {
+    /// Acting there is not allowed by the configuration: the action is refused.
+    Refused(String),
+    /// The credentials' own account could not be resolved (a transient STS failure).
+    Failed(String),
+}
+
+/// Clients kept at most (one pair per target account).
+const MAX_ACCOUNTS: usize = 1024;
+
+/// AWS clients per target account. The credentials' own account (resolved once with
+/// `sts:GetCallerIdentity`) is acted in with the credentials themselves; any other account
+/// only through the role `aws.role_arn_template` names there (and, when `aws.accounts` is set,
+/// only for the accounts it lists) — never with the base credentials, which would act on a
+/// same-named user or role of their own account. S3 clients send the account as the expected
+/// bucket owner, so no call touches a bucket of another account.
 struct Clients {
     aws: trailguard_common::aws::AwsConfig,
+    caller: tokio::sync::OnceCell<Caller>,
     by_account: tokio::sync::Mutex<HashMap<String, (aws_sdk_s3::Client, aws_sdk_iam::Client)>>,
 }
 
@@ -117,35 +142,112 @@ impl Clients {
     fn new(aws: trailguard_common::aws::AwsConfig) -> Self {
         Clients {
             aws,
+            caller: tokio::sync::OnceCell::new(),
             by_account: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    async fn get(&self, account: Option<&str>) -> (aws_sdk_s3::Client, aws_sdk_iam::Client) {
-        let key = account.unwrap_or_default().to_string();
+    /// The credentials' own identity (asked once; a failure is asked again next time).
+    async fn caller(&self) -> Result<&Caller, NoClients> {
+        self.caller
+            .get_or_try_init(|| async {
+                let sdk = self.aws.sdk_config().await;
+                let mut config = aws_sdk_sts::config::Builder::from(&sdk)
+                    .interceptor(trailguard_common::aws_calls::CallRecorder);
+                if let Some(url) = self.aws.endpoints.get("sts") {
+                    config = config.endpoint_url(url);
+                }
+                let me = aws_sdk_sts::Client::from_conf(config.build())
+                    .get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        NoClients::Failed(format!(
+                            "sts:GetCallerIdentity: {}",
+                            trailguard_common::aws::error_text(&e)
+                        ))
+                    })?;
+                match (me.account(), me.arn()) {
+                    (Some(account), Some(arn)) => {
+                        tracing::info!(account, arn, "remediate acts as");
+                        Ok(Caller {
+                            account: account.to_string(),
+                            arn: arn.to_string(),
+                        })
+                    }
+                    _ => Err(NoClients::Failed(
+                        "sts:GetCallerIdentity returned no account".into(),
+                    )),
+                }
+            })
+            .await
+    }
+
+    /// Clients acting in `account` (`None` or empty: the credentials' own account).
+    async fn get(
+        &self,
+        account: Option<&str>,
+    ) -> Result<(aws_sdk_s3::Client, aws_sdk_iam::Client), NoClients> {
+        let caller = self.caller().await?;
+        let account = account
+            .filter(|a| !a.is_empty())
+            .unwrap_or(caller.account.as_str());
         let mut map = self.by_account.lock().await;
-        if let Some(c) = map.get(&key) {
-            return c.clone();
+        if let Some(c) = map.get(account) {
+            return Ok(c.clone());
         }
-        let sdk = self
-            .aws
-            .sdk_config_for(account.filter(|a| !a.is_empty()))
-            .await;
-        let s3 = trailguard_common::aws::s3_client_for(&self.aws, &sdk, None);
+        let sdk = if account == caller.account {
+            self.aws.sdk_config().await
+        } else {
+            match self.aws.sdk_config_in(account).await {
+                Some(sdk) => sdk,
+                None => {
+                    return Err(NoClients::Refused(format!(
+                        "the target is in account {account}, remediate's credentials act in {} \
+                         and no role is configured for {account} (aws.role_arn_template{})",
+                        caller.account,
+                        if self.aws.accounts.is_empty() {
+                            ""
+                        } else {
+                            ", aws.accounts"
+                        }
+                    )))
+                }
+            }
+        };
+        let s3 = trailguard_common::aws::s3_client_owned_by(&self.aws, &sdk, account);
         let mut iam = aws_sdk_iam::config::Builder::from(&sdk)
             .interceptor(trailguard_common::aws_calls::CallRecorder);
         if let Some(url) = self.aws.endpoints.get("iam") {
             iam = iam.endpoint_url(url);
         }
         let clients = (s3, aws_sdk_iam::Client::from_conf(iam.build()));
-        map.insert(key, clients.clone());
-        clients
+        if map.len() >= MAX_ACCOUNTS {
+            map.clear();
+        }
+        map.insert(account.to_string(), clients.clone());
+        Ok(clients)
+    }
+}
+
+/// Fills `record` with why no clients could act, and says whether that was the case.
+fn no_clients(record: &mut ActionRecord, why: NoClients) {
+    match why {
+        NoClients::Refused(why) => {
+            record.outcome = ActionOutcome::Refused;
+            record.detail = format!("refused: {why}");
+        }
+        NoClients::Failed(why) => {
+            record.outcome = ActionOutcome::Failed;
+            record.detail = why;
+        }
     }
 }
 
 /// What the loop needs to act.
 struct Actor {
     clients: Clients,
+    protection: Protection,
     notifier: Notifier,
     limiter: std::sync::Mutex<RateLimiter>,
 }
@@ -236,7 +338,13 @@ async fn execute(
     let account = target.account_id.as_deref();
     match decision.action.kind {
         ActionKind::MakeBucketPrivate => {
-            let (s3, _) = actor.clients.get(account).await;
+            let s3 = match actor.clients.get(account).await {
+                Ok((s3, _)) => s3,
+                Err(why) => {
+                    no_clients(&mut record, why);
+                    return record;
+                }
+            };
             let r = bucket::make_private(&s3, &target.id, dry_run).await;
             fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
         }
@@ -246,8 +354,17 @@ async fn execute(
                 record.detail = "remove_collaborator needs a grantee in its target".into();
                 return record;
             };
-            let (s3, _) = actor.clients.get(account).await;
-            let r = bucket::remove_collaborator(&s3, &target.id, grantee, dry_run).await;
+            let s3 = match actor.clients.get(account).await {
+                Ok((s3, _)) => s3,
+                Err(why) => {
+                    no_clients(&mut record, why);
+                    return record;
+                }
+            };
+            let r = bucket::remove_collaborator(&s3, &target.id, grantee, dry_run, |policy| {
+                crate::plan::strip_refusal(policy, grantee, &cfg.remediate, &actor.protection)
+            })
+            .await;
             fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
         }
         ActionKind::RequireSignIn | ActionKind::SuspendUser => {
@@ -260,10 +377,23 @@ async fn execute(
                 }
             };
             // IAM names are per account: act in the principal's own account (from its ARN), never
-            // in the account where the activity happened (a cross-account session acts there).
-            let (_, client) = actor.clients.get(Some(who.account())).await;
+            // in the account where the activity happened (a cross-account session acts there),
+            // and never in the credentials' own account for a principal of another one.
+            let client = match actor.clients.get(Some(who.account())).await {
+                Ok((_, iam)) => iam,
+                Err(why) => {
+                    no_clients(&mut record, why);
+                    return record;
+                }
+            };
             let r = if decision.action.kind == ActionKind::SuspendUser {
-                iam::suspend_user(&client, &who, dry_run).await
+                iam::suspend_user(
+                    &client,
+                    &who,
+                    dry_run,
+                    cfg.remediate.suspend_deletes_console_password,
+                )
+                .await
             } else {
                 let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
                 iam::require_sign_in(&client, &who, &now, dry_run).await
@@ -448,7 +578,6 @@ pub async fn run(
     kafka::ensure_topics(&cfg.kafka, &[TopicRole::Alerts, TopicRole::Actions]).await?;
     let mut answered = HashSet::new();
     let verifier = cfg.signing.verifier();
-    let own_role = cfg.aws.role_arn("*");
     let sns = if cfg
         .notify
         .channels
@@ -465,8 +594,24 @@ pub async fn run(
     } else {
         None
     };
+    // Nothing is acted on before remediate knows which account its credentials act in (and so
+    // which principals are its own and which accounts are home).
+    let clients = Clients::new(cfg.aws.clone());
+    let protection = loop {
+        match clients.caller().await {
+            Ok(caller) => break Protection::new(&caller.account, &caller.arn, &cfg.aws),
+            Err(NoClients::Failed(why) | NoClients::Refused(why)) => {
+                tracing::warn!(error = %why, "cannot tell which account remediate's credentials act in; retrying in 5 s");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
     let actor = Actor {
-        clients: Clients::new(cfg.aws.clone()),
+        clients,
+        protection,
         notifier: Notifier::new(cfg.notify.clone(), sns),
         limiter: std::sync::Mutex::new(RateLimiter::default()),
     };
@@ -566,7 +711,7 @@ pub async fn run(
                     } else {
                         // Decisions recorded before (an alert half answered before a restart)
                         // are not taken again.
-                        let open: Vec<Decision> = plan(alert, &cfg.remediate, own_role.as_deref())
+                        let open: Vec<Decision> = plan(alert, &cfg.remediate, &actor.protection)
                             .into_iter()
                             .filter(|d| !answered.contains(&record_id(alert, &d.action)))
                             .collect();
@@ -657,6 +802,12 @@ pub async fn run(
     Ok(())
 }
 
+fn undo_refused(why: NoClients) -> Error {
+    match why {
+        NoClients::Refused(why) | NoClients::Failed(why) => Error::Undo(why),
+    }
+}
+
 /// Undoes the action `action_id` from its recorded undo data and records that on the actions
 /// topic. Refuses an action that changed nothing, has no undo data, or was undone already.
 pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord, Error> {
@@ -718,16 +869,21 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
     record.mode = Mode::Auto;
     match original.kind {
         ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator => {
-            let (s3, _) = clients.get(account.as_deref()).await;
+            let (s3, _) = clients
+                .get(account.as_deref())
+                .await
+                .map_err(undo_refused)?;
             let r = bucket::undo(&s3, &data).await;
             fill(&mut record, r.outcome, r.detail, r.steps, None);
         }
         ActionKind::RequireSignIn | ActionKind::SuspendUser => {
-            let who_account = data["identity"]["account"].as_str().map(str::to_string);
+            // The principal's own account, as the action itself used.
+            let who = iam::Identity::parse(&original.target.id).map_err(Error::Undo)?;
             let (_, client) = clients
-                .get(who_account.as_deref().or(account.as_deref()))
-                .await;
-            let r = iam::undo(&client, &data).await;
+                .get(Some(who.account()))
+                .await
+                .map_err(undo_refused)?;
+            let r = iam::undo(&client, &who, &data).await;
             fill(&mut record, r.outcome, r.detail, r.steps, None);
         }
         ActionKind::Notify => {

@@ -609,10 +609,16 @@ fn kubernetes_manifests_run_what_exists() -> Result<()> {
                     "{name}: {key} from an unknown Secret"
                 );
                 let k = r["key"].as_str().unwrap_or_default();
-                secret["stringData"][k]
+                let example = secret["stringData"][k]
                     .as_str()
-                    .with_context(|| format!("{name}: {key}: the Secret has no key {k}"))?
-                    .to_string()
+                    .with_context(|| format!("{name}: {key}: the Secret has no key {k}"))?;
+                // The example's signing key is a placeholder the services refuse: the operator
+                // creates the real Secret with a random one.
+                if k == "signing-key" {
+                    "5be1c0a7d93f4e2b8a6c1d0e9f7b3a5c2e4d6f8a0b1c3e5d7f9a2b4c6d8e0f1a".to_string()
+                } else {
+                    example.to_string()
+                }
             };
             env.insert(key, value);
         }
@@ -647,6 +653,16 @@ fn kubernetes_manifests_run_what_exists() -> Result<()> {
                 .is_some_and(|p| files.contains_key(p)),
             "{name}: TRAILGUARD_CONFIG names no file of the ConfigMap"
         );
+        // The role remediate assumes in the accounts is one its IAM policy lets it assume.
+        if let Some(template) = cfg["aws"]["role_arn_template"].as_str() {
+            let role = template.replace("{account}", "123456789012");
+            ensure!(
+                assumable_roles("remediate")?
+                    .iter()
+                    .any(|pattern| wildcard(pattern, &role)),
+                "{name}: aws.role_arn_template {template} is not a role deploy/iam/{binary}.json may assume"
+            );
+        }
         // Ports, probes, scrape annotations, the Service.
         let port = port_of(&cfg["admin"]["listen"])?;
         let ports = &container["ports"][0];
@@ -736,6 +752,38 @@ fn kubernetes_manifests_run_what_exists() -> Result<()> {
         .all(|(k, v)| &s["metadata"]["labels"][k] == v)));
     ensure!(monitor[0]["spec"]["endpoints"][0]["port"] == "admin");
     Ok(())
+}
+
+/// The `sts:AssumeRole` resources `deploy/iam/<service>.json` allows.
+fn assumable_roles(service: &str) -> Result<Vec<String>> {
+    let policy: Value = serde_json::from_str(&std::fs::read_to_string(
+        repo().join(format!("deploy/iam/{service}.json")),
+    )?)?;
+    let one_or_many = |v: &Value| match v.as_str() {
+        Some(s) => vec![s.to_string()],
+        None => as_strings(v),
+    };
+    let mut out = Vec::new();
+    for st in policy["Statement"].as_array().into_iter().flatten() {
+        let actions = one_or_many(&st["Action"]);
+        if st["Effect"] == "Allow" && actions.iter().any(|a| a == "sts:AssumeRole") {
+            out.extend(one_or_many(&st["Resource"]));
+        }
+    }
+    Ok(out)
+}
+
+/// `*` matches any run of characters.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            text.starts_with(head)
+                && (0..=text.len() - head.len()).any(|i| {
+                    text.is_char_boundary(head.len() + i) && wildcard(tail, &text[head.len() + i..])
+                })
+        }
+    }
 }
 
 /// The MSK examples are configurations the services accept.

@@ -165,7 +165,7 @@ async fn require_sign_in_revokes_sessions_and_undo_restores() -> Result<()> {
         false
     );
 
-    let undone = iam::undo(&client, applied.undo.as_ref().context("undo data")?).await;
+    let undone = iam::undo(&client, &who, applied.undo.as_ref().context("undo data")?).await;
     assert_eq!(undone.outcome, ActionOutcome::Applied, "{}", undone.detail);
     assert_eq!(inline_policy(&client, &name, REVOKE_POLICY).await?, None);
 
@@ -196,7 +196,7 @@ async fn require_sign_in_revokes_sessions_and_undo_restores() -> Result<()> {
         .await?;
     assert!(percent_decode(out.policy_document()).contains("aws:TokenIssueTime"));
     // Suspending a role is refused: it would stop every user of it.
-    let refused = iam::suspend_user(&client, &session, false).await;
+    let refused = iam::suspend_user(&client, &session, false, false).await;
     assert_eq!(refused.outcome, ActionOutcome::Failed);
     assert!(
         refused.detail.contains("require_sign_in"),
@@ -217,7 +217,7 @@ async fn suspend_user_disables_everything_and_undo_restores_keys() -> Result<()>
     };
     let before = key_states(&client, &name).await?;
 
-    let dry = iam::suspend_user(&client, &who, true).await;
+    let dry = iam::suspend_user(&client, &who, true, false).await;
     assert_eq!(dry.outcome, ActionOutcome::DryRun, "{}", dry.detail);
     assert_eq!(
         key_states(&client, &name).await?,
@@ -226,7 +226,7 @@ async fn suspend_user_disables_everything_and_undo_restores_keys() -> Result<()>
     );
     assert_eq!(console(&client, &name).await?, Some(false));
 
-    let applied = iam::suspend_user(&client, &who, false).await;
+    let applied = iam::suspend_user(&client, &who, false, false).await;
     assert_eq!(
         applied.outcome,
         ActionOutcome::Applied,
@@ -237,10 +237,16 @@ async fn suspend_user_disables_everything_and_undo_restores_keys() -> Result<()>
         .await?
         .iter()
         .all(|(_, s)| s == "Inactive"));
+    // The password is kept by default: deleting it could not be undone.
     assert_eq!(
         console(&client, &name).await?,
-        None,
-        "console password deleted"
+        Some(false),
+        "console password kept"
+    );
+    assert!(
+        applied.detail.contains("console password kept"),
+        "{}",
+        applied.detail
     );
     let deny = inline_policy(&client, &name, SUSPEND_POLICY)
         .await?
@@ -255,10 +261,11 @@ async fn suspend_user_disables_everything_and_undo_restores_keys() -> Result<()>
     );
 
     // Applying again is harmless (idempotent).
-    let again = iam::suspend_user(&client, &who, false).await;
+    let again = iam::suspend_user(&client, &who, false, false).await;
     assert_eq!(again.outcome, ActionOutcome::Applied, "{}", again.detail);
 
-    let undone = iam::undo(&client, &undo_data).await;
+    // Undo restores exactly what was there.
+    let undone = iam::undo(&client, &who, &undo_data).await;
     assert_eq!(undone.outcome, ActionOutcome::Applied, "{}", undone.detail);
     assert_eq!(
         key_states(&client, &name).await?,
@@ -266,6 +273,35 @@ async fn suspend_user_disables_everything_and_undo_restores_keys() -> Result<()>
         "the active key is active again, the inactive one stays so"
     );
     assert_eq!(inline_policy(&client, &name, SUSPEND_POLICY).await?, None);
+    assert_eq!(console(&client, &name).await?, Some(false));
+    assert!(
+        !undone.detail.contains("cannot be restored"),
+        "{}",
+        undone.detail
+    );
+
+    // Deleting the password is opt-in, and the record says it is irreversible.
+    let carol = unique("carol");
+    user_with_keys(&client, &carol).await?;
+    let carol_who = Identity::User {
+        account: ACCOUNT.into(),
+        name: carol.clone(),
+    };
+    let hard = iam::suspend_user(&client, &carol_who, false, true).await;
+    assert_eq!(hard.outcome, ActionOutcome::Applied, "{}", hard.detail);
+    assert_eq!(
+        console(&client, &carol).await?,
+        None,
+        "console password deleted"
+    );
+    assert!(hard.detail.contains("irreversible"), "{}", hard.detail);
+    assert!(hard
+        .steps
+        .iter()
+        .any(|s| s.call == "iam:DeleteLoginProfile" && s.description.contains("irreversible")));
+    let hard_undo = hard.undo.clone().context("undo data")?;
+    let undone = iam::undo(&client, &carol_who, &hard_undo).await;
+    assert_eq!(undone.outcome, ActionOutcome::Applied, "{}", undone.detail);
     assert!(
         undone.detail.contains("cannot be restored"),
         "{}",
@@ -334,7 +370,7 @@ async fn remove_collaborator_from_policy_and_acl_and_undo() -> Result<()> {
     let acl_before = grant_ids(&client, &bucket).await?;
     assert!(acl_before.contains(&PARTNER_CANONICAL.to_string()));
 
-    let dry = bucket::remove_collaborator(&client, &bucket, "222222222222", true).await;
+    let dry = bucket::remove_collaborator(&client, &bucket, "222222222222", true, |_| None).await;
     assert_eq!(dry.outcome, ActionOutcome::DryRun, "{}", dry.detail);
     assert_eq!(
         policy_of(&client, &bucket).await?,
@@ -343,7 +379,8 @@ async fn remove_collaborator_from_policy_and_acl_and_undo() -> Result<()> {
     );
 
     // An account: out of both statements; the one it alone was in goes.
-    let by_account = bucket::remove_collaborator(&client, &bucket, "222222222222", false).await;
+    let by_account =
+        bucket::remove_collaborator(&client, &bucket, "222222222222", false, |_| None).await;
     assert_eq!(
         by_account.outcome,
         ActionOutcome::Applied,
@@ -360,14 +397,15 @@ async fn remove_collaborator_from_policy_and_acl_and_undo() -> Result<()> {
     );
 
     // A canonical user: out of the ACL, the owner's grant kept.
-    let by_id = bucket::remove_collaborator(&client, &bucket, PARTNER_CANONICAL, false).await;
+    let by_id =
+        bucket::remove_collaborator(&client, &bucket, PARTNER_CANONICAL, false, |_| None).await;
     assert_eq!(by_id.outcome, ActionOutcome::Applied, "{}", by_id.detail);
     let acl_after = grant_ids(&client, &bucket).await?;
     assert!(!acl_after.contains(&PARTNER_CANONICAL.to_string()));
     assert!(acl_after.contains(&owner_id(&client, &bucket).await?));
 
     // Nothing left to remove.
-    let none = bucket::remove_collaborator(&client, &bucket, "222222222222", false).await;
+    let none = bucket::remove_collaborator(&client, &bucket, "222222222222", false, |_| None).await;
     assert_eq!(
         none.outcome,
         ActionOutcome::AlreadyCompliant,
@@ -713,7 +751,12 @@ async fn webhooks_are_retried_and_failures_recorded() -> Result<()> {
         NotifyConfig {
             channels: vec![
                 channel("broken", ChannelKind::Webhook, format!("{down}/x")),
-                channel("gone", ChannelKind::Webhook, format!("http://{closed}/x")),
+                // A Slack-style URL is the credential: it must not reach the record or logs.
+                channel(
+                    "gone",
+                    ChannelKind::Webhook,
+                    format!("http://{closed}/services/T000/B000/s3cr3t-webhook-token"),
+                ),
             ],
             attempts: 2,
             backoff: Duration::from_millis(10),
@@ -732,6 +775,11 @@ async fn webhooks_are_retried_and_failures_recorded() -> Result<()> {
         failed.detail.contains("gone: after 2 attempts"),
         "{}",
         failed.detail
+    );
+    let recorded = format!("{} {:?}", failed.detail, failed.steps);
+    assert!(
+        !recorded.contains("s3cr3t") && !recorded.contains(&closed.to_string()),
+        "the webhook URL leaked into the record: {recorded}"
     );
     // A 4xx is not retried.
     let (rejecting, seen) = receiver(vec![400]).await?;

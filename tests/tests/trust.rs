@@ -1,0 +1,625 @@
+//! Trust: remediate acts only on the principal or bucket an authentic alert names, in the
+//! account it belongs to, never on a protected target; detect asks for destructive actions only
+//! on successful activity; public-policy conditions are judged by operator and value; nothing
+//! printed to an operator's terminal can drive it. Every test runs the binaries against the
+//! broker and moto (the AWS-API server's default account is 123456789012), from the outside.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use aws_sdk_iam::types::StatusType;
+use serde_json::{json, Value};
+use trailguard_common::contract::{
+    ActionKind, ActionOutcome, ActionRecord, RequestedAction, Target,
+};
+use trailguard_common::Alert;
+use trailguard_tests::{
+    aws_endpoint, aws_shared, iam as iam_client, produce, read_topic, s3, signed, wait_for_topic,
+    Run,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+const ACCOUNT: &str = "123456789012";
+const FOREIGN: &str = "999999999999";
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}", nanos % 1_000_000_000_000)
+}
+
+/// An alert asking for one action on one target.
+fn alert(
+    id: &str,
+    kind: ActionKind,
+    target: &str,
+    account: &str,
+    grantee: Option<&str>,
+) -> Result<Alert> {
+    let mut alert: Alert = serde_json::from_str(include_str!("alert.json"))?;
+    alert.id = id.into();
+    alert.policy_id = "trust-test".into();
+    alert.time = chrono::Utc::now();
+    alert.actions = vec![RequestedAction {
+        kind,
+        target: Target {
+            kind: if matches!(
+                kind,
+                ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator
+            ) {
+                "s3-bucket".into()
+            } else {
+                "principal".into()
+            },
+            id: target.into(),
+            account_id: Some(account.into()),
+            grantee: grantee.map(str::to_string),
+        },
+    }];
+    Ok(alert)
+}
+
+/// The action records of `alert_ids`, once each has one.
+fn records_for(topic: &str, alert_ids: &[&str]) -> Result<Vec<ActionRecord>> {
+    let records = read_topic(topic, TIMEOUT, Duration::from_secs(1), |r| {
+        let seen: Vec<String> = r
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<ActionRecord>(&r.value).ok())
+            .map(|r| r.alert_id)
+            .collect();
+        alert_ids.iter().all(|id| seen.iter().any(|s| s == id))
+    })?;
+    records
+        .iter()
+        .map(|r| serde_json::from_slice::<ActionRecord>(&r.value).map_err(Into::into))
+        .collect()
+}
+
+fn record_of<'a>(records: &'a [ActionRecord], alert_id: &str) -> Result<&'a ActionRecord> {
+    records
+        .iter()
+        .find(|r| r.alert_id == alert_id)
+        .with_context(|| format!("no record for {alert_id}: {records:#?}"))
+}
+
+async fn user_with_active_key(client: &aws_sdk_iam::Client, name: &str) -> Result<()> {
+    client.create_user().user_name(name).send().await?;
+    client.create_access_key().user_name(name).send().await?;
+    Ok(())
+}
+
+async fn active_keys(client: &aws_sdk_iam::Client, name: &str) -> Result<usize> {
+    let out = client.list_access_keys().user_name(name).send().await?;
+    Ok(out
+        .access_key_metadata()
+        .iter()
+        .filter(|k| k.status() == Some(&StatusType::Active))
+        .count())
+}
+
+/// An IAM client acting in `account` of the AWS-API server, through an assumed role.
+async fn iam_in_account(account: &str) -> Result<aws_sdk_iam::Client> {
+    let shared = aws_shared().await?;
+    let role = aws_config::sts::AssumeRoleProvider::builder(format!(
+        "arn:aws:iam::{account}:role/test-admin"
+    ))
+    .session_name("test")
+    .configure(&shared)
+    .build()
+    .await;
+    let config = aws_sdk_iam::config::Builder::from(&shared)
+        .credentials_provider(role)
+        .build();
+    Ok(aws_sdk_iam::Client::from_conf(config))
+}
+
+fn remediate_config(run: &Run, extra: &str) -> Result<String> {
+    let path = std::env::temp_dir().join(format!("{}-remediate.toml", run.id));
+    std::fs::write(
+        &path,
+        format!(
+            "[aws]\nendpoint_url = \"{}\"\nforce_path_style = true\nregion = \"us-east-1\"\n{extra}\n\n\
+             [remediate]\ndefault_mode = \"auto\"\nprotected_principals = [\"arn:aws:iam::*:role/BreakGlass\"]\n",
+            aws_endpoint()?
+        ),
+    )?;
+    Ok(path.to_str().context("path")?.to_string())
+}
+
+/// R1: without a role for the principal's account, an alert about a principal of another
+/// account is refused, and the same-named user of remediate's own account is left alone; the
+/// same alert about our own user is acted on. A bucket alert naming another account is
+/// refused too, and the bucket (ours) stays as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_principal_never_acts_on_our_same_named_user() -> Result<()> {
+    let run = Run::new("trust-foreign")?;
+    let iam = iam_client().await?;
+    let alice = unique("alice");
+    user_with_active_key(&iam, &alice).await?;
+    let bucket = unique("trust-foreign");
+    let s3 = s3().await?;
+    trailguard_tests::make_public_bucket(&s3, &bucket).await?;
+    let config = remediate_config(&run, "")?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    let alerts = run.topic("alerts");
+    wait_for_topic(&alerts, TIMEOUT)?;
+
+    let foreign_arn = format!("arn:aws:iam::{FOREIGN}:user/{alice}");
+    produce(
+        &alerts,
+        "a",
+        &signed(alert(
+            "foreign-user",
+            ActionKind::SuspendUser,
+            &foreign_arn,
+            FOREIGN,
+            None,
+        )?)?,
+    )
+    .await?;
+    produce(
+        &alerts,
+        "b",
+        &signed(alert(
+            "foreign-bucket",
+            ActionKind::MakeBucketPrivate,
+            &bucket,
+            FOREIGN,
+            None,
+        )?)?,
+    )
+    .await?;
+    let records = records_for(&run.topic("actions"), &["foreign-user", "foreign-bucket"])?;
+    for id in ["foreign-user", "foreign-bucket"] {
+        let r = record_of(&records, id)?;
+        assert_eq!(r.outcome, ActionOutcome::Refused, "{id}: {}", r.detail);
+        assert!(
+            r.detail.contains(FOREIGN) && r.detail.contains("no role"),
+            "{id}: {}",
+            r.detail
+        );
+    }
+    assert_eq!(
+        active_keys(&iam, &alice).await?,
+        1,
+        "our alice keeps her key"
+    );
+    let policy = s3.get_bucket_policy().bucket(&bucket).send().await?;
+    assert!(
+        policy.policy().is_some_and(|p| p.contains('*')),
+        "the bucket was left as it was"
+    );
+
+    // Our own alice, in our own account, is acted on.
+    let own_arn = format!("arn:aws:iam::{ACCOUNT}:user/{alice}");
+    produce(
+        &alerts,
+        "c",
+        &signed(alert(
+            "own-user",
+            ActionKind::SuspendUser,
+            &own_arn,
+            ACCOUNT,
+            None,
+        )?)?,
+    )
+    .await?;
+    let records = records_for(&run.topic("actions"), &["own-user"])?;
+    let r = record_of(&records, "own-user")?;
+    assert_eq!(r.outcome, ActionOutcome::Applied, "{}", r.detail);
+    assert_eq!(active_keys(&iam, &alice).await?, 0);
+    Ok(())
+}
+
+/// R1 with a role for other accounts, and R6/R9: names protect only at home. A role named like
+/// Trailguard's own (`trailguard-*`) in another account of the organization is not immune; the
+/// action runs there through the configured role, on that account's role, not on ours.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lookalike_name_in_another_account_is_not_protected() -> Result<()> {
+    let run = Run::new("trust-lookalike")?;
+    let name = unique("trailguard-x");
+    let foreign_iam = iam_in_account(FOREIGN).await?;
+    let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]});
+    foreign_iam
+        .create_role()
+        .role_name(&name)
+        .assume_role_policy_document(trust.to_string())
+        .send()
+        .await?;
+    let home_iam = iam_client().await?;
+    home_iam
+        .create_role()
+        .role_name(&name)
+        .assume_role_policy_document(trust.to_string())
+        .send()
+        .await?;
+    let config = remediate_config(
+        &run,
+        "role_arn_template = \"arn:aws:iam::{account}:role/test-admin\"",
+    )?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    let alerts = run.topic("alerts");
+    wait_for_topic(&alerts, TIMEOUT)?;
+    let session = |account: &str| format!("arn:aws:sts::{account}:assumed-role/{name}/intruder");
+    produce(
+        &alerts,
+        "a",
+        &signed(alert(
+            "lookalike",
+            ActionKind::RequireSignIn,
+            &session(FOREIGN),
+            FOREIGN,
+            None,
+        )?)?,
+    )
+    .await?;
+    produce(
+        &alerts,
+        "b",
+        &signed(alert(
+            "home-role",
+            ActionKind::RequireSignIn,
+            &session(ACCOUNT),
+            ACCOUNT,
+            None,
+        )?)?,
+    )
+    .await?;
+    let records = records_for(&run.topic("actions"), &["lookalike", "home-role"])?;
+    let lookalike = record_of(&records, "lookalike")?;
+    assert_eq!(
+        lookalike.outcome,
+        ActionOutcome::Applied,
+        "{}",
+        lookalike.detail
+    );
+    let home = record_of(&records, "home-role")?;
+    assert_eq!(home.outcome, ActionOutcome::Refused, "{}", home.detail);
+    assert!(home.detail.contains("protected"), "{}", home.detail);
+    // The revoke policy went on the other account's role, not on ours.
+    let put = foreign_iam
+        .get_role_policy()
+        .role_name(&name)
+        .policy_name("TrailguardRevokeOlderSessions")
+        .send()
+        .await;
+    assert!(
+        put.is_ok(),
+        "no revoke policy on the other account's role: {put:?}"
+    );
+    let ours = home_iam
+        .get_role_policy()
+        .role_name(&name)
+        .policy_name("TrailguardRevokeOlderSessions")
+        .send()
+        .await;
+    assert!(ours.is_err(), "our own role was changed");
+    Ok(())
+}
+
+/// R6: removing an account-id grantee strips every principal of that account from the bucket
+/// policy; when one of them is protected the action is refused and the policy left whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_grantee_never_strips_a_protected_role() -> Result<()> {
+    let run = Run::new("trust-grantee")?;
+    let s3 = s3().await?;
+    let bucket = unique("trust-grantee");
+    s3.create_bucket().bucket(&bucket).send().await?;
+    let policy = json!({"Version": "2012-10-17", "Statement": [{
+        "Sid": "Partner", "Effect": "Allow",
+        "Principal": {"AWS": ["arn:aws:iam::222222222222:root", "arn:aws:iam::222222222222:role/BreakGlass"]},
+        "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")}]});
+    s3.put_bucket_policy()
+        .bucket(&bucket)
+        .policy(policy.to_string())
+        .send()
+        .await?;
+    let config = remediate_config(&run, "")?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    let alerts = run.topic("alerts");
+    wait_for_topic(&alerts, TIMEOUT)?;
+    produce(
+        &alerts,
+        "a",
+        &signed(alert(
+            "strip",
+            ActionKind::RemoveCollaborator,
+            &bucket,
+            ACCOUNT,
+            Some("222222222222"),
+        )?)?,
+    )
+    .await?;
+    let records = records_for(&run.topic("actions"), &["strip"])?;
+    let r = record_of(&records, "strip")?;
+    assert_eq!(r.outcome, ActionOutcome::Refused, "{}", r.detail);
+    assert!(r.detail.contains("BreakGlass"), "{}", r.detail);
+    let after = s3.get_bucket_policy().bucket(&bucket).send().await?;
+    let after: Value = serde_json::from_str(after.policy().unwrap_or_default())?;
+    assert_eq!(
+        after["Statement"][0]["Principal"],
+        policy["Statement"][0]["Principal"]
+    );
+    Ok(())
+}
+
+/// R8, remediate's half: a `Principal: "*"` statement whose only condition is a no-op
+/// (`aws:SourceIp 0.0.0.0/0`) is public, and make-private removes it; a statement confined to a
+/// VPC endpoint stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn make_private_removes_statements_with_no_op_conditions() -> Result<()> {
+    let run = Run::new("trust-noop")?;
+    let s3 = s3().await?;
+    let bucket = unique("trust-noop");
+    s3.create_bucket().bucket(&bucket).send().await?;
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Anyone", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+         "Resource": format!("arn:aws:s3:::{bucket}/*"),
+         "Condition": {"IpAddress": {"aws:SourceIp": "0.0.0.0/0"}}},
+        {"Sid": "Endpoint", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+         "Resource": format!("arn:aws:s3:::{bucket}/*"),
+         "Condition": {"StringEquals": {"aws:SourceVpce": "vpce-0123456789abcdef0"}}}]});
+    s3.put_bucket_policy()
+        .bucket(&bucket)
+        .policy(policy.to_string())
+        .send()
+        .await?;
+    let config = remediate_config(&run, "")?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    let alerts = run.topic("alerts");
+    wait_for_topic(&alerts, TIMEOUT)?;
+    produce(
+        &alerts,
+        "a",
+        &signed(alert(
+            "noop",
+            ActionKind::MakeBucketPrivate,
+            &bucket,
+            ACCOUNT,
+            None,
+        )?)?,
+    )
+    .await?;
+    let records = records_for(&run.topic("actions"), &["noop"])?;
+    let r = record_of(&records, "noop")?;
+    assert_eq!(r.outcome, ActionOutcome::Applied, "{}", r.detail);
+    let after = s3.get_bucket_policy().bucket(&bucket).send().await?;
+    let after: Value = serde_json::from_str(after.policy().unwrap_or_default())?;
+    let sids: Vec<&str> = after["Statement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["Sid"].as_str())
+        .collect();
+    assert_eq!(sids, ["Endpoint"], "{after}");
+    Ok(())
+}
+
+fn record(minutes: i64, name: &str, source: &str, user: &str, ip: &str, params: Value) -> Value {
+    let time = chrono::DateTime::parse_from_rfc3339("2024-05-10T12:00:00Z")
+        .map(|t| t + chrono::Duration::minutes(minutes))
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    json!({
+        "eventVersion": "1.09", "eventTime": time, "eventSource": source, "eventName": name,
+        "awsRegion": "us-east-1", "recipientAccountId": ACCOUNT, "sourceIPAddress": ip,
+        "userAgent": "aws-cli/2.15.0 Python/3.11", "eventType": "AwsApiCall",
+        "readOnly": name.starts_with("List") || name.starts_with("Describe"),
+        "eventID": format!("00000000-0000-4000-8000-{:012}", minutes + 200_000),
+        "userIdentity": {"type": "IAMUser", "userName": user, "accountId": ACCOUNT,
+            "arn": format!("arn:aws:iam::{ACCOUNT}:user/{user}"),
+            "accessKeyId": format!("AKIA{}", user.to_uppercase())},
+        "requestParameters": params,
+    })
+}
+
+/// R6, R7 and R8, detect's half: a failed call asks for nothing destructive (an `AccessDenied`
+/// public-ACL attempt on someone's bucket; a failed console sign-in from a Tor exit), while the
+/// same successful call does; a public policy whose condition is a no-op is public; removing
+/// the account-level public-access block raises the alert.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_calls_only_notify_and_no_op_conditions_are_public() -> Result<()> {
+    let run = Run::new("trust-detect")?;
+    let dir = std::env::temp_dir().join(&run.id);
+    std::fs::create_dir_all(&dir)?;
+    let tor = dir.join("tor.txt");
+    std::fs::write(&tor, "185.220.101.0/24\n")?;
+    let config = dir.join("detect.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n\n\
+             [policies.anomaly]\nlearning_period = \"1d\"\n\n\
+             [policies.anomaly.anonymous_ip]\nactions = [\"notify\", \"suspend_user\"]\n\n\
+             [policies.templates.s3-bucket-activity]\nactions = [\"notify\", \"make_bucket_private\"]\n",
+            tor.display().to_string()
+        ),
+    )?;
+    let acl = json!({"bucketName": "www-site", "acl": [""], "x-amz-acl": ["public-read"]});
+    let mut denied = record(
+        0,
+        "PutBucketAcl",
+        "s3.amazonaws.com",
+        "mallory",
+        "198.51.100.7",
+        acl.clone(),
+    );
+    denied["errorCode"] = json!("AccessDenied");
+    denied["errorMessage"] = json!("Access Denied");
+    let granted = record(
+        1,
+        "PutBucketAcl",
+        "s3.amazonaws.com",
+        "alice",
+        "198.51.100.8",
+        json!({"bucketName": "logs-site", "x-amz-acl": ["public-read"]}),
+    );
+    let noop_policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",
+        "Action": "s3:GetObject", "Resource": "arn:aws:s3:::data-lake/*",
+        "Condition": {"IpAddress": {"aws:SourceIp": "0.0.0.0/0"}}}]});
+    let policy = record(
+        2,
+        "PutBucketPolicy",
+        "s3.amazonaws.com",
+        "alice",
+        "198.51.100.8",
+        json!({"bucketName": "data-lake", "bucketPolicy": noop_policy}),
+    );
+    let mut account_block = record(
+        3,
+        "DeleteAccountPublicAccessBlock",
+        "s3.amazonaws.com",
+        "alice",
+        "198.51.100.8",
+        json!({"x-amz-account-id": ACCOUNT}),
+    );
+    account_block["eventType"] = json!("AwsApiCall");
+    // carol, known for two days, then a failed console sign-in from a Tor exit: anyone who
+    // knows her user name can cause that record.
+    let seen = record(
+        -2 * 1440,
+        "ListBuckets",
+        "s3.amazonaws.com",
+        "carol",
+        "71.253.251.72",
+        json!({}),
+    );
+    let mut login = record(
+        4,
+        "ConsoleLogin",
+        "signin.amazonaws.com",
+        "carol",
+        "185.220.101.7",
+        Value::Null,
+    );
+    login["eventType"] = json!("AwsConsoleSignIn");
+    login["responseElements"] = json!({"ConsoleLogin": "Failure"});
+    login["additionalEventData"] =
+        json!({"MFAUsed": "No", "LoginTo": "https://console.aws.amazon.com/console/"});
+    login["errorMessage"] = json!("Failed authentication");
+    let input = dir.join("records.jsonl");
+    let mut file = std::fs::File::create(&input)?;
+    for r in [&seen, &denied, &granted, &policy, &account_block, &login] {
+        writeln!(file, "{r}")?;
+    }
+    drop(file);
+    run.ingest_files(&input)?;
+    let mut detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
+    let wanted = |alerts: &[Alert]| {
+        let has = |policy: &str, entity: &str| {
+            alerts
+                .iter()
+                .any(|a| a.policy_id == policy && a.entity.id.contains(entity))
+        };
+        has("s3-bucket-activity", "www-site")
+            && has("s3-bucket-activity", "logs-site")
+            && has("s3-bucket-public", "data-lake")
+            && has("s3-bucket-public", ACCOUNT)
+            && has("anonymous-ip", "carol")
+    };
+    let alerts: Vec<Alert> =
+        read_topic(&run.topic("alerts"), TIMEOUT, Duration::from_secs(2), |r| {
+            let parsed: Vec<Alert> = r
+                .iter()
+                .filter_map(|r| serde_json::from_slice(&r.value).ok())
+                .collect();
+            wanted(&parsed)
+        })
+        .with_context(|| detect.log())?
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.value).ok())
+        .collect();
+    detect.stop("-TERM")?;
+    let kinds = |policy: &str, entity: &str| -> Vec<ActionKind> {
+        alerts
+            .iter()
+            .filter(|a| a.policy_id == policy && a.entity.id.contains(entity))
+            .flat_map(|a| a.actions.iter().map(|x| x.kind))
+            .collect()
+    };
+    assert_eq!(
+        kinds("s3-bucket-activity", "www-site"),
+        [ActionKind::Notify],
+        "{alerts:#?}"
+    );
+    assert_eq!(
+        kinds("s3-bucket-activity", "logs-site"),
+        [ActionKind::Notify, ActionKind::MakeBucketPrivate]
+    );
+    assert!(
+        kinds("anonymous-ip", "carol")
+            .iter()
+            .all(|k| *k == ActionKind::Notify),
+        "{alerts:#?}"
+    );
+    let account = alerts
+        .iter()
+        .find(|a| a.policy_id == "s3-bucket-public" && a.entity.kind == "aws-account")
+        .context("account-level block alert")?;
+    assert!(
+        account
+            .evidence
+            .summary
+            .contains("account-level public-access block"),
+        "{}",
+        account.evidence.summary
+    );
+    Ok(())
+}
+
+/// P1: `detect tail` prints any alert or action record a topic holds — an id cut inside a
+/// multi-byte character, terminal escape sequences in the text — without panicking, and
+/// escapes control characters.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_prints_hostile_records_safely() -> Result<()> {
+    let run = Run::new("trust-tail")?;
+    let alerts = run.topic("alerts");
+    let mut cfg = trailguard_common::config::KafkaConfig {
+        brokers: trailguard_tests::brokers()?,
+        partitions: 1,
+        ..Default::default()
+    };
+    cfg.topics.alerts = alerts.clone();
+    trailguard_common::kafka::ensure_topics(&cfg, &[trailguard_common::config::TopicRole::Alerts])
+        .await?;
+    let mut hostile = alert(
+        "aaaaaaaaaaa\u{e9}bbbb",
+        ActionKind::Notify,
+        "default",
+        ACCOUNT,
+        None,
+    )?;
+    hostile.evidence.summary = "x\u{1b}]0;owned\u{7}\u{1b}[2J".into();
+    // Unsigned: anyone who can write the topic can put this there.
+    produce(&alerts, "k", &serde_json::to_vec(&hostile)?).await?;
+    let output = run
+        .command(
+            "detect",
+            &[
+                "tail",
+                "alerts",
+                "--from-beginning",
+                "--count",
+                "1",
+                "--idle-seconds",
+                "20",
+            ],
+        )?
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "tail failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("aaaaaaaaaaa\u{e9}"), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
+        "{stdout:?}"
+    );
+    Ok(())
+}

@@ -528,13 +528,61 @@ fn settling(err: &KafkaError) -> bool {
     )
 }
 
+/// One record read back: its key, payload (`None`: a tombstone) and the value of its
+/// [`crate::sign::RECORD_SIGNATURE_HEADER`], if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Read<'a> {
+    /// The record's key (empty when it has none).
+    pub key: &'a [u8],
+    /// The record's value; `None` for a tombstone.
+    pub payload: Option<&'a [u8]>,
+    /// The signature header, when the record carries one.
+    pub signature: Option<&'a [u8]>,
+}
+
+impl<'a> Read<'a> {
+    /// The parts of `message` a reader checks.
+    pub fn of<M: rdkafka::message::Message>(message: &'a M) -> Read<'a> {
+        Read {
+            key: message.key().unwrap_or_default(),
+            payload: message.payload(),
+            signature: signature_of(message),
+        }
+    }
+}
+
+/// The [`crate::sign::RECORD_SIGNATURE_HEADER`] value of `message`, if it has one.
+pub fn signature_of<M: rdkafka::message::Message>(message: &M) -> Option<&[u8]> {
+    use rdkafka::message::Headers;
+    message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == crate::sign::RECORD_SIGNATURE_HEADER)
+            .and_then(|h| h.value)
+    })
+}
+
+/// Headers carrying the signature of an internal record, when there is a signer.
+pub fn signed(
+    signer: Option<&crate::sign::Signer>,
+    purpose: &str,
+    key: &[u8],
+    payload: Option<&[u8]>,
+) -> Option<OwnedHeaders> {
+    let signature = signer?.sign_record(purpose, key, payload);
+    Some(OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: crate::sign::RECORD_SIGNATURE_HEADER,
+        value: Some(signature.as_bytes()),
+    }))
+}
+
 /// Reads every record of `topic` from the beginning up to its end at the time of the call, and
-/// hands each payload to `visit`.
+/// hands each one with a payload to `visit`.
 pub fn read_all(
     cfg: &KafkaConfig,
     topic: &str,
     client_id: &str,
-    mut visit: impl FnMut(&[u8]),
+    mut visit: impl FnMut(&Read<'_>),
 ) -> Result<u64, Error> {
     use rdkafka::message::Message;
     let consumer = reader(cfg, client_id)?;
@@ -572,8 +620,8 @@ pub fn read_all(
         };
         let (partition, next) = match message {
             Ok(message) => {
-                if let Some(payload) = message.payload() {
-                    visit(payload);
+                if message.payload().is_some() {
+                    visit(&Read::of(&message));
                     count += 1;
                 }
                 (message.partition(), message.offset() + 1)
@@ -591,15 +639,14 @@ pub fn read_all(
     Ok(count)
 }
 
-/// Reads one partition of `topic` from its start to its current end, handing each message's
-/// key and payload (`None` for a tombstone) to `visit`. Errors when the partition does not
-/// exist.
+/// Reads one partition of `topic` from its start to its current end, handing each record
+/// (tombstones included) to `visit`. Errors when the partition does not exist.
 pub fn read_partition(
     cfg: &KafkaConfig,
     topic: &str,
     partition: i32,
     client_id: &str,
-    mut visit: impl FnMut(&[u8], Option<&[u8]>),
+    mut visit: impl FnMut(&Read<'_>),
 ) -> Result<u64, Error> {
     use rdkafka::message::Message;
     let consumer = reader(cfg, client_id)?;
@@ -634,7 +681,7 @@ pub fn read_partition(
         };
         match message {
             Ok(message) => {
-                visit(message.key().unwrap_or_default(), message.payload());
+                visit(&Read::of(&message));
                 count += 1;
                 if message.offset() + 1 >= high {
                     return Ok(count);

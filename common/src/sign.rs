@@ -196,6 +196,98 @@ impl Signer {
     }
 }
 
+/// What each kind of internal record is signed for (part of its MAC: a record cannot be
+/// replayed into another topic role).
+pub mod purpose {
+    /// `kafka.topics.detect_facts`.
+    pub const FACTS: &str = "detect.facts";
+    /// `kafka.topics.detect_state`.
+    pub const STATE: &str = "detect.state";
+    /// `kafka.topics.detect_signin_failures`.
+    pub const SIGNIN_FAILURES: &str = "detect.signin-failures";
+    /// `kafka.topics.actions`.
+    pub const ACTIONS: &str = "remediate.actions";
+}
+
+/// The Kafka header carrying the signature of an internal record (facts, detector state,
+/// forwarded sign-in failures, action records): `KEY_ID:HEX`.
+pub const RECORD_SIGNATURE_HEADER: &str = "trailguard.signature";
+
+/// The MAC of an internal record: its purpose (which topic role it belongs to, so a record of
+/// one topic cannot be replayed into another), its Kafka key and its payload (`None`: a
+/// tombstone), each length-prefixed so no two different records share a MAC input.
+fn record_mac(
+    key: &[u8],
+    purpose: &str,
+    record_key: &[u8],
+    payload: Option<&[u8]>,
+) -> Hmac<Sha256> {
+    let mut mac = new_mac(key);
+    mac.update(b"trailguard-record-v1");
+    for part in [Some(purpose.as_bytes()), Some(record_key), payload] {
+        match part {
+            Some(bytes) => {
+                mac.update(&[1]);
+                mac.update(&(bytes.len() as u64).to_be_bytes());
+                mac.update(bytes);
+            }
+            None => mac.update(&[0]),
+        }
+    }
+    mac
+}
+
+impl Signer {
+    /// The [`RECORD_SIGNATURE_HEADER`] value of an internal record.
+    pub fn sign_record(&self, purpose: &str, record_key: &[u8], payload: Option<&[u8]>) -> String {
+        let mac = record_mac(&self.key, purpose, record_key, payload);
+        format!(
+            "{}:{}",
+            self.key_id,
+            hex::encode(mac.finalize().into_bytes())
+        )
+    }
+}
+
+impl Verifier {
+    /// True when internal records are authenticated: at least one key is configured. Without
+    /// any, nothing can be verified and every record is taken as it is.
+    pub fn authenticates_records(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Accepts an internal record whose [`RECORD_SIGNATURE_HEADER`] (`signature`) was made
+    /// with a known key over this purpose, key and payload. With no key configured, every
+    /// record is accepted.
+    pub fn verify_record(
+        &self,
+        purpose: &str,
+        record_key: &[u8],
+        payload: Option<&[u8]>,
+        signature: Option<&[u8]>,
+    ) -> Result<(), Rejection> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let Some(signature) = signature else {
+            return Err(Rejection::Unsigned);
+        };
+        let text = String::from_utf8_lossy(signature);
+        let Some((key_id, hex_mac)) = text.rsplit_once(':') else {
+            return Err(Rejection::Mismatch(String::new()));
+        };
+        let Some(key) = self.keys.get(&key_id.to_ascii_lowercase()) else {
+            return Err(Rejection::UnknownKey(key_id.to_string()));
+        };
+        let Ok(expected) = hex::decode(hex_mac) else {
+            return Err(Rejection::Mismatch(key_id.to_string()));
+        };
+        record_mac(key, purpose, record_key, payload)
+            .verify_slice(&expected)
+            .map_err(|_| Rejection::Mismatch(key_id.to_string()))
+    }
+}
+
 /// Why an alert was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -350,6 +442,69 @@ mod tests {
     use super::*;
 
     const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn internal_records_verify_only_as_signed() {
+        let signer = Signer::new("k1", KEY);
+        let v = verifier(&[("k1", KEY)], true);
+        let sig = signer.sign_record("detect.facts", b"user:1/admin", Some(b"{\"a\":1}"));
+        let ok = |purpose: &str, key: &[u8], payload: Option<&[u8]>, sig: Option<&str>| {
+            v.verify_record(purpose, key, payload, sig.map(str::as_bytes))
+        };
+        assert_eq!(
+            ok(
+                "detect.facts",
+                b"user:1/admin",
+                Some(b"{\"a\":1}"),
+                Some(&sig)
+            ),
+            Ok(())
+        );
+        // Another topic, key or payload, a tombstone, no signature, an unknown key: refused.
+        assert!(ok(
+            "detect.state",
+            b"user:1/admin",
+            Some(b"{\"a\":1}"),
+            Some(&sig)
+        )
+        .is_err());
+        assert!(ok(
+            "detect.facts",
+            b"user:1/alice",
+            Some(b"{\"a\":1}"),
+            Some(&sig)
+        )
+        .is_err());
+        assert!(ok(
+            "detect.facts",
+            b"user:1/admin",
+            Some(b"{\"a\":2}"),
+            Some(&sig)
+        )
+        .is_err());
+        assert!(ok("detect.facts", b"user:1/admin", None, Some(&sig)).is_err());
+        assert_eq!(
+            ok("detect.facts", b"user:1/admin", Some(b"{}"), None),
+            Err(Rejection::Unsigned)
+        );
+        let other = Signer::new("k2", "fedcba9876543210fedcba9876543210").sign_record(
+            "detect.facts",
+            b"x",
+            None,
+        );
+        assert_eq!(
+            ok("detect.facts", b"x", None, Some(&other)),
+            Err(Rejection::UnknownKey("k2".into()))
+        );
+        // Tombstones are signed too.
+        let gone = signer.sign_record("detect.state", b"p", None);
+        assert_eq!(ok("detect.state", b"p", None, Some(&gone)), Ok(()));
+        // Without keys nothing can be checked: everything passes.
+        assert_eq!(
+            verifier(&[], false).verify_record("x", b"k", None, None),
+            Ok(())
+        );
+    }
 
     #[test]
     fn placeholder_keys_are_refused() {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use trailguard_common::config::TopicRole;
 use trailguard_common::contract::{dlq_headers as h, ACTIVITY_SCHEMA_VERSION};
 use trailguard_common::telemetry::Health;
-use trailguard_common::{kafka, Activity, Alert};
+use trailguard_common::{kafka, sign, Activity, Alert};
 
 use crate::detector::{counts_per_source_ip, Detector, SourceIpFailures};
 use crate::{DetectConfig, Error};
@@ -27,6 +27,7 @@ use crate::{DetectConfig, Error};
 #[derive(Clone)]
 pub struct Metrics {
     activities: IntCounterVec,
+    unverified: IntCounterVec,
     alerts: IntCounterVec,
     state: IntGauge,
     lag: Histogram,
@@ -63,8 +64,19 @@ impl Metrics {
                 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
             ]),
         )?;
+        let unverified = IntCounterVec::new(
+            Opts::new(
+                "trailguard_detect_unverified_records_total",
+                "Records read back from detect's own topics (facts, state, signin_failures) that carry no valid signature: ignored.",
+            ),
+            &["topic"],
+        )?;
         registry.register(Box::new(activities.clone()))?;
+        registry.register(Box::new(unverified.clone()))?;
         registry.register(Box::new(alerts.clone()))?;
+        for topic in ["facts", "state", "signin_failures"] {
+            unverified.with_label_values(&[topic]);
+        }
         registry.register(Box::new(state.clone()))?;
         registry.register(Box::new(lag.clone()))?;
         // Every result from the start, so rates and alert rules see zeros, not absent series.
@@ -73,6 +85,7 @@ impl Metrics {
         }
         Ok(Metrics {
             activities,
+            unverified,
             alerts,
             state,
             lag,
@@ -166,7 +179,11 @@ pub async fn run(
     let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(intel)));
     crate::enrich::refresh_intel(cfg.intel.clone(), intel.clone(), shutdown.clone());
     let mut enricher = crate::enrich::Enricher::new(geo, intel);
-    let facts = follow_facts(&cfg, shutdown.clone()).await?;
+    let verifier = cfg.signing.verifier();
+    if !verifier.authenticates_records() {
+        tracing::warn!("no signing key: detect's own topics (facts, state, sign-in failures) are read back unauthenticated");
+    }
+    let facts = follow_facts(&cfg, &metrics, shutdown.clone()).await?;
 
     let mut state = Partitions {
         failures_topic: topics.detect_signin_failures.clone(),
@@ -205,6 +222,26 @@ pub async fn run(
         state.forget_revoked(&context);
         let (partition, offset) = (message.partition(), message.offset());
         let from_failures = message.topic() == topics.detect_signin_failures;
+        if from_failures {
+            // Only detect forwards failures: a record it did not sign is ignored, so nobody
+            // who can write the topic can fake a password spray (or hide one).
+            let read = kafka::Read::of(&message);
+            if let Err(why) = verifier.verify_record(
+                sign::purpose::SIGNIN_FAILURES,
+                read.key,
+                read.payload,
+                read.signature,
+            ) {
+                metrics
+                    .unverified
+                    .with_label_values(&["signin_failures"])
+                    .inc();
+                tracing::warn!(partition, offset, reason = %why, "ignored an unverifiable record on the sign-in failures topic");
+                drop(message);
+                state.pending_counters.insert(partition, offset + 1);
+                continue;
+            }
+        }
         // The payload is copied only when it is going to the dead-letter topic.
         let decoded = decode(message.payload()).map_err(|(kind, reason)| {
             (
@@ -262,10 +299,16 @@ pub async fn run(
         if !state.detectors.contains_key(&partition) {
             // A partition new to this instance: its baselines first.
             let kafka_cfg = cfg.kafka.clone();
-            let states =
-                tokio::task::spawn_blocking(move || crate::state::restore(&kafka_cfg, partition))
-                    .await
-                    .map_err(|e| Error::Stopped(format!("restoring baselines: {e}")))??;
+            let restore_verifier = verifier.clone();
+            let (states, unverified) = tokio::task::spawn_blocking(move || {
+                crate::state::restore(&kafka_cfg, partition, &restore_verifier)
+            })
+            .await
+            .map_err(|e| Error::Stopped(format!("restoring baselines: {e}")))??;
+            metrics
+                .unverified
+                .with_label_values(&["state"])
+                .inc_by(unverified);
             let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
                 .with_geo(&cfg.policies, enricher.has_geo())
                 .with_facts(facts.clone())
@@ -298,7 +341,7 @@ pub async fn run(
         }
         state.pending.insert(partition, offset + 1);
         for (key, fact) in detector.take_facts() {
-            publish_fact(&producer, &topics.detect_facts, &key, &fact, &shutdown).await;
+            publish_fact(&producer, &cfg, &key, &fact, &shutdown).await;
         }
         metrics.state.set(state.size() as i64);
     }
@@ -321,39 +364,42 @@ struct FactRecord {
 /// is known), then keeps following it, into the facts every partition of this instance shares.
 async fn follow_facts(
     cfg: &DetectConfig,
+    metrics: &Metrics,
     shutdown: CancellationToken,
 ) -> Result<crate::facts::SharedFacts, Error> {
     let facts = crate::facts::SharedFacts::default();
-    let (loaded, kafka_cfg, topic) = (
+    let (loaded, kafka_cfg, topic, verifier, unverified) = (
         facts.clone(),
         cfg.kafka.clone(),
         cfg.kafka.topics.detect_facts.clone(),
+        cfg.signing.verifier(),
+        metrics.unverified.with_label_values(&["facts"]),
     );
     let count = tokio::task::spawn_blocking(move || {
-        kafka::read_all(&kafka_cfg, &topic, "trailguard-detect-facts", |payload| {
-            if let (Ok(record), Ok(mut facts)) = (
-                serde_json::from_slice::<FactRecord>(payload),
-                loaded.write(),
-            ) {
-                facts.learn(&record.key, record.fact);
+        kafka::read_all(&kafka_cfg, &topic, "trailguard-detect-facts", |read| {
+            if let Some(record) = verified_fact(&verifier, read, &unverified) {
+                if let Ok(mut facts) = loaded.write() {
+                    facts.learn(&record.key, record.fact);
+                }
             }
         })
     })
     .await
     .map_err(|e| Error::Stopped(format!("reading the facts topic: {e}")))??;
     tracing::info!(facts = count, "organization facts loaded");
-    let (shared, kafka_cfg, topic) = (
+    let (shared, kafka_cfg, topic, verifier, unverified) = (
         facts.clone(),
         cfg.kafka.clone(),
         cfg.kafka.topics.detect_facts.clone(),
+        cfg.signing.verifier(),
+        metrics.unverified.with_label_values(&["facts"]),
     );
     tokio::spawn(async move {
         let followed = kafka::follow(&kafka_cfg, &topic, true, None, &shutdown, |message| {
-            let record = message
-                .payload()
-                .and_then(|p| serde_json::from_slice::<FactRecord>(p).ok());
-            if let (Some(record), Ok(mut facts)) = (record, shared.write()) {
-                facts.learn(&record.key, record.fact);
+            if let Some(record) = verified_fact(&verifier, &kafka::Read::of(message), &unverified) {
+                if let Ok(mut facts) = shared.write() {
+                    facts.learn(&record.key, record.fact);
+                }
             }
             true
         })
@@ -365,11 +411,34 @@ async fn follow_facts(
     Ok(facts)
 }
 
-/// Publishes a fact learned here and waits until the broker has it (facts are rare; a fact
-/// published twice is harmless).
+/// A fact record read back, when it is signed by a known key and its key matches the one
+/// inside it; otherwise counted and logged, and `None`. A forged fact ("admin was deleted")
+/// would otherwise raise signed alerts, and actions, about its subject.
+fn verified_fact(
+    verifier: &sign::Verifier,
+    read: &kafka::Read<'_>,
+    unverified: &prometheus::IntCounter,
+) -> Option<FactRecord> {
+    let payload = read.payload?;
+    if let Err(why) = verifier.verify_record(
+        sign::purpose::FACTS,
+        read.key,
+        Some(payload),
+        read.signature,
+    ) {
+        unverified.inc();
+        tracing::warn!(key = %String::from_utf8_lossy(read.key), reason = %why, "ignored an unverifiable fact");
+        return None;
+    }
+    let record = serde_json::from_slice::<FactRecord>(payload).ok()?;
+    (record.key.as_bytes() == read.key).then_some(record)
+}
+
+/// Publishes a fact learned here, signed, and waits until the broker has it (facts are rare; a
+/// fact published twice is harmless).
 async fn publish_fact(
     producer: &kafka::Producer,
-    topic: &str,
+    cfg: &DetectConfig,
     key: &str,
     fact: &crate::facts::Fact,
     shutdown: &CancellationToken,
@@ -381,7 +450,16 @@ async fn publish_fact(
     let Ok(payload) = serde_json::to_vec(&record) else {
         return;
     };
-    if !kafka::send_until_durable(producer, topic, key.as_bytes(), &payload, None, shutdown).await {
+    let headers = kafka::signed(
+        cfg.signing.signer().as_ref(),
+        sign::purpose::FACTS,
+        key.as_bytes(),
+        Some(&payload),
+    );
+    let topic = &cfg.kafka.topics.detect_facts;
+    if !kafka::send_until_durable(producer, topic, key.as_bytes(), &payload, headers, shutdown)
+        .await
+    {
         tracing::warn!(key, "fact not published before shutdown");
     }
 }
@@ -448,12 +526,18 @@ async fn forward_failure(
         return true;
     };
     let key = ip.to_string();
+    let headers = kafka::signed(
+        cfg.signing.signer().as_ref(),
+        sign::purpose::SIGNIN_FAILURES,
+        key.as_bytes(),
+        Some(&payload),
+    );
     kafka::send_until_durable(
         producer,
         &cfg.kafka.topics.detect_signin_failures,
         key.as_bytes(),
         &payload,
-        None,
+        headers,
         shutdown,
     )
     .await
@@ -501,7 +585,15 @@ async fn checkpoint<C: ConsumerContext>(
     let topics = &cfg.kafka.topics;
     let mut list = TopicPartitionList::new();
     for (&partition, detector) in state.detectors.iter_mut() {
-        if !crate::state::save(producer, &topics.detect_state, partition, detector).await {
+        if !crate::state::save(
+            producer,
+            &topics.detect_state,
+            partition,
+            detector,
+            cfg.signing.signer().as_ref(),
+        )
+        .await
+        {
             continue;
         }
         if let Some(next) = state.pending.remove(&partition) {

@@ -19,16 +19,33 @@ use crate::anomaly::PrincipalState;
 use crate::detector::Detector;
 use crate::Error;
 
-/// Reads partition `partition` of the changelog back (blocking).
+/// Reads partition `partition` of the changelog back (blocking). Records (tombstones
+/// included) that `verifier` cannot authenticate are ignored: a forged baseline could switch a
+/// principal's anomaly detections off (an offset far ahead marks everything as applied). Also
+/// returns how many were ignored.
 pub fn restore(
     cfg: &KafkaConfig,
     partition: i32,
-) -> Result<HashMap<String, PrincipalState>, Error> {
+    verifier: &trailguard_common::sign::Verifier,
+) -> Result<(HashMap<String, PrincipalState>, u64), Error> {
     let mut states = HashMap::new();
     let mut undecodable = 0u64;
-    kafka_read(cfg, partition, |key, payload| {
-        let key = String::from_utf8_lossy(key).into_owned();
-        match payload.map(serde_json::from_slice::<PrincipalState>) {
+    let mut unverified = 0u64;
+    kafka_read(cfg, partition, |read| {
+        if verifier
+            .verify_record(
+                trailguard_common::sign::purpose::STATE,
+                read.key,
+                read.payload,
+                read.signature,
+            )
+            .is_err()
+        {
+            unverified += 1;
+            return;
+        }
+        let key = String::from_utf8_lossy(read.key).into_owned();
+        match read.payload.map(serde_json::from_slice::<PrincipalState>) {
             None => {
                 states.remove(&key);
             }
@@ -45,14 +62,21 @@ pub fn restore(
             "changelog records not understood; those principals start afresh"
         );
     }
+    if unverified > 0 {
+        tracing::warn!(
+            partition,
+            unverified,
+            "changelog records without a valid signature ignored"
+        );
+    }
     tracing::info!(partition, principals = states.len(), "baselines restored");
-    Ok(states)
+    Ok((states, unverified))
 }
 
 fn kafka_read(
     cfg: &KafkaConfig,
     partition: i32,
-    visit: impl FnMut(&[u8], Option<&[u8]>),
+    visit: impl FnMut(&trailguard_common::kafka::Read<'_>),
 ) -> Result<u64, Error> {
     Ok(trailguard_common::kafka::read_partition(
         cfg,
@@ -71,6 +95,7 @@ pub async fn save(
     topic: &str,
     partition: i32,
     detector: &mut Detector,
+    signer: Option<&trailguard_common::sign::Signer>,
 ) -> bool {
     let changes: Vec<(String, Option<Vec<u8>>)> = detector
         .take_changes()
@@ -89,6 +114,14 @@ pub async fn save(
             FutureRecord::to(topic).key(key).partition(partition);
         if let Some(p) = payload {
             record = record.payload(p);
+        }
+        if let Some(headers) = trailguard_common::kafka::signed(
+            signer,
+            trailguard_common::sign::purpose::STATE,
+            key.as_bytes(),
+            payload.as_deref(),
+        ) {
+            record = record.headers(headers);
         }
         pending.push(producer.send(record, Duration::from_secs(30)));
     }

@@ -42,8 +42,8 @@ impl Checkpoints {
         let reading = topic.clone();
         let read = tokio::task::spawn_blocking(move || {
             let mut found = Vec::new();
-            kafka::read_all(&cfg, &reading, "trailguard-ingest-checkpoints", |payload| {
-                if let Ok(c) = serde_json::from_slice::<Checkpoint>(payload) {
+            kafka::read_all(&cfg, &reading, "trailguard-ingest-checkpoints", |read| {
+                if let Some(Ok(c)) = read.payload.map(serde_json::from_slice::<Checkpoint>) {
                     found.push(c);
                 }
             })

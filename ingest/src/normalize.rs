@@ -29,6 +29,13 @@ pub enum NormalizeError {
     /// `eventTime` is present but is not a time.
     #[error("unparseable eventTime `{0}`")]
     BadTime(String),
+    /// The record claims to come from Trailguard itself (an `eventSource` ending in
+    /// `.trailguard`, or a `userIdentity.type` of `Trailguard`): only ingest's own inventory
+    /// produces those, never CloudTrail. Detect trusts them (a bucket snapshot asks for
+    /// `make_bucket_private`; Trailguard's own activity has no baseline), so from outside they
+    /// are refused.
+    #[error("reserved value: {0}")]
+    Reserved(String),
 }
 
 impl NormalizeError {
@@ -38,6 +45,7 @@ impl NormalizeError {
             NormalizeError::Malformed(_) => "malformed_record",
             NormalizeError::Missing(_) => "missing_field",
             NormalizeError::BadTime(_) => "bad_event_time",
+            NormalizeError::Reserved(_) => "reserved_value",
         }
     }
 }
@@ -74,8 +82,23 @@ fn normalize_record(record: RawRecord, depth: u8) -> Result<Activity, NormalizeE
         .filter(|t| (EARLIEST..=LATEST).contains(&t.timestamp()))
         .ok_or_else(|| NormalizeError::BadTime(truncate(&time_text)))?;
 
+    if event_source
+        .to_ascii_lowercase()
+        .trim_end()
+        .ends_with(".trailguard")
+    {
+        return Err(NormalizeError::Reserved(format!(
+            "eventSource `{}` is Trailguard's own",
+            truncate(&event_source)
+        )));
+    }
     let region = non_empty(record.aws_region);
     let mut principal = principal(record.user_identity);
+    if principal.kind.trim().eq_ignore_ascii_case("trailguard") {
+        return Err(NormalizeError::Reserved(
+            "userIdentity.type `Trailguard` is Trailguard's own".into(),
+        ));
+    }
     if principal.mfa_authenticated.is_none() && event_name == "ConsoleLogin" {
         principal.mfa_authenticated = record
             .additional_event_data
@@ -608,6 +631,35 @@ mod tests {
         assert_eq!(a.source_ip, None);
         assert_eq!(a.source_host.as_deref(), Some("AWS Internal"));
         Ok(())
+    }
+
+    /// Only ingest's own inventory produces Trailguard's event source and principal kind:
+    /// from a file, S3 or SQS they would be trusted by detect, so they are refused.
+    #[test]
+    fn trailguard_reserved_values_are_refused() {
+        let snapshot = ROOT_LOGIN_FAILURE.replace("signin.amazonaws.com", "inventory.trailguard");
+        assert!(matches!(
+            normalize(&snapshot),
+            Err(NormalizeError::Reserved(_))
+        ));
+        let upper = ROOT_LOGIN_FAILURE.replace("signin.amazonaws.com", "Inventory.TRAILGUARD");
+        assert!(matches!(
+            normalize(&upper),
+            Err(NormalizeError::Reserved(_))
+        ));
+        let own = ROOT_LOGIN_FAILURE.replace(r#""type":"Root""#, r#""type":"Trailguard""#);
+        let err = normalize(&own).err();
+        assert_eq!(
+            err.as_ref().map(NormalizeError::kind),
+            Some("reserved_value"),
+            "{err:?}"
+        );
+        // Inside an EventBridge envelope too.
+        let wrapped = format!(r#"{{"detail":{snapshot}}}"#);
+        assert!(matches!(
+            normalize(&wrapped),
+            Err(NormalizeError::Reserved(_))
+        ));
     }
 
     #[test]

@@ -85,6 +85,14 @@ impl RemediateConfig {
                  (TRAILGUARD_SIGNING__KEYS__<ID>) to detect's key, or signing.required = false",
             ));
         }
+        if self.signing.verifier().authenticates_records() && self.signing.signer().is_none() {
+            return Err(trailguard_common::Error::config(
+                "signing.key",
+                "remediate signs its action records (the record of what it did, read back to \
+                 never act twice and to undo) with signing.key_id / signing.key \
+                 (TRAILGUARD_SIGNING__KEY_ID, TRAILGUARD_SIGNING__KEY); it may be detect's key",
+            ));
+        }
         self.notify.validate()?;
         self.aws.validate()
     }

@@ -28,6 +28,7 @@ use crate::{bucket, iam, Error, RemediateConfig};
 #[derive(Clone)]
 pub struct Metrics {
     alerts: IntCounterVec,
+    unverified: prometheus::IntCounter,
     actions: IntCounterVec,
     rejected: IntCounterVec,
     latency: prometheus::Histogram,
@@ -65,7 +66,12 @@ impl Metrics {
             )
             .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
         )?;
+        let unverified = prometheus::IntCounter::new(
+            "trailguard_remediate_unverified_records_total",
+            "Records on the actions topic without remediate's signature, ignored when reading it back.",
+        )?;
         registry.register(Box::new(alerts.clone()))?;
+        registry.register(Box::new(unverified.clone()))?;
         registry.register(Box::new(actions.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -99,6 +105,7 @@ impl Metrics {
         }
         Ok(Metrics {
             alerts,
+            unverified,
             actions,
             rejected,
             latency,
@@ -247,9 +254,24 @@ fn no_clients(record: &mut ActionRecord, why: NoClients) {
 /// What the loop needs to act.
 struct Actor {
     clients: Clients,
-    protection: Protection,
+    /// Who must never be touched; known once remediate knows its own identity.
+    protection: tokio::sync::OnceCell<Protection>,
     notifier: Notifier,
     limiter: std::sync::Mutex<RateLimiter>,
+}
+
+impl Actor {
+    /// The protections, resolving remediate's own identity first if it is not known yet.
+    /// `None` while `sts:GetCallerIdentity` fails: then nothing but notifications is done.
+    async fn protection(&self, aws: &trailguard_common::aws::AwsConfig) -> Option<&Protection> {
+        self.protection
+            .get_or_try_init(|| async {
+                let caller = self.clients.caller().await?;
+                Ok::<_, NoClients>(Protection::new(&caller.account, &caller.arn, aws))
+            })
+            .await
+            .ok()
+    }
 }
 
 /// The id of the record answering `action` of `alert`.
@@ -335,6 +357,22 @@ async fn execute(
             return record;
         }
     }
+    // Nothing but a notification before remediate knows who it is (and so who is protected).
+    let protection = match actor.protection.get() {
+        Some(p) => p,
+        None if decision.action.kind == ActionKind::Notify => &Protection::default(),
+        None => {
+            let why = match actor.clients.caller().await {
+                Err(NoClients::Failed(why) | NoClients::Refused(why)) => why,
+                Ok(_) => "remediate's own identity was not resolved yet".into(),
+            };
+            record.outcome = ActionOutcome::Failed;
+            record.detail = format!(
+                "cannot tell which account remediate's credentials act in, nothing done: {why}"
+            );
+            return record;
+        }
+    };
     let account = target.account_id.as_deref();
     match decision.action.kind {
         ActionKind::MakeBucketPrivate => {
@@ -362,7 +400,7 @@ async fn execute(
                 }
             };
             let r = bucket::remove_collaborator(&s3, &target.id, grantee, dry_run, |policy| {
-                crate::plan::strip_refusal(policy, grantee, &cfg.remediate, &actor.protection)
+                crate::plan::strip_refusal(policy, grantee, &cfg.remediate, protection)
             })
             .await;
             fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
@@ -521,15 +559,42 @@ fn rejection_record(alert: &Alert, action: &RequestedAction, why: &Rejection) ->
     record
 }
 
-/// Reads the actions topic back: the ids of alerts already answered.
-fn answered_alerts(cfg: &RemediateConfig) -> Result<HashSet<String>, Error> {
+/// An action record read back, when remediate signed it (see [`publish`]); otherwise `None`,
+/// and `unverified` counts it. Anyone who can write the actions topic could otherwise mark a
+/// pending alert answered, or hand `undo` a policy document of their choosing.
+fn verified_record(
+    verifier: &trailguard_common::sign::Verifier,
+    read: &kafka::Read<'_>,
+    unverified: &mut u64,
+) -> Option<ActionRecord> {
+    let payload = read.payload?;
+    if verifier
+        .verify_record(
+            trailguard_common::sign::purpose::ACTIONS,
+            read.key,
+            Some(payload),
+            read.signature,
+        )
+        .is_err()
+    {
+        *unverified += 1;
+        return None;
+    }
+    serde_json::from_slice::<ActionRecord>(payload).ok()
+}
+
+/// Reads the actions topic back: the ids of alerts already answered, and how many records
+/// were ignored as not signed by remediate.
+fn answered_alerts(cfg: &RemediateConfig) -> Result<(HashSet<String>, u64), Error> {
     let mut done = HashSet::new();
+    let verifier = cfg.signing.verifier();
+    let mut unverified = 0u64;
     let read = kafka::read_all(
         &cfg.kafka,
         &cfg.kafka.topics.actions,
         "trailguard-remediate",
-        |payload| {
-            if let Ok(record) = serde_json::from_slice::<ActionRecord>(payload) {
+        |read| {
+            if let Some(record) = verified_record(&verifier, read, &mut unverified) {
                 // A rejected (forged) copy does not answer the genuine alert.
                 if record.outcome != ActionOutcome::Rejected && record.undo_of.is_none() {
                     done.insert(record.id);
@@ -537,12 +602,18 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<HashSet<String>, Error> {
             }
         },
     )?;
+    if unverified > 0 {
+        tracing::warn!(
+            unverified,
+            "action records without remediate's signature ignored"
+        );
+    }
     tracing::info!(
         records = read,
         answered = done.len(),
         "loaded answered actions from the actions topic"
     );
-    Ok(done)
+    Ok((done, unverified))
 }
 
 async fn publish(
@@ -555,12 +626,18 @@ async fn publish(
         return false;
     };
     let topic = &cfg.kafka.topics.actions;
+    let headers = kafka::signed(
+        cfg.signing.signer().as_ref(),
+        trailguard_common::sign::purpose::ACTIONS,
+        record.alert_id.as_bytes(),
+        Some(&payload),
+    );
     kafka::send_until_durable(
         producer,
         topic,
         record.alert_id.as_bytes(),
         &payload,
-        None,
+        headers,
         shutdown,
     )
     .await
@@ -594,29 +671,20 @@ pub async fn run(
     } else {
         None
     };
-    // Nothing is acted on before remediate knows which account its credentials act in (and so
-    // which principals are its own and which accounts are home).
     let clients = Clients::new(cfg.aws.clone());
-    let protection = loop {
-        match clients.caller().await {
-            Ok(caller) => break Protection::new(&caller.account, &caller.arn, &cfg.aws),
-            Err(NoClients::Failed(why) | NoClients::Refused(why)) => {
-                tracing::warn!(error = %why, "cannot tell which account remediate's credentials act in; retrying in 5 s");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-            }
-        }
-    };
     let actor = Actor {
         clients,
-        protection,
+        protection: tokio::sync::OnceCell::new(),
         notifier: Notifier::new(cfg.notify.clone(), sns),
         limiter: std::sync::Mutex::new(RateLimiter::default()),
     };
     if !cfg.signing.required {
         tracing::warn!("signing.required is false: unsigned alerts are acted on");
+    }
+    // Who remediate is decides which account it acts in and who is protected. Asked now, and
+    // again whenever an alert needs it while it is unknown; until then only notifications go.
+    if actor.protection(&cfg.aws).await.is_none() {
+        tracing::warn!("cannot tell which account remediate's credentials act in (sts:GetCallerIdentity); only notifications are sent until it can");
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
     // Notes assignments: what other instances answered on new partitions must be read back
@@ -669,7 +737,9 @@ pub async fn run(
         if context.take_assigned() {
             // New partitions (at start or after a rebalance): another instance may have answered
             // some of their uncommitted alerts. Read the actions topic back first.
-            answered.extend(tokio::task::block_in_place(|| answered_alerts(&cfg))?);
+            let (ids, unverified) = tokio::task::block_in_place(|| answered_alerts(&cfg))?;
+            answered.extend(ids);
+            metrics.unverified.inc_by(unverified);
         }
         let owned: HashSet<i32> = match consumer.assignment() {
             Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
@@ -711,10 +781,18 @@ pub async fn run(
                     } else {
                         // Decisions recorded before (an alert half answered before a restart)
                         // are not taken again.
-                        let open: Vec<Decision> = plan(alert, &cfg.remediate, &actor.protection)
-                            .into_iter()
-                            .filter(|d| !answered.contains(&record_id(alert, &d.action)))
-                            .collect();
+                        let needs_aws = alert.actions.iter().any(|a| a.kind != ActionKind::Notify);
+                        let protection = if needs_aws {
+                            actor.protection(&cfg.aws).await
+                        } else {
+                            actor.protection.get()
+                        };
+                        let unknown = Protection::default();
+                        let open: Vec<Decision> =
+                            plan(alert, &cfg.remediate, protection.unwrap_or(&unknown))
+                                .into_iter()
+                                .filter(|d| !answered.contains(&record_id(alert, &d.action)))
+                                .collect();
                         if !in_batch.insert(alert.id.clone()) || open.is_empty() {
                             metrics.alerts.with_label_values(&["duplicate"]).inc();
                             tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
@@ -817,23 +895,42 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
     let cfg_for_read = cfg.clone();
     let id = action_id.to_string();
     let (found, previous) = tokio::task::spawn_blocking(move || {
+        let verifier = cfg_for_read.signing.verifier();
+        let mut unverified = 0u64;
         kafka::read_all(
             &cfg_for_read.kafka,
             &topic,
             "trailguard-remediate-undo",
-            |payload| {
-                if let Ok(record) = serde_json::from_slice::<ActionRecord>(payload) {
+            |read| {
+                // Only records remediate signed: undo applies what a record says.
+                if let Some(record) = verified_record(&verifier, read, &mut unverified) {
                     if record.undo_of.as_deref() == Some(id.as_str())
                         && record.outcome == ActionOutcome::Applied
                     {
                         undone = Some(record);
                     } else if record.id == id && record.undo_of.is_none() {
-                        original = Some(record);
+                        // The earliest applied record: it holds the state from before the
+                        // first change (a later one, from a replay or a second instance, may
+                        // hold the state the first one left).
+                        let earlier_applied = original
+                            .as_ref()
+                            .is_some_and(|o| o.outcome == ActionOutcome::Applied);
+                        if !earlier_applied {
+                            original = Some(record);
+                        }
                     }
                 }
             },
         )
-        .map(|_| (original, undone))
+        .map(|_| {
+            if unverified > 0 {
+                tracing::warn!(
+                    unverified,
+                    "action records without remediate's signature ignored"
+                );
+            }
+            (original, undone)
+        })
     })
     .await
     .map_err(|e| Error::Stopped(format!("reading the actions topic: {e}")))??;

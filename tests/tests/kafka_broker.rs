@@ -282,7 +282,7 @@ async fn reading_back_ends_where_the_log_ends() -> Result<()> {
             &topic,
             0,
             "read-back-test",
-            |key, _| keys.push(String::from_utf8_lossy(key).into_owned()),
+            |read| keys.push(String::from_utf8_lossy(read.key).into_owned()),
         );
         let _ = done.send(read.map(|_| keys));
     });

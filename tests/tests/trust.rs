@@ -623,3 +623,300 @@ async fn tail_prints_hostile_records_safely() -> Result<()> {
     );
     Ok(())
 }
+
+/// Publishes `value` under `key` to every partition of `topic` (a forged record, unsigned).
+async fn produce_everywhere(topic: &str, key: &str, value: &[u8], partitions: i32) -> Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", trailguard_tests::brokers()?)
+        .create()?;
+    for partition in 0..partitions {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(value)
+                    .partition(partition),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The run's topics, created as the services create them.
+async fn create_topics(run: &Run) -> Result<()> {
+    use trailguard_common::config::TopicRole;
+    let mut cfg = trailguard_common::config::KafkaConfig {
+        brokers: trailguard_tests::brokers()?,
+        partitions: 3,
+        ..Default::default()
+    };
+    cfg.topics.activities = run.topic("activities");
+    cfg.topics.alerts = run.topic("alerts");
+    cfg.topics.actions = run.topic("actions");
+    cfg.topics.detect_state = run.topic("state");
+    cfg.topics.detect_facts = run.topic("facts");
+    cfg.topics.detect_signin_failures = run.topic("signin-failures");
+    trailguard_common::kafka::ensure_topics(
+        &cfg,
+        &[
+            TopicRole::Activities,
+            TopicRole::Alerts,
+            TopicRole::Actions,
+            TopicRole::DetectState,
+            TopicRole::DetectFacts,
+            TopicRole::DetectSigninFailures,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// R2, detect's half: records on detect's own topics that detect did not sign are ignored. A
+/// forged fact ("admin was deleted") raises no terminated-user alert about admin; a forged
+/// baseline (an offset far ahead, which would mark all of carol's activity as applied) does
+/// not switch carol's detections off; forged sign-in failures on the forwarding topic make no
+/// password-spray alert.
+#[tokio::test(flavor = "multi_thread")]
+async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
+    let run = Run::new("trust-internal")?;
+    create_topics(&run).await?;
+    let dir = std::env::temp_dir().join(&run.id);
+    std::fs::create_dir_all(&dir)?;
+    let tor = dir.join("tor.txt");
+    std::fs::write(&tor, "185.220.101.0/24\n")?;
+    let config = dir.join("detect.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n\n[policies.anomaly]\nlearning_period = \"1d\"\n",
+            tor.display().to_string()
+        ),
+    )?;
+    let admin = format!("user:{ACCOUNT}/admin");
+    let fact = json!({"key": admin, "fact": {"time": 0, "how": "DeleteUser by arn:aws:iam::123456789012:user/mallory", "subject": format!("{ACCOUNT}/admin")}});
+    produce(&run.topic("facts"), &admin, fact.to_string().as_bytes()).await?;
+    let carol_arn = format!("arn:aws:iam::{ACCOUNT}:user/carol");
+    let start = chrono::DateTime::parse_from_rfc3339("2024-05-08T12:00:00Z")?.timestamp();
+    let baseline = json!({"o": i64::MAX, "f": start, "l": start});
+    produce_everywhere(
+        &run.topic("state"),
+        &carol_arn,
+        baseline.to_string().as_bytes(),
+        3,
+    )
+    .await?;
+    // Eight forged failed sign-ins of eight users from one address, on the forwarding topic.
+    for i in 0..8 {
+        use trailguard_common::contract::{
+            Outcome, OutcomeStatus, Principal, ACTIVITY_SCHEMA_VERSION,
+        };
+        let activity = trailguard_common::Activity {
+            schema_version: ACTIVITY_SCHEMA_VERSION,
+            id: format!("forged-{i}"),
+            event_id: None,
+            event_time: chrono::DateTime::parse_from_rfc3339(&format!("2024-05-10T12:0{i}:00Z"))?
+                .with_timezone(&chrono::Utc),
+            event_source: "signin.amazonaws.com".into(),
+            event_name: "ConsoleLogin".into(),
+            event_type: Some("AwsConsoleSignIn".into()),
+            account_id: Some(ACCOUNT.into()),
+            region: Some("us-east-1".into()),
+            partition: Some("aws".into()),
+            principal: Principal {
+                kind: "IAMUser".into(),
+                arn: Some(format!("arn:aws:iam::{ACCOUNT}:user/staff{i}")),
+                name: Some(format!("staff{i}")),
+                ..Principal::default()
+            },
+            source_ip: "203.0.113.99".parse().ok(),
+            source_host: None,
+            user_agent: None,
+            read_only: None,
+            outcome: Outcome {
+                status: OutcomeStatus::Failure,
+                error_code: None,
+                error_message: None,
+            },
+            resources: Vec::new(),
+            request_id: None,
+            request_parameters: None,
+            response_elements: None,
+            additional_event_data: None,
+            enrichment: Default::default(),
+        };
+        produce(
+            &run.topic("signin-failures"),
+            "203.0.113.99",
+            &serde_json::to_vec(&activity)?,
+        )
+        .await?;
+    }
+    let mut records = vec![
+        record(
+            -2 * 1440,
+            "ListBuckets",
+            "s3.amazonaws.com",
+            "admin",
+            "71.253.251.70",
+            json!({}),
+        ),
+        record(
+            -2 * 1440,
+            "ListBuckets",
+            "s3.amazonaws.com",
+            "carol",
+            "71.253.251.72",
+            json!({}),
+        ),
+        record(
+            0,
+            "ListBuckets",
+            "s3.amazonaws.com",
+            "admin",
+            "71.253.251.70",
+            json!({}),
+        ),
+        record(
+            1,
+            "DescribeInstances",
+            "ec2.amazonaws.com",
+            "carol",
+            "185.220.101.7",
+            json!({}),
+        ),
+    ];
+    // Then each makes a change that alerts, so the test knows both were evaluated.
+    for (minute, user) in [(2, "admin"), (3, "carol")] {
+        records.push(record(
+            minute,
+            "StopLogging",
+            "cloudtrail.amazonaws.com",
+            user,
+            "71.253.251.70",
+            json!({"name": format!("arn:aws:cloudtrail:us-east-1:{ACCOUNT}:trail/main")}),
+        ));
+    }
+    let input = dir.join("records.jsonl");
+    let mut file = std::fs::File::create(&input)?;
+    for r in &records {
+        writeln!(file, "{r}")?;
+    }
+    drop(file);
+    run.ingest_files(&input)?;
+    let mut detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
+    let alerts: Vec<Alert> =
+        read_topic(&run.topic("alerts"), TIMEOUT, Duration::from_secs(5), |r| {
+            r.iter()
+                .filter_map(|r| serde_json::from_slice::<Alert>(&r.value).ok())
+                .filter(|a| a.policy_id == "cloudtrail-changes")
+                .count()
+                >= 2
+        })
+        .with_context(|| detect.log())?
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.value).ok())
+        .collect();
+    detect.stop("-TERM")?;
+    let about = |policy: &str, who: &str| {
+        alerts
+            .iter()
+            .any(|a| a.policy_id == policy && a.entity.id.contains(who))
+    };
+    assert!(
+        !about("terminated-user", "admin"),
+        "a forged fact raised an alert: {alerts:#?}"
+    );
+    assert!(
+        about("anonymous-ip", "carol"),
+        "a forged baseline silenced carol: {alerts:#?}"
+    );
+    assert!(
+        !alerts.iter().any(|a| a.entity.id == "203.0.113.99"),
+        "forged sign-in failures raised an alert: {alerts:#?}"
+    );
+    Ok(())
+}
+
+/// R2, remediate's half: action records remediate did not sign are ignored. A forged record
+/// answering a pending alert does not stop its action; a forged "applied" record with undo data
+/// of the forger's choosing cannot be undone (which would put that policy on the user).
+#[tokio::test(flavor = "multi_thread")]
+async fn remediate_ignores_action_records_it_did_not_sign() -> Result<()> {
+    let run = Run::new("trust-ledger")?;
+    create_topics(&run).await?;
+    let iam = iam_client().await?;
+    let dave = unique("dave");
+    user_with_active_key(&iam, &dave).await?;
+    let dave_arn = format!("arn:aws:iam::{ACCOUNT}:user/{dave}");
+    let genuine = alert(
+        "ledger-genuine",
+        ActionKind::SuspendUser,
+        &dave_arn,
+        ACCOUNT,
+        None,
+    )?;
+    let action = &genuine.actions[0];
+    let answered_id = trailguard_common::contract::stable_id([
+        genuine.id.as_str(),
+        action.kind.as_str(),
+        action.target.id.as_str(),
+        "",
+    ]);
+    let mut forged: Value = json!({
+        "schema_version": 1, "id": answered_id, "alert_id": genuine.id, "policy_id": "trust-test",
+        "kind": "suspend_user", "target": action.target, "mode": "auto", "outcome": "applied",
+        "detail": "forged", "steps": [], "aws_request_ids": [], "time": chrono::Utc::now(),
+    });
+    let actions = run.topic("actions");
+    produce(&actions, &genuine.id, forged.to_string().as_bytes()).await?;
+    forged["id"] = json!("forged-undo");
+    forged["alert_id"] = json!("forged-undo-alert");
+    forged["undo"] = json!({
+        "identity": {"kind": "user", "account": ACCOUNT, "name": dave},
+        "policy_name": "Backdoor",
+        "prior_policy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]},
+    });
+    produce(&actions, "forged-undo-alert", forged.to_string().as_bytes()).await?;
+
+    let config = remediate_config(&run, "")?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    produce(&run.topic("alerts"), "a", &signed(genuine.clone())?).await?;
+    let records = read_topic(&actions, TIMEOUT, Duration::from_secs(1), |r| {
+        r.iter()
+            .filter_map(|r| serde_json::from_slice::<ActionRecord>(&r.value).ok())
+            .any(|r| r.alert_id == genuine.id && r.detail != "forged")
+    })?;
+    let done: Vec<ActionRecord> = records
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<ActionRecord>(&r.value).ok())
+        .filter(|r| r.alert_id == genuine.id && r.detail != "forged")
+        .collect();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    assert_eq!(
+        done[0].outcome,
+        ActionOutcome::Applied,
+        "{}",
+        done[0].detail
+    );
+    assert_eq!(active_keys(&iam, &dave).await?, 0, "dave was suspended");
+
+    let out = run
+        .command("remediate", &["--config", &config, "undo", "forged-undo"])?
+        .output()?;
+    assert!(
+        !out.status.success(),
+        "a forged record was undone: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let backdoor = iam
+        .get_user_policy()
+        .user_name(&dave)
+        .policy_name("Backdoor")
+        .send()
+        .await;
+    assert!(backdoor.is_err(), "the forged undo put a policy on dave");
+    Ok(())
+}

@@ -353,6 +353,28 @@ pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaCo
     Ok(client.create_with_context(KafkaContext::new(cfg))?)
 }
 
+/// The value of the setting `name` of `topic` as the broker has it (DescribeConfigs). `None`
+/// when the broker does not say (some Kafka-protocol brokers do not implement it).
+pub async fn topic_setting(
+    cfg: &KafkaConfig,
+    topic: &str,
+    name: &str,
+) -> Result<Option<String>, Error> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<KafkaContext> =
+        base_config(cfg).create_with_context(KafkaContext::new(cfg))?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+        .await?;
+    Ok(results
+        .into_iter()
+        .filter_map(Result::ok)
+        .flat_map(|r| r.entries)
+        .find(|e| e.name == name)
+        .and_then(|e| e.value))
+}
+
 /// Creates the topics of the given roles if they are missing (explicitly, never by
 /// auto-creation), with the settings of their roles ([`KafkaConfig::topic_settings`]). A role
 /// whose topic is not configured (empty name) is skipped. Existing topics are left as they are.
@@ -528,6 +550,9 @@ fn settling(err: &KafkaError) -> bool {
     )
 }
 
+/// How long a read-back may go without receiving anything before it fails.
+const READ_STALL: Duration = Duration::from_secs(120);
+
 /// One record read back: its key, payload (`None`: a tombstone) and the value of its
 /// [`crate::sign::RECORD_SIGNATURE_HEADER`], if any.
 #[derive(Debug, Clone, Copy)]
@@ -610,14 +635,20 @@ pub fn read_all(
     }
     consumer.assign(&assignment)?;
     let mut count = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // However long the topic: an error only when nothing arrives for a while, never for
+    // taking long (a big topic must not turn start-up into a crash loop).
+    let mut last_progress = std::time::Instant::now();
     while remaining > 0 {
-        if std::time::Instant::now() > deadline {
-            return Err(Error::Timeout(format!("reading `{topic}` back")));
+        if last_progress.elapsed() > READ_STALL {
+            return Err(Error::Timeout(format!(
+                "reading `{topic}` back: nothing arrived for {} s",
+                READ_STALL.as_secs()
+            )));
         }
         let Some(message) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
+        last_progress = std::time::Instant::now();
         let (partition, next) = match message {
             Ok(message) => {
                 if message.payload().is_some() {
@@ -668,17 +699,19 @@ pub fn read_partition(
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
     consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut last_progress = std::time::Instant::now();
     let mut count = 0;
     loop {
-        if std::time::Instant::now() > deadline {
+        if last_progress.elapsed() > READ_STALL {
             return Err(Error::Timeout(format!(
-                "reading `{topic}` partition {partition} back"
+                "reading `{topic}` partition {partition} back: nothing arrived for {} s",
+                READ_STALL.as_secs()
             )));
         }
         let Some(message) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
+        last_progress = std::time::Instant::now();
         match message {
             Ok(message) => {
                 visit(&Read::of(&message));

@@ -58,6 +58,8 @@ region = "us-east-1"
 [remediate]
 default_mode = "dry-run"
 protected_buckets = ["corporate-*"]
+# The sample's records are from 2020: no maximum alert age (the default is 24 h).
+max_alert_age = "0s"
 
 [remediate.policies.s3-bucket-public]
 mode = "auto"

@@ -69,6 +69,12 @@ impl RemediateConfig {
                 "must not be empty",
             ));
         }
+        if self.remediate.max_alert_age > Duration::from_secs(10 * 365 * 86_400) {
+            return Err(trailguard_common::Error::config(
+                "remediate.max_alert_age",
+                "must be at most 10 years (zero: no limit)",
+            ));
+        }
         for (kind, limit) in &self.remediate.rate_limits {
             if limit.per.is_zero() {
                 return Err(trailguard_common::Error::config(
@@ -131,6 +137,16 @@ pub struct RemediateSettings {
     /// never reveals a password, so undo cannot put it back and an administrator sets a new
     /// one. Without it the deny-all policy already stops every console action.
     pub suspend_deletes_console_password: bool,
+    /// Alerts older than this (by their event time, the latest repeat folded in) are refused
+    /// with a record, never acted on: a captured alert replayed later does nothing. It must be
+    /// shorter than the actions topic's retention (checked at start-up), which is how long the
+    /// record of answered alerts lasts. Zero: no limit (replaying old trails, as the demo does).
+    #[serde(with = "humantime_serde")]
+    pub max_alert_age: Duration,
+    /// At most this many `rejected` records per minute (forged or unsigned alerts); beyond,
+    /// rejections are only counted and logged, so a flood of forgeries cannot grow the actions
+    /// topic or delay genuine alerts behind its writes. Zero: no records at all.
+    pub max_rejection_records_per_minute: u32,
 }
 
 impl Default for RemediateSettings {
@@ -151,6 +167,8 @@ impl Default for RemediateSettings {
             .into(),
             drain_timeout: Duration::from_secs(20),
             suspend_deletes_console_password: false,
+            max_alert_age: Duration::from_secs(24 * 3600),
+            max_rejection_records_per_minute: 60,
         }
     }
 }

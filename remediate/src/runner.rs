@@ -446,6 +446,66 @@ async fn execute(
     record
 }
 
+/// Why `alert` is too old to act on, if it is: its event time (the latest repeat folded in)
+/// is more than `max_age` before `now`. Zero `max_age`: no limit.
+fn staleness(
+    alert: &Alert,
+    max_age: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    if max_age.is_zero() {
+        return None;
+    }
+    let latest = alert.last_time.unwrap_or(alert.time).max(alert.time);
+    let age = (now - latest).to_std().ok()?;
+    (age > max_age).then(|| {
+        format!(
+            "the alert is {} old, older than remediate.max_alert_age ({}): a replayed or long-delayed alert is not acted on",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(max_age)
+        )
+    })
+}
+
+/// Rejection records allowed per minute (fixed windows).
+struct RejectionBudget {
+    per_minute: u32,
+    window: i64,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RejectionBudget {
+    fn new(per_minute: u32) -> Self {
+        RejectionBudget {
+            per_minute,
+            window: 0,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// True when one more record may be written now (unix seconds).
+    fn take(&mut self, now: i64) -> bool {
+        let window = now.div_euclid(60);
+        if window != self.window {
+            if self.suppressed > 0 {
+                tracing::warn!(suppressed = self.suppressed, "rejection records not written last minute (remediate.max_rejection_records_per_minute); the rejections were counted");
+            }
+            self.window = window;
+            self.used = 0;
+            self.suppressed = 0;
+        }
+        if self.used < self.per_minute {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
 /// An alert's decisions not yet recorded, and its Kafka timestamp (ms).
 type Pending = (Vec<Decision>, Option<i64>);
 
@@ -643,6 +703,33 @@ async fn publish(
     .await
 }
 
+/// The record of answered alerts (the actions topic) must outlast `remediate.max_alert_age`:
+/// an alert younger than that limit whose record has expired would be acted on again.
+async fn check_retention(cfg: &RemediateConfig) -> Result<(), Error> {
+    let topic = &cfg.kafka.topics.actions;
+    let max_age = cfg.remediate.max_alert_age;
+    match kafka::topic_setting(&cfg.kafka, topic, "retention.ms").await {
+        Ok(Some(text)) => {
+            let retention_ms: i64 = text.parse().unwrap_or(-1);
+            if max_age.is_zero() && retention_ms >= 0 {
+                tracing::warn!(topic, retention_ms, "remediate.max_alert_age is zero (no limit): an alert replayed after the actions topic's retention is acted on again");
+            } else if retention_ms >= 0 && (retention_ms as u128) <= max_age.as_millis() {
+                return Err(trailguard_common::Error::config(
+                    "remediate.max_alert_age",
+                    format!(
+                        "must be shorter than the retention of the actions topic `{topic}` ({}), which keeps the record of answered alerts",
+                        humantime::format_duration(Duration::from_millis(retention_ms as u64))
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(None) => tracing::warn!(topic, "the broker did not say how long it keeps the actions topic; make sure its retention outlasts remediate.max_alert_age"),
+        Err(err) => tracing::warn!(topic, error = %err, "cannot read the actions topic's retention; make sure it outlasts remediate.max_alert_age"),
+    }
+    Ok(())
+}
+
 /// Runs remediate until `shutdown`; `health` hears when this instance owns no partitions of a
 /// stalled group.
 pub async fn run(
@@ -653,8 +740,10 @@ pub async fn run(
 ) -> Result<(), Error> {
     let topics = &cfg.kafka.topics;
     kafka::ensure_topics(&cfg.kafka, &[TopicRole::Alerts, TopicRole::Actions]).await?;
+    check_retention(&cfg).await?;
     let mut answered = HashSet::new();
     let verifier = cfg.signing.verifier();
+    let mut rejections = RejectionBudget::new(cfg.remediate.max_rejection_records_per_minute);
     let sns = if cfg
         .notify
         .channels
@@ -760,9 +849,11 @@ pub async fn run(
                         metrics.alerts.with_label_values(&["rejected"]).inc();
                         metrics.rejected.with_label_values(&[why.as_str()]).inc();
                         tracing::warn!(alert_id = %alert.id, policy = %alert.policy_id, partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
-                        // One record per alert, however many actions it asks for: a forgery
-                        // must not be able to stall the loop.
-                        for action in alert.actions.iter().take(1) {
+                        // One record per alert, however many actions it asks for, and only so
+                        // many a minute: a flood of forgeries must not stall the loop or grow
+                        // the actions topic without bound.
+                        let budget = rejections.take(chrono::Utc::now().timestamp());
+                        for action in alert.actions.iter().take(usize::from(budget)) {
                             let record = rejection_record(alert, action, &why);
                             if !publish(&producer, &cfg, &record, &shutdown).await {
                                 return Err(Error::Stopped(format!(
@@ -788,10 +879,19 @@ pub async fn run(
                             actor.protection.get()
                         };
                         let unknown = Protection::default();
+                        // Too old: every action refused with the reason (and so answered).
+                        let stale =
+                            staleness(alert, cfg.remediate.max_alert_age, chrono::Utc::now());
                         let open: Vec<Decision> =
                             plan(alert, &cfg.remediate, protection.unwrap_or(&unknown))
                                 .into_iter()
                                 .filter(|d| !answered.contains(&record_id(alert, &d.action)))
+                                .map(|mut d| {
+                                    if let Some(why) = &stale {
+                                        d.refusal = Some(why.clone());
+                                    }
+                                    d
+                                })
                                 .collect();
                         if !in_batch.insert(alert.id.clone()) || open.is_empty() {
                             metrics.alerts.with_label_values(&["duplicate"]).inc();
@@ -1028,6 +1128,30 @@ mod tests {
             .iter()
             .map(|g| g.iter().map(|(a, _)| a.id.clone()).collect())
             .collect()
+    }
+
+    #[test]
+    fn old_alerts_are_stale_and_folds_count_from_their_last_repeat() {
+        let now = chrono::Utc::now();
+        let day = Duration::from_secs(86_400);
+        let mut a = alert("x", &[]);
+        a.time = now - chrono::Duration::hours(30);
+        let why = staleness(&a, day, now).unwrap_or_default();
+        assert!(why.contains("max_alert_age"), "{why}");
+        assert_eq!(staleness(&a, Duration::ZERO, now), None, "zero: no limit");
+        a.last_time = Some(now - chrono::Duration::hours(2));
+        assert_eq!(staleness(&a, day, now), None);
+        a.time = now + chrono::Duration::hours(1);
+        assert_eq!(staleness(&a, day, now), None, "a clock ahead is not stale");
+    }
+
+    #[test]
+    fn rejection_records_are_bounded_per_minute() {
+        let mut b = RejectionBudget::new(3);
+        let taken = (0..10).filter(|_| b.take(120)).count();
+        assert_eq!(taken, 3);
+        assert!(b.take(180), "a new minute");
+        assert!(!RejectionBudget::new(0).take(0));
     }
 
     #[test]

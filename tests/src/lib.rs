@@ -101,6 +101,9 @@ impl Run {
                 format!("{id}-remediate"),
             ),
             ("TRAILGUARD_LOG__FORMAT".into(), "json".into()),
+            // The test data is years old (real CloudTrail samples): no maximum alert age,
+            // except in the test of that limit.
+            ("TRAILGUARD_REMEDIATE__MAX_ALERT_AGE".into(), "0s".into()),
             // detect signs with this key; remediate accepts it.
             ("TRAILGUARD_SIGNING__KEY_ID".into(), TEST_KEY_ID.into()),
             ("TRAILGUARD_SIGNING__KEY".into(), TEST_KEY.into()),

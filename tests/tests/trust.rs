@@ -920,3 +920,70 @@ async fn remediate_ignores_action_records_it_did_not_sign() -> Result<()> {
     assert!(backdoor.is_err(), "the forged undo put a policy on dave");
     Ok(())
 }
+
+/// R5: an authentic alert older than `remediate.max_alert_age` (default 24 h) is refused with a
+/// record and not acted on; a fresh one is. A flood of forged alerts writes at most
+/// `max_rejection_records_per_minute` rejection records (every one is still counted).
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_alerts_are_refused_and_forgery_floods_are_bounded() -> Result<()> {
+    let mut run = Run::new("trust-stale")?;
+    // The default limit, not the test runs' "no limit".
+    run.env
+        .retain(|(k, _)| k != "TRAILGUARD_REMEDIATE__MAX_ALERT_AGE");
+    run.env.push((
+        "TRAILGUARD_REMEDIATE__MAX_REJECTION_RECORDS_PER_MINUTE".into(),
+        "5".into(),
+    ));
+    let iam = iam_client().await?;
+    let erin = unique("erin");
+    user_with_active_key(&iam, &erin).await?;
+    let arn = format!("arn:aws:iam::{ACCOUNT}:user/{erin}");
+    let config = remediate_config(&run, "")?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    let alerts = run.topic("alerts");
+    wait_for_topic(&alerts, TIMEOUT)?;
+    let mut old = alert("stale", ActionKind::SuspendUser, &arn, ACCOUNT, None)?;
+    old.time = chrono::Utc::now() - chrono::Duration::days(3);
+    produce(&alerts, "a", &signed(old)?).await?;
+    for i in 0..40 {
+        let forged = alert(
+            &format!("flood-{i}"),
+            ActionKind::SuspendUser,
+            &arn,
+            ACCOUNT,
+            None,
+        )?;
+        produce(&alerts, "f", &serde_json::to_vec(&forged)?).await?;
+    }
+    produce(
+        &alerts,
+        "b",
+        &signed(alert(
+            "fresh",
+            ActionKind::Notify,
+            "default",
+            ACCOUNT,
+            None,
+        )?)?,
+    )
+    .await?;
+    let records = records_for(&run.topic("actions"), &["stale", "fresh"])?;
+    let stale = record_of(&records, "stale")?;
+    assert_eq!(stale.outcome, ActionOutcome::Refused, "{}", stale.detail);
+    assert!(stale.detail.contains("max_alert_age"), "{}", stale.detail);
+    assert_eq!(
+        active_keys(&iam, &erin).await?,
+        1,
+        "a stale alert changed nothing"
+    );
+    let rejected = records
+        .iter()
+        .filter(|r| r.outcome == ActionOutcome::Rejected)
+        .count();
+    // Five a minute; the flood may straddle a minute boundary.
+    assert!(
+        (1..=10).contains(&rejected),
+        "{rejected} rejection records for 40 forgeries"
+    );
+    Ok(())
+}

@@ -436,7 +436,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig, roles: &[TopicRole]) -> Result<(),
 fn await_leaders(cfg: &KafkaConfig, topics: &[String]) -> Result<(), Error> {
     let consumer: BaseConsumer<KafkaContext> =
         base_config(cfg).create_with_context(KafkaContext::new(cfg))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     for topic in topics {
         loop {
             let ready = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
@@ -457,7 +457,7 @@ fn await_leaders(cfg: &KafkaConfig, topics: &[String]) -> Result<(), Error> {
             }
             if std::time::Instant::now() > deadline {
                 return Err(Error::Timeout(format!(
-                    "topic `{topic}` was created but its partitions have no leader after 30 s"
+                    "topic `{topic}` was created but its partitions have no leader after 120 s"
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -548,6 +548,15 @@ fn settling(err: &KafkaError) -> bool {
                 | Code::CoordinatorNotAvailable
         )
     )
+}
+
+/// The next offset `consumer` will fetch from `partition` of `topic`, when it has one.
+fn position<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Option<i64> {
+    let list = consumer.position().ok()?;
+    match list.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
 }
 
 /// How long a read-back may go without receiving anything before it fails.
@@ -658,8 +667,16 @@ pub fn read_all(
                 (message.partition(), message.offset() + 1)
             }
             // The end of the log as the broker has it now: past any offsets that compaction
-            // or transaction markers left without a record.
-            Err(KafkaError::PartitionEOF(partition)) => (partition, i64::MAX),
+            // or transaction markers left without a record. Unless a transaction is still
+            // undecided there (its markers are written after the commit returns): then the
+            // end a read-committed reader sees is behind, and the rest is on its way.
+            Err(KafkaError::PartitionEOF(partition)) => {
+                let end = ends.get(&partition).copied().unwrap_or(0);
+                if position(&consumer, topic, partition).is_some_and(|p| p < end) {
+                    continue;
+                }
+                (partition, i64::MAX)
+            }
             Err(err) => return Err(err.into()),
         };
         if ends.get(&partition).is_some_and(|end| next >= *end) {
@@ -722,7 +739,13 @@ pub fn read_partition(
             }
             // The end of the log as the broker has it now: the last offsets below the high
             // watermark may hold no record (compacted away, or a transaction marker).
-            Err(KafkaError::PartitionEOF(p)) if p == partition => return Ok(count),
+            Err(KafkaError::PartitionEOF(p)) if p == partition => {
+                // Behind the high watermark only while a transaction there is undecided.
+                if position(&consumer, topic, partition).is_some_and(|p| p < high) {
+                    continue;
+                }
+                return Ok(count);
+            }
             Err(err) => return Err(err.into()),
         }
     }

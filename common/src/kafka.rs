@@ -349,7 +349,13 @@ pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaCo
         .set("auto.offset.reset", "earliest")
         // Reading back to the end is done when the broker says the end is reached, not when
         // a record at the high watermark's offset arrives (there may be none).
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        // Up to the high watermark, not the last stable offset: right after a transactional
+        // writer's commit returns, its markers are not yet on the partition, and a
+        // read-committed reader would see the end before the records. Trailguard's own topics
+        // have no transactional writers; what they hold is checked by signature, not by
+        // isolation.
+        .set("isolation.level", "read_uncommitted");
     Ok(client.create_with_context(KafkaContext::new(cfg))?)
 }
 
@@ -550,15 +556,6 @@ fn settling(err: &KafkaError) -> bool {
     )
 }
 
-/// The next offset `consumer` will fetch from `partition` of `topic`, when it has one.
-fn position<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Option<i64> {
-    let list = consumer.position().ok()?;
-    match list.find_partition(topic, partition)?.offset() {
-        Offset::Offset(o) => Some(o),
-        _ => None,
-    }
-}
-
 /// How long a read-back may go without receiving anything before it fails.
 const READ_STALL: Duration = Duration::from_secs(120);
 
@@ -667,16 +664,8 @@ pub fn read_all(
                 (message.partition(), message.offset() + 1)
             }
             // The end of the log as the broker has it now: past any offsets that compaction
-            // or transaction markers left without a record. Unless a transaction is still
-            // undecided there (its markers are written after the commit returns): then the
-            // end a read-committed reader sees is behind, and the rest is on its way.
-            Err(KafkaError::PartitionEOF(partition)) => {
-                let end = ends.get(&partition).copied().unwrap_or(0);
-                if position(&consumer, topic, partition).is_some_and(|p| p < end) {
-                    continue;
-                }
-                (partition, i64::MAX)
-            }
+            // or transaction markers left without a record.
+            Err(KafkaError::PartitionEOF(partition)) => (partition, i64::MAX),
             Err(err) => return Err(err.into()),
         };
         if ends.get(&partition).is_some_and(|end| next >= *end) {
@@ -739,13 +728,7 @@ pub fn read_partition(
             }
             // The end of the log as the broker has it now: the last offsets below the high
             // watermark may hold no record (compacted away, or a transaction marker).
-            Err(KafkaError::PartitionEOF(p)) if p == partition => {
-                // Behind the high watermark only while a transaction there is undecided.
-                if position(&consumer, topic, partition).is_some_and(|p| p < high) {
-                    continue;
-                }
-                return Ok(count);
-            }
+            Err(KafkaError::PartitionEOF(p)) if p == partition => return Ok(count),
             Err(err) => return Err(err.into()),
         }
     }

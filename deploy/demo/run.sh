@@ -15,9 +15,13 @@ fi
 "$TG_LOCAL_DIR/up.sh"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TG_CACHE/target}"
-log "building (release)"
-cargo build --release --bins --quiet --manifest-path "$REPO/Cargo.toml"
-BIN="$CARGO_TARGET_DIR/release"
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# The debug build `make test` makes, in its feature set (bins and tests together): the first
+# alert comes sooner on a new machine than after a release build, the demo's few hundred
+# records need no optimizer, and after either command the other starts at once.
+log "building (debug, shared with make test)"
+cargo build --workspace --bins --tests --quiet --manifest-path "$REPO/Cargo.toml"
+BIN="$CARGO_TARGET_DIR/debug"
 
 run="demo-$(date +%Y%m%d%H%M%S)-$$"
 demo_dir="$TG_DATA/$run"

@@ -226,12 +226,12 @@ pub async fn run(
             // Only detect forwards failures: a record it did not sign is ignored, so nobody
             // who can write the topic can fake a password spray (or hide one).
             let read = kafka::Read::of(&message);
-            if let Err(why) = verifier.verify_record(
+            let opened = verifier.open(
                 sign::purpose::SIGNIN_FAILURES,
                 read.key,
-                read.payload,
-                read.signature,
-            ) {
+                read.payload.unwrap_or_default(),
+            );
+            if let Err(why) = opened {
                 metrics
                     .unverified
                     .with_label_values(&["signin_failures"])
@@ -242,8 +242,22 @@ pub async fn run(
                 continue;
             }
         }
-        // The payload is copied only when it is going to the dead-letter topic.
-        let decoded = decode(message.payload()).map_err(|(kind, reason)| {
+        // The payload is copied only when it is going to the dead-letter topic. A forwarded
+        // failure is the activity inside its sealed envelope (verified above).
+        let payload = if from_failures {
+            message.payload().and_then(|p| {
+                verifier
+                    .open(
+                        sign::purpose::SIGNIN_FAILURES,
+                        message.key().unwrap_or_default(),
+                        p,
+                    )
+                    .ok()
+            })
+        } else {
+            message.payload()
+        };
+        let decoded = decode(payload).map_err(|(kind, reason)| {
             (
                 kind,
                 reason,
@@ -419,17 +433,15 @@ fn verified_fact(
     read: &kafka::Read<'_>,
     unverified: &prometheus::IntCounter,
 ) -> Option<FactRecord> {
-    let payload = read.payload?;
-    if let Err(why) = verifier.verify_record(
-        sign::purpose::FACTS,
-        read.key,
-        Some(payload),
-        read.signature,
-    ) {
-        unverified.inc();
-        tracing::warn!(key = %String::from_utf8_lossy(read.key), reason = %why, "ignored an unverifiable fact");
-        return None;
-    }
+    let sealed = read.payload?;
+    let payload = match verifier.open(sign::purpose::FACTS, read.key, sealed) {
+        Ok(payload) => payload,
+        Err(why) => {
+            unverified.inc();
+            tracing::warn!(key = %String::from_utf8_lossy(read.key), reason = %why, "ignored an unverifiable fact");
+            return None;
+        }
+    };
     let record = serde_json::from_slice::<FactRecord>(payload).ok()?;
     (record.key.as_bytes() == read.key).then_some(record)
 }
@@ -450,16 +462,14 @@ async fn publish_fact(
     let Ok(payload) = serde_json::to_vec(&record) else {
         return;
     };
-    let headers = kafka::signed(
+    let payload = sign::seal(
         cfg.signing.signer().as_ref(),
         sign::purpose::FACTS,
         key.as_bytes(),
-        Some(&payload),
+        &payload,
     );
     let topic = &cfg.kafka.topics.detect_facts;
-    if !kafka::send_until_durable(producer, topic, key.as_bytes(), &payload, headers, shutdown)
-        .await
-    {
+    if !kafka::send_until_durable(producer, topic, key.as_bytes(), &payload, None, shutdown).await {
         tracing::warn!(key, "fact not published before shutdown");
     }
 }
@@ -526,18 +536,18 @@ async fn forward_failure(
         return true;
     };
     let key = ip.to_string();
-    let headers = kafka::signed(
+    let payload = sign::seal(
         cfg.signing.signer().as_ref(),
         sign::purpose::SIGNIN_FAILURES,
         key.as_bytes(),
-        Some(&payload),
+        &payload,
     );
     kafka::send_until_durable(
         producer,
         &cfg.kafka.topics.detect_signin_failures,
         key.as_bytes(),
         &payload,
-        headers,
+        None,
         shutdown,
     )
     .await

@@ -32,20 +32,22 @@ pub fn restore(
     let mut undecodable = 0u64;
     let mut unverified = 0u64;
     kafka_read(cfg, partition, |read| {
-        if verifier
-            .verify_record(
-                trailguard_common::sign::purpose::STATE,
-                read.key,
-                read.payload,
-                read.signature,
-            )
-            .is_err()
-        {
-            unverified += 1;
-            return;
-        }
+        // A tombstone carries no signature (nothing to seal): it forgets a principal, which a
+        // forged one can do anyway by getting the record compacted away.
+        let value = match read.payload {
+            None => None,
+            Some(sealed) => {
+                match verifier.open(trailguard_common::sign::purpose::STATE, read.key, sealed) {
+                    Ok(value) => Some(value),
+                    Err(_) => {
+                        unverified += 1;
+                        return;
+                    }
+                }
+            }
+        };
         let key = String::from_utf8_lossy(read.key).into_owned();
-        match read.payload.map(serde_json::from_slice::<PrincipalState>) {
+        match value.map(serde_json::from_slice::<PrincipalState>) {
             None => {
                 states.remove(&key);
             }
@@ -101,7 +103,14 @@ pub async fn save(
         .take_changes()
         .into_iter()
         .map(|(key, state)| {
-            let bytes = state.and_then(|s| serde_json::to_vec(s).ok());
+            let bytes = state.and_then(|s| serde_json::to_vec(s).ok()).map(|b| {
+                trailguard_common::sign::seal(
+                    signer,
+                    trailguard_common::sign::purpose::STATE,
+                    key.as_bytes(),
+                    &b,
+                )
+            });
             (key, bytes)
         })
         .collect();
@@ -115,14 +124,7 @@ pub async fn save(
         if let Some(p) = payload {
             record = record.payload(p);
         }
-        if let Some(headers) = trailguard_common::kafka::signed(
-            signer,
-            trailguard_common::sign::purpose::STATE,
-            key.as_bytes(),
-            payload.as_deref(),
-        ) {
-            record = record.headers(headers);
-        }
+
         pending.push(producer.send(record, Duration::from_secs(30)));
     }
     let mut ok = true;

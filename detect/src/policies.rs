@@ -477,12 +477,7 @@ impl BucketPublic {
         alert.mitre = vec![mitre("Defense Evasion", "T1562", "Impair Defenses")];
         alert.actions = vec![RequestedAction {
             kind: ActionKind::Notify,
-            target: Target {
-                kind: "security-team".into(),
-                id: "default".into(),
-                account_id: None,
-                grantee: None,
-            },
+            target: crate::templates::action_target(ActionKind::Notify, activity),
         }];
         Some(alert)
     }

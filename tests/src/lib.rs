@@ -43,6 +43,16 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `prefix` and a number that differs between calls (names of users, buckets and roles on the
+/// shared AWS-API server).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}", nanos % 1_000_000_000_000)
+}
+
 /// One test's topics and groups: unique names, so tests never see each other's records.
 pub struct Run {
     /// Unique prefix.

@@ -18,19 +18,11 @@ use trailguard_remediate::bucket;
 use trailguard_remediate::iam::{self, Identity, REVOKE_POLICY, SUSPEND_POLICY};
 use trailguard_remediate::notify::{ChannelConfig, ChannelKind, Notifier, NotifyConfig};
 use trailguard_tests::{
-    aws_endpoint, iam as iam_client, produce, read_topic, s3, signed, wait_for_topic, Run,
+    aws_endpoint, iam as iam_client, produce, read_topic, s3, signed, unique, wait_for_topic, Run,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const ACCOUNT: &str = "123456789012";
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}", nanos % 1_000_000_000_000)
-}
 
 /// A user with two access keys (the second already inactive) and a console password.
 async fn user_with_keys(client: &aws_sdk_iam::Client, name: &str) -> Result<Vec<String>> {

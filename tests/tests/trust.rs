@@ -15,21 +15,13 @@ use trailguard_common::contract::{
 };
 use trailguard_common::Alert;
 use trailguard_tests::{
-    aws_endpoint, aws_shared, iam as iam_client, produce, read_topic, s3, signed, wait_for_topic,
-    Run,
+    aws_endpoint, aws_shared, iam as iam_client, produce, read_topic, s3, signed, unique,
+    wait_for_topic, Run,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const ACCOUNT: &str = "123456789012";
 const FOREIGN: &str = "999999999999";
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}", nanos % 1_000_000_000_000)
-}
 
 /// An alert asking for one action on one target.
 fn alert(

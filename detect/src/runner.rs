@@ -222,38 +222,29 @@ pub async fn run(
         state.forget_revoked(&context);
         let (partition, offset) = (message.partition(), message.offset());
         let from_failures = message.topic() == topics.detect_signin_failures;
-        if from_failures {
-            // Only detect forwards failures: a record it did not sign is ignored, so nobody
-            // who can write the topic can fake a password spray (or hide one).
+        // A forwarded failure is the activity inside its sealed envelope. Only detect forwards
+        // failures: a record it did not sign is ignored, so nobody who can write the topic can
+        // fake a password spray (or hide one). The payload is copied only when it is going to
+        // the dead-letter topic.
+        let payload = if from_failures {
             let read = kafka::Read::of(&message);
-            let opened = verifier.open(
+            match verifier.open(
                 sign::purpose::SIGNIN_FAILURES,
                 read.key,
                 read.payload.unwrap_or_default(),
-            );
-            if let Err(why) = opened {
-                metrics
-                    .unverified
-                    .with_label_values(&["signin_failures"])
-                    .inc();
-                tracing::warn!(partition, offset, reason = %why, "ignored an unverifiable record on the sign-in failures topic");
-                drop(message);
-                state.pending_counters.insert(partition, offset + 1);
-                continue;
+            ) {
+                Ok(activity) => Some(activity),
+                Err(why) => {
+                    metrics
+                        .unverified
+                        .with_label_values(&["signin_failures"])
+                        .inc();
+                    tracing::warn!(partition, offset, reason = %why, "ignored an unverifiable record on the sign-in failures topic");
+                    drop(message);
+                    state.pending_counters.insert(partition, offset + 1);
+                    continue;
+                }
             }
-        }
-        // The payload is copied only when it is going to the dead-letter topic. A forwarded
-        // failure is the activity inside its sealed envelope (verified above).
-        let payload = if from_failures {
-            message.payload().and_then(|p| {
-                verifier
-                    .open(
-                        sign::purpose::SIGNIN_FAILURES,
-                        message.key().unwrap_or_default(),
-                        p,
-                    )
-                    .ok()
-            })
         } else {
             message.payload()
         };

@@ -356,8 +356,9 @@ pub async fn aws_shared() -> Result<aws_config::SdkConfig> {
         .await)
 }
 
-/// An S3 client acting in another account of the AWS-API server, through an assumed role.
-pub async fn s3_in_account(account: &str) -> Result<aws_sdk_s3::Client> {
+/// The SDK configuration acting in another account of the AWS-API server, through an
+/// assumed role.
+pub async fn aws_in_account(account: &str) -> Result<aws_config::SdkConfig> {
     let shared = aws_shared().await?;
     let role = aws_config::sts::AssumeRoleProvider::builder(format!(
         "arn:aws:iam::{account}:role/test-admin"
@@ -366,11 +367,51 @@ pub async fn s3_in_account(account: &str) -> Result<aws_sdk_s3::Client> {
     .configure(&shared)
     .build()
     .await;
-    let config = aws_sdk_s3::config::Builder::from(&shared)
-        .credentials_provider(role)
+    Ok(shared
+        .to_builder()
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(role))
+        .build())
+}
+
+/// An S3 client acting in another account of the AWS-API server, through an assumed role.
+pub async fn s3_in_account(account: &str) -> Result<aws_sdk_s3::Client> {
+    let config = aws_sdk_s3::config::Builder::from(&aws_in_account(account).await?)
         .force_path_style(true)
         .build();
     Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+/// An IAM client acting in another account of the AWS-API server, through an assumed role.
+pub async fn iam_in_account(account: &str) -> Result<aws_sdk_iam::Client> {
+    Ok(aws_sdk_iam::Client::new(&aws_in_account(account).await?))
+}
+
+/// A CloudTrail API-call record of IAM user `user` in account 123456789012, `minutes` after
+/// 2024-05-10 12:00Z, its eventID numbered from `id_base` (so two tests' records differ).
+pub fn api_call(
+    minutes: i64,
+    name: &str,
+    source: &str,
+    user: &str,
+    ip: &str,
+    params: serde_json::Value,
+    id_base: i64,
+) -> serde_json::Value {
+    let time = chrono::DateTime::parse_from_rfc3339("2024-05-10T12:00:00Z")
+        .map(|t| t + chrono::Duration::minutes(minutes))
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    serde_json::json!({
+        "eventVersion": "1.09", "eventTime": time, "eventSource": source, "eventName": name,
+        "awsRegion": "us-east-1", "recipientAccountId": "123456789012", "sourceIPAddress": ip,
+        "userAgent": "aws-cli/2.15.0 Python/3.11", "eventType": "AwsApiCall",
+        "readOnly": name.starts_with("List") || name.starts_with("Describe"),
+        "eventID": format!("00000000-0000-4000-8000-{:012}", minutes + id_base),
+        "userIdentity": {"type": "IAMUser", "userName": user, "accountId": "123456789012",
+            "arn": format!("arn:aws:iam::123456789012:user/{user}"),
+            "accessKeyId": format!("AKIA{}", user.to_uppercase())},
+        "requestParameters": params,
+    })
 }
 
 /// Publishes one record and waits for the broker to acknowledge it.

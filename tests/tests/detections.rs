@@ -12,21 +12,7 @@ use trailguard_common::Alert;
 use trailguard_tests::{read_topic, Run};
 
 fn record(minutes: i64, name: &str, source: &str, user: &str, ip: &str, params: Value) -> Value {
-    let time = chrono::DateTime::parse_from_rfc3339("2024-05-10T12:00:00Z")
-        .map(|t| t + chrono::Duration::minutes(minutes))
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default();
-    json!({
-        "eventVersion": "1.09", "eventTime": time, "eventSource": source, "eventName": name,
-        "awsRegion": "us-east-1", "recipientAccountId": "123456789012", "sourceIPAddress": ip,
-        "userAgent": "aws-cli/2.15.0 Python/3.11", "eventType": "AwsApiCall",
-        "readOnly": name.starts_with("List") || name.starts_with("Describe"),
-        "eventID": format!("00000000-0000-4000-8000-{:012}", minutes + 100_000),
-        "userIdentity": {"type": "IAMUser", "userName": user, "accountId": "123456789012",
-            "arn": format!("arn:aws:iam::123456789012:user/{user}"),
-            "accessKeyId": format!("AKIA{}", user.to_uppercase())},
-        "requestParameters": params,
-    })
+    trailguard_tests::api_call(minutes, name, source, user, ip, params, 100_000)
 }
 
 #[tokio::test(flavor = "multi_thread")]

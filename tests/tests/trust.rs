@@ -15,8 +15,7 @@ use trailguard_common::contract::{
 };
 use trailguard_common::Alert;
 use trailguard_tests::{
-    aws_endpoint, aws_shared, iam as iam_client, produce, read_topic, s3, signed, unique,
-    wait_for_topic, Run,
+    aws_endpoint, iam as iam_client, produce, read_topic, s3, signed, unique, wait_for_topic, Run,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -90,22 +89,6 @@ async fn active_keys(client: &aws_sdk_iam::Client, name: &str) -> Result<usize> 
         .iter()
         .filter(|k| k.status() == Some(&StatusType::Active))
         .count())
-}
-
-/// An IAM client acting in `account` of the AWS-API server, through an assumed role.
-async fn iam_in_account(account: &str) -> Result<aws_sdk_iam::Client> {
-    let shared = aws_shared().await?;
-    let role = aws_config::sts::AssumeRoleProvider::builder(format!(
-        "arn:aws:iam::{account}:role/test-admin"
-    ))
-    .session_name("test")
-    .configure(&shared)
-    .build()
-    .await;
-    let config = aws_sdk_iam::config::Builder::from(&shared)
-        .credentials_provider(role)
-        .build();
-    Ok(aws_sdk_iam::Client::from_conf(config))
 }
 
 fn remediate_config(run: &Run, extra: &str) -> Result<String> {
@@ -213,7 +196,7 @@ async fn a_foreign_principal_never_acts_on_our_same_named_user() -> Result<()> {
 async fn a_lookalike_name_in_another_account_is_not_protected() -> Result<()> {
     let run = Run::new("trust-lookalike")?;
     let name = unique("trailguard-x");
-    let foreign_iam = iam_in_account(FOREIGN).await?;
+    let foreign_iam = trailguard_tests::iam_in_account(FOREIGN).await?;
     let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]});
     foreign_iam
         .create_role()
@@ -391,21 +374,7 @@ async fn make_private_removes_statements_with_no_op_conditions() -> Result<()> {
 }
 
 fn record(minutes: i64, name: &str, source: &str, user: &str, ip: &str, params: Value) -> Value {
-    let time = chrono::DateTime::parse_from_rfc3339("2024-05-10T12:00:00Z")
-        .map(|t| t + chrono::Duration::minutes(minutes))
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default();
-    json!({
-        "eventVersion": "1.09", "eventTime": time, "eventSource": source, "eventName": name,
-        "awsRegion": "us-east-1", "recipientAccountId": ACCOUNT, "sourceIPAddress": ip,
-        "userAgent": "aws-cli/2.15.0 Python/3.11", "eventType": "AwsApiCall",
-        "readOnly": name.starts_with("List") || name.starts_with("Describe"),
-        "eventID": format!("00000000-0000-4000-8000-{:012}", minutes + 200_000),
-        "userIdentity": {"type": "IAMUser", "userName": user, "accountId": ACCOUNT,
-            "arn": format!("arn:aws:iam::{ACCOUNT}:user/{user}"),
-            "accessKeyId": format!("AKIA{}", user.to_uppercase())},
-        "requestParameters": params,
-    })
+    trailguard_tests::api_call(minutes, name, source, user, ip, params, 200_000)
 }
 
 /// R6, R7 and R8, detect's half: a failed call asks for nothing destructive (an `AccessDenied`

@@ -21,6 +21,24 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 /// The environment variable naming the call log.
 pub const CALL_LOG_ENV: &str = "TRAILGUARD_AWS_CALL_LOG";
 
+/// Fault injection for the crash tests: with `TRAILGUARD_FAULT_EXIT_AFTER=iam:PutUserPolicy`
+/// (service and operation, as in the call log) the process exits with status 86 right after
+/// the first successful call of that operation, as a crash would stop it: nothing after the
+/// call runs, no record is written, nothing is flushed. Never set it in production; the
+/// services log a warning at start-up when it is set.
+pub const FAULT_EXIT_AFTER_ENV: &str = "TRAILGUARD_FAULT_EXIT_AFTER";
+
+/// The call the process exits after, when fault injection is on (see [`FAULT_EXIT_AFTER_ENV`]).
+pub fn fault_exit_after() -> Option<&'static str> {
+    static CALL: OnceLock<Option<String>> = OnceLock::new();
+    CALL.get_or_init(|| {
+        std::env::var(FAULT_EXIT_AFTER_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())
+    })
+    .as_deref()
+}
+
 struct CallMetrics {
     calls: IntCounterVec,
     seconds: HistogramVec,
@@ -129,6 +147,14 @@ impl Intercept for CallRecorder {
             None => ("unknown".to_string(), "unknown".to_string()),
         };
         log_call(&service, &operation);
+        if let Some(call) = fault_exit_after() {
+            if matches!(context.output_or_error(), Some(Ok(_)))
+                && call.split_once(':') == Some((service.as_str(), operation.as_str()))
+            {
+                eprintln!("{FAULT_EXIT_AFTER_ENV}: exiting after {call}, as a crash would");
+                std::process::exit(86);
+            }
+        }
         let Some(metrics) = METRICS.get() else {
             return Ok(());
         };

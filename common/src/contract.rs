@@ -19,7 +19,7 @@ pub const ACTIVITY_SCHEMA_VERSION: u32 = 1;
 /// Version of [`Alert`] this build writes.
 pub const ALERT_SCHEMA_VERSION: u32 = 1;
 /// Version of [`ActionRecord`] this build writes.
-pub const ACTION_SCHEMA_VERSION: u32 = 1;
+pub const ACTION_SCHEMA_VERSION: u32 = 2;
 
 /// `eventSource` of the activities ingest's posture inventory publishes.
 pub const INVENTORY_SOURCE: &str = "inventory.trailguard";
@@ -424,7 +424,9 @@ pub struct Target {
     pub grantee: Option<String>,
 }
 
-/// Audit record of one remediation decision, published on the actions topic.
+/// Audit record of one remediation decision, published on the actions topic. An action that
+/// changes AWS has two records with one id: `started` (its prior state, written before the
+/// first change) and then its end; keep the last. Version 2 added the `started` outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ActionRecord {
     /// Version of this structure; see [`ACTION_SCHEMA_VERSION`].
@@ -504,6 +506,11 @@ pub enum ActionOutcome {
     Failed,
     /// The alert was not authentic (unsigned, unknown key, forged or altered): never acted on.
     Rejected,
+    /// Written ahead: the prior state (`undo`) and the planned `steps` are on record and the
+    /// first change is about to be made. A later record with the same id says how the action
+    /// ended; when none does, remediate stopped mid-action, and `remediate undo` restores the
+    /// state from this record. Not an answer: the alert is taken up again.
+    Started,
 }
 
 impl ActionOutcome {
@@ -517,6 +524,7 @@ impl ActionOutcome {
             ActionOutcome::Rejected => "rejected",
             ActionOutcome::Refused => "refused",
             ActionOutcome::Failed => "failed",
+            ActionOutcome::Started => "started",
         }
     }
 }

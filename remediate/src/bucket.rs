@@ -13,6 +13,7 @@ use aws_sdk_s3::Client;
 use serde_json::{json, Value};
 use trailguard_common::contract::{ActionOutcome, ActionStep};
 
+use crate::intent::{Intent, Unrecorded, NOT_RECORDED};
 use crate::plan::{make_private_changes, BucketState, Change};
 use trailguard_common::s3::items;
 
@@ -154,6 +155,16 @@ async fn apply_change(
 
 /// Makes `bucket` private. With `dry_run`, reads and plans but changes nothing.
 pub async fn make_private(client: &Client, bucket: &str, dry_run: bool) -> BucketResult {
+    make_private_recorded(client, bucket, dry_run, &Unrecorded).await
+}
+
+/// [`make_private`], handing the prior state to `intent` before the first change.
+pub async fn make_private_recorded(
+    client: &Client,
+    bucket: &str,
+    dry_run: bool,
+    intent: &dyn Intent,
+) -> BucketResult {
     let (state, undo) = match read_state(client, bucket).await {
         Ok(read) => read,
         Err(detail) => {
@@ -173,6 +184,27 @@ pub async fn make_private(client: &Client, bucket: &str, dry_run: bool) -> Bucke
             steps: Vec::new(),
             undo: None,
         };
+    }
+    if !dry_run {
+        let planned: Vec<ActionStep> = changes
+            .iter()
+            .map(|c| {
+                let (call, description) = c.describe();
+                ActionStep {
+                    call: call.into(),
+                    description,
+                    request_id: None,
+                }
+            })
+            .collect();
+        if !intent.record(&undo, &planned).await {
+            return BucketResult {
+                outcome: ActionOutcome::Failed,
+                detail: NOT_RECORDED.into(),
+                steps: Vec::new(),
+                undo: None,
+            };
+        }
     }
     let mut steps = Vec::new();
     for change in &changes {
@@ -326,6 +358,18 @@ pub async fn remove_collaborator(
     dry_run: bool,
     refuse: impl Fn(&Value) -> Option<String>,
 ) -> BucketResult {
+    remove_collaborator_recorded(client, bucket, grantee, dry_run, refuse, &Unrecorded).await
+}
+
+/// [`remove_collaborator`], handing the prior state to `intent` before the first change.
+pub async fn remove_collaborator_recorded(
+    client: &Client,
+    bucket: &str,
+    grantee: &str,
+    dry_run: bool,
+    refuse: impl Fn(&Value) -> Option<String>,
+    intent: &dyn Intent,
+) -> BucketResult {
     let (_, undo) = match read_state(client, bucket).await {
         Ok(read) => read,
         Err(detail) => {
@@ -408,6 +452,14 @@ pub async fn remove_collaborator(
             ),
             steps: planned,
             undo: Some(undo),
+        };
+    }
+    if !intent.record(&undo, &planned).await {
+        return BucketResult {
+            outcome: ActionOutcome::Failed,
+            detail: NOT_RECORDED.into(),
+            steps: Vec::new(),
+            undo: None,
         };
     }
     let mut steps = Vec::new();

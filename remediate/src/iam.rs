@@ -28,6 +28,7 @@ use aws_sdk_iam::types::StatusType;
 use aws_sdk_iam::Client;
 use serde_json::{json, Value};
 use trailguard_common::contract::{ActionOutcome, ActionStep};
+use crate::intent::{Intent, Unrecorded, NOT_RECORDED};
 
 /// Name of the inline policy that revokes older sessions.
 pub const REVOKE_POLICY: &str = "TrailguardRevokeOlderSessions";
@@ -352,6 +353,17 @@ pub async fn require_sign_in(
     now: &str,
     dry_run: bool,
 ) -> IamResult {
+    require_sign_in_recorded(client, who, now, dry_run, &Unrecorded).await
+}
+
+/// [`require_sign_in`], handing the prior state to `intent` before the first change.
+pub async fn require_sign_in_recorded(
+    client: &Client,
+    who: &Identity,
+    now: &str,
+    dry_run: bool,
+    intent: &dyn Intent,
+) -> IamResult {
     if let Identity::Root { .. } = who {
         return failed("the root user is never changed".into(), Vec::new(), None);
     }
@@ -397,6 +409,9 @@ pub async fn require_sign_in(
             undo: Some(undo),
         };
     }
+    if !intent.record(&undo, &planned).await {
+        return failed(NOT_RECORDED.into(), Vec::new(), None);
+    }
     let mut steps = Vec::new();
     match put_inline(client, who, REVOKE_POLICY, &revoke_document(now)).await {
         Ok(s) => steps.push(s),
@@ -435,6 +450,17 @@ pub async fn suspend_user(
     who: &Identity,
     dry_run: bool,
     delete_console_password: bool,
+) -> IamResult {
+    suspend_user_recorded(client, who, dry_run, delete_console_password, &Unrecorded).await
+}
+
+/// [`suspend_user`], handing the prior state to `intent` before the first change.
+pub async fn suspend_user_recorded(
+    client: &Client,
+    who: &Identity,
+    dry_run: bool,
+    delete_console_password: bool,
+    intent: &dyn Intent,
 ) -> IamResult {
     let Identity::User { name, .. } = who else {
         return failed(
@@ -492,6 +518,9 @@ pub async fn suspend_user(
             steps: planned,
             undo: Some(undo),
         };
+    }
+    if !intent.record(&undo, &planned).await {
+        return failed(NOT_RECORDED.into(), Vec::new(), None);
     }
     let mut steps = Vec::new();
     // Deny first: it takes effect for keys and sessions alike while the rest proceeds. If it

@@ -6,11 +6,13 @@
 //! - [`bucket`]: make a bucket private, remove a collaborator, and their undo (S3).
 //! - [`iam`]: require sign-in again, suspend a user, and their undo (IAM).
 //! - [`notify`]: webhooks, Slack, SNS.
+//! - [`intent`]: the write-ahead of an action's prior state, before its first change.
 //! - [`run`]: the Kafka loop — never acts twice on one alert, across restarts and instances
 //!   (it reads back the actions topic on every assignment); [`undo`] reverses one action.
 
 pub mod bucket;
 pub mod iam;
+pub mod intent;
 pub mod notify;
 pub mod plan;
 mod runner;

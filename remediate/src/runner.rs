@@ -20,6 +20,7 @@ use trailguard_common::sign::Rejection;
 use trailguard_common::telemetry::Health;
 use trailguard_common::{kafka, Alert};
 
+use crate::intent::Intent;
 use crate::notify::Notifier;
 use crate::plan::{plan, Decision, Protection, RateLimiter};
 use crate::{bucket, iam, Error, RemediateConfig};
@@ -318,15 +319,96 @@ fn fill(
     record.undo = undo;
 }
 
-/// Carries out one decision and describes it as an action record.
+/// Where an action's `started` record goes, and what an earlier attempt recorded.
+struct Journal<'a> {
+    producer: &'a kafka::Producer,
+    shutdown: &'a CancellationToken,
+    /// The prior state from the earliest `started` record of this action, when an earlier
+    /// attempt (before a crash, or by another instance) got that far and recorded no end.
+    earlier: Option<&'a serde_json::Value>,
+}
+
+/// The runner's [`Intent`]: publishes the action's prior state as a `started` record, and
+/// returns only once the broker has it.
+struct WriteAhead<'a> {
+    cfg: &'a RemediateConfig,
+    journal: &'a Journal<'a>,
+    record: &'a ActionRecord,
+}
+
+impl Intent for WriteAhead<'_> {
+    fn record<'a>(
+        &'a self,
+        undo: &'a serde_json::Value,
+        planned: &'a [trailguard_common::contract::ActionStep],
+    ) -> futures::future::BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let mut started = self.record.clone();
+            started.outcome = ActionOutcome::Started;
+            started.detail = format!(
+                "prior state recorded; making {} change(s)",
+                planned.len()
+            );
+            started.steps = planned.to_vec();
+            // The earliest attempt read the state before anyone changed it.
+            started.undo = Some(self.journal.earlier.unwrap_or(undo).clone());
+            started.time = chrono::Utc::now();
+            publish(
+                self.journal.producer,
+                self.cfg,
+                &started,
+                self.journal.shutdown,
+            )
+            .await
+        })
+    }
+}
+
+/// Carries out one decision and describes it as an action record. Before its first change the
+/// action's prior state goes to the actions topic as a `started` record (see [`WriteAhead`]).
 async fn execute(
     actor: &Actor,
     cfg: &RemediateConfig,
     alert: &Alert,
     decision: &Decision,
+    journal: &Journal<'_>,
+) -> ActionRecord {
+    let mut record = act(actor, cfg, alert, decision, journal).await;
+    // An earlier attempt stopped after recording the prior state: whatever it changed is part
+    // of this action, and its record holds the state from before any change.
+    if let Some(prior) = journal.earlier {
+        if record.outcome == ActionOutcome::AlreadyCompliant {
+            record.outcome = ActionOutcome::Applied;
+            record.detail = format!(
+                "{}: an earlier attempt made the changes and stopped before recording its result",
+                record.detail
+            );
+        }
+        if matches!(
+            record.outcome,
+            ActionOutcome::Applied | ActionOutcome::Failed
+        ) {
+            record.undo = Some(prior.clone());
+        }
+    }
+    record
+}
+
+async fn act(
+    actor: &Actor,
+    cfg: &RemediateConfig,
+    alert: &Alert,
+    decision: &Decision,
+    journal: &Journal<'_>,
 ) -> ActionRecord {
     let target = &decision.action.target;
     let mut record = new_record(alert, decision);
+    let template = record.clone();
+    let intent = WriteAhead {
+        cfg,
+        journal,
+        record: &template,
+    };
     if let Some(refusal) = &decision.refusal {
         record.outcome = ActionOutcome::Refused;
         record.detail = format!("refused: {refusal}");
@@ -383,7 +465,7 @@ async fn execute(
                     return record;
                 }
             };
-            let r = bucket::make_private(&s3, &target.id, dry_run).await;
+            let r = bucket::make_private_recorded(&s3, &target.id, dry_run, &intent).await;
             fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
         }
         ActionKind::RemoveCollaborator => {
@@ -399,9 +481,14 @@ async fn execute(
                     return record;
                 }
             };
-            let r = bucket::remove_collaborator(&s3, &target.id, grantee, dry_run, |policy| {
-                crate::plan::strip_refusal(policy, grantee, &cfg.remediate, protection)
-            })
+            let r = bucket::remove_collaborator_recorded(
+                &s3,
+                &target.id,
+                grantee,
+                dry_run,
+                |policy| crate::plan::strip_refusal(policy, grantee, &cfg.remediate, protection),
+                &intent,
+            )
             .await;
             fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
         }
@@ -425,16 +512,17 @@ async fn execute(
                 }
             };
             let r = if decision.action.kind == ActionKind::SuspendUser {
-                iam::suspend_user(
+                iam::suspend_user_recorded(
                     &client,
                     &who,
                     dry_run,
                     cfg.remediate.suspend_deletes_console_password,
+                    &intent,
                 )
                 .await
             } else {
                 let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-                iam::require_sign_in(&client, &who, &now, dry_run).await
+                iam::require_sign_in_recorded(&client, &who, &now, dry_run, &intent).await
             };
             fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
         }
@@ -643,10 +731,31 @@ fn verified_record(
     serde_json::from_slice::<ActionRecord>(payload).ok()
 }
 
-/// Reads the actions topic back: the ids of alerts already answered, and how many records
-/// were ignored as not signed by remediate.
-fn answered_alerts(cfg: &RemediateConfig) -> Result<(HashSet<String>, u64), Error> {
-    let mut done = HashSet::new();
+/// What the actions topic says was done.
+#[derive(Default)]
+struct ReadBack {
+    /// Ids of the action records that answer their alert's action for good.
+    answered: HashSet<String>,
+    /// Actions that got as far as `started` with no end on record: the prior state from the
+    /// earliest `started` record of each.
+    unfinished: HashMap<String, serde_json::Value>,
+    /// Records ignored as not signed by remediate.
+    unverified: u64,
+}
+
+/// Whether `record` answers its alert's action for good: a rejected (forged) copy does not
+/// answer the genuine alert, and a `started` record is only the beginning of an action.
+fn answers(record: &ActionRecord) -> bool {
+    record.undo_of.is_none()
+        && !matches!(
+            record.outcome,
+            ActionOutcome::Rejected | ActionOutcome::Started
+        )
+}
+
+/// Reads the actions topic back (see [`ReadBack`]).
+fn answered_alerts(cfg: &RemediateConfig) -> Result<ReadBack, Error> {
+    let mut back = ReadBack::default();
     let verifier = cfg.signing.verifier();
     let mut unverified = 0u64;
     let read = kafka::read_all(
@@ -655,13 +764,27 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<(HashSet<String>, u64), Erro
         "trailguard-remediate",
         |read| {
             if let Some(record) = verified_record(&verifier, read, &mut unverified) {
-                // A rejected (forged) copy does not answer the genuine alert.
-                if record.outcome != ActionOutcome::Rejected && record.undo_of.is_none() {
-                    done.insert(record.id);
+                if answers(&record) {
+                    back.answered.insert(record.id);
+                } else if let Some(of) = record.undo_of {
+                    // An undone action is answered, even one that only got as far as
+                    // `started`: taking its alert up again would redo what was undone.
+                    back.answered.insert(of);
+                } else if record.outcome == ActionOutcome::Started && record.undo_of.is_none() {
+                    if let Some(undo) = record.undo {
+                        back.unfinished.entry(record.id).or_insert(undo);
+                    }
                 }
             }
         },
     )?;
+    let ReadBack {
+        answered,
+        unfinished,
+        ..
+    } = &mut back;
+    unfinished.retain(|id, _| !answered.contains(id));
+    back.unverified = unverified;
     if unverified > 0 {
         tracing::warn!(
             unverified,
@@ -670,10 +793,11 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<(HashSet<String>, u64), Erro
     }
     tracing::info!(
         records = read,
-        answered = done.len(),
+        answered = back.answered.len(),
+        unfinished = back.unfinished.len(),
         "loaded answered actions from the actions topic"
     );
-    Ok((done, unverified))
+    Ok(back)
 }
 
 async fn publish(
@@ -742,6 +866,8 @@ pub async fn run(
     kafka::ensure_topics(&cfg.kafka, &[TopicRole::Alerts, TopicRole::Actions]).await?;
     check_retention(&cfg).await?;
     let mut answered = HashSet::new();
+    // Actions an earlier attempt started and did not finish: their recorded prior state.
+    let mut unfinished: HashMap<String, serde_json::Value> = HashMap::new();
     let verifier = cfg.signing.verifier();
     let mut rejections = RejectionBudget::new(cfg.remediate.max_rejection_records_per_minute);
     let sns = if cfg
@@ -769,6 +895,12 @@ pub async fn run(
     };
     if !cfg.signing.required {
         tracing::warn!("signing.required is false: unsigned alerts are acted on");
+    }
+    if let Some(call) = trailguard_common::aws_calls::fault_exit_after() {
+        tracing::warn!(
+            call,
+            "fault injection is on: remediate exits after the first successful {call}"
+        );
     }
     // Who remediate is decides which account it acts in and who is protected. Asked now, and
     // again whenever an alert needs it while it is unknown; until then only notifications go.
@@ -826,9 +958,14 @@ pub async fn run(
         if context.take_assigned() {
             // New partitions (at start or after a rebalance): another instance may have answered
             // some of their uncommitted alerts. Read the actions topic back first.
-            let (ids, unverified) = tokio::task::block_in_place(|| answered_alerts(&cfg))?;
-            answered.extend(ids);
-            metrics.unverified.inc_by(unverified);
+            let back = tokio::task::block_in_place(|| answered_alerts(&cfg))?;
+            answered.extend(back.answered);
+            for (id, prior) in back.unfinished {
+                if !answered.contains(&id) {
+                    unfinished.entry(id).or_insert(prior);
+                }
+            }
+            metrics.unverified.inc_by(back.unverified);
         }
         let owned: HashSet<i32> = match consumer.assignment() {
             Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
@@ -916,13 +1053,18 @@ pub async fn run(
         let acted = !work.is_empty();
         // Alerts touching the same target run in order; the others run concurrently.
         let runs = futures::future::join_all(group_by_target(work).into_iter().map(|group| {
-            let (actor, cfg, producer, shutdown, metrics) =
-                (&actor, &cfg, &producer, &shutdown, &metrics);
+            let (actor, cfg, producer, shutdown, metrics, unfinished) =
+                (&actor, &cfg, &producer, &shutdown, &metrics, &unfinished);
             async move {
                 let mut done = Vec::new();
                 for (alert, (decisions, arrived)) in group {
                     for decision in decisions {
-                        let record = execute(actor, cfg, &alert, &decision).await;
+                        let journal = Journal {
+                            producer,
+                            shutdown,
+                            earlier: unfinished.get(&record_id(&alert, &decision.action)),
+                        };
+                        let record = execute(actor, cfg, &alert, &decision, &journal).await;
                         if !publish(producer, cfg, &record, shutdown).await {
                             return Err(alert.id);
                         }
@@ -945,7 +1087,12 @@ pub async fn run(
         .await;
         for run in runs {
             match run {
-                Ok(ids) => answered.extend(ids),
+                Ok(ids) => {
+                    for id in &ids {
+                        unfinished.remove(id);
+                    }
+                    answered.extend(ids)
+                }
                 Err(id) => {
                     return Err(Error::Stopped(format!(
                         "action record for alert {id} not published"
@@ -988,15 +1135,23 @@ fn undo_refused(why: NoClients) -> Error {
 
 /// Undoes the action `action_id` from its recorded undo data and records that on the actions
 /// topic. Refuses an action that changed nothing, has no undo data, or was undone already.
+///
+/// The undo data comes from the action's earliest `started` (or, from before write-ahead
+/// records, `applied`) record: it was read before any attempt changed anything, whereas a
+/// later attempt (a replay after a crash, a second instance) reads the state the first left.
+/// An action whose last record is `started` or `failed` changed part of what it planned, and
+/// is undone from that same record.
 pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord, Error> {
-    let mut original: Option<ActionRecord> = None;
-    let mut undone: Option<ActionRecord> = None;
     let topic = cfg.kafka.topics.actions.clone();
     let cfg_for_read = cfg.clone();
     let id = action_id.to_string();
-    let (found, previous) = tokio::task::spawn_blocking(move || {
+    let (first, last, previous) = tokio::task::spawn_blocking(move || {
         let verifier = cfg_for_read.signing.verifier();
         let mut unverified = 0u64;
+        // The earliest record holding the prior state, the latest record, an undo of it.
+        let mut first: Option<ActionRecord> = None;
+        let mut last: Option<ActionRecord> = None;
+        let mut undone: Option<ActionRecord> = None;
         kafka::read_all(
             &cfg_for_read.kafka,
             &topic,
@@ -1009,15 +1164,14 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
                     {
                         undone = Some(record);
                     } else if record.id == id && record.undo_of.is_none() {
-                        // The earliest applied record: it holds the state from before the
-                        // first change (a later one, from a replay or a second instance, may
-                        // hold the state the first one left).
-                        let earlier_applied = original
-                            .as_ref()
-                            .is_some_and(|o| o.outcome == ActionOutcome::Applied);
-                        if !earlier_applied {
-                            original = Some(record);
+                        let holds_prior = matches!(
+                            record.outcome,
+                            ActionOutcome::Started | ActionOutcome::Applied
+                        ) && record.undo.is_some();
+                        if holds_prior && first.is_none() {
+                            first = Some(record.clone());
                         }
+                        last = Some(record);
                     }
                 }
             },
@@ -1029,12 +1183,12 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
                     "action records without remediate's signature ignored"
                 );
             }
-            (original, undone)
+            (first, last, undone)
         })
     })
     .await
     .map_err(|e| Error::Stopped(format!("reading the actions topic: {e}")))??;
-    let Some(original) = found else {
+    let Some(last) = last else {
         return Err(Error::Undo(format!(
             "no action {action_id} on topic {}",
             cfg.kafka.topics.actions
@@ -1046,12 +1200,12 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
             previous.time, previous.id
         )));
     }
-    if original.outcome != ActionOutcome::Applied {
+    let Some(original) = first else {
         return Err(Error::Undo(format!(
             "action {action_id} changed nothing (outcome {}): there is nothing to undo",
-            original.outcome.as_str()
+            last.outcome.as_str()
         )));
-    }
+    };
     let Some(data) = original.undo.clone() else {
         return Err(Error::Undo(format!(
             "action {action_id} recorded no undo data"

@@ -202,6 +202,122 @@ pub fn error_text<E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
+/// Error codes AWS services answer with when trying again later may succeed: throttling,
+/// timeouts, a service briefly unavailable, a concurrent change. Codes, not message text.
+pub const RETRYABLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "ServiceFailure",
+    "ConcurrentModification",
+    "ConcurrentModificationException",
+    "OperationAborted",
+    "IDPCommunicationError",
+];
+
+/// A failed AWS call, or a failure on the way to one: what a person reads, the service's error
+/// code, and whether trying again later may succeed (by the code, the HTTP status or the kind of
+/// failure — a timeout, a connection error — never by matching the text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// `call: CODE: message`.
+    pub text: String,
+    /// The service's error code, when it answered with one.
+    pub code: Option<String>,
+    /// Trying again later may succeed.
+    pub retryable: bool,
+}
+
+impl CallError {
+    /// Describes the SDK error of `call` (`iam:PutUserPolicy`).
+    pub fn of<E>(
+        call: &str,
+        err: &aws_smithy_runtime_api::client::result::SdkError<
+            E,
+            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+        >,
+    ) -> CallError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        use aws_sdk_s3::error::ProvideErrorMetadata as _;
+        use aws_smithy_runtime_api::client::result::SdkError;
+        let code = err.code().map(str::to_string);
+        let retryable = match err {
+            SdkError::ServiceError(ctx) => {
+                let status = ctx.raw().status().as_u16();
+                status >= 500
+                    || status == 429
+                    || code
+                        .as_deref()
+                        .is_some_and(|c| RETRYABLE_CODES.contains(&c))
+            }
+            // Never reached the service or no answer: a timeout, a refused or broken connection,
+            // credentials (an assumed role) that could not be had just now, an unreadable answer.
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
+            // The request could not even be built: the same request fails again.
+            _ => false,
+        };
+        CallError {
+            text: format!("{call}: {}", error_text(err)),
+            code,
+            retryable,
+        }
+    }
+
+    /// A failure that trying again cannot mend.
+    pub fn permanent(text: impl Into<String>) -> CallError {
+        CallError {
+            text: text.into(),
+            code: None,
+            retryable: false,
+        }
+    }
+
+    /// The same failure, with `note` added to its text.
+    pub fn noting(mut self, note: &str) -> CallError {
+        self.text.push_str(note);
+        self
+    }
+
+    /// Whether the service answered with `code`.
+    pub fn is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<String> for CallError {
+    fn from(text: String) -> Self {
+        CallError::permanent(text)
+    }
+}
+
+impl From<&str> for CallError {
+    fn from(text: &str) -> Self {
+        CallError::permanent(text)
+    }
+}
+
 /// True for a 12-digit AWS account id.
 pub fn is_account_id(s: &str) -> bool {
     s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())

@@ -461,6 +461,13 @@ pub struct ActionRecord {
     /// Set on the record of an undo: the id of the action it undid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo_of: Option<String>,
+    /// On a `failed` record: the failure may mend (throttling, 5xx, a timeout), and the action
+    /// will be tried again — the record is not final. Absent: final.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
+    /// Tries so far, when more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// Mode of an action, per policy and action kind.
@@ -716,6 +723,8 @@ mod tests {
             time: alert.time,
             undo: None,
             undo_of: None,
+            retryable: false,
+            attempts: None,
         };
         let text = record.to_string();
         assert!(

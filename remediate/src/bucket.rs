@@ -11,6 +11,7 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use serde_json::{json, Value};
+use trailguard_common::aws::CallError;
 use trailguard_common::contract::{ActionOutcome, ActionStep};
 
 use crate::intent::{Intent, Unrecorded, NOT_RECORDED};
@@ -28,14 +29,22 @@ pub struct BucketResult {
     pub steps: Vec<ActionStep>,
     /// Prior state of what was changed.
     pub undo: Option<Value>,
+    /// A failure that trying again later may mend (throttling, 5xx, a timeout).
+    pub retryable: bool,
 }
 
-fn sdk_error<E: ProvideErrorMetadata + std::fmt::Debug>(call: &str, err: &E) -> String {
-    format!("{call}: {}", trailguard_common::aws::error_text(err))
+fn failure(why: CallError, steps: Vec<ActionStep>, undo: Option<Value>) -> BucketResult {
+    BucketResult {
+        outcome: ActionOutcome::Failed,
+        detail: why.text,
+        steps,
+        undo,
+        retryable: why.retryable,
+    }
 }
 
 /// Reads what makes a bucket public, plus the undo data (the prior ACL and policy).
-async fn read_state(client: &Client, bucket: &str) -> Result<(BucketState, Value), String> {
+async fn read_state(client: &Client, bucket: &str) -> Result<(BucketState, Value), CallError> {
     let block = match client.get_public_access_block().bucket(bucket).send().await {
         Ok(out) => out.public_access_block_configuration().map(|c| {
             [
@@ -46,14 +55,14 @@ async fn read_state(client: &Client, bucket: &str) -> Result<(BucketState, Value
             ]
         }),
         Err(err) if err.code() == Some("NoSuchPublicAccessBlockConfiguration") => None,
-        Err(err) => return Err(sdk_error("s3:GetPublicAccessBlock", &err)),
+        Err(err) => return Err(CallError::of("s3:GetPublicAccessBlock", &err)),
     };
     let acl = client
         .get_bucket_acl()
         .bucket(bucket)
         .send()
         .await
-        .map_err(|err| sdk_error("s3:GetBucketAcl", &err))?;
+        .map_err(|err| CallError::of("s3:GetBucketAcl", &err))?;
     let grants: Vec<Value> = acl
         .grants()
         .iter()
@@ -76,7 +85,7 @@ async fn read_state(client: &Client, bucket: &str) -> Result<(BucketState, Value
     let policy_text = match client.get_bucket_policy().bucket(bucket).send().await {
         Ok(out) => out.policy().map(str::to_string),
         Err(err) if err.code() == Some("NoSuchBucketPolicy") => None,
-        Err(err) => return Err(sdk_error("s3:GetBucketPolicy", &err)),
+        Err(err) => return Err(CallError::of("s3:GetBucketPolicy", &err)),
     };
     let policy = policy_text
         .as_deref()
@@ -103,7 +112,7 @@ async fn apply_change(
     client: &Client,
     bucket: &str,
     change: &Change,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, CallError> {
     let (call, _) = change.describe();
     let request_id = match change {
         Change::BlockPublicAccess => {
@@ -119,7 +128,7 @@ async fn apply_change(
                 .public_access_block_configuration(config)
                 .send()
                 .await
-                .map_err(|e| sdk_error(call, &e))?
+                .map_err(|e| CallError::of(call, &e))?
                 .request_id()
                 .map(str::to_string)
         }
@@ -129,7 +138,7 @@ async fn apply_change(
             .acl(BucketCannedAcl::Private)
             .send()
             .await
-            .map_err(|e| sdk_error(call, &e))?
+            .map_err(|e| CallError::of(call, &e))?
             .request_id()
             .map(str::to_string),
         Change::PutPolicy(policy) => client
@@ -138,7 +147,7 @@ async fn apply_change(
             .policy(policy.to_string())
             .send()
             .await
-            .map_err(|e| sdk_error(call, &e))?
+            .map_err(|e| CallError::of(call, &e))?
             .request_id()
             .map(str::to_string),
         Change::DeletePolicy => client
@@ -146,7 +155,7 @@ async fn apply_change(
             .bucket(bucket)
             .send()
             .await
-            .map_err(|e| sdk_error(call, &e))?
+            .map_err(|e| CallError::of(call, &e))?
             .request_id()
             .map(str::to_string),
     };
@@ -167,14 +176,7 @@ pub async fn make_private_recorded(
 ) -> BucketResult {
     let (state, undo) = match read_state(client, bucket).await {
         Ok(read) => read,
-        Err(detail) => {
-            return BucketResult {
-                outcome: ActionOutcome::Failed,
-                detail,
-                steps: Vec::new(),
-                undo: None,
-            }
-        }
+        Err(why) => return failure(why, Vec::new(), None),
     };
     let changes = make_private_changes(&state);
     if changes.is_empty() {
@@ -183,6 +185,7 @@ pub async fn make_private_recorded(
             detail: format!("bucket {bucket} is already private"),
             steps: Vec::new(),
             undo: None,
+            retryable: false,
         };
     }
     if !dry_run {
@@ -198,12 +201,7 @@ pub async fn make_private_recorded(
             })
             .collect();
         if !intent.record(&undo, &planned).await {
-            return BucketResult {
-                outcome: ActionOutcome::Failed,
-                detail: NOT_RECORDED.into(),
-                steps: Vec::new(),
-                undo: None,
-            };
+            return failure(NOT_RECORDED.into(), Vec::new(), None);
         }
     }
     let mut steps = Vec::new();
@@ -214,17 +212,9 @@ pub async fn make_private_recorded(
         } else {
             match apply_change(client, bucket, change).await {
                 Ok(id) => id,
-                Err(detail) => {
-                    return BucketResult {
-                        outcome: ActionOutcome::Failed,
-                        detail: format!(
-                            "{detail} (after {} of {} changes)",
-                            steps.len(),
-                            changes.len()
-                        ),
-                        steps,
-                        undo: Some(undo),
-                    }
+                Err(why) => {
+                    let note = format!(" (after {} of {} changes)", steps.len(), changes.len());
+                    return failure(why.noting(&note), steps, Some(undo));
                 }
             }
         };
@@ -253,6 +243,7 @@ pub async fn make_private_recorded(
         detail,
         steps,
         undo: Some(undo),
+        retryable: false,
     }
 }
 
@@ -284,7 +275,7 @@ fn grant_from_json(g: &Value) -> Option<Grant> {
     )
 }
 
-async fn put_acl(client: &Client, bucket: &str, acl: &Value) -> Result<ActionStep, String> {
+async fn put_acl(client: &Client, bucket: &str, acl: &Value) -> Result<ActionStep, CallError> {
     let grants: Vec<Grant> = acl["grants"]
         .as_array()
         .into_iter()
@@ -304,7 +295,7 @@ async fn put_acl(client: &Client, bucket: &str, acl: &Value) -> Result<ActionSte
         .access_control_policy(policy)
         .send()
         .await
-        .map_err(|e| sdk_error("s3:PutBucketAcl", &e))?;
+        .map_err(|e| CallError::of("s3:PutBucketAcl", &e))?;
     Ok(ActionStep {
         call: "s3:PutBucketAcl".into(),
         description: format!("set the ACL to {} grant(s)", grants.len()),
@@ -316,7 +307,7 @@ async fn put_or_delete_policy(
     client: &Client,
     bucket: &str,
     policy: Option<&str>,
-) -> Result<ActionStep, String> {
+) -> Result<ActionStep, CallError> {
     match policy {
         Some(text) => {
             let out = client
@@ -325,7 +316,7 @@ async fn put_or_delete_policy(
                 .policy(text)
                 .send()
                 .await
-                .map_err(|e| sdk_error("s3:PutBucketPolicy", &e))?;
+                .map_err(|e| CallError::of("s3:PutBucketPolicy", &e))?;
             Ok(ActionStep {
                 call: "s3:PutBucketPolicy".into(),
                 description: "put the bucket policy".into(),
@@ -338,7 +329,7 @@ async fn put_or_delete_policy(
                 .bucket(bucket)
                 .send()
                 .await
-                .map_err(|e| sdk_error("s3:DeleteBucketPolicy", &e))?;
+                .map_err(|e| CallError::of("s3:DeleteBucketPolicy", &e))?;
             Ok(ActionStep {
                 call: "s3:DeleteBucketPolicy".into(),
                 description: "delete the bucket policy".into(),
@@ -372,14 +363,7 @@ pub async fn remove_collaborator_recorded(
 ) -> BucketResult {
     let (_, undo) = match read_state(client, bucket).await {
         Ok(read) => read,
-        Err(detail) => {
-            return BucketResult {
-                outcome: ActionOutcome::Failed,
-                detail,
-                steps: Vec::new(),
-                undo: None,
-            }
-        }
+        Err(why) => return failure(why, Vec::new(), None),
     };
     let grants: Vec<Value> = undo["acl"]["grants"]
         .as_array()
@@ -401,6 +385,7 @@ pub async fn remove_collaborator_recorded(
             detail: format!("refused: {why}"),
             steps: Vec::new(),
             undo: None,
+            retryable: false,
         };
     }
     let new_policy = policy
@@ -441,6 +426,7 @@ pub async fn remove_collaborator_recorded(
             detail: format!("{grantee} has no grant on bucket {bucket}"),
             steps: Vec::new(),
             undo: None,
+            retryable: false,
         };
     }
     if dry_run {
@@ -452,43 +438,25 @@ pub async fn remove_collaborator_recorded(
             ),
             steps: planned,
             undo: Some(undo),
+            retryable: false,
         };
     }
     if !intent.record(&undo, &planned).await {
-        return BucketResult {
-            outcome: ActionOutcome::Failed,
-            detail: NOT_RECORDED.into(),
-            steps: Vec::new(),
-            undo: None,
-        };
+        return failure(NOT_RECORDED.into(), Vec::new(), None);
     }
     let mut steps = Vec::new();
     if kept.len() < grants.len() {
         let acl = json!({"owner_id": undo["acl"]["owner_id"], "grants": kept});
         match put_acl(client, bucket, &acl).await {
             Ok(step) => steps.push(step),
-            Err(detail) => {
-                return BucketResult {
-                    outcome: ActionOutcome::Failed,
-                    detail,
-                    steps,
-                    undo: Some(undo),
-                }
-            }
+            Err(why) => return failure(why, steps, Some(undo)),
         }
     }
     if let Some(change) = &new_policy {
         let text = change.as_ref().map(Value::to_string);
         match put_or_delete_policy(client, bucket, text.as_deref()).await {
             Ok(step) => steps.push(step),
-            Err(detail) => {
-                return BucketResult {
-                    outcome: ActionOutcome::Failed,
-                    detail,
-                    steps,
-                    undo: Some(undo),
-                }
-            }
+            Err(why) => return failure(why, steps, Some(undo)),
         }
     }
     BucketResult {
@@ -499,6 +467,7 @@ pub async fn remove_collaborator_recorded(
         ),
         steps,
         undo: Some(undo),
+        retryable: false,
     }
 }
 
@@ -506,20 +475,10 @@ pub async fn remove_collaborator_recorded(
 /// public-access block (when recorded), ACL and policy as they were.
 pub async fn undo(client: &Client, undo: &Value) -> BucketResult {
     let Some(bucket) = undo["bucket"].as_str() else {
-        return BucketResult {
-            outcome: ActionOutcome::Failed,
-            detail: "the undo data names no bucket".into(),
-            steps: Vec::new(),
-            undo: None,
-        };
+        return failure("the undo data names no bucket".into(), Vec::new(), None);
     };
     let mut steps = Vec::new();
-    let fail = |detail: String, steps: Vec<ActionStep>| BucketResult {
-        outcome: ActionOutcome::Failed,
-        detail,
-        steps,
-        undo: None,
-    };
+    let fail = |why: CallError, steps: Vec<ActionStep>| failure(why, steps, None);
     if let Some(block) = undo.get("public_access_block") {
         let result = match block {
             Value::Null => client
@@ -534,7 +493,7 @@ pub async fn undo(client: &Client, undo: &Value) -> BucketResult {
                         o.request_id().map(str::to_string),
                     )
                 })
-                .map_err(|e| sdk_error("s3:DeletePublicAccessBlock", &e)),
+                .map_err(|e| CallError::of("s3:DeletePublicAccessBlock", &e)),
             flags => {
                 let flag = |k: &str| flags[k].as_bool().unwrap_or(false);
                 let config = PublicAccessBlockConfiguration::builder()
@@ -556,7 +515,7 @@ pub async fn undo(client: &Client, undo: &Value) -> BucketResult {
                             o.request_id().map(str::to_string),
                         )
                     })
-                    .map_err(|e| sdk_error("s3:PutPublicAccessBlock", &e))
+                    .map_err(|e| CallError::of("s3:PutPublicAccessBlock", &e))
             }
         };
         match result {
@@ -571,7 +530,7 @@ pub async fn undo(client: &Client, undo: &Value) -> BucketResult {
     // The policy before the ACL: with the block restored, a public policy is accepted again.
     match put_or_delete_policy(client, bucket, undo["policy"].as_str()).await {
         Ok(step) => steps.push(step),
-        Err(detail) if undo["policy"].is_null() && detail.contains("NoSuchBucketPolicy") => {}
+        Err(why) if undo["policy"].is_null() && why.is("NoSuchBucketPolicy") => {}
         Err(detail) => return fail(detail, steps),
     }
     match put_acl(client, bucket, &undo["acl"]).await {
@@ -583,5 +542,6 @@ pub async fn undo(client: &Client, undo: &Value) -> BucketResult {
         detail: format!("restored bucket {bucket} ({} changes)", steps.len()),
         steps,
         undo: None,
+        retryable: false,
     }
 }

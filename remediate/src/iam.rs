@@ -22,13 +22,14 @@
 //! password cannot be restored (IAM never reveals passwords): undo says so, and an
 //! administrator sets a new one.
 
+use crate::intent::{Intent, Unrecorded, NOT_RECORDED};
 use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::operation::RequestId;
 use aws_sdk_iam::types::StatusType;
 use aws_sdk_iam::Client;
 use serde_json::{json, Value};
+use trailguard_common::aws::CallError;
 use trailguard_common::contract::{ActionOutcome, ActionStep};
-use crate::intent::{Intent, Unrecorded, NOT_RECORDED};
 
 /// Name of the inline policy that revokes older sessions.
 pub const REVOKE_POLICY: &str = "TrailguardRevokeOlderSessions";
@@ -135,19 +136,19 @@ pub struct IamResult {
     pub steps: Vec<ActionStep>,
     /// Prior state of what was changed.
     pub undo: Option<Value>,
+    /// A failure that trying again later may mend (throttling, 5xx, a timeout).
+    pub retryable: bool,
 }
 
-fn failed(detail: String, steps: Vec<ActionStep>, undo: Option<Value>) -> IamResult {
+fn failed(why: impl Into<CallError>, steps: Vec<ActionStep>, undo: Option<Value>) -> IamResult {
+    let why = why.into();
     IamResult {
         outcome: ActionOutcome::Failed,
-        detail,
+        detail: why.text,
         steps,
         undo,
+        retryable: why.retryable,
     }
-}
-
-fn err_text<E: ProvideErrorMetadata + std::fmt::Debug>(call: &str, err: &E) -> String {
-    format!("{call}: {}", trailguard_common::aws::error_text(err))
 }
 
 /// URL-decodes a policy document as IAM returns it.
@@ -157,7 +158,11 @@ fn decode_document(text: &str) -> Value {
 }
 
 /// The inline policy `name` of `who`, if it exists.
-async fn get_inline(client: &Client, who: &Identity, name: &str) -> Result<Option<Value>, String> {
+async fn get_inline(
+    client: &Client,
+    who: &Identity,
+    name: &str,
+) -> Result<Option<Value>, CallError> {
     match who {
         Identity::User { name: user, .. } => {
             match client
@@ -169,7 +174,7 @@ async fn get_inline(client: &Client, who: &Identity, name: &str) -> Result<Optio
             {
                 Ok(out) => Ok(Some(decode_document(out.policy_document()))),
                 Err(e) if e.code() == Some("NoSuchEntity") => Ok(None),
-                Err(e) => Err(err_text("iam:GetUserPolicy", &e)),
+                Err(e) => Err(CallError::of("iam:GetUserPolicy", &e)),
             }
         }
         Identity::Role { name: role, .. } => {
@@ -182,7 +187,7 @@ async fn get_inline(client: &Client, who: &Identity, name: &str) -> Result<Optio
             {
                 Ok(out) => Ok(Some(decode_document(out.policy_document()))),
                 Err(e) if e.code() == Some("NoSuchEntity") => Ok(None),
-                Err(e) => Err(err_text("iam:GetRolePolicy", &e)),
+                Err(e) => Err(CallError::of("iam:GetRolePolicy", &e)),
             }
         }
         Identity::Root { .. } => Ok(None),
@@ -194,7 +199,7 @@ async fn put_inline(
     who: &Identity,
     name: &str,
     document: &Value,
-) -> Result<ActionStep, String> {
+) -> Result<ActionStep, CallError> {
     let (call, request_id) = match who {
         Identity::User { name: user, .. } => (
             "iam:PutUserPolicy",
@@ -205,7 +210,7 @@ async fn put_inline(
                 .policy_document(document.to_string())
                 .send()
                 .await
-                .map_err(|e| err_text("iam:PutUserPolicy", &e))?
+                .map_err(|e| CallError::of("iam:PutUserPolicy", &e))?
                 .request_id()
                 .map(str::to_string),
         ),
@@ -218,7 +223,7 @@ async fn put_inline(
                 .policy_document(document.to_string())
                 .send()
                 .await
-                .map_err(|e| err_text("iam:PutRolePolicy", &e))?
+                .map_err(|e| CallError::of("iam:PutRolePolicy", &e))?
                 .request_id()
                 .map(str::to_string),
         ),
@@ -231,7 +236,11 @@ async fn put_inline(
     })
 }
 
-async fn delete_inline(client: &Client, who: &Identity, name: &str) -> Result<ActionStep, String> {
+async fn delete_inline(
+    client: &Client,
+    who: &Identity,
+    name: &str,
+) -> Result<ActionStep, CallError> {
     let (call, result) = match who {
         Identity::User { name: user, .. } => (
             "iam:DeleteUserPolicy",
@@ -242,12 +251,7 @@ async fn delete_inline(client: &Client, who: &Identity, name: &str) -> Result<Ac
                 .send()
                 .await
                 .map(|o| o.request_id().map(str::to_string))
-                .map_err(|e| {
-                    (
-                        e.code() == Some("NoSuchEntity"),
-                        err_text("iam:DeleteUserPolicy", &e),
-                    )
-                }),
+                .map_err(|e| CallError::of("iam:DeleteUserPolicy", &e)),
         ),
         Identity::Role { name: role, .. } => (
             "iam:DeleteRolePolicy",
@@ -258,19 +262,14 @@ async fn delete_inline(client: &Client, who: &Identity, name: &str) -> Result<Ac
                 .send()
                 .await
                 .map(|o| o.request_id().map(str::to_string))
-                .map_err(|e| {
-                    (
-                        e.code() == Some("NoSuchEntity"),
-                        err_text("iam:DeleteRolePolicy", &e),
-                    )
-                }),
+                .map_err(|e| CallError::of("iam:DeleteRolePolicy", &e)),
         ),
         Identity::Root { .. } => return Err("the root user is never changed".into()),
     };
     let request_id = match result {
         Ok(id) => id,
-        Err((true, _)) => None,
-        Err((false, text)) => return Err(text),
+        Err(e) if e.is("NoSuchEntity") => None,
+        Err(e) => return Err(e),
     };
     Ok(ActionStep {
         call: call.into(),
@@ -280,7 +279,7 @@ async fn delete_inline(client: &Client, who: &Identity, name: &str) -> Result<Ac
 }
 
 /// `Some(password_reset_required)` when the user has a console password.
-async fn login_profile(client: &Client, user: &str) -> Result<Option<bool>, String> {
+async fn login_profile(client: &Client, user: &str) -> Result<Option<bool>, CallError> {
     match client.get_login_profile().user_name(user).send().await {
         Ok(out) => Ok(Some(
             out.login_profile()
@@ -288,7 +287,7 @@ async fn login_profile(client: &Client, user: &str) -> Result<Option<bool>, Stri
                 .unwrap_or(false),
         )),
         Err(e) if e.code() == Some("NoSuchEntity") => Ok(None),
-        Err(e) => Err(err_text("iam:GetLoginProfile", &e)),
+        Err(e) => Err(CallError::of("iam:GetLoginProfile", &e)),
     }
 }
 
@@ -296,14 +295,14 @@ async fn set_password_reset(
     client: &Client,
     user: &str,
     required: bool,
-) -> Result<ActionStep, String> {
+) -> Result<ActionStep, CallError> {
     let out = client
         .update_login_profile()
         .user_name(user)
         .password_reset_required(required)
         .send()
         .await
-        .map_err(|e| err_text("iam:UpdateLoginProfile", &e))?;
+        .map_err(|e| CallError::of("iam:UpdateLoginProfile", &e))?;
     Ok(ActionStep {
         call: "iam:UpdateLoginProfile".into(),
         description: format!("set password-reset-required to {required}"),
@@ -316,7 +315,7 @@ async fn set_key_status(
     user: &str,
     key: &str,
     status: StatusType,
-) -> Result<ActionStep, String> {
+) -> Result<ActionStep, CallError> {
     let verb = if status == StatusType::Active {
         "reactivate"
     } else {
@@ -329,7 +328,7 @@ async fn set_key_status(
         .status(status)
         .send()
         .await
-        .map_err(|e| err_text("iam:UpdateAccessKey", &e))?;
+        .map_err(|e| CallError::of("iam:UpdateAccessKey", &e))?;
     Ok(ActionStep {
         call: "iam:UpdateAccessKey".into(),
         description: format!("{verb} access key {key}"),
@@ -365,7 +364,7 @@ pub async fn require_sign_in_recorded(
     intent: &dyn Intent,
 ) -> IamResult {
     if let Identity::Root { .. } = who {
-        return failed("the root user is never changed".into(), Vec::new(), None);
+        return failed("the root user is never changed", Vec::new(), None);
     }
     let prior_policy = match get_inline(client, who, REVOKE_POLICY).await {
         Ok(p) => p,
@@ -407,10 +406,11 @@ pub async fn require_sign_in_recorded(
             detail: format!("would revoke the sessions of {what} issued before {now}"),
             steps: planned,
             undo: Some(undo),
+            retryable: false,
         };
     }
     if !intent.record(&undo, &planned).await {
-        return failed(NOT_RECORDED.into(), Vec::new(), None);
+        return failed(NOT_RECORDED, Vec::new(), None);
     }
     let mut steps = Vec::new();
     match put_inline(client, who, REVOKE_POLICY, &revoke_document(now)).await {
@@ -421,9 +421,7 @@ pub async fn require_sign_in_recorded(
         if let Identity::User { name, .. } = who {
             match set_password_reset(client, name, true).await {
                 Ok(s) => steps.push(s),
-                Err(e) => {
-                    return failed(format!("{e} (after revoking sessions)"), steps, Some(undo))
-                }
+                Err(e) => return failed(e.noting(" (after revoking sessions)"), steps, Some(undo)),
             }
         }
     }
@@ -439,6 +437,7 @@ pub async fn require_sign_in_recorded(
         ),
         steps,
         undo: Some(undo),
+        retryable: false,
     }
 }
 
@@ -479,7 +478,7 @@ pub async fn suspend_user_recorded(
             .filter(|k| k.status() == Some(&StatusType::Active))
             .filter_map(|k| k.access_key_id().map(str::to_string))
             .collect::<Vec<_>>(),
-        Err(e) => return failed(err_text("iam:ListAccessKeys", &e), Vec::new(), None),
+        Err(e) => return failed(CallError::of("iam:ListAccessKeys", &e), Vec::new(), None),
     };
     let has_console = match login_profile(client, name).await {
         Ok(p) => p.is_some(),
@@ -517,10 +516,11 @@ pub async fn suspend_user_recorded(
             detail: format!("would suspend user {name} ({} changes)", planned.len()),
             steps: planned,
             undo: Some(undo),
+            retryable: false,
         };
     }
     if !intent.record(&undo, &planned).await {
-        return failed(NOT_RECORDED.into(), Vec::new(), None);
+        return failed(NOT_RECORDED, Vec::new(), None);
     }
     let mut steps = Vec::new();
     // Deny first: it takes effect for keys and sessions alike while the rest proceeds. If it
@@ -544,22 +544,22 @@ pub async fn suspend_user_recorded(
                 request_id: out.request_id().map(str::to_string),
             }),
             Err(e) if e.code() == Some("NoSuchEntity") => {}
-            Err(e) => return failed(err_text("iam:DeleteLoginProfile", &e), steps, Some(undo)),
+            Err(e) => {
+                return failed(
+                    CallError::of("iam:DeleteLoginProfile", &e),
+                    steps,
+                    Some(undo),
+                )
+            }
         }
     }
     if let Some(e) = deny_error {
-        return failed(
-            format!(
-                "{e} (the keys were deactivated{} all the same)",
-                if delete_console {
-                    " and the password deleted"
-                } else {
-                    ""
-                }
-            ),
-            steps,
-            Some(undo),
-        );
+        let note = if delete_console {
+            " (the keys were deactivated and the password deleted all the same)"
+        } else {
+            " (the keys were deactivated all the same)"
+        };
+        return failed(e.noting(note), steps, Some(undo));
     }
     IamResult {
         outcome: ActionOutcome::Applied,
@@ -575,6 +575,7 @@ pub async fn suspend_user_recorded(
         ),
         steps,
         undo: Some(undo),
+        retryable: false,
     }
 }
 
@@ -598,7 +599,7 @@ fn identity_json(who: &Identity) -> Value {
     }
 }
 
-fn identity_from_undo(undo: &Value) -> Result<Identity, String> {
+fn identity_from_undo(undo: &Value) -> Result<Identity, CallError> {
     let id = &undo["identity"];
     let account = id["account"].as_str().unwrap_or_default().to_string();
     let name = id["name"].as_str().unwrap_or_default().to_string();
@@ -649,7 +650,7 @@ pub async fn undo(client: &Client, target: &Identity, undo: &Value) -> IamResult
             match set_key_status(client, name, key, StatusType::Active).await {
                 Ok(step) => steps.push(step),
                 // Deleted since: nothing to reactivate; the rest of the undo still applies.
-                Err(e) if e.contains("NoSuchEntity") => {
+                Err(e) if e.is("NoSuchEntity") => {
                     notes.push(format!("access key {key} no longer exists"))
                 }
                 Err(e) => return failed(e, steps, None),
@@ -659,7 +660,7 @@ pub async fn undo(client: &Client, target: &Identity, undo: &Value) -> IamResult
             match set_password_reset(client, name, false).await {
                 Ok(s) => steps.push(s),
                 // The console password is gone since (deleted by someone): nothing to reset.
-                Err(e) if e.contains("NoSuchEntity") => {
+                Err(e) if e.is("NoSuchEntity") => {
                     notes.push(format!("{name} has no console password any more"))
                 }
                 Err(e) => return failed(e, steps, None),
@@ -681,6 +682,7 @@ pub async fn undo(client: &Client, target: &Identity, undo: &Value) -> IamResult
         ),
         steps,
         undo: None,
+        retryable: false,
     }
 }
 

@@ -77,6 +77,33 @@ impl RemediateConfig {
                 "must be at most 10 years (zero: no limit)",
             ));
         }
+        let retry = &self.remediate.retry;
+        if retry.attempts == 0 || retry.attempts > 20 {
+            return Err(trailguard_common::Error::config(
+                "remediate.retry.attempts",
+                "must be between 1 and 20",
+            ));
+        }
+        if retry.backoff.is_zero() || retry.max_backoff < retry.backoff {
+            return Err(trailguard_common::Error::config(
+                "remediate.retry.max_backoff",
+                "must be at least remediate.retry.backoff, which must be longer than zero",
+            ));
+        }
+        // Tries in a row hold the consumer: all of them must fit well inside librdkafka's
+        // max.poll.interval.ms (5 minutes by default).
+        if retry.max_backoff.saturating_mul(retry.attempts) > Duration::from_secs(180) {
+            return Err(trailguard_common::Error::config(
+                "remediate.retry.max_backoff",
+                "times remediate.retry.attempts must be at most 3 minutes: longer waits go in remediate.retry.later",
+            ));
+        }
+        if retry.later.is_zero() {
+            return Err(trailguard_common::Error::config(
+                "remediate.retry.later",
+                "must be longer than zero",
+            ));
+        }
         for (kind, limit) in &self.remediate.rate_limits {
             if limit.per.is_zero() {
                 return Err(trailguard_common::Error::config(
@@ -129,9 +156,16 @@ pub struct RemediateSettings {
     /// `user/ci`) and protects only in the home accounts: the credentials' own account and
     /// `aws.accounts`. Case-insensitive, as IAM names are.
     pub protected_principals: Vec<String>,
-    /// At most `max` actions of a kind per `per` (applied ones; `max = 0`: no limit). Beyond
-    /// it, actions are refused and recorded.
+    /// At most `max` actions of a kind per `per` in each target account (`max = 0`: no limit),
+    /// counted from the action records, so shared by every instance and kept across restarts.
+    /// Beyond it, see `when_rate_limited`.
     pub rate_limits: BTreeMap<ActionKind, RateLimit>,
+    /// An action beyond its rate limit: `escalate` (default) refuses it with a record and sends
+    /// the alert to the default notification channels saying so, so a person decides; `wait`
+    /// keeps it pending until the budget frees up, then acts.
+    pub when_rate_limited: WhenRateLimited,
+    /// Trying again after failures that may mend (throttling, 5xx, timeouts, STS).
+    pub retry: RetrySettings,
     /// How long shutdown may take to finish in-flight work.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -167,6 +201,8 @@ impl Default for RemediateSettings {
                 (ActionKind::RemoveCollaborator, RateLimit::per_hour(50)),
             ]
             .into(),
+            when_rate_limited: WhenRateLimited::Escalate,
+            retry: RetrySettings::default(),
             drain_timeout: Duration::from_secs(20),
             suspend_deletes_console_password: false,
             max_alert_age: Duration::from_secs(24 * 3600),
@@ -209,6 +245,55 @@ impl RateLimit {
         RateLimit {
             max,
             per: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What happens to an action beyond its rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenRateLimited {
+    /// Refuse it with a record, and send the alert to the default notification channels.
+    Escalate,
+    /// Keep it pending (its alert uncommitted) until the budget frees up, then act.
+    Wait,
+}
+
+/// How actions that fail for a reason that may mend are tried again. A failure is retryable by
+/// its AWS error code, HTTP status (5xx, 429) or kind (timeout, connection, credentials);
+/// anything else is final at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Tries in a row, the first included, with `backoff` doubling up to `max_backoff` between.
+    pub attempts: u32,
+    /// Wait before the second try.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Longest wait between tries in a row.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// After the tries in a row fail, the action is recorded `failed` with `retryable: true`
+    /// (not final), its alert stays uncommitted, and it is tried again this much later…
+    #[serde(with = "humantime_serde")]
+    pub later: Duration,
+    /// …until this long after its first try; then the failure is final.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    /// Actions kept pending (retrying or waiting for a rate limit) at most; beyond, a failure is
+    /// final at once and a rate-limited action is escalated.
+    pub max_pending: usize,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            attempts: 4,
+            backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(30),
+            later: Duration::from_secs(300),
+            give_up_after: Duration::from_secs(3600),
+            max_pending: 10_000,
         }
     }
 }

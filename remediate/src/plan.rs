@@ -197,39 +197,108 @@ pub fn plan(alert: &Alert, settings: &RemediateSettings, protection: &Protection
         .collect()
 }
 
-/// Sliding-window rate limits per action kind (pure: the caller passes the time).
+/// Action budgets per kind and target account (`remediate.rate_limits`), counted on wall-clock
+/// time so that they can be rebuilt from the action records: every instance notes the records
+/// it reads (its own at start-up, the others' as they are published), so the budget is shared by
+/// all instances and survives restarts. An action counts once, by its record id, whether the
+/// record is its `started` or its final one.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    used: std::collections::HashMap<ActionKind, std::collections::VecDeque<std::time::Instant>>,
+    /// Per (kind, account): the latest uses (epoch ms, record id), oldest first; at most `max`.
+    used:
+        std::collections::HashMap<(ActionKind, String), std::collections::VecDeque<(i64, String)>>,
 }
 
+/// Distinct (kind, account) budgets kept at most; beyond, the oldest-used ones are forgotten
+/// (accounts, not attacker-chosen values, name them: action targets come from signed alerts).
+const MAX_BUDGETS: usize = 100_000;
+
 impl RateLimiter {
-    /// Takes one action of `kind` at `now` if the limit allows; otherwise says why not.
+    fn window(limit: Option<&crate::RateLimit>) -> Option<(usize, i64)> {
+        let limit = limit.filter(|l| l.max > 0)?;
+        Some((
+            limit.max as usize,
+            i64::try_from(limit.per.as_millis()).unwrap_or(i64::MAX),
+        ))
+    }
+
+    fn uses(
+        &mut self,
+        kind: ActionKind,
+        account: &str,
+        per_ms: i64,
+        now_ms: i64,
+    ) -> &mut std::collections::VecDeque<(i64, String)> {
+        if self.used.len() >= MAX_BUDGETS && !self.used.contains_key(&(kind, account.to_string())) {
+            self.used
+                .retain(|_, q| q.back().is_some_and(|(t, _)| now_ms - t < per_ms));
+        }
+        let used = self.used.entry((kind, account.to_string())).or_default();
+        while used.front().is_some_and(|(t, _)| now_ms - t >= per_ms) {
+            used.pop_front();
+        }
+        used
+    }
+
+    /// Notes an action of `kind` on `account` that a record shows was taken at `at_ms` (epoch
+    /// ms). The same record id is counted once.
+    pub fn note(
+        &mut self,
+        kind: ActionKind,
+        account: &str,
+        limit: Option<&crate::RateLimit>,
+        id: &str,
+        at_ms: i64,
+        now_ms: i64,
+    ) {
+        let Some((max, per_ms)) = Self::window(limit) else {
+            return;
+        };
+        if now_ms - at_ms >= per_ms {
+            return;
+        }
+        let used = self.uses(kind, account, per_ms, now_ms);
+        if used.iter().any(|(_, seen)| seen == id) {
+            return;
+        }
+        let at = used.partition_point(|(t, _)| *t <= at_ms);
+        used.insert(at, (at_ms, id.to_string()));
+        while used.len() > max {
+            used.pop_front();
+        }
+    }
+
+    /// Takes one action of `kind` on `account` at `now_ms` for the record `id` if the budget
+    /// allows; otherwise says why not, and when the budget frees up (epoch ms).
     pub fn take(
         &mut self,
         kind: ActionKind,
+        account: &str,
         limit: Option<&crate::RateLimit>,
-        now: std::time::Instant,
-    ) -> Result<(), String> {
-        let Some(limit) = limit.filter(|l| l.max > 0) else {
+        id: &str,
+        now_ms: i64,
+    ) -> Result<(), (String, i64)> {
+        let Some((max, per_ms)) = Self::window(limit) else {
             return Ok(());
         };
-        let used = self.used.entry(kind).or_default();
-        while used
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= limit.per)
-        {
-            used.pop_front();
+        let used = self.uses(kind, account, per_ms, now_ms);
+        if used.iter().any(|(_, seen)| seen == id) {
+            // Taken already (an earlier attempt of the same action).
+            return Ok(());
         }
-        if used.len() >= limit.max as usize {
-            return Err(format!(
-                "rate limit reached: at most {} {} per {}",
-                limit.max,
-                kind.as_str(),
-                humantime::format_duration(limit.per)
+        if used.len() >= max {
+            let frees_at = used.front().map_or(now_ms, |(t, _)| t + per_ms);
+            return Err((
+                format!(
+                    "rate limit reached: at most {} {} per {} in account {account}",
+                    max,
+                    kind.as_str(),
+                    humantime::format_duration(std::time::Duration::from_millis(per_ms as u64))
+                ),
+                frees_at,
             ));
         }
-        used.push_back(now);
+        used.push_back((now_ms, id.to_string()));
         Ok(())
     }
 }
@@ -458,28 +527,55 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_slides() {
+    fn rate_limit_slides_per_account_and_counts_each_action_once() {
         let mut r = RateLimiter::default();
         let limit = crate::RateLimit {
             max: 2,
             per: std::time::Duration::from_secs(60),
         };
-        let t0 = std::time::Instant::now();
-        assert!(r.take(ActionKind::SuspendUser, Some(&limit), t0).is_ok());
-        assert!(r.take(ActionKind::SuspendUser, Some(&limit), t0).is_ok());
-        let refused = match r.take(ActionKind::SuspendUser, Some(&limit), t0) {
-            Ok(()) => String::new(),
-            Err(why) => why,
+        let kind = ActionKind::SuspendUser;
+        let t0 = 1_000_000;
+        assert!(r.take(kind, "1", Some(&limit), "a", t0).is_ok());
+        // The same action again (a retry) does not take a second slot.
+        assert!(r.take(kind, "1", Some(&limit), "a", t0 + 1).is_ok());
+        assert!(r.take(kind, "1", Some(&limit), "b", t0 + 2).is_ok());
+        let Err((why, frees_at)) = r.take(kind, "1", Some(&limit), "c", t0 + 3) else {
+            panic!("the third action is refused");
         };
         assert!(
-            refused.contains("at most 2 suspend_user per 1m"),
-            "{refused}"
+            why.contains("at most 2 suspend_user per 1m in account 1"),
+            "{why}"
         );
-        // Another kind has its own budget; unlimited kinds always pass.
-        assert!(r.take(ActionKind::RequireSignIn, Some(&limit), t0).is_ok());
-        assert!(r.take(ActionKind::Notify, None, t0).is_ok());
-        let later = t0 + std::time::Duration::from_secs(60);
-        assert!(r.take(ActionKind::SuspendUser, Some(&limit), later).is_ok());
+        assert_eq!(frees_at, t0 + 60_000);
+        // Another account, another kind: their own budgets; unlimited kinds always pass.
+        assert!(r.take(kind, "2", Some(&limit), "c", t0 + 3).is_ok());
+        assert!(r
+            .take(ActionKind::RequireSignIn, "1", Some(&limit), "c", t0)
+            .is_ok());
+        assert!(r.take(ActionKind::Notify, "1", None, "c", t0).is_ok());
+        // A minute later the first slot is free again.
+        assert!(r.take(kind, "1", Some(&limit), "c", t0 + 60_000).is_ok());
+    }
+
+    #[test]
+    fn budgets_rebuild_from_records() {
+        let mut r = RateLimiter::default();
+        let limit = crate::RateLimit {
+            max: 2,
+            per: std::time::Duration::from_secs(60),
+        };
+        let kind = ActionKind::MakeBucketPrivate;
+        let now = 10_000_000;
+        // Two actions another instance took (started and applied records of one action count
+        // once), one too old to count.
+        r.note(kind, "1", Some(&limit), "x", now - 5_000, now);
+        r.note(kind, "1", Some(&limit), "x", now - 4_000, now);
+        r.note(kind, "1", Some(&limit), "old", now - 61_000, now);
+        assert!(r.take(kind, "1", Some(&limit), "y", now).is_ok());
+        assert!(r.take(kind, "1", Some(&limit), "z", now).is_err());
+        // Noting what this instance took itself changes nothing.
+        r.note(kind, "1", Some(&limit), "y", now, now);
+        assert_eq!(r.used[&(kind, "1".to_string())].len(), 2);
     }
 
     #[test]

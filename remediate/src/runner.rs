@@ -33,6 +33,8 @@ pub struct Metrics {
     actions: IntCounterVec,
     rejected: IntCounterVec,
     latency: prometheus::Histogram,
+    retries: IntCounterVec,
+    pending: prometheus::IntGauge,
     consumer_lag: kafka::ConsumerLag,
 }
 
@@ -71,6 +73,19 @@ impl Metrics {
             "trailguard_remediate_unverified_records_total",
             "Records on the actions topic without remediate's signature, ignored when reading it back.",
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "trailguard_remediate_retries_total",
+                "Actions tried again in a row after a retryable failure (throttling, 5xx, timeout, STS), by action kind.",
+            ),
+            &["kind"],
+        )?;
+        let pending = prometheus::IntGauge::new(
+            "trailguard_remediate_pending_actions",
+            "Actions not finished yet: to be tried again after a retryable failure, or waiting for their rate limit.",
+        )?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
         registry.register(Box::new(alerts.clone()))?;
         registry.register(Box::new(unverified.clone()))?;
         registry.register(Box::new(actions.clone()))?;
@@ -103,6 +118,7 @@ impl Metrics {
             ] {
                 actions.with_label_values(&[kind.as_str(), outcome.as_str()]);
             }
+            retries.with_label_values(&[kind.as_str()]);
         }
         Ok(Metrics {
             alerts,
@@ -110,6 +126,8 @@ impl Metrics {
             actions,
             rejected,
             latency,
+            retries,
+            pending,
             consumer_lag: kafka::ConsumerLag::new(registry)?,
         })
     }
@@ -246,8 +264,10 @@ fn no_clients(record: &mut ActionRecord, why: NoClients) {
             record.detail = format!("refused: {why}");
         }
         NoClients::Failed(why) => {
+            // STS (our identity, an assumed role) did not answer: that may mend.
             record.outcome = ActionOutcome::Failed;
             record.detail = why;
+            record.retryable = true;
         }
     }
 }
@@ -258,7 +278,8 @@ struct Actor {
     /// Who must never be touched; known once remediate knows its own identity.
     protection: tokio::sync::OnceCell<Protection>,
     notifier: Notifier,
-    limiter: std::sync::Mutex<RateLimiter>,
+    /// Action budgets, shared with the task that follows the actions topic.
+    limiter: std::sync::Arc<std::sync::Mutex<RateLimiter>>,
 }
 
 impl Actor {
@@ -302,6 +323,8 @@ fn new_record(alert: &Alert, decision: &Decision) -> ActionRecord {
         time: chrono::Utc::now(),
         undo: None,
         undo_of: None,
+        retryable: false,
+        attempts: None,
     }
 }
 
@@ -311,8 +334,10 @@ fn fill(
     detail: String,
     steps: Vec<trailguard_common::contract::ActionStep>,
     undo: Option<serde_json::Value>,
+    retryable: bool,
 ) {
     record.outcome = outcome;
+    record.retryable = retryable && outcome == ActionOutcome::Failed;
     record.detail = detail;
     record.aws_request_ids = steps.iter().filter_map(|s| s.request_id.clone()).collect();
     record.steps = steps;
@@ -345,10 +370,7 @@ impl Intent for WriteAhead<'_> {
         Box::pin(async move {
             let mut started = self.record.clone();
             started.outcome = ActionOutcome::Started;
-            started.detail = format!(
-                "prior state recorded; making {} change(s)",
-                planned.len()
-            );
+            started.detail = format!("prior state recorded; making {} change(s)", planned.len());
             started.steps = planned.to_vec();
             // The earliest attempt read the state before anyone changed it.
             started.undo = Some(self.journal.earlier.unwrap_or(undo).clone());
@@ -423,22 +445,6 @@ async fn act(
         return record;
     }
     let dry_run = decision.mode == Mode::DryRun;
-    if !dry_run {
-        let limit = cfg.remediate.rate_limits.get(&decision.action.kind);
-        let taken = match actor.limiter.lock() {
-            Ok(mut l) => l.take(decision.action.kind, limit, std::time::Instant::now()),
-            Err(poisoned) => {
-                poisoned
-                    .into_inner()
-                    .take(decision.action.kind, limit, std::time::Instant::now())
-            }
-        };
-        if let Err(why) = taken {
-            record.outcome = ActionOutcome::Refused;
-            record.detail = format!("refused: {why}");
-            return record;
-        }
-    }
     // Nothing but a notification before remediate knows who it is (and so who is protected).
     let protection = match actor.protection.get() {
         Some(p) => p,
@@ -452,6 +458,7 @@ async fn act(
             record.detail = format!(
                 "cannot tell which account remediate's credentials act in, nothing done: {why}"
             );
+            record.retryable = true;
             return record;
         }
     };
@@ -466,7 +473,14 @@ async fn act(
                 }
             };
             let r = bucket::make_private_recorded(&s3, &target.id, dry_run, &intent).await;
-            fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
+            fill(
+                &mut record,
+                r.outcome,
+                r.detail,
+                r.steps,
+                r.undo,
+                r.retryable,
+            );
         }
         ActionKind::RemoveCollaborator => {
             let Some(grantee) = target.grantee.as_deref().filter(|g| !g.is_empty()) else {
@@ -490,7 +504,14 @@ async fn act(
                 &intent,
             )
             .await;
-            fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
+            fill(
+                &mut record,
+                r.outcome,
+                r.detail,
+                r.steps,
+                r.undo,
+                r.retryable,
+            );
         }
         ActionKind::RequireSignIn | ActionKind::SuspendUser => {
             let who = match iam::Identity::parse(&target.id) {
@@ -524,14 +545,385 @@ async fn act(
                 let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
                 iam::require_sign_in_recorded(&client, &who, &now, dry_run, &intent).await
             };
-            fill(&mut record, r.outcome, r.detail, r.steps, r.undo);
+            fill(
+                &mut record,
+                r.outcome,
+                r.detail,
+                r.steps,
+                r.undo,
+                r.retryable,
+            );
         }
         ActionKind::Notify => {
             let r = actor.notifier.notify(alert, target, dry_run).await;
-            fill(&mut record, r.outcome, r.detail, r.steps, None);
+            fill(&mut record, r.outcome, r.detail, r.steps, None, false);
         }
     }
     record
+}
+
+/// The account an action's budget is counted in: a principal's own account (from its ARN),
+/// else the target's account.
+fn budget_account(action: &RequestedAction) -> String {
+    match iam::Identity::parse(&action.target.id) {
+        Ok(who) => who.account().to_string(),
+        Err(_) => action
+            .target
+            .account_id
+            .clone()
+            .unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// How an attempt at a decision ended.
+enum Attempt {
+    /// A record to publish: final, or `failed` with `retryable` set.
+    Done(Box<ActionRecord>),
+    /// Beyond the rate limit, with `when_rate_limited = "wait"`: try again at this time (ms).
+    Wait(i64, String),
+}
+
+/// Decides one action in full: its rate limit, then up to `retry.attempts` tries in a row
+/// with backoff while the failure is retryable. `earlier` is the prior state an earlier
+/// attempt recorded (its `started` record), `tries` how many tries were made before.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    actor: &Actor,
+    cfg: &RemediateConfig,
+    alert: &Alert,
+    decision: &Decision,
+    producer: &kafka::Producer,
+    shutdown: &CancellationToken,
+    metrics: &Metrics,
+    mut earlier: Option<serde_json::Value>,
+    tries: u32,
+) -> Attempt {
+    let kind = decision.action.kind;
+    let id = record_id(alert, &decision.action);
+    if decision.refusal.is_none() && decision.mode == Mode::Auto {
+        let limit = cfg.remediate.rate_limits.get(&kind);
+        let account = budget_account(&decision.action);
+        let taken = actor
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(kind, &account, limit, &id, now_ms());
+        if let Err((why, frees_at)) = taken {
+            if cfg.remediate.when_rate_limited == crate::WhenRateLimited::Wait {
+                return Attempt::Wait(frees_at, why);
+            }
+            return Attempt::Done(Box::new(escalate(actor, alert, decision, &why).await));
+        }
+    }
+    let retry = &cfg.remediate.retry;
+    let mut backoff = retry.backoff;
+    let mut tried = tries;
+    loop {
+        tried += 1;
+        let journal = Journal {
+            producer,
+            shutdown,
+            earlier: earlier.as_ref(),
+        };
+        let mut record = execute(actor, cfg, alert, decision, &journal).await;
+        record.attempts = (tried > 1).then_some(tried);
+        let again = record.outcome == ActionOutcome::Failed && record.retryable;
+        if !again || tried - tries >= retry.attempts {
+            return Attempt::Done(Box::new(record));
+        }
+        // A try that got as far as `started` holds the state from before any change.
+        if earlier.is_none() && record.undo.is_some() {
+            earlier = record.undo.clone();
+        }
+        metrics.retries.with_label_values(&[kind.as_str()]).inc();
+        tracing::warn!(action_id = %record.id, alert_id = %alert.id, kind = kind.as_str(), attempt = tried, detail = %record.detail, "action failed, trying again");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Attempt::Done(Box::new(record)),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(retry.max_backoff);
+    }
+}
+
+/// The record of an action refused for its rate limit, after sending the alert to the default
+/// notification channels, so a person decides.
+async fn escalate(actor: &Actor, alert: &Alert, decision: &Decision, why: &str) -> ActionRecord {
+    let mut record = new_record(alert, decision);
+    record.outcome = ActionOutcome::Refused;
+    let to = trailguard_common::contract::Target {
+        kind: "channel".into(),
+        id: "default".into(),
+        account_id: None,
+        grantee: None,
+    };
+    let sent = actor.notifier.notify(alert, &to, false).await;
+    record.detail = format!(
+        "refused: {why}; escalated to the default notification channels: {}",
+        sent.detail
+    );
+    record.steps = sent.steps;
+    record
+}
+
+/// An action not finished yet: retrying after a retryable failure, or waiting for its rate
+/// limit. Its alert's offset is not committed while it waits, so a restart takes it up again.
+struct Waiting {
+    alert: Alert,
+    decision: Decision,
+    partition: i32,
+    offset: i64,
+    arrived: Option<i64>,
+    /// When to try again (epoch ms).
+    due: i64,
+    /// The first try (epoch ms).
+    first: i64,
+    tries: u32,
+    earlier: Option<serde_json::Value>,
+}
+
+/// Counts actions that records show were taken against their budgets.
+fn note_uses(actor: &Actor, cfg: &RemediateConfig, uses: Vec<(ActionKind, String, String, i64)>) {
+    let now = now_ms();
+    let mut limiter = actor
+        .limiter
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (kind, account, id, at) in uses {
+        let limit = cfg.remediate.rate_limits.get(&kind);
+        limiter.note(kind, &account, limit, &id, at, now);
+    }
+}
+
+/// Follows the actions topic from its end and counts every action another instance takes
+/// against the shared budgets, until `shutdown`.
+fn follow_budgets(
+    cfg: &RemediateConfig,
+    limiter: std::sync::Arc<std::sync::Mutex<RateLimiter>>,
+    shutdown: CancellationToken,
+) {
+    if cfg.remediate.rate_limits.values().all(|l| l.max == 0) {
+        return;
+    }
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        let verifier = cfg.signing.verifier();
+        let mut unverified = 0u64;
+        loop {
+            let followed = kafka::follow(
+                &cfg.kafka,
+                &cfg.kafka.topics.actions,
+                false,
+                None,
+                &shutdown,
+                |m| {
+                    let read = kafka::Read::of(m);
+                    if let Some(used) = verified_record(&verifier, &read, &mut unverified)
+                        .as_ref()
+                        .and_then(use_of)
+                    {
+                        let (kind, account, id, at) = used;
+                        let limit = cfg.remediate.rate_limits.get(&kind);
+                        limiter
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .note(kind, &account, limit, &id, at, now_ms());
+                    }
+                    true
+                },
+            )
+            .await;
+            match followed {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "following the actions topic for the rate limits failed; again in 5 s");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Where a decision's alert came from, and when its first try was.
+#[derive(Clone, Copy)]
+struct Place {
+    partition: i32,
+    offset: i64,
+    arrived: Option<i64>,
+    first: i64,
+}
+
+/// What becomes of an attempt: the record to publish (none while waiting for a rate limit)
+/// and, when it is not final, the entry that keeps it pending. A retryable failure stays
+/// pending while there is `room` and `retry.give_up_after` has not passed since the first try;
+/// otherwise it is final, and its record says so.
+fn settle(
+    cfg: &RemediateConfig,
+    tried: Attempt,
+    alert: &Alert,
+    decision: &Decision,
+    at: Place,
+    room: bool,
+) -> (Option<ActionRecord>, Option<Waiting>) {
+    let retry = &cfg.remediate.retry;
+    let give_up_at = at.first + i64::try_from(retry.give_up_after.as_millis()).unwrap_or(i64::MAX);
+    let waiting = |due: i64, tries: u32, earlier: Option<serde_json::Value>| Waiting {
+        alert: alert.clone(),
+        decision: decision.clone(),
+        partition: at.partition,
+        offset: at.offset,
+        arrived: at.arrived,
+        due,
+        first: at.first,
+        tries,
+        earlier,
+    };
+    match tried {
+        Attempt::Wait(due, why) if room => {
+            tracing::info!(alert_id = %alert.id, kind = decision.action.kind.as_str(), until = %ms_time(due), %why, "rate limited: waiting");
+            (None, Some(waiting(due, 0, None)))
+        }
+        Attempt::Wait(_, why) => {
+            let mut record = new_record(alert, decision);
+            record.outcome = ActionOutcome::Refused;
+            record.detail = format!(
+                "refused: {why}; too many actions are pending (remediate.retry.max_pending)"
+            );
+            (Some(record), None)
+        }
+        Attempt::Done(mut record) if record.retryable => {
+            let due = now_ms() + i64::try_from(retry.later.as_millis()).unwrap_or(i64::MAX);
+            if room && due < give_up_at {
+                record.detail = format!("{}; will try again at {}", record.detail, ms_time(due));
+                let tries = record.attempts.unwrap_or(1);
+                let earlier = record.undo.clone();
+                (Some(*record), Some(waiting(due, tries, earlier)))
+            } else {
+                record.retryable = false;
+                record.detail = format!(
+                    "{}; giving up ({})",
+                    record.detail,
+                    if room {
+                        "remediate.retry.give_up_after has passed"
+                    } else {
+                        "too many actions are pending (remediate.retry.max_pending)"
+                    }
+                );
+                (Some(*record), None)
+            }
+        }
+        Attempt::Done(record) => (Some(*record), None),
+    }
+}
+
+fn ms_time(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+fn note_published(metrics: &Metrics, alert: &Alert, record: &ActionRecord) {
+    tracing::info!(action_id = %record.id, alert_id = %alert.id, kind = record.kind.as_str(), outcome = record.outcome.as_str(), retryable = record.retryable, detail = %record.detail, "action");
+    metrics
+        .actions
+        .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
+        .inc();
+}
+
+/// Stores for commit, per partition, the offset after the last alert taken — or, when an
+/// action of an earlier alert is still pending, that alert's offset, so a restart takes it up.
+fn store_offsets(
+    consumer: &impl Consumer<kafka::KafkaContext>,
+    topic: &str,
+    seen: &HashMap<i32, i64>,
+    pending: &[Waiting],
+) -> Result<(), Error> {
+    let mut list = TopicPartitionList::new();
+    for (&partition, &next) in seen {
+        let held = pending
+            .iter()
+            .filter(|w| w.partition == partition)
+            .map(|w| w.offset)
+            .min()
+            .unwrap_or(next);
+        list.add_partition_offset(topic, partition, Offset::Offset(next.min(held)))?;
+    }
+    if let Err(err) = consumer.store_offsets(&list) {
+        tracing::debug!(error = %err, "offsets not stored");
+    }
+    Ok(())
+}
+
+/// Tries again the pending actions that are due, on partitions this instance still owns (the
+/// others are dropped: their new owner reads the uncommitted alerts again). Returns the ids of
+/// the actions that came to an end.
+async fn run_due(
+    actor: &Actor,
+    cfg: &RemediateConfig,
+    producer: &kafka::Producer,
+    shutdown: &CancellationToken,
+    metrics: &Metrics,
+    pending: &mut Vec<Waiting>,
+    owned: &HashSet<i32>,
+) -> Result<Vec<String>, Error> {
+    pending.retain(|w| owned.contains(&w.partition));
+    let now = now_ms();
+    let (due, later): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(pending)
+        .into_iter()
+        .partition(|w| w.due <= now);
+    *pending = later;
+    let mut finished = Vec::new();
+    for w in due {
+        if shutdown.is_cancelled() {
+            pending.push(w);
+            continue;
+        }
+        let tried = attempt(
+            actor,
+            cfg,
+            &w.alert,
+            &w.decision,
+            producer,
+            shutdown,
+            metrics,
+            w.earlier.clone(),
+            w.tries,
+        )
+        .await;
+        let at = Place {
+            partition: w.partition,
+            offset: w.offset,
+            arrived: w.arrived,
+            first: w.first,
+        };
+        let room = pending.len() < cfg.remediate.retry.max_pending;
+        let (record, wait) = settle(cfg, tried, &w.alert, &w.decision, at, room);
+        if let Some(record) = record {
+            if !publish(producer, cfg, &record, shutdown).await {
+                return Err(Error::Stopped(format!(
+                    "action record for alert {} not published",
+                    w.alert.id
+                )));
+            }
+            note_published(metrics, &w.alert, &record);
+            if answers(&record) {
+                finished.push(record.id);
+            }
+        }
+        if let Some(mut again) = wait {
+            if again.earlier.is_none() {
+                again.earlier = w.earlier;
+            }
+            pending.push(again);
+        }
+    }
+    Ok(finished)
 }
 
 /// Why `alert` is too old to act on, if it is: its event time (the latest repeat folded in)
@@ -595,7 +987,8 @@ impl RejectionBudget {
 }
 
 /// An alert's decisions not yet recorded, and its Kafka timestamp (ms).
-type Pending = (Vec<Decision>, Option<i64>);
+/// The decisions of an alert still to take, its arrival time, partition and offset.
+type Pending = (Vec<Decision>, Option<i64>, i32, i64);
 
 /// Alerts taken in one batch at most.
 const BATCH: usize = 64;
@@ -739,14 +1132,41 @@ struct ReadBack {
     /// Actions that got as far as `started` with no end on record: the prior state from the
     /// earliest `started` record of each.
     unfinished: HashMap<String, serde_json::Value>,
+    /// Actions taken (their `started` or `applied` records) inside the longest rate-limit
+    /// window: (kind, budget account, record id, time in ms).
+    uses: Vec<(ActionKind, String, String, i64)>,
     /// Records ignored as not signed by remediate.
     unverified: u64,
 }
 
+/// An action a record shows was taken, for the budgets: (kind, account, id, time in ms).
+fn use_of(record: &ActionRecord) -> Option<(ActionKind, String, String, i64)> {
+    if record.undo_of.is_some()
+        || !matches!(
+            record.outcome,
+            ActionOutcome::Started | ActionOutcome::Applied
+        )
+    {
+        return None;
+    }
+    let action = RequestedAction {
+        kind: record.kind,
+        target: record.target.clone(),
+    };
+    Some((
+        record.kind,
+        budget_account(&action),
+        record.id.clone(),
+        record.time.timestamp_millis(),
+    ))
+}
+
 /// Whether `record` answers its alert's action for good: a rejected (forged) copy does not
-/// answer the genuine alert, and a `started` record is only the beginning of an action.
+/// answer the genuine alert, a `started` record is only the beginning of an action, and a
+/// retryable failure will be tried again.
 fn answers(record: &ActionRecord) -> bool {
     record.undo_of.is_none()
+        && !record.retryable
         && !matches!(
             record.outcome,
             ActionOutcome::Rejected | ActionOutcome::Started
@@ -756,6 +1176,14 @@ fn answers(record: &ActionRecord) -> bool {
 /// Reads the actions topic back (see [`ReadBack`]).
 fn answered_alerts(cfg: &RemediateConfig) -> Result<ReadBack, Error> {
     let mut back = ReadBack::default();
+    let longest = cfg
+        .remediate
+        .rate_limits
+        .values()
+        .map(|l| l.per)
+        .max()
+        .unwrap_or_default();
+    let since = now_ms() - i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2);
     let verifier = cfg.signing.verifier();
     let mut unverified = 0u64;
     let read = kafka::read_all(
@@ -764,6 +1192,9 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<ReadBack, Error> {
         "trailguard-remediate",
         |read| {
             if let Some(record) = verified_record(&verifier, read, &mut unverified) {
+                if let Some(used) = use_of(&record).filter(|u| u.3 >= since) {
+                    back.uses.push(used);
+                }
                 if answers(&record) {
                     back.answered.insert(record.id);
                 } else if let Some(of) = record.undo_of {
@@ -866,6 +1297,10 @@ pub async fn run(
     kafka::ensure_topics(&cfg.kafka, &[TopicRole::Alerts, TopicRole::Actions]).await?;
     check_retention(&cfg).await?;
     let mut answered = HashSet::new();
+    // Actions not finished yet (retrying, or waiting for a rate limit), and per partition the
+    // offset after the last alert taken: what is stored for commit never passes a waiting one.
+    let mut pending: Vec<Waiting> = Vec::new();
+    let mut seen: HashMap<i32, i64> = HashMap::new();
     // Actions an earlier attempt started and did not finish: their recorded prior state.
     let mut unfinished: HashMap<String, serde_json::Value> = HashMap::new();
     let verifier = cfg.signing.verifier();
@@ -891,7 +1326,7 @@ pub async fn run(
         clients,
         protection: tokio::sync::OnceCell::new(),
         notifier: Notifier::new(cfg.notify.clone(), sns),
-        limiter: std::sync::Mutex::new(RateLimiter::default()),
+        limiter: std::sync::Arc::new(std::sync::Mutex::new(RateLimiter::default())),
     };
     if !cfg.signing.required {
         tracing::warn!("signing.required is false: unsigned alerts are acted on");
@@ -908,6 +1343,8 @@ pub async fn run(
         tracing::warn!("cannot tell which account remediate's credentials act in (sts:GetCallerIdentity); only notifications are sent until it can");
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
+    // The budgets count what every instance does: follow the others' action records.
+    follow_budgets(&cfg, actor.limiter.clone(), shutdown.clone());
     // Notes assignments: what other instances answered on new partitions must be read back
     // before acting on their alerts.
     let context = kafka::KafkaContext::new(&cfg.kafka).with_lag(metrics.consumer_lag.clone());
@@ -936,6 +1373,19 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_secs(5)) => {
                 if context.take_rejoin() {
                     kafka::rejoin(&consumer, &[&topics.alerts])?;
+                }
+                if !pending.is_empty() {
+                    let owned: HashSet<i32> = match consumer.assignment() {
+                        Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
+                        Err(_) => HashSet::new(),
+                    };
+                    let finished = run_due(&actor, &cfg, &producer, &shutdown, &metrics, &mut pending, &owned).await?;
+                    for id in finished {
+                        unfinished.remove(&id);
+                        answered.insert(id);
+                    }
+                    store_offsets(&consumer, &topics.alerts, &seen, &pending)?;
+                    metrics.pending.set(pending.len() as i64);
                 }
                 continue;
             }
@@ -966,11 +1416,17 @@ pub async fn run(
                 }
             }
             metrics.unverified.inc_by(back.unverified);
+            note_uses(&actor, &cfg, back.uses);
         }
         let owned: HashSet<i32> = match consumer.assignment() {
             Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
             Err(_) => batch.iter().map(|i| i.partition).collect(),
         };
+        // A repeat of an alert whose action is pending does not start it a second time.
+        let waiting: HashSet<String> = pending
+            .iter()
+            .map(|w| record_id(&w.alert, &w.decision.action))
+            .collect();
         // Each alert to act on, with the decisions not yet recorded and its arrival time.
         let mut work: Vec<(Alert, Pending)> = Vec::new();
         let mut in_batch: HashSet<String> = HashSet::new();
@@ -1022,7 +1478,10 @@ pub async fn run(
                         let open: Vec<Decision> =
                             plan(alert, &cfg.remediate, protection.unwrap_or(&unknown))
                                 .into_iter()
-                                .filter(|d| !answered.contains(&record_id(alert, &d.action)))
+                                .filter(|d| {
+                                    let id = record_id(alert, &d.action);
+                                    !answered.contains(&id) && !waiting.contains(&id)
+                                })
                                 .map(|mut d| {
                                     if let Some(why) = &stale {
                                         d.refusal = Some(why.clone());
@@ -1034,7 +1493,7 @@ pub async fn run(
                             metrics.alerts.with_label_values(&["duplicate"]).inc();
                             tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
                         } else {
-                            work.push((alert.clone(), (open, incoming.arrived)));
+                            work.push((alert.clone(), (open, incoming.arrived, partition, offset)));
                         }
                     }
                 }
@@ -1051,47 +1510,65 @@ pub async fn run(
             }
         }
         let acted = !work.is_empty();
+        let room = cfg
+            .remediate
+            .retry
+            .max_pending
+            .saturating_sub(pending.len());
         // Alerts touching the same target run in order; the others run concurrently.
         let runs = futures::future::join_all(group_by_target(work).into_iter().map(|group| {
             let (actor, cfg, producer, shutdown, metrics, unfinished) =
                 (&actor, &cfg, &producer, &shutdown, &metrics, &unfinished);
             async move {
                 let mut done = Vec::new();
-                for (alert, (decisions, arrived)) in group {
+                let mut waits = Vec::new();
+                for (alert, (decisions, arrived, partition, offset)) in group {
                     for decision in decisions {
-                        let journal = Journal {
-                            producer,
-                            shutdown,
-                            earlier: unfinished.get(&record_id(&alert, &decision.action)),
+                        let id = record_id(&alert, &decision.action);
+                        let earlier = unfinished.get(&id).cloned();
+                        let first = now_ms();
+                        let tried = attempt(
+                            actor, cfg, &alert, &decision, producer, shutdown, metrics, earlier, 0,
+                        )
+                        .await;
+                        let at = Place {
+                            partition,
+                            offset,
+                            arrived,
+                            first,
                         };
-                        let record = execute(actor, cfg, &alert, &decision, &journal).await;
-                        if !publish(producer, cfg, &record, shutdown).await {
-                            return Err(alert.id);
+                        let (record, wait) =
+                            settle(cfg, tried, &alert, &decision, at, room > waits.len());
+                        if let Some(record) = record {
+                            if !publish(producer, cfg, &record, shutdown).await {
+                                return Err(alert.id);
+                            }
+                            note_published(metrics, &alert, &record);
+                            if answers(&record) {
+                                done.push(record.id);
+                            }
                         }
-                        done.push(record.id.clone());
-                        tracing::info!(action_id = %record.id, alert_id = %alert.id, kind = record.kind.as_str(), outcome = record.outcome.as_str(), detail = %record.detail, "action");
-                        metrics
-                            .actions
-                            .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
-                            .inc();
+                        waits.extend(wait);
                     }
                     metrics.alerts.with_label_values(&["handled"]).inc();
                     if let Some(ms) = arrived {
-                        let now = chrono::Utc::now().timestamp_millis();
-                        metrics.latency.observe((now - ms).max(0) as f64 / 1000.0);
+                        metrics
+                            .latency
+                            .observe((now_ms() - ms).max(0) as f64 / 1000.0);
                     }
                 }
-                Ok(done)
+                Ok((done, waits))
             }
         }))
         .await;
         for run in runs {
             match run {
-                Ok(ids) => {
+                Ok((ids, waits)) => {
                     for id in &ids {
                         unfinished.remove(id);
                     }
-                    answered.extend(ids)
+                    answered.extend(ids);
+                    pending.extend(waits);
                 }
                 Err(id) => {
                     return Err(Error::Stopped(format!(
@@ -1100,18 +1577,29 @@ pub async fn run(
                 }
             }
         }
-        let mut next: HashMap<i32, i64> = HashMap::new();
         for incoming in &batch {
-            let e = next.entry(incoming.partition).or_insert(0);
+            let e = seen.entry(incoming.partition).or_insert(0);
             *e = (*e).max(incoming.offset + 1);
         }
-        let mut list = TopicPartitionList::new();
-        for (partition, offset) in next {
-            list.add_partition_offset(&topics.alerts, partition, Offset::Offset(offset))?;
+        // Pending actions that are due run between batches too, not only when the topic is quiet.
+        if pending.iter().any(|w| w.due <= now_ms()) {
+            let finished = run_due(
+                &actor,
+                &cfg,
+                &producer,
+                &shutdown,
+                &metrics,
+                &mut pending,
+                &owned,
+            )
+            .await?;
+            for id in finished {
+                unfinished.remove(&id);
+                answered.insert(id);
+            }
         }
-        if let Err(err) = consumer.store_offsets(&list) {
-            tracing::debug!(error = %err, "offsets not stored");
-        }
+        store_offsets(&consumer, &topics.alerts, &seen, &pending)?;
+        metrics.pending.set(pending.len() as i64);
         if acted {
             // Commit at once after acting, so no other instance replays these alerts.
             if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -1225,7 +1713,7 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
                 .await
                 .map_err(undo_refused)?;
             let r = bucket::undo(&s3, &data).await;
-            fill(&mut record, r.outcome, r.detail, r.steps, None);
+            fill(&mut record, r.outcome, r.detail, r.steps, None, false);
         }
         ActionKind::RequireSignIn | ActionKind::SuspendUser => {
             // The principal's own account, as the action itself used.
@@ -1235,7 +1723,7 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
                 .await
                 .map_err(undo_refused)?;
             let r = iam::undo(&client, &who, &data).await;
-            fill(&mut record, r.outcome, r.detail, r.steps, None);
+            fill(&mut record, r.outcome, r.detail, r.steps, None, false);
         }
         ActionKind::Notify => {
             return Err(Error::Undo("a notification cannot be unsent".into()));

@@ -660,3 +660,81 @@ pub fn burst_file(users: usize) -> Result<PathBuf> {
     file.flush()?;
     Ok(path)
 }
+
+/// Decides, from a request's body, whether the AWS-API proxy answers it with an error instead
+/// of forwarding it: `Some((status, code))`.
+pub type FaultRule = Box<dyn FnMut(&str) -> Option<(u16, &'static str)> + Send>;
+
+/// An AWS-API server in front of moto that answers some query-protocol requests (IAM, STS)
+/// with the error a rule picks — a 503 `ServiceUnavailable`, a 403 `AccessDenied` — and
+/// forwards the rest. Returns its endpoint URL.
+pub async fn faulty_aws(rule: FaultRule) -> Result<String> {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    type Shared = std::sync::Arc<(std::sync::Mutex<FaultRule>, reqwest::Client, String)>;
+    async fn handle(
+        State(shared): State<Shared>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let fault = match shared.0.lock() {
+            Ok(mut rule) => rule(&text),
+            Err(_) => Some((500, "InternalFailure")),
+        };
+        if let Some((status, code)) = fault {
+            let kind = if status >= 500 { "Receiver" } else { "Sender" };
+            let xml = format!(
+                "<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code><Message>injected by the test</Message></Error><RequestId>fault</RequestId></ErrorResponse>"
+            );
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, [("content-type", "text/xml")], xml).into_response();
+        }
+        let url = format!(
+            "{}{}",
+            shared.2,
+            uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        );
+        let mut request = shared.1.request(
+            reqwest::Method::from_bytes(method.as_str().as_bytes())
+                .unwrap_or(reqwest::Method::POST),
+            url,
+        );
+        for (name, value) in &headers {
+            if name != "host" && name != "content-length" {
+                request = request.header(name.as_str(), value.as_bytes());
+            }
+        }
+        match request.body(body.to_vec()).send().await {
+            Ok(answer) => {
+                let status =
+                    StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::OK);
+                let content_type = answer
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("text/xml")
+                    .to_string();
+                let bytes = answer.bytes().await.unwrap_or_default();
+                (status, [("content-type", content_type)], bytes.to_vec()).into_response()
+            }
+            Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+        }
+    }
+    let shared: Shared = std::sync::Arc::new((
+        std::sync::Mutex::new(rule),
+        reqwest::Client::new(),
+        aws_endpoint()?,
+    ));
+    let app = axum::Router::new().fallback(handle).with_state(shared);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}"))
+}

@@ -56,15 +56,21 @@ fn records_of(
     alert_id: &str,
     done: impl Fn(&[ActionRecord]) -> bool,
 ) -> Result<Vec<ActionRecord>> {
-    let parse = |r: &trailguard_tests::Record| serde_json::from_slice::<ActionRecord>(&r.value).ok();
-    let records = read_topic(&run.topic("actions"), TIMEOUT, Duration::from_secs(1), |r| {
-        let mine: Vec<ActionRecord> = r
-            .iter()
-            .filter_map(parse)
-            .filter(|a| a.alert_id == alert_id)
-            .collect();
-        done(&mine)
-    })?;
+    let parse =
+        |r: &trailguard_tests::Record| serde_json::from_slice::<ActionRecord>(&r.value).ok();
+    let records = read_topic(
+        &run.topic("actions"),
+        TIMEOUT,
+        Duration::from_secs(1),
+        |r| {
+            let mine: Vec<ActionRecord> = r
+                .iter()
+                .filter_map(parse)
+                .filter(|a| a.alert_id == alert_id)
+                .collect();
+            done(&mine)
+        },
+    )?;
     Ok(records
         .iter()
         .filter_map(parse)
@@ -167,8 +173,11 @@ async fn a_crash_after_the_first_change_can_be_undone() -> Result<()> {
         .find(|r| r.outcome == ActionOutcome::Started)
         .with_context(|| format!("no started record: {records:#?}"))?;
     assert!(
-        started.undo.as_ref().is_some_and(|u| u["prior_policy"].is_null()
-            && u["active_keys"].as_array().is_some_and(|k| k.len() == 1)),
+        started
+            .undo
+            .as_ref()
+            .is_some_and(|u| u["prior_policy"].is_null()
+                && u["active_keys"].as_array().is_some_and(|k| k.len() == 1)),
         "the prior state, read before any change: {:?}",
         started.undo
     );
@@ -217,7 +226,11 @@ async fn a_replay_after_a_crash_keeps_the_original_prior_state() -> Result<()> {
     let records = records_of(&run, "replay-carol", |r| {
         r.iter().any(|a| a.outcome == ActionOutcome::Applied)
     })?;
-    assert_eq!(state(&iam, &carol).await?, (0, true), "suspended in the end");
+    assert_eq!(
+        state(&iam, &carol).await?,
+        (0, true),
+        "suspended in the end"
+    );
     let applied = records
         .iter()
         .find(|r| r.outcome == ActionOutcome::Applied)

@@ -390,11 +390,22 @@ pub async fn ensure_topics(cfg: &KafkaConfig, roles: &[TopicRole]) -> Result<(),
     }
     let admin: AdminClient<KafkaContext> =
         base_config(cfg).create_with_context(KafkaContext::new(cfg))?;
-    let wanted: Vec<(&str, BTreeMap<String, String>)> = roles
+    let mut wanted: Vec<(&str, BTreeMap<String, String>)> = roles
         .iter()
         .map(|role| (role.topic(&cfg.topics), cfg.topic_settings(*role)))
         .filter(|(name, _)| !name.is_empty())
         .collect();
+    // Only the missing ones are asked for: with ACLs a service may be allowed to create only the
+    // topics it writes (or none, when an administrator creates them all), and a broker refuses
+    // a CreateTopics it does not authorize even for a topic that exists.
+    let existing = {
+        let cfg = cfg.clone();
+        let names: Vec<String> = wanted.iter().map(|(n, _)| n.to_string()).collect();
+        tokio::task::spawn_blocking(move || existing_topics(&cfg, &names))
+            .await
+            .unwrap_or_default()
+    };
+    wanted.retain(|(name, _)| !existing.iter().any(|e| e == name));
     let new_topics: Vec<NewTopic> = wanted
         .iter()
         .map(|(name, settings)| {
@@ -436,6 +447,31 @@ pub async fn ensure_topics(cfg: &KafkaConfig, roles: &[TopicRole]) -> Result<(),
     tokio::task::spawn_blocking(move || await_leaders(&cfg, &created))
         .await
         .map_err(|e| Error::Timeout(format!("waiting for partition leaders: {e}")))?
+}
+
+/// Which of `names` exist (and may be described); empty when the broker cannot be asked.
+/// Blocking.
+fn existing_topics(cfg: &KafkaConfig, names: &[String]) -> Vec<String> {
+    let Ok(consumer) = base_config(cfg)
+        .create_with_context::<_, BaseConsumer<KafkaContext>>(KafkaContext::new(cfg))
+    else {
+        return Vec::new();
+    };
+    names
+        .iter()
+        .filter(|name| {
+            consumer
+                .fetch_metadata(Some(name), Duration::from_secs(10))
+                .is_ok_and(|m| {
+                    m.topics().iter().any(|t| {
+                        t.name() == name.as_str()
+                            && t.error().is_none()
+                            && !t.partitions().is_empty()
+                    })
+                })
+        })
+        .cloned()
+        .collect()
 }
 
 /// Waits (up to 30 s) until every partition of `topics` has a leader. Blocking.

@@ -29,3 +29,17 @@ create trailguard.ingest.checkpoints compact
 create trailguard.detect.state compact
 create trailguard.detect.facts compact
 "$topics" --bootstrap-server "$bootstrap" --list
+
+# With SCRAM_USERS (compose.aws.yaml): one SCRAM-SHA-512 user per service, its password from
+# KAFKA_PASSWORD_<NAME>, and the per-service ACLs of deploy/kafka-acls.sh.
+if [[ -n ${SCRAM_USERS:-} ]]; then
+  for user in $SCRAM_USERS; do
+    var=KAFKA_PASSWORD_${user^^}
+    password=${!var:?set $var}
+    /opt/kafka/bin/kafka-configs.sh --bootstrap-server "$bootstrap" --alter \
+      --entity-type users --entity-name "$user" \
+      --add-config "SCRAM-SHA-512=[password=$password]"
+  done
+  INGEST_USER=ingest DETECT_USER=detect REMEDIATE_USER=remediate \
+    bash /kafka-acls.sh /opt/kafka/bin/kafka-acls.sh --bootstrap-server "$bootstrap"
+fi

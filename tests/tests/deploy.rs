@@ -36,6 +36,12 @@ fn operator_env() -> BTreeMap<String, String> {
         ),
         ("AWS_REGION", "us-east-1"),
         ("HOME", "/home/operator"),
+        ("TRAILGUARD_KAFKA_INGEST_PASSWORD", "ingest-broker-password"),
+        ("TRAILGUARD_KAFKA_DETECT_PASSWORD", "detect-broker-password"),
+        (
+            "TRAILGUARD_KAFKA_REMEDIATE_PASSWORD",
+            "remediate-broker-password",
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -383,6 +389,9 @@ fn apply_override(base: &mut Value, over: &Value) {
                             }
                         }
                     }
+                    "volumes" | "ports" if value.get("!reset").is_some() => {
+                        target[key] = value["!reset"].clone();
+                    }
                     "volumes" | "ports" => {
                         let mut merged = target[key].as_array().cloned().unwrap_or_default();
                         merged.extend(value.as_array().cloned().unwrap_or_default());
@@ -421,7 +430,14 @@ fn check_compose(project: &Value, dir: &Path, operator: &BTreeMap<String, String
         .unwrap_or_default()
         .to_string();
     let mut ours = 0;
+    let mut usernames = BTreeSet::new();
     for (name, service) in services {
+        for port in as_strings(&service["ports"]) {
+            ensure!(
+                port.starts_with("127.0.0.1:"),
+                "{name}: port {port} must be bound to 127.0.0.1, not published to the network"
+            );
+        }
         let image = interpolate(service["image"].as_str().unwrap_or_default(), operator)?;
         let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
         ensure!(
@@ -475,9 +491,21 @@ fn check_compose(project: &Value, dir: &Path, operator: &BTreeMap<String, String
         );
         let brokers = cfg["kafka"]["brokers"].as_str().unwrap_or_default();
         ensure!(
-            advertised.contains(&format!("PLAINTEXT://{brokers}")),
+            advertised.contains(&format!("://{brokers}")),
             "{name}: brokers {brokers} are not what Kafka advertises ({advertised})"
         );
+        let client = &cfg["kafka"]["client"];
+        if let Some(user) = client["sasl_username"].as_str() {
+            ensure!(
+                client["security_protocol"] == "SASL_PLAINTEXT"
+                    && client["sasl_mechanism"] == "SCRAM-SHA-512",
+                "{name}: SCRAM over the SASL listener"
+            );
+            ensure!(
+                usernames.insert(user.to_string()),
+                "{name}: each service has its own broker user ({user} is taken)"
+            );
+        }
         ensure!(
             cfg["kafka"]["create_topics"] == false,
             "{name}: compose creates topics in kafka-init"
@@ -532,12 +560,62 @@ fn compose_runs_what_exists() -> Result<()> {
         "ingest reads the trail's notifications"
     );
     check_compose(&aws, &dir, &operator).context("compose.yaml + compose.aws.yaml")?;
+    // With real AWS the broker is locked down: SCRAM and the standard authorizer, no anonymous
+    // listener beyond the broker's loopback, the ACLs of deploy/kafka-acls.sh set by kafka-init.
+    let kafka = &aws["services"]["kafka"]["environment"];
+    ensure!(
+        kafka["KAFKA_AUTHORIZER_CLASS_NAME"]
+            == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+            && kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false",
+        "compose.aws.yaml: the standard authorizer, deny by default"
+    );
+    let map = kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+        .as_str()
+        .unwrap_or_default();
+    for listener in kafka["KAFKA_LISTENERS"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+    {
+        let (name, address) = listener.split_once("://").unwrap_or_default();
+        let plain = map.contains(&format!("{name}:PLAINTEXT"));
+        ensure!(
+            !plain || address.starts_with("127.0.0.1:"),
+            "compose.aws.yaml: the unauthenticated listener {listener} must stay on loopback"
+        );
+    }
+    ensure!(
+        as_strings(&aws["services"]["kafka"]["ports"]).is_empty(),
+        "compose.aws.yaml: the broker publishes no port"
+    );
+    let users: BTreeSet<&str> = BINARIES
+        .iter()
+        .filter_map(|b| {
+            aws["services"][*b]["environment"]["TRAILGUARD_KAFKA__CLIENT__SASL_USERNAME"].as_str()
+        })
+        .collect();
+    ensure!(
+        users == BTreeSet::from(BINARIES),
+        "compose.aws.yaml: each service connects as its own user, as deploy/kafka-acls.sh names them ({users:?})"
+    );
+    let init = &aws["services"]["kafka-init"];
+    ensure!(
+        init["network_mode"] == "service:kafka"
+            && as_strings(&init["volumes"])
+                .iter()
+                .any(|v| v.starts_with("../kafka-acls.sh:"))
+            && dir.join("../kafka-acls.sh").exists(),
+        "compose.aws.yaml: kafka-init sets the ACLs of deploy/kafka-acls.sh over the loopback"
+    );
     // The operator's settings are all named in .env.example.
     let example = std::fs::read_to_string(dir.join(".env.example"))?;
     for var in [
         "TRAILGUARD_SIGNING_KEY",
         "TRAILGUARD_WEBHOOK_URL",
         "TRAILGUARD_SQS_QUEUE_URL",
+        "TRAILGUARD_KAFKA_INGEST_PASSWORD",
+        "TRAILGUARD_KAFKA_DETECT_PASSWORD",
+        "TRAILGUARD_KAFKA_REMEDIATE_PASSWORD",
     ] {
         ensure!(
             example.contains(&format!("{var}=")),

@@ -292,3 +292,155 @@ async fn reading_back_ends_where_the_log_ends() -> Result<()> {
     assert_eq!(keys, ["principal-0", "principal-1", "principal-2"]);
     Ok(())
 }
+
+/// One record to `topic` on the SCRAM listener as `user`; the broker's answer.
+async fn produce_as(
+    user: &str,
+    password: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<std::result::Result<(), String>> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set(
+            "bootstrap.servers",
+            std::env::var("TRAILGUARD_TEST_KAFKA_SASL_BROKERS")
+                .context("TRAILGUARD_TEST_KAFKA_SASL_BROKERS is not set (make test sets it)")?,
+        )
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanism", "SCRAM-SHA-512")
+        .set("sasl.username", user)
+        .set("sasl.password", password)
+        .set("message.timeout.ms", "20000")
+        .create()?;
+    Ok(producer
+        .send(
+            FutureRecord::to(topic).key("acl-test").payload(payload),
+            Duration::from_secs(20),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e.to_string()))
+}
+
+/// The ACL layout of `deploy/kafka-acls.sh` (the one docs/kafka.md gives for MSK, Kubernetes
+/// and compose), for real on the SCRAM listener with the standard authorizer: each service as
+/// its own user, the pipeline passes from a trail file to action records; and a service writing
+/// a topic another owns is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_service_writes_only_its_own_topics() -> Result<()> {
+    if !on_apache_kafka("each_service_writes_only_its_own_topics")? {
+        return Ok(());
+    }
+    let run = Run::new("acl-layout")?;
+    let users = ["ingest", "detect", "remediate"].map(|s| format!("{}-{s}", run.id));
+    let password = |user: &str| format!("{user}-password");
+    for user in &users {
+        scram_user(user, &password(user))?;
+    }
+    let script = std::env::var("TRAILGUARD_TEST_KAFKA_SCRIPT")
+        .context("TRAILGUARD_TEST_KAFKA_SCRIPT is not set (make test sets it)")?;
+    let port = brokers()?
+        .rsplit_once(':')
+        .map(|(_, port)| port.to_string())
+        .context("brokers")?;
+    let mut layout = Command::new(repo().join("deploy/kafka-acls.sh"));
+    layout
+        .args([
+            script.as_str(),
+            "admin",
+            &port,
+            "org.apache.kafka.tools.AclCommand",
+        ])
+        .env("INGEST_USER", &users[0])
+        .env("DETECT_USER", &users[1])
+        .env("REMEDIATE_USER", &users[2])
+        .env("DETECT_GROUP", format!("{}-detect", run.id))
+        .env("REMEDIATE_GROUP", format!("{}-remediate", run.id));
+    for (var, role) in [
+        ("TOPIC_ACTIVITIES", "activities"),
+        ("TOPIC_DLQ", "dlq"),
+        ("TOPIC_ALERTS", "alerts"),
+        ("TOPIC_ACTIONS", "actions"),
+        ("TOPIC_CHECKPOINTS", "checkpoints"),
+        ("TOPIC_DETECT_STATE", "state"),
+        ("TOPIC_DETECT_FACTS", "facts"),
+        ("TOPIC_DETECT_SIGNIN_FAILURES", "signin-failures"),
+    ] {
+        layout.env(var, run.topic(role));
+    }
+    let output = layout.output()?;
+    ensure!(
+        output.status.success(),
+        "deploy/kafka-acls.sh: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let as_service = |i: usize| -> Result<Run> {
+        let mut service = Run {
+            id: run.id.clone(),
+            env: run.env.clone(),
+        };
+        as_user(&mut service, &users[i], &password(&users[i]))?;
+        Ok(service)
+    };
+
+    // The pipeline, each service as itself: a trail file in, action records out.
+    let sample = repo().join("deploy/demo/sample/02-signin-failures.json");
+    as_service(0)?.ingest_files(&sample)?;
+    let _detect = as_service(1)?.spawn("detect", &[])?;
+    // detect owns the alerts topic; remediate may not create it.
+    trailguard_tests::wait_for_topic(&run.topic("alerts"), TIMEOUT)?;
+    let aws = trailguard_tests::aws_endpoint()?;
+    let _remediate = as_service(2)?.spawn("remediate", &["--aws-endpoint", &aws])?;
+    read_topic(&run.topic("alerts"), TIMEOUT, Duration::ZERO, |r| {
+        !r.is_empty()
+    })?;
+    // The sample's alerts ask for no action: one that does, as detect would write it.
+    let (ingest, detect, remediate) = (&users[0], &users[1], &users[2]);
+    let mut alert: trailguard_common::Alert = serde_json::from_str(include_str!("alert.json"))?;
+    alert.id = format!("{}-notify", run.id);
+    alert.actions = vec![trailguard_common::contract::RequestedAction {
+        kind: trailguard_common::contract::ActionKind::Notify,
+        target: trailguard_common::contract::Target {
+            kind: "channel".into(),
+            id: "default".into(),
+            account_id: None,
+            grantee: None,
+        },
+    }];
+    let signed = trailguard_tests::signed(alert)?;
+    produce_as(detect, &password(detect), &run.topic("alerts"), &signed)
+        .await?
+        .map_err(anyhow::Error::msg)
+        .context("detect writes alerts")?;
+    let actions = read_topic(&run.topic("actions"), TIMEOUT, Duration::ZERO, |r| {
+        !r.is_empty()
+    })?;
+    ensure!(!actions.is_empty());
+
+    // Each may write its own topic; none may write another's.
+    produce_as(ingest, &password(ingest), &run.topic("activities"), b"{}")
+        .await?
+        .map_err(anyhow::Error::msg)
+        .context("ingest writes activities")?;
+    for (user, topic) in [
+        (detect, "activities"),
+        (remediate, "activities"),
+        (ingest, "alerts"),
+        (remediate, "alerts"),
+        (ingest, "actions"),
+        (detect, "actions"),
+        (ingest, "state"),
+        (remediate, "checkpoints"),
+    ] {
+        let answer = produce_as(user, &password(user), &run.topic(topic), b"{}").await?;
+        match answer {
+            Ok(()) => bail!("{user} wrote {topic}, which it does not own"),
+            Err(why) => ensure!(
+                why.to_lowercase().contains("authorization"),
+                "{user} writing {topic}: {why}"
+            ),
+        }
+    }
+    Ok(())
+}

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use trailguard_common::aws::CallError;
 use trailguard_common::contract::{ActionOutcome, ActionStep};
 
-use crate::intent::{Intent, Unrecorded, NOT_RECORDED};
+use crate::intent::{not_recorded, Intent, Unrecorded};
 use crate::plan::{make_private_changes, BucketState, Change};
 use trailguard_common::s3::items;
 
@@ -201,7 +201,7 @@ pub async fn make_private_recorded(
             })
             .collect();
         if !intent.record(&undo, &planned).await {
-            return failure(NOT_RECORDED.into(), Vec::new(), None);
+            return failure(not_recorded(), Vec::new(), None);
         }
     }
     let mut steps = Vec::new();
@@ -442,7 +442,7 @@ pub async fn remove_collaborator_recorded(
         };
     }
     if !intent.record(&undo, &planned).await {
-        return failure(NOT_RECORDED.into(), Vec::new(), None);
+        return failure(not_recorded(), Vec::new(), None);
     }
     let mut steps = Vec::new();
     if kept.len() < grants.len() {

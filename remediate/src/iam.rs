@@ -22,7 +22,7 @@
 //! password cannot be restored (IAM never reveals passwords): undo says so, and an
 //! administrator sets a new one.
 
-use crate::intent::{Intent, Unrecorded, NOT_RECORDED};
+use crate::intent::{not_recorded, Intent, Unrecorded};
 use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::operation::RequestId;
 use aws_sdk_iam::types::StatusType;
@@ -410,7 +410,7 @@ pub async fn require_sign_in_recorded(
         };
     }
     if !intent.record(&undo, &planned).await {
-        return failed(NOT_RECORDED, Vec::new(), None);
+        return failed(not_recorded(), Vec::new(), None);
     }
     let mut steps = Vec::new();
     match put_inline(client, who, REVOKE_POLICY, &revoke_document(now)).await {
@@ -520,7 +520,7 @@ pub async fn suspend_user_recorded(
         };
     }
     if !intent.record(&undo, &planned).await {
-        return failed(NOT_RECORDED, Vec::new(), None);
+        return failed(not_recorded(), Vec::new(), None);
     }
     let mut steps = Vec::new();
     // Deny first: it takes effect for keys and sessions alike while the rest proceeds. If it

@@ -280,6 +280,9 @@ struct Actor {
     notifier: Notifier,
     /// Action budgets, shared with the task that follows the actions topic.
     limiter: std::sync::Arc<std::sync::Mutex<RateLimiter>>,
+    /// Ids of actions the followed actions topic shows ended (final or undone), by any
+    /// instance or `remediate undo`: a pending retry of one is dropped.
+    settled: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl Actor {
@@ -402,7 +405,7 @@ async fn execute(
         if record.outcome == ActionOutcome::AlreadyCompliant {
             record.outcome = ActionOutcome::Applied;
             record.detail = format!(
-                "{}: an earlier attempt made the changes and stopped before recording its result",
+                "{}: an earlier attempt began these changes (its `started` record holds the state before them) and stopped before recording its result",
                 record.detail
             );
         }
@@ -601,10 +604,14 @@ async fn attempt(
     metrics: &Metrics,
     mut earlier: Option<serde_json::Value>,
     tries: u32,
+    deadline: std::time::Instant,
 ) -> Attempt {
     let kind = decision.action.kind;
     let id = record_id(alert, &decision.action);
-    if decision.refusal.is_none() && decision.mode == Mode::Auto {
+    // A later try of an action already begun was counted when it began: taking the budget
+    // again could refuse it half done.
+    let begun = tries > 0 || earlier.is_some();
+    if !begun && decision.refusal.is_none() && decision.mode == Mode::Auto {
         let limit = cfg.remediate.rate_limits.get(&kind);
         let account = budget_account(&decision.action);
         let taken = actor
@@ -632,7 +639,11 @@ async fn attempt(
         let mut record = execute(actor, cfg, alert, decision, &journal).await;
         record.attempts = (tried > 1).then_some(tried);
         let again = record.outcome == ActionOutcome::Failed && record.retryable;
-        if !again || tried - tries >= retry.attempts {
+        // Tries in a row only on the first go, and only while the batch's time allows: the
+        // consumer must be polled again well inside max.poll.interval.ms. Later tries are
+        // one each.
+        let in_time = std::time::Instant::now() + backoff < deadline;
+        if !again || tries > 0 || tried - tries >= retry.attempts || !in_time {
             return Attempt::Done(Box::new(record));
         }
         // A try that got as far as `started` holds the state from before any change.
@@ -698,16 +709,14 @@ fn note_uses(actor: &Actor, cfg: &RemediateConfig, uses: Vec<(ActionKind, String
     }
 }
 
-/// Follows the actions topic from its end and counts every action another instance takes
-/// against the shared budgets, until `shutdown`.
-fn follow_budgets(
+/// Follows the actions topic from its end until `shutdown`: counts every action any instance
+/// takes against the shared budgets, and notes the actions that ended (see `Actor::settled`).
+fn follow_actions(
     cfg: &RemediateConfig,
     limiter: std::sync::Arc<std::sync::Mutex<RateLimiter>>,
+    settled: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
     shutdown: CancellationToken,
 ) {
-    if cfg.remediate.rate_limits.values().all(|l| l.max == 0) {
-        return;
-    }
     let cfg = cfg.clone();
     tokio::spawn(async move {
         let verifier = cfg.signing.verifier();
@@ -721,10 +730,21 @@ fn follow_budgets(
                 &shutdown,
                 |m| {
                     let read = kafka::Read::of(m);
-                    if let Some(used) = verified_record(&verifier, &read, &mut unverified)
-                        .as_ref()
-                        .and_then(use_of)
-                    {
+                    let record = verified_record(&verifier, &read, &mut unverified);
+                    let ended = record.as_ref().and_then(|r| match &r.undo_of {
+                        Some(of) => Some(of.clone()),
+                        None => answers(r).then(|| r.id.clone()),
+                    });
+                    if let Some(id) = ended {
+                        if let Ok(mut settled) = settled.lock() {
+                            // Bounded: only pending retries consult it, and they are bounded too.
+                            if settled.len() >= MAX_SETTLED {
+                                settled.clear();
+                            }
+                            settled.insert(id);
+                        }
+                    }
+                    if let Some(used) = record.as_ref().and_then(use_of) {
                         let (kind, account, id, at) = used;
                         let limit = cfg.remediate.rate_limits.get(&kind);
                         limiter
@@ -873,14 +893,20 @@ async fn run_due(
     owned: &HashSet<i32>,
 ) -> Result<Vec<String>, Error> {
     pending.retain(|w| owned.contains(&w.partition));
+    // Ended elsewhere since (undone from the command line, answered by another instance).
+    if let Ok(settled) = actor.settled.lock() {
+        pending.retain(|w| !settled.contains(&record_id(&w.alert, &w.decision.action)));
+    }
     let now = now_ms();
+    let deadline = std::time::Instant::now() + ACT_BUDGET;
     let (due, later): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(pending)
         .into_iter()
         .partition(|w| w.due <= now);
     *pending = later;
     let mut finished = Vec::new();
     for w in due {
-        if shutdown.is_cancelled() {
+        // What time does not allow now waits for the next round.
+        if shutdown.is_cancelled() || std::time::Instant::now() >= deadline {
             pending.push(w);
             continue;
         }
@@ -894,6 +920,7 @@ async fn run_due(
             metrics,
             w.earlier.clone(),
             w.tries,
+            deadline,
         )
         .await;
         let at = Place {
@@ -992,6 +1019,27 @@ type Pending = (Vec<Decision>, Option<i64>, i32, i64);
 
 /// Alerts taken in one batch at most.
 const BATCH: usize = 64;
+
+/// How long a batch's actions (or a round of pending ones) may go on trying in a row before
+/// the rest waits for a later round: the consumer must poll again well inside librdkafka's
+/// max.poll.interval.ms (5 minutes by default).
+const ACT_BUDGET: Duration = Duration::from_secs(90);
+
+/// Ended action ids remembered from the followed actions topic at most.
+const MAX_SETTLED: usize = 1_000_000;
+
+/// Drops what this instance kept about partitions it no longer owns: their alerts are taken
+/// up from the committed offset by their new owner.
+fn forget_revoked(
+    context: &kafka::KafkaContext,
+    seen: &mut HashMap<i32, i64>,
+    pending: &mut Vec<Waiting>,
+) {
+    for (_, partition) in context.take_revoked() {
+        seen.remove(&partition);
+        pending.retain(|w| w.partition != partition);
+    }
+}
 
 /// What remediate needs of one message (the message itself borrows the consumer).
 struct Incoming {
@@ -1129,9 +1177,8 @@ fn verified_record(
 struct ReadBack {
     /// Ids of the action records that answer their alert's action for good.
     answered: HashSet<String>,
-    /// Actions that got as far as `started` with no end on record: the prior state from the
-    /// earliest `started` record of each.
-    unfinished: HashMap<String, serde_json::Value>,
+    /// Actions that began (a `started` or retryable `failed` record) with no end on record.
+    unfinished: HashMap<String, Unfinished>,
     /// Actions taken (their `started` or `applied` records) inside the longest rate-limit
     /// window: (kind, budget account, record id, time in ms).
     uses: Vec<(ActionKind, String, String, i64)>,
@@ -1159,6 +1206,15 @@ fn use_of(record: &ActionRecord) -> Option<(ActionKind, String, String, i64)> {
         record.id.clone(),
         record.time.timestamp_millis(),
     ))
+}
+
+/// An action begun and not ended, as the actions topic shows it.
+#[derive(Clone)]
+struct Unfinished {
+    /// The prior state from its earliest `started` record, if it got that far.
+    prior: Option<serde_json::Value>,
+    /// Its first try (epoch ms): `retry.give_up_after` counts from there, across restarts.
+    first: i64,
 }
 
 /// Whether `record` answers its alert's action for good: a rejected (forged) copy does not
@@ -1201,9 +1257,16 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<ReadBack, Error> {
                     // An undone action is answered, even one that only got as far as
                     // `started`: taking its alert up again would redo what was undone.
                     back.answered.insert(of);
-                } else if record.outcome == ActionOutcome::Started && record.undo_of.is_none() {
-                    if let Some(undo) = record.undo {
-                        back.unfinished.entry(record.id).or_insert(undo);
+                } else if record.outcome != ActionOutcome::Rejected {
+                    // Started, or failed and to be tried again.
+                    let time = record.time.timestamp_millis();
+                    let entry = back.unfinished.entry(record.id).or_insert(Unfinished {
+                        prior: None,
+                        first: time,
+                    });
+                    entry.first = entry.first.min(time);
+                    if record.outcome == ActionOutcome::Started && entry.prior.is_none() {
+                        entry.prior = record.undo;
                     }
                 }
             }
@@ -1301,8 +1364,8 @@ pub async fn run(
     // offset after the last alert taken: what is stored for commit never passes a waiting one.
     let mut pending: Vec<Waiting> = Vec::new();
     let mut seen: HashMap<i32, i64> = HashMap::new();
-    // Actions an earlier attempt started and did not finish: their recorded prior state.
-    let mut unfinished: HashMap<String, serde_json::Value> = HashMap::new();
+    // Actions an earlier attempt began and did not finish.
+    let mut unfinished: HashMap<String, Unfinished> = HashMap::new();
     let verifier = cfg.signing.verifier();
     let mut rejections = RejectionBudget::new(cfg.remediate.max_rejection_records_per_minute);
     let sns = if cfg
@@ -1327,6 +1390,7 @@ pub async fn run(
         protection: tokio::sync::OnceCell::new(),
         notifier: Notifier::new(cfg.notify.clone(), sns),
         limiter: std::sync::Arc::new(std::sync::Mutex::new(RateLimiter::default())),
+        settled: std::sync::Arc::new(std::sync::Mutex::new(HashSet::new())),
     };
     if !cfg.signing.required {
         tracing::warn!("signing.required is false: unsigned alerts are acted on");
@@ -1344,10 +1408,17 @@ pub async fn run(
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
     // The budgets count what every instance does: follow the others' action records.
-    follow_budgets(&cfg, actor.limiter.clone(), shutdown.clone());
+    follow_actions(
+        &cfg,
+        actor.limiter.clone(),
+        actor.settled.clone(),
+        shutdown.clone(),
+    );
     // Notes assignments: what other instances answered on new partitions must be read back
     // before acting on their alerts.
-    let context = kafka::KafkaContext::new(&cfg.kafka).with_lag(metrics.consumer_lag.clone());
+    let context = kafka::KafkaContext::new(&cfg.kafka)
+        .with_lag(metrics.consumer_lag.clone())
+        .tracking_revoked();
     let consumer = kafka::consumer(
         &cfg.kafka,
         &cfg.remediate.group_id,
@@ -1374,11 +1445,14 @@ pub async fn run(
                 if context.take_rejoin() {
                     kafka::rejoin(&consumer, &[&topics.alerts])?;
                 }
+                forget_revoked(&context, &mut seen, &mut pending);
                 if !pending.is_empty() {
-                    let owned: HashSet<i32> = match consumer.assignment() {
-                        Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
-                        Err(_) => HashSet::new(),
+                    // Unknown assignment: leave the pending actions as they are.
+                    let Ok(list) = consumer.assignment() else {
+                        continue;
                     };
+                    let owned: HashSet<i32> =
+                        list.elements().iter().map(|e| e.partition()).collect();
                     let finished = run_due(&actor, &cfg, &producer, &shutdown, &metrics, &mut pending, &owned).await?;
                     for id in finished {
                         unfinished.remove(&id);
@@ -1410,14 +1484,15 @@ pub async fn run(
             // some of their uncommitted alerts. Read the actions topic back first.
             let back = tokio::task::block_in_place(|| answered_alerts(&cfg))?;
             answered.extend(back.answered);
-            for (id, prior) in back.unfinished {
+            for (id, begun) in back.unfinished {
                 if !answered.contains(&id) {
-                    unfinished.entry(id).or_insert(prior);
+                    unfinished.entry(id).or_insert(begun);
                 }
             }
             metrics.unverified.inc_by(back.unverified);
             note_uses(&actor, &cfg, back.uses);
         }
+        forget_revoked(&context, &mut seen, &mut pending);
         let owned: HashSet<i32> = match consumer.assignment() {
             Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
             Err(_) => batch.iter().map(|i| i.partition).collect(),
@@ -1510,6 +1585,7 @@ pub async fn run(
             }
         }
         let acted = !work.is_empty();
+        let deadline = std::time::Instant::now() + ACT_BUDGET;
         let room = cfg
             .remediate
             .retry
@@ -1525,10 +1601,11 @@ pub async fn run(
                 for (alert, (decisions, arrived, partition, offset)) in group {
                     for decision in decisions {
                         let id = record_id(&alert, &decision.action);
-                        let earlier = unfinished.get(&id).cloned();
-                        let first = now_ms();
+                        let earlier = unfinished.get(&id).and_then(|u| u.prior.clone());
+                        let first = unfinished.get(&id).map_or_else(now_ms, |u| u.first);
                         let tried = attempt(
                             actor, cfg, &alert, &decision, producer, shutdown, metrics, earlier, 0,
+                            deadline,
                         )
                         .await;
                         let at = Place {

@@ -561,10 +561,15 @@ async fn only_authentic_alerts_are_acted_on_and_undo_restores() -> Result<()> {
         &signed(suspend_alert("alert-mallory", &arn(&mallory))?)?,
     )
     .await?;
-    let all = records(&actions, 5)?;
+    // 3 rejected, the guard refused, mallory started and applied.
+    let all = records(&actions, 6)?;
+    // The end of an action (after its `started` record, when it changed AWS).
     let of = |alert: &str| {
         all.iter()
-            .find(|r| r.alert_id == alert && r.outcome != ActionOutcome::Rejected)
+            .rfind(|r| {
+                r.alert_id == alert
+                    && !matches!(r.outcome, ActionOutcome::Rejected | ActionOutcome::Started)
+            })
             .cloned()
     };
     let guard_record = of("alert-guard").context("guard record")?;
@@ -609,7 +614,7 @@ async fn only_authentic_alerts_are_acted_on_and_undo_restores() -> Result<()> {
         states.contains(&(keys[1].clone(), "Inactive".into())),
         "{states:?}"
     );
-    let with_undo = records(&actions, 6)?;
+    let with_undo = records(&actions, 7)?;
     let undo_record = with_undo
         .iter()
         .find(|r| r.undo_of.as_deref() == Some(applied.id.as_str()))

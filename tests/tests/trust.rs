@@ -53,20 +53,23 @@ fn alert(
     Ok(alert)
 }
 
-/// The action records of `alert_ids`, once each has one.
+/// The action records of `alert_ids` that end an action, once each has one (an action that
+/// changes AWS first writes a `started` record with its prior state).
 fn records_for(topic: &str, alert_ids: &[&str]) -> Result<Vec<ActionRecord>> {
-    let records = read_topic(topic, TIMEOUT, Duration::from_secs(1), |r| {
-        let seen: Vec<String> = r
+    let ends = |records: &[trailguard_tests::Record]| -> Vec<ActionRecord> {
+        records
             .iter()
             .filter_map(|r| serde_json::from_slice::<ActionRecord>(&r.value).ok())
-            .map(|r| r.alert_id)
-            .collect();
-        alert_ids.iter().all(|id| seen.iter().any(|s| s == id))
+            .filter(|r| r.outcome != ActionOutcome::Started)
+            .collect()
+    };
+    let records = read_topic(topic, TIMEOUT, Duration::from_secs(1), |r| {
+        let seen = ends(r);
+        alert_ids
+            .iter()
+            .all(|id| seen.iter().any(|s| s.alert_id == *id))
     })?;
-    records
-        .iter()
-        .map(|r| serde_json::from_slice::<ActionRecord>(&r.value).map_err(Into::into))
-        .collect()
+    Ok(ends(&records))
 }
 
 fn record_of<'a>(records: &'a [ActionRecord], alert_id: &str) -> Result<&'a ActionRecord> {
@@ -845,15 +848,18 @@ async fn remediate_ignores_action_records_it_did_not_sign() -> Result<()> {
     let config = remediate_config(&run, "")?;
     let _remediate = run.spawn("remediate", &["--config", &config])?;
     produce(&run.topic("alerts"), "a", &signed(genuine.clone())?).await?;
+    let ends = |r: &ActionRecord| {
+        r.alert_id == genuine.id && r.detail != "forged" && r.outcome != ActionOutcome::Started
+    };
     let records = read_topic(&actions, TIMEOUT, Duration::from_secs(1), |r| {
         r.iter()
             .filter_map(|r| serde_json::from_slice::<ActionRecord>(&r.value).ok())
-            .any(|r| r.alert_id == genuine.id && r.detail != "forged")
+            .any(|r| ends(&r))
     })?;
     let done: Vec<ActionRecord> = records
         .iter()
         .filter_map(|r| serde_json::from_slice::<ActionRecord>(&r.value).ok())
-        .filter(|r| r.alert_id == genuine.id && r.detail != "forged")
+        .filter(|r| ends(r))
         .collect();
     assert_eq!(done.len(), 1, "{done:#?}");
     assert_eq!(

@@ -84,7 +84,9 @@ else
         command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust first"
         log "tansu: cargo install tansu $TANSU_VERSION (several minutes; log: $TANSU_INSTALL_LOG)"
         rc=0
-        cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
+        CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false \
+            CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=false \
+            cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
             --root "$TANSU_ROOT" --target-dir "$TG_CACHE/tansu-build" >"$TANSU_INSTALL_LOG" 2>&1 || rc=$?
         echo "exit $rc" >>"$TANSU_INSTALL_LOG"
         if ((rc != 0)) || ! tansu_ok; then

@@ -1028,6 +1028,19 @@ const ACT_BUDGET: Duration = Duration::from_secs(90);
 /// Ended action ids remembered from the followed actions topic at most.
 const MAX_SETTLED: usize = 1_000_000;
 
+/// Forgets answered actions older than `max_age` (and an hour's margin): an alert that old is
+/// refused as stale whatever is remembered, so the set stays as large as the actions of one
+/// `max_alert_age`, not of the actions topic's whole retention. Zero `max_age`: nothing is
+/// forgotten.
+fn prune_answered(answered: &mut HashMap<String, i64>, max_age: Duration) {
+    if max_age.is_zero() {
+        return;
+    }
+    let keep = i64::try_from((max_age + Duration::from_secs(3600)).as_millis()).unwrap_or(i64::MAX);
+    let since = now_ms().saturating_sub(keep);
+    answered.retain(|_, at| *at >= since);
+}
+
 /// Drops what this instance kept about partitions it no longer owns: their alerts are taken
 /// up from the committed offset by their new owner.
 fn forget_revoked(
@@ -1176,7 +1189,7 @@ fn verified_record(
 #[derive(Default)]
 struct ReadBack {
     /// Ids of the action records that answer their alert's action for good.
-    answered: HashSet<String>,
+    answered: HashMap<String, i64>,
     /// Actions that began (a `started` or retryable `failed` record) with no end on record.
     unfinished: HashMap<String, Unfinished>,
     /// Actions taken (their `started` or `applied` records) inside the longest rate-limit
@@ -1252,11 +1265,12 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<ReadBack, Error> {
                     back.uses.push(used);
                 }
                 if answers(&record) {
-                    back.answered.insert(record.id);
+                    back.answered
+                        .insert(record.id, record.time.timestamp_millis());
                 } else if let Some(of) = record.undo_of {
                     // An undone action is answered, even one that only got as far as
                     // `started`: taking its alert up again would redo what was undone.
-                    back.answered.insert(of);
+                    back.answered.insert(of, record.time.timestamp_millis());
                 } else if record.outcome != ActionOutcome::Rejected {
                     // Started, or failed and to be tried again.
                     let time = record.time.timestamp_millis();
@@ -1277,7 +1291,7 @@ fn answered_alerts(cfg: &RemediateConfig) -> Result<ReadBack, Error> {
         unfinished,
         ..
     } = &mut back;
-    unfinished.retain(|id, _| !answered.contains(id));
+    unfinished.retain(|id, _| !answered.contains_key(id));
     back.unverified = unverified;
     if unverified > 0 {
         tracing::warn!(
@@ -1359,7 +1373,9 @@ pub async fn run(
     let topics = &cfg.kafka.topics;
     kafka::ensure_topics(&cfg.kafka, &[TopicRole::Alerts, TopicRole::Actions]).await?;
     check_retention(&cfg).await?;
-    let mut answered = HashSet::new();
+    // Answered action ids, with when (ms); pruned past max_alert_age (see `prune_answered`).
+    let mut answered: HashMap<String, i64> = HashMap::new();
+    let mut pruned_at = std::time::Instant::now();
     // Actions not finished yet (retrying, or waiting for a rate limit), and per partition the
     // offset after the last alert taken: what is stored for commit never passes a waiting one.
     let mut pending: Vec<Waiting> = Vec::new();
@@ -1456,7 +1472,7 @@ pub async fn run(
                     let finished = run_due(&actor, &cfg, &producer, &shutdown, &metrics, &mut pending, &owned).await?;
                     for id in finished {
                         unfinished.remove(&id);
-                        answered.insert(id);
+                        answered.insert(id, now_ms());
                     }
                     store_offsets(&consumer, &topics.alerts, &seen, &pending)?;
                     metrics.pending.set(pending.len() as i64);
@@ -1484,8 +1500,9 @@ pub async fn run(
             // some of their uncommitted alerts. Read the actions topic back first.
             let back = tokio::task::block_in_place(|| answered_alerts(&cfg))?;
             answered.extend(back.answered);
+            prune_answered(&mut answered, cfg.remediate.max_alert_age);
             for (id, begun) in back.unfinished {
-                if !answered.contains(&id) {
+                if !answered.contains_key(&id) {
                     unfinished.entry(id).or_insert(begun);
                 }
             }
@@ -1555,7 +1572,7 @@ pub async fn run(
                                 .into_iter()
                                 .filter(|d| {
                                     let id = record_id(alert, &d.action);
-                                    !answered.contains(&id) && !waiting.contains(&id)
+                                    !answered.contains_key(&id) && !waiting.contains(&id)
                                 })
                                 .map(|mut d| {
                                     if let Some(why) = &stale {
@@ -1644,7 +1661,8 @@ pub async fn run(
                     for id in &ids {
                         unfinished.remove(id);
                     }
-                    answered.extend(ids);
+                    let now = now_ms();
+                    answered.extend(ids.into_iter().map(|id| (id, now)));
                     pending.extend(waits);
                 }
                 Err(id) => {
@@ -1672,11 +1690,15 @@ pub async fn run(
             .await?;
             for id in finished {
                 unfinished.remove(&id);
-                answered.insert(id);
+                answered.insert(id, now_ms());
             }
         }
         store_offsets(&consumer, &topics.alerts, &seen, &pending)?;
         metrics.pending.set(pending.len() as i64);
+        if pruned_at.elapsed() > Duration::from_secs(60) {
+            prune_answered(&mut answered, cfg.remediate.max_alert_age);
+            pruned_at = std::time::Instant::now();
+        }
         if acted {
             // Commit at once after acting, so no other instance replays these alerts.
             if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -1862,6 +1884,25 @@ mod tests {
         assert_eq!(staleness(&a, day, now), None);
         a.time = now + chrono::Duration::hours(1);
         assert_eq!(staleness(&a, day, now), None, "a clock ahead is not stale");
+    }
+
+    #[test]
+    fn answered_actions_are_forgotten_only_past_the_alert_age_limit() {
+        let now = now_ms();
+        let hour = 3_600_000;
+        let mut answered: HashMap<String, i64> = [
+            ("fresh".to_string(), now - hour),
+            ("day-old".to_string(), now - 24 * hour - hour / 2),
+            ("old".to_string(), now - 26 * hour),
+        ]
+        .into();
+        let mut unlimited = answered.clone();
+        prune_answered(&mut answered, Duration::from_secs(24 * 3600));
+        let mut left: Vec<&String> = answered.keys().collect();
+        left.sort();
+        assert_eq!(left, ["day-old", "fresh"]);
+        prune_answered(&mut unlimited, Duration::ZERO);
+        assert_eq!(unlimited.len(), 3);
     }
 
     #[test]

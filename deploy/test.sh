@@ -51,7 +51,9 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export TRAILGUARD_TEST_BROKERS="$TG_HOST:$TG_KAFKA_PORT"
 export TRAILGUARD_TEST_AWS_ENDPOINT="http://$TG_HOST:$TG_MOTO_PORT"
 export TRAILGUARD_TEST_SHARED_DATA="${TRAILGUARD_TEST_SHARED_DATA:-$REPO/../shared/data/cloudtrail}"
-export TRAILGUARD_TEST_BIN_DIR="$CARGO_TARGET_DIR/debug"
+# The binaries under test; another build's to run today's tests against it (e.g. the commit
+# before a fix, to see its test fail): TRAILGUARD_TEST_BIN_DIR=/other/target/debug.
+export TRAILGUARD_TEST_BIN_DIR="${TRAILGUARD_TEST_BIN_DIR:-$CARGO_TARGET_DIR/debug}"
 export TRAILGUARD_TEST_GEO_V4="$GEO_V4" TRAILGUARD_TEST_GEO_V6="$GEO_V6"
 export TRAILGUARD_TEST_BROKER="$TG_BROKER"
 # `cargo test --all-targets` runs the benches once too, unoptimized: small, as a smoke test

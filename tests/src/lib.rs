@@ -738,3 +738,65 @@ pub async fn faulty_aws(rule: FaultRule) -> Result<String> {
     });
     Ok(format!("http://{addr}"))
 }
+
+/// An alert of policy `trust-test` asking for one action on one target in `account` (a bucket
+/// for the bucket actions, else a principal), from the fixture `tests/tests/alert.json`.
+pub fn alert_asking(
+    id: &str,
+    kind: trailguard_common::contract::ActionKind,
+    target: &str,
+    account: &str,
+    grantee: Option<&str>,
+) -> Result<trailguard_common::Alert> {
+    use trailguard_common::contract::{ActionKind, RequestedAction, Target};
+    let mut alert: trailguard_common::Alert =
+        serde_json::from_str(include_str!("../tests/alert.json"))?;
+    alert.id = id.into();
+    alert.policy_id = "trust-test".into();
+    alert.time = chrono::Utc::now();
+    alert.actions = vec![RequestedAction {
+        kind,
+        target: Target {
+            kind: if matches!(
+                kind,
+                ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator
+            ) {
+                "s3-bucket".into()
+            } else {
+                "principal".into()
+            },
+            id: target.into(),
+            account_id: Some(account.into()),
+            grantee: grantee.map(str::to_string),
+        },
+    }];
+    Ok(alert)
+}
+
+/// An alert asking to suspend the IAM user `user` of moto's account.
+pub fn suspend_alert(id: &str, user: &str) -> Result<trailguard_common::Alert> {
+    alert_asking(
+        id,
+        trailguard_common::contract::ActionKind::SuspendUser,
+        &format!("arn:aws:iam::123456789012:user/{user}"),
+        "123456789012",
+        None,
+    )
+}
+
+/// Creates the IAM user `name` with one active access key.
+pub async fn user_with_active_key(client: &aws_sdk_iam::Client, name: &str) -> Result<()> {
+    client.create_user().user_name(name).send().await?;
+    client.create_access_key().user_name(name).send().await?;
+    Ok(())
+}
+
+/// How many of `name`'s access keys are active.
+pub async fn active_keys(client: &aws_sdk_iam::Client, name: &str) -> Result<usize> {
+    let out = client.list_access_keys().user_name(name).send().await?;
+    Ok(out
+        .access_key_metadata()
+        .iter()
+        .filter(|k| k.status() == Some(&aws_sdk_iam::types::StatusType::Active))
+        .count())
+}

@@ -8,35 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aws_sdk_iam::types::StatusType;
-use trailguard_common::contract::{
-    ActionKind, ActionOutcome, ActionRecord, RequestedAction, Target,
-};
-use trailguard_common::Alert;
+use trailguard_common::contract::{ActionOutcome, ActionRecord};
 use trailguard_tests::{
-    aws_endpoint, faulty_aws, iam as iam_client, produce, read_topic, signed, unique,
-    wait_for_topic, Run,
+    active_keys, aws_endpoint, faulty_aws, iam as iam_client, produce, read_topic, signed,
+    suspend_alert, unique, user_with_active_key, wait_for_topic, Run,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-const ACCOUNT: &str = "123456789012";
-
-fn suspend_alert(id: &str, user: &str) -> Result<Alert> {
-    let mut alert: Alert = serde_json::from_str(include_str!("alert.json"))?;
-    alert.id = id.into();
-    alert.policy_id = "retry-test".into();
-    alert.time = chrono::Utc::now();
-    alert.actions = vec![RequestedAction {
-        kind: ActionKind::SuspendUser,
-        target: Target {
-            kind: "principal".into(),
-            id: format!("arn:aws:iam::{ACCOUNT}:user/{user}"),
-            account_id: Some(ACCOUNT.into()),
-            grantee: None,
-        },
-    }];
-    Ok(alert)
-}
 
 fn remediate_config(run: &Run, endpoint: &str, extra: &str) -> Result<String> {
     let path = std::env::temp_dir().join(format!("{}-remediate.toml", run.id));
@@ -84,21 +62,6 @@ fn last(records: &[ActionRecord]) -> Result<&ActionRecord> {
     records.last().context("no record")
 }
 
-async fn user(client: &aws_sdk_iam::Client, name: &str) -> Result<()> {
-    client.create_user().user_name(name).send().await?;
-    client.create_access_key().user_name(name).send().await?;
-    Ok(())
-}
-
-async fn active_keys(client: &aws_sdk_iam::Client, name: &str) -> Result<usize> {
-    let out = client.list_access_keys().user_name(name).send().await?;
-    Ok(out
-        .access_key_metadata()
-        .iter()
-        .filter(|k| k.status() == Some(&StatusType::Active))
-        .count())
-}
-
 /// A 503 on erin's first reads outlasts the SDK's own retries and the tries in a row: the
 /// action is recorded `failed` with `retryable`, tried again later, and applied. An
 /// AccessDenied on dave is final at once, tried once.
@@ -107,8 +70,8 @@ async fn retryable_failures_are_tried_again_and_permanent_ones_are_final() -> Re
     let run = Run::new("retry-faults")?;
     let iam = iam_client().await?;
     let (dave, erin) = (unique("dave"), unique("erin"));
-    user(&iam, &dave).await?;
-    user(&iam, &erin).await?;
+    user_with_active_key(&iam, &dave).await?;
+    user_with_active_key(&iam, &erin).await?;
     let erin_faults = Arc::new(AtomicUsize::new(0));
     let counted = erin_faults.clone();
     let (dave_name, erin_name) = (dave.clone(), erin.clone());
@@ -180,7 +143,7 @@ async fn rate_limited_actions_escalate_or_wait_and_budgets_survive_restarts() ->
     let iam = iam_client().await?;
     let users: Vec<String> = (0..5).map(|i| unique(&format!("limited{i}"))).collect();
     for u in &users {
-        user(&iam, u).await?;
+        user_with_active_key(&iam, u).await?;
     }
 
     // Escalate, across a restart.

@@ -8,50 +8,17 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use aws_sdk_iam::types::StatusType;
 use serde_json::{json, Value};
-use trailguard_common::contract::{
-    ActionKind, ActionOutcome, ActionRecord, RequestedAction, Target,
-};
+use trailguard_common::contract::{ActionKind, ActionOutcome, ActionRecord};
 use trailguard_common::Alert;
 use trailguard_tests::{
-    aws_endpoint, iam as iam_client, produce, read_topic, s3, signed, unique, wait_for_topic, Run,
+    active_keys, alert_asking, aws_endpoint, iam as iam_client, produce, read_topic, s3, signed,
+    unique, user_with_active_key, wait_for_topic, Run,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const ACCOUNT: &str = "123456789012";
 const FOREIGN: &str = "999999999999";
-
-/// An alert asking for one action on one target.
-fn alert(
-    id: &str,
-    kind: ActionKind,
-    target: &str,
-    account: &str,
-    grantee: Option<&str>,
-) -> Result<Alert> {
-    let mut alert: Alert = serde_json::from_str(include_str!("alert.json"))?;
-    alert.id = id.into();
-    alert.policy_id = "trust-test".into();
-    alert.time = chrono::Utc::now();
-    alert.actions = vec![RequestedAction {
-        kind,
-        target: Target {
-            kind: if matches!(
-                kind,
-                ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator
-            ) {
-                "s3-bucket".into()
-            } else {
-                "principal".into()
-            },
-            id: target.into(),
-            account_id: Some(account.into()),
-            grantee: grantee.map(str::to_string),
-        },
-    }];
-    Ok(alert)
-}
 
 /// The action records of `alert_ids` that end an action, once each has one (an action that
 /// changes AWS first writes a `started` record with its prior state).
@@ -77,21 +44,6 @@ fn record_of<'a>(records: &'a [ActionRecord], alert_id: &str) -> Result<&'a Acti
         .iter()
         .find(|r| r.alert_id == alert_id)
         .with_context(|| format!("no record for {alert_id}: {records:#?}"))
-}
-
-async fn user_with_active_key(client: &aws_sdk_iam::Client, name: &str) -> Result<()> {
-    client.create_user().user_name(name).send().await?;
-    client.create_access_key().user_name(name).send().await?;
-    Ok(())
-}
-
-async fn active_keys(client: &aws_sdk_iam::Client, name: &str) -> Result<usize> {
-    let out = client.list_access_keys().user_name(name).send().await?;
-    Ok(out
-        .access_key_metadata()
-        .iter()
-        .filter(|k| k.status() == Some(&StatusType::Active))
-        .count())
 }
 
 fn remediate_config(run: &Run, extra: &str) -> Result<String> {
@@ -129,7 +81,7 @@ async fn a_foreign_principal_never_acts_on_our_same_named_user() -> Result<()> {
     produce(
         &alerts,
         "a",
-        &signed(alert(
+        &signed(alert_asking(
             "foreign-user",
             ActionKind::SuspendUser,
             &foreign_arn,
@@ -141,7 +93,7 @@ async fn a_foreign_principal_never_acts_on_our_same_named_user() -> Result<()> {
     produce(
         &alerts,
         "b",
-        &signed(alert(
+        &signed(alert_asking(
             "foreign-bucket",
             ActionKind::MakeBucketPrivate,
             &bucket,
@@ -176,7 +128,7 @@ async fn a_foreign_principal_never_acts_on_our_same_named_user() -> Result<()> {
     produce(
         &alerts,
         "c",
-        &signed(alert(
+        &signed(alert_asking(
             "own-user",
             ActionKind::SuspendUser,
             &own_arn,
@@ -225,7 +177,7 @@ async fn a_lookalike_name_in_another_account_is_not_protected() -> Result<()> {
     produce(
         &alerts,
         "a",
-        &signed(alert(
+        &signed(alert_asking(
             "lookalike",
             ActionKind::RequireSignIn,
             &session(FOREIGN),
@@ -237,7 +189,7 @@ async fn a_lookalike_name_in_another_account_is_not_protected() -> Result<()> {
     produce(
         &alerts,
         "b",
-        &signed(alert(
+        &signed(alert_asking(
             "home-role",
             ActionKind::RequireSignIn,
             &session(ACCOUNT),
@@ -302,7 +254,7 @@ async fn an_account_grantee_never_strips_a_protected_role() -> Result<()> {
     produce(
         &alerts,
         "a",
-        &signed(alert(
+        &signed(alert_asking(
             "strip",
             ActionKind::RemoveCollaborator,
             &bucket,
@@ -352,7 +304,7 @@ async fn make_private_removes_statements_with_no_op_conditions() -> Result<()> {
     produce(
         &alerts,
         "a",
-        &signed(alert(
+        &signed(alert_asking(
             "noop",
             ActionKind::MakeBucketPrivate,
             &bucket,
@@ -549,7 +501,7 @@ async fn tail_prints_hostile_records_safely() -> Result<()> {
     cfg.topics.alerts = alerts.clone();
     trailguard_common::kafka::ensure_topics(&cfg, &[trailguard_common::config::TopicRole::Alerts])
         .await?;
-    let mut hostile = alert(
+    let mut hostile = alert_asking(
         "aaaaaaaaaaa\u{e9}bbbb",
         ActionKind::Notify,
         "default",
@@ -815,7 +767,7 @@ async fn remediate_ignores_action_records_it_did_not_sign() -> Result<()> {
     let dave = unique("dave");
     user_with_active_key(&iam, &dave).await?;
     let dave_arn = format!("arn:aws:iam::{ACCOUNT}:user/{dave}");
-    let genuine = alert(
+    let genuine = alert_asking(
         "ledger-genuine",
         ActionKind::SuspendUser,
         &dave_arn,
@@ -909,11 +861,11 @@ async fn stale_alerts_are_refused_and_forgery_floods_are_bounded() -> Result<()>
     let _remediate = run.spawn("remediate", &["--config", &config])?;
     let alerts = run.topic("alerts");
     wait_for_topic(&alerts, TIMEOUT)?;
-    let mut old = alert("stale", ActionKind::SuspendUser, &arn, ACCOUNT, None)?;
+    let mut old = alert_asking("stale", ActionKind::SuspendUser, &arn, ACCOUNT, None)?;
     old.time = chrono::Utc::now() - chrono::Duration::days(3);
     produce(&alerts, "a", &signed(old)?).await?;
     for i in 0..40 {
-        let forged = alert(
+        let forged = alert_asking(
             &format!("flood-{i}"),
             ActionKind::SuspendUser,
             &arn,
@@ -925,7 +877,7 @@ async fn stale_alerts_are_refused_and_forgery_floods_are_bounded() -> Result<()>
     produce(
         &alerts,
         "b",
-        &signed(alert(
+        &signed(alert_asking(
             "fresh",
             ActionKind::Notify,
             "default",

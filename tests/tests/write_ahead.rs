@@ -7,35 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use aws_sdk_iam::types::StatusType;
-use trailguard_common::contract::{
-    ActionKind, ActionOutcome, ActionRecord, RequestedAction, Target,
-};
-use trailguard_common::Alert;
+use trailguard_common::contract::{ActionOutcome, ActionRecord};
 use trailguard_tests::{
-    aws_endpoint, iam as iam_client, produce, read_topic, signed, unique, wait_for_topic, Run,
-    Service,
+    aws_endpoint, iam as iam_client, produce, read_topic, signed, suspend_alert, unique,
+    user_with_active_key, wait_for_topic, Run, Service,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-const ACCOUNT: &str = "123456789012";
 const SUSPEND_POLICY: &str = "TrailguardSuspended";
-
-fn suspend_alert(id: &str, user: &str) -> Result<Alert> {
-    let mut alert: Alert = serde_json::from_str(include_str!("alert.json"))?;
-    alert.id = id.into();
-    alert.policy_id = "write-ahead-test".into();
-    alert.time = chrono::Utc::now();
-    alert.actions = vec![RequestedAction {
-        kind: ActionKind::SuspendUser,
-        target: Target {
-            kind: "principal".into(),
-            id: format!("arn:aws:iam::{ACCOUNT}:user/{user}"),
-            account_id: Some(ACCOUNT.into()),
-            grantee: None,
-        },
-    }];
-    Ok(alert)
-}
 
 fn config(run: &Run) -> Result<String> {
     let path = std::env::temp_dir().join(format!("{}-remediate.toml", run.id));
@@ -76,13 +55,6 @@ fn records_of(
         .filter_map(parse)
         .filter(|a| a.alert_id == alert_id)
         .collect())
-}
-
-/// A user with one active access key and no inline policy.
-async fn user(client: &aws_sdk_iam::Client, name: &str) -> Result<()> {
-    client.create_user().user_name(name).send().await?;
-    client.create_access_key().user_name(name).send().await?;
-    Ok(())
 }
 
 /// (active keys, has the suspend policy)
@@ -159,7 +131,7 @@ async fn a_crash_after_the_first_change_can_be_undone() -> Result<()> {
     let config = config(&run)?;
     let iam = iam_client().await?;
     let alice = unique("alice");
-    user(&iam, &alice).await?;
+    user_with_active_key(&iam, &alice).await?;
 
     crash_mid_suspend(&run, &config, "crash-alice", &alice).await?;
     assert_eq!(
@@ -219,7 +191,7 @@ async fn a_replay_after_a_crash_keeps_the_original_prior_state() -> Result<()> {
     let config = config(&run)?;
     let iam = iam_client().await?;
     let carol = unique("carol");
-    user(&iam, &carol).await?;
+    user_with_active_key(&iam, &carol).await?;
 
     crash_mid_suspend(&run, &config, "replay-carol", &carol).await?;
     let _remediate = run.spawn("remediate", &["--config", &config])?;

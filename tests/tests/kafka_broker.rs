@@ -114,13 +114,19 @@ async fn created_topics_carry_their_production_settings() -> Result<()> {
 }
 
 /// Runs one of Kafka's admin tools against the local Apache Kafka (`deploy/local/kafka.sh`).
-fn kafka_admin(class: &str, args: &[&str]) -> Result<()> {
+/// `deploy/local/kafka.sh` and the PLAINTEXT port of the local node.
+fn kafka_script() -> Result<(String, String)> {
     let script = std::env::var("TRAILGUARD_TEST_KAFKA_SCRIPT")
         .context("TRAILGUARD_TEST_KAFKA_SCRIPT is not set (make test sets it)")?;
     let port = brokers()?
         .rsplit_once(':')
         .map(|(_, port)| port.to_string())
         .context("brokers")?;
+    Ok((script, port))
+}
+
+fn kafka_admin(class: &str, args: &[&str]) -> Result<()> {
+    let (script, port) = kafka_script()?;
     let output = Command::new(script)
         .args(["admin", &port, class])
         .args(args)
@@ -338,12 +344,7 @@ async fn each_service_writes_only_its_own_topics() -> Result<()> {
     for user in &users {
         scram_user(user, &password(user))?;
     }
-    let script = std::env::var("TRAILGUARD_TEST_KAFKA_SCRIPT")
-        .context("TRAILGUARD_TEST_KAFKA_SCRIPT is not set (make test sets it)")?;
-    let port = brokers()?
-        .rsplit_once(':')
-        .map(|(_, port)| port.to_string())
-        .context("brokers")?;
+    let (script, port) = kafka_script()?;
     let mut layout = Command::new(repo().join("deploy/kafka-acls.sh"));
     layout
         .args([

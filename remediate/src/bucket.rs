@@ -19,19 +19,7 @@ use crate::plan::{make_private_changes, BucketState, Change};
 use trailguard_common::s3::items;
 
 /// What happened to the bucket.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BucketResult {
-    /// Applied, already compliant, dry-run or failed.
-    pub outcome: ActionOutcome,
-    /// A sentence for the action record.
-    pub detail: String,
-    /// Each change made (or that would be made).
-    pub steps: Vec<ActionStep>,
-    /// Prior state of what was changed.
-    pub undo: Option<Value>,
-    /// A failure that trying again later may mend (throttling, 5xx, a timeout).
-    pub retryable: bool,
-}
+pub type BucketResult = crate::ActionResult;
 
 fn failure(why: CallError, steps: Vec<ActionStep>, undo: Option<Value>) -> BucketResult {
     BucketResult {

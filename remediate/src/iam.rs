@@ -126,19 +126,7 @@ pub fn suspend_document() -> Value {
 }
 
 /// What an identity action did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IamResult {
-    /// Applied, already compliant, dry-run or failed.
-    pub outcome: ActionOutcome,
-    /// A sentence for the action record.
-    pub detail: String,
-    /// Each change made (or that would be made).
-    pub steps: Vec<ActionStep>,
-    /// Prior state of what was changed.
-    pub undo: Option<Value>,
-    /// A failure that trying again later may mend (throttling, 5xx, a timeout).
-    pub retryable: bool,
-}
+pub type IamResult = crate::ActionResult;
 
 fn failed(why: impl Into<CallError>, steps: Vec<ActionStep>, undo: Option<Value>) -> IamResult {
     let why = why.into();

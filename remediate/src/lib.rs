@@ -27,6 +27,21 @@ use trailguard_common::contract::{ActionKind, Mode};
 
 pub use runner::{run, undo, Metrics};
 
+/// What a bucket or identity action did (or, in dry-run, would do).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionResult {
+    /// Applied, already compliant, dry-run, refused or failed.
+    pub outcome: trailguard_common::contract::ActionOutcome,
+    /// A sentence for the action record.
+    pub detail: String,
+    /// Each change made (or that would be made).
+    pub steps: Vec<trailguard_common::contract::ActionStep>,
+    /// Prior state of what was changed.
+    pub undo: Option<serde_json::Value>,
+    /// A failure that trying again later may mend (throttling, 5xx, a timeout).
+    pub retryable: bool,
+}
+
 /// Everything remediate can be configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -347,6 +347,11 @@ fn fill(
     record.undo = undo;
 }
 
+/// Fills `record` from what a bucket or identity action did.
+fn fill_result(record: &mut ActionRecord, r: crate::ActionResult) {
+    fill(record, r.outcome, r.detail, r.steps, r.undo, r.retryable);
+}
+
 /// Where an action's `started` record goes, and what an earlier attempt recorded.
 struct Journal<'a> {
     producer: &'a kafka::Producer,
@@ -476,14 +481,7 @@ async fn act(
                 }
             };
             let r = bucket::make_private_recorded(&s3, &target.id, dry_run, &intent).await;
-            fill(
-                &mut record,
-                r.outcome,
-                r.detail,
-                r.steps,
-                r.undo,
-                r.retryable,
-            );
+            fill_result(&mut record, r);
         }
         ActionKind::RemoveCollaborator => {
             let Some(grantee) = target.grantee.as_deref().filter(|g| !g.is_empty()) else {
@@ -507,14 +505,7 @@ async fn act(
                 &intent,
             )
             .await;
-            fill(
-                &mut record,
-                r.outcome,
-                r.detail,
-                r.steps,
-                r.undo,
-                r.retryable,
-            );
+            fill_result(&mut record, r);
         }
         ActionKind::RequireSignIn | ActionKind::SuspendUser => {
             let who = match iam::Identity::parse(&target.id) {
@@ -548,14 +539,7 @@ async fn act(
                 let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
                 iam::require_sign_in_recorded(&client, &who, &now, dry_run, &intent).await
             };
-            fill(
-                &mut record,
-                r.outcome,
-                r.detail,
-                r.steps,
-                r.undo,
-                r.retryable,
-            );
+            fill_result(&mut record, r);
         }
         ActionKind::Notify => {
             let r = actor.notifier.notify(alert, target, dry_run).await;

@@ -93,6 +93,10 @@ pub struct Activity {
     /// Filled by detect: geo location and IP reputation of `source_ip`.
     #[serde(default, skip_serializing_if = "Enrichment::is_empty")]
     pub enrichment: Enrichment,
+    /// What ingest shortened because the activity was too large to publish whole, e.g.
+    /// `responseElements: scalars only` or `responseElements: removed`; empty when whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trimmed: Vec<String>,
 }
 
 /// The identity behind an activity (CloudTrail `userIdentity`).
@@ -563,6 +567,10 @@ pub mod dlq_headers {
     pub const STAGE: &str = "trailguard.stage";
     /// `true` when the value is a pointer rather than the original bytes.
     pub const POINTER: &str = "trailguard.pointer";
+    /// For an input kept in parts (stdin larger than one message): this part's number, from 1.
+    pub const PART: &str = "trailguard.part";
+    /// For an input kept in parts: how many parts there are.
+    pub const PARTS: &str = "trailguard.parts";
 }
 
 /// A stable, short id: the first 16 bytes of SHA-256 over the parts, hex-encoded. Parts are

@@ -42,6 +42,15 @@ impl Error {
         }
     }
 
+    /// The Kafka client error inside, if this is one.
+    pub fn kafka(&self) -> Option<&rdkafka::error::KafkaError> {
+        match self {
+            Error::Kafka(err) => Some(err),
+            Error::Context { source, .. } => source.kafka(),
+            _ => None,
+        }
+    }
+
     /// Wraps the error with what we were doing.
     pub fn context(self, context: impl Into<String>) -> Self {
         Error::Context {

@@ -829,8 +829,39 @@ pub async fn follow(
     }
 }
 
-/// Sends one record, retrying with exponential backoff (capped at 10 s) until the broker has
-/// it. Returns false if `shutdown` came first: the caller must then not advance past its input.
+/// Why the broker will never take a record however often it is sent — `too_large`,
+/// `unauthorized`, `unknown_topic`, `invalid_record` — or `None` for a failure that may pass
+/// (a broker down, a leader moving, a timeout).
+pub fn refusal(err: &KafkaError) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    match err.rdkafka_error_code()? {
+        C::MessageSizeTooLarge => Some("too_large"),
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => Some("unauthorized"),
+        C::UnknownTopicOrPartition | C::UnknownTopic | C::InvalidTopic => Some("unknown_topic"),
+        C::InvalidMessage | C::InvalidRecord => Some("invalid_record"),
+        _ => None,
+    }
+}
+
+/// How [`send_until_durable`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// The broker has the record.
+    Durable,
+    /// Shutdown came first: the caller must not advance past its input.
+    Stopped,
+    /// The broker refuses the record for good ([`refusal`]): trim it, dead-letter it or count
+    /// it, and move on — retrying would stop the pipeline behind it forever.
+    Refused {
+        /// The closed-set kind.
+        kind: &'static str,
+        /// The broker's words.
+        error: String,
+    },
+}
+
+/// Sends one record, retrying failures that may pass with exponential backoff (capped at
+/// 10 s) until the broker has it.
 pub async fn send_until_durable(
     producer: &Producer,
     topic: &str,
@@ -838,15 +869,22 @@ pub async fn send_until_durable(
     payload: &[u8],
     headers: Option<OwnedHeaders>,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> bool {
+) -> Sent {
     let mut backoff = Duration::from_millis(200);
     loop {
         match send(producer, topic, key, payload, headers.clone()).await {
-            Ok(_) => return true,
+            Ok(_) => return Sent::Durable,
             Err(err) => {
+                if let Some(kind) = err.kafka().and_then(refusal) {
+                    tracing::error!(error = %err, topic, kind, bytes = payload.len(), "the broker refuses the record");
+                    return Sent::Refused {
+                        kind,
+                        error: err.to_string(),
+                    };
+                }
                 tracing::warn!(error = %err, topic, "publish failed; retrying");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return false,
+                    _ = shutdown.cancelled() => return Sent::Stopped,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));

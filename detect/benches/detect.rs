@@ -21,7 +21,7 @@ use trailguard_detect::enrich::{Enricher, GeoConfig, GeoDb, Intel};
 use trailguard_detect::policies::PoliciesConfig;
 use trailguard_ingest::files::{expand, Input};
 use trailguard_ingest::normalize::normalize;
-use trailguard_ingest::split::{decompress, split};
+use trailguard_ingest::split::{decompress, split, Limits};
 
 // As in the detect binary.
 #[global_allocator]
@@ -48,12 +48,10 @@ fn shared() -> Vec<Activity> {
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
-        let Ok(plain) = decompress(&bytes) else {
-            continue;
-        };
-        let Ok(items) = split(&plain) else { continue };
-        for item in items {
-            if let Ok(Ok(a)) = item.text.map(normalize) {
+        let limits = Limits::default();
+        let plain = decompress(&bytes, limits);
+        for item in split(&plain.bytes, limits) {
+            if let Ok(Ok(a)) = item.text.as_deref().map(normalize) {
                 out.push(a);
             }
         }

@@ -101,6 +101,17 @@ fn disarm_if_failed(
     }
 }
 
+/// How far ahead of this clock an event time may move the watermark. Ingest dead-letters
+/// records further in the future (`publish.max_clock_skew`); activities reaching detect by
+/// another way must not either: one record dated 2199 would otherwise expire every baseline.
+const WATERMARK_SKEW: chrono::Duration = chrono::Duration::days(1);
+
+/// True when `time` moves the watermark on from `max`: later, and not beyond the clock plus
+/// [`WATERMARK_SKEW`].
+fn advances_watermark(max: Option<DateTime<Utc>>, time: DateTime<Utc>) -> bool {
+    max.is_none_or(|t| time > t) && time <= Utc::now() + WATERMARK_SKEW
+}
+
 impl Detector {
     /// A detector with the given policy settings.
     pub fn new(cfg: &PoliciesConfig, lateness: std::time::Duration) -> Self {
@@ -361,7 +372,7 @@ impl Detector {
         // Inventory snapshots carry the time they were taken, not trail time: they must not
         // move the watermark of a backfill.
         if activity.principal.kind != "Trailguard"
-            && self.max_event_time.is_none_or(|t| activity.event_time > t)
+            && advances_watermark(self.max_event_time, activity.event_time)
         {
             self.max_event_time = Some(activity.event_time);
         }
@@ -497,7 +508,7 @@ impl SourceIpFailures {
     /// Counts one failure read at `offset`; returns the alert it raises, if any.
     pub fn observe(&mut self, activity: &Activity, offset: Offset) -> Vec<Alert> {
         let alerts = self.signin.observe(activity, offset, &mut self.closed);
-        if self.max_event_time.is_none_or(|t| activity.event_time > t) {
+        if advances_watermark(self.max_event_time, activity.event_time) {
             self.max_event_time = Some(activity.event_time);
         }
         if let Some(max) = self.max_event_time {
@@ -803,6 +814,7 @@ mod tests {
             response_elements: None,
             additional_event_data: None,
             enrichment: Default::default(),
+            trimmed: Vec::new(),
         }
     }
 
@@ -819,6 +831,17 @@ mod tests {
             &PoliciesConfig::default(),
             std::time::Duration::from_secs(300),
         )
+    }
+
+    #[test]
+    fn a_far_future_time_never_moves_the_watermark() {
+        let now = Utc::now();
+        assert!(advances_watermark(None, now));
+        assert!(advances_watermark(Some(now), now + Duration::hours(2)));
+        assert!(!advances_watermark(Some(now), now - Duration::hours(2)));
+        assert!(!advances_watermark(Some(now), now + Duration::days(2)));
+        let y2199 = DateTime::from_timestamp(7_200_000_000, 0).unwrap_or_default();
+        assert!(!advances_watermark(None, y2199));
     }
 
     #[test]

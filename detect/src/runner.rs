@@ -32,6 +32,7 @@ pub struct Metrics {
     state: IntGauge,
     lag: Histogram,
     consumer_lag: kafka::ConsumerLag,
+    refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -71,6 +72,17 @@ impl Metrics {
             ),
             &["topic"],
         )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "trailguard_detect_publish_refused_total",
+                "Records the broker refused for good (too large, not authorized, no such topic), by topic role and kind: alerts are dead-lettered as pointers, the others logged; detect moves on instead of retrying forever.",
+            ),
+            &["topic", "kind"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
+        for role in ["alerts", "dlq", "facts", "signin_failures"] {
+            refused.with_label_values(&[role, "too_large"]);
+        }
         registry.register(Box::new(activities.clone()))?;
         registry.register(Box::new(unverified.clone()))?;
         registry.register(Box::new(alerts.clone()))?;
@@ -90,6 +102,7 @@ impl Metrics {
             state,
             lag,
             consumer_lag: kafka::ConsumerLag::new(registry)?,
+            refused,
         })
     }
 }
@@ -266,7 +279,7 @@ pub async fn run(
                 };
                 let source = format!("{topic}/{partition}/{offset}");
                 if !dead_letter(
-                    &producer, &cfg, &source, kind, &reason, &original, &shutdown,
+                    &producer, &cfg, &metrics, &source, kind, &reason, &original, &shutdown,
                 )
                 .await
                 {
@@ -337,17 +350,21 @@ pub async fn run(
                 return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
             }
             // Durable on the failures topic before this activity can be committed.
-            if forward && !forward_failure(&producer, &cfg, &activity, &shutdown).await {
+            if forward && !forward_failure(&producer, &cfg, &metrics, &activity, &shutdown).await {
                 return commit_and_stop(
                     &consumer,
                     "shutdown while a sign-in failure was unforwarded",
                 );
             }
         }
-        state.pending.insert(partition, offset + 1);
+        // Facts are durable before the activity's offset may be committed: another instance,
+        // or this one after a restart, must learn a termination.
         for (key, fact) in detector.take_facts() {
-            publish_fact(&producer, &cfg, &key, &fact, &shutdown).await;
+            if !publish_fact(&producer, &cfg, &metrics, &key, &fact, &shutdown).await {
+                return commit_and_stop(&consumer, "shutdown while a fact was unpublished");
+            }
         }
+        state.pending.insert(partition, offset + 1);
         metrics.state.set(state.size() as i64);
     }
     state.forget_revoked(&context);
@@ -438,20 +455,21 @@ fn verified_fact(
 }
 
 /// Publishes a fact learned here, signed, and waits until the broker has it (facts are rare; a
-/// fact published twice is harmless).
+/// fact published twice is harmless). Returns false if shutdown came first.
 async fn publish_fact(
     producer: &kafka::Producer,
     cfg: &DetectConfig,
+    metrics: &Metrics,
     key: &str,
     fact: &crate::facts::Fact,
     shutdown: &CancellationToken,
-) {
+) -> bool {
     let record = FactRecord {
         key: key.to_string(),
         fact: fact.clone(),
     };
     let Ok(payload) = serde_json::to_vec(&record) else {
-        return;
+        return true;
     };
     let payload = sign::seal(
         cfg.signing.signer().as_ref(),
@@ -460,8 +478,20 @@ async fn publish_fact(
         &payload,
     );
     let topic = &cfg.kafka.topics.detect_facts;
-    if !kafka::send_until_durable(producer, topic, key.as_bytes(), &payload, None, shutdown).await {
-        tracing::warn!(key, "fact not published before shutdown");
+    let sent = kafka::send_until_durable(producer, topic, key.as_bytes(), &payload, None, shutdown);
+    moved_on(metrics, "facts", sent.await)
+}
+
+/// True when detect may go past the record: it is durable, or the broker refuses it for good
+/// (counted; the broker's reason is logged). False when shutdown came first.
+fn moved_on(metrics: &Metrics, role: &str, sent: kafka::Sent) -> bool {
+    match sent {
+        kafka::Sent::Durable => true,
+        kafka::Sent::Stopped => false,
+        kafka::Sent::Refused { kind, .. } => {
+            metrics.refused.with_label_values(&[role, kind]).inc();
+            true
+        }
     }
 }
 
@@ -519,6 +549,7 @@ impl Partitions {
 async fn forward_failure(
     producer: &kafka::Producer,
     cfg: &DetectConfig,
+    metrics: &Metrics,
     activity: &Activity,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -533,22 +564,24 @@ async fn forward_failure(
         key.as_bytes(),
         &payload,
     );
-    kafka::send_until_durable(
+    let sent = kafka::send_until_durable(
         producer,
         &cfg.kafka.topics.detect_signin_failures,
         key.as_bytes(),
         &payload,
         None,
         shutdown,
-    )
-    .await
+    );
+    moved_on(metrics, "signin_failures", sent.await)
 }
 
 /// Sends a record that cannot be evaluated to the dead-letter topic with its reason, and waits
 /// until the broker has it. Returns false if shutdown came first.
+#[allow(clippy::too_many_arguments)] // issue 15 folds producer, config and metrics into a sink
 async fn dead_letter(
     producer: &kafka::Producer,
     cfg: &DetectConfig,
+    metrics: &Metrics,
     source: &str,
     kind: &str,
     reason: &str,
@@ -563,15 +596,15 @@ async fn dead_letter(
         (h::POINTER, "false"),
     ]);
     tracing::warn!(%source, kind, %reason, "dead-lettered activity");
-    kafka::send_until_durable(
+    let sent = kafka::send_until_durable(
         producer,
         &cfg.kafka.topics.dlq,
         source.as_bytes(),
         original,
         Some(headers),
         shutdown,
-    )
-    .await
+    );
+    moved_on(metrics, "dlq", sent.await)
 }
 
 /// Saves every changed baseline, then stores the safe offsets: an offset is committed only
@@ -659,23 +692,50 @@ async fn publish_alert(
     alert: &Alert,
     shutdown: &CancellationToken,
 ) -> bool {
-    let published = publish_signed(producer, cfg, alert, shutdown).await;
-    if published {
-        metrics
-            .alerts
-            .with_label_values(&[&alert.policy_id, alert.severity.as_str()])
-            .inc();
+    match publish_signed(producer, cfg, alert, shutdown).await {
+        kafka::Sent::Durable => {
+            metrics
+                .alerts
+                .with_label_values(&[&alert.policy_id, alert.severity.as_str()])
+                .inc();
+            true
+        }
+        kafka::Sent::Stopped => false,
+        kafka::Sent::Refused { kind, error } => {
+            // Refused for good (too large for the broker, not authorized): a pointer to the
+            // alert goes to the dead-letter topic, so it is neither lost nor retried forever.
+            metrics.refused.with_label_values(&["alerts", kind]).inc();
+            let pointer = serde_json::json!({
+                "alert_id": alert.id, "policy_id": alert.policy_id,
+                "severity": alert.severity.as_str(), "entity": alert.entity.id,
+                "summary": alert.evidence.summary.chars().take(500).collect::<String>(),
+            })
+            .to_string();
+            let source = format!("alert/{}", alert.id);
+            let reason = format!("the alerts topic refused the alert: {error}");
+            dead_letter(
+                producer,
+                cfg,
+                metrics,
+                &source,
+                kind,
+                &reason,
+                pointer.as_bytes(),
+                shutdown,
+            )
+            .await
+        }
     }
-    published
 }
 
-/// Signs and publishes an alert (and its OCSF form), retrying until the broker has them.
+/// Signs and publishes an alert (and its OCSF form), retrying until the broker has them or
+/// refuses them for good.
 async fn publish_signed(
     producer: &kafka::Producer,
     cfg: &DetectConfig,
     alert: &Alert,
     shutdown: &CancellationToken,
-) -> bool {
+) -> kafka::Sent {
     let signed;
     let alert = match cfg.signing.signer() {
         Some(signer) => {
@@ -688,7 +748,7 @@ async fn publish_signed(
     };
     let Ok(payload) = serde_json::to_vec(alert) else {
         // Plain data always serializes; never advance past an alert that was not published.
-        return false;
+        return kafka::Sent::Stopped;
     };
     let topic = &cfg.kafka.topics.alerts;
     let sent = kafka::send_until_durable(
@@ -700,24 +760,28 @@ async fn publish_signed(
         shutdown,
     )
     .await;
-    if !sent {
-        return false;
+    if sent != kafka::Sent::Durable {
+        return sent;
     }
     tracing::info!(alert_id = %alert.id, policy = %alert.policy_id, severity = alert.severity.as_str(), summary = %alert.evidence.summary, "alert");
     let ocsf_topic = &cfg.kafka.topics.alerts_ocsf;
     if ocsf_topic.is_empty() {
-        return true;
+        return kafka::Sent::Durable;
     }
     let Ok(finding) = serde_json::to_vec(&crate::ocsf::detection_finding(alert)) else {
-        return false;
+        return kafka::Sent::Durable;
     };
-    kafka::send_until_durable(
+    let ocsf = kafka::send_until_durable(
         producer,
         ocsf_topic,
         alert.entity.id.as_bytes(),
         &finding,
         None,
         shutdown,
-    )
-    .await
+    );
+    match ocsf.await {
+        // The alert itself is durable; its OCSF copy, refused for good, is logged.
+        kafka::Sent::Refused { .. } => kafka::Sent::Durable,
+        other => other,
+    }
 }

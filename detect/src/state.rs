@@ -127,16 +127,23 @@ pub async fn save(
 
         pending.push(producer.send(record, Duration::from_secs(30)));
     }
-    let mut ok = true;
-    for delivery in futures::future::join_all(pending).await {
-        if let Err((err, _)) = delivery {
-            tracing::warn!(error = %err, partition, "baseline not saved; retrying at the next checkpoint");
-            ok = false;
+    let deliveries = futures::future::join_all(pending).await;
+    let mut retry = Vec::new();
+    for ((key, _), delivery) in changes.iter().zip(deliveries) {
+        let Err((err, _)) = delivery else { continue };
+        if let Some(kind) = trailguard_common::kafka::refusal(&err) {
+            // Refused for good (a baseline larger than the broker takes): kept in memory only,
+            // so the partition's offsets still move; a restart re-learns it.
+            tracing::error!(error = %err, partition, key = %key, kind, "baseline refused by the broker; not saved");
+            continue;
         }
+        tracing::warn!(error = %err, partition, "baseline not saved; retrying at the next checkpoint");
+        retry.push(key.clone());
     }
-    if !ok {
-        // Saved again next time (a newer write of the same key is harmless).
-        detector.mark_dirty(changes.into_iter().map(|(k, _)| k));
+    if retry.is_empty() {
+        return true;
     }
-    ok
+    // Saved again next time (a newer write of the same key is harmless).
+    detector.mark_dirty(retry);
+    false
 }

@@ -8,14 +8,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use trailguard_ingest::normalize::normalize;
-use trailguard_ingest::split::{decompress, split};
+use trailguard_ingest::split::{decompress, split, Limits};
 
 fuzz_target!(|data: &[u8]| {
     // The pipeline: undo gzip (when the magic bytes are there), split, normalize each record.
-    match decompress(data) {
-        Ok(plain) => split_and_normalize(&plain),
-        Err(e) => touch_split_error(&e),
+    let plain = decompress(data, LIMITS);
+    if let Some(e) = &plain.broke {
+        touch_split_error(e);
     }
+    split_and_normalize(&plain.bytes);
     // Gzip-looking input also goes through split as it is (split must cope with any bytes).
     if data.starts_with(&[0x1f, 0x8b]) {
         split_and_normalize(data);
@@ -26,16 +27,18 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+/// Small limits, so the fuzzer reaches them.
+const LIMITS: Limits = Limits {
+    max_decompressed: 1 << 20,
+    max_record: 64 << 10,
+};
+
 fn split_and_normalize(bytes: &[u8]) {
-    let items = match split(bytes) {
-        Ok(items) => items,
-        Err(e) => return touch_split_error(&e),
-    };
-    for item in items {
+    for item in split(bytes, LIMITS) {
         assert!(item.index > 0, "split numbers items from 1");
-        match item.text {
+        match &item.text {
             Ok(text) => check_normalize(text),
-            Err(e) => touch_split_error(&e),
+            Err(e) => touch_split_error(e),
         }
     }
 }

@@ -20,7 +20,7 @@ use trailguard_ingest::files::{expand, Input};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use trailguard_ingest::normalize::normalize;
-use trailguard_ingest::split::{decompress, split};
+use trailguard_ingest::split::{decompress, split, Limits};
 
 /// Every normalizable shared record, as JSON text.
 fn shared_records() -> Vec<String> {
@@ -36,12 +36,10 @@ fn shared_records() -> Vec<String> {
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
-        let Ok(plain) = decompress(&bytes) else {
-            continue;
-        };
-        let Ok(items) = split(&plain) else { continue };
-        for item in items {
-            if let Ok(text) = item.text {
+        let limits = Limits::default();
+        let plain = decompress(&bytes, limits);
+        for item in split(&plain.bytes, limits) {
+            if let Ok(text) = item.text.as_deref() {
                 if let Ok(activity) = normalize(text) {
                     // Unwrap envelopes so the corpus is plain CloudTrail records.
                     let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);

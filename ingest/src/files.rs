@@ -8,12 +8,13 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::normalize::normalize;
-use crate::publish::{Counts, DeadLetter, Publisher};
+use crate::normalize::normalize_at;
+use crate::publish::{Counts, DeadLetter, Origin, Publisher};
 use crate::split::{decompress, split};
 use crate::Error;
 
-const SOURCE: &str = "files";
+/// The name stdin goes by in dead letters and summaries.
+pub const STDIN: &str = "stdin";
 
 /// One input named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,11 @@ pub struct Summary {
     pub dead_letter_kinds: BTreeMap<String, u64>,
     /// Bytes read, as stored.
     pub bytes: u64,
+    /// Log files found after later files of their stream were read (each read once).
+    pub late_inputs: u64,
+    /// Parts of inputs that could not be split into records (bad lines, records that are not
+    /// UTF-8 or too large, inputs that broke off); each was dead-lettered.
+    pub unparsed: u64,
     /// Wall time in seconds.
     pub seconds: f64,
     /// True when a shutdown signal stopped the run before every input was read.
@@ -110,6 +116,13 @@ impl std::fmt::Display for Summary {
         for (kind, n) in &self.dead_letter_kinds {
             write!(f, "\n    {kind}: {n}")?;
         }
+        if self.late_inputs > 0 {
+            write!(
+                f,
+                "\n  {} files delivered out of order, read",
+                self.late_inputs
+            )?;
+        }
         if self.errors > 0 {
             write!(f, "\n  {} errors (see the log)", self.errors)?;
         }
@@ -149,7 +162,12 @@ pub fn expand(inputs: &[Input]) -> (Vec<Input>, u64, Vec<(PathBuf, String)>) {
     for input in inputs {
         match input {
             Input::Path(path) if path.is_dir() => {
-                for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+                // Symbolic links are followed (log folders are often assembled from links);
+                // a link that leads back up the tree is skipped, counted and logged.
+                let walk = walkdir::WalkDir::new(path)
+                    .follow_links(true)
+                    .sort_by_file_name();
+                for entry in walk {
                     match entry {
                         Ok(e) if e.file_type().is_file() => {
                             if looks_like_log(e.path()) {
@@ -158,7 +176,16 @@ pub fn expand(inputs: &[Input]) -> (Vec<Input>, u64, Vec<(PathBuf, String)>) {
                                 skipped += 1;
                             }
                         }
-                        Ok(_) => {}
+                        Ok(e) if e.file_type().is_dir() => {}
+                        Ok(e) => {
+                            // A socket, a device, a FIFO: not a log file.
+                            tracing::info!(path = %e.path().display(), "not a regular file; skipped");
+                            skipped += 1;
+                        }
+                        Err(err) if err.loop_ancestor().is_some() => {
+                            tracing::warn!(path = ?err.path(), "a symbolic link loops back up the tree; skipped");
+                            skipped += 1;
+                        }
                         Err(err) => {
                             let at = err
                                 .path()
@@ -221,6 +248,7 @@ pub async fn run(
         .await;
     }
     let bar = progress.then(|| progress_bar(inputs.len() as u64));
+    let mut stdin_unparsed = 0;
     for input in &inputs {
         if shutdown.is_cancelled() {
             summary.interrupted = true;
@@ -262,9 +290,13 @@ pub async fn run(
         publisher
             .metrics()
             .bytes_read
-            .with_label_values(&[SOURCE])
+            .with_label_values(&[publisher.source_kind()])
             .inc_by(bytes.len() as u64);
+        let unparsed = summary.unparsed;
         process(&name, &bytes, publisher, &mut summary).await;
+        if name == STDIN && summary.unparsed > unparsed {
+            stdin_unparsed = summary.unparsed - unparsed;
+        }
     }
     if let Some(bar) = &bar {
         bar.set_message("waiting for the broker's acknowledgements");
@@ -274,7 +306,15 @@ pub async fn run(
         bar.finish_and_clear();
     }
     summary.finish(publisher, before, started);
-    finished.map(|()| summary)
+    finished?;
+    if stdin_unparsed > 0 {
+        // stdin cannot be read again: say so with a failing exit, after keeping it.
+        tracing::info!(summary = %summary, "files finished");
+        return Err(Error::Source(format!(
+            "{stdin_unparsed} part(s) of stdin could not be read as CloudTrail JSON; they are on the dead-letter topic (source `stdin`)"
+        )));
+    }
+    Ok(summary)
 }
 
 /// The progress display on stderr: files done of the total, and a message with records, bytes
@@ -297,8 +337,8 @@ async fn read(input: &Input) -> Result<(String, Vec<u8>), (String, std::io::Erro
             tokio::io::stdin()
                 .read_to_end(&mut bytes)
                 .await
-                .map_err(|e| ("stdin".to_string(), e))?;
-            Ok(("stdin".into(), bytes))
+                .map_err(|e| (STDIN.to_string(), e))?;
+            Ok((STDIN.into(), bytes))
         }
         Input::Path(path) => {
             let name = path.display().to_string();
@@ -310,30 +350,40 @@ async fn read(input: &Input) -> Result<(String, Vec<u8>), (String, std::io::Erro
     }
 }
 
-/// Splits and normalizes one input's bytes, publishing each record or its dead letter.
+/// Splits and normalizes one input's bytes, publishing each record or its dead letter. Nothing
+/// fails whole: a bad line or record is dead-lettered alone, and an input that breaks off (a
+/// truncated gzip, a decompression bomb cut at the limits) gives the records before the break
+/// and one dead letter of the input, saying where it broke.
 pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summary: &mut Summary) {
-    let plain = match decompress(bytes) {
-        Ok(plain) => plain,
-        Err(err) => {
-            dead_letter_input(publisher, summary, name, bytes, err.kind(), err.to_string()).await;
-            return;
-        }
-    };
-    let items = match split(&plain) {
-        Ok(items) => items,
-        Err(err) => {
-            dead_letter_input(publisher, summary, name, bytes, err.kind(), err.to_string()).await;
-            return;
-        }
+    let limits = publisher.limits();
+    let plain = decompress(bytes, limits);
+    let mut items = split(&plain.bytes, limits);
+    if plain.broke.is_some() && items.last().is_some_and(|i| i.text.is_err()) {
+        // The document's own error is the cut: one dead letter, of the input, says it.
+        items.pop();
+    }
+    let result = if plain.broke.is_some() {
+        "dead_lettered"
+    } else {
+        "ok"
     };
     publisher
         .metrics()
         .inputs
-        .with_label_values(&[SOURCE, "ok"])
+        .with_label_values(&[publisher.source_kind(), result])
         .inc();
-    for item in items {
-        let text = item.text.map_err(|e| (e.kind(), e.to_string()));
-        process_record(name, item.index, text, item.bytes, publisher, summary).await;
+    let records = items.iter().filter(|i| i.text.is_ok()).count();
+    for item in &items {
+        if item.text.is_err() {
+            summary.unparsed += 1;
+        }
+        let text = item.text.as_deref().map_err(|e| (e.kind(), e.to_string()));
+        process_record(name, item.index, text, &item.bytes, publisher, summary).await;
+    }
+    if let Some(err) = plain.broke {
+        summary.unparsed += 1;
+        let reason = format!("{err} ({records} records before it were read)");
+        dead_letter_input(publisher, summary, name, bytes, err.kind(), reason).await;
     }
 }
 
@@ -351,11 +401,18 @@ pub async fn process_record(
     publisher
         .metrics()
         .records_read
-        .with_label_values(&[SOURCE])
+        .with_label_values(&[publisher.source_kind()])
         .inc();
-    let result = text.and_then(|t| normalize(t).map_err(|e| (e.kind(), e.to_string())));
+    let result =
+        text.and_then(|t| normalize_at(t, (name, index)).map_err(|e| (e.kind(), e.to_string())));
     match result {
-        Ok(activity) => publisher.activity(&activity).await,
+        Ok(activity) => {
+            let origin = Origin {
+                source: name,
+                index,
+            };
+            publisher.activity(activity, origin, bytes).await
+        }
         Err((kind, reason)) => {
             *summary
                 .dead_letter_kinds
@@ -389,7 +446,7 @@ pub async fn dead_letter_input(
     publisher
         .metrics()
         .inputs
-        .with_label_values(&[SOURCE, "dead_lettered"])
+        .with_label_values(&[publisher.source_kind(), "dead_lettered"])
         .inc();
     let letter = DeadLetter {
         source: name,
@@ -425,6 +482,38 @@ mod tests {
         assert_eq!(inputs.len(), 2);
         assert_eq!(skipped, 1);
         assert!(unreadable.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn symbolic_links_are_followed_and_loops_counted() -> std::io::Result<()> {
+        let logs = tempfile::tempdir()?;
+        std::fs::write(logs.path().join("real.json"), "{}")?;
+        let tree = tempfile::tempdir()?;
+        std::fs::create_dir(tree.path().join("day"))?;
+        std::os::unix::fs::symlink(
+            logs.path().join("real.json"),
+            tree.path().join("day/a.json"),
+        )?;
+        std::os::unix::fs::symlink(logs.path(), tree.path().join("linked"))?;
+        // A loop, and a link to nothing.
+        std::os::unix::fs::symlink(tree.path(), tree.path().join("day/up"))?;
+        std::os::unix::fs::symlink(
+            tree.path().join("gone.json"),
+            tree.path().join("broken.json"),
+        )?;
+        let (inputs, skipped, unreadable) = expand(&[Input::Path(tree.path().to_path_buf())]);
+        assert_eq!(
+            inputs.len(),
+            2,
+            "the linked file and the file in the linked folder"
+        );
+        assert_eq!(skipped, 1, "the loop");
+        assert_eq!(
+            unreadable.len(),
+            1,
+            "the broken link is dead-lettered by name"
+        );
         Ok(())
     }
 }

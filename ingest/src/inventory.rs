@@ -159,6 +159,7 @@ pub fn snapshot_activity(
         response_elements: None,
         additional_event_data: None,
         enrichment: Enrichment::default(),
+        trimmed: Vec::new(),
     }
 }
 
@@ -403,7 +404,12 @@ async fn account_inventory(
             }
             let activity =
                 snapshot_activity(&id, partition, account_block.as_ref(), &state, Utc::now());
-            publisher.activity(&activity).await;
+            let source = format!("inventory://{id}/{name}");
+            let origin = crate::publish::Origin {
+                source: &source,
+                index: 0,
+            };
+            publisher.activity(activity, origin, b"").await;
         }
         token = page.continuation_token().map(str::to_string);
         if token.is_none() {

@@ -24,6 +24,7 @@ pub mod s3;
 pub mod split;
 pub mod sqs;
 pub mod stream;
+pub mod trim;
 
 use serde::{Deserialize, Serialize};
 use trailguard_common::config::{AdminConfig, KafkaConfig, LogConfig};
@@ -76,6 +77,16 @@ pub struct PublishConfig {
     pub dedup_horizon: std::time::Duration,
     /// Most ids remembered for de-duplication (about 60 bytes each); 0 turns it off.
     pub dedup_max_entries: usize,
+    /// Records whose event time is further than this ahead of ingest's clock are dead-lettered
+    /// as `bad_event_time`: one such record would move detect's notion of "now" and expire
+    /// every baseline.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: std::time::Duration,
+    /// An input decompresses to at most this many bytes (fewer for a decompression bomb, see
+    /// `split::MAX_RATIO`); what is past it is dead-lettered as `too_large`.
+    pub max_decompressed_bytes: u64,
+    /// A record or NDJSON line larger than this is dead-lettered as `too_large` unparsed.
+    pub max_record_bytes: usize,
 }
 
 impl Default for PublishConfig {
@@ -85,6 +96,9 @@ impl Default for PublishConfig {
             max_dead_letter_bytes: 900_000,
             dedup_horizon: std::time::Duration::from_secs(24 * 3600),
             dedup_max_entries: 1_000_000,
+            max_clock_skew: std::time::Duration::from_secs(24 * 3600),
+            max_decompressed_bytes: crate::split::Limits::default().max_decompressed,
+            max_record_bytes: crate::split::Limits::default().max_record,
         }
     }
 }
@@ -95,6 +109,27 @@ impl PublishConfig {
             return Err(trailguard_common::Error::config(
                 "publish.max_in_flight",
                 "must be at least 1",
+            )
+            .into());
+        }
+        if self.max_clock_skew > std::time::Duration::from_secs(365 * 86_400) {
+            return Err(trailguard_common::Error::config(
+                "publish.max_clock_skew",
+                "must be at most 365d",
+            )
+            .into());
+        }
+        if self.max_record_bytes < 1024 {
+            return Err(trailguard_common::Error::config(
+                "publish.max_record_bytes",
+                "must be at least 1024",
+            )
+            .into());
+        }
+        if self.max_decompressed_bytes < self.max_record_bytes as u64 {
+            return Err(trailguard_common::Error::config(
+                "publish.max_decompressed_bytes",
+                "must be at least publish.max_record_bytes",
             )
             .into());
         }

@@ -33,12 +33,23 @@ pub struct LookupSourceConfig {
     /// Time between polls in the long-running mode.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// How far before the checkpoint each poll starts again, for late deliveries.
+    /// How far before the checkpoint each poll starts again, for events that become visible
+    /// late (see [`OVERLAP`]); at least [`MIN_OVERLAP`].
     #[serde(with = "humantime_serde")]
     pub overlap: Duration,
     /// Requests per second per region (CloudTrail allows 2).
     pub requests_per_second: f64,
 }
+
+/// The delay after which an event is taken to be visible in LookupEvents: CloudTrail documents
+/// an average of about 5 minutes and guarantees nothing; 15 minutes is the bound it is usually
+/// held to. An overlap shorter than this loses events, so the configuration refuses it.
+pub const MIN_OVERLAP: Duration = Duration::from_secs(15 * 60);
+
+/// Default of `overlap`: twice [`MIN_OVERLAP`]. An event is read if it becomes visible within
+/// the overlap of its time; the price is re-reading the overlap each poll (six times the events
+/// at the default 5-minute interval), and de-duplication drops the repeats.
+pub const OVERLAP: Duration = Duration::from_secs(30 * 60);
 
 impl Default for LookupSourceConfig {
     fn default() -> Self {
@@ -46,7 +57,7 @@ impl Default for LookupSourceConfig {
             regions: Vec::new(),
             backfill: Duration::from_secs(7 * 86_400),
             poll_interval: Duration::from_secs(300),
-            overlap: Duration::from_secs(15 * 60),
+            overlap: OVERLAP,
             requests_per_second: 2.0,
         }
     }
@@ -65,6 +76,12 @@ impl LookupSourceConfig {
             return Err(trailguard_common::Error::config(
                 "lookup.requests_per_second",
                 "must be above 0 and at most 2 (CloudTrail's limit)",
+            ));
+        }
+        if self.overlap < MIN_OVERLAP {
+            return Err(trailguard_common::Error::config(
+                "lookup.overlap",
+                "must be at least 15m: events can become visible to LookupEvents that late, and a shorter overlap never reads them",
             ));
         }
         if self.backfill > Duration::from_secs(90 * 86_400) {
@@ -234,7 +251,14 @@ async fn read_window(
                 continue;
             };
             match normalize(raw) {
-                Ok(activity) => publisher.activity(&activity).await,
+                Ok(activity) => {
+                    let source = format!("{stream}/{}", event.event_id().unwrap_or("?"));
+                    let origin = crate::publish::Origin {
+                        source: &source,
+                        index: 0,
+                    };
+                    publisher.activity(activity, origin, raw.as_bytes()).await
+                }
                 Err(err) => {
                     let source = format!("{stream}/{}", event.event_id().unwrap_or("?"));
                     *summary
@@ -438,6 +462,49 @@ mod tests {
             window(Some(t(0)), t(5000), week, quarter).0,
             t(5000 - 90 * 24)
         );
+    }
+
+    /// Events become visible some minutes after their time; polls every `poll_interval` read
+    /// the window from the last checkpoint minus the overlap. With the defaults, an event
+    /// visible up to the overlap late is in a window read after it became visible.
+    #[test]
+    fn events_visible_late_are_still_read() {
+        let cfg = LookupSourceConfig::default();
+        let interval = chrono::Duration::from_std(cfg.poll_interval).unwrap_or_default();
+        let start = t(0);
+        for delay_minutes in [0, 5, 14, 15, 20, 29] {
+            for offset_seconds in (0..600).step_by(37) {
+                let event = start + chrono::Duration::seconds(3600 + offset_seconds);
+                let visible = event + chrono::Duration::minutes(delay_minutes);
+                let (mut checkpoint, mut now, mut read) = (Some(start), start, false);
+                while now < visible + chrono::Duration::hours(2) {
+                    now += interval;
+                    let (from, to) = window(checkpoint, now, cfg.backfill, cfg.overlap);
+                    read |= now >= visible && from <= event && event <= to;
+                    checkpoint = Some(to);
+                }
+                assert!(
+                    read,
+                    "an event visible {delay_minutes} min late is never read"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_overlap_shorter_than_the_delay_is_refused() {
+        let mut cfg = LookupSourceConfig {
+            regions: vec!["us-east-1".into()],
+            ..LookupSourceConfig::default()
+        };
+        assert!(cfg.validate().is_ok());
+        cfg.overlap = Duration::from_secs(600);
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("lookup.overlap"), "{err}");
     }
 
     #[test]

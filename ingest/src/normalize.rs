@@ -52,6 +52,15 @@ impl NormalizeError {
 
 /// Normalizes one CloudTrail record given as JSON text.
 pub fn normalize(raw: &str) -> Result<Activity, NormalizeError> {
+    normalize_at(raw, ("", 0))
+}
+
+/// Normalizes one record read at `arrival` (its input and its index there). A record
+/// with neither `eventID` nor `requestID` (an export) has nothing that tells it from another
+/// record with the same fields — two failed sign-ins by one user from one address in one second
+/// — so its arrival goes into its id: both are kept, and reading the same input again still
+/// gives the same ids.
+pub fn normalize_at(raw: &str, arrival: (&str, usize)) -> Result<Activity, NormalizeError> {
     if !raw.trim_start().starts_with('{') {
         return Err(NormalizeError::Malformed(
             "a record must be a JSON object".into(),
@@ -59,16 +68,20 @@ pub fn normalize(raw: &str) -> Result<Activity, NormalizeError> {
     }
     let record: RawRecord =
         serde_json::from_str(raw).map_err(|e| NormalizeError::Malformed(e.to_string()))?;
-    normalize_record(record, 0)
+    normalize_record(record, 0, arrival)
 }
 
-fn normalize_record(record: RawRecord, depth: u8) -> Result<Activity, NormalizeError> {
+fn normalize_record(
+    record: RawRecord,
+    depth: u8,
+    arrival: (&str, usize),
+) -> Result<Activity, NormalizeError> {
     if record.event_name.is_none() && depth == 0 {
         // An envelope: EventBridge puts the record under `detail`, exports under `event`.
         if let Some(inner) = record.detail.or(record.event).filter(Value::is_object) {
             let inner: RawRecord = serde_json::from_value(inner)
                 .map_err(|e| NormalizeError::Malformed(e.to_string()))?;
-            return normalize_record(inner, depth + 1);
+            return normalize_record(inner, depth + 1, arrival);
         }
     }
     let event_name = non_empty(record.event_name).ok_or(NormalizeError::Missing("eventName"))?;
@@ -154,7 +167,7 @@ fn normalize_record(record: RawRecord, depth: u8) -> Result<Activity, NormalizeE
             .map(Value::to_string)
             .unwrap_or_default()
     };
-    let id = stable_id([
+    let mut parts = vec![
         event_id.as_deref().unwrap_or(""),
         time_key.as_str(),
         event_source.as_str(),
@@ -166,7 +179,13 @@ fn normalize_record(record: RawRecord, depth: u8) -> Result<Activity, NormalizeE
         source_text.as_deref().unwrap_or(""),
         outcome.error_code.as_deref().unwrap_or(""),
         params_text.as_str(),
-    ]);
+    ];
+    let arrival_text;
+    if event_id.is_none() && request_id.is_none() && !arrival.0.is_empty() {
+        arrival_text = format!("{}#{}", arrival.0, arrival.1);
+        parts.push(&arrival_text);
+    }
+    let id = stable_id(parts);
 
     Ok(Activity {
         schema_version: ACTIVITY_SCHEMA_VERSION,
@@ -191,6 +210,7 @@ fn normalize_record(record: RawRecord, depth: u8) -> Result<Activity, NormalizeE
         response_elements: record.response_elements.filter(|v| !v.is_null()),
         additional_event_data: record.additional_event_data.filter(|v| !v.is_null()),
         enrichment: Enrichment::default(),
+        trimmed: Vec::new(),
     })
 }
 
@@ -556,6 +576,25 @@ mod tests {
     use super::*;
 
     const ROOT_LOGIN_FAILURE: &str = r#"{"additionalEventData":{"LoginTo":"https://console.aws.amazon.com/console/","MFAUsed":"No","MobileVersion":"No"},"awsRegion":"us-east-1","eventID":"1","eventName":"ConsoleLogin","eventSource":"signin.amazonaws.com","eventTime":"2020-10-30T23:25:32Z","eventType":"AwsConsoleSignIn","eventVersion":"1.05","recipientAccountId":"493859302102","requestParameters":null,"responseElements":{"ConsoleLogin":"Failure"},"sourceIPAddress":"92.55.146.245","userAgent":"Mozilla","userIdentity":{"accountId":"493859302102","arn":"arn:aws:iam::493859302102:root","principalId":"493859302102","type":"Root","userName":"root"}}"#;
+
+    #[test]
+    fn records_without_ids_that_differ_only_by_arrival_are_kept_apart() -> Result<(), NormalizeError>
+    {
+        let no_id = ROOT_LOGIN_FAILURE.replace(r#""eventID":"1","#, "");
+        let first = normalize_at(&no_id, ("export.json", 1))?;
+        let second = normalize_at(&no_id, ("export.json", 2))?;
+        assert_ne!(first.id, second.id, "two failed sign-ins in one second");
+        assert_eq!(
+            first.id,
+            normalize_at(&no_id, ("export.json", 1))?.id,
+            "a re-read repeats"
+        );
+        // With an id of its own, a record is the same wherever it was read.
+        let a = normalize_at(ROOT_LOGIN_FAILURE, ("a.json", 1))?;
+        assert_eq!(a.id, normalize_at(ROOT_LOGIN_FAILURE, ("b.json", 9))?.id);
+        assert_eq!(a.id, normalize(ROOT_LOGIN_FAILURE)?.id);
+        Ok(())
+    }
 
     #[test]
     fn failed_console_login_without_error_code_is_a_failure() -> Result<(), NormalizeError> {

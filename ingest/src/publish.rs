@@ -37,6 +37,11 @@ pub struct Metrics {
     pub event_lag: HistogramVec,
     /// Unix time of each source kind's last checkpoint (age = now − this).
     pub checkpoint_time: IntGaugeVec,
+    /// Activities too large for the broker, published with their bulky fields trimmed.
+    pub trimmed: IntCounterVec,
+    /// Inputs found after later ones of their stream had been read (CloudTrail delivered them
+    /// out of order); each is read once.
+    pub late_inputs: IntCounterVec,
 }
 
 impl Metrics {
@@ -106,6 +111,16 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            trimmed: counter(
+                "trailguard_ingest_trimmed_total",
+                "Activities too large to publish whole, published with their bulky fields trimmed (named in the activity's `trimmed`).",
+                &["source"],
+            )?,
+            late_inputs: counter(
+                "trailguard_ingest_late_inputs_total",
+                "Log files found after later files of their stream were read (delivered out of order), each read once.",
+                &["source"],
+            )?,
             duplicates: counter(
                 "trailguard_ingest_duplicates_total",
                 "Activities dropped as repeats of an id published within the de-duplication horizon.",
@@ -126,6 +141,8 @@ impl Metrics {
             &self.duplicates,
             &self.api_calls,
             &self.throttles,
+            &self.late_inputs,
+            &self.trimmed,
         ] {
             counter.with_label_values(&[source]);
         }
@@ -157,6 +174,16 @@ pub struct DeadLetter<'a> {
     pub reason: String,
 }
 
+/// Where a record came from: its input (a path, `stdin`, `s3://bucket/key`, a LookupEvents
+/// stream) and its index there, so a dead letter names what to read again.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The input.
+    pub source: &'a str,
+    /// The record's index in it (1-based; 0 for the input as a whole).
+    pub index: usize,
+}
+
 /// Sends activities and dead letters, keeping at most `max_in_flight` unacknowledged.
 pub struct Publisher {
     producer: trailguard_common::kafka::Producer,
@@ -164,6 +191,8 @@ pub struct Publisher {
     dlq_topic: String,
     max_in_flight: usize,
     max_dead_letter_bytes: usize,
+    max_clock_skew: chrono::Duration,
+    limits: crate::split::Limits,
     source_kind: &'static str,
     /// Deliveries not yet acknowledged; each resolves to the dead-letter kind, or `None` for an
     /// activity.
@@ -196,6 +225,12 @@ impl Publisher {
             dlq_topic: cfg.kafka.topics.dlq.clone(),
             max_in_flight: cfg.publish.max_in_flight,
             max_dead_letter_bytes: cfg.publish.max_dead_letter_bytes,
+            max_clock_skew: chrono::Duration::from_std(cfg.publish.max_clock_skew)
+                .unwrap_or(chrono::Duration::days(365)),
+            limits: crate::split::Limits {
+                max_decompressed: cfg.publish.max_decompressed_bytes,
+                max_record: cfg.publish.max_record_bytes,
+            },
             source_kind,
             in_flight: FuturesUnordered::new(),
             metrics,
@@ -223,8 +258,31 @@ impl Publisher {
         &self.metrics
     }
 
-    /// Queues one activity, keyed by its principal, unless it repeats one already queued.
-    pub async fn activity(&mut self, activity: &Activity) {
+    /// What one input may cost (`publish.max_decompressed_bytes`, `publish.max_record_bytes`).
+    pub fn limits(&self) -> crate::split::Limits {
+        self.limits
+    }
+
+    /// The source kind this publisher counts under (`files`, `s3`, `sqs`, `lookup`, ...).
+    pub fn source_kind(&self) -> &'static str {
+        self.source_kind
+    }
+
+    /// Queues one activity normalized from `original` (the record as read), keyed by its
+    /// principal, unless it repeats one already queued. An activity from the future (beyond
+    /// `publish.max_clock_skew`) is dead-lettered; one too large for the broker is trimmed
+    /// ([`crate::trim`]), and dead-lettered, naming `origin`, only when even that fails.
+    pub async fn activity(&mut self, mut activity: Activity, origin: Origin<'_>, original: &[u8]) {
+        if activity.event_time > chrono::Utc::now() + self.max_clock_skew {
+            let reason = format!(
+                "eventTime {} is more than {} h ahead of this clock",
+                activity.event_time.to_rfc3339(),
+                self.max_clock_skew.num_hours()
+            );
+            self.reject(original, origin, "bad_event_time", reason)
+                .await;
+            return;
+        }
         if !self.dedup.first_time(&activity.id, activity.event_time) {
             self.duplicates += 1;
             self.metrics
@@ -234,7 +292,7 @@ impl Publisher {
             return;
         }
         self.buffer.clear();
-        if let Err(err) = serde_json::to_writer(&mut self.buffer, activity) {
+        if let Err(err) = serde_json::to_writer(&mut self.buffer, &activity) {
             // Serializing plain data to memory cannot fail; count it if it ever does.
             self.record_failure(err.to_string());
             return;
@@ -245,23 +303,25 @@ impl Publisher {
             .with_label_values(&[self.source_kind])
             .observe(lag.max(0.0));
         if self.buffer.len() > self.max_dead_letter_bytes {
-            // Larger than a Kafka message may be: dead-letter a pointer instead of failing the
-            // delivery (and every retry of it).
-            let reason = format!(
-                "activity of {} bytes is too large to publish",
-                self.buffer.len()
-            );
-            let source = format!("activity/{}", activity.id);
-            let original = std::mem::take(&mut self.buffer);
-            let letter = DeadLetter {
-                source: &source,
-                index: 0,
-                kind: "too_large",
-                reason,
-            };
-            self.dead_letter(&original, letter).await;
-            self.buffer = original;
-            return;
+            // Larger than a Kafka message may be: trim the bulky fields so detection still
+            // sees the call.
+            let size = self.buffer.len();
+            match crate::trim::shrink(&mut activity, self.max_dead_letter_bytes) {
+                Some(json) => {
+                    tracing::info!(source = origin.source, index = origin.index, size, trimmed = ?activity.trimmed, "activity trimmed to fit");
+                    self.metrics
+                        .trimmed
+                        .with_label_values(&[self.source_kind])
+                        .inc();
+                    self.buffer = json;
+                }
+                None => {
+                    let reason =
+                        format!("activity of {size} bytes is too large to publish, even trimmed");
+                    self.reject(original, origin, "too_large", reason).await;
+                    return;
+                }
+            }
         }
         let key = activity.principal.key();
         let payload = std::mem::take(&mut self.buffer);
@@ -271,9 +331,29 @@ impl Publisher {
         self.buffer = payload;
     }
 
-    /// Queues one dead letter: the original bytes (or a pointer, when too large) with the
-    /// reason in headers.
+    async fn reject(
+        &mut self,
+        original: &[u8],
+        origin: Origin<'_>,
+        kind: &'static str,
+        reason: String,
+    ) {
+        let letter = DeadLetter {
+            source: origin.source,
+            index: origin.index,
+            kind,
+            reason,
+        };
+        self.dead_letter(original, letter).await;
+    }
+
+    /// Queues one dead letter: the original bytes (or a pointer naming its source and index,
+    /// when too large; stdin, which nothing names, in parts) with the reason in headers.
     pub async fn dead_letter(&mut self, original: &[u8], letter: DeadLetter<'_>) {
+        if original.len() > self.max_dead_letter_bytes && letter.source == crate::files::STDIN {
+            // Nothing names stdin to read it again: keep all of it, in parts.
+            return self.dead_letter_in_parts(original, letter).await;
+        }
         let index = letter.index.to_string();
         let pointer;
         let (payload, is_pointer) = if original.len() > self.max_dead_letter_bytes {
@@ -305,6 +385,38 @@ impl Publisher {
             Some(letter.kind),
         )
         .await;
+    }
+
+    /// Queues a dead letter of an input nothing can read again (stdin): its bytes in as many
+    /// parts as the size limit needs, each with the headers `part` and `parts` (1-based), keyed
+    /// alike so they stay in order on one partition. Concatenated, the parts are the input.
+    async fn dead_letter_in_parts(&mut self, original: &[u8], letter: DeadLetter<'_>) {
+        let size = self.max_dead_letter_bytes;
+        let parts = original.len().div_ceil(size);
+        for (i, chunk) in original.chunks(size).enumerate() {
+            let (part, total) = ((i + 1).to_string(), parts.to_string());
+            let index = letter.index.to_string();
+            let headers = kafka::headers([
+                (h::REASON, letter.reason.as_str()),
+                (h::ERROR_KIND, letter.kind),
+                (h::SOURCE, letter.source),
+                (h::INDEX, index.as_str()),
+                (h::STAGE, "ingest"),
+                (h::POINTER, "false"),
+                (h::PART, part.as_str()),
+                (h::PARTS, total.as_str()),
+            ]);
+            let topic = self.dlq_topic.clone();
+            self.enqueue(
+                &topic,
+                letter.source.as_bytes(),
+                chunk,
+                Some(headers),
+                Some(letter.kind),
+            )
+            .await;
+        }
+        tracing::warn!(source = letter.source, parts, kind = letter.kind, reason = %letter.reason, "dead-lettered in parts");
     }
 
     async fn enqueue(

@@ -8,6 +8,8 @@
 //! skipped); anything in a stream that is not named like a trail log file is counted and skipped.
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use std::collections::BTreeSet;
+
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -37,7 +39,22 @@ pub struct S3SourceConfig {
     /// Objects larger than this (as stored) are streamed record by record instead of read
     /// whole.
     pub stream_above_bytes: u64,
+    /// How far before the newest file read each listing starts again, for files CloudTrail
+    /// delivers out of order (see [`RELIST_WINDOW`]).
+    #[serde(with = "humantime_serde")]
+    pub relist_window: std::time::Duration,
+    /// How long an object S3 refuses for want of permission (AccessDenied, a KMS error, expired
+    /// credentials) is tried again before it is dead-lettered; the stream waits on it meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub retry_denied_for: std::time::Duration,
 }
+
+/// Default of `relist_window`: one hour. A file's name carries the minute its delivery began;
+/// it becomes listable when the upload completes, and CloudTrail retries failed uploads, so a
+/// file can appear minutes after later ones. An hour covers that many times over, and costs one
+/// listing page per stream per poll (a stream delivers a file every few minutes). Files later
+/// than the window are not listed again; SQS notifications have no such limit.
+pub const RELIST_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Default of `stream_above_bytes`: 32 MiB.
 pub const STREAM_ABOVE_BYTES: u64 = 32 << 20;
@@ -52,6 +69,8 @@ impl Default for S3SourceConfig {
             start_date: None,
             poll_interval: std::time::Duration::from_secs(60),
             stream_above_bytes: STREAM_ABOVE_BYTES,
+            relist_window: RELIST_WINDOW,
+            retry_denied_for: DENIED_RETRY_FOR,
         }
     }
 }
@@ -197,59 +216,125 @@ pub async fn discover(
     Ok(streams)
 }
 
-/// Where a stream left off: its last key, and every key read of that key's delivery minute.
+/// Where a stream left off: its greatest key, and every key read in the re-list window before
+/// it.
 ///
-/// Log file names carry their delivery minute and then a random suffix
-/// (`…_20240101T0000Z_Ab3x.json.gz`), so a file delivered later in the same minute can sort
-/// *before* the last key read. Each listing therefore starts at the last key's minute and skips
-/// the keys of that minute already read.
+/// CloudTrail does not deliver files in key order: a file named for an earlier minute (or for
+/// yesterday's folder) can become visible after later ones were read — an upload that was
+/// retried, a large file, one of several writers. Each listing therefore starts `relist_window`
+/// before the greatest key's delivery minute and skips the keys already read, which this
+/// position remembers (bounded by [`MAX_READ_KEYS`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     /// The greatest key read.
     pub last: Option<String>,
-    /// The keys read that share `last`'s delivery minute.
-    pub minute: Vec<String>,
+    /// Keys read at or after `from` (older checkpoints named this `minute`).
+    #[serde(default, alias = "minute")]
+    pub read: BTreeSet<String>,
+    /// The listing never starts before this key: `read` is complete only after it. Set for
+    /// checkpoints written before the re-list window existed, and when `read` overflows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
+
+/// At most this many keys are remembered per stream (≈ 100 bytes each, so a checkpoint stays
+/// well under the broker's 1 MB message limit): a stream would have to deliver more than one
+/// file a second for a whole default window to reach it.
+pub const MAX_READ_KEYS: usize = 4_000;
 
 /// A key without its random suffix: everything up to the delivery minute.
 fn minute_prefix(key: &str) -> &str {
     key.rsplit_once('_').map_or(key, |(prefix, _)| prefix)
 }
 
+/// The delivery minute in a log file's name (`…_20240101T0005Z_UNIQUE.json.gz`).
+fn delivery_minute(key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let stamp = minute_prefix(key).rsplit('_').next()?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%MZ")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 impl Position {
-    /// Reads a stored position (a bare key, as older checkpoints were, is accepted).
+    /// Reads a stored position. A bare key (the oldest form) or a position without `from` (the
+    /// form before the re-list window) resumes where it was, without re-listing what it never
+    /// remembered.
     pub fn parse(stored: Option<&str>) -> Position {
         match stored {
             None => Position::default(),
-            Some(text) => serde_json::from_str(text).unwrap_or_else(|_| Position {
-                last: Some(text.to_string()),
-                minute: vec![text.to_string()],
-            }),
+            Some(text) => {
+                let legacy = !text.contains("\"read\"");
+                let mut position =
+                    serde_json::from_str::<Position>(text).unwrap_or_else(|_| Position {
+                        last: Some(text.to_string()),
+                        read: BTreeSet::from([text.to_string()]),
+                        from: None,
+                    });
+                if legacy {
+                    position.from = position
+                        .last
+                        .as_deref()
+                        .map(|l| minute_prefix(l).to_string());
+                }
+                position
+            }
         }
     }
 
-    /// `StartAfter` for the next listing: just before the last key's minute.
-    pub fn resume_after(&self) -> Option<&str> {
-        self.last.as_deref().map(minute_prefix)
+    /// `StartAfter` for the next listing of `stream`: `window` before the greatest key's
+    /// delivery minute (never before `from`).
+    pub fn resume_after(&self, stream: &Stream, window: std::time::Duration) -> Option<String> {
+        let last = self.last.as_deref()?;
+        let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::zero());
+        let start = match delivery_minute(last).and_then(|t| t.checked_sub_signed(window)) {
+            Some(t) => format!(
+                "{}{}{}_CloudTrail_{}_{}",
+                stream.list_prefix,
+                t.format("%Y/%m/%d/"),
+                stream.account,
+                stream.region,
+                t.format("%Y%m%dT%H%MZ")
+            ),
+            // Not named like a log file: the old rule, its own minute.
+            None => minute_prefix(last).to_string(),
+        };
+        Some(match &self.from {
+            Some(from) if from.as_str() > start.as_str() => from.clone(),
+            _ => start,
+        })
     }
 
-    /// True for a key of the current minute already read.
+    /// True for a key already read.
     pub fn done(&self, key: &str) -> bool {
-        self.minute.iter().any(|k| k == key)
+        self.read.contains(key)
     }
 
-    /// Records that `key` has been read.
-    pub fn advance(&mut self, key: &str) {
-        let same_minute = self
-            .last
-            .as_deref()
-            .is_some_and(|l| minute_prefix(l) == minute_prefix(key));
-        if !same_minute && self.last.as_deref().is_none_or(|l| key > l) {
-            self.minute.clear();
-        }
-        self.minute.push(key.to_string());
+    /// True for a key that sorts before one already read: a late delivery.
+    pub fn is_late(&self, key: &str) -> bool {
+        self.last.as_deref().is_some_and(|l| key < l)
+    }
+
+    /// Records that `key` of `stream` has been read, forgetting keys the next listing no longer
+    /// reaches.
+    pub fn advance(&mut self, key: &str, stream: &Stream, window: std::time::Duration) {
         if self.last.as_deref().is_none_or(|l| key > l) {
             self.last = Some(key.to_string());
+        }
+        self.remember(key, stream, window);
+    }
+
+    /// Records that `key`, which is not a log file, was seen, so the next listings skip it
+    /// without counting it again.
+    pub fn remember(&mut self, key: &str, stream: &Stream, window: std::time::Duration) {
+        self.read.insert(key.to_string());
+        if let Some(after) = self.resume_after(stream, window) {
+            self.read = self.read.split_off(after.as_str());
+        }
+        while self.read.len() > MAX_READ_KEYS {
+            // Forgetting a key could read it twice; never listing before it keeps it once.
+            if let Some(oldest) = self.read.pop_first() {
+                self.from = Some(oldest);
+            }
         }
     }
 
@@ -274,7 +359,9 @@ pub fn start_after(
 }
 
 /// Reads every new log file of every stream once, publishing its records; a stream's checkpoint
-/// moves past a file only once all of the file's records are durable.
+/// moves past a file only once all of the file's records are durable. A stream that fails
+/// (a listing refused, an object to be tried again) stops at that file; the others are still
+/// read, and the error names every failed stream.
 pub async fn run_once(
     client: &aws_sdk_s3::Client,
     cfg: &S3SourceConfig,
@@ -287,52 +374,29 @@ pub async fn run_once(
     let mut skipped_folders = 0;
     let streams = discover(client, cfg, &mut skipped_folders).await?;
     summary.inputs_skipped += skipped_folders;
-    'streams: for stream in &streams {
-        let key = stream.checkpoint_key(&cfg.bucket);
-        let mut position = Position::parse(checkpoints.get(&key));
-        let mut request = client
-            .list_objects_v2()
-            .bucket(&cfg.bucket)
-            .prefix(&stream.list_prefix);
-        if let Some(after) = start_after(stream, position.resume_after(), cfg.start_date) {
-            request = request.start_after(after);
-        }
-        let mut pages = request.into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error("s3:ListObjectsV2", &stream.list_prefix, &e))?;
-            for object in page.contents() {
-                if shutdown.is_cancelled() {
-                    summary.interrupted = true;
-                    break 'streams;
-                }
-                let Some(object_key) = object.key() else {
-                    continue;
-                };
-                if position.done(object_key) {
-                    continue;
-                }
-                if classify(object_key) != KeyKind::Log {
-                    summary.inputs_skipped += 1;
-                    continue;
-                }
-                read_object(
-                    client,
-                    &cfg.bucket,
-                    object_key,
-                    cfg.stream_above_bytes,
-                    publisher,
-                    &mut summary,
-                )
-                .await?;
-                publisher.finish().await?;
-                position.advance(object_key);
-                checkpoints.save(&key, &position.to_text()).await?;
-                publisher
-                    .metrics()
-                    .checkpoint_time
-                    .with_label_values(&["s3"])
-                    .set(chrono::Utc::now().timestamp());
+    let mut failed = Vec::new();
+    for stream in &streams {
+        let read = read_stream(
+            client,
+            cfg,
+            stream,
+            checkpoints,
+            publisher,
+            &mut summary,
+            shutdown,
+        );
+        match read.await {
+            Ok(()) => {}
+            Err(err @ Error::Source(_)) => {
+                tracing::warn!(stream = %stream.list_prefix, error = %err, "s3 stream stopped; tried again at the next poll");
+                summary.errors += 1;
+                failed.push(err.to_string());
             }
+            // The broker or the checkpoints failed: no stream can go on.
+            Err(err) => return Err(err),
+        }
+        if summary.interrupted {
+            break;
         }
     }
     summary.finish(publisher, before, started);
@@ -341,18 +405,155 @@ pub async fn run_once(
         files = summary.inputs_read,
         "s3 listing done"
     );
-    Ok(summary)
+    summary.or_failures(failed, "s3 listing")
+}
+
+/// Reads a stream's new files in key order, from its checkpoint.
+async fn read_stream(
+    client: &aws_sdk_s3::Client,
+    cfg: &S3SourceConfig,
+    stream: &Stream,
+    checkpoints: &mut Checkpoints,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let key = stream.checkpoint_key(&cfg.bucket);
+    let mut position = Position::parse(checkpoints.get(&key));
+    let mut request = client
+        .list_objects_v2()
+        .bucket(&cfg.bucket)
+        .prefix(&stream.list_prefix);
+    let resume = position.resume_after(stream, cfg.relist_window);
+    if let Some(after) = start_after(stream, resume.as_deref(), cfg.start_date) {
+        request = request.start_after(after);
+    }
+    let mut pages = request.into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws_error("s3:ListObjectsV2", &stream.list_prefix, &e))?;
+        for object in page.contents() {
+            if shutdown.is_cancelled() {
+                summary.interrupted = true;
+                return Ok(());
+            }
+            let Some(object_key) = object.key() else {
+                continue;
+            };
+            if position.done(object_key) {
+                continue;
+            }
+            if classify(object_key) != KeyKind::Log {
+                summary.inputs_skipped += 1;
+                position.remember(object_key, stream, cfg.relist_window);
+                continue;
+            }
+            if position.is_late(object_key) {
+                summary.late_inputs += 1;
+                publisher
+                    .metrics()
+                    .late_inputs
+                    .with_label_values(&[publisher.source_kind()])
+                    .inc();
+                tracing::info!(object = object_key, "a file delivered after later ones");
+            }
+            let options = ReadOptions {
+                stream_above: cfg.stream_above_bytes,
+                since: object
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                retry_denied_for: cfg.retry_denied_for,
+            };
+            read_object(client, &cfg.bucket, object_key, options, publisher, summary).await?;
+            publisher.finish().await?;
+            position.advance(object_key, stream, cfg.relist_window);
+            checkpoints.save(&key, &position.to_text()).await?;
+            publisher
+                .metrics()
+                .checkpoint_time
+                .with_label_values(&["s3"])
+                .set(chrono::Utc::now().timestamp());
+        }
+    }
+    Ok(())
+}
+
+/// Default of `retry_denied_for`: an hour, long enough for a policy change or a credential
+/// rotation to settle, short enough that a file refused for good does not hold its stream up
+/// for long.
+pub const DENIED_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Error codes S3 answers with when the caller may not read an object *now*: a denied request
+/// (a bucket or KMS key policy being changed, a role being rotated), credentials that expired.
+/// They often mend within minutes, so the object is tried again for a while.
+fn denied(code: &str) -> bool {
+    matches!(
+        code,
+        "AccessDenied"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "TokenRefreshRequired"
+            | "AllAccessDisabled"
+    ) || code.starts_with("KMS.")
+}
+
+/// What to do about an object that could not be read, by the error's code — never its text,
+/// which names the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Try again later (throttling, a 5xx, a connection failure; a refusal not yet older than
+    /// the retry period).
+    Retry,
+    /// Dead-letter the object as a pointer and move on (it is gone, or refused for longer than
+    /// the retry period, or refused for good).
+    DeadLetter,
+}
+
+/// The rule for an object that could not be read: `since` is when it was first there (its
+/// `LastModified`, or when its notification was sent); `now` the clock.
+pub fn unreadable(
+    err: &trailguard_common::aws::CallError,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    retry_denied_for: std::time::Duration,
+) -> Unreadable {
+    if err.is("NoSuchKey") {
+        return Unreadable::DeadLetter;
+    }
+    if err.retryable {
+        return Unreadable::Retry;
+    }
+    if err.code.as_deref().is_some_and(denied) {
+        let period = chrono::Duration::from_std(retry_denied_for).unwrap_or(chrono::Duration::MAX);
+        let young = since.is_none_or(|t| now.signed_duration_since(t) < period);
+        return if young {
+            Unreadable::Retry
+        } else {
+            Unreadable::DeadLetter
+        };
+    }
+    Unreadable::DeadLetter
+}
+
+/// Where an object came from and how to read it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    /// Objects larger than this (as stored) are streamed record by record.
+    pub stream_above: u64,
+    /// When the object was first there, if known.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// How long a refused object is tried again before it is dead-lettered.
+    pub retry_denied_for: std::time::Duration,
 }
 
 /// Reads one object and publishes its records; objects larger than `stream_above` bytes are
-/// streamed record by record. An object that cannot be read (deleted, no permission on it) is
-/// dead-lettered as a pointer; other failures (the network, throttling) are returned, so the
-/// caller retries instead of moving on.
+/// streamed record by record. An object that cannot be read is tried again or dead-lettered by
+/// [`unreadable`]; trying again returns the error, so the caller leaves its checkpoint (or
+/// message) where it is.
 pub async fn read_object(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-    stream_above: u64,
+    options: ReadOptions,
     publisher: &mut Publisher,
     summary: &mut Summary,
 ) -> Result<(), Error> {
@@ -360,20 +561,25 @@ pub async fn read_object(
     let object = match client.get_object().bucket(bucket).key(key).send().await {
         Ok(object) => object,
         Err(e) => {
-            return match aws_error("s3:GetObject", key, &e) {
-                Error::Source(text)
-                    if text.contains("NoSuchKey") || text.contains("AccessDenied") =>
-                {
+            let err = trailguard_common::aws::CallError::of("s3:GetObject", &e);
+            let text = format!("{name}: {err}");
+            return match unreadable(
+                &err,
+                options.since,
+                chrono::Utc::now(),
+                options.retry_denied_for,
+            ) {
+                Unreadable::DeadLetter => {
                     files::dead_letter_input(publisher, summary, &name, b"", "unreadable", text)
                         .await;
                     Ok(())
                 }
-                err => Err(err),
-            }
+                Unreadable::Retry => Err(Error::Source(text)),
+            };
         }
     };
     let size = object.content_length().unwrap_or(0).max(0) as u64;
-    if size > stream_above {
+    if size > options.stream_above {
         return stream_object(object, &name, size, publisher, summary).await;
     }
     let bytes = object
@@ -384,6 +590,11 @@ pub async fn read_object(
         .into_bytes();
     summary.inputs_read += 1;
     summary.bytes += bytes.len() as u64;
+    publisher
+        .metrics()
+        .bytes_read
+        .with_label_values(&[publisher.source_kind()])
+        .inc_by(bytes.len() as u64);
     files::process(&name, &bytes, publisher, summary).await;
     Ok(())
 }
@@ -402,15 +613,23 @@ async fn stream_object(
     tracing::info!(object = name, size, "streaming a large object");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4096);
     let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let connection_broke = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = Counting {
         inner: tokio_util::io::SyncIoBridge::new(object.body.into_async_read()),
         count: received.clone(),
+        broke: connection_broke.clone(),
     };
+    let limits = publisher.limits();
     let splitter = tokio::task::spawn_blocking(move || {
-        crate::stream::stream_log_file(reader, |record| tx.blocking_send(record).is_ok())
+        crate::stream::stream_log_file(reader, limits, |record| tx.blocking_send(record).is_ok())
     });
     summary.inputs_read += 1;
     summary.bytes += size;
+    publisher
+        .metrics()
+        .bytes_read
+        .with_label_values(&[publisher.source_kind()])
+        .inc_by(size);
     let mut index = 0usize;
     while let Some(record) = rx.recv().await {
         index += 1;
@@ -429,19 +648,21 @@ async fn stream_object(
             publisher
                 .metrics()
                 .inputs
-                .with_label_values(&["s3", "ok"])
+                .with_label_values(&[publisher.source_kind(), "ok"])
                 .inc();
             Ok(())
         }
         Ok(Err(err)) => {
             let got = received.load(std::sync::atomic::Ordering::Relaxed);
-            if got < size {
+            if connection_broke.load(std::sync::atomic::Ordering::Relaxed) {
                 // The connection broke, not the file: retry it (what was published repeats
                 // with the same ids).
                 return Err(Error::Source(format!(
                     "s3:GetObject {name}: the body broke off after {got} of {size} bytes: {err}"
                 )));
             }
+            // The file's own fault (cut off, not JSON, past the limits): what came before is
+            // published; the object is dead-lettered as a pointer saying where it broke.
             files::dead_letter_input(publisher, summary, name, b"", err.kind(), err.to_string())
                 .await;
             Ok(())
@@ -450,15 +671,19 @@ async fn stream_object(
     }
 }
 
-/// A reader that counts the bytes it hands out.
+/// A reader that counts the bytes it hands out, and notes when reading itself failed (the
+/// connection, not the content).
 struct Counting<R> {
     inner: R,
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    broke: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<R: std::io::Read> std::io::Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|_| {
+            self.broke.store(true, std::sync::atomic::Ordering::Relaxed);
+        })?;
         self.count
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
@@ -484,6 +709,8 @@ pub async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -500,23 +727,140 @@ mod tests {
         assert_eq!(classify("x/notes.txt"), KeyKind::Other);
     }
 
+    fn stream() -> Stream {
+        Stream {
+            account: "1".into(),
+            region: "r".into(),
+            list_prefix: "p/".into(),
+        }
+    }
+
+    fn key(day: &str, stamp: &str, unique: &str) -> String {
+        format!("p/{day}/1_CloudTrail_r_{stamp}_{unique}.json.gz")
+    }
+
+    /// A listing from `after`, skipping what `position` read: the keys a poll would read.
+    fn poll(position: &mut Position, bucket: &[String], window: Duration) -> Vec<String> {
+        let after = position.resume_after(&stream(), window);
+        let mut listed: Vec<&String> = bucket
+            .iter()
+            .filter(|k| after.as_deref().is_none_or(|a| k.as_str() > a))
+            .collect();
+        listed.sort();
+        let mut read = Vec::new();
+        for key in listed {
+            if !position.done(key) {
+                read.push(key.clone());
+                position.advance(key, &stream(), window);
+                *position = Position::parse(Some(&position.to_text()));
+            }
+        }
+        read
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[test]
-    fn a_late_file_of_the_same_minute_is_not_missed() {
-        let a = "p/1_CloudTrail_r_20240101T0000Z_b.json.gz";
-        let b = "p/1_CloudTrail_r_20240101T0000Z_a.json.gz";
-        let next = "p/1_CloudTrail_r_20240101T0005Z_c.json.gz";
+    fn files_delivered_out_of_order_are_read_once() {
+        let mut bucket = vec![key("2024/01/02", "20240102T0005Z", "b")];
         let mut position = Position::default();
-        position.advance(a);
-        let position = Position::parse(Some(&position.to_text()));
-        // The next listing starts before `b`, and skips `a`.
-        assert!(position.resume_after().is_some_and(|after| after < b));
-        assert!(position.done(a) && !position.done(b));
-        let mut position = position;
-        position.advance(b);
-        assert_eq!(position.last.as_deref(), Some(a));
-        position.advance(next);
-        assert_eq!(position.minute, vec![next.to_string()]);
-        assert_eq!(Position::parse(Some(a)).last.as_deref(), Some(a));
+        assert_eq!(poll(&mut position, &bucket, HOUR), bucket);
+        // An earlier minute, the same minute with a smaller suffix, and yesterday's last file.
+        let late = [
+            key("2024/01/02", "20240102T0004Z", "z"),
+            key("2024/01/02", "20240102T0005Z", "a"),
+            key("2024/01/01", "20240101T2359Z", "q"),
+        ];
+        bucket.extend(late.iter().cloned());
+        let mut read = poll(&mut position, &bucket, HOUR);
+        read.sort();
+        let mut expected = late.to_vec();
+        expected.sort();
+        assert_eq!(read, expected);
+        assert!(poll(&mut position, &bucket, HOUR).is_empty(), "each once");
+        // Later files move the window; what falls behind it is forgotten.
+        bucket.push(key("2024/01/02", "20240102T0300Z", "c"));
+        assert_eq!(poll(&mut position, &bucket, HOUR).len(), 1);
+        assert_eq!(position.read.len(), 1, "{:?}", position.read);
+        assert!(poll(&mut position, &bucket, HOUR).is_empty());
+    }
+
+    #[test]
+    fn late_is_relative_to_the_newest_key() {
+        let mut position = Position::default();
+        position.advance(&key("2024/01/02", "20240102T0005Z", "b"), &stream(), HOUR);
+        assert!(position.is_late(&key("2024/01/02", "20240102T0004Z", "z")));
+        assert!(!position.is_late(&key("2024/01/02", "20240102T0006Z", "a")));
+    }
+
+    #[test]
+    fn older_checkpoints_resume_where_they_were() {
+        let last = key("2024/01/02", "20240102T0005Z", "b");
+        let old = serde_json::json!({"last": last, "minute": [last]}).to_string();
+        let position = Position::parse(Some(&old));
+        assert!(position.done(&last));
+        let after = position.resume_after(&stream(), HOUR).unwrap_or_default();
+        assert_eq!(after, "p/2024/01/02/1_CloudTrail_r_20240102T0005Z");
+        let bare = Position::parse(Some(&last));
+        assert_eq!(
+            bare.resume_after(&stream(), HOUR).as_deref(),
+            Some(after.as_str())
+        );
+    }
+
+    #[test]
+    fn the_remembered_keys_are_bounded() {
+        let mut position = Position::default();
+        // More files in one minute than the bound: the oldest are forgotten and never
+        // listed again (read once, never twice).
+        for i in 0..MAX_READ_KEYS + 10 {
+            position.advance(
+                &key("2024/01/02", "20240102T0005Z", &format!("{i:06}")),
+                &stream(),
+                HOUR,
+            );
+        }
+        assert_eq!(position.read.len(), MAX_READ_KEYS);
+        let after = position.resume_after(&stream(), HOUR).unwrap_or_default();
+        assert_eq!(after, key("2024/01/02", "20240102T0005Z", "000009"));
+        assert!(position.to_text().len() < 900_000);
+    }
+
+    fn failure(code: &str, retryable: bool) -> trailguard_common::aws::CallError {
+        trailguard_common::aws::CallError {
+            // The key names every code: the decision must not read the text.
+            text: format!("s3:GetObject s3://b/AccessDenied_NoSuchKey_SlowDown: {code}"),
+            code: Some(code.into()),
+            retryable,
+        }
+    }
+
+    #[test]
+    fn unreadable_objects_are_judged_by_code() {
+        let now = chrono::Utc::now();
+        let fresh = Some(now - chrono::Duration::minutes(5));
+        let old = Some(now - chrono::Duration::hours(2));
+        let judge =
+            |code, retryable, since| unreadable(&failure(code, retryable), since, now, HOUR);
+        assert_eq!(judge("SlowDown", true, old), Unreadable::Retry);
+        assert_eq!(judge("InternalError", true, old), Unreadable::Retry);
+        assert_eq!(judge("NoSuchKey", false, fresh), Unreadable::DeadLetter);
+        // A refusal may be a policy or key being changed: tried for an hour, then given up.
+        assert_eq!(judge("AccessDenied", false, fresh), Unreadable::Retry);
+        assert_eq!(
+            judge("KMS.DisabledException", false, fresh),
+            Unreadable::Retry
+        );
+        assert_eq!(judge("ExpiredToken", false, None), Unreadable::Retry);
+        assert_eq!(judge("AccessDenied", false, old), Unreadable::DeadLetter);
+        assert_eq!(
+            judge("InvalidObjectState", false, fresh),
+            Unreadable::DeadLetter
+        );
+        // No code at all (a connection failure) follows `retryable`.
+        let mut broken = failure("x", true);
+        broken.code = None;
+        assert_eq!(unreadable(&broken, old, now, HOUR), Unreadable::Retry);
     }
 
     #[test]

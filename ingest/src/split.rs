@@ -1,8 +1,10 @@
 //! `split`: the bytes of one input (a file, an object, stdin) → the raw records in it. Pure.
 //!
 //! Understands CloudTrail log files (`{"Records": [...]}`), JSON arrays of records, single
-//! records, and NDJSON (one record — or one log file — per line); gzip is undone first. A line
-//! that is not JSON is an error for that line only; a document that is not JSON fails whole.
+//! records, and NDJSON (one record — or one log file — per line); gzip is undone first, within
+//! bounds. Nothing fails whole: a line that is not JSON or not UTF-8 costs that line, a record
+//! with an invalid UTF-8 byte costs that record, and a document that breaks off (a truncated
+//! gzip, a cut file) gives the records before the break and one error saying where it broke.
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -10,15 +12,16 @@ use std::io::Read;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// One record's original text and where it was.
+/// One record's text and where it was.
 #[derive(Debug)]
 pub struct RawItem<'a> {
     /// 1-based position: the line for NDJSON, the record number otherwise.
     pub index: usize,
     /// The record's JSON text, or the failure to read this part of the input.
-    pub text: Result<&'a str, SplitError>,
-    /// The original bytes (a line that failed to parse keeps its bytes here).
-    pub bytes: &'a [u8],
+    pub text: Result<Cow<'a, str>, SplitError>,
+    /// The original bytes (a part that failed keeps its bytes here; empty for the rest of an
+    /// input that broke off, which its source names).
+    pub bytes: Cow<'a, [u8]>,
 }
 
 /// Why an input, or a part of it, could not be read as JSON.
@@ -27,9 +30,15 @@ pub enum SplitError {
     /// gzip data that cannot be decompressed (truncated, corrupt).
     #[error("gzip: {0}")]
     Gzip(String),
-    /// Not UTF-8 / not JSON.
+    /// Not JSON.
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// Bytes that are not UTF-8 inside a record or line.
+    #[error("invalid UTF-8: {0}")]
+    Utf8(String),
+    /// Larger than the limits allow: a record, or an input's decompressed size.
+    #[error("too large: {0}")]
+    TooLarge(String),
 }
 
 impl SplitError {
@@ -38,20 +47,87 @@ impl SplitError {
         match self {
             SplitError::Gzip(_) => "bad_gzip",
             SplitError::Json(_) => "invalid_json",
+            SplitError::Utf8(_) => "invalid_utf8",
+            SplitError::TooLarge(_) => "too_large",
         }
     }
 }
 
-/// Undoes gzip when the input starts with the gzip magic bytes.
-pub fn decompress(bytes: &[u8]) -> Result<Cow<'_, [u8]>, SplitError> {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(bytes.len() * 8);
-        flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| SplitError::Gzip(e.to_string()))?;
-        Ok(Cow::Owned(out))
-    } else {
-        Ok(Cow::Borrowed(bytes))
+/// Bounds on what one input may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// An input decompresses to at most this many bytes; the rest is cut off and dead-lettered.
+    pub max_decompressed: u64,
+    /// A record (or NDJSON line) larger than this is dead-lettered without being parsed.
+    pub max_record: usize,
+}
+
+/// An input that decompresses past this size *and* past [`MAX_RATIO`] times its compressed
+/// size is a decompression bomb: it is cut off there.
+pub const BOMB_FLOOR: u64 = 64 << 20;
+
+/// CloudTrail's JSON compresses 10–30×; deflate cannot exceed ≈ 1,032×.
+pub const MAX_RATIO: u64 = 100;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_decompressed: 1 << 30,
+            max_record: 16 << 20,
+        }
+    }
+}
+
+/// An input with gzip undone: the bytes, and why decompression stopped early, if it did (the
+/// bytes are then what came before).
+#[derive(Debug)]
+pub struct Plain<'a> {
+    /// The decompressed bytes (the input itself when it is not gzip).
+    pub bytes: Cow<'a, [u8]>,
+    /// Truncated or corrupt gzip, or the limits reached.
+    pub broke: Option<SplitError>,
+}
+
+/// Undoes gzip when the input starts with the gzip magic bytes, keeping at most
+/// `max_decompressed` bytes — fewer for a bomb (past [`BOMB_FLOOR`] and [`MAX_RATIO`] times
+/// its size).
+pub fn decompress(bytes: &[u8], limits: Limits) -> Plain<'_> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Plain {
+            bytes: Cow::Borrowed(bytes),
+            broke: None,
+        };
+    }
+    let by_ratio = (bytes.len() as u64)
+        .saturating_mul(MAX_RATIO)
+        .max(BOMB_FLOOR);
+    let cap = limits.max_decompressed.min(by_ratio);
+    // Reserved at the cap, so growing never copies (pages are resident only once written).
+    let mut out = Vec::with_capacity(usize::try_from(cap).unwrap_or(usize::MAX).saturating_add(1));
+    let read = flate2::read::MultiGzDecoder::new(bytes)
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut out);
+    let broke = match read {
+        Err(e) => Some(SplitError::Gzip(format!(
+            "after {} decompressed bytes: {e}",
+            out.len()
+        ))),
+        Ok(_) if out.len() as u64 > cap => {
+            out.truncate(cap as usize);
+            Some(SplitError::TooLarge(if cap < limits.max_decompressed {
+                format!(
+                    "decompresses to more than {cap} bytes, over {MAX_RATIO} times its {} (a decompression bomb)",
+                    bytes.len()
+                )
+            } else {
+                format!("decompresses to more than {cap} bytes (publish.max_decompressed_bytes)")
+            }))
+        }
+        Ok(_) => None,
+    };
+    Plain {
+        bytes: Cow::Owned(out),
+        broke,
     }
 }
 
@@ -61,53 +137,236 @@ struct LogFile<'a> {
     records: Option<Vec<&'a RawValue>>,
 }
 
-/// Splits decompressed input into raw records.
-pub fn split(bytes: &[u8]) -> Result<Vec<RawItem<'_>>, SplitError> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let text = std::str::from_utf8(bytes).map_err(|e| SplitError::Json(e.to_string()))?;
-    let first_line = text.lines().map(str::trim).find(|l| !l.is_empty());
-    let Some(first_line) = first_line else {
-        return Ok(Vec::new());
+/// Splits decompressed input into raw records and failed parts.
+pub fn split(input: &[u8], limits: Limits) -> Vec<RawItem<'_>> {
+    let bytes = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
+    let mut lines = bytes
+        .split(|b| *b == b'\n')
+        .map(|l| l.trim_ascii())
+        .filter(|l| !l.is_empty());
+    let Some(first_line) = lines.next() else {
+        return Vec::new();
     };
-    let line_mode =
-        serde_json::from_str::<&RawValue>(first_line).is_ok() && text.trim() != first_line;
+    let whole = bytes.trim_ascii();
+    let line_mode = first_line.len() < whole.len()
+        && first_line.len() <= limits.max_record
+        && serde_json::from_slice::<&RawValue>(first_line).is_ok();
     let mut items = Vec::new();
     if line_mode {
         let mut index = 0;
-        for (number, line) in text.lines().enumerate() {
-            let trimmed = line.trim();
+        for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            let trimmed = line.trim_ascii();
             if trimmed.is_empty() {
                 continue;
             }
-            match serde_json::from_str::<&RawValue>(trimmed) {
-                Ok(value) => expand(value, number + 1, &mut index, &mut items),
-                Err(e) => items.push(RawItem {
-                    index: number + 1,
-                    text: Err(SplitError::Json(format!("line {}: {e}", number + 1))),
-                    bytes: line.as_bytes(),
-                }),
+            let failed = |error| RawItem {
+                index: number + 1,
+                text: Err(error),
+                bytes: Cow::Borrowed(trimmed),
+            };
+            if trimmed.len() > limits.max_record {
+                items.push(failed(SplitError::TooLarge(format!(
+                    "line {} of {} bytes (publish.max_record_bytes)",
+                    number + 1,
+                    trimmed.len()
+                ))));
+                continue;
+            }
+            let text = match std::str::from_utf8(trimmed) {
+                Ok(text) => text,
+                Err(e) => {
+                    items.push(failed(SplitError::Utf8(format!(
+                        "line {}: {e}",
+                        number + 1
+                    ))));
+                    continue;
+                }
+            };
+            match serde_json::from_str::<&RawValue>(text) {
+                Ok(value) => expand(value, number + 1, &mut index, limits, &mut items),
+                Err(e) => items.push(failed(SplitError::Json(format!(
+                    "line {}: {e}",
+                    number + 1
+                )))),
             }
         }
     } else {
-        let value: &RawValue =
-            serde_json::from_str(text).map_err(|e| SplitError::Json(e.to_string()))?;
-        let mut index = 0;
-        expand(value, 0, &mut index, &mut items);
+        document(whole, input, limits, &mut items);
     }
-    Ok(items)
+    items
+}
+
+/// One JSON document (a log file, an array, a record); `input` is all of it as read, kept
+/// exactly in a dead letter of the whole.
+fn document<'a>(bytes: &'a [u8], input: &'a [u8], limits: Limits, items: &mut Vec<RawItem<'a>>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => match serde_json::from_str::<&RawValue>(text) {
+            Ok(value) => expand(value, 0, &mut 0, limits, items),
+            Err(_) => salvage(text.as_bytes(), input, limits, items),
+        },
+        Err(_) => lossy_document(bytes, input, limits, items),
+    }
+}
+
+/// A document that does not parse whole (cut off, or broken half-way): the records of its
+/// `Records` list before the break, then one error for the rest, carrying the whole `input`.
+fn salvage<'a>(bytes: &'a [u8], input: &'a [u8], limits: Limits, items: &mut Vec<RawItem<'a>>) {
+    let mut records = Vec::new();
+    let result = crate::stream::stream_log_file(bytes, limits, |record| {
+        records.push(record);
+        true
+    });
+    let count = records.len();
+    for (i, record) in records.into_iter().enumerate() {
+        items.push(record_item(i + 1, Cow::Owned(record), limits));
+    }
+    let error = match result {
+        Ok(_) => return,
+        Err(SplitError::Json(e) | SplitError::Gzip(e)) if count == 0 => SplitError::Json(
+            e.strip_prefix("after 0 records: ")
+                .unwrap_or(&e)
+                .to_string(),
+        ),
+        Err(e) => e,
+    };
+    items.push(RawItem {
+        index: count + 1,
+        text: Err(error),
+        // Nothing before the break is lost; the whole input is kept when it is small enough,
+        // else its source names it.
+        bytes: Cow::Borrowed(input),
+    });
+}
+
+/// A document with bytes that are not UTF-8: read with each bad sequence replaced, so the
+/// records around them are found; a record that held one is an error carrying its original
+/// bytes, the others are published.
+fn lossy_document<'a>(
+    bytes: &'a [u8],
+    input: &'a [u8],
+    limits: Limits,
+    items: &mut Vec<RawItem<'a>>,
+) {
+    // Each bad sequence: where it starts in the original, its length there, and where its
+    // replacement character (3 bytes) starts in the replaced text.
+    let mut bad: Vec<(usize, usize, usize)> = Vec::new();
+    let mut text = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    let mut offset = 0;
+    while !rest.is_empty() {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                text.push_str(valid);
+                break;
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                let len = e.error_len().unwrap_or(after.len());
+                bad.push((offset + valid.len(), len, text.len()));
+                text.push('\u{FFFD}');
+                offset += valid.len() + len;
+                rest = &after[len..];
+            }
+        }
+    }
+    // Maps an offset in `text` back to the original bytes.
+    let original = |at: usize| -> usize {
+        let before = bad.partition_point(|(_, _, t)| *t < at);
+        match before.checked_sub(1).map(|i| bad[i]) {
+            None => at,
+            Some((o, len, t)) => o + len + (at - t).saturating_sub(3),
+        }
+    };
+    let mut pieces: Vec<Result<(usize, usize, bool), SplitError>> = Vec::new();
+    match serde_json::from_str::<&RawValue>(&text) {
+        Ok(value) => {
+            let mut found = Vec::new();
+            expand(value, 0, &mut 0, limits, &mut found);
+            for item in found {
+                pieces.push(item.text.map(|record| {
+                    let start = record.as_ptr() as usize - text.as_ptr() as usize;
+                    let end = start + record.len();
+                    let tainted = bad.iter().any(|(_, _, t)| (start..end).contains(t));
+                    (start, end, tainted)
+                }));
+            }
+        }
+        Err(e) => {
+            items.push(RawItem {
+                index: 1,
+                text: Err(SplitError::Utf8(format!("and not JSON: {e}"))),
+                bytes: Cow::Borrowed(input),
+            });
+            return;
+        }
+    }
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let index = i + 1;
+        match piece {
+            Err(error) => items.push(RawItem {
+                index,
+                text: Err(error),
+                bytes: Cow::Borrowed(b""),
+            }),
+            Ok((start, end, true)) => {
+                let (from, to) = (original(start), original(end).min(bytes.len()));
+                items.push(RawItem {
+                    index,
+                    text: Err(SplitError::Utf8(format!(
+                        "record {index} holds bytes that are not UTF-8 (input bytes {from}..{to})"
+                    ))),
+                    bytes: Cow::Borrowed(&bytes[from.min(to)..to]),
+                });
+            }
+            Ok((start, end, false)) => {
+                items.push(record_item(
+                    index,
+                    Cow::Owned(text[start..end].to_string()),
+                    limits,
+                ));
+            }
+        }
+    }
+}
+
+/// An item for one record's text, unless it is larger than the limit.
+fn record_item(index: usize, text: Cow<'_, str>, limits: Limits) -> RawItem<'_> {
+    if text.len() > limits.max_record {
+        return RawItem {
+            index,
+            text: Err(SplitError::TooLarge(format!(
+                "record {index} of {} bytes (publish.max_record_bytes)",
+                text.len()
+            ))),
+            bytes: Cow::Borrowed(b""),
+        };
+    }
+    let bytes = match &text {
+        Cow::Borrowed(t) => Cow::Borrowed(t.as_bytes()),
+        Cow::Owned(t) => Cow::Owned(t.as_bytes().to_vec()),
+    };
+    RawItem {
+        index,
+        text: Ok(text),
+        bytes,
+    }
 }
 
 /// Expands one top-level JSON value: a log file's records, an array's elements, or itself.
 /// `line` is the NDJSON line (0 in document mode): with it, items are numbered by line.
-fn expand<'a>(value: &'a RawValue, line: usize, index: &mut usize, items: &mut Vec<RawItem<'a>>) {
+fn expand<'a>(
+    value: &'a RawValue,
+    line: usize,
+    index: &mut usize,
+    limits: Limits,
+    items: &mut Vec<RawItem<'a>>,
+) {
     let text = value.get();
     let mut push = |record: &'a RawValue| {
         *index += 1;
-        items.push(RawItem {
-            index: if line > 0 { line } else { *index },
-            text: Ok(record.get()),
-            bytes: record.get().as_bytes(),
-        });
+        let at = if line > 0 { line } else { *index };
+        items.push(record_item(at, Cow::Borrowed(record.get()), limits));
     };
     if text.starts_with('{') {
         if let Ok(LogFile {
@@ -131,11 +390,17 @@ mod tests {
     use super::*;
 
     fn texts(bytes: &[u8]) -> Vec<Result<String, SplitError>> {
-        split(bytes)
-            .unwrap_or_default()
+        split(bytes, Limits::default())
             .into_iter()
-            .map(|i| i.text.map(str::to_string))
+            .map(|i| i.text.map(|t| t.into_owned()))
             .collect()
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = enc.write_all(bytes);
+        enc.finish().unwrap_or_default()
     }
 
     #[test]
@@ -152,21 +417,53 @@ mod tests {
 
     #[test]
     fn ndjson_with_a_bad_line() {
-        let items = split(b"{\"a\":1}\n\nnot json\n{\"b\":2}\n").unwrap_or_default();
+        let items = split(b"{\"a\":1}\n\nnot json\n{\"b\":2}\n", Limits::default());
         assert_eq!(items.len(), 3);
         assert_eq!(items[0].index, 1);
         assert!(matches!(items[1].text, Err(SplitError::Json(_))));
-        assert_eq!(items[1].bytes, b"not json");
+        assert_eq!(&*items[1].bytes, b"not json");
         assert_eq!(items[1].index, 3);
         assert_eq!(items[2].index, 4);
     }
 
     #[test]
-    fn broken_document_fails_whole() {
-        assert!(matches!(
-            split(b"{\n \"Records\": [ {a:1} ]\n}"),
-            Err(SplitError::Json(_))
-        ));
+    fn an_invalid_byte_costs_one_line_or_one_record() {
+        let items = split(
+            b"{\"a\":1}\n{\"b\":\"\xff\"}\n{\"c\":3}\n",
+            Limits::default(),
+        );
+        assert_eq!(items.len(), 3);
+        assert!(items[0].text.is_ok() && items[2].text.is_ok());
+        assert!(matches!(items[1].text, Err(SplitError::Utf8(_))));
+        assert_eq!(&*items[1].bytes, b"{\"b\":\"\xff\"}");
+
+        let doc = b"{\"Records\":[{\"a\":\"\xc3\xa9\"},{\"b\":\"x\xff\xfey\"},{\"c\":\"\xe2\x82\"},{\"d\":4}]}";
+        let items = split(doc, Limits::default());
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[0].text.as_deref().ok(), Some("{\"a\":\"é\"}"));
+        assert!(matches!(items[1].text, Err(SplitError::Utf8(_))));
+        assert_eq!(&*items[1].bytes, b"{\"b\":\"x\xff\xfey\"}");
+        assert!(matches!(items[2].text, Err(SplitError::Utf8(_))));
+        assert_eq!(&*items[2].bytes, b"{\"c\":\"\xe2\x82\"}");
+        assert_eq!(items[3].text.as_deref().ok(), Some("{\"d\":4}"));
+        assert_eq!(items[3].index, 4);
+    }
+
+    #[test]
+    fn a_broken_document_keeps_the_records_before_the_break() {
+        let items = split(
+            b"{\n \"Records\": [ {\"a\":1}, {a:1} ]\n}",
+            Limits::default(),
+        );
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].text.as_deref().ok(), Some("{\"a\":1}"));
+        let Err(SplitError::Json(why)) = &items[1].text else {
+            panic!("{:?}", items[1].text);
+        };
+        assert!(why.starts_with("after 1 records"), "{why}");
+        let items = split(b"{ not json", Limits::default());
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0].text, Err(SplitError::Json(_))));
     }
 
     #[test]
@@ -177,17 +474,65 @@ mod tests {
     }
 
     #[test]
-    fn gzip_roundtrip_and_truncation() -> std::io::Result<()> {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(br#"{"Records":[{"a":1}]}"#)?;
-        let gz = enc.finish()?;
-        let plain = decompress(&gz).map_err(std::io::Error::other)?;
-        assert_eq!(texts(&plain).len(), 1);
-        assert!(matches!(
-            decompress(&gz[..gz.len() / 2]),
-            Err(SplitError::Gzip(_))
-        ));
-        Ok(())
+    fn records_above_the_limit_are_refused_unparsed() {
+        let limits = Limits {
+            max_record: 20,
+            ..Limits::default()
+        };
+        let items = split(
+            br#"{"Records":[{"a":1},{"b":"0123456789012345678901234"}]}"#,
+            limits,
+        );
+        assert!(items[0].text.is_ok());
+        assert!(matches!(items[1].text, Err(SplitError::TooLarge(_))));
+        let items = split(
+            b"{\"a\":1}\n{\"b\":\"0123456789012345678901234\"}\n",
+            limits,
+        );
+        assert!(matches!(items[1].text, Err(SplitError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_truncated_gzip_gives_what_came_before() {
+        let records: Vec<String> = (0..2000)
+            .map(|i| format!(r#"{{"eventName":"E{i}"}}"#))
+            .collect();
+        let text = format!(r#"{{"Records":[{}]}}"#, records.join(","));
+        let gz = gzip(text.as_bytes());
+        let whole = decompress(&gz, Limits::default());
+        assert!(whole.broke.is_none());
+        assert_eq!(split(&whole.bytes, Limits::default()).len(), 2000);
+        let cut = decompress(&gz[..gz.len() / 2], Limits::default());
+        assert!(
+            matches!(cut.broke, Some(SplitError::Gzip(_))),
+            "{:?}",
+            cut.broke
+        );
+        let items = split(&cut.bytes, Limits::default());
+        let good = items.iter().filter(|i| i.text.is_ok()).count();
+        assert!(good > 0 && good < 2000, "{good}");
+        assert!(items.last().is_some_and(|i| i.text.is_err()));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_cut_off() {
+        let zeros = vec![0u8; 200 << 20];
+        let bomb = gzip(&zeros);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let plain = decompress(&bomb, Limits::default());
+        assert!(
+            matches!(plain.broke, Some(SplitError::TooLarge(_))),
+            "{:?}",
+            plain.broke
+        );
+        assert_eq!(plain.bytes.len() as u64, bomb.len() as u64 * MAX_RATIO);
+        let small = Limits {
+            max_decompressed: 1000,
+            ..Limits::default()
+        };
+        let spaces = gzip(&[b' '; 5000]);
+        let plain = decompress(&spaces, small);
+        assert_eq!(plain.bytes.len(), 1000);
+        assert!(matches!(plain.broke, Some(SplitError::TooLarge(_))));
     }
 }

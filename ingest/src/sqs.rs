@@ -31,6 +31,10 @@ pub struct SqsSourceConfig {
     pub wait_time: Duration,
     /// Objects larger than this (as stored) are streamed record by record.
     pub stream_above_bytes: u64,
+    /// How long an object S3 refuses for want of permission is tried again (its message left
+    /// on the queue), counted from when the message was sent, before it is dead-lettered.
+    #[serde(with = "humantime_serde")]
+    pub retry_denied_for: Duration,
 }
 
 impl Default for SqsSourceConfig {
@@ -40,6 +44,7 @@ impl Default for SqsSourceConfig {
             visibility_timeout: Duration::from_secs(300),
             wait_time: Duration::from_secs(20),
             stream_above_bytes: crate::s3::STREAM_ABOVE_BYTES,
+            retry_denied_for: crate::s3::DENIED_RETRY_FOR,
         }
     }
 }
@@ -188,6 +193,9 @@ pub async fn run(
             .max_number_of_messages(10)
             .visibility_timeout(visibility)
             .wait_time_seconds(wait)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+            )
             .send();
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -222,6 +230,11 @@ pub async fn run(
                 continue;
             };
             let id = message.message_id().unwrap_or("?");
+            let sent = message
+                .attributes()
+                .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp))
+                .and_then(|ms| ms.parse::<i64>().ok())
+                .and_then(chrono::DateTime::from_timestamp_millis);
             match parse(body) {
                 Ok(Notification::Objects(objects)) => {
                     for object in objects {
@@ -229,11 +242,16 @@ pub async fn run(
                             summary.inputs_skipped += 1;
                             continue;
                         }
+                        let options = crate::s3::ReadOptions {
+                            stream_above: cfg.stream_above_bytes,
+                            since: sent,
+                            retry_denied_for: cfg.retry_denied_for,
+                        };
                         crate::s3::read_object(
                             s3,
                             &object.bucket,
                             &object.key,
-                            cfg.stream_above_bytes,
+                            options,
                             publisher,
                             &mut summary,
                         )

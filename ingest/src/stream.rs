@@ -7,14 +7,16 @@ use std::io::{BufRead, BufReader, Read};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::split::SplitError;
+use crate::split::{Limits, SplitError};
 
 /// Hands each record of the log file in `reader` to `each` as JSON text, in order; `each`
 /// returns false to stop early. Returns how many records were handed over. A file that breaks
 /// off (truncated gzip, invalid JSON) is an error after the records before the break were
-/// handed over; the error says how many.
+/// handed over; the error says how many. Memory is bounded by `limits`: a record larger than
+/// `max_record`, or a file decompressing past `max_decompressed`, stops there as `TooLarge`.
 pub fn stream_log_file<R: Read>(
     reader: R,
+    limits: Limits,
     mut each: impl FnMut(String) -> bool,
 ) -> Result<u64, SplitError> {
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
@@ -23,15 +25,35 @@ pub fn stream_log_file<R: Read>(
         .map_err(|e| SplitError::Json(format!("reading: {e}")))?
         .starts_with(&[0x1f, 0x8b]);
     let mut count = 0u64;
+    let since_record = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let seen = since_record.clone();
+    let mut each = |record: String| {
+        seen.set(0);
+        each(record)
+    };
     let result = if gzip {
-        let decoder =
-            BufReader::with_capacity(256 * 1024, flate2::bufread::MultiGzDecoder::new(buffered));
-        run(decoder, &mut each, &mut count)
+        let decoder = Bounded::new(
+            flate2::bufread::MultiGzDecoder::new(buffered),
+            limits,
+            since_record,
+        );
+        run(
+            BufReader::with_capacity(256 * 1024, decoder),
+            &mut each,
+            &mut count,
+        )
     } else {
-        run(buffered, &mut each, &mut count)
+        run(
+            Bounded::new(buffered, limits, since_record),
+            &mut each,
+            &mut count,
+        )
     };
     match result {
         Ok(()) => Ok(count),
+        Err(e) if e.is_io() && e.to_string().contains(TOO_LARGE) => {
+            Err(SplitError::TooLarge(format!("after {count} records: {e}")))
+        }
         Err(e) if e.is_io() && gzip => Err(SplitError::Gzip(format!("after {count} records: {e}"))),
         Err(e) if e.to_string().starts_with(STOPPED) => Ok(count),
         Err(e) => Err(SplitError::Json(format!("after {count} records: {e}"))),
@@ -39,6 +61,50 @@ pub fn stream_log_file<R: Read>(
 }
 
 const STOPPED: &str = "stopped by the consumer";
+const TOO_LARGE: &str = "beyond the limit";
+
+/// A reader that fails once more than `max_decompressed` bytes came through in all, or more
+/// than `max_record` since the last record was handed over (reset by the caller).
+struct Bounded<R> {
+    inner: R,
+    limits: Limits,
+    total: u64,
+    since_record: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R> Bounded<R> {
+    fn new(inner: R, limits: Limits, since_record: std::rc::Rc<std::cell::Cell<u64>>) -> Self {
+        Bounded {
+            inner,
+            limits,
+            total: 0,
+            since_record,
+        }
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.total += n as u64;
+        self.since_record.set(self.since_record.get() + n as u64);
+        // Read-ahead means a record is measured with up to one buffer of what follows it.
+        let slack = 512 * 1024;
+        if self.total > self.limits.max_decompressed {
+            return Err(std::io::Error::other(format!(
+                "{TOO_LARGE}: more than {} bytes decompressed (publish.max_decompressed_bytes)",
+                self.limits.max_decompressed
+            )));
+        }
+        if self.since_record.get() > self.limits.max_record as u64 + slack {
+            return Err(std::io::Error::other(format!(
+                "{TOO_LARGE}: a record of more than {} bytes (publish.max_record_bytes)",
+                self.limits.max_record
+            )));
+        }
+        Ok(n)
+    }
+}
 
 fn run<R: Read, F: FnMut(String) -> bool>(
     reader: R,
@@ -141,7 +207,7 @@ mod tests {
         let text = file(5000);
         for bytes in [text.clone().into_bytes(), gzip(&text)] {
             let mut got = Vec::new();
-            let n = stream_log_file(bytes.as_slice(), |r| {
+            let n = stream_log_file(bytes.as_slice(), Limits::default(), |r| {
                 got.push(r);
                 true
             });
@@ -158,7 +224,7 @@ mod tests {
         let gz = gzip(&text);
         let cut = &gz[..gz.len() / 2];
         let mut got = 0;
-        let err = stream_log_file(cut, |_| {
+        let err = stream_log_file(cut, Limits::default(), |_| {
             got += 1;
             true
         });
@@ -168,19 +234,50 @@ mod tests {
         assert!(got > 0 && got < 1000, "{got}");
         assert!(msg.starts_with(&format!("after {got} records")), "{msg}");
         let bad = text.replace("\"E500\"", "\"E500\",,");
-        let err = stream_log_file(bad.as_bytes(), |_| true);
+        let err = stream_log_file(bad.as_bytes(), Limits::default(), |_| true);
         assert!(
             matches!(err, Err(SplitError::Json(ref m)) if m.starts_with("after 500 records")),
             "{err:?}"
         );
-        assert!(stream_log_file(&b"{\"NotRecords\": []}"[..], |_| true).is_err());
+        assert!(
+            stream_log_file(&b"{\"NotRecords\": []}"[..], Limits::default(), |_| true).is_err()
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_by_the_limits() {
+        let limits = Limits {
+            max_decompressed: 4 << 20,
+            max_record: 1 << 20,
+        };
+        let huge = format!(
+            r#"{{"Records":[{{"a":1}},{{"b":"{}"}}]}}"#,
+            "x".repeat(8 << 20)
+        );
+        let mut got = 0;
+        let err = stream_log_file(gzip(&huge).as_slice(), limits, |_| {
+            got += 1;
+            true
+        });
+        assert!(
+            matches!(err, Err(SplitError::TooLarge(ref m)) if m.contains("record")),
+            "{err:?}"
+        );
+        assert_eq!(got, 1);
+        let many = file(100_000);
+        assert!(many.len() > 4 << 20);
+        let err = stream_log_file(gzip(&many).as_slice(), limits, |_| true);
+        assert!(
+            matches!(err, Err(SplitError::TooLarge(ref m)) if m.contains("decompressed")),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn the_consumer_can_stop() {
         let text = file(100);
         let mut got = 0;
-        let n = stream_log_file(text.as_bytes(), |_| {
+        let n = stream_log_file(text.as_bytes(), Limits::default(), |_| {
             got += 1;
             got < 10
         });

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use trailguard_ingest::files::{expand, Input};
 use trailguard_ingest::normalize::normalize;
-use trailguard_ingest::split::{decompress, split};
+use trailguard_ingest::split::{decompress, split, Limits};
 
 fn shared_data() -> PathBuf {
     std::env::var("TRAILGUARD_TEST_SHARED_DATA")
@@ -37,21 +37,15 @@ fn shared_data_normalizes_as_recorded() -> Result<(), Box<dyn std::error::Error>
         let Input::Path(path) = input else { continue };
         let file = path.strip_prefix(&root)?.display().to_string();
         let bytes = std::fs::read(&path)?;
-        let items = decompress(&bytes).and_then(|plain| {
-            split(&plain).map(|items| {
-                items
-                    .into_iter()
-                    .map(|item| (item.index, item.text.map(str::to_string)))
-                    .collect::<Vec<_>>()
-            })
-        });
-        let items = match items {
-            Ok(items) => items,
-            Err(err) => {
-                lines.push(line(&file, 0, json!({"dead_letter": err.kind()})));
-                continue;
-            }
-        };
+        let limits = Limits::default();
+        let plain = decompress(&bytes, limits);
+        if let Some(err) = &plain.broke {
+            lines.push(line(&file, 0, json!({"dead_letter": err.kind()})));
+        }
+        let items: Vec<_> = split(&plain.bytes, limits)
+            .into_iter()
+            .map(|item| (item.index, item.text.map(|t| t.into_owned())))
+            .collect();
         for (index, text) in items {
             let result = match text
                 .map_err(|e| e.kind())

@@ -1308,15 +1308,16 @@ async fn publish(
         record.alert_id.as_bytes(),
         Some(&payload),
     );
-    kafka::send_until_durable(
+    let sent = kafka::send_until_durable(
         producer,
         topic,
         record.alert_id.as_bytes(),
         &payload,
         headers,
         shutdown,
-    )
-    .await
+    );
+    // Refused for good (logged with the broker's reason): not recorded, so nothing is changed.
+    sent.await == kafka::Sent::Durable
 }
 
 /// The record of answered alerts (the actions topic) must outlast `remediate.max_alert_age`:

@@ -133,10 +133,19 @@ impl Run {
     }
 
     /// A command for one of the binaries with this run's environment; logs go to a file.
+    /// Settings named (comma-separated) in `TRAILGUARD_TEST_DROP_ENV` are left out, so today's
+    /// tests can run against an older build that does not know them.
     pub fn command(&self, binary: &str, args: &[&str]) -> Result<Command> {
         let dir = PathBuf::from(env("TRAILGUARD_TEST_BIN_DIR")?);
+        let dropped = std::env::var("TRAILGUARD_TEST_DROP_ENV").unwrap_or_default();
+        let dropped: Vec<&str> = dropped.split(',').map(str::trim).collect();
         let mut cmd = Command::new(dir.join(binary));
-        cmd.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.args(args).envs(
+            self.env
+                .iter()
+                .filter(|(k, _)| !dropped.contains(&k.as_str()))
+                .map(|(k, v)| (k, v)),
+        );
         Ok(cmd)
     }
 
@@ -665,9 +674,10 @@ pub fn burst_file(users: usize) -> Result<PathBuf> {
 /// of forwarding it: `Some((status, code))`.
 pub type FaultRule = Box<dyn FnMut(&str) -> Option<(u16, &'static str)> + Send>;
 
-/// An AWS-API server in front of moto that answers some query-protocol requests (IAM, STS)
-/// with the error a rule picks — a 503 `ServiceUnavailable`, a 403 `AccessDenied` — and
-/// forwards the rest. Returns its endpoint URL.
+/// An AWS-API server in front of moto that answers some requests with the error a rule picks —
+/// a 503 `ServiceUnavailable`, a 403 `AccessDenied` — and forwards the rest. The rule sees
+/// `METHOD PATH?QUERY`, a newline and the body; errors take the query protocol's form (IAM, STS)
+/// when the body is a query-protocol form, else S3's. Returns its endpoint URL.
 pub async fn faulty_aws(rule: FaultRule) -> Result<String> {
     use axum::body::Bytes;
     use axum::extract::State;
@@ -681,16 +691,26 @@ pub async fn faulty_aws(rule: FaultRule) -> Result<String> {
         headers: HeaderMap,
         body: Bytes,
     ) -> Response {
-        let text = String::from_utf8_lossy(&body).into_owned();
+        let body_text = String::from_utf8_lossy(&body).into_owned();
+        let text = format!(
+            "{method} {}\n{body_text}",
+            uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        );
         let fault = match shared.0.lock() {
             Ok(mut rule) => rule(&text),
             Err(_) => Some((500, "InternalFailure")),
         };
         if let Some((status, code)) = fault {
             let kind = if status >= 500 { "Receiver" } else { "Sender" };
-            let xml = format!(
-                "<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code><Message>injected by the test</Message></Error><RequestId>fault</RequestId></ErrorResponse>"
-            );
+            let xml = if body_text.contains("Action=") {
+                format!(
+                    "<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code><Message>injected by the test</Message></Error><RequestId>fault</RequestId></ErrorResponse>"
+                )
+            } else {
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message><RequestId>fault</RequestId></Error>"
+                )
+            };
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return (status, [("content-type", "text/xml")], xml).into_response();
         }
@@ -799,4 +819,40 @@ pub async fn active_keys(client: &aws_sdk_iam::Client, name: &str) -> Result<usi
         .iter()
         .filter(|k| k.status() == Some(&aws_sdk_iam::types::StatusType::Active))
         .count())
+}
+
+/// A plain HTTP GET of `path` on `addr` (an admin endpoint): the whole response, headers first.
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// The admin address a service logged (JSON logs).
+pub fn admin_addr(log: &str) -> Option<String> {
+    log.lines()
+        .filter(|l| l.contains("admin endpoint"))
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| {
+            v.get("addr")
+                .or(v["fields"].get("addr"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        })
+}
+
+/// The value of one sample in a Prometheus text scrape, e.g.
+/// `trailguard_ingest_records_read_total{source="s3"}`; `None` when absent.
+pub fn sample_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use trailguard_common::config::TopicRole;
-use trailguard_tests::{repo, Run};
+use trailguard_tests::{admin_addr, http_get, repo, Run};
 
 /// The binaries the image carries.
 const BINARIES: [&str; 3] = ["ingest", "detect", "remediate"];
@@ -925,29 +925,6 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         rest = &tail[end..];
     }
     names
-}
-
-fn http_get(addr: &str, path: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    Ok(body)
-}
-
-/// The admin address a service logged (JSON logs).
-fn admin_addr(log: &str) -> Option<String> {
-    log.lines()
-        .filter(|l| l.contains("admin endpoint"))
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .and_then(|v| {
-            v.get("addr")
-                .or(v["fields"].get("addr"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
 }
 
 /// Names of the metric families a scrape exposes (histograms also as their series names).

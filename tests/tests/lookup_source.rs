@@ -148,13 +148,13 @@ async fn pages_throttling_pace_and_overlap() -> Result<()> {
         "backfill window {start}..{end}"
     );
 
-    // The second run starts at the checkpoint minus the 15-minute overlap.
+    // The second run starts at the checkpoint minus the 30-minute overlap.
     let second = tokio::task::block_in_place(|| ingest(&run))?;
     assert_eq!(second["api_calls"], 3, "{second}");
     let calls = stub.lock().map(|s| s.calls.clone()).unwrap_or_default();
     let second_start = calls[4].1["StartTime"].as_f64().unwrap_or_default();
     assert!(
-        (end - 900.0 - second_start).abs() < 2.0,
+        (end - 1800.0 - second_start).abs() < 2.0,
         "second window starts at {second_start}, first ended {end}"
     );
     Ok(())

@@ -42,7 +42,22 @@ async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>
 }
 
 fn ingest_s3(run: &Run, bucket: &str, extra: &[&str]) -> Result<Value> {
-    let endpoint = trailguard_tests::aws_endpoint()?;
+    let out = ingest_s3_at(run, bucket, &trailguard_tests::aws_endpoint()?, extra)?;
+    ensure!(
+        out.status.success(),
+        "ingest s3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `ingest s3 --once` against the AWS endpoint `endpoint`, whatever its outcome.
+fn ingest_s3_at(
+    run: &Run,
+    bucket: &str,
+    endpoint: &str,
+    extra: &[&str],
+) -> Result<std::process::Output> {
     let mut args = vec![
         "s3",
         "--once",
@@ -53,16 +68,10 @@ fn ingest_s3(run: &Run, bucket: &str, extra: &[&str]) -> Result<Value> {
         "--prefix",
         "trail/",
         "--aws-endpoint",
-        endpoint.as_str(),
+        endpoint,
     ];
     args.extend_from_slice(extra);
-    let out = run.command("ingest", &args)?.output()?;
-    ensure!(
-        out.status.success(),
-        "ingest s3 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    Ok(run.command("ingest", &args)?.output()?)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -365,5 +374,174 @@ async fn resumes_after_a_kill() -> Result<()> {
         .filter_map(|a| a["id"].as_str().map(str::to_string))
         .collect();
     assert_eq!(ids.len(), FILES * PER_FILE, "every record of every file");
+    Ok(())
+}
+
+/// CloudTrail does not deliver in key order: a file named for an earlier minute, or for the
+/// day before, can appear after later files were read. Each is read, once, and counted late.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_delivered_out_of_order_are_read_once() -> Result<()> {
+    let run = Run::new("s3-late")?;
+    let bucket = format!("late-{}", &run.id[run.id.len() - 12..]);
+    let client = s3().await?;
+    client.create_bucket().bucket(&bucket).send().await?;
+    let at = |day: &str, time: &str| key("trail/AWSLogs/", "111111111111", "us-east-1", day, time);
+    put(
+        &client,
+        &bucket,
+        &at("2024/01/02", "20240102T0005Z"),
+        log_file("111111111111", "us-east-1", 3, "now")?,
+    )
+    .await?;
+    let first = tokio::task::block_in_place(|| ingest_s3(&run, &bucket, &[]))?;
+    assert_eq!(first["published"], 3, "{first}");
+
+    // An earlier minute of the same day, and the previous day's last file.
+    put(
+        &client,
+        &bucket,
+        &at("2024/01/02", "20240102T0004Z"),
+        log_file("111111111111", "us-east-1", 2, "minute")?,
+    )
+    .await?;
+    put(
+        &client,
+        &bucket,
+        &at("2024/01/01", "20240101T2359Z"),
+        log_file("111111111111", "us-east-1", 4, "day")?,
+    )
+    .await?;
+    let second = tokio::task::block_in_place(|| ingest_s3(&run, &bucket, &[]))?;
+    assert_eq!(second["published"], 6, "{second}");
+    assert_eq!(second["inputs_read"], 2, "{second}");
+    assert_eq!(second["late_inputs"], 2, "{second}");
+
+    let third = tokio::task::block_in_place(|| ingest_s3(&run, &bucket, &[]))?;
+    assert_eq!(third["inputs_read"], 0, "each file once: {third}");
+    let all = tokio::task::block_in_place(|| {
+        read_topic(
+            &run.topic("activities"),
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+            |r| r.len() >= 9,
+        )
+    })?;
+    assert_eq!(all.len(), 9);
+    Ok(())
+}
+
+/// Why an object could not be read is judged by the error's code, never by its text (which
+/// names the key): a throttled object whose key contains `AccessDenied` is tried again, and so
+/// is an object refused for want of permission — until it has been refused for longer than
+/// `s3.retry_denied_for`, when it is dead-lettered and the stream moves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_objects_are_retried_by_code() -> Result<()> {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Arc;
+    let run = Run::new("s3-unreadable")?;
+    let bucket = format!("unread-{}", &run.id[run.id.len() - 12..]);
+    let client = s3().await?;
+    client.create_bucket().bucket(&bucket).send().await?;
+    let at = |time: &str, unique: &str| {
+        key(
+            "trail/AWSLogs/",
+            "111111111111",
+            "us-east-1",
+            "2024/01/01",
+            time,
+        )
+        .replace("_x.json.gz", &format!("_{unique}.json.gz"))
+    };
+    put(
+        &client,
+        &bucket,
+        &at("20240101T0000Z", "AccessDenied"),
+        log_file("111111111111", "us-east-1", 3, "named")?,
+    )
+    .await?;
+    put(
+        &client,
+        &bucket,
+        &at("20240101T0005Z", "b"),
+        log_file("111111111111", "us-east-1", 2, "denied")?,
+    )
+    .await?;
+    // 0: no faults; 1: both objects fail; 2: only the second.
+    let faults = Arc::new(AtomicU8::new(1));
+    let mode = faults.clone();
+    let endpoint = trailguard_tests::faulty_aws(Box::new(move |request: &str| {
+        let mode = mode.load(Ordering::SeqCst);
+        if mode == 0 || !request.starts_with("GET ") || request.contains("list-type") {
+            return None;
+        }
+        if mode == 1 && request.contains("_AccessDenied.json.gz") {
+            return Some((503, "SlowDown"));
+        }
+        if request.contains("_b.json.gz") {
+            return Some((403, "AccessDenied"));
+        }
+        None
+    }))
+    .await?;
+
+    // Throttled, then refused: the run fails, nothing is skipped or dead-lettered.
+    let first = tokio::task::block_in_place(|| ingest_s3_at(&run, &bucket, &endpoint, &[]))?;
+    ensure!(
+        !first.status.success(),
+        "a throttled object must be tried again, not skipped"
+    );
+    let dlq = run.topic("dlq");
+    assert_eq!(
+        trailguard_tests::topic_end(&dlq)?,
+        0,
+        "nothing dead-lettered"
+    );
+    faults.store(0, Ordering::SeqCst);
+    let second = tokio::task::block_in_place(|| ingest_s3_at(&run, &bucket, &endpoint, &[]))?;
+    ensure!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let second: Value = serde_json::from_slice(&second.stdout)?;
+    assert_eq!(
+        second["published"], 5,
+        "both files, once the faults cleared: {second}"
+    );
+
+    // Refused for longer than the retry period: dead-lettered, naming the object.
+    let mut patient = Run::new("s3-unreadable-old")?;
+    patient
+        .env
+        .push(("TRAILGUARD_S3__RETRY_DENIED_FOR".into(), "1s".into()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    faults.store(2, Ordering::SeqCst);
+    let third = tokio::task::block_in_place(|| ingest_s3_at(&patient, &bucket, &endpoint, &[]))?;
+    ensure!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    let third: Value = serde_json::from_slice(&third.stdout)?;
+    assert_eq!(third["published"], 3, "{third}");
+    let letters = tokio::task::block_in_place(|| {
+        read_topic(
+            &patient.topic("dlq"),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            |r| !r.is_empty(),
+        )
+    })?;
+    let reason = letters[0]
+        .headers
+        .iter()
+        .find(|(k, _)| *k == "trailguard.reason")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("_b.json.gz") && reason.contains("AccessDenied"),
+        "{reason}"
+    );
+    assert_eq!(letters.len(), 1, "only the refused object");
     Ok(())
 }

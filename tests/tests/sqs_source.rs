@@ -151,3 +151,116 @@ async fn notifications_are_read_deleted_or_dead_lettered() -> Result<()> {
     );
     Ok(())
 }
+
+/// Scrapes a running `ingest` until `series` reaches `at_least`; returns the scrape.
+async fn scrape_until(
+    service: &trailguard_tests::Service,
+    series: &str,
+    at_least: f64,
+) -> Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let log = service.log();
+        if let Some(scrape) = trailguard_tests::admin_addr(&log)
+            .and_then(|addr| trailguard_tests::http_get(&addr, "/metrics").ok())
+        {
+            if trailguard_tests::sample_value(&scrape, series).is_some_and(|v| v >= at_least) {
+                return Ok(scrape);
+            }
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{series} never reached {at_least}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Records read from S3 and SQS are counted under their own source, with their bytes, not
+/// under `files`.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_are_counted_under_their_source() -> Result<()> {
+    let run = Run::new("sqs-metrics")?;
+    let name = format!("count-{}", &run.id[run.id.len() - 12..]);
+    let s3 = s3().await?;
+    s3.create_bucket().bucket(&name).send().await?;
+    let key = "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/01/111111111111_CloudTrail_us-east-1_20240101T0000Z_m.json.gz";
+    s3.put_object()
+        .bucket(&name)
+        .key(key)
+        .body(log_file(5, "m")?.into())
+        .send()
+        .await?;
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(trailguard_tests::aws_endpoint()?)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&shared);
+    let queue = sqs
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await?
+        .queue_url()
+        .context("queue url")?
+        .to_string();
+    let body = json!({"s3Bucket": name, "s3ObjectKey": [key]}).to_string();
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(body)
+        .send()
+        .await?;
+    let endpoint = trailguard_tests::aws_endpoint()?;
+    let admin = [
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--aws-endpoint",
+        endpoint.as_str(),
+    ];
+    for (source, args) in [
+        ("sqs", vec!["sqs", "--queue-url", queue.as_str()]),
+        ("s3", vec!["s3", "--bucket", name.as_str()]),
+    ] {
+        let log = std::env::temp_dir().join(format!("{}-{source}.log", run.id));
+        let file = std::fs::File::create(&log)?;
+        let mut all = args.clone();
+        all.extend_from_slice(&admin);
+        let mut ingest = trailguard_tests::Service {
+            child: run
+                .command("ingest", &all)?
+                .stdin(std::process::Stdio::null())
+                .stdout(file.try_clone()?)
+                .stderr(file)
+                .spawn()?,
+            log,
+        };
+        let read = format!("trailguard_ingest_records_read_total{{source=\"{source}\"}}");
+        let scrape = scrape_until(&ingest, &read, 5.0).await?;
+        let bytes = format!("trailguard_ingest_read_bytes_total{{source=\"{source}\"}}");
+        assert!(
+            trailguard_tests::sample_value(&scrape, &bytes).is_some_and(|b| b > 0.0),
+            "{bytes}: {scrape}"
+        );
+        let inputs = format!("trailguard_ingest_inputs_total{{result=\"ok\",source=\"{source}\"}}");
+        assert_eq!(
+            trailguard_tests::sample_value(&scrape, &inputs),
+            Some(1.0),
+            "{scrape}"
+        );
+        for files in [
+            "trailguard_ingest_records_read_total{source=\"files\"}",
+            "trailguard_ingest_read_bytes_total{source=\"files\"}",
+        ] {
+            assert!(
+                trailguard_tests::sample_value(&scrape, files).unwrap_or(0.0) == 0.0,
+                "{files} counted {source}'s records: {scrape}"
+            );
+        }
+        ingest.stop("-TERM")?;
+    }
+    Ok(())
+}

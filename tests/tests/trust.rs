@@ -662,6 +662,7 @@ async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
             response_elements: None,
             additional_event_data: None,
             enrichment: Default::default(),
+            trimmed: Vec::new(),
         };
         produce(
             &run.topic("signin-failures"),

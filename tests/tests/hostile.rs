@@ -1,0 +1,467 @@
+//! Hostile and broken inputs through the `ingest` binary and the real broker: each has a clear
+//! outcome (published, or dead-lettered with its kind and where it was), nothing good around it
+//! is lost, no input panics the process, and memory stays bounded. Inputs are generated here:
+//! deep JSON, a 200 MB record, bytes that are not UTF-8, NUL bytes, `1e999999`, duplicate keys,
+//! a 1 MB `eventName`, a far-future time, records without ids, a launch of 1,200 instances,
+//! a decompression bomb, a truncated gzip, symbolic-link loops, stdin that is not JSON, and
+//! 10⁵ source addresses for one principal.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use trailguard_tests::{read_topic, Record, Run};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// A valid CloudTrail record of `name` by user `user`, with `extra` fields merged in.
+fn record(id: &str, name: &str, extra: Value) -> Value {
+    let mut r = json!({
+        "eventVersion": "1.08", "eventTime": "2024-01-01T00:00:00Z",
+        "eventSource": "iam.amazonaws.com", "eventName": name, "awsRegion": "us-east-1",
+        "sourceIPAddress": "198.51.100.1", "eventID": id, "recipientAccountId": "111122223333",
+        "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/u", "accountId": "111122223333", "userName": "u"}
+    });
+    if let (Some(r), Some(extra)) = (r.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            r.insert(k.clone(), v.clone());
+        }
+    }
+    r
+}
+
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(bytes)?;
+    Ok(gz.finish()?)
+}
+
+/// How `ingest files` ended, what it printed, and its peak resident memory.
+struct Outcome {
+    status: std::process::ExitStatus,
+    summary: Value,
+    stderr: String,
+    peak_rss_mb: u64,
+}
+
+/// Runs `ingest files --summary json ARGS`, watching its peak resident memory (VmHWM) until
+/// it exits; `stdin` is fed to it when given.
+fn ingest(run: &Run, args: &[&str], stdin: Option<&Path>) -> Result<Outcome> {
+    let log = std::env::temp_dir().join(format!("{}-ingest-{}.log", run.id, std::process::id()));
+    let mut all = vec!["files", "--summary", "json"];
+    all.extend_from_slice(args);
+    let mut command = run.command("ingest", &all)?;
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log)?);
+    match stdin {
+        Some(path) => command.stdin(std::fs::File::open(path)?),
+        None => command.stdin(std::process::Stdio::null()),
+    };
+    let mut child = command.spawn()?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file) {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak_kb = peak_kb.max(kb);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        ensure!(Instant::now() < deadline, "ingest did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut stdout)?;
+    }
+    Ok(Outcome {
+        status,
+        summary: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stderr: std::fs::read_to_string(&log).unwrap_or_default(),
+        peak_rss_mb: peak_kb / 1024,
+    })
+}
+
+fn header<'a>(record: &'a Record, name: &str) -> &'a str {
+    record.headers.get(name).map(String::as_str).unwrap_or("")
+}
+
+/// Dead letters by (kind, index).
+fn dead_letters(run: &Run, expected: usize) -> Result<Vec<Record>> {
+    read_topic(&run.topic("dlq"), TIMEOUT, SETTLE, |r| r.len() >= expected)
+}
+
+fn activities(run: &Run, expected: usize) -> Result<Vec<Value>> {
+    let records = read_topic(&run.topic("activities"), TIMEOUT, SETTLE, |r| {
+        r.len() >= expected
+    })?;
+    records
+        .iter()
+        .map(|r| Ok(serde_json::from_slice(&r.value)?))
+        .collect()
+}
+
+/// One NDJSON file of hostile records between good ones: each hostile line is dead-lettered
+/// with its kind and line, or published in a form detection can use; every good line is
+/// published.
+#[test]
+fn hostile_records_cost_only_themselves() -> Result<()> {
+    let run = Run::new("hostile-records")?;
+    let dir = tempfile::tempdir()?;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let future = chrono::Utc::now() + chrono::Duration::days(3650);
+    let no_id = |ip: &str| {
+        let mut r = record(
+            "",
+            "ConsoleLogin",
+            json!({
+            "eventSource": "signin.amazonaws.com", "eventType": "AwsConsoleSignIn",
+            "sourceIPAddress": ip, "responseElements": {"ConsoleLogin": "Failure"},
+            "errorMessage": "Failed authentication"}),
+        );
+        if let Some(o) = r.as_object_mut() {
+            o.remove("eventID");
+        }
+        r.to_string()
+    };
+    let launch = record(
+        "launch",
+        "RunInstances",
+        json!({
+            "eventSource": "ec2.amazonaws.com",
+            "requestParameters": {"instancesSet": {"items": [{"imageId": "ami-1", "minCount": 1200, "maxCount": 1200}]}},
+            "responseElements": {"instancesSet": {"items": (0..1200).map(|i| json!({
+                "instanceId": format!("i-{i:017x}"), "instanceType": "m5.large",
+                "networkInterfaceSet": {"items": [{"networkInterfaceId": "eni-1", "description": "d".repeat(300)}]},
+                "tagSet": {"items": [{"key": "k", "value": "v".repeat(400)}]}
+            })).collect::<Vec<_>>()}}
+        }),
+    );
+    let lines: Vec<Vec<u8>> = vec![
+        record("good-1", "ListUsers", json!({})).to_string().into_bytes(),
+        // 2: nested 100,000 deep inside the parameters.
+        format!(r#"{{"eventVersion":"1.08","eventTime":"2024-01-01T00:00:00Z","eventSource":"iam.amazonaws.com","eventName":"X","eventID":"deep","userIdentity":{{"type":"Root"}},"requestParameters":{deep}}}"#).into_bytes(),
+        // 3: a byte that is not UTF-8.
+        b"{\"eventName\":\"\xff\xfe\",\"eventSource\":\"iam.amazonaws.com\"}".to_vec(),
+        // 4: a raw NUL inside a string.
+        b"{\"eventName\":\"a\x00b\",\"eventSource\":\"iam.amazonaws.com\"}".to_vec(),
+        // 5: a number no float holds.
+        record("big-number", "X", json!({})).to_string().replace("\"X\"", "\"X\",\"requestParameters\":{\"n\":1e999999}").into_bytes(),
+        // 6: a duplicate top-level key.
+        record("dup", "ListUsers", json!({})).to_string().replacen('{', "{\"eventName\":\"DeleteUser\",", 1).into_bytes(),
+        // 7: a 1 MB event name.
+        record("long-name", &"A".repeat(1 << 20), json!({})).to_string().into_bytes(),
+        // 8: ten years ahead.
+        record("future", "DeleteTrail", json!({"eventTime": future.to_rfc3339()})).to_string().into_bytes(),
+        // 9, 10: two failed sign-ins without ids, alike in every field.
+        no_id("203.0.113.9").into_bytes(),
+        no_id("203.0.113.9").into_bytes(),
+        // 11: a launch too large for one message.
+        launch.to_string().into_bytes(),
+        // 12: a depth-100,000 array as the record itself.
+        deep.clone().into_bytes(),
+        record("good-2", "ListRoles", json!({})).to_string().into_bytes(),
+    ];
+    let path = dir.path().join("hostile.jsonl");
+    std::fs::write(&path, lines.join(&b'\n'))?;
+    let out = ingest(&run, &[path.to_str().context("path")?], None)?;
+    ensure!(out.status.success(), "ingest failed: {}", out.stderr);
+    ensure!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    let dlq = dead_letters(&run, 8)?;
+    let got: BTreeMap<String, String> = dlq
+        .iter()
+        .map(|r| {
+            (
+                header(r, "trailguard.index").to_string(),
+                header(r, "trailguard.error_kind").to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = [
+        ("2", "malformed_record"),
+        ("3", "invalid_utf8"),
+        ("4", "invalid_json"),
+        ("5", "malformed_record"),
+        ("6", "malformed_record"),
+        ("7", "too_large"),
+        ("8", "bad_event_time"),
+        ("12", "malformed_record"),
+    ]
+    .into_iter()
+    .map(|(i, k)| (i.to_string(), k.to_string()))
+    .collect();
+    assert_eq!(got, expected, "{}", out.summary);
+    for letter in &dlq {
+        assert!(header(letter, "trailguard.source").ends_with("hostile.jsonl"));
+        assert!(!header(letter, "trailguard.reason").is_empty());
+    }
+    // The 1 MB name is too large even trimmed: its dead letter points at the file and line.
+    let long = dlq
+        .iter()
+        .find(|r| header(r, "trailguard.index") == "7")
+        .context("line 7")?;
+    assert_eq!(header(long, "trailguard.pointer"), "true");
+    let pointer: Value = serde_json::from_slice(&long.value)?;
+    assert!(
+        pointer["pointer"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("hostile.jsonl")),
+        "{pointer}"
+    );
+    assert_eq!(pointer["index"], 7);
+
+    let published = activities(&run, 5)?;
+    let names: Vec<&str> = published
+        .iter()
+        .filter_map(|a| a["event_name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    for name in ["ListUsers", "ListRoles", "RunInstances"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    // Both sign-in failures, though alike: they arrived apart.
+    assert_eq!(names.iter().filter(|n| **n == "ConsoleLogin").count(), 2);
+    // The launch, trimmed to fit, still counts its instances.
+    let launch = published
+        .iter()
+        .find(|a| a["event_name"] == "RunInstances")
+        .context("launch")?;
+    assert_eq!(
+        launch["trimmed"][0],
+        "responseElements: nested detail removed"
+    );
+    assert_eq!(
+        launch["response_elements"]["instancesSet"]["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(1200)
+    );
+    Ok(())
+}
+
+/// A gzip bomb (1 GB of spaces after a valid record, about 1 MB compressed) is cut off at the
+/// bomb limit: the record before it is published, the file dead-lettered as `too_large`, and
+/// memory stays under 200 MB. A truncated gzip gives the records before the break.
+#[test]
+fn bombs_and_truncated_gzip_are_bounded() -> Result<()> {
+    let run = Run::new("hostile-gzip")?;
+    let dir = tempfile::tempdir()?;
+    // Gzip members concatenate: one member of 1 MB of spaces, repeated, is 1 GB decompressed.
+    let head = gzip(
+        format!(
+            "{{\"Records\":[{},",
+            record("before-bomb", "ListUsers", json!({}))
+        )
+        .as_bytes(),
+    )?;
+    let spaces = gzip(&vec![b' '; 1 << 20])?;
+    let mut bomb = head;
+    for _ in 0..1024 {
+        bomb.extend_from_slice(&spaces);
+    }
+    bomb.extend(gzip(b"]}")?);
+    ensure!(bomb.len() < 2 << 20, "bomb of {} bytes", bomb.len());
+    let bomb_path = dir.path().join("bomb.json.gz");
+    std::fs::write(&bomb_path, &bomb)?;
+    let out = ingest(&run, &[bomb_path.to_str().context("path")?], None)?;
+    ensure!(out.status.success(), "{}", out.stderr);
+    assert!(out.peak_rss_mb < 200, "peak RSS {} MB", out.peak_rss_mb);
+    assert_eq!(out.summary["published"], 1, "{}", out.summary);
+    let dlq = dead_letters(&run, 1)?;
+    assert_eq!(header(&dlq[0], "trailguard.error_kind"), "too_large");
+    assert!(
+        header(&dlq[0], "trailguard.reason").contains("bomb"),
+        "{}",
+        header(&dlq[0], "trailguard.reason")
+    );
+
+    let cut_run = Run::new("hostile-cut")?;
+    let many: Vec<String> = (0..3000)
+        .map(|i| record(&format!("cut-{i}"), "ListUsers", json!({})).to_string())
+        .collect();
+    let whole = gzip(format!("{{\"Records\":[{}]}}", many.join(",")).as_bytes())?;
+    let cut_path = dir.path().join("cut.json.gz");
+    std::fs::write(&cut_path, &whole[..whole.len() / 2])?;
+    let out = ingest(&cut_run, &[cut_path.to_str().context("path")?], None)?;
+    ensure!(out.status.success(), "{}", out.stderr);
+    let published = out.summary["published"].as_u64().unwrap_or_default();
+    assert!(published > 100 && published < 3000, "{}", out.summary);
+    let dlq = dead_letters(&cut_run, 1)?;
+    assert_eq!(header(&dlq[0], "trailguard.error_kind"), "bad_gzip");
+    assert!(
+        header(&dlq[0], "trailguard.reason").contains(&format!("{published} records before it")),
+        "{}",
+        header(&dlq[0], "trailguard.reason")
+    );
+    Ok(())
+}
+
+/// A 200 MB single-line record is dead-lettered unparsed, as a pointer naming its file and
+/// line; the records around it are published.
+#[test]
+fn a_huge_record_is_refused_unparsed() -> Result<()> {
+    let run = Run::new("hostile-huge")?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("huge.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    writeln!(file, "{}", record("a", "ListUsers", json!({})))?;
+    write!(
+        file,
+        r#"{{"eventName":"X","eventSource":"iam.amazonaws.com","requestParameters":{{"a":""#
+    )?;
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..200 {
+        file.write_all(&chunk)?;
+    }
+    writeln!(file, r#""}}}}"#)?;
+    writeln!(file, "{}", record("b", "ListRoles", json!({})))?;
+    file.flush()?;
+    drop(file);
+    let out = ingest(&run, &[path.to_str().context("path")?], None)?;
+    ensure!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.summary["published"], 2, "{}", out.summary);
+    // The file is read whole (200 MB); nothing is parsed or copied from the huge line.
+    assert!(out.peak_rss_mb < 400, "peak RSS {} MB", out.peak_rss_mb);
+    let dlq = dead_letters(&run, 1)?;
+    assert_eq!(header(&dlq[0], "trailguard.error_kind"), "too_large");
+    assert_eq!(header(&dlq[0], "trailguard.index"), "2");
+    let pointer: Value = serde_json::from_slice(&dlq[0].value)?;
+    assert!(
+        pointer["pointer"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("huge.jsonl")),
+        "{pointer}"
+    );
+    Ok(())
+}
+
+/// stdin that is not CloudTrail JSON is kept whole on the dead-letter topic, in parts when it is
+/// larger than one message, and the run fails.
+#[test]
+fn unreadable_stdin_is_kept_in_parts_and_fails_the_run() -> Result<()> {
+    let run = Run::new("hostile-stdin")?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("stdin.txt");
+    let mut text = String::from("{ this is not json ");
+    while text.len() < 2_500_000 {
+        text.push_str("and it goes on for a while; ");
+    }
+    std::fs::write(&path, &text)?;
+    let out = ingest(&run, &["-"], Some(&path))?;
+    ensure!(!out.status.success(), "must fail: {}", out.stderr);
+    ensure!(out.status.code() != Some(101), "panicked: {}", out.stderr);
+    assert!(out.stderr.contains("stdin"), "{}", out.stderr);
+    let dlq = dead_letters(&run, 3)?;
+    assert_eq!(dlq.len(), 3, "2.5 MB in parts of at most 900 kB");
+    let mut kept = Vec::new();
+    for (i, part) in dlq.iter().enumerate() {
+        assert_eq!(header(part, "trailguard.source"), "stdin");
+        assert_eq!(header(part, "trailguard.part"), (i + 1).to_string());
+        assert_eq!(header(part, "trailguard.parts"), "3");
+        kept.extend_from_slice(&part.value);
+    }
+    assert_eq!(kept, text.as_bytes(), "the parts are the input");
+    Ok(())
+}
+
+/// Symbolic links in a directory walk are followed; a loop is counted as skipped, a link to
+/// nothing dead-lettered by name — never silently ignored.
+#[test]
+fn symbolic_links_are_followed_and_loops_counted() -> Result<()> {
+    let run = Run::new("hostile-links")?;
+    let logs = tempfile::tempdir()?;
+    std::fs::write(
+        logs.path().join("real.json"),
+        json!({"Records": [record("linked", "ListUsers", json!({}))]}).to_string(),
+    )?;
+    let tree = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(logs.path().join("real.json"), tree.path().join("a.json"))?;
+    std::os::unix::fs::symlink(tree.path(), tree.path().join("loop"))?;
+    let out = ingest(&run, &[tree.path().to_str().context("path")?], None)?;
+    ensure!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.summary["published"], 1, "{}", out.summary);
+    assert_eq!(
+        out.summary["inputs_skipped"], 1,
+        "the loop: {}",
+        out.summary
+    );
+    Ok(())
+}
+
+/// 10⁵ distinct source addresses for one principal: every activity is published, and detect,
+/// whose per-principal state is bounded, evaluates them all in bounded memory.
+#[test]
+fn a_hundred_thousand_addresses_for_one_principal() -> Result<()> {
+    let run = Run::new("hostile-addresses")?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("addresses.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let n = 100_000;
+    for i in 0..n {
+        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        let time = format!(
+            "2024-01-01T{:02}:{:02}:{:02}Z",
+            (i / 3600) % 24,
+            (i / 60) % 60,
+            i % 60
+        );
+        let r = record(
+            &format!("addr-{i}"),
+            "GetUser",
+            json!({"sourceIPAddress": ip, "eventTime": time}),
+        );
+        writeln!(file, "{r}")?;
+    }
+    file.flush()?;
+    drop(file);
+    let out = ingest(&run, &[path.to_str().context("path")?], None)?;
+    ensure!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.summary["published"], n, "{}", out.summary);
+    let mut detect = run.spawn("detect", &[])?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut peak_mb = 0;
+    loop {
+        let log = detect.log();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", detect.child.id()))?;
+        if let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak_mb = kb / 1024;
+        }
+        let evaluated = trailguard_tests::admin_addr(&log)
+            .and_then(|addr| trailguard_tests::http_get(&addr, "/metrics").ok())
+            .and_then(|m| {
+                trailguard_tests::sample_value(
+                    &m,
+                    "trailguard_detect_activities_total{result=\"evaluated\"}",
+                )
+            })
+            .unwrap_or(0.0);
+        if evaluated as u64 >= n {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "detect evaluated {evaluated} of {n}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(peak_mb < 300, "detect's peak RSS {peak_mb} MB");
+    detect.stop("-TERM")?;
+    Ok(())
+}

@@ -295,7 +295,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             flags["aws"] = json!({ "endpoint_url": endpoint, "force_path_style": true });
         }
     }
-    let cfg: IngestConfig = config::load(&IngestConfig::default(), cli.config.as_deref(), &flags)?;
+    let mut cfg: IngestConfig =
+        config::load(&IngestConfig::default(), cli.config.as_deref(), &flags)?;
     cfg.validate()?;
     if cli.check_config {
         config::print_redacted(&cfg)?;
@@ -315,7 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_progress,
         } => {
             let (producer, _health) =
-                start(&cfg, registry, admin_listen.is_some(), &shutdown).await?;
+                start(&mut cfg, registry, admin_listen.is_some(), &shutdown).await?;
             let mut publisher = Publisher::new(producer, &cfg, "files", metrics);
             let inputs: Vec<Input> = paths.iter().map(|p| Input::parse(p)).collect();
             let progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -326,7 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Inventory { summary, .. } => {
             cfg.aws.validate()?;
-            let (producer, _health) = start(&cfg, registry, false, &shutdown).await?;
+            let (producer, _health) = start(&mut cfg, registry, false, &shutdown).await?;
             let mut publisher = Publisher::new(producer, &cfg, "inventory", metrics);
             let accounts = cfg.aws.accounts().await?;
             let result = inventory::run(&cfg.aws, &accounts, &mut publisher, &shutdown).await?;
@@ -337,7 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::S3 { args, summary, .. } => {
             cfg.s3.validate()?;
             cfg.aws.validate()?;
-            let (producer, health) = start(&cfg, registry, !args.once, &shutdown).await?;
+            let (producer, health) = start(&mut cfg, registry, !args.once, &shutdown).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
             periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "s3", metrics);
@@ -366,7 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lookup { args, summary, .. } => {
             cfg.lookup.validate()?;
             cfg.aws.validate()?;
-            let (producer, health) = start(&cfg, registry, !args.once, &shutdown).await?;
+            let (producer, health) = start(&mut cfg, registry, !args.once, &shutdown).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
             periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "lookup", metrics);
@@ -395,7 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sqs { args, summary, .. } => {
             cfg.sqs.validate()?;
             cfg.aws.validate()?;
-            let (producer, _health) = start(&cfg, registry, !args.once, &shutdown).await?;
+            let (producer, _health) = start(&mut cfg, registry, !args.once, &shutdown).await?;
             periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);
             let s3_client = trailguard_common::aws::s3_client(&cfg.aws).await;
@@ -493,7 +494,7 @@ fn periodic_inventory(
 
 /// What every source starts with: the admin endpoint (when asked), its topics, a producer.
 async fn start(
-    cfg: &IngestConfig,
+    cfg: &mut IngestConfig,
     registry: prometheus::Registry,
     serve_admin: bool,
     shutdown: &tokio_util::sync::CancellationToken,
@@ -506,5 +507,41 @@ async fn start(
     kafka::ensure_topics(&cfg.kafka, &[TopicRole::Activities, TopicRole::Dlq])
         .await
         .context("creating topics")?;
+    fit_to_broker(cfg).await;
     Ok((kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?, health))
+}
+
+/// Fits what ingest publishes to the largest record its topics take (`max.message.bytes`, as
+/// the broker says): activities are trimmed, and dead letters become pointers, below it, and
+/// the producer's batches stay under it — so the broker never refuses a record for its size,
+/// which would otherwise fail the run. Unchanged when the broker does not say.
+async fn fit_to_broker(cfg: &mut IngestConfig) {
+    let mut limit: Option<usize> = None;
+    for topic in [&cfg.kafka.topics.activities, &cfg.kafka.topics.dlq] {
+        let setting = kafka::topic_setting(&cfg.kafka, topic, "max.message.bytes").await;
+        match setting.ok().flatten().and_then(|v| v.parse::<usize>().ok()) {
+            Some(bytes) => limit = Some(limit.map_or(bytes, |l| l.min(bytes))),
+            None => {
+                tracing::debug!(%topic, "max.message.bytes not known; the configured limits stand")
+            }
+        }
+    }
+    let Some(limit) = limit else { return };
+    // Room for the key, the headers and the batch's framing.
+    let fits = limit.saturating_sub(16 * 1024).max(1024);
+    if fits < cfg.publish.max_dead_letter_bytes {
+        tracing::warn!(
+            topic_limit = limit,
+            was = cfg.publish.max_dead_letter_bytes,
+            now = fits,
+            "the topics take smaller records than publish.max_dead_letter_bytes: lowered to fit"
+        );
+        cfg.publish.max_dead_letter_bytes = fits;
+    }
+    let batch_set = cfg.kafka.client_settings().any(|(k, _)| k == "batch.size");
+    if !batch_set && limit < 1_000_000 {
+        cfg.kafka
+            .client
+            .insert("batch.size".into(), fits.to_string());
+    }
 }

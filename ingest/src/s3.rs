@@ -611,7 +611,8 @@ async fn stream_object(
     summary: &mut Summary,
 ) -> Result<(), Error> {
     tracing::info!(object = name, size, "streaming a large object");
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4096);
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<String, (crate::split::SplitError, String)>>(4096);
     let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let connection_broke = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = Counting {
@@ -633,15 +634,14 @@ async fn stream_object(
     let mut index = 0usize;
     while let Some(record) = rx.recv().await {
         index += 1;
-        files::process_record(
-            name,
-            index,
-            Ok(&record),
-            record.as_bytes(),
-            publisher,
-            summary,
-        )
-        .await;
+        let (text, bytes) = match &record {
+            Ok(text) => (Ok(text.as_str()), text.as_bytes()),
+            Err((why, text)) => {
+                summary.unparsed += 1;
+                (Err((why.kind(), why.to_string())), text.as_bytes())
+            }
+        };
+        files::process_record(name, index, text, bytes, publisher, summary).await;
     }
     match splitter.await {
         Ok(Ok(_)) => {

@@ -218,7 +218,14 @@ fn salvage<'a>(bytes: &'a [u8], input: &'a [u8], limits: Limits, items: &mut Vec
     });
     let count = records.len();
     for (i, record) in records.into_iter().enumerate() {
-        items.push(record_item(i + 1, Cow::Owned(record), limits));
+        items.push(match record {
+            Ok(text) => record_item(i + 1, Cow::Owned(text), limits),
+            Err((why, text)) => RawItem {
+                index: i + 1,
+                text: Err(why),
+                bytes: Cow::Owned(text.into_bytes()),
+            },
+        });
     }
     let error = match result {
         Ok(_) => return,

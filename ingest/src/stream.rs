@@ -9,15 +9,16 @@ use serde_json::value::RawValue;
 
 use crate::split::{Limits, SplitError};
 
-/// Hands each record of the log file in `reader` to `each` as JSON text, in order; `each`
-/// returns false to stop early. Returns how many records were handed over. A file that breaks
+/// Hands each record of the log file in `reader` to `each` as JSON text, in order — or, for a
+/// record holding bytes that are not UTF-8, the error and its repaired text; `each` returns
+/// false to stop early. Returns how many records were handed over. A file that breaks
 /// off (truncated gzip, invalid JSON) is an error after the records before the break were
 /// handed over; the error says how many. Memory is bounded by `limits`: a record larger than
 /// `max_record`, or a file decompressing past `max_decompressed`, stops there as `TooLarge`.
 pub fn stream_log_file<R: Read>(
     reader: R,
     limits: Limits,
-    mut each: impl FnMut(String) -> bool,
+    mut each: impl FnMut(Result<String, (SplitError, String)>) -> bool,
 ) -> Result<u64, SplitError> {
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
     let gzip = buffered
@@ -26,16 +27,26 @@ pub fn stream_log_file<R: Read>(
         .starts_with(&[0x1f, 0x8b]);
     let mut count = 0u64;
     let since_record = std::rc::Rc::new(std::cell::Cell::new(0u64));
-    let seen = since_record.clone();
+    let repaired = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let (seen, any_repaired) = (since_record.clone(), repaired.clone());
+    let mut index = 0u64;
     let mut each = |record: String| {
         seen.set(0);
-        each(record)
+        index += 1;
+        if any_repaired.get() > 0 && record.as_bytes().contains(&REPAIRED) {
+            let why = SplitError::Utf8(format!(
+                "record {index} holds bytes that are not UTF-8 (each shown as DEL in this dead letter)"
+            ));
+            return each(Err((why, record)));
+        }
+        each(Ok(record))
     };
     let result = if gzip {
         let decoder = Bounded::new(
             flate2::bufread::MultiGzDecoder::new(buffered),
             limits,
             since_record,
+            repaired,
         );
         run(
             BufReader::with_capacity(256 * 1024, decoder),
@@ -44,7 +55,7 @@ pub fn stream_log_file<R: Read>(
         )
     } else {
         run(
-            Bounded::new(buffered, limits, since_record),
+            Bounded::new(buffered, limits, since_record, repaired),
             &mut each,
             &mut count,
         )
@@ -65,27 +76,85 @@ const TOO_LARGE: &str = "beyond the limit";
 
 /// A reader that fails once more than `max_decompressed` bytes came through in all, or more
 /// than `max_record` since the last record was handed over (reset by the caller).
+///
+/// It also repairs bytes that are not UTF-8, in place, as [`REPAIRED`] (counted in `repaired`),
+/// so one bad byte does not stop the parse: the record holding it is handed over as an error.
 struct Bounded<R> {
     inner: R,
     limits: Limits,
     total: u64,
     since_record: std::rc::Rc<std::cell::Cell<u64>>,
+    repaired: std::rc::Rc<std::cell::Cell<u64>>,
+    /// An incomplete UTF-8 sequence at the end of the last read, handed out with the next.
+    carry: Vec<u8>,
 }
 
+/// What a byte that is not UTF-8 becomes in a streamed file: DEL, valid inside a JSON string
+/// and absent from CloudTrail's text.
+const REPAIRED: u8 = 0x7F;
+
 impl<R> Bounded<R> {
-    fn new(inner: R, limits: Limits, since_record: std::rc::Rc<std::cell::Cell<u64>>) -> Self {
+    fn new(
+        inner: R,
+        limits: Limits,
+        since_record: std::rc::Rc<std::cell::Cell<u64>>,
+        repaired: std::rc::Rc<std::cell::Cell<u64>>,
+    ) -> Self {
         Bounded {
             inner,
             limits,
             total: 0,
             since_record,
+            repaired,
+            carry: Vec::new(),
+        }
+    }
+}
+
+impl<R: Read> Bounded<R> {
+    /// Reads into `buf`, replacing bytes that are not UTF-8 and holding back an incomplete
+    /// sequence at the end for the next read.
+    fn read_repaired(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let held = self.carry.len().min(buf.len());
+            buf[..held].copy_from_slice(&self.carry[..held]);
+            self.carry.drain(..held);
+            let read = self.inner.read(&mut buf[held..])?;
+            let end = held + read;
+            let at_eof = read == 0;
+            let mut from = 0;
+            let mut valid_end = end;
+            while let Err(e) = std::str::from_utf8(&buf[from..end]) {
+                let bad = from + e.valid_up_to();
+                match e.error_len() {
+                    Some(len) => {
+                        buf[bad..bad + len].fill(REPAIRED);
+                        self.repaired.set(self.repaired.get() + 1);
+                        from = bad + len;
+                    }
+                    None if at_eof => {
+                        buf[bad..end].fill(REPAIRED);
+                        self.repaired.set(self.repaired.get() + 1);
+                        break;
+                    }
+                    None => {
+                        self.carry.extend_from_slice(&buf[bad..end]);
+                        valid_end = bad;
+                        break;
+                    }
+                }
+            }
+            // Only held-back bytes so far: read on, or an empty read would look like the end.
+            if valid_end > 0 || at_eof {
+                return Ok(valid_end);
+            }
         }
     }
 }
 
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.read_repaired(buf)?;
         self.total += n as u64;
         self.since_record.set(self.since_record.get() + n as u64);
         // Read-ahead means a record is measured with up to one buffer of what follows it.
@@ -196,6 +265,12 @@ mod tests {
         )
     }
 
+    fn gzip_bytes(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = enc.write_all(bytes);
+        enc.finish().unwrap_or_default()
+    }
+
     fn gzip(text: &str) -> Vec<u8> {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let _ = enc.write_all(text.as_bytes());
@@ -208,7 +283,7 @@ mod tests {
         for bytes in [text.clone().into_bytes(), gzip(&text)] {
             let mut got = Vec::new();
             let n = stream_log_file(bytes.as_slice(), Limits::default(), |r| {
-                got.push(r);
+                got.extend(r.ok());
                 true
             });
             assert_eq!(n.ok(), Some(5000));
@@ -271,6 +346,32 @@ mod tests {
             matches!(err, Err(SplitError::TooLarge(ref m)) if m.contains("decompressed")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_costs_one_record() {
+        let text = file(3000).replace("\"E1500\"", "\"E\u{e9}1500\"");
+        let mut bytes = text.into_bytes();
+        let at = bytes
+            .windows(2)
+            .position(|w| w == [0xc3, 0xa9])
+            .unwrap_or(0);
+        bytes[at] = 0xff; // é's first byte, broken
+        for input in [bytes.clone(), gzip_bytes(&bytes)] {
+            let (mut good, mut bad) = (0, Vec::new());
+            let n = stream_log_file(input.as_slice(), Limits::default(), |r| {
+                match r {
+                    Ok(_) => good += 1,
+                    Err((why, text)) => bad.push((why, text)),
+                }
+                true
+            });
+            assert_eq!(n.ok(), Some(3000));
+            assert_eq!(good, 2999);
+            assert_eq!(bad.len(), 1);
+            assert!(matches!(bad[0].0, SplitError::Utf8(_)));
+            assert!(bad[0].1.contains("E\u{7f}\u{7f}1500"), "{}", bad[0].1);
+        }
     }
 
     #[test]

@@ -465,3 +465,65 @@ fn a_hundred_thousand_addresses_for_one_principal() -> Result<()> {
     detect.stop("-TERM")?;
     Ok(())
 }
+
+/// A topic that takes smaller records than ingest's own limit (`max.message.bytes` set low by
+/// an operator): ingest reads the limit at start and trims to fit, so the broker never refuses
+/// a record for its size — which would otherwise fail every run on that file.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_are_fitted_to_the_topics_limit() -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let run = Run::new("hostile-limit")?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", trailguard_tests::brokers()?)
+        .create()?;
+    let activities_topic = run.topic("activities");
+    let topic = NewTopic::new(&activities_topic, 3, TopicReplication::Fixed(1))
+        .set("max.message.bytes", "60000");
+    for result in admin.create_topics([&topic], &AdminOptions::new()).await? {
+        result.map_err(|(name, code)| anyhow::anyhow!("creating {name}: {code}"))?;
+    }
+    // Hex that does not compress: a launch of 400 instances is ~200 kB even compressed.
+    let noise = |i: u64, n: u64| {
+        (0..n)
+            .map(|k| {
+                format!(
+                    "{:016x}",
+                    (i * 7919 + k).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                )
+            })
+            .collect::<String>()
+    };
+    let launch = record(
+        "launch-small-topic",
+        "RunInstances",
+        json!({
+            "eventSource": "ec2.amazonaws.com",
+            "responseElements": {"instancesSet": {"items": (0..400u64).map(|i| json!({
+                "instanceId": format!("i-{i:017x}"), "instanceType": "m5.large",
+                "tagSet": {"items": [{"key": "k", "value": noise(i, 30)}]}
+            })).collect::<Vec<_>>()}}
+        }),
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("launch.json");
+    std::fs::write(
+        &path,
+        json!({"Records": [record("small", "ListUsers", json!({})), launch]}).to_string(),
+    )?;
+    let out =
+        tokio::task::block_in_place(|| ingest(&run, &[path.to_str().context("path")?], None))?;
+    ensure!(out.status.success(), "ingest failed: {}", out.stderr);
+    assert_eq!(out.summary["published"], 2, "{}", out.summary);
+    let published = tokio::task::block_in_place(|| activities(&run, 2))?;
+    let launch = published
+        .iter()
+        .find(|a| a["event_name"] == "RunInstances")
+        .context("launch")?;
+    assert_eq!(
+        launch["trimmed"][0],
+        "responseElements: nested detail removed"
+    );
+    Ok(())
+}

@@ -354,7 +354,6 @@ impl Publisher {
             // Nothing names stdin to read it again: keep all of it, in parts.
             return self.dead_letter_in_parts(original, letter).await;
         }
-        let index = letter.index.to_string();
         let pointer;
         let (payload, is_pointer) = if original.len() > self.max_dead_letter_bytes {
             pointer = serde_json::json!({
@@ -367,56 +366,54 @@ impl Publisher {
         } else {
             (original, "false")
         };
-        let headers = kafka::headers([
-            (h::REASON, letter.reason.as_str()),
-            (h::ERROR_KIND, letter.kind),
-            (h::SOURCE, letter.source),
-            (h::INDEX, index.as_str()),
-            (h::STAGE, "ingest"),
-            (h::POINTER, is_pointer),
-        ]);
         tracing::warn!(source = letter.source, index = letter.index, kind = letter.kind, reason = %letter.reason, "dead-lettered");
-        let topic = self.dlq_topic.clone();
-        self.enqueue(
-            &topic,
-            letter.source.as_bytes(),
-            payload,
-            Some(headers),
-            Some(letter.kind),
-        )
-        .await;
+        self.send_dead_letter(payload, &letter, is_pointer, None)
+            .await;
     }
 
     /// Queues a dead letter of an input nothing can read again (stdin): its bytes in as many
     /// parts as the size limit needs, each with the headers `part` and `parts` (1-based), keyed
     /// alike so they stay in order on one partition. Concatenated, the parts are the input.
     async fn dead_letter_in_parts(&mut self, original: &[u8], letter: DeadLetter<'_>) {
-        let size = self.max_dead_letter_bytes;
-        let parts = original.len().div_ceil(size);
-        for (i, chunk) in original.chunks(size).enumerate() {
-            let (part, total) = ((i + 1).to_string(), parts.to_string());
-            let index = letter.index.to_string();
-            let headers = kafka::headers([
-                (h::REASON, letter.reason.as_str()),
-                (h::ERROR_KIND, letter.kind),
-                (h::SOURCE, letter.source),
-                (h::INDEX, index.as_str()),
-                (h::STAGE, "ingest"),
-                (h::POINTER, "false"),
-                (h::PART, part.as_str()),
-                (h::PARTS, total.as_str()),
-            ]);
-            let topic = self.dlq_topic.clone();
-            self.enqueue(
-                &topic,
-                letter.source.as_bytes(),
-                chunk,
-                Some(headers),
-                Some(letter.kind),
-            )
-            .await;
+        let parts = original.len().div_ceil(self.max_dead_letter_bytes);
+        for (i, chunk) in original.chunks(self.max_dead_letter_bytes).enumerate() {
+            self.send_dead_letter(chunk, &letter, "false", Some((i + 1, parts)))
+                .await;
         }
         tracing::warn!(source = letter.source, parts, kind = letter.kind, reason = %letter.reason, "dead-lettered in parts");
+    }
+
+    /// Queues one dead-letter message with its headers.
+    async fn send_dead_letter(
+        &mut self,
+        payload: &[u8],
+        letter: &DeadLetter<'_>,
+        is_pointer: &str,
+        part: Option<(usize, usize)>,
+    ) {
+        let index = letter.index.to_string();
+        let mut pairs = vec![
+            (h::REASON, letter.reason.as_str()),
+            (h::ERROR_KIND, letter.kind),
+            (h::SOURCE, letter.source),
+            (h::INDEX, index.as_str()),
+            (h::STAGE, "ingest"),
+            (h::POINTER, is_pointer),
+        ];
+        let numbers = part.map(|(n, of)| (n.to_string(), of.to_string()));
+        if let Some((n, of)) = &numbers {
+            pairs.push((h::PART, n.as_str()));
+            pairs.push((h::PARTS, of.as_str()));
+        }
+        let topic = self.dlq_topic.clone();
+        self.enqueue(
+            &topic,
+            letter.source.as_bytes(),
+            payload,
+            Some(kafka::headers(pairs)),
+            Some(letter.kind),
+        )
+        .await;
     }
 
     async fn enqueue(

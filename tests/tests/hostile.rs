@@ -40,6 +40,15 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(gz.finish()?)
 }
 
+/// The peak resident memory of a running process (`VmHWM`), in kB.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// How `ingest files` ended, what it printed, and its peak resident memory.
 struct Outcome {
     status: std::process::ExitStatus,
@@ -63,19 +72,10 @@ fn ingest(run: &Run, args: &[&str], stdin: Option<&Path>) -> Result<Outcome> {
         None => command.stdin(std::process::Stdio::null()),
     };
     let mut child = command.spawn()?;
-    let status_file = format!("/proc/{}/status", child.id());
     let mut peak_kb = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
-        if let Ok(status) = std::fs::read_to_string(&status_file) {
-            if let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak_kb = peak_kb.max(kb);
-            }
-        }
+        peak_kb = peak_kb.max(peak_rss_kb(child.id()).unwrap_or(0));
         if let Some(status) = child.try_wait()? {
             break status;
         }
@@ -435,14 +435,7 @@ fn a_hundred_thousand_addresses_for_one_principal() -> Result<()> {
     let mut peak_mb = 0;
     loop {
         let log = detect.log();
-        let status = std::fs::read_to_string(format!("/proc/{}/status", detect.child.id()))?;
-        if let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak_mb = kb / 1024;
-        }
+        peak_mb = peak_rss_kb(detect.child.id()).map_or(peak_mb, |kb| kb / 1024);
         let evaluated = trailguard_tests::admin_addr(&log)
             .and_then(|addr| trailguard_tests::http_get(&addr, "/metrics").ok())
             .and_then(|m| {

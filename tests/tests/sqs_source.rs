@@ -23,6 +23,28 @@ fn log_file(records: usize, tag: &str) -> Result<Vec<u8>> {
     Ok(gz.finish()?)
 }
 
+/// An SQS client for moto, and a new queue named `name`.
+async fn queue(name: &str) -> Result<(aws_sdk_sqs::Client, String)> {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(trailguard_tests::aws_endpoint()?)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&shared);
+    let queue = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await?
+        .queue_url()
+        .context("queue url")?
+        .to_string();
+    Ok((sqs, queue))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_are_read_deleted_or_dead_lettered() -> Result<()> {
     let run = Run::new("sqssrc")?;
@@ -45,23 +67,7 @@ async fn notifications_are_read_deleted_or_dead_lettered() -> Result<()> {
         .send()
         .await?;
 
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(trailguard_tests::aws_endpoint()?)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&shared);
-    let queue = sqs
-        .create_queue()
-        .queue_name(&name)
-        .send()
-        .await?
-        .queue_url()
-        .context("queue url")?
-        .to_string();
+    let (sqs, queue) = queue(&name).await?;
     let s3_event = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
         "s3": {"bucket": {"name": name}, "object": {"key": key_a.replace('=', "%3D")}}}]});
     let cloudtrail = json!({"s3Bucket": name, "s3ObjectKey": [key_b]});
@@ -191,23 +197,7 @@ async fn records_are_counted_under_their_source() -> Result<()> {
         .body(log_file(5, "m")?.into())
         .send()
         .await?;
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(trailguard_tests::aws_endpoint()?)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&shared);
-    let queue = sqs
-        .create_queue()
-        .queue_name(&name)
-        .send()
-        .await?
-        .queue_url()
-        .context("queue url")?
-        .to_string();
+    let (sqs, queue) = queue(&name).await?;
     let body = json!({"s3Bucket": name, "s3ObjectKey": [key]}).to_string();
     sqs.send_message()
         .queue_url(&queue)

@@ -85,13 +85,19 @@ struct Bounded<R> {
     total: u64,
     since_record: std::rc::Rc<std::cell::Cell<u64>>,
     repaired: std::rc::Rc<std::cell::Cell<u64>>,
-    /// An incomplete UTF-8 sequence at the end of the last read, handed out with the next.
+    /// Checked bytes not yet handed out, from `pos`.
+    pending: Vec<u8>,
+    pos: usize,
+    /// An incomplete UTF-8 sequence at the end of the last chunk, checked with the next.
     carry: Vec<u8>,
 }
 
 /// What a byte that is not UTF-8 becomes in a streamed file: DEL, valid inside a JSON string
 /// and absent from CloudTrail's text.
 const REPAIRED: u8 = 0x7F;
+
+/// How much is read from the inner reader at a time.
+const CHUNK: usize = 64 * 1024;
 
 impl<R> Bounded<R> {
     fn new(
@@ -106,49 +112,64 @@ impl<R> Bounded<R> {
             total: 0,
             since_record,
             repaired,
+            pending: Vec::with_capacity(CHUNK + 4),
+            pos: 0,
             carry: Vec::new(),
         }
     }
 }
 
 impl<R: Read> Bounded<R> {
-    /// Reads into `buf`, replacing bytes that are not UTF-8 and holding back an incomplete
-    /// sequence at the end for the next read.
-    fn read_repaired(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    /// Reads the next chunk into `pending`, replacing bytes that are not UTF-8 and holding
+    /// back an incomplete sequence at its end for the next chunk. Leaves `pending` empty only
+    /// at the end of the input. Its own buffer, so callers may read a byte at a time.
+    fn refill(&mut self) -> std::io::Result<()> {
+        self.pending.clear();
+        self.pos = 0;
+        self.pending.append(&mut self.carry);
         loop {
-            let held = self.carry.len().min(buf.len());
-            buf[..held].copy_from_slice(&self.carry[..held]);
-            self.carry.drain(..held);
-            let read = self.inner.read(&mut buf[held..])?;
-            let end = held + read;
+            let start = self.pending.len();
+            self.pending.resize(start + CHUNK, 0);
+            let read = self.inner.read(&mut self.pending[start..])?;
+            self.pending.truncate(start + read);
             let at_eof = read == 0;
             let mut from = 0;
-            let mut valid_end = end;
-            while let Err(e) = std::str::from_utf8(&buf[from..end]) {
+            while let Err(e) = std::str::from_utf8(&self.pending[from..]) {
                 let bad = from + e.valid_up_to();
                 match e.error_len() {
                     Some(len) => {
-                        buf[bad..bad + len].fill(REPAIRED);
+                        self.pending[bad..bad + len].fill(REPAIRED);
                         self.repaired.set(self.repaired.get() + 1);
                         from = bad + len;
                     }
                     None if at_eof => {
-                        buf[bad..end].fill(REPAIRED);
+                        self.pending[bad..].fill(REPAIRED);
                         self.repaired.set(self.repaired.get() + 1);
                         break;
                     }
                     None => {
-                        self.carry.extend_from_slice(&buf[bad..end]);
-                        valid_end = bad;
+                        self.carry.extend_from_slice(&self.pending[bad..]);
+                        self.pending.truncate(bad);
                         break;
                     }
                 }
             }
-            // Only held-back bytes so far: read on, or an empty read would look like the end.
-            if valid_end > 0 || at_eof {
-                return Ok(valid_end);
+            if !self.pending.is_empty() || at_eof {
+                return Ok(());
             }
+            // Only an incomplete sequence so far: read on.
+            self.pending.append(&mut self.carry);
         }
+    }
+
+    fn read_repaired(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.pending.len() {
+            self.refill()?;
+        }
+        let n = buf.len().min(self.pending.len() - self.pos);
+        buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -372,6 +393,22 @@ mod tests {
             assert!(matches!(bad[0].0, SplitError::Utf8(_)));
             assert!(bad[0].1.contains("E\u{7f}\u{7f}1500"), "{}", bad[0].1);
         }
+    }
+
+    #[test]
+    fn valid_characters_read_a_byte_at_a_time_are_kept() {
+        let text = file(50).replace("\"E7\"", "\"E\u{e9}\u{1F600}7\"");
+        let mut records = Vec::new();
+        // A plain (not gzip) file: serde_json reads it a byte at a time.
+        let n = stream_log_file(text.as_bytes(), Limits::default(), |r| {
+            records.push(r);
+            true
+        });
+        assert_eq!(n.ok(), Some(50));
+        assert!(records.iter().all(Result::is_ok));
+        assert!(records[7]
+            .as_ref()
+            .is_ok_and(|r| r.contains("E\u{e9}\u{1F600}7")));
     }
 
     #[test]

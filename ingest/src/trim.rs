@@ -4,8 +4,8 @@
 //! answers with a `responseElements` of megabytes. Dropping such a record would let an attacker
 //! hide a launch by its size, so the bulky JSON fields are reduced step by step — first their
 //! nested detail (arrays keep their length, so counts such as the instances launched survive),
-//! then the fields themselves, then the resource list — until the activity fits. Each step is
-//! named in [`Activity::trimmed`].
+//! then the field itself, field by field from the least telling — then the resource list —
+//! until the activity fits. Each step is named in [`Activity::trimmed`].
 
 use serde_json::Value;
 use trailguard_common::Activity;
@@ -76,8 +76,7 @@ pub fn shrink(activity: &mut Activity, limit: usize) -> Option<Vec<u8>> {
                 return Some(json);
             }
         }
-    }
-    for name in FIELDS {
+        // The field goes whole before the next, more telling one is touched.
         if field(activity, name).take().is_some() {
             activity.trimmed.push(format!("{name}: removed"));
             if let Some(json) = fits(activity) {
@@ -153,13 +152,15 @@ mod tests {
         let mut activity = run_instances(50);
         let json = shrink(&mut activity, 1_500).unwrap_or_default();
         assert!(!json.is_empty());
-        assert!(
-            activity
-                .trimmed
-                .contains(&"responseElements: removed".to_string()),
-            "{:?}",
-            activity.trimmed
+        // What was answered goes whole before what was asked is touched.
+        assert_eq!(
+            activity.trimmed,
+            [
+                "responseElements: nested detail removed",
+                "responseElements: removed"
+            ]
         );
+        assert!(activity.request_parameters.is_some());
         let mut activity = run_instances(1);
         activity.event_name = "x".repeat(5_000);
         assert!(shrink(&mut activity, 2_000).is_none());

@@ -373,12 +373,13 @@ pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summar
         .with_label_values(&[publisher.source_kind(), result])
         .inc();
     let records = items.iter().filter(|i| i.text.is_ok()).count();
-    for item in &items {
+    for (ordinal, item) in items.iter().enumerate() {
         if item.text.is_err() {
             summary.unparsed += 1;
         }
         let text = item.text.as_deref().map_err(|e| (e.kind(), e.to_string()));
-        process_record(name, item.index, text, &item.bytes, publisher, summary).await;
+        let at = (item.index, ordinal + 1);
+        process_record(name, at, text, &item.bytes, publisher, summary).await;
     }
     if let Some(err) = plain.broke {
         summary.unparsed += 1;
@@ -388,10 +389,11 @@ pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summar
 }
 
 /// Normalizes and publishes one record (`text`, or why it has none), dead-lettering it with
-/// its original `bytes` when it cannot be normalized.
+/// its original `bytes` when it cannot be normalized. `index` is where it was (record number or
+/// line, for people); `ordinal` its place among the input's records (unique, for its id).
 pub async fn process_record(
     name: &str,
-    index: usize,
+    (index, ordinal): (usize, usize),
     text: Result<&str, (&'static str, String)>,
     bytes: &[u8],
     publisher: &mut Publisher,
@@ -403,8 +405,9 @@ pub async fn process_record(
         .records_read
         .with_label_values(&[publisher.source_kind()])
         .inc();
+    // The ordinal, not the index: records of one NDJSON line share its line number.
     let result =
-        text.and_then(|t| normalize_at(t, (name, index)).map_err(|e| (e.kind(), e.to_string())));
+        text.and_then(|t| normalize_at(t, (name, ordinal)).map_err(|e| (e.kind(), e.to_string())));
     match result {
         Ok(activity) => {
             let origin = Origin {

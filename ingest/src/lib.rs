@@ -161,6 +161,9 @@ pub enum Error {
     /// A source failed in a way that is not one input's fault (listing a bucket, access).
     #[error("source: {0}")]
     Source(String),
+    /// An object was refused for want of permission, not yet for long: tried again.
+    #[error("source: {0}")]
+    Denied(String),
     /// Records could not be published even after the producer's retries.
     #[error("{failed} records could not be published: {first}")]
     Publish {

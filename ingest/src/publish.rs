@@ -355,17 +355,20 @@ impl Publisher {
             return self.dead_letter_in_parts(original, letter).await;
         }
         let pointer;
-        let (payload, is_pointer) = if original.len() > self.max_dead_letter_bytes {
-            pointer = serde_json::json!({
-                "pointer": letter.source,
-                "index": letter.index,
-                "size_bytes": original.len(),
-            })
-            .to_string();
-            (pointer.as_bytes(), "true")
-        } else {
-            (original, "false")
-        };
+        // Too large for a message, or nothing to keep (an object that could not be read): a
+        // pointer naming where it is.
+        let (payload, is_pointer) =
+            if original.len() > self.max_dead_letter_bytes || original.is_empty() {
+                pointer = serde_json::json!({
+                    "pointer": letter.source,
+                    "index": letter.index,
+                    "size_bytes": original.len(),
+                })
+                .to_string();
+                (pointer.as_bytes(), "true")
+            } else {
+                (original, "false")
+            };
         tracing::warn!(source = letter.source, index = letter.index, kind = letter.kind, reason = %letter.reason, "dead-lettered");
         self.send_dead_letter(payload, &letter, is_pointer, None)
             .await;

@@ -235,12 +235,17 @@ pub struct Position {
     /// checkpoints written before the re-list window existed, and when `read` overflows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// The file the stream waits on because S3 refuses it, and since when: the retry period
+    /// counts from the first refusal, not from when the file was written (a backfill reads
+    /// files written long ago).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied: Option<(String, chrono::DateTime<chrono::Utc>)>,
 }
 
-/// At most this many keys are remembered per stream (≈ 100 bytes each, so a checkpoint stays
-/// well under the broker's 1 MB message limit): a stream would have to deliver more than one
-/// file a second for a whole default window to reach it.
-pub const MAX_READ_KEYS: usize = 4_000;
+/// At most this many keys are remembered per stream (100–350 bytes each with the prefix, so a
+/// checkpoint stays under the broker's 1 MB message limit): a stream would have to deliver a
+/// file every two seconds for a whole default window to reach it.
+pub const MAX_READ_KEYS: usize = 2_000;
 
 /// A key without its random suffix: everything up to the delivery minute.
 fn minute_prefix(key: &str) -> &str {
@@ -268,7 +273,7 @@ impl Position {
                     serde_json::from_str::<Position>(text).unwrap_or_else(|_| Position {
                         last: Some(text.to_string()),
                         read: BTreeSet::from([text.to_string()]),
-                        from: None,
+                        ..Position::default()
                     });
                 if legacy {
                     position.from = position
@@ -304,6 +309,14 @@ impl Position {
         })
     }
 
+    /// When S3 first refused `key`, if it is the file the stream waits on.
+    pub fn denied_since(&self, key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.denied
+            .as_ref()
+            .filter(|(k, _)| k == key)
+            .map(|(_, t)| *t)
+    }
+
     /// True for a key already read.
     pub fn done(&self, key: &str) -> bool {
         self.read.contains(key)
@@ -317,7 +330,12 @@ impl Position {
     /// Records that `key` of `stream` has been read, forgetting keys the next listing no longer
     /// reaches.
     pub fn advance(&mut self, key: &str, stream: &Stream, window: std::time::Duration) {
-        if self.last.as_deref().is_none_or(|l| key > l) {
+        // Only a key named for a plausible delivery minute moves the listing on: one dated
+        // 2999 (or not dated at all) would otherwise put every later listing past the real
+        // files. Such a key is still read, once.
+        let plausible = delivery_minute(key)
+            .is_some_and(|t| t <= chrono::Utc::now() + chrono::Duration::days(1));
+        if plausible && self.last.as_deref().is_none_or(|l| key > l) {
             self.last = Some(key.to_string());
         }
         self.remember(key, stream, window);
@@ -326,6 +344,9 @@ impl Position {
     /// Records that `key`, which is not a log file, was seen, so the next listings skip it
     /// without counting it again.
     pub fn remember(&mut self, key: &str, stream: &Stream, window: std::time::Duration) {
+        if self.denied.as_ref().is_some_and(|(k, _)| k == key) {
+            self.denied = None;
+        }
         self.read.insert(key.to_string());
         if let Some(after) = self.resume_after(stream, window) {
             self.read = self.read.split_off(after.as_str());
@@ -458,12 +479,22 @@ async fn read_stream(
             }
             let options = ReadOptions {
                 stream_above: cfg.stream_above_bytes,
-                since: object
-                    .last_modified()
-                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                since: position.denied_since(object_key),
                 retry_denied_for: cfg.retry_denied_for,
             };
-            read_object(client, &cfg.bucket, object_key, options, publisher, summary).await?;
+            let read = read_object(client, &cfg.bucket, object_key, options, publisher, summary);
+            match read.await {
+                Ok(()) => {}
+                Err(Error::Denied(text)) => {
+                    if position.denied_since(object_key).is_none() {
+                        // The first refusal: the retry period starts now, across restarts.
+                        position.denied = Some((object_key.to_string(), chrono::Utc::now()));
+                        checkpoints.save(&key, &position.to_text()).await?;
+                    }
+                    return Err(Error::Source(text));
+                }
+                Err(err) => return Err(err),
+            }
             publisher.finish().await?;
             position.advance(object_key, stream, cfg.relist_window);
             checkpoints.save(&key, &position.to_text()).await?;
@@ -508,8 +539,8 @@ pub enum Unreadable {
     DeadLetter,
 }
 
-/// The rule for an object that could not be read: `since` is when it was first there (its
-/// `LastModified`, or when its notification was sent); `now` the clock.
+/// The rule for an object that could not be read: `since` is when reading it was first refused
+/// (kept in the stream's checkpoint, or the message's first receipt); `now` the clock.
 pub fn unreadable(
     err: &trailguard_common::aws::CallError,
     since: Option<chrono::DateTime<chrono::Utc>>,
@@ -539,7 +570,7 @@ pub fn unreadable(
 pub struct ReadOptions {
     /// Objects larger than this (as stored) are streamed record by record.
     pub stream_above: u64,
-    /// When the object was first there, if known.
+    /// When reading the object was first refused, if it was.
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// How long a refused object is tried again before it is dead-lettered.
     pub retry_denied_for: std::time::Duration,
@@ -573,6 +604,9 @@ pub async fn read_object(
                     files::dead_letter_input(publisher, summary, &name, b"", "unreadable", text)
                         .await;
                     Ok(())
+                }
+                Unreadable::Retry if err.code.as_deref().is_some_and(denied) => {
+                    Err(Error::Denied(text))
                 }
                 Unreadable::Retry => Err(Error::Source(text)),
             };
@@ -641,7 +675,7 @@ async fn stream_object(
                 (Err((why.kind(), why.to_string())), text.as_bytes())
             }
         };
-        files::process_record(name, index, text, bytes, publisher, summary).await;
+        files::process_record(name, (index, index), text, bytes, publisher, summary).await;
     }
     match splitter.await {
         Ok(Ok(_)) => {
@@ -783,6 +817,26 @@ mod tests {
         assert_eq!(poll(&mut position, &bucket, HOUR).len(), 1);
         assert_eq!(position.read.len(), 1, "{:?}", position.read);
         assert!(poll(&mut position, &bucket, HOUR).is_empty());
+    }
+
+    #[test]
+    fn a_key_from_the_future_does_not_move_the_listing_past_real_files() {
+        let mut position = Position::default();
+        position.advance(&key("2024/01/02", "20240102T0005Z", "b"), &stream(), HOUR);
+        for planted in [
+            key("2999/01/01", "29990101T0000Z", "x"),
+            "p/zz_CloudTrail_.json".to_string(),
+        ] {
+            position.advance(&planted, &stream(), HOUR);
+            assert!(position.done(&planted), "read once");
+        }
+        assert_eq!(
+            position.last,
+            Some(key("2024/01/02", "20240102T0005Z", "b"))
+        );
+        let next = key("2024/01/02", "20240102T0010Z", "c");
+        let after = position.resume_after(&stream(), HOUR).unwrap_or_default();
+        assert!(after.as_str() < next.as_str(), "{after}");
     }
 
     #[test]

@@ -148,9 +148,18 @@ pub fn split(input: &[u8], limits: Limits) -> Vec<RawItem<'_>> {
         return Vec::new();
     };
     let whole = bytes.trim_ascii();
+    // NDJSON: several lines, and the first that is a JSON value on its own among the first
+    // few (a bad first line costs that line, not the file) — unless the input is one document
+    // spread over lines.
+    let parses = |line: &[u8]| {
+        line.len() <= limits.max_record && serde_json::from_slice::<&RawValue>(line).is_ok()
+    };
     let line_mode = first_line.len() < whole.len()
-        && first_line.len() <= limits.max_record
-        && serde_json::from_slice::<&RawValue>(first_line).is_ok();
+        && (parses(first_line)
+            || (serde_json::from_slice::<&RawValue>(whole).is_err()
+                && lines
+                    .take(8)
+                    .any(|l| parses(l) && matches!(l[0], b'{' | b'['))));
     let mut items = Vec::new();
     if line_mode {
         let mut index = 0;
@@ -339,20 +348,21 @@ fn lossy_document<'a>(
 
 /// An item for one record's text, unless it is larger than the limit.
 fn record_item(index: usize, text: Cow<'_, str>, limits: Limits) -> RawItem<'_> {
+    let bytes = match &text {
+        Cow::Borrowed(t) => Cow::Borrowed(t.as_bytes()),
+        Cow::Owned(t) => Cow::Owned(t.as_bytes().to_vec()),
+    };
     if text.len() > limits.max_record {
+        // Kept whole in the dead letter (a pointer naming the input, or, for stdin, parts).
         return RawItem {
             index,
             text: Err(SplitError::TooLarge(format!(
                 "record {index} of {} bytes (publish.max_record_bytes)",
                 text.len()
             ))),
-            bytes: Cow::Borrowed(b""),
+            bytes,
         };
     }
-    let bytes = match &text {
-        Cow::Borrowed(t) => Cow::Borrowed(t.as_bytes()),
-        Cow::Owned(t) => Cow::Owned(t.as_bytes().to_vec()),
-    };
     RawItem {
         index,
         text: Ok(text),
@@ -478,6 +488,17 @@ mod tests {
         assert_eq!(texts(br#"[{"a":1},{"b":2}]"#).len(), 2);
         assert_eq!(texts(br#"{"eventName":"x"}"#).len(), 1);
         assert!(texts(b"  \n ").is_empty());
+    }
+
+    #[test]
+    fn a_bad_first_line_costs_that_line() {
+        let items = split(b"garbage\n{\"a\":1}\n{\"b\":2}\n", Limits::default());
+        assert_eq!(items.len(), 3);
+        assert!(matches!(items[0].text, Err(SplitError::Json(_))));
+        assert_eq!(items[1].text.as_deref().ok(), Some("{\"a\":1}"));
+        assert_eq!(items[2].index, 3);
+        // A document spread over lines is still one document.
+        assert_eq!(texts(b"{\"Records\":\n[{\"a\":1},\n{\"b\":2}]}\n").len(), 2);
     }
 
     #[test]

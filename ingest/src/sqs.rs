@@ -32,7 +32,7 @@ pub struct SqsSourceConfig {
     /// Objects larger than this (as stored) are streamed record by record.
     pub stream_above_bytes: u64,
     /// How long an object S3 refuses for want of permission is tried again (its message left
-    /// on the queue), counted from when the message was sent, before it is dead-lettered.
+    /// on the queue), counted from the message's first receipt, before it is dead-lettered.
     #[serde(with = "humantime_serde")]
     pub retry_denied_for: Duration,
 }
@@ -194,7 +194,7 @@ pub async fn run(
             .visibility_timeout(visibility)
             .wait_time_seconds(wait)
             .message_system_attribute_names(
-                aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+                aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
             )
             .send();
         let received = tokio::select! {
@@ -230,9 +230,12 @@ pub async fn run(
                 continue;
             };
             let id = message.message_id().unwrap_or("?");
-            let sent = message
+            // First received: when reading its files was first tried (and, if refused, refused).
+            let first_tried = message
                 .attributes()
-                .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp))
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
+                })
                 .and_then(|ms| ms.parse::<i64>().ok())
                 .and_then(chrono::DateTime::from_timestamp_millis);
             match parse(body) {
@@ -244,7 +247,7 @@ pub async fn run(
                         }
                         let options = crate::s3::ReadOptions {
                             stream_above: cfg.stream_above_bytes,
-                            since: sent,
+                            since: first_tried,
                             retry_denied_for: cfg.retry_denied_for,
                         };
                         crate::s3::read_object(

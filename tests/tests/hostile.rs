@@ -173,6 +173,13 @@ fn hostile_records_cost_only_themselves() -> Result<()> {
         // 12: a depth-100,000 array as the record itself.
         deep.clone().into_bytes(),
         record("good-2", "ListRoles", json!({})).to_string().into_bytes(),
+        // 14: one log file on one line holding two id-less records alike in every field.
+        format!(
+            r#"{{"Records":[{},{}]}}"#,
+            no_id("203.0.113.10"),
+            no_id("203.0.113.10")
+        )
+        .into_bytes(),
     ];
     let path = dir.path().join("hostile.jsonl");
     std::fs::write(&path, lines.join(&b'\n'))?;
@@ -223,17 +230,17 @@ fn hostile_records_cost_only_themselves() -> Result<()> {
     );
     assert_eq!(pointer["index"], 7);
 
-    let published = activities(&run, 5)?;
+    let published = activities(&run, 7)?;
     let names: Vec<&str> = published
         .iter()
         .filter_map(|a| a["event_name"].as_str())
         .collect();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 7, "{names:?}");
     for name in ["ListUsers", "ListRoles", "RunInstances"] {
         assert!(names.contains(&name), "{name} in {names:?}");
     }
-    // Both sign-in failures, though alike: they arrived apart.
-    assert_eq!(names.iter().filter(|n| **n == "ConsoleLogin").count(), 2);
+    // Every sign-in failure, though alike: they arrived apart, on two lines or within one.
+    assert_eq!(names.iter().filter(|n| **n == "ConsoleLogin").count(), 4);
     // The launch, trimmed to fit, still counts its instances.
     let launch = published
         .iter()

@@ -167,7 +167,7 @@ fn normalize_record(
             .map(Value::to_string)
             .unwrap_or_default()
     };
-    let mut parts = vec![
+    let parts = [
         event_id.as_deref().unwrap_or(""),
         time_key.as_str(),
         event_source.as_str(),
@@ -180,12 +180,11 @@ fn normalize_record(
         outcome.error_code.as_deref().unwrap_or(""),
         params_text.as_str(),
     ];
-    let arrival_text;
-    if event_id.is_none() && request_id.is_none() && !arrival.0.is_empty() {
-        arrival_text = format!("{}#{}", arrival.0, arrival.1);
-        parts.push(&arrival_text);
-    }
-    let id = stable_id(parts);
+    // Only for a record with nothing of its own to tell it apart; no allocation otherwise (the
+    // hot path).
+    let arrival_text = (event_id.is_none() && request_id.is_none() && !arrival.0.is_empty())
+        .then(|| format!("{}#{}", arrival.0, arrival.1));
+    let id = stable_id(parts.into_iter().chain(arrival_text.as_deref()));
 
     Ok(Activity {
         schema_version: ACTIVITY_SCHEMA_VERSION,

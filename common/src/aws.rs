@@ -318,10 +318,7 @@ impl From<&str> for CallError {
     }
 }
 
-/// True for a 12-digit AWS account id.
-pub fn is_account_id(s: &str) -> bool {
-    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
-}
+pub use crate::contract::is_account_id;
 
 /// An S3 client for these settings.
 pub async fn s3_client(aws: &AwsConfig) -> aws_sdk_s3::Client {

@@ -162,6 +162,15 @@ impl KafkaConfig {
                 }
             }
         }
+        for (key, _) in self.client_settings() {
+            let lower = key.to_ascii_lowercase();
+            if let Some((_, why)) = RESERVED_CLIENT_SETTINGS.iter().find(|(k, _)| *k == lower) {
+                return Err(Error::config(
+                    &format!("kafka.client.{lower}"),
+                    format!("is set by Trailguard and cannot be changed: {why}"),
+                ));
+            }
+        }
         if self.msk_iam.enabled {
             let mechanism = self
                 .client_settings()
@@ -203,6 +212,49 @@ impl KafkaConfig {
         })
     }
 }
+
+/// librdkafka settings Trailguard sets itself, which `kafka.client` may not change: each holds
+/// up a delivery guarantee, or decides which cluster and group a service joins.
+pub const RESERVED_CLIENT_SETTINGS: &[(&str, &str)] = &[
+    (
+        "enable.idempotence",
+        "a retried send must never duplicate or reorder records",
+    ),
+    (
+        "acks",
+        "a record counts as sent only once every in-sync replica has it",
+    ),
+    (
+        "request.required.acks",
+        "a record counts as sent only once every in-sync replica has it",
+    ),
+    (
+        "enable.auto.offset.store",
+        "an offset is committed only after what its record produced is durable",
+    ),
+    (
+        "isolation.level",
+        "reading back a topic must reach the end the broker reports",
+    ),
+    (
+        "enable.partition.eof",
+        "reading back a topic must know where it ends",
+    ),
+    (
+        "auto.offset.reset",
+        "a new group starts at the earliest record, never skipping what is already there",
+    ),
+    (
+        "group.id",
+        "each service's group comes from its own group_id setting",
+    ),
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    ("metadata.broker.list", "set kafka.brokers instead"),
+    (
+        "transactional.id",
+        "Trailguard's producers are idempotent, not transactional",
+    ),
+];
 
 /// What a topic is for, which decides how it is kept. Each service creates the topics of its
 /// roles at start-up (unless `kafka.create_topics = false`).
@@ -670,6 +722,47 @@ mod tests {
     struct Demo {
         kafka: KafkaConfig,
         log: LogConfig,
+    }
+
+    #[test]
+    fn client_settings_cannot_weaken_delivery() {
+        // Written as users would: dotted in TOML, underscored from the environment, upper case.
+        for (written, named) in [
+            ("enable.idempotence", "kafka.client.enable.idempotence"),
+            ("acks", "kafka.client.acks"),
+            (
+                "request_required_acks",
+                "kafka.client.request.required.acks",
+            ),
+            (
+                "enable_auto_offset_store",
+                "kafka.client.enable.auto.offset.store",
+            ),
+            ("isolation.level", "kafka.client.isolation.level"),
+            ("auto.offset.reset", "kafka.client.auto.offset.reset"),
+            ("ENABLE.PARTITION.EOF", "kafka.client.enable.partition.eof"),
+            ("group.id", "kafka.client.group.id"),
+            ("bootstrap.servers", "kafka.client.bootstrap.servers"),
+            ("transactional.id", "kafka.client.transactional.id"),
+        ] {
+            let mut cfg = KafkaConfig::default();
+            cfg.client.insert(written.into(), "x".into());
+            match cfg.validate() {
+                Err(Error::Config { key, .. }) => assert_eq!(key, named, "{written}"),
+                other => panic!("{written}: {other:?}"),
+            }
+        }
+        // Tuning stays the user's.
+        let mut cfg = KafkaConfig::default();
+        for key in [
+            "linger.ms",
+            "compression_type",
+            "session.timeout.ms",
+            "security.protocol",
+        ] {
+            cfg.client.insert(key.into(), "1".into());
+        }
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

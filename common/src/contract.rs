@@ -21,6 +21,26 @@ pub const ALERT_SCHEMA_VERSION: u32 = 1;
 /// Version of [`ActionRecord`] this build writes.
 pub const ACTION_SCHEMA_VERSION: u32 = 2;
 
+/// The `kind` of entities, action targets and resources Trailguard names, and the principal
+/// kind of its own activities: one spelling for every crate.
+pub mod kinds {
+    /// An IAM principal (entity, target).
+    pub const PRINCIPAL: &str = "principal";
+    /// An S3 bucket (entity, target, resource).
+    pub const S3_BUCKET: &str = "s3-bucket";
+    /// The security team `notify` reaches (target).
+    pub const SECURITY_TEAM: &str = "security-team";
+    /// A source address (entity).
+    pub const SOURCE_IP: &str = "source-ip";
+    /// An AWS account (entity).
+    pub const AWS_ACCOUNT: &str = "aws-account";
+    /// A CloudTrail trail (entity, resource).
+    pub const CLOUDTRAIL_TRAIL: &str = "cloudtrail-trail";
+    /// `Principal.kind` of the activities Trailguard itself publishes (inventory snapshots):
+    /// no baseline, watermark or fact is learned from them.
+    pub const TRAILGUARD: &str = "Trailguard";
+}
+
 /// `eventSource` of the activities ingest's posture inventory publishes.
 pub const INVENTORY_SOURCE: &str = "inventory.trailguard";
 /// `eventName` of an inventory snapshot of one S3 bucket.
@@ -571,6 +591,11 @@ pub mod dlq_headers {
     pub const PART: &str = "trailguard.part";
     /// For an input kept in parts: how many parts there are.
     pub const PARTS: &str = "trailguard.parts";
+}
+
+/// True for a 12-digit AWS account id.
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A stable, short id: the first 16 bytes of SHA-256 over the parts, hex-encoded. Parts are

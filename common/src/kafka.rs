@@ -170,25 +170,16 @@ impl KafkaContext {
 
     /// The (topic, partition)s revoked since the last call.
     pub fn take_revoked(&self) -> Vec<(String, i32)> {
-        match self.rebalances.revoked.lock() {
-            Ok(mut revoked) => std::mem::take(&mut *revoked),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        }
+        std::mem::take(&mut *crate::sync::lock(&self.rebalances.revoked))
     }
 
     /// How many partitions the consumer owns now.
     pub fn owned_partitions(&self) -> usize {
-        match self.rebalances.owned.lock() {
-            Ok(owned) => owned.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
-        }
+        crate::sync::lock(&self.rebalances.owned).len()
     }
 
     fn update_owned(&self, change: impl FnOnce(&mut std::collections::HashSet<(String, i32)>)) {
-        match self.rebalances.owned.lock() {
-            Ok(mut owned) => change(&mut owned),
-            Err(poisoned) => change(&mut poisoned.into_inner()),
-        }
+        change(&mut crate::sync::lock(&self.rebalances.owned))
     }
 
     /// Whether the consumer should leave and join its group again (see [`watch_group`]): asked
@@ -248,10 +239,7 @@ impl ConsumerContext for KafkaContext {
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
-            match self.rebalances.revoked.lock() {
-                Ok(mut revoked) => revoked.extend(taken),
-                Err(poisoned) => poisoned.into_inner().extend(taken),
-            }
+            crate::sync::lock(&self.rebalances.revoked).extend(taken);
         }
     }
 
@@ -279,7 +267,13 @@ impl ConsumerContext for KafkaContext {
     }
 }
 
+/// A client of the cluster with the user's settings: for admin and metadata clients.
 fn base_config(cfg: &KafkaConfig) -> ClientConfig {
+    with_user_settings(connection(cfg), cfg)
+}
+
+/// Where the cluster is and how to authenticate to it (MSK IAM), nothing else.
+fn connection(cfg: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &cfg.brokers);
     if cfg.msk_iam.enabled {
@@ -287,6 +281,13 @@ fn base_config(cfg: &KafkaConfig) -> ClientConfig {
             .set("security.protocol", "SASL_SSL")
             .set("sasl.mechanism", "OAUTHBEARER");
     }
+    client
+}
+
+/// The user's `kafka.client` settings, applied once, after ours: tuning (`linger.ms`,
+/// compression, timeouts) is theirs to change; the settings a guarantee rests on are refused
+/// at start-up ([`crate::config::RESERVED_CLIENT_SETTINGS`]).
+fn with_user_settings(mut client: ClientConfig, cfg: &KafkaConfig) -> ClientConfig {
     for (key, value) in cfg.client_settings() {
         client.set(key, value);
     }
@@ -297,18 +298,14 @@ fn base_config(cfg: &KafkaConfig) -> ClientConfig {
 /// `linger_ms` trades latency for batching: 0 for services that wait on each send (alerts,
 /// action records), a few ms for bulk publishing.
 pub fn producer(cfg: &KafkaConfig, client_id: &str, linger_ms: u32) -> Result<Producer, Error> {
-    let mut client = base_config(cfg);
+    let mut client = connection(cfg);
     client
         .set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", linger_ms.to_string())
         .set("compression.type", "lz4");
-    // User settings win over ours.
-    for (key, value) in cfg.client_settings() {
-        client.set(key, value);
-    }
-    Ok(client.create_with_context(KafkaContext::new(cfg))?)
+    Ok(with_user_settings(client, cfg).create_with_context(KafkaContext::new(cfg))?)
 }
 
 /// A group consumer that never commits an offset it was not told to: offsets are stored by the
@@ -320,7 +317,7 @@ pub fn consumer<C: ConsumerContext + 'static>(
     client_id: &str,
     context: C,
 ) -> Result<StreamConsumer<C>, Error> {
-    let mut client = base_config(cfg);
+    let mut client = connection(cfg);
     client
         .set("group.id", group_id)
         .set("client.id", client_id)
@@ -330,16 +327,13 @@ pub fn consumer<C: ConsumerContext + 'static>(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "10000");
-    for (key, value) in cfg.client_settings() {
-        client.set(key, value);
-    }
-    Ok(client.create_with_context(context)?)
+    Ok(with_user_settings(client, cfg).create_with_context(context)?)
 }
 
 /// A consumer without a group, for reading a topic back from the start (e.g. remediate
 /// loading what it has already done).
 pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaContext>, Error> {
-    let mut client = base_config(cfg);
+    let mut client = connection(cfg);
     client
         .set("group.id", format!("{client_id}-reader"))
         .set("client.id", client_id)
@@ -356,7 +350,7 @@ pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaCo
         // have no transactional writers; what they hold is checked by signature, not by
         // isolation.
         .set("isolation.level", "read_uncommitted");
-    Ok(client.create_with_context(KafkaContext::new(cfg))?)
+    Ok(with_user_settings(client, cfg).create_with_context(KafkaContext::new(cfg))?)
 }
 
 /// The value of the setting `name` of `topic` as the broker has it (DescribeConfigs). `None`

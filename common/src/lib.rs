@@ -2,7 +2,9 @@
 //!
 //! - [`contract`]: the wire contract — [`Activity`], [`Alert`], [`ActionRecord`] — with schema
 //!   versions and generated JSON Schemas. This is what users consuming the topics rely on.
-//! - [`aws`]: AWS settings and client construction (endpoint override for local servers).
+//! - [`aws`]: AWS settings and client construction (endpoint override for local servers),
+//!   typed call errors.
+//! - [`aws_calls`]: every AWS call counted, timed and (in tests) logged.
 //! - [`config`]: the configuration every service has (Kafka, admin endpoint, logs) and the
 //!   layered loader (defaults → file → env → flags).
 //! - [`kafka`]: producer/consumer construction with librdkafka pass-through, topic creation,
@@ -11,6 +13,7 @@
 //! - [`shutdown`]: the process-wide cancellation token.
 //! - [`s3`]: what makes a bucket public (detect alerts on it, remediate undoes it).
 //! - [`sign`]: HMAC signatures on alerts (detect signs, remediate verifies).
+//! - [`sync`]: locks taken whether or not a panic poisoned them.
 
 pub mod aws;
 pub mod aws_calls;
@@ -21,6 +24,7 @@ pub mod kafka;
 pub mod s3;
 pub mod shutdown;
 pub mod sign;
+pub mod sync;
 pub mod telemetry;
 
 pub use contract::{ActionRecord, Activity, Alert};

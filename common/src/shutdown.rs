@@ -39,3 +39,67 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// A service's background tasks (the admin endpoint, followers of other topics, refreshers),
+/// supervised: one that fails cancels the service's shutdown token, so the service stops
+/// instead of running on without it, and its error is what the service then reports
+/// ([`Tasks::failure`]).
+#[derive(Clone)]
+pub struct Tasks {
+    shutdown: CancellationToken,
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Tasks {
+    /// Tasks that stop the service through `shutdown`.
+    pub fn new(shutdown: CancellationToken) -> Tasks {
+        Tasks {
+            shutdown,
+            failure: Default::default(),
+        }
+    }
+
+    /// The service's shutdown token.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Runs `task` in the background. If it fails, the failure is logged and kept (the first
+    /// one), and the service is stopped.
+    pub fn spawn<F>(&self, name: &'static str, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let tasks = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = task.await {
+                tracing::error!(task = name, %error, "a background task failed: stopping");
+                crate::sync::lock(&tasks.failure).get_or_insert(format!("{name}: {error}"));
+                tasks.shutdown.cancel();
+            }
+        })
+    }
+
+    /// The first background task that failed, and why.
+    pub fn failure(&self) -> Option<String> {
+        crate::sync::lock(&self.failure).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_task_stops_the_service_with_its_error() {
+        let tasks = Tasks::new(CancellationToken::new());
+        let fine = tasks.spawn("fine", async { Ok(()) });
+        let _ = fine.await;
+        assert!(!tasks.shutdown().is_cancelled());
+        assert_eq!(tasks.failure(), None);
+        let failed = tasks.spawn("follower", async { Err("lost the topic".to_string()) });
+        let _ = failed.await;
+        assert!(tasks.shutdown().is_cancelled());
+        assert_eq!(tasks.failure().as_deref(), Some("follower: lost the topic"));
+    }
+}

@@ -11,7 +11,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -63,10 +62,7 @@ impl Health {
 
     /// Records what `check` found: a problem, or none (`None` clears an earlier one).
     pub fn report(&self, check: &'static str, problem: Option<String>) {
-        let mut problems = match self.problems.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut problems = crate::sync::lock(&self.problems);
         match problem {
             Some(problem) => problems.insert(check, problem),
             None => problems.remove(check),
@@ -75,10 +71,7 @@ impl Health {
 
     /// `None` when healthy, else why not.
     pub fn problems(&self) -> Option<String> {
-        let problems = match self.problems.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let problems = crate::sync::lock(&self.problems);
         let mut found: Vec<String> = problems.iter().map(|(c, p)| format!("{c}: {p}")).collect();
         if !self.up.load(Ordering::Relaxed) {
             found.insert(0, "the service is not running".into());
@@ -124,7 +117,7 @@ pub async fn serve_admin(
     listen: SocketAddr,
     registry: Registry,
     health: Health,
-    shutdown: CancellationToken,
+    tasks: &crate::shutdown::Tasks,
 ) -> Result<SocketAddr, Error> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -134,13 +127,12 @@ pub async fn serve_admin(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(AdminState { registry, health });
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+    let shutdown = tasks.shutdown().clone();
+    tasks.spawn("admin endpoint", async move {
+        axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(err) = served {
-            tracing::error!(error = %err, "admin endpoint failed");
-        }
+            .await
+            .map_err(|e| e.to_string())
     });
     tracing::info!(%addr, "admin endpoint: /metrics and /healthz");
     Ok(addr)

@@ -16,9 +16,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use trailguard_common::Activity;
+use trailguard_detect::config::PoliciesConfig;
 use trailguard_detect::detector::Detector;
 use trailguard_detect::enrich::{Enricher, GeoConfig, GeoDb, Intel};
-use trailguard_detect::policies::PoliciesConfig;
 use trailguard_ingest::files::{expand, Input};
 use trailguard_ingest::normalize::normalize;
 use trailguard_ingest::split::{decompress, split, Limits};
@@ -140,6 +140,8 @@ fn main() {
     let mut enricher = Enricher::new(geo, Arc::new(RwLock::new(Arc::new(intel))));
     let cfg = PoliciesConfig::default();
     let mut detector = Detector::new(&cfg, Duration::from_secs(300)).with_geo(&cfg, has_geo);
+    // Shared and locked per activity, as the service does.
+    let facts = trailguard_detect::facts::SharedFacts::default();
 
     // Decoding (and dropping) activities is the consumer's work, not the detector's: the loop
     // borrows them.
@@ -147,7 +149,13 @@ fn main() {
     let mut alerts = 0usize;
     for (offset, a) in activities.iter_mut().enumerate() {
         enricher.enrich(a);
-        alerts += detector.observe(a, offset as i64).len();
+        alerts += detector
+            .observe(
+                a,
+                offset as i64,
+                &mut trailguard_detect::facts::lock(&facts),
+            )
+            .len();
         if offset % 1000 == 999 {
             detector.safe_offset(offset as i64 + 1);
             // Baselines are handed to the changelog at every checkpoint: count that work.

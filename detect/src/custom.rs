@@ -31,12 +31,10 @@ use std::time::Duration;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use trailguard_common::contract::{
-    stable_id, ActionKind, Alert, AlertKind, Entity, Evidence, RequestedAction, Severity,
-};
+use trailguard_common::contract::{stable_id, ActionKind, Alert, AlertKind, Entity, Severity};
 use trailguard_common::Activity;
 
-use crate::detector::Offset;
+use crate::policy::{requested, who, AlertBuilder, Offset, PolicyMeta};
 
 /// One custom policy as configured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -444,12 +442,7 @@ impl Custom {
                 .chain(ids.iter().map(String::as_str))
                 .collect();
             let summary = if p.threshold <= 1 {
-                format!(
-                    "{} {} matched {}",
-                    crate::policies::who(a),
-                    a.event_name,
-                    p.name
-                )
+                format!("{} {} matched {}", who(a), a.event_name, p.name)
             } else {
                 format!(
                     "{} activities of {group} matched {} within {}",
@@ -458,42 +451,27 @@ impl Custom {
                     humantime::format_duration(p.window.to_std().unwrap_or_default())
                 )
             };
-            out.push(Alert {
-                schema_version: trailguard_common::contract::ALERT_SCHEMA_VERSION,
-                id: stable_id(std::iter::once("custom").chain(parts)),
-                policy_id: p.id.clone(),
-                policy_name: p.name.clone(),
+            let policy = PolicyMeta {
+                id: &p.id,
+                name: &p.name,
                 kind: AlertKind::Custom,
-                severity: p.severity,
-                time: a.event_time,
-                entity: Entity {
-                    kind: entity_kind.into(),
-                    id: if entity_kind == "group" {
-                        group.clone()
-                    } else {
-                        a.principal.key()
-                    },
+            };
+            let entity = Entity {
+                kind: entity_kind.into(),
+                id: if entity_kind == "group" {
+                    group.clone()
+                } else {
+                    a.principal.key()
                 },
-                principal: Some(a.principal.clone()),
-                account_id: a.account_id.clone(),
-                region: a.region.clone(),
-                evidence: Evidence {
-                    activity_ids: ids,
-                    summary,
-                },
-                mitre: Vec::new(),
-                actions: p
-                    .actions
-                    .iter()
-                    .map(|&kind| RequestedAction {
-                        kind,
-                        target: crate::templates::action_target(kind, a),
-                    })
-                    .collect(),
-                occurrences: 1,
-                last_time: None,
-                signature: None,
-            });
+            };
+            let id = stable_id(std::iter::once("custom").chain(parts));
+            out.push(
+                AlertBuilder::about(&policy, a, p.severity)
+                    .entity(entity)
+                    .evidence(ids, summary)
+                    .actions(requested(&p.actions, a))
+                    .id(id),
+            );
         }
         out
     }

@@ -3,7 +3,7 @@
 //!
 //! ## How state survives a restart
 //! Baselines are saved to a changelog (see [`crate::state`]). Sign-in failures and custom
-//! windows keep *bursts*: per key (principal here; source IP in a [`SourceIpFailures`] over the
+//! windows keep *bursts*: per key (principal here; source IP in a [`crate::signin::SourceIpFailures`] over the
 //! sign-in failures topic), the failures that followed each other within the window. A burst's decisions
 //! depend only on its own activities, so replaying the partition from the first offset of every
 //! burst that is still open rebuilds exactly the same bursts and raises the same alerts with the
@@ -11,32 +11,19 @@
 //! committed offset pass the start of an open burst — nor fall inside a closed one, whose tail
 //! alone would otherwise be replayed as a shorter, different burst.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
-use trailguard_common::contract::{Alert, Entity, Evidence, Mitre, Severity};
+use trailguard_common::contract::Alert;
 use trailguard_common::Activity;
 
-use crate::policies::{
-    alert_for, BucketPublic, CloudTrailChanges, PoliciesConfig, SigninFailuresConfig,
-    SIGNIN_FAILURES,
-};
-
-/// Kafka offset within one partition.
-pub type Offset = i64;
-
-/// How many offsets a burst outlives its last activity, whatever the watermark says.
-pub const RETAIN_OFFSETS: Offset = 10_000;
-
-/// As [`RETAIN_OFFSETS`], on the sign-in failures topic. As large: that topic interleaves
-/// the activities partitions as their instances forward them, and while they catch up (a
-/// backfill, a rebalance) one may run hours of event time ahead of another. A smaller count
-/// closed an address's burst before its lagging failures arrived, which then opened a second
-/// burst with another id (the two-instance test caught it at 16).
-pub const COUNTER_RETAIN_OFFSETS: Offset = RETAIN_OFFSETS;
-
-/// Windows are expired at offsets that are multiples of this.
-pub const EXPIRE_EVERY: Offset = 64;
+use crate::bucket_public::BucketPublic;
+use crate::cloudtrail::CloudTrailChanges;
+use crate::config::PoliciesConfig;
+use crate::facts::Facts;
+use crate::policy::{advances_watermark, Offset, EXPIRE_EVERY, RETAIN_OFFSETS};
+use crate::signin::{settle, SigninFailures};
+use trailguard_common::contract::kinds;
 
 /// Evaluates every policy over one partition's activities.
 pub struct Detector {
@@ -67,8 +54,6 @@ pub struct Detector {
     observed: u64,
     /// Custom policies and their windows.
     custom: crate::custom::Custom,
-    /// Organization-wide facts (shared by the partitions of this instance).
-    facts: crate::facts::SharedFacts,
     /// Facts learned here, for the facts topic.
     outbox: Vec<(String, crate::facts::Fact)>,
     /// Terminations already checked against this partition's principals.
@@ -99,17 +84,6 @@ fn disarm_if_failed(
                 .retain(|a| a.kind == trailguard_common::contract::ActionKind::Notify);
         }
     }
-}
-
-/// How far ahead of this clock an event time may move the watermark. Ingest dead-letters
-/// records further in the future (`publish.max_clock_skew`); activities reaching detect by
-/// another way must not either: one record dated 2199 would otherwise expire every baseline.
-const WATERMARK_SKEW: chrono::Duration = chrono::Duration::days(1);
-
-/// True when `time` moves the watermark on from `max`: later, and not beyond the clock plus
-/// [`WATERMARK_SKEW`].
-fn advances_watermark(max: Option<DateTime<Utc>>, time: DateTime<Utc>) -> bool {
-    max.is_none_or(|t| time > t) && time <= Utc::now() + WATERMARK_SKEW
 }
 
 impl Detector {
@@ -145,7 +119,6 @@ impl Detector {
             state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(35)),
             observed: 0,
             custom: crate::custom::Custom::new(&cfg.custom),
-            facts: crate::facts::SharedFacts::default(),
             outbox: Vec::new(),
             terminations_seen: 0,
             fold_period: cfg.fold.period.as_secs() as i64,
@@ -154,8 +127,8 @@ impl Detector {
         }
     }
 
-    /// Leaves counting failed sign-ins per source IP to a [`SourceIpFailures`] fed by the
-    /// sign-in failures topic (see [`counts_per_source_ip`]): this partition sees only the
+    /// Leaves counting failed sign-ins per source IP to a [`crate::signin::SourceIpFailures`] fed by the
+    /// sign-in failures topic (see [`crate::signin::counts_per_source_ip`]): this partition sees only the
     /// failures of its own principals, a spray's targets are spread over every partition.
     pub fn counting_source_ips_elsewhere(mut self) -> Self {
         self.signin.cfg.per_source_ip = false;
@@ -170,13 +143,8 @@ impl Detector {
             .is_some_and(|state| offset < state.offset)
     }
 
-    /// Shares `facts` with the other partitions of this instance.
-    pub fn with_facts(mut self, facts: crate::facts::SharedFacts) -> Self {
-        self.facts = facts;
-        self
-    }
-
-    /// Facts learned since the last call, to publish on the facts topic.
+    /// Facts this partition learned (new to the facts it was given) since the last call, to
+    /// publish on the facts topic.
     pub fn take_facts(&mut self) -> Vec<(String, crate::facts::Fact)> {
         std::mem::take(&mut self.outbox)
     }
@@ -230,12 +198,8 @@ impl Detector {
 
     /// Terminations that reached this partition after it saw the terminated user act (also
     /// called between activities, so a quiet partition still raises them).
-    pub fn look_back(&mut self) -> Vec<Alert> {
+    pub fn look_back(&mut self, facts: &Facts) -> Vec<Alert> {
         let new: Vec<(String, crate::facts::Fact)> = {
-            let facts = match self.facts.read() {
-                Ok(f) => f,
-                Err(poisoned) => poisoned.into_inner(),
-            };
             if facts.terminations() <= self.terminations_seen {
                 return Vec::new();
             }
@@ -275,11 +239,12 @@ impl Detector {
         activity: &Activity,
         offset: Offset,
         matched: Vec<Alert>,
+        facts: &mut Facts,
     ) -> Vec<Alert> {
-        if activity.principal.kind == "Trailguard" {
+        if activity.principal.kind == kinds::TRAILGUARD {
             return matched;
         }
-        let mut looked_back = self.look_back();
+        let mut looked_back = self.look_back(facts);
         let key = activity.principal.key();
         if !self.principals.contains_key(&key) {
             self.principals.insert(key.clone(), Default::default());
@@ -309,27 +274,13 @@ impl Detector {
         let mut raised = self.anomalies.observe(state, &mut self.org, activity);
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);
         alerts.extend(raised);
-        let mut learned = crate::facts::facts_of(activity);
-        {
-            let facts = match self.facts.read() {
-                Ok(f) => f,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            let mut raised = self.anomalies.observe_facts(state, &facts, activity);
-            disarm_if_failed(&mut raised, activity, &self.act_on_failed);
-            alerts.extend(raised);
-            // Most are known already (a region in use): no write lock for those.
-            learned.retain(|(key, fact)| !facts.already_knows(key, fact));
-        }
-        if !learned.is_empty() {
-            let mut facts = match self.facts.write() {
-                Ok(f) => f,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            for (key, fact) in learned {
-                if facts.learn(&key, fact.clone()) {
-                    self.outbox.push((key, fact));
-                }
+        let mut raised = self.anomalies.observe_facts(state, facts, activity);
+        disarm_if_failed(&mut raised, activity, &self.act_on_failed);
+        alerts.extend(raised);
+        for (key, fact) in crate::facts::facts_of(activity) {
+            // Most are known already (a region in use).
+            if !facts.already_knows(&key, &fact) && facts.learn(&key, fact.clone()) {
+                self.outbox.push((key, fact));
             }
         }
         state.offset = offset + 1;
@@ -356,22 +307,28 @@ impl Detector {
         alerts
     }
 
-    /// Evaluates one activity read at `offset`. Returns the alerts it raises.
-    pub fn observe(&mut self, activity: &Activity, offset: Offset) -> Vec<Alert> {
+    /// Evaluates one activity read at `offset` against the organization's `facts` (which it
+    /// may add to: see [`Detector::take_facts`]). Returns the alerts it raises.
+    pub fn observe(
+        &mut self,
+        activity: &Activity,
+        offset: Offset,
+        facts: &mut Facts,
+    ) -> Vec<Alert> {
         let mut matched = Vec::new();
         matched.extend(self.cloudtrail.evaluate(activity));
         matched.extend(self.bucket_public.evaluate(activity));
         matched.extend(self.templates.evaluate(activity));
         // Before folding: a fold keeps the actions of the alert that opened it.
         disarm_if_failed(&mut matched, activity, &self.act_on_failed);
-        let mut alerts = self.observe_baseline(activity, offset, matched);
+        let mut alerts = self.observe_baseline(activity, offset, matched, facts);
         let mut raised = self.custom.observe(activity, offset);
         raised.extend(self.signin.observe(activity, offset, &mut self.closed));
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);
         alerts.extend(raised);
         // Inventory snapshots carry the time they were taken, not trail time: they must not
         // move the watermark of a backfill.
-        if activity.principal.kind != "Trailguard"
+        if activity.principal.kind != kinds::TRAILGUARD
             && advances_watermark(self.max_event_time, activity.event_time)
         {
             self.max_event_time = Some(activity.event_time);
@@ -429,355 +386,11 @@ impl Detector {
     }
 }
 
-/// The offset that may be committed given the first offset an open window needs: never inside
-/// a closed burst (whose tail alone would replay as a shorter, different burst), never back.
-fn settle(
-    first_open: Offset,
-    closed: &mut Vec<(Offset, Offset)>,
-    committed: &mut Offset,
-) -> Offset {
-    let mut safe = first_open;
-    // Move to the start of a closed burst it falls in (repeat: spans may chain).
-    loop {
-        let inside = closed
-            .iter()
-            .filter(|(first, last)| *first < safe && safe <= *last)
-            .map(|(first, _)| *first)
-            .min();
-        match inside {
-            Some(first) => safe = first,
-            None => break,
-        }
-    }
-    closed.retain(|(_, last)| *last >= safe);
-    *committed = (*committed).max(safe);
-    *committed
-}
-
-/// Whether `activity` goes to the per-source-IP count: a failed console sign-in from a known
-/// address, with that count on.
-pub fn counts_per_source_ip(cfg: &SigninFailuresConfig, activity: &Activity) -> bool {
-    cfg.enabled
-        && cfg.per_source_ip
-        && activity.event_name == "ConsoleLogin"
-        && !activity.outcome.is_success()
-        && activity.source_ip.is_some()
-}
-
-/// Failed console sign-ins counted per source IP over one partition of the sign-in failures
-/// topic, which is keyed by address: every failure from one address reaches the same counter,
-/// however the activities topic spreads the principals it tried. Its state is rebuilt by
-/// replay like a [`Detector`]'s bursts (see the module notes), with offsets of its own.
-///
-/// Closed bursts are expired at every record (the topic is quiet) once the watermark has
-/// passed them and [`COUNTER_RETAIN_OFFSETS`] records have followed their last. On a quiet
-/// topic the committed offset can therefore wait at an old burst for a long time: a restart
-/// then replays from there and publishes that burst's alert again, with the same id.
-pub struct SourceIpFailures {
-    signin: SigninFailures,
-    lateness: Duration,
-    max_event_time: Option<DateTime<Utc>>,
-    closed: Vec<(Offset, Offset)>,
-    committed: Offset,
-}
-
-impl SourceIpFailures {
-    /// A counter with the sign-in failures policy's settings (per source IP only).
-    pub fn new(cfg: &SigninFailuresConfig, lateness: std::time::Duration) -> Self {
-        Self::with_retention(cfg, lateness, COUNTER_RETAIN_OFFSETS)
-    }
-
-    /// As [`Self::new`], keeping closed-in-event-time bursts for `retain_offsets` offsets.
-    pub fn with_retention(
-        cfg: &SigninFailuresConfig,
-        lateness: std::time::Duration,
-        retain_offsets: Offset,
-    ) -> Self {
-        let mut cfg = cfg.clone();
-        cfg.per_principal = false;
-        let lateness = Duration::from_std(lateness).unwrap_or(Duration::MAX);
-        SourceIpFailures {
-            signin: SigninFailures::new(cfg, lateness, retain_offsets),
-            lateness,
-            max_event_time: None,
-            closed: Vec::new(),
-            committed: 0,
-        }
-    }
-
-    /// Counts one failure read at `offset`; returns the alert it raises, if any.
-    pub fn observe(&mut self, activity: &Activity, offset: Offset) -> Vec<Alert> {
-        let alerts = self.signin.observe(activity, offset, &mut self.closed);
-        if advances_watermark(self.max_event_time, activity.event_time) {
-            self.max_event_time = Some(activity.event_time);
-        }
-        if let Some(max) = self.max_event_time {
-            self.signin
-                .expire(max - self.lateness, offset, &mut self.closed);
-        }
-        alerts
-    }
-
-    /// As [`Detector::safe_offset`].
-    pub fn safe_offset(&mut self, next: Offset) -> Offset {
-        let first_open = self.signin.first_open_offset().unwrap_or(next).min(next);
-        settle(first_open, &mut self.closed, &mut self.committed)
-    }
-
-    /// Open bursts.
-    pub fn state_size(&self) -> usize {
-        self.signin.bursts.len()
-    }
-}
-
-/// Which count a burst belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum BurstKey {
-    Principal(String),
-    SourceIp(String),
-}
-
-/// Failures of one key that followed each other within the window.
-#[derive(Debug)]
-struct Burst {
-    /// Sorted by time; older than the window (plus lateness) pruned.
-    failures: VecDeque<Failure>,
-    /// Id of the burst's first activity: names the alert, so a replay raises the same id.
-    first_activity: String,
-    first_offset: Offset,
-    last_offset: Offset,
-    max_time: DateTime<Utc>,
-    /// Event time of the failure that raised this burst's alert.
-    fired_at: Option<DateTime<Utc>>,
-}
-
-/// Admin console sign-in failures: `threshold` failed `ConsoleLogin`s for one principal, or
-/// from one source IP, within `window`; one alert per burst. A burst that goes on past the
-/// window of its alert rolls over into a new one (an attack that does not stop alerts again,
-/// and its state and the commit offset do not stay pinned to its start).
-struct SigninFailures {
-    cfg: SigninFailuresConfig,
-    window: Duration,
-    lateness: Duration,
-    retain_offsets: Offset,
-    bursts: HashMap<BurstKey, Burst>,
-}
-
-impl SigninFailures {
-    fn new(cfg: SigninFailuresConfig, lateness: Duration, retain_offsets: Offset) -> Self {
-        let window = Duration::from_std(cfg.window).unwrap_or(Duration::MAX);
-        SigninFailures {
-            cfg,
-            window,
-            lateness,
-            retain_offsets,
-            bursts: HashMap::new(),
-        }
-    }
-
-    fn observe(
-        &mut self,
-        activity: &Activity,
-        offset: Offset,
-        closed: &mut Vec<(Offset, Offset)>,
-    ) -> Vec<Alert> {
-        if !self.cfg.enabled
-            || activity.event_name != "ConsoleLogin"
-            || activity.outcome.is_success()
-        {
-            return Vec::new();
-        }
-        let mut keys = Vec::with_capacity(2);
-        if self.cfg.per_principal {
-            keys.push(BurstKey::Principal(activity.principal.key()));
-        }
-        if self.cfg.per_source_ip {
-            if let Some(ip) = activity.source_ip {
-                keys.push(BurstKey::SourceIp(ip.to_string()));
-            }
-        }
-        keys.into_iter()
-            .filter_map(|key| self.observe_key(key, activity, offset, closed))
-            .collect()
-    }
-
-    fn observe_key(
-        &mut self,
-        key: BurstKey,
-        activity: &Activity,
-        offset: Offset,
-        closed: &mut Vec<(Offset, Offset)>,
-    ) -> Option<Alert> {
-        let t = activity.event_time;
-        let window = self.window;
-        let starts_new = self
-            .bursts
-            .get(&key)
-            .is_none_or(|b| t > b.max_time + window || b.fired_at.is_some_and(|f| t > f + window));
-        if starts_new {
-            if let Some(old) = self.bursts.remove(&key) {
-                closed.push((old.first_offset, old.last_offset));
-            }
-            self.bursts.insert(
-                key.clone(),
-                Burst {
-                    failures: VecDeque::new(),
-                    first_activity: activity.id.clone(),
-                    first_offset: offset,
-                    last_offset: offset,
-                    max_time: t,
-                    fired_at: None,
-                },
-            );
-        }
-        let burst = self.bursts.get_mut(&key)?;
-        // A replayed or duplicated activity counts once.
-        if burst.failures.iter().any(|f| f.id == activity.id) {
-            return None;
-        }
-        let at = burst.failures.partition_point(|f| f.time <= t);
-        let failure = Failure {
-            time: t,
-            id: activity.id.clone(),
-            principal: match &key {
-                BurstKey::SourceIp(_) => activity.principal.key(),
-                BurstKey::Principal(_) => String::new(),
-            },
-        };
-        burst.failures.insert(at, failure);
-        burst.last_offset = burst.last_offset.max(offset);
-        burst.max_time = burst.max_time.max(t);
-        // Failures that can no longer share a window with a new one are forgotten.
-        let horizon = burst.max_time - window - self.lateness;
-        while burst.failures.front().is_some_and(|f| f.time < horizon) {
-            burst.failures.pop_front();
-        }
-        if burst.fired_at.is_some() {
-            return None;
-        }
-        let (start, end) = densest_window(&burst.failures, window, self.cfg.threshold)?;
-        burst.fired_at = Some(t);
-        let in_window = burst.failures.range(start..=end);
-        let window_ids: Vec<String> = in_window.clone().map(|f| f.id.clone()).collect();
-        let targets = in_window
-            .map(|f| f.principal.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-        // Few tries against each of many principals: the shape of a password spray (at least
-        // three principals, and at least one for every two failures).
-        let spray =
-            matches!(key, BurstKey::SourceIp(_)) && targets >= 3 && targets * 2 >= window_ids.len();
-        let (what, entity) = match &key {
-            BurstKey::Principal(_) => (
-                format!(
-                    "{} failed console sign-ins for {}",
-                    window_ids.len(),
-                    activity.principal.display()
-                ),
-                Entity {
-                    kind: "principal".into(),
-                    id: activity.principal.key(),
-                },
-            ),
-            BurstKey::SourceIp(ip) => (
-                format!(
-                    "{}{} failed console sign-ins from {ip} against {targets} principal{}",
-                    if spray { "password spray: " } else { "" },
-                    window_ids.len(),
-                    if targets == 1 { "" } else { "s" }
-                ),
-                Entity {
-                    kind: "source-ip".into(),
-                    id: ip.clone(),
-                },
-            ),
-        };
-        let minutes = window.num_minutes();
-        let summary = format!("{what} within {minutes} minutes");
-        let dimension = match key {
-            BurstKey::Principal(_) => "principal",
-            BurstKey::SourceIp(_) => "source-ip",
-        };
-        let first = burst.first_activity.clone();
-        let mut alert = alert_for(
-            activity,
-            &SIGNIN_FAILURES,
-            self.cfg.severity,
-            entity,
-            Evidence {
-                activity_ids: window_ids,
-                summary,
-            },
-            &[dimension, first.as_str()],
-        );
-        alert.mitre = vec![Mitre {
-            tactic: "Credential Access".into(),
-            technique_id: "T1110".into(),
-            technique: "Brute Force".into(),
-        }];
-        if activity.principal.is_root || spray {
-            alert.severity = alert.severity.max(Severity::High);
-        }
-        Some(alert)
-    }
-
-    /// Closes bursts whose window ended before the watermark and that no activity has touched
-    /// for `retain_offsets` offsets. The second condition keeps keys whose activities arrive
-    /// late as a whole (a backfill of one account while another streams live on the same
-    /// partition) counting on their own event time instead of being dropped as too late.
-    fn expire(
-        &mut self,
-        watermark: DateTime<Utc>,
-        now: Offset,
-        closed: &mut Vec<(Offset, Offset)>,
-    ) {
-        let (window, retain) = (self.window, self.retain_offsets);
-        self.bursts.retain(|_, b| {
-            let open = b.max_time + window >= watermark || b.last_offset + retain > now;
-            if !open {
-                closed.push((b.first_offset, b.last_offset));
-            }
-            open
-        });
-    }
-
-    fn first_open_offset(&self) -> Option<Offset> {
-        self.bursts.values().map(|b| b.first_offset).min()
-    }
-}
-
-/// One failed sign-in of a burst.
-#[derive(Debug)]
-struct Failure {
-    time: DateTime<Utc>,
-    /// Activity id.
-    id: String,
-    /// Who was tried (per-source-IP bursts only; empty otherwise).
-    principal: String,
-}
-
-/// The index range of the first window of length `window` holding at least `threshold`
-/// failures.
-fn densest_window(
-    failures: &VecDeque<Failure>,
-    window: Duration,
-    threshold: usize,
-) -> Option<(usize, usize)> {
-    let mut start = 0;
-    for end in 0..failures.len() {
-        while failures[end].time - failures[start].time > window {
-            start += 1;
-        }
-        if end + 1 - start >= threshold {
-            return Some((start, end));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signin::{counts_per_source_ip, SourceIpFailures};
+    use trailguard_common::contract::Severity;
     use trailguard_common::contract::{Outcome, OutcomeStatus, Principal, ACTIVITY_SCHEMA_VERSION};
 
     fn failure(user: &str, ip: &str, minute: i64) -> Activity {
@@ -819,10 +432,11 @@ mod tests {
     }
 
     fn run(detector: &mut Detector, activities: &[Activity]) -> Vec<Alert> {
+        let mut facts = Facts::default();
         activities
             .iter()
             .enumerate()
-            .flat_map(|(offset, a)| detector.observe(a, offset as Offset))
+            .flat_map(|(offset, a)| detector.observe(a, offset as Offset, &mut facts))
             .collect()
     }
 
@@ -949,6 +563,7 @@ mod tests {
     /// uninterrupted run raised after that offset, with the same ids.
     #[test]
     fn replay_from_safe_offset_reproduces_alerts() {
+        let mut facts = Facts::default();
         // Blocks an hour apart; in each, two users fail 6 times each within 12 minutes from one
         // IP (slightly out of order), so bursts open, fire and close again and again.
         let mut events = Vec::new();
@@ -977,19 +592,19 @@ mod tests {
             let before: Vec<Alert> = events[..cut]
                 .iter()
                 .enumerate()
-                .flat_map(|(o, a)| first.observe(a, o as Offset))
+                .flat_map(|(o, a)| first.observe(a, o as Offset, &mut facts))
                 .collect();
             let safe = first.safe_offset(cut as Offset) as usize;
             let after_uninterrupted: Vec<Alert> = events[cut..]
                 .iter()
                 .enumerate()
-                .flat_map(|(i, a)| first.observe(a, (cut + i) as Offset))
+                .flat_map(|(i, a)| first.observe(a, (cut + i) as Offset, &mut facts))
                 .collect();
             let mut second = detector();
             let replayed: Vec<Alert> = events[safe..]
                 .iter()
                 .enumerate()
-                .flat_map(|(i, a)| second.observe(a, (safe + i) as Offset))
+                .flat_map(|(i, a)| second.observe(a, (safe + i) as Offset, &mut facts))
                 .collect();
             let mut expected: Vec<_> = before
                 .iter()
@@ -1023,6 +638,7 @@ mod tests {
     /// partition alone sees enough to alert, the failures topic's counter sees it whole.
     #[test]
     fn a_spray_across_partitions_is_counted_per_source_ip() {
+        let mut facts = Facts::default();
         let cfg = PoliciesConfig::default();
         let lateness = std::time::Duration::from_secs(300);
         let mut partitions: Vec<Detector> = (0..3)
@@ -1036,7 +652,7 @@ mod tests {
         for (i, user) in users.iter().enumerate() {
             let a = failure(user, "203.0.113.9", i as i64);
             let p = i % 3;
-            partition_alerts.extend(partitions[p].observe(&a, (i / 3) as Offset));
+            partition_alerts.extend(partitions[p].observe(&a, (i / 3) as Offset, &mut facts));
             if counts_per_source_ip(&cfg.console_signin_failures, &a) {
                 forwarded.push(a);
             }
@@ -1202,6 +818,7 @@ mod tests {
     /// the alerts (and counts) of the uninterrupted run, with no repeat raised as a new alert.
     #[test]
     fn folds_survive_a_restart_at_any_point() {
+        let mut facts = Facts::default();
         let mut events: Vec<Activity> = (0..12).map(|i| sg_change("alice", i * 4)).collect();
         events.push(sg_change("alice", 200));
         let reference = counted(&run(&mut detector(), &events));
@@ -1210,7 +827,7 @@ mod tests {
             let mut got: Vec<Alert> = events[..cut]
                 .iter()
                 .enumerate()
-                .flat_map(|(o, a)| first.observe(a, o as Offset))
+                .flat_map(|(o, a)| first.observe(a, o as Offset, &mut facts))
                 .collect();
             let saved: HashMap<String, crate::anomaly::PrincipalState> = first
                 .take_changes()
@@ -1225,7 +842,7 @@ mod tests {
                 events
                     .iter()
                     .enumerate()
-                    .flat_map(|(o, a)| second.observe(a, o as Offset)),
+                    .flat_map(|(o, a)| second.observe(a, o as Offset, &mut facts)),
             );
             assert_eq!(counted(&got), reference, "cut {cut}");
         }
@@ -1236,6 +853,7 @@ mod tests {
     /// console sign-in from a Tor exit must not suspend the user it names.
     #[test]
     fn failed_activity_only_notifies_unless_the_policy_opts_in() {
+        let mut facts = Facts::default();
         use trailguard_common::contract::ActionKind;
         let mut cfg = PoliciesConfig::default();
         cfg.templates.insert(
@@ -1265,16 +883,16 @@ mod tests {
                 .collect()
         };
         let mut d = Detector::new(&cfg, std::time::Duration::from_secs(300));
-        let denied = d.observe(&acl(OutcomeStatus::Failure, "mallory"), 0);
+        let denied = d.observe(&acl(OutcomeStatus::Failure, "mallory"), 0, &mut facts);
         assert_eq!(kinds(&denied), [vec![ActionKind::Notify]]);
-        let done = d.observe(&acl(OutcomeStatus::Success, "alice"), 1);
+        let done = d.observe(&acl(OutcomeStatus::Success, "alice"), 1, &mut facts);
         assert_eq!(
             kinds(&done),
             [vec![ActionKind::Notify, ActionKind::MakeBucketPrivate]]
         );
         cfg.act_on_failed_activity = vec!["s3-bucket-activity".into()];
         let mut opted = Detector::new(&cfg, std::time::Duration::from_secs(300));
-        let denied = opted.observe(&acl(OutcomeStatus::Failure, "mallory"), 0);
+        let denied = opted.observe(&acl(OutcomeStatus::Failure, "mallory"), 0, &mut facts);
         assert_eq!(
             kinds(&denied),
             [vec![ActionKind::Notify, ActionKind::MakeBucketPrivate]]

@@ -358,10 +358,7 @@ impl Enricher {
         let Some(ip) = activity.source_ip else {
             return;
         };
-        let intel = match self.intel.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        };
+        let intel = Arc::clone(&trailguard_common::sync::read(&self.intel));
         let generation = Arc::as_ptr(&intel) as usize;
         if generation != self.cached_from || self.cache.len() >= CACHE_MAX {
             self.cache.clear();
@@ -394,9 +391,7 @@ pub fn refresh_intel(
             }
             match load_intel(&cfg).await {
                 Ok(intel) => {
-                    if let Ok(mut guard) = shared.write() {
-                        *guard = Arc::new(intel);
-                    }
+                    *trailguard_common::sync::write(&shared) = Arc::new(intel);
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "intel refresh failed; keeping the last lists")

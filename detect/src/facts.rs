@@ -16,16 +16,16 @@ use serde_json::Value;
 use trailguard_common::contract::{AlertKind, Severity};
 use trailguard_common::Activity;
 
-use crate::policies::PolicyMeta;
+use crate::policy::PolicyMeta;
 
 /// Activity performed by a terminated user.
-pub const TERMINATED_USER: PolicyMeta = PolicyMeta {
+pub const TERMINATED_USER: PolicyMeta<'static> = PolicyMeta {
     id: "terminated-user",
     name: "Activity performed by terminated user",
     kind: AlertKind::Anomaly,
 };
 /// Unusual region for a cloud resource.
-pub const UNUSUAL_REGION: PolicyMeta = PolicyMeta {
+pub const UNUSUAL_REGION: PolicyMeta<'static> = PolicyMeta {
     id: "unusual-region",
     name: "Unusual region for cloud resource",
     kind: AlertKind::Anomaly,
@@ -59,8 +59,13 @@ pub struct Facts {
     terminations: Vec<(String, Fact)>,
 }
 
-/// Facts shared by the partitions of one instance, and their outbox to the facts topic.
+/// Facts shared by the partitions of one instance and the follower of the facts topic.
 pub type SharedFacts = Arc<RwLock<Facts>>;
+
+/// `shared`, locked for writing (for one activity's evaluation, or one fact read back).
+pub fn lock(shared: &SharedFacts) -> std::sync::RwLockWriteGuard<'_, Facts> {
+    trailguard_common::sync::write(shared)
+}
 
 impl Facts {
     /// Records `fact` under `key` unless an earlier one is known; true when it is new.
@@ -177,7 +182,7 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
     }
     // A region is in use once something changes there (reads sweep every region).
     if let Some(region) = &a.region {
-        if crate::anomaly::is_write(a) && !GLOBAL_SERVICES.contains(&a.event_source.as_str()) {
+        if crate::classify::is_write(a) && !GLOBAL_SERVICES.contains(&a.event_source.as_str()) {
             out.push((
                 format!("region:{region}"),
                 Fact {
@@ -213,7 +218,7 @@ fn creates(a: &Activity) -> bool {
         .any(|p| a.event_name.starts_with(p))
         && a.outcome.is_success()
         && !GLOBAL_SERVICES.contains(&a.event_source.as_str())
-        && !crate::anomaly::is_data_event(a)
+        && !crate::classify::is_data_event(a)
         && a.event_source != "logs.amazonaws.com"
 }
 

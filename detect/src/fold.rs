@@ -14,6 +14,24 @@
 use serde::{Deserialize, Serialize};
 use trailguard_common::contract::Alert;
 
+/// How repeats of an event-driven policy fold into one alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FoldConfig {
+    /// Repeats of the same policy, entity and severity within this much event time of the
+    /// first alert fold into it; zero publishes every match.
+    #[serde(with = "humantime_serde")]
+    pub period: std::time::Duration,
+}
+
+impl Default for FoldConfig {
+    fn default() -> Self {
+        FoldConfig {
+            period: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Evidence ids kept per fold (the first alert's plus this many repeats).
 const MAX_REPEAT_IDS: usize = 20;
 /// Open folds kept per principal; the oldest is closed early beyond this.

@@ -1,19 +1,38 @@
 //! Trailguard detect: consumes activities, evaluates the policies, publishes alerts.
 //!
-//! - [`policies`] (pure): each policy's settings and its evaluation of one activity.
-//! - [`detector`] (pure): the per-partition state machine — windows on event time, and the
-//!   offset that is safe to commit.
-//! - [`run`]: the Kafka loop — consume, evaluate, publish alerts, and only then store offsets.
+//! The modules, bottom up (each uses only those above it in this list):
+//! - [`policy`] — the kernel every policy shares: [`policy::PolicyMeta`], the one alert builder,
+//!   who acted, allow-lists, MITRE references, action targets, offsets and the watermark rule;
+//! - [`classify`] — what a call is: a write, a data event, interactive, acting itself, and the
+//!   units each rate counts;
+//! - [`fold`] — folding repeats of an event-driven alert into one;
+//! - the policies, one module each, pure: [`cloudtrail`], [`bucket_public`], [`templates`],
+//!   [`signin`], [`custom`], [`facts`] (organization-wide facts: terminated users, regions in
+//!   use) and [`anomaly`] (per-principal baselines, one file per detection family);
+//! - [`config`] — every policy's settings gathered into `[policies]`;
+//! - [`detector`] (pure) — the per-partition state machine that runs them all: windows on
+//!   event time, baselines, and the offset that is safe to commit;
+//! - [`state`] — baselines to and from the changelog; [`enrich`] — geolocation and IP
+//!   intelligence; [`ocsf`] — alerts as OCSF Detection Findings;
+//! - [`run`] — the Kafka loop: consume, evaluate, publish alerts, and only then store offsets.
+//!
+//! A new policy is one new module beside the others, its settings added to
+//! [`config::PoliciesConfig`] and its evaluation to [`detector::Detector`].
 
 pub mod anomaly;
+pub mod bucket_public;
+pub mod classify;
+pub mod cloudtrail;
+pub mod config;
 pub mod custom;
 pub mod detector;
 pub mod enrich;
 pub mod facts;
 pub mod fold;
 pub mod ocsf;
-pub mod policies;
+pub mod policy;
 mod runner;
+pub mod signin;
 pub mod state;
 pub mod templates;
 
@@ -37,7 +56,7 @@ pub struct DetectConfig {
     /// Consumer group and time handling.
     pub detect: DetectSettings,
     /// Policy settings.
-    pub policies: policies::PoliciesConfig,
+    pub policies: config::PoliciesConfig,
     /// Geolocation databases.
     pub geo: enrich::GeoConfig,
     /// IP intelligence lists.
@@ -53,7 +72,7 @@ impl Default for DetectConfig {
             admin: AdminConfig::on_port(9102),
             log: LogConfig::default(),
             detect: DetectSettings::default(),
-            policies: policies::PoliciesConfig::default(),
+            policies: config::PoliciesConfig::default(),
             geo: enrich::GeoConfig::default(),
             intel: enrich::IntelConfig::default(),
             signing: trailguard_common::sign::SigningConfig::default(),

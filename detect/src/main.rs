@@ -15,8 +15,8 @@ use trailguard_detect::{DetectConfig, Metrics};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Trailguard detect: consumes activities, evaluates activity, file and (later) anomaly and
-/// custom policies on event time, and publishes alerts. Runs until SIGINT/SIGTERM, then drains,
+/// Trailguard detect: consumes activities, evaluates the activity, file, anomaly and custom
+/// policies on event time, and publishes signed alerts. Runs until SIGINT/SIGTERM, then drains,
 /// commits and exits.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
@@ -24,7 +24,7 @@ struct Cli {
     /// Kafka bootstrap brokers, HOST:PORT[,HOST:PORT...].
     #[arg(long, env = "TRAILGUARD_BROKERS", global = true)]
     brokers: Option<String>,
-    /// TOML configuration file (see README "Configuration").
+    /// TOML configuration file (every key: docs/configuration.md).
     #[arg(long, env = "TRAILGUARD_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
@@ -108,13 +108,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let registry = prometheus::Registry::new();
             let metrics = Metrics::new(&registry)?;
             let health = telemetry::Health::default();
-            telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone())
-                .await?;
+            let tasks = shutdown::Tasks::new(shutdown.clone());
+            telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), &tasks).await?;
             let result =
                 trailguard_detect::run(cfg, metrics, health.clone(), shutdown.clone()).await;
             health.set(false);
             shutdown.cancel();
-            Ok(result?)
+            result?;
+            match tasks.failure() {
+                Some(failure) => Err(anyhow::anyhow!(failure)),
+                None => Ok(()),
+            }
         }
         Some(Command::Tail {
             topic,

@@ -16,11 +16,12 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use trailguard_common::config::TopicRole;
-use trailguard_common::contract::{dlq_headers as h, ACTIVITY_SCHEMA_VERSION};
+use trailguard_common::contract::{dlq_headers, ACTIVITY_SCHEMA_VERSION};
 use trailguard_common::telemetry::Health;
 use trailguard_common::{kafka, sign, Activity, Alert};
 
-use crate::detector::{counts_per_source_ip, Detector, SourceIpFailures};
+use crate::detector::Detector;
+use crate::signin::{counts_per_source_ip, SourceIpFailures};
 use crate::{DetectConfig, Error};
 
 /// Detect's metrics. Labels come from closed sets only.
@@ -157,6 +158,12 @@ pub async fn run(
         ),
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-detect", 0)?;
+    let sink = Sink {
+        producer: &producer,
+        cfg: &cfg,
+        metrics: &metrics,
+        shutdown: &shutdown,
+    };
     // Notes revoked partitions, so their state is dropped (the next owner rebuilds it from
     // the committed offset).
     let context = kafka::KafkaContext::new(&cfg.kafka)
@@ -196,7 +203,8 @@ pub async fn run(
     if !verifier.authenticates_records() {
         tracing::warn!("no signing key: detect's own topics (facts, state, sign-in failures) are read back unauthenticated");
     }
-    let facts = follow_facts(&cfg, &metrics, shutdown.clone()).await?;
+    let tasks = trailguard_common::shutdown::Tasks::new(shutdown.clone());
+    let facts = follow_facts(&cfg, &metrics, &tasks).await?;
 
     let mut state = Partitions {
         failures_topic: topics.detect_signin_failures.clone(),
@@ -214,9 +222,9 @@ pub async fn run(
                 }
                 state.forget_revoked(&context);
                 for detector in state.detectors.values_mut() {
-                    let alerts = detector.look_back();
-                    if !publish_alerts(&producer, &cfg, &metrics, alerts, &shutdown).await {
-                        return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
+                    let alerts = detector.look_back(&crate::facts::lock(&facts));
+                    if let Err(stopped) = sink.alerts(alerts).await {
+                        return commit_stored(&consumer, stopped);
                     }
                 }
                 checkpoint(&producer, &consumer, &cfg, &mut state).await?;
@@ -278,16 +286,9 @@ pub async fn run(
                     &topics.activities
                 };
                 let source = format!("{topic}/{partition}/{offset}");
-                if !dead_letter(
-                    &producer, &cfg, &metrics, &source, kind, &reason, &original, &shutdown,
-                )
-                .await
-                {
+                if let Err(stopped) = sink.dead_letter(&source, kind, &reason, &original).await {
                     // Not durable: do not advance past it; the next start retries.
-                    return commit_and_stop(
-                        &consumer,
-                        "shutdown while a dead letter was unpublished",
-                    );
+                    return commit_stored(&consumer, stopped);
                 }
                 if !from_failures {
                     metrics
@@ -305,8 +306,8 @@ pub async fn run(
                 .or_insert_with(|| SourceIpFailures::new(signin_cfg, cfg.detect.allowed_lateness));
             if let Some(activity) = &activity {
                 let alerts = counter.observe(activity, offset);
-                if !publish_alerts(&producer, &cfg, &metrics, alerts, &shutdown).await {
-                    return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
+                if let Err(stopped) = sink.alerts(alerts).await {
+                    return commit_stored(&consumer, stopped);
                 }
             }
             state.pending_counters.insert(partition, offset + 1);
@@ -329,7 +330,6 @@ pub async fn run(
                 .inc_by(unverified);
             let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
                 .with_geo(&cfg.policies, enricher.has_geo())
-                .with_facts(facts.clone())
                 .counting_source_ips_elsewhere();
             detector.restore(states);
             state.detectors.insert(partition, detector);
@@ -345,23 +345,22 @@ pub async fn run(
             // Forwarded before, if its baseline was saved: a replay does not count it twice.
             let forward = counts_per_source_ip(signin_cfg, &activity)
                 && !detector.already_applied(&activity, offset);
-            let alerts = detector.observe(&activity, offset);
-            if !publish_alerts(&producer, &cfg, &metrics, alerts, &shutdown).await {
-                return commit_and_stop(&consumer, "shutdown while an alert was unpublished");
+            let alerts = detector.observe(&activity, offset, &mut crate::facts::lock(&facts));
+            if let Err(stopped) = sink.alerts(alerts).await {
+                return commit_stored(&consumer, stopped);
             }
             // Durable on the failures topic before this activity can be committed.
-            if forward && !forward_failure(&producer, &cfg, &metrics, &activity, &shutdown).await {
-                return commit_and_stop(
-                    &consumer,
-                    "shutdown while a sign-in failure was unforwarded",
-                );
+            if forward {
+                if let Err(stopped) = sink.failure(&activity).await {
+                    return commit_stored(&consumer, stopped);
+                }
             }
         }
         // Facts are durable before the activity's offset may be committed: another instance,
         // or this one after a restart, must learn a termination.
         for (key, fact) in detector.take_facts() {
-            if !publish_fact(&producer, &cfg, &metrics, &key, &fact, &shutdown).await {
-                return commit_and_stop(&consumer, "shutdown while a fact was unpublished");
+            if let Err(stopped) = sink.fact(&key, &fact).await {
+                return commit_stored(&consumer, stopped);
             }
         }
         state.pending.insert(partition, offset + 1);
@@ -369,8 +368,11 @@ pub async fn run(
     }
     state.forget_revoked(&context);
     checkpoint(&producer, &consumer, &cfg, &mut state).await?;
-    commit_and_stop(&consumer, "shutdown")?;
+    commit_stored(&consumer, Stopped("shutdown"))?;
     kafka::flush(&producer, cfg.detect.drain_timeout)?;
+    if let Some(failure) = tasks.failure() {
+        return Err(Error::Stopped(failure));
+    }
     tracing::info!("detect stopped");
     Ok(())
 }
@@ -387,7 +389,7 @@ struct FactRecord {
 async fn follow_facts(
     cfg: &DetectConfig,
     metrics: &Metrics,
-    shutdown: CancellationToken,
+    tasks: &trailguard_common::shutdown::Tasks,
 ) -> Result<crate::facts::SharedFacts, Error> {
     let facts = crate::facts::SharedFacts::default();
     let (loaded, kafka_cfg, topic, verifier, unverified) = (
@@ -400,9 +402,7 @@ async fn follow_facts(
     let count = tokio::task::spawn_blocking(move || {
         kafka::read_all(&kafka_cfg, &topic, "trailguard-detect-facts", |read| {
             if let Some(record) = verified_fact(&verifier, read, &unverified) {
-                if let Ok(mut facts) = loaded.write() {
-                    facts.learn(&record.key, record.fact);
-                }
+                crate::facts::lock(&loaded).learn(&record.key, record.fact);
             }
         })
     })
@@ -416,19 +416,18 @@ async fn follow_facts(
         cfg.signing.verifier(),
         metrics.unverified.with_label_values(&["facts"]),
     );
-    tokio::spawn(async move {
-        let followed = kafka::follow(&kafka_cfg, &topic, true, None, &shutdown, |message| {
+    let shutdown = tasks.shutdown().clone();
+    // Without it this instance would stop seeing the facts other instances learn (a
+    // termination, a region in use): a failure stops detect rather than degrade it unseen.
+    tasks.spawn("facts follower", async move {
+        kafka::follow(&kafka_cfg, &topic, true, None, &shutdown, |message| {
             if let Some(record) = verified_fact(&verifier, &kafka::Read::of(message), &unverified) {
-                if let Ok(mut facts) = shared.write() {
-                    facts.learn(&record.key, record.fact);
-                }
+                crate::facts::lock(&shared).learn(&record.key, record.fact);
             }
             true
         })
-        .await;
-        if let Err(err) = followed {
-            tracing::error!(error = %err, "following the facts topic failed; facts from other instances are not seen");
-        }
+        .await
+        .map_err(|e| format!("following the facts topic: {e}"))
     });
     Ok(facts)
 }
@@ -452,47 +451,6 @@ fn verified_fact(
     };
     let record = serde_json::from_slice::<FactRecord>(payload).ok()?;
     (record.key.as_bytes() == read.key).then_some(record)
-}
-
-/// Publishes a fact learned here, signed, and waits until the broker has it (facts are rare; a
-/// fact published twice is harmless). Returns false if shutdown came first.
-async fn publish_fact(
-    producer: &kafka::Producer,
-    cfg: &DetectConfig,
-    metrics: &Metrics,
-    key: &str,
-    fact: &crate::facts::Fact,
-    shutdown: &CancellationToken,
-) -> bool {
-    let record = FactRecord {
-        key: key.to_string(),
-        fact: fact.clone(),
-    };
-    let Ok(payload) = serde_json::to_vec(&record) else {
-        return true;
-    };
-    let payload = sign::seal(
-        cfg.signing.signer().as_ref(),
-        sign::purpose::FACTS,
-        key.as_bytes(),
-        &payload,
-    );
-    let topic = &cfg.kafka.topics.detect_facts;
-    let sent = kafka::send_until_durable(producer, topic, key.as_bytes(), &payload, None, shutdown);
-    moved_on(metrics, "facts", sent.await)
-}
-
-/// True when detect may go past the record: it is durable, or the broker refuses it for good
-/// (counted; the broker's reason is logged). False when shutdown came first.
-fn moved_on(metrics: &Metrics, role: &str, sent: kafka::Sent) -> bool {
-    match sent {
-        kafka::Sent::Durable => true,
-        kafka::Sent::Stopped => false,
-        kafka::Sent::Refused { kind, .. } => {
-            metrics.refused.with_label_values(&[role, kind]).inc();
-            true
-        }
-    }
 }
 
 /// How often baselines are saved and offsets stored.
@@ -544,69 +502,6 @@ impl Partitions {
     }
 }
 
-/// Publishes a failed sign-in to the sign-in failures topic, keyed by its source IP, and waits
-/// until the broker has it. Returns false if shutdown came first.
-async fn forward_failure(
-    producer: &kafka::Producer,
-    cfg: &DetectConfig,
-    metrics: &Metrics,
-    activity: &Activity,
-    shutdown: &CancellationToken,
-) -> bool {
-    let (Some(ip), Ok(payload)) = (activity.source_ip, serde_json::to_vec(activity)) else {
-        // Nothing to count it by (or, never, unserializable): nothing to forward.
-        return true;
-    };
-    let key = ip.to_string();
-    let payload = sign::seal(
-        cfg.signing.signer().as_ref(),
-        sign::purpose::SIGNIN_FAILURES,
-        key.as_bytes(),
-        &payload,
-    );
-    let sent = kafka::send_until_durable(
-        producer,
-        &cfg.kafka.topics.detect_signin_failures,
-        key.as_bytes(),
-        &payload,
-        None,
-        shutdown,
-    );
-    moved_on(metrics, "signin_failures", sent.await)
-}
-
-/// Sends a record that cannot be evaluated to the dead-letter topic with its reason, and waits
-/// until the broker has it. Returns false if shutdown came first.
-#[allow(clippy::too_many_arguments)] // issue 15 folds producer, config and metrics into a sink
-async fn dead_letter(
-    producer: &kafka::Producer,
-    cfg: &DetectConfig,
-    metrics: &Metrics,
-    source: &str,
-    kind: &str,
-    reason: &str,
-    original: &[u8],
-    shutdown: &CancellationToken,
-) -> bool {
-    let headers = kafka::headers([
-        (h::REASON, reason),
-        (h::ERROR_KIND, kind),
-        (h::SOURCE, source),
-        (h::STAGE, "detect"),
-        (h::POINTER, "false"),
-    ]);
-    tracing::warn!(%source, kind, %reason, "dead-lettered activity");
-    let sent = kafka::send_until_durable(
-        producer,
-        &cfg.kafka.topics.dlq,
-        source.as_bytes(),
-        original,
-        Some(headers),
-        shutdown,
-    );
-    moved_on(metrics, "dlq", sent.await)
-}
-
 /// Saves every changed baseline, then stores the safe offsets: an offset is committed only
 /// once the baselines of the activities before it are durable. A partition whose baselines
 /// could not be saved keeps its offset pending until a later checkpoint succeeds.
@@ -655,10 +550,12 @@ async fn checkpoint<C: ConsumerContext>(
     Ok(())
 }
 
-fn commit_and_stop<C: ConsumerContext>(
+/// Commits the offsets stored so far and ends the loop; `stopped` says why it ended.
+fn commit_stored<C: ConsumerContext>(
     consumer: &rdkafka::consumer::StreamConsumer<C>,
-    why: &str,
+    stopped: Stopped,
 ) -> Result<(), Error> {
+    let why = stopped.0;
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!(why, "committed stored offsets"),
         // Nothing stored yet is not an error.
@@ -667,121 +564,183 @@ fn commit_and_stop<C: ConsumerContext>(
     Ok(())
 }
 
-/// Publishes `alerts` in order with [`publish_alert`]. Returns false if shutdown came first.
-async fn publish_alerts(
-    producer: &kafka::Producer,
-    cfg: &DetectConfig,
-    metrics: &Metrics,
-    alerts: Vec<Alert>,
-    shutdown: &CancellationToken,
-) -> bool {
-    for alert in &alerts {
-        if !publish_alert(producer, cfg, metrics, alert, shutdown).await {
-            return false;
-        }
-    }
-    true
+/// Shutdown came before a record was durable: detect stops without storing an offset past
+/// the record that produced it (the next start evaluates it again). Says what was unsent.
+#[derive(Debug, Clone, Copy)]
+struct Stopped(&'static str);
+
+/// Where detect's outputs go — alerts (and their OCSF form), dead letters, facts, forwarded
+/// sign-in failures — each send waiting until the broker has the record or refuses it for
+/// good (counted; detect moves on). Every send ends `Err(Stopped)` if shutdown came first.
+struct Sink<'a> {
+    producer: &'a kafka::Producer,
+    cfg: &'a DetectConfig,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
 }
 
-/// Publishes an alert, retrying until the broker has it, and counts it. Returns false if
-/// shutdown came first.
-async fn publish_alert(
-    producer: &kafka::Producer,
-    cfg: &DetectConfig,
-    metrics: &Metrics,
-    alert: &Alert,
-    shutdown: &CancellationToken,
-) -> bool {
-    match publish_signed(producer, cfg, alert, shutdown).await {
-        kafka::Sent::Durable => {
-            metrics
-                .alerts
-                .with_label_values(&[&alert.policy_id, alert.severity.as_str()])
-                .inc();
-            true
+impl Sink<'_> {
+    /// Publishes `alerts` in order ([`Sink::alert`]).
+    async fn alerts(&self, alerts: Vec<Alert>) -> Result<(), Stopped> {
+        for alert in &alerts {
+            self.alert(alert).await?;
         }
-        kafka::Sent::Stopped => false,
-        kafka::Sent::Refused { kind, error } => {
-            // Refused for good (too large for the broker, not authorized): a pointer to the
-            // alert goes to the dead-letter topic, so it is neither lost nor retried forever.
-            metrics.refused.with_label_values(&["alerts", kind]).inc();
-            let pointer = serde_json::json!({
-                "alert_id": alert.id, "policy_id": alert.policy_id,
-                "severity": alert.severity.as_str(), "entity": alert.entity.id,
-                "summary": alert.evidence.summary.chars().take(500).collect::<String>(),
-            })
-            .to_string();
-            let source = format!("alert/{}", alert.id);
-            let reason = format!("the alerts topic refused the alert: {error}");
-            dead_letter(
-                producer,
-                cfg,
-                metrics,
-                &source,
-                kind,
-                &reason,
-                pointer.as_bytes(),
-                shutdown,
-            )
-            .await
-        }
+        Ok(())
     }
-}
 
-/// Signs and publishes an alert (and its OCSF form), retrying until the broker has them or
-/// refuses them for good.
-async fn publish_signed(
-    producer: &kafka::Producer,
-    cfg: &DetectConfig,
-    alert: &Alert,
-    shutdown: &CancellationToken,
-) -> kafka::Sent {
-    let signed;
-    let alert = match cfg.signing.signer() {
-        Some(signer) => {
-            let mut copy = alert.clone();
-            signer.sign(&mut copy);
-            signed = copy;
-            &signed
+    /// Publishes an alert, signed, and counts it. One the broker refuses for good (too large,
+    /// not authorized) goes to the dead-letter topic as a pointer, so it is neither lost nor
+    /// retried forever.
+    async fn alert(&self, alert: &Alert) -> Result<(), Stopped> {
+        match self.signed(alert).await {
+            kafka::Sent::Durable => {
+                self.metrics
+                    .alerts
+                    .with_label_values(&[&alert.policy_id, alert.severity.as_str()])
+                    .inc();
+                Ok(())
+            }
+            kafka::Sent::Stopped => Err(Stopped("shutdown while an alert was unpublished")),
+            kafka::Sent::Refused { kind, error } => {
+                self.metrics
+                    .refused
+                    .with_label_values(&["alerts", kind])
+                    .inc();
+                let pointer = serde_json::json!({
+                    "alert_id": alert.id, "policy_id": alert.policy_id,
+                    "severity": alert.severity.as_str(), "entity": alert.entity.id,
+                    "summary": alert.evidence.summary.chars().take(500).collect::<String>(),
+                })
+                .to_string();
+                let source = format!("alert/{}", alert.id);
+                let reason = format!("the alerts topic refused the alert: {error}");
+                self.dead_letter(&source, kind, &reason, pointer.as_bytes())
+                    .await
+            }
         }
-        None => alert,
-    };
-    let Ok(payload) = serde_json::to_vec(alert) else {
-        // Plain data always serializes; never advance past an alert that was not published.
-        return kafka::Sent::Stopped;
-    };
-    let topic = &cfg.kafka.topics.alerts;
-    let sent = kafka::send_until_durable(
-        producer,
-        topic,
-        alert.entity.id.as_bytes(),
-        &payload,
-        None,
-        shutdown,
-    )
-    .await;
-    if sent != kafka::Sent::Durable {
-        return sent;
     }
-    tracing::info!(alert_id = %alert.id, policy = %alert.policy_id, severity = alert.severity.as_str(), summary = %alert.evidence.summary, "alert");
-    let ocsf_topic = &cfg.kafka.topics.alerts_ocsf;
-    if ocsf_topic.is_empty() {
-        return kafka::Sent::Durable;
+
+    /// Signs and publishes an alert (and its OCSF form), retrying until the broker has them
+    /// or refuses them for good.
+    async fn signed(&self, alert: &Alert) -> kafka::Sent {
+        let signed;
+        let alert = match self.cfg.signing.signer() {
+            Some(signer) => {
+                let mut copy = alert.clone();
+                signer.sign(&mut copy);
+                signed = copy;
+                &signed
+            }
+            None => alert,
+        };
+        let Ok(payload) = serde_json::to_vec(alert) else {
+            // Plain data always serializes; never advance past an alert that was not published.
+            return kafka::Sent::Stopped;
+        };
+        let topics = &self.cfg.kafka.topics;
+        let key = alert.entity.id.as_bytes();
+        let sent = self.send(&topics.alerts, key, &payload, None).await;
+        if sent != kafka::Sent::Durable {
+            return sent;
+        }
+        tracing::info!(alert_id = %alert.id, policy = %alert.policy_id, severity = alert.severity.as_str(), summary = %alert.evidence.summary, "alert");
+        if topics.alerts_ocsf.is_empty() {
+            return kafka::Sent::Durable;
+        }
+        let Ok(finding) = serde_json::to_vec(&crate::ocsf::detection_finding(alert)) else {
+            return kafka::Sent::Durable;
+        };
+        match self.send(&topics.alerts_ocsf, key, &finding, None).await {
+            // The alert itself is durable; its OCSF copy, refused for good, is logged.
+            kafka::Sent::Refused { .. } => kafka::Sent::Durable,
+            other => other,
+        }
     }
-    let Ok(finding) = serde_json::to_vec(&crate::ocsf::detection_finding(alert)) else {
-        return kafka::Sent::Durable;
-    };
-    let ocsf = kafka::send_until_durable(
-        producer,
-        ocsf_topic,
-        alert.entity.id.as_bytes(),
-        &finding,
-        None,
-        shutdown,
-    );
-    match ocsf.await {
-        // The alert itself is durable; its OCSF copy, refused for good, is logged.
-        kafka::Sent::Refused { .. } => kafka::Sent::Durable,
-        other => other,
+
+    /// Sends a record that cannot be evaluated to the dead-letter topic with its reason.
+    async fn dead_letter(
+        &self,
+        source: &str,
+        kind: &str,
+        reason: &str,
+        original: &[u8],
+    ) -> Result<(), Stopped> {
+        let headers = kafka::headers([
+            (dlq_headers::REASON, reason),
+            (dlq_headers::ERROR_KIND, kind),
+            (dlq_headers::SOURCE, source),
+            (dlq_headers::STAGE, "detect"),
+            (dlq_headers::POINTER, "false"),
+        ]);
+        tracing::warn!(%source, kind, %reason, "dead-lettered activity");
+        let topic = &self.cfg.kafka.topics.dlq;
+        let sent = self.send(topic, source.as_bytes(), original, Some(headers));
+        self.moved_on("dlq", sent.await)
+            .map_err(|_| Stopped("shutdown while a dead letter was unpublished"))
+    }
+
+    /// Publishes a fact learned here, signed (facts are rare; one published twice is
+    /// harmless).
+    async fn fact(&self, key: &str, fact: &crate::facts::Fact) -> Result<(), Stopped> {
+        let record = FactRecord {
+            key: key.to_string(),
+            fact: fact.clone(),
+        };
+        let Ok(payload) = serde_json::to_vec(&record) else {
+            return Ok(());
+        };
+        let payload = sign::seal(
+            self.cfg.signing.signer().as_ref(),
+            sign::purpose::FACTS,
+            key.as_bytes(),
+            &payload,
+        );
+        let topic = &self.cfg.kafka.topics.detect_facts;
+        let sent = self.send(topic, key.as_bytes(), &payload, None);
+        self.moved_on("facts", sent.await)
+            .map_err(|_| Stopped("shutdown while a fact was unpublished"))
+    }
+
+    /// Forwards a failed sign-in to the sign-in failures topic, keyed by its source IP.
+    async fn failure(&self, activity: &Activity) -> Result<(), Stopped> {
+        let (Some(ip), Ok(payload)) = (activity.source_ip, serde_json::to_vec(activity)) else {
+            // Nothing to count it by (or, never, unserializable): nothing to forward.
+            return Ok(());
+        };
+        let key = ip.to_string();
+        let payload = sign::seal(
+            self.cfg.signing.signer().as_ref(),
+            sign::purpose::SIGNIN_FAILURES,
+            key.as_bytes(),
+            &payload,
+        );
+        let topic = &self.cfg.kafka.topics.detect_signin_failures;
+        let sent = self.send(topic, key.as_bytes(), &payload, None);
+        self.moved_on("signin_failures", sent.await)
+            .map_err(|_| Stopped("shutdown while a sign-in failure was unforwarded"))
+    }
+
+    /// One record, retried until the broker has it or refuses it for good.
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: Option<rdkafka::message::OwnedHeaders>,
+    ) -> kafka::Sent {
+        kafka::send_until_durable(self.producer, topic, key, payload, headers, self.shutdown).await
+    }
+
+    /// Ok when detect may go past the record: it is durable, or the broker refused it for
+    /// good (counted under `role`; the broker's reason is logged).
+    fn moved_on(&self, role: &str, sent: kafka::Sent) -> Result<(), Stopped> {
+        match sent {
+            kafka::Sent::Durable => Ok(()),
+            kafka::Sent::Stopped => Err(Stopped("shutdown")),
+            kafka::Sent::Refused { kind, .. } => {
+                self.metrics.refused.with_label_values(&[role, kind]).inc();
+                Ok(())
+            }
+        }
     }
 }

@@ -12,18 +12,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use trailguard_common::contract::{
-    ActionKind, Alert, AlertKind, Entity, Evidence, Mitre, RequestedAction, Severity, Target,
-};
+use trailguard_common::contract::{ActionKind, Alert, AlertKind, Entity, Severity};
 use trailguard_common::s3::{items, parse_policy};
 use trailguard_common::Activity;
 
-use crate::policies::{alert_for, PolicyMeta};
+use crate::policy::{allowed, requested, who, AlertBuilder, PolicyMeta};
+use trailguard_common::contract::kinds;
 
 /// One template: the table row.
 pub struct Template {
     /// Id and name (in alerts, config and metric labels).
-    pub meta: PolicyMeta,
+    pub meta: PolicyMeta<'static>,
     /// `eventSource` values it watches.
     pub sources: &'static [&'static str],
     /// `eventName` values it watches.
@@ -607,7 +606,7 @@ fn judge_vpc(a: &Activity) -> Option<(i8, String)> {
 /// else the acting principal.
 fn entity(a: &Activity) -> Entity {
     const KEYS: &[(&str, &str)] = &[
-        ("bucketName", "s3-bucket"),
+        ("bucketName", kinds::S3_BUCKET),
         ("instanceId", "ec2-instance"),
         ("groupId", "security-group"),
         ("networkAclId", "network-acl"),
@@ -643,7 +642,7 @@ fn entity(a: &Activity) -> Entity {
         };
     }
     Entity {
-        kind: "principal".into(),
+        kind: kinds::PRINCIPAL.into(),
         id: a.principal.key(),
     }
 }
@@ -693,7 +692,7 @@ impl Templates {
                     .is_some_and(|x| c.accounts.contains(x)))
                 || (!c.regions.is_empty()
                     && !a.region.as_ref().is_some_and(|x| c.regions.contains(x)))
-                || crate::policies::allowed(&c.allow_principals, a)
+                || allowed(&c.allow_principals, a)
             {
                 continue;
             }
@@ -711,92 +710,17 @@ impl Templates {
                 (Some(code), true) => format!(" (attempt failed: {code})"),
                 (None, true) => " (attempt failed)".into(),
             };
-            let summary = format!("{} {what}{attempt}", crate::policies::who(a));
-            let mut alert = alert_for(
-                a,
-                &t.meta,
-                severity,
-                entity(a),
-                Evidence {
-                    activity_ids: vec![a.id.clone()],
-                    summary,
-                },
-                &[a.id.as_str()],
-            );
-            alert.mitre = vec![Mitre {
-                tactic: t.mitre.0.into(),
-                technique_id: t.mitre.1.into(),
-                technique: t.mitre.2.into(),
-            }];
-            let kinds = c
-                .actions
-                .clone()
-                .unwrap_or_else(|| vec![ActionKind::Notify]);
-            alert.actions = kinds
-                .into_iter()
-                .map(|kind| RequestedAction {
-                    kind,
-                    target: action_target(kind, a),
-                })
-                .collect();
+            let summary = format!("{} {what}{attempt}", who(a));
+            let actions = c.actions.as_deref().unwrap_or(&[ActionKind::Notify]);
+            let alert = AlertBuilder::about(&t.meta, a, severity)
+                .entity(entity(a))
+                .evidence(vec![a.id.clone()], summary)
+                .mitre(t.mitre)
+                .actions(requested(actions, a))
+                .id_from(&[a.id.as_str()]);
             out.push(alert);
         }
         out
-    }
-}
-
-/// What an action requested by an activity alert acts on: the team for notifications, the
-/// acting principal for user actions.
-///
-/// `remove_collaborator` targets the bucket the activity touched and removes the acting
-/// principal's access to it — from another account, the whole account's grant (a
-/// collaborator's account reading or writing our bucket).
-pub fn action_target(kind: ActionKind, a: &Activity) -> Target {
-    let account_id = a.account_id.clone().or(a.principal.account_id.clone());
-    match kind {
-        ActionKind::Notify => Target {
-            kind: "security-team".into(),
-            id: "default".into(),
-            account_id: None,
-            grantee: None,
-        },
-        ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator => {
-            let bucket = a
-                .request_parameters
-                .as_ref()
-                .and_then(|p| p.get("bucketName"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .or_else(|| {
-                    a.resources
-                        .iter()
-                        .find(|r| r.kind == "s3-bucket")
-                        .map(|r| r.id.trim_start_matches("arn:aws:s3:::").to_string())
-                })
-                .unwrap_or_default();
-            let foreign = a
-                .principal
-                .account_id
-                .as_ref()
-                .filter(|acct| a.account_id.as_ref().is_some_and(|own| own != *acct));
-            Target {
-                kind: "s3-bucket".into(),
-                id: bucket,
-                account_id: a.account_id.clone(),
-                grantee: (kind == ActionKind::RemoveCollaborator).then(|| {
-                    foreign
-                        .cloned()
-                        .or_else(|| a.principal.arn.clone())
-                        .unwrap_or_else(|| a.principal.key())
-                }),
-            }
-        }
-        _ => Target {
-            kind: "principal".into(),
-            id: a.principal.arn.clone().unwrap_or_else(|| a.principal.key()),
-            account_id,
-            grantee: None,
-        },
     }
 }
 

@@ -1,20 +1,16 @@
 //! The `files` source: CloudTrail log files, `.json.gz`, NDJSON, whole directory trees and stdin.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::normalize::normalize_at;
-use crate::publish::{Counts, DeadLetter, Origin, Publisher};
-use crate::split::{decompress, split};
+use crate::pipeline::{dead_letter_input, process, Summary};
+use crate::publish::Publisher;
 use crate::Error;
 
-/// The name stdin goes by in dead letters and summaries.
-pub const STDIN: &str = "stdin";
+pub use crate::publish::STDIN;
 
 /// One input named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,103 +29,6 @@ impl Input {
         } else {
             Input::Path(PathBuf::from(arg))
         }
-    }
-}
-
-/// What a `files` run did; printed at the end.
-#[derive(Debug, Default, Clone, Serialize, PartialEq)]
-pub struct Summary {
-    /// Inputs read (files and stdin).
-    pub inputs_read: u64,
-    /// Files found in directory walks that are not named like log files, left alone.
-    pub inputs_skipped: u64,
-    /// Inputs dead-lettered whole (unreadable, bad gzip, invalid JSON document).
-    pub inputs_dead_lettered: u64,
-    /// Records found in the inputs.
-    pub records: u64,
-    /// Activities durably published.
-    pub published: u64,
-    /// Dead letters durably published (records and whole inputs).
-    pub dead_lettered: u64,
-    /// Activities dropped as repeats of one already published.
-    pub duplicates: u64,
-    /// API calls made (LookupEvents pages).
-    pub api_calls: u64,
-    /// API calls throttled and retried.
-    pub throttles: u64,
-    /// Failures that skipped part of a source (an account or a setting that could not be
-    /// read); logged with their cause.
-    pub errors: u64,
-    /// Dead letters by error kind.
-    pub dead_letter_kinds: BTreeMap<String, u64>,
-    /// Bytes read, as stored.
-    pub bytes: u64,
-    /// Log files found after later files of their stream were read (each read once).
-    pub late_inputs: u64,
-    /// Parts of inputs that could not be split into records (bad lines, records that are not
-    /// UTF-8 or too large, inputs that broke off); each was dead-lettered.
-    pub unparsed: u64,
-    /// Wall time in seconds.
-    pub seconds: f64,
-    /// True when a shutdown signal stopped the run before every input was read.
-    pub interrupted: bool,
-}
-
-impl Summary {
-    /// Records what the publisher did since `before`, and the wall time since `started`.
-    pub fn finish(&mut self, publisher: &Publisher, before: Counts, started: Instant) {
-        let now = publisher.counts();
-        self.published = now.published - before.published;
-        self.dead_lettered = now.dead_lettered - before.dead_lettered;
-        self.duplicates = now.duplicates - before.duplicates;
-        self.seconds = started.elapsed().as_secs_f64();
-    }
-
-    /// The run's result: this summary, or — when parts of the source failed (`failed` names
-    /// them) — an error naming them all, after logging what the rest did.
-    pub fn or_failures(self, failed: Vec<String>, what: &str) -> Result<Summary, Error> {
-        if failed.is_empty() {
-            return Ok(self);
-        }
-        tracing::info!(summary = %self, "{what} finished with errors");
-        Err(Error::Source(failed.join("; ")))
-    }
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "ingest files: {} inputs read ({} skipped, {} dead-lettered whole), {} records, {:.1} MB in {:.2}s",
-            self.inputs_read,
-            self.inputs_skipped,
-            self.inputs_dead_lettered,
-            self.records,
-            self.bytes as f64 / 1e6,
-            self.seconds
-        )?;
-        write!(
-            f,
-            "  published {} activities, dead-lettered {}, dropped {} repeats",
-            self.published, self.dead_lettered, self.duplicates
-        )?;
-        for (kind, n) in &self.dead_letter_kinds {
-            write!(f, "\n    {kind}: {n}")?;
-        }
-        if self.late_inputs > 0 {
-            write!(
-                f,
-                "\n  {} files delivered out of order, read",
-                self.late_inputs
-            )?;
-        }
-        if self.errors > 0 {
-            write!(f, "\n  {} errors (see the log)", self.errors)?;
-        }
-        if self.interrupted {
-            write!(f, "\n  INTERRUPTED: not every input was read")?;
-        }
-        Ok(())
     }
 }
 
@@ -348,116 +247,6 @@ async fn read(input: &Input) -> Result<(String, Vec<u8>), (String, std::io::Erro
             }
         }
     }
-}
-
-/// Splits and normalizes one input's bytes, publishing each record or its dead letter. Nothing
-/// fails whole: a bad line or record is dead-lettered alone, and an input that breaks off (a
-/// truncated gzip, a decompression bomb cut at the limits) gives the records before the break
-/// and one dead letter of the input, saying where it broke.
-pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summary: &mut Summary) {
-    let limits = publisher.limits();
-    let plain = decompress(bytes, limits);
-    let mut items = split(&plain.bytes, limits);
-    if plain.broke.is_some() && items.last().is_some_and(|i| i.text.is_err()) {
-        // The document's own error is the cut: one dead letter, of the input, says it.
-        items.pop();
-    }
-    let result = if plain.broke.is_some() {
-        "dead_lettered"
-    } else {
-        "ok"
-    };
-    publisher
-        .metrics()
-        .inputs
-        .with_label_values(&[publisher.source_kind(), result])
-        .inc();
-    let records = items.iter().filter(|i| i.text.is_ok()).count();
-    for (ordinal, item) in items.iter().enumerate() {
-        if item.text.is_err() {
-            summary.unparsed += 1;
-        }
-        let text = item.text.as_deref().map_err(|e| (e.kind(), e.to_string()));
-        let at = (item.index, ordinal + 1);
-        process_record(name, at, text, &item.bytes, publisher, summary).await;
-    }
-    if let Some(err) = plain.broke {
-        summary.unparsed += 1;
-        let reason = format!("{err} ({records} records before it were read)");
-        dead_letter_input(publisher, summary, name, bytes, err.kind(), reason).await;
-    }
-}
-
-/// Normalizes and publishes one record (`text`, or why it has none), dead-lettering it with
-/// its original `bytes` when it cannot be normalized. `index` is where it was (record number or
-/// line, for people); `ordinal` its place among the input's records (unique, for its id).
-pub async fn process_record(
-    name: &str,
-    (index, ordinal): (usize, usize),
-    text: Result<&str, (&'static str, String)>,
-    bytes: &[u8],
-    publisher: &mut Publisher,
-    summary: &mut Summary,
-) {
-    summary.records += 1;
-    publisher
-        .metrics()
-        .records_read
-        .with_label_values(&[publisher.source_kind()])
-        .inc();
-    // The ordinal, not the index: records of one NDJSON line share its line number.
-    let result =
-        text.and_then(|t| normalize_at(t, (name, ordinal)).map_err(|e| (e.kind(), e.to_string())));
-    match result {
-        Ok(activity) => {
-            let origin = Origin {
-                source: name,
-                index,
-            };
-            publisher.activity(activity, origin, bytes).await
-        }
-        Err((kind, reason)) => {
-            *summary
-                .dead_letter_kinds
-                .entry(kind.to_string())
-                .or_default() += 1;
-            let letter = DeadLetter {
-                source: name,
-                index,
-                kind,
-                reason,
-            };
-            publisher.dead_letter(bytes, letter).await;
-        }
-    }
-}
-
-/// Dead-letters a whole input (unreadable, bad gzip, not JSON), counting it in `summary`.
-pub async fn dead_letter_input(
-    publisher: &mut Publisher,
-    summary: &mut Summary,
-    name: &str,
-    bytes: &[u8],
-    kind: &'static str,
-    reason: String,
-) {
-    summary.inputs_dead_lettered += 1;
-    *summary
-        .dead_letter_kinds
-        .entry(kind.to_string())
-        .or_default() += 1;
-    publisher
-        .metrics()
-        .inputs
-        .with_label_values(&[publisher.source_kind(), "dead_lettered"])
-        .inc();
-    let letter = DeadLetter {
-        source: name,
-        index: 0,
-        kind,
-        reason,
-    };
-    publisher.dead_letter(bytes, letter).await;
 }
 
 #[cfg(test)]

@@ -24,9 +24,10 @@ use trailguard_common::contract::{
     ACTIVITY_SCHEMA_VERSION,
 };
 
-use crate::files::Summary;
+use crate::pipeline::Summary;
 use crate::publish::Publisher;
 use crate::Error;
+use trailguard_common::contract::kinds;
 
 pub use trailguard_common::contract::{BUCKET_SNAPSHOT, INVENTORY_SOURCE};
 
@@ -130,7 +131,7 @@ pub fn snapshot_activity(
         region: Some(bucket.region.clone()),
         partition: Some(partition.into()),
         principal: Principal {
-            kind: "Trailguard".into(),
+            kind: kinds::TRAILGUARD.into(),
             arn: None,
             name: Some("inventory".into()),
             account_id: Some(account.into()),
@@ -151,7 +152,7 @@ pub fn snapshot_activity(
             error_message: None,
         },
         resources: vec![Resource {
-            kind: "s3-bucket".into(),
+            kind: kinds::S3_BUCKET.into(),
             id: bucket.name.clone(),
         }],
         request_id: None,

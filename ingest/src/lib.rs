@@ -2,8 +2,12 @@
 //! [`Activity`](trailguard_common::Activity) and publishes it to the activities topic, keyed by
 //! principal. Whatever cannot be normalized goes to the dead-letter topic with its reason.
 //!
+//! - [`limits`] (pure): what reading an input may cost, and how it fails.
 //! - [`split`] (pure): input bytes → raw records (log files, arrays, NDJSON, gzip).
+//! - [`stream`] (pure but for the reader): a large log file, record by record.
 //! - [`normalize`] (pure): raw record → `Activity`.
+//! - [`pipeline`]: what every source does with an input — split, normalize, publish or
+//!   dead-letter each record, count it all in a [`pipeline::Summary`].
 //! - [`files`]: the `files` source — paths, directory trees, stdin.
 //! - [`s3`]: the `s3` source — trail log files in a bucket, account and organization layouts.
 //! - [`sqs`]: the `sqs` source — S3/SNS/CloudTrail notifications on a shared queue.
@@ -12,15 +16,22 @@
 //! - [`checkpoint`]: where each source left off, in a compacted topic.
 //! - [`dedup`] (pure): drops repeats of an activity id within a horizon.
 //! - [`publish`]: the Kafka side — durable sends of activities and dead letters.
+//! - [`service`]: start-up, the polling loop, the periodic inventory, summaries and exit codes.
+//!
+//! Every source's entry point is `run`: [`files::run`], [`s3::run`] and [`lookup::run`] (one
+//! pass each; [`service::Poller`] repeats them), [`sqs::run`], [`inventory::run`].
 
 pub mod checkpoint;
 pub mod dedup;
 pub mod files;
 pub mod inventory;
+pub mod limits;
 pub mod lookup;
 pub mod normalize;
+pub mod pipeline;
 pub mod publish;
 pub mod s3;
+pub mod service;
 pub mod split;
 pub mod sqs;
 pub mod stream;

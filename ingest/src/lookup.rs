@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoints;
-use crate::files::Summary;
 use crate::normalize::normalize;
+use crate::pipeline::Summary;
 use crate::publish::{DeadLetter, Publisher};
 use crate::Error;
 
@@ -382,7 +382,7 @@ async fn enabled_regions(sdk: &aws_config::SdkConfig) -> Result<Vec<String>, Err
 /// end once everything is durable. A stream that fails (access denied, a role that cannot be
 /// assumed, retries exhausted) is logged and counted, the others still run, and the error
 /// names every failed stream; its checkpoint stays, so the next poll covers the gap.
-pub async fn poll(
+pub async fn run(
     streams: &mut [Stream],
     cfg: &LookupSourceConfig,
     checkpoints: &mut Checkpoints,

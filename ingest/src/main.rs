@@ -4,14 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use serde_json::json;
-use trailguard_common::config::TopicRole;
-use trailguard_common::{config, kafka, shutdown, telemetry};
+use trailguard_common::{config, shutdown, telemetry};
 use trailguard_ingest::checkpoint::Checkpoints;
-use trailguard_ingest::files::{self, Input, Summary};
+use trailguard_ingest::files::{self, Input};
 use trailguard_ingest::publish::{Metrics, Publisher};
+use trailguard_ingest::service::{exit_code, periodic_inventory, start, Poller, SummaryFormat};
 use trailguard_ingest::IngestConfig;
 use trailguard_ingest::{inventory, lookup, s3};
 
@@ -28,7 +27,7 @@ struct Cli {
     /// Kafka bootstrap brokers, HOST:PORT[,HOST:PORT...].
     #[arg(long, env = "TRAILGUARD_BROKERS", global = true)]
     brokers: Option<String>,
-    /// TOML configuration file (see README "Configuration").
+    /// TOML configuration file (every key: docs/configuration.md).
     #[arg(long, env = "TRAILGUARD_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
@@ -170,32 +169,6 @@ struct SqsArgs {
     aws_endpoint: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum SummaryFormat {
-    Text,
-    Json,
-}
-
-/// 130 (as after SIGINT) when a signal stopped the run before every input was read, else 0.
-fn exit_code(summary: &Summary) -> ExitCode {
-    if summary.interrupted {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-impl SummaryFormat {
-    /// Prints a run's summary on stdout in this format.
-    fn print(self, summary: &Summary) -> anyhow::Result<()> {
-        match self {
-            SummaryFormat::Text => println!("{summary}"),
-            SummaryFormat::Json => println!("{}", serde_json::to_string(summary)?),
-        }
-        Ok(())
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -295,8 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             flags["aws"] = json!({ "endpoint_url": endpoint, "force_path_style": true });
         }
     }
-    let mut cfg: IngestConfig =
-        config::load(&IngestConfig::default(), cli.config.as_deref(), &flags)?;
+    let cfg: IngestConfig = config::load(&IngestConfig::default(), cli.config.as_deref(), &flags)?;
     cfg.validate()?;
     if cli.check_config {
         config::print_redacted(&cfg)?;
@@ -308,7 +280,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::new(&registry)?;
     trailguard_common::aws_calls::register_metrics(&registry)?;
 
-    match cli.command {
+    let tasks = shutdown::Tasks::new(shutdown.clone());
+    let outcome = serve(cli.command, cfg, registry, metrics, &tasks).await;
+    if let Some(failure) = tasks.failure() {
+        anyhow::bail!(failure);
+    }
+    outcome
+}
+
+/// Runs the source `command` names until it is done or stopped.
+async fn serve(
+    command: Command,
+    mut cfg: IngestConfig,
+    registry: prometheus::Registry,
+    metrics: Metrics,
+    tasks: &shutdown::Tasks,
+) -> anyhow::Result<ExitCode> {
+    let shutdown = tasks.shutdown().clone();
+    match command {
         Command::Files {
             paths,
             summary,
@@ -316,7 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_progress,
         } => {
             let (producer, _health) =
-                start(&mut cfg, registry, admin_listen.is_some(), &shutdown).await?;
+                start(&mut cfg, registry, admin_listen.is_some(), tasks).await?;
             let mut publisher = Publisher::new(producer, &cfg, "files", metrics);
             let inputs: Vec<Input> = paths.iter().map(|p| Input::parse(p)).collect();
             let progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -327,7 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Inventory { summary, .. } => {
             cfg.aws.validate()?;
-            let (producer, _health) = start(&mut cfg, registry, false, &shutdown).await?;
+            let (producer, _health) = start(&mut cfg, registry, false, tasks).await?;
             let mut publisher = Publisher::new(producer, &cfg, "inventory", metrics);
             let accounts = cfg.aws.accounts().await?;
             let result = inventory::run(&cfg.aws, &accounts, &mut publisher, &shutdown).await?;
@@ -338,7 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::S3 { args, summary, .. } => {
             cfg.s3.validate()?;
             cfg.aws.validate()?;
-            let (producer, health) = start(&mut cfg, registry, !args.once, &shutdown).await?;
+            let (producer, health) = start(&mut cfg, registry, !args.once, tasks).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
             periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "s3", metrics);
@@ -351,7 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown: &shutdown,
             };
             loop {
-                let polled = s3::run_once(
+                let polled = s3::run(
                     &client,
                     &cfg.s3,
                     &mut checkpoints,
@@ -367,7 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lookup { args, summary, .. } => {
             cfg.lookup.validate()?;
             cfg.aws.validate()?;
-            let (producer, health) = start(&mut cfg, registry, !args.once, &shutdown).await?;
+            let (producer, health) = start(&mut cfg, registry, !args.once, tasks).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
             periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "lookup", metrics);
@@ -380,7 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown: &shutdown,
             };
             loop {
-                let polled = lookup::poll(
+                let polled = lookup::run(
                     &mut streams,
                     &cfg.lookup,
                     &mut checkpoints,
@@ -396,7 +385,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sqs { args, summary, .. } => {
             cfg.sqs.validate()?;
             cfg.aws.validate()?;
-            let (producer, _health) = start(&mut cfg, registry, !args.once, &shutdown).await?;
+            let (producer, _health) = start(&mut cfg, registry, !args.once, tasks).await?;
             periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
             let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);
             let s3_client = trailguard_common::aws::s3_client(&cfg.aws).await;
@@ -414,134 +403,5 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shutdown.cancel();
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// What the polling sources (`s3`, `lookup`) do between polls.
-struct Poller<'a> {
-    once: bool,
-    interval: std::time::Duration,
-    format: SummaryFormat,
-    health: &'a telemetry::Health,
-    shutdown: &'a tokio_util::sync::CancellationToken,
-}
-
-impl Poller<'_> {
-    /// Prints a poll's summary and waits for the next one. Returns the exit code when the
-    /// process should stop. A failed poll is retried at the next interval (sources resume from
-    /// their checkpoints, so nothing is lost), except with `--once`, where it is the result.
-    async fn after(
-        &self,
-        polled: Result<Summary, trailguard_ingest::Error>,
-        what: &str,
-    ) -> anyhow::Result<Option<ExitCode>> {
-        match polled {
-            Ok(result) => {
-                self.health.set(true);
-                self.format.print(&result)?;
-                if self.once || self.shutdown.is_cancelled() {
-                    self.shutdown.cancel();
-                    return Ok(Some(exit_code(&result)));
-                }
-            }
-            Err(err) if !self.once && !self.shutdown.is_cancelled() => {
-                tracing::error!(error = %err, "{what} failed; retrying at the next interval");
-                self.health.set(false);
-            }
-            Err(err) => return Err(err.into()),
-        }
-        tokio::select! {
-            _ = self.shutdown.cancelled() => Ok(Some(ExitCode::SUCCESS)),
-            _ = tokio::time::sleep(self.interval) => Ok(None),
-        }
-    }
-}
-
-/// With `inventory.enabled`, takes the inventory every `inventory.interval` alongside a
-/// long-running source, on its own publisher; failures are logged and retried next time.
-fn periodic_inventory(
-    cfg: &IngestConfig,
-    producer: &trailguard_common::kafka::Producer,
-    metrics: &Metrics,
-    once: bool,
-    shutdown: &tokio_util::sync::CancellationToken,
-) {
-    if !cfg.inventory.enabled || once {
-        return;
-    }
-    let mut publisher = Publisher::new(producer.clone(), cfg, "inventory", metrics.clone());
-    let (aws, interval, shutdown) = (cfg.aws.clone(), cfg.inventory.interval, shutdown.clone());
-    tokio::spawn(async move {
-        loop {
-            match aws.accounts().await {
-                Ok(accounts) => {
-                    match inventory::run(&aws, &accounts, &mut publisher, &shutdown).await {
-                        Ok(summary) => tracing::info!(buckets = summary.records, "inventory taken"),
-                        Err(err) => {
-                            tracing::error!(error = %err, "inventory failed; retrying at the next interval")
-                        }
-                    }
-                }
-                Err(err) => tracing::error!(error = %err, "inventory: cannot list the accounts"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-        }
-    });
-}
-
-/// What every source starts with: the admin endpoint (when asked), its topics, a producer.
-async fn start(
-    cfg: &mut IngestConfig,
-    registry: prometheus::Registry,
-    serve_admin: bool,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<(trailguard_common::kafka::Producer, telemetry::Health)> {
-    let health = telemetry::Health::default();
-    if serve_admin {
-        telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone())
-            .await?;
-    }
-    kafka::ensure_topics(&cfg.kafka, &[TopicRole::Activities, TopicRole::Dlq])
-        .await
-        .context("creating topics")?;
-    fit_to_broker(cfg).await;
-    Ok((kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?, health))
-}
-
-/// Fits what ingest publishes to the largest record its topics take (`max.message.bytes`, as
-/// the broker says): activities are trimmed, and dead letters become pointers, below it, and
-/// the producer's batches stay under it — so the broker never refuses a record for its size,
-/// which would otherwise fail the run. Unchanged when the broker does not say.
-async fn fit_to_broker(cfg: &mut IngestConfig) {
-    let mut limit: Option<usize> = None;
-    for topic in [&cfg.kafka.topics.activities, &cfg.kafka.topics.dlq] {
-        let setting = kafka::topic_setting(&cfg.kafka, topic, "max.message.bytes").await;
-        match setting.ok().flatten().and_then(|v| v.parse::<usize>().ok()) {
-            Some(bytes) => limit = Some(limit.map_or(bytes, |l| l.min(bytes))),
-            None => {
-                tracing::debug!(%topic, "max.message.bytes not known; the configured limits stand")
-            }
-        }
-    }
-    let Some(limit) = limit else { return };
-    // Room for the key, the headers and the batch's framing.
-    let fits = limit.saturating_sub(16 * 1024).max(1024);
-    if fits < cfg.publish.max_dead_letter_bytes {
-        tracing::warn!(
-            topic_limit = limit,
-            was = cfg.publish.max_dead_letter_bytes,
-            now = fits,
-            "the topics take smaller records than publish.max_dead_letter_bytes: lowered to fit"
-        );
-        cfg.publish.max_dead_letter_bytes = fits;
-    }
-    let batch_set = cfg.kafka.client_settings().any(|(k, _)| k == "batch.size");
-    if !batch_set && limit < 1_000_000 {
-        cfg.kafka
-            .client
-            .insert("batch.size".into(), fits.to_string());
     }
 }

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use trailguard_common::contract::kinds;
 use trailguard_common::contract::{
     stable_id, Activity, Enrichment, Outcome, OutcomeStatus, Principal, Resource,
     ACTIVITY_SCHEMA_VERSION,
@@ -356,7 +357,7 @@ fn resources(event_source: &str, listed: Option<&Value>, request: Option<&Value>
     if let Some(params) = request.and_then(Value::as_object) {
         let text = |key: &str| params.get(key).and_then(Value::as_str);
         if let Some(bucket) = text("bucketName") {
-            push("s3-bucket", bucket);
+            push(kinds::S3_BUCKET, bucket);
         }
         if let Some(instance) = text("instanceId") {
             push("ec2-instance", instance);
@@ -372,7 +373,7 @@ fn resources(event_source: &str, listed: Option<&Value>, request: Option<&Value>
         }
         if event_source == "cloudtrail.amazonaws.com" {
             if let Some(trail) = text("name").or_else(|| text("trailName")) {
-                push("cloudtrail-trail", trail);
+                push(kinds::CLOUDTRAIL_TRAIL, trail);
             }
         }
         if event_source == "iam.amazonaws.com" {

@@ -14,6 +14,9 @@ use trailguard_common::Activity;
 use crate::dedup::Dedup;
 use crate::{Error, IngestConfig};
 
+/// The name stdin goes by in dead letters and summaries.
+pub const STDIN: &str = "stdin";
+
 /// Ingest's metrics. Labels come from closed sets only.
 #[derive(Clone)]
 pub struct Metrics {
@@ -350,7 +353,7 @@ impl Publisher {
     /// Queues one dead letter: the original bytes (or a pointer naming its source and index,
     /// when too large; stdin, which nothing names, in parts) with the reason in headers.
     pub async fn dead_letter(&mut self, original: &[u8], letter: DeadLetter<'_>) {
-        if original.len() > self.max_dead_letter_bytes && letter.source == crate::files::STDIN {
+        if original.len() > self.max_dead_letter_bytes && letter.source == STDIN {
             // Nothing names stdin to read it again: keep all of it, in parts.
             return self.dead_letter_in_parts(original, letter).await;
         }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoints;
-use crate::files::{self, Summary};
+use crate::pipeline::{self, Summary};
 use crate::publish::Publisher;
 use crate::Error;
 
@@ -383,7 +383,7 @@ pub fn start_after(
 /// moves past a file only once all of the file's records are durable. A stream that fails
 /// (a listing refused, an object to be tried again) stops at that file; the others are still
 /// read, and the error names every failed stream.
-pub async fn run_once(
+pub async fn run(
     client: &aws_sdk_s3::Client,
     cfg: &S3SourceConfig,
     checkpoints: &mut Checkpoints,
@@ -601,7 +601,7 @@ pub async fn read_object(
                 options.retry_denied_for,
             ) {
                 Unreadable::DeadLetter => {
-                    files::dead_letter_input(publisher, summary, &name, b"", "unreadable", text)
+                    pipeline::dead_letter_input(publisher, summary, &name, b"", "unreadable", text)
                         .await;
                     Ok(())
                 }
@@ -629,7 +629,7 @@ pub async fn read_object(
         .bytes_read
         .with_label_values(&[publisher.source_kind()])
         .inc_by(bytes.len() as u64);
-    files::process(&name, &bytes, publisher, summary).await;
+    pipeline::process(&name, &bytes, publisher, summary).await;
     Ok(())
 }
 
@@ -675,7 +675,7 @@ async fn stream_object(
                 (Err((why.kind(), why.to_string())), text.as_bytes())
             }
         };
-        files::process_record(name, (index, index), text, bytes, publisher, summary).await;
+        pipeline::process_record(name, (index, index), text, bytes, publisher, summary).await;
     }
     match splitter.await {
         Ok(Ok(_)) => {
@@ -697,7 +697,7 @@ async fn stream_object(
             }
             // The file's own fault (cut off, not JSON, past the limits): what came before is
             // published; the object is dead-lettered as a pointer saying where it broke.
-            files::dead_letter_input(publisher, summary, name, b"", err.kind(), err.to_string())
+            pipeline::dead_letter_input(publisher, summary, name, b"", err.kind(), err.to_string())
                 .await;
             Ok(())
         }

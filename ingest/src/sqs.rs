@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::files::Summary;
+use crate::pipeline::Summary;
 use crate::publish::{DeadLetter, Publisher};
 use crate::s3::{classify, KeyKind};
 use crate::Error;

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::split::{Limits, SplitError};
+use crate::limits::{Limits, SplitError};
 
 /// Hands each record of the log file in `reader` to `each` as JSON text, in order — or, for a
 /// record holding bytes that are not UTF-8, the error and its repaired text; `each` returns

@@ -2,7 +2,9 @@
 //! governance action ([`plan`]), applies it in its mode, and records every decision on the
 //! actions topic.
 //!
-//! - [`plan`] (pure): modes, protections, rate limits, and the changes the bucket actions need.
+//! - [`identity`] (pure): who an action is about, parsed from an ARN.
+//! - [`plan`] (pure): modes, protections, rate limits, and the changes the bucket actions need;
+//!   it reaches no AWS client.
 //! - [`bucket`]: make a bucket private, remove a collaborator, and their undo (S3).
 //! - [`iam`]: require sign-in again, suspend a user, and their undo (IAM).
 //! - [`notify`]: webhooks, Slack, SNS.
@@ -12,6 +14,7 @@
 
 pub mod bucket;
 pub mod iam;
+pub mod identity;
 pub mod intent;
 pub mod notify;
 pub mod plan;

@@ -18,7 +18,7 @@ struct Cli {
     /// Kafka bootstrap brokers, HOST:PORT[,HOST:PORT...].
     #[arg(long, env = "TRAILGUARD_BROKERS")]
     brokers: Option<String>,
-    /// TOML configuration file (see README "Configuration").
+    /// TOML configuration file (every key: docs/configuration.md).
     #[arg(long, env = "TRAILGUARD_CONFIG")]
     config: Option<PathBuf>,
     /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
@@ -111,9 +111,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let metrics = Metrics::new(&registry)?;
     trailguard_common::aws_calls::register_metrics(&registry)?;
     let health = telemetry::Health::default();
-    telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), shutdown.clone()).await?;
+    let tasks = shutdown::Tasks::new(shutdown.clone());
+    telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), &tasks).await?;
     let result = trailguard_remediate::run(cfg, metrics, health.clone(), shutdown.clone()).await;
     health.set(false);
     shutdown.cancel();
-    Ok(result?)
+    result?;
+    match tasks.failure() {
+        Some(failure) => Err(anyhow::anyhow!(failure)),
+        None => Ok(()),
+    }
 }

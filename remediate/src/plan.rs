@@ -38,21 +38,23 @@ pub struct Protection {
 }
 
 impl Protection {
-    /// The protection of remediate acting as `caller_arn` in `caller_account`.
+    /// The protection of remediate acting as `caller_arn` in `caller_account`, which also
+    /// assumes `roles` (the pattern of `aws.role_arn_template`) into `accounts`.
     pub fn new(
         caller_account: &str,
         caller_arn: &str,
-        aws: &trailguard_common::aws::AwsConfig,
+        roles: Option<String>,
+        accounts: &[String],
     ) -> Self {
         let mut own = vec![caller_arn.to_string()];
-        if let Ok(crate::iam::Identity::Role { account, name }) =
-            crate::iam::Identity::parse(caller_arn)
+        if let Ok(crate::identity::Identity::Role { account, name }) =
+            crate::identity::Identity::parse(caller_arn)
         {
             own.push(format!("arn:aws:iam::{account}:role/{name}"));
         }
-        own.extend(aws.role_arn("*"));
+        own.extend(roles);
         let mut home_accounts = vec![caller_account.to_string()];
-        home_accounts.extend(aws.accounts.iter().cloned());
+        home_accounts.extend(accounts.iter().cloned());
         Protection { own, home_accounts }
     }
 }
@@ -60,14 +62,14 @@ impl Protection {
 /// The account and name of an IAM principal ARN, lower-cased, for name patterns: `user/NAME`,
 /// `role/NAME` (a role session as its role; paths dropped).
 fn account_and_name(arn: &str) -> Option<(String, String)> {
-    match crate::iam::Identity::parse(arn).ok()? {
-        crate::iam::Identity::User { account, name } => {
+    match crate::identity::Identity::parse(arn).ok()? {
+        crate::identity::Identity::User { account, name } => {
             Some((account, format!("user/{name}").to_ascii_lowercase()))
         }
-        crate::iam::Identity::Role { account, name } => {
+        crate::identity::Identity::Role { account, name } => {
             Some((account, format!("role/{name}").to_ascii_lowercase()))
         }
-        crate::iam::Identity::Root { .. } => None,
+        crate::identity::Identity::Root { .. } => None,
     }
 }
 
@@ -80,7 +82,7 @@ pub fn principal_refusal(
     settings: &RemediateSettings,
     protection: &Protection,
 ) -> Option<String> {
-    if let Ok(crate::iam::Identity::Root { account }) = crate::iam::Identity::parse(arn) {
+    if let Ok(crate::identity::Identity::Root { account }) = crate::identity::Identity::parse(arn) {
         return Some(format!("the root user of {account} is never touched"));
     }
     pattern_refusal(arn, settings, protection)
@@ -94,11 +96,11 @@ fn pattern_refusal(
     protection: &Protection,
 ) -> Option<String> {
     let mut arns = vec![arn.to_ascii_lowercase()];
-    match crate::iam::Identity::parse(arn) {
-        Ok(crate::iam::Identity::Role { account, name }) => {
+    match crate::identity::Identity::parse(arn) {
+        Ok(crate::identity::Identity::Role { account, name }) => {
             arns.push(format!("arn:aws:iam::{account}:role/{name}").to_ascii_lowercase());
         }
-        Ok(crate::iam::Identity::User { account, name }) => {
+        Ok(crate::identity::Identity::User { account, name }) => {
             arns.push(format!("arn:aws:iam::{account}:user/{name}").to_ascii_lowercase());
         }
         _ => {}
@@ -459,15 +461,11 @@ mod tests {
 
     #[test]
     fn own_identity_and_home_come_from_the_caller() {
-        let aws = trailguard_common::aws::AwsConfig {
-            role_arn_template: Some("arn:aws:iam::{account}:role/Remediator".into()),
-            accounts: vec!["222222222222".into()],
-            ..Default::default()
-        };
         let p = Protection::new(
             "111111111111",
             "arn:aws:sts::111111111111:assumed-role/SecOpsRunner/i-0abc",
-            &aws,
+            Some("arn:aws:iam::*:role/Remediator".into()),
+            &["222222222222".into()],
         );
         let s = RemediateSettings::default();
         for arn in [
@@ -637,7 +635,7 @@ pub fn principal_matches(p: &str, grantee: &str) -> bool {
     if p == grantee {
         return true;
     }
-    if trailguard_common::aws::is_account_id(grantee) {
+    if trailguard_common::contract::is_account_id(grantee) {
         return p == format!("arn:aws:iam::{grantee}:root") || p.split(':').nth(4) == Some(grantee);
     }
     // arn:aws:sts::A:assumed-role/R/S → arn:aws:iam::A:role/[path/]R

@@ -292,7 +292,12 @@ impl Actor {
         self.protection
             .get_or_try_init(|| async {
                 let caller = self.clients.caller().await?;
-                Ok::<_, NoClients>(Protection::new(&caller.account, &caller.arn, aws))
+                Ok::<_, NoClients>(Protection::new(
+                    &caller.account,
+                    &caller.arn,
+                    aws.role_arn("*"),
+                    &aws.accounts,
+                ))
             })
             .await
             .ok()
@@ -598,11 +603,13 @@ async fn attempt(
     if !begun && decision.refusal.is_none() && decision.mode == Mode::Auto {
         let limit = cfg.remediate.rate_limits.get(&kind);
         let account = budget_account(&decision.action);
-        let taken = actor
-            .limiter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(kind, &account, limit, &id, now_ms());
+        let taken = trailguard_common::sync::lock(&actor.limiter).take(
+            kind,
+            &account,
+            limit,
+            &id,
+            now_ms(),
+        );
         if let Err((why, frees_at)) = taken {
             if cfg.remediate.when_rate_limited == crate::WhenRateLimited::Wait {
                 return Attempt::Wait(frees_at, why);
@@ -683,10 +690,7 @@ struct Waiting {
 /// Counts actions that records show were taken against their budgets.
 fn note_uses(actor: &Actor, cfg: &RemediateConfig, uses: Vec<(ActionKind, String, String, i64)>) {
     let now = now_ms();
-    let mut limiter = actor
-        .limiter
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut limiter = trailguard_common::sync::lock(&actor.limiter);
     for (kind, account, id, at) in uses {
         let limit = cfg.remediate.rate_limits.get(&kind);
         limiter.note(kind, &account, limit, &id, at, now);

@@ -210,6 +210,9 @@ async fn scram_users_get_what_their_acls_grant_and_nothing_else() -> Result<()> 
         "prefixed",
     ])?;
     grant(&["--operation", "IdempotentWrite", "--cluster"])?;
+    // The followers of the facts and actions topics (docs/kafka.md's ACL table grants it too):
+    // without it detect stops, its facts follower refused.
+    grant(&["--operation", "Read", "--group", "trailguard-follow"])?;
 
     // Refused: the stranger authenticates but has no grant.
     let mut refused = Run {

@@ -20,13 +20,20 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use trailguard_common::contract::{
-    ActionKind, Alert, AlertKind, Entity, Evidence, Mitre, RequestedAction, Severity,
-};
+use trailguard_common::contract::{stable_id, ActionKind, Alert, AlertKind, Entity, Severity};
 use trailguard_common::Activity;
 
-use crate::policies::{alert_for, PolicyMeta};
+use crate::classify::acts_itself;
+use crate::policy::{allowed, requested, AlertBuilder, PolicyMeta};
+use trailguard_common::contract::kinds;
+
+mod address;
+mod country;
+mod rates;
+mod terminated;
+mod travel;
+
+pub use travel::haversine_km;
 
 /// How readily the baseline detections fire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -156,7 +163,7 @@ impl AnomalyConfig {
 macro_rules! meta {
     ($name:ident, $id:literal, $title:literal) => {
         /// Policy metadata.
-        pub const $name: PolicyMeta = PolicyMeta {
+        pub const $name: PolicyMeta<'static> = PolicyMeta {
             id: $id,
             name: $title,
             kind: AlertKind::Anomaly,
@@ -195,15 +202,6 @@ meta!(
     "vm-creation",
     "Unusual multiple VM creation activities"
 );
-
-/// One of the four rates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RateKind {
-    Admin = 0,
-    Deletion = 1,
-    VmDeletion = 2,
-    VmCreation = 3,
-}
 
 /// An hourly rate: EWMA of completed hours, and the sliding hour's per-minute counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -406,205 +404,13 @@ impl Org {
     }
 }
 
-/// Floors and spreads per sensitivity.
-fn rate_params(kind: RateKind, s: Sensitivity) -> (u32, f32, f32) {
-    let floor = match (kind, s) {
-        (RateKind::Admin, Sensitivity::Low) => 100,
-        (RateKind::Admin, Sensitivity::Medium) => 50,
-        (RateKind::Admin, Sensitivity::High) => 25,
-        (RateKind::Deletion, Sensitivity::Low) => 200,
-        (RateKind::Deletion, Sensitivity::Medium) => 50,
-        (RateKind::Deletion, Sensitivity::High) => 20,
-        (RateKind::VmDeletion | RateKind::VmCreation, Sensitivity::Low) => 20,
-        (RateKind::VmDeletion | RateKind::VmCreation, Sensitivity::Medium) => 10,
-        (RateKind::VmDeletion | RateKind::VmCreation, Sensitivity::High) => 5,
-    };
-    let (sigmas, factor) = match s {
-        Sensitivity::Low => (8.0, 5.0),
-        Sensitivity::Medium => (5.0, 3.0),
-        Sensitivity::High => (3.0, 2.0),
-    };
-    (floor, sigmas, factor)
-}
-
-/// Fastest plausible travel, km/h, and the least distance that counts, km.
-fn travel_params(s: Sensitivity) -> (f64, f64) {
-    match s {
-        Sensitivity::Low => (1200.0, 800.0),
-        Sensitivity::Medium => (1000.0, 500.0),
-        Sensitivity::High => (800.0, 300.0),
-    }
-}
-
-/// Calls that change something, by their name (CloudTrail's `readOnly` is missing in some
-/// exports).
-pub(crate) fn is_write(a: &Activity) -> bool {
-    if let Some(ro) = a.read_only {
-        return !ro;
-    }
-    const PREFIXES: &[&str] = &[
-        "Create",
-        "Delete",
-        "Put",
-        "Update",
-        "Attach",
-        "Detach",
-        "Modify",
-        "Authorize",
-        "Revoke",
-        "Set",
-        "Add",
-        "Remove",
-        "Disable",
-        "Enable",
-        "Stop",
-        "Terminate",
-        "Run",
-        "Reset",
-        "Associate",
-        "Disassociate",
-        "Replace",
-        "Tag",
-        "Untag",
-        "Deregister",
-        "Register",
-    ];
-    PREFIXES.iter().any(|p| a.event_name.starts_with(p))
-}
-
-/// Data-plane calls that are not administration even when they write.
-pub(crate) fn is_data_event(a: &Activity) -> bool {
-    matches!(
-        (a.event_source.as_str(), a.event_name.as_str()),
-        (
-            "s3.amazonaws.com",
-            "PutObject"
-                | "DeleteObject"
-                | "DeleteObjects"
-                | "CopyObject"
-                | "CreateMultipartUpload"
-                | "UploadPart"
-                | "CompleteMultipartUpload"
-                | "AbortMultipartUpload"
-                | "PutObjectAcl"
-                | "PutObjectTagging"
-                | "RestoreObject"
-        ) | ("lambda.amazonaws.com", "Invoke")
-            | ("kms.amazonaws.com", _)
-            | ("sts.amazonaws.com", _)
-            | ("signin.amazonaws.com", _)
-            | (
-                "dynamodb.amazonaws.com",
-                "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem"
-            )
-            | (
-                "sqs.amazonaws.com",
-                "SendMessage" | "DeleteMessage" | "DeleteMessageBatch" | "SendMessageBatch"
-            )
-            | ("logs.amazonaws.com", "PutLogEvents" | "CreateLogStream")
-    )
-}
-
-/// Human and machine identities that act on their own (not a service on someone's behalf).
-fn acts_itself(a: &Activity) -> bool {
-    a.principal.invoked_by.is_none()
-        && !matches!(a.principal.kind.as_str(), "AWSService" | "Trailguard")
-}
-
-/// A human at a keyboard: a console sign-in, the console, or a command line with an address.
-fn is_interactive(a: &Activity) -> bool {
-    if !acts_itself(a) || a.source_ip.is_none() || !a.outcome.is_success() {
-        return false;
-    }
-    if a.event_type.as_deref() == Some("AwsConsoleSignIn") {
-        return true;
-    }
-    let agent = a.user_agent.as_deref().unwrap_or("").to_ascii_lowercase();
-    [
-        "mozilla",
-        "console.amazonaws.com",
-        "signin.amazonaws.com",
-        "aws-cli/",
-        "aws-internal/3",
-    ]
-    .iter()
-    .any(|m| agent.contains(m))
-}
-
-fn count_items(v: Option<&Value>, path: &[&str]) -> Option<u32> {
-    let mut cur = v?;
-    for p in path {
-        cur = cur.get(*p)?;
-    }
-    match cur {
-        Value::Array(a) => Some(a.len() as u32),
-        Value::Object(_) => Some(1),
-        _ => None,
-    }
-}
-
-/// Units an activity adds to each rate.
-fn rate_units(a: &Activity) -> [u32; 4] {
-    let mut units = [0u32; 4];
-    if !acts_itself(a) {
-        return units;
-    }
-    if is_write(a) && !is_data_event(a) && a.event_type.as_deref() != Some("AwsConsoleSignIn") {
-        units[RateKind::Admin as usize] = 1;
-    }
-    let ok = a.outcome.is_success();
-    let params = a.request_parameters.as_ref();
-    match (a.event_source.as_str(), a.event_name.as_str()) {
-        ("s3.amazonaws.com", "DeleteBucket" | "DeleteObject") if ok => {
-            units[RateKind::Deletion as usize] = 1;
-        }
-        ("s3.amazonaws.com", "DeleteObjects") if ok => {
-            units[RateKind::Deletion as usize] = count_items(params, &["Delete", "Object"])
-                .or_else(|| count_items(params, &["delete", "Object"]))
-                .unwrap_or(1)
-                .max(1);
-        }
-        ("ec2.amazonaws.com", "TerminateInstances") if ok => {
-            units[RateKind::VmDeletion as usize] = count_items(params, &["instancesSet", "items"])
-                .unwrap_or(1)
-                .max(1);
-        }
-        ("ec2.amazonaws.com", "RunInstances") if ok => {
-            units[RateKind::VmCreation as usize] =
-                count_items(a.response_elements.as_ref(), &["instancesSet", "items"])
-                    .or_else(|| {
-                        params
-                            .and_then(|p| p.get("instancesSet"))
-                            .and_then(|s| s.get("items"))
-                            .and_then(|i| i.get(0))
-                            .and_then(|i| i.get("minCount"))
-                            .and_then(Value::as_u64)
-                            .map(|n| n as u32)
-                    })
-                    .unwrap_or(1)
-                    .max(1);
-        }
-        _ => {}
-    }
-    units
-}
-
 /// "principal from address", formatted only when an alert is written.
 struct Who<'a>(&'a Activity);
 
 impl std::fmt::Display for Who<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::policies::who(self.0))
+        f.write_str(&crate::policy::who(self.0))
     }
-}
-
-/// Great-circle distance, km.
-pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dp = (lat2 - lat1).to_radians();
-    let dl = (lon2 - lon1).to_radians();
-    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * 6371.0 * h.sqrt().min(1.0).asin()
 }
 
 /// The anomaly detections with their settings.
@@ -624,7 +430,7 @@ impl Anomalies {
     }
 
     fn on(&self, d: &DetectionConfig, a: &Activity) -> bool {
-        d.enabled && !crate::policies::allowed(&d.allow_principals, a)
+        d.enabled && !allowed(&d.allow_principals, a)
     }
 
     /// Quiet check-and-set: true when `key` may fire at `t`.
@@ -659,462 +465,61 @@ impl Anomalies {
                 .push_str(a.principal.access_key_id.as_deref().unwrap_or(""));
         }
         st.last_seen = st.last_seen.max(t);
-        let learned = t - st.first_seen >= self.cfg.learning_period.as_secs() as i64;
-        let who = Who(a);
-        let categories = &a.enrichment.ip_categories;
-        let corporate = categories.iter().any(|c| c == "corporate");
-        // Anonymous and suspicious addresses (listed, so categorized): no baseline needed.
-        if let Some(addr) = a
-            .source_ip
-            .filter(|_| acts_itself(a) && !corporate && !categories.is_empty())
-        {
-            let ip = addr.to_string();
-            let anon: Vec<&str> = categories
-                .iter()
-                .map(String::as_str)
-                .filter(|c| matches!(*c, "tor" | "vpn" | "proxy"))
-                .collect();
-            let d = &self.cfg.anonymous_ip;
-            if !anon.is_empty() && self.on(d, a) && self.may_fire(st, format!("anon|{ip}"), t) {
-                let summary = format!(
-                    "{who} acted through an anonymizing service ({}): {}",
-                    anon.join(", "),
-                    a.event_name
-                );
-                out.push(self.alert(
-                    a,
-                    &ANONYMOUS_IP,
-                    d,
-                    Severity::Medium,
-                    summary,
-                    vec![a.id.clone()],
-                    ("Defense Evasion", "T1090.003", "Proxy: Multi-hop Proxy"),
-                ));
-            }
-            let d = &self.cfg.suspicious_ip;
-            if categories.iter().any(|c| c == "malicious")
-                && self.on(d, a)
-                && self.may_fire(st, format!("bad|{ip}"), t)
-            {
-                let summary = format!(
-                    "{who} acted from an address on a threat-intelligence list: {}",
-                    a.event_name
-                );
-                out.push(self.alert(
-                    a,
-                    &SUSPICIOUS_IP,
-                    d,
-                    Severity::High,
-                    summary,
-                    vec![a.id.clone()],
-                    (
-                        "Initial Access",
-                        "T1078.004",
-                        "Valid Accounts: Cloud Accounts",
-                    ),
-                ));
-            }
-        }
-
-        // Countries.
+        let seen = Seen {
+            a,
+            t,
+            learned: t - st.first_seen >= self.cfg.learning_period.as_secs() as i64,
+            corporate: a.enrichment.ip_categories.iter().any(|c| c == "corporate"),
+        };
+        self.addresses(st, &seen, &mut out);
         let geo = a
             .enrichment
             .geo
             .as_ref()
             .filter(|_| self.geo_enabled && acts_itself(a));
-        if let Some(country) = geo.and_then(|g| g.country.clone()).filter(|_| !corporate) {
-            let known = st.countries.iter().any(|(c, _)| *c == country);
-            let d = &self.cfg.infrequent_country;
-            if !known && learned && !st.countries.is_empty() && self.on(d, a) {
-                let org_count = org.countries.get(&country).copied().unwrap_or(0);
-                let org_rare = org_count < 2.max(org.principals / 100);
-                let fire = match self.sens(d) {
-                    Sensitivity::High => true,
-                    Sensitivity::Medium => org_rare,
-                    Sensitivity::Low => org_count == 0,
-                };
-                if fire && self.may_fire(st, format!("country|{country}"), t) {
-                    let usual: Vec<&str> = st.countries.iter().map(|(c, _)| c.as_str()).collect();
-                    let summary = format!(
-                        "{who} acted from {country}, a country it has not used before (usually {}){}: {}",
-                        usual.join(", "),
-                        if org_rare { "; rare for the organization too" } else { "" },
-                        a.event_name
-                    );
-                    out.push(self.alert(
-                        a,
-                        &INFREQUENT_COUNTRY,
-                        d,
-                        Severity::Medium,
-                        summary,
-                        vec![a.id.clone()],
-                        (
-                            "Initial Access",
-                            "T1078.004",
-                            "Valid Accounts: Cloud Accounts",
-                        ),
-                    ));
-                }
-            }
-            match st.countries.iter_mut().find(|(c, _)| *c == country) {
-                Some(entry) => entry.1 = entry.1.max(t),
-                None => {
-                    *org.countries.entry(country.clone()).or_default() += 1;
-                    if st.countries.len() >= 8 {
-                        if let Some(oldest) = st
-                            .countries
-                            .iter()
-                            .enumerate()
-                            .min_by_key(|(_, (_, seen))| *seen)
-                            .map(|(i, _)| i)
-                        {
-                            st.countries.remove(oldest);
-                        }
-                    }
-                    st.countries.push((country, t));
-                }
-            }
-        }
-
-        // Impossible travel.
-        if let (Some((geo, (lat, lon))), Some(ip)) = (
-            geo.filter(|_| is_interactive(a) && !corporate)
-                .and_then(|g| g.latitude.zip(g.longitude).map(|p| (g, p))),
-            a.source_ip,
-        ) {
-            let d = &self.cfg.impossible_travel;
-            let (speed_max, min_km) = travel_params(self.sens(d));
-            let acc = geo.accuracy_radius_km.unwrap_or(100).min(1000) as f64;
-            // Text only when an alert or a new place needs it.
-            let label = || match (&geo.city, &geo.country) {
-                (Some(city), Some(cc)) => format!("{city}, {cc}"),
-                (None, Some(cc)) => cc.clone(),
-                _ => format!("{lat:.1},{lon:.1}"),
-            };
-            st.places.retain(|p| (p.t - t).abs() <= 86_400);
-            if learned && self.on(d, a) {
-                let worst = st
-                    .places
-                    .iter()
-                    .filter(|p| p.ip != ip)
-                    .filter_map(|p| {
-                        let km = haversine_km(p.lat as f64, p.lon as f64, lat, lon);
-                        let effective = km - acc - p.acc as f64;
-                        let hours = ((p.t - t).abs() as f64 / 3600.0).max(1.0 / 60.0);
-                        let speed = effective / hours;
-                        (km >= min_km && speed > speed_max).then_some((speed, km, p))
-                    })
-                    .max_by(|x, y| x.0.total_cmp(&y.0));
-                if let Some((speed, km, p)) = worst {
-                    let (first, second) = if p.t <= t {
-                        (
-                            (p.label.clone(), p.ip.to_string(), p.id.clone()),
-                            (label(), ip.to_string(), a.id.clone()),
-                        )
-                    } else {
-                        (
-                            (label(), ip.to_string(), a.id.clone()),
-                            (p.label.clone(), p.ip.to_string(), p.id.clone()),
-                        )
-                    };
-                    let minutes = (p.t - t).abs() / 60;
-                    if self.may_fire(st, format!("travel|{}|{}", first.1, second.1), t) {
-                        let summary = format!(
-                            "{who}: successful activity from {} ({}) and {} min later from {} ({}): {:.0} km, {:.0} km/h",
-                            first.0, first.1, minutes, second.0, second.1, km, speed
-                        );
-                        out.push(self.alert(
-                            a,
-                            &IMPOSSIBLE_TRAVEL,
-                            d,
-                            Severity::High,
-                            summary,
-                            vec![first.2, second.2],
-                            (
-                                "Initial Access",
-                                "T1078.004",
-                                "Valid Accounts: Cloud Accounts",
-                            ),
-                        ));
-                    }
-                }
-            }
-            if !st
-                .places
-                .iter()
-                .any(|p| p.ip == ip && (p.t - t).abs() < 3600)
-            {
-                if st.places.len() >= 4 {
-                    st.places.remove(0);
-                }
-                st.places.push(Place {
-                    t,
-                    lat: lat as f32,
-                    lon: lon as f32,
-                    acc: acc as u16,
-                    ip,
-                    label: label(),
-                    id: a.id.clone(),
-                });
-                st.places.sort_by_key(|p| p.t);
-            }
-        }
-
-        // The four rates.
-        let units = rate_units(a);
-        let detections = [
-            (
-                RateKind::Admin,
-                &self.cfg.unusual_admin_activity,
-                &UNUSUAL_ADMIN,
-                "administrative calls",
-                ("Persistence", "T1098", "Account Manipulation"),
-            ),
-            (
-                RateKind::Deletion,
-                &self.cfg.storage_deletion,
-                &STORAGE_DELETION,
-                "S3 deletions",
-                ("Impact", "T1485", "Data Destruction"),
-            ),
-            (
-                RateKind::VmDeletion,
-                &self.cfg.vm_deletion,
-                &VM_DELETION,
-                "instances terminated",
-                ("Impact", "T1485", "Data Destruction"),
-            ),
-            (
-                RateKind::VmCreation,
-                &self.cfg.vm_creation,
-                &VM_CREATION,
-                "instances launched",
-                ("Impact", "T1496", "Resource Hijacking"),
-            ),
-        ];
-        for (kind, d, meta, what, mitre) in detections {
-            let n = units[kind as usize];
-            let rate = &mut st.rates[kind as usize];
-            if n == 0 {
-                rate.settle(t);
-                continue;
-            }
-            let (floor, sigmas, factor) = rate_params(kind, self.sens(d));
-            let threshold = rate.threshold(floor, sigmas, factor);
-            let usual = rate.mean;
-            let count = rate.add(t, n, &a.id);
-            if count >= threshold && learned && t >= rate.quiet_until && self.on(d, a) {
-                rate.quiet_until = t + 3600;
-                let evidence = rate.evidence.clone();
-                let summary = format!(
-                    "{who}: {count} {what} within an hour (usually {usual:.1} an hour; threshold {threshold})"
-                );
-                let hour = t.div_euclid(3600).to_string();
-                let mut alert = self.alert(a, meta, d, Severity::Medium, summary, evidence, mitre);
-                alert.id =
-                    trailguard_common::contract::stable_id([meta.id, &a.principal.key(), &hour]);
-                out.push(alert);
-            }
-        }
+        self.country(st, org, &seen, geo, &mut out);
+        self.travel(st, &seen, geo, &mut out);
+        self.rates(st, &seen, &mut out);
         out
     }
 
-    /// The organization-wide detections (terminated user, unusual region) against `facts`,
-    /// for `a`'s principal.
-    pub fn observe_facts(
-        &self,
-        st: &mut PrincipalState,
-        facts: &crate::facts::Facts,
-        a: &Activity,
-    ) -> Vec<Alert> {
-        let mut out = Vec::new();
-        let t = a.event_time.timestamp();
-        let d = &self.cfg.terminated_user;
-        if acts_itself(a) && self.on(d, a) {
-            if let Some((summary, severity)) =
-                crate::facts::terminated(facts, &self.cfg.terminated_users, a)
-            {
-                if self.may_fire(st, "terminated".into(), t) {
-                    out.push(self.alert(
-                        a,
-                        &crate::facts::TERMINATED_USER,
-                        d,
-                        severity,
-                        summary,
-                        vec![a.id.clone()],
-                        ("Persistence", "T1078.004", "Valid Accounts: Cloud Accounts"),
-                    ));
-                }
-            }
-        }
-        let d = &self.cfg.unusual_region;
-        if acts_itself(a) && self.on(d, a) {
-            let learning = self.cfg.learning_period.as_secs() as i64;
-            if let Some(summary) = crate::facts::unusual_region(facts, learning, a) {
-                let region = a.region.clone().unwrap_or_default();
-                if self.may_fire(st, format!("region|{region}"), t) {
-                    out.push(self.alert(
-                        a,
-                        &crate::facts::UNUSUAL_REGION,
-                        d,
-                        Severity::Medium,
-                        summary,
-                        vec![a.id.clone()],
-                        (
-                            "Defense Evasion",
-                            "T1535",
-                            "Unused/Unsupported Cloud Regions",
-                        ),
-                    ));
-                }
-            }
-        }
-        out
-    }
-
-    /// A termination learned after this partition saw the principal act past it (the
-    /// termination was on another partition, read later): the alert, on the latest activity.
-    pub fn retro_terminated(
-        &self,
-        st: &mut PrincipalState,
-        principal_key: &str,
-        subject: &str,
-        fact_key: &str,
-        fact: &crate::facts::Fact,
-    ) -> Option<Alert> {
-        let d = &self.cfg.terminated_user;
-        if !d.enabled || st.last_seen <= fact.time || st.last_id.is_empty() {
-            return None;
-        }
-        // A deactivated key counts only if it is the key the principal last used.
-        if let Some(key) = fact_key.strip_prefix("key:") {
-            if st.last_key != key {
-                return None;
-            }
-        }
-        if !self.may_fire(st, "terminated".into(), st.last_seen) {
-            return None;
-        }
-        let (account, name) = subject.split_once('/').unwrap_or(("", subject));
-        let time = chrono::DateTime::<chrono::Utc>::from_timestamp(st.last_seen, 0)?;
-        let summary = format!(
-            "{name} acted after its credentials were terminated ({}: {}); seen last at {}",
-            fact_key
-                .replace("key:", "access key ")
-                .replace("user:", "user "),
-            fact.how,
-            time.format("%Y-%m-%d %H:%M UTC")
-        );
-        Some(Alert {
-            schema_version: trailguard_common::contract::ALERT_SCHEMA_VERSION,
-            id: trailguard_common::contract::stable_id([
-                crate::facts::TERMINATED_USER.id,
-                st.last_id.as_str(),
-            ]),
-            policy_id: crate::facts::TERMINATED_USER.id.into(),
-            policy_name: crate::facts::TERMINATED_USER.name.into(),
-            kind: AlertKind::Anomaly,
-            severity: d.severity.unwrap_or(Severity::High),
-            time,
-            entity: Entity {
-                kind: "principal".into(),
-                id: principal_key.into(),
-            },
-            principal: Some(trailguard_common::contract::Principal {
-                kind: "IAMUser".into(),
-                arn: Some(principal_key.into()),
-                name: Some(name.into()),
-                account_id: Some(account.into()),
-                principal_id: None,
-                access_key_id: None,
-                session_issuer_arn: None,
-                mfa_authenticated: None,
-                invoked_by: None,
-                is_root: false,
-            }),
-            account_id: Some(account.into()),
-            region: None,
-            evidence: Evidence {
-                activity_ids: vec![st.last_id.clone()],
-                summary,
-            },
-            mitre: vec![Mitre {
-                tactic: "Persistence".into(),
-                technique_id: "T1078.004".into(),
-                technique: "Valid Accounts: Cloud Accounts".into(),
-            }],
-            actions: d
-                .actions
-                .clone()
-                .unwrap_or_else(|| vec![ActionKind::Notify])
-                .into_iter()
-                .map(|kind| RequestedAction {
-                    kind,
-                    target: match kind {
-                        ActionKind::Notify => trailguard_common::contract::Target {
-                            kind: "security-team".into(),
-                            id: "default".into(),
-                            account_id: None,
-                            grantee: None,
-                        },
-                        _ => trailguard_common::contract::Target {
-                            kind: "principal".into(),
-                            id: principal_key.into(),
-                            account_id: Some(account.into()),
-                            grantee: None,
-                        },
-                    },
-                })
-                .collect(),
-            occurrences: 1,
-            last_time: None,
-            signature: None,
-        })
-    }
-
+    /// An alert of detection `meta` (settings `d`) about `a`'s principal; its id is made of
+    /// the policy id and the activity ids of its evidence.
     #[allow(clippy::too_many_arguments)]
     fn alert(
         &self,
         a: &Activity,
-        meta: &PolicyMeta,
+        meta: &PolicyMeta<'_>,
         d: &DetectionConfig,
         severity: Severity,
         summary: String,
         ids: Vec<String>,
         mitre: (&str, &str, &str),
     ) -> Alert {
-        let parts: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let mut alert = alert_for(
-            a,
-            meta,
-            d.severity.unwrap_or(severity),
-            Entity {
-                kind: "principal".into(),
+        let id = stable_id(std::iter::once(meta.id).chain(ids.iter().map(String::as_str)));
+        let actions = d.actions.as_deref().unwrap_or(&[ActionKind::Notify]);
+        AlertBuilder::about(meta, a, d.severity.unwrap_or(severity))
+            .entity(Entity {
+                kind: kinds::PRINCIPAL.into(),
                 id: a.principal.key(),
-            },
-            Evidence {
-                activity_ids: ids.clone(),
-                summary,
-            },
-            &parts,
-        );
-        alert.mitre = vec![Mitre {
-            tactic: mitre.0.into(),
-            technique_id: mitre.1.into(),
-            technique: mitre.2.into(),
-        }];
-        alert.actions = d
-            .actions
-            .clone()
-            .unwrap_or_else(|| vec![ActionKind::Notify])
-            .into_iter()
-            .map(|kind| RequestedAction {
-                kind,
-                target: crate::templates::action_target(kind, a),
             })
-            .collect();
-        alert
+            .evidence(ids, summary)
+            .mitre(mitre)
+            .actions(requested(actions, a))
+            .id(id)
     }
+}
+
+/// What every detection family needs to know about the activity being applied.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    a: &'a Activity,
+    /// Its event time, unix seconds.
+    t: i64,
+    /// The principal has been seen for its learning period.
+    learned: bool,
+    /// From an address the intelligence feeds list as corporate.
+    corporate: bool,
 }
 
 #[cfg(test)]

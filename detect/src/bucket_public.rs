@@ -1,147 +1,26 @@
-//! The policies: configuration, and the pure evaluation of one activity.
-//!
-//! Stateless policies ([`CloudTrailChanges`], [`BucketPublic`]) look at one activity at a time.
-//! [`SigninFailures`] keeps per-key bursts; see [`crate::detector`] for how its state relates
-//! to Kafka offsets.
-
-use std::time::Duration;
+//! S3 bucket is publicly accessible: an ACL granting everyone, a policy with a public principal,
+//! or the public-access block removed or weakened — by a call, or found by ingest's inventory.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use trailguard_common::contract::{
-    stable_id, ActionKind, Alert, AlertKind, Entity, Evidence, Mitre, RequestedAction, Severity,
-    Target, ALERT_SCHEMA_VERSION, BUCKET_SNAPSHOT, INVENTORY_SOURCE,
+    ActionKind, Alert, AlertKind, Entity, RequestedAction, Severity, Target, BUCKET_SNAPSHOT,
+    INVENTORY_SOURCE,
 };
 use trailguard_common::s3::{
     is_public_statement, items, parse_policy, PUBLIC_CANNED_ACLS, PUBLIC_GRANTEE_URIS,
 };
 use trailguard_common::Activity;
 
-/// Every policy's settings. Each table is optional in the file; omitted keys keep defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PoliciesConfig {
-    /// Admin console sign-in failures.
-    pub console_signin_failures: SigninFailuresConfig,
-    /// CloudTrail configuration changes (stopping or deleting a trail is always `high`).
-    pub cloudtrail_changes: SimplePolicyConfig,
-    /// S3 bucket is publicly accessible.
-    pub s3_bucket_public: BucketPublicConfig,
-    /// The activity policy templates, by id (see [`crate::templates`]).
-    pub templates: crate::templates::TemplatesConfig,
-    /// The anomaly detections (see [`crate::anomaly`]).
-    pub anomaly: crate::anomaly::AnomalyConfig,
-    /// Custom policies (see [`crate::custom`]).
-    pub custom: Vec<crate::custom::CustomPolicyConfig>,
-    /// Folding of repeated event-driven alerts (see [`crate::fold`]).
-    pub fold: FoldConfig,
-    /// Policy ids that may request destructive actions (every action but `notify`) from a
-    /// failed call. By default a failed call only notifies: anyone can cause an
-    /// `AccessDenied` on someone else's bucket, or a failed console sign-in for a known user
-    /// name, and neither must make remediate act.
-    pub act_on_failed_activity: Vec<String>,
-}
+use crate::policy::{action_target, who, AlertBuilder, PolicyMeta};
+use trailguard_common::contract::kinds;
 
-/// How repeats of an event-driven policy fold into one alert.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FoldConfig {
-    /// Repeats of the same policy, entity and severity within this much event time of the
-    /// first alert fold into it; zero publishes every match.
-    #[serde(with = "humantime_serde")]
-    pub period: std::time::Duration,
-}
-
-impl Default for FoldConfig {
-    fn default() -> Self {
-        FoldConfig {
-            period: std::time::Duration::from_secs(3600),
-        }
-    }
-}
-
-impl PoliciesConfig {
-    /// Checks values serde cannot; errors name the key.
-    pub fn validate(&self) -> Result<(), trailguard_common::Error> {
-        crate::templates::validate(&self.templates)?;
-        self.anomaly.validate()?;
-        crate::custom::validate(&self.custom)?;
-        if self.fold.period > std::time::Duration::from_secs(30 * 86_400) {
-            return Err(trailguard_common::Error::config(
-                "policies.fold.period",
-                "must be at most 30 days",
-            ));
-        }
-        let s = &self.console_signin_failures;
-        if s.threshold < 2 {
-            return Err(trailguard_common::Error::config(
-                "policies.console_signin_failures.threshold",
-                "must be at least 2",
-            ));
-        }
-        if s.window.is_zero() || s.window > std::time::Duration::from_secs(30 * 86_400) {
-            return Err(trailguard_common::Error::config(
-                "policies.console_signin_failures.window",
-                "must be longer than zero and at most 30 days",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Settings of a policy that only needs switching on and rating.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimplePolicyConfig {
-    /// Evaluate this policy.
-    pub enabled: bool,
-    /// Severity of its alerts.
-    pub severity: Severity,
-    /// Principal ARNs (or names) whose activity this policy ignores, e.g. automation roles.
-    pub allow_principals: Vec<String>,
-}
-
-impl Default for SimplePolicyConfig {
-    fn default() -> Self {
-        SimplePolicyConfig {
-            enabled: true,
-            severity: Severity::Medium,
-            allow_principals: Vec::new(),
-        }
-    }
-}
-
-/// Settings of the sign-in failures policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SigninFailuresConfig {
-    /// Evaluate this policy.
-    pub enabled: bool,
-    /// Severity of its alerts.
-    pub severity: Severity,
-    /// Failed sign-ins within `window` that raise an alert.
-    pub threshold: usize,
-    /// Sliding window, on event time (e.g. `15m`).
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Count per principal.
-    pub per_principal: bool,
-    /// Count per source IP (catches one IP trying many users: password spraying).
-    pub per_source_ip: bool,
-}
-
-impl Default for SigninFailuresConfig {
-    fn default() -> Self {
-        SigninFailuresConfig {
-            enabled: true,
-            severity: Severity::Medium,
-            threshold: 5,
-            window: Duration::from_secs(15 * 60),
-            per_principal: true,
-            per_source_ip: true,
-        }
-    }
-}
+/// S3 bucket is publicly accessible.
+pub const S3_BUCKET_PUBLIC: PolicyMeta<'static> = PolicyMeta {
+    id: "s3-bucket-public",
+    name: "S3 bucket is publicly accessible",
+    kind: AlertKind::FilePolicy,
+};
 
 /// Settings of the public-bucket policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,190 +44,6 @@ impl Default for BucketPublicConfig {
             make_private: true,
             allow_buckets: Vec::new(),
         }
-    }
-}
-
-fn mitre(tactic: &str, technique_id: &str, technique: &str) -> Mitre {
-    Mitre {
-        tactic: tactic.into(),
-        technique_id: technique_id.into(),
-        technique: technique.into(),
-    }
-}
-
-pub(crate) fn allowed(list: &[String], activity: &Activity) -> bool {
-    let p = &activity.principal;
-    list.iter().any(|entry| {
-        p.arn.as_deref() == Some(entry.as_str())
-            || p.name.as_deref() == Some(entry.as_str())
-            || p.session_issuer_arn.as_deref() == Some(entry.as_str())
-    })
-}
-
-/// What every alert of a policy says about the policy.
-pub struct PolicyMeta {
-    /// Stable id, in alerts, config and metric labels.
-    pub id: &'static str,
-    /// Human name.
-    pub name: &'static str,
-    /// Kind of policy.
-    pub kind: AlertKind,
-}
-
-/// Admin console sign-in failures.
-pub const SIGNIN_FAILURES: PolicyMeta = PolicyMeta {
-    id: "console-signin-failures",
-    name: "Admin console sign-in failures",
-    kind: AlertKind::ActivityPolicy,
-};
-/// CloudTrail configuration changes.
-pub const CLOUDTRAIL_CHANGES: PolicyMeta = PolicyMeta {
-    id: "cloudtrail-changes",
-    name: "CloudTrail configuration change",
-    kind: AlertKind::ActivityPolicy,
-};
-/// S3 bucket is publicly accessible.
-pub const S3_BUCKET_PUBLIC: PolicyMeta = PolicyMeta {
-    id: "s3-bucket-public",
-    name: "S3 bucket is publicly accessible",
-    kind: AlertKind::FilePolicy,
-};
-
-/// Builds an alert about one activity; `id_parts` (after the policy id) make its stable id.
-pub fn alert_for(
-    activity: &Activity,
-    policy: &PolicyMeta,
-    severity: Severity,
-    entity: Entity,
-    evidence: Evidence,
-    id_parts: &[&str],
-) -> Alert {
-    Alert {
-        schema_version: ALERT_SCHEMA_VERSION,
-        id: stable_id(std::iter::once(policy.id).chain(id_parts.iter().copied())),
-        policy_id: policy.id.into(),
-        policy_name: policy.name.into(),
-        kind: policy.kind,
-        severity,
-        time: activity.event_time,
-        entity,
-        principal: Some(activity.principal.clone()),
-        account_id: activity.account_id.clone(),
-        region: activity.region.clone(),
-        evidence,
-        mitre: Vec::new(),
-        actions: Vec::new(),
-        occurrences: 1,
-        last_time: None,
-        signature: None,
-    }
-}
-
-pub(crate) fn who(activity: &Activity) -> String {
-    let mut text = activity.principal.display();
-    if let Some(ip) = activity.source_ip {
-        text.push_str(&format!(" from {ip}"));
-    } else if let Some(host) = &activity.source_host {
-        text.push_str(&format!(" via {host}"));
-    }
-    text
-}
-
-/// CloudTrail configuration changes: anything that stops, deletes or narrows what is logged.
-pub struct CloudTrailChanges {
-    cfg: SimplePolicyConfig,
-}
-
-/// CloudTrail API calls that change what is logged, and where.
-pub const CLOUDTRAIL_CHANGE_EVENTS: &[&str] = &[
-    "StopLogging",
-    "DeleteTrail",
-    "UpdateTrail",
-    "PutEventSelectors",
-    "PutInsightSelectors",
-    "DeleteEventDataStore",
-    "UpdateEventDataStore",
-    "StopEventDataStoreIngestion",
-    "DeleteChannel",
-    "UpdateChannel",
-    "DeleteResourcePolicy",
-    "PutResourcePolicy",
-    "RemoveTags",
-    "DeregisterOrganizationDelegatedAdmin",
-];
-
-impl CloudTrailChanges {
-    /// The policy with its settings.
-    pub fn new(cfg: SimplePolicyConfig) -> Self {
-        CloudTrailChanges { cfg }
-    }
-
-    /// An alert when `activity` changes CloudTrail's configuration.
-    pub fn evaluate(&self, activity: &Activity) -> Option<Alert> {
-        if !self.cfg.enabled
-            || activity.event_source != "cloudtrail.amazonaws.com"
-            || !CLOUDTRAIL_CHANGE_EVENTS.contains(&activity.event_name.as_str())
-            || allowed(&self.cfg.allow_principals, activity)
-        {
-            return None;
-        }
-        let trail = activity
-            .resources
-            .iter()
-            .find(|r| r.kind == "cloudtrail-trail")
-            .map(|r| r.id.clone())
-            .unwrap_or_else(|| "(unnamed)".into());
-        let attempt = match (&activity.outcome.error_code, activity.outcome.is_success()) {
-            (_, true) => String::new(),
-            (Some(code), false) => format!(" (attempt failed: {code})"),
-            (None, false) => " (attempt failed)".into(),
-        };
-        let summary = format!(
-            "{} called {} on trail {trail}{attempt}",
-            who(activity),
-            activity.event_name
-        );
-        // A stopped or deleted trail blinds the organization; narrowing selectors less so.
-        let severity = match activity.event_name.as_str() {
-            "StopLogging"
-            | "DeleteTrail"
-            | "DeleteEventDataStore"
-            | "StopEventDataStoreIngestion"
-                if activity.outcome.is_success() =>
-            {
-                self.cfg.severity.max(Severity::High)
-            }
-            _ => self.cfg.severity,
-        };
-        let mut alert = alert_for(
-            activity,
-            &CLOUDTRAIL_CHANGES,
-            severity,
-            Entity {
-                kind: "cloudtrail-trail".into(),
-                id: trail,
-            },
-            Evidence {
-                activity_ids: vec![activity.id.clone()],
-                summary,
-            },
-            &[activity.id.as_str()],
-        );
-        alert.mitre = vec![mitre(
-            "Defense Evasion",
-            "T1562.008",
-            "Impair Defenses: Disable or Modify Cloud Logs",
-        )];
-        alert.actions = vec![RequestedAction {
-            kind: ActionKind::Notify,
-            target: Target {
-                kind: "security-team".into(),
-                id: "default".into(),
-                account_id: None,
-                grantee: None,
-            },
-        }];
-        Some(alert)
     }
 }
 
@@ -402,36 +97,27 @@ impl BucketPublic {
         } else {
             format!("{} {why} on bucket {bucket}", who(activity))
         };
-        let mut alert = alert_for(
-            activity,
-            &S3_BUCKET_PUBLIC,
-            self.cfg.severity,
-            Entity {
-                kind: "s3-bucket".into(),
+        let alert = AlertBuilder::about(&S3_BUCKET_PUBLIC, activity, self.cfg.severity)
+            .entity(Entity {
+                kind: kinds::S3_BUCKET.into(),
                 id: bucket.into(),
-            },
-            Evidence {
-                activity_ids: vec![activity.id.clone()],
-                summary,
-            },
-            &[bucket, activity.id.as_str()],
-        );
-        alert.mitre = vec![mitre(
-            "Exfiltration",
-            "T1537",
-            "Transfer Data to Cloud Account",
-        )];
-        if self.cfg.make_private {
-            alert.actions = vec![RequestedAction {
+            })
+            .evidence(vec![activity.id.clone()], summary)
+            .mitre(("Exfiltration", "T1537", "Transfer Data to Cloud Account"));
+        let alert = if self.cfg.make_private {
+            alert.actions(vec![RequestedAction {
                 kind: ActionKind::MakeBucketPrivate,
                 target: Target {
-                    kind: "s3-bucket".into(),
+                    kind: kinds::S3_BUCKET.into(),
                     id: bucket.into(),
                     account_id: activity.account_id.clone(),
                     grantee: None,
                 },
-            }];
-        }
+            }])
+        } else {
+            alert
+        };
+        let alert = alert.id_from(&[bucket, activity.id.as_str()]);
         Some(alert)
     }
 }
@@ -460,25 +146,21 @@ impl BucketPublic {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| "(unknown account)".into());
-        let mut alert = alert_for(
-            activity,
-            &S3_BUCKET_PUBLIC,
-            self.cfg.severity,
-            Entity {
-                kind: "aws-account".into(),
+        let alert = AlertBuilder::about(&S3_BUCKET_PUBLIC, activity, self.cfg.severity)
+            .entity(Entity {
+                kind: kinds::AWS_ACCOUNT.into(),
                 id: account.clone(),
-            },
-            Evidence {
-                activity_ids: vec![activity.id.clone()],
-                summary: format!("{} {why} of account {account}", who(activity)),
-            },
-            &[account.as_str(), activity.id.as_str()],
-        );
-        alert.mitre = vec![mitre("Defense Evasion", "T1562", "Impair Defenses")];
-        alert.actions = vec![RequestedAction {
-            kind: ActionKind::Notify,
-            target: crate::templates::action_target(ActionKind::Notify, activity),
-        }];
+            })
+            .evidence(
+                vec![activity.id.clone()],
+                format!("{} {why} of account {account}", who(activity)),
+            )
+            .mitre(("Defense Evasion", "T1562", "Impair Defenses"))
+            .actions(vec![RequestedAction {
+                kind: ActionKind::Notify,
+                target: action_target(ActionKind::Notify, activity),
+            }])
+            .id_from(&[account.as_str(), activity.id.as_str()]);
         Some(alert)
     }
 }

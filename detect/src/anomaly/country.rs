@@ -1,0 +1,80 @@
+//! Activity from a country the principal has not used before (and, unless sensitivity is high,
+//! rare for the organization), after the principal's learning period.
+
+use trailguard_common::contract::{Alert, Geo, Severity};
+
+use super::{Anomalies, Org, PrincipalState, Seen, Sensitivity, Who, INFREQUENT_COUNTRY};
+
+impl Anomalies {
+    /// Infrequent country; learns the countries the principal acts from (at most 8, least
+    /// recently seen evicted).
+    pub(super) fn country(
+        &self,
+        st: &mut PrincipalState,
+        org: &mut Org,
+        seen: &Seen<'_>,
+        geo: Option<&Geo>,
+        out: &mut Vec<Alert>,
+    ) {
+        let Seen {
+            a,
+            t,
+            learned,
+            corporate,
+        } = *seen;
+        let who = Who(a);
+        if let Some(country) = geo.and_then(|g| g.country.clone()).filter(|_| !corporate) {
+            let known = st.countries.iter().any(|(c, _)| *c == country);
+            let d = &self.cfg.infrequent_country;
+            if !known && learned && !st.countries.is_empty() && self.on(d, a) {
+                let org_count = org.countries.get(&country).copied().unwrap_or(0);
+                let org_rare = org_count < 2.max(org.principals / 100);
+                let fire = match self.sens(d) {
+                    Sensitivity::High => true,
+                    Sensitivity::Medium => org_rare,
+                    Sensitivity::Low => org_count == 0,
+                };
+                if fire && self.may_fire(st, format!("country|{country}"), t) {
+                    let usual: Vec<&str> = st.countries.iter().map(|(c, _)| c.as_str()).collect();
+                    let summary = format!(
+                        "{who} acted from {country}, a country it has not used before (usually {}){}: {}",
+                        usual.join(", "),
+                        if org_rare { "; rare for the organization too" } else { "" },
+                        a.event_name
+                    );
+                    out.push(self.alert(
+                        a,
+                        &INFREQUENT_COUNTRY,
+                        d,
+                        Severity::Medium,
+                        summary,
+                        vec![a.id.clone()],
+                        (
+                            "Initial Access",
+                            "T1078.004",
+                            "Valid Accounts: Cloud Accounts",
+                        ),
+                    ));
+                }
+            }
+            match st.countries.iter_mut().find(|(c, _)| *c == country) {
+                Some(entry) => entry.1 = entry.1.max(t),
+                None => {
+                    *org.countries.entry(country.clone()).or_default() += 1;
+                    if st.countries.len() >= 8 {
+                        if let Some(oldest) = st
+                            .countries
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, (_, seen))| *seen)
+                            .map(|(i, _)| i)
+                        {
+                            st.countries.remove(oldest);
+                        }
+                    }
+                    st.countries.push((country, t));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The four rate detections — unusual administrative activity, storage deletions, instances
+//! terminated, instances launched — against the principal's hourly baselines.
+
+use trailguard_common::contract::{Alert, Severity};
+
+use super::{
+    Anomalies, PrincipalState, Seen, Sensitivity, Who, STORAGE_DELETION, UNUSUAL_ADMIN,
+    VM_CREATION, VM_DELETION,
+};
+use crate::classify::{rate_units, RateKind};
+
+impl Anomalies {
+    /// The four rates: count this activity's units, alert when a sliding hour passes the
+    /// learned threshold.
+    pub(super) fn rates(&self, st: &mut PrincipalState, seen: &Seen<'_>, out: &mut Vec<Alert>) {
+        let Seen { a, t, learned, .. } = *seen;
+        let who = Who(a);
+        let units = rate_units(a);
+        let detections = [
+            (
+                RateKind::Admin,
+                &self.cfg.unusual_admin_activity,
+                &UNUSUAL_ADMIN,
+                "administrative calls",
+                ("Persistence", "T1098", "Account Manipulation"),
+            ),
+            (
+                RateKind::Deletion,
+                &self.cfg.storage_deletion,
+                &STORAGE_DELETION,
+                "S3 deletions",
+                ("Impact", "T1485", "Data Destruction"),
+            ),
+            (
+                RateKind::VmDeletion,
+                &self.cfg.vm_deletion,
+                &VM_DELETION,
+                "instances terminated",
+                ("Impact", "T1485", "Data Destruction"),
+            ),
+            (
+                RateKind::VmCreation,
+                &self.cfg.vm_creation,
+                &VM_CREATION,
+                "instances launched",
+                ("Impact", "T1496", "Resource Hijacking"),
+            ),
+        ];
+        for (kind, d, meta, what, mitre) in detections {
+            let n = units[kind as usize];
+            let rate = &mut st.rates[kind as usize];
+            if n == 0 {
+                rate.settle(t);
+                continue;
+            }
+            let (floor, sigmas, factor) = rate_params(kind, self.sens(d));
+            let threshold = rate.threshold(floor, sigmas, factor);
+            let usual = rate.mean;
+            let count = rate.add(t, n, &a.id);
+            if count >= threshold && learned && t >= rate.quiet_until && self.on(d, a) {
+                rate.quiet_until = t + 3600;
+                let evidence = rate.evidence.clone();
+                let summary = format!(
+                    "{who}: {count} {what} within an hour (usually {usual:.1} an hour; threshold {threshold})"
+                );
+                let hour = t.div_euclid(3600).to_string();
+                let mut alert = self.alert(a, meta, d, Severity::Medium, summary, evidence, mitre);
+                alert.id =
+                    trailguard_common::contract::stable_id([meta.id, &a.principal.key(), &hour]);
+                out.push(alert);
+            }
+        }
+    }
+}
+
+/// Floors and spreads per sensitivity.
+fn rate_params(kind: RateKind, s: Sensitivity) -> (u32, f32, f32) {
+    let floor = match (kind, s) {
+        (RateKind::Admin, Sensitivity::Low) => 100,
+        (RateKind::Admin, Sensitivity::Medium) => 50,
+        (RateKind::Admin, Sensitivity::High) => 25,
+        (RateKind::Deletion, Sensitivity::Low) => 200,
+        (RateKind::Deletion, Sensitivity::Medium) => 50,
+        (RateKind::Deletion, Sensitivity::High) => 20,
+        (RateKind::VmDeletion | RateKind::VmCreation, Sensitivity::Low) => 20,
+        (RateKind::VmDeletion | RateKind::VmCreation, Sensitivity::Medium) => 10,
+        (RateKind::VmDeletion | RateKind::VmCreation, Sensitivity::High) => 5,
+    };
+    let (sigmas, factor) = match s {
+        Sensitivity::Low => (8.0, 5.0),
+        Sensitivity::Medium => (5.0, 3.0),
+        Sensitivity::High => (3.0, 2.0),
+    };
+    (floor, sigmas, factor)
+}

@@ -1,0 +1,101 @@
+//! Every policy's settings, aggregated: the `[policies]` table. Each policy's own settings type
+//! lives beside the policy; this module only gathers them and checks them together.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bucket_public::BucketPublicConfig;
+use crate::fold::FoldConfig;
+use crate::policy::SimplePolicyConfig;
+use crate::signin::SigninFailuresConfig;
+
+/// Every policy's settings. Each table is optional in the file; omitted keys keep defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Admin console sign-in failures.
+    pub console_signin_failures: SigninFailuresConfig,
+    /// CloudTrail configuration changes (stopping or deleting a trail is always `high`).
+    pub cloudtrail_changes: SimplePolicyConfig,
+    /// S3 bucket is publicly accessible.
+    pub s3_bucket_public: BucketPublicConfig,
+    /// The activity policy templates, by id (see [`crate::templates`]).
+    pub templates: crate::templates::TemplatesConfig,
+    /// The anomaly detections (see [`crate::anomaly`]).
+    pub anomaly: crate::anomaly::AnomalyConfig,
+    /// Custom policies (see [`crate::custom`]).
+    pub custom: Vec<crate::custom::CustomPolicyConfig>,
+    /// Folding of repeated event-driven alerts (see [`crate::fold`]).
+    pub fold: FoldConfig,
+    /// Policy ids that may request destructive actions (every action but `notify`) from a
+    /// failed call. By default a failed call only notifies: anyone can cause an
+    /// `AccessDenied` on someone else's bucket, or a failed console sign-in for a known user
+    /// name, and neither must make remediate act.
+    pub act_on_failed_activity: Vec<String>,
+}
+
+impl PoliciesConfig {
+    /// Checks values serde cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), trailguard_common::Error> {
+        crate::templates::validate(&self.templates)?;
+        self.anomaly.validate()?;
+        crate::custom::validate(&self.custom)?;
+        if self.fold.period > std::time::Duration::from_secs(30 * 86_400) {
+            return Err(trailguard_common::Error::config(
+                "policies.fold.period",
+                "must be at most 30 days",
+            ));
+        }
+        let s = &self.console_signin_failures;
+        if s.threshold < 2 {
+            return Err(trailguard_common::Error::config(
+                "policies.console_signin_failures.threshold",
+                "must be at least 2",
+            ));
+        }
+        if s.window.is_zero() || s.window > std::time::Duration::from_secs(30 * 86_400) {
+            return Err(trailguard_common::Error::config(
+                "policies.console_signin_failures.window",
+                "must be longer than zero and at most 30 days",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every built-in policy, by what its alerts say about it — the one list of them. A new
+/// policy's module adds its `PolicyMeta` here (the documentation's policy tables are checked
+/// against this list); custom policies are the user's and not listed.
+pub fn builtin_policies() -> Vec<&'static crate::policy::PolicyMeta<'static>> {
+    let mut all = vec![
+        &crate::signin::SIGNIN_FAILURES,
+        &crate::cloudtrail::CLOUDTRAIL_CHANGES,
+        &crate::bucket_public::S3_BUCKET_PUBLIC,
+    ];
+    all.extend(crate::templates::TEMPLATES.iter().map(|t| &t.meta));
+    all.extend([
+        &crate::anomaly::ANONYMOUS_IP,
+        &crate::anomaly::SUSPICIOUS_IP,
+        &crate::anomaly::INFREQUENT_COUNTRY,
+        &crate::anomaly::IMPOSSIBLE_TRAVEL,
+        &crate::anomaly::UNUSUAL_ADMIN,
+        &crate::anomaly::STORAGE_DELETION,
+        &crate::anomaly::VM_DELETION,
+        &crate::anomaly::VM_CREATION,
+        &crate::facts::TERMINATED_USER,
+        &crate::facts::UNUSUAL_REGION,
+    ]);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn policy_ids_are_unique() {
+        let mut ids: Vec<&str> = super::builtin_policies().iter().map(|p| p.id).collect();
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "{ids:?}");
+        assert_eq!(count, 20, "3 built-in, 7 templates, 10 anomaly detections");
+    }
+}

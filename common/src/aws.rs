@@ -31,10 +31,23 @@ pub struct AwsConfig {
     /// Session name of the assumed roles (shows in the accounts' own CloudTrail);
     /// default `trailguard`.
     pub session_name: Option<String>,
-    /// Endpoint overrides per service, over `endpoint_url`: `s3`, `sqs`, `cloudtrail`
-    /// (e.g. a local S3 server beside real SQS).
+    /// Endpoint overrides per service, over `endpoint_url` (e.g. a local S3 server beside real
+    /// SQS): any of [`ENDPOINT_SERVICES`].
     pub endpoints: std::collections::BTreeMap<String, String>,
 }
+
+/// The services whose endpoint `aws.endpoints` can override: every client Trailguard makes.
+pub const ENDPOINT_SERVICES: &[&str] = &[
+    "account",
+    "cloudtrail",
+    "iam",
+    "organizations",
+    "s3",
+    "s3control",
+    "sns",
+    "sqs",
+    "sts",
+];
 
 /// One account to read: its id (none for the credentials' own account) and the SDK
 /// configuration whose credentials act in it.
@@ -65,10 +78,13 @@ impl AwsConfig {
             }
         }
         for (service, url) in &self.endpoints {
-            if !["s3", "sqs", "cloudtrail"].contains(&service.as_str()) {
+            if !ENDPOINT_SERVICES.contains(&service.as_str()) {
                 return Err(Error::config(
                     &format!("aws.endpoints.{service}"),
-                    "per-service endpoints exist for s3, sqs and cloudtrail",
+                    format!(
+                        "per-service endpoints exist for {}",
+                        ENDPOINT_SERVICES.join(", ")
+                    ),
                 ));
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -119,9 +135,7 @@ impl AwsConfig {
         let mut ids = self.accounts.clone();
         if self.organization_accounts {
             let client = aws_sdk_organizations::Client::from_conf(
-                aws_sdk_organizations::config::Builder::from(&base)
-                    .interceptor(crate::aws_calls::CallRecorder)
-                    .build(),
+                crate::sdk_config!(aws_sdk_organizations, self, &base, "organizations").build(),
             );
             let mut pages = client.list_accounts().into_paginator().send();
             while let Some(page) = pages.next().await {
@@ -320,6 +334,28 @@ impl From<&str> for CallError {
 
 pub use crate::contract::is_account_id;
 
+/// The configuration builder of an SDK client, the one way every AWS client is made: `sdk`'s
+/// credentials and region, every call counted and timed ([`crate::aws_calls::CallRecorder`]),
+/// and the endpoint of `aws.endpoints[key]` when one is set (a local server in tests). The
+/// caller adds what is particular to it (a region, path-style addressing, retries) and builds:
+///
+/// ```ignore
+/// let iam = aws_sdk_iam::Client::from_conf(sdk_config!(aws_sdk_iam, aws, &sdk, "iam").build());
+/// ```
+///
+/// A macro, not a function: each SDK crate has its own builder type and no trait they share.
+#[macro_export]
+macro_rules! sdk_config {
+    ($service:ident, $aws:expr, $sdk:expr, $key:expr) => {{
+        let builder =
+            $service::config::Builder::from($sdk).interceptor($crate::aws_calls::CallRecorder);
+        match $aws.endpoints.get($key) {
+            Some(url) => builder.endpoint_url(url),
+            None => builder,
+        }
+    }};
+}
+
 /// An S3 client for these settings.
 pub async fn s3_client(aws: &AwsConfig) -> aws_sdk_s3::Client {
     let shared = aws.sdk_config().await;
@@ -329,12 +365,7 @@ pub async fn s3_client(aws: &AwsConfig) -> aws_sdk_s3::Client {
 /// An SQS client for these settings.
 pub async fn sqs_client(aws: &AwsConfig) -> aws_sdk_sqs::Client {
     let shared = aws.sdk_config().await;
-    let mut config =
-        aws_sdk_sqs::config::Builder::from(&shared).interceptor(crate::aws_calls::CallRecorder);
-    if let Some(url) = aws.endpoints.get("sqs") {
-        config = config.endpoint_url(url);
-    }
-    aws_sdk_sqs::Client::from_conf(config.build())
+    aws_sdk_sqs::Client::from_conf(crate::sdk_config!(aws_sdk_sqs, aws, &shared, "sqs").build())
 }
 
 /// An S3 client acting with `sdk`'s credentials, in `region` when given.
@@ -343,12 +374,8 @@ pub fn s3_client_for(
     sdk: &aws_config::SdkConfig,
     region: Option<&str>,
 ) -> aws_sdk_s3::Client {
-    let mut config = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(aws.force_path_style)
-        .interceptor(crate::aws_calls::CallRecorder);
-    if let Some(url) = aws.endpoints.get("s3") {
-        config = config.endpoint_url(url);
-    }
+    let mut config =
+        crate::sdk_config!(aws_sdk_s3, aws, sdk, "s3").force_path_style(aws.force_path_style);
     if let Some(region) = region {
         config = config.region(aws_config::Region::new(region.to_string()));
     }
@@ -388,19 +415,31 @@ pub fn s3_client_owned_by(
     sdk: &aws_config::SdkConfig,
     owner: &str,
 ) -> aws_sdk_s3::Client {
-    let mut config = aws_sdk_s3::config::Builder::from(sdk)
+    let config = crate::sdk_config!(aws_sdk_s3, aws, sdk, "s3")
         .force_path_style(aws.force_path_style)
-        .interceptor(crate::aws_calls::CallRecorder)
         .interceptor(ExpectedBucketOwner(owner.to_string()));
-    if let Some(url) = aws.endpoints.get("s3") {
-        config = config.endpoint_url(url);
-    }
     aws_sdk_s3::Client::from_conf(config.build())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every client's endpoint can be overridden (remediate's IAM, STS and SNS clients read
+    /// theirs, which validation used to refuse), and only those.
+    #[test]
+    fn every_client_endpoint_can_be_overridden() {
+        for service in ENDPOINT_SERVICES {
+            let mut aws = AwsConfig::default();
+            aws.endpoints
+                .insert(service.to_string(), "http://127.0.0.1:1".into());
+            assert!(aws.validate().is_ok(), "{service}");
+        }
+        let mut aws = AwsConfig::default();
+        aws.endpoints
+            .insert("ec2".into(), "http://127.0.0.1:1".into());
+        assert!(aws.validate().is_err());
+    }
 
     #[test]
     fn accounts_need_a_role_template_with_the_account() {

@@ -5,6 +5,7 @@
 //! - [`aws`]: AWS settings and client construction (endpoint override for local servers),
 //!   typed call errors.
 //! - [`aws_calls`]: every AWS call counted, timed and (in tests) logged.
+//! - [`cli`]: the flags every binary takes, as a configuration overlay.
 //! - [`config`]: the configuration every service has (Kafka, admin endpoint, logs) and the
 //!   layered loader (defaults → file → env → flags).
 //! - [`kafka`]: producer/consumer construction with librdkafka pass-through, topic creation,
@@ -17,6 +18,7 @@
 
 pub mod aws;
 pub mod aws_calls;
+pub mod cli;
 pub mod config;
 pub mod contract;
 mod error;

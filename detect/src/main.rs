@@ -1,12 +1,12 @@
 //! `detect`: evaluates Trailguard's policies over the activities topic. See `detect --help`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use rdkafka::message::{Headers, Message};
 use serde_json::json;
+use trailguard_common::cli::{set, CommonFlags};
 use trailguard_common::contract::printable;
 use trailguard_common::{config, kafka, shutdown, telemetry, ActionRecord, Alert};
 use trailguard_detect::{DetectConfig, Metrics};
@@ -21,19 +21,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Kafka bootstrap brokers, HOST:PORT[,HOST:PORT...].
-    #[arg(long, env = "TRAILGUARD_BROKERS", global = true)]
-    brokers: Option<String>,
-    /// TOML configuration file (every key: docs/configuration.md).
-    #[arg(long, env = "TRAILGUARD_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
-    #[arg(long, global = true)]
-    log_format: Option<String>,
-    /// Load and validate the configuration (file, `TRAILGUARD_*` environment, flags), print it
-    /// with secrets redacted, and exit without connecting to anything.
-    #[arg(long, global = true)]
-    check_config: bool,
+    #[command(flatten)]
+    common: CommonFlags,
     /// Address of the admin endpoint (/metrics, /healthz); default 127.0.0.1:9102.
     #[arg(long)]
     admin_listen: Option<String>,
@@ -85,19 +74,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut flags = json!({});
-    if let Some(brokers) = &cli.brokers {
-        flags["kafka"] = json!({ "brokers": brokers });
-    }
-    if let Some(format) = &cli.log_format {
-        flags["log"] = json!({ "format": format });
-    }
+    let mut flags = cli.common.overlay();
     if let Some(listen) = &cli.admin_listen {
-        flags["admin"] = json!({ "listen": listen });
+        set(&mut flags, "admin", "listen", json!(listen));
     }
-    let cfg: DetectConfig = config::load(&DetectConfig::default(), cli.config.as_deref(), &flags)?;
+    let cfg: DetectConfig = config::load(
+        &DetectConfig::default(),
+        cli.common.config.as_deref(),
+        &flags,
+    )?;
     cfg.validate()?;
-    if cli.check_config {
+    if cli.common.check_config {
         config::print_redacted(&cfg)?;
         return Ok(());
     }

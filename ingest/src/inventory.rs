@@ -270,14 +270,12 @@ async fn read_bucket(client: &aws_sdk_s3::Client, state: &mut BucketState, calls
 }
 
 /// The account's own id (STS GetCallerIdentity) when the account was not named.
-async fn account_id(account: &Account) -> Result<String, Error> {
+async fn account_id(aws: &AwsConfig, account: &Account) -> Result<String, Error> {
     if let Some(id) = &account.id {
         return Ok(id.clone());
     }
     let sts = aws_sdk_sts::Client::from_conf(
-        aws_sdk_sts::config::Builder::from(&account.sdk)
-            .interceptor(trailguard_common::aws_calls::CallRecorder)
-            .build(),
+        trailguard_common::sdk_config!(aws_sdk_sts, aws, &account.sdk, "sts").build(),
     );
     let me = sts
         .get_caller_identity()
@@ -291,6 +289,7 @@ async fn account_id(account: &Account) -> Result<String, Error> {
 
 /// The account-level public-access block (S3 Control), when set.
 async fn account_block(
+    aws: &AwsConfig,
     account: &Account,
     id: &str,
     calls: &mut u64,
@@ -298,9 +297,7 @@ async fn account_block(
     use aws_sdk_s3control::error::ProvideErrorMetadata;
     *calls += 1;
     let client = aws_sdk_s3control::Client::from_conf(
-        aws_sdk_s3control::config::Builder::from(&account.sdk)
-            .interceptor(trailguard_common::aws_calls::CallRecorder)
-            .build(),
+        trailguard_common::sdk_config!(aws_sdk_s3control, aws, &account.sdk, "s3control").build(),
     );
     match client.get_public_access_block().account_id(id).send().await {
         Ok(out) => Ok(out.public_access_block_configuration().map(|c| {
@@ -324,7 +321,7 @@ async fn account_inventory(
     summary: &mut Summary,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
-    let id = account_id(account).await?;
+    let id = account_id(aws, account).await?;
     let region = account
         .sdk
         .region()
@@ -338,7 +335,7 @@ async fn account_inventory(
         "aws"
     };
     let mut block_error = None;
-    let account_block = match account_block(account, &id, &mut summary.api_calls).await {
+    let account_block = match account_block(aws, account, &id, &mut summary.api_calls).await {
         Ok(block) => block,
         Err(err) => {
             tracing::warn!(account = %id, error = %err, "cannot read the account's public-access block");

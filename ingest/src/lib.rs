@@ -16,12 +16,14 @@
 //! - [`checkpoint`]: where each source left off, in a compacted topic.
 //! - [`dedup`] (pure): drops repeats of an activity id within a horizon.
 //! - [`publish`]: the Kafka side — durable sends of activities and dead letters.
+//! - [`cli`]: the command line — each source's flags, as a configuration overlay.
 //! - [`service`]: start-up, the polling loop, the periodic inventory, summaries and exit codes.
 //!
 //! Every source's entry point is `run`: [`files::run`], [`s3::run`] and [`lookup::run`] (one
 //! pass each; [`service::Poller`] repeats them), [`sqs::run`], [`inventory::run`].
 
 pub mod checkpoint;
+pub mod cli;
 pub mod dedup;
 pub mod files;
 pub mod inventory;

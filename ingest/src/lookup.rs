@@ -318,19 +318,16 @@ pub async fn streams(
     let mut out = Vec::new();
     for account in aws.accounts().await? {
         let regions = if cfg.regions.iter().any(|r| r == "all") {
-            enabled_regions(&account.sdk).await?
+            enabled_regions(aws, &account.sdk).await?
         } else {
             cfg.regions.clone()
         };
         for region in regions {
-            let mut config = aws_sdk_cloudtrail::config::Builder::from(&account.sdk)
-                .interceptor(trailguard_common::aws_calls::CallRecorder)
-                .region(aws_sdk_cloudtrail::config::Region::new(region.clone()))
-                .retry_config(aws_sdk_cloudtrail::config::retry::RetryConfig::disabled());
-            if let Some(url) = aws.endpoints.get("cloudtrail") {
-                config = config.endpoint_url(url);
-            }
-            let config = config.build();
+            let config =
+                trailguard_common::sdk_config!(aws_sdk_cloudtrail, aws, &account.sdk, "cloudtrail")
+                    .region(aws_sdk_cloudtrail::config::Region::new(region.clone()))
+                    .retry_config(aws_sdk_cloudtrail::config::retry::RetryConfig::disabled())
+                    .build();
             out.push(Stream {
                 account: account.id.clone(),
                 region,
@@ -343,12 +340,13 @@ pub async fn streams(
 }
 
 /// The regions enabled in the account of `sdk` (account:ListRegions).
-async fn enabled_regions(sdk: &aws_config::SdkConfig) -> Result<Vec<String>, Error> {
+async fn enabled_regions(
+    aws: &trailguard_common::aws::AwsConfig,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Vec<String>, Error> {
     use aws_sdk_account::types::RegionOptStatus;
     let client = aws_sdk_account::Client::from_conf(
-        aws_sdk_account::config::Builder::from(sdk)
-            .interceptor(trailguard_common::aws_calls::CallRecorder)
-            .build(),
+        trailguard_common::sdk_config!(aws_sdk_account, aws, sdk, "account").build(),
     );
     let mut regions = Vec::new();
     let mut pages = client

@@ -1,10 +1,10 @@
 //! `remediate`: applies governance actions for alerts. See `remediate --help`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use serde_json::json;
+use trailguard_common::cli::{set, CommonFlags};
 use trailguard_common::{config, shutdown, telemetry};
 use trailguard_remediate::{Metrics, RemediateConfig};
 
@@ -15,25 +15,14 @@ use trailguard_remediate::{Metrics, RemediateConfig};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Kafka bootstrap brokers, HOST:PORT[,HOST:PORT...].
-    #[arg(long, env = "TRAILGUARD_BROKERS")]
-    brokers: Option<String>,
-    /// TOML configuration file (every key: docs/configuration.md).
-    #[arg(long, env = "TRAILGUARD_CONFIG")]
-    config: Option<PathBuf>,
-    /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
-    #[arg(long)]
-    log_format: Option<String>,
+    #[command(flatten)]
+    common: CommonFlags,
     /// Address of the admin endpoint (/metrics, /healthz); default 127.0.0.1:9103.
     #[arg(long)]
     admin_listen: Option<String>,
     /// AWS endpoint override (a local AWS-API server); implies path-style S3 addressing.
     #[arg(long, env = "TRAILGUARD_AWS_ENDPOINT")]
     aws_endpoint: Option<String>,
-    /// Load and validate the configuration (file, `TRAILGUARD_*` environment, flags), print it
-    /// with secrets redacted, and exit without connecting to anything.
-    #[arg(long, global = true)]
-    check_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,23 +50,20 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut flags = json!({});
-    if let Some(brokers) = &cli.brokers {
-        flags["kafka"] = json!({ "brokers": brokers });
-    }
-    if let Some(format) = &cli.log_format {
-        flags["log"] = json!({ "format": format });
-    }
+    let mut flags = cli.common.overlay();
     if let Some(listen) = &cli.admin_listen {
-        flags["admin"] = json!({ "listen": listen });
+        set(&mut flags, "admin", "listen", json!(listen));
     }
     if let Some(endpoint) = &cli.aws_endpoint {
         flags["aws"] = json!({ "endpoint_url": endpoint, "force_path_style": true });
     }
-    let cfg: RemediateConfig =
-        config::load(&RemediateConfig::default(), cli.config.as_deref(), &flags)?;
+    let cfg: RemediateConfig = config::load(
+        &RemediateConfig::default(),
+        cli.common.config.as_deref(),
+        &flags,
+    )?;
     cfg.validate()?;
-    if cli.check_config {
+    if cli.common.check_config {
         config::print_redacted(&cfg)?;
         return Ok(());
     }

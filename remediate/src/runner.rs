@@ -178,11 +178,7 @@ impl Clients {
         self.caller
             .get_or_try_init(|| async {
                 let sdk = self.aws.sdk_config().await;
-                let mut config = aws_sdk_sts::config::Builder::from(&sdk)
-                    .interceptor(trailguard_common::aws_calls::CallRecorder);
-                if let Some(url) = self.aws.endpoints.get("sts") {
-                    config = config.endpoint_url(url);
-                }
+                let config = trailguard_common::sdk_config!(aws_sdk_sts, self.aws, &sdk, "sts");
                 let me = aws_sdk_sts::Client::from_conf(config.build())
                     .get_caller_identity()
                     .send()
@@ -242,11 +238,7 @@ impl Clients {
             }
         };
         let s3 = trailguard_common::aws::s3_client_owned_by(&self.aws, &sdk, account);
-        let mut iam = aws_sdk_iam::config::Builder::from(&sdk)
-            .interceptor(trailguard_common::aws_calls::CallRecorder);
-        if let Some(url) = self.aws.endpoints.get("iam") {
-            iam = iam.endpoint_url(url);
-        }
+        let iam = trailguard_common::sdk_config!(aws_sdk_iam, self.aws, &sdk, "iam");
         let clients = (s3, aws_sdk_iam::Client::from_conf(iam.build()));
         if map.len() >= MAX_ACCOUNTS {
             map.clear();
@@ -1380,12 +1372,8 @@ pub async fn run(
         .any(|c| c.kind == crate::notify::ChannelKind::Sns)
     {
         let sdk = cfg.aws.sdk_config().await;
-        let mut b = aws_sdk_sns::config::Builder::from(&sdk)
-            .interceptor(trailguard_common::aws_calls::CallRecorder);
-        if let Some(url) = cfg.aws.endpoints.get("sns") {
-            b = b.endpoint_url(url);
-        }
-        Some(aws_sdk_sns::Client::from_conf(b.build()))
+        let config = trailguard_common::sdk_config!(aws_sdk_sns, cfg.aws, &sdk, "sns");
+        Some(aws_sdk_sns::Client::from_conf(config.build()))
     } else {
         None
     };

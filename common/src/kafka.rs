@@ -333,7 +333,8 @@ pub fn consumer<C: ConsumerContext + 'static>(
 /// A consumer without a group, for reading a topic back from the start (e.g. remediate
 /// loading what it has already done).
 pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaContext>, Error> {
-    let mut client = connection(cfg);
+    // Ours after the user's: a read-back is ours to shape whatever the user tunes.
+    let mut client = base_config(cfg);
     client
         .set("group.id", format!("{client_id}-reader"))
         .set("client.id", client_id)
@@ -350,7 +351,7 @@ pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaCo
         // have no transactional writers; what they hold is checked by signature, not by
         // isolation.
         .set("isolation.level", "read_uncommitted");
-    Ok(with_user_settings(client, cfg).create_with_context(KafkaContext::new(cfg))?)
+    Ok(client.create_with_context(KafkaContext::new(cfg))?)
 }
 
 /// The value of the setting `name` of `topic` as the broker has it (DescribeConfigs). `None`
@@ -835,6 +836,15 @@ pub fn refusal(err: &KafkaError) -> Option<&'static str> {
         C::InvalidMessage | C::InvalidRecord => Some("invalid_record"),
         _ => None,
     }
+}
+
+/// True when `err` will not pass by trying again: a refusal ([`refusal`]), or the group or
+/// cluster not authorized for this client. Followers of a topic retry everything else.
+pub fn refused_for_good(err: &Error) -> bool {
+    err.kafka().is_some_and(|e| {
+        refusal(e).is_some()
+            || e.rdkafka_error_code() == Some(RDKafkaErrorCode::GroupAuthorizationFailed)
+    })
 }
 
 /// How [`send_until_durable`] ended.

@@ -224,7 +224,7 @@ pub async fn run(
                 for detector in state.detectors.values_mut() {
                     let alerts = detector.look_back(&crate::facts::lock(&facts));
                     if let Err(stopped) = sink.alerts(alerts).await {
-                        return commit_stored(&consumer, stopped);
+                        return commit_stored(&consumer, stopped, &tasks);
                     }
                 }
                 checkpoint(&producer, &consumer, &cfg, &mut state).await?;
@@ -288,7 +288,7 @@ pub async fn run(
                 let source = format!("{topic}/{partition}/{offset}");
                 if let Err(stopped) = sink.dead_letter(&source, kind, &reason, &original).await {
                     // Not durable: do not advance past it; the next start retries.
-                    return commit_stored(&consumer, stopped);
+                    return commit_stored(&consumer, stopped, &tasks);
                 }
                 if !from_failures {
                     metrics
@@ -307,7 +307,7 @@ pub async fn run(
             if let Some(activity) = &activity {
                 let alerts = counter.observe(activity, offset);
                 if let Err(stopped) = sink.alerts(alerts).await {
-                    return commit_stored(&consumer, stopped);
+                    return commit_stored(&consumer, stopped, &tasks);
                 }
             }
             state.pending_counters.insert(partition, offset + 1);
@@ -347,12 +347,12 @@ pub async fn run(
                 && !detector.already_applied(&activity, offset);
             let alerts = detector.observe(&activity, offset, &mut crate::facts::lock(&facts));
             if let Err(stopped) = sink.alerts(alerts).await {
-                return commit_stored(&consumer, stopped);
+                return commit_stored(&consumer, stopped, &tasks);
             }
             // Durable on the failures topic before this activity can be committed.
             if forward {
                 if let Err(stopped) = sink.failure(&activity).await {
-                    return commit_stored(&consumer, stopped);
+                    return commit_stored(&consumer, stopped, &tasks);
                 }
             }
         }
@@ -360,7 +360,7 @@ pub async fn run(
         // or this one after a restart, must learn a termination.
         for (key, fact) in detector.take_facts() {
             if let Err(stopped) = sink.fact(&key, &fact).await {
-                return commit_stored(&consumer, stopped);
+                return commit_stored(&consumer, stopped, &tasks);
             }
         }
         state.pending.insert(partition, offset + 1);
@@ -368,11 +368,8 @@ pub async fn run(
     }
     state.forget_revoked(&context);
     checkpoint(&producer, &consumer, &cfg, &mut state).await?;
-    commit_stored(&consumer, Stopped("shutdown"))?;
     kafka::flush(&producer, cfg.detect.drain_timeout)?;
-    if let Some(failure) = tasks.failure() {
-        return Err(Error::Stopped(failure));
-    }
+    commit_stored(&consumer, Stopped("shutdown"), &tasks)?;
     tracing::info!("detect stopped");
     Ok(())
 }
@@ -418,16 +415,35 @@ async fn follow_facts(
     );
     let shutdown = tasks.shutdown().clone();
     // Without it this instance would stop seeing the facts other instances learn (a
-    // termination, a region in use): a failure stops detect rather than degrade it unseen.
+    // termination, a region in use). A failure that passes (the broker away for a while) is
+    // followed again from the start (learning a fact twice changes nothing); one that will not
+    // pass (refused: no grant, no topic) stops detect rather than degrade it unseen.
     tasks.spawn("facts follower", async move {
-        kafka::follow(&kafka_cfg, &topic, true, None, &shutdown, |message| {
-            if let Some(record) = verified_fact(&verifier, &kafka::Read::of(message), &unverified) {
-                crate::facts::lock(&shared).learn(&record.key, record.fact);
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let followed = kafka::follow(&kafka_cfg, &topic, true, None, &shutdown, |message| {
+                let read = kafka::Read::of(message);
+                if let Some(record) = verified_fact(&verifier, &read, &unverified) {
+                    crate::facts::lock(&shared).learn(&record.key, record.fact);
+                }
+                true
+            })
+            .await;
+            match followed {
+                Ok(()) => return Ok(()),
+                Err(err) if kafka::refused_for_good(&err) => {
+                    return Err(format!("following the facts topic: {err}"))
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "following the facts topic failed; following it again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
             }
-            true
-        })
-        .await
-        .map_err(|e| format!("following the facts topic: {e}"))
+        }
     });
     Ok(facts)
 }
@@ -550,10 +566,13 @@ async fn checkpoint<C: ConsumerContext>(
     Ok(())
 }
 
-/// Commits the offsets stored so far and ends the loop; `stopped` says why it ended.
+/// Commits the offsets stored so far and ends the loop; `stopped` says why it ended. When a
+/// background task failed (and so stopped the loop, whatever send was under way), that
+/// failure is the result.
 fn commit_stored<C: ConsumerContext>(
     consumer: &rdkafka::consumer::StreamConsumer<C>,
     stopped: Stopped,
+    tasks: &trailguard_common::shutdown::Tasks,
 ) -> Result<(), Error> {
     let why = stopped.0;
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -561,7 +580,10 @@ fn commit_stored<C: ConsumerContext>(
         // Nothing stored yet is not an error.
         Err(err) => tracing::debug!(error = %err, why, "nothing committed"),
     }
-    Ok(())
+    match tasks.failure() {
+        Some(failure) => Err(Error::Stopped(failure)),
+        None => Ok(()),
+    }
 }
 
 /// Shutdown came before a record was durable: detect stops without storing an offset past

@@ -136,7 +136,9 @@ pub async fn start(
     if serve_admin {
         telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), tasks).await?;
     }
-    kafka::ensure_topics(&cfg.kafka, &[TopicRole::Activities, TopicRole::Dlq]).await?;
+    kafka::ensure_topics(&cfg.kafka, &[TopicRole::Activities, TopicRole::Dlq])
+        .await
+        .map_err(|e| Error::Source(format!("creating topics: {e}")))?;
     fit_to_broker(cfg).await;
     Ok((kafka::producer(&cfg.kafka, "trailguard-ingest", 5)?, health))
 }

@@ -210,8 +210,35 @@ async fn scram_users_get_what_their_acls_grant_and_nothing_else() -> Result<()> 
         "prefixed",
     ])?;
     grant(&["--operation", "IdempotentWrite", "--cluster"])?;
-    // The followers of the facts and actions topics (docs/kafka.md's ACL table grants it too):
-    // without it detect stops, its facts follower refused.
+    // Without a grant for the followers' group (docs/kafka.md's ACL table has it), detect's
+    // facts follower is refused for good: detect stops and says why, instead of running on
+    // blind to the facts other instances learn.
+    {
+        let mut blind = Run {
+            id: run.id.clone(),
+            env: run.env.clone(),
+        };
+        as_user(&mut blind, &service, "service-secret")?;
+        let mut detect = blind.spawn("detect", &[])?;
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = detect.child.try_wait()? {
+                break status;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "detect ran on without its facts follower: {}",
+                detect.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        ensure!(!status.success(), "detect exited 0: {}", detect.log());
+        ensure!(
+            detect.log().contains("facts follower"),
+            "the failure names the facts follower: {}",
+            detect.log()
+        );
+    }
     grant(&["--operation", "Read", "--group", "trailguard-follow"])?;
 
     // Refused: the stranger authenticates but has no grant.

@@ -135,12 +135,7 @@ pub fn snapshot_activity(
             arn: None,
             name: Some("inventory".into()),
             account_id: Some(account.into()),
-            principal_id: None,
-            access_key_id: None,
-            session_issuer_arn: None,
-            mfa_authenticated: None,
-            invoked_by: None,
-            is_root: false,
+            ..Principal::default()
         },
         source_ip: None,
         source_host: Some("trailguard".into()),

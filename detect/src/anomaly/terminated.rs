@@ -122,12 +122,7 @@ impl Anomalies {
             arn: Some(principal_key.into()),
             name: Some(name.into()),
             account_id: Some(account.into()),
-            principal_id: None,
-            access_key_id: None,
-            session_issuer_arn: None,
-            mfa_authenticated: None,
-            invoked_by: None,
-            is_root: false,
+            ..Principal::default()
         };
         let alert = AlertBuilder::at(
             &crate::facts::TERMINATED_USER,

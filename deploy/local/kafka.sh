@@ -17,6 +17,9 @@
 #   CONTROLLER_PORT  the KRaft controller. Default PORT+2.
 # Auto topic creation is off, as in production: the services create their topics.
 #
+#   kafka.sh cluster-id
+#       Prints a new cluster id, as `run` makes one when it formats a directory.
+#
 #   kafka.sh admin PORT CLASS ARGS...
 #       Runs one of Kafka's admin tools (org.apache.kafka.tools.AclCommand, kafka.admin.ConfigCommand, ...)
 #       against the PLAINTEXT listener at PORT, e.g.
@@ -73,6 +76,17 @@ log.cleaner.backoff.ms=1000
 EOF
 }
 
+# A new cluster id (one per data directory): 16 random bytes, URL-safe base64 without padding,
+# drawn again while it begins with '-', which the storage tool would read as an option (about
+# one draw in 64; Kafka's own Uuid.randomUuid redraws for the same reason).
+new_cluster_id() {
+    local id=-
+    while [[ $id == -* ]]; do
+        id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    done
+    printf '%s' "$id"
+}
+
 cmd=${1:-}
 shift || true
 case $cmd in
@@ -85,8 +99,7 @@ run)
     write_properties "$dir" "$port" "$sasl_port" "$controller_port"
     if [[ ! -s $dir/log/meta.properties ]]; then
         rm -rf "$dir/log"
-        # A new cluster id per data directory: 16 random bytes, URL-safe base64 without padding.
-        cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+        cluster_id=$(new_cluster_id)
         "${java_cmd[@]}" -Dkafka.log.file="$dir/storage-tool.log" kafka.tools.StorageTool format \
             --config "$dir/server.properties" --cluster-id "$cluster_id" --ignore-formatted \
             --add-scram "SCRAM-SHA-512=[name=admin,password=$TG_KAFKA_ADMIN_PASSWORD]" >"$dir/format.out" 2>&1 ||
@@ -94,6 +107,10 @@ run)
     fi
     exec "${java_cmd[@]}" -Dkafka.log.file="$dir/server.log" -Dkafka.logs.dir="$dir" \
         kafka.Kafka "$dir/server.properties"
+    ;;
+cluster-id)
+    new_cluster_id
+    echo
     ;;
 admin)
     (($# >= 2)) || die "usage: kafka.sh admin PORT CLASS ARGS..."
@@ -104,6 +121,6 @@ admin)
     "${java_cmd[@]}" -Dkafka.log.file="$tmp/admin.log" "$class" --bootstrap-server "$TG_HOST:$port" "$@"
     ;;
 *)
-    die "usage: kafka.sh run DIR PORT [SASL_PORT CONTROLLER_PORT] | kafka.sh admin PORT CLASS ARGS..."
+    die "usage: kafka.sh run DIR PORT [SASL_PORT CONTROLLER_PORT] | kafka.sh cluster-id | kafka.sh admin PORT CLASS ARGS..."
     ;;
 esac

@@ -17,7 +17,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-fn env(name: &str) -> Result<String> {
+/// An environment variable `deploy/test.sh` sets, or an error that says to run the tests with it.
+pub fn env(name: &str) -> Result<String> {
     std::env::var(name).with_context(|| {
         format!("{name} is not set: run the tests with `make test` (deploy/test.sh)")
     })
@@ -574,10 +575,15 @@ impl PrivateBroker {
         while std::net::TcpStream::connect(("127.0.0.1", self.ports[0])).is_err() {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
+                    // The end of its output says why: CI keeps the test's output, not the file.
+                    let out = self.dir.join("broker.out");
+                    let text = std::fs::read_to_string(&out).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
                     bail!(
-                        "the private {} broker exited ({status}); see {}",
+                        "the private {} broker exited ({status}); the end of {}:\n{}",
                         self.kind,
-                        self.dir.join("broker.out").display()
+                        out.display(),
+                        lines[lines.len().saturating_sub(20)..].join("\n")
                     );
                 }
             }

@@ -475,3 +475,36 @@ async fn each_service_writes_only_its_own_topics() -> Result<()> {
     }
     Ok(())
 }
+
+/// A node's cluster id is 16 random bytes in URL-safe base64, so about one in 64 begins with
+/// `-`, which Kafka's storage tool reads as an option: formatting failed and the node never
+/// started (a private broker of the suite failed that way in CI). Every id `kafka.sh` makes
+/// must be 22 base64url characters not beginning with `-`.
+#[test]
+fn cluster_ids_never_look_like_options() -> Result<()> {
+    let script = trailguard_tests::env("TRAILGUARD_TEST_KAFKA_SCRIPT")?;
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"for _ in $(seq 1 400); do "$0" cluster-id || exit 1; done"#)
+        .arg(&script)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{script} cluster-id: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = String::from_utf8(out.stdout)?;
+    let ids: Vec<&str> = ids.lines().collect();
+    ensure!(ids.len() == 400, "{} ids, not 400", ids.len());
+    for id in ids {
+        ensure!(
+            id.len() == 22
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{id:?} is not 22 base64url characters"
+        );
+        ensure!(!id.starts_with('-'), "{id:?} begins with '-'");
+    }
+    Ok(())
+}

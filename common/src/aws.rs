@@ -139,9 +139,8 @@ impl AwsConfig {
             );
             let mut pages = client.list_accounts().into_paginator().send();
             while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| {
-                    Error::Aws(format!("organizations:ListAccounts: {}", error_text(&e)))
-                })?;
+                let page =
+                    page.map_err(|e| Error::Aws(CallError::of("organizations:ListAccounts", &e)))?;
                 for account in page.accounts() {
                     let active = account.status().map(|s| s.as_str()) == Some("ACTIVE")
                         || account.state().map(|s| s.as_str()) == Some("ACTIVE");
@@ -206,9 +205,9 @@ impl AwsConfig {
     }
 }
 
-/// A one-line description of an AWS SDK error: `CODE: message`, or the error itself when the
-/// service gave no code (a connection failure, a timeout).
-pub fn error_text<E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug>(err: &E) -> String {
+/// What an AWS SDK error says: `CODE: message`, or the error itself when the service gave no
+/// code (a connection failure, a timeout).
+fn describe<E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug>(err: &E) -> String {
     match (err.code(), err.message()) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.to_string(),
@@ -241,15 +240,18 @@ pub const RETRYABLE_CODES: &[&str] = &[
     "IDPCommunicationError",
 ];
 
-/// A failed AWS call, or a failure on the way to one: what a person reads, the service's error
-/// code, and whether trying again later may succeed (by the code, the HTTP status or the kind of
-/// failure — a timeout, a connection error — never by matching the text).
+/// A failed AWS call, or a failure on the way to one: which call (service and operation), the
+/// service's error code, what it said, and whether trying again later may succeed (by the code,
+/// the HTTP status or the kind of failure — a timeout, a connection error — never by matching
+/// the text). Displayed as `service:Operation: CODE: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallError {
-    /// `call: CODE: message`.
-    pub text: String,
+    /// `service:Operation` (`iam:PutUserPolicy`), or what failed on the way to a call.
+    pub call: String,
     /// The service's error code, when it answered with one.
     pub code: Option<String>,
+    /// `CODE: message` as the service said it, or the client's error; with any notes.
+    pub message: String,
     /// Trying again later may succeed.
     pub retryable: bool,
 }
@@ -287,24 +289,38 @@ impl CallError {
             _ => false,
         };
         CallError {
-            text: format!("{call}: {}", error_text(err)),
+            call: call.to_string(),
             code,
+            message: describe(err),
             retryable,
         }
     }
 
-    /// A failure that trying again cannot mend.
-    pub fn permanent(text: impl Into<String>) -> CallError {
+    /// A failure of `call` that trying again cannot mend.
+    pub fn permanent(call: &str, message: impl Into<String>) -> CallError {
         CallError {
-            text: text.into(),
+            call: call.to_string(),
             code: None,
+            message: message.into(),
             retryable: false,
         }
     }
 
-    /// The same failure, with `note` added to its text.
+    /// The service: `iam` of `iam:PutUserPolicy`.
+    pub fn service(&self) -> &str {
+        self.call.split_once(':').map_or("", |(service, _)| service)
+    }
+
+    /// The operation: `PutUserPolicy` of `iam:PutUserPolicy`.
+    pub fn operation(&self) -> &str {
+        self.call
+            .split_once(':')
+            .map_or(self.call.as_str(), |(_, operation)| operation)
+    }
+
+    /// The same failure, with `note` added to what it says.
     pub fn noting(mut self, note: &str) -> CallError {
-        self.text.push_str(note);
+        self.message.push_str(note);
         self
     }
 
@@ -316,21 +332,11 @@ impl CallError {
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
+        write!(f, "{}: {}", self.call, self.message)
     }
 }
 
-impl From<String> for CallError {
-    fn from(text: String) -> Self {
-        CallError::permanent(text)
-    }
-}
-
-impl From<&str> for CallError {
-    fn from(text: &str) -> Self {
-        CallError::permanent(text)
-    }
-}
+impl std::error::Error for CallError {}
 
 pub use crate::contract::is_account_id;
 
@@ -424,6 +430,28 @@ pub fn s3_client_owned_by(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call error names its service and operation apart and reads as one line.
+    #[test]
+    fn call_errors_are_typed() {
+        let throttled = CallError {
+            call: "cloudtrail:LookupEvents".into(),
+            code: Some("ThrottlingException".into()),
+            message: "ThrottlingException: Rate exceeded".into(),
+            retryable: true,
+        };
+        assert_eq!(throttled.service(), "cloudtrail");
+        assert_eq!(throttled.operation(), "LookupEvents");
+        assert!(throttled.is("ThrottlingException"));
+        assert_eq!(
+            throttled.to_string(),
+            "cloudtrail:LookupEvents: ThrottlingException: Rate exceeded"
+        );
+        let denied = CallError::permanent("s3:GetObject", "AccessDenied").noting(" (s3://b/k)");
+        assert_eq!(denied.to_string(), "s3:GetObject: AccessDenied (s3://b/k)");
+        assert!(!denied.retryable);
+        assert_eq!(CallError::permanent("reading", "x").service(), "");
+    }
 
     /// Every client's endpoint can be overridden (remediate's IAM, STS and SNS clients read
     /// theirs, which validation used to refuse), and only those.

@@ -25,9 +25,9 @@ pub enum Error {
     /// Something took too long.
     #[error("timed out: {0}")]
     Timeout(String),
-    /// An AWS call failed (the text names the call).
+    /// An AWS call failed.
     #[error("aws: {0}")]
-    Aws(String),
+    Aws(#[from] crate::aws::CallError),
     /// I/O (binding the admin port, ...).
     #[error("{0}")]
     Io(#[from] std::io::Error),

@@ -8,6 +8,7 @@
 //! - [`cli`]: the flags every binary takes, as a configuration overlay.
 //! - [`config`]: the configuration every service has (Kafka, admin endpoint, logs) and the
 //!   layered loader (defaults → file → env → flags).
+//! - [`failure`]: every failure is retryable or poison, as a type.
 //! - [`kafka`]: producer/consumer construction with librdkafka pass-through, topic creation,
 //!   durable sends.
 //! - [`telemetry`]: logs, the Prometheus registry endpoint and `/healthz`.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 mod error;
+pub mod failure;
 pub mod kafka;
 pub mod s3;
 pub mod shutdown;
@@ -31,3 +33,4 @@ pub mod telemetry;
 
 pub use contract::{ActionRecord, Activity, Alert};
 pub use error::Error;
+pub use failure::{Failure, Poison};

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use trailguard_common::config::TopicRole;
 use trailguard_common::contract::{dlq_headers, ACTIVITY_SCHEMA_VERSION};
 use trailguard_common::telemetry::Health;
-use trailguard_common::{kafka, sign, Activity, Alert};
+use trailguard_common::{kafka, sign, Activity, Alert, Poison};
 
 use crate::detector::Detector;
 use crate::signin::{counts_per_source_ip, SourceIpFailures};
@@ -109,23 +109,23 @@ impl Metrics {
 }
 
 /// Why an activity message cannot be evaluated.
-fn decode(payload: Option<&[u8]>) -> Result<Activity, (&'static str, String)> {
+fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
     #[derive(serde::Deserialize)]
     struct Versioned {
         schema_version: u32,
     }
-    let bytes = payload.ok_or(("empty_message", "message has no value".to_string()))?;
+    let bytes = payload.ok_or(Poison::new("empty_message", "message has no value"))?;
     let version = serde_json::from_slice::<Versioned>(bytes).map(|v| v.schema_version);
     if let Ok(version) = version.as_ref().copied() {
         if version > ACTIVITY_SCHEMA_VERSION {
-            return Err((
+            return Err(Poison::new(
                 "unsupported_schema_version",
                 format!("schema_version {version} is newer than this detect reads ({ACTIVITY_SCHEMA_VERSION})"),
             ));
         }
     }
     serde_json::from_slice(bytes)
-        .map_err(|e| ("undecodable_activity", format!("not an Activity: {e}")))
+        .map_err(|e| Poison::new("undecodable_activity", format!("not an Activity: {e}")))
 }
 
 /// Runs detect until `shutdown`, then commits what is safe and returns; `health` hears when
@@ -269,17 +269,14 @@ pub async fn run(
         } else {
             message.payload()
         };
-        let decoded = decode(payload).map_err(|(kind, reason)| {
-            (
-                kind,
-                reason,
-                message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            )
+        let decoded = decode(payload).map_err(|poison| {
+            let original = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
+            (poison, original)
         });
         drop(message);
         let activity = match decoded {
             Ok(activity) => Some(activity),
-            Err((kind, reason, original)) => {
+            Err((Poison { kind, reason }, original)) => {
                 let topic = if from_failures {
                     &topics.detect_signin_failures
                 } else {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-use trailguard_common::aws::{error_text, s3_client_for, Account, AwsConfig};
+use trailguard_common::aws::{s3_client_for, Account, AwsConfig, CallError};
 use trailguard_common::contract::{
     stable_id, Activity, Enrichment, Outcome, OutcomeStatus, Principal, Resource,
     ACTIVITY_SCHEMA_VERSION,
@@ -230,7 +230,10 @@ async fn read_bucket(client: &aws_sdk_s3::Client, state: &mut BucketState, calls
     match client.get_bucket_acl().bucket(&name).send().await {
         Ok(acl) => state.acl = Some(acl_value(&acl)),
         Err(e) => {
-            state.errors.insert("acl".into(), json!(error_text(&e)));
+            state.errors.insert(
+                "acl".into(),
+                json!(CallError::of("s3:GetBucketAcl", &e).message),
+            );
         }
     }
     match client.get_bucket_policy().bucket(&name).send().await {
@@ -241,25 +244,30 @@ async fn read_bucket(client: &aws_sdk_s3::Client, state: &mut BucketState, calls
         }
         Err(e) if not_set(e.code()) => {}
         Err(e) => {
-            state.errors.insert("policy".into(), json!(error_text(&e)));
+            state.errors.insert(
+                "policy".into(),
+                json!(CallError::of("s3:GetBucketPolicy", &e).message),
+            );
         }
     }
     match client.get_bucket_policy_status().bucket(&name).send().await {
         Ok(out) => state.policy_is_public = out.policy_status().and_then(|s| s.is_public()),
         Err(e) if not_set(e.code()) => {}
         Err(e) => {
-            state
-                .errors
-                .insert("policyStatus".into(), json!(error_text(&e)));
+            state.errors.insert(
+                "policyStatus".into(),
+                json!(CallError::of("s3:GetBucketPolicyStatus", &e).message),
+            );
         }
     }
     match client.get_public_access_block().bucket(&name).send().await {
         Ok(out) => state.public_access_block = block_value(out.public_access_block_configuration()),
         Err(e) if not_set(e.code()) => {}
         Err(e) => {
-            state
-                .errors
-                .insert("publicAccessBlock".into(), json!(error_text(&e)));
+            state.errors.insert(
+                "publicAccessBlock".into(),
+                json!(CallError::of("s3:GetPublicAccessBlock", &e).message),
+            );
         }
     }
 }
@@ -276,7 +284,7 @@ async fn account_id(aws: &AwsConfig, account: &Account) -> Result<String, Error>
         .get_caller_identity()
         .send()
         .await
-        .map_err(|e| Error::Source(format!("sts:GetCallerIdentity: {}", error_text(&e))))?;
+        .map_err(|e| CallError::of("sts:GetCallerIdentity", &e))?;
     me.account()
         .map(str::to_string)
         .ok_or_else(|| Error::Source("sts:GetCallerIdentity returned no account".into()))
@@ -304,7 +312,7 @@ async fn account_block(
             })
         })),
         Err(e) if not_set(e.code()) => Ok(None),
-        Err(e) => Err(error_text(&e)),
+        Err(e) => Err(CallError::of("s3:GetPublicAccessBlock", &e).message),
     }
 }
 
@@ -349,12 +357,7 @@ async fn account_inventory(
             .set_continuation_token(token.clone())
             .send()
             .await
-            .map_err(|e| {
-                Error::Source(format!(
-                    "s3:ListBuckets in account {id}: {}",
-                    error_text(&e)
-                ))
-            })?;
+            .map_err(|e| CallError::of("s3:ListBuckets", &e).noting(&format!(" (account {id})")))?;
         for bucket in page.buckets() {
             if shutdown.is_cancelled() {
                 summary.interrupted = true;
@@ -373,9 +376,10 @@ async fn account_inventory(
                     match home.get_bucket_location().bucket(name).send().await {
                         Ok(out) => location_region(out.location_constraint().map(|c| c.as_str())),
                         Err(e) => {
-                            state
-                                .errors
-                                .insert("location".into(), json!(error_text(&e)));
+                            state.errors.insert(
+                                "location".into(),
+                                json!(CallError::of("s3:GetBucketLocation", &e).message),
+                            );
                             location_region(None)
                         }
                     }

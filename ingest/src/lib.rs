@@ -171,9 +171,12 @@ pub enum Error {
         /// What happened.
         error: std::io::Error,
     },
-    /// A source failed in a way that is not one input's fault (listing a bucket, access).
+    /// A source failed in a way that is not one input's fault.
     #[error("source: {0}")]
     Source(String),
+    /// An AWS call of a source failed (listing a bucket, access, throttling after retries).
+    #[error("source: {0}")]
+    Aws(#[from] trailguard_common::aws::CallError),
     /// An object was refused for want of permission, not yet for long: tried again.
     #[error("source: {0}")]
     Denied(String),

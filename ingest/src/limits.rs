@@ -31,6 +31,12 @@ impl SplitError {
     }
 }
 
+impl From<&SplitError> for trailguard_common::Poison {
+    fn from(err: &SplitError) -> Self {
+        trailguard_common::Poison::new(err.kind(), err.to_string())
+    }
+}
+
 /// Bounds on what one input may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

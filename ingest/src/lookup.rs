@@ -19,6 +19,7 @@ use crate::normalize::normalize;
 use crate::pipeline::Summary;
 use crate::publish::{DeadLetter, Publisher};
 use crate::Error;
+use trailguard_common::aws::CallError;
 
 /// Settings of the `lookup` source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,26 +146,6 @@ pub fn backoff(attempt: u32) -> Duration {
     cap.mul_f64(rand::random::<f64>())
 }
 
-/// Throttling, server errors and failures to get an answer at all are worth retrying;
-/// anything else (access denied, a bad request) is not.
-fn retryable<E: aws_sdk_cloudtrail::error::ProvideErrorMetadata>(
-    err: &aws_sdk_cloudtrail::error::SdkError<E, aws_sdk_cloudtrail::config::http::HttpResponse>,
-) -> bool {
-    use aws_sdk_cloudtrail::error::{ProvideErrorMetadata, SdkError};
-    match err {
-        SdkError::ServiceError(e) => {
-            matches!(
-                err.code(),
-                Some("ThrottlingException" | "RequestLimitExceeded" | "ServiceUnavailable")
-            ) || e.raw().status().as_u16() >= 500
-        }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        _ => false,
-    }
-}
-
 /// Reads one window of one region, publishing every event; returns the events read.
 async fn read_window(
     client: &aws_sdk_cloudtrail::Client,
@@ -175,7 +156,6 @@ async fn read_window(
     summary: &mut Summary,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
-    use aws_sdk_cloudtrail::error::ProvideErrorMetadata;
     let mut next_token: Option<String> = None;
     let mut attempt = 0;
     loop {
@@ -196,10 +176,10 @@ async fn read_window(
             .set_next_token(next_token.clone())
             .send()
             .await;
-        let page = match response {
+        let page = match response.map_err(|e| CallError::of("cloudtrail:LookupEvents", &e)) {
             Ok(page) => page,
-            Err(err) if retryable(&err) && attempt < 8 => {
-                if err.code() == Some("ThrottlingException") {
+            Err(err) if err.retryable && attempt < 8 => {
+                if err.is("ThrottlingException") {
                     summary.throttles += 1;
                     publisher
                         .metrics()
@@ -211,19 +191,14 @@ async fn read_window(
                 tracing::warn!(
                     stream,
                     ?wait,
-                    code = err.code().unwrap_or("transient"),
+                    code = err.code.as_deref().unwrap_or("transient"),
                     "LookupEvents failed; backing off"
                 );
                 tokio::time::sleep(wait).await;
                 attempt += 1;
                 continue;
             }
-            Err(err) => {
-                let text = trailguard_common::aws::error_text(&err);
-                return Err(Error::Source(format!(
-                    "cloudtrail:LookupEvents for {stream}: {text}"
-                )));
-            }
+            Err(err) => return Err(err.noting(&format!(" (stream {stream})")).into()),
         };
         attempt = 0;
         summary.api_calls += 1;
@@ -356,12 +331,7 @@ async fn enabled_regions(
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            Error::Source(format!(
-                "account:ListRegions: {}",
-                trailguard_common::aws::error_text(&e)
-            ))
-        })?;
+        let page = page.map_err(|e| CallError::of("account:ListRegions", &e))?;
         regions.extend(
             page.regions()
                 .iter()

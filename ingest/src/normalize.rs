@@ -51,6 +51,12 @@ impl NormalizeError {
     }
 }
 
+impl From<NormalizeError> for trailguard_common::Poison {
+    fn from(err: NormalizeError) -> Self {
+        trailguard_common::Poison::new(err.kind(), err.to_string())
+    }
+}
+
 /// Normalizes one CloudTrail record given as JSON text.
 pub fn normalize(raw: &str) -> Result<Activity, NormalizeError> {
     normalize_at(raw, ("", 0))

@@ -13,6 +13,7 @@ use crate::normalize::normalize_at;
 use crate::publish::{Counts, DeadLetter, Origin, Publisher};
 use crate::split::{decompress, split};
 use crate::Error;
+use trailguard_common::Poison;
 
 /// What a source's run did; logged, and printed at the end of a `files` run.
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
@@ -138,7 +139,7 @@ pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summar
         if item.text.is_err() {
             summary.unparsed += 1;
         }
-        let text = item.text.as_deref().map_err(|e| (e.kind(), e.to_string()));
+        let text = item.text.as_deref().map_err(Poison::from);
         let at = (item.index, ordinal + 1);
         process_record(name, at, text, &item.bytes, publisher, summary).await;
     }
@@ -155,7 +156,7 @@ pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summar
 pub async fn process_record(
     name: &str,
     (index, ordinal): (usize, usize),
-    text: Result<&str, (&'static str, String)>,
+    text: Result<&str, Poison>,
     bytes: &[u8],
     publisher: &mut Publisher,
     summary: &mut Summary,
@@ -167,8 +168,7 @@ pub async fn process_record(
         .with_label_values(&[publisher.source_kind()])
         .inc();
     // The ordinal, not the index: records of one NDJSON line share its line number.
-    let result =
-        text.and_then(|t| normalize_at(t, (name, ordinal)).map_err(|e| (e.kind(), e.to_string())));
+    let result = text.and_then(|t| normalize_at(t, (name, ordinal)).map_err(Poison::from));
     match result {
         Ok(activity) => {
             let origin = Origin {
@@ -177,7 +177,7 @@ pub async fn process_record(
             };
             publisher.activity(activity, origin, bytes).await
         }
-        Err((kind, reason)) => {
+        Err(Poison { kind, reason }) => {
             *summary
                 .dead_letter_kinds
                 .entry(kind.to_string())

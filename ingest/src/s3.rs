@@ -18,6 +18,8 @@ use crate::checkpoint::Checkpoints;
 use crate::pipeline::{self, Summary};
 use crate::publish::Publisher;
 use crate::Error;
+use trailguard_common::aws::CallError;
+use trailguard_common::{Failure, Poison};
 
 /// Settings of the `s3` source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,11 +168,16 @@ fn last_segment(folder: &str) -> &str {
         .unwrap_or_default()
 }
 
-fn aws_error<E: ProvideErrorMetadata + std::fmt::Debug>(call: &str, what: &str, err: &E) -> Error {
-    Error::Source(format!(
-        "{call} {what}: {}",
-        trailguard_common::aws::error_text(err)
-    ))
+/// The failed call `call` about `what` (a prefix, a key).
+fn aws_error<E>(
+    call: &str,
+    what: &str,
+    err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    Error::Aws(CallError::of(call, err).noting(&format!(" ({what})")))
 }
 
 /// Finds the trail's (account, region) streams that pass the filters; counts the Digest and
@@ -408,7 +415,7 @@ pub async fn run(
         );
         match read.await {
             Ok(()) => {}
-            Err(err @ Error::Source(_)) => {
+            Err(err @ (Error::Source(_) | Error::Aws(_))) => {
                 tracing::warn!(stream = %stream.list_prefix, error = %err, "s3 stream stopped; tried again at the next poll");
                 summary.errors += 1;
                 failed.push(err.to_string());
@@ -528,41 +535,34 @@ fn denied(code: &str) -> bool {
 }
 
 /// What to do about an object that could not be read, by the error's code — never its text,
-/// which names the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unreadable {
-    /// Try again later (throttling, a 5xx, a connection failure; a refusal not yet older than
-    /// the retry period).
-    Retry,
-    /// Dead-letter the object as a pointer and move on (it is gone, or refused for longer than
-    /// the retry period, or refused for good).
-    DeadLetter,
-}
-
-/// The rule for an object that could not be read: `since` is when reading it was first refused
-/// (kept in the stream's checkpoint, or the message's first receipt); `now` the clock.
+/// which names the key: try again later (throttling, a 5xx, a connection failure; a refusal not
+/// yet older than the retry period), or dead-letter the object as a pointer and move on (it is
+/// gone, or refused for longer than the retry period, or refused for good). `since` is when
+/// reading it was first refused (kept in the stream's checkpoint, or the message's first
+/// receipt); `now` the clock.
 pub fn unreadable(
-    err: &trailguard_common::aws::CallError,
+    err: CallError,
     since: Option<chrono::DateTime<chrono::Utc>>,
     now: chrono::DateTime<chrono::Utc>,
     retry_denied_for: std::time::Duration,
-) -> Unreadable {
+) -> Failure<CallError> {
+    let poison = |err: CallError| Failure::Poison(Poison::new("unreadable", err.to_string()));
     if err.is("NoSuchKey") {
-        return Unreadable::DeadLetter;
+        return poison(err);
     }
     if err.retryable {
-        return Unreadable::Retry;
+        return Failure::Retryable(err);
     }
     if err.code.as_deref().is_some_and(denied) {
         let period = chrono::Duration::from_std(retry_denied_for).unwrap_or(chrono::Duration::MAX);
         let young = since.is_none_or(|t| now.signed_duration_since(t) < period);
         return if young {
-            Unreadable::Retry
+            Failure::Retryable(err)
         } else {
-            Unreadable::DeadLetter
+            poison(err)
         };
     }
-    Unreadable::DeadLetter
+    poison(err)
 }
 
 /// Where an object came from and how to read it.
@@ -592,23 +592,18 @@ pub async fn read_object(
     let object = match client.get_object().bucket(bucket).key(key).send().await {
         Ok(object) => object,
         Err(e) => {
-            let err = trailguard_common::aws::CallError::of("s3:GetObject", &e);
-            let text = format!("{name}: {err}");
-            return match unreadable(
-                &err,
-                options.since,
-                chrono::Utc::now(),
-                options.retry_denied_for,
-            ) {
-                Unreadable::DeadLetter => {
-                    pipeline::dead_letter_input(publisher, summary, &name, b"", "unreadable", text)
-                        .await;
+            let err = CallError::of("s3:GetObject", &e);
+            let now = chrono::Utc::now();
+            return match unreadable(err, options.since, now, options.retry_denied_for) {
+                Failure::Poison(Poison { kind, reason }) => {
+                    let reason = format!("{name}: {reason}");
+                    pipeline::dead_letter_input(publisher, summary, &name, b"", kind, reason).await;
                     Ok(())
                 }
-                Unreadable::Retry if err.code.as_deref().is_some_and(denied) => {
-                    Err(Error::Denied(text))
+                Failure::Retryable(err) if err.code.as_deref().is_some_and(denied) => {
+                    Err(Error::Denied(format!("{name}: {err}")))
                 }
-                Unreadable::Retry => Err(Error::Source(text)),
+                Failure::Retryable(err) => Err(Error::Source(format!("{name}: {err}"))),
             };
         }
     };
@@ -672,7 +667,7 @@ async fn stream_object(
             Ok(text) => (Ok(text.as_str()), text.as_bytes()),
             Err((why, text)) => {
                 summary.unparsed += 1;
-                (Err((why.kind(), why.to_string())), text.as_bytes())
+                (Err(Poison::from(why)), text.as_bytes())
             }
         };
         pipeline::process_record(name, (index, index), text, bytes, publisher, summary).await;
@@ -880,13 +875,20 @@ mod tests {
         assert!(position.to_text().len() < 900_000);
     }
 
-    fn failure(code: &str, retryable: bool) -> trailguard_common::aws::CallError {
-        trailguard_common::aws::CallError {
+    fn failure(code: &str, retryable: bool) -> CallError {
+        CallError {
+            call: "s3:GetObject".into(),
             // The key names every code: the decision must not read the text.
-            text: format!("s3:GetObject s3://b/AccessDenied_NoSuchKey_SlowDown: {code}"),
+            message: format!("{code}: s3://b/AccessDenied_NoSuchKey_SlowDown"),
             code: Some(code.into()),
             retryable,
         }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Unreadable {
+        Retry,
+        DeadLetter,
     }
 
     #[test]
@@ -895,7 +897,14 @@ mod tests {
         let fresh = Some(now - chrono::Duration::minutes(5));
         let old = Some(now - chrono::Duration::hours(2));
         let judge =
-            |code, retryable, since| unreadable(&failure(code, retryable), since, now, HOUR);
+            |code, retryable, since| match unreadable(failure(code, retryable), since, now, HOUR) {
+                Failure::Retryable(_) => Unreadable::Retry,
+                Failure::Poison(poison) => {
+                    assert_eq!(poison.kind, "unreadable");
+                    assert!(poison.reason.contains(code), "{poison}");
+                    Unreadable::DeadLetter
+                }
+            };
         assert_eq!(judge("SlowDown", true, old), Unreadable::Retry);
         assert_eq!(judge("InternalError", true, old), Unreadable::Retry);
         assert_eq!(judge("NoSuchKey", false, fresh), Unreadable::DeadLetter);
@@ -914,7 +923,7 @@ mod tests {
         // No code at all (a connection failure) follows `retryable`.
         let mut broken = failure("x", true);
         broken.code = None;
-        assert_eq!(unreadable(&broken, old, now, HOUR), Unreadable::Retry);
+        assert!(unreadable(broken, old, now, HOUR).is_retryable());
     }
 
     #[test]

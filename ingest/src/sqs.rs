@@ -15,6 +15,7 @@ use crate::pipeline::Summary;
 use crate::publish::{DeadLetter, Publisher};
 use crate::s3::{classify, KeyKind};
 use crate::Error;
+use trailguard_common::aws::CallError;
 
 /// Settings of the `sqs` source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,7 +200,7 @@ pub async fn run(
             .send();
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = receive => r.map_err(|e| Error::Source(format!("sqs:ReceiveMessage: {}", trailguard_common::aws::error_text(&e))))?,
+            r = receive => r.map_err(|e| CallError::of("sqs:ReceiveMessage", &e))?,
         };
         let messages = received.messages();
         // While this batch is worked through, keep every message of it not yet deleted invisible
@@ -291,7 +292,7 @@ pub async fn run(
             {
                 // The message comes back after its visibility timeout and its records are
                 // published again with the same ids: a repeat, never a loss.
-                tracing::warn!(message = id, error = %trailguard_common::aws::error_text(&err), "sqs:DeleteMessage failed");
+                tracing::warn!(message = id, error = %CallError::of("sqs:DeleteMessage", &err), "deleting a message failed");
             }
         }
     }
@@ -323,7 +324,7 @@ async fn extend_visibility(
                 .send()
                 .await;
             if let Err(err) = extended {
-                tracing::warn!(error = %trailguard_common::aws::error_text(&err), "sqs:ChangeMessageVisibility failed");
+                tracing::warn!(error = %CallError::of("sqs:ChangeMessageVisibility", &err), "extending a message's visibility failed");
             }
         }
     }

@@ -3,6 +3,7 @@
 //! keep the prior state as undo data. "Remove a collaborator": drop a grantee's ACL grants and
 //! its principal from the bucket policy. Both undo from the recorded prior state.
 
+use crate::ActionError;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::RequestId;
 use aws_sdk_s3::types::{
@@ -14,25 +15,23 @@ use serde_json::{json, Value};
 use trailguard_common::aws::CallError;
 use trailguard_common::contract::{ActionOutcome, ActionStep};
 
-use crate::intent::{not_recorded, Intent, Unrecorded};
+use crate::intent::{Intent, Unrecorded};
 use crate::plan::{make_private_changes, BucketState, Change};
 use trailguard_common::s3::items;
 
 /// What happened to the bucket.
 pub type BucketResult = crate::ActionResult;
 
-fn failure(why: CallError, steps: Vec<ActionStep>, undo: Option<Value>) -> BucketResult {
-    BucketResult {
-        outcome: ActionOutcome::Failed,
-        detail: why.text,
-        steps,
-        undo,
-        retryable: why.retryable,
-    }
+fn failure(
+    why: impl Into<ActionError>,
+    steps: Vec<ActionStep>,
+    undo: Option<Value>,
+) -> BucketResult {
+    BucketResult::failed(why.into(), steps, undo)
 }
 
 /// Reads what makes a bucket public, plus the undo data (the prior ACL and policy).
-async fn read_state(client: &Client, bucket: &str) -> Result<(BucketState, Value), CallError> {
+async fn read_state(client: &Client, bucket: &str) -> Result<(BucketState, Value), ActionError> {
     let block = match client.get_public_access_block().bucket(bucket).send().await {
         Ok(out) => out.public_access_block_configuration().map(|c| {
             [
@@ -43,7 +42,7 @@ async fn read_state(client: &Client, bucket: &str) -> Result<(BucketState, Value
             ]
         }),
         Err(err) if err.code() == Some("NoSuchPublicAccessBlockConfiguration") => None,
-        Err(err) => return Err(CallError::of("s3:GetPublicAccessBlock", &err)),
+        Err(err) => return Err(CallError::of("s3:GetPublicAccessBlock", &err).into()),
     };
     let acl = client
         .get_bucket_acl()
@@ -73,7 +72,7 @@ async fn read_state(client: &Client, bucket: &str) -> Result<(BucketState, Value
     let policy_text = match client.get_bucket_policy().bucket(bucket).send().await {
         Ok(out) => out.policy().map(str::to_string),
         Err(err) if err.code() == Some("NoSuchBucketPolicy") => None,
-        Err(err) => return Err(CallError::of("s3:GetBucketPolicy", &err)),
+        Err(err) => return Err(CallError::of("s3:GetBucketPolicy", &err).into()),
     };
     let policy = policy_text
         .as_deref()
@@ -100,7 +99,7 @@ async fn apply_change(
     client: &Client,
     bucket: &str,
     change: &Change,
-) -> Result<Option<String>, CallError> {
+) -> Result<Option<String>, ActionError> {
     let (call, _) = change.describe();
     let request_id = match change {
         Change::BlockPublicAccess => {
@@ -189,7 +188,7 @@ pub async fn make_private_recorded(
             })
             .collect();
         if !intent.record(&undo, &planned).await {
-            return failure(not_recorded(), Vec::new(), None);
+            return failure(ActionError::NotRecorded, Vec::new(), None);
         }
     }
     let mut steps = Vec::new();
@@ -263,7 +262,7 @@ fn grant_from_json(g: &Value) -> Option<Grant> {
     )
 }
 
-async fn put_acl(client: &Client, bucket: &str, acl: &Value) -> Result<ActionStep, CallError> {
+async fn put_acl(client: &Client, bucket: &str, acl: &Value) -> Result<ActionStep, ActionError> {
     let grants: Vec<Grant> = acl["grants"]
         .as_array()
         .into_iter()
@@ -295,7 +294,7 @@ async fn put_or_delete_policy(
     client: &Client,
     bucket: &str,
     policy: Option<&str>,
-) -> Result<ActionStep, CallError> {
+) -> Result<ActionStep, ActionError> {
     match policy {
         Some(text) => {
             let out = client
@@ -430,7 +429,7 @@ pub async fn remove_collaborator_recorded(
         };
     }
     if !intent.record(&undo, &planned).await {
-        return failure(not_recorded(), Vec::new(), None);
+        return failure(ActionError::NotRecorded, Vec::new(), None);
     }
     let mut steps = Vec::new();
     if kept.len() < grants.len() {
@@ -463,10 +462,10 @@ pub async fn remove_collaborator_recorded(
 /// public-access block (when recorded), ACL and policy as they were.
 pub async fn undo(client: &Client, undo: &Value) -> BucketResult {
     let Some(bucket) = undo["bucket"].as_str() else {
-        return failure("the undo data names no bucket".into(), Vec::new(), None);
+        return failure("the undo data names no bucket", Vec::new(), None);
     };
     let mut steps = Vec::new();
-    let fail = |why: CallError, steps: Vec<ActionStep>| failure(why, steps, None);
+    let fail = |why: ActionError, steps: Vec<ActionStep>| failure(why, steps, None);
     if let Some(block) = undo.get("public_access_block") {
         let result = match block {
             Value::Null => client
@@ -512,7 +511,7 @@ pub async fn undo(client: &Client, undo: &Value) -> BucketResult {
                 description,
                 request_id,
             }),
-            Err(detail) => return fail(detail, steps),
+            Err(detail) => return fail(detail.into(), steps),
         }
     }
     // The policy before the ACL: with the block restored, a public policy is accepted again.

@@ -22,7 +22,8 @@
 //! password cannot be restored (IAM never reveals passwords): undo says so, and an
 //! administrator sets a new one.
 
-use crate::intent::{not_recorded, Intent, Unrecorded};
+use crate::intent::{Intent, Unrecorded};
+use crate::ActionError;
 use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::operation::RequestId;
 use aws_sdk_iam::types::StatusType;
@@ -64,15 +65,8 @@ pub fn suspend_document() -> Value {
 /// What an identity action did.
 pub type IamResult = crate::ActionResult;
 
-fn failed(why: impl Into<CallError>, steps: Vec<ActionStep>, undo: Option<Value>) -> IamResult {
-    let why = why.into();
-    IamResult {
-        outcome: ActionOutcome::Failed,
-        detail: why.text,
-        steps,
-        undo,
-        retryable: why.retryable,
-    }
+fn failed(why: impl Into<ActionError>, steps: Vec<ActionStep>, undo: Option<Value>) -> IamResult {
+    IamResult::failed(why.into(), steps, undo)
 }
 
 /// URL-decodes a policy document as IAM returns it.
@@ -86,7 +80,7 @@ async fn get_inline(
     client: &Client,
     who: &Identity,
     name: &str,
-) -> Result<Option<Value>, CallError> {
+) -> Result<Option<Value>, ActionError> {
     match who {
         Identity::User { name: user, .. } => {
             match client
@@ -98,7 +92,7 @@ async fn get_inline(
             {
                 Ok(out) => Ok(Some(decode_document(out.policy_document()))),
                 Err(e) if e.code() == Some("NoSuchEntity") => Ok(None),
-                Err(e) => Err(CallError::of("iam:GetUserPolicy", &e)),
+                Err(e) => Err(CallError::of("iam:GetUserPolicy", &e).into()),
             }
         }
         Identity::Role { name: role, .. } => {
@@ -111,7 +105,7 @@ async fn get_inline(
             {
                 Ok(out) => Ok(Some(decode_document(out.policy_document()))),
                 Err(e) if e.code() == Some("NoSuchEntity") => Ok(None),
-                Err(e) => Err(CallError::of("iam:GetRolePolicy", &e)),
+                Err(e) => Err(CallError::of("iam:GetRolePolicy", &e).into()),
             }
         }
         Identity::Root { .. } => Ok(None),
@@ -123,7 +117,7 @@ async fn put_inline(
     who: &Identity,
     name: &str,
     document: &Value,
-) -> Result<ActionStep, CallError> {
+) -> Result<ActionStep, ActionError> {
     let (call, request_id) = match who {
         Identity::User { name: user, .. } => (
             "iam:PutUserPolicy",
@@ -164,7 +158,7 @@ async fn delete_inline(
     client: &Client,
     who: &Identity,
     name: &str,
-) -> Result<ActionStep, CallError> {
+) -> Result<ActionStep, ActionError> {
     let (call, result) = match who {
         Identity::User { name: user, .. } => (
             "iam:DeleteUserPolicy",
@@ -193,7 +187,7 @@ async fn delete_inline(
     let request_id = match result {
         Ok(id) => id,
         Err(e) if e.is("NoSuchEntity") => None,
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     Ok(ActionStep {
         call: call.into(),
@@ -203,7 +197,7 @@ async fn delete_inline(
 }
 
 /// `Some(password_reset_required)` when the user has a console password.
-async fn login_profile(client: &Client, user: &str) -> Result<Option<bool>, CallError> {
+async fn login_profile(client: &Client, user: &str) -> Result<Option<bool>, ActionError> {
     match client.get_login_profile().user_name(user).send().await {
         Ok(out) => Ok(Some(
             out.login_profile()
@@ -211,7 +205,7 @@ async fn login_profile(client: &Client, user: &str) -> Result<Option<bool>, Call
                 .unwrap_or(false),
         )),
         Err(e) if e.code() == Some("NoSuchEntity") => Ok(None),
-        Err(e) => Err(CallError::of("iam:GetLoginProfile", &e)),
+        Err(e) => Err(CallError::of("iam:GetLoginProfile", &e).into()),
     }
 }
 
@@ -219,7 +213,7 @@ async fn set_password_reset(
     client: &Client,
     user: &str,
     required: bool,
-) -> Result<ActionStep, CallError> {
+) -> Result<ActionStep, ActionError> {
     let out = client
         .update_login_profile()
         .user_name(user)
@@ -239,7 +233,7 @@ async fn set_key_status(
     user: &str,
     key: &str,
     status: StatusType,
-) -> Result<ActionStep, CallError> {
+) -> Result<ActionStep, ActionError> {
     let verb = if status == StatusType::Active {
         "reactivate"
     } else {
@@ -334,7 +328,7 @@ pub async fn require_sign_in_recorded(
         };
     }
     if !intent.record(&undo, &planned).await {
-        return failed(not_recorded(), Vec::new(), None);
+        return failed(ActionError::NotRecorded, Vec::new(), None);
     }
     let mut steps = Vec::new();
     match put_inline(client, who, REVOKE_POLICY, &revoke_document(now)).await {
@@ -444,7 +438,7 @@ pub async fn suspend_user_recorded(
         };
     }
     if !intent.record(&undo, &planned).await {
-        return failed(not_recorded(), Vec::new(), None);
+        return failed(ActionError::NotRecorded, Vec::new(), None);
     }
     let mut steps = Vec::new();
     // Deny first: it takes effect for keys and sessions alike while the rest proceeds. If it
@@ -523,7 +517,7 @@ fn identity_json(who: &Identity) -> Value {
     }
 }
 
-fn identity_from_undo(undo: &Value) -> Result<Identity, CallError> {
+fn identity_from_undo(undo: &Value) -> Result<Identity, ActionError> {
     let id = &undo["identity"];
     let account = id["account"].as_str().unwrap_or_default().to_string();
     let name = id["name"].as_str().unwrap_or_default().to_string();

@@ -29,13 +29,3 @@ impl Intent for Unrecorded {
 /// The detail of an action that did not start because its prior state could not be recorded.
 pub const NOT_RECORDED: &str =
     "the prior state could not be recorded before the first change; nothing was changed";
-
-/// The failure of an action whose prior state could not be recorded: nothing was changed, and
-/// it is tried again (the broker may be back by then).
-pub fn not_recorded() -> trailguard_common::aws::CallError {
-    trailguard_common::aws::CallError {
-        text: NOT_RECORDED.into(),
-        code: None,
-        retryable: true,
-    }
-}

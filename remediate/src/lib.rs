@@ -45,6 +45,76 @@ pub struct ActionResult {
     pub retryable: bool,
 }
 
+impl ActionResult {
+    /// A failed action: what went wrong, the changes made before it, the prior state if read.
+    pub fn failed(
+        why: ActionError,
+        steps: Vec<trailguard_common::contract::ActionStep>,
+        undo: Option<serde_json::Value>,
+    ) -> ActionResult {
+        ActionResult {
+            outcome: trailguard_common::contract::ActionOutcome::Failed,
+            retryable: why.retryable(),
+            detail: why.to_string(),
+            steps,
+            undo,
+        }
+    }
+}
+
+/// Why a bucket or identity action failed: an AWS call, or a refusal before any call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    /// An AWS call failed; retryable as the call's error says.
+    #[error(transparent)]
+    Call(#[from] trailguard_common::aws::CallError),
+    /// The prior state could not be recorded before the first change, so nothing was changed;
+    /// retryable (the broker may be back by then).
+    #[error("{}", crate::intent::NOT_RECORDED)]
+    NotRecorded,
+    /// The action does not apply to what it was given (the root user, a role where a user is
+    /// needed, undo data that names something else): trying again cannot mend it.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl ActionError {
+    /// Whether trying again later may mend it.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ActionError::Call(err) => err.retryable,
+            ActionError::NotRecorded => true,
+            ActionError::Refused(_) => false,
+        }
+    }
+
+    /// Whether an AWS call failed with the service's `code`.
+    pub fn is(&self, code: &str) -> bool {
+        matches!(self, ActionError::Call(err) if err.is(code))
+    }
+
+    /// The same failure, with `note` added to what it says.
+    pub fn noting(self, note: &str) -> ActionError {
+        match self {
+            ActionError::Call(err) => ActionError::Call(err.noting(note)),
+            ActionError::Refused(why) => ActionError::Refused(why + note),
+            ActionError::NotRecorded => ActionError::NotRecorded,
+        }
+    }
+}
+
+impl From<&str> for ActionError {
+    fn from(why: &str) -> Self {
+        ActionError::Refused(why.to_string())
+    }
+}
+
+impl From<String> for ActionError {
+    fn from(why: String) -> Self {
+        ActionError::Refused(why)
+    }
+}
+
 /// Everything remediate can be configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -442,11 +442,10 @@ impl Notifier {
             .await
         {
             Ok(out) => Attempt::Done(out.message_id().map(str::to_string)),
-            Err(err) => {
-                let text = trailguard_common::aws::error_text(&err);
-                // The SDK has already retried transient errors.
-                Attempt::Fatal(format!("sns:Publish: {text}"))
-            }
+            // The SDK has already retried transient errors.
+            Err(err) => Attempt::Fatal(
+                trailguard_common::aws::CallError::of("sns:Publish", &err).to_string(),
+            ),
         }
     }
 }

@@ -184,10 +184,9 @@ impl Clients {
                     .send()
                     .await
                     .map_err(|e| {
-                        NoClients::Failed(format!(
-                            "sts:GetCallerIdentity: {}",
-                            trailguard_common::aws::error_text(&e)
-                        ))
+                        let err =
+                            trailguard_common::aws::CallError::of("sts:GetCallerIdentity", &e);
+                        NoClients::Failed(err.to_string())
                     })?;
                 match (me.account(), me.arn()) {
                     (Some(account), Some(arn)) => {

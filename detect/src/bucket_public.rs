@@ -60,7 +60,7 @@ impl BucketPublic {
     }
 
     /// An alert when `activity` made a bucket publicly accessible.
-    pub fn evaluate(&self, activity: &Activity) -> Option<Alert> {
+    pub fn judge(&self, activity: &Activity) -> Option<Alert> {
         let snapshot =
             activity.event_source == INVENTORY_SOURCE && activity.event_name == BUCKET_SNAPSHOT;
         if !self.cfg.enabled
@@ -273,6 +273,16 @@ fn access_block_weakened(params: &Value) -> Option<String> {
     })
     .collect();
     (!off.is_empty()).then(|| format!("turned off {} in the public-access block", off.join(", ")))
+}
+
+impl crate::policy::EventPolicy for BucketPublic {
+    fn policies(&self) -> Vec<&'static PolicyMeta<'static>> {
+        vec![&S3_BUCKET_PUBLIC]
+    }
+
+    fn evaluate(&self, activity: &Activity, alerts: &mut Vec<Alert>) {
+        alerts.extend(self.judge(activity));
+    }
 }
 
 #[cfg(test)]

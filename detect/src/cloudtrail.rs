@@ -5,7 +5,9 @@ use trailguard_common::contract::{
 };
 use trailguard_common::Activity;
 
-use crate::policy::{allowed, security_team, who, AlertBuilder, PolicyMeta, SimplePolicyConfig};
+use crate::policy::{
+    allowed, security_team, who, AlertBuilder, EventPolicy, PolicyMeta, SimplePolicyConfig,
+};
 use trailguard_common::contract::kinds;
 
 /// CloudTrail configuration changes.
@@ -45,7 +47,7 @@ impl CloudTrailChanges {
     }
 
     /// An alert when `activity` changes CloudTrail's configuration.
-    pub fn evaluate(&self, activity: &Activity) -> Option<Alert> {
+    pub fn judge(&self, activity: &Activity) -> Option<Alert> {
         if !self.cfg.enabled
             || activity.event_source != "cloudtrail.amazonaws.com"
             || !CLOUDTRAIL_CHANGE_EVENTS.contains(&activity.event_name.as_str())
@@ -98,5 +100,15 @@ impl CloudTrailChanges {
             }])
             .id_from(&[activity.id.as_str()]);
         Some(alert)
+    }
+}
+
+impl EventPolicy for CloudTrailChanges {
+    fn policies(&self) -> Vec<&'static PolicyMeta<'static>> {
+        vec![&CLOUDTRAIL_CHANGES]
+    }
+
+    fn evaluate(&self, activity: &Activity, alerts: &mut Vec<Alert>) {
+        alerts.extend(self.judge(activity));
     }
 }

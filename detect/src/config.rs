@@ -3,10 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bucket_public::BucketPublicConfig;
+use crate::bucket_public::{BucketPublic, BucketPublicConfig};
+use crate::cloudtrail::CloudTrailChanges;
 use crate::fold::FoldConfig;
-use crate::policy::SimplePolicyConfig;
+use crate::policy::{EventPolicy, SimplePolicyConfig};
 use crate::signin::SigninFailuresConfig;
+use crate::templates::Templates;
 
 /// Every policy's settings. Each table is optional in the file; omitted keys keep defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -62,16 +64,26 @@ impl PoliciesConfig {
     }
 }
 
-/// Every built-in policy, by what its alerts say about it — the one list of them. A new
-/// policy's module adds its `PolicyMeta` here (the documentation's policy tables are checked
-/// against this list); custom policies are the user's and not listed.
+impl PoliciesConfig {
+    /// The policies that judge each activity on its own, with their settings, in the order the
+    /// detector evaluates them — the one list of them. A new event policy is its own module
+    /// (the policy, its `PolicyMeta` and its settings type, a field above) and one line here.
+    pub fn event_policies(&self) -> Vec<Box<dyn EventPolicy>> {
+        vec![
+            Box::new(CloudTrailChanges::new(self.cloudtrail_changes.clone())),
+            Box::new(BucketPublic::new(self.s3_bucket_public.clone())),
+            Box::new(Templates::new(&self.templates)),
+        ]
+    }
+}
+
+/// Every built-in policy, by what its alerts say about it (the documentation's policy tables
+/// are checked against this list): the event policies, then the windowed and baseline ones,
+/// which a new detection of that kind adds here. Custom policies are the user's and not listed.
 pub fn builtin_policies() -> Vec<&'static crate::policy::PolicyMeta<'static>> {
-    let mut all = vec![
-        &crate::signin::SIGNIN_FAILURES,
-        &crate::cloudtrail::CLOUDTRAIL_CHANGES,
-        &crate::bucket_public::S3_BUCKET_PUBLIC,
-    ];
-    all.extend(crate::templates::TEMPLATES.iter().map(|t| &t.meta));
+    let mut all = vec![&crate::signin::SIGNIN_FAILURES];
+    let every = PoliciesConfig::default().event_policies();
+    all.extend(every.iter().flat_map(|p| p.policies()));
     all.extend([
         &crate::anomaly::ANONYMOUS_IP,
         &crate::anomaly::SUSPICIOUS_IP,

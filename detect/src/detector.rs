@@ -17,8 +17,6 @@ use chrono::{DateTime, Duration, Utc};
 use trailguard_common::contract::Alert;
 use trailguard_common::Activity;
 
-use crate::bucket_public::BucketPublic;
-use crate::cloudtrail::CloudTrailChanges;
 use crate::config::PoliciesConfig;
 use crate::facts::Facts;
 use crate::policy::{advances_watermark, Offset, EXPIRE_EVERY, RETAIN_OFFSETS};
@@ -27,9 +25,8 @@ use trailguard_common::contract::kinds;
 
 /// Evaluates every policy over one partition's activities.
 pub struct Detector {
-    cloudtrail: CloudTrailChanges,
-    bucket_public: BucketPublic,
-    templates: crate::templates::Templates,
+    /// The policies that judge each activity on its own (see [`PoliciesConfig::event_policies`]).
+    event_policies: Vec<Box<dyn crate::policy::EventPolicy>>,
     signin: SigninFailures,
     /// Out-of-order tolerance: state is kept this long past the end of its window.
     lateness: Duration,
@@ -100,9 +97,7 @@ impl Detector {
         retain_offsets: Offset,
     ) -> Self {
         Detector {
-            cloudtrail: CloudTrailChanges::new(cfg.cloudtrail_changes.clone()),
-            bucket_public: BucketPublic::new(cfg.s3_bucket_public.clone()),
-            templates: crate::templates::Templates::new(&cfg.templates),
+            event_policies: cfg.event_policies(),
             signin: SigninFailures::new(
                 cfg.console_signin_failures.clone(),
                 Duration::from_std(lateness).unwrap_or(Duration::MAX),
@@ -316,9 +311,9 @@ impl Detector {
         facts: &mut Facts,
     ) -> Vec<Alert> {
         let mut matched = Vec::new();
-        matched.extend(self.cloudtrail.evaluate(activity));
-        matched.extend(self.bucket_public.evaluate(activity));
-        matched.extend(self.templates.evaluate(activity));
+        for policy in &self.event_policies {
+            policy.evaluate(activity, &mut matched);
+        }
         // Before folding: a fold keeps the actions of the alert that opened it.
         disarm_if_failed(&mut matched, activity, &self.act_on_failed);
         let mut alerts = self.observe_baseline(activity, offset, matched, facts);

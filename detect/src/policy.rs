@@ -34,6 +34,17 @@ pub fn advances_watermark(max: Option<DateTime<Utc>>, time: DateTime<Utc>) -> bo
     max.is_none_or(|t| time > t) && time <= Utc::now() + WATERMARK_SKEW
 }
 
+/// A policy that judges each activity on its own — no window, no baseline — such as the
+/// CloudTrail-change and public-bucket policies and the templates. The event policies are
+/// listed once, in [`crate::config::PoliciesConfig::event_policies`]; the detector evaluates
+/// each on every activity, in that order, before folding.
+pub trait EventPolicy: Send {
+    /// The policies whose alerts it raises (one, or a family such as the templates).
+    fn policies(&self) -> Vec<&'static PolicyMeta<'static>>;
+    /// Adds the alerts `activity` raises to `alerts`.
+    fn evaluate(&self, activity: &Activity, alerts: &mut Vec<Alert>);
+}
+
 /// What every alert of a policy says about the policy. Built-in policies are constants; custom
 /// policies borrow their configured id and name.
 pub struct PolicyMeta<'a> {

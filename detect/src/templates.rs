@@ -675,10 +675,21 @@ impl Templates {
     }
 
     /// The alerts `activity` raises.
-    pub fn evaluate(&self, a: &Activity) -> Vec<Alert> {
+    pub fn judge(&self, a: &Activity) -> Vec<Alert> {
         let mut out = Vec::new();
+        crate::policy::EventPolicy::evaluate(self, a, &mut out);
+        out
+    }
+}
+
+impl crate::policy::EventPolicy for Templates {
+    fn policies(&self) -> Vec<&'static PolicyMeta<'static>> {
+        TEMPLATES.iter().map(|t| &t.meta).collect()
+    }
+
+    fn evaluate(&self, a: &Activity, out: &mut Vec<Alert>) {
         let Some(candidates) = self.by_event.get(a.event_name.as_str()) else {
-            return out;
+            return;
         };
         for &i in candidates {
             let (t, c) = &self.active[i];
@@ -720,7 +731,6 @@ impl Templates {
                 .id_from(&[a.id.as_str()]);
             out.push(alert);
         }
-        out
     }
 }
 
@@ -749,7 +759,7 @@ mod tests {
 
     fn fire(a: &Activity) -> Vec<(String, Severity, String)> {
         Templates::new(&TemplatesConfig::new())
-            .evaluate(a)
+            .judge(a)
             .into_iter()
             .map(|al| (al.policy_id, al.severity, al.evidence.summary))
             .collect()
@@ -863,7 +873,7 @@ mod tests {
                 ..TemplateConfig::default()
             },
         );
-        assert!(Templates::new(&cfg).evaluate(&a).is_empty());
+        assert!(Templates::new(&cfg).judge(&a).is_empty());
         cfg.insert(
             "vpn-vpc-changes".into(),
             TemplateConfig {
@@ -871,7 +881,7 @@ mod tests {
                 ..TemplateConfig::default()
             },
         );
-        assert!(Templates::new(&cfg).evaluate(&a).is_empty());
+        assert!(Templates::new(&cfg).judge(&a).is_empty());
         cfg.insert(
             "vpn-vpc-changes".into(),
             TemplateConfig {
@@ -879,10 +889,7 @@ mod tests {
                 ..TemplateConfig::default()
             },
         );
-        assert_eq!(
-            Templates::new(&cfg).evaluate(&a)[0].severity,
-            Severity::High
-        );
+        assert_eq!(Templates::new(&cfg).judge(&a)[0].severity, Severity::High);
         cfg.insert("no-such".into(), TemplateConfig::default());
         let err = validate(&cfg)
             .err()

@@ -98,7 +98,7 @@ fn panther_cases_where_the_rules_overlap() -> anyhow::Result<()> {
             continue; // Panther's abbreviated events (no time or source) are dead letters.
         };
         let severity = templates
-            .evaluate(&activity)
+            .judge(&activity)
             .iter()
             .find(|a| a.policy_id == template)
             .map(|a| a.severity);

@@ -1342,6 +1342,282 @@ async fn check_retention(cfg: &RemediateConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// What remediate keeps between batches about the alerts it took: which actions are answered,
+/// which an earlier attempt began, which wait, and how far each partition was read.
+#[derive(Default)]
+struct Ledger {
+    /// Answered action ids, with when (ms); pruned past max_alert_age (see `prune_answered`).
+    answered: HashMap<String, i64>,
+    /// Actions not finished yet (retrying, or waiting for a rate limit).
+    pending: Vec<Waiting>,
+    /// Per partition, the offset after the last alert taken: what is stored for commit never
+    /// passes a waiting one.
+    seen: HashMap<i32, i64>,
+    /// Actions an earlier attempt began and did not finish.
+    unfinished: HashMap<String, Unfinished>,
+}
+
+impl Ledger {
+    /// Notes actions answered now.
+    fn answer(&mut self, ids: impl IntoIterator<Item = String>) {
+        let now = now_ms();
+        for id in ids {
+            self.unfinished.remove(&id);
+            self.answered.insert(id, now);
+        }
+    }
+
+    /// Takes in what the actions topic says other instances (or earlier runs) answered, began
+    /// and used.
+    fn read_back(
+        &mut self,
+        back: ReadBack,
+        cfg: &RemediateConfig,
+        actor: &Actor,
+        metrics: &Metrics,
+    ) {
+        self.answered.extend(back.answered);
+        prune_answered(&mut self.answered, cfg.remediate.max_alert_age);
+        for (id, begun) in back.unfinished {
+            if !self.answered.contains_key(&id) {
+                self.unfinished.entry(id).or_insert(begun);
+            }
+        }
+        metrics.unverified.inc_by(back.unverified);
+        note_uses(actor, cfg, back.uses);
+    }
+}
+
+/// What one remediate process acts with: its settings, AWS clients and budgets, the producer
+/// of action records, its metrics and its shutdown.
+struct Remediator {
+    cfg: RemediateConfig,
+    actor: Actor,
+    producer: kafka::Producer,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    verifier: trailguard_common::sign::Verifier,
+}
+
+impl Remediator {
+    /// Publishes `record` until durable; an error when it cannot be (refused for good, or
+    /// shutdown first): nothing it records may be assumed done.
+    async fn record(&self, record: &ActionRecord, what: &str) -> Result<(), Error> {
+        if publish(&self.producer, &self.cfg, record, &self.shutdown).await {
+            Ok(())
+        } else {
+            Err(Error::Stopped(format!(
+                "{what} for alert {} not published",
+                record.alert_id
+            )))
+        }
+    }
+
+    /// Runs the pending actions that are due (of partitions still `owned`), notes those that
+    /// finished.
+    async fn run_due(&self, ledger: &mut Ledger, owned: &HashSet<i32>) -> Result<(), Error> {
+        let finished = run_due(
+            &self.actor,
+            &self.cfg,
+            &self.producer,
+            &self.shutdown,
+            &self.metrics,
+            &mut ledger.pending,
+            owned,
+        )
+        .await?;
+        ledger.answer(finished);
+        Ok(())
+    }
+
+    /// Sorts a batch: forged or altered alerts are refused (a rejection record, within the
+    /// budget); alerts of partitions revoked meanwhile are left to their new owner; unreadable
+    /// records are counted and ignored; each authentic alert is planned, and the decisions not
+    /// answered or waiting already are returned to act on.
+    async fn triage(
+        &self,
+        batch: &[Incoming],
+        ledger: &Ledger,
+        owned: &HashSet<i32>,
+        rejections: &mut RejectionBudget,
+    ) -> Result<Vec<(Alert, Pending)>, Error> {
+        let metrics = &self.metrics;
+        // A repeat of an alert whose action is pending does not start it a second time.
+        let waiting: HashSet<String> = ledger
+            .pending
+            .iter()
+            .map(|w| record_id(&w.alert, &w.decision.action))
+            .collect();
+        // Each alert to act on, with the decisions not yet recorded and its arrival time.
+        let mut work: Vec<(Alert, Pending)> = Vec::new();
+        let mut in_batch: HashSet<String> = HashSet::new();
+        for incoming in batch {
+            let (partition, offset) = (incoming.partition, incoming.offset);
+            let alert = match &incoming.alert {
+                Some(Ok(alert)) if alert.schema_version <= ALERT_SCHEMA_VERSION => alert,
+                other => {
+                    // Not an alert this version can read: never act on it; count and log it.
+                    let why = match other {
+                        Some(Err(e)) => e.clone(),
+                        Some(Ok(a)) => format!("unsupported schema_version {}", a.schema_version),
+                        None => "empty message".into(),
+                    };
+                    metrics.alerts.with_label_values(&["undecodable"]).inc();
+                    tracing::warn!(partition, offset, %why, "ignored a record on the alerts topic that is not a readable alert");
+                    continue;
+                }
+            };
+            let verdict = match &incoming.raw {
+                Some(raw) => self.verifier.verify_json(raw),
+                None => self.verifier.verify(alert),
+            };
+            if let Err(why) = verdict {
+                metrics.alerts.with_label_values(&["rejected"]).inc();
+                metrics.rejected.with_label_values(&[why.as_str()]).inc();
+                tracing::warn!(alert_id = %alert.id, policy = %alert.policy_id, partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
+                // One record per alert, however many actions it asks for, and only so many a
+                // minute: a flood of forgeries must not stall the loop or grow the actions
+                // topic without bound.
+                let budget = rejections.take(chrono::Utc::now().timestamp());
+                for action in alert.actions.iter().take(usize::from(budget)) {
+                    let record = rejection_record(alert, action, &why);
+                    self.record(&record, "rejection record").await?;
+                    metrics
+                        .actions
+                        .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
+                        .inc();
+                }
+                continue;
+            }
+            if !owned.contains(&incoming.partition) {
+                // Revoked while the batch was gathered: its new owner answers it.
+                tracing::info!(alert_id = %alert.id, partition, "partition revoked; left to its new owner");
+                continue;
+            }
+            let open = self.open_decisions(alert, &ledger.answered, &waiting).await;
+            if !in_batch.insert(alert.id.clone()) || open.is_empty() {
+                metrics.alerts.with_label_values(&["duplicate"]).inc();
+                tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
+            } else {
+                work.push((alert.clone(), (open, incoming.arrived, partition, offset)));
+            }
+        }
+        Ok(work)
+    }
+
+    /// The decisions for an authentic `alert` that are neither answered nor waiting (an alert
+    /// half answered before a restart is not taken again); all refused when it is too old.
+    async fn open_decisions(
+        &self,
+        alert: &Alert,
+        answered: &HashMap<String, i64>,
+        waiting: &HashSet<String>,
+    ) -> Vec<Decision> {
+        let cfg = &self.cfg;
+        let needs_aws = alert.actions.iter().any(|a| a.kind != ActionKind::Notify);
+        let protection = if needs_aws {
+            self.actor.protection(&cfg.aws).await
+        } else {
+            self.actor.protection.get()
+        };
+        let unknown = Protection::default();
+        // Too old: every action refused with the reason (and so answered).
+        let stale = staleness(alert, cfg.remediate.max_alert_age, chrono::Utc::now());
+        plan(alert, &cfg.remediate, protection.unwrap_or(&unknown))
+            .into_iter()
+            .filter(|d| {
+                let id = record_id(alert, &d.action);
+                !answered.contains_key(&id) && !waiting.contains(&id)
+            })
+            .map(|mut d| {
+                if let Some(why) = &stale {
+                    d.refusal = Some(why.clone());
+                }
+                d
+            })
+            .collect()
+    }
+
+    /// Acts on `work`: alerts touching the same target in order, the others concurrently,
+    /// each decision recorded before the next; notes what was answered and what waits.
+    async fn act(&self, work: Vec<(Alert, Pending)>, ledger: &mut Ledger) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + ACT_BUDGET;
+        let room = self
+            .cfg
+            .remediate
+            .retry
+            .max_pending
+            .saturating_sub(ledger.pending.len());
+        let unfinished = &ledger.unfinished;
+        let runs = futures::future::join_all(
+            group_by_target(work)
+                .into_iter()
+                .map(|group| self.act_in_order(group, unfinished, room, deadline)),
+        )
+        .await;
+        for run in runs {
+            let (ids, waits) = run?;
+            ledger.answer(ids);
+            ledger.pending.extend(waits);
+        }
+        Ok(())
+    }
+
+    /// Acts on one target's alerts in order; returns the action ids answered and the actions
+    /// left waiting (at most `room`).
+    async fn act_in_order(
+        &self,
+        group: Vec<(Alert, Pending)>,
+        unfinished: &HashMap<String, Unfinished>,
+        room: usize,
+        deadline: std::time::Instant,
+    ) -> Result<(Vec<String>, Vec<Waiting>), Error> {
+        let (actor, cfg, producer, shutdown, metrics) = (
+            &self.actor,
+            &self.cfg,
+            &self.producer,
+            &self.shutdown,
+            &self.metrics,
+        );
+        let mut done = Vec::new();
+        let mut waits = Vec::new();
+        for (alert, (decisions, arrived, partition, offset)) in group {
+            for decision in decisions {
+                let id = record_id(&alert, &decision.action);
+                let earlier = unfinished.get(&id).and_then(|u| u.prior.clone());
+                let first = unfinished.get(&id).map_or_else(now_ms, |u| u.first);
+                let tried = attempt(
+                    actor, cfg, &alert, &decision, producer, shutdown, metrics, earlier, 0,
+                    deadline,
+                )
+                .await;
+                let at = Place {
+                    partition,
+                    offset,
+                    arrived,
+                    first,
+                };
+                let (record, wait) = settle(cfg, tried, &alert, &decision, at, room > waits.len());
+                if let Some(record) = record {
+                    self.record(&record, "action record").await?;
+                    note_published(metrics, &alert, &record);
+                    if answers(&record) {
+                        done.push(record.id);
+                    }
+                }
+                waits.extend(wait);
+            }
+            metrics.alerts.with_label_values(&["handled"]).inc();
+            if let Some(ms) = arrived {
+                metrics
+                    .latency
+                    .observe((now_ms() - ms).max(0) as f64 / 1000.0);
+            }
+        }
+        Ok((done, waits))
+    }
+}
+
 /// Runs remediate until `shutdown`; `health` hears when this instance owns no partitions of a
 /// stalled group.
 pub async fn run(
@@ -1350,20 +1626,8 @@ pub async fn run(
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let topics = &cfg.kafka.topics;
     kafka::ensure_topics(&cfg.kafka, &[TopicRole::Alerts, TopicRole::Actions]).await?;
     check_retention(&cfg).await?;
-    // Answered action ids, with when (ms); pruned past max_alert_age (see `prune_answered`).
-    let mut answered: HashMap<String, i64> = HashMap::new();
-    let mut pruned_at = std::time::Instant::now();
-    // Actions not finished yet (retrying, or waiting for a rate limit), and per partition the
-    // offset after the last alert taken: what is stored for commit never passes a waiting one.
-    let mut pending: Vec<Waiting> = Vec::new();
-    let mut seen: HashMap<i32, i64> = HashMap::new();
-    // Actions an earlier attempt began and did not finish.
-    let mut unfinished: HashMap<String, Unfinished> = HashMap::new();
-    let verifier = cfg.signing.verifier();
-    let mut rejections = RejectionBudget::new(cfg.remediate.max_rejection_records_per_minute);
     let sns = if cfg
         .notify
         .channels
@@ -1376,9 +1640,8 @@ pub async fn run(
     } else {
         None
     };
-    let clients = Clients::new(cfg.aws.clone());
     let actor = Actor {
-        clients,
+        clients: Clients::new(cfg.aws.clone()),
         protection: tokio::sync::OnceCell::new(),
         notifier: Notifier::new(cfg.notify.clone(), sns),
         limiter: std::sync::Arc::new(std::sync::Mutex::new(RateLimiter::default())),
@@ -1417,41 +1680,49 @@ pub async fn run(
         "trailguard-remediate",
         context.clone(),
     )?;
-    consumer.subscribe(&[&topics.alerts])?;
+    let alerts_topic = cfg.kafka.topics.alerts.clone();
+    consumer.subscribe(&[&alerts_topic])?;
     kafka::watch_group(
         &cfg.kafka,
         &cfg.remediate.group_id,
-        &[&topics.alerts],
+        &[&alerts_topic],
         context.clone(),
         health,
         shutdown.clone(),
     );
-    tracing::info!(topic = %topics.alerts, default_mode = cfg.remediate.default_mode.as_str(), "remediate running");
+    tracing::info!(topic = %alerts_topic, default_mode = cfg.remediate.default_mode.as_str(), "remediate running");
+    let mut rejections = RejectionBudget::new(cfg.remediate.max_rejection_records_per_minute);
+    let me = Remediator {
+        verifier: cfg.signing.verifier(),
+        cfg,
+        actor,
+        producer,
+        metrics,
+        shutdown,
+    };
+    let mut ledger = Ledger::default();
+    let mut pruned_at = std::time::Instant::now();
 
     loop {
         // A batch: the first alert waited for, then whatever else is already there.
         let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = me.shutdown.cancelled() => break,
             // `recv` is cancel-safe: nothing is lost when the wait is cut short.
             _ = tokio::time::sleep(Duration::from_secs(5)) => {
                 if context.take_rejoin() {
-                    kafka::rejoin(&consumer, &[&topics.alerts])?;
+                    kafka::rejoin(&consumer, &[&alerts_topic])?;
                 }
-                forget_revoked(&context, &mut seen, &mut pending);
-                if !pending.is_empty() {
+                forget_revoked(&context, &mut ledger.seen, &mut ledger.pending);
+                if !ledger.pending.is_empty() {
                     // Unknown assignment: leave the pending actions as they are.
                     let Ok(list) = consumer.assignment() else {
                         continue;
                     };
                     let owned: HashSet<i32> =
                         list.elements().iter().map(|e| e.partition()).collect();
-                    let finished = run_due(&actor, &cfg, &producer, &shutdown, &metrics, &mut pending, &owned).await?;
-                    for id in finished {
-                        unfinished.remove(&id);
-                        answered.insert(id, now_ms());
-                    }
-                    store_offsets(&consumer, &topics.alerts, &seen, &pending)?;
-                    metrics.pending.set(pending.len() as i64);
+                    me.run_due(&mut ledger, &owned).await?;
+                    store_offsets(&consumer, &alerts_topic, &ledger.seen, &ledger.pending)?;
+                    me.metrics.pending.set(ledger.pending.len() as i64);
                 }
                 continue;
             }
@@ -1474,205 +1745,29 @@ pub async fn run(
         if context.take_assigned() {
             // New partitions (at start or after a rebalance): another instance may have answered
             // some of their uncommitted alerts. Read the actions topic back first.
-            let back = tokio::task::block_in_place(|| answered_alerts(&cfg))?;
-            answered.extend(back.answered);
-            prune_answered(&mut answered, cfg.remediate.max_alert_age);
-            for (id, begun) in back.unfinished {
-                if !answered.contains_key(&id) {
-                    unfinished.entry(id).or_insert(begun);
-                }
-            }
-            metrics.unverified.inc_by(back.unverified);
-            note_uses(&actor, &cfg, back.uses);
+            let back = tokio::task::block_in_place(|| answered_alerts(&me.cfg))?;
+            ledger.read_back(back, &me.cfg, &me.actor, &me.metrics);
         }
-        forget_revoked(&context, &mut seen, &mut pending);
+        forget_revoked(&context, &mut ledger.seen, &mut ledger.pending);
         let owned: HashSet<i32> = match consumer.assignment() {
             Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
             Err(_) => batch.iter().map(|i| i.partition).collect(),
         };
-        // A repeat of an alert whose action is pending does not start it a second time.
-        let waiting: HashSet<String> = pending
-            .iter()
-            .map(|w| record_id(&w.alert, &w.decision.action))
-            .collect();
-        // Each alert to act on, with the decisions not yet recorded and its arrival time.
-        let mut work: Vec<(Alert, Pending)> = Vec::new();
-        let mut in_batch: HashSet<String> = HashSet::new();
-        for incoming in &batch {
-            let (partition, offset) = (incoming.partition, incoming.offset);
-            match &incoming.alert {
-                Some(Ok(alert)) if alert.schema_version <= ALERT_SCHEMA_VERSION => {
-                    let verdict = match &incoming.raw {
-                        Some(raw) => verifier.verify_json(raw),
-                        None => verifier.verify(alert),
-                    };
-                    if let Err(why) = verdict {
-                        metrics.alerts.with_label_values(&["rejected"]).inc();
-                        metrics.rejected.with_label_values(&[why.as_str()]).inc();
-                        tracing::warn!(alert_id = %alert.id, policy = %alert.policy_id, partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
-                        // One record per alert, however many actions it asks for, and only so
-                        // many a minute: a flood of forgeries must not stall the loop or grow
-                        // the actions topic without bound.
-                        let budget = rejections.take(chrono::Utc::now().timestamp());
-                        for action in alert.actions.iter().take(usize::from(budget)) {
-                            let record = rejection_record(alert, action, &why);
-                            if !publish(&producer, &cfg, &record, &shutdown).await {
-                                return Err(Error::Stopped(format!(
-                                    "rejection record for alert {} not published",
-                                    alert.id
-                                )));
-                            }
-                            metrics
-                                .actions
-                                .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
-                                .inc();
-                        }
-                    } else if !owned.contains(&incoming.partition) {
-                        // Revoked while the batch was gathered: its new owner answers it.
-                        tracing::info!(alert_id = %alert.id, partition, "partition revoked; left to its new owner");
-                    } else {
-                        // Decisions recorded before (an alert half answered before a restart)
-                        // are not taken again.
-                        let needs_aws = alert.actions.iter().any(|a| a.kind != ActionKind::Notify);
-                        let protection = if needs_aws {
-                            actor.protection(&cfg.aws).await
-                        } else {
-                            actor.protection.get()
-                        };
-                        let unknown = Protection::default();
-                        // Too old: every action refused with the reason (and so answered).
-                        let stale =
-                            staleness(alert, cfg.remediate.max_alert_age, chrono::Utc::now());
-                        let open: Vec<Decision> =
-                            plan(alert, &cfg.remediate, protection.unwrap_or(&unknown))
-                                .into_iter()
-                                .filter(|d| {
-                                    let id = record_id(alert, &d.action);
-                                    !answered.contains_key(&id) && !waiting.contains(&id)
-                                })
-                                .map(|mut d| {
-                                    if let Some(why) = &stale {
-                                        d.refusal = Some(why.clone());
-                                    }
-                                    d
-                                })
-                                .collect();
-                        if !in_batch.insert(alert.id.clone()) || open.is_empty() {
-                            metrics.alerts.with_label_values(&["duplicate"]).inc();
-                            tracing::info!(alert_id = %alert.id, "alert already answered; skipped");
-                        } else {
-                            work.push((alert.clone(), (open, incoming.arrived, partition, offset)));
-                        }
-                    }
-                }
-                other => {
-                    // Not an alert this version can read: never act on it; count and log it.
-                    let why = match other {
-                        Some(Err(e)) => e.clone(),
-                        Some(Ok(a)) => format!("unsupported schema_version {}", a.schema_version),
-                        None => "empty message".into(),
-                    };
-                    metrics.alerts.with_label_values(&["undecodable"]).inc();
-                    tracing::warn!(partition, offset, %why, "ignored a record on the alerts topic that is not a readable alert");
-                }
-            }
-        }
+        let work = me.triage(&batch, &ledger, &owned, &mut rejections).await?;
         let acted = !work.is_empty();
-        let deadline = std::time::Instant::now() + ACT_BUDGET;
-        let room = cfg
-            .remediate
-            .retry
-            .max_pending
-            .saturating_sub(pending.len());
-        // Alerts touching the same target run in order; the others run concurrently.
-        let runs = futures::future::join_all(group_by_target(work).into_iter().map(|group| {
-            let (actor, cfg, producer, shutdown, metrics, unfinished) =
-                (&actor, &cfg, &producer, &shutdown, &metrics, &unfinished);
-            async move {
-                let mut done = Vec::new();
-                let mut waits = Vec::new();
-                for (alert, (decisions, arrived, partition, offset)) in group {
-                    for decision in decisions {
-                        let id = record_id(&alert, &decision.action);
-                        let earlier = unfinished.get(&id).and_then(|u| u.prior.clone());
-                        let first = unfinished.get(&id).map_or_else(now_ms, |u| u.first);
-                        let tried = attempt(
-                            actor, cfg, &alert, &decision, producer, shutdown, metrics, earlier, 0,
-                            deadline,
-                        )
-                        .await;
-                        let at = Place {
-                            partition,
-                            offset,
-                            arrived,
-                            first,
-                        };
-                        let (record, wait) =
-                            settle(cfg, tried, &alert, &decision, at, room > waits.len());
-                        if let Some(record) = record {
-                            if !publish(producer, cfg, &record, shutdown).await {
-                                return Err(alert.id);
-                            }
-                            note_published(metrics, &alert, &record);
-                            if answers(&record) {
-                                done.push(record.id);
-                            }
-                        }
-                        waits.extend(wait);
-                    }
-                    metrics.alerts.with_label_values(&["handled"]).inc();
-                    if let Some(ms) = arrived {
-                        metrics
-                            .latency
-                            .observe((now_ms() - ms).max(0) as f64 / 1000.0);
-                    }
-                }
-                Ok((done, waits))
-            }
-        }))
-        .await;
-        for run in runs {
-            match run {
-                Ok((ids, waits)) => {
-                    for id in &ids {
-                        unfinished.remove(id);
-                    }
-                    let now = now_ms();
-                    answered.extend(ids.into_iter().map(|id| (id, now)));
-                    pending.extend(waits);
-                }
-                Err(id) => {
-                    return Err(Error::Stopped(format!(
-                        "action record for alert {id} not published"
-                    )))
-                }
-            }
-        }
+        me.act(work, &mut ledger).await?;
         for incoming in &batch {
-            let e = seen.entry(incoming.partition).or_insert(0);
+            let e = ledger.seen.entry(incoming.partition).or_insert(0);
             *e = (*e).max(incoming.offset + 1);
         }
         // Pending actions that are due run between batches too, not only when the topic is quiet.
-        if pending.iter().any(|w| w.due <= now_ms()) {
-            let finished = run_due(
-                &actor,
-                &cfg,
-                &producer,
-                &shutdown,
-                &metrics,
-                &mut pending,
-                &owned,
-            )
-            .await?;
-            for id in finished {
-                unfinished.remove(&id);
-                answered.insert(id, now_ms());
-            }
+        if ledger.pending.iter().any(|w| w.due <= now_ms()) {
+            me.run_due(&mut ledger, &owned).await?;
         }
-        store_offsets(&consumer, &topics.alerts, &seen, &pending)?;
-        metrics.pending.set(pending.len() as i64);
+        store_offsets(&consumer, &alerts_topic, &ledger.seen, &ledger.pending)?;
+        me.metrics.pending.set(ledger.pending.len() as i64);
         if pruned_at.elapsed() > Duration::from_secs(60) {
-            prune_answered(&mut answered, cfg.remediate.max_alert_age);
+            prune_answered(&mut ledger.answered, me.cfg.remediate.max_alert_age);
             pruned_at = std::time::Instant::now();
         }
         if acted {
@@ -1685,7 +1780,7 @@ pub async fn run(
     if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %err, "nothing committed");
     }
-    kafka::flush(&producer, cfg.remediate.drain_timeout)?;
+    kafka::flush(&me.producer, me.cfg.remediate.drain_timeout)?;
     tracing::info!("remediate stopped");
     Ok(())
 }

@@ -64,15 +64,28 @@ impl Tasks {
         &self.shutdown
     }
 
-    /// Runs `task` in the background. If it fails, the failure is logged and kept (the first
-    /// one), and the service is stopped.
+    /// Runs `task` in the background. If it fails or panics, the failure is logged and kept
+    /// (the first one), and the service is stopped.
     pub fn spawn<F>(&self, name: &'static str, task: F) -> tokio::task::JoinHandle<()>
     where
         F: std::future::Future<Output = Result<(), String>> + Send + 'static,
     {
+        use futures::FutureExt as _;
         let tasks = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = task.await {
+            // The task's state is dropped with it: nothing observes it half-updated.
+            let result = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(format!("panicked: {what}"))
+                }
+            };
+            if let Err(error) = result {
                 tracing::error!(task = name, %error, "a background task failed: stopping");
                 crate::sync::lock(&tasks.failure).get_or_insert(format!("{name}: {error}"));
                 tasks.shutdown.cancel();
@@ -101,5 +114,21 @@ mod tests {
         let _ = failed.await;
         assert!(tasks.shutdown().is_cancelled());
         assert_eq!(tasks.failure().as_deref(), Some("follower: lost the topic"));
+    }
+    /// A task that panics has failed too: it must not vanish while the service runs on
+    /// without it.
+    #[tokio::test]
+    async fn a_panicking_task_stops_the_service() {
+        let tasks = Tasks::new(CancellationToken::new());
+        let panicked = tasks.spawn("refresher", async {
+            let lists: Vec<u8> = Vec::new();
+            #[allow(clippy::indexing_slicing)]
+            let _ = lists[1];
+            Ok(())
+        });
+        let _ = panicked.await;
+        assert!(tasks.shutdown().is_cancelled());
+        let failure = tasks.failure().unwrap_or_default();
+        assert!(failure.starts_with("refresher: panicked"), "{failure}");
     }
 }

@@ -373,20 +373,21 @@ impl Enricher {
     }
 }
 
-/// Reloads the lists every `refresh_interval` into `shared`; a failed reload keeps the last
-/// good lists and logs why.
+/// Reloads the lists every `refresh_interval` into `shared`, as one of the service's `tasks`;
+/// a failed reload keeps the last good lists and logs why.
 pub fn refresh_intel(
     cfg: IntelConfig,
     shared: Arc<RwLock<Arc<Intel>>>,
-    shutdown: tokio_util::sync::CancellationToken,
+    tasks: &trailguard_common::shutdown::Tasks,
 ) {
     if cfg.lists.is_empty() {
         return;
     }
-    tokio::spawn(async move {
+    let shutdown = tasks.shutdown().clone();
+    tasks.spawn("intel refresher", async move {
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(cfg.refresh_interval) => {}
             }
             match load_intel(&cfg).await {

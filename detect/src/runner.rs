@@ -186,24 +186,12 @@ pub async fn run(
     );
     tracing::info!(topic = %topics.activities, group = %cfg.detect.group_id, "detect running");
 
-    let geo = crate::enrich::GeoDb::open(&cfg.geo)?;
-    if geo.is_none() {
-        tracing::warn!(
-            "no geolocation database (geo.databases): infrequent-country and impossible-travel \
-             detections are off"
-        );
-    }
-    let intel = crate::enrich::load_intel(&cfg.intel)
-        .await
-        .map_err(|e| Error::Stopped(format!("loading IP intelligence: {e}")))?;
-    let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(intel)));
-    crate::enrich::refresh_intel(cfg.intel.clone(), intel.clone(), shutdown.clone());
-    let mut enricher = crate::enrich::Enricher::new(geo, intel);
+    let tasks = trailguard_common::shutdown::Tasks::new(shutdown.clone());
+    let mut enricher = enricher(&cfg, &tasks).await?;
     let verifier = cfg.signing.verifier();
     if !verifier.authenticates_records() {
         tracing::warn!("no signing key: detect's own topics (facts, state, sign-in failures) are read back unauthenticated");
     }
-    let tasks = trailguard_common::shutdown::Tasks::new(shutdown.clone());
     let facts = follow_facts(&cfg, &metrics, &tasks).await?;
 
     let mut state = Partitions {
@@ -243,40 +231,15 @@ pub async fn run(
         state.forget_revoked(&context);
         let (partition, offset) = (message.partition(), message.offset());
         let from_failures = message.topic() == topics.detect_signin_failures;
-        // A forwarded failure is the activity inside its sealed envelope. Only detect forwards
-        // failures: a record it did not sign is ignored, so nobody who can write the topic can
-        // fake a password spray (or hide one). The payload is copied only when it is going to
-        // the dead-letter topic.
-        let payload = if from_failures {
-            let read = kafka::Read::of(&message);
-            match verifier.open(
-                sign::purpose::SIGNIN_FAILURES,
-                read.key,
-                read.payload.unwrap_or_default(),
-            ) {
-                Ok(activity) => Some(activity),
-                Err(why) => {
-                    metrics
-                        .unverified
-                        .with_label_values(&["signin_failures"])
-                        .inc();
-                    tracing::warn!(partition, offset, reason = %why, "ignored an unverifiable record on the sign-in failures topic");
-                    drop(message);
-                    state.pending_counters.insert(partition, offset + 1);
-                    continue;
-                }
-            }
-        } else {
-            message.payload()
-        };
-        let decoded = decode(payload).map_err(|poison| {
-            let original = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
-            (poison, original)
-        });
+        let input = read_input(&message, from_failures, &verifier, &metrics);
         drop(message);
-        let activity = match decoded {
-            Ok(activity) => Some(activity),
-            Err((Poison { kind, reason }, original)) => {
+        let activity = match input {
+            Input::Activity(activity) => Some(activity),
+            Input::Ignored => {
+                state.pending_counters.insert(partition, offset + 1);
+                continue;
+            }
+            Input::Poison(Poison { kind, reason }, original) => {
                 let topic = if from_failures {
                     &topics.detect_signin_failures
                 } else {
@@ -314,21 +277,8 @@ pub async fn run(
         #[allow(clippy::map_entry)] // the entry cannot be held across the await
         if !state.detectors.contains_key(&partition) {
             // A partition new to this instance: its baselines first.
-            let kafka_cfg = cfg.kafka.clone();
-            let restore_verifier = verifier.clone();
-            let (states, unverified) = tokio::task::spawn_blocking(move || {
-                crate::state::restore(&kafka_cfg, partition, &restore_verifier)
-            })
-            .await
-            .map_err(|e| Error::Stopped(format!("restoring baselines: {e}")))??;
-            metrics
-                .unverified
-                .with_label_values(&["state"])
-                .inc_by(unverified);
-            let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
-                .with_geo(&cfg.policies, enricher.has_geo())
-                .counting_source_ips_elsewhere();
-            detector.restore(states);
+            let detector =
+                restore_partition(&cfg, partition, &verifier, &metrics, enricher.has_geo()).await?;
             state.detectors.insert(partition, detector);
         }
         let Some(detector) = state.detectors.get_mut(&partition) else {
@@ -369,6 +319,105 @@ pub async fn run(
     commit_stored(&consumer, Stopped("shutdown"), &tasks)?;
     tracing::info!("detect stopped");
     Ok(())
+}
+
+/// The enricher: the geolocation database (if configured) and the IP intelligence lists,
+/// reloaded as one of `tasks`.
+async fn enricher(
+    cfg: &DetectConfig,
+    tasks: &trailguard_common::shutdown::Tasks,
+) -> Result<crate::enrich::Enricher, Error> {
+    let geo = crate::enrich::GeoDb::open(&cfg.geo)?;
+    if geo.is_none() {
+        tracing::warn!(
+            "no geolocation database (geo.databases): infrequent-country and impossible-travel \
+             detections are off"
+        );
+    }
+    let intel = crate::enrich::load_intel(&cfg.intel)
+        .await
+        .map_err(|e| Error::Stopped(format!("loading IP intelligence: {e}")))?;
+    let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(intel)));
+    crate::enrich::refresh_intel(cfg.intel.clone(), intel.clone(), tasks);
+    Ok(crate::enrich::Enricher::new(geo, intel))
+}
+
+/// What a consumed record is to detect. One per record, moved at once: its size is no cost.
+#[allow(clippy::large_enum_variant)]
+enum Input {
+    /// An activity to evaluate (or, from the sign-in failures topic, to count).
+    Activity(Activity),
+    /// Never evaluable: dead-lettered with the original bytes.
+    Poison(Poison, Vec<u8>),
+    /// A record on the sign-in failures topic detect did not seal: ignored and counted.
+    Ignored,
+}
+
+/// Reads a consumed record. A forwarded failure is the activity inside its sealed envelope.
+/// Only detect forwards failures: a record it did not sign is ignored, so nobody who can write
+/// the topic can fake a password spray (or hide one). The payload is copied only when it is
+/// going to the dead-letter topic.
+fn read_input<M: Message>(
+    message: &M,
+    from_failures: bool,
+    verifier: &sign::Verifier,
+    metrics: &Metrics,
+) -> Input {
+    let payload = if from_failures {
+        let read = kafka::Read::of(message);
+        match verifier.open(
+            sign::purpose::SIGNIN_FAILURES,
+            read.key,
+            read.payload.unwrap_or_default(),
+        ) {
+            Ok(activity) => Some(activity),
+            Err(why) => {
+                metrics
+                    .unverified
+                    .with_label_values(&["signin_failures"])
+                    .inc();
+                let (partition, offset) = (message.partition(), message.offset());
+                tracing::warn!(partition, offset, reason = %why, "ignored an unverifiable record on the sign-in failures topic");
+                return Input::Ignored;
+            }
+        }
+    } else {
+        message.payload()
+    };
+    match decode(payload) {
+        Ok(activity) => Input::Activity(activity),
+        Err(poison) => Input::Poison(
+            poison,
+            message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        ),
+    }
+}
+
+/// A detector for a partition new to this instance, with the partition's baselines restored
+/// from the changelog.
+async fn restore_partition(
+    cfg: &DetectConfig,
+    partition: i32,
+    verifier: &sign::Verifier,
+    metrics: &Metrics,
+    has_geo: bool,
+) -> Result<Detector, Error> {
+    let kafka_cfg = cfg.kafka.clone();
+    let restore_verifier = verifier.clone();
+    let (states, unverified) = tokio::task::spawn_blocking(move || {
+        crate::state::restore(&kafka_cfg, partition, &restore_verifier)
+    })
+    .await
+    .map_err(|e| Error::Stopped(format!("restoring baselines: {e}")))??;
+    metrics
+        .unverified
+        .with_label_values(&["state"])
+        .inc_by(unverified);
+    let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
+        .with_geo(&cfg.policies, has_geo)
+        .counting_source_ips_elsewhere();
+    detector.restore(states);
+    Ok(detector)
 }
 
 /// A fact as published: its key travels in the value too, so the topic can be read back whole.

@@ -109,7 +109,7 @@ async fn serve(
             cfg.aws.validate()?;
             let (producer, health) = start(&mut cfg, registry, !args.once, tasks).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
-            periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
+            periodic_inventory(&cfg, &producer, &metrics, args.once, tasks);
             let mut publisher = Publisher::new(producer, &cfg, "s3", metrics);
             let client = trailguard_common::aws::s3_client(&cfg.aws).await;
             let poller = Poller {
@@ -138,7 +138,7 @@ async fn serve(
             cfg.aws.validate()?;
             let (producer, health) = start(&mut cfg, registry, !args.once, tasks).await?;
             let mut checkpoints = Checkpoints::load(&cfg.kafka, producer.clone()).await?;
-            periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
+            periodic_inventory(&cfg, &producer, &metrics, args.once, tasks);
             let mut publisher = Publisher::new(producer, &cfg, "lookup", metrics);
             let mut streams = lookup::streams(&cfg.aws, &cfg.lookup).await?;
             let poller = Poller {
@@ -166,7 +166,7 @@ async fn serve(
             cfg.sqs.validate()?;
             cfg.aws.validate()?;
             let (producer, _health) = start(&mut cfg, registry, !args.once, tasks).await?;
-            periodic_inventory(&cfg, &producer, &metrics, args.once, &shutdown);
+            periodic_inventory(&cfg, &producer, &metrics, args.once, tasks);
             let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);
             let s3_client = trailguard_common::aws::s3_client(&cfg.aws).await;
             let sqs_client = trailguard_common::aws::sqs_client(&cfg.aws).await;

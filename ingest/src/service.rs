@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 use trailguard_common::config::TopicRole;
+use trailguard_common::shutdown::Tasks;
 use trailguard_common::{kafka, telemetry};
 
 use crate::inventory;
@@ -97,14 +98,15 @@ pub fn periodic_inventory(
     producer: &kafka::Producer,
     metrics: &Metrics,
     once: bool,
-    shutdown: &CancellationToken,
+    tasks: &Tasks,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if !cfg.inventory.enabled || once {
         return None;
     }
     let mut publisher = Publisher::new(producer.clone(), cfg, "inventory", metrics.clone());
-    let (aws, interval, shutdown) = (cfg.aws.clone(), cfg.inventory.interval, shutdown.clone());
-    Some(tokio::spawn(async move {
+    let (aws, interval) = (cfg.aws.clone(), cfg.inventory.interval);
+    let shutdown = tasks.shutdown().clone();
+    Some(tasks.spawn("periodic inventory", async move {
         loop {
             match aws.accounts().await {
                 Ok(accounts) => {
@@ -118,7 +120,7 @@ pub fn periodic_inventory(
                 Err(err) => tracing::error!(error = %err, "inventory: cannot list the accounts"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(interval) => {}
             }
         }
@@ -130,7 +132,7 @@ pub async fn start(
     cfg: &mut IngestConfig,
     registry: prometheus::Registry,
     serve_admin: bool,
-    tasks: &trailguard_common::shutdown::Tasks,
+    tasks: &Tasks,
 ) -> Result<(kafka::Producer, telemetry::Health), Error> {
     let health = telemetry::Health::default();
     if serve_admin {

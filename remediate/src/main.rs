@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let health = telemetry::Health::default();
     let tasks = shutdown::Tasks::new(shutdown.clone());
     telemetry::serve_admin(cfg.admin.listen, registry, health.clone(), &tasks).await?;
-    let result = trailguard_remediate::run(cfg, metrics, health.clone(), shutdown.clone()).await;
+    let result = trailguard_remediate::run(cfg, metrics, health.clone(), &tasks).await;
     health.set(false);
     shutdown.cancel();
     result?;

@@ -16,6 +16,7 @@ use trailguard_common::contract::{
     stable_id, ActionKind, ActionOutcome, ActionRecord, Mode, RequestedAction,
     ACTION_SCHEMA_VERSION, ALERT_SCHEMA_VERSION,
 };
+use trailguard_common::shutdown::Tasks;
 use trailguard_common::sign::Rejection;
 use trailguard_common::telemetry::Health;
 use trailguard_common::{kafka, Alert};
@@ -694,10 +695,11 @@ fn follow_actions(
     cfg: &RemediateConfig,
     limiter: std::sync::Arc<std::sync::Mutex<RateLimiter>>,
     settled: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
-    shutdown: CancellationToken,
+    tasks: &Tasks,
 ) {
     let cfg = cfg.clone();
-    tokio::spawn(async move {
+    let shutdown = tasks.shutdown().clone();
+    tasks.spawn("actions follower", async move {
         let verifier = cfg.signing.verifier();
         let mut unverified = 0u64;
         loop {
@@ -736,11 +738,11 @@ fn follow_actions(
             )
             .await;
             match followed {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(err) => {
                     tracing::warn!(error = %err, "following the actions topic for the rate limits failed; again in 5 s");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                     }
                 }
@@ -1624,8 +1626,9 @@ pub async fn run(
     cfg: RemediateConfig,
     metrics: Metrics,
     health: Health,
-    shutdown: CancellationToken,
+    tasks: &Tasks,
 ) -> Result<(), Error> {
+    let shutdown = tasks.shutdown().clone();
     kafka::ensure_topics(&cfg.kafka, &[TopicRole::Alerts, TopicRole::Actions]).await?;
     check_retention(&cfg).await?;
     let sns = if cfg
@@ -1663,12 +1666,7 @@ pub async fn run(
     }
     let producer = kafka::producer(&cfg.kafka, "trailguard-remediate", 0)?;
     // The budgets count what every instance does: follow the others' action records.
-    follow_actions(
-        &cfg,
-        actor.limiter.clone(),
-        actor.settled.clone(),
-        shutdown.clone(),
-    );
+    follow_actions(&cfg, actor.limiter.clone(), actor.settled.clone(), tasks);
     // Notes assignments: what other instances answered on new partitions must be read back
     // before acting on their alerts.
     let context = kafka::KafkaContext::new(&cfg.kafka)

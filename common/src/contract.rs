@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub use crate::actor::{Actor, ActorKind};
+
 /// Version of [`Activity`] this build writes.
-pub const ACTIVITY_SCHEMA_VERSION: u32 = 1;
+pub const ACTIVITY_SCHEMA_VERSION: u32 = 2;
 /// Version of [`Alert`] this build writes.
 pub const ALERT_SCHEMA_VERSION: u32 = 1;
 /// Version of [`ActionRecord`] this build writes.
@@ -48,8 +50,10 @@ pub const BUCKET_SNAPSHOT: &str = "BucketSnapshot";
 
 /// One normalized CloudTrail record.
 ///
-/// Published on the activities topic, keyed by [`Principal::key`], so every activity of one
-/// principal lands on one partition and meets the detector state kept for that principal.
+/// Published on the activities topic, keyed by the [`Actor`]'s id, so every activity of one
+/// actor lands on one partition and meets the detector state kept for that actor.
+///
+/// Version 2 added `actor`; readers resolve it for version 1 with [`Actor::of`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Activity {
     /// Version of this structure; see [`ACTIVITY_SCHEMA_VERSION`].
@@ -80,6 +84,10 @@ pub struct Activity {
     pub partition: Option<String>,
     /// Who acted.
     pub principal: Principal,
+    /// Who acted, as a person or workload rather than a credential (see [`crate::actor`]): the
+    /// key of baselines and of the activities topic. Empty in schema version 1.
+    #[serde(default, skip_serializing_if = "Actor::is_empty")]
+    pub actor: Actor,
     /// `sourceIPAddress` when it is an IP address (leading-zero IPv4 accepted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
@@ -119,6 +127,18 @@ pub struct Activity {
     pub trimmed: Vec<String>,
 }
 
+impl Activity {
+    /// The key of the actor's state and of the activities topic: the actor's id, or for an
+    /// activity of schema version 1 (no actor) the one [`Actor::of`] its principal gives.
+    pub fn actor_key(&self) -> std::borrow::Cow<'_, str> {
+        if self.actor.is_empty() {
+            std::borrow::Cow::Owned(Actor::of(&self.principal).id)
+        } else {
+            std::borrow::Cow::Borrowed(&self.actor.id)
+        }
+    }
+}
+
 /// The identity behind an activity (CloudTrail `userIdentity`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Principal {
@@ -150,6 +170,13 @@ pub struct Principal {
     /// `invokedBy`, when an AWS service acted on the principal's behalf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invoked_by: Option<String>,
+    /// `sessionContext.sourceIdentity`: the person a role session was started for, as the
+    /// identity provider or the first caller set it (kept through role chaining).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_identity: Option<String>,
+    /// `onBehalfOf.userId`: the Identity Center user an `IdentityCenterUser` acted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
     /// True for the account root user.
     pub is_root: bool,
 }
@@ -279,6 +306,9 @@ pub struct Alert {
     /// The acting principal, when one is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<Principal>,
+    /// The actor behind the principal (see [`crate::actor`]), when one is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
     /// Account the activity happened in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,

@@ -2,6 +2,7 @@
 //!
 //! - [`contract`]: the wire contract — [`Activity`], [`Alert`], [`ActionRecord`] — with schema
 //!   versions and generated JSON Schemas. This is what users consuming the topics rely on.
+//! - [`actor`]: who acted, as a person or workload (the key of baselines).
 //! - [`aws`]: AWS settings and client construction (endpoint override for local servers),
 //!   typed call errors.
 //! - [`aws_calls`]: every AWS call counted, timed and (in tests) logged.
@@ -17,6 +18,7 @@
 //! - [`sign`]: HMAC signatures on alerts (detect signs, remediate verifies).
 //! - [`sync`]: locks taken whether or not a panic poisoned them.
 
+pub mod actor;
 pub mod aws;
 pub mod aws_calls;
 pub mod cli;

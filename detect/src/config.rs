@@ -93,6 +93,7 @@ pub fn builtin_policies() -> Vec<&'static crate::policy::PolicyMeta<'static>> {
         &crate::anomaly::STORAGE_DELETION,
         &crate::anomaly::VM_DELETION,
         &crate::anomaly::VM_CREATION,
+        &crate::anomaly::DORMANT_PRINCIPAL,
         &crate::facts::TERMINATED_USER,
         &crate::facts::UNUSUAL_REGION,
     ]);
@@ -108,6 +109,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
-        assert_eq!(count, 20, "3 built-in, 7 templates, 10 anomaly detections");
+        assert_eq!(count, 21, "3 built-in, 7 templates, 11 anomaly detections");
     }
 }

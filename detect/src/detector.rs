@@ -111,7 +111,7 @@ impl Detector {
             principals: HashMap::default(),
             org: crate::anomaly::Org::default(),
             dirty: std::collections::HashSet::default(),
-            state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(35)),
+            state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(180)),
             observed: 0,
             custom: crate::custom::Custom::new(&cfg.custom),
             outbox: Vec::new(),
@@ -134,7 +134,7 @@ impl Detector {
     /// activity was evaluated (and what it produced published) before the last checkpoint.
     pub fn already_applied(&self, activity: &Activity, offset: Offset) -> bool {
         self.principals
-            .get(&activity.principal.key())
+            .get(activity.actor_key().as_ref())
             .is_some_and(|state| offset < state.offset)
     }
 
@@ -240,7 +240,7 @@ impl Detector {
             return matched;
         }
         let mut looked_back = self.look_back(facts);
-        let key = activity.principal.key();
+        let key = activity.actor_key().into_owned();
         if !self.principals.contains_key(&key) {
             self.principals.insert(key.clone(), Default::default());
         }
@@ -401,6 +401,8 @@ mod tests {
             account_id: Some("1".into()),
             region: Some("us-east-1".into()),
             partition: Some("aws".into()),
+            // Left to `actor_key`, as for an activity of schema version 1.
+            actor: Default::default(),
             principal: Principal {
                 kind: "IAMUser".into(),
                 arn: Some(format!("arn:aws:iam::1:user/{user}")),
@@ -892,5 +894,119 @@ mod tests {
             kinds(&denied),
             [vec![ActionKind::Notify, ActionKind::MakeBucketPrivate]]
         );
+    }
+
+    /// A CloudTrail record of `identity` calling `name` on `day` (plus `minute`), normalized
+    /// as ingest does.
+    fn acting(identity: serde_json::Value, name: &str, day: i64, minute: i64) -> Activity {
+        let time = DateTime::from_timestamp(1_700_000_000 + day * 86_400 + minute * 60, 0)
+            .unwrap_or_default();
+        let record = serde_json::json!({
+            "eventVersion": "1.09", "eventTime": time.to_rfc3339(),
+            "eventSource": "s3.amazonaws.com", "eventName": name, "awsRegion": "eu-west-1",
+            "recipientAccountId": "187901811700", "sourceIPAddress": "198.51.100.7",
+            "userAgent": "aws-cli/2.15.0",
+            "eventID": format!("00000000-0000-4000-8000-{:06}{:06}", day, minute),
+            "userIdentity": identity,
+        });
+        match trailguard_ingest::normalize::normalize(&record.to_string()) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// An Identity Center session, as CloudTrail records it (permission set `set`).
+    fn sso(set: &str, user: &str) -> serde_json::Value {
+        serde_json::json!({
+            "type": "AssumedRole", "principalId": format!("AROAEXAMPLE:{user}"),
+            "arn": format!("arn:aws:sts::187901811700:assumed-role/AWSReservedSSO_{set}_635426549a280cc6/{user}"),
+            "accountId": "187901811700", "accessKeyId": "ASIAEXAMPLE",
+            "sessionContext": {
+                "sessionIssuer": {"type": "Role", "principalId": "AROAEXAMPLE", "accountId": "187901811700",
+                    "arn": format!("arn:aws:iam::187901811700:role/aws-reserved/sso.amazonaws.com/eu-west-1/AWSReservedSSO_{set}_635426549a280cc6"),
+                    "userName": format!("AWSReservedSSO_{set}_635426549a280cc6")},
+                "webIdFederationData": {},
+                "attributes": {"creationDate": "2024-06-02T19:41:40Z", "mfaAuthenticated": "false"}
+            }
+        })
+    }
+
+    fn dormant(alerts: &[Alert]) -> Vec<&Alert> {
+        alerts
+            .iter()
+            .filter(|a| a.policy_id == "dormant-principal")
+            .collect()
+    }
+
+    /// A person who worked through one permission set for two weeks and comes back 40 days
+    /// later through another is one actor returning from silence: `dormant-principal`, about
+    /// the person. Keyed by the session's ARN, the second permission set was a stranger.
+    #[test]
+    fn a_person_returning_through_another_permission_set_is_dormant() {
+        let mut d = detector();
+        let mut stream: Vec<Activity> = (0..14)
+            .map(|day| acting(sso("DevAdmin", "nicholas.hakmiller"), "ListBuckets", day, 0))
+            .collect();
+        stream.push(acting(
+            sso("ReadOnly", "Nicholas.Hakmiller"),
+            "GetObject",
+            54,
+            0,
+        ));
+        stream.push(acting(
+            sso("ReadOnly", "Nicholas.Hakmiller"),
+            "GetObject",
+            54,
+            5,
+        ));
+        let alerts = run(&mut d, &stream);
+        let found = dormant(&alerts);
+        assert_eq!(found.len(), 1, "{alerts:?}");
+        let actor = found[0].actor.as_ref().map(|a| a.id.as_str());
+        assert_eq!(actor, Some("person:nicholas.hakmiller"));
+        assert!(
+            found[0].evidence.summary.contains("41 days"),
+            "{}",
+            found[0].evidence.summary
+        );
+        assert_eq!(d.principals(), 1, "one baseline for the person's sessions");
+    }
+
+    /// Shorter silences, workloads and AWS services are not dormant.
+    #[test]
+    fn short_silences_and_workloads_are_not_dormant() {
+        let user = serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::187901811700:user/bob", "userName": "bob", "accountId": "187901811700"});
+        let mut d = detector();
+        let alerts = run(
+            &mut d,
+            &[
+                acting(user.clone(), "ListBuckets", 0, 0),
+                acting(user.clone(), "ListBuckets", 29, 0),
+            ],
+        );
+        assert!(dormant(&alerts).is_empty(), "{alerts:?}");
+        let nightly = serde_json::json!({
+            "type": "AssumedRole", "arn": "arn:aws:sts::187901811700:assumed-role/backup-job/i-0a1b2c3d4e5f67890",
+            "accountId": "187901811700",
+            "sessionContext": {"sessionIssuer": {"type": "Role", "arn": "arn:aws:iam::187901811700:role/backup-job"}}
+        });
+        let mut d = detector();
+        let alerts = run(
+            &mut d,
+            &[
+                acting(nightly.clone(), "PutObject", 0, 0),
+                acting(nightly, "PutObject", 90, 0),
+            ],
+        );
+        assert!(dormant(&alerts).is_empty(), "{alerts:?}");
+        let mut d = detector();
+        let alerts = run(
+            &mut d,
+            &[
+                acting(user.clone(), "ListBuckets", 0, 0),
+                acting(user, "ListBuckets", 31, 0),
+            ],
+        );
+        assert_eq!(dormant(&alerts).len(), 1, "{alerts:?}");
     }
 }

@@ -216,6 +216,7 @@ mod tests {
                 id: entity.into(),
             },
             principal: None,
+            actor: None,
             account_id: None,
             region: None,
             evidence: Evidence {

@@ -69,6 +69,7 @@ impl AlertBuilder {
     pub fn about(policy: &PolicyMeta<'_>, activity: &Activity, severity: Severity) -> Self {
         let mut builder = Self::at(policy, activity.event_time, severity);
         builder.alert.principal = Some(activity.principal.clone());
+        builder.alert.actor = Some(activity.actor.clone()).filter(|a| !a.is_empty());
         builder.alert.account_id = activity.account_id.clone();
         builder.alert.region = activity.region.clone();
         builder
@@ -90,6 +91,7 @@ impl AlertBuilder {
                     id: String::new(),
                 },
                 principal: None,
+                actor: None,
                 account_id: None,
                 region: None,
                 evidence: Evidence {
@@ -107,6 +109,7 @@ impl AlertBuilder {
 
     /// Who the alert is about, and the account it belongs to.
     pub fn principal(mut self, principal: Principal, account_id: Option<String>) -> Self {
+        self.alert.actor = Some(trailguard_common::contract::Actor::of(&principal));
         self.alert.principal = Some(principal);
         self.alert.account_id = account_id;
         self
@@ -180,13 +183,19 @@ pub fn mitre(tactic: &str, technique_id: &str, technique: &str) -> Mitre {
 }
 
 /// Whether `activity`'s principal is on `list` (by ARN, name, or the role a session was
-/// issued by).
+/// issued by), or its actor (by id: `person:alice@example.com`, a role ARN) when AWS or the
+/// identity provider vouches for who the actor is. A person inferred from an e-mail-like
+/// session name is not matched by id: whoever may assume the role chooses the session name,
+/// so that would let anyone allowed to assume it borrow a listed person's pass.
 pub fn allowed(list: &[String], activity: &Activity) -> bool {
     let p = &activity.principal;
+    let actor = &activity.actor;
+    let vouched = !actor.is_empty() && actor.basis != "session-email";
     list.iter().any(|entry| {
         p.arn.as_deref() == Some(entry.as_str())
             || p.name.as_deref() == Some(entry.as_str())
             || p.session_issuer_arn.as_deref() == Some(entry.as_str())
+            || (vouched && actor.id == *entry)
     })
 }
 
@@ -288,5 +297,46 @@ impl Default for SimplePolicyConfig {
             severity: Severity::Medium,
             allow_principals: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acting(identity: serde_json::Value) -> Activity {
+        let record = serde_json::json!({
+            "eventTime": "2024-05-01T10:00:00Z", "eventSource": "s3.amazonaws.com",
+            "eventName": "PutBucketAcl", "recipientAccountId": "1", "userIdentity": identity,
+        });
+        trailguard_ingest::normalize::normalize(&record.to_string()).unwrap()
+    }
+
+    /// An allow-list names an actor by id when AWS or the identity provider vouches for it; a
+    /// session merely named like a listed person's e-mail is not that person.
+    #[test]
+    fn allow_lists_match_vouched_actors_only() {
+        let sso = acting(serde_json::json!({
+            "type": "AssumedRole", "accountId": "1",
+            "arn": "arn:aws:sts::1:assumed-role/AWSReservedSSO_Admin_0123456789abcdef/Alice"
+        }));
+        assert!(allowed(&["person:alice".into()], &sso));
+        assert!(!allowed(&["person:bob".into()], &sso));
+        let named = acting(serde_json::json!({
+            "type": "AssumedRole", "accountId": "1",
+            "arn": "arn:aws:sts::1:assumed-role/AnyRole/alice@example.com"
+        }));
+        assert_eq!(named.actor.id, "person:alice@example.com");
+        assert!(!allowed(&["person:alice@example.com".into()], &named));
+        // Its own ARN, or its role, still match as before.
+        assert!(allowed(
+            &["arn:aws:sts::1:assumed-role/AnyRole/alice@example.com".into()],
+            &named
+        ));
+        let role = acting(serde_json::json!({
+            "type": "AssumedRole", "accountId": "1",
+            "arn": "arn:aws:sts::1:assumed-role/ci-deploy/GitHubActions"
+        }));
+        assert!(allowed(&["arn:aws:iam::1:role/ci-deploy".into()], &role));
     }
 }

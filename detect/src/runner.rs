@@ -124,8 +124,13 @@ fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
             ));
         }
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| Poison::new("undecodable_activity", format!("not an Activity: {e}")))
+    let mut activity: Activity = serde_json::from_slice(bytes)
+        .map_err(|e| Poison::new("undecodable_activity", format!("not an Activity: {e}")))?;
+    if activity.actor.is_empty() {
+        // Written before actors (schema version 1): resolved as ingest would now.
+        activity.actor = trailguard_common::contract::Actor::of(&activity.principal);
+    }
+    Ok(activity)
 }
 
 /// Runs detect until `shutdown`, then commits what is safe and returns; `health` hears when

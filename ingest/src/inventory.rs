@@ -119,6 +119,13 @@ pub fn snapshot_activity(
     let digest = hex::encode(Sha256::digest(params.to_string().as_bytes()));
     let day = now.format("%Y-%m-%d").to_string();
     let id = stable_id([INVENTORY_SOURCE, account, &bucket.name, &digest, &day]);
+    let principal = Principal {
+        kind: kinds::TRAILGUARD.into(),
+        arn: None,
+        name: Some("inventory".into()),
+        account_id: Some(account.into()),
+        ..Principal::default()
+    };
     Activity {
         schema_version: ACTIVITY_SCHEMA_VERSION,
         id,
@@ -130,13 +137,8 @@ pub fn snapshot_activity(
         account_id: Some(account.into()),
         region: Some(bucket.region.clone()),
         partition: Some(partition.into()),
-        principal: Principal {
-            kind: kinds::TRAILGUARD.into(),
-            arn: None,
-            name: Some("inventory".into()),
-            account_id: Some(account.into()),
-            ..Principal::default()
-        },
+        actor: trailguard_common::contract::Actor::of(&principal),
+        principal,
         source_ip: None,
         source_host: Some("trailguard".into()),
         user_agent: None,

@@ -12,6 +12,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use trailguard_common::contract::kinds;
+use trailguard_common::contract::Actor;
 use trailguard_common::contract::{
     stable_id, Activity, Enrichment, Outcome, OutcomeStatus, Principal, Resource,
     ACTIVITY_SCHEMA_VERSION,
@@ -204,6 +205,7 @@ fn normalize_record(
         account_id,
         region,
         partition,
+        actor: Actor::of(&principal),
         principal,
         source_ip,
         source_host,
@@ -302,6 +304,14 @@ fn principal(identity: Option<RawIdentity>) -> Principal {
             .and_then(|a| a.mfa_authenticated)
             .and_then(|v| as_bool(&v)),
         invoked_by: non_empty(id.invoked_by),
+        source_identity: non_empty(session.source_identity),
+        on_behalf_of: id
+            .on_behalf_of
+            .as_ref()
+            .and_then(|o| o.get("userId"))
+            .and_then(Value::as_str)
+            .filter(|v| !v.trim().is_empty())
+            .map(str::to_string),
         arn,
         kind,
     }
@@ -560,6 +570,8 @@ fn lenient_session<'de, D: Deserializer<'de>>(
 struct RawSessionContext {
     #[serde(default)]
     attributes: Option<RawAttributes>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    source_identity: Option<String>,
     #[serde(default)]
     session_issuer: Option<RawIssuer>,
 }

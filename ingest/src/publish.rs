@@ -326,7 +326,7 @@ impl Publisher {
                 }
             }
         }
-        let key = activity.principal.key();
+        let key = activity.actor.id.clone();
         let payload = std::mem::take(&mut self.buffer);
         let topic = self.activities_topic.clone();
         self.enqueue(&topic, key.as_bytes(), &payload, None, None)

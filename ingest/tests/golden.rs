@@ -54,7 +54,7 @@ fn shared_data_normalizes_as_recorded() -> Result<(), Box<dyn std::error::Error>
                 Ok(a) => json!({
                     "id": a.id, "time": a.event_time, "source": a.event_source, "name": a.event_name,
                     "account": a.account_id, "region": a.region, "partition": a.partition,
-                    "principal": a.principal, "ip": a.source_ip, "host": a.source_host,
+                    "principal": a.principal, "actor": a.actor, "ip": a.source_ip, "host": a.source_host,
                     "outcome": a.outcome, "resources": a.resources,
                 }),
                 Err(kind) => json!({"dead_letter": kind}),

@@ -641,6 +641,7 @@ async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
             account_id: Some(ACCOUNT.into()),
             region: Some("us-east-1".into()),
             partition: Some("aws".into()),
+            actor: Default::default(),
             principal: Principal {
                 kind: "IAMUser".into(),
                 arn: Some(format!("arn:aws:iam::{ACCOUNT}:user/staff{i}")),

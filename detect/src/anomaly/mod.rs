@@ -29,6 +29,7 @@ use trailguard_common::contract::kinds;
 
 mod address;
 mod country;
+mod dormant;
 mod rates;
 mod terminated;
 mod travel;
@@ -89,9 +90,13 @@ pub struct AnomalyConfig {
     /// after it fired.
     #[serde(with = "humantime_serde")]
     pub suppression: Duration,
-    /// A principal not seen for this long (event time) is forgotten.
+    /// An actor not seen for this long (event time) is forgotten. Longer than
+    /// `dormant_after`, so a returning actor is judged against what it did before.
     #[serde(with = "humantime_serde")]
     pub state_ttl: Duration,
+    /// Silence (event time) after which an actor's next activity raises `dormant-principal`.
+    #[serde(with = "humantime_serde")]
+    pub dormant_after: Duration,
     /// Activity from anonymous IP addresses (intel categories `tor`, `vpn`, `proxy`).
     pub anonymous_ip: DetectionConfig,
     /// Activity from suspicious IP addresses (intel category `malicious`).
@@ -117,6 +122,8 @@ pub struct AnomalyConfig {
     /// Unusual region for a cloud resource: something created in a region the organization
     /// has not changed anything in (after `learning_period` of organization history).
     pub unusual_region: DetectionConfig,
+    /// A user, person, root or federated actor acting again after `dormant_after` of silence.
+    pub dormant_principal: DetectionConfig,
 }
 
 impl Default for AnomalyConfig {
@@ -125,7 +132,8 @@ impl Default for AnomalyConfig {
             learning_period: Duration::from_secs(7 * 86_400),
             sensitivity: Sensitivity::Medium,
             suppression: Duration::from_secs(24 * 3600),
-            state_ttl: Duration::from_secs(35 * 86_400),
+            state_ttl: Duration::from_secs(180 * 86_400),
+            dormant_after: Duration::from_secs(30 * 86_400),
             anonymous_ip: DetectionConfig::default(),
             suspicious_ip: DetectionConfig::default(),
             infrequent_country: DetectionConfig::default(),
@@ -137,6 +145,7 @@ impl Default for AnomalyConfig {
             terminated_user: DetectionConfig::default(),
             terminated_users: Vec::new(),
             unusual_region: DetectionConfig::default(),
+            dormant_principal: DetectionConfig::default(),
         }
     }
 }
@@ -154,6 +163,18 @@ impl AnomalyConfig {
             return Err(trailguard_common::Error::config(
                 "policies.anomaly.state_ttl",
                 "must be at least 1 day",
+            ));
+        }
+        if self.dormant_after < Duration::from_secs(86_400) {
+            return Err(trailguard_common::Error::config(
+                "policies.anomaly.dormant_after",
+                "must be at least 1 day",
+            ));
+        }
+        if self.dormant_principal.enabled && self.state_ttl <= self.dormant_after {
+            return Err(trailguard_common::Error::config(
+                "policies.anomaly.state_ttl",
+                "must be longer than policies.anomaly.dormant_after: a dormant actor would be forgotten before it could be judged",
             ));
         }
         Ok(())
@@ -197,6 +218,11 @@ meta!(
     "Unusual multiple storage deletion activities"
 );
 meta!(VM_DELETION, "vm-deletion", "Multiple delete VM activities");
+meta!(
+    DORMANT_PRINCIPAL,
+    "dormant-principal",
+    "Activity by a dormant principal"
+);
 meta!(
     VM_CREATION,
     "vm-creation",
@@ -452,6 +478,7 @@ impl Anomalies {
         let t = a.event_time.timestamp();
         let mut out = Vec::new();
         let new_principal = st.first_seen == 0 && st.last_seen == 0;
+        let previous = st.last_seen;
         if new_principal {
             st.first_seen = t;
             org.principals += 1;
@@ -471,6 +498,7 @@ impl Anomalies {
             learned: t - st.first_seen >= self.cfg.learning_period.as_secs() as i64,
             corporate: a.enrichment.ip_categories.iter().any(|c| c == "corporate"),
         };
+        self.dormant(st, &seen, previous, &mut out);
         self.addresses(st, &seen, &mut out);
         let geo = a
             .enrichment

@@ -65,8 +65,7 @@ impl Anomalies {
                 );
                 let hour = t.div_euclid(3600).to_string();
                 let mut alert = self.alert(a, meta, d, Severity::Medium, summary, evidence, mitre);
-                alert.id =
-                    trailguard_common::contract::stable_id([meta.id, &a.principal.key(), &hour]);
+                alert.id = trailguard_common::contract::stable_id([meta.id, &a.actor_key(), &hour]);
                 out.push(alert);
             }
         }

@@ -1,0 +1,68 @@
+//! An actor acting again after a long silence: the dormant-credential case. A person who left,
+//! an access key nobody rotated, a root user unused for months — stolen credentials are often
+//! exactly these. Judged against the actor's baseline, which is kept (`state_ttl`) well past
+//! `dormant_after`, so a returning actor is neither forgotten nor silently re-learned.
+
+use trailguard_common::contract::{ActorKind, Alert, Severity};
+
+use super::{Anomalies, PrincipalState, Seen, Who, DORMANT_PRINCIPAL};
+use crate::classify::acts_itself;
+
+impl Anomalies {
+    /// Raises `dormant-principal` when `seen` is the actor's first activity after
+    /// `dormant_after` of silence; `previous` is when it last acted before (unix seconds; 0 for
+    /// an actor never seen). Workloads (roles acting as such, AWS services) are not judged:
+    /// a job that runs once a quarter is not a returning person.
+    pub(super) fn dormant(
+        &self,
+        st: &mut PrincipalState,
+        seen: &Seen<'_>,
+        previous: i64,
+        out: &mut Vec<Alert>,
+    ) {
+        let Seen { a, t, .. } = *seen;
+        let d = &self.cfg.dormant_principal;
+        let silence = t - previous;
+        let person_like = matches!(
+            a.actor.kind,
+            ActorKind::User
+                | ActorKind::Person
+                | ActorKind::Root
+                | ActorKind::Federated
+                | ActorKind::Account
+        );
+        if previous == 0
+            || silence < self.cfg.dormant_after.as_secs() as i64
+            || !person_like
+            || !acts_itself(a)
+            || !self.on(d, a)
+            || !self.may_fire(st, "dormant".into(), t)
+        {
+            return;
+        }
+        let days = silence / 86_400;
+        let severity = if a.actor.kind == ActorKind::Root {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        let summary = format!(
+            "{} acted again after {days} days without any activity: {}",
+            Who(a),
+            a.event_name
+        );
+        out.push(self.alert(
+            a,
+            &DORMANT_PRINCIPAL,
+            d,
+            severity,
+            summary,
+            vec![a.id.clone()],
+            (
+                "Initial Access",
+                "T1078.004",
+                "Valid Accounts: Cloud Accounts",
+            ),
+        ));
+    }
+}

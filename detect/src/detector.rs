@@ -252,6 +252,13 @@ impl Detector {
             return looked_back;
         }
         let t = activity.event_time.timestamp();
+        // Silent for longer than `state_ttl`: forgotten, whether or not the periodic pruning
+        // below has come round to it yet (so the outcome does not depend on when it runs).
+        if state.last_seen > 0 && t - state.last_seen > self.state_ttl.num_seconds() {
+            let offset = state.offset;
+            *state = crate::anomaly::PrincipalState::default();
+            state.offset = offset;
+        }
         let mut alerts = Vec::new();
         if !matched.is_empty() || !state.folds.is_empty() {
             let mut opened = Vec::new();
@@ -1004,9 +1011,20 @@ mod tests {
             &mut d,
             &[
                 acting(user.clone(), "ListBuckets", 0, 0),
-                acting(user, "ListBuckets", 31, 0),
+                acting(user.clone(), "ListBuckets", 31, 0),
             ],
         );
         assert_eq!(dormant(&alerts).len(), 1, "{alerts:?}");
+        // Silent for longer than state_ttl (180 days): forgotten, a new actor, as if the
+        // pruning had run (it runs every 10,000 activities; the outcome must not depend on it).
+        let mut d = detector();
+        let alerts = run(
+            &mut d,
+            &[
+                acting(user.clone(), "ListBuckets", 0, 0),
+                acting(user, "ListBuckets", 181, 0),
+            ],
+        );
+        assert!(dormant(&alerts).is_empty(), "{alerts:?}");
     }
 }

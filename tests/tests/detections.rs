@@ -182,7 +182,7 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
 
 /// A password spray: one address, one failed console sign-in (the sample's real record,
 /// re-addressed and re-timed) for each of 24 users within eight minutes. The activities topic
-/// is keyed by principal, so its three partitions each see only some of the failures; detect
+/// is keyed by actor, so its three partitions each see only some of the failures; detect
 /// counts them together on the sign-in failures topic, keyed by address: one high alert for
 /// the address, however many partitions the users fell on, and none per user.
 #[tokio::test(flavor = "multi_thread")]

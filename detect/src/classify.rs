@@ -121,8 +121,27 @@ pub(crate) fn count_items(v: Option<&Value>, path: &[&str]) -> Option<u32> {
     }
 }
 
-/// Units an activity adds to each rate.
-pub(crate) fn rate_units(a: &Activity) -> [u32; 4] {
+/// S3 objects a `DeleteObjects` record names in its `resources` (CloudTrail lists each deleted
+/// object there, `arn:aws:s3:::BUCKET/KEY`; the bucket itself has no `/`).
+fn deleted_objects(a: &Activity) -> Option<u32> {
+    let n = a
+        .resources
+        .iter()
+        .filter(|r| {
+            r.kind == "arn"
+                && r.id.split(':').nth(2) == Some("s3")
+                && r.id
+                    .rsplit(':')
+                    .next()
+                    .is_some_and(|path| path.contains('/'))
+        })
+        .count();
+    (n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// Units an activity adds to each rate. A deleted bucket is a whole data store, not one
+/// object: it counts `bucket_weight` deletions.
+pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {
     let mut units = [0u32; 4];
     if !acts_itself(a) {
         return units;
@@ -133,11 +152,15 @@ pub(crate) fn rate_units(a: &Activity) -> [u32; 4] {
     let ok = a.outcome.is_success();
     let params = a.request_parameters.as_ref();
     match (a.event_source.as_str(), a.event_name.as_str()) {
-        ("s3.amazonaws.com", "DeleteBucket" | "DeleteObject") if ok => {
+        ("s3.amazonaws.com", "DeleteBucket") if ok => {
+            units[RateKind::Deletion as usize] = bucket_weight.max(1);
+        }
+        ("s3.amazonaws.com", "DeleteObject") if ok => {
             units[RateKind::Deletion as usize] = 1;
         }
         ("s3.amazonaws.com", "DeleteObjects") if ok => {
-            units[RateKind::Deletion as usize] = count_items(params, &["Delete", "Object"])
+            units[RateKind::Deletion as usize] = deleted_objects(a)
+                .or_else(|| count_items(params, &["Delete", "Object"]))
                 .or_else(|| count_items(params, &["delete", "Object"]))
                 .unwrap_or(1)
                 .max(1);
@@ -165,4 +188,50 @@ pub(crate) fn rate_units(a: &Activity) -> [u32; 4] {
         _ => {}
     }
     units
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(name: &str, extra: serde_json::Value) -> Activity {
+        let mut record = serde_json::json!({
+            "eventTime": "2024-05-01T10:00:00Z", "eventSource": "s3.amazonaws.com", "eventName": name,
+            "eventCategory": "Data", "recipientAccountId": "1", "sourceIPAddress": "198.51.100.1",
+            "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::1:user/alice", "userName": "alice"},
+        });
+        if let (Some(r), Some(e)) = (record.as_object_mut(), extra.as_object()) {
+            r.extend(e.clone());
+        }
+        trailguard_ingest::normalize::normalize(&record.to_string()).unwrap()
+    }
+
+    /// A deleted bucket weighs `bucket_weight` deletions; `DeleteObjects` counts the objects
+    /// CloudTrail lists in `resources` (the bucket listed beside them is not one).
+    #[test]
+    fn deletions_are_weighed_by_what_they_destroy() {
+        let bucket = s3(
+            "DeleteBucket",
+            serde_json::json!({"requestParameters": {"bucketName": "b"}}),
+        );
+        assert_eq!(rate_units(&bucket, 10)[RateKind::Deletion as usize], 10);
+        let objects = s3(
+            "DeleteObjects",
+            serde_json::json!({
+                "requestParameters": {"bucketName": "b", "delete": ""},
+                "resources": [
+                    {"type": "AWS::S3::Object", "ARN": "arn:aws:s3:::b/logs/1.gz"},
+                    {"type": "AWS::S3::Object", "ARN": "arn:aws:s3:::b/logs/2.gz"},
+                    {"type": "AWS::S3::Object", "ARN": "arn:aws:s3:::b/logs/3.gz"},
+                    {"accountId": "1", "type": "AWS::S3::Bucket", "ARN": "arn:aws:s3:::b"}
+                ]
+            }),
+        );
+        assert_eq!(rate_units(&objects, 10)[RateKind::Deletion as usize], 3);
+        let one = s3(
+            "DeleteObject",
+            serde_json::json!({"requestParameters": {"bucketName": "b", "key": "k"}}),
+        );
+        assert_eq!(rate_units(&one, 10)[RateKind::Deletion as usize], 1);
+    }
 }

@@ -20,6 +20,8 @@ pub struct PoliciesConfig {
     pub cloudtrail_changes: SimplePolicyConfig,
     /// S3 bucket is publicly accessible.
     pub s3_bucket_public: BucketPublicConfig,
+    /// Logon from a risky IP address (see [`crate::risky_signin`]).
+    pub risky_ip_signin: crate::risky_signin::RiskySigninConfig,
     /// The activity policy templates, by id (see [`crate::templates`]).
     pub templates: crate::templates::TemplatesConfig,
     /// The anomaly detections (see [`crate::anomaly`]).
@@ -73,6 +75,9 @@ impl PoliciesConfig {
             Box::new(CloudTrailChanges::new(self.cloudtrail_changes.clone())),
             Box::new(BucketPublic::new(self.s3_bucket_public.clone())),
             Box::new(Templates::new(&self.templates)),
+            Box::new(crate::risky_signin::RiskySignin::new(
+                self.risky_ip_signin.clone(),
+            )),
         ]
     }
 }
@@ -109,6 +114,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
-        assert_eq!(count, 21, "3 built-in, 7 templates, 11 anomaly detections");
+        assert_eq!(count, 22, "4 built-in, 7 templates, 11 anomaly detections");
     }
 }

@@ -7,8 +7,9 @@
 //!   units each rate counts;
 //! - [`fold`] — folding repeats of an event-driven alert into one;
 //! - the policies, one module each, pure: [`cloudtrail`], [`bucket_public`], [`templates`],
-//!   [`signin`], [`custom`], [`facts`] (organization-wide facts: terminated users, regions in
-//!   use) and [`anomaly`] (per-principal baselines, one file per detection family);
+//!   [`risky_signin`], [`signin`], [`custom`], [`facts`] (organization-wide facts: terminated
+//!   users, regions in use) and [`anomaly`] (per-actor baselines, one file per detection
+//!   family);
 //! - [`config`] — every policy's settings gathered into `[policies]`;
 //! - [`detector`] (pure) — the per-partition state machine that runs them all: windows on
 //!   event time, baselines, and the offset that is safe to commit;
@@ -16,8 +17,10 @@
 //!   intelligence; [`ocsf`] — alerts as OCSF Detection Findings;
 //! - [`run`] — the Kafka loop: consume, evaluate, publish alerts, and only then store offsets.
 //!
-//! A new policy is one new module beside the others, its settings added to
-//! [`config::PoliciesConfig`] and its evaluation to [`detector::Detector`].
+//! A new policy that judges each activity alone is one new module beside the others (an
+//! [`policy::EventPolicy`]) with its settings a field of [`config::PoliciesConfig`] and one line
+//! in [`config::PoliciesConfig::event_policies`]; a new anomaly detection is one file in
+//! `anomaly/` and one line in `Anomalies::observe`.
 
 pub mod anomaly;
 pub mod bucket_public;
@@ -31,6 +34,7 @@ pub mod facts;
 pub mod fold;
 pub mod ocsf;
 pub mod policy;
+pub mod risky_signin;
 mod runner;
 pub mod signin;
 pub mod state;

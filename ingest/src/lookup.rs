@@ -290,6 +290,12 @@ pub async fn streams(
     aws: &trailguard_common::aws::AwsConfig,
     cfg: &LookupSourceConfig,
 ) -> Result<Vec<Stream>, Error> {
+    // Said once, at start: what this source cannot deliver, and which detections miss it.
+    tracing::warn!(
+        "LookupEvents returns management events only, never data events: object deletions \
+         (storage-deletion), object reads and Lambda invocations need trail files with data \
+         events (ingest s3 or ingest sqs)"
+    );
     let mut out = Vec::new();
     for account in aws.accounts().await? {
         let regions = if cfg.regions.iter().any(|r| r == "all") {

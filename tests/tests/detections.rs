@@ -1,13 +1,16 @@
 //! The anomaly detections end to end, through ingest and detect with a configuration file:
 //! a deactivated access key used later by its owner (learned on the administrator's partition,
 //! raised on the owner's), impossible travel with the DB-IP database when the setup fetched it,
-//! and a Tor exit from an intelligence list; every alert also as an OCSF Detection Finding.
+//! and a Tor exit from an intelligence list; every alert also as an OCSF Detection Finding. And
+//! the people behind role sessions: a returning Identity Center user, a new identity's burst,
+//! a sign-in from a Tor exit, beside ordinary workload and daily traffic that stays quiet.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
+use trailguard_common::contract::AlertKind;
 use trailguard_common::Alert;
 use trailguard_tests::{read_topic, Run};
 
@@ -250,5 +253,228 @@ async fn a_password_spray_across_partitions_is_one_alert() -> Result<()> {
         "{}",
         alert.evidence.summary
     );
+    Ok(())
+}
+
+/// A CloudTrail record of `identity` at `minutes` from 2024-05-10 12:00 UTC.
+fn by(minutes: i64, name: &str, source: &str, identity: Value, ip: &str, params: Value) -> Value {
+    let mut r = trailguard_tests::api_call(minutes, name, source, "x", ip, params, 200_000);
+    r["userIdentity"] = identity;
+    r
+}
+
+/// An Identity Center session of `user` through permission set `set` in `account`.
+fn sso(account: &str, set: &str, user: &str) -> Value {
+    let role = format!("AWSReservedSSO_{set}_635426549a280cc6");
+    json!({
+        "type": "AssumedRole", "principalId": format!("AROAEXAMPLE{set}:{user}"), "accountId": account,
+        "arn": format!("arn:aws:sts::{account}:assumed-role/{role}/{user}"),
+        "accessKeyId": "ASIAEXAMPLE",
+        "sessionContext": {
+            "sessionIssuer": {"type": "Role", "principalId": format!("AROAEXAMPLE{set}"), "accountId": account,
+                "arn": format!("arn:aws:iam::{account}:role/aws-reserved/sso.amazonaws.com/us-east-1/{role}"),
+                "userName": role},
+            "webIdFederationData": {},
+            "attributes": {"creationDate": "2024-05-10T08:00:00Z", "mfaAuthenticated": "false"}
+        }
+    })
+}
+
+/// A workload's session of `role` (an instance profile: the session is the instance id).
+fn workload(role: &str, session: &str) -> Value {
+    json!({
+        "type": "AssumedRole", "accountId": "123456789012", "principalId": format!("AROAWORKLOAD:{session}"),
+        "arn": format!("arn:aws:sts::123456789012:assumed-role/{role}/{session}"),
+        "sessionContext": {"sessionIssuer": {"type": "Role", "arn": format!("arn:aws:iam::123456789012:role/{role}"), "userName": role},
+            "attributes": {"creationDate": "2024-05-10T08:00:00Z", "mfaAuthenticated": "false"}}
+    })
+}
+
+/// The people behind role sessions, end to end through ingest and detect: an Identity Center
+/// user back after six weeks through another permission set and account is one person returning
+/// (`dormant-principal`); an IAM user created minutes before terminating 24 instances is judged
+/// while it learns (`vm-deletion`); a console sign-in through a Tor exit is `risky-ip-signin`.
+/// Ordinary traffic beside them — workload roles with a new session every day, a person's daily
+/// work — raises nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn people_behind_role_sessions() -> Result<()> {
+    let run = Run::new("actors")?;
+    let dir = std::env::temp_dir().join(&run.id);
+    std::fs::create_dir_all(&dir)?;
+    let tor = dir.join("tor.txt");
+    std::fs::write(&tor, "185.220.101.0/24\n")?;
+    let config = dir.join("detect.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n",
+            tor.display().to_string()
+        ),
+    )?;
+    let none = json!({});
+    const DAY: i64 = 1440;
+    let mut records = Vec::new();
+    for day in 0..10 {
+        let t = -60 * DAY + day * DAY;
+        // Dana works through DevAdmin in the production account for ten days...
+        records.push(by(
+            t,
+            "ListBuckets",
+            "s3.amazonaws.com",
+            sso("123456789012", "DevAdmin", "dana"),
+            "71.253.251.80",
+            none.clone(),
+        ));
+        records.push(by(
+            t + 5,
+            "DescribeInstances",
+            "ec2.amazonaws.com",
+            sso("123456789012", "DevAdmin", "dana"),
+            "71.253.251.80",
+            none.clone(),
+        ));
+    }
+    // Frank works every day, all along.
+    for day in 0..60 {
+        let t = -60 * DAY + day * DAY + 30;
+        records.push(by(
+            t,
+            "ListBuckets",
+            "s3.amazonaws.com",
+            sso("123456789012", "ReadOnly", "frank"),
+            "71.253.251.81",
+            none.clone(),
+        ));
+    }
+    // The backup job: a fresh instance session every day, every day writing.
+    for day in 0..62 {
+        let t = -61 * DAY + day * DAY;
+        let session = format!("i-0{day:016x}");
+        records.push(by(
+            t + 90,
+            "PutObject",
+            "s3.amazonaws.com",
+            workload("backup-job", &session),
+            "10.0.0.5",
+            json!({"bucketName": "backups", "key": format!("d{day}")}),
+        ));
+    }
+    // Dana, 41 days after her last activity, through another permission set and account.
+    records.push(by(
+        0,
+        "GetCallerIdentity",
+        "sts.amazonaws.com",
+        sso("210987654321", "ReadOnly", "Dana"),
+        "71.253.251.80",
+        none.clone(),
+    ));
+    // An administrator creates tmp-admin, which terminates 24 instances within 12 minutes.
+    records.push(trailguard_tests::api_call(
+        10,
+        "CreateUser",
+        "iam.amazonaws.com",
+        "alice",
+        "71.253.251.73",
+        json!({"userName": "tmp-admin"}),
+        300_000,
+    ));
+    for i in 0..12 {
+        let ids: Vec<Value> = (0..2)
+            .map(|k| json!({"instanceId": format!("i-{i:02}{k}")}))
+            .collect();
+        records.push(trailguard_tests::api_call(
+            15 + i,
+            "TerminateInstances",
+            "ec2.amazonaws.com",
+            "tmp-admin",
+            "203.0.113.50",
+            json!({"instancesSet": {"items": ids}}),
+            300_000,
+        ));
+    }
+    // Erin signs in to the console through a Tor exit.
+    let mut signin = trailguard_tests::api_call(
+        40,
+        "ConsoleLogin",
+        "signin.amazonaws.com",
+        "erin",
+        "185.220.101.7",
+        Value::Null,
+        300_000,
+    );
+    signin["eventType"] = "AwsConsoleSignIn".into();
+    signin["responseElements"] = json!({"ConsoleLogin": "Success"});
+    signin["additionalEventData"] =
+        json!({"MFAUsed": "No", "LoginTo": "https://console.aws.amazon.com/"});
+    records.push(signin);
+    records.sort_by_key(|r| r["eventTime"].as_str().unwrap_or_default().to_string());
+    let input = dir.join("records.jsonl");
+    let mut file = std::fs::File::create(&input)?;
+    for r in &records {
+        writeln!(file, "{r}")?;
+    }
+    drop(file);
+
+    run.ingest_files(&input)?;
+    let mut detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
+    let want = ["dormant-principal", "vm-deletion", "risky-ip-signin"];
+    let alerts = read_topic(
+        &run.topic("alerts"),
+        Duration::from_secs(90),
+        Duration::from_secs(5),
+        |r| {
+            let got: Vec<String> = r
+                .iter()
+                .filter_map(|r| serde_json::from_slice::<Alert>(&r.value).ok())
+                .map(|a| a.policy_id)
+                .collect();
+            want.iter().all(|w| got.iter().any(|g| g == w))
+        },
+    );
+    let log = detect.log();
+    detect.stop("-TERM")?;
+    let alerts = alerts.with_context(|| format!("detect log: {log}"))?;
+    let alerts: Vec<Alert> = alerts
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.value).ok())
+        .collect();
+    let actor = |a: &Alert| a.actor.as_ref().map(|x| x.id.clone()).unwrap_or_default();
+    let find = |policy: &str| alerts.iter().find(|a| a.policy_id == policy);
+    let dormant = find("dormant-principal").context("dormant-principal")?;
+    assert_eq!(actor(dormant), "person:dana");
+    assert!(
+        dormant.evidence.summary.contains("50 days"),
+        "{}",
+        dormant.evidence.summary
+    );
+    let burst = find("vm-deletion").context("vm-deletion")?;
+    assert_eq!(actor(burst), "arn:aws:iam::123456789012:user/tmp-admin");
+    assert!(
+        burst.evidence.summary.contains("still new"),
+        "{}",
+        burst.evidence.summary
+    );
+    let risky = find("risky-ip-signin").context("risky-ip-signin")?;
+    assert_eq!(actor(risky), "arn:aws:iam::123456789012:user/erin");
+    // No anomaly about the workload or about frank, and nothing else about anyone (the
+    // administrator's CreateUser may match an activity template; that is not an anomaly).
+    let expected = [
+        ("dormant-principal", "person:dana"),
+        ("vm-deletion", "arn:aws:iam::123456789012:user/tmp-admin"),
+        ("risky-ip-signin", "arn:aws:iam::123456789012:user/erin"),
+        ("anonymous-ip", "arn:aws:iam::123456789012:user/erin"),
+    ];
+    for a in alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::Anomaly || a.policy_id == "risky-ip-signin")
+    {
+        assert!(
+            expected.contains(&(a.policy_id.as_str(), actor(a).as_str())),
+            "unexpected alert {} about {}: {}",
+            a.policy_id,
+            actor(a),
+            a.evidence.summary
+        );
+    }
     Ok(())
 }

@@ -5,6 +5,10 @@ use trailguard_common::contract::{Alert, Geo, Severity};
 
 use super::{Anomalies, Org, PrincipalState, Seen, Sensitivity, Who, INFREQUENT_COUNTRY};
 
+/// Actors the organization must have (on this partition) before "no one acts from there"
+/// judges a new actor's country.
+const ORG_KNOWN: u32 = 20;
+
 impl Anomalies {
     /// Infrequent country; learns the countries the principal acts from (at most 8, least
     /// recently seen evicted).
@@ -26,8 +30,11 @@ impl Anomalies {
         if let Some(country) = geo.and_then(|g| g.country.clone()).filter(|_| !corporate) {
             let known = st.countries.iter().any(|(c, _)| *c == country);
             let d = &self.cfg.infrequent_country;
-            if !known && learned && !st.countries.is_empty() && self.on(d, a) {
-                let org_count = org.countries.get(&country).copied().unwrap_or(0);
+            let org_count = org.countries.get(&country).copied().unwrap_or(0);
+            // While it learns, an actor is judged by the organization alone: a country no one
+            // here acts from, once enough actors are known to say so.
+            let unseen_by_org = !learned && org_count == 0 && org.principals >= ORG_KNOWN;
+            if !known && (unseen_by_org || (learned && !st.countries.is_empty())) && self.on(d, a) {
                 let org_rare = org_count < 2.max(org.principals / 100);
                 let fire = match self.sens(d) {
                     Sensitivity::High => true,
@@ -36,12 +43,19 @@ impl Anomalies {
                 };
                 if fire && self.may_fire(st, format!("country|{country}"), t) {
                     let usual: Vec<&str> = st.countries.iter().map(|(c, _)| c.as_str()).collect();
-                    let summary = format!(
-                        "{who} acted from {country}, a country it has not used before (usually {}){}: {}",
-                        usual.join(", "),
-                        if org_rare { "; rare for the organization too" } else { "" },
-                        a.event_name
-                    );
+                    let summary = if learned {
+                        format!(
+                            "{who} acted from {country}, a country it has not used before (usually {}){}: {}",
+                            usual.join(", "),
+                            if org_rare { "; rare for the organization too" } else { "" },
+                            a.event_name
+                        )
+                    } else {
+                        format!(
+                            "{who}, still new, acted from {country}, where no one in the organization acts: {}",
+                            a.event_name
+                        )
+                    };
                     out.push(self.alert(
                         a,
                         &INFREQUENT_COUNTRY,

@@ -86,6 +86,9 @@ pub struct AnomalyConfig {
     pub learning_period: Duration,
     /// Default sensitivity of every detection.
     pub sensitivity: Sensitivity,
+    /// While an actor learns, the rate detections fire at their sensitivity's floor times
+    /// this (no baseline of its own to compare with).
+    pub learning_factor: u32,
     /// How long a detection stays quiet for the same principal (and address or country)
     /// after it fired.
     #[serde(with = "humantime_serde")]
@@ -110,6 +113,9 @@ pub struct AnomalyConfig {
     pub unusual_admin_activity: DetectionConfig,
     /// Unusual multiple storage deletion activities.
     pub storage_deletion: DetectionConfig,
+    /// How many deletions one deleted bucket counts for in `storage_deletion` (a bucket is a
+    /// whole data store; an object is one).
+    pub bucket_deletion_weight: u32,
     /// Multiple delete VM activities.
     pub vm_deletion: DetectionConfig,
     /// Unusual multiple VM creation activities.
@@ -131,6 +137,7 @@ impl Default for AnomalyConfig {
         AnomalyConfig {
             learning_period: Duration::from_secs(7 * 86_400),
             sensitivity: Sensitivity::Medium,
+            learning_factor: 2,
             suppression: Duration::from_secs(24 * 3600),
             state_ttl: Duration::from_secs(180 * 86_400),
             dormant_after: Duration::from_secs(30 * 86_400),
@@ -140,6 +147,7 @@ impl Default for AnomalyConfig {
             impossible_travel: DetectionConfig::default(),
             unusual_admin_activity: DetectionConfig::default(),
             storage_deletion: DetectionConfig::default(),
+            bucket_deletion_weight: 10,
             vm_deletion: DetectionConfig::default(),
             vm_creation: DetectionConfig::default(),
             terminated_user: DetectionConfig::default(),
@@ -835,5 +843,78 @@ mod tests {
         assert_eq!(back, st);
         assert!(st.heap_size() < 2048, "{} bytes", st.heap_size());
         Ok(())
+    }
+
+    /// A ten-minute-old identity terminating 20 instances is judged against the organization's
+    /// floor (10 × learning_factor 2), not ignored for its learning week; 18 is not enough.
+    #[test]
+    fn a_new_actors_destructive_burst_alerts_while_it_learns() {
+        // Each call terminates two instances.
+        let burst = |calls: i64| -> Vec<Activity> {
+            (0..calls)
+                .map(|i| activity(i * 60, "TerminateInstances", "198.51.100.1"))
+                .collect()
+        };
+        let alerts = run(&burst(10));
+        let fired = ids(&alerts, "vm-deletion");
+        assert_eq!(fired.len(), 1, "{alerts:?}");
+        let alert = alerts
+            .iter()
+            .find(|a| a.policy_id == "vm-deletion")
+            .unwrap();
+        assert!(
+            alert.evidence.summary.contains("while still new"),
+            "{}",
+            alert.evidence.summary
+        );
+        assert!(ids(&run(&burst(9)), "vm-deletion").is_empty());
+    }
+
+    /// While it learns, an actor acting from a country no one in the organization acts from is
+    /// reported once enough actors are known; from a country others use, it is not.
+    #[test]
+    fn a_new_actor_from_a_country_no_one_uses() {
+        let an = Anomalies::new(AnomalyConfig::default(), true);
+        let mut org = Org::default();
+        // Twenty-five colleagues, all in the United States.
+        for n in 0..25 {
+            let mut st = PrincipalState::default();
+            let mut a = at(
+                activity(n, "DescribeInstances", "198.51.100.1"),
+                "US",
+                40.7,
+                -74.0,
+            );
+            a.actor.id = format!("colleague-{n}");
+            an.observe(&mut st, &mut org, &a);
+        }
+        let mut newcomer = PrincipalState::default();
+        let usual = at(
+            activity(DAY, "DescribeInstances", "198.51.100.2"),
+            "US",
+            40.7,
+            -74.0,
+        );
+        assert!(ids(
+            &an.observe(&mut newcomer, &mut org, &usual),
+            "infrequent-country"
+        )
+        .is_empty());
+        let far = at(
+            activity(DAY + 600, "DescribeInstances", "203.0.113.9"),
+            "KP",
+            39.0,
+            125.7,
+        );
+        let alerts = an.observe(&mut newcomer, &mut org, &far);
+        assert_eq!(ids(&alerts, "infrequent-country").len(), 1, "{alerts:?}");
+        // With too few actors known, the organization cannot say what is rare.
+        let (mut lonely, mut small) = (PrincipalState::default(), Org::default());
+        an.observe(&mut lonely, &mut small, &usual);
+        assert!(ids(
+            &an.observe(&mut lonely, &mut small, &far),
+            "infrequent-country"
+        )
+        .is_empty());
     }
 }

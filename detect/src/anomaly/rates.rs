@@ -15,7 +15,7 @@ impl Anomalies {
     pub(super) fn rates(&self, st: &mut PrincipalState, seen: &Seen<'_>, out: &mut Vec<Alert>) {
         let Seen { a, t, learned, .. } = *seen;
         let who = Who(a);
-        let units = rate_units(a);
+        let units = rate_units(a, self.cfg.bucket_deletion_weight);
         let detections = [
             (
                 RateKind::Admin,
@@ -54,15 +54,28 @@ impl Anomalies {
                 continue;
             }
             let (floor, sigmas, factor) = rate_params(kind, self.sens(d));
-            let threshold = rate.threshold(floor, sigmas, factor);
+            // While it learns, an actor has no usual hours of its own: it is judged against
+            // what no one in the organization should do in an hour, the floor raised by
+            // `learning_factor` — so a ten-minute-old identity's destructive burst alerts.
+            let threshold = if learned {
+                rate.threshold(floor, sigmas, factor)
+            } else {
+                floor.saturating_mul(self.cfg.learning_factor.max(1))
+            };
             let usual = rate.mean;
             let count = rate.add(t, n, &a.id);
-            if count >= threshold && learned && t >= rate.quiet_until && self.on(d, a) {
+            if count >= threshold && t >= rate.quiet_until && self.on(d, a) {
                 rate.quiet_until = t + 3600;
                 let evidence = rate.evidence.clone();
-                let summary = format!(
-                    "{who}: {count} {what} within an hour (usually {usual:.1} an hour; threshold {threshold})"
-                );
+                let summary = if learned {
+                    format!(
+                        "{who}: {count} {what} within an hour (usually {usual:.1} an hour; threshold {threshold})"
+                    )
+                } else {
+                    format!(
+                        "{who}: {count} {what} within an hour, while still new (no baseline of its own yet; the organization's threshold {threshold})"
+                    )
+                };
                 let hour = t.div_euclid(3600).to_string();
                 let mut alert = self.alert(a, meta, d, Severity::Medium, summary, evidence, mitre);
                 alert.id = trailguard_common::contract::stable_id([meta.id, &a.actor_key(), &hour]);

@@ -32,6 +32,8 @@ pub struct BucketPublicConfig {
     pub severity: Severity,
     /// Ask remediate to make the bucket private.
     pub make_private: bool,
+    /// Ask remediate to notify the security team too.
+    pub notify: bool,
     /// Buckets that are meant to be public (static websites); never alerted on.
     pub allow_buckets: Vec<String>,
 }
@@ -42,6 +44,7 @@ impl Default for BucketPublicConfig {
             enabled: true,
             severity: Severity::High,
             make_private: true,
+            notify: true,
             allow_buckets: Vec::new(),
         }
     }
@@ -104,8 +107,15 @@ impl BucketPublic {
             })
             .evidence(vec![activity.id.clone()], summary)
             .mitre(("Exfiltration", "T1537", "Transfer Data to Cloud Account"));
-        let alert = if self.cfg.make_private {
-            alert.actions(vec![RequestedAction {
+        let mut actions = Vec::new();
+        if self.cfg.notify {
+            actions.push(RequestedAction {
+                kind: ActionKind::Notify,
+                target: action_target(ActionKind::Notify, activity),
+            });
+        }
+        if self.cfg.make_private {
+            actions.push(RequestedAction {
                 kind: ActionKind::MakeBucketPrivate,
                 target: Target {
                     kind: kinds::S3_BUCKET.into(),
@@ -113,10 +123,9 @@ impl BucketPublic {
                     account_id: activity.account_id.clone(),
                     grantee: None,
                 },
-            }])
-        } else {
-            alert
-        };
+            });
+        }
+        let alert = alert.actions(actions);
         let alert = alert.id_from(&[bucket, activity.id.as_str()]);
         Some(alert)
     }

@@ -11,10 +11,12 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use trailguard_common::contract::{Alert, AlertKind, Entity, Severity};
+use trailguard_common::contract::{ActionKind, Alert, AlertKind, Entity, Severity};
 use trailguard_common::Activity;
 
-use crate::policy::{advances_watermark, AlertBuilder, Offset, PolicyMeta, RETAIN_OFFSETS};
+use crate::policy::{
+    advances_watermark, requested, AlertBuilder, Offset, PolicyMeta, RETAIN_OFFSETS,
+};
 use trailguard_common::contract::kinds;
 
 /// As [`RETAIN_OFFSETS`], on the sign-in failures topic. As large: that topic interleaves
@@ -41,6 +43,10 @@ pub struct SigninFailuresConfig {
     pub per_principal: bool,
     /// Count per source IP (catches one IP trying many users: password spraying).
     pub per_source_ip: bool,
+    /// Governance actions to request for a principal's burst (default: notify the security
+    /// team). A failed sign-in is anyone's to cause, so only `notify` is requested unless the
+    /// policy is listed in `act_on_failed_activity`; a source address's burst only notifies.
+    pub actions: Vec<ActionKind>,
 }
 
 impl Default for SigninFailuresConfig {
@@ -52,6 +58,7 @@ impl Default for SigninFailuresConfig {
             window: StdDuration::from_secs(15 * 60),
             per_principal: true,
             per_source_ip: true,
+            actions: vec![ActionKind::Notify],
         }
     }
 }
@@ -342,10 +349,22 @@ impl SigninFailures {
         } else {
             self.cfg.severity
         };
+        // A source address's burst is about the address: the principal of its last failure is
+        // one of many it tried, never a target.
+        let actions = match key {
+            BurstKey::Principal(_) => requested(&self.cfg.actions, activity),
+            BurstKey::SourceIp(_) => {
+                let notify: Vec<ActionKind> = (self.cfg.actions.iter().copied())
+                    .filter(|kind| *kind == ActionKind::Notify)
+                    .collect();
+                requested(&notify, activity)
+            }
+        };
         let alert = AlertBuilder::about(&SIGNIN_FAILURES, activity, severity)
             .entity(entity)
             .evidence(window_ids, summary)
             .mitre(("Credential Access", "T1110", "Brute Force"))
+            .actions(actions)
             .id_from(&[dimension, first.as_str()]);
         Some(alert)
     }

@@ -300,11 +300,12 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         "make_bucket_private example-bucket auto failed".into(), // no such bucket on moto
     ]
     .into_iter()
-    // One notification per distinct alert that asks for one: 7 of the foundation policies,
-    // and one per template alert.
+    // One notification per distinct alert that asks for one: every foundation alert (7
+    // CloudTrail changes, 2 sign-in bursts, 3 public buckets — the last two kinds notify too
+    // since issue 16) and one per template alert.
     .chain(std::iter::repeat_n(
         "notify default auto skipped".to_string(),
-        7 + distinct.len() - distinct_foundation,
+        12 + distinct.len() - distinct_foundation,
     )) // notify is `auto` by default; no channel is configured here
     .collect();
     expected_actions.sort();

@@ -75,7 +75,7 @@ impl Anomalies {
                 Some(entry) => entry.1 = entry.1.max(t),
                 None => {
                     *org.countries.entry(country.clone()).or_default() += 1;
-                    if st.countries.len() >= 8 {
+                    while st.countries.len() >= self.cfg.tuning.countries_remembered.max(1) {
                         if let Some(oldest) = st
                             .countries
                             .iter()

@@ -77,6 +77,47 @@ impl Default for DetectionConfig {
     }
 }
 
+/// The numbers the detections judge by that most deployments never change, at `medium`
+/// sensitivity (`low` and `high` scale them as documented): the `[policies.anomaly.tuning]`
+/// section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyTuning {
+    /// impossible-travel: the fastest plausible travel, km/h (low ×1.2, high ×0.8).
+    pub travel_speed_kmh: f64,
+    /// impossible-travel: the least distance that counts, km (low ×1.6, high ×0.6).
+    pub travel_min_km: f64,
+    /// impossible-travel: the accuracy radius assumed when the database gives none, km.
+    pub unknown_accuracy_km: u32,
+    /// infrequent-country: countries remembered per actor (least recently used forgotten).
+    pub countries_remembered: usize,
+    /// impossible-travel: places of recent interactive activity remembered per actor.
+    pub places_remembered: usize,
+    /// unusual-admin-activity: write/admin calls an hour that are never unusual (low ×2,
+    /// high ×0.5).
+    pub admin_floor: u32,
+    /// storage-deletion: deletions an hour that are never unusual (low ×4, high ×0.4).
+    pub deletion_floor: u32,
+    /// vm-deletion and vm-creation: instances an hour that are never unusual (low ×2,
+    /// high ×0.5).
+    pub vm_floor: u32,
+}
+
+impl Default for AnomalyTuning {
+    fn default() -> Self {
+        AnomalyTuning {
+            travel_speed_kmh: 1000.0,
+            travel_min_km: 500.0,
+            unknown_accuracy_km: 100,
+            countries_remembered: 8,
+            places_remembered: 4,
+            admin_floor: 50,
+            deletion_floor: 50,
+            vm_floor: 10,
+        }
+    }
+}
+
 /// The `[policies.anomaly]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -130,6 +171,8 @@ pub struct AnomalyConfig {
     pub unusual_region: DetectionConfig,
     /// A user, person, root or federated actor acting again after `dormant_after` of silence.
     pub dormant_principal: DetectionConfig,
+    /// Speeds, distances, memory sizes and floors (see [`AnomalyTuning`]).
+    pub tuning: AnomalyTuning,
 }
 
 impl Default for AnomalyConfig {
@@ -154,6 +197,7 @@ impl Default for AnomalyConfig {
             terminated_users: Vec::new(),
             unusual_region: DetectionConfig::default(),
             dormant_principal: DetectionConfig::default(),
+            tuning: AnomalyTuning::default(),
         }
     }
 }
@@ -171,6 +215,31 @@ impl AnomalyConfig {
             return Err(trailguard_common::Error::config(
                 "policies.anomaly.state_ttl",
                 "must be at least 1 day",
+            ));
+        }
+        let t = &self.tuning;
+        let positive = [
+            (
+                "travel_speed_kmh",
+                t.travel_speed_kmh > 0.0 && t.travel_speed_kmh.is_finite(),
+            ),
+            (
+                "travel_min_km",
+                t.travel_min_km >= 0.0 && t.travel_min_km.is_finite(),
+            ),
+            (
+                "countries_remembered",
+                (1..=64).contains(&t.countries_remembered),
+            ),
+            ("places_remembered", (1..=32).contains(&t.places_remembered)),
+            ("admin_floor", t.admin_floor > 0),
+            ("deletion_floor", t.deletion_floor > 0),
+            ("vm_floor", t.vm_floor > 0),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
+            return Err(trailguard_common::Error::config(
+                &format!("policies.anomaly.tuning.{key}"),
+                "must be positive (countries_remembered at most 64, places_remembered at most 32)",
             ));
         }
         if self.dormant_after < Duration::from_secs(86_400) {

@@ -53,7 +53,7 @@ impl Anomalies {
                 rate.settle(t);
                 continue;
             }
-            let (floor, sigmas, factor) = rate_params(kind, self.sens(d));
+            let (floor, sigmas, factor) = rate_params(kind, self.sens(d), &self.cfg.tuning);
             // While it learns, an actor has no usual hours of its own: it is judged against
             // what no one in the organization should do in an hour, the floor raised by
             // `learning_factor` — so a ten-minute-old identity's destructive burst alerts.
@@ -85,23 +85,53 @@ impl Anomalies {
     }
 }
 
-/// Floors and spreads per sensitivity.
-fn rate_params(kind: RateKind, s: Sensitivity) -> (u32, f32, f32) {
-    let floor = match (kind, s) {
-        (RateKind::Admin, Sensitivity::Low) => 100,
-        (RateKind::Admin, Sensitivity::Medium) => 50,
-        (RateKind::Admin, Sensitivity::High) => 25,
-        (RateKind::Deletion, Sensitivity::Low) => 200,
-        (RateKind::Deletion, Sensitivity::Medium) => 50,
-        (RateKind::Deletion, Sensitivity::High) => 20,
-        (RateKind::VmDeletion | RateKind::VmCreation, Sensitivity::Low) => 20,
-        (RateKind::VmDeletion | RateKind::VmCreation, Sensitivity::Medium) => 10,
-        (RateKind::VmDeletion | RateKind::VmCreation, Sensitivity::High) => 5,
+/// Floors and spreads per sensitivity: the tuned floor at `medium`, scaled for `low` and
+/// `high` (admin and VMs ×2 / ×0.5, deletions ×4 / ×0.4).
+fn rate_params(kind: RateKind, s: Sensitivity, t: &super::AnomalyTuning) -> (u32, f32, f32) {
+    let (medium, low, high) = match kind {
+        RateKind::Admin => (t.admin_floor, 2.0, 0.5),
+        RateKind::Deletion => (t.deletion_floor, 4.0, 0.4),
+        RateKind::VmDeletion | RateKind::VmCreation => (t.vm_floor, 2.0, 0.5),
     };
+    let scale = match s {
+        Sensitivity::Low => low,
+        Sensitivity::Medium => 1.0,
+        Sensitivity::High => high,
+    };
+    let floor = ((medium as f32 * scale).round() as u32).max(1);
     let (sigmas, factor) = match s {
         Sensitivity::Low => (8.0, 5.0),
         Sensitivity::Medium => (5.0, 3.0),
         Sensitivity::High => (3.0, 2.0),
     };
     (floor, sigmas, factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default tuning gives the documented floors at every sensitivity, and a tuned floor
+    /// moves them all.
+    #[test]
+    fn floors_follow_the_tuning() {
+        let t = super::super::AnomalyTuning::default();
+        let floors = |kind| {
+            [Sensitivity::Low, Sensitivity::Medium, Sensitivity::High]
+                .map(|s| rate_params(kind, s, &t).0)
+        };
+        assert_eq!(floors(RateKind::Admin), [100, 50, 25]);
+        assert_eq!(floors(RateKind::Deletion), [200, 50, 20]);
+        assert_eq!(floors(RateKind::VmDeletion), [20, 10, 5]);
+        assert_eq!(floors(RateKind::VmCreation), [20, 10, 5]);
+        let tuned = super::super::AnomalyTuning { vm_floor: 3, ..t };
+        assert_eq!(
+            rate_params(RateKind::VmDeletion, Sensitivity::Medium, &tuned).0,
+            3
+        );
+        assert_eq!(
+            rate_params(RateKind::VmDeletion, Sensitivity::High, &tuned).0,
+            2
+        );
+    }
 }

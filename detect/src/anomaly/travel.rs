@@ -28,8 +28,11 @@ impl Anomalies {
             a.source_ip,
         ) {
             let d = &self.cfg.impossible_travel;
-            let (speed_max, min_km) = travel_params(self.sens(d));
-            let acc = geo.accuracy_radius_km.unwrap_or(100).min(1000) as f64;
+            let (speed_max, min_km) = travel_params(self.sens(d), &self.cfg.tuning);
+            let acc = geo
+                .accuracy_radius_km
+                .unwrap_or(self.cfg.tuning.unknown_accuracy_km)
+                .min(1000) as f64;
             // Text only when an alert or a new place needs it.
             let label = || match (&geo.city, &geo.country) {
                 (Some(city), Some(cc)) => format!("{city}, {cc}"),
@@ -89,7 +92,7 @@ impl Anomalies {
                 .iter()
                 .any(|p| p.ip == ip && (p.t - t).abs() < 3600)
             {
-                if st.places.len() >= 4 {
+                while st.places.len() >= self.cfg.tuning.places_remembered.max(1) {
                     st.places.remove(0);
                 }
                 st.places.push(Place {
@@ -108,12 +111,13 @@ impl Anomalies {
 }
 
 /// Fastest plausible travel, km/h, and the least distance that counts, km.
-fn travel_params(s: Sensitivity) -> (f64, f64) {
-    match s {
-        Sensitivity::Low => (1200.0, 800.0),
-        Sensitivity::Medium => (1000.0, 500.0),
-        Sensitivity::High => (800.0, 300.0),
-    }
+fn travel_params(s: Sensitivity, t: &super::AnomalyTuning) -> (f64, f64) {
+    let (speed, distance) = match s {
+        Sensitivity::Low => (1.2, 1.6),
+        Sensitivity::Medium => (1.0, 1.0),
+        Sensitivity::High => (0.8, 0.6),
+    };
+    (t.travel_speed_kmh * speed, t.travel_min_km * distance)
 }
 
 /// Great-circle distance, km.
@@ -123,4 +127,21 @@ pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let dl = (lon2 - lon1).to_radians();
     let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
     2.0 * 6371.0 * h.sqrt().min(1.0).asin()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn travel_limits_follow_the_tuning() {
+        let t = super::super::AnomalyTuning::default();
+        assert_eq!(travel_params(Sensitivity::Low, &t), (1200.0, 800.0));
+        assert_eq!(travel_params(Sensitivity::Medium, &t), (1000.0, 500.0));
+        let high = travel_params(Sensitivity::High, &t);
+        assert!(
+            (high.0 - 800.0).abs() < 1e-9 && (high.1 - 300.0).abs() < 1e-9,
+            "{high:?}"
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //! raised on the owner's), impossible travel with the DB-IP database when the setup fetched it,
 //! and a Tor exit from an intelligence list; every alert also as an OCSF Detection Finding. And
 //! the people behind role sessions: a returning Identity Center user, a new identity's burst,
-//! a sign-in from a Tor exit, beside ordinary workload and daily traffic that stays quiet.
+//! a sign-in from a Tor exit, beside ordinary workload and daily traffic that stays quiet. And
+//! the three burst detections after a week of ordinary work, beside a colleague who stays quiet.
 
 use std::io::Write;
 use std::time::Duration;
@@ -16,6 +17,31 @@ use trailguard_tests::{read_topic, Run};
 
 fn record(minutes: i64, name: &str, source: &str, user: &str, ip: &str, params: Value) -> Value {
     trailguard_tests::api_call(minutes, name, source, user, ip, params, 100_000)
+}
+
+/// Reads the alerts topic until every policy in `want` has alerted (or the wait ends), stops
+/// `detect`, and returns the alerts; the error carries detect's log.
+fn alerts_until(
+    run: &Run,
+    mut detect: trailguard_tests::Service,
+    want: &[&str],
+    settle: Duration,
+) -> Result<Vec<Alert>> {
+    let alerts = read_topic(&run.topic("alerts"), Duration::from_secs(90), settle, |r| {
+        let got: Vec<String> = r
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Alert>(&r.value).ok())
+            .map(|a| a.policy_id)
+            .collect();
+        want.iter().all(|w| got.iter().any(|g| g == w))
+    });
+    let log = detect.log();
+    detect.stop("-TERM")?;
+    let alerts = alerts.with_context(|| format!("detect log: {log}"))?;
+    Ok(alerts
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.value).ok())
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -115,32 +141,13 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
     drop(file);
 
     run.ingest_files(&input)?;
-    let mut detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
+    let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
     let want: Vec<&str> = if geo.is_empty() {
         vec!["terminated-user", "anonymous-ip"]
     } else {
         vec!["terminated-user", "anonymous-ip", "impossible-travel"]
     };
-    let alerts = read_topic(
-        &run.topic("alerts"),
-        Duration::from_secs(90),
-        Duration::from_secs(3),
-        |r| {
-            let got: Vec<String> = r
-                .iter()
-                .filter_map(|r| serde_json::from_slice::<Alert>(&r.value).ok())
-                .map(|a| a.policy_id)
-                .collect();
-            want.iter().all(|w| got.iter().any(|g| g == w))
-        },
-    );
-    let log = detect.log();
-    detect.stop("-TERM")?;
-    let alerts = alerts.with_context(|| format!("detect log: {log}"))?;
-    let alerts: Vec<Alert> = alerts
-        .iter()
-        .filter_map(|r| serde_json::from_slice(&r.value).ok())
-        .collect();
+    let alerts = alerts_until(&run, detect, &want, Duration::from_secs(3))?;
     let find = |policy: &str| alerts.iter().find(|a| a.policy_id == policy);
     let terminated = find("terminated-user").context("terminated-user")?;
     assert_eq!(terminated.entity.id, "arn:aws:iam::123456789012:user/bob");
@@ -416,28 +423,9 @@ async fn people_behind_role_sessions() -> Result<()> {
     drop(file);
 
     run.ingest_files(&input)?;
-    let mut detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
+    let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
     let want = ["dormant-principal", "vm-deletion", "risky-ip-signin"];
-    let alerts = read_topic(
-        &run.topic("alerts"),
-        Duration::from_secs(90),
-        Duration::from_secs(5),
-        |r| {
-            let got: Vec<String> = r
-                .iter()
-                .filter_map(|r| serde_json::from_slice::<Alert>(&r.value).ok())
-                .map(|a| a.policy_id)
-                .collect();
-            want.iter().all(|w| got.iter().any(|g| g == w))
-        },
-    );
-    let log = detect.log();
-    detect.stop("-TERM")?;
-    let alerts = alerts.with_context(|| format!("detect log: {log}"))?;
-    let alerts: Vec<Alert> = alerts
-        .iter()
-        .filter_map(|r| serde_json::from_slice(&r.value).ok())
-        .collect();
+    let alerts = alerts_until(&run, detect, &want, Duration::from_secs(5))?;
     let actor = |a: &Alert| a.actor.as_ref().map(|x| x.id.clone()).unwrap_or_default();
     let find = |policy: &str| alerts.iter().find(|a| a.policy_id == policy);
     let dormant = find("dormant-principal").context("dormant-principal")?;
@@ -473,6 +461,144 @@ async fn people_behind_role_sessions() -> Result<()> {
             "unexpected alert {} about {}: {}",
             a.policy_id,
             actor(a),
+            a.evidence.summary
+        );
+    }
+    Ok(())
+}
+
+/// The three burst detections end to end after a week of ordinary work, each firing for one
+/// user and quiet for a colleague who keeps working as usual: `unusual-admin-activity` (80
+/// administrative calls within an hour from someone who makes two an hour),
+/// `storage-deletion` (six buckets deleted in minutes by someone who deletes an object a day)
+/// and `vm-creation` (one `RunInstances` of 15 instances from someone who launches one a day).
+#[tokio::test(flavor = "multi_thread")]
+async fn bursts_after_a_week_of_ordinary_work() -> Result<()> {
+    let run = Run::new("bursts")?;
+    const HOUR: i64 = 60;
+    let none = json!({});
+    let mut records = Vec::new();
+    // A distinct eventID per record: api_call makes it from minutes + base.
+    let mut id = 10_000;
+    let mut call = |minutes: i64, name: &str, source: &str, user: &str, params: Value| {
+        id += 1;
+        trailguard_tests::api_call(
+            minutes,
+            name,
+            source,
+            user,
+            "71.253.251.90",
+            params,
+            id * 100_000,
+        )
+    };
+    // Eight days of ordinary work for both: two administrative calls an hour in working hours,
+    // an object deleted and an instance launched a day.
+    for user in ["grace", "heidi"] {
+        for day in 0..8 {
+            let start = (day - 8) * 24 * HOUR;
+            for hour in 8..18 {
+                let t = start + hour * HOUR;
+                records.push(call(
+                    t + 5,
+                    "CreateTags",
+                    "ec2.amazonaws.com",
+                    user,
+                    json!({"resourcesSet": {"items": [{"resourceId": "i-1"}]}}),
+                ));
+                records.push(call(
+                    t + 35,
+                    "PutBucketTagging",
+                    "s3.amazonaws.com",
+                    user,
+                    json!({"bucketName": "work"}),
+                ));
+            }
+            records.push(call(
+                start + 12 * HOUR,
+                "DeleteObject",
+                "s3.amazonaws.com",
+                user,
+                json!({"bucketName": "work", "key": format!("tmp/{day}")}),
+            ));
+            records.push(call(start + 13 * HOUR, "RunInstances", "ec2.amazonaws.com", user,
+                json!({"instancesSet": {"items": [{"imageId": "ami-1", "minCount": 1, "maxCount": 1}]}})));
+            records.push(call(
+                start + 14 * HOUR,
+                "ListBuckets",
+                "s3.amazonaws.com",
+                user,
+                none.clone(),
+            ));
+        }
+    }
+    // Today heidi works as usual; grace goes wild between 10:00 and 11:00.
+    for hour in 8..18 {
+        records.push(call(
+            hour * HOUR + 5,
+            "CreateTags",
+            "ec2.amazonaws.com",
+            "heidi",
+            json!({"resourcesSet": {"items": [{"resourceId": "i-1"}]}}),
+        ));
+    }
+    for i in 0..80 {
+        records.push(call(10 * HOUR + i / 2, "AttachUserPolicy", "iam.amazonaws.com", "grace",
+            json!({"userName": format!("svc-{i}"), "policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"})));
+    }
+    for b in 0..6 {
+        records.push(call(
+            10 * HOUR + 45 + b,
+            "DeleteBucket",
+            "s3.amazonaws.com",
+            "grace",
+            json!({"bucketName": format!("archive-{b}")}),
+        ));
+    }
+    let items: Vec<Value> = (0..15)
+        .map(|i| json!({"instanceId": format!("i-0new{i:02}")}))
+        .collect();
+    let mut launch = call(
+        10 * HOUR + 55,
+        "RunInstances",
+        "ec2.amazonaws.com",
+        "grace",
+        json!({"instancesSet": {"items": [{"imageId": "ami-1", "minCount": 15, "maxCount": 15}]}}),
+    );
+    launch["responseElements"] = json!({"instancesSet": {"items": items}});
+    records.push(launch);
+    records.sort_by_key(|r| r["eventTime"].as_str().unwrap_or_default().to_string());
+    let dir = std::env::temp_dir().join(&run.id);
+    std::fs::create_dir_all(&dir)?;
+    let input = dir.join("records.jsonl");
+    let mut file = std::fs::File::create(&input)?;
+    for r in &records {
+        writeln!(file, "{r}")?;
+    }
+    drop(file);
+
+    run.ingest_files(&input)?;
+    let detect = run.spawn("detect", &[])?;
+    let want = ["unusual-admin-activity", "storage-deletion", "vm-creation"];
+    let alerts = alerts_until(&run, detect, &want, Duration::from_secs(5))?;
+    let grace = "arn:aws:iam::123456789012:user/grace";
+    for policy in want {
+        let alert = alerts
+            .iter()
+            .find(|a| a.policy_id == policy)
+            .with_context(|| policy.to_string())?;
+        assert_eq!(
+            alert.entity.id, grace,
+            "{policy}: {}",
+            alert.evidence.summary
+        );
+    }
+    // Heidi's ordinary week and day raise no anomaly, and grace's ordinary week none either.
+    for a in alerts.iter().filter(|a| a.kind == AlertKind::Anomaly) {
+        assert!(
+            want.contains(&a.policy_id.as_str()) && a.entity.id == grace,
+            "unexpected anomaly {}: {}",
+            a.policy_id,
             a.evidence.summary
         );
     }

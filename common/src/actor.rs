@@ -10,7 +10,7 @@
 //! | `IAMUser` | the user | the user ARN |
 //! | `Root` | the account's root | `arn:…:iam::ACCOUNT:root` |
 //! | `AssumedRole` with `sessionContext.sourceIdentity` | the person it names (set by the IdP or the first caller, kept through role chaining) | `person:NAME` |
-//! | `AssumedRole` of an `AWSReservedSSO_*` role | the Identity Center user: the session name is the user name | `person:NAME` |
+//! | `AssumedRole` of an `AWSReservedSSO_*` role issued under `/aws-reserved/sso.amazonaws.com/` | the Identity Center user: the session name is the user name | `person:NAME` |
 //! | `AssumedRole` whose session name is an e-mail address | the person (SAML IdPs set `RoleSessionName` to the user's e-mail or UPN) | `person:NAME` |
 //! | any other `AssumedRole` | the role: instance (`i-…`), Lambda, ECS, CI and service sessions are one workload | the role ARN, `arn:…:iam::ACCOUNT:role/NAME` |
 //! | `IdentityCenterUser` | the Identity Center user (`userName`, else `onBehalfOf.userId`) | `person:NAME` or `identity-center:USER-ID` |
@@ -136,7 +136,14 @@ impl Actor {
                 let Some((role, session)) = assumed_role(arn) else {
                     return fallback(principal);
                 };
-                if role.starts_with("AWSReservedSSO_") && !session.is_empty() {
+                // Identity Center's roles live under a path only it can use; a role merely
+                // *named* `AWSReservedSSO_…` elsewhere is anyone's and proves nothing.
+                let by_identity_center = principal
+                    .session_issuer_arn
+                    .as_deref()
+                    .is_some_and(|issuer| issuer.contains(":role/aws-reserved/sso.amazonaws.com/"));
+                if role.starts_with("AWSReservedSSO_") && by_identity_center && !session.is_empty()
+                {
                     return person(session, "sso-session");
                 }
                 if looks_like_email(session) {
@@ -249,11 +256,23 @@ mod tests {
     use super::*;
 
     fn assumed(arn: &str) -> Principal {
+        let account = arn.split(':').nth(4).unwrap_or_default();
+        let role = arn
+            .split_once("assumed-role/")
+            .and_then(|(_, r)| r.split('/').next())
+            .unwrap_or_default();
+        // As CloudTrail writes the issuer: Identity Center's roles under their reserved path.
+        let issuer = if role.starts_with("AWSReservedSSO_") {
+            format!("arn:aws:iam::{account}:role/aws-reserved/sso.amazonaws.com/us-west-2/{role}")
+        } else {
+            format!("arn:aws:iam::{account}:role/{role}")
+        };
         Principal {
             kind: "AssumedRole".into(),
             arn: Some(arn.into()),
             name: arn.split_once("assumed-role/").map(|(_, r)| r.to_string()),
-            account_id: arn.split(':').nth(4).map(str::to_string),
+            account_id: Some(account.to_string()),
+            session_issuer_arn: Some(issuer),
             ..Principal::default()
         }
     }
@@ -272,6 +291,13 @@ mod tests {
         assert_eq!(monday.id, "person:nicholas.hakmiller");
         assert_eq!(monday.id, tuesday.id);
         assert_eq!(monday.basis, "sso-session");
+        // A role someone *named* like Identity Center's, outside its reserved path, is a role.
+        let mut fake = assumed(
+            "arn:aws:sts::1:assumed-role/AWSReservedSSO_Admin_0123456789abcdef/nicholas.hakmiller",
+        );
+        fake.session_issuer_arn =
+            Some("arn:aws:iam::1:role/AWSReservedSSO_Admin_0123456789abcdef".into());
+        assert_eq!(Actor::of(&fake).kind, ActorKind::Role);
     }
 
     #[test]

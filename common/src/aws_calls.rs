@@ -113,12 +113,19 @@ fn log_call(service: &str, operation: &str) {
     let Some(path) = std::env::var_os(CALL_LOG_ENV) else {
         return;
     };
+    append_line(std::path::Path::new(&path), binary(), service, operation);
+}
+
+/// Appends `binary\tservice\toperation` to the log at `path` in one `write` (`writeln!` on a
+/// file writes each piece separately, and other processes' appends land between them).
+fn append_line(path: &std::path::Path, binary: &str, service: &str, operation: &str) {
     if let Ok(mut file) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
     {
-        let _ = writeln!(file, "{}\t{service}\t{operation}", binary());
+        let line = format!("{binary}\t{service}\t{operation}\n");
+        let _ = file.write_all(line.as_bytes());
     }
 }
 
@@ -183,6 +190,44 @@ impl Intercept for CallRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every service of a test run appends to one log at once: each line must arrive whole
+    /// (a line split across writes interleaved with another process's, `ingestingest`, failed
+    /// the IAM check in CI).
+    #[test]
+    fn concurrent_appends_keep_lines_whole() {
+        let path = std::env::temp_dir().join(format!("calls-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        append_line(&path, &format!("svc{w}"), "s3", "GetObject");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let bad: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let parts: Vec<&str> = l.split('\t').collect();
+                parts.len() != 3 || !parts[0].starts_with("svc") || parts[0].len() != 4
+            })
+            .collect();
+        assert_eq!(text.lines().count(), 16_000);
+        assert!(
+            bad.is_empty(),
+            "{} torn lines, e.g. {:?}",
+            bad.len(),
+            &bad[..bad.len().min(3)]
+        );
+    }
 
     #[test]
     fn throttling_is_recognised_in_every_spelling() {

@@ -252,12 +252,14 @@ impl Detector {
             return looked_back;
         }
         let t = activity.event_time.timestamp();
-        // Silent for longer than `state_ttl`: forgotten, whether or not the periodic pruning
-        // below has come round to it yet (so the outcome does not depend on when it runs).
+        // Silent for longer than `state_ttl`: its baseline is forgotten, whether or not the
+        // periodic pruning below has come round to it yet (so the outcome does not depend on
+        // when it runs). When it was last seen is kept, so its return is still dormant.
         if state.last_seen > 0 && t - state.last_seen > self.state_ttl.num_seconds() {
-            let offset = state.offset;
+            let (offset, last_seen) = (state.offset, state.last_seen);
             *state = crate::anomaly::PrincipalState::default();
             state.offset = offset;
+            state.last_seen = last_seen;
         }
         let mut alerts = Vec::new();
         if !matched.is_empty() || !state.folds.is_empty() {
@@ -1015,8 +1017,8 @@ mod tests {
             ],
         );
         assert_eq!(dormant(&alerts).len(), 1, "{alerts:?}");
-        // Silent for longer than state_ttl (180 days): forgotten, a new actor, as if the
-        // pruning had run (it runs every 10,000 activities; the outcome must not depend on it).
+        // Silent for longer than state_ttl (180 days): its baseline is forgotten (it learns
+        // again), but its return is still dormant.
         let mut d = detector();
         let alerts = run(
             &mut d,
@@ -1025,6 +1027,6 @@ mod tests {
                 acting(user, "ListBuckets", 181, 0),
             ],
         );
-        assert!(dormant(&alerts).is_empty(), "{alerts:?}");
+        assert_eq!(dormant(&alerts).len(), 1, "{alerts:?}");
     }
 }

@@ -97,13 +97,21 @@ impl Fold {
     }
 }
 
+/// What makes two alerts one incident: the policy, the entity, the severity — and the acting
+/// principal. Folds live in the actor's state, but a session merely *named* like a person (or
+/// a role's other sessions) must not disappear into another principal's fold as a repeat.
 fn key_of(alert: &Alert) -> String {
     format!(
-        "{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}",
         alert.policy_id,
         alert.entity.kind,
         alert.entity.id,
-        alert.severity.as_str()
+        alert.severity.as_str(),
+        alert
+            .principal
+            .as_ref()
+            .map(|p| p.key())
+            .unwrap_or_default()
     )
 }
 

@@ -185,17 +185,25 @@ pub fn mitre(tactic: &str, technique_id: &str, technique: &str) -> Mitre {
 /// Whether `activity`'s principal is on `list` (by ARN, name, or the role a session was
 /// issued by), or its actor (by id: `person:alice@example.com`, a role ARN) when AWS or the
 /// identity provider vouches for who the actor is. A person inferred from an e-mail-like
-/// session name is not matched by id: whoever may assume the role chooses the session name,
-/// so that would let anyone allowed to assume it borrow a listed person's pass.
+/// session name or from a `sourceIdentity` is not matched by id: the caller of `AssumeRole`
+/// chooses both (the latter with `sts:SetSourceIdentity`), so that would let anyone allowed to
+/// assume the role borrow a listed person's pass.
 pub fn allowed(list: &[String], activity: &Activity) -> bool {
     let p = &activity.principal;
     let actor = &activity.actor;
-    let vouched = !actor.is_empty() && actor.basis != "session-email";
+    // SAML subjects are any SAML provider's to assert, in any account: not vouched either.
+    let vouched = !actor.is_empty()
+        && !matches!(
+            actor.basis.as_str(),
+            "session-email" | "source-identity" | "saml"
+        );
     list.iter().any(|entry| {
         p.arn.as_deref() == Some(entry.as_str())
             || p.name.as_deref() == Some(entry.as_str())
             || p.session_issuer_arn.as_deref() == Some(entry.as_str())
-            || (vouched && actor.id == *entry)
+            // Person ids are lower-case; an entry written `person:Alice@Example.com` still means her.
+            || (vouched && (actor.id == *entry
+                || (entry.starts_with("person:") && actor.id.eq_ignore_ascii_case(entry))))
     })
 }
 
@@ -318,9 +326,12 @@ mod tests {
     fn allow_lists_match_vouched_actors_only() {
         let sso = acting(serde_json::json!({
             "type": "AssumedRole", "accountId": "1",
-            "arn": "arn:aws:sts::1:assumed-role/AWSReservedSSO_Admin_0123456789abcdef/Alice"
+            "arn": "arn:aws:sts::1:assumed-role/AWSReservedSSO_Admin_0123456789abcdef/Alice",
+            "sessionContext": {"sessionIssuer": {"type": "Role",
+                "arn": "arn:aws:iam::1:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_0123456789abcdef"}}
         }));
         assert!(allowed(&["person:alice".into()], &sso));
+        assert!(allowed(&["person:Alice".into()], &sso));
         assert!(!allowed(&["person:bob".into()], &sso));
         let named = acting(serde_json::json!({
             "type": "AssumedRole", "accountId": "1",
@@ -328,6 +339,13 @@ mod tests {
         }));
         assert_eq!(named.actor.id, "person:alice@example.com");
         assert!(!allowed(&["person:alice@example.com".into()], &named));
+        let chosen = acting(serde_json::json!({
+            "type": "AssumedRole", "accountId": "1",
+            "arn": "arn:aws:sts::1:assumed-role/AnyRole/botocore-session-1",
+            "sessionContext": {"sourceIdentity": "alice"}
+        }));
+        assert_eq!(chosen.actor.id, "person:alice");
+        assert!(!allowed(&["person:alice".into()], &chosen));
         // Its own ARN, or its role, still match as before.
         assert!(allowed(
             &["arn:aws:sts::1:assumed-role/AnyRole/alice@example.com".into()],

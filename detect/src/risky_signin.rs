@@ -85,10 +85,17 @@ impl RiskySignin {
         if categories.iter().any(|c| c == "corporate") {
             return None;
         }
+        // Workloads federate from cloud hosts (CI runners, Kubernetes pods): for web identity
+        // and federation tokens a hosting address is no risk.
+        let workload = matches!(
+            a.event_name.as_str(),
+            "AssumeRoleWithWebIdentity" | "GetFederationToken"
+        );
         let risky: Vec<&str> = categories
             .iter()
             .map(String::as_str)
             .filter(|c| self.cfg.categories.iter().any(|x| x == c))
+            .filter(|c| !(workload && *c == "hosting"))
             .collect();
         if risky.is_empty() || allowed(&self.cfg.allow_principals, a) {
             return None;
@@ -179,6 +186,21 @@ mod tests {
         assert_eq!(bad.map(|a| a.severity), Some(Severity::High));
         let saml = signin("AssumeRoleWithSAML", "sts.amazonaws.com", &["vpn"], false);
         assert!(policy.judge(&saml).is_some());
+        // A CI runner federating from a cloud host is no risk; from Tor it is.
+        let ci = signin(
+            "AssumeRoleWithWebIdentity",
+            "sts.amazonaws.com",
+            &["hosting"],
+            false,
+        );
+        assert!(policy.judge(&ci).is_none());
+        let ci = signin(
+            "AssumeRoleWithWebIdentity",
+            "sts.amazonaws.com",
+            &["hosting", "tor"],
+            false,
+        );
+        assert!(policy.judge(&ci).is_some());
     }
 
     #[test]

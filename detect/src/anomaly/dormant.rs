@@ -31,9 +31,11 @@ impl Anomalies {
                 | ActorKind::Federated
                 | ActorKind::Account
         );
+        // A web-identity subject is a workload's (CI, Kubernetes), however it is keyed.
         if previous == 0
             || silence < self.cfg.dormant_after.as_secs() as i64
             || !person_like
+            || a.actor.basis == "web-identity"
             || !acts_itself(a)
             || !self.on(d, a)
             || !self.may_fire(st, "dormant".into(), t)

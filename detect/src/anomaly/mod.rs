@@ -554,7 +554,8 @@ impl Anomalies {
     pub fn observe(&self, st: &mut PrincipalState, org: &mut Org, a: &Activity) -> Vec<Alert> {
         let t = a.event_time.timestamp();
         let mut out = Vec::new();
-        let new_principal = st.first_seen == 0 && st.last_seen == 0;
+        // New, or forgotten after `state_ttl` (only its last activity's time is kept).
+        let new_principal = st.first_seen == 0;
         let previous = st.last_seen;
         if new_principal {
             st.first_seen = t;

@@ -68,6 +68,22 @@ pub const TEST_KEY_ID: &str = "test";
 pub const TEST_KEY: &str = "trailguard-test-signing-key-0123456789abcdef";
 
 impl Run {
+    /// A detect configuration file in this run's directory: IP intelligence that lists one
+    /// Tor exit range (185.220.101.0/24), then `extra` (more TOML tables).
+    pub fn detect_config(&self, extra: &str) -> Result<PathBuf> {
+        let dir = std::env::temp_dir().join(&self.id);
+        std::fs::create_dir_all(&dir)?;
+        let tor = dir.join("tor.txt");
+        std::fs::write(&tor, "185.220.101.0/24\n")?;
+        let config = dir.join("detect.toml");
+        let intel = format!(
+            "[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n\n",
+            tor.display().to_string()
+        );
+        std::fs::write(&config, intel + extra)?;
+        Ok(config)
+    }
+
     /// Fresh names for a test called `name`.
     pub fn new(name: &str) -> Result<Run> {
         let nanos = std::time::SystemTime::now()

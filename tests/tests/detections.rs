@@ -54,21 +54,14 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
     ));
     let dir = std::env::temp_dir().join(&run.id);
     std::fs::create_dir_all(&dir)?;
-    let tor = dir.join("tor.txt");
-    std::fs::write(&tor, "# sample exits\n185.220.101.0/24\n")?;
     let geo: Vec<String> = ["TRAILGUARD_TEST_GEO_V4", "TRAILGUARD_TEST_GEO_V6"]
         .iter()
         .filter_map(|k| std::env::var(k).ok())
         .filter(|p| std::path::Path::new(p).exists())
         .collect();
-    let config = dir.join("detect.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[geo]\ndatabases = {geo:?}\n\n[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n\n[policies.anomaly]\nlearning_period = \"1d\"\n",
-            tor.display().to_string()
-        ),
-    )?;
+    let config = run.detect_config(&format!(
+        "[geo]\ndatabases = {geo:?}\n\n[policies.anomaly]\nlearning_period = \"1d\"\n"
+    ))?;
 
     let none = json!({});
     let mut records = vec![
@@ -308,16 +301,7 @@ async fn people_behind_role_sessions() -> Result<()> {
     let run = Run::new("actors")?;
     let dir = std::env::temp_dir().join(&run.id);
     std::fs::create_dir_all(&dir)?;
-    let tor = dir.join("tor.txt");
-    std::fs::write(&tor, "185.220.101.0/24\n")?;
-    let config = dir.join("detect.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n",
-            tor.display().to_string()
-        ),
-    )?;
+    let config = run.detect_config("")?;
     let none = json!({});
     const DAY: i64 = 1440;
     let mut records = Vec::new();

@@ -341,18 +341,10 @@ async fn failed_calls_only_notify_and_no_op_conditions_are_public() -> Result<()
     let run = Run::new("trust-detect")?;
     let dir = std::env::temp_dir().join(&run.id);
     std::fs::create_dir_all(&dir)?;
-    let tor = dir.join("tor.txt");
-    std::fs::write(&tor, "185.220.101.0/24\n")?;
-    let config = dir.join("detect.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n\n\
-             [policies.anomaly]\nlearning_period = \"1d\"\n\n\
-             [policies.anomaly.anonymous_ip]\nactions = [\"notify\", \"suspend_user\"]\n\n\
-             [policies.templates.s3-bucket-activity]\nactions = [\"notify\", \"make_bucket_private\"]\n",
-            tor.display().to_string()
-        ),
+    let config = run.detect_config(
+        "[policies.anomaly]\nlearning_period = \"1d\"\n\n\
+         [policies.anomaly.anonymous_ip]\nactions = [\"notify\", \"suspend_user\"]\n\n\
+         [policies.templates.s3-bucket-activity]\nactions = [\"notify\", \"make_bucket_private\"]\n",
     )?;
     let acl = json!({"bucketName": "www-site", "acl": [""], "x-amz-acl": ["public-read"]});
     let mut denied = record(
@@ -600,17 +592,7 @@ async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
     let run = Run::new("trust-internal")?;
     create_topics(&run).await?;
     let dir = std::env::temp_dir().join(&run.id);
-    std::fs::create_dir_all(&dir)?;
-    let tor = dir.join("tor.txt");
-    std::fs::write(&tor, "185.220.101.0/24\n")?;
-    let config = dir.join("detect.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n\n[policies.anomaly]\nlearning_period = \"1d\"\n",
-            tor.display().to_string()
-        ),
-    )?;
+    let config = run.detect_config("[policies.anomaly]\nlearning_period = \"1d\"\n")?;
     let admin = format!("user:{ACCOUNT}/admin");
     let fact = json!({"key": admin, "fact": {"time": 0, "how": "DeleteUser by arn:aws:iam::123456789012:user/mallory", "subject": format!("{ACCOUNT}/admin")}});
     produce(&run.topic("facts"), &admin, fact.to_string().as_bytes()).await?;

@@ -166,6 +166,24 @@ impl Run {
         Ok(cmd)
     }
 
+    /// Writes `records` as NDJSON into this run's directory and runs `ingest files` on them.
+    pub fn ingest_records<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a serde_json::Value>,
+    ) -> Result<()> {
+        use std::io::Write as _;
+        let dir = std::env::temp_dir().join(&self.id);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("records.jsonl");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for record in records {
+            writeln!(file, "{record}")?;
+        }
+        file.flush()?;
+        drop(file);
+        self.ingest_files(&path)
+    }
+
     /// Runs `ingest files PATH` to completion; fails with its stderr unless it succeeds.
     pub fn ingest_files(&self, path: &std::path::Path) -> Result<()> {
         let path = path.to_str().context("path")?;

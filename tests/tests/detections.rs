@@ -52,8 +52,6 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
         "TRAILGUARD_KAFKA__TOPICS__ALERTS_OCSF".into(),
         ocsf_topic.clone(),
     ));
-    let dir = std::env::temp_dir().join(&run.id);
-    std::fs::create_dir_all(&dir)?;
     let geo: Vec<String> = ["TRAILGUARD_TEST_GEO_V4", "TRAILGUARD_TEST_GEO_V6"]
         .iter()
         .filter_map(|k| std::env::var(k).ok())
@@ -126,14 +124,7 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
         "185.220.101.7",
         none,
     ));
-    let input = dir.join("records.jsonl");
-    let mut file = std::fs::File::create(&input)?;
-    for r in &records {
-        writeln!(file, "{r}")?;
-    }
-    drop(file);
-
-    run.ingest_files(&input)?;
+    run.ingest_records(&records)?;
     let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
     let want: Vec<&str> = if geo.is_empty() {
         vec!["terminated-user", "anonymous-ip"]
@@ -299,8 +290,6 @@ fn workload(role: &str, session: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn people_behind_role_sessions() -> Result<()> {
     let run = Run::new("actors")?;
-    let dir = std::env::temp_dir().join(&run.id);
-    std::fs::create_dir_all(&dir)?;
     let config = run.detect_config("")?;
     let none = json!({});
     const DAY: i64 = 1440;
@@ -399,14 +388,7 @@ async fn people_behind_role_sessions() -> Result<()> {
         json!({"MFAUsed": "No", "LoginTo": "https://console.aws.amazon.com/"});
     records.push(signin);
     records.sort_by_key(|r| r["eventTime"].as_str().unwrap_or_default().to_string());
-    let input = dir.join("records.jsonl");
-    let mut file = std::fs::File::create(&input)?;
-    for r in &records {
-        writeln!(file, "{r}")?;
-    }
-    drop(file);
-
-    run.ingest_files(&input)?;
+    run.ingest_records(&records)?;
     let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
     let want = ["dormant-principal", "vm-deletion", "risky-ip-signin"];
     let alerts = alerts_until(&run, detect, &want, Duration::from_secs(5))?;
@@ -552,16 +534,7 @@ async fn bursts_after_a_week_of_ordinary_work() -> Result<()> {
     launch["responseElements"] = json!({"instancesSet": {"items": items}});
     records.push(launch);
     records.sort_by_key(|r| r["eventTime"].as_str().unwrap_or_default().to_string());
-    let dir = std::env::temp_dir().join(&run.id);
-    std::fs::create_dir_all(&dir)?;
-    let input = dir.join("records.jsonl");
-    let mut file = std::fs::File::create(&input)?;
-    for r in &records {
-        writeln!(file, "{r}")?;
-    }
-    drop(file);
-
-    run.ingest_files(&input)?;
+    run.ingest_records(&records)?;
     let detect = run.spawn("detect", &[])?;
     let want = ["unusual-admin-activity", "storage-deletion", "vm-creation"];
     let alerts = alerts_until(&run, detect, &want, Duration::from_secs(5))?;

@@ -4,7 +4,6 @@
 //! printed to an operator's terminal can drive it. Every test runs the binaries against the
 //! broker and moto (the AWS-API server's default account is 123456789012), from the outside.
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -339,8 +338,6 @@ fn record(minutes: i64, name: &str, source: &str, user: &str, ip: &str, params: 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_calls_only_notify_and_no_op_conditions_are_public() -> Result<()> {
     let run = Run::new("trust-detect")?;
-    let dir = std::env::temp_dir().join(&run.id);
-    std::fs::create_dir_all(&dir)?;
     let config = run.detect_config(
         "[policies.anomaly]\nlearning_period = \"1d\"\n\n\
          [policies.anomaly.anonymous_ip]\nactions = [\"notify\", \"suspend_user\"]\n\n\
@@ -408,13 +405,7 @@ async fn failed_calls_only_notify_and_no_op_conditions_are_public() -> Result<()
     login["additionalEventData"] =
         json!({"MFAUsed": "No", "LoginTo": "https://console.aws.amazon.com/console/"});
     login["errorMessage"] = json!("Failed authentication");
-    let input = dir.join("records.jsonl");
-    let mut file = std::fs::File::create(&input)?;
-    for r in [&seen, &denied, &granted, &policy, &account_block, &login] {
-        writeln!(file, "{r}")?;
-    }
-    drop(file);
-    run.ingest_files(&input)?;
+    run.ingest_records([&seen, &denied, &granted, &policy, &account_block, &login])?;
     let mut detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
     let wanted = |alerts: &[Alert]| {
         let has = |policy: &str, entity: &str| {
@@ -591,7 +582,6 @@ async fn create_topics(run: &Run) -> Result<()> {
 async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
     let run = Run::new("trust-internal")?;
     create_topics(&run).await?;
-    let dir = std::env::temp_dir().join(&run.id);
     let config = run.detect_config("[policies.anomaly]\nlearning_period = \"1d\"\n")?;
     let admin = format!("user:{ACCOUNT}/admin");
     let fact = json!({"key": admin, "fact": {"time": 0, "how": "DeleteUser by arn:aws:iam::123456789012:user/mallory", "subject": format!("{ACCOUNT}/admin")}});
@@ -699,13 +689,7 @@ async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
             json!({"name": format!("arn:aws:cloudtrail:us-east-1:{ACCOUNT}:trail/main")}),
         ));
     }
-    let input = dir.join("records.jsonl");
-    let mut file = std::fs::File::create(&input)?;
-    for r in &records {
-        writeln!(file, "{r}")?;
-    }
-    drop(file);
-    run.ingest_files(&input)?;
+    run.ingest_records(&records)?;
     let mut detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
     let alerts: Vec<Alert> =
         read_topic(&run.topic("alerts"), TIMEOUT, Duration::from_secs(5), |r| {

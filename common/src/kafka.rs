@@ -3,7 +3,7 @@
 //! Nothing here depends on a particular broker: the same settings run against Apache Kafka,
 //! Amazon MSK (TLS, SASL/SCRAM through `kafka.client`) and the local tansu broker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -176,6 +176,17 @@ impl KafkaContext {
     /// How many partitions the consumer owns now.
     pub fn owned_partitions(&self) -> usize {
         crate::sync::lock(&self.rebalances.owned).len()
+    }
+
+    /// The partitions of `topic` the consumer owns now.
+    pub fn owned(&self, topic: &str) -> Vec<i32> {
+        let mut owned: Vec<i32> = crate::sync::lock(&self.rebalances.owned)
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| *p)
+            .collect();
+        owned.sort_unstable();
+        owned
     }
 
     fn update_owned(&self, change: impl FnOnce(&mut std::collections::HashSet<(String, i32)>)) {
@@ -513,8 +524,23 @@ pub async fn send(
     payload: &[u8],
     headers: Option<OwnedHeaders>,
 ) -> Result<(i32, i64), Error> {
+    send_to(producer, topic, None, key, payload, headers).await
+}
+
+/// [`send`] to `partition` of `topic` when given (else the partitioner's choice by key).
+pub async fn send_to(
+    producer: &Producer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &[u8],
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<(i32, i64), Error> {
     loop {
         let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         if let Some(h) = headers.clone() {
             record = record.headers(h);
         }
@@ -874,9 +900,22 @@ pub async fn send_until_durable(
     headers: Option<OwnedHeaders>,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Sent {
+    send_until_durable_to(producer, topic, None, key, payload, headers, shutdown).await
+}
+
+/// [`send_until_durable`] to `partition` of `topic` when given.
+pub async fn send_until_durable_to(
+    producer: &Producer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &[u8],
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Sent {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match send(producer, topic, key, payload, headers.clone()).await {
+        match send_to(producer, topic, partition, key, payload, headers.clone()).await {
             Ok(_) => return Sent::Durable,
             Err(err) => {
                 if let Some(kind) = err.kafka().and_then(refusal) {
@@ -933,6 +972,64 @@ pub fn group_lag(cfg: &KafkaConfig, group: &str, topics: &[&str]) -> Result<(i64
         lag += (high - from).max(0);
     }
     Ok((lag, progress))
+}
+
+/// How many partitions `topic` has (0 when it does not exist). Blocking.
+pub fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<i32, Error> {
+    let consumer = reader(cfg, "trailguard-metadata")?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| t.partitions().len() as i32)
+        .sum())
+}
+
+/// Where a consumer group stands on one topic: per partition, the group's committed offset
+/// (if any) and the high watermark. Asked again on every [`GroupProgress::poll`].
+pub struct GroupProgress {
+    consumer: BaseConsumer<KafkaContext>,
+    topic: String,
+}
+
+impl GroupProgress {
+    /// Watches `group` on `topic` (never joins the group: only asks its coordinator).
+    pub fn new(cfg: &KafkaConfig, group: &str, topic: &str) -> Result<Self, Error> {
+        let mut client = base_config(cfg);
+        client
+            .set("group.id", group)
+            .set("client.id", "trailguard-group-progress")
+            .set("enable.auto.commit", "false");
+        Ok(GroupProgress {
+            consumer: client.create_with_context(KafkaContext::new(cfg))?,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// partition → (committed offset, high watermark). Blocking.
+    pub fn poll(&self) -> Result<HashMap<i32, (Option<i64>, i64)>, Error> {
+        let timeout = Duration::from_secs(10);
+        let mut list = TopicPartitionList::new();
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                list.add_partition(&self.topic, p.id());
+            }
+        }
+        let committed = self.consumer.committed_offsets(list, timeout)?;
+        let mut out = HashMap::new();
+        for element in committed.elements() {
+            let (_, high) =
+                self.consumer
+                    .fetch_watermarks(&self.topic, element.partition(), timeout)?;
+            let committed = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            out.insert(element.partition(), (committed, high));
+        }
+        Ok(out)
+    }
 }
 
 /// How often [`watch_group`] looks, and how long a group may sit with lag and no progress

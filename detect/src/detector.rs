@@ -61,7 +61,17 @@ pub struct Detector {
     fold_index: std::collections::BTreeSet<(i64, String)>,
     /// Policies that may ask for destructive actions on failed activity.
     act_on_failed: std::collections::HashSet<String>,
+    /// Resources created that the unusual-region detection waits to judge until the facts are
+    /// complete through their time, in offset order (at most [`HELD_LIMIT`]).
+    held: std::collections::VecDeque<(Offset, Activity)>,
+    /// Held activities judged before their facts were complete, because the hold was full.
+    decided_early: u64,
 }
+
+/// Most activities one partition holds for facts to complete. Past it the oldest is judged
+/// on the facts known (counted: [`Detector::take_decided_early`]), so a partition whose
+/// marks stop (an instance gone, a partition added) cannot grow detect without bound.
+pub const HELD_LIMIT: usize = 10_000;
 
 /// Takes every action but `notify` off the alerts a failed activity raised, unless their
 /// policy opts in: a failed call proves nothing about its caller's rights, and some (a failed
@@ -119,6 +129,8 @@ impl Detector {
             fold_period: cfg.fold.period.as_secs() as i64,
             fold_index: std::collections::BTreeSet::new(),
             act_on_failed: cfg.act_on_failed_activity.iter().cloned().collect(),
+            held: std::collections::VecDeque::new(),
+            decided_early: 0,
         }
     }
 
@@ -326,6 +338,7 @@ impl Detector {
         // Before folding: a fold keeps the actions of the alert that opened it.
         disarm_if_failed(&mut matched, activity, &self.act_on_failed);
         let mut alerts = self.observe_baseline(activity, offset, matched, facts);
+        alerts.extend(self.judge_region(activity, offset, facts));
         let mut raised = self.custom.observe(activity, offset);
         raised.extend(self.signin.observe(activity, offset, &mut self.closed));
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);
@@ -348,6 +361,78 @@ impl Detector {
             }
         }
         alerts
+    }
+
+    /// Judges `activity` for an unusual region, now if the facts allow, else holds it (also
+    /// on a replay of an activity already in the baselines: a decision held at the last
+    /// checkpoint is made again; one already made is suppressed or raised with the same id).
+    fn judge_region(&mut self, activity: &Activity, offset: Offset, facts: &Facts) -> Vec<Alert> {
+        use crate::facts::RegionVerdict;
+        if activity.principal.kind == kinds::TRAILGUARD || !self.anomalies.judges_region(activity) {
+            return Vec::new();
+        }
+        let complete = facts.complete_through();
+        match self.anomalies.region_verdict(facts, activity, complete) {
+            // Final, and it changes nothing: decided out of turn.
+            RegionVerdict::Usual => return Vec::new(),
+            RegionVerdict::Unusual(why) if self.held.is_empty() => {
+                return self.raise_region(activity, why).into_iter().collect()
+            }
+            _ => {}
+        }
+        // Judged in offset order, after the activities held before it.
+        self.held.push_back((offset, activity.clone()));
+        self.decide_held(facts)
+    }
+
+    /// Judges the held activities the facts are now complete for, in order; returns the
+    /// unusual-region alerts. Called after each activity and on the checkpoint schedule.
+    pub fn decide_held(&mut self, facts: &Facts) -> Vec<Alert> {
+        use crate::facts::RegionVerdict;
+        let complete = facts.complete_through();
+        let mut out = Vec::new();
+        while let Some((_, front)) = self.held.front() {
+            let verdict = match self.anomalies.region_verdict(facts, front, complete) {
+                RegionVerdict::Wait if self.held.len() > HELD_LIMIT => {
+                    self.decided_early += 1;
+                    self.anomalies.region_verdict(facts, front, i64::MAX)
+                }
+                RegionVerdict::Wait => break,
+                verdict => verdict,
+            };
+            let Some((_, activity)) = self.held.pop_front() else {
+                break;
+            };
+            if let RegionVerdict::Unusual(why) = verdict {
+                out.extend(self.raise_region(&activity, why));
+            }
+        }
+        out
+    }
+
+    /// The unusual-region alert for `activity`, suppressed as the principal's state says.
+    fn raise_region(&mut self, activity: &Activity, why: String) -> Option<Alert> {
+        let key = activity.actor_key().into_owned();
+        let state = self.principals.entry(key.clone()).or_default();
+        let alert = self.anomalies.unusual_region(state, activity, why)?;
+        self.dirty.insert(key);
+        Some(alert)
+    }
+
+    /// How many held activities were judged before their facts were complete since the last
+    /// call (the hold was full).
+    pub fn take_decided_early(&mut self) -> u64 {
+        std::mem::take(&mut self.decided_early)
+    }
+
+    /// Activities held for facts.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Latest event time this partition has evaluated.
+    pub fn max_event_time(&self) -> Option<i64> {
+        self.max_event_time.map(|t| t.timestamp())
     }
 
     /// Closes the folds whose period ended at or before `watermark` (principals that have not
@@ -380,13 +465,14 @@ impl Detector {
             .first_open_offset()
             .unwrap_or(next)
             .min(self.custom.first_open_offset().unwrap_or(next))
+            .min(self.held.front().map_or(next, |(offset, _)| *offset))
             .min(next);
         settle(first_open, &mut self.closed, &mut self.committed)
     }
 
     /// Number of open bursts (for the state-size gauge).
     pub fn state_size(&self) -> usize {
-        self.signin.bursts.len() + self.principals.len()
+        self.signin.bursts.len() + self.principals.len() + self.held.len()
     }
 }
 
@@ -1028,5 +1114,93 @@ mod tests {
             ],
         );
         assert_eq!(dormant(&alerts).len(), 1, "{alerts:?}");
+    }
+
+    /// `name` by an administrator in `region`, `day` days after the history starts.
+    fn created(name: &str, region: &str, day: i64, id: &str) -> Activity {
+        let mut a = failure("admin", "198.51.100.7", day * 1440);
+        a.id = id.into();
+        a.event_source = "ec2.amazonaws.com".into();
+        a.event_name = name.into();
+        a.region = Some(region.into());
+        a.outcome.status = OutcomeStatus::Success;
+        a
+    }
+
+    fn mark(through: i64, idle: bool) -> crate::facts::Mark {
+        crate::facts::Mark {
+            through,
+            max: through,
+            idle,
+        }
+    }
+
+    #[test]
+    fn an_unusual_region_waits_for_every_partitions_facts() {
+        let t = |day: i64| 1_700_000_000 + day * 86_400;
+        let new_region = created("RunInstances", "ap-east-1", 8, "create");
+        for earlier_elsewhere in [false, true] {
+            let mut other = detector();
+            let mut first = detector();
+            let detector = &mut first;
+            let mut facts = Facts::default();
+            facts.set_shape(2, 1);
+            // This partition (0) starts the history in us-east-1, then creates in ap-east-1.
+            detector.observe(
+                &created("CreateVpc", "us-east-1", 0, "first"),
+                0,
+                &mut facts,
+            );
+            let raised = detector.observe(&new_region, 1, &mut facts);
+            assert!(raised.is_empty(), "partition 1 has vouched for nothing yet");
+            assert_eq!(detector.held(), 2, "the history's first use waits too");
+            assert_eq!(
+                detector.safe_offset(2),
+                0,
+                "a held activity is replayed after a restart"
+            );
+            if earlier_elsewhere {
+                // Partition 1 used ap-east-1 a minute earlier; its fact comes before its mark.
+                let mut elsewhere = created("CreateVpc", "ap-east-1", 8, "elsewhere");
+                elsewhere.event_time -= Duration::minutes(1);
+                other.observe(&elsewhere, 0, &mut facts);
+            }
+            facts.mark(0, 0, mark(t(8), false));
+            facts.mark(1, 0, mark(t(8) - 1, false));
+            assert!(detector.decide_held(&facts).is_empty() || earlier_elsewhere);
+            facts.mark(1, 0, mark(t(8), false));
+            let raised = detector.decide_held(&facts);
+            assert_eq!(detector.held(), 0);
+            assert_eq!(detector.safe_offset(2), 2);
+            let ids: Vec<&str> = raised.iter().map(|a| a.policy_id.as_str()).collect();
+            if earlier_elsewhere {
+                assert!(ids.is_empty(), "{ids:?}");
+            } else {
+                assert_eq!(ids, ["unusual-region"]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_hold_decides_its_oldest_on_what_is_known() {
+        let mut detector = detector();
+        let mut facts = Facts::default();
+        facts.set_shape(1, 1);
+        detector.observe(
+            &created("CreateVpc", "us-east-1", 0, "first"),
+            0,
+            &mut facts,
+        );
+        for i in 0..=HELD_LIMIT as i64 {
+            let region = format!("region-{i}");
+            detector.observe(
+                &created("RunInstances", &region, 8, &format!("c{i}")),
+                i + 1,
+                &mut facts,
+            );
+        }
+        assert_eq!(detector.held(), HELD_LIMIT);
+        // The history's first use and the first creation: judged on what is known.
+        assert_eq!(detector.take_decided_early(), 2);
     }
 }

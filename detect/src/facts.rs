@@ -7,6 +7,14 @@
 //! a fact on a compacted topic that every detect instance reads whole (a global table), and
 //! applies it locally at once. A fact learned on one partition is seen by the others as soon
 //! as the topic delivers it — in practice well before the deleted credentials are tried.
+//!
+//! A decision that a fact arriving later could reverse waits until the facts are complete
+//! through the activity's event time. Every instance publishes, for each activities partition
+//! it owns, a [`Mark`] on every facts partition after the facts of what it has evaluated are
+//! durable: "every fact from partition P up to event time T is on this facts partition before
+//! me". The facts are complete through the least of those (see [`Facts::complete_through`]),
+//! so the same activities give the same decisions whatever order partitions and instances run
+//! in.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -57,6 +65,23 @@ pub struct Facts {
     /// Terminations in the order learned, so every partition can look back at activity it
     /// saw before the fact reached it.
     terminations: Vec<(String, Fact)>,
+    /// (activities partition, facts partition) → the latest mark read for them.
+    marks: HashMap<(i32, i32), Mark>,
+    /// How many activities and facts partitions there are; `None` when every fact is learned
+    /// in this process (a test, a backtest): then the facts are always complete.
+    shape: Option<(i32, i32)>,
+}
+
+/// What one activities partition vouches for on one facts partition: every fact learned from
+/// its activities with event time up to `through` was published there before this mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// Event time (unix seconds) through which the partition's facts are published.
+    pub through: i64,
+    /// Latest event time the partition has evaluated (`i64::MIN`: none).
+    pub max: i64,
+    /// The partition was caught up (nothing unread) when the mark was made.
+    pub idle: bool,
 }
 
 /// Facts shared by the partitions of one instance and the follower of the facts topic.
@@ -119,6 +144,59 @@ impl Facts {
     /// How many terminations are known.
     pub fn terminations(&self) -> usize {
         self.terminations.len()
+    }
+
+    /// Facts are shared between processes: `activities` partitions publish marks on each of
+    /// `facts` partitions, and decisions wait for them.
+    pub fn set_shape(&mut self, activities: i32, facts: i32) {
+        self.shape = Some((activities.max(1), facts.max(1)));
+    }
+
+    /// Takes `mark` for activities partition `partition` on facts partition `facts_partition`.
+    /// What a mark vouches for stays true (the facts are durable), so `through` and `max`
+    /// never move back; `idle` is the latest word.
+    pub fn mark(&mut self, partition: i32, facts_partition: i32, mark: Mark) {
+        let entry = self
+            .marks
+            .entry((partition, facts_partition))
+            .or_insert(mark);
+        entry.through = entry.through.max(mark.through);
+        entry.max = entry.max.max(mark.max);
+        entry.idle = mark.idle;
+    }
+
+    /// The latest event time any partition has evaluated, as the marks say.
+    pub fn org_max(&self) -> Option<i64> {
+        self.marks
+            .values()
+            .map(|m| m.max)
+            .filter(|&m| m > i64::MIN)
+            .max()
+    }
+
+    /// The event time through which every fact is known here: the least mark of every
+    /// (activities, facts) partition pair, or — when every partition was caught up at its
+    /// last mark — the latest event time evaluated anywhere. `i64::MIN` while a pair has no
+    /// mark yet; `i64::MAX` when facts are not shared between processes.
+    pub fn complete_through(&self) -> i64 {
+        let Some((activities, facts)) = self.shape else {
+            return i64::MAX;
+        };
+        let (mut least, mut all_idle) = (i64::MAX, true);
+        for p in 0..activities {
+            for k in 0..facts {
+                let Some(mark) = self.marks.get(&(p, k)) else {
+                    return i64::MIN;
+                };
+                least = least.min(mark.through);
+                all_idle &= mark.idle;
+            }
+        }
+        if all_idle {
+            least.max(self.org_max().unwrap_or(i64::MIN))
+        } else {
+            least
+        }
     }
 
     /// How many facts are known.
@@ -222,8 +300,15 @@ fn creates(a: &Activity) -> bool {
         && a.event_source != "logs.amazonaws.com"
 }
 
-/// Why `a` is activity by a terminated user, if it is: (summary, severity).
-pub fn terminated(facts: &Facts, listed: &[String], a: &Activity) -> Option<(String, Severity)> {
+/// Why `a` is activity by a terminated user, if it is: (summary, severity, and the
+/// termination's `key@time` when a fact established it). The alert is about the termination,
+/// so its id comes from that, whichever activity — or [`crate::detector::Detector::look_back`]
+/// — finds it first.
+pub fn terminated(
+    facts: &Facts,
+    listed: &[String],
+    a: &Activity,
+) -> Option<(String, Severity, Option<String>)> {
     let t = a.event_time.timestamp();
     let p = &a.principal;
     // Nothing terminated and nobody listed: the usual case, decided without building keys.
@@ -235,7 +320,8 @@ pub fn terminated(facts: &Facts, listed: &[String], a: &Activity) -> Option<(Str
         .as_ref()
         .filter(|_| facts.terminations() > 0)
     {
-        if let Some(f) = facts.get(&format!("key:{key}")).filter(|f| f.time < t) {
+        let fact_key = format!("key:{key}");
+        if let Some(f) = facts.get(&fact_key).filter(|f| f.time < t) {
             return Some((
                 format!(
                     "{} used access key {key} after {} ({})",
@@ -244,15 +330,14 @@ pub fn terminated(facts: &Facts, listed: &[String], a: &Activity) -> Option<(Str
                     fmt_time(f.time)
                 ),
                 Severity::High,
+                Some(format!("{fact_key}@{}", f.time)),
             ));
         }
     }
     if p.kind == "IAMUser" && facts.terminations() > 0 {
         if let (Some(account), Some(name)) = (&p.account_id, &p.name) {
-            if let Some(f) = facts
-                .get(&format!("user:{account}/{name}"))
-                .filter(|f| f.time < t)
-            {
+            let user_key = format!("user:{account}/{name}");
+            if let Some(f) = facts.get(&user_key).filter(|f| f.time < t) {
                 return Some((
                     format!(
                         "{name} acted after the user was deleted ({}, {})",
@@ -260,14 +345,21 @@ pub fn terminated(facts: &Facts, listed: &[String], a: &Activity) -> Option<(Str
                         fmt_time(f.time)
                     ),
                     Severity::High,
+                    Some(format!("{user_key}@{}", f.time)),
                 ));
             }
             let console = a.event_type.as_deref() == Some("AwsConsoleSignIn");
-            if let Some(f) = facts
-                .get(&format!("console:{account}/{name}"))
-                .filter(|f| console && f.time < t)
-            {
-                return Some((format!("{name} signed in to the console after its console access was removed ({}, {})", f.how, fmt_time(f.time)), Severity::High));
+            let console_key = format!("console:{account}/{name}");
+            if let Some(f) = facts.get(&console_key).filter(|f| console && f.time < t) {
+                return Some((
+                    format!(
+                        "{name} signed in to the console after its console access was removed ({}, {})",
+                        f.how,
+                        fmt_time(f.time)
+                    ),
+                    Severity::High,
+                    Some(format!("{console_key}@{}", f.time)),
+                ));
             }
         }
     }
@@ -284,32 +376,60 @@ pub fn terminated(facts: &Facts, listed: &[String], a: &Activity) -> Option<(Str
         return Some((
             format!("{hit} is listed as terminated and acted: {}", a.event_name),
             Severity::High,
+            None,
         ));
     }
     None
 }
 
-/// Why `a` creates a resource in a region the organization does not use, if it does.
-pub fn unusual_region(facts: &Facts, learning_secs: i64, a: &Activity) -> Option<String> {
-    let region = a.region.as_deref()?;
-    if !creates(a) {
-        return None;
-    }
+/// Whether `a` creates a resource in a region the organization does not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionVerdict {
+    /// It does not, and no fact still to come can change that.
+    Usual,
+    /// It does, on facts complete through its event time: why.
+    Unusual(String),
+    /// It might: facts not yet complete through its event time could still show the region
+    /// (or an earlier start of the organization's history).
+    Wait,
+}
+
+/// Whether `a` is a call that [`region_verdict`] judges (a resource created).
+pub fn is_region_candidate(a: &Activity) -> bool {
+    a.region.is_some() && creates(a)
+}
+
+/// Judges `a` against the regions in use before it. "Used before" can only become true as
+/// facts arrive, and the history's start only earlier, so `Usual` from a known earlier use is
+/// final at once; anything else waits until the facts are complete through `a`'s time
+/// (`complete_through`: [`Facts::complete_through`], or `i64::MAX` to decide on what is known).
+pub fn region_verdict(
+    facts: &Facts,
+    learning_secs: i64,
+    a: &Activity,
+    complete_through: i64,
+) -> RegionVerdict {
+    let Some(region) = a.region.as_deref().filter(|_| creates(a)) else {
+        return RegionVerdict::Usual;
+    };
     let t = a.event_time.timestamp();
-    let history_from = facts.first_use?;
-    if t - history_from < learning_secs {
-        return None;
-    }
     let in_use = facts
         .get(&format!("region:{region}"))
         .is_some_and(|f| f.time < t);
-    (!in_use).then(|| {
-        format!(
+    if in_use {
+        return RegionVerdict::Usual;
+    }
+    if complete_through < t {
+        return RegionVerdict::Wait;
+    }
+    match facts.first_use {
+        Some(history_from) if t - history_from >= learning_secs => RegionVerdict::Unusual(format!(
             "{} {} in {region}, a region the organization has not used",
             a.principal.display(),
             a.event_name
-        )
-    })
+        )),
+        _ => RegionVerdict::Usual,
+    }
 }
 
 fn fmt_time(t: i64) -> String {
@@ -493,7 +613,7 @@ mod tests {
             "ap-east-1",
         );
         assert!(
-            unusual_region(&facts, week, &early).is_none(),
+            region_verdict(&facts, week, &early, facts.complete_through()) == RegionVerdict::Usual,
             "still learning"
         );
         let late = act(
@@ -504,7 +624,10 @@ mod tests {
             admin(),
             "ap-east-1",
         );
-        assert!(unusual_region(&facts, week, &late).is_some());
+        assert!(matches!(
+            region_verdict(&facts, week, &late, facts.complete_through()),
+            RegionVerdict::Unusual(_)
+        ));
         let usual = act(
             8 * 86_400,
             "ec2.amazonaws.com",
@@ -513,7 +636,10 @@ mod tests {
             admin(),
             "us-east-1",
         );
-        assert!(unusual_region(&facts, week, &usual).is_none());
+        assert_eq!(
+            region_verdict(&facts, week, &usual, facts.complete_through()),
+            RegionVerdict::Usual
+        );
         let read = act(
             8 * 86_400,
             "ec2.amazonaws.com",
@@ -522,6 +648,131 @@ mod tests {
             admin(),
             "ap-east-1",
         );
-        assert!(unusual_region(&facts, week, &read).is_none());
+        assert_eq!(
+            region_verdict(&facts, week, &read, facts.complete_through()),
+            RegionVerdict::Usual
+        );
+    }
+
+    fn learn_all(facts: &mut Facts, a: &Activity) {
+        for (k, f) in facts_of(a) {
+            facts.learn(&k, f);
+        }
+    }
+
+    /// What `act` adds to its times.
+    const T0: i64 = 1_700_000_000;
+
+    fn mark(through: i64, max: i64, idle: bool) -> Mark {
+        Mark { through, max, idle }
+    }
+
+    #[test]
+    fn shared_facts_are_complete_through_the_least_mark() {
+        let mut facts = Facts::default();
+        assert_eq!(
+            facts.complete_through(),
+            i64::MAX,
+            "one process: always complete"
+        );
+        facts.set_shape(2, 2);
+        assert_eq!(facts.complete_through(), i64::MIN, "no marks yet");
+        facts.mark(0, 0, mark(100, 400, false));
+        facts.mark(0, 1, mark(100, 400, false));
+        facts.mark(1, 0, mark(50, 350, false));
+        assert_eq!(
+            facts.complete_through(),
+            i64::MIN,
+            "partition 1 has not marked facts partition 1"
+        );
+        facts.mark(1, 1, mark(70, 370, false));
+        assert_eq!(facts.complete_through(), 50);
+        // A mark never moves back (a restarted instance marks from where its replay starts).
+        facts.mark(1, 0, mark(20, 300, false));
+        assert_eq!(facts.complete_through(), 50);
+        facts.mark(1, 0, mark(90, 390, false));
+        assert_eq!(facts.complete_through(), 70);
+        // Everyone caught up: complete through the latest time evaluated anywhere.
+        for (p, k) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            facts.mark(p, k, mark(0, 0, true));
+        }
+        assert_eq!(facts.complete_through(), 400);
+        facts.mark(1, 1, mark(0, 0, false));
+        assert_eq!(facts.complete_through(), 70, "one partition has work again");
+    }
+
+    #[test]
+    fn a_region_decision_waits_for_the_facts_of_its_time() {
+        let week = 7 * 86_400;
+        let first = act(
+            0,
+            "ec2.amazonaws.com",
+            "RunInstances",
+            json!({}),
+            admin(),
+            "us-east-1",
+        );
+        let create = act(
+            8 * 86_400,
+            "ec2.amazonaws.com",
+            "RunInstances",
+            json!({}),
+            admin(),
+            "ap-east-1",
+        );
+        // The same region's first use, earlier in event time, on another partition.
+        let earlier = act(
+            8 * 86_400 - 60,
+            "ec2.amazonaws.com",
+            "CreateVpc",
+            json!({}),
+            admin(),
+            "ap-east-1",
+        );
+
+        let mut facts = Facts::default();
+        facts.set_shape(2, 1);
+        learn_all(&mut facts, &first);
+        facts.mark(
+            0,
+            0,
+            mark(T0 + 8 * 86_400 + 600, T0 + 8 * 86_400 + 900, false),
+        );
+        assert_eq!(
+            region_verdict(&facts, week, &create, facts.complete_through()),
+            RegionVerdict::Wait,
+            "partition 1 has not marked"
+        );
+        // Partition 1's fact arrives, then its mark: the region was in use after all.
+        learn_all(&mut facts, &earlier);
+        assert_eq!(
+            region_verdict(&facts, week, &create, facts.complete_through()),
+            RegionVerdict::Usual,
+            "final once known"
+        );
+
+        // Without the earlier use, the decision is made once every partition has passed it.
+        let mut facts = Facts::default();
+        facts.set_shape(2, 1);
+        learn_all(&mut facts, &first);
+        facts.mark(
+            0,
+            0,
+            mark(T0 + 8 * 86_400 + 600, T0 + 8 * 86_400 + 900, false),
+        );
+        facts.mark(
+            1,
+            0,
+            mark(T0 + 8 * 86_400 - 1, T0 + 8 * 86_400 + 299, false),
+        );
+        assert_eq!(
+            region_verdict(&facts, week, &create, facts.complete_through()),
+            RegionVerdict::Wait
+        );
+        facts.mark(1, 0, mark(T0 + 8 * 86_400, T0 + 8 * 86_400 + 300, false));
+        assert!(matches!(
+            region_verdict(&facts, week, &create, facts.complete_through()),
+            RegionVerdict::Unusual(_)
+        ));
     }
 }

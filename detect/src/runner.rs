@@ -34,6 +34,8 @@ pub struct Metrics {
     lag: Histogram,
     consumer_lag: kafka::ConsumerLag,
     refused: IntCounterVec,
+    held: IntGauge,
+    decided_early: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -81,6 +83,16 @@ impl Metrics {
             &["topic", "kind"],
         )?;
         registry.register(Box::new(refused.clone()))?;
+        let held = IntGauge::new(
+            "trailguard_detect_held_activities",
+            "Activities waiting for the organization's facts to be complete through their event time before a decision that depends on them (unusual region).",
+        )?;
+        registry.register(Box::new(held.clone()))?;
+        let decided_early = prometheus::IntCounter::new(
+            "trailguard_detect_decided_before_facts_complete_total",
+            "Held activities decided on the facts known because a partition's hold was full (a partition's marks stopped: an instance gone, a partition added): such decisions may differ from run to run.",
+        )?;
+        registry.register(Box::new(decided_early.clone()))?;
         for role in ["alerts", "dlq", "facts", "signin_failures"] {
             refused.with_label_values(&[role, "too_large"]);
         }
@@ -104,6 +116,8 @@ impl Metrics {
             lag,
             consumer_lag: kafka::ConsumerLag::new(registry)?,
             refused,
+            held,
+            decided_early,
         })
     }
 }
@@ -198,6 +212,8 @@ pub async fn run(
         tracing::warn!("no signing key: detect's own topics (facts, state, sign-in failures) are read back unauthenticated");
     }
     let facts = follow_facts(&cfg, &metrics, &tasks).await?;
+    let facts_partitions = shape_facts(&cfg, &facts).await?;
+    let progress = follow_progress(&cfg, &tasks)?;
 
     let mut state = Partitions {
         failures_topic: topics.detect_signin_failures.clone(),
@@ -214,12 +230,34 @@ pub async fn run(
                     kafka::rejoin(&consumer, &[&topics.activities, &topics.detect_signin_failures])?;
                 }
                 state.forget_revoked(&context);
+                let owned = context.owned(&topics.activities);
+                let marks = state.marks(&owned, &trailguard_common::sync::lock(&progress), &cfg, &crate::facts::lock(&facts));
+                // Every facts partition at once: a mark is the only record detect sends
+                // per partition per checkpoint.
+                let sink = &sink;
+                let sends = marks.iter().flat_map(|&(partition, mark)| {
+                    (0..facts_partitions).map(move |k| sink.mark(partition, k, mark))
+                });
+                if let Some(Err(stopped)) = futures::future::join_all(sends).await.into_iter().find(Result::is_err) {
+                    return commit_stored(&consumer, stopped, &tasks);
+                }
+                for (partition, mark) in marks {
+                    for k in 0..facts_partitions {
+                        crate::facts::lock(&facts).mark(partition, k, mark);
+                    }
+                    state.marked.insert(partition, mark);
+                }
+                let mut held = 0;
                 for detector in state.detectors.values_mut() {
-                    let alerts = detector.look_back(&crate::facts::lock(&facts));
+                    let mut alerts = detector.look_back(&crate::facts::lock(&facts));
+                    alerts.extend(detector.decide_held(&crate::facts::lock(&facts)));
+                    metrics.decided_early.inc_by(detector.take_decided_early());
+                    held += detector.held();
                     if let Err(stopped) = sink.alerts(alerts).await {
                         return commit_stored(&consumer, stopped, &tasks);
                     }
                 }
+                metrics.held.set(held as i64);
                 checkpoint(&producer, &consumer, &cfg, &mut state).await?;
                 continue;
             }
@@ -316,6 +354,7 @@ pub async fn run(
             }
         }
         state.pending.insert(partition, offset + 1);
+        state.next.insert(partition, offset + 1);
         metrics.state.set(state.size() as i64);
     }
     state.forget_revoked(&context);
@@ -425,11 +464,93 @@ async fn restore_partition(
     Ok(detector)
 }
 
-/// A fact as published: its key travels in the value too, so the topic can be read back whole.
+/// A record of the facts topic: a fact, or a partition's mark. Its key travels in the value
+/// too, so the topic can be read back whole.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct FactRecord {
     key: String,
-    fact: crate::facts::Fact,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fact: Option<crate::facts::Fact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mark: Option<PartitionMark>,
+}
+
+/// A mark, for the activities partition and the facts partition it was published on.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PartitionMark {
+    partition: i32,
+    facts_partition: i32,
+    #[serde(flatten)]
+    mark: crate::facts::Mark,
+}
+
+impl FactRecord {
+    /// Applies the record to `facts`.
+    fn apply(self, facts: &crate::facts::SharedFacts) {
+        let mut facts = crate::facts::lock(facts);
+        if let Some(fact) = self.fact {
+            facts.learn(&self.key, fact);
+        }
+        if let Some(m) = self.mark {
+            facts.mark(m.partition, m.facts_partition, m.mark);
+        }
+    }
+}
+
+/// Tells `facts` how many activities and facts partitions there are, so decisions wait for
+/// every partition's marks; returns the facts partitions.
+async fn shape_facts(cfg: &DetectConfig, facts: &crate::facts::SharedFacts) -> Result<i32, Error> {
+    let kafka_cfg = cfg.kafka.clone();
+    let topics = cfg.kafka.topics.clone();
+    let (activities, facts_partitions) = tokio::task::spawn_blocking(move || {
+        Ok::<_, trailguard_common::Error>((
+            kafka::partition_count(&kafka_cfg, &topics.activities)?,
+            kafka::partition_count(&kafka_cfg, &topics.detect_facts)?,
+        ))
+    })
+    .await
+    .map_err(|e| Error::Stopped(format!("reading partition counts: {e}")))??;
+    crate::facts::lock(facts).set_shape(activities, facts_partitions);
+    tracing::info!(
+        activities,
+        facts_partitions,
+        "facts are complete when every activities partition has marked every facts partition"
+    );
+    Ok(facts_partitions.max(1))
+}
+
+/// Per activities partition: detect's committed offset and the high watermark.
+type Progress = std::sync::Arc<std::sync::Mutex<HashMap<i32, (Option<i64>, i64)>>>;
+
+/// Where detect's group stands on the activities topic (committed offset and high watermark
+/// per partition), asked every half second as one of `tasks`: a partition read to its high
+/// watermark is caught up.
+fn follow_progress(
+    cfg: &DetectConfig,
+    tasks: &trailguard_common::shutdown::Tasks,
+) -> Result<Progress, Error> {
+    let progress = std::sync::Arc::new(kafka::GroupProgress::new(
+        &cfg.kafka,
+        &cfg.detect.group_id,
+        &cfg.kafka.topics.activities,
+    )?);
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let (out, shutdown) = (shared.clone(), tasks.shutdown().clone());
+    tasks.spawn("group progress", async move {
+        loop {
+            let asked = progress.clone();
+            match tokio::task::spawn_blocking(move || asked.poll()).await {
+                Ok(Ok(now)) => *trailguard_common::sync::lock(&out) = now,
+                Ok(Err(err)) => tracing::debug!(error = %err, "asking the group's progress failed; asking again"),
+                Err(err) => return Err(format!("asking the group's progress: {err}")),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    });
+    Ok(shared)
 }
 
 /// Reads the facts topic whole (before any activity is processed, so the organization's history
@@ -450,7 +571,7 @@ async fn follow_facts(
     let count = tokio::task::spawn_blocking(move || {
         kafka::read_all(&kafka_cfg, &topic, "trailguard-detect-facts", |read| {
             if let Some(record) = verified_fact(&verifier, read, &unverified) {
-                crate::facts::lock(&loaded).learn(&record.key, record.fact);
+                record.apply(&loaded);
             }
         })
     })
@@ -475,7 +596,7 @@ async fn follow_facts(
             let followed = kafka::follow(&kafka_cfg, &topic, true, None, &shutdown, |message| {
                 let read = kafka::Read::of(message);
                 if let Some(record) = verified_fact(&verifier, &read, &unverified) {
-                    crate::facts::lock(&shared).learn(&record.key, record.fact);
+                    record.apply(&shared);
                 }
                 true
             })
@@ -537,6 +658,10 @@ struct Partitions {
     counters: HashMap<i32, SourceIpFailures>,
     /// As `pending`, for the sign-in failures partitions.
     pending_counters: HashMap<i32, i64>,
+    /// The offset after the last activity read from each activities partition.
+    next: HashMap<i32, i64>,
+    /// The last mark published for each activities partition.
+    marked: HashMap<i32, crate::facts::Mark>,
 }
 
 impl Partitions {
@@ -551,8 +676,55 @@ impl Partitions {
             } else {
                 self.detectors.remove(&partition);
                 self.pending.remove(&partition);
+                self.next.remove(&partition);
+                self.marked.remove(&partition);
             }
         }
+    }
+
+    /// The marks to publish for the `owned` activities partitions whose mark changed: what
+    /// each vouches for (see [`crate::facts::Mark`]). A partition caught up with the broker
+    /// (`progress`: committed offset and high watermark) vouches for the latest time any
+    /// partition has evaluated, less the allowed lateness: a record of it that comes later
+    /// with an earlier time is late, as it is for every windowed policy.
+    fn marks(
+        &self,
+        owned: &[i32],
+        progress: &HashMap<i32, (Option<i64>, i64)>,
+        cfg: &DetectConfig,
+        facts: &crate::facts::Facts,
+    ) -> Vec<(i32, crate::facts::Mark)> {
+        let lateness = cfg.detect.allowed_lateness.as_secs() as i64;
+        let max_of = |p: &i32| {
+            self.detectors
+                .get(p)
+                .and_then(Detector::max_event_time)
+                .unwrap_or(i64::MIN)
+        };
+        let org_max = owned
+            .iter()
+            .map(max_of)
+            .chain(facts.org_max())
+            .max()
+            .unwrap_or(i64::MIN);
+        let mut out = Vec::new();
+        for &partition in owned {
+            let max = max_of(&partition);
+            let read = self.next.get(&partition).copied();
+            let idle = progress
+                .get(&partition)
+                .is_some_and(|&(committed, high)| read.max(committed).unwrap_or(0) >= high);
+            let latest = if idle { max.max(org_max) } else { max };
+            let mark = crate::facts::Mark {
+                through: latest.saturating_sub(lateness),
+                max,
+                idle,
+            };
+            if self.marked.get(&partition) != Some(&mark) {
+                out.push((partition, mark));
+            }
+        }
+        out
     }
 
     /// Open windows and baselines held.
@@ -757,21 +929,62 @@ impl Sink<'_> {
     async fn fact(&self, key: &str, fact: &crate::facts::Fact) -> Result<(), Stopped> {
         let record = FactRecord {
             key: key.to_string(),
-            fact: fact.clone(),
+            fact: Some(fact.clone()),
+            mark: None,
         };
-        let Ok(payload) = serde_json::to_vec(&record) else {
+        self.fact_record(None, &record)
+            .await
+            .map_err(|_| Stopped("shutdown while a fact was unpublished"))
+    }
+
+    /// Publishes the mark of activities `partition` on `facts_partition`, signed.
+    async fn mark(
+        &self,
+        partition: i32,
+        facts_partition: i32,
+        mark: crate::facts::Mark,
+    ) -> Result<(), Stopped> {
+        let record = FactRecord {
+            key: format!("mark:{partition}:{facts_partition}"),
+            fact: None,
+            mark: Some(PartitionMark {
+                partition,
+                facts_partition,
+                mark,
+            }),
+        };
+        self.fact_record(Some(facts_partition), &record)
+            .await
+            .map_err(|_| Stopped("shutdown while a mark was unpublished"))
+    }
+
+    /// Publishes a record of the facts topic (to `partition`, when given).
+    async fn fact_record(
+        &self,
+        partition: Option<i32>,
+        record: &FactRecord,
+    ) -> Result<(), Stopped> {
+        let Ok(payload) = serde_json::to_vec(record) else {
             return Ok(());
         };
+        let key = record.key.as_bytes();
         let payload = sign::seal(
             self.cfg.signing.signer().as_ref(),
             sign::purpose::FACTS,
-            key.as_bytes(),
+            key,
             &payload,
         );
         let topic = &self.cfg.kafka.topics.detect_facts;
-        let sent = self.send(topic, key.as_bytes(), &payload, None);
+        let sent = kafka::send_until_durable_to(
+            self.producer,
+            topic,
+            partition,
+            key,
+            &payload,
+            None,
+            self.shutdown,
+        );
         self.moved_on("facts", sent.await)
-            .map_err(|_| Stopped("shutdown while a fact was unpublished"))
     }
 
     /// Forwards a failed sign-in to the sign-in failures topic, keyed by its source IP.

@@ -196,8 +196,14 @@ impl Run {
 
     /// Starts a long-running service (detect, remediate) with its admin endpoint on a free port.
     pub fn spawn(&self, binary: &str, extra: &[&str]) -> Result<Service> {
-        let log =
-            std::env::temp_dir().join(format!("{}-{binary}-{}.log", self.id, std::process::id()));
+        // One log per service, also when a run starts several of one binary.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!(
+            "{}-{binary}-{}-{n}.log",
+            self.id,
+            std::process::id()
+        ));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -13,8 +13,9 @@ use crate::policy::{security_team, AlertBuilder};
 use trailguard_common::contract::kinds;
 
 impl Anomalies {
-    /// The organization-wide detections (terminated user, unusual region) against `facts`,
-    /// for `a`'s principal.
+    /// Activity by a terminated user, against `facts`, for `a`'s principal. (The unusual
+    /// region is judged by the detector, which may have to wait for facts: see
+    /// [`Self::judges_region`].)
     pub fn observe_facts(
         &self,
         st: &mut PrincipalState,
@@ -25,11 +26,11 @@ impl Anomalies {
         let t = a.event_time.timestamp();
         let d = &self.cfg.terminated_user;
         if acts_itself(a) && self.on(d, a) {
-            if let Some((summary, severity)) =
+            if let Some((summary, severity, termination)) =
                 crate::facts::terminated(facts, &self.cfg.terminated_users, a)
             {
                 if self.may_fire(st, "terminated".into(), t) {
-                    out.push(self.alert(
+                    let mut alert = self.alert(
                         a,
                         &crate::facts::TERMINATED_USER,
                         d,
@@ -37,33 +38,61 @@ impl Anomalies {
                         summary,
                         vec![a.id.clone()],
                         ("Persistence", "T1078.004", "Valid Accounts: Cloud Accounts"),
-                    ));
-                }
-            }
-        }
-        let d = &self.cfg.unusual_region;
-        if acts_itself(a) && self.on(d, a) {
-            let learning = self.cfg.learning_period.as_secs() as i64;
-            if let Some(summary) = crate::facts::unusual_region(facts, learning, a) {
-                let region = a.region.clone().unwrap_or_default();
-                if self.may_fire(st, format!("region|{region}"), t) {
-                    out.push(self.alert(
-                        a,
-                        &crate::facts::UNUSUAL_REGION,
-                        d,
-                        Severity::Medium,
-                        summary,
-                        vec![a.id.clone()],
-                        (
-                            "Defense Evasion",
-                            "T1535",
-                            "Unused/Unsupported Cloud Regions",
-                        ),
-                    ));
+                    );
+                    if let Some(termination) = termination {
+                        alert.id = termination_alert_id(&termination);
+                    }
+                    out.push(alert);
                 }
             }
         }
         out
+    }
+
+    /// Whether the unusual-region detection judges `a` (a resource created, by its caller,
+    /// with the detection on for it).
+    pub fn judges_region(&self, a: &Activity) -> bool {
+        crate::facts::is_region_candidate(a)
+            && acts_itself(a)
+            && self.on(&self.cfg.unusual_region, a)
+    }
+
+    /// [`crate::facts::region_verdict`] with this detection's learning period.
+    pub fn region_verdict(
+        &self,
+        facts: &crate::facts::Facts,
+        a: &Activity,
+        complete_through: i64,
+    ) -> crate::facts::RegionVerdict {
+        let learning = self.cfg.learning_period.as_secs() as i64;
+        crate::facts::region_verdict(facts, learning, a, complete_through)
+    }
+
+    /// The unusual-region alert for `a` (found unusual, `why`), unless one for the same
+    /// region was raised about the principal within the suppression period.
+    pub fn unusual_region(
+        &self,
+        st: &mut PrincipalState,
+        a: &Activity,
+        why: String,
+    ) -> Option<Alert> {
+        let region = a.region.clone().unwrap_or_default();
+        if !self.may_fire(st, format!("region|{region}"), a.event_time.timestamp()) {
+            return None;
+        }
+        Some(self.alert(
+            a,
+            &crate::facts::UNUSUAL_REGION,
+            &self.cfg.unusual_region,
+            Severity::Medium,
+            why,
+            vec![a.id.clone()],
+            (
+                "Defense Evasion",
+                "T1535",
+                "Unused/Unsupported Cloud Regions",
+            ),
+        ))
     }
 
     /// A termination learned after this partition saw the principal act past it (the
@@ -137,7 +166,13 @@ impl Anomalies {
         .evidence(vec![st.last_id.clone()], summary)
         .mitre(("Persistence", "T1078.004", "Valid Accounts: Cloud Accounts"))
         .actions(actions)
-        .id_from(&[st.last_id.as_str()]);
+        .id(termination_alert_id(&format!("{fact_key}@{}", fact.time)));
         Some(alert)
     }
+}
+
+/// The id of the terminated-user alert about one termination (`KEY@TIME` of its fact): the
+/// same whether an activity after it or a look back found it.
+fn termination_alert_id(termination: &str) -> String {
+    trailguard_common::contract::stable_id([crate::facts::TERMINATED_USER.id, termination])
 }

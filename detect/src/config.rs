@@ -20,6 +20,8 @@ pub struct PoliciesConfig {
     pub cloudtrail_changes: SimplePolicyConfig,
     /// S3 bucket is publicly accessible.
     pub s3_bucket_public: BucketPublicConfig,
+    /// S3 bucket shared with an external account (see [`crate::bucket_shared`]).
+    pub s3_external_grantee: crate::bucket_shared::BucketSharedConfig,
     /// Logon from a risky IP address (see [`crate::risky_signin`]).
     pub risky_ip_signin: crate::risky_signin::RiskySigninConfig,
     /// The activity policy templates, by id (see [`crate::templates`]).
@@ -74,6 +76,9 @@ impl PoliciesConfig {
         vec![
             Box::new(CloudTrailChanges::new(self.cloudtrail_changes.clone())),
             Box::new(BucketPublic::new(self.s3_bucket_public.clone())),
+            Box::new(crate::bucket_shared::BucketShared::new(
+                self.s3_external_grantee.clone(),
+            )),
             Box::new(Templates::new(&self.templates)),
             Box::new(crate::risky_signin::RiskySignin::new(
                 self.risky_ip_signin.clone(),
@@ -98,6 +103,7 @@ pub fn builtin_policies() -> Vec<&'static crate::policy::PolicyMeta<'static>> {
         &crate::anomaly::STORAGE_DELETION,
         &crate::anomaly::VM_DELETION,
         &crate::anomaly::VM_CREATION,
+        &crate::anomaly::FAILED_LOGINS,
         &crate::anomaly::DORMANT_PRINCIPAL,
         &crate::facts::TERMINATED_USER,
         &crate::facts::UNUSUAL_REGION,
@@ -114,6 +120,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
-        assert_eq!(count, 22, "4 built-in, 7 templates, 11 anomaly detections");
+        assert_eq!(count, 24, "5 built-in, 7 templates, 12 anomaly detections");
     }
 }

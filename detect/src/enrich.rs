@@ -31,16 +31,27 @@ pub struct GeoConfig {
 pub struct IntelConfig {
     /// The lists; each has a category and a file or URL.
     pub lists: Vec<IntelList>,
-    /// How often lists are read again (files and URLs).
+    /// How often lists are read again (files and URLs). A list that could not be read is
+    /// tried again sooner: after 1 minute, doubling up to this interval.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Also read the Tor Project's list of Tor exit addresses (category `tor`) from
+    /// `tor_exit_list_url`. On by default, so sign-ins through Tor are known without setup.
+    pub tor_exit_list: bool,
+    /// Where the Tor exit list is read: one address per line.
+    pub tor_exit_list_url: String,
 }
+
+/// The Tor Project's bulk exit list: every address a Tor exit relay has used lately.
+pub const TOR_BULK_EXIT_LIST: &str = "https://check.torproject.org/torbulkexitlist";
 
 impl Default for IntelConfig {
     fn default() -> Self {
         IntelConfig {
             lists: Vec::new(),
             refresh_interval: Duration::from_secs(3600),
+            tor_exit_list: true,
+            tor_exit_list_url: TOR_BULK_EXIT_LIST.into(),
         }
     }
 }
@@ -94,6 +105,13 @@ impl IntelConfig {
                     ))
                 }
             }
+        }
+        let url = &self.tor_exit_list_url;
+        if self.tor_exit_list && !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(trailguard_common::Error::config(
+                "intel.tor_exit_list_url",
+                "must start with http:// or https://",
+            ));
         }
         if self.refresh_interval < Duration::from_secs(60) {
             return Err(trailguard_common::Error::config(
@@ -184,30 +202,89 @@ impl Intel {
     }
 }
 
-/// Reads every list; a list that cannot be read is an error naming it.
-pub async fn load_intel(cfg: &IntelConfig) -> Result<Intel, String> {
-    let mut intel = Intel::default();
-    for (i, list) in cfg.lists.iter().enumerate() {
-        let text = match (&list.path, &list.url) {
-            (Some(path), _) => tokio::fs::read_to_string(path)
-                .await
-                .map_err(|e| format!("intel.lists[{i}]: reading {}: {e}", path.display()))?,
-            (None, Some(url)) => fetch(url)
-                .await
-                .map_err(|e| format!("intel.lists[{i}]: fetching {url}: {e}"))?,
-            (None, None) => continue,
-        };
-        let (read, bad) = intel.add(&list.category, &text);
-        if bad > 0 {
-            tracing::warn!(list = i, category = %list.category, bad, "intel list lines not understood (skipped)");
+impl IntelConfig {
+    /// The lists to read: the configured ones, then the Tor exit list when it is on.
+    pub fn all_lists(&self) -> Vec<IntelList> {
+        let mut lists = self.lists.clone();
+        if self.tor_exit_list {
+            lists.push(IntelList {
+                category: "tor".into(),
+                path: None,
+                url: Some(self.tor_exit_list_url.clone()),
+            });
         }
-        tracing::info!(list = i, category = %list.category, entries = read, "intel list loaded");
+        lists
     }
-    Ok(intel)
+}
+
+/// The lists and the last text read from each: a list that cannot be read keeps what it
+/// had (nothing, at start-up) and is tried again; the others are used meanwhile.
+#[derive(Debug, Clone)]
+pub struct IntelLists {
+    lists: Vec<IntelList>,
+    texts: Vec<Option<String>>,
+}
+
+impl IntelLists {
+    /// The lists of `cfg`, none read yet.
+    pub fn new(cfg: &IntelConfig) -> Self {
+        let lists = cfg.all_lists();
+        IntelLists {
+            texts: vec![None; lists.len()],
+            lists,
+        }
+    }
+
+    /// Reads every list again; one that cannot be read is logged (naming it) and keeps its
+    /// last text. Returns how many could not be read.
+    pub async fn read(&mut self) -> usize {
+        let mut failed = 0;
+        for (i, list) in self.lists.iter().enumerate() {
+            let (what, text) = match (&list.path, &list.url) {
+                (Some(path), _) => (
+                    path.display().to_string(),
+                    tokio::fs::read_to_string(path).await.map_err(|e| e.to_string()),
+                ),
+                (None, Some(url)) => (url.clone(), fetch(url).await.map_err(|e| e.to_string())),
+                (None, None) => continue,
+            };
+            match text {
+                Ok(text) => self.texts[i] = Some(text),
+                Err(error) => {
+                    failed += 1;
+                    let kept = self.texts[i].is_some();
+                    tracing::warn!(list = %what, category = %list.category, %error, kept_last = kept, "intel list could not be read; trying again later");
+                }
+            }
+        }
+        failed
+    }
+
+    /// Whether every list has been read at least once.
+    pub fn complete(&self) -> bool {
+        self.texts.iter().all(Option::is_some)
+    }
+
+    /// The addresses of every list read.
+    pub fn intel(&self) -> Intel {
+        let mut intel = Intel::default();
+        for (i, (list, text)) in self.lists.iter().zip(&self.texts).enumerate() {
+            let Some(text) = text else { continue };
+            let (read, bad) = intel.add(&list.category, text);
+            if bad > 0 {
+                tracing::warn!(list = i, category = %list.category, bad, "intel list lines not understood (skipped)");
+            }
+            tracing::debug!(list = i, category = %list.category, entries = read, "intel list loaded");
+        }
+        intel
+    }
 }
 
 async fn fetch(url: &str) -> Result<String, reqwest::Error> {
+    // Bounded: detect reads its lists at start-up, and a network that drops the connection
+    // must not hold it up for long.
     reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .build()?
         .get(url)
@@ -376,28 +453,33 @@ impl Enricher {
 /// Reloads the lists every `refresh_interval` into `shared`, as one of the service's `tasks`;
 /// a failed reload keeps the last good lists and logs why.
 pub fn refresh_intel(
-    cfg: IntelConfig,
+    mut lists: IntelLists,
+    refresh_interval: Duration,
     shared: Arc<RwLock<Arc<Intel>>>,
     tasks: &trailguard_common::shutdown::Tasks,
 ) {
-    if cfg.lists.is_empty() {
+    if lists.lists.is_empty() {
         return;
     }
     let shutdown = tasks.shutdown().clone();
     tasks.spawn("intel refresher", async move {
+        // A list missing is tried again after a minute, then two, ... up to the interval.
+        let mut retry = Duration::from_secs(60);
         loop {
+            let wait = if lists.complete() {
+                refresh_interval
+            } else {
+                retry.min(refresh_interval)
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(cfg.refresh_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            match load_intel(&cfg).await {
-                Ok(intel) => {
-                    *trailguard_common::sync::write(&shared) = Arc::new(intel);
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "intel refresh failed; keeping the last lists")
-                }
-            }
+            let failed = lists.read().await;
+            retry = if failed == 0 { Duration::from_secs(60) } else { retry * 2 };
+            let intel = lists.intel();
+            tracing::info!(entries = intel.len(), failed, "intel lists read again");
+            *trailguard_common::sync::write(&shared) = Arc::new(intel);
         }
     });
 }
@@ -446,6 +528,54 @@ mod tests {
             ..IntelConfig::default()
         };
         assert!(cfg.validate().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_list_that_cannot_be_read_is_tried_again_and_spares_the_others() {
+        let dir = std::env::temp_dir().join(format!("intel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let (tor, corporate) = (dir.join("tor.txt"), dir.join("corporate.txt"));
+        std::fs::write(&corporate, "10.0.0.0/8\n").ok();
+        std::fs::remove_file(&tor).ok();
+        let list = |category: &str, path: &std::path::Path| IntelList {
+            category: category.into(),
+            path: Some(path.to_path_buf()),
+            url: None,
+        };
+        let cfg = IntelConfig {
+            lists: vec![list("tor", &tor), list("corporate", &corporate)],
+            // Nothing listens there: read, fail, and the others are still used.
+            tor_exit_list_url: "http://127.0.0.1:9/torbulkexitlist".into(),
+            ..IntelConfig::default()
+        };
+        assert!(cfg.validate().is_ok());
+        let mut lists = IntelLists::new(&cfg);
+        assert_eq!(lists.read().await, 2, "the missing file and the unreachable URL");
+        assert!(!lists.complete());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(lists.intel().categories(ip("10.1.2.3")), ["corporate"]);
+        std::fs::write(&tor, "185.220.101.0/24\n").ok();
+        assert_eq!(lists.read().await, 1);
+        assert_eq!(lists.intel().categories(ip("185.220.101.9")), ["tor"]);
+        // A list that goes missing later keeps what it had.
+        std::fs::remove_file(&tor).ok();
+        assert_eq!(lists.read().await, 2);
+        assert_eq!(lists.intel().categories(ip("185.220.101.9")), ["tor"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_tor_exit_list_is_read_by_default() {
+        let cfg = IntelConfig::default();
+        let lists = cfg.all_lists();
+        assert_eq!(lists.len(), 1);
+        assert_eq!(lists[0].category, "tor");
+        assert_eq!(lists[0].url.as_deref(), Some(TOR_BULK_EXIT_LIST));
+        let off = IntelConfig {
+            tor_exit_list: false,
+            ..IntelConfig::default()
+        };
+        assert!(off.all_lists().is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - [`classify`] — what a call is: a write, a data event, interactive, acting itself, and the
 //!   units each rate counts;
 //! - [`fold`] — folding repeats of an event-driven alert into one;
-//! - the policies, one module each, pure: [`cloudtrail`], [`bucket_public`], [`templates`],
+//! - the policies, one module each, pure: [`cloudtrail`], [`bucket_public`], [`bucket_shared`], [`templates`],
 //!   [`risky_signin`], [`signin`], [`custom`], [`facts`] (organization-wide facts: terminated
 //!   users, regions in use) and [`anomaly`] (per-actor baselines, one file per detection
 //!   family);
@@ -24,6 +24,7 @@
 
 pub mod anomaly;
 pub mod bucket_public;
+pub mod bucket_shared;
 pub mod classify;
 pub mod cloudtrail;
 pub mod config;

@@ -228,15 +228,38 @@ pub fn security_team() -> Target {
     }
 }
 
-/// The actions `kinds`, each aimed at what it acts on in `activity` ([`action_target`]).
+/// The actions `kinds`, each aimed at what it acts on in `activity` ([`action_target`]). On a
+/// bucket policy or ACL change that gave other accounts access, `remove_collaborator` is asked
+/// once for each grantee the change added ([`crate::bucket_shared::external_grantees`]).
 pub fn requested(kinds: &[ActionKind], activity: &Activity) -> Vec<RequestedAction> {
-    kinds
-        .iter()
-        .map(|&kind| RequestedAction {
-            kind,
-            target: action_target(kind, activity),
-        })
-        .collect()
+    requested_excluding(kinds, activity, &[])
+}
+
+/// [`requested`], leaving the grantees of `trusted` accounts alone.
+pub fn requested_excluding(
+    kinds: &[ActionKind],
+    activity: &Activity,
+    trusted: &[String],
+) -> Vec<RequestedAction> {
+    let mut out = Vec::with_capacity(kinds.len());
+    for &kind in kinds {
+        let target = action_target(kind, activity);
+        if kind == ActionKind::RemoveCollaborator {
+            let added = crate::bucket_shared::external_grantees(activity, trusted);
+            if !added.is_empty() {
+                out.extend(added.into_iter().map(|g| RequestedAction {
+                    kind,
+                    target: Target {
+                        grantee: Some(g.id),
+                        ..target.clone()
+                    },
+                }));
+                continue;
+            }
+        }
+        out.push(RequestedAction { kind, target });
+    }
+    out
 }
 
 /// What an action of `kind` asked for by a policy about `a` acts on: the security team for

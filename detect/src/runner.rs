@@ -378,11 +378,13 @@ async fn enricher(
              detections are off"
         );
     }
-    let intel = crate::enrich::load_intel(&cfg.intel)
-        .await
-        .map_err(|e| Error::Stopped(format!("loading IP intelligence: {e}")))?;
+    // A list that cannot be read now is a warning, and is tried again; never a refusal to start.
+    let mut lists = crate::enrich::IntelLists::new(&cfg.intel);
+    lists.read().await;
+    let intel = lists.intel();
+    tracing::info!(entries = intel.len(), "IP intelligence loaded");
     let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(intel)));
-    crate::enrich::refresh_intel(cfg.intel.clone(), intel.clone(), tasks);
+    crate::enrich::refresh_intel(lists, cfg.intel.refresh_interval, intel.clone(), tasks);
     Ok(crate::enrich::Enricher::new(geo, intel))
 }
 

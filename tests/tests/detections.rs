@@ -561,3 +561,127 @@ async fn bursts_after_a_week_of_ordinary_work() -> Result<()> {
     }
     Ok(())
 }
+
+/// A bucket opened to another account (`s3-external-grantee`), end to end: the alert names the
+/// account the policy added, and `remove_collaborator` is asked for that grantee — not for the
+/// caller who made the change. The same change naming the bucket's own account, a trusted
+/// account, or anyone (`*`, the public-bucket policy's) raises no `s3-external-grantee`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_shared_with_another_account() -> Result<()> {
+    let run = Run::new("shared")?;
+    let config = run.detect_config(
+        "[policies.s3_external_grantee]\ntrusted_accounts = [\"222233334444\"]\nactions = [\"notify\", \"remove_collaborator\"]\n",
+    )?;
+    let config = config.to_str().context("config path")?;
+    let put = |minutes: i64, bucket: &str, principal: Value| {
+        let document = json!({"Version": "2012-10-17", "Statement": [{"Sid": "share",
+            "Effect": "Allow", "Principal": {"AWS": principal},
+            "Action": ["s3:GetObject", "s3:ListBucket"],
+            "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")]}]});
+        record(
+            minutes,
+            "PutBucketPolicy",
+            "s3.amazonaws.com",
+            "mallory",
+            "203.0.113.9",
+            json!({"bucketName": bucket, "bucketPolicy": document, "policy": [""], "Host": format!("{bucket}.s3.amazonaws.com")}),
+        )
+    };
+    let records = [
+        put(0, "customer-exports", json!("arn:aws:iam::999988887777:root")),
+        put(1, "app-logs", json!("arn:aws:iam::123456789012:role/log-reader")),
+        put(2, "partner-drop", json!("222233334444")),
+        put(3, "open-site", json!("*")),
+    ];
+    run.ingest_records(&records)?;
+    let detect = run.spawn("detect", &["--config", config])?;
+    let alerts = alerts_until(
+        &run,
+        detect,
+        &["s3-external-grantee", "s3-bucket-public"],
+        Duration::from_secs(5),
+    )?;
+    let shared: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.policy_id == "s3-external-grantee")
+        .collect();
+    ensure!(shared.len() == 1, "one shared bucket: {:#?}", shared.iter().map(|a| &a.evidence.summary).collect::<Vec<_>>());
+    let alert = shared[0];
+    ensure!(alert.entity.id == "customer-exports", "{}", alert.entity.id);
+    ensure!(alert.evidence.summary.contains("999988887777"), "{}", alert.evidence.summary);
+    let removal = alert
+        .actions
+        .iter()
+        .find(|r| r.kind == trailguard_common::contract::ActionKind::RemoveCollaborator)
+        .context("remove_collaborator requested")?;
+    ensure!(
+        removal.target.grantee.as_deref() == Some("arn:aws:iam::999988887777:root")
+            && removal.target.id == "customer-exports"
+            && removal.target.account_id.as_deref() == Some("123456789012"),
+        "{:?}",
+        removal.target
+    );
+    Ok(())
+}
+
+/// Failed sign-ins as an anomaly (`failed-logins`), end to end: after eight days in which
+/// both sign in every morning and one mistypes her password every other day, twelve failures
+/// in twenty minutes for ivan alert about ivan; judy's usual mistakes raise no anomaly.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_sign_ins_against_the_actors_own_rate() -> Result<()> {
+    let run = Run::new("failed-logins")?;
+    let mut n = 0;
+    let mut signin = |minutes: i64, user: &str, failed: bool| {
+        n += 1;
+        let mut r = trailguard_tests::api_call(
+            minutes,
+            "ConsoleLogin",
+            "signin.amazonaws.com",
+            user,
+            "71.253.251.70",
+            Value::Null,
+            n * 1_000_000,
+        );
+        r["eventType"] = json!("AwsConsoleSignIn");
+        r["readOnly"] = json!(false);
+        r["responseElements"] = json!({"ConsoleLogin": if failed { "Failure" } else { "Success" }});
+        if failed {
+            r["errorMessage"] = json!("Failed authentication");
+        }
+        r
+    };
+    const DAY: i64 = 1440;
+    let mut records = Vec::new();
+    for day in -8..0 {
+        for (i, user) in ["ivan", "judy"].into_iter().enumerate() {
+            let t = day * DAY + 8 * 60 + i as i64 * 7;
+            if user == "judy" && day % 2 == 0 {
+                records.push(signin(t - 1, user, true));
+            }
+            records.push(signin(t, user, false));
+        }
+    }
+    for i in 0..12 {
+        records.push(signin(9 * 60 + i * 2, "ivan", true));
+    }
+    records.push(signin(9 * 60 + 1, "judy", true));
+    records.push(signin(9 * 60 + 2, "judy", false));
+    run.ingest_records(&records)?;
+    let detect = run.spawn("detect", &[])?;
+    let alerts = alerts_until(&run, detect, &["failed-logins"], Duration::from_secs(5))?;
+    let anomalies: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::Anomaly)
+        .collect();
+    ensure!(
+        anomalies.len() == 1
+            && anomalies[0].policy_id == "failed-logins"
+            && anomalies[0].entity.id == "arn:aws:iam::123456789012:user/ivan",
+        "{:#?}",
+        anomalies
+            .iter()
+            .map(|a| (&a.policy_id, &a.evidence.summary))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}

@@ -101,6 +101,8 @@ pub struct AnomalyTuning {
     /// vm-deletion and vm-creation: instances an hour that are never unusual (low ×2,
     /// high ×0.5).
     pub vm_floor: u32,
+    /// failed-logins: failed sign-ins an hour that are never unusual (low ×2, high ×0.5).
+    pub failed_login_floor: u32,
 }
 
 impl Default for AnomalyTuning {
@@ -114,6 +116,7 @@ impl Default for AnomalyTuning {
             admin_floor: 50,
             deletion_floor: 50,
             vm_floor: 10,
+            failed_login_floor: 10,
         }
     }
 }
@@ -159,6 +162,9 @@ pub struct AnomalyConfig {
     pub bucket_deletion_weight: u32,
     /// Multiple delete VM activities.
     pub vm_deletion: DetectionConfig,
+    /// Multiple failed login attempts: an actor's failed console sign-ins in an hour, against
+    /// its own usual failures (beside the fixed-threshold `console_signin_failures`).
+    pub failed_logins: DetectionConfig,
     /// Unusual multiple VM creation activities.
     pub vm_creation: DetectionConfig,
     /// Activity performed by a terminated user (deleted user, removed console access,
@@ -192,6 +198,7 @@ impl Default for AnomalyConfig {
             storage_deletion: DetectionConfig::default(),
             bucket_deletion_weight: 10,
             vm_deletion: DetectionConfig::default(),
+            failed_logins: DetectionConfig::default(),
             vm_creation: DetectionConfig::default(),
             terminated_user: DetectionConfig::default(),
             terminated_users: Vec::new(),
@@ -235,6 +242,7 @@ impl AnomalyConfig {
             ("admin_floor", t.admin_floor > 0),
             ("deletion_floor", t.deletion_floor > 0),
             ("vm_floor", t.vm_floor > 0),
+            ("failed_login_floor", t.failed_login_floor > 0),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(trailguard_common::Error::config(
@@ -295,6 +303,11 @@ meta!(
     "Unusual multiple storage deletion activities"
 );
 meta!(VM_DELETION, "vm-deletion", "Multiple delete VM activities");
+meta!(
+    FAILED_LOGINS,
+    "failed-logins",
+    "Multiple failed login attempts"
+);
 meta!(
     DORMANT_PRINCIPAL,
     "dormant-principal",
@@ -388,6 +401,11 @@ impl Rate {
         (spread.max(scaled).ceil() as u32).max(floor)
     }
 
+    /// Never counted anything.
+    fn is_empty(&self) -> bool {
+        *self == Rate::default()
+    }
+
     /// Drops what only a building burst needs, once it is an hour old.
     fn settle(&mut self, now: i64) {
         let minute = now.div_euclid(60);
@@ -436,6 +454,9 @@ pub struct PrincipalState {
     /// The four rates.
     #[serde(rename = "r", default)]
     rates: [Rate; 4],
+    /// Failed sign-ins an hour (a field of its own: the rates above are persisted as four).
+    #[serde(rename = "x", default, skip_serializing_if = "Rate::is_empty")]
+    signin_failures: Rate,
     /// Id of the latest activity (evidence for a termination learned after it).
     #[serde(rename = "i", default, skip_serializing_if = "String::is_empty")]
     pub last_id: String,
@@ -467,6 +488,7 @@ impl PrincipalState {
             + self
                 .rates
                 .iter()
+                .chain([&self.signin_failures])
                 .map(|r| {
                     r.recent.capacity() * 16
                         + r.evidence.iter().map(|e| 24 + e.capacity()).sum::<usize>()
@@ -832,6 +854,58 @@ mod tests {
         let mut m = activity(0, "DescribeInstances", "203.0.113.66");
         m.enrichment.ip_categories = vec!["malicious".into()];
         assert_eq!(ids(&run(&[m]), "suspicious-ip").len(), 1);
+    }
+
+    /// A console sign-in by alice at `t`, failed or not.
+    fn signin(t: i64, failed: bool) -> Activity {
+        let time = DateTime::<Utc>::from_timestamp(1_700_000_000 + t, 0).unwrap_or_default();
+        let record = json!({
+            "eventTime": time.to_rfc3339(), "eventSource": "signin.amazonaws.com",
+            "eventName": "ConsoleLogin", "eventType": "AwsConsoleSignIn", "awsRegion": "us-east-1",
+            "recipientAccountId": "111111111111", "sourceIPAddress": "198.51.100.7",
+            "eventID": format!("00000000-0000-4000-9000-{:012}", t.unsigned_abs()),
+            "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111111111111:user/alice",
+                "userName": "alice", "accountId": "111111111111"},
+            "responseElements": {"ConsoleLogin": if failed { "Failure" } else { "Success" }},
+            "errorMessage": if failed { json!("Failed authentication") } else { Value::Null },
+        });
+        match trailguard_ingest::normalize::normalize(&record.to_string()) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn failed_logins_against_the_actors_own_rate() {
+        // Two weeks of a sign-in a day, mistyping the password every other day.
+        let mut usual = Vec::new();
+        for day in 0..14 {
+            usual.push(signin(day * DAY + 9 * 3600, day % 2 == 0));
+            usual.push(signin(day * DAY + 9 * 3600 + 30, false));
+        }
+        assert!(ids(&run(&usual), "failed-logins").is_empty(), "usual mistakes");
+        // Then ten failures in twenty minutes: guessing.
+        let mut guessed = usual.clone();
+        for i in 0..10 {
+            guessed.push(signin(14 * DAY + 9 * 3600 + i * 120, true));
+        }
+        let alerts = run(&guessed);
+        let fired: Vec<&Alert> = alerts.iter().filter(|a| a.policy_id == "failed-logins").collect();
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert!(fired[0].evidence.summary.contains("10 failed sign-ins"), "{}", fired[0].evidence.summary);
+        // Nine are still within what no one should do in an hour.
+        let mut nine = usual;
+        for i in 0..9 {
+            nine.push(signin(14 * DAY + 9 * 3600 + i * 120, true));
+        }
+        assert!(ids(&run(&nine), "failed-logins").is_empty());
+    }
+
+    #[test]
+    fn a_new_actor_failing_many_times_alerts_while_it_learns() {
+        let failures: Vec<Activity> = (0..20).map(|i| signin(i * 60, true)).collect();
+        assert_eq!(ids(&run(&failures[..19]), "failed-logins").len(), 0);
+        assert_eq!(ids(&run(&failures), "failed-logins").len(), 1, "floor 10 × learning factor 2");
     }
 
     #[test]

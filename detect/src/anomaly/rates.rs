@@ -1,20 +1,19 @@
-//! The four rate detections — unusual administrative activity, storage deletions, instances
-//! terminated, instances launched — against the principal's hourly baselines.
+//! The rate detections — unusual administrative activity, storage deletions, instances
+//! terminated, instances launched, failed sign-ins — against the actor's hourly baselines.
 
 use trailguard_common::contract::{Alert, Severity};
 
 use super::{
-    Anomalies, PrincipalState, Seen, Sensitivity, Who, STORAGE_DELETION, UNUSUAL_ADMIN,
-    VM_CREATION, VM_DELETION,
+    Anomalies, PrincipalState, Seen, Sensitivity, Who, FAILED_LOGINS, STORAGE_DELETION,
+    UNUSUAL_ADMIN, VM_CREATION, VM_DELETION,
 };
 use crate::classify::{rate_units, RateKind};
 
 impl Anomalies {
-    /// The four rates: count this activity's units, alert when a sliding hour passes the
+    /// The rates: count this activity's units, alert when a sliding hour passes the
     /// learned threshold.
     pub(super) fn rates(&self, st: &mut PrincipalState, seen: &Seen<'_>, out: &mut Vec<Alert>) {
-        let Seen { a, t, learned, .. } = *seen;
-        let who = Who(a);
+        let a = seen.a;
         let units = rate_units(a, self.cfg.bucket_deletion_weight);
         let detections = [
             (
@@ -47,52 +46,106 @@ impl Anomalies {
             ),
         ];
         for (kind, d, meta, what, mitre) in detections {
-            let n = units[kind as usize];
+            let floor = rate_floor(kind, &self.cfg.tuning);
             let rate = &mut st.rates[kind as usize];
-            if n == 0 {
-                rate.settle(t);
-                continue;
-            }
-            let (floor, sigmas, factor) = rate_params(kind, self.sens(d), &self.cfg.tuning);
-            // While it learns, an actor has no usual hours of its own: it is judged against
-            // what no one in the organization should do in an hour, the floor raised by
-            // `learning_factor` — so a ten-minute-old identity's destructive burst alerts.
-            let threshold = if learned {
-                rate.threshold(floor, sigmas, factor)
+            self.judge_rate(rate, units[kind as usize], floor, d, meta, what, mitre, seen, out);
+        }
+        let failed = failed_signin(a);
+        let floor = (self.cfg.tuning.failed_login_floor, 2.0, 0.5);
+        self.judge_rate(
+            &mut st.signin_failures,
+            u32::from(failed),
+            floor,
+            &self.cfg.failed_logins,
+            &FAILED_LOGINS,
+            "failed sign-ins",
+            ("Credential Access", "T1110", "Brute Force"),
+            seen,
+            out,
+        );
+    }
+
+    /// Counts `n` units of one rate; alerts when its sliding hour reaches the threshold: the
+    /// learned one, or while the actor learns the floor (`floor`: at medium, and the low and
+    /// high scales) times `learning_factor`.
+    #[allow(clippy::too_many_arguments)]
+    fn judge_rate(
+        &self,
+        rate: &mut super::Rate,
+        n: u32,
+        floor: (u32, f32, f32),
+        d: &super::DetectionConfig,
+        meta: &crate::policy::PolicyMeta<'static>,
+        what: &str,
+        mitre: (&str, &str, &str),
+        seen: &Seen<'_>,
+        out: &mut Vec<Alert>,
+    ) {
+        let Seen { a, t, learned, .. } = *seen;
+        if n == 0 {
+            rate.settle(t);
+            return;
+        }
+        let (floor, sigmas, factor) = rate_params(floor, self.sens(d));
+        // While it learns, an actor has no usual hours of its own: it is judged against
+        // what no one in the organization should do in an hour, the floor raised by
+        // `learning_factor` — so a ten-minute-old identity's destructive burst alerts.
+        let threshold = if learned {
+            rate.threshold(floor, sigmas, factor)
+        } else {
+            floor.saturating_mul(self.cfg.learning_factor.max(1))
+        };
+        let usual = rate.mean;
+        let count = rate.add(t, n, &a.id);
+        if count >= threshold && t >= rate.quiet_until && self.on(d, a) {
+            rate.quiet_until = t + 3600;
+            let who = Who(a);
+            let evidence = rate.evidence.clone();
+            let summary = if learned {
+                format!(
+                    "{who}: {count} {what} within an hour (usually {usual:.1} an hour; threshold {threshold})"
+                )
             } else {
-                floor.saturating_mul(self.cfg.learning_factor.max(1))
+                format!(
+                    "{who}: {count} {what} within an hour, while still new (no baseline of its own yet; the organization's threshold {threshold})"
+                )
             };
-            let usual = rate.mean;
-            let count = rate.add(t, n, &a.id);
-            if count >= threshold && t >= rate.quiet_until && self.on(d, a) {
-                rate.quiet_until = t + 3600;
-                let evidence = rate.evidence.clone();
-                let summary = if learned {
-                    format!(
-                        "{who}: {count} {what} within an hour (usually {usual:.1} an hour; threshold {threshold})"
-                    )
-                } else {
-                    format!(
-                        "{who}: {count} {what} within an hour, while still new (no baseline of its own yet; the organization's threshold {threshold})"
-                    )
-                };
-                let hour = t.div_euclid(3600).to_string();
-                let mut alert = self.alert(a, meta, d, Severity::Medium, summary, evidence, mitre);
-                alert.id = trailguard_common::contract::stable_id([meta.id, &a.actor_key(), &hour]);
-                out.push(alert);
-            }
+            let hour = t.div_euclid(3600).to_string();
+            let mut alert = self.alert(a, meta, d, Severity::Medium, summary, evidence, mitre);
+            alert.id = trailguard_common::contract::stable_id([meta.id, &a.actor_key(), &hour]);
+            out.push(alert);
         }
     }
 }
 
-/// Floors and spreads per sensitivity: the tuned floor at `medium`, scaled for `low` and
-/// `high` (admin and VMs ×2 / ×0.5, deletions ×4 / ×0.4).
-fn rate_params(kind: RateKind, s: Sensitivity, t: &super::AnomalyTuning) -> (u32, f32, f32) {
-    let (medium, low, high) = match kind {
+/// A failed sign-in to the console or to Identity Center's portal by a named actor (a failed
+/// `ConsoleLogin` for a user name that does not exist is logged with the name hidden: no one's
+/// own failure rate).
+fn failed_signin(a: &trailguard_common::Activity) -> bool {
+    a.event_source == "signin.amazonaws.com"
+        && matches!(a.event_name.as_str(), "ConsoleLogin" | "UserAuthentication")
+        && !a.outcome.is_success()
+        && !a
+            .principal
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("HIDDEN_DUE_TO_SECURITY_REASONS"))
+}
+
+/// The floor of `kind` at medium, and its scales at low and high (admin and VMs ×2 / ×0.5,
+/// deletions ×4 / ×0.4).
+fn rate_floor(kind: RateKind, t: &super::AnomalyTuning) -> (u32, f32, f32) {
+    match kind {
         RateKind::Admin => (t.admin_floor, 2.0, 0.5),
         RateKind::Deletion => (t.deletion_floor, 4.0, 0.4),
         RateKind::VmDeletion | RateKind::VmCreation => (t.vm_floor, 2.0, 0.5),
-    };
+    }
+}
+
+/// Floors and spreads per sensitivity: the tuned floor at `medium`, scaled for `low` and
+/// `high` by `floor`'s scales.
+fn rate_params(floor: (u32, f32, f32), s: Sensitivity) -> (u32, f32, f32) {
+    let (medium, low, high) = floor;
     let scale = match s {
         Sensitivity::Low => low,
         Sensitivity::Medium => 1.0,
@@ -118,7 +171,7 @@ mod tests {
         let t = super::super::AnomalyTuning::default();
         let floors = |kind| {
             [Sensitivity::Low, Sensitivity::Medium, Sensitivity::High]
-                .map(|s| rate_params(kind, s, &t).0)
+                .map(|s| rate_params(rate_floor(kind, &t), s).0)
         };
         assert_eq!(floors(RateKind::Admin), [100, 50, 25]);
         assert_eq!(floors(RateKind::Deletion), [200, 50, 20]);
@@ -126,11 +179,11 @@ mod tests {
         assert_eq!(floors(RateKind::VmCreation), [20, 10, 5]);
         let tuned = super::super::AnomalyTuning { vm_floor: 3, ..t };
         assert_eq!(
-            rate_params(RateKind::VmDeletion, Sensitivity::Medium, &tuned).0,
+            rate_params(rate_floor(RateKind::VmDeletion, &tuned), Sensitivity::Medium).0,
             3
         );
         assert_eq!(
-            rate_params(RateKind::VmDeletion, Sensitivity::High, &tuned).0,
+            rate_params(rate_floor(RateKind::VmDeletion, &tuned), Sensitivity::High).0,
             2
         );
     }

@@ -145,7 +145,10 @@ fn acl_grantees(params: &Value) -> Vec<Grantee> {
         "x-amz-grant-write-acp",
         "x-amz-grant-full-control",
     ] {
-        for grant in items(params.get(header)).into_iter().filter_map(Value::as_str) {
+        for grant in items(params.get(header))
+            .into_iter()
+            .filter_map(Value::as_str)
+        {
             for part in grant.split(',') {
                 if let Some(email) = part.trim().strip_prefix("emailAddress=") {
                     out.push(Grantee {
@@ -294,7 +297,11 @@ mod tests {
             policy(json!(["arn:aws:iam::999988887777:root", "111111111111"])),
         );
         let alert = shared.judge(&a).expect("shared with 999988887777");
-        assert!(alert.evidence.summary.contains("999988887777"), "{}", alert.evidence.summary);
+        assert!(
+            alert.evidence.summary.contains("999988887777"),
+            "{}",
+            alert.evidence.summary
+        );
         assert!(!alert.evidence.summary.contains("111111111111 ("));
         let removal: Vec<_> = alert
             .actions
@@ -303,7 +310,10 @@ mod tests {
             .collect();
         assert_eq!(removal.len(), 1);
         assert_eq!(removal[0].target.id, "loot");
-        assert_eq!(removal[0].target.account_id.as_deref(), Some("111111111111"));
+        assert_eq!(
+            removal[0].target.account_id.as_deref(),
+            Some("111111111111")
+        );
         assert_eq!(
             removal[0].target.grantee.as_deref(),
             Some("arn:aws:iam::999988887777:root"),
@@ -322,7 +332,12 @@ mod tests {
             json!("222222222222"),
             json!("*"),
         ] {
-            assert!(shared.judge(&call("PutBucketPolicy", policy(principal.clone()))).is_none(), "{principal}");
+            assert!(
+                shared
+                    .judge(&call("PutBucketPolicy", policy(principal.clone())))
+                    .is_none(),
+                "{principal}"
+            );
         }
         let deny = json!({"bucketName": "loot", "bucketPolicy": {"Statement": [
             {"Effect": "Deny", "Principal": {"AWS": "999988887777"}, "Action": "s3:*", "Resource": "*"}]}});
@@ -338,10 +353,20 @@ mod tests {
                 {"Grantee": {"ID": "owner-canonical-id", "xsi:type": "CanonicalUser"}, "Permission": "FULL_CONTROL"},
                 {"Grantee": {"ID": "stranger-canonical-id", "xsi:type": "CanonicalUser"}, "Permission": "READ"}]}}});
         let alert = shared.judge(&call("PutBucketAcl", acl)).expect("stranger");
-        assert!(alert.evidence.summary.contains("stranger-canonical-id (READ)"), "{}", alert.evidence.summary);
+        assert!(
+            alert
+                .evidence
+                .summary
+                .contains("stranger-canonical-id (READ)"),
+            "{}",
+            alert.evidence.summary
+        );
         assert!(!alert.evidence.summary.contains("owner-canonical-id"));
-        let header = json!({"bucketName": "loot", "x-amz-grant-read": "emailAddress=\"x@evil.example\""});
-        let alert = shared.judge(&call("PutBucketAcl", header)).expect("e-mail grantee");
+        let header =
+            json!({"bucketName": "loot", "x-amz-grant-read": "emailAddress=\"x@evil.example\""});
+        let alert = shared
+            .judge(&call("PutBucketAcl", header))
+            .expect("e-mail grantee");
         assert!(alert.evidence.summary.contains("x@evil.example (READ)"));
     }
 }

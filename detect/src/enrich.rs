@@ -243,7 +243,9 @@ impl IntelLists {
             let (what, text) = match (&list.path, &list.url) {
                 (Some(path), _) => (
                     path.display().to_string(),
-                    tokio::fs::read_to_string(path).await.map_err(|e| e.to_string()),
+                    tokio::fs::read_to_string(path)
+                        .await
+                        .map_err(|e| e.to_string()),
                 ),
                 (None, Some(url)) => (url.clone(), fetch(url).await.map_err(|e| e.to_string())),
                 (None, None) => continue,
@@ -476,7 +478,11 @@ pub fn refresh_intel(
                 _ = tokio::time::sleep(wait) => {}
             }
             let failed = lists.read().await;
-            retry = if failed == 0 { Duration::from_secs(60) } else { retry * 2 };
+            retry = if failed == 0 {
+                Duration::from_secs(60)
+            } else {
+                retry * 2
+            };
             let intel = lists.intel();
             tracing::info!(entries = intel.len(), failed, "intel lists read again");
             *trailguard_common::sync::write(&shared) = Arc::new(intel);
@@ -550,7 +556,11 @@ mod tests {
         };
         assert!(cfg.validate().is_ok());
         let mut lists = IntelLists::new(&cfg);
-        assert_eq!(lists.read().await, 2, "the missing file and the unreachable URL");
+        assert_eq!(
+            lists.read().await,
+            2,
+            "the missing file and the unreachable URL"
+        );
         assert!(!lists.complete());
         let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         assert_eq!(lists.intel().categories(ip("10.1.2.3")), ["corporate"]);

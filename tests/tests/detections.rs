@@ -588,8 +588,16 @@ async fn a_bucket_shared_with_another_account() -> Result<()> {
         )
     };
     let records = [
-        put(0, "customer-exports", json!("arn:aws:iam::999988887777:root")),
-        put(1, "app-logs", json!("arn:aws:iam::123456789012:role/log-reader")),
+        put(
+            0,
+            "customer-exports",
+            json!("arn:aws:iam::999988887777:root"),
+        ),
+        put(
+            1,
+            "app-logs",
+            json!("arn:aws:iam::123456789012:role/log-reader"),
+        ),
         put(2, "partner-drop", json!("222233334444")),
         put(3, "open-site", json!("*")),
     ];
@@ -605,10 +613,21 @@ async fn a_bucket_shared_with_another_account() -> Result<()> {
         .iter()
         .filter(|a| a.policy_id == "s3-external-grantee")
         .collect();
-    ensure!(shared.len() == 1, "one shared bucket: {:#?}", shared.iter().map(|a| &a.evidence.summary).collect::<Vec<_>>());
+    ensure!(
+        shared.len() == 1,
+        "one shared bucket: {:#?}",
+        shared
+            .iter()
+            .map(|a| &a.evidence.summary)
+            .collect::<Vec<_>>()
+    );
     let alert = shared[0];
     ensure!(alert.entity.id == "customer-exports", "{}", alert.entity.id);
-    ensure!(alert.evidence.summary.contains("999988887777"), "{}", alert.evidence.summary);
+    ensure!(
+        alert.evidence.summary.contains("999988887777"),
+        "{}",
+        alert.evidence.summary
+    );
     let removal = alert
         .actions
         .iter()

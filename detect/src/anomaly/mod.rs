@@ -867,7 +867,7 @@ mod tests {
             "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111111111111:user/alice",
                 "userName": "alice", "accountId": "111111111111"},
             "responseElements": {"ConsoleLogin": if failed { "Failure" } else { "Success" }},
-            "errorMessage": if failed { json!("Failed authentication") } else { Value::Null },
+            "errorMessage": if failed { json!("Failed authentication") } else { serde_json::Value::Null },
         });
         match trailguard_ingest::normalize::normalize(&record.to_string()) {
             Ok(a) => a,
@@ -883,16 +883,26 @@ mod tests {
             usual.push(signin(day * DAY + 9 * 3600, day % 2 == 0));
             usual.push(signin(day * DAY + 9 * 3600 + 30, false));
         }
-        assert!(ids(&run(&usual), "failed-logins").is_empty(), "usual mistakes");
+        assert!(
+            ids(&run(&usual), "failed-logins").is_empty(),
+            "usual mistakes"
+        );
         // Then ten failures in twenty minutes: guessing.
         let mut guessed = usual.clone();
         for i in 0..10 {
             guessed.push(signin(14 * DAY + 9 * 3600 + i * 120, true));
         }
         let alerts = run(&guessed);
-        let fired: Vec<&Alert> = alerts.iter().filter(|a| a.policy_id == "failed-logins").collect();
+        let fired: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.policy_id == "failed-logins")
+            .collect();
         assert_eq!(fired.len(), 1, "{fired:?}");
-        assert!(fired[0].evidence.summary.contains("10 failed sign-ins"), "{}", fired[0].evidence.summary);
+        assert!(
+            fired[0].evidence.summary.contains("10 failed sign-ins"),
+            "{}",
+            fired[0].evidence.summary
+        );
         // Nine are still within what no one should do in an hour.
         let mut nine = usual;
         for i in 0..9 {
@@ -905,7 +915,11 @@ mod tests {
     fn a_new_actor_failing_many_times_alerts_while_it_learns() {
         let failures: Vec<Activity> = (0..20).map(|i| signin(i * 60, true)).collect();
         assert_eq!(ids(&run(&failures[..19]), "failed-logins").len(), 0);
-        assert_eq!(ids(&run(&failures), "failed-logins").len(), 1, "floor 10 × learning factor 2");
+        assert_eq!(
+            ids(&run(&failures), "failed-logins").len(),
+            1,
+            "floor 10 × learning factor 2"
+        );
     }
 
     #[test]

@@ -48,7 +48,17 @@ impl Anomalies {
         for (kind, d, meta, what, mitre) in detections {
             let floor = rate_floor(kind, &self.cfg.tuning);
             let rate = &mut st.rates[kind as usize];
-            self.judge_rate(rate, units[kind as usize], floor, d, meta, what, mitre, seen, out);
+            self.judge_rate(
+                rate,
+                units[kind as usize],
+                floor,
+                d,
+                meta,
+                what,
+                mitre,
+                seen,
+                out,
+            );
         }
         let failed = failed_signin(a);
         let floor = (self.cfg.tuning.failed_login_floor, 2.0, 0.5);
@@ -179,7 +189,11 @@ mod tests {
         assert_eq!(floors(RateKind::VmCreation), [20, 10, 5]);
         let tuned = super::super::AnomalyTuning { vm_floor: 3, ..t };
         assert_eq!(
-            rate_params(rate_floor(RateKind::VmDeletion, &tuned), Sensitivity::Medium).0,
+            rate_params(
+                rate_floor(RateKind::VmDeletion, &tuned),
+                Sensitivity::Medium
+            )
+            .0,
             3
         );
         assert_eq!(

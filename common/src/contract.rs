@@ -438,6 +438,8 @@ pub enum ActionKind {
     RequireSignIn,
     /// Deactivate keys, remove console access, deny all.
     SuspendUser,
+    /// Tell the person the alert is about (their SNS topic, from a directory or a tag).
+    NotifyUser,
 }
 
 impl ActionKind {
@@ -449,6 +451,7 @@ impl ActionKind {
             ActionKind::Notify => "notify",
             ActionKind::RequireSignIn => "require_sign_in",
             ActionKind::SuspendUser => "suspend_user",
+            ActionKind::NotifyUser => "notify_user",
         }
     }
 }

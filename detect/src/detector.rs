@@ -73,9 +73,10 @@ pub struct Detector {
 /// marks stop (an instance gone, a partition added) cannot grow detect without bound.
 pub const HELD_LIMIT: usize = 10_000;
 
-/// Takes every action but `notify` off the alerts a failed activity raised, unless their
-/// policy opts in: a failed call proves nothing about its caller's rights, and some (a failed
-/// console sign-in, an `AccessDenied` on another's bucket) can be caused by anyone.
+/// Takes every action but the notifications (`notify`, `notify_user`) off the alerts a failed
+/// activity raised, unless their policy opts in: a failed call proves nothing about its
+/// caller's rights, and some (a failed console sign-in, an `AccessDenied` on another's bucket)
+/// can be caused by anyone. Telling the person whose password is being guessed is the point.
 fn disarm_if_failed(
     alerts: &mut [Alert],
     activity: &Activity,
@@ -86,9 +87,10 @@ fn disarm_if_failed(
     }
     for alert in alerts {
         if !act_on_failed.contains(&alert.policy_id) {
+            use trailguard_common::contract::ActionKind;
             alert
                 .actions
-                .retain(|a| a.kind == trailguard_common::contract::ActionKind::Notify);
+                .retain(|a| matches!(a.kind, ActionKind::Notify | ActionKind::NotifyUser));
         }
     }
 }

@@ -528,6 +528,28 @@ fn identity_from_undo(undo: &Value) -> Result<Identity, ActionError> {
     }
 }
 
+/// The value of the tag `key` on the IAM user `who` (iam:ListUserTags), if it has one.
+pub async fn user_tag(
+    client: &Client,
+    who: &Identity,
+    key: &str,
+) -> Result<Option<String>, trailguard_common::aws::CallError> {
+    let Identity::User { name, .. } = who else {
+        return Ok(None);
+    };
+    let out = client
+        .list_user_tags()
+        .user_name(name)
+        .send()
+        .await
+        .map_err(|e| trailguard_common::aws::CallError::of("iam:ListUserTags", &e))?;
+    Ok(out
+        .tags()
+        .iter()
+        .find(|t| t.key() == key)
+        .map(|t| t.value().to_string()))
+}
+
 /// Undoes `require_sign_in` or `suspend_user` of `target` from its undo data; refuses undo
 /// data that names another principal than the action's target.
 pub async fn undo(client: &Client, target: &Identity, undo: &Value) -> IamResult {

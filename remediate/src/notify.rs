@@ -5,7 +5,8 @@
 //!
 //! A `notify` target names a channel; `default` means every channel marked `default`. The user
 //! target (`kind = "user"`) goes to the same channels with the principal as `recipient`, so the
-//! receiving system can route it.
+//! receiving system can route it. `notify_user` reaches the person an alert is about on an SNS
+//! topic of their own ([`UsersConfig`]).
 
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct NotifyConfig {
     /// Timeout of one HTTP attempt.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Where `notify_user` reaches people.
+    pub users: UsersConfig,
 }
 
 impl Default for NotifyConfig {
@@ -37,8 +40,38 @@ impl Default for NotifyConfig {
             attempts: 5,
             backoff: Duration::from_millis(500),
             timeout: Duration::from_secs(10),
+            users: UsersConfig::default(),
         }
     }
+}
+
+/// Where `notify_user` reaches the person an alert is about: an SNS topic of their own (they
+/// subscribe their e-mail or phone to it), found in `directory` or in a tag of their IAM user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersConfig {
+    /// Person → SNS topic ARN. Keys are actor ids (`person:dana@example.com`,
+    /// `user:111111111111/bob`), principal ARNs or bare user or session names, tried in that
+    /// order (case-insensitive).
+    pub directory: std::collections::BTreeMap<String, String>,
+    /// The IAM user tag holding the user's topic ARN, read (iam:ListUserTags) when the
+    /// directory has no entry; empty: never read.
+    pub tag_key: String,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        UsersConfig {
+            directory: Default::default(),
+            tag_key: "trailguard-notify-topic".into(),
+        }
+    }
+}
+
+/// Whether `arn` is an SNS topic ARN.
+fn is_topic_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    parts.len() == 6 && parts[0] == "arn" && parts[2] == "sns" && !parts[5].is_empty()
 }
 
 /// What a channel is.
@@ -97,6 +130,14 @@ impl NotifyConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.attempts == 0 {
             return Err(Error::config("notify.attempts", "must be at least 1"));
+        }
+        for (person, topic) in &self.users.directory {
+            if !is_topic_arn(topic) {
+                return Err(Error::config(
+                    &format!("notify.users.directory.{person}"),
+                    "must be an SNS topic ARN",
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.channels.iter().enumerate() {
@@ -190,6 +231,20 @@ fn transport_error(err: reqwest::Error, url: &str) -> String {
         text = text.replace(secret.as_str(), "<redacted>");
     }
     text
+}
+
+/// The message a person gets about an alert on them.
+pub fn user_message(alert: &Alert) -> String {
+    format!(
+        "Trailguard noticed activity on your AWS identity that your security team wants you to know about.\n\n\
+         {}: {}\n\nWhen: {}\nSeverity: {}\nReference: alert {}\n\n\
+         If this was you, no action is needed. If it was not, tell your security team now.",
+        alert.policy_name,
+        alert.evidence.summary,
+        alert.time.format("%Y-%m-%d %H:%M UTC"),
+        alert.severity.as_str(),
+        alert.id
+    )
 }
 
 pub fn webhook_payload(alert: &Alert, target: &Target) -> Value {
@@ -290,6 +345,104 @@ impl Notifier {
                 }
             })
             .collect()
+    }
+
+    /// Where people are reached.
+    pub fn users(&self) -> &UsersConfig {
+        &self.cfg.users
+    }
+
+    /// The person's topic from the directory: (topic ARN, how it was found).
+    pub fn directory_topic(&self, alert: &Alert, target: &Target) -> Option<(String, String)> {
+        let actor = alert.actor.as_ref().map(|a| a.id.as_str());
+        let name = target.id.rsplit('/').next();
+        [actor, Some(target.id.as_str()), name]
+            .into_iter()
+            .flatten()
+            .filter(|k| !k.is_empty())
+            .find_map(|key| {
+                self.cfg
+                    .users
+                    .directory
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                    .map(|(k, topic)| (topic.clone(), format!("the directory entry `{k}`")))
+            })
+    }
+
+    /// Tells the person `target` names about `alert` on their own SNS `topic` (from the
+    /// directory or a tag: topic ARN, how it was found); skipped, saying so, when they have
+    /// none. The message is theirs: what happened in words, no internal ids but the alert's.
+    pub async fn notify_user(
+        &self,
+        alert: &Alert,
+        target: &Target,
+        topic: Option<(String, String)>,
+        dry_run: bool,
+    ) -> NotifyResult {
+        let Some((topic, how)) = topic else {
+            return NotifyResult {
+                outcome: ActionOutcome::Skipped,
+                detail: format!(
+                    "no address for {} (notify.users.directory, tag `{}`)",
+                    target.id, self.cfg.users.tag_key
+                ),
+                steps: Vec::new(),
+            };
+        };
+        if !is_topic_arn(&topic) {
+            return NotifyResult {
+                outcome: ActionOutcome::Failed,
+                detail: format!("{how} is not an SNS topic ARN: {topic:?}"),
+                steps: Vec::new(),
+            };
+        }
+        if dry_run {
+            return NotifyResult {
+                outcome: ActionOutcome::DryRun,
+                detail: format!("would notify {} on {topic} ({how})", target.id),
+                steps: vec![ActionStep {
+                    call: "sns:Publish".into(),
+                    description: format!("would publish to {topic}"),
+                    request_id: None,
+                }],
+            };
+        }
+        let Some(client) = &self.sns else {
+            return NotifyResult {
+                outcome: ActionOutcome::Failed,
+                detail: "no SNS client".into(),
+                steps: Vec::new(),
+            };
+        };
+        let subject: String = format!("Trailguard: {}", alert.policy_name)
+            .chars()
+            .take(100)
+            .collect();
+        let message = user_message(alert);
+        match client
+            .publish()
+            .topic_arn(&topic)
+            .subject(subject)
+            .message(message)
+            .send()
+            .await
+        {
+            Ok(out) => NotifyResult {
+                outcome: ActionOutcome::Applied,
+                detail: format!("notified {} on {topic} ({how})", target.id),
+                steps: vec![ActionStep {
+                    call: "sns:Publish".into(),
+                    description: format!("published to {topic}"),
+                    request_id: out.message_id().map(str::to_string),
+                }],
+            },
+            Err(err) => NotifyResult {
+                outcome: ActionOutcome::Failed,
+                detail: trailguard_common::aws::CallError::of("sns:Publish", &err).to_string(),
+                steps: Vec::new(),
+            },
+        }
     }
 
     /// Notifies about `alert` per `target`. With `dry_run`, describes what would be sent.
@@ -457,6 +610,64 @@ mod tests {
     fn alert() -> Alert {
         serde_json::from_str(include_str!("../../tests/tests/alert.json"))
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_directory_finds_a_person_by_actor_arn_or_name() {
+        let mut cfg = NotifyConfig::default();
+        cfg.users.directory.insert(
+            "Person:Dana@Example.com".into(),
+            "arn:aws:sns:us-east-1:111111111111:trailguard-dana".into(),
+        );
+        cfg.users.directory.insert(
+            "bob".into(),
+            "arn:aws:sns:us-east-1:111111111111:trailguard-bob".into(),
+        );
+        assert!(cfg.validate().is_ok());
+        let notifier = Notifier::new(cfg.clone(), None);
+        let mut a = alert();
+        a.actor = Some(trailguard_common::contract::Actor {
+            kind: trailguard_common::contract::ActorKind::Person,
+            id: "person:dana@example.com".into(),
+            name: "dana@example.com".into(),
+            basis: "sso-session".into(),
+        });
+        let target = |id: &str| Target {
+            kind: "principal".into(),
+            id: id.into(),
+            account_id: Some("111111111111".into()),
+            grantee: None,
+        };
+        let dana = target("arn:aws:sts::111111111111:assumed-role/AWSReservedSSO_Admin_1/dana@example.com");
+        assert_eq!(
+            notifier.directory_topic(&a, &dana).map(|t| t.0).as_deref(),
+            Some("arn:aws:sns:us-east-1:111111111111:trailguard-dana")
+        );
+        a.actor = None;
+        let bob = target("arn:aws:iam::111111111111:user/bob");
+        assert!(notifier.directory_topic(&a, &bob).is_some(), "by user name");
+        assert!(notifier.directory_topic(&a, &target("arn:aws:iam::111111111111:user/carol")).is_none());
+        cfg.users.directory.insert("eve".into(), "https://evil.example/hook".into());
+        let err = cfg.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("notify.users.directory.eve"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_address_is_skipped_and_a_bad_tag_fails() {
+        let notifier = Notifier::new(NotifyConfig::default(), None);
+        let target = Target {
+            kind: "principal".into(),
+            id: "arn:aws:iam::111111111111:user/carol".into(),
+            account_id: None,
+            grantee: None,
+        };
+        let r = notifier.notify_user(&alert(), &target, None, false).await;
+        assert_eq!(r.outcome, ActionOutcome::Skipped);
+        let tagged = Some(("https://evil.example".to_string(), "the user's tag".to_string()));
+        let r = notifier.notify_user(&alert(), &target, tagged, false).await;
+        assert_eq!(r.outcome, ActionOutcome::Failed, "{}", r.detail);
+        let message = user_message(&alert());
+        assert!(message.contains(&alert().evidence.summary) && message.contains("security team"));
     }
 
     #[test]

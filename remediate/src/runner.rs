@@ -107,6 +107,7 @@ impl Metrics {
             K::Notify,
             K::RequireSignIn,
             K::SuspendUser,
+            K::NotifyUser,
         ] {
             for outcome in [
                 O::Applied,
@@ -453,7 +454,9 @@ async fn act(
     // Nothing but a notification before remediate knows who it is (and so who is protected).
     let protection = match actor.protection.get() {
         Some(p) => p,
-        None if decision.action.kind == ActionKind::Notify => &Protection::default(),
+        None if matches!(decision.action.kind, ActionKind::Notify | ActionKind::NotifyUser) => {
+            &Protection::default()
+        }
         None => {
             let why = match actor.clients.caller().await {
                 Err(NoClients::Failed(why) | NoClients::Refused(why)) => why,
@@ -540,6 +543,37 @@ async fn act(
         }
         ActionKind::Notify => {
             let r = actor.notifier.notify(alert, target, dry_run).await;
+            fill(&mut record, r.outcome, r.detail, r.steps, None, false);
+        }
+        ActionKind::NotifyUser => {
+            let mut topic = actor.notifier.directory_topic(alert, target);
+            let tag_key = &actor.notifier.users().tag_key;
+            if topic.is_none() && !tag_key.is_empty() {
+                if let Ok(who @ iam::Identity::User { .. }) = iam::Identity::parse(&target.id) {
+                    let client = match actor.clients.get(Some(who.account())).await {
+                        Ok((_, iam)) => iam,
+                        Err(why) => {
+                            no_clients(&mut record, why);
+                            return record;
+                        }
+                    };
+                    match iam::user_tag(&client, &who, tag_key).await {
+                        Ok(found) => {
+                            topic = found.map(|t| (t, format!("the user's `{tag_key}` tag")))
+                        }
+                        Err(err) => {
+                            record.outcome = ActionOutcome::Failed;
+                            record.retryable = err.retryable;
+                            record.detail = format!("reading the user's tags: {err}");
+                            return record;
+                        }
+                    }
+                }
+            }
+            let r = actor
+                .notifier
+                .notify_user(alert, target, topic, dry_run)
+                .await;
             fill(&mut record, r.outcome, r.detail, r.steps, None, false);
         }
     }
@@ -1893,7 +1927,7 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
             let r = iam::undo(&client, &who, &data).await;
             fill(&mut record, r.outcome, r.detail, r.steps, None, false);
         }
-        ActionKind::Notify => {
+        ActionKind::Notify | ActionKind::NotifyUser => {
             return Err(Error::Undo("a notification cannot be unsent".into()));
         }
     }

@@ -874,3 +874,140 @@ async fn stale_alerts_are_refused_and_forgery_floods_are_bounded() -> Result<()>
     );
     Ok(())
 }
+
+/// A topic of the person's own (named `trailguard-*`, as remediate's IAM policy allows), with a
+/// queue subscribed to it: (topic ARN, queue URL).
+async fn person_topic(person: &str) -> Result<(String, String)> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let shared = trailguard_tests::aws_shared().await?;
+    let sns = aws_sdk_sns::Client::new(&shared);
+    let sqs = aws_sdk_sqs::Client::new(&shared);
+    let topic = sns
+        .create_topic()
+        .name(unique(&format!("trailguard-user-{person}")))
+        .send()
+        .await?
+        .topic_arn()
+        .context("topic arn")?
+        .to_string();
+    let queue = sqs
+        .create_queue()
+        .queue_name(unique(&format!("inbox-{person}")))
+        .send()
+        .await?
+        .queue_url()
+        .context("queue url")?
+        .to_string();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .context("queue arn")?;
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(&queue_arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await?;
+    Ok((topic, queue))
+}
+
+/// The messages in `queue` (waiting a little for the first).
+async fn inbox(queue: &str) -> Result<Vec<String>> {
+    let sqs = aws_sdk_sqs::Client::new(&trailguard_tests::aws_shared().await?);
+    let received = sqs
+        .receive_message()
+        .queue_url(queue)
+        .wait_time_seconds(5)
+        .max_number_of_messages(10)
+        .send()
+        .await?;
+    Ok(received
+        .messages()
+        .iter()
+        .filter_map(|m| m.body().map(str::to_string))
+        .collect())
+}
+
+/// `notify_user` tells the person an alert is about, on their own SNS topic: an IAM user
+/// through the topic in its `trailguard-notify-topic` tag, a person behind SSO sessions through
+/// the directory (by actor id). A user with neither is skipped, saying so; a tag naming
+/// something that is not an SNS topic fails, and nothing is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_person_an_alert_is_about_is_told() -> Result<()> {
+    let run = Run::new("notify-user")?;
+    let iam = iam_client().await?;
+    let (bob_topic, bob_inbox) = person_topic("bob").await?;
+    let (dana_topic, dana_inbox) = person_topic("dana").await?;
+    let bob = unique("bob");
+    iam.create_user().user_name(&bob).send().await?;
+    iam.tag_user()
+        .user_name(&bob)
+        .tags(aws_sdk_iam::types::Tag::builder().key("trailguard-notify-topic").value(&bob_topic).build()?)
+        .send()
+        .await?;
+    let carol = unique("carol");
+    iam.create_user().user_name(&carol).send().await?;
+    let mallory = unique("mallory");
+    iam.create_user().user_name(&mallory).send().await?;
+    iam.tag_user()
+        .user_name(&mallory)
+        .tags(aws_sdk_iam::types::Tag::builder().key("trailguard-notify-topic").value("https://evil.example/hook").build()?)
+        .send()
+        .await?;
+    let config = remediate_config(
+        &run,
+        &format!("\n[notify.users.directory]\n\"person:dana@example.com\" = \"{dana_topic}\"\n"),
+    )?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    let alerts = run.topic("alerts");
+    wait_for_topic(&alerts, TIMEOUT)?;
+    let user = |name: &str| format!("arn:aws:iam::{ACCOUNT}:user/{name}");
+    let mut for_dana = alert_asking(
+        "tell-dana",
+        ActionKind::NotifyUser,
+        &format!("arn:aws:sts::{ACCOUNT}:assumed-role/AWSReservedSSO_Admin_0123/dana@example.com"),
+        ACCOUNT,
+        None,
+    )?;
+    for_dana.actor = Some(trailguard_common::contract::Actor {
+        kind: trailguard_common::contract::ActorKind::Person,
+        id: "person:dana@example.com".into(),
+        name: "dana@example.com".into(),
+        basis: "sso-session".into(),
+    });
+    let asks = [
+        alert_asking("tell-bob", ActionKind::NotifyUser, &user(&bob), ACCOUNT, None)?,
+        for_dana,
+        alert_asking("tell-carol", ActionKind::NotifyUser, &user(&carol), ACCOUNT, None)?,
+        alert_asking("tell-mallory", ActionKind::NotifyUser, &user(&mallory), ACCOUNT, None)?,
+    ];
+    for alert in &asks {
+        produce(&alerts, &alert.id, &signed(alert.clone())?).await?;
+    }
+    let ids = ["tell-bob", "tell-dana", "tell-carol", "tell-mallory"];
+    let records = records_for(&run.topic("actions"), &ids)?;
+    for (id, outcome) in [
+        ("tell-bob", ActionOutcome::Applied),
+        ("tell-dana", ActionOutcome::Applied),
+        ("tell-carol", ActionOutcome::Skipped),
+        ("tell-mallory", ActionOutcome::Failed),
+    ] {
+        let r = record_of(&records, id)?;
+        ensure!(r.outcome == outcome, "{id}: {:?} {}", r.outcome, r.detail);
+    }
+    let summary = &asks[0].evidence.summary;
+    for (who, queue) in [("bob", &bob_inbox), ("dana", &dana_inbox)] {
+        let messages = inbox(queue).await?;
+        ensure!(
+            messages.len() == 1 && messages[0].contains(summary.as_str()),
+            "{who}: {messages:?}"
+        );
+    }
+    Ok(())
+}

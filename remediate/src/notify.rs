@@ -638,7 +638,9 @@ mod tests {
             account_id: Some("111111111111".into()),
             grantee: None,
         };
-        let dana = target("arn:aws:sts::111111111111:assumed-role/AWSReservedSSO_Admin_1/dana@example.com");
+        let dana = target(
+            "arn:aws:sts::111111111111:assumed-role/AWSReservedSSO_Admin_1/dana@example.com",
+        );
         assert_eq!(
             notifier.directory_topic(&a, &dana).map(|t| t.0).as_deref(),
             Some("arn:aws:sns:us-east-1:111111111111:trailguard-dana")
@@ -646,9 +648,17 @@ mod tests {
         a.actor = None;
         let bob = target("arn:aws:iam::111111111111:user/bob");
         assert!(notifier.directory_topic(&a, &bob).is_some(), "by user name");
-        assert!(notifier.directory_topic(&a, &target("arn:aws:iam::111111111111:user/carol")).is_none());
-        cfg.users.directory.insert("eve".into(), "https://evil.example/hook".into());
-        let err = cfg.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(notifier
+            .directory_topic(&a, &target("arn:aws:iam::111111111111:user/carol"))
+            .is_none());
+        cfg.users
+            .directory
+            .insert("eve".into(), "https://evil.example/hook".into());
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("notify.users.directory.eve"), "{err}");
     }
 
@@ -663,7 +673,10 @@ mod tests {
         };
         let r = notifier.notify_user(&alert(), &target, None, false).await;
         assert_eq!(r.outcome, ActionOutcome::Skipped);
-        let tagged = Some(("https://evil.example".to_string(), "the user's tag".to_string()));
+        let tagged = Some((
+            "https://evil.example".to_string(),
+            "the user's tag".to_string(),
+        ));
         let r = notifier.notify_user(&alert(), &target, tagged, false).await;
         assert_eq!(r.outcome, ActionOutcome::Failed, "{}", r.detail);
         let message = user_message(&alert());

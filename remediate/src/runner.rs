@@ -454,7 +454,11 @@ async fn act(
     // Nothing but a notification before remediate knows who it is (and so who is protected).
     let protection = match actor.protection.get() {
         Some(p) => p,
-        None if matches!(decision.action.kind, ActionKind::Notify | ActionKind::NotifyUser) => {
+        None if matches!(
+            decision.action.kind,
+            ActionKind::Notify | ActionKind::NotifyUser
+        ) =>
+        {
             &Protection::default()
         }
         None => {

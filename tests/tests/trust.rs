@@ -948,7 +948,12 @@ async fn the_person_an_alert_is_about_is_told() -> Result<()> {
     iam.create_user().user_name(&bob).send().await?;
     iam.tag_user()
         .user_name(&bob)
-        .tags(aws_sdk_iam::types::Tag::builder().key("trailguard-notify-topic").value(&bob_topic).build()?)
+        .tags(
+            aws_sdk_iam::types::Tag::builder()
+                .key("trailguard-notify-topic")
+                .value(&bob_topic)
+                .build()?,
+        )
         .send()
         .await?;
     let carol = unique("carol");
@@ -957,7 +962,12 @@ async fn the_person_an_alert_is_about_is_told() -> Result<()> {
     iam.create_user().user_name(&mallory).send().await?;
     iam.tag_user()
         .user_name(&mallory)
-        .tags(aws_sdk_iam::types::Tag::builder().key("trailguard-notify-topic").value("https://evil.example/hook").build()?)
+        .tags(
+            aws_sdk_iam::types::Tag::builder()
+                .key("trailguard-notify-topic")
+                .value("https://evil.example/hook")
+                .build()?,
+        )
         .send()
         .await?;
     let config = remediate_config(
@@ -982,10 +992,28 @@ async fn the_person_an_alert_is_about_is_told() -> Result<()> {
         basis: "sso-session".into(),
     });
     let asks = [
-        alert_asking("tell-bob", ActionKind::NotifyUser, &user(&bob), ACCOUNT, None)?,
+        alert_asking(
+            "tell-bob",
+            ActionKind::NotifyUser,
+            &user(&bob),
+            ACCOUNT,
+            None,
+        )?,
         for_dana,
-        alert_asking("tell-carol", ActionKind::NotifyUser, &user(&carol), ACCOUNT, None)?,
-        alert_asking("tell-mallory", ActionKind::NotifyUser, &user(&mallory), ACCOUNT, None)?,
+        alert_asking(
+            "tell-carol",
+            ActionKind::NotifyUser,
+            &user(&carol),
+            ACCOUNT,
+            None,
+        )?,
+        alert_asking(
+            "tell-mallory",
+            ActionKind::NotifyUser,
+            &user(&mallory),
+            ACCOUNT,
+            None,
+        )?,
     ];
     for alert in &asks {
         produce(&alerts, &alert.id, &signed(alert.clone())?).await?;

@@ -1669,11 +1669,15 @@ pub async fn run(
     let shutdown = tasks.shutdown().clone();
     kafka::ensure_topics(&cfg.kafka, &[TopicRole::Alerts, TopicRole::Actions]).await?;
     check_retention(&cfg).await?;
+    // For SNS channels, and for `notify_user` (people's own topics).
+    let users = &cfg.notify.users;
     let sns = if cfg
         .notify
         .channels
         .iter()
         .any(|c| c.kind == crate::notify::ChannelKind::Sns)
+        || !users.directory.is_empty()
+        || !users.tag_key.is_empty()
     {
         let sdk = cfg.aws.sdk_config().await;
         let config = trailguard_common::sdk_config!(aws_sdk_sns, cfg.aws, &sdk, "sns");

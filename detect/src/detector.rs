@@ -166,7 +166,7 @@ impl Detector {
 
     /// Installs baselines restored from the changelog (before the first `observe`).
     pub fn restore(&mut self, states: HashMap<String, crate::anomaly::PrincipalState>) {
-        self.org = crate::anomaly::Org::rebuild(states.values());
+        self.org = crate::anomaly::Org::rebuild(states.iter());
         self.fold_index = states
             .iter()
             .flat_map(|(key, st)| st.folds.iter().map(move |f| (f.until, key.clone())))
@@ -255,9 +255,26 @@ impl Detector {
         }
         let mut looked_back = self.look_back(facts);
         let key = activity.actor_key().into_owned();
-        if !self.principals.contains_key(&key) {
-            self.principals.insert(key.clone(), Default::default());
-        }
+        let t = activity.event_time.timestamp();
+        let first_seen = match self.principals.get(&key) {
+            Some(state) => state.first_seen,
+            None => {
+                self.principals.insert(key.clone(), Default::default());
+                0
+            }
+        };
+        // While it learns, its peers' baselines judge its rates (the first group that has
+        // enough hours).
+        let peers = if self.anomalies.learning(first_seen, t) {
+            crate::anomaly::peer_groups(activity)
+                .into_iter()
+                .find_map(|group| {
+                    let peers = self.principals.get(&group).filter(|p| p.peers_ready())?;
+                    Some((peers.peer_rates().clone(), group))
+                })
+        } else {
+            None
+        };
         let Some(state) = self.principals.get_mut(&key) else {
             return looked_back;
         };
@@ -265,7 +282,6 @@ impl Detector {
         if offset < state.offset {
             return looked_back;
         }
-        let t = activity.event_time.timestamp();
         // Silent for longer than `state_ttl`: its baseline is forgotten, whether or not the
         // periodic pruning below has come round to it yet (so the outcome does not depend on
         // when it runs). When it was last seen is kept, so its return is still dormant.
@@ -289,7 +305,11 @@ impl Detector {
                 self.fold_index.insert((until, key.clone()));
             }
         }
-        let mut raised = self.anomalies.observe(state, &mut self.org, activity);
+        let mut closed = Vec::new();
+        let peers = peers.as_ref().map(|(rates, group)| (rates, group.as_str()));
+        let mut raised =
+            self.anomalies
+                .observe_with_peers(state, &mut self.org, activity, peers, &mut closed);
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);
         alerts.extend(raised);
         let mut raised = self.anomalies.observe_facts(state, facts, activity);
@@ -302,6 +322,16 @@ impl Detector {
             }
         }
         state.offset = offset + 1;
+        // A learned actor's closed hours teach its peer groups.
+        if !closed.is_empty() {
+            for group in crate::anomaly::peer_groups(activity) {
+                self.principals
+                    .entry(group.clone())
+                    .or_default()
+                    .teach_peers(&closed, t);
+                self.dirty.insert(group);
+            }
+        }
         alerts.append(&mut looked_back);
         if !self.dirty.contains(&key) {
             self.dirty.insert(key);
@@ -1214,5 +1244,56 @@ mod tests {
         assert_eq!(detector.held(), HELD_LIMIT);
         // The history's first use and the first creation: judged on what is known.
         assert_eq!(detector.take_decided_early(), 2);
+    }
+
+    /// `CreateTags` by the IAM user `user` at unix second `t` (from 2023-11-14).
+    fn tagged(user: &str, t: i64, n: usize) -> Activity {
+        let mut a = failure(user, "198.51.100.9", 0);
+        a.id = format!("{user}-{t}-{n}");
+        a.event_time = DateTime::from_timestamp(1_700_000_000 + t, 0).unwrap_or_default();
+        a.event_source = "ec2.amazonaws.com".into();
+        a.event_name = "CreateTags".into();
+        a.outcome.status = OutcomeStatus::Success;
+        a.principal.account_id = Some("1".into());
+        a.actor = trailguard_common::contract::Actor::of(&a.principal);
+        a
+    }
+
+    #[test]
+    fn a_learning_actor_is_judged_against_its_peers() {
+        const DAY: i64 = 86_400;
+        // Three colleagues tag a few resources twice a day for three weeks: quiet peers.
+        let mut history = Vec::new();
+        for day in 0..21 {
+            for user in ["ann", "ben", "cat"] {
+                for hour in [9, 15] {
+                    history.push(tagged(user, day * DAY + hour * 3600, 0));
+                    history.push(tagged(user, day * DAY + hour * 3600 + 60, 1));
+                }
+            }
+        }
+        // A user made today tags 60 things in half an hour: below the organization's floor
+        // for someone new (50 × 2), far above what its peers do.
+        let burst: Vec<Activity> = (0..60)
+            .map(|i| tagged("newbie", 21 * DAY + 10 * 3600 + i * 30, i as usize))
+            .collect();
+        let mut detector = detector();
+        let mut all = history.clone();
+        all.extend(burst.iter().cloned());
+        let alerts = run(&mut detector, &all);
+        let admin: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.policy_id == "unusual-admin-activity")
+            .collect();
+        assert_eq!(admin.len(), 1, "{admin:#?}");
+        assert!(
+            admin[0].evidence.summary.contains("its peers in users:1"),
+            "{}",
+            admin[0].evidence.summary
+        );
+        // Without peers (the same burst alone), the organization's floor for the new: quiet.
+        let mut alone = detector();
+        let alerts = run(&mut alone, &burst);
+        assert!(alerts.iter().all(|a| a.policy_id != "unusual-admin-activity"));
     }
 }

@@ -401,6 +401,16 @@ impl Rate {
         (spread.max(scaled).ceil() as u32).max(floor)
     }
 
+    /// Takes one closed hour's count `c` of one peer into a peer group's baseline (a rate of
+    /// a group: `mean` and `var` over its members' active hours; `hour_count` counts them).
+    fn sample(&mut self, c: u32) {
+        let c = c as f32;
+        let d = c - self.mean;
+        self.mean += ALPHA * d;
+        self.var = (1.0 - ALPHA) * (self.var + ALPHA * d * d);
+        self.hour_count = self.hour_count.saturating_add(1);
+    }
+
     /// Never counted anything.
     fn is_empty(&self) -> bool {
         *self == Rate::default()
@@ -431,6 +441,38 @@ pub struct Place {
     label: String,
     /// The activity.
     id: String,
+}
+
+/// A peer group's baselines: its members' hours of each rate (see [`Rate::sample`]).
+pub type PeerRates = [Rate; 4];
+
+/// Active member-hours a peer group needs before it judges a learning actor.
+pub const PEER_HOURS: u32 = 24;
+
+/// The peer groups of `a`'s actor, most specific first: the role its people's sessions come
+/// from (an SSO permission set, a SAML role), then the people or IAM users of its account.
+/// Roles acting as workloads, root and services have none (they learn on their own).
+pub fn peer_groups(a: &Activity) -> Vec<String> {
+    use trailguard_common::contract::ActorKind;
+    let account = a.principal.account_id.as_deref().or(a.account_id.as_deref());
+    let mut groups = Vec::new();
+    match a.actor.kind {
+        ActorKind::Person => {
+            if let Some(role) = &a.principal.session_issuer_arn {
+                groups.push(format!("peers:role:{role}"));
+            }
+            if let Some(account) = account {
+                groups.push(format!("peers:people:{account}"));
+            }
+        }
+        ActorKind::User => {
+            if let Some(account) = account {
+                groups.push(format!("peers:users:{account}"));
+            }
+        }
+        _ => {}
+    }
+    groups
 }
 
 /// Everything learned about one principal.
@@ -472,6 +514,29 @@ pub struct PrincipalState {
 }
 
 impl PrincipalState {
+    /// A peer group's baselines (this state under a `peers:` key).
+    pub fn peer_rates(&self) -> &PeerRates {
+        &self.rates
+    }
+
+    /// Whether any of a peer group's rates has enough member-hours to judge by.
+    pub fn peers_ready(&self) -> bool {
+        self.rates.iter().any(|r| r.hour_count >= PEER_HOURS)
+    }
+
+    /// Takes a member's closed hours — (rate, count) — into this peer group's baselines.
+    pub fn teach_peers(&mut self, closed: &[(usize, u32)], t: i64) {
+        for &(kind, count) in closed {
+            if let Some(rate) = self.rates.get_mut(kind) {
+                rate.sample(count);
+            }
+        }
+        if self.first_seen == 0 {
+            self.first_seen = t;
+        }
+        self.last_seen = self.last_seen.max(t);
+    }
+
     /// Approximate bytes held (for the memory benchmark and the state gauge).
     pub fn heap_size(&self) -> usize {
         std::mem::size_of::<Self>()
@@ -517,9 +582,12 @@ pub struct Org {
 
 impl Org {
     /// Rebuilds the counts from restored principals.
-    pub fn rebuild<'a>(states: impl Iterator<Item = &'a PrincipalState>) -> Org {
+    pub fn rebuild<'a>(states: impl Iterator<Item = (&'a String, &'a PrincipalState)>) -> Org {
         let mut org = Org::default();
-        for s in states {
+        for (key, s) in states {
+            if key.starts_with("peers:") {
+                continue;
+            }
             org.principals += 1;
             for (c, _) in &s.countries {
                 *org.countries.entry(c.clone()).or_default() += 1;
@@ -574,6 +642,25 @@ impl Anomalies {
 
     /// Applies `a` to its principal's state and returns the alerts it raises.
     pub fn observe(&self, st: &mut PrincipalState, org: &mut Org, a: &Activity) -> Vec<Alert> {
+        self.observe_with_peers(st, org, a, None, &mut Vec::new())
+    }
+
+    /// Whether an actor first seen at `first_seen` (0: never) is still learning at `t`.
+    pub fn learning(&self, first_seen: i64, t: i64) -> bool {
+        first_seen == 0 || t - first_seen < self.cfg.learning_period.as_secs() as i64
+    }
+
+    /// [`Self::observe`], judging a learning actor's rates against `peers` (its peer group's
+    /// baselines and name) and reporting the hours a learned actor closed — (rate, count) —
+    /// in `closed`, for its peer groups.
+    pub fn observe_with_peers(
+        &self,
+        st: &mut PrincipalState,
+        org: &mut Org,
+        a: &Activity,
+        peers: Option<(&PeerRates, &str)>,
+        closed: &mut Vec<(usize, u32)>,
+    ) -> Vec<Alert> {
         let t = a.event_time.timestamp();
         let mut out = Vec::new();
         // New, or forgotten after `state_ttl` (only its last activity's time is kept).
@@ -597,6 +684,7 @@ impl Anomalies {
             t,
             learned: t - st.first_seen >= self.cfg.learning_period.as_secs() as i64,
             corporate: a.enrichment.ip_categories.iter().any(|c| c == "corporate"),
+            peers,
         };
         self.dormant(st, &seen, previous, &mut out);
         self.addresses(st, &seen, &mut out);
@@ -607,7 +695,7 @@ impl Anomalies {
             .filter(|_| self.geo_enabled && acts_itself(a));
         self.country(st, org, &seen, geo, &mut out);
         self.travel(st, &seen, geo, &mut out);
-        self.rates(st, &seen, &mut out);
+        self.rates(st, &seen, closed, &mut out);
         out
     }
 
@@ -648,6 +736,9 @@ struct Seen<'a> {
     learned: bool,
     /// From an address the intelligence feeds list as corporate.
     corporate: bool,
+    /// While it learns: its peer group's baselines, when the group has enough hours, and
+    /// which group.
+    peers: Option<(&'a PeerRates, &'a str)>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,13 @@ use crate::classify::{rate_units, RateKind};
 impl Anomalies {
     /// The rates: count this activity's units, alert when a sliding hour passes the
     /// learned threshold.
-    pub(super) fn rates(&self, st: &mut PrincipalState, seen: &Seen<'_>, out: &mut Vec<Alert>) {
+    pub(super) fn rates(
+        &self,
+        st: &mut PrincipalState,
+        seen: &Seen<'_>,
+        closed: &mut Vec<(usize, u32)>,
+        out: &mut Vec<Alert>,
+    ) {
         let a = seen.a;
         let units = rate_units(a, self.cfg.bucket_deletion_weight);
         let detections = [
@@ -48,17 +54,16 @@ impl Anomalies {
         for (kind, d, meta, what, mitre) in detections {
             let floor = rate_floor(kind, &self.cfg.tuning);
             let rate = &mut st.rates[kind as usize];
-            self.judge_rate(
-                rate,
-                units[kind as usize],
-                floor,
-                d,
-                meta,
-                what,
-                mitre,
-                seen,
-                out,
-            );
+            let n = units[kind as usize];
+            // A learned actor's closed hour teaches its peer groups.
+            if n > 0 && seen.learned && rate.hour != 0 && seen.t.div_euclid(3600) > rate.hour {
+                closed.push((kind as usize, rate.hour_count));
+            }
+            let peers = seen
+                .peers
+                .map(|(p, group)| (&p[kind as usize], group))
+                .filter(|(p, _)| p.hour_count >= super::PEER_HOURS);
+            self.judge_rate(rate, n, floor, peers, d, meta, what, mitre, seen, out);
         }
         let failed = failed_signin(a);
         let floor = (self.cfg.tuning.failed_login_floor, 2.0, 0.5);
@@ -66,6 +71,7 @@ impl Anomalies {
             &mut st.signin_failures,
             u32::from(failed),
             floor,
+            None,
             &self.cfg.failed_logins,
             &FAILED_LOGINS,
             "failed sign-ins",
@@ -84,6 +90,7 @@ impl Anomalies {
         rate: &mut super::Rate,
         n: u32,
         floor: (u32, f32, f32),
+        peers: Option<(&super::Rate, &str)>,
         d: &super::DetectionConfig,
         meta: &crate::policy::PolicyMeta<'static>,
         what: &str,
@@ -97,13 +104,15 @@ impl Anomalies {
             return;
         }
         let (floor, sigmas, factor) = rate_params(floor, self.sens(d));
-        // While it learns, an actor has no usual hours of its own: it is judged against
-        // what no one in the organization should do in an hour, the floor raised by
-        // `learning_factor` — so a ten-minute-old identity's destructive burst alerts.
-        let threshold = if learned {
-            rate.threshold(floor, sigmas, factor)
-        } else {
-            floor.saturating_mul(self.cfg.learning_factor.max(1))
+        // While it learns, an actor has no usual hours of its own: it is judged against its
+        // peers' hours (the role its sessions come from, else its account's people or users)
+        // when they have enough, else against what no one in the organization should do in an
+        // hour, the floor raised by `learning_factor` — either way a ten-minute-old
+        // identity's destructive burst alerts.
+        let threshold = match (learned, peers) {
+            (true, _) => rate.threshold(floor, sigmas, factor),
+            (false, Some((peers, _))) => peers.threshold(floor, sigmas, factor),
+            (false, None) => floor.saturating_mul(self.cfg.learning_factor.max(1)),
         };
         let usual = rate.mean;
         let count = rate.add(t, n, &a.id);
@@ -116,9 +125,16 @@ impl Anomalies {
                     "{who}: {count} {what} within an hour (usually {usual:.1} an hour; threshold {threshold})"
                 )
             } else {
-                format!(
-                    "{who}: {count} {what} within an hour, while still new (no baseline of its own yet; the organization's threshold {threshold})"
-                )
+                match peers {
+                    Some((peers, group)) => format!(
+                        "{who}: {count} {what} within an hour, while still new (its peers in {} usually {:.1} an hour; threshold {threshold})",
+                        group.trim_start_matches("peers:"),
+                        peers.mean
+                    ),
+                    None => format!(
+                        "{who}: {count} {what} within an hour, while still new (no baseline of its own yet; the organization's threshold {threshold})"
+                    ),
+                }
             };
             let hour = t.div_euclid(3600).to_string();
             let mut alert = self.alert(a, meta, d, Severity::Medium, summary, evidence, mitre);

@@ -1277,10 +1277,11 @@ mod tests {
         let burst: Vec<Activity> = (0..60)
             .map(|i| tagged("newbie", 21 * DAY + 10 * 3600 + i * 30, i as usize))
             .collect();
-        let mut detector = detector();
+        let mut alone = detector();
+        let mut with_peers = detector();
         let mut all = history.clone();
         all.extend(burst.iter().cloned());
-        let alerts = run(&mut detector, &all);
+        let alerts = run(&mut with_peers, &all);
         let admin: Vec<&Alert> = alerts
             .iter()
             .filter(|a| a.policy_id == "unusual-admin-activity")
@@ -1292,8 +1293,9 @@ mod tests {
             admin[0].evidence.summary
         );
         // Without peers (the same burst alone), the organization's floor for the new: quiet.
-        let mut alone = detector();
         let alerts = run(&mut alone, &burst);
-        assert!(alerts.iter().all(|a| a.policy_id != "unusual-admin-activity"));
+        assert!(alerts
+            .iter()
+            .all(|a| a.policy_id != "unusual-admin-activity"));
     }
 }

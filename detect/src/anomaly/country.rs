@@ -25,6 +25,7 @@ impl Anomalies {
             t,
             learned,
             corporate,
+            ..
         } = *seen;
         let who = Who(a);
         if let Some(country) = geo.and_then(|g| g.country.clone()).filter(|_| !corporate) {

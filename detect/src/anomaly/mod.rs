@@ -454,7 +454,11 @@ pub const PEER_HOURS: u32 = 24;
 /// Roles acting as workloads, root and services have none (they learn on their own).
 pub fn peer_groups(a: &Activity) -> Vec<String> {
     use trailguard_common::contract::ActorKind;
-    let account = a.principal.account_id.as_deref().or(a.account_id.as_deref());
+    let account = a
+        .principal
+        .account_id
+        .as_deref()
+        .or(a.account_id.as_deref());
     let mut groups = Vec::new();
     match a.actor.kind {
         ActorKind::Person => {

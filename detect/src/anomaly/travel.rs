@@ -20,6 +20,7 @@ impl Anomalies {
             t,
             learned,
             corporate,
+            ..
         } = *seen;
         let who = Who(a);
         if let (Some((geo, (lat, lon))), Some(ip)) = (

@@ -704,3 +704,76 @@ async fn failed_sign_ins_against_the_actors_own_rate() -> Result<()> {
     );
     Ok(())
 }
+
+/// Peers while learning, end to end: twelve people who tag a few resources twice a day through
+/// the `Ops` permission set for three weeks, then nina, new today through the same permission
+/// set, tags sixty in half an hour (peer groups are kept per partition: a team this size has
+/// members on every one). Below the organization's threshold for someone new (the
+/// floor × 2), far above her team's hours: `unusual-admin-activity` about her, saying it
+/// judged her against the role her sessions come from. Her colleagues raise no anomaly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newcomer_is_judged_against_her_team() -> Result<()> {
+    let run = Run::new("peers")?;
+    const DAY: i64 = 1440;
+    let mut records = Vec::new();
+    let tags = |i: i64| json!({"resourcesSet": {"items": [{"resourceId": format!("i-{i}")}]}});
+    for day in -21..0 {
+        let team = [
+            "omar", "pia", "quinn", "rosa", "sam", "tara", "uma", "vic", "wes", "xena", "yara",
+            "zed",
+        ];
+        for (p, person) in team.into_iter().enumerate() {
+            for hour in [9, 15] {
+                for k in 0..2 {
+                    let t = day * DAY + hour * 60 + p as i64 * 5 + k;
+                    records.push(by(
+                        t,
+                        "CreateTags",
+                        "ec2.amazonaws.com",
+                        sso("123456789012", "Ops", person),
+                        "71.253.251.80",
+                        tags(k),
+                    ));
+                }
+            }
+        }
+    }
+    for i in 0..60 {
+        records.push(by(
+            10 * 60 + i / 2,
+            "CreateTags",
+            "ec2.amazonaws.com",
+            sso("123456789012", "Ops", "nina"),
+            "71.253.251.80",
+            tags(i),
+        ));
+    }
+    // Distinct event ids: `api_call` makes them from the minute and a base.
+    for (i, r) in records.iter_mut().enumerate() {
+        r["eventID"] = json!(format!("00000000-0000-4000-8000-{i:012}"));
+    }
+    run.ingest_records(&records)?;
+    let detect = run.spawn("detect", &[])?;
+    let alerts = alerts_until(
+        &run,
+        detect,
+        &["unusual-admin-activity"],
+        Duration::from_secs(5),
+    )?;
+    let anomalies: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::Anomaly)
+        .collect();
+    ensure!(
+        anomalies.len() == 1
+            && anomalies[0].policy_id == "unusual-admin-activity"
+            && anomalies[0].entity.id.ends_with("/nina")
+            && anomalies[0].evidence.summary.contains("its peers in role:"),
+        "{:#?}",
+        anomalies
+            .iter()
+            .map(|a| (&a.policy_id, &a.entity.id, &a.evidence.summary))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}

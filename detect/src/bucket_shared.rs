@@ -77,8 +77,15 @@ pub fn external_grantees(a: &Activity, trusted: &[String]) -> Vec<Grantee> {
     let Some(params) = a.request_parameters.as_ref() else {
         return Vec::new();
     };
-    let own = a.account_id.as_deref();
-    let external = |account: &str| Some(account) != own && !trusted.iter().any(|t| t == account);
+    // Whose bucket: without an account to compare with, nothing can be called external.
+    let Some(own) = a
+        .account_id
+        .as_deref()
+        .or(a.principal.account_id.as_deref())
+    else {
+        return Vec::new();
+    };
+    let external = |account: &str| account != own && !trusted.iter().any(|t| t == account);
     let mut out: Vec<Grantee> = match a.event_name.as_str() {
         "PutBucketPolicy" => policy_grantees(params),
         "PutBucketAcl" | "CreateBucket" => acl_grantees(params),

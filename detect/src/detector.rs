@@ -68,6 +68,17 @@ pub struct Detector {
     decided_early: u64,
 }
 
+/// How complete the facts count as for `activity`: `complete` — except for one dated beyond
+/// the clock (plus skew), which no mark will ever reach: judged on the facts known rather than
+/// holding every later decision of its partition back.
+fn complete_for(activity: &Activity, complete: i64) -> i64 {
+    if activity.event_time > chrono::Utc::now() + crate::policy::WATERMARK_SKEW {
+        i64::MAX
+    } else {
+        complete
+    }
+}
+
 /// Most activities one partition holds for facts to complete. Past it the oldest is judged
 /// on the facts known (counted: [`Detector::take_decided_early`]), so a partition whose
 /// marks stop (an instance gone, a partition added) cannot grow detect without bound.
@@ -403,7 +414,7 @@ impl Detector {
         if activity.principal.kind == kinds::TRAILGUARD || !self.anomalies.judges_region(activity) {
             return Vec::new();
         }
-        let complete = facts.complete_through();
+        let complete = complete_for(activity, facts.complete_through());
         match self.anomalies.region_verdict(facts, activity, complete) {
             // Final, and it changes nothing: decided out of turn.
             RegionVerdict::Usual => return Vec::new(),
@@ -424,6 +435,7 @@ impl Detector {
         let complete = facts.complete_through();
         let mut out = Vec::new();
         while let Some((_, front)) = self.held.front() {
+            let complete = complete_for(front, complete);
             let verdict = match self.anomalies.region_verdict(facts, front, complete) {
                 RegionVerdict::Wait if self.held.len() > HELD_LIMIT => {
                     self.decided_early += 1;

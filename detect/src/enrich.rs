@@ -481,7 +481,7 @@ pub fn refresh_intel(
             retry = if failed == 0 {
                 Duration::from_secs(60)
             } else {
-                retry * 2
+                (retry * 2).min(refresh_interval)
             };
             let intel = lists.intel();
             tracing::info!(entries = intel.len(), failed, "intel lists read again");

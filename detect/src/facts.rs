@@ -80,7 +80,8 @@ pub struct Mark {
     pub through: i64,
     /// Latest event time the partition has evaluated (`i64::MIN`: none).
     pub max: i64,
-    /// The partition was caught up (nothing unread) when the mark was made.
+    /// The partition was caught up (nothing unread) when the mark was made (for operators
+    /// reading the topic; `through` already says what that vouches for).
     pub idle: bool,
 }
 
@@ -175,28 +176,24 @@ impl Facts {
     }
 
     /// The event time through which every fact is known here: the least mark of every
-    /// (activities, facts) partition pair, or — when every partition was caught up at its
-    /// last mark — the latest event time evaluated anywhere. `i64::MIN` while a pair has no
-    /// mark yet; `i64::MAX` when facts are not shared between processes.
+    /// (activities, facts) partition pair. `i64::MIN` while a pair has no mark yet; `i64::MAX`
+    /// when facts are not shared between processes. (A partition read to its end says so in
+    /// its own mark; a mark is never reinterpreted here, so one that stops coming — an
+    /// instance gone — holds decisions back instead of letting them through.)
     pub fn complete_through(&self) -> i64 {
         let Some((activities, facts)) = self.shape else {
             return i64::MAX;
         };
-        let (mut least, mut all_idle) = (i64::MAX, true);
+        let mut least = i64::MAX;
         for p in 0..activities {
             for k in 0..facts {
                 let Some(mark) = self.marks.get(&(p, k)) else {
                     return i64::MIN;
                 };
                 least = least.min(mark.through);
-                all_idle &= mark.idle;
             }
         }
-        if all_idle {
-            least.max(self.org_max().unwrap_or(i64::MIN))
-        } else {
-            least
-        }
+        least
     }
 
     /// How many facts are known.
@@ -692,13 +689,14 @@ mod tests {
         assert_eq!(facts.complete_through(), 50);
         facts.mark(1, 0, mark(90, 390, false));
         assert_eq!(facts.complete_through(), 70);
-        // Everyone caught up: complete through the latest time evaluated anywhere.
+        // Caught up or not, each mark says what it vouches for; an old idle word is not
+        // taken to mean more.
         for (p, k) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
             facts.mark(p, k, mark(0, 0, true));
         }
-        assert_eq!(facts.complete_through(), 400);
-        facts.mark(1, 1, mark(0, 0, false));
-        assert_eq!(facts.complete_through(), 70, "one partition has work again");
+        assert_eq!(facts.complete_through(), 70);
+        facts.mark(1, 1, mark(380, 380, true));
+        assert_eq!(facts.complete_through(), 90);
     }
 
     #[test]

@@ -543,7 +543,11 @@ fn follow_progress(
             let asked = progress.clone();
             match tokio::task::spawn_blocking(move || asked.poll()).await {
                 Ok(Ok(now)) => *trailguard_common::sync::lock(&out) = now,
-                Ok(Err(err)) => tracing::debug!(error = %err, "asking the group's progress failed; asking again"),
+                Ok(Err(err)) => {
+                    // Not knowing is not caught up: no partition vouches past what it read.
+                    trailguard_common::sync::lock(&out).clear();
+                    tracing::debug!(error = %err, "asking the group's progress failed; asking again")
+                }
                 Err(err) => return Err(format!("asking the group's progress: {err}")),
             }
             tokio::select! {
@@ -664,7 +668,13 @@ struct Partitions {
     next: HashMap<i32, i64>,
     /// The last mark published for each activities partition.
     marked: HashMap<i32, crate::facts::Mark>,
+    /// Since when each activities partition has been read to its end.
+    idle_since: HashMap<i32, std::time::Instant>,
 }
+
+/// How long a partition must stay read to its end before it vouches for the latest time any
+/// partition evaluated (until then, for that less the allowed lateness).
+const IDLE_SETTLE: Duration = Duration::from_secs(10);
 
 impl Partitions {
     /// Drops the state of partitions this instance no longer owns (their next owner restores
@@ -680,17 +690,19 @@ impl Partitions {
                 self.pending.remove(&partition);
                 self.next.remove(&partition);
                 self.marked.remove(&partition);
+                self.idle_since.remove(&partition);
             }
         }
     }
 
     /// The marks to publish for the `owned` activities partitions whose mark changed: what
-    /// each vouches for (see [`crate::facts::Mark`]). A partition caught up with the broker
-    /// (`progress`: committed offset and high watermark) vouches for the latest time any
-    /// partition has evaluated, less the allowed lateness: a record of it that comes later
-    /// with an earlier time is late, as it is for every windowed policy.
+    /// each vouches for (see [`crate::facts::Mark`]): the latest time it evaluated, less the
+    /// allowed lateness. A partition caught up with the broker (`progress`: committed or read
+    /// offset at the high watermark) vouches for the latest time any partition has evaluated,
+    /// less the lateness — and, once it has stayed caught up for [`IDLE_SETTLE`], for that
+    /// time itself: a record of it that comes later with an earlier time is late.
     fn marks(
-        &self,
+        &mut self,
         owned: &[i32],
         progress: &HashMap<i32, (Option<i64>, i64)>,
         cfg: &DetectConfig,
@@ -716,12 +728,22 @@ impl Partitions {
             let idle = progress
                 .get(&partition)
                 .is_some_and(|&(committed, high)| read.max(committed).unwrap_or(0) >= high);
-            let latest = if idle { max.max(org_max) } else { max };
-            let mark = crate::facts::Mark {
-                through: latest.saturating_sub(lateness),
-                max,
-                idle,
+            let through = if idle {
+                let since = *self
+                    .idle_since
+                    .entry(partition)
+                    .or_insert_with(std::time::Instant::now);
+                let latest = max.max(org_max);
+                if since.elapsed() >= IDLE_SETTLE {
+                    latest
+                } else {
+                    latest.saturating_sub(lateness)
+                }
+            } else {
+                self.idle_since.remove(&partition);
+                max.saturating_sub(lateness)
             };
+            let mark = crate::facts::Mark { through, max, idle };
             if self.marked.get(&partition) != Some(&mark) {
                 out.push((partition, mark));
             }

@@ -51,8 +51,8 @@ impl Default for NotifyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UsersConfig {
     /// Person → SNS topic ARN. Keys are actor ids (`person:dana@example.com`,
-    /// `user:111111111111/bob`), principal ARNs or bare user or session names, tried in that
-    /// order (case-insensitive).
+    /// `user:111111111111/bob`), principal ARNs or bare IAM user names, tried in that order
+    /// (case-insensitive).
     pub directory: std::collections::BTreeMap<String, String>,
     /// The IAM user tag holding the user's topic ARN, read (iam:ListUserTags) when the
     /// directory has no entry; empty: never read.
@@ -67,6 +67,9 @@ impl Default for UsersConfig {
         }
     }
 }
+
+/// The name every person's own topic found through a tag begins with.
+pub const USER_TOPIC_PREFIX: &str = "trailguard-user-";
 
 /// Whether `arn` is an SNS topic ARN.
 fn is_topic_arn(arn: &str) -> bool {
@@ -355,7 +358,12 @@ impl Notifier {
     /// The person's topic from the directory: (topic ARN, how it was found).
     pub fn directory_topic(&self, alert: &Alert, target: &Target) -> Option<(String, String)> {
         let actor = alert.actor.as_ref().map(|a| a.id.as_str());
-        let name = target.id.rsplit('/').next();
+        // A bare name only for an IAM user: a role session's name is whatever its caller chose.
+        let name = target
+            .id
+            .contains(":user/")
+            .then(|| target.id.rsplit('/').next())
+            .flatten();
         [actor, Some(target.id.as_str()), name]
             .into_iter()
             .flatten()
@@ -394,6 +402,21 @@ impl Notifier {
             return NotifyResult {
                 outcome: ActionOutcome::Failed,
                 detail: format!("{how} is not an SNS topic ARN: {topic:?}"),
+                steps: Vec::new(),
+            };
+        }
+        // A tag is set by whoever may tag the user: it may only name a person's topic
+        // (`trailguard-user-*`), never the team's channels or anything else.
+        let tagged = !how.starts_with("the directory");
+        if tagged
+            && !topic
+                .rsplit(':')
+                .next()
+                .is_some_and(|n| n.starts_with(USER_TOPIC_PREFIX))
+        {
+            return NotifyResult {
+                outcome: ActionOutcome::Failed,
+                detail: format!("{how} names {topic}, not a person's topic ({USER_TOPIC_PREFIX}*)"),
                 steps: Vec::new(),
             };
         }
@@ -648,6 +671,11 @@ mod tests {
         a.actor = None;
         let bob = target("arn:aws:iam::111111111111:user/bob");
         assert!(notifier.directory_topic(&a, &bob).is_some(), "by user name");
+        let session = target("arn:aws:sts::111111111111:assumed-role/Attacker/bob");
+        assert!(
+            notifier.directory_topic(&a, &session).is_none(),
+            "a session name is the caller's choice"
+        );
         assert!(notifier
             .directory_topic(&a, &target("arn:aws:iam::111111111111:user/carol"))
             .is_none());
@@ -679,6 +707,17 @@ mod tests {
         ));
         let r = notifier.notify_user(&alert(), &target, tagged, false).await;
         assert_eq!(r.outcome, ActionOutcome::Failed, "{}", r.detail);
+        let team = Some((
+            "arn:aws:sns:us-east-1:111111111111:trailguard-alerts".to_string(),
+            "the user's tag".to_string(),
+        ));
+        let r = notifier.notify_user(&alert(), &target, team, true).await;
+        assert_eq!(
+            r.outcome,
+            ActionOutcome::Failed,
+            "a tag never names the team's topic: {}",
+            r.detail
+        );
         let message = user_message(&alert());
         assert!(message.contains(&alert().evidence.summary) && message.contains("security team"));
     }

@@ -185,7 +185,9 @@ pub fn plan(alert: &Alert, settings: &RemediateSettings, protection: &Protection
                             .grantee
                             .as_deref()
                             .filter(|g| g.starts_with("arn:"))
-                            .and_then(|g| principal_refusal(g, settings, protection))
+                            // An account's root as a grantee stands for the account (what it
+                            // would strip is judged when the action runs), not the root user.
+                            .and_then(|g| pattern_refusal(g, settings, protection))
                     })
                 }
                 _ => None,
@@ -480,6 +482,23 @@ mod tests {
             principal_refusal("arn:aws:iam::333333333333:role/trailguard-ingest", &s, &p),
             None
         );
+    }
+
+    #[test]
+    fn an_account_root_grantee_is_removable() {
+        let mut alert: Alert = serde_json::from_str(include_str!("../../tests/tests/alert.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        alert.actions = vec![trailguard_common::contract::RequestedAction {
+            kind: ActionKind::RemoveCollaborator,
+            target: trailguard_common::contract::Target {
+                kind: "s3-bucket".into(),
+                id: "customer-exports".into(),
+                account_id: Some("111111111111".into()),
+                grantee: Some("arn:aws:iam::999988887777:root".into()),
+            },
+        }];
+        let decisions = plan(&alert, &settings(), &protection());
+        assert_eq!(decisions[0].refusal, None);
     }
 
     #[test]

@@ -902,3 +902,63 @@ pub fn sample_value(scrape: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// An SNS topic named from `topic` with a queue named from `queue` subscribed to it (raw
+/// delivery), on the AWS-API server: (topic ARN, queue URL). What a notification sent there
+/// says is read back with [`received`].
+pub async fn topic_with_queue(topic: &str, queue: &str) -> Result<(String, String)> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let shared = aws_shared().await?;
+    let sns = aws_sdk_sns::Client::new(&shared);
+    let sqs = aws_sdk_sqs::Client::new(&shared);
+    let topic = sns
+        .create_topic()
+        .name(unique(topic))
+        .send()
+        .await?
+        .topic_arn()
+        .context("topic arn")?
+        .to_string();
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(unique(queue))
+        .send()
+        .await?
+        .queue_url()
+        .context("queue url")?
+        .to_string();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .context("queue arn")?;
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(&queue_arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await?;
+    Ok((topic, queue_url))
+}
+
+/// The message bodies waiting in `queue` (waiting up to 5 s for the first).
+pub async fn received(queue: &str) -> Result<Vec<String>> {
+    let sqs = aws_sdk_sqs::Client::new(&aws_shared().await?);
+    let out = sqs
+        .receive_message()
+        .queue_url(queue)
+        .wait_time_seconds(5)
+        .max_number_of_messages(10)
+        .send()
+        .await?;
+    Ok(out
+        .messages()
+        .iter()
+        .filter_map(|m| m.body().map(str::to_string))
+        .collect())
+}

@@ -803,42 +803,10 @@ async fn webhooks_are_retried_and_failures_recorded() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sns_notifications_reach_the_topic() -> Result<()> {
-    use aws_sdk_sqs::types::QueueAttributeName;
     let shared = trailguard_tests::aws_shared().await?;
     let sns = aws_sdk_sns::Client::new(&shared);
-    let sqs = aws_sdk_sqs::Client::new(&shared);
-    let topic = sns
-        .create_topic()
-        .name(unique("trailguard-alerts"))
-        .send()
-        .await?
-        .topic_arn()
-        .context("topic arn")?
-        .to_string();
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(unique("sns-sink"))
-        .send()
-        .await?
-        .queue_url()
-        .context("queue url")?
-        .to_string();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .context("queue arn")?;
-    sns.subscribe()
-        .topic_arn(&topic)
-        .protocol("sqs")
-        .endpoint(&queue_arn)
-        .attributes("RawMessageDelivery", "true")
-        .send()
-        .await?;
+    let (topic, queue_url) =
+        trailguard_tests::topic_with_queue("trailguard-alerts", "sns-sink").await?;
     let alert: Alert = serde_json::from_str(include_str!("alert.json"))?;
     let target = alert.actions[0].target.clone();
     let notifier = Notifier::new(
@@ -862,16 +830,9 @@ async fn sns_notifications_reach_the_topic() -> Result<()> {
         result.steps[0].request_id.is_some(),
         "the message id is recorded"
     );
-    let received = sqs
-        .receive_message()
-        .queue_url(&queue_url)
-        .wait_time_seconds(5)
-        .send()
-        .await?;
+    let received = trailguard_tests::received(&queue_url).await?;
     let body = received
-        .messages()
         .first()
-        .and_then(|m| m.body())
         .context("no message reached the subscribed queue")?;
     let payload: Value = serde_json::from_str(body)?;
     assert_eq!(payload["alert_id"], alert.id);

@@ -875,65 +875,6 @@ async fn stale_alerts_are_refused_and_forgery_floods_are_bounded() -> Result<()>
     Ok(())
 }
 
-/// A topic of the person's own (named `trailguard-*`, as remediate's IAM policy allows), with a
-/// queue subscribed to it: (topic ARN, queue URL).
-async fn person_topic(person: &str) -> Result<(String, String)> {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let shared = trailguard_tests::aws_shared().await?;
-    let sns = aws_sdk_sns::Client::new(&shared);
-    let sqs = aws_sdk_sqs::Client::new(&shared);
-    let topic = sns
-        .create_topic()
-        .name(unique(&format!("trailguard-user-{person}")))
-        .send()
-        .await?
-        .topic_arn()
-        .context("topic arn")?
-        .to_string();
-    let queue = sqs
-        .create_queue()
-        .queue_name(unique(&format!("inbox-{person}")))
-        .send()
-        .await?
-        .queue_url()
-        .context("queue url")?
-        .to_string();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .context("queue arn")?;
-    sns.subscribe()
-        .topic_arn(&topic)
-        .protocol("sqs")
-        .endpoint(&queue_arn)
-        .attributes("RawMessageDelivery", "true")
-        .send()
-        .await?;
-    Ok((topic, queue))
-}
-
-/// The messages in `queue` (waiting a little for the first).
-async fn inbox(queue: &str) -> Result<Vec<String>> {
-    let sqs = aws_sdk_sqs::Client::new(&trailguard_tests::aws_shared().await?);
-    let received = sqs
-        .receive_message()
-        .queue_url(queue)
-        .wait_time_seconds(5)
-        .max_number_of_messages(10)
-        .send()
-        .await?;
-    Ok(received
-        .messages()
-        .iter()
-        .filter_map(|m| m.body().map(str::to_string))
-        .collect())
-}
-
 /// `notify_user` tells the person an alert is about, on their own SNS topic: an IAM user
 /// through the topic in its `trailguard-notify-topic` tag, a person behind SSO sessions through
 /// the directory (by actor id). A user with neither is skipped, saying so; a tag naming
@@ -942,8 +883,11 @@ async fn inbox(queue: &str) -> Result<Vec<String>> {
 async fn the_person_an_alert_is_about_is_told() -> Result<()> {
     let run = Run::new("notify-user")?;
     let iam = iam_client().await?;
-    let (bob_topic, bob_inbox) = person_topic("bob").await?;
-    let (dana_topic, dana_inbox) = person_topic("dana").await?;
+    // People's own topics (`trailguard-user-*`, as the IAM policy and the tag rule allow).
+    let (bob_topic, bob_inbox) =
+        trailguard_tests::topic_with_queue("trailguard-user-bob", "bob").await?;
+    let (dana_topic, dana_inbox) =
+        trailguard_tests::topic_with_queue("trailguard-user-dana", "dana").await?;
     let bob = unique("bob");
     iam.create_user().user_name(&bob).send().await?;
     iam.tag_user()
@@ -1031,7 +975,7 @@ async fn the_person_an_alert_is_about_is_told() -> Result<()> {
     }
     let summary = &asks[0].evidence.summary;
     for (who, queue) in [("bob", &bob_inbox), ("dana", &dana_inbox)] {
-        let messages = inbox(queue).await?;
+        let messages = trailguard_tests::received(queue).await?;
         ensure!(
             messages.len() == 1 && messages[0].contains(summary.as_str()),
             "{who}: {messages:?}"

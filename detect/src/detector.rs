@@ -41,8 +41,13 @@ pub struct Detector {
     /// Baselines by principal key (foldhash: randomly seeded, and several times faster than
     /// SipHash on ARN-length keys; this map is looked up for every activity).
     principals: HashMap<String, crate::anomaly::PrincipalState, foldhash::fast::RandomState>,
-    /// Organization-wide counts derived from the baselines.
-    org: crate::anomaly::Org,
+    /// The activities partition this detector evaluates (its counts in the census).
+    partition: i32,
+    /// Days whose counts of this partition changed since the last `take_census`.
+    census_days: std::collections::BTreeSet<i64>,
+    /// Countries held in baselines for the organization's counts, in offset order:
+    /// (offset, principal key).
+    held_countries: std::collections::BTreeSet<(Offset, String)>,
     /// Principals whose baseline changed (or was forgotten) since the last `take_changes`.
     dirty: std::collections::HashSet<String, foldhash::fast::RandomState>,
     /// Forget principals not seen for this long.
@@ -132,7 +137,9 @@ impl Detector {
             committed: 0,
             anomalies: crate::anomaly::Anomalies::new(cfg.anomaly.clone(), false),
             principals: HashMap::default(),
-            org: crate::anomaly::Org::default(),
+            partition: 0,
+            census_days: std::collections::BTreeSet::new(),
+            held_countries: std::collections::BTreeSet::new(),
             dirty: std::collections::HashSet::default(),
             state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(180)),
             observed: 0,
@@ -163,6 +170,31 @@ impl Detector {
             .is_some_and(|state| offset < state.offset)
     }
 
+    /// The detector of activities partition `partition` (whose counts it keeps in the census).
+    pub fn on_partition(mut self, partition: i32) -> Self {
+        self.partition = partition;
+        self
+    }
+
+    /// This partition's counts of the days that changed since the last call, to publish on
+    /// the facts topic before any mark that covers them.
+    pub fn take_census(&mut self, facts: &Facts) -> Vec<(i64, crate::census::CensusDay)> {
+        std::mem::take(&mut self.census_days)
+            .into_iter()
+            .filter_map(|day| Some((day, facts.census.get(day, self.partition)?.clone())))
+            .collect()
+    }
+
+    /// Days whose counts must be published again (the last publication failed).
+    pub fn census_unpublished(&mut self, days: impl IntoIterator<Item = i64>) {
+        self.census_days.extend(days);
+    }
+
+    /// The activities partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
     /// Facts this partition learned (new to the facts it was given) since the last call, to
     /// publish on the facts topic.
     pub fn take_facts(&mut self) -> Vec<(String, crate::facts::Fact)> {
@@ -177,7 +209,10 @@ impl Detector {
 
     /// Installs baselines restored from the changelog (before the first `observe`).
     pub fn restore(&mut self, states: HashMap<String, crate::anomaly::PrincipalState>) {
-        self.org = crate::anomaly::Org::rebuild(states.iter());
+        self.held_countries = states
+            .iter()
+            .flat_map(|(key, st)| st.pending.iter().map(move |p| (p.offset, key.clone())))
+            .collect();
         self.fold_index = states
             .iter()
             .flat_map(|(key, st)| st.folds.iter().map(move |f| (f.until, key.clone())))
@@ -318,9 +353,24 @@ impl Detector {
         }
         let mut closed = Vec::new();
         let peers = peers.as_ref().map(|(rates, group)| (rates, group.as_str()));
+        let held_before = state.pending.len();
+        let complete_through = complete_for(activity, facts.complete_through());
+        let mut org = crate::anomaly::OrgView {
+            census: &mut facts.census,
+            partition: self.partition,
+            offset: Some(offset),
+            complete_through,
+            counted: false,
+        };
         let mut raised =
             self.anomalies
-                .observe_with_peers(state, &mut self.org, activity, peers, &mut closed);
+                .observe_with_peers(state, &mut org, activity, peers, &mut closed);
+        if org.counted {
+            self.census_days.insert(crate::census::day_of(t));
+        }
+        if state.pending.len() > held_before {
+            self.held_countries.insert((offset, key.clone()));
+        }
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);
         alerts.extend(raised);
         let mut raised = self.anomalies.observe_facts(state, facts, activity);
@@ -451,6 +501,35 @@ impl Detector {
                 out.extend(self.raise_region(&activity, why));
             }
         }
+        out.extend(self.decide_countries(facts, complete));
+        out
+    }
+
+    /// Judges the countries held in baselines whose day the organization's counts are now
+    /// complete before, in offset order.
+    fn decide_countries(&mut self, facts: &Facts, complete: i64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        while let Some((offset, key)) = self.held_countries.first().cloned() {
+            let Some(state) = self.principals.get_mut(&key) else {
+                self.held_countries.pop_first();
+                continue;
+            };
+            let Some(i) = state.pending.iter().position(|p| p.offset == offset) else {
+                self.held_countries.pop_first();
+                continue;
+            };
+            let day_start = crate::census::day_of(state.pending[i].time()) * crate::census::DAY;
+            if complete_for(state.pending[i].activity(), complete) < day_start {
+                if self.held_countries.len() <= HELD_LIMIT {
+                    break;
+                }
+                self.decided_early += 1;
+            }
+            self.held_countries.pop_first();
+            let pending = state.pending.remove(i);
+            out.extend(self.anomalies.decide_country(state, pending, &facts.census));
+            self.dirty.insert(key);
+        }
         out
     }
 
@@ -471,7 +550,7 @@ impl Detector {
 
     /// Activities held for facts.
     pub fn held(&self) -> usize {
-        self.held.len()
+        self.held.len() + self.held_countries.len()
     }
 
     /// Latest event time this partition has evaluated.
@@ -516,7 +595,7 @@ impl Detector {
 
     /// Number of open bursts (for the state-size gauge).
     pub fn state_size(&self) -> usize {
-        self.signin.bursts.len() + self.principals.len() + self.held.len()
+        self.signin.bursts.len() + self.principals.len() + self.held()
     }
 }
 
@@ -1256,6 +1335,91 @@ mod tests {
         assert_eq!(detector.held(), HELD_LIMIT);
         // The history's first use and the first creation: judged on what is known.
         assert_eq!(detector.take_decided_early(), 2);
+    }
+
+    /// `user`'s `DescribeInstances` at second `t` from `country`.
+    fn from(user: &str, t: i64, country: &str) -> Activity {
+        let mut a = tagged(user, t, 0);
+        a.event_name = "DescribeInstances".into();
+        a.enrichment.geo = Some(trailguard_common::contract::Geo {
+            country: Some(country.into()),
+            city: None,
+            latitude: Some(40.7),
+            longitude: Some(-74.0),
+            accuracy_radius_km: Some(20),
+        });
+        a
+    }
+
+    /// A new actor's country is rare or not for the whole organization — its colleagues are
+    /// on another partition — and the judgement waits for that partition's counts of the days
+    /// before, in a baseline that survives a restart.
+    #[test]
+    fn a_country_is_rare_for_the_organization_not_for_a_partition() {
+        const DAY: i64 = 86_400;
+        let day_start = |t: i64| (1_700_000_000 + t).div_euclid(DAY) * DAY;
+        let geo = |p: i32| {
+            let cfg = PoliciesConfig::default();
+            Detector::new(&cfg, std::time::Duration::from_secs(300))
+                .with_geo(&cfg, true)
+                .on_partition(p)
+        };
+        for colleagues_there in [false, true] {
+            let mut facts = Facts::default();
+            facts.set_shape(2, 1);
+            let (mut colleagues, mut newcomer) = (geo(0), geo(1));
+            // Twenty-five colleagues on partition 0, in the United States (in the second run,
+            // some where the newcomer will be).
+            for n in 0..25 {
+                let there = if colleagues_there && n % 2 == 1 {
+                    "KP"
+                } else {
+                    "US"
+                };
+                colleagues.observe(&from(&format!("colleague-{n}"), n, there), n, &mut facts);
+            }
+            let published = colleagues.take_census(&facts);
+            assert_eq!(
+                published.len(),
+                1,
+                "one day of partition 0's counts to publish"
+            );
+            let far = from("newcomer", DAY + 600, "KP");
+            newcomer.observe(&from("newcomer", DAY, "US"), 0, &mut facts);
+            let raised = newcomer.observe(&far, 1, &mut facts);
+            assert!(raised.is_empty(), "partition 0 has vouched for nothing yet");
+            assert_eq!(newcomer.held(), 2, "both of its countries are new to it");
+            // A restart: the held country is in the saved baseline.
+            let saved: HashMap<String, crate::anomaly::PrincipalState> = newcomer
+                .take_changes()
+                .into_iter()
+                .filter_map(|(k, s)| Some((k, s?.clone())))
+                .collect();
+            let mut restarted = geo(1);
+            restarted.restore(saved);
+            assert_eq!(restarted.held(), 2);
+            for p in [0, 1] {
+                facts.mark(p, 0, mark(day_start(DAY) - 1, false));
+            }
+            assert!(
+                restarted.decide_held(&facts).is_empty(),
+                "not through the day's start"
+            );
+            for p in [0, 1] {
+                facts.mark(p, 0, mark(day_start(DAY), false));
+            }
+            let ids: Vec<String> = restarted
+                .decide_held(&facts)
+                .iter()
+                .map(|a| a.policy_id.clone())
+                .collect();
+            assert_eq!(restarted.held(), 0);
+            if colleagues_there {
+                assert!(ids.is_empty(), "the organization acts from there: {ids:?}");
+            } else {
+                assert_eq!(ids, ["infrequent-country"]);
+            }
+        }
     }
 
     /// `CreateTags` by the IAM user `user` at unix second `t` (from 2023-11-14).

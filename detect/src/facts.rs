@@ -70,6 +70,8 @@ pub struct Facts {
     /// How many activities and facts partitions there are; `None` when every fact is learned
     /// in this process (a test, a backtest): then the facts are always complete.
     shape: Option<(i32, i32)>,
+    /// The organization's actors by country and day, from every partition.
+    pub census: crate::census::Census,
 }
 
 /// What one activities partition vouches for on one facts partition: every fact learned from
@@ -153,10 +155,23 @@ impl Facts {
         self.shape = Some((activities.max(1), facts.max(1)));
     }
 
+    /// Whether activities partition `partition` is one of this deployment's (any, while the
+    /// shape is unknown): a record naming another is not ours, and is not kept.
+    pub fn knows_partition(&self, partition: i32) -> bool {
+        self.shape
+            .is_none_or(|(activities, _)| (0..activities).contains(&partition))
+    }
+
     /// Takes `mark` for activities partition `partition` on facts partition `facts_partition`.
     /// What a mark vouches for stays true (the facts are durable), so `through` and `max`
-    /// never move back; `idle` is the latest word.
+    /// never move back; `idle` is the latest word. A mark for a partition pair outside the
+    /// shape is ignored (it could only be forged, or from a deployment with more partitions).
     pub fn mark(&mut self, partition: i32, facts_partition: i32, mark: Mark) {
+        if let Some((activities, facts)) = self.shape {
+            if !(0..activities).contains(&partition) || !(0..facts).contains(&facts_partition) {
+                return;
+            }
+        }
         let entry = self
             .marks
             .entry((partition, facts_partition))

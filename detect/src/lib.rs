@@ -25,6 +25,7 @@
 pub mod anomaly;
 pub mod bucket_public;
 pub mod bucket_shared;
+pub mod census;
 pub mod classify;
 pub mod cloudtrail;
 pub mod config;

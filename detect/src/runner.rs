@@ -211,8 +211,13 @@ pub async fn run(
     if !verifier.authenticates_records() {
         tracing::warn!("no signing key: detect's own topics (facts, state, sign-in failures) are read back unauthenticated");
     }
-    let facts = follow_facts(&cfg, &metrics, &tasks).await?;
+    // The shape first: a mark or count read back for a partition outside it is not kept.
+    let facts = crate::facts::SharedFacts::default();
+    crate::facts::lock(&facts)
+        .census
+        .keep(i64::from(cfg.policies.anomaly.tuning.org_window_days));
     let facts_partitions = shape_facts(&cfg, &facts).await?;
+    follow_facts(&cfg, &facts, &metrics, &tasks).await?;
     let progress = follow_progress(&cfg, &tasks)?;
 
     let mut state = Partitions {
@@ -231,6 +236,14 @@ pub async fn run(
                 }
                 state.forget_revoked(&context);
                 let owned = context.owned(&topics.activities);
+                // A partition's counts are published before its mark vouches for them.
+                let mut unpublished = Vec::new();
+                for (&partition, detector) in state.detectors.iter_mut() {
+                    if !publish_census(&producer, &cfg, detector, &facts).await {
+                        unpublished.push(partition);
+                    }
+                }
+                let owned: Vec<i32> = owned.into_iter().filter(|p| !unpublished.contains(p)).collect();
                 let marks = state.marks(&owned, &trailguard_common::sync::lock(&progress), &cfg, &crate::facts::lock(&facts));
                 // Every facts partition at once: a mark is the only record detect sends
                 // per partition per checkpoint.
@@ -258,7 +271,7 @@ pub async fn run(
                     }
                 }
                 metrics.held.set(held as i64);
-                checkpoint(&producer, &consumer, &cfg, &mut state).await?;
+                checkpoint(&producer, &consumer, &cfg, &mut state, &facts).await?;
                 continue;
             }
             message = consumer.recv() => message,
@@ -358,7 +371,7 @@ pub async fn run(
         metrics.state.set(state.size() as i64);
     }
     state.forget_revoked(&context);
-    checkpoint(&producer, &consumer, &cfg, &mut state).await?;
+    checkpoint(&producer, &consumer, &cfg, &mut state, &facts).await?;
     kafka::flush(&producer, cfg.detect.drain_timeout)?;
     commit_stored(&consumer, Stopped("shutdown"), &tasks)?;
     tracing::info!("detect stopped");
@@ -461,13 +474,68 @@ async fn restore_partition(
         .inc_by(unverified);
     let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
         .with_geo(&cfg.policies, has_geo)
-        .counting_source_ips_elsewhere();
+        .counting_source_ips_elsewhere()
+        .on_partition(partition);
     detector.restore(states);
     Ok(detector)
 }
 
-/// A record of the facts topic: a fact, or a partition's mark. Its key travels in the value
-/// too, so the topic can be read back whole.
+/// Publishes the counts `detector` changed since the last call, signed; false (and kept to
+/// publish again) when one was not delivered.
+async fn publish_census(
+    producer: &kafka::Producer,
+    cfg: &DetectConfig,
+    detector: &mut Detector,
+    facts: &crate::facts::SharedFacts,
+) -> bool {
+    let days = detector.take_census(&crate::facts::lock(facts));
+    if days.is_empty() {
+        return true;
+    }
+    let partition = detector.partition();
+    let records: Vec<(String, Vec<u8>)> = days
+        .iter()
+        .filter_map(|(day, counts)| {
+            let key = format!("census:{partition}:{day}");
+            let record = FactRecord {
+                key: key.clone(),
+                fact: None,
+                mark: None,
+                census: Some(PartitionCensus {
+                    partition,
+                    day: *day,
+                    counts: counts.clone(),
+                }),
+            };
+            let payload = serde_json::to_vec(&record).ok()?;
+            let sealed = sign::seal(
+                cfg.signing.signer().as_ref(),
+                sign::purpose::FACTS,
+                key.as_bytes(),
+                &payload,
+            );
+            Some((key, sealed))
+        })
+        .collect();
+    let sends = records.iter().map(|(key, payload)| {
+        producer.send(
+            rdkafka::producer::FutureRecord::to(&cfg.kafka.topics.detect_facts)
+                .key(key)
+                .payload(payload),
+            Duration::from_secs(30),
+        )
+    });
+    let delivered = futures::future::join_all(sends).await;
+    if let Some(Err((err, _))) = delivered.iter().find(|d| d.is_err()) {
+        tracing::warn!(error = %err, partition, "organization counts not published; retrying at the next checkpoint");
+        detector.census_unpublished(days.into_iter().map(|(day, _)| day));
+        return false;
+    }
+    true
+}
+
+/// A record of the facts topic: a fact, a partition's mark, or a partition's counts of one
+/// day. Its key travels in the value too, so the topic can be read back whole.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct FactRecord {
     key: String,
@@ -475,6 +543,17 @@ struct FactRecord {
     fact: Option<crate::facts::Fact>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mark: Option<PartitionMark>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    census: Option<PartitionCensus>,
+}
+
+/// One activities partition's counts of one day (see [`crate::census`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PartitionCensus {
+    partition: i32,
+    day: i64,
+    #[serde(flatten)]
+    counts: crate::census::CensusDay,
 }
 
 /// A mark, for the activities partition and the facts partition it was published on.
@@ -495,6 +574,11 @@ impl FactRecord {
         }
         if let Some(m) = self.mark {
             facts.mark(m.partition, m.facts_partition, m.mark);
+        }
+        if let Some(c) = self.census {
+            if facts.knows_partition(c.partition) {
+                facts.census.apply(c.day, c.partition, c.counts);
+            }
         }
     }
 }
@@ -563,10 +647,10 @@ fn follow_progress(
 /// is known), then keeps following it, into the facts every partition of this instance shares.
 async fn follow_facts(
     cfg: &DetectConfig,
+    facts: &crate::facts::SharedFacts,
     metrics: &Metrics,
     tasks: &trailguard_common::shutdown::Tasks,
-) -> Result<crate::facts::SharedFacts, Error> {
-    let facts = crate::facts::SharedFacts::default();
+) -> Result<(), Error> {
     let (loaded, kafka_cfg, topic, verifier, unverified) = (
         facts.clone(),
         cfg.kafka.clone(),
@@ -623,7 +707,7 @@ async fn follow_facts(
             }
         }
     });
-    Ok(facts)
+    Ok(())
 }
 
 /// A fact record read back, when it is signed by a known key and its key matches the one
@@ -773,10 +857,16 @@ async fn checkpoint<C: ConsumerContext>(
     consumer: &rdkafka::consumer::StreamConsumer<C>,
     cfg: &DetectConfig,
     state: &mut Partitions,
+    facts: &crate::facts::SharedFacts,
 ) -> Result<(), Error> {
     let topics = &cfg.kafka.topics;
     let mut list = TopicPartitionList::new();
     for (&partition, detector) in state.detectors.iter_mut() {
+        // Counts before baselines: a baseline saved past an activity is never applied again,
+        // so the counts it made must already be on the topic.
+        if !publish_census(producer, cfg, detector, facts).await {
+            continue;
+        }
         if !crate::state::save(
             producer,
             &topics.detect_state,
@@ -955,6 +1045,7 @@ impl Sink<'_> {
             key: key.to_string(),
             fact: Some(fact.clone()),
             mark: None,
+            census: None,
         };
         self.fact_record(None, &record)
             .await
@@ -976,6 +1067,7 @@ impl Sink<'_> {
                 facts_partition,
                 mark,
             }),
+            census: None,
         };
         self.fact_record(Some(facts_partition), &record)
             .await

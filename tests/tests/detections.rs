@@ -777,3 +777,78 @@ async fn a_newcomer_is_judged_against_her_team() -> Result<()> {
     );
     Ok(())
 }
+
+/// Whether a country is rare is the organization's answer, not one partition's: 25 colleagues
+/// act from New York (spread over the activities topic's partitions), and the next day two
+/// newcomers start work. The one who then acts from Europe — where no one in the organization
+/// acts — alerts; the one who stays in New York does not. Judged per partition, as before, the
+/// newcomer's partition would know too few actors to call anything rare.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_country_no_one_in_the_organization_acts_from() -> Result<()> {
+    let run = Run::new("org-country")?;
+    let geo: Vec<String> = ["TRAILGUARD_TEST_GEO_V4", "TRAILGUARD_TEST_GEO_V6"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .filter(|p| std::path::Path::new(p).exists())
+        .collect();
+    ensure!(
+        !geo.is_empty(),
+        "no geolocation database: run through deploy/test.sh"
+    );
+    let config = run.detect_config(&format!("[geo]\ndatabases = {geo:?}\n"))?;
+    let none = json!({});
+    let mut records: Vec<Value> = (0..25)
+        .map(|n| {
+            record(
+                -2 * 1440 + n,
+                "ListBuckets",
+                "s3.amazonaws.com",
+                &format!("colleague{n}"),
+                &format!("71.253.251.{}", 10 + n),
+                none.clone(),
+            )
+        })
+        .collect();
+    for (minute, user, ip) in [
+        (-1440, "nadia", "71.253.251.200"),
+        (-1435, "omar", "71.253.251.201"),
+        (-1410, "nadia", "92.55.146.245"),
+        (-1400, "omar", "71.253.251.201"),
+        (0, "colleague0", "71.253.251.10"),
+    ] {
+        records.push(record(
+            minute,
+            "ListBuckets",
+            "s3.amazonaws.com",
+            user,
+            ip,
+            none.clone(),
+        ));
+    }
+    run.ingest_records(&records)?;
+    let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
+    let alerts = alerts_until(
+        &run,
+        detect,
+        &["infrequent-country"],
+        Duration::from_secs(5),
+    )?;
+    let countries: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.policy_id == "infrequent-country")
+        .collect();
+    assert_eq!(countries.len(), 1, "{alerts:#?}");
+    assert_eq!(
+        countries[0].entity.id,
+        "arn:aws:iam::123456789012:user/nadia"
+    );
+    assert!(
+        countries[0]
+            .evidence
+            .summary
+            .contains("no one in the organization"),
+        "{}",
+        countries[0].evidence.summary
+    );
+    Ok(())
+}

@@ -16,7 +16,6 @@
 //! country) for `suppression` after it fires, so one incident is one alert; a rate detection
 //! stays quiet for the hour after it fires (its sliding window).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -103,6 +102,9 @@ pub struct AnomalyTuning {
     pub vm_floor: u32,
     /// failed-logins: failed sign-ins an hour that are never unusual (low ×2, high ×0.5).
     pub failed_login_floor: u32,
+    /// infrequent-country: days of the organization's activity by country that say whether
+    /// a country is rare for it.
+    pub org_window_days: u32,
 }
 
 impl Default for AnomalyTuning {
@@ -117,6 +119,7 @@ impl Default for AnomalyTuning {
             deletion_floor: 50,
             vm_floor: 10,
             failed_login_floor: 10,
+            org_window_days: 30,
         }
     }
 }
@@ -243,11 +246,12 @@ impl AnomalyConfig {
             ("deletion_floor", t.deletion_floor > 0),
             ("vm_floor", t.vm_floor > 0),
             ("failed_login_floor", t.failed_login_floor > 0),
+            ("org_window_days", (1..=365).contains(&t.org_window_days)),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(trailguard_common::Error::config(
                 &format!("policies.anomaly.tuning.{key}"),
-                "must be positive (countries_remembered at most 64, places_remembered at most 32)",
+                "must be positive (countries_remembered at most 64, places_remembered at most 32, org_window_days at most 365)",
             ));
         }
         if self.dormant_after < Duration::from_secs(86_400) {
@@ -515,6 +519,42 @@ pub struct PrincipalState {
     /// Alerts of the event-driven policies whose repeats are being folded in.
     #[serde(rename = "g", default, skip_serializing_if = "Vec::is_empty")]
     pub folds: Vec<crate::fold::Fold>,
+    /// Countries new to the actor whose judgement waits for the organization's counts.
+    #[serde(rename = "w", default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingCountry>,
+}
+
+/// A country new to an actor, judged once the organization's counts of the days before it are
+/// complete (kept with the actor's baseline, so a restart judges it too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingCountry {
+    /// Offset of the activity.
+    #[serde(rename = "o")]
+    pub offset: i64,
+    /// The country.
+    #[serde(rename = "c")]
+    country: String,
+    /// The countries the actor used before.
+    #[serde(rename = "u", default, skip_serializing_if = "Vec::is_empty")]
+    usual: Vec<String>,
+    /// The actor had learned.
+    #[serde(rename = "l", default)]
+    learned: bool,
+    /// The activity (the alert's evidence).
+    #[serde(rename = "a")]
+    activity: Box<Activity>,
+}
+
+impl PendingCountry {
+    /// Event time of the activity, unix seconds.
+    pub fn time(&self) -> i64 {
+        self.activity.event_time.timestamp()
+    }
+
+    /// The activity.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
 }
 
 impl PrincipalState {
@@ -573,31 +613,36 @@ impl PrincipalState {
                 .iter()
                 .map(crate::fold::Fold::heap_size)
                 .sum::<usize>()
+            + self.pending.len() * 2048
     }
 }
 
-/// Organization-wide (per partition: principals are spread evenly over partitions) counts
-/// of how many principals act from each country.
-#[derive(Debug, Default, Clone)]
-pub struct Org {
-    countries: HashMap<String, u32>,
-    principals: u32,
+/// The organization's counts by country, as one activity is applied: where they are, which
+/// partition and offset the activity comes from, and through which event time they are
+/// complete (see [`crate::census`]).
+pub struct OrgView<'a> {
+    /// Every partition's counts.
+    pub census: &'a mut crate::census::Census,
+    /// The activities partition.
+    pub partition: i32,
+    /// The activity's offset (`None`: no replay protection).
+    pub offset: Option<i64>,
+    /// Event time through which every partition's counts are known.
+    pub complete_through: i64,
+    /// Set when the activity changed the counts of its partition's day.
+    pub counted: bool,
 }
 
-impl Org {
-    /// Rebuilds the counts from restored principals.
-    pub fn rebuild<'a>(states: impl Iterator<Item = (&'a String, &'a PrincipalState)>) -> Org {
-        let mut org = Org::default();
-        for (key, s) in states {
-            if key.starts_with("peers:") {
-                continue;
-            }
-            org.principals += 1;
-            for (c, _) in &s.countries {
-                *org.countries.entry(c.clone()).or_default() += 1;
-            }
+impl<'a> OrgView<'a> {
+    /// A view of counts made in this process alone (tests, a backtest): always complete.
+    pub fn local(census: &'a mut crate::census::Census) -> Self {
+        OrgView {
+            census,
+            partition: 0,
+            offset: None,
+            complete_through: i64::MAX,
+            counted: false,
         }
-        org
     }
 }
 
@@ -645,8 +690,13 @@ impl Anomalies {
     }
 
     /// Applies `a` to its principal's state and returns the alerts it raises.
-    pub fn observe(&self, st: &mut PrincipalState, org: &mut Org, a: &Activity) -> Vec<Alert> {
-        self.observe_with_peers(st, org, a, None, &mut Vec::new())
+    pub fn observe(
+        &self,
+        st: &mut PrincipalState,
+        org: &mut crate::census::Census,
+        a: &Activity,
+    ) -> Vec<Alert> {
+        self.observe_with_peers(st, &mut OrgView::local(org), a, None, &mut Vec::new())
     }
 
     /// Whether an actor first seen at `first_seen` (0: never) is still learning at `t`.
@@ -660,7 +710,7 @@ impl Anomalies {
     pub fn observe_with_peers(
         &self,
         st: &mut PrincipalState,
-        org: &mut Org,
+        org: &mut OrgView<'_>,
         a: &Activity,
         peers: Option<(&PeerRates, &str)>,
         closed: &mut Vec<(usize, u32)>,
@@ -672,7 +722,6 @@ impl Anomalies {
         let previous = st.last_seen;
         if new_principal {
             st.first_seen = t;
-            org.principals += 1;
         }
         st.first_seen = st.first_seen.min(t);
         if t >= st.last_seen {
@@ -697,7 +746,14 @@ impl Anomalies {
             .geo
             .as_ref()
             .filter(|_| self.geo_enabled && acts_itself(a));
-        self.country(st, org, &seen, geo, &mut out);
+        let counted = self.country(st, org, &seen, geo, &mut out);
+        org.counted |= org.census.count(
+            org.partition,
+            org.offset,
+            crate::census::day_of(t),
+            new_principal,
+            counted.as_deref(),
+        );
         self.travel(st, &seen, geo, &mut out);
         self.rates(st, &seen, closed, &mut out);
         out
@@ -785,7 +841,7 @@ mod tests {
 
     fn run(acts: &[Activity]) -> Vec<Alert> {
         let an = Anomalies::new(AnomalyConfig::default(), true);
-        let (mut st, mut org) = (PrincipalState::default(), Org::default());
+        let (mut st, mut org) = (PrincipalState::default(), crate::census::Census::default());
         acts.iter()
             .flat_map(|a| an.observe(&mut st, &mut org, a))
             .collect()
@@ -1087,7 +1143,7 @@ mod tests {
             -74.0,
         ));
         let an = Anomalies::new(AnomalyConfig::default(), true);
-        let (mut st, mut org) = (PrincipalState::default(), Org::default());
+        let (mut st, mut org) = (PrincipalState::default(), crate::census::Census::default());
         for a in &acts {
             an.observe(&mut st, &mut org, a);
         }
@@ -1128,7 +1184,7 @@ mod tests {
     #[test]
     fn a_new_actor_from_a_country_no_one_uses() {
         let an = Anomalies::new(AnomalyConfig::default(), true);
-        let mut org = Org::default();
+        let mut org = crate::census::Census::default();
         // Twenty-five colleagues, all in the United States.
         for n in 0..25 {
             let mut st = PrincipalState::default();
@@ -1162,7 +1218,7 @@ mod tests {
         let alerts = an.observe(&mut newcomer, &mut org, &far);
         assert_eq!(ids(&alerts, "infrequent-country").len(), 1, "{alerts:?}");
         // With too few actors known, the organization cannot say what is rare.
-        let (mut lonely, mut small) = (PrincipalState::default(), Org::default());
+        let (mut lonely, mut small) = (PrincipalState::default(), crate::census::Census::default());
         an.observe(&mut lonely, &mut small, &usual);
         assert!(ids(
             &an.observe(&mut lonely, &mut small, &far),

@@ -1,7 +1,7 @@
 //! Same input, same alerts: one stream of activities replayed into fresh detects — one
 //! instance and two, over three partitions and over six — raises the same alert ids every
 //! time, including the decisions that depend on facts learned on other partitions (a region's
-//! first use, a deactivated key).
+//! first use, a deactivated key, the organization's countries).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,6 +39,9 @@ fn call(minutes: i64, name: &str, source: &str, user: &str, region: &str, params
     }
     r
 }
+
+/// An address in Europe (the people work from New York).
+const EUROPE: &str = "92.55.146.245";
 
 /// Ten days of ordinary work by eight people and an administrator, then first uses of new
 /// regions (unusual) and second uses a minute later by others (not), and eve's access key,
@@ -146,6 +149,21 @@ fn stream() -> Vec<Value> {
         "us-east-1",
         none.clone(),
     ));
+    // alice works from Europe on two days (a country new to her, and to the organization);
+    // a day later bob does too: two actor-days there, on whatever partition, and it is no
+    // longer rare for the organization.
+    for (day, person) in [(-3, "alice"), (-2, "alice"), (-1, "bob")] {
+        let mut r = call(
+            day * DAY + DAY / 2,
+            "DescribeInstances",
+            "ec2.amazonaws.com",
+            person,
+            "us-east-1",
+            none.clone(),
+        );
+        r["sourceIPAddress"] = json!(EUROPE);
+        records.push(r);
+    }
     // The stream goes on for everyone, so every partition moves past the decisions above.
     for (i, person) in people.iter().enumerate() {
         records.push(call(
@@ -189,7 +207,16 @@ fn replay(source: &Run, instances: usize, count: usize) -> Result<BTreeMap<Strin
             *v = partitions.map(|(_, v)| v.clone()).unwrap_or_default();
         }
     }
-    let config = run.detect_config("")?;
+    let geo: Vec<String> = ["TRAILGUARD_TEST_GEO_V4", "TRAILGUARD_TEST_GEO_V6"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .filter(|p| std::path::Path::new(p).exists())
+        .collect();
+    ensure!(
+        !geo.is_empty(),
+        "no geolocation database: run through deploy/test.sh"
+    );
+    let config = run.detect_config(&format!("[geo]\ndatabases = {geo:?}\n"))?;
     let config = config.to_str().context("config path")?;
     let mut detects = (0..instances)
         .map(|_| run.spawn("detect", &["--config", config]))
@@ -265,6 +292,11 @@ async fn same_input_same_alerts() -> Result<()> {
             .values()
             .map(|a| &a.evidence.summary)
             .collect::<Vec<_>>()
+    );
+    ensure!(
+        about("infrequent-country") == ["alice"],
+        "infrequent-country about {:?}",
+        about("infrequent-country")
     );
     ensure!(
         about("terminated-user") == ["eve"],

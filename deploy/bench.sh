@@ -14,7 +14,7 @@ cargo build --release --bins --quiet
 export TRAILGUARD_TEST_SHARED_DATA="${TRAILGUARD_TEST_SHARED_DATA:-$REPO/../shared/data/cloudtrail}"
 export TRAILGUARD_BENCH_BROKERS="$TG_HOST:$TG_KAFKA_PORT"
 export TRAILGUARD_BENCH_INGEST="$CARGO_TARGET_DIR/release/ingest"
-export TRAILGUARD_TEST_GEO_V4="$GEO_V4"
+export TRAILGUARD_TEST_GEO_V4="$GEO_V4" TRAILGUARD_TEST_ASN_V4="$ASN_V4"
 export TRAILGUARD_BENCH_AWS_ENDPOINT="http://$TG_HOST:$TG_MOTO_PORT"
 export TRAILGUARD_BENCH_REMEDIATE="$CARGO_TARGET_DIR/release/remediate"
 # The recovery bench runs the release binaries through the tests' helpers.

@@ -55,6 +55,7 @@ export TRAILGUARD_TEST_SHARED_DATA="${TRAILGUARD_TEST_SHARED_DATA:-$REPO/../shar
 # before a fix, to see its test fail): TRAILGUARD_TEST_BIN_DIR=/other/target/debug.
 export TRAILGUARD_TEST_BIN_DIR="${TRAILGUARD_TEST_BIN_DIR:-$CARGO_TARGET_DIR/debug}"
 export TRAILGUARD_TEST_GEO_V4="$GEO_V4" TRAILGUARD_TEST_GEO_V6="$GEO_V6"
+export TRAILGUARD_TEST_ASN_V4="$ASN_V4" TRAILGUARD_TEST_ASN_V6="$ASN_V6"
 export TRAILGUARD_TEST_BROKER="$TG_BROKER"
 # `cargo test --all-targets` runs the benches once too, unoptimized: small, as a smoke test
 # (`make bench` runs them in full).

@@ -251,16 +251,30 @@ pub struct Enrichment {
     /// Where `source_ip` is, from the configured MMDB database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub geo: Option<Geo>,
-    /// Categories of IP-intelligence lists `source_ip` is on (`tor`, `vpn`, `malicious`, ...).
+    /// Categories of IP-intelligence lists `source_ip` is on (`tor`, `vpn`, `malicious`, ...),
+    /// and those its network puts it in (`hosting`, `risky-network`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_categories: Vec<String>,
+    /// The autonomous system `source_ip` belongs to, from the configured AS database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
 }
 
 impl Enrichment {
     /// True when nothing was added.
     pub fn is_empty(&self) -> bool {
-        self.geo.is_none() && self.ip_categories.is_empty()
+        self.geo.is_none() && self.ip_categories.is_empty() && self.network.is_none()
     }
+}
+
+/// An autonomous system: the network an address belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Network {
+    /// Its AS number.
+    pub asn: u32,
+    /// The organization that runs it, when the database names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
 }
 
 /// A geo location.

@@ -74,11 +74,13 @@ kind = "webhook"
 url = "http://127.0.0.1:$webhook_port/trailguard"
 TOML
 
-# Geolocation from DB-IP City Lite (fetched by the setup; CC BY 4.0, https://db-ip.com) and a
+# Geolocation from DB-IP City Lite and networks from ip-location-db's AS data (both fetched by
+# the setup; CC BY 4.0: https://db-ip.com, RouteViews, NRO) and a
 # sample Tor list; a one-day learning period so the sample's baselines count.
 cat >"$demo_dir/detect.toml" <<TOML
 [geo]
 databases = ["$GEO_V4", "$GEO_V6"]
+asn_databases = ["$ASN_V4", "$ASN_V6"]
 
 [intel]
 lists = [{ category = "tor", path = "$REPO/deploy/demo/intel/tor-exits-sample.txt" }]

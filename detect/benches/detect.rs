@@ -124,6 +124,7 @@ fn main() {
     let geo = std::env::var("TRAILGUARD_TEST_GEO_V4").ok().and_then(|p| {
         GeoDb::open(&GeoConfig {
             databases: vec![p.into()],
+            ..GeoConfig::default()
         })
         .ok()
         .flatten()
@@ -137,7 +138,16 @@ fn main() {
             .collect::<String>(),
     );
     intel.add("corporate", "10.0.0.0/8\n");
-    let mut enricher = Enricher::new(geo, Arc::new(RwLock::new(Arc::new(intel))));
+    // The AS data the setup fetches, when it is there (hosting by network).
+    let asn = std::env::var("TRAILGUARD_TEST_ASN_V4").ok().and_then(|p| {
+        trailguard_detect::network::AsnDb::open(&[p.into()])
+            .ok()
+            .flatten()
+    });
+    let mut enricher = Enricher::new(geo, Arc::new(RwLock::new(Arc::new(intel)))).with_networks(
+        asn,
+        trailguard_detect::enrich::IntelConfig::default().network_risk(),
+    );
     let cfg = PoliciesConfig::default();
     let mut detector = Detector::new(&cfg, Duration::from_secs(300)).with_geo(&cfg, has_geo);
     // Shared and locked per activity, as the service does.

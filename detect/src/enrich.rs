@@ -23,6 +23,9 @@ use trailguard_common::Activity;
 pub struct GeoConfig {
     /// MMDB files, tried in order (e.g. DB-IP's separate IPv4 and IPv6 files). Empty: no geo.
     pub databases: Vec<PathBuf>,
+    /// AS databases, tried in order: MMDB (GeoLite2-ASN layout) or CSV
+    /// (`first,last,asn,organization`). Empty: no network, so no `hosting` by network.
+    pub asn_databases: Vec<PathBuf>,
 }
 
 /// The `[intel]` section.
@@ -40,6 +43,18 @@ pub struct IntelConfig {
     pub tor_exit_list: bool,
     /// Where the Tor exit list is read: one address per line.
     pub tor_exit_list_url: String,
+    /// Put addresses of the large cloud and hosting providers' networks
+    /// ([`crate::network::HOSTING_ASNS`]) in category `hosting` (needs `geo.asn_databases`).
+    pub hosting_asns_builtin: bool,
+    /// More AS numbers whose addresses are `hosting`.
+    pub hosting_asns: Vec<u32>,
+    /// AS numbers taken off the hosting table (a provider the organization works from).
+    pub not_hosting_asns: Vec<u32>,
+    /// AS numbers whose addresses are `risky-network`.
+    pub risky_asns: Vec<u32>,
+    /// AS organizations (case-insensitive parts of the name) whose addresses are
+    /// `risky-network`.
+    pub risky_organizations: Vec<String>,
 }
 
 /// The Tor Project's bulk exit list: every address a Tor exit relay has used lately.
@@ -52,12 +67,25 @@ impl Default for IntelConfig {
             refresh_interval: Duration::from_secs(3600),
             tor_exit_list: true,
             tor_exit_list_url: TOR_BULK_EXIT_LIST.into(),
+            hosting_asns_builtin: true,
+            hosting_asns: Vec::new(),
+            not_hosting_asns: Vec::new(),
+            risky_asns: Vec::new(),
+            risky_organizations: Vec::new(),
         }
     }
 }
 
 /// Categories a list may carry; the detections read them.
-pub const CATEGORIES: &[&str] = &["tor", "vpn", "proxy", "hosting", "malicious", "corporate"];
+pub const CATEGORIES: &[&str] = &[
+    "tor",
+    "vpn",
+    "proxy",
+    "hosting",
+    "malicious",
+    "risky-network",
+    "corporate",
+];
 
 /// One list of addresses: one IP or CIDR per line (`#` starts a comment; a CSV line's first
 /// column is used), all of one category.
@@ -203,6 +231,17 @@ impl Intel {
 }
 
 impl IntelConfig {
+    /// How networks are judged.
+    pub fn network_risk(&self) -> crate::network::NetworkRisk {
+        crate::network::NetworkRisk::new(
+            self.hosting_asns_builtin,
+            &self.hosting_asns,
+            &self.not_hosting_asns,
+            &self.risky_asns,
+            &self.risky_organizations,
+        )
+    }
+
     /// The lists to read: the configured ones, then the Tor exit list when it is on.
     pub fn all_lists(&self) -> Vec<IntelList> {
         let mut lists = self.lists.clone();
@@ -404,9 +443,11 @@ impl GeoDb {
     }
 }
 
-/// Adds geo and IP categories to activities, caching per address.
+/// Adds geo, network and IP categories to activities, caching per address.
 pub struct Enricher {
     geo: Option<GeoDb>,
+    asn: Option<crate::network::AsnDb>,
+    risk: crate::network::NetworkRisk,
     intel: Arc<RwLock<Arc<Intel>>>,
     cache: HashMap<IpAddr, Enrichment>,
     /// The intel generation the cache was filled from.
@@ -421,10 +462,23 @@ impl Enricher {
     pub fn new(geo: Option<GeoDb>, intel: Arc<RwLock<Arc<Intel>>>) -> Self {
         Enricher {
             geo,
+            asn: None,
+            risk: crate::network::NetworkRisk::default(),
             intel,
             cache: HashMap::new(),
             cached_from: 0,
         }
+    }
+
+    /// Also looks up each address's network in `asn`, judged by `risk`.
+    pub fn with_networks(
+        mut self,
+        asn: Option<crate::network::AsnDb>,
+        risk: crate::network::NetworkRisk,
+    ) -> Self {
+        self.asn = asn;
+        self.risk = risk;
+        self
     }
 
     /// True when a geolocation database is loaded.
@@ -443,10 +497,23 @@ impl Enricher {
             self.cache.clear();
             self.cached_from = generation;
         }
-        let geo = &self.geo;
-        let found = self.cache.entry(ip).or_insert_with(|| Enrichment {
-            geo: geo.as_ref().and_then(|g| g.lookup(ip)),
-            ip_categories: intel.categories(ip),
+        let (geo, asn, risk) = (&self.geo, &self.asn, &self.risk);
+        let found = self.cache.entry(ip).or_insert_with(|| {
+            let network = asn.as_ref().and_then(|db| db.lookup(ip));
+            let mut ip_categories = intel.categories(ip);
+            if let Some(network) = &network {
+                for c in risk.categories(network) {
+                    if !ip_categories.iter().any(|have| have == c) {
+                        ip_categories.push(c.to_string());
+                    }
+                }
+                ip_categories.sort_unstable();
+            }
+            Enrichment {
+                geo: geo.as_ref().and_then(|g| g.lookup(ip)),
+                ip_categories,
+                network,
+            }
         });
         activity.enrichment = found.clone();
     }
@@ -628,6 +695,7 @@ mod tests {
         };
         let db = GeoDb::open(&GeoConfig {
             databases: vec![path.into()],
+            ..GeoConfig::default()
         });
         let Ok(Some(db)) = db else {
             panic!("cannot open the DB-IP database");

@@ -34,6 +34,7 @@ pub mod detector;
 pub mod enrich;
 pub mod facts;
 pub mod fold;
+pub mod network;
 pub mod ocsf;
 pub mod policy;
 pub mod risky_signin;

@@ -1,6 +1,7 @@
 //! Logon from a risky IP address: a successful sign-in — to the console, to the Identity Center
 //! portal, or a federation into a role (SAML, web identity) — from an address the intelligence
-//! feeds put in a risk category (Tor, VPN, proxy, hosting, malicious). No baseline: the first
+//! feeds put in a risk category (Tor, VPN, proxy, hosting, malicious), or whose network is a
+//! hosting provider's or one configured as risky (see [`crate::network`]). No baseline: the first
 //! sign-in of a brand-new identity counts. Tuned apart from the anomaly detections, which judge
 //! any activity from anonymous or malicious addresses.
 
@@ -50,9 +51,16 @@ impl Default for RiskySigninConfig {
     fn default() -> Self {
         RiskySigninConfig {
             enabled: true,
-            categories: ["tor", "vpn", "proxy", "hosting", "malicious"]
-                .map(String::from)
-                .to_vec(),
+            categories: [
+                "tor",
+                "vpn",
+                "proxy",
+                "hosting",
+                "malicious",
+                "risky-network",
+            ]
+            .map(String::from)
+            .to_vec(),
             severity: Severity::Medium,
             allow_principals: Vec::new(),
             actions: vec![ActionKind::Notify],
@@ -112,7 +120,22 @@ impl RiskySignin {
             "GetFederationToken" => "took federation credentials",
             _ => "federated into a role",
         };
-        let summary = format!("{} {how} from a {} address", who(a), risky.join(", "));
+        let network = match &a.enrichment.network {
+            Some(n) => format!(
+                " (AS{}{})",
+                n.asn,
+                n.organization
+                    .as_deref()
+                    .map(|o| format!(" {o}"))
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
+        let summary = format!(
+            "{} {how} from a {} address{network}",
+            who(a),
+            risky.join(", ")
+        );
         let alert = AlertBuilder::about(&RISKY_SIGNIN, a, severity)
             .entity(Entity {
                 kind: kinds::PRINCIPAL.into(),

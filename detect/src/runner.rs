@@ -398,7 +398,16 @@ async fn enricher(
     tracing::info!(entries = intel.len(), "IP intelligence loaded");
     let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(intel)));
     crate::enrich::refresh_intel(lists, cfg.intel.refresh_interval, intel.clone(), tasks);
-    Ok(crate::enrich::Enricher::new(geo, intel))
+    let paths = cfg.geo.asn_databases.clone();
+    let asn = tokio::task::spawn_blocking(move || crate::network::AsnDb::open(&paths))
+        .await
+        .map_err(|e| Error::Stopped(format!("reading the AS databases: {e}")))??;
+    if asn.is_none() {
+        tracing::info!(
+            "no AS database (geo.asn_databases): hosting and risky networks are known only from intel lists"
+        );
+    }
+    Ok(crate::enrich::Enricher::new(geo, intel).with_networks(asn, cfg.intel.network_risk()))
 }
 
 /// What a consumed record is to detect. One per record, moved at once: its size is no cost.

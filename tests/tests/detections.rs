@@ -284,13 +284,23 @@ fn workload(role: &str, session: &str) -> Value {
 /// The people behind role sessions, end to end through ingest and detect: an Identity Center
 /// user back after six weeks through another permission set and account is one person returning
 /// (`dormant-principal`); an IAM user created minutes before terminating 24 instances is judged
-/// while it learns (`vm-deletion`); a console sign-in through a Tor exit is `risky-ip-signin`.
+/// while it learns (`vm-deletion`); a console sign-in through a Tor exit, and one from a
+/// hosting provider's network, are `risky-ip-signin`.
 /// Ordinary traffic beside them — workload roles with a new session every day, a person's daily
 /// work — raises nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn people_behind_role_sessions() -> Result<()> {
     let run = Run::new("actors")?;
-    let config = run.detect_config("")?;
+    let asn: Vec<String> = ["TRAILGUARD_TEST_ASN_V4", "TRAILGUARD_TEST_ASN_V6"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .filter(|p| std::path::Path::new(p).exists())
+        .collect();
+    ensure!(
+        !asn.is_empty(),
+        "no AS database: run through deploy/test.sh"
+    );
+    let config = run.detect_config(&format!("[geo]\nasn_databases = {asn:?}\n"))?;
     let none = json!({});
     const DAY: i64 = 1440;
     let mut records = Vec::new();
@@ -386,7 +396,16 @@ async fn people_behind_role_sessions() -> Result<()> {
     signin["responseElements"] = json!({"ConsoleLogin": "Success"});
     signin["additionalEventData"] =
         json!({"MFAUsed": "No", "LoginTo": "https://console.aws.amazon.com/"});
-    records.push(signin);
+    records.push(signin.clone());
+    // Gus signs in from a rented server: an address of DigitalOcean's network (hosting, by
+    // its AS number in the AS database the setup fetched).
+    let mut from_droplet = signin;
+    from_droplet["eventTime"] = "2024-05-10T12:45:00Z".into();
+    from_droplet["eventID"] = "00000000-0000-4000-8000-000000300045".into();
+    from_droplet["sourceIPAddress"] = "159.203.10.20".into();
+    from_droplet["userIdentity"]["userName"] = "gus".into();
+    from_droplet["userIdentity"]["arn"] = "arn:aws:iam::123456789012:user/gus".into();
+    records.push(from_droplet);
     records.sort_by_key(|r| r["eventTime"].as_str().unwrap_or_default().to_string());
     run.ingest_records(&records)?;
     let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
@@ -408,14 +427,25 @@ async fn people_behind_role_sessions() -> Result<()> {
         "{}",
         burst.evidence.summary
     );
-    let risky = find("risky-ip-signin").context("risky-ip-signin")?;
-    assert_eq!(actor(risky), "arn:aws:iam::123456789012:user/erin");
+    let risky: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.policy_id == "risky-ip-signin")
+        .collect();
+    let risky_about = |who: &str| risky.iter().find(|a| actor(a).ends_with(who)).copied();
+    ensure!(risky_about("/erin").is_some(), "{risky:#?}");
+    let gus = risky_about("/gus").context("gus, from a hosting network")?;
+    assert!(
+        gus.evidence.summary.contains("hosting") && gus.evidence.summary.contains("AS14061"),
+        "{}",
+        gus.evidence.summary
+    );
     // No anomaly about the workload or about frank, and nothing else about anyone (the
     // administrator's CreateUser may match an activity template; that is not an anomaly).
     let expected = [
         ("dormant-principal", "person:dana"),
         ("vm-deletion", "arn:aws:iam::123456789012:user/tmp-admin"),
         ("risky-ip-signin", "arn:aws:iam::123456789012:user/erin"),
+        ("risky-ip-signin", "arn:aws:iam::123456789012:user/gus"),
         ("anonymous-ip", "arn:aws:iam::123456789012:user/erin"),
     ];
     for a in alerts

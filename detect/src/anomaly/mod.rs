@@ -835,6 +835,7 @@ mod tests {
                 accuracy_radius_km: Some(20),
             }),
             ip_categories: Vec::new(),
+            network: None,
         };
         a
     }

@@ -1,0 +1,366 @@
+//! Which network an address belongs to — its autonomous system (AS) number and organization —
+//! and what that says: a hosting or cloud provider (category `hosting`), or a network the
+//! organization counts as risky (`risky-network`).
+//!
+//! An attacker with stolen credentials rarely signs in from a home broadband line: he works
+//! from a rented server or a cloud instance. No list of hosting addresses stays current, but
+//! the networks they belong to change slowly, so hosting is judged by AS number against
+//! [`HOSTING_ASNS`], a table of the large cloud and hosting providers (extended, or trimmed,
+//! in `[intel]`).
+//!
+//! AS data is read from `geo.asn_databases`: MMDB files in the GeoLite2-ASN layout
+//! (`autonomous_system_number`, `autonomous_system_organization`, as MaxMind and DB-IP ship
+//! them) or CSV files of `first address,last address,AS number,organization` (the layout of
+//! ip-location-db's `asn` package: RouteViews and DB-IP's IP-to-ASN Lite, CC BY 4.0). The CSV
+//! reader is ours: the format is four columns with an optionally quoted last one, not worth a
+//! dependency.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use trailguard_common::contract::Network;
+
+/// Large cloud and hosting providers' AS numbers: addresses in them are `hosting`.
+pub const HOSTING_ASNS: &[(u32, &str)] = &[
+    (16509, "Amazon (AWS)"),
+    (14618, "Amazon (AWS)"),
+    (8987, "Amazon (AWS, Europe)"),
+    (15169, "Google"),
+    (396982, "Google Cloud"),
+    (8075, "Microsoft (Azure)"),
+    (31898, "Oracle Cloud"),
+    (36351, "IBM Cloud (SoftLayer)"),
+    (45102, "Alibaba Cloud"),
+    (37963, "Alibaba Cloud (Hangzhou)"),
+    (132203, "Tencent Cloud"),
+    (45090, "Tencent Cloud (Shenzhen)"),
+    (14061, "DigitalOcean"),
+    (63949, "Akamai Connected Cloud (Linode)"),
+    (20473, "Vultr (Choopa)"),
+    (16276, "OVHcloud"),
+    (24940, "Hetzner"),
+    (213230, "Hetzner Cloud"),
+    (12876, "Scaleway"),
+    (51167, "Contabo"),
+    (60781, "Leaseweb"),
+    (16265, "Leaseweb"),
+    (9009, "M247"),
+    (60068, "Datacamp (CDN77)"),
+    (47583, "Hostinger"),
+    (8560, "IONOS"),
+    (40676, "Psychz Networks"),
+    (8100, "QuadraNet"),
+    (36352, "ColoCrossing"),
+    (53667, "FranTech (BuyVM)"),
+    (54290, "Hostwinds"),
+    (197540, "netcup"),
+    (44477, "Stark Industries"),
+    (49505, "Selectel"),
+    (9123, "Timeweb"),
+    (7979, "Servers.com"),
+    (21859, "Zenlayer"),
+    (26496, "GoDaddy"),
+    (32244, "Liquid Web"),
+    (19994, "Rackspace"),
+    (54825, "Equinix Metal (Packet)"),
+    (29802, "HIVELOCITY"),
+];
+
+/// How an AS is judged: the `[intel]` settings, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkRisk {
+    hosting: HashSet<u32>,
+    risky: HashSet<u32>,
+    /// Lower-case substrings of risky organizations' names.
+    risky_organizations: Vec<String>,
+}
+
+impl NetworkRisk {
+    /// The table (when `builtin`), plus `extra`, less `exempt`; and the risky networks.
+    pub fn new(
+        builtin: bool,
+        extra: &[u32],
+        exempt: &[u32],
+        risky: &[u32],
+        risky_organizations: &[String],
+    ) -> Self {
+        let hosting = HOSTING_ASNS
+            .iter()
+            .map(|(asn, _)| *asn)
+            .filter(|_| builtin)
+            .chain(extra.iter().copied())
+            .filter(|asn| !exempt.contains(asn))
+            .collect();
+        NetworkRisk {
+            hosting,
+            risky: risky.iter().copied().collect(),
+            risky_organizations: risky_organizations
+                .iter()
+                .map(|o| o.to_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The categories `network` puts an address in (`hosting`, `risky-network`).
+    pub fn categories(&self, network: &Network) -> impl Iterator<Item = &'static str> {
+        let hosting = self.hosting.contains(&network.asn);
+        let risky = self.risky.contains(&network.asn)
+            || network.organization.as_deref().is_some_and(|org| {
+                let org = org.to_lowercase();
+                self.risky_organizations.iter().any(|r| org.contains(r))
+            });
+        [(hosting, "hosting"), (risky, "risky-network")]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, c)| c)
+    }
+}
+
+/// An AS range of a CSV file.
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    first: u128,
+    last: u128,
+    asn: u32,
+    /// Index into the organization names.
+    org: u32,
+}
+
+/// The AS databases.
+#[derive(Default)]
+pub struct AsnDb {
+    readers: Vec<maxminddb::Reader<Vec<u8>>>,
+    /// Sorted by first address.
+    ranges: Vec<Range>,
+    organizations: Vec<Box<str>>,
+}
+
+/// An MMDB record in the GeoLite2-ASN layout.
+#[derive(Deserialize)]
+struct AsnRecord {
+    autonomous_system_number: Option<u32>,
+    autonomous_system_organization: Option<String>,
+}
+
+fn as_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+impl AsnDb {
+    /// Opens every configured file (`.mmdb`: MMDB, else CSV); `None` when none is
+    /// configured. A file that cannot be read, or a CSV with no line understood, is an error
+    /// naming its key.
+    pub fn open(paths: &[PathBuf]) -> Result<Option<AsnDb>, trailguard_common::Error> {
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let mut db = AsnDb::default();
+        for (i, path) in paths.iter().enumerate() {
+            let key = format!("geo.asn_databases[{i}]");
+            let cannot = |e: &dyn std::fmt::Display| {
+                trailguard_common::Error::config(
+                    &key,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            };
+            if path.extension().is_some_and(|e| e == "mmdb") {
+                db.readers
+                    .push(maxminddb::Reader::open_readfile(path).map_err(|e| cannot(&e))?);
+                continue;
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| cannot(&e))?;
+            let (read, bad) = db.add_csv(&text);
+            if read == 0 {
+                return Err(cannot(&"no line of `first,last,asn,organization` in it"));
+            }
+            if bad > 0 {
+                tracing::warn!(file = %path.display(), bad, "AS database lines not understood (skipped)");
+            }
+            tracing::info!(file = %path.display(), ranges = read, "AS database loaded");
+        }
+        db.ranges.sort_unstable_by_key(|r| r.first);
+        Ok(Some(db))
+    }
+
+    /// Adds the ranges of a CSV text (`first,last,asn,organization`, the organization
+    /// optionally in double quotes); returns (ranges read, lines not understood). Call
+    /// [`AsnDb::sorted`] after the last.
+    pub fn add_csv(&mut self, text: &str) -> (usize, usize) {
+        let (mut read, mut bad) = (0, 0);
+        let mut last_org: Option<(String, u32)> = None;
+        for line in text.lines() {
+            let line = line.trim_end_matches('\r');
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.splitn(4, ',');
+            let parsed =
+                (|| {
+                    let first = fields.next()?.trim().parse::<IpAddr>().ok()?;
+                    let last = fields.next()?.trim().parse::<IpAddr>().ok()?;
+                    let asn = fields.next()?.trim().parse::<u32>().ok()?;
+                    let org = unquote(fields.next().unwrap_or("").trim());
+                    (first.is_ipv4() == last.is_ipv4() && as_u128(first) <= as_u128(last))
+                        .then_some((as_u128(first), as_u128(last), asn, org))
+                })();
+            let Some((first, last, asn, org)) = parsed else {
+                bad += 1;
+                continue;
+            };
+            // Consecutive lines mostly share an organization: store it once per run.
+            let org = match &last_org {
+                Some((name, index)) if *name == org => *index,
+                _ => {
+                    let index = self.organizations.len() as u32;
+                    self.organizations.push(org.clone().into_boxed_str());
+                    last_org = Some((org, index));
+                    index
+                }
+            };
+            self.ranges.push(Range {
+                first,
+                last,
+                asn,
+                org,
+            });
+            read += 1;
+        }
+        (read, bad)
+    }
+
+    /// Sorts the ranges read by [`AsnDb::add_csv`] for lookups.
+    pub fn sorted(mut self) -> Self {
+        self.ranges.sort_unstable_by_key(|r| r.first);
+        self
+    }
+
+    /// The network of `ip`, from the first database that knows it.
+    pub fn lookup(&self, ip: IpAddr) -> Option<Network> {
+        for reader in &self.readers {
+            if ip.is_ipv6() && reader.metadata.ip_version != 6 {
+                continue;
+            }
+            if let Ok(Some(record)) = reader.lookup::<AsnRecord>(ip) {
+                if let Some(asn) = record.autonomous_system_number {
+                    return Some(Network {
+                        asn,
+                        organization: record
+                            .autonomous_system_organization
+                            .filter(|o| !o.is_empty()),
+                    });
+                }
+            }
+        }
+        let n = as_u128(ip);
+        let i = self.ranges.partition_point(|r| r.first <= n);
+        let range = self.ranges.get(i.checked_sub(1)?)?;
+        (range.last >= n).then(|| Network {
+            asn: range.asn,
+            organization: self
+                .organizations
+                .get(range.org as usize)
+                .filter(|o| !o.is_empty())
+                .map(|o| o.to_string()),
+        })
+    }
+}
+
+/// A CSV field without its surrounding double quotes (`""` inside is one quote).
+fn unquote(field: &str) -> String {
+    match field.strip_prefix('"').and_then(|f| f.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => field.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: &str = "1.0.0.0,1.0.0.255,13335,\"Cloudflare, Inc.\"\n\
+        104.16.0.0,104.16.255.255,13335,\"Cloudflare, Inc.\"\n\
+        159.203.0.0,159.203.255.255,14061,DigitalOcean LLC\n\
+        71.253.0.0,71.253.255.255,701,\"Verizon Business\"\n\
+        2a03:b0c0::,2a03:b0c0:ffff:ffff:ffff:ffff:ffff:ffff,14061,DigitalOcean LLC\n\
+        not,a,line\n";
+
+    fn db() -> AsnDb {
+        let mut db = AsnDb::default();
+        assert_eq!(db.add_csv(CSV), (5, 1));
+        db.sorted()
+    }
+
+    #[test]
+    fn csv_ranges_are_looked_up_by_address() {
+        let db = db();
+        let net = |ip: &str| db.lookup(ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])));
+        assert_eq!(
+            net("159.203.10.20"),
+            Some(Network {
+                asn: 14061,
+                organization: Some("DigitalOcean LLC".into())
+            })
+        );
+        assert_eq!(
+            net("1.0.0.1").and_then(|n| n.organization),
+            Some("Cloudflare, Inc.".into())
+        );
+        assert_eq!(net("2a03:b0c0:2:d0::1").map(|n| n.asn), Some(14061));
+        assert_eq!(net("1.0.1.1"), None, "between ranges");
+        assert_eq!(net("10.0.0.1"), None);
+    }
+
+    #[test]
+    fn hosting_and_risky_networks() {
+        let db = db();
+        let risk = NetworkRisk::new(true, &[], &[], &[701], &["cloudflare".into()]);
+        let categories = |ip: &str| -> Vec<&str> {
+            db.lookup(ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])))
+                .map(|n| risk.categories(&n).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(categories("159.203.10.20"), ["hosting"]);
+        assert_eq!(categories("71.253.1.1"), ["risky-network"], "by number");
+        assert_eq!(
+            categories("104.16.1.1"),
+            ["risky-network"],
+            "by organization"
+        );
+        // A provider the organization works from is taken off the table.
+        let exempt = NetworkRisk::new(true, &[], &[14061], &[], &[]);
+        let net = db.lookup(IpAddr::from([159, 203, 10, 20]));
+        assert_eq!(net.map(|n| exempt.categories(&n).count()), Some(0));
+        let none = NetworkRisk::new(false, &[701], &[], &[], &[]);
+        let net = db.lookup(IpAddr::from([71, 253, 1, 1]));
+        assert_eq!(
+            net.map(|n| none.categories(&n).collect::<Vec<_>>()),
+            Some(vec!["hosting"])
+        );
+    }
+
+    /// The ip-location-db AS data the setup fetches, when it is there.
+    #[test]
+    fn shipped_asn_data_when_available() {
+        let Ok(path) = std::env::var("TRAILGUARD_TEST_ASN_V4") else {
+            return;
+        };
+        let db = AsnDb::open(&[PathBuf::from(path)]).ok().flatten();
+        let db = db.expect("the AS database opens");
+        assert_eq!(
+            db.lookup(IpAddr::from([8, 8, 8, 8])).map(|n| n.asn),
+            Some(15169)
+        );
+        let risk = NetworkRisk::new(true, &[], &[], &[], &[]);
+        let do_net = db.lookup(IpAddr::from([159, 203, 10, 20]));
+        assert!(
+            do_net.is_some_and(|n| risk.categories(&n).any(|c| c == "hosting")),
+            "DigitalOcean is hosting"
+        );
+    }
+}

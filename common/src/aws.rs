@@ -44,6 +44,7 @@ pub const ENDPOINT_SERVICES: &[&str] = &[
     "organizations",
     "s3",
     "s3control",
+    "ses",
     "sns",
     "sqs",
     "sts",

@@ -5,8 +5,8 @@
 //!
 //! A `notify` target names a channel; `default` means every channel marked `default`. The user
 //! target (`kind = "user"`) goes to the same channels with the principal as `recipient`, so the
-//! receiving system can route it. `notify_user` reaches the person an alert is about on an SNS
-//! topic of their own ([`UsersConfig`]).
+//! receiving system can route it. `notify_user` reaches the person an alert is about by e-mail
+//! (SES) or on an SNS topic of their own ([`UsersConfig`]).
 
 use std::time::Duration;
 
@@ -45,18 +45,26 @@ impl Default for NotifyConfig {
     }
 }
 
-/// Where `notify_user` reaches the person an alert is about: an SNS topic of their own (they
-/// subscribe their e-mail or phone to it), found in `directory` or in a tag of their IAM user.
+/// Where `notify_user` reaches the person an alert is about: an e-mail address (sent through
+/// SES from `email_from`) or an SNS topic of their own (they subscribe their e-mail or phone to
+/// it), found in `directory` or in a tag of their IAM user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsersConfig {
-    /// Person → SNS topic ARN. Keys are actor ids (`person:dana@example.com`,
-    /// `user:111111111111/bob`), principal ARNs or bare IAM user names, tried in that order
-    /// (case-insensitive).
+    /// Person → e-mail address or SNS topic ARN. Keys are actor ids
+    /// (`person:dana@example.com`, `user:111111111111/bob`), principal ARNs or bare IAM user
+    /// names, tried in that order (case-insensitive).
     pub directory: std::collections::BTreeMap<String, String>,
-    /// The IAM user tag holding the user's topic ARN, read (iam:ListUserTags) when the
-    /// directory has no entry; empty: never read.
+    /// The IAM user tag holding the user's address, read (iam:ListUserTags) when the
+    /// directory has no entry; empty: never read. A tag may name a person's topic
+    /// (`trailguard-user-*`) or an e-mail address in `email_domains`.
     pub tag_key: String,
+    /// The SES identity e-mails are sent from (verified in SES); needed for any e-mail
+    /// address.
+    pub email_from: String,
+    /// The domains an e-mail address read from a tag may be in (whoever may tag a user could
+    /// otherwise send that user's alerts anywhere). Empty: tags may not hold e-mail addresses.
+    pub email_domains: Vec<String>,
 }
 
 impl Default for UsersConfig {
@@ -64,8 +72,27 @@ impl Default for UsersConfig {
         UsersConfig {
             directory: Default::default(),
             tag_key: "trailguard-notify-topic".into(),
+            email_from: String::new(),
+            email_domains: Vec::new(),
         }
     }
+}
+
+/// Whether `address` looks like one e-mail address (`local@domain.tld`, no spaces, no list).
+pub fn is_email(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && address.len() <= 254
+        && !address.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, ',' | ';' | '<' | '>' | '"')
+        })
+        && !local.contains('@')
 }
 
 /// The name every person's own topic found through a tag begins with.
@@ -134,11 +161,39 @@ impl NotifyConfig {
         if self.attempts == 0 {
             return Err(Error::config("notify.attempts", "must be at least 1"));
         }
-        for (person, topic) in &self.users.directory {
-            if !is_topic_arn(topic) {
+        for (person, address) in &self.users.directory {
+            let key = format!("notify.users.directory.{person}");
+            if is_email(address) {
+                if self.users.email_from.is_empty() {
+                    return Err(Error::config(
+                        "notify.users.email_from",
+                        format!("needed to e-mail {address} ({key})"),
+                    ));
+                }
+            } else if !is_topic_arn(address) {
                 return Err(Error::config(
-                    &format!("notify.users.directory.{person}"),
-                    "must be an SNS topic ARN",
+                    &key,
+                    "must be an e-mail address or an SNS topic ARN",
+                ));
+            }
+        }
+        if !self.users.email_from.is_empty() && !is_email(&self.users.email_from) {
+            return Err(Error::config(
+                "notify.users.email_from",
+                "must be an e-mail address (a verified SES identity)",
+            ));
+        }
+        if !self.users.email_domains.is_empty() && self.users.email_from.is_empty() {
+            return Err(Error::config(
+                "notify.users.email_from",
+                "needed when notify.users.email_domains allows e-mail addresses in tags",
+            ));
+        }
+        for (i, domain) in self.users.email_domains.iter().enumerate() {
+            if domain.is_empty() || domain.contains('@') || !domain.contains('.') {
+                return Err(Error::config(
+                    &format!("notify.users.email_domains[{i}]"),
+                    "must be a domain name (example.com)",
                 ));
             }
         }
@@ -317,6 +372,7 @@ pub struct Notifier {
     cfg: NotifyConfig,
     http: reqwest::Client,
     sns: Option<aws_sdk_sns::Client>,
+    ses: Option<aws_sdk_ses::Client>,
 }
 
 enum Attempt {
@@ -333,7 +389,18 @@ impl Notifier {
             .user_agent(concat!("trailguard-remediate/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        Notifier { cfg, http, sns }
+        Notifier {
+            cfg,
+            http,
+            sns,
+            ses: None,
+        }
+    }
+
+    /// Sends e-mail to people through `ses`.
+    pub fn with_ses(mut self, ses: Option<aws_sdk_ses::Client>) -> Self {
+        self.ses = ses;
+        self
     }
 
     fn channels_for(&self, target: &Target) -> Vec<&ChannelConfig> {
@@ -398,16 +465,23 @@ impl Notifier {
                 steps: Vec::new(),
             };
         };
+        let tagged = !how.starts_with("the directory");
+        if is_email(&topic) {
+            return self
+                .email_user(alert, target, &topic, &how, tagged, dry_run)
+                .await;
+        }
         if !is_topic_arn(&topic) {
             return NotifyResult {
                 outcome: ActionOutcome::Failed,
-                detail: format!("{how} is not an SNS topic ARN: {topic:?}"),
+                detail: format!(
+                    "{how} is neither an e-mail address nor an SNS topic ARN: {topic:?}"
+                ),
                 steps: Vec::new(),
             };
         }
         // A tag is set by whoever may tag the user: it may only name a person's topic
         // (`trailguard-user-*`), never the team's channels or anything else.
-        let tagged = !how.starts_with("the directory");
         if tagged
             && !topic
                 .rsplit(':')
@@ -465,6 +539,91 @@ impl Notifier {
                 detail: trailguard_common::aws::CallError::of("sns:Publish", &err).to_string(),
                 steps: Vec::new(),
             },
+        }
+    }
+
+    /// E-mails `address` (from the directory or a tag, as `how` says) about `alert` through
+    /// SES. An address from a tag must be in `email_domains`.
+    async fn email_user(
+        &self,
+        alert: &Alert,
+        target: &Target,
+        address: &str,
+        how: &str,
+        tagged: bool,
+        dry_run: bool,
+    ) -> NotifyResult {
+        let failed = |detail: String| NotifyResult {
+            outcome: ActionOutcome::Failed,
+            detail,
+            steps: Vec::new(),
+        };
+        let domain = address.rsplit('@').next().unwrap_or_default();
+        if tagged
+            && !self
+                .cfg
+                .users
+                .email_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain))
+        {
+            return failed(format!(
+                "{how} names {address}, outside notify.users.email_domains"
+            ));
+        }
+        let from = &self.cfg.users.email_from;
+        if from.is_empty() {
+            return failed(format!(
+                "{how} names {address}, and notify.users.email_from is not set"
+            ));
+        }
+        if dry_run {
+            return NotifyResult {
+                outcome: ActionOutcome::DryRun,
+                detail: format!("would e-mail {} at {address} ({how})", target.id),
+                steps: vec![ActionStep {
+                    call: "ses:SendEmail".into(),
+                    description: format!("would e-mail {address} from {from}"),
+                    request_id: None,
+                }],
+            };
+        }
+        let Some(client) = &self.ses else {
+            return failed("no SES client".into());
+        };
+        use aws_sdk_ses::types::{Body, Content, Destination, Message};
+        let text = |data: String| Content::builder().data(data).charset("UTF-8").build();
+        let (subject, body) = match (
+            text(format!("Trailguard: {}", alert.policy_name)),
+            text(user_message(alert)),
+        ) {
+            (Ok(subject), Ok(body)) => (subject, body),
+            (Err(e), _) | (_, Err(e)) => return failed(format!("building the e-mail: {e}")),
+        };
+        let message = Message::builder()
+            .subject(subject)
+            .body(Body::builder().text(body).build())
+            .build();
+        match client
+            .send_email()
+            .source(from)
+            .destination(Destination::builder().to_addresses(address).build())
+            .message(message)
+            .send()
+            .await
+        {
+            Ok(out) => NotifyResult {
+                outcome: ActionOutcome::Applied,
+                detail: format!("e-mailed {} at {address} ({how})", target.id),
+                steps: vec![ActionStep {
+                    call: "ses:SendEmail".into(),
+                    description: format!("e-mailed {address} from {from}"),
+                    request_id: Some(out.message_id().to_string()),
+                }],
+            },
+            Err(err) => {
+                failed(trailguard_common::aws::CallError::of("ses:SendEmail", &err).to_string())
+            }
         }
     }
 
@@ -720,6 +879,98 @@ mod tests {
         );
         let message = user_message(&alert());
         assert!(message.contains(&alert().evidence.summary) && message.contains("security team"));
+    }
+
+    #[test]
+    fn e_mail_addresses_and_their_settings() {
+        for good in ["dana@example.com", "first.last+tag@mail.example.co.uk"] {
+            assert!(is_email(good), "{good}");
+        }
+        for bad in [
+            "dana",
+            "@example.com",
+            "dana@example",
+            "dana@.example.com",
+            "a@b.com, c@d.com",
+            "Dana <dana@example.com>",
+            "arn:aws:sns:us-east-1:111111111111:trailguard-user-dana",
+        ] {
+            assert!(!is_email(bad), "{bad}");
+        }
+        let mut cfg = NotifyConfig::default();
+        cfg.users
+            .directory
+            .insert("person:dana@example.com".into(), "dana@example.com".into());
+        let err = |cfg: &NotifyConfig| {
+            cfg.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            err(&cfg).contains("notify.users.email_from"),
+            "{}",
+            err(&cfg)
+        );
+        cfg.users.email_from = "trailguard@example.com".into();
+        assert!(cfg.validate().is_ok(), "{}", err(&cfg));
+        cfg.users.email_domains = vec!["@example.com".into()];
+        assert!(err(&cfg).contains("notify.users.email_domains[0]"));
+    }
+
+    #[tokio::test]
+    async fn an_e_mail_address_from_a_tag_must_be_in_an_allowed_domain() {
+        let mut cfg = NotifyConfig::default();
+        cfg.users.email_from = "trailguard@example.com".into();
+        cfg.users.email_domains = vec!["Example.com".into()];
+        let notifier = Notifier::new(cfg, None);
+        let target = Target {
+            kind: "principal".into(),
+            id: "arn:aws:iam::111111111111:user/frank".into(),
+            account_id: None,
+            grantee: None,
+        };
+        let by = |address: &str, how: &str| Some((address.to_string(), how.to_string()));
+        let r = notifier
+            .notify_user(
+                &alert(),
+                &target,
+                by("frank@example.com", "the user's tag"),
+                true,
+            )
+            .await;
+        assert_eq!(r.outcome, ActionOutcome::DryRun, "{}", r.detail);
+        assert_eq!(r.steps[0].call, "ses:SendEmail");
+        let r = notifier
+            .notify_user(
+                &alert(),
+                &target,
+                by("frank@evil.example", "the user's tag"),
+                true,
+            )
+            .await;
+        assert_eq!(r.outcome, ActionOutcome::Failed, "{}", r.detail);
+        assert!(r.detail.contains("email_domains"), "{}", r.detail);
+        // The directory is the operators' own: any domain.
+        let r = notifier
+            .notify_user(
+                &alert(),
+                &target,
+                by("frank@home.example", "the directory entry `frank`"),
+                true,
+            )
+            .await;
+        assert_eq!(r.outcome, ActionOutcome::DryRun, "{}", r.detail);
+        // Without an SES client nothing is sent, and the record says so.
+        let r = notifier
+            .notify_user(
+                &alert(),
+                &target,
+                by("frank@example.com", "the user's tag"),
+                false,
+            )
+            .await;
+        assert_eq!(r.outcome, ActionOutcome::Failed);
     }
 
     #[test]

@@ -1685,10 +1685,18 @@ pub async fn run(
     } else {
         None
     };
+    // For e-mail to people.
+    let ses = if users.email_from.is_empty() {
+        None
+    } else {
+        let sdk = cfg.aws.sdk_config().await;
+        let config = trailguard_common::sdk_config!(aws_sdk_ses, cfg.aws, &sdk, "ses");
+        Some(aws_sdk_ses::Client::from_conf(config.build()))
+    };
     let actor = Actor {
         clients: Clients::new(cfg.aws.clone()),
         protection: tokio::sync::OnceCell::new(),
-        notifier: Notifier::new(cfg.notify.clone(), sns),
+        notifier: Notifier::new(cfg.notify.clone(), sns).with_ses(ses),
         limiter: std::sync::Arc::new(std::sync::Mutex::new(RateLimiter::default())),
         settled: std::sync::Arc::new(std::sync::Mutex::new(HashSet::new())),
     };

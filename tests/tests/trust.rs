@@ -875,10 +875,11 @@ async fn stale_alerts_are_refused_and_forgery_floods_are_bounded() -> Result<()>
     Ok(())
 }
 
-/// `notify_user` tells the person an alert is about, on their own SNS topic: an IAM user
-/// through the topic in its `trailguard-notify-topic` tag, a person behind SSO sessions through
-/// the directory (by actor id). A user with neither is skipped, saying so; a tag naming
-/// something that is not an SNS topic fails, and nothing is sent.
+/// `notify_user` tells the person an alert is about, on their own SNS topic or by e-mail
+/// (SES): an IAM user through the topic or address in its `trailguard-notify-topic` tag, a
+/// person behind SSO sessions through the directory (by actor id). A user with neither is
+/// skipped, saying so; a tag naming something that is not an SNS topic, or an address outside
+/// the allowed domains, fails, and nothing is sent.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_person_an_alert_is_about_is_told() -> Result<()> {
     let run = Run::new("notify-user")?;
@@ -914,9 +915,43 @@ async fn the_person_an_alert_is_about_is_told() -> Result<()> {
         )
         .send()
         .await?;
+    // E-mail: frank's address in his tag (an allowed domain), oscar's outside it, erin's in
+    // the directory.
+    let tag = |value: &str| {
+        aws_sdk_iam::types::Tag::builder()
+            .key("trailguard-notify-topic")
+            .value(value)
+            .build()
+    };
+    let frank = unique("frank");
+    iam.create_user().user_name(&frank).send().await?;
+    iam.tag_user()
+        .user_name(&frank)
+        .tags(tag("frank@example.com")?)
+        .send()
+        .await?;
+    let oscar = unique("oscar");
+    iam.create_user().user_name(&oscar).send().await?;
+    iam.tag_user()
+        .user_name(&oscar)
+        .tags(tag("oscar@evil.example")?)
+        .send()
+        .await?;
+    let ses = aws_sdk_ses::Client::new(&trailguard_tests::aws_shared().await?);
+    ses.verify_email_identity()
+        .email_address("trailguard@example.com")
+        .send()
+        .await?;
+    let sent =
+        || async { Ok::<f64, anyhow::Error>(ses.get_send_quota().send().await?.sent_last24_hours) };
+    let sent_before = sent().await?;
     let config = remediate_config(
         &run,
-        &format!("\n[notify.users.directory]\n\"person:dana@example.com\" = \"{dana_topic}\"\n"),
+        &format!(
+            "\n[notify.users]\nemail_from = \"trailguard@example.com\"\nemail_domains = [\"example.com\"]\n\
+             \n[notify.users.directory]\n\"person:dana@example.com\" = \"{dana_topic}\"\n\
+             \"person:erin@example.com\" = \"erin@example.com\"\n"
+        ),
     )?;
     let _remediate = run.spawn("remediate", &["--config", &config])?;
     let alerts = run.topic("alerts");
@@ -933,6 +968,19 @@ async fn the_person_an_alert_is_about_is_told() -> Result<()> {
         kind: trailguard_common::contract::ActorKind::Person,
         id: "person:dana@example.com".into(),
         name: "dana@example.com".into(),
+        basis: "sso-session".into(),
+    });
+    let mut for_erin = alert_asking(
+        "tell-erin",
+        ActionKind::NotifyUser,
+        &format!("arn:aws:sts::{ACCOUNT}:assumed-role/AWSReservedSSO_Admin_0123/erin@example.com"),
+        ACCOUNT,
+        None,
+    )?;
+    for_erin.actor = Some(trailguard_common::contract::Actor {
+        kind: trailguard_common::contract::ActorKind::Person,
+        id: "person:erin@example.com".into(),
+        name: "erin@example.com".into(),
         basis: "sso-session".into(),
     });
     let asks = [
@@ -958,21 +1006,60 @@ async fn the_person_an_alert_is_about_is_told() -> Result<()> {
             ACCOUNT,
             None,
         )?,
+        for_erin,
+        alert_asking(
+            "tell-frank",
+            ActionKind::NotifyUser,
+            &user(&frank),
+            ACCOUNT,
+            None,
+        )?,
+        alert_asking(
+            "tell-oscar",
+            ActionKind::NotifyUser,
+            &user(&oscar),
+            ACCOUNT,
+            None,
+        )?,
     ];
     for alert in &asks {
         produce(&alerts, &alert.id, &signed(alert.clone())?).await?;
     }
-    let ids = ["tell-bob", "tell-dana", "tell-carol", "tell-mallory"];
+    let ids = [
+        "tell-bob",
+        "tell-dana",
+        "tell-carol",
+        "tell-mallory",
+        "tell-erin",
+        "tell-frank",
+        "tell-oscar",
+    ];
     let records = records_for(&run.topic("actions"), &ids)?;
     for (id, outcome) in [
         ("tell-bob", ActionOutcome::Applied),
         ("tell-dana", ActionOutcome::Applied),
         ("tell-carol", ActionOutcome::Skipped),
         ("tell-mallory", ActionOutcome::Failed),
+        ("tell-erin", ActionOutcome::Applied),
+        ("tell-frank", ActionOutcome::Applied),
+        ("tell-oscar", ActionOutcome::Failed),
     ] {
         let r = record_of(&records, id)?;
         ensure!(r.outcome == outcome, "{id}: {:?} {}", r.outcome, r.detail);
     }
+    let frank_record = record_of(&records, "tell-frank")?;
+    ensure!(
+        frank_record.detail.contains("frank@example.com")
+            && frank_record.steps.iter().any(|s| s.call == "ses:SendEmail"),
+        "{frank_record:?}"
+    );
+    // SES counts what it sent: erin's and frank's, not oscar's.
+    let sent_now = sent().await?;
+    ensure!(
+        sent_now - sent_before == 2.0,
+        "SES sent {} e-mails",
+        sent_now - sent_before
+    );
     let summary = &asks[0].evidence.summary;
     for (who, queue) in [("bob", &bob_inbox), ("dana", &dana_inbox)] {
         let messages = trailguard_tests::received(queue).await?;

@@ -38,6 +38,12 @@ pub mod kinds {
     pub const AWS_ACCOUNT: &str = "aws-account";
     /// A CloudTrail trail (entity, resource).
     pub const CLOUDTRAIL_TRAIL: &str = "cloudtrail-trail";
+    /// An EBS snapshot (entity).
+    pub const EBS_SNAPSHOT: &str = "ebs-snapshot";
+    /// An Amazon Machine Image (entity).
+    pub const AMI: &str = "ami";
+    /// An RDS DB or cluster snapshot (entity).
+    pub const RDS_SNAPSHOT: &str = "rds-snapshot";
     /// `Principal.kind` of the activities Trailguard itself publishes (inventory snapshots):
     /// no baseline, watermark or fact is learned from them.
     pub const TRAILGUARD: &str = "Trailguard";

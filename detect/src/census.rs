@@ -55,20 +55,33 @@ pub struct OrgCounts {
 pub struct Census {
     /// (day number since the epoch, activities partition) → counts.
     days: BTreeMap<(i64, i32), CensusDay>,
-    /// The latest day counted; countries of days well before it are dropped.
+    /// Day → actors first seen that day, over every partition (so a judgement sums days, not
+    /// days × partitions).
+    actors: BTreeMap<i64, u64>,
+    /// The latest day counted.
     latest: i64,
-    /// Days of countries kept before `latest` (0: all).
+    /// Days of countries kept before the days still to be judged (0: all).
     keep_days: i64,
 }
+
+/// Most (day, partition) records held: past it the oldest day goes (about 100 bytes each
+/// without countries: a thousand partitions for over two years of days).
+pub const MAX_RECORDS: usize = 1_000_000;
 
 /// The UTC day of unix time `t`.
 pub fn day_of(t: i64) -> i64 {
     t.div_euclid(DAY)
 }
 
+/// Whether `code` is a country code as the geolocation databases give them (two upper-case
+/// letters).
+fn is_country_code(code: &str) -> bool {
+    code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 impl Census {
-    /// Keeps the countries of the last `days` days (plus two for late activities) in memory;
-    /// the actors of every day are kept.
+    /// Keeps the countries of the `days` days (plus two for late activities) before the days
+    /// still to be judged; the actors of every day are kept.
     pub fn keep(&mut self, days: i64) {
         self.keep_days = days.max(1) + 2;
     }
@@ -99,27 +112,38 @@ impl Census {
         }
         if new_actor {
             entry.actors = entry.actors.saturating_add(1);
+            *self.actors.entry(day).or_default() += 1;
         }
-        if let Some(c) = country {
+        if let Some(c) = country.filter(|c| is_country_code(c)) {
             if entry.countries.len() < MAX_COUNTRIES || entry.countries.contains_key(c) {
                 let n = entry.countries.entry(c.to_string()).or_default();
                 *n = n.saturating_add(1);
             }
         }
-        self.saw(day);
+        self.latest = self.latest.max(day);
+        self.bound();
         true
     }
 
-    /// Takes a record read back from the facts topic, unless the one known is as recent.
-    pub fn apply(&mut self, day: i64, partition: i32, record: CensusDay) {
-        if record.countries.len() > MAX_COUNTRIES {
+    /// Takes a record read back from the facts topic, unless the one known is as recent, or
+    /// it is not one detect writes (a day beyond `latest_day`, something other than country
+    /// codes, too many of them).
+    pub fn apply(&mut self, day: i64, partition: i32, record: CensusDay, latest_day: i64) {
+        if day > latest_day
+            || record.countries.len() > MAX_COUNTRIES
+            || !record.countries.keys().all(|c| is_country_code(c))
+        {
             return;
         }
         match self.days.get(&(day, partition)) {
             Some(known) if known.offset >= record.offset => {}
-            _ => {
+            known => {
+                let before = known.map_or(0, |k| u64::from(k.actors));
+                let actors = self.actors.entry(day).or_default();
+                *actors = (*actors + u64::from(record.actors)).saturating_sub(before);
                 self.days.insert((day, partition), record);
-                self.saw(day);
+                self.latest = self.latest.max(day);
+                self.bound();
             }
         }
     }
@@ -131,19 +155,39 @@ impl Census {
 
     /// The organization's counts for `country` over the `window` days before `day`.
     pub fn counts(&self, country: &str, day: i64, window: i64) -> OrgCounts {
-        let mut out = OrgCounts::default();
-        for (&(d, _), counts) in self.days.range(..(day, i32::MIN)) {
-            out.actors += u64::from(counts.actors);
-            if d >= day - window {
-                out.all += counts
-                    .countries
-                    .values()
-                    .map(|&n| u64::from(n))
-                    .sum::<u64>();
-                out.country += counts.countries.get(country).map_or(0, |&n| u64::from(n));
-            }
+        let mut out = OrgCounts {
+            actors: self.actors.range(..day).map(|(_, n)| n).sum(),
+            ..OrgCounts::default()
+        };
+        for counts in self
+            .days
+            .range((day.saturating_sub(window), i32::MIN)..(day, i32::MIN))
+            .map(|(_, c)| c)
+        {
+            out.all += counts
+                .countries
+                .values()
+                .map(|&n| u64::from(n))
+                .sum::<u64>();
+            out.country += counts.countries.get(country).map_or(0, |&n| u64::from(n));
         }
         out
+    }
+
+    /// Drops the countries of days no judgement still to come reads: before the window of
+    /// `judged_from`, the earliest day still to be judged (the facts are complete up to it;
+    /// pruning by the latest day counted instead would let a partition far ahead empty the
+    /// window of one behind).
+    pub fn prune(&mut self, judged_from: i64) {
+        if self.keep_days == 0 {
+            return;
+        }
+        let horizon = judged_from.min(self.latest).saturating_sub(self.keep_days);
+        for (_, counts) in self.days.range_mut(..(horizon, i32::MIN)) {
+            if !counts.countries.is_empty() {
+                counts.countries = BTreeMap::new();
+            }
+        }
     }
 
     /// Records and days known (for the state gauge).
@@ -156,17 +200,14 @@ impl Census {
         self.days.is_empty()
     }
 
-    /// Notes that `day` was counted; drops the countries of days too old to be judged by.
-    fn saw(&mut self, day: i64) {
-        if day <= self.latest || self.keep_days == 0 {
-            self.latest = self.latest.max(day);
-            return;
-        }
-        self.latest = day;
-        let horizon = day - self.keep_days;
-        for (_, counts) in self.days.range_mut(..(horizon, i32::MIN)) {
-            if !counts.countries.is_empty() {
-                counts.countries = BTreeMap::new();
+    /// Keeps at most [`MAX_RECORDS`] records, dropping the oldest days.
+    fn bound(&mut self) {
+        while self.days.len() > MAX_RECORDS {
+            let Some(((day, _), gone)) = self.days.pop_first() else {
+                break;
+            };
+            if let Some(n) = self.actors.get_mut(&day) {
+                *n = n.saturating_sub(u64::from(gone.actors));
             }
         }
     }
@@ -211,13 +252,30 @@ mod tests {
         let mut older = newer.clone();
         older.offset = 7;
         older.countries.remove("DE");
-        census.apply(10, 0, older);
+        census.apply(10, 0, older, 10);
         assert_eq!(census.get(10, 0), Some(&newer));
-        let mut flood = newer;
+        // Not ours: too many countries, something other than country codes, a day ahead.
+        let mut flood = newer.clone();
         flood.offset = 100;
         flood.countries = (0..MAX_COUNTRIES + 1).map(|n| (n.to_string(), 1)).collect();
-        census.apply(10, 0, flood);
+        census.apply(10, 0, flood, 10);
+        let mut long = newer.clone();
+        long.offset = 100;
+        long.countries.insert("X".repeat(1000), 1);
+        census.apply(10, 0, long, 10);
+        let mut ahead = newer;
+        ahead.offset = 100;
+        census.apply(11, 0, ahead, 10);
         assert_eq!(census.get(10, 0).map(|d| d.offset), Some(8), "ignored");
+        assert!(census.get(11, 0).is_none());
+        // A newer record of another instance replaces the actors it counted.
+        let other = CensusDay {
+            offset: 20,
+            actors: 5,
+            countries: [("US".to_string(), 5)].into(),
+        };
+        census.apply(10, 0, other, 10);
+        assert_eq!(census.counts("US", 11, 30).actors, 5);
     }
 
     #[test]
@@ -225,7 +283,11 @@ mod tests {
         let mut census = Census::default();
         census.keep(30);
         census.count(0, None, 0, true, Some("US"));
-        census.count(0, None, 100, true, Some("US"));
+        census.count(1, None, 100, true, Some("US"));
+        // Partition 1 is far ahead; partition 0 is still judging day 1: day 0 is kept.
+        census.prune(1);
+        assert_eq!(census.counts("US", 1, 30).country, 1);
+        census.prune(100);
         assert!(census.get(0, 0).is_some_and(|d| d.countries.is_empty()));
         assert_eq!(census.get(0, 0).map(|d| d.actors), Some(1));
         assert_eq!(census.counts("US", 101, 30).actors, 2);

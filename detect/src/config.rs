@@ -24,6 +24,9 @@ pub struct PoliciesConfig {
     pub s3_external_grantee: crate::bucket_shared::BucketSharedConfig,
     /// Logon from a risky IP address (see [`crate::risky_signin`]).
     pub risky_ip_signin: crate::risky_signin::RiskySigninConfig,
+    /// Sharing out, defence blinding, root use, credentials for another user (see
+    /// [`crate::exposure`]).
+    pub exposure: crate::exposure::ExposurePolicies,
     /// The activity policy templates, by id (see [`crate::templates`]).
     pub templates: crate::templates::TemplatesConfig,
     /// The anomaly detections (see [`crate::anomaly`]).
@@ -83,6 +86,7 @@ impl PoliciesConfig {
             Box::new(crate::risky_signin::RiskySignin::new(
                 self.risky_ip_signin.clone(),
             )),
+            Box::new(crate::exposure::Exposure::new(self.exposure.clone())),
         ]
     }
 }
@@ -120,6 +124,9 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
-        assert_eq!(count, 24, "5 built-in, 7 templates, 12 anomaly detections");
+        assert_eq!(
+            count, 28,
+            "5 built-in, 4 exposure, 7 templates, 12 anomaly detections"
+        );
     }
 }

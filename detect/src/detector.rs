@@ -45,9 +45,13 @@ pub struct Detector {
     partition: i32,
     /// Days whose counts of this partition changed since the last `take_census`.
     census_days: std::collections::BTreeSet<i64>,
-    /// Countries held in baselines for the organization's counts, in offset order:
-    /// (offset, principal key).
-    held_countries: std::collections::BTreeSet<(Offset, String)>,
+    /// Days whose counts changed since the last `take_census_to_save` (saved with the
+    /// baselines).
+    census_to_save: std::collections::BTreeSet<i64>,
+    /// Countries held in baselines for the organization's counts, by the start of their day
+    /// (the event time the facts must be complete through), then offset: (day start, offset,
+    /// principal key). Entries may be stale (a baseline forgotten).
+    held_countries: std::collections::BTreeSet<(i64, Offset, String)>,
     /// Principals whose baseline changed (or was forgotten) since the last `take_changes`.
     dirty: std::collections::HashSet<String, foldhash::fast::RandomState>,
     /// Forget principals not seen for this long.
@@ -73,11 +77,21 @@ pub struct Detector {
     decided_early: u64,
 }
 
+/// The start (unix seconds) of the UTC day of unix time `t`.
+fn day_start(t: i64) -> i64 {
+    crate::census::day_of(t) * crate::census::DAY
+}
+
+/// Whether `activity` is dated beyond the clock (plus skew): no mark will ever reach it.
+fn far_future(activity: &Activity) -> bool {
+    activity.event_time > chrono::Utc::now() + crate::policy::WATERMARK_SKEW
+}
+
 /// How complete the facts count as for `activity`: `complete` — except for one dated beyond
 /// the clock (plus skew), which no mark will ever reach: judged on the facts known rather than
 /// holding every later decision of its partition back.
 fn complete_for(activity: &Activity, complete: i64) -> i64 {
-    if activity.event_time > chrono::Utc::now() + crate::policy::WATERMARK_SKEW {
+    if far_future(activity) {
         i64::MAX
     } else {
         complete
@@ -139,6 +153,7 @@ impl Detector {
             principals: HashMap::default(),
             partition: 0,
             census_days: std::collections::BTreeSet::new(),
+            census_to_save: std::collections::BTreeSet::new(),
             held_countries: std::collections::BTreeSet::new(),
             dirty: std::collections::HashSet::default(),
             state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(180)),
@@ -190,6 +205,20 @@ impl Detector {
         self.census_days.extend(days);
     }
 
+    /// This partition's counts of the days that changed since the last call, to save with
+    /// the baselines.
+    pub fn take_census_to_save(&mut self, facts: &Facts) -> Vec<(i64, crate::census::CensusDay)> {
+        std::mem::take(&mut self.census_to_save)
+            .into_iter()
+            .filter_map(|day| Some((day, facts.census.get(day, self.partition)?.clone())))
+            .collect()
+    }
+
+    /// Days whose counts must be saved again (the last save failed).
+    pub fn census_unsaved(&mut self, days: impl IntoIterator<Item = i64>) {
+        self.census_to_save.extend(days);
+    }
+
     /// The activities partition.
     pub fn partition(&self) -> i32 {
         self.partition
@@ -211,7 +240,11 @@ impl Detector {
     pub fn restore(&mut self, states: HashMap<String, crate::anomaly::PrincipalState>) {
         self.held_countries = states
             .iter()
-            .flat_map(|(key, st)| st.pending.iter().map(move |p| (p.offset, key.clone())))
+            .flat_map(|(key, st)| {
+                st.pending
+                    .iter()
+                    .map(move |p| (day_start(p.time()), p.offset, key.clone()))
+            })
             .collect();
         self.fold_index = states
             .iter()
@@ -333,9 +366,12 @@ impl Detector {
         // when it runs). When it was last seen is kept, so its return is still dormant.
         if state.last_seen > 0 && t - state.last_seen > self.state_ttl.num_seconds() {
             let (offset, last_seen) = (state.offset, state.last_seen);
+            let pending = std::mem::take(&mut state.pending);
             *state = crate::anomaly::PrincipalState::default();
             state.offset = offset;
             state.last_seen = last_seen;
+            // Countries still waiting are decisions owed, not memory.
+            state.pending = pending;
         }
         let mut alerts = Vec::new();
         if !matched.is_empty() || !state.folds.is_empty() {
@@ -353,13 +389,14 @@ impl Detector {
         }
         let mut closed = Vec::new();
         let peers = peers.as_ref().map(|(rates, group)| (rates, group.as_str()));
-        let held_before = state.pending.len();
+        let held_before = state.pending.last().map(|p| p.offset);
         let complete_through = complete_for(activity, facts.complete_through());
         let mut org = crate::anomaly::OrgView {
             census: &mut facts.census,
             partition: self.partition,
             offset: Some(offset),
             complete_through,
+            countable: !far_future(activity),
             counted: false,
         };
         let mut raised =
@@ -367,9 +404,11 @@ impl Detector {
                 .observe_with_peers(state, &mut org, activity, peers, &mut closed);
         if org.counted {
             self.census_days.insert(crate::census::day_of(t));
+            self.census_to_save.insert(crate::census::day_of(t));
         }
-        if state.pending.len() > held_before {
-            self.held_countries.insert((offset, key.clone()));
+        if state.pending.last().map(|p| p.offset) != held_before {
+            self.held_countries
+                .insert((day_start(t), offset, key.clone()));
         }
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);
         alerts.extend(raised);
@@ -404,7 +443,7 @@ impl Detector {
                 let old: Vec<String> = self
                     .principals
                     .iter()
-                    .filter(|(_, s)| s.last_seen < horizon)
+                    .filter(|(_, s)| s.last_seen < horizon && s.pending.is_empty())
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in old {
@@ -506,26 +545,33 @@ impl Detector {
     }
 
     /// Judges the countries held in baselines whose day the organization's counts are now
-    /// complete before, in offset order.
+    /// complete before, earliest day first (each decision is about one actor and country: none
+    /// waits for another's).
     fn decide_countries(&mut self, facts: &Facts, complete: i64) -> Vec<Alert> {
         let mut out = Vec::new();
-        while let Some((offset, key)) = self.held_countries.first().cloned() {
-            let Some(state) = self.principals.get_mut(&key) else {
+        while let Some((start, offset, key)) = self.held_countries.first().cloned() {
+            let pending = self
+                .principals
+                .get(&key)
+                .and_then(|st| st.pending.iter().find(|p| p.offset == offset));
+            let Some(pending) = pending else {
+                // Stale: the baseline was forgotten, or the country dropped.
                 self.held_countries.pop_first();
                 continue;
             };
-            let Some(i) = state.pending.iter().position(|p| p.offset == offset) else {
-                self.held_countries.pop_first();
-                continue;
-            };
-            let day_start = crate::census::day_of(state.pending[i].time()) * crate::census::DAY;
-            if complete_for(state.pending[i].activity(), complete) < day_start {
+            if complete_for(pending.activity(), complete) < start {
                 if self.held_countries.len() <= HELD_LIMIT {
                     break;
                 }
                 self.decided_early += 1;
             }
             self.held_countries.pop_first();
+            let Some(state) = self.principals.get_mut(&key) else {
+                continue;
+            };
+            let Some(i) = state.pending.iter().position(|p| p.offset == offset) else {
+                continue;
+            };
             let pending = state.pending.remove(i);
             out.extend(self.anomalies.decide_country(state, pending, &facts.census));
             self.dirty.insert(key);
@@ -1420,6 +1466,32 @@ mod tests {
                 assert_eq!(ids, ["infrequent-country"]);
             }
         }
+    }
+
+    /// Held countries are decided by their day: one dated days ahead on a partition does not
+    /// hold back another actor's whose day is complete; one dated beyond the clock is not
+    /// counted for the organization at all.
+    #[test]
+    fn held_countries_wait_for_their_own_day_only() {
+        const DAY: i64 = 86_400;
+        let day_start = |t: i64| (1_700_000_000 + t).div_euclid(DAY) * DAY;
+        let cfg = PoliciesConfig::default();
+        let mut detector = Detector::new(&cfg, std::time::Duration::from_secs(300))
+            .with_geo(&cfg, true)
+            .on_partition(0);
+        let mut facts = Facts::default();
+        facts.set_shape(1, 1);
+        detector.observe(&from("ahead", 5 * DAY, "FR"), 0, &mut facts);
+        detector.observe(&from("today", 2 * DAY, "DE"), 1, &mut facts);
+        assert_eq!(detector.held(), 2);
+        facts.mark(0, 0, mark(day_start(2 * DAY), false));
+        detector.decide_held(&facts);
+        assert_eq!(detector.held(), 1, "day 2 decided, day 5 still held");
+        let census_before = facts.census.len();
+        let mut future = from("future", 0, "FR");
+        future.event_time = Utc::now() + Duration::days(30);
+        detector.observe(&future, 2, &mut facts);
+        assert_eq!(facts.census.len(), census_before, "not counted");
     }
 
     /// `CreateTags` by the IAM user `user` at unix second `t` (from 2023-11-14).

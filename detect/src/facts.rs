@@ -211,6 +211,22 @@ impl Facts {
         least
     }
 
+    /// Drops the organization's counts no judgement still to come reads (see
+    /// [`crate::census::Census::prune`]): those before the window of the day the facts are
+    /// complete through.
+    pub fn prune_census(&mut self) {
+        let complete = self.complete_through();
+        if complete == i64::MIN {
+            return;
+        }
+        let judged_from = if complete == i64::MAX {
+            i64::MAX
+        } else {
+            crate::census::day_of(complete)
+        };
+        self.census.prune(judged_from);
+    }
+
     /// How many facts are known.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -32,6 +32,7 @@ pub mod config;
 pub mod custom;
 pub mod detector;
 pub mod enrich;
+pub mod exposure;
 pub mod facts;
 pub mod fold;
 pub mod network;

@@ -236,6 +236,14 @@ pub async fn run(
                 }
                 state.forget_revoked(&context);
                 let owned = context.owned(&topics.activities);
+                // Every owned partition's baselines, also of one with nothing new to read:
+                // countries held in them wait for decisions.
+                let unrestored: Vec<i32> = owned.iter().copied().filter(|p| !state.detectors.contains_key(p)).collect();
+                for partition in unrestored {
+                    let detector = restore_partition(&cfg, partition, &verifier, &metrics, enricher.has_geo(), &facts).await?;
+                    state.detectors.insert(partition, detector);
+                }
+                crate::facts::lock(&facts).prune_census();
                 // A partition's counts are published before its mark vouches for them.
                 let mut unpublished = Vec::new();
                 for (&partition, detector) in state.detectors.iter_mut() {
@@ -333,8 +341,15 @@ pub async fn run(
         #[allow(clippy::map_entry)] // the entry cannot be held across the await
         if !state.detectors.contains_key(&partition) {
             // A partition new to this instance: its baselines first.
-            let detector =
-                restore_partition(&cfg, partition, &verifier, &metrics, enricher.has_geo()).await?;
+            let detector = restore_partition(
+                &cfg,
+                partition,
+                &verifier,
+                &metrics,
+                enricher.has_geo(),
+                &facts,
+            )
+            .await?;
             state.detectors.insert(partition, detector);
         }
         let Some(detector) = state.detectors.get_mut(&partition) else {
@@ -469,10 +484,11 @@ async fn restore_partition(
     verifier: &sign::Verifier,
     metrics: &Metrics,
     has_geo: bool,
+    facts: &crate::facts::SharedFacts,
 ) -> Result<Detector, Error> {
     let kafka_cfg = cfg.kafka.clone();
     let restore_verifier = verifier.clone();
-    let (states, unverified) = tokio::task::spawn_blocking(move || {
+    let restored = tokio::task::spawn_blocking(move || {
         crate::state::restore(&kafka_cfg, partition, &restore_verifier)
     })
     .await
@@ -480,12 +496,20 @@ async fn restore_partition(
     metrics
         .unverified
         .with_label_values(&["state"])
-        .inc_by(unverified);
+        .inc_by(restored.unverified);
+    // The counts as of the baselines' save (newer ones, from the facts topic, win).
+    {
+        let latest = crate::census::day_of(chrono::Utc::now().timestamp()) + 1;
+        let mut facts = crate::facts::lock(facts);
+        for (day, counts) in restored.census {
+            facts.census.apply(day, partition, counts, latest);
+        }
+    }
     let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
         .with_geo(&cfg.policies, has_geo)
         .counting_source_ips_elsewhere()
         .on_partition(partition);
-    detector.restore(states);
+    detector.restore(restored.states);
     Ok(detector)
 }
 
@@ -586,7 +610,9 @@ impl FactRecord {
         }
         if let Some(c) = self.census {
             if facts.knows_partition(c.partition) {
-                facts.census.apply(c.day, c.partition, c.counts);
+                // Never a day beyond tomorrow: detect counts no activity dated past the clock.
+                let latest = crate::census::day_of(chrono::Utc::now().timestamp()) + 1;
+                facts.census.apply(c.day, c.partition, c.counts, latest);
             }
         }
     }
@@ -872,15 +898,18 @@ async fn checkpoint<C: ConsumerContext>(
     let mut list = TopicPartitionList::new();
     for (&partition, detector) in state.detectors.iter_mut() {
         // Counts before baselines: a baseline saved past an activity is never applied again,
-        // so the counts it made must already be on the topic.
+        // so the counts it made must already be on the topic — and in the changelog, for the
+        // partition's next owner.
         if !publish_census(producer, cfg, detector, facts).await {
             continue;
         }
+        let census = detector.take_census_to_save(&crate::facts::lock(facts));
         if !crate::state::save(
             producer,
             &topics.detect_state,
             partition,
             detector,
+            census,
             cfg.signing.signer().as_ref(),
         )
         .await

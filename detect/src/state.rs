@@ -27,8 +27,9 @@ pub fn restore(
     cfg: &KafkaConfig,
     partition: i32,
     verifier: &trailguard_common::sign::Verifier,
-) -> Result<(HashMap<String, PrincipalState>, u64), Error> {
+) -> Result<Restored, Error> {
     let mut states = HashMap::new();
+    let mut census = HashMap::new();
     let mut undecodable = 0u64;
     let mut unverified = 0u64;
     kafka_read(cfg, partition, |read| {
@@ -47,6 +48,22 @@ pub fn restore(
             }
         };
         let key = String::from_utf8_lossy(read.key).into_owned();
+        if let Some(day) = key.strip_prefix(CENSUS_PREFIX) {
+            let Ok(day) = day.parse::<i64>() else {
+                undecodable += 1;
+                return;
+            };
+            match value.map(serde_json::from_slice::<crate::census::CensusDay>) {
+                None => {
+                    census.remove(&day);
+                }
+                Some(Ok(counts)) => {
+                    census.insert(day, counts);
+                }
+                Some(Err(_)) => undecodable += 1,
+            }
+            return;
+        }
         match value.map(serde_json::from_slice::<PrincipalState>) {
             None => {
                 states.remove(&key);
@@ -72,7 +89,27 @@ pub fn restore(
         );
     }
     tracing::info!(partition, principals = states.len(), "baselines restored");
-    Ok((states, unverified))
+    Ok(Restored {
+        states,
+        census: census.into_iter().collect(),
+        unverified,
+    })
+}
+
+/// Keys of the changelog that hold the partition's organization counts of a day
+/// (`census:DAY`), saved with its baselines: the partition's next owner replays from the
+/// committed offset, so it needs the counts as of the same save (the facts topic may not
+/// have reached it yet).
+pub const CENSUS_PREFIX: &str = "census:";
+
+/// One partition's changelog, read back.
+pub struct Restored {
+    /// Baselines by actor key.
+    pub states: HashMap<String, PrincipalState>,
+    /// The partition's organization counts by day.
+    pub census: Vec<(i64, crate::census::CensusDay)>,
+    /// Records ignored for want of a valid signature.
+    pub unverified: u64,
 }
 
 fn kafka_read(
@@ -97,23 +134,33 @@ pub async fn save(
     topic: &str,
     partition: i32,
     detector: &mut Detector,
+    census: Vec<(i64, crate::census::CensusDay)>,
     signer: Option<&trailguard_common::sign::Signer>,
 ) -> bool {
-    let changes: Vec<(String, Option<Vec<u8>>)> = detector
+    let seal = |key: &str, bytes: Vec<u8>| {
+        trailguard_common::sign::seal(
+            signer,
+            trailguard_common::sign::purpose::STATE,
+            key.as_bytes(),
+            &bytes,
+        )
+    };
+    let census_days: Vec<i64> = census.iter().map(|(day, _)| *day).collect();
+    let mut changes: Vec<(String, Option<Vec<u8>>)> = detector
         .take_changes()
         .into_iter()
         .map(|(key, state)| {
-            let bytes = state.and_then(|s| serde_json::to_vec(s).ok()).map(|b| {
-                trailguard_common::sign::seal(
-                    signer,
-                    trailguard_common::sign::purpose::STATE,
-                    key.as_bytes(),
-                    &b,
-                )
-            });
+            let bytes = state
+                .and_then(|s| serde_json::to_vec(s).ok())
+                .map(|b| seal(&key, b));
             (key, bytes)
         })
         .collect();
+    for (day, counts) in census {
+        let key = format!("{CENSUS_PREFIX}{day}");
+        let bytes = serde_json::to_vec(&counts).ok().map(|b| seal(&key, b));
+        changes.push((key, bytes));
+    }
     if changes.is_empty() {
         return true;
     }
@@ -144,6 +191,9 @@ pub async fn save(
         return true;
     }
     // Saved again next time (a newer write of the same key is harmless).
-    detector.mark_dirty(retry);
+    if retry.iter().any(|k| k.starts_with(CENSUS_PREFIX)) {
+        detector.census_unsaved(census_days);
+    }
+    detector.mark_dirty(retry.into_iter().filter(|k| !k.starts_with(CENSUS_PREFIX)));
     false
 }

@@ -60,7 +60,7 @@ pub struct UsersConfig {
     /// (`trailguard-user-*`) or an e-mail address in `email_domains`.
     pub tag_key: String,
     /// The SES identity e-mails are sent from (verified in SES); needed for any e-mail
-    /// address.
+    /// address. `deploy/iam/remediate.json` allows sending as `trailguard@…` only.
     pub email_from: String,
     /// The domains an e-mail address read from a tag may be in (whoever may tag a user could
     /// otherwise send that user's alerts anywhere). Empty: tags may not hold e-mail addresses.
@@ -78,21 +78,29 @@ impl Default for UsersConfig {
     }
 }
 
-/// Whether `address` looks like one e-mail address (`local@domain.tld`, no spaces, no list).
+/// Whether `address` is one plain e-mail address: `local@domain.tld`, the local part of
+/// letters, digits and `.+-_` only, the domain of letters, digits, `-` and dots. Narrower
+/// than RFC 5322 on purpose: no quoting, comments, encoded words or lists a mail system
+/// might read as another recipient.
 pub fn is_email(address: &str) -> bool {
-    let Some((local, domain)) = address.rsplit_once('@') else {
+    let Some((local, domain)) = address.split_once('@') else {
         return false;
     };
-    !local.is_empty()
+    let local_ok = !local.is_empty()
         && local.len() <= 64
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && address.len() <= 254
-        && !address.chars().any(|c| {
-            c.is_whitespace() || c.is_control() || matches!(c, ',' | ';' | '<' | '>' | '"')
-        })
-        && !local.contains('@')
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-' | b'_'));
+    let domain_ok = domain.len() <= 253
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    local_ok && domain_ok
 }
 
 /// The name every person's own topic found through a tag begins with.
@@ -593,10 +601,13 @@ impl Notifier {
         };
         use aws_sdk_ses::types::{Body, Content, Destination, Message};
         let text = |data: String| Content::builder().data(data).charset("UTF-8").build();
-        let (subject, body) = match (
-            text(format!("Trailguard: {}", alert.policy_name)),
-            text(user_message(alert)),
-        ) {
+        // One line, as SES and mail readers expect of a subject.
+        let subject: String = format!("Trailguard: {}", alert.policy_name)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(100)
+            .collect();
+        let (subject, body) = match (text(subject), text(user_message(alert))) {
             (Ok(subject), Ok(body)) => (subject, body),
             (Err(e), _) | (_, Err(e)) => return failed(format!("building the e-mail: {e}")),
         };
@@ -893,6 +904,9 @@ mod tests {
             "dana@.example.com",
             "a@b.com, c@d.com",
             "Dana <dana@example.com>",
+            "=?utf-8?q?x?=@example.com",
+            "a%b@example.com",
+            "a@b@example.com",
             "arn:aws:sns:us-east-1:111111111111:trailguard-user-dana",
         ] {
             assert!(!is_email(bad), "{bad}");

@@ -75,10 +75,13 @@ impl Run {
         std::fs::create_dir_all(&dir)?;
         let tor = dir.join("tor.txt");
         std::fs::write(&tor, "185.220.101.0/24\n")?;
+        let malicious = dir.join("malicious.txt");
+        std::fs::write(&malicious, "# a scanner's range\n45.155.205.0/24\n")?;
         let config = dir.join("detect.toml");
         let intel = format!(
-            "[intel]\nlists = [{{ category = \"tor\", path = {:?} }}]\n\n",
-            tor.display().to_string()
+            "[intel]\nlists = [{{ category = \"tor\", path = {:?} }}, {{ category = \"malicious\", path = {:?} }}]\n\n",
+            tor.display().to_string(),
+            malicious.display().to_string()
         );
         std::fs::write(&config, intel + extra)?;
         Ok(config)

@@ -1,10 +1,12 @@
 //! The anomaly detections end to end, through ingest and detect with a configuration file:
 //! a deactivated access key used later by its owner (learned on the administrator's partition,
-//! raised on the owner's), impossible travel with the DB-IP database when the setup fetched it,
-//! and a Tor exit from an intelligence list; every alert also as an OCSF Detection Finding. And
-//! the people behind role sessions: a returning Identity Center user, a new identity's burst,
-//! a sign-in from a Tor exit, beside ordinary workload and daily traffic that stays quiet. And
-//! the three burst detections after a week of ordinary work, beside a colleague who stays quiet.
+//! raised on the owner's), impossible travel with the DB-IP database, a Tor exit and a
+//! known-malicious address from intelligence lists; every alert also as an OCSF Detection
+//! Finding. And the people behind role sessions: a returning Identity Center user, a new
+//! identity's burst, sign-ins from a Tor exit and from a hosting network, beside ordinary
+//! workload and daily traffic that stays quiet. The three burst detections after a week of
+//! ordinary work, beside a colleague who stays quiet; failed sign-ins against the actor's own
+//! rate; a bucket shared with another account; and a country rare for the organization.
 
 use std::io::Write;
 use std::time::Duration;
@@ -122,14 +124,28 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
         "ec2.amazonaws.com",
         "carol",
         "185.220.101.7",
+        none.clone(),
+    ));
+    // dave from an address on a threat-intelligence list.
+    records.push(record(
+        25,
+        "GetCallerIdentity",
+        "sts.amazonaws.com",
+        "dave",
+        "45.155.205.233",
         none,
     ));
     run.ingest_records(&records)?;
     let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
     let want: Vec<&str> = if geo.is_empty() {
-        vec!["terminated-user", "anonymous-ip"]
+        vec!["terminated-user", "anonymous-ip", "suspicious-ip"]
     } else {
-        vec!["terminated-user", "anonymous-ip", "impossible-travel"]
+        vec![
+            "terminated-user",
+            "anonymous-ip",
+            "suspicious-ip",
+            "impossible-travel",
+        ]
     };
     let alerts = alerts_until(&run, detect, &want, Duration::from_secs(3))?;
     let find = |policy: &str| alerts.iter().find(|a| a.policy_id == policy);
@@ -142,6 +158,9 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
     );
     let tor = find("anonymous-ip").context("anonymous-ip")?;
     assert_eq!(tor.entity.id, "arn:aws:iam::123456789012:user/carol");
+    let listed = find("suspicious-ip").context("suspicious-ip")?;
+    assert_eq!(listed.entity.id, "arn:aws:iam::123456789012:user/dave");
+    assert_eq!(listed.severity, trailguard_common::contract::Severity::High);
     if !geo.is_empty() {
         let travel = find("impossible-travel").context("impossible-travel")?;
         assert_eq!(travel.entity.id, "arn:aws:iam::123456789012:user/bob");
@@ -168,6 +187,7 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
     assert!(
         alerts.iter().all(|a| a.entity.id.ends_with("/bob")
             || a.entity.id.ends_with("/carol")
+            || a.entity.id.ends_with("/dave")
             || a.policy_id == "iam-policy-changes"),
         "{alerts:#?}"
     );
@@ -880,5 +900,145 @@ async fn a_country_no_one_in_the_organization_acts_from() -> Result<()> {
         "{}",
         countries[0].evidence.summary
     );
+    Ok(())
+}
+
+/// What needs no baseline, end to end: after a week of ordinary work by people and a CI role,
+/// a stolen SSO session shares an EBS snapshot with an outside account, makes an AMI public,
+/// suspends GuardDuty, stops the Config recorder and creates an access key for another user;
+/// the root user lists the account's users. Each raises its policy, about the actor who acted;
+/// the week raises none of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn attacks_that_need_no_baseline() -> Result<()> {
+    let run = Run::new("exposure")?;
+    // Every match published (no folding of one actor's repeats), to count them.
+    let config = run.detect_config("[policies.fold]\nperiod = \"0s\"\n")?;
+    const DAY: i64 = 1440;
+    let mut records = Vec::new();
+    for day in -7..0 {
+        for (i, person) in ["ana", "ben", "cho"].iter().enumerate() {
+            let t = day * DAY + 60 + i as i64;
+            records.push(by(
+                t,
+                "DescribeSnapshots",
+                "ec2.amazonaws.com",
+                sso("123456789012", "DevAdmin", person),
+                "71.253.251.80",
+                json!({"ownersSet": {"items": [{"owner": "self"}]}}),
+            ));
+            // Sharing within the organization's own account is ordinary.
+            records.push(by(
+                t + 5,
+                "ModifySnapshotAttribute",
+                "ec2.amazonaws.com",
+                sso("123456789012", "DevAdmin", person),
+                "71.253.251.80",
+                json!({"snapshotId": format!("snap-{day}{i}"), "attributeType": "CREATE_VOLUME_PERMISSION",
+                    "createVolumePermission": {"add": {"items": [{"userId": "123456789012"}]}}}),
+            ));
+        }
+        // CI rotates its own key and updates its detector settings every day.
+        records.push(by(
+            day * DAY + 120,
+            "UpdateDetector",
+            "guardduty.amazonaws.com",
+            workload("ci-deployer", "gha-run"),
+            "10.0.0.9",
+            json!({"detectorId": "d-1", "enable": true, "findingPublishingFrequency": "FIFTEEN_MINUTES"}),
+        ));
+    }
+    let mallory = || sso("123456789012", "DevAdmin", "ana");
+    let attack = [
+        (
+            "ModifySnapshotAttribute",
+            "ec2.amazonaws.com",
+            json!({"snapshotId": "snap-0prod", "attributeType": "CREATE_VOLUME_PERMISSION",
+                "createVolumePermission": {"add": {"items": [{"userId": "999988887777"}]}}}),
+        ),
+        (
+            "ModifyImageAttribute",
+            "ec2.amazonaws.com",
+            json!({"imageId": "ami-0prod", "attributeType": "launchPermission",
+                "launchPermission": {"add": {"items": [{"group": "all"}]}}}),
+        ),
+        (
+            "UpdateDetector",
+            "guardduty.amazonaws.com",
+            json!({"detectorId": "d-1", "enable": false}),
+        ),
+        (
+            "StopConfigurationRecorder",
+            "config.amazonaws.com",
+            json!({"configurationRecorderName": "default"}),
+        ),
+        (
+            "CreateAccessKey",
+            "iam.amazonaws.com",
+            json!({"userName": "backup-operator"}),
+        ),
+    ];
+    for (i, (name, source, params)) in attack.into_iter().enumerate() {
+        records.push(by(
+            10 + i as i64,
+            name,
+            source,
+            mallory(),
+            "203.0.113.66",
+            params,
+        ));
+    }
+    records.push(by(
+        30,
+        "ListUsers",
+        "iam.amazonaws.com",
+        json!({"type": "Root", "principalId": "123456789012", "accountId": "123456789012",
+            "arn": "arn:aws:iam::123456789012:root", "accessKeyId": "ASIAROOTEXAMPLE"}),
+        "203.0.113.67",
+        json!({}),
+    ));
+    records.sort_by_key(|r| r["eventTime"].as_str().unwrap_or_default().to_string());
+    run.ingest_records(&records)?;
+    let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
+    let want = [
+        "resource-shared-out",
+        "defense-evasion",
+        "credentials-for-another-user",
+        "root-activity",
+    ];
+    let alerts = alerts_until(&run, detect, &want, Duration::from_secs(5))?;
+    let of =
+        |policy: &str| -> Vec<&Alert> { alerts.iter().filter(|a| a.policy_id == policy).collect() };
+    let actor = |a: &Alert| a.actor.as_ref().map(|x| x.id.clone()).unwrap_or_default();
+    ensure!(of("resource-shared-out").len() == 2, "{alerts:#?}");
+    ensure!(of("defense-evasion").len() == 2, "{alerts:#?}");
+    for a in of("resource-shared-out")
+        .into_iter()
+        .chain(of("defense-evasion"))
+        .chain(of("credentials-for-another-user"))
+    {
+        ensure!(
+            actor(a) == "person:ana",
+            "{} about {}",
+            a.policy_id,
+            actor(a)
+        );
+    }
+    ensure!(
+        of("credentials-for-another-user")[0]
+            .evidence
+            .summary
+            .contains("backup-operator"),
+        "{:?}",
+        of("credentials-for-another-user")
+    );
+    ensure!(of("root-activity").len() == 1, "{alerts:#?}");
+    // The ordinary week raised none of them (every one above is from day 0).
+    let day0 = chrono::DateTime::parse_from_rfc3339("2024-05-10T00:00:00Z")?;
+    for a in alerts
+        .iter()
+        .filter(|a| want.contains(&a.policy_id.as_str()))
+    {
+        ensure!(a.time >= day0, "from the ordinary week: {a:#?}");
+    }
     Ok(())
 }

@@ -40,12 +40,18 @@ impl Anomalies {
         // A learning actor is judged by the organization alone; a learned one against its
         // own countries too.
         if !known && (!learned || !st.countries.is_empty()) && self.on(d, a) {
+            // The alert needs who, where and when; not the request or what it touched.
+            let mut evidence = a.clone();
+            evidence.request_parameters = None;
+            evidence.response_elements = None;
+            evidence.additional_event_data = None;
+            evidence.resources = Vec::new();
             let pending = PendingCountry {
                 offset: org.offset.unwrap_or(0),
                 usual: st.countries.iter().map(|(c, _)| c.clone()).collect(),
                 country: country.clone(),
                 learned,
-                activity: Box::new(a.clone()),
+                activity: Box::new(evidence),
             };
             if learned && self.sens(d) == Sensitivity::High {
                 out.extend(self.judge_country(st, pending, None));
@@ -55,6 +61,9 @@ impl Anomalies {
             } else if !st.quiet.iter().any(|(k, until)| {
                 *until > t && k.strip_prefix("country|") == Some(country.as_str())
             }) {
+                if st.pending.len() >= super::PENDING_MAX {
+                    st.pending.remove(0);
+                }
                 st.pending.push(pending);
             }
         }

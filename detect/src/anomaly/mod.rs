@@ -540,10 +540,14 @@ pub struct PendingCountry {
     /// The actor had learned.
     #[serde(rename = "l", default)]
     learned: bool,
-    /// The activity (the alert's evidence).
+    /// The activity (the alert's evidence), without its request, response and resources.
     #[serde(rename = "a")]
     activity: Box<Activity>,
 }
+
+/// Most countries one actor may have waiting for the organization's counts; past it the
+/// oldest is dropped (an actor hopping countries while the counts lag).
+pub const PENDING_MAX: usize = 8;
 
 impl PendingCountry {
     /// Event time of the activity, unix seconds.
@@ -613,7 +617,11 @@ impl PrincipalState {
                 .iter()
                 .map(crate::fold::Fold::heap_size)
                 .sum::<usize>()
-            + self.pending.len() * 2048
+            + self
+                .pending
+                .iter()
+                .map(|p| 512 + p.activity.id.capacity() + p.activity.event_name.capacity())
+                .sum::<usize>()
     }
 }
 
@@ -629,6 +637,9 @@ pub struct OrgView<'a> {
     pub offset: Option<i64>,
     /// Event time through which every partition's counts are known.
     pub complete_through: i64,
+    /// Whether the activity may be counted (not one dated beyond the clock: its day would
+    /// never be complete).
+    pub countable: bool,
     /// Set when the activity changed the counts of its partition's day.
     pub counted: bool,
 }
@@ -641,6 +652,7 @@ impl<'a> OrgView<'a> {
             partition: 0,
             offset: None,
             complete_through: i64::MAX,
+            countable: true,
             counted: false,
         }
     }
@@ -747,13 +759,15 @@ impl Anomalies {
             .as_ref()
             .filter(|_| self.geo_enabled && acts_itself(a));
         let counted = self.country(st, org, &seen, geo, &mut out);
-        org.counted |= org.census.count(
-            org.partition,
-            org.offset,
-            crate::census::day_of(t),
-            new_principal,
-            counted.as_deref(),
-        );
+        if org.countable {
+            org.counted |= org.census.count(
+                org.partition,
+                org.offset,
+                crate::census::day_of(t),
+                new_principal,
+                counted.as_deref(),
+            );
+        }
         self.travel(st, &seen, geo, &mut out);
         self.rates(st, &seen, closed, &mut out);
         out

@@ -1,0 +1,1040 @@
+//! What an attacker does with stolen credentials that needs no baseline to recognize: sharing
+//! data out of the organization, blinding the defenders, acting as root, and planting
+//! credentials for another user. Each is rare in ordinary work and decisive in an incident, so
+//! one record is enough.
+//!
+//! - `resource-shared-out`: an EBS snapshot, an AMI or an RDS (cluster) snapshot made public
+//!   or shared with an account that is neither the resource's own nor trusted (MITRE T1537).
+//! - `defense-evasion`: GuardDuty, AWS Config, Security Hub, Route 53 Resolver query logging,
+//!   Detective, Access Analyzer, Macie or Inspector switched off or muted, a KMS key scheduled
+//!   for deletion, the account leaving its organization (T1562). CloudTrail itself is
+//!   `cloudtrail-changes`'s, VPC flow logs `vpn-vpc-changes`'.
+//! - `root-activity`: the root user's credentials used for anything but signing in (T1078.004).
+//! - `credentials-for-another-user`: an access key or console password created or changed for
+//!   a user other than the caller (T1098.001).
+//!
+//! Failed attempts raise them too, one severity lower (a probe for what stolen credentials
+//! may do), and request nothing but notifications.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use trailguard_common::contract::{ActionKind, Alert, AlertKind, Entity, Severity};
+use trailguard_common::s3::items;
+use trailguard_common::Activity;
+
+use crate::policy::{allowed, requested, who, AlertBuilder, EventPolicy, PolicyMeta};
+use trailguard_common::contract::kinds;
+
+/// A snapshot or image shared outside the organization.
+pub const RESOURCE_SHARED_OUT: PolicyMeta<'static> = PolicyMeta {
+    id: "resource-shared-out",
+    name: "Snapshot or image shared outside the organization",
+    kind: AlertKind::ActivityPolicy,
+};
+/// Security monitoring switched off or muted.
+pub const DEFENSE_EVASION: PolicyMeta<'static> = PolicyMeta {
+    id: "defense-evasion",
+    name: "Security monitoring disabled",
+    kind: AlertKind::ActivityPolicy,
+};
+/// The root user's credentials used.
+pub const ROOT_ACTIVITY: PolicyMeta<'static> = PolicyMeta {
+    id: "root-activity",
+    name: "Root credentials used",
+    kind: AlertKind::ActivityPolicy,
+};
+/// Credentials created for another user.
+pub const CREDENTIALS_FOR_ANOTHER: PolicyMeta<'static> = PolicyMeta {
+    id: "credentials-for-another-user",
+    name: "Credentials created for another user",
+    kind: AlertKind::ActivityPolicy,
+};
+
+/// Settings of one of these policies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExposureConfig {
+    /// Evaluate this policy.
+    pub enabled: bool,
+    /// Severity of its alerts (`defense-evasion`: each call's own when unset).
+    pub severity: Option<Severity>,
+    /// Principal ARNs, names, session roles or actor ids it ignores.
+    pub allow_principals: Vec<String>,
+    /// Governance actions to request.
+    pub actions: Vec<ActionKind>,
+}
+
+impl Default for ExposureConfig {
+    fn default() -> Self {
+        ExposureConfig {
+            enabled: true,
+            severity: None,
+            allow_principals: Vec::new(),
+            actions: vec![ActionKind::Notify],
+        }
+    }
+}
+
+/// Settings of `resource-shared-out`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedOutConfig {
+    /// Evaluate this policy.
+    pub enabled: bool,
+    /// Severity of its alerts (default high).
+    pub severity: Option<Severity>,
+    /// Principal ARNs, names, session roles or actor ids it ignores.
+    pub allow_principals: Vec<String>,
+    /// Governance actions to request.
+    pub actions: Vec<ActionKind>,
+    /// Accounts that are not outside (the organization's other accounts, partners shared
+    /// with on purpose). The resource's own account never is.
+    pub trusted_accounts: Vec<String>,
+}
+
+impl Default for SharedOutConfig {
+    fn default() -> Self {
+        SharedOutConfig {
+            enabled: true,
+            severity: None,
+            allow_principals: Vec::new(),
+            actions: vec![ActionKind::Notify],
+            trusted_accounts: Vec::new(),
+        }
+    }
+}
+
+/// The `[policies.exposure]` table: one section per policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExposurePolicies {
+    /// `resource-shared-out`.
+    pub resource_shared_out: SharedOutConfig,
+    /// `defense-evasion`.
+    pub defense_evasion: ExposureConfig,
+    /// `root-activity`.
+    pub root_activity: ExposureConfig,
+    /// `credentials-for-another-user`.
+    pub credentials_for_another_user: ExposureConfig,
+}
+
+/// What switching a defence off looks like: event source, event name, what it does, its
+/// severity, and a condition on the request when the name alone is not enough.
+struct Blinding {
+    source: &'static str,
+    name: &'static str,
+    what: &'static str,
+    severity: Severity,
+    when: fn(&Value) -> bool,
+}
+
+fn always(_: &Value) -> bool {
+    true
+}
+
+/// `enable: false` (GuardDuty's `UpdateDetector`).
+fn disables(params: &Value) -> bool {
+    params.get("enable").and_then(Value::as_bool) == Some(false)
+}
+
+/// A GuardDuty filter that archives what it matches: findings hidden as they arrive.
+fn archives(params: &Value) -> bool {
+    params
+        .get("action")
+        .and_then(Value::as_str)
+        .is_some_and(|a| a.eq_ignore_ascii_case("ARCHIVE"))
+}
+
+/// The calls that switch a defence off or mute it. Maintained by hand from each service's API
+/// reference: a call missing here is caught only by the unusual-behaviour detections.
+const BLINDING: &[Blinding] = &[
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "DeleteDetector",
+        what: "deleted a GuardDuty detector",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "UpdateDetector",
+        what: "suspended a GuardDuty detector",
+        severity: Severity::High,
+        when: disables,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "DisassociateFromMasterAccount",
+        what: "took the account out of its GuardDuty administrator's view",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "DisassociateFromAdministratorAccount",
+        what: "took the account out of its GuardDuty administrator's view",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "StopMonitoringMembers",
+        what: "stopped GuardDuty monitoring member accounts",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "DeleteMembers",
+        what: "removed member accounts from GuardDuty",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "CreateFilter",
+        what: "made a GuardDuty filter that archives findings as they arrive",
+        severity: Severity::Medium,
+        when: archives,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "UpdateFilter",
+        what: "made a GuardDuty filter archive findings as they arrive",
+        severity: Severity::Medium,
+        when: archives,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "CreateIPSet",
+        what: "added a GuardDuty trusted IP list (no findings for its addresses)",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "UpdateIPSet",
+        what: "changed a GuardDuty trusted IP list (no findings for its addresses)",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "DeletePublishingDestination",
+        what: "stopped GuardDuty exporting findings",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "config.amazonaws.com",
+        name: "StopConfigurationRecorder",
+        what: "stopped the AWS Config recorder",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "config.amazonaws.com",
+        name: "DeleteConfigurationRecorder",
+        what: "deleted the AWS Config recorder",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "config.amazonaws.com",
+        name: "DeleteDeliveryChannel",
+        what: "deleted the AWS Config delivery channel",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "config.amazonaws.com",
+        name: "DeleteConfigRule",
+        what: "deleted an AWS Config rule",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "config.amazonaws.com",
+        name: "DeleteConfigurationAggregator",
+        what: "deleted an AWS Config aggregator",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "DisableSecurityHub",
+        what: "disabled Security Hub",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "BatchDisableStandards",
+        what: "disabled Security Hub standards",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "DisableImportFindingsForProduct",
+        what: "stopped Security Hub importing a product's findings",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "DisassociateFromAdministratorAccount",
+        what: "took the account out of its Security Hub administrator's view",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "DisassociateFromMasterAccount",
+        what: "took the account out of its Security Hub administrator's view",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "route53resolver.amazonaws.com",
+        name: "DeleteResolverQueryLogConfig",
+        what: "deleted Route 53 Resolver query logging",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "route53resolver.amazonaws.com",
+        name: "DisassociateResolverQueryLogConfig",
+        what: "stopped logging a VPC's DNS queries",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "kms.amazonaws.com",
+        name: "ScheduleKeyDeletion",
+        what: "scheduled a KMS key for deletion (what it encrypts becomes unreadable)",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "kms.amazonaws.com",
+        name: "DisableKey",
+        what: "disabled a KMS key",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "organizations.amazonaws.com",
+        name: "LeaveOrganization",
+        what: "took the account out of its AWS Organization (and its guardrails)",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "detective.amazonaws.com",
+        name: "DeleteGraph",
+        what: "deleted the Detective behavior graph",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "access-analyzer.amazonaws.com",
+        name: "DeleteAnalyzer",
+        what: "deleted an IAM Access Analyzer",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "macie2.amazonaws.com",
+        name: "DisableMacie",
+        what: "disabled Macie",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "inspector2.amazonaws.com",
+        name: "Disable",
+        what: "disabled Inspector",
+        severity: Severity::Medium,
+        when: always,
+    },
+];
+
+/// The four policies with their settings.
+pub struct Exposure {
+    cfg: ExposurePolicies,
+}
+
+/// One severity lower (a failed attempt).
+fn lower(severity: Severity) -> Severity {
+    match severity {
+        Severity::High => Severity::Medium,
+        _ => Severity::Low,
+    }
+}
+
+/// `group: all` or a `userId` in a permission list (`{"items": [...]}`, a list, or one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Grantee {
+    Everyone,
+    Account(String),
+}
+
+/// Whether `id` is an AWS account id (twelve digits): anything else in a permission names no
+/// account (AWS refuses it).
+fn is_account(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The grantees an EC2 permission change adds: `{"add": {"items": [{"group": "all"},
+/// {"userId": "…"}]}}`, or the flat form (`operationType: add`, `userIds`, `groupNames`).
+fn ec2_added(params: &Value, permission: &str) -> Vec<Grantee> {
+    let mut out = Vec::new();
+    let add = params.get(permission).and_then(|p| p.get("add"));
+    let listed = add.map(|a| a.get("items").or(Some(a))).unwrap_or(None);
+    for item in items(listed) {
+        if item.get("group").and_then(Value::as_str) == Some("all") {
+            out.push(Grantee::Everyone);
+        }
+        if let Some(account) = item
+            .get("userId")
+            .and_then(Value::as_str)
+            .filter(|a| is_account(a))
+        {
+            out.push(Grantee::Account(account.to_string()));
+        }
+    }
+    let adding = params
+        .get("operationType")
+        .and_then(Value::as_str)
+        .is_some_and(|o| o.eq_ignore_ascii_case("add"));
+    if adding {
+        for key in ["userIds", "userId", "UserId"] {
+            for id in items(params.get(key)) {
+                let id = id
+                    .as_str()
+                    .or_else(|| id.get("content").and_then(Value::as_str));
+                if let Some(id) = id.filter(|a| is_account(a)) {
+                    out.push(Grantee::Account(id.to_string()));
+                }
+            }
+        }
+        for key in ["groupNames", "groupName", "UserGroup"] {
+            for group in items(params.get(key)) {
+                let group = group
+                    .as_str()
+                    .or_else(|| group.get("content").and_then(Value::as_str));
+                if group == Some("all") {
+                    out.push(Grantee::Everyone);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Exposure {
+    /// The policies with their settings.
+    pub fn new(cfg: ExposurePolicies) -> Self {
+        Exposure { cfg }
+    }
+
+    /// What `a` shares out, when it does: (kind of resource, its id, the grantees outside).
+    fn shared_out(&self, a: &Activity) -> Option<(&'static str, String, Vec<Grantee>)> {
+        let params = a.request_parameters.as_ref()?;
+        let text = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
+        let (kind, id, grantees) = match (a.event_source.as_str(), a.event_name.as_str()) {
+            ("ec2.amazonaws.com", "ModifySnapshotAttribute") => (
+                "EBS snapshot",
+                text("snapshotId")?,
+                ec2_added(params, "createVolumePermission"),
+            ),
+            ("ec2.amazonaws.com", "ModifyImageAttribute") => (
+                "AMI",
+                text("imageId")?,
+                ec2_added(params, "launchPermission"),
+            ),
+            (
+                "rds.amazonaws.com",
+                "ModifyDBSnapshotAttribute" | "ModifyDBClusterSnapshotAttribute",
+            ) => {
+                if !text("attributeName").is_some_and(|n| n.eq_ignore_ascii_case("restore")) {
+                    return None;
+                }
+                let id =
+                    text("dBSnapshotIdentifier").or_else(|| text("dBClusterSnapshotIdentifier"))?;
+                let grantees = items(params.get("valuesToAdd"))
+                    .into_iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(|v| {
+                        if v.eq_ignore_ascii_case("all") {
+                            Some(Grantee::Everyone)
+                        } else {
+                            is_account(v).then(|| Grantee::Account(v.to_string()))
+                        }
+                    })
+                    .collect();
+                let kind = if a.event_name == "ModifyDBSnapshotAttribute" {
+                    "RDS snapshot"
+                } else {
+                    "RDS cluster snapshot"
+                };
+                (kind, id, grantees)
+            }
+            _ => return None,
+        };
+        let own = a.account_id.as_deref();
+        let trusted = &self.cfg.resource_shared_out.trusted_accounts;
+        let outside: Vec<Grantee> = grantees
+            .into_iter()
+            .filter(|g| match g {
+                Grantee::Everyone => true,
+                Grantee::Account(id) => Some(id.as_str()) != own && !trusted.contains(id),
+            })
+            .collect();
+        (!outside.is_empty()).then_some((kind, id, outside))
+    }
+
+    /// An alert of `meta` about `a`'s principal (or `entity`).
+    #[allow(clippy::too_many_arguments)]
+    fn alert(
+        &self,
+        meta: &'static PolicyMeta<'static>,
+        (severity_set, actions): (Option<Severity>, &[ActionKind]),
+        a: &Activity,
+        entity: Option<Entity>,
+        severity: Severity,
+        summary: String,
+        mitre: (&str, &str, &str),
+    ) -> Alert {
+        let severity = severity_set.unwrap_or(severity);
+        let severity = if a.outcome.is_success() {
+            severity
+        } else {
+            lower(severity)
+        };
+        AlertBuilder::about(meta, a, severity)
+            .entity(entity.unwrap_or_else(|| Entity {
+                kind: kinds::PRINCIPAL.into(),
+                id: a.actor_key().into_owned(),
+            }))
+            .evidence(vec![a.id.clone()], summary)
+            .mitre(mitre)
+            .actions(requested(actions, a))
+            .id_from(&[meta.id, a.id.as_str()])
+    }
+
+    fn judge_shared_out(&self, a: &Activity, out: &mut Vec<Alert>) {
+        let cfg = &self.cfg.resource_shared_out;
+        if !cfg.enabled || allowed(&cfg.allow_principals, a) {
+            return;
+        }
+        let Some((kind, id, outside)) = self.shared_out(a) else {
+            return;
+        };
+        let to: Vec<String> = outside
+            .iter()
+            .map(|g| match g {
+                Grantee::Everyone => "everyone (public)".to_string(),
+                Grantee::Account(id) => format!("account {id}"),
+            })
+            .collect();
+        let verb = if a.outcome.is_success() {
+            "shared"
+        } else {
+            "tried to share"
+        };
+        let summary = format!("{} {verb} {kind} {id} with {}", who(a), to.join(", "));
+        // About the resource: two snapshots shared are two alerts, not one folded.
+        let entity_kind = match kind {
+            "EBS snapshot" => kinds::EBS_SNAPSHOT,
+            "AMI" => kinds::AMI,
+            _ => kinds::RDS_SNAPSHOT,
+        };
+        let entity = Entity {
+            kind: entity_kind.into(),
+            id: format!("{}/{id}", a.account_id.as_deref().unwrap_or("")),
+        };
+        out.push(self.alert(
+            &RESOURCE_SHARED_OUT,
+            (cfg.severity, &cfg.actions),
+            a,
+            Some(entity),
+            Severity::High,
+            summary,
+            ("Exfiltration", "T1537", "Transfer Data to Cloud Account"),
+        ));
+    }
+
+    fn judge_blinding(&self, a: &Activity, out: &mut Vec<Alert>) {
+        let cfg = &self.cfg.defense_evasion;
+        if !cfg.enabled {
+            return;
+        }
+        let Some(b) = BLINDING
+            .iter()
+            .find(|b| b.name == a.event_name && b.source == a.event_source)
+        else {
+            return;
+        };
+        let null = Value::Null;
+        if !(b.when)(a.request_parameters.as_ref().unwrap_or(&null))
+            || allowed(&cfg.allow_principals, a)
+        {
+            return;
+        }
+        let summary = if a.outcome.is_success() {
+            format!("{} {}: {}", who(a), b.what, a.event_name)
+        } else {
+            format!(
+                "{} tried and failed to do this — {}: {}",
+                who(a),
+                b.what,
+                a.event_name
+            )
+        };
+        out.push(self.alert(
+            &DEFENSE_EVASION,
+            (cfg.severity, &cfg.actions),
+            a,
+            None,
+            b.severity,
+            summary,
+            ("Defense Evasion", "T1562", "Impair Defenses"),
+        ));
+    }
+
+    fn judge_root(&self, a: &Activity, out: &mut Vec<Alert>) {
+        let cfg = &self.cfg.root_activity;
+        // Signing in is the one thing root is for; what an AWS service does as root on
+        // the account's behalf is not the credentials being used.
+        if !cfg.enabled
+            || a.principal.kind != "Root"
+            || a.event_source == "signin.amazonaws.com"
+            || a.principal.invoked_by.is_some()
+            || a.event_type.as_deref() == Some("AwsServiceEvent")
+            // The console creates service-linked roles as a side effect of what root opens.
+            || a.event_name == "CreateServiceLinkedRole"
+            || allowed(&cfg.allow_principals, a)
+        {
+            return;
+        }
+        let summary = format!(
+            "the root user of account {} was used: {} ({})",
+            a.account_id.as_deref().unwrap_or("?"),
+            a.event_name,
+            who(a)
+        );
+        // Reading is less than changing, but root should do neither.
+        let severity = if crate::classify::is_write(a) {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        out.push(self.alert(
+            &ROOT_ACTIVITY,
+            (cfg.severity, &cfg.actions),
+            a,
+            None,
+            severity,
+            summary,
+            (
+                "Privilege Escalation",
+                "T1078.004",
+                "Valid Accounts: Cloud Accounts",
+            ),
+        ));
+    }
+
+    fn judge_credentials(&self, a: &Activity, out: &mut Vec<Alert>) {
+        let cfg = &self.cfg.credentials_for_another_user;
+        if !cfg.enabled
+            || a.event_source != "iam.amazonaws.com"
+            || !matches!(
+                a.event_name.as_str(),
+                "CreateAccessKey" | "CreateLoginProfile" | "UpdateLoginProfile"
+            )
+        {
+            return;
+        }
+        let Some(user) = a
+            .request_parameters
+            .as_ref()
+            .and_then(|p| p.get("userName"))
+            .and_then(Value::as_str)
+        else {
+            // No user named: the caller's own.
+            return;
+        };
+        // The caller's own: an IAM user naming itself. A role session's name is its caller's
+        // choice (a session named after the victim proves nothing), so a session is never
+        // the user it names.
+        let own = a.principal.kind == "IAMUser"
+            && a.principal
+                .name
+                .as_deref()
+                .is_some_and(|n| n == user || n.rsplit('/').next() == Some(user));
+        if own || allowed(&cfg.allow_principals, a) {
+            return;
+        }
+        let what = match a.event_name.as_str() {
+            "CreateAccessKey" => "created an access key",
+            "CreateLoginProfile" => "gave a console password",
+            _ => "changed the console password",
+        };
+        let summary = format!("{} {what} for the user {user}", who(a));
+        out.push(self.alert(
+            &CREDENTIALS_FOR_ANOTHER,
+            (cfg.severity, &cfg.actions),
+            a,
+            None,
+            Severity::Medium,
+            summary,
+            (
+                "Persistence",
+                "T1098.001",
+                "Account Manipulation: Additional Cloud Credentials",
+            ),
+        ));
+    }
+}
+
+impl EventPolicy for Exposure {
+    fn policies(&self) -> Vec<&'static PolicyMeta<'static>> {
+        vec![
+            &RESOURCE_SHARED_OUT,
+            &DEFENSE_EVASION,
+            &ROOT_ACTIVITY,
+            &CREDENTIALS_FOR_ANOTHER,
+        ]
+    }
+
+    fn evaluate(&self, a: &Activity, alerts: &mut Vec<Alert>) {
+        self.judge_root(a, alerts);
+        // Each of the others is a handful of event names.
+        match a.event_source.as_str() {
+            "ec2.amazonaws.com" | "rds.amazonaws.com" => {
+                self.judge_shared_out(a, alerts);
+                self.judge_blinding(a, alerts);
+            }
+            "iam.amazonaws.com" => self.judge_credentials(a, alerts),
+            _ => self.judge_blinding(a, alerts),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A CloudTrail record of `name` on `source` by `identity`, normalized.
+    fn record(source: &str, name: &str, identity: Value, params: Value, error: bool) -> Activity {
+        let mut r = json!({
+            "eventVersion": "1.09", "eventTime": "2024-06-02T19:41:40Z", "eventSource": source,
+            "eventName": name, "awsRegion": "us-east-1", "recipientAccountId": "111111111111",
+            "sourceIPAddress": "198.51.100.7", "userAgent": "aws-cli/2.15.0",
+            "eventID": format!("00000000-0000-4000-8000-{:012}", name.len()),
+            "userIdentity": identity, "requestParameters": params, "eventType": "AwsApiCall",
+        });
+        if error {
+            r["errorCode"] = "AccessDenied".into();
+            r["errorMessage"] = "not authorized".into();
+        }
+        match trailguard_ingest::normalize::normalize(&r.to_string()) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn user(name: &str) -> Value {
+        json!({"type": "IAMUser", "userName": name, "accountId": "111111111111",
+            "arn": format!("arn:aws:iam::111111111111:user/{name}"),
+            "principalId": "AIDAEXAMPLE", "accessKeyId": "AKIAEXAMPLE"})
+    }
+
+    fn sso(name: &str) -> Value {
+        let role = "AWSReservedSSO_Admin_0123456789abcdef";
+        json!({"type": "AssumedRole", "principalId": format!("AROAEXAMPLE:{name}"),
+            "arn": format!("arn:aws:sts::111111111111:assumed-role/{role}/{name}"),
+            "accountId": "111111111111", "accessKeyId": "ASIAEXAMPLE",
+            "sessionContext": {"sessionIssuer": {"type": "Role", "principalId": "AROAEXAMPLE",
+                "arn": format!("arn:aws:iam::111111111111:role/aws-reserved/sso.amazonaws.com/{role}"),
+                "accountId": "111111111111", "userName": role}}})
+    }
+
+    fn run(a: &Activity) -> Vec<Alert> {
+        let mut out = Vec::new();
+        Exposure::new(ExposurePolicies::default()).evaluate(a, &mut out);
+        out
+    }
+
+    fn ids(alerts: &[Alert]) -> Vec<(&str, Severity)> {
+        alerts
+            .iter()
+            .map(|a| (a.policy_id.as_str(), a.severity))
+            .collect()
+    }
+
+    #[test]
+    fn snapshots_and_images_shared_out() {
+        let public_snapshot = record(
+            "ec2.amazonaws.com",
+            "ModifySnapshotAttribute",
+            user("mallory"),
+            json!({"snapshotId": "snap-0123", "attributeType": "CREATE_VOLUME_PERMISSION",
+                "createVolumePermission": {"add": {"items": [{"group": "all"}]}}}),
+            false,
+        );
+        let alerts = run(&public_snapshot);
+        assert_eq!(ids(&alerts), [("resource-shared-out", Severity::High)]);
+        assert!(
+            alerts[0].evidence.summary.contains("everyone"),
+            "{alerts:?}"
+        );
+        let to_account = record(
+            "ec2.amazonaws.com",
+            "ModifyImageAttribute",
+            sso("dana@example.com"),
+            json!({"imageId": "ami-0123", "attributeType": "launchPermission",
+                "launchPermission": {"add": {"items": [{"userId": "999999999999"}]}}}),
+            false,
+        );
+        assert_eq!(
+            ids(&run(&to_account)),
+            [("resource-shared-out", Severity::High)]
+        );
+        let rds = record(
+            "rds.amazonaws.com",
+            "ModifyDBClusterSnapshotAttribute",
+            user("mallory"),
+            json!({"dBClusterSnapshotIdentifier": "prod-2024", "attributeName": "restore",
+                "valuesToAdd": ["999999999999"]}),
+            false,
+        );
+        assert_eq!(ids(&run(&rds)), [("resource-shared-out", Severity::High)]);
+        // Shared within the account, removed, another attribute, a trusted account: nothing.
+        for params in [
+            json!({"snapshotId": "snap-1", "createVolumePermission": {"add": {"items": [{"userId": "111111111111"}]}}}),
+            json!({"snapshotId": "snap-1", "createVolumePermission": {"remove": {"items": [{"group": "all"}]}}}),
+            json!({"snapshotId": "snap-1", "attributeType": "PRODUCT_CODES"}),
+            json!({"snapshotId": "snap-1", "createVolumePermission": {"add": {"items": [{"userId": "bob"}]}}}),
+        ] {
+            let a = record(
+                "ec2.amazonaws.com",
+                "ModifySnapshotAttribute",
+                user("ops"),
+                params,
+                false,
+            );
+            assert!(run(&a).is_empty(), "{a:?}");
+        }
+        let mut cfg = ExposurePolicies::default();
+        cfg.resource_shared_out.trusted_accounts = vec!["999999999999".into()];
+        let mut out = Vec::new();
+        Exposure::new(cfg).evaluate(&rds, &mut out);
+        assert!(out.is_empty());
+        // The flat form of the API.
+        let flat = record(
+            "ec2.amazonaws.com",
+            "ModifySnapshotAttribute",
+            user("mallory"),
+            json!({"snapshotId": "snap-9", "attribute": "createVolumePermission",
+                "operationType": "add", "userIds": ["999999999999"]}),
+            false,
+        );
+        assert_eq!(ids(&run(&flat)), [("resource-shared-out", Severity::High)]);
+        // A failed attempt: one lower, nothing but notify.
+        let failed = record(
+            "ec2.amazonaws.com",
+            "ModifySnapshotAttribute",
+            user("mallory"),
+            json!({"snapshotId": "snap-0123", "createVolumePermission": {"add": {"items": [{"group": "all"}]}}}),
+            true,
+        );
+        assert_eq!(
+            ids(&run(&failed)),
+            [("resource-shared-out", Severity::Medium)]
+        );
+    }
+
+    #[test]
+    fn defenders_blinded() {
+        let cases = [
+            (
+                "guardduty.amazonaws.com",
+                "DeleteDetector",
+                json!({"detectorId": "d1"}),
+                Some(Severity::High),
+            ),
+            (
+                "guardduty.amazonaws.com",
+                "UpdateDetector",
+                json!({"detectorId": "d1", "enable": false}),
+                Some(Severity::High),
+            ),
+            (
+                "guardduty.amazonaws.com",
+                "UpdateDetector",
+                json!({"detectorId": "d1", "enable": true}),
+                None,
+            ),
+            (
+                "guardduty.amazonaws.com",
+                "CreateFilter",
+                json!({"name": "x", "action": "ARCHIVE"}),
+                Some(Severity::Medium),
+            ),
+            (
+                "guardduty.amazonaws.com",
+                "CreateFilter",
+                json!({"name": "x", "action": "NOOP"}),
+                None,
+            ),
+            (
+                "config.amazonaws.com",
+                "StopConfigurationRecorder",
+                json!({"configurationRecorderName": "default"}),
+                Some(Severity::High),
+            ),
+            (
+                "securityhub.amazonaws.com",
+                "DisableSecurityHub",
+                json!({}),
+                Some(Severity::High),
+            ),
+            (
+                "route53resolver.amazonaws.com",
+                "DisassociateResolverQueryLogConfig",
+                json!({"resolverQueryLogConfigId": "q", "resourceId": "vpc-1"}),
+                Some(Severity::High),
+            ),
+            (
+                "kms.amazonaws.com",
+                "ScheduleKeyDeletion",
+                json!({"keyId": "k", "pendingWindowInDays": 7}),
+                Some(Severity::High),
+            ),
+            (
+                "organizations.amazonaws.com",
+                "LeaveOrganization",
+                json!(null),
+                Some(Severity::High),
+            ),
+            // vpn-vpc-changes' (high), not twice.
+            (
+                "ec2.amazonaws.com",
+                "DeleteFlowLogs",
+                json!({"flowLogIds": ["fl-1"]}),
+                None,
+            ),
+            ("guardduty.amazonaws.com", "ListDetectors", json!({}), None),
+        ];
+        for (source, name, params, want) in cases {
+            let alerts = run(&record(source, name, user("mallory"), params, false));
+            let got = alerts.first().map(|a| a.severity);
+            assert_eq!(got, want, "{source} {name}");
+            if want.is_some() {
+                assert_eq!(alerts[0].policy_id, "defense-evasion");
+            }
+        }
+    }
+
+    #[test]
+    fn root_used_for_anything_but_signing_in() {
+        let root = json!({"type": "Root", "principalId": "111111111111",
+            "arn": "arn:aws:iam::111111111111:root", "accountId": "111111111111"});
+        let alerts = run(&record(
+            "iam.amazonaws.com",
+            "CreateAccessKey",
+            root.clone(),
+            json!({}),
+            false,
+        ));
+        assert_eq!(ids(&alerts), [("root-activity", Severity::High)]);
+        let read = run(&record(
+            "iam.amazonaws.com",
+            "ListAccessKeys",
+            root.clone(),
+            json!({}),
+            false,
+        ));
+        assert_eq!(ids(&read), [("root-activity", Severity::Medium)]);
+        let linked = record(
+            "iam.amazonaws.com",
+            "CreateServiceLinkedRole",
+            root.clone(),
+            json!({"aWSServiceName": "support.amazonaws.com"}),
+            false,
+        );
+        assert!(run(&linked).is_empty());
+        let signin = record(
+            "signin.amazonaws.com",
+            "ConsoleLogin",
+            root.clone(),
+            json!(null),
+            false,
+        );
+        assert!(run(&signin).is_empty());
+        let mut by_service = root;
+        by_service["invokedBy"] = "support.amazonaws.com".into();
+        assert!(run(&record(
+            "s3.amazonaws.com",
+            "ListBuckets",
+            by_service,
+            json!({}),
+            false
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn credentials_for_another_user() {
+        let for_bob = |caller: Value, name: &str| {
+            run(&record(
+                "iam.amazonaws.com",
+                name,
+                caller,
+                json!({"userName": "bob"}),
+                false,
+            ))
+        };
+        assert_eq!(
+            ids(&for_bob(user("mallory"), "CreateAccessKey")),
+            [("credentials-for-another-user", Severity::Medium)]
+        );
+        assert_eq!(
+            ids(&for_bob(sso("dana@example.com"), "CreateLoginProfile")).len(),
+            1
+        );
+        assert!(
+            for_bob(user("bob"), "CreateAccessKey").is_empty(),
+            "his own"
+        );
+        assert!(
+            run(&record(
+                "iam.amazonaws.com",
+                "CreateAccessKey",
+                user("bob"),
+                json!({}),
+                false
+            ))
+            .is_empty(),
+            "no user named: the caller's own"
+        );
+        let mut cfg = ExposurePolicies::default();
+        cfg.credentials_for_another_user.allow_principals = vec!["mallory".into()];
+        let mut out = Vec::new();
+        Exposure::new(cfg).evaluate(
+            &record(
+                "iam.amazonaws.com",
+                "CreateAccessKey",
+                user("mallory"),
+                json!({"userName": "bob"}),
+                false,
+            ),
+            &mut out,
+        );
+        assert!(out.is_empty(), "an allowed onboarding robot");
+    }
+}

@@ -109,6 +109,8 @@ pub fn builtin_policies() -> Vec<&'static crate::policy::PolicyMeta<'static>> {
         &crate::anomaly::VM_CREATION,
         &crate::anomaly::FAILED_LOGINS,
         &crate::anomaly::DORMANT_PRINCIPAL,
+        &crate::anomaly::UNUSUAL_API,
+        &crate::anomaly::DISCOVERY_BURST,
         &crate::facts::TERMINATED_USER,
         &crate::facts::UNUSUAL_REGION,
     ]);
@@ -125,8 +127,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
         assert_eq!(
-            count, 28,
-            "5 built-in, 4 exposure, 7 templates, 12 anomaly detections"
+            count, 30,
+            "5 built-in, 4 exposure, 7 templates, 14 anomaly detections"
         );
     }
 }

@@ -343,16 +343,21 @@ impl Detector {
             }
         };
         // While it learns, its peers' baselines judge its rates (the first group that has
-        // enough hours).
-        let peers = if self.anomalies.learning(first_seen, t) {
-            crate::anomaly::peer_groups(activity)
-                .into_iter()
-                .find_map(|group| {
-                    let peers = self.principals.get(&group).filter(|p| p.peers_ready())?;
-                    Some((peers.peer_rates().clone(), group))
-                })
+        // enough hours) and its calls (the first group that has made any).
+        let learning = self.anomalies.learning(first_seen, t);
+        let (peers, peer_calls) = if learning {
+            let groups = crate::anomaly::peer_groups(activity);
+            let rates = groups.iter().find_map(|group| {
+                let peers = self.principals.get(group).filter(|p| p.peers_ready())?;
+                Some((peers.peer_rates().clone(), group.clone()))
+            });
+            let calls = groups.iter().find_map(|group| {
+                let peers = self.principals.get(group)?;
+                (!peers.api_known.is_empty()).then(|| peers.api_known.clone())
+            });
+            (rates, calls)
         } else {
-            None
+            (None, None)
         };
         let Some(state) = self.principals.get_mut(&key) else {
             return looked_back;
@@ -388,7 +393,10 @@ impl Detector {
             }
         }
         let mut closed = Vec::new();
-        let peers = peers.as_ref().map(|(rates, group)| (rates, group.as_str()));
+        let peers = crate::anomaly::Peers {
+            rates: peers.as_ref().map(|(rates, group)| (rates, group.as_str())),
+            calls: peer_calls.as_deref(),
+        };
         let held_before = state.pending.last().map(|p| p.offset);
         let complete_through = complete_for(activity, facts.complete_through());
         let mut org = crate::anomaly::OrgView {
@@ -422,6 +430,18 @@ impl Detector {
             }
         }
         state.offset = offset + 1;
+        // A learned actor's classified calls teach its peer groups what their members do.
+        if !learning {
+            if let Some((Some(row), _, _)) = crate::tactics::classify(activity) {
+                for group in crate::anomaly::peer_groups(activity) {
+                    let peers = self.principals.entry(group.clone()).or_default();
+                    if let Err(i) = peers.api_known.binary_search(&row) {
+                        peers.api_known.insert(i, row);
+                        self.dirty.insert(group);
+                    }
+                }
+            }
+        }
         // A learned actor's closed hours teach its peer groups.
         if !closed.is_empty() {
             for group in crate::anomaly::peer_groups(activity) {

@@ -42,6 +42,7 @@ pub mod risky_signin;
 mod runner;
 pub mod signin;
 pub mod state;
+pub mod tactics;
 pub mod templates;
 
 use std::time::Duration;

@@ -27,6 +27,7 @@ use crate::policy::{allowed, requested, AlertBuilder, PolicyMeta};
 use trailguard_common::contract::kinds;
 
 mod address;
+mod behaviour;
 mod country;
 mod dormant;
 mod rates;
@@ -180,6 +181,11 @@ pub struct AnomalyConfig {
     pub unusual_region: DetectionConfig,
     /// A user, person, root or federated actor acting again after `dormant_after` of silence.
     pub dormant_principal: DetectionConfig,
+    /// A sensitive call the actor (or, while it learns, its peers) never made, weighed by
+    /// its tactic and what surrounds it (see `detect/src/anomaly/behaviour.rs`).
+    pub unusual_api_behaviour: DetectionConfig,
+    /// Many distinct listing and describing calls within ten minutes, or most of them refused.
+    pub discovery_burst: DetectionConfig,
     /// Speeds, distances, memory sizes and floors (see [`AnomalyTuning`]).
     pub tuning: AnomalyTuning,
 }
@@ -207,6 +213,8 @@ impl Default for AnomalyConfig {
             terminated_users: Vec::new(),
             unusual_region: DetectionConfig::default(),
             dormant_principal: DetectionConfig::default(),
+            unusual_api_behaviour: DetectionConfig::default(),
+            discovery_burst: DetectionConfig::default(),
             tuning: AnomalyTuning::default(),
         }
     }
@@ -322,6 +330,12 @@ meta!(
     "vm-creation",
     "Unusual multiple VM creation activities"
 );
+meta!(
+    UNUSUAL_API,
+    "unusual-api-behaviour",
+    "Unusual API behaviour"
+);
+meta!(DISCOVERY_BURST, "discovery-burst", "Discovery burst");
 
 /// An hourly rate: EWMA of completed hours, and the sliding hour's per-minute counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -483,6 +497,10 @@ pub fn peer_groups(a: &Activity) -> Vec<String> {
     groups
 }
 
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 /// Everything learned about one principal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrincipalState {
@@ -513,6 +531,27 @@ pub struct PrincipalState {
     /// Access key of the latest activity, when it had one.
     #[serde(rename = "k", default, skip_serializing_if = "String::is_empty")]
     pub last_key: String,
+    /// Classified calls made (rows of [`crate::tactics::TABLE`]), sorted.
+    #[serde(rename = "ak", default, skip_serializing_if = "Vec::is_empty")]
+    pub api_known: Vec<u16>,
+    /// Tactics used (bit per [`crate::tactics::Tactic`]).
+    #[serde(rename = "at", default, skip_serializing_if = "is_zero")]
+    api_tactics: u8,
+    /// Recent unusual calls: (tactic, time).
+    #[serde(rename = "au", default, skip_serializing_if = "Vec::is_empty")]
+    api_unusual: Vec<(u8, i64)>,
+    /// Networks worked from, most recent last.
+    #[serde(rename = "nw", default, skip_serializing_if = "Vec::is_empty")]
+    networks: Vec<u32>,
+    /// User-agent families, most recent last.
+    #[serde(rename = "ua", default, skip_serializing_if = "Vec::is_empty")]
+    agents: Vec<u32>,
+    /// Enumerating calls in the last ten minutes: (name hash, last time, refused).
+    #[serde(rename = "dw", default, skip_serializing_if = "Vec::is_empty")]
+    discovery: Vec<(u32, i64, bool)>,
+    /// Most distinct enumerating calls in one window so far.
+    #[serde(rename = "dm", default, skip_serializing_if = "is_zero")]
+    discovery_max: u16,
     /// Suppressions: (detection and key, quiet until).
     #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
     quiet: Vec<(String, i64)>,
@@ -617,6 +656,10 @@ impl PrincipalState {
                 .iter()
                 .map(crate::fold::Fold::heap_size)
                 .sum::<usize>()
+            + self.api_known.capacity() * 2
+            + self.api_unusual.capacity() * 16
+            + (self.networks.capacity() + self.agents.capacity()) * 4
+            + self.discovery.capacity() * 16
             + self
                 .pending
                 .iter()
@@ -708,7 +751,13 @@ impl Anomalies {
         org: &mut crate::census::Census,
         a: &Activity,
     ) -> Vec<Alert> {
-        self.observe_with_peers(st, &mut OrgView::local(org), a, None, &mut Vec::new())
+        self.observe_with_peers(
+            st,
+            &mut OrgView::local(org),
+            a,
+            Peers::default(),
+            &mut Vec::new(),
+        )
     }
 
     /// Whether an actor first seen at `first_seen` (0: never) is still learning at `t`.
@@ -716,15 +765,15 @@ impl Anomalies {
         first_seen == 0 || t - first_seen < self.cfg.learning_period.as_secs() as i64
     }
 
-    /// [`Self::observe`], judging a learning actor's rates against `peers` (its peer group's
-    /// baselines and name) and reporting the hours a learned actor closed — (rate, count) —
+    /// [`Self::observe`], judging a learning actor's rates and calls against `peers` (its peer
+    /// group's baselines and name, and its calls) and reporting the hours a learned actor closed — (rate, count) —
     /// in `closed`, for its peer groups.
     pub fn observe_with_peers(
         &self,
         st: &mut PrincipalState,
         org: &mut OrgView<'_>,
         a: &Activity,
-        peers: Option<(&PeerRates, &str)>,
+        peers: Peers<'_>,
         closed: &mut Vec<(usize, u32)>,
     ) -> Vec<Alert> {
         let t = a.event_time.timestamp();
@@ -749,7 +798,7 @@ impl Anomalies {
             t,
             learned: t - st.first_seen >= self.cfg.learning_period.as_secs() as i64,
             corporate: a.enrichment.ip_categories.iter().any(|c| c == "corporate"),
-            peers,
+            peers: peers.rates,
         };
         self.dormant(st, &seen, previous, &mut out);
         self.addresses(st, &seen, &mut out);
@@ -770,6 +819,7 @@ impl Anomalies {
         }
         self.travel(st, &seen, geo, &mut out);
         self.rates(st, &seen, closed, &mut out);
+        self.behaviour(st, &seen, peers.calls, &mut out);
         out
     }
 
@@ -813,6 +863,16 @@ struct Seen<'a> {
     /// While it learns: its peer group's baselines, when the group has enough hours, and
     /// which group.
     peers: Option<(&'a PeerRates, &'a str)>,
+}
+
+/// While an actor learns, what its peers do: their rates (when a group has enough hours, and
+/// which group) and the classified calls they make.
+#[derive(Clone, Copy, Default)]
+pub struct Peers<'a> {
+    /// Rate baselines and the group's name.
+    pub rates: Option<(&'a PeerRates, &'a str)>,
+    /// Rows of [`crate::tactics::TABLE`] the group's members call, sorted.
+    pub calls: Option<&'a [u16]>,
 }
 
 #[cfg(test)]

@@ -1,0 +1,593 @@
+//! Unusual API behaviour: a sensitive call (see [`crate::tactics`]) an actor has never made,
+//! weighed by what it means and by what surrounds it, and discovery bursts — the way stolen
+//! credentials look from the inside, whoever they belong to.
+//!
+//! An actor learns the classified calls it makes (their rows, a few bytes) and the tactics
+//! they belong to, with the networks (AS numbers, else /16 or /48 prefixes) and user-agent
+//! families it works from. After learning, a classified call it has never made scores its
+//! weight, plus one for a tactic it never used, one for a new network, one for a new user
+//! agent, one for a failure, and two when it comes within an hour of another unusual call of
+//! a different tactic. While it learns, its peers' calls (the role its sessions come from,
+//! its account's people or users) stand in for its own, so an identity an attacker just made
+//! is judged from its first call; without peers, only the heaviest calls (weight 4 and up)
+//! count as unusual. The score fires at 5 (`medium`; `low` 6, `high` 4), high from 7.
+
+use trailguard_common::contract::{Alert, Severity};
+
+use super::{Anomalies, PrincipalState, Seen, Sensitivity, Who, DISCOVERY_BURST, UNUSUAL_API};
+use crate::tactics::{classify, row_at, Tactic};
+
+/// Most networks and user-agent families remembered per actor.
+const REMEMBERED: usize = 8;
+/// Most enumeration calls kept in the sliding window.
+const WINDOW_CALLS: usize = 128;
+/// The discovery window.
+const WINDOW_SECS: i64 = 600;
+/// How long an unusual call makes the next one of another tactic weigh more.
+const CHAIN_SECS: i64 = 3600;
+
+/// A small, stable hash (FNV-1a) for remembering names compactly; collisions only make a
+/// new name look known.
+fn hash(parts: &[&str]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h
+}
+
+/// The network an activity comes from: its AS number, else its /16 (IPv4) or /48 (IPv6).
+fn network(a: &trailguard_common::Activity) -> Option<u32> {
+    if let Some(n) = &a.enrichment.network {
+        return Some(n.asn | 0x8000_0000);
+    }
+    match a.source_ip? {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            Some(u32::from(o[0]) << 8 | u32::from(o[1]))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Some(hash(&[&format!("{:x}:{:x}:{:x}", s[0], s[1], s[2])]))
+        }
+    }
+}
+
+/// The user agent's family: its first token (`aws-cli`, `Boto3`, `aws-sdk-go`, a browser).
+fn agent(a: &trailguard_common::Activity) -> Option<u32> {
+    let ua = a.user_agent.as_deref()?;
+    let family = ua
+        .split(['/', ' ', '['])
+        .find(|t| !t.is_empty())
+        .unwrap_or(ua);
+    Some(hash(&[&family.to_ascii_lowercase()]))
+}
+
+/// Adds `value` to the most recently used `list` (at most [`REMEMBERED`]); true when new.
+fn remember(list: &mut Vec<u32>, value: u32) -> bool {
+    if let Some(i) = list.iter().position(|v| *v == value) {
+        let v = list.remove(i);
+        list.push(v);
+        return false;
+    }
+    if list.len() >= REMEMBERED {
+        list.remove(0);
+    }
+    list.push(value);
+    true
+}
+
+impl Anomalies {
+    /// Unusual API behaviour and discovery bursts for `seen`'s activity. `peer_calls`: while
+    /// the actor learns, the calls its peers make.
+    pub(super) fn behaviour(
+        &self,
+        st: &mut PrincipalState,
+        seen: &Seen<'_>,
+        peer_calls: Option<&[u16]>,
+        out: &mut Vec<Alert>,
+    ) {
+        let a = seen.a;
+        // Context, from every activity: the networks and user agents the actor works from
+        // (new ones count only once it has learned: everything is new before).
+        let new_network = network(a).is_some_and(|n| remember(&mut st.networks, n));
+        let new_agent = agent(a).is_some_and(|u| remember(&mut st.agents, u));
+        // What an AWS service does on the actor's behalf is not the actor's choice of call.
+        if !crate::classify::acts_itself(a) {
+            return;
+        }
+        let Some((row, tactic, weight)) = classify(a) else {
+            return;
+        };
+        let t = seen.t;
+        let failed = !a.outcome.is_success();
+        if tactic == Tactic::Discovery {
+            self.discovery(st, seen, failed, out);
+        }
+        let Some(row) = row else {
+            return;
+        };
+        let known = st.api_known.binary_search(&row).is_ok();
+        let tactic_bit = 1u8 << (tactic as u8);
+        let new_tactic = st.api_tactics & tactic_bit == 0;
+        let unusual = !known
+            && weight >= 2
+            && if seen.learned {
+                true
+            } else {
+                match peer_calls {
+                    Some(peers) => peers.binary_search(&row).is_err(),
+                    None => weight >= 4,
+                }
+            };
+        if let Err(i) = st.api_known.binary_search(&row) {
+            st.api_known.insert(i, row);
+        }
+        st.api_tactics |= tactic_bit;
+        if !unusual {
+            return;
+        }
+        st.api_unusual.retain(|(_, at)| t - *at < CHAIN_SECS);
+        let chained = st
+            .api_unusual
+            .iter()
+            .any(|(other, _)| *other != tactic as u8);
+        if st.api_unusual.len() >= 8 {
+            st.api_unusual.remove(0);
+        }
+        st.api_unusual.push((tactic as u8, t));
+        let learned = seen.learned;
+        let mut score = u32::from(weight);
+        let mut why = Vec::new();
+        if learned && new_tactic {
+            score += 1;
+            why.push(format!("the first {} call it has made", tactic.name()));
+        }
+        if learned && new_network {
+            score += 1;
+            why.push("from a network it has not used".to_string());
+        }
+        if learned && new_agent {
+            score += 1;
+            why.push("with a user agent it has not used".to_string());
+        }
+        if failed {
+            score += 1;
+            why.push(format!(
+                "refused ({})",
+                a.outcome.error_code.as_deref().unwrap_or("failed")
+            ));
+        }
+        if chained {
+            score += 2;
+            why.push("within an hour of other unusual calls of other tactics".to_string());
+        }
+        let d = &self.cfg.unusual_api_behaviour;
+        let threshold = match self.sens(d) {
+            Sensitivity::Low => 6,
+            Sensitivity::Medium => 5,
+            Sensitivity::High => 4,
+        };
+        if score < threshold || !self.on(d, a) {
+            return;
+        }
+        if !self.may_fire(st, format!("api|{}", tactic as u8), t) {
+            return;
+        }
+        let name = row_at(row).map_or(a.event_name.as_str(), |r| r.name);
+        let never = if learned {
+            "a call it has never made"
+        } else if peer_calls.is_some() {
+            "a call its peers never make"
+        } else {
+            "a call new identities rarely make"
+        };
+        let summary = format!(
+            "{} {name} ({}, weight {weight}): {never}{}{}",
+            Who(a),
+            tactic.name(),
+            if why.is_empty() { "" } else { "; " },
+            why.join("; ")
+        );
+        let severity = if score >= 7 {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        let (technique, technique_name) = tactic.technique();
+        out.push(self.alert(
+            a,
+            &UNUSUAL_API,
+            d,
+            severity,
+            summary,
+            vec![a.id.clone()],
+            (tactic.mitre(), technique, technique_name),
+        ));
+    }
+
+    /// Many distinct enumerating calls within ten minutes: more than the actor ever made in
+    /// one window (or, while it learns, than anyone should), or most of them refused — an
+    /// attacker mapping what stolen credentials can see.
+    fn discovery(
+        &self,
+        st: &mut PrincipalState,
+        seen: &Seen<'_>,
+        failed: bool,
+        out: &mut Vec<Alert>,
+    ) {
+        let (a, t) = (seen.a, seen.t);
+        let name = hash(&[&a.event_source, &a.event_name]);
+        // A window that is moving on teaches the actor how wide it sweeps (the one still
+        // growing would teach it the burst being judged).
+        let before = st.discovery.len();
+        st.discovery
+            .retain(|(_, at, _)| t - *at < WINDOW_SECS && *at <= t);
+        if seen.learned && st.discovery.len() < before {
+            st.discovery_max = st
+                .discovery_max
+                .max(before.min(usize::from(u16::MAX)) as u16);
+        }
+        match st.discovery.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(entry) => {
+                entry.1 = t;
+                entry.2 |= failed;
+            }
+            None => {
+                if st.discovery.len() >= WINDOW_CALLS {
+                    st.discovery.remove(0);
+                }
+                st.discovery.push((name, t, failed));
+            }
+        }
+        let distinct = st.discovery.len() as u32;
+        let refused = st.discovery.iter().filter(|(_, _, f)| *f).count() as u32;
+        let d = &self.cfg.discovery_burst;
+        let least = match self.sens(d) {
+            Sensitivity::Low => 40,
+            Sensitivity::Medium => 20,
+            Sensitivity::High => 12,
+        };
+        let usual = u32::from(st.discovery_max);
+        let broad = if seen.learned {
+            distinct >= least && distinct > 2 * usual
+        } else {
+            // Consoles list widely as pages load: only an unusually wide sweep counts.
+            distinct >= 2 * least
+        };
+        let probing = refused >= least / 2 && refused * 2 >= distinct;
+        if !(broad || probing) || !self.on(d, a) || !self.may_fire(st, "discovery".into(), t) {
+            return;
+        }
+        let summary = format!(
+            "{} made {distinct} different listing and describing calls within ten minutes{}{}: {}",
+            Who(a),
+            if refused > 0 {
+                format!(", {refused} of them refused")
+            } else {
+                String::new()
+            },
+            if seen.learned {
+                format!(" (its most before: {usual})")
+            } else {
+                String::new()
+            },
+            a.event_name
+        );
+        out.push(self.alert(
+            a,
+            &DISCOVERY_BURST,
+            d,
+            if probing {
+                Severity::High
+            } else {
+                Severity::Medium
+            },
+            summary,
+            vec![a.id.clone()],
+            ("Discovery", "T1526", "Cloud Service Discovery"),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{AnomalyConfig, Peers};
+    use super::*;
+    use serde_json::json;
+    use trailguard_common::Activity;
+
+    const DAY: i64 = 86_400;
+
+    /// `name` on `source` by alice at second `t`, from `ip` with user agent `ua`.
+    fn call(t: i64, source: &str, name: &str, ip: &str, ua: &str, refused: bool) -> Activity {
+        let time = chrono::DateTime::<chrono::Utc>::from_timestamp(1_700_000_000 + t, 0)
+            .unwrap_or_default();
+        let mut record = json!({
+            "eventTime": time.to_rfc3339(), "eventSource": source, "eventName": name,
+            "awsRegion": "us-east-1", "recipientAccountId": "111111111111",
+            "sourceIPAddress": ip, "userAgent": ua,
+            "eventID": format!("00000000-0000-4000-8000-{:012}", t.unsigned_abs()),
+            "userIdentity": {"type": "IAMUser", "userName": "alice", "accountId": "111111111111",
+                "arn": "arn:aws:iam::111111111111:user/alice"},
+            "requestParameters": {},
+        });
+        if refused {
+            record["errorCode"] = "AccessDenied".into();
+        }
+        match trailguard_ingest::normalize::normalize(&record.to_string()) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    const HOME: &str = "71.253.10.20";
+    const CLI: &str = "aws-cli/2.15.0 Python/3.11";
+
+    /// Eight days of ordinary work: tags, instances, a bucket list.
+    fn ordinary(an: &Anomalies, st: &mut PrincipalState, census: &mut crate::census::Census) {
+        for day in 0..8 {
+            for (i, (source, name)) in [
+                ("ec2.amazonaws.com", "DescribeInstances"),
+                ("ec2.amazonaws.com", "CreateTags"),
+                ("s3.amazonaws.com", "ListBuckets"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                an.observe(
+                    st,
+                    census,
+                    &call(day * DAY + i as i64 * 60, source, name, HOME, CLI, false),
+                );
+            }
+        }
+    }
+
+    fn fired<'a>(alerts: &'a [Alert], policy: &str) -> Vec<&'a Alert> {
+        alerts.iter().filter(|a| a.policy_id == policy).collect()
+    }
+
+    #[test]
+    fn a_sensitive_call_never_made_weighs_with_what_surrounds_it() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut census = crate::census::Census::default();
+        // From home, with the usual CLI: a first secret read is 3 + 1 (new tactic): quiet.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let usual = call(
+            9 * DAY,
+            "secretsmanager.amazonaws.com",
+            "GetSecretValue",
+            HOME,
+            CLI,
+            false,
+        );
+        assert!(fired(
+            &an.observe(&mut st, &mut census, &usual),
+            "unusual-api-behaviour"
+        )
+        .is_empty());
+        // From another network with another tool: 3 + 1 + 1 + 1.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let stolen = call(
+            9 * DAY,
+            "secretsmanager.amazonaws.com",
+            "GetSecretValue",
+            "203.0.113.9",
+            "Boto3/1.34.0",
+            false,
+        );
+        let alerts = an.observe(&mut st, &mut census, &stolen);
+        let unusual = fired(&alerts, "unusual-api-behaviour");
+        assert_eq!(unusual.len(), 1, "{alerts:?}");
+        assert!(
+            unusual[0].evidence.summary.contains("credential access"),
+            "{}",
+            unusual[0].evidence.summary
+        );
+        // Once made, the same call is known.
+        let again = call(
+            9 * DAY + 60,
+            "secretsmanager.amazonaws.com",
+            "GetSecretValue",
+            "203.0.113.9",
+            "Boto3/1.34.0",
+            false,
+        );
+        assert!(fired(
+            &an.observe(&mut st, &mut census, &again),
+            "unusual-api-behaviour"
+        )
+        .is_empty());
+        // A chain of tactics: the first is quiet, the second of another tactic within the hour
+        // weighs two more.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        an.observe(
+            &mut st,
+            &mut census,
+            &call(
+                9 * DAY,
+                "secretsmanager.amazonaws.com",
+                "GetSecretValue",
+                HOME,
+                CLI,
+                false,
+            ),
+        );
+        let escalate = call(
+            9 * DAY + 300,
+            "iam.amazonaws.com",
+            "AttachUserPolicy",
+            HOME,
+            CLI,
+            false,
+        );
+        let alerts = an.observe(&mut st, &mut census, &escalate);
+        assert_eq!(
+            fired(&alerts, "unusual-api-behaviour").len(),
+            1,
+            "{alerts:?}"
+        );
+        // The heaviest calls fire alone.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let blind = call(
+            9 * DAY,
+            "cloudtrail.amazonaws.com",
+            "StopLogging",
+            HOME,
+            CLI,
+            false,
+        );
+        assert_eq!(
+            fired(
+                &an.observe(&mut st, &mut census, &blind),
+                "unusual-api-behaviour"
+            )
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_new_identity_is_judged_against_its_peers_from_its_first_call() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut org = crate::census::Census::default();
+        let mut view = crate::anomaly::OrgView::local(&mut org);
+        let login = call(
+            0,
+            "iam.amazonaws.com",
+            "CreateLoginProfile",
+            HOME,
+            CLI,
+            false,
+        );
+        // No peers: only the heaviest calls are unusual, and CreateLoginProfile is one.
+        let mut st = PrincipalState::default();
+        let alerts = an.observe_with_peers(
+            &mut st,
+            &mut view,
+            &login,
+            Peers::default(),
+            &mut Vec::new(),
+        );
+        assert!(
+            fired(&alerts, "unusual-api-behaviour").is_empty(),
+            "4 alone: {alerts:?}"
+        );
+        let mut st = PrincipalState::default();
+        let refused = call(
+            0,
+            "iam.amazonaws.com",
+            "CreateLoginProfile",
+            HOME,
+            CLI,
+            true,
+        );
+        let alerts = an.observe_with_peers(
+            &mut st,
+            &mut view,
+            &refused,
+            Peers::default(),
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            fired(&alerts, "unusual-api-behaviour").len(),
+            1,
+            "4 + refused: {alerts:?}"
+        );
+        // Peers that make the call: nothing unusual.
+        let row = crate::tactics::classify(&login)
+            .and_then(|c| c.0)
+            .unwrap_or_default();
+        let calls = [row];
+        let peers = Peers {
+            rates: None,
+            calls: Some(&calls),
+        };
+        let mut st = PrincipalState::default();
+        let alerts = an.observe_with_peers(&mut st, &mut view, &refused, peers, &mut Vec::new());
+        assert!(
+            fired(&alerts, "unusual-api-behaviour").is_empty(),
+            "{alerts:?}"
+        );
+    }
+
+    #[test]
+    fn discovery_bursts_and_permission_probing() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut census = crate::census::Census::default();
+        let names: Vec<String> = (0..30).map(|i| format!("DescribeThing{i:02}")).collect();
+        // A learned actor sweeping 25 different reads in five minutes.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut alerts = Vec::new();
+        for (i, name) in names.iter().take(25).enumerate() {
+            alerts.extend(an.observe(
+                &mut st,
+                &mut census,
+                &call(
+                    9 * DAY + i as i64 * 10,
+                    "ec2.amazonaws.com",
+                    name,
+                    HOME,
+                    CLI,
+                    false,
+                ),
+            ));
+        }
+        let bursts = fired(&alerts, "discovery-burst");
+        assert_eq!(bursts.len(), 1, "{alerts:?}");
+        assert_eq!(bursts[0].severity, Severity::Medium);
+        // Twelve reads, ten of them refused: probing, high.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut alerts = Vec::new();
+        for (i, name) in names.iter().take(12).enumerate() {
+            alerts.extend(an.observe(
+                &mut st,
+                &mut census,
+                &call(
+                    9 * DAY + i as i64 * 10,
+                    "iam.amazonaws.com",
+                    name,
+                    HOME,
+                    CLI,
+                    i >= 2,
+                ),
+            ));
+        }
+        let bursts = fired(&alerts, "discovery-burst");
+        assert_eq!(bursts.len(), 1, "{alerts:?}");
+        assert_eq!(bursts[0].severity, Severity::High);
+        // An actor that always sweeps wide does not alert for doing it again.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut alerts = Vec::new();
+        for round in 0..2 {
+            for (i, name) in names.iter().take(15).enumerate() {
+                let t = 9 * DAY + round * DAY + i as i64 * 10;
+                alerts.extend(an.observe(
+                    &mut st,
+                    &mut census,
+                    &call(t, "ec2.amazonaws.com", name, HOME, CLI, false),
+                ));
+            }
+        }
+        for (i, name) in names.iter().take(25).enumerate() {
+            let t = 12 * DAY + i as i64 * 10;
+            alerts.extend(an.observe(
+                &mut st,
+                &mut census,
+                &call(t, "ec2.amazonaws.com", name, HOME, CLI, false),
+            ));
+        }
+        assert!(fired(&alerts, "discovery-burst").is_empty(), "{alerts:?}");
+    }
+}

@@ -1,0 +1,463 @@
+//! What an API call means in an attack: the classification table behind
+//! `unusual-api-behaviour` and `discovery-burst`.
+//!
+//! Each row is an event source, an event name and what the call does for an attacker — its
+//! tactic (MITRE ATT&CK for cloud) and a weight from 1 (ordinary, telling only in numbers) to
+//! 5 (rarely anything but an attack or an incident). The rows are the calls that attacks with
+//! stolen AWS credentials use, by service: credential access (secrets, parameters, instance
+//! passwords), persistence (keys, passwords and trust for other identities, federation, Roles
+//! Anywhere, Lambda code and layers), privilege escalation (policies attached or written,
+//! boundaries removed), lateral movement (SSM, EC2 Instance Connect, serial console),
+//! exfiltration (snapshots, images and exports shared or copied out), defense evasion
+//! (logging and detection switched off) and impact (deletion, encryption keys, backups, model
+//! abuse). Reads that enumerate (`List*`, `Describe*`, `Get*` without a row of their own)
+//! are discovery, weight 1.
+//!
+//! The table is documented in docs/policies.md; a row added here is a line there.
+
+use trailguard_common::Activity;
+
+/// A tactic, as MITRE ATT&CK names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tactic {
+    /// Reading secrets and credentials.
+    CredentialAccess = 0,
+    /// Keeping access: new credentials, trust, code that runs later.
+    Persistence = 1,
+    /// Taking more rights.
+    PrivilegeEscalation = 2,
+    /// Finding out what there is.
+    Discovery = 3,
+    /// Reaching into instances and other accounts.
+    LateralMovement = 4,
+    /// Moving data out.
+    Exfiltration = 5,
+    /// Blinding the defenders.
+    DefenseEvasion = 6,
+    /// Destroying, encrypting, or running up the bill.
+    Impact = 7,
+}
+
+impl Tactic {
+    /// Its name in alerts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tactic::CredentialAccess => "credential access",
+            Tactic::Persistence => "persistence",
+            Tactic::PrivilegeEscalation => "privilege escalation",
+            Tactic::Discovery => "discovery",
+            Tactic::LateralMovement => "lateral movement",
+            Tactic::Exfiltration => "exfiltration",
+            Tactic::DefenseEvasion => "defense evasion",
+            Tactic::Impact => "impact",
+        }
+    }
+
+    /// MITRE ATT&CK's name for it (an alert's `mitre.tactic`).
+    pub fn mitre(self) -> &'static str {
+        match self {
+            Tactic::CredentialAccess => "Credential Access",
+            Tactic::Persistence => "Persistence",
+            Tactic::PrivilegeEscalation => "Privilege Escalation",
+            Tactic::Discovery => "Discovery",
+            Tactic::LateralMovement => "Lateral Movement",
+            Tactic::Exfiltration => "Exfiltration",
+            Tactic::DefenseEvasion => "Defense Evasion",
+            Tactic::Impact => "Impact",
+        }
+    }
+
+    /// A representative ATT&CK technique: (id, name).
+    pub fn technique(self) -> (&'static str, &'static str) {
+        match self {
+            Tactic::CredentialAccess => ("T1552", "Unsecured Credentials"),
+            Tactic::Persistence => ("T1098", "Account Manipulation"),
+            Tactic::PrivilegeEscalation => ("T1098.003", "Additional Cloud Roles"),
+            Tactic::Discovery => ("T1526", "Cloud Service Discovery"),
+            Tactic::LateralMovement => ("T1021.007", "Remote Services: Cloud Services"),
+            Tactic::Exfiltration => ("T1537", "Transfer Data to Cloud Account"),
+            Tactic::DefenseEvasion => ("T1562", "Impair Defenses"),
+            Tactic::Impact => ("T1485", "Data Destruction"),
+        }
+    }
+}
+
+/// One row: a call and what it means.
+#[derive(Debug)]
+pub struct Row {
+    /// `eventSource`.
+    pub source: &'static str,
+    /// `eventName`.
+    pub name: &'static str,
+    /// What it does for an attacker.
+    pub tactic: Tactic,
+    /// 1 (ordinary) to 5 (rarely anything but an attack).
+    pub weight: u8,
+}
+
+const fn row(source: &'static str, name: &'static str, tactic: Tactic, weight: u8) -> Row {
+    Row {
+        source,
+        name,
+        tactic,
+        weight,
+    }
+}
+
+use Tactic::*;
+
+const IAM: &str = "iam.amazonaws.com";
+const STS: &str = "sts.amazonaws.com";
+const EC2: &str = "ec2.amazonaws.com";
+const SSM: &str = "ssm.amazonaws.com";
+const S3: &str = "s3.amazonaws.com";
+const LAMBDA: &str = "lambda.amazonaws.com";
+const KMS: &str = "kms.amazonaws.com";
+const RDS: &str = "rds.amazonaws.com";
+const BEDROCK: &str = "bedrock.amazonaws.com";
+
+/// The table, by service. Kept sorted by (source, name) for lookup (a test checks).
+pub const TABLE: &[Row] = &[
+    row(
+        "access-analyzer.amazonaws.com",
+        "DeleteAnalyzer",
+        DefenseEvasion,
+        4,
+    ),
+    row("backup.amazonaws.com", "DeleteBackupPlan", Impact, 3),
+    row("backup.amazonaws.com", "DeleteBackupVault", Impact, 4),
+    row("backup.amazonaws.com", "DeleteRecoveryPoint", Impact, 4),
+    row(
+        "backup.amazonaws.com",
+        "PutBackupVaultLockConfiguration",
+        Impact,
+        3,
+    ),
+    row(BEDROCK, "CreateFoundationModelAgreement", Impact, 3),
+    row(
+        BEDROCK,
+        "DeleteModelInvocationLoggingConfiguration",
+        DefenseEvasion,
+        5,
+    ),
+    row(BEDROCK, "GetFoundationModelAvailability", Discovery, 2),
+    row(BEDROCK, "InvokeModel", Impact, 2),
+    row(BEDROCK, "InvokeModelWithResponseStream", Impact, 2),
+    row(BEDROCK, "ListFoundationModels", Discovery, 2),
+    row(BEDROCK, "PutFoundationModelEntitlement", Impact, 3),
+    row(BEDROCK, "PutUseCaseForModelAccess", Impact, 3),
+    row("cloudtrail.amazonaws.com", "DeleteTrail", DefenseEvasion, 5),
+    row(
+        "cloudtrail.amazonaws.com",
+        "PutEventSelectors",
+        DefenseEvasion,
+        3,
+    ),
+    row("cloudtrail.amazonaws.com", "StopLogging", DefenseEvasion, 5),
+    row("cloudtrail.amazonaws.com", "UpdateTrail", DefenseEvasion, 3),
+    row(
+        "config.amazonaws.com",
+        "DeleteConfigurationRecorder",
+        DefenseEvasion,
+        5,
+    ),
+    row(
+        "config.amazonaws.com",
+        "DeleteDeliveryChannel",
+        DefenseEvasion,
+        5,
+    ),
+    row(
+        "config.amazonaws.com",
+        "StopConfigurationRecorder",
+        DefenseEvasion,
+        5,
+    ),
+    row("datasync.amazonaws.com", "CreateTask", Exfiltration, 3),
+    row(
+        "ec2-instance-connect.amazonaws.com",
+        "SendSSHPublicKey",
+        LateralMovement,
+        3,
+    ),
+    row(
+        "ec2-instance-connect.amazonaws.com",
+        "SendSerialConsoleSSHPublicKey",
+        LateralMovement,
+        4,
+    ),
+    row(EC2, "CreateInstanceExportTask", Exfiltration, 4),
+    row(EC2, "CreateKeyPair", Persistence, 2),
+    row(EC2, "DeleteFlowLogs", DefenseEvasion, 4),
+    row(EC2, "DeleteSnapshot", Impact, 2),
+    row(EC2, "DisableEbsEncryptionByDefault", DefenseEvasion, 4),
+    row(EC2, "DisableSerialConsoleAccess", DefenseEvasion, 2),
+    row(EC2, "EnableSerialConsoleAccess", LateralMovement, 4),
+    row(EC2, "GetPasswordData", CredentialAccess, 4),
+    row(EC2, "ImportKeyPair", Persistence, 3),
+    row(EC2, "ModifyImageAttribute", Exfiltration, 4),
+    row(EC2, "ModifyInstanceAttribute", Persistence, 2),
+    row(EC2, "ModifySnapshotAttribute", Exfiltration, 4),
+    row(EC2, "SharedSnapshotCopyInitiated", Exfiltration, 4),
+    row(EC2, "TerminateInstances", Impact, 2),
+    row("guardduty.amazonaws.com", "CreateIPSet", DefenseEvasion, 4),
+    row(
+        "guardduty.amazonaws.com",
+        "DeleteDetector",
+        DefenseEvasion,
+        5,
+    ),
+    row(
+        "guardduty.amazonaws.com",
+        "DisassociateFromAdministratorAccount",
+        DefenseEvasion,
+        5,
+    ),
+    row(
+        "guardduty.amazonaws.com",
+        "DisassociateFromMasterAccount",
+        DefenseEvasion,
+        5,
+    ),
+    row(
+        "guardduty.amazonaws.com",
+        "UpdateDetector",
+        DefenseEvasion,
+        3,
+    ),
+    row(IAM, "AddUserToGroup", PrivilegeEscalation, 3),
+    row(IAM, "AttachGroupPolicy", PrivilegeEscalation, 3),
+    row(IAM, "AttachRolePolicy", PrivilegeEscalation, 3),
+    row(IAM, "AttachUserPolicy", PrivilegeEscalation, 3),
+    row(IAM, "CreateAccessKey", Persistence, 3),
+    row(IAM, "CreateLoginProfile", Persistence, 4),
+    row(IAM, "CreateOpenIDConnectProvider", Persistence, 4),
+    row(IAM, "CreatePolicyVersion", PrivilegeEscalation, 3),
+    row(IAM, "CreateRole", Persistence, 2),
+    row(IAM, "CreateSAMLProvider", Persistence, 4),
+    row(IAM, "CreateUser", Persistence, 3),
+    row(IAM, "CreateVirtualMFADevice", Persistence, 2),
+    row(IAM, "DeactivateMFADevice", DefenseEvasion, 4),
+    row(IAM, "DeleteRolePermissionsBoundary", PrivilegeEscalation, 4),
+    row(IAM, "DeleteUserPermissionsBoundary", PrivilegeEscalation, 4),
+    row(IAM, "GetAccountAuthorizationDetails", Discovery, 3),
+    row(IAM, "GetCredentialReport", Discovery, 3),
+    row(IAM, "PutGroupPolicy", PrivilegeEscalation, 3),
+    row(IAM, "PutRolePolicy", PrivilegeEscalation, 3),
+    row(IAM, "PutUserPolicy", PrivilegeEscalation, 3),
+    row(IAM, "SetDefaultPolicyVersion", PrivilegeEscalation, 3),
+    row(IAM, "UpdateAccessKey", Persistence, 2),
+    row(IAM, "UpdateAssumeRolePolicy", Persistence, 4),
+    row(IAM, "UpdateLoginProfile", Persistence, 4),
+    row(IAM, "UpdateSAMLProvider", Persistence, 4),
+    row(IAM, "UploadSSHPublicKey", Persistence, 3),
+    row("inspector2.amazonaws.com", "Disable", DefenseEvasion, 4),
+    row(KMS, "DisableKey", Impact, 3),
+    row(KMS, "PutKeyPolicy", Persistence, 3),
+    row(KMS, "ScheduleKeyDeletion", Impact, 4),
+    row(LAMBDA, "AddLayerVersionPermission20181031", Persistence, 3),
+    row(LAMBDA, "AddPermission20150331v2", Persistence, 3),
+    row(LAMBDA, "CreateFunction20150331", Persistence, 2),
+    row(LAMBDA, "PublishLayerVersion20181031", Persistence, 3),
+    row(LAMBDA, "UpdateFunctionCode20150331v2", Persistence, 3),
+    row(
+        LAMBDA,
+        "UpdateFunctionConfiguration20150331v2",
+        Persistence,
+        2,
+    ),
+    row("logs.amazonaws.com", "DeleteLogGroup", DefenseEvasion, 3),
+    row("logs.amazonaws.com", "DeleteLogStream", DefenseEvasion, 2),
+    row("macie2.amazonaws.com", "DisableMacie", DefenseEvasion, 4),
+    row(
+        "organizations.amazonaws.com",
+        "LeaveOrganization",
+        DefenseEvasion,
+        5,
+    ),
+    row(RDS, "ModifyDBClusterSnapshotAttribute", Exfiltration, 4),
+    row(RDS, "ModifyDBInstance", Persistence, 2),
+    row(RDS, "ModifyDBSnapshotAttribute", Exfiltration, 4),
+    row(RDS, "StartExportTask", Exfiltration, 3),
+    row(
+        "rolesanywhere.amazonaws.com",
+        "CreateProfile",
+        Persistence,
+        3,
+    ),
+    row(
+        "rolesanywhere.amazonaws.com",
+        "CreateTrustAnchor",
+        Persistence,
+        4,
+    ),
+    row(
+        "route53resolver.amazonaws.com",
+        "DeleteResolverQueryLogConfig",
+        DefenseEvasion,
+        5,
+    ),
+    row(
+        "route53resolver.amazonaws.com",
+        "DisassociateResolverQueryLogConfig",
+        DefenseEvasion,
+        5,
+    ),
+    row(S3, "DeleteBucket", Impact, 2),
+    row(S3, "DeleteBucketPolicy", DefenseEvasion, 2),
+    row(S3, "PutBucketAcl", Exfiltration, 2),
+    row(S3, "PutBucketLogging", DefenseEvasion, 2),
+    row(S3, "PutBucketPolicy", Exfiltration, 2),
+    row(S3, "PutBucketReplication", Exfiltration, 3),
+    row(S3, "PutBucketVersioning", Impact, 2),
+    row(
+        "secretsmanager.amazonaws.com",
+        "BatchGetSecretValue",
+        CredentialAccess,
+        4,
+    ),
+    row(
+        "secretsmanager.amazonaws.com",
+        "GetSecretValue",
+        CredentialAccess,
+        3,
+    ),
+    row("secretsmanager.amazonaws.com", "ListSecrets", Discovery, 2),
+    row(
+        "securityhub.amazonaws.com",
+        "BatchDisableStandards",
+        DefenseEvasion,
+        4,
+    ),
+    row(
+        "securityhub.amazonaws.com",
+        "DisableSecurityHub",
+        DefenseEvasion,
+        5,
+    ),
+    row(SSM, "DescribeParameters", Discovery, 2),
+    row(SSM, "GetParameter", CredentialAccess, 2),
+    row(SSM, "GetParameters", CredentialAccess, 2),
+    row(SSM, "GetParametersByPath", CredentialAccess, 3),
+    row(SSM, "ResumeSession", LateralMovement, 3),
+    row(SSM, "SendCommand", LateralMovement, 3),
+    row(SSM, "StartSession", LateralMovement, 3),
+    row(
+        "sso.amazonaws.com",
+        "CreateAccountAssignment",
+        Persistence,
+        3,
+    ),
+    row("sso.amazonaws.com", "CreatePermissionSet", Persistence, 2),
+    row(
+        "sso.amazonaws.com",
+        "PutInlinePolicyToPermissionSet",
+        PrivilegeEscalation,
+        3,
+    ),
+    row(STS, "GetFederationToken", Persistence, 3),
+    row(STS, "GetSessionToken", Persistence, 2),
+];
+
+/// What `a`'s call means: its row (and index, for compact state), or for an enumerating
+/// read, discovery of weight 1 (index `None`).
+pub fn classify(a: &Activity) -> Option<(Option<u16>, Tactic, u8)> {
+    let key = (a.event_source.as_str(), a.event_name.as_str());
+    if let Ok(i) = TABLE.binary_search_by(|r| (r.source, r.name).cmp(&key)) {
+        let r = &TABLE[i];
+        // Parameters read without decryption are configuration, not secrets.
+        let weight = if r.source == SSM && r.name.starts_with("GetParameter") && !decrypts(a) {
+            1
+        } else {
+            r.weight
+        };
+        return Some((Some(i as u16), r.tactic, weight));
+    }
+    is_enumeration(a).then_some((None, Discovery, 1))
+}
+
+/// `withDecryption: true` on an SSM parameter read.
+fn decrypts(a: &Activity) -> bool {
+    a.request_parameters
+        .as_ref()
+        .and_then(|p| p.get("withDecryption"))
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+}
+
+/// A read that enumerates: `List*`, `Describe*`, `Get*` (object and data reads aside).
+pub fn is_enumeration(a: &Activity) -> bool {
+    let name = a.event_name.as_str();
+    (name.starts_with("List") || name.starts_with("Describe") || name.starts_with("Get"))
+        && !crate::classify::is_data_event(a)
+        && !matches!(name, "GetObject" | "GetCallerIdentity" | "GetSessionToken")
+}
+
+/// The row at `index`.
+pub fn row_at(index: u16) -> Option<&'static Row> {
+    TABLE.get(usize::from(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sorted_and_has_no_duplicates() {
+        for pair in TABLE.windows(2) {
+            assert!(
+                (pair[0].source, pair[0].name) < (pair[1].source, pair[1].name),
+                "{} {} before {} {}",
+                pair[0].source,
+                pair[0].name,
+                pair[1].source,
+                pair[1].name
+            );
+        }
+        assert!(TABLE.iter().all(|r| (1..=5).contains(&r.weight)));
+        assert!(TABLE.len() < usize::from(u16::MAX));
+    }
+
+    fn call(source: &str, name: &str, params: serde_json::Value) -> Activity {
+        let record = serde_json::json!({
+            "eventTime": "2024-06-02T19:41:40Z", "eventSource": source, "eventName": name,
+            "awsRegion": "us-east-1", "recipientAccountId": "111111111111",
+            "sourceIPAddress": "198.51.100.7", "requestParameters": params,
+            "userIdentity": {"type": "IAMUser", "userName": "bob", "accountId": "111111111111",
+                "arn": "arn:aws:iam::111111111111:user/bob"},
+        });
+        match trailguard_ingest::normalize::normalize(&record.to_string()) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn calls_are_classified_by_what_they_do() {
+        let secret = call(
+            "secretsmanager.amazonaws.com",
+            "GetSecretValue",
+            serde_json::json!({"secretId": "prod/db"}),
+        );
+        assert!(matches!(
+            classify(&secret),
+            Some((Some(_), CredentialAccess, 3))
+        ));
+        let plain = call(
+            "ssm.amazonaws.com",
+            "GetParameter",
+            serde_json::json!({"name": "/app/region"}),
+        );
+        let decrypted = call(
+            "ssm.amazonaws.com",
+            "GetParameter",
+            serde_json::json!({"name": "/app/db-password", "withDecryption": true}),
+        );
+        assert_eq!(classify(&plain).map(|c| c.2), Some(1));
+        assert_eq!(classify(&decrypted).map(|c| c.2), Some(2));
+        let listing = call("ec2.amazonaws.com", "DescribeVpcs", serde_json::json!({}));
+        assert_eq!(classify(&listing), Some((None, Discovery, 1)));
+        let write = call("ec2.amazonaws.com", "CreateTags", serde_json::json!({}));
+        assert_eq!(classify(&write), None);
+    }
+}

@@ -335,7 +335,10 @@ impl Detector {
         let mut looked_back = self.look_back(facts);
         let key = activity.actor_key().into_owned();
         let t = activity.event_time.timestamp();
+        let ttl = self.state_ttl.num_seconds();
         let first_seen = match self.principals.get(&key) {
+            // Silent for longer than `state_ttl`: it learns again (reset below).
+            Some(state) if state.last_seen > 0 && t - state.last_seen > ttl => 0,
             Some(state) => state.first_seen,
             None => {
                 self.principals.insert(key.clone(), Default::default());
@@ -430,13 +433,27 @@ impl Detector {
             }
         }
         state.offset = offset + 1;
-        // A learned actor's classified calls teach its peer groups what their members do.
-        if !learning {
+        // A learned actor's classified calls teach its peer groups what their members do —
+        // only its own successful ones, and not one just judged unusual (a compromised
+        // member must not vouch for the calls of the identities its attacker makes next).
+        let judged_unusual = alerts
+            .iter()
+            .any(|a| a.policy_id == crate::anomaly::UNUSUAL_API.id);
+        if !learning
+            && !judged_unusual
+            && activity.outcome.is_success()
+            && crate::classify::acts_itself(activity)
+        {
             if let Some((Some(row), _, _)) = crate::tactics::classify(activity) {
                 for group in crate::anomaly::peer_groups(activity) {
                     let peers = self.principals.entry(group.clone()).or_default();
                     if let Err(i) = peers.api_known.binary_search(&row) {
                         peers.api_known.insert(i, row);
+                        // Seen, so pruning keeps it like the groups' rates.
+                        if peers.first_seen == 0 {
+                            peers.first_seen = t;
+                        }
+                        peers.last_seen = peers.last_seen.max(t);
                         self.dirty.insert(group);
                     }
                 }

@@ -22,6 +22,7 @@ use trailguard_common::contract::{ActionKind, Alert, AlertKind, Entity, Severity
 use trailguard_common::s3::items;
 use trailguard_common::Activity;
 
+use crate::classify::acts_itself;
 use crate::policy::{allowed, requested, who, AlertBuilder, EventPolicy, PolicyMeta};
 use trailguard_common::contract::kinds;
 
@@ -90,6 +91,9 @@ pub struct SharedOutConfig {
     /// Accounts that are not outside (the organization's other accounts, partners shared
     /// with on purpose). The resource's own account never is.
     pub trusted_accounts: Vec<String>,
+    /// Organizations and organizational units (ARNs) an AMI may be shared with: the
+    /// organization's own. Any other is outside.
+    pub trusted_organizations: Vec<String>,
 }
 
 impl Default for SharedOutConfig {
@@ -100,6 +104,7 @@ impl Default for SharedOutConfig {
             allow_principals: Vec::new(),
             actions: vec![ActionKind::Notify],
             trusted_accounts: Vec::new(),
+            trusted_organizations: Vec::new(),
         }
     }
 }
@@ -378,6 +383,8 @@ fn lower(severity: Severity) -> Severity {
 enum Grantee {
     Everyone,
     Account(String),
+    /// An organization or organizational unit, by ARN.
+    Organization(String),
 }
 
 /// Whether `id` is an AWS account id (twelve digits): anything else in a permission names no
@@ -402,6 +409,11 @@ fn ec2_added(params: &Value, permission: &str) -> Vec<Grantee> {
             .filter(|a| is_account(a))
         {
             out.push(Grantee::Account(account.to_string()));
+        }
+        for key in ["organizationArn", "organizationalUnitArn"] {
+            if let Some(arn) = item.get(key).and_then(Value::as_str) {
+                out.push(Grantee::Organization(arn.to_string()));
+            }
         }
     }
     let adding = params
@@ -484,12 +496,18 @@ impl Exposure {
             _ => return None,
         };
         let own = a.account_id.as_deref();
-        let trusted = &self.cfg.resource_shared_out.trusted_accounts;
+        let cfg = &self.cfg.resource_shared_out;
         let outside: Vec<Grantee> = grantees
             .into_iter()
             .filter(|g| match g {
                 Grantee::Everyone => true,
-                Grantee::Account(id) => Some(id.as_str()) != own && !trusted.contains(id),
+                Grantee::Account(id) => {
+                    Some(id.as_str()) != own && !cfg.trusted_accounts.contains(id)
+                }
+                Grantee::Organization(arn) => !cfg
+                    .trusted_organizations
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(arn)),
             })
             .collect();
         (!outside.is_empty()).then_some((kind, id, outside))
@@ -526,7 +544,8 @@ impl Exposure {
 
     fn judge_shared_out(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.resource_shared_out;
-        if !cfg.enabled || allowed(&cfg.allow_principals, a) {
+        // What AWS Backup, Image Builder and the like do on the account's behalf is theirs.
+        if !cfg.enabled || !acts_itself(a) || allowed(&cfg.allow_principals, a) {
             return;
         }
         let Some((kind, id, outside)) = self.shared_out(a) else {
@@ -537,6 +556,7 @@ impl Exposure {
             .map(|g| match g {
                 Grantee::Everyone => "everyone (public)".to_string(),
                 Grantee::Account(id) => format!("account {id}"),
+                Grantee::Organization(arn) => format!("organization {arn}"),
             })
             .collect();
         let verb = if a.outcome.is_success() {
@@ -568,7 +588,7 @@ impl Exposure {
 
     fn judge_blinding(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.defense_evasion;
-        if !cfg.enabled {
+        if !cfg.enabled || !acts_itself(a) {
             return;
         }
         let Some(b) = BLINDING
@@ -673,7 +693,8 @@ impl Exposure {
             && a.principal
                 .name
                 .as_deref()
-                .is_some_and(|n| n == user || n.rsplit('/').next() == Some(user));
+                .and_then(|n| n.rsplit('/').next())
+                .is_some_and(|n| n.eq_ignore_ascii_case(user));
         if own || allowed(&cfg.allow_principals, a) {
             return;
         }
@@ -833,6 +854,22 @@ mod tests {
         cfg.resource_shared_out.trusted_accounts = vec!["999999999999".into()];
         let mut out = Vec::new();
         Exposure::new(cfg).evaluate(&rds, &mut out);
+        assert!(out.is_empty());
+        // Shared with an organization: outside unless it is the organization's own.
+        let org = record(
+            "ec2.amazonaws.com",
+            "ModifyImageAttribute",
+            user("mallory"),
+            json!({"imageId": "ami-0org", "launchPermission": {"add": {"items": [
+                {"organizationArn": "arn:aws:organizations::999999999999:organization/o-evil"}]}}}),
+            false,
+        );
+        assert_eq!(ids(&run(&org)), [("resource-shared-out", Severity::High)]);
+        let mut cfg = ExposurePolicies::default();
+        cfg.resource_shared_out.trusted_organizations =
+            vec!["arn:aws:organizations::999999999999:organization/o-evil".into()];
+        let mut out = Vec::new();
+        Exposure::new(cfg).evaluate(&org, &mut out);
         assert!(out.is_empty());
         // The flat form of the API.
         let flat = record(

@@ -255,17 +255,14 @@ pub const TABLE: &[Row] = &[
     row(KMS, "DisableKey", Impact, 3),
     row(KMS, "PutKeyPolicy", Persistence, 3),
     row(KMS, "ScheduleKeyDeletion", Impact, 4),
-    row(LAMBDA, "AddLayerVersionPermission20181031", Persistence, 3),
-    row(LAMBDA, "AddPermission20150331v2", Persistence, 3),
-    row(LAMBDA, "CreateFunction20150331", Persistence, 2),
-    row(LAMBDA, "PublishLayerVersion20181031", Persistence, 3),
-    row(LAMBDA, "UpdateFunctionCode20150331v2", Persistence, 3),
-    row(
-        LAMBDA,
-        "UpdateFunctionConfiguration20150331v2",
-        Persistence,
-        2,
-    ),
+    row(LAMBDA, "AddLayerVersionPermission", Persistence, 3),
+    row(LAMBDA, "AddPermission", Persistence, 3),
+    row(LAMBDA, "CreateEventSourceMapping", Persistence, 2),
+    row(LAMBDA, "CreateFunction", Persistence, 2),
+    row(LAMBDA, "CreateFunctionUrlConfig", Persistence, 3),
+    row(LAMBDA, "PublishLayerVersion", Persistence, 3),
+    row(LAMBDA, "UpdateFunctionCode", Persistence, 3),
+    row(LAMBDA, "UpdateFunctionConfiguration", Persistence, 2),
     row("logs.amazonaws.com", "DeleteLogGroup", DefenseEvasion, 3),
     row("logs.amazonaws.com", "DeleteLogStream", DefenseEvasion, 2),
     row("macie2.amazonaws.com", "DisableMacie", DefenseEvasion, 4),
@@ -359,10 +356,38 @@ pub const TABLE: &[Row] = &[
     row(STS, "GetSessionToken", Persistence, 2),
 ];
 
-/// What `a`'s call means: its row (and index, for compact state), or for an enumerating
-/// read, discovery of weight 1 (index `None`).
-pub fn classify(a: &Activity) -> Option<(Option<u16>, Tactic, u8)> {
-    let key = (a.event_source.as_str(), a.event_name.as_str());
+/// Lambda records its API version in event names (`UpdateFunctionCode20150331v2`,
+/// `AddPermission20150331`): the name without it.
+fn base_name<'a>(source: &str, name: &'a str) -> &'a str {
+    if source != LAMBDA {
+        return name;
+    }
+    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    let trimmed = trimmed.strip_suffix('v').unwrap_or(trimmed);
+    let without = trimmed.trim_end_matches(|c: char| c.is_ascii_digit());
+    // Only a date-like suffix (eight digits) is a version.
+    if name.len() - without.len() >= 8 {
+        without
+    } else {
+        name
+    }
+}
+
+/// A stable key for a call (kept in baselines: a row added to the table moves no other).
+pub fn call_key(source: &str, name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in source.bytes().chain(std::iter::once(0)).chain(name.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// What `a`'s call means: its row's stable key ([`call_key`]), tactic and weight, or for an
+/// enumerating read, discovery of weight 1 (key `None`).
+pub fn classify(a: &Activity) -> Option<(Option<u32>, Tactic, u8)> {
+    let name = base_name(&a.event_source, &a.event_name);
+    let key = (a.event_source.as_str(), name);
     if let Ok(i) = TABLE.binary_search_by(|r| (r.source, r.name).cmp(&key)) {
         let r = &TABLE[i];
         // Parameters read without decryption are configuration, not secrets.
@@ -371,7 +396,7 @@ pub fn classify(a: &Activity) -> Option<(Option<u16>, Tactic, u8)> {
         } else {
             r.weight
         };
-        return Some((Some(i as u16), r.tactic, weight));
+        return Some((Some(call_key(r.source, r.name)), r.tactic, weight));
     }
     is_enumeration(a).then_some((None, Discovery, 1))
 }
@@ -393,11 +418,6 @@ pub fn is_enumeration(a: &Activity) -> bool {
         && !matches!(name, "GetObject" | "GetCallerIdentity" | "GetSessionToken")
 }
 
-/// The row at `index`.
-pub fn row_at(index: u16) -> Option<&'static Row> {
-    TABLE.get(usize::from(index))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,7 +435,10 @@ mod tests {
             );
         }
         assert!(TABLE.iter().all(|r| (1..=5).contains(&r.weight)));
-        assert!(TABLE.len() < usize::from(u16::MAX));
+        let mut keys: Vec<u32> = TABLE.iter().map(|r| call_key(r.source, r.name)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), TABLE.len(), "stable keys collide");
     }
 
     fn call(source: &str, name: &str, params: serde_json::Value) -> Activity {
@@ -459,5 +482,14 @@ mod tests {
         assert_eq!(classify(&listing), Some((None, Discovery, 1)));
         let write = call("ec2.amazonaws.com", "CreateTags", serde_json::json!({}));
         assert_eq!(classify(&write), None);
+        // Lambda's versioned names, old and new.
+        for name in [
+            "UpdateFunctionCode20150331v2",
+            "UpdateFunctionCode20150331",
+            "UpdateFunctionCode",
+        ] {
+            let code = call("lambda.amazonaws.com", name, serde_json::json!({}));
+            assert_eq!(classify(&code).map(|c| c.1), Some(Persistence), "{name}");
+        }
     }
 }

@@ -15,7 +15,7 @@
 use trailguard_common::contract::{Alert, Severity};
 
 use super::{Anomalies, PrincipalState, Seen, Sensitivity, Who, DISCOVERY_BURST, UNUSUAL_API};
-use crate::tactics::{classify, row_at, Tactic};
+use crate::tactics::{classify, Tactic};
 
 /// Most networks and user-agent families remembered per actor.
 const REMEMBERED: usize = 8;
@@ -66,18 +66,34 @@ fn agent(a: &trailguard_common::Activity) -> Option<u32> {
     Some(hash(&[&family.to_ascii_lowercase()]))
 }
 
-/// Adds `value` to the most recently used `list` (at most [`REMEMBERED`]); true when new.
-fn remember(list: &mut Vec<u32>, value: u32) -> bool {
-    if let Some(i) = list.iter().position(|v| *v == value) {
-        let v = list.remove(i);
-        list.push(v);
-        return false;
+/// Adds `value`, seen at `t`, to the most recently used `list` (at most [`REMEMBERED`]);
+/// true when it was first seen within the last [`CHAIN_SECS`] — new for everything the actor
+/// does from it in that hour, not only for its first call (an attacker's first call is
+/// rarely the one that matters).
+fn remember(list: &mut Vec<(u32, i64)>, value: u32, t: i64) -> bool {
+    if let Some(i) = list.iter().position(|(v, _)| *v == value) {
+        let entry = list.remove(i);
+        list.push(entry);
+        return (0..CHAIN_SECS).contains(&(t - entry.1));
     }
     if list.len() >= REMEMBERED {
         list.remove(0);
     }
-    list.push(value);
+    list.push((value, t));
     true
+}
+
+/// Whether `a` was refused for want of rights (not a missing configuration, a throttle or a
+/// bad request: the S3 console and infrastructure tools read many things that do not exist).
+fn refused(a: &trailguard_common::Activity) -> bool {
+    !a.outcome.is_success()
+        && a.outcome.error_code.as_deref().is_some_and(|c| {
+            c.starts_with("AccessDenied")
+                || c.ends_with("UnauthorizedOperation")
+                || c == "AuthorizationError"
+                || c == "UnauthorizedAccess"
+                || c == "Forbidden"
+        })
 }
 
 impl Anomalies {
@@ -87,14 +103,15 @@ impl Anomalies {
         &self,
         st: &mut PrincipalState,
         seen: &Seen<'_>,
-        peer_calls: Option<&[u16]>,
+        peer_calls: Option<&[u32]>,
         out: &mut Vec<Alert>,
     ) {
         let a = seen.a;
         // Context, from every activity: the networks and user agents the actor works from
         // (new ones count only once it has learned: everything is new before).
-        let new_network = network(a).is_some_and(|n| remember(&mut st.networks, n));
-        let new_agent = agent(a).is_some_and(|u| remember(&mut st.agents, u));
+        let t = seen.t;
+        let new_network = network(a).is_some_and(|n| remember(&mut st.networks, n, t));
+        let new_agent = agent(a).is_some_and(|u| remember(&mut st.agents, u, t));
         // What an AWS service does on the actor's behalf is not the actor's choice of call.
         if !crate::classify::acts_itself(a) {
             return;
@@ -102,8 +119,7 @@ impl Anomalies {
         let Some((row, tactic, weight)) = classify(a) else {
             return;
         };
-        let t = seen.t;
-        let failed = !a.outcome.is_success();
+        let failed = refused(a);
         if tactic == Tactic::Discovery {
             self.discovery(st, seen, failed, out);
         }
@@ -123,10 +139,14 @@ impl Anomalies {
                     None => weight >= 4,
                 }
             };
-        if let Err(i) = st.api_known.binary_search(&row) {
-            st.api_known.insert(i, row);
+        // Only what succeeded is learned: a refused call taught as known would let the same
+        // call, once the attacker has the rights, pass as usual.
+        if a.outcome.is_success() {
+            if let Err(i) = st.api_known.binary_search(&row) {
+                st.api_known.insert(i, row);
+            }
+            st.api_tactics |= tactic_bit;
         }
-        st.api_tactics |= tactic_bit;
         if !unusual {
             return;
         }
@@ -177,7 +197,7 @@ impl Anomalies {
         if !self.may_fire(st, format!("api|{}", tactic as u8), t) {
             return;
         }
-        let name = row_at(row).map_or(a.event_name.as_str(), |r| r.name);
+        let name = a.event_name.as_str();
         let never = if learned {
             "a call it has never made"
         } else if peer_calls.is_some() {
@@ -221,19 +241,31 @@ impl Anomalies {
     ) {
         let (a, t) = (seen.a, seen.t);
         let name = hash(&[&a.event_source, &a.event_name]);
+        // The window ends at the newest call seen: a record arriving late (another region's
+        // file) neither empties it nor moves it back.
+        let now = st
+            .discovery
+            .iter()
+            .map(|(_, at, _)| *at)
+            .max()
+            .unwrap_or(t)
+            .max(t);
         // A window that is moving on teaches the actor how wide it sweeps (the one still
-        // growing would teach it the burst being judged).
+        // growing would teach it the burst being judged), while it learns too.
         let before = st.discovery.len();
-        st.discovery
-            .retain(|(_, at, _)| t - *at < WINDOW_SECS && *at <= t);
-        if seen.learned && st.discovery.len() < before {
+        st.discovery.retain(|(_, at, _)| now - *at < WINDOW_SECS);
+        if st.discovery.len() < before {
             st.discovery_max = st
                 .discovery_max
                 .max(before.min(usize::from(u16::MAX)) as u16);
         }
+        if now - t >= WINDOW_SECS {
+            // Too late for the window.
+            return;
+        }
         match st.discovery.iter_mut().find(|(n, _, _)| *n == name) {
             Some(entry) => {
-                entry.1 = t;
+                entry.1 = entry.1.max(t);
                 entry.2 |= failed;
             }
             None => {
@@ -251,7 +283,8 @@ impl Anomalies {
             Sensitivity::Medium => 20,
             Sensitivity::High => 12,
         };
-        let usual = u32::from(st.discovery_max);
+        // Capped below half the window, so a wide sweeper can still be out-swept.
+        let usual = u32::from(st.discovery_max).min(WINDOW_CALLS as u32 / 2 - 1);
         let broad = if seen.learned {
             distinct >= least && distinct > 2 * usual
         } else {
@@ -453,6 +486,110 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn an_attackers_first_calls_do_not_make_his_network_usual() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut census = crate::census::Census::default();
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        // Who am I, what is there — then the secret, minutes later, from the same place.
+        let (ip, ua) = ("203.0.113.9", "Boto3/1.34.0");
+        an.observe(
+            &mut st,
+            &mut census,
+            &call(
+                9 * DAY,
+                "sts.amazonaws.com",
+                "GetCallerIdentity",
+                ip,
+                ua,
+                false,
+            ),
+        );
+        an.observe(
+            &mut st,
+            &mut census,
+            &call(
+                9 * DAY + 30,
+                "ec2.amazonaws.com",
+                "DescribeRegions",
+                ip,
+                ua,
+                false,
+            ),
+        );
+        let secret = call(
+            9 * DAY + 300,
+            "secretsmanager.amazonaws.com",
+            "GetSecretValue",
+            ip,
+            ua,
+            false,
+        );
+        let alerts = an.observe(&mut st, &mut census, &secret);
+        assert_eq!(
+            fired(&alerts, "unusual-api-behaviour").len(),
+            1,
+            "{alerts:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_call_is_not_learned() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut census = crate::census::Census::default();
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let tried = call(
+            9 * DAY,
+            "iam.amazonaws.com",
+            "CreateLoginProfile",
+            HOME,
+            CLI,
+            true,
+        );
+        an.observe(&mut st, &mut census, &tried);
+        // A day later (another suppression window) the rights are there: still never made.
+        let done = call(
+            11 * DAY,
+            "iam.amazonaws.com",
+            "CreateLoginProfile",
+            HOME,
+            CLI,
+            false,
+        );
+        let alerts = an.observe(&mut st, &mut census, &done);
+        assert_eq!(
+            fired(&alerts, "unusual-api-behaviour").len(),
+            1,
+            "{alerts:?}"
+        );
+    }
+
+    #[test]
+    fn a_late_region_neither_empties_nor_teaches_the_window() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut census = crate::census::Census::default();
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut alerts = Vec::new();
+        for i in 0..25i64 {
+            // Every fifth call is a record of another region's file, read late.
+            let t = if i % 5 == 4 {
+                9 * DAY + i * 10 - 200
+            } else {
+                9 * DAY + i * 10
+            };
+            let name = format!("DescribeThing{i:02}");
+            alerts.extend(an.observe(
+                &mut st,
+                &mut census,
+                &call(t, "ec2.amazonaws.com", &name, HOME, CLI, false),
+            ));
+        }
+        assert_eq!(fired(&alerts, "discovery-burst").len(), 1, "{alerts:?}");
     }
 
     #[test]

@@ -531,21 +531,22 @@ pub struct PrincipalState {
     /// Access key of the latest activity, when it had one.
     #[serde(rename = "k", default, skip_serializing_if = "String::is_empty")]
     pub last_key: String,
-    /// Classified calls made (rows of [`crate::tactics::TABLE`]), sorted.
+    /// Classified calls made successfully (stable keys of [`crate::tactics::TABLE`]'s rows,
+    /// [`crate::tactics::call_key`]), sorted.
     #[serde(rename = "ak", default, skip_serializing_if = "Vec::is_empty")]
-    pub api_known: Vec<u16>,
+    pub api_known: Vec<u32>,
     /// Tactics used (bit per [`crate::tactics::Tactic`]).
     #[serde(rename = "at", default, skip_serializing_if = "is_zero")]
     api_tactics: u8,
     /// Recent unusual calls: (tactic, time).
     #[serde(rename = "au", default, skip_serializing_if = "Vec::is_empty")]
     api_unusual: Vec<(u8, i64)>,
-    /// Networks worked from, most recent last.
+    /// Networks worked from, with when each was first seen; most recent last.
     #[serde(rename = "nw", default, skip_serializing_if = "Vec::is_empty")]
-    networks: Vec<u32>,
-    /// User-agent families, most recent last.
+    networks: Vec<(u32, i64)>,
+    /// User-agent families, with when each was first seen; most recent last.
     #[serde(rename = "ua", default, skip_serializing_if = "Vec::is_empty")]
-    agents: Vec<u32>,
+    agents: Vec<(u32, i64)>,
     /// Enumerating calls in the last ten minutes: (name hash, last time, refused).
     #[serde(rename = "dw", default, skip_serializing_if = "Vec::is_empty")]
     discovery: Vec<(u32, i64, bool)>,
@@ -656,9 +657,9 @@ impl PrincipalState {
                 .iter()
                 .map(crate::fold::Fold::heap_size)
                 .sum::<usize>()
-            + self.api_known.capacity() * 2
+            + self.api_known.capacity() * 4
             + self.api_unusual.capacity() * 16
-            + (self.networks.capacity() + self.agents.capacity()) * 4
+            + (self.networks.capacity() + self.agents.capacity()) * 16
             + self.discovery.capacity() * 16
             + self
                 .pending
@@ -872,7 +873,7 @@ pub struct Peers<'a> {
     /// Rate baselines and the group's name.
     pub rates: Option<(&'a PeerRates, &'a str)>,
     /// Rows of [`crate::tactics::TABLE`] the group's members call, sorted.
-    pub calls: Option<&'a [u16]>,
+    pub calls: Option<&'a [u32]>,
 }
 
 #[cfg(test)]

@@ -965,3 +965,22 @@ pub async fn received(queue: &str) -> Result<Vec<String>> {
         .filter_map(|m| m.body().map(str::to_string))
         .collect())
 }
+
+/// The files named by the environment variables `keys` that exist: the data the setup fetched
+/// (`deploy/test.sh` exports their paths), empty when run another way.
+fn fetched(keys: &[&str]) -> Vec<String> {
+    keys.iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .filter(|p| std::path::Path::new(p).exists())
+        .collect()
+}
+
+/// The DB-IP geolocation databases the setup fetched.
+pub fn geo_databases() -> Vec<String> {
+    fetched(&["TRAILGUARD_TEST_GEO_V4", "TRAILGUARD_TEST_GEO_V6"])
+}
+
+/// The AS databases the setup fetched.
+pub fn asn_databases() -> Vec<String> {
+    fetched(&["TRAILGUARD_TEST_ASN_V4", "TRAILGUARD_TEST_ASN_V6"])
+}

@@ -54,11 +54,7 @@ async fn terminated_key_travel_and_tor() -> Result<()> {
         "TRAILGUARD_KAFKA__TOPICS__ALERTS_OCSF".into(),
         ocsf_topic.clone(),
     ));
-    let geo: Vec<String> = ["TRAILGUARD_TEST_GEO_V4", "TRAILGUARD_TEST_GEO_V6"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .filter(|p| std::path::Path::new(p).exists())
-        .collect();
+    let geo = trailguard_tests::geo_databases();
     let config = run.detect_config(&format!(
         "[geo]\ndatabases = {geo:?}\n\n[policies.anomaly]\nlearning_period = \"1d\"\n"
     ))?;
@@ -305,17 +301,14 @@ fn workload(role: &str, session: &str) -> Value {
 /// user back after six weeks through another permission set and account is one person returning
 /// (`dormant-principal`); an IAM user created minutes before terminating 24 instances is judged
 /// while it learns (`vm-deletion`); a console sign-in through a Tor exit, and one from a
-/// hosting provider's network, are `risky-ip-signin`.
+/// hosting provider's network, are `risky-ip-signin`; a user who always signed in with MFA
+/// signing in without it is `console-signin-without-mfa`.
 /// Ordinary traffic beside them — workload roles with a new session every day, a person's daily
 /// work — raises nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn people_behind_role_sessions() -> Result<()> {
     let run = Run::new("actors")?;
-    let asn: Vec<String> = ["TRAILGUARD_TEST_ASN_V4", "TRAILGUARD_TEST_ASN_V6"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .filter(|p| std::path::Path::new(p).exists())
-        .collect();
+    let asn = trailguard_tests::asn_databases();
     ensure!(
         !asn.is_empty(),
         "no AS database: run through deploy/test.sh"
@@ -426,10 +419,32 @@ async fn people_behind_role_sessions() -> Result<()> {
     from_droplet["userIdentity"]["userName"] = "gus".into();
     from_droplet["userIdentity"]["arn"] = "arn:aws:iam::123456789012:user/gus".into();
     records.push(from_droplet);
+    // Pat always signs in with MFA; today, with the password alone.
+    for (day, mfa) in [(-3, "Yes"), (-2, "Yes"), (-1, "Yes"), (0, "No")] {
+        let mut r = trailguard_tests::api_call(
+            day * DAY + 50,
+            "ConsoleLogin",
+            "signin.amazonaws.com",
+            "pat",
+            "71.253.251.82",
+            Value::Null,
+            400_000,
+        );
+        r["eventType"] = "AwsConsoleSignIn".into();
+        r["responseElements"] = json!({"ConsoleLogin": "Success"});
+        r["additionalEventData"] =
+            json!({"MFAUsed": mfa, "LoginTo": "https://console.aws.amazon.com/"});
+        records.push(r);
+    }
     records.sort_by_key(|r| r["eventTime"].as_str().unwrap_or_default().to_string());
     run.ingest_records(&records)?;
     let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
-    let want = ["dormant-principal", "vm-deletion", "risky-ip-signin"];
+    let want = [
+        "dormant-principal",
+        "vm-deletion",
+        "risky-ip-signin",
+        "console-signin-without-mfa",
+    ];
     let alerts = alerts_until(&run, detect, &want, Duration::from_secs(5))?;
     let actor = |a: &Alert| a.actor.as_ref().map(|x| x.id.clone()).unwrap_or_default();
     let find = |policy: &str| alerts.iter().find(|a| a.policy_id == policy);
@@ -466,6 +481,10 @@ async fn people_behind_role_sessions() -> Result<()> {
         ("vm-deletion", "arn:aws:iam::123456789012:user/tmp-admin"),
         ("risky-ip-signin", "arn:aws:iam::123456789012:user/erin"),
         ("risky-ip-signin", "arn:aws:iam::123456789012:user/gus"),
+        (
+            "console-signin-without-mfa",
+            "arn:aws:iam::123456789012:user/pat",
+        ),
         ("anonymous-ip", "arn:aws:iam::123456789012:user/erin"),
     ];
     for a in alerts
@@ -838,11 +857,7 @@ async fn a_newcomer_is_judged_against_her_team() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_country_no_one_in_the_organization_acts_from() -> Result<()> {
     let run = Run::new("org-country")?;
-    let geo: Vec<String> = ["TRAILGUARD_TEST_GEO_V4", "TRAILGUARD_TEST_GEO_V6"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .filter(|p| std::path::Path::new(p).exists())
-        .collect();
+    let geo = trailguard_tests::geo_databases();
     ensure!(
         !geo.is_empty(),
         "no geolocation database: run through deploy/test.sh"

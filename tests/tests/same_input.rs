@@ -207,11 +207,7 @@ fn replay(source: &Run, instances: usize, count: usize) -> Result<BTreeMap<Strin
             *v = partitions.map(|(_, v)| v.clone()).unwrap_or_default();
         }
     }
-    let geo: Vec<String> = ["TRAILGUARD_TEST_GEO_V4", "TRAILGUARD_TEST_GEO_V6"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .filter(|p| std::path::Path::new(p).exists())
-        .collect();
+    let geo = trailguard_tests::geo_databases();
     ensure!(
         !geo.is_empty(),
         "no geolocation database: run through deploy/test.sh"

@@ -30,6 +30,7 @@ mod address;
 mod behaviour;
 mod country;
 mod dormant;
+mod mfa;
 mod rates;
 mod terminated;
 mod travel;
@@ -186,6 +187,8 @@ pub struct AnomalyConfig {
     pub unusual_api_behaviour: DetectionConfig,
     /// Many distinct listing and describing calls within ten minutes, or most of them refused.
     pub discovery_burst: DetectionConfig,
+    /// A console sign-in without MFA after at least three that all used it.
+    pub mfa_skipped: DetectionConfig,
     /// Speeds, distances, memory sizes and floors (see [`AnomalyTuning`]).
     pub tuning: AnomalyTuning,
 }
@@ -215,6 +218,7 @@ impl Default for AnomalyConfig {
             dormant_principal: DetectionConfig::default(),
             unusual_api_behaviour: DetectionConfig::default(),
             discovery_burst: DetectionConfig::default(),
+            mfa_skipped: DetectionConfig::default(),
             tuning: AnomalyTuning::default(),
         }
     }
@@ -336,6 +340,11 @@ meta!(
     "Unusual API behaviour"
 );
 meta!(DISCOVERY_BURST, "discovery-burst", "Discovery burst");
+meta!(
+    MFA_SKIPPED,
+    "console-signin-without-mfa",
+    "Console sign-in without MFA by an actor that always used it"
+);
 
 /// An hourly rate: EWMA of completed hours, and the sliding hour's per-minute counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -550,6 +559,12 @@ pub struct PrincipalState {
     /// Enumerating calls in the last ten minutes: (name hash, last time, refused).
     #[serde(rename = "dw", default, skip_serializing_if = "Vec::is_empty")]
     discovery: Vec<(u32, i64, bool)>,
+    /// Console sign-ins with MFA.
+    #[serde(rename = "mf", default, skip_serializing_if = "is_zero")]
+    mfa_signins: u16,
+    /// Console sign-ins without MFA.
+    #[serde(rename = "mn", default, skip_serializing_if = "is_zero")]
+    nomfa_signins: u16,
     /// Most distinct enumerating calls in one window so far.
     #[serde(rename = "dm", default, skip_serializing_if = "is_zero")]
     discovery_max: u16,
@@ -802,6 +817,7 @@ impl Anomalies {
             peers: peers.rates,
         };
         self.dormant(st, &seen, previous, &mut out);
+        self.mfa(st, &seen, &mut out);
         self.addresses(st, &seen, &mut out);
         let geo = a
             .enrichment

@@ -51,16 +51,12 @@ impl Default for RiskySigninConfig {
     fn default() -> Self {
         RiskySigninConfig {
             enabled: true,
-            categories: [
-                "tor",
-                "vpn",
-                "proxy",
-                "hosting",
-                "malicious",
-                "risky-network",
-            ]
-            .map(String::from)
-            .to_vec(),
+            // Every risk an address can carry: all the categories but the organization's own.
+            categories: crate::enrich::CATEGORIES
+                .iter()
+                .filter(|c| **c != "corporate")
+                .map(|c| c.to_string())
+                .collect(),
             severity: Severity::Medium,
             allow_principals: Vec::new(),
             actions: vec![ActionKind::Notify],

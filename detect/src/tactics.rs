@@ -373,14 +373,16 @@ fn base_name<'a>(source: &str, name: &'a str) -> &'a str {
     }
 }
 
+/// FNV-1a over `bytes`: small and stable across builds and versions (baselines keep it).
+pub fn fnv1a(bytes: impl Iterator<Item = u8>) -> u32 {
+    bytes.fold(0x811c_9dc5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
 /// A stable key for a call (kept in baselines: a row added to the table moves no other).
 pub fn call_key(source: &str, name: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in source.bytes().chain(std::iter::once(0)).chain(name.bytes()) {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
+    fnv1a(source.bytes().chain(std::iter::once(0)).chain(name.bytes()))
 }
 
 /// What `a`'s call means: its row's stable key ([`call_key`]), tactic and weight, or for an

@@ -29,14 +29,11 @@ const CHAIN_SECS: i64 = 3600;
 /// A small, stable hash (FNV-1a) for remembering names compactly; collisions only make a
 /// new name look known.
 fn hash(parts: &[&str]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0)) {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h
+    crate::tactics::fnv1a(
+        parts
+            .iter()
+            .flat_map(|part| part.bytes().chain(std::iter::once(0))),
+    )
 }
 
 /// The network an activity comes from: its AS number, else its /16 (IPv4) or /48 (IPv6).

@@ -40,8 +40,10 @@ pub struct AwsConfig {
 pub const ENDPOINT_SERVICES: &[&str] = &[
     "account",
     "cloudtrail",
+    "ec2",
     "iam",
     "organizations",
+    "rds",
     "s3",
     "s3control",
     "ses",

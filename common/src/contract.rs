@@ -460,6 +460,12 @@ pub enum ActionKind {
     SuspendUser,
     /// Tell the person the alert is about (their SNS topic, from a directory or a tag).
     NotifyUser,
+    /// Take back a share of an EBS snapshot or an RDS (cluster) snapshot: remove the grantee
+    /// (everyone, an account) the alert names from its permissions.
+    UnshareSnapshot,
+    /// Take back a share of an AMI: remove the grantee (everyone, an account, an organization
+    /// or organizational unit) the alert names from its launch permissions.
+    UnshareImage,
 }
 
 impl ActionKind {
@@ -472,6 +478,8 @@ impl ActionKind {
             ActionKind::RequireSignIn => "require_sign_in",
             ActionKind::SuspendUser => "suspend_user",
             ActionKind::NotifyUser => "notify_user",
+            ActionKind::UnshareSnapshot => "unshare_snapshot",
+            ActionKind::UnshareImage => "unshare_image",
         }
     }
 }

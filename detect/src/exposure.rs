@@ -18,7 +18,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use trailguard_common::contract::{ActionKind, Alert, AlertKind, Entity, Severity};
+use trailguard_common::contract::{
+    ActionKind, Alert, AlertKind, Entity, RequestedAction, Severity, Target,
+};
 use trailguard_common::s3::items;
 use trailguard_common::Activity;
 
@@ -102,7 +104,11 @@ impl Default for SharedOutConfig {
             enabled: true,
             severity: None,
             allow_principals: Vec::new(),
-            actions: vec![ActionKind::Notify],
+            actions: vec![
+                ActionKind::Notify,
+                ActionKind::UnshareSnapshot,
+                ActionKind::UnshareImage,
+            ],
             trusted_accounts: Vec::new(),
             trusted_organizations: Vec::new(),
         }
@@ -445,6 +451,64 @@ fn ec2_added(params: &Value, permission: &str) -> Vec<Grantee> {
     out
 }
 
+/// The `unshare_snapshot` / `unshare_image` actions for a share of `what` (`id`) by `a`: one
+/// per grantee outside, each naming the resource by its ARN (its region and account) — none
+/// when the activity does not say where the resource is.
+fn unshare_actions(
+    kinds: &[ActionKind],
+    a: &Activity,
+    what: &str,
+    id: &str,
+    outside: &[Grantee],
+) -> Vec<RequestedAction> {
+    let (kind, target_kind, resource) = match what {
+        "EBS snapshot" => (
+            ActionKind::UnshareSnapshot,
+            "ebs-snapshot",
+            format!("snapshot/{id}"),
+        ),
+        "AMI" => (ActionKind::UnshareImage, "ami", format!("image/{id}")),
+        "RDS snapshot" => (
+            ActionKind::UnshareSnapshot,
+            "rds-snapshot",
+            format!("snapshot:{id}"),
+        ),
+        _ => (
+            ActionKind::UnshareSnapshot,
+            "rds-cluster-snapshot",
+            format!("cluster-snapshot:{id}"),
+        ),
+    };
+    let (Some(account), Some(region)) = (a.account_id.as_deref(), a.region.as_deref()) else {
+        return Vec::new();
+    };
+    if !kinds.contains(&kind) {
+        return Vec::new();
+    }
+    let partition = a.partition.as_deref().unwrap_or("aws");
+    let service = if kind == ActionKind::UnshareImage || what == "EBS snapshot" {
+        "ec2"
+    } else {
+        "rds"
+    };
+    let arn = format!("arn:{partition}:{service}:{region}:{account}:{resource}");
+    outside
+        .iter()
+        .map(|g| RequestedAction {
+            kind,
+            target: Target {
+                kind: target_kind.into(),
+                id: arn.clone(),
+                account_id: Some(account.to_string()),
+                grantee: Some(match g {
+                    Grantee::Everyone => "all".to_string(),
+                    Grantee::Account(id) | Grantee::Organization(id) => id.clone(),
+                }),
+            },
+        })
+        .collect()
+}
+
 impl Exposure {
     /// The policies with their settings.
     pub fn new(cfg: ExposurePolicies) -> Self {
@@ -575,7 +639,7 @@ impl Exposure {
             kind: entity_kind.into(),
             id: format!("{}/{id}", a.account_id.as_deref().unwrap_or("")),
         };
-        out.push(self.alert(
+        let mut alert = self.alert(
             &RESOURCE_SHARED_OUT,
             (cfg.severity, &cfg.actions),
             a,
@@ -583,7 +647,11 @@ impl Exposure {
             Severity::High,
             summary,
             ("Exfiltration", "T1537", "Transfer Data to Cloud Account"),
-        ));
+        );
+        alert
+            .actions
+            .extend(unshare_actions(&cfg.actions, a, kind, &id, &outside));
+        out.push(alert);
     }
 
     fn judge_blinding(&self, a: &Activity, out: &mut Vec<Alert>) {
@@ -833,7 +901,57 @@ mod tests {
                 "valuesToAdd": ["999999999999"]}),
             false,
         );
-        assert_eq!(ids(&run(&rds)), [("resource-shared-out", Severity::High)]);
+        let rds_alerts = run(&rds);
+        assert_eq!(ids(&rds_alerts), [("resource-shared-out", Severity::High)]);
+        // Each share is taken back where it is: the resource's ARN (region, account) and the
+        // grantee added, with the action that fits the resource.
+        let unshare = |alerts: &[Alert]| -> Vec<(ActionKind, String, String, Option<String>)> {
+            alerts[0]
+                .actions
+                .iter()
+                .filter(|r| r.kind != ActionKind::Notify)
+                .map(|r| {
+                    (
+                        r.kind,
+                        r.target.kind.clone(),
+                        r.target.id.clone(),
+                        r.target.grantee.clone(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            unshare(&alerts),
+            [(
+                ActionKind::UnshareSnapshot,
+                "ebs-snapshot".into(),
+                "arn:aws:ec2:us-east-1:111111111111:snapshot/snap-0123".into(),
+                Some("all".into())
+            )]
+        );
+        assert_eq!(
+            unshare(&run(&to_account)),
+            [(
+                ActionKind::UnshareImage,
+                "ami".into(),
+                "arn:aws:ec2:us-east-1:111111111111:image/ami-0123".into(),
+                Some("999999999999".into())
+            )]
+        );
+        assert_eq!(
+            unshare(&rds_alerts),
+            [(
+                ActionKind::UnshareSnapshot,
+                "rds-cluster-snapshot".into(),
+                "arn:aws:rds:us-east-1:111111111111:cluster-snapshot:prod-2024".into(),
+                Some("999999999999".into())
+            )]
+        );
+        assert!(rds_alerts[0]
+            .actions
+            .iter()
+            .filter(|r| r.kind != ActionKind::Notify)
+            .all(|r| r.target.account_id.as_deref() == Some("111111111111")));
         // Shared within the account, removed, another attribute, a trusted account: nothing.
         for params in [
             json!({"snapshotId": "snap-1", "createVolumePermission": {"add": {"items": [{"userId": "111111111111"}]}}}),

@@ -243,6 +243,10 @@ pub fn requested_excluding(
 ) -> Vec<RequestedAction> {
     let mut out = Vec::with_capacity(kinds.len());
     for &kind in kinds {
+        // A share to take back is known only to the policy that saw it (resource-shared-out).
+        if matches!(kind, ActionKind::UnshareSnapshot | ActionKind::UnshareImage) {
+            continue;
+        }
         let target = action_target(kind, activity);
         if kind == ActionKind::RemoveCollaborator {
             let added = crate::bucket_shared::external_grantees(activity, trusted);

@@ -7,6 +7,7 @@
 //!   it reaches no AWS client.
 //! - [`bucket`]: make a bucket private, remove a collaborator, and their undo (S3).
 //! - [`iam`]: require sign-in again, suspend a user, and their undo (IAM).
+//! - [`share`]: take back a share of a snapshot or an AMI, and its undo (EC2, RDS).
 //! - [`notify`]: webhooks, Slack, SNS.
 //! - [`intent`]: the write-ahead of an action's prior state, before its first change.
 //! - [`run`]: the Kafka loop — never acts twice on one alert, across restarts and instances
@@ -19,6 +20,7 @@ pub mod intent;
 pub mod notify;
 pub mod plan;
 mod runner;
+pub mod share;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -244,6 +246,10 @@ pub struct RemediateSettings {
     /// `user/ci`) and protects only in the home accounts: the credentials' own account and
     /// `aws.accounts`. Case-insensitive, as IAM names are.
     pub protected_principals: Vec<String>,
+    /// Snapshots and images never unshared, whatever an alert asks: patterns (`*` wildcards,
+    /// case-insensitive) matched against the resource's id (`snap-…`, `ami-…`, an RDS
+    /// snapshot's name) and its ARN, e.g. the AMIs a team publishes on purpose.
+    pub protected_resources: Vec<String>,
     /// At most `max` actions of a kind per `per` in each target account (`max = 0`: no limit),
     /// counted from the action records, so shared by every instance and kept across restarts.
     /// Beyond it, see `when_rate_limited`.
@@ -282,11 +288,14 @@ impl Default for RemediateSettings {
             notify_mode: Mode::Auto,
             protected_buckets: Vec::new(),
             protected_principals: Vec::new(),
+            protected_resources: Vec::new(),
             rate_limits: [
                 (ActionKind::SuspendUser, RateLimit::per_hour(5)),
                 (ActionKind::RequireSignIn, RateLimit::per_hour(20)),
                 (ActionKind::MakeBucketPrivate, RateLimit::per_hour(50)),
                 (ActionKind::RemoveCollaborator, RateLimit::per_hour(50)),
+                (ActionKind::UnshareSnapshot, RateLimit::per_hour(50)),
+                (ActionKind::UnshareImage, RateLimit::per_hour(50)),
             ]
             .into(),
             when_rate_limited: WhenRateLimited::Escalate,

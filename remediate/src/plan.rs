@@ -149,6 +149,25 @@ pub fn bucket_refusal(bucket: &str, settings: &RemediateSettings) -> Option<Stri
         .map(|pattern| format!("bucket {bucket} is protected (matches `{pattern}`)"))
 }
 
+/// Why a snapshot or image must not be unshared, if so: `protected_resources` match its id
+/// (the part after the ARN's resource type) or its whole ARN, case-insensitively.
+pub fn resource_refusal(arn: &str, settings: &RemediateSettings) -> Option<String> {
+    let lower = arn.to_ascii_lowercase();
+    let id = lower
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or(lower.as_str())
+        .to_string();
+    settings
+        .protected_resources
+        .iter()
+        .find(|pattern| {
+            let p = pattern.to_ascii_lowercase();
+            wildcard_match(&p, &lower) || wildcard_match(&p, &id)
+        })
+        .map(|pattern| format!("resource {arn} is protected (matches `{pattern}`)"))
+}
+
 /// Why removing `grantee` from a bucket policy is refused, if so: every principal it would
 /// strip (an account id strips every principal of that account) is checked against the
 /// protections; an account's root stands for the account there and is not itself protected.
@@ -189,6 +208,9 @@ pub fn plan(alert: &Alert, settings: &RemediateSettings, protection: &Protection
                             // would strip is judged when the action runs), not the root user.
                             .and_then(|g| pattern_refusal(g, settings, protection))
                     })
+                }
+                ActionKind::UnshareSnapshot | ActionKind::UnshareImage => {
+                    resource_refusal(&action.target.id, settings)
                 }
                 _ => None,
             };
@@ -593,6 +615,24 @@ mod tests {
         // Noting what this instance took itself changes nothing.
         r.note(kind, "1", Some(&limit), "y", now, now);
         assert_eq!(r.used[&(kind, "1".to_string())].len(), 2);
+    }
+
+    #[test]
+    fn protected_resources_match_by_id_or_arn() {
+        let mut s = settings();
+        s.protected_resources = vec![
+            "ami-0PUBLISHED*".into(),
+            "arn:aws:rds:*:*:snapshot:golden-*".into(),
+        ];
+        let ami = "arn:aws:ec2:us-east-1:111122223333:image/ami-0published12345678";
+        assert!(resource_refusal(ami, &s).is_some());
+        let golden = "arn:aws:rds:eu-west-1:111122223333:snapshot:golden-2026";
+        assert!(resource_refusal(golden, &s).is_some());
+        // The pattern for a DB snapshot's ARN does not reach a cluster snapshot of that name.
+        let cluster = "arn:aws:rds:eu-west-1:111122223333:cluster-snapshot:golden-2026";
+        assert!(resource_refusal(cluster, &s).is_none());
+        let other = "arn:aws:ec2:us-east-1:111122223333:snapshot/snap-0123456789abcdef0";
+        assert!(resource_refusal(other, &s).is_none());
     }
 
     #[test]

@@ -108,6 +108,8 @@ impl Metrics {
             K::RequireSignIn,
             K::SuspendUser,
             K::NotifyUser,
+            K::UnshareSnapshot,
+            K::UnshareImage,
         ] {
             for outcome in [
                 O::Applied,
@@ -163,7 +165,16 @@ const MAX_ACCOUNTS: usize = 1024;
 struct Clients {
     aws: trailguard_common::aws::AwsConfig,
     caller: tokio::sync::OnceCell<Caller>,
-    by_account: tokio::sync::Mutex<HashMap<String, (aws_sdk_s3::Client, aws_sdk_iam::Client)>>,
+    by_account: tokio::sync::Mutex<HashMap<String, InAccount>>,
+}
+
+/// What acts in one account: its SDK configuration (for clients made per region) and the
+/// S3 and IAM clients.
+#[derive(Clone)]
+struct InAccount {
+    sdk: aws_config::SdkConfig,
+    s3: aws_sdk_s3::Client,
+    iam: aws_sdk_iam::Client,
 }
 
 impl Clients {
@@ -211,6 +222,30 @@ impl Clients {
         &self,
         account: Option<&str>,
     ) -> Result<(aws_sdk_s3::Client, aws_sdk_iam::Client), NoClients> {
+        self.in_account(account).await.map(|c| (c.s3, c.iam))
+    }
+
+    /// The EC2 or RDS client for a shared resource, in its own account and region.
+    async fn share_api(
+        &self,
+        shared: &crate::share::Shared,
+    ) -> Result<crate::share::Api, NoClients> {
+        let sdk = self.in_account(Some(&shared.account)).await?.sdk;
+        let region = aws_config::Region::new(shared.region.clone());
+        Ok(if shared.store.is_ec2() {
+            let config = trailguard_common::sdk_config!(aws_sdk_ec2, self.aws, &sdk, "ec2");
+            crate::share::Api::Ec2(aws_sdk_ec2::Client::from_conf(
+                config.region(region).build(),
+            ))
+        } else {
+            let config = trailguard_common::sdk_config!(aws_sdk_rds, self.aws, &sdk, "rds");
+            crate::share::Api::Rds(aws_sdk_rds::Client::from_conf(
+                config.region(region).build(),
+            ))
+        })
+    }
+
+    async fn in_account(&self, account: Option<&str>) -> Result<InAccount, NoClients> {
         let caller = self.caller().await?;
         let account = account
             .filter(|a| !a.is_empty())
@@ -240,7 +275,11 @@ impl Clients {
         };
         let s3 = trailguard_common::aws::s3_client_owned_by(&self.aws, &sdk, account);
         let iam = trailguard_common::sdk_config!(aws_sdk_iam, self.aws, &sdk, "iam");
-        let clients = (s3, aws_sdk_iam::Client::from_conf(iam.build()));
+        let clients = InAccount {
+            s3,
+            iam: aws_sdk_iam::Client::from_conf(iam.build()),
+            sdk,
+        };
         if map.len() >= MAX_ACCOUNTS {
             map.clear();
         }
@@ -543,6 +582,30 @@ async fn act(
                 let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
                 iam::require_sign_in_recorded(&client, &who, &now, dry_run, &intent).await
             };
+            fill_result(&mut record, r);
+        }
+        ActionKind::UnshareSnapshot | ActionKind::UnshareImage => {
+            let parsed = crate::share::Shared::parse(decision.action.kind, target).and_then(|s| {
+                let grantee = target.grantee.as_deref().unwrap_or_default();
+                crate::share::Grantee::parse(grantee, s.store).map(|g| (s, g))
+            });
+            let (shared, grantee) = match parsed {
+                Ok(parsed) => parsed,
+                Err(why) => {
+                    record.outcome = ActionOutcome::Failed;
+                    record.detail = why;
+                    return record;
+                }
+            };
+            // In the resource's own account (its ARN's, which must be the target's) and region.
+            let api = match actor.clients.share_api(&shared).await {
+                Ok(api) => api,
+                Err(why) => {
+                    no_clients(&mut record, why);
+                    return record;
+                }
+            };
+            let r = crate::share::unshare_recorded(&api, &shared, &grantee, dry_run, &intent).await;
             fill_result(&mut record, r);
         }
         ActionKind::Notify => {
@@ -1941,6 +2004,13 @@ pub async fn undo(cfg: RemediateConfig, action_id: &str) -> Result<ActionRecord,
                 .await
                 .map_err(undo_refused)?;
             let r = iam::undo(&client, &who, &data).await;
+            fill(&mut record, r.outcome, r.detail, r.steps, None, false);
+        }
+        ActionKind::UnshareSnapshot | ActionKind::UnshareImage => {
+            let shared = crate::share::Shared::parse(original.kind, &original.target)
+                .map_err(Error::Undo)?;
+            let api = clients.share_api(&shared).await.map_err(undo_refused)?;
+            let r = crate::share::undo(&api, &shared, &data).await;
             fill(&mut record, r.outcome, r.detail, r.steps, None, false);
         }
         ActionKind::Notify | ActionKind::NotifyUser => {

@@ -262,7 +262,9 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         // console passwords made for other users — also by role sessions named after the user
         // (a session's name is its caller's choice) and resets that force a new password, which
         // Panther's own rules leave out.
-        ("resource-shared-out high", 3),
+        // Successful shares ask for unshare_snapshot / unshare_image, so they are never folded
+        // (a share made again must be taken back again): 5, where notify alone folded to 3.
+        ("resource-shared-out high", 5),
         ("resource-shared-out medium", 2),
         ("defense-evasion high", 3),
         ("defense-evasion medium", 3),
@@ -308,8 +310,9 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         .map(|a| a.occurrences - 1)
         .sum();
     // 16 since the policies that need no baseline: the compromised-root capture's calls and
-    // the fixtures' repeats fold into theirs too.
-    assert_eq!(folded, 16, "repeats folded into the event-driven alerts");
+    // the fixtures' repeats fold into theirs too; 15 since shares ask to be taken back (their
+    // repeats stand alone, and one of the two had been counted in a closed fold).
+    assert_eq!(folded, 15, "repeats folded into the event-driven alerts");
     alert_lines.retain(|l| foundation.iter().any(|f| l.starts_with(&format!("{f} "))));
     assert_eq!(alert_lines, expected_alerts);
     let distinct_foundation = distinct
@@ -323,6 +326,16 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         "make_bucket_private corporate-documents auto refused".to_string(), // protected
         format!("make_bucket_private {bucket} auto applied"),
         "make_bucket_private example-bucket auto failed".into(), // no such bucket on moto
+        // Panther's shares, each alert its own (a share made again is taken back again), in
+        // the default dry-run: they read the resource first, and moto has none of them.
+        "unshare_image arn:aws:ec2:us-west-2:123456789012:image/ami-1111 dry-run failed".into(),
+        "unshare_image arn:aws:ec2:us-west-2:123456789012:image/ami-1111 dry-run failed".into(),
+        "unshare_snapshot arn:aws:ec2:us-west-2:123456789012:snapshot/snap-1111 dry-run failed"
+            .into(),
+        "unshare_snapshot arn:aws:ec2:us-west-2:123456789012:snapshot/snap-1111 dry-run failed"
+            .into(),
+        "unshare_snapshot arn:aws:rds:us-west-2:123456789012:snapshot:exfiltration dry-run failed"
+            .into(),
     ]
     .into_iter()
     // One notification per distinct alert that asks for one: every foundation alert (7

@@ -148,6 +148,150 @@ fn disables(params: &Value) -> bool {
     params.get("enable").and_then(Value::as_bool) == Some(false)
 }
 
+/// Whether any `status` in `v` (an object, or lists of them, at any depth) is `DISABLED`, or
+/// any `enable`/`enabled`/`autoEnable` is `false`: the shapes GuardDuty uses for its features
+/// and data sources.
+fn turns_off(v: &Value) -> bool {
+    match v {
+        Value::Object(map) => map.iter().any(|(k, v)| match (k.as_str(), v) {
+            ("status", Value::String(s)) => s.eq_ignore_ascii_case("DISABLED"),
+            ("enable" | "enabled" | "autoEnable", Value::Bool(b)) => !b,
+            ("autoEnable" | "autoEnableOrganizationMembers", Value::String(s)) => {
+                s.eq_ignore_ascii_case("NONE")
+            }
+            _ => turns_off(v),
+        }),
+        Value::Array(items) => items.iter().any(turns_off),
+        _ => false,
+    }
+}
+
+/// GuardDuty's detector kept but some of what it watches turned off (S3, EKS, runtime,
+/// malware protection, RDS or Lambda protection).
+fn narrows_guardduty(params: &Value) -> bool {
+    ["features", "dataSources"]
+        .iter()
+        .any(|k| params.get(k).is_some_and(turns_off))
+}
+
+/// New accounts of the organization no longer get GuardDuty (or some of it) by default.
+fn stops_auto_enable(params: &Value) -> bool {
+    turns_off(params)
+}
+
+/// Security Hub told to stop checking a control.
+fn disables_control(params: &Value) -> bool {
+    let off = |v: &Value| {
+        v.get("controlStatus")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case("DISABLED"))
+    };
+    off(params)
+        || params
+            .get("standardsControlAssociationUpdates")
+            .and_then(Value::as_array)
+            .is_some_and(|u| {
+                u.iter().any(|x| {
+                    x.get("updatedStatus")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("DISABLED"))
+                })
+            })
+}
+
+/// Security Hub findings marked suppressed (hidden from the team's views).
+fn suppresses(params: &Value) -> bool {
+    let mut text = String::new();
+    for k in ["workflow", "actions", "ruleStatus"] {
+        if let Some(v) = params.get(k) {
+            text.push_str(&v.to_string());
+        }
+    }
+    text.contains("SUPPRESSED")
+}
+
+/// An AWS Config recorder that records only some resource types (or excludes some): what it
+/// leaves out goes unrecorded.
+fn narrows_recorder(params: &Value) -> bool {
+    let group = params
+        .get("configurationRecorder")
+        .and_then(|r| r.get("recordingGroup"));
+    let Some(group) = group else {
+        return false;
+    };
+    let all = group.get("allSupported").and_then(Value::as_bool);
+    let strategy = group
+        .get("recordingStrategy")
+        .and_then(|s| s.get("useOnly"))
+        .and_then(Value::as_str);
+    all == Some(false)
+        || strategy.is_some_and(|s| s.eq_ignore_ascii_case("EXCLUSION_BY_RESOURCE_TYPES"))
+}
+
+/// An AWS security service (GuardDuty, Security Hub, Config, CloudTrail, Access Analyzer,
+/// Macie, Inspector, Detective) named as the service principal.
+fn service_access_of_a_defence(params: &Value) -> bool {
+    params
+        .get("servicePrincipal")
+        .and_then(Value::as_str)
+        .is_some_and(|p| {
+            [
+                "guardduty",
+                "securityhub",
+                "config",
+                "cloudtrail",
+                "access-analyzer",
+                "macie",
+                "inspector2",
+                "detective",
+                "malware-protection",
+            ]
+            .iter()
+            .any(|d| p.starts_with(d))
+        })
+}
+
+/// An EventBridge rule switched off or deleted whose name says it carries findings or
+/// alerts to the team.
+fn findings_rule(params: &Value) -> bool {
+    params
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase)
+        .is_some_and(|n| {
+            [
+                "guardduty",
+                "securityhub",
+                "security-hub",
+                "finding",
+                "alert",
+                "trailguard",
+                "cloudtrail",
+                "config",
+                "macie",
+                "inspector",
+            ]
+            .iter()
+            .any(|k| n.contains(k))
+        })
+}
+
+/// Block-public-access for snapshots set to `unblocked`: sharing them publicly works again.
+fn unblocks(params: &Value) -> bool {
+    params
+        .get("state")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.eq_ignore_ascii_case("unblocked"))
+}
+
+/// Macie's session paused.
+fn pauses(params: &Value) -> bool {
+    params
+        .get("status")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.eq_ignore_ascii_case("PAUSED"))
+}
+
 /// A GuardDuty filter that archives what it matches: findings hidden as they arrive.
 fn archives(params: &Value) -> bool {
     params
@@ -172,6 +316,48 @@ const BLINDING: &[Blinding] = &[
         what: "suspended a GuardDuty detector",
         severity: Severity::High,
         when: disables,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "UpdateDetector",
+        what: "turned off part of GuardDuty (a protection or data source)",
+        severity: Severity::Medium,
+        when: narrows_guardduty,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "UpdateOrganizationConfiguration",
+        what: "stopped GuardDuty (or part of it) being turned on for the organization's accounts",
+        severity: Severity::Medium,
+        when: stops_auto_enable,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "UpdateMalwareScanSettings",
+        what: "turned off GuardDuty malware scans",
+        severity: Severity::Medium,
+        when: narrows_guardduty,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "DisassociateMembers",
+        what: "took member accounts out of GuardDuty",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "DisableOrganizationAdminAccount",
+        what: "removed the organization's GuardDuty administrator",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "guardduty.amazonaws.com",
+        name: "DeleteThreatIntelSet",
+        what: "deleted a GuardDuty threat list",
+        severity: Severity::Medium,
+        when: always,
     },
     Blinding {
         source: "guardduty.amazonaws.com",
@@ -259,6 +445,13 @@ const BLINDING: &[Blinding] = &[
     },
     Blinding {
         source: "config.amazonaws.com",
+        name: "PutConfigurationRecorder",
+        what: "narrowed what the AWS Config recorder records",
+        severity: Severity::Medium,
+        when: narrows_recorder,
+    },
+    Blinding {
+        source: "config.amazonaws.com",
         name: "DeleteConfigRule",
         what: "deleted an AWS Config rule",
         severity: Severity::Medium,
@@ -275,6 +468,41 @@ const BLINDING: &[Blinding] = &[
         source: "securityhub.amazonaws.com",
         name: "DisableSecurityHub",
         what: "disabled Security Hub",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "UpdateStandardsControl",
+        what: "stopped Security Hub checking a control",
+        severity: Severity::Medium,
+        when: disables_control,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "BatchUpdateStandardsControlAssociations",
+        what: "stopped Security Hub checking controls",
+        severity: Severity::Medium,
+        when: disables_control,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "CreateAutomationRule",
+        what: "made a Security Hub automation rule that suppresses findings",
+        severity: Severity::Medium,
+        when: suppresses,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "BatchUpdateAutomationRules",
+        what: "made Security Hub automation rules suppress findings",
+        severity: Severity::Medium,
+        when: suppresses,
+    },
+    Blinding {
+        source: "securityhub.amazonaws.com",
+        name: "DisableOrganizationAdminAccount",
+        what: "removed the organization's Security Hub administrator",
         severity: Severity::High,
         when: always,
     },
@@ -347,6 +575,76 @@ const BLINDING: &[Blinding] = &[
         what: "deleted the Detective behavior graph",
         severity: Severity::Medium,
         when: always,
+    },
+    Blinding {
+        source: "access-analyzer.amazonaws.com",
+        name: "CreateArchiveRule",
+        what: "made an IAM Access Analyzer rule that archives findings as they arrive",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "access-analyzer.amazonaws.com",
+        name: "UpdateArchiveRule",
+        what: "changed an IAM Access Analyzer rule that archives findings as they arrive",
+        severity: Severity::Medium,
+        when: always,
+    },
+    Blinding {
+        source: "organizations.amazonaws.com",
+        name: "DisableAWSServiceAccess",
+        what: "took a security service's access to the organization away",
+        severity: Severity::High,
+        when: service_access_of_a_defence,
+    },
+    Blinding {
+        source: "organizations.amazonaws.com",
+        name: "DeregisterDelegatedAdministrator",
+        what: "removed a delegated administrator of a security service",
+        severity: Severity::Medium,
+        when: service_access_of_a_defence,
+    },
+    Blinding {
+        source: "events.amazonaws.com",
+        name: "DisableRule",
+        what: "switched off an EventBridge rule that carries findings or alerts",
+        severity: Severity::Medium,
+        when: findings_rule,
+    },
+    Blinding {
+        source: "events.amazonaws.com",
+        name: "DeleteRule",
+        what: "deleted an EventBridge rule that carries findings or alerts",
+        severity: Severity::Medium,
+        when: findings_rule,
+    },
+    Blinding {
+        source: "ec2.amazonaws.com",
+        name: "DisableSnapshotBlockPublicAccess",
+        what: "turned off the account's block on public EBS snapshots",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "ec2.amazonaws.com",
+        name: "DisableImageBlockPublicAccess",
+        what: "turned off the account's block on public AMIs",
+        severity: Severity::High,
+        when: always,
+    },
+    Blinding {
+        source: "ec2.amazonaws.com",
+        name: "EnableSnapshotBlockPublicAccess",
+        what: "let public EBS snapshots be shared again",
+        severity: Severity::Medium,
+        when: unblocks,
+    },
+    Blinding {
+        source: "macie2.amazonaws.com",
+        name: "UpdateMacieSession",
+        what: "paused Macie",
+        severity: Severity::Medium,
+        when: pauses,
     },
     Blinding {
         source: "access-analyzer.amazonaws.com",
@@ -659,16 +957,17 @@ impl Exposure {
         if !cfg.enabled || !acts_itself(a) {
             return;
         }
+        let null = Value::Null;
+        let params = a.request_parameters.as_ref().unwrap_or(&null);
+        // The first row whose condition holds: one call can mean more than one thing
+        // (GuardDuty's UpdateDetector suspends the detector, or turns some of it off).
         let Some(b) = BLINDING
             .iter()
-            .find(|b| b.name == a.event_name && b.source == a.event_source)
+            .find(|b| b.name == a.event_name && b.source == a.event_source && (b.when)(params))
         else {
             return;
         };
-        let null = Value::Null;
-        if !(b.when)(a.request_parameters.as_ref().unwrap_or(&null))
-            || allowed(&cfg.allow_principals, a)
-        {
+        if allowed(&cfg.allow_principals, a) {
             return;
         }
         let summary = if a.outcome.is_success() {
@@ -736,21 +1035,30 @@ impl Exposure {
 
     fn judge_credentials(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.credentials_for_another_user;
-        if !cfg.enabled
-            || a.event_source != "iam.amazonaws.com"
-            || !matches!(
-                a.event_name.as_str(),
-                "CreateAccessKey" | "CreateLoginProfile" | "UpdateLoginProfile"
-            )
-        {
+        if !cfg.enabled || a.event_source != "iam.amazonaws.com" {
             return;
         }
-        let Some(user) = a
-            .request_parameters
-            .as_ref()
-            .and_then(|p| p.get("userName"))
-            .and_then(Value::as_str)
-        else {
+        let params = a.request_parameters.as_ref();
+        let text = |k: &str| params.and_then(|p| p.get(k)).and_then(Value::as_str);
+        let what = match a.event_name.as_str() {
+            "CreateAccessKey" => "created an access key",
+            "CreateLoginProfile" => "gave a console password",
+            "UpdateLoginProfile" => "changed the console password",
+            // Turning a key back on is as good as making one.
+            "UpdateAccessKey"
+                if text("status").is_some_and(|s| s.eq_ignore_ascii_case("Active")) =>
+            {
+                "turned an access key back on"
+            }
+            "CreateServiceSpecificCredential" => "created a service-specific credential",
+            "UploadSigningCertificate" => "uploaded a signing certificate",
+            "UploadSSHPublicKey" => "uploaded an SSH public key",
+            // Someone else's MFA device on the user: whoever holds it signs in as the user.
+            "EnableMFADevice" => "attached an MFA device",
+            "DeactivateMFADevice" => "removed the MFA device",
+            _ => return,
+        };
+        let Some(user) = text("userName") else {
             // No user named: the caller's own.
             return;
         };
@@ -766,11 +1074,6 @@ impl Exposure {
         if own || allowed(&cfg.allow_principals, a) {
             return;
         }
-        let what = match a.event_name.as_str() {
-            "CreateAccessKey" => "created an access key",
-            "CreateLoginProfile" => "gave a console password",
-            _ => "changed the console password",
-        };
         let summary = format!("{} {what} for the user {user}", who(a));
         out.push(self.alert(
             &CREDENTIALS_FOR_ANOTHER,
@@ -1084,6 +1387,134 @@ mod tests {
                 None,
             ),
             ("guardduty.amazonaws.com", "ListDetectors", json!({}), None),
+            // The detector kept, part of it off: the features list or the older data sources.
+            (
+                "guardduty.amazonaws.com",
+                "UpdateDetector",
+                json!({"detectorId": "d1", "features": [
+                    {"name": "S3_DATA_EVENTS", "status": "ENABLED"},
+                    {"name": "EKS_RUNTIME_MONITORING", "status": "DISABLED"}]}),
+                Some(Severity::Medium),
+            ),
+            (
+                "guardduty.amazonaws.com",
+                "UpdateDetector",
+                json!({"detectorId": "d1", "dataSources": {"s3Logs": {"enable": false}}}),
+                Some(Severity::Medium),
+            ),
+            (
+                "guardduty.amazonaws.com",
+                "UpdateDetector",
+                json!({"detectorId": "d1", "features": [{"name": "S3_DATA_EVENTS", "status": "ENABLED"}]}),
+                None,
+            ),
+            (
+                "guardduty.amazonaws.com",
+                "UpdateOrganizationConfiguration",
+                json!({"detectorId": "d1", "autoEnableOrganizationMembers": "NONE"}),
+                Some(Severity::Medium),
+            ),
+            (
+                "guardduty.amazonaws.com",
+                "UpdateOrganizationConfiguration",
+                json!({"detectorId": "d1", "autoEnableOrganizationMembers": "ALL"}),
+                None,
+            ),
+            (
+                "securityhub.amazonaws.com",
+                "UpdateStandardsControl",
+                json!({"standardsControlArn": "arn:x", "controlStatus": "DISABLED", "disabledReason": "noise"}),
+                Some(Severity::Medium),
+            ),
+            (
+                "securityhub.amazonaws.com",
+                "BatchUpdateStandardsControlAssociations",
+                json!({"standardsControlAssociationUpdates": [
+                    {"securityControlId": "CloudTrail.1", "updatedStatus": "DISABLED"}]}),
+                Some(Severity::Medium),
+            ),
+            (
+                "securityhub.amazonaws.com",
+                "CreateAutomationRule",
+                json!({"ruleName": "quiet", "actions": [{"type": "FINDING_FIELDS_UPDATE",
+                    "findingFieldsUpdate": {"workflow": {"status": "SUPPRESSED"}}}]}),
+                Some(Severity::Medium),
+            ),
+            (
+                "securityhub.amazonaws.com",
+                "CreateAutomationRule",
+                json!({"ruleName": "tag", "actions": [{"type": "FINDING_FIELDS_UPDATE",
+                    "findingFieldsUpdate": {"note": {"text": "owner: web"}}}]}),
+                None,
+            ),
+            (
+                "config.amazonaws.com",
+                "PutConfigurationRecorder",
+                json!({"configurationRecorder": {"name": "default", "recordingGroup": {
+                    "allSupported": false, "resourceTypes": ["AWS::S3::Bucket"]}}}),
+                Some(Severity::Medium),
+            ),
+            (
+                "config.amazonaws.com",
+                "PutConfigurationRecorder",
+                json!({"configurationRecorder": {"name": "default", "recordingGroup": {
+                    "allSupported": true, "includeGlobalResourceTypes": true}}}),
+                None,
+            ),
+            (
+                "access-analyzer.amazonaws.com",
+                "CreateArchiveRule",
+                json!({"analyzerName": "org", "ruleName": "all", "filter": {}}),
+                Some(Severity::Medium),
+            ),
+            (
+                "organizations.amazonaws.com",
+                "DisableAWSServiceAccess",
+                json!({"servicePrincipal": "guardduty.amazonaws.com"}),
+                Some(Severity::High),
+            ),
+            (
+                "organizations.amazonaws.com",
+                "DisableAWSServiceAccess",
+                json!({"servicePrincipal": "ram.amazonaws.com"}),
+                None,
+            ),
+            (
+                "events.amazonaws.com",
+                "DisableRule",
+                json!({"name": "GuardDutyFindingsToSlack"}),
+                Some(Severity::Medium),
+            ),
+            (
+                "events.amazonaws.com",
+                "DisableRule",
+                json!({"name": "nightly-build"}),
+                None,
+            ),
+            (
+                "ec2.amazonaws.com",
+                "DisableSnapshotBlockPublicAccess",
+                json!({}),
+                Some(Severity::High),
+            ),
+            (
+                "ec2.amazonaws.com",
+                "EnableSnapshotBlockPublicAccess",
+                json!({"state": "unblocked"}),
+                Some(Severity::Medium),
+            ),
+            (
+                "ec2.amazonaws.com",
+                "EnableSnapshotBlockPublicAccess",
+                json!({"state": "block-all-sharing"}),
+                None,
+            ),
+            (
+                "macie2.amazonaws.com",
+                "UpdateMacieSession",
+                json!({"status": "PAUSED"}),
+                Some(Severity::Medium),
+            ),
         ];
         for (source, name, params, want) in cases {
             let alerts = run(&record(source, name, user("mallory"), params, false));
@@ -1191,5 +1622,31 @@ mod tests {
             &mut out,
         );
         assert!(out.is_empty(), "an allowed onboarding robot");
+        // Other ways to hold a user's credentials: a key turned back on, service-specific
+        // credentials, certificates and SSH keys, an MFA device of one's own on the user.
+        for name in [
+            "CreateServiceSpecificCredential",
+            "UploadSigningCertificate",
+            "UploadSSHPublicKey",
+            "EnableMFADevice",
+            "DeactivateMFADevice",
+        ] {
+            assert_eq!(ids(&for_bob(user("mallory"), name)).len(), 1, "{name}");
+            assert!(for_bob(user("bob"), name).is_empty(), "{name}: his own");
+        }
+        let key = |status: &str| {
+            run(&record(
+                "iam.amazonaws.com",
+                "UpdateAccessKey",
+                user("mallory"),
+                json!({"userName": "bob", "accessKeyId": "AKIAEXAMPLE", "status": status}),
+                false,
+            ))
+        };
+        assert_eq!(ids(&key("Active")).len(), 1);
+        assert!(
+            key("Inactive").is_empty(),
+            "turning a key off takes nothing"
+        );
     }
 }

@@ -13,6 +13,10 @@
 //! - `credentials-for-another-user`: an access key or console password created or changed for
 //!   a user other than the caller (T1098.001).
 //!
+//! - `instance-credentials-outside-aws`: an EC2 instance's role credentials (a session named
+//!   after the instance) used from a network that is not AWS's: taken off the instance
+//!   (T1552.005). Needs AS data (`geo.asn_databases`).
+//!
 //! Failed attempts raise them too, one severity lower (a probe for what stolen credentials
 //! may do), and request nothing but notifications.
 
@@ -46,6 +50,12 @@ pub const ROOT_ACTIVITY: PolicyMeta<'static> = PolicyMeta {
     name: "Root credentials used",
     kind: AlertKind::ActivityPolicy,
 };
+/// An instance's credentials used outside AWS.
+pub const INSTANCE_CREDENTIALS_OUTSIDE: PolicyMeta<'static> = PolicyMeta {
+    id: "instance-credentials-outside-aws",
+    name: "Instance credentials used outside AWS",
+    kind: AlertKind::ActivityPolicy,
+};
 /// Credentials created for another user.
 pub const CREDENTIALS_FOR_ANOTHER: PolicyMeta<'static> = PolicyMeta {
     id: "credentials-for-another-user",
@@ -76,6 +86,52 @@ impl Default for ExposureConfig {
             actions: vec![ActionKind::Notify],
         }
     }
+}
+
+/// Settings of `instance-credentials-outside-aws`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceCredentialsConfig {
+    /// Evaluate this policy.
+    pub enabled: bool,
+    /// Severity of its alerts (default high).
+    pub severity: Option<Severity>,
+    /// Principal ARNs, names, session roles or actor ids it ignores.
+    pub allow_principals: Vec<String>,
+    /// Governance actions to request (`require_sign_in` revokes the role's older sessions:
+    /// the thief's copy stops working, the instances fetch new credentials within the hour).
+    pub actions: Vec<ActionKind>,
+    /// AS numbers instance credentials may be used from besides AWS's own ([`AWS_ASNS`]): a
+    /// proxy or on-premises egress instances route through.
+    pub trusted_asns: Vec<u32>,
+}
+
+impl Default for InstanceCredentialsConfig {
+    fn default() -> Self {
+        InstanceCredentialsConfig {
+            enabled: true,
+            severity: None,
+            allow_principals: Vec::new(),
+            actions: vec![ActionKind::Notify],
+            trusted_asns: Vec::new(),
+        }
+    }
+}
+
+/// Amazon's AS numbers: an instance's calls come from one of them (its public address), or
+/// from a private address through a VPC endpoint (no AS at all).
+pub const AWS_ASNS: &[u32] = &[
+    16509, 14618, 8987, 7224, 9059, 10124, 17493, 38895, 39111, 58588, 62785, 135630,
+];
+
+/// Whether `session` is what EC2 names an instance profile's session: the instance id.
+fn is_instance_id(session: &str) -> bool {
+    session.strip_prefix("i-").is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// Settings of `resource-shared-out`.
@@ -127,6 +183,8 @@ pub struct ExposurePolicies {
     pub root_activity: ExposureConfig,
     /// `credentials-for-another-user`.
     pub credentials_for_another_user: ExposureConfig,
+    /// `instance-credentials-outside-aws`.
+    pub instance_credentials_outside_aws: InstanceCredentialsConfig,
 }
 
 /// What switching a defence off looks like: event source, event name, what it does, its
@@ -1033,6 +1091,70 @@ impl Exposure {
         ));
     }
 
+    fn judge_instance_credentials(&self, a: &Activity, out: &mut Vec<Alert>) {
+        let cfg = &self.cfg.instance_credentials_outside_aws;
+        // Only what the session did itself, from an address whose network is known.
+        let Some(network) = a.enrichment.network.as_ref() else {
+            return;
+        };
+        if !cfg.enabled || a.principal.kind != "AssumedRole" || !acts_itself(a) {
+            return;
+        }
+        let Some(session) = a
+            .principal
+            .arn
+            .as_deref()
+            .and_then(|arn| arn.rsplit('/').next())
+        else {
+            return;
+        };
+        if !is_instance_id(session)
+            || AWS_ASNS.contains(&network.asn)
+            || cfg.trusted_asns.contains(&network.asn)
+            || allowed(&cfg.allow_principals, a)
+        {
+            return;
+        }
+        let role = a
+            .principal
+            .session_issuer_arn
+            .as_deref()
+            .and_then(|arn| arn.rsplit('/').next())
+            .unwrap_or("?");
+        let from = match &network.organization {
+            Some(org) => format!("AS{} {org}", network.asn),
+            None => format!("AS{}", network.asn),
+        };
+        let ip = a.source_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let verb = if a.outcome.is_success() {
+            "called"
+        } else {
+            "tried"
+        };
+        let summary = format!(
+            "the credentials of instance {session} (role {role}) {verb} {} from {ip} ({from}), outside AWS",
+            a.event_name
+        );
+        // About the instance's credentials: one alert per instance, its calls folded.
+        let entity = Entity {
+            kind: kinds::PRINCIPAL.into(),
+            id: a.actor_key().into_owned(),
+        };
+        out.push(self.alert(
+            &INSTANCE_CREDENTIALS_OUTSIDE,
+            (cfg.severity, &cfg.actions),
+            a,
+            Some(entity),
+            Severity::High,
+            summary,
+            (
+                "Credential Access",
+                "T1552.005",
+                "Unsecured Credentials: Cloud Instance Metadata API",
+            ),
+        ));
+    }
+
     fn judge_credentials(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.credentials_for_another_user;
         if !cfg.enabled || a.event_source != "iam.amazonaws.com" {
@@ -1098,11 +1220,13 @@ impl EventPolicy for Exposure {
             &DEFENSE_EVASION,
             &ROOT_ACTIVITY,
             &CREDENTIALS_FOR_ANOTHER,
+            &INSTANCE_CREDENTIALS_OUTSIDE,
         ]
     }
 
     fn evaluate(&self, a: &Activity, alerts: &mut Vec<Alert>) {
         self.judge_root(a, alerts);
+        self.judge_instance_credentials(a, alerts);
         // Each of the others is a handful of event names.
         match a.event_source.as_str() {
             "ec2.amazonaws.com" | "rds.amazonaws.com" => {
@@ -1572,6 +1696,67 @@ mod tests {
             false
         ))
         .is_empty());
+    }
+
+    #[test]
+    fn instance_credentials_used_outside_aws() {
+        let instance = |session: &str| {
+            json!({"type": "AssumedRole", "accountId": "111111111111",
+                "principalId": format!("AROAWEB:{session}"),
+                "arn": format!("arn:aws:sts::111111111111:assumed-role/web/{session}"),
+                "sessionContext": {"sessionIssuer": {"type": "Role",
+                    "arn": "arn:aws:iam::111111111111:role/web", "userName": "web"},
+                    "ec2RoleDelivery": "2.0"}})
+        };
+        let from = |session: &str, asn: Option<u32>| {
+            let mut a = record(
+                "s3.amazonaws.com",
+                "ListBuckets",
+                instance(session),
+                json!({}),
+                false,
+            );
+            a.enrichment.network = asn.map(|asn| trailguard_common::contract::Network {
+                asn,
+                organization: Some("Example Net".into()),
+            });
+            run(&a)
+        };
+        let alerts = from("i-0123456789abcdef0", Some(14061));
+        assert_eq!(
+            ids(&alerts),
+            [("instance-credentials-outside-aws", Severity::High)]
+        );
+        assert!(
+            alerts[0].evidence.summary.contains("i-0123456789abcdef0")
+                && alerts[0].evidence.summary.contains("AS14061"),
+            "{}",
+            alerts[0].evidence.summary
+        );
+        // From the instance (AWS's network), through a VPC endpoint (no AS), a session that is
+        // not an instance's: nothing.
+        assert!(from("i-0123456789abcdef0", Some(16509)).is_empty());
+        assert!(from("i-0123456789abcdef0", None).is_empty());
+        assert!(from("i-01234567", Some(14618)).is_empty());
+        assert!(from("deploy-1234", Some(14061)).is_empty());
+        assert!(from("i-0123456789abcdefz", Some(14061)).is_empty());
+        // A trusted egress.
+        let mut cfg = ExposurePolicies::default();
+        cfg.instance_credentials_outside_aws.trusted_asns = vec![14061];
+        let mut a = record(
+            "s3.amazonaws.com",
+            "ListBuckets",
+            instance("i-0123456789abcdef0"),
+            json!({}),
+            false,
+        );
+        a.enrichment.network = Some(trailguard_common::contract::Network {
+            asn: 14061,
+            organization: None,
+        });
+        let mut out = Vec::new();
+        Exposure::new(cfg).evaluate(&a, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

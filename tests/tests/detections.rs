@@ -923,13 +923,21 @@ async fn a_country_no_one_in_the_organization_acts_from() -> Result<()> {
 /// What needs no baseline, end to end: after a week of ordinary work by people and a CI role,
 /// a stolen SSO session shares an EBS snapshot with an outside account, makes an AMI public,
 /// suspends GuardDuty, stops the Config recorder and creates an access key for another user;
-/// the root user lists the account's users. Each raises its policy, about the actor who acted;
-/// the week raises none of them.
+/// the root user lists the account's users; a web server's instance credentials are used from
+/// a rented server. Each raises its policy, about the actor who acted; the week — the instance
+/// calling from AWS's network and through a VPC endpoint included — raises none of them.
 #[tokio::test(flavor = "multi_thread")]
 async fn attacks_that_need_no_baseline() -> Result<()> {
     let run = Run::new("exposure")?;
+    let asn = trailguard_tests::asn_databases();
+    ensure!(
+        !asn.is_empty(),
+        "no AS database: run through deploy/test.sh"
+    );
     // Every match published (no folding of one actor's repeats), to count them.
-    let config = run.detect_config("[policies.fold]\nperiod = \"0s\"\n")?;
+    let config = run.detect_config(&format!(
+        "[policies.fold]\nperiod = \"0s\"\n[geo]\nasn_databases = {asn:?}\n"
+    ))?;
     const DAY: i64 = 1440;
     let mut records = Vec::new();
     for day in -7..0 {
@@ -952,6 +960,18 @@ async fn attacks_that_need_no_baseline() -> Result<()> {
                 "71.253.251.80",
                 json!({"snapshotId": format!("snap-{day}{i}"), "attributeType": "CREATE_VOLUME_PERMISSION",
                     "createVolumePermission": {"add": {"items": [{"userId": "123456789012"}]}}}),
+            ));
+        }
+        // A web server's instance profile works all day: from the instance's public address
+        // (AWS's network) and through a VPC endpoint (a private address).
+        for (k, ip) in ["3.80.0.10", "10.0.12.7"].iter().enumerate() {
+            records.push(by(
+                day * DAY + 200 + k as i64,
+                "GetObject",
+                "s3.amazonaws.com",
+                workload("web", "i-0a1b2c3d4e5f60718"),
+                ip,
+                json!({"bucketName": "assets", "key": "index.html"}),
             ));
         }
         // CI rotates its own key and updates its detector settings every day.
@@ -1013,6 +1033,16 @@ async fn attacks_that_need_no_baseline() -> Result<()> {
         "203.0.113.67",
         json!({}),
     ));
+    // The web server's credentials, taken through its metadata service, used from a rented
+    // server (an address of DigitalOcean's network).
+    records.push(by(
+        40,
+        "ListBuckets",
+        "s3.amazonaws.com",
+        workload("web", "i-0a1b2c3d4e5f60718"),
+        "159.203.10.20",
+        json!({}),
+    ));
     records.sort_by_key(|r| r["eventTime"].as_str().unwrap_or_default().to_string());
     run.ingest_records(&records)?;
     let detect = run.spawn("detect", &["--config", config.to_str().context("path")?])?;
@@ -1021,6 +1051,7 @@ async fn attacks_that_need_no_baseline() -> Result<()> {
         "defense-evasion",
         "credentials-for-another-user",
         "root-activity",
+        "instance-credentials-outside-aws",
     ];
     let alerts = alerts_until(&run, detect, &want, Duration::from_secs(5))?;
     let of =
@@ -1049,6 +1080,14 @@ async fn attacks_that_need_no_baseline() -> Result<()> {
         of("credentials-for-another-user")
     );
     ensure!(of("root-activity").len() == 1, "{alerts:#?}");
+    let stolen = of("instance-credentials-outside-aws");
+    ensure!(stolen.len() == 1, "{alerts:#?}");
+    ensure!(
+        stolen[0].evidence.summary.contains("i-0a1b2c3d4e5f60718")
+            && stolen[0].evidence.summary.contains("AS14061"),
+        "{}",
+        stolen[0].evidence.summary
+    );
     // The ordinary week raised none of them (every one above is from day 0).
     let day0 = chrono::DateTime::parse_from_rfc3339("2024-05-10T00:00:00Z")?;
     for a in alerts

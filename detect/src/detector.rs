@@ -381,6 +381,9 @@ impl Detector {
             // Countries still waiting are decisions owed, not memory.
             state.pending = pending;
         }
+        // What the event policies found about this actor weighs on its later unusual calls
+        // (not on this activity's: one call is one piece of evidence).
+        let event_alerted = !matched.is_empty();
         let mut alerts = Vec::new();
         if !matched.is_empty() || !state.folds.is_empty() {
             let mut opened = Vec::new();
@@ -422,6 +425,14 @@ impl Detector {
                 .insert((day_start(t), offset, key.clone()));
         }
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);
+        if event_alerted
+            || raised.iter().any(|a| {
+                a.policy_id != crate::anomaly::UNUSUAL_API.id
+                    && a.policy_id != crate::anomaly::DISCOVERY_BURST.id
+            })
+        {
+            state.other_alert = state.other_alert.max(t);
+        }
         alerts.extend(raised);
         let mut raised = self.anomalies.observe_facts(state, facts, activity);
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);

@@ -7,7 +7,9 @@
 //! families it works from. After learning, a classified call it has never made scores its
 //! weight, plus one for a tactic it never used, one for a new network, one for a new user
 //! agent, one for a failure, and two when it comes within an hour of another unusual call of
-//! a different tactic. While it learns, its peers' calls (the role its sessions come from,
+//! a different tactic, one when half or more of its sensitive calls this hour were refused
+//! (five at least), and one when another policy alerted about it in the last six hours. While
+//! it learns, its peers' calls (the role its sessions come from,
 //! its account's people or users) stand in for its own, so an identity an attacker just made
 //! is judged from its first call; without peers, only the heaviest calls (weight 4 and up)
 //! count as unusual. The score fires at 5 (`medium`; `low` 6, `high` 4), high from 7.
@@ -25,6 +27,10 @@ const WINDOW_CALLS: usize = 128;
 const WINDOW_SECS: i64 = 600;
 /// How long an unusual call makes the next one of another tactic weigh more.
 const CHAIN_SECS: i64 = 3600;
+/// How long another alert about the actor makes an unusual call weigh more.
+const OTHER_ALERT_SECS: i64 = 6 * 3600;
+/// Refused calls in an hour from which a refusal ratio of one half counts as probing.
+const PROBING_REFUSALS: u16 = 5;
 
 /// A small, stable hash (FNV-1a) for remembering names compactly; collisions only make a
 /// new name look known.
@@ -117,6 +123,14 @@ impl Anomalies {
             return;
         };
         let failed = refused(a);
+        // How much of what it tried this hour was refused (an attacker probing the rights of
+        // stolen credentials fails a lot; people and automation rarely do).
+        let hour = t - t.rem_euclid(3600);
+        if st.refusals.0 != hour {
+            st.refusals = (hour, 0, 0);
+        }
+        st.refusals.1 = st.refusals.1.saturating_add(1);
+        st.refusals.2 = st.refusals.2.saturating_add(u16::from(failed));
         if tactic == Tactic::Discovery {
             self.discovery(st, seen, failed, out);
         }
@@ -181,6 +195,20 @@ impl Anomalies {
         if chained {
             score += 2;
             why.push("within an hour of other unusual calls of other tactics".to_string());
+        }
+        let (_, calls, refusals) = st.refusals;
+        if refusals >= PROBING_REFUSALS && refusals * 2 >= calls {
+            score += 1;
+            why.push(format!(
+                "{refusals} of its {calls} sensitive calls this hour refused"
+            ));
+        }
+        // Another policy's alert about the actor in the last hours (or just before, from a
+        // record read out of order).
+        let since = t - st.other_alert;
+        if st.other_alert > 0 && (-CHAIN_SECS..=OTHER_ALERT_SECS).contains(&since) {
+            score += 1;
+            why.push("another alert about it in the last six hours".to_string());
         }
         let d = &self.cfg.unusual_api_behaviour;
         let threshold = match self.sens(d) {
@@ -482,6 +510,88 @@ mod tests {
             )
             .len(),
             1
+        );
+    }
+
+    #[test]
+    fn another_alert_and_refused_probing_weigh_on_an_unusual_call() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut census = crate::census::Census::default();
+        let secret = |t: i64| {
+            call(
+                t,
+                "secretsmanager.amazonaws.com",
+                "GetSecretValue",
+                HOME,
+                CLI,
+                false,
+            )
+        };
+        // Alone, from home with the usual CLI, a first secret read is 3 + 1: quiet.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let alone = an.observe(&mut st, &mut census, &secret(9 * DAY));
+        assert!(
+            fired(&alone, "unusual-api-behaviour").is_empty(),
+            "{alone:?}"
+        );
+        // Another policy alerted about the actor an hour before: 5, it fires.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        st.other_alert = 1_700_000_000 + 9 * DAY - 3600;
+        let after_alert = an.observe(&mut st, &mut census, &secret(9 * DAY));
+        let got = fired(&after_alert, "unusual-api-behaviour");
+        assert_eq!(got.len(), 1, "{after_alert:?}");
+        assert!(
+            got[0].evidence.summary.contains("another alert"),
+            "{}",
+            got[0].evidence.summary
+        );
+        // A day before is too long ago.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        st.other_alert = 1_700_000_000 + 8 * DAY;
+        let stale = an.observe(&mut st, &mut census, &secret(9 * DAY));
+        assert!(
+            fired(&stale, "unusual-api-behaviour").is_empty(),
+            "{stale:?}"
+        );
+        // Most of what it tried this hour was refused: probing its rights.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        for (i, name) in [
+            "ListUsers",
+            "ListRoles",
+            "ListPolicies",
+            "GetAccountAuthorizationDetails",
+            "ListGroups",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            an.observe(
+                &mut st,
+                &mut census,
+                &call(
+                    9 * DAY - 600 + i as i64,
+                    "iam.amazonaws.com",
+                    name,
+                    HOME,
+                    CLI,
+                    true,
+                ),
+            );
+        }
+        let probed = an.observe(&mut st, &mut census, &secret(9 * DAY));
+        let got = fired(&probed, "unusual-api-behaviour");
+        assert_eq!(got.len(), 1, "{probed:?}");
+        assert!(
+            got[0]
+                .evidence
+                .summary
+                .contains("5 of its 6 sensitive calls this hour refused"),
+            "{}",
+            got[0].evidence.summary
         );
     }
 

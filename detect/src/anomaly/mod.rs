@@ -568,6 +568,13 @@ pub struct PrincipalState {
     /// Most distinct enumerating calls in one window so far.
     #[serde(rename = "dm", default, skip_serializing_if = "is_zero")]
     discovery_max: u16,
+    /// Classified calls in the current hour (its start, calls, refused): how much of what the
+    /// actor tries is refused.
+    #[serde(rename = "fh", default, skip_serializing_if = "is_zero")]
+    refusals: (i64, u16, u16),
+    /// When another policy last raised an alert about the actor (unix seconds; 0: never).
+    #[serde(rename = "oa", default, skip_serializing_if = "is_zero")]
+    pub other_alert: i64,
     /// Suppressions: (detection and key, quiet until).
     #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
     quiet: Vec<(String, i64)>,

@@ -107,6 +107,7 @@ impl Anomalies {
         st: &mut PrincipalState,
         seen: &Seen<'_>,
         peer_calls: Option<&[u32]>,
+        peers_make_it: Option<bool>,
         out: &mut Vec<Alert>,
     ) {
         let a = seen.a;
@@ -184,6 +185,19 @@ impl Anomalies {
         if learned && new_agent {
             score += 1;
             why.push("with a user agent it has not used".to_string());
+        }
+        // Rarity in the organization: a call its peers make is less telling than one none of
+        // them does.
+        match peers_make_it {
+            Some(true) if learned => {
+                score = score.saturating_sub(1);
+                why.push("its peers make it".to_string());
+            }
+            Some(false) if learned => {
+                score += 1;
+                why.push("none of its peers make it".to_string());
+            }
+            _ => {}
         }
         if failed {
             score += 1;
@@ -547,6 +561,30 @@ mod tests {
             "{}",
             got[0].evidence.summary
         );
+        // How rare the call is among the actor's peers: none of them make it, 4 + 1; all of
+        // them do, the earlier alert's weight is taken back.
+        for (make_it, other_alert, fires) in [(Some(false), 0, true), (Some(true), 3600, false)] {
+            let mut st = PrincipalState::default();
+            ordinary(&an, &mut st, &mut census);
+            if other_alert > 0 {
+                st.other_alert = 1_700_000_000 + 9 * DAY - other_alert;
+            }
+            let mut view = crate::anomaly::OrgView::local(&mut census);
+            let peers = Peers {
+                make_it,
+                ..Peers::default()
+            };
+            let alerts =
+                an.observe_with_peers(&mut st, &mut view, &secret(9 * DAY), peers, &mut Vec::new());
+            let got = fired(&alerts, "unusual-api-behaviour");
+            assert_eq!(got.len(), usize::from(fires), "{make_it:?}: {alerts:?}");
+            if fires {
+                assert!(got[0]
+                    .evidence
+                    .summary
+                    .contains("none of its peers make it"));
+            }
+        }
         // A day before is too long ago.
         let mut st = PrincipalState::default();
         ordinary(&an, &mut st, &mut census);
@@ -754,6 +792,7 @@ mod tests {
         let peers = Peers {
             rates: None,
             calls: Some(&calls),
+            make_it: None,
         };
         let mut st = PrincipalState::default();
         let alerts = an.observe_with_peers(&mut st, &mut view, &refused, peers, &mut Vec::new());

@@ -8,7 +8,8 @@
 //! weight, plus one for a tactic it never used, one for a new network, one for a new user
 //! agent, one for a failure, and two when it comes within an hour of another unusual call of
 //! a different tactic, one when half or more of its sensitive calls this hour were refused
-//! (five at least), and one when another policy alerted about it in the last six hours. While
+//! (five at least), one when another policy alerted about it in the last six hours, and one
+//! more (or one less) when none (or some) of its peers make the call. While
 //! it learns, its peers' calls (the role its sessions come from,
 //! its account's people or users) stand in for its own, so an identity an attacker just made
 //! is judged from its first call; without peers, only the heaviest calls (weight 4 and up)

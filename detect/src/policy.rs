@@ -182,7 +182,7 @@ pub fn mitre(tactic: &str, technique_id: &str, technique: &str) -> Mitre {
     }
 }
 
-/// Whether `activity`'s principal is on `list` (by ARN, name, or the role a session was
+/// Whether `activity`'s principal is on `list` (by ARN, an IAM user's name, or the role a session was
 /// issued by), or its actor (by id: `person:alice@example.com`, a role ARN) when AWS or the
 /// identity provider vouches for who the actor is. A person inferred from an e-mail-like
 /// session name or from a `sourceIdentity` is not matched by id: the caller of `AssumeRole`
@@ -197,9 +197,12 @@ pub fn allowed(list: &[String], activity: &Activity) -> bool {
             actor.basis.as_str(),
             "session-email" | "source-identity" | "saml"
         );
+    // A name is vouched for only as an IAM user's: a federated user's (`GetFederationToken`)
+    // and a session's are their caller's choice.
+    let user_name = (p.kind == "IAMUser").then_some(p.name.as_deref()).flatten();
     list.iter().any(|entry| {
         p.arn.as_deref() == Some(entry.as_str())
-            || p.name.as_deref() == Some(entry.as_str())
+            || user_name == Some(entry.as_str())
             || p.session_issuer_arn.as_deref() == Some(entry.as_str())
             // Person ids are lower-case; an entry written `person:Alice@Example.com` still means her.
             || (vouched && (actor.id == *entry
@@ -383,5 +386,37 @@ mod tests {
             "arn": "arn:aws:sts::1:assumed-role/ci-deploy/GitHubActions"
         }));
         assert!(allowed(&["arn:aws:iam::1:role/ci-deploy".into()], &role));
+    }
+
+    /// A bare name is an IAM user's: AWS vouches for a user's name, while a federated user's
+    /// name (`GetFederationToken`) and a session's are whatever their caller chose.
+    #[test]
+    fn bare_names_match_iam_users_only() {
+        let user = acting(serde_json::json!({
+            "type": "IAMUser", "accountId": "1", "userName": "ci-deployer",
+            "arn": "arn:aws:iam::1:user/ci-deployer"
+        }));
+        assert!(allowed(&["ci-deployer".into()], &user));
+        let federated = acting(serde_json::json!({
+            "type": "FederatedUser", "accountId": "1",
+            "arn": "arn:aws:sts::1:federated-user/ci-deployer",
+            "sessionContext": {"sessionIssuer": {"type": "IAMUser",
+                "arn": "arn:aws:iam::1:user/mallory", "userName": "mallory"}}
+        }));
+        assert!(!allowed(&["ci-deployer".into()], &federated));
+        let session = acting(serde_json::json!({
+            "type": "AssumedRole", "accountId": "1",
+            "arn": "arn:aws:sts::1:assumed-role/Dev/ci-deployer",
+            "sessionContext": {"sessionIssuer": {"type": "Role",
+                "arn": "arn:aws:iam::1:role/Dev", "userName": "Dev"}}
+        }));
+        assert!(!allowed(&["ci-deployer".into()], &session));
+        assert!(!allowed(&["Dev/ci-deployer".into()], &session));
+        // The session's full ARN and its role's still match.
+        assert!(allowed(
+            &["arn:aws:sts::1:assumed-role/Dev/ci-deployer".into()],
+            &session
+        ));
+        assert!(allowed(&["arn:aws:iam::1:role/Dev".into()], &session));
     }
 }

@@ -128,8 +128,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
         assert_eq!(
-            count, 32,
-            "5 built-in, 5 exposure, 7 templates, 15 anomaly detections"
+            count, 33,
+            "5 built-in, 6 exposure, 7 templates, 15 anomaly detections"
         );
     }
 }

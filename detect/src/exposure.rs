@@ -13,6 +13,10 @@
 //! - `credentials-for-another-user`: an access key or console password created or changed for
 //!   a user other than the caller (T1098.001).
 //!
+//! - `access-granted-outside`: a role's trust policy, a Lambda function's or layer's
+//!   permission, or the resource policy of a secret, KMS key, ECR repository, SQS queue, SNS
+//!   topic or EventBridge bus opened to everyone or to an account outside (T1098, T1546); a
+//!   Lambda function URL without authentication.
 //! - `instance-credentials-outside-aws`: an EC2 instance's role credentials (a session named
 //!   after the instance) used from a network that is not AWS's: taken off the instance
 //!   (T1552.005). Needs AS data (`geo.asn_databases`).
@@ -29,6 +33,7 @@ use trailguard_common::s3::items;
 use trailguard_common::Activity;
 
 use crate::classify::acts_itself;
+use crate::policy::who as who_acted;
 use crate::policy::{allowed, requested, who, AlertBuilder, EventPolicy, PolicyMeta};
 use trailguard_common::contract::kinds;
 
@@ -48,6 +53,12 @@ pub const DEFENSE_EVASION: PolicyMeta<'static> = PolicyMeta {
 pub const ROOT_ACTIVITY: PolicyMeta<'static> = PolicyMeta {
     id: "root-activity",
     name: "Root credentials used",
+    kind: AlertKind::ActivityPolicy,
+};
+/// Access to a role or resource granted to everyone or to another account.
+pub const ACCESS_GRANTED_OUTSIDE: PolicyMeta<'static> = PolicyMeta {
+    id: "access-granted-outside",
+    name: "Access granted outside the organization",
     kind: AlertKind::ActivityPolicy,
 };
 /// An instance's credentials used outside AWS.
@@ -84,6 +95,35 @@ impl Default for ExposureConfig {
             severity: None,
             allow_principals: Vec::new(),
             actions: vec![ActionKind::Notify],
+        }
+    }
+}
+
+/// Settings of `access-granted-outside`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrantedOutsideConfig {
+    /// Evaluate this policy.
+    pub enabled: bool,
+    /// Severity of its alerts (default: high when public, medium for another account).
+    pub severity: Option<Severity>,
+    /// Principal ARNs, names, session roles or actor ids it ignores.
+    pub allow_principals: Vec<String>,
+    /// Governance actions to request.
+    pub actions: Vec<ActionKind>,
+    /// Accounts that are not outside: the organization's other accounts, vendors trusted on
+    /// purpose. The resource's own account never is.
+    pub trusted_accounts: Vec<String>,
+}
+
+impl Default for GrantedOutsideConfig {
+    fn default() -> Self {
+        GrantedOutsideConfig {
+            enabled: true,
+            severity: None,
+            allow_principals: Vec::new(),
+            actions: vec![ActionKind::Notify],
+            trusted_accounts: Vec::new(),
         }
     }
 }
@@ -185,6 +225,8 @@ pub struct ExposurePolicies {
     pub credentials_for_another_user: ExposureConfig,
     /// `instance-credentials-outside-aws`.
     pub instance_credentials_outside_aws: InstanceCredentialsConfig,
+    /// `access-granted-outside`.
+    pub access_granted_outside: GrantedOutsideConfig,
 }
 
 /// What switching a defence off looks like: event source, event name, what it does, its
@@ -865,6 +907,47 @@ fn unshare_actions(
         .collect()
 }
 
+/// The account an IAM principal names: an account id, or the account of an ARN.
+fn principal_account(principal: &str) -> Option<&str> {
+    if is_account(principal) {
+        return Some(principal);
+    }
+    let account = principal.strip_prefix("arn:")?.split(':').nth(3)?;
+    is_account(account).then_some(account)
+}
+
+/// Who a policy document lets in from outside `own` (and `trusted`): `None` when no one;
+/// `Some(None)` for everyone; `Some(Some(accounts))` for other accounts.
+fn policy_opened(document: &Value, own: &str, trusted: &[String]) -> Option<Option<Vec<String>>> {
+    let document = trailguard_common::s3::parse_policy(document)?;
+    let mut accounts: Vec<String> = Vec::new();
+    for statement in items(document.get("Statement")) {
+        if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
+            continue;
+        }
+        if trailguard_common::s3::is_public_statement(statement) {
+            return Some(None);
+        }
+        let principal = statement.get("Principal");
+        let aws = match principal {
+            Some(Value::Object(map)) => map.get("AWS"),
+            _ => None,
+        };
+        for p in items(aws) {
+            let Some(p) = p.as_str() else { continue };
+            if let Some(account) = principal_account(p) {
+                if account != own
+                    && !trusted.iter().any(|t| t == account)
+                    && !accounts.iter().any(|a| a == account)
+                {
+                    accounts.push(account.to_string());
+                }
+            }
+        }
+    }
+    (!accounts.is_empty()).then_some(Some(accounts))
+}
+
 impl Exposure {
     /// The policies with their settings.
     pub fn new(cfg: ExposurePolicies) -> Self {
@@ -1091,6 +1174,187 @@ impl Exposure {
         ));
     }
 
+    /// What `a` opens to the outside, when it does: (what, the resource, who: `None` is
+    /// everyone).
+    fn opened(&self, a: &Activity) -> Option<(&'static str, String, Option<Vec<String>>)> {
+        let params = a.request_parameters.as_ref()?;
+        let own = a.account_id.as_deref()?;
+        let trusted = &self.cfg.access_granted_outside.trusted_accounts;
+        let text = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
+        let name = crate::tactics::base_name(&a.event_source, &a.event_name);
+        let document = |k: &str| params.get(k).and_then(|d| policy_opened(d, own, trusted));
+        match (a.event_source.as_str(), name) {
+            ("iam.amazonaws.com", "CreateRole") => Some((
+                "the trust policy of role",
+                text("roleName")?,
+                document("assumeRolePolicyDocument")?,
+            )),
+            ("iam.amazonaws.com", "UpdateAssumeRolePolicy") => Some((
+                "the trust policy of role",
+                text("roleName")?,
+                document("policyDocument")?,
+            )),
+            ("lambda.amazonaws.com", "AddPermission" | "AddLayerVersionPermission") => {
+                let principal = text("principal")?;
+                // A service principal (s3.amazonaws.com) is AWS delivering events, confined
+                // by the source it names.
+                let who = if principal == "*" {
+                    let confined = [
+                        "sourceAccount",
+                        "sourceArn",
+                        "principalOrgID",
+                        "organizationId",
+                    ]
+                    .iter()
+                    .any(|k| text(k).is_some_and(|v| !v.is_empty() && v != "*"));
+                    if confined {
+                        return None;
+                    }
+                    None
+                } else {
+                    let account = principal_account(&principal)?;
+                    if account == own || trusted.iter().any(|t| t == account) {
+                        return None;
+                    }
+                    Some(vec![account.to_string()])
+                };
+                let what = if name == "AddPermission" {
+                    "Lambda function"
+                } else {
+                    "Lambda layer"
+                };
+                Some((
+                    what,
+                    text("functionName").or_else(|| text("layerName"))?,
+                    who,
+                ))
+            }
+            ("lambda.amazonaws.com", "CreateFunctionUrlConfig" | "UpdateFunctionUrlConfig") => {
+                let open = text("authType").is_some_and(|t| t.eq_ignore_ascii_case("NONE"));
+                open.then(|| {
+                    (
+                        "the URL of Lambda function",
+                        text("functionName").unwrap_or_default(),
+                        None,
+                    )
+                })
+            }
+            ("secretsmanager.amazonaws.com", "PutResourcePolicy") => Some((
+                "the resource policy of secret",
+                text("secretId")?,
+                document("resourcePolicy")?,
+            )),
+            ("kms.amazonaws.com", "PutKeyPolicy") => Some((
+                "the key policy of KMS key",
+                text("keyId")?,
+                document("policy")?,
+            )),
+            ("ecr.amazonaws.com", "SetRepositoryPolicy") => Some((
+                "the policy of ECR repository",
+                text("repositoryName")?,
+                document("policyText")?,
+            )),
+            ("sqs.amazonaws.com", "SetQueueAttributes") => Some((
+                "the policy of SQS queue",
+                text("queueUrl")?,
+                params
+                    .get("attributes")
+                    .and_then(|at| at.get("Policy"))
+                    .and_then(|d| policy_opened(d, own, trusted))?,
+            )),
+            ("sns.amazonaws.com", "SetTopicAttributes") => {
+                if text("attributeName").is_none_or(|n| n != "Policy") {
+                    return None;
+                }
+                Some((
+                    "the policy of SNS topic",
+                    text("topicArn")?,
+                    document("attributeValue")?,
+                ))
+            }
+            ("events.amazonaws.com", "PutPermission") => {
+                if let Some(policy) = params.get("policy") {
+                    return Some((
+                        "the policy of EventBridge bus",
+                        text("eventBusName").unwrap_or_else(|| "default".into()),
+                        policy_opened(policy, own, trusted)?,
+                    ));
+                }
+                let principal = text("principal")?;
+                let who = if principal == "*" {
+                    if params.get("condition").is_some() {
+                        return None;
+                    }
+                    None
+                } else {
+                    let account = principal_account(&principal)?;
+                    if account == own || trusted.iter().any(|t| t == account) {
+                        return None;
+                    }
+                    Some(vec![account.to_string()])
+                };
+                Some((
+                    "EventBridge bus",
+                    text("eventBusName").unwrap_or_else(|| "default".into()),
+                    who,
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    fn judge_granted_outside(&self, a: &Activity, out: &mut Vec<Alert>) {
+        let cfg = &self.cfg.access_granted_outside;
+        if !cfg.enabled || !acts_itself(a) {
+            return;
+        }
+        let Some((what, resource, who)) = self.opened(a) else {
+            return;
+        };
+        if allowed(&cfg.allow_principals, a) {
+            return;
+        }
+        let (to, severity) = match &who {
+            None => ("everyone".to_string(), Severity::High),
+            Some(accounts) => (
+                format!(
+                    "account{} {}",
+                    if accounts.len() > 1 { "s" } else { "" },
+                    accounts.join(", ")
+                ),
+                Severity::Medium,
+            ),
+        };
+        let verb = if a.outcome.is_success() {
+            "opened"
+        } else {
+            "tried to open"
+        };
+        let summary = format!("{} {verb} {what} {resource} to {to}", who_acted(a));
+        let entity = Entity {
+            kind: "resource".into(),
+            id: format!("{}/{resource}", a.account_id.as_deref().unwrap_or("")),
+        };
+        let mitre = if what.starts_with("the trust policy") {
+            (
+                "Persistence",
+                "T1098.003",
+                "Account Manipulation: Additional Cloud Roles",
+            )
+        } else {
+            ("Persistence", "T1098", "Account Manipulation")
+        };
+        out.push(self.alert(
+            &ACCESS_GRANTED_OUTSIDE,
+            (cfg.severity, &cfg.actions),
+            a,
+            Some(entity),
+            severity,
+            summary,
+            mitre,
+        ));
+    }
+
     fn judge_instance_credentials(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.instance_credentials_outside_aws;
         // Only what the session did itself, from an address whose network is known.
@@ -1221,6 +1485,7 @@ impl EventPolicy for Exposure {
             &ROOT_ACTIVITY,
             &CREDENTIALS_FOR_ANOTHER,
             &INSTANCE_CREDENTIALS_OUTSIDE,
+            &ACCESS_GRANTED_OUTSIDE,
         ]
     }
 
@@ -1233,7 +1498,19 @@ impl EventPolicy for Exposure {
                 self.judge_shared_out(a, alerts);
                 self.judge_blinding(a, alerts);
             }
-            "iam.amazonaws.com" => self.judge_credentials(a, alerts),
+            "iam.amazonaws.com" => {
+                self.judge_credentials(a, alerts);
+                self.judge_granted_outside(a, alerts);
+            }
+            "lambda.amazonaws.com"
+            | "secretsmanager.amazonaws.com"
+            | "ecr.amazonaws.com"
+            | "sqs.amazonaws.com"
+            | "sns.amazonaws.com" => self.judge_granted_outside(a, alerts),
+            "kms.amazonaws.com" | "events.amazonaws.com" => {
+                self.judge_granted_outside(a, alerts);
+                self.judge_blinding(a, alerts);
+            }
             _ => self.judge_blinding(a, alerts),
         }
     }
@@ -1696,6 +1973,166 @@ mod tests {
             false
         ))
         .is_empty());
+    }
+
+    #[test]
+    fn access_granted_outside() {
+        let trust = |principal: Value, condition: Option<Value>| {
+            let mut statement = json!({"Effect": "Allow", "Principal": principal,
+                "Action": "sts:AssumeRole"});
+            if let Some(c) = condition {
+                statement["Condition"] = c;
+            }
+            json!({"Version": "2012-10-17", "Statement": [statement]}).to_string()
+        };
+        let iam = |name: &str, params: Value| {
+            run(&record(
+                "iam.amazonaws.com",
+                name,
+                user("mallory"),
+                params,
+                false,
+            ))
+        };
+        // A backdoor: an outside account may assume the role.
+        let alerts = iam(
+            "UpdateAssumeRolePolicy",
+            json!({"roleName": "ops", "policyDocument":
+                trust(json!({"AWS": "arn:aws:iam::999988887777:root"}), None)}),
+        );
+        assert_eq!(ids(&alerts), [("access-granted-outside", Severity::Medium)]);
+        assert!(
+            alerts[0].evidence.summary.contains("999988887777"),
+            "{alerts:?}"
+        );
+        assert_eq!(
+            alerts[0].mitre.first().map(|m| m.technique_id.as_str()),
+            Some("T1098.003")
+        );
+        // Anyone: high.
+        assert_eq!(
+            ids(&iam(
+                "CreateRole",
+                json!({"roleName": "open", "assumeRolePolicyDocument": trust(json!({"AWS": "*"}), None)})
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        // Its own account, a service, an identity provider, "*" confined to the organization,
+        // a trusted account: nothing.
+        for (principal, condition) in [
+            (json!({"AWS": "arn:aws:iam::111111111111:role/ci"}), None),
+            (json!({"AWS": "111111111111"}), None),
+            (json!({"Service": "ec2.amazonaws.com"}), None),
+            (
+                json!({"Federated": "arn:aws:iam::111111111111:oidc-provider/token.actions.githubusercontent.com"}),
+                None,
+            ),
+            (
+                json!({"AWS": "*"}),
+                Some(json!({"StringEquals": {"aws:PrincipalOrgID": "o-abc123"}})),
+            ),
+        ] {
+            let alerts = iam(
+                "CreateRole",
+                json!({"roleName": "r", "assumeRolePolicyDocument": trust(principal.clone(), condition)}),
+            );
+            assert!(alerts.is_empty(), "{principal}: {alerts:?}");
+        }
+        let mut cfg = ExposurePolicies::default();
+        cfg.access_granted_outside.trusted_accounts = vec!["999988887777".into()];
+        let mut out = Vec::new();
+        Exposure::new(cfg).evaluate(
+            &record(
+                "iam.amazonaws.com",
+                "UpdateAssumeRolePolicy",
+                user("mallory"),
+                json!({"roleName": "ops", "policyDocument":
+                    trust(json!({"AWS": ["arn:aws:iam::999988887777:root"]}), None)}),
+                false,
+            ),
+            &mut out,
+        );
+        assert!(out.is_empty(), "a trusted vendor");
+        // Lambda: a function anyone may invoke (versioned event name), one an outside account
+        // may, a public function URL; an S3 bucket of the account delivering events is not.
+        let lambda = |name: &str, params: Value| {
+            run(&record(
+                "lambda.amazonaws.com",
+                name,
+                user("mallory"),
+                params,
+                false,
+            ))
+        };
+        assert_eq!(
+            ids(&lambda(
+                "AddPermission20150331v2",
+                json!({"functionName": "billing", "statementId": "x", "action": "lambda:InvokeFunction", "principal": "*"})
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        assert_eq!(
+            ids(&lambda(
+                "AddPermission20150331v2",
+                json!({"functionName": "billing", "statementId": "x", "action": "lambda:InvokeFunction", "principal": "999988887777"})
+            )),
+            [("access-granted-outside", Severity::Medium)]
+        );
+        assert!(lambda(
+            "AddPermission20150331v2",
+            json!({"functionName": "thumbs", "statementId": "s3", "action": "lambda:InvokeFunction",
+                "principal": "s3.amazonaws.com", "sourceAccount": "111111111111"})
+        )
+        .is_empty());
+        assert!(lambda(
+            "AddPermission20150331v2",
+            json!({"functionName": "thumbs", "statementId": "any", "action": "lambda:InvokeFunction",
+                "principal": "*", "sourceArn": "arn:aws:s3:::uploads"})
+        )
+        .is_empty());
+        assert_eq!(
+            ids(&lambda(
+                "CreateFunctionUrlConfig20211031",
+                json!({"functionName": "billing", "authType": "NONE"})
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        assert!(lambda(
+            "CreateFunctionUrlConfig20211031",
+            json!({"functionName": "billing", "authType": "AWS_IAM"})
+        )
+        .is_empty());
+        // Resource policies: a secret shared with an outside account, a queue open to all.
+        let secret = run(&record(
+            "secretsmanager.amazonaws.com",
+            "PutResourcePolicy",
+            user("mallory"),
+            json!({"secretId": "prod/db", "resourcePolicy": json!({"Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::999988887777:user/x"},
+                "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]}).to_string()}),
+            false,
+        ));
+        assert_eq!(ids(&secret), [("access-granted-outside", Severity::Medium)]);
+        let queue = run(&record(
+            "sqs.amazonaws.com",
+            "SetQueueAttributes",
+            user("mallory"),
+            json!({"queueUrl": "https://sqs.us-east-1.amazonaws.com/111111111111/jobs",
+                "attributes": {"Policy": json!({"Statement": [{"Effect": "Allow", "Principal": "*",
+                "Action": "sqs:SendMessage"}]}).to_string()}}),
+            false,
+        ));
+        assert_eq!(ids(&queue), [("access-granted-outside", Severity::High)]);
+        // A failed attempt: one severity lower.
+        let failed = run(&record(
+            "iam.amazonaws.com",
+            "UpdateAssumeRolePolicy",
+            user("mallory"),
+            json!({"roleName": "ops", "policyDocument":
+                trust(json!({"AWS": "arn:aws:iam::999988887777:root"}), None)}),
+            true,
+        ));
+        assert_eq!(ids(&failed), [("access-granted-outside", Severity::Low)]);
     }
 
     #[test]

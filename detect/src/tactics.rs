@@ -358,7 +358,7 @@ pub const TABLE: &[Row] = &[
 
 /// Lambda records its API version in event names (`UpdateFunctionCode20150331v2`,
 /// `AddPermission20150331`): the name without it.
-fn base_name<'a>(source: &str, name: &'a str) -> &'a str {
+pub fn base_name<'a>(source: &str, name: &'a str) -> &'a str {
     if source != LAMBDA {
         return name;
     }

@@ -922,7 +922,8 @@ async fn a_country_no_one_in_the_organization_acts_from() -> Result<()> {
 
 /// What needs no baseline, end to end: after a week of ordinary work by people and a CI role,
 /// a stolen SSO session shares an EBS snapshot with an outside account, makes an AMI public,
-/// suspends GuardDuty, stops the Config recorder and creates an access key for another user;
+/// suspends GuardDuty, stops the Config recorder, creates an access key for another user and
+/// lets an outside account assume a role;
 /// the root user lists the account's users; a web server's instance credentials are used from
 /// a rented server. Each raises its policy, about the actor who acted; the week — the instance
 /// calling from AWS's network and through a VPC endpoint included — raises none of them.
@@ -1013,6 +1014,13 @@ async fn attacks_that_need_no_baseline() -> Result<()> {
             "iam.amazonaws.com",
             json!({"userName": "backup-operator"}),
         ),
+        (
+            "UpdateAssumeRolePolicy",
+            "iam.amazonaws.com",
+            json!({"roleName": "backup-operator", "policyDocument": json!({"Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                    "Principal": {"AWS": "arn:aws:iam::999988887777:root"}}]}).to_string()}),
+        ),
     ];
     for (i, (name, source, params)) in attack.into_iter().enumerate() {
         records.push(by(
@@ -1052,6 +1060,7 @@ async fn attacks_that_need_no_baseline() -> Result<()> {
         "credentials-for-another-user",
         "root-activity",
         "instance-credentials-outside-aws",
+        "access-granted-outside",
     ];
     let alerts = alerts_until(&run, detect, &want, Duration::from_secs(5))?;
     let of =
@@ -1080,6 +1089,14 @@ async fn attacks_that_need_no_baseline() -> Result<()> {
         of("credentials-for-another-user")
     );
     ensure!(of("root-activity").len() == 1, "{alerts:#?}");
+    let backdoor = of("access-granted-outside");
+    ensure!(backdoor.len() == 1, "{alerts:#?}");
+    ensure!(actor(backdoor[0]) == "person:ana", "{:?}", backdoor[0]);
+    ensure!(
+        backdoor[0].evidence.summary.contains("999988887777"),
+        "{}",
+        backdoor[0].evidence.summary
+    );
     let stolen = of("instance-credentials-outside-aws");
     ensure!(stolen.len() == 1, "{alerts:#?}");
     ensure!(

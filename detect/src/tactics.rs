@@ -412,10 +412,21 @@ fn decrypts(a: &Activity) -> bool {
         == Some(true)
 }
 
-/// A read that enumerates: `List*`, `Describe*`, `Get*` (object and data reads aside).
+/// A read that enumerates: `List*`, `Describe*`, `Get*`, `BatchGet*`, `BatchDescribe*`,
+/// `Lookup*`, `Search*` (object and data reads aside).
 pub fn is_enumeration(a: &Activity) -> bool {
     let name = a.event_name.as_str();
-    (name.starts_with("List") || name.starts_with("Describe") || name.starts_with("Get"))
+    [
+        "List",
+        "Describe",
+        "Get",
+        "BatchGet",
+        "BatchDescribe",
+        "Lookup",
+        "Search",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
         && !crate::classify::is_data_event(a)
         && !matches!(name, "GetObject" | "GetCallerIdentity" | "GetSessionToken")
 }

@@ -280,7 +280,9 @@ impl Anomalies {
         out: &mut Vec<Alert>,
     ) {
         let (a, t) = (seen.a, seen.t);
-        let name = hash(&[&a.event_source, &a.event_name]);
+        // A call swept across regions is as wide as that many calls: the region is part of it.
+        let region = a.region.as_deref().unwrap_or_default();
+        let name = hash(&[&a.event_source, &a.event_name, region]);
         // The window ends at the newest call seen: a record arriving late (another region's
         // file) neither empties it nor moves it back.
         let now = st
@@ -873,5 +875,42 @@ mod tests {
             ));
         }
         assert!(fired(&alerts, "discovery-burst").is_empty(), "{alerts:?}");
+        // Three reads swept across every region are as wide as that many calls.
+        let regions = [
+            "us-east-1",
+            "us-east-2",
+            "us-west-1",
+            "us-west-2",
+            "eu-west-1",
+            "eu-west-2",
+            "eu-west-3",
+            "eu-central-1",
+            "eu-north-1",
+            "ap-south-1",
+            "ap-northeast-1",
+            "ap-northeast-2",
+            "ap-southeast-1",
+            "ap-southeast-2",
+            "ca-central-1",
+            "sa-east-1",
+        ];
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut alerts = Vec::new();
+        for (r, region) in regions.iter().enumerate() {
+            for (i, name) in ["DescribeInstances", "DescribeVolumes"].iter().enumerate() {
+                let mut a = call(
+                    9 * DAY + r as i64 * 10 + i as i64,
+                    "ec2.amazonaws.com",
+                    name,
+                    HOME,
+                    CLI,
+                    false,
+                );
+                a.region = Some((*region).to_string());
+                alerts.extend(an.observe(&mut st, &mut census, &a));
+            }
+        }
+        assert_eq!(fired(&alerts, "discovery-burst").len(), 1, "{alerts:?}");
     }
 }

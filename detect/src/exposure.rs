@@ -1239,6 +1239,23 @@ impl Exposure {
                     )
                 })
             }
+            // IAM Roles Anywhere trusting a certificate authority that is not the account's
+            // own Private CA: whoever holds a certificate from it may take the roles.
+            ("rolesanywhere.amazonaws.com", "CreateTrustAnchor" | "UpdateTrustAnchor") => {
+                let source = params.get("source")?;
+                let kind = source.get("sourceType").and_then(Value::as_str)?;
+                (kind == "CERTIFICATE_BUNDLE").then(|| {
+                    (
+                        "IAM Roles Anywhere trust anchor",
+                        text("name")
+                            .or_else(|| text("trustAnchorId"))
+                            .unwrap_or_default(),
+                        Some(vec![
+                            "whoever holds a certificate of its outside CA bundle".to_string()
+                        ]),
+                    )
+                })
+            }
             ("secretsmanager.amazonaws.com", "PutResourcePolicy") => Some((
                 "the resource policy of secret",
                 text("secretId")?,
@@ -1316,6 +1333,9 @@ impl Exposure {
         }
         let (to, severity) = match &who {
             None => ("everyone".to_string(), Severity::High),
+            Some(others) if !others.iter().all(|a| is_account(a)) => {
+                (others.join(", "), Severity::Medium)
+            }
             Some(accounts) => (
                 format!(
                     "account{} {}",
@@ -1503,6 +1523,7 @@ impl EventPolicy for Exposure {
                 self.judge_granted_outside(a, alerts);
             }
             "lambda.amazonaws.com"
+            | "rolesanywhere.amazonaws.com"
             | "secretsmanager.amazonaws.com"
             | "ecr.amazonaws.com"
             | "sqs.amazonaws.com"
@@ -2123,6 +2144,31 @@ mod tests {
             false,
         ));
         assert_eq!(ids(&queue), [("access-granted-outside", Severity::High)]);
+        // Roles Anywhere trusting an outside CA bundle; its own Private CA is not outside.
+        let anchor = |source_type: &str| {
+            run(&record(
+                "rolesanywhere.amazonaws.com",
+                "CreateTrustAnchor",
+                user("mallory"),
+                json!({"name": "corp", "enabled": true, "source": {"sourceType": source_type,
+                    "sourceData": {"x509CertificateData": "-----BEGIN CERTIFICATE-----"}}}),
+                false,
+            ))
+        };
+        let outside_ca = anchor("CERTIFICATE_BUNDLE");
+        assert_eq!(
+            ids(&outside_ca),
+            [("access-granted-outside", Severity::Medium)]
+        );
+        assert!(
+            outside_ca[0]
+                .evidence
+                .summary
+                .contains("trust anchor corp to whoever holds"),
+            "{}",
+            outside_ca[0].evidence.summary
+        );
+        assert!(anchor("AWS_ACM_PCA").is_empty());
         // A failed attempt: one severity lower.
         let failed = run(&record(
             "iam.amazonaws.com",

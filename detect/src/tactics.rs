@@ -303,10 +303,25 @@ pub const TABLE: &[Row] = &[
     row(S3, "DeleteBucket", Impact, 2),
     row(S3, "DeleteBucketPolicy", DefenseEvasion, 2),
     row(S3, "PutBucketAcl", Exfiltration, 2),
+    // An expiry rule on the trail's bucket erases the evidence a day later.
+    row(S3, "PutBucketLifecycle", DefenseEvasion, 2),
     row(S3, "PutBucketLogging", DefenseEvasion, 2),
     row(S3, "PutBucketPolicy", Exfiltration, 2),
     row(S3, "PutBucketReplication", Exfiltration, 3),
     row(S3, "PutBucketVersioning", Impact, 2),
+    // A notebook's lifecycle script runs as the notebook's role at every start.
+    row(
+        "sagemaker.amazonaws.com",
+        "CreateNotebookInstanceLifecycleConfig",
+        Persistence,
+        3,
+    ),
+    row(
+        "sagemaker.amazonaws.com",
+        "UpdateNotebookInstanceLifecycleConfig",
+        Persistence,
+        4,
+    ),
     row(
         "secretsmanager.amazonaws.com",
         "BatchGetSecretValue",

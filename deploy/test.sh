@@ -37,7 +37,10 @@ trap cleanup EXIT
 # A broker the tests start is started empty: every test makes topics of its own, and kept
 # across runs they pile up (some 20,000 partition directories after a few dozen runs) until
 # the broker runs out of file descriptors mid-run.
-TRAILGUARD_FRESH=$started_env "$TG_LOCAL_DIR/up.sh"
+# Only a broker that is not running yet: one a developer started stays as it is.
+fresh_broker=0
+if ! port_open "$TG_HOST" "$TG_KAFKA_PORT"; then fresh_broker=1; fi
+TRAILGUARD_FRESH=$fresh_broker "$TG_LOCAL_DIR/up.sh"
 if [[ $test_broker == all ]]; then
     # tansu is needed only for the last part: on a fresh machine its ~25-minute build runs at
     # the lowest priority while the workspace builds and the Apache Kafka suite runs. Started

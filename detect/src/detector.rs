@@ -348,27 +348,6 @@ impl Detector {
         // While it learns, its peers' baselines judge its rates (the first group that has
         // enough hours) and its calls (the first group that has made any).
         let learning = self.anomalies.learning(first_seen, t);
-        // A learned actor's call is rarer for the organization when none of its peers make it.
-        let peers_make_it = if learning {
-            None
-        } else {
-            crate::tactics::classify(activity)
-                .and_then(|(row, _, _)| row)
-                .and_then(|row| {
-                    let mut any_group = false;
-                    for group in crate::anomaly::peer_groups(activity) {
-                        if let Some(p) = self.principals.get(&group) {
-                            if !p.api_known.is_empty() {
-                                any_group = true;
-                                if p.api_known.binary_search(&row).is_ok() {
-                                    return Some(true);
-                                }
-                            }
-                        }
-                    }
-                    any_group.then_some(false)
-                })
-        };
         let (peers, peer_calls) = if learning {
             let groups = crate::anomaly::peer_groups(activity);
             let rates = groups.iter().find_map(|group| {
@@ -423,7 +402,6 @@ impl Detector {
         let peers = crate::anomaly::Peers {
             rates: peers.as_ref().map(|(rates, group)| (rates, group.as_str())),
             calls: peer_calls.as_deref(),
-            make_it: peers_make_it,
         };
         let held_before = state.pending.last().map(|p| p.offset);
         let complete_through = complete_for(activity, facts.complete_through());

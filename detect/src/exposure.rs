@@ -259,6 +259,9 @@ fn turns_off(v: &Value) -> bool {
             ("autoEnable" | "autoEnableOrganizationMembers", Value::String(s)) => {
                 s.eq_ignore_ascii_case("NONE")
             }
+            // How a protection's agent is managed (EKS add-on, ECS Fargate, EC2 agent
+            // management off: the team installs it) is not the protection itself.
+            ("additionalConfiguration", _) => false,
             _ => turns_off(v),
         }),
         Value::Array(items) => items.iter().any(turns_off),
@@ -301,13 +304,9 @@ fn disables_control(params: &Value) -> bool {
 
 /// Security Hub findings marked suppressed (hidden from the team's views).
 fn suppresses(params: &Value) -> bool {
-    let mut text = String::new();
-    for k in ["workflow", "actions", "ruleStatus"] {
-        if let Some(v) = params.get(k) {
-            text.push_str(&v.to_string());
-        }
-    }
-    text.contains("SUPPRESSED")
+    // The actions sit at the top (`CreateAutomationRule`) or under each update item
+    // (`BatchUpdateAutomationRules`): look everywhere.
+    params.to_string().contains("\"SUPPRESSED\"")
 }
 
 /// An AWS Config recorder that records only some resource types (or excludes some): what it
@@ -364,24 +363,14 @@ fn findings_rule(params: &Value) -> bool {
                 "securityhub",
                 "security-hub",
                 "finding",
-                "alert",
                 "trailguard",
                 "cloudtrail",
-                "config",
                 "macie",
                 "inspector",
             ]
             .iter()
             .any(|k| n.contains(k))
         })
-}
-
-/// Block-public-access for snapshots set to `unblocked`: sharing them publicly works again.
-fn unblocks(params: &Value) -> bool {
-    params
-        .get("state")
-        .and_then(Value::as_str)
-        .is_some_and(|s| s.eq_ignore_ascii_case("unblocked"))
 }
 
 /// Macie's session paused.
@@ -430,13 +419,6 @@ const BLINDING: &[Blinding] = &[
         what: "stopped GuardDuty (or part of it) being turned on for the organization's accounts",
         severity: Severity::Medium,
         when: stops_auto_enable,
-    },
-    Blinding {
-        source: "guardduty.amazonaws.com",
-        name: "UpdateMalwareScanSettings",
-        what: "turned off GuardDuty malware scans",
-        severity: Severity::Medium,
-        when: narrows_guardduty,
     },
     Blinding {
         source: "guardduty.amazonaws.com",
@@ -733,13 +715,6 @@ const BLINDING: &[Blinding] = &[
         when: always,
     },
     Blinding {
-        source: "ec2.amazonaws.com",
-        name: "EnableSnapshotBlockPublicAccess",
-        what: "let public EBS snapshots be shared again",
-        severity: Severity::Medium,
-        when: unblocks,
-    },
-    Blinding {
         source: "macie2.amazonaws.com",
         name: "UpdateMacieSession",
         what: "paused Macie",
@@ -789,6 +764,14 @@ enum Grantee {
     Account(String),
     /// An organization or organizational unit, by ARN.
     Organization(String),
+}
+
+/// The organization id (`o-…`) of an organization or OU ARN.
+fn org_id(arn: &str) -> Option<&str> {
+    let path = arn.rsplit_once(':')?.1;
+    let id = path.split('/').nth(1)?;
+    let kind_ok = path.starts_with("organization/") || path.starts_with("ou/");
+    (id.starts_with("o-") && kind_ok).then_some(id)
 }
 
 /// Whether `id` is an AWS account id (twelve digits): anything else in a permission names no
@@ -1007,10 +990,11 @@ impl Exposure {
                 Grantee::Account(id) => {
                     Some(id.as_str()) != own && !cfg.trusted_accounts.contains(id)
                 }
-                Grantee::Organization(arn) => !cfg
-                    .trusted_organizations
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(arn)),
+                // An OU of a trusted organization is inside it.
+                Grantee::Organization(arn) => !cfg.trusted_organizations.iter().any(|t| {
+                    t.eq_ignore_ascii_case(arn)
+                        || org_id(t).is_some_and(|id| org_id(arn) == Some(id))
+                }),
             })
             .collect();
         (!outside.is_empty()).then_some((kind, id, outside))
@@ -1712,8 +1696,31 @@ mod tests {
         cfg.resource_shared_out.trusted_organizations =
             vec!["arn:aws:organizations::999999999999:organization/o-evil".into()];
         let mut out = Vec::new();
-        Exposure::new(cfg).evaluate(&org, &mut out);
+        Exposure::new(cfg.clone()).evaluate(&org, &mut out);
         assert!(out.is_empty());
+        // An OU of the trusted organization is inside it; one of another organization is not.
+        for (ou, outside) in [
+            (
+                "arn:aws:organizations::999999999999:ou/o-evil/ou-ab12-cdef3456",
+                false,
+            ),
+            (
+                "arn:aws:organizations::888888888888:ou/o-other/ou-ab12-cdef3456",
+                true,
+            ),
+        ] {
+            let shared = record(
+                "ec2.amazonaws.com",
+                "ModifyImageAttribute",
+                user("mallory"),
+                json!({"imageId": "ami-0ou", "launchPermission": {"add": {"items": [
+                    {"organizationalUnitArn": ou}]}}}),
+                false,
+            );
+            let mut out = Vec::new();
+            Exposure::new(cfg.clone()).evaluate(&shared, &mut out);
+            assert_eq!(!out.is_empty(), outside, "{ou}");
+        }
         // The flat form of the API.
         let flat = record(
             "ec2.amazonaws.com",
@@ -1870,6 +1877,29 @@ mod tests {
                 None,
             ),
             (
+                "securityhub.amazonaws.com",
+                "BatchUpdateAutomationRules",
+                json!({"updateAutomationRulesRequestItems": [{"ruleArn": "arn:x", "actions": [
+                    {"type": "FINDING_FIELDS_UPDATE",
+                     "findingFieldsUpdate": {"workflow": {"status": "SUPPRESSED"}}}]}]}),
+                Some(Severity::Medium),
+            ),
+            // An agent managed by the team, not by GuardDuty: the protection stays on.
+            (
+                "guardduty.amazonaws.com",
+                "UpdateDetector",
+                json!({"detectorId": "d1", "features": [{"name": "RUNTIME_MONITORING",
+                    "status": "ENABLED", "additionalConfiguration": [
+                        {"name": "EKS_ADDON_MANAGEMENT", "status": "DISABLED"}]}]}),
+                None,
+            ),
+            (
+                "events.amazonaws.com",
+                "DisableRule",
+                json!({"name": "config-drift-alerts-staging"}),
+                None,
+            ),
+            (
                 "config.amazonaws.com",
                 "PutConfigurationRecorder",
                 json!({"configurationRecorder": {"name": "default", "recordingGroup": {
@@ -1918,18 +1948,6 @@ mod tests {
                 "DisableSnapshotBlockPublicAccess",
                 json!({}),
                 Some(Severity::High),
-            ),
-            (
-                "ec2.amazonaws.com",
-                "EnableSnapshotBlockPublicAccess",
-                json!({"state": "unblocked"}),
-                Some(Severity::Medium),
-            ),
-            (
-                "ec2.amazonaws.com",
-                "EnableSnapshotBlockPublicAccess",
-                json!({"state": "block-all-sharing"}),
-                None,
             ),
             (
                 "macie2.amazonaws.com",

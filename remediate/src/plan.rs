@@ -153,6 +153,15 @@ pub fn bucket_refusal(bucket: &str, settings: &RemediateSettings) -> Option<Stri
 /// (the part after the ARN's resource type) or its whole ARN, case-insensitively.
 pub fn resource_refusal(arn: &str, settings: &RemediateSettings) -> Option<String> {
     let lower = arn.to_ascii_lowercase();
+    // EC2 writes snapshot and image ARNs without the account (`arn:aws:ec2:R::image/ami-…`):
+    // a pattern copied from AWS must match too.
+    let parts: Vec<&str> = lower.splitn(6, ':').collect();
+    let without_account = match parts[..] {
+        [arn, partition, service, region, _, resource] => {
+            format!("{arn}:{partition}:{service}:{region}::{resource}")
+        }
+        _ => lower.clone(),
+    };
     let id = lower
         .rsplit(['/', ':'])
         .next()
@@ -163,7 +172,9 @@ pub fn resource_refusal(arn: &str, settings: &RemediateSettings) -> Option<Strin
         .iter()
         .find(|pattern| {
             let p = pattern.to_ascii_lowercase();
-            wildcard_match(&p, &lower) || wildcard_match(&p, &id)
+            wildcard_match(&p, &lower)
+                || wildcard_match(&p, &without_account)
+                || wildcard_match(&p, &id)
         })
         .map(|pattern| format!("resource {arn} is protected (matches `{pattern}`)"))
 }
@@ -633,6 +644,9 @@ mod tests {
         assert!(resource_refusal(cluster, &s).is_none());
         let other = "arn:aws:ec2:us-east-1:111122223333:snapshot/snap-0123456789abcdef0";
         assert!(resource_refusal(other, &s).is_none());
+        // An ARN as EC2 writes it (no account) protects the image detect names with one.
+        s.protected_resources = vec!["arn:aws:ec2:us-east-1::image/ami-0published12345678".into()];
+        assert!(resource_refusal(ami, &s).is_some());
     }
 
     #[test]

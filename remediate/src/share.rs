@@ -207,8 +207,10 @@ impl Grantee {
             return Ok(Grantee::Account(grantee.to_string()));
         }
         if store == Store::Image {
-            let org = grantee
-                .strip_prefix("arn:aws:organizations::")
+            let org = ["arn:aws:", "arn:aws-cn:", "arn:aws-us-gov:"]
+                .iter()
+                .find_map(|p| grantee.strip_prefix(p))
+                .and_then(|rest| rest.strip_prefix("organizations::"))
                 .and_then(|rest| {
                     let (account, path) = rest.split_once(':')?;
                     is_account(account).then_some(path)
@@ -705,6 +707,11 @@ mod tests {
         assert_eq!(
             Grantee::parse(ou, Store::Image),
             Ok(Grantee::OrganizationalUnit(ou.into()))
+        );
+        let cn = "arn:aws-cn:organizations::999988887777:organization/o-abc123def4";
+        assert_eq!(
+            Grantee::parse(cn, Store::Image),
+            Ok(Grantee::Organization(cn.into()))
         );
         // Snapshots are never shared with an organization; nothing else is a grantee.
         assert!(Grantee::parse(org, Store::EbsSnapshot).is_err());

@@ -8,8 +8,7 @@
 //! weight, plus one for a tactic it never used, one for a new network, one for a new user
 //! agent, one for a failure, and two when it comes within an hour of another unusual call of
 //! a different tactic, one when half or more of its sensitive calls this hour were refused
-//! (five at least), one when another policy alerted about it in the last six hours, and one
-//! more (or one less) when none (or some) of its peers make the call. While
+//! (five at least), and one when another policy alerted about it in the last six hours. While
 //! it learns, its peers' calls (the role its sessions come from,
 //! its account's people or users) stand in for its own, so an identity an attacker just made
 //! is judged from its first call; without peers, only the heaviest calls (weight 4 and up)
@@ -108,7 +107,6 @@ impl Anomalies {
         st: &mut PrincipalState,
         seen: &Seen<'_>,
         peer_calls: Option<&[u32]>,
-        peers_make_it: Option<bool>,
         out: &mut Vec<Alert>,
     ) {
         let a = seen.a;
@@ -187,19 +185,6 @@ impl Anomalies {
             score += 1;
             why.push("with a user agent it has not used".to_string());
         }
-        // Rarity in the organization: a call its peers make is less telling than one none of
-        // them does.
-        match peers_make_it {
-            Some(true) if learned => {
-                score = score.saturating_sub(1);
-                why.push("its peers make it".to_string());
-            }
-            Some(false) if learned => {
-                score += 1;
-                why.push("none of its peers make it".to_string());
-            }
-            _ => {}
-        }
         if failed {
             score += 1;
             why.push(format!(
@@ -212,7 +197,7 @@ impl Anomalies {
             why.push("within an hour of other unusual calls of other tactics".to_string());
         }
         let (_, calls, refusals) = st.refusals;
-        if refusals >= PROBING_REFUSALS && refusals * 2 >= calls {
+        if refusals >= PROBING_REFUSALS && u32::from(refusals) * 2 >= u32::from(calls) {
             score += 1;
             why.push(format!(
                 "{refusals} of its {calls} sensitive calls this hour refused"
@@ -564,30 +549,6 @@ mod tests {
             "{}",
             got[0].evidence.summary
         );
-        // How rare the call is among the actor's peers: none of them make it, 4 + 1; all of
-        // them do, the earlier alert's weight is taken back.
-        for (make_it, other_alert, fires) in [(Some(false), 0, true), (Some(true), 3600, false)] {
-            let mut st = PrincipalState::default();
-            ordinary(&an, &mut st, &mut census);
-            if other_alert > 0 {
-                st.other_alert = 1_700_000_000 + 9 * DAY - other_alert;
-            }
-            let mut view = crate::anomaly::OrgView::local(&mut census);
-            let peers = Peers {
-                make_it,
-                ..Peers::default()
-            };
-            let alerts =
-                an.observe_with_peers(&mut st, &mut view, &secret(9 * DAY), peers, &mut Vec::new());
-            let got = fired(&alerts, "unusual-api-behaviour");
-            assert_eq!(got.len(), usize::from(fires), "{make_it:?}: {alerts:?}");
-            if fires {
-                assert!(got[0]
-                    .evidence
-                    .summary
-                    .contains("none of its peers make it"));
-            }
-        }
         // A day before is too long ago.
         let mut st = PrincipalState::default();
         ordinary(&an, &mut st, &mut census);
@@ -795,7 +756,6 @@ mod tests {
         let peers = Peers {
             rates: None,
             calls: Some(&calls),
-            make_it: None,
         };
         let mut st = PrincipalState::default();
         let alerts = an.observe_with_peers(&mut st, &mut view, &refused, peers, &mut Vec::new());

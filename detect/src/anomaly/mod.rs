@@ -843,7 +843,7 @@ impl Anomalies {
         }
         self.travel(st, &seen, geo, &mut out);
         self.rates(st, &seen, closed, &mut out);
-        self.behaviour(st, &seen, peers.calls, peers.make_it, &mut out);
+        self.behaviour(st, &seen, peers.calls, &mut out);
         out
     }
 
@@ -897,9 +897,6 @@ pub struct Peers<'a> {
     pub rates: Option<(&'a PeerRates, &'a str)>,
     /// Rows of [`crate::tactics::TABLE`] the group's members call, sorted.
     pub calls: Option<&'a [u32]>,
-    /// For a learned actor: whether its peer groups' members make this activity's classified
-    /// call (`None`: no group has learned any call, or the call is not classified).
-    pub make_it: Option<bool>,
 }
 
 #[cfg(test)]

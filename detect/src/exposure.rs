@@ -899,13 +899,78 @@ fn principal_account(principal: &str) -> Option<&str> {
     is_account(account).then_some(account)
 }
 
+/// Condition keys that confine a statement to accounts (their values: account ids or ARNs).
+const ACCOUNT_KEYS: &[&str] = &[
+    "aws:principalaccount",
+    "aws:sourceaccount",
+    "aws:sourceowner",
+    "aws:principalarn",
+    "aws:sourcearn",
+    "kms:calleraccount",
+];
+
+/// The accounts a statement's positive conditions confine it to (operators without `Not`).
+fn condition_accounts(statement: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(Value::Object(operators)) = statement.get("Condition") else {
+        return out;
+    };
+    for (operator, keys) in operators {
+        if operator.contains("Not") {
+            continue;
+        }
+        let Value::Object(keys) = keys else { continue };
+        for (key, values) in keys {
+            if !ACCOUNT_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            for v in items(Some(values)) {
+                if let Some(account) = v.as_str().and_then(principal_account) {
+                    if !out.iter().any(|a| a == account) {
+                        out.push(account.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a statement's principal is everyone (`*`, or `{"AWS": "*"}`).
+fn anyone(statement: &Value) -> bool {
+    match statement.get("Principal") {
+        Some(Value::String(p)) => p == "*",
+        Some(Value::Object(map)) => items(map.get("AWS"))
+            .iter()
+            .any(|p| p.as_str() == Some("*")),
+        _ => false,
+    }
+}
+
 /// Who a policy document lets in from outside `own` (and `trusted`): `None` when no one;
 /// `Some(None)` for everyone; `Some(Some(accounts))` for other accounts.
 fn policy_opened(document: &Value, own: &str, trusted: &[String]) -> Option<Option<Vec<String>>> {
     let document = trailguard_common::s3::parse_policy(document)?;
     let mut accounts: Vec<String> = Vec::new();
+    let outside = |account: &str, accounts: &mut Vec<String>| {
+        if account != own
+            && !trusted.iter().any(|t| t == account)
+            && !accounts.iter().any(|a| a == account)
+        {
+            accounts.push(account.to_string());
+        }
+    };
     for statement in items(document.get("Statement")) {
         if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
+            continue;
+        }
+        // `*` confined to accounts by a condition is open to those accounts: the attacker's
+        // own, perhaps.
+        let named = condition_accounts(statement);
+        if !named.is_empty() && anyone(statement) {
+            for account in &named {
+                outside(account, &mut accounts);
+            }
             continue;
         }
         if trailguard_common::s3::is_public_statement(statement) {
@@ -919,12 +984,7 @@ fn policy_opened(document: &Value, own: &str, trusted: &[String]) -> Option<Opti
         for p in items(aws) {
             let Some(p) = p.as_str() else { continue };
             if let Some(account) = principal_account(p) {
-                if account != own
-                    && !trusted.iter().any(|t| t == account)
-                    && !accounts.iter().any(|a| a == account)
-                {
-                    accounts.push(account.to_string());
-                }
+                outside(account, &mut accounts);
             }
         }
     }
@@ -1182,15 +1242,19 @@ impl Exposure {
                 let principal = text("principal")?;
                 // A service principal (s3.amazonaws.com) is AWS delivering events, confined
                 // by the source it names.
-                let who = if principal == "*" {
-                    let confined = [
-                        "sourceAccount",
-                        "sourceArn",
-                        "principalOrgID",
-                        "organizationId",
-                    ]
-                    .iter()
-                    .any(|k| text(k).is_some_and(|v| !v.is_empty() && v != "*"));
+                // Confined to a source: by its account, when it names one.
+                let source = text("sourceAccount").or_else(|| {
+                    text("sourceArn").and_then(|a| principal_account(&a).map(str::to_string))
+                });
+                let who = if let Some(account) = source.filter(|a| is_account(a)) {
+                    if account == own || trusted.iter().any(|t| *t == account) {
+                        return None;
+                    }
+                    Some(vec![account])
+                } else if principal == "*" {
+                    let confined = ["sourceArn", "principalOrgID", "organizationId"]
+                        .iter()
+                        .any(|k| text(k).is_some_and(|v| !v.is_empty() && v != "*"));
                     if confined {
                         return None;
                     }
@@ -2187,6 +2251,39 @@ mod tests {
             outside_ca[0].evidence.summary
         );
         assert!(anchor("AWS_ACM_PCA").is_empty());
+        // "*" confined to an account by a condition is open to that account; to its own, not;
+        // KMS's usual "any caller of this account through a service" is not.
+        let kms = |condition: Value| {
+            run(&record(
+                "kms.amazonaws.com",
+                "PutKeyPolicy",
+                user("mallory"),
+                json!({"keyId": "k1", "policyName": "default", "policy": json!({"Statement": [
+                    {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt",
+                     "Resource": "*", "Condition": condition}]}).to_string()}),
+                false,
+            ))
+        };
+        assert_eq!(
+            ids(&kms(
+                json!({"StringEquals": {"aws:PrincipalAccount": "999988887777"}})
+            )),
+            [("access-granted-outside", Severity::Medium)]
+        );
+        assert!(
+            kms(json!({"StringEquals": {"kms:CallerAccount": "111111111111",
+            "kms:ViaService": "ec2.us-east-1.amazonaws.com"}}))
+            .is_empty()
+        );
+        // A Lambda permission for an outside account's bucket.
+        assert_eq!(
+            ids(&lambda(
+                "AddPermission20150331v2",
+                json!({"functionName": "thumbs", "statementId": "s3", "action": "lambda:InvokeFunction",
+                    "principal": "s3.amazonaws.com", "sourceAccount": "999988887777"})
+            )),
+            [("access-granted-outside", Severity::Medium)]
+        );
         // A failed attempt: one severity lower.
         let failed = run(&record(
             "iam.amazonaws.com",

@@ -504,7 +504,8 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
     /// For `remove_collaborator`: whom to remove — a principal ARN, an account id, a
-    /// canonical user id or an e-mail grantee.
+    /// canonical user id or an e-mail grantee. For `unshare_snapshot` / `unshare_image`: the
+    /// grantees to remove, comma-separated (`all`, account ids, organization or OU ARNs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grantee: Option<String>,
 }

@@ -873,21 +873,28 @@ fn unshare_actions(
         "rds"
     };
     let arn = format!("arn:{partition}:{service}:{region}:{account}:{resource}");
-    outside
-        .iter()
-        .map(|g| RequestedAction {
-            kind,
-            target: Target {
-                kind: target_kind.into(),
-                id: arn.clone(),
-                account_id: Some(account.to_string()),
-                grantee: Some(match g {
-                    Grantee::Everyone => "all".to_string(),
-                    Grantee::Account(id) | Grantee::Organization(id) => id.clone(),
-                }),
-            },
-        })
-        .collect()
+    // One action for the whole share (everyone first): a share naming many accounts costs
+    // remediate's budget one action, and the widest grant goes first.
+    let mut grantees: Vec<String> = Vec::new();
+    for g in outside {
+        let g = match g {
+            Grantee::Everyone => "all".to_string(),
+            Grantee::Account(id) | Grantee::Organization(id) => id.clone(),
+        };
+        if !grantees.contains(&g) {
+            grantees.push(g);
+        }
+    }
+    grantees.sort_by_key(|g| g != "all");
+    vec![RequestedAction {
+        kind,
+        target: Target {
+            kind: target_kind.into(),
+            id: arn,
+            account_id: Some(account.to_string()),
+            grantee: Some(grantees.join(",")),
+        },
+    }]
 }
 
 /// The account an IAM principal names: an account id, or the account of an ARN.
@@ -1247,7 +1254,7 @@ impl Exposure {
                     text("sourceArn").and_then(|a| principal_account(&a).map(str::to_string))
                 });
                 let who = if let Some(account) = source.filter(|a| is_account(a)) {
-                    if account == own || trusted.iter().any(|t| *t == account) {
+                    if account == own || trusted.contains(&account) {
                         return None;
                     }
                     Some(vec![account])

@@ -586,10 +586,10 @@ async fn act(
         }
         ActionKind::UnshareSnapshot | ActionKind::UnshareImage => {
             let parsed = crate::share::Shared::parse(decision.action.kind, target).and_then(|s| {
-                let grantee = target.grantee.as_deref().unwrap_or_default();
-                crate::share::Grantee::parse(grantee, s.store).map(|g| (s, g))
+                let grantees = target.grantee.as_deref().unwrap_or_default();
+                crate::share::parse_grantees(grantees, s.store).map(|g| (s, g))
             });
-            let (shared, grantee) = match parsed {
+            let (shared, grantees) = match parsed {
                 Ok(parsed) => parsed,
                 Err(why) => {
                     record.outcome = ActionOutcome::Failed;
@@ -605,7 +605,8 @@ async fn act(
                     return record;
                 }
             };
-            let r = crate::share::unshare_recorded(&api, &shared, &grantee, dry_run, &intent).await;
+            let r =
+                crate::share::unshare_recorded(&api, &shared, &grantees, dry_run, &intent).await;
             fill_result(&mut record, r);
         }
         ActionKind::Notify => {

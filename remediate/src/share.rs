@@ -1,11 +1,12 @@
 //! Taking back a share: an EBS snapshot, an RDS DB or cluster snapshot, or an AMI that was made
 //! public or shared with an account (an AMI also with an organization or organizational unit)
-//! outside. The action removes the one grantee its alert names, in the resource's own account
-//! and region, after recording every permission the resource had; undo adds that grantee back.
+//! outside. The action removes the grantees its alert names (one action per share), in the
+//! resource's own account and region, after recording every permission the resource had; undo
+//! adds them back.
 //!
 //! The target is the resource's ARN (its region and account are part of it), with the kind
-//! detect gave it, and the grantee: `all` (public), an account id, or an organization or OU
-//! ARN. [`Shared::parse`] and [`Grantee::parse`] refuse anything else before any call.
+//! detect gave it, and the grantees, comma-separated: `all` (public), account ids, or
+//! organization or OU ARNs. [`Shared::parse`] and [`Grantee::parse`] refuse anything else before any call.
 
 use aws_sdk_ec2::operation::RequestId as _;
 use aws_sdk_ec2::types::{
@@ -15,6 +16,7 @@ use aws_sdk_ec2::types::{
 use serde_json::{json, Value};
 use trailguard_common::aws::CallError;
 use trailguard_common::contract::{ActionKind, ActionOutcome, ActionStep, Target};
+use trailguard_common::s3::items;
 
 use crate::intent::Intent;
 use crate::{ActionError, ActionResult};
@@ -467,21 +469,69 @@ async fn change(
     Ok(request_id)
 }
 
-fn undo_data(shared: &Shared, grantee: &Grantee, prior: &[Grantee]) -> Value {
+/// Most grantees one action takes back.
+pub const MAX_GRANTEES: usize = 100;
+
+/// The grantees a target names, comma-separated (`all,999988887777`), for a resource of
+/// `store`: at least one, at most [`MAX_GRANTEES`], each valid.
+pub fn parse_grantees(list: &str, store: Store) -> Result<Vec<Grantee>, String> {
+    let mut out: Vec<Grantee> = Vec::new();
+    for item in list.split(',') {
+        let grantee = Grantee::parse(item.trim(), store)?;
+        if !out.contains(&grantee) {
+            out.push(grantee);
+        }
+    }
+    if out.len() > MAX_GRANTEES {
+        return Err(format!(
+            "{} grantees named; one action takes back at most {MAX_GRANTEES}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+fn describe_all(grantees: &[Grantee]) -> String {
+    grantees
+        .iter()
+        .map(Grantee::describe)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn undo_data(shared: &Shared, removing: &[Grantee], prior: &[Grantee]) -> Value {
     json!({
         "resource": shared.arn,
         "kind": shared.store.kind(),
-        "grantee": grantee.as_str(),
+        "grantees": removing.iter().map(Grantee::as_str).collect::<Vec<_>>(),
         "shared_with": prior.iter().map(Grantee::as_str).collect::<Vec<_>>(),
     })
 }
 
-/// Removes `grantee` from `shared`'s permissions, handing every permission it had to
-/// `intent` first. With `dry_run`, reads and describes but changes nothing.
+fn step(shared: &Shared, grantee: &Grantee, add: bool) -> ActionStep {
+    ActionStep {
+        call: shared.store.call().into(),
+        description: if add {
+            format!("add {} back to the permissions", grantee.describe())
+        } else {
+            format!(
+                "remove {} from the {} permissions",
+                grantee.describe(),
+                shared.store.what()
+            )
+        },
+        request_id: None,
+    }
+}
+
+/// Removes `grantees` (those it is still shared with) from `shared`'s permissions, handing
+/// every permission it had to `intent` first. With `dry_run`, reads and describes but changes
+/// nothing. One action for the whole share: a share naming many accounts costs one of the
+/// action's budget, not one per account.
 pub async fn unshare_recorded(
     api: &Api,
     shared: &Shared,
-    grantee: &Grantee,
+    grantees: &[Grantee],
     dry_run: bool,
     intent: &dyn Intent,
 ) -> ActionResult {
@@ -490,104 +540,122 @@ pub async fn unshare_recorded(
         Err(why) => return ActionResult::failed(why, Vec::new(), None),
     };
     let what = shared.describe();
-    if !prior.contains(grantee) {
+    // Everyone first: the widest share goes first.
+    let mut removing: Vec<Grantee> = grantees
+        .iter()
+        .filter(|g| prior.contains(g))
+        .cloned()
+        .collect();
+    removing.sort_by_key(|g| *g != Grantee::Everyone);
+    if removing.is_empty() {
         return ActionResult {
             outcome: ActionOutcome::AlreadyCompliant,
-            detail: format!("{what} is not shared with {}", grantee.describe()),
+            detail: format!("{what} is not shared with {}", describe_all(grantees)),
             steps: Vec::new(),
             undo: None,
             retryable: false,
         };
     }
-    let undo = undo_data(shared, grantee, &prior);
-    let mut step = ActionStep {
-        call: shared.store.call().into(),
-        description: format!(
-            "remove {} from the {} permissions",
-            grantee.describe(),
-            shared.store.what()
-        ),
-        request_id: None,
-    };
+    let undo = undo_data(shared, &removing, &prior);
+    let planned: Vec<ActionStep> = removing.iter().map(|g| step(shared, g, false)).collect();
     if dry_run {
         return ActionResult {
             outcome: ActionOutcome::DryRun,
-            detail: format!("would stop sharing {what} with {}", grantee.describe()),
-            steps: vec![step],
+            detail: format!("would stop sharing {what} with {}", describe_all(&removing)),
+            steps: planned,
             undo: Some(undo),
             retryable: false,
         };
     }
-    if !intent.record(&undo, std::slice::from_ref(&step)).await {
+    if !intent.record(&undo, &planned).await {
         return ActionResult::failed(ActionError::NotRecorded, Vec::new(), None);
     }
-    match change(api, shared, grantee, false).await {
-        Ok(request_id) => step.request_id = request_id,
-        Err(why) => return ActionResult::failed(why, Vec::new(), Some(undo)),
+    let mut steps = Vec::new();
+    for (grantee, mut step) in removing.iter().zip(planned) {
+        match change(api, shared, grantee, false).await {
+            Ok(request_id) => step.request_id = request_id,
+            Err(why) => {
+                let note = format!(" (after {} of {} changes)", steps.len(), removing.len());
+                return ActionResult::failed(why.noting(&note), steps, Some(undo));
+            }
+        }
+        steps.push(step);
     }
     ActionResult {
         outcome: ActionOutcome::Applied,
-        detail: format!("stopped sharing {what} with {}", grantee.describe()),
-        steps: vec![step],
+        detail: format!("stopped sharing {what} with {}", describe_all(&removing)),
+        steps,
         undo: Some(undo),
         retryable: false,
     }
 }
 
-/// Puts back the share an unshare removed, from its undo data: only on the resource the data
-/// names, and only a grantee it was shared with before.
+/// Puts back the shares an unshare removed, from its undo data: only on the resource the data
+/// names, and only grantees it was shared with before.
 pub async fn undo(api: &Api, shared: &Shared, data: &Value) -> ActionResult {
     let refuse = |why: String| ActionResult::failed(ActionError::Refused(why), Vec::new(), None);
     if data.get("resource").and_then(Value::as_str) != Some(shared.arn.as_str()) {
         return refuse(format!("the undo data does not name {}", shared.arn));
     }
-    let grantee = match data
-        .get("grantee")
-        .and_then(Value::as_str)
-        .map(|g| Grantee::parse(g, shared.store))
-    {
-        Some(Ok(g)) => g,
-        Some(Err(why)) => return refuse(why),
-        None => return refuse("the undo data names no grantee".into()),
+    let listed: Vec<&str> = items(data.get("grantees"))
+        .into_iter()
+        .filter_map(Value::as_str)
+        .collect();
+    if listed.is_empty() || listed.len() > MAX_GRANTEES {
+        return refuse("the undo data names no grantee to share with again".into());
+    }
+    let mut grantees = Vec::new();
+    for g in listed {
+        match Grantee::parse(g, shared.store) {
+            Ok(g) => grantees.push(g),
+            Err(why) => return refuse(why),
+        }
+    }
+    let was_shared = |g: &Grantee| {
+        data.get("shared_with")
+            .and_then(Value::as_array)
+            .is_some_and(|with| with.iter().any(|w| w.as_str() == Some(g.as_str())))
     };
-    let was_shared = data
-        .get("shared_with")
-        .and_then(Value::as_array)
-        .is_some_and(|with| with.iter().any(|g| g.as_str() == Some(grantee.as_str())));
-    if !was_shared {
+    if let Some(g) = grantees.iter().find(|g| !was_shared(g)) {
         return refuse(format!(
             "the undo data does not show {} shared with {}",
             shared.arn,
-            grantee.describe()
+            g.describe()
         ));
     }
     let what = shared.describe();
-    match read(api, shared).await {
-        Ok(now) if now.contains(&grantee) => {
-            return ActionResult {
-                outcome: ActionOutcome::AlreadyCompliant,
-                detail: format!("{what} is shared with {} again already", grantee.describe()),
-                steps: Vec::new(),
-                undo: None,
-                retryable: false,
-            }
-        }
-        Ok(_) => {}
+    let now = match read(api, shared).await {
+        Ok(now) => now,
         Err(why) => return ActionResult::failed(why, Vec::new(), None),
-    }
-    match change(api, shared, &grantee, true).await {
-        Ok(request_id) => ActionResult {
-            outcome: ActionOutcome::Applied,
-            detail: format!("shared {what} with {} again", grantee.describe()),
-            steps: vec![ActionStep {
-                call: shared.store.call().into(),
-                description: format!("add {} back to the permissions", grantee.describe()),
-                request_id,
-            }],
+    };
+    let missing: Vec<Grantee> = grantees.into_iter().filter(|g| !now.contains(g)).collect();
+    if missing.is_empty() {
+        return ActionResult {
+            outcome: ActionOutcome::AlreadyCompliant,
+            detail: format!("{what} is shared as it was already"),
+            steps: Vec::new(),
             undo: None,
             retryable: false,
-        },
-        Err(why) => ActionResult::failed(why, Vec::new(), None),
+        };
+    }
+    let mut steps = Vec::new();
+    for grantee in &missing {
+        let mut s = step(shared, grantee, true);
+        match change(api, shared, grantee, true).await {
+            Ok(request_id) => s.request_id = request_id,
+            Err(why) => {
+                let note = format!(" (after {} of {} changes)", steps.len(), missing.len());
+                return ActionResult::failed(why.noting(&note), steps, None);
+            }
+        }
+        steps.push(s);
+    }
+    ActionResult {
+        outcome: ActionOutcome::Applied,
+        detail: format!("shared {what} with {} again", describe_all(&missing)),
+        steps,
+        undo: None,
+        retryable: false,
     }
 }
 
@@ -713,6 +781,19 @@ mod tests {
             Grantee::parse(cn, Store::Image),
             Ok(Grantee::Organization(cn.into()))
         );
+        assert_eq!(
+            parse_grantees("999988887777, all,999988887777", Store::EbsSnapshot),
+            Ok(vec![
+                Grantee::Account("999988887777".into()),
+                Grantee::Everyone
+            ])
+        );
+        assert!(parse_grantees("all,bob", Store::EbsSnapshot).is_err());
+        assert!(parse_grantees("", Store::EbsSnapshot).is_err());
+        let many: Vec<String> = (0..=MAX_GRANTEES)
+            .map(|i| format!("{:012}", 100_000_000_000 + i))
+            .collect();
+        assert!(parse_grantees(&many.join(","), Store::EbsSnapshot).is_err());
         // Snapshots are never shared with an organization; nothing else is a grantee.
         assert!(Grantee::parse(org, Store::EbsSnapshot).is_err());
         for bad in [

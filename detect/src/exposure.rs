@@ -906,6 +906,68 @@ fn principal_account(principal: &str) -> Option<&str> {
     is_account(account).then_some(account)
 }
 
+/// `%XX` escapes (and `+`) decoded; invalid escapes kept as they are.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Public identity providers: anyone can get a token from them, so a role trusting one
+/// without a condition on the token's subject trusts everyone.
+const PUBLIC_OIDC: &[&str] = &[
+    "token.actions.githubusercontent.com",
+    "gitlab.com",
+    "app.terraform.io",
+    "accounts.google.com",
+];
+
+/// A trust statement for a public identity provider with no condition on the subject.
+fn public_oidc_without_subject(statement: &Value) -> bool {
+    let federated = match statement.get("Principal") {
+        Some(Value::Object(map)) => items(map.get("Federated")),
+        _ => return false,
+    };
+    let public = federated.iter().filter_map(|f| f.as_str()).any(|f| {
+        PUBLIC_OIDC
+            .iter()
+            .any(|p| f.ends_with(&format!("oidc-provider/{p}")) || f == *p)
+    });
+    if !public {
+        return false;
+    }
+    let subject_bound = match statement.get("Condition") {
+        Some(Value::Object(operators)) => operators.iter().any(|(op, keys)| {
+            !op.contains("Not")
+                && keys.as_object().is_some_and(|k| {
+                    k.keys().any(|key| {
+                        let key = key.to_ascii_lowercase();
+                        key.ends_with(":sub") || key.ends_with(":sub_claim")
+                    })
+                })
+        }),
+        _ => false,
+    };
+    !subject_bound
+}
+
 /// Condition keys that confine a statement to accounts (their values: account ids or ARNs).
 const ACCOUNT_KEYS: &[&str] = &[
     "aws:principalaccount",
@@ -957,7 +1019,14 @@ fn anyone(statement: &Value) -> bool {
 /// Who a policy document lets in from outside `own` (and `trusted`): `None` when no one;
 /// `Some(None)` for everyone; `Some(Some(accounts))` for other accounts.
 fn policy_opened(document: &Value, own: &str, trusted: &[String]) -> Option<Option<Vec<String>>> {
-    let document = trailguard_common::s3::parse_policy(document)?;
+    // Some records carry the document URL-encoded.
+    let decoded = match document {
+        Value::String(text) if text.trim_start().starts_with('%') => {
+            Value::String(percent_decode(text))
+        }
+        _ => document.clone(),
+    };
+    let document = trailguard_common::s3::parse_policy(&decoded)?;
     let mut accounts: Vec<String> = Vec::new();
     let outside = |account: &str, accounts: &mut Vec<String>| {
         if account != own
@@ -980,7 +1049,9 @@ fn policy_opened(document: &Value, own: &str, trusted: &[String]) -> Option<Opti
             }
             continue;
         }
-        if trailguard_common::s3::is_public_statement(statement) {
+        if trailguard_common::s3::is_public_statement(statement)
+            || public_oidc_without_subject(statement)
+        {
             return Some(None);
         }
         let principal = statement.get("Principal");
@@ -2135,7 +2206,9 @@ mod tests {
             (json!({"Service": "ec2.amazonaws.com"}), None),
             (
                 json!({"Federated": "arn:aws:iam::111111111111:oidc-provider/token.actions.githubusercontent.com"}),
-                None,
+                Some(
+                    json!({"StringLike": {"token.actions.githubusercontent.com:sub": "repo:example/app:*"}}),
+                ),
             ),
             (
                 json!({"AWS": "*"}),
@@ -2291,6 +2364,38 @@ mod tests {
             )),
             [("access-granted-outside", Severity::Medium)]
         );
+        // GitHub's OIDC provider trusted for any repository (no `sub` condition): everyone.
+        let github = "arn:aws:iam::111111111111:oidc-provider/token.actions.githubusercontent.com";
+        let oidc = |condition: Value| {
+            let statement = json!({"Effect": "Allow", "Principal": {"Federated": github},
+                "Action": "sts:AssumeRoleWithWebIdentity", "Condition": condition});
+            iam(
+                "UpdateAssumeRolePolicy",
+                json!({"roleName": "deploy", "policyDocument":
+                    json!({"Version": "2012-10-17", "Statement": [statement]}).to_string()}),
+            )
+        };
+        assert_eq!(
+            ids(&oidc(
+                json!({"StringEquals": {"token.actions.githubusercontent.com:aud": "sts.amazonaws.com"}})
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        assert!(oidc(
+            json!({"StringEquals": {"token.actions.githubusercontent.com:aud": "sts.amazonaws.com"},
+            "StringLike": {"token.actions.githubusercontent.com:sub": "repo:example/app:*"}})
+        )
+        .is_empty());
+        // A document URL-encoded.
+        let encoded = "%7B%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Principal%22%3A%7B%22AWS%22%3A%22arn%3Aaws%3Aiam%3A%3A999988887777%3Aroot%22%7D%2C%22Action%22%3A%22sts%3AAssumeRole%22%7D%5D%7D";
+        assert_eq!(
+            ids(&iam(
+                "UpdateAssumeRolePolicy",
+                json!({"roleName": "ops", "policyDocument": encoded})
+            )),
+            [("access-granted-outside", Severity::Medium)]
+        );
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
         // A failed attempt: one severity lower.
         let failed = run(&record(
             "iam.amazonaws.com",

@@ -289,6 +289,35 @@ impl Record {
     }
 }
 
+/// The action records on `topic`, once there are `at_least` (or `timeout` has passed).
+pub fn action_records(
+    topic: &str,
+    at_least: usize,
+    timeout: Duration,
+) -> Result<Vec<trailguard_common::contract::ActionRecord>> {
+    read_topic(topic, timeout, Duration::from_secs(2), |r| {
+        r.len() >= at_least
+    })?
+    .iter()
+    .map(|r| serde_json::from_slice(&r.value).map_err(Into::into))
+    .collect()
+}
+
+/// `remediate --config CONFIG undo ACTION_ID` in `run`; its output, or why it failed.
+pub fn remediate_undo(run: &Run, config: &str, action_id: &str) -> Result<String> {
+    let out = run
+        .command("remediate", &["--config", config, "undo", action_id])?
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "undo: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Reads `topic` from the beginning until `done(records)` says so (asked after every record:
 /// keep it incremental for long topics) — then on for `settle`, to
 /// catch anything extra (a duplicate, a record too many) — or fails after `timeout`.

@@ -18,7 +18,7 @@ use trailguard_remediate::bucket;
 use trailguard_remediate::iam::{self, Identity, REVOKE_POLICY, SUSPEND_POLICY};
 use trailguard_remediate::notify::{ChannelConfig, ChannelKind, Notifier, NotifyConfig};
 use trailguard_tests::{
-    aws_endpoint, iam as iam_client, produce, read_topic, s3, signed, unique, wait_for_topic, Run,
+    aws_endpoint, iam as iam_client, produce, s3, signed, unique, wait_for_topic, Run,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -475,12 +475,7 @@ fn suspend_alert(id: &str, user_arn: &str) -> Result<Alert> {
 }
 
 fn records(topic: &str, at_least: usize) -> Result<Vec<ActionRecord>> {
-    read_topic(topic, TIMEOUT, Duration::from_secs(2), |r| {
-        r.len() >= at_least
-    })?
-    .iter()
-    .map(|r| serde_json::from_slice::<ActionRecord>(&r.value).map_err(Into::into))
-    .collect()
+    trailguard_tests::action_records(topic, at_least, TIMEOUT)
 }
 
 #[tokio::test(flavor = "multi_thread")]

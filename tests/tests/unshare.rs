@@ -7,17 +7,13 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{PermissionGroup, SnapshotAttributeName};
-use trailguard_common::contract::{
-    ActionKind, ActionOutcome, ActionRecord, RequestedAction, Target,
-};
+use trailguard_common::contract::{ActionKind, ActionOutcome, RequestedAction, Target};
 use trailguard_common::Alert;
 use trailguard_remediate::intent::Unrecorded;
 use trailguard_remediate::share::{self, Api, Grantee, Shared};
-use trailguard_tests::{
-    aws_endpoint, aws_shared, produce, read_topic, signed, unique, wait_for_topic, Run,
-};
+use trailguard_tests::{aws_endpoint, aws_shared, produce, signed, unique, wait_for_topic, Run};
 
 const ACCOUNT: &str = "123456789012";
 const OUTSIDE: &str = "999988887777";
@@ -301,15 +297,6 @@ fn shared_out_alert(id: &str, actions: Vec<RequestedAction>) -> Result<Alert> {
     Ok(alert)
 }
 
-fn records(topic: &str, at_least: usize) -> Result<Vec<ActionRecord>> {
-    read_topic(topic, TIMEOUT, Duration::from_secs(2), |r| {
-        r.len() >= at_least
-    })?
-    .iter()
-    .map(|r| serde_json::from_slice::<ActionRecord>(&r.value).map_err(Into::into))
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_unshares_on_a_genuine_alert_and_undo_shares_again() -> Result<()> {
     let run = Run::new("unshare")?;
@@ -356,7 +343,7 @@ async fn the_service_unshares_on_a_genuine_alert_and_undo_shares_again() -> Resu
     )?;
     produce(&alerts, "k", &signed(alert)?).await?;
     // started + applied, refused, failed.
-    let all = records(&actions, 4)?;
+    let all = trailguard_tests::action_records(&actions, 4, TIMEOUT)?;
     let end = |alert: &str, account: &str| {
         all.iter()
             .rfind(|r| {
@@ -397,15 +384,7 @@ async fn the_service_unshares_on_a_genuine_alert_and_undo_shares_again() -> Resu
     );
     assert_eq!(snapshot_shares(&ec2, &kept).await?, [OUTSIDE, "all"]);
 
-    let out = run
-        .command("remediate", &["--config", &config, "undo", &applied.id])?
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "undo: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    trailguard_tests::remediate_undo(&run, &config, &applied.id)?;
     assert_eq!(snapshot_shares(&ec2, &snap).await?, [OUTSIDE, "all"]);
     Ok(())
 }

@@ -109,19 +109,6 @@ async fn crash_mid_suspend(run: &Run, config: &str, alert_id: &str, name: &str) 
     Ok(())
 }
 
-fn undo(run: &Run, config: &str, action_id: &str) -> Result<String> {
-    let out = run
-        .command("remediate", &["--config", config, "undo", action_id])?
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "undo: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// A crash right after the first change: the prior state is on record already (`started`), so
 /// undo restores the user exactly; and a remediate started afterwards does not take the
 /// undone alert up again.
@@ -154,7 +141,7 @@ async fn a_crash_after_the_first_change_can_be_undone() -> Result<()> {
         started.undo
     );
 
-    undo(&run, &config, &started.id)?;
+    trailguard_tests::remediate_undo(&run, &config, &started.id)?;
     assert_eq!(state(&iam, &alice).await?, (1, false), "alice as she was");
 
     // The alert was never committed; a new remediate reads it again and leaves it: undone.
@@ -213,7 +200,7 @@ async fn a_replay_after_a_crash_keeps_the_original_prior_state() -> Result<()> {
         "the state before the first attempt, not the one it left: {undo_data}"
     );
 
-    undo(&run, &config, &applied.id)?;
+    trailguard_tests::remediate_undo(&run, &config, &applied.id)?;
     assert_eq!(state(&iam, &carol).await?, (1, false), "carol as she was");
     Ok(())
 }

@@ -111,6 +111,7 @@ pub fn builtin_policies() -> Vec<&'static crate::policy::PolicyMeta<'static>> {
         &crate::anomaly::DORMANT_PRINCIPAL,
         &crate::anomaly::UNUSUAL_API,
         &crate::anomaly::DISCOVERY_BURST,
+        &crate::anomaly::CREDENTIAL_BURST,
         &crate::anomaly::MFA_SKIPPED,
         &crate::facts::TERMINATED_USER,
         &crate::facts::UNUSUAL_REGION,
@@ -128,8 +129,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
         assert_eq!(
-            count, 33,
-            "5 built-in, 6 exposure, 7 templates, 15 anomaly detections"
+            count, 34,
+            "5 built-in, 6 exposure, 7 templates, 16 anomaly detections"
         );
     }
 }

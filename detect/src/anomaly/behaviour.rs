@@ -16,7 +16,10 @@
 
 use trailguard_common::contract::{Alert, Severity};
 
-use super::{Anomalies, PrincipalState, Seen, Sensitivity, Who, DISCOVERY_BURST, UNUSUAL_API};
+use super::{
+    Anomalies, PrincipalState, Seen, Sensitivity, Who, CREDENTIAL_BURST, DISCOVERY_BURST,
+    UNUSUAL_API,
+};
 use crate::tactics::{classify, Tactic};
 
 /// Most networks and user-agent families remembered per actor.
@@ -31,6 +34,44 @@ const CHAIN_SECS: i64 = 3600;
 const OTHER_ALERT_SECS: i64 = 6 * 3600;
 /// Refused calls in an hour from which a refusal ratio of one half counts as probing.
 const PROBING_REFUSALS: u16 = 5;
+
+/// `DescribeInstanceAttribute` for an instance's user data (where secrets are often left).
+fn reads_user_data(a: &trailguard_common::Activity) -> bool {
+    a.event_source == "ec2.amazonaws.com"
+        && a.event_name == "DescribeInstanceAttribute"
+        && a.request_parameters
+            .as_ref()
+            .and_then(|p| p.get("attribute"))
+            .and_then(serde_json::Value::as_str)
+            == Some("userData")
+}
+
+/// What a credential read reads: the secrets, parameters or instances it names (a bulk read
+/// by filter counts as ten); at most 32 per call.
+fn read_targets(a: &trailguard_common::Activity) -> Vec<String> {
+    use serde_json::Value;
+    let Some(p) = a.request_parameters.as_ref() else {
+        return vec![a.event_name.clone()];
+    };
+    let mut out: Vec<String> = Vec::new();
+    for key in ["secretId", "name", "instanceId", "secretIdList", "names"] {
+        for v in trailguard_common::s3::items(p.get(key)) {
+            if let Some(s) = v.as_str() {
+                out.push(s.to_string());
+            }
+        }
+    }
+    // BatchGetSecretValue by filter, GetParametersByPath: many at once.
+    if out.is_empty() || p.get("filters").is_some_and(|f| !f.is_null()) || p.get("path").is_some() {
+        let what = p
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or(&a.event_name);
+        out.extend((0..10).map(|i| format!("{what}#{i}")));
+    }
+    out.truncate(32);
+    out
+}
 
 /// A small, stable hash (FNV-1a) for remembering names compactly; collisions only make a
 /// new name look known.
@@ -133,6 +174,10 @@ impl Anomalies {
         st.refusals.2 = st.refusals.2.saturating_add(u16::from(failed));
         if tactic == Tactic::Discovery {
             self.discovery(st, seen, failed, out);
+        }
+        // Plain (undecrypted) parameter reads weigh 1: configuration, not credentials.
+        if (tactic == Tactic::CredentialAccess && weight >= 2) || reads_user_data(a) {
+            self.secrets(st, seen, failed, out);
         }
         let Some(row) = row else {
             return;
@@ -251,6 +296,95 @@ impl Anomalies {
             summary,
             vec![a.id.clone()],
             (tactic.mitre(), technique, technique_name),
+        ));
+    }
+
+    /// Many distinct credentials read within ten minutes: more than the actor ever read in one
+    /// window (at least 10; while it learns, 10), or most of them refused — a dump of every
+    /// secret, decrypted parameter, instance password or user data the credentials reach.
+    fn secrets(
+        &self,
+        st: &mut PrincipalState,
+        seen: &Seen<'_>,
+        failed: bool,
+        out: &mut Vec<Alert>,
+    ) {
+        let (a, t) = (seen.a, seen.t);
+        let now = st
+            .secrets
+            .iter()
+            .map(|(_, at, _)| *at)
+            .max()
+            .unwrap_or(t)
+            .max(t);
+        let before = st.secrets.len();
+        st.secrets.retain(|(_, at, _)| now - *at < WINDOW_SECS);
+        if st.secrets.len() < before {
+            st.secrets_max = st.secrets_max.max(before.min(usize::from(u16::MAX)) as u16);
+        }
+        if now - t >= WINDOW_SECS {
+            return;
+        }
+        for target in read_targets(a) {
+            let key = hash(&[&a.event_source, &target]);
+            match st.secrets.iter_mut().find(|(k, _, _)| *k == key) {
+                Some(entry) => {
+                    entry.1 = entry.1.max(t);
+                    entry.2 |= failed;
+                }
+                None => {
+                    if st.secrets.len() >= WINDOW_CALLS / 2 {
+                        st.secrets.remove(0);
+                    }
+                    st.secrets.push((key, t, failed));
+                }
+            }
+        }
+        let distinct = st.secrets.len() as u32;
+        let refused = st.secrets.iter().filter(|(_, _, f)| *f).count() as u32;
+        let d = &self.cfg.credential_access_burst;
+        let least = match self.sens(d) {
+            Sensitivity::Low => 20,
+            Sensitivity::Medium => 10,
+            Sensitivity::High => 6,
+        };
+        let usual = u32::from(st.secrets_max).min(WINDOW_CALLS as u32 / 4 - 1);
+        let broad = distinct >= least && (!seen.learned || distinct > 2 * usual);
+        let probing = refused >= least / 2 && refused * 2 >= distinct;
+        if !(broad || probing) || !self.on(d, a) || !self.may_fire(st, "secrets".into(), t) {
+            return;
+        }
+        let summary = format!(
+            "{} read {distinct} different secrets or credentials within ten minutes{}{}: {}",
+            Who(a),
+            if refused > 0 {
+                format!(", {refused} of them refused")
+            } else {
+                String::new()
+            },
+            if seen.learned {
+                format!(" (its most before: {usual})")
+            } else {
+                String::new()
+            },
+            a.event_name
+        );
+        out.push(self.alert(
+            a,
+            &CREDENTIAL_BURST,
+            d,
+            if probing || distinct >= 2 * least {
+                Severity::High
+            } else {
+                Severity::Medium
+            },
+            summary,
+            vec![a.id.clone()],
+            (
+                "Credential Access",
+                "T1555.006",
+                "Credentials from Password Stores: Cloud Secrets Management Stores",
+            ),
         ));
     }
 
@@ -763,6 +897,98 @@ mod tests {
             fired(&alerts, "unusual-api-behaviour").is_empty(),
             "{alerts:?}"
         );
+    }
+
+    #[test]
+    fn credentials_dumped_in_minutes() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut census = crate::census::Census::default();
+        let read = |t: i64, id: &str, refused: bool| {
+            let mut a = call(
+                t,
+                "secretsmanager.amazonaws.com",
+                "GetSecretValue",
+                HOME,
+                CLI,
+                refused,
+            );
+            a.request_parameters = Some(json!({"secretId": id}));
+            a
+        };
+        // Twelve different secrets in two minutes, by an actor that reads a few a day.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        for day in 0..8 {
+            for i in 0..3 {
+                an.observe(
+                    &mut st,
+                    &mut census,
+                    &read(day * DAY + 3600 + i, &format!("app/{i}"), false),
+                );
+            }
+        }
+        let mut alerts = Vec::new();
+        for i in 0..12 {
+            alerts.extend(an.observe(
+                &mut st,
+                &mut census,
+                &read(9 * DAY + i * 10, &format!("prod/{i}"), false),
+            ));
+        }
+        let got = fired(&alerts, "credential-access-burst");
+        assert_eq!(got.len(), 1, "{alerts:?}");
+        assert_eq!(got[0].severity, Severity::Medium);
+        // The same secret again and again is one.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut alerts = Vec::new();
+        for i in 0..30 {
+            alerts.extend(an.observe(
+                &mut st,
+                &mut census,
+                &read(9 * DAY + i * 10, "app/db", false),
+            ));
+        }
+        assert!(
+            fired(&alerts, "credential-access-burst").is_empty(),
+            "{alerts:?}"
+        );
+        // A bulk read by filter counts as ten; refused probing is high.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut bulk = call(
+            9 * DAY,
+            "secretsmanager.amazonaws.com",
+            "BatchGetSecretValue",
+            HOME,
+            CLI,
+            false,
+        );
+        bulk.request_parameters = Some(json!({"filters": [{"key": "name", "values": ["prod"]}]}));
+        let alerts = an.observe(&mut st, &mut census, &bulk);
+        assert_eq!(
+            fired(&alerts, "credential-access-burst").len(),
+            1,
+            "{alerts:?}"
+        );
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut alerts = Vec::new();
+        for i in 0..6 {
+            let mut a = call(
+                9 * DAY + i * 10,
+                "ec2.amazonaws.com",
+                "GetPasswordData",
+                HOME,
+                CLI,
+                true,
+            );
+            a.request_parameters = Some(json!({"instanceId": format!("i-0{i}")}));
+            alerts.extend(an.observe(&mut st, &mut census, &a));
+        }
+        let got = fired(&alerts, "credential-access-burst");
+        assert_eq!(got.len(), 1, "{alerts:?}");
+        assert_eq!(got[0].severity, Severity::High);
     }
 
     #[test]

@@ -189,6 +189,9 @@ pub struct AnomalyConfig {
     pub discovery_burst: DetectionConfig,
     /// A console sign-in without MFA after at least three that all used it.
     pub mfa_skipped: DetectionConfig,
+    /// Many different secrets, decrypted parameters, instance passwords or user data read
+    /// within ten minutes: credentials dumped.
+    pub credential_access_burst: DetectionConfig,
     /// Speeds, distances, memory sizes and floors (see [`AnomalyTuning`]).
     pub tuning: AnomalyTuning,
 }
@@ -219,6 +222,7 @@ impl Default for AnomalyConfig {
             unusual_api_behaviour: DetectionConfig::default(),
             discovery_burst: DetectionConfig::default(),
             mfa_skipped: DetectionConfig::default(),
+            credential_access_burst: DetectionConfig::default(),
             tuning: AnomalyTuning::default(),
         }
     }
@@ -340,6 +344,11 @@ meta!(
     "Unusual API behaviour"
 );
 meta!(DISCOVERY_BURST, "discovery-burst", "Discovery burst");
+meta!(
+    CREDENTIAL_BURST,
+    "credential-access-burst",
+    "Many secrets read in minutes"
+);
 meta!(
     MFA_SKIPPED,
     "console-signin-without-mfa",
@@ -568,6 +577,12 @@ pub struct PrincipalState {
     /// Most distinct enumerating calls in one window so far.
     #[serde(rename = "dm", default, skip_serializing_if = "is_zero")]
     discovery_max: u16,
+    /// Secrets and other credentials read in the last ten minutes: (what, last time, refused).
+    #[serde(rename = "cw", default, skip_serializing_if = "Vec::is_empty")]
+    secrets: Vec<(u32, i64, bool)>,
+    /// Most distinct credentials read in one window so far.
+    #[serde(rename = "cm", default, skip_serializing_if = "is_zero")]
+    secrets_max: u16,
     /// Classified calls in the current hour (its start, calls, refused): how much of what the
     /// actor tries is refused.
     #[serde(rename = "fh", default, skip_serializing_if = "is_zero")]

@@ -460,11 +460,11 @@ pub enum ActionKind {
     SuspendUser,
     /// Tell the person the alert is about (their SNS topic, from a directory or a tag).
     NotifyUser,
-    /// Take back a share of an EBS snapshot or an RDS (cluster) snapshot: remove the grantee
-    /// (everyone, an account) the alert names from its permissions.
+    /// Take back a share of an EBS snapshot or an RDS (cluster) snapshot: remove the grantees
+    /// (everyone, accounts) the alert names from its permissions.
     UnshareSnapshot,
-    /// Take back a share of an AMI: remove the grantee (everyone, an account, an organization
-    /// or organizational unit) the alert names from its launch permissions.
+    /// Take back a share of an AMI: remove the grantees (everyone, accounts, organizations or
+    /// organizational units) the alert names from its launch permissions.
     UnshareImage,
 }
 

@@ -305,8 +305,21 @@ fn disables_control(params: &Value) -> bool {
 /// Security Hub findings marked suppressed (hidden from the team's views).
 fn suppresses(params: &Value) -> bool {
     // The actions sit at the top (`CreateAutomationRule`) or under each update item
-    // (`BatchUpdateAutomationRules`): look everywhere.
-    params.to_string().contains("\"SUPPRESSED\"")
+    // (`BatchUpdateAutomationRules`); only what they set counts, not what a rule matches.
+    let sets_suppressed = |holder: &Value| {
+        items(holder.get("actions")).into_iter().any(|action| {
+            action
+                .get("findingFieldsUpdate")
+                .and_then(|u| u.get("workflow"))
+                .and_then(|w| w.get("status"))
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.eq_ignore_ascii_case("SUPPRESSED"))
+        })
+    };
+    sets_suppressed(params)
+        || items(params.get("updateAutomationRulesRequestItems"))
+            .into_iter()
+            .any(sets_suppressed)
 }
 
 /// An AWS Config recorder that records only some resource types (or excludes some): what it
@@ -886,15 +899,20 @@ fn unshare_actions(
         }
     }
     grantees.sort_by_key(|g| g != "all");
-    vec![RequestedAction {
-        kind,
-        target: Target {
-            kind: target_kind.into(),
-            id: arn,
-            account_id: Some(account.to_string()),
-            grantee: Some(grantees.join(",")),
-        },
-    }]
+    // Remediate takes back at most 100 per action: more go in further actions, so a share
+    // naming hundreds of accounts cannot make the whole request refused.
+    grantees
+        .chunks(100)
+        .map(|chunk| RequestedAction {
+            kind,
+            target: Target {
+                kind: target_kind.into(),
+                id: arn.clone(),
+                account_id: Some(account.to_string()),
+                grantee: Some(chunk.join(",")),
+            },
+        })
+        .collect()
 }
 
 /// The account an IAM principal names: an account id, or the account of an ARN.
@@ -953,13 +971,27 @@ fn public_oidc_without_subject(statement: &Value) -> bool {
     if !public {
         return false;
     }
+    // Bound: a string equality on the subject whose every value names a fixed owner (GitHub's
+    // `repo:OWNER/…`), not a wildcard.
+    let fixed = |v: &Value| {
+        v.as_str().is_some_and(|s| {
+            let head = s.strip_prefix("repo:").unwrap_or(s);
+            let owner = head.split(['/', ':']).next().unwrap_or("");
+            !owner.is_empty() && !owner.contains(['*', '?']) && !owner.contains("${")
+        })
+    };
     let subject_bound = match statement.get("Condition") {
         Some(Value::Object(operators)) => operators.iter().any(|(op, keys)| {
-            !op.contains("Not")
+            let lower = op.to_ascii_lowercase();
+            let base = lower.strip_suffix("ifexists").unwrap_or(&lower);
+            equality_operator(base)
                 && keys.as_object().is_some_and(|k| {
-                    k.keys().any(|key| {
+                    k.iter().any(|(key, values)| {
                         let key = key.to_ascii_lowercase();
-                        key.ends_with(":sub") || key.ends_with(":sub_claim")
+                        let list = items(Some(values));
+                        (key.ends_with(":sub") || key.ends_with(":sub_claim"))
+                            && !list.is_empty()
+                            && list.into_iter().all(fixed)
                     })
                 })
         }),
@@ -978,14 +1010,32 @@ const ACCOUNT_KEYS: &[&str] = &[
     "kms:calleraccount",
 ];
 
-/// The accounts a statement's positive conditions confine it to (operators without `Not`).
+/// Operators that confine to the values they list (`ForAnyValue:` allowed): not negated, not
+/// `…IfExists` (passes when the key is absent), not `ForAllValues:` (passes vacuously).
+const EQUALITY_OPERATORS: &[&str] = &[
+    "stringequals",
+    "stringequalsignorecase",
+    "stringlike",
+    "arnequals",
+    "arnlike",
+];
+
+fn equality_operator(operator: &str) -> bool {
+    let op = operator.to_ascii_lowercase();
+    let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
+    EQUALITY_OPERATORS.contains(&op)
+}
+
+/// The accounts a statement's conditions confine it to: keys of [`ACCOUNT_KEYS`] under an
+/// equality operator whose every value names one account (a value with a wildcard in its
+/// account confines nothing, and the key is not counted).
 fn condition_accounts(statement: &Value) -> Vec<String> {
     let mut out = Vec::new();
     let Some(Value::Object(operators)) = statement.get("Condition") else {
         return out;
     };
     for (operator, keys) in operators {
-        if operator.contains("Not") {
+        if !equality_operator(operator) {
             continue;
         }
         let Value::Object(keys) = keys else { continue };
@@ -993,11 +1043,13 @@ fn condition_accounts(statement: &Value) -> Vec<String> {
             if !ACCOUNT_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
                 continue;
             }
-            for v in items(Some(values)) {
-                if let Some(account) = v.as_str().and_then(principal_account) {
-                    if !out.iter().any(|a| a == account) {
-                        out.push(account.to_string());
-                    }
+            let accounts: Option<Vec<&str>> = items(Some(values))
+                .into_iter()
+                .map(|v| v.as_str().and_then(principal_account))
+                .collect();
+            for account in accounts.unwrap_or_default() {
+                if !out.iter().any(|a| a == account) {
+                    out.push(account.to_string());
                 }
             }
         }
@@ -1005,15 +1057,11 @@ fn condition_accounts(statement: &Value) -> Vec<String> {
     out
 }
 
-/// Whether a statement's principal is everyone (`*`, or `{"AWS": "*"}`).
+/// Whether a statement's principal is everyone: a wildcard (`*`, `arn:aws:iam::*:root`) or
+/// `NotPrincipal`.
 fn anyone(statement: &Value) -> bool {
-    match statement.get("Principal") {
-        Some(Value::String(p)) => p == "*",
-        Some(Value::Object(map)) => items(map.get("AWS"))
-            .iter()
-            .any(|p| p.as_str() == Some("*")),
-        _ => false,
-    }
+    trailguard_common::s3::principal_is_public(statement.get("Principal"))
+        || statement.get("NotPrincipal").is_some()
 }
 
 /// Who a policy document lets in from outside `own` (and `trusted`): `None` when no one;
@@ -2041,6 +2089,16 @@ mod tests {
                 json!({"name": "config-drift-alerts-staging"}),
                 None,
             ),
+            // A rule that acts on findings already suppressed does not suppress.
+            (
+                "securityhub.amazonaws.com",
+                "CreateAutomationRule",
+                json!({"ruleName": "renotify", "criteria": {"workflowStatus": [
+                    {"value": "SUPPRESSED", "comparison": "EQUALS"}]},
+                    "actions": [{"type": "FINDING_FIELDS_UPDATE",
+                    "findingFieldsUpdate": {"workflow": {"status": "NOTIFIED"}}}]}),
+                None,
+            ),
             (
                 "config.amazonaws.com",
                 "PutConfigurationRecorder",
@@ -2396,6 +2454,44 @@ mod tests {
             [("access-granted-outside", Severity::Medium)]
         );
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        // A subject bound to nothing: a wildcard owner, or only tested for presence.
+        for condition in [
+            json!({"StringLike": {"token.actions.githubusercontent.com:sub": "repo:*"}}),
+            json!({"Null": {"token.actions.githubusercontent.com:sub": "false"}}),
+            json!({"StringLike": {"token.actions.githubusercontent.com:sub": "*"}}),
+        ] {
+            assert_eq!(
+                ids(&oidc(condition.clone())),
+                [("access-granted-outside", Severity::High)],
+                "{condition}"
+            );
+        }
+        // A wildcard account in a confining ARN, a wildcard principal ARN with the attacker's
+        // account in a condition, a condition that passes when absent: open.
+        assert_eq!(
+            ids(&kms(json!({"ArnLike": {"aws:PrincipalArn": [
+                "arn:aws:iam::111111111111:role/x", "arn:aws:iam::*:role/y"]}}))),
+            [("access-granted-outside", Severity::High)]
+        );
+        let wildcard_root = run(&record(
+            "iam.amazonaws.com",
+            "UpdateAssumeRolePolicy",
+            user("mallory"),
+            json!({"roleName": "ops", "policyDocument": json!({"Statement": [{"Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::*:root"}, "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"aws:PrincipalAccount": "999988887777"}}}]}).to_string()}),
+            false,
+        ));
+        assert_eq!(
+            ids(&wildcard_root),
+            [("access-granted-outside", Severity::Medium)]
+        );
+        assert_eq!(
+            ids(&kms(
+                json!({"StringEqualsIfExists": {"aws:SourceAccount": "111111111111"}})
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
         // A failed attempt: one severity lower.
         let failed = run(&record(
             "iam.amazonaws.com",

@@ -597,7 +597,8 @@ pub async fn undo(api: &Api, shared: &Shared, data: &Value) -> ActionResult {
     if data.get("resource").and_then(Value::as_str) != Some(shared.arn.as_str()) {
         return refuse(format!("the undo data does not name {}", shared.arn));
     }
-    let listed: Vec<&str> = items(data.get("grantees"))
+    // Records from before one action took back a whole share name one `grantee`.
+    let listed: Vec<&str> = items(data.get("grantees").or_else(|| data.get("grantee")))
         .into_iter()
         .filter_map(Value::as_str)
         .collect();

@@ -50,7 +50,7 @@ fn reads_user_data(a: &trailguard_common::Activity) -> bool {
 /// by filter counts as ten); at most 32 per call.
 fn read_targets(a: &trailguard_common::Activity) -> Vec<String> {
     use serde_json::Value;
-    let Some(p) = a.request_parameters.as_ref() else {
+    let Some(p) = a.request_parameters.as_ref().filter(|p| !p.is_null()) else {
         return vec![a.event_name.clone()];
     };
     let mut out: Vec<String> = Vec::new();
@@ -61,13 +61,12 @@ fn read_targets(a: &trailguard_common::Activity) -> Vec<String> {
             }
         }
     }
-    // BatchGetSecretValue by filter, GetParametersByPath: many at once.
-    if out.is_empty() || p.get("filters").is_some_and(|f| !f.is_null()) || p.get("path").is_some() {
-        let what = p
-            .get("path")
-            .and_then(Value::as_str)
-            .unwrap_or(&a.event_name);
-        out.extend((0..10).map(|i| format!("{what}#{i}")));
+    // BatchGetSecretValue by filter: every secret it matches, as ten; a parameter path, as
+    // three (an application reads its own subtree at start-up).
+    if let Some(path) = p.get("path").and_then(Value::as_str) {
+        out.extend((0..3).map(|i| format!("{path}#{i}")));
+    } else if out.is_empty() || p.get("filters").is_some_and(|f| !f.is_null()) {
+        out.extend((0..10).map(|i| format!("{}#{i}", a.event_name)));
     }
     out.truncate(32);
     out
@@ -348,8 +347,15 @@ impl Anomalies {
             Sensitivity::Medium => 10,
             Sensitivity::High => 6,
         };
-        let usual = u32::from(st.secrets_max).min(WINDOW_CALLS as u32 / 4 - 1);
-        let broad = distinct >= least && (!seen.learned || distinct > 2 * usual);
+        // Capped at half the window, so an actor that fills it every time never out-reads
+        // itself (only probing alerts then).
+        let usual = u32::from(st.secrets_max).min(WINDOW_CALLS as u32 / 4);
+        let broad = if seen.learned {
+            distinct >= least && distinct > 2 * usual
+        } else {
+            // Start-up reads of a new deployment: only an unusually wide one counts.
+            distinct >= 2 * least
+        };
         let probing = refused >= least / 2 && refused * 2 >= distinct;
         if !(broad || probing) || !self.on(d, a) || !self.may_fire(st, "secrets".into(), t) {
             return;

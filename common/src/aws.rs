@@ -468,7 +468,7 @@ mod tests {
         }
         let mut aws = AwsConfig::default();
         aws.endpoints
-            .insert("ec2".into(), "http://127.0.0.1:1".into());
+            .insert("lambda".into(), "http://127.0.0.1:1".into());
         assert!(aws.validate().is_err());
     }
 

@@ -35,6 +35,52 @@ const OTHER_ALERT_SECS: i64 = 6 * 3600;
 /// Refused calls in an hour from which a refusal ratio of one half counts as probing.
 const PROBING_REFUSALS: u16 = 5;
 
+/// One step of a ten-minute window of distinct things (`(key, last time, refused)`, at most
+/// `cap`, oldest dropped first): the window ends at the newest time seen, so a record arriving
+/// late (another region's file) neither empties it nor moves it back; a window moving on
+/// teaches `widest` how wide the actor goes (the one still growing would teach it the burst
+/// being judged). `keys` are added at `t`; `None` when `t` is too late for the window, else
+/// (distinct, refused) now in it.
+fn slide(
+    window: &mut Vec<(u32, i64, bool)>,
+    widest: &mut u16,
+    cap: usize,
+    t: i64,
+    keys: &[u32],
+    failed: bool,
+) -> Option<(u32, u32)> {
+    let now = window
+        .iter()
+        .map(|(_, at, _)| *at)
+        .max()
+        .unwrap_or(t)
+        .max(t);
+    let before = window.len();
+    window.retain(|(_, at, _)| now - *at < WINDOW_SECS);
+    if window.len() < before {
+        *widest = (*widest).max(before.min(usize::from(u16::MAX)) as u16);
+    }
+    if now - t >= WINDOW_SECS {
+        return None;
+    }
+    for &key in keys {
+        match window.iter_mut().find(|(k, _, _)| *k == key) {
+            Some(entry) => {
+                entry.1 = entry.1.max(t);
+                entry.2 |= failed;
+            }
+            None => {
+                if window.len() >= cap {
+                    window.remove(0);
+                }
+                window.push((key, t, failed));
+            }
+        }
+    }
+    let refused = window.iter().filter(|(_, _, f)| *f).count() as u32;
+    Some((window.len() as u32, refused))
+}
+
 /// `DescribeInstanceAttribute` for an instance's user data (where secrets are often left).
 fn reads_user_data(a: &trailguard_common::Activity) -> bool {
     a.event_source == "ec2.amazonaws.com"
@@ -299,7 +345,7 @@ impl Anomalies {
     }
 
     /// Many distinct credentials read within ten minutes: more than the actor ever read in one
-    /// window (at least 10; while it learns, 10), or most of them refused — a dump of every
+    /// window (at least 10; while it learns, 20), or most of them refused — a dump of every
     /// secret, decrypted parameter, instance password or user data the credentials reach.
     fn secrets(
         &self,
@@ -309,38 +355,20 @@ impl Anomalies {
         out: &mut Vec<Alert>,
     ) {
         let (a, t) = (seen.a, seen.t);
-        let now = st
-            .secrets
+        let keys: Vec<u32> = read_targets(a)
             .iter()
-            .map(|(_, at, _)| *at)
-            .max()
-            .unwrap_or(t)
-            .max(t);
-        let before = st.secrets.len();
-        st.secrets.retain(|(_, at, _)| now - *at < WINDOW_SECS);
-        if st.secrets.len() < before {
-            st.secrets_max = st.secrets_max.max(before.min(usize::from(u16::MAX)) as u16);
-        }
-        if now - t >= WINDOW_SECS {
+            .map(|target| hash(&[&a.event_source, target]))
+            .collect();
+        let Some((distinct, refused)) = slide(
+            &mut st.secrets,
+            &mut st.secrets_max,
+            WINDOW_CALLS / 2,
+            t,
+            &keys,
+            failed,
+        ) else {
             return;
-        }
-        for target in read_targets(a) {
-            let key = hash(&[&a.event_source, &target]);
-            match st.secrets.iter_mut().find(|(k, _, _)| *k == key) {
-                Some(entry) => {
-                    entry.1 = entry.1.max(t);
-                    entry.2 |= failed;
-                }
-                None => {
-                    if st.secrets.len() >= WINDOW_CALLS / 2 {
-                        st.secrets.remove(0);
-                    }
-                    st.secrets.push((key, t, failed));
-                }
-            }
-        }
-        let distinct = st.secrets.len() as u32;
-        let refused = st.secrets.iter().filter(|(_, _, f)| *f).count() as u32;
+        };
         let d = &self.cfg.credential_access_burst;
         let least = match self.sens(d) {
             Sensitivity::Low => 20,
@@ -408,42 +436,16 @@ impl Anomalies {
         // A call swept across regions is as wide as that many calls: the region is part of it.
         let region = a.region.as_deref().unwrap_or_default();
         let name = hash(&[&a.event_source, &a.event_name, region]);
-        // The window ends at the newest call seen: a record arriving late (another region's
-        // file) neither empties it nor moves it back.
-        let now = st
-            .discovery
-            .iter()
-            .map(|(_, at, _)| *at)
-            .max()
-            .unwrap_or(t)
-            .max(t);
-        // A window that is moving on teaches the actor how wide it sweeps (the one still
-        // growing would teach it the burst being judged), while it learns too.
-        let before = st.discovery.len();
-        st.discovery.retain(|(_, at, _)| now - *at < WINDOW_SECS);
-        if st.discovery.len() < before {
-            st.discovery_max = st
-                .discovery_max
-                .max(before.min(usize::from(u16::MAX)) as u16);
-        }
-        if now - t >= WINDOW_SECS {
-            // Too late for the window.
+        let Some((distinct, refused)) = slide(
+            &mut st.discovery,
+            &mut st.discovery_max,
+            WINDOW_CALLS,
+            t,
+            &[name],
+            failed,
+        ) else {
             return;
-        }
-        match st.discovery.iter_mut().find(|(n, _, _)| *n == name) {
-            Some(entry) => {
-                entry.1 = entry.1.max(t);
-                entry.2 |= failed;
-            }
-            None => {
-                if st.discovery.len() >= WINDOW_CALLS {
-                    st.discovery.remove(0);
-                }
-                st.discovery.push((name, t, failed));
-            }
-        }
-        let distinct = st.discovery.len() as u32;
-        let refused = st.discovery.iter().filter(|(_, _, f)| *f).count() as u32;
+        };
         let d = &self.cfg.discovery_burst;
         let least = match self.sens(d) {
             Sensitivity::Low => 40,

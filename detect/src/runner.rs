@@ -787,13 +787,49 @@ struct Partitions {
     next: HashMap<i32, i64>,
     /// The last mark published for each activities partition.
     marked: HashMap<i32, crate::facts::Mark>,
-    /// Since when each activities partition has been read to its end.
-    idle_since: HashMap<i32, std::time::Instant>,
+    /// What each activities partition read to its end vouches for.
+    idle: HashMap<i32, IdleVouch>,
 }
 
-/// How long a partition must stay read to its end before it vouches for the latest time any
-/// partition evaluated (until then, for that less the allowed lateness).
+/// How long a partition must stay read to its end, after a time became the latest any
+/// partition evaluated, before it vouches for that time itself (until then, for the latest
+/// less the allowed lateness).
 const IDLE_SETTLE: Duration = Duration::from_secs(10);
+
+/// What an activities partition that is read to its end vouches for. A time becomes vouched
+/// for only once the partition has stayed caught up for [`IDLE_SETTLE`] *after that time was
+/// first the latest known*: records of the same moment sent to this partition have had that
+/// long to arrive. (Vouching for whatever is latest as soon as the partition has been idle
+/// long enough let a partition idle since start-up vouch for the first time another
+/// partition read, before its own records of that time, a moment behind, arrived: they were
+/// then late, and decisions waiting on them were made without them.) Dropped as soon as the
+/// partition has records to read.
+#[derive(Debug, Default)]
+struct IdleVouch {
+    /// The latest time vouched for in full (`None`: none yet).
+    settled: Option<i64>,
+    /// The latest time known, and when it was first seen, waiting to be vouched for in full.
+    pending: Option<(i64, std::time::Instant)>,
+}
+
+impl IdleVouch {
+    /// What the partition vouches for at `now`, the latest time any partition evaluated
+    /// being `latest`. One time settles at a time, so a latest that keeps moving (the
+    /// partition is quiet, others are busy) is vouched for at most twice the settle behind.
+    fn through(&mut self, latest: i64, lateness: i64, now: std::time::Instant) -> i64 {
+        if let Some((time, seen)) = self.pending {
+            if now.saturating_duration_since(seen) >= IDLE_SETTLE {
+                self.settled = Some(self.settled.map_or(time, |s| s.max(time)));
+                self.pending = None;
+            }
+        }
+        if self.pending.is_none() && self.settled.is_none_or(|s| latest > s) {
+            self.pending = Some((latest, now));
+        }
+        let less_lateness = latest.saturating_sub(lateness);
+        self.settled.map_or(less_lateness, |s| s.max(less_lateness))
+    }
+}
 
 impl Partitions {
     /// Drops the state of partitions this instance no longer owns (their next owner restores
@@ -809,7 +845,7 @@ impl Partitions {
                 self.pending.remove(&partition);
                 self.next.remove(&partition);
                 self.marked.remove(&partition);
-                self.idle_since.remove(&partition);
+                self.idle.remove(&partition);
             }
         }
     }
@@ -818,8 +854,9 @@ impl Partitions {
     /// each vouches for (see [`crate::facts::Mark`]): the latest time it evaluated, less the
     /// allowed lateness. A partition caught up with the broker (`progress`: committed or read
     /// offset at the high watermark) vouches for the latest time any partition has evaluated,
-    /// less the lateness — and, once it has stayed caught up for [`IDLE_SETTLE`], for that
-    /// time itself: a record of it that comes later with an earlier time is late.
+    /// less the lateness — and for that time itself once it has stayed caught up for
+    /// [`IDLE_SETTLE`] since the time was first seen ([`IdleVouch`]): a record of it that
+    /// comes later with an earlier time is late.
     fn marks(
         &mut self,
         owned: &[i32],
@@ -848,18 +885,13 @@ impl Partitions {
                 .get(&partition)
                 .is_some_and(|&(committed, high)| read.max(committed).unwrap_or(0) >= high);
             let through = if idle {
-                let since = *self
-                    .idle_since
-                    .entry(partition)
-                    .or_insert_with(std::time::Instant::now);
-                let latest = max.max(org_max);
-                if since.elapsed() >= IDLE_SETTLE {
-                    latest
-                } else {
-                    latest.saturating_sub(lateness)
-                }
+                self.idle.entry(partition).or_default().through(
+                    max.max(org_max),
+                    lateness,
+                    std::time::Instant::now(),
+                )
             } else {
-                self.idle_since.remove(&partition);
+                self.idle.remove(&partition);
                 max.saturating_sub(lateness)
             };
             let mark = crate::facts::Mark { through, max, idle };
@@ -1182,5 +1214,34 @@ impl Sink<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn an_idle_partition_vouches_for_a_time_only_after_it_settles() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut vouch = IdleVouch::default();
+        // Idle since start-up: nothing evaluated anywhere.
+        assert_eq!(vouch.through(i64::MIN, 300, at(0)), i64::MIN);
+        // Long idle, then another partition reads its first records (time 10,000): this
+        // one's records of that moment may be a moment behind, so only the lateness is given.
+        assert_eq!(vouch.through(10_000, 300, at(60)), 9_700);
+        assert_eq!(vouch.through(10_000, 300, at(69)), 9_700);
+        // Caught up for the settle since 10,000 was first seen: that time itself.
+        assert_eq!(vouch.through(10_000, 300, at(70)), 10_000);
+        // A latest that keeps moving still settles, one time at a time.
+        assert_eq!(vouch.through(10_500, 300, at(71)), 10_200);
+        assert_eq!(vouch.through(11_000, 300, at(75)), 10_700);
+        assert_eq!(vouch.through(11_000, 300, at(81)), 10_700, "10,500 settles");
+        assert_eq!(vouch.through(11_000, 300, at(82)), 10_700);
+        assert_eq!(vouch.through(11_000, 300, at(91)), 11_000, "then 11,000");
+        // Never back, whatever the latest says.
+        assert_eq!(vouch.through(5_000, 300, at(200)), 11_000);
     }
 }

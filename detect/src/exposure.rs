@@ -915,6 +915,34 @@ fn unshare_actions(
         .collect()
 }
 
+/// The value of `params`' key spelt `lower` in any case (records spell the permission APIs'
+/// parameters as the SDK that made the call did).
+fn param_ci<'a>(params: &'a Value, lower: &str) -> Option<&'a Value> {
+    params
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(lower))
+        .map(|(_, v)| v)
+}
+
+/// The accounts a permission names (a list or one), less `own` and `trusted`; `None` when
+/// none is left. A principal that is not an account (AWS refuses it) names none.
+fn accounts_outside(names: &Value, own: &str, trusted: &[String]) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for name in items(Some(names)) {
+        let Some(account) = name.as_str().and_then(principal_account) else {
+            continue;
+        };
+        if account != own
+            && !trusted.iter().any(|t| t == account)
+            && !out.iter().any(|o| o == account)
+        {
+            out.push(account.to_string());
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// The account an IAM principal names: an account id, or the account of an ARN.
 fn principal_account(principal: &str) -> Option<&str> {
     if is_account(principal) {
@@ -957,16 +985,32 @@ const PUBLIC_OIDC: &[&str] = &[
     "accounts.google.com",
 ];
 
-/// A trust statement for a public identity provider with no condition on the subject.
+/// Cognito identity pools: any pool, in any account, gets tokens from this principal, so a
+/// role trusting it without a condition on the token's audience (the pool) trusts everyone.
+const COGNITO_IDENTITY: &str = "cognito-identity.amazonaws.com";
+
+/// A trust statement for a public identity provider with no condition on the subject, or for
+/// Cognito identity pools with none on the audience.
 fn public_oidc_without_subject(statement: &Value) -> bool {
     let federated = match statement.get("Principal") {
         Some(Value::Object(map)) => items(map.get("Federated")),
         _ => return false,
     };
-    let public = federated.iter().filter_map(|f| f.as_str()).any(|f| {
+    let federated: Vec<&str> = federated.iter().filter_map(|f| f.as_str()).collect();
+    if federated.contains(&COGNITO_IDENTITY) {
+        // Bound: a string equality on the audience naming pools (`REGION:GUID`), no wildcard.
+        let pool = |v: &Value| {
+            v.as_str()
+                .is_some_and(|s| s.contains(':') && !s.contains(['*', '?']) && !s.contains("${"))
+        };
+        if !condition_binds(statement, &[":aud"], pool) {
+            return true;
+        }
+    }
+    let public = federated.iter().any(|f| {
         PUBLIC_OIDC
             .iter()
-            .any(|p| f.ends_with(&format!("oidc-provider/{p}")) || f == *p)
+            .any(|p| f.ends_with(&format!("oidc-provider/{p}")) || f == p)
     });
     if !public {
         return false;
@@ -980,7 +1024,13 @@ fn public_oidc_without_subject(statement: &Value) -> bool {
             !owner.is_empty() && !owner.contains(['*', '?']) && !owner.contains("${")
         })
     };
-    let subject_bound = match statement.get("Condition") {
+    !condition_binds(statement, &[":sub", ":sub_claim"], fixed)
+}
+
+/// Whether `statement` has a string-equality condition on a key ending in one of `suffixes`
+/// whose every value passes `fixed`.
+fn condition_binds(statement: &Value, suffixes: &[&str], fixed: impl Fn(&Value) -> bool) -> bool {
+    match statement.get("Condition") {
         Some(Value::Object(operators)) => operators.iter().any(|(op, keys)| {
             let lower = op.to_ascii_lowercase();
             let base = lower.strip_suffix("ifexists").unwrap_or(&lower);
@@ -989,15 +1039,14 @@ fn public_oidc_without_subject(statement: &Value) -> bool {
                     k.iter().any(|(key, values)| {
                         let key = key.to_ascii_lowercase();
                         let list = items(Some(values));
-                        (key.ends_with(":sub") || key.ends_with(":sub_claim"))
+                        suffixes.iter().any(|s| key.ends_with(s))
                             && !list.is_empty()
-                            && list.into_iter().all(fixed)
+                            && list.into_iter().all(&fixed)
                     })
                 })
         }),
         _ => false,
-    };
-    !subject_bound
+    }
 }
 
 /// Condition keys that confine a statement to accounts (their values: account ids or ARNs).
@@ -1452,6 +1501,53 @@ impl Exposure {
                     .get("attributes")
                     .and_then(|at| at.get("Policy"))
                     .and_then(|d| policy_opened(d, own, trusted))?,
+            )),
+            // The permission APIs of SQS and SNS name accounts directly (`AWSAccountIds`,
+            // `AWSAccountId`; spelt variously in records).
+            ("sqs.amazonaws.com", "AddPermission") => Some((
+                "SQS queue",
+                text("queueUrl")?,
+                Some(accounts_outside(
+                    param_ci(params, "awsaccountids")?,
+                    own,
+                    trusted,
+                )?),
+            )),
+            ("sns.amazonaws.com", "AddPermission") => Some((
+                "SNS topic",
+                text("topicArn")?,
+                Some(accounts_outside(
+                    param_ci(params, "awsaccountid")?,
+                    own,
+                    trusted,
+                )?),
+            )),
+            // Created with a policy: the same as setting it.
+            ("sqs.amazonaws.com", "CreateQueue") => Some((
+                "the policy of SQS queue",
+                text("queueName")?,
+                params
+                    .get("attributes")
+                    .and_then(|at| param_ci(at, "policy"))
+                    .and_then(|d| policy_opened(d, own, trusted))?,
+            )),
+            ("sns.amazonaws.com", "CreateTopic") => Some((
+                "the policy of SNS topic",
+                text("name")?,
+                params
+                    .get("attributes")
+                    .and_then(|at| param_ci(at, "policy"))
+                    .and_then(|d| policy_opened(d, own, trusted))?,
+            )),
+            ("kms.amazonaws.com", "CreateKey") => Some((
+                "the key policy of KMS key",
+                a.response_elements
+                    .as_ref()
+                    .and_then(|r| r.pointer("/keyMetadata/keyId"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("(new)")
+                    .to_string(),
+                document("policy")?,
             )),
             ("sns.amazonaws.com", "SetTopicAttributes") => {
                 if text("attributeName").is_none_or(|n| n != "Policy") {
@@ -2502,6 +2598,110 @@ mod tests {
             true,
         ));
         assert_eq!(ids(&failed), [("access-granted-outside", Severity::Low)]);
+    }
+
+    #[test]
+    fn permissions_named_directly_and_policies_given_at_creation() {
+        let run = |source: &str, name: &str, params: Value| {
+            let exposure = Exposure::new(ExposurePolicies::default());
+            let mut out = Vec::new();
+            exposure.judge_granted_outside(
+                &record(source, name, user("mallory"), params, false),
+                &mut out,
+            );
+            out
+        };
+        let queue = "https://sqs.us-east-1.amazonaws.com/111111111111/jobs";
+        // SQS and SNS permissions name accounts; records spell the key as the SDK did.
+        let sqs = run(
+            "sqs.amazonaws.com",
+            "AddPermission",
+            json!({"queueUrl": queue, "label": "x", "aWSAccountIds": ["999988887777", "111111111111"],
+                "actions": ["ReceiveMessage"]}),
+        );
+        assert_eq!(ids(&sqs), [("access-granted-outside", Severity::Medium)]);
+        assert!(
+            sqs[0].evidence.summary.ends_with("SQS queue https://sqs.us-east-1.amazonaws.com/111111111111/jobs to account 999988887777"),
+            "{}",
+            sqs[0].evidence.summary
+        );
+        assert!(run(
+            "sqs.amazonaws.com",
+            "AddPermission",
+            json!({"QueueUrl": queue, "Label": "x", "AWSAccountIds": ["111111111111"], "Actions": ["*"]}),
+        )
+        .is_empty(), "its own account");
+        let topic = "arn:aws:sns:us-east-1:111111111111:alerts";
+        assert_eq!(
+            ids(&run(
+                "sns.amazonaws.com",
+                "AddPermission",
+                json!({"topicArn": topic, "label": "x", "aWSAccountId": "999988887777",
+                    "actionName": ["Subscribe"]}),
+            )),
+            [("access-granted-outside", Severity::Medium)]
+        );
+        // A queue, a topic, a key created with a policy open to everyone.
+        let open = json!({"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "*"}]})
+            .to_string();
+        assert_eq!(
+            ids(&run(
+                "sqs.amazonaws.com",
+                "CreateQueue",
+                json!({"queueName": "jobs", "attributes": {"Policy": open}}),
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        assert_eq!(
+            ids(&run(
+                "sns.amazonaws.com",
+                "CreateTopic",
+                json!({"name": "alerts", "attributes": {"Policy": open}}),
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        assert_eq!(
+            ids(&run(
+                "kms.amazonaws.com",
+                "CreateKey",
+                json!({"policy": open})
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        assert!(run(
+            "sqs.amazonaws.com",
+            "CreateQueue",
+            json!({"queueName": "jobs", "attributes": {"VisibilityTimeout": "30"}}),
+        )
+        .is_empty());
+        // A role for Cognito identity pools: any pool, in any account, unless the audience
+        // names the pool.
+        let cognito = |condition: Value| {
+            let statement = json!({"Effect": "Allow", "Principal": {"Federated": "cognito-identity.amazonaws.com"},
+                "Action": "sts:AssumeRoleWithWebIdentity", "Condition": condition});
+            run(
+                "iam.amazonaws.com",
+                "UpdateAssumeRolePolicy",
+                json!({"roleName": "app", "policyDocument":
+                    json!({"Statement": [statement]}).to_string()}),
+            )
+        };
+        assert_eq!(
+            ids(&cognito(
+                json!({"ForAnyValue:StringLike": {"cognito-identity.amazonaws.com:amr": "authenticated"}})
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        assert_eq!(
+            ids(&cognito(
+                json!({"StringLike": {"cognito-identity.amazonaws.com:aud": "us-east-1:*"}})
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        assert!(cognito(json!({
+            "StringEquals": {"cognito-identity.amazonaws.com:aud": "us-east-1:12345678-1234-1234-1234-123456789012"},
+            "ForAnyValue:StringLike": {"cognito-identity.amazonaws.com:amr": "authenticated"}}))
+        .is_empty());
     }
 
     #[test]

@@ -362,6 +362,24 @@ impl Detector {
         } else {
             (None, None)
         };
+        // What the call is, when the actor made it itself (an AWS service acting on its
+        // behalf did not choose it).
+        let classified = crate::classify::acts_itself(activity)
+            .then(|| crate::tactics::classify(activity))
+            .flatten();
+        // Whether fewer than two of the organization's established actors make it (the
+        // organization's group taught for a learning period first: before that, all is rare).
+        let org_rare = match classified {
+            Some((Some(row), _, weight)) if weight >= 2 => self
+                .principals
+                .get(crate::anomaly::ORG_GROUP)
+                .is_some_and(|org| {
+                    org.first_seen > 0
+                        && !self.anomalies.learning(org.first_seen, t)
+                        && org.api_known.binary_search(&row).is_err()
+                }),
+            _ => false,
+        };
         let Some(state) = self.principals.get_mut(&key) else {
             return looked_back;
         };
@@ -402,6 +420,7 @@ impl Detector {
         let peers = crate::anomaly::Peers {
             rates: peers.as_ref().map(|(rates, group)| (rates, group.as_str())),
             calls: peer_calls.as_deref(),
+            org_rare,
         };
         let held_before = state.pending.last().map(|p| p.offset);
         let complete_through = complete_for(activity, facts.complete_through());
@@ -444,29 +463,31 @@ impl Detector {
             }
         }
         state.offset = offset + 1;
-        // A learned actor's classified calls teach its peer groups what their members do —
-        // only its own successful ones, and not one just judged unusual (a compromised
-        // member must not vouch for the calls of the identities its attacker makes next).
+        // A learned actor's classified calls teach its peer groups, and the organization's,
+        // what their members do — only its own successful ones, and not one just judged
+        // unusual (a compromised member must not vouch for the calls of the identities its
+        // attacker makes next); a call is a group's once two members have made it.
         let judged_unusual = alerts
             .iter()
             .any(|a| a.policy_id == crate::anomaly::UNUSUAL_API.id);
-        if !learning
-            && !judged_unusual
-            && activity.outcome.is_success()
-            && crate::classify::acts_itself(activity)
+        if let Some((Some(row), _, _)) =
+            classified.filter(|_| !learning && !judged_unusual && activity.outcome.is_success())
         {
-            if let Some((Some(row), _, _)) = crate::tactics::classify(activity) {
-                for group in crate::anomaly::peer_groups(activity) {
-                    let peers = self.principals.entry(group.clone()).or_default();
-                    if let Err(i) = peers.api_known.binary_search(&row) {
-                        peers.api_known.insert(i, row);
-                        // Seen, so pruning keeps it like the groups' rates.
-                        if peers.first_seen == 0 {
-                            peers.first_seen = t;
-                        }
-                        peers.last_seen = peers.last_seen.max(t);
-                        self.dirty.insert(group);
-                    }
+            let member = crate::anomaly::behaviour::hash(&[&key]);
+            let mut groups = crate::anomaly::peer_groups(activity);
+            groups.push(crate::anomaly::ORG_GROUP.to_string());
+            for group in groups {
+                let peers = self.principals.entry(group.clone()).or_default();
+                // Seen, so pruning keeps it like the groups' rates (saved when it changes, or
+                // a day on, so a group whose calls are all known is not forgotten).
+                let changed =
+                    peers.teach_call(row, member) || t - peers.last_seen >= crate::census::DAY;
+                if peers.first_seen == 0 {
+                    peers.first_seen = t;
+                }
+                peers.last_seen = peers.last_seen.max(t);
+                if changed {
+                    self.dirty.insert(group);
                 }
             }
         }
@@ -1540,6 +1561,43 @@ mod tests {
         future.event_time = Utc::now() + Duration::days(30);
         detector.observe(&future, 2, &mut facts);
         assert_eq!(facts.census.len(), census_before, "not counted");
+    }
+
+    #[test]
+    fn one_colleague_alone_does_not_vouch_for_a_new_identitys_call() {
+        const DAY: i64 = 86_400;
+        let login_profile = |user: &str, t: i64, refused: bool| {
+            let mut a = tagged(user, t, 0);
+            a.event_source = "iam.amazonaws.com".into();
+            a.event_name = "CreateLoginProfile".into();
+            if refused {
+                a.outcome.status = OutcomeStatus::Failure;
+                a.outcome.error_code = Some("AccessDenied".into());
+            }
+            a
+        };
+        // Colleagues who give people console passwords every day for three weeks.
+        let history = |users: &[&str]| {
+            let mut out = Vec::new();
+            for day in 0..21 {
+                for user in users {
+                    out.push(login_profile(user, day * DAY + 9 * 3600, false));
+                }
+            }
+            out
+        };
+        // A user made today tries it, refused: unusual unless two colleagues make the call.
+        let newbie = login_profile("newbie", 21 * DAY + 10 * 3600, true);
+        let unusual = |users: &[&str]| {
+            let mut all = history(users);
+            all.push(newbie.clone());
+            run(&mut detector(), &all)
+                .into_iter()
+                .filter(|a| a.policy_id == "unusual-api-behaviour")
+                .count()
+        };
+        assert_eq!(unusual(&["ann"]), 1, "one colleague vouches for nothing");
+        assert_eq!(unusual(&["ann", "ben"]), 0, "two do");
     }
 
     /// `CreateTags` by the IAM user `user` at unix second `t` (from 2023-11-14).

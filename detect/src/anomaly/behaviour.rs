@@ -9,10 +9,11 @@
 //! agent, one for a failure, and two when it comes within an hour of another unusual call of
 //! a different tactic, one when half or more of its sensitive calls this hour were refused
 //! (five at least), and one when another policy alerted about it in the last six hours. While
-//! it learns, its peers' calls (the role its sessions come from,
-//! its account's people or users) stand in for its own, so an identity an attacker just made
-//! is judged from its first call; without peers, only the heaviest calls (weight 4 and up)
-//! count as unusual. The score fires at 5 (`medium`; `low` 6, `high` 4), high from 7.
+//! it learns, its peers' calls (the role its sessions come from, its account's people or
+//! users; a call counts as theirs once two members have made it) stand in for its own, so an
+//! identity an attacker just made is judged from its first call; without peers, only the heaviest calls (weight 4 and up)
+//! count as unusual. The score fires at 5 (`medium`; `low` 6, `high` 4), high from 7 — or 6 for
+//! a call fewer than two of the organization's established actors make.
 
 use trailguard_common::contract::{Alert, Severity};
 
@@ -120,7 +121,7 @@ fn read_targets(a: &trailguard_common::Activity) -> Vec<String> {
 
 /// A small, stable hash (FNV-1a) for remembering names compactly; collisions only make a
 /// new name look known.
-fn hash(parts: &[&str]) -> u32 {
+pub(crate) fn hash(parts: &[&str]) -> u32 {
     crate::tactics::fnv1a(
         parts
             .iter()
@@ -193,6 +194,7 @@ impl Anomalies {
         st: &mut PrincipalState,
         seen: &Seen<'_>,
         peer_calls: Option<&[u32]>,
+        org_rare: bool,
         out: &mut Vec<Alert>,
     ) {
         let a = seen.a;
@@ -300,6 +302,11 @@ impl Anomalies {
             score += 1;
             why.push("another alert about it in the last six hours".to_string());
         }
+        // Rarity in the organization raises the severity, not whether it fires: what few
+        // actors do is not suspect in itself, but an unusual call few make is worse.
+        if org_rare {
+            why.push("a call few in the organization make".to_string());
+        }
         let d = &self.cfg.unusual_api_behaviour;
         let threshold = match self.sens(d) {
             Sensitivity::Low => 6,
@@ -327,7 +334,7 @@ impl Anomalies {
             if why.is_empty() { "" } else { "; " },
             why.join("; ")
         );
-        let severity = if score >= 7 {
+        let severity = if score + u32::from(org_rare) >= 7 {
             Severity::High
         } else {
             Severity::Medium
@@ -844,6 +851,45 @@ mod tests {
     }
 
     #[test]
+    fn a_call_few_in_the_organization_make_is_more_severe() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut org = crate::census::Census::default();
+        let mut view = crate::anomaly::OrgView::local(&mut org);
+        // A new identity's refused CreateLoginProfile (4 + 1) just after another alert (+1):
+        // medium; the same call few in the organization make: high.
+        let refused = call(
+            0,
+            "iam.amazonaws.com",
+            "CreateLoginProfile",
+            HOME,
+            CLI,
+            true,
+        );
+        let judged = |org_rare: bool, view: &mut crate::anomaly::OrgView<'_>| {
+            let mut st = PrincipalState {
+                other_alert: refused.event_time.timestamp() - 60,
+                ..PrincipalState::default()
+            };
+            let peers = Peers {
+                org_rare,
+                ..Peers::default()
+            };
+            let alerts = an.observe_with_peers(&mut st, view, &refused, peers, &mut Vec::new());
+            fired(&alerts, "unusual-api-behaviour")
+                .iter()
+                .map(|a| {
+                    (
+                        a.severity,
+                        a.evidence.summary.contains("few in the organization"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(judged(false, &mut view), [(Severity::Medium, false)]);
+        assert_eq!(judged(true, &mut view), [(Severity::High, true)]);
+    }
+
+    #[test]
     fn a_new_identity_is_judged_against_its_peers_from_its_first_call() {
         let an = Anomalies::new(AnomalyConfig::default(), false);
         let mut org = crate::census::Census::default();
@@ -898,6 +944,7 @@ mod tests {
         let peers = Peers {
             rates: None,
             calls: Some(&calls),
+            org_rare: false,
         };
         let mut st = PrincipalState::default();
         let alerts = an.observe_with_peers(&mut st, &mut view, &refused, peers, &mut Vec::new());

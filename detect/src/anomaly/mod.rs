@@ -27,7 +27,7 @@ use crate::policy::{allowed, requested, AlertBuilder, PolicyMeta};
 use trailguard_common::contract::kinds;
 
 mod address;
-mod behaviour;
+pub(crate) mod behaviour;
 mod country;
 mod dormant;
 mod mfa;
@@ -553,6 +553,11 @@ pub struct PrincipalState {
     /// [`crate::tactics::call_key`]), sorted.
     #[serde(rename = "ak", default, skip_serializing_if = "Vec::is_empty")]
     pub api_known: Vec<u32>,
+    /// A peer group's classified calls made by one member so far: (row, the member's hash).
+    /// A call is the group's ([`Self::api_known`]) once a second member makes it, so one
+    /// member — perhaps the one whose credentials were stolen — cannot vouch for it alone.
+    #[serde(rename = "av", default, skip_serializing_if = "Vec::is_empty")]
+    api_vouched_once: Vec<(u32, u32)>,
     /// Tactics used (bit per [`crate::tactics::Tactic`]).
     #[serde(rename = "at", default, skip_serializing_if = "is_zero")]
     api_tactics: u8,
@@ -662,6 +667,27 @@ impl PrincipalState {
         self.last_seen = self.last_seen.max(t);
     }
 
+    /// Takes a classified call (`row`) made by the member hashed `member` into this peer
+    /// group: it becomes the group's call once two members have made it. Whether anything
+    /// changed. (Bounded: one entry per row of the table at most.)
+    pub fn teach_call(&mut self, row: u32, member: u32) -> bool {
+        let Err(at) = self.api_known.binary_search(&row) else {
+            return false;
+        };
+        match self.api_vouched_once.iter().position(|&(r, _)| r == row) {
+            Some(i) if self.api_vouched_once[i].1 == member => false,
+            Some(i) => {
+                self.api_vouched_once.swap_remove(i);
+                self.api_known.insert(at, row);
+                true
+            }
+            None => {
+                self.api_vouched_once.push((row, member));
+                true
+            }
+        }
+    }
+
     /// Approximate bytes held (for the memory benchmark and the state gauge).
     pub fn heap_size(&self) -> usize {
         std::mem::size_of::<Self>()
@@ -695,6 +721,7 @@ impl PrincipalState {
                 .map(crate::fold::Fold::heap_size)
                 .sum::<usize>()
             + self.api_known.capacity() * 4
+            + self.api_vouched_once.capacity() * 8
             + self.api_unusual.capacity() * 16
             + (self.networks.capacity() + self.agents.capacity()) * 16
             + self.discovery.capacity() * 16
@@ -858,7 +885,7 @@ impl Anomalies {
         }
         self.travel(st, &seen, geo, &mut out);
         self.rates(st, &seen, closed, &mut out);
-        self.behaviour(st, &seen, peers.calls, &mut out);
+        self.behaviour(st, &seen, peers.calls, peers.org_rare, &mut out);
         out
     }
 
@@ -910,14 +937,38 @@ struct Seen<'a> {
 pub struct Peers<'a> {
     /// Rate baselines and the group's name.
     pub rates: Option<(&'a PeerRates, &'a str)>,
-    /// Rows of [`crate::tactics::TABLE`] the group's members call, sorted.
+    /// Rows of [`crate::tactics::TABLE`] the group's members call (two members at least),
+    /// sorted.
     pub calls: Option<&'a [u32]>,
+    /// The call is one that fewer than two of the organization's established actors make
+    /// (see [`ORG_GROUP`]): it weighs on the severity of an unusual call.
+    pub org_rare: bool,
 }
+
+/// The group every learned actor's classified calls teach (on each partition: a sample of
+/// the organization, the same for the same records whatever instance reads them), for the
+/// rarity of a call in the organization.
+pub const ORG_GROUP: &str = "peers:org";
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
+
+    #[test]
+    fn a_call_is_a_groups_once_two_members_make_it() {
+        let mut group = PrincipalState::default();
+        assert!(group.teach_call(7, 1), "first member: noted");
+        assert!(!group.teach_call(7, 1), "the same member again: nothing");
+        assert!(group.api_known.is_empty(), "one member vouches for nothing");
+        assert!(group.teach_call(3, 1));
+        assert!(group.teach_call(7, 2), "a second member");
+        assert_eq!(group.api_known, [7]);
+        assert!(!group.teach_call(7, 3), "known");
+        assert!(group.teach_call(3, 2));
+        assert_eq!(group.api_known, [3, 7], "sorted");
+        assert!(group.api_vouched_once.is_empty());
+    }
     use serde_json::json;
     use trailguard_common::contract::{Enrichment, Geo};
 

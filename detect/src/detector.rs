@@ -346,7 +346,8 @@ impl Detector {
             }
         };
         // While it learns, its peers' baselines judge its rates (the first group that has
-        // enough hours) and its calls (the first group that has made any).
+        // enough hours) and its calls (the first group taught any: a group of one member
+        // vouches for no call, yet is a group — its newcomer is judged on every call).
         let learning = self.anomalies.learning(first_seen, t);
         let (peers, peer_calls) = if learning {
             let groups = crate::anomaly::peer_groups(activity);
@@ -356,7 +357,7 @@ impl Detector {
             });
             let calls = groups.iter().find_map(|group| {
                 let peers = self.principals.get(group)?;
-                (!peers.api_known.is_empty()).then(|| peers.api_known.clone())
+                peers.taught_calls().then(|| peers.api_known.clone())
             });
             (rates, calls)
         } else {
@@ -367,8 +368,9 @@ impl Detector {
         let classified = crate::classify::acts_itself(activity)
             .then(|| crate::tactics::classify(activity))
             .flatten();
-        // Whether fewer than two of the organization's established actors make it (the
-        // organization's group taught for a learning period first: before that, all is rare).
+        // Whether fewer than two of the organization's established actors make it (once the
+        // organization's group has been taught for a learning period; before that, nothing
+        // counts as rare).
         let org_rare = match classified {
             Some((Some(row), _, weight)) if weight >= 2 => self
                 .principals
@@ -1566,38 +1568,66 @@ mod tests {
     #[test]
     fn one_colleague_alone_does_not_vouch_for_a_new_identitys_call() {
         const DAY: i64 = 86_400;
-        let login_profile = |user: &str, t: i64, refused: bool| {
+        let call = |source: &str, name: &str, user: &str, t: i64, refused: bool| {
             let mut a = tagged(user, t, 0);
-            a.event_source = "iam.amazonaws.com".into();
-            a.event_name = "CreateLoginProfile".into();
+            a.event_source = source.into();
+            a.event_name = name.into();
             if refused {
                 a.outcome.status = OutcomeStatus::Failure;
                 a.outcome.error_code = Some("AccessDenied".into());
             }
             a
         };
-        // Colleagues who give people console passwords every day for three weeks.
-        let history = |users: &[&str]| {
-            let mut out = Vec::new();
+        // Colleagues who make the call every day for three weeks; then a user made today
+        // tries it, refused (`tries` times, a minute apart): unusual unless two colleagues
+        // make the call.
+        let unusual = |source: &str, name: &str, users: &[&str], tries: i64| {
+            let mut all = Vec::new();
             for day in 0..21 {
                 for user in users {
-                    out.push(login_profile(user, day * DAY + 9 * 3600, false));
+                    all.push(call(source, name, user, day * DAY + 9 * 3600, false));
                 }
             }
-            out
-        };
-        // A user made today tries it, refused: unusual unless two colleagues make the call.
-        let newbie = login_profile("newbie", 21 * DAY + 10 * 3600, true);
-        let unusual = |users: &[&str]| {
-            let mut all = history(users);
-            all.push(newbie.clone());
+            for i in 0..tries {
+                all.push(call(
+                    source,
+                    name,
+                    "newbie",
+                    21 * DAY + 10 * 3600 + i * 60,
+                    true,
+                ));
+            }
             run(&mut detector(), &all)
                 .into_iter()
                 .filter(|a| a.policy_id == "unusual-api-behaviour")
                 .count()
         };
-        assert_eq!(unusual(&["ann"]), 1, "one colleague vouches for nothing");
-        assert_eq!(unusual(&["ann", "ben"]), 0, "two do");
+        // Weight 4, refused: 5.
+        let iam = "iam.amazonaws.com";
+        assert_eq!(
+            unusual(iam, "CreateLoginProfile", &["ann"], 1),
+            1,
+            "one colleague vouches for nothing"
+        );
+        assert_eq!(
+            unusual(iam, "CreateLoginProfile", &["ann", "ben"], 1),
+            0,
+            "two do"
+        );
+        // Weight 3, refused five times in the hour (probing): 5. A group of one is still a
+        // group: without it only weight 4 and up would count for a newcomer.
+        let lambda = "lambda.amazonaws.com";
+        assert_eq!(
+            unusual(lambda, "UpdateFunctionCode", &["ann"], 5),
+            1,
+            "a group of one"
+        );
+        assert_eq!(unusual(lambda, "UpdateFunctionCode", &["ann", "ben"], 5), 0);
+        assert_eq!(
+            unusual(lambda, "UpdateFunctionCode", &[], 5),
+            0,
+            "no group: weight 4 and up"
+        );
     }
 
     /// `CreateTags` by the IAM user `user` at unix second `t` (from 2023-11-14).

@@ -925,11 +925,15 @@ fn param_ci<'a>(params: &'a Value, lower: &str) -> Option<&'a Value> {
         .map(|(_, v)| v)
 }
 
-/// The accounts a permission names (a list or one), less `own` and `trusted`; `None` when
-/// none is left. A principal that is not an account (AWS refuses it) names none.
-fn accounts_outside(names: &Value, own: &str, trusted: &[String]) -> Option<Vec<String>> {
+/// Who a permission naming accounts (a list or one) lets in: `Some(None)` for everyone (a
+/// wildcard), else the accounts less `own` and `trusted`; `None` when none is left. Anything
+/// else names no account (AWS refuses it).
+fn accounts_outside(names: &Value, own: &str, trusted: &[String]) -> Option<Option<Vec<String>>> {
     let mut out: Vec<String> = Vec::new();
     for name in items(Some(names)) {
+        if name.as_str().is_some_and(|n| n.contains('*')) {
+            return Some(None);
+        }
         let Some(account) = name.as_str().and_then(principal_account) else {
             continue;
         };
@@ -940,7 +944,7 @@ fn accounts_outside(names: &Value, own: &str, trusted: &[String]) -> Option<Vec<
             out.push(account.to_string());
         }
     }
-    (!out.is_empty()).then_some(out)
+    (!out.is_empty()).then_some(Some(out))
 }
 
 /// The account an IAM principal names: an account id, or the account of an ARN.
@@ -1003,18 +1007,17 @@ fn public_oidc_without_subject(statement: &Value) -> bool {
             v.as_str()
                 .is_some_and(|s| s.contains(':') && !s.contains(['*', '?']) && !s.contains("${"))
         };
-        if !condition_binds(statement, &[":aud"], pool) {
+        if !condition_binds(statement, &["cognito-identity.amazonaws.com:aud"], pool) {
             return true;
         }
     }
-    let public = federated.iter().any(|f| {
-        PUBLIC_OIDC
+    let Some(provider) = PUBLIC_OIDC.iter().find(|p| {
+        federated
             .iter()
-            .any(|p| f.ends_with(&format!("oidc-provider/{p}")) || f == p)
-    });
-    if !public {
+            .any(|f| f.ends_with(&format!("oidc-provider/{p}")) || f == *p)
+    }) else {
         return false;
-    }
+    };
     // Bound: a string equality on the subject whose every value names a fixed owner (GitHub's
     // `repo:OWNER/…`), not a wildcard.
     let fixed = |v: &Value| {
@@ -1024,12 +1027,14 @@ fn public_oidc_without_subject(statement: &Value) -> bool {
             !owner.is_empty() && !owner.contains(['*', '?']) && !owner.contains("${")
         })
     };
-    !condition_binds(statement, &[":sub", ":sub_claim"], fixed)
+    // The provider's own key: another provider's (or an `…IfExists` on it) is absent from
+    // this provider's tokens, so it binds nothing.
+    !condition_binds(statement, &[&format!("{provider}:sub")], fixed)
 }
 
-/// Whether `statement` has a string-equality condition on a key ending in one of `suffixes`
-/// whose every value passes `fixed`.
-fn condition_binds(statement: &Value, suffixes: &[&str], fixed: impl Fn(&Value) -> bool) -> bool {
+/// Whether `statement` has a string-equality condition on one of `names` (lower case) whose
+/// every value passes `fixed`.
+fn condition_binds(statement: &Value, names: &[&str], fixed: impl Fn(&Value) -> bool) -> bool {
     match statement.get("Condition") {
         Some(Value::Object(operators)) => operators.iter().any(|(op, keys)| {
             let lower = op.to_ascii_lowercase();
@@ -1039,7 +1044,7 @@ fn condition_binds(statement: &Value, suffixes: &[&str], fixed: impl Fn(&Value) 
                     k.iter().any(|(key, values)| {
                         let key = key.to_ascii_lowercase();
                         let list = items(Some(values));
-                        suffixes.iter().any(|s| key.ends_with(s))
+                        names.contains(&key.as_str())
                             && !list.is_empty()
                             && list.into_iter().all(&fixed)
                     })
@@ -1402,6 +1407,20 @@ impl Exposure {
         let text = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
         let name = crate::tactics::base_name(&a.event_source, &a.event_name);
         let document = |k: &str| params.get(k).and_then(|d| policy_opened(d, own, trusted));
+        // SQS and SNS records spell parameters as the SDK that made the call did
+        // (`queueUrl`, `QueueUrl`): their keys are read in any case. A missing name loses
+        // the name, never the alert.
+        let ci_text = |k: &str| {
+            param_ci(params, k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        let ci_policy = |k: &str| {
+            param_ci(params, k)
+                .and_then(|at| param_ci(at, "policy"))
+                .and_then(|d| policy_opened(d, own, trusted))
+        };
         match (a.event_source.as_str(), name) {
             ("iam.amazonaws.com", "CreateRole") => Some((
                 "the trust policy of role",
@@ -1496,48 +1515,31 @@ impl Exposure {
             )),
             ("sqs.amazonaws.com", "SetQueueAttributes") => Some((
                 "the policy of SQS queue",
-                text("queueUrl")?,
-                params
-                    .get("attributes")
-                    .and_then(|at| at.get("Policy"))
-                    .and_then(|d| policy_opened(d, own, trusted))?,
+                ci_text("queueurl"),
+                ci_policy("attributes")?,
             )),
             // The permission APIs of SQS and SNS name accounts directly (`AWSAccountIds`,
             // `AWSAccountId`; spelt variously in records).
             ("sqs.amazonaws.com", "AddPermission") => Some((
                 "SQS queue",
-                text("queueUrl")?,
-                Some(accounts_outside(
-                    param_ci(params, "awsaccountids")?,
-                    own,
-                    trusted,
-                )?),
+                ci_text("queueurl"),
+                accounts_outside(param_ci(params, "awsaccountids")?, own, trusted)?,
             )),
             ("sns.amazonaws.com", "AddPermission") => Some((
                 "SNS topic",
-                text("topicArn")?,
-                Some(accounts_outside(
-                    param_ci(params, "awsaccountid")?,
-                    own,
-                    trusted,
-                )?),
+                ci_text("topicarn"),
+                accounts_outside(param_ci(params, "awsaccountid")?, own, trusted)?,
             )),
             // Created with a policy: the same as setting it.
             ("sqs.amazonaws.com", "CreateQueue") => Some((
                 "the policy of SQS queue",
-                text("queueName")?,
-                params
-                    .get("attributes")
-                    .and_then(|at| param_ci(at, "policy"))
-                    .and_then(|d| policy_opened(d, own, trusted))?,
+                ci_text("queuename"),
+                ci_policy("attributes")?,
             )),
             ("sns.amazonaws.com", "CreateTopic") => Some((
                 "the policy of SNS topic",
-                text("name")?,
-                params
-                    .get("attributes")
-                    .and_then(|at| param_ci(at, "policy"))
-                    .and_then(|d| policy_opened(d, own, trusted))?,
+                ci_text("name"),
+                ci_policy("attributes")?,
             )),
             ("kms.amazonaws.com", "CreateKey") => Some((
                 "the key policy of KMS key",
@@ -1550,13 +1552,14 @@ impl Exposure {
                 document("policy")?,
             )),
             ("sns.amazonaws.com", "SetTopicAttributes") => {
-                if text("attributeName").is_none_or(|n| n != "Policy") {
+                if !ci_text("attributename").eq_ignore_ascii_case("Policy") {
                     return None;
                 }
                 Some((
                     "the policy of SNS topic",
-                    text("topicArn")?,
-                    document("attributeValue")?,
+                    ci_text("topicarn"),
+                    param_ci(params, "attributevalue")
+                        .and_then(|d| policy_opened(d, own, trusted))?,
                 ))
             }
             ("events.amazonaws.com", "PutPermission") => {
@@ -2555,6 +2558,8 @@ mod tests {
             json!({"StringLike": {"token.actions.githubusercontent.com:sub": "repo:*"}}),
             json!({"Null": {"token.actions.githubusercontent.com:sub": "false"}}),
             json!({"StringLike": {"token.actions.githubusercontent.com:sub": "*"}}),
+            // Another provider's subject: absent from GitHub's tokens.
+            json!({"StringEqualsIfExists": {"gitlab.com:sub": "project_path:example/app:ref_type:branch:ref:main"}}),
         ] {
             assert_eq!(
                 ids(&oidc(condition.clone())),
@@ -2625,12 +2630,26 @@ mod tests {
             "{}",
             sqs[0].evidence.summary
         );
-        assert!(run(
-            "sqs.amazonaws.com",
-            "AddPermission",
-            json!({"QueueUrl": queue, "Label": "x", "AWSAccountIds": ["111111111111"], "Actions": ["*"]}),
-        )
-        .is_empty(), "its own account");
+        // The SDK's own spelling; its own account is not outside; a wildcard is everyone.
+        let capitalised = |accounts: Value| {
+            run(
+                "sqs.amazonaws.com",
+                "AddPermission",
+                json!({"QueueUrl": queue, "Label": "x", "AWSAccountIds": accounts, "Actions": ["*"]}),
+            )
+        };
+        assert_eq!(
+            ids(&capitalised(json!(["999988887777"]))),
+            [("access-granted-outside", Severity::Medium)]
+        );
+        assert!(
+            capitalised(json!(["111111111111"])).is_empty(),
+            "its own account"
+        );
+        assert_eq!(
+            ids(&capitalised(json!("*"))),
+            [("access-granted-outside", Severity::High)]
+        );
         let topic = "arn:aws:sns:us-east-1:111111111111:alerts";
         assert_eq!(
             ids(&run(
@@ -2695,6 +2714,13 @@ mod tests {
         assert_eq!(
             ids(&cognito(
                 json!({"StringLike": {"cognito-identity.amazonaws.com:aud": "us-east-1:*"}})
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        // Another provider's audience (absent from Cognito's tokens) binds nothing.
+        assert_eq!(
+            ids(&cognito(
+                json!({"StringEqualsIfExists": {"accounts.google.com:aud": "us-east-1:12345678-1234-1234-1234-123456789012"}})
             )),
             [("access-granted-outside", Severity::High)]
         );

@@ -815,7 +815,7 @@ struct IdleVouch {
 impl IdleVouch {
     /// What the partition vouches for at `now`, the latest time any partition evaluated
     /// being `latest`. One time settles at a time, so a latest that keeps moving (the
-    /// partition is quiet, others are busy) is vouched for at most twice the settle behind.
+    /// partition is quiet, others are busy) is vouched for about twice the settle behind (wall-clock, as checkpoints run).
     fn through(&mut self, latest: i64, lateness: i64, now: std::time::Instant) -> i64 {
         if let Some((time, seen)) = self.pending {
             if now.saturating_duration_since(seen) >= IDLE_SETTLE {

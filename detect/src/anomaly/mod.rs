@@ -667,6 +667,12 @@ impl PrincipalState {
         self.last_seen = self.last_seen.max(t);
     }
 
+    /// Whether a peer group has been taught any call (by one member or more): a group whose
+    /// members' calls count, even before two members share one.
+    pub fn taught_calls(&self) -> bool {
+        !self.api_known.is_empty() || !self.api_vouched_once.is_empty()
+    }
+
     /// Takes a classified call (`row`) made by the member hashed `member` into this peer
     /// group: it becomes the group's call once two members have made it. Whether anything
     /// changed. (Bounded: one entry per row of the table at most.)

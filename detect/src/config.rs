@@ -33,6 +33,8 @@ pub struct PoliciesConfig {
     pub anomaly: crate::anomaly::AnomalyConfig,
     /// Custom policies (see [`crate::custom`]).
     pub custom: Vec<crate::custom::CustomPolicyConfig>,
+    /// Sigma rules (see [`crate::sigma`]): loaded from their files at start-up.
+    pub sigma: crate::sigma::SigmaConfig,
     /// Folding of repeated event-driven alerts (see [`crate::fold`]).
     pub fold: FoldConfig,
     /// Policy ids that may request destructive actions (every action but `notify`) from a

@@ -75,6 +75,8 @@ pub struct Detector {
     held: std::collections::VecDeque<(Offset, Activity)>,
     /// Held activities judged before their facts were complete, because the hold was full.
     decided_early: u64,
+    /// The Sigma rules (shared by every partition's detector).
+    sigma: std::sync::Arc<crate::sigma::SigmaRules>,
 }
 
 /// The start (unix seconds) of the UTC day of unix time `t`.
@@ -166,7 +168,14 @@ impl Detector {
             act_on_failed: cfg.act_on_failed_activity.iter().cloned().collect(),
             held: std::collections::VecDeque::new(),
             decided_early: 0,
+            sigma: std::sync::Arc::new(crate::sigma::SigmaRules::none()),
         }
+    }
+
+    /// Evaluates `rules` too (loaded once, at start-up: [`crate::sigma::SigmaRules::load`]).
+    pub fn with_sigma(mut self, rules: std::sync::Arc<crate::sigma::SigmaRules>) -> Self {
+        self.sigma = rules;
+        self
     }
 
     /// Leaves counting failed sign-ins per source IP to a [`crate::signin::SourceIpFailures`] fed by the
@@ -508,7 +517,7 @@ impl Detector {
             self.dirty.insert(key);
         }
         self.observed += 1;
-        if self.observed % 10_000 == 0 {
+        if self.observed.is_multiple_of(10_000) {
             if let Some(max) = self.max_event_time {
                 let horizon = (max - self.state_ttl).timestamp();
                 let old: Vec<String> = self
@@ -538,6 +547,7 @@ impl Detector {
         for policy in &self.event_policies {
             policy.evaluate(activity, &mut matched);
         }
+        self.sigma.evaluate(activity, &mut matched);
         // Before folding: a fold keeps the actions of the alert that opened it.
         disarm_if_failed(&mut matched, activity, &self.act_on_failed);
         let mut alerts = self.observe_baseline(activity, offset, matched, facts);

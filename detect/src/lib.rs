@@ -40,6 +40,7 @@ pub mod ocsf;
 pub mod policy;
 pub mod risky_signin;
 mod runner;
+pub mod sigma;
 pub mod signin;
 pub mod state;
 pub mod tactics;

@@ -86,6 +86,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     cfg.validate()?;
     if cli.common.check_config {
         config::print_redacted(&cfg)?;
+        // The Sigma rules as detect would load them (an unsupported one fails here too).
+        if !cfg.policies.sigma.paths.is_empty() {
+            let sigma = trailguard_detect::sigma::SigmaRules::load(&cfg.policies.sigma)?;
+            println!(
+                "# Sigma: {} rules loaded, {} skipped, {} files for other log sources",
+                sigma.rules().len(),
+                sigma.skipped().len(),
+                sigma.other_sources()
+            );
+            for rule in sigma.rules() {
+                println!(
+                    "# loaded  {}  {}  {}  ({})",
+                    rule.policy_id,
+                    rule.severity.as_str(),
+                    printable(&rule.title),
+                    rule.file.display()
+                );
+            }
+            for skipped in sigma.skipped() {
+                println!(
+                    "# skipped {}  {}  ({})",
+                    printable(&skipped.rule),
+                    printable(&skipped.reason),
+                    skipped.file.display()
+                );
+            }
+        }
         return Ok(());
     }
     telemetry::init_logging(&cfg.log);

@@ -36,6 +36,7 @@ pub struct Metrics {
     refused: IntCounterVec,
     held: IntGauge,
     decided_early: prometheus::IntCounter,
+    sigma_rules: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -93,6 +94,17 @@ impl Metrics {
             "Held activities decided on the facts known because a partition's hold was full (a partition's marks stopped: an instance gone, a partition added): such decisions may differ from run to run.",
         )?;
         registry.register(Box::new(decided_early.clone()))?;
+        let sigma_rules = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "trailguard_detect_sigma_rules",
+                "Sigma rules for CloudTrail under policies.sigma.paths, by state (loaded, skipped: policies.sigma.skip_unsupported).",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(sigma_rules.clone()))?;
+        for state in ["loaded", "skipped"] {
+            sigma_rules.with_label_values(&[state]);
+        }
         for role in ["alerts", "dlq", "facts", "signin_failures"] {
             refused.with_label_values(&[role, "too_large"]);
         }
@@ -118,6 +130,7 @@ impl Metrics {
             refused,
             held,
             decided_early,
+            sigma_rules,
         })
     }
 }
@@ -155,6 +168,24 @@ pub async fn run(
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    // Sigma rules, read once: a rule that cannot be honoured stops start-up here,
+    // before anything else.
+    let sigma = std::sync::Arc::new(crate::sigma::SigmaRules::load(&cfg.policies.sigma)?);
+    metrics
+        .sigma_rules
+        .with_label_values(&["loaded"])
+        .set(sigma.rules().len() as i64);
+    metrics
+        .sigma_rules
+        .with_label_values(&["skipped"])
+        .set(sigma.skipped().len() as i64);
+    if !cfg.policies.sigma.paths.is_empty() {
+        tracing::info!(
+            loaded = sigma.rules().len(),
+            skipped = sigma.skipped().len(),
+            "Sigma rules"
+        );
+    }
     let topics = &cfg.kafka.topics;
     kafka::ensure_topics(
         &cfg.kafka,
@@ -240,7 +271,7 @@ pub async fn run(
                 // countries held in them wait for decisions.
                 let unrestored: Vec<i32> = owned.iter().copied().filter(|p| !state.detectors.contains_key(p)).collect();
                 for partition in unrestored {
-                    let detector = restore_partition(&cfg, partition, &verifier, &metrics, enricher.has_geo(), &facts).await?;
+                    let detector = restore_partition(&cfg, partition, &verifier, &metrics, enricher.has_geo(), &facts, &sigma).await?;
                     state.detectors.insert(partition, detector);
                 }
                 crate::facts::lock(&facts).prune_census();
@@ -348,6 +379,7 @@ pub async fn run(
                 &metrics,
                 enricher.has_geo(),
                 &facts,
+                &sigma,
             )
             .await?;
             state.detectors.insert(partition, detector);
@@ -485,6 +517,7 @@ async fn restore_partition(
     metrics: &Metrics,
     has_geo: bool,
     facts: &crate::facts::SharedFacts,
+    sigma: &std::sync::Arc<crate::sigma::SigmaRules>,
 ) -> Result<Detector, Error> {
     let kafka_cfg = cfg.kafka.clone();
     let restore_verifier = verifier.clone();
@@ -508,6 +541,7 @@ async fn restore_partition(
     let mut detector = Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
         .with_geo(&cfg.policies, has_geo)
         .counting_source_ips_elsewhere()
+        .with_sigma(sigma.clone())
         .on_partition(partition);
     detector.restore(restored.states);
     Ok(detector)

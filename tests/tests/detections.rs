@@ -1487,3 +1487,144 @@ async fn unusual_api_behaviour_after_an_ordinary_week() -> Result<()> {
     );
     Ok(())
 }
+
+/// SigmaHQ's AWS CloudTrail rules (the shared copy, unmodified) on the live stream: detect
+/// loads all 57 from their directory and raises, as policies like the others, a trail stopped,
+/// bucket versioning suspended (found inside the request's parameters), and a session token
+/// for an IAM user — with a per-rule setting raising one's severity and an allowed principal
+/// silencing another; an ordinary call raises nothing. A rule detect cannot honour stops it at
+/// start-up, naming the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigma_rules_on_the_live_stream() -> Result<()> {
+    let run = Run::new("sigma")?;
+    let rules = trailguard_tests::shared_data()?.join("../sigma/rules/cloud/aws/cloudtrail");
+    let config = run.detect_config(&format!(
+        "[policies.sigma]\npaths = [{:?}]\n\n[policies.sigma.rules.\"a136ac98-b2bc-4189-a14d-f0d0388e57a7\"]\nseverity = \"high\"\n\n[policies.sigma.rules.\"b45ab1d2-712f-4f01-a751-df3826969807\"]\nallow_principals = [\"ci-bot\"]\n",
+        rules.display().to_string()
+    ))?;
+    let config = config.to_str().context("config path")?;
+    // The rules as detect would load them.
+    let listing = run
+        .command("detect", &["--config", config, "--check-config"])?
+        .output()?;
+    let text = String::from_utf8_lossy(&listing.stdout);
+    ensure!(
+        listing.status.success() && text.contains("# Sigma: 57 rules loaded, 0 skipped"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    let records = [
+        record(
+            0,
+            "StopLogging",
+            "cloudtrail.amazonaws.com",
+            "mallory",
+            "203.0.113.9",
+            json!({"name": "arn:aws:cloudtrail:us-east-1:123456789012:trail/org"}),
+        ),
+        record(
+            1,
+            "PutBucketVersioning",
+            "s3.amazonaws.com",
+            "mallory",
+            "203.0.113.9",
+            json!({"bucketName": "backups", "VersioningConfiguration": {"Status": "Suspended"}, "Host": "backups.s3.amazonaws.com"}),
+        ),
+        record(
+            2,
+            "GetSessionToken",
+            "sts.amazonaws.com",
+            "mallory",
+            "203.0.113.9",
+            json!({}),
+        ),
+        record(
+            3,
+            "GetSessionToken",
+            "sts.amazonaws.com",
+            "ci-bot",
+            "198.51.100.20",
+            json!({}),
+        ),
+        record(
+            4,
+            "PutBucketVersioning",
+            "s3.amazonaws.com",
+            "alice",
+            "198.51.100.21",
+            json!({"bucketName": "site", "VersioningConfiguration": {"Status": "Enabled"}, "Host": "site.s3.amazonaws.com"}),
+        ),
+    ];
+    run.ingest_records(&records)?;
+    let detect = run.spawn("detect", &["--config", config])?;
+    let trail = "sigma-4db60cc0-36fb-42b7-9b58-a5b53019fb74";
+    let versioning = "sigma-a136ac98-b2bc-4189-a14d-f0d0388e57a7";
+    let token = "sigma-b45ab1d2-712f-4f01-a751-df3826969807";
+    let alerts = alerts_until(
+        &run,
+        detect,
+        &[trail, versioning, token],
+        Duration::from_secs(5),
+    )?;
+    let of = |id: &str| -> Vec<&Alert> { alerts.iter().filter(|a| a.policy_id == id).collect() };
+    let summaries = || {
+        alerts
+            .iter()
+            .map(|a| format!("{} {}", a.policy_id, a.evidence.summary))
+            .collect::<Vec<_>>()
+    };
+    ensure!(
+        of(trail).len() == 1 && of(versioning).len() == 1 && of(token).len() == 1,
+        "{:#?}",
+        summaries()
+    );
+    let stopped = of(trail)[0];
+    ensure!(
+        stopped.policy_name == "AWS CloudTrail Important Change"
+            && stopped.kind == AlertKind::Custom
+            && stopped.severity == trailguard_common::contract::Severity::Medium
+            && stopped.evidence.summary.contains("mallory"),
+        "{stopped:#?}"
+    );
+    ensure!(
+        of(versioning)[0].severity == trailguard_common::contract::Severity::High,
+        "the rule's setting: {:#?}",
+        of(versioning)[0]
+    );
+    ensure!(
+        of(token)[0].evidence.summary.contains("mallory"),
+        "ci-bot is allowed: {:#?}",
+        summaries()
+    );
+    ensure!(
+        alerts
+            .iter()
+            .filter(|a| a.policy_id.starts_with("sigma-"))
+            .count()
+            == 3,
+        "alice's ordinary call raises no Sigma alert: {:#?}",
+        summaries()
+    );
+    // A rule detect cannot honour: start-up stops, naming the file and the construct.
+    let unsupported = std::env::temp_dir().join(&run.id).join("unsupported");
+    std::fs::create_dir_all(&unsupported)?;
+    std::fs::write(
+        unsupported.join("tls.yml"),
+        "title: old TLS\nlogsource:\n  product: aws\n  service: cloudtrail\ndetection:\n  selection:\n    tlsDetails.tlsVersion: 'TLSv1'\n  condition: selection\n",
+    )?;
+    let bad = run.detect_config(&format!(
+        "[policies.sigma]\npaths = [{:?}]\n",
+        unsupported.display().to_string()
+    ))?;
+    let out = run
+        .command("detect", &["--config", bad.to_str().context("path")?])?
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("tls.yml")
+            && stderr.contains("tlsDetails.tlsVersion"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -1,0 +1,577 @@
+//! Sigma rules on the live stream: every rule for AWS CloudTrail (`logsource: {product: aws,
+//! service: cloudtrail}`) under the configured paths becomes a policy, `sigma-<rule id>` (or
+//! `sigma-<file stem>` for a rule without an id), evaluated against each activity under
+//! CloudTrail's own field names ([`view::CloudTrailView`]) with the same folding, signing and
+//! remediation as the built-in policies.
+//!
+//! ```toml
+//! [policies.sigma]
+//! paths = ["/opt/sigma/rules/cloud/aws"]
+//! # skip_unsupported = false
+//! [policies.sigma.rules."8a7b2c1d-…"]
+//! enabled = true
+//! severity = "high"
+//! actions = ["notify", "require_sign_in"]
+//! allow_principals = ["arn:aws:iam::111111111111:role/deployer"]
+//! ```
+//!
+//! Matching is rsigma's (`rsigma-eval`, pinned: see the crate decision in `docs/sigma.md`):
+//! case-insensitive, wildcards, modifiers, conditions, and its index of rules by field value,
+//! so a rule costs nothing for events it cannot match. What is ours: which rules load (only
+//! constructs whose meaning on CloudTrail is right — anything else stops start-up naming the
+//! file and the construct, or with `skip_unsupported` is skipped with a warning), the fields
+//! ([`view`]), and the alerts.
+
+pub mod view;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use rsigma_parser::ast::{Detection, Modifier, SigmaRule, Status};
+use serde::{Deserialize, Serialize};
+use trailguard_common::contract::{stable_id, ActionKind, Alert, AlertKind, Entity, Severity};
+use trailguard_common::Activity;
+
+use crate::policy::{allowed, requested, who, AlertBuilder, PolicyMeta};
+
+/// `[policies.sigma]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigmaConfig {
+    /// Files and directories (searched recursively for `.yml`/`.yaml`) to load rules from.
+    pub paths: Vec<PathBuf>,
+    /// Skip a rule that cannot be loaded (one warning per rule, counted in
+    /// `trailguard_detect_sigma_rules{state="skipped"}`) instead of refusing to start.
+    pub skip_unsupported: bool,
+    /// Per-rule settings, keyed by the rule's id (or file stem, for a rule without one).
+    pub rules: BTreeMap<String, SigmaRuleConfig>,
+}
+
+/// Settings of one Sigma rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigmaRuleConfig {
+    /// Evaluate it (default true).
+    pub enabled: Option<bool>,
+    /// Severity instead of the one its `level` gives.
+    pub severity: Option<Severity>,
+    /// Governance actions to request (default: notify).
+    pub actions: Option<Vec<ActionKind>>,
+    /// Principals whose activity it ignores (ARNs, `*` wildcards; bare names: IAM users).
+    pub allow_principals: Vec<String>,
+}
+
+/// One rule loaded as a policy.
+#[derive(Debug, Clone)]
+pub struct LoadedRule {
+    /// Policy id: `sigma-<rule id or file stem>`.
+    pub policy_id: String,
+    /// The key of its settings: its id, or its file stem.
+    pub key: String,
+    /// Its title.
+    pub title: String,
+    /// Where it was read.
+    pub file: PathBuf,
+    /// Severity of its alerts.
+    pub severity: Severity,
+    /// Actions its alerts request.
+    pub actions: Vec<ActionKind>,
+    /// Principals it ignores.
+    pub allow_principals: Vec<String>,
+    /// ATT&CK tactic and technique from its `attack.*` tags (empty when it has none).
+    pub mitre: (String, String, String),
+}
+
+/// A rule not loaded, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    /// Where it was read.
+    pub file: PathBuf,
+    /// Its title (or the file name, when it could not be parsed).
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The loaded rules, compiled.
+pub struct SigmaRules {
+    engine: rsigma_eval::Engine,
+    rules: Vec<LoadedRule>,
+    /// Rule id (or title, for a rule without one) → index in `rules`.
+    by_key: HashMap<String, usize>,
+    skipped: Vec<Skipped>,
+    /// Keys of the rules switched off in their settings.
+    disabled: Vec<String>,
+    /// Files read that hold no rule for CloudTrail (other log sources), for the listing.
+    other_sources: usize,
+}
+
+impl std::fmt::Debug for SigmaRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigmaRules")
+            .field("rules", &self.rules.len())
+            .field("skipped", &self.skipped.len())
+            .finish()
+    }
+}
+
+/// Most bytes read from one rule file (a rule is a few kilobytes; a larger file is not one).
+const MAX_RULE_BYTES: u64 = 1 << 20;
+/// Most rule files read from the configured paths.
+const MAX_FILES: usize = 20_000;
+
+impl SigmaRules {
+    /// No rules.
+    pub fn none() -> Self {
+        SigmaRules {
+            engine: rsigma_eval::Engine::new(),
+            rules: Vec::new(),
+            by_key: HashMap::new(),
+            skipped: Vec::new(),
+            disabled: Vec::new(),
+            other_sources: 0,
+        }
+    }
+
+    /// Loads every CloudTrail rule under `cfg.paths`. Errors name the file and the construct
+    /// (unless `skip_unsupported`), or the key of a setting that names no loaded rule.
+    pub fn load(cfg: &SigmaConfig) -> Result<Self, trailguard_common::Error> {
+        let mut out = Self::none();
+        let mut files = Vec::new();
+        for (i, path) in cfg.paths.iter().enumerate() {
+            let key = format!("policies.sigma.paths[{i}]");
+            collect_files(path, &mut files)
+                .map_err(|e| trailguard_common::Error::config(&key, e))?;
+            if files.len() > MAX_FILES {
+                return Err(trailguard_common::Error::config(
+                    &key,
+                    format!("more than {MAX_FILES} rule files"),
+                ));
+            }
+        }
+        files.sort();
+        files.dedup();
+        let mut seen_policy: HashMap<String, PathBuf> = HashMap::new();
+        for file in &files {
+            match load_file(file) {
+                Ok(FileRules::Other) => out.other_sources += 1,
+                Ok(FileRules::Rules(rules)) => {
+                    for rule in rules {
+                        out.add(cfg, file, rule, &mut seen_policy)?;
+                    }
+                }
+                Err(reason) => out.refuse(
+                    cfg,
+                    Skipped {
+                        file: file.clone(),
+                        rule: file_name(file),
+                        reason,
+                    },
+                )?,
+            }
+        }
+        // A setting for a rule that is not there is a typo, or a rule that went away.
+        for key in cfg.rules.keys() {
+            let known = out.rules.iter().any(|r| &r.key == key)
+                || out.skipped.iter().any(|s| s.rule == *key)
+                || out.disabled.contains(key);
+            if !known {
+                return Err(trailguard_common::Error::config(
+                    &format!("policies.sigma.rules.{key}"),
+                    "names no rule under policies.sigma.paths",
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes `rule` read from `file`, or refuses it.
+    fn add(
+        &mut self,
+        cfg: &SigmaConfig,
+        file: &Path,
+        rule: SigmaRule,
+        seen_policy: &mut HashMap<String, PathBuf>,
+    ) -> Result<(), trailguard_common::Error> {
+        let key = rule
+            .id
+            .clone()
+            .unwrap_or_else(|| file_stem(file).to_string());
+        let settings = cfg.rules.get(&key).cloned().unwrap_or_default();
+        if settings.enabled == Some(false) {
+            self.disabled.push(key);
+            return Ok(());
+        }
+        if let Err(reason) = supported(&rule) {
+            return self.refuse(
+                cfg,
+                Skipped {
+                    file: file.to_path_buf(),
+                    rule: key,
+                    reason,
+                },
+            );
+        }
+        let policy_id = format!("sigma-{}", policy_suffix(&key));
+        if let Some(other) = seen_policy.insert(policy_id.clone(), file.to_path_buf()) {
+            return self.refuse(
+                cfg,
+                Skipped {
+                    file: file.to_path_buf(),
+                    rule: key,
+                    reason: format!(
+                        "its policy id {policy_id} is also the id of a rule in {}",
+                        other.display()
+                    ),
+                },
+            );
+        }
+        let result_key = rule.id.clone().unwrap_or_else(|| rule.title.clone());
+        if self.by_key.contains_key(&result_key) {
+            return self.refuse(
+                cfg,
+                Skipped {
+                    file: file.to_path_buf(),
+                    rule: key,
+                    reason: format!("another rule has the id or title {result_key:?}"),
+                },
+            );
+        }
+        if let Err(e) = self.engine.add_rule(&rule) {
+            return self.refuse(
+                cfg,
+                Skipped {
+                    file: file.to_path_buf(),
+                    rule: key,
+                    reason: format!("cannot be compiled: {e}"),
+                },
+            );
+        }
+        self.by_key.insert(result_key, self.rules.len());
+        self.rules.push(LoadedRule {
+            policy_id,
+            key,
+            title: rule.title.clone(),
+            file: file.to_path_buf(),
+            severity: settings.severity.unwrap_or_else(|| severity_of(rule.level)),
+            actions: settings.actions.unwrap_or_else(|| vec![ActionKind::Notify]),
+            allow_principals: settings.allow_principals,
+            mitre: mitre_of(&rule.tags),
+        });
+        Ok(())
+    }
+
+    /// Skips `skipped` (with a warning) when so configured, else stops start-up naming it.
+    fn refuse(
+        &mut self,
+        cfg: &SigmaConfig,
+        skipped: Skipped,
+    ) -> Result<(), trailguard_common::Error> {
+        if cfg.skip_unsupported {
+            tracing::warn!(
+                file = %skipped.file.display(),
+                rule = %skipped.rule,
+                reason = %skipped.reason,
+                "Sigma rule skipped"
+            );
+            self.skipped.push(skipped);
+            Ok(())
+        } else {
+            Err(trailguard_common::Error::config(
+                "policies.sigma.paths",
+                format!(
+                    "{}: rule {}: {} (set policies.sigma.skip_unsupported = true to skip it)",
+                    skipped.file.display(),
+                    skipped.rule,
+                    skipped.reason
+                ),
+            ))
+        }
+    }
+
+    /// The rules loaded.
+    pub fn rules(&self) -> &[LoadedRule] {
+        &self.rules
+    }
+
+    /// The rules skipped, and why.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
+    /// Files read that hold rules for other log sources.
+    pub fn other_sources(&self) -> usize {
+        self.other_sources
+    }
+
+    /// Adds the alerts the rules raise for `a` to `out`.
+    pub fn evaluate(&self, a: &Activity, out: &mut Vec<Alert>) {
+        if self.rules.is_empty() {
+            return;
+        }
+        let view = view::CloudTrailView::new(a);
+        for result in self.engine.evaluate(&view) {
+            let header = &result.header;
+            let key = header.rule_id.as_ref().unwrap_or(&header.rule_title);
+            let Some(rule) = self.by_key.get(key).and_then(|&i| self.rules.get(i)) else {
+                continue;
+            };
+            if allowed(&rule.allow_principals, a) {
+                continue;
+            }
+            out.push(alert(rule, a));
+        }
+    }
+}
+
+/// The alert of `rule` for `a`.
+fn alert(rule: &LoadedRule, a: &Activity) -> Alert {
+    let policy = PolicyMeta {
+        id: &rule.policy_id,
+        name: &rule.title,
+        kind: AlertKind::Custom,
+    };
+    let summary = format!("{} {}: {}", who(a), a.event_name, rule.title);
+    let (tactic, technique_id, technique) = &rule.mitre;
+    let mut builder = AlertBuilder::about(&policy, a, rule.severity)
+        .entity(Entity {
+            kind: trailguard_common::contract::kinds::PRINCIPAL.into(),
+            id: a.principal.key(),
+        })
+        .evidence(vec![a.id.clone()], summary)
+        .actions(requested(&rule.actions, a));
+    if !tactic.is_empty() || !technique_id.is_empty() {
+        builder = builder.mitre((tactic.as_str(), technique_id.as_str(), technique.as_str()));
+    }
+    builder.id(stable_id(["sigma", rule.policy_id.as_str(), a.id.as_str()]))
+}
+
+/// What one file holds.
+enum FileRules {
+    /// Detection rules for CloudTrail.
+    Rules(Vec<SigmaRule>),
+    /// Nothing for CloudTrail: rules of other log sources (a SigmaHQ checkout holds
+    /// thousands), and their correlations and filters.
+    Other,
+}
+
+/// Reads the rules of one file; `Err` says why it cannot be used.
+fn load_file(file: &Path) -> Result<FileRules, String> {
+    let size = std::fs::metadata(file)
+        .map_err(|e| format!("cannot be read: {e}"))?
+        .len();
+    if size > MAX_RULE_BYTES {
+        return Err(format!(
+            "is {size} bytes, more than a rule file holds ({MAX_RULE_BYTES})"
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot be read: {e}"))?;
+    // Which log source, before parsing as Sigma: a checkout's rules for other products must
+    // not stop start-up for constructs that would never be used here.
+    if !mentions_cloudtrail(&text) {
+        return Ok(FileRules::Other);
+    }
+    let collection =
+        rsigma_parser::parse_sigma_yaml(&text).map_err(|e| format!("cannot be parsed: {e}"))?;
+    if let Some(error) = collection.errors.first() {
+        return Err(format!("cannot be parsed: {error}"));
+    }
+    let rules: Vec<SigmaRule> = collection
+        .rules
+        .into_iter()
+        .filter(|r| is_cloudtrail(&r.logsource))
+        .collect();
+    if !collection.correlations.is_empty() && !rules.is_empty() {
+        return Err("holds a correlation rule: correlations are not supported yet".into());
+    }
+    if !collection.filters.is_empty() && !rules.is_empty() {
+        return Err("holds a filter rule: Sigma filters are not supported".into());
+    }
+    if rules.is_empty() {
+        return Ok(FileRules::Other);
+    }
+    Ok(FileRules::Rules(rules))
+}
+
+/// Whether a YAML document names the AWS CloudTrail log source (a cheap test, before parsing).
+fn mentions_cloudtrail(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("cloudtrail") && lower.contains("aws")
+}
+
+fn is_cloudtrail(source: &rsigma_parser::ast::LogSource) -> bool {
+    let is =
+        |v: &Option<String>, want: &str| v.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(want));
+    is(&source.product, "aws") && is(&source.service, "cloudtrail")
+}
+
+/// Whether `rule` means on CloudTrail what it says; `Err` names the construct.
+fn supported(rule: &SigmaRule) -> Result<(), String> {
+    if matches!(
+        rule.status,
+        Some(Status::Deprecated) | Some(Status::Unsupported)
+    ) {
+        return Err(format!(
+            "its status is {:?}: its authors no longer keep it working",
+            rule.status
+        )
+        .to_ascii_lowercase());
+    }
+    if let Some(timeframe) = &rule.detection.timeframe {
+        return Err(format!(
+            "timeframe ({timeframe}): the old aggregation notation; write it as a Sigma v2 correlation rule"
+        ));
+    }
+    let mut names: Vec<&String> = rule.detection.named.keys().collect();
+    names.sort();
+    for name in names {
+        let detection = &rule.detection.named[name];
+        check_detection(detection).map_err(|e| format!("detection {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_detection(detection: &Detection) -> Result<(), String> {
+    match detection {
+        Detection::AllOf(items) => {
+            for item in items {
+                if let Some(field) = &item.field.name {
+                    view::check_field(field)?;
+                }
+                for modifier in &item.field.modifiers {
+                    check_modifier(*modifier)?;
+                }
+                if item.field.modifiers.contains(&Modifier::FieldRef) {
+                    for value in &item.values {
+                        if let rsigma_parser::SigmaValue::String(s) = value {
+                            view::check_field(&s.original)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Detection::AnyOf(list) => list.iter().try_for_each(check_detection),
+        Detection::Keywords(_) => Ok(()),
+        _ => Err("array object-scope blocks (field[any]/field[all]) are not supported".into()),
+    }
+}
+
+fn check_modifier(modifier: Modifier) -> Result<(), String> {
+    match modifier {
+        Modifier::Base64Offset => {
+            Err("the base64offset modifier: rsigma 0.23 misses some of its matches".into())
+        }
+        Modifier::Expand => Err("the expand modifier: placeholders need a pipeline".into()),
+        Modifier::Minute
+        | Modifier::Hour
+        | Modifier::Day
+        | Modifier::Week
+        | Modifier::Month
+        | Modifier::Year => {
+            Err(format!("the {modifier:?} timestamp-part modifier").to_ascii_lowercase())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Files under `path`: the file itself, or the `.yml`/`.yaml` files of a directory tree.
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.is_file() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    for entry in walkdir::WalkDir::new(path).follow_links(true) {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let yaml = entry
+            .path()
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml"));
+        if entry.file_type().is_file() && yaml {
+            out.push(entry.into_path());
+            if out.len() > MAX_FILES {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn file_name(file: &Path) -> String {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn file_stem(file: &Path) -> String {
+    file.file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A policy id's suffix from a rule key: lower-case letters, digits and `-`.
+fn policy_suffix(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Severity from a Sigma level: informational and low are low, critical is high.
+fn severity_of(level: Option<rsigma_parser::ast::Level>) -> Severity {
+    use rsigma_parser::ast::Level;
+    match level {
+        Some(Level::High) | Some(Level::Critical) => Severity::High,
+        Some(Level::Medium) => Severity::Medium,
+        Some(Level::Low) | Some(Level::Informational) => Severity::Low,
+        None => Severity::Medium,
+    }
+}
+
+/// ATT&CK tactic and technique from Sigma tags (`attack.persistence`, `attack.t1098.001`):
+/// the first of each; the technique's name is not in the rule, so its id stands for it.
+fn mitre_of(tags: &[String]) -> (String, String, String) {
+    let mut tactic = String::new();
+    let mut technique = String::new();
+    for tag in tags {
+        let Some(rest) = tag
+            .to_ascii_lowercase()
+            .strip_prefix("attack.")
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        // `t1098.001` a technique; `g0016`, `s0002` a group or software: not a tactic.
+        let coded = |letter: char| {
+            rest.starts_with(letter) && rest[1..].chars().next().is_some_and(|c| c.is_ascii_digit())
+        };
+        if coded('t') {
+            if technique.is_empty() {
+                technique = rest.to_ascii_uppercase();
+            }
+        } else if tactic.is_empty() && !coded('g') && !coded('s') {
+            tactic = rest
+                .split(['-', '_'])
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+    }
+    let name = technique.clone();
+    (tactic, technique, name)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! SigmaHQ's AWS CloudTrail rules (`../shared/data/sigma`, DRL 1.1: see its README) over the
+//! shared CloudTrail records (`../shared/data/cloudtrail`): every rule loads, and the hits are
+//! the ones checked by hand, record by record (see `EXPECTED`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use trailguard_detect::sigma::{SigmaConfig, SigmaRules};
+use trailguard_ingest::files::{expand, Input};
+use trailguard_ingest::normalize::normalize;
+use trailguard_ingest::split::{decompress, split, Limits};
+
+fn shared_cloudtrail() -> PathBuf {
+    std::env::var("TRAILGUARD_TEST_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloudtrail")
+        })
+}
+
+fn sigma_rules() -> PathBuf {
+    shared_cloudtrail().join("../sigma/rules/cloud/aws/cloudtrail")
+}
+
+/// Every activity of the shared records (those that normalize).
+fn activities() -> Vec<trailguard_common::Activity> {
+    let root = shared_cloudtrail();
+    let (inputs, _, _) = expand(&[Input::Path(root.clone())]);
+    assert!(
+        inputs.len() >= 13,
+        "shared data not found at {}",
+        root.display()
+    );
+    let mut out = Vec::new();
+    for input in inputs {
+        let Input::Path(path) = input else { continue };
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let limits = Limits::default();
+        let plain = decompress(&bytes, limits);
+        for item in split(&plain.bytes, limits) {
+            if let Ok(text) = item.text {
+                if let Ok(a) = normalize(&text) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Hits per rule title on the shared records (each activity once), each checked by hand
+/// against the record: the call the rule names, by the identity it names, with the parameters
+/// it looks for (`SIGMA_HITS=1 cargo test -p trailguard-detect --test sigma_shared -- --nocapture`
+/// lists them). Rules that fire on failed calls too (no `errorCode` test) count those.
+///
+/// Checked misses: `EnableRegion` is recorded under `cloudtrail.amazonaws.com` (the rule wants
+/// `account.amazonaws.com`); the `ModifyInstanceAttribute` record sets `userData` directly (the
+/// rule wants `attribute: userData`); `ListBuckets` is by assumed roles (filtered out); the
+/// `PutUserPolicy`, `CreateUser` and `CreateAccessKey` records are not from S3 Browser; the
+/// public `RestoreDBInstanceFromDBSnapshot` repeats the private one's event id (one activity);
+/// `DeleteSAMLProvider`'s rule tests `status: success`, not a CloudTrail field (never matches);
+/// the `DisableEbsEncryptionByDefault` record has no identity and is dead-lettered by ingest.
+const EXPECTED: &[(&str, usize)] = &[
+    ("AWS Bedrock Guardrail Deleted", 1),
+    ("AWS Bedrock Guardrail Updated", 1),
+    // Successful only (errorCode null or 'Success').
+    ("AWS Bucket Deleted", 1),
+    // StopLogging, UpdateTrail, DeleteTrail, failed ones included.
+    ("AWS CloudTrail Important Change", 6),
+    ("AWS Config Disabling Channel/Recorder", 2),
+    // python-requests, not the console's Jersey agent.
+    ("AWS Console GetSigninToken Potential Abuse", 1),
+    ("AWS ConsoleLogin Failed Authentication", 4),
+    // Every CreateAccessKey: the rule's filter compares the ARN with a literal string.
+    ("AWS IAM Backdoor Users Keys", 9),
+    ("AWS RDS Master Password Change", 1),
+    // Root, anything but AwsServiceEvent.
+    ("AWS Root Credentials", 22),
+    // `requestParameters|contains: Suspended`, inside the versioning configuration.
+    ("AWS S3 Bucket Versioning Disable", 2),
+    ("AWS S3 Data Management Tampering", 6),
+    // Every role session through AssumeRole: noisy by design (see the data's README).
+    ("AWS STS AssumeRole Misuse", 198),
+    ("AWS STS GetCallerIdentity Enumeration Via TruffleHog", 1),
+    ("AWS STS GetSessionToken Misuse", 2),
+    ("AWS SecurityHub Findings Evasion", 2),
+    ("AWS Snapshot Backup Exfiltration", 4),
+    // MFAUsed 'No' compared case-insensitively with 'NO'; SSO and SAML console sign-ins too.
+    ("AWS Successful Console Login Without MFA", 13),
+    ("AWS Suspicious SAML Activity", 1),
+    // fieldref of an ARN with a bare name never equal: every UpdateLoginProfile.
+    ("AWS User Login Profile Was Modified", 3),
+    ("AWS VPC Flow Logs Deleted", 1),
+    ("Ingress/Egress Security Group Modification", 6),
+    ("Modification or Deletion of an AWS RDS Cluster", 4),
+    ("New Network ACL Entry Added", 5),
+    ("New Network Route Added", 2),
+    ("PUA - AWS TruffleHog Execution", 2),
+    // Successful SendCommand only.
+    ("Potential Malicious Usage of CloudTrail System Manager", 1),
+    ("RDS Database Security Group Modification", 5),
+];
+
+#[test]
+fn every_shared_rule_loads_and_hits_what_was_checked_by_hand() {
+    let cfg = SigmaConfig {
+        paths: vec![sigma_rules()],
+        ..SigmaConfig::default()
+    };
+    let rules = SigmaRules::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rules.rules().len(), 57, "SigmaHQ's 57 AWS CloudTrail rules");
+    assert!(rules.skipped().is_empty());
+    let mut hits: BTreeMap<String, usize> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for a in activities() {
+        // The shared files repeat some records (Panther's rule tests): count each once.
+        if !seen.insert(a.id.clone()) {
+            continue;
+        }
+        let mut out = Vec::new();
+        rules.evaluate(&a, &mut out);
+        for alert in out {
+            // `SIGMA_HITS=1` lists every hit, for checking one by hand.
+            if std::env::var_os("SIGMA_HITS").is_some() {
+                println!(
+                    "{} | {} {} | {} {} | err={:?} | {}",
+                    alert.policy_name,
+                    a.event_source,
+                    a.event_name,
+                    a.principal.kind,
+                    a.principal.arn.as_deref().unwrap_or("-"),
+                    a.outcome.error_code,
+                    a.user_agent
+                        .as_deref()
+                        .unwrap_or("-")
+                        .chars()
+                        .take(60)
+                        .collect::<String>()
+                );
+            }
+            *hits.entry(alert.policy_name.clone()).or_default() += 1;
+        }
+    }
+    let expected: BTreeMap<String, usize> =
+        EXPECTED.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(hits, expected);
+}
+
+/// The unsupported SigmaHQ rules (old aggregation notation) are refused, each naming its
+/// file and `timeframe` or the condition it cannot read; with `skip_unsupported`, skipped.
+#[test]
+fn the_old_aggregation_rules_are_refused_by_name() {
+    let dir = shared_cloudtrail().join("../sigma/unsupported");
+    let cfg = SigmaConfig {
+        paths: vec![dir.clone()],
+        ..SigmaConfig::default()
+    };
+    let err = SigmaRules::load(&cfg)
+        .map(|_| ())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains(".yml"), "{err}");
+    let cfg = SigmaConfig {
+        paths: vec![dir],
+        skip_unsupported: true,
+        ..SigmaConfig::default()
+    };
+    let rules = SigmaRules::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        rules.rules().is_empty(),
+        "{:?}",
+        rules.rules().iter().map(|r| &r.title).collect::<Vec<_>>()
+    );
+    assert_eq!(rules.skipped().len(), 8, "{:#?}", rules.skipped());
+}

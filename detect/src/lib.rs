@@ -23,6 +23,7 @@
 //! `anomaly/` and one line in `Anomalies::observe`.
 
 pub mod anomaly;
+pub mod backtest;
 pub mod bucket_public;
 pub mod bucket_shared;
 pub mod census;
@@ -51,7 +52,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use trailguard_common::config::{AdminConfig, KafkaConfig, LogConfig};
 
-pub use runner::{run, Metrics};
+pub use runner::{offline_enricher, run, Metrics};
 
 /// Everything detect can be configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -51,6 +51,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the configured policies (built-in, custom, Sigma) over CloudTrail log files,
+    /// offline — nothing is published — and print what would have fired, per policy.
+    Backtest {
+        /// CloudTrail log files or directories (as `ingest files` reads them).
+        #[arg(long, num_args = 1.., required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Only this policy's alerts.
+        #[arg(long)]
+        only: Option<String>,
+        /// Also run this (older) configuration and print the alerts the current one adds and
+        /// removes.
+        #[arg(long, value_name = "OLD_CONFIG")]
+        diff: Option<std::path::PathBuf>,
+        /// Print JSON (one document) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -134,6 +151,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Ok(()),
             }
         }
+        Some(Command::Backtest {
+            files,
+            only,
+            diff,
+            json,
+        }) => backtest(&cfg, &flags, &files, only.as_deref(), diff.as_deref(), json).await,
         Some(Command::Tail {
             topic,
             from_beginning,
@@ -193,5 +216,120 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
+    }
+}
+
+/// `detect backtest`: the policies of `cfg` (and of `diff`, an older configuration) over
+/// `files`, offline.
+async fn backtest(
+    cfg: &DetectConfig,
+    flags: &serde_json::Value,
+    files: &[std::path::PathBuf],
+    only: Option<&str>,
+    diff: Option<&std::path::Path>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use trailguard_detect::backtest;
+    let mut enricher = trailguard_detect::offline_enricher(cfg).await?;
+    let run = |cfg: &DetectConfig, enricher: &mut trailguard_detect::enrich::Enricher| {
+        let sigma = std::sync::Arc::new(trailguard_detect::sigma::SigmaRules::load(
+            &cfg.policies.sigma,
+        )?);
+        // Progress on a terminal: records read.
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("records read");
+            bar
+        });
+        let report = backtest::run_files(cfg, sigma, enricher, files, |n| {
+            if let Some(bar) = &bar {
+                if n % 1024 == 0 {
+                    bar.set_position(n);
+                }
+            }
+        })
+        .map_err(anyhow::Error::msg)?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        anyhow::Ok(report)
+    };
+    let report = run(cfg, &mut enricher)?;
+    let old = match diff {
+        Some(path) => {
+            let old: DetectConfig = config::load(&DetectConfig::default(), Some(path), flags)?;
+            old.validate()?;
+            Some(run(&old, &mut enricher)?)
+        }
+        None => None,
+    };
+    let counts = format!(
+        "{} records, {} activities, {} repeats, {} rejected",
+        report.records, report.activities, report.duplicates, report.rejected
+    );
+    match old {
+        None => {
+            let hits = report.by_policy(only);
+            if json_out {
+                let alerts: Vec<serde_json::Value> = report
+                    .alerts
+                    .iter()
+                    .filter(|a| only.is_none_or(|p| a.policy_id == p))
+                    .map(|a| {
+                        json!({"id": a.id, "policy": a.policy_id, "severity": a.severity,
+                        "time": a.time, "entity": a.entity, "summary": a.evidence.summary})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"read": &report, "policies": hits, "alerts": alerts})
+                );
+            } else {
+                println!(
+                    "backtest: {counts}; {} alerts from {} policies",
+                    hits.iter().map(|h| h.alerts).sum::<usize>(),
+                    hits.len()
+                );
+                print_hits(&hits);
+            }
+        }
+        Some(old) => {
+            let (added, removed) = backtest::diff(&report, &old, only);
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"read": &report, "added": added, "removed": removed})
+                );
+            } else {
+                println!("backtest: {counts}");
+                println!(
+                    "added by this configuration: {} alerts",
+                    added.iter().map(|h| h.alerts).sum::<usize>()
+                );
+                print_hits(&added);
+                println!(
+                    "removed (only with {}): {} alerts",
+                    diff.map(|d| d.display().to_string()).unwrap_or_default(),
+                    removed.iter().map(|h| h.alerts).sum::<usize>()
+                );
+                print_hits(&removed);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_hits(hits: &[trailguard_detect::backtest::PolicyHits]) {
+    for h in hits {
+        println!(
+            "  {:<44} {:>6} alerts {:>5} entities  {} .. {}",
+            printable(&h.policy),
+            h.alerts,
+            h.entities,
+            h.first.format("%Y-%m-%d %H:%M:%S"),
+            h.last.format("%Y-%m-%d %H:%M:%S")
+        );
+        println!("      e.g. {}", printable(&h.sample));
     }
 }

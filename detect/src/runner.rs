@@ -425,6 +425,20 @@ pub async fn run(
     Ok(())
 }
 
+/// The enricher of a run without the service (a backtest): the geolocation database, the IP
+/// intelligence lists as they read now (not reloaded), the AS databases.
+pub async fn offline_enricher(cfg: &DetectConfig) -> Result<crate::enrich::Enricher, Error> {
+    let geo = crate::enrich::GeoDb::open(&cfg.geo)?;
+    let mut lists = crate::enrich::IntelLists::new(&cfg.intel);
+    lists.read().await;
+    let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(lists.intel())));
+    let paths = cfg.geo.asn_databases.clone();
+    let asn = tokio::task::spawn_blocking(move || crate::network::AsnDb::open(&paths))
+        .await
+        .map_err(|e| Error::Stopped(format!("reading the AS databases: {e}")))??;
+    Ok(crate::enrich::Enricher::new(geo, intel).with_networks(asn, cfg.intel.network_risk()))
+}
+
 /// The enricher: the geolocation database (if configured) and the IP intelligence lists,
 /// reloaded as one of `tasks`.
 async fn enricher(

@@ -1,0 +1,305 @@
+//! `detect backtest`: the configured policies — built-in, custom and Sigma — over CloudTrail
+//! log files, offline: nothing is published, no group offsets move. The records go the way
+//! `ingest files` sends them (the same normalization, ids and 24-hour de-duplication, each
+//! activity to the partition the producer's partitioner gives its actor, `kafka.partitions` of
+//! them) and through the same [`Detector`] the service runs, one per partition in offset order,
+//! so a backtest and a live run over the same files on a fresh topic give the same alert ids.
+//!
+//! Decisions that wait for other partitions' facts (`unusual-region`, `infrequent-country`)
+//! are made on what the records read so far taught (the files in the order given), where the
+//! service waits for every partition to pass their time: on files whose times interleave
+//! across partitions, those few may differ.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use trailguard_common::{Activity, Alert};
+
+use crate::detector::Detector;
+use crate::DetectConfig;
+
+/// What one policy raised in a backtest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyHits {
+    /// Policy id.
+    pub policy: String,
+    /// Alerts raised (folded repeats are not alerts).
+    pub alerts: usize,
+    /// Distinct entities (principals, buckets, resources) alerted about.
+    pub entities: usize,
+    /// Event time of the first and of the last alert.
+    pub first: DateTime<Utc>,
+    /// See `first`.
+    pub last: DateTime<Utc>,
+    /// The first alert's summary.
+    pub sample: String,
+}
+
+/// What a backtest read and raised.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Records read.
+    pub records: u64,
+    /// Activities evaluated.
+    pub activities: u64,
+    /// Records dropped as repeats within the de-duplication horizon (as ingest does).
+    pub duplicates: u64,
+    /// Records that cannot be normalized (ingest dead-letters them) or are dated beyond the
+    /// clock's skew.
+    pub rejected: u64,
+    /// Every alert, in the order raised.
+    #[serde(skip)]
+    pub alerts: Vec<Alert>,
+}
+
+impl Report {
+    /// Alerts per policy (only `only`, when given), by policy id.
+    pub fn by_policy(&self, only: Option<&str>) -> Vec<PolicyHits> {
+        summarize(
+            self.alerts
+                .iter()
+                .filter(|a| only.is_none_or(|p| a.policy_id == p)),
+        )
+    }
+}
+
+fn summarize<'a>(alerts: impl Iterator<Item = &'a Alert>) -> Vec<PolicyHits> {
+    let mut by: BTreeMap<String, (PolicyHits, BTreeSet<String>)> = BTreeMap::new();
+    for a in alerts {
+        let entry = by.entry(a.policy_id.clone()).or_insert_with(|| {
+            (
+                PolicyHits {
+                    policy: a.policy_id.clone(),
+                    alerts: 0,
+                    entities: 0,
+                    first: a.time,
+                    last: a.time,
+                    sample: a.evidence.summary.clone(),
+                },
+                BTreeSet::new(),
+            )
+        });
+        entry.0.alerts += 1;
+        entry.0.first = entry.0.first.min(a.time);
+        entry.0.last = entry.0.last.max(a.time);
+        entry.1.insert(format!("{}:{}", a.entity.kind, a.entity.id));
+    }
+    by.into_values()
+        .map(|(mut hits, entities)| {
+            hits.entities = entities.len();
+            hits
+        })
+        .collect()
+}
+
+/// What changed from `old` to `new`: alerts (by id) only `new` raises, and only `old`.
+pub fn diff(new: &Report, old: &Report, only: Option<&str>) -> (Vec<PolicyHits>, Vec<PolicyHits>) {
+    let ids = |r: &Report| -> BTreeSet<String> { r.alerts.iter().map(|a| a.id.clone()).collect() };
+    let (new_ids, old_ids) = (ids(new), ids(old));
+    let keep = |a: &&Alert| only.is_none_or(|p| a.policy_id == p);
+    let added = summarize(
+        new.alerts
+            .iter()
+            .filter(|a| !old_ids.contains(&a.id))
+            .filter(keep),
+    );
+    let removed = summarize(
+        old.alerts
+            .iter()
+            .filter(|a| !new_ids.contains(&a.id))
+            .filter(keep),
+    );
+    (added, removed)
+}
+
+/// The partition librdkafka's default partitioner (`consistent_random`) gives a non-empty
+/// `key` among `partitions`: CRC-32 of the key, modulo the count.
+pub fn partition_of(key: &str, partitions: i32) -> i32 {
+    let partitions = partitions.max(1) as u32;
+    (crc32fast::hash(key.as_bytes()) % partitions) as i32
+}
+
+/// Runs the policies of `cfg` over the CloudTrail files under `paths` (files or
+/// directories), offline. `enricher` adds geolocation and intelligence as the service does;
+/// `progress` is told each record read.
+pub fn run_files(
+    cfg: &DetectConfig,
+    sigma: std::sync::Arc<crate::sigma::SigmaRules>,
+    enricher: &mut crate::enrich::Enricher,
+    paths: &[PathBuf],
+    mut progress: impl FnMut(u64),
+) -> Result<Report, String> {
+    use trailguard_ingest::files::{expand, Input};
+    for path in paths {
+        if !path.exists() {
+            return Err(format!("{}: no such file or directory", path.display()));
+        }
+    }
+    let inputs: Vec<Input> = paths.iter().cloned().map(Input::Path).collect();
+    let (inputs, _, unreadable) = expand(&inputs);
+    let files: Vec<PathBuf> = inputs
+        .into_iter()
+        .filter_map(|i| match i {
+            Input::Path(p) => Some(p),
+            Input::Stdin => None,
+        })
+        .collect();
+    let mut report = Report::default();
+    let mut run = Run::new(cfg, sigma, enricher.has_geo());
+    // First the organization-wide facts (regions in use, users and keys deleted) of every
+    // record: the service decides what depends on them once every partition has passed the
+    // activity's time, so with all of them known a decision here is the one it makes.
+    let mut dedup = run.new_dedup();
+    read_records(&files, |record| {
+        if let Ok(activity) = record {
+            if activity.event_time <= Utc::now() + run.skew
+                && dedup.first_time(&activity.id, activity.event_time)
+            {
+                for (key, fact) in crate::facts::facts_of(&activity) {
+                    run.facts.learn(&key, fact);
+                }
+            }
+        }
+    });
+    report.rejected += unreadable.len() as u64;
+    read_records(&files, |record| {
+        report.records += 1;
+        progress(report.records);
+        match record {
+            Ok(mut activity) => {
+                enricher.enrich(&mut activity);
+                run.observe(activity, &mut report);
+            }
+            Err(()) => report.rejected += 1,
+        }
+    });
+    run.finish(&mut report);
+    Ok(report)
+}
+
+/// Every record of `files`, in order, normalized as `ingest files` does (`Err`: it cannot be
+/// read or normalized; ingest dead-letters it).
+fn read_records(files: &[PathBuf], mut each: impl FnMut(Result<Activity, ()>)) {
+    let limits = trailguard_ingest::split::Limits::default();
+    for path in files {
+        let name = path.display().to_string();
+        let Ok(bytes) = std::fs::read(path) else {
+            each(Err(()));
+            continue;
+        };
+        let plain = trailguard_ingest::split::decompress(&bytes, limits);
+        for (ordinal, item) in trailguard_ingest::split::split(&plain.bytes, limits)
+            .into_iter()
+            .enumerate()
+        {
+            let activity = item.text.map_err(|_| ()).and_then(|text| {
+                trailguard_ingest::normalize::normalize_at(&text, (&name, ordinal + 1))
+                    .map_err(|_| ())
+            });
+            each(activity);
+        }
+    }
+}
+
+/// The detectors of one backtest, one per partition.
+struct Run<'c> {
+    cfg: &'c DetectConfig,
+    sigma: std::sync::Arc<crate::sigma::SigmaRules>,
+    has_geo: bool,
+    detectors: HashMap<i32, Detector>,
+    offsets: HashMap<i32, i64>,
+    /// Console sign-in failures counted by source address, one counter per partition of the
+    /// sign-in failures topic (as the service forwards them), with their offsets.
+    counters: HashMap<i32, (crate::signin::SourceIpFailures, i64)>,
+    facts: crate::facts::Facts,
+    dedup: trailguard_ingest::dedup::Dedup,
+    skew: chrono::Duration,
+}
+
+/// Ingest's de-duplication, with its default horizon.
+fn new_dedup() -> trailguard_ingest::dedup::Dedup {
+    let ingest = trailguard_ingest::PublishConfig::default();
+    trailguard_ingest::dedup::Dedup::new(ingest.dedup_horizon, ingest.dedup_max_entries)
+}
+
+impl<'c> Run<'c> {
+    fn new(
+        cfg: &'c DetectConfig,
+        sigma: std::sync::Arc<crate::sigma::SigmaRules>,
+        has_geo: bool,
+    ) -> Self {
+        let ingest = trailguard_ingest::PublishConfig::default();
+        Run {
+            cfg,
+            sigma,
+            has_geo,
+            detectors: HashMap::new(),
+            offsets: HashMap::new(),
+            counters: HashMap::new(),
+            facts: crate::facts::Facts::default(),
+            dedup: new_dedup(),
+            skew: chrono::Duration::from_std(ingest.max_clock_skew)
+                .unwrap_or(chrono::Duration::MAX),
+        }
+    }
+
+    fn new_dedup(&self) -> trailguard_ingest::dedup::Dedup {
+        new_dedup()
+    }
+
+    fn observe(&mut self, activity: Activity, report: &mut Report) {
+        // As ingest: beyond the clock's skew is rejected, a repeat within the horizon dropped.
+        if activity.event_time > Utc::now() + self.skew {
+            report.rejected += 1;
+            return;
+        }
+        if !self.dedup.first_time(&activity.id, activity.event_time) {
+            report.duplicates += 1;
+            return;
+        }
+        report.activities += 1;
+        let partition = partition_of(&activity.actor_key(), self.cfg.kafka.partitions);
+        let (cfg, has_geo) = (self.cfg, self.has_geo);
+        let sigma = &self.sigma;
+        let detector = self.detectors.entry(partition).or_insert_with(|| {
+            Detector::new(&cfg.policies, cfg.detect.allowed_lateness)
+                .with_geo(&cfg.policies, has_geo)
+                .counting_source_ips_elsewhere()
+                .with_sigma(sigma.clone())
+                .on_partition(partition)
+        });
+        let offset = self.offsets.entry(partition).or_insert(0);
+        report
+            .alerts
+            .extend(detector.observe(&activity, *offset, &mut self.facts));
+        *offset += 1;
+        let signin = &cfg.policies.console_signin_failures;
+        if let Some(ip) = activity
+            .source_ip
+            .filter(|_| crate::signin::counts_per_source_ip(signin, &activity))
+        {
+            let partition = partition_of(&ip.to_string(), cfg.kafka.partitions);
+            let (counter, offset) = self.counters.entry(partition).or_insert_with(|| {
+                (
+                    crate::signin::SourceIpFailures::new(signin, cfg.detect.allowed_lateness),
+                    0,
+                )
+            });
+            report.alerts.extend(counter.observe(&activity, *offset));
+            *offset += 1;
+        }
+    }
+
+    /// What is still held is decided on what is known.
+    fn finish(&mut self, report: &mut Report) {
+        let mut partitions: Vec<i32> = self.detectors.keys().copied().collect();
+        partitions.sort_unstable();
+        for p in partitions {
+            if let Some(detector) = self.detectors.get_mut(&p) {
+                report.alerts.extend(detector.decide_held(&self.facts));
+            }
+        }
+    }
+}

@@ -259,8 +259,15 @@ impl<'c> Run<'c> {
             report.duplicates += 1;
             return;
         }
-        report.activities += 1;
         let partition = partition_of(&activity.actor_key(), self.cfg.kafka.partitions);
+        let offset = *self.offsets.entry(partition).or_insert(0);
+        self.offsets.insert(partition, offset + 1);
+        self.observe_at(activity, partition, offset, report);
+    }
+
+    /// Evaluates `activity`, read at `offset` of activities partition `partition`.
+    fn observe_at(&mut self, activity: Activity, partition: i32, offset: i64, report: &mut Report) {
+        report.activities += 1;
         let (cfg, has_geo) = (self.cfg, self.has_geo);
         let sigma = &self.sigma;
         let detector = self.detectors.entry(partition).or_insert_with(|| {
@@ -270,11 +277,9 @@ impl<'c> Run<'c> {
                 .with_sigma(sigma.clone())
                 .on_partition(partition)
         });
-        let offset = self.offsets.entry(partition).or_insert(0);
         report
             .alerts
-            .extend(detector.observe(&activity, *offset, &mut self.facts));
-        *offset += 1;
+            .extend(detector.observe(&activity, offset, &mut self.facts));
         let signin = &cfg.policies.console_signin_failures;
         if let Some(ip) = activity
             .source_ip
@@ -302,4 +307,120 @@ impl<'c> Run<'c> {
             }
         }
     }
+}
+
+/// Runs the policies of `cfg` over the activities topic's records published from `since` up to
+/// `until` (or the end as it is when the backtest starts), offline: a reader without a group,
+/// nothing committed, nothing published. Each partition is read in offset order, twice (the
+/// organization's facts first).
+pub fn run_topic(
+    cfg: &DetectConfig,
+    sigma: std::sync::Arc<crate::sigma::SigmaRules>,
+    enricher: &mut crate::enrich::Enricher,
+    since: DateTime<Utc>,
+    until: Option<DateTime<Utc>>,
+    mut progress: impl FnMut(u64),
+) -> Result<Report, String> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let topic = cfg.kafka.topics.activities.clone();
+    let reader = trailguard_common::kafka::reader(&cfg.kafka, "trailguard-detect-backtest")
+        .map_err(|e| e.to_string())?;
+    let partitions =
+        trailguard_common::kafka::partition_count(&cfg.kafka, &topic).map_err(|e| e.to_string())?;
+    if partitions == 0 {
+        return Err(format!("the activities topic `{topic}` does not exist"));
+    }
+    let timeout = std::time::Duration::from_secs(30);
+    // Where each partition starts (the first record published at or after `since`) and ends.
+    let mut wanted = TopicPartitionList::new();
+    for p in 0..partitions {
+        wanted
+            .add_partition_offset(&topic, p, Offset::Offset(since.timestamp_millis()))
+            .map_err(|e| e.to_string())?;
+    }
+    let starts = reader
+        .offsets_for_times(wanted, timeout)
+        .map_err(|e| format!("offsets for {since}: {e}"))?;
+    let mut ranges = Vec::new();
+    for p in 0..partitions {
+        let (_, high) = reader
+            .fetch_watermarks(&topic, p, timeout)
+            .map_err(|e| e.to_string())?;
+        let start = match starts.find_partition(&topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => high,
+        };
+        if start < high {
+            ranges.push((p, start, high));
+        }
+    }
+    let until_ms = until.map(|u| u.timestamp_millis());
+    // Every activity of the ranges, partition by partition, in offset order.
+    let read = |each: &mut dyn FnMut(i32, i64, Result<Activity, ()>)| -> Result<(), String> {
+        for &(p, start, high) in &ranges {
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&topic, p, Offset::Offset(start))
+                .map_err(|e| e.to_string())?;
+            reader.assign(&assignment).map_err(|e| e.to_string())?;
+            let mut idle = std::time::Instant::now();
+            loop {
+                if idle.elapsed() > timeout {
+                    return Err(format!(
+                        "reading `{topic}` partition {p}: nothing arrived for 30 s"
+                    ));
+                }
+                let Some(message) = reader.poll(std::time::Duration::from_millis(500)) else {
+                    continue;
+                };
+                idle = std::time::Instant::now();
+                match message {
+                    Ok(m) => {
+                        if m.offset() >= high {
+                            break;
+                        }
+                        let published = m.timestamp().to_millis();
+                        if until_ms.is_some_and(|u| published.is_some_and(|t| t > u)) {
+                            break;
+                        }
+                        each(
+                            p,
+                            m.offset(),
+                            crate::runner::decode(m.payload()).map_err(|_| ()),
+                        );
+                        if m.offset() + 1 >= high {
+                            break;
+                        }
+                    }
+                    Err(rdkafka::error::KafkaError::PartitionEOF(_)) => break,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        Ok(())
+    };
+    let mut report = Report::default();
+    let mut run = Run::new(cfg, sigma, enricher.has_geo());
+    read(&mut |_, _, activity| {
+        if let Ok(activity) = activity {
+            for (key, fact) in crate::facts::facts_of(&activity) {
+                run.facts.learn(&key, fact);
+            }
+        }
+    })?;
+    read(&mut |p, offset, activity| {
+        report.records += 1;
+        progress(report.records);
+        match activity {
+            Ok(mut activity) => {
+                enricher.enrich(&mut activity);
+                run.observe_at(activity, p, offset, &mut report);
+            }
+            Err(()) => report.rejected += 1,
+        }
+    })?;
+    run.finish(&mut report);
+    Ok(report)
 }

@@ -51,12 +51,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the configured policies (built-in, custom, Sigma) over CloudTrail log files,
-    /// offline — nothing is published — and print what would have fired, per policy.
+    /// Run the configured policies (built-in, custom, Sigma) over CloudTrail log files or the
+    /// activities topic's retained range, offline — nothing is published, no group offsets
+    /// move — and print what would have fired, per policy.
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["files", "since"])))]
     Backtest {
         /// CloudTrail log files or directories (as `ingest files` reads them).
-        #[arg(long, num_args = 1.., required = true)]
+        #[arg(long, num_args = 1..)]
         files: Vec<std::path::PathBuf>,
+        /// Read the activities topic from records published this long ago (e.g. `24h`, `7d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// With `--since`: stop at records published after this time (RFC 3339); default: the
+        /// end of the topic when the backtest starts.
+        #[arg(long, requires = "since")]
+        until: Option<chrono::DateTime<chrono::Utc>>,
         /// Only this policy's alerts.
         #[arg(long)]
         only: Option<String>,
@@ -153,10 +162,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Backtest {
             files,
+            since,
+            until,
             only,
             diff,
             json,
-        }) => backtest(&cfg, &flags, &files, only.as_deref(), diff.as_deref(), json).await,
+        }) => {
+            let input = match since {
+                Some(since) => Input::Topic {
+                    since: chrono::Utc::now()
+                        - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX),
+                    until,
+                },
+                None => Input::Files(files),
+            };
+            backtest(&cfg, &flags, &input, only.as_deref(), diff.as_deref(), json).await
+        }
         Some(Command::Tail {
             topic,
             from_beginning,
@@ -219,12 +240,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// What a backtest reads.
+enum Input {
+    Files(Vec<std::path::PathBuf>),
+    Topic {
+        since: chrono::DateTime<chrono::Utc>,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
 /// `detect backtest`: the policies of `cfg` (and of `diff`, an older configuration) over
-/// `files`, offline.
+/// `input`, offline.
 async fn backtest(
     cfg: &DetectConfig,
     flags: &serde_json::Value,
-    files: &[std::path::PathBuf],
+    input: &Input,
     only: Option<&str>,
     diff: Option<&std::path::Path>,
     json_out: bool,
@@ -242,13 +272,19 @@ async fn backtest(
             bar.set_message("records read");
             bar
         });
-        let report = backtest::run_files(cfg, sigma, enricher, files, |n| {
+        let progress = |n: u64| {
             if let Some(bar) = &bar {
-                if n % 1024 == 0 {
+                if n.is_multiple_of(1024) {
                     bar.set_position(n);
                 }
             }
-        })
+        };
+        let report = match input {
+            Input::Files(files) => backtest::run_files(cfg, sigma, enricher, files, progress),
+            Input::Topic { since, until } => {
+                backtest::run_topic(cfg, sigma, enricher, *since, *until, progress)
+            }
+        }
         .map_err(anyhow::Error::msg)?;
         if let Some(bar) = bar {
             bar.finish_and_clear();

@@ -136,7 +136,7 @@ impl Metrics {
 }
 
 /// Why an activity message cannot be evaluated.
-fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
+pub(crate) fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
     #[derive(serde::Deserialize)]
     struct Versioned {
         schema_version: u32,

@@ -332,60 +332,66 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         .count();
     assert_eq!(distinct_foundation, 12);
 
-    // A backtest of the same files, offline, raises the same alerts: the same ids.
-    let backtest = run
-        .command(
-            "detect",
-            &[
-                "backtest",
-                "--json",
-                "--files",
-                shared.to_str().context("path")?,
-                sample.to_str().context("path")?,
-            ],
-        )?
-        .output()?;
-    ensure!(
-        backtest.status.success(),
-        "backtest: {}",
-        String::from_utf8_lossy(&backtest.stderr)
-    );
-    let report: Value = serde_json::from_slice(&backtest.stdout)?;
-    let offline: BTreeMap<String, String> = report["alerts"]
-        .as_array()
-        .context("alerts")?
-        .iter()
-        .map(|a| {
-            (
-                a["id"].as_str().unwrap_or_default().to_string(),
-                format!("{} {}", a["policy"], a["summary"]),
-            )
-        })
-        .collect();
-    let live: BTreeMap<String, String> = distinct
-        .values()
-        .map(|a| {
-            (
-                a.id.clone(),
-                format!("{:?} {:?}", a.policy_id, a.evidence.summary),
-            )
-        })
-        .collect();
-    let only_live: Vec<&String> = live
-        .keys()
-        .filter(|k| !offline.contains_key(*k))
-        .map(|k| &live[k])
-        .collect();
-    let only_offline: Vec<&String> = offline
-        .keys()
-        .filter(|k| !live.contains_key(*k))
-        .map(|k| &offline[k])
-        .collect();
-    assert!(
-        only_live.is_empty() && only_offline.is_empty(),
-        "live only: {only_live:#?}\nbacktest only: {only_offline:#?}"
-    );
-    assert_eq!(report["read"]["activities"], 564, "{}", report["read"]);
+    // A backtest of the same files, offline, and one of the activities topic's last hour
+    // raise the same alerts: the same ids.
+    let files_args = [
+        "backtest",
+        "--json",
+        "--files",
+        shared.to_str().context("path")?,
+        sample.to_str().context("path")?,
+    ];
+    for args in [
+        &files_args[..],
+        &["backtest", "--json", "--since", "1h"][..],
+    ] {
+        let backtest = run.command("detect", args)?.output()?;
+        ensure!(
+            backtest.status.success(),
+            "backtest: {}",
+            String::from_utf8_lossy(&backtest.stderr)
+        );
+        let report: Value = serde_json::from_slice(&backtest.stdout)?;
+        let offline: BTreeMap<String, String> = report["alerts"]
+            .as_array()
+            .context("alerts")?
+            .iter()
+            .map(|a| {
+                (
+                    a["id"].as_str().unwrap_or_default().to_string(),
+                    format!("{} {}", a["policy"], a["summary"]),
+                )
+            })
+            .collect();
+        let live: BTreeMap<String, String> = distinct
+            .values()
+            .map(|a| {
+                (
+                    a.id.clone(),
+                    format!("{:?} {:?}", a.policy_id, a.evidence.summary),
+                )
+            })
+            .collect();
+        let only_live: Vec<&String> = live
+            .keys()
+            .filter(|k| !offline.contains_key(*k))
+            .map(|k| &live[k])
+            .collect();
+        let only_offline: Vec<&String> = offline
+            .keys()
+            .filter(|k| !live.contains_key(*k))
+            .map(|k| &offline[k])
+            .collect();
+        assert!(
+            only_live.is_empty() && only_offline.is_empty(),
+            "{args:?}: live only: {only_live:#?}\nbacktest only: {only_offline:#?}"
+        );
+        assert_eq!(
+            report["read"]["activities"], 564,
+            "{args:?}: {}",
+            report["read"]
+        );
+    }
 
     // One action record per distinct alert and action — never two.
     let mut expected_actions: Vec<String> = [

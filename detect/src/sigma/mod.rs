@@ -57,7 +57,7 @@ pub struct SigmaRuleConfig {
     pub severity: Option<Severity>,
     /// Governance actions to request (default: notify).
     pub actions: Option<Vec<ActionKind>>,
-    /// Principals whose activity it ignores (ARNs, `*` wildcards; bare names: IAM users).
+    /// Principals whose activity it ignores (ARNs or principal keys; bare names: IAM users).
     pub allow_principals: Vec<String>,
 }
 
@@ -70,6 +70,8 @@ pub struct LoadedRule {
     pub key: String,
     /// Its title.
     pub title: String,
+    /// Its `name`, when it has one (correlations may refer to it).
+    pub name: Option<String>,
     /// Where it was read.
     pub file: PathBuf,
     /// Severity of its alerts.
@@ -100,8 +102,10 @@ pub struct SigmaRules {
     /// Rule id (or title, for a rule without one) → index in `rules`.
     by_key: HashMap<String, usize>,
     skipped: Vec<Skipped>,
-    /// Keys of the rules switched off in their settings.
+    /// Keys of the rules switched off in their settings, or deprecated by their authors.
     disabled: Vec<String>,
+    /// The rules accepted so far, compiled into the engine together at the end.
+    accepted: Vec<SigmaRule>,
     /// Files read that hold no rule for CloudTrail (other log sources), for the listing.
     other_sources: usize,
 }
@@ -129,6 +133,7 @@ impl SigmaRules {
             by_key: HashMap::new(),
             skipped: Vec::new(),
             disabled: Vec::new(),
+            accepted: Vec::new(),
             other_sources: 0,
         }
     }
@@ -152,9 +157,16 @@ impl SigmaRules {
         files.sort();
         files.dedup();
         let mut seen_policy: HashMap<String, PathBuf> = HashMap::new();
+        // Correlations and filters of other files, with the rules they name.
+        let mut references: Vec<(PathBuf, Vec<String>, String)> = Vec::new();
         for file in &files {
             match load_file(file) {
-                Ok(FileRules::Other) => out.other_sources += 1,
+                Ok(FileRules::Other(found)) => {
+                    out.other_sources += 1;
+                    for (refs, what) in found {
+                        references.push((file.clone(), refs, what));
+                    }
+                }
                 Ok(FileRules::Rules(rules)) => {
                     for rule in rules {
                         out.add(cfg, file, rule, &mut seen_policy)?;
@@ -169,6 +181,37 @@ impl SigmaRules {
                     },
                 )?,
             }
+        }
+        // A correlation or filter naming a loaded rule cannot run: say so, do not drop it.
+        for (file, refs, what) in references {
+            let named = refs.iter().find(|r| {
+                out.rules.iter().any(|l| {
+                    &l.key == *r || l.name.as_deref() == Some(r.as_str()) || &l.title == *r
+                })
+            });
+            if let Some(rule) = named {
+                out.refuse(
+                    cfg,
+                    Skipped {
+                        file,
+                        rule: rule.clone(),
+                        reason: format!(
+                            "{what} over this rule: correlations and filters are not supported yet"
+                        ),
+                    },
+                )?;
+            }
+        }
+        // The index of rules by field value, built once over all of them.
+        let accepted = std::mem::take(&mut out.accepted);
+        if let Some((i, error)) = out.engine.add_rules(accepted.iter()).into_iter().next() {
+            return Err(trailguard_common::Error::config(
+                "policies.sigma.paths",
+                format!(
+                    "rule {}: cannot be compiled: {error}",
+                    accepted.get(i).map(|r| r.title.as_str()).unwrap_or("?")
+                ),
+            ));
         }
         // A setting for a rule that is not there is a typo, or a rule that went away.
         for key in cfg.rules.keys() {
@@ -202,6 +245,17 @@ impl SigmaRules {
             self.disabled.push(key);
             return Ok(());
         }
+        // No longer kept by its authors (SigmaHQ's `deprecated/`, `unsupported/`): not loaded,
+        // listed, never an error — a whole checkout holds them.
+        if let Some(status @ (Status::Deprecated | Status::Unsupported)) = rule.status {
+            self.skipped.push(Skipped {
+                file: file.to_path_buf(),
+                rule: key,
+                reason: format!("status {status:?}: its authors do not keep it working")
+                    .to_ascii_lowercase(),
+            });
+            return Ok(());
+        }
         if let Err(reason) = supported(&rule) {
             return self.refuse(
                 cfg,
@@ -213,7 +267,7 @@ impl SigmaRules {
             );
         }
         let policy_id = format!("sigma-{}", policy_suffix(&key));
-        if let Some(other) = seen_policy.insert(policy_id.clone(), file.to_path_buf()) {
+        if let Some(other) = seen_policy.get(&policy_id) {
             return self.refuse(
                 cfg,
                 Skipped {
@@ -237,7 +291,7 @@ impl SigmaRules {
                 },
             );
         }
-        if let Err(e) = self.engine.add_rule(&rule) {
+        if let Err(e) = rsigma_eval::Engine::new().add_rule(&rule) {
             return self.refuse(
                 cfg,
                 Skipped {
@@ -247,17 +301,20 @@ impl SigmaRules {
                 },
             );
         }
+        seen_policy.insert(policy_id.clone(), file.to_path_buf());
         self.by_key.insert(result_key, self.rules.len());
         self.rules.push(LoadedRule {
             policy_id,
             key,
             title: rule.title.clone(),
+            name: rule.name.clone(),
             file: file.to_path_buf(),
             severity: settings.severity.unwrap_or_else(|| severity_of(rule.level)),
             actions: settings.actions.unwrap_or_else(|| vec![ActionKind::Notify]),
             allow_principals: settings.allow_principals,
             mitre: mitre_of(&rule.tags),
         });
+        self.accepted.push(rule);
         Ok(())
     }
 
@@ -351,52 +408,103 @@ enum FileRules {
     /// Detection rules for CloudTrail.
     Rules(Vec<SigmaRule>),
     /// Nothing for CloudTrail: rules of other log sources (a SigmaHQ checkout holds
-    /// thousands), and their correlations and filters.
-    Other,
+    /// thousands). Correlations and filters found in it: (the rule names they refer to, what
+    /// they are), checked against the loaded rules afterwards.
+    Other(Vec<(Vec<String>, String)>),
 }
 
-/// Reads the rules of one file; `Err` says why it cannot be used.
+/// Reads the rules of one file; `Err` says why a CloudTrail rule in it cannot be used.
 fn load_file(file: &Path) -> Result<FileRules, String> {
-    let size = std::fs::metadata(file)
-        .map_err(|e| format!("cannot be read: {e}"))?
-        .len();
-    if size > MAX_RULE_BYTES {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_RULE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    // Which log sources, from the YAML documents themselves: a checkout's rules for other
+    // products must not stop start-up for anything, and only a CloudTrail rule's problems are
+    // ours.
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Ok(FileRules::Other(Vec::new()));
+    };
+    let mut cloudtrail = false;
+    let mut references = Vec::new();
+    let mut unreadable = None;
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = match serde_yaml_ng::Value::deserialize(document) {
+            Ok(v) => v,
+            Err(e) => {
+                unreadable.get_or_insert(e.to_string());
+                continue;
+            }
+        };
+        let field = |v: &serde_yaml_ng::Value, k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_ascii_lowercase)
+        };
+        if let Some(source) = value.get("logsource") {
+            let product = field(source, "product");
+            let service = field(source, "service");
+            if product.as_deref() == Some("aws") && service.as_deref() == Some("cloudtrail") {
+                cloudtrail = true;
+            } else if product.as_deref() == Some("aws") || service.as_deref() == Some("cloudtrail")
+            {
+                tracing::warn!(
+                    file = %file.display(),
+                    ?product,
+                    ?service,
+                    "Sigma rule not loaded: only product aws with service cloudtrail is"
+                );
+            }
+        }
+        // A correlation or a filter names the rules it applies to; one naming a CloudTrail
+        // rule must not be dropped without a word.
+        for kind in ["correlation", "filter"] {
+            if let Some(body) = value.get(kind) {
+                let rules = match body.get("rules") {
+                    Some(serde_yaml_ng::Value::Sequence(items)) => items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect(),
+                    Some(other) => other
+                        .as_str()
+                        .map(|s| vec![s.to_string()])
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let title = value.get("title").and_then(|t| t.as_str()).unwrap_or(kind);
+                references.push((rules, format!("the {kind} rule {title:?}")));
+            }
+        }
+    }
+    if !cloudtrail {
+        return Ok(FileRules::Other(references));
+    }
+    if bytes.len() as u64 > MAX_RULE_BYTES {
         return Err(format!(
-            "is {size} bytes, more than a rule file holds ({MAX_RULE_BYTES})"
+            "is larger than a rule file holds ({MAX_RULE_BYTES} bytes)"
         ));
     }
-    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot be read: {e}"))?;
-    // Which log source, before parsing as Sigma: a checkout's rules for other products must
-    // not stop start-up for constructs that would never be used here.
-    if !mentions_cloudtrail(&text) {
-        return Ok(FileRules::Other);
+    if let Some(error) = unreadable {
+        return Err(format!("cannot be parsed as YAML: {error}"));
     }
     let collection =
-        rsigma_parser::parse_sigma_yaml(&text).map_err(|e| format!("cannot be parsed: {e}"))?;
+        rsigma_parser::parse_sigma_yaml(text).map_err(|e| format!("cannot be parsed: {e}"))?;
     if let Some(error) = collection.errors.first() {
         return Err(format!("cannot be parsed: {error}"));
+    }
+    if !collection.correlations.is_empty() {
+        return Err("holds a correlation rule: correlations are not supported yet".into());
+    }
+    if !collection.filters.is_empty() {
+        return Err("holds a filter rule: Sigma filters are not supported".into());
     }
     let rules: Vec<SigmaRule> = collection
         .rules
         .into_iter()
         .filter(|r| is_cloudtrail(&r.logsource))
         .collect();
-    if !collection.correlations.is_empty() && !rules.is_empty() {
-        return Err("holds a correlation rule: correlations are not supported yet".into());
-    }
-    if !collection.filters.is_empty() && !rules.is_empty() {
-        return Err("holds a filter rule: Sigma filters are not supported".into());
-    }
-    if rules.is_empty() {
-        return Ok(FileRules::Other);
-    }
     Ok(FileRules::Rules(rules))
-}
-
-/// Whether a YAML document names the AWS CloudTrail log source (a cheap test, before parsing).
-fn mentions_cloudtrail(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    lower.contains("cloudtrail") && lower.contains("aws")
 }
 
 fn is_cloudtrail(source: &rsigma_parser::ast::LogSource) -> bool {
@@ -407,15 +515,11 @@ fn is_cloudtrail(source: &rsigma_parser::ast::LogSource) -> bool {
 
 /// Whether `rule` means on CloudTrail what it says; `Err` names the construct.
 fn supported(rule: &SigmaRule) -> Result<(), String> {
-    if matches!(
-        rule.status,
-        Some(Status::Deprecated) | Some(Status::Unsupported)
-    ) {
+    if rsigma_parser::version::is_unsupported(rule.sigma_version) {
         return Err(format!(
-            "its status is {:?}: its authors no longer keep it working",
-            rule.status
-        )
-        .to_ascii_lowercase());
+            "sigma-version {:?}: newer than the specification rsigma 0.23 reads",
+            rule.sigma_version
+        ));
     }
     if let Some(timeframe) = &rule.detection.timeframe {
         return Err(format!(
@@ -482,8 +586,24 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         out.push(path.to_path_buf());
         return Ok(());
     }
-    for entry in walkdir::WalkDir::new(path).follow_links(true) {
-        let entry = entry.map_err(|e| e.to_string())?;
+    let mut walked = 0usize;
+    for entry in walkdir::WalkDir::new(path).follow_links(true).max_depth(32) {
+        walked += 1;
+        if walked > MAX_FILES * 10 {
+            return Err(format!(
+                "{}: more than {} entries",
+                path.display(),
+                MAX_FILES * 10
+            ));
+        }
+        // A loop of links or an unreadable directory: passed over, with a word.
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(error = %e, "Sigma rules: an entry under the paths passed over");
+                continue;
+            }
+        };
         let yaml = entry
             .path()
             .extension()

@@ -103,8 +103,30 @@ fn a_modifier_on_an_object_searches_inside_it_and_its_json_documents() {
         "VersioningConfiguration": {"Status": "Suspended"}}})
     ));
     assert!(!fires(d, json!({})));
-    // A policy held as a JSON string inside the parameters.
+    // A policy held as a JSON string inside the parameters: its values are values of the
+    // parameters (equality finds one only through the document).
+    let d = "  selection:\n    requestParameters: 's3:GetObject'\n  condition: selection";
+    let policy =
+        json!({"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"]}]})
+            .to_string();
+    assert!(fires(
+        d,
+        json!({"requestParameters": {"policyDocument": policy}})
+    ));
+    assert!(!fires(
+        d,
+        json!({"requestParameters": {"policyDocument": "s3:GetObjectAcl"}})
+    ));
+    // A key, or a quoted pair of an object given as an object, is found in its JSON text.
+    let d = "  selection:\n    requestParameters|contains: 'MFADelete'\n  condition: selection";
+    assert!(fires(
+        d,
+        json!({"requestParameters": {"VersioningConfiguration": {"MFADelete": "Disabled"}}})
+    ));
     let d = "  selection:\n    requestParameters|contains|all:\n      - '\"Effect\":\"Allow\"'\n      - 's3:GetObject'\n  condition: selection";
+    let object =
+        json!({"bucketPolicy": {"Statement": [{"Effect": "Allow", "Action": "s3:GetObject"}]}});
+    assert!(fires(d, json!({"requestParameters": object})));
     let policy =
         json!({"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "*"}]})
             .to_string();
@@ -136,6 +158,16 @@ fn yaml_strings_equal_json_booleans_and_null_means_absent_or_null() {
     assert!(!fires(d, json!({"errorCode": "AccessDenied"})));
     let d = "  selection:\n    responseElements.x: null\n  condition: selection";
     assert!(fires(d, json!({"responseElements": {"x": null}})), "null");
+    // Null wherever a fanned-out path leads is null.
+    let d = "  selection:\n    responseElements.items.x: null\n  condition: selection";
+    assert!(fires(
+        d,
+        json!({"responseElements": {"items": [{"x": null}, {"x": null}]}})
+    ));
+    assert!(!fires(
+        d,
+        json!({"responseElements": {"items": [{"x": null}, {"x": "a"}]}})
+    ));
 }
 
 #[test]
@@ -272,6 +304,58 @@ fn what_cannot_be_honoured_stops_start_up_naming_file_and_construct() {
         .err()
         .unwrap_or_default();
     assert!(err.contains("webIdFederationData"), "{err}");
+    let index = rule(
+        "t4",
+        "  selection:\n    requestParameters.items[0].name: 'x'\n  condition: selection",
+    );
+    let err = load(&[("index.yml", &index)], |_| {})
+        .err()
+        .unwrap_or_default();
+    assert!(
+        err.contains("index.yml") && err.contains("array indexes"),
+        "{err}"
+    );
+    let whole = rule(
+        "t5",
+        "  selection:\n    userIdentity|contains: 'admin'\n  condition: selection",
+    );
+    let err = load(&[("whole.yml", &whole)], |_| {})
+        .err()
+        .unwrap_or_default();
+    assert!(
+        err.contains("whole.yml") && err.contains("whole userIdentity"),
+        "{err}"
+    );
+    // A correlation or a filter in a file of its own, over a loaded rule: refused, not dropped.
+    let base = rule(
+        "base-1",
+        "  selection:\n    eventName: 'CreateUser'\n  condition: selection",
+    );
+    let correlation = "title: many users\ncorrelation:\n  type: event_count\n  rules:\n    - base-1\n  group-by:\n    - userIdentity.arn\n  timespan: 10m\n  condition:\n    gte: 5\n";
+    let err = load(&[("base.yml", &base), ("many.yml", correlation)], |_| {})
+        .err()
+        .unwrap_or_default();
+    assert!(
+        err.contains("many.yml") && err.contains("correlation"),
+        "{err}"
+    );
+    let filter = "title: not ci\nlogsource:\n  product: aws\n  service: cloudtrail\nfilter:\n  rules:\n    - base-1\n  selection:\n    userAgent: 'ci'\n  condition: not selection\n";
+    let err = load(&[("base.yml", &base), ("filter.yml", filter)], |_| {})
+        .err()
+        .unwrap_or_default();
+    assert!(
+        err.contains("filter.yml") && err.contains("filter"),
+        "{err}"
+    );
+    // A rule its authors deprecated is not loaded, and stops nothing.
+    let old = rule(
+        "old-1",
+        "  selection:\n    eventName: 'CreateUser'\n  condition: selection",
+    )
+    .replace("status: test", "status: deprecated");
+    let rules =
+        load(&[("old.yml", &old), ("base.yml", &base)], |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rules.rules().len(), 1);
     let broken = "title: x\nlogsource:\n  product: aws\n  service: cloudtrail\ndetection:\n  selection:\n    eventName: x\n  condition: selection and\n";
     let err = load(&[("broken.yml", broken)], |_| {})
         .err()

@@ -90,7 +90,29 @@ pub fn check_field(field: &str) -> Result<(), String> {
             "field {field}: CloudTrail's, but not kept in Trailguard's activities"
         ));
     }
+    if field.contains('[') {
+        return Err(format!(
+            "field {field}: array indexes in field names are not supported"
+        ));
+    }
     if head == "userIdentity" {
+        // The identity is put back together in part: as a whole object it would miss what
+        // was not kept.
+        if let Some(whole) = [
+            None,
+            Some("sessionContext"),
+            Some("sessionContext.sessionIssuer"),
+            Some("sessionContext.attributes"),
+        ]
+        .iter()
+        .find(|w| **w == rest)
+        {
+            return Err(format!(
+                "field {field}: the whole {} object — Trailguard keeps only some of its fields (name them: userIdentity.{})",
+                whole.map_or("userIdentity".to_string(), |w| format!("userIdentity.{w}")),
+                IDENTITY.iter().filter(|f| !f.ends_with("sessionContext") && !f.ends_with("sessionIssuer") && !f.ends_with("attributes")).copied().collect::<Vec<_>>().join(", userIdentity.")
+            ));
+        }
         if let Some(rest) = rest {
             if !IDENTITY.contains(&rest) {
                 return Err(format!(
@@ -99,10 +121,6 @@ pub fn check_field(field: &str) -> Result<(), String> {
                 ));
             }
         }
-    }
-    if SCALARS.contains(&head) && rest.is_some() {
-        // `eventName.x` is nothing in CloudTrail either: absent, like any other name.
-        return Ok(());
     }
     Ok(())
 }
@@ -211,6 +229,8 @@ impl Event for CloudTrailView<'_> {
                 match found.len() {
                     0 => return None,
                     1 => EventValue::from(found[0]),
+                    // Null wherever the path led: null, as one null is.
+                    _ if found.iter().all(|v| v.is_null()) => EventValue::Null,
                     _ => EventValue::Array(found.into_iter().map(EventValue::from).collect()),
                 }
             }
@@ -219,13 +239,29 @@ impl Event for CloudTrailView<'_> {
     }
 
     fn any_string_value(&self, pred: &dyn Fn(&str) -> bool) -> bool {
-        self.all_string_values().iter().any(|s| pred(s))
+        let mut found = false;
+        self.visit_string_values(&mut |s| found = found || pred(s));
+        found
     }
 
     fn all_string_values(&self) -> Vec<Cow<'_, str>> {
         let mut out = Vec::new();
-        strings(&self.record(), &mut out);
-        out.into_iter().map(Cow::Owned).collect()
+        self.visit_string_values(&mut |s| out.push(Cow::Owned(s.to_string())));
+        out
+    }
+
+    fn visit_string_values(&self, visit: &mut dyn FnMut(&str)) {
+        for name in SCALARS {
+            if let Some(EventValue::Str(s)) = self.scalar(name) {
+                visit(&s);
+            }
+        }
+        for name in DOCUMENTS {
+            if let Some(document) = self.document(name) {
+                strings(document, visit, 0);
+            }
+        }
+        strings(self.identity(), visit, 0);
     }
 
     fn to_json(&self) -> Value {
@@ -271,7 +307,8 @@ fn identity_of(a: &Activity) -> Value {
     put(
         &mut identity,
         "type",
-        Some(p.kind.as_str()).filter(|k| !k.is_empty()),
+        // "Unknown" is ingest's word for a record without an identity.
+        Some(p.kind.as_str()).filter(|k| !k.is_empty() && *k != "Unknown"),
     );
     put(&mut identity, "arn", p.arn.as_deref());
     put(&mut identity, "accountId", p.account_id.as_deref());
@@ -317,7 +354,11 @@ fn identity_of(a: &Activity) -> Value {
         );
         context.insert("sessionIssuer".into(), Value::Object(session_issuer));
     }
-    if let Some(mfa) = p.mfa_authenticated {
+    // A console sign-in's MFA is its `additionalEventData.MFAUsed`, not a session attribute.
+    if let Some(mfa) = p
+        .mfa_authenticated
+        .filter(|_| !(a.event_name == "ConsoleLogin" && p.session_issuer_arn.is_none()))
+    {
         context.insert(
             "attributes".into(),
             json!({"mfaAuthenticated": if mfa { "true" } else { "false" }}),
@@ -332,37 +373,51 @@ fn identity_of(a: &Activity) -> Value {
     Value::Object(identity)
 }
 
-/// A value a rule compares against: an object stands for every value inside it (and a JSON
-/// document held in a string inside it, for that document's values too); an array, for its
-/// members, searched the same way.
+/// Deepest level searched inside a document (what rsigma itself walks to).
+const MAX_DEPTH: usize = 64;
+/// Longest string inside an object read as a JSON document of its own.
+const MAX_NESTED_DOCUMENT: usize = 64 * 1024;
+
+/// A value a rule compares against. An object stands for its JSON text and every value inside
+/// it (so `contains` finds a key, a quoted pair, or a value), and a string inside an object
+/// that holds a JSON document (a bucket or role policy), for that document's values too; a
+/// path that fanned out over an array stands for the values it reached, each searched so.
 fn searchable(value: EventValue<'_>) -> EventValue<'_> {
     match value {
         EventValue::Map(_) | EventValue::Array(_) => {
             let mut out = Vec::new();
-            leaves(value, &mut out, true);
+            leaves(value, &mut out, false, 0);
             EventValue::Array(out)
         }
         other => other,
     }
 }
 
-/// The values inside `value`, in order; strings inside an object that hold a JSON document
-/// add the document's values (`inside`: `value` is within an object).
-fn leaves<'v>(value: EventValue<'v>, out: &mut Vec<EventValue<'v>>, inside: bool) {
+/// The values inside `value`, in order (`inside`: `value` is within an object; `depth`: how
+/// deep, bounded by [`MAX_DEPTH`]).
+fn leaves<'v>(value: EventValue<'v>, out: &mut Vec<EventValue<'v>>, inside: bool, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
     match value {
         EventValue::Map(entries) => {
+            out.push(EventValue::Str(Cow::Owned(
+                to_json(&EventValue::Map(entries.clone())).to_string(),
+            )));
             for (_, v) in entries {
-                leaves(v, out, true);
+                leaves(v, out, true, depth + 1);
             }
         }
         EventValue::Array(items) => {
             for v in items {
-                leaves(v, out, inside);
+                leaves(v, out, inside, depth + 1);
             }
         }
         EventValue::Null => {}
         EventValue::Str(s) => {
-            let nested = inside
+            // One level of document in a string: a document in a document's string is
+            // searched as text.
+            let nested = (inside && depth < MAX_DEPTH && s.len() <= MAX_NESTED_DOCUMENT)
                 .then(|| s.trim_start().chars().next())
                 .flatten()
                 .filter(|c| *c == '{' || *c == '[')
@@ -373,7 +428,8 @@ fn leaves<'v>(value: EventValue<'v>, out: &mut Vec<EventValue<'v>>, inside: bool
                 leaves(
                     EventValue::from(&document).into_owned_event(),
                     &mut inner,
-                    true,
+                    false,
+                    depth + 1,
                 );
                 out.extend(inner);
             }
@@ -382,12 +438,15 @@ fn leaves<'v>(value: EventValue<'v>, out: &mut Vec<EventValue<'v>>, inside: bool
     }
 }
 
-/// Every string in `value`.
-fn strings(value: &Value, out: &mut Vec<String>) {
+/// Every string in `value` (to [`MAX_DEPTH`] levels).
+fn strings(value: &Value, visit: &mut dyn FnMut(&str), depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
     match value {
-        Value::String(s) => out.push(s.clone()),
-        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
-        Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+        Value::String(s) => visit(s),
+        Value::Array(items) => items.iter().for_each(|v| strings(v, visit, depth + 1)),
+        Value::Object(map) => map.values().for_each(|v| strings(v, visit, depth + 1)),
         _ => {}
     }
 }

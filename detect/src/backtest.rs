@@ -131,21 +131,12 @@ pub fn run_files(
     paths: &[PathBuf],
     mut progress: impl FnMut(u64),
 ) -> Result<Report, String> {
-    use trailguard_ingest::files::{expand, Input};
     for path in paths {
         if !path.exists() {
             return Err(format!("{}: no such file or directory", path.display()));
         }
     }
-    let inputs: Vec<Input> = paths.iter().cloned().map(Input::Path).collect();
-    let (inputs, _, unreadable) = expand(&inputs);
-    let files: Vec<PathBuf> = inputs
-        .into_iter()
-        .filter_map(|i| match i {
-            Input::Path(p) => Some(p),
-            Input::Stdin => None,
-        })
-        .collect();
+    let (files, unreadable) = expand(paths);
     let mut report = Report::default();
     let mut run = Run::new(cfg, sigma, enricher.has_geo());
     // First the organization-wide facts (regions in use, users and keys deleted) of every
@@ -163,7 +154,7 @@ pub fn run_files(
             }
         }
     });
-    report.rejected += unreadable.len() as u64;
+    report.rejected += unreadable as u64;
     read_records(&files, |record| {
         report.records += 1;
         progress(report.records);
@@ -179,9 +170,9 @@ pub fn run_files(
     Ok(report)
 }
 
-/// Every record of `files`, in order, normalized as `ingest files` does (`Err`: it cannot be
-/// read or normalized; ingest dead-letters it).
-fn read_records(files: &[PathBuf], mut each: impl FnMut(Result<Activity, ()>)) {
+/// Every record of `files` (files, not directories: see [`expand`]), in order, normalized as
+/// `ingest files` does (`Err`: it cannot be read or normalized; ingest dead-letters it).
+pub fn read_records(files: &[PathBuf], mut each: impl FnMut(Result<Activity, ()>)) {
     let limits = trailguard_ingest::split::Limits::default();
     for path in files {
         let name = path.display().to_string();
@@ -201,6 +192,22 @@ fn read_records(files: &[PathBuf], mut each: impl FnMut(Result<Activity, ()>)) {
             each(activity);
         }
     }
+}
+
+/// The log files under `paths` (files or directories), in the order `ingest files` reads
+/// them, and how many could not be listed.
+pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, usize) {
+    use trailguard_ingest::files::Input;
+    let inputs: Vec<Input> = paths.iter().cloned().map(Input::Path).collect();
+    let (inputs, _, unreadable) = trailguard_ingest::files::expand(&inputs);
+    let files = inputs
+        .into_iter()
+        .filter_map(|i| match i {
+            Input::Path(p) => Some(p),
+            Input::Stdin => None,
+        })
+        .collect();
+    (files, unreadable.len())
 }
 
 /// The detectors of one backtest, one per partition.

@@ -101,6 +101,9 @@ fn main() {
         a.principal.name = Some(format!("u{p}"));
         a.principal.kind = "IAMUser".into();
         a.principal.invoked_by = None;
+        // Its actor (the key of baselines) follows: otherwise every activity keeps the shared
+        // record's actor, and the run tracks a hundred-odd actors instead of `principals`.
+        a.actor = trailguard_common::contract::Actor::of(&a.principal);
         let home = Ipv4Addr::new(
             (20 + (p % 180)) as u8,
             ((p / 180) % 250) as u8,

@@ -55,6 +55,29 @@ pub struct Report {
 }
 
 impl Report {
+    /// Each alert once: a fold closing publishes its alert again with the same id and the
+    /// repeats counted in; the copy with the most occurrences is the alert (as a consumer of
+    /// the alerts topic reads it).
+    pub fn dedupe(&mut self) {
+        let mut best: HashMap<String, usize> = HashMap::new();
+        for (i, a) in self.alerts.iter().enumerate() {
+            let keep = best
+                .get(&a.id)
+                .is_none_or(|&j| self.alerts[j].occurrences < a.occurrences);
+            if keep {
+                best.insert(a.id.clone(), i);
+            }
+        }
+        let mut keep: Vec<usize> = best.into_values().collect();
+        keep.sort_unstable();
+        let mut i = 0;
+        self.alerts.retain(|_| {
+            let kept = keep.binary_search(&i).is_ok();
+            i += 1;
+            kept
+        });
+    }
+
     /// Alerts per policy (only `only`, when given), by policy id.
     pub fn by_policy(&self, only: Option<&str>) -> Vec<PolicyHits> {
         summarize(
@@ -148,9 +171,7 @@ pub fn run_files(
             if activity.event_time <= Utc::now() + run.skew
                 && dedup.first_time(&activity.id, activity.event_time)
             {
-                for (key, fact) in crate::facts::facts_of(&activity) {
-                    run.facts.learn(&key, fact);
-                }
+                learn_regions(&mut run.facts, &activity);
             }
         }
     });
@@ -167,7 +188,20 @@ pub fn run_files(
         }
     });
     run.finish(&mut report);
+    report.dedupe();
     Ok(report)
+}
+
+/// Learns the regions `activity` shows in use, ahead of evaluation: the service judges an
+/// unusual region once every partition has passed its time, so knowing every use is what it
+/// knows then. (Terminations are learned as evaluation reaches them, as in the service: one
+/// learned ahead could be undone by a later re-creation before the use it should catch.)
+fn learn_regions(facts: &mut crate::facts::Facts, activity: &Activity) {
+    for (key, fact) in crate::facts::facts_of(activity) {
+        if key.starts_with("region:") {
+            facts.learn(&key, fact);
+        }
+    }
 }
 
 /// Every record of `files` (files, not directories: see [`expand`]), in order, normalized as
@@ -310,6 +344,7 @@ impl<'c> Run<'c> {
         partitions.sort_unstable();
         for p in partitions {
             if let Some(detector) = self.detectors.get_mut(&p) {
+                report.alerts.extend(detector.look_back(&self.facts));
                 report.alerts.extend(detector.decide_held(&self.facts));
             }
         }
@@ -355,9 +390,20 @@ pub fn run_topic(
         let (_, high) = reader
             .fetch_watermarks(&topic, p, timeout)
             .map_err(|e| e.to_string())?;
-        let start = match starts.find_partition(&topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => high,
+        let start = match starts.find_partition(&topic, p) {
+            Some(e) if e.error().is_err() => {
+                return Err(format!(
+                    "offsets for {since} on partition {p}: {:?}",
+                    e.error()
+                ))
+            }
+            Some(e) => match e.offset() {
+                Offset::Offset(o) => o,
+                // Nothing published at or after `since`.
+                Offset::End => high,
+                other => return Err(format!("offsets for {since} on partition {p}: {other:?}")),
+            },
+            None => return Err(format!("offsets for {since}: partition {p} not answered")),
         };
         if start < high {
             ranges.push((p, start, high));
@@ -384,6 +430,7 @@ pub fn run_topic(
                 };
                 idle = std::time::Instant::now();
                 match message {
+                    Ok(m) if m.partition() != p => continue,
                     Ok(m) => {
                         if m.offset() >= high {
                             break;
@@ -401,7 +448,8 @@ pub fn run_topic(
                             break;
                         }
                     }
-                    Err(rdkafka::error::KafkaError::PartitionEOF(_)) => break,
+                    Err(rdkafka::error::KafkaError::PartitionEOF(q)) if q == p => break,
+                    Err(rdkafka::error::KafkaError::PartitionEOF(_)) => continue,
                     Err(e) => return Err(e.to_string()),
                 }
             }
@@ -412,9 +460,7 @@ pub fn run_topic(
     let mut run = Run::new(cfg, sigma, enricher.has_geo());
     read(&mut |_, _, activity| {
         if let Ok(activity) = activity {
-            for (key, fact) in crate::facts::facts_of(&activity) {
-                run.facts.learn(&key, fact);
-            }
+            learn_regions(&mut run.facts, &activity);
         }
     })?;
     read(&mut |p, offset, activity| {
@@ -429,5 +475,51 @@ pub fn run_topic(
         }
     })?;
     run.finish(&mut report);
+    report.dedupe();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_as_librdkafka_gives_them() {
+        // librdkafka's consistent partitioner: CRC-32 (the check value of "123456789" is
+        // 0xCBF43926) modulo the partition count.
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+        assert_eq!(partition_of("123456789", 6), (0xCBF4_3926u32 % 6) as i32);
+        assert_eq!(partition_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn an_alert_published_again_counts_once() {
+        let alert = |id: &str, occurrences: u64| {
+            let policy = crate::policy::PolicyMeta {
+                id: "p",
+                name: "p",
+                kind: trailguard_common::contract::AlertKind::Custom,
+            };
+            let mut a = crate::policy::AlertBuilder::at(
+                &policy,
+                DateTime::<Utc>::default(),
+                trailguard_common::contract::Severity::Low,
+            )
+            .id(id.to_string());
+            a.occurrences = occurrences;
+            a
+        };
+        let mut report = Report {
+            alerts: vec![alert("a", 1), alert("b", 1), alert("a", 3), alert("a", 2)],
+            ..Report::default()
+        };
+        report.dedupe();
+        let kept: Vec<(String, u64)> = report
+            .alerts
+            .iter()
+            .map(|a| (a.id.clone(), a.occurrences))
+            .collect();
+        assert_eq!(kept, [("b".to_string(), 1), ("a".to_string(), 3)]);
+        assert_eq!(report.by_policy(None)[0].alerts, 2);
+    }
 }

@@ -170,8 +170,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let input = match since {
                 Some(since) => Input::Topic {
-                    since: chrono::Utc::now()
-                        - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX),
+                    since: chrono::Duration::from_std(since)
+                        .ok()
+                        .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                        .ok_or_else(|| anyhow::anyhow!("--since: too long ago"))?,
                     until,
                 },
                 None => Input::Files(files),
@@ -269,7 +271,12 @@ async fn backtest(
         // Progress on a terminal: records read.
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_message("records read");
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} {pos} records evaluated ({per_sec}) {elapsed}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
         let progress = |n: u64| {
@@ -314,7 +321,8 @@ async fn backtest(
                     .filter(|a| only.is_none_or(|p| a.policy_id == p))
                     .map(|a| {
                         json!({"id": a.id, "policy": a.policy_id, "severity": a.severity,
-                        "time": a.time, "entity": a.entity, "summary": a.evidence.summary})
+                        "time": a.time, "entity": a.entity, "occurrences": a.occurrences,
+                        "summary": a.evidence.summary})
                     })
                     .collect();
                 println!(

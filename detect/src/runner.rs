@@ -429,8 +429,20 @@ pub async fn run(
 /// intelligence lists as they read now (not reloaded), the AS databases.
 pub async fn offline_enricher(cfg: &DetectConfig) -> Result<crate::enrich::Enricher, Error> {
     let geo = crate::enrich::GeoDb::open(&cfg.geo)?;
+    if geo.is_none() {
+        tracing::warn!(
+            "no geolocation database (geo.databases): infrequent-country and impossible-travel \
+             are off in this backtest"
+        );
+    }
     let mut lists = crate::enrich::IntelLists::new(&cfg.intel);
     lists.read().await;
+    if !lists.complete() {
+        tracing::warn!(
+            "an IP intelligence list could not be read (above): the policies that use it see \
+             less in this backtest than the service does"
+        );
+    }
     let intel = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(lists.intel())));
     let paths = cfg.geo.asn_databases.clone();
     let asn = tokio::task::spawn_blocking(move || crate::network::AsnDb::open(&paths))

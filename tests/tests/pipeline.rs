@@ -359,7 +359,7 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
             .map(|a| {
                 (
                     a["id"].as_str().unwrap_or_default().to_string(),
-                    format!("{} {}", a["policy"], a["summary"]),
+                    format!("{} x{} {}", a["policy"], a["occurrences"], a["summary"]),
                 )
             })
             .collect();
@@ -368,20 +368,28 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
             .map(|a| {
                 (
                     a.id.clone(),
-                    format!("{:?} {:?}", a.policy_id, a.evidence.summary),
+                    format!(
+                        "{:?} x{} {:?}",
+                        a.policy_id, a.occurrences, a.evidence.summary
+                    ),
                 )
             })
             .collect();
+        // The same alerts, each with the same repeats folded in.
         let only_live: Vec<&String> = live
-            .keys()
-            .filter(|k| !offline.contains_key(*k))
-            .map(|k| &live[k])
+            .iter()
+            .filter(|(k, v)| offline.get(*k) != Some(v))
+            .map(|(_, v)| v)
             .collect();
         let only_offline: Vec<&String> = offline
-            .keys()
-            .filter(|k| !live.contains_key(*k))
-            .map(|k| &offline[k])
+            .iter()
+            .filter(|(k, v)| live.get(*k) != Some(v))
+            .map(|(_, v)| v)
             .collect();
+        ensure!(
+            report["alerts"].as_array().map(Vec::len) == Some(live.len()),
+            "{args:?}: each alert once"
+        );
         assert!(
             only_live.is_empty() && only_offline.is_empty(),
             "{args:?}: live only: {only_live:#?}\nbacktest only: {only_offline:#?}"

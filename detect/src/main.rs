@@ -15,7 +15,7 @@ use trailguard_detect::{DetectConfig, Metrics};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Trailguard detect: consumes activities, evaluates the activity, file, anomaly and custom
+/// Trailguard detect: consumes activities, evaluates the activity, file, anomaly, custom and Sigma
 /// policies on event time, and publishes signed alerts. Runs until SIGINT/SIGTERM, then drains,
 /// commits and exits.
 #[derive(Parser, Debug)]

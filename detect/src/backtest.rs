@@ -1,14 +1,16 @@
 //! `detect backtest`: the configured policies — built-in, custom and Sigma — over CloudTrail
-//! log files, offline: nothing is published, no group offsets move. The records go the way
+//! log files or a range of the activities topic, offline: nothing is published, no group
+//! offsets move. From files, the records go the way
 //! `ingest files` sends them (the same normalization, ids and 24-hour de-duplication, each
 //! activity to the partition the producer's partitioner gives its actor, `kafka.partitions` of
 //! them) and through the same [`Detector`] the service runs, one per partition in offset order,
 //! so a backtest and a live run over the same files on a fresh topic give the same alert ids.
 //!
-//! Decisions that wait for other partitions' facts (`unusual-region`, `infrequent-country`)
-//! are made on what the records read so far taught (the files in the order given), where the
-//! service waits for every partition to pass their time: on files whose times interleave
-//! across partitions, those few may differ.
+//! `unusual-region` waits, in the service, for every partition to pass an activity's time;
+//! here every region in use is read first, which is what the service knows then.
+//! `infrequent-country` is judged on the organization's counts read so far, where the service
+//! waits for every partition's: on records whose times interleave across partitions it may
+//! differ (docs/policies.md lists what else does).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -162,19 +164,20 @@ pub fn run_files(
     let (files, unreadable) = expand(paths);
     let mut report = Report::default();
     let mut run = Run::new(cfg, sigma, enricher.has_geo());
-    // First the organization-wide facts (regions in use, users and keys deleted) of every
-    // record: the service decides what depends on them once every partition has passed the
-    // activity's time, so with all of them known a decision here is the one it makes.
-    let mut dedup = run.new_dedup();
-    read_records(&files, |record| {
-        if let Ok(activity) = record {
-            if activity.event_time <= Utc::now() + run.skew
-                && dedup.first_time(&activity.id, activity.event_time)
-            {
-                learn_regions(&mut run.facts, &activity);
+    // First the regions in use, from every record ([`learn_regions`]); this pass's
+    // de-duplication is dropped before the evaluating pass fills its own.
+    {
+        let mut dedup = new_dedup();
+        read_records(&files, |record| {
+            if let Ok(activity) = record {
+                if activity.event_time <= Utc::now() + run.skew
+                    && dedup.first_time(&activity.id, activity.event_time)
+                {
+                    learn_regions(&mut run.facts, &activity);
+                }
             }
-        }
-    });
+        });
+    }
     report.rejected += unreadable as u64;
     read_records(&files, |record| {
         report.records += 1;
@@ -286,10 +289,6 @@ impl<'c> Run<'c> {
         }
     }
 
-    fn new_dedup(&self) -> trailguard_ingest::dedup::Dedup {
-        new_dedup()
-    }
-
     fn observe(&mut self, activity: Activity, report: &mut Report) {
         // As ingest: beyond the clock's skew is rejected, a repeat within the horizon dropped.
         if activity.event_time > Utc::now() + self.skew {
@@ -354,7 +353,7 @@ impl<'c> Run<'c> {
 /// Runs the policies of `cfg` over the activities topic's records published from `since` up to
 /// `until` (or the end as it is when the backtest starts), offline: a reader without a group,
 /// nothing committed, nothing published. Each partition is read in offset order, twice (the
-/// organization's facts first).
+/// regions in use first: [`learn_regions`]).
 pub fn run_topic(
     cfg: &DetectConfig,
     sigma: std::sync::Arc<crate::sigma::SigmaRules>,

@@ -15,7 +15,7 @@
 # Names, from the environment (defaults = the services' defaults, docs/kafka.md):
 #   INGEST_USER DETECT_USER REMEDIATE_USER   principals (User:NAME); ingest, detect, remediate
 #   TOPIC_ACTIVITIES TOPIC_DLQ TOPIC_ALERTS TOPIC_ALERTS_OCSF TOPIC_ACTIONS TOPIC_CHECKPOINTS
-#   TOPIC_DETECT_STATE TOPIC_DETECT_FACTS TOPIC_DETECT_SIGNIN_FAILURES
+#   TOPIC_DETECT_STATE TOPIC_DETECT_FACTS TOPIC_DETECT_SIGNIN_FAILURES TOPIC_DETECT_CORRELATIONS
 #   DETECT_GROUP REMEDIATE_GROUP             consumer groups (also every group they prefix:
 #                                            read-back readers are `<group>-…-reader`)
 # Start detect (or create the topics) before remediate: remediate may read alerts, not create
@@ -39,6 +39,7 @@ checkpoints=${TOPIC_CHECKPOINTS:-trailguard.ingest.checkpoints}
 state=${TOPIC_DETECT_STATE:-trailguard.detect.state}
 facts=${TOPIC_DETECT_FACTS:-trailguard.detect.facts}
 signin=${TOPIC_DETECT_SIGNIN_FAILURES:-trailguard.detect.signin-failures}
+correlations=${TOPIC_DETECT_CORRELATIONS:-trailguard.detect.correlations}
 detect_group=${DETECT_GROUP:-trailguard-detect}
 remediate_group=${REMEDIATE_GROUP:-trailguard-remediate}
 
@@ -64,7 +65,7 @@ allow "$ingest" Read -- --group "trailguard-ingest" --resource-pattern-type pref
 # detect: consumes activities; owns alerts and its state; dead-letters what it cannot read.
 reads "$detect" "$activities"
 writes "$detect" "$dlq"
-for topic in "$alerts" "$state" "$facts" "$signin" ${alerts_ocsf:+"$alerts_ocsf"}; do
+for topic in "$alerts" "$state" "$facts" "$signin" "$correlations" ${alerts_ocsf:+"$alerts_ocsf"}; do
     owns "$detect" "$topic"
 done
 allow "$detect" Read Describe -- --group "$detect_group" --resource-pattern-type prefixed

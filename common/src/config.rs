@@ -278,13 +278,15 @@ pub enum TopicRole {
     DetectFacts,
     /// `kafka.topics.detect_signin_failures`.
     DetectSigninFailures,
+    /// `kafka.topics.detect_correlations`.
+    DetectCorrelations,
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 impl TopicRole {
     /// Every role.
-    pub const ALL: [TopicRole; 9] = [
+    pub const ALL: [TopicRole; 10] = [
         TopicRole::Activities,
         TopicRole::Dlq,
         TopicRole::Alerts,
@@ -294,6 +296,7 @@ impl TopicRole {
         TopicRole::DetectState,
         TopicRole::DetectFacts,
         TopicRole::DetectSigninFailures,
+        TopicRole::DetectCorrelations,
     ];
 
     /// The role's key in `kafka.topics` and `kafka.topic_config`.
@@ -308,6 +311,7 @@ impl TopicRole {
             TopicRole::DetectState => "detect_state",
             TopicRole::DetectFacts => "detect_facts",
             TopicRole::DetectSigninFailures => "detect_signin_failures",
+            TopicRole::DetectCorrelations => "detect_correlations",
         }
     }
 
@@ -327,8 +331,9 @@ impl TopicRole {
     /// The topic's settings when created with `replication_factor` replicas:
     /// - compacted topics (checkpoints, detector state, facts) keep the latest record per key
     ///   for ever; nothing else reads them, so nothing expires;
-    /// - activities and the sign-in failures are kept 7 days: long enough to rebuild detector
-    ///   state and to replay a week of traffic after an outage or into a new policy;
+    /// - activities, the sign-in failures and the correlation matches are kept 7 days: long
+    ///   enough to rebuild detector state and to replay a week of traffic after an outage or
+    ///   into a new policy;
     /// - dead letters and alerts 30 days: time to notice, fix and re-drive;
     /// - action records, the audit trail of remediation, 365 days;
     /// - `min.insync.replicas` 2 when there are 3 or more replicas (an acknowledged record
@@ -340,7 +345,9 @@ impl TopicRole {
             settings.push(("cleanup.policy", "compact".into()));
         } else {
             let days = match self {
-                TopicRole::Activities | TopicRole::DetectSigninFailures => 7,
+                TopicRole::Activities
+                | TopicRole::DetectSigninFailures
+                | TopicRole::DetectCorrelations => 7,
                 TopicRole::Dlq | TopicRole::Alerts | TopicRole::AlertsOcsf => 30,
                 _ => 365,
             };
@@ -362,6 +369,7 @@ impl TopicRole {
             TopicRole::DetectState => &topics.detect_state,
             TopicRole::DetectFacts => &topics.detect_facts,
             TopicRole::DetectSigninFailures => &topics.detect_signin_failures,
+            TopicRole::DetectCorrelations => &topics.detect_correlations,
         }
     }
 }
@@ -389,6 +397,9 @@ pub struct Topics {
     /// Failed console sign-ins again, keyed by source IP, so one instance counts all of an
     /// address's failures (a password spray) whatever partitions its targets' activities are on.
     pub detect_signin_failures: String,
+    /// Activities that matched a rule of a Sigma correlation, keyed by correlation and group,
+    /// so one instance counts a group's matches whatever partitions its activities are on.
+    pub detect_correlations: String,
     /// Alerts again as OCSF Detection Findings (class 2004), keyed by entity; empty: off.
     pub alerts_ocsf: String,
 }
@@ -404,6 +415,7 @@ impl Default for Topics {
             detect_state: "trailguard.detect.state".into(),
             detect_facts: "trailguard.detect.facts".into(),
             detect_signin_failures: "trailguard.detect.signin-failures".into(),
+            detect_correlations: "trailguard.detect.correlations".into(),
             alerts_ocsf: String::new(),
         }
     }
@@ -420,6 +432,10 @@ impl Topics {
             (
                 "kafka.topics.detect_signin_failures",
                 &self.detect_signin_failures,
+            ),
+            (
+                "kafka.topics.detect_correlations",
+                &self.detect_correlations,
             ),
             ("kafka.topics.actions", &self.actions),
             ("kafka.topics.checkpoints", &self.checkpoints),

@@ -205,6 +205,8 @@ pub mod purpose {
     pub const STATE: &str = "detect.state";
     /// `kafka.topics.detect_signin_failures`.
     pub const SIGNIN_FAILURES: &str = "detect.signin-failures";
+    /// `kafka.topics.detect_correlations`.
+    pub const CORRELATIONS: &str = "detect.correlations";
     /// `kafka.topics.actions`.
     pub const ACTIONS: &str = "remediate.actions";
 }

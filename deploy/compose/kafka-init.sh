@@ -25,6 +25,7 @@ create trailguard.activities.dlq delete 2592000000
 create trailguard.alerts delete 2592000000
 create trailguard.actions delete 31536000000
 create trailguard.detect.signin-failures delete 604800000
+create trailguard.detect.correlations delete 604800000
 create trailguard.ingest.checkpoints compact
 create trailguard.detect.state compact
 create trailguard.detect.facts compact

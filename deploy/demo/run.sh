@@ -38,6 +38,7 @@ export TRAILGUARD_KAFKA__TOPICS__ACTIONS="$run.actions"
 export TRAILGUARD_KAFKA__TOPICS__DETECT_STATE="$run.detect.state"
 export TRAILGUARD_KAFKA__TOPICS__DETECT_FACTS="$run.detect.facts"
 export TRAILGUARD_KAFKA__TOPICS__DETECT_SIGNIN_FAILURES="$run.detect.signin-failures"
+export TRAILGUARD_KAFKA__TOPICS__DETECT_CORRELATIONS="$run.detect.correlations"
 export TRAILGUARD_KAFKA__PARTITIONS=3
 export TRAILGUARD_DETECT__GROUP_ID="$run-detect"
 export TRAILGUARD_REMEDIATE__GROUP_ID="$run-remediate"

@@ -257,6 +257,9 @@ struct Run<'c> {
     /// Console sign-in failures counted by source address, one counter per partition of the
     /// sign-in failures topic (as the service forwards them), with their offsets.
     counters: HashMap<i32, (crate::signin::SourceIpFailures, i64)>,
+    /// Sigma correlations, one correlator per partition of the correlations topic (as the
+    /// service forwards matches), with their offsets.
+    correlators: HashMap<i32, (crate::sigma::correlation::Correlator, i64)>,
     facts: crate::facts::Facts,
     dedup: trailguard_ingest::dedup::Dedup,
     skew: chrono::Duration,
@@ -282,6 +285,7 @@ impl<'c> Run<'c> {
             detectors: HashMap::new(),
             offsets: HashMap::new(),
             counters: HashMap::new(),
+            correlators: HashMap::new(),
             facts: crate::facts::Facts::default(),
             dedup: new_dedup(),
             skew: chrono::Duration::from_std(ingest.max_clock_skew)
@@ -320,6 +324,20 @@ impl<'c> Run<'c> {
         report
             .alerts
             .extend(detector.observe(&activity, offset, &mut self.facts));
+        for hit in detector.take_correlation_hits() {
+            let partition = partition_of(&hit.key(), cfg.kafka.partitions);
+            let (correlator, offset) = self.correlators.entry(partition).or_insert_with(|| {
+                (
+                    crate::sigma::correlation::Correlator::new(
+                        sigma.clone(),
+                        cfg.detect.allowed_lateness,
+                    ),
+                    0,
+                )
+            });
+            report.alerts.extend(correlator.observe(&hit, *offset));
+            *offset += 1;
+        }
         let signin = &cfg.policies.console_signin_failures;
         if let Some(ip) = activity
             .source_ip

@@ -77,6 +77,9 @@ pub struct Detector {
     decided_early: u64,
     /// The Sigma rules (shared by every partition's detector).
     sigma: std::sync::Arc<crate::sigma::SigmaRules>,
+    /// Sigma correlations' shares of the activities evaluated since the last
+    /// `take_correlation_hits`, to forward to the correlations topic.
+    correlation_hits: Vec<crate::sigma::correlation::Hit>,
 }
 
 /// The start (unix seconds) of the UTC day of unix time `t`.
@@ -169,6 +172,7 @@ impl Detector {
             held: std::collections::VecDeque::new(),
             decided_early: 0,
             sigma: std::sync::Arc::new(crate::sigma::SigmaRules::none()),
+            correlation_hits: Vec::new(),
         }
     }
 
@@ -237,6 +241,12 @@ impl Detector {
     /// publish on the facts topic.
     pub fn take_facts(&mut self) -> Vec<(String, crate::facts::Fact)> {
         std::mem::take(&mut self.outbox)
+    }
+
+    /// Sigma correlations' shares of the activities evaluated since the last call, to count
+    /// on the correlations topic ([`crate::sigma::correlation`]).
+    pub fn take_correlation_hits(&mut self) -> Vec<crate::sigma::correlation::Hit> {
+        std::mem::take(&mut self.correlation_hits)
     }
 
     /// Turns the geo-based anomaly detections on (a geolocation database is loaded).
@@ -547,7 +557,8 @@ impl Detector {
         for policy in &self.event_policies {
             policy.evaluate(activity, &mut matched);
         }
-        self.sigma.evaluate(activity, &mut matched);
+        self.sigma
+            .evaluate(activity, &mut matched, &mut self.correlation_hits);
         // Before folding: a fold keeps the actions of the alert that opened it.
         disarm_if_failed(&mut matched, activity, &self.act_on_failed);
         let mut alerts = self.observe_baseline(activity, offset, matched, facts);

@@ -116,18 +116,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         if !cfg.policies.sigma.paths.is_empty() {
             let sigma = trailguard_detect::sigma::SigmaRules::load(&cfg.policies.sigma)?;
             println!(
-                "# Sigma: {} rules loaded, {} skipped, {} files for other log sources",
+                "# Sigma: {} rules and {} correlations loaded, {} skipped, {} files for other log sources",
                 sigma.rules().len(),
+                sigma.correlations().len(),
                 sigma.skipped().len(),
                 sigma.other_sources()
             );
             for rule in sigma.rules() {
                 println!(
-                    "# loaded  {}  {}  {}  ({})",
+                    "# loaded  {}  {}  {}{}  ({})",
                     rule.policy_id,
                     rule.severity.as_str(),
                     printable(&rule.title),
+                    if rule.generates {
+                        ""
+                    } else {
+                        "  [alerts only through its correlations]"
+                    },
                     rule.file.display()
+                );
+            }
+            for corr in sigma.correlations() {
+                println!(
+                    "# loaded  {}  {}  {}  [{} over {} rules within {}s]  ({})",
+                    corr.policy_id,
+                    corr.severity.as_str(),
+                    printable(&corr.title),
+                    corr.kind.as_str(),
+                    corr.rules.len(),
+                    corr.span.num_seconds(),
+                    corr.file.display()
                 );
             }
             for skipped in sigma.skipped() {

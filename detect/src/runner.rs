@@ -21,6 +21,7 @@ use trailguard_common::telemetry::Health;
 use trailguard_common::{kafka, sign, Activity, Alert, Poison};
 
 use crate::detector::Detector;
+use crate::sigma::correlation::{Correlator, Hit};
 use crate::signin::{counts_per_source_ip, SourceIpFailures};
 use crate::{DetectConfig, Error};
 
@@ -37,6 +38,7 @@ pub struct Metrics {
     held: IntGauge,
     decided_early: prometheus::IntCounter,
     sigma_rules: prometheus::IntGaugeVec,
+    correlation_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -72,7 +74,7 @@ impl Metrics {
         let unverified = IntCounterVec::new(
             Opts::new(
                 "trailguard_detect_unverified_records_total",
-                "Records read back from detect's own topics (facts, state, signin_failures) that carry no valid signature: ignored.",
+                "Records read back from detect's own topics (facts, state, signin_failures, correlations) that carry no valid signature: ignored.",
             ),
             &["topic"],
         )?;
@@ -97,7 +99,7 @@ impl Metrics {
         let sigma_rules = prometheus::IntGaugeVec::new(
             Opts::new(
                 "trailguard_detect_sigma_rules",
-                "Sigma rules for CloudTrail under policies.sigma.paths, by state (loaded, skipped: policies.sigma.skip_unsupported).",
+                "Sigma rules (detection and correlation) for CloudTrail under policies.sigma.paths, by state (loaded, skipped: policies.sigma.skip_unsupported).",
             ),
             &["state"],
         )?;
@@ -105,13 +107,24 @@ impl Metrics {
         for state in ["loaded", "skipped"] {
             sigma_rules.with_label_values(&[state]);
         }
-        for role in ["alerts", "dlq", "facts", "signin_failures"] {
+        let correlation_dropped = IntCounterVec::new(
+            Opts::new(
+                "trailguard_detect_sigma_correlation_dropped_total",
+                "Matches of Sigma correlations not counted, by reason: full (a group held 10,000 matches in its window, or an instance 1,000,000), unknown (a record naming a correlation not configured, or rules it does not have).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(correlation_dropped.clone()))?;
+        for reason in ["full", "unknown"] {
+            correlation_dropped.with_label_values(&[reason]);
+        }
+        for role in ["alerts", "dlq", "facts", "signin_failures", "correlations"] {
             refused.with_label_values(&[role, "too_large"]);
         }
         registry.register(Box::new(activities.clone()))?;
         registry.register(Box::new(unverified.clone()))?;
         registry.register(Box::new(alerts.clone()))?;
-        for topic in ["facts", "state", "signin_failures"] {
+        for topic in ["facts", "state", "signin_failures", "correlations"] {
             unverified.with_label_values(&[topic]);
         }
         registry.register(Box::new(state.clone()))?;
@@ -131,6 +144,7 @@ impl Metrics {
             held,
             decided_early,
             sigma_rules,
+            correlation_dropped,
         })
     }
 }
@@ -174,7 +188,7 @@ pub async fn run(
     metrics
         .sigma_rules
         .with_label_values(&["loaded"])
-        .set(sigma.rules().len() as i64);
+        .set((sigma.rules().len() + sigma.correlations().len()) as i64);
     metrics
         .sigma_rules
         .with_label_values(&["skipped"])
@@ -187,19 +201,27 @@ pub async fn run(
         );
     }
     let topics = &cfg.kafka.topics;
-    kafka::ensure_topics(
-        &cfg.kafka,
-        &[
-            TopicRole::Activities,
-            TopicRole::Dlq,
-            TopicRole::Alerts,
-            TopicRole::DetectState,
-            TopicRole::DetectFacts,
-            TopicRole::DetectSigninFailures,
-            TopicRole::AlertsOcsf,
-        ],
-    )
-    .await?;
+    // The correlations topic only when a correlation is loaded: a deployment without one
+    // needs no access to it.
+    let correlating = sigma.correlations().len() > 0;
+    let mut roles = vec![
+        TopicRole::Activities,
+        TopicRole::Dlq,
+        TopicRole::Alerts,
+        TopicRole::DetectState,
+        TopicRole::DetectFacts,
+        TopicRole::DetectSigninFailures,
+        TopicRole::AlertsOcsf,
+    ];
+    let mut inputs = vec![
+        topics.activities.as_str(),
+        topics.detect_signin_failures.as_str(),
+    ];
+    if correlating {
+        roles.push(TopicRole::DetectCorrelations);
+        inputs.push(topics.detect_correlations.as_str());
+    }
+    kafka::ensure_topics(&cfg.kafka, &roles).await?;
     match &cfg.signing.key_id {
         Some(key_id) => tracing::info!(%key_id, "alerts are signed"),
         None => tracing::warn!(
@@ -225,11 +247,11 @@ pub async fn run(
         "trailguard-detect",
         context.clone(),
     )?;
-    consumer.subscribe(&[&topics.activities, &topics.detect_signin_failures])?;
+    consumer.subscribe(&inputs)?;
     kafka::watch_group(
         &cfg.kafka,
         &cfg.detect.group_id,
-        &[&topics.activities, &topics.detect_signin_failures],
+        &inputs,
         context.clone(),
         health,
         shutdown.clone(),
@@ -253,6 +275,7 @@ pub async fn run(
 
     let mut state = Partitions {
         failures_topic: topics.detect_signin_failures.clone(),
+        correlations_topic: topics.detect_correlations.clone(),
         ..Default::default()
     };
     let signin_cfg = &cfg.policies.console_signin_failures;
@@ -263,7 +286,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 if context.take_rejoin() {
-                    kafka::rejoin(&consumer, &[&topics.activities, &topics.detect_signin_failures])?;
+                    kafka::rejoin(&consumer, &inputs)?;
                 }
                 state.forget_revoked(&context);
                 let owned = context.owned(&topics.activities);
@@ -325,6 +348,41 @@ pub async fn run(
         };
         state.forget_revoked(&context);
         let (partition, offset) = (message.partition(), message.offset());
+        if correlating && message.topic() == topics.detect_correlations {
+            let input = read_hit(&message, &verifier, &metrics);
+            drop(message);
+            match input {
+                HitInput::Hit(hit) => {
+                    let correlator = state.correlators.entry(partition).or_insert_with(|| {
+                        Correlator::new(sigma.clone(), cfg.detect.allowed_lateness)
+                    });
+                    let alerts = correlator.observe(&hit, offset);
+                    let (full, unknown) = correlator.take_dropped();
+                    metrics
+                        .correlation_dropped
+                        .with_label_values(&["full"])
+                        .inc_by(full);
+                    metrics
+                        .correlation_dropped
+                        .with_label_values(&["unknown"])
+                        .inc_by(unknown);
+                    if let Err(stopped) = sink.alerts(alerts).await {
+                        return commit_stored(&consumer, stopped, &tasks);
+                    }
+                }
+                HitInput::Ignored => {}
+                HitInput::Poison(Poison { kind, reason }, original) => {
+                    let source = format!("{}/{partition}/{offset}", topics.detect_correlations);
+                    if let Err(stopped) = sink.dead_letter(&source, kind, &reason, &original).await
+                    {
+                        return commit_stored(&consumer, stopped, &tasks);
+                    }
+                }
+            }
+            state.pending_correlators.insert(partition, offset + 1);
+            metrics.state.set(state.size() as i64);
+            continue;
+        }
         let from_failures = message.topic() == topics.detect_signin_failures;
         let input = read_input(&message, from_failures, &verifier, &metrics);
         drop(message);
@@ -393,9 +451,10 @@ pub async fn run(
             let lag = (chrono::Utc::now() - activity.event_time).num_milliseconds() as f64 / 1000.0;
             metrics.lag.observe(lag.max(0.0));
             // Forwarded before, if its baseline was saved: a replay does not count it twice.
-            let forward = counts_per_source_ip(signin_cfg, &activity)
-                && !detector.already_applied(&activity, offset);
+            let applied = detector.already_applied(&activity, offset);
+            let forward = counts_per_source_ip(signin_cfg, &activity) && !applied;
             let alerts = detector.observe(&activity, offset, &mut crate::facts::lock(&facts));
+            let hits = detector.take_correlation_hits();
             if let Err(stopped) = sink.alerts(alerts).await {
                 return commit_stored(&consumer, stopped, &tasks);
             }
@@ -403,6 +462,14 @@ pub async fn run(
             if forward {
                 if let Err(stopped) = sink.failure(&activity).await {
                     return commit_stored(&consumer, stopped, &tasks);
+                }
+            }
+            // So are its correlation matches, on the correlations topic.
+            if correlating && !applied {
+                for hit in &hits {
+                    if let Err(stopped) = sink.hit(hit).await {
+                        return commit_stored(&consumer, stopped, &tasks);
+                    }
                 }
             }
         }
@@ -481,6 +548,51 @@ async fn enricher(
         );
     }
     Ok(crate::enrich::Enricher::new(geo, intel).with_networks(asn, cfg.intel.network_risk()))
+}
+
+/// What a record of the correlations topic is to detect.
+#[allow(clippy::large_enum_variant)]
+enum HitInput {
+    /// A match to count.
+    Hit(Hit),
+    /// Not sealed by detect: ignored and counted.
+    Ignored,
+    /// Sealed by detect but not a match this detect reads (another version's): dead-lettered.
+    Poison(Poison, Vec<u8>),
+}
+
+/// Reads a record of the correlations topic. Only detect forwards matches: a record it did
+/// not sign is ignored, so nobody who can write the topic can complete a correlation (or
+/// fill a group so that real matches are dropped).
+fn read_hit<M: Message>(message: &M, verifier: &sign::Verifier, metrics: &Metrics) -> HitInput {
+    let read = kafka::Read::of(message);
+    let opened = verifier.open(
+        sign::purpose::CORRELATIONS,
+        read.key,
+        read.payload.unwrap_or_default(),
+    );
+    let payload = match opened {
+        Ok(payload) => payload,
+        Err(why) => {
+            metrics
+                .unverified
+                .with_label_values(&["correlations"])
+                .inc();
+            let (partition, offset) = (message.partition(), message.offset());
+            tracing::warn!(partition, offset, reason = %why, "ignored an unverifiable record on the correlations topic");
+            return HitInput::Ignored;
+        }
+    };
+    match serde_json::from_slice::<Hit>(payload) {
+        Ok(hit) => HitInput::Hit(hit),
+        Err(e) => HitInput::Poison(
+            Poison::new(
+                "undecodable_correlation_match",
+                format!("not a correlation match: {e}"),
+            ),
+            message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        ),
+    }
 }
 
 /// What a consumed record is to detect. One per record, moved at once: its size is no cost.
@@ -843,6 +955,12 @@ struct Partitions {
     counters: HashMap<i32, SourceIpFailures>,
     /// As `pending`, for the sign-in failures partitions.
     pending_counters: HashMap<i32, i64>,
+    /// Name of the correlations topic.
+    correlations_topic: String,
+    /// By correlations partition.
+    correlators: HashMap<i32, Correlator>,
+    /// As `pending`, for the correlations partitions.
+    pending_correlators: HashMap<i32, i64>,
     /// The offset after the last activity read from each activities partition.
     next: HashMap<i32, i64>,
     /// The last mark published for each activities partition.
@@ -900,6 +1018,9 @@ impl Partitions {
             if topic == self.failures_topic {
                 self.counters.remove(&partition);
                 self.pending_counters.remove(&partition);
+            } else if topic == self.correlations_topic {
+                self.correlators.remove(&partition);
+                self.pending_correlators.remove(&partition);
             } else {
                 self.detectors.remove(&partition);
                 self.pending.remove(&partition);
@@ -973,6 +1094,11 @@ impl Partitions {
                 .values()
                 .map(SourceIpFailures::state_size)
                 .sum::<usize>()
+            + self
+                .correlators
+                .values()
+                .map(Correlator::state_size)
+                .sum::<usize>()
     }
 }
 
@@ -1019,6 +1145,16 @@ async fn checkpoint<C: ConsumerContext>(
             let safe = counter.safe_offset(next);
             list.add_partition_offset(
                 &topics.detect_signin_failures,
+                partition,
+                Offset::Offset(safe),
+            )?;
+        }
+    }
+    for (&partition, correlator) in state.correlators.iter_mut() {
+        if let Some(next) = state.pending_correlators.remove(&partition) {
+            let safe = correlator.safe_offset(next);
+            list.add_partition_offset(
+                &topics.detect_correlations,
                 partition,
                 Offset::Offset(safe),
             )?;
@@ -1250,6 +1386,25 @@ impl Sink<'_> {
         let sent = self.send(topic, key.as_bytes(), &payload, None);
         self.moved_on("signin_failures", sent.await)
             .map_err(|_| Stopped("shutdown while a sign-in failure was unforwarded"))
+    }
+
+    /// Forwards a correlation's match to the correlations topic, keyed by correlation and
+    /// group.
+    async fn hit(&self, hit: &Hit) -> Result<(), Stopped> {
+        let Ok(payload) = serde_json::to_vec(hit) else {
+            return Ok(());
+        };
+        let key = hit.key();
+        let payload = sign::seal(
+            self.cfg.signing.signer().as_ref(),
+            sign::purpose::CORRELATIONS,
+            key.as_bytes(),
+            &payload,
+        );
+        let topic = &self.cfg.kafka.topics.detect_correlations;
+        let sent = self.send(topic, key.as_bytes(), &payload, None);
+        self.moved_on("correlations", sent.await)
+            .map_err(|_| Stopped("shutdown while a correlation match was unforwarded"))
     }
 
     /// One record, retried until the broker has it or refuses it for good.

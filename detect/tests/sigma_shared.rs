@@ -106,7 +106,7 @@ fn every_shared_rule_loads_and_hits_what_was_checked_by_hand() {
             continue;
         }
         let mut out = Vec::new();
-        rules.evaluate(&a, &mut out);
+        rules.evaluate(&a, &mut out, &mut Vec::new());
         for alert in out {
             // `SIGMA_HITS=1` lists every hit, for checking one by hand.
             if std::env::var_os("SIGMA_HITS").is_some() {

@@ -124,6 +124,10 @@ impl Run {
                 "TRAILGUARD_KAFKA__TOPICS__DETECT_SIGNIN_FAILURES".into(),
                 format!("{id}.signin-failures"),
             ),
+            (
+                "TRAILGUARD_KAFKA__TOPICS__DETECT_CORRELATIONS".into(),
+                format!("{id}.correlations"),
+            ),
             ("TRAILGUARD_KAFKA__PARTITIONS".into(), "3".into()),
             ("TRAILGUARD_DETECT__GROUP_ID".into(), format!("{id}-detect")),
             (

@@ -68,6 +68,7 @@ async fn created_topics_carry_their_production_settings() -> Result<()> {
             detect_state: topic("state"),
             detect_facts: topic("facts"),
             detect_signin_failures: topic("signin-failures"),
+            detect_correlations: topic("correlations"),
             alerts_ocsf: topic("alerts-ocsf"),
         },
         topic_config: BTreeMap::from([(
@@ -408,6 +409,7 @@ async fn each_service_writes_only_its_own_topics() -> Result<()> {
         ("TOPIC_DETECT_STATE", "state"),
         ("TOPIC_DETECT_FACTS", "facts"),
         ("TOPIC_DETECT_SIGNIN_FAILURES", "signin-failures"),
+        ("TOPIC_DETECT_CORRELATIONS", "correlations"),
     ] {
         layout.env(var, run.topic(role));
     }

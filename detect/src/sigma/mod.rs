@@ -22,12 +22,13 @@
 //! file and the construct, or with `skip_unsupported` is skipped with a warning), the fields
 //! ([`view`]), and the alerts.
 
+pub mod correlation;
 pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use rsigma_parser::ast::{Detection, Modifier, SigmaRule, Status};
+use rsigma_parser::ast::{CorrelationRule, Detection, Modifier, SigmaRule, Status};
 use serde::{Deserialize, Serialize};
 use trailguard_common::contract::{stable_id, ActionKind, Alert, AlertKind, Entity, Severity};
 use trailguard_common::Activity;
@@ -61,6 +62,36 @@ pub struct SigmaRuleConfig {
     pub allow_principals: Vec<String>,
 }
 
+/// A correlation read from a file, before its references are resolved.
+struct Parsed {
+    rule: CorrelationRule,
+    /// Whether it has a `condition` (a temporal one without needs all its rules).
+    condition_given: bool,
+}
+
+/// What a correlation's reference names.
+enum Reference {
+    /// A loaded rule (index in `rules`).
+    Rule(usize),
+    /// Another correlation.
+    Correlation,
+    /// A rule switched off in its settings.
+    Disabled,
+    /// A rule not loaded (refused, skipped, deprecated).
+    Skipped,
+    /// Nothing loaded: another log source's rule, or a typo.
+    Unknown,
+}
+
+/// A loaded correlation with what loading needs of it.
+struct LoadedCorrelation {
+    loaded: correlation::Correlation,
+    /// `generate`: the rules it refers to alert on their own too.
+    generate: bool,
+    /// Its id and name, which other correlations may refer to.
+    names: Vec<String>,
+}
+
 /// One rule loaded as a policy.
 #[derive(Debug, Clone)]
 pub struct LoadedRule {
@@ -82,6 +113,10 @@ pub struct LoadedRule {
     pub allow_principals: Vec<String>,
     /// ATT&CK tactic and technique from its `attack.*` tags (empty when it has none).
     pub mitre: (String, String, String),
+    /// Alerts on its own: referred to by no correlation, or by one with `generate: true`.
+    pub generates: bool,
+    /// The correlations referring to it: (correlation index, its position in their rules).
+    pub correlations: Vec<(usize, u8)>,
 }
 
 /// A rule not loaded, and why.
@@ -108,6 +143,10 @@ pub struct SigmaRules {
     accepted: Vec<SigmaRule>,
     /// Files read that hold no rule for CloudTrail (other log sources), for the listing.
     other_sources: usize,
+    /// The correlation rules loaded.
+    correlations: Vec<LoadedCorrelation>,
+    /// Correlation policy id → index in `correlations`.
+    correlation_by_policy: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for SigmaRules {
@@ -135,6 +174,8 @@ impl SigmaRules {
             disabled: Vec::new(),
             accepted: Vec::new(),
             other_sources: 0,
+            correlations: Vec::new(),
+            correlation_by_policy: HashMap::new(),
         }
     }
 
@@ -157,20 +198,25 @@ impl SigmaRules {
         files.sort();
         files.dedup();
         let mut seen_policy: HashMap<String, PathBuf> = HashMap::new();
-        // Correlations and filters of other files, with the rules they name.
+        // Filters, and correlations that could not be read, with the rules they name.
         let mut references: Vec<(PathBuf, Vec<String>, String)> = Vec::new();
+        // Correlations, resolved once every rule is read: (file, whether the file holds
+        // CloudTrail rules, the correlation).
+        let mut correlations: Vec<(PathBuf, bool, Parsed)> = Vec::new();
         for file in &files {
             match load_file(file) {
-                Ok(FileRules::Other(found)) => {
+                Ok(FileRules::Other(found, parsed)) => {
                     out.other_sources += 1;
                     for (refs, what) in found {
                         references.push((file.clone(), refs, what));
                     }
+                    correlations.extend(parsed.into_iter().map(|c| (file.clone(), false, c)));
                 }
-                Ok(FileRules::Rules(rules)) => {
+                Ok(FileRules::Rules(rules, parsed)) => {
                     for rule in rules {
                         out.add(cfg, file, rule, &mut seen_policy)?;
                     }
+                    correlations.extend(parsed.into_iter().map(|c| (file.clone(), true, c)));
                 }
                 Err(reason) => out.refuse(
                     cfg,
@@ -182,7 +228,27 @@ impl SigmaRules {
                 )?,
             }
         }
-        // A correlation or filter naming a loaded rule cannot run: say so, do not drop it.
+        // Correlations over correlations after the ones they refer to (which they are refused
+        // over, with a reason).
+        let names: Vec<String> = correlations
+            .iter()
+            .flat_map(|(_, _, p)| [p.rule.id.clone(), p.rule.name.clone()])
+            .flatten()
+            .collect();
+        correlations.sort_by_key(|(_, _, p)| p.rule.rules.iter().any(|r| names.contains(r)));
+        for (file, cloudtrail, parsed) in correlations {
+            out.add_correlation(cfg, &file, cloudtrail, parsed, &mut seen_policy)?;
+        }
+        // A rule referred to only by correlations that do not generate its alerts is silent.
+        for rule in &mut out.rules {
+            rule.generates = rule.correlations.is_empty()
+                || rule
+                    .correlations
+                    .iter()
+                    .any(|&(ci, _)| out.correlations.get(ci).is_some_and(|c| c.generate));
+        }
+        // A filter (or a correlation that could not be read) naming a loaded rule cannot run:
+        // say so, do not drop it.
         for (file, refs, what) in references {
             let named = refs.iter().find(|r| {
                 out.rules.iter().any(|l| {
@@ -195,9 +261,7 @@ impl SigmaRules {
                     Skipped {
                         file,
                         rule: rule.clone(),
-                        reason: format!(
-                            "{what} over this rule: correlations and filters are not supported yet"
-                        ),
+                        reason: format!("{what} over this rule cannot be used"),
                     },
                 )?;
             }
@@ -216,6 +280,7 @@ impl SigmaRules {
         // A setting for a rule that is not there is a typo, or a rule that went away.
         for key in cfg.rules.keys() {
             let known = out.rules.iter().any(|r| &r.key == key)
+                || out.correlations.iter().any(|c| &c.loaded.key == key)
                 || out.skipped.iter().any(|s| s.rule == *key)
                 || out.disabled.contains(key);
             if !known {
@@ -313,9 +378,133 @@ impl SigmaRules {
             actions: settings.actions.unwrap_or_else(|| vec![ActionKind::Notify]),
             allow_principals: settings.allow_principals,
             mitre: mitre_of(&rule.tags),
+            generates: true,
+            correlations: Vec::new(),
         });
         self.accepted.push(rule);
         Ok(())
+    }
+
+    /// Takes the correlation `parsed` read from `file` (which holds CloudTrail rules when
+    /// `cloudtrail`), or refuses it. A correlation naming no CloudTrail rule is another log
+    /// source's, and passed over.
+    fn add_correlation(
+        &mut self,
+        cfg: &SigmaConfig,
+        file: &Path,
+        cloudtrail: bool,
+        parsed: Parsed,
+        seen_policy: &mut HashMap<String, PathBuf>,
+    ) -> Result<(), trailguard_common::Error> {
+        let Parsed {
+            rule,
+            condition_given,
+        } = parsed;
+        let key = rule
+            .id
+            .clone()
+            .unwrap_or_else(|| file_stem(file).to_string());
+        // What each reference names.
+        let resolved: Vec<Reference> = rule.rules.iter().map(|r| self.resolve(r)).collect();
+        let ours = cloudtrail || resolved.iter().any(|r| !matches!(r, Reference::Unknown));
+        if !ours {
+            return Ok(());
+        }
+        let settings = cfg.rules.get(&key).cloned().unwrap_or_default();
+        if settings.enabled == Some(false) {
+            self.disabled.push(key);
+            return Ok(());
+        }
+        if let Some(status @ (Status::Deprecated | Status::Unsupported)) = rule.status {
+            self.skipped.push(Skipped {
+                file: file.to_path_buf(),
+                rule: key,
+                reason: format!("status {status:?}: its authors do not keep it working")
+                    .to_ascii_lowercase(),
+            });
+            return Ok(());
+        }
+        let policy_id = format!("sigma-{}", policy_suffix(&key));
+        let checked =
+            correlation_of(&rule, &resolved, condition_given, &self.rules).and_then(|c| {
+                match seen_policy.get(&policy_id) {
+                    Some(other) => Err(format!(
+                        "its policy id {policy_id} is also the id of a rule in {}",
+                        other.display()
+                    )),
+                    None => Ok(c),
+                }
+            });
+        let (kind, rules, group_by, value_field, at_least, span) = match checked {
+            Ok(c) => c,
+            Err(reason) => {
+                return self.refuse(
+                    cfg,
+                    Skipped {
+                        file: file.to_path_buf(),
+                        rule: key,
+                        reason,
+                    },
+                )
+            }
+        };
+        seen_policy.insert(policy_id.clone(), file.to_path_buf());
+        let ci = self.correlations.len();
+        for (position, &index) in rules.iter().enumerate() {
+            if let Some(r) = self.rules.get_mut(index) {
+                r.correlations.push((ci, position as u8));
+            }
+        }
+        self.correlation_by_policy.insert(policy_id.clone(), ci);
+        self.correlations.push(LoadedCorrelation {
+            loaded: correlation::Correlation {
+                policy_id,
+                key,
+                title: rule.title.clone(),
+                file: file.to_path_buf(),
+                kind,
+                rules,
+                group_by,
+                value_field,
+                at_least,
+                span,
+                severity: settings.severity.unwrap_or_else(|| severity_of(rule.level)),
+                actions: settings.actions.unwrap_or_else(|| vec![ActionKind::Notify]),
+                allow_principals: settings.allow_principals,
+                mitre: mitre_of(&rule.tags),
+            },
+            generate: rule.generate,
+            names: [rule.id.clone(), rule.name.clone()]
+                .into_iter()
+                .flatten()
+                .collect(),
+        });
+        Ok(())
+    }
+
+    /// What the reference `r` (a rule's id or name) names.
+    fn resolve(&self, r: &str) -> Reference {
+        if let Some(i) = self
+            .rules
+            .iter()
+            .position(|l| l.key == r || l.name.as_deref() == Some(r))
+        {
+            return Reference::Rule(i);
+        }
+        if self
+            .correlations
+            .iter()
+            .any(|c| c.names.iter().any(|n| n == r))
+        {
+            return Reference::Correlation;
+        }
+        if self.disabled.iter().any(|k| k == r) {
+            return Reference::Disabled;
+        }
+        if self.skipped.iter().any(|s| s.rule == r) {
+            return Reference::Skipped;
+        }
+        Reference::Unknown
     }
 
     /// Skips `skipped` (with a warning) when so configured, else stops start-up naming it.
@@ -361,22 +550,71 @@ impl SigmaRules {
         self.other_sources
     }
 
-    /// Adds the alerts the rules raise for `a` to `out`.
-    pub fn evaluate(&self, a: &Activity, out: &mut Vec<Alert>) {
+    /// The correlations loaded.
+    pub fn correlations(&self) -> impl ExactSizeIterator<Item = &correlation::Correlation> {
+        self.correlations.iter().map(|c| &c.loaded)
+    }
+
+    /// The correlation of policy `policy_id`, with its index.
+    pub fn correlation(&self, policy_id: &str) -> Option<(usize, &correlation::Correlation)> {
+        let &i = self.correlation_by_policy.get(policy_id)?;
+        Some((i, &self.correlations.get(i)?.loaded))
+    }
+
+    /// The correlation at `index`.
+    pub(crate) fn correlation_at(&self, index: usize) -> Option<&correlation::Correlation> {
+        self.correlations.get(index).map(|c| &c.loaded)
+    }
+
+    /// Adds the alerts the rules raise for `a` to `out`, and each correlation's share of it
+    /// to `hits`.
+    pub fn evaluate(&self, a: &Activity, out: &mut Vec<Alert>, hits: &mut Vec<correlation::Hit>) {
         if self.rules.is_empty() {
             return;
         }
         let view = view::CloudTrailView::new(a);
+        // (correlation, positions of its rules matched).
+        let mut shares: Vec<(usize, Vec<u8>)> = Vec::new();
         for result in self.engine.evaluate(&view) {
             let header = &result.header;
             let key = header.rule_id.as_ref().unwrap_or(&header.rule_title);
             let Some(rule) = self.by_key.get(key).and_then(|&i| self.rules.get(i)) else {
                 continue;
             };
-            if allowed(&rule.allow_principals, a) {
+            for &(ci, position) in &rule.correlations {
+                match shares.iter_mut().find(|(c, _)| *c == ci) {
+                    Some((_, positions)) => positions.push(position),
+                    None => shares.push((ci, vec![position])),
+                }
+            }
+            if !rule.generates || allowed(&rule.allow_principals, a) {
                 continue;
             }
             out.push(alert(rule, a));
+        }
+        for (ci, mut positions) in shares {
+            let Some(corr) = self.correlation_at(ci) else {
+                continue;
+            };
+            if allowed(&corr.allow_principals, a) {
+                continue;
+            }
+            positions.sort_unstable();
+            // The fields as the first rule matched names them (its aliases).
+            let first = usize::from(positions[0]);
+            let read = |f: &correlation::Field| {
+                f.by_rule
+                    .get(first)
+                    .and_then(|path| view::text_of(&view, path))
+                    .map(correlation::bounded)
+            };
+            hits.push(correlation::Hit {
+                correlation: corr.policy_id.clone(),
+                group: corr.group_by.iter().map(read).collect(),
+                rules: positions,
+                value: corr.value_field.as_ref().and_then(read),
+                activity: a.clone(),
+            });
         }
     }
 }
@@ -405,12 +643,13 @@ fn alert(rule: &LoadedRule, a: &Activity) -> Alert {
 
 /// What one file holds.
 enum FileRules {
-    /// Detection rules for CloudTrail.
-    Rules(Vec<SigmaRule>),
-    /// Nothing for CloudTrail: rules of other log sources (a SigmaHQ checkout holds
-    /// thousands). Correlations and filters found in it: (the rule names they refer to, what
-    /// they are), checked against the loaded rules afterwards.
-    Other(Vec<(Vec<String>, String)>),
+    /// Detection rules for CloudTrail, and the correlations in the file.
+    Rules(Vec<SigmaRule>, Vec<Parsed>),
+    /// No detection rule for CloudTrail: rules of other log sources (a SigmaHQ checkout holds
+    /// thousands). Filters, and correlations that could not be read: (the rule names they
+    /// refer to, what they are), checked against the loaded rules afterwards; the
+    /// correlations read, which are ours if they refer to CloudTrail rules.
+    Other(Vec<(Vec<String>, String)>, Vec<Parsed>),
 }
 
 /// Reads the rules of one file; `Err` says why a CloudTrail rule in it cannot be used.
@@ -424,11 +663,13 @@ fn load_file(file: &Path) -> Result<FileRules, String> {
     // products must not stop start-up for anything, and only a CloudTrail rule's problems are
     // ours.
     let Ok(text) = std::str::from_utf8(&bytes) else {
-        return Ok(FileRules::Other(Vec::new()));
+        return Ok(FileRules::Other(Vec::new(), Vec::new()));
     };
     let mut cloudtrail = false;
     let mut references = Vec::new();
     let mut unreadable = None;
+    // Correlations by title, with whether each has a condition.
+    let mut conditions: Vec<(String, bool)> = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
         let value = match serde_yaml_ng::Value::deserialize(document) {
             Ok(v) => v,
@@ -457,6 +698,10 @@ fn load_file(file: &Path) -> Result<FileRules, String> {
                 );
             }
         }
+        if let Some(body) = value.get("correlation") {
+            let title = value.get("title").and_then(|t| t.as_str()).unwrap_or("");
+            conditions.push((title.to_string(), body.get("condition").is_some()));
+        }
         // A correlation or a filter names the rules it applies to; one naming a CloudTrail
         // rule must not be dropped without a word.
         for kind in ["correlation", "filter"] {
@@ -477,8 +722,35 @@ fn load_file(file: &Path) -> Result<FileRules, String> {
             }
         }
     }
+    let parsed = |collection: rsigma_parser::ast::SigmaCollection| -> Vec<Parsed> {
+        collection
+            .correlations
+            .into_iter()
+            .map(|rule| {
+                let condition_given = conditions
+                    .iter()
+                    .find(|(title, _)| *title == rule.title)
+                    .is_none_or(|(_, given)| *given);
+                Parsed {
+                    rule,
+                    condition_given,
+                }
+            })
+            .collect()
+    };
     if !cloudtrail {
-        return Ok(FileRules::Other(references));
+        // Correlations of their own file (SigmaHQ keeps them apart from their rules): read
+        // them, and keep their references only if they cannot be read.
+        if conditions.is_empty() || unreadable.is_some() || bytes.len() as u64 > MAX_RULE_BYTES {
+            return Ok(FileRules::Other(references, Vec::new()));
+        }
+        return match rsigma_parser::parse_sigma_yaml(text) {
+            Ok(collection) if collection.errors.is_empty() => {
+                references.retain(|(_, what)| !what.starts_with("the correlation"));
+                Ok(FileRules::Other(references, parsed(collection)))
+            }
+            _ => Ok(FileRules::Other(references, Vec::new())),
+        };
     }
     if bytes.len() as u64 > MAX_RULE_BYTES {
         return Err(format!(
@@ -493,18 +765,15 @@ fn load_file(file: &Path) -> Result<FileRules, String> {
     if let Some(error) = collection.errors.first() {
         return Err(format!("cannot be parsed: {error}"));
     }
-    if !collection.correlations.is_empty() {
-        return Err("holds a correlation rule: correlations are not supported yet".into());
-    }
     if !collection.filters.is_empty() {
         return Err("holds a filter rule: Sigma filters are not supported".into());
     }
-    let rules: Vec<SigmaRule> = collection
-        .rules
+    let mut collection = collection;
+    let rules: Vec<SigmaRule> = std::mem::take(&mut collection.rules)
         .into_iter()
         .filter(|r| is_cloudtrail(&r.logsource))
         .collect();
-    Ok(FileRules::Rules(rules))
+    Ok(FileRules::Rules(rules, parsed(collection)))
 }
 
 fn is_cloudtrail(source: &rsigma_parser::ast::LogSource) -> bool {
@@ -533,6 +802,194 @@ fn supported(rule: &SigmaRule) -> Result<(), String> {
         check_detection(detection).map_err(|e| format!("detection {name}: {e}"))?;
     }
     Ok(())
+}
+
+/// What a checked correlation is: kind, referred rules, group-by, value_count's field, the
+/// count needed, the timespan.
+type Checked = (
+    correlation::Kind,
+    Vec<usize>,
+    Vec<correlation::Field>,
+    Option<correlation::Field>,
+    u64,
+    chrono::Duration,
+);
+
+/// Checks the correlation `rule` whose references resolved to `resolved`; `Err` names the
+/// construct that cannot run.
+fn correlation_of(
+    rule: &CorrelationRule,
+    resolved: &[Reference],
+    condition_given: bool,
+    loaded: &[LoadedRule],
+) -> Result<Checked, String> {
+    use correlation::Kind;
+    use rsigma_parser::ast::{
+        ConditionOperator, CorrelationCondition, CorrelationType, WindowMode,
+    };
+    if rsigma_parser::version::is_unsupported(rule.sigma_version) {
+        return Err(format!(
+            "sigma-version {:?}: newer than the specification rsigma 0.23 reads",
+            rule.sigma_version
+        ));
+    }
+    let kind = match rule.correlation_type {
+        CorrelationType::EventCount => Kind::EventCount,
+        CorrelationType::ValueCount => Kind::ValueCount,
+        CorrelationType::Temporal => Kind::Temporal,
+        CorrelationType::TemporalOrdered => Kind::TemporalOrdered,
+        other => {
+            return Err(format!(
+                "correlation type {}: only event_count, value_count, temporal and \
+                 temporal_ordered are supported",
+                other.as_str()
+            ))
+        }
+    };
+    if rule.window != WindowMode::Sliding {
+        return Err(format!(
+            "window {}: only sliding windows (Sigma's) are supported",
+            rule.window.as_str()
+        ));
+    }
+    let seconds = rule.timespan.seconds;
+    if seconds == 0 || seconds > correlation::MAX_SPAN_SECS {
+        return Err(format!(
+            "timespan {}: give one between 1s and 30d",
+            rule.timespan.original
+        ));
+    }
+    let mut rules = Vec::new();
+    for (reference, what) in rule.rules.iter().zip(resolved) {
+        match what {
+            Reference::Rule(i) if rules.contains(i) && kind == Kind::TemporalOrdered => {
+                return Err(format!("refers to {reference:?} twice: an order of distinct rules is supported"))
+            }
+            Reference::Rule(i) if !rules.contains(i) => rules.push(*i),
+            Reference::Rule(_) => {}
+            Reference::Correlation => {
+                return Err(format!(
+                    "refers to the correlation {reference:?}: correlations of correlations are not supported"
+                ))
+            }
+            Reference::Disabled => {
+                return Err(format!(
+                    "refers to the rule {reference:?}, which is switched off (policies.sigma.rules.{reference}.enabled); switch the correlation off too"
+                ))
+            }
+            Reference::Skipped => {
+                return Err(format!(
+                    "refers to the rule {reference:?}, which was not loaded (listed above)"
+                ))
+            }
+            Reference::Unknown => {
+                return Err(format!(
+                    "refers to {reference:?}: no CloudTrail rule under policies.sigma.paths has that id or name"
+                ))
+            }
+        }
+    }
+    if rules.is_empty() {
+        return Err("refers to no rule".into());
+    }
+    if rules.len() > correlation::MAX_RULES {
+        return Err(format!(
+            "refers to {} rules: at most {} are supported",
+            rules.len(),
+            correlation::MAX_RULES
+        ));
+    }
+    // A field as each referred rule names it (an alias maps the rule's id or name to it).
+    let field = |name: &str| -> Result<correlation::Field, String> {
+        let alias = rule.aliases.iter().find(|a| a.alias == name);
+        let mut by_rule = Vec::new();
+        for &i in &rules {
+            let r = &loaded[i];
+            let path = match alias {
+                None => name.to_string(),
+                Some(alias) => alias
+                    .mapping
+                    .iter()
+                    .find(|(k, _)| **k == r.key || r.name.as_deref() == Some(k.as_str()))
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| {
+                        format!("the alias {name:?} names no field for the rule {:?}", r.key)
+                    })?,
+            };
+            view::check_field(&path).map_err(|e| format!("field {path:?}: {e}"))?;
+            by_rule.push(path);
+        }
+        Ok(correlation::Field {
+            name: name.to_string(),
+            by_rule,
+        })
+    };
+    let group_by = rule
+        .group_by
+        .iter()
+        .map(|g| field(g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (predicates, fields) = match &rule.condition {
+        CorrelationCondition::Threshold {
+            predicates, field, ..
+        } => (predicates, field),
+        CorrelationCondition::Extended(_) => {
+            return Err("a condition expression: give a threshold (gte: N) instead".into())
+        }
+    };
+    // Alerting on a count reached: gte or gt. Alerting on "at most" needs the window to end
+    // without more, which a stream learns only by waiting: not supported.
+    let threshold = match predicates.as_slice() {
+        [(ConditionOperator::Gte, n)] => *n,
+        [(ConditionOperator::Gt, n)] => n.saturating_add(1),
+        _ => {
+            let ops: Vec<String> = predicates
+                .iter()
+                .map(|(op, n)| format!("{op:?} {n}").to_ascii_lowercase())
+                .collect();
+            return Err(format!(
+                "condition {}: only a lower bound (gte or gt) is supported",
+                ops.join(", ")
+            ));
+        }
+    };
+    let value_field = match (kind, fields.as_deref()) {
+        (Kind::ValueCount, Some([name])) => Some(field(name)?),
+        (Kind::ValueCount, _) => {
+            return Err("value_count needs exactly one condition field".into());
+        }
+        (_, None) => None,
+        (_, Some(_)) => {
+            return Err(format!(
+                "condition field: only value_count counts a field, not {}",
+                kind.as_str()
+            ));
+        }
+    };
+    let at_least = match kind {
+        Kind::EventCount | Kind::ValueCount => threshold.max(1),
+        Kind::Temporal if !condition_given => rules.len() as u64,
+        Kind::Temporal => {
+            if threshold == 0 || threshold > rules.len() as u64 {
+                return Err(format!(
+                    "condition: {threshold} of {} rules cannot be matched",
+                    rules.len()
+                ));
+            }
+            threshold
+        }
+        Kind::TemporalOrdered => {
+            if condition_given && threshold != rules.len() as u64 {
+                return Err(
+                    "temporal_ordered with a condition other than all its rules: not supported"
+                        .into(),
+                );
+            }
+            rules.len() as u64
+        }
+    };
+    let span = chrono::Duration::seconds(seconds as i64);
+    Ok((kind, rules, group_by, value_field, at_least, span))
 }
 
 fn check_detection(detection: &Detection) -> Result<(), String> {
@@ -693,5 +1150,7 @@ fn mitre_of(tags: &[String]) -> (String, String, String) {
     (tactic, technique, name)
 }
 
+#[cfg(test)]
+mod correlation_tests;
 #[cfg(test)]
 mod tests;

@@ -61,7 +61,7 @@ fn fires(detection: &str, fields: Value) -> bool {
         load(&[("r.yml", &rule("r1", detection))], |_| {}).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rules.rules().len(), 1);
     let mut out = Vec::new();
-    rules.evaluate(&record(fields), &mut out);
+    rules.evaluate(&record(fields), &mut out, &mut Vec::new());
     !out.is_empty()
 }
 
@@ -326,17 +326,18 @@ fn what_cannot_be_honoured_stops_start_up_naming_file_and_construct() {
         err.contains("whole.yml") && err.contains("whole userIdentity"),
         "{err}"
     );
-    // A correlation or a filter in a file of its own, over a loaded rule: refused, not dropped.
+    // A correlation that cannot run, or a filter, in a file of its own, over a loaded rule:
+    // refused, not dropped.
     let base = rule(
         "base-1",
         "  selection:\n    eventName: 'CreateUser'\n  condition: selection",
     );
-    let correlation = "title: many users\ncorrelation:\n  type: event_count\n  rules:\n    - base-1\n  group-by:\n    - userIdentity.arn\n  timespan: 10m\n  condition:\n    gte: 5\n";
+    let correlation = "title: many users\ncorrelation:\n  type: value_sum\n  rules:\n    - base-1\n  group-by:\n    - userIdentity.arn\n  timespan: 10m\n  condition:\n    gte: 5\n    field: requestParameters.count\n";
     let err = load(&[("base.yml", &base), ("many.yml", correlation)], |_| {})
         .err()
         .unwrap_or_default();
     assert!(
-        err.contains("many.yml") && err.contains("correlation"),
+        err.contains("many.yml") && err.contains("value_sum"),
         "{err}"
     );
     let filter = "title: not ci\nlogsource:\n  product: aws\n  service: cloudtrail\nfilter:\n  rules:\n    - base-1\n  selection:\n    userAgent: 'ci'\n  condition: not selection\n";
@@ -390,7 +391,7 @@ fn per_rule_settings_and_the_alert() {
     );
     let rules = load(&[("a.yml", &a)], |_| {}).unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
-    rules.evaluate(&record(json!({})), &mut out);
+    rules.evaluate(&record(json!({})), &mut out, &mut Vec::new());
     assert_eq!(out.len(), 1);
     let alert = &out[0];
     assert_eq!(
@@ -413,7 +414,7 @@ fn per_rule_settings_and_the_alert() {
     );
     // The same record, the same alert id.
     let mut again = Vec::new();
-    rules.evaluate(&record(json!({})), &mut again);
+    rules.evaluate(&record(json!({})), &mut again, &mut Vec::new());
     assert_eq!(again[0].id, alert.id);
     // Overrides by rule id.
     let key = "11111111-2222-3333-4444-555555555555";
@@ -430,11 +431,11 @@ fn per_rule_settings_and_the_alert() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
-    tuned.evaluate(&record(json!({})), &mut out);
+    tuned.evaluate(&record(json!({})), &mut out, &mut Vec::new());
     assert!(out.is_empty(), "alice is allowed");
     let bob = json!({"userIdentity": {"type": "IAMUser", "userName": "carol", "accountId": "111111111111",
         "arn": "arn:aws:iam::111111111111:user/carol"}});
-    tuned.evaluate(&record(bob), &mut out);
+    tuned.evaluate(&record(bob), &mut out, &mut Vec::new());
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].severity, Severity::Low);
     assert_eq!(out[0].actions.len(), 2);

@@ -132,6 +132,18 @@ fn split(path: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The value of the CloudTrail field `path` as text (a list or object as its JSON), for a
+/// correlation's group or counted value; `None` when absent or null.
+pub fn text_of(view: &CloudTrailView<'_>, path: &str) -> Option<String> {
+    match view.get_field(path)? {
+        EventValue::Null => None,
+        value => match value.as_str() {
+            Some(text) => Some(text.into_owned()),
+            None => Some(value.to_json().to_string()),
+        },
+    }
+}
+
 /// An activity as a Sigma event with CloudTrail's field names.
 pub struct CloudTrailView<'a> {
     a: &'a Activity,

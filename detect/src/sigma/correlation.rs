@@ -1,0 +1,534 @@
+//! Sigma correlation rules (Sigma v2: `event_count`, `value_count`, `temporal`,
+//! `temporal_ordered`, with `group-by`, `timespan` and `aliases`) on event time.
+//!
+//! A correlation runs in two steps, so that a group counts every activity in it whatever
+//! partition of the activities topic the activity was on (they are keyed by actor; a group by
+//! source address, account or bucket spans actors):
+//!
+//! 1. Where an activity is evaluated ([`crate::detector::Detector`]), each correlation that
+//!    refers to a rule the activity matched yields a [`Hit`]: the correlation, the group (its
+//!    `group-by` values under CloudTrail's names, aliases resolved for the rule that matched),
+//!    the referred rules it matched, the value counted (`value_count`) and the activity. The
+//!    service forwards it, sealed, to `kafka.topics.detect_correlations`, keyed by correlation
+//!    and group ([`Hit::key`]) — the pattern of the per-address sign-in failure count.
+//! 2. A [`Correlator`] per partition of that topic keeps each group's matches in a sliding
+//!    window on event time and raises the correlation's alert when the condition holds: one
+//!    alert per set of matches (matches that made an alert do not count toward another).
+//!
+//! State survives a restart like the custom policies' windows: a correlator keeps no
+//! changelog, and its committed offset never passes the first match it still holds, so a
+//! replay rebuilds the same windows and raises the same alerts with the same ids (made from
+//! the activity ids, which consumers de-duplicate). A match forwarded twice (a replay of the
+//! activities topic) is counted once.
+//!
+//! Memory is bounded: a group holds at most [`MAX_GROUP_MATCHES`] matches and a correlator
+//! [`MAX_MATCHES`]; a match beyond either is not counted and is counted in
+//! `trailguard_detect_sigma_correlation_dropped_total`.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use trailguard_common::contract::{
+    kinds, stable_id, ActionKind, Alert, AlertKind, Entity, RequestedAction, Severity,
+};
+use trailguard_common::Activity;
+
+use crate::policy::{advances_watermark, requested, AlertBuilder, Offset, PolicyMeta};
+
+use super::SigmaRules;
+
+/// Most matches one group holds in its window.
+pub const MAX_GROUP_MATCHES: usize = 10_000;
+/// Most matches one correlator holds.
+pub const MAX_MATCHES: usize = 1_000_000;
+/// Most referred rules (a bit each in a match).
+pub const MAX_RULES: usize = 64;
+/// Longest timespan.
+pub const MAX_SPAN_SECS: u64 = 30 * 86_400;
+/// Longest group or counted value kept as it is; a longer one is kept as its digest (two
+/// different values never share a group).
+const MAX_VALUE_BYTES: usize = 256;
+/// Most activity ids listed as an alert's evidence (its id is made from all of them).
+const MAX_EVIDENCE: usize = 100;
+
+/// What a correlation counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Matches of the referred rules.
+    EventCount,
+    /// Distinct values of a field among the matches.
+    ValueCount,
+    /// Distinct referred rules matched, in any order.
+    Temporal,
+    /// Every referred rule matched, in the order given.
+    TemporalOrdered,
+}
+
+impl Kind {
+    /// Sigma's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::EventCount => "event_count",
+            Kind::ValueCount => "value_count",
+            Kind::Temporal => "temporal",
+            Kind::TemporalOrdered => "temporal_ordered",
+        }
+    }
+}
+
+/// A field a correlation reads: its name as written (an alias, or a CloudTrail field) and,
+/// for each referred rule in order, the CloudTrail field to read when that rule matched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    /// As written in the correlation.
+    pub name: String,
+    /// Per referred rule.
+    pub by_rule: Vec<String>,
+}
+
+/// One correlation rule loaded as a policy.
+#[derive(Debug, Clone)]
+pub struct Correlation {
+    /// Policy id: `sigma-<rule id or file stem>`.
+    pub policy_id: String,
+    /// The key of its settings: its id, or its file stem.
+    pub key: String,
+    /// Its title.
+    pub title: String,
+    /// Where it was read.
+    pub file: PathBuf,
+    /// What it counts.
+    pub kind: Kind,
+    /// The rules it refers to (indices in [`SigmaRules::rules`]), in its order.
+    pub rules: Vec<usize>,
+    /// `group-by`.
+    pub group_by: Vec<Field>,
+    /// `value_count`'s field.
+    pub value_field: Option<Field>,
+    /// Matches, distinct values or distinct rules needed.
+    pub at_least: u64,
+    /// `timespan`.
+    pub span: Duration,
+    /// Severity of its alerts.
+    pub severity: Severity,
+    /// Actions its alerts request (only `notify` when its matches are of several principals).
+    pub actions: Vec<ActionKind>,
+    /// Principals whose activity it ignores.
+    pub allow_principals: Vec<String>,
+    /// ATT&CK tactic and technique from its tags.
+    pub mitre: (String, String, String),
+}
+
+/// A correlation's share of one activity, forwarded to the correlations topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hit {
+    /// The correlation's policy id.
+    pub correlation: String,
+    /// Its `group-by` values, in order (`None`: absent or null).
+    pub group: Vec<Option<String>>,
+    /// Positions (in the correlation's `rules`) of the referred rules the activity matched.
+    pub rules: Vec<u8>,
+    /// The value `value_count` counts (`None`: absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The activity.
+    pub activity: Activity,
+}
+
+impl Hit {
+    /// Its key on the correlations topic: one group's hits go to one partition.
+    pub fn key(&self) -> String {
+        let mut key = self.correlation.clone();
+        for value in &self.group {
+            key.push('\u{1f}');
+            match value {
+                Some(v) => key.push_str(v),
+                None => key.push('\u{0}'),
+            }
+        }
+        key
+    }
+}
+
+/// A value as a group or counted value: as it is, or its digest when long.
+pub fn bounded(value: String) -> String {
+    if value.len() <= MAX_VALUE_BYTES {
+        value
+    } else {
+        format!("sha256:{}", stable_id([value.as_str()]))
+    }
+}
+
+/// One match in a group's window.
+#[derive(Debug)]
+struct Match {
+    time: DateTime<Utc>,
+    offset: Offset,
+    id: String,
+    /// Bit `i`: the correlation's rule `i` matched.
+    rules: u64,
+    value: Option<String>,
+    principal: String,
+    /// Counted toward an alert already.
+    used: bool,
+}
+
+/// Correlations over one partition of the correlations topic.
+pub struct Correlator {
+    rules: Arc<SigmaRules>,
+    /// (correlation index, group) → matches, by event time.
+    windows: HashMap<(usize, Vec<Option<String>>), VecDeque<Match>>,
+    held: usize,
+    lateness: Duration,
+    max_event_time: Option<DateTime<Utc>>,
+    last_expiry: Option<DateTime<Utc>>,
+    committed: Offset,
+    dropped: u64,
+    unknown: u64,
+}
+
+impl Correlator {
+    /// A correlator for `rules`' correlations, keeping matches `lateness` past their window.
+    pub fn new(rules: Arc<SigmaRules>, lateness: std::time::Duration) -> Self {
+        Correlator {
+            rules,
+            windows: HashMap::new(),
+            held: 0,
+            lateness: Duration::from_std(lateness).unwrap_or(Duration::MAX),
+            max_event_time: None,
+            last_expiry: None,
+            committed: 0,
+            dropped: 0,
+            unknown: 0,
+        }
+    }
+
+    /// Counts `hit`, read at `offset`; returns the alert it completes, if any.
+    pub fn observe(&mut self, hit: &Hit, offset: Offset) -> Vec<Alert> {
+        let rules = self.rules.clone();
+        let Some((ci, corr)) = rules.correlation(&hit.correlation) else {
+            // A correlation no longer configured (or a record of another configuration).
+            self.unknown += 1;
+            return Vec::new();
+        };
+        let mut mask = 0u64;
+        for &position in &hit.rules {
+            if usize::from(position) >= corr.rules.len() {
+                self.unknown += 1;
+                return Vec::new();
+            }
+            mask |= 1 << position;
+        }
+        if mask == 0 || hit.group.len() != corr.group_by.len() {
+            self.unknown += 1;
+            return Vec::new();
+        }
+        let a = &hit.activity;
+        if advances_watermark(self.max_event_time, a.event_time) {
+            self.max_event_time = Some(a.event_time);
+        }
+        let mut out = Vec::new();
+        // Nothing to count for value_count without the value.
+        if corr.kind != Kind::ValueCount || hit.value.is_some() {
+            out.extend(self.count(ci, corr, hit, mask, offset));
+        }
+        self.expire_on_schedule(offset);
+        out
+    }
+
+    fn count(
+        &mut self,
+        ci: usize,
+        corr: &Correlation,
+        hit: &Hit,
+        mask: u64,
+        offset: Offset,
+    ) -> Option<Alert> {
+        let a = &hit.activity;
+        let held = self.held;
+        let window = self.windows.entry((ci, hit.group.clone())).or_default();
+        if window.iter().any(|m| m.id == a.id) {
+            // Forwarded again (a replay): counted once.
+            return None;
+        }
+        if window.len() >= MAX_GROUP_MATCHES || held >= MAX_MATCHES {
+            self.dropped += 1;
+            if window.is_empty() {
+                self.windows.remove(&(ci, hit.group.clone()));
+            }
+            return None;
+        }
+        let at = window.partition_point(|m| m.time <= a.event_time);
+        window.insert(
+            at,
+            Match {
+                time: a.event_time,
+                offset,
+                id: a.id.clone(),
+                rules: mask,
+                value: hit.value.clone(),
+                principal: a.principal.key(),
+                used: false,
+            },
+        );
+        self.held += 1;
+        let chosen = find(corr, window, a.event_time)?;
+        for &i in &chosen {
+            window[i].used = true;
+        }
+        let matches: Vec<&Match> = chosen.iter().map(|&i| &window[i]).collect();
+        Some(alert(corr, hit, &matches))
+    }
+
+    /// Drops matches whose window the watermark has passed: at every 64th offset, and
+    /// whenever the watermark has moved a minute since the last time (the topic is quiet).
+    fn expire_on_schedule(&mut self, offset: Offset) {
+        let Some(max) = self.max_event_time else {
+            return;
+        };
+        let due = offset % crate::policy::EXPIRE_EVERY == 0
+            || self
+                .last_expiry
+                .is_none_or(|last| max - last >= Duration::minutes(1));
+        if due {
+            self.last_expiry = Some(max);
+            self.expire(max - self.lateness);
+        }
+    }
+
+    /// Drops matches older than `watermark` less their correlation's timespan.
+    pub fn expire(&mut self, watermark: DateTime<Utc>) {
+        let rules = &self.rules;
+        let mut held = 0;
+        self.windows.retain(|(ci, _), window| {
+            let span = rules
+                .correlation_at(*ci)
+                .map_or(Duration::zero(), |c| c.span);
+            let horizon = watermark - span;
+            while window.front().is_some_and(|m| m.time < horizon) {
+                window.pop_front();
+            }
+            held += window.len();
+            !window.is_empty()
+        });
+        self.held = held;
+    }
+
+    /// The offset from which a replay rebuilds this correlator's windows: everything before
+    /// it may be committed. `next` is the offset after the last one read. Never moves back.
+    pub fn safe_offset(&mut self, next: Offset) -> Offset {
+        let first_open = self
+            .windows
+            .values()
+            .flat_map(|w| w.iter().map(|m| m.offset))
+            .min()
+            .unwrap_or(next)
+            .min(next);
+        self.committed = self.committed.max(first_open);
+        self.committed
+    }
+
+    /// Matches held.
+    pub fn state_size(&self) -> usize {
+        self.held
+    }
+
+    /// Matches not counted since the last call (a group or the correlator was full), and
+    /// records naming no configured correlation.
+    pub fn take_dropped(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.dropped),
+            std::mem::take(&mut self.unknown),
+        )
+    }
+}
+
+/// The matches (indices in `window`) that satisfy `corr` together with the one at `t`, if
+/// any: the first such set in time among the matches not yet counted within the timespan.
+fn find(corr: &Correlation, window: &VecDeque<Match>, t: DateTime<Utc>) -> Option<Vec<usize>> {
+    let span = corr.span;
+    let near: Vec<usize> = (0..window.len())
+        .filter(|&i| {
+            let m = &window[i];
+            !m.used && m.time >= t - span && m.time <= t + span
+        })
+        .collect();
+    let need = usize::try_from(corr.at_least).unwrap_or(usize::MAX).max(1);
+    let time = |i: usize| window[near[i]].time;
+    match corr.kind {
+        Kind::EventCount => {
+            if near.len() < need {
+                return None;
+            }
+            (0..=near.len() - need)
+                .find(|&s| time(s + need - 1) - time(s) <= span)
+                .map(|s| near[s..s + need].to_vec())
+        }
+        Kind::ValueCount => {
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            let mut start = 0;
+            for end in 0..near.len() {
+                if let Some(v) = window[near[end]].value.as_deref() {
+                    *counts.entry(v).or_default() += 1;
+                }
+                while time(end) - time(start) > span {
+                    if let Some(v) = window[near[start]].value.as_deref() {
+                        if let Some(n) = counts.get_mut(v) {
+                            *n -= 1;
+                            if *n == 0 {
+                                counts.remove(v);
+                            }
+                        }
+                    }
+                    start += 1;
+                }
+                if counts.len() >= need {
+                    return Some(near[start..=end].to_vec());
+                }
+            }
+            None
+        }
+        Kind::Temporal => {
+            let mut counts = [0usize; MAX_RULES];
+            let mut distinct = 0;
+            let mut start = 0;
+            let bits = |i: usize| window[near[i]].rules;
+            for end in 0..near.len() {
+                for (b, count) in counts.iter_mut().enumerate() {
+                    if bits(end) & (1 << b) != 0 {
+                        *count += 1;
+                        if *count == 1 {
+                            distinct += 1;
+                        }
+                    }
+                }
+                while time(end) - time(start) > span {
+                    for (b, count) in counts.iter_mut().enumerate() {
+                        if bits(start) & (1 << b) != 0 {
+                            *count -= 1;
+                            if *count == 0 {
+                                distinct -= 1;
+                            }
+                        }
+                    }
+                    start += 1;
+                }
+                if distinct >= need {
+                    return Some(near[start..=end].to_vec());
+                }
+            }
+            None
+        }
+        Kind::TemporalOrdered => {
+            let steps = corr.rules.len();
+            for s in 0..near.len() {
+                if window[near[s]].rules & 1 == 0 {
+                    continue;
+                }
+                // Earliest next step after each: the earliest end for this start.
+                let mut chosen = vec![near[s]];
+                for (j, &i) in near.iter().enumerate().skip(s + 1) {
+                    if chosen.len() == steps || time(j) - time(s) > span {
+                        break;
+                    }
+                    if window[i].rules & (1 << chosen.len()) != 0 {
+                        chosen.push(i);
+                    }
+                }
+                if chosen.len() == steps {
+                    return Some(chosen);
+                }
+            }
+            None
+        }
+    }
+}
+
+/// The correlation's alert for `matches`, completed by `hit`.
+fn alert(corr: &Correlation, hit: &Hit, matches: &[&Match]) -> Alert {
+    let a = &hit.activity;
+    let ids: Vec<&str> = matches.iter().map(|m| m.id.as_str()).collect();
+    let id = stable_id(
+        ["sigma-correlation", corr.policy_id.as_str()]
+            .into_iter()
+            .chain(ids.iter().copied()),
+    );
+    let group = describe_group(corr, &hit.group);
+    let span = humantime::format_duration(corr.span.to_std().unwrap_or_default());
+    let detail = match corr.kind {
+        Kind::EventCount => format!("{} matching activities", matches.len()),
+        Kind::ValueCount => {
+            let mut values: Vec<&str> = matches.iter().filter_map(|m| m.value.as_deref()).collect();
+            values.sort_unstable();
+            values.dedup();
+            let field = corr.value_field.as_ref().map_or("", |f| f.name.as_str());
+            format!("{} distinct {field}", values.len())
+        }
+        Kind::Temporal | Kind::TemporalOrdered => {
+            format!("{} of its rules", corr.rules.len().min(matches.len()))
+        }
+    };
+    let summary = format!("{}: {detail} within {span} ({group})", corr.title);
+    let mut principals: Vec<&str> = matches.iter().map(|m| m.principal.as_str()).collect();
+    principals.sort_unstable();
+    principals.dedup();
+    // About one principal only when every match was its: acting on the principal of the
+    // activity that happened to complete a group of several is acting on one it does not name.
+    let one = principals.len() == 1 && principals[0] == a.principal.key();
+    let (entity, actions): (Entity, Vec<RequestedAction>) = if one {
+        (
+            Entity {
+                kind: kinds::PRINCIPAL.into(),
+                id: a.principal.key(),
+            },
+            requested(&corr.actions, a),
+        )
+    } else {
+        (
+            Entity {
+                kind: "group".into(),
+                id: group,
+            },
+            requested(&corr.actions, a)
+                .into_iter()
+                .filter(|r| r.kind == ActionKind::Notify)
+                .collect(),
+        )
+    };
+    let policy = PolicyMeta {
+        id: &corr.policy_id,
+        name: &corr.title,
+        kind: AlertKind::Custom,
+    };
+    let evidence: Vec<String> = ids
+        .iter()
+        .take(MAX_EVIDENCE)
+        .map(|s| s.to_string())
+        .collect();
+    let mut builder = AlertBuilder::about(&policy, a, corr.severity)
+        .entity(entity)
+        .evidence(evidence, summary)
+        .actions(actions);
+    let (tactic, technique_id, technique) = &corr.mitre;
+    if !tactic.is_empty() || !technique_id.is_empty() {
+        builder = builder.mitre((tactic.as_str(), technique_id.as_str(), technique.as_str()));
+    }
+    builder.id(id)
+}
+
+/// `field=value, …` of a group (`all activity` without group-by).
+fn describe_group(corr: &Correlation, group: &[Option<String>]) -> String {
+    if corr.group_by.is_empty() {
+        return "all activity".into();
+    }
+    corr.group_by
+        .iter()
+        .zip(group)
+        .map(|(f, v)| format!("{}={}", f.name, v.as_deref().unwrap_or("null")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -558,6 +558,7 @@ async fn create_topics(run: &Run) -> Result<()> {
     cfg.topics.detect_state = run.topic("state");
     cfg.topics.detect_facts = run.topic("facts");
     cfg.topics.detect_signin_failures = run.topic("signin-failures");
+    cfg.topics.detect_correlations = run.topic("correlations");
     trailguard_common::kafka::ensure_topics(
         &cfg,
         &[
@@ -567,6 +568,7 @@ async fn create_topics(run: &Run) -> Result<()> {
             TopicRole::DetectState,
             TopicRole::DetectFacts,
             TopicRole::DetectSigninFailures,
+            TopicRole::DetectCorrelations,
         ],
     )
     .await?;
@@ -577,12 +579,27 @@ async fn create_topics(run: &Run) -> Result<()> {
 /// forged fact ("admin was deleted") raises no terminated-user alert about admin; a forged
 /// baseline (an offset far ahead, which would mark all of carol's activity as applied) does
 /// not switch carol's detections off; forged sign-in failures on the forwarding topic make no
-/// password-spray alert.
+/// password-spray alert; forged matches on the correlations topic complete no Sigma
+/// correlation.
 #[tokio::test(flavor = "multi_thread")]
 async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
     let run = Run::new("trust-internal")?;
     create_topics(&run).await?;
-    let config = run.detect_config("[policies.anomaly]\nlearning_period = \"1d\"\n")?;
+    // A Sigma correlation: two failed console sign-ins from one address.
+    let rules = std::env::temp_dir().join(&run.id).join("sigma");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(
+        rules.join("fail.yml"),
+        "title: failed sign-in\nid: failed-signin\nlogsource:\n  product: aws\n  service: cloudtrail\ndetection:\n  selection:\n    eventName: ConsoleLogin\n    errorMessage: 'Failed authentication'\n  condition: selection\n",
+    )?;
+    std::fs::write(
+        rules.join("spray.yml"),
+        "title: two failures\nid: two-failures\nlevel: high\ncorrelation:\n  type: event_count\n  rules:\n    - failed-signin\n  group-by:\n    - sourceIPAddress\n  timespan: 1h\n  condition:\n    gte: 2\n",
+    )?;
+    let config = run.detect_config(&format!(
+        "[policies.anomaly]\nlearning_period = \"1d\"\n\n[policies.sigma]\npaths = [{:?}]\n",
+        rules.display().to_string()
+    ))?;
     let admin = format!("user:{ACCOUNT}/admin");
     let fact = json!({"key": admin, "fact": {"time": 0, "how": "DeleteUser by arn:aws:iam::123456789012:user/mallory", "subject": format!("{ACCOUNT}/admin")}});
     produce(&run.topic("facts"), &admin, fact.to_string().as_bytes()).await?;
@@ -643,6 +660,15 @@ async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
             &serde_json::to_vec(&activity)?,
         )
         .await?;
+        // The same, as matches of the correlation (as detect would forward them, unsigned).
+        let hit = json!({"correlation": "sigma-two-failures", "group": ["203.0.113.99"],
+                         "rules": [0], "activity": activity});
+        produce(
+            &run.topic("correlations"),
+            "sigma-two-failures\u{1f}203.0.113.99",
+            hit.to_string().as_bytes(),
+        )
+        .await?;
     }
     let mut records = vec![
         record(
@@ -678,6 +704,21 @@ async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
             json!({}),
         ),
     ];
+    // Two real failed sign-ins from one address: the correlation works (and is evaluated).
+    for (minute, user) in [(4, "dan"), (5, "erin")] {
+        let mut failed = record(
+            minute,
+            "ConsoleLogin",
+            "signin.amazonaws.com",
+            user,
+            "198.51.100.77",
+            json!(null),
+        );
+        failed["eventType"] = json!("AwsConsoleSignIn");
+        failed["responseElements"] = json!({"ConsoleLogin": "Failure"});
+        failed["errorMessage"] = json!("Failed authentication");
+        records.push(failed);
+    }
     // Then each makes a change that alerts, so the test knows both were evaluated.
     for (minute, user) in [(2, "admin"), (3, "carol")] {
         records.push(record(
@@ -695,9 +736,11 @@ async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
         read_topic(&run.topic("alerts"), TIMEOUT, Duration::from_secs(5), |r| {
             r.iter()
                 .filter_map(|r| serde_json::from_slice::<Alert>(&r.value).ok())
-                .filter(|a| a.policy_id == "cloudtrail-changes")
+                .filter(|a| {
+                    a.policy_id == "cloudtrail-changes" || a.policy_id == "sigma-two-failures"
+                })
                 .count()
-                >= 2
+                >= 3
         })
         .with_context(|| detect.log())?
         .iter()
@@ -720,6 +763,15 @@ async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
     assert!(
         !alerts.iter().any(|a| a.entity.id == "203.0.113.99"),
         "forged sign-in failures raised an alert: {alerts:#?}"
+    );
+    let correlated: Vec<&str> = alerts
+        .iter()
+        .filter(|a| a.policy_id == "sigma-two-failures")
+        .map(|a| a.entity.id.as_str())
+        .collect();
+    assert!(
+        correlated == ["sourceIPAddress=198.51.100.77"],
+        "only the real failures complete the correlation, not forged matches: {alerts:#?}"
     );
     Ok(())
 }

@@ -110,12 +110,12 @@ impl Metrics {
         let correlation_dropped = IntCounterVec::new(
             Opts::new(
                 "trailguard_detect_sigma_correlation_dropped_total",
-                "Matches of Sigma correlations not counted, by reason: full (a group held 10,000 matches in its window, or an instance 1,000,000), unknown (a record naming a correlation not configured, or rules it does not have).",
+                "Matches of Sigma correlations not counted, by reason: full (a group held 10,000 matches in its window, or a partition of the correlations topic 1,000,000), late (older than the latest time less the allowed lateness and the timespan), unknown (a record naming a correlation not configured, another definition of it, or rules it does not have).",
             ),
             &["reason"],
         )?;
         registry.register(Box::new(correlation_dropped.clone()))?;
-        for reason in ["full", "unknown"] {
+        for reason in ["full", "late", "unknown"] {
             correlation_dropped.with_label_values(&[reason]);
         }
         for role in ["alerts", "dlq", "facts", "signin_failures", "correlations"] {
@@ -167,6 +167,15 @@ pub(crate) fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
     }
     let mut activity: Activity = serde_json::from_slice(bytes)
         .map_err(|e| Poison::new("undecodable_activity", format!("not an Activity: {e}")))?;
+    // Ingest reads CloudTrail's four-digit years; a time near the ends of what chrono holds
+    // (anyone who may write the topic can publish one) would overflow windows' arithmetic.
+    let year = chrono::Datelike::year(&activity.event_time);
+    if !(1970..=9999).contains(&year) {
+        return Err(Poison::new(
+            "event_time_out_of_range",
+            format!("event_time year {year} is outside 1970-9999"),
+        ));
+    }
     if activity.actor.is_empty() {
         // Written before actors (schema version 1): resolved as ingest would now.
         activity.actor = trailguard_common::contract::Actor::of(&activity.principal);
@@ -357,15 +366,17 @@ pub async fn run(
                         Correlator::new(sigma.clone(), cfg.detect.allowed_lateness)
                     });
                     let alerts = correlator.observe(&hit, offset);
-                    let (full, unknown) = correlator.take_dropped();
-                    metrics
-                        .correlation_dropped
-                        .with_label_values(&["full"])
-                        .inc_by(full);
-                    metrics
-                        .correlation_dropped
-                        .with_label_values(&["unknown"])
-                        .inc_by(unknown);
+                    let dropped = correlator.take_dropped();
+                    for (reason, n) in [
+                        ("full", dropped.full),
+                        ("late", dropped.late),
+                        ("unknown", dropped.unknown),
+                    ] {
+                        metrics
+                            .correlation_dropped
+                            .with_label_values(&[reason])
+                            .inc_by(n);
+                    }
                     if let Err(stopped) = sink.alerts(alerts).await {
                         return commit_stored(&consumer, stopped, &tasks);
                     }
@@ -1436,6 +1447,40 @@ impl Sink<'_> {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn an_activity_dated_beyond_what_windows_can_hold_is_poison() {
+        let record = serde_json::json!({
+            "eventVersion": "1.09", "eventTime": "2024-05-10T12:00:00Z",
+            "eventSource": "iam.amazonaws.com", "eventName": "CreateUser",
+            "eventID": "00000000-0000-4000-8000-000000000001",
+            "userIdentity": {"type": "IAMUser", "userName": "a", "accountId": "123456789012",
+                "arn": "arn:aws:iam::123456789012:user/a"},
+        });
+        let activity = trailguard_ingest::normalize::normalize(&record.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut json = serde_json::to_value(&activity).unwrap_or_default();
+        assert!(decode(Some(json.to_string().as_bytes())).is_ok());
+        for time in [
+            "+262143-12-31T23:59:59Z",
+            "-262143-01-01T00:00:00Z",
+            "0001-01-01T00:00:00Z",
+        ] {
+            json["event_time"] = serde_json::json!(time);
+            let decoded = decode(Some(json.to_string().as_bytes()));
+            assert!(
+                decoded.as_ref().is_err_and(
+                    |p| p.kind == "event_time_out_of_range" || p.kind == "undecodable_activity"
+                ),
+                "{time}: {:?}",
+                decoded.map(|a| a.event_time)
+            );
+        }
+        // A time chrono reads, outside ingest's years: refused for its range.
+        json["event_time"] = serde_json::json!("0001-01-01T00:00:00Z");
+        assert!(decode(Some(json.to_string().as_bytes()))
+            .is_err_and(|p| p.kind == "event_time_out_of_range"));
+    }
 
     #[test]
     fn an_idle_partition_vouches_for_a_time_only_after_it_settles() {

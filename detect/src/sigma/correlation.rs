@@ -16,14 +16,18 @@
 //!    alert per set of matches (matches that made an alert do not count toward another).
 //!
 //! State survives a restart like the custom policies' windows: a correlator keeps no
-//! changelog, and its committed offset never passes the first match it still holds, so a
-//! replay rebuilds the same windows and raises the same alerts with the same ids (made from
-//! the activity ids, which consumers de-duplicate). A match forwarded twice (a replay of the
-//! activities topic) is counted once.
+//! changelog, and its committed offset never passes the first match it still holds — nor, for
+//! a match already counted toward an alert, the first match of that alert — so a replay
+//! rebuilds the same windows, with the same matches already counted, and raises the same
+//! alerts with the same ids (made from the activity ids, which consumers de-duplicate). A
+//! match forwarded twice (a replay of the activities topic) is counted once. Windows expire at
+//! absolute offsets (every 64th), so a replay expires at the same points; a match older than
+//! the watermark less the allowed lateness and the timespan (it could only join matches
+//! already expired) is not counted (`reason="late"`).
 //!
 //! Memory is bounded: a group holds at most [`MAX_GROUP_MATCHES`] matches and a correlator
-//! [`MAX_MATCHES`]; a match beyond either is not counted and is counted in
-//! `trailguard_detect_sigma_correlation_dropped_total`.
+//! (one partition of the correlations topic) [`MAX_MATCHES`]; a match beyond either is not
+//! counted and is counted in `trailguard_detect_sigma_correlation_dropped_total`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -46,8 +50,9 @@ pub const MAX_GROUP_MATCHES: usize = 10_000;
 pub const MAX_MATCHES: usize = 1_000_000;
 /// Most referred rules (a bit each in a match).
 pub const MAX_RULES: usize = 64;
-/// Longest timespan.
-pub const MAX_SPAN_SECS: u64 = 30 * 86_400;
+/// Longest timespan: a day. The correlations topic keeps 7 days, and a window's matches
+/// (with the allowed lateness) must still be on it when a restart replays them.
+pub const MAX_SPAN_SECS: u64 = 86_400;
 /// Longest group or counted value kept as it is; a longer one is kept as its digest (two
 /// different values never share a group).
 const MAX_VALUE_BYTES: usize = 256;
@@ -120,6 +125,32 @@ pub struct Correlation {
     pub allow_principals: Vec<String>,
     /// ATT&CK tactic and technique from its tags.
     pub mitre: (String, String, String),
+    /// A digest of what it counts (kind, rules, fields, count, timespan): a match forwarded
+    /// under another definition of it is not counted.
+    pub definition: String,
+}
+
+impl Correlation {
+    /// The digest of the definition: `kind`, the referred rules' keys, the fields, the count
+    /// and the timespan.
+    pub fn digest(
+        kind: Kind,
+        rule_keys: &[&str],
+        group_by: &[Field],
+        value_field: Option<&Field>,
+        at_least: u64,
+        span: Duration,
+    ) -> String {
+        let mut parts: Vec<String> = vec![kind.as_str().to_string()];
+        parts.extend(rule_keys.iter().map(|k| format!("rule={k}")));
+        for f in group_by.iter().chain(value_field) {
+            parts.push(format!("field={}", f.name));
+            parts.extend(f.by_rule.iter().map(|p| format!("path={p}")));
+        }
+        parts.push(format!("at_least={at_least}"));
+        parts.push(format!("span={}", span.num_seconds()));
+        stable_id(parts.iter().map(String::as_str))
+    }
 }
 
 /// A correlation's share of one activity, forwarded to the correlations topic.
@@ -128,14 +159,17 @@ pub struct Correlation {
 pub struct Hit {
     /// The correlation's policy id.
     pub correlation: String,
-    /// Its `group-by` values, in order (`None`: absent or null).
+    /// Its definition's digest ([`Correlation::definition`]).
+    pub definition: String,
+    /// Its `group-by` values, in order, each [`bounded`] (`None`: absent or null).
     pub group: Vec<Option<String>>,
     /// Positions (in the correlation's `rules`) of the referred rules the activity matched.
     pub rules: Vec<u8>,
-    /// The value `value_count` counts (`None`: absent or null).
+    /// The value `value_count` counts, [`bounded`] (`None`: absent or null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    /// The activity.
+    /// The activity, without its request, response and additional data (the alert needs
+    /// none of them; a record near the broker's size limit must still be forwarded).
     pub activity: Activity,
 }
 
@@ -154,13 +188,22 @@ impl Hit {
     }
 }
 
-/// A value as a group or counted value: as it is, or its digest when long.
+/// A value as a group or counted value: `=VALUE`, or `#DIGEST` when longer than 256 bytes (the
+/// marks keep a value that looks like a digest apart from a digest).
 pub fn bounded(value: String) -> String {
     if value.len() <= MAX_VALUE_BYTES {
-        value
+        format!("={value}")
     } else {
-        format!("sha256:{}", stable_id([value.as_str()]))
+        format!("#sha256:{}", stable_id([value.as_str()]))
     }
+}
+
+/// A [`bounded`] value as people read it.
+fn shown(value: &str) -> &str {
+    value
+        .strip_prefix('=')
+        .or_else(|| value.strip_prefix('#'))
+        .unwrap_or(value)
 }
 
 /// One match in a group's window.
@@ -173,8 +216,9 @@ struct Match {
     rules: u64,
     value: Option<String>,
     principal: String,
-    /// Counted toward an alert already.
-    used: bool,
+    /// Counted toward an alert already: the first offset of that alert's matches (a replay
+    /// must start there to count them together again).
+    used: Option<Offset>,
 }
 
 /// Correlations over one partition of the correlations topic.
@@ -185,9 +229,9 @@ pub struct Correlator {
     held: usize,
     lateness: Duration,
     max_event_time: Option<DateTime<Utc>>,
-    last_expiry: Option<DateTime<Utc>>,
     committed: Offset,
     dropped: u64,
+    late: u64,
     unknown: u64,
 }
 
@@ -200,9 +244,9 @@ impl Correlator {
             held: 0,
             lateness: Duration::from_std(lateness).unwrap_or(Duration::MAX),
             max_event_time: None,
-            last_expiry: None,
             committed: 0,
             dropped: 0,
+            late: 0,
             unknown: 0,
         }
     }
@@ -223,20 +267,36 @@ impl Correlator {
             }
             mask |= 1 << position;
         }
-        if mask == 0 || hit.group.len() != corr.group_by.len() {
+        if mask == 0 || hit.group.len() != corr.group_by.len() || hit.definition != corr.definition
+        {
             self.unknown += 1;
             return Vec::new();
         }
         let a = &hit.activity;
+        let mut out = Vec::new();
+        // Too late to join anything still held (see the module notes).
+        let horizon = self
+            .max_event_time
+            .and_then(|max| max.checked_sub_signed(self.lateness))
+            .and_then(|w| w.checked_sub_signed(corr.span));
+        if horizon.is_some_and(|h| a.event_time < h) {
+            self.late += 1;
+        } else if corr.kind != Kind::ValueCount || hit.value.is_some() {
+            // (Nothing to count for value_count without the value.)
+            out.extend(self.count(ci, corr, hit, mask, offset));
+        }
         if advances_watermark(self.max_event_time, a.event_time) {
             self.max_event_time = Some(a.event_time);
         }
-        let mut out = Vec::new();
-        // Nothing to count for value_count without the value.
-        if corr.kind != Kind::ValueCount || hit.value.is_some() {
-            out.extend(self.count(ci, corr, hit, mask, offset));
+        // At absolute offsets, so a replay from any offset expires at the same points.
+        if offset % crate::policy::EXPIRE_EVERY == 0 {
+            if let Some(watermark) = self
+                .max_event_time
+                .and_then(|max| max.checked_sub_signed(self.lateness))
+            {
+                self.expire(watermark);
+            }
         }
-        self.expire_on_schedule(offset);
         out
     }
 
@@ -272,32 +332,21 @@ impl Correlator {
                 rules: mask,
                 value: hit.value.clone(),
                 principal: a.principal.key(),
-                used: false,
+                used: None,
             },
         );
         self.held += 1;
         let chosen = find(corr, window, a.event_time)?;
+        let first = chosen
+            .iter()
+            .map(|&i| window[i].offset)
+            .min()
+            .unwrap_or(offset);
         for &i in &chosen {
-            window[i].used = true;
+            window[i].used = Some(first);
         }
         let matches: Vec<&Match> = chosen.iter().map(|&i| &window[i]).collect();
         Some(alert(corr, hit, &matches))
-    }
-
-    /// Drops matches whose window the watermark has passed: at every 64th offset, and
-    /// whenever the watermark has moved a minute since the last time (the topic is quiet).
-    fn expire_on_schedule(&mut self, offset: Offset) {
-        let Some(max) = self.max_event_time else {
-            return;
-        };
-        let due = offset % crate::policy::EXPIRE_EVERY == 0
-            || self
-                .last_expiry
-                .is_none_or(|last| max - last >= Duration::minutes(1));
-        if due {
-            self.last_expiry = Some(max);
-            self.expire(max - self.lateness);
-        }
     }
 
     /// Drops matches older than `watermark` less their correlation's timespan.
@@ -308,7 +357,7 @@ impl Correlator {
             let span = rules
                 .correlation_at(*ci)
                 .map_or(Duration::zero(), |c| c.span);
-            let horizon = watermark - span;
+            let horizon = watermark.checked_sub_signed(span).unwrap_or(watermark);
             while window.front().is_some_and(|m| m.time < horizon) {
                 window.pop_front();
             }
@@ -324,7 +373,10 @@ impl Correlator {
         let first_open = self
             .windows
             .values()
-            .flat_map(|w| w.iter().map(|m| m.offset))
+            .flat_map(|w| {
+                w.iter()
+                    .map(|m| m.used.map_or(m.offset, |o| o.min(m.offset)))
+            })
             .min()
             .unwrap_or(next)
             .min(next);
@@ -337,24 +389,43 @@ impl Correlator {
         self.held
     }
 
-    /// Matches not counted since the last call (a group or the correlator was full), and
-    /// records naming no configured correlation.
-    pub fn take_dropped(&mut self) -> (u64, u64) {
-        (
-            std::mem::take(&mut self.dropped),
-            std::mem::take(&mut self.unknown),
-        )
+    /// Matches not counted since the last call: a group or the correlator was full, the
+    /// match was too late, the record names no configured correlation (or another definition
+    /// of it).
+    pub fn take_dropped(&mut self) -> Dropped {
+        Dropped {
+            full: std::mem::take(&mut self.dropped),
+            late: std::mem::take(&mut self.late),
+            unknown: std::mem::take(&mut self.unknown),
+        }
     }
+}
+
+/// Matches not counted, by reason (see [`Correlator::take_dropped`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// A group or the correlator was full.
+    pub full: u64,
+    /// Older than the watermark less the lateness and the timespan.
+    pub late: u64,
+    /// Naming no configured correlation, or another definition of it.
+    pub unknown: u64,
 }
 
 /// The matches (indices in `window`) that satisfy `corr` together with the one at `t`, if
 /// any: the first such set in time among the matches not yet counted within the timespan.
 fn find(corr: &Correlation, window: &VecDeque<Match>, t: DateTime<Utc>) -> Option<Vec<usize>> {
     let span = corr.span;
+    let lo = t
+        .checked_sub_signed(span)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let hi = t
+        .checked_add_signed(span)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let near: Vec<usize> = (0..window.len())
         .filter(|&i| {
             let m = &window[i];
-            !m.used && m.time >= t - span && m.time <= t + span
+            m.used.is_none() && m.time >= lo && m.time <= hi
         })
         .collect();
     let need = usize::try_from(corr.at_least).unwrap_or(usize::MAX).max(1);
@@ -479,8 +550,16 @@ fn alert(corr: &Correlation, hit: &Hit, matches: &[&Match]) -> Alert {
     // About one principal only when every match was its: acting on the principal of the
     // activity that happened to complete a group of several is acting on one it does not name.
     let one = principals.len() == 1 && principals[0] == a.principal.key();
-    let (entity, actions): (Entity, Vec<RequestedAction>) = if one {
+    let policy = PolicyMeta {
+        id: &corr.policy_id,
+        name: &corr.title,
+        kind: AlertKind::Custom,
+    };
+    // A group's alert names no principal (nor the account and region of whichever activity
+    // happened to complete it) and requests notify only.
+    let (builder, entity, actions): (AlertBuilder, Entity, Vec<RequestedAction>) = if one {
         (
+            AlertBuilder::about(&policy, a, corr.severity),
             Entity {
                 kind: kinds::PRINCIPAL.into(),
                 id: a.principal.key(),
@@ -489,6 +568,7 @@ fn alert(corr: &Correlation, hit: &Hit, matches: &[&Match]) -> Alert {
         )
     } else {
         (
+            AlertBuilder::at(&policy, a.event_time, corr.severity),
             Entity {
                 kind: "group".into(),
                 id: group,
@@ -499,17 +579,12 @@ fn alert(corr: &Correlation, hit: &Hit, matches: &[&Match]) -> Alert {
                 .collect(),
         )
     };
-    let policy = PolicyMeta {
-        id: &corr.policy_id,
-        name: &corr.title,
-        kind: AlertKind::Custom,
-    };
     let evidence: Vec<String> = ids
         .iter()
         .take(MAX_EVIDENCE)
         .map(|s| s.to_string())
         .collect();
-    let mut builder = AlertBuilder::about(&policy, a, corr.severity)
+    let mut builder = builder
         .entity(entity)
         .evidence(evidence, summary)
         .actions(actions);
@@ -528,7 +603,7 @@ fn describe_group(corr: &Correlation, group: &[Option<String>]) -> String {
     corr.group_by
         .iter()
         .zip(group)
-        .map(|(f, v)| format!("{}={}", f.name, v.as_deref().unwrap_or("null")))
+        .map(|(f, v)| format!("{}={}", f.name, v.as_deref().map_or("null", shown)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -310,6 +310,11 @@ fn aliases_name_each_rules_field() {
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].entity.id, "target=backdoor");
     assert!(
+        alerts[0].principal.is_none() && alerts[0].account_id.is_none(),
+        "a group's alert names nobody who merely completed it: {:#?}",
+        alerts[0]
+    );
+    assert!(
         alerts[0]
             .actions
             .iter()
@@ -379,7 +384,7 @@ fn the_forwarded_record_is_checked_against_the_configuration() {
     let mut hits = Vec::new();
     rules.evaluate(&failure(0, "a", "203.0.113.9"), &mut Vec::new(), &mut hits);
     let hit = hits.remove(0);
-    assert_eq!(hit.key(), "sigma-spray\u{1f}203.0.113.9");
+    assert_eq!(hit.key(), "sigma-spray\u{1f}=203.0.113.9");
     let mut correlator = Correlator::new(rules.clone(), std::time::Duration::from_secs(300));
     for bad in [
         Hit {
@@ -394,10 +399,22 @@ fn the_forwarded_record_is_checked_against_the_configuration() {
             group: vec![],
             ..hit.clone()
         },
+        // Forwarded under another definition of the correlation (it was changed since).
+        Hit {
+            definition: "0".repeat(32),
+            ..hit.clone()
+        },
     ] {
         assert!(correlator.observe(&bad, 0).is_empty());
     }
-    assert_eq!(correlator.take_dropped(), (0, 3));
+    assert_eq!(
+        correlator.take_dropped(),
+        super::correlation::Dropped {
+            full: 0,
+            late: 0,
+            unknown: 4
+        }
+    );
     assert_eq!(correlator.observe(&hit, 1).len(), 1);
     // A long group value is kept as its digest: bounded keys, no two values merged.
     let long = "x".repeat(10_000);
@@ -408,7 +425,20 @@ fn the_forwarded_record_is_checked_against_the_configuration() {
         &mut hits,
     );
     let group = hits[0].group[0].clone().unwrap_or_default();
-    assert!(group.starts_with("sha256:") && group.len() < 100, "{group}");
+    assert!(
+        group.starts_with("#sha256:") && group.len() < 100,
+        "{group}"
+    );
+    // A value written like a digest is a value, not that digest.
+    let mut looks_alike = Vec::new();
+    rules.evaluate(
+        &at(6, "a", json!({"eventSource": "signin.amazonaws.com", "eventName": "ConsoleLogin", "sourceIPAddress": &group[1..]})),
+        &mut Vec::new(),
+        &mut looks_alike,
+    );
+    assert_ne!(looks_alike[0].group, hits[0].group);
+    // The forwarded activity leaves its documents out.
+    assert!(hits[0].activity.request_parameters.is_none());
 }
 
 #[test]
@@ -493,4 +523,151 @@ fn correlations_that_cannot_run_stop_start_up_naming_the_construct() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rules.correlations().len(), 0);
     assert_eq!(rules.rules().len(), 1);
+}
+
+/// The hit of `rules`' one correlation for `a`.
+fn hit_of(rules: &SigmaRules, a: &Activity) -> Hit {
+    let mut hits = Vec::new();
+    rules.evaluate(a, &mut Vec::new(), &mut hits);
+    assert_eq!(hits.len(), 1);
+    hits.remove(0)
+}
+
+fn spray(gte: u32, timespan: &str) -> Arc<SigmaRules> {
+    loaded(&[
+        ("login.yml", &rule("login-failed", "ConsoleLogin")),
+        (
+            "spray.yml",
+            &correlation(
+                "spray",
+                &format!("  type: event_count\n  rules:\n    - login-failed\n  group-by:\n    - sourceIPAddress\n  timespan: {timespan}\n  condition:\n    gte: {gte}"),
+            ),
+        ),
+    ])
+}
+
+#[test]
+fn a_restart_after_part_of_an_alert_expired_counts_the_same() {
+    let rules = spray(3, "5m");
+    let ip = "203.0.113.9";
+    // m1..m3 make an alert; m4 follows; another address moves the watermark past m1 and m2
+    // (at offset 64, an expiry point); then m5.
+    let hits: Vec<(i64, Hit)> = vec![
+        (0, hit_of(&rules, &failure(0, "a", ip))),
+        (1, hit_of(&rules, &failure(100, "b", ip))),
+        (2, hit_of(&rules, &failure(250, "c", ip))),
+        (3, hit_of(&rules, &failure(320, "d", ip))),
+        (64, hit_of(&rules, &failure(450, "z", "192.0.2.7"))),
+        (65, hit_of(&rules, &failure(400, "e", ip))),
+    ];
+    let lateness = std::time::Duration::ZERO;
+    let mut once = Correlator::new(rules.clone(), lateness);
+    let mut uninterrupted = Vec::new();
+    let mut safe = -1;
+    for (offset, hit) in &hits {
+        uninterrupted.extend(once.observe(hit, *offset));
+        if *offset == 64 {
+            safe = once.safe_offset(65);
+        }
+    }
+    assert_eq!(
+        uninterrupted.len(),
+        1,
+        "m4 and m5 are two: {uninterrupted:#?}"
+    );
+    assert_eq!(
+        safe, 0,
+        "m3 counted toward m1's alert: the replay starts at m1"
+    );
+    // Stopped after offset 64, restarted from the safe offset.
+    let mut again = Correlator::new(rules.clone(), lateness);
+    let replayed: Vec<Alert> = hits
+        .iter()
+        .filter(|(offset, _)| *offset >= safe)
+        .flat_map(|(offset, hit)| again.observe(hit, *offset))
+        .collect();
+    let ids = |alerts: &[Alert]| alerts.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&replayed), ids(&uninterrupted));
+}
+
+#[test]
+fn late_matches_and_hostile_times_are_not_counted_and_never_panic() {
+    let rules = spray(2, "10m");
+    let mut correlator = Correlator::new(rules.clone(), std::time::Duration::from_secs(300));
+    assert!(correlator
+        .observe(&hit_of(&rules, &failure(100_000, "a", "203.0.113.9")), 1)
+        .is_empty());
+    // A day before the latest time: too late to join anything held.
+    let late = hit_of(&rules, &failure(100_000 - 86_400, "b", "203.0.113.9"));
+    assert!(correlator.observe(&late, 2).is_empty());
+    assert_eq!(correlator.take_dropped().late, 1);
+    // Times at the ends of what chrono can hold (an activities topic anyone may write).
+    for (i, time) in [
+        chrono::DateTime::<chrono::Utc>::MAX_UTC,
+        chrono::DateTime::<chrono::Utc>::MIN_UTC,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut hit = hit_of(&rules, &failure(i as i64, "c", "198.51.100.1"));
+        hit.activity.event_time = time;
+        hit.activity.id = format!("edge-{i}");
+        correlator.observe(&hit, 64 * (i as i64 + 1));
+        correlator.expire(time);
+        correlator.safe_offset(200);
+    }
+}
+
+#[test]
+fn loading_edge_cases() {
+    let base = rule("login-failed", "ConsoleLogin");
+    // A negative count (read as a huge one) could never be reached: refused.
+    let negative = correlation(
+        "neg",
+        "  type: event_count\n  rules:\n    - login-failed\n  timespan: 10m\n  condition:\n    gte: -1",
+    );
+    let err = load(&[("base.yml", &base), ("neg.yml", &negative)], |_| {})
+        .err()
+        .unwrap_or_default();
+    assert!(
+        err.contains("neg.yml") && err.contains("condition"),
+        "{err}"
+    );
+    // Two temporal correlations with one title in one file: each its own condition.
+    let key = rule("create-key", "CreateAccessKey");
+    let two = "title: same\nid: any-one\ncorrelation:\n  type: temporal\n  rules:\n    - login-failed\n    - create-key\n  timespan: 5m\n  condition:\n    gte: 1\n---\ntitle: same\nid: both\ncorrelation:\n  type: temporal\n  rules:\n    - login-failed\n    - create-key\n  timespan: 5m\n";
+    let rules = loaded(&[("base.yml", &base), ("key.yml", &key), ("two.yml", two)]);
+    let (_, alerts) = run(&rules, &[failure(0, "a", "203.0.113.9")]);
+    let fired: Vec<&str> = alerts.iter().map(|a| a.policy_id.as_str()).collect();
+    assert_eq!(fired, vec!["sigma-any-one"], "both needs both rules");
+    // A correlation in its own file naming a rule switched off: refused, not passed over as
+    // another product's.
+    let named = correlation(
+        "by-name",
+        "  type: event_count\n  rules:\n    - create-key\n  timespan: 10m\n  condition:\n    gte: 2",
+    );
+    let err = load(&[("key.yml", &key), ("n.yml", &named)], |cfg| {
+        cfg.rules.insert(
+            "create-key".into(),
+            super::SigmaRuleConfig {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        );
+    })
+    .err()
+    .unwrap_or_default();
+    assert!(err.contains("n.yml") && err.contains("create-key"), "{err}");
+    // Or naming a rule whose file was refused whole: listed as skipped, not passed over.
+    let broken = "title: broken\nid: broken-1\nlogsource:\n  product: aws\n  service: cloudtrail\ndetection:\n  selection:\n    eventName: x\n  condition: selection and\n";
+    let over_broken = correlation(
+        "over-broken",
+        "  type: event_count\n  rules:\n    - broken-1\n  timespan: 10m\n  condition:\n    gte: 2",
+    );
+    let rules = load(&[("broken.yml", broken), ("ob.yml", &over_broken)], |cfg| {
+        cfg.skip_unsupported = true;
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let skipped: Vec<&str> = rules.skipped().iter().map(|s| s.rule.as_str()).collect();
+    assert!(skipped.contains(&"over-broken"), "{skipped:?}");
 }

@@ -147,6 +147,9 @@ pub struct SigmaRules {
     correlations: Vec<LoadedCorrelation>,
     /// Correlation policy id → index in `correlations`.
     correlation_by_policy: HashMap<String, usize>,
+    /// Ids, names and titles of CloudTrail rules read but not loaded (switched off, skipped,
+    /// refused, in a file refused whole), which a correlation may name.
+    unloaded_names: Vec<String>,
 }
 
 impl std::fmt::Debug for SigmaRules {
@@ -176,6 +179,7 @@ impl SigmaRules {
             other_sources: 0,
             correlations: Vec::new(),
             correlation_by_policy: HashMap::new(),
+            unloaded_names: Vec::new(),
         }
     }
 
@@ -218,14 +222,17 @@ impl SigmaRules {
                     }
                     correlations.extend(parsed.into_iter().map(|c| (file.clone(), true, c)));
                 }
-                Err(reason) => out.refuse(
-                    cfg,
-                    Skipped {
-                        file: file.clone(),
-                        rule: file_name(file),
-                        reason,
-                    },
-                )?,
+                Err((reason, names)) => {
+                    out.unloaded_names.extend(names);
+                    out.refuse(
+                        cfg,
+                        Skipped {
+                            file: file.clone(),
+                            rule: file_name(file),
+                            reason,
+                        },
+                    )?
+                }
             }
         }
         // Correlations over correlations after the ones they refer to (which they are refused
@@ -293,8 +300,28 @@ impl SigmaRules {
         Ok(out)
     }
 
-    /// Takes `rule` read from `file`, or refuses it.
+    /// Takes `rule` read from `file`, or refuses it (remembering its names for correlations
+    /// that refer to it).
     fn add(
+        &mut self,
+        cfg: &SigmaConfig,
+        file: &Path,
+        rule: SigmaRule,
+        seen_policy: &mut HashMap<String, PathBuf>,
+    ) -> Result<(), trailguard_common::Error> {
+        let names: Vec<String> = [rule.id.clone(), rule.name.clone(), Some(rule.title.clone())]
+            .into_iter()
+            .flatten()
+            .collect();
+        let loaded = self.rules.len();
+        let result = self.add_rule(cfg, file, rule, seen_policy);
+        if self.rules.len() == loaded {
+            self.unloaded_names.extend(names);
+        }
+        result
+    }
+
+    fn add_rule(
         &mut self,
         cfg: &SigmaConfig,
         file: &Path,
@@ -449,6 +476,18 @@ impl SigmaRules {
             }
         };
         seen_policy.insert(policy_id.clone(), file.to_path_buf());
+        let rule_keys: Vec<&str> = rules
+            .iter()
+            .filter_map(|&i| self.rules.get(i).map(|r| r.key.as_str()))
+            .collect();
+        let definition = correlation::Correlation::digest(
+            kind,
+            &rule_keys,
+            &group_by,
+            value_field.as_ref(),
+            at_least,
+            span,
+        );
         let ci = self.correlations.len();
         for (position, &index) in rules.iter().enumerate() {
             if let Some(r) = self.rules.get_mut(index) {
@@ -472,6 +511,7 @@ impl SigmaRules {
                 actions: settings.actions.unwrap_or_else(|| vec![ActionKind::Notify]),
                 allow_principals: settings.allow_principals,
                 mitre: mitre_of(&rule.tags),
+                definition,
             },
             generate: rule.generate,
             names: [rule.id.clone(), rule.name.clone()]
@@ -501,7 +541,7 @@ impl SigmaRules {
         if self.disabled.iter().any(|k| k == r) {
             return Reference::Disabled;
         }
-        if self.skipped.iter().any(|s| s.rule == r) {
+        if self.skipped.iter().any(|s| s.rule == r) || self.unloaded_names.iter().any(|n| n == r) {
             return Reference::Skipped;
         }
         Reference::Unknown
@@ -608,12 +648,19 @@ impl SigmaRules {
                     .and_then(|path| view::text_of(&view, path))
                     .map(correlation::bounded)
             };
+            // The alert needs none of the activity's documents; the forwarded record stays
+            // small whatever the request was.
+            let mut activity = a.clone();
+            activity.request_parameters = None;
+            activity.response_elements = None;
+            activity.additional_event_data = None;
             hits.push(correlation::Hit {
                 correlation: corr.policy_id.clone(),
+                definition: corr.definition.clone(),
                 group: corr.group_by.iter().map(read).collect(),
                 rules: positions,
                 value: corr.value_field.as_ref().and_then(read),
-                activity: a.clone(),
+                activity,
             });
         }
     }
@@ -653,7 +700,13 @@ enum FileRules {
 }
 
 /// Reads the rules of one file; `Err` says why a CloudTrail rule in it cannot be used.
-fn load_file(file: &Path) -> Result<FileRules, String> {
+fn load_file(file: &Path) -> Result<FileRules, (String, Vec<String>)> {
+    let mut names = Vec::new();
+    read_file(file, &mut names).map_err(|reason| (reason, names))
+}
+
+/// [`load_file`]; `names` gets the ids, names and titles of the CloudTrail rules in it.
+fn read_file(file: &Path, names: &mut Vec<String>) -> Result<FileRules, String> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::fs::File::open(file)
@@ -668,8 +721,8 @@ fn load_file(file: &Path) -> Result<FileRules, String> {
     let mut cloudtrail = false;
     let mut references = Vec::new();
     let mut unreadable = None;
-    // Correlations by title, with whether each has a condition.
-    let mut conditions: Vec<(String, bool)> = Vec::new();
+    // Whether each correlation, in document order, has a condition.
+    let mut conditions: Vec<bool> = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
         let value = match serde_yaml_ng::Value::deserialize(document) {
             Ok(v) => v,
@@ -688,6 +741,11 @@ fn load_file(file: &Path) -> Result<FileRules, String> {
             let service = field(source, "service");
             if product.as_deref() == Some("aws") && service.as_deref() == Some("cloudtrail") {
                 cloudtrail = true;
+                for k in ["id", "name", "title"] {
+                    if let Some(n) = value.get(k).and_then(|v| v.as_str()) {
+                        names.push(n.to_string());
+                    }
+                }
             } else if product.as_deref() == Some("aws") || service.as_deref() == Some("cloudtrail")
             {
                 tracing::warn!(
@@ -699,8 +757,7 @@ fn load_file(file: &Path) -> Result<FileRules, String> {
             }
         }
         if let Some(body) = value.get("correlation") {
-            let title = value.get("title").and_then(|t| t.as_str()).unwrap_or("");
-            conditions.push((title.to_string(), body.get("condition").is_some()));
+            conditions.push(body.get("condition").is_some());
         }
         // A correlation or a filter names the rules it applies to; one naming a CloudTrail
         // rule must not be dropped without a word.
@@ -726,11 +783,11 @@ fn load_file(file: &Path) -> Result<FileRules, String> {
         collection
             .correlations
             .into_iter()
-            .map(|rule| {
-                let condition_given = conditions
-                    .iter()
-                    .find(|(title, _)| *title == rule.title)
-                    .is_none_or(|(_, given)| *given);
+            .enumerate()
+            .map(|(i, rule)| {
+                // rsigma reads every document or the file is refused: the i-th correlation is
+                // the i-th correlation document.
+                let condition_given = conditions.get(i).copied().unwrap_or(true);
                 Parsed {
                     rule,
                     condition_given,
@@ -855,7 +912,7 @@ fn correlation_of(
     let seconds = rule.timespan.seconds;
     if seconds == 0 || seconds > correlation::MAX_SPAN_SECS {
         return Err(format!(
-            "timespan {}: give one between 1s and 30d",
+            "timespan {}: give one between 1s and 1d (the correlations topic keeps 7 days for replays)",
             rule.timespan.original
         ));
     }
@@ -967,6 +1024,16 @@ fn correlation_of(
         }
     };
     let at_least = match kind {
+        // A group holds at most MAX_GROUP_MATCHES: more could never be reached (rsigma reads a
+        // negative count as a huge one).
+        Kind::EventCount | Kind::ValueCount
+            if threshold > correlation::MAX_GROUP_MATCHES as u64 =>
+        {
+            return Err(format!(
+                "condition {threshold}: more than a group holds ({})",
+                correlation::MAX_GROUP_MATCHES
+            ));
+        }
         Kind::EventCount | Kind::ValueCount => threshold.max(1),
         Kind::Temporal if !condition_given => rules.len() as u64,
         Kind::Temporal => {

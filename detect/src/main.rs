@@ -186,6 +186,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             diff,
             json,
         }) => {
+            // Nothing to drain or commit: the first Ctrl-C (or SIGTERM) ends a backtest
+            // (the handler above would wait for a second, the work not being cancellable).
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    eprintln!("backtest interrupted");
+                    std::process::exit(130);
+                }
+            });
             let input = match since {
                 Some(since) => Input::Topic {
                     since: chrono::Duration::from_std(since)

@@ -320,6 +320,7 @@ impl<'c> Run<'c> {
                 .counting_source_ips_elsewhere()
                 .with_sigma(sigma.clone())
                 .on_partition(partition)
+                .for_partitions(&cfg.policies, cfg.kafka.partitions)
         });
         report
             .alerts

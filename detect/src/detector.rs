@@ -56,6 +56,10 @@ pub struct Detector {
     dirty: std::collections::HashSet<String, foldhash::fast::RandomState>,
     /// Forget principals not seen for this long.
     state_ttl: Duration,
+    /// Most baselines this partition keeps ([`Detector::for_partitions`]).
+    max_baselines: usize,
+    /// Baselines forgotten for room since the last `take_evicted`.
+    evicted: u64,
     /// Activities observed, for periodic pruning.
     observed: u64,
     /// Custom policies and their windows.
@@ -162,6 +166,8 @@ impl Detector {
             held_countries: std::collections::BTreeSet::new(),
             dirty: std::collections::HashSet::default(),
             state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(180)),
+            max_baselines: cfg.anomaly.max_baselines.max(1),
+            evicted: 0,
             observed: 0,
             custom: crate::custom::Custom::new(&cfg.custom),
             outbox: Vec::new(),
@@ -202,6 +208,47 @@ impl Detector {
     pub fn on_partition(mut self, partition: i32) -> Self {
         self.partition = partition;
         self
+    }
+
+    /// One of `partitions` partitions: keeps at most `policies.anomaly.max_baselines /
+    /// partitions` baselines (the same on every instance, so a replay evicts as the first run
+    /// did, whoever owns the partition).
+    pub fn for_partitions(mut self, cfg: &PoliciesConfig, partitions: i32) -> Self {
+        let partitions = usize::try_from(partitions.max(1)).unwrap_or(1);
+        self.max_baselines = cfg.anomaly.max_baselines.div_ceil(partitions).max(1);
+        self
+    }
+
+    /// Baselines forgotten for room since the last call.
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Past the bound: forgets the least recently seen baselines (event time; the key breaks
+    /// ties, so the choice is the same on every run) down to nine tenths of it — one
+    /// selection over the map for a tenth of the bound's new actors. A baseline holding a
+    /// decision that waits for facts is kept. Forgotten ones are deleted from the changelog.
+    fn evict(&mut self) {
+        let target = self.max_baselines - self.max_baselines / 10;
+        let excess = self.principals.len().saturating_sub(target);
+        let mut candidates: Vec<(i64, &String)> = self
+            .principals
+            .iter()
+            .filter(|(_, s)| s.pending.is_empty())
+            .map(|(k, s)| (s.last_seen, k))
+            .collect();
+        let n = excess.min(candidates.len());
+        if n == 0 {
+            return;
+        }
+        candidates.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        let victims: Vec<String> = candidates[..n].iter().map(|(_, k)| (*k).clone()).collect();
+        drop(candidates);
+        for k in victims {
+            self.principals.remove(&k);
+            self.dirty.insert(k);
+        }
+        self.evicted += n as u64;
     }
 
     /// This partition's counts of the days that changed since the last call, to publish on
@@ -542,6 +589,9 @@ impl Detector {
                 }
             }
         }
+        if self.principals.len() > self.max_baselines {
+            self.evict();
+        }
         alerts
     }
 
@@ -798,6 +848,44 @@ mod tests {
             &PoliciesConfig::default(),
             std::time::Duration::from_secs(300),
         )
+    }
+
+    #[test]
+    fn past_the_bound_the_least_recently_seen_baselines_are_forgotten() {
+        let mut cfg = PoliciesConfig::default();
+        cfg.anomaly.max_baselines = 40_000;
+        // One of four partitions: 10,000 baselines.
+        let mut d =
+            Detector::new(&cfg, std::time::Duration::from_secs(300)).for_partitions(&cfg, 4);
+        // 12,000 actors, one a minute; the first, active again near the end, is kept.
+        let mut activities: Vec<Activity> = (0..12_000)
+            .map(|i| failure(&format!("u{i}"), "198.51.100.1", i))
+            .collect();
+        activities.insert(11_500, failure("u0", "198.51.100.1", 11_499));
+        run(&mut d, &activities);
+        assert!(d.principals() <= 10_000, "{}", d.principals());
+        let evicted = d.take_evicted();
+        assert!(evicted >= 2_000, "{evicted}");
+        assert!(
+            d.principals
+                .contains_key(&activities[11_500].actor_key().into_owned()),
+            "u0 acted lately"
+        );
+        assert!(
+            !d.principals
+                .contains_key(&activities[1].actor_key().into_owned()),
+            "u1 was the least recently seen"
+        );
+        assert!(d
+            .principals
+            .contains_key(&activities[11_999].actor_key().into_owned()));
+        // Forgotten baselines are deleted from the changelog too (all but any made again since,
+        // such as a peer group's).
+        let tombstones = d.take_changes().iter().filter(|(_, s)| s.is_none()).count();
+        assert!(
+            tombstones >= 2_000 && tombstones as u64 <= evicted,
+            "{tombstones}"
+        );
     }
 
     #[test]

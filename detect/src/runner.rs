@@ -37,6 +37,7 @@ pub struct Metrics {
     refused: IntCounterVec,
     held: IntGauge,
     decided_early: prometheus::IntCounter,
+    evicted: prometheus::IntCounter,
     sigma_rules: prometheus::IntGaugeVec,
     correlation_dropped: IntCounterVec,
 }
@@ -96,6 +97,11 @@ impl Metrics {
             "Held activities decided on the facts known because a partition's hold was full (a partition's marks stopped: an instance gone, a partition added): such decisions may differ from run to run.",
         )?;
         registry.register(Box::new(decided_early.clone()))?;
+        let evicted = prometheus::IntCounter::new(
+            "trailguard_detect_baselines_evicted_total",
+            "Baselines forgotten, least recently seen first, because a partition held policies.anomaly.max_baselines / kafka.partitions of them: those actors learn again like new ones.",
+        )?;
+        registry.register(Box::new(evicted.clone()))?;
         let sigma_rules = prometheus::IntGaugeVec::new(
             Opts::new(
                 "trailguard_detect_sigma_rules",
@@ -143,6 +149,7 @@ impl Metrics {
             refused,
             held,
             decided_early,
+            evicted,
             sigma_rules,
             correlation_dropped,
         })
@@ -336,6 +343,7 @@ pub async fn run(
                     let mut alerts = detector.look_back(&crate::facts::lock(&facts));
                     alerts.extend(detector.decide_held(&crate::facts::lock(&facts)));
                     metrics.decided_early.inc_by(detector.take_decided_early());
+                    metrics.evicted.inc_by(detector.take_evicted());
                     held += detector.held();
                     if let Err(stopped) = sink.alerts(alerts).await {
                         return commit_stored(&consumer, stopped, &tasks);
@@ -691,7 +699,8 @@ async fn restore_partition(
         .with_geo(&cfg.policies, has_geo)
         .counting_source_ips_elsewhere()
         .with_sigma(sigma.clone())
-        .on_partition(partition);
+        .on_partition(partition)
+        .for_partitions(&cfg.policies, cfg.kafka.partitions);
     detector.restore(restored.states);
     Ok(detector)
 }

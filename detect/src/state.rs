@@ -32,7 +32,22 @@ pub fn restore(
     let mut census = HashMap::new();
     let mut undecodable = 0u64;
     let mut unverified = 0u64;
+    // A large partition takes a while: say how far it is (there is no deadline: a restore
+    // that keeps reading is never cut off; one that stops getting records is).
+    let began = std::time::Instant::now();
+    let mut last_said = began;
+    let mut read_so_far = 0u64;
     kafka_read(cfg, partition, |read| {
+        read_so_far += 1;
+        if read_so_far.is_multiple_of(10_000) && last_said.elapsed() >= Duration::from_secs(5) {
+            last_said = std::time::Instant::now();
+            tracing::info!(
+                partition,
+                records = read_so_far,
+                per_second = (read_so_far as f64 / began.elapsed().as_secs_f64()) as u64,
+                "restoring baselines"
+            );
+        }
         // A tombstone carries no signature (nothing to seal): it forgets a principal, which a
         // forged one can do anyway by getting the record compacted away.
         let value = match read.payload {
@@ -88,7 +103,13 @@ pub fn restore(
             "changelog records without a valid signature ignored"
         );
     }
-    tracing::info!(partition, principals = states.len(), "baselines restored");
+    tracing::info!(
+        partition,
+        principals = states.len(),
+        records = read_so_far,
+        seconds = began.elapsed().as_secs_f64(),
+        "baselines restored"
+    );
     Ok(Restored {
         states,
         census: census.into_iter().collect(),

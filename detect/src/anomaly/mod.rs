@@ -146,6 +146,11 @@ pub struct AnomalyConfig {
     /// `dormant_after`, so a returning actor is judged against what it did before.
     #[serde(with = "humantime_serde")]
     pub state_ttl: Duration,
+    /// Most baselines (actors and peer groups) one instance keeps: each partition of the
+    /// activities topic keeps at most this divided by `kafka.partitions`, and past that forgets
+    /// the least recently seen (counted in `trailguard_detect_baselines_evicted_total`; an
+    /// evicted actor learns again like a new one). Memory is about 1.5 KB a baseline.
+    pub max_baselines: usize,
     /// Silence (event time) after which an actor's next activity raises `dormant-principal`.
     #[serde(with = "humantime_serde")]
     pub dormant_after: Duration,
@@ -204,6 +209,7 @@ impl Default for AnomalyConfig {
             learning_factor: 2,
             suppression: Duration::from_secs(24 * 3600),
             state_ttl: Duration::from_secs(180 * 86_400),
+            max_baselines: 1_000_000,
             dormant_after: Duration::from_secs(30 * 86_400),
             anonymous_ip: DetectionConfig::default(),
             suspicious_ip: DetectionConfig::default(),
@@ -241,6 +247,12 @@ impl AnomalyConfig {
             return Err(trailguard_common::Error::config(
                 "policies.anomaly.state_ttl",
                 "must be at least 1 day",
+            ));
+        }
+        if self.max_baselines < 10_000 {
+            return Err(trailguard_common::Error::config(
+                "policies.anomaly.max_baselines",
+                "must be at least 10000",
             ));
         }
         let t = &self.tuning;

@@ -361,7 +361,9 @@ pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaCo
         // read-committed reader would see the end before the records. Trailguard's own topics
         // have no transactional writers; what they hold is checked by signature, not by
         // isolation.
-        .set("isolation.level", "read_uncommitted");
+        .set("isolation.level", "read_uncommitted")
+        // Read-backs read whole partitions: larger fetches than a stream consumer's.
+        .set("max.partition.fetch.bytes", "8388608");
     Ok(client.create_with_context(KafkaContext::new(cfg))?)
 }
 

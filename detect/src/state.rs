@@ -28,16 +28,34 @@ pub fn restore(
     partition: i32,
     verifier: &trailguard_common::sign::Verifier,
 ) -> Result<Restored, Error> {
-    let mut states = HashMap::new();
-    let mut census = HashMap::new();
-    let mut undecodable = 0u64;
-    let mut unverified = 0u64;
+    // Two stages, so a restore uses two cores: this thread reads records off the broker and
+    // hands them on in batches; a second verifies each seal and decodes it, in the same order
+    // (a later record of a key replaces an earlier one). The channel holds a few batches: the
+    // records in memory at once stay bounded whatever the partition's size.
+    let (batches, incoming) = std::sync::mpsc::sync_channel::<Vec<Raw>>(4);
+    let decoder = {
+        let verifier = verifier.clone();
+        std::thread::Builder::new()
+            .name(format!("restore-{partition}"))
+            .spawn(move || {
+                let mut decoded = Decoded::default();
+                for batch in incoming {
+                    for raw in batch {
+                        decoded.apply(&verifier, raw);
+                    }
+                }
+                decoded
+            })
+            .map_err(|e| Error::Stopped(format!("starting the restore's decoder: {e}")))?
+    };
     // A large partition takes a while: say how far it is (there is no deadline: a restore
     // that keeps reading is never cut off; one that stops getting records is).
     let began = std::time::Instant::now();
     let mut last_said = began;
     let mut read_so_far = 0u64;
-    kafka_read(cfg, partition, |read| {
+    let mut batch = Vec::with_capacity(RESTORE_BATCH);
+    let mut decoder_gone = false;
+    let read = kafka_read(cfg, partition, |read| {
         read_so_far += 1;
         if read_so_far.is_multiple_of(10_000) && last_said.elapsed() >= Duration::from_secs(5) {
             last_said = std::time::Instant::now();
@@ -48,47 +66,32 @@ pub fn restore(
                 "restoring baselines"
             );
         }
-        // A tombstone carries no signature (nothing to seal): it forgets a principal, which a
-        // forged one can do anyway by getting the record compacted away.
-        let value = match read.payload {
-            None => None,
-            Some(sealed) => {
-                match verifier.open(trailguard_common::sign::purpose::STATE, read.key, sealed) {
-                    Ok(value) => Some(value),
-                    Err(_) => {
-                        unverified += 1;
-                        return;
-                    }
-                }
-            }
-        };
-        let key = String::from_utf8_lossy(read.key).into_owned();
-        if let Some(day) = key.strip_prefix(CENSUS_PREFIX) {
-            let Ok(day) = day.parse::<i64>() else {
-                undecodable += 1;
-                return;
-            };
-            match value.map(serde_json::from_slice::<crate::census::CensusDay>) {
-                None => {
-                    census.remove(&day);
-                }
-                Some(Ok(counts)) => {
-                    census.insert(day, counts);
-                }
-                Some(Err(_)) => undecodable += 1,
-            }
-            return;
+        batch.push(Raw {
+            key: read.key.to_vec(),
+            payload: read.payload.map(<[u8]>::to_vec),
+        });
+        if batch.len() >= RESTORE_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(RESTORE_BATCH));
+            decoder_gone |= batches.send(full).is_err();
         }
-        match value.map(serde_json::from_slice::<PrincipalState>) {
-            None => {
-                states.remove(&key);
-            }
-            Some(Ok(state)) => {
-                states.insert(key, state);
-            }
-            Some(Err(_)) => undecodable += 1,
-        }
-    })?;
+    });
+    if !batch.is_empty() {
+        decoder_gone |= batches.send(batch).is_err();
+    }
+    drop(batches);
+    let decoded = decoder
+        .join()
+        .map_err(|_| Error::Stopped("the restore's decoder failed".into()))?;
+    read?;
+    if decoder_gone {
+        return Err(Error::Stopped("the restore's decoder stopped early".into()));
+    }
+    let Decoded {
+        states,
+        census,
+        undecodable,
+        unverified,
+    } = decoded;
     if undecodable > 0 {
         tracing::warn!(
             partition,
@@ -115,6 +118,70 @@ pub fn restore(
         census: census.into_iter().collect(),
         unverified,
     })
+}
+
+/// Records handed from the reader to the decoder at a time.
+const RESTORE_BATCH: usize = 512;
+
+/// One changelog record as read.
+struct Raw {
+    key: Vec<u8>,
+    payload: Option<Vec<u8>>,
+}
+
+/// What the decoder has made of the records so far.
+#[derive(Default)]
+struct Decoded {
+    states: HashMap<String, PrincipalState>,
+    census: HashMap<i64, crate::census::CensusDay>,
+    undecodable: u64,
+    unverified: u64,
+}
+
+impl Decoded {
+    /// Applies one record: a baseline or a day's counts, or (a tombstone) their deletion.
+    fn apply(&mut self, verifier: &trailguard_common::sign::Verifier, raw: Raw) {
+        // A tombstone carries no signature (nothing to seal): it forgets a principal, which a
+        // forged one can do anyway by getting the record compacted away.
+        let value = match raw.payload.as_deref() {
+            None => None,
+            Some(sealed) => {
+                match verifier.open(trailguard_common::sign::purpose::STATE, &raw.key, sealed) {
+                    Ok(value) => Some(value),
+                    Err(_) => {
+                        self.unverified += 1;
+                        return;
+                    }
+                }
+            }
+        };
+        let key = String::from_utf8_lossy(&raw.key).into_owned();
+        if let Some(day) = key.strip_prefix(CENSUS_PREFIX) {
+            let Ok(day) = day.parse::<i64>() else {
+                self.undecodable += 1;
+                return;
+            };
+            match value.map(serde_json::from_slice::<crate::census::CensusDay>) {
+                None => {
+                    self.census.remove(&day);
+                }
+                Some(Ok(counts)) => {
+                    self.census.insert(day, counts);
+                }
+                Some(Err(_)) => self.undecodable += 1,
+            }
+            return;
+        }
+        match value.map(serde_json::from_slice::<PrincipalState>) {
+            None => {
+                self.states.remove(&key);
+            }
+            Some(Ok(state)) => {
+                self.states.insert(key, state);
+            }
+            Some(Err(_)) => self.undecodable += 1,
+        }
+    }
 }
 
 /// Keys of the changelog that hold the partition's organization counts of a day

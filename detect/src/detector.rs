@@ -39,8 +39,10 @@ pub struct Detector {
     /// The anomaly detections.
     anomalies: crate::anomaly::Anomalies,
     /// Baselines by principal key (foldhash: randomly seeded, and several times faster than
-    /// SipHash on ARN-length keys; this map is looked up for every activity).
-    principals: HashMap<String, crate::anomaly::PrincipalState, foldhash::fast::RandomState>,
+    /// SipHash on ARN-length keys; this map is looked up for every activity). Boxed: the
+    /// table keeps spare slots (up to half of them empty after it grows), and a spare slot
+    /// then costs a pointer rather than a whole baseline.
+    principals: HashMap<String, Box<crate::anomaly::PrincipalState>, foldhash::fast::RandomState>,
     /// The activities partition this detector evaluates (its counts in the census).
     partition: i32,
     /// Days whose counts of this partition changed since the last `take_census`.
@@ -316,7 +318,7 @@ impl Detector {
             .iter()
             .flat_map(|(key, st)| st.folds.iter().map(move |f| (f.until, key.clone())))
             .collect();
-        self.principals = states.into_iter().collect();
+        self.principals = states.into_iter().map(|(k, s)| (k, Box::new(s))).collect();
         self.dirty.clear();
     }
 
@@ -326,7 +328,7 @@ impl Detector {
         let keys: Vec<String> = self.dirty.drain().collect();
         keys.into_iter()
             .map(|k| {
-                let state = self.principals.get(&k);
+                let state = self.principals.get(&k).map(|s| &**s);
                 (k, state)
             })
             .collect()
@@ -344,10 +346,15 @@ impl Detector {
 
     /// Approximate bytes held by the baselines.
     pub fn baseline_bytes(&self) -> usize {
-        self.principals
-            .iter()
-            .map(|(k, s)| k.capacity() + s.heap_size())
-            .sum()
+        // The table's slots (key and box inline, a control byte; empty ones too), then each
+        // key's text and each baseline (boxed: an empty slot costs a pointer, not a baseline).
+        let inline = std::mem::size_of::<String>() + std::mem::size_of::<Box<()>>();
+        self.principals.capacity() * (inline + 1)
+            + self
+                .principals
+                .iter()
+                .map(|(k, s)| k.capacity() + s.heap_size())
+                .sum::<usize>()
     }
 
     /// Terminations that reached this partition after it saw the terminated user act (also
@@ -461,7 +468,7 @@ impl Detector {
         if state.last_seen > 0 && t - state.last_seen > self.state_ttl.num_seconds() {
             let (offset, last_seen) = (state.offset, state.last_seen);
             let pending = std::mem::take(&mut state.pending);
-            *state = crate::anomaly::PrincipalState::default();
+            **state = crate::anomaly::PrincipalState::default();
             state.offset = offset;
             state.last_seen = last_seen;
             // Countries still waiting are decisions owed, not memory.

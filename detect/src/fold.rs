@@ -118,13 +118,18 @@ fn key_of(alert: &Alert) -> String {
 /// Folds `alerts`, raised by one activity at event time `t`, into `folds`. Returns the alerts
 /// to publish: the first of each fold, and the closing alerts of folds this activity ended.
 /// `period` zero turns folding off.
-pub fn fold(folds: &mut Vec<Fold>, alerts: Vec<Alert>, t: i64, period: i64) -> Vec<Alert> {
+pub fn fold(
+    folds: &mut thin_vec::ThinVec<Fold>,
+    alerts: Vec<Alert>,
+    t: i64,
+    period: i64,
+) -> Vec<Alert> {
     fold_noting(folds, alerts, t, period, &mut Vec::new())
 }
 
 /// [`fold`], also noting the end of each fold it opens in `opened`.
 pub fn fold_noting(
-    folds: &mut Vec<Fold>,
+    folds: &mut thin_vec::ThinVec<Fold>,
     alerts: Vec<Alert>,
     t: i64,
     period: i64,
@@ -187,7 +192,7 @@ pub fn fold_noting(
 }
 
 /// Closes the folds whose period ended at or before `t`; returns their closing alerts.
-pub fn close_before(folds: &mut Vec<Fold>, t: i64) -> Vec<Alert> {
+pub fn close_before(folds: &mut thin_vec::ThinVec<Fold>, t: i64) -> Vec<Alert> {
     if folds.iter().all(|f| f.until > t) {
         return Vec::new();
     }
@@ -241,7 +246,7 @@ mod tests {
 
     #[test]
     fn repeats_within_the_period_fold_into_one_alert_with_a_count() {
-        let mut folds = Vec::new();
+        let mut folds = thin_vec::ThinVec::new();
         let mut out = Vec::new();
         for i in 0..5 {
             let t = 1_000 + i * 60;
@@ -274,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_lone_alert_closes_silently() {
-        let mut folds = Vec::new();
+        let mut folds = thin_vec::ThinVec::new();
         let out = fold(
             &mut folds,
             vec![alert("a", "alice", Severity::Low, 0)],
@@ -288,7 +293,7 @@ mod tests {
 
     #[test]
     fn another_entity_or_a_higher_severity_is_a_new_alert() {
-        let mut folds = Vec::new();
+        let mut folds = thin_vec::ThinVec::new();
         let out = fold(
             &mut folds,
             vec![
@@ -306,7 +311,7 @@ mod tests {
 
     #[test]
     fn after_the_period_the_same_match_alerts_again() {
-        let mut folds = Vec::new();
+        let mut folds = thin_vec::ThinVec::new();
         let first = fold(
             &mut folds,
             vec![alert("a", "alice", Severity::Low, 0)],
@@ -326,7 +331,7 @@ mod tests {
 
     #[test]
     fn the_same_activity_again_is_no_repeat() {
-        let mut folds = Vec::new();
+        let mut folds = thin_vec::ThinVec::new();
         let first = fold(
             &mut folds,
             vec![alert("a", "alice", Severity::Low, 0)],
@@ -349,7 +354,7 @@ mod tests {
 
     #[test]
     fn alerts_asking_for_remediation_are_never_folded() {
-        let mut folds = Vec::new();
+        let mut folds = thin_vec::ThinVec::new();
         let fixable = |id: &str| {
             let mut a = alert(id, "bucket", Severity::High, 0);
             a.actions = vec![trailguard_common::contract::RequestedAction {
@@ -371,7 +376,7 @@ mod tests {
 
     #[test]
     fn a_zero_period_folds_nothing() {
-        let mut folds = Vec::new();
+        let mut folds = thin_vec::ThinVec::new();
         let out = fold(
             &mut folds,
             vec![
@@ -387,7 +392,7 @@ mod tests {
 
     #[test]
     fn too_many_open_folds_close_the_oldest_first() {
-        let mut folds = Vec::new();
+        let mut folds = thin_vec::ThinVec::new();
         let mut out = Vec::new();
         for i in 0..=MAX_OPEN as i64 {
             let who = format!("p{i}");

@@ -43,7 +43,7 @@ const PROBING_REFUSALS: u16 = 5;
 /// being judged). `keys` are added at `t`; `None` when `t` is too late for the window, else
 /// (distinct, refused) now in it.
 fn slide(
-    window: &mut Vec<(u32, i64, bool)>,
+    window: &mut thin_vec::ThinVec<(u32, i64, bool)>,
     widest: &mut u16,
     cap: usize,
     t: i64,
@@ -160,7 +160,7 @@ fn agent(a: &trailguard_common::Activity) -> Option<u32> {
 /// true when it was first seen within the last [`CHAIN_SECS`] — new for everything the actor
 /// does from it in that hour, not only for its first call (an attacker's first call is
 /// rarely the one that matters).
-fn remember(list: &mut Vec<(u32, i64)>, value: u32, t: i64) -> bool {
+fn remember(list: &mut thin_vec::ThinVec<(u32, i64)>, value: u32, t: i64) -> bool {
     if let Some(i) = list.iter().position(|(v, _)| *v == value) {
         let entry = list.remove(i);
         list.push(entry);

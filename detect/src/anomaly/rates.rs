@@ -137,7 +137,15 @@ impl Anomalies {
                 }
             };
             let hour = t.div_euclid(3600).to_string();
-            let mut alert = self.alert(a, meta, d, Severity::Medium, summary, evidence, mitre);
+            let mut alert = self.alert(
+                a,
+                meta,
+                d,
+                Severity::Medium,
+                summary,
+                evidence.to_vec(),
+                mitre,
+            );
             alert.id = trailguard_common::contract::stable_id([meta.id, &a.actor_key(), &hour]);
             out.push(alert);
         }

@@ -23,6 +23,10 @@ use crate::policy::{advances_watermark, Offset, EXPIRE_EVERY, RETAIN_OFFSETS};
 use crate::signin::{settle, SigninFailures};
 use trailguard_common::contract::kinds;
 
+/// Baselines by actor key, boxed (see [`Detector`]'s map).
+pub type Baselines =
+    HashMap<String, Box<crate::anomaly::PrincipalState>, foldhash::fast::RandomState>;
+
 /// Evaluates every policy over one partition's activities.
 pub struct Detector {
     /// The policies that judge each activity on its own (see [`PoliciesConfig::event_policies`]).
@@ -42,7 +46,7 @@ pub struct Detector {
     /// SipHash on ARN-length keys; this map is looked up for every activity). Boxed: the
     /// table keeps spare slots (up to half of them empty after it grows), and a spare slot
     /// then costs a pointer rather than a whole baseline.
-    principals: HashMap<String, Box<crate::anomaly::PrincipalState>, foldhash::fast::RandomState>,
+    principals: Baselines,
     /// The activities partition this detector evaluates (its counts in the census).
     partition: i32,
     /// Days whose counts of this partition changed since the last `take_census`.
@@ -62,8 +66,12 @@ pub struct Detector {
     max_baselines: usize,
     /// Baselines forgotten for room since the last `take_evicted`.
     evicted: u64,
-    /// Activities observed, for periodic pruning.
-    observed: u64,
+    /// The offset after the last activity observed: every baseline change before it is in
+    /// the next save, which records it as the partition's applied-through mark.
+    next_offset: Offset,
+    /// The mark restored from the changelog: an activity before it whose actor has no
+    /// baseline was applied, and its baseline forgotten since (evicted, or past `state_ttl`).
+    applied_through: Offset,
     /// Custom policies and their windows.
     custom: crate::custom::Custom,
     /// Facts learned here, for the facts topic.
@@ -170,7 +178,8 @@ impl Detector {
             state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(180)),
             max_baselines: cfg.anomaly.max_baselines.max(1),
             evicted: 0,
-            observed: 0,
+            next_offset: 0,
+            applied_through: 0,
             custom: crate::custom::Custom::new(&cfg.custom),
             outbox: Vec::new(),
             terminations_seen: 0,
@@ -201,9 +210,16 @@ impl Detector {
     /// Whether the restored baseline of `activity`'s principal already covers `offset`: the
     /// activity was evaluated (and what it produced published) before the last checkpoint.
     pub fn already_applied(&self, activity: &Activity, offset: Offset) -> bool {
-        self.principals
-            .get(activity.actor_key().as_ref())
-            .is_some_and(|state| offset < state.offset)
+        match self.principals.get(activity.actor_key().as_ref()) {
+            Some(state) => offset < state.offset,
+            None => offset < self.applied_through,
+        }
+    }
+
+    /// The partition's applied-through mark to save with its baselines: every activity
+    /// before it is in them (or its baseline was forgotten since).
+    pub fn applied_mark(&self) -> Offset {
+        self.next_offset.max(self.applied_through)
     }
 
     /// The detector of activities partition `partition` (whose counts it keeps in the census).
@@ -226,17 +242,19 @@ impl Detector {
         std::mem::take(&mut self.evicted)
     }
 
-    /// Past the bound: forgets the least recently seen baselines (event time; the key breaks
-    /// ties, so the choice is the same on every run) down to nine tenths of it — one
-    /// selection over the map for a tenth of the bound's new actors. A baseline holding a
-    /// decision that waits for facts is kept. Forgotten ones are deleted from the changelog.
+    /// Past the bound: forgets the least recently seen actors' baselines (event time; the key
+    /// breaks ties, so the choice depends on the baselines alone and is the same on every run)
+    /// down to nine tenths of it — one selection over the map for a tenth of the bound's new
+    /// actors. Peer groups (`peers:…`, a handful per account) are kept: they judge every
+    /// newcomer. A forgotten actor's decisions waiting for facts go with it. Forgotten
+    /// baselines are deleted from the changelog.
     fn evict(&mut self) {
         let target = self.max_baselines - self.max_baselines / 10;
         let excess = self.principals.len().saturating_sub(target);
         let mut candidates: Vec<(i64, &String)> = self
             .principals
             .iter()
-            .filter(|(_, s)| s.pending.is_empty())
+            .filter(|(k, _)| !k.starts_with(crate::anomaly::PEER_PREFIX))
             .map(|(k, s)| (s.last_seen, k))
             .collect();
         let n = excess.min(candidates.len());
@@ -304,8 +322,10 @@ impl Detector {
         self
     }
 
-    /// Installs baselines restored from the changelog (before the first `observe`).
-    pub fn restore(&mut self, states: HashMap<String, crate::anomaly::PrincipalState>) {
+    /// Installs baselines restored from the changelog, and its applied-through mark (before
+    /// the first `observe`).
+    pub fn restore(&mut self, states: Baselines, applied_through: Offset) {
+        self.applied_through = applied_through;
         self.held_countries = states
             .iter()
             .flat_map(|(key, st)| {
@@ -318,7 +338,7 @@ impl Detector {
             .iter()
             .flat_map(|(key, st)| st.folds.iter().map(move |f| (f.until, key.clone())))
             .collect();
-        self.principals = states.into_iter().map(|(k, s)| (k, Box::new(s))).collect();
+        self.principals = states;
         self.dirty.clear();
     }
 
@@ -409,6 +429,11 @@ impl Detector {
         let key = activity.actor_key().into_owned();
         let t = activity.event_time.timestamp();
         let ttl = self.state_ttl.num_seconds();
+        // Applied before the restored save, its baseline forgotten since: applied again, it
+        // would start a new baseline (and count twice) where an uninterrupted run has none.
+        if offset < self.applied_through && !self.principals.contains_key(&key) {
+            return looked_back;
+        }
         let first_seen = match self.principals.get(&key) {
             // Silent for longer than `state_ttl`: it learns again (reset below).
             Some(state) if state.last_seen > 0 && t - state.last_seen > ttl => 0,
@@ -580,8 +605,8 @@ impl Detector {
         if !self.dirty.contains(&key) {
             self.dirty.insert(key);
         }
-        self.observed += 1;
-        if self.observed.is_multiple_of(10_000) {
+        // At absolute offsets: a replay prunes where the first run did.
+        if offset.rem_euclid(10_000) == 0 {
             if let Some(max) = self.max_event_time {
                 let horizon = (max - self.state_ttl).timestamp();
                 let old: Vec<String> = self
@@ -610,6 +635,7 @@ impl Detector {
         offset: Offset,
         facts: &mut Facts,
     ) -> Vec<Alert> {
+        self.next_offset = self.next_offset.max(offset.saturating_add(1));
         let mut matched = Vec::new();
         for policy in &self.event_policies {
             policy.evaluate(activity, &mut matched);
@@ -855,6 +881,46 @@ mod tests {
             &PoliciesConfig::default(),
             std::time::Duration::from_secs(300),
         )
+    }
+
+    #[test]
+    fn a_replay_after_eviction_does_not_bring_forgotten_baselines_back() {
+        let mut cfg = PoliciesConfig::default();
+        cfg.anomaly.max_baselines = 40_000;
+        let bounded =
+            || Detector::new(&cfg, std::time::Duration::from_secs(300)).for_partitions(&cfg, 4);
+        let activities: Vec<Activity> = (0..12_000)
+            .map(|i| failure(&format!("u{i}"), "198.51.100.1", i))
+            .collect();
+        let mut first = bounded();
+        run(&mut first, &activities);
+        assert!(first.take_evicted() > 0);
+        // Saved at the end (tombstones drop out), then restarted and replayed from an
+        // earlier commit: activities of evicted actors are already applied.
+        let saved: Baselines = first
+            .take_changes()
+            .into_iter()
+            .filter_map(|(k, s)| Some((k, Box::new(s?.clone()))))
+            .collect();
+        let mut second = bounded();
+        second.restore(saved, first.applied_mark());
+        assert!(
+            second.already_applied(&activities[1], 1),
+            "u1 was evicted after it was applied"
+        );
+        let mut facts = Facts::default();
+        for (offset, a) in activities.iter().enumerate() {
+            second.observe(a, offset as Offset, &mut facts);
+        }
+        // Everything was applied: the replay changes no baseline and forgets none.
+        assert_eq!(second.take_evicted(), 0);
+        assert!(second.take_changes().is_empty());
+        let keys = |d: &Detector| {
+            let mut k: Vec<String> = d.principals.keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&second), keys(&first));
     }
 
     #[test]
@@ -1287,14 +1353,14 @@ mod tests {
                 .enumerate()
                 .flat_map(|(o, a)| first.observe(a, o as Offset, &mut facts))
                 .collect();
-            let saved: HashMap<String, crate::anomaly::PrincipalState> = first
+            let saved: Baselines = first
                 .take_changes()
                 .into_iter()
                 .filter_map(|(k, st)| Some((k, serde_json::to_string(st?).ok()?)))
-                .filter_map(|(k, json)| Some((k, serde_json::from_str(&json).ok()?)))
+                .filter_map(|(k, json)| Some((k, Box::new(serde_json::from_str(&json).ok()?))))
                 .collect();
             let mut second = detector();
-            second.restore(saved);
+            second.restore(saved, first.applied_mark());
             // Replay from the start: what the saved state covers is skipped.
             got.extend(
                 events
@@ -1623,13 +1689,13 @@ mod tests {
             assert!(raised.is_empty(), "partition 0 has vouched for nothing yet");
             assert_eq!(newcomer.held(), 2, "both of its countries are new to it");
             // A restart: the held country is in the saved baseline.
-            let saved: HashMap<String, crate::anomaly::PrincipalState> = newcomer
+            let saved: Baselines = newcomer
                 .take_changes()
                 .into_iter()
-                .filter_map(|(k, s)| Some((k, s?.clone())))
+                .filter_map(|(k, s)| Some((k, Box::new(s?.clone()))))
                 .collect();
             let mut restarted = geo(1);
-            restarted.restore(saved);
+            restarted.restore(saved, newcomer.applied_mark());
             assert_eq!(restarted.held(), 2);
             for p in [0, 1] {
                 facts.mark(p, 0, mark(day_start(DAY) - 1, false));

@@ -155,6 +155,11 @@ impl Facts {
         self.shape = Some((activities.max(1), facts.max(1)));
     }
 
+    /// The activities topic's partitions, once known.
+    pub fn activities_partitions(&self) -> Option<i32> {
+        self.shape.map(|(activities, _)| activities)
+    }
+
     /// Whether activities partition `partition` is one of this deployment's (any, while the
     /// shape is unknown): a record naming another is not ours, and is not kept.
     pub fn knows_partition(&self, partition: i32) -> bool {

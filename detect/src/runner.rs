@@ -700,8 +700,15 @@ async fn restore_partition(
         .counting_source_ips_elsewhere()
         .with_sigma(sigma.clone())
         .on_partition(partition)
-        .for_partitions(&cfg.policies, cfg.kafka.partitions);
-    detector.restore(restored.states);
+        // The topic's own count (a topic expanded, or made by hand, may differ from
+        // kafka.partitions): the shares then add up to the bound.
+        .for_partitions(
+            &cfg.policies,
+            crate::facts::lock(facts)
+                .activities_partitions()
+                .unwrap_or(cfg.kafka.partitions),
+        );
+    detector.restore(restored.states, restored.applied_through);
     Ok(detector)
 }
 

@@ -89,6 +89,7 @@ pub fn restore(
     let Decoded {
         states,
         census,
+        applied_through,
         undecodable,
         unverified,
     } = decoded;
@@ -116,6 +117,7 @@ pub fn restore(
     Ok(Restored {
         states,
         census: census.into_iter().collect(),
+        applied_through,
         unverified,
     })
 }
@@ -132,8 +134,9 @@ struct Raw {
 /// What the decoder has made of the records so far.
 #[derive(Default)]
 struct Decoded {
-    states: HashMap<String, PrincipalState>,
+    states: crate::detector::Baselines,
     census: HashMap<i64, crate::census::CensusDay>,
+    applied_through: i64,
     undecodable: u64,
     unverified: u64,
 }
@@ -156,6 +159,14 @@ impl Decoded {
             }
         };
         let key = String::from_utf8_lossy(&raw.key).into_owned();
+        if key == APPLIED_KEY {
+            match value.map(serde_json::from_slice::<i64>) {
+                Some(Ok(offset)) => self.applied_through = offset,
+                None => self.applied_through = 0,
+                Some(Err(_)) => self.undecodable += 1,
+            }
+            return;
+        }
         if let Some(day) = key.strip_prefix(CENSUS_PREFIX) {
             let Ok(day) = day.parse::<i64>() else {
                 self.undecodable += 1;
@@ -177,7 +188,7 @@ impl Decoded {
                 self.states.remove(&key);
             }
             Some(Ok(state)) => {
-                self.states.insert(key, state);
+                self.states.insert(key, Box::new(state));
             }
             Some(Err(_)) => self.undecodable += 1,
         }
@@ -190,10 +201,18 @@ impl Decoded {
 /// have reached it yet).
 pub const CENSUS_PREFIX: &str = "census:";
 
+/// The key of the partition's applied-through mark: the offset before which every activity
+/// is in the saved baselines (or its actor's baseline was forgotten since — evicted or past
+/// `state_ttl`). Written after a save in which every baseline was delivered, so a replay knows
+/// an activity without a baseline below it was already applied.
+pub const APPLIED_KEY: &str = "applied:through";
+
 /// One partition's changelog, read back.
 pub struct Restored {
     /// Baselines by actor key.
-    pub states: HashMap<String, PrincipalState>,
+    pub states: crate::detector::Baselines,
+    /// The applied-through mark (0: none saved).
+    pub applied_through: i64,
     /// The partition's organization counts by day.
     pub census: Vec<(i64, crate::census::CensusDay)>,
     /// Records ignored for want of a valid signature.
@@ -276,7 +295,24 @@ pub async fn save(
         retry.push(key.clone());
     }
     if retry.is_empty() {
-        return true;
+        // Every baseline is in: the mark may move (never before them: a mark past a baseline
+        // that was not delivered would skip its actor's activities on a replay).
+        let mark = detector.applied_mark();
+        let Ok(bytes) = serde_json::to_vec(&mark) else {
+            return true;
+        };
+        let payload = seal(APPLIED_KEY, bytes);
+        let record: FutureRecord<'_, str, Vec<u8>> = FutureRecord::to(topic)
+            .key(APPLIED_KEY)
+            .partition(partition)
+            .payload(&payload);
+        return match producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => true,
+            Err((err, _)) => {
+                tracing::warn!(error = %err, partition, "applied mark not saved; retrying at the next checkpoint");
+                false
+            }
+        };
     }
     // Saved again next time (a newer write of the same key is harmless).
     if retry.iter().any(|k| k.starts_with(CENSUS_PREFIX)) {

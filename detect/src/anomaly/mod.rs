@@ -147,10 +147,13 @@ pub struct AnomalyConfig {
     /// `dormant_after`, so a returning actor is judged against what it did before.
     #[serde(with = "humantime_serde")]
     pub state_ttl: Duration,
-    /// Most baselines (actors and peer groups) one instance keeps: each partition of the
-    /// activities topic keeps at most this divided by `kafka.partitions`, and past that forgets
-    /// the least recently seen (counted in `trailguard_detect_baselines_evicted_total`; an
-    /// evicted actor learns again like a new one). Memory is about 1.5 KB a baseline.
+    /// Most actors' baselines kept, over all partitions of the activities topic: each
+    /// partition keeps at most this divided by the topic's partition count, so an instance
+    /// owning every partition holds the whole bound, one owning a few their shares. Past its
+    /// share a partition forgets the least recently seen actors (counted in
+    /// `trailguard_detect_baselines_evicted_total`); an evicted actor learns again like a new
+    /// one, and its return after a long silence is not `dormant-principal`. Peer groups are
+    /// never evicted. Memory is about 1.3–1.8 KB a baseline (docs/performance.md).
     pub max_baselines: usize,
     /// Silence (event time) after which an actor's next activity raises `dormant-principal`.
     #[serde(with = "humantime_serde")]
@@ -985,6 +988,9 @@ pub struct Peers<'a> {
 /// the organization, the same for the same records whatever instance reads them), for the
 /// rarity of a call in the organization.
 pub const ORG_GROUP: &str = "peers:org";
+
+/// The prefix of every peer group's key (and of no actor's).
+pub const PEER_PREFIX: &str = "peers:";
 
 #[cfg(test)]
 mod tests {

@@ -54,7 +54,7 @@ pub fn restore(
     let mut last_said = began;
     let mut read_so_far = 0u64;
     let mut batch = Vec::with_capacity(RESTORE_BATCH);
-    let mut decoder_gone = false;
+    let mut batch_bytes = 0usize;
     let read = kafka_read(cfg, partition, |read| {
         read_so_far += 1;
         if read_so_far.is_multiple_of(10_000) && last_said.elapsed() >= Duration::from_secs(5) {
@@ -66,26 +66,28 @@ pub fn restore(
                 "restoring baselines"
             );
         }
+        batch_bytes += read.key.len() + read.payload.map_or(0, <[u8]>::len);
         batch.push(Raw {
             key: read.key.to_vec(),
             payload: read.payload.map(<[u8]>::to_vec),
         });
-        if batch.len() >= RESTORE_BATCH {
+        // Handed on by count or by size (records may be large, and are copied before their
+        // seal is checked): a few batches in flight at most.
+        if batch.len() >= RESTORE_BATCH || batch_bytes >= RESTORE_BATCH_BYTES {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(RESTORE_BATCH));
-            decoder_gone |= batches.send(full).is_err();
+            batch_bytes = 0;
+            // Fails only when the decoder has panicked, which joining it reports below.
+            let _ = batches.send(full);
         }
     });
     if !batch.is_empty() {
-        decoder_gone |= batches.send(batch).is_err();
+        let _ = batches.send(batch);
     }
     drop(batches);
     let decoded = decoder
         .join()
         .map_err(|_| Error::Stopped("the restore's decoder failed".into()))?;
     read?;
-    if decoder_gone {
-        return Err(Error::Stopped("the restore's decoder stopped early".into()));
-    }
     let Decoded {
         states,
         census,
@@ -122,8 +124,10 @@ pub fn restore(
     })
 }
 
-/// Records handed from the reader to the decoder at a time.
+/// Records handed from the reader to the decoder at a time (at most).
 const RESTORE_BATCH: usize = 512;
+/// Bytes handed from the reader to the decoder at a time (at most, give or take a record).
+const RESTORE_BATCH_BYTES: usize = 4 << 20;
 
 /// One changelog record as read.
 struct Raw {

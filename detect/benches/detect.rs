@@ -37,8 +37,16 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Every shared record that normalizes.
+/// Every shared record that normalizes, normalized.
 fn shared() -> Vec<Activity> {
+    shared_texts()
+        .iter()
+        .filter_map(|text| normalize(text).ok())
+        .collect()
+}
+
+/// The text of every shared record that normalizes.
+fn shared_texts() -> Vec<String> {
     let root = std::env::var("TRAILGUARD_TEST_SHARED_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -54,8 +62,10 @@ fn shared() -> Vec<Activity> {
         let limits = Limits::default();
         let plain = decompress(&bytes, limits);
         for item in split(&plain.bytes, limits) {
-            if let Ok(Ok(a)) = item.text.as_deref().map(normalize) {
-                out.push(a);
+            if let Ok(text) = item.text {
+                if normalize(&text).is_ok() {
+                    out.push(text.into_owned());
+                }
             }
         }
     }
@@ -230,32 +240,10 @@ fn main() {
 
 /// Every shared record that normalizes, as JSON.
 fn all_raw() -> Vec<serde_json::Value> {
-    let root = std::env::var("TRAILGUARD_TEST_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloudtrail")
-        });
-    let (inputs, _, _) = expand(&[Input::Path(root)]);
-    let mut out = Vec::new();
-    for input in inputs {
-        let Input::Path(path) = input else { continue };
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        let limits = Limits::default();
-        let plain = decompress(&bytes, limits);
-        for item in split(&plain.bytes, limits) {
-            let Ok(text) = item.text.as_deref() else {
-                continue;
-            };
-            if normalize(text).is_ok() {
-                if let Ok(v) = serde_json::from_str(text) {
-                    out.push(v);
-                }
-            }
-        }
-    }
-    out
+    shared_texts()
+        .iter()
+        .filter_map(|text| serde_json::from_str(text).ok())
+        .collect()
 }
 
 /// `detect backtest --files` over a trail file of `TRAILGUARD_BENCH_BACKTEST_RECORDS` records

@@ -332,22 +332,9 @@ impl SigmaRules {
             .id
             .clone()
             .unwrap_or_else(|| file_stem(file).to_string());
-        let settings = cfg.rules.get(&key).cloned().unwrap_or_default();
-        if settings.enabled == Some(false) {
-            self.disabled.push(key);
+        let Some(settings) = self.settings_if_kept(cfg, file, &key, rule.status) else {
             return Ok(());
-        }
-        // No longer kept by its authors (SigmaHQ's `deprecated/`, `unsupported/`): not loaded,
-        // listed, never an error — a whole checkout holds them.
-        if let Some(status @ (Status::Deprecated | Status::Unsupported)) = rule.status {
-            self.skipped.push(Skipped {
-                file: file.to_path_buf(),
-                rule: key,
-                reason: format!("status {status:?}: its authors do not keep it working")
-                    .to_ascii_lowercase(),
-            });
-            return Ok(());
-        }
+        };
         if let Err(reason) = supported(&rule) {
             return self.refuse(
                 cfg,
@@ -412,6 +399,34 @@ impl SigmaRules {
         Ok(())
     }
 
+    /// The settings of the rule `key` (a detection or correlation rule) when it is to be
+    /// loaded; `None` when it is switched off (noted) or no longer kept by its authors
+    /// (SigmaHQ's `deprecated/`, `unsupported/`: listed as skipped, never an error — a whole
+    /// checkout holds them).
+    fn settings_if_kept(
+        &mut self,
+        cfg: &SigmaConfig,
+        file: &Path,
+        key: &str,
+        status: Option<Status>,
+    ) -> Option<SigmaRuleConfig> {
+        let settings = cfg.rules.get(key).cloned().unwrap_or_default();
+        if settings.enabled == Some(false) {
+            self.disabled.push(key.to_string());
+            return None;
+        }
+        if let Some(status @ (Status::Deprecated | Status::Unsupported)) = status {
+            self.skipped.push(Skipped {
+                file: file.to_path_buf(),
+                rule: key.to_string(),
+                reason: format!("status {status:?}: its authors do not keep it working")
+                    .to_ascii_lowercase(),
+            });
+            return None;
+        }
+        Some(settings)
+    }
+
     /// Takes the correlation `parsed` read from `file` (which holds CloudTrail rules when
     /// `cloudtrail`), or refuses it. A correlation naming no CloudTrail rule is another log
     /// source's, and passed over.
@@ -437,20 +452,9 @@ impl SigmaRules {
         if !ours {
             return Ok(());
         }
-        let settings = cfg.rules.get(&key).cloned().unwrap_or_default();
-        if settings.enabled == Some(false) {
-            self.disabled.push(key);
+        let Some(settings) = self.settings_if_kept(cfg, file, &key, rule.status) else {
             return Ok(());
-        }
-        if let Some(status @ (Status::Deprecated | Status::Unsupported)) = rule.status {
-            self.skipped.push(Skipped {
-                file: file.to_path_buf(),
-                rule: key,
-                reason: format!("status {status:?}: its authors do not keep it working")
-                    .to_ascii_lowercase(),
-            });
-            return Ok(());
-        }
+        };
         let policy_id = format!("sigma-{}", policy_suffix(&key));
         let checked =
             correlation_of(&rule, &resolved, condition_given, &self.rules).and_then(|c| {

@@ -1402,17 +1402,16 @@ impl Sink<'_> {
             // Nothing to count it by (or, never, unserializable): nothing to forward.
             return Ok(());
         };
-        let key = ip.to_string();
-        let payload = sign::seal(
-            self.cfg.signing.signer().as_ref(),
-            sign::purpose::SIGNIN_FAILURES,
-            key.as_bytes(),
-            &payload,
-        );
         let topic = &self.cfg.kafka.topics.detect_signin_failures;
-        let sent = self.send(topic, key.as_bytes(), &payload, None);
-        self.moved_on("signin_failures", sent.await)
-            .map_err(|_| Stopped("shutdown while a sign-in failure was unforwarded"))
+        self.forward(
+            topic,
+            sign::purpose::SIGNIN_FAILURES,
+            "signin_failures",
+            &ip.to_string(),
+            &payload,
+        )
+        .await
+        .map_err(|_| Stopped("shutdown while a sign-in failure was unforwarded"))
     }
 
     /// Forwards a correlation's match to the correlations topic, keyed by correlation and
@@ -1421,17 +1420,37 @@ impl Sink<'_> {
         let Ok(payload) = serde_json::to_vec(hit) else {
             return Ok(());
         };
-        let key = hit.key();
-        let payload = sign::seal(
-            self.cfg.signing.signer().as_ref(),
-            sign::purpose::CORRELATIONS,
-            key.as_bytes(),
-            &payload,
-        );
         let topic = &self.cfg.kafka.topics.detect_correlations;
-        let sent = self.send(topic, key.as_bytes(), &payload, None);
-        self.moved_on("correlations", sent.await)
-            .map_err(|_| Stopped("shutdown while a correlation match was unforwarded"))
+        self.forward(
+            topic,
+            sign::purpose::CORRELATIONS,
+            "correlations",
+            &hit.key(),
+            &payload,
+        )
+        .await
+        .map_err(|_| Stopped("shutdown while a correlation match was unforwarded"))
+    }
+
+    /// Sends `payload` to detect's own re-keyed `topic` under `key`, sealed for `purpose`
+    /// (only detect's records are counted there), until durable or refused for good
+    /// (counted under `role`).
+    async fn forward(
+        &self,
+        topic: &str,
+        purpose: &str,
+        role: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<(), Stopped> {
+        let sealed = sign::seal(
+            self.cfg.signing.signer().as_ref(),
+            purpose,
+            key.as_bytes(),
+            payload,
+        );
+        let sent = self.send(topic, key.as_bytes(), &sealed, None);
+        self.moved_on(role, sent.await)
     }
 
     /// One record, retried until the broker has it or refuses it for good.

@@ -7,7 +7,10 @@
 //! carries the offset after the last activity applied to it, so when a restart replays
 //! activities the saved baseline already contains, they are not applied twice — and their
 //! alerts were published before the baseline was saved. A restarted or rebalanced detector
-//! therefore continues with exactly the baselines an uninterrupted one would have.
+//! therefore continues with exactly the baselines an uninterrupted one would have. A save
+//! that delivers every baseline also writes the partition's applied-through mark
+//! ([`APPLIED_KEY`]): an activity before it whose actor has no baseline was applied, its
+//! baseline forgotten since (evicted for room, or past `state_ttl`), and is not applied again.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -20,4 +20,4 @@ export TRAILGUARD_BENCH_REMEDIATE="$CARGO_TARGET_DIR/release/remediate"
 # The recovery bench runs the release binaries through the tests' helpers.
 export TRAILGUARD_TEST_BIN_DIR="$CARGO_TARGET_DIR/release"
 export TRAILGUARD_TEST_BROKERS="$TRAILGUARD_BENCH_BROKERS"
-cargo bench --workspace --quiet --bench throughput --bench detect --bench remediate --bench recovery --bench state
+cargo bench --workspace --quiet --bench throughput --bench detect --bench remediate --bench recovery --bench state --bench services --bench latency

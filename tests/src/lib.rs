@@ -3,6 +3,7 @@
 //! three services as child processes, and reading topics back.
 
 pub mod iam_check;
+pub mod synthetic;
 
 use std::collections::HashMap;
 use std::io::Write;

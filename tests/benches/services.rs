@@ -1,0 +1,136 @@
+//! `make bench` part: `detect` as a service (release build) next to a raw consume of the same
+//! activities on the same broker. `ingest files` publishes synthetic reads by 20,000 actors
+//! (half IAM users, half role sessions) over the last hour; a plain consumer reads the topic
+//! through; then detect, with its default policies, reads it from the start while the bench
+//! scrapes its `trailguard_detect_activities_total` every 100 ms. Each rate runs from the first
+//! record to the last (joining the group and start-up aside). `ingest files` next to a raw
+//! publish of the same bytes is the ingest bench's.
+//!
+//! Env: `TRAILGUARD_BENCH_BROKERS`, `TRAILGUARD_TEST_BIN_DIR` (the release binaries),
+//! `TRAILGUARD_BENCH_SERVICE_RECORDS` (default 300000).
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use trailguard_tests::{admin_addr, http_get, sample_value, synthetic, Run};
+
+const ACTORS: usize = 20_000;
+
+fn main() -> Result<()> {
+    let (Ok(brokers), Ok(_)) = (
+        std::env::var("TRAILGUARD_BENCH_BROKERS"),
+        std::env::var("TRAILGUARD_TEST_BIN_DIR"),
+    ) else {
+        println!("detect service vs raw consume: skipped (run `make bench`)");
+        return Ok(());
+    };
+    let n: usize = std::env::var("TRAILGUARD_BENCH_SERVICE_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let mut run = Run::new("bench-services")?;
+    for (key, value) in run.env.iter_mut() {
+        if key == "TRAILGUARD_BROKERS" {
+            *value = brokers.clone();
+        }
+    }
+    let dir = std::env::temp_dir().join(&run.id);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("records.jsonl");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let end = chrono::Utc::now();
+        for i in 0..n {
+            let at = end - chrono::Duration::milliseconds(((n - i) as i64) * 3_600_000 / n as i64);
+            let time = at.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let id = format!("{:08x}-0000-4000-8000-{i:012x}", i / 7);
+            writeln!(file, "{}", synthetic::ordinary(i, ACTORS, &id, &time))?;
+        }
+    }
+    let started = Instant::now();
+    run.ingest_files(&path)?;
+    let ingest = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    println!(
+        "detect service vs raw consume: {n} records by {ACTORS} actors published by `ingest files` \
+         in {:.1} s ({:.0} records/s, start-up included)",
+        ingest.as_secs_f64(),
+        n as f64 / ingest.as_secs_f64()
+    );
+
+    // A raw consume of the topic: librdkafka's defaults, every payload touched.
+    let topic = run.topic("activities");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{}-raw", run.id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    let (mut read, mut bytes, mut first) = (0usize, 0usize, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while read < n && Instant::now() < deadline {
+        use rdkafka::Message as _;
+        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        first.get_or_insert_with(Instant::now);
+        read += 1;
+        bytes += msg.payload().map_or(0, <[u8]>::len);
+    }
+    ensure!(read == n, "the raw consumer read {read} of {n}");
+    let raw = first.map(|f| f.elapsed()).unwrap_or_default();
+    let raw_rate = n as f64 / raw.as_secs_f64();
+    println!(
+        "  raw consume: {raw_rate:.0} activities/s ({:.0} MB/s, {:.0} bytes each)",
+        bytes as f64 / 1e6 / raw.as_secs_f64(),
+        bytes as f64 / n as f64
+    );
+    drop(consumer);
+
+    let detect = run.spawn("detect", &[])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let admin = loop {
+        if let Some(addr) = admin_addr(&detect.log()) {
+            break addr;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "detect did not start: {}",
+            detect.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let series = "trailguard_detect_activities_total{result=\"evaluated\"}";
+    let evaluated = || {
+        http_get(&admin, "/metrics")
+            .ok()
+            .and_then(|s| sample_value(&s, series))
+            .unwrap_or(0.0) as usize
+    };
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    let mut first: Option<(Instant, usize)> = None;
+    let mut last = 0;
+    while Instant::now() < deadline {
+        let now = evaluated();
+        if now > 0 && first.is_none() {
+            first = Some((Instant::now(), now));
+        }
+        last = now;
+        if now >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (since, at_first) = first.context("detect evaluated nothing")?;
+    ensure!(last >= n, "detect evaluated {last} of {n}");
+    let rate = (last - at_first) as f64 / since.elapsed().as_secs_f64();
+    println!(
+        "  detect service: {rate:.0} activities/s ({:.0} % of the raw consume), default policies",
+        100.0 * rate / raw_rate
+    );
+    Ok(())
+}

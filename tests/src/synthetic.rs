@@ -26,7 +26,7 @@ pub fn by_user(user: &str, id: &str, time: &str, source: &str, name: &str, param
 /// from an address of its own.
 pub fn ordinary(i: usize, actors: usize, id: &str, time: &str) -> Value {
     let who = i.wrapping_mul(7919) % actors.max(1);
-    let role = who % 40;
+    let role = (who / 2) % 40;
     let identity = if who.is_multiple_of(2) {
         json!({"type": "IAMUser", "principalId": format!("AIDA{who:016}"),
             "arn": format!("arn:aws:iam::{ACCOUNT}:user/user-{who}"), "accountId": ACCOUNT,

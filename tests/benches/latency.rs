@@ -30,7 +30,7 @@ use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use trailguard_tests::synthetic::{self, ACCOUNT};
-use trailguard_tests::{Run, Service};
+use trailguard_tests::Run;
 
 /// Files per second the producer writes.
 const FILES_PER_SECOND: u64 = 10;
@@ -88,19 +88,8 @@ async fn run(brokers: &str, endpoint: &str, rate: u64, secs: u64) -> Result<()> 
     run.env
         .push(("TRAILGUARD_LOG__LEVEL".into(), "warn".into()));
     let tag = run.id[run.id.len() - 10..].to_string();
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "bench",
-        ))
-        .load()
-        .await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(true)
-            .build(),
-    );
+    let shared = trailguard_tests::aws_at(endpoint).await;
+    let s3 = trailguard_tests::s3_with(&shared);
     let sqs = aws_sdk_sqs::Client::new(&shared);
     let trail = format!("tglat-trail-{tag}");
     s3.create_bucket().bucket(&trail).send().await?;
@@ -132,29 +121,7 @@ async fn run(brokers: &str, endpoint: &str, rate: u64, secs: u64) -> Result<()> 
              [[notify.channels]]\nname = \"bench\"\nkind = \"webhook\"\nurl = \"{hook}/hook\"\n"
         ),
     )?;
-    // ingest takes its admin flag after the source.
-    let ingest_log = std::env::temp_dir().join(format!("{}-ingest.log", run.id));
-    let file = std::fs::File::create(&ingest_log)?;
-    let ingest = Service {
-        child: run
-            .command(
-                "ingest",
-                &[
-                    "sqs",
-                    "--queue-url",
-                    &queue,
-                    "--aws-endpoint",
-                    endpoint,
-                    "--admin-listen",
-                    "127.0.0.1:0",
-                ],
-            )?
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()?,
-        log: ingest_log,
-    };
+    let ingest = run.spawn_ingest(&["sqs", "--queue-url", &queue, "--aws-endpoint", endpoint])?;
     let detect = run.spawn("detect", &[])?;
     let remediate = run.spawn("remediate", &["--config", config.to_str().context("path")?])?;
     // Every service up: its topics exist and it has joined.
@@ -414,10 +381,14 @@ fn log_file(
     let mut stops = 0;
     for i in 0..n {
         let id = format!("{:08x}-{tag}-4000-8000-{:012x}", file, i);
-        let record = if let Some(bucket) = public_bucket.filter(|_| i == n / 2) {
+        // A record of a followed user of its own.
+        let mut follow = || {
             followed.push(*seq);
-            let user = format!("{MARK}{}", *seq);
             *seq += 1;
+            format!("{MARK}{}", *seq - 1)
+        };
+        let record = if let Some(bucket) = public_bucket.filter(|_| i == n / 2) {
+            let user = follow();
             synthetic::by_user(
                 &user,
                 &id,
@@ -428,9 +399,7 @@ fn log_file(
             )
         } else if i % stride == stride - 1 && stops < STOPS_PER_FILE {
             stops += 1;
-            followed.push(*seq);
-            let user = format!("{MARK}{}", *seq);
-            *seq += 1;
+            let user = follow();
             synthetic::by_user(
                 &user,
                 &id,

@@ -37,19 +37,7 @@ fn main() -> Result<()> {
 async fn run(brokers: &str, endpoint: &str, binary: &str, n: usize) -> Result<()> {
     let id = format!("bench-remediate-{}", std::process::id());
     let (alerts_topic, actions_topic) = (format!("{id}.alerts"), format!("{id}.actions"));
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "bench",
-        ))
-        .load()
-        .await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = trailguard_tests::s3_with(&trailguard_tests::aws_at(endpoint).await);
     let setup = Instant::now();
     for i in 0..n {
         let bucket = format!("{id}-{i}");

@@ -204,6 +204,20 @@ impl Run {
 
     /// Starts a long-running service (detect, remediate) with its admin endpoint on a free port.
     pub fn spawn(&self, binary: &str, extra: &[&str]) -> Result<Service> {
+        let mut args = vec!["--admin-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        self.start(binary, &args)
+    }
+
+    /// Starts `ingest SOURCE …` (`source` holds the source and its flags) with its admin
+    /// endpoint on a free port: ingest takes that flag after the source.
+    pub fn spawn_ingest(&self, source: &[&str]) -> Result<Service> {
+        let mut args = source.to_vec();
+        args.extend_from_slice(&["--admin-listen", "127.0.0.1:0"]);
+        self.start("ingest", &args)
+    }
+
+    fn start(&self, binary: &str, args: &[&str]) -> Result<Service> {
         // One log per service, also when a run starts several of one binary.
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -216,10 +230,8 @@ impl Run {
             .create(true)
             .append(true)
             .open(&log)?;
-        let mut args = vec!["--admin-listen", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
         let child = self
-            .command(binary, &args)?
+            .command(binary, args)?
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -412,11 +424,16 @@ pub fn read_topic_at(
 
 /// An S3 client for the AWS-API server.
 pub async fn s3() -> Result<aws_sdk_s3::Client> {
-    let shared = aws_shared().await?;
-    let config = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(true)
-        .build();
-    Ok(aws_sdk_s3::Client::from_conf(config))
+    Ok(s3_with(&aws_shared().await?))
+}
+
+/// An S3 client with `config`, addressing buckets by path (as the AWS-API server needs).
+pub fn s3_with(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(true)
+            .build(),
+    )
 }
 
 /// An IAM client for the AWS-API server.
@@ -433,14 +450,20 @@ pub fn signed(mut alert: trailguard_common::Alert) -> Result<Vec<u8>> {
 /// The SDK configuration for the AWS-API server, with the test credentials (the server's
 /// default account, 123456789012).
 pub async fn aws_shared() -> Result<aws_config::SdkConfig> {
-    Ok(aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(aws_endpoint()?)
+    Ok(aws_at(&aws_endpoint()?).await)
+}
+
+/// The SDK configuration for an AWS-API server at `endpoint` (the benches name theirs), with
+/// the test credentials.
+pub async fn aws_at(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
             "testing", "testing", None, None, "test",
         ))
         .load()
-        .await)
+        .await
 }
 
 /// The SDK configuration acting in another account of the AWS-API server, through an

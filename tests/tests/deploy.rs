@@ -975,28 +975,7 @@ async fn dashboards_and_rules_query_registered_metrics() -> Result<()> {
         .send()
         .await?;
     let endpoint = trailguard_tests::aws_endpoint()?;
-    let log = std::env::temp_dir().join(format!("{}-ingest.log", run.id));
-    let file = std::fs::File::create(&log)?;
-    let mut ingest = trailguard_tests::Service {
-        child: run
-            .command(
-                "ingest",
-                &[
-                    "s3",
-                    "--bucket",
-                    &bucket,
-                    "--aws-endpoint",
-                    &endpoint,
-                    "--admin-listen",
-                    "127.0.0.1:0",
-                ],
-            )?
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()?,
-        log,
-    };
+    let mut ingest = run.spawn_ingest(&["s3", "--bucket", &bucket, "--aws-endpoint", &endpoint])?;
     let detect = run.spawn("detect", &[])?;
     let remediate = run.spawn("remediate", &["--aws-endpoint", &endpoint])?;
     // An unsigned alert, so the rejection counters have something besides zeros.

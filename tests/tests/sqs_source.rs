@@ -25,15 +25,7 @@ fn log_file(records: usize, tag: &str) -> Result<Vec<u8>> {
 
 /// An SQS client for moto, and a new queue named `name`.
 async fn queue(name: &str) -> Result<(aws_sdk_sqs::Client, String)> {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(trailguard_tests::aws_endpoint()?)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&shared);
+    let sqs = aws_sdk_sqs::Client::new(&trailguard_tests::aws_shared().await?);
     let queue = sqs
         .create_queue()
         .queue_name(name)
@@ -205,29 +197,13 @@ async fn records_are_counted_under_their_source() -> Result<()> {
         .send()
         .await?;
     let endpoint = trailguard_tests::aws_endpoint()?;
-    let admin = [
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--aws-endpoint",
-        endpoint.as_str(),
-    ];
     for (source, args) in [
         ("sqs", vec!["sqs", "--queue-url", queue.as_str()]),
         ("s3", vec!["s3", "--bucket", name.as_str()]),
     ] {
-        let log = std::env::temp_dir().join(format!("{}-{source}.log", run.id));
-        let file = std::fs::File::create(&log)?;
         let mut all = args.clone();
-        all.extend_from_slice(&admin);
-        let mut ingest = trailguard_tests::Service {
-            child: run
-                .command("ingest", &all)?
-                .stdin(std::process::Stdio::null())
-                .stdout(file.try_clone()?)
-                .stderr(file)
-                .spawn()?,
-            log,
-        };
+        all.extend_from_slice(&["--aws-endpoint", endpoint.as_str()]);
+        let mut ingest = run.spawn_ingest(&all)?;
         let read = format!("trailguard_ingest_records_read_total{{source=\"{source}\"}}");
         let scrape = scrape_until(&ingest, &read, 5.0).await?;
         let bytes = format!("trailguard_ingest_read_bytes_total{{source=\"{source}\"}}");

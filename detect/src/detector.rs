@@ -11,6 +11,7 @@
 //! committed offset pass the start of an open burst — nor fall inside a closed one, whose tail
 //! alone would otherwise be replayed as a shorter, different burst.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
@@ -22,6 +23,30 @@ use crate::facts::Facts;
 use crate::policy::{advances_watermark, Offset, EXPIRE_EVERY, RETAIN_OFFSETS};
 use crate::signin::{settle, SigninFailures};
 use trailguard_common::contract::kinds;
+
+/// Namespaces of detect's own records on the changelog, beside actors' baselines: the peer
+/// groups' baselines, the organization's counts by day, the applied-through mark.
+const RESERVED: [&str; 3] = [
+    crate::anomaly::PEER_PREFIX,
+    crate::state::CENSUS_PREFIX,
+    "applied:",
+];
+/// What moves an actor named in one of them out of the way.
+const ESCAPE: &str = "actor:";
+
+/// The key of the baseline of `activity`'s actor: its actor key — unless that falls in one of
+/// detect's own namespaces, which no AWS principal does but a forged record's ARN can: then it
+/// is escaped, so the actor has a baseline of its own and cannot write into a peer group's,
+/// the organization's counts or the applied-through mark. Keys starting with the escape are
+/// escaped too, so no two actors share a key.
+pub fn baseline_key(activity: &Activity) -> Cow<'_, str> {
+    let key = activity.actor_key();
+    if RESERVED.iter().chain([&ESCAPE]).any(|p| key.starts_with(p)) {
+        Cow::Owned(format!("{ESCAPE}{key}"))
+    } else {
+        key
+    }
+}
 
 /// Baselines by actor key, boxed (see [`Detector`]'s map).
 pub type Baselines =
@@ -210,7 +235,7 @@ impl Detector {
     /// Whether the restored baseline of `activity`'s principal already covers `offset`: the
     /// activity was evaluated (and what it produced published) before the last checkpoint.
     pub fn already_applied(&self, activity: &Activity, offset: Offset) -> bool {
-        match self.principals.get(activity.actor_key().as_ref()) {
+        match self.principals.get(baseline_key(activity).as_ref()) {
             Some(state) => offset < state.offset,
             None => offset < self.applied_through,
         }
@@ -426,7 +451,7 @@ impl Detector {
             return matched;
         }
         let mut looked_back = self.look_back(facts);
-        let key = activity.actor_key().into_owned();
+        let key = baseline_key(activity).into_owned();
         let t = activity.event_time.timestamp();
         let ttl = self.state_ttl.num_seconds();
         // Applied before the restored save, its baseline forgotten since: applied again, it
@@ -756,7 +781,7 @@ impl Detector {
 
     /// The unusual-region alert for `activity`, suppressed as the principal's state says.
     fn raise_region(&mut self, activity: &Activity, why: String) -> Option<Alert> {
-        let key = activity.actor_key().into_owned();
+        let key = baseline_key(activity).into_owned();
         let state = self.principals.entry(key.clone()).or_default();
         let alert = self.anomalies.unusual_region(state, activity, why)?;
         self.dirty.insert(key);
@@ -921,6 +946,38 @@ mod tests {
             k
         };
         assert_eq!(keys(&second), keys(&first));
+    }
+
+    #[test]
+    fn an_actor_named_like_detects_own_records_gets_a_baseline_of_its_own() {
+        // A forged record's ARN may be anything: one naming the organization's peer group, a
+        // day of the organization's counts or the applied-through mark must not be kept (and
+        // saved to the changelog) under that key.
+        let mut d = detector();
+        let activities: Vec<Activity> = [
+            crate::anomaly::ORG_GROUP,
+            "peers:role:arn:aws:iam::1:role/admin",
+            "census:19700",
+            crate::state::APPLIED_KEY,
+            "actor:census:19700",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, arn)| {
+            let mut a = failure("x", "198.51.100.1", i as i64);
+            a.principal.arn = Some(arn.to_string());
+            a
+        })
+        .collect();
+        run(&mut d, &activities);
+        let reserved = ["peers:", "census:", "applied:"];
+        for key in d.principals.keys() {
+            assert!(
+                !reserved.iter().any(|r| key.starts_with(r)),
+                "{key} was kept as an actor's baseline"
+            );
+        }
+        assert_eq!(d.principals(), activities.len(), "one baseline each");
     }
 
     #[test]

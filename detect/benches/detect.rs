@@ -234,7 +234,28 @@ fn main() {
             titles.get(policy).copied().unwrap_or(policy)
         );
     }
+    // What the service does before all of that: each message from the activities topic
+    // decoded (UTF-8, JSON, schema version, time range).
+    let messages: Vec<Vec<u8>> = activities
+        .iter()
+        .map(|a| serde_json::to_vec(a).expect("an activity serializes"))
+        .collect();
     drop(activities);
+    let bytes: usize = messages.iter().map(Vec::len).sum();
+    let began = Instant::now();
+    let decoded = messages
+        .iter()
+        .filter(|m| trailguard_detect::decode(Some(m)).is_ok())
+        .count();
+    let secs = began.elapsed().as_secs_f64();
+    assert_eq!(decoded, n, "every activity decodes");
+    println!(
+        "  decode (an activities-topic message to an Activity): {:.0} activities/s on one core ({:.0} MB/s, {:.0} bytes each)",
+        n as f64 / secs,
+        bytes as f64 / secs / 1e6,
+        bytes as f64 / n as f64
+    );
+    drop(messages);
     backtest(&all_raw(), &cfg, sigma, &mut enricher);
 }
 

@@ -52,7 +52,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use trailguard_common::config::{AdminConfig, KafkaConfig, LogConfig};
 
-pub use runner::{offline_enricher, run, Metrics};
+pub use runner::{decode, offline_enricher, run, Metrics};
 
 /// Everything detect can be configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

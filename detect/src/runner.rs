@@ -156,24 +156,41 @@ impl Metrics {
     }
 }
 
-/// Why an activity message cannot be evaluated.
-pub(crate) fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
+/// An activities-topic message as the [`Activity`] detect evaluates, or why it cannot be
+/// evaluated. The payload is checked as UTF-8 once and parsed once: a schema version newer
+/// than this detect reads is refused whether or not the rest would decode.
+pub fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
     #[derive(serde::Deserialize)]
     struct Versioned {
         schema_version: u32,
     }
+    let newer = |version: u32| {
+        Poison::new(
+            "unsupported_schema_version",
+            format!("schema_version {version} is newer than this detect reads ({ACTIVITY_SCHEMA_VERSION})"),
+        )
+    };
     let bytes = payload.ok_or(Poison::new("empty_message", "message has no value"))?;
-    let version = serde_json::from_slice::<Versioned>(bytes).map(|v| v.schema_version);
-    if let Ok(version) = version.as_ref().copied() {
-        if version > ACTIVITY_SCHEMA_VERSION {
-            return Err(Poison::new(
-                "unsupported_schema_version",
-                format!("schema_version {version} is newer than this detect reads ({ACTIVITY_SCHEMA_VERSION})"),
-            ));
+    // JSON is UTF-8 throughout; one pass here spares serde_json a check of every string.
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Poison::new(
+            "undecodable_activity",
+            format!("not an Activity: not UTF-8 ({e})"),
+        )
+    })?;
+    let mut activity: Activity = match serde_json::from_str(text) {
+        Ok(activity) => activity,
+        // Only a message that does not decode is read again, for a version to name.
+        Err(e) => {
+            return Err(match serde_json::from_str::<Versioned>(text) {
+                Ok(v) if v.schema_version > ACTIVITY_SCHEMA_VERSION => newer(v.schema_version),
+                _ => Poison::new("undecodable_activity", format!("not an Activity: {e}")),
+            })
         }
+    };
+    if activity.schema_version > ACTIVITY_SCHEMA_VERSION {
+        return Err(newer(activity.schema_version));
     }
-    let mut activity: Activity = serde_json::from_slice(bytes)
-        .map_err(|e| Poison::new("undecodable_activity", format!("not an Activity: {e}")))?;
     // Ingest reads CloudTrail's four-digit years; a time near the ends of what chrono holds
     // (anyone who may write the topic can publish one) would overflow windows' arithmetic.
     let year = chrono::Datelike::year(&activity.event_time);
@@ -1482,6 +1499,47 @@ impl Sink<'_> {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn a_newer_schema_version_is_refused_whether_or_not_the_rest_decodes() {
+        let record = serde_json::json!({
+            "eventVersion": "1.09", "eventTime": "2024-05-10T12:00:00Z",
+            "eventSource": "iam.amazonaws.com", "eventName": "CreateUser",
+            "eventID": "00000000-0000-4000-8000-000000000001",
+            "userIdentity": {"type": "IAMUser", "userName": "a", "accountId": "123456789012",
+                "arn": "arn:aws:iam::123456789012:user/a"},
+        });
+        let activity = trailguard_ingest::normalize::normalize(&record.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut json = serde_json::to_value(&activity).unwrap_or_default();
+        json["schema_version"] = serde_json::json!(ACTIVITY_SCHEMA_VERSION + 1);
+        let kind = |payload: &[u8]| decode(Some(payload)).err().map(|p| p.kind);
+        assert_eq!(
+            kind(json.to_string().as_bytes()),
+            Some("unsupported_schema_version")
+        );
+        assert_eq!(
+            kind(br#"{"schema_version": 99, "id": 5}"#),
+            Some("unsupported_schema_version")
+        );
+        assert_eq!(
+            kind(br#"{"schema_version": 1, "id": 5}"#),
+            Some("undecodable_activity")
+        );
+        // Invalid UTF-8 inside a string, and a lone byte outside one.
+        let mut bad = json.to_string().into_bytes();
+        bad.truncate(bad.len() - 1);
+        let mut in_string = serde_json::to_vec(&activity).unwrap_or_default();
+        let at = in_string
+            .windows(3)
+            .position(|w| w == b"iam")
+            .unwrap_or_default();
+        in_string[at] = 0xff;
+        assert_eq!(kind(&in_string), Some("undecodable_activity"));
+        bad.extend_from_slice(b"\xff}");
+        assert_eq!(kind(&bad), Some("undecodable_activity"));
+        assert_eq!(decode(None).err().map(|p| p.kind), Some("empty_message"));
+    }
 
     #[test]
     fn an_activity_dated_beyond_what_windows_can_hold_is_poison() {

@@ -273,7 +273,10 @@ impl Detector {
     /// actors. Peer groups (`peers:…`, a handful per account) are kept: they judge every
     /// newcomer. A forgotten actor's decisions waiting for facts go with it. Forgotten
     /// baselines are deleted from the changelog.
-    fn evict(&mut self) {
+    /// Forgets the least recently seen baselines past the bound; a forgotten actor's open
+    /// folds are closed early, so their repeats are published, not lost. Returns those
+    /// closing alerts.
+    fn evict(&mut self) -> Vec<Alert> {
         let target = self.max_baselines - self.max_baselines / 10;
         let excess = self.principals.len().saturating_sub(target);
         let mut candidates: Vec<(i64, &String)> = self
@@ -284,16 +287,20 @@ impl Detector {
             .collect();
         let n = excess.min(candidates.len());
         if n == 0 {
-            return;
+            return Vec::new();
         }
         candidates.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         let victims: Vec<String> = candidates[..n].iter().map(|(_, k)| (*k).clone()).collect();
         drop(candidates);
+        let mut closing = Vec::new();
         for k in victims {
-            self.principals.remove(&k);
+            if let Some(state) = self.principals.remove(&k) {
+                closing.extend(crate::fold::close_all(state.folds));
+            }
             self.dirty.insert(k);
         }
         self.evicted += n as u64;
+        closing
     }
 
     /// This partition's counts of the days that changed since the last call, to publish on
@@ -647,7 +654,7 @@ impl Detector {
             }
         }
         if self.principals.len() > self.max_baselines {
-            self.evict();
+            alerts.extend(self.evict());
         }
         alerts
     }
@@ -1364,6 +1371,34 @@ mod tests {
             .iter()
             .map(|a| (a.id.clone(), a.occurrences))
             .collect()
+    }
+
+    #[test]
+    fn an_evicted_actors_open_fold_is_closed_with_its_count() {
+        // Ten baselines a partition: alice changes the group three times, then twenty others
+        // act within the fold period and push her out; her repeats are not lost with her.
+        let mut cfg = PoliciesConfig::default();
+        cfg.anomaly.max_baselines = 40;
+        let mut d =
+            Detector::new(&cfg, std::time::Duration::from_secs(300)).for_partitions(&cfg, 4);
+        let mut events: Vec<Activity> = (0..3).map(|i| sg_change("alice", i)).collect();
+        for m in 3..23 {
+            let mut quiet = failure(&format!("u{m}"), "1.2.3.9", m);
+            quiet.outcome.status = OutcomeStatus::Success;
+            quiet.event_name = "DescribeInstances".into();
+            quiet.event_source = "ec2.amazonaws.com".into();
+            events.push(quiet);
+        }
+        let alerts = run(&mut d, &events);
+        assert!(d.take_evicted() > 0);
+        assert!(!d.principals.keys().any(|k| k.contains("alice")));
+        let sg: Vec<(String, u64)> = alerts
+            .iter()
+            .filter(|a| a.policy_id == "security-group-changes")
+            .map(|a| (a.id.clone(), a.occurrences))
+            .collect();
+        assert_eq!(sg.len(), 2, "the first alert and its closing one: {sg:?}");
+        assert_eq!(sg[1], (sg[0].0.clone(), 3));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! so a restart neither loses the count nor raises a repeat as a new alert.
 //!
 //! The first match is published at once. When the period closes — the principal acts again
-//! after it, or the partition's watermark passes it — an alert with the *same id* is published
+//! after it, or the partition's watermark passes it, or the principal's baseline is forgotten
+//! under the memory bound — an alert with the *same id* is published
 //! again carrying `occurrences`, `last_time` and the repeats' activity ids. Both records have
 //! the same key (the entity), so they stay in order on one partition. A consumer keeps, per
 //! alert id, the record with the most `occurrences` (an activity re-published long after its
@@ -206,6 +207,12 @@ pub fn close_before(folds: &mut thin_vec::ThinVec<Fold>, t: i64) -> Vec<Alert> {
         }
     }
     out
+}
+
+/// Closes every fold early (its principal's baseline is being forgotten); returns their
+/// closing alerts.
+pub fn close_all(folds: thin_vec::ThinVec<Fold>) -> Vec<Alert> {
+    folds.into_iter().filter_map(Fold::close).collect()
 }
 
 #[cfg(test)]

@@ -589,34 +589,99 @@ pub async fn read_object(
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let name = format!("s3://{bucket}/{key}");
+    match get_object(client, bucket, key, options.stream_above).await {
+        Got::Large(object, size) => stream_object(*object, &name, size, publisher, summary).await,
+        Got::Whole(bytes) => {
+            publish_whole(&name, &bytes, publisher, summary).await;
+            Ok(())
+        }
+        Got::Failed(err) => refused(&name, err, options, publisher, summary).await,
+        Got::BodyBroke(reason) => Err(Error::Source(reason)),
+    }
+}
+
+/// An object read ahead of its turn by [`fetch_object`], to be published by [`read_fetched`].
+#[derive(Debug)]
+pub enum Fetched {
+    /// The whole object, as stored.
+    Whole(bytes::Bytes),
+    /// Not read ahead — larger than `stream_above`, to be streamed (an unread response held
+    /// until its turn could be closed under it): read at its turn.
+    Later,
+    /// S3 did not give it.
+    Failed(CallError),
+    /// The body broke off while it was read.
+    BodyBroke(String),
+}
+
+/// Reads `key` whole (the first step of [`read_object`]) so that it can run ahead, in a task of
+/// its own, while earlier objects are published.
+pub async fn fetch_object(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    stream_above: u64,
+) -> Fetched {
+    match get_object(client, bucket, key, stream_above).await {
+        Got::Whole(bytes) => Fetched::Whole(bytes),
+        Got::Large(..) => Fetched::Later,
+        Got::Failed(err) => Fetched::Failed(err),
+        Got::BodyBroke(reason) => Fetched::BodyBroke(reason),
+    }
+}
+
+/// Publishes an object [`fetch_object`] read ahead, exactly as [`read_object`] would have.
+pub async fn read_fetched(
+    fetched: Fetched,
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    options: ReadOptions,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let name = format!("s3://{bucket}/{key}");
+    match fetched {
+        Fetched::Whole(bytes) => {
+            publish_whole(&name, &bytes, publisher, summary).await;
+            Ok(())
+        }
+        Fetched::Later => read_object(client, bucket, key, options, publisher, summary).await,
+        Fetched::Failed(err) => refused(&name, err, options, publisher, summary).await,
+        Fetched::BodyBroke(reason) => Err(Error::Source(reason)),
+    }
+}
+
+/// What one GetObject gave.
+enum Got {
+    Whole(bytes::Bytes),
+    Large(Box<aws_sdk_s3::operation::get_object::GetObjectOutput>, u64),
+    Failed(CallError),
+    BodyBroke(String),
+}
+
+async fn get_object(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    stream_above: u64,
+) -> Got {
     let object = match client.get_object().bucket(bucket).key(key).send().await {
         Ok(object) => object,
-        Err(e) => {
-            let err = CallError::of("s3:GetObject", &e);
-            let now = chrono::Utc::now();
-            return match unreadable(err, options.since, now, options.retry_denied_for) {
-                Failure::Poison(Poison { kind, reason }) => {
-                    let reason = format!("{name}: {reason}");
-                    pipeline::dead_letter_input(publisher, summary, &name, b"", kind, reason).await;
-                    Ok(())
-                }
-                Failure::Retryable(err) if err.code.as_deref().is_some_and(denied) => {
-                    Err(Error::Denied(format!("{name}: {err}")))
-                }
-                Failure::Retryable(err) => Err(Error::Source(format!("{name}: {err}"))),
-            };
-        }
+        Err(e) => return Got::Failed(CallError::of("s3:GetObject", &e)),
     };
     let size = object.content_length().unwrap_or(0).max(0) as u64;
-    if size > options.stream_above {
-        return stream_object(object, &name, size, publisher, summary).await;
+    if size > stream_above {
+        return Got::Large(Box::new(object), size);
     }
-    let bytes = object
-        .body
-        .collect()
-        .await
-        .map_err(|e| Error::Source(format!("s3:GetObject {key}: reading the body: {e}")))?
-        .into_bytes();
+    match object.body.collect().await {
+        Ok(body) => Got::Whole(body.into_bytes()),
+        Err(e) => Got::BodyBroke(format!("s3:GetObject {key}: reading the body: {e}")),
+    }
+}
+
+/// Counts and publishes an object read whole.
+async fn publish_whole(name: &str, bytes: &[u8], publisher: &mut Publisher, summary: &mut Summary) {
     summary.inputs_read += 1;
     summary.bytes += bytes.len() as u64;
     publisher
@@ -624,8 +689,29 @@ pub async fn read_object(
         .bytes_read
         .with_label_values(&[publisher.source_kind()])
         .inc_by(bytes.len() as u64);
-    pipeline::process(&name, &bytes, publisher, summary).await;
-    Ok(())
+    pipeline::process(name, bytes, publisher, summary).await;
+}
+
+/// An object S3 did not give: dead-lettered, or the error to try again later.
+async fn refused(
+    name: &str,
+    err: CallError,
+    options: ReadOptions,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let now = chrono::Utc::now();
+    match unreadable(err, options.since, now, options.retry_denied_for) {
+        Failure::Poison(Poison { kind, reason }) => {
+            let reason = format!("{name}: {reason}");
+            pipeline::dead_letter_input(publisher, summary, name, b"", kind, reason).await;
+            Ok(())
+        }
+        Failure::Retryable(err) if err.code.as_deref().is_some_and(denied) => {
+            Err(Error::Denied(format!("{name}: {err}")))
+        }
+        Failure::Retryable(err) => Err(Error::Source(format!("{name}: {err}"))),
+    }
 }
 
 /// Streams a large object: a blocking task decompresses and splits it, handing records over a

@@ -36,6 +36,9 @@ pub struct SqsSourceConfig {
     /// on the queue), counted from the message's first receipt, before it is dead-lettered.
     #[serde(with = "humantime_serde")]
     pub retry_denied_for: Duration,
+    /// How many files are read from S3 ahead of the one being published (each whole, up to
+    /// `stream_above_bytes`; larger ones are streamed at their turn).
+    pub fetch_ahead: usize,
 }
 
 impl Default for SqsSourceConfig {
@@ -46,6 +49,7 @@ impl Default for SqsSourceConfig {
             wait_time: Duration::from_secs(20),
             stream_above_bytes: crate::s3::STREAM_ABOVE_BYTES,
             retry_denied_for: crate::s3::DENIED_RETRY_FOR,
+            fetch_ahead: 4,
         }
     }
 }
@@ -71,6 +75,12 @@ impl SqsSourceConfig {
             return Err(trailguard_common::Error::config(
                 "sqs.visibility_timeout",
                 "must be between 30s and 12h",
+            ));
+        }
+        if !(1..=64).contains(&self.fetch_ahead) {
+            return Err(trailguard_common::Error::config(
+                "sqs.fetch_ahead",
+                "must be between 1 and 64",
             ));
         }
         Ok(())
@@ -171,6 +181,11 @@ fn parse_value(value: &Value, depth: u8) -> Result<Notification, String> {
 }
 
 /// Receives and handles messages until `shutdown` (or, with `once`, until the queue is empty).
+///
+/// A received batch is worked through in order while up to `fetch_ahead` of the files it names
+/// are read from S3 ahead, each in a task of its own; the batch's records are waited on as one
+/// (a message is deleted only once everything its files hold is durable), and its messages are
+/// deleted in one call, in the background, while the next batch is received.
 pub async fn run(
     sqs: &aws_sdk_sqs::Client,
     s3: &aws_sdk_s3::Client,
@@ -187,7 +202,9 @@ pub async fn run(
     } else {
         i32::try_from(cfg.wait_time.as_secs()).unwrap_or(20)
     };
-    loop {
+    let mut deletions = tokio::task::JoinSet::new();
+    let result = loop {
+        while deletions.try_join_next().is_some() {}
         let receive = sqs
             .receive_message()
             .queue_url(&cfg.queue_url)
@@ -199,12 +216,21 @@ pub async fn run(
             )
             .send();
         let received = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = receive => r.map_err(|e| CallError::of("sqs:ReceiveMessage", &e))?,
+            _ = shutdown.cancelled() => break Ok(()),
+            r = receive => match r {
+                Ok(received) => received,
+                Err(e) => break Err(CallError::of("sqs:ReceiveMessage", &e).into()),
+            },
         };
         let messages = received.messages();
-        // While this batch is worked through, keep every message of it not yet deleted invisible
-        // to other instances.
+        if messages.is_empty() {
+            if once {
+                break Ok(());
+            }
+            continue;
+        }
+        // While this batch is worked through, keep every message of it invisible to other
+        // instances.
         let pending: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
             messages
                 .iter()
@@ -216,88 +242,200 @@ pub async fn run(
             sqs.clone(),
             cfg.queue_url.clone(),
             cfg.visibility_timeout,
-            pending.clone(),
+            pending,
             heartbeat.clone(),
         ));
         let _stop_heartbeat = heartbeat.drop_guard();
-        if messages.is_empty() {
-            if once {
-                break;
-            }
-            continue;
+        let (handled, failed) = handle_batch(s3, cfg, messages, publisher, &mut summary).await;
+        // Everything the handled messages named is durable (or dead-lettered): only now may
+        // they be deleted. Not durable: none is deleted, and every one comes back.
+        if let Err(err) = publisher.finish().await {
+            break Err(err);
         }
-        for message in messages {
-            let (Some(body), Some(receipt)) = (message.body(), message.receipt_handle()) else {
-                continue;
+        if !handled.is_empty() {
+            deletions.spawn(delete(sqs.clone(), cfg.queue_url.clone(), handled));
+        }
+        if let Some(err) = failed {
+            break Err(err);
+        }
+    };
+    while deletions.join_next().await.is_some() {}
+    result?;
+    summary.finish(publisher, before, started);
+    Ok(summary)
+}
+
+/// Works through one received batch in order, reading up to `fetch_ahead` of its files ahead.
+/// Returns the receipts of the messages handled, and the error that stopped it, if one did (the
+/// message it stopped at, and those after, are left on the queue).
+async fn handle_batch(
+    s3: &aws_sdk_s3::Client,
+    cfg: &SqsSourceConfig,
+    messages: &[aws_sdk_sqs::types::Message],
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) -> (Vec<(String, String)>, Option<Error>) {
+    // Only a message with a body and a receipt is handled (SQS gives both).
+    let parsed: Vec<_> = messages
+        .iter()
+        .map(|m| m.receipt_handle().and(m.body()).map(parse))
+        .collect();
+    // The log files of the whole batch, in the order they are published.
+    let mut files = parsed
+        .iter()
+        .flatten()
+        .filter_map(|n| match n {
+            Ok(Notification::Objects(objects)) => Some(objects),
+            _ => None,
+        })
+        .flatten()
+        .filter(|o| classify(&o.key) == KeyKind::Log)
+        .cloned()
+        .collect::<std::collections::VecDeque<_>>();
+    type Ahead =
+        std::collections::VecDeque<(ObjectRef, tokio::task::JoinHandle<crate::s3::Fetched>)>;
+    // What was read ahead for nothing, when the batch stops early, is abandoned.
+    struct AbortOnDrop(Ahead);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.iter().for_each(|(_, task)| task.abort());
+        }
+    }
+    let mut ahead = AbortOnDrop(Ahead::new());
+    let mut fetch_ahead = |ahead: &mut Ahead| {
+        while ahead.len() < cfg.fetch_ahead {
+            let Some(object) = files.pop_front() else {
+                break;
             };
-            let id = message.message_id().unwrap_or("?");
-            // First received: when reading its files was first tried (and, if refused, refused).
-            let first_tried = message
-                .attributes()
-                .and_then(|a| {
-                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
-                })
-                .and_then(|ms| ms.parse::<i64>().ok())
-                .and_then(chrono::DateTime::from_timestamp_millis);
-            match parse(body) {
-                Ok(Notification::Objects(objects)) => {
-                    for object in objects {
-                        if classify(&object.key) != KeyKind::Log {
-                            summary.inputs_skipped += 1;
-                            continue;
+            let (s3, stream_above, at) = (s3.clone(), cfg.stream_above_bytes, object.clone());
+            ahead.push_back((
+                object,
+                tokio::spawn(async move {
+                    crate::s3::fetch_object(&s3, &at.bucket, &at.key, stream_above).await
+                }),
+            ));
+        }
+    };
+    let mut handled = Vec::new();
+    for (message, notification) in messages.iter().zip(parsed) {
+        let (Some(body), Some(receipt), Some(notification)) =
+            (message.body(), message.receipt_handle(), notification)
+        else {
+            continue;
+        };
+        let id = message.message_id().unwrap_or("?");
+        // First received: when reading its files was first tried (and, if refused, refused).
+        let first_tried = message
+            .attributes()
+            .and_then(|a| {
+                a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
+            })
+            .and_then(|ms| ms.parse::<i64>().ok())
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        match notification {
+            Ok(Notification::Objects(objects)) => {
+                for object in objects {
+                    if classify(&object.key) != KeyKind::Log {
+                        summary.inputs_skipped += 1;
+                        continue;
+                    }
+                    fetch_ahead(&mut ahead.0);
+                    let fetched = match ahead.0.pop_front() {
+                        Some((fetching, task)) if fetching == object => {
+                            task.await.unwrap_or_else(|e| {
+                                crate::s3::Fetched::BodyBroke(format!("reading ahead failed: {e}"))
+                            })
                         }
-                        let options = crate::s3::ReadOptions {
-                            stream_above: cfg.stream_above_bytes,
-                            since: first_tried,
-                            retry_denied_for: cfg.retry_denied_for,
-                        };
-                        crate::s3::read_object(
-                            s3,
-                            &object.bucket,
-                            &object.key,
-                            options,
-                            publisher,
-                            &mut summary,
-                        )
-                        .await?;
+                        // Not the file read ahead for this turn (cannot happen: they are
+                        // queued in this order): read now what this message names.
+                        _ => crate::s3::Fetched::Later,
+                    };
+                    fetch_ahead(&mut ahead.0);
+                    let options = crate::s3::ReadOptions {
+                        stream_above: cfg.stream_above_bytes,
+                        since: first_tried,
+                        retry_denied_for: cfg.retry_denied_for,
+                    };
+                    let read = crate::s3::read_fetched(
+                        fetched,
+                        s3,
+                        &object.bucket,
+                        &object.key,
+                        options,
+                        publisher,
+                        summary,
+                    );
+                    if let Err(err) = read.await {
+                        return (handled, Some(err));
                     }
                 }
-                Ok(Notification::Nothing) => {}
-                Err(reason) => {
-                    let source = format!("{}#{id}", cfg.queue_url);
-                    *summary
-                        .dead_letter_kinds
-                        .entry("bad_notification".into())
-                        .or_default() += 1;
-                    let letter = DeadLetter {
-                        source: &source,
-                        index: 0,
-                        kind: "bad_notification",
-                        reason,
-                    };
-                    publisher.dead_letter(body.as_bytes(), letter).await;
+            }
+            Ok(Notification::Nothing) => {}
+            Err(reason) => {
+                let source = format!("{}#{id}", cfg.queue_url);
+                *summary
+                    .dead_letter_kinds
+                    .entry("bad_notification".into())
+                    .or_default() += 1;
+                let letter = DeadLetter {
+                    source: &source,
+                    index: 0,
+                    kind: "bad_notification",
+                    reason,
+                };
+                publisher.dead_letter(body.as_bytes(), letter).await;
+            }
+        }
+        handled.push((id.to_string(), receipt.to_string()));
+    }
+    (handled, None)
+}
+
+/// Deletes handled messages, ten to a call. A message not deleted comes back after its
+/// visibility timeout and its records are published again with the same ids: a repeat, never
+/// a loss.
+async fn delete(sqs: aws_sdk_sqs::Client, queue_url: String, handled: Vec<(String, String)>) {
+    for chunk in handled.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, receipt))| {
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let deleted = sqs
+            .delete_message_batch()
+            .queue_url(&queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match deleted {
+            Ok(out) => {
+                for failed in out.failed() {
+                    let message = failed
+                        .id()
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| chunk.get(i))
+                        .map_or("?", |(id, _)| id.as_str());
+                    tracing::warn!(
+                        message,
+                        code = failed.code(),
+                        error = failed.message().unwrap_or_default(),
+                        "deleting a message failed"
+                    );
                 }
             }
-            // Everything the message named is durable (or dead-lettered): only now delete it.
-            publisher.finish().await?;
-            if let Ok(mut pending) = pending.lock() {
-                pending.retain(|r| r != receipt);
-            }
-            if let Err(err) = sqs
-                .delete_message()
-                .queue_url(&cfg.queue_url)
-                .receipt_handle(receipt)
-                .send()
-                .await
-            {
-                // The message comes back after its visibility timeout and its records are
-                // published again with the same ids: a repeat, never a loss.
-                tracing::warn!(message = id, error = %CallError::of("sqs:DeleteMessage", &err), "deleting a message failed");
+            Err(err) => {
+                let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+                tracing::warn!(messages = ?ids, error = %CallError::of("sqs:DeleteMessageBatch", &err), "deleting messages failed");
             }
         }
     }
-    summary.finish(publisher, before, started);
-    Ok(summary)
 }
 
 /// Every half visibility timeout, extends the visibility of the messages still `pending`.
@@ -339,6 +477,52 @@ mod tests {
             .join("../../shared/data/cloudtrail/aws-cloudtrail-processing-library")
             .join(name);
         std::fs::read_to_string(path).ok()
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_naming_the_key() {
+        let valid = SqsSourceConfig {
+            queue_url: "https://sqs.us-east-1.amazonaws.com/123456789012/trail".into(),
+            ..SqsSourceConfig::default()
+        };
+        assert!(valid.validate().is_ok());
+        for (broken, key) in [
+            (
+                SqsSourceConfig {
+                    fetch_ahead: 0,
+                    ..valid.clone()
+                },
+                "sqs.fetch_ahead",
+            ),
+            (
+                SqsSourceConfig {
+                    fetch_ahead: 65,
+                    ..valid.clone()
+                },
+                "sqs.fetch_ahead",
+            ),
+            (
+                SqsSourceConfig {
+                    wait_time: Duration::from_secs(21),
+                    ..valid.clone()
+                },
+                "sqs.wait_time",
+            ),
+            (
+                SqsSourceConfig {
+                    queue_url: " ".into(),
+                    ..valid.clone()
+                },
+                "sqs.queue_url",
+            ),
+        ] {
+            let err = broken
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

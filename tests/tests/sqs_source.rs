@@ -230,3 +230,140 @@ async fn records_are_counted_under_their_source() -> Result<()> {
     }
     Ok(())
 }
+
+/// A backlog is worked through with files read ahead: more messages than one receive returns,
+/// some naming several files (one of them not a trail file, one too large to read ahead), a
+/// malformed one among them. Every record of every file is published exactly once, and every
+/// message is deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_read_ahead_publishes_every_file_once() -> Result<()> {
+    let mut run = Run::new("sqs-ahead")?;
+    // Two files read ahead at a time; files of 60 records are streamed at their turn instead.
+    let (small, large) = (log_file(4, "f00")?.len(), log_file(60, "f00")?.len());
+    ensure!(
+        large > small + 200,
+        "sizes {small} and {large} are too close"
+    );
+    run.env
+        .push(("TRAILGUARD_SQS__FETCH_AHEAD".into(), "2".into()));
+    run.env.push((
+        "TRAILGUARD_SQS__STREAM_ABOVE_BYTES".into(),
+        ((small + large) / 2).to_string(),
+    ));
+    let name = format!("ahead-{}", &run.id[run.id.len() - 12..]);
+    let s3 = s3().await?;
+    s3.create_bucket().bucket(&name).send().await?;
+    let prefix = "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/01/";
+    let (sqs, queue) = queue(&name).await?;
+    let mut expected = std::collections::BTreeSet::new();
+    let (mut file, mut streamed) = (0, 0);
+    for message in 0..24 {
+        // Messages name one, two or three files; every seventh also a digest (not a trail file).
+        let mut keys = Vec::new();
+        for _ in 0..=(message % 3) {
+            file += 1;
+            let tag = format!("f{file}");
+            // Every fifth file is large: streamed at its turn, not read ahead.
+            let records = if file % 5 == 0 { 60 } else { 1 + file % 4 };
+            if file % 5 == 0 && message != 11 {
+                streamed += 1;
+            }
+            let key =
+                format!("{prefix}111111111111_CloudTrail_us-east-1_20240101T0000Z_{tag}.json.gz");
+            s3.put_object()
+                .bucket(&name)
+                .key(&key)
+                .body(log_file(records, &tag)?.into())
+                .send()
+                .await?;
+            expected.extend((0..records).map(|i| format!("{tag}-{i}")));
+            keys.push(key);
+        }
+        if message % 7 == 0 {
+            keys.insert(
+                0,
+                "AWSLogs/111111111111/CloudTrail-Digest/us-east-1/2024/01/01/111111111111_CloudTrail-Digest_us-east-1_x_us-east-1_20240101T000000Z.json.gz".to_string(),
+            );
+        }
+        let body = if message == 11 {
+            "not a notification".to_string()
+        } else {
+            json!({"s3Bucket": name, "s3ObjectKey": keys}).to_string()
+        };
+        if message == 11 {
+            // The files it would have named are not read.
+            for key in &keys {
+                let tag = key
+                    .rsplit('_')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end_matches(".json.gz");
+                expected.retain(|id| !id.starts_with(&format!("{tag}-")));
+            }
+        }
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await?;
+    }
+
+    let endpoint = trailguard_tests::aws_endpoint()?;
+    let out = run
+        .command(
+            "ingest",
+            &[
+                "sqs",
+                "--once",
+                "--summary",
+                "json",
+                "--queue-url",
+                &queue,
+                "--aws-endpoint",
+                &endpoint,
+            ],
+        )?
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ingest sqs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        logs.matches("streaming a large object").count(),
+        streamed,
+        "{logs}"
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(summary["published"], expected.len(), "{summary}");
+    assert_eq!(summary["dead_lettered"], 1, "{summary}");
+
+    let activities = read_topic(
+        &run.topic("activities"),
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        |r| r.len() >= expected.len(),
+    )?;
+    let mut published: Vec<String> = activities
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok())
+        .filter_map(|a| a["event_id"].as_str().map(str::to_string))
+        .collect();
+    published.sort();
+    let wanted: Vec<String> = expected.into_iter().collect();
+    assert_eq!(published, wanted, "each record of each file, once");
+
+    let left = sqs
+        .receive_message()
+        .queue_url(&queue)
+        .wait_time_seconds(1)
+        .send()
+        .await?;
+    assert!(
+        left.messages().is_empty(),
+        "messages left: {:?}",
+        left.messages()
+    );
+    Ok(())
+}

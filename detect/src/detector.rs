@@ -295,9 +295,9 @@ impl Detector {
         let mut closing = Vec::new();
         for k in victims {
             if let Some(state) = self.principals.remove(&k) {
+                self.forgotten(k, state.on_changelog);
                 closing.extend(crate::fold::close_all(state.folds));
             }
-            self.dirty.insert(k);
         }
         self.evicted += n as u64;
         closing
@@ -371,7 +371,28 @@ impl Detector {
             .flat_map(|(key, st)| st.folds.iter().map(move |f| (f.until, key.clone())))
             .collect();
         self.principals = states;
+        for state in self.principals.values_mut() {
+            state.on_changelog = crate::anomaly::OnChangelog(true);
+        }
         self.dirty.clear();
+    }
+
+    /// A baseline just forgotten is deleted from the changelog at the next save if it was
+    /// ever saved there; one never saved leaves nothing to save — so while saves keep failing,
+    /// what waits to be saved stays within the bound.
+    fn forgotten(&mut self, key: String, on_changelog: crate::anomaly::OnChangelog) {
+        if on_changelog.0 {
+            self.dirty.insert(key);
+        } else {
+            self.dirty.remove(&key);
+        }
+    }
+
+    /// The baseline of `key`, as [`Detector::take_changes`] gave it, is on the changelog.
+    pub fn delivered(&mut self, key: &str) {
+        if let Some(state) = self.principals.get_mut(key) {
+            state.on_changelog = crate::anomaly::OnChangelog(true);
+        }
     }
 
     /// The baselines changed since the last call: (principal key, state), `None` for a
@@ -648,8 +669,9 @@ impl Detector {
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in old {
-                    self.principals.remove(&k);
-                    self.dirty.insert(k);
+                    if let Some(state) = self.principals.remove(&k) {
+                        self.forgotten(k, state.on_changelog);
+                    }
                 }
             }
         }
@@ -999,7 +1021,18 @@ mod tests {
             .map(|i| failure(&format!("u{i}"), "198.51.100.1", i))
             .collect();
         activities.insert(11_500, failure("u0", "198.51.100.1", 11_499));
-        run(&mut d, &activities);
+        // The first 9,000 baselines are saved before the bound is reached.
+        let mut facts = Facts::default();
+        for (offset, a) in activities[..9_000].iter().enumerate() {
+            d.observe(a, offset as Offset, &mut facts);
+        }
+        let saved: Vec<String> = d.take_changes().into_iter().map(|(k, _)| k).collect();
+        for key in &saved {
+            d.delivered(key);
+        }
+        for (offset, a) in activities.iter().enumerate().skip(9_000) {
+            d.observe(a, offset as Offset, &mut facts);
+        }
         assert!(d.principals() <= 10_000, "{}", d.principals());
         let evicted = d.take_evicted();
         assert!(evicted >= 2_000, "{evicted}");
@@ -1016,12 +1049,44 @@ mod tests {
         assert!(d
             .principals
             .contains_key(&activities[11_999].actor_key().into_owned()));
-        // Forgotten baselines are deleted from the changelog too (all but any made again since,
-        // such as a peer group's).
-        let tombstones = d.take_changes().iter().filter(|(_, s)| s.is_none()).count();
+        // Forgotten baselines that were saved are deleted from the changelog too (all but any
+        // made again since, such as a peer group's); those never saved need no deleting.
+        let tombstones: Vec<String> = d
+            .take_changes()
+            .into_iter()
+            .filter(|(_, s)| s.is_none())
+            .map(|(k, _)| k)
+            .collect();
         assert!(
-            tombstones >= 2_000 && tombstones as u64 <= evicted,
-            "{tombstones}"
+            tombstones.len() >= 2_000 && tombstones.len() as u64 <= evicted,
+            "{}",
+            tombstones.len()
+        );
+        assert!(tombstones.iter().all(|k| saved.contains(k)));
+    }
+
+    #[test]
+    fn while_saves_fail_forgotten_baselines_never_saved_leave_nothing_to_delete() {
+        // The changelog is out of reach: nothing is saved while 30,000 actors pass through a
+        // partition bounded at 10,000. What waits to be saved stays within the bound.
+        let mut cfg = PoliciesConfig::default();
+        cfg.anomaly.max_baselines = 40_000;
+        let mut d =
+            Detector::new(&cfg, std::time::Duration::from_secs(300)).for_partitions(&cfg, 4);
+        let activities: Vec<Activity> = (0..30_000)
+            .map(|i| failure(&format!("u{i}"), "198.51.100.1", i))
+            .collect();
+        run(&mut d, &activities);
+        assert!(d.take_evicted() >= 20_000);
+        assert!(
+            d.dirty.len() <= 10_000,
+            "{} keys wait to be saved",
+            d.dirty.len()
+        );
+        let changes = d.take_changes();
+        assert!(
+            changes.iter().all(|(_, s)| s.is_some()),
+            "a tombstone for a baseline never saved"
         );
     }
 

@@ -290,8 +290,13 @@ pub async fn save(
     }
     let deliveries = futures::future::join_all(pending).await;
     let mut retry = Vec::new();
-    for ((key, _), delivery) in changes.iter().zip(deliveries) {
-        let Err((err, _)) = delivery else { continue };
+    for ((key, payload), delivery) in changes.iter().zip(deliveries) {
+        let Err((err, _)) = delivery else {
+            if payload.is_some() {
+                detector.delivered(key);
+            }
+            continue;
+        };
         if let Some(kind) = trailguard_common::kafka::refusal(&err) {
             // Refused for good (a baseline larger than the broker takes): kept in memory only,
             // so the partition's offsets still move; a restart re-learns it.

@@ -620,6 +620,21 @@ pub struct PrincipalState {
     /// Countries new to the actor whose judgement waits for the organization's counts.
     #[serde(rename = "w", default, skip_serializing_if = "ThinVec::is_empty")]
     pub pending: ThinVec<PendingCountry>,
+    /// Whether this baseline has been delivered to the changelog (or restored from it), so
+    /// that forgetting it must delete it there. Not part of what was learned.
+    #[serde(skip)]
+    pub on_changelog: OnChangelog,
+}
+
+/// Whether a baseline is on the changelog: bookkeeping beside what was learned, so two
+/// baselines that learned the same are equal whether or not either has been saved.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OnChangelog(pub bool);
+
+impl PartialEq for OnChangelog {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A country new to an actor, judged once the organization's counts of the days before it are

@@ -321,7 +321,7 @@ pub async fn run(
                 if context.take_rejoin() {
                     kafka::rejoin(&consumer, &inputs)?;
                 }
-                state.forget_revoked(&context);
+                metrics.evicted.inc_by(state.forget_revoked(&context));
                 let owned = context.owned(&topics.activities);
                 // Every owned partition's baselines, also of one with nothing new to read:
                 // countries held in them wait for decisions.
@@ -380,7 +380,7 @@ pub async fn run(
                 continue;
             }
         };
-        state.forget_revoked(&context);
+        metrics.evicted.inc_by(state.forget_revoked(&context));
         let (partition, offset) = (message.partition(), message.offset());
         if correlating && message.topic() == topics.detect_correlations {
             let input = read_hit(&message, &verifier, &metrics);
@@ -520,7 +520,7 @@ pub async fn run(
         state.next.insert(partition, offset + 1);
         metrics.state.set(state.size() as i64);
     }
-    state.forget_revoked(&context);
+    metrics.evicted.inc_by(state.forget_revoked(&context));
     checkpoint(&producer, &consumer, &cfg, &mut state, &facts).await?;
     kafka::flush(&producer, cfg.detect.drain_timeout)?;
     commit_stored(&consumer, Stopped("shutdown"), &tasks)?;
@@ -1057,8 +1057,15 @@ impl Partitions {
     /// Drops the state of partitions this instance no longer owns (their next owner restores
     /// the baselines from the changelog and replays from the last commit; a counter is rebuilt
     /// by the replay alone).
-    fn forget_revoked(&mut self, context: &kafka::KafkaContext) {
-        for (topic, partition) in context.take_revoked() {
+    /// Returns how many baselines the forgotten detectors had evicted since they were last
+    /// asked, so that the metric counts them too.
+    fn forget_revoked(&mut self, context: &kafka::KafkaContext) -> u64 {
+        self.forget(context.take_revoked())
+    }
+
+    fn forget(&mut self, revoked: Vec<(String, i32)>) -> u64 {
+        let mut evicted = 0;
+        for (topic, partition) in revoked {
             if topic == self.failures_topic {
                 self.counters.remove(&partition);
                 self.pending_counters.remove(&partition);
@@ -1066,13 +1073,16 @@ impl Partitions {
                 self.correlators.remove(&partition);
                 self.pending_correlators.remove(&partition);
             } else {
-                self.detectors.remove(&partition);
+                if let Some(mut detector) = self.detectors.remove(&partition) {
+                    evicted += detector.take_evicted();
+                }
                 self.pending.remove(&partition);
                 self.next.remove(&partition);
                 self.marked.remove(&partition);
                 self.idle.remove(&partition);
             }
         }
+        evicted
     }
 
     /// The marks to publish for the `owned` activities partitions whose mark changed: what
@@ -1573,6 +1583,34 @@ mod tests {
         json["event_time"] = serde_json::json!("0001-01-01T00:00:00Z");
         assert!(decode(Some(json.to_string().as_bytes()))
             .is_err_and(|p| p.kind == "event_time_out_of_range"));
+    }
+
+    #[test]
+    fn evictions_of_a_partition_revoked_before_they_were_counted_are_counted() {
+        let mut cfg = crate::config::PoliciesConfig::default();
+        cfg.anomaly.max_baselines = 100;
+        let mut detector = Detector::new(&cfg, Duration::from_secs(300));
+        let mut facts = crate::facts::Facts::default();
+        for i in 0..150 {
+            let record = serde_json::json!({
+                "eventVersion": "1.09", "eventTime": "2024-05-10T12:00:00Z",
+                "eventSource": "ec2.amazonaws.com", "eventName": "DescribeInstances",
+                "eventID": format!("00000000-0000-4000-8000-{i:012}"),
+                "userIdentity": {"type": "IAMUser", "userName": format!("u{i}"),
+                    "accountId": "123456789012", "arn": format!("arn:aws:iam::123456789012:user/u{i}")},
+            });
+            let activity = trailguard_ingest::normalize::normalize(&record.to_string())
+                .unwrap_or_else(|e| panic!("{e}"));
+            detector.observe(&activity, i, &mut facts);
+        }
+        let mut state = Partitions {
+            failures_topic: "failures".into(),
+            correlations_topic: "correlations".into(),
+            ..Default::default()
+        };
+        state.detectors.insert(3, detector);
+        assert!(state.forget(vec![("activities".into(), 3)]) > 0);
+        assert!(state.detectors.is_empty());
     }
 
     #[test]

@@ -605,13 +605,11 @@ pub async fn read_object(
 pub enum Fetched {
     /// The whole object, as stored.
     Whole(bytes::Bytes),
-    /// Not read ahead — larger than `stream_above`, to be streamed (an unread response held
-    /// until its turn could be closed under it): read at its turn.
+    /// Read at its turn: larger than `stream_above` or of no stated size, to be streamed (an
+    /// unread response held until then could be closed under it); or refused, or broken off,
+    /// when read ahead — which may be over by its turn, and a refusal's retry period is judged
+    /// by the clock of its turn.
     Later,
-    /// S3 did not give it.
-    Failed(CallError),
-    /// The body broke off while it was read.
-    BodyBroke(String),
 }
 
 /// Reads `key` whole (the first step of [`read_object`]) so that it can run ahead, in a task of
@@ -624,9 +622,7 @@ pub async fn fetch_object(
 ) -> Fetched {
     match get_object(client, bucket, key, stream_above).await {
         Got::Whole(bytes) => Fetched::Whole(bytes),
-        Got::Large(..) => Fetched::Later,
-        Got::Failed(err) => Fetched::Failed(err),
-        Got::BodyBroke(reason) => Fetched::BodyBroke(reason),
+        Got::Large(..) | Got::Failed(_) | Got::BodyBroke(_) => Fetched::Later,
     }
 }
 
@@ -647,8 +643,6 @@ pub async fn read_fetched(
             Ok(())
         }
         Fetched::Later => read_object(client, bucket, key, options, publisher, summary).await,
-        Fetched::Failed(err) => refused(&name, err, options, publisher, summary).await,
-        Fetched::BodyBroke(reason) => Err(Error::Source(reason)),
     }
 }
 
@@ -670,9 +664,10 @@ async fn get_object(
         Ok(object) => object,
         Err(e) => return Got::Failed(CallError::of("s3:GetObject", &e)),
     };
-    let size = object.content_length().unwrap_or(0).max(0) as u64;
-    if size > stream_above {
-        return Got::Large(Box::new(object), size);
+    // An object of no stated size is streamed: it may be of any size.
+    let size = object.content_length().map(|n| n.max(0) as u64);
+    if size.is_none_or(|size| size > stream_above) {
+        return Got::Large(Box::new(object), size.unwrap_or(0));
     }
     match object.body.collect().await {
         Ok(body) => Got::Whole(body.into_bytes()),

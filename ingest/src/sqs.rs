@@ -250,6 +250,9 @@ pub async fn run(
         // Everything the handled messages named is durable (or dead-lettered): only now may
         // they be deleted. Not durable: none is deleted, and every one comes back.
         if let Err(err) = publisher.finish().await {
+            if let Some(stopped) = failed {
+                tracing::error!(error = %stopped, "reading a message's files failed");
+            }
             break Err(err);
         }
         if !handled.is_empty() {
@@ -342,13 +345,16 @@ async fn handle_batch(
                     fetch_ahead(&mut ahead.0);
                     let fetched = match ahead.0.pop_front() {
                         Some((fetching, task)) if fetching == object => {
-                            task.await.unwrap_or_else(|e| {
-                                crate::s3::Fetched::BodyBroke(format!("reading ahead failed: {e}"))
-                            })
+                            task.await.unwrap_or(crate::s3::Fetched::Later)
                         }
                         // Not the file read ahead for this turn (cannot happen: they are
                         // queued in this order): read now what this message names.
-                        _ => crate::s3::Fetched::Later,
+                        other => {
+                            if let Some((_, task)) = other {
+                                task.abort();
+                            }
+                            crate::s3::Fetched::Later
+                        }
                     };
                     fetch_ahead(&mut ahead.0);
                     let options = crate::s3::ReadOptions {

@@ -546,11 +546,14 @@ impl Detector {
         if state.last_seen > 0 && t - state.last_seen > self.state_ttl.num_seconds() {
             let (offset, last_seen) = (state.offset, state.last_seen);
             let pending = std::mem::take(&mut state.pending);
+            let folds = std::mem::take(&mut state.folds);
             **state = crate::anomaly::PrincipalState::default();
             state.offset = offset;
             state.last_seen = last_seen;
-            // Countries still waiting are decisions owed, not memory.
+            // Countries still waiting are decisions owed, not memory; so are the closing
+            // alerts of open folds (closed just below, their periods long over).
             state.pending = pending;
+            state.folds = folds;
         }
         // What the event policies found about this actor weighs on its later unusual calls
         // (not on this activity's: one call is one piece of evidence).
@@ -671,6 +674,7 @@ impl Detector {
                 for k in old {
                     if let Some(state) = self.principals.remove(&k) {
                         self.forgotten(k, state.on_changelog);
+                        alerts.extend(crate::fold::close_all(state.folds));
                     }
                 }
             }
@@ -1436,6 +1440,27 @@ mod tests {
             .iter()
             .map(|a| (a.id.clone(), a.occurrences))
             .collect()
+    }
+
+    #[test]
+    fn an_open_fold_survives_its_actors_baseline_being_forgotten_for_silence() {
+        // alice changes the group three times, then is silent longer than state_ttl (180 days)
+        // with nothing else on the partition to move its time; her return forgets what she
+        // learned, not the repeats owed a closing alert.
+        let mut events: Vec<Activity> = (0..3).map(|i| sg_change("alice", i)).collect();
+        let mut back = failure("alice", "1.2.3.4", 181 * 1440);
+        back.outcome.status = OutcomeStatus::Success;
+        back.event_name = "DescribeInstances".into();
+        back.event_source = "ec2.amazonaws.com".into();
+        events.push(back);
+        let alerts = run(&mut detector(), &events);
+        let sg: Vec<(String, u64)> = alerts
+            .iter()
+            .filter(|a| a.policy_id == "security-group-changes")
+            .map(|a| (a.id.clone(), a.occurrences))
+            .collect();
+        assert_eq!(sg.len(), 2, "the first alert and its closing one: {sg:?}");
+        assert_eq!(sg[1], (sg[0].0.clone(), 3));
     }
 
     #[test]

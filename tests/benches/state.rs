@@ -16,6 +16,10 @@ use trailguard_common::config::{KafkaConfig, TopicRole};
 use trailguard_detect::config::PoliciesConfig;
 use trailguard_detect::detector::Detector;
 
+// As in the detect binary: memory and restore figures are detect's own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let Ok(brokers) = std::env::var("TRAILGUARD_BENCH_BROKERS") else {
         println!("detect state: skipped (run `make bench`)");

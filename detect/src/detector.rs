@@ -1448,19 +1448,29 @@ mod tests {
         // with nothing else on the partition to move its time; her return forgets what she
         // learned, not the repeats owed a closing alert.
         let mut events: Vec<Activity> = (0..3).map(|i| sg_change("alice", i)).collect();
-        let mut back = failure("alice", "1.2.3.4", 181 * 1440);
-        back.outcome.status = OutcomeStatus::Success;
-        back.event_name = "DescribeInstances".into();
-        back.event_source = "ec2.amazonaws.com".into();
-        events.push(back);
+        events.push(described("alice", 181 * 1440));
         let alerts = run(&mut detector(), &events);
+        first_and_closing(&alerts, 3);
+    }
+
+    /// A quiet `DescribeInstances` by `user` at `minute`.
+    fn described(user: &str, minute: i64) -> Activity {
+        let mut quiet = failure(user, "1.2.3.9", minute);
+        quiet.outcome.status = OutcomeStatus::Success;
+        quiet.event_name = "DescribeInstances".into();
+        quiet.event_source = "ec2.amazonaws.com".into();
+        quiet
+    }
+
+    /// The security-group alerts are one first alert and its closing one, counting `n`.
+    fn first_and_closing(alerts: &[Alert], n: u64) {
         let sg: Vec<(String, u64)> = alerts
             .iter()
             .filter(|a| a.policy_id == "security-group-changes")
             .map(|a| (a.id.clone(), a.occurrences))
             .collect();
         assert_eq!(sg.len(), 2, "the first alert and its closing one: {sg:?}");
-        assert_eq!(sg[1], (sg[0].0.clone(), 3));
+        assert_eq!(sg[1], (sg[0].0.clone(), n));
     }
 
     #[test]
@@ -1472,23 +1482,11 @@ mod tests {
         let mut d =
             Detector::new(&cfg, std::time::Duration::from_secs(300)).for_partitions(&cfg, 4);
         let mut events: Vec<Activity> = (0..3).map(|i| sg_change("alice", i)).collect();
-        for m in 3..23 {
-            let mut quiet = failure(&format!("u{m}"), "1.2.3.9", m);
-            quiet.outcome.status = OutcomeStatus::Success;
-            quiet.event_name = "DescribeInstances".into();
-            quiet.event_source = "ec2.amazonaws.com".into();
-            events.push(quiet);
-        }
+        events.extend((3..23).map(|m| described(&format!("u{m}"), m)));
         let alerts = run(&mut d, &events);
         assert!(d.take_evicted() > 0);
         assert!(!d.principals.keys().any(|k| k.contains("alice")));
-        let sg: Vec<(String, u64)> = alerts
-            .iter()
-            .filter(|a| a.policy_id == "security-group-changes")
-            .map(|a| (a.id.clone(), a.occurrences))
-            .collect();
-        assert_eq!(sg.len(), 2, "the first alert and its closing one: {sg:?}");
-        assert_eq!(sg[1], (sg[0].0.clone(), 3));
+        first_and_closing(&alerts, 3);
     }
 
     #[test]

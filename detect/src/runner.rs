@@ -1510,17 +1510,22 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    #[test]
-    fn a_newer_schema_version_is_refused_whether_or_not_the_rest_decodes() {
+    /// `CreateUser` by IAM user `user`, as ingest normalizes it; `n` makes its event id.
+    fn created_user(user: &str, n: i64) -> Activity {
         let record = serde_json::json!({
             "eventVersion": "1.09", "eventTime": "2024-05-10T12:00:00Z",
             "eventSource": "iam.amazonaws.com", "eventName": "CreateUser",
-            "eventID": "00000000-0000-4000-8000-000000000001",
-            "userIdentity": {"type": "IAMUser", "userName": "a", "accountId": "123456789012",
-                "arn": "arn:aws:iam::123456789012:user/a"},
+            "eventID": format!("00000000-0000-4000-8000-{n:012}"),
+            "userIdentity": {"type": "IAMUser", "userName": user, "accountId": "123456789012",
+                "arn": format!("arn:aws:iam::123456789012:user/{user}")},
         });
-        let activity = trailguard_ingest::normalize::normalize(&record.to_string())
-            .unwrap_or_else(|e| panic!("{e}"));
+        trailguard_ingest::normalize::normalize(&record.to_string())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_newer_schema_version_is_refused_whether_or_not_the_rest_decodes() {
+        let activity = created_user("a", 1);
         let mut json = serde_json::to_value(&activity).unwrap_or_default();
         json["schema_version"] = serde_json::json!(ACTIVITY_SCHEMA_VERSION + 1);
         let kind = |payload: &[u8]| decode(Some(payload)).err().map(|p| p.kind);
@@ -1553,15 +1558,7 @@ mod tests {
 
     #[test]
     fn an_activity_dated_beyond_what_windows_can_hold_is_poison() {
-        let record = serde_json::json!({
-            "eventVersion": "1.09", "eventTime": "2024-05-10T12:00:00Z",
-            "eventSource": "iam.amazonaws.com", "eventName": "CreateUser",
-            "eventID": "00000000-0000-4000-8000-000000000001",
-            "userIdentity": {"type": "IAMUser", "userName": "a", "accountId": "123456789012",
-                "arn": "arn:aws:iam::123456789012:user/a"},
-        });
-        let activity = trailguard_ingest::normalize::normalize(&record.to_string())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let activity = created_user("a", 1);
         let mut json = serde_json::to_value(&activity).unwrap_or_default();
         assert!(decode(Some(json.to_string().as_bytes())).is_ok());
         for time in [
@@ -1592,16 +1589,7 @@ mod tests {
         let mut detector = Detector::new(&cfg, Duration::from_secs(300));
         let mut facts = crate::facts::Facts::default();
         for i in 0..150 {
-            let record = serde_json::json!({
-                "eventVersion": "1.09", "eventTime": "2024-05-10T12:00:00Z",
-                "eventSource": "ec2.amazonaws.com", "eventName": "DescribeInstances",
-                "eventID": format!("00000000-0000-4000-8000-{i:012}"),
-                "userIdentity": {"type": "IAMUser", "userName": format!("u{i}"),
-                    "accountId": "123456789012", "arn": format!("arn:aws:iam::123456789012:user/u{i}")},
-            });
-            let activity = trailguard_ingest::normalize::normalize(&record.to_string())
-                .unwrap_or_else(|e| panic!("{e}"));
-            detector.observe(&activity, i, &mut facts);
+            detector.observe(&created_user(&format!("u{i}"), i), i, &mut facts);
         }
         let mut state = Partitions {
             failures_topic: "failures".into(),

@@ -23,6 +23,24 @@ fn log_file(records: usize, tag: &str) -> Result<Vec<u8>> {
     Ok(gz.finish()?)
 }
 
+/// Runs `ingest sqs --once` on `queue` to success; its output (the JSON summary on stdout).
+fn ingest_once(run: &Run, queue: &str) -> Result<std::process::Output> {
+    let endpoint = trailguard_tests::aws_endpoint()?;
+    let args = ["sqs", "--once", "--summary", "json", "--queue-url", queue];
+    let out = run
+        .command(
+            "ingest",
+            &[&args[..], &["--aws-endpoint", &endpoint]].concat(),
+        )?
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ingest sqs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
 /// Every message on `queue` was deleted: none waiting and none in flight (a message received
 /// but not deleted is invisible for its visibility timeout, so receiving again cannot tell).
 async fn drained(sqs: &aws_sdk_sqs::Client, queue: &str) -> Result<()> {
@@ -113,27 +131,7 @@ async fn notifications_are_read_deleted_or_dead_lettered() -> Result<()> {
             .await?;
     }
 
-    let endpoint = trailguard_tests::aws_endpoint()?;
-    let out = run
-        .command(
-            "ingest",
-            &[
-                "sqs",
-                "--once",
-                "--summary",
-                "json",
-                "--queue-url",
-                &queue,
-                "--aws-endpoint",
-                &endpoint,
-            ],
-        )?
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "ingest sqs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ingest_once(&run, &queue)?;
     let summary: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(summary["published"], 7, "{summary}");
     assert_eq!(summary["inputs_read"], 2, "{summary}");
@@ -333,27 +331,7 @@ async fn a_backlog_read_ahead_publishes_every_file_once() -> Result<()> {
             .await?;
     }
 
-    let endpoint = trailguard_tests::aws_endpoint()?;
-    let out = run
-        .command(
-            "ingest",
-            &[
-                "sqs",
-                "--once",
-                "--summary",
-                "json",
-                "--queue-url",
-                &queue,
-                "--aws-endpoint",
-                &endpoint,
-            ],
-        )?
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "ingest sqs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ingest_once(&run, &queue)?;
     let logs = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         logs.matches("streaming a large object").count(),

@@ -180,6 +180,9 @@ fn parse_value(value: &Value, depth: u8) -> Result<Notification, String> {
     Err("not an S3, SNS, CloudTrail or EventBridge notification".into())
 }
 
+/// Batches whose messages may be being deleted at once.
+const MAX_DELETIONS_IN_FLIGHT: usize = 8;
+
 /// Receives and handles messages until `shutdown` (or, with `once`, until the queue is empty).
 ///
 /// A received batch is worked through in order while up to `fetch_ahead` of the files it names
@@ -205,6 +208,11 @@ pub async fn run(
     let mut deletions = tokio::task::JoinSet::new();
     let result = loop {
         while deletions.try_join_next().is_some() {}
+        // Deletes slower than receives (the queue's API struggling) hold the next receive back
+        // rather than pile up.
+        while deletions.len() >= MAX_DELETIONS_IN_FLIGHT {
+            deletions.join_next().await;
+        }
         let receive = sqs
             .receive_message()
             .queue_url(&cfg.queue_url)
@@ -245,7 +253,8 @@ pub async fn run(
             pending,
             heartbeat.clone(),
         ));
-        let _stop_heartbeat = heartbeat.drop_guard();
+        // Until the batch's messages are deleted, or it stops.
+        let stop_heartbeat = heartbeat.drop_guard();
         let (handled, failed) = handle_batch(s3, cfg, messages, publisher, &mut summary).await;
         // Everything the handled messages named is durable (or dead-lettered): only now may
         // they be deleted. Not durable: none is deleted, and every one comes back.
@@ -256,7 +265,11 @@ pub async fn run(
             break Err(err);
         }
         if !handled.is_empty() {
-            deletions.spawn(delete(sqs.clone(), cfg.queue_url.clone(), handled));
+            let (sqs, queue_url) = (sqs.clone(), cfg.queue_url.clone());
+            deletions.spawn(async move {
+                delete(sqs, queue_url, handled).await;
+                drop(stop_heartbeat);
+            });
         }
         if let Some(err) = failed {
             break Err(err);

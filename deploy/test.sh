@@ -137,7 +137,7 @@ for line in sys.stdin:
 fi
 if ((${#filters[@]})); then
     log "filtered run: the IAM check is skipped (it needs the calls of the whole suite)"
-elif ! "$CARGO_TARGET_DIR/debug/check-iam-policies" "$TRAILGUARD_AWS_CALL_LOG" 2>&1 | tee -a "$log"; then
+elif ! "$CARGO_TARGET_DIR/debug/check-iam-policies" "$TRAILGUARD_AWS_CALL_LOG" "$REPO" 2>&1 | tee -a "$log"; then
     rc=1
     echo "test result: FAILED. 0 passed; 1 failed (IAM policies do not allow every call made)" | tee -a "$log"
 else

@@ -50,7 +50,12 @@ fn shared_texts() -> Vec<String> {
     let root = std::env::var("TRAILGUARD_TEST_SHARED_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloudtrail")
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(
+                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+                    std::path::PathBuf::from,
+                )
+                .join("../../shared/data/cloudtrail")
         });
     let (inputs, _, _) = expand(&[Input::Path(root)]);
     let mut out = Vec::new();
@@ -193,7 +198,12 @@ fn main() {
     let rules = std::env::var("TRAILGUARD_TEST_SHARED_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloudtrail")
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(
+                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+                    std::path::PathBuf::from,
+                )
+                .join("../../shared/data/cloudtrail")
         })
         .join("../sigma/rules/cloud/aws/cloudtrail");
     let sigma =

@@ -55,7 +55,12 @@ fn shared() -> std::path::PathBuf {
     std::env::var("TRAILGUARD_TEST_SHARED_DATA")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloudtrail")
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(
+                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+                    std::path::PathBuf::from,
+                )
+                .join("../../shared/data/cloudtrail")
         })
 }
 

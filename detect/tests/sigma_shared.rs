@@ -3,7 +3,7 @@
 //! the ones checked by hand, record by record (see `EXPECTED`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use trailguard_detect::sigma::{SigmaConfig, SigmaRules};
 
@@ -11,7 +11,12 @@ fn shared_cloudtrail() -> PathBuf {
     std::env::var("TRAILGUARD_TEST_SHARED_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloudtrail")
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(
+                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+                    std::path::PathBuf::from,
+                )
+                .join("../../shared/data/cloudtrail")
         })
 }
 

@@ -492,7 +492,11 @@ mod tests {
     use super::*;
 
     fn shared(name: &str) -> Option<String> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        let path = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(
+                || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+                std::path::PathBuf::from,
+            )
             .join("../../shared/data/cloudtrail/aws-cloudtrail-processing-library")
             .join(name);
         std::fs::read_to_string(path).ok()

@@ -3,7 +3,7 @@
 //! kind. Regenerate after an intended change with `UPDATE_GOLDEN=1 cargo test -p trailguard-ingest --test golden`
 //! and review the diff.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use trailguard_ingest::files::{expand, Input};
@@ -14,7 +14,12 @@ fn shared_data() -> PathBuf {
     std::env::var("TRAILGUARD_TEST_SHARED_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloudtrail")
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(
+                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+                    std::path::PathBuf::from,
+                )
+                .join("../../shared/data/cloudtrail")
         })
 }
 
@@ -62,7 +67,12 @@ fn shared_data_normalizes_as_recorded() -> Result<(), Box<dyn std::error::Error>
             lines.push(line(&file, index, result));
         }
     }
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/shared-data.jsonl");
+    let golden = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        )
+        .join("tests/golden/shared-data.jsonl");
     let actual = lines.join("\n") + "\n";
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &actual)?;

@@ -41,8 +41,19 @@ pub fn shared_data() -> Result<PathBuf> {
 }
 
 /// The repository root.
+///
+/// Found at run time (cargo sets `CARGO_MANIFEST_DIR` for the test it runs): the target
+/// directory is shared between clones, and cargo reuses a library built in another clone (its
+/// fingerprint does not hold the clone's path) with that clone's path compiled in.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    manifest_dir(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The directory of the package whose test or bench is running: `CARGO_MANIFEST_DIR` at run
+/// time, else `compiled` (its value when the caller was compiled, which may name another
+/// clone: see [`repo`]).
+pub fn manifest_dir(compiled: &str) -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(compiled), PathBuf::from)
 }
 
 /// `prefix` and a number that differs between calls (names of users, buckets and roles on the

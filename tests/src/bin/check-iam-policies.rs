@@ -1,4 +1,4 @@
-//! `check-iam-policies CALL_LOG`: after the test suite, every AWS call the services made (one
+//! `check-iam-policies CALL_LOG [REPO]`: after the test suite, every AWS call the services made (one
 //! `binary<TAB>service<TAB>operation` line each) must be allowed by `deploy/iam/<binary>.json`.
 //! Fails when one is not, or when the log shows no call of ingest or remediate (a check that
 //! saw nothing proves nothing).
@@ -10,7 +10,7 @@ use trailguard_tests::iam_check::{allows, iam_action};
 
 fn main() -> ExitCode {
     let Some(path) = std::env::args().nth(1) else {
-        eprintln!("usage: check-iam-policies CALL_LOG");
+        eprintln!("usage: check-iam-policies CALL_LOG [REPO]");
         return ExitCode::FAILURE;
     };
     let log = match std::fs::read_to_string(&path) {
@@ -31,7 +31,10 @@ fn main() -> ExitCode {
                 .insert(iam_action(service, op));
         }
     }
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The clone under test (this binary may have been built in another one).
+    let repo = std::env::args()
+        .nth(2)
+        .map_or_else(trailguard_tests::repo, std::path::PathBuf::from);
     let mut failed = false;
     for required in ["ingest", "remediate"] {
         if !calls.contains_key(required) {

@@ -21,6 +21,13 @@ pub fn iam_action(service: &str, operation: &str) -> String {
         ("s3", _, "ListBuckets") => "ListAllMyBuckets",
         ("s3", _, "HeadObject") => "GetObject",
         ("s3", _, "HeadBucket") => "ListBucket",
+        // Allowed by the single-message action (AWS: "You cannot set permissions explicitly
+        // for SendMessageBatch, DeleteMessageBatch, or ChangeMessageVisibilityBatch").
+        (
+            "sqs",
+            _,
+            op @ ("SendMessageBatch" | "DeleteMessageBatch" | "ChangeMessageVisibilityBatch"),
+        ) => op.trim_end_matches("Batch"),
         (_, _, op) => op,
     };
     format!("{prefix}:{action}")
@@ -77,6 +84,14 @@ mod tests {
         );
         assert_eq!(iam_action("iam", "PutUserPolicy"), "iam:PutUserPolicy");
         assert_eq!(iam_action("sqs", "ReceiveMessage"), "sqs:ReceiveMessage");
+        // SQS's batch calls are allowed by their single-message actions (there is no
+        // `sqs:DeleteMessageBatch` permission).
+        assert_eq!(iam_action("sqs", "DeleteMessageBatch"), "sqs:DeleteMessage");
+        assert_eq!(
+            iam_action("sqs", "ChangeMessageVisibilityBatch"),
+            "sqs:ChangeMessageVisibility"
+        );
+        assert_eq!(iam_action("sqs", "SendMessageBatch"), "sqs:SendMessage");
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`failure`]: every failure is retryable or poison, as a type.
 //! - [`kafka`]: producer/consumer construction with librdkafka pass-through, topic creation,
 //!   durable sends.
+//! - [`raw_json`]: [`raw_json::RawJson`], a JSON value carried as its text and parsed only when
+//!   read (the bulky fields of an activity).
 //! - [`telemetry`]: logs, the Prometheus registry endpoint and `/healthz`.
 //! - [`shutdown`]: the process-wide cancellation token.
 //! - [`s3`]: what makes a bucket public (detect alerts on it, remediate undoes it).
@@ -27,6 +29,7 @@ pub mod contract;
 mod error;
 pub mod failure;
 pub mod kafka;
+pub mod raw_json;
 pub mod s3;
 pub mod shutdown;
 pub mod sign;
@@ -36,3 +39,4 @@ pub mod telemetry;
 pub use contract::{ActionRecord, Activity, Alert};
 pub use error::Error;
 pub use failure::{Failure, Poison};
+pub use raw_json::RawJson;

@@ -9,7 +9,8 @@
 //! Env: `TRAILGUARD_TEST_SHARED_DATA`, `TRAILGUARD_TEST_GEO_V4` (the DB-IP database, when the
 //! setup fetched it), `TRAILGUARD_BENCH_ACTIVITIES` (default 1,000,000),
 //! `TRAILGUARD_BENCH_PRINCIPALS` (default 100,000), `TRAILGUARD_BENCH_BACKTEST_RECORDS` (default
-//! 200,000).
+//! 200,000), `TRAILGUARD_BENCH_CALLGRIND=0` (no instruction count: it reruns the bench under
+//! valgrind on 20,000 activities).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -25,6 +26,9 @@ use trailguard_detect::enrich::{Enricher, GeoConfig, GeoDb, Intel};
 use trailguard_ingest::files::{expand, Input};
 use trailguard_ingest::normalize::normalize;
 use trailguard_ingest::split::{decompress, split, Limits};
+
+#[path = "../../tests/benches/support/callgrind.rs"]
+mod callgrind;
 
 // As in the detect binary.
 #[global_allocator]
@@ -171,7 +175,13 @@ fn main() {
     );
     let cfg = PoliciesConfig::default();
     let mut detector = Detector::new(&cfg, Duration::from_secs(300)).with_geo(&cfg, has_geo);
-    let (secs, alerts, _) = pass(&mut detector, &mut enricher, &mut activities);
+    if callgrind::is_rerun() {
+        bench_counted_detect(&mut detector, &mut enricher, &mut activities);
+        return;
+    }
+    // Each pass starts from activities as decoded: their JSON fields not yet parsed.
+    let mut unread = activities.clone();
+    let (secs, alerts, _) = bench_counted_detect(&mut detector, &mut enricher, &mut activities);
     let tracked = detector.principals();
     let bytes = detector.baseline_bytes();
     println!(
@@ -188,6 +198,22 @@ fn main() {
         "  {:.0} activities/s on one core ({secs:.2}s), {alerts} alerts",
         n as f64 / secs
     );
+    // The same work counted in instructions, on fewer activities and principals in the same
+    // proportion (valgrind is slow).
+    let counted = n.min(20_000);
+    match callgrind::instructions(
+        "bench_counted_detect",
+        &[
+            ("TRAILGUARD_BENCH_ACTIVITIES", counted.to_string()),
+            ("TRAILGUARD_BENCH_PRINCIPALS", (principals * counted / n).max(1).to_string()),
+        ],
+    ) {
+        Ok(count) => println!(
+            "  {:.0} instructions/activity (callgrind, {counted} activities; repeatable run to run)",
+            count as f64 / counted as f64
+        ),
+        Err(why) => println!("  instructions: skipped ({why})"),
+    }
     println!(
         "  baseline memory: {:.0} bytes per principal ({:.1} MB for {tracked})",
         bytes as f64 / tracked.max(1) as f64,
@@ -217,7 +243,9 @@ fn main() {
     let mut detector = Detector::new(&cfg, Duration::from_secs(300))
         .with_geo(&cfg, has_geo)
         .with_sigma(sigma.clone());
-    let (with_secs, with_alerts, by_policy) = pass(&mut detector, &mut enricher, &mut activities);
+    let (with_secs, with_alerts, by_policy) =
+        bench_counted_detect(&mut detector, &mut enricher, &mut unread);
+    drop(unread);
     println!(
         "  with the {count} SigmaHQ CloudTrail rules: {:.0} activities/s ({with_secs:.2}s; {:.0}% of the time without), {with_alerts} alerts",
         n as f64 / with_secs,
@@ -331,7 +359,10 @@ fn backtest(
 
 /// Every activity through `detector` as the service does (enriched, facts locked per
 /// activity, a checkpoint every 1,000); (seconds, alerts).
-fn pass(
+/// Every activity enriched and observed, as the service does; the run's seconds, alerts and
+/// alerts by policy. Callgrind counts what runs inside it: the name must stay unique.
+#[inline(never)]
+fn bench_counted_detect(
     detector: &mut Detector,
     enricher: &mut Enricher,
     activities: &mut [Activity],

@@ -74,7 +74,24 @@ impl BucketPublic {
         {
             return None;
         }
-        let params = activity.request_parameters.as_ref();
+        // What a call asked is parsed only for the calls that can expose a bucket.
+        let exposing = snapshot
+            || matches!(
+                activity.event_name.as_str(),
+                "PutBucketAcl"
+                    | "CreateBucket"
+                    | "PutBucketPolicy"
+                    | "DeleteBucketPublicAccessBlock"
+                    | "DeletePublicAccessBlock"
+                    | "PutBucketPublicAccessBlock"
+                    | "PutPublicAccessBlock"
+                    | "DeleteAccountPublicAccessBlock"
+                    | "PutAccountPublicAccessBlock"
+            );
+        if !exposing {
+            return None;
+        }
+        let params = activity.request_parameters.as_deref();
         if !snapshot {
             if let Some(alert) = self.account_block(activity, params) {
                 return Some(alert);

@@ -212,6 +212,13 @@ impl BucketShared {
         if !self.cfg.enabled || allowed(&self.cfg.allow_principals, a) {
             return None;
         }
+        // Only these calls grant access (what a call asked is parsed only for them).
+        if !matches!(
+            a.event_name.as_str(),
+            "PutBucketPolicy" | "PutBucketAcl" | "CreateBucket"
+        ) {
+            return None;
+        }
         let bucket = a
             .request_parameters
             .as_ref()?

@@ -3,7 +3,7 @@
 //! the anomaly detections and by the organization facts.
 
 use serde_json::Value;
-use trailguard_common::Activity;
+use trailguard_common::{Activity, RawJson};
 
 /// One of the four rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +150,7 @@ pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {
         units[RateKind::Admin as usize] = 1;
     }
     let ok = a.outcome.is_success();
+    // Parsed only by the arms that read it.
     let params = a.request_parameters.as_ref();
     match (a.event_source.as_str(), a.event_name.as_str()) {
         ("s3.amazonaws.com", "DeleteBucket") if ok => {
@@ -160,19 +161,20 @@ pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {
         }
         ("s3.amazonaws.com", "DeleteObjects") if ok => {
             units[RateKind::Deletion as usize] = deleted_objects(a)
-                .or_else(|| count_items(params, &["Delete", "Object"]))
-                .or_else(|| count_items(params, &["delete", "Object"]))
+                .or_else(|| count_items(params.map(RawJson::value), &["Delete", "Object"]))
+                .or_else(|| count_items(params.map(RawJson::value), &["delete", "Object"]))
                 .unwrap_or(1)
                 .max(1);
         }
         ("ec2.amazonaws.com", "TerminateInstances") if ok => {
-            units[RateKind::VmDeletion as usize] = count_items(params, &["instancesSet", "items"])
-                .unwrap_or(1)
-                .max(1);
+            units[RateKind::VmDeletion as usize] =
+                count_items(params.map(RawJson::value), &["instancesSet", "items"])
+                    .unwrap_or(1)
+                    .max(1);
         }
         ("ec2.amazonaws.com", "RunInstances") if ok => {
             units[RateKind::VmCreation as usize] =
-                count_items(a.response_elements.as_ref(), &["instancesSet", "items"])
+                count_items(a.response_elements.as_deref(), &["instancesSet", "items"])
                     .or_else(|| {
                         params
                             .and_then(|p| p.get("instancesSet"))

@@ -1430,7 +1430,7 @@ mod tests {
         a.event_source = "ec2.amazonaws.com".into();
         a.event_name = "AuthorizeSecurityGroupIngress".into();
         a.outcome.status = OutcomeStatus::Success;
-        a.request_parameters = Some(serde_json::json!({"groupId": "sg-1"}));
+        a.request_parameters = Some(serde_json::json!({"groupId": "sg-1"}).into());
         a
     }
 
@@ -1575,8 +1575,9 @@ mod tests {
             a.outcome.status = outcome;
             a.outcome.error_code =
                 (outcome == OutcomeStatus::Failure).then(|| "AccessDenied".into());
-            a.request_parameters =
-                Some(serde_json::json!({"bucketName": "www-site", "x-amz-acl": ["public-read"]}));
+            a.request_parameters = Some(
+                serde_json::json!({"bucketName": "www-site", "x-amz-acl": ["public-read"]}).into(),
+            );
             a
         };
         let kinds = |alerts: &[Alert]| -> Vec<Vec<ActionKind>> {

@@ -1323,12 +1323,13 @@ impl Exposure {
             return;
         }
         let null = Value::Null;
-        let params = a.request_parameters.as_ref().unwrap_or(&null);
+        // Parsed only for a call that is in the table.
+        let params = || a.request_parameters.as_deref().unwrap_or(&null);
         // The first row whose condition holds: one call can mean more than one thing
         // (GuardDuty's UpdateDetector suspends the detector, or turns some of it off).
         let Some(b) = BLINDING
             .iter()
-            .find(|b| b.name == a.event_name && b.source == a.event_source && (b.when)(params))
+            .find(|b| b.name == a.event_name && b.source == a.event_source && (b.when)(params()))
         else {
             return;
         };

@@ -319,7 +319,7 @@ pub static TEMPLATES: &[Template] = &[
 ];
 
 fn params(a: &Activity) -> Option<&Value> {
-    a.request_parameters.as_ref()
+    a.request_parameters.as_deref()
 }
 
 fn text<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a str> {

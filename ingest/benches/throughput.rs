@@ -4,7 +4,8 @@
 //!
 //! Env: `TRAILGUARD_TEST_SHARED_DATA` (the shared records), `TRAILGUARD_BENCH_BROKERS` and
 //! `TRAILGUARD_BENCH_INGEST` (the release `ingest` binary) for the end-to-end part,
-//! `TRAILGUARD_BENCH_RECORDS` (corpus size, default 200000).
+//! `TRAILGUARD_BENCH_RECORDS` (corpus size, default 200000), `TRAILGUARD_BENCH_CALLGRIND=0` (no
+//! instruction count: it reruns the bench under valgrind on 20,000 records).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -15,6 +16,9 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{FutureRecord, Producer};
 use serde_json::Value;
 use trailguard_ingest::files::{expand, Input};
+
+#[path = "../../tests/benches/support/callgrind.rs"]
+mod callgrind;
 
 // As in the ingest binary.
 #[global_allocator]
@@ -88,6 +92,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
     let records = corpus(n);
+    if callgrind::is_rerun() {
+        bench_counted_normalize(&records);
+        return;
+    }
     let bytes: usize = records.iter().map(String::len).sum();
     println!(
         "corpus: {n} records built from the shared data, {:.1} MB, {:.0} bytes/record",
@@ -99,11 +107,7 @@ fn main() {
     let mut best = Duration::MAX;
     for _ in 0..3 {
         let started = Instant::now();
-        let mut ok = 0usize;
-        for r in &records {
-            ok += usize::from(normalize(r).is_ok());
-        }
-        assert_eq!(ok, n);
+        assert_eq!(bench_counted_normalize(&records), n);
         best = best.min(started.elapsed());
     }
     println!(
@@ -111,6 +115,19 @@ fn main() {
         n as f64 / best.as_secs_f64(),
         bytes as f64 / 1e6 / best.as_secs_f64()
     );
+
+    // The same work counted in instructions, on fewer records (valgrind is slow).
+    let counted = n.min(20_000);
+    match callgrind::instructions(
+        "bench_counted_normalize",
+        &[("TRAILGUARD_BENCH_RECORDS", counted.to_string())],
+    ) {
+        Ok(count) => println!(
+            "normalize: {:.0} instructions/record (callgrind, {counted} records; repeatable run to run)",
+            count as f64 / counted as f64
+        ),
+        Err(why) => println!("normalize instructions: skipped ({why})"),
+    }
 
     let (Ok(brokers), Ok(ingest)) = (
         std::env::var("TRAILGUARD_BENCH_BROKERS"),
@@ -210,4 +227,11 @@ fn main() {
         100.0 * ingest_rate / raw_rate
     );
     let _ = std::fs::remove_file(&path);
+}
+
+/// Normalizes every record; how many succeeded. What the figures measure (callgrind counts
+/// what runs inside it: the name must stay unique).
+#[inline(never)]
+fn bench_counted_normalize(records: &[String]) -> usize {
+    records.iter().filter(|r| normalize(r).is_ok()).count()
 }

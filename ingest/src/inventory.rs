@@ -153,7 +153,7 @@ pub fn snapshot_activity(
             id: bucket.name.clone(),
         }],
         request_id: None,
-        request_parameters: Some(params),
+        request_parameters: Some(params.into()),
         response_elements: None,
         additional_event_data: None,
         enrichment: Enrichment::default(),

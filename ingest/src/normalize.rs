@@ -9,12 +9,17 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use trailguard_common::contract::kinds;
 use trailguard_common::contract::Actor;
 use trailguard_common::contract::{
-    stable_id, Activity, Enrichment, Outcome, OutcomeStatus, Principal, Resource,
+    stable_id, Activity, Enrichment, Outcome, OutcomeStatus, Principal, RawJson, Resource,
     ACTIVITY_SCHEMA_VERSION,
 };
 
@@ -74,9 +79,7 @@ pub fn normalize_at(raw: &str, arrival: (&str, usize)) -> Result<Activity, Norma
             "a record must be a JSON object".into(),
         ));
     }
-    let record: RawRecord =
-        serde_json::from_str(raw).map_err(|e| NormalizeError::Malformed(e.to_string()))?;
-    normalize_record(record, 0, arrival)
+    normalize_record(parse_record(raw)?, 0, arrival)
 }
 
 fn normalize_record(
@@ -86,10 +89,12 @@ fn normalize_record(
 ) -> Result<Activity, NormalizeError> {
     if record.event_name.is_none() && depth == 0 {
         // An envelope: EventBridge puts the record under `detail`, exports under `event`.
-        if let Some(inner) = record.detail.or(record.event).filter(Value::is_object) {
-            let inner: RawRecord = serde_json::from_value(inner)
-                .map_err(|e| NormalizeError::Malformed(e.to_string()))?;
-            return normalize_record(inner, depth + 1, arrival);
+        if let Some(inner) = record
+            .detail
+            .or(record.event)
+            .filter(|r| is_object(r.get()))
+        {
+            return normalize_record(parse_record(inner.get())?, depth + 1, arrival);
         }
     }
     let event_name = non_empty(record.event_name).ok_or(NormalizeError::Missing("eventName"))?;
@@ -114,7 +119,7 @@ fn normalize_record(
         )));
     }
     let region = non_empty(record.aws_region);
-    let mut principal = principal(record.user_identity);
+    let mut principal = principal(record.user_identity.and_then(|i| i.0));
     if principal.kind.trim().eq_ignore_ascii_case("trailguard") {
         return Err(NormalizeError::Reserved(
             "userIdentity.type `Trailguard` is Trailguard's own".into(),
@@ -171,8 +176,7 @@ fn normalize_record(
         record
             .request_parameters
             .as_ref()
-            .filter(|v| !v.is_null())
-            .map(Value::to_string)
+            .map(RawJson::canonical)
             .unwrap_or_default()
     };
     let parts = [
@@ -214,9 +218,9 @@ fn normalize_record(
         outcome,
         resources,
         request_id,
-        request_parameters: record.request_parameters.filter(|v| !v.is_null()),
-        response_elements: record.response_elements.filter(|v| !v.is_null()),
-        additional_event_data: record.additional_event_data.filter(|v| !v.is_null()),
+        request_parameters: record.request_parameters,
+        response_elements: record.response_elements,
+        additional_event_data: record.additional_event_data,
         enrichment: Enrichment::default(),
         trimmed: Vec::new(),
     })
@@ -281,7 +285,7 @@ fn principal(identity: Option<RawIdentity>) -> Principal {
     };
     let kind = non_empty(id.kind).unwrap_or_else(|| "Unknown".into());
     let arn = non_empty(id.arn);
-    let session = id.session_context.unwrap_or_default();
+    let session = id.session_context.and_then(|s| s.0).unwrap_or_default();
     let name = non_empty(id.user_name)
         .or_else(|| arn.as_deref().and_then(arn_name))
         .or_else(|| {
@@ -321,7 +325,7 @@ fn outcome(
     event_source: &str,
     error_code: Option<String>,
     error_message: Option<String>,
-    response: Option<&Value>,
+    response: Option<&RawJson>,
 ) -> Outcome {
     if error_code.is_some() {
         return Outcome {
@@ -331,9 +335,10 @@ fn outcome(
         };
     }
     // Console sign-ins fail without an errorCode: `responseElements.ConsoleLogin = "Failure"`.
+    // (Read only for sign-ins: the first read parses the field.)
     let signin_failed = event_source == "signin.amazonaws.com"
         && response
-            .and_then(Value::as_object)
+            .and_then(|r| r.as_object())
             .is_some_and(|m| m.values().any(|v| v.as_str() == Some("Failure")));
     if signin_failed {
         return Outcome {
@@ -349,7 +354,11 @@ fn outcome(
     }
 }
 
-fn resources(event_source: &str, listed: Option<&Value>, request: Option<&Value>) -> Vec<Resource> {
+fn resources(
+    event_source: &str,
+    listed: Option<&Value>,
+    request: Option<&RawJson>,
+) -> Vec<Resource> {
     let mut out = Vec::new();
     let mut push = |kind: &str, id: &str| {
         if !id.is_empty() {
@@ -370,40 +379,56 @@ fn resources(event_source: &str, listed: Option<&Value>, request: Option<&Value>
             }
         }
     }
-    if let Some(params) = request.and_then(Value::as_object) {
-        let text = |key: &str| params.get(key).and_then(Value::as_str);
-        if let Some(bucket) = text("bucketName") {
+    if let Some(params) = request.filter(|r| is_object(r.text())) {
+        // The few members named below, read from the text without building the whole tree;
+        // when that reading fails (a repeated key), from the parsed value, where the last of
+        // repeated keys counts.
+        let (view, set) = match serde_json::from_str::<ParamsView>(params.text()) {
+            Ok(view) => {
+                let set = view.instances_set.map(|raw| {
+                    Cow::Owned(serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null))
+                });
+                (view, set)
+            }
+            Err(_) => (
+                ParamsView::of(params.as_object()),
+                params.get("instancesSet").map(Cow::Borrowed),
+            ),
+        };
+        fn text<'v>(field: &'v Option<Cow<'_, str>>) -> Option<&'v str> {
+            field.as_deref()
+        }
+        if let Some(bucket) = text(&view.bucket_name) {
             push(kinds::S3_BUCKET, bucket);
         }
-        if let Some(instance) = text("instanceId") {
+        if let Some(instance) = text(&view.instance_id) {
             push("ec2-instance", instance);
         }
-        let items = params
-            .get("instancesSet")
-            .and_then(|s| s.get("items"))
-            .and_then(Value::as_array);
-        for item in items.into_iter().flatten() {
-            if let Some(instance) = item.get("instanceId").and_then(Value::as_str) {
-                push("ec2-instance", instance);
+        if let Some(set) = set {
+            let items = set.get("items").and_then(Value::as_array);
+            for item in items.into_iter().flatten() {
+                if let Some(instance) = item.get("instanceId").and_then(Value::as_str) {
+                    push("ec2-instance", instance);
+                }
             }
         }
         if event_source == "cloudtrail.amazonaws.com" {
-            if let Some(trail) = text("name").or_else(|| text("trailName")) {
+            if let Some(trail) = text(&view.name).or_else(|| text(&view.trail_name)) {
                 push(kinds::CLOUDTRAIL_TRAIL, trail);
             }
         }
         if event_source == "iam.amazonaws.com" {
-            if let Some(user) = text("userName") {
+            if let Some(user) = text(&view.user_name) {
                 push("iam-user", user);
             }
-            if let Some(role) = text("roleName") {
+            if let Some(role) = text(&view.role_name) {
                 push("iam-role", role);
             }
-            if let Some(policy) = text("policyArn") {
+            if let Some(policy) = text(&view.policy_arn) {
                 push("iam-policy", policy);
             }
         }
-        if let Some(group) = text("groupId") {
+        if let Some(group) = text(&view.group_id) {
             push("security-group", group);
         }
     }
@@ -460,14 +485,223 @@ fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-/// A string field that real data sometimes writes as a number or a boolean.
+/// A string field that real data sometimes writes as a number or a boolean (written as a
+/// `Value` writes them); null, an object or an array counts as absent.
 fn lenient_string<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
-    Ok(match Option::<Value>::deserialize(de)? {
-        Some(Value::String(s)) => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(Value::Bool(b)) => Some(b.to_string()),
-        _ => None,
+    de.deserialize_any(Lenient)
+}
+
+/// A member of `requestParameters` read as [`lenient_string`] reads, borrowing the text when
+/// it has no escapes; a number or a boolean is not a name and counts as absent.
+fn param_text<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    de.deserialize_any(ParamText)
+}
+
+/// Reads a scalar as text, anything else as absent (skipped without being built).
+struct Lenient;
+
+impl<'de> Visitor<'de> for Lenient {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map(|n| n.to_string()))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+/// Reads a string, borrowed when it can be; anything else as absent.
+struct ParamText;
+
+impl<'de> Visitor<'de> for ParamText {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+/// Whether raw JSON text is an object.
+fn is_object(raw: &str) -> bool {
+    raw.trim_start().starts_with('{')
+}
+
+/// Reads a record (a JSON object) in one pass over its text, building only the fields it
+/// keeps. When that fails, reads it again tolerantly, from its parsed value: a repeated key
+/// (which a derived reader refuses) then reads as a `Value` reads it — the last one counts —
+/// and a `sessionContext` of an unexpected shape counts as absent while the rest of the
+/// identity is still read. Only what a `Value` refuses, or a field no reading can take, makes
+/// the record malformed.
+fn parse_record(raw: &str) -> Result<RawRecord, NormalizeError> {
+    serde_json::from_str::<RawRecord>(raw).or_else(|first| {
+        let tolerant = || -> Result<RawRecord, serde_json::Error> {
+            let mut value: Value = serde_json::from_str(raw)?;
+            if let Some(session) = value.pointer_mut("/userIdentity/sessionContext") {
+                if session.is_object() && RawSessionContext::deserialize(&*session).is_err() {
+                    *session = Value::Null;
+                }
+            }
+            RawRecord::deserialize(value)
+        };
+        tolerant().map_err(|_| NormalizeError::Malformed(first.to_string()))
     })
+}
+
+/// A member read only when it is an object (streamed into `T`); anything else counts as absent
+/// and is skipped without being built.
+struct MapOnly<T>(Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Only<T> {
+            type Value = MapOnly<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| MapOnly(Some(t)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MapOnly(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(MapOnly(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MapOnly(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MapOnly(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MapOnly(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MapOnly(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MapOnly(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(MapOnly(None))
+            }
+        }
+        de.deserialize_any(Only(std::marker::PhantomData))
+    }
+}
+
+/// The members of `requestParameters` that name resources.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ParamsView<'a> {
+    #[serde(default, borrow, deserialize_with = "param_text")]
+    bucket_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "param_text")]
+    instance_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    instances_set: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "param_text")]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "param_text")]
+    trail_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "param_text")]
+    user_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "param_text")]
+    role_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "param_text")]
+    policy_arn: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "param_text")]
+    group_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> ParamsView<'a> {
+    /// The same members, from a parsed object.
+    fn of(params: Option<&'a serde_json::Map<String, Value>>) -> Self {
+        let Some(params) = params else {
+            return ParamsView::default();
+        };
+        let text = |key: &str| params.get(key).and_then(Value::as_str).map(Cow::Borrowed);
+        ParamsView {
+            bucket_name: text("bucketName"),
+            instance_id: text("instanceId"),
+            instances_set: None,
+            name: text("name"),
+            trail_name: text("trailName"),
+            user_name: text("userName"),
+            role_name: text("roleName"),
+            policy_arn: text("policyArn"),
+            group_id: text("groupId"),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -508,29 +742,20 @@ struct RawRecord {
     #[serde(default, rename = "requestID", deserialize_with = "lenient_string")]
     request_id: Option<String>,
     #[serde(default)]
-    request_parameters: Option<Value>,
+    request_parameters: Option<RawJson>,
     #[serde(default)]
-    response_elements: Option<Value>,
+    response_elements: Option<RawJson>,
     #[serde(default)]
-    additional_event_data: Option<Value>,
-    #[serde(default, deserialize_with = "lenient_identity")]
-    user_identity: Option<RawIdentity>,
+    additional_event_data: Option<RawJson>,
+    /// One that is not an object (null, a string) counts as absent.
+    #[serde(default)]
+    user_identity: Option<MapOnly<RawIdentity>>,
     #[serde(default)]
     resources: Option<Value>,
     #[serde(default)]
-    detail: Option<Value>,
+    detail: Option<Box<RawValue>>,
     #[serde(default)]
-    event: Option<Value>,
-}
-
-/// `userIdentity` that is not an object (null, a string) counts as absent.
-fn lenient_identity<'de, D: Deserializer<'de>>(de: D) -> Result<Option<RawIdentity>, D::Error> {
-    match Option::<Value>::deserialize(de)? {
-        Some(value @ Value::Object(_)) => serde_json::from_value(value)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-        _ => Ok(None),
-    }
+    event: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -552,17 +777,10 @@ struct RawIdentity {
     invoked_by: Option<String>,
     #[serde(default)]
     on_behalf_of: Option<Value>,
-    #[serde(default, deserialize_with = "lenient_session")]
-    session_context: Option<RawSessionContext>,
-}
-
-fn lenient_session<'de, D: Deserializer<'de>>(
-    de: D,
-) -> Result<Option<RawSessionContext>, D::Error> {
-    Ok(match Option::<Value>::deserialize(de)? {
-        Some(value @ Value::Object(_)) => serde_json::from_value(value).ok(),
-        _ => None,
-    })
+    /// One that is not an object counts as absent; one of an unexpected shape too (see
+    /// [`parse_record`]).
+    #[serde(default)]
+    session_context: Option<MapOnly<RawSessionContext>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -776,6 +994,96 @@ mod tests {
             Some("arn:aws:iam::1:role/Admin")
         );
         assert_eq!(a.principal.mfa_authenticated, Some(true));
+        Ok(())
+    }
+
+    /// A record with `userIdentity` members and `requestParameters` spliced in.
+    fn with(identity: &str, params: &str) -> String {
+        format!(
+            r#"{{"eventTime":"2024-01-01T00:00:00Z","eventName":"PutBucketAcl","eventSource":"s3.amazonaws.com","eventID":"5b4bf2a7-53e4-4b5e-8d2f-3c4a7e8f9a01","userIdentity":{{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/Admin/alice"{identity}}},"requestParameters":{params}}}"#
+        )
+    }
+
+    #[test]
+    fn bulky_fields_are_carried_as_read_and_parsed_only_when_read() -> Result<(), NormalizeError> {
+        let params = r#"{ "x-amz-acl": ["public-read"], "bucketName" : "b1", "AccessControlPolicy": {"Grant": [1, 2.5, null]} }"#;
+        let a = normalize(&with("", params))?;
+        let carried = a.request_parameters.as_ref().map(|p| p.text());
+        assert_eq!(
+            carried,
+            Some(params),
+            "the text as read: order and spacing kept"
+        );
+        let json =
+            serde_json::to_string(&a).map_err(|e| NormalizeError::Malformed(e.to_string()))?;
+        assert!(json.contains(params), "published as read: {json}");
+        let value: Value = serde_json::from_str(params).unwrap_or_default();
+        assert_eq!(a.request_parameters.as_deref(), Some(&value));
+        assert_eq!(a.resources.len(), 1, "the bucket, read without the tree");
+        Ok(())
+    }
+
+    #[test]
+    fn what_a_value_refuses_in_a_bulky_field_is_malformed_as_before() {
+        // serde_json skips these when it captures a field's text; a `Value` refuses them, so
+        // the record is refused where it enters rather than failing a policy later.
+        for bad in [r#"{"n":1e999}"#, r#"{"s":"\ud800"}"#] {
+            let got = normalize(&with("", bad));
+            assert!(
+                matches!(got, Err(NormalizeError::Malformed(_))),
+                "{bad}: {got:?}"
+            );
+        }
+        // In a field Trailguard does not read, the same is skipped: the record is kept.
+        let ignored = with(
+            r#","webIdFederationData":{"n":1e999}"#,
+            r#"{"bucketName":"b"}"#,
+        );
+        assert!(normalize(&ignored).is_ok());
+    }
+
+    #[test]
+    fn repeated_keys_read_as_a_value_reads_them() -> Result<(), NormalizeError> {
+        // The first reading refuses them; the tolerant one keeps the last of each.
+        let a = normalize(&with(
+            r#","arn":"arn:aws:sts::1:assumed-role/Other/bob""#,
+            r#"{"bucketName":"first","bucketName":"last"}"#,
+        ))?;
+        assert_eq!(a.principal.name.as_deref(), Some("Other/bob"));
+        let buckets: Vec<_> = a.resources.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(buckets, ["last"]);
+        let top = with("", r#"{"bucketName":"b"}"#).replacen(
+            r#""eventName":"PutBucketAcl""#,
+            r#""eventName":"GetObject","eventName":"PutBucketAcl""#,
+            1,
+        );
+        assert_eq!(normalize(&top)?.event_name, "PutBucketAcl");
+        Ok(())
+    }
+
+    #[test]
+    fn a_session_context_of_another_shape_leaves_the_rest_of_the_identity(
+    ) -> Result<(), NormalizeError> {
+        for session in [
+            r#"[{"attributes":{"mfaAuthenticated":"true"}}]"#,
+            r#""text""#,
+            r#"{"attributes":"text","sessionIssuer":{"arn":"arn:aws:iam::1:role/Admin"}}"#,
+        ] {
+            let a = normalize(&with(
+                &format!(r#","accountId":"1","sessionContext":{session}"#),
+                "null",
+            ))?;
+            assert_eq!(a.principal.account_id.as_deref(), Some("1"), "{session}");
+            assert_eq!(a.principal.mfa_authenticated, None, "{session}");
+            assert_eq!(a.principal.session_issuer_arn, None, "{session}");
+        }
+        // An identity that is not an object is no identity.
+        let a = normalize(&with("", "null").replacen(
+            r#""userIdentity":{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/Admin/alice"}"#,
+            r#""userIdentity":["IAMUser"]"#,
+            1,
+        ))?;
+        assert_eq!(a.principal.kind, "Unknown");
         Ok(())
     }
 

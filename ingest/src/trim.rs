@@ -8,7 +8,7 @@
 //! until the activity fits. Each step is named in [`Activity::trimmed`].
 
 use serde_json::Value;
-use trailguard_common::Activity;
+use trailguard_common::{Activity, RawJson};
 
 /// Objects this deep inside a field keep only their scalar members when trimmed: for
 /// `responseElements.instancesSet.items[i]` that keeps each instance's id, type and state and
@@ -29,7 +29,7 @@ const FIELDS: [&str; 3] = [
     "requestParameters",
 ];
 
-fn field<'a>(activity: &'a mut Activity, name: &str) -> &'a mut Option<Value> {
+fn field<'a>(activity: &'a mut Activity, name: &str) -> &'a mut Option<RawJson> {
     match name {
         "responseElements" => &mut activity.response_elements,
         "additionalEventData" => &mut activity.additional_event_data,
@@ -67,8 +67,10 @@ pub fn shrink(activity: &mut Activity, limit: usize) -> Option<Vec<u8>> {
             .filter(|json| json.len() <= limit)
     };
     for name in FIELDS {
-        if let Some(value) = field(activity, name).as_mut() {
-            reduce(value, 0);
+        if let Some(raw) = field(activity, name).take() {
+            let mut value = raw.into_value();
+            reduce(&mut value, 0);
+            *field(activity, name) = Some(value.into());
             activity
                 .trimmed
                 .push(format!("{name}: nested detail removed"));
@@ -130,8 +132,10 @@ mod tests {
             activity.trimmed,
             vec!["responseElements: nested detail removed"]
         );
-        let items =
-            &activity.response_elements.as_ref().unwrap_or(&Value::Null)["instancesSet"]["items"];
+        let items = &activity
+            .response_elements
+            .as_deref()
+            .unwrap_or(&Value::Null)["instancesSet"]["items"];
         assert_eq!(
             items.as_array().map(Vec::len),
             Some(1200),
@@ -141,8 +145,10 @@ mod tests {
         assert!(items[7].get("networkInterfaceSet").is_none());
         // What was asked is whole.
         assert_eq!(
-            activity.request_parameters.as_ref().unwrap_or(&Value::Null)["instancesSet"]["items"]
-                [0]["minCount"],
+            activity
+                .request_parameters
+                .as_deref()
+                .unwrap_or(&Value::Null)["instancesSet"]["items"][0]["minCount"],
             1200
         );
     }

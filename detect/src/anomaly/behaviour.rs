@@ -967,7 +967,7 @@ mod tests {
                 CLI,
                 refused,
             );
-            a.request_parameters = Some(json!({"secretId": id}));
+            a.request_parameters = Some(json!({"secretId": id}).into());
             a
         };
         // Twelve different secrets in two minutes, by an actor that reads a few a day.
@@ -1019,7 +1019,8 @@ mod tests {
             CLI,
             false,
         );
-        bulk.request_parameters = Some(json!({"filters": [{"key": "name", "values": ["prod"]}]}));
+        bulk.request_parameters =
+            Some(json!({"filters": [{"key": "name", "values": ["prod"]}]}).into());
         let alerts = an.observe(&mut st, &mut census, &bulk);
         assert_eq!(
             fired(&alerts, "credential-access-burst").len(),
@@ -1038,7 +1039,7 @@ mod tests {
                 CLI,
                 true,
             );
-            a.request_parameters = Some(json!({"instanceId": format!("i-0{i}")}));
+            a.request_parameters = Some(json!({"instanceId": format!("i-0{i}")}).into());
             alerts.extend(an.observe(&mut st, &mut census, &a));
         }
         let got = fired(&alerts, "credential-access-burst");

@@ -213,9 +213,9 @@ impl<'a> CloudTrailView<'a> {
     fn document(&self, name: &str) -> Option<&'a Value> {
         let a = self.a;
         match name {
-            "requestParameters" => a.request_parameters.as_ref(),
-            "responseElements" => a.response_elements.as_ref(),
-            "additionalEventData" => a.additional_event_data.as_ref(),
+            "requestParameters" => a.request_parameters.as_deref(),
+            "responseElements" => a.response_elements.as_deref(),
+            "additionalEventData" => a.additional_event_data.as_deref(),
             _ => None,
         }
     }

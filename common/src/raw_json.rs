@@ -8,12 +8,17 @@
 //! reads it is written as for a `Value`.
 //!
 //! The invariant the type keeps: its text is JSON that parses into a [`Value`]. serde_json
-//! validates the syntax of a raw value while skipping it, but not two things a `Value` refuses:
-//! a number out of `f64`'s range (`1e999`) and a lone UTF-16 surrogate escape (`"\ud800"`).
-//! Every constructor therefore scans the text for either (a cheap pass, far cheaper than a
-//! parse) and, when it finds one, parses the value fully there and then, refusing it if that
-//! fails — so a value that cannot be read is refused where it enters (ingest's input, detect's
-//! topic), exactly as when these fields were parsed eagerly, and never fails later.
+//! validates the syntax of a raw value while skipping it, but not three things a `Value`
+//! refuses: a number out of `f64`'s range (`1e999`), a lone UTF-16 surrogate escape
+//! (`"\ud800"`) and nesting past its recursion limit (128). Every constructor therefore scans
+//! the text for any of them (a cheap pass, far cheaper than a parse) and, when it finds one,
+//! parses the value fully there and then, refusing it if that fails — so a value that cannot
+//! be read is refused where it enters (ingest's input, detect's topic), exactly as when these
+//! fields were parsed eagerly, and never fails later (where a policy would see nothing).
+//!
+//! The same pass finds white space between tokens (a pretty-printed export): such text is
+//! kept compact, as a re-serialized `Value` was, so an indented input does not make activities
+//! larger (and trimmed sooner). Key order and the text of every value are kept.
 
 use std::fmt;
 use std::ops::Deref;
@@ -37,7 +42,13 @@ impl RawJson {
     /// Admits raw JSON text: refused when it is not JSON or does not parse into a [`Value`].
     pub fn from_raw(text: Box<RawValue>) -> Result<Self, serde_json::Error> {
         let parsed = OnceLock::new();
-        if needs_full_parse(text.get()) {
+        let found = scan(text.get());
+        let text = if found.spaced {
+            RawValue::from_string(compact(text.get()))?
+        } else {
+            text
+        };
+        if found.risky {
             let value: Value = serde_json::from_str(text.get())?;
             let _ = parsed.set(Box::new(value));
         }
@@ -78,14 +89,48 @@ impl RawJson {
     }
 }
 
-/// Whether `text` (valid JSON syntax) may hold what serde_json skips but a [`Value`] refuses:
-/// a number with an exponent or of more than 20 characters (possibly out of `f64`'s range), or
-/// a `\u` escape of a UTF-16 surrogate (possibly unpaired). Errs towards yes: a yes costs a parse.
-fn needs_full_parse(text: &str) -> bool {
+/// Nesting past which the text is parsed on entry (a `Value` refuses 128 levels).
+const DEEP: usize = 100;
+
+/// What [`scan`] found.
+#[derive(Debug, Default, PartialEq)]
+struct Found {
+    /// What a [`Value`] may refuse: a number with an exponent or of more than 20 characters
+    /// (possibly out of `f64`'s range), a `\u` escape of a UTF-16 surrogate (possibly
+    /// unpaired), nesting deeper than [`DEEP`]. Errs towards yes: a yes costs a parse.
+    risky: bool,
+    /// White space between tokens.
+    spaced: bool,
+}
+
+/// One pass over `text` (valid JSON syntax), outside strings but for their escapes.
+fn scan(text: &str) -> Found {
+    let mut found = Found::default();
+    found.risky = risky(text, &mut found.spaced);
+    found
+}
+
+fn risky(text: &str, spaced: &mut bool) -> bool {
     let bytes = text.as_bytes();
+    let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > DEEP {
+                    return true;
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                *spaced = true;
+                i += 1;
+            }
             b'"' => {
                 // Inside a string: only its escapes matter.
                 i += 1;
@@ -129,6 +174,31 @@ fn needs_full_parse(text: &str) -> bool {
         }
     }
     false
+}
+
+/// `text` (valid JSON syntax) without the white space between its tokens.
+fn compact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Deref for RawJson {
@@ -221,8 +291,8 @@ mod tests {
 
     #[test]
     fn keeps_the_text_and_parses_it_once_when_read() -> Result<(), serde_json::Error> {
-        let raw = RawJson::from_text(r#"{ "b": 1, "a": [true, null, "x"] }"#)?;
-        assert_eq!(raw.text(), r#"{ "b": 1, "a": [true, null, "x"] }"#);
+        let raw = RawJson::from_text(r#"{"b":1,"a":[true,null,"x"]}"#)?;
+        assert_eq!(raw.text(), r#"{"b":1,"a":[true,null,"x"]}"#, "as read: key order kept");
         assert!(raw.parsed.get().is_none(), "nothing parsed before a read");
         assert_eq!(raw.get("b"), Some(&json!(1)));
         assert!(raw.parsed.get().is_some());
@@ -275,15 +345,55 @@ mod tests {
         field: RawJson,
     }
 
+    fn needs_full_parse(text: &str) -> bool {
+        scan(text).risky
+    }
+
     #[test]
     fn the_scan_flags_every_risky_token_and_no_plain_one() {
         assert!(needs_full_parse("1e5"));
         assert!(needs_full_parse(r#"{"a":[0.5E-3]}"#));
         assert!(needs_full_parse(r#""\uDBFF""#));
         assert!(needs_full_parse(&"1".repeat(21)));
+        assert!(needs_full_parse(&format!(
+            "{}{}",
+            "[".repeat(DEEP + 1),
+            "]".repeat(DEEP + 1)
+        )));
         assert!(!needs_full_parse(
             r#"{"e":"E","true":true,"n":-12.5,"u":"\u00e9\\uD800"}"#
         ));
         assert!(!needs_full_parse(&"1".repeat(20)));
+        assert!(!needs_full_parse(&format!(
+            "{}{}",
+            "[".repeat(DEEP),
+            "]".repeat(DEEP)
+        )));
+        // Brackets inside strings are not nesting.
+        assert!(!needs_full_parse(&format!(r#"["{}"]"#, "[".repeat(500))));
+    }
+
+    #[test]
+    fn nesting_a_value_refuses_is_refused_on_entry() {
+        // serde_json skips any depth as a raw value; a `Value` stops at 128 levels.
+        let deep = |n: usize| format!(r#"{{"a":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(RawJson::from_text(&deep(200)).is_err());
+        let wrapped = format!(r#"{{"field":{}}}"#, deep(200));
+        assert!(serde_json::from_str::<Field>(&wrapped).is_err());
+        let fine = RawJson::from_text(&deep(110));
+        assert_eq!(
+            fine.as_ref().map(|r| r.is_null()).ok(),
+            Some(false),
+            "parsed, not null"
+        );
+    }
+
+    #[test]
+    fn white_space_between_tokens_is_dropped_and_nothing_else() -> Result<(), serde_json::Error> {
+        let pretty = "{\n  \"b\" : [ 1, \"a  b\\\" [ ]\" ],\n\t\"a\": {}\r\n}";
+        let raw = RawJson::from_text(pretty)?;
+        assert_eq!(raw.text(), r#"{"b":[1,"a  b\" [ ]"],"a":{}}"#);
+        assert_eq!(raw.value(), &serde_json::from_str::<Value>(pretty)?);
+        Ok(())
     }
 }

@@ -378,14 +378,42 @@ impl Custom {
         }
     }
 
+    /// Whether a policy reads the top-level field `name` (in a filter or its grouping).
+    fn reads(&self, name: &str) -> bool {
+        let first = |path: &[String]| path.first().is_some_and(|f| f == name);
+        self.policies.iter().any(|p| {
+            p.filters.iter().any(|f| first(&f.path)) || p.group_by.as_deref().is_some_and(first)
+        })
+    }
+
     /// The alerts `a` (read at `offset`) raises.
     pub fn observe(&mut self, a: &Activity, offset: Offset) -> Vec<Alert> {
         if self.policies.is_empty() {
             return Vec::new();
         }
-        let Ok(doc) = serde_json::to_value(a) else {
+        // The bulky fields only when a policy reads them, from their parsed values (parsed once
+        // per activity; serializing them would parse them again).
+        let light = Activity {
+            request_parameters: None,
+            response_elements: None,
+            additional_event_data: None,
+            ..a.clone()
+        };
+        let Ok(mut doc) = serde_json::to_value(&light) else {
             return Vec::new();
         };
+        let bulky = [
+            ("request_parameters", &a.request_parameters),
+            ("response_elements", &a.response_elements),
+            ("additional_event_data", &a.additional_event_data),
+        ];
+        for (name, field) in bulky {
+            if let (Some(raw), Some(map)) = (field, doc.as_object_mut()) {
+                if self.reads(name) {
+                    map.insert(name.to_string(), raw.value().clone());
+                }
+            }
+        }
         let mut out = Vec::new();
         for (i, p) in self.policies.iter().enumerate() {
             if !p.filters.iter().all(|f| f.matches(&doc)) {

@@ -253,7 +253,17 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
     }
     let params = a.request_parameters.as_ref();
     let text = |k: &str| params.and_then(|p| p.get(k)).and_then(Value::as_str);
-    if a.event_source == "iam.amazonaws.com" {
+    // Only these calls establish facts (what a call asked is parsed only for them).
+    let establishes = matches!(
+        a.event_name.as_str(),
+        "DeleteUser"
+            | "DeleteLoginProfile"
+            | "CreateUser"
+            | "CreateLoginProfile"
+            | "UpdateAccessKey"
+            | "DeleteAccessKey"
+    );
+    if a.event_source == "iam.amazonaws.com" && establishes {
         let account = a.account_id.clone().unwrap_or_default();
         // Whose credentials: the named user, else the caller (a user managing its own keys).
         let subject = text("userName")

@@ -79,11 +79,11 @@ pub fn normalize_at(raw: &str, arrival: (&str, usize)) -> Result<Activity, Norma
             "a record must be a JSON object".into(),
         ));
     }
-    normalize_record(parse_record(raw)?, 0, arrival)
+    normalize_text(raw, 0, arrival)
 }
 
-fn normalize_record(
-    record: RawRecord,
+fn normalize_record<I: IdentityField>(
+    record: RawRecord<I>,
     depth: u8,
     arrival: (&str, usize),
 ) -> Result<Activity, NormalizeError> {
@@ -94,7 +94,7 @@ fn normalize_record(
             .or(record.event)
             .filter(|r| is_object(r.get()))
         {
-            return normalize_record(parse_record(inner.get())?, depth + 1, arrival);
+            return normalize_text(inner.get(), depth + 1, arrival);
         }
     }
     let event_name = non_empty(record.event_name).ok_or(NormalizeError::Missing("eventName"))?;
@@ -119,7 +119,11 @@ fn normalize_record(
         )));
     }
     let region = non_empty(record.aws_region);
-    let mut principal = principal(record.user_identity.and_then(|i| i.0));
+    let identity = match record.user_identity {
+        Some(field) => field.identity()?,
+        None => None,
+    };
+    let mut principal = principal(identity);
     if principal.kind.trim().eq_ignore_ascii_case("trailguard") {
         return Err(NormalizeError::Reserved(
             "userIdentity.type `Trailguard` is Trailguard's own".into(),
@@ -591,25 +595,60 @@ fn is_object(raw: &str) -> bool {
     raw.trim_start().starts_with('{')
 }
 
-/// Reads a record (a JSON object) in one pass over its text, building only the fields it
-/// keeps. When that fails, reads it again tolerantly, from its parsed value: a repeated key
-/// (which a derived reader refuses) then reads as a `Value` reads it — the last one counts —
-/// and a `sessionContext` of an unexpected shape counts as absent while the rest of the
-/// identity is still read. Only what a `Value` refuses, or a field no reading can take, makes
-/// the record malformed.
-fn parse_record(raw: &str) -> Result<RawRecord, NormalizeError> {
-    serde_json::from_str::<RawRecord>(raw).or_else(|first| {
-        let tolerant = || -> Result<RawRecord, serde_json::Error> {
-            let mut value: Value = serde_json::from_str(raw)?;
-            if let Some(session) = value.pointer_mut("/userIdentity/sessionContext") {
-                if session.is_object() && RawSessionContext::deserialize(&*session).is_err() {
-                    *session = Value::Null;
-                }
+/// Reads a record (a JSON object) and normalizes it. First in one pass over its text, building
+/// only the fields it keeps, `userIdentity` included. When that fails, as records were read
+/// before that pass existed: `userIdentity` through its parsed value, where a repeated key
+/// reads as a `Value` reads it (the last one counts) and a `sessionContext` of an unexpected
+/// shape counts as absent while the rest of the identity is still read; and an envelope's
+/// record wholly so (it was read from the envelope's parsed value). A key repeated at a
+/// record's top level makes it malformed, as it always did.
+fn normalize_text(
+    raw: &str,
+    depth: u8,
+    arrival: (&str, usize),
+) -> Result<Activity, NormalizeError> {
+    let first = match serde_json::from_str::<RawRecord>(raw) {
+        Ok(record) => return normalize_record(record, depth, arrival),
+        Err(e) => e,
+    };
+    let malformed = || NormalizeError::Malformed(first.to_string());
+    match serde_json::from_str::<RawRecord<Box<RawValue>>>(raw) {
+        Ok(record) => normalize_record(record, depth, arrival),
+        Err(_) if depth > 0 => {
+            let value: Value = serde_json::from_str(raw).map_err(|_| malformed())?;
+            let record = RawRecord::<Box<RawValue>>::deserialize(value).map_err(|_| malformed())?;
+            normalize_record(record, depth, arrival)
+        }
+        Err(_) => Err(malformed()),
+    }
+}
+
+/// How a record's `userIdentity` was read: in the record's pass, or captured for a second
+/// reading (see [`normalize_text`]).
+trait IdentityField {
+    fn identity(self) -> Result<Option<RawIdentity>, NormalizeError>;
+}
+
+impl IdentityField for MapOnly<RawIdentity> {
+    fn identity(self) -> Result<Option<RawIdentity>, NormalizeError> {
+        Ok(self.0)
+    }
+}
+
+impl IdentityField for Box<RawValue> {
+    fn identity(self) -> Result<Option<RawIdentity>, NormalizeError> {
+        if !is_object(self.get()) {
+            return Ok(None);
+        }
+        let malformed = |e: serde_json::Error| NormalizeError::Malformed(e.to_string());
+        let mut value: Value = serde_json::from_str(self.get()).map_err(malformed)?;
+        if let Some(session) = value.get_mut("sessionContext") {
+            if session.is_object() && RawSessionContext::deserialize(&*session).is_err() {
+                *session = Value::Null;
             }
-            RawRecord::deserialize(value)
-        };
-        tolerant().map_err(|_| NormalizeError::Malformed(first.to_string()))
-    })
+        }
+        RawIdentity::deserialize(value).map(Some).map_err(malformed)
+    }
 }
 
 /// A member read only when it is an object (streamed into `T`); anything else counts as absent
@@ -705,8 +744,8 @@ impl<'a> ParamsView<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawRecord {
+#[serde(rename_all = "camelCase", bound(deserialize = "I: Deserialize<'de>"))]
+struct RawRecord<I = MapOnly<RawIdentity>> {
     #[serde(default, deserialize_with = "lenient_string")]
     event_time: Option<String>,
     #[serde(default, rename = "@timestamp", deserialize_with = "lenient_string")]
@@ -749,7 +788,7 @@ struct RawRecord {
     additional_event_data: Option<RawJson>,
     /// One that is not an object (null, a string) counts as absent.
     #[serde(default)]
-    user_identity: Option<MapOnly<RawIdentity>>,
+    user_identity: Option<I>,
     #[serde(default)]
     resources: Option<Value>,
     #[serde(default)]
@@ -1009,14 +1048,15 @@ mod tests {
         let params = r#"{ "x-amz-acl": ["public-read"], "bucketName" : "b1", "AccessControlPolicy": {"Grant": [1, 2.5, null]} }"#;
         let a = normalize(&with("", params))?;
         let carried = a.request_parameters.as_ref().map(|p| p.text());
+        let compact = r#"{"x-amz-acl":["public-read"],"bucketName":"b1","AccessControlPolicy":{"Grant":[1,2.5,null]}}"#;
         assert_eq!(
             carried,
-            Some(params),
-            "the text as read: order and spacing kept"
+            Some(compact),
+            "the text as read: order kept, spacing dropped"
         );
         let json =
             serde_json::to_string(&a).map_err(|e| NormalizeError::Malformed(e.to_string()))?;
-        assert!(json.contains(params), "published as read: {json}");
+        assert!(json.contains(compact), "published as read: {json}");
         let value: Value = serde_json::from_str(params).unwrap_or_default();
         assert_eq!(a.request_parameters.as_deref(), Some(&value));
         assert_eq!(a.resources.len(), 1, "the bucket, read without the tree");
@@ -1052,13 +1092,55 @@ mod tests {
         assert_eq!(a.principal.name.as_deref(), Some("Other/bob"));
         let buckets: Vec<_> = a.resources.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(buckets, ["last"]);
+        // At a record's top level a repeated key makes it malformed, as it always did.
         let top = with("", r#"{"bucketName":"b"}"#).replacen(
             r#""eventName":"PutBucketAcl""#,
             r#""eventName":"GetObject","eventName":"PutBucketAcl""#,
             1,
         );
-        assert_eq!(normalize(&top)?.event_name, "PutBucketAcl");
+        assert!(matches!(normalize(&top), Err(NormalizeError::Malformed(_))));
+        // Inside an envelope the record was read from the envelope's value: the last counts.
+        let wrapped = format!(r#"{{"detail":{top}}}"#);
+        assert_eq!(normalize(&wrapped)?.event_name, "PutBucketAcl");
         Ok(())
+    }
+
+    #[test]
+    fn a_second_reading_skips_what_the_first_skips() -> Result<(), NormalizeError> {
+        // An odd sessionContext sends the record to the second reading; values a `Value`
+        // refuses in fields Trailguard does not read are skipped there too, as they always were.
+        for junk in ["1e999", r#""\ud800""#] {
+            let raw = with(r#","sessionContext":{"attributes":"odd"}"#, "null").replacen(
+                '{',
+                &format!(r#"{{"eventVersion":{junk},"#),
+                1,
+            );
+            let a = normalize(&raw)?;
+            assert_eq!(
+                a.principal.arn.as_deref(),
+                Some("arn:aws:sts::1:assumed-role/Admin/alice")
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn parameters_nested_past_what_a_value_reads_are_malformed() {
+        let deep = format!(
+            r#"{{"bucketName":"b","pad":{}{}}}"#,
+            "[".repeat(130),
+            "]".repeat(130)
+        );
+        assert!(matches!(
+            normalize(&with("", &deep)),
+            Err(NormalizeError::Malformed(_))
+        ));
+        let fine = format!(
+            r#"{{"bucketName":"b","pad":{}{}}}"#,
+            "[".repeat(60),
+            "]".repeat(60)
+        );
+        assert!(normalize(&with("", &fine)).is_ok());
     }
 
     #[test]

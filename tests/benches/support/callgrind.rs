@@ -24,6 +24,11 @@ pub fn instructions(function: &str, env: &[(&str, String)]) -> Result<u64, Strin
     if std::env::var("TRAILGUARD_BENCH_CALLGRIND").as_deref() == Ok("0") {
         return Err("turned off by TRAILGUARD_BENCH_CALLGRIND=0".into());
     }
+    // `cargo test --all-targets` runs the benches once, unoptimized, as a smoke test: a debug
+    // build's count means nothing and would take minutes under valgrind.
+    if cfg!(debug_assertions) {
+        return Err("a debug build (`make bench` counts in release)".into());
+    }
     let exe = std::env::current_exe().map_err(|e| format!("no path to this bench: {e}"))?;
     let dir = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
     let out = dir.path().join("callgrind.out");

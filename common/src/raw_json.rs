@@ -292,7 +292,11 @@ mod tests {
     #[test]
     fn keeps_the_text_and_parses_it_once_when_read() -> Result<(), serde_json::Error> {
         let raw = RawJson::from_text(r#"{"b":1,"a":[true,null,"x"]}"#)?;
-        assert_eq!(raw.text(), r#"{"b":1,"a":[true,null,"x"]}"#, "as read: key order kept");
+        assert_eq!(
+            raw.text(),
+            r#"{"b":1,"a":[true,null,"x"]}"#,
+            "as read: key order kept"
+        );
         assert!(raw.parsed.get().is_none(), "nothing parsed before a read");
         assert_eq!(raw.get("b"), Some(&json!(1)));
         assert!(raw.parsed.get().is_some());

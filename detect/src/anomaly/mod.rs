@@ -25,8 +25,10 @@ use trailguard_common::Activity;
 
 use crate::classify::acts_itself;
 use crate::policy::{allowed, requested, AlertBuilder, PolicyMeta};
+pub use activity_id::ActivityId;
 use trailguard_common::contract::kinds;
 
+mod activity_id;
 mod address;
 pub(crate) mod behaviour;
 mod country;
@@ -391,7 +393,7 @@ pub struct Rate {
     recent: ThinVec<(i64, u32)>,
     /// Ids of the last few activities counted (evidence), while a burst may be building.
     #[serde(rename = "e", default, skip_serializing_if = "ThinVec::is_empty")]
-    evidence: ThinVec<String>,
+    evidence: ThinVec<ActivityId>,
     /// Quiet until this unix second after firing.
     #[serde(rename = "q", default)]
     quiet_until: i64,
@@ -434,10 +436,15 @@ impl Rate {
         }
         let newest = self.recent.iter().map(|(m, _)| *m).max().unwrap_or(minute);
         self.recent.retain(|(m, _)| *m > newest - 60);
-        self.evidence.push(id.to_string());
-        if self.evidence.len() > 5 {
+        // At most five, the oldest first out; grown one at a time (a doubling list would
+        // keep room for eight in every baseline that ever saw five).
+        if self.evidence.len() >= 5 {
             self.evidence.remove(0);
         }
+        if self.evidence.len() == self.evidence.capacity() {
+            self.evidence.reserve_exact(1);
+        }
+        self.evidence.push(ActivityId::new(id));
         self.recent
             .iter()
             .filter(|(m, _)| *m > minute - 60 && *m <= minute)
@@ -560,8 +567,8 @@ pub struct PrincipalState {
     #[serde(rename = "x", default, skip_serializing_if = "Rate::is_empty")]
     signin_failures: Rate,
     /// Id of the latest activity (evidence for a termination learned after it).
-    #[serde(rename = "i", default, skip_serializing_if = "String::is_empty")]
-    pub last_id: String,
+    #[serde(rename = "i", default, skip_serializing_if = "ActivityId::is_empty")]
+    pub last_id: ActivityId,
     /// Access key of the latest activity, when it had one.
     #[serde(rename = "k", default, skip_serializing_if = "String::is_empty")]
     pub last_key: String,
@@ -736,7 +743,7 @@ impl PrincipalState {
             }
         }
         std::mem::size_of::<Self>()
-            + self.last_id.capacity()
+            + self.last_id.heap_size()
             + self.last_key.capacity()
             + list(&self.countries)
             + self
@@ -757,7 +764,7 @@ impl PrincipalState {
                 .map(|r| {
                     list(&r.recent)
                         + list(&r.evidence)
-                        + r.evidence.iter().map(String::capacity).sum::<usize>()
+                        + r.evidence.iter().map(ActivityId::heap_size).sum::<usize>()
                 })
                 .sum::<usize>()
             + list(&self.quiet)
@@ -905,8 +912,7 @@ impl Anomalies {
         }
         st.first_seen = st.first_seen.min(t);
         if t >= st.last_seen {
-            st.last_id.clear();
-            st.last_id.push_str(&a.id);
+            st.last_id = ActivityId::new(&a.id);
             st.last_key.clear();
             st.last_key
                 .push_str(a.principal.access_key_id.as_deref().unwrap_or(""));

@@ -119,7 +119,7 @@ impl Anomalies {
         if count >= threshold && t >= rate.quiet_until && self.on(d, a) {
             rate.quiet_until = t + 3600;
             let who = Who(a);
-            let evidence = rate.evidence.clone();
+            let evidence: Vec<String> = rate.evidence.iter().map(ToString::to_string).collect();
             let summary = if learned {
                 format!(
                     "{who}: {count} {what} within an hour (usually {usual:.1} an hour; threshold {threshold})"
@@ -137,15 +137,7 @@ impl Anomalies {
                 }
             };
             let hour = t.div_euclid(3600).to_string();
-            let mut alert = self.alert(
-                a,
-                meta,
-                d,
-                Severity::Medium,
-                summary,
-                evidence.to_vec(),
-                mitre,
-            );
+            let mut alert = self.alert(a, meta, d, Severity::Medium, summary, evidence, mitre);
             alert.id = trailguard_common::contract::stable_id([meta.id, &a.actor_key(), &hour]);
             out.push(alert);
         }

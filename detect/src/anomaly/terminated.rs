@@ -163,7 +163,7 @@ impl Anomalies {
             kind: kinds::PRINCIPAL.into(),
             id: principal_key.into(),
         })
-        .evidence(vec![st.last_id.clone()], summary)
+        .evidence(vec![st.last_id.to_string()], summary)
         .mitre(("Persistence", "T1078.004", "Valid Accounts: Cloud Accounts"))
         .actions(actions)
         .id(termination_alert_id(&format!("{fact_key}@{}", fact.time)));

@@ -492,62 +492,24 @@ fn truncate(text: &str) -> String {
 /// A string field that real data sometimes writes as a number or a boolean (written as a
 /// `Value` writes them); null, an object or an array counts as absent.
 fn lenient_string<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
-    de.deserialize_any(Lenient)
+    Ok(de
+        .deserialize_any(Text { scalars: true })?
+        .map(Cow::into_owned))
 }
 
-/// A member of `requestParameters` read as [`lenient_string`] reads, borrowing the text when
-/// it has no escapes; a number or a boolean is not a name and counts as absent.
+/// A member of `requestParameters` read as a `Value`'s `as_str` reads it, borrowing the text
+/// when it has no escapes; a number or a boolean is not a name and counts as absent.
 fn param_text<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    de.deserialize_any(ParamText)
+    de.deserialize_any(Text { scalars: false })
 }
 
-/// Reads a scalar as text, anything else as absent (skipped without being built).
-struct Lenient;
-
-impl<'de> Visitor<'de> for Lenient {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Some(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Some(v))
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(serde_json::Number::from_f64(v).map(|n| n.to_string()))
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
+/// Reads a string (borrowed when it can be) and, with `scalars`, a number or a boolean as
+/// text; anything else as absent, skipped without being built.
+struct Text {
+    scalars: bool,
 }
 
-/// Reads a string, borrowed when it can be; anything else as absent.
-struct ParamText;
-
-impl<'de> Visitor<'de> for ParamText {
+impl<'de> Visitor<'de> for Text {
     type Value = Option<Cow<'de, str>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -562,17 +524,18 @@ impl<'de> Visitor<'de> for ParamText {
     fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
         Ok(Some(Cow::Owned(v)))
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(self.scalars.then(|| Cow::Owned(v.to_string())))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(self.scalars.then(|| Cow::Owned(v.to_string())))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(self.scalars.then(|| Cow::Owned(v.to_string())))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        let text = serde_json::Number::from_f64(v).map(|n| Cow::Owned(n.to_string()));
+        Ok(text.filter(|_| self.scalars))
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(None)

@@ -60,7 +60,8 @@ impl RawJson {
         RawJson::from_raw(RawValue::from_string(text.to_owned())?)
     }
 
-    /// The text, exactly as it was read (or as a [`Value`] given to [`From`] serialized).
+    /// The text as it was read, white space between tokens dropped (or as a [`Value`] given to
+    /// [`From`] serialized).
     pub fn text(&self) -> &str {
         self.text.get()
     }
@@ -104,13 +105,9 @@ struct Found {
 }
 
 /// One pass over `text` (valid JSON syntax), outside strings but for their escapes.
+/// Scans to the end (both flags are wanted), unless the text is not JSON at all.
 fn scan(text: &str) -> Found {
     let mut found = Found::default();
-    found.risky = risky(text, &mut found.spaced);
-    found
-}
-
-fn risky(text: &str, spaced: &mut bool) -> bool {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;
@@ -118,9 +115,7 @@ fn risky(text: &str, spaced: &mut bool) -> bool {
         match bytes[i] {
             b'[' | b'{' => {
                 depth += 1;
-                if depth > DEEP {
-                    return true;
-                }
+                found.risky |= depth > DEEP;
                 i += 1;
             }
             b']' | b'}' => {
@@ -128,7 +123,7 @@ fn risky(text: &str, spaced: &mut bool) -> bool {
                 i += 1;
             }
             b' ' | b'\n' | b'\r' | b'\t' => {
-                *spaced = true;
+                found.spaced = true;
                 i += 1;
             }
             b'"' => {
@@ -136,7 +131,9 @@ fn risky(text: &str, spaced: &mut bool) -> bool {
                 i += 1;
                 loop {
                     let Some(at) = memchr::memchr2(b'"', b'\\', &bytes[i..]) else {
-                        return true; // unterminated: not valid JSON, let the parse say so
+                        // Unterminated: not valid JSON, let the parse say so.
+                        found.risky = true;
+                        return found;
                     };
                     i += at;
                     if bytes[i] == b'"' {
@@ -151,7 +148,7 @@ fn risky(text: &str, spaced: &mut bool) -> bool {
                             Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
                         )
                     {
-                        return true;
+                        found.risky = true;
                     }
                     i += 2;
                 }
@@ -161,19 +158,15 @@ fn risky(text: &str, spaced: &mut bool) -> bool {
                 while i < bytes.len()
                     && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
                 {
-                    if matches!(bytes[i], b'e' | b'E') {
-                        return true;
-                    }
+                    found.risky |= matches!(bytes[i], b'e' | b'E');
                     i += 1;
                 }
-                if i - start > 20 {
-                    return true;
-                }
+                found.risky |= i - start > 20;
             }
             _ => i += 1,
         }
     }
-    false
+    found
 }
 
 /// `text` (valid JSON syntax) without the white space between its tokens.
@@ -390,6 +383,13 @@ mod tests {
             Some(false),
             "parsed, not null"
         );
+    }
+
+    #[test]
+    fn white_space_goes_also_from_text_that_is_parsed_on_entry() -> Result<(), serde_json::Error> {
+        let raw = RawJson::from_text("{\"n\":1e5, \"a\": [1,\n 2]}")?;
+        assert_eq!(raw.text(), r#"{"n":1e5,"a":[1,2]}"#);
+        Ok(())
     }
 
     #[test]

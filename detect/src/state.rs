@@ -31,65 +31,60 @@ pub fn restore(
     partition: i32,
     verifier: &trailguard_common::sign::Verifier,
 ) -> Result<Restored, Error> {
-    // Two stages, so a restore uses two cores: this thread reads records off the broker and
-    // hands them on in batches; a second verifies each seal and decodes it, in the same order
-    // (a later record of a key replaces an earlier one). The channel holds a few batches: the
-    // records in memory at once stay bounded whatever the partition's size.
-    let (batches, incoming) = std::sync::mpsc::sync_channel::<Vec<Raw>>(4);
-    let decoder = {
-        let verifier = verifier.clone();
-        std::thread::Builder::new()
-            .name(format!("restore-{partition}"))
-            .spawn(move || {
-                let mut decoded = Decoded::default();
-                for batch in incoming {
-                    for raw in batch {
-                        decoded.apply(&verifier, raw);
-                    }
-                }
-                decoded
-            })
-            .map_err(|e| Error::Stopped(format!("starting the restore's decoder: {e}")))?
-    };
+    // Three stages: this thread reads records off the broker and hands them on in batches,
+    // round robin, to a few decoders that verify each seal and decode it; one collector takes
+    // their results back in the order the batches were read (a later record of a key replaces
+    // an earlier one) and builds the table. Every channel holds two batches: the records in
+    // memory at once stay bounded whatever the partition's size.
+    let workers = decoders();
     // A large partition takes a while: say how far it is (there is no deadline: a restore
     // that keeps reading is never cut off; one that stops getting records is).
     let began = std::time::Instant::now();
     let mut last_said = began;
     let mut read_so_far = 0u64;
-    let mut batch = Vec::with_capacity(RESTORE_BATCH);
-    let mut batch_bytes = 0usize;
-    let read = kafka_read(cfg, partition, |read| {
-        read_so_far += 1;
-        if read_so_far.is_multiple_of(10_000) && last_said.elapsed() >= Duration::from_secs(5) {
-            last_said = std::time::Instant::now();
-            tracing::info!(
-                partition,
-                records = read_so_far,
-                per_second = (read_so_far as f64 / began.elapsed().as_secs_f64()) as u64,
-                "restoring baselines"
-            );
-        }
-        batch_bytes += read.key.len() + read.payload.map_or(0, <[u8]>::len);
-        batch.push(Raw {
-            key: read.key.to_vec(),
-            payload: read.payload.map(<[u8]>::to_vec),
-        });
-        // Handed on by count or by size (records may be large, and are copied before their
-        // seal is checked): a few batches in flight at most.
-        if batch.len() >= RESTORE_BATCH || batch_bytes >= RESTORE_BATCH_BYTES {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(RESTORE_BATCH));
-            batch_bytes = 0;
-            // Fails only when the decoder has panicked, which joining it reports below.
-            let _ = batches.send(full);
-        }
-    });
-    if !batch.is_empty() {
-        let _ = batches.send(batch);
-    }
-    drop(batches);
-    let decoded = decoder
-        .join()
-        .map_err(|_| Error::Stopped("the restore's decoder failed".into()))?;
+    let (read, decoded) = in_order(
+        workers,
+        &format!("restore-{partition}"),
+        |raw| Item::of(verifier, raw),
+        Decoded::default(),
+        Decoded::apply,
+        |hand_on| {
+            let mut batch = Vec::with_capacity(RESTORE_BATCH);
+            let mut batch_bytes = 0usize;
+            let read = kafka_read(cfg, partition, |read| {
+                read_so_far += 1;
+                if read_so_far.is_multiple_of(10_000)
+                    && last_said.elapsed() >= Duration::from_secs(5)
+                {
+                    last_said = std::time::Instant::now();
+                    tracing::info!(
+                        partition,
+                        records = read_so_far,
+                        per_second = (read_so_far as f64 / began.elapsed().as_secs_f64()) as u64,
+                        "restoring baselines"
+                    );
+                }
+                batch_bytes += read.key.len() + read.payload.map_or(0, <[u8]>::len);
+                batch.push(Raw {
+                    key: read.key.to_vec(),
+                    payload: read.payload.map(<[u8]>::to_vec),
+                });
+                // Handed on by count or by size (records may be large, and are copied before
+                // their seal is checked).
+                if batch.len() >= RESTORE_BATCH || batch_bytes >= RESTORE_BATCH_BYTES {
+                    batch_bytes = 0;
+                    hand_on(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(RESTORE_BATCH),
+                    ));
+                }
+            });
+            if !batch.is_empty() {
+                hand_on(batch);
+            }
+            read
+        },
+    )?;
     read?;
     let Decoded {
         states,
@@ -148,9 +143,23 @@ struct Decoded {
     unverified: u64,
 }
 
-impl Decoded {
-    /// Applies one record: a baseline or a day's counts, or (a tombstone) their deletion.
-    fn apply(&mut self, verifier: &trailguard_common::sign::Verifier, raw: Raw) {
+/// One changelog record, verified and decoded (by a decoder, off the collecting thread).
+enum Item {
+    /// Its seal did not verify: ignored.
+    Unverified,
+    /// Not understood: ignored, its principal starts afresh.
+    Undecodable,
+    /// The applied-through mark (0: deleted).
+    Applied(i64),
+    /// A day's organization counts, or (`None`) their deletion.
+    Census(i64, Option<crate::census::CensusDay>),
+    /// A principal's baseline, or (`None`) its deletion.
+    State(String, Option<Box<PrincipalState>>),
+}
+
+impl Item {
+    /// Verifies and decodes one record as read.
+    fn of(verifier: &trailguard_common::sign::Verifier, raw: Raw) -> Item {
         // A tombstone carries no signature (nothing to seal): it forgets a principal, which a
         // forged one can do anyway by getting the record compacted away.
         let value = match raw.payload.as_deref() {
@@ -158,48 +167,147 @@ impl Decoded {
             Some(sealed) => {
                 match verifier.open(trailguard_common::sign::purpose::STATE, &raw.key, sealed) {
                     Ok(value) => Some(value),
-                    Err(_) => {
-                        self.unverified += 1;
-                        return;
-                    }
+                    Err(_) => return Item::Unverified,
                 }
             }
         };
-        let key = String::from_utf8_lossy(&raw.key).into_owned();
+        let key = match String::from_utf8(raw.key) {
+            Ok(key) => key,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
         if key == APPLIED_KEY {
-            match value.map(serde_json::from_slice::<i64>) {
-                Some(Ok(offset)) => self.applied_through = offset,
-                None => self.applied_through = 0,
-                Some(Err(_)) => self.undecodable += 1,
-            }
-            return;
+            return match value.map(serde_json::from_slice::<i64>) {
+                Some(Ok(offset)) => Item::Applied(offset),
+                None => Item::Applied(0),
+                Some(Err(_)) => Item::Undecodable,
+            };
         }
         if let Some(day) = key.strip_prefix(CENSUS_PREFIX) {
             let Ok(day) = day.parse::<i64>() else {
-                self.undecodable += 1;
-                return;
+                return Item::Undecodable;
             };
-            match value.map(serde_json::from_slice::<crate::census::CensusDay>) {
-                None => {
-                    self.census.remove(&day);
-                }
-                Some(Ok(counts)) => {
-                    self.census.insert(day, counts);
-                }
-                Some(Err(_)) => self.undecodable += 1,
-            }
-            return;
+            return match value.map(serde_json::from_slice::<crate::census::CensusDay>) {
+                None => Item::Census(day, None),
+                Some(Ok(counts)) => Item::Census(day, Some(counts)),
+                Some(Err(_)) => Item::Undecodable,
+            };
         }
         match value.map(serde_json::from_slice::<PrincipalState>) {
-            None => {
-                self.states.remove(&key);
-            }
-            Some(Ok(state)) => {
-                self.states.insert(key, Box::new(state));
-            }
-            Some(Err(_)) => self.undecodable += 1,
+            None => Item::State(key, None),
+            Some(Ok(state)) => Item::State(key, Some(Box::new(state))),
+            Some(Err(_)) => Item::Undecodable,
         }
     }
+}
+
+impl Decoded {
+    /// Applies one record: a baseline or a day's counts, or (a tombstone) their deletion.
+    fn apply(&mut self, item: Item) {
+        match item {
+            Item::Unverified => self.unverified += 1,
+            Item::Undecodable => self.undecodable += 1,
+            Item::Applied(offset) => self.applied_through = offset,
+            Item::Census(day, None) => {
+                self.census.remove(&day);
+            }
+            Item::Census(day, Some(counts)) => {
+                self.census.insert(day, counts);
+            }
+            Item::State(key, None) => {
+                self.states.remove(&key);
+            }
+            Item::State(key, Some(state)) => {
+                self.states.insert(key, state);
+            }
+        }
+    }
+}
+
+/// Decoders a restore runs: the cores this process may use, at most four (past that the
+/// reading and the collecting thread bound it).
+pub fn decoders() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
+/// Maps `work` over the items `produce` hands on (in batches) on `workers` threads and folds
+/// the results into `state` with `apply` on one more thread, in the order the batches were
+/// handed on; `produce` runs on the calling thread. Returns what `produce` returned and the
+/// state. Batch `n` goes to worker `n % workers` and the collector takes results from the
+/// workers in the same rotation, so order is kept without sequence numbers; every channel
+/// holds two batches, so memory stays bounded. A worker or the collector that panics is an
+/// error (the others finish: a closed channel stops them).
+fn in_order<I, O, S, R>(
+    workers: usize,
+    name: &str,
+    work: impl Fn(I) -> O + Sync,
+    state: S,
+    apply: impl Fn(&mut S, O) + Send,
+    produce: impl FnOnce(&mut dyn FnMut(Vec<I>)) -> R,
+) -> Result<(R, S), Error>
+where
+    I: Send,
+    O: Send,
+    S: Send,
+{
+    use std::sync::mpsc::sync_channel;
+    let workers = workers.max(1);
+    let failed =
+        |what: &str, e: std::io::Error| Error::Stopped(format!("starting {name}'s {what}: {e}"));
+    std::thread::scope(|scope| {
+        let work = &work;
+        let mut inputs = Vec::with_capacity(workers);
+        let mut outputs = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (to_worker, batches) = sync_channel::<Vec<I>>(2);
+            let (done, from_worker) = sync_channel::<Vec<O>>(2);
+            inputs.push(to_worker);
+            outputs.push(from_worker);
+            let handle = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn_scoped(scope, move || {
+                    for batch in batches {
+                        let results: Vec<O> = batch.into_iter().map(work).collect();
+                        if done.send(results).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| failed("decoder", e))?;
+            handles.push(handle);
+        }
+        let collector = std::thread::Builder::new()
+            .name(format!("{name}-collect"))
+            .spawn_scoped(scope, move || {
+                let mut state = state;
+                // The batch after the last is the first a worker cannot give: its channel is
+                // closed once it has handed on everything it was given.
+                for from in outputs.iter().cycle() {
+                    let Ok(results) = from.recv() else { break };
+                    for result in results {
+                        apply(&mut state, result);
+                    }
+                }
+                state
+            })
+            .map_err(|e| failed("collector", e))?;
+        let mut next = 0usize;
+        let produced = produce(&mut |batch| {
+            // Fails only when that worker has panicked, which joining it reports below.
+            let _ = inputs[next % workers].send(batch);
+            next += 1;
+        });
+        drop(inputs);
+        let mut panicked = false;
+        for handle in handles {
+            panicked |= handle.join().is_err();
+        }
+        let state = collector.join();
+        match state {
+            Ok(state) if !panicked => Ok((produced, state)),
+            _ => Err(Error::Stopped(format!("{name}: a decoder failed"))),
+        }
+    })
 }
 
 /// Keys of the changelog that hold the partition's organization counts of a day
@@ -332,4 +440,71 @@ pub async fn save(
     }
     detector.mark_dirty(retry.into_iter().filter(|k| !k.starts_with(CENSUS_PREFIX)));
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records of a few keys, each key written many times: the table must end with each key's
+    /// last write, as reading them one by one gives, however the decoders interleave.
+    #[test]
+    fn decoders_apply_records_in_the_order_they_were_read() -> Result<(), Error> {
+        let records: Vec<(u32, u32)> = (0..20_000u32).map(|i| (i % 97, i)).collect();
+        let mut expected = HashMap::new();
+        for &(key, seq) in &records {
+            expected.insert(key, seq);
+        }
+        for workers in [1, 2, 3, 5] {
+            for batch in [1, 7, 512] {
+                let (count, last) = in_order(
+                    workers,
+                    "test",
+                    // Uneven work, so the decoders finish out of turn.
+                    |(key, seq): (u32, u32)| {
+                        let spin = (seq.wrapping_mul(2_654_435_761) >> 24) as u64;
+                        let mut x = 0u64;
+                        for i in 0..spin {
+                            x = x.wrapping_add(std::hint::black_box(i));
+                        }
+                        std::hint::black_box(x);
+                        (key, seq)
+                    },
+                    HashMap::new(),
+                    |last: &mut HashMap<u32, u32>, (key, seq)| {
+                        last.insert(key, seq);
+                    },
+                    |hand_on| {
+                        for chunk in records.chunks(batch) {
+                            hand_on(chunk.to_vec());
+                        }
+                        records.len()
+                    },
+                )?;
+                assert_eq!(count, records.len());
+                assert_eq!(last, expected, "{workers} decoders, batches of {batch}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_decoder_that_fails_fails_the_restore_without_hanging() {
+        let result = in_order(
+            2,
+            "test",
+            |n: u32| {
+                assert!(n != 5_000, "a decoder fails");
+                n
+            },
+            0u64,
+            |sum: &mut u64, n| *sum += u64::from(n),
+            |hand_on| {
+                for start in (0..20_000u32).step_by(100) {
+                    hand_on((start..start + 100).collect());
+                }
+            },
+        );
+        assert!(matches!(result, Err(Error::Stopped(_))), "{result:?}");
+    }
 }

@@ -27,6 +27,8 @@ use crate::tactics::{classify, Tactic};
 const REMEMBERED: usize = 8;
 /// Most enumeration calls kept in the sliding window.
 const WINDOW_CALLS: usize = 128;
+// The widest window an actor went is kept in 8 bits.
+const _: () = assert!(WINDOW_CALLS <= u8::MAX as usize);
 /// The discovery window.
 const WINDOW_SECS: i64 = 600;
 /// How long an unusual call makes the next one of another tactic weigh more.
@@ -44,7 +46,7 @@ const PROBING_REFUSALS: u16 = 5;
 /// (distinct, refused) now in it.
 fn slide(
     window: &mut thin_vec::ThinVec<(u32, i64, bool)>,
-    widest: &mut u16,
+    widest: &mut u8,
     cap: usize,
     t: i64,
     keys: &[u32],
@@ -59,7 +61,7 @@ fn slide(
     let before = window.len();
     window.retain(|(_, at, _)| now - *at < WINDOW_SECS);
     if window.len() < before {
-        *widest = (*widest).max(before.min(usize::from(u16::MAX)) as u16);
+        *widest = (*widest).max(u8::try_from(before).unwrap_or(u8::MAX));
     }
     if now - t >= WINDOW_SECS {
         return None;
@@ -213,7 +215,7 @@ impl Anomalies {
         let failed = refused(a);
         // How much of what it tried this hour was refused (an attacker probing the rights of
         // stolen credentials fails a lot; people and automation rarely do).
-        let hour = t - t.rem_euclid(3600);
+        let hour = super::unix_hour(t);
         if st.refusals.0 != hour {
             st.refusals = (hour, 0, 0);
         }

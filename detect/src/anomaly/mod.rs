@@ -376,9 +376,9 @@ meta!(
 /// An hourly rate: EWMA of completed hours, and the sliding hour's per-minute counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rate {
-    /// Hour (unix hours) being counted for the baseline.
-    #[serde(rename = "h")]
-    hour: i64,
+    /// Hour (unix hours) being counted for the baseline (32 bits: ±245,000 years).
+    #[serde(rename = "h", deserialize_with = "unix_hour_of_i64")]
+    hour: i32,
     /// Count in that hour.
     #[serde(rename = "n")]
     hour_count: u32,
@@ -399,13 +399,47 @@ pub struct Rate {
     quiet_until: i64,
 }
 
+/// The unix hour of unix second `t`, in 32 bits (saturating: only a time more than 245,000
+/// years from 1970 is out of range).
+pub(crate) fn unix_hour(t: i64) -> i32 {
+    let hour = t.div_euclid(3600);
+    i32::try_from(hour).unwrap_or(if hour < 0 { i32::MIN } else { i32::MAX })
+}
+
+/// Reads a unix hour saved as any integer (earlier versions kept 64 bits), saturating.
+fn unix_hour_of_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let hour = i64::deserialize(d)?;
+    Ok(i32::try_from(hour).unwrap_or(if hour < 0 { i32::MIN } else { i32::MAX }))
+}
+
+/// Reads the widest window an actor went (at most 128 calls, the window's cap, so 8 bits;
+/// earlier versions kept 16), saturating.
+fn widest_of_u16<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    Ok(u8::try_from(u16::deserialize(d)?).unwrap_or(u8::MAX))
+}
+
+/// The refusals' hour, in memory as its unix hour (32 bits) and on the changelog as before,
+/// the hour's first second.
+mod hour_start {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &(i32, u16, u16), s: S) -> Result<S::Ok, S::Error> {
+        (i64::from(v.0) * 3600, v.1, v.2).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(i32, u16, u16), D::Error> {
+        let (start, calls, refused) = <(i64, u16, u16)>::deserialize(d)?;
+        Ok((super::unix_hour(start), calls, refused))
+    }
+}
+
 /// EWMA weight of one completed hour: about a week of hours.
 const ALPHA: f32 = 1.0 / 168.0;
 
 impl Rate {
     /// Adds `n` at unix second `t`; returns the sliding hour's count.
     fn add(&mut self, t: i64, n: u32, id: &str) -> u32 {
-        let hour = t.div_euclid(3600);
+        let hour = unix_hour(t);
         if self.hour == 0 {
             self.hour = hour;
         }
@@ -415,7 +449,7 @@ impl Rate {
             let d = c - self.mean;
             self.mean += ALPHA * d;
             self.var = (1.0 - ALPHA) * (self.var + ALPHA * d * d);
-            let gap = (hour - self.hour - 1).min(10_000) as i32;
+            let gap = (i64::from(hour) - i64::from(self.hour) - 1).min(10_000) as i32;
             if gap > 0 {
                 let keep = (1.0 - ALPHA).powi(gap);
                 // Zero hours pull the mean down and spread the variance.
@@ -570,8 +604,8 @@ pub struct PrincipalState {
     #[serde(rename = "i", default, skip_serializing_if = "ActivityId::is_empty")]
     pub last_id: ActivityId,
     /// Access key of the latest activity, when it had one.
-    #[serde(rename = "k", default, skip_serializing_if = "String::is_empty")]
-    pub last_key: String,
+    #[serde(rename = "k", default, skip_serializing_if = "str::is_empty")]
+    pub last_key: Box<str>,
     /// Classified calls made successfully (stable keys of [`crate::tactics::TABLE`]'s rows,
     /// [`crate::tactics::call_key`]), sorted.
     #[serde(rename = "ak", default, skip_serializing_if = "ThinVec::is_empty")]
@@ -603,18 +637,33 @@ pub struct PrincipalState {
     #[serde(rename = "mn", default, skip_serializing_if = "is_zero")]
     nomfa_signins: u16,
     /// Most distinct enumerating calls in one window so far.
-    #[serde(rename = "dm", default, skip_serializing_if = "is_zero")]
-    discovery_max: u16,
+    #[serde(
+        rename = "dm",
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "widest_of_u16"
+    )]
+    discovery_max: u8,
     /// Secrets and other credentials read in the last ten minutes: (what, last time, refused).
     #[serde(rename = "cw", default, skip_serializing_if = "ThinVec::is_empty")]
     secrets: ThinVec<(u32, i64, bool)>,
     /// Most distinct credentials read in one window so far.
-    #[serde(rename = "cm", default, skip_serializing_if = "is_zero")]
-    secrets_max: u16,
+    #[serde(
+        rename = "cm",
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "widest_of_u16"
+    )]
+    secrets_max: u8,
     /// Classified calls in the current hour (its start, calls, refused): how much of what the
     /// actor tries is refused.
-    #[serde(rename = "fh", default, skip_serializing_if = "is_zero")]
-    refusals: (i64, u16, u16),
+    #[serde(
+        rename = "fh",
+        default,
+        skip_serializing_if = "is_zero",
+        with = "hour_start"
+    )]
+    refusals: (i32, u16, u16),
     /// When another policy last raised an alert about the actor (unix seconds; 0: never).
     #[serde(rename = "oa", default, skip_serializing_if = "is_zero")]
     pub other_alert: i64,
@@ -744,7 +793,7 @@ impl PrincipalState {
         }
         std::mem::size_of::<Self>()
             + self.last_id.heap_size()
-            + self.last_key.capacity()
+            + self.last_key.len()
             + list(&self.countries)
             + self
                 .countries
@@ -913,9 +962,10 @@ impl Anomalies {
         st.first_seen = st.first_seen.min(t);
         if t >= st.last_seen {
             st.last_id = ActivityId::new(&a.id);
-            st.last_key.clear();
-            st.last_key
-                .push_str(a.principal.access_key_id.as_deref().unwrap_or(""));
+            let key = a.principal.access_key_id.as_deref().unwrap_or("");
+            if *st.last_key != *key {
+                st.last_key = key.into();
+            }
         }
         st.last_seen = st.last_seen.max(t);
         let seen = Seen {
@@ -1456,5 +1506,42 @@ mod tests {
             "infrequent-country"
         )
         .is_empty());
+    }
+}
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// The allocator rounds a baseline up to its size class (mimalloc: …, 320, 384, 448, …
+    /// bytes): at 392 bytes a baseline took 448.
+    #[test]
+    fn a_baseline_fits_the_384_byte_size_class() {
+        assert!(
+            std::mem::size_of::<PrincipalState>() <= 384,
+            "{} bytes",
+            std::mem::size_of::<PrincipalState>()
+        );
+        assert_eq!(std::mem::size_of::<Rate>(), 40);
+    }
+
+    /// Hours and the widest windows are narrower in memory than on the changelog: a baseline
+    /// an earlier version saved reads back, and is saved again, as it was.
+    #[test]
+    fn baselines_saved_before_read_and_save_as_they_were() -> Result<(), serde_json::Error> {
+        let saved = r#"{"o":7,"f":1714552215,"l":1714696215,"r":[{"h":476304,"n":3,"m":1.5,"v":0.25,"r":[[28578270,3]],"e":["30726c041a8fb2bd2b1b27c49a1ef668"],"q":1714700000},{"h":0,"n":0,"m":0.0,"v":0.0,"q":0},{"h":0,"n":0,"m":0.0,"v":0.0,"q":0},{"h":0,"n":0,"m":0.0,"v":0.0,"q":0}],"i":"30726c041a8fb2bd2b1b27c49a1ef668","k":"AKIAIOSFODNN7EXAMPLE","dm":17,"cm":4,"fh":[1714694400,9,5]}"#;
+        let state: PrincipalState = serde_json::from_str(saved)?;
+        assert_eq!(state.rates[0].hour, 476_304);
+        assert_eq!(state.refusals, (476_304, 9, 5));
+        assert_eq!(&*state.last_key, "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(serde_json::to_string(&state)?, saved);
+        // Out of the narrower range (no version wrote these; a forged or damaged record):
+        // saturated, not refused.
+        let odd = r#"{"o":1,"f":1,"l":1,"r":[{"h":9000000000,"n":0,"m":0.0,"v":0.0,"q":0},{"h":-9000000000,"n":0,"m":0.0,"v":0.0,"q":0},{"h":0,"n":0,"m":0.0,"v":0.0,"q":0},{"h":0,"n":0,"m":0.0,"v":0.0,"q":0}],"dm":4000,"fh":[-32400000000000,1,0]}"#;
+        let state: PrincipalState = serde_json::from_str(odd)?;
+        assert_eq!(state.rates[0].hour, i32::MAX);
+        assert_eq!(state.rates[1].hour, i32::MIN);
+        assert_eq!(state.discovery_max, u8::MAX);
+        assert_eq!(state.refusals.0, i32::MIN);
+        Ok(())
     }
 }

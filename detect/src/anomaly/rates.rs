@@ -56,7 +56,7 @@ impl Anomalies {
             let rate = &mut st.rates[kind as usize];
             let n = units[kind as usize];
             // A learned actor's closed hour teaches its peer groups.
-            if n > 0 && seen.learned && rate.hour != 0 && seen.t.div_euclid(3600) > rate.hour {
+            if n > 0 && seen.learned && rate.hour != 0 && super::unix_hour(seen.t) > rate.hour {
                 closed.push((kind as usize, rate.hour_count));
             }
             let peers = seen

@@ -806,6 +806,7 @@ impl Detector {
                 continue;
             };
             let pending = state.pending.remove(i);
+            crate::anomaly::release_if_empty(&mut state.pending);
             out.extend(self.anomalies.decide_country(state, pending, &facts.census));
             self.dirty.insert(key);
         }

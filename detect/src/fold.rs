@@ -179,6 +179,7 @@ pub fn fold_noting(
             out.extend(folds.remove(oldest).close());
         }
         opened.push(t.saturating_add(period));
+        crate::anomaly::room_for_one(folds);
         folds.push(Fold {
             key,
             until: t.saturating_add(period),
@@ -206,6 +207,7 @@ pub fn close_before(folds: &mut thin_vec::ThinVec<Fold>, t: i64) -> Vec<Alert> {
             i += 1;
         }
     }
+    crate::anomaly::release_if_empty(folds);
     out
 }
 

@@ -194,7 +194,10 @@ impl Item {
         }
         match value.map(serde_json::from_slice::<PrincipalState>) {
             None => Item::State(key, None),
-            Some(Ok(state)) => Item::State(key, Some(Box::new(state))),
+            Some(Ok(mut state)) => {
+                state.fit_lists();
+                Item::State(key, Some(Box::new(state)))
+            }
             Some(Err(_)) => Item::Undecodable,
         }
     }

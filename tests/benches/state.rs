@@ -132,6 +132,11 @@ fn main() -> Result<()> {
     let restored = Instant::now();
     let back = trailguard_detect::state::restore(&kafka, 0, &verifier)?;
     let restore_secs = restored.elapsed().as_secs_f64();
+    let restored_bytes: usize = back
+        .states
+        .iter()
+        .map(|(k, s)| k.capacity() + s.heap_size())
+        .sum();
     anyhow::ensure!(
         back.states.len() == held,
         "restored {} of {held}",
@@ -142,6 +147,10 @@ fn main() -> Result<()> {
         held as f64 / restore_secs,
         trailguard_detect::state::decoders(),
         held as f64 / decode_secs
+    );
+    println!(
+        "  restored baselines: {:.0} bytes each counted (without the table's slots)",
+        restored_bytes as f64 / held.max(1) as f64
     );
     // The memory bound: a partition bounded at half the actors, fed them all.
     let mut bounded_cfg = cfg.clone();

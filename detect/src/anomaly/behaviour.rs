@@ -60,6 +60,7 @@ fn slide(
         .max(t);
     let before = window.len();
     window.retain(|(_, at, _)| now - *at < WINDOW_SECS);
+    super::release_if_empty(window);
     if window.len() < before {
         *widest = (*widest).max(u8::try_from(before).unwrap_or(u8::MAX));
     }
@@ -76,6 +77,7 @@ fn slide(
                 if window.len() >= cap {
                     window.remove(0);
                 }
+                super::room_for_one(window);
                 window.push((key, t, failed));
             }
         }
@@ -171,6 +173,7 @@ fn remember(list: &mut thin_vec::ThinVec<(u32, i64)>, value: u32, t: i64) -> boo
     if list.len() >= REMEMBERED {
         list.remove(0);
     }
+    super::room_for_one(list);
     list.push((value, t));
     true
 }
@@ -248,6 +251,7 @@ impl Anomalies {
         // call, once the attacker has the rights, pass as usual.
         if a.outcome.is_success() {
             if let Err(i) = st.api_known.binary_search(&row) {
+                super::room_for_one(&mut st.api_known);
                 st.api_known.insert(i, row);
             }
             st.api_tactics |= tactic_bit;
@@ -256,6 +260,7 @@ impl Anomalies {
             return;
         }
         st.api_unusual.retain(|(_, at)| t - *at < CHAIN_SECS);
+        super::release_if_empty(&mut st.api_unusual);
         let chained = st
             .api_unusual
             .iter()
@@ -263,6 +268,7 @@ impl Anomalies {
         if st.api_unusual.len() >= 8 {
             st.api_unusual.remove(0);
         }
+        super::room_for_one(&mut st.api_unusual);
         st.api_unusual.push((tactic as u8, t));
         let learned = seen.learned;
         let mut score = u32::from(weight);

@@ -64,6 +64,7 @@ impl Anomalies {
                 if st.pending.len() >= super::PENDING_MAX {
                     st.pending.remove(0);
                 }
+                super::room_for_one(&mut st.pending);
                 st.pending.push(pending);
             }
         }
@@ -87,6 +88,7 @@ impl Anomalies {
                         st.countries.remove(oldest);
                     }
                 }
+                super::room_for_one(&mut st.countries);
                 st.countries.push((country, t));
             }
         }

@@ -412,6 +412,29 @@ fn unix_hour_of_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Er
     Ok(i32::try_from(hour).unwrap_or(if hour < 0 { i32::MIN } else { i32::MAX }))
 }
 
+/// Entries a baseline's list grows by one at a time; past it, it doubles. Most actors' lists
+/// hold one to three entries, and ThinVec's first growth keeps room for four: a baseline's
+/// lists then took more memory than the baseline itself.
+const SHORT_LIST: usize = 4;
+
+/// Makes room for one more entry in a baseline's list (see [`SHORT_LIST`]).
+pub(crate) fn room_for_one<T>(list: &mut ThinVec<T>) {
+    if list.len() == list.capacity() {
+        if list.len() < SHORT_LIST {
+            list.reserve_exact(1);
+        } else {
+            list.reserve(1);
+        }
+    }
+}
+
+/// Gives an emptied list's allocation back (an empty ThinVec allocates nothing).
+pub(crate) fn release_if_empty<T>(list: &mut ThinVec<T>) {
+    if list.is_empty() && list.capacity() > 0 {
+        *list = ThinVec::new();
+    }
+}
+
 /// Reads the widest window an actor went (at most 128 calls, the window's cap, so 8 bits;
 /// earlier versions kept 16), saturating.
 fn widest_of_u16<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
@@ -466,7 +489,10 @@ impl Rate {
         let minute = t.div_euclid(60);
         match self.recent.iter_mut().find(|(m, _)| *m == minute) {
             Some((_, c)) => *c = c.saturating_add(n),
-            None => self.recent.push((minute, n)),
+            None => {
+                room_for_one(&mut self.recent);
+                self.recent.push((minute, n));
+            }
         }
         let newest = self.recent.iter().map(|(m, _)| *m).max().unwrap_or(minute);
         self.recent.retain(|(m, _)| *m > newest - 60);
@@ -516,6 +542,8 @@ impl Rate {
         if self.recent.is_empty() {
             self.evidence.clear();
         }
+        release_if_empty(&mut self.recent);
+        release_if_empty(&mut self.evidence);
     }
 }
 
@@ -771,14 +799,38 @@ impl PrincipalState {
             Some(i) if self.api_vouched_once[i].1 == member => false,
             Some(i) => {
                 self.api_vouched_once.swap_remove(i);
+                release_if_empty(&mut self.api_vouched_once);
+                room_for_one(&mut self.api_known);
                 self.api_known.insert(at, row);
                 true
             }
             None => {
+                room_for_one(&mut self.api_vouched_once);
                 self.api_vouched_once.push((row, member));
                 true
             }
         }
+    }
+
+    /// Gives back the spare room of every list (decoding grows a list as a push does: room
+    /// for four from its first entry), as a baseline restored from the changelog is kept.
+    pub fn fit_lists(&mut self) {
+        self.countries.shrink_to_fit();
+        self.places.shrink_to_fit();
+        for rate in self.rates.iter_mut().chain([&mut self.signin_failures]) {
+            rate.recent.shrink_to_fit();
+            rate.evidence.shrink_to_fit();
+        }
+        self.api_known.shrink_to_fit();
+        self.api_vouched_once.shrink_to_fit();
+        self.api_unusual.shrink_to_fit();
+        self.networks.shrink_to_fit();
+        self.agents.shrink_to_fit();
+        self.discovery.shrink_to_fit();
+        self.secrets.shrink_to_fit();
+        self.quiet.shrink_to_fit();
+        self.folds.shrink_to_fit();
+        self.pending.shrink_to_fit();
     }
 
     /// Approximate bytes held (for the memory benchmark and the state gauge).
@@ -909,11 +961,13 @@ impl Anomalies {
     pub(crate) fn may_fire(&self, st: &mut PrincipalState, key: String, t: i64) -> bool {
         st.quiet.retain(|(_, until)| *until > t);
         if st.quiet.iter().any(|(k, _)| *k == key) {
+            release_if_empty(&mut st.quiet);
             return false;
         }
         if st.quiet.len() >= 16 {
             st.quiet.remove(0);
         }
+        room_for_one(&mut st.quiet);
         st.quiet
             .push((key, t + self.cfg.suppression.as_secs() as i64));
         true
@@ -1522,6 +1576,48 @@ mod layout_tests {
             std::mem::size_of::<PrincipalState>()
         );
         assert_eq!(std::mem::size_of::<Rate>(), 40);
+    }
+
+    #[test]
+    fn short_lists_grow_a_slot_at_a_time_and_emptied_ones_are_given_back() {
+        let mut list = ThinVec::new();
+        let mut capacities = Vec::new();
+        for i in 0..10u32 {
+            room_for_one(&mut list);
+            list.push(i);
+            capacities.push(list.capacity());
+        }
+        assert_eq!(capacities, [1, 2, 3, 4, 8, 8, 8, 8, 16, 16]);
+        list.retain(|_| false);
+        release_if_empty(&mut list);
+        assert_eq!(list.capacity(), 0);
+    }
+
+    /// A restored baseline keeps no spare room in its lists (decoding grows them by four).
+    #[test]
+    fn a_restored_baselines_lists_keep_no_spare_room() -> Result<(), serde_json::Error> {
+        let saved = r#"{"o":7,"f":1,"l":2,"c":[["DE",1]],"r":[{"h":1,"n":1,"m":0.0,"v":0.0,"r":[[60,1]],"e":["x"],"q":0},{"h":0,"n":0,"m":0.0,"v":0.0,"q":0},{"h":0,"n":0,"m":0.0,"v":0.0,"q":0},{"h":0,"n":0,"m":0.0,"v":0.0,"q":0}],"ak":[1],"av":[[1,2]],"au":[[1,2]],"nw":[[1,2]],"ua":[[1,2]],"dw":[[1,2,false]],"cw":[[1,2,true]],"s":[["k",5]]}"#;
+        let mut state: PrincipalState = serde_json::from_str(saved)?;
+        let before = state.heap_size();
+        state.fit_lists();
+        assert!(state.heap_size() < before);
+        assert_eq!(state.countries.capacity(), 1);
+        assert_eq!(state.rates[0].recent.capacity(), 1);
+        assert_eq!(state.rates[0].evidence.capacity(), 1);
+        for capacity in [
+            state.api_known.capacity(),
+            state.api_vouched_once.capacity(),
+            state.api_unusual.capacity(),
+            state.networks.capacity(),
+            state.agents.capacity(),
+            state.discovery.capacity(),
+            state.secrets.capacity(),
+            state.quiet.capacity(),
+        ] {
+            assert_eq!(capacity, 1);
+        }
+        assert_eq!(serde_json::to_string(&state)?, saved, "the same baseline");
+        Ok(())
     }
 
     /// Hours and the widest windows are narrower in memory than on the changelog: a baseline

@@ -96,6 +96,7 @@ impl Anomalies {
                 while st.places.len() >= self.cfg.tuning.places_remembered.max(1) {
                     st.places.remove(0);
                 }
+                super::room_for_one(&mut st.places);
                 st.places.push(Place {
                     t,
                     lat: lat as f32,

@@ -128,7 +128,10 @@ for line in sys.stdin:
             rc=1
         fi
         for exe in "${tansu_tests[@]}"; do
-            (cd "$REPO/tests" && TRAILGUARD_TEST_BROKER=tansu TRAILGUARD_TEST_BROKERS="$TG_HOST:$TG_TANSU_PORT" "$exe" "${filters[@]}") 2>&1 |
+            # Run directly, not by cargo: say which clone the tests read their files from (the
+            # value compiled in names the clone that last built them, in a shared target dir
+            # perhaps another, since deleted, clone).
+            (cd "$REPO/tests" && CARGO_MANIFEST_DIR="$REPO/tests" TRAILGUARD_TEST_BROKER=tansu TRAILGUARD_TEST_BROKERS="$TG_HOST:$TG_TANSU_PORT" "$exe" "${filters[@]}") 2>&1 |
                 sed -u 's/^test result:/test result (tansu):/; s/^\(test .*\) \.\.\. /\1 [tansu] ... /' |
                 tee -a "$log" || rc=1
         done

@@ -736,13 +736,14 @@ pub fn read_all(
 }
 
 /// Reads one partition of `topic` from its start to its current end, handing each record
-/// (tombstones included) to `visit`. Errors when the partition does not exist.
+/// (tombstones included) to `visit`, until `visit` returns false. Returns the records handed
+/// on. Errors when the partition does not exist.
 pub fn read_partition(
     cfg: &KafkaConfig,
     topic: &str,
     partition: i32,
     client_id: &str,
-    mut visit: impl FnMut(&Read<'_>),
+    mut visit: impl FnMut(&Read<'_>) -> bool,
 ) -> Result<u64, Error> {
     use rdkafka::message::Message;
     let consumer = reader(cfg, client_id)?;
@@ -779,9 +780,9 @@ pub fn read_partition(
         last_progress = std::time::Instant::now();
         match message {
             Ok(message) => {
-                visit(&Read::of(&message));
+                let more = visit(&Read::of(&message));
                 count += 1;
-                if message.offset() + 1 >= high {
+                if !more || message.offset() + 1 >= high {
                     return Ok(count);
                 }
             }

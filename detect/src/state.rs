@@ -49,6 +49,8 @@ pub fn restore(
         Decoded::default(),
         Decoded::apply,
         |hand_on| {
+            // The batches in flight grow with the decoders; their bytes are shared out.
+            let max_bytes = RESTORE_BATCH_BYTES / workers;
             let mut batch = Vec::with_capacity(RESTORE_BATCH);
             let mut batch_bytes = 0usize;
             let read = kafka_read(cfg, partition, |read| {
@@ -71,13 +73,15 @@ pub fn restore(
                 });
                 // Handed on by count or by size (records may be large, and are copied before
                 // their seal is checked).
-                if batch.len() >= RESTORE_BATCH || batch_bytes >= RESTORE_BATCH_BYTES {
+                if batch.len() >= RESTORE_BATCH || batch_bytes >= max_bytes {
                     batch_bytes = 0;
-                    hand_on(std::mem::replace(
+                    // False once a decoder has failed: reading on would only delay the error.
+                    return hand_on(std::mem::replace(
                         &mut batch,
                         Vec::with_capacity(RESTORE_BATCH),
                     ));
                 }
+                true
             });
             if !batch.is_empty() {
                 hand_on(batch);
@@ -122,9 +126,10 @@ pub fn restore(
     })
 }
 
-/// Records handed from the reader to the decoder at a time (at most).
+/// Records handed from the reader to a decoder at a time (at most).
 const RESTORE_BATCH: usize = 512;
-/// Bytes handed from the reader to the decoder at a time (at most, give or take a record).
+/// Bytes handed from the reader to the decoders at a time, shared out among them (at most,
+/// give or take a record).
 const RESTORE_BATCH_BYTES: usize = 4 << 20;
 
 /// One changelog record as read.
@@ -237,15 +242,16 @@ pub fn decoders() -> usize {
 /// handed on; `produce` runs on the calling thread. Returns what `produce` returned and the
 /// state. Batch `n` goes to worker `n % workers` and the collector takes results from the
 /// workers in the same rotation, so order is kept without sequence numbers; every channel
-/// holds two batches, so memory stays bounded. A worker or the collector that panics is an
-/// error (the others finish: a closed channel stops them).
+/// holds two batches, so memory stays bounded. `produce`'s hand-on returns false once a worker
+/// is gone (it failed, or the collector did), so it can stop early. A worker or the collector
+/// that panics is an error (the others finish: a closed channel stops them).
 fn in_order<I, O, S, R>(
     workers: usize,
     name: &str,
     work: impl Fn(I) -> O + Sync,
     state: S,
     apply: impl Fn(&mut S, O) + Send,
-    produce: impl FnOnce(&mut dyn FnMut(Vec<I>)) -> R,
+    produce: impl FnOnce(&mut dyn FnMut(Vec<I>) -> bool) -> R,
 ) -> Result<(R, S), Error>
 where
     I: Send,
@@ -296,9 +302,11 @@ where
             .map_err(|e| failed("collector", e))?;
         let mut next = 0usize;
         let produced = produce(&mut |batch| {
-            // Fails only when that worker has panicked, which joining it reports below.
-            let _ = inputs[next % workers].send(batch);
+            // Fails only when that worker has stopped (it or the collector panicked), which
+            // joining them reports below.
+            let sent = inputs[next % workers].send(batch).is_ok();
             next += 1;
+            sent
         });
         drop(inputs);
         let mut panicked = false;
@@ -308,7 +316,9 @@ where
         let state = collector.join();
         match state {
             Ok(state) if !panicked => Ok((produced, state)),
-            _ => Err(Error::Stopped(format!("{name}: a decoder failed"))),
+            _ => Err(Error::Stopped(format!(
+                "{name}: a decoder or the collector failed"
+            ))),
         }
     })
 }
@@ -340,7 +350,7 @@ pub struct Restored {
 fn kafka_read(
     cfg: &KafkaConfig,
     partition: i32,
-    visit: impl FnMut(&trailguard_common::kafka::Read<'_>),
+    visit: impl FnMut(&trailguard_common::kafka::Read<'_>) -> bool,
 ) -> Result<u64, Error> {
     Ok(trailguard_common::kafka::read_partition(
         cfg,
@@ -479,7 +489,7 @@ mod tests {
                     },
                     |hand_on| {
                         for chunk in records.chunks(batch) {
-                            hand_on(chunk.to_vec());
+                            assert!(hand_on(chunk.to_vec()), "every decoder runs");
                         }
                         records.len()
                     },
@@ -493,6 +503,7 @@ mod tests {
 
     #[test]
     fn a_decoder_that_fails_fails_the_restore_without_hanging() {
+        let mut handed = 0;
         let result = in_order(
             2,
             "test",
@@ -504,10 +515,15 @@ mod tests {
             |sum: &mut u64, n| *sum += u64::from(n),
             |hand_on| {
                 for start in (0..20_000u32).step_by(100) {
-                    hand_on((start..start + 100).collect());
+                    if !hand_on((start..start + 100).collect()) {
+                        break;
+                    }
+                    handed += 1;
                 }
             },
         );
         assert!(matches!(result, Err(Error::Stopped(_))), "{result:?}");
+        // The reader stops soon after batch 50 fails, not at the end of the partition.
+        assert!(handed < 100, "{handed} of 200 batches handed on");
     }
 }

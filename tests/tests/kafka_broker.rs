@@ -330,7 +330,10 @@ async fn reading_back_ends_where_the_log_ends() -> Result<()> {
             &topic,
             0,
             "read-back-test",
-            |read| keys.push(String::from_utf8_lossy(read.key).into_owned()),
+            |read| {
+                keys.push(String::from_utf8_lossy(read.key).into_owned());
+                true
+            },
         );
         let _ = done.send(read.map(|_| keys));
     });

@@ -399,17 +399,20 @@ pub struct Rate {
     quiet_until: i64,
 }
 
-/// The unix hour of unix second `t`, in 32 bits (saturating: only a time more than 245,000
-/// years from 1970 is out of range).
+/// A unix hour in 32 bits, saturating: only an hour more than 245,000 years from 1970 is out
+/// of range.
+fn narrow_hour(hour: i64) -> i32 {
+    hour.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+/// The unix hour of unix second `t`, in 32 bits ([`narrow_hour`]).
 pub(crate) fn unix_hour(t: i64) -> i32 {
-    let hour = t.div_euclid(3600);
-    i32::try_from(hour).unwrap_or(if hour < 0 { i32::MIN } else { i32::MAX })
+    narrow_hour(t.div_euclid(3600))
 }
 
 /// Reads a unix hour saved as any integer (earlier versions kept 64 bits), saturating.
 fn unix_hour_of_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
-    let hour = i64::deserialize(d)?;
-    Ok(i32::try_from(hour).unwrap_or(if hour < 0 { i32::MIN } else { i32::MAX }))
+    Ok(narrow_hour(i64::deserialize(d)?))
 }
 
 /// Entries a baseline's list grows by one at a time; past it, it doubles. Most actors' lists

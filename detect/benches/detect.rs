@@ -176,6 +176,9 @@ fn main() {
     let cfg = PoliciesConfig::default();
     let mut detector = Detector::new(&cfg, Duration::from_secs(300)).with_geo(&cfg, has_geo);
     if callgrind::is_rerun() {
+        if std::env::var_os("TRAILGUARD_BENCH_SIGMA").is_some() {
+            detector = detector.with_sigma(sigma_rules());
+        }
         bench_counted_detect(&mut detector, &mut enricher, &mut activities);
         return;
     }
@@ -201,16 +204,18 @@ fn main() {
     // The same work counted in instructions, on fewer activities and principals in the same
     // proportion (valgrind is slow).
     let counted = n.min(20_000);
-    match callgrind::instructions(
-        "bench_counted_detect",
-        &[
-            ("TRAILGUARD_BENCH_ACTIVITIES", counted.to_string()),
-            ("TRAILGUARD_BENCH_PRINCIPALS", (principals * counted / n).max(1).to_string()),
-        ],
-    ) {
+    let counted_env = [
+        ("TRAILGUARD_BENCH_ACTIVITIES", counted.to_string()),
+        (
+            "TRAILGUARD_BENCH_PRINCIPALS",
+            (principals * counted / n).max(1).to_string(),
+        ),
+    ];
+    let without = callgrind::instructions("bench_counted_detect", &counted_env);
+    match &without {
         Ok(count) => println!(
             "  {:.0} instructions/activity (callgrind, {counted} activities; repeatable run to run)",
-            count as f64 / counted as f64
+            *count as f64 / counted as f64
         ),
         Err(why) => println!("  instructions: skipped ({why})"),
     }
@@ -221,25 +226,8 @@ fn main() {
     );
     // The same run with SigmaHQ's AWS CloudTrail rules on as well (the shared copy), right
     // after: compare the two figures of one run, not across runs.
-    let rules = std::env::var("TRAILGUARD_TEST_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::env::var_os("CARGO_MANIFEST_DIR")
-                .map_or_else(
-                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-                    std::path::PathBuf::from,
-                )
-                .join("../../shared/data/cloudtrail")
-        })
-        .join("../sigma/rules/cloud/aws/cloudtrail");
-    let sigma =
-        trailguard_detect::sigma::SigmaRules::load(&trailguard_detect::sigma::SigmaConfig {
-            paths: vec![rules],
-            ..Default::default()
-        })
-        .expect("the shared Sigma rules");
+    let sigma = sigma_rules();
     let count = sigma.rules().len();
-    let sigma = Arc::new(sigma);
     let mut detector = Detector::new(&cfg, Duration::from_secs(300))
         .with_geo(&cfg, has_geo)
         .with_sigma(sigma.clone());
@@ -251,6 +239,18 @@ fn main() {
         n as f64 / with_secs,
         100.0 * with_secs / secs
     );
+    if let Ok(without) = without {
+        let mut env = counted_env.to_vec();
+        env.push(("TRAILGUARD_BENCH_SIGMA", "1".to_string()));
+        match callgrind::instructions("bench_counted_detect", &env) {
+            Ok(with) => println!(
+                "  {:.0} instructions/activity with them (callgrind, {counted} activities; {:.0}% of the count without)",
+                with as f64 / counted as f64,
+                100.0 * with as f64 / without as f64
+            ),
+            Err(why) => println!("  instructions with them: skipped ({why})"),
+        }
+    }
     let mut rules: Vec<(usize, &str)> = by_policy
         .iter()
         .filter(|(p, _)| p.starts_with("sigma-"))
@@ -295,6 +295,28 @@ fn main() {
     );
     drop(messages);
     backtest(&all_raw(), &cfg, sigma, &mut enricher);
+}
+
+/// SigmaHQ's AWS CloudTrail rules (the shared copy), loaded.
+fn sigma_rules() -> Arc<trailguard_detect::sigma::SigmaRules> {
+    let rules = std::env::var("TRAILGUARD_TEST_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(
+                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+                    std::path::PathBuf::from,
+                )
+                .join("../../shared/data/cloudtrail")
+        })
+        .join("../sigma/rules/cloud/aws/cloudtrail");
+    let sigma =
+        trailguard_detect::sigma::SigmaRules::load(&trailguard_detect::sigma::SigmaConfig {
+            paths: vec![rules],
+            ..Default::default()
+        })
+        .expect("the shared Sigma rules");
+    Arc::new(sigma)
 }
 
 /// Every shared record that normalizes, as JSON.

@@ -122,6 +122,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 sigma.skipped().len(),
                 sigma.other_sources()
             );
+            let (names, open) = sigma.routing();
+            println!(
+                "# Sigma: routed by event name into {names} engines, {open} rules evaluated for every activity"
+            );
             for rule in sigma.rules() {
                 println!(
                     "# loaded  {}  {}  {}{}  ({})",

@@ -227,9 +227,12 @@ pub async fn run(
         .with_label_values(&["skipped"])
         .set(sigma.skipped().len() as i64);
     if !cfg.policies.sigma.paths.is_empty() {
+        let (named_engines, evaluated_always) = sigma.routing();
         tracing::info!(
             loaded = sigma.rules().len(),
             skipped = sigma.skipped().len(),
+            named_engines,
+            evaluated_always,
             "Sigma rules"
         );
     }

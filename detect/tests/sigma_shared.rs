@@ -170,3 +170,100 @@ fn the_old_aggregation_rules_are_refused_by_name() {
     );
     assert_eq!(rules.skipped().len(), 8, "{:#?}", rules.skipped());
 }
+
+/// Rules routed by the event name they require (`sigma::route`) match what one engine of all
+/// the rules matches: every shared rule and some written to probe the routing (wildcards,
+/// modifiers, negation, lower-case names), over every shared activity with its event name as
+/// recorded, upper-cased, lower-cased and in alternating case.
+#[test]
+fn rules_routed_by_event_name_match_what_one_engine_of_them_all_matches() {
+    use trailguard_detect::sigma::route::Routed;
+    use trailguard_detect::sigma::view::CloudTrailView;
+
+    let mut rules = Vec::new();
+    for entry in walkdir::WalkDir::new(sigma_rules()) {
+        let entry = entry.expect("a readable rules directory");
+        if entry.path().extension().is_some_and(|e| e == "yml") {
+            let text = std::fs::read_to_string(entry.path()).expect("a rule file");
+            let collection = rsigma_parser::parse_sigma_yaml(&text).expect("a rule");
+            rules.extend(collection.rules);
+        }
+    }
+    let shared = rules.len();
+    assert_eq!(shared, 57);
+    for (id, detection) in [
+        ("wild", "  selection:\n    eventName: 'Create*'\n  condition: selection\n"),
+        ("lower", "  selection:\n    eventName: 'assumerole'\n  condition: selection\n"),
+        ("starts", "  selection:\n    eventName|startswith: 'Put'\n  condition: selection\n"),
+        ("not", "  filter:\n    eventName: AssumeRole\n  condition: not filter\n"),
+        ("andnot", "  selection:\n    eventName: [ConsoleLogin, GetSessionToken]\n  filter:\n    errorCode: AccessDenied\n  condition: selection and not filter\n"),
+        ("either", "  a:\n    eventName: CreateAccessKey\n  b:\n    eventSource: s3.amazonaws.com\n  condition: a or b\n"),
+        ("maps", "  selection:\n    - eventName: DeleteTrail\n    - eventName: StopLogging\n      errorCode: null\n  condition: selection\n"),
+    ] {
+        let yaml = format!("title: probe {id}\nid: probe-{id}\nlogsource:\n  product: aws\n  service: cloudtrail\ndetection:\n{detection}");
+        rules.extend(rsigma_parser::parse_sigma_yaml(&yaml).expect("a rule").rules);
+    }
+    let (routed, errors) = Routed::compile(&rules);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut one = rsigma_eval::Engine::new();
+    assert!(one.add_rules(rules.iter()).is_empty());
+    // Most shared rules name their calls; the probes without a plain name are open.
+    let (names, open) = routed.shape();
+    assert!(
+        names > 50 && open < shared / 4,
+        "{names} names, {open} open"
+    );
+
+    let matched = |results: Vec<rsigma_eval::EvaluationResult>| {
+        let mut ids: Vec<String> = results
+            .into_iter()
+            .map(|r| r.header.rule_id.unwrap_or(r.header.rule_title))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut matches = 0;
+    let mut seen = std::collections::HashSet::new();
+    for a in activities() {
+        if !seen.insert(a.id.clone()) {
+            continue;
+        }
+        let alternating: String = a
+            .event_name
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        for name in [
+            a.event_name.clone(),
+            a.event_name.to_uppercase(),
+            a.event_name.to_lowercase(),
+            alternating,
+        ] {
+            let mut a = a.clone();
+            a.event_name = name;
+            let view = CloudTrailView::new(&a);
+            let expected = matched(one.evaluate(&view));
+            let mut routed_results = Vec::new();
+            for engine in routed.engines(&a.event_name) {
+                routed_results.extend(engine.evaluate(&view));
+            }
+            assert_eq!(
+                matched(routed_results),
+                expected,
+                "{} {}",
+                a.event_name,
+                a.id
+            );
+            matches += expected.len();
+        }
+    }
+    // The comparison saw matches, through named engines as well as the open one.
+    assert!(matches > 1000, "{matches} matches");
+}

@@ -1510,7 +1510,8 @@ async fn sigma_rules_on_the_live_stream() -> Result<()> {
     let text = String::from_utf8_lossy(&listing.stdout);
     ensure!(
         listing.status.success()
-            && text.contains("# Sigma: 57 rules and 0 correlations loaded, 0 skipped"),
+            && text.contains("# Sigma: 57 rules and 0 correlations loaded, 0 skipped")
+            && text.contains("# Sigma: routed by event name into 87 engines, 5 rules evaluated for every activity"),
         "{text}\n{}",
         String::from_utf8_lossy(&listing.stderr)
     );

@@ -23,6 +23,7 @@
 //! ([`view`]), and the alerts.
 
 pub mod correlation;
+pub mod route;
 pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
@@ -132,7 +133,8 @@ pub struct Skipped {
 
 /// The loaded rules, compiled.
 pub struct SigmaRules {
-    engine: rsigma_eval::Engine,
+    /// The rules compiled, by the event name they require ([`route`]).
+    engines: route::Routed,
     rules: Vec<LoadedRule>,
     /// Rule id (or title, for a rule without one) → index in `rules`.
     by_key: HashMap<String, usize>,
@@ -170,7 +172,7 @@ impl SigmaRules {
     /// No rules.
     pub fn none() -> Self {
         SigmaRules {
-            engine: rsigma_eval::Engine::new(),
+            engines: route::Routed::none(),
             rules: Vec::new(),
             by_key: HashMap::new(),
             skipped: Vec::new(),
@@ -273,9 +275,12 @@ impl SigmaRules {
                 )?;
             }
         }
-        // The index of rules by field value, built once over all of them.
+        // The rules by the event name they require, each group with rsigma's index of rules
+        // by field value.
         let accepted = std::mem::take(&mut out.accepted);
-        if let Some((i, error)) = out.engine.add_rules(accepted.iter()).into_iter().next() {
+        let (engines, errors) = route::Routed::compile(&accepted);
+        out.engines = engines;
+        if let Some((i, error)) = errors.into_iter().next() {
             return Err(trailguard_common::Error::config(
                 "policies.sigma.paths",
                 format!(
@@ -594,6 +599,12 @@ impl SigmaRules {
         self.other_sources
     }
 
+    /// How the rules are routed: engines by event name, and rules evaluated for every
+    /// activity ([`route`]).
+    pub fn routing(&self) -> (usize, usize) {
+        self.engines.shape()
+    }
+
     /// The correlations loaded.
     pub fn correlations(&self) -> impl ExactSizeIterator<Item = &correlation::Correlation> {
         self.correlations.iter().map(|c| &c.loaded)
@@ -617,14 +628,20 @@ impl SigmaRules {
             return;
         }
         let view = view::CloudTrailView::new(a);
+        // The rules matched, in the order they were loaded whichever engine matched them.
+        let mut matched: Vec<usize> = Vec::new();
+        for engine in self.engines.engines(&a.event_name) {
+            for result in engine.evaluate(&view) {
+                let header = &result.header;
+                let key = header.rule_id.as_ref().unwrap_or(&header.rule_title);
+                matched.extend(self.by_key.get(key));
+            }
+        }
+        matched.sort_unstable();
+        matched.dedup();
         // (correlation, positions of its rules matched).
         let mut shares: Vec<(usize, Vec<u8>)> = Vec::new();
-        for result in self.engine.evaluate(&view) {
-            let header = &result.header;
-            let key = header.rule_id.as_ref().unwrap_or(&header.rule_title);
-            let Some(rule) = self.by_key.get(key).and_then(|&i| self.rules.get(i)) else {
-                continue;
-            };
+        for rule in matched.into_iter().filter_map(|i| self.rules.get(i)) {
             for &(ci, position) in &rule.correlations {
                 match shares.iter_mut().find(|(c, _)| *c == ci) {
                     Some((_, positions)) => positions.push(position),

@@ -97,17 +97,30 @@ pub(crate) fn is_interactive(a: &Activity) -> bool {
     if a.event_type.as_deref() == Some("AwsConsoleSignIn") {
         return true;
     }
-    let agent = a.user_agent.as_deref().unwrap_or("").to_ascii_lowercase();
-    [
-        "mozilla",
-        "console.amazonaws.com",
-        "signin.amazonaws.com",
-        "aws-cli/",
-        "aws-internal/3",
-    ]
-    .iter()
-    .any(|m| agent.contains(m))
+    let agents = INTERACTIVE_AGENTS.as_ref();
+    a.user_agent
+        .as_deref()
+        .zip(agents)
+        .is_some_and(|(agent, agents)| agents.is_match(agent))
 }
+
+/// What the user agents of the console and the command line hold (ASCII case aside), found
+/// in one pass without a lower-cased copy (the check runs for most activities). Five short
+/// fixed patterns always build; were that ever to fail, nothing would count as interactive
+/// (impossible travel stays quiet) rather than a panic.
+static INTERACTIVE_AGENTS: std::sync::LazyLock<Option<aho_corasick::AhoCorasick>> =
+    std::sync::LazyLock::new(|| {
+        aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build([
+                "mozilla",
+                "console.amazonaws.com",
+                "signin.amazonaws.com",
+                "aws-cli/",
+                "aws-internal/3",
+            ])
+            .ok()
+    });
 
 pub(crate) fn count_items(v: Option<&Value>, path: &[&str]) -> Option<u32> {
     let mut cur = v?;
@@ -206,6 +219,44 @@ mod tests {
             r.extend(e.clone());
         }
         trailguard_ingest::normalize::normalize(&record.to_string()).unwrap()
+    }
+
+    /// The console's and the command line's agents, in any ASCII case, are a person at a
+    /// keyboard; an SDK's, none, or a failed or service-made call are not.
+    #[test]
+    fn interactive_agents_are_found_in_any_case() {
+        let with = |agent: Option<&str>, extra: serde_json::Value| {
+            let mut fields = serde_json::json!({});
+            if let Some(agent) = agent {
+                fields["userAgent"] = agent.into();
+            }
+            if let (Some(f), Some(e)) = (fields.as_object_mut(), extra.as_object()) {
+                f.extend(e.clone());
+            }
+            is_interactive(&s3("ListBuckets", fields))
+        };
+        for agent in [
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64)",
+            "MOZILLA/5.0",
+            "AWS-CLI/2.15.0 Python/3.11",
+            "[S3Console/0.4, aws-internal/3 aws-sdk-java/1.12]",
+            "console.amazonaws.com",
+            "Signin.Amazonaws.com",
+        ] {
+            assert!(with(Some(agent), serde_json::json!({})), "{agent}");
+        }
+        for agent in [
+            "Boto3/1.34.0 Python/3.11",
+            "aws-sdk-go/1.44",
+            "aws-cli",
+            "aws-internal/2",
+            "",
+        ] {
+            assert!(!with(Some(agent), serde_json::json!({})), "{agent}");
+        }
+        assert!(!with(None, serde_json::json!({})));
+        let failed = serde_json::json!({"errorCode": "AccessDenied"});
+        assert!(!with(Some("aws-cli/2.15.0"), failed));
     }
 
     /// A deleted bucket weighs `bucket_weight` deletions; `DeleteObjects` counts the objects

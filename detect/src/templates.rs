@@ -651,7 +651,8 @@ fn entity(a: &Activity) -> Entity {
 pub struct Templates {
     active: Vec<(&'static Template, TemplateConfig)>,
     /// eventName → indexes into `active` of the templates watching it.
-    by_event: std::collections::HashMap<&'static str, Vec<usize>>,
+    /// By event name (static keys, looked up for every activity: a fixed-seed foldhash).
+    by_event: std::collections::HashMap<&'static str, Vec<usize>, foldhash::fast::FixedState>,
 }
 
 impl Templates {
@@ -664,8 +665,11 @@ impl Templates {
                 c.enabled.unwrap_or(true).then_some((t, c))
             })
             .collect();
-        let mut by_event: std::collections::HashMap<&'static str, Vec<usize>> =
-            std::collections::HashMap::new();
+        let mut by_event: std::collections::HashMap<
+            &'static str,
+            Vec<usize>,
+            foldhash::fast::FixedState,
+        > = std::collections::HashMap::default();
         for (i, (t, _)) in active.iter().enumerate() {
             for event in t.events {
                 by_event.entry(*event).or_default().push(i);

@@ -173,8 +173,10 @@ fn the_old_aggregation_rules_are_refused_by_name() {
 
 /// Rules routed by the event name they require (`sigma::route`) match what one engine of all
 /// the rules matches: every shared rule and some written to probe the routing (wildcards,
-/// modifiers, negation, lower-case names), over every shared activity with its event name as
-/// recorded, upper-cased, lower-cased and in alternating case.
+/// modifiers, negation, quantifiers, escapes, names that are not ASCII), over every shared
+/// activity with its event name as recorded, upper-cased, lower-cased, in alternating case,
+/// with a letter that is not ASCII, eight times over and empty; and `SigmaRules::evaluate`
+/// alerts for the shared rules the one engine matches.
 #[test]
 fn rules_routed_by_event_name_match_what_one_engine_of_them_all_matches() {
     use trailguard_detect::sigma::route::Routed;
@@ -199,6 +201,16 @@ fn rules_routed_by_event_name_match_what_one_engine_of_them_all_matches() {
         ("andnot", "  selection:\n    eventName: [ConsoleLogin, GetSessionToken]\n  filter:\n    errorCode: AccessDenied\n  condition: selection and not filter\n"),
         ("either", "  a:\n    eventName: CreateAccessKey\n  b:\n    eventSource: s3.amazonaws.com\n  condition: a or b\n"),
         ("maps", "  selection:\n    - eventName: DeleteTrail\n    - eventName: StopLogging\n      errorCode: null\n  condition: selection\n"),
+        ("allof", "  sel_a:\n    eventName: [CreateAccessKey, ListBuckets]\n  sel_b:\n    eventSource: iam.amazonaws.com\n  condition: all of sel_*\n"),
+        ("nof", "  sel_a:\n    eventName: ListBuckets\n  sel_b:\n    eventName: GetCallerIdentity\n  sel_c:\n    readOnly: true\n  condition: 2 of sel_*\n"),
+        ("zeroof", "  sel_a:\n    eventName: ListBuckets\n  condition: 0 of sel_*\n"),
+        ("them", "  selection:\n    eventName: ConsoleLogin\n  _hidden:\n    eventSource: s3.amazonaws.com\n  condition: all of them\n"),
+        ("conditions", "  a:\n    eventName: DeleteTrail\n  b:\n    eventName: AssumeRole\n  condition:\n    - a\n    - b\n"),
+        ("contradiction", "  a:\n    eventName: AssumeRole\n  b:\n    eventName: ListBuckets\n  c:\n    eventName: GetCallerIdentity\n  condition: (a and b) or c\n"),
+        ("escaped", "  selection:\n    eventName: 'Assume\\*Role'\n  condition: selection\n"),
+        ("empty", "  selection:\n    eventName: ''\n  condition: selection\n"),
+        ("unicode", "  selection:\n    eventName: 'AssumeRole\u{130}'\n  condition: selection\n"),
+        ("kelvin", "  selection:\n    eventName: 'ListBuc\u{212a}ets'\n  condition: selection\n"),
     ] {
         let yaml = format!("title: probe {id}\nid: probe-{id}\nlogsource:\n  product: aws\n  service: cloudtrail\ndetection:\n{detection}");
         rules.extend(rsigma_parser::parse_sigma_yaml(&yaml).expect("a rule").rules);
@@ -223,6 +235,15 @@ fn rules_routed_by_event_name_match_what_one_engine_of_them_all_matches() {
         ids
     };
     let mut matches = 0;
+    let mut named_matches = 0;
+    // The shared rules as detect loads them.
+    let loaded = SigmaRules::load(&SigmaConfig {
+        paths: vec![sigma_rules()],
+        ..SigmaConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let shared_titles: std::collections::HashSet<&str> =
+        loaded.rules().iter().map(|r| r.title.as_str()).collect();
     let mut seen = std::collections::HashSet::new();
     for a in activities() {
         if !seen.insert(a.id.clone()) {
@@ -245,14 +266,25 @@ fn rules_routed_by_event_name_match_what_one_engine_of_them_all_matches() {
             a.event_name.to_uppercase(),
             a.event_name.to_lowercase(),
             alternating,
+            // Not ASCII (the lookup's fallback), and longer than its stack buffer.
+            format!("{}\u{130}", a.event_name),
+            a.event_name.replace('k', "\u{212a}"),
+            a.event_name.repeat(8),
+            String::new(),
         ] {
             let mut a = a.clone();
             a.event_name = name;
             let view = CloudTrailView::new(&a);
             let expected = matched(one.evaluate(&view));
             let mut routed_results = Vec::new();
-            for engine in routed.engines(&a.event_name) {
-                routed_results.extend(engine.evaluate(&view));
+            let engines: Vec<_> = routed.engines(&a.event_name).collect();
+            for (i, engine) in engines.iter().enumerate() {
+                let results = engine.evaluate(&view);
+                // All but the last are named engines (the open one comes last).
+                if i + 1 < engines.len() {
+                    named_matches += results.len();
+                }
+                routed_results.extend(results);
             }
             assert_eq!(
                 matched(routed_results),
@@ -262,8 +294,25 @@ fn rules_routed_by_event_name_match_what_one_engine_of_them_all_matches() {
                 a.id
             );
             matches += expected.len();
+            // Through `SigmaRules::evaluate` (sorted by load order, each rule once): the shared
+            // rules one engine matches alert.
+            let mut alerts = Vec::new();
+            loaded.evaluate(&a, &mut alerts, &mut Vec::new());
+            let mut alerted: Vec<&str> = alerts.iter().map(|x| x.policy_name.as_str()).collect();
+            let results = one.evaluate(&view);
+            let mut titles: Vec<&str> = results
+                .iter()
+                .map(|r| r.header.rule_title.as_str())
+                .filter(|t| shared_titles.contains(t))
+                .collect();
+            alerted.sort_unstable();
+            titles.sort_unstable();
+            assert_eq!(alerted, titles, "{} {}", a.event_name, a.id);
         }
     }
     // The comparison saw matches, through named engines as well as the open one.
-    assert!(matches > 1000, "{matches} matches");
+    assert!(
+        matches > 1000 && named_matches > 500,
+        "{matches} matches, {named_matches} through named engines"
+    );
 }

@@ -308,9 +308,18 @@ mod tests {
         // A list of maps, each naming calls.
         let maps = "  selection:\n    - eventName: StopLogging\n    - eventName: DeleteTrail\n      eventSource: cloudtrail.amazonaws.com\n  condition: selection\n";
         assert_eq!(names(maps), set(&["deletetrail", "stoplogging"]));
-        // Contradicting sides: nothing can match, so nothing is trusted (evaluated always).
+        // Contradicting sides alone: nothing can match, and an empty answer is not trusted
+        // (evaluated always). Under an `or`, the other side's names are what it requires.
         let never = "  a:\n    eventName: StopLogging\n  b:\n    eventName: DeleteTrail\n  condition: a and b\n";
         assert_eq!(names(never), None);
+        let either = "  a:\n    eventName: StopLogging\n  b:\n    eventName: DeleteTrail\n  c:\n    eventName: UpdateTrail\n  condition: (a and b) or c\n";
+        assert_eq!(names(either), set(&["updatetrail"]));
+        // `0 of` is always true.
+        let zero = "  sel_a:\n    eventName: StopLogging\n  condition: 0 of sel_*\n";
+        assert_eq!(names(zero), None);
+        // `all of them` passes over names starting with `_`, as rsigma does.
+        let them = "  selection:\n    eventName: StopLogging\n  _other:\n    eventName: DeleteTrail\n  condition: all of them\n";
+        assert_eq!(names(them), set(&["stoplogging"]));
     }
 
     #[test]

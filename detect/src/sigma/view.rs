@@ -187,6 +187,7 @@ impl<'a> CloudTrailView<'a> {
         let a = self.a;
         let text = |s: Option<&'a str>| s.map(|s| EventValue::Str(Cow::Borrowed(s)));
         match name {
+            // Always this one string: rules are routed by it (`route.rs` relies on that).
             "eventName" => text(Some(&a.event_name)),
             "eventSource" => text(Some(&a.event_source)),
             "eventType" => text(a.event_type.as_deref()),

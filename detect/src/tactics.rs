@@ -408,7 +408,7 @@ pub fn call_key(source: &str, name: &str) -> u32 {
 pub fn classify(a: &Activity) -> Option<(Option<u32>, Tactic, u8)> {
     let name = base_name(&a.event_source, &a.event_name);
     // Shortened to the lookup's lifetime (a map is covariant in its keys).
-    let index: &HashMap<(&str, &str), (u32, &Row), foldhash::fast::FixedState> = &INDEX;
+    let index: &Index<'_> = &INDEX;
     if let Some(&(key, r)) = index.get(&(a.event_source.as_str(), name)) {
         // Parameters read without decryption are configuration, not secrets.
         let weight = if r.source == SSM && r.name.starts_with("GetParameter") && !decrypts(a) {
@@ -421,17 +421,19 @@ pub fn classify(a: &Activity) -> Option<(Option<u32>, Tactic, u8)> {
     is_enumeration(a).then_some((None, Discovery, 1))
 }
 
+/// Rows by (source, name), each with its [`call_key`].
+type Index<'a> = HashMap<(&'a str, &'a str), (u32, &'static Row), foldhash::fast::FixedState>;
+
 /// The table by (source, name), each row with its [`call_key`]: every activity is looked up
 /// (twice: its actor's baseline and the organization's rarity), and a binary search over the
 /// table's strings and the key's hash were ≈ 8 % of detect's instructions. Static keys: an
 /// activity's name is looked up, never inserted, so a fixed seed is safe.
-static INDEX: LazyLock<HashMap<(&str, &str), (u32, &Row), foldhash::fast::FixedState>> =
-    LazyLock::new(|| {
-        TABLE
-            .iter()
-            .map(|r| ((r.source, r.name), (call_key(r.source, r.name), r)))
-            .collect()
-    });
+static INDEX: LazyLock<Index<'static>> = LazyLock::new(|| {
+    TABLE
+        .iter()
+        .map(|r| ((r.source, r.name), (call_key(r.source, r.name), r)))
+        .collect()
+});
 
 /// `withDecryption: true` on an SSM parameter read.
 fn decrypts(a: &Activity) -> bool {

@@ -500,8 +500,10 @@ impl Detector {
         // enough hours) and its calls (the first group taught any: a group of one member
         // vouches for no call, yet is a group — its newcomer is judged on every call).
         let learning = self.anomalies.learning(first_seen, t);
+        // The actor's peer groups, built once (up to three uses below).
+        let mut groups: Option<Vec<String>> = None;
         let (peers, peer_calls) = if learning {
-            let groups = crate::anomaly::peer_groups(activity);
+            let groups = groups.get_or_insert_with(|| crate::anomaly::peer_groups(activity));
             let rates = groups.iter().find_map(|group| {
                 let peers = self.principals.get(group).filter(|p| p.peers_ready())?;
                 Some((peers.peer_rates().clone(), group.clone()))
@@ -579,13 +581,19 @@ impl Detector {
             org_rare,
         };
         let held_before = state.pending.last().map(|p| p.offset);
-        let complete_through = complete_for(activity, facts.complete_through());
+        // One clock read for both.
+        let far = far_future(activity);
+        let complete_through = if far {
+            i64::MAX
+        } else {
+            facts.complete_through()
+        };
         let mut org = crate::anomaly::OrgView {
             census: &mut facts.census,
             partition: self.partition,
             offset: Some(offset),
             complete_through,
-            countable: !far_future(activity),
+            countable: !far,
             counted: false,
         };
         let mut raised =
@@ -630,10 +638,20 @@ impl Detector {
             classified.filter(|_| !learning && !judged_unusual && activity.outcome.is_success())
         {
             let member = crate::anomaly::behaviour::hash(&[&key]);
-            let mut groups = crate::anomaly::peer_groups(activity);
-            groups.push(crate::anomaly::ORG_GROUP.to_string());
-            for group in groups {
-                let peers = self.principals.entry(group.clone()).or_default();
+            let groups = groups.get_or_insert_with(|| crate::anomaly::peer_groups(activity));
+            for group in groups
+                .iter()
+                .map(String::as_str)
+                .chain([crate::anomaly::ORG_GROUP])
+            {
+                // Looked up first: a group is there nearly always (no key copied).
+                if !self.principals.contains_key(group) {
+                    self.principals
+                        .insert(group.to_string(), Default::default());
+                }
+                let Some(peers) = self.principals.get_mut(group) else {
+                    continue;
+                };
                 // Seen, so pruning keeps it like the groups' rates (saved when it changes, or
                 // a day on, so a group whose calls are all known is not forgotten).
                 let changed =
@@ -642,19 +660,20 @@ impl Detector {
                     peers.first_seen = t;
                 }
                 peers.last_seen = peers.last_seen.max(t);
-                if changed {
-                    self.dirty.insert(group);
+                if changed && !self.dirty.contains(group) {
+                    self.dirty.insert(group.to_string());
                 }
             }
         }
         // A learned actor's closed hours teach its peer groups.
         if !closed.is_empty() {
-            for group in crate::anomaly::peer_groups(activity) {
+            let groups = groups.get_or_insert_with(|| crate::anomaly::peer_groups(activity));
+            for group in groups.iter() {
                 self.principals
                     .entry(group.clone())
                     .or_default()
                     .teach_peers(&closed, t);
-                self.dirty.insert(group);
+                self.dirty.insert(group.clone());
             }
         }
         alerts.append(&mut looked_back);

@@ -165,7 +165,7 @@ async fn serve(
         Command::Sqs { args, summary, .. } => {
             cfg.sqs.validate()?;
             cfg.aws.validate()?;
-            let (producer, _health) = start(&mut cfg, registry, !args.once, tasks).await?;
+            let (producer, health) = start(&mut cfg, registry, !args.once, tasks).await?;
             periodic_inventory(&cfg, &producer, &metrics, args.once, tasks);
             let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);
             let s3_client = trailguard_common::aws::s3_client(&cfg.aws).await;
@@ -176,6 +176,7 @@ async fn serve(
                 &cfg.sqs,
                 &mut publisher,
                 args.once,
+                &health,
                 &shutdown,
             )
             .await?;

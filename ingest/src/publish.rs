@@ -36,6 +36,8 @@ pub struct Metrics {
     pub api_calls: IntCounterVec,
     /// Source API calls that were throttled and retried.
     pub throttles: IntCounterVec,
+    /// Failures of a long-running source waited out and tried again.
+    pub source_errors: IntCounterVec,
     /// Wall clock minus event time of each published activity.
     pub event_lag: HistogramVec,
     /// Unix time of each source kind's last checkpoint (age = now − this).
@@ -91,6 +93,11 @@ impl Metrics {
                 "Source API calls throttled (and retried with backoff).",
                 &["source"],
             )?,
+            source_errors: counter(
+                "trailguard_ingest_source_errors_total",
+                "Failures of a long-running source (a call still failing after the SDK's retries, records not made durable) waited out and tried again.",
+                &["source"],
+            )?,
             event_lag: {
                 let h = HistogramVec::new(
                     HistogramOpts::new(
@@ -144,6 +151,7 @@ impl Metrics {
             &self.duplicates,
             &self.api_calls,
             &self.throttles,
+            &self.source_errors,
             &self.late_inputs,
             &self.trimmed,
         ] {

@@ -185,6 +185,14 @@ const MAX_DELETIONS_IN_FLIGHT: usize = 8;
 
 /// Receives and handles messages until `shutdown` (or, with `once`, until the queue is empty).
 ///
+/// Once a receive has succeeded, a failure that is not one message's fault — SQS or S3 still
+/// failing after the SDK's own retries, records not made durable — is waited out: logged,
+/// counted in `trailguard_ingest_source_errors_total`, reported on `/healthz` until a batch
+/// goes through again, and tried again after a backoff (1 s doubling to [`MAX_BACKOFF`]). The
+/// messages it left are not deleted and come back after their visibility timeout, so nothing
+/// is lost. A failure before any receive succeeded (a wrong queue URL, no permission) and any
+/// failure with `once` stop the run with the error, as does `shutdown`.
+///
 /// A received batch is worked through in order while up to `fetch_ahead` of the files it names
 /// are read from S3 ahead, each in a task of its own; the batch's records are waited on as one
 /// (a message is deleted only once everything its files hold is durable), and its messages are
@@ -195,9 +203,20 @@ pub async fn run(
     cfg: &SqsSourceConfig,
     publisher: &mut Publisher,
     once: bool,
+    health: &trailguard_common::telemetry::Health,
     shutdown: &CancellationToken,
 ) -> Result<Summary, Error> {
     let (started, before) = (Instant::now(), publisher.counts());
+    let mut retry = Retry {
+        once,
+        received: false,
+        backoff: MIN_BACKOFF,
+        health,
+        errors: publisher
+            .metrics()
+            .source_errors
+            .with_label_values(&[publisher.source_kind()]),
+    };
     let mut summary = Summary::default();
     let visibility = i32::try_from(cfg.visibility_timeout.as_secs()).unwrap_or(i32::MAX);
     let wait = if once {
@@ -227,14 +246,20 @@ pub async fn run(
             _ = shutdown.cancelled() => break Ok(()),
             r = receive => match r {
                 Ok(received) => received,
-                Err(e) => break Err(CallError::of("sqs:ReceiveMessage", &e).into()),
+                Err(e) => match retry.wait_out(CallError::of("sqs:ReceiveMessage", &e).into(), shutdown).await {
+                    Some(err) => break Err(err),
+                    None => continue,
+                },
             },
         };
+        retry.received = true;
         let messages = received.messages();
         if messages.is_empty() {
             if once {
                 break Ok(());
             }
+            // Nothing is failing: an idle queue after a failure is healthy again.
+            retry.succeeded();
             continue;
         }
         // While this batch is worked through, keep every message of it invisible to other
@@ -262,7 +287,12 @@ pub async fn run(
             if let Some(stopped) = failed {
                 tracing::error!(error = %stopped, "reading a message's files failed");
             }
-            break Err(err);
+            // None of the batch is deleted: every message comes back.
+            drop(stop_heartbeat);
+            match retry.wait_out(err, shutdown).await {
+                Some(err) => break Err(err),
+                None => continue,
+            }
         }
         if !handled.is_empty() {
             let (sqs, queue_url) = (sqs.clone(), cfg.queue_url.clone());
@@ -272,13 +302,60 @@ pub async fn run(
             });
         }
         if let Some(err) = failed {
-            break Err(err);
+            match retry.wait_out(err, shutdown).await {
+                Some(err) => break Err(err),
+                None => continue,
+            }
         }
+        retry.succeeded();
     };
     while deletions.join_next().await.is_some() {}
     result?;
     summary.finish(publisher, before, started);
     Ok(summary)
+}
+
+/// The first wait after a failure; it doubles with each failure in a row.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between tries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How [`run`] meets a failure that is not one message's fault.
+struct Retry<'a> {
+    once: bool,
+    /// A receive has succeeded: the queue and its permissions are right.
+    received: bool,
+    /// The next wait.
+    backoff: Duration,
+    health: &'a trailguard_common::telemetry::Health,
+    errors: prometheus::IntCounter,
+}
+
+impl Retry<'_> {
+    /// `Some(err)`: stop with it. `None`: it was logged, counted and waited out (or the wait
+    /// was cut short by `shutdown`, which the loop sees next); try again.
+    async fn wait_out(&mut self, err: Error, shutdown: &CancellationToken) -> Option<Error> {
+        if self.once || !self.received || shutdown.is_cancelled() {
+            return Some(err);
+        }
+        self.errors.inc();
+        tracing::error!(error = %err, retry_in = ?self.backoff, "ingest sqs failed; its messages come back after their visibility timeout");
+        self.health.report("sqs", Some(err.to_string()));
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(self.backoff) => {}
+        }
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        None
+    }
+
+    /// A batch went through: the next failure waits the least again.
+    fn succeeded(&mut self) {
+        if self.backoff != MIN_BACKOFF {
+            self.backoff = MIN_BACKOFF;
+            self.health.report("sqs", None);
+        }
+    }
 }
 
 /// Works through one received batch in order, reading up to `fetch_ahead` of its files ahead.

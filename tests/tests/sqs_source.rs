@@ -364,3 +364,211 @@ async fn a_backlog_read_ahead_publishes_every_file_once() -> Result<()> {
     drained(&sqs, &queue).await?;
     Ok(())
 }
+
+/// A TCP proxy in front of moto that can fail like a network partition: while down, the
+/// connections it carries are cut and new ones closed as soon as they are accepted.
+struct Partition {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    carried: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    async fn before(endpoint: &str) -> Result<Self> {
+        let target = endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let carried = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_up, carrying) = (up.clone(), carried.clone());
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !is_up.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut carried) = carrying.lock() {
+                    carried.push(task.abort_handle());
+                }
+            }
+        });
+        Ok(Partition {
+            addr,
+            up,
+            carried,
+            accepting,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            if let Ok(mut carried) = self.carried.lock() {
+                carried.drain(..).for_each(|task| task.abort());
+            }
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.set_up(false);
+    }
+}
+
+/// A long-running `ingest sqs` rides out an outage of SQS and S3 after it started (a network
+/// partition): it keeps running, counts each failure, reports it on `/healthz`, and once the
+/// partition heals publishes what arrived meanwhile and deletes every message — nothing lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_after_start_is_waited_out_and_nothing_is_lost() -> Result<()> {
+    let mut run = Run::new("sqs-outage")?;
+    run.env
+        .push(("TRAILGUARD_SQS__WAIT_TIME".into(), "1s".into()));
+    // A receive the partition cut may have taken a message at the queue's end: it comes back
+    // after the visibility timeout (the least allowed, so the test waits 30 s at most).
+    run.env
+        .push(("TRAILGUARD_SQS__VISIBILITY_TIMEOUT".into(), "30s".into()));
+    let name = format!("outage-{}", &run.id[run.id.len() - 12..]);
+    let s3 = s3().await?;
+    s3.create_bucket().bucket(&name).send().await?;
+    let (sqs, queue) = queue(&name).await?;
+    let prefix = "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/01/";
+    let notify = |tag: &str| {
+        let key = format!("{prefix}111111111111_CloudTrail_us-east-1_20240101T0000Z_{tag}.json.gz");
+        (
+            key.clone(),
+            json!({"s3Bucket": name, "s3ObjectKey": [key]}).to_string(),
+        )
+    };
+    let (key, body) = notify("before");
+    s3.put_object()
+        .bucket(&name)
+        .key(&key)
+        .body(log_file(5, "before")?.into())
+        .send()
+        .await?;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(body)
+        .send()
+        .await?;
+
+    let partition = Partition::before(&trailguard_tests::aws_endpoint()?).await?;
+    let url = partition.url();
+    let mut ingest = run.spawn_ingest(&["sqs", "--queue-url", &queue, "--aws-endpoint", &url])?;
+    let read = "trailguard_ingest_records_read_total{source=\"sqs\"}";
+    scrape_until(&ingest, read, 5.0).await?;
+    // Its message deleted (a delete the partition cut would leave it to come back later).
+    drained(&sqs, &queue).await?;
+
+    // The partition: SQS and S3 unreachable. A file arrives meanwhile.
+    partition.set_up(false);
+    let (key, body) = notify("during");
+    s3.put_object()
+        .bucket(&name)
+        .key(&key)
+        .body(log_file(4, "during")?.into())
+        .send()
+        .await?;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(body)
+        .send()
+        .await?;
+    let errors = "trailguard_ingest_source_errors_total{source=\"sqs\"}";
+    scrape_until(&ingest, errors, 2.0).await?;
+    ensure!(
+        ingest.child.try_wait()?.is_none(),
+        "ingest sqs stopped on the outage:\n{}",
+        ingest.log()
+    );
+    let admin = trailguard_tests::admin_addr(&ingest.log()).context("admin address")?;
+    let health = trailguard_tests::http_get(&admin, "/healthz")?;
+    ensure!(
+        health.contains("503") && health.contains("sqs:"),
+        "{health}"
+    );
+
+    // Healed: what arrived meanwhile is published, every message deleted, healthy again.
+    partition.set_up(true);
+    scrape_until(&ingest, read, 9.0).await?;
+    let published = read_topic(
+        &run.topic("activities"),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |r| r.len() >= 9,
+    )?;
+    let ids: std::collections::BTreeSet<String> = published
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok())
+        .filter_map(|a| a["event_id"].as_str().map(str::to_string))
+        .collect();
+    for expected in (0..5)
+        .map(|i| format!("before-{i}"))
+        .chain((0..4).map(|i| format!("during-{i}")))
+    {
+        ensure!(ids.contains(&expected), "{expected} not published: {ids:?}");
+    }
+    drained(&sqs, &queue).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = trailguard_tests::http_get(&admin, "/healthz")?;
+        if health.contains("200") {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "still unhealthy: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(ingest.stop("-TERM")?.success(), "{}", ingest.log());
+    Ok(())
+}
+
+/// A failure before any receive succeeded is a wrong setting, not an outage: a long-running
+/// `ingest sqs` on a queue that does not exist stops at once with the error, rather than
+/// waiting it out for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_that_cannot_be_read_at_start_stops_the_service() -> Result<()> {
+    let run = Run::new("sqs-missing")?;
+    let endpoint = trailguard_tests::aws_endpoint()?;
+    let missing = format!("{endpoint}/123456789012/no-such-queue-{}", run.id);
+    let mut ingest =
+        run.spawn_ingest(&["sqs", "--queue-url", &missing, "--aws-endpoint", &endpoint])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = ingest.child.try_wait()? {
+            break status;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "ingest sqs kept running on a missing queue:\n{}",
+            ingest.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let log = ingest.log();
+    ensure!(!status.success(), "{log}");
+    ensure!(log.contains("sqs:ReceiveMessage"), "{log}");
+    ensure!(
+        !log.contains("come back after their visibility timeout"),
+        "{log}"
+    );
+    Ok(())
+}

@@ -8,7 +8,7 @@ use crate::Error;
 
 /// How to reach AWS. Credentials come from the standard chain (environment, profile, IRSA,
 /// instance role).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AwsConfig {
     /// Region for API calls; default from the environment/profile.
@@ -34,6 +34,33 @@ pub struct AwsConfig {
     /// Endpoint overrides per service, over `endpoint_url` (e.g. a local S3 server beside real
     /// SQS): any of [`ENDPOINT_SERVICES`].
     pub endpoints: std::collections::BTreeMap<String, String>,
+    /// Longest wait for the first byte of an AWS response. Without one, a call on a connection
+    /// that has gone silent (a dropped NAT mapping, a partition that drops packets) waits for
+    /// ever; with it, the attempt fails and is retried. Longer than an SQS long poll (`ingest
+    /// sqs` checks it against `sqs.wait_time`); bodies streamed after the first byte are
+    /// guarded by the SDK's stalled-stream protection instead.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: std::time::Duration,
+}
+
+/// The default [`AwsConfig::read_timeout`].
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            region: None,
+            endpoint_url: None,
+            force_path_style: false,
+            accounts: Vec::new(),
+            organization_accounts: false,
+            role_arn_template: None,
+            external_id: None,
+            session_name: None,
+            endpoints: std::collections::BTreeMap::new(),
+            read_timeout: READ_TIMEOUT,
+        }
+    }
 }
 
 /// The services whose endpoint `aws.endpoints` can override: every client Trailguard makes.
@@ -72,6 +99,14 @@ impl Account {
 impl AwsConfig {
     /// Checks values serde cannot; errors name the key.
     pub fn validate(&self) -> Result<(), Error> {
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(900))
+            .contains(&self.read_timeout)
+        {
+            return Err(Error::config(
+                "aws.read_timeout",
+                "must be between 1s and 15m",
+            ));
+        }
         if let Some(url) = &self.endpoint_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(Error::config(
@@ -197,7 +232,13 @@ impl AwsConfig {
 
     /// The shared SDK configuration (region, endpoint, credential chain).
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                // The SDK's default, kept: a connection not made in 3.1 s is retried.
+                .connect_timeout(std::time::Duration::from_millis(3100))
+                .read_timeout(self.read_timeout)
+                .build(),
+        );
         if let Some(region) = &self.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -433,6 +474,39 @@ pub fn s3_client_owned_by(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every client waits at most `aws.read_timeout` for a response's first byte (a silent
+    /// connection fails and is retried instead of hanging); the setting is bounded.
+    #[tokio::test]
+    async fn clients_read_with_the_configured_timeout() {
+        let cfg = AwsConfig {
+            region: Some("us-east-1".into()),
+            read_timeout: std::time::Duration::from_secs(7),
+            ..AwsConfig::default()
+        };
+        let sdk = cfg.sdk_config().await;
+        let timeouts = sdk.timeout_config();
+        assert_eq!(
+            timeouts.and_then(|t| t.read_timeout()),
+            Some(std::time::Duration::from_secs(7))
+        );
+        assert_eq!(
+            timeouts.and_then(|t| t.connect_timeout()),
+            Some(std::time::Duration::from_millis(3100))
+        );
+        assert_eq!(AwsConfig::default().read_timeout, READ_TIMEOUT);
+        for (secs, ok) in [(0, false), (1, true), (60, true), (900, true), (901, false)] {
+            let cfg = AwsConfig {
+                read_timeout: std::time::Duration::from_secs(secs),
+                ..AwsConfig::default()
+            };
+            let result = cfg.validate();
+            assert_eq!(result.is_ok(), ok, "{secs}s");
+            if let Err(e) = result {
+                assert!(e.to_string().contains("aws.read_timeout"), "{e}");
+            }
+        }
+    }
 
     /// A call error names its service and operation apart and reads as one line.
     #[test]

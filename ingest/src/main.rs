@@ -165,6 +165,17 @@ async fn serve(
         Command::Sqs { args, summary, .. } => {
             cfg.sqs.validate()?;
             cfg.aws.validate()?;
+            // A long poll must end before the read timeout would cut it.
+            if cfg.aws.read_timeout < cfg.sqs.wait_time + std::time::Duration::from_secs(5) {
+                return Err(trailguard_common::Error::config(
+                    "aws.read_timeout",
+                    format!(
+                        "must be at least sqs.wait_time ({:?}) plus 5s: a long poll would time out",
+                        cfg.sqs.wait_time
+                    ),
+                )
+                .into());
+            }
             let (producer, health) = start(&mut cfg, registry, !args.once, tasks).await?;
             periodic_inventory(&cfg, &producer, &metrics, args.once, tasks);
             let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);

@@ -365,12 +365,14 @@ async fn a_backlog_read_ahead_publishes_every_file_once() -> Result<()> {
     Ok(())
 }
 
-/// A TCP proxy in front of moto that can fail like a network partition: while down, the
-/// connections it carries are cut and new ones closed as soon as they are accepted.
+/// A TCP proxy in front of moto that can fail like a network partition that drops packets:
+/// while down, the connections it carries are cut and new ones are accepted but never
+/// answered (the hardest case: a client without a read timeout waits for ever).
 struct Partition {
     addr: std::net::SocketAddr,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     carried: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    silent: std::sync::Arc<std::sync::Mutex<Vec<tokio::net::TcpStream>>>,
     accepting: tokio::task::JoinHandle<()>,
 }
 
@@ -384,11 +386,14 @@ impl Partition {
         let addr = listener.local_addr()?;
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let carried = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (is_up, carrying) = (up.clone(), carried.clone());
+        let silent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_up, carrying, holding) = (up.clone(), carried.clone(), silent.clone());
         let accepting = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !is_up.load(std::sync::atomic::Ordering::SeqCst) {
-                    drop(inbound);
+                    if let Ok(mut held) = holding.lock() {
+                        held.push(inbound);
+                    }
                     continue;
                 }
                 let target = target.clone();
@@ -406,6 +411,7 @@ impl Partition {
             addr,
             up,
             carried,
+            silent,
             accepting,
         })
     }
@@ -416,10 +422,12 @@ impl Partition {
 
     fn set_up(&self, up: bool) {
         self.up.store(up, std::sync::atomic::Ordering::SeqCst);
-        if !up {
-            if let Ok(mut carried) = self.carried.lock() {
-                carried.drain(..).for_each(|task| task.abort());
+        if up {
+            if let Ok(mut held) = self.silent.lock() {
+                held.clear();
             }
+        } else if let Ok(mut carried) = self.carried.lock() {
+            carried.drain(..).for_each(|task| task.abort());
         }
     }
 }
@@ -432,13 +440,17 @@ impl Drop for Partition {
 }
 
 /// A long-running `ingest sqs` rides out an outage of SQS and S3 after it started (a network
-/// partition): it keeps running, counts each failure, reports it on `/healthz`, and once the
-/// partition heals publishes what arrived meanwhile and deletes every message — nothing lost.
+/// partition that drops packets: calls time out after `aws.read_timeout`): it keeps running,
+/// counts each failure, reports it on `/healthz`, and once the partition heals publishes what
+/// arrived meanwhile and deletes every message — nothing lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_after_start_is_waited_out_and_nothing_is_lost() -> Result<()> {
     let mut run = Run::new("sqs-outage")?;
     run.env
         .push(("TRAILGUARD_SQS__WAIT_TIME".into(), "1s".into()));
+    // Calls into the partition time out after 6 s (the least allowed with a 1 s long poll).
+    run.env
+        .push(("TRAILGUARD_AWS__READ_TIMEOUT".into(), "6s".into()));
     // A receive the partition cut may have taken a message at the queue's end: it comes back
     // after the visibility timeout (the least allowed, so the test waits 30 s at most).
     run.env
@@ -491,7 +503,7 @@ async fn an_outage_after_start_is_waited_out_and_nothing_is_lost() -> Result<()>
         .send()
         .await?;
     let errors = "trailguard_ingest_source_errors_total{source=\"sqs\"}";
-    scrape_until(&ingest, errors, 2.0).await?;
+    scrape_until(&ingest, errors, 1.0).await?;
     ensure!(
         ingest.child.try_wait()?.is_none(),
         "ingest sqs stopped on the outage:\n{}",
@@ -569,6 +581,22 @@ async fn a_queue_that_cannot_be_read_at_start_stops_the_service() -> Result<()> 
     ensure!(
         !log.contains("come back after their visibility timeout"),
         "{log}"
+    );
+
+    // A read timeout that would cut the long poll is refused at start-up, naming the key.
+    let mut run = run;
+    run.env
+        .push(("TRAILGUARD_AWS__READ_TIMEOUT".into(), "10s".into()));
+    let out = run
+        .command(
+            "ingest",
+            &["sqs", "--queue-url", &missing, "--aws-endpoint", &endpoint],
+        )?
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("aws.read_timeout"),
+        "{stderr}"
     );
     Ok(())
 }

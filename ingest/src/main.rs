@@ -165,18 +165,23 @@ async fn serve(
         Command::Sqs { args, summary, .. } => {
             cfg.sqs.validate()?;
             cfg.aws.validate()?;
-            // A long poll must end before the read timeout would cut it.
-            if cfg.aws.read_timeout < cfg.sqs.wait_time + std::time::Duration::from_secs(5) {
+            // A long poll must end before the read timeout would cut it (with --once, polls
+            // wait 1 s).
+            let wait = if args.once {
+                std::time::Duration::from_secs(1)
+            } else {
+                cfg.sqs.wait_time
+            };
+            if cfg.aws.read_timeout < wait + std::time::Duration::from_secs(5) {
                 return Err(trailguard_common::Error::config(
                     "aws.read_timeout",
                     format!(
-                        "must be at least sqs.wait_time ({:?}) plus 5s: a long poll would time out",
-                        cfg.sqs.wait_time
+                        "must be at least the long poll ({wait:?}, sqs.wait_time) plus 5s: it would time out"
                     ),
                 )
                 .into());
             }
-            let (producer, health) = start(&mut cfg, registry, !args.once, tasks).await?;
+            let (producer, _health) = start(&mut cfg, registry, !args.once, tasks).await?;
             periodic_inventory(&cfg, &producer, &metrics, args.once, tasks);
             let mut publisher = Publisher::new(producer, &cfg, "sqs", metrics);
             let s3_client = trailguard_common::aws::s3_client(&cfg.aws).await;
@@ -187,7 +192,6 @@ async fn serve(
                 &cfg.sqs,
                 &mut publisher,
                 args.once,
-                &health,
                 &shutdown,
             )
             .await?;

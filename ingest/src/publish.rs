@@ -496,6 +496,16 @@ impl Publisher {
         self.first_error.get_or_insert(error);
     }
 
+    /// The producer's fatal error, when it has one: it can publish nothing more (an idempotent
+    /// producer's sequence broken), and only a new process has a new producer.
+    pub fn fatal(&self) -> Option<String> {
+        use rdkafka::producer::Producer as _;
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
     /// Waits for every queued record's delivery report. Errors if any record was not published.
     pub async fn finish(&mut self) -> Result<(), Error> {
         while !self.in_flight.is_empty() {

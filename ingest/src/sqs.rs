@@ -187,11 +187,14 @@ const MAX_DELETIONS_IN_FLIGHT: usize = 8;
 ///
 /// Once a receive has succeeded, a failure that is not one message's fault — SQS or S3 still
 /// failing after the SDK's own retries, records not made durable — is waited out: logged,
-/// counted in `trailguard_ingest_source_errors_total`, reported on `/healthz` until a batch
-/// goes through again, and tried again after a backoff (1 s doubling to [`MAX_BACKOFF`]). The
-/// messages it left are not deleted and come back after their visibility timeout, so nothing
-/// is lost. A failure before any receive succeeded (a wrong queue URL, no permission) and any
-/// failure with `once` stop the run with the error, as does `shutdown`.
+/// counted in `trailguard_ingest_source_errors_total` and tried again after a backoff (1 s
+/// doubling to [`MAX_BACKOFF`]). `/healthz` is not touched: restarting the process cannot
+/// end an outage elsewhere, and a liveness probe would turn the wait back into a crash loop.
+/// The messages a failure left are not deleted and come back after their visibility timeout,
+/// so nothing is lost. A failure before any receive succeeded (a wrong queue URL, no
+/// permission), any failure with `once`, and a producer that can no longer publish at all (a
+/// fatal error: only a new process has a new one) stop the run with the error, as does
+/// `shutdown`.
 ///
 /// A received batch is worked through in order while up to `fetch_ahead` of the files it names
 /// are read from S3 ahead, each in a task of its own; the batch's records are waited on as one
@@ -203,7 +206,6 @@ pub async fn run(
     cfg: &SqsSourceConfig,
     publisher: &mut Publisher,
     once: bool,
-    health: &trailguard_common::telemetry::Health,
     shutdown: &CancellationToken,
 ) -> Result<Summary, Error> {
     let (started, before) = (Instant::now(), publisher.counts());
@@ -211,7 +213,6 @@ pub async fn run(
         once,
         received: false,
         backoff: MIN_BACKOFF,
-        health,
         errors: publisher
             .metrics()
             .source_errors
@@ -258,7 +259,6 @@ pub async fn run(
             if once {
                 break Ok(());
             }
-            // Nothing is failing: an idle queue after a failure is healthy again.
             retry.succeeded();
             continue;
         }
@@ -289,12 +289,18 @@ pub async fn run(
             }
             // None of the batch is deleted: every message comes back.
             drop(stop_heartbeat);
+            if let Some(fatal) = publisher.fatal() {
+                tracing::error!(error = %fatal, "the producer cannot publish any more");
+                break Err(err);
+            }
             match retry.wait_out(err, shutdown).await {
                 Some(err) => break Err(err),
                 None => continue,
             }
         }
-        if !handled.is_empty() {
+        if handled.is_empty() {
+            drop(stop_heartbeat);
+        } else {
             let (sqs, queue_url) = (sqs.clone(), cfg.queue_url.clone());
             deletions.spawn(async move {
                 delete(sqs, queue_url, handled).await;
@@ -321,17 +327,16 @@ const MIN_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// How [`run`] meets a failure that is not one message's fault.
-struct Retry<'a> {
+struct Retry {
     once: bool,
     /// A receive has succeeded: the queue and its permissions are right.
     received: bool,
     /// The next wait.
     backoff: Duration,
-    health: &'a trailguard_common::telemetry::Health,
     errors: prometheus::IntCounter,
 }
 
-impl Retry<'_> {
+impl Retry {
     /// `Some(err)`: stop with it. `None`: it was logged, counted and waited out (or the wait
     /// was cut short by `shutdown`, which the loop sees next); try again.
     async fn wait_out(&mut self, err: Error, shutdown: &CancellationToken) -> Option<Error> {
@@ -340,7 +345,6 @@ impl Retry<'_> {
         }
         self.errors.inc();
         tracing::error!(error = %err, retry_in = ?self.backoff, "ingest sqs failed; its messages come back after their visibility timeout");
-        self.health.report("sqs", Some(err.to_string()));
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(self.backoff) => {}
@@ -349,12 +353,9 @@ impl Retry<'_> {
         None
     }
 
-    /// A batch went through: the next failure waits the least again.
+    /// A batch went through, or the queue was idle: the next failure waits the least again.
     fn succeeded(&mut self) {
-        if self.backoff != MIN_BACKOFF {
-            self.backoff = MIN_BACKOFF;
-            self.health.report("sqs", None);
-        }
+        self.backoff = MIN_BACKOFF;
     }
 }
 

@@ -51,16 +51,7 @@ fn shared() -> Vec<Activity> {
 
 /// The text of every shared record that normalizes.
 fn shared_texts() -> Vec<String> {
-    let root = std::env::var("TRAILGUARD_TEST_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::env::var_os("CARGO_MANIFEST_DIR")
-                .map_or_else(
-                    || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-                    std::path::PathBuf::from,
-                )
-                .join("../../shared/data/cloudtrail")
-        });
+    let root = shared_root();
     let (inputs, _, _) = expand(&[Input::Path(root)]);
     let mut out = Vec::new();
     for input in inputs {
@@ -297,9 +288,9 @@ fn main() {
     backtest(&all_raw(), &cfg, sigma, &mut enricher);
 }
 
-/// SigmaHQ's AWS CloudTrail rules (the shared copy), loaded.
-fn sigma_rules() -> Arc<trailguard_detect::sigma::SigmaRules> {
-    let rules = std::env::var("TRAILGUARD_TEST_SHARED_DATA")
+/// The shared CloudTrail records (`TRAILGUARD_TEST_SHARED_DATA`, or beside the repository).
+fn shared_root() -> PathBuf {
+    std::env::var("TRAILGUARD_TEST_SHARED_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             std::env::var_os("CARGO_MANIFEST_DIR")
@@ -309,7 +300,11 @@ fn sigma_rules() -> Arc<trailguard_detect::sigma::SigmaRules> {
                 )
                 .join("../../shared/data/cloudtrail")
         })
-        .join("../sigma/rules/cloud/aws/cloudtrail");
+}
+
+/// SigmaHQ's AWS CloudTrail rules (the shared copy), loaded.
+fn sigma_rules() -> Arc<trailguard_detect::sigma::SigmaRules> {
+    let rules = shared_root().join("../sigma/rules/cloud/aws/cloudtrail");
     let sigma =
         trailguard_detect::sigma::SigmaRules::load(&trailguard_detect::sigma::SigmaConfig {
             paths: vec![rules],

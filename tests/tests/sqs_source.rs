@@ -479,6 +479,31 @@ fn health_status(admin: &str) -> Result<u16> {
         .with_context(|| format!("no status line: {response}"))
 }
 
+/// A trail file of `records` records tagged `tag` in `bucket`, and its notification on `queue`.
+async fn deliver(
+    s3: &aws_sdk_s3::Client,
+    sqs: &aws_sdk_sqs::Client,
+    (bucket, queue): (&str, &str),
+    tag: &str,
+    records: usize,
+) -> Result<()> {
+    let key = format!(
+        "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/01/111111111111_CloudTrail_us-east-1_20240101T0000Z_{tag}.json.gz"
+    );
+    s3.put_object()
+        .bucket(bucket)
+        .key(&key)
+        .body(log_file(records, tag)?.into())
+        .send()
+        .await?;
+    sqs.send_message()
+        .queue_url(queue)
+        .message_body(json!({"s3Bucket": bucket, "s3ObjectKey": [key]}).to_string())
+        .send()
+        .await?;
+    Ok(())
+}
+
 async fn outage(name: &str, cut: Cut) -> Result<()> {
     let mut run = Run::new(name)?;
     run.env
@@ -494,26 +519,7 @@ async fn outage(name: &str, cut: Cut) -> Result<()> {
     let s3 = s3().await?;
     s3.create_bucket().bucket(&name).send().await?;
     let (sqs, queue) = queue(&name).await?;
-    let prefix = "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/01/";
-    let notify = |tag: &str| {
-        let key = format!("{prefix}111111111111_CloudTrail_us-east-1_20240101T0000Z_{tag}.json.gz");
-        (
-            key.clone(),
-            json!({"s3Bucket": name, "s3ObjectKey": [key]}).to_string(),
-        )
-    };
-    let (key, body) = notify("before");
-    s3.put_object()
-        .bucket(&name)
-        .key(&key)
-        .body(log_file(5, "before")?.into())
-        .send()
-        .await?;
-    sqs.send_message()
-        .queue_url(&queue)
-        .message_body(body)
-        .send()
-        .await?;
+    deliver(&s3, &sqs, (&name, &queue), "before", 5).await?;
 
     let moto = trailguard_tests::aws_endpoint()?;
     let partition = Partition::before(&moto).await?;
@@ -535,18 +541,7 @@ async fn outage(name: &str, cut: Cut) -> Result<()> {
 
     // The partition: SQS and S3 unreachable. A file arrives meanwhile.
     partition.set_up(false);
-    let (key, body) = notify("during");
-    s3.put_object()
-        .bucket(&name)
-        .key(&key)
-        .body(log_file(4, "during")?.into())
-        .send()
-        .await?;
-    sqs.send_message()
-        .queue_url(&queue)
-        .message_body(body)
-        .send()
-        .await?;
+    deliver(&s3, &sqs, (&name, &queue), "during", 4).await?;
     let errors = "trailguard_ingest_source_errors_total{source=\"sqs\"}";
     scrape_until(&ingest, errors, 1.0).await?;
     ensure!(

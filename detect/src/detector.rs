@@ -135,7 +135,12 @@ fn far_future(activity: &Activity) -> bool {
 /// the clock (plus skew), which no mark will ever reach: judged on the facts known rather than
 /// holding every later decision of its partition back.
 fn complete_for(activity: &Activity, complete: i64) -> i64 {
-    if far_future(activity) {
+    complete_unless_far(far_future(activity), complete)
+}
+
+/// [`complete_for`] when whether the activity is dated beyond the clock is known already.
+fn complete_unless_far(far: bool, complete: i64) -> i64 {
+    if far {
         i64::MAX
     } else {
         complete
@@ -583,11 +588,7 @@ impl Detector {
         let held_before = state.pending.last().map(|p| p.offset);
         // One clock read for both.
         let far = far_future(activity);
-        let complete_through = if far {
-            i64::MAX
-        } else {
-            facts.complete_through()
-        };
+        let complete_through = complete_unless_far(far, facts.complete_through());
         let mut org = crate::anomaly::OrgView {
             census: &mut facts.census,
             partition: self.partition,

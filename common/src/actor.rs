@@ -151,7 +151,9 @@ impl Actor {
                 }
                 let partition = arn.split(':').nth(1).unwrap_or("aws");
                 let role_account = arn.split(':').nth(4).unwrap_or(account);
-                let id = format!("arn:{partition}:iam::{role_account}:role/{role}");
+                // Joined, not `format!`ed: half of all activities are a role's (≈ 1 % of
+                // normalizing a record).
+                let id = ["arn:", partition, ":iam::", role_account, ":role/", role].concat();
                 make(ActorKind::Role, id, role, "role")
             }
             "IdentityCenterUser" => {

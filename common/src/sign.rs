@@ -91,22 +91,19 @@ impl SigningConfig {
 
     /// The signer, when a signing key is configured.
     pub fn signer(&self) -> Option<Signer> {
-        Some(Signer {
-            key_id: self.key_id.clone()?,
-            key: self.key.clone()?.into_bytes(),
-        })
+        Some(Signer::new(self.key_id.clone()?, self.key.clone()?))
     }
 
     /// The verifier: every configured key.
     pub fn verifier(&self) -> Verifier {
         // Key ids compare case-insensitively (ids from the environment arrive lower-cased).
-        let mut keys: BTreeMap<String, Vec<u8>> = self
+        let mut keys: BTreeMap<String, Hmac<Sha256>> = self
             .keys
             .iter()
-            .map(|(id, k)| (id.to_ascii_lowercase(), k.clone().into_bytes()))
+            .map(|(id, k)| (id.to_ascii_lowercase(), new_mac(k.as_bytes())))
             .collect();
         if let Some(signer) = self.signer() {
-            keys.insert(signer.key_id.to_ascii_lowercase(), signer.key);
+            keys.insert(signer.key_id.to_ascii_lowercase(), signer.mac);
         }
         Verifier {
             keys,
@@ -173,22 +170,23 @@ fn placeholder(key: &str) -> Option<String> {
 #[derive(Clone)]
 pub struct Signer {
     key_id: String,
-    key: Vec<u8>,
+    /// HMAC keyed once (the key's two padded blocks hashed): each MAC starts from a copy.
+    mac: Hmac<Sha256>,
 }
 
 impl Signer {
     /// A signer with `key` named `key_id`.
-    pub fn new(key_id: impl Into<String>, key: impl Into<Vec<u8>>) -> Self {
+    pub fn new(key_id: impl Into<String>, key: impl AsRef<[u8]>) -> Self {
         Signer {
             key_id: key_id.into(),
-            key: key.into(),
+            mac: new_mac(key.as_ref()),
         }
     }
 
     /// Sets `alert.signature` over the alert's canonical form.
     pub fn sign(&self, alert: &mut Alert) {
         alert.signature = None;
-        let mac = mac_of(&self.key, alert);
+        let mac = mac_of(self.mac.clone(), alert);
         alert.signature = Some(AlertSignature {
             key_id: self.key_id.clone(),
             hmac_sha256: hex::encode(mac),
@@ -219,12 +217,11 @@ pub const RECORD_SIGNATURE_HEADER: &str = "trailguard.signature";
 /// one topic cannot be replayed into another), its Kafka key and its payload (`None`: a
 /// tombstone), each length-prefixed so no two different records share a MAC input.
 fn record_mac(
-    key: &[u8],
+    mut mac: Hmac<Sha256>,
     purpose: &str,
     record_key: &[u8],
     payload: Option<&[u8]>,
 ) -> Hmac<Sha256> {
-    let mut mac = new_mac(key);
     mac.update(b"trailguard-record-v1");
     for part in [Some(purpose.as_bytes()), Some(record_key), payload] {
         match part {
@@ -242,7 +239,7 @@ fn record_mac(
 impl Signer {
     /// The [`RECORD_SIGNATURE_HEADER`] value of an internal record.
     pub fn sign_record(&self, purpose: &str, record_key: &[u8], payload: Option<&[u8]>) -> String {
-        let mac = record_mac(&self.key, purpose, record_key, payload);
+        let mac = record_mac(self.mac.clone(), purpose, record_key, payload);
         format!(
             "{}:{}",
             self.key_id,
@@ -278,13 +275,15 @@ impl Verifier {
         let Some((key_id, hex_mac)) = text.rsplit_once(':') else {
             return Err(Rejection::Mismatch(String::new()));
         };
-        let Some(key) = self.keys.get(&key_id.to_ascii_lowercase()) else {
+        let Some(key) = self.key(key_id) else {
             return Err(Rejection::UnknownKey(key_id.to_string()));
         };
-        let Ok(expected) = hex::decode(hex_mac) else {
+        // A SHA-256 MAC is 32 bytes: any other length (or not hex) cannot match.
+        let mut expected = [0u8; 32];
+        if hex::decode_to_slice(hex_mac, &mut expected).is_err() {
             return Err(Rejection::Mismatch(key_id.to_string()));
-        };
-        record_mac(key, purpose, record_key, payload)
+        }
+        record_mac(key.clone(), purpose, record_key, payload)
             .verify_slice(&expected)
             .map_err(|_| Rejection::Mismatch(key_id.to_string()))
     }
@@ -333,6 +332,31 @@ impl Verifier {
         record_key: &[u8],
         sealed: &'a [u8],
     ) -> Result<&'a [u8], Rejection> {
+        // Most records are as `seal` wrote them: their two parts are found without a parser
+        // (parsing the envelope cost as much as the MAC). Accepted only if the MAC verifies,
+        // so the value is one signed for this purpose and key; anything else — a record not
+        // in that form, or not verified that way — is read and judged as before.
+        if !self.keys.is_empty() {
+            if let Some((sig, value)) = sealed_parts(sealed) {
+                if self
+                    .verify_record(purpose, record_key, Some(value), Some(sig))
+                    .is_ok()
+                {
+                    return Ok(value);
+                }
+            }
+        }
+        self.open_parsed(purpose, record_key, sealed)
+    }
+
+    /// [`Self::open`] with the envelope read by a JSON parser: what decides every record the
+    /// quick reading does not accept.
+    fn open_parsed<'a>(
+        &self,
+        purpose: &str,
+        record_key: &[u8],
+        sealed: &'a [u8],
+    ) -> Result<&'a [u8], Rejection> {
         let parsed: Option<Sealed<'a>> = serde_json::from_slice(sealed).ok();
         if self.keys.is_empty() {
             return Ok(parsed.map(|s| s.v.get().as_bytes()).unwrap_or(sealed));
@@ -376,14 +400,34 @@ impl Rejection {
     }
 }
 
+/// `{"sig":"SIG","v":VALUE}` exactly as [`seal`] writes it (a signature without quotes or
+/// escapes, no white space): its signature and value, or `None`.
+fn sealed_parts(sealed: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = sealed.strip_prefix(b"{\"sig\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    let (sig, rest) = rest.split_at(end);
+    let value = rest.strip_prefix(b"\",\"v\":")?.strip_suffix(b"}")?;
+    Some((sig, value))
+}
+
 /// Verifies alerts against the configured keys.
 #[derive(Clone)]
 pub struct Verifier {
-    keys: BTreeMap<String, Vec<u8>>,
+    /// HMACs keyed once by key id (lower-cased).
+    keys: BTreeMap<String, Hmac<Sha256>>,
     required: bool,
 }
 
 impl Verifier {
+    /// The keyed MAC of `key_id` (ids compare case-insensitively).
+    fn key(&self, key_id: &str) -> Option<&Hmac<Sha256>> {
+        if key_id.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.keys.get(&key_id.to_ascii_lowercase())
+        } else {
+            self.keys.get(key_id)
+        }
+    }
+
     /// Accepts `alert` when it is signed by a known key and unaltered (or, with signatures not
     /// required, when it is unsigned). Returns the key id it was signed with.
     pub fn verify(&self, alert: &Alert) -> Result<Option<String>, Rejection> {
@@ -408,13 +452,13 @@ impl Verifier {
             Some(Err(_)) => return Err(Rejection::Mismatch(String::new())),
             Some(Ok(s)) => s,
         };
-        let Some(key) = self.keys.get(&signature.key_id.to_ascii_lowercase()) else {
+        let Some(key) = self.key(&signature.key_id) else {
             return Err(Rejection::UnknownKey(signature.key_id));
         };
         let Ok(expected) = hex::decode(&signature.hmac_sha256) else {
             return Err(Rejection::Mismatch(signature.key_id));
         };
-        let mut mac = new_mac(key);
+        let mut mac = key.clone();
         mac.update(canonical_value(alert).as_bytes());
         // Constant-time comparison.
         mac.verify_slice(&expected)
@@ -443,8 +487,7 @@ fn unreachable_mac() -> Hmac<Sha256> {
     <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).expect("HMAC accepts any key length")
 }
 
-fn mac_of(key: &[u8], alert: &Alert) -> Vec<u8> {
-    let mut mac = new_mac(key);
+fn mac_of(mut mac: Hmac<Sha256>, alert: &Alert) -> Vec<u8> {
     mac.update(canonical(alert).as_bytes());
     mac.finalize().into_bytes().to_vec()
 }
@@ -530,6 +573,87 @@ mod tests {
         let open = verifier(&[], false);
         assert_eq!(open.open(purpose::STATE, b"p", &unsigned), Ok(&value[..]));
         assert_eq!(open.open(purpose::STATE, b"p", value), Ok(&value[..]));
+    }
+
+    /// The quick reading of a sealed record decides exactly as the parser does: whatever the
+    /// envelope's shape, `open` and `open_parsed` agree.
+    #[test]
+    fn sealed_records_open_the_same_read_quickly_or_parsed() {
+        let signer = Signer::new("k1", KEY);
+        let other = Signer::new("k2", "fedcba9876543210fedcba9876543210");
+        let keyed = verifier(&[("k1", KEY)], true);
+        let upper = verifier(&[("K1", KEY)], true);
+        let open = verifier(&[], false);
+        let value = r#"{"o":1,"f":2,"l":3,"s":[["a\"b",1]]}"#;
+        let good = String::from_utf8(seal(Some(&signer), purpose::STATE, b"p", value.as_bytes()))
+            .unwrap_or_default();
+        let sig = good
+            .strip_prefix(r#"{"sig":""#)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default()
+            .to_string();
+        let (id, mac) = sig.split_once(':').unwrap_or_default();
+        let forged = seal(Some(&other), purpose::STATE, b"p", value.as_bytes());
+        let mut variants: Vec<Vec<u8>> = vec![
+            good.clone().into_bytes(),
+            forged,
+            seal(None, purpose::STATE, b"p", value.as_bytes()),
+            value.as_bytes().to_vec(),
+            Vec::new(),
+            b"{}".to_vec(),
+            b"null".to_vec(),
+        ];
+        for text in [
+            // Escapes in the signature, white space, members in another order or repeated,
+            // trailing text, a truncated or extended value, another key id's case, a value
+            // that is not JSON, the MAC in upper case or cut short.
+            good.replace(':', "\\u003a"),
+            format!("{good} "),
+            format!(" {good}"),
+            good.replace(r#","v":"#, r#", "v": "#),
+            format!(r#"{{"v":{value},"sig":"{sig}"}}"#),
+            format!(r#"{{"sig":"{sig}","v":{value},"v":{value}}}"#),
+            format!(r#"{{"sig":"{sig}","sig":"{sig}","v":{value}}}"#),
+            format!("{good}}}"),
+            format!("{good}x"),
+            good.trim_end_matches('}').to_string(),
+            good.replacen(value, &value[..value.len() - 1], 1),
+            good.replacen(value, &format!("{value} "), 1),
+            good.replacen(id, &id.to_ascii_uppercase(), 1),
+            good.replacen(mac, &mac.to_ascii_uppercase(), 1),
+            good.replacen(mac, &mac[..62], 1),
+            good.replacen(mac, &format!("{mac}00"), 1),
+            good.replacen(value, "{\"o\":1,", 1),
+            format!(r#"{{"sig":null,"v":{value}}}"#),
+            format!(r#"{{"sig":"{sig}"}}"#),
+        ] {
+            variants.push(text.into_bytes());
+        }
+        for v in [&keyed, &upper, &open] {
+            for sealed in &variants {
+                for (purpose, key) in [
+                    (purpose::STATE, &b"p"[..]),
+                    (purpose::FACTS, b"p"),
+                    (purpose::STATE, b"q"),
+                ] {
+                    assert_eq!(
+                        v.open(purpose, key, sealed),
+                        v.open_parsed(purpose, key, sealed),
+                        "{}",
+                        String::from_utf8_lossy(sealed)
+                    );
+                }
+            }
+        }
+        // And the quick reading is the one taken for a record as sealed.
+        assert_eq!(
+            sealed_parts(good.as_bytes()),
+            Some((sig.as_bytes(), value.as_bytes()))
+        );
+        assert_eq!(
+            keyed.open(purpose::STATE, b"p", good.as_bytes()),
+            Ok(value.as_bytes())
+        );
     }
 
     #[test]

@@ -328,6 +328,11 @@ pub fn consumer<C: ConsumerContext + 'static>(
     client_id: &str,
     context: C,
 ) -> Result<StreamConsumer<C>, Error> {
+    Ok(consumer_config(cfg, group_id, client_id).create_with_context(context)?)
+}
+
+/// The settings of a [`consumer`].
+fn consumer_config(cfg: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
     let mut client = connection(cfg);
     client
         .set("group.id", group_id)
@@ -337,13 +342,24 @@ pub fn consumer<C: ConsumerContext + 'static>(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "10000");
-    Ok(with_user_settings(client, cfg).create_with_context(context)?)
+        .set("statistics.interval.ms", "10000")
+        // librdkafka stops fetching for `fetch.queue.backoff.ms` (1 s by default) once
+        // `queued.min.messages` (100,000) wait in its queue: a service working through a
+        // backlog faster than 100,000 records a second drained the queue and sat idle until
+        // the second was up (measured: detect idle in gaps of up to half a second). Fetch
+        // again as soon as there is room (the user's `kafka.client` may still set it).
+        .set("fetch.queue.backoff.ms", "10");
+    with_user_settings(client, cfg)
 }
 
 /// A consumer without a group, for reading a topic back from the start (e.g. remediate
 /// loading what it has already done).
 pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaContext>, Error> {
+    Ok(reader_config(cfg, client_id).create_with_context(KafkaContext::new(cfg))?)
+}
+
+/// The settings of a [`reader`].
+fn reader_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
     // Ours after the user's: a read-back is ours to shape whatever the user tunes.
     let mut client = base_config(cfg);
     client
@@ -369,7 +385,7 @@ pub fn reader(cfg: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<KafkaCo
         // drained 100,000 small records in about half that and then sat idle for the rest:
         // a third of its time (measured). Fetch again as soon as the queue has room.
         .set("fetch.queue.backoff.ms", "10");
-    Ok(client.create_with_context(KafkaContext::new(cfg))?)
+    client
 }
 
 /// The value of the setting `name` of `topic` as the broker has it (DescribeConfigs). `None`
@@ -1147,6 +1163,27 @@ pub fn rejoin<C: ConsumerContext + 'static>(
 mod tests {
     use super::*;
     use base64::Engine;
+
+    /// librdkafka's default fetch backoff (1 s once 100,000 records wait) left a consumer
+    /// working through a backlog idle; read-backs and group consumers fetch again in 10 ms, a
+    /// group consumer's unless the user tunes it, a read-back's whatever the user sets.
+    #[test]
+    fn consumers_do_not_pause_fetching_for_a_second() {
+        let mut cfg = KafkaConfig::default();
+        let backoff = |c: &ClientConfig| c.get("fetch.queue.backoff.ms").map(str::to_string);
+        assert_eq!(
+            backoff(&consumer_config(&cfg, "g", "c")).as_deref(),
+            Some("10")
+        );
+        assert_eq!(backoff(&reader_config(&cfg, "c")).as_deref(), Some("10"));
+        cfg.client
+            .insert("fetch.queue.backoff.ms".into(), "250".into());
+        assert_eq!(
+            backoff(&consumer_config(&cfg, "g", "c")).as_deref(),
+            Some("250")
+        );
+        assert_eq!(backoff(&reader_config(&cfg, "c")).as_deref(), Some("10"));
+    }
 
     fn iam_config() -> KafkaConfig {
         let mut cfg = KafkaConfig::default();

@@ -296,6 +296,10 @@ impl Verifier {
 /// broker, until its consumer groups stalled (measured: the restart tests failed with headers
 /// and passed without). The actions topic, part of the wire contract, keeps its JSON and
 /// carries the signature in the header. Without a signer the value is `{"v":VALUE}`.
+///
+/// `value` must be one compact JSON value (as `serde_json::to_vec` writes it): [`Verifier::open`]
+/// reads a record in this exact form without a parser, and decides as the parser does only for
+/// such values.
 pub fn seal(signer: Option<&Signer>, purpose: &str, record_key: &[u8], value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len() + 100);
     match signer {

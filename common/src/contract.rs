@@ -129,8 +129,10 @@ pub struct Activity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_event_data: Option<RawJson>,
     /// Filled by detect: geo location and IP reputation of `source_ip`.
+    // Shared: detect hands every activity from one address the same one (cloning it was
+    // ≈ 4 % of detect's instructions); changed with `Activity::enrichment_mut`.
     #[serde(default, skip_serializing_if = "Enrichment::is_empty")]
-    pub enrichment: Enrichment,
+    pub enrichment: std::sync::Arc<Enrichment>,
     /// What ingest shortened because the activity was too large to publish whole, e.g.
     /// `responseElements: scalars only` or `responseElements: removed`; empty when whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -138,6 +140,11 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// The enrichment, to change: this activity's own copy of it.
+    pub fn enrichment_mut(&mut self) -> &mut Enrichment {
+        std::sync::Arc::make_mut(&mut self.enrichment)
+    }
+
     /// The key of the actor's state and of the activities topic: the actor's id, or for an
     /// activity of schema version 1 (no actor) the one [`Actor::of`] its principal gives.
     pub fn actor_key(&self) -> std::borrow::Cow<'_, str> {

@@ -20,7 +20,7 @@ use trailguard_common::Activity;
 
 use crate::config::PoliciesConfig;
 use crate::facts::Facts;
-use crate::policy::{advances_watermark, Offset, EXPIRE_EVERY, RETAIN_OFFSETS};
+use crate::policy::{Offset, EXPIRE_EVERY, RETAIN_OFFSETS};
 use crate::signin::{settle, SigninFailures};
 use trailguard_common::contract::kinds;
 
@@ -119,6 +119,8 @@ pub struct Detector {
     /// Sigma correlations' shares of the activities evaluated since the last
     /// `take_correlation_hits`, to forward to the correlations topic.
     correlation_hits: Vec<crate::sigma::correlation::Hit>,
+    /// The current activity's peer-group names (reused: see [`crate::anomaly::PeerGroups`]).
+    peer_groups: crate::anomaly::PeerGroups,
 }
 
 /// The start (unix seconds) of the UTC day of unix time `t`.
@@ -220,6 +222,7 @@ impl Detector {
             decided_early: 0,
             sigma: std::sync::Arc::new(crate::sigma::SigmaRules::none()),
             correlation_hits: Vec::new(),
+            peer_groups: Default::default(),
         }
     }
 
@@ -479,6 +482,7 @@ impl Detector {
         offset: Offset,
         matched: Vec<Alert>,
         facts: &mut Facts,
+        far: bool,
     ) -> Vec<Alert> {
         if activity.principal.kind == kinds::TRAILGUARD {
             return matched;
@@ -506,9 +510,9 @@ impl Detector {
         // vouches for no call, yet is a group — its newcomer is judged on every call).
         let learning = self.anomalies.learning(first_seen, t);
         // The actor's peer groups, built once (up to three uses below).
-        let mut groups: Option<Vec<String>> = None;
+        let mut grouped = false;
         let (peers, peer_calls) = if learning {
-            let groups = groups.get_or_insert_with(|| crate::anomaly::peer_groups(activity));
+            let groups = self.peer_groups.once(activity, &mut grouped);
             let rates = groups.iter().find_map(|group| {
                 let peers = self.principals.get(group).filter(|p| p.peers_ready())?;
                 Some((peers.peer_rates().clone(), group.clone()))
@@ -523,9 +527,7 @@ impl Detector {
         };
         // What the call is, when the actor made it itself (an AWS service acting on its
         // behalf did not choose it).
-        let classified = crate::classify::acts_itself(activity)
-            .then(|| crate::tactics::classify(activity))
-            .flatten();
+        let classified = crate::anomaly::Call::classify(activity);
         // Whether fewer than two of the organization's established actors make it (once the
         // organization's group has been taught for a learning period; before that, nothing
         // counts as rare).
@@ -584,10 +586,9 @@ impl Detector {
             rates: peers.as_ref().map(|(rates, group)| (rates, group.as_str())),
             calls: peer_calls.as_deref(),
             org_rare,
+            call: crate::anomaly::Call::Read(classified),
         };
         let held_before = state.pending.last().map(|p| p.offset);
-        // One clock read for both.
-        let far = far_future(activity);
         let complete_through = complete_unless_far(far, facts.complete_through());
         let mut org = crate::anomaly::OrgView {
             census: &mut facts.census,
@@ -639,7 +640,7 @@ impl Detector {
             classified.filter(|_| !learning && !judged_unusual && activity.outcome.is_success())
         {
             let member = crate::anomaly::behaviour::hash(&[&key]);
-            let groups = groups.get_or_insert_with(|| crate::anomaly::peer_groups(activity));
+            let groups = self.peer_groups.once(activity, &mut grouped);
             for group in groups
                 .iter()
                 .map(String::as_str)
@@ -668,7 +669,7 @@ impl Detector {
         }
         // A learned actor's closed hours teach its peer groups.
         if !closed.is_empty() {
-            let groups = groups.get_or_insert_with(|| crate::anomaly::peer_groups(activity));
+            let groups = self.peer_groups.once(activity, &mut grouped);
             for group in groups.iter() {
                 self.principals
                     .entry(group.clone())
@@ -722,7 +723,9 @@ impl Detector {
             .evaluate(activity, &mut matched, &mut self.correlation_hits);
         // Before folding: a fold keeps the actions of the alert that opened it.
         disarm_if_failed(&mut matched, activity, &self.act_on_failed);
-        let mut alerts = self.observe_baseline(activity, offset, matched, facts);
+        // One clock read per activity, for the baselines and the watermark.
+        let far = far_future(activity);
+        let mut alerts = self.observe_baseline(activity, offset, matched, facts, far);
         alerts.extend(self.judge_region(activity, offset, facts));
         let mut raised = self.custom.observe(activity, offset);
         raised.extend(self.signin.observe(activity, offset, &mut self.closed));
@@ -730,8 +733,10 @@ impl Detector {
         alerts.extend(raised);
         // Inventory snapshots carry the time they were taken, not trail time: they must not
         // move the watermark of a backfill.
+        // As `advances_watermark`, with the clock read above.
         if activity.principal.kind != kinds::TRAILGUARD
-            && advances_watermark(self.max_event_time, activity.event_time)
+            && self.max_event_time.is_none_or(|t| activity.event_time > t)
+            && !far
         {
             self.max_event_time = Some(activity.event_time);
         }
@@ -902,6 +907,7 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::advances_watermark;
     use crate::signin::{counts_per_source_ip, SourceIpFailures};
     use trailguard_common::contract::Severity;
     use trailguard_common::contract::{Outcome, OutcomeStatus, Principal, ACTIVITY_SCHEMA_VERSION};
@@ -1124,6 +1130,29 @@ mod tests {
         assert!(!advances_watermark(Some(now), now + Duration::days(2)));
         let y2199 = DateTime::from_timestamp(7_200_000_000, 0).unwrap_or_default();
         assert!(!advances_watermark(None, y2199));
+    }
+
+    #[test]
+    fn only_activities_within_the_clocks_reach_move_the_detectors_watermark() {
+        let mut d = detector();
+        let mut facts = Facts::default();
+        let first = failure("alice", "198.51.100.1", 0);
+        d.observe(&first, 0, &mut facts);
+        assert_eq!(d.max_event_time(), Some(first.event_time.timestamp()));
+        // Dated 2199: never the watermark, nor a day past the clock.
+        let mut far = failure("alice", "198.51.100.1", 1);
+        far.event_time = DateTime::from_timestamp(7_200_000_000, 0).unwrap_or_default();
+        d.observe(&far, 1, &mut facts);
+        far.event_time = Utc::now() + Duration::days(2);
+        d.observe(&far, 2, &mut facts);
+        assert_eq!(d.max_event_time(), Some(first.event_time.timestamp()));
+        // Earlier: not either; later, within a day of the clock: it moves.
+        let mut earlier = failure("alice", "198.51.100.1", -5);
+        d.observe(&earlier, 3, &mut facts);
+        assert_eq!(d.max_event_time(), Some(first.event_time.timestamp()));
+        earlier.event_time = Utc::now() + Duration::hours(2);
+        d.observe(&earlier, 4, &mut facts);
+        assert_eq!(d.max_event_time(), Some(earlier.event_time.timestamp()));
     }
 
     #[test]
@@ -1842,7 +1871,7 @@ mod tests {
     fn from(user: &str, t: i64, country: &str) -> Activity {
         let mut a = tagged(user, t, 0);
         a.event_name = "DescribeInstances".into();
-        a.enrichment.geo = Some(trailguard_common::contract::Geo {
+        a.enrichment_mut().geo = Some(trailguard_common::contract::Geo {
             country: Some(country.into()),
             city: None,
             latitude: Some(40.7),

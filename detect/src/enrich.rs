@@ -451,7 +451,7 @@ pub struct Enricher {
     intel: Arc<RwLock<Arc<Intel>>>,
     /// By address (foldhash, randomly seeded: looked up for every activity, SipHash was ≈ 2 %
     /// of detect's instructions; bounded by [`CACHE_MAX`]).
-    cache: HashMap<IpAddr, Enrichment, foldhash::fast::RandomState>,
+    cache: HashMap<IpAddr, Arc<Enrichment>, foldhash::fast::RandomState>,
     /// The intel generation the cache was filled from.
     cached_from: usize,
 }
@@ -511,13 +511,13 @@ impl Enricher {
                 }
                 ip_categories.sort_unstable();
             }
-            Enrichment {
+            Arc::new(Enrichment {
                 geo: geo.as_ref().and_then(|g| g.lookup(ip)),
                 ip_categories,
                 network,
-            }
+            })
         });
-        activity.enrichment = found.clone();
+        activity.enrichment = Arc::clone(found);
     }
 }
 
@@ -576,6 +576,56 @@ mod tests {
         intel.add("corporate", "10.0.0.0/8");
         assert_eq!(intel.categories(ip("10.0.0.5")), ["corporate", "tor"]);
         assert_eq!(intel.len(), 4);
+    }
+
+    #[test]
+    fn activities_from_one_address_share_its_enrichment_until_one_changes_it() {
+        let mut intel = Intel::default();
+        intel.add("tor", "185.220.101.0/24");
+        let mut enricher = Enricher::new(None, Arc::new(RwLock::new(Arc::new(intel))));
+        let mut activity = |ip: &str| {
+            let mut a = trailguard_common::Activity {
+                schema_version: trailguard_common::contract::ACTIVITY_SCHEMA_VERSION,
+                id: ip.into(),
+                event_id: None,
+                event_time: chrono::DateTime::default(),
+                event_source: "s3.amazonaws.com".into(),
+                event_name: "ListBuckets".into(),
+                event_type: None,
+                account_id: None,
+                region: None,
+                partition: None,
+                principal: Default::default(),
+                actor: Default::default(),
+                source_ip: ip.parse().ok(),
+                source_host: None,
+                user_agent: None,
+                read_only: None,
+                outcome: trailguard_common::contract::Outcome {
+                    status: trailguard_common::contract::OutcomeStatus::Success,
+                    error_code: None,
+                    error_message: None,
+                },
+                resources: Vec::new(),
+                request_id: None,
+                request_parameters: None,
+                response_elements: None,
+                additional_event_data: None,
+                enrichment: Default::default(),
+                trimmed: Vec::new(),
+            };
+            enricher.enrich(&mut a);
+            a
+        };
+        let (mut first, second) = (activity("185.220.101.7"), activity("185.220.101.7"));
+        assert_eq!(second.enrichment.ip_categories, ["tor"]);
+        assert!(Arc::ptr_eq(&first.enrichment, &second.enrichment));
+        // Changing one activity's changes neither the other's nor the next one's.
+        first.enrichment_mut().ip_categories.push("vpn".into());
+        assert_eq!(first.enrichment.ip_categories, ["tor", "vpn"]);
+        assert_eq!(second.enrichment.ip_categories, ["tor"]);
+        assert_eq!(activity("185.220.101.7").enrichment.ip_categories, ["tor"]);
+        assert!(activity("198.51.100.1").enrichment.is_empty());
     }
 
     #[test]

@@ -176,7 +176,7 @@ mod tests {
             record["errorMessage"] = "Failed authentication".into();
         }
         let mut a = trailguard_ingest::normalize::normalize(&record.to_string()).unwrap();
-        a.enrichment.ip_categories = categories.iter().map(|c| c.to_string()).collect();
+        a.enrichment_mut().ip_categories = categories.iter().map(|c| c.to_string()).collect();
         a
     }
 

@@ -20,8 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use trailguard_common::aws::{s3_client_for, Account, AwsConfig, CallError};
 use trailguard_common::contract::{
-    stable_id, Activity, Enrichment, Outcome, OutcomeStatus, Principal, Resource,
-    ACTIVITY_SCHEMA_VERSION,
+    stable_id, Activity, Outcome, OutcomeStatus, Principal, Resource, ACTIVITY_SCHEMA_VERSION,
 };
 
 use crate::pipeline::Summary;
@@ -156,7 +155,7 @@ pub fn snapshot_activity(
         request_parameters: Some(params.into()),
         response_elements: None,
         additional_event_data: None,
-        enrichment: Enrichment::default(),
+        enrichment: Default::default(),
         trimmed: Vec::new(),
     }
 }

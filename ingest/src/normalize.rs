@@ -19,7 +19,7 @@ use serde_json::Value;
 use trailguard_common::contract::kinds;
 use trailguard_common::contract::Actor;
 use trailguard_common::contract::{
-    stable_id, Activity, Enrichment, Outcome, OutcomeStatus, Principal, RawJson, Resource,
+    stable_id, Activity, Outcome, OutcomeStatus, Principal, RawJson, Resource,
     ACTIVITY_SCHEMA_VERSION,
 };
 
@@ -227,7 +227,7 @@ fn normalize_record<I: IdentityField>(
         request_parameters: record.request_parameters,
         response_elements: record.response_elements,
         additional_event_data: record.additional_event_data,
-        enrichment: Enrichment::default(),
+        enrichment: Default::default(),
         trimmed: Vec::new(),
     })
 }

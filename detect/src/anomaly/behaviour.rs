@@ -21,7 +21,7 @@ use super::{
     Anomalies, PrincipalState, Seen, Sensitivity, Who, CREDENTIAL_BURST, DISCOVERY_BURST,
     UNUSUAL_API,
 };
-use crate::tactics::{classify, Tactic};
+use crate::tactics::Tactic;
 
 /// Most networks and user-agent families remembered per actor.
 const REMEMBERED: usize = 8;
@@ -153,11 +153,24 @@ fn network(a: &trailguard_common::Activity) -> Option<u32> {
 /// The user agent's family: its first token (`aws-cli`, `Boto3`, `aws-sdk-go`, a browser).
 fn agent(a: &trailguard_common::Activity) -> Option<u32> {
     let ua = a.user_agent.as_deref()?;
-    let family = ua
-        .split(['/', ' ', '['])
-        .find(|t| !t.is_empty())
-        .unwrap_or(ua);
-    Some(hash(&[&family.to_ascii_lowercase()]))
+    // Read for every activity: found over the bytes (the separators are ASCII) and hashed
+    // as it is lower-cased, without a copy — the same value as `hash(&[family lower-cased])`.
+    let separator = |b: &u8| matches!(b, b'/' | b' ' | b'[');
+    let bytes = ua.as_bytes();
+    let family = match bytes.iter().position(|b| !separator(b)) {
+        Some(start) => {
+            let rest = &bytes[start..];
+            &rest[..rest.iter().position(separator).unwrap_or(rest.len())]
+        }
+        // Nothing but separators (or nothing): the agent as it is.
+        None => bytes,
+    };
+    Some(crate::tactics::fnv1a(
+        family
+            .iter()
+            .map(u8::to_ascii_lowercase)
+            .chain(std::iter::once(0)),
+    ))
 }
 
 /// Adds `value`, seen at `t`, to the most recently used `list` (at most [`REMEMBERED`]);
@@ -200,6 +213,7 @@ impl Anomalies {
         seen: &Seen<'_>,
         peer_calls: Option<&[u32]>,
         org_rare: bool,
+        call: Option<(Option<u32>, Tactic, u8)>,
         out: &mut Vec<Alert>,
     ) {
         let a = seen.a;
@@ -208,11 +222,9 @@ impl Anomalies {
         let t = seen.t;
         let new_network = network(a).is_some_and(|n| remember(&mut st.networks, n, t));
         let new_agent = agent(a).is_some_and(|u| remember(&mut st.agents, u, t));
-        // What an AWS service does on the actor's behalf is not the actor's choice of call.
-        if !crate::classify::acts_itself(a) {
-            return;
-        }
-        let Some((row, tactic, weight)) = classify(a) else {
+        // What an AWS service does on the actor's behalf is not the actor's choice of call
+        // (`call` is `None` for it, as for a call that is not in the table).
+        let Some((row, tactic, weight)) = call else {
             return;
         };
         let failed = refused(a);
@@ -543,6 +555,45 @@ mod tests {
 
     const HOME: &str = "71.253.10.20";
     const CLI: &str = "aws-cli/2.15.0 Python/3.11";
+
+    #[test]
+    fn an_agents_family_is_hashed_as_it_always_was() {
+        // The families a baseline remembers are these hashes: a restored baseline must still
+        // know its agents. As first written: the first non-empty token, lower-cased, hashed.
+        fn before(ua: &str) -> u32 {
+            let family = ua
+                .split(['/', ' ', '['])
+                .find(|t| !t.is_empty())
+                .unwrap_or(ua);
+            hash(&[&family.to_ascii_lowercase()])
+        }
+        for ua in [
+            CLI,
+            "Boto3/1.34.0 md/Botocore#1.34.0 ua/2.0 os/linux",
+            "[aws-sdk-go/1.44.0 (go1.20; linux; amd64)]",
+            "  //[ Mozilla/5.0 (Windows NT 10.0)",
+            "AWS Internal",
+            "console.amazonaws.com",
+            "",
+            "/",
+            " [/ ",
+            "ÄWS-Çli/2 x",
+            "Ärger",
+            "\u{0}/x",
+            "terraform/1.6.0",
+        ] {
+            let mut a = call(
+                0,
+                "ec2.amazonaws.com",
+                "DescribeInstances",
+                HOME,
+                "x",
+                false,
+            );
+            a.user_agent = Some(ua.to_string());
+            assert_eq!(agent(&a), Some(before(ua)), "{ua:?}");
+        }
+    }
 
     /// Eight days of ordinary work: tags, instances, a bucket list.
     fn ordinary(an: &Anomalies, st: &mut PrincipalState, census: &mut crate::census::Census) {
@@ -953,6 +1004,7 @@ mod tests {
             rates: None,
             calls: Some(&calls),
             org_rare: false,
+            call: Default::default(),
         };
         let mut st = PrincipalState::default();
         let alerts = an.observe_with_peers(&mut st, &mut view, &refused, peers, &mut Vec::new());

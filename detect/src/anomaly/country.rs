@@ -41,11 +41,7 @@ impl Anomalies {
         // own countries too.
         if !known && (!learned || !st.countries.is_empty()) && self.on(d, a) {
             // The alert needs who, where and when; not the request or what it touched.
-            let mut evidence = a.clone();
-            evidence.request_parameters = None;
-            evidence.response_elements = None;
-            evidence.additional_event_data = None;
-            evidence.resources = Vec::new();
+            let evidence = without_documents(a);
             let pending = PendingCountry {
                 offset: org.offset.unwrap_or(0),
                 usual: st.countries.iter().map(|(c, _)| c.clone()).collect(),
@@ -171,5 +167,102 @@ impl Anomalies {
                 "Valid Accounts: Cloud Accounts",
             ),
         ))
+    }
+}
+
+/// `a` without what it asked, answered or touched (its documents and resources): copied
+/// field by field rather than cloned whole and emptied, since the documents may hold parsed
+/// trees. Every field is named, so one added to the activity is decided on here.
+fn without_documents(a: &trailguard_common::Activity) -> trailguard_common::Activity {
+    let trailguard_common::Activity {
+        schema_version,
+        id,
+        event_id,
+        event_time,
+        event_source,
+        event_name,
+        event_type,
+        account_id,
+        region,
+        partition,
+        principal,
+        actor,
+        source_ip,
+        source_host,
+        user_agent,
+        read_only,
+        outcome,
+        resources: _,
+        request_id,
+        request_parameters: _,
+        response_elements: _,
+        additional_event_data: _,
+        enrichment,
+        trimmed,
+    } = a;
+    trailguard_common::Activity {
+        schema_version: *schema_version,
+        id: id.clone(),
+        event_id: event_id.clone(),
+        event_time: *event_time,
+        event_source: event_source.clone(),
+        event_name: event_name.clone(),
+        event_type: event_type.clone(),
+        account_id: account_id.clone(),
+        region: region.clone(),
+        partition: partition.clone(),
+        principal: principal.clone(),
+        actor: actor.clone(),
+        source_ip: *source_ip,
+        source_host: source_host.clone(),
+        user_agent: user_agent.clone(),
+        read_only: *read_only,
+        outcome: outcome.clone(),
+        resources: Vec::new(),
+        request_id: request_id.clone(),
+        request_parameters: None,
+        response_elements: None,
+        additional_event_data: None,
+        enrichment: enrichment.clone(),
+        trimmed: trimmed.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_countrys_evidence_is_the_activity_without_its_documents() {
+        let record = serde_json::json!({
+            "eventTime": "2026-01-02T03:04:05Z", "eventSource": "s3.amazonaws.com",
+            "eventName": "PutBucketPolicy", "awsRegion": "eu-west-1",
+            "recipientAccountId": "111111111111", "sourceIPAddress": "198.51.100.7",
+            "userAgent": "aws-cli/2.15.0", "eventID": "00000000-0000-4000-8000-000000000001",
+            "requestID": "R1", "eventType": "AwsApiCall", "readOnly": false,
+            "errorCode": "AccessDenied", "errorMessage": "no",
+            "userIdentity": {"type": "AssumedRole", "arn": "arn:aws:sts::111111111111:assumed-role/Dev/alice",
+                "accountId": "111111111111", "accessKeyId": "ASIAEXAMPLE",
+                "sessionContext": {"sessionIssuer": {"arn": "arn:aws:iam::111111111111:role/Dev"}}},
+            "requestParameters": {"bucketName": "b", "policy": "{}"},
+            "responseElements": {"x": 1},
+            "additionalEventData": {"y": 2},
+            "resources": [{"ARN": "arn:aws:s3:::b", "type": "AWS::S3::Bucket"}],
+        });
+        let mut a = match trailguard_ingest::normalize::normalize(&record.to_string()) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        a.enrichment_mut().ip_categories = vec!["vpn".into()];
+        a.trimmed = vec!["requestParameters.policy".into()];
+        // Parsed already, as a policy may have left it.
+        assert!(a.request_parameters.as_deref().is_some());
+        assert!(!a.resources.is_empty() && a.response_elements.is_some());
+        let mut expected = a.clone();
+        expected.request_parameters = None;
+        expected.response_elements = None;
+        expected.additional_event_data = None;
+        expected.resources = Vec::new();
+        assert_eq!(without_documents(&a), expected);
     }
 }

@@ -622,9 +622,12 @@ impl Detector {
         let mut raised = self.anomalies.observe_facts(state, facts, activity);
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);
         alerts.extend(raised);
-        for (key, fact) in crate::facts::facts_of(activity) {
-            // Most are known already (a region in use).
-            if !facts.already_knows(&key, &fact) && facts.learn(&key, fact.clone()) {
+        // Most are known already (a region in use): those are not built.
+        let new = crate::facts::facts_of_where(activity, |key, time, cleared| {
+            !facts.knows(key, time, cleared)
+        });
+        for (key, fact) in new {
+            if facts.learn(&key, fact.clone()) {
                 self.outbox.push((key, fact));
             }
         }

@@ -124,14 +124,15 @@ impl Facts {
         }
     }
 
-    /// Whether [`Self::learn`] would change nothing for `fact`: an earlier (or equal) one is
-    /// known and not undone. Lets a caller holding only a read lock skip the write lock.
-    pub fn already_knows(&self, key: &str, fact: &Fact) -> bool {
-        !fact.cleared
+    /// Whether [`Self::learn`] would change nothing for a fact under `key` of `time`,
+    /// `cleared` or not: an earlier (or equal) one is known and not undone. Asked before the
+    /// fact is built (see [`facts_of_where`]).
+    pub fn knows(&self, key: &str, time: i64, cleared: bool) -> bool {
+        !cleared
             && self
                 .map
                 .get(key)
-                .is_some_and(|known| !known.cleared && known.time <= fact.time)
+                .is_some_and(|known| !known.cleared && known.time <= time)
     }
 
     /// The fact under `key`, unless it was undone.
@@ -245,6 +246,13 @@ impl Facts {
 
 /// The facts `a` establishes: (key, fact).
 pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
+    facts_of_where(a, |_, _, _| true)
+}
+
+/// [`facts_of`], keeping those `keep` accepts — (key, time, cleared) — and building only
+/// those: most writes establish a region already known, and building its fact for every one
+/// was ≈ 1 % of detect's instructions.
+pub fn facts_of_where(a: &Activity, keep: impl Fn(&str, i64, bool) -> bool) -> Vec<(String, Fact)> {
     let mut out = Vec::new();
     let t = a.event_time.timestamp();
     let how = || format!("{} by {}", a.event_name, a.principal.display());
@@ -289,7 +297,7 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
             "DeleteAccessKey" => key().map(|k| (k, false)),
             _ => None,
         };
-        if let Some((k, cleared)) = fact {
+        if let Some((k, cleared)) = fact.filter(|(k, cleared)| keep(k, t, *cleared)) {
             out.push((
                 k,
                 Fact {
@@ -303,9 +311,14 @@ pub fn facts_of(a: &Activity) -> Vec<(String, Fact)> {
     }
     // A region is in use once something changes there (reads sweep every region).
     if let Some(region) = &a.region {
-        if crate::classify::is_write(a) && !GLOBAL_SERVICES.contains(&a.event_source.as_str()) {
+        let key = || ["region:", region.as_str()].concat();
+        let key = (crate::classify::is_write(a)
+            && !GLOBAL_SERVICES.contains(&a.event_source.as_str()))
+        .then(key)
+        .filter(|k| keep(k, t, false));
+        if let Some(key) = key {
             out.push((
-                format!("region:{region}"),
+                key,
                 Fact {
                     time: t,
                     how: how(),
@@ -694,6 +707,78 @@ mod tests {
         assert_eq!(
             region_verdict(&facts, week, &read, facts.complete_through()),
             RegionVerdict::Usual
+        );
+    }
+
+    #[test]
+    fn only_facts_not_known_yet_are_built() {
+        let mut facts = Facts::default();
+        let unknown = |facts: &Facts, a: &Activity| {
+            facts_of_where(a, |k, t, cleared| !facts.knows(k, t, cleared))
+                .into_iter()
+                .map(|(k, f)| (k, f.time, f.cleared))
+                .collect::<Vec<_>>()
+        };
+        let run = act(
+            100,
+            "ec2.amazonaws.com",
+            "RunInstances",
+            json!({}),
+            admin(),
+            "eu-north-1",
+        );
+        let created = act(
+            100,
+            "iam.amazonaws.com",
+            "CreateUser",
+            json!({"userName": "eve"}),
+            admin(),
+            "us-east-1",
+        );
+        let t = 1_700_000_100;
+        assert_eq!(
+            unknown(&facts, &run),
+            [("region:eu-north-1".to_string(), t, false)]
+        );
+        // What it keeps is what the whole list holds.
+        assert_eq!(facts_of_where(&run, |_, _, _| true), facts_of(&run));
+        assert_eq!(facts_of_where(&created, |_, _, _| true), facts_of(&created));
+        learn_all(&mut facts, &run);
+        // Known from that time: not built again, unless earlier.
+        assert!(unknown(&facts, &run).is_empty());
+        let earlier = act(
+            50,
+            "ec2.amazonaws.com",
+            "RunInstances",
+            json!({}),
+            admin(),
+            "eu-north-1",
+        );
+        assert_eq!(
+            unknown(&facts, &earlier),
+            [("region:eu-north-1".to_string(), t - 50, false)]
+        );
+        // A re-creation undoes a deletion: built while the deletion is known.
+        let deleted = act(
+            200,
+            "iam.amazonaws.com",
+            "DeleteUser",
+            json!({"userName": "eve"}),
+            admin(),
+            "us-east-1",
+        );
+        learn_all(&mut facts, &deleted);
+        let again = act(
+            300,
+            "iam.amazonaws.com",
+            "CreateUser",
+            json!({"userName": "eve"}),
+            admin(),
+            "us-east-1",
+        );
+        assert_eq!(
+            unknown(&facts, &again),
+            [("user:111111111111/eve".to_string(), t + 200, true)]
         );
     }
 

@@ -70,6 +70,9 @@ pub struct Facts {
     /// How many activities and facts partitions there are; `None` when every fact is learned
     /// in this process (a test, a backtest): then the facts are always complete.
     shape: Option<(i32, i32)>,
+    /// [`Self::complete_through`] as the marks last left it (`None`: facts not shared) —
+    /// read for every activity, and over every partition pair it cost a map lookup each.
+    complete: Option<i64>,
     /// The organization's actors by country and day, from every partition.
     pub census: crate::census::Census,
 }
@@ -154,6 +157,7 @@ impl Facts {
     /// `facts` partitions, and decisions wait for them.
     pub fn set_shape(&mut self, activities: i32, facts: i32) {
         self.shape = Some((activities.max(1), facts.max(1)));
+        self.complete = Some(self.least_mark());
     }
 
     /// The activities topic's partitions, once known.
@@ -185,6 +189,9 @@ impl Facts {
         entry.through = entry.through.max(mark.through);
         entry.max = entry.max.max(mark.max);
         entry.idle = mark.idle;
+        if self.shape.is_some() {
+            self.complete = Some(self.least_mark());
+        }
     }
 
     /// The latest event time any partition has evaluated, as the marks say.
@@ -202,6 +209,11 @@ impl Facts {
     /// its own mark; a mark is never reinterpreted here, so one that stops coming — an
     /// instance gone — holds decisions back instead of letting them through.)
     pub fn complete_through(&self) -> i64 {
+        self.complete.unwrap_or(i64::MAX)
+    }
+
+    /// The least `through` over the shape's partition pairs (see [`Self::complete_through`]).
+    fn least_mark(&self) -> i64 {
         let Some((activities, facts)) = self.shape else {
             return i64::MAX;
         };
@@ -828,6 +840,15 @@ mod tests {
         assert_eq!(facts.complete_through(), 70);
         facts.mark(1, 1, mark(380, 380, true));
         assert_eq!(facts.complete_through(), 90);
+        // Marks read before the shape is known count once it is (and only its pairs).
+        let mut early = Facts::default();
+        early.mark(0, 0, mark(30, 30, false));
+        early.mark(5, 0, mark(10, 10, false));
+        assert_eq!(early.complete_through(), i64::MAX);
+        early.set_shape(1, 1);
+        assert_eq!(early.complete_through(), 30);
+        early.set_shape(2, 1);
+        assert_eq!(early.complete_through(), i64::MIN);
     }
 
     #[test]

@@ -584,35 +584,14 @@ mod tests {
         intel.add("tor", "185.220.101.0/24");
         let mut enricher = Enricher::new(None, Arc::new(RwLock::new(Arc::new(intel))));
         let mut activity = |ip: &str| {
-            let mut a = trailguard_common::Activity {
-                schema_version: trailguard_common::contract::ACTIVITY_SCHEMA_VERSION,
-                id: ip.into(),
-                event_id: None,
-                event_time: chrono::DateTime::default(),
-                event_source: "s3.amazonaws.com".into(),
-                event_name: "ListBuckets".into(),
-                event_type: None,
-                account_id: None,
-                region: None,
-                partition: None,
-                principal: Default::default(),
-                actor: Default::default(),
-                source_ip: ip.parse().ok(),
-                source_host: None,
-                user_agent: None,
-                read_only: None,
-                outcome: trailguard_common::contract::Outcome {
-                    status: trailguard_common::contract::OutcomeStatus::Success,
-                    error_code: None,
-                    error_message: None,
-                },
-                resources: Vec::new(),
-                request_id: None,
-                request_parameters: None,
-                response_elements: None,
-                additional_event_data: None,
-                enrichment: Default::default(),
-                trimmed: Vec::new(),
+            let record = serde_json::json!({
+                "eventTime": "2026-01-02T03:04:05Z", "eventSource": "s3.amazonaws.com",
+                "eventName": "ListBuckets", "sourceIPAddress": ip,
+                "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111111111111:user/a"},
+            });
+            let mut a = match trailguard_ingest::normalize::normalize(&record.to_string()) {
+                Ok(a) => a,
+                Err(e) => panic!("{e}"),
             };
             enricher.enrich(&mut a);
             a

@@ -20,7 +20,7 @@ use trailguard_common::Activity;
 
 use crate::config::PoliciesConfig;
 use crate::facts::Facts;
-use crate::policy::{Offset, EXPIRE_EVERY, RETAIN_OFFSETS};
+use crate::policy::{moves_watermark, Offset, EXPIRE_EVERY, RETAIN_OFFSETS};
 use crate::signin::{settle, SigninFailures};
 use trailguard_common::contract::kinds;
 
@@ -130,7 +130,7 @@ fn day_start(t: i64) -> i64 {
 
 /// Whether `activity` is dated beyond the clock (plus skew): no mark will ever reach it.
 fn far_future(activity: &Activity) -> bool {
-    activity.event_time > chrono::Utc::now() + crate::policy::WATERMARK_SKEW
+    crate::policy::beyond_clock(activity.event_time)
 }
 
 /// How complete the facts count as for `activity`: `complete` — except for one dated beyond
@@ -736,10 +736,8 @@ impl Detector {
         alerts.extend(raised);
         // Inventory snapshots carry the time they were taken, not trail time: they must not
         // move the watermark of a backfill.
-        // As `advances_watermark`, with the clock read above.
         if activity.principal.kind != kinds::TRAILGUARD
-            && self.max_event_time.is_none_or(|t| activity.event_time > t)
-            && !far
+            && moves_watermark(self.max_event_time, activity.event_time, far)
         {
             self.max_event_time = Some(activity.event_time);
         }

@@ -31,7 +31,18 @@ pub const WATERMARK_SKEW: chrono::Duration = chrono::Duration::days(1);
 /// True when `time` moves the watermark on from `max`: later, and not beyond the clock plus
 /// [`WATERMARK_SKEW`].
 pub fn advances_watermark(max: Option<DateTime<Utc>>, time: DateTime<Utc>) -> bool {
-    max.is_none_or(|t| time > t) && time <= Utc::now() + WATERMARK_SKEW
+    moves_watermark(max, time, beyond_clock(time))
+}
+
+/// [`advances_watermark`] with the clock already read: `beyond` is [`beyond_clock`]'s answer
+/// for `time`.
+pub fn moves_watermark(max: Option<DateTime<Utc>>, time: DateTime<Utc>, beyond: bool) -> bool {
+    max.is_none_or(|t| time > t) && !beyond
+}
+
+/// Whether `time` is beyond this clock plus [`WATERMARK_SKEW`]: no watermark will reach it.
+pub fn beyond_clock(time: DateTime<Utc>) -> bool {
+    time > Utc::now() + WATERMARK_SKEW
 }
 
 /// A policy that judges each activity on its own — no window, no baseline — such as the

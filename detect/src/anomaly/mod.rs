@@ -573,15 +573,9 @@ pub type PeerRates = [Rate; 4];
 /// Active member-hours a peer group needs before it judges a learning actor.
 pub const PEER_HOURS: u32 = 24;
 
-/// The peer groups of `a`'s actor, most specific first: the role its people's sessions come
-/// from (an SSO permission set, a SAML role), then the people or IAM users of its account.
-/// Roles acting as workloads, root and services have none (they learn on their own).
-pub fn peer_groups(a: &Activity) -> Vec<String> {
-    PeerGroups::default().fill(a).to_vec()
-}
-
-/// [`peer_groups`] written into the same two strings each time: the names are needed for
-/// nearly every activity, and allocating them was ≈ 4 % of detect's instructions.
+/// The names of an actor's peer groups, written into the same two strings each time: they
+/// are needed for nearly every activity, and allocating them was ≈ 4 % of detect's
+/// instructions.
 #[derive(Debug, Default)]
 pub struct PeerGroups {
     names: [String; 2],
@@ -589,7 +583,10 @@ pub struct PeerGroups {
 }
 
 impl PeerGroups {
-    /// The names of `a`'s groups (see [`peer_groups`]).
+    /// The peer groups of `a`'s actor, most specific first: the role its people's sessions
+    /// come from (an SSO permission set, a SAML role), then the people or IAM users of its
+    /// account. Roles acting as workloads, root and services have none (they learn on their
+    /// own).
     pub fn fill(&mut self, a: &Activity) -> &[String] {
         use trailguard_common::contract::ActorKind;
         let account = a
@@ -1228,6 +1225,8 @@ mod tests {
     fn peer_group_names_are_the_changelogs_keys() {
         // They key the groups' baselines on the changelog: a restart must find them again.
         use trailguard_common::contract::ActorKind;
+        let mut groups = PeerGroups::default();
+        let mut peer_groups = |a: &Activity| groups.fill(a).to_vec();
         let mut a = activity(0, "DescribeInstances", "198.51.100.1");
         assert_eq!(peer_groups(&a), ["peers:users:111111111111"]);
         a.actor.kind = ActorKind::Person;

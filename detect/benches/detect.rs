@@ -167,6 +167,11 @@ fn main() {
     let cfg = PoliciesConfig::default();
     let mut detector = Detector::new(&cfg, Duration::from_secs(300)).with_geo(&cfg, has_geo);
     if callgrind::is_rerun() {
+        if std::env::var_os("TRAILGUARD_BENCH_DECODE").is_some() {
+            let messages = messages_of(&activities);
+            bench_counted_decode(&messages);
+            return;
+        }
         if std::env::var_os("TRAILGUARD_BENCH_SIGMA").is_some() {
             detector = detector.with_sigma(sigma_rules());
         }
@@ -265,17 +270,11 @@ fn main() {
     }
     // What the service does before all of that: each message from the activities topic
     // decoded (UTF-8, JSON, schema version, time range).
-    let messages: Vec<Vec<u8>> = activities
-        .iter()
-        .map(|a| serde_json::to_vec(a).expect("an activity serializes"))
-        .collect();
+    let messages = messages_of(&activities);
     drop(activities);
     let bytes: usize = messages.iter().map(Vec::len).sum();
     let began = Instant::now();
-    let decoded = messages
-        .iter()
-        .filter(|m| trailguard_detect::decode(Some(m)).is_ok())
-        .count();
+    let decoded = bench_counted_decode(&messages);
     let secs = began.elapsed().as_secs_f64();
     assert_eq!(decoded, n, "every activity decodes");
     println!(
@@ -284,6 +283,15 @@ fn main() {
         bytes as f64 / secs / 1e6,
         bytes as f64 / n as f64
     );
+    let mut env = counted_env.to_vec();
+    env.push(("TRAILGUARD_BENCH_DECODE", "1".to_string()));
+    match callgrind::instructions("bench_counted_decode", &env) {
+        Ok(count) => println!(
+            "  {:.0} instructions/activity to decode (callgrind, {counted} activities)",
+            count as f64 / counted as f64
+        ),
+        Err(why) => println!("  instructions to decode: skipped ({why})"),
+    }
     drop(messages);
     backtest(&all_raw(), &cfg, sigma, &mut enricher);
 }
@@ -374,8 +382,24 @@ fn backtest(
     );
 }
 
-/// Every activity through `detector` as the service does (enriched, facts locked per
-/// activity, a checkpoint every 1,000); (seconds, alerts).
+/// Each activity as the activities topic carries it.
+fn messages_of(activities: &[Activity]) -> Vec<Vec<u8>> {
+    activities
+        .iter()
+        .map(|a| serde_json::to_vec(a).expect("an activity serializes"))
+        .collect()
+}
+
+/// Every message decoded as the service decodes it (and dropped); how many decoded.
+/// Callgrind counts what runs inside it: the name must stay unique.
+#[inline(never)]
+fn bench_counted_decode(messages: &[Vec<u8>]) -> usize {
+    messages
+        .iter()
+        .filter(|m| trailguard_detect::decode(Some(m)).is_ok())
+        .count()
+}
+
 /// Every activity enriched and observed, as the service does; the run's seconds, alerts and
 /// alerts by policy. Callgrind counts what runs inside it: the name must stay unique.
 #[inline(never)]

@@ -317,114 +317,169 @@ pub async fn run(
     let signin_cfg = &cfg.policies.console_signin_failures;
     let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sources = Sources {
+        failures: &topics.detect_signin_failures,
+        correlations: correlating.then_some(topics.detect_correlations.as_str()),
+    };
+    // This thread evaluates; the others read (at least one, also on one core: reading then
+    // waits for the evaluation's sends rather than the other way round).
+    let workers = crate::state::decoders().saturating_sub(1).max(1);
+    let reader = std::sync::Arc::new((verifier.clone(), metrics.clone()));
+    let read_on = |taken: Taken| {
+        let reader = reader.clone();
+        tokio::task::spawn_blocking(move || taken.read(workers, &reader.0, &reader.1))
+    };
+    // Records read and waiting to be evaluated, in the order read: at most one batch.
+    let mut ready = std::collections::VecDeque::with_capacity(BATCH);
+    // The batch taken after them, being read meanwhile.
+    let mut reading: Option<tokio::task::JoinHandle<Vec<Prepared>>> = None;
+    let mut checkpointed = std::time::Instant::now();
     loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {
-                if context.take_rejoin() {
-                    kafka::rejoin(&consumer, &inputs)?;
-                }
-                metrics.evicted.inc_by(state.forget_revoked(&context));
-                let owned = context.owned(&topics.activities);
-                // Every owned partition's baselines, also of one with nothing new to read:
-                // countries held in them wait for decisions.
-                let unrestored: Vec<i32> = owned.iter().copied().filter(|p| !state.detectors.contains_key(p)).collect();
-                for partition in unrestored {
-                    let detector = restore_partition(&cfg, partition, &verifier, &metrics, enricher.has_geo(), &facts, &sigma).await?;
-                    state.detectors.insert(partition, detector);
-                }
-                crate::facts::lock(&facts).prune_census();
-                // A partition's counts are published before its mark vouches for them.
-                let mut unpublished = Vec::new();
-                for (&partition, detector) in state.detectors.iter_mut() {
-                    if !publish_census(&producer, &cfg, detector, &facts).await {
-                        unpublished.push(partition);
+        let Some(Prepared {
+            source: from,
+            partition,
+            offset,
+            read,
+        }) = ready.pop_front()
+        else {
+            if let Some(batch) = reading.take() {
+                let batch = batch
+                    .await
+                    .map_err(|e| Error::Stopped(format!("reading consumed records: {e}")))?;
+                ready.extend(batch);
+                // The next batch, if records wait, is read while this one is evaluated —
+                // unless a checkpoint is due (it runs when nothing is being read), or detect
+                // is stopping.
+                if checkpointed.elapsed() < CHECKPOINT_EVERY && !shutdown.is_cancelled() {
+                    match futures::FutureExt::now_or_never(consumer.recv()) {
+                        Some(Ok(message)) => {
+                            let (taken, revoked) =
+                                take_batch(&consumer, message, &sources, &context);
+                            reading = Some(read_on(taken));
+                            // What was read before a rebalance revoked its partition is not
+                            // this instance's to evaluate any more.
+                            ready.retain(|p| !is_revoked(&revoked, &sources, p));
+                            metrics.evicted.inc_by(state.forget(revoked));
+                        }
+                        Some(Err(err)) => tracing::warn!(error = %err, "consume failed; retrying"),
+                        None => {}
                     }
                 }
-                let owned: Vec<i32> = owned.into_iter().filter(|p| !unpublished.contains(p)).collect();
-                let marks = state.marks(&owned, &trailguard_common::sync::lock(&progress), &cfg, &crate::facts::lock(&facts));
-                // Every facts partition at once: a mark is the only record detect sends
-                // per partition per checkpoint.
-                let sink = &sink;
-                let sends = marks.iter().flat_map(|&(partition, mark)| {
-                    (0..facts_partitions).map(move |k| sink.mark(partition, k, mark))
-                });
-                if let Some(Err(stopped)) = futures::future::join_all(sends).await.into_iter().find(Result::is_err) {
-                    return commit_stored(&consumer, stopped, &tasks);
-                }
-                for (partition, mark) in marks {
-                    for k in 0..facts_partitions {
-                        crate::facts::lock(&facts).mark(partition, k, mark);
-                    }
-                    state.marked.insert(partition, mark);
-                }
-                let mut held = 0;
-                for detector in state.detectors.values_mut() {
-                    let mut alerts = detector.look_back(&crate::facts::lock(&facts));
-                    alerts.extend(detector.decide_held(&crate::facts::lock(&facts)));
-                    metrics.decided_early.inc_by(detector.take_decided_early());
-                    metrics.evicted.inc_by(detector.take_evicted());
-                    held += detector.held();
-                    if let Err(stopped) = sink.alerts(alerts).await {
-                        return commit_stored(&consumer, stopped, &tasks);
-                    }
-                }
-                metrics.held.set(held as i64);
-                checkpoint(&producer, &consumer, &cfg, &mut state, &facts).await?;
                 continue;
             }
-            message = consumer.recv() => message,
-        };
-        let message = match message {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::warn!(error = %err, "consume failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        metrics.evicted.inc_by(state.forget_revoked(&context));
-        let (partition, offset) = (message.partition(), message.offset());
-        if correlating && message.topic() == topics.detect_correlations {
-            let input = read_hit(&message, &verifier, &metrics);
-            drop(message);
-            match input {
-                HitInput::Hit(hit) => {
-                    let correlator = state.correlators.entry(partition).or_insert_with(|| {
-                        Correlator::new(sigma.clone(), cfg.detect.allowed_lateness)
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {
+                    if context.take_rejoin() {
+                        kafka::rejoin(&consumer, &inputs)?;
+                    }
+                    metrics.evicted.inc_by(state.forget_revoked(&context));
+                    let owned = context.owned(&topics.activities);
+                    // Every owned partition's baselines, also of one with nothing new to read:
+                    // countries held in them wait for decisions.
+                    let unrestored: Vec<i32> = owned.iter().copied().filter(|p| !state.detectors.contains_key(p)).collect();
+                    for partition in unrestored {
+                        let detector = restore_partition(&cfg, partition, &verifier, &metrics, enricher.has_geo(), &facts, &sigma).await?;
+                        state.detectors.insert(partition, detector);
+                    }
+                    crate::facts::lock(&facts).prune_census();
+                    // A partition's counts are published before its mark vouches for them.
+                    let mut unpublished = Vec::new();
+                    for (&partition, detector) in state.detectors.iter_mut() {
+                        if !publish_census(&producer, &cfg, detector, &facts).await {
+                            unpublished.push(partition);
+                        }
+                    }
+                    let owned: Vec<i32> = owned.into_iter().filter(|p| !unpublished.contains(p)).collect();
+                    let marks = state.marks(&owned, &trailguard_common::sync::lock(&progress), &cfg, &crate::facts::lock(&facts));
+                    // Every facts partition at once: a mark is the only record detect sends
+                    // per partition per checkpoint.
+                    let sink = &sink;
+                    let sends = marks.iter().flat_map(|&(partition, mark)| {
+                        (0..facts_partitions).map(move |k| sink.mark(partition, k, mark))
                     });
-                    let alerts = correlator.observe(&hit, offset);
-                    let dropped = correlator.take_dropped();
-                    for (reason, n) in [
-                        ("full", dropped.full),
-                        ("late", dropped.late),
-                        ("unknown", dropped.unknown),
-                    ] {
-                        metrics
-                            .correlation_dropped
-                            .with_label_values(&[reason])
-                            .inc_by(n);
-                    }
-                    if let Err(stopped) = sink.alerts(alerts).await {
+                    if let Some(Err(stopped)) = futures::future::join_all(sends).await.into_iter().find(Result::is_err) {
                         return commit_stored(&consumer, stopped, &tasks);
                     }
-                }
-                HitInput::Ignored => {}
-                HitInput::Poison(Poison { kind, reason }, original) => {
-                    let source = format!("{}/{partition}/{offset}", topics.detect_correlations);
-                    if let Err(stopped) = sink.dead_letter(&source, kind, &reason, &original).await
-                    {
-                        return commit_stored(&consumer, stopped, &tasks);
+                    for (partition, mark) in marks {
+                        for k in 0..facts_partitions {
+                            crate::facts::lock(&facts).mark(partition, k, mark);
+                        }
+                        state.marked.insert(partition, mark);
                     }
+                    let mut held = 0;
+                    for detector in state.detectors.values_mut() {
+                        let mut alerts = detector.look_back(&crate::facts::lock(&facts));
+                        alerts.extend(detector.decide_held(&crate::facts::lock(&facts)));
+                        metrics.decided_early.inc_by(detector.take_decided_early());
+                        metrics.evicted.inc_by(detector.take_evicted());
+                        held += detector.held();
+                        if let Err(stopped) = sink.alerts(alerts).await {
+                            return commit_stored(&consumer, stopped, &tasks);
+                        }
+                    }
+                    metrics.held.set(held as i64);
+                    checkpoint(&producer, &consumer, &cfg, &mut state, &facts).await?;
+                    checkpointed = std::time::Instant::now();
+                    continue;
                 }
-            }
-            state.pending_correlators.insert(partition, offset + 1);
-            metrics.state.set(state.size() as i64);
+                message = consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(err) => {
+                    tracing::warn!(error = %err, "consume failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            metrics.evicted.inc_by(state.forget_revoked(&context));
+            let (taken, revoked) = take_batch(&consumer, message, &sources, &context);
+            reading = Some(read_on(taken));
+            metrics.evicted.inc_by(state.forget(revoked));
             continue;
-        }
-        let from_failures = message.topic() == topics.detect_signin_failures;
-        let input = read_input(&message, from_failures, &verifier, &metrics);
-        drop(message);
+        };
+        let input = match read {
+            Reading::Input(input) => input,
+            Reading::Hit(input) => {
+                match input {
+                    HitInput::Hit(hit) => {
+                        let correlator = state.correlators.entry(partition).or_insert_with(|| {
+                            Correlator::new(sigma.clone(), cfg.detect.allowed_lateness)
+                        });
+                        let alerts = correlator.observe(&hit, offset);
+                        let dropped = correlator.take_dropped();
+                        for (reason, n) in [
+                            ("full", dropped.full),
+                            ("late", dropped.late),
+                            ("unknown", dropped.unknown),
+                        ] {
+                            metrics
+                                .correlation_dropped
+                                .with_label_values(&[reason])
+                                .inc_by(n);
+                        }
+                        if let Err(stopped) = sink.alerts(alerts).await {
+                            return commit_stored(&consumer, stopped, &tasks);
+                        }
+                    }
+                    HitInput::Ignored => {}
+                    HitInput::Poison(Poison { kind, reason }, original) => {
+                        let source = format!("{}/{partition}/{offset}", topics.detect_correlations);
+                        if let Err(stopped) =
+                            sink.dead_letter(&source, kind, &reason, &original).await
+                        {
+                            return commit_stored(&consumer, stopped, &tasks);
+                        }
+                    }
+                }
+                state.pending_correlators.insert(partition, offset + 1);
+                metrics.state.set(state.size() as i64);
+                continue;
+            }
+        };
+        let from_failures = from == Source::Failures;
         let activity = match input {
             Input::Activity(activity) => Some(activity),
             Input::Ignored => {
@@ -589,26 +644,241 @@ async fn enricher(
     Ok(crate::enrich::Enricher::new(geo, intel).with_networks(asn, cfg.intel.network_risk()))
 }
 
-/// What a record of the correlations topic is to detect.
+/// Which input topic a consumed record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Activities,
+    Failures,
+    Correlations,
+}
+
+/// A consumed record's parts, as the decoders read them (a message cannot cross threads; its
+/// bytes can).
+#[derive(Debug, Clone, Copy)]
+struct Raw<'a> {
+    source: Source,
+    partition: i32,
+    offset: i64,
+    key: &'a [u8],
+    payload: Option<&'a [u8]>,
+}
+
+/// A consumed record, read: what the loop evaluates, in the order the records were read.
+struct Prepared {
+    source: Source,
+    partition: i32,
+    offset: i64,
+    read: Reading,
+}
+
+/// What a record was read as.
 #[allow(clippy::large_enum_variant)]
-enum HitInput {
-    /// A match to count.
-    Hit(Hit),
-    /// Not sealed by detect: ignored and counted.
-    Ignored,
-    /// Sealed by detect but not a match this detect reads (another version's): dead-lettered.
-    Poison(Poison, Vec<u8>),
+enum Reading {
+    Input(Input),
+    Hit(HitInput),
+}
+
+/// The most records taken from the consumer's queue at once. They are read (decoded, and
+/// opened when sealed) together — on several threads when there are many — and then
+/// evaluated one at a time in the order they were read. Decoding an activity costs about
+/// twice what evaluating it does; on one thread it bounded the service.
+const BATCH: usize = 512;
+
+/// A batch stops growing once its values hold this many bytes: what waits in memory stays
+/// small when activities are large (two batches at a time, and their copies).
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Fewer records than this are read on the loop's own thread: a thread would cost more than
+/// it saves.
+const PARALLEL_FROM: usize = 64;
+
+/// Reads `raws` on up to `workers` threads, the results in the order of `raws`. Each thread
+/// reads one contiguous share; a reader that panics panics the caller, as reading on the
+/// loop's own thread would.
+fn read_all(
+    raws: &[Raw<'_>],
+    workers: usize,
+    verifier: &sign::Verifier,
+    metrics: &Metrics,
+) -> Vec<Prepared> {
+    let read = |raw: &Raw<'_>| Prepared {
+        source: raw.source,
+        partition: raw.partition,
+        offset: raw.offset,
+        read: match raw.source {
+            Source::Correlations => Reading::Hit(read_hit(raw, verifier, metrics)),
+            Source::Failures | Source::Activities => {
+                Reading::Input(read_input(raw, verifier, metrics))
+            }
+        },
+    };
+    if workers <= 1 || raws.len() < PARALLEL_FROM {
+        return raws.iter().map(read).collect();
+    }
+    let share = raws.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let mut shares = raws.chunks(share);
+        let first = shares.next().unwrap_or_default();
+        let others: Vec<_> = shares
+            .map(|chunk| scope.spawn(move || chunk.iter().map(read).collect::<Vec<_>>()))
+            .collect();
+        let mut all: Vec<Prepared> = first.iter().map(read).collect();
+        for other in others {
+            match other.join() {
+                Ok(read) => all.extend(read),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    })
+}
+
+/// The input topics' names, to tell which a consumed record came from.
+struct Sources<'a> {
+    failures: &'a str,
+    /// Only when a correlation is loaded (the topic is read only then).
+    correlations: Option<&'a str>,
+}
+
+impl Sources<'_> {
+    fn of(&self, topic: &str) -> Source {
+        if self.correlations == Some(topic) {
+            Source::Correlations
+        } else if topic == self.failures {
+            Source::Failures
+        } else {
+            Source::Activities
+        }
+    }
+}
+
+/// Takes `first` and the records already waiting behind it in the consumer's queue (up to
+/// [`BATCH`] in all, or [`BATCH_BYTES`]), copied out of their messages to be read on another thread; returns
+/// them and the partitions revoked meanwhile.
+///
+/// Taking stops at the first poll that finds the queue empty or hands over something other
+/// than a record — a rebalance among them. A record taken before a rebalance that revoked
+/// its partition is dropped, as the consumer drops those it had not yet handed over: it is
+/// no longer this instance's to evaluate (its offset was not stored, and the partition's next
+/// owner reads it from the last commit). So must be any such record taken earlier and not
+/// yet evaluated.
+fn take_batch(
+    consumer: &rdkafka::consumer::StreamConsumer<kafka::KafkaContext>,
+    first: rdkafka::message::BorrowedMessage<'_>,
+    sources: &Sources<'_>,
+    context: &kafka::KafkaContext,
+) -> (Taken, Vec<(String, i32)>) {
+    let mut bytes = first.payload_len();
+    let mut batch = vec![first];
+    while batch.len() < BATCH && bytes < BATCH_BYTES {
+        match futures::FutureExt::now_or_never(consumer.recv()) {
+            Some(Ok(message)) => {
+                bytes += message.payload_len();
+                batch.push(message);
+            }
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "consume failed; retrying");
+                break;
+            }
+            None => break,
+        }
+    }
+    let revoked = context.take_revoked();
+    let mut taken = Taken::default();
+    for m in &batch {
+        let source = sources.of(m.topic());
+        if !revoked
+            .iter()
+            .any(|(t, p)| t == m.topic() && *p == m.partition())
+        {
+            taken.push(
+                source,
+                m.partition(),
+                m.offset(),
+                m.key().unwrap_or_default(),
+                m.payload(),
+            );
+        }
+    }
+    (taken, revoked)
+}
+
+/// Whether `prepared` came from a partition in `revoked`.
+fn is_revoked(revoked: &[(String, i32)], sources: &Sources<'_>, prepared: &Prepared) -> bool {
+    revoked
+        .iter()
+        .any(|(t, p)| sources.of(t) == prepared.source && *p == prepared.partition)
+}
+
+/// Records taken from the consumer, their keys and values copied into one buffer (a message
+/// cannot leave the consumer's thread; a copy of ≈ 1 KB is a small part of reading it).
+#[derive(Debug, Default)]
+struct Taken {
+    bytes: Vec<u8>,
+    records: Vec<TakenRecord>,
+}
+
+/// A taken record: where it came from, and its key and value in [`Taken::bytes`].
+#[derive(Debug)]
+struct TakenRecord {
+    source: Source,
+    partition: i32,
+    offset: i64,
+    key: std::ops::Range<usize>,
+    /// `None`: no value.
+    payload: Option<std::ops::Range<usize>>,
+}
+
+impl Taken {
+    fn push(
+        &mut self,
+        source: Source,
+        partition: i32,
+        offset: i64,
+        key: &[u8],
+        payload: Option<&[u8]>,
+    ) {
+        let mut copy = |part: &[u8]| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(part);
+            start..self.bytes.len()
+        };
+        let key = copy(key);
+        let payload = payload.map(copy);
+        self.records.push(TakenRecord {
+            source,
+            partition,
+            offset,
+            key,
+            payload,
+        });
+    }
+
+    /// The records, read (see [`read_all`]).
+    fn read(&self, workers: usize, verifier: &sign::Verifier, metrics: &Metrics) -> Vec<Prepared> {
+        let raws: Vec<Raw<'_>> = self
+            .records
+            .iter()
+            .map(|r| Raw {
+                source: r.source,
+                partition: r.partition,
+                offset: r.offset,
+                key: &self.bytes[r.key.clone()],
+                payload: r.payload.clone().map(|p| &self.bytes[p]),
+            })
+            .collect();
+        read_all(&raws, workers, verifier, metrics)
+    }
 }
 
 /// Reads a record of the correlations topic. Only detect forwards matches: a record it did
 /// not sign is ignored, so nobody who can write the topic can complete a correlation (or
 /// fill a group so that real matches are dropped).
-fn read_hit<M: Message>(message: &M, verifier: &sign::Verifier, metrics: &Metrics) -> HitInput {
-    let read = kafka::Read::of(message);
+fn read_hit(raw: &Raw<'_>, verifier: &sign::Verifier, metrics: &Metrics) -> HitInput {
     let opened = verifier.open(
         sign::purpose::CORRELATIONS,
-        read.key,
-        read.payload.unwrap_or_default(),
+        raw.key,
+        raw.payload.unwrap_or_default(),
     );
     let payload = match opened {
         Ok(payload) => payload,
@@ -617,7 +887,7 @@ fn read_hit<M: Message>(message: &M, verifier: &sign::Verifier, metrics: &Metric
                 .unverified
                 .with_label_values(&["correlations"])
                 .inc();
-            let (partition, offset) = (message.partition(), message.offset());
+            let (partition, offset) = (raw.partition, raw.offset);
             tracing::warn!(partition, offset, reason = %why, "ignored an unverifiable record on the correlations topic");
             return HitInput::Ignored;
         }
@@ -629,9 +899,20 @@ fn read_hit<M: Message>(message: &M, verifier: &sign::Verifier, metrics: &Metric
                 "undecodable_correlation_match",
                 format!("not a correlation match: {e}"),
             ),
-            message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            raw.payload.map(<[u8]>::to_vec).unwrap_or_default(),
         ),
     }
+}
+
+/// What a record of the correlations topic is to detect.
+#[allow(clippy::large_enum_variant)]
+enum HitInput {
+    /// A match to count.
+    Hit(Hit),
+    /// Not sealed by detect: ignored and counted.
+    Ignored,
+    /// Sealed by detect but not a match this detect reads (another version's): dead-lettered.
+    Poison(Poison, Vec<u8>),
 }
 
 /// What a consumed record is to detect. One per record, moved at once: its size is no cost.
@@ -649,18 +930,12 @@ enum Input {
 /// Only detect forwards failures: a record it did not sign is ignored, so nobody who can write
 /// the topic can fake a password spray (or hide one). The payload is copied only when it is
 /// going to the dead-letter topic.
-fn read_input<M: Message>(
-    message: &M,
-    from_failures: bool,
-    verifier: &sign::Verifier,
-    metrics: &Metrics,
-) -> Input {
-    let payload = if from_failures {
-        let read = kafka::Read::of(message);
+fn read_input(raw: &Raw<'_>, verifier: &sign::Verifier, metrics: &Metrics) -> Input {
+    let payload = if raw.source == Source::Failures {
         match verifier.open(
             sign::purpose::SIGNIN_FAILURES,
-            read.key,
-            read.payload.unwrap_or_default(),
+            raw.key,
+            raw.payload.unwrap_or_default(),
         ) {
             Ok(activity) => Some(activity),
             Err(why) => {
@@ -668,20 +943,17 @@ fn read_input<M: Message>(
                     .unverified
                     .with_label_values(&["signin_failures"])
                     .inc();
-                let (partition, offset) = (message.partition(), message.offset());
+                let (partition, offset) = (raw.partition, raw.offset);
                 tracing::warn!(partition, offset, reason = %why, "ignored an unverifiable record on the sign-in failures topic");
                 return Input::Ignored;
             }
         }
     } else {
-        message.payload()
+        raw.payload
     };
     match decode(payload) {
         Ok(activity) => Input::Activity(activity),
-        Err(poison) => Input::Poison(
-            poison,
-            message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        ),
+        Err(poison) => Input::Poison(poison, raw.payload.map(<[u8]>::to_vec).unwrap_or_default()),
     }
 }
 
@@ -1524,6 +1796,110 @@ mod tests {
         });
         trailguard_ingest::normalize::normalize(&record.to_string())
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// What a read record is, in a form to compare.
+    fn what(prepared: &Prepared) -> String {
+        let read = match &prepared.read {
+            Reading::Input(Input::Activity(a)) => format!("activity {}", a.id),
+            Reading::Input(Input::Poison(p, original)) => {
+                format!("poison {} ({} bytes)", p.kind, original.len())
+            }
+            Reading::Input(Input::Ignored) => "ignored".to_string(),
+            Reading::Hit(HitInput::Hit(_)) => "hit".to_string(),
+            Reading::Hit(HitInput::Ignored) => "ignored hit".to_string(),
+            Reading::Hit(HitInput::Poison(p, original)) => {
+                format!("poison hit {} ({} bytes)", p.kind, original.len())
+            }
+        };
+        format!(
+            "{:?} {}/{}: {read}",
+            prepared.source, prepared.partition, prepared.offset
+        )
+    }
+
+    #[test]
+    fn records_read_on_several_threads_come_back_as_one_thread_reads_them_in_the_order_read() {
+        let signing = sign::SigningConfig {
+            key_id: Some("k1".into()),
+            key: Some("0123456789abcdef0123456789abcdef".into()),
+            ..sign::SigningConfig::default()
+        };
+        let (signer, verifier) = (signing.signer(), signing.verifier());
+        let metrics = Metrics::new(&Registry::new()).unwrap_or_else(|e| panic!("{e}"));
+        let records: Vec<(Source, Vec<u8>, Option<Vec<u8>>)> = (0..700i64)
+            .map(|n| {
+                let key = format!("k{n}").into_bytes();
+                let activity = serde_json::to_vec(&created_user(&format!("u{}", n % 37), n))
+                    .unwrap_or_default();
+                let sealed =
+                    |purpose, value: &[u8]| sign::seal(signer.as_ref(), purpose, &key, value);
+                let (source, payload) = match n % 8 {
+                    0..=2 => (Source::Activities, Some(activity)),
+                    3 => (Source::Activities, Some(b"{\"schema_version\": 1".to_vec())),
+                    4 => (Source::Activities, None),
+                    // Forwarded by detect, and not: the second is ignored.
+                    5 => (
+                        Source::Failures,
+                        Some(sealed(sign::purpose::SIGNIN_FAILURES, &activity)),
+                    ),
+                    6 => (Source::Failures, Some(activity)),
+                    // Sealed by detect but not a match; and not sealed.
+                    _ if n % 16 == 7 => (
+                        Source::Correlations,
+                        Some(sealed(sign::purpose::CORRELATIONS, b"[]")),
+                    ),
+                    _ => (Source::Correlations, Some(b"{}".to_vec())),
+                };
+                (source, key, payload)
+            })
+            .collect();
+        let raws: Vec<Raw<'_>> = records
+            .iter()
+            .enumerate()
+            .map(|(n, (source, key, payload))| Raw {
+                source: *source,
+                partition: (n % 3) as i32,
+                offset: n as i64,
+                key,
+                payload: payload.as_deref(),
+            })
+            .collect();
+        // As the loop reads them: copied out of their messages, then read.
+        let read = |raws: &[Raw<'_>], workers| -> Vec<String> {
+            let mut taken = Taken::default();
+            for r in raws {
+                taken.push(r.source, r.partition, r.offset, r.key, r.payload);
+            }
+            taken
+                .read(workers, &verifier, &metrics)
+                .iter()
+                .map(what)
+                .collect()
+        };
+        let one: Vec<String> = read_all(&raws, 1, &verifier, &metrics)
+            .iter()
+            .map(what)
+            .collect();
+        // Each kind of record was read as what it is (700 = 87 × 8 + 4).
+        let count = |kind: &str| one.iter().filter(|w| w.contains(kind)).count();
+        assert_eq!(count(": activity "), 3 * 88 + 87);
+        assert_eq!(count(": poison undecodable_activity"), 88);
+        assert_eq!(count(": poison empty_message"), 87);
+        assert_eq!(one.iter().filter(|w| w.ends_with(": ignored")).count(), 87);
+        assert_eq!(count(": poison hit undecodable_correlation_match"), 44);
+        assert_eq!(count(": ignored hit"), 43);
+        for workers in [1, 2, 3, 4, 7] {
+            assert_eq!(read(&raws, workers), one, "{workers} threads");
+            // A batch too small to share out, and ones just large enough.
+            for len in [PARALLEL_FROM - 1, PARALLEL_FROM, PARALLEL_FROM + 1] {
+                assert_eq!(
+                    read(&raws[..len], workers),
+                    one[..len],
+                    "{workers} threads, {len} records"
+                );
+            }
+        }
     }
 
     #[test]

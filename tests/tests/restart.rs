@@ -283,6 +283,44 @@ async fn detect_pair_with_one_killed_raises_what_one_does() -> Result<()> {
     Ok(())
 }
 
+/// A second instance joins while the first works through a backlog. The rebalance revokes
+/// partitions the first holds records of — taken from the consumer, being decoded or waiting
+/// to be evaluated — and it must drop them rather than evaluate them (their next owner reads
+/// them from the last commit): the pair raises exactly what one instance does.
+#[tokio::test(flavor = "multi_thread")]
+async fn detect_joined_mid_stream_raises_what_one_does() -> Result<()> {
+    const USERS: usize = 600;
+    let run = Run::new("detect-join")?;
+    let expected = USERS * 3;
+    let (input, reference) = reference_run(&run, USERS)?;
+    assert_eq!(reference.len(), expected);
+
+    let pair = Run::new("detect-join-b")?;
+    pair.ingest_files(&input)?;
+    let _first = pair.spawn("detect", &[])?;
+    let alerts = pair.topic("alerts");
+    read_topic(&alerts, TIMEOUT, Duration::ZERO, |r| {
+        r.len() >= expected / 4
+    })?;
+    let second = pair.spawn("detect", &[])?;
+    ensure!(
+        topic_end(&alerts)? < expected as i64,
+        "the stream finished before the second instance joined; make it longer"
+    );
+    let (ids, _) = alert_ids(&alerts, expected)?;
+    assert_eq!(
+        ids, reference,
+        "the pair raises exactly what one instance does"
+    );
+    // The second took partitions over.
+    ensure!(
+        second.log().contains("baselines restored"),
+        "the second instance was given no partition: {}",
+        second.log()
+    );
+    Ok(())
+}
+
 /// (alert id, action kind, mode, outcome) of every action record on `topic`, once `distinct`
 /// alerts are answered.
 fn answers(topic: &str, distinct: usize) -> Result<Vec<(String, String, String, String)>> {

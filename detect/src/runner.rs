@@ -351,18 +351,23 @@ pub async fn run(
                 // unless a checkpoint is due (it runs when nothing is being read), or detect
                 // is stopping.
                 if checkpointed.elapsed() < CHECKPOINT_EVERY && !shutdown.is_cancelled() {
-                    match futures::FutureExt::now_or_never(consumer.recv()) {
+                    let polled = futures::FutureExt::now_or_never(consumer.recv());
+                    // A rebalance this poll served came after every record in `ready`.
+                    let mut revoked = context.take_revoked();
+                    match polled {
                         Some(Ok(message)) => {
-                            let (taken, revoked) =
-                                take_batch(&consumer, message, &sources, &context);
+                            let (taken, later) = take_batch(&consumer, message, &sources, &context);
                             reading = Some(read_on(taken));
-                            // What was read before a rebalance revoked its partition is not
-                            // this instance's to evaluate any more.
-                            ready.retain(|p| !is_revoked(&revoked, &sources, p));
-                            metrics.evicted.inc_by(state.forget(revoked));
+                            revoked.extend(later);
                         }
                         Some(Err(err)) => tracing::warn!(error = %err, "consume failed; retrying"),
                         None => {}
+                    }
+                    // What was taken before a rebalance revoked its partition is not this
+                    // instance's to evaluate any more.
+                    if !revoked.is_empty() {
+                        ready.retain(|p| !is_revoked(&revoked, &sources, p));
+                        metrics.evicted.inc_by(state.forget(revoked));
                     }
                 }
                 continue;
@@ -422,6 +427,9 @@ pub async fn run(
                     metrics.held.set(held as i64);
                     checkpoint(&producer, &consumer, &cfg, &mut state, &facts).await?;
                     checkpointed = std::time::Instant::now();
+                    // The next one a period from now, however long this one took: records
+                    // are served in between.
+                    ticker.reset();
                     continue;
                 }
                 message = consumer.recv() => message,
@@ -753,15 +761,15 @@ impl Sources<'_> {
 }
 
 /// Takes `first` and the records already waiting behind it in the consumer's queue (up to
-/// [`BATCH`] in all, or [`BATCH_BYTES`]), copied out of their messages to be read on another thread; returns
-/// them and the partitions revoked meanwhile.
+/// [`BATCH`] in all, or [`BATCH_BYTES`]), copied out of their messages to be read on another
+/// thread; returns them and the partitions revoked meanwhile.
 ///
-/// Taking stops at the first poll that finds the queue empty or hands over something other
-/// than a record — a rebalance among them. A record taken before a rebalance that revoked
-/// its partition is dropped, as the consumer drops those it had not yet handed over: it is
-/// no longer this instance's to evaluate (its offset was not stored, and the partition's next
-/// owner reads it from the last commit). So must be any such record taken earlier and not
-/// yet evaluated.
+/// Taking stops at the first poll that finds the queue empty, hands over something other
+/// than a record, or serves a rebalance. A record taken before a rebalance that revoked its
+/// partition is dropped, as the consumer drops those it had not yet handed over: it is no
+/// longer this instance's to evaluate (its offset was not stored, and the partition's next
+/// owner reads it from the last commit). So must be any such record taken earlier and not yet
+/// evaluated: the caller drops those.
 fn take_batch(
     consumer: &rdkafka::consumer::StreamConsumer<kafka::KafkaContext>,
     first: rdkafka::message::BorrowedMessage<'_>,
@@ -770,8 +778,23 @@ fn take_batch(
 ) -> (Taken, Vec<(String, i32)>) {
     let mut bytes = first.payload_len();
     let mut batch = vec![first];
+    let mut revoked = Vec::new();
     while batch.len() < BATCH && bytes < BATCH_BYTES {
-        match futures::FutureExt::now_or_never(consumer.recv()) {
+        let polled = futures::FutureExt::now_or_never(consumer.recv());
+        // A rebalance this poll served came after every record taken so far: those of a
+        // partition it revoked are dropped, and the batch ends with this poll (a record it
+        // handed over after the rebalance is kept).
+        let rebalanced = context.take_revoked();
+        let ends = !rebalanced.is_empty();
+        if ends {
+            batch.retain(|m| {
+                !rebalanced
+                    .iter()
+                    .any(|(t, p)| t == m.topic() && *p == m.partition())
+            });
+            revoked.extend(rebalanced);
+        }
+        match polled {
             Some(Ok(message)) => {
                 bytes += message.payload_len();
                 batch.push(message);
@@ -782,23 +805,22 @@ fn take_batch(
             }
             None => break,
         }
-    }
-    let revoked = context.take_revoked();
-    let mut taken = Taken::default();
-    for m in &batch {
-        let source = sources.of(m.topic());
-        if !revoked
-            .iter()
-            .any(|(t, p)| t == m.topic() && *p == m.partition())
-        {
-            taken.push(
-                source,
-                m.partition(),
-                m.offset(),
-                m.key().unwrap_or_default(),
-                m.payload(),
-            );
+        if ends {
+            break;
         }
+    }
+    let mut taken = Taken {
+        bytes: Vec::with_capacity(bytes + batch.len() * 64),
+        records: Vec::with_capacity(batch.len()),
+    };
+    for m in &batch {
+        taken.push(
+            sources.of(m.topic()),
+            m.partition(),
+            m.offset(),
+            m.key().unwrap_or_default(),
+            m.payload(),
+        );
     }
     (taken, revoked)
 }

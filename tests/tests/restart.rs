@@ -289,7 +289,7 @@ async fn detect_pair_with_one_killed_raises_what_one_does() -> Result<()> {
 /// them from the last commit): the pair raises exactly what one instance does.
 #[tokio::test(flavor = "multi_thread")]
 async fn detect_joined_mid_stream_raises_what_one_does() -> Result<()> {
-    const USERS: usize = 600;
+    const USERS: usize = 1500;
     let run = Run::new("detect-join")?;
     let expected = USERS * 3;
     let (input, reference) = reference_run(&run, USERS)?;
@@ -300,11 +300,23 @@ async fn detect_joined_mid_stream_raises_what_one_does() -> Result<()> {
     let _first = pair.spawn("detect", &[])?;
     let alerts = pair.topic("alerts");
     read_topic(&alerts, TIMEOUT, Duration::ZERO, |r| {
-        r.len() >= expected / 4
+        r.len() >= expected / 10
     })?;
     let second = pair.spawn("detect", &[])?;
+    // Owning partitions (it restores each as it is given it) while alerts are still to come:
+    // the rebalance came mid-stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !second.log().contains("baselines restored") {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the second instance was given no partition: {}",
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let raised = topic_end(&alerts)?;
     ensure!(
-        topic_end(&alerts)? < expected as i64,
+        raised < expected as i64,
         "the stream finished before the second instance joined; make it longer"
     );
     let (ids, _) = alert_ids(&alerts, expected)?;
@@ -312,12 +324,7 @@ async fn detect_joined_mid_stream_raises_what_one_does() -> Result<()> {
         ids, reference,
         "the pair raises exactly what one instance does"
     );
-    // The second took partitions over.
-    ensure!(
-        second.log().contains("baselines restored"),
-        "the second instance was given no partition: {}",
-        second.log()
-    );
+    eprintln!("joined with {raised} of {expected} alerts raised");
     Ok(())
 }
 

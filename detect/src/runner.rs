@@ -325,14 +325,13 @@ pub async fn run(
     // waits for the evaluation's sends rather than the other way round).
     let workers = crate::state::decoders().saturating_sub(1).max(1);
     let reader = std::sync::Arc::new((verifier.clone(), metrics.clone()));
-    let read_on = |taken: Taken| {
-        let reader = reader.clone();
-        tokio::task::spawn_blocking(move || taken.read(workers, &reader.0, &reader.1))
-    };
+    let read_on = |taken: Taken| read_on(taken, workers, reader.clone());
     // Records read and waiting to be evaluated, in the order read: at most one batch.
     let mut ready = std::collections::VecDeque::with_capacity(BATCH);
     // The batch taken after them, being read meanwhile.
-    let mut reading: Option<tokio::task::JoinHandle<Vec<Prepared>>> = None;
+    let mut reading: Option<
+        tokio::task::JoinHandle<Result<Vec<Prepared>, tokio::task::JoinError>>,
+    > = None;
     let mut checkpointed = std::time::Instant::now();
     loop {
         let Some(Prepared {
@@ -345,6 +344,7 @@ pub async fn run(
             if let Some(batch) = reading.take() {
                 let batch = batch
                     .await
+                    .and_then(|read| read)
                     .map_err(|e| Error::Stopped(format!("reading consumed records: {e}")))?;
                 ready.extend(batch);
                 // The next batch, if records wait, is read while this one is evaluated —
@@ -696,20 +696,13 @@ const BATCH: usize = 512;
 /// small when activities are large (two batches at a time, and their copies).
 const BATCH_BYTES: usize = 8 << 20;
 
-/// Fewer records than this are read on the loop's own thread: a thread would cost more than
-/// it saves.
+/// Fewer records than this are read by one thread: sharing them out would cost more than it
+/// saves.
 const PARALLEL_FROM: usize = 64;
 
-/// Reads `raws` on up to `workers` threads, the results in the order of `raws`. Each thread
-/// reads one contiguous share; a reader that panics panics the caller, as reading on the
-/// loop's own thread would.
-fn read_all(
-    raws: &[Raw<'_>],
-    workers: usize,
-    verifier: &sign::Verifier,
-    metrics: &Metrics,
-) -> Vec<Prepared> {
-    let read = |raw: &Raw<'_>| Prepared {
+/// Reads one record.
+fn read_one(raw: &Raw<'_>, verifier: &sign::Verifier, metrics: &Metrics) -> Prepared {
+    Prepared {
         source: raw.source,
         partition: raw.partition,
         offset: raw.offset,
@@ -719,25 +712,32 @@ fn read_all(
                 Reading::Input(read_input(raw, verifier, metrics))
             }
         },
-    };
-    if workers <= 1 || raws.len() < PARALLEL_FROM {
-        return raws.iter().map(read).collect();
     }
-    let share = raws.len().div_ceil(workers);
-    std::thread::scope(|scope| {
-        let mut shares = raws.chunks(share);
-        let first = shares.next().unwrap_or_default();
-        let others: Vec<_> = shares
-            .map(|chunk| scope.spawn(move || chunk.iter().map(read).collect::<Vec<_>>()))
+}
+
+/// Reads `taken` on up to `workers` of tokio's blocking threads, each a contiguous part; the
+/// results in the order taken. The blocking threads are kept between batches (a thread
+/// started per batch would also start its allocator's heap afresh, page by page). A reader
+/// that panics fails the whole read.
+fn read_on(
+    taken: Taken,
+    workers: usize,
+    reader: std::sync::Arc<(sign::Verifier, Metrics)>,
+) -> tokio::task::JoinHandle<Result<Vec<Prepared>, tokio::task::JoinError>> {
+    let taken = std::sync::Arc::new(taken);
+    tokio::spawn(async move {
+        let parts: Vec<_> = taken
+            .parts(workers)
+            .map(|part| {
+                let (taken, reader) = (taken.clone(), reader.clone());
+                tokio::task::spawn_blocking(move || taken.read(part, &reader.0, &reader.1))
+            })
             .collect();
-        let mut all: Vec<Prepared> = first.iter().map(read).collect();
-        for other in others {
-            match other.join() {
-                Ok(read) => all.extend(read),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
+        let mut all = Vec::with_capacity(taken.records.len());
+        for part in parts {
+            all.extend(part.await?);
         }
-        all
+        Ok(all)
     })
 }
 
@@ -876,20 +876,36 @@ impl Taken {
         });
     }
 
-    /// The records, read (see [`read_all`]).
-    fn read(&self, workers: usize, verifier: &sign::Verifier, metrics: &Metrics) -> Vec<Prepared> {
-        let raws: Vec<Raw<'_>> = self
-            .records
+    /// The records' indexes, in up to `workers` contiguous parts (one for a few records).
+    fn parts(&self, workers: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let n = self.records.len();
+        let workers = if n < PARALLEL_FROM { 1 } else { workers.max(1) };
+        let part = n.div_ceil(workers).max(1);
+        (0..n)
+            .step_by(part)
+            .map(move |start| start..(start + part).min(n))
+    }
+
+    /// The records of `part`, read in order.
+    fn read(
+        &self,
+        part: std::ops::Range<usize>,
+        verifier: &sign::Verifier,
+        metrics: &Metrics,
+    ) -> Vec<Prepared> {
+        self.records[part]
             .iter()
-            .map(|r| Raw {
-                source: r.source,
-                partition: r.partition,
-                offset: r.offset,
-                key: &self.bytes[r.key.clone()],
-                payload: r.payload.clone().map(|p| &self.bytes[p]),
+            .map(|r| {
+                let raw = Raw {
+                    source: r.source,
+                    partition: r.partition,
+                    offset: r.offset,
+                    key: &self.bytes[r.key.clone()],
+                    payload: r.payload.clone().map(|p| &self.bytes[p]),
+                };
+                read_one(&raw, verifier, metrics)
             })
-            .collect();
-        read_all(&raws, workers, verifier, metrics)
+            .collect()
     }
 }
 
@@ -1840,8 +1856,59 @@ mod tests {
         )
     }
 
+    /// `raws` as the loop reads them: copied out of their messages, then read on `workers`.
+    async fn read_taken(
+        raws: &[Raw<'_>],
+        workers: usize,
+        reader: &std::sync::Arc<(sign::Verifier, Metrics)>,
+    ) -> Vec<String> {
+        let mut taken = Taken::default();
+        for r in raws {
+            taken.push(r.source, r.partition, r.offset, r.key, r.payload);
+        }
+        read_on(taken, workers, reader.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(what)
+            .collect()
+    }
+
     #[test]
-    fn records_read_on_several_threads_come_back_as_one_thread_reads_them_in_the_order_read() {
+    fn a_batch_is_shared_out_in_contiguous_parts_that_cover_it_in_order() {
+        for n in [
+            0,
+            1,
+            PARALLEL_FROM - 1,
+            PARALLEL_FROM,
+            PARALLEL_FROM + 1,
+            700,
+        ] {
+            let mut taken = Taken::default();
+            for offset in 0..n {
+                taken.push(Source::Activities, 0, offset as i64, b"", None);
+            }
+            for workers in [0, 1, 2, 3, 4, 7] {
+                let parts: Vec<_> = taken.parts(workers).collect();
+                let covered: Vec<usize> = parts.iter().cloned().flatten().collect();
+                assert_eq!(
+                    covered,
+                    (0..n).collect::<Vec<_>>(),
+                    "{n} records, {workers}"
+                );
+                let most = if n < PARALLEL_FROM { 1 } else { workers.max(1) };
+                assert!(parts.len() <= most, "{n} records, {workers}: {parts:?}");
+                if n >= PARALLEL_FROM {
+                    assert_eq!(parts.len(), most, "{n} records, {workers}: {parts:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_read_on_several_threads_come_back_as_one_thread_reads_them_in_the_order_read()
+    {
         let signing = sign::SigningConfig {
             key_id: Some("k1".into()),
             key: Some("0123456789abcdef0123456789abcdef".into()),
@@ -1887,21 +1954,9 @@ mod tests {
                 payload: payload.as_deref(),
             })
             .collect();
-        // As the loop reads them: copied out of their messages, then read.
-        let read = |raws: &[Raw<'_>], workers| -> Vec<String> {
-            let mut taken = Taken::default();
-            for r in raws {
-                taken.push(r.source, r.partition, r.offset, r.key, r.payload);
-            }
-            taken
-                .read(workers, &verifier, &metrics)
-                .iter()
-                .map(what)
-                .collect()
-        };
-        let one: Vec<String> = read_all(&raws, 1, &verifier, &metrics)
+        let one: Vec<String> = raws
             .iter()
-            .map(what)
+            .map(|raw| what(&read_one(raw, &verifier, &metrics)))
             .collect();
         // Each kind of record was read as what it is (700 = 87 × 8 + 4).
         let count = |kind: &str| one.iter().filter(|w| w.contains(kind)).count();
@@ -1911,12 +1966,17 @@ mod tests {
         assert_eq!(one.iter().filter(|w| w.ends_with(": ignored")).count(), 87);
         assert_eq!(count(": poison hit undecodable_correlation_match"), 44);
         assert_eq!(count(": ignored hit"), 43);
+        let reader = std::sync::Arc::new((verifier.clone(), metrics.clone()));
         for workers in [1, 2, 3, 4, 7] {
-            assert_eq!(read(&raws, workers), one, "{workers} threads");
+            assert_eq!(
+                read_taken(&raws, workers, &reader).await,
+                one,
+                "{workers} threads"
+            );
             // A batch too small to share out, and ones just large enough.
             for len in [PARALLEL_FROM - 1, PARALLEL_FROM, PARALLEL_FROM + 1] {
                 assert_eq!(
-                    read(&raws[..len], workers),
+                    read_taken(&raws[..len], workers, &reader).await,
                     one[..len],
                     "{workers} threads, {len} records"
                 );

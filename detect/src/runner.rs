@@ -692,8 +692,8 @@ enum Reading {
 /// twice what evaluating it does; on one thread it bounded the service.
 const BATCH: usize = 512;
 
-/// A batch stops growing once its values hold this many bytes: what waits in memory stays
-/// small when activities are large (two batches at a time, and their copies).
+/// A batch stops growing once its keys and values hold this many bytes: what waits in memory
+/// stays small when records are large (two batches at a time, and their copies).
 const BATCH_BYTES: usize = 8 << 20;
 
 /// Fewer records than this are read by one thread: sharing them out would cost more than it
@@ -763,8 +763,8 @@ impl Sources<'_> {
 }
 
 /// Takes `first` and the records already waiting behind it in the consumer's queue (up to
-/// [`BATCH`] in all, or [`BATCH_BYTES`]), copied out of their messages to be read on another
-/// thread; returns them and the partitions revoked meanwhile.
+/// [`BATCH`] in all, or [`BATCH_BYTES`] of keys and values), copied out of their messages to
+/// be read on another thread; returns them and the partitions revoked meanwhile.
 ///
 /// Taking stops at the first poll that finds the queue empty, hands over something other
 /// than a record, or serves a rebalance. A record taken before a rebalance that revoked its
@@ -778,7 +778,8 @@ fn take_batch(
     sources: &Sources<'_>,
     context: &kafka::KafkaContext,
 ) -> (Taken, Vec<(String, i32)>) {
-    let mut bytes = first.payload_len();
+    // Keys count too: anyone who may write a topic may write large ones.
+    let mut bytes = first.payload_len() + first.key_len();
     let mut batch = vec![first];
     let mut revoked = Vec::new();
     while batch.len() < BATCH && bytes < BATCH_BYTES {
@@ -798,7 +799,7 @@ fn take_batch(
         }
         match polled {
             Some(Ok(message)) => {
-                bytes += message.payload_len();
+                bytes += message.payload_len() + message.key_len();
                 batch.push(message);
             }
             Some(Err(err)) => {

@@ -524,6 +524,7 @@ pub const ALL_SECTIONS: &[&str] = &[
     "policies",
     "aws",
     "remediate",
+    "files",
     "s3",
     "sqs",
     "lookup",

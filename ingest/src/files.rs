@@ -6,11 +6,42 @@ use std::time::Instant;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{dead_letter_input, process, Summary};
+use crate::lines::{Piece, Shape};
+use crate::pipeline::{dead_letter_input, process, process_record, Summary};
 use crate::publish::Publisher;
+use crate::split::SplitError;
 use crate::Error;
+use trailguard_common::Poison;
 
 pub use crate::publish::STDIN;
+
+/// The `files` source's settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Files larger than this (as stored) are read record by record, in bounded memory,
+    /// instead of whole: NDJSON a chunk of lines at a time, a log file one record at a time.
+    pub stream_above_bytes: u64,
+}
+
+/// Default of `stream_above_bytes`: 32 MiB, as for S3 objects.
+pub const STREAM_ABOVE_BYTES: u64 = 32 << 20;
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            stream_above_bytes: STREAM_ABOVE_BYTES,
+        }
+    }
+}
+
+/// About how many bytes of whole lines a streamed NDJSON file hands over at a time.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// How many chunks (or, for a log file, records) wait between the reading thread and the
+/// publisher at most.
+const CHUNKS_AHEAD: usize = 4;
+const RECORDS_AHEAD: usize = 4096;
 
 /// One input named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +135,7 @@ pub fn expand(inputs: &[Input]) -> (Vec<Input>, u64, Vec<(PathBuf, String)>) {
 /// Reads every input, publishes every record (or its dead letter), waits for every delivery.
 pub async fn run(
     inputs: &[Input],
+    cfg: &FilesConfig,
     publisher: &mut Publisher,
     progress: bool,
     shutdown: &CancellationToken,
@@ -163,6 +195,18 @@ pub async fn run(
             ));
             bar.set_position(summary.inputs_read + summary.inputs_dead_lettered);
         }
+        if let Input::Path(path) = input {
+            let size = tokio::fs::metadata(path)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if size > cfg.stream_above_bytes
+                && stream_path(path, size, publisher, &mut summary, shutdown).await
+                    == Streamed::Done
+            {
+                continue;
+            }
+        }
         let (name, bytes) = match read(input).await {
             Ok(read) => read,
             Err((name, error)) if matches!(input, Input::Path(_)) => {
@@ -214,6 +258,204 @@ pub async fn run(
         )));
     }
     Ok(summary)
+}
+
+/// Whether [`stream_path`] read a file, or left it to be read whole.
+#[derive(Debug, PartialEq, Eq)]
+enum Streamed {
+    Done,
+    ReadWhole,
+}
+
+/// What the reading thread of a streamed file hands over.
+enum Part {
+    /// Lines that are not all UTF-8, to be split here.
+    Lines(Piece),
+    /// Lines split into records on the reading thread.
+    Located {
+        text: String,
+        items: Vec<crate::lines::Located>,
+    },
+    Record(Result<String, (SplitError, String)>),
+}
+
+/// Reads a large file record by record — NDJSON in chunks of lines, a log file a record at a
+/// time, gzip undone on the way — on a blocking thread that hands them over a bounded channel,
+/// so memory stays flat whatever the file's size. A file of any other shape (an array over
+/// many lines, a first line that is not JSON) is left to be read whole, within the limits.
+/// Records before a break (a cut gzip, invalid JSON, the limits) are published and the file
+/// is dead-lettered as a pointer saying where it broke; a line too large is dead-lettered as a
+/// pointer naming its number. A shutdown stops it between chunks.
+async fn stream_path(
+    path: &Path,
+    size: u64,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+    shutdown: &CancellationToken,
+) -> Streamed {
+    let name = path.display().to_string();
+    let limits = publisher.limits();
+    let file = path.to_path_buf();
+    let shape = tokio::task::spawn_blocking(move || {
+        let reader = crate::lines::plain(std::fs::File::open(&file)?, limits)?;
+        crate::lines::shape(reader, limits)
+    })
+    .await;
+    let shape = match shape {
+        Ok(Ok(Shape::Other)) => return Streamed::ReadWhole,
+        Ok(Ok(shape)) => shape,
+        // Unreadable (or a gzip broken in its first line): read whole, it is dead-lettered
+        // there with its cause.
+        Ok(Err(_)) | Err(_) => return Streamed::ReadWhole,
+    };
+    tracing::info!(file = %name, size, ?shape, "streaming a large file");
+    let ahead = if shape == Shape::Lines {
+        CHUNKS_AHEAD
+    } else {
+        RECORDS_AHEAD
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(ahead);
+    // Chunks' buffers go back to the reading thread once published.
+    let (spares_tx, spares_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let file = path.to_path_buf();
+    let reading = tokio::task::spawn_blocking(move || -> Result<(), SplitError> {
+        let opened = std::fs::File::open(&file)
+            .map_err(|e| SplitError::Json(format!("cannot read it again: {e}")))?;
+        if shape == Shape::Lines {
+            let reader =
+                crate::lines::plain(opened, limits).map_err(|e| SplitError::Gzip(e.to_string()))?;
+            crate::lines::stream_lines(
+                reader,
+                limits,
+                CHUNK_BYTES,
+                |piece| {
+                    // Split here, off the publishing thread, when the chunk is all UTF-8 (a
+                    // chunk that is not is split there, line by line, as a whole file is).
+                    let part = match piece {
+                        Piece::Lines { first, bytes } => match String::from_utf8(bytes) {
+                            Ok(text) => Part::Located {
+                                items: crate::lines::locate(first, &text, limits),
+                                text,
+                            },
+                            Err(e) => Part::Lines(Piece::Lines {
+                                first,
+                                bytes: e.into_bytes(),
+                            }),
+                        },
+                        long => Part::Lines(long),
+                    };
+                    tx.blocking_send(part).is_ok()
+                },
+                || spares_rx.try_recv().ok(),
+            )
+        } else {
+            crate::stream::stream_log_file(opened, limits, |record| {
+                tx.blocking_send(Part::Record(record)).is_ok()
+            })
+            .map(|_| ())
+        }
+    });
+    summary.inputs_read += 1;
+    summary.bytes += size;
+    publisher
+        .metrics()
+        .bytes_read
+        .with_label_values(&[publisher.source_kind()])
+        .inc_by(size);
+    let (mut ordinal, mut records) = (0usize, 0u64);
+    while let Some(part) = rx.recv().await {
+        match part {
+            Part::Lines(Piece::Lines { first, bytes }) => {
+                let mut items = Vec::new();
+                for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                    items.clear();
+                    crate::split::line(first + i, line.trim_ascii(), limits, &mut items);
+                    for item in &items {
+                        ordinal += 1;
+                        let text = match &item.text {
+                            Ok(text) => {
+                                records += 1;
+                                Ok(text.as_ref())
+                            }
+                            Err(why) => {
+                                summary.unparsed += 1;
+                                Err(Poison::from(why))
+                            }
+                        };
+                        let at = (item.index, ordinal);
+                        process_record(&name, at, text, &item.bytes, publisher, summary).await;
+                    }
+                }
+            }
+            Part::Located { text: chunk, items } => {
+                for item in items {
+                    ordinal += 1;
+                    let text = match item.text {
+                        Ok(range) => {
+                            records += 1;
+                            Ok(&chunk[range])
+                        }
+                        Err(why) => {
+                            summary.unparsed += 1;
+                            Err(Poison::from(&why))
+                        }
+                    };
+                    let bytes = &chunk.as_bytes()[item.bytes];
+                    let at = (item.index, ordinal);
+                    process_record(&name, at, text, bytes, publisher, summary).await;
+                }
+                let _ = spares_tx.send(chunk.into_bytes());
+            }
+            Part::Lines(Piece::TooLong { line, size }) => {
+                ordinal += 1;
+                summary.unparsed += 1;
+                let why = SplitError::TooLarge(format!(
+                    "line {line} of {size} bytes (publish.max_record_bytes)"
+                ));
+                let text = Err(Poison::from(&why));
+                process_record(&name, (line, ordinal), text, b"", publisher, summary).await;
+            }
+            Part::Record(record) => {
+                ordinal += 1;
+                let (text, bytes) = match &record {
+                    Ok(text) => {
+                        records += 1;
+                        (Ok(text.as_str()), text.as_bytes())
+                    }
+                    Err((why, text)) => {
+                        summary.unparsed += 1;
+                        (Err(Poison::from(why)), text.as_bytes())
+                    }
+                };
+                process_record(&name, (ordinal, ordinal), text, bytes, publisher, summary).await;
+            }
+        }
+        if shutdown.is_cancelled() {
+            summary.interrupted = true;
+            break;
+        }
+    }
+    drop(rx);
+    let broke = match reading.await {
+        Ok(Ok(())) => None,
+        Ok(Err(err)) => Some(err),
+        Err(join) => Some(SplitError::Json(format!("reading failed: {join}"))),
+    };
+    match broke {
+        _ if summary.interrupted => {}
+        None => publisher
+            .metrics()
+            .inputs
+            .with_label_values(&[publisher.source_kind(), "ok"])
+            .inc(),
+        Some(err) => {
+            // A pointer: the file names itself, and what came before the break is published.
+            summary.unparsed += 1;
+            let reason = format!("{err} ({records} records before it were read)");
+            dead_letter_input(publisher, summary, &name, b"", err.kind(), reason).await;
+        }
+    }
+    Streamed::Done
 }
 
 /// The progress display on stderr: files done of the total, and a message with records, bytes

@@ -28,6 +28,7 @@ pub mod dedup;
 pub mod files;
 pub mod inventory;
 pub mod limits;
+pub mod lines;
 pub mod lookup;
 pub mod normalize;
 pub mod pipeline;
@@ -54,6 +55,8 @@ pub struct IngestConfig {
     pub log: LogConfig,
     /// Publishing.
     pub publish: PublishConfig,
+    /// The `files` source.
+    pub files: files::FilesConfig,
     /// AWS access (the `s3` source).
     pub aws: trailguard_common::aws::AwsConfig,
     /// The `s3` source.

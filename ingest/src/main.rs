@@ -89,7 +89,8 @@ async fn serve(
             let mut publisher = Publisher::new(producer, &cfg, "files", metrics);
             let inputs: Vec<Input> = paths.iter().map(|p| Input::parse(p)).collect();
             let progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let result = files::run(&inputs, &mut publisher, progress, &shutdown).await?;
+            let result =
+                files::run(&inputs, &cfg.files, &mut publisher, progress, &shutdown).await?;
             summary.print(&result)?;
             shutdown.cancel();
             Ok(exit_code(&result))

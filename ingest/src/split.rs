@@ -99,9 +99,7 @@ pub fn split(input: &[u8], limits: Limits) -> Vec<RawItem<'_>> {
     // NDJSON: several lines, and the first that is a JSON value on its own among the first
     // few (a bad first line costs that line, not the file) — unless the input is one document
     // spread over lines.
-    let parses = |line: &[u8]| {
-        line.len() <= limits.max_record && serde_json::from_slice::<&RawValue>(line).is_ok()
-    };
+    let parses = |line: &[u8]| parses_alone(line, limits);
     let line_mode = first_line.len() < whole.len()
         && (parses(first_line)
             || (serde_json::from_slice::<&RawValue>(whole).is_err()
@@ -110,47 +108,51 @@ pub fn split(input: &[u8], limits: Limits) -> Vec<RawItem<'_>> {
                     .any(|l| parses(l) && matches!(l[0], b'{' | b'['))));
     let mut items = Vec::new();
     if line_mode {
-        let mut index = 0;
         for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            let trimmed = line.trim_ascii();
-            if trimmed.is_empty() {
-                continue;
-            }
-            let failed = |error| RawItem {
-                index: number + 1,
-                text: Err(error),
-                bytes: Cow::Borrowed(trimmed),
-            };
-            if trimmed.len() > limits.max_record {
-                items.push(failed(SplitError::TooLarge(format!(
-                    "line {} of {} bytes (publish.max_record_bytes)",
-                    number + 1,
-                    trimmed.len()
-                ))));
-                continue;
-            }
-            let text = match std::str::from_utf8(trimmed) {
-                Ok(text) => text,
-                Err(e) => {
-                    items.push(failed(SplitError::Utf8(format!(
-                        "line {}: {e}",
-                        number + 1
-                    ))));
-                    continue;
-                }
-            };
-            match serde_json::from_str::<&RawValue>(text) {
-                Ok(value) => expand(value, number + 1, &mut index, limits, &mut items),
-                Err(e) => items.push(failed(SplitError::Json(format!(
-                    "line {}: {e}",
-                    number + 1
-                )))),
-            }
+            self::line(number + 1, line.trim_ascii(), limits, &mut items);
         }
     } else {
         document(whole, input, limits, &mut items);
     }
     items
+}
+
+/// Whether `line` (trimmed) is a JSON value on its own, within the record limit: the first
+/// line of an input that does is read as NDJSON.
+pub fn parses_alone(line: &[u8], limits: Limits) -> bool {
+    line.len() <= limits.max_record && serde_json::from_slice::<&RawValue>(line).is_ok()
+}
+
+/// The records of one NDJSON line (`number`, 1-based; `line` trimmed, empty lines give none):
+/// a record, or each record of a log file or array on the line, all numbered by the line — or
+/// the line's one failure, carrying its bytes.
+pub fn line<'a>(number: usize, line: &'a [u8], limits: Limits, items: &mut Vec<RawItem<'a>>) {
+    if line.is_empty() {
+        return;
+    }
+    let failed = |error| RawItem {
+        index: number,
+        text: Err(error),
+        bytes: Cow::Borrowed(line),
+    };
+    if line.len() > limits.max_record {
+        items.push(failed(SplitError::TooLarge(format!(
+            "line {number} of {} bytes (publish.max_record_bytes)",
+            line.len()
+        ))));
+        return;
+    }
+    let text = match std::str::from_utf8(line) {
+        Ok(text) => text,
+        Err(e) => {
+            items.push(failed(SplitError::Utf8(format!("line {number}: {e}"))));
+            return;
+        }
+    };
+    match serde_json::from_str::<&RawValue>(text) {
+        Ok(value) => expand(value, number, &mut 0, limits, items),
+        Err(e) => items.push(failed(SplitError::Json(format!("line {number}: {e}")))),
+    }
 }
 
 /// One JSON document (a log file, an array, a record); `input` is all of it as read, kept

@@ -1,0 +1,630 @@
+//! Reading a large local input without holding it: NDJSON handed over in chunks of whole lines,
+//! and what an input looks like from its first line. Pure apart from the reader.
+//!
+//! [`crate::split`] reads an input held in memory; this is its streaming side for NDJSON (one
+//! record, log file or array per line), as [`crate::stream`] is for one large log file. The
+//! chunks are split by [`crate::split::line`], so a line gives the same records, numbered the
+//! same, either way.
+
+use std::io::{BufRead, BufReader, Read};
+
+use crate::limits::{Limits, SplitError};
+
+/// What [`stream_lines`] hands over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Whole lines, each ending in `\n` but perhaps the input's last; the first is line
+    /// `first` (1-based).
+    Lines {
+        /// The first line's number.
+        first: usize,
+        /// The lines, as read.
+        bytes: Vec<u8>,
+    },
+    /// A line longer than `max_record`, read through without being kept.
+    TooLong {
+        /// Its number.
+        line: usize,
+        /// Its size in bytes, as read.
+        size: u64,
+    },
+}
+
+/// What an input's first line says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The first line that is not blank is a JSON value on its own, and more follows it: NDJSON.
+    Lines,
+    /// One document that is an object (a log file, or a record).
+    Object,
+    /// Anything else (an array over many lines, text that is not JSON, nothing at all).
+    Other,
+}
+
+/// Undoes gzip when `reader` starts with its magic bytes, failing with `TooLarge` past
+/// `max_decompressed` bytes of output; passes plain input through as it is.
+pub fn plain<R: Read + Send + 'static>(
+    reader: R,
+    limits: Limits,
+) -> std::io::Result<Box<dyn Read + Send>> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    if buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(Capped {
+            inner: flate2::bufread::MultiGzDecoder::new(buffered),
+            left: limits.max_decompressed,
+        }))
+    } else {
+        Ok(Box::new(buffered))
+    }
+}
+
+/// The message of the error [`Capped`] fails with.
+const PAST_LIMIT: &str = "decompresses to more than publish.max_decompressed_bytes";
+
+/// A reader that fails once more than `left` bytes came through.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // All that is allowed came through: anything more is past the limit.
+            return match self.inner.read(&mut [0u8; 1])? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::other(PAST_LIMIT)),
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads what an input looks like from its first line that is not blank (a byte-order mark
+/// aside), reading at most `max_record` bytes of it.
+pub fn shape<R: Read>(reader: R, limits: Limits) -> std::io::Result<Shape> {
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let mut line = Vec::new();
+    let mut start = true;
+    loop {
+        let data = reader.fill_buf()?;
+        if data.is_empty() {
+            return Ok(shape_of(line.trim_ascii(), false, limits));
+        }
+        let bom = if start && data.starts_with(b"\xEF\xBB\xBF") {
+            3
+        } else {
+            0
+        };
+        start = false;
+        let data = &data[bom..];
+        let (taken, end) = match memchr::memchr(b'\n', data) {
+            Some(i) => (i + 1, Some(i)),
+            None => (data.len(), None),
+        };
+        line.extend_from_slice(&data[..end.unwrap_or(data.len())]);
+        reader.consume(bom + taken);
+        if end.is_some() {
+            let trimmed = line.trim_ascii();
+            if !trimmed.is_empty() {
+                // A line ending in a newline: more may follow it.
+                let more = more_after(&mut reader)?;
+                return Ok(shape_of(trimmed, more, limits));
+            }
+            line.clear();
+        } else if line.len() > limits.max_record {
+            return Ok(shape_of(line.trim_ascii(), false, limits));
+        }
+    }
+}
+
+/// Whether anything but whitespace is left in `reader` (read through blank runs).
+fn more_after<R: Read>(reader: &mut BufReader<R>) -> std::io::Result<bool> {
+    loop {
+        let data = reader.fill_buf()?;
+        if data.is_empty() {
+            return Ok(false);
+        }
+        if !data.trim_ascii().is_empty() {
+            return Ok(true);
+        }
+        let n = data.len();
+        reader.consume(n);
+    }
+}
+
+fn shape_of(first: &[u8], more: bool, limits: Limits) -> Shape {
+    if more && crate::split::parses_alone(first, limits) {
+        Shape::Lines
+    } else if first.first() == Some(&b'{') {
+        Shape::Object
+    } else {
+        Shape::Other
+    }
+}
+
+/// Hands `reader`'s lines to `each` in chunks of whole lines of about `chunk` bytes, in order,
+/// with at most `chunk` + `max_record` bytes held; `each` returns false to stop. Buffers are
+/// taken from `spare` while it has them. A line larger
+/// than `max_record` (as read, spaces around it counted) is read through and handed over as
+/// [`Piece::TooLong`]. A byte-order mark at the start is dropped. Fails as `TooLarge` when a
+/// gzip input ([`plain`]) decompresses past its limit, as `Gzip` when it is cut or corrupt:
+/// the lines before are handed over first.
+pub fn stream_lines<R: Read>(
+    reader: R,
+    limits: Limits,
+    chunk: usize,
+    mut each: impl FnMut(Piece) -> bool,
+    mut spare: impl FnMut() -> Option<Vec<u8>>,
+) -> Result<(), SplitError> {
+    let mut reader = BufReader::with_capacity(256 * 1024, reader);
+    // A buffer handed back by the consumer, emptied, or a new one: reusing them spares the
+    // kernel zeroing fresh pages for every chunk.
+    let mut fresh = || {
+        spare()
+            .map(|mut b| {
+                b.clear();
+                b
+            })
+            .unwrap_or_else(|| Vec::with_capacity(chunk + 256 * 1024))
+    };
+    let mut buf = fresh();
+    // The line `buf` starts with, and where in `buf` its last (unfinished) line starts.
+    let (mut first, mut tail) = (1usize, 0usize);
+    // The size so far of a line too long to keep, while it is read through.
+    let mut long: Option<u64> = None;
+    let mut start = true;
+    let lines_in = |bytes: &[u8]| memchr::memchr_iter(b'\n', bytes).count();
+    loop {
+        let data = reader.fill_buf().map_err(|e| read_error(e, first))?;
+        if data.is_empty() {
+            break;
+        }
+        let n = data.len();
+        if let Some(size) = long {
+            match memchr::memchr(b'\n', data) {
+                Some(i) => {
+                    reader.consume(i + 1);
+                    long = None;
+                    let piece = Piece::TooLong {
+                        line: first,
+                        size: size + i as u64,
+                    };
+                    first += 1;
+                    if !each(piece) {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    long = Some(size + n as u64);
+                    reader.consume(n);
+                }
+            }
+            continue;
+        }
+        let from = buf.len();
+        let data = if start {
+            start = false;
+            data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data)
+        } else {
+            data
+        };
+        buf.extend_from_slice(data);
+        reader.consume(n);
+        if let Some(i) = memchr::memrchr(b'\n', &buf[from..]) {
+            tail = from + i + 1;
+        }
+        if buf.len() - tail > limits.max_record {
+            // The unfinished line is too long to keep: hand over the lines before it.
+            long = Some((buf.len() - tail) as u64);
+            buf.truncate(tail);
+            if !buf.is_empty() {
+                let lines = lines_in(&buf);
+                if !each(Piece::Lines {
+                    first,
+                    bytes: std::mem::replace(&mut buf, fresh()),
+                }) {
+                    return Ok(());
+                }
+                first += lines;
+            }
+            tail = 0;
+        } else if tail >= chunk {
+            let mut rest = fresh();
+            rest.extend_from_slice(&buf[tail..]);
+            buf.truncate(tail);
+            let lines = lines_in(&buf);
+            if !each(Piece::Lines {
+                first,
+                bytes: std::mem::replace(&mut buf, rest),
+            }) {
+                return Ok(());
+            }
+            first += lines;
+            tail = 0;
+        }
+    }
+    if let Some(size) = long {
+        each(Piece::TooLong { line: first, size });
+    } else if !buf.is_empty() {
+        each(Piece::Lines { first, bytes: buf });
+    }
+    Ok(())
+}
+
+/// One record (or failed part) of a chunk of lines, located in the chunk's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The line it is on.
+    pub index: usize,
+    /// Where its JSON text is, or why it has none.
+    pub text: Result<std::ops::Range<usize>, SplitError>,
+    /// Where its bytes as read are.
+    pub bytes: std::ops::Range<usize>,
+}
+
+/// Splits a chunk of lines ([`Piece::Lines`], its first line `first`) into records as
+/// [`crate::split::line`] does, each located in `text`: so the splitting can be done on
+/// another thread than the one that reads the records.
+pub fn locate(first: usize, text: &str, limits: Limits) -> Vec<Located> {
+    let base = text.as_ptr() as usize;
+    let within = |part: &[u8]| -> Option<std::ops::Range<usize>> {
+        let start = (part.as_ptr() as usize).checked_sub(base)?;
+        (start + part.len() <= text.len()).then_some(start..start + part.len())
+    };
+    let mut located = Vec::new();
+    let mut items = Vec::new();
+    for (i, line) in text.as_bytes().split(|b| *b == b'\n').enumerate() {
+        items.clear();
+        crate::split::line(first + i, line.trim_ascii(), limits, &mut items);
+        for item in items.drain(..) {
+            let text = match &item.text {
+                Ok(record) => within(record.as_bytes()).ok_or_else(|| {
+                    // `line` borrows every record from its line; were it ever not to, the
+                    // record is refused with a reason rather than lost unsaid.
+                    SplitError::Json(format!("line {}: record not found in its line", item.index))
+                }),
+                Err(why) => Err(why.clone()),
+            };
+            located.push(Located {
+                index: item.index,
+                text,
+                bytes: within(&item.bytes).unwrap_or(0..0),
+            });
+        }
+    }
+    located
+}
+
+fn read_error(e: std::io::Error, line: usize) -> SplitError {
+    if e.to_string() == PAST_LIMIT {
+        SplitError::TooLarge(format!("{PAST_LIMIT}, at line {line}"))
+    } else {
+        SplitError::Gzip(format!("at line {line}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::split::{split, RawItem};
+
+    fn limits(max_record: usize) -> Limits {
+        Limits {
+            max_decompressed: 1 << 30,
+            max_record,
+        }
+    }
+
+    /// What `split` makes of each item, comparable across the two ways of reading.
+    fn view(items: Vec<RawItem<'_>>) -> Vec<(usize, Result<String, &'static str>)> {
+        items
+            .into_iter()
+            .map(|i| {
+                (
+                    i.index,
+                    i.text.map(|t| t.into_owned()).map_err(|e| e.kind()),
+                )
+            })
+            .collect()
+    }
+
+    /// Streams `input` in chunks of `chunk` bytes and splits each piece by line, as
+    /// `ingest files` does.
+    fn streamed(
+        input: &[u8],
+        limits: Limits,
+        chunk: usize,
+    ) -> Vec<(usize, Result<String, &'static str>)> {
+        let mut out = Vec::new();
+        let result = stream_lines(
+            input,
+            limits,
+            chunk,
+            |piece| {
+                match piece {
+                    Piece::Lines { first, bytes } => {
+                        let mut items = Vec::new();
+                        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                            crate::split::line(first + i, line.trim_ascii(), limits, &mut items);
+                        }
+                        out.extend(view(items));
+                    }
+                    Piece::TooLong { line, .. } => out.push((line, Err("too_large"))),
+                }
+                true
+            },
+            || None,
+        );
+        assert_eq!(result, Ok(()));
+        out
+    }
+
+    fn ndjson_inputs() -> Vec<Vec<u8>> {
+        let record =
+            |n: usize| format!("{{\"eventID\":\"{n}\",\"pad\":\"{}\"}}", "x".repeat(n % 97));
+        let mut inputs = Vec::new();
+        let mut plain = String::new();
+        for n in 0..300 {
+            plain.push_str(&record(n));
+            plain.push('\n');
+        }
+        inputs.push(plain.clone().into_bytes());
+        // No newline at the end, CRLF, blank lines, spaces around lines, a BOM.
+        inputs.push(plain.trim_end().as_bytes().to_vec());
+        inputs.push(plain.replace('\n', "\r\n").into_bytes());
+        inputs.push(
+            format!(
+                "\u{feff}{}",
+                plain.replace("\n{\"eventID\":\"7", "\n\n  \n {\"eventID\":\"7")
+            )
+            .into_bytes(),
+        );
+        // Bad lines among good ones: not JSON, not UTF-8, too large, log files and arrays.
+        let mut mixed: Vec<u8> = Vec::new();
+        for n in 0..200 {
+            match n % 9 {
+                0 => mixed.extend_from_slice(b"not json"),
+                1 => mixed.extend_from_slice(b"{\"a\":\"\xff\"}"),
+                2 => mixed
+                    .extend_from_slice(format!("{{\"big\":\"{}\"}}", "y".repeat(3000)).as_bytes()),
+                3 => mixed.extend_from_slice(
+                    format!("{{\"Records\":[{},{}]}}", record(n), record(n + 1)).as_bytes(),
+                ),
+                4 => {
+                    mixed.extend_from_slice(format!("[{},{}]", record(n), record(n + 2)).as_bytes())
+                }
+                5 => mixed.extend_from_slice(b"   "),
+                _ => mixed.extend_from_slice(record(n).as_bytes()),
+            }
+            mixed.push(b'\n');
+        }
+        inputs.push(mixed);
+        inputs
+    }
+
+    #[test]
+    fn streamed_lines_split_as_the_whole_input_does() {
+        let limits = limits(2048);
+        for input in ndjson_inputs() {
+            let whole = view(split(&input, limits));
+            assert!(whole.len() > 100);
+            for chunk in [1, 100, 1000, 4096, 1 << 20] {
+                assert_eq!(streamed(&input, limits, chunk), whole, "chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn located_records_are_the_split_records() {
+        let limits = limits(2048);
+        for input in ndjson_inputs() {
+            let whole = split(&input, limits);
+            // `locate` takes text: the lines that are not UTF-8 are left out of both sides.
+            // (and the byte-order mark, which `stream_lines` drops before `locate` sees it).
+            let lossy = String::from_utf8_lossy(&input);
+            let text = lossy.strip_prefix('\u{feff}').unwrap_or(&lossy).to_string();
+            let whole_text: Vec<_> = split(text.as_bytes(), limits)
+                .into_iter()
+                .map(|i| {
+                    (
+                        i.index,
+                        i.text.map(|t| t.into_owned()).map_err(|e| e.to_string()),
+                        i.bytes.into_owned(),
+                    )
+                })
+                .collect();
+            let located: Vec<_> = locate(1, &text, limits)
+                .into_iter()
+                .map(|l| {
+                    let t = l
+                        .text
+                        .map(|r| text[r].to_string())
+                        .map_err(|e| e.to_string());
+                    (l.index, t, text.as_bytes()[l.bytes].to_vec())
+                })
+                .collect();
+            assert_eq!(located, whole_text);
+            assert!(whole.len() > 100);
+        }
+    }
+
+    #[test]
+    fn spare_buffers_are_used_before_new_ones() {
+        /// Hands out its input 100 bytes at a time.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(100).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let input = "{\"a\":1}\n".repeat(1000);
+        let mut spares = vec![Vec::with_capacity(7), Vec::with_capacity(9)];
+        let mut caps = Vec::new();
+        let result = stream_lines(
+            Trickle(input.as_bytes()),
+            limits(1024),
+            64,
+            |piece| {
+                if let Piece::Lines { bytes, .. } = piece {
+                    caps.push(bytes.capacity());
+                }
+                true
+            },
+            || spares.pop(),
+        );
+        assert_eq!(result, Ok(()));
+        assert!(caps.len() > 3, "{caps:?}");
+        // The two spares hold the first two chunks; then buffers are new.
+        assert!(caps[0] < 1024 && caps[1] < 1024, "{caps:?}");
+        assert!(caps[2] >= 64 + 256 * 1024, "{caps:?}");
+    }
+
+    #[test]
+    fn a_long_line_is_read_through_and_counted_not_kept() {
+        let limits = limits(1024);
+        let long = "z".repeat(300_000);
+        let input = format!("{{\"a\":1}}\n{{\"b\":\"{long}\"}}\n{{\"c\":3}}\n{long}");
+        let mut pieces = Vec::new();
+        let mut most = 0;
+        let result = stream_lines(
+            input.as_bytes(),
+            limits,
+            10,
+            |piece| {
+                if let Piece::Lines { bytes, .. } = &piece {
+                    most = most.max(bytes.capacity());
+                }
+                pieces.push(piece);
+                true
+            },
+            || None,
+        );
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            pieces,
+            vec![
+                Piece::Lines {
+                    first: 1,
+                    bytes: b"{\"a\":1}\n".to_vec()
+                },
+                Piece::TooLong {
+                    line: 2,
+                    size: long.len() as u64 + 8
+                },
+                Piece::Lines {
+                    first: 3,
+                    bytes: b"{\"c\":3}\n".to_vec()
+                },
+                Piece::TooLong {
+                    line: 4,
+                    size: long.len() as u64
+                },
+            ]
+        );
+        // Memory stays within a chunk, a record and one read's buffer.
+        assert!(most <= 10 + 2 * 256 * 1024, "held {most}");
+    }
+
+    #[test]
+    fn stopping_early_hands_over_nothing_more() {
+        let input = "{\"a\":1}\n".repeat(1000);
+        let mut calls = 0;
+        let result = stream_lines(
+            input.as_bytes(),
+            limits(1024),
+            64,
+            |_| {
+                calls += 1;
+                false
+            },
+            || None,
+        );
+        assert_eq!((result, calls), (Ok(()), 1));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = enc.write_all(bytes);
+        enc.finish().unwrap_or_default()
+    }
+
+    #[test]
+    fn gzip_is_undone_within_the_limit_and_a_cut_is_an_error_after_the_lines_before(
+    ) -> std::io::Result<()> {
+        let input = "{\"a\":1}\n".repeat(10_000);
+        let packed = gzip(input.as_bytes());
+        let count = |reader: Box<dyn Read + Send>, limits: Limits| {
+            let mut lines = 0;
+            let result = stream_lines(
+                reader,
+                limits,
+                1000,
+                |piece| {
+                    if let Piece::Lines { bytes, .. } = piece {
+                        lines += bytes.iter().filter(|b| **b == b'\n').count();
+                    }
+                    true
+                },
+                || None,
+            );
+            (lines, result.map_err(|e| e.kind()))
+        };
+        let all = limits(1024);
+        assert_eq!(
+            count(plain(std::io::Cursor::new(packed.clone()), all)?, all),
+            (10_000, Ok(()))
+        );
+        let capped = Limits {
+            max_decompressed: 40_000,
+            max_record: 1024,
+        };
+        let (lines, result) = count(plain(std::io::Cursor::new(packed.clone()), capped)?, capped);
+        assert_eq!(result, Err("too_large"));
+        assert!(lines > 0 && lines <= 5_000, "{lines}");
+        let cut = packed[..packed.len() / 2].to_vec();
+        let (lines, result) = count(plain(std::io::Cursor::new(cut), all)?, all);
+        assert_eq!(result, Err("bad_gzip"));
+        assert!(lines > 0 && lines < 10_000, "{lines}");
+        // Plain input passes through untouched.
+        assert_eq!(
+            count(plain(std::io::Cursor::new(input.into_bytes()), all)?, all),
+            (10_000, Ok(()))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_first_line_tells_the_shape() -> std::io::Result<()> {
+        let limits = limits(1024);
+        let shape = |text: &str| shape(text.as_bytes(), limits);
+        assert_eq!(shape("{\"a\":1}\n{\"b\":2}\n")?, Shape::Lines);
+        assert_eq!(shape("\u{feff}\n\n  {\"a\":1}\r\n\n[1]")?, Shape::Lines);
+        assert_eq!(shape("[{\"a\":1}]\n[{\"b\":2}]")?, Shape::Lines);
+        // One record or log file, alone or with only blank lines after it.
+        assert_eq!(shape("{\"Records\":[{\"a\":1}]}\n\n  \n")?, Shape::Object);
+        assert_eq!(shape("{\"Records\":[{\"a\":1}]}")?, Shape::Object);
+        // A log file over several lines, one on a line too long to judge, arrays over lines.
+        assert_eq!(
+            shape("{\n \"Records\": [\n {\"a\":1}\n ]\n}\n")?,
+            Shape::Object
+        );
+        assert_eq!(
+            shape(&format!("{{\"Records\":[\"{}\"]}}\n{{}}", "q".repeat(2000)))?,
+            Shape::Object
+        );
+        assert_eq!(shape("[\n {\"a\":1}\n]\n")?, Shape::Other);
+        assert_eq!(shape("not json\n{\"a\":1}\n")?, Shape::Other);
+        assert_eq!(shape("")?, Shape::Other);
+        Ok(())
+    }
+}

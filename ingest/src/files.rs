@@ -38,10 +38,8 @@ impl Default for FilesConfig {
 /// About how many bytes of whole lines a streamed NDJSON file hands over at a time.
 const CHUNK_BYTES: usize = 4 << 20;
 
-/// How many chunks (or, for a log file, records) wait between the reading thread and the
-/// publisher at most.
+/// How many chunks wait between the reading thread and the publisher at most.
 const CHUNKS_AHEAD: usize = 4;
-const RECORDS_AHEAD: usize = 4096;
 
 /// One input named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +274,6 @@ enum Part {
         text: String,
         items: Vec<crate::lines::Located>,
     },
-    Record(Result<String, (SplitError, String)>),
 }
 
 /// Reads a large file record by record — NDJSON in chunks of lines, a log file a record at a
@@ -302,58 +299,47 @@ async fn stream_path(
     })
     .await;
     let shape = match shape {
-        Ok(Ok(Shape::Other)) => return Streamed::ReadWhole,
-        Ok(Ok(shape)) => shape,
-        // Unreadable (or a gzip broken in its first line): read whole, it is dead-lettered
-        // there with its cause.
-        Ok(Err(_)) | Err(_) => return Streamed::ReadWhole,
+        Ok(Ok(Shape::Lines)) => Shape::Lines,
+        // Anything but NDJSON whose first line reads alone is read whole, as before: a log
+        // file (streaming one record at a time reads records near the limits and breaks
+        // differently), a first line that is not JSON (whose cost is that line when read
+        // whole), and an input that cannot be read (dead-lettered there with its cause).
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return Streamed::ReadWhole,
     };
     tracing::info!(file = %name, size, ?shape, "streaming a large file");
-    let ahead = if shape == Shape::Lines {
-        CHUNKS_AHEAD
-    } else {
-        RECORDS_AHEAD
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(ahead);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(CHUNKS_AHEAD);
     // Chunks' buffers go back to the reading thread once published.
     let (spares_tx, spares_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let file = path.to_path_buf();
     let reading = tokio::task::spawn_blocking(move || -> Result<(), SplitError> {
         let opened = std::fs::File::open(&file)
             .map_err(|e| SplitError::Json(format!("cannot read it again: {e}")))?;
-        if shape == Shape::Lines {
-            let reader =
-                crate::lines::plain(opened, limits).map_err(|e| SplitError::Gzip(e.to_string()))?;
-            crate::lines::stream_lines(
-                reader,
-                limits,
-                CHUNK_BYTES,
-                |piece| {
-                    // Split here, off the publishing thread, when the chunk is all UTF-8 (a
-                    // chunk that is not is split there, line by line, as a whole file is).
-                    let part = match piece {
-                        Piece::Lines { first, bytes } => match String::from_utf8(bytes) {
-                            Ok(text) => Part::Located {
-                                items: crate::lines::locate(first, &text, limits),
-                                text,
-                            },
-                            Err(e) => Part::Lines(Piece::Lines {
-                                first,
-                                bytes: e.into_bytes(),
-                            }),
+        let reader =
+            crate::lines::plain(opened, limits).map_err(|e| SplitError::Gzip(e.to_string()))?;
+        crate::lines::stream_lines(
+            reader,
+            limits,
+            CHUNK_BYTES,
+            |piece| {
+                // Split here, off the publishing thread, when the chunk is all UTF-8 (a
+                // chunk that is not is split there, line by line, as a whole file is).
+                let part = match piece {
+                    Piece::Lines { first, bytes } => match String::from_utf8(bytes) {
+                        Ok(text) => Part::Located {
+                            items: crate::lines::locate(first, &text, limits),
+                            text,
                         },
-                        long => Part::Lines(long),
-                    };
-                    tx.blocking_send(part).is_ok()
-                },
-                || spares_rx.try_recv().ok(),
-            )
-        } else {
-            crate::stream::stream_log_file(opened, limits, |record| {
-                tx.blocking_send(Part::Record(record)).is_ok()
-            })
-            .map(|_| ())
-        }
+                        Err(e) => Part::Lines(Piece::Lines {
+                            first,
+                            bytes: e.into_bytes(),
+                        }),
+                    },
+                    long => Part::Lines(long),
+                };
+                tx.blocking_send(part).is_ok()
+            },
+            || spares_rx.try_recv().ok(),
+        )
     });
     summary.inputs_read += 1;
     summary.bytes += size;
@@ -414,20 +400,6 @@ async fn stream_path(
                 ));
                 let text = Err(Poison::from(&why));
                 process_record(&name, (line, ordinal), text, b"", publisher, summary).await;
-            }
-            Part::Record(record) => {
-                ordinal += 1;
-                let (text, bytes) = match &record {
-                    Ok(text) => {
-                        records += 1;
-                        (Ok(text.as_str()), text.as_bytes())
-                    }
-                    Err((why, text)) => {
-                        summary.unparsed += 1;
-                        (Err(Poison::from(why)), text.as_bytes())
-                    }
-                };
-                process_record(&name, (ordinal, ordinal), text, bytes, publisher, summary).await;
             }
         }
         if shutdown.is_cancelled() {

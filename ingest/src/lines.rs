@@ -181,7 +181,21 @@ pub fn stream_lines<R: Read>(
     let mut start = true;
     let lines_in = |bytes: &[u8]| memchr::memchr_iter(b'\n', bytes).count();
     loop {
-        let data = reader.fill_buf().map_err(|e| read_error(e, first))?;
+        let data = match reader.fill_buf() {
+            Ok(data) => data,
+            Err(e) => {
+                // The input broke off: the whole lines before the break are handed over
+                // first; only the unfinished one is lost with it.
+                if long.is_none() && tail > 0 {
+                    buf.truncate(tail);
+                    let lines = lines_in(&buf);
+                    if each(Piece::Lines { first, bytes: buf }) {
+                        first += lines;
+                    }
+                }
+                return Err(read_error(e, first));
+            }
+        };
         if data.is_empty() {
             break;
         }
@@ -218,6 +232,15 @@ pub fn stream_lines<R: Read>(
         reader.consume(n);
         if let Some(i) = memchr::memrchr(b'\n', &buf[from..]) {
             tail = from + i + 1;
+        }
+        if buf.len() - tail > limits.max_record {
+            // Judged as `split::line` judges it, trimmed: spaces before it are dropped (a
+            // line of nothing but spaces never grows the buffer).
+            let spaces = buf[tail..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
+            buf.drain(tail..tail + spaces);
         }
         if buf.len() - tail > limits.max_record {
             // The unfinished line is too long to keep: hand over the lines before it.
@@ -535,6 +558,16 @@ mod tests {
     }
 
     #[test]
+    fn spaces_do_not_make_a_line_too_long() {
+        let limits = limits(1024);
+        let spaces = " ".repeat(600_000);
+        let input = format!("{{\"a\":1}}\n{spaces}\n{spaces}{{\"b\":2}}\n{{\"c\":3}}\n");
+        let whole = view(split(input.as_bytes(), limits));
+        assert_eq!(whole.len(), 3, "{whole:?}");
+        assert_eq!(streamed(input.as_bytes(), limits, 10), whole);
+    }
+
+    #[test]
     fn stopping_early_hands_over_nothing_more() {
         let input = "{\"a\":1}\n".repeat(1000);
         let mut calls = 0;
@@ -592,9 +625,14 @@ mod tests {
         assert_eq!(result, Err("too_large"));
         assert!(lines > 0 && lines <= 5_000, "{lines}");
         let cut = packed[..packed.len() / 2].to_vec();
-        let (lines, result) = count(plain(std::io::Cursor::new(cut), all)?, all);
+        let (lines, result) = count(plain(std::io::Cursor::new(cut.clone()), all)?, all);
         assert_eq!(result, Err("bad_gzip"));
-        assert!(lines > 0 && lines < 10_000, "{lines}");
+        // Every whole line before the cut is handed over, not only those of whole chunks.
+        let mut before = Vec::new();
+        let _ = flate2::read::MultiGzDecoder::new(&cut[..]).read_to_end(&mut before);
+        let whole_lines = before.iter().filter(|b| **b == b'\n').count();
+        assert!(whole_lines > 1000, "{whole_lines}");
+        assert_eq!(lines, whole_lines);
         // Plain input passes through untouched.
         assert_eq!(
             count(plain(std::io::Cursor::new(input.into_bytes()), all)?, all),

@@ -344,6 +344,18 @@ mod tests {
         }
     }
 
+    /// Hands out its input `.1` bytes at a time, as a pipe or a decoder may.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     /// What `split` makes of each item, comparable across the two ways of reading.
     fn view(items: Vec<RawItem<'_>>) -> Vec<(usize, Result<String, &'static str>)> {
         items
@@ -364,9 +376,19 @@ mod tests {
         limits: Limits,
         chunk: usize,
     ) -> Vec<(usize, Result<String, &'static str>)> {
+        streamed_by(input, limits, chunk, usize::MAX)
+    }
+
+    /// [`streamed`], the input read `step` bytes at a time.
+    fn streamed_by(
+        input: &[u8],
+        limits: Limits,
+        chunk: usize,
+        step: usize,
+    ) -> Vec<(usize, Result<String, &'static str>)> {
         let mut out = Vec::new();
         let result = stream_lines(
-            input,
+            Trickle(input, step),
             limits,
             chunk,
             |piece| {
@@ -438,7 +460,10 @@ mod tests {
             let whole = view(split(&input, limits));
             assert!(whole.len() > 100);
             for chunk in [1, 100, 1000, 4096, 1 << 20] {
-                assert_eq!(streamed(&input, limits, chunk), whole, "chunk {chunk}");
+                for step in [7, 100, 4096, usize::MAX] {
+                    let got = streamed_by(&input, limits, chunk, step);
+                    assert_eq!(got, whole, "chunk {chunk}, read {step} at a time");
+                }
             }
         }
     }
@@ -479,21 +504,11 @@ mod tests {
 
     #[test]
     fn spare_buffers_are_used_before_new_ones() {
-        /// Hands out its input 100 bytes at a time.
-        struct Trickle<'a>(&'a [u8]);
-        impl Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = buf.len().min(100).min(self.0.len());
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
         let input = "{\"a\":1}\n".repeat(1000);
         let mut spares = vec![Vec::with_capacity(7), Vec::with_capacity(9)];
         let mut caps = Vec::new();
         let result = stream_lines(
-            Trickle(input.as_bytes()),
+            Trickle(input.as_bytes(), 100),
             limits(1024),
             64,
             |piece| {
@@ -601,7 +616,7 @@ mod tests {
             let result = stream_lines(
                 reader,
                 limits,
-                1000,
+                1 << 20,
                 |piece| {
                     if let Piece::Lines { bytes, .. } = piece {
                         lines += bytes.iter().filter(|b| **b == b'\n').count();

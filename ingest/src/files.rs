@@ -313,9 +313,15 @@ async fn stream_path(
     let file = path.to_path_buf();
     let reading = tokio::task::spawn_blocking(move || -> Result<(), SplitError> {
         let opened = std::fs::File::open(&file)
-            .map_err(|e| SplitError::Json(format!("cannot read it again: {e}")))?;
+            .map_err(|e| SplitError::Read(format!("opening it again: {e}")))?;
+        // Stops reading once nothing takes what it reads (a shutdown), even inside a line
+        // too long to keep, which hands nothing over until it ends.
+        let opened = Stoppable {
+            inner: opened,
+            taken_by: tx.clone(),
+        };
         let reader =
-            crate::lines::plain(opened, limits).map_err(|e| SplitError::Gzip(e.to_string()))?;
+            crate::lines::plain(opened, limits).map_err(|e| SplitError::Read(e.to_string()))?;
         crate::lines::stream_lines(
             reader,
             limits,
@@ -398,8 +404,15 @@ async fn stream_path(
                 let why = SplitError::TooLarge(format!(
                     "line {line} of {size} bytes (publish.max_record_bytes)"
                 ));
-                let text = Err(Poison::from(&why));
-                process_record(&name, (line, ordinal), text, b"", publisher, summary).await;
+                let poison = Poison::from(&why);
+                crate::pipeline::dead_letter_unkept(
+                    (&name, line),
+                    size,
+                    poison,
+                    publisher,
+                    summary,
+                )
+                .await;
             }
         }
         if shutdown.is_cancelled() {
@@ -428,6 +441,21 @@ async fn stream_path(
         }
     }
     Streamed::Done
+}
+
+/// A reader that fails once the channel it feeds has no receiver.
+struct Stoppable<R> {
+    inner: R,
+    taken_by: tokio::sync::mpsc::Sender<Part>,
+}
+
+impl<R: std::io::Read> std::io::Read for Stoppable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.taken_by.is_closed() {
+            return Err(std::io::Error::other("stopped: nothing takes the records"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// The progress display on stderr: files done of the total, and a message with records, bytes

@@ -17,6 +17,9 @@ pub enum SplitError {
     /// Larger than the limits allow: a record, or an input's decompressed size.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// The input itself could not be read (a file that failed or went away while streamed).
+    #[error("cannot read: {0}")]
+    Read(String),
 }
 
 impl SplitError {
@@ -27,6 +30,7 @@ impl SplitError {
             SplitError::Json(_) => "invalid_json",
             SplitError::Utf8(_) => "invalid_utf8",
             SplitError::TooLarge(_) => "too_large",
+            SplitError::Read(_) => "unreadable",
         }
     }
 }

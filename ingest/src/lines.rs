@@ -47,6 +47,7 @@ pub fn plain<R: Read + Send + 'static>(
     reader: R,
     limits: Limits,
 ) -> std::io::Result<Box<dyn Read + Send>> {
+    let reader = Labelled { inner: reader };
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
     if buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(Capped {
@@ -57,6 +58,28 @@ pub fn plain<R: Read + Send + 'static>(
         Ok(Box::new(buffered))
     }
 }
+
+/// What the errors of reading the input itself (not undoing its gzip) start with.
+const READ_FAILED: &str = "reading the input: ";
+
+/// A reader whose errors say they are the input's own, so that they are not taken for a
+/// broken gzip.
+struct Labelled<R> {
+    inner: R,
+}
+
+impl<R: Read> Read for Labelled<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| std::io::Error::other(format!("{READ_FAILED}{e}")))
+    }
+}
+
+/// Most whole lines a chunk gathers before it is handed over (checked at each read, so a
+/// chunk may hold one read's worth more), whatever its size: each becomes a record to locate,
+/// and an input of short lines would otherwise make millions of them per chunk.
+pub const MOST_LINES: usize = 16 * 1024;
 
 /// The message of the error [`Capped`] fails with.
 const PAST_LIMIT: &str = "decompresses to more than publish.max_decompressed_bytes";
@@ -148,7 +171,8 @@ fn shape_of(first: &[u8], more: bool, limits: Limits) -> Shape {
     }
 }
 
-/// Hands `reader`'s lines to `each` in chunks of whole lines of about `chunk` bytes, in order,
+/// Hands `reader`'s lines to `each` in chunks of whole lines of about `chunk` bytes (or
+/// [`MOST_LINES`] lines), in order,
 /// with at most `chunk` + `max_record` bytes held; `each` returns false to stop. Buffers are
 /// taken from `spare` while it has them. A line larger
 /// than `max_record` (as read, spaces around it counted) is read through and handed over as
@@ -179,6 +203,8 @@ pub fn stream_lines<R: Read>(
     // The size so far of a line too long to keep, while it is read through.
     let mut long: Option<u64> = None;
     let mut start = true;
+    // Whole lines in `buf`.
+    let mut pending = 0usize;
     let lines_in = |bytes: &[u8]| memchr::memchr_iter(b'\n', bytes).count();
     loop {
         let data = match reader.fill_buf() {
@@ -188,7 +214,7 @@ pub fn stream_lines<R: Read>(
                 // first; only the unfinished one is lost with it.
                 if long.is_none() && tail > 0 {
                     buf.truncate(tail);
-                    let lines = lines_in(&buf);
+                    let lines = pending;
                     if each(Piece::Lines { first, bytes: buf }) {
                         first += lines;
                     }
@@ -232,6 +258,7 @@ pub fn stream_lines<R: Read>(
         reader.consume(n);
         if let Some(i) = memchr::memrchr(b'\n', &buf[from..]) {
             tail = from + i + 1;
+            pending += lines_in(&buf[from..tail]);
         }
         if buf.len() - tail > limits.max_record {
             // Judged as `split::line` judges it, trimmed: spaces before it are dropped (a
@@ -247,7 +274,7 @@ pub fn stream_lines<R: Read>(
             long = Some((buf.len() - tail) as u64);
             buf.truncate(tail);
             if !buf.is_empty() {
-                let lines = lines_in(&buf);
+                let lines = std::mem::take(&mut pending);
                 if !each(Piece::Lines {
                     first,
                     bytes: std::mem::replace(&mut buf, fresh()),
@@ -257,11 +284,11 @@ pub fn stream_lines<R: Read>(
                 first += lines;
             }
             tail = 0;
-        } else if tail >= chunk {
+        } else if tail >= chunk || pending >= MOST_LINES {
             let mut rest = fresh();
             rest.extend_from_slice(&buf[tail..]);
             buf.truncate(tail);
-            let lines = lines_in(&buf);
+            let lines = std::mem::take(&mut pending);
             if !each(Piece::Lines {
                 first,
                 bytes: std::mem::replace(&mut buf, rest),
@@ -325,8 +352,11 @@ pub fn locate(first: usize, text: &str, limits: Limits) -> Vec<Located> {
 }
 
 fn read_error(e: std::io::Error, line: usize) -> SplitError {
-    if e.to_string() == PAST_LIMIT {
+    let message = e.to_string();
+    if message == PAST_LIMIT {
         SplitError::TooLarge(format!("{PAST_LIMIT}, at line {line}"))
+    } else if let Some(why) = message.strip_prefix(READ_FAILED) {
+        SplitError::Read(format!("at line {line}: {why}"))
     } else {
         SplitError::Gzip(format!("at line {line}: {e}"))
     }
@@ -580,6 +610,66 @@ mod tests {
         let whole = view(split(input.as_bytes(), limits));
         assert_eq!(whole.len(), 3, "{whole:?}");
         assert_eq!(streamed(input.as_bytes(), limits, 10), whole);
+    }
+
+    #[test]
+    fn a_chunk_of_short_lines_is_cut_at_most_lines() {
+        let input = "x\n".repeat(MOST_LINES * 10);
+        let mut most = 0;
+        let mut total = 0;
+        let result = stream_lines(
+            Trickle(input.as_bytes(), 4096),
+            limits(1024),
+            1 << 30,
+            |piece| {
+                if let Piece::Lines { bytes, .. } = piece {
+                    let lines = bytes.iter().filter(|b| **b == b'\n').count();
+                    most = most.max(lines);
+                    total += lines;
+                }
+                true
+            },
+            || None,
+        );
+        assert_eq!(result, Ok(()));
+        assert_eq!(total, MOST_LINES * 10);
+        // One read's worth (4,096 bytes, 2,048 lines) past the cap at most.
+        assert!(most <= MOST_LINES + 2048, "{most}");
+    }
+
+    #[test]
+    fn a_failing_read_is_the_inputs_not_a_gzip_error() {
+        /// Gives a line, then fails.
+        struct Failing(bool);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if std::mem::replace(&mut self.0, true) {
+                    return Err(std::io::Error::other("the disk went away"));
+                }
+                buf[..8].copy_from_slice(b"{\"a\":1}\n");
+                Ok(8)
+            }
+        }
+        let all = limits(1024);
+        let mut handed = 0;
+        let reader = plain(Failing(false), all).map(|r| {
+            stream_lines(
+                r,
+                all,
+                1 << 20,
+                |_| {
+                    handed += 1;
+                    true
+                },
+                || None,
+            )
+        });
+        let result = reader.map_err(|e| e.to_string());
+        assert!(
+            matches!(&result, Ok(Err(SplitError::Read(why))) if why.contains("the disk went away")),
+            "{result:?}"
+        );
+        assert_eq!(handed, 1);
     }
 
     #[test]

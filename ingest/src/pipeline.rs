@@ -193,6 +193,34 @@ pub async fn process_record(
     }
 }
 
+/// Counts and dead-letters a record (an NDJSON line) of `size` bytes read through without
+/// being kept: its dead letter is a pointer naming `name` and `index`, with the size.
+pub async fn dead_letter_unkept(
+    (name, index): (&str, usize),
+    size: u64,
+    poison: Poison,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) {
+    summary.records += 1;
+    publisher
+        .metrics()
+        .records_read
+        .with_label_values(&[publisher.source_kind()])
+        .inc();
+    *summary
+        .dead_letter_kinds
+        .entry(poison.kind.to_string())
+        .or_default() += 1;
+    let letter = DeadLetter {
+        source: name,
+        index,
+        kind: poison.kind,
+        reason: poison.reason,
+    };
+    publisher.dead_letter_of(b"", size, letter).await;
+}
+
 /// Dead-letters a whole input (unreadable, bad gzip, not JSON), counting it in `summary`.
 pub async fn dead_letter_input(
     publisher: &mut Publisher,

@@ -361,6 +361,14 @@ impl Publisher {
     /// Queues one dead letter: the original bytes (or a pointer naming its source and index,
     /// when too large; stdin, which nothing names, in parts) with the reason in headers.
     pub async fn dead_letter(&mut self, original: &[u8], letter: DeadLetter<'_>) {
+        self.dead_letter_of(original, original.len() as u64, letter)
+            .await
+    }
+
+    /// [`Publisher::dead_letter`] of something `size` bytes long of which `original` is what
+    /// was kept (nothing, for a line read through without being held: its pointer then says
+    /// its size).
+    pub async fn dead_letter_of(&mut self, original: &[u8], size: u64, letter: DeadLetter<'_>) {
         if original.len() > self.max_dead_letter_bytes && letter.source == STDIN {
             // Nothing names stdin to read it again: keep all of it, in parts.
             return self.dead_letter_in_parts(original, letter).await;
@@ -373,7 +381,7 @@ impl Publisher {
                 pointer = serde_json::json!({
                     "pointer": letter.source,
                     "index": letter.index,
-                    "size_bytes": original.len(),
+                    "size_bytes": size,
                 })
                 .to_string();
                 (pointer.as_bytes(), "true")

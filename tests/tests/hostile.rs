@@ -296,16 +296,18 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
     std::fs::write(&plain, &text)?;
     let packed = dir.path().join("stream.jsonl.gz");
     std::fs::write(&packed, gzip(&text)?)?;
-    // 512 KiB: the 1 MB name and the launch are lines too large to keep.
+    // 512 KiB: the 1 MB name and the launch are lines too large to keep; a dead letter over
+    // 100 kB is a pointer, whichever way the line was read.
     let small_records = ("TRAILGUARD_PUBLISH__MAX_RECORD_BYTES", "524288");
-    let read = |name: &str,
-                path: &Path,
-                stream: bool|
-     -> Result<(Value, Vec<String>, BTreeMap<String, String>)> {
+    let small_letters = ("TRAILGUARD_PUBLISH__MAX_DEAD_LETTER_BYTES", "100000");
+    /// A run's summary (but its time), activity ids, and dead letters (line, kind, value).
+    type Outcome = (Value, Vec<String>, Vec<(String, String, Vec<u8>)>);
+    let read = |name: &str, path: &Path, stream: bool| -> Result<Outcome> {
         let run = Run::new(name)?;
         let above = if stream { "0" } else { "1000000000" };
         let env = [
             small_records,
+            small_letters,
             ("TRAILGUARD_FILES__STREAM_ABOVE_BYTES", above),
         ];
         let out = ingest_with(&run, &[path.to_str().context("path")?], None, &env)?;
@@ -322,13 +324,18 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
             .filter_map(|a| a["id"].as_str().map(str::to_string))
             .collect();
         ids.sort();
-        let letters = dead_letters(&run, dead)?
+        let mut letters: Vec<_> = dead_letters(&run, dead)?
             .iter()
             .map(|r| {
                 let kind = header(r, "trailguard.error_kind").to_string();
-                (header(r, "trailguard.index").to_string(), kind)
+                (
+                    header(r, "trailguard.index").to_string(),
+                    kind,
+                    r.value.clone(),
+                )
             })
             .collect();
+        letters.sort();
         let mut summary = out.summary;
         if let Some(o) = summary.as_object_mut() {
             o.remove("seconds");
@@ -339,13 +346,14 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
         let whole = read(&format!("stream-whole-{label}"), path, false)?;
         let streamed = read(&format!("stream-streamed-{label}"), path, true)?;
         assert!(whole.1.len() > 2000, "{label}: {}", whole.0);
-        assert_eq!(
-            whole.2.get("7").map(String::as_str),
-            Some("too_large"),
-            "{label}: {:?}",
-            whole.2
+        let seven = whole.2.iter().find(|l| l.0 == "7").context("line 7")?;
+        assert_eq!(seven.1, "too_large", "{label}");
+        let pointer: Value = serde_json::from_slice(&seven.2)?;
+        assert!(
+            pointer["size_bytes"].as_u64() > Some(1 << 20),
+            "{label}: {pointer}"
         );
-        assert_eq!(streamed, whole, "{label}");
+        assert!(streamed == whole, "{label}: streamed and whole differ");
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::lines::{Piece, Shape};
@@ -205,7 +204,20 @@ pub async fn run(
                 continue;
             }
         }
-        let (name, bytes) = match read(input).await {
+        let read = match input {
+            Input::Stdin => {
+                match stdin_head(cfg.stream_above_bytes, publisher, &mut summary, shutdown).await {
+                    Ok(Head::Streamed(unparsed)) => {
+                        stdin_unparsed = unparsed;
+                        continue;
+                    }
+                    Ok(Head::Whole(bytes)) => Ok((STDIN.to_string(), bytes)),
+                    Err(e) => Err((STDIN.to_string(), e)),
+                }
+            }
+            Input::Path(path) => read(path).await,
+        };
+        let (name, bytes) = match read {
             Ok(read) => read,
             Err((name, error)) if matches!(input, Input::Path(_)) => {
                 dead_letter_input(
@@ -307,13 +319,189 @@ async fn stream_path(
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return Streamed::ReadWhole,
     };
     tracing::info!(file = %name, size, ?shape, "streaming a large file");
+    summary.inputs_read += 1;
+    summary.bytes += size;
+    publisher
+        .metrics()
+        .bytes_read
+        .with_label_values(&[publisher.source_kind()])
+        .inc_by(size);
+    let file = path.to_path_buf();
+    let open: Opener = Box::new(move || {
+        std::fs::File::open(&file)
+            .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
+            .map_err(|e| SplitError::Read(format!("opening it again: {e}")))
+    });
+    stream_lines_of(&name, open, 0, publisher, summary, shutdown).await;
+    Streamed::Done
+}
+
+/// What [`stdin_head`] did with stdin.
+enum Head {
+    /// Read it all: small enough, or not NDJSON.
+    Whole(Vec<u8>),
+    /// Streamed it; how many parts could not be read as records.
+    Streamed(u64),
+}
+
+/// Reads stdin whole when it is at most `stream_above` bytes or is not NDJSON; streams it
+/// otherwise, as a large file is. Nothing can read stdin again, so a streamed line too large
+/// to parse is kept, up to `publish.max_decompressed_bytes`, for its dead letter (in parts).
+async fn stdin_head(
+    stream_above: u64,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Head> {
+    use std::io::Read;
+    let limits = publisher.limits();
+    let (head, shape) = tokio::task::spawn_blocking(move || {
+        // Sized at once (up to 256 MiB), so reading it never copies it to grow it.
+        let wanted = stream_above.saturating_add(1).min(256 << 20);
+        let mut head = Vec::with_capacity(usize::try_from(wanted).unwrap_or(256 << 20));
+        std::io::stdin()
+            .lock()
+            .take(stream_above.saturating_add(1))
+            .read_to_end(&mut head)?;
+        if head.len() as u64 <= stream_above {
+            return Ok((head, None));
+        }
+        // Judged on stdin as it comes (gzip undone); what is read to judge it is kept, to be
+        // read again.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recording = Recording {
+            inner: std::io::stdin(),
+            seen: seen.clone(),
+        };
+        let judged = std::io::Read::chain(&head[..], recording);
+        let shape = crate::lines::plain(judged, limits)
+            .and_then(|reader| crate::lines::shape(reader, limits))
+            .unwrap_or(Shape::Other);
+        let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
+        head.reserve_exact(seen.len());
+        head.extend_from_slice(&seen);
+        Ok::<_, std::io::Error>((head, Some(shape)))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    match shape {
+        None => return Ok(Head::Whole(head)),
+        Some(Shape::Lines) => {}
+        Some(_) => {
+            // Large, and not NDJSON: read whole, as before.
+            return tokio::task::spawn_blocking(move || {
+                let mut all = head;
+                std::io::stdin().lock().read_to_end(&mut all)?;
+                Ok(Head::Whole(all))
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+        }
+    }
+    tracing::info!(read_so_far = head.len(), "streaming stdin");
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = read.clone();
+    let open: Opener = Box::new(move || {
+        Ok(Box::new(Counted {
+            inner: HeadFirst {
+                head,
+                at: 0,
+                rest: std::io::stdin(),
+            },
+            count: counted,
+        }))
+    });
+    let keep_long = limits.max_decompressed;
+    let unparsed = stream_lines_of(STDIN, open, keep_long, publisher, summary, shutdown).await;
+    let bytes = read.load(std::sync::atomic::Ordering::Relaxed);
+    summary.inputs_read += 1;
+    summary.bytes += bytes;
+    publisher
+        .metrics()
+        .bytes_read
+        .with_label_values(&[publisher.source_kind()])
+        .inc_by(bytes);
+    Ok(Head::Streamed(unparsed))
+}
+
+/// `head`, then `rest`; the head's memory is given back once it is read.
+struct HeadFirst<R> {
+    head: Vec<u8>,
+    at: usize,
+    rest: R,
+}
+
+impl<R: std::io::Read> std::io::Read for HeadFirst<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at < self.head.len() {
+            let n = buf.len().min(self.head.len() - self.at);
+            buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.head.len() {
+                self.head = Vec::new();
+                self.at = 0;
+            }
+            return Ok(n);
+        }
+        self.rest.read(buf)
+    }
+}
+
+/// A reader that keeps a copy of what it hands out.
+struct Recording<R> {
+    inner: R,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Recording<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A reader that counts the bytes it hands out.
+struct Counted<R> {
+    inner: R,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Opens a streamed input, on the reading thread.
+type Opener = Box<dyn FnOnce() -> Result<Box<dyn std::io::Read + Send>, SplitError> + Send>;
+
+/// Publishes the NDJSON records of the input `open` gives, read and split on a blocking
+/// thread and handed over a bounded channel, chunk by chunk; lines longer than `max_record`
+/// are kept up to `keep_long` bytes for their dead letters. Records before a break are
+/// published and the input dead-lettered with where it broke. Returns how many parts of it
+/// could not be read as records.
+async fn stream_lines_of(
+    name: &str,
+    open: Opener,
+    keep_long: u64,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+    shutdown: &CancellationToken,
+) -> u64 {
+    let limits = publisher.limits();
+    let unparsed_before = summary.unparsed;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(CHUNKS_AHEAD);
     // Chunks' buffers go back to the reading thread once published.
     let (spares_tx, spares_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let file = path.to_path_buf();
     let reading = tokio::task::spawn_blocking(move || -> Result<(), SplitError> {
-        let opened = std::fs::File::open(&file)
-            .map_err(|e| SplitError::Read(format!("opening it again: {e}")))?;
+        let opened = open()?;
         // Stops reading once nothing takes what it reads (a shutdown), even inside a line
         // too long to keep, which hands nothing over until it ends.
         let opened = Stoppable {
@@ -345,15 +533,9 @@ async fn stream_path(
                 tx.blocking_send(part).is_ok()
             },
             || spares_rx.try_recv().ok(),
+            keep_long,
         )
     });
-    summary.inputs_read += 1;
-    summary.bytes += size;
-    publisher
-        .metrics()
-        .bytes_read
-        .with_label_values(&[publisher.source_kind()])
-        .inc_by(size);
     let (mut ordinal, mut records) = (0usize, 0u64);
     while let Some(part) = rx.recv().await {
         match part {
@@ -375,7 +557,7 @@ async fn stream_path(
                             }
                         };
                         let at = (item.index, ordinal);
-                        process_record(&name, at, text, &item.bytes, publisher, summary).await;
+                        process_record(name, at, text, &item.bytes, publisher, summary).await;
                     }
                 }
             }
@@ -394,9 +576,19 @@ async fn stream_path(
                     };
                     let bytes = &chunk.as_bytes()[item.bytes];
                     let at = (item.index, ordinal);
-                    process_record(&name, at, text, bytes, publisher, summary).await;
+                    process_record(name, at, text, bytes, publisher, summary).await;
                 }
                 let _ = spares_tx.send(chunk.into_bytes());
+            }
+            Part::Lines(Piece::Long { line, bytes }) => {
+                ordinal += 1;
+                summary.unparsed += 1;
+                let why = SplitError::TooLarge(format!(
+                    "line {line} of {} bytes (publish.max_record_bytes)",
+                    bytes.len()
+                ));
+                let text = Err(Poison::from(&why));
+                process_record(name, (line, ordinal), text, &bytes, publisher, summary).await;
             }
             Part::Lines(Piece::TooLong { line, size }) => {
                 ordinal += 1;
@@ -405,14 +597,8 @@ async fn stream_path(
                     "line {line} of {size} bytes (publish.max_record_bytes)"
                 ));
                 let poison = Poison::from(&why);
-                crate::pipeline::dead_letter_unkept(
-                    (&name, line),
-                    size,
-                    poison,
-                    publisher,
-                    summary,
-                )
-                .await;
+                crate::pipeline::dead_letter_unkept((name, line), size, poison, publisher, summary)
+                    .await;
             }
         }
         if shutdown.is_cancelled() {
@@ -437,10 +623,10 @@ async fn stream_path(
             // A pointer: the file names itself, and what came before the break is published.
             summary.unparsed += 1;
             let reason = format!("{err} ({records} records before it were read)");
-            dead_letter_input(publisher, summary, &name, b"", err.kind(), reason).await;
+            dead_letter_input(publisher, summary, name, b"", err.kind(), reason).await;
         }
     }
-    Streamed::Done
+    summary.unparsed - unparsed_before
 }
 
 /// A reader that fails once the channel it feeds has no receiver.
@@ -471,23 +657,11 @@ fn progress_bar(files: u64) -> indicatif::ProgressBar {
     bar
 }
 
-async fn read(input: &Input) -> Result<(String, Vec<u8>), (String, std::io::Error)> {
-    match input {
-        Input::Stdin => {
-            let mut bytes = Vec::new();
-            tokio::io::stdin()
-                .read_to_end(&mut bytes)
-                .await
-                .map_err(|e| (STDIN.to_string(), e))?;
-            Ok((STDIN.into(), bytes))
-        }
-        Input::Path(path) => {
-            let name = path.display().to_string();
-            match tokio::fs::read(path).await {
-                Ok(bytes) => Ok((name, bytes)),
-                Err(e) => Err((name, e)),
-            }
-        }
+async fn read(path: &Path) -> Result<(String, Vec<u8>), (String, std::io::Error)> {
+    let name = path.display().to_string();
+    match tokio::fs::read(path).await {
+        Ok(bytes) => Ok((name, bytes)),
+        Err(e) => Err((name, e)),
     }
 }
 

@@ -21,6 +21,14 @@ pub enum Piece {
         /// The lines, as read.
         bytes: Vec<u8>,
     },
+    /// A line longer than `max_record`, kept (as read) for an input nothing can read again
+    /// ([`stream_lines`]' `keep_long`).
+    Long {
+        /// Its number.
+        line: usize,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
     /// A line longer than `max_record`, read through without being kept.
     TooLong {
         /// Its number.
@@ -43,13 +51,26 @@ pub enum Shape {
 
 /// Undoes gzip when `reader` starts with its magic bytes, failing with `TooLarge` past
 /// `max_decompressed` bytes of output; passes plain input through as it is.
-pub fn plain<R: Read + Send + 'static>(
+pub fn plain<'a, R: Read + Send + 'a>(
     reader: R,
     limits: Limits,
-) -> std::io::Result<Box<dyn Read + Send>> {
-    let reader = Labelled { inner: reader };
-    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
-    if buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
+) -> std::io::Result<Box<dyn Read + Send + 'a>> {
+    let mut reader = Labelled { inner: reader };
+    // The magic bytes, however the reader hands them out (a pipe may give one at a time).
+    let mut magic = [0u8; 2];
+    let mut got = 0;
+    while got < magic.len() {
+        match reader.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let gzip = magic[..got] == [0x1f, 0x8b];
+    let whole = std::io::Cursor::new(magic[..got].to_vec()).chain(reader);
+    let buffered = BufReader::with_capacity(256 * 1024, whole);
+    if gzip {
         Ok(Box::new(Capped {
             inner: flate2::bufread::MultiGzDecoder::new(buffered),
             left: limits.max_decompressed,
@@ -70,9 +91,10 @@ struct Labelled<R> {
 
 impl<R: Read> Read for Labelled<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.inner
-            .read(buf)
-            .map_err(|e| std::io::Error::other(format!("{READ_FAILED}{e}")))
+        self.inner.read(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::Interrupted => e,
+            _ => std::io::Error::other(format!("{READ_FAILED}{e}")),
+        })
     }
 }
 
@@ -136,7 +158,7 @@ pub fn shape<R: Read>(reader: R, limits: Limits) -> std::io::Result<Shape> {
             let trimmed = line.trim_ascii();
             if !trimmed.is_empty() {
                 // A line ending in a newline: more may follow it.
-                let more = more_after(&mut reader)?;
+                let more = more_after(&mut reader, 64 * 1024)?;
                 return Ok(shape_of(trimmed, more, limits));
             }
             line.clear();
@@ -146,17 +168,21 @@ pub fn shape<R: Read>(reader: R, limits: Limits) -> std::io::Result<Shape> {
     }
 }
 
-/// Whether anything but whitespace is left in `reader` (read through blank runs).
-fn more_after<R: Read>(reader: &mut BufReader<R>) -> std::io::Result<bool> {
+/// Whether anything but whitespace is left in `reader` (read through blank runs). After
+/// `most` bytes of nothing but whitespace it answers yes without reading further: what it
+/// reads may be held (stdin's head), and NDJSON with blank lines reads as the whole would.
+fn more_after<R: Read>(reader: &mut BufReader<R>, most: usize) -> std::io::Result<bool> {
+    let mut read = 0;
     loop {
         let data = reader.fill_buf()?;
         if data.is_empty() {
             return Ok(false);
         }
-        if !data.trim_ascii().is_empty() {
+        if !data.trim_ascii().is_empty() || read > most {
             return Ok(true);
         }
         let n = data.len();
+        read += n;
         reader.consume(n);
     }
 }
@@ -176,7 +202,8 @@ fn shape_of(first: &[u8], more: bool, limits: Limits) -> Shape {
 /// with at most `chunk` + `max_record` bytes held; `each` returns false to stop. Buffers are
 /// taken from `spare` while it has them. A line larger
 /// than `max_record` (as read, spaces around it counted) is read through and handed over as
-/// [`Piece::TooLong`]. A byte-order mark at the start is dropped. Fails as `TooLarge` when a
+/// [`Piece::TooLong`] — or, while within `keep_long` bytes, kept and handed over as
+/// [`Piece::Long`], for an input nothing can read again. A byte-order mark at the start is dropped. Fails as `TooLarge` when a
 /// gzip input ([`plain`]) decompresses past its limit, as `Gzip` when it is cut or corrupt:
 /// the lines before are handed over first.
 pub fn stream_lines<R: Read>(
@@ -185,6 +212,7 @@ pub fn stream_lines<R: Read>(
     chunk: usize,
     mut each: impl FnMut(Piece) -> bool,
     mut spare: impl FnMut() -> Option<Vec<u8>>,
+    keep_long: u64,
 ) -> Result<(), SplitError> {
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
     // A buffer handed back by the consumer, emptied, or a new one: reusing them spares the
@@ -200,8 +228,13 @@ pub fn stream_lines<R: Read>(
     let mut buf = fresh();
     // The line `buf` starts with, and where in `buf` its last (unfinished) line starts.
     let (mut first, mut tail) = (1usize, 0usize);
-    // The size so far of a line too long to keep, while it is read through.
-    let mut long: Option<u64> = None;
+    // The size so far of a line too long to parse, while it is read through, and its bytes
+    // while they are within `keep_long`.
+    let mut long: Option<(u64, Option<Vec<u8>>)> = None;
+    let ended = |line: usize, size: u64, kept: Option<Vec<u8>>| match kept {
+        Some(bytes) => Piece::Long { line, bytes },
+        None => Piece::TooLong { line, size },
+    };
     let mut start = true;
     // Whole lines in `buf`.
     let mut pending = 0usize;
@@ -226,23 +259,26 @@ pub fn stream_lines<R: Read>(
             break;
         }
         let n = data.len();
-        if let Some(size) = long {
-            match memchr::memchr(b'\n', data) {
-                Some(i) => {
-                    reader.consume(i + 1);
-                    long = None;
-                    let piece = Piece::TooLong {
-                        line: first,
-                        size: size + i as u64,
-                    };
-                    first += 1;
-                    if !each(piece) {
-                        return Ok(());
-                    }
-                }
-                None => {
-                    long = Some(size + n as u64);
-                    reader.consume(n);
+        if let Some((size, kept)) = long.as_mut() {
+            let end = memchr::memchr(b'\n', data);
+            let part = &data[..end.unwrap_or(n)];
+            *size += part.len() as u64;
+            if kept
+                .as_ref()
+                .is_some_and(|k| (k.len() + part.len()) as u64 > keep_long)
+            {
+                *kept = None;
+            }
+            if let Some(kept) = kept.as_mut() {
+                kept.extend_from_slice(part);
+            }
+            reader.consume(end.map_or(n, |i| i + 1));
+            if end.is_some() {
+                let (size, kept) = long.take().unwrap_or_default();
+                let piece = ended(first, size, kept);
+                first += 1;
+                if !each(piece) {
+                    return Ok(());
                 }
             }
             continue;
@@ -271,7 +307,8 @@ pub fn stream_lines<R: Read>(
         }
         if buf.len() - tail > limits.max_record {
             // The unfinished line is too long to keep: hand over the lines before it.
-            long = Some((buf.len() - tail) as u64);
+            let size = (buf.len() - tail) as u64;
+            long = Some((size, (size <= keep_long).then(|| buf[tail..].to_vec())));
             buf.truncate(tail);
             if !buf.is_empty() {
                 let lines = std::mem::take(&mut pending);
@@ -299,8 +336,8 @@ pub fn stream_lines<R: Read>(
             tail = 0;
         }
     }
-    if let Some(size) = long {
-        each(Piece::TooLong { line: first, size });
+    if let Some((size, kept)) = long {
+        each(ended(first, size, kept));
     } else if !buf.is_empty() {
         each(Piece::Lines { first, bytes: buf });
     }
@@ -430,11 +467,14 @@ mod tests {
                         }
                         out.extend(view(items));
                     }
-                    Piece::TooLong { line, .. } => out.push((line, Err("too_large"))),
+                    Piece::TooLong { line, .. } | Piece::Long { line, .. } => {
+                        out.push((line, Err("too_large")))
+                    }
                 }
                 true
             },
             || None,
+            0,
         );
         assert_eq!(result, Ok(()));
         out
@@ -548,6 +588,7 @@ mod tests {
                 true
             },
             || spares.pop(),
+            0,
         );
         assert_eq!(result, Ok(()));
         assert!(caps.len() > 3, "{caps:?}");
@@ -575,6 +616,7 @@ mod tests {
                 true
             },
             || None,
+            0,
         );
         assert_eq!(result, Ok(()));
         assert_eq!(
@@ -600,6 +642,45 @@ mod tests {
         );
         // Memory stays within a chunk, a record and one read's buffer.
         assert!(most <= 10 + 2 * 256 * 1024, "held {most}");
+    }
+
+    #[test]
+    fn a_long_line_is_kept_up_to_keep_long() {
+        let limits = limits(1024);
+        let (kept, dropped) = ("k".repeat(5000), "d".repeat(600_000));
+        let input = format!("{kept}\n{{\"a\":1}}\n{dropped}\n{kept}");
+        // Read in parts smaller than the lines, so each is seen unfinished and too long.
+        for step in [100, 1000] {
+            let mut pieces = Vec::new();
+            let result = stream_lines(
+                Trickle(input.as_bytes(), step),
+                limits,
+                10,
+                |piece| {
+                    pieces.push(match piece {
+                        Piece::Long { line, bytes } => {
+                            ("long", line, bytes.len(), bytes == kept.as_bytes())
+                        }
+                        Piece::TooLong { line, size } => ("too long", line, size as usize, false),
+                        Piece::Lines { first, bytes } => ("lines", first, bytes.len(), false),
+                    });
+                    true
+                },
+                || None,
+                100_000,
+            );
+            assert_eq!(result, Ok(()));
+            assert_eq!(
+                pieces,
+                vec![
+                    ("long", 1, 5000, true),
+                    ("lines", 2, 8, false),
+                    ("too long", 3, 600_000, false),
+                    ("long", 4, 5000, true),
+                ],
+                "read {step} at a time"
+            );
+        }
     }
 
     #[test]
@@ -630,6 +711,7 @@ mod tests {
                 true
             },
             || None,
+            0,
         );
         assert_eq!(result, Ok(()));
         assert_eq!(total, MOST_LINES * 10);
@@ -640,19 +722,21 @@ mod tests {
     #[test]
     fn a_failing_read_is_the_inputs_not_a_gzip_error() {
         /// Gives a line, then fails.
-        struct Failing(bool);
+        struct Failing(&'static [u8]);
         impl Read for Failing {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                if std::mem::replace(&mut self.0, true) {
+                if self.0.is_empty() {
                     return Err(std::io::Error::other("the disk went away"));
                 }
-                buf[..8].copy_from_slice(b"{\"a\":1}\n");
-                Ok(8)
+                let n = buf.len().min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
             }
         }
         let all = limits(1024);
         let mut handed = 0;
-        let reader = plain(Failing(false), all).map(|r| {
+        let reader = plain(Failing(b"{\"a\":1}\n"), all).map(|r| {
             stream_lines(
                 r,
                 all,
@@ -662,6 +746,7 @@ mod tests {
                     true
                 },
                 || None,
+                0,
             )
         });
         let result = reader.map_err(|e| e.to_string());
@@ -685,6 +770,7 @@ mod tests {
                 false
             },
             || None,
+            0,
         );
         assert_eq!((result, calls), (Ok(()), 1));
     }
@@ -714,6 +800,7 @@ mod tests {
                     true
                 },
                 || None,
+                0,
             );
             (lines, result.map_err(|e| e.kind()))
         };
@@ -738,6 +825,14 @@ mod tests {
         let whole_lines = before.iter().filter(|b| **b == b'\n').count();
         assert!(whole_lines > 1000, "{whole_lines}");
         assert_eq!(lines, whole_lines);
+        // The magic bytes one at a time, as a pipe may give them.
+        let trickled = plain(
+            std::io::Cursor::new(packed.clone())
+                .take(1)
+                .chain(std::io::Cursor::new(packed[1..].to_vec())),
+            all,
+        )?;
+        assert_eq!(count(trickled, all), (10_000, Ok(())));
         // Plain input passes through untouched.
         assert_eq!(
             count(plain(std::io::Cursor::new(input.into_bytes()), all)?, all),

@@ -275,9 +275,10 @@ fn hostile_records_cost_only_themselves() -> Result<()> {
     Ok(())
 }
 
-/// A file streamed (larger than `files.stream_above_bytes`) gives exactly what it gives read
-/// whole: the same activities and the same dead letters, line by line — also for lines too
-/// large to keep, which streaming reads through without holding — plain and gzip.
+/// A file or stdin streamed (larger than `files.stream_above_bytes`) gives exactly what it
+/// gives read whole: the same activities and the same dead letters, line by line — also for
+/// lines too large to parse, which a file streamed reads through without holding and stdin
+/// streamed keeps, in parts — plain and gzip.
 #[test]
 fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -300,9 +301,10 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
     // 100 kB is a pointer, whichever way the line was read.
     let small_records = ("TRAILGUARD_PUBLISH__MAX_RECORD_BYTES", "524288");
     let small_letters = ("TRAILGUARD_PUBLISH__MAX_DEAD_LETTER_BYTES", "100000");
-    /// A run's summary (but its time), activity ids, and dead letters (line, kind, value).
-    type Outcome = (Value, Vec<String>, Vec<(String, String, Vec<u8>)>);
-    let read = |name: &str, path: &Path, stream: bool| -> Result<Outcome> {
+    /// A run's summary (but its time), activity ids, and dead letters (line, kind, part,
+    /// value).
+    type Outcome = (Value, Vec<String>, Vec<(String, String, String, Vec<u8>)>);
+    let read = |name: &str, path: &Path, stdin: bool, stream: bool| -> Result<Outcome> {
         let run = Run::new(name)?;
         let above = if stream { "0" } else { "1000000000" };
         let env = [
@@ -310,10 +312,25 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
             small_letters,
             ("TRAILGUARD_FILES__STREAM_ABOVE_BYTES", above),
         ];
-        let out = ingest_with(&run, &[path.to_str().context("path")?], None, &env)?;
-        ensure!(out.status.success(), "ingest failed: {}", out.stderr);
+        let out = if stdin {
+            ingest_with(&run, &[], Some(path), &env)?
+        } else {
+            ingest_with(&run, &[path.to_str().context("path")?], None, &env)?
+        };
+        // stdin that held parts it could not read fails the run, after keeping them.
         ensure!(
-            out.stderr.contains("streaming a large file") == stream,
+            out.status.success() != stdin,
+            "ingest exited {}: {}",
+            out.status,
+            out.stderr
+        );
+        let said = if stdin {
+            "streaming stdin"
+        } else {
+            "streaming a large file"
+        };
+        ensure!(
+            out.stderr.contains(said) == stream,
             "streamed {stream}? {}",
             out.stderr
         );
@@ -327,12 +344,9 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
         let mut letters: Vec<_> = dead_letters(&run, dead)?
             .iter()
             .map(|r| {
-                let kind = header(r, "trailguard.error_kind").to_string();
-                (
-                    header(r, "trailguard.index").to_string(),
-                    kind,
-                    r.value.clone(),
-                )
+                let at = |name: &str| header(r, name).to_string();
+                let (line, kind) = (at("trailguard.index"), at("trailguard.error_kind"));
+                (line, kind, at("trailguard.part"), r.value.clone())
             })
             .collect();
         letters.sort();
@@ -343,17 +357,26 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
         Ok((summary, ids, letters))
     };
     for (label, path) in [("plain", &plain), ("gzip", &packed)] {
-        let whole = read(&format!("stream-whole-{label}"), path, false)?;
-        let streamed = read(&format!("stream-streamed-{label}"), path, true)?;
-        assert!(whole.1.len() > 2000, "{label}: {}", whole.0);
-        let seven = whole.2.iter().find(|l| l.0 == "7").context("line 7")?;
-        assert_eq!(seven.1, "too_large", "{label}");
-        let pointer: Value = serde_json::from_slice(&seven.2)?;
-        assert!(
-            pointer["size_bytes"].as_u64() > Some(1 << 20),
-            "{label}: {pointer}"
-        );
-        assert!(streamed == whole, "{label}: streamed and whole differ");
+        for stdin in [false, true] {
+            let label = format!("{label}{}", if stdin { "-stdin" } else { "" });
+            let whole = read(&format!("stream-whole-{label}"), path, stdin, false)?;
+            let streamed = read(&format!("stream-streamed-{label}"), path, stdin, true)?;
+            assert!(whole.1.len() > 2000, "{label}: {}", whole.0);
+            let seven: Vec<_> = whole.2.iter().filter(|l| l.0 == "7").collect();
+            assert!(
+                !seven.is_empty() && seven.iter().all(|l| l.1 == "too_large"),
+                "{label}"
+            );
+            if stdin {
+                // Nothing names stdin: the line too large is kept, in parts, either way.
+                assert!(seven.len() > 1, "{label}: {} parts", seven.len());
+            } else {
+                let pointer: Value = serde_json::from_slice(&seven[0].3)?;
+                let size = pointer["size_bytes"].as_u64();
+                assert!(size > Some(1 << 20), "{label}: {pointer}");
+            }
+            assert!(streamed == whole, "{label}: streamed and whole differ");
+        }
     }
     Ok(())
 }
@@ -451,6 +474,35 @@ fn a_huge_record_is_refused_unparsed() -> Result<()> {
             .is_some_and(|p| p.ends_with("huge.jsonl")),
         "{pointer}"
     );
+    Ok(())
+}
+
+/// 150 MB of NDJSON on stdin is streamed, not held: its records are published and memory
+/// stays far below its size.
+#[test]
+fn large_stdin_is_streamed_in_bounded_memory() -> Result<()> {
+    let run = Run::new("hostile-big-stdin")?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("big.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    writeln!(file, "{}", record("first", "ListUsers", json!({})))?;
+    let mut blank = vec![b' '; 1 << 20];
+    blank.push(b'\n');
+    for _ in 0..150 {
+        file.write_all(&blank)?;
+    }
+    writeln!(file, "{}", record("last", "ListRoles", json!({})))?;
+    file.flush()?;
+    drop(file);
+    let size = std::fs::metadata(&path)?.len();
+    let out = ingest(&run, &[], Some(&path))?;
+    ensure!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("streaming stdin"), "{}", out.stderr);
+    assert_eq!(out.summary["published"], 2, "{}", out.summary);
+    assert_eq!(out.summary["bytes"].as_u64(), Some(size), "{}", out.summary);
+    // About 40 MB of ingest, the 32 MiB read before deciding to stream, a few chunks (read
+    // whole, it was over 180 MB).
+    assert!(out.peak_rss_mb < 110, "peak RSS {} MB", out.peak_rss_mb);
     Ok(())
 }
 

@@ -336,6 +336,11 @@ async fn stream_path(
     Streamed::Done
 }
 
+/// Most of a line too large to parse that streamed stdin keeps for its dead letter (at most
+/// `publish.max_decompressed_bytes`): beyond it the dead letter says the line's number and
+/// size only. A few such lines may wait to be published at once, so this bounds memory.
+const KEEP_LONG_ON_STDIN: u64 = 64 << 20;
+
 /// What [`stdin_head`] did with stdin.
 enum Head {
     /// Read it all: small enough, or not NDJSON.
@@ -344,9 +349,9 @@ enum Head {
     Streamed(u64),
 }
 
-/// Reads stdin whole when it is at most `stream_above` bytes or is not NDJSON; streams it
+/// Reads stdin whole when it is at most `stream_above` bytes, gzip, or not NDJSON; streams it
 /// otherwise, as a large file is. Nothing can read stdin again, so a streamed line too large
-/// to parse is kept, up to `publish.max_decompressed_bytes`, for its dead letter (in parts).
+/// to parse is kept, up to [`KEEP_LONG_ON_STDIN`], for its dead letter (in parts).
 async fn stdin_head(
     stream_above: u64,
     publisher: &mut Publisher,
@@ -359,9 +364,10 @@ async fn stdin_head(
         // Sized at once (up to 256 MiB), so reading it never copies it to grow it.
         let wanted = stream_above.saturating_add(1).min(256 << 20);
         let mut head = Vec::with_capacity(usize::try_from(wanted).unwrap_or(256 << 20));
+        // At least gzip's two magic bytes, to tell it.
         std::io::stdin()
             .lock()
-            .take(stream_above.saturating_add(1))
+            .take(stream_above.saturating_add(1).max(2))
             .read_to_end(&mut head)?;
         if head.len() as u64 <= stream_above {
             return Ok((head, None));
@@ -374,9 +380,15 @@ async fn stdin_head(
             seen: seen.clone(),
         };
         let judged = std::io::Read::chain(&head[..], recording);
-        let shape = crate::lines::plain(judged, limits)
-            .and_then(|reader| crate::lines::shape(reader, limits))
-            .unwrap_or(Shape::Other);
+        // gzip on stdin is read whole: where it breaks off, the whole path keeps every byte
+        // of it for its dead letter, which streaming could not.
+        let shape = if head.starts_with(&[0x1f, 0x8b]) {
+            Shape::Other
+        } else {
+            crate::lines::plain(judged, limits)
+                .and_then(|reader| crate::lines::shape(reader, limits))
+                .unwrap_or(Shape::Other)
+        };
         let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
         head.reserve_exact(seen.len());
         head.extend_from_slice(&seen);
@@ -411,7 +423,7 @@ async fn stdin_head(
             count: counted,
         }))
     });
-    let keep_long = limits.max_decompressed;
+    let keep_long = limits.max_decompressed.min(KEEP_LONG_ON_STDIN);
     let unparsed = stream_lines_of(STDIN, open, keep_long, publisher, summary, shutdown).await;
     let bytes = read.load(std::sync::atomic::Ordering::Relaxed);
     summary.inputs_read += 1;

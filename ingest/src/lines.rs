@@ -56,19 +56,19 @@ pub fn plain<'a, R: Read + Send + 'a>(
     limits: Limits,
 ) -> std::io::Result<Box<dyn Read + Send + 'a>> {
     let mut reader = Labelled { inner: reader };
-    // The magic bytes, however the reader hands them out (a pipe may give one at a time).
-    let mut magic = [0u8; 2];
+    // The first bytes, however the reader hands them out (a pipe may give one at a time):
+    // gzip's magic, or a byte-order mark, which the first read must show whole.
+    let mut first = [0u8; 8];
     let mut got = 0;
-    while got < magic.len() {
-        match reader.read(&mut magic[got..]) {
+    while got < first.len() {
+        match reader.read(&mut first[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    let gzip = magic[..got] == [0x1f, 0x8b];
-    let whole = std::io::Cursor::new(magic[..got].to_vec()).chain(reader);
+    let gzip = first[..got].starts_with(&[0x1f, 0x8b]);
+    let whole = std::io::Cursor::new(first[..got].to_vec()).chain(reader);
     let buffered = BufReader::with_capacity(256 * 1024, whole);
     if gzip {
         Ok(Box::new(Capped {
@@ -91,10 +91,13 @@ struct Labelled<R> {
 
 impl<R: Read> Read for Labelled<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.inner.read(buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::Interrupted => e,
-            _ => std::io::Error::other(format!("{READ_FAILED}{e}")),
-        })
+        loop {
+            match self.inner.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(std::io::Error::other(format!("{READ_FAILED}{e}"))),
+                Ok(n) => return Ok(n),
+            }
+        }
     }
 }
 
@@ -136,6 +139,9 @@ pub fn shape<R: Read>(reader: R, limits: Limits) -> std::io::Result<Shape> {
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut line = Vec::new();
     let mut start = true;
+    // Blank lines before the first: past `max_record` of them the input is not judged (it is
+    // read whole, as before), so judging never holds more than that.
+    let mut blank = 0usize;
     loop {
         let data = reader.fill_buf()?;
         if data.is_empty() {
@@ -160,6 +166,10 @@ pub fn shape<R: Read>(reader: R, limits: Limits) -> std::io::Result<Shape> {
                 // A line ending in a newline: more may follow it.
                 let more = more_after(&mut reader, 64 * 1024)?;
                 return Ok(shape_of(trimmed, more, limits));
+            }
+            blank += line.len() + 1;
+            if blank > limits.max_record {
+                return Ok(Shape::Other);
             }
             line.clear();
         } else if line.len() > limits.max_record {
@@ -228,13 +238,8 @@ pub fn stream_lines<R: Read>(
     let mut buf = fresh();
     // The line `buf` starts with, and where in `buf` its last (unfinished) line starts.
     let (mut first, mut tail) = (1usize, 0usize);
-    // The size so far of a line too long to parse, while it is read through, and its bytes
-    // while they are within `keep_long`.
-    let mut long: Option<(u64, Option<Vec<u8>>)> = None;
-    let ended = |line: usize, size: u64, kept: Option<Vec<u8>>| match kept {
-        Some(bytes) => Piece::Long { line, bytes },
-        None => Piece::TooLong { line, size },
-    };
+    // A line too long to parse, while it is read through.
+    let mut long: Option<Long> = None;
     let mut start = true;
     // Whole lines in `buf`.
     let mut pending = 0usize;
@@ -259,25 +264,15 @@ pub fn stream_lines<R: Read>(
             break;
         }
         let n = data.len();
-        if let Some((size, kept)) = long.as_mut() {
+        if let Some(line) = long.as_mut() {
             let end = memchr::memchr(b'\n', data);
             let part = &data[..end.unwrap_or(n)];
-            *size += part.len() as u64;
-            if kept
-                .as_ref()
-                .is_some_and(|k| (k.len() + part.len()) as u64 > keep_long)
-            {
-                *kept = None;
-            }
-            if let Some(kept) = kept.as_mut() {
-                kept.extend_from_slice(part);
-            }
+            line.add(part, keep_long);
             reader.consume(end.map_or(n, |i| i + 1));
             if end.is_some() {
-                let (size, kept) = long.take().unwrap_or_default();
-                let piece = ended(first, size, kept);
+                let piece = long.take().map(|l| l.ended(first));
                 first += 1;
-                if !each(piece) {
+                if piece.is_some_and(|piece| !each(piece)) {
                     return Ok(());
                 }
             }
@@ -296,19 +291,26 @@ pub fn stream_lines<R: Read>(
             tail = from + i + 1;
             pending += lines_in(&buf[from..tail]);
         }
-        if buf.len() - tail > limits.max_record {
-            // Judged as `split::line` judges it, trimmed: spaces before it are dropped (a
-            // line of nothing but spaces never grows the buffer).
+        // A line is judged too long here only to bound what is held: `split::line` judges
+        // the lines that end within `SLACK` past the limit, trimmed, as when read whole.
+        if buf.len() - tail > limits.max_record + SLACK {
+            // Spaces before it are dropped (a line of nothing but spaces never grows the
+            // buffer).
             let spaces = buf[tail..]
                 .iter()
                 .take_while(|b| b.is_ascii_whitespace())
                 .count();
             buf.drain(tail..tail + spaces);
         }
-        if buf.len() - tail > limits.max_record {
+        if buf.len() - tail > limits.max_record + SLACK {
             // The unfinished line is too long to keep: hand over the lines before it.
-            let size = (buf.len() - tail) as u64;
-            long = Some((size, (size <= keep_long).then(|| buf[tail..].to_vec())));
+            let mut line = Long {
+                size: 0,
+                trailing: 0,
+                kept: Some(Vec::new()),
+            };
+            line.add(&buf[tail..], keep_long);
+            long = Some(line);
             buf.truncate(tail);
             if !buf.is_empty() {
                 let lines = std::mem::take(&mut pending);
@@ -336,12 +338,57 @@ pub fn stream_lines<R: Read>(
             tail = 0;
         }
     }
-    if let Some((size, kept)) = long {
-        each(ended(first, size, kept));
+    if let Some(line) = long {
+        each(line.ended(first));
     } else if !buf.is_empty() {
         each(Piece::Lines { first, bytes: buf });
     }
     Ok(())
+}
+
+/// How far past `max_record` a line may run, unfinished, before it is read through rather
+/// than held: a record within the limit followed by spaces (or `\r`) is still judged trimmed.
+const SLACK: usize = 64 * 1024;
+
+/// A line too long to parse, as it is read through: its size so far, how much of its end is
+/// whitespace, and its bytes while they are within `keep_long`.
+struct Long {
+    size: u64,
+    trailing: u64,
+    kept: Option<Vec<u8>>,
+}
+
+impl Long {
+    fn add(&mut self, part: &[u8], keep_long: u64) {
+        self.size += part.len() as u64;
+        match part.iter().rposition(|b| !b.is_ascii_whitespace()) {
+            Some(last) => self.trailing = (part.len() - last - 1) as u64,
+            None => self.trailing += part.len() as u64,
+        }
+        if self
+            .kept
+            .as_ref()
+            .is_some_and(|k| (k.len() + part.len()) as u64 > keep_long)
+        {
+            self.kept = None;
+        }
+        if let Some(kept) = self.kept.as_mut() {
+            kept.extend_from_slice(part);
+        }
+    }
+
+    /// What it is once ended, as line `line`: its size and bytes without the whitespace at its
+    /// end, as `split::line` trims it.
+    fn ended(self, line: usize) -> Piece {
+        let size = self.size - self.trailing;
+        match self.kept {
+            Some(mut bytes) => {
+                bytes.truncate(size as usize);
+                Piece::Long { line, bytes }
+            }
+            None => Piece::TooLong { line, size },
+        }
+    }
 }
 
 /// One record (or failed part) of a chunk of lines, located in the chunk's text.
@@ -436,17 +483,8 @@ mod tests {
             .collect()
     }
 
-    /// Streams `input` in chunks of `chunk` bytes and splits each piece by line, as
-    /// `ingest files` does.
-    fn streamed(
-        input: &[u8],
-        limits: Limits,
-        chunk: usize,
-    ) -> Vec<(usize, Result<String, &'static str>)> {
-        streamed_by(input, limits, chunk, usize::MAX)
-    }
-
-    /// [`streamed`], the input read `step` bytes at a time.
+    /// Streams `input`, read `step` bytes at a time, in chunks of `chunk` bytes and splits
+    /// each piece by line, as `ingest files` does.
     fn streamed_by(
         input: &[u8],
         limits: Limits,
@@ -647,10 +685,12 @@ mod tests {
     #[test]
     fn a_long_line_is_kept_up_to_keep_long() {
         let limits = limits(1024);
-        let (kept, dropped) = ("k".repeat(5000), "d".repeat(600_000));
-        let input = format!("{kept}\n{{\"a\":1}}\n{dropped}\n{kept}");
+        // Longer than the limit and its slack; the first ends in spaces, as `split::line`
+        // trims them.
+        let (kept, dropped) = ("k".repeat(70_000), "d".repeat(600_000));
+        let input = format!("{kept}  \r\n{{\"a\":1}}\n{dropped}\n{kept}");
         // Read in parts smaller than the lines, so each is seen unfinished and too long.
-        for step in [100, 1000] {
+        for step in [100, 1000, 4096] {
             let mut pieces = Vec::new();
             let result = stream_lines(
                 Trickle(input.as_bytes(), step),
@@ -673,10 +713,10 @@ mod tests {
             assert_eq!(
                 pieces,
                 vec![
-                    ("long", 1, 5000, true),
+                    ("long", 1, 70_000, true),
                     ("lines", 2, 8, false),
                     ("too long", 3, 600_000, false),
-                    ("long", 4, 5000, true),
+                    ("long", 4, 70_000, true),
                 ],
                 "read {step} at a time"
             );
@@ -687,10 +727,19 @@ mod tests {
     fn spaces_do_not_make_a_line_too_long() {
         let limits = limits(1024);
         let spaces = " ".repeat(600_000);
-        let input = format!("{{\"a\":1}}\n{spaces}\n{spaces}{{\"b\":2}}\n{{\"c\":3}}\n");
+        let short = " ".repeat(2000);
+        let input = format!(
+            "{{\"a\":1}}\n{spaces}\n{spaces}{{\"b\":2}}\n{{\"c\":3}}\n{{\"d\":4}}{short}\r\n"
+        );
         let whole = view(split(input.as_bytes(), limits));
-        assert_eq!(whole.len(), 3, "{whole:?}");
-        assert_eq!(streamed(input.as_bytes(), limits, 10), whole);
+        assert_eq!(whole.len(), 4, "{whole:?}");
+        for step in [7, 100, 4096, usize::MAX] {
+            assert_eq!(
+                streamed_by(input.as_bytes(), limits, 10, step),
+                whole,
+                "{step}"
+            );
+        }
     }
 
     #[test]
@@ -863,6 +912,35 @@ mod tests {
         assert_eq!(shape("[\n {\"a\":1}\n]\n")?, Shape::Other);
         assert_eq!(shape("not json\n{\"a\":1}\n")?, Shape::Other);
         assert_eq!(shape("")?, Shape::Other);
+        // Past `max_record` of blank lines, the input is not judged.
+        assert_eq!(
+            shape(&format!("{}{{\"a\":1}}\n{{}}\n", " \n".repeat(600)))?,
+            Shape::Other
+        );
+        // A byte-order mark handed out a byte at a time, through `plain`.
+        let marked = "\u{feff}{\"a\":1}\n{\"b\":2}\n";
+        let trickled = || plain(Trickle(marked.as_bytes(), 1), limits);
+        assert_eq!(super::shape(trickled()?, limits)?, Shape::Lines);
+        let mut lines = Vec::new();
+        let result = stream_lines(
+            trickled()?,
+            limits,
+            1 << 20,
+            |p| {
+                lines.push(p);
+                true
+            },
+            || None,
+            0,
+        );
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            lines,
+            vec![Piece::Lines {
+                first: 1,
+                bytes: b"{\"a\":1}\n{\"b\":2}\n".to_vec()
+            }]
+        );
         Ok(())
     }
 }

@@ -304,7 +304,10 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
     /// A run's summary (but its time), activity ids, and dead letters (line, kind, part,
     /// value).
     type Outcome = (Value, Vec<String>, Vec<(String, String, String, Vec<u8>)>);
+    // gzip on stdin is read whole whatever its size (where it breaks off, only the whole
+    // path can keep every byte of it).
     let read = |name: &str, path: &Path, stdin: bool, stream: bool| -> Result<Outcome> {
+        let gzip_stdin = stdin && path.extension().is_some_and(|e| e == "gz");
         let run = Run::new(name)?;
         let above = if stream { "0" } else { "1000000000" };
         let env = [
@@ -330,7 +333,7 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
             "streaming a large file"
         };
         ensure!(
-            out.stderr.contains(said) == stream,
+            out.stderr.contains(said) == (stream && !gzip_stdin),
             "streamed {stream}? {}",
             out.stderr
         );

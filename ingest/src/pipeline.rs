@@ -124,16 +124,15 @@ pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summar
         // The document's own error is the cut: one dead letter, of the input, says it.
         items.pop();
     }
-    let result = if plain.broke.is_some() {
-        "dead_lettered"
-    } else {
-        "ok"
-    };
-    publisher
-        .metrics()
-        .inputs
-        .with_label_values(&[publisher.source_kind(), result])
-        .inc();
+    if plain.broke.is_none() {
+        // An input that broke off is counted once, as dead-lettered, by `dead_letter_input`
+        // below.
+        publisher
+            .metrics()
+            .inputs
+            .with_label_values(&[publisher.source_kind(), "ok"])
+            .inc();
+    }
     let records = items.iter().filter(|i| i.text.is_ok()).count();
     for (ordinal, item) in items.iter().enumerate() {
         if item.text.is_err() {
@@ -247,4 +246,51 @@ pub async fn dead_letter_input(
         reason,
     };
     publisher.dead_letter(bytes, letter).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publisher whose producer points at nothing: records wait in its queue, never sent,
+    /// which is all `process` needs to count what it did.
+    fn publisher() -> Publisher {
+        let mut cfg = crate::IngestConfig::default();
+        cfg.kafka.brokers = "127.0.0.1:9".into();
+        let producer = trailguard_common::kafka::producer(&cfg.kafka, "test", 5)
+            .expect("a producer needs no broker to be made");
+        let metrics =
+            crate::publish::Metrics::new(&prometheus::Registry::new()).expect("metrics register");
+        Publisher::new(producer, &cfg, "files", metrics)
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = enc.write_all(bytes);
+        enc.finish().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn an_input_that_breaks_off_is_counted_once() {
+        let mut publisher = publisher();
+        let mut summary = Summary::default();
+        let records = (0..200)
+            .map(|i| format!(r#"{{"eventID":"{i}","eventName":"ListUsers"}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let packed = gzip(format!(r#"{{"Records":[{records}]}}"#).as_bytes());
+        let cut = &packed[..packed.len() / 2];
+        process("cut.json.gz", cut, &mut publisher, &mut summary).await;
+        process("whole.json.gz", &packed, &mut publisher, &mut summary).await;
+        let inputs = |result: &str| {
+            publisher
+                .metrics()
+                .inputs
+                .with_label_values(&["files", result])
+                .get()
+        };
+        assert_eq!((inputs("dead_lettered"), inputs("ok")), (1, 1));
+        assert_eq!(summary.inputs_dead_lettered, 1);
+    }
 }

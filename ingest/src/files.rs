@@ -238,13 +238,7 @@ pub async fn run(
                 })
             }
         };
-        summary.inputs_read += 1;
-        summary.bytes += bytes.len() as u64;
-        publisher
-            .metrics()
-            .bytes_read
-            .with_label_values(&[publisher.source_kind()])
-            .inc_by(bytes.len() as u64);
+        crate::pipeline::count_input(publisher, &mut summary, bytes.len() as u64);
         let unparsed = summary.unparsed;
         process(&name, &bytes, publisher, &mut summary).await;
         if name == STDIN && summary.unparsed > unparsed {
@@ -319,13 +313,7 @@ async fn stream_path(
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return Streamed::ReadWhole,
     };
     tracing::info!(file = %name, size, ?shape, "streaming a large file");
-    summary.inputs_read += 1;
-    summary.bytes += size;
-    publisher
-        .metrics()
-        .bytes_read
-        .with_label_values(&[publisher.source_kind()])
-        .inc_by(size);
+    crate::pipeline::count_input(publisher, summary, size);
     let file = path.to_path_buf();
     let open: Opener = Box::new(move || {
         std::fs::File::open(&file)
@@ -426,13 +414,7 @@ async fn stdin_head(
     let keep_long = limits.max_decompressed.min(KEEP_LONG_ON_STDIN);
     let unparsed = stream_lines_of(STDIN, open, keep_long, publisher, summary, shutdown).await;
     let bytes = read.load(std::sync::atomic::Ordering::Relaxed);
-    summary.inputs_read += 1;
-    summary.bytes += bytes;
-    publisher
-        .metrics()
-        .bytes_read
-        .with_label_values(&[publisher.source_kind()])
-        .inc_by(bytes);
+    crate::pipeline::count_input(publisher, summary, bytes);
     Ok(Head::Streamed(unparsed))
 }
 

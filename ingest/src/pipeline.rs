@@ -160,12 +160,7 @@ pub async fn process_record(
     publisher: &mut Publisher,
     summary: &mut Summary,
 ) {
-    summary.records += 1;
-    publisher
-        .metrics()
-        .records_read
-        .with_label_values(&[publisher.source_kind()])
-        .inc();
+    count_record(publisher, summary);
     // The ordinal, not the index: records of one NDJSON line share its line number.
     let result = text.and_then(|t| normalize_at(t, (name, ordinal)).map_err(Poison::from));
     match result {
@@ -176,18 +171,9 @@ pub async fn process_record(
             };
             publisher.activity(activity, origin, bytes).await
         }
-        Err(Poison { kind, reason }) => {
-            *summary
-                .dead_letter_kinds
-                .entry(kind.to_string())
-                .or_default() += 1;
-            let letter = DeadLetter {
-                source: name,
-                index,
-                kind,
-                reason,
-            };
-            publisher.dead_letter(bytes, letter).await;
+        Err(poison) => {
+            let size = bytes.len() as u64;
+            dead_letter_record((name, index), poison, (bytes, size), publisher, summary).await
         }
     }
 }
@@ -195,18 +181,34 @@ pub async fn process_record(
 /// Counts and dead-letters a record (an NDJSON line) of `size` bytes read through without
 /// being kept: its dead letter is a pointer naming `name` and `index`, with the size.
 pub async fn dead_letter_unkept(
-    (name, index): (&str, usize),
+    at: (&str, usize),
     size: u64,
     poison: Poison,
     publisher: &mut Publisher,
     summary: &mut Summary,
 ) {
+    count_record(publisher, summary);
+    dead_letter_record(at, poison, (b"", size), publisher, summary).await;
+}
+
+/// Counts a record read.
+fn count_record(publisher: &Publisher, summary: &mut Summary) {
     summary.records += 1;
     publisher
         .metrics()
         .records_read
         .with_label_values(&[publisher.source_kind()])
         .inc();
+}
+
+/// Counts and dead-letters one record of `size` bytes, of which `kept` is what was kept.
+async fn dead_letter_record(
+    (name, index): (&str, usize),
+    poison: Poison,
+    (kept, size): (&[u8], u64),
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) {
     *summary
         .dead_letter_kinds
         .entry(poison.kind.to_string())
@@ -217,7 +219,18 @@ pub async fn dead_letter_unkept(
         kind: poison.kind,
         reason: poison.reason,
     };
-    publisher.dead_letter_of(b"", size, letter).await;
+    publisher.dead_letter_of(kept, size, letter).await;
+}
+
+/// Counts an input read, of `bytes` bytes as stored.
+pub fn count_input(publisher: &Publisher, summary: &mut Summary, bytes: u64) {
+    summary.inputs_read += 1;
+    summary.bytes += bytes;
+    publisher
+        .metrics()
+        .bytes_read
+        .with_label_values(&[publisher.source_kind()])
+        .inc_by(bytes);
 }
 
 /// Dead-letters a whole input (unreadable, bad gzip, not JSON), counting it in `summary`.

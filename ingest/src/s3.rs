@@ -677,13 +677,7 @@ async fn get_object(
 
 /// Counts and publishes an object read whole.
 async fn publish_whole(name: &str, bytes: &[u8], publisher: &mut Publisher, summary: &mut Summary) {
-    summary.inputs_read += 1;
-    summary.bytes += bytes.len() as u64;
-    publisher
-        .metrics()
-        .bytes_read
-        .with_label_values(&[publisher.source_kind()])
-        .inc_by(bytes.len() as u64);
+    pipeline::count_input(publisher, summary, bytes.len() as u64);
     pipeline::process(name, bytes, publisher, summary).await;
 }
 
@@ -734,13 +728,7 @@ async fn stream_object(
     let splitter = tokio::task::spawn_blocking(move || {
         crate::stream::stream_log_file(reader, limits, |record| tx.blocking_send(record).is_ok())
     });
-    summary.inputs_read += 1;
-    summary.bytes += size;
-    publisher
-        .metrics()
-        .bytes_read
-        .with_label_values(&[publisher.source_kind()])
-        .inc_by(size);
+    pipeline::count_input(publisher, summary, size);
     let mut index = 0usize;
     while let Some(record) = rx.recv().await {
         index += 1;

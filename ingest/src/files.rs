@@ -18,8 +18,8 @@ pub use crate::publish::STDIN;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilesConfig {
-    /// Files larger than this (as stored) are read record by record, in bounded memory,
-    /// instead of whole: NDJSON a chunk of lines at a time, a log file one record at a time.
+    /// Files (and stdin) larger than this are read a chunk of lines at a time, in bounded
+    /// memory, instead of whole, when they are NDJSON; other inputs are read whole.
     pub stream_above_bytes: u64,
 }
 
@@ -282,13 +282,12 @@ enum Part {
     },
 }
 
-/// Reads a large file record by record — NDJSON in chunks of lines, a log file a record at a
-/// time, gzip undone on the way — on a blocking thread that hands them over a bounded channel,
-/// so memory stays flat whatever the file's size. A file of any other shape (an array over
-/// many lines, a first line that is not JSON) is left to be read whole, within the limits.
-/// Records before a break (a cut gzip, invalid JSON, the limits) are published and the file
-/// is dead-lettered as a pointer saying where it broke; a line too large is dead-lettered as a
-/// pointer naming its number. A shutdown stops it between chunks.
+/// Reads a large NDJSON file in chunks of lines, gzip undone on the way, on a blocking thread
+/// that hands them over a bounded channel, so memory stays flat whatever the file's size. A
+/// file of any other shape (a log file, an array over many lines, a first line that is not
+/// JSON) is left to be read whole, within the limits. Records before a break (a cut or capped
+/// gzip, a failed read) are published and the file is dead-lettered as a pointer saying where
+/// it broke; a line too large is dead-lettered as a pointer naming its number and size.
 async fn stream_path(
     path: &Path,
     size: u64,
@@ -360,23 +359,21 @@ async fn stdin_head(
         if head.len() as u64 <= stream_above {
             return Ok((head, None));
         }
-        // Judged on stdin as it comes (gzip undone); what is read to judge it is kept, to be
-        // read again.
+        // gzip on stdin is read whole: where it breaks off, the whole path keeps every byte
+        // of it for its dead letter, which streaming could not.
+        if head.starts_with(&[0x1f, 0x8b]) {
+            return Ok((head, Some(Shape::Other)));
+        }
+        // Judged on stdin as it comes; what is read to judge it is kept, to be read again.
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recording = Recording {
             inner: std::io::stdin(),
             seen: seen.clone(),
         };
         let judged = std::io::Read::chain(&head[..], recording);
-        // gzip on stdin is read whole: where it breaks off, the whole path keeps every byte
-        // of it for its dead letter, which streaming could not.
-        let shape = if head.starts_with(&[0x1f, 0x8b]) {
-            Shape::Other
-        } else {
-            crate::lines::plain(judged, limits)
-                .and_then(|reader| crate::lines::shape(reader, limits))
-                .unwrap_or(Shape::Other)
-        };
+        let shape = crate::lines::plain(judged, limits)
+            .and_then(|reader| crate::lines::shape(reader, limits))
+            .unwrap_or(Shape::Other);
         let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
         head.reserve_exact(seen.len());
         head.extend_from_slice(&seen);

@@ -21,8 +21,8 @@ pub enum Piece {
         /// The lines, as read.
         bytes: Vec<u8>,
     },
-    /// A line longer than `max_record`, kept (as read) for an input nothing can read again
-    /// ([`stream_lines`]' `keep_long`).
+    /// A line longer than `max_record`, kept (as read, whitespace at its end trimmed) for an
+    /// input nothing can read again ([`stream_lines`]' `keep_long`).
     Long {
         /// Its number.
         line: usize,
@@ -33,7 +33,7 @@ pub enum Piece {
     TooLong {
         /// Its number.
         line: usize,
-        /// Its size in bytes, as read.
+        /// Its size in bytes, as read, whitespace at its end aside.
         size: u64,
     },
 }

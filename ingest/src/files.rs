@@ -572,24 +572,13 @@ async fn stream_lines_of(
                 let _ = spares_tx.send(chunk.into_bytes());
             }
             Part::Lines(Piece::Long { line, bytes }) => {
+                let size = bytes.len() as u64;
                 ordinal += 1;
-                summary.unparsed += 1;
-                let why = SplitError::TooLarge(format!(
-                    "line {line} of {} bytes (publish.max_record_bytes)",
-                    bytes.len()
-                ));
-                let text = Err(Poison::from(&why));
-                process_record(name, (line, ordinal), text, &bytes, publisher, summary).await;
+                too_long(name, (line, size), &bytes, publisher, summary).await;
             }
             Part::Lines(Piece::TooLong { line, size }) => {
                 ordinal += 1;
-                summary.unparsed += 1;
-                let why = SplitError::TooLarge(format!(
-                    "line {line} of {size} bytes (publish.max_record_bytes)"
-                ));
-                let poison = Poison::from(&why);
-                crate::pipeline::dead_letter_unkept((name, line), size, poison, publisher, summary)
-                    .await;
+                too_long(name, (line, size), b"", publisher, summary).await;
             }
         }
         if shutdown.is_cancelled() {
@@ -618,6 +607,23 @@ async fn stream_lines_of(
         }
     }
     summary.unparsed - unparsed_before
+}
+
+/// Dead-letters line `line` of `size` bytes, too large to parse, with what of it was `kept`
+/// (all of it, or nothing: then its dead letter is a pointer with its size).
+async fn too_long(
+    name: &str,
+    (line, size): (usize, u64),
+    kept: &[u8],
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) {
+    summary.unparsed += 1;
+    let why = SplitError::TooLarge(format!(
+        "line {line} of {size} bytes (publish.max_record_bytes)"
+    ));
+    let poison = Poison::from(&why);
+    crate::pipeline::dead_letter_line((name, line), (kept, size), poison, publisher, summary).await;
 }
 
 /// A reader that fails once the channel it feeds has no receiver.

@@ -178,17 +178,18 @@ pub async fn process_record(
     }
 }
 
-/// Counts and dead-letters a record (an NDJSON line) of `size` bytes read through without
-/// being kept: its dead letter is a pointer naming `name` and `index`, with the size.
-pub async fn dead_letter_unkept(
+/// Counts and dead-letters a record (an NDJSON line) of `size` bytes of which `kept` was
+/// kept: all of it, or nothing — a line read through without being held, whose dead letter is
+/// then a pointer naming `name` and `index`, with the size.
+pub async fn dead_letter_line(
     at: (&str, usize),
-    size: u64,
+    (kept, size): (&[u8], u64),
     poison: Poison,
     publisher: &mut Publisher,
     summary: &mut Summary,
 ) {
     count_record(publisher, summary);
-    dead_letter_record(at, poison, (b"", size), publisher, summary).await;
+    dead_letter_record(at, poison, (kept, size), publisher, summary).await;
 }
 
 /// Counts a record read.

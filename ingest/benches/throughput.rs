@@ -1,16 +1,17 @@
 //! `make bench` for ingest: normalize throughput on one core over a corpus built from the
 //! shared CloudTrail records, and — with a broker — `ingest files` next to a raw publish of the
-//! very same bytes. Prints numbers; asserts nothing.
+//! very same bytes, in turns, compared by their medians. Prints numbers; asserts nothing.
 //!
 //! Env: `TRAILGUARD_TEST_SHARED_DATA` (the shared records), `TRAILGUARD_BENCH_BROKERS` and
 //! `TRAILGUARD_BENCH_INGEST` (the release `ingest` binary) for the end-to-end part,
-//! `TRAILGUARD_BENCH_RECORDS` (corpus size, default 200000), `TRAILGUARD_BENCH_CALLGRIND=0` (no
+//! `TRAILGUARD_BENCH_RECORDS` (corpus size, default 200000), `TRAILGUARD_BENCH_ROUNDS` (turns
+//! of ingest and raw publish, default 3), `TRAILGUARD_BENCH_CALLGRIND=0` (no
 //! instruction count: it reruns the bench under valgrind on 20,000 records).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureRecord, Producer};
@@ -144,12 +145,103 @@ fn main() {
             writeln!(file, "{r}").expect("write corpus");
         }
     }
+    // The two are timed in turns, ingest then raw, each round to topics of its own: the broker
+    // shares this machine's cores, and one run of either varies more than the two differ, so
+    // the medians are compared, and every round's ratio is printed.
+    let rounds: usize = std::env::var("TRAILGUARD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let (mut ingest_rates, mut raw_rates, mut ingest_cpus) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let topics = format!("{run}-{round}");
+        let children = cpu_seconds(Whose::Children);
+        let (ingest_secs, with_start_up) = ingest_file(&ingest, &brokers, &path, &topics, n);
+        let ingest_cpu = cpu_seconds(Whose::Children) - children;
+        let own = cpu_seconds(Whose::Own);
+        let raw_secs = raw_publish(&brokers, &records, &topics);
+        let raw_cpu = cpu_seconds(Whose::Own) - own;
+        let (ingest_rate, raw_rate) = (n as f64 / ingest_secs, n as f64 / raw_secs);
+        println!(
+            "round {round}: ingest files → topic {ingest_rate:.0} records/s ({:.1} MB/s; {ingest_secs:.2} s, {with_start_up:.2} s with start-up and connecting; {:.1} µs of CPU a record); raw publish of the same bytes {raw_rate:.0} records/s ({:.1} MB/s; {:.1} µs of CPU a record); {:.0} %",
+            bytes as f64 / 1e6 / ingest_secs,
+            ingest_cpu * 1e6 / n as f64,
+            bytes as f64 / 1e6 / raw_secs,
+            raw_cpu * 1e6 / n as f64,
+            100.0 * ingest_rate / raw_rate
+        );
+        ingest_rates.push(ingest_rate);
+        raw_rates.push(raw_rate);
+        ingest_cpus.push(ingest_cpu * 1e6 / n as f64);
+    }
+    let (ingest_rate, raw_rate) = (median(&mut ingest_rates), median(&mut raw_rates));
+    println!(
+        "ingest files → topic: {ingest_rate:.0} records/s ({:.1} MB/s), median of {rounds}",
+        bytes as f64 / 1e6 * ingest_rate / n as f64
+    );
+    println!(
+        "raw publish of the same bytes: {raw_rate:.0} records/s ({:.1} MB/s), median of {rounds}",
+        bytes as f64 / 1e6 * raw_rate / n as f64
+    );
+    println!(
+        "ingest files / raw publish: {:.0} % (medians)",
+        100.0 * ingest_rate / raw_rate
+    );
+    // Less bound to what else the machine runs than the rates: the CPU ingest used (all its
+    // threads, start-up included), a record.
+    println!(
+        "ingest files CPU: {:.1} µs a record (user + system, start-up included), median of {rounds}",
+        median(&mut ingest_cpus)
+    );
+    let _ = std::fs::remove_file(&path);
+}
 
+/// Whose CPU time [`cpu_seconds`] reads.
+enum Whose {
+    /// This process's.
+    Own,
+    /// Its children's that have ended and been waited for.
+    Children,
+}
+
+/// CPU seconds (user + system) so far, from `/proc/self/stat`; 0 where it cannot be read.
+fn cpu_seconds(whose: Whose) -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime, stime, cutime, cstime are fields 14–17; `fields` starts at field 3.
+    let at = |field: usize| -> f64 {
+        fields
+            .get(field - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let ticks = match whose {
+        Whose::Own => at(14) + at(15),
+        Whose::Children => at(16) + at(17),
+    };
+    // Clock ticks: 100 a second on Linux (`getconf CLK_TCK`).
+    ticks / 100.0
+}
+
+/// The middle value (the upper of the two middle ones for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs `ingest files` on `path` (`n` records) into `{topics}.activities`: its time by its own
+/// summary (from its first read, its producer connected), and with start-up and connecting.
+fn ingest_file(ingest: &str, brokers: &str, path: &Path, topics: &str, n: usize) -> (f64, f64) {
     let started = Instant::now();
-    let output = std::process::Command::new(&ingest)
+    let output = std::process::Command::new(ingest)
         .args([
             "--brokers",
-            &brokers,
+            brokers,
             "files",
             "--summary",
             "json",
@@ -157,17 +249,15 @@ fn main() {
         ])
         .env(
             "TRAILGUARD_KAFKA__TOPICS__ACTIVITIES",
-            format!("{run}.activities"),
+            format!("{topics}.activities"),
         )
-        .env("TRAILGUARD_KAFKA__TOPICS__DLQ", format!("{run}.dlq"))
+        .env("TRAILGUARD_KAFKA__TOPICS__DLQ", format!("{topics}.dlq"))
         .env("TRAILGUARD_LOG__LEVEL", "warn")
         .stderr(std::process::Stdio::null())
         .output()
         .expect("run ingest");
     let with_start_up = started.elapsed().as_secs_f64();
     assert!(output.status.success(), "ingest failed");
-    // Its own summary times the run from its first read, its producer connected — as the raw
-    // publish below is timed once its producer exists.
     let summary: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("ingest's JSON summary");
     assert_eq!(
@@ -175,19 +265,19 @@ fn main() {
         Some(n as u64),
         "ingest published {summary}"
     );
-    let ingest_secs = summary["seconds"].as_f64().expect("seconds in the summary");
-    let ingest_rate = n as f64 / ingest_secs;
-    println!(
-        "ingest files → topic: {ingest_rate:.0} records/s ({:.1} MB/s; {ingest_secs:.2} s, {with_start_up:.2} s with start-up and connecting)",
-        bytes as f64 / 1e6 / ingest_secs
-    );
+    let secs = summary["seconds"].as_f64().expect("seconds in the summary");
+    (secs, with_start_up)
+}
 
-    // Raw publish of the same bytes, same producer settings, topic created the same way.
+/// Publishes `records` as they are to `{topics}.raw`, with ingest's producer settings and a
+/// topic created as ingest creates its own; the seconds from the first send (the producer
+/// made) to the last delivery.
+fn raw_publish(brokers: &str, records: &[String], topics: &str) -> f64 {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let raw_secs = runtime.block_on(async {
-        let topic = format!("{run}.raw");
+    runtime.block_on(async {
+        let topic = format!("{topics}.raw");
         let cfg = trailguard_common::config::KafkaConfig {
-            brokers: brokers.clone(),
+            brokers: brokers.to_string(),
             topics: trailguard_common::config::Topics {
                 activities: topic.clone(),
                 ..Default::default()
@@ -231,17 +321,7 @@ fn main() {
         }
         let _ = producer.flush(Duration::from_secs(30));
         started.elapsed().as_secs_f64()
-    });
-    let raw_rate = n as f64 / raw_secs;
-    println!(
-        "raw publish of the same bytes: {raw_rate:.0} records/s ({:.1} MB/s)",
-        bytes as f64 / 1e6 / raw_secs
-    );
-    println!(
-        "ingest files / raw publish: {:.0} %",
-        100.0 * ingest_rate / raw_rate
-    );
-    let _ = std::fs::remove_file(&path);
+    })
 }
 
 /// Normalizes every record; how many succeeded. What the figures measure (callgrind counts

@@ -1,16 +1,19 @@
 //! The `files` source: CloudTrail log files, `.json.gz`, NDJSON, whole directory trees and stdin.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::lines::{Piece, Shape};
-use crate::pipeline::{dead_letter_input, process, process_record, Summary};
+use crate::lines::{Located, Piece, Shape};
+use crate::normalize::normalize_at;
+use crate::pipeline::{dead_letter_input, process, publish_record, Outcome, Summary};
 use crate::publish::Publisher;
+use crate::publish::Serialized;
 use crate::split::SplitError;
 use crate::Error;
-use trailguard_common::Poison;
+use trailguard_common::{Activity, Poison};
 
 pub use crate::publish::STDIN;
 
@@ -273,13 +276,93 @@ enum Streamed {
 
 /// What the reading thread of a streamed file hands over.
 enum Part {
-    /// Lines that are not all UTF-8, to be split here.
-    Lines(Piece),
-    /// Lines split into records on the reading thread.
-    Located {
-        text: String,
-        items: Vec<crate::lines::Located>,
+    /// A chunk of lines split into records, each normalized and serialized into `out`.
+    Read {
+        chunk: Vec<u8>,
+        out: Vec<u8>,
+        items: Vec<Located<Ready>>,
     },
+    /// Line `line`, of `size` bytes, too large to parse, with what of it was `kept`: all of
+    /// it, or nothing.
+    Long {
+        line: usize,
+        size: u64,
+        kept: Vec<u8>,
+    },
+}
+
+/// A record of a chunk, as the reading thread hands it over.
+#[derive(Debug)]
+enum Ready {
+    /// Normalized and serialized: where its id, key and JSON are in the chunk's `out`.
+    Serialized {
+        id: Range<usize>,
+        key: Range<usize>,
+        json: Range<usize>,
+        event_time: chrono::DateTime<chrono::Utc>,
+    },
+    /// Normalized, and too large to publish as it is: to be trimmed.
+    Activity(Box<Activity>),
+    /// Not normalizable, and why.
+    Failed(Poison),
+}
+
+/// Serializes a normalized record into `out` when it fits in `most` bytes: done on the
+/// reading thread, which also drops the activity, so that what crosses to the publishing
+/// thread is bytes, not an activity's many allocations.
+fn prepare(
+    normalized: Result<Activity, crate::normalize::NormalizeError>,
+    out: &mut Vec<u8>,
+    most: usize,
+) -> Ready {
+    let activity = match normalized {
+        Ok(activity) => activity,
+        Err(e) => return Ready::Failed(Poison::from(e)),
+    };
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, &activity).is_err() || out.len() - start > most {
+        out.truncate(start);
+        return Ready::Activity(Box::new(activity));
+    }
+    let json = start..out.len();
+    let mut put = |text: &str| {
+        let at = out.len();
+        out.extend_from_slice(text.as_bytes());
+        at..out.len()
+    };
+    let id = put(&activity.id);
+    let key = put(&activity.actor.id);
+    Ready::Serialized {
+        id,
+        key,
+        json,
+        event_time: activity.event_time,
+    }
+}
+
+/// What becomes of record `ready`, given its chunk's `out`.
+fn outcome(ready: Ready, out: &[u8]) -> Outcome<'_> {
+    let text = |range: Range<usize>| std::str::from_utf8(out.get(range)?).ok();
+    match ready {
+        Ready::Serialized {
+            id,
+            key,
+            json,
+            event_time,
+        } => match (text(id), text(key), out.get(json)) {
+            (Some(id), Some(key), Some(json)) => Outcome::Serialized(Serialized {
+                id,
+                key,
+                json,
+                event_time,
+            }),
+            // `prepare` put them there: never so, and were it, the run fails saying so (as
+            // when serializing fails), rather than panicking.
+            _ => Outcome::Broken("a serialized activity was not where it was put"),
+        },
+        Ready::Activity(activity) => Outcome::Activity(*activity),
+        Ready::Failed(poison) => Outcome::Failed(poison),
+    }
 }
 
 /// Reads a large NDJSON file in chunks of lines, gzip undone on the way, on a blocking thread
@@ -473,11 +556,11 @@ impl<R: std::io::Read> std::io::Read for Counted<R> {
 /// Opens a streamed input, on the reading thread.
 type Opener = Box<dyn FnOnce() -> Result<Box<dyn std::io::Read + Send>, SplitError> + Send>;
 
-/// Publishes the NDJSON records of the input `open` gives, read and split on a blocking
-/// thread and handed over a bounded channel, chunk by chunk; lines longer than `max_record`
-/// are kept up to `keep_long` bytes for their dead letters. Records before a break are
-/// published and the input dead-lettered with where it broke. Returns how many parts of it
-/// could not be read as records.
+/// Publishes the NDJSON records of the input `open` gives, read, split, normalized and
+/// serialized on a blocking thread and handed over a bounded channel, chunk by chunk, to be published here;
+/// lines longer than `max_record` are kept up to `keep_long` bytes for their dead letters.
+/// Records before a break are published and the input dead-lettered with where it broke.
+/// Returns how many parts of it could not be read as records.
 async fn stream_lines_of(
     name: &str,
     open: Opener,
@@ -489,8 +572,12 @@ async fn stream_lines_of(
     let limits = publisher.limits();
     let unparsed_before = summary.unparsed;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(CHUNKS_AHEAD);
-    // Chunks' buffers go back to the reading thread once published.
+    // Chunks' buffers, and the lists of their records, go back to the reading thread once
+    // published.
     let (spares_tx, spares_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (lists_tx, lists_rx) = std::sync::mpsc::channel::<(Vec<Located<Ready>>, Vec<u8>)>();
+    let source = name.to_string();
+    let most = publisher.max_activity_bytes();
     let reading = tokio::task::spawn_blocking(move || -> Result<(), SplitError> {
         let opened = open()?;
         // Stops reading once nothing takes what it reads (a shutdown), even inside a line
@@ -501,84 +588,79 @@ async fn stream_lines_of(
         };
         let reader =
             crate::lines::plain(opened, limits).map_err(|e| SplitError::Read(e.to_string()))?;
+        // Each record's place among the input's records: it goes into the id of a record
+        // that has no id of its own, as when the input is read whole.
+        let mut ordinal = 0usize;
         crate::lines::stream_lines(
             reader,
             limits,
             CHUNK_BYTES,
             |piece| {
-                // Split here, off the publishing thread, when the chunk is all UTF-8 (a
-                // chunk that is not is split there, line by line, as a whole file is).
                 let part = match piece {
-                    Piece::Lines { first, bytes } => match String::from_utf8(bytes) {
-                        Ok(text) => Part::Located {
-                            items: crate::lines::locate(first, &text, limits),
-                            text,
-                        },
-                        Err(e) => Part::Lines(Piece::Lines {
-                            first,
-                            bytes: e.into_bytes(),
-                        }),
+                    Piece::Lines { first, bytes } => {
+                        let before = ordinal;
+                        let (spare, mut out) = lists_rx.try_recv().unwrap_or_default();
+                        out.clear();
+                        let read = |place: usize, text: &str| {
+                            let normalized = normalize_at(text, (&source, before + place + 1));
+                            prepare(normalized, &mut out, most)
+                        };
+                        let items = crate::lines::locate(first, &bytes, limits, read, spare);
+                        ordinal += items.len();
+                        Part::Read {
+                            chunk: bytes,
+                            out,
+                            items,
+                        }
+                    }
+                    Piece::Long { line, bytes } => Part::Long {
+                        line,
+                        size: bytes.len() as u64,
+                        kept: bytes,
                     },
-                    long => Part::Lines(long),
+                    Piece::TooLong { line, size } => Part::Long {
+                        line,
+                        size,
+                        kept: Vec::new(),
+                    },
                 };
+                if matches!(part, Part::Long { .. }) {
+                    ordinal += 1;
+                }
                 tx.blocking_send(part).is_ok()
             },
             || spares_rx.try_recv().ok(),
             keep_long,
         )
     });
-    let (mut ordinal, mut records) = (0usize, 0u64);
+    let mut records = 0u64;
     while let Some(part) = rx.recv().await {
         match part {
-            Part::Lines(Piece::Lines { first, bytes }) => {
-                let mut items = Vec::new();
-                for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                    items.clear();
-                    crate::split::line(first + i, line.trim_ascii(), limits, &mut items);
-                    for item in &items {
-                        ordinal += 1;
-                        let text = match &item.text {
-                            Ok(text) => {
-                                records += 1;
-                                Ok(text.as_ref())
-                            }
-                            Err(why) => {
-                                summary.unparsed += 1;
-                                Err(Poison::from(why))
-                            }
-                        };
-                        let at = (item.index, ordinal);
-                        process_record(name, at, text, &item.bytes, publisher, summary).await;
-                    }
-                }
-            }
-            Part::Located { text: chunk, items } => {
-                for item in items {
-                    ordinal += 1;
-                    let text = match item.text {
-                        Ok(range) => {
+            Part::Read {
+                chunk,
+                out,
+                mut items,
+            } => {
+                for item in items.drain(..) {
+                    let outcome = match item.text {
+                        Ok(ready) => {
                             records += 1;
-                            Ok(&chunk[range])
+                            outcome(ready, &out)
                         }
                         Err(why) => {
                             summary.unparsed += 1;
-                            Err(Poison::from(&why))
+                            Outcome::Failed(Poison::from(&why))
                         }
                     };
-                    let bytes = &chunk.as_bytes()[item.bytes];
-                    let at = (item.index, ordinal);
-                    process_record(name, at, text, bytes, publisher, summary).await;
+                    let bytes = chunk.get(item.bytes).unwrap_or_default();
+                    let at = (name, item.index);
+                    publish_record(at, outcome, bytes, publisher, summary).await;
                 }
-                let _ = spares_tx.send(chunk.into_bytes());
+                let _ = spares_tx.send(chunk);
+                let _ = lists_tx.send((items, out));
             }
-            Part::Lines(Piece::Long { line, bytes }) => {
-                let size = bytes.len() as u64;
-                ordinal += 1;
-                too_long(name, (line, size), &bytes, publisher, summary).await;
-            }
-            Part::Lines(Piece::TooLong { line, size }) => {
-                ordinal += 1;
-                too_long(name, (line, size), b"", publisher, summary).await;
+            Part::Long { line, size, kept } => {
+                too_long(name, (line, size), &kept, publisher, summary).await;
             }
         }
         if shutdown.is_cancelled() {

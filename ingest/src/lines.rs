@@ -278,13 +278,26 @@ pub fn stream_lines<R: Read>(
             }
             continue;
         }
-        let from = buf.len();
         let data = if start {
             start = false;
             data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data)
         } else {
             data
         };
+        if tail > 0 && buf.len() + data.len() > buf.capacity() {
+            // What was read does not fit: hand over the whole lines first rather than grow
+            // the buffer (a copy, and fresh pages the kernel zeroes, for every chunk).
+            let lines = std::mem::take(&mut pending);
+            if !each(Piece::Lines {
+                first,
+                bytes: whole_lines(&mut buf, tail, fresh()),
+            }) {
+                return Ok(());
+            }
+            first += lines;
+            tail = 0;
+        }
+        let from = buf.len();
         buf.extend_from_slice(data);
         reader.consume(n);
         if let Some(i) = memchr::memrchr(b'\n', &buf[from..]) {
@@ -324,13 +337,10 @@ pub fn stream_lines<R: Read>(
             }
             tail = 0;
         } else if tail >= chunk || pending >= MOST_LINES {
-            let mut rest = fresh();
-            rest.extend_from_slice(&buf[tail..]);
-            buf.truncate(tail);
             let lines = std::mem::take(&mut pending);
             if !each(Piece::Lines {
                 first,
-                bytes: std::mem::replace(&mut buf, rest),
+                bytes: whole_lines(&mut buf, tail, fresh()),
             }) {
                 return Ok(());
             }
@@ -344,6 +354,14 @@ pub fn stream_lines<R: Read>(
         each(Piece::Lines { first, bytes: buf });
     }
     Ok(())
+}
+
+/// The whole lines of `buf` (those before `tail`), taken out of it; `buf` is left holding
+/// the unfinished line after them, in `rest`.
+fn whole_lines(buf: &mut Vec<u8>, tail: usize, mut rest: Vec<u8>) -> Vec<u8> {
+    rest.extend_from_slice(&buf[tail..]);
+    buf.truncate(tail);
+    std::mem::replace(buf, rest)
 }
 
 /// How far past `max_record` a line may run, unfinished, before it is read through rather
@@ -391,44 +409,52 @@ impl Long {
     }
 }
 
-/// One record (or failed part) of a chunk of lines, located in the chunk's text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
+/// One record (or failed part) of a chunk of lines: what `locate` read of it, and where its
+/// bytes are in the chunk.
+#[derive(Debug)]
+pub struct Located<T> {
     /// The line it is on.
     pub index: usize,
-    /// Where its JSON text is, or why it has none.
-    pub text: Result<std::ops::Range<usize>, SplitError>,
+    /// What was read of its JSON text, or why it has none.
+    pub text: Result<T, SplitError>,
     /// Where its bytes as read are.
     pub bytes: std::ops::Range<usize>,
 }
 
 /// Splits a chunk of lines ([`Piece::Lines`], its first line `first`) into records as
-/// [`crate::split::line`] does, each located in `text`: so the splitting can be done on
-/// another thread than the one that reads the records.
-pub fn locate(first: usize, text: &str, limits: Limits) -> Vec<Located> {
-    let base = text.as_ptr() as usize;
-    let within = |part: &[u8]| -> Option<std::ops::Range<usize>> {
-        let start = (part.as_ptr() as usize).checked_sub(base)?;
-        (start + part.len() <= text.len()).then_some(start..start + part.len())
+/// [`crate::split::line`] does, each read by `read` (given the record's place among the
+/// chunk's records, from 0, and its text) and located in `chunk`: so the splitting, and what
+/// is done with each record, can be done on another thread than the one that publishes them.
+/// The records are put in `located`, emptied first: a list handed back once its chunk is
+/// published spares growing a new one (fresh pages the kernel zeroes) for every chunk.
+pub fn locate<T>(
+    first: usize,
+    chunk: &[u8],
+    limits: Limits,
+    mut read: impl FnMut(usize, &str) -> T,
+    mut located: Vec<Located<T>>,
+) -> Vec<Located<T>> {
+    let base = chunk.as_ptr() as usize;
+    let within = |part: &[u8]| -> std::ops::Range<usize> {
+        // `line` borrows every failed part from its line, so it is always found.
+        let start = (part.as_ptr() as usize).saturating_sub(base);
+        if start + part.len() <= chunk.len() {
+            start..start + part.len()
+        } else {
+            0..0
+        }
     };
-    let mut located = Vec::new();
+    located.clear();
     let mut items = Vec::new();
-    for (i, line) in text.as_bytes().split(|b| *b == b'\n').enumerate() {
+    for (i, line) in chunk.split(|b| *b == b'\n').enumerate() {
         items.clear();
         crate::split::line(first + i, line.trim_ascii(), limits, &mut items);
         for item in items.drain(..) {
-            let text = match &item.text {
-                Ok(record) => within(record.as_bytes()).ok_or_else(|| {
-                    // `line` borrows every record from its line; were it ever not to, the
-                    // record is refused with a reason rather than lost unsaid.
-                    SplitError::Json(format!("line {}: record not found in its line", item.index))
-                }),
-                Err(why) => Err(why.clone()),
-            };
+            let place = located.len();
             located.push(Located {
                 index: item.index,
-                text,
-                bytes: within(&item.bytes).unwrap_or(0..0),
+                bytes: within(&item.bytes),
+                text: item.text.map(|text| read(place, &text)),
             });
         }
     }
@@ -580,33 +606,29 @@ mod tests {
     fn located_records_are_the_split_records() {
         let limits = limits(2048);
         for input in ndjson_inputs() {
-            let whole = split(&input, limits);
-            // `locate` takes text: the lines that are not UTF-8 are left out of both sides.
-            // (and the byte-order mark, which `stream_lines` drops before `locate` sees it).
-            let lossy = String::from_utf8_lossy(&input);
-            let text = lossy.strip_prefix('\u{feff}').unwrap_or(&lossy).to_string();
-            let whole_text: Vec<_> = split(text.as_bytes(), limits)
-                .into_iter()
-                .map(|i| {
-                    (
-                        i.index,
-                        i.text.map(|t| t.into_owned()).map_err(|e| e.to_string()),
-                        i.bytes.into_owned(),
-                    )
-                })
+            let seen = |index: usize, text: Result<String, &SplitError>, bytes: &[u8]| {
+                (index, text.map_err(|e| e.to_string()), bytes.to_vec())
+            };
+            // The byte-order mark is dropped by `stream_lines` before `locate` sees it.
+            let chunk = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&input);
+            let whole: Vec<_> = split(chunk, limits)
+                .iter()
+                .map(|i| seen(i.index, i.text.as_deref().map(str::to_string), &i.bytes))
                 .collect();
-            let located: Vec<_> = locate(1, &text, limits)
-                .into_iter()
-                .map(|l| {
-                    let t = l
-                        .text
-                        .map(|r| text[r].to_string())
-                        .map_err(|e| e.to_string());
-                    (l.index, t, text.as_bytes()[l.bytes].to_vec())
-                })
+            let mut places = Vec::new();
+            let read = |place: usize, text: &str| {
+                places.push(place);
+                text.to_string()
+            };
+            let located: Vec<_> = locate(1, chunk, limits, read, Vec::new())
+                .iter()
+                .map(|l| seen(l.index, l.text.as_ref().cloned(), &chunk[l.bytes.clone()]))
                 .collect();
-            assert_eq!(located, whole_text);
+            assert_eq!(located, whole);
             assert!(whole.len() > 100);
+            // Each record is read once, in order, told its place among the chunk's parts.
+            let records = whole.iter().enumerate().filter(|(_, w)| w.1.is_ok());
+            assert_eq!(places, records.map(|(i, _)| i).collect::<Vec<_>>());
         }
     }
 
@@ -633,6 +655,39 @@ mod tests {
         // The two spares hold the first two chunks; then buffers are new.
         assert!(caps[0] < 1024 && caps[1] < 1024, "{caps:?}");
         assert!(caps[2] >= 64 + 256 * 1024, "{caps:?}");
+    }
+
+    /// Buffers handed back are used again as they are: none grows (a copy of the chunk, and
+    /// fresh pages to zero, each time) when a read runs past the chunk's end.
+    #[test]
+    fn recycled_buffers_never_grow() {
+        let line = format!("{{\"a\":\"{}\"}}\n", "x".repeat(1190));
+        let input = line.repeat(8_000);
+        let chunk = 1 << 20;
+        let pool = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
+        let (mut caps, mut lines) = (Vec::new(), 0);
+        let result = stream_lines(
+            input.as_bytes(),
+            limits(256 * 1024),
+            chunk,
+            |piece| {
+                if let Piece::Lines { bytes, .. } = piece {
+                    caps.push(bytes.capacity());
+                    lines += bytes
+                        .split(|b| *b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .count();
+                    pool.borrow_mut().push(bytes);
+                }
+                true
+            },
+            || pool.borrow_mut().pop(),
+            0,
+        );
+        assert_eq!(result, Ok(()));
+        assert_eq!(lines, 8_000);
+        assert!(caps.len() > 5, "{caps:?}");
+        assert!(caps.iter().all(|c| *c == chunk + 256 * 1024), "{caps:?}");
     }
 
     #[test]

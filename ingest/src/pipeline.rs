@@ -10,9 +10,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::normalize::normalize_at;
-use crate::publish::{Counts, DeadLetter, Origin, Publisher};
+use crate::publish::{Counts, DeadLetter, Origin, Publisher, Serialized};
 use crate::split::{decompress, split};
 use crate::Error;
+use trailguard_common::Activity;
 use trailguard_common::Poison;
 
 /// What a source's run did; logged, and printed at the end of a `files` run.
@@ -160,18 +161,50 @@ pub async fn process_record(
     publisher: &mut Publisher,
     summary: &mut Summary,
 ) {
-    count_record(publisher, summary);
     // The ordinal, not the index: records of one NDJSON line share its line number.
-    let result = text.and_then(|t| normalize_at(t, (name, ordinal)).map_err(Poison::from));
-    match result {
-        Ok(activity) => {
-            let origin = Origin {
-                source: name,
-                index,
-            };
-            publisher.activity(activity, origin, bytes).await
-        }
-        Err(poison) => {
+    let outcome = match text.and_then(|t| normalize_at(t, (name, ordinal)).map_err(Poison::from)) {
+        Ok(activity) => Outcome::Activity(activity),
+        Err(poison) => Outcome::Failed(poison),
+    };
+    publish_record((name, index), outcome, bytes, publisher, summary).await;
+}
+
+/// What became of a record read: an activity, one already serialized, or why it has none.
+// Moved once, from where the record was read to where it is published: boxing the activity
+// would cost an allocation a record.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    /// Normalized.
+    Activity(Activity),
+    /// Normalized and serialized where it was read.
+    Serialized(Serialized<'a>),
+    /// Not readable or not normalizable, and why.
+    Failed(Poison),
+    /// Lost to a defect of ours, named: the run fails with it, as when a publish fails.
+    Broken(&'static str),
+}
+
+/// Publishes one record read at `index` in `name`: its activity, normalized from its
+/// original `bytes` (the normalizing may be done elsewhere, as [`process_record`] does it) —
+/// or, when it has none, its dead letter with its `bytes` and why.
+pub async fn publish_record(
+    (name, index): (&str, usize),
+    outcome: Outcome<'_>,
+    bytes: &[u8],
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) {
+    count_record(publisher, summary);
+    let origin = Origin {
+        source: name,
+        index,
+    };
+    match outcome {
+        Outcome::Activity(activity) => publisher.activity(activity, origin, bytes).await,
+        Outcome::Serialized(activity) => publisher.serialized(activity, origin, bytes).await,
+        Outcome::Broken(why) => publisher.fail(why.to_string()),
+        Outcome::Failed(poison) => {
             let size = bytes.len() as u64;
             dead_letter_record((name, index), poison, (bytes, size), publisher, summary).await
         }

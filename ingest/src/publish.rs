@@ -195,10 +195,24 @@ pub struct Origin<'a> {
     pub index: usize,
 }
 
+/// An activity serialized where it was normalized (a reading thread), ready to be queued: its
+/// id, time and key, and its JSON, within the size a message may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Serialized<'a> {
+    /// The activity's id.
+    pub id: &'a str,
+    /// When it happened.
+    pub event_time: chrono::DateTime<chrono::Utc>,
+    /// Its key on the topic: the actor's id.
+    pub key: &'a str,
+    /// Its JSON.
+    pub json: &'a [u8],
+}
+
 /// Sends activities and dead letters, keeping at most `max_in_flight` unacknowledged.
 pub struct Publisher {
     producer: trailguard_common::kafka::Producer,
-    activities_topic: String,
+    activities_topic: std::sync::Arc<str>,
     dlq_topic: String,
     max_in_flight: usize,
     max_dead_letter_bytes: usize,
@@ -232,7 +246,7 @@ impl Publisher {
         metrics.start(source_kind);
         Publisher {
             producer,
-            activities_topic: cfg.kafka.topics.activities.clone(),
+            activities_topic: cfg.kafka.topics.activities.as_str().into(),
             dlq_topic: cfg.kafka.topics.dlq.clone(),
             max_in_flight: cfg.publish.max_in_flight,
             max_dead_letter_bytes: cfg.publish.max_dead_letter_bytes,
@@ -279,27 +293,21 @@ impl Publisher {
         self.source_kind
     }
 
+    /// The largest activity, serialized, that is queued as it is: a larger one is trimmed
+    /// first.
+    pub fn max_activity_bytes(&self) -> usize {
+        self.max_dead_letter_bytes
+    }
+
     /// Queues one activity normalized from `original` (the record as read), keyed by its
     /// principal, unless it repeats one already queued. An activity from the future (beyond
     /// `publish.max_clock_skew`) is dead-lettered; one too large for the broker is trimmed
     /// ([`crate::trim`]), and dead-lettered, naming `origin`, only when even that fails.
     pub async fn activity(&mut self, mut activity: Activity, origin: Origin<'_>, original: &[u8]) {
-        if activity.event_time > chrono::Utc::now() + self.max_clock_skew {
-            let reason = format!(
-                "eventTime {} is more than {} h ahead of this clock",
-                activity.event_time.to_rfc3339(),
-                self.max_clock_skew.num_hours()
-            );
-            self.reject(original, origin, "bad_event_time", reason)
-                .await;
-            return;
-        }
-        if !self.dedup.first_time(&activity.id, activity.event_time) {
-            self.duplicates += 1;
-            self.metrics
-                .duplicates
-                .with_label_values(&[self.source_kind])
-                .inc();
+        if !self
+            .admit(&activity.id, activity.event_time, origin, original)
+            .await
+        {
             return;
         }
         self.buffer.clear();
@@ -308,11 +316,7 @@ impl Publisher {
             self.record_failure(err.to_string());
             return;
         }
-        let lag = (chrono::Utc::now() - activity.event_time).num_milliseconds() as f64 / 1000.0;
-        self.metrics
-            .event_lag
-            .with_label_values(&[self.source_kind])
-            .observe(lag.max(0.0));
+        self.observe_lag(activity.event_time);
         if self.buffer.len() > self.max_dead_letter_bytes {
             // Larger than a Kafka message may be: trim the bulky fields so detection still
             // sees the call.
@@ -334,12 +338,76 @@ impl Publisher {
                 }
             }
         }
-        let key = activity.actor.id.clone();
         let payload = std::mem::take(&mut self.buffer);
         let topic = self.activities_topic.clone();
-        self.enqueue(&topic, key.as_bytes(), &payload, None, None)
+        self.enqueue(&topic, activity.actor.id.as_bytes(), &payload, None, None)
             .await;
         self.buffer = payload;
+    }
+
+    /// Queues one activity serialized elsewhere, as [`Publisher::activity`] queues one it
+    /// serializes. One larger than [`Publisher::max_activity_bytes`] is for
+    /// [`Publisher::activity`] to trim: given here, it is dead-lettered as too large.
+    pub async fn serialized(
+        &mut self,
+        activity: Serialized<'_>,
+        origin: Origin<'_>,
+        original: &[u8],
+    ) {
+        if !self
+            .admit(activity.id, activity.event_time, origin, original)
+            .await
+        {
+            return;
+        }
+        self.observe_lag(activity.event_time);
+        if activity.json.len() > self.max_dead_letter_bytes {
+            let size = activity.json.len();
+            let reason = format!("activity of {size} bytes is too large to publish untrimmed");
+            self.reject(original, origin, "too_large", reason).await;
+            return;
+        }
+        let topic = self.activities_topic.clone();
+        self.enqueue(&topic, activity.key.as_bytes(), activity.json, None, None)
+            .await;
+    }
+
+    /// Whether an activity with `id`, of `event_time`, is to be queued: not from the future
+    /// (dead-lettered, naming `origin`) and not a repeat (counted).
+    async fn admit(
+        &mut self,
+        id: &str,
+        event_time: chrono::DateTime<chrono::Utc>,
+        origin: Origin<'_>,
+        original: &[u8],
+    ) -> bool {
+        if event_time > chrono::Utc::now() + self.max_clock_skew {
+            let reason = format!(
+                "eventTime {} is more than {} h ahead of this clock",
+                event_time.to_rfc3339(),
+                self.max_clock_skew.num_hours()
+            );
+            self.reject(original, origin, "bad_event_time", reason)
+                .await;
+            return false;
+        }
+        if !self.dedup.first_time(id, event_time) {
+            self.duplicates += 1;
+            self.metrics
+                .duplicates
+                .with_label_values(&[self.source_kind])
+                .inc();
+            return false;
+        }
+        true
+    }
+
+    fn observe_lag(&self, event_time: chrono::DateTime<chrono::Utc>) {
+        let lag = (chrono::Utc::now() - event_time).num_milliseconds() as f64 / 1000.0;
+        self.metrics
+            .event_lag
+            .with_label_values(&[self.source_kind])
+            .observe(lag.max(0.0));
     }
 
     async fn reject(
@@ -496,6 +564,11 @@ impl Publisher {
             Some(Err(err)) => self.record_failure(err.to_string()),
             None => {}
         }
+    }
+
+    /// Counts a record lost to a defect: the run fails with `error`, as when a publish fails.
+    pub fn fail(&mut self, error: String) {
+        self.record_failure(error);
     }
 
     fn record_failure(&mut self, error: String) {

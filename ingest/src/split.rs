@@ -149,6 +149,27 @@ pub fn line<'a>(number: usize, line: &'a [u8], limits: Limits, items: &mut Vec<R
             return;
         }
     };
+    if text.starts_with('{') {
+        // Most lines are one record. Probing for a log file's `Records` checks the whole
+        // line's syntax as a raw parse would, so a line the probe takes is parsed once, not
+        // twice; a line it refuses is parsed raw below, for its error or as one record.
+        match serde_json::from_str::<LogFile<'a>>(text) {
+            Ok(LogFile {
+                records: Some(records),
+            }) => {
+                for record in records {
+                    items.push(record_item(number, Cow::Borrowed(record.get()), limits));
+                }
+                return;
+            }
+            Ok(LogFile { records: None }) => {
+                // The line is trimmed: its text is the value's, as a raw parse would give.
+                items.push(record_item(number, Cow::Borrowed(text), limits));
+                return;
+            }
+            Err(_) => {}
+        }
+    }
     match serde_json::from_str::<&RawValue>(text) {
         Ok(value) => expand(value, number, &mut 0, limits, items),
         Err(e) => items.push(failed(SplitError::Json(format!("line {number}: {e}")))),
@@ -414,6 +435,98 @@ mod tests {
         assert_eq!(&*items[2].bytes, b"{\"c\":\"\xe2\x82\"}");
         assert_eq!(items[3].text.as_deref().ok(), Some("{\"d\":4}"));
         assert_eq!(items[3].index, 4);
+    }
+
+    /// A line parsed once where it can be gives what parsing it raw, then probing it for a
+    /// log file, gave: the same records, texts, bytes and errors.
+    #[test]
+    fn a_line_parsed_once_is_a_line_parsed_twice() {
+        fn twice(number: usize, line: &[u8], limits: Limits) -> Vec<RawItem<'_>> {
+            let mut items = Vec::new();
+            if line.len() > limits.max_record {
+                let why = format!(
+                    "line {number} of {} bytes (publish.max_record_bytes)",
+                    line.len()
+                );
+                items.push(RawItem {
+                    index: number,
+                    text: Err(SplitError::TooLarge(why)),
+                    bytes: Cow::Borrowed(line),
+                });
+                return items;
+            }
+            let text = std::str::from_utf8(line).expect("the lines are UTF-8");
+            match serde_json::from_str::<&RawValue>(text) {
+                Ok(value) => expand(value, number, &mut 0, limits, &mut items),
+                Err(e) => items.push(RawItem {
+                    index: number,
+                    text: Err(SplitError::Json(format!("line {number}: {e}"))),
+                    bytes: Cow::Borrowed(line),
+                }),
+            }
+            items
+        }
+        let seen = |items: Vec<RawItem<'_>>| -> Vec<(usize, Result<String, String>, Vec<u8>)> {
+            items
+                .into_iter()
+                .map(|i| {
+                    let text = i.text.map(|t| t.into_owned()).map_err(|e| e.to_string());
+                    (i.index, text, i.bytes.into_owned())
+                })
+                .collect()
+        };
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        let nested = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
+        let big = format!(r#"{{"eventName":"{}"}}"#, "x".repeat(300));
+        let lines: Vec<&[u8]> = vec![
+            br#"{"eventID":"1","eventName":"ListUsers"}"#,
+            br#"{"Records":[{"a":1},{"b":2}]}"#,
+            br#"{"Records":[]}"#,
+            br#"{"Records":null}"#,
+            br#"{"Records":5}"#,
+            br#"{"Records":{"a":1}}"#,
+            br#"{"Records":[{"a":1}],"Records":[{"b":2}]}"#,
+            br#"{"Records":[{"a":1},{"b":2}],"x":[1,2,{"y":"\u00e9\n"}]}"#,
+            br#"{"Records":[{"a":1}, {"b":2} ]} trailing"#,
+            br#"{"a":1}{"b":2}"#,
+            br#"{"a":"\x"}"#,
+            br#"{"a":"\ud800"}"#,
+            b"{\"a\":\"tab\there\"}",
+            br#"{"a":01}"#,
+            br#"{"a":1e}"#,
+            br#"{"a":-}"#,
+            br#"{"a":1,}"#,
+            br#"{"a" 1}"#,
+            br#"{a:1}"#,
+            br#"{"#,
+            br#"{}"#,
+            br#"{"Records":[{"a":1}"#,
+            br#"[{"a":1},{"b":2}]"#,
+            br#""just a string""#,
+            "{\"Records\":[{\"a\":\"é\"}]}".as_bytes(),
+            deep.as_bytes(),
+            nested.as_bytes(),
+            big.as_bytes(),
+        ];
+        for limits in [Limits::default(), limits_of(100)] {
+            for line in &lines {
+                let mut once = Vec::new();
+                super::line(7, line, limits, &mut once);
+                assert_eq!(
+                    seen(once),
+                    seen(twice(7, line, limits)),
+                    "{}",
+                    String::from_utf8_lossy(line)
+                );
+            }
+        }
+    }
+
+    fn limits_of(max_record: usize) -> Limits {
+        Limits {
+            max_record,
+            ..Limits::default()
+        }
     }
 
     #[test]

@@ -285,12 +285,24 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
     let mut lines = hostile_lines();
     for i in 0..2000 {
         let name = if i % 2 == 0 { "ListUsers" } else { "GetObject" };
-        lines.push(
-            record(&format!("bulk-{i}"), name, json!({}))
-                .to_string()
-                .into_bytes(),
-        );
+        let mut bulk = record(&format!("bulk-{i}"), name, json!({}));
+        if i % 10 == 0 {
+            // No id of its own: its place among the file's records goes into its id, so the
+            // ids say whether both ways counted the records (and the long lines) alike.
+            if let Some(o) = bulk.as_object_mut() {
+                o.remove("eventID");
+            }
+        }
+        lines.push(bulk.to_string().into_bytes());
     }
+    // An activity larger than a dead letter may be (100 kB below), within the record limit:
+    // trimmed to fit, either way.
+    let bulky = json!({"requestParameters": {"policyDocument": "p".repeat(200_000)}});
+    lines.push(
+        record("bulky", "PutUserPolicy", bulky)
+            .to_string()
+            .into_bytes(),
+    );
     lines.push(b"not json at all".to_vec());
     let text = lines.join(&b'\n');
     let plain = dir.path().join("stream.jsonl");
@@ -301,7 +313,7 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
     // 100 kB is a pointer, whichever way the line was read.
     let small_records = ("TRAILGUARD_PUBLISH__MAX_RECORD_BYTES", "524288");
     let small_letters = ("TRAILGUARD_PUBLISH__MAX_DEAD_LETTER_BYTES", "100000");
-    /// A run's summary (but its time), activity ids, and dead letters (line, kind, part,
+    /// A run's summary (but its time), activities, and dead letters (line, kind, part,
     /// value).
     type Outcome = (Value, Vec<String>, Vec<(String, String, String, Vec<u8>)>);
     // gzip on stdin is read whole whatever its size (where it breaks off, only the whole
@@ -339,11 +351,16 @@ fn a_streamed_file_reads_as_a_whole_one() -> Result<()> {
         );
         let published = out.summary["published"].as_u64().unwrap_or_default() as usize;
         let dead = out.summary["dead_lettered"].as_u64().unwrap_or_default() as usize;
+        // Whole activities, not just their ids: streamed ones are serialized elsewhere.
         let mut ids: Vec<String> = activities(&run, published)?
             .iter()
-            .filter_map(|a| a["id"].as_str().map(str::to_string))
+            .map(|a| a.to_string())
             .collect();
         ids.sort();
+        ensure!(
+            ids.iter().filter(|a| a.contains("\"trimmed\"")).count() == 1,
+            "the bulky activity is trimmed"
+        );
         let mut letters: Vec<_> = dead_letters(&run, dead)?
             .iter()
             .map(|r| {

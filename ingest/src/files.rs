@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -276,9 +277,10 @@ enum Streamed {
 
 /// What the reading thread of a streamed file hands over.
 enum Part {
-    /// A chunk of lines split into records, each normalized and serialized into `out`.
+    /// Records of a chunk of lines (all, or a batch of them, the chunk shared by its
+    /// batches), each normalized and serialized into `out`.
     Read {
-        chunk: Vec<u8>,
+        chunk: Arc<Vec<u8>>,
         out: Vec<u8>,
         items: Vec<Located<Ready>>,
     },
@@ -309,20 +311,22 @@ enum Ready {
 
 /// Serializes a normalized record into `out` when it fits in `most` bytes: done on the
 /// reading thread, which also drops the activity, so that what crosses to the publishing
-/// thread is bytes, not an activity's many allocations.
+/// thread is bytes, not an activity's many allocations. With it, the size of an activity
+/// held whole (too large, to be trimmed), 0 for the rest.
 fn prepare(
     normalized: Result<Activity, crate::normalize::NormalizeError>,
     out: &mut Vec<u8>,
     most: usize,
-) -> Ready {
+) -> (Ready, usize) {
     let activity = match normalized {
         Ok(activity) => activity,
-        Err(e) => return Ready::Failed(Poison::from(e)),
+        Err(e) => return (Ready::Failed(Poison::from(e)), 0),
     };
     let start = out.len();
     if serde_json::to_writer(&mut *out, &activity).is_err() || out.len() - start > most {
+        let whole = out.len() - start;
         out.truncate(start);
-        return Ready::Activity(Box::new(activity));
+        return (Ready::Activity(Box::new(activity)), whole);
     }
     let json = start..out.len();
     let mut put = |text: &str| {
@@ -332,12 +336,77 @@ fn prepare(
     };
     let id = put(&activity.id);
     let key = put(&activity.actor.id);
-    Ready::Serialized {
+    let ready = Ready::Serialized {
         id,
         key,
         json,
         event_time: activity.event_time,
-    }
+    };
+    (ready, 0)
+}
+
+/// Most records handed over at once: a line may hold a log file or an array of millions (a
+/// 16 MiB line of `[1,1,…]` holds eight million), and what each costs while it waits to be
+/// published is bounded by handing them over in batches.
+const MOST_RECORDS: usize = 16 * 1024;
+
+/// About the most bytes of activities (serialized, or too large and waiting to be trimmed) one
+/// batch holds.
+const MOST_HELD: usize = CHUNK_BYTES;
+
+/// Splits the chunk of lines `chunk` (its first line `first`) into records and normalizes and
+/// serializes each, on the reading thread, handing them to `send` in batches of at most
+/// [`MOST_RECORDS`] records and about [`MOST_HELD`] bytes of activities, lists and buffers
+/// taken from `spare`. `ordinal` counts the records of input `source` so far. Returns false
+/// once `send` does (nothing takes them any more).
+fn read_chunk(
+    (first, chunk): (usize, Vec<u8>),
+    (source, ordinal): (&str, &mut usize),
+    (limits, most): (crate::split::Limits, usize),
+    spare: &mut impl FnMut() -> (Vec<Located<Ready>>, Vec<u8>),
+    send: &mut impl FnMut(Part) -> bool,
+) -> bool {
+    let chunk = Arc::new(chunk);
+    let (mut items, mut out) = spare();
+    // Bytes of activities too large to serialize here, held whole.
+    let mut held = 0usize;
+    let mut taken = true;
+    crate::lines::locate(first, &chunk, limits, |record| {
+        if !taken {
+            return;
+        }
+        *ordinal += 1;
+        let text = record.text.map(|text| {
+            let (ready, whole) = prepare(normalize_at(text, (source, *ordinal)), &mut out, most);
+            held += whole;
+            ready
+        });
+        items.push(Located {
+            index: record.index,
+            text,
+            bytes: record.bytes,
+        });
+        if items.len() >= MOST_RECORDS || out.len() + held >= MOST_HELD {
+            let (next_items, next_out) = spare();
+            taken = send(Part::Read {
+                chunk: Arc::clone(&chunk),
+                out: std::mem::replace(&mut out, next_out),
+                items: std::mem::replace(&mut items, next_items),
+            });
+            held = 0;
+        }
+    });
+    taken && (items.is_empty() || send(Part::Read { chunk, out, items }))
+}
+
+/// A list and a buffer handed back by the publishing thread, emptied, or new ones.
+fn spare_lists(
+    handed_back: &std::sync::mpsc::Receiver<(Vec<Located<Ready>>, Vec<u8>)>,
+) -> (Vec<Located<Ready>>, Vec<u8>) {
+    let (mut items, mut out) = handed_back.try_recv().unwrap_or_default();
+    items.clear();
+    out.clear();
+    (items, out)
 }
 
 /// What becomes of record `ready`, given its chunk's `out`.
@@ -595,39 +664,25 @@ async fn stream_lines_of(
             reader,
             limits,
             CHUNK_BYTES,
-            |piece| {
-                let part = match piece {
-                    Piece::Lines { first, bytes } => {
-                        let before = ordinal;
-                        let (spare, mut out) = lists_rx.try_recv().unwrap_or_default();
-                        out.clear();
-                        let read = |place: usize, text: &str| {
-                            let normalized = normalize_at(text, (&source, before + place + 1));
-                            prepare(normalized, &mut out, most)
-                        };
-                        let items = crate::lines::locate(first, &bytes, limits, read, spare);
-                        ordinal += items.len();
-                        Part::Read {
-                            chunk: bytes,
-                            out,
-                            items,
-                        }
-                    }
-                    Piece::Long { line, bytes } => Part::Long {
-                        line,
-                        size: bytes.len() as u64,
-                        kept: bytes,
-                    },
-                    Piece::TooLong { line, size } => Part::Long {
-                        line,
-                        size,
-                        kept: Vec::new(),
-                    },
-                };
-                if matches!(part, Part::Long { .. }) {
+            |piece| match piece {
+                Piece::Lines { first, bytes } => read_chunk(
+                    (first, bytes),
+                    (&source, &mut ordinal),
+                    (limits, most),
+                    &mut || spare_lists(&lists_rx),
+                    &mut |part| tx.blocking_send(part).is_ok(),
+                ),
+                Piece::Long { line, bytes } => {
                     ordinal += 1;
+                    let size = bytes.len() as u64;
+                    let kept = bytes;
+                    tx.blocking_send(Part::Long { line, size, kept }).is_ok()
                 }
-                tx.blocking_send(part).is_ok()
+                Piece::TooLong { line, size } => {
+                    ordinal += 1;
+                    let kept = Vec::new();
+                    tx.blocking_send(Part::Long { line, size, kept }).is_ok()
+                }
             },
             || spares_rx.try_recv().ok(),
             keep_long,
@@ -656,8 +711,11 @@ async fn stream_lines_of(
                     let at = (name, item.index);
                     publish_record(at, outcome, bytes, publisher, summary).await;
                 }
-                let _ = spares_tx.send(chunk);
                 let _ = lists_tx.send((items, out));
+                // The chunk's last part hands its buffer back.
+                if let Ok(chunk) = Arc::try_unwrap(chunk) {
+                    let _ = spares_tx.send(chunk);
+                }
             }
             Part::Long { line, size, kept } => {
                 too_long(name, (line, size), &kept, publisher, summary).await;
@@ -747,6 +805,99 @@ async fn read(path: &Path) -> Result<(String, Vec<u8>), (String, std::io::Error)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads `chunk` as the reading thread does: the parts it hands over, and the ordinal.
+    fn parts_of(chunk: &[u8]) -> (Vec<Part>, usize) {
+        let limits = crate::split::Limits {
+            max_decompressed: 1 << 30,
+            max_record: 1 << 20,
+        };
+        let (mut parts, mut ordinal) = (Vec::new(), 0);
+        let taken = read_chunk(
+            (1, chunk.to_vec()),
+            ("f", &mut ordinal),
+            (limits, 900_000),
+            &mut Default::default,
+            &mut |part| {
+                parts.push(part);
+                true
+            },
+        );
+        assert!(taken);
+        (parts, ordinal)
+    }
+
+    /// Records of one part: how many, and the bytes of activities it holds.
+    fn sizes(part: &Part) -> (usize, usize) {
+        match part {
+            Part::Read { items, out, .. } => (items.len(), out.len()),
+            Part::Long { .. } => (0, 0),
+        }
+    }
+
+    /// Lines holding arrays of millions of records are handed over in batches of a bounded
+    /// size, not as one list per chunk: what waits to be published stays bounded.
+    #[test]
+    fn a_chunk_of_many_records_is_handed_over_in_batches() {
+        let line = format!("[{}1]", "1,".repeat(19_999));
+        let chunk = format!("{line}\n{line}\n{line}\n");
+        let (parts, ordinal) = parts_of(chunk.as_bytes());
+        let counts: Vec<usize> = parts.iter().map(|p| sizes(p).0).collect();
+        assert_eq!((ordinal, counts.iter().sum::<usize>()), (60_000, 60_000));
+        assert!(counts.len() >= 4, "{counts:?}");
+        assert!(counts.iter().all(|n| *n <= MOST_RECORDS), "{counts:?}");
+        // Each record failed alone (an array's element is not a CloudTrail record), in order.
+        let mut lines = Vec::new();
+        for part in &parts {
+            if let Part::Read { items, .. } = part {
+                assert!(items.iter().all(|i| matches!(i.text, Ok(Ready::Failed(_)))));
+                lines.extend(items.iter().map(|i| i.index));
+            }
+        }
+        assert!(lines.windows(2).all(|w| w[0] <= w[1]) && lines.last() == Some(&3));
+    }
+
+    /// Activities serialized for a batch are bounded in bytes too, and every part shares the
+    /// chunk its records' bytes are in.
+    #[test]
+    fn a_batch_holds_about_a_chunk_of_activities() {
+        let record = |i: usize| {
+            format!(
+                r#"{{"eventVersion":"1.08","eventTime":"2024-01-01T00:00:00Z","eventSource":"iam.amazonaws.com","eventName":"ListUsers","eventID":"{i}","userIdentity":{{"type":"IAMUser","arn":"arn:aws:iam::111122223333:user/u"}},"requestParameters":{{"pad":"{}"}}}}"#,
+                "x".repeat(2_000)
+            )
+        };
+        let chunk: String = (0..5_000).map(|i| record(i) + "\n").collect();
+        let (parts, ordinal) = parts_of(chunk.as_bytes());
+        assert_eq!(ordinal, 5_000);
+        let held: Vec<(usize, usize)> = parts.iter().map(sizes).collect();
+        assert!(held.len() >= 2, "{held:?}");
+        assert!(
+            held.iter().all(|(_, out)| *out < MOST_HELD + 900_000),
+            "{held:?}"
+        );
+        assert_eq!(held.iter().map(|(n, _)| n).sum::<usize>(), 5_000);
+        for part in &parts {
+            if let Part::Read {
+                chunk: shared,
+                items,
+                out,
+            } = part
+            {
+                assert_eq!(shared.len(), chunk.len());
+                for item in items {
+                    let Ok(Ready::Serialized { json, .. }) = &item.text else {
+                        panic!("{:?}", item.text);
+                    };
+                    let activity: serde_json::Value =
+                        serde_json::from_slice(&out[json.clone()]).expect("an activity's JSON");
+                    let original = &shared[item.bytes.clone()];
+                    assert!(original.starts_with(b"{\"eventVersion\""));
+                    assert_eq!(activity["event_name"], "ListUsers");
+                }
+            }
+        }
+    }
 
     #[test]
     fn log_names() {

@@ -226,14 +226,17 @@ pub fn stream_lines<R: Read>(
 ) -> Result<(), SplitError> {
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
     // A buffer handed back by the consumer, emptied, or a new one: reusing them spares the
-    // kernel zeroing fresh pages for every chunk.
+    // kernel zeroing fresh pages for every chunk. One that grew to hold a line longer than a
+    // chunk is let go, so a few long lines do not keep every buffer that large.
+    let room = chunk + 256 * 1024;
     let mut fresh = || {
         spare()
+            .filter(|b| b.capacity() <= 2 * room)
             .map(|mut b| {
                 b.clear();
                 b
             })
-            .unwrap_or_else(|| Vec::with_capacity(chunk + 256 * 1024))
+            .unwrap_or_else(|| Vec::with_capacity(room))
     };
     let mut buf = fresh();
     // The line `buf` starts with, and where in `buf` its last (unfinished) line starts.
@@ -422,21 +425,14 @@ pub struct Located<T> {
 }
 
 /// Splits a chunk of lines ([`Piece::Lines`], its first line `first`) into records as
-/// [`crate::split::line`] does, each read by `read` (given the record's place among the
-/// chunk's records, from 0, and its text) and located in `chunk`: so the splitting, and what
-/// is done with each record, can be done on another thread than the one that publishes them.
-/// The records are put in `located`, emptied first: a list handed back once its chunk is
-/// published spares growing a new one (fresh pages the kernel zeroes) for every chunk.
-pub fn locate<T>(
-    first: usize,
-    chunk: &[u8],
-    limits: Limits,
-    mut read: impl FnMut(usize, &str) -> T,
-    mut located: Vec<Located<T>>,
-) -> Vec<Located<T>> {
+/// [`crate::split::line`] does, handing each to `each` as it is found — its line, its text (or
+/// why it has none) and where its bytes are in `chunk` — so that the splitting, and what is
+/// done with each record, can be done on another thread than the one that publishes them, in
+/// batches of the caller's size however many records a line holds.
+pub fn locate(first: usize, chunk: &[u8], limits: Limits, mut each: impl FnMut(Located<&str>)) {
     let base = chunk.as_ptr() as usize;
     let within = |part: &[u8]| -> std::ops::Range<usize> {
-        // `line` borrows every failed part from its line, so it is always found.
+        // `line` borrows every part from its line, so it is always found.
         let start = (part.as_ptr() as usize).saturating_sub(base);
         if start + part.len() <= chunk.len() {
             start..start + part.len()
@@ -444,21 +440,24 @@ pub fn locate<T>(
             0..0
         }
     };
-    located.clear();
-    let mut items = Vec::new();
     for (i, line) in chunk.split(|b| *b == b'\n').enumerate() {
-        items.clear();
-        crate::split::line(first + i, line.trim_ascii(), limits, &mut items);
-        for item in items.drain(..) {
-            let place = located.len();
-            located.push(Located {
-                index: item.index,
-                bytes: within(&item.bytes),
-                text: item.text.map(|text| read(place, &text)),
-            });
-        }
+        crate::split::line_each(first + i, line.trim_ascii(), limits, &mut |item| {
+            let bytes = within(&item.bytes);
+            let index = item.index;
+            match item.text {
+                Ok(text) => each(Located {
+                    index,
+                    text: Ok(&text),
+                    bytes,
+                }),
+                Err(why) => each(Located {
+                    index,
+                    text: Err(why),
+                    bytes,
+                }),
+            }
+        });
     }
-    located
 }
 
 fn read_error(e: std::io::Error, line: usize) -> SplitError {
@@ -615,20 +614,13 @@ mod tests {
                 .iter()
                 .map(|i| seen(i.index, i.text.as_deref().map(str::to_string), &i.bytes))
                 .collect();
-            let mut places = Vec::new();
-            let read = |place: usize, text: &str| {
-                places.push(place);
-                text.to_string()
-            };
-            let located: Vec<_> = locate(1, chunk, limits, read, Vec::new())
-                .iter()
-                .map(|l| seen(l.index, l.text.as_ref().cloned(), &chunk[l.bytes.clone()]))
-                .collect();
+            let mut located = Vec::new();
+            locate(1, chunk, limits, |l| {
+                let bytes = chunk.get(l.bytes).unwrap_or_default();
+                located.push(seen(l.index, l.text.as_ref().map(|t| t.to_string()), bytes));
+            });
             assert_eq!(located, whole);
             assert!(whole.len() > 100);
-            // Each record is read once, in order, told its place among the chunk's parts.
-            let records = whole.iter().enumerate().filter(|(_, w)| w.1.is_ok());
-            assert_eq!(places, records.map(|(i, _)| i).collect::<Vec<_>>());
         }
     }
 
@@ -655,6 +647,29 @@ mod tests {
         // The two spares hold the first two chunks; then buffers are new.
         assert!(caps[0] < 1024 && caps[1] < 1024, "{caps:?}");
         assert!(caps[2] >= 64 + 256 * 1024, "{caps:?}");
+    }
+
+    /// A buffer handed back that grew to hold a long line is let go, not kept for every chunk.
+    #[test]
+    fn an_overgrown_buffer_is_let_go() {
+        let input = "{\"a\":1}\n".repeat(1000);
+        let mut spares = vec![Vec::with_capacity(10 << 20)];
+        let mut caps = Vec::new();
+        let result = stream_lines(
+            input.as_bytes(),
+            limits(1024),
+            64,
+            |piece| {
+                if let Piece::Lines { bytes, .. } = piece {
+                    caps.push(bytes.capacity());
+                }
+                true
+            },
+            || spares.pop(),
+            0,
+        );
+        assert_eq!(result, Ok(()));
+        assert!(caps.iter().all(|c| *c < 1 << 20), "{caps:?}");
     }
 
     /// Buffers handed back are used again as they are: none grows (a copy of the chunk, and

@@ -127,6 +127,17 @@ pub fn parses_alone(line: &[u8], limits: Limits) -> bool {
 /// a record, or each record of a log file or array on the line, all numbered by the line — or
 /// the line's one failure, carrying its bytes.
 pub fn line<'a>(number: usize, line: &'a [u8], limits: Limits, items: &mut Vec<RawItem<'a>>) {
+    line_each(number, line, limits, &mut |item| items.push(item));
+}
+
+/// [`line`], handing each record to `each` as it is found rather than gathering them: a line
+/// holding a log file or an array of millions of records costs no list of them.
+pub fn line_each<'a>(
+    number: usize,
+    line: &'a [u8],
+    limits: Limits,
+    each: &mut impl FnMut(RawItem<'a>),
+) {
     if line.is_empty() {
         return;
     }
@@ -136,7 +147,7 @@ pub fn line<'a>(number: usize, line: &'a [u8], limits: Limits, items: &mut Vec<R
         bytes: Cow::Borrowed(line),
     };
     if line.len() > limits.max_record {
-        items.push(failed(SplitError::TooLarge(format!(
+        each(failed(SplitError::TooLarge(format!(
             "line {number} of {} bytes (publish.max_record_bytes)",
             line.len()
         ))));
@@ -145,7 +156,7 @@ pub fn line<'a>(number: usize, line: &'a [u8], limits: Limits, items: &mut Vec<R
     let text = match std::str::from_utf8(line) {
         Ok(text) => text,
         Err(e) => {
-            items.push(failed(SplitError::Utf8(format!("line {number}: {e}"))));
+            each(failed(SplitError::Utf8(format!("line {number}: {e}"))));
             return;
         }
     };
@@ -158,21 +169,21 @@ pub fn line<'a>(number: usize, line: &'a [u8], limits: Limits, items: &mut Vec<R
                 records: Some(records),
             }) => {
                 for record in records {
-                    items.push(record_item(number, Cow::Borrowed(record.get()), limits));
+                    each(record_item(number, Cow::Borrowed(record.get()), limits));
                 }
                 return;
             }
             Ok(LogFile { records: None }) => {
                 // The line is trimmed: its text is the value's, as a raw parse would give.
-                items.push(record_item(number, Cow::Borrowed(text), limits));
+                each(record_item(number, Cow::Borrowed(text), limits));
                 return;
             }
             Err(_) => {}
         }
     }
     match serde_json::from_str::<&RawValue>(text) {
-        Ok(value) => expand(value, number, &mut 0, limits, items),
-        Err(e) => items.push(failed(SplitError::Json(format!("line {number}: {e}")))),
+        Ok(value) => expand(value, number, &mut 0, limits, each),
+        Err(e) => each(failed(SplitError::Json(format!("line {number}: {e}")))),
     }
 }
 
@@ -181,7 +192,7 @@ pub fn line<'a>(number: usize, line: &'a [u8], limits: Limits, items: &mut Vec<R
 fn document<'a>(bytes: &'a [u8], input: &'a [u8], limits: Limits, items: &mut Vec<RawItem<'a>>) {
     match std::str::from_utf8(bytes) {
         Ok(text) => match serde_json::from_str::<&RawValue>(text) {
-            Ok(value) => expand(value, 0, &mut 0, limits, items),
+            Ok(value) => expand(value, 0, &mut 0, limits, &mut |i| items.push(i)),
             Err(_) => salvage(text.as_bytes(), input, limits, items),
         },
         Err(_) => lossy_document(bytes, input, limits, items),
@@ -269,7 +280,7 @@ fn lossy_document<'a>(
     match serde_json::from_str::<&RawValue>(&text) {
         Ok(value) => {
             let mut found = Vec::new();
-            expand(value, 0, &mut 0, limits, &mut found);
+            expand(value, 0, &mut 0, limits, &mut |i| found.push(i));
             for item in found {
                 pieces.push(item.text.map(|record| {
                     let start = record.as_ptr() as usize - text.as_ptr() as usize;
@@ -348,13 +359,13 @@ fn expand<'a>(
     line: usize,
     index: &mut usize,
     limits: Limits,
-    items: &mut Vec<RawItem<'a>>,
+    each: &mut impl FnMut(RawItem<'a>),
 ) {
     let text = value.get();
     let mut push = |record: &'a RawValue| {
         *index += 1;
         let at = if line > 0 { line } else { *index };
-        items.push(record_item(at, Cow::Borrowed(record.get()), limits));
+        each(record_item(at, Cow::Borrowed(record.get()), limits));
     };
     if text.starts_with('{') {
         if let Ok(LogFile {
@@ -457,7 +468,7 @@ mod tests {
             }
             let text = std::str::from_utf8(line).expect("the lines are UTF-8");
             match serde_json::from_str::<&RawValue>(text) {
-                Ok(value) => expand(value, number, &mut 0, limits, &mut items),
+                Ok(value) => expand(value, number, &mut 0, limits, &mut |i| items.push(i)),
                 Err(e) => items.push(RawItem {
                     index: number,
                     text: Err(SplitError::Json(format!("line {number}: {e}"))),

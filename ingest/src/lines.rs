@@ -247,6 +247,21 @@ pub fn stream_lines<R: Read>(
     // Whole lines in `buf`.
     let mut pending = 0usize;
     let lines_in = |bytes: &[u8]| memchr::memchr_iter(b'\n', bytes).count();
+    // Hands over the whole lines in `buf`, keeping the unfinished one, or stops when nothing
+    // takes them.
+    macro_rules! hand_over_whole_lines {
+        () => {
+            let lines = std::mem::take(&mut pending);
+            if !each(Piece::Lines {
+                first,
+                bytes: whole_lines(&mut buf, tail, fresh()),
+            }) {
+                return Ok(());
+            }
+            first += lines;
+            tail = 0;
+        };
+    }
     loop {
         let data = match reader.fill_buf() {
             Ok(data) => data,
@@ -290,15 +305,7 @@ pub fn stream_lines<R: Read>(
         if tail > 0 && buf.len() + data.len() > buf.capacity() {
             // What was read does not fit: hand over the whole lines first rather than grow
             // the buffer (a copy, and fresh pages the kernel zeroes, for every chunk).
-            let lines = std::mem::take(&mut pending);
-            if !each(Piece::Lines {
-                first,
-                bytes: whole_lines(&mut buf, tail, fresh()),
-            }) {
-                return Ok(());
-            }
-            first += lines;
-            tail = 0;
+            hand_over_whole_lines!();
         }
         let from = buf.len();
         buf.extend_from_slice(data);
@@ -340,15 +347,7 @@ pub fn stream_lines<R: Read>(
             }
             tail = 0;
         } else if tail >= chunk || pending >= MOST_LINES {
-            let lines = std::mem::take(&mut pending);
-            if !each(Piece::Lines {
-                first,
-                bytes: whole_lines(&mut buf, tail, fresh()),
-            }) {
-                return Ok(());
-            }
-            first += lines;
-            tail = 0;
+            hand_over_whole_lines!();
         }
     }
     if let Some(line) = long {
@@ -624,13 +623,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn spare_buffers_are_used_before_new_ones() {
-        let input = "{\"a\":1}\n".repeat(1000);
-        let mut spares = vec![Vec::with_capacity(7), Vec::with_capacity(9)];
+    /// The capacities of the buffers `stream_lines` hands over for `input` in chunks of 64
+    /// bytes, taking `spares` (the last first) before new ones.
+    fn capacities(input: impl Read, mut spares: Vec<Vec<u8>>) -> Vec<usize> {
         let mut caps = Vec::new();
         let result = stream_lines(
-            Trickle(input.as_bytes(), 100),
+            input,
             limits(1024),
             64,
             |piece| {
@@ -643,6 +641,14 @@ mod tests {
             0,
         );
         assert_eq!(result, Ok(()));
+        caps
+    }
+
+    #[test]
+    fn spare_buffers_are_used_before_new_ones() {
+        let input = "{\"a\":1}\n".repeat(1000);
+        let spares = vec![Vec::with_capacity(7), Vec::with_capacity(9)];
+        let caps = capacities(Trickle(input.as_bytes(), 100), spares);
         assert!(caps.len() > 3, "{caps:?}");
         // The two spares hold the first two chunks; then buffers are new.
         assert!(caps[0] < 1024 && caps[1] < 1024, "{caps:?}");
@@ -653,23 +659,11 @@ mod tests {
     #[test]
     fn an_overgrown_buffer_is_let_go() {
         let input = "{\"a\":1}\n".repeat(1000);
-        let mut spares = vec![Vec::with_capacity(10 << 20)];
-        let mut caps = Vec::new();
-        let result = stream_lines(
-            input.as_bytes(),
-            limits(1024),
-            64,
-            |piece| {
-                if let Piece::Lines { bytes, .. } = piece {
-                    caps.push(bytes.capacity());
-                }
-                true
-            },
-            || spares.pop(),
-            0,
+        let caps = capacities(input.as_bytes(), vec![Vec::with_capacity(10 << 20)]);
+        assert!(
+            !caps.is_empty() && caps.iter().all(|c| *c < 1 << 20),
+            "{caps:?}"
         );
-        assert_eq!(result, Ok(()));
-        assert!(caps.iter().all(|c| *c < 1 << 20), "{caps:?}");
     }
 
     /// Buffers handed back are used again as they are: none grows (a copy of the chunk, and

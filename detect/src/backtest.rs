@@ -218,16 +218,15 @@ pub fn read_records(files: &[PathBuf], mut each: impl FnMut(Result<Activity, ()>
             continue;
         };
         let plain = trailguard_ingest::split::decompress(&bytes, limits);
-        for (ordinal, item) in trailguard_ingest::split::split(&plain.bytes, limits)
-            .into_iter()
-            .enumerate()
-        {
+        let mut ordinal = 0;
+        // Record by record: a file of millions of tiny records costs no list of them.
+        trailguard_ingest::split::split_each(&plain.bytes, limits, &mut |item| {
+            ordinal += 1;
             let activity = item.text.map_err(|_| ()).and_then(|text| {
-                trailguard_ingest::normalize::normalize_at(&text, (&name, ordinal + 1))
-                    .map_err(|_| ())
+                trailguard_ingest::normalize::normalize_at(&text, (&name, ordinal)).map_err(|_| ())
             });
             each(activity);
-        }
+        });
     }
 }
 

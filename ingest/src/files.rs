@@ -1,20 +1,17 @@
 //! The `files` source: CloudTrail log files, `.json.gz`, NDJSON, whole directory trees and stdin.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::lines::{Located, Piece, Shape};
-use crate::normalize::normalize_at;
-use crate::pipeline::{dead_letter_input, process, publish_record, Outcome, Summary};
+use crate::handover::{publish_parts, spare_lists, Batch, HandBack, Lists, Part, Span};
+use crate::lines::{Piece, Shape};
+use crate::pipeline::{dead_letter_input, process, Summary};
 use crate::publish::Publisher;
-use crate::publish::Serialized;
 use crate::split::SplitError;
 use crate::Error;
-use trailguard_common::{Activity, Poison};
 
 pub use crate::publish::STDIN;
 
@@ -244,7 +241,7 @@ pub async fn run(
         };
         crate::pipeline::count_input(publisher, &mut summary, bytes.len() as u64);
         let unparsed = summary.unparsed;
-        process(&name, &bytes, publisher, &mut summary).await;
+        process(&name, bytes.into(), publisher, &mut summary).await;
         if name == STDIN && summary.unparsed > unparsed {
             stdin_unparsed = summary.unparsed - unparsed;
         }
@@ -275,163 +272,31 @@ enum Streamed {
     ReadWhole,
 }
 
-/// What the reading thread of a streamed file hands over.
-enum Part {
-    /// Records of a chunk of lines (all, or a batch of them, the chunk shared by its
-    /// batches), each normalized and serialized into `out`.
-    Read {
-        chunk: Arc<Vec<u8>>,
-        out: Vec<u8>,
-        items: Vec<Located<Ready>>,
-    },
-    /// Line `line`, of `size` bytes, too large to parse, with what of it was `kept`: all of
-    /// it, or nothing.
-    Long {
-        line: usize,
-        size: u64,
-        kept: Vec<u8>,
-    },
-}
-
-/// A record of a chunk, as the reading thread hands it over.
-#[derive(Debug)]
-enum Ready {
-    /// Normalized and serialized: where its id, key and JSON are in the chunk's `out`.
-    Serialized {
-        id: Range<usize>,
-        key: Range<usize>,
-        json: Range<usize>,
-        event_time: chrono::DateTime<chrono::Utc>,
-    },
-    /// Normalized, and too large to publish as it is: to be trimmed.
-    Activity(Box<Activity>),
-    /// Not normalizable, and why.
-    Failed(Poison),
-}
-
-/// Serializes a normalized record into `out` when it fits in `most` bytes: done on the
-/// reading thread, which also drops the activity, so that what crosses to the publishing
-/// thread is bytes, not an activity's many allocations. With it, the size of an activity
-/// held whole (too large, to be trimmed), 0 for the rest.
-fn prepare(
-    normalized: Result<Activity, crate::normalize::NormalizeError>,
-    out: &mut Vec<u8>,
-    most: usize,
-) -> (Ready, usize) {
-    let activity = match normalized {
-        Ok(activity) => activity,
-        Err(e) => return (Ready::Failed(Poison::from(e)), 0),
-    };
-    let start = out.len();
-    if serde_json::to_writer(&mut *out, &activity).is_err() || out.len() - start > most {
-        let whole = out.len() - start;
-        out.truncate(start);
-        return (Ready::Activity(Box::new(activity)), whole);
-    }
-    let json = start..out.len();
-    let mut put = |text: &str| {
-        let at = out.len();
-        out.extend_from_slice(text.as_bytes());
-        at..out.len()
-    };
-    let id = put(&activity.id);
-    let key = put(&activity.actor.id);
-    let ready = Ready::Serialized {
-        id,
-        key,
-        json,
-        event_time: activity.event_time,
-    };
-    (ready, 0)
-}
-
-/// Most records handed over at once: a line may hold a log file or an array of millions (a
-/// 16 MiB line of `[1,1,…]` holds eight million), and what each costs while it waits to be
-/// published is bounded by handing them over in batches.
-const MOST_RECORDS: usize = 16 * 1024;
-
-/// About the most bytes of activities (serialized, or too large and waiting to be trimmed) one
-/// batch holds.
-const MOST_HELD: usize = CHUNK_BYTES;
-
 /// Splits the chunk of lines `chunk` (its first line `first`) into records and normalizes and
-/// serializes each, on the reading thread, handing them to `send` in batches of at most
-/// [`MOST_RECORDS`] records and about [`MOST_HELD`] bytes of activities, lists and buffers
-/// taken from `spare`. `ordinal` counts the records of input `source` so far. Returns false
-/// once `send` does (nothing takes them any more).
+/// serializes each, on the reading thread, handing them to `send` in batches
+/// ([`crate::handover::Batch`]), lists and buffers taken from `spare`. `ordinal` counts the
+/// records of input `source` so far. Returns false once `send` does (nothing takes them any
+/// more).
 fn read_chunk(
     (first, chunk): (usize, Vec<u8>),
     (source, ordinal): (&str, &mut usize),
     (limits, most): (crate::split::Limits, usize),
-    spare: &mut impl FnMut() -> (Vec<Located<Ready>>, Vec<u8>),
+    spare: &mut impl FnMut() -> Lists,
     send: &mut impl FnMut(Part) -> bool,
 ) -> bool {
     let chunk = Arc::new(chunk);
-    let (mut items, mut out) = spare();
-    // Bytes of activities too large to serialize here, held whole.
-    let mut held = 0usize;
+    let mut batch = Batch::new(Arc::clone(&chunk), most, spare, send);
     let mut taken = true;
     crate::lines::locate(first, &chunk, limits, |record| {
-        if !taken {
-            return;
-        }
-        *ordinal += 1;
-        let text = record.text.map(|text| {
-            let (ready, whole) = prepare(normalize_at(text, (source, *ordinal)), &mut out, most);
-            held += whole;
-            ready
-        });
-        items.push(Located {
-            index: record.index,
-            text,
-            bytes: record.bytes,
-        });
-        if items.len() >= MOST_RECORDS || out.len() + held >= MOST_HELD {
-            let (next_items, next_out) = spare();
-            taken = send(Part::Read {
-                chunk: Arc::clone(&chunk),
-                out: std::mem::replace(&mut out, next_out),
-                items: std::mem::replace(&mut items, next_items),
-            });
-            held = 0;
+        if taken {
+            *ordinal += 1;
+            let span = Span::Chunk(record.bytes);
+            taken = batch.push(record.index, record.text, span, (source, *ordinal));
         }
     });
-    taken && (items.is_empty() || send(Part::Read { chunk, out, items }))
-}
-
-/// A list and a buffer handed back by the publishing thread, emptied, or new ones.
-fn spare_lists(
-    handed_back: &std::sync::mpsc::Receiver<(Vec<Located<Ready>>, Vec<u8>)>,
-) -> (Vec<Located<Ready>>, Vec<u8>) {
-    let (mut items, mut out) = handed_back.try_recv().unwrap_or_default();
-    items.clear();
-    out.clear();
-    (items, out)
-}
-
-/// What becomes of record `ready`, given its chunk's `out`.
-fn outcome(ready: Ready, out: &[u8]) -> Outcome<'_> {
-    let text = |range: Range<usize>| std::str::from_utf8(out.get(range)?).ok();
-    match ready {
-        Ready::Serialized {
-            id,
-            key,
-            json,
-            event_time,
-        } => match (text(id), text(key), out.get(json)) {
-            (Some(id), Some(key), Some(json)) => Outcome::Serialized(Serialized {
-                id,
-                key,
-                json,
-                event_time,
-            }),
-            // `prepare` put them there: never so, and were it, the run fails saying so (as
-            // when serializing fails), rather than panicking.
-            _ => Outcome::Broken("a serialized activity was not where it was put"),
-        },
-        Ready::Activity(activity) => Outcome::Activity(*activity),
-        Ready::Failed(poison) => Outcome::Failed(poison),
-    }
+    // Only the batches hold the chunk now, so the last one published hands its buffer back.
+    drop(chunk);
+    taken && batch.finish()
 }
 
 /// Reads a large NDJSON file in chunks of lines, gzip undone on the way, on a blocking thread
@@ -644,7 +509,7 @@ async fn stream_lines_of(
     // Chunks' buffers, and the lists of their records, go back to the reading thread once
     // published.
     let (spares_tx, spares_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let (lists_tx, lists_rx) = std::sync::mpsc::channel::<(Vec<Located<Ready>>, Vec<u8>)>();
+    let (lists_tx, lists_rx) = std::sync::mpsc::channel::<Lists>();
     let source = name.to_string();
     let most = publisher.max_activity_bytes();
     let reading = tokio::task::spawn_blocking(move || -> Result<(), SplitError> {
@@ -688,44 +553,11 @@ async fn stream_lines_of(
             keep_long,
         )
     });
-    let mut records = 0u64;
-    while let Some(part) = rx.recv().await {
-        match part {
-            Part::Read {
-                chunk,
-                out,
-                mut items,
-            } => {
-                for item in items.drain(..) {
-                    let outcome = match item.text {
-                        Ok(ready) => {
-                            records += 1;
-                            outcome(ready, &out)
-                        }
-                        Err(why) => {
-                            summary.unparsed += 1;
-                            Outcome::Failed(Poison::from(&why))
-                        }
-                    };
-                    let bytes = chunk.get(item.bytes).unwrap_or_default();
-                    let at = (name, item.index);
-                    publish_record(at, outcome, bytes, publisher, summary).await;
-                }
-                let _ = lists_tx.send((items, out));
-                // The chunk's last part hands its buffer back.
-                if let Ok(chunk) = Arc::try_unwrap(chunk) {
-                    let _ = spares_tx.send(chunk);
-                }
-            }
-            Part::Long { line, size, kept } => {
-                too_long(name, (line, size), &kept, publisher, summary).await;
-            }
-        }
-        if shutdown.is_cancelled() {
-            summary.interrupted = true;
-            break;
-        }
-    }
+    let back = HandBack {
+        lists: &lists_tx,
+        chunks: Some(&spares_tx),
+    };
+    let records = publish_parts(name, &mut rx, back, publisher, summary, Some(shutdown)).await;
     drop(rx);
     let broke = match reading.await {
         Ok(Ok(())) => None,
@@ -747,23 +579,6 @@ async fn stream_lines_of(
         }
     }
     summary.unparsed - unparsed_before
-}
-
-/// Dead-letters line `line` of `size` bytes, too large to parse, with what of it was `kept`
-/// (all of it, or nothing: then its dead letter is a pointer with its size).
-async fn too_long(
-    name: &str,
-    (line, size): (usize, u64),
-    kept: &[u8],
-    publisher: &mut Publisher,
-    summary: &mut Summary,
-) {
-    summary.unparsed += 1;
-    let why = SplitError::TooLarge(format!(
-        "line {line} of {size} bytes (publish.max_record_bytes)"
-    ));
-    let poison = Poison::from(&why);
-    crate::pipeline::dead_letter_line((name, line), (kept, size), poison, publisher, summary).await;
 }
 
 /// A reader that fails once the channel it feeds has no receiver.
@@ -805,6 +620,7 @@ async fn read(path: &Path) -> Result<(String, Vec<u8>), (String, std::io::Error)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handover::{Ready, MOST_HELD, MOST_RECORDS};
 
     /// Reads `chunk` as the reading thread does: the parts it hands over, and the ordinal.
     fn parts_of(chunk: &[u8]) -> (Vec<Part>, usize) {
@@ -891,7 +707,10 @@ mod tests {
                     };
                     let activity: serde_json::Value =
                         serde_json::from_slice(&out[json.clone()]).expect("an activity's JSON");
-                    let original = &shared[item.bytes.clone()];
+                    let Span::Chunk(bytes) = &item.bytes else {
+                        panic!("{:?}", item.bytes);
+                    };
+                    let original = &shared[bytes.clone()];
                     assert!(original.starts_with(b"{\"eventVersion\""));
                     assert_eq!(activity["event_name"], "ListUsers");
                 }

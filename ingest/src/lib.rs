@@ -6,6 +6,8 @@
 //! - [`split`] (pure): input bytes → raw records (log files, arrays, NDJSON, gzip).
 //! - [`stream`] (pure but for the reader): a large log file, record by record.
 //! - [`normalize`] (pure): raw record → `Activity`.
+//! - `handover`: records split, normalized and serialized on a reading thread, handed to the
+//!   publishing task in bounded batches.
 //! - [`pipeline`]: what every source does with an input — split, normalize, publish or
 //!   dead-letter each record, count it all in a [`pipeline::Summary`].
 //! - [`files`]: the `files` source — paths, directory trees, stdin.
@@ -26,6 +28,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod dedup;
 pub mod files;
+mod handover;
 pub mod inventory;
 pub mod limits;
 pub mod lines;

@@ -5,13 +5,15 @@
 //! source's name.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::handover::{publish_parts, spare_lists, Batch, HandBack, Lists, Part};
 use crate::normalize::normalize_at;
 use crate::publish::{Counts, DeadLetter, Origin, Publisher, Serialized};
-use crate::split::{decompress, split};
+use crate::split::{decompress, split_each, Limits, RawItem, SplitError};
 use crate::Error;
 use trailguard_common::Activity;
 use trailguard_common::Poison;
@@ -117,37 +119,105 @@ impl std::fmt::Display for Summary {
 /// fails whole: a bad line or record is dead-lettered alone, and an input that breaks off (a
 /// truncated gzip, a decompression bomb cut at the limits) gives the records before the break
 /// and one dead letter of the input, saying where it broke.
-pub async fn process(name: &str, bytes: &[u8], publisher: &mut Publisher, summary: &mut Summary) {
-    let limits = publisher.limits();
-    let plain = decompress(bytes, limits);
-    let mut items = split(&plain.bytes, limits);
-    if plain.broke.is_some() && items.last().is_some_and(|i| i.text.is_err()) {
-        // The document's own error is the cut: one dead letter, of the input, says it.
-        items.pop();
-    }
-    if plain.broke.is_none() {
-        // An input that broke off is counted once, as dead-lettered, by `dead_letter_input`
-        // below.
-        publisher
+///
+/// The input is decompressed, split, normalized and serialized on a blocking thread that
+/// hands its records over in bounded batches ([`crate::handover`]) while this task publishes
+/// them: what an input costs beyond its bytes does not grow with how many records it holds.
+pub async fn process(
+    name: &str,
+    bytes: bytes::Bytes,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) {
+    let (limits, most) = (publisher.limits(), publisher.max_activity_bytes());
+    // A gzip input that breaks off is dead-lettered as it was stored; any other is read in
+    // place.
+    let stored = is_gzip(&bytes).then(|| bytes.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(PARTS_AHEAD);
+    let (lists_tx, lists_rx) = std::sync::mpsc::channel::<Lists>();
+    let source = name.to_string();
+    let reading = tokio::task::spawn_blocking(move || {
+        read_whole(
+            bytes,
+            (&source, limits, most),
+            &mut || spare_lists(&lists_rx),
+            &mut |part| tx.blocking_send(part).is_ok(),
+        )
+    });
+    let back = HandBack {
+        lists: &lists_tx,
+        chunks: None,
+    };
+    let records = publish_parts(name, &mut rx, back, publisher, summary, None).await;
+    drop(rx);
+    let broke = match reading.await {
+        Ok(broke) => broke,
+        Err(join) => Some(SplitError::Json(format!("reading failed: {join}"))),
+    };
+    match broke {
+        None => publisher
             .metrics()
             .inputs
             .with_label_values(&[publisher.source_kind(), "ok"])
-            .inc();
-    }
-    let records = items.iter().filter(|i| i.text.is_ok()).count();
-    for (ordinal, item) in items.iter().enumerate() {
-        if item.text.is_err() {
+            .inc(),
+        Some(err) => {
             summary.unparsed += 1;
+            let reason = format!("{err} ({records} records before it were read)");
+            let stored = stored.as_deref().unwrap_or_default();
+            dead_letter_input(publisher, summary, name, stored, err.kind(), reason).await;
         }
-        let text = item.text.as_deref().map_err(Poison::from);
-        let at = (item.index, ordinal + 1);
-        process_record(name, at, text, &item.bytes, publisher, summary).await;
     }
-    if let Some(err) = plain.broke {
-        summary.unparsed += 1;
-        let reason = format!("{err} ({records} records before it were read)");
-        dead_letter_input(publisher, summary, name, bytes, err.kind(), reason).await;
+}
+
+/// How many batches of an input read whole wait to be published at most.
+const PARTS_AHEAD: usize = 4;
+
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
+/// Reads input `bytes` whole, for [`process`]: gzip undone, split into records, each
+/// normalized as a record of input `source` and handed to `send` in batches, lists taken from
+/// `spare`. Returns why decompressing stopped early, if it did (an input that broke off): the
+/// part of the document cut there, which would only repeat it, is then not handed over.
+fn read_whole(
+    bytes: bytes::Bytes,
+    (source, limits, most): (&str, Limits, usize),
+    spare: &mut impl FnMut() -> Lists,
+    send: &mut impl FnMut(Part) -> bool,
+) -> Option<SplitError> {
+    let (plain, broke) = if is_gzip(&bytes) {
+        let plain = decompress(&bytes, limits);
+        (plain.bytes.into_owned(), plain.broke)
+    } else {
+        (Vec::from(bytes), None)
+    };
+    let chunk = Arc::new(plain);
+    let mut batch = Batch::new(Arc::clone(&chunk), most, spare, send);
+    let mut ordinal = 0;
+    let mut hand_over = |item: RawItem<'_>, batch: &mut Batch<'_, _, _>| {
+        ordinal += 1;
+        if batch.taken() {
+            let span = batch.place(&item.bytes);
+            let text = item.text.as_deref().map_err(Clone::clone);
+            batch.push(item.index, text, span, (source, ordinal));
+        }
+    };
+    // One record is held back: when the input broke off, the document's own error is the
+    // cut, which the input's dead letter says.
+    let mut last = None;
+    split_each(&chunk, limits, &mut |item| {
+        if let Some(before) = last.replace(item) {
+            hand_over(before, &mut batch);
+        }
+    });
+    if let Some(last) = last {
+        if broke.is_none() || last.text.is_ok() {
+            hand_over(last, &mut batch);
+        }
     }
+    batch.finish();
+    broke
 }
 
 /// Normalizes and publishes one record (`text`, or why it has none), dead-lettering it with
@@ -298,6 +368,7 @@ pub async fn dead_letter_input(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handover::{Span, MOST_RECORDS};
 
     /// A publisher whose producer points at nothing: records wait in its queue, never sent,
     /// which is all `process` needs to count what it did.
@@ -318,6 +389,92 @@ mod tests {
         enc.finish().unwrap_or_default()
     }
 
+    /// Reads `input` whole as `process` does: the parts handed over, and why it broke off.
+    fn parts_of(input: Vec<u8>) -> (Vec<Part>, Option<SplitError>) {
+        let mut parts = Vec::new();
+        let broke = read_whole(
+            input.into(),
+            ("f", Limits::default(), 900_000),
+            &mut Default::default,
+            &mut |part| {
+                parts.push(part);
+                true
+            },
+        );
+        (parts, broke)
+    }
+
+    /// The items of `parts`, with their batch's bytes: (index, read or not, bytes).
+    fn items_of(parts: &[Part]) -> Vec<(usize, bool, Vec<u8>)> {
+        let mut all = Vec::new();
+        for part in parts {
+            let Part::Read { chunk, out, items } = part else {
+                continue;
+            };
+            for item in items {
+                let bytes = match &item.bytes {
+                    Span::Chunk(range) => &chunk[range.clone()],
+                    Span::Out(range) => &out[range.clone()],
+                };
+                all.push((item.index, item.text.is_ok(), bytes.to_vec()));
+            }
+        }
+        all
+    }
+
+    /// An input read whole holding many records is handed over in batches of a bounded size,
+    /// plain or gzip, every record in order.
+    #[test]
+    fn an_input_of_many_records_is_handed_over_in_batches() {
+        let doc = format!(r#"{{"Records":[{}1]}}"#, "1,".repeat(99_999));
+        for input in [doc.clone().into_bytes(), gzip(doc.as_bytes())] {
+            let (parts, broke) = parts_of(input);
+            assert!(broke.is_none(), "{broke:?}");
+            let sizes: Vec<usize> = parts
+                .iter()
+                .map(|part| match part {
+                    Part::Read { items, .. } => items.len(),
+                    Part::Long { .. } => 0,
+                })
+                .collect();
+            assert!(sizes.len() >= 7, "{sizes:?}");
+            assert!(sizes.iter().all(|n| *n <= MOST_RECORDS), "{sizes:?}");
+            let items = items_of(&parts);
+            assert_eq!(items.len(), 100_000);
+            assert!(items
+                .iter()
+                .zip(1..)
+                .all(|((index, read, bytes), i)| *index == i && *read && bytes == b"1"));
+        }
+    }
+
+    /// A document cut half-way: its records before the break (read again, so their bytes are
+    /// copied into their batch), then the break carrying the whole input — unless it is a
+    /// gzip that broke off, whose dead letter of the input says it.
+    #[test]
+    fn a_broken_document_is_handed_over_with_its_bytes() {
+        let doc = br#"{"Records":[{"eventName":"A"}, {"eventName":"B"}, {"ev"#;
+        let (parts, broke) = parts_of(doc.to_vec());
+        assert!(broke.is_none());
+        let items = items_of(&parts);
+        let expected = vec![
+            (1, true, br#"{"eventName":"A"}"#.to_vec()),
+            (2, true, br#"{"eventName":"B"}"#.to_vec()),
+            (3, false, doc.to_vec()),
+        ];
+        assert_eq!(items, expected);
+
+        let records: Vec<String> = (0..2_000)
+            .map(|i| format!(r#"{{"eventName":"E{i}"}}"#))
+            .collect();
+        let packed = gzip(format!(r#"{{"Records":[{}]}}"#, records.join(",")).as_bytes());
+        let (parts, broke) = parts_of(packed[..packed.len() / 2].to_vec());
+        assert!(matches!(broke, Some(SplitError::Gzip(_))), "{broke:?}");
+        let items = items_of(&parts);
+        assert!(items.len() > 10 && items.len() < 2_000, "{}", items.len());
+        assert!(items.iter().all(|(_, read, _)| *read));
+    }
+
     #[tokio::test]
     async fn an_input_that_breaks_off_is_counted_once() {
         let mut publisher = publisher();
@@ -328,8 +485,10 @@ mod tests {
             .join(",");
         let packed = gzip(format!(r#"{{"Records":[{records}]}}"#).as_bytes());
         let cut = &packed[..packed.len() / 2];
+        let cut = bytes::Bytes::copy_from_slice(cut);
         process("cut.json.gz", cut, &mut publisher, &mut summary).await;
-        process("whole.json.gz", &packed, &mut publisher, &mut summary).await;
+        let whole = bytes::Bytes::from(packed);
+        process("whole.json.gz", whole, &mut publisher, &mut summary).await;
         let inputs = |result: &str| {
             publisher
                 .metrics()

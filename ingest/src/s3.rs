@@ -592,7 +592,7 @@ pub async fn read_object(
     match get_object(client, bucket, key, options.stream_above).await {
         Got::Large(object, size) => stream_object(*object, &name, size, publisher, summary).await,
         Got::Whole(bytes) => {
-            publish_whole(&name, &bytes, publisher, summary).await;
+            publish_whole(&name, bytes, publisher, summary).await;
             Ok(())
         }
         Got::Failed(err) => refused(&name, err, options, publisher, summary).await,
@@ -639,7 +639,7 @@ pub async fn read_fetched(
     let name = format!("s3://{bucket}/{key}");
     match fetched {
         Fetched::Whole(bytes) => {
-            publish_whole(&name, &bytes, publisher, summary).await;
+            publish_whole(&name, bytes, publisher, summary).await;
             Ok(())
         }
         Fetched::Later => read_object(client, bucket, key, options, publisher, summary).await,
@@ -676,7 +676,12 @@ async fn get_object(
 }
 
 /// Counts and publishes an object read whole.
-async fn publish_whole(name: &str, bytes: &[u8], publisher: &mut Publisher, summary: &mut Summary) {
+async fn publish_whole(
+    name: &str,
+    bytes: bytes::Bytes,
+    publisher: &mut Publisher,
+    summary: &mut Summary,
+) {
     pipeline::count_input(publisher, summary, bytes.len() as u64);
     pipeline::process(name, bytes, publisher, summary).await;
 }

@@ -79,21 +79,58 @@ pub fn decompress(bytes: &[u8], limits: Limits) -> Plain<'_> {
     }
 }
 
+/// An object read as a log file: its `Records`, as text. serde's derived reading, so that a
+/// repeated `Records` key, or one that is not a list, makes the object one record.
 #[derive(Deserialize)]
 struct LogFile<'a> {
     #[serde(rename = "Records", borrow)]
-    records: Option<Vec<&'a RawValue>>,
+    records: Option<&'a RawValue>,
+}
+
+/// Hands each element of the JSON array `array` (text already read as JSON) to `each`, as it
+/// is read: a list of millions of records costs no list of them. False when it does not read
+/// as an array, before any element is handed over (never so for a list that was read).
+fn elements<'a>(array: &'a RawValue, each: &mut impl FnMut(&'a RawValue)) -> bool {
+    struct Each<'f, F>(&'f mut F);
+    impl<'de, F: FnMut(&'de RawValue)> serde::de::Visitor<'de> for Each<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(element) = seq.next_element::<&'de RawValue>()? {
+                (self.0)(element);
+            }
+            Ok(())
+        }
+    }
+    if !array.get().starts_with('[') {
+        return false;
+    }
+    let mut reader = serde_json::Deserializer::from_str(array.get());
+    // The text was read as JSON already, and the same reader reads its elements the same way:
+    // this cannot fail part-way.
+    serde::Deserializer::deserialize_seq(&mut reader, Each(each)).is_ok()
 }
 
 /// Splits decompressed input into raw records and failed parts.
 pub fn split(input: &[u8], limits: Limits) -> Vec<RawItem<'_>> {
+    let mut items = Vec::new();
+    split_each(input, limits, &mut |item| items.push(item));
+    items
+}
+
+/// [`split`], handing each record (or failed part) to `each` as it is found rather than
+/// gathering them: what an input costs beyond its bytes does not grow with how many records
+/// it holds (a log file of a million tiny records, `[1,1,…]`, costs no list of them).
+pub fn split_each<'a>(input: &'a [u8], limits: Limits, each: &mut impl FnMut(RawItem<'a>)) {
     let bytes = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
     let mut lines = bytes
         .split(|b| *b == b'\n')
         .map(|l| l.trim_ascii())
         .filter(|l| !l.is_empty());
     let Some(first_line) = lines.next() else {
-        return Vec::new();
+        return;
     };
     let whole = bytes.trim_ascii();
     // NDJSON: several lines, and the first that is a JSON value on its own among the first
@@ -106,15 +143,13 @@ pub fn split(input: &[u8], limits: Limits) -> Vec<RawItem<'_>> {
                 && lines
                     .take(8)
                     .any(|l| parses(l) && matches!(l[0], b'{' | b'['))));
-    let mut items = Vec::new();
     if line_mode {
         for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            self::line(number + 1, line.trim_ascii(), limits, &mut items);
+            self::line_each(number + 1, line.trim_ascii(), limits, each);
         }
     } else {
-        document(whole, input, limits, &mut items);
+        document(whole, input, limits, each);
     }
-    items
 }
 
 /// Whether `line` (trimmed) is a JSON value on its own, within the record limit: the first
@@ -160,64 +195,82 @@ pub fn line_each<'a>(
             return;
         }
     };
+    if let Err(e) = value_each(text, number, limits, each) {
+        each(failed(SplitError::Json(format!("line {number}: {e}"))));
+    }
+}
+
+/// The records of `text` (trimmed), a JSON value: a log file's records, an array's elements,
+/// or itself — each numbered `line` when it is on an NDJSON line, else by its place. The
+/// error when `text` is not JSON, before anything was handed over.
+fn value_each<'a>(
+    text: &'a str,
+    line: usize,
+    limits: Limits,
+    each: &mut impl FnMut(RawItem<'a>),
+) -> Result<(), serde_json::Error> {
     if text.starts_with('{') {
-        // Most lines are one record. Probing for a log file's `Records` checks the whole
-        // line's syntax as a raw parse would, so a line the probe takes is parsed once, not
-        // twice; a line it refuses is parsed raw below, for its error or as one record.
-        match serde_json::from_str::<LogFile<'a>>(text) {
-            Ok(LogFile {
-                records: Some(records),
-            }) => {
-                for record in records {
-                    each(record_item(number, Cow::Borrowed(record.get()), limits));
-                }
-                return;
+        // Most values are one record. Probing for a log file's `Records` checks the whole
+        // value's syntax as a raw parse would, so a value the probe takes is parsed once, not
+        // twice; one it refuses is parsed raw below, for its error or as one record.
+        if let Ok(LogFile { records }) = serde_json::from_str::<LogFile<'a>>(text) {
+            let mut index = 0;
+            let mut push = |record: &'a str| {
+                index += 1;
+                let at = if line > 0 { line } else { index };
+                each(record_item(at, Cow::Borrowed(record), limits));
+            };
+            if !records.is_some_and(|records| elements(records, &mut |r| push(r.get()))) {
+                // The text is trimmed: it is the value's, as a raw parse would give.
+                push(text);
             }
-            Ok(LogFile { records: None }) => {
-                // The line is trimmed: its text is the value's, as a raw parse would give.
-                each(record_item(number, Cow::Borrowed(text), limits));
-                return;
-            }
-            Err(_) => {}
+            return Ok(());
         }
     }
-    match serde_json::from_str::<&RawValue>(text) {
-        Ok(value) => expand(value, number, &mut 0, limits, each),
-        Err(e) => each(failed(SplitError::Json(format!("line {number}: {e}")))),
-    }
+    let value = serde_json::from_str::<&RawValue>(text)?;
+    expand(value, line, &mut 0, limits, each);
+    Ok(())
 }
 
 /// One JSON document (a log file, an array, a record); `input` is all of it as read, kept
 /// exactly in a dead letter of the whole.
-fn document<'a>(bytes: &'a [u8], input: &'a [u8], limits: Limits, items: &mut Vec<RawItem<'a>>) {
+fn document<'a>(
+    bytes: &'a [u8],
+    input: &'a [u8],
+    limits: Limits,
+    each: &mut impl FnMut(RawItem<'a>),
+) {
     match std::str::from_utf8(bytes) {
-        Ok(text) => match serde_json::from_str::<&RawValue>(text) {
-            Ok(value) => expand(value, 0, &mut 0, limits, &mut |i| items.push(i)),
-            Err(_) => salvage(text.as_bytes(), input, limits, items),
-        },
-        Err(_) => lossy_document(bytes, input, limits, items),
+        Ok(text) => {
+            if value_each(text, 0, limits, each).is_err() {
+                salvage(text.as_bytes(), input, limits, each);
+            }
+        }
+        Err(_) => lossy_document(bytes, input, limits, each),
     }
 }
 
 /// A document that does not parse whole (cut off, or broken half-way): the records of its
 /// `Records` list before the break, then one error for the rest, carrying the whole `input`.
-fn salvage<'a>(bytes: &'a [u8], input: &'a [u8], limits: Limits, items: &mut Vec<RawItem<'a>>) {
-    let mut records = Vec::new();
+fn salvage<'a>(
+    bytes: &'a [u8],
+    input: &'a [u8],
+    limits: Limits,
+    each: &mut impl FnMut(RawItem<'a>),
+) {
+    let mut count = 0;
     let result = crate::stream::stream_log_file(bytes, limits, |record| {
-        records.push(record);
-        true
-    });
-    let count = records.len();
-    for (i, record) in records.into_iter().enumerate() {
-        items.push(match record {
-            Ok(text) => record_item(i + 1, Cow::Owned(text), limits),
+        count += 1;
+        each(match record {
+            Ok(text) => record_item(count, Cow::Owned(text), limits),
             Err((why, text)) => RawItem {
-                index: i + 1,
+                index: count,
                 text: Err(why),
                 bytes: Cow::Owned(text.into_bytes()),
             },
         });
-    }
+        true
+    });
     let error = match result {
         Ok(_) => return,
         Err(SplitError::Json(e) | SplitError::Gzip(e)) if count == 0 => SplitError::Json(
@@ -227,7 +280,7 @@ fn salvage<'a>(bytes: &'a [u8], input: &'a [u8], limits: Limits, items: &mut Vec
         ),
         Err(e) => e,
     };
-    items.push(RawItem {
+    each(RawItem {
         index: count + 1,
         text: Err(error),
         // Nothing before the break is lost; the whole input is kept when it is small enough,
@@ -243,31 +296,41 @@ fn lossy_document<'a>(
     bytes: &'a [u8],
     input: &'a [u8],
     limits: Limits,
-    items: &mut Vec<RawItem<'a>>,
+    each: &mut impl FnMut(RawItem<'a>),
 ) {
     // Each bad sequence: where it starts in the original, its length there, and where its
     // replacement character (3 bytes) starts in the replaced text.
     let mut bad: Vec<(usize, usize, usize)> = Vec::new();
-    let mut text = String::with_capacity(bytes.len());
     let mut rest = bytes;
-    let mut offset = 0;
-    while !rest.is_empty() {
-        match std::str::from_utf8(rest) {
-            Ok(valid) => {
-                text.push_str(valid);
-                break;
-            }
-            Err(e) => {
-                let (valid, after) = rest.split_at(e.valid_up_to());
-                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
-                let len = e.error_len().unwrap_or(after.len());
-                bad.push((offset + valid.len(), len, text.len()));
-                text.push('\u{FFFD}');
-                offset += valid.len() + len;
-                rest = &after[len..];
-            }
+    let (mut offset, mut longer) = (0, 0isize);
+    while let Err(e) = std::str::from_utf8(rest) {
+        if bad.len() >= MOST_BAD_SEQUENCES {
+            // Not text: what finding its records would cost grows with its bad bytes.
+            each(RawItem {
+                index: 1,
+                text: Err(SplitError::Utf8(format!(
+                    "more than {MOST_BAD_SEQUENCES} byte sequences that are not UTF-8; not read for records"
+                ))),
+                bytes: Cow::Borrowed(input),
+            });
+            return;
         }
+        let at = offset + e.valid_up_to();
+        let len = e.error_len().unwrap_or(rest.len() - e.valid_up_to());
+        bad.push((at, len, at.saturating_add_signed(longer)));
+        longer += 3 - len as isize;
+        offset = at + len;
+        rest = &bytes[offset..];
     }
+    // The text with each bad sequence replaced, in one allocation of its size.
+    let mut text = String::with_capacity(bytes.len().saturating_add_signed(longer));
+    let mut from = 0;
+    for (at, len, _) in &bad {
+        text.push_str(std::str::from_utf8(&bytes[from..*at]).unwrap_or_default());
+        text.push('\u{FFFD}');
+        from = at + len;
+    }
+    text.push_str(std::str::from_utf8(&bytes[from..]).unwrap_or_default());
     // Maps an offset in `text` back to the original bytes.
     let original = |at: usize| -> usize {
         let before = bad.partition_point(|(_, _, t)| *t < at);
@@ -276,57 +339,56 @@ fn lossy_document<'a>(
             Some((o, len, t)) => o + len + (at - t).saturating_sub(3),
         }
     };
-    let mut pieces: Vec<Result<(usize, usize, bool), SplitError>> = Vec::new();
-    match serde_json::from_str::<&RawValue>(&text) {
-        Ok(value) => {
-            let mut found = Vec::new();
-            expand(value, 0, &mut 0, limits, &mut |i| found.push(i));
-            for item in found {
-                pieces.push(item.text.map(|record| {
-                    let start = record.as_ptr() as usize - text.as_ptr() as usize;
-                    let end = start + record.len();
-                    let tainted = bad.iter().any(|(_, _, t)| (start..end).contains(t));
-                    (start, end, tainted)
-                }));
-            }
-        }
+    // Whether a replacement character starts in `start..end` of `text` (`bad` is in order).
+    let tainted = |start: usize, end: usize| -> bool {
+        let first = bad.partition_point(|(_, _, t)| *t < start);
+        bad.get(first).is_some_and(|(_, _, t)| *t < end)
+    };
+    let value = match serde_json::from_str::<&RawValue>(&text) {
+        Ok(value) => value,
         Err(e) => {
-            items.push(RawItem {
+            each(RawItem {
                 index: 1,
                 text: Err(SplitError::Utf8(format!("and not JSON: {e}"))),
                 bytes: Cow::Borrowed(input),
             });
             return;
         }
-    }
-    for (i, piece) in pieces.into_iter().enumerate() {
-        let index = i + 1;
-        match piece {
-            Err(error) => items.push(RawItem {
+    };
+    let mut index = 0;
+    expand(value, 0, &mut 0, limits, &mut |item| {
+        index += 1;
+        let record = match item.text {
+            Ok(record) => record,
+            Err(error) => {
+                return each(RawItem {
+                    index,
+                    text: Err(error),
+                    bytes: Cow::Borrowed(b""),
+                })
+            }
+        };
+        let start = record.as_ptr() as usize - text.as_ptr() as usize;
+        let end = start + record.len();
+        if tainted(start, end) {
+            let (from, to) = (original(start), original(end).min(bytes.len()));
+            each(RawItem {
                 index,
-                text: Err(error),
-                bytes: Cow::Borrowed(b""),
-            }),
-            Ok((start, end, true)) => {
-                let (from, to) = (original(start), original(end).min(bytes.len()));
-                items.push(RawItem {
-                    index,
-                    text: Err(SplitError::Utf8(format!(
-                        "record {index} holds bytes that are not UTF-8 (input bytes {from}..{to})"
-                    ))),
-                    bytes: Cow::Borrowed(&bytes[from.min(to)..to]),
-                });
-            }
-            Ok((start, end, false)) => {
-                items.push(record_item(
-                    index,
-                    Cow::Owned(text[start..end].to_string()),
-                    limits,
-                ));
-            }
+                text: Err(SplitError::Utf8(format!(
+                    "record {index} holds bytes that are not UTF-8 (input bytes {from}..{to})"
+                ))),
+                bytes: Cow::Borrowed(&bytes[from.min(to)..to]),
+            });
+        } else {
+            each(record_item(index, Cow::Owned(record.into_owned()), limits));
         }
-    }
+    });
 }
+
+/// Most byte sequences that are not UTF-8 a document read whole may hold and still be read for
+/// its records (each is remembered, to find the records that hold one): past it, the document
+/// is dead-lettered whole.
+pub const MOST_BAD_SEQUENCES: usize = 1 << 16;
 
 /// An item for one record's text, unless it is larger than the limit.
 fn record_item(index: usize, text: Cow<'_, str>, limits: Limits) -> RawItem<'_> {
@@ -367,21 +429,19 @@ fn expand<'a>(
         let at = if line > 0 { line } else { *index };
         each(record_item(at, Cow::Borrowed(record.get()), limits));
     };
-    if text.starts_with('{') {
-        if let Ok(LogFile {
-            records: Some(records),
-        }) = serde_json::from_str::<LogFile<'a>>(text)
-        {
-            records.into_iter().for_each(&mut push);
-            return;
+    let listed = if text.starts_with('{') {
+        match serde_json::from_str::<LogFile<'a>>(text) {
+            Ok(LogFile {
+                records: Some(records),
+            }) => elements(records, &mut push),
+            _ => false,
         }
-    } else if text.starts_with('[') {
-        if let Ok(records) = serde_json::from_str::<Vec<&'a RawValue>>(text) {
-            records.into_iter().for_each(&mut push);
-            return;
-        }
+    } else {
+        elements(value, &mut push)
+    };
+    if !listed {
+        push(value);
     }
-    push(value);
 }
 
 #[cfg(test)]
@@ -531,6 +591,126 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Records handed over one by one as they are read are those gathered into lists first
+    /// (how a value was expanded before): the same texts, numbers and errors, over log files,
+    /// arrays and single records, on lines and as documents, within the record limit or not.
+    #[test]
+    fn records_read_one_by_one_are_those_gathered_first() {
+        #[derive(Deserialize)]
+        struct Gathered<'a> {
+            #[serde(rename = "Records", borrow)]
+            records: Option<Vec<&'a RawValue>>,
+        }
+        fn gathered<'a>(value: &'a RawValue, line: usize, limits: Limits) -> Vec<RawItem<'a>> {
+            let text = value.get();
+            let records = if text.starts_with('{') {
+                serde_json::from_str::<Gathered<'a>>(text)
+                    .ok()
+                    .and_then(|g| g.records)
+            } else if text.starts_with('[') {
+                serde_json::from_str::<Vec<&'a RawValue>>(text).ok()
+            } else {
+                None
+            };
+            let records = records.unwrap_or_else(|| vec![value]);
+            (1..)
+                .zip(records)
+                .map(|(i, r)| {
+                    let at = if line > 0 { line } else { i };
+                    record_item(at, Cow::Borrowed(r.get()), limits)
+                })
+                .collect()
+        }
+        let seen = |items: Vec<RawItem<'_>>| -> Vec<(usize, Result<String, String>, Vec<u8>)> {
+            items
+                .into_iter()
+                .map(|i| {
+                    let text = i.text.map(|t| t.into_owned()).map_err(|e| e.to_string());
+                    (i.index, text, i.bytes.into_owned())
+                })
+                .collect()
+        };
+        let ones = format!("[{}1]", "1,".repeat(5_000));
+        let many = format!(r#"{{"x":0,"Records":{ones},"y":[{{"Records":[2]}}]}}"#);
+        let values = [
+            r#"{"Records":[{"a":1},{"b":2}]}"#,
+            r#"{"Records":[ {"a":1} , [2,3] , "s" , null , 4.5e1 , true ]}"#,
+            r#"{"Records" : [ ] }"#,
+            r#"{"Records":null}"#,
+            r#"{"Records":5}"#,
+            r#"{"Records":"[1,2]"}"#,
+            r#"{"Records":{"a":1}}"#,
+            r#"{"Records":[{"a":1}],"Records":[{"b":2}]}"#,
+            r#"{"records":[{"a":1}]}"#,
+            r#"{"Records":[{"a":1},{"b":2}]}"#,
+            r#"{"a":{"Records":[1,2]}}"#,
+            r#"[{"a":1},{"b":2}]"#,
+            r#"[ ]"#,
+            r#"[[{"Records":[1]}],{"Records":[2]}]"#,
+            r#"{"eventName":"ListUsers"}"#,
+            r#""just a string""#,
+            r#"42"#,
+            &ones,
+            &many,
+        ];
+        for limits in [Limits::default(), limits_of(12)] {
+            for text in values {
+                let value: &RawValue = serde_json::from_str(text).expect("valid JSON");
+                for line in [0, 7] {
+                    let mut one_by_one = Vec::new();
+                    expand(value, line, &mut 0, limits, &mut |i| one_by_one.push(i));
+                    assert_eq!(
+                        seen(one_by_one),
+                        seen(gathered(value, line, limits)),
+                        "{text} on line {line}"
+                    );
+                }
+                let mut as_document = Vec::new();
+                split_each(text.as_bytes(), limits, &mut |i| as_document.push(i));
+                assert_eq!(
+                    seen(as_document),
+                    seen(gathered(value, 0, limits)),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    /// A document with more byte sequences that are not UTF-8 than it may hold is one dead
+    /// letter of the whole; one with fewer is read for its records.
+    #[test]
+    fn a_document_of_many_bad_bytes_is_not_read_for_records() {
+        let document = |bad: usize| {
+            let mut doc = b"{\"Records\":[{\"a\":1}".to_vec();
+            for _ in 0..bad {
+                doc.extend_from_slice(b",\"\xff\"");
+            }
+            doc.extend_from_slice(b"]}");
+            doc
+        };
+        let few = document(3);
+        let items = split(&few, Limits::default());
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[0].text.as_deref().ok(), Some("{\"a\":1}"));
+        assert!(items[1..]
+            .iter()
+            .all(|i| matches!(i.text, Err(SplitError::Utf8(_)))));
+        let many = document(MOST_BAD_SEQUENCES + 1);
+        let items = split(&many, Limits::default());
+        assert_eq!(items.len(), 1);
+        let Err(SplitError::Utf8(why)) = &items[0].text else {
+            panic!("{:?}", items[0].text);
+        };
+        assert!(why.starts_with("more than 65536 byte sequences"), "{why}");
+        assert_eq!(&*items[0].bytes, &many[..]);
+        // At the bound, still read.
+        let most = document(MOST_BAD_SEQUENCES);
+        assert_eq!(
+            split(&most, Limits::default()).len(),
+            MOST_BAD_SEQUENCES + 1
+        );
     }
 
     fn limits_of(max_record: usize) -> Limits {

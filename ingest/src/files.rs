@@ -212,13 +212,13 @@ pub async fn run(
                         stdin_unparsed = unparsed;
                         continue;
                     }
-                    Ok(Head::Whole(bytes)) => Ok((STDIN.to_string(), bytes)),
+                    Ok(Head::Whole(bytes, cut)) => Ok((STDIN.to_string(), bytes, cut)),
                     Err(e) => Err((STDIN.to_string(), e)),
                 }
             }
-            Input::Path(path) => read(path).await,
+            Input::Path(path) => read(path, publisher.limits().max_decompressed).await,
         };
-        let (name, bytes) = match read {
+        let (name, bytes, cut) = match read {
             Ok(read) => read,
             Err((name, error)) if matches!(input, Input::Path(_)) => {
                 dead_letter_input(
@@ -241,7 +241,7 @@ pub async fn run(
         };
         crate::pipeline::count_input(publisher, &mut summary, bytes.len() as u64);
         let unparsed = summary.unparsed;
-        process(&name, bytes.into(), publisher, &mut summary).await;
+        process(&name, bytes.into(), cut, publisher, &mut summary).await;
         if name == STDIN && summary.unparsed > unparsed {
             stdin_unparsed = summary.unparsed - unparsed;
         }
@@ -347,8 +347,9 @@ const KEEP_LONG_ON_STDIN: u64 = 64 << 20;
 
 /// What [`stdin_head`] did with stdin.
 enum Head {
-    /// Read it all: small enough, or not NDJSON.
-    Whole(Vec<u8>),
+    /// Read it all (at most `publish.max_decompressed_bytes`, cut there and why): small enough,
+    /// or not NDJSON.
+    Whole(Vec<u8>, Option<SplitError>),
     /// Streamed it; how many parts could not be read as records.
     Streamed(u64),
 }
@@ -399,14 +400,17 @@ async fn stdin_head(
     .await
     .map_err(std::io::Error::other)??;
     match shape {
-        None => return Ok(Head::Whole(head)),
+        None => {
+            let (head, cut) = cut_at(head, limits.max_decompressed);
+            return Ok(Head::Whole(head, cut));
+        }
         Some(Shape::Lines) => {}
         Some(_) => {
-            // Large, and not NDJSON: read whole, as before.
+            // Large, and not NDJSON: read whole, as before, within the limit.
+            let most = limits.max_decompressed;
             return tokio::task::spawn_blocking(move || {
-                let mut all = head;
-                std::io::stdin().lock().read_to_end(&mut all)?;
-                Ok(Head::Whole(all))
+                let (all, cut) = read_at_most(std::io::stdin().lock(), head, most)?;
+                Ok(Head::Whole(all, cut))
             })
             .await
             .map_err(std::io::Error::other)?;
@@ -609,12 +613,53 @@ fn progress_bar(files: u64) -> indicatif::ProgressBar {
     bar
 }
 
-async fn read(path: &Path) -> Result<(String, Vec<u8>), (String, std::io::Error)> {
+/// Reads the file at `path` whole, at most `most` bytes of it (`publish.max_decompressed_bytes`:
+/// no input is held larger): a larger file is cut there, and the error saying so comes with
+/// what was read.
+async fn read(
+    path: &Path,
+    most: u64,
+) -> Result<(String, Vec<u8>, Option<SplitError>), (String, std::io::Error)> {
     let name = path.display().to_string();
-    match tokio::fs::read(path).await {
-        Ok(bytes) => Ok((name, bytes)),
-        Err(e) => Err((name, e)),
+    let file = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(file)?;
+        // Sized at once, so reading never copies it to grow it.
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bytes = Vec::with_capacity(usize::try_from(size.min(most)).unwrap_or(0));
+        read_at_most(file, bytes, most)
+    })
+    .await
+    .map_err(std::io::Error::other);
+    match read {
+        Ok(Ok((bytes, cut))) => Ok((name, bytes, cut)),
+        Ok(Err(e)) | Err(e) => Err((name, e)),
     }
+}
+
+/// Reads `reader` to its end after what `bytes` holds already, keeping at most `most` bytes in
+/// all; when there was more, the error saying the input was cut there.
+fn read_at_most(
+    reader: impl std::io::Read,
+    mut bytes: Vec<u8>,
+    most: u64,
+) -> std::io::Result<(Vec<u8>, Option<SplitError>)> {
+    use std::io::Read;
+    let room = most.saturating_sub(bytes.len() as u64);
+    reader
+        .take(room.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok(cut_at(bytes, most))
+}
+
+/// `bytes`, cut at `most` when longer, with the error saying so.
+fn cut_at(mut bytes: Vec<u8>, most: u64) -> (Vec<u8>, Option<SplitError>) {
+    if bytes.len() as u64 <= most {
+        return (bytes, None);
+    }
+    bytes.truncate(usize::try_from(most).unwrap_or(usize::MAX));
+    let why = format!("more than {most} bytes (publish.max_decompressed_bytes): read up to there");
+    (bytes, Some(SplitError::TooLarge(why)))
 }
 
 #[cfg(test)]
@@ -649,6 +694,26 @@ mod tests {
             Part::Read { items, out, .. } => (items.len(), out.len()),
             Part::Long { .. } => (0, 0),
         }
+    }
+
+    /// An input read whole is read up to the limit and no further, what came before kept, and
+    /// the cut said.
+    #[test]
+    fn an_input_is_read_up_to_the_limit() -> std::io::Result<()> {
+        let ten = b"0123456789";
+        let (bytes, cut) = read_at_most(&ten[..], Vec::new(), 10)?;
+        assert_eq!((bytes.as_slice(), cut), (&ten[..], None));
+        let (bytes, cut) = read_at_most(&ten[..], Vec::new(), 4)?;
+        assert_eq!(bytes, b"0123");
+        assert!(matches!(cut, Some(SplitError::TooLarge(_))), "{cut:?}");
+        // After what was read already (stdin's head), counted in.
+        let (bytes, cut) = read_at_most(&ten[..], b"ab".to_vec(), 5)?;
+        assert_eq!(bytes, b"ab012");
+        assert!(cut.is_some());
+        let (bytes, cut) = cut_at(b"abcdef".to_vec(), 3);
+        assert_eq!(bytes, b"abc");
+        assert!(cut.is_some());
+        Ok(())
     }
 
     /// Lines holding arrays of millions of records are handed over in batches of a bounded

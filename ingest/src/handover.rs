@@ -81,8 +81,8 @@ pub(crate) enum Ready {
 /// published is bounded by handing them over in batches.
 pub(crate) const MOST_RECORDS: usize = 16 * 1024;
 
-/// About the most bytes of activities (serialized, or too large and waiting to be trimmed) and
-/// of copied records one batch holds.
+/// About the most bytes of activities (serialized, or too large and waiting to be trimmed), of
+/// copied records and of the reasons records failed one batch holds.
 pub(crate) const MOST_HELD: usize = 4 << 20;
 
 /// A batch's lists, emptied by the publishing task and handed back to be filled again.
@@ -129,7 +129,7 @@ pub(crate) struct Batch<'f, S, T> {
     chunk: Arc<Vec<u8>>,
     items: Vec<Item>,
     out: Vec<u8>,
-    /// Bytes of activities too large to serialize here, held whole.
+    /// Bytes of activities too large to serialize here, held whole, and of reasons.
     held: usize,
     /// The largest activity serialized here (larger ones are trimmed by the publisher).
     most: usize,
@@ -198,6 +198,12 @@ where
             self.held += whole;
             ready
         });
+        // Why a record failed is held too, as long as the record (a reason may quote it).
+        self.held += match &text {
+            Ok(Ready::Failed(poison)) => poison.reason.len(),
+            Err(why) => why.reason().len(),
+            Ok(_) => 0,
+        };
         self.items.push(Item {
             index,
             text,

@@ -23,6 +23,17 @@ pub enum SplitError {
 }
 
 impl SplitError {
+    /// What was wrong, without the kind.
+    pub fn reason(&self) -> &str {
+        match self {
+            SplitError::Gzip(why)
+            | SplitError::Json(why)
+            | SplitError::Utf8(why)
+            | SplitError::TooLarge(why)
+            | SplitError::Read(why) => why,
+        }
+    }
+
     /// Closed-set kind, for metric labels and the DLQ `error_kind` header.
     pub fn kind(&self) -> &'static str {
         match self {

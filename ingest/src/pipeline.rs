@@ -118,7 +118,9 @@ impl std::fmt::Display for Summary {
 /// Splits and normalizes one input's bytes, publishing each record or its dead letter. Nothing
 /// fails whole: a bad line or record is dead-lettered alone, and an input that breaks off (a
 /// truncated gzip, a decompression bomb cut at the limits) gives the records before the break
-/// and one dead letter of the input, saying where it broke.
+/// and one dead letter of the input, saying where it broke. `cut` says why the input was cut
+/// short where it was read, if it was (larger than the limit): it is then an input that broke
+/// off, dead-lettered as a pointer naming it.
 ///
 /// The input is decompressed, split, normalized and serialized on a blocking thread that
 /// hands its records over in bounded batches ([`crate::handover`]) while this task publishes
@@ -126,19 +128,20 @@ impl std::fmt::Display for Summary {
 pub async fn process(
     name: &str,
     bytes: bytes::Bytes,
+    cut: Option<SplitError>,
     publisher: &mut Publisher,
     summary: &mut Summary,
 ) {
     let (limits, most) = (publisher.limits(), publisher.max_activity_bytes());
-    // A gzip input that breaks off is dead-lettered as it was stored; any other is read in
-    // place.
-    let stored = is_gzip(&bytes).then(|| bytes.clone());
+    // A gzip input that breaks off is dead-lettered as it was stored (unless it was cut short
+    // when read: then it names itself); any other is read in place.
+    let stored = (is_gzip(&bytes) && cut.is_none()).then(|| bytes.clone());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(PARTS_AHEAD);
     let (lists_tx, lists_rx) = std::sync::mpsc::channel::<Lists>();
     let source = name.to_string();
     let reading = tokio::task::spawn_blocking(move || {
         read_whole(
-            bytes,
+            (bytes, cut),
             (&source, limits, most),
             &mut || spare_lists(&lists_rx),
             &mut |part| tx.blocking_send(part).is_ok(),
@@ -152,7 +155,9 @@ pub async fn process(
     drop(rx);
     let broke = match reading.await {
         Ok(broke) => broke,
-        Err(join) => Some(SplitError::Json(format!("reading failed: {join}"))),
+        // A defect of ours, as visible as it was when the input was read on this task.
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => Some(SplitError::Read(format!("reading stopped: {join}"))),
     };
     match broke {
         None => publisher
@@ -178,19 +183,20 @@ fn is_gzip(bytes: &[u8]) -> bool {
 
 /// Reads input `bytes` whole, for [`process`]: gzip undone, split into records, each
 /// normalized as a record of input `source` and handed to `send` in batches, lists taken from
-/// `spare`. Returns why decompressing stopped early, if it did (an input that broke off): the
-/// part of the document cut there, which would only repeat it, is then not handed over.
+/// `spare`. Returns why the input broke off, if it did — `cut` short when read, or
+/// decompressing stopped early: the part of the document cut there, which would only repeat
+/// it, is then not handed over.
 fn read_whole(
-    bytes: bytes::Bytes,
+    (bytes, cut): (bytes::Bytes, Option<SplitError>),
     (source, limits, most): (&str, Limits, usize),
     spare: &mut impl FnMut() -> Lists,
     send: &mut impl FnMut(Part) -> bool,
 ) -> Option<SplitError> {
     let (plain, broke) = if is_gzip(&bytes) {
         let plain = decompress(&bytes, limits);
-        (plain.bytes.into_owned(), plain.broke)
+        (plain.bytes.into_owned(), cut.or(plain.broke))
     } else {
-        (Vec::from(bytes), None)
+        (Vec::from(bytes), cut)
     };
     let chunk = Arc::new(plain);
     let mut batch = Batch::new(Arc::clone(&chunk), most, spare, send);
@@ -393,7 +399,7 @@ mod tests {
     fn parts_of(input: Vec<u8>) -> (Vec<Part>, Option<SplitError>) {
         let mut parts = Vec::new();
         let broke = read_whole(
-            input.into(),
+            (input.into(), None),
             ("f", Limits::default(), 900_000),
             &mut Default::default,
             &mut |part| {
@@ -448,6 +454,31 @@ mod tests {
         }
     }
 
+    /// An input cut short where it was read (larger than the limit) broke off there: the
+    /// records before the cut are handed over, not the document's own error at it.
+    #[test]
+    fn an_input_cut_when_read_is_one_that_broke_off() {
+        let doc = br#"{"Records":[{"eventName":"A"}, {"eventName":"B"}, {"ev"#;
+        let mut parts = Vec::new();
+        let cut = SplitError::TooLarge("more than 47 bytes".into());
+        let broke = read_whole(
+            (doc.to_vec().into(), Some(cut.clone())),
+            ("f", Limits::default(), 900_000),
+            &mut Default::default,
+            &mut |part| {
+                parts.push(part);
+                true
+            },
+        );
+        assert_eq!(broke, Some(cut));
+        let items = items_of(&parts);
+        let expected = vec![
+            (1, true, br#"{"eventName":"A"}"#.to_vec()),
+            (2, true, br#"{"eventName":"B"}"#.to_vec()),
+        ];
+        assert_eq!(items, expected);
+    }
+
     /// A document cut half-way: its records before the break (read again, so their bytes are
     /// copied into their batch), then the break carrying the whole input — unless it is a
     /// gzip that broke off, whose dead letter of the input says it.
@@ -486,9 +517,9 @@ mod tests {
         let packed = gzip(format!(r#"{{"Records":[{records}]}}"#).as_bytes());
         let cut = &packed[..packed.len() / 2];
         let cut = bytes::Bytes::copy_from_slice(cut);
-        process("cut.json.gz", cut, &mut publisher, &mut summary).await;
+        process("cut.json.gz", cut, None, &mut publisher, &mut summary).await;
         let whole = bytes::Bytes::from(packed);
-        process("whole.json.gz", whole, &mut publisher, &mut summary).await;
+        process("whole.json.gz", whole, None, &mut publisher, &mut summary).await;
         let inputs = |result: &str| {
             publisher
                 .metrics()

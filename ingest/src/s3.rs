@@ -683,7 +683,7 @@ async fn publish_whole(
     summary: &mut Summary,
 ) {
     pipeline::count_input(publisher, summary, bytes.len() as u64);
-    pipeline::process(name, bytes, publisher, summary).await;
+    pipeline::process(name, bytes, None, publisher, summary).await;
 }
 
 /// An object S3 did not give: dead-lettered, or the error to try again later.

@@ -497,6 +497,86 @@ fn a_huge_record_is_refused_unparsed() -> Result<()> {
     Ok(())
 }
 
+/// A document larger than `publish.max_decompressed_bytes` is read up to the limit, as a
+/// file and on stdin, and never held whole: the records before the cut are published, and the
+/// input is dead-lettered once, as a pointer saying so.
+#[test]
+fn an_input_past_the_limit_is_read_up_to_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("large.json");
+    // A log file of one document (not NDJSON: it is read whole), ≈ 6 MB.
+    let records: Vec<String> = (0..6_000)
+        .map(|i| {
+            let extra = json!({"requestParameters": {"pad": "p".repeat(900)}});
+            record(&format!("large-{i}"), "ListUsers", extra).to_string()
+        })
+        .collect();
+    let head = "{\"Records\": [\n";
+    std::fs::write(&path, format!("{head}{}\n]}}", records.join(",\n")))?;
+    // The records wholly within the first 4 MiB.
+    let mut end = head.len();
+    let fit = records
+        .iter()
+        .take_while(|r| {
+            end += r.len();
+            let within = end <= 4 << 20;
+            end += 2;
+            within
+        })
+        .count() as u64;
+    let env = [
+        ("TRAILGUARD_PUBLISH__MAX_RECORD_BYTES", "1048576"),
+        ("TRAILGUARD_PUBLISH__MAX_DECOMPRESSED_BYTES", "4194304"),
+        ("TRAILGUARD_FILES__STREAM_ABOVE_BYTES", "1048576"),
+    ];
+    for stdin in [false, true] {
+        let run = Run::new(if stdin {
+            "hostile-cap-stdin"
+        } else {
+            "hostile-cap"
+        })?;
+        let out = if stdin {
+            ingest_with(&run, &[], Some(&path), &env)?
+        } else {
+            ingest_with(&run, &[path.to_str().context("path")?], None, &env)?
+        };
+        // stdin cannot be read again: what it could not read fails the run, after keeping it.
+        ensure!(out.status.success() != stdin, "{}", out.stderr);
+        assert!(fit > 1_000 && fit < 6_000, "{fit}");
+        if stdin {
+            // A failed run prints no summary: count what reached the topic.
+            ensure!(out.status.code() != Some(101), "panicked: {}", out.stderr);
+            assert_eq!(activities(&run, fit as usize)?.len() as u64, fit);
+        } else {
+            assert_eq!(
+                out.summary["published"].as_u64(),
+                Some(fit),
+                "{}",
+                out.summary
+            );
+            assert_eq!(out.summary["inputs_dead_lettered"], 1, "{}", out.summary);
+        }
+        let dlq = dead_letters(&run, 1)?;
+        assert_eq!(dlq.len(), 1);
+        assert_eq!(header(&dlq[0], "trailguard.error_kind"), "too_large");
+        let reason = header(&dlq[0], "trailguard.reason");
+        assert!(
+            reason.contains("publish.max_decompressed_bytes")
+                && reason.contains(&format!("{fit} records before it")),
+            "{reason}"
+        );
+        let pointer: Value = serde_json::from_slice(&dlq[0].value)?;
+        let named = if stdin { "stdin" } else { "large.json" };
+        assert!(
+            pointer["pointer"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(named)),
+            "{pointer}"
+        );
+    }
+    Ok(())
+}
+
 /// 150 MB of NDJSON on stdin is streamed, not held: its records are published and memory
 /// stays far below its size.
 #[test]

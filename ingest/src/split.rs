@@ -537,15 +537,6 @@ mod tests {
             }
             items
         }
-        let seen = |items: Vec<RawItem<'_>>| -> Vec<(usize, Result<String, String>, Vec<u8>)> {
-            items
-                .into_iter()
-                .map(|i| {
-                    let text = i.text.map(|t| t.into_owned()).map_err(|e| e.to_string());
-                    (i.index, text, i.bytes.into_owned())
-                })
-                .collect()
-        };
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
         let nested = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
         let big = format!(r#"{{"eventName":"{}"}}"#, "x".repeat(300));
@@ -623,15 +614,6 @@ mod tests {
                 })
                 .collect()
         }
-        let seen = |items: Vec<RawItem<'_>>| -> Vec<(usize, Result<String, String>, Vec<u8>)> {
-            items
-                .into_iter()
-                .map(|i| {
-                    let text = i.text.map(|t| t.into_owned()).map_err(|e| e.to_string());
-                    (i.index, text, i.bytes.into_owned())
-                })
-                .collect()
-        };
         let ones = format!("[{}1]", "1,".repeat(5_000));
         let many = format!(r#"{{"x":0,"Records":{ones},"y":[{{"Records":[2]}}]}}"#);
         let values = [
@@ -711,6 +693,17 @@ mod tests {
             split(&most, Limits::default()).len(),
             MOST_BAD_SEQUENCES + 1
         );
+    }
+
+    /// What a list of items says, owned: each one's number, text or error, and bytes.
+    fn seen(items: Vec<RawItem<'_>>) -> Vec<(usize, Result<String, String>, Vec<u8>)> {
+        items
+            .into_iter()
+            .map(|i| {
+                let text = i.text.map(|t| t.into_owned()).map_err(|e| e.to_string());
+                (i.index, text, i.bytes.into_owned())
+            })
+            .collect()
     }
 
     fn limits_of(max_record: usize) -> Limits {

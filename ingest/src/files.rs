@@ -379,7 +379,7 @@ async fn stdin_head(
         }
         // gzip on stdin is read whole: where it breaks off, the whole path keeps every byte
         // of it for its dead letter, which streaming could not.
-        if head.starts_with(&[0x1f, 0x8b]) {
+        if crate::split::is_gzip(&head) {
             return Ok((head, Some(Shape::Other)));
         }
         // Judged on stdin as it comes; what is read to judge it is kept, to be read again.

@@ -52,6 +52,11 @@ impl From<&SplitError> for trailguard_common::Poison {
     }
 }
 
+/// Whether `bytes` start as gzip does (its two magic bytes).
+pub fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
 /// Bounds on what one input may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -67,7 +67,7 @@ pub fn plain<'a, R: Read + Send + 'a>(
             Err(e) => return Err(e),
         }
     }
-    let gzip = first[..got].starts_with(&[0x1f, 0x8b]);
+    let gzip = crate::limits::is_gzip(&first[..got]);
     let whole = std::io::Cursor::new(first[..got].to_vec()).chain(reader);
     let buffered = BufReader::with_capacity(256 * 1024, whole);
     if gzip {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::handover::{publish_parts, spare_lists, Batch, HandBack, Lists, Part};
 use crate::normalize::normalize_at;
 use crate::publish::{Counts, DeadLetter, Origin, Publisher, Serialized};
-use crate::split::{decompress, split_each, Limits, RawItem, SplitError};
+use crate::split::{decompress, is_gzip, split_each, Limits, RawItem, SplitError};
 use crate::Error;
 use trailguard_common::Activity;
 use trailguard_common::Poison;
@@ -176,10 +176,6 @@ pub async fn process(
 
 /// How many batches of an input read whole wait to be published at most.
 const PARTS_AHEAD: usize = 4;
-
-fn is_gzip(bytes: &[u8]) -> bool {
-    bytes.starts_with(&[0x1f, 0x8b])
-}
 
 /// Reads input `bytes` whole, for [`process`]: gzip undone, split into records, each
 /// normalized as a record of input `source` and handed to `send` in batches, lists taken from

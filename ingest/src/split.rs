@@ -24,7 +24,7 @@ pub struct RawItem<'a> {
     pub bytes: Cow<'a, [u8]>,
 }
 
-pub use crate::limits::{Limits, SplitError, BOMB_FLOOR, MAX_RATIO};
+pub use crate::limits::{is_gzip, Limits, SplitError, BOMB_FLOOR, MAX_RATIO};
 
 /// An input with gzip undone: the bytes, and why decompression stopped early, if it did (the
 /// bytes are then what came before).
@@ -40,7 +40,7 @@ pub struct Plain<'a> {
 /// `max_decompressed` bytes — fewer for a bomb (past [`BOMB_FLOOR`] and [`MAX_RATIO`] times
 /// its size).
 pub fn decompress(bytes: &[u8], limits: Limits) -> Plain<'_> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
+    if !is_gzip(bytes) {
         return Plain {
             bytes: Cow::Borrowed(bytes),
             broke: None,

@@ -21,10 +21,11 @@ pub fn stream_log_file<R: Read>(
     mut each: impl FnMut(Result<String, (SplitError, String)>) -> bool,
 ) -> Result<u64, SplitError> {
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
-    let gzip = buffered
-        .fill_buf()
-        .map_err(|e| SplitError::Json(format!("reading: {e}")))?
-        .starts_with(&[0x1f, 0x8b]);
+    let gzip = crate::limits::is_gzip(
+        buffered
+            .fill_buf()
+            .map_err(|e| SplitError::Json(format!("reading: {e}")))?,
+    );
     let mut count = 0u64;
     let since_record = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let repaired = std::rc::Rc::new(std::cell::Cell::new(0u64));

@@ -665,9 +665,27 @@ mod tests {
             "arn:aws:sts::1:federated-user/bob",
             "arn:aws:sts::1:assumed-role/",
             "arn:aws:iam::1:user/",
+            // An account that is not one (a crafted record's ARN): read as empty, it would be
+            // acted on in remediate's own account, where none of the name protections of
+            // another account apply.
+            "arn:aws:iam:::user/alice",
+            "arn:aws:sts:::assumed-role/trailguard-remediate/x",
+            "arn:aws:iam:::root",
+            "arn:aws:iam::11111111111:user/alice",
+            "arn:aws:iam::1111111111111:user/alice",
+            "arn:aws:iam::11111111111a:user/alice",
+            "arn::iam::111111111111:user/alice",
+            "arn:gcp:iam::111111111111:user/alice",
         ] {
             assert!(Identity::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            Identity::parse("arn:aws-us-gov:iam::111111111111:user/alice"),
+            Ok(Identity::User {
+                account: "111111111111".into(),
+                name: "alice".into()
+            })
+        );
     }
 
     #[test]

@@ -33,7 +33,17 @@ impl Identity {
         if parts.len() != 6 || parts[0] != "arn" {
             return Err(format!("`{arn}` is not an IAM principal ARN"));
         }
-        let (service, account, resource) = (parts[2], parts[4].to_string(), parts[5]);
+        let (partition, service, account, resource) =
+            (parts[1], parts[2], parts[4].to_string(), parts[5]);
+        // A principal always names its partition and its twelve-digit account: an ARN that
+        // does not (a crafted record's) would be read as remediate's own account, where the
+        // protections written for the account it claims to be in do not apply.
+        if !is_partition(partition) {
+            return Err(format!("`{arn}` names no AWS partition"));
+        }
+        if !trailguard_common::contract::is_account_id(&account) {
+            return Err(format!("`{arn}` names no account"));
+        }
         let last = |path: &str| path.rsplit('/').next().unwrap_or_default().to_string();
         match (service, resource.split_once('/')) {
             ("iam", None) if resource == "root" => Ok(Identity::Root { account }),
@@ -58,6 +68,11 @@ impl Identity {
         }
     }
 
+    /// The partition of a principal ARN (`aws`, `aws-us-gov`, ...), when it names one.
+    pub fn partition_of(arn: &str) -> Option<&str> {
+        arn.split(':').nth(1).filter(|p| is_partition(p))
+    }
+
     /// Account id.
     pub fn account(&self) -> &str {
         match self {
@@ -66,4 +81,16 @@ impl Identity {
             | Identity::Root { account } => account,
         }
     }
+}
+
+/// An AWS partition's name: `aws`, or `aws-` and lower-case letters, digits and hyphens
+/// (`aws-cn`, `aws-us-gov`, `aws-iso-b`, ...).
+fn is_partition(p: &str) -> bool {
+    p == "aws"
+        || p.strip_prefix("aws-").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }

@@ -50,7 +50,8 @@ impl Protection {
         if let Ok(crate::identity::Identity::Role { account, name }) =
             crate::identity::Identity::parse(caller_arn)
         {
-            own.push(format!("arn:aws:iam::{account}:role/{name}"));
+            let partition = crate::identity::Identity::partition_of(caller_arn).unwrap_or("aws");
+            own.push(format!("arn:{partition}:iam::{account}:role/{name}"));
         }
         own.extend(roles);
         let mut home_accounts = vec![caller_account.to_string()];
@@ -82,10 +83,42 @@ pub fn principal_refusal(
     settings: &RemediateSettings,
     protection: &Protection,
 ) -> Option<String> {
-    if let Ok(crate::identity::Identity::Root { account }) = crate::identity::Identity::parse(arn) {
-        return Some(format!("the root user of {account} is never touched"));
+    match crate::identity::Identity::parse(arn) {
+        Ok(crate::identity::Identity::Root { account }) => {
+            Some(format!("the root user of {account} is never touched"))
+        }
+        // Not a principal remediate can tell the protections of (no account, no partition):
+        // nothing is done to it.
+        Err(why) => Some(format!("not a principal remediate acts on: {why}")),
+        Ok(_) => pattern_refusal(arn, settings, protection),
     }
-    pattern_refusal(arn, settings, protection)
+}
+
+/// The forms of an IAM principal ARN pattern to compare: the pattern, and for a user or role
+/// pattern with a path, the same without it (IAM names are unique in an account whatever
+/// their path, and a role session's ARN never carries its role's path). When the name part
+/// has a wildcard, the path-less form is for role sessions only: it would choose more roles
+/// than the pattern does, and only for a session is the path unknown.
+fn pattern_forms(pattern: &str) -> (String, Option<String>, bool) {
+    let lower = pattern.to_ascii_lowercase();
+    let parts: Vec<&str> = lower.splitn(6, ':').collect();
+    let pathless = match parts[..] {
+        ["arn", partition, "iam", "", account, resource] => resource
+            .split_once('/')
+            .filter(|(kind, path)| matches!(*kind, "user" | "role") && path.contains('/'))
+            .map(|(kind, path)| {
+                let name = path.rsplit('/').next().unwrap_or_default();
+                (
+                    format!("arn:{partition}:iam::{account}:{kind}/{name}"),
+                    name.contains('*'),
+                )
+            }),
+        _ => None,
+    };
+    match pathless {
+        Some((form, sessions_only)) => (lower, Some(form), sessions_only),
+        None => (lower, None, false),
+    }
 }
 
 /// [`principal_refusal`] without the root rule (a bucket grant to an account's root stands for
@@ -96,15 +129,17 @@ fn pattern_refusal(
     protection: &Protection,
 ) -> Option<String> {
     let mut arns = vec![arn.to_ascii_lowercase()];
+    let partition = crate::identity::Identity::partition_of(arn).unwrap_or("aws");
     match crate::identity::Identity::parse(arn) {
         Ok(crate::identity::Identity::Role { account, name }) => {
-            arns.push(format!("arn:aws:iam::{account}:role/{name}").to_ascii_lowercase());
+            arns.push(format!("arn:{partition}:iam::{account}:role/{name}").to_ascii_lowercase());
         }
         Ok(crate::identity::Identity::User { account, name }) => {
-            arns.push(format!("arn:aws:iam::{account}:user/{name}").to_ascii_lowercase());
+            arns.push(format!("arn:{partition}:iam::{account}:user/{name}").to_ascii_lowercase());
         }
         _ => {}
     }
+    let session = arn.split(':').nth(2) == Some("sts");
     let home =
         account_and_name(arn).filter(|(account, _)| protection.home_accounts.contains(account));
     let builtin_names = BUILTIN_PROTECTED_ROLE_NAMES
@@ -117,9 +152,12 @@ fn pattern_refusal(
         .chain(builtin_names)
         .chain(settings.protected_principals.iter().cloned());
     for pattern in patterns {
-        let lower = pattern.to_ascii_lowercase();
+        let (lower, pathless, sessions_only) = pattern_forms(&pattern);
         let hit = if lower.starts_with("arn:") {
-            arns.iter().any(|n| wildcard_match(&lower, n))
+            let pathless = pathless.filter(|_| session || !sessions_only);
+            arns.iter().any(|n| {
+                wildcard_match(&lower, n) || pathless.as_ref().is_some_and(|p| wildcard_match(p, n))
+            })
         } else if let Some((_, name)) = &home {
             // `NAME` alone matches a user or role of that name; `user/…`, `role/…` one kind.
             wildcard_match(&lower, name)
@@ -199,39 +237,45 @@ pub fn plan(alert: &Alert, settings: &RemediateSettings, protection: &Protection
     alert
         .actions
         .iter()
-        .map(|action| {
-            let mode = settings.mode_for(&alert.policy_id, action.kind);
-            let refusal = match action.kind {
-                ActionKind::RequireSignIn | ActionKind::SuspendUser => {
-                    principal_refusal(&action.target.id, settings, protection)
-                }
-                ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator => {
-                    bucket_refusal(&action.target.id, settings).or_else(|| {
-                        // Never cut a protected principal (Trailguard's own roles) out of a
-                        // bucket. An account-id grantee is checked against the policy when
-                        // the action runs (what it would strip is known only then).
-                        action
-                            .target
-                            .grantee
-                            .as_deref()
-                            .filter(|g| g.starts_with("arn:"))
-                            // An account's root as a grantee stands for the account (what it
-                            // would strip is judged when the action runs), not the root user.
-                            .and_then(|g| pattern_refusal(g, settings, protection))
-                    })
-                }
-                ActionKind::UnshareSnapshot | ActionKind::UnshareImage => {
-                    resource_refusal(&action.target.id, settings)
-                }
-                _ => None,
-            };
-            Decision {
-                action: action.clone(),
-                mode,
-                refusal,
-            }
+        .map(|action| Decision {
+            action: action.clone(),
+            mode: settings.mode_for(&alert.policy_id, action.kind),
+            refusal: refusal(action, settings, protection),
         })
         .collect()
+}
+
+/// Why `action` must not run at all (a protected target), if so. Judged when the alert is
+/// planned and again when the action runs, with what remediate then knows of itself.
+pub fn refusal(
+    action: &RequestedAction,
+    settings: &RemediateSettings,
+    protection: &Protection,
+) -> Option<String> {
+    match action.kind {
+        ActionKind::RequireSignIn | ActionKind::SuspendUser => {
+            principal_refusal(&action.target.id, settings, protection)
+        }
+        ActionKind::MakeBucketPrivate | ActionKind::RemoveCollaborator => {
+            bucket_refusal(&action.target.id, settings).or_else(|| {
+                // Never cut a protected principal (Trailguard's own roles) out of a
+                // bucket. An account-id grantee is checked against the policy when
+                // the action runs (what it would strip is known only then).
+                action
+                    .target
+                    .grantee
+                    .as_deref()
+                    .filter(|g| g.starts_with("arn:"))
+                    // An account's root as a grantee stands for the account (what it
+                    // would strip is judged when the action runs), not the root user.
+                    .and_then(|g| pattern_refusal(g, settings, protection))
+            })
+        }
+        ActionKind::UnshareSnapshot | ActionKind::UnshareImage => {
+            resource_refusal(&action.target.id, settings)
+        }
+        _ => None,
+    }
 }
 
 /// Action budgets per kind and target account (`remediate.rate_limits`), counted on wall-clock
@@ -491,6 +535,77 @@ mod tests {
             "arn:aws:iam::111111111111:user/ops-admin",
         ] {
             assert_eq!(principal_refusal(arn, &s, &p), None, "{arn}");
+        }
+    }
+
+    #[test]
+    fn a_protection_with_a_path_or_in_another_partition_covers_the_role_s_sessions() {
+        // What an operator copies from the IAM console carries the role's path; a session's
+        // ARN never does. IAM names are unique in an account, whatever the path.
+        let s = RemediateSettings {
+            protected_principals: vec![
+                "arn:aws:iam::*:role/breakglass/BreakGlassAdmin".into(),
+                "arn:aws-us-gov:iam::*:role/GovAdmin".into(),
+                "arn:aws:iam::444444444444:role/ops/*".into(),
+            ],
+            ..RemediateSettings::default()
+        };
+        let p = protection();
+        for arn in [
+            "arn:aws:sts::111111111111:assumed-role/BreakGlassAdmin/oncall",
+            "arn:aws:iam::111111111111:role/BreakGlassAdmin",
+            "arn:aws:iam::111111111111:role/breakglass/BreakGlassAdmin",
+            "arn:aws-us-gov:sts::222222222222:assumed-role/GovAdmin/alice",
+            "arn:aws-us-gov:iam::222222222222:role/GovAdmin",
+            // A session does not say its role's path: a pattern choosing roles by path is
+            // taken to cover every session it might (refusing is the safe side).
+            "arn:aws:sts::444444444444:assumed-role/AnyRole/s",
+        ] {
+            assert!(principal_refusal(arn, &s, &p).is_some(), "{arn}");
+        }
+        for arn in [
+            "arn:aws:sts::111111111111:assumed-role/BreakGlassAdminX/oncall",
+            "arn:aws:sts::222222222222:assumed-role/GovAdmin/alice",
+            "arn:aws:iam::444444444444:role/dev/AnyRole",
+            "arn:aws:sts::555555555555:assumed-role/AnyRole/s",
+        ] {
+            assert_eq!(principal_refusal(arn, &s, &p), None, "{arn}");
+        }
+        // Remediate's own role, in GovCloud and with a path, through its sessions.
+        let p = Protection::new(
+            "111111111111",
+            "arn:aws-us-gov:sts::111111111111:assumed-role/Runner/i-0abc",
+            Some("arn:aws-us-gov:iam::*:role/security/TrailguardRemediator".into()),
+            &[],
+        );
+        let s = RemediateSettings::default();
+        for arn in [
+            "arn:aws-us-gov:iam::111111111111:role/Runner",
+            "arn:aws-us-gov:sts::222222222222:assumed-role/TrailguardRemediator/s",
+        ] {
+            assert!(principal_refusal(arn, &s, &p).is_some(), "{arn}");
+        }
+    }
+
+    #[test]
+    fn a_principal_that_names_no_account_is_refused() {
+        // A crafted ARN without an account must not be read as remediate's own account, where
+        // its own identity would not match it.
+        let p = Protection::new(
+            "111111111111",
+            "arn:aws:iam::111111111111:user/bot",
+            None,
+            &[],
+        );
+        let s = settings();
+        for arn in [
+            "arn:aws:iam:::user/bot",
+            "arn:aws:iam:::user/break-glass",
+            "arn:aws:iam:::role/trailguard-x",
+            "arn:aws:sts:::assumed-role/trailguard-x/s",
+            "arn:aws:iam::11111111111:user/bot",
+        ] {
+            assert!(principal_refusal(arn, &s, &p).is_some(), "{arn}");
         }
     }
 

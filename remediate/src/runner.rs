@@ -491,15 +491,18 @@ async fn act(
     }
     let dry_run = decision.mode == Mode::DryRun;
     // Nothing but a notification before remediate knows who it is (and so who is protected).
-    let protection = match actor.protection.get() {
+    let notification = matches!(
+        decision.action.kind,
+        ActionKind::Notify | ActionKind::NotifyUser
+    );
+    let known = if notification {
+        actor.protection.get()
+    } else {
+        actor.protection(&cfg.aws).await
+    };
+    let protection = match known {
         Some(p) => p,
-        None if matches!(
-            decision.action.kind,
-            ActionKind::Notify | ActionKind::NotifyUser
-        ) =>
-        {
-            &Protection::default()
-        }
+        None if notification => &Protection::default(),
         None => {
             let why = match actor.clients.caller().await {
                 Err(NoClients::Failed(why) | NoClients::Refused(why)) => why,
@@ -513,6 +516,13 @@ async fn act(
             return record;
         }
     };
+    // Judged again with what remediate knows of itself now: an action planned while it could
+    // not tell who it is was planned without the protections that depend on that.
+    if let Some(refusal) = crate::plan::refusal(&decision.action, &cfg.remediate, protection) {
+        record.outcome = ActionOutcome::Refused;
+        record.detail = format!("refused: {refusal}");
+        return record;
+    }
     let account = target.account_id.as_deref();
     match decision.action.kind {
         ActionKind::MakeBucketPrivate => {
@@ -1036,8 +1046,13 @@ async fn run_due(
     Ok(finished)
 }
 
+/// How far ahead of remediate's clock an alert's time may be (clocks drift; CloudTrail's does
+/// not by much). Less than the hour answered actions are kept past `max_alert_age`.
+const MAX_AHEAD: Duration = Duration::from_secs(30 * 60);
+
 /// Why `alert` is too old to act on, if it is: its event time (the latest repeat folded in)
-/// is more than `max_age` before `now`. Zero `max_age`: no limit.
+/// is more than `max_age` before `now`, or more than [`MAX_AHEAD`] after it. Zero `max_age`:
+/// no limit.
 fn staleness(
     alert: &Alert,
     max_age: Duration,
@@ -1047,6 +1062,17 @@ fn staleness(
         return None;
     }
     let latest = alert.last_time.unwrap_or(alert.time).max(alert.time);
+    // An alert from the future never grows old: it would be acted on again once its answer
+    // is forgotten (`max_age` and an hour after it was recorded).
+    if let Ok(ahead) = (latest - now).to_std() {
+        return (ahead > MAX_AHEAD).then(|| {
+            format!(
+                "the alert is dated {} ahead of remediate's clock (more than {}): it cannot be told from a replay, so it is not acted on",
+                humantime::format_duration(Duration::from_secs(ahead.as_secs())),
+                humantime::format_duration(MAX_AHEAD)
+            )
+        });
+    }
     let age = (now - latest).to_std().ok()?;
     (age > max_age).then(|| {
         format!(
@@ -1240,8 +1266,39 @@ fn rejection_record(alert: &Alert, action: &RequestedAction, why: &Rejection) ->
             .unwrap_or(""),
     ]);
     record.outcome = ActionOutcome::Rejected;
-    record.detail = format!("alert rejected, not acted on: {why}");
+    record.detail = in_short(&format!("alert rejected, not acted on: {why}"), 1_024);
+    // What a forger wrote is named, not repeated: an id of half a megabyte, as the key and
+    // in the value, makes a record the broker refuses — and an alert remediate could never
+    // get past.
+    record.alert_id = in_short(&alert.id, ECHOED);
+    record.policy_id = in_short(&alert.policy_id, ECHOED);
+    let target = &mut record.target;
+    target.kind = in_short(&target.kind, ECHOED);
+    target.id = in_short(&target.id, ECHOED);
+    target.account_id = target.account_id.as_deref().map(|a| in_short(a, ECHOED));
+    target.grantee = target.grantee.as_deref().map(|g| in_short(g, ECHOED));
     record
+}
+
+/// The most of each text of a forged alert a rejection record repeats.
+const ECHOED: usize = 256;
+
+/// `text`, or when longer than `most` bytes its start and what it was: its length and a hash
+/// (the same text always gives the same short form).
+fn in_short(text: &str, most: usize) -> String {
+    if text.len() <= most {
+        return text.to_string();
+    }
+    let mut cut = most / 2;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}… [{} bytes, sha256 {}]",
+        &text[..cut],
+        text.len(),
+        stable_id([text])
+    )
 }
 
 /// An action record read back, when remediate signed it (see [`publish`]); otherwise `None`,
@@ -1578,14 +1635,25 @@ impl Remediator {
             if let Err(why) = verdict {
                 metrics.alerts.with_label_values(&["rejected"]).inc();
                 metrics.rejected.with_label_values(&[why.as_str()]).inc();
-                tracing::warn!(alert_id = %alert.id, policy = %alert.policy_id, partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
+                tracing::warn!(alert_id = %in_short(&alert.id, ECHOED), policy = %in_short(&alert.policy_id, ECHOED), partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
                 // One record per alert, however many actions it asks for, and only so many a
                 // minute: a flood of forgeries must not stall the loop or grow the actions
                 // topic without bound.
                 let budget = rejections.take(chrono::Utc::now().timestamp());
                 for action in alert.actions.iter().take(usize::from(budget)) {
                     let record = rejection_record(alert, action, &why);
-                    self.record(&record, "rejection record").await?;
+                    if !publish(&self.producer, &self.cfg, &record, &self.shutdown).await {
+                        if self.shutdown.is_cancelled() {
+                            return Err(Error::Stopped(format!(
+                                "rejection record for alert {} not published",
+                                record.alert_id
+                            )));
+                        }
+                        // Refused for good: the forgery is counted and logged; stopping here
+                        // would stop on it again at every restart.
+                        tracing::error!(alert_id = %record.alert_id, partition, offset, "rejection record refused by the broker; the forged alert is skipped without one");
+                        break;
+                    }
                     metrics
                         .actions
                         .with_label_values(&[record.kind.as_str(), record.outcome.as_str()])
@@ -2072,8 +2140,23 @@ mod tests {
         assert_eq!(staleness(&a, Duration::ZERO, now), None, "zero: no limit");
         a.last_time = Some(now - chrono::Duration::hours(2));
         assert_eq!(staleness(&a, day, now), None);
-        a.time = now + chrono::Duration::hours(1);
+        a.time = now + chrono::Duration::minutes(20);
         assert_eq!(staleness(&a, day, now), None, "a clock ahead is not stale");
+        for ahead in [
+            chrono::Duration::hours(2),
+            chrono::Duration::days(365 * 170),
+        ] {
+            a.time = now + ahead;
+            let why = staleness(&a, day, now).unwrap_or_default();
+            assert!(why.contains("ahead of remediate's clock"), "{ahead}: {why}");
+        }
+        a.time = now;
+        a.last_time = Some(now + chrono::Duration::days(2));
+        assert!(
+            staleness(&a, day, now).is_some(),
+            "a repeat from the future"
+        );
+        assert_eq!(staleness(&a, Duration::ZERO, now), None, "zero: no limit");
     }
 
     #[test]
@@ -2093,6 +2176,31 @@ mod tests {
         assert_eq!(left, ["day-old", "fresh"]);
         prune_answered(&mut unlimited, Duration::ZERO);
         assert_eq!(unlimited.len(), 3);
+    }
+
+    #[test]
+    fn a_rejection_record_names_long_forged_texts_in_short() -> Result<(), serde_json::Error> {
+        let mut forged = alert(&"é".repeat(300_000), &[(ActionKind::SuspendUser, "t")]);
+        forged.policy_id = "p".repeat(100_000);
+        forged.actions[0].target.id = "arn:".repeat(50_000);
+        forged.actions[0].target.grantee = Some("g".repeat(50_000));
+        let why = trailguard_common::sign::Rejection::UnknownKey("k".repeat(200_000));
+        let record = rejection_record(&forged, &forged.actions[0], &why);
+        assert!(serde_json::to_vec(&record)?.len() < 4_096);
+        assert!(
+            record.alert_id.starts_with("éé") && record.alert_id.contains("600000 bytes"),
+            "{}",
+            record.alert_id
+        );
+        // The same text, the same short form; another text, another.
+        assert_eq!(record.alert_id, in_short(&forged.id, ECHOED));
+        assert_ne!(record.alert_id, in_short(&"é".repeat(300_001), ECHOED));
+        let short = alert("a1", &[(ActionKind::SuspendUser, "t")]);
+        assert_eq!(
+            rejection_record(&short, &short.actions[0], &why).alert_id,
+            "a1"
+        );
+        Ok(())
     }
 
     #[test]

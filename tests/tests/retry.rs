@@ -211,3 +211,51 @@ async fn rate_limited_actions_escalate_or_wait_and_budgets_survive_restarts() ->
     assert_eq!(active_keys(&iam, &users[4]).await?, 0);
     Ok(())
 }
+
+/// An action planned while remediate could not tell who it is (STS failing) was planned
+/// without the protections that need its identity — its home accounts, so every protection
+/// written as a name. When it is tried again, it is judged again: a protected user is never
+/// suspended because STS failed once when the alert arrived.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_planned_before_remediate_knows_itself_is_judged_again() -> Result<()> {
+    use std::sync::atomic::AtomicBool;
+    let run = Run::new("retry-protection")?;
+    let iam = iam_client().await?;
+    let (guarded, other) = (unique("break-glass"), unique("plain"));
+    user_with_active_key(&iam, &guarded).await?;
+    user_with_active_key(&iam, &other).await?;
+    let sts_up = Arc::new(AtomicBool::new(false));
+    let up = sts_up.clone();
+    let endpoint = faulty_aws(Box::new(move |body: &str| {
+        (body.contains("Action=GetCallerIdentity") && !up.load(Ordering::SeqCst))
+            .then_some((503, "ServiceUnavailable"))
+    }))
+    .await?;
+    let config = remediate_config(
+        &run,
+        &endpoint,
+        "protected_principals = [\"break-glass-*\"]\n\
+         [remediate.retry]\nattempts = 1\nbackoff = \"100ms\"\nmax_backoff = \"100ms\"\nlater = \"2s\"\n",
+    )?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    let alerts = run.topic("alerts");
+    wait_for_topic(&alerts, TIMEOUT)?;
+    produce(&alerts, "g", &signed(suspend_alert("guarded", &guarded)?)?).await?;
+    let first = records_of(&run, &["guarded"], |r| !r.is_empty())?;
+    let failed = last(&first[0])?;
+    assert!(
+        failed.outcome == ActionOutcome::Failed && failed.retryable,
+        "nothing is done while remediate cannot tell who it is: {failed:#?}"
+    );
+    sts_up.store(true, Ordering::SeqCst);
+    // Another alert: remediate now learns who it is while planning it.
+    produce(&alerts, "o", &signed(suspend_alert("other", &other)?)?).await?;
+    let records = records_of(&run, &["guarded", "other"], ended)?;
+    let judged = last(&records[0])?;
+    assert_eq!(judged.outcome, ActionOutcome::Refused, "{:#?}", records[0]);
+    assert!(judged.detail.contains("protected"), "{}", judged.detail);
+    assert_eq!(active_keys(&iam, &guarded).await?, 1, "never suspended");
+    assert_eq!(last(&records[1])?.outcome, ActionOutcome::Applied);
+    assert_eq!(active_keys(&iam, &other).await?, 0);
+    Ok(())
+}

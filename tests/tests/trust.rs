@@ -927,6 +927,52 @@ async fn stale_alerts_are_refused_and_forgery_floods_are_bounded() -> Result<()>
     Ok(())
 }
 
+/// A forged alert's own text is not written back whole: an alert whose id is 600,000
+/// characters (within the topic's 1 MB, but twice that as a rejection record's key and value)
+/// is rejected with a record that names it in short, and remediate goes on to the genuine
+/// alert behind it. It stopped instead — and again at every restart, on the same alert — when
+/// the rejection record was too large to publish.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_alert_too_large_to_echo_does_not_stop_remediate() -> Result<()> {
+    let run = Run::new("trust-echo")?;
+    let iam = iam_client().await?;
+    let erin = unique("erin");
+    user_with_active_key(&iam, &erin).await?;
+    let arn = format!("arn:aws:iam::{ACCOUNT}:user/{erin}");
+    let config = remediate_config(&run, "")?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    let alerts = run.topic("alerts");
+    wait_for_topic(&alerts, TIMEOUT)?;
+    let long_id = "x".repeat(600_000);
+    let mut forged = alert_asking(&long_id, ActionKind::SuspendUser, &arn, ACCOUNT, None)?;
+    forged.policy_id = "p".repeat(100_000);
+    produce(&alerts, "k", &serde_json::to_vec(&forged)?).await?;
+    let genuine = alert_asking("genuine", ActionKind::SuspendUser, &arn, ACCOUNT, None)?;
+    produce(&alerts, "k", &signed(genuine)?).await?;
+    let records = records_for(&run.topic("actions"), &["genuine"])?;
+    let applied = record_of(&records, "genuine")?;
+    assert_eq!(
+        applied.outcome,
+        ActionOutcome::Applied,
+        "{}",
+        applied.detail
+    );
+    assert_eq!(active_keys(&iam, &erin).await?, 0);
+    let rejected = records
+        .iter()
+        .find(|r| r.outcome == ActionOutcome::Rejected)
+        .context("a rejection record for the forgery")?;
+    assert!(
+        rejected.alert_id.starts_with("xxxx")
+            && rejected.alert_id.contains("600000 bytes")
+            && serde_json::to_vec(rejected)?.len() < 4_096,
+        "{} bytes: {}",
+        serde_json::to_vec(rejected)?.len(),
+        &rejected.alert_id
+    );
+    Ok(())
+}
+
 /// `notify_user` tells the person an alert is about, on their own SNS topic or by e-mail
 /// (SES): an IAM user through the topic or address in its `trailguard-notify-topic` tag, a
 /// person behind SSO sessions through the directory (by actor id). A user with neither is

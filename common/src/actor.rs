@@ -7,8 +7,9 @@
 //!
 //! | CloudTrail says | actor | key |
 //! |---|---|---|
-//! | `IAMUser` | the user | the user ARN |
+//! | `IAMUser` | the user | the user ARN; without one (a failed console sign-in), the ARN built from the account and user name, without a path |
 //! | `Root` | the account's root | `arn:…:iam::ACCOUNT:root` |
+//! | `AssumedRole` with `onBehalfOf.userId` (trusted identity propagation: an application acting for an Identity Center user) | the Identity Center user | `identity-center:USER-ID` |
 //! | `AssumedRole` with `sessionContext.sourceIdentity` | the person it names (set by the IdP or the first caller, kept through role chaining) | `person:NAME` |
 //! | `AssumedRole` of an `AWSReservedSSO_*` role issued under `/aws-reserved/sso.amazonaws.com/` | the Identity Center user: the session name is the user name | `person:NAME` |
 //! | `AssumedRole` whose session name is an e-mail address | the person (SAML IdPs set `RoleSessionName` to the user's e-mail or UPN) | `person:NAME` |
@@ -79,7 +80,7 @@ pub struct Actor {
     pub id: String,
     /// A human form: the person's or user's name, the role's name, the service.
     pub name: String,
-    /// Which rule found it: `iam-user`, `root`, `source-identity`, `sso-session`,
+    /// Which rule found it: `iam-user`, `root`, `on-behalf-of`, `source-identity`, `sso-session`,
     /// `session-email`, `role`, `identity-center`, `saml`, `web-identity`, `federated-user`,
     /// `service`, `account`, `principal`.
     pub basis: String,
@@ -93,6 +94,12 @@ impl Actor {
 
     /// The actor behind `principal`.
     pub fn of(principal: &Principal) -> Actor {
+        Actor::of_in(principal, None)
+    }
+
+    /// The actor behind `principal`, in `partition` (the activity's: `aws` when not known) for
+    /// the keys built without an ARN to go on.
+    pub fn of_in(principal: &Principal, partition: Option<&str>) -> Actor {
         let make = |kind, id: String, name: &str, basis: &str| Actor {
             kind,
             id,
@@ -123,9 +130,36 @@ impl Actor {
                 let user = arn.rsplit('/').next().unwrap_or(name);
                 make(ActorKind::User, arn.to_string(), user, "iam-user")
             }
-            // No ARN (some exports): the principal's own key, still a user.
-            "IAMUser" => make(ActorKind::User, principal.key(), name, "iam-user"),
+            // No ARN (a failed console sign-in, some exports): the user's ARN without a path
+            // (IAM names are unique in an account, and the path is not written), so its failures
+            // meet its successes; else the principal's own key, still a user.
+            "IAMUser" => {
+                let known = crate::contract::is_account_id(account)
+                    && !name.trim().is_empty()
+                    && name != HIDDEN_USER_NAME;
+                let id = if known {
+                    let partition = partition.filter(|p| !p.is_empty()).unwrap_or("aws");
+                    ["arn:", partition, ":iam::", account, ":user/", name].concat()
+                } else {
+                    principal.key()
+                };
+                make(ActorKind::User, id, name, "iam-user")
+            }
             "AssumedRole" => {
+                // Trusted identity propagation: an application's role acting for an Identity
+                // Center user (Athena, Redshift, Q, S3 Access Grants) is that user.
+                if let Some(user_id) = principal
+                    .on_behalf_of
+                    .as_deref()
+                    .filter(|u| !u.trim().is_empty())
+                {
+                    return make(
+                        ActorKind::Person,
+                        format!("identity-center:{user_id}"),
+                        user_id,
+                        "on-behalf-of",
+                    );
+                }
                 if let Some(source) = principal
                     .source_identity
                     .as_deref()
@@ -221,6 +255,9 @@ impl Actor {
         }
     }
 }
+
+/// The user name CloudTrail writes for a console sign-in to a user name that does not exist.
+const HIDDEN_USER_NAME: &str = "HIDDEN_DUE_TO_SECURITY_REASONS";
 
 /// The principal itself, when no rule applies.
 fn fallback(principal: &Principal) -> Actor {
@@ -435,6 +472,67 @@ mod tests {
             (fed.kind, fed.id.as_str()),
             (ActorKind::Federated, "arn:aws:sts::1:federated-user/carol")
         );
+    }
+
+    /// An application's role acting for an Identity Center user (trusted identity propagation:
+    /// Athena, Redshift, Q, S3 Access Grants) acts as that user, not as the application.
+    #[test]
+    fn a_session_on_behalf_of_an_identity_center_user_is_that_user() {
+        let mut first = assumed("arn:aws:sts::111111111111:assumed-role/AthenaTipRole/s1");
+        first.on_behalf_of = Some("u-1".into());
+        let mut second = first.clone();
+        second.on_behalf_of = Some("u-2".into());
+        let (first, second) = (Actor::of(&first), Actor::of(&second));
+        assert_ne!(first.id, second.id);
+        let direct = Actor::of(&Principal {
+            kind: "IdentityCenterUser".into(),
+            account_id: Some("111111111111".into()),
+            name: Some("u-1".into()),
+            on_behalf_of: Some("u-1".into()),
+            ..Principal::default()
+        });
+        assert_eq!(first.id, direct.id);
+        assert_eq!(first.kind, ActorKind::Person);
+        assert_eq!(first.basis, "on-behalf-of");
+        // Without it, the application's sessions are its role.
+        let plain = Actor::of(&assumed(
+            "arn:aws:sts::111111111111:assumed-role/AthenaTipRole/s1",
+        ));
+        assert_eq!(plain.id, "arn:aws:iam::111111111111:role/AthenaTipRole");
+    }
+
+    /// A failed console sign-in names an IAM user without its ARN: it is the same user as
+    /// the successful one, on the same baseline and partition.
+    #[test]
+    fn an_iam_user_without_an_arn_is_the_user_of_the_arn() {
+        let failed = Principal {
+            kind: "IAMUser".into(),
+            account_id: Some("111111111111".into()),
+            principal_id: Some("AIDAEXAMPLE".into()),
+            name: Some("alice".into()),
+            ..Principal::default()
+        };
+        let signed_in = Actor::of(&Principal {
+            arn: Some("arn:aws:iam::111111111111:user/alice".into()),
+            ..failed.clone()
+        });
+        assert_eq!(Actor::of(&failed).id, signed_in.id);
+        assert_eq!(Actor::of(&failed).kind, ActorKind::User);
+        assert_eq!(
+            Actor::of_in(&failed, Some("aws-us-gov")).id,
+            "arn:aws-us-gov:iam::111111111111:user/alice"
+        );
+        // A name CloudTrail hides (a sign-in for a user that does not exist) is nobody's.
+        let hidden = Principal {
+            name: Some("HIDDEN_DUE_TO_SECURITY_REASONS".into()),
+            ..failed.clone()
+        };
+        assert_eq!(Actor::of(&hidden).id, hidden.key());
+        let no_account = Principal {
+            account_id: None,
+            ..failed
+        };
+        assert_eq!(Actor::of(&no_account).id, no_account.key());
     }
 
     /// Records without enough to go on fall back to the principal's own key, never to an

@@ -204,6 +204,7 @@ fn normalize_record<I: IdentityField>(
         .then(|| format!("{}#{}", arrival.0, arrival.1));
     let id = stable_id(parts.into_iter().chain(arrival_text.as_deref()));
 
+    let actor = Actor::of_in(&principal, partition.as_deref());
     Ok(Activity {
         schema_version: ACTIVITY_SCHEMA_VERSION,
         id,
@@ -215,7 +216,7 @@ fn normalize_record<I: IdentityField>(
         account_id,
         region,
         partition,
-        actor: Actor::of(&principal),
+        actor,
         principal,
         source_ip,
         source_host,

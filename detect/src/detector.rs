@@ -688,7 +688,9 @@ impl Detector {
         // At absolute offsets: a replay prunes where the first run did.
         if offset.rem_euclid(10_000) == 0 {
             if let Some(max) = self.max_event_time {
-                let horizon = (max - self.state_ttl).timestamp();
+                let horizon = max
+                    .checked_sub_signed(self.state_ttl)
+                    .map_or(i64::MIN, |h| h.timestamp());
                 let old: Vec<String> = self
                     .principals
                     .iter()

@@ -56,7 +56,8 @@ impl Dedup {
     }
 
     fn forget(&mut self) {
-        let cutoff = self.newest.map(|n| n - self.horizon);
+        // A horizon reaching before the first date there is forgets nothing by age.
+        let cutoff = self.newest.and_then(|n| n.checked_sub_signed(self.horizon));
         while let Some((time, _)) = self.order.front() {
             let too_old = cutoff.is_some_and(|c| *time < c);
             if !too_old && self.order.len() <= self.max_entries {
@@ -103,6 +104,17 @@ mod tests {
         let id = trailguard_common::contract::stable_id(["x"]);
         assert!(d.first_time(&id, at(2)));
         assert!(!d.first_time(&id, at(2)));
+    }
+
+    #[test]
+    fn a_horizon_past_every_date_forgets_nothing_by_age() {
+        // What configuration refuses (more than 365 days) must still not panic here.
+        for horizon in [u64::MAX, 1_000_000 * 365 * 86_400] {
+            let mut d = Dedup::new(std::time::Duration::from_secs(horizon), 100);
+            assert!(d.first_time("a", at(0)));
+            assert!(d.first_time("b", at(1_000_000)));
+            assert!(!d.first_time("a", at(2)));
+        }
     }
 
     #[test]

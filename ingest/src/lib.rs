@@ -138,6 +138,13 @@ impl PublishConfig {
             )
             .into());
         }
+        if self.dedup_horizon > std::time::Duration::from_secs(365 * 86_400) {
+            return Err(trailguard_common::Error::config(
+                "publish.dedup_horizon",
+                "must be at most 365d",
+            )
+            .into());
+        }
         if self.max_record_bytes < 1024 {
             return Err(trailguard_common::Error::config(
                 "publish.max_record_bytes",

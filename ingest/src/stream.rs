@@ -227,7 +227,14 @@ impl<'de, F: FnMut(String) -> bool> Visitor<'de> for File<'_, F> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut seen = false;
         while let Some(key) = map.next_key::<String>()? {
-            if key == "Records" && !seen {
+            if key == "Records" {
+                // A second list is not CloudTrail's: an error (the input is dead-lettered, what
+                // came before published), never records skipped unseen.
+                if seen {
+                    return Err(serde::de::Error::custom(
+                        "a second `Records` list: the file is not read past it",
+                    ));
+                }
                 seen = true;
                 map.next_value_seed(Records {
                     each: &mut *self.each,
@@ -339,6 +346,23 @@ mod tests {
         assert!(
             stream_log_file(&b"{\"NotRecords\": []}"[..], Limits::default(), |_| true).is_err()
         );
+    }
+
+    #[test]
+    fn a_second_records_list_is_an_error_not_skipped() {
+        // Read whole, such a document is one dead-lettered record; streamed, the second list
+        // was skipped unseen and the input counted as read.
+        let text = r#"{"Records":[{"eventName":"A"}],"Records":[{"eventName":"B"}]}"#;
+        let mut got = 0;
+        let result = stream_log_file(text.as_bytes(), Limits::default(), |_| {
+            got += 1;
+            true
+        });
+        assert!(
+            matches!(&result, Err(SplitError::Json(m)) if m.contains("Records")),
+            "{result:?}"
+        );
+        assert_eq!(got, 1, "what came before is handed over, as for a cut file");
     }
 
     #[test]

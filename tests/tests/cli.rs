@@ -53,6 +53,23 @@ fn bad_configuration_names_the_key() -> Result<()> {
             "[publish]\nmax_in_flight = 0\n",
             "publish.max_in_flight",
         ),
+        // Durations past what a date can be moved by: refused at start-up, not a panic at the
+        // first record (ingest) or the first state pruning (detect).
+        (
+            "ingest",
+            "[publish]\ndedup_horizon = \"1000000years\"\n",
+            "publish.dedup_horizon",
+        ),
+        (
+            "detect",
+            "[policies.anomaly]\nstate_ttl = \"1000000years\"\n",
+            "policies.anomaly.state_ttl",
+        ),
+        (
+            "detect",
+            "[policies.anomaly]\ndormant_after = \"1000000years\"\n",
+            "policies.anomaly.dormant_after",
+        ),
     ];
     for (i, (binary, toml, key)) in cases.into_iter().enumerate() {
         let path = dir.join(format!("{i}.toml"));

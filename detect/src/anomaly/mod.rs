@@ -255,6 +255,21 @@ impl AnomalyConfig {
                 "must be at least 1 day",
             ));
         }
+        // Ten years at most: each is subtracted from event times, and a date moved past the
+        // first or last one there is would stop detect at the first pruning, not here.
+        let decade = Duration::from_secs(3_650 * 86_400);
+        for (key, value) in [
+            ("policies.anomaly.state_ttl", self.state_ttl),
+            ("policies.anomaly.dormant_after", self.dormant_after),
+            ("policies.anomaly.suppression", self.suppression),
+        ] {
+            if value > decade {
+                return Err(trailguard_common::Error::config(
+                    key,
+                    "must be at most 3650 days",
+                ));
+            }
+        }
         if self.max_baselines < 10_000 {
             return Err(trailguard_common::Error::config(
                 "policies.anomaly.max_baselines",

@@ -552,7 +552,10 @@ impl Detector {
         // Silent for longer than `state_ttl`: its baseline is forgotten, whether or not the
         // periodic pruning below has come round to it yet (so the outcome does not depend on
         // when it runs). When it was last seen is kept, so its return is still dormant.
-        if state.last_seen > 0 && t - state.last_seen > self.state_ttl.num_seconds() {
+        // (A baseline forgotten so keeps its `last_seen`, which a failed sign-in does not move:
+        // its new `first_seen` says it is learning again, not to be forgotten at every one.)
+        let latest = state.last_seen.max(state.first_seen);
+        if state.last_seen > 0 && t - latest > self.state_ttl.num_seconds() {
             let (offset, last_seen) = (state.offset, state.last_seen);
             let pending = std::mem::take(&mut state.pending);
             let folds = std::mem::take(&mut state.folds);
@@ -694,7 +697,9 @@ impl Detector {
                 let old: Vec<String> = self
                     .principals
                     .iter()
-                    .filter(|(_, s)| s.last_seen < horizon && s.pending.is_empty())
+                    .filter(|(_, s)| {
+                        s.last_seen.max(s.first_seen) < horizon && s.pending.is_empty()
+                    })
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in old {
@@ -1780,6 +1785,36 @@ mod tests {
             ],
         );
         assert_eq!(dormant(&alerts).len(), 1, "{alerts:?}");
+    }
+
+    /// A user silent for longer than `state_ttl` whose name is then sprayed: the failed
+    /// sign-ins (written without an ARN, as CloudTrail does) are the user's, count toward its
+    /// failure rate, and are no return from the silence — nor do they end it: the user's own
+    /// activity the next day is the dormant return.
+    #[test]
+    fn a_spray_on_a_long_silent_user_counts_and_does_not_hide_its_return() {
+        let bob = serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::187901811700:user/bob", "userName": "bob", "accountId": "187901811700"});
+        let named = serde_json::json!({"type": "IAMUser", "principalId": "AIDAEXAMPLE", "accountId": "187901811700", "userName": "bob"});
+        let mut acts = vec![acting(bob.clone(), "ListBuckets", 0, 0)];
+        for minute in 0..40 {
+            let mut a = acting(named.clone(), "ConsoleLogin", 200, minute);
+            a.event_source = "signin.amazonaws.com".into();
+            a.event_type = Some("AwsConsoleSignIn".into());
+            a.outcome.status = OutcomeStatus::Failure;
+            acts.push(a);
+        }
+        acts.push(acting(bob, "ListBuckets", 201, 0));
+        assert_eq!(acts[0].actor.id, acts[1].actor.id, "one actor");
+        let mut d = detector();
+        let alerts = run(&mut d, &acts);
+        let found = dormant(&alerts);
+        assert_eq!(found.len(), 1, "{alerts:#?}");
+        assert_eq!(found[0].evidence.activity_ids, [acts[41].id.clone()]);
+        assert!(
+            alerts.iter().any(|a| a.policy_id == "failed-logins"),
+            "{:?}",
+            alerts.iter().map(|a| &a.policy_id).collect::<Vec<_>>()
+        );
     }
 
     /// `name` by an administrator in `region`, `day` days after the history starts.

@@ -654,6 +654,15 @@ fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
+/// A failed sign-in (to the console or Identity Center's portal): it names an actor without
+/// proving any credential of it — anyone can type a user name. Counted as a failure of that
+/// actor, but not the actor acting.
+fn named_only(a: &Activity) -> bool {
+    !a.outcome.is_success()
+        && (a.event_source == "signin.amazonaws.com"
+            || a.event_type.as_deref() == Some("AwsConsoleSignIn"))
+}
+
 /// Everything learned about one principal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrincipalState {
@@ -1059,18 +1068,24 @@ impl Anomalies {
         // New, or forgotten after `state_ttl` (only its last activity's time is kept).
         let new_principal = st.first_seen == 0;
         let previous = st.last_seen;
+        // A failed sign-in names the actor without proving anything of it: it is no return
+        // from a silence, and it does not end one (nor is it the activity a termination is
+        // judged by) — once the actor has been seen at all.
+        let acted = !named_only(a) || previous == 0;
         if new_principal {
             st.first_seen = t;
         }
         st.first_seen = st.first_seen.min(t);
-        if t >= st.last_seen {
+        if acted && t >= st.last_seen {
             st.last_id = ActivityId::new(&a.id);
             let key = a.principal.access_key_id.as_deref().unwrap_or("");
             if *st.last_key != *key {
                 st.last_key = key.into();
             }
         }
-        st.last_seen = st.last_seen.max(t);
+        if acted {
+            st.last_seen = st.last_seen.max(t);
+        }
         let seen = Seen {
             a,
             t,
@@ -1078,7 +1093,9 @@ impl Anomalies {
             corporate: a.enrichment.ip_categories.iter().any(|c| c == "corporate"),
             peers: peers.rates,
         };
-        self.dormant(st, &seen, previous, &mut out);
+        if !named_only(a) {
+            self.dormant(st, &seen, previous, &mut out);
+        }
         self.mfa(st, &seen, &mut out);
         self.addresses(st, &seen, &mut out);
         let geo = a
@@ -1464,6 +1481,31 @@ mod tests {
             Ok(a) => a,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// A failed console sign-in proves no credential: anyone can type alice's name. It is not
+    /// alice acting again after a silence, and it does not end her silence either — her own
+    /// return a day later is still judged against when she last acted.
+    #[test]
+    fn a_failed_sign_in_neither_is_nor_hides_a_dormant_return() {
+        // As CloudTrail writes a failed sign-in of an IAM user: no ARN.
+        let mut failed = signin(40 * DAY, true);
+        failed.principal.arn = None;
+        failed.actor = trailguard_common::contract::Actor::of(&failed.principal);
+        let acts = [signin(0, false), failed, signin(41 * DAY, false)];
+        assert_eq!(acts[0].actor.id, acts[1].actor.id, "one actor");
+        let alerts = run(&acts);
+        let dormant: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.policy_id == "dormant-principal")
+            .collect();
+        assert_eq!(dormant.len(), 1, "{dormant:#?}");
+        assert!(
+            dormant[0].evidence.activity_ids.contains(&acts[2].id)
+                && dormant[0].evidence.summary.contains("41 days"),
+            "{:#?}",
+            dormant[0]
+        );
     }
 
     #[test]

@@ -445,7 +445,7 @@ impl Detector {
             if facts.terminations() <= self.terminations_seen {
                 return Vec::new();
             }
-            let new = facts.terminations_since(self.terminations_seen).to_vec();
+            let new = facts.terminations_since(self.terminations_seen);
             self.terminations_seen = facts.terminations();
             new
         };

@@ -16,7 +16,7 @@
 //! so the same activities give the same decisions whatever order partitions and instances run
 //! in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -55,16 +55,32 @@ pub struct Fact {
     pub cleared: bool,
 }
 
+/// Most facts about users and keys kept; past it the earliest learned are forgotten (each is
+/// ≈ 200 bytes: a key toggled off and on for ever, or made-up keys, cannot grow detect).
+pub const MAX_FACTS: usize = 200_000;
+/// Most terminations kept for partitions to look back over; a partition further behind than
+/// that skips the oldest.
+pub const MAX_TERMINATIONS: usize = 100_000;
+/// Most regions learned: AWS has a few dozen; past it (only made-up regions get there) a new
+/// region is not learned.
+pub const MAX_REGIONS: usize = 512;
+
 /// The facts known to this instance.
 #[derive(Debug, Default)]
 pub struct Facts {
     /// `user:ACCOUNT/NAME` / `key:ACCESSKEYID` / `region:REGION` → fact (the earliest).
     map: HashMap<String, Fact>,
+    /// The keys of `map` other than regions, in the order first learned: the first to go.
+    learned: VecDeque<String>,
+    /// How many region facts `map` holds.
+    regions: usize,
     /// Earliest region fact: when the organization's history starts.
     first_use: Option<i64>,
     /// Terminations in the order learned, so every partition can look back at activity it
-    /// saw before the fact reached it.
-    terminations: Vec<(String, Fact)>,
+    /// saw before the fact reached it: the latest [`MAX_TERMINATIONS`].
+    terminations: VecDeque<(String, Fact)>,
+    /// Terminations learned before those kept.
+    terminations_dropped: usize,
     /// (activities partition, facts partition) → the latest mark read for them.
     marks: HashMap<(i32, i32), Mark>,
     /// How many activities and facts partitions there are; `None` when every fact is learned
@@ -101,7 +117,12 @@ pub fn lock(shared: &SharedFacts) -> std::sync::RwLockWriteGuard<'_, Facts> {
 impl Facts {
     /// Records `fact` under `key` unless an earlier one is known; true when it is new.
     pub fn learn(&mut self, key: &str, fact: Fact) -> bool {
-        if key.starts_with("region:") {
+        if let Some(region) = key.strip_prefix("region:") {
+            if !self.map.contains_key(key)
+                && (!looks_like_region(region) || self.regions >= MAX_REGIONS)
+            {
+                return false;
+            }
             self.first_use = Some(self.first_use.map_or(fact.time, |t| t.min(fact.time)));
         }
         if fact.cleared {
@@ -119,9 +140,24 @@ impl Facts {
             Some(known) if !known.cleared && known.time <= fact.time => false,
             _ => {
                 if !key.starts_with("region:") {
-                    self.terminations.push((key.to_string(), fact.clone()));
+                    if self.terminations.len() >= MAX_TERMINATIONS {
+                        self.terminations.pop_front();
+                        self.terminations_dropped += 1;
+                    }
+                    self.terminations.push_back((key.to_string(), fact.clone()));
                 }
-                self.map.insert(key.to_string(), fact);
+                if self.map.insert(key.to_string(), fact).is_none() {
+                    if key.starts_with("region:") {
+                        self.regions += 1;
+                    } else {
+                        self.learned.push_back(key.to_string());
+                        while self.learned.len() > MAX_FACTS {
+                            if let Some(oldest) = self.learned.pop_front() {
+                                self.map.remove(&oldest);
+                            }
+                        }
+                    }
+                }
                 true
             }
         }
@@ -143,14 +179,18 @@ impl Facts {
         self.map.get(key).filter(|f| !f.cleared)
     }
 
-    /// Terminations learned after the first `seen`.
-    pub fn terminations_since(&self, seen: usize) -> &[(String, Fact)] {
-        self.terminations.get(seen..).unwrap_or_default()
+    /// Terminations learned after the first `seen` (of those still kept).
+    pub fn terminations_since(&self, seen: usize) -> Vec<(String, Fact)> {
+        let from = seen.saturating_sub(self.terminations_dropped);
+        self.terminations
+            .range(from.min(self.terminations.len())..)
+            .cloned()
+            .collect()
     }
 
-    /// How many terminations are known.
+    /// How many terminations were learned (kept or not).
     pub fn terminations(&self) -> usize {
-        self.terminations.len()
+        self.terminations_dropped + self.terminations.len()
     }
 
     /// Facts are shared between processes: `activities` partitions publish marks on each of
@@ -500,6 +540,19 @@ pub fn region_verdict(
     }
 }
 
+/// `eu-north-1`, `us-gov-west-1`, `eusc-de-east-1`: what an AWS region's name looks like
+/// (lower-case words, then a number; at most 32 characters).
+fn looks_like_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    region.len() <= 32
+        && parts.len() >= 3
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
+}
+
 fn fmt_time(t: i64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp(t, 0)
         .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
@@ -536,6 +589,73 @@ mod tests {
 
     fn bob() -> Value {
         json!({"type": "IAMUser", "userName": "bob", "arn": "arn:aws:iam::111111111111:user/bob", "accountId": "111111111111", "accessKeyId": "AKIAEXAMPLEBOB"})
+    }
+
+    /// A key toggled off and on again for ever, or facts about keys, users and regions made
+    /// up by the thousand, cost a bounded amount of memory: the oldest facts learned are
+    /// forgotten first, and a region that cannot be one is not learned.
+    #[test]
+    fn facts_are_bounded_however_many_are_learned() {
+        let fact = |time: i64, cleared: bool| Fact {
+            time,
+            how: "UpdateAccessKey by bob".into(),
+            subject: Some("111111111111/bob".into()),
+            cleared,
+        };
+        let mut facts = Facts::default();
+        for i in 0..(4 * MAX_TERMINATIONS as i64) {
+            facts.learn("key:AKIAEXAMPLE", fact(i, i % 2 == 1));
+        }
+        assert!(facts.terminations.len() <= MAX_TERMINATIONS);
+        // Counted still, so a partition's place in the log stays meaningful.
+        assert_eq!(facts.terminations(), 2 * MAX_TERMINATIONS);
+        let seen = facts.terminations() - 3;
+        assert_eq!(facts.terminations_since(seen).len(), 3);
+        assert_eq!(facts.terminations_since(0).len(), facts.terminations.len());
+
+        let mut facts = Facts::default();
+        for i in 0..(MAX_FACTS as i64 + 1_000) {
+            facts.learn(&format!("key:AKIA{i:016}"), fact(i, false));
+        }
+        assert!(facts.len() <= MAX_FACTS, "{}", facts.len());
+        assert!(
+            facts.get("key:AKIA0000000000000000").is_none(),
+            "oldest first"
+        );
+        assert!(facts
+            .get(&format!("key:AKIA{:016}", MAX_FACTS as i64 + 999))
+            .is_some());
+
+        let mut facts = Facts::default();
+        facts.learn("region:eu-north-1", fact(0, false));
+        for i in 0..(2 * MAX_REGIONS) {
+            facts.learn(&format!("region:xx-made-up-{i}"), fact(1, false));
+        }
+        facts.learn("region:not a region", fact(2, false));
+        assert!(facts.get("region:not a region").is_none());
+        for real in [
+            "us-gov-west-1",
+            "eusc-de-east-1",
+            "ap-southeast-5",
+            "us-isob-east-1",
+        ] {
+            assert!(looks_like_region(real), "{real}");
+        }
+        for made_up in [
+            "us-east",
+            "US-EAST-1",
+            "us-east-1a",
+            "-east-1",
+            "us--1",
+            "x".repeat(40).as_str(),
+        ] {
+            assert!(!looks_like_region(made_up), "{made_up}");
+        }
+        assert!(facts.len() <= MAX_REGIONS);
+        assert!(
+            facts.get("region:eu-north-1").is_some(),
+            "regions learned first stay"
+        );
     }
 
     #[test]

@@ -278,28 +278,49 @@ impl Detector {
     /// Past the bound: forgets the least recently seen actors' baselines (event time; the key
     /// breaks ties, so the choice depends on the baselines alone and is the same on every run)
     /// down to nine tenths of it — one selection over the map for a tenth of the bound's new
-    /// actors. Peer groups (`peers:…`, a handful per account) are kept: they judge every
-    /// newcomer. A forgotten actor's decisions waiting for facts go with it. Forgotten
-    /// baselines are deleted from the changelog.
+    /// actors. Peer groups (`peers:…`, a handful per account) are kept before actors — they
+    /// judge every newcomer — up to a tenth of the bound (the organization's always). A
+    /// forgotten actor's decisions waiting for facts go with it. Forgotten baselines are
+    /// deleted from the changelog.
     /// Forgets the least recently seen baselines past the bound; a forgotten actor's open
     /// folds are closed early, so their repeats are published, not lost. Returns those
     /// closing alerts.
     fn evict(&mut self) -> Vec<Alert> {
         let target = self.max_baselines - self.max_baselines / 10;
         let excess = self.principals.len().saturating_sub(target);
-        let mut candidates: Vec<(i64, &String)> = self
+        // The `n` least recently seen of `candidates`.
+        fn oldest(mut candidates: Vec<(i64, &String)>, n: usize) -> Vec<String> {
+            let n = n.min(candidates.len());
+            if n == 0 {
+                return Vec::new();
+            }
+            candidates
+                .select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+            candidates[..n].iter().map(|(_, k)| (*k).clone()).collect()
+        }
+        let is_peer = |k: &str| k.starts_with(crate::anomaly::PEER_PREFIX);
+        // Peer groups (a few per account) judge every newcomer and are kept before actors —
+        // up to a tenth of the bound: past it (only made-up accounts get there) the least
+        // recently seen go too, or they would crowd the actors out. The organization's stays.
+        let peers: Vec<(i64, &String)> = self
             .principals
             .iter()
-            .filter(|(k, _)| !k.starts_with(crate::anomaly::PEER_PREFIX))
+            .filter(|(k, _)| is_peer(k) && k.as_str() != crate::anomaly::ORG_GROUP)
             .map(|(k, s)| (s.last_seen, k))
             .collect();
-        let n = excess.min(candidates.len());
+        let peer_excess = peers.len().saturating_sub(self.max_baselines / 10);
+        let mut victims = oldest(peers, peer_excess);
+        let actors: Vec<(i64, &String)> = self
+            .principals
+            .iter()
+            .filter(|(k, _)| !is_peer(k))
+            .map(|(k, s)| (s.last_seen, k))
+            .collect();
+        victims.extend(oldest(actors, excess.saturating_sub(victims.len())));
+        let n = victims.len();
         if n == 0 {
             return Vec::new();
         }
-        candidates.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-        let victims: Vec<String> = candidates[..n].iter().map(|(_, k)| (*k).clone()).collect();
-        drop(candidates);
         let mut closing = Vec::new();
         for k in victims {
             if let Some(state) = self.principals.remove(&k) {
@@ -498,7 +519,11 @@ impl Detector {
         }
         let first_seen = match self.principals.get(&key) {
             // Silent for longer than `state_ttl`: it learns again (reset below).
-            Some(state) if state.last_seen > 0 && t - state.last_seen > ttl => 0,
+            Some(state)
+                if state.last_seen > 0 && t - state.last_seen.max(state.first_seen) > ttl =>
+            {
+                0
+            }
             Some(state) => state.first_seen,
             None => {
                 self.principals.insert(key.clone(), Default::default());
@@ -1014,6 +1039,49 @@ mod tests {
             k
         };
         assert_eq!(keys(&second), keys(&first));
+    }
+
+    /// Peer groups are named by account: records of made-up accounts make one group each.
+    /// They are kept before actors, but not without end: past a tenth of the bound the least
+    /// recently seen go too, and the bound holds.
+    #[test]
+    fn peer_groups_of_made_up_accounts_do_not_outgrow_the_bound() {
+        let mut cfg = PoliciesConfig::default();
+        cfg.anomaly.max_baselines = 40_000;
+        let mut d =
+            Detector::new(&cfg, std::time::Duration::from_secs(300)).for_partitions(&cfg, 4);
+        let user = |i: usize| {
+            serde_json::json!({"type": "IAMUser", "arn": format!("arn:aws:iam::{i:012}:user/u"),
+                "userName": "u", "accountId": format!("{i:012}")})
+        };
+        // Three rounds of 5,000 accounts, each a week of learning and a call: every round's
+        // learned actors make their accounts' groups.
+        let call = |i: usize, day: i64| {
+            let mut a = acting(user(i), "CreateKeyPair", day, 0);
+            a.event_source = "ec2.amazonaws.com".into();
+            a
+        };
+        let mut acts: Vec<Activity> = Vec::new();
+        for round in 0..3 {
+            let accounts = round * 5_000..(round + 1) * 5_000;
+            let day = 16 * round as i64;
+            acts.extend(accounts.clone().map(|i| call(i, day)));
+            acts.extend(accounts.map(|i| call(i, day + 8)));
+        }
+        run(&mut d, &acts);
+        let peers = d
+            .principals
+            .keys()
+            .filter(|k| k.starts_with(crate::anomaly::PEER_PREFIX))
+            .count();
+        let actors = d.principals() - peers;
+        assert!(d.evicted > 0, "past the bound");
+        // Peer groups are cut to a tenth of the bound at each eviction, and at most another
+        // tenth of new baselines comes before the next: the rest is the actors'.
+        assert!(
+            peers <= 2_001 && actors >= 7_000 && d.principals() <= 10_000,
+            "{actors} actors and {peers} peer groups for a bound of 10,000"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! | CloudTrail says | actor | key |
 //! |---|---|---|
-//! | `IAMUser` | the user | the user ARN; without one (a failed console sign-in), the ARN built from the account and user name, without a path |
+//! | `IAMUser` | the user | the user ARN without its path; without an ARN (a failed console sign-in), the same, built from the account and user name |
 //! | `Root` | the account's root | `arn:…:iam::ACCOUNT:root` |
 //! | `AssumedRole` with `onBehalfOf.userId` (trusted identity propagation: an application acting for an Identity Center user) | the Identity Center user | `identity-center:USER-ID` |
 //! | `AssumedRole` with `sessionContext.sourceIdentity` | the person it names (set by the IdP or the first caller, kept through role chaining) | `person:NAME` |
@@ -128,7 +128,18 @@ impl Actor {
         match principal.kind.as_str() {
             "IAMUser" if !arn.is_empty() => {
                 let user = arn.rsplit('/').next().unwrap_or(name);
-                make(ActorKind::User, arn.to_string(), user, "iam-user")
+                // Without the path: IAM names are unique in an account whatever the path, and
+                // a failed sign-in or a termination names the user without one.
+                let parts: Vec<&str> = arn.splitn(6, ':').collect();
+                let id = match parts[..] {
+                    ["arn", partition, "iam", "", account, resource]
+                        if resource.starts_with("user/") && !user.is_empty() =>
+                    {
+                        ["arn:", partition, ":iam::", account, ":user/", user].concat()
+                    }
+                    _ => arn.to_string(),
+                };
+                make(ActorKind::User, id, user, "iam-user")
             }
             // No ARN (a failed console sign-in, some exports): the user's ARN without a path
             // (IAM names are unique in an account, and the path is not written), so its failures
@@ -393,9 +404,11 @@ mod tests {
             name: Some("bob".into()),
             ..Principal::default()
         });
+        // Without its path: IAM names are unique in an account, and a failed sign-in (or a
+        // termination's fact) names the user without one.
         assert_eq!(
             (user.kind, user.id.as_str(), user.name.as_str()),
-            (ActorKind::User, "arn:aws:iam::1:user/ops/bob", "bob")
+            (ActorKind::User, "arn:aws:iam::1:user/bob", "bob")
         );
         let root = Actor::of(&Principal {
             kind: "Root".into(),

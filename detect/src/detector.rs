@@ -34,6 +34,18 @@ const RESERVED: [&str; 3] = [
 /// What moves an actor named in one of them out of the way.
 const ESCAPE: &str = "actor:";
 
+/// AWS's partitions, where a user a fact names by account and name may be.
+const PARTITIONS: [&str; 8] = [
+    "aws",
+    "aws-us-gov",
+    "aws-cn",
+    "aws-iso",
+    "aws-iso-b",
+    "aws-iso-e",
+    "aws-iso-f",
+    "aws-eusc",
+];
+
 /// The key of the baseline of `activity`'s actor: its actor key — unless that falls in one of
 /// detect's own namespaces, which no AWS principal does but a forged record's ARN can: then it
 /// is escaped, so the actor has a baseline of its own and cannot write into a peer group's,
@@ -481,7 +493,16 @@ impl Detector {
             let Some((account, name)) = subject.split_once('/') else {
                 continue;
             };
-            let principal = format!("arn:aws:iam::{account}:user/{name}");
+            // A user's actor is its ARN without the path, in its own partition.
+            let found = PARTITIONS.iter().find_map(|partition| {
+                let principal = format!("arn:{partition}:iam::{account}:user/{name}");
+                self.principals
+                    .contains_key(&principal)
+                    .then_some(principal)
+            });
+            let Some(principal) = found else {
+                continue;
+            };
             if let Some(state) = self.principals.get_mut(&principal) {
                 if let Some(alert) = self
                     .anomalies
@@ -1039,6 +1060,35 @@ mod tests {
             k
         };
         assert_eq!(keys(&second), keys(&first));
+    }
+
+    /// A termination that reaches a partition after it saw the user act is looked back for,
+    /// whatever the user's path and partition.
+    #[test]
+    fn a_late_termination_finds_users_under_a_path_or_in_another_partition() {
+        let mut d = detector();
+        let mut facts = Facts::default();
+        let users = [
+            serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::187901811700:user/ops/bob", "userName": "bob", "accountId": "187901811700"}),
+            serde_json::json!({"type": "IAMUser", "arn": "arn:aws-us-gov:iam::187901811700:user/carol", "userName": "carol", "accountId": "187901811700"}),
+        ];
+        for (offset, user) in users.into_iter().enumerate() {
+            let a = acting(user, "ListBuckets", 1, 0);
+            d.observe(&a, offset as Offset, &mut facts);
+        }
+        for name in ["bob", "carol"] {
+            facts.learn(
+                &format!("user:187901811700/{name}"),
+                crate::facts::Fact {
+                    time: 1_700_000_000,
+                    how: "DeleteUser by admin".into(),
+                    subject: Some(format!("187901811700/{name}")),
+                    cleared: false,
+                },
+            );
+        }
+        let alerts = d.look_back(&facts);
+        assert_eq!(alerts.len(), 2, "{alerts:#?}");
     }
 
     /// Peer groups are named by account: records of made-up accounts make one group each.

@@ -20,6 +20,7 @@
 //! | `FederatedUser` (`GetFederationToken`) | the federated user | its ARN |
 //! | `AWSService` | the service (`invokedBy`) | `service:NAME` |
 //! | `AWSAccount` | the other account | `account:ACCOUNT` |
+//! | `AWSAccount` of `ANONYMOUS_PRINCIPAL` (an unauthenticated request) | nobody in particular | `anonymous` |
 //! | anything else | the principal | [`Principal::key`] |
 //!
 //! Person names are compared without case (`Alice@Example.com` and `alice@example.com` are one
@@ -82,7 +83,7 @@ pub struct Actor {
     pub name: String,
     /// Which rule found it: `iam-user`, `root`, `on-behalf-of`, `source-identity`, `sso-session`,
     /// `session-email`, `role`, `identity-center`, `saml`, `web-identity`, `federated-user`,
-    /// `service`, `account`, `principal`.
+    /// `service`, `account`, `anonymous`, `principal`.
     pub basis: String,
 }
 
@@ -256,6 +257,14 @@ impl Actor {
                     "service",
                 )
             }
+            // CloudTrail's name for an unauthenticated request (a public bucket read by anyone):
+            // nobody in particular, not an account.
+            "AWSAccount" if account == "ANONYMOUS_PRINCIPAL" => make(
+                ActorKind::Unknown,
+                "anonymous".into(),
+                "anonymous",
+                "anonymous",
+            ),
             "AWSAccount" if !account.is_empty() => make(
                 ActorKind::Account,
                 format!("account:{account}"),
@@ -546,6 +555,26 @@ mod tests {
             ..failed
         };
         assert_eq!(Actor::of(&no_account).id, no_account.key());
+    }
+
+    /// Anonymous requests (a public bucket read by anyone on the internet) are nobody in
+    /// particular: not an account, and never a person returning from a silence.
+    #[test]
+    fn anonymous_requests_are_nobody_in_particular() {
+        let anonymous = Actor::of(&Principal {
+            kind: "AWSAccount".into(),
+            account_id: Some("ANONYMOUS_PRINCIPAL".into()),
+            principal_id: Some(String::new()),
+            ..Principal::default()
+        });
+        assert_eq!(
+            (
+                anonymous.kind,
+                anonymous.id.as_str(),
+                anonymous.basis.as_str()
+            ),
+            (ActorKind::Unknown, "anonymous", "anonymous")
+        );
     }
 
     /// Records without enough to go on fall back to the principal's own key, never to an

@@ -202,7 +202,7 @@ impl Activity {
     /// activity of schema version 1 (no actor) the one [`Actor::of`] its principal gives.
     pub fn actor_key(&self) -> std::borrow::Cow<'_, str> {
         if self.actor.is_empty() {
-            std::borrow::Cow::Owned(Actor::of(&self.principal).id)
+            std::borrow::Cow::Owned(Actor::of_in(&self.principal, self.partition.as_deref()).id)
         } else {
             std::borrow::Cow::Borrowed(&self.actor.id)
         }

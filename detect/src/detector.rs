@@ -603,11 +603,14 @@ impl Detector {
         let latest = state.last_seen.max(state.first_seen);
         if state.last_seen > 0 && t - latest > self.state_ttl.num_seconds() {
             let (offset, last_seen) = (state.offset, state.last_seen);
+            let last_id = std::mem::take(&mut state.last_id);
             let pending = std::mem::take(&mut state.pending);
             let folds = std::mem::take(&mut state.folds);
             **state = crate::anomaly::PrincipalState::default();
             state.offset = offset;
+            // When it last acted, and that it did (a failed sign-in is not acting).
             state.last_seen = last_seen;
+            state.last_id = last_id;
             // Countries still waiting are decisions owed, not memory; so are the closing
             // alerts of open folds (closed just below, their periods long over).
             state.pending = pending;

@@ -202,7 +202,10 @@ pub fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
     }
     if activity.actor.is_empty() {
         // Written before actors (schema version 1): resolved as ingest would now.
-        activity.actor = trailguard_common::contract::Actor::of(&activity.principal);
+        activity.actor = trailguard_common::contract::Actor::of_in(
+            &activity.principal,
+            activity.partition.as_deref(),
+        );
     }
     Ok(activity)
 }

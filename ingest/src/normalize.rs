@@ -476,13 +476,19 @@ fn arn_name(arn: &str) -> Option<String> {
 }
 
 fn region_partition(region: &str) -> &'static str {
-    if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else {
-        "aws"
-    }
+    const BY_PREFIX: [(&str, &str); 7] = [
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-iso-", "aws-iso"),
+        ("us-isob-", "aws-iso-b"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("us-isof-", "aws-iso-f"),
+        ("eusc-", "aws-eusc"),
+    ];
+    BY_PREFIX
+        .iter()
+        .find(|(prefix, _)| region.starts_with(prefix))
+        .map_or("aws", |(_, partition)| partition)
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
@@ -1028,6 +1034,35 @@ mod tests {
         let a = normalize(&cn)?;
         assert_eq!(a.partition.as_deref(), Some("aws-cn"));
         assert_eq!(a.principal.name.as_deref(), Some("bob"));
+        Ok(())
+    }
+
+    /// A failed sign-in names its IAM user without an ARN: the user's actor is built in the
+    /// partition of the region, so it meets the user's own activity there.
+    #[test]
+    fn a_failed_sign_in_is_its_user_in_the_region_s_partition() -> Result<(), NormalizeError> {
+        for (region, partition) in [
+            ("us-east-1", "aws"),
+            ("cn-north-1", "aws-cn"),
+            ("us-gov-west-1", "aws-us-gov"),
+            ("us-iso-east-1", "aws-iso"),
+            ("us-isob-east-1", "aws-iso-b"),
+            ("eu-isoe-west-1", "aws-iso-e"),
+            ("us-isof-south-1", "aws-iso-f"),
+            ("eusc-de-east-1", "aws-eusc"),
+        ] {
+            let raw = format!(
+                r#"{{"eventTime":"2024-01-01T00:00:00Z","eventName":"ConsoleLogin","eventSource":"signin.amazonaws.com","eventType":"AwsConsoleSignIn","awsRegion":"{region}","responseElements":{{"ConsoleLogin":"Failure"}},"errorMessage":"Failed authentication","userIdentity":{{"type":"IAMUser","principalId":"AIDAEXAMPLE","accountId":"111111111111","accessKeyId":"","userName":"alice"}}}}"#
+            );
+            let a = normalize(&raw)?;
+            assert_eq!(a.partition.as_deref(), Some(partition), "{region}");
+            assert_eq!(
+                a.actor.id,
+                format!("arn:{partition}:iam::111111111111:user/alice"),
+                "{region}"
+            );
+            assert_eq!(a.actor_key(), a.actor.id, "{region}");
+        }
         Ok(())
     }
 

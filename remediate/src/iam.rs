@@ -550,6 +550,36 @@ pub async fn user_tag(
         .map(|t| t.value().to_string()))
 }
 
+/// The ARN of the user or role `who` as IAM has it, path included (iam:GetUser, iam:GetRole):
+/// what a role session's ARN, or a user named without its path, does not say. `None` for the
+/// root user.
+pub async fn principal_arn(
+    client: &Client,
+    who: &Identity,
+) -> Result<Option<String>, trailguard_common::aws::CallError> {
+    match who {
+        Identity::User { name, .. } => {
+            let out = client
+                .get_user()
+                .user_name(name)
+                .send()
+                .await
+                .map_err(|e| trailguard_common::aws::CallError::of("iam:GetUser", &e))?;
+            Ok(out.user().map(|u| u.arn().to_string()))
+        }
+        Identity::Role { name, .. } => {
+            let out = client
+                .get_role()
+                .role_name(name)
+                .send()
+                .await
+                .map_err(|e| trailguard_common::aws::CallError::of("iam:GetRole", &e))?;
+            Ok(out.role().map(|r| r.arn().to_string()))
+        }
+        Identity::Root { .. } => Ok(None),
+    }
+}
+
 /// Undoes `require_sign_in` or `suspend_user` of `target` from its undo data; refuses undo
 /// data that names another principal than the action's target.
 pub async fn undo(client: &Client, target: &Identity, undo: &Value) -> IamResult {

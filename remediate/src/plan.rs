@@ -95,11 +95,12 @@ pub fn principal_refusal(
 }
 
 /// The forms of an IAM principal ARN pattern to compare: the pattern, and for a user or role
-/// pattern with a path, the same without it (IAM names are unique in an account whatever
-/// their path, and a role session's ARN never carries its role's path). When the name part
-/// has a wildcard, the path-less form is for role sessions only: it would choose more roles
-/// than the pattern does, and only for a session is the path unknown.
-fn pattern_forms(pattern: &str) -> (String, Option<String>, bool) {
+/// pattern with a path and a whole name, the same without the path (IAM names are unique in an
+/// account whatever their path, and a role session's ARN never carries its role's path). A
+/// pattern choosing by path (`role/ops/*`) has no such form: its name part would choose every
+/// role — a target whose path is unknown is judged when the action runs, with its ARN as IAM
+/// has it.
+fn pattern_forms(pattern: &str) -> (String, Option<String>) {
     let lower = pattern.to_ascii_lowercase();
     let parts: Vec<&str> = lower.splitn(6, ':').collect();
     let pathless = match parts[..] {
@@ -116,8 +117,8 @@ fn pattern_forms(pattern: &str) -> (String, Option<String>, bool) {
         _ => None,
     };
     match pathless {
-        Some((form, sessions_only)) => (lower, Some(form), sessions_only),
-        None => (lower, None, false),
+        Some((form, false)) => (lower, Some(form)),
+        _ => (lower, None),
     }
 }
 
@@ -130,16 +131,18 @@ fn pattern_refusal(
 ) -> Option<String> {
     let mut arns = vec![arn.to_ascii_lowercase()];
     let partition = crate::identity::Identity::partition_of(arn).unwrap_or("aws");
-    match crate::identity::Identity::parse(arn) {
-        Ok(crate::identity::Identity::Role { account, name }) => {
-            arns.push(format!("arn:{partition}:iam::{account}:role/{name}").to_ascii_lowercase());
+    // The target without its path, in its own partition and as `aws` (a pattern copied from
+    // the documentation's `arn:aws:` examples still protects in GovCloud and China).
+    let kind_and_name = match crate::identity::Identity::parse(arn) {
+        Ok(crate::identity::Identity::Role { account, name }) => Some((account, "role", name)),
+        Ok(crate::identity::Identity::User { account, name }) => Some((account, "user", name)),
+        _ => None,
+    };
+    if let Some((account, kind, name)) = kind_and_name {
+        for p in [partition, "aws"] {
+            arns.push(format!("arn:{p}:iam::{account}:{kind}/{name}").to_ascii_lowercase());
         }
-        Ok(crate::identity::Identity::User { account, name }) => {
-            arns.push(format!("arn:{partition}:iam::{account}:user/{name}").to_ascii_lowercase());
-        }
-        _ => {}
     }
-    let session = arn.split(':').nth(2) == Some("sts");
     let home =
         account_and_name(arn).filter(|(account, _)| protection.home_accounts.contains(account));
     let builtin_names = BUILTIN_PROTECTED_ROLE_NAMES
@@ -152,9 +155,8 @@ fn pattern_refusal(
         .chain(builtin_names)
         .chain(settings.protected_principals.iter().cloned());
     for pattern in patterns {
-        let (lower, pathless, sessions_only) = pattern_forms(&pattern);
+        let (lower, pathless) = pattern_forms(&pattern);
         let hit = if lower.starts_with("arn:") {
-            let pathless = pathless.filter(|_| session || !sessions_only);
             arns.iter().any(|n| {
                 wildcard_match(&lower, n) || pathless.as_ref().is_some_and(|p| wildcard_match(p, n))
             })
@@ -175,6 +177,32 @@ fn pattern_refusal(
         }
     }
     None
+}
+
+/// Whether a protection chooses users or roles by path (`arn:aws:iam::*:role/ops/*`): then
+/// a target whose ARN does not say its path (a role session; a user or role named without
+/// one) is judged again, when the action runs, with its ARN as IAM has it.
+pub fn path_decides(settings: &RemediateSettings, protection: &Protection) -> bool {
+    protection
+        .own
+        .iter()
+        .chain(&settings.protected_principals)
+        .any(|pattern| {
+            let lower = pattern.to_ascii_lowercase();
+            let parts: Vec<&str> = lower.splitn(6, ':').collect();
+            matches!(parts[..], ["arn", _, "iam", "", _, resource]
+            if resource.split_once('/').is_some_and(|(kind, path)| {
+                matches!(kind, "user" | "role") && path.contains('/')
+                    && path.rsplit('/').next().is_some_and(|name| name.contains('*'))
+            }))
+        })
+}
+
+/// Whether `arn` leaves its principal's path unsaid: a role session, or a user or role ARN
+/// without one (which may be the whole ARN, or one built from a name).
+pub fn path_unknown(arn: &str) -> bool {
+    let resource = arn.splitn(6, ':').nth(5).unwrap_or_default();
+    resource.starts_with("assumed-role/") || resource.matches('/').count() == 1
 }
 
 /// Why a bucket must not be touched, if so: `protected_buckets` compare case-insensitively.
@@ -557,9 +585,11 @@ mod tests {
             "arn:aws:iam::111111111111:role/breakglass/BreakGlassAdmin",
             "arn:aws-us-gov:sts::222222222222:assumed-role/GovAdmin/alice",
             "arn:aws-us-gov:iam::222222222222:role/GovAdmin",
-            // A session does not say its role's path: a pattern choosing roles by path is
-            // taken to cover every session it might (refusing is the safe side).
-            "arn:aws:sts::444444444444:assumed-role/AnyRole/s",
+            // A pattern written for `aws` (as the documentation's examples are) protects the
+            // same name in the other partitions too.
+            "arn:aws-us-gov:sts::222222222222:assumed-role/BreakGlassAdmin/x",
+            "arn:aws-cn:iam::222222222222:role/BreakGlassAdmin",
+            "arn:aws:iam::444444444444:role/ops/AnyRole",
         ] {
             assert!(principal_refusal(arn, &s, &p).is_some(), "{arn}");
         }
@@ -568,8 +598,32 @@ mod tests {
             "arn:aws:sts::222222222222:assumed-role/GovAdmin/alice",
             "arn:aws:iam::444444444444:role/dev/AnyRole",
             "arn:aws:sts::555555555555:assumed-role/AnyRole/s",
+            // A session does not say its role's path: a pattern choosing roles by path is
+            // judged when the action runs, with the role IAM has (`path_decides`).
+            "arn:aws:sts::444444444444:assumed-role/AnyRole/s",
         ] {
             assert_eq!(principal_refusal(arn, &s, &p), None, "{arn}");
+        }
+        assert!(path_decides(&s, &p));
+        let by_name = RemediateSettings {
+            protected_principals: vec![
+                "arn:aws:iam::*:role/breakglass/BreakGlassAdmin".into(),
+                "role/ops-*".into(),
+            ],
+            ..RemediateSettings::default()
+        };
+        assert!(
+            !path_decides(&by_name, &p),
+            "no IAM call when no path decides"
+        );
+        for (arn, unknown) in [
+            ("arn:aws:sts::1:assumed-role/R/s", true),
+            ("arn:aws:iam::1:role/R", true),
+            ("arn:aws:iam::1:user/u", true),
+            ("arn:aws:iam::1:role/ops/R", false),
+            ("arn:aws:iam::1:user/a/b/u", false),
+        ] {
+            assert_eq!(path_unknown(arn), unknown, "{arn}");
         }
         // Remediate's own role, in GovCloud and with a path, through its sessions.
         let p = Protection::new(

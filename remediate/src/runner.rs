@@ -579,6 +579,34 @@ async fn act(
                     return record;
                 }
             };
+            // A protection by path cannot be judged from an ARN that does not say it: judged
+            // again with the principal's ARN as IAM has it.
+            if crate::plan::path_decides(&cfg.remediate, protection)
+                && crate::plan::path_unknown(&target.id)
+            {
+                match iam::principal_arn(&client, &who).await {
+                    Ok(Some(full)) => {
+                        let refusal =
+                            crate::plan::principal_refusal(&full, &cfg.remediate, protection);
+                        if let Some(refusal) = refusal {
+                            record.outcome = ActionOutcome::Refused;
+                            record.detail = format!("refused: {refusal} (its ARN as IAM has it)");
+                            return record;
+                        }
+                    }
+                    // Not there: the action itself says so.
+                    Ok(None) => {}
+                    Err(err) if err.code.as_deref() == Some("NoSuchEntity") => {}
+                    Err(err) => {
+                        record.outcome = ActionOutcome::Failed;
+                        record.retryable = err.retryable;
+                        record.detail = format!(
+                            "reading the principal's path, to judge it against the protections: {err}"
+                        );
+                        return record;
+                    }
+                }
+            }
             let r = if decision.action.kind == ActionKind::SuspendUser {
                 iam::suspend_user_recorded(
                     &client,
@@ -1635,7 +1663,7 @@ impl Remediator {
             if let Err(why) = verdict {
                 metrics.alerts.with_label_values(&["rejected"]).inc();
                 metrics.rejected.with_label_values(&[why.as_str()]).inc();
-                tracing::warn!(alert_id = %in_short(&alert.id, ECHOED), policy = %in_short(&alert.policy_id, ECHOED), partition, offset, reason = %why, "alert rejected: not authentic; nothing done");
+                tracing::warn!(alert_id = %in_short(&alert.id, ECHOED), policy = %in_short(&alert.policy_id, ECHOED), partition, offset, reason = %in_short(&why.to_string(), 1_024), "alert rejected: not authentic; nothing done");
                 // One record per alert, however many actions it asks for, and only so many a
                 // minute: a flood of forgeries must not stall the loop or grow the actions
                 // topic without bound.

@@ -229,6 +229,71 @@ async fn a_lookalike_name_in_another_account_is_not_protected() -> Result<()> {
     Ok(())
 }
 
+/// A protection that chooses roles by path (`role/breakglass/*`) cannot be judged from a role
+/// session's ARN, which never carries the path: remediate asks IAM for the role (iam:GetRole)
+/// when the action runs. The session of a role under that path is refused; the session of a
+/// role elsewhere is acted on (it was refused too, when every session was taken for one under
+/// the path).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_protection_by_path_is_judged_with_the_role_iam_has() -> Result<()> {
+    let run = Run::new("trust-path")?;
+    let iam = iam_client().await?;
+    let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]});
+    let (guarded, plain) = (unique("Guarded"), unique("Plain"));
+    for (name, path) in [(&guarded, "/breakglass/"), (&plain, "/ops/")] {
+        iam.create_role()
+            .role_name(name)
+            .path(path)
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await?;
+    }
+    let config = remediate_config(&run, "")?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "protected_principals = [",
+        "protected_principals = [\"arn:aws:iam::*:role/breakglass/*\", ",
+    );
+    std::fs::write(&config, text)?;
+    let _remediate = run.spawn("remediate", &["--config", &config])?;
+    let alerts = run.topic("alerts");
+    wait_for_topic(&alerts, TIMEOUT)?;
+    for (id, role) in [("guarded", &guarded), ("plain", &plain)] {
+        let session = format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/oncall");
+        let alert = alert_asking(id, ActionKind::RequireSignIn, &session, ACCOUNT, None)?;
+        produce(&alerts, id, &signed(alert)?).await?;
+    }
+    let records = records_for(&run.topic("actions"), &["guarded", "plain"])?;
+    let refused = record_of(&records, "guarded")?;
+    assert_eq!(
+        refused.outcome,
+        ActionOutcome::Refused,
+        "{}",
+        refused.detail
+    );
+    assert!(refused.detail.contains("breakglass"), "{}", refused.detail);
+    let applied = record_of(&records, "plain")?;
+    assert_eq!(
+        applied.outcome,
+        ActionOutcome::Applied,
+        "{}",
+        applied.detail
+    );
+    let policy = |role: String| {
+        let iam = iam.clone();
+        async move {
+            iam.get_role_policy()
+                .role_name(role)
+                .policy_name("TrailguardRevokeOlderSessions")
+                .send()
+                .await
+                .is_ok()
+        }
+    };
+    assert!(!policy(guarded).await, "the protected role was changed");
+    assert!(policy(plain).await);
+    Ok(())
+}
+
 /// R6: removing an account-id grantee strips every principal of that account from the bucket
 /// policy; when one of them is protected the action is refused and the policy left whole.
 #[tokio::test(flavor = "multi_thread")]

@@ -1067,23 +1067,26 @@ impl Anomalies {
         let mut out = Vec::new();
         // New, or forgotten after `state_ttl` (only its last activity's time is kept).
         let new_principal = st.first_seen == 0;
-        let previous = st.last_seen;
         // A failed sign-in names the actor without proving anything of it: it is no return
-        // from a silence, and it does not end one (nor is it the activity a termination is
-        // judged by) — once the actor has been seen at all.
-        let acted = !named_only(a) || previous == 0;
+        // from a silence, it does not end one, nor start one (nor is it the activity a
+        // termination is judged by). An actor that has acted itself has a `last_id`; one known
+        // only by failures has none, and its `last_seen` is its latest failure (how recently
+        // it was seen, for pruning and eviction), never a time it acted.
+        let acted = !named_only(a);
+        let has_acted = !st.last_id.is_empty();
+        let previous = if has_acted { st.last_seen } else { 0 };
         if new_principal {
             st.first_seen = t;
         }
         st.first_seen = st.first_seen.min(t);
-        if acted && t >= st.last_seen {
+        if acted && (t >= st.last_seen || !has_acted) {
             st.last_id = ActivityId::new(&a.id);
             let key = a.principal.access_key_id.as_deref().unwrap_or("");
             if *st.last_key != *key {
                 st.last_key = key.into();
             }
         }
-        if acted {
+        if acted || !has_acted {
             st.last_seen = st.last_seen.max(t);
         }
         let seen = Seen {
@@ -1093,7 +1096,7 @@ impl Anomalies {
             corporate: a.enrichment.ip_categories.iter().any(|c| c == "corporate"),
             peers: peers.rates,
         };
-        if !named_only(a) {
+        if acted {
             self.dormant(st, &seen, previous, &mut out);
         }
         self.mfa(st, &seen, &mut out);
@@ -1506,6 +1509,18 @@ mod tests {
             "{:#?}",
             dormant[0]
         );
+    }
+
+    /// Failed sign-ins naming an actor never seen before do not start a silence: its first
+    /// own activity, a month on, is a newcomer's, not a return.
+    #[test]
+    fn failed_sign_ins_alone_start_no_silence() {
+        let mut failed = signin(0, true);
+        failed.principal.arn = None;
+        failed.actor = trailguard_common::contract::Actor::of(&failed.principal);
+        let acts = [failed, signin(40 * DAY, false)];
+        assert_eq!(acts[0].actor.id, acts[1].actor.id, "one actor");
+        assert!(ids(&run(&acts), "dormant-principal").is_empty());
     }
 
     #[test]

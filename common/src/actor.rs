@@ -120,7 +120,8 @@ impl Actor {
         let name = principal.name.as_deref().unwrap_or_default();
         if principal.is_root {
             let id = if arn.is_empty() {
-                format!("arn:aws:iam::{account}:root")
+                let partition = partition.filter(|p| !p.is_empty()).unwrap_or("aws");
+                format!("arn:{partition}:iam::{account}:root")
             } else {
                 arn.to_string()
             };

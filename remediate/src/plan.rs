@@ -131,6 +131,13 @@ fn pattern_refusal(
 ) -> Option<String> {
     let mut arns = vec![arn.to_ascii_lowercase()];
     let partition = crate::identity::Identity::partition_of(arn).unwrap_or("aws");
+    // The ARN as `aws` too: a pattern copied from the documentation's `arn:aws:` examples
+    // protects in GovCloud and China as well, path and all.
+    if partition != "aws" {
+        if let Some((_, rest)) = arn.split_once(':').and_then(|(_, r)| r.split_once(':')) {
+            arns.push(format!("arn:aws:{rest}").to_ascii_lowercase());
+        }
+    }
     // The target without its path, in its own partition and as `aws` (a pattern copied from
     // the documentation's `arn:aws:` examples still protects in GovCloud and China).
     let kind_and_name = match crate::identity::Identity::parse(arn) {
@@ -179,9 +186,11 @@ fn pattern_refusal(
     None
 }
 
-/// Whether a protection chooses users or roles by path (`arn:aws:iam::*:role/ops/*`): then
-/// a target whose ARN does not say its path (a role session; a user or role named without
-/// one) is judged again, when the action runs, with its ARN as IAM has it.
+/// Whether a protection may choose users or roles by their path: an IAM ARN pattern with a
+/// wildcard in its resource (`…:role/breakglass/*`, `…:role/breakglass*`, `…:*/ops/*` — a
+/// wildcard matches `/` too). Then a principal action is judged again, when it runs, with the
+/// principal's ARN as IAM has it: a session's ARN never says its role's path, and a user's or
+/// role's may be out of date (moved since, or re-created).
 pub fn path_decides(settings: &RemediateSettings, protection: &Protection) -> bool {
     protection
         .own
@@ -190,19 +199,8 @@ pub fn path_decides(settings: &RemediateSettings, protection: &Protection) -> bo
         .any(|pattern| {
             let lower = pattern.to_ascii_lowercase();
             let parts: Vec<&str> = lower.splitn(6, ':').collect();
-            matches!(parts[..], ["arn", _, "iam", "", _, resource]
-            if resource.split_once('/').is_some_and(|(kind, path)| {
-                matches!(kind, "user" | "role") && path.contains('/')
-                    && path.rsplit('/').next().is_some_and(|name| name.contains('*'))
-            }))
+            matches!(parts[..], ["arn", _, "iam" | "*", _, _, resource] if resource.contains('*'))
         })
-}
-
-/// Whether `arn` leaves its principal's path unsaid: a role session, or a user or role ARN
-/// without one (which may be the whole ARN, or one built from a name).
-pub fn path_unknown(arn: &str) -> bool {
-    let resource = arn.splitn(6, ':').nth(5).unwrap_or_default();
-    resource.starts_with("assumed-role/") || resource.matches('/').count() == 1
 }
 
 /// Why a bucket must not be touched, if so: `protected_buckets` compare case-insensitively.
@@ -616,15 +614,25 @@ mod tests {
             !path_decides(&by_name, &p),
             "no IAM call when no path decides"
         );
-        for (arn, unknown) in [
-            ("arn:aws:sts::1:assumed-role/R/s", true),
-            ("arn:aws:iam::1:role/R", true),
-            ("arn:aws:iam::1:user/u", true),
-            ("arn:aws:iam::1:role/ops/R", false),
-            ("arn:aws:iam::1:user/a/b/u", false),
+        for pattern in [
+            "arn:aws:iam::*:role/breakglass*",
+            "arn:aws:iam::*:role/*breakglass*",
+            "arn:aws:iam::*:*/breakglass/*",
+            "arn:aws:iam::111111111111:*",
         ] {
-            assert_eq!(path_unknown(arn), unknown, "{arn}");
+            let s = RemediateSettings {
+                protected_principals: vec![pattern.into()],
+                ..RemediateSettings::default()
+            };
+            assert!(path_decides(&s, &p), "{pattern}");
         }
+        // In GovCloud, as IAM gives a role under a path, against an `arn:aws:` pattern.
+        let ops = RemediateSettings {
+            protected_principals: vec!["arn:aws:iam::*:role/ops/*".into()],
+            ..RemediateSettings::default()
+        };
+        let gov = "arn:aws-us-gov:iam::222222222222:role/ops/AnyRole";
+        assert!(principal_refusal(gov, &ops, &p).is_some());
         // Remediate's own role, in GovCloud and with a path, through its sessions.
         let p = Protection::new(
             "111111111111",

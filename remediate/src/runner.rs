@@ -579,11 +579,10 @@ async fn act(
                     return record;
                 }
             };
-            // A protection by path cannot be judged from an ARN that does not say it: judged
-            // again with the principal's ARN as IAM has it.
-            if crate::plan::path_decides(&cfg.remediate, protection)
-                && crate::plan::path_unknown(&target.id)
-            {
+            // A protection by path cannot be judged from an ARN that does not say it (a
+            // session's) or may say it wrong (a user moved since): judged again with the
+            // principal's ARN as IAM has it.
+            if crate::plan::path_decides(&cfg.remediate, protection) {
                 match iam::principal_arn(&client, &who).await {
                     Ok(Some(full)) => {
                         let refusal =

@@ -1086,7 +1086,11 @@ impl Anomalies {
                 st.last_key = key.into();
             }
         }
-        if acted || !has_acted {
+        if acted && !has_acted {
+            // Its first own activity: whatever failures came before (even later ones, read
+            // out of order) are not when it acted.
+            st.last_seen = t;
+        } else if acted || !has_acted {
             st.last_seen = st.last_seen.max(t);
         }
         let seen = Seen {
@@ -1486,16 +1490,24 @@ mod tests {
         }
     }
 
+    /// A failed sign-in of alice, as CloudTrail writes it for an IAM user: without an ARN.
+    fn failed_without_arn(t: i64) -> Activity {
+        let mut failed = signin(t, true);
+        failed.principal.arn = None;
+        failed.actor = trailguard_common::contract::Actor::of(&failed.principal);
+        failed
+    }
+
     /// A failed console sign-in proves no credential: anyone can type alice's name. It is not
     /// alice acting again after a silence, and it does not end her silence either — her own
     /// return a day later is still judged against when she last acted.
     #[test]
     fn a_failed_sign_in_neither_is_nor_hides_a_dormant_return() {
-        // As CloudTrail writes a failed sign-in of an IAM user: no ARN.
-        let mut failed = signin(40 * DAY, true);
-        failed.principal.arn = None;
-        failed.actor = trailguard_common::contract::Actor::of(&failed.principal);
-        let acts = [signin(0, false), failed, signin(41 * DAY, false)];
+        let acts = [
+            signin(0, false),
+            failed_without_arn(40 * DAY),
+            signin(41 * DAY, false),
+        ];
         assert_eq!(acts[0].actor.id, acts[1].actor.id, "one actor");
         let alerts = run(&acts);
         let dormant: Vec<&Alert> = alerts
@@ -1515,12 +1527,16 @@ mod tests {
     /// own activity, a month on, is a newcomer's, not a return.
     #[test]
     fn failed_sign_ins_alone_start_no_silence() {
-        let mut failed = signin(0, true);
-        failed.principal.arn = None;
-        failed.actor = trailguard_common::contract::Actor::of(&failed.principal);
-        let acts = [failed, signin(40 * DAY, false)];
+        let acts = [failed_without_arn(0), signin(40 * DAY, false)];
         assert_eq!(acts[0].actor.id, acts[1].actor.id, "one actor");
         assert!(ids(&run(&acts), "dormant-principal").is_empty());
+        // Read out of order, a failure later than the actor's first own activity is not when
+        // it last acted.
+        let an = Anomalies::new(AnomalyConfig::default(), true);
+        let (mut st, mut org) = (PrincipalState::default(), crate::census::Census::default());
+        an.observe(&mut st, &mut org, &failed_without_arn(40 * DAY));
+        an.observe(&mut st, &mut org, &signin(0, false));
+        assert_eq!(st.last_seen, 1_700_000_000);
     }
 
     #[test]

@@ -197,6 +197,12 @@ impl Filter {
             }
             "regex" => {
                 need(&operands)?;
+                if operands.len() > 1 {
+                    return Err(err(
+                        "value",
+                        "give one pattern (alternatives inside it, with `|`)".into(),
+                    ));
+                }
                 let re = Regex::new(&operands[0])
                     .map_err(|e| err("value", format!("bad regex: {e}")))?;
                 Test::Regex(re)
@@ -269,6 +275,12 @@ struct Policy {
     actions: Vec<ActionKind>,
 }
 
+/// The highest threshold a policy may count to (each group keeps up to twice as many matches).
+const MAX_THRESHOLD: usize = 10_000;
+/// Most groups a partition keeps windows for, over all policies: past it, those whose latest
+/// match is oldest are forgotten (a tenth at a time).
+pub const MAX_GROUPS: usize = 100_000;
+
 /// Checks and compiles the configured policies; errors name the policy and field.
 fn compile(cfgs: &[CustomPolicyConfig]) -> Result<Vec<Policy>, trailguard_common::Error> {
     let mut out = Vec::new();
@@ -283,6 +295,17 @@ fn compile(cfgs: &[CustomPolicyConfig]) -> Result<Vec<Policy>, trailguard_common
             return Err(trailguard_common::Error::config(
                 &format!("{at}.id"),
                 format!("`{}`: use lower-case letters, digits and -", c.id),
+            ));
+        }
+        // A built-in policy's id, or a Sigma rule's, would take on its remediation mode and
+        // its place in `act_on_failed_activity`.
+        let builtin = crate::config::builtin_policies()
+            .iter()
+            .any(|meta| meta.id == c.id);
+        if builtin || c.id.starts_with("sigma-") {
+            return Err(trailguard_common::Error::config(
+                &format!("{at}.id"),
+                format!("`{}` is a built-in policy's or a Sigma rule's id", c.id),
             ));
         }
         if !seen.insert(c.id.clone()) {
@@ -304,10 +327,10 @@ fn compile(cfgs: &[CustomPolicyConfig]) -> Result<Vec<Policy>, trailguard_common
             .enumerate()
             .map(|(j, f)| Filter::compile(f, &format!("{at}.filters[{j}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        if c.threshold == 0 {
+        if c.threshold == 0 || c.threshold > MAX_THRESHOLD {
             return Err(trailguard_common::Error::config(
                 &format!("{at}.threshold"),
-                "must be at least 1",
+                format!("must be between 1 and {MAX_THRESHOLD}"),
             ));
         }
         let window = match (c.threshold, c.window) {
@@ -433,12 +456,21 @@ impl Custom {
             let (ids, entity_kind) = if p.threshold <= 1 {
                 (vec![a.id.clone()], "principal")
             } else {
+                if self.windows.len() >= MAX_GROUPS
+                    && !self.windows.contains_key(&(i, group.clone()))
+                {
+                    forget_oldest_groups(&mut self.windows);
+                }
                 let window = self.windows.entry((i, group.clone())).or_default();
                 if window.iter().any(|(_, _, id)| *id == a.id) {
                     continue;
                 }
                 let at = window.partition_point(|(t, _, _)| *t <= a.event_time);
                 window.insert(at, (a.event_time, offset, a.id.clone()));
+                // Twice the threshold is more than any burst needs, out of order or not.
+                while window.len() > 2 * p.threshold {
+                    window.pop_front();
+                }
                 // Matches within `window` of this one, before and after (out-of-order safe).
                 let lo = a.event_time - p.window;
                 let hi = a.event_time + p.window;
@@ -504,17 +536,17 @@ impl Custom {
         out
     }
 
-    /// Drops window entries older than `watermark` minus the longest window.
+    /// Drops window entries older than `watermark` minus their policy's window.
     pub fn expire(&mut self, watermark: chrono::DateTime<chrono::Utc>) {
-        let longest = self
+        let horizons: Vec<Option<chrono::DateTime<chrono::Utc>>> = self
             .policies
             .iter()
-            .map(|p| p.window)
-            .max()
-            .unwrap_or_default();
-        let horizon = watermark - longest;
-        self.windows.retain(|_, w| {
-            w.retain(|(t, _, _)| *t >= horizon);
+            .map(|p| watermark.checked_sub_signed(p.window))
+            .collect();
+        self.windows.retain(|(i, _), w| {
+            if let Some(Some(horizon)) = horizons.get(*i) {
+                w.retain(|(t, _, _)| t >= horizon);
+            }
             !w.is_empty()
         });
     }
@@ -525,6 +557,29 @@ impl Custom {
             .values()
             .flat_map(|w| w.iter().map(|(_, o, _)| *o))
             .min()
+    }
+}
+
+/// Forgets the tenth of `windows` whose latest match is oldest (the event time breaks no
+/// ties by itself: the key does, so the choice is the same on every run).
+fn forget_oldest_groups(windows: &mut HashMap<(usize, String), VecDeque<Match>>) {
+    let n = (windows.len() / 10).max(1);
+    let mut by_age: Vec<(chrono::DateTime<chrono::Utc>, (usize, String))> = windows
+        .iter()
+        .map(|(k, w)| {
+            (
+                w.back().map_or(chrono::DateTime::UNIX_EPOCH, |m| m.0),
+                k.clone(),
+            )
+        })
+        .collect();
+    let n = n.min(by_age.len());
+    if n == 0 {
+        return;
+    }
+    by_age.select_nth_unstable(n - 1);
+    for (_, key) in by_age.into_iter().take(n) {
+        windows.remove(&key);
     }
 }
 
@@ -627,6 +682,61 @@ mod tests {
         assert_eq!(reversed.len(), 1);
     }
 
+    /// One match per made-up value (an address, a user agent) makes a group each: the groups a
+    /// partition keeps are bounded, and so is each group's window; each policy's window is
+    /// kept for its own length, not the longest of all.
+    #[test]
+    fn windows_are_bounded_however_many_groups_matches_make() {
+        let cfg = policy(
+            r#"
+            [[custom]]
+            id = "by-agent"
+            filters = [{ field = "event_name", op = "equals", value = "ConsoleLogin" }]
+            threshold = 3
+            window = "1h"
+            group_by = "user_agent"
+            [[custom]]
+            id = "spread"
+            filters = [{ field = "event_name", op = "equals", value = "ListBuckets" }]
+            threshold = 3
+            window = "1h"
+            [[custom]]
+            id = "month"
+            filters = [{ field = "event_name", op = "equals", value = "GetCallerIdentity" }]
+            threshold = 3
+            window = "30d"
+        "#,
+        );
+        let mut custom = Custom::new(&cfg);
+        let mut offset = 0;
+        for i in 0..(MAX_GROUPS as i64 + 5_000) {
+            let mut a = activity(i, "ConsoleLogin", "203.0.113.5");
+            a.user_agent = Some(format!("agent-{i}"));
+            custom.observe(&a, offset);
+            offset += 1;
+        }
+        assert!(
+            custom.windows.len() <= MAX_GROUPS,
+            "{}",
+            custom.windows.len()
+        );
+        // Matches two hours apart never make a burst of an hour: at most twice the threshold
+        // of them are kept.
+        for i in 0..100 {
+            custom.observe(&activity(i * 7_200, "ListBuckets", "203.0.113.5"), offset);
+            offset += 1;
+        }
+        custom.observe(&activity(0, "GetCallerIdentity", "203.0.113.5"), offset);
+        let spread = custom.windows.iter().find(|((p, _), _)| *p == 1);
+        assert!(spread.is_some_and(|(_, w)| w.len() <= 6), "{spread:?}");
+        // Two hours after the last, the hour-long policies' groups are gone; the month-long
+        // one's stays.
+        let watermark = chrono::DateTime::from_timestamp(1_700_000_000 + 99 * 7_200 + 7_200, 0);
+        custom.expire(watermark.unwrap_or_default());
+        let left: Vec<usize> = custom.windows.keys().map(|(p, _)| *p).collect();
+        assert_eq!(left, [2]);
+    }
+
     #[test]
     fn bad_policies_name_policy_and_field() {
         let cases = [
@@ -666,6 +776,34 @@ mod tests {
                 id = "Bad Id"
                 filters = [{ field = "event_name", op = "equals", value = "A" }]"#,
                 "policies.custom[0].id",
+            ),
+            // Only the first of several patterns was ever compiled.
+            (
+                r#"[[custom]]
+                id = "x"
+                filters = [{ field = "user_agent", op = "regex", values = ["^curl", "^python"] }]"#,
+                "policies.custom[0] (x).filters[0].value",
+            ),
+            // A built-in policy's id (or a Sigma rule's) would take on its remediation mode.
+            (
+                r#"[[custom]]
+                id = "impossible-travel"
+                filters = [{ field = "event_name", op = "equals", value = "A" }]"#,
+                "policies.custom[0].id",
+            ),
+            (
+                r#"[[custom]]
+                id = "sigma-x"
+                filters = [{ field = "event_name", op = "equals", value = "A" }]"#,
+                "policies.custom[0].id",
+            ),
+            (
+                r#"[[custom]]
+                id = "x"
+                threshold = 10001
+                window = "1h"
+                filters = [{ field = "event_name", op = "equals", value = "A" }]"#,
+                "policies.custom[0] (x).threshold",
             ),
         ];
         for (text, key) in cases {

@@ -289,6 +289,18 @@ impl IntelLists {
                 (None, Some(url)) => (url.clone(), fetch(url).await.map_err(|e| e.to_string())),
                 (None, None) => continue,
             };
+            // Text of which not one line is an address (an error page served as 200, a file
+            // in another format) is not the list: the last one read stays.
+            let text = text.and_then(|text| {
+                let (read, bad) = Intel::default().add(&list.category, &text);
+                if read == 0 && bad > 0 {
+                    Err(format!(
+                        "not one of its {bad} lines is an address or network"
+                    ))
+                } else {
+                    Ok(text)
+                }
+            });
             match text {
                 Ok(text) => self.texts[i] = Some(text),
                 Err(error) => {
@@ -669,6 +681,24 @@ mod tests {
         std::fs::remove_file(&tor).ok();
         assert_eq!(lists.read().await, 2);
         assert_eq!(lists.intel().categories(ip("185.220.101.9")), ["tor"]);
+        // So does one that comes back as something else (an error page): not an empty list.
+        std::fs::write(
+            &tor,
+            "<html><body>503 Service Unavailable</body></html>
+",
+        )
+        .ok();
+        assert_eq!(lists.read().await, 2);
+        assert_eq!(lists.intel().categories(ip("185.220.101.9")), ["tor"]);
+        // An empty list is a list (nothing listed today).
+        std::fs::write(
+            &tor,
+            "# no exits today
+",
+        )
+        .ok();
+        assert_eq!(lists.read().await, 1);
+        assert!(lists.intel().categories(ip("185.220.101.9")).is_empty());
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -85,6 +85,12 @@ impl LookupSourceConfig {
                 "must be at least 15m: events can become visible to LookupEvents that late, and a shorter overlap never reads them",
             ));
         }
+        if self.poll_interval < Duration::from_secs(1) {
+            return Err(trailguard_common::Error::config(
+                "lookup.poll_interval",
+                "must be at least 1s",
+            ));
+        }
         if self.backfill > Duration::from_secs(90 * 86_400) {
             return Err(trailguard_common::Error::config(
                 "lookup.backfill",
@@ -479,6 +485,14 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("lookup.overlap"), "{err}");
+        cfg.overlap = MIN_OVERLAP;
+        cfg.poll_interval = Duration::ZERO;
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("lookup.poll_interval"), "{err}");
     }
 
     #[test]

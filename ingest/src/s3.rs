@@ -58,6 +58,9 @@ pub struct S3SourceConfig {
 /// than the window are not listed again; SQS notifications have no such limit.
 pub const RELIST_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// The most `stream_above_bytes` may be: objects up to it are read whole, several at once.
+pub const MAX_READ_WHOLE: u64 = 1 << 30;
+
 /// Default of `stream_above_bytes`: 32 MiB.
 pub const STREAM_ABOVE_BYTES: u64 = 32 << 20;
 
@@ -90,6 +93,19 @@ impl S3SourceConfig {
             return Err(trailguard_common::Error::config(
                 "s3.prefix",
                 "must end with `/`",
+            ));
+        }
+        // Zero listed the bucket back to back, without a pause.
+        if self.poll_interval < std::time::Duration::from_secs(1) {
+            return Err(trailguard_common::Error::config(
+                "s3.poll_interval",
+                "must be at least 1s",
+            ));
+        }
+        if self.stream_above_bytes > MAX_READ_WHOLE {
+            return Err(trailguard_common::Error::config(
+                "s3.stream_above_bytes",
+                "must be at most 1 GiB (objects up to it are read whole, into memory)",
             ));
         }
         Ok(())
@@ -815,6 +831,38 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_pause_of_nothing_and_objects_too_large_to_hold_are_refused() {
+        let valid = S3SourceConfig {
+            bucket: "trail".into(),
+            ..S3SourceConfig::default()
+        };
+        assert!(valid.validate().is_ok());
+        for (broken, key) in [
+            (
+                S3SourceConfig {
+                    poll_interval: std::time::Duration::ZERO,
+                    ..valid.clone()
+                },
+                "s3.poll_interval",
+            ),
+            (
+                S3SourceConfig {
+                    stream_above_bytes: MAX_READ_WHOLE + 1,
+                    ..valid.clone()
+                },
+                "s3.stream_above_bytes",
+            ),
+        ] {
+            let err = broken
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
 
     #[test]
     fn log_file_names() {

@@ -63,6 +63,12 @@ impl SqsSourceConfig {
                 "must name the queue (or pass --queue-url)",
             ));
         }
+        if self.stream_above_bytes > crate::s3::MAX_READ_WHOLE {
+            return Err(trailguard_common::Error::config(
+                "sqs.stream_above_bytes",
+                "must be at most 1 GiB (objects up to it are read whole, into memory, up to fetch_ahead + 1 at once)",
+            ));
+        }
         if self.wait_time > Duration::from_secs(20) {
             return Err(trailguard_common::Error::config(
                 "sqs.wait_time",
@@ -138,12 +144,19 @@ fn parse_value(value: &Value, depth: u8) -> Result<Notification, String> {
             .ok_or("`s3ObjectKey` is not a list")?;
         let objects = keys
             .iter()
-            .filter_map(Value::as_str)
-            .map(|key| ObjectRef {
-                bucket: bucket.clone(),
-                key: key.to_string(),
+            .map(|key| {
+                let key = key
+                    .as_str()
+                    .ok_or("an `s3ObjectKey` item is not a string")?;
+                Ok(ObjectRef {
+                    bucket: bucket.clone(),
+                    key: key.to_string(),
+                })
             })
-            .collect::<Vec<_>>();
+            .collect::<Result<Vec<_>, String>>()?;
+        if objects.is_empty() {
+            return Err("`s3ObjectKey` names no file".into());
+        }
         return Ok(Notification::Objects(objects));
     }
     // S3 event notification.
@@ -163,6 +176,9 @@ fn parse_value(value: &Value, depth: u8) -> Result<Notification, String> {
                 bucket,
                 key: decode_key(&key),
             });
+        }
+        if objects.is_empty() {
+            return Err("S3 event notification with no records".into());
         }
         return Ok(Notification::Objects(objects));
     }
@@ -616,6 +632,13 @@ mod tests {
                 },
                 "sqs.queue_url",
             ),
+            (
+                SqsSourceConfig {
+                    stream_above_bytes: 2 << 30,
+                    ..valid.clone()
+                },
+                "sqs.stream_above_bytes",
+            ),
         ] {
             let err = broken
                 .validate()
@@ -668,5 +691,15 @@ mod tests {
         assert!(parse("nope").is_err());
         assert!(parse(r#"{"hello": 1}"#).is_err());
         assert!(parse(r#"{"Type":"Notification","Message":"{oops"}"#).is_err());
+        // A notification that names no file, or names one with something that is not a key,
+        // is dead-lettered, not deleted as handled.
+        for body in [
+            r#"{"s3Bucket":"b","s3ObjectKey":[{"k":1}]}"#,
+            r#"{"s3Bucket":"b","s3ObjectKey":["AWSLogs/a.json.gz",7]}"#,
+            r#"{"s3Bucket":"b","s3ObjectKey":[]}"#,
+            r#"{"Records":[]}"#,
+        ] {
+            assert!(parse(body).is_err(), "{body}");
+        }
     }
 }

@@ -70,6 +70,11 @@ fn bad_configuration_names_the_key() -> Result<()> {
             "[policies.anomaly]\ndormant_after = \"1000000years\"\n",
             "policies.anomaly.dormant_after",
         ),
+        (
+            "detect",
+            "[[policies.custom]]\nid = \"impossible-travel\"\nfilters = [{ field = \"event_name\", op = \"equals\", value = \"A\" }]\n",
+            "policies.custom[0].id",
+        ),
     ];
     for (i, (binary, toml, key)) in cases.into_iter().enumerate() {
         let path = dir.join(format!("{i}.toml"));

@@ -496,19 +496,35 @@ fn find(corr: &Correlation, window: &VecDeque<Match>, t: DateTime<Utc>) -> Optio
         }
         Kind::TemporalOrdered => {
             let steps = corr.rules.len();
-            for s in 0..near.len() {
+            let n = near.len();
+            // next[k - 1][j]: the first of `near` at or after j that is step k's (n: none).
+            // Each start then finds its chain in `steps` lookups: scanning forward from every
+            // start cost the square of the group (a guesser's thousands of first steps that no
+            // second step follows took hours per match).
+            let mut next = vec![vec![n; n + 1]; steps.saturating_sub(1)];
+            for (k, next) in next.iter_mut().enumerate() {
+                for j in (0..n).rev() {
+                    next[j] = if window[near[j]].rules & (1 << (k + 1)) != 0 {
+                        j
+                    } else {
+                        next[j + 1]
+                    };
+                }
+            }
+            for s in 0..n {
                 if window[near[s]].rules & 1 == 0 {
                     continue;
                 }
                 // Earliest next step after each: the earliest end for this start.
                 let mut chosen = vec![near[s]];
-                for (j, &i) in near.iter().enumerate().skip(s + 1) {
-                    if chosen.len() == steps || time(j) - time(s) > span {
+                let mut at = s;
+                for next in &next {
+                    let j = next[at + 1];
+                    if j == n || time(j) - time(s) > span {
                         break;
                     }
-                    if window[i].rules & (1 << chosen.len()) != 0 {
-                        chosen.push(i);
-                    }
+                    chosen.push(near[j]);
+                    at = j;
                 }
                 if chosen.len() == steps {
                     return Some(chosen);

@@ -282,6 +282,35 @@ fn temporal_in_any_order_and_temporal_ordered_in_order() {
     assert_eq!(run(&either, &[key(0, "eve")]).1.len(), 1);
 }
 
+/// An ordered correlation over a group of thousands of first steps that no second step
+/// follows (a guesser's failed sign-ins) still finds the chain the next step completes — the
+/// earliest start's, with the earliest steps after it.
+#[test]
+fn an_ordered_correlation_over_a_large_group_finds_its_chain() {
+    let rules = loaded(&[
+        ("failed.yml", &rule("login-failed", "ConsoleLogin")),
+        ("attach.yml", &rule("attach-policy", "AttachUserPolicy")),
+        (
+            "c.yml",
+            &correlation(
+                "guess-then-persist",
+                "  type: temporal_ordered\n  rules:\n    - login-failed\n    - attach-policy\n  group-by:\n    - userIdentity.arn\n  timespan: 1h",
+            ),
+        ),
+    ]);
+    let mut acts: Vec<Activity> = (0..3_000)
+        .map(|s| failure(s, "eve", "198.51.100.7"))
+        .collect();
+    acts.push(at(3_100, "eve", json!({"eventName": "AttachUserPolicy"})));
+    let (_, correlated) = run(&rules, &acts);
+    assert_eq!(correlated.len(), 1);
+    // The first failure within the hour before the step that completes it, then that step.
+    assert_eq!(
+        correlated[0].evidence.activity_ids,
+        [acts[0].id.clone(), acts[3_000].id.clone()]
+    );
+}
+
 #[test]
 fn aliases_name_each_rules_field() {
     // Who created a key, and for whom a key was created: the same person, by two fields.
@@ -453,6 +482,14 @@ fn correlations_that_cannot_run_stop_start_up_naming_the_construct() {
         ("  type: value_count\n  rules:\n    - login-failed\n  timespan: 10m\n  condition:\n    gte: 5", "condition field"),
         ("  type: event_count\n  rules:\n    - login-failed\n  timespan: 90d\n  condition:\n    gte: 5", "timespan 90d"),
         ("  type: temporal_ordered\n  rules:\n    - login-failed\n  timespan: 10m\n  condition:\n    gte: 5", "temporal_ordered"),
+        // Every match carries every group-by field: thousands would make each megabytes.
+        (
+            &format!(
+                "  type: event_count\n  rules:\n    - login-failed\n  group-by:\n{}  timespan: 10m\n  condition:\n    gte: 5",
+                "    - sourceIPAddress\n".repeat(9)
+            ),
+            "at most 8",
+        ),
     ];
     for (body, construct) in cases {
         let err = load(

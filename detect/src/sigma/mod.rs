@@ -882,6 +882,9 @@ fn supported(rule: &SigmaRule) -> Result<(), String> {
     Ok(())
 }
 
+/// Most fields a correlation groups by.
+const MAX_GROUP_BY: usize = 8;
+
 /// What a checked correlation is: kind, referred rules, group-by, value_count's field, the
 /// count needed, the timespan.
 type Checked = (
@@ -1002,6 +1005,14 @@ fn correlation_of(
             by_rule,
         })
     };
+    // Every group key and every forwarded match carries each field: a few are what a
+    // correlation groups by, thousands would make each match megabytes.
+    if rule.group_by.len() > MAX_GROUP_BY {
+        return Err(format!(
+            "group-by names {} fields; at most {MAX_GROUP_BY}",
+            rule.group_by.len()
+        ));
+    }
     let group_by = rule
         .group_by
         .iter()

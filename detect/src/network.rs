@@ -127,15 +127,21 @@ struct Range {
     asn: u32,
     /// Index into the organization names.
     org: u32,
+    /// Which configured database it came from (its place in `geo.asn_databases`).
+    source: u32,
 }
 
 /// The AS databases.
 #[derive(Default)]
 pub struct AsnDb {
-    readers: Vec<maxminddb::Reader<Vec<u8>>>,
-    /// Sorted by first address.
+    /// MMDB readers with their place in `geo.asn_databases`.
+    readers: Vec<(u32, maxminddb::Reader<Vec<u8>>)>,
+    /// Disjoint and sorted by first address once [`AsnDb::sorted`] has run: where the files'
+    /// ranges overlap, each address keeps the range that wins it (see [`disjoint`]).
     ranges: Vec<Range>,
     organizations: Vec<Box<str>>,
+    /// Databases added so far (the next one's place).
+    sources: u32,
 }
 
 /// An MMDB record in the GeoLite2-ASN layout.
@@ -170,8 +176,9 @@ impl AsnDb {
                 )
             };
             if path.extension().is_some_and(|e| e == "mmdb") {
-                db.readers
-                    .push(maxminddb::Reader::open_readfile(path).map_err(|e| cannot(&e))?);
+                let reader = maxminddb::Reader::open_readfile(path).map_err(|e| cannot(&e))?;
+                db.readers.push((db.sources, reader));
+                db.sources += 1;
                 continue;
             }
             let text = std::fs::read_to_string(path).map_err(|e| cannot(&e))?;
@@ -184,14 +191,15 @@ impl AsnDb {
             }
             tracing::info!(file = %path.display(), ranges = read, "AS database loaded");
         }
-        db.ranges.sort_unstable_by_key(|r| r.first);
-        Ok(Some(db))
+        Ok(Some(db.sorted()))
     }
 
     /// Adds the ranges of a CSV text (`first,last,asn,organization`, the organization
-    /// optionally in double quotes); returns (ranges read, lines not understood). Call
-    /// [`AsnDb::sorted`] after the last.
+    /// optionally in double quotes) as the next database; returns (ranges read, lines not
+    /// understood). Call [`AsnDb::sorted`] after the last.
     pub fn add_csv(&mut self, text: &str) -> (usize, usize) {
+        let source = self.sources;
+        self.sources += 1;
         let (mut read, mut bad) = (0, 0);
         let mut last_org: Option<(String, u32)> = None;
         for line in text.lines() {
@@ -228,21 +236,31 @@ impl AsnDb {
                 last,
                 asn,
                 org,
+                source,
             });
             read += 1;
         }
         (read, bad)
     }
 
-    /// Sorts the ranges read by [`AsnDb::add_csv`] for lookups.
+    /// Readies the ranges read by [`AsnDb::add_csv`] for lookups: sorted, and made disjoint
+    /// where they overlap.
     pub fn sorted(mut self) -> Self {
-        self.ranges.sort_unstable_by_key(|r| r.first);
+        self.ranges = disjoint(std::mem::take(&mut self.ranges));
         self
     }
 
-    /// The network of `ip`, from the first database that knows it.
+    /// The network of `ip`, from the first database (in the configured order) that knows it.
     pub fn lookup(&self, ip: IpAddr) -> Option<Network> {
-        for reader in &self.readers {
+        let n = as_u128(ip);
+        let i = self.ranges.partition_point(|r| r.first <= n);
+        let range = i
+            .checked_sub(1)
+            .and_then(|i| self.ranges.get(i))
+            .filter(|r| r.last >= n);
+        // An MMDB configured before the CSV that knows the address is asked first.
+        let before = range.map_or(u32::MAX, |r| r.source);
+        for (_, reader) in self.readers.iter().filter(|(s, _)| *s < before) {
             if ip.is_ipv6() && reader.metadata.ip_version != 6 {
                 continue;
             }
@@ -257,10 +275,7 @@ impl AsnDb {
                 }
             }
         }
-        let n = as_u128(ip);
-        let i = self.ranges.partition_point(|r| r.first <= n);
-        let range = self.ranges.get(i.checked_sub(1)?)?;
-        (range.last >= n).then(|| Network {
+        range.map(|range| Network {
             asn: range.asn,
             organization: self
                 .organizations
@@ -269,6 +284,54 @@ impl AsnDb {
                 .map(|o| o.to_string()),
         })
     }
+}
+
+/// The ranges sorted by first address and disjoint, each address kept by the range that wins
+/// it: the first configured database's, and within one database the narrowest (the more
+/// specific, as a route is). A lookup finds the range that starts nearest below an address, so
+/// a wide range with a narrower one inside would otherwise lose every address after the
+/// narrower one; a hostile line covering everything would hide nothing either.
+///
+/// Real AS data rarely overlaps: the ranges are checked first and returned as they are then.
+fn disjoint(mut ranges: Vec<Range>) -> Vec<Range> {
+    ranges.sort_unstable_by_key(|r| (r.first, r.last));
+    if ranges.windows(2).all(|w| w[0].last < w[1].first) {
+        return ranges;
+    }
+    // In the order they win, each range takes only what no range before it took.
+    ranges.sort_by_key(|r| (r.source, r.last - r.first));
+    let mut taken: std::collections::BTreeMap<u128, Range> = std::collections::BTreeMap::new();
+    for range in ranges {
+        let mut pieces = Vec::new();
+        let mut next = Some(range.first);
+        // A piece taken before that covers the start.
+        if let Some((_, before)) = taken.range(..=range.first).next_back() {
+            if before.last >= range.first {
+                next = before.last.checked_add(1);
+            }
+        }
+        for (&first, piece) in taken.range(range.first..=range.last) {
+            let Some(from) = next else { break };
+            if first > from {
+                pieces.push((from, first - 1));
+            }
+            next = piece.last.checked_add(1);
+        }
+        if let Some(from) = next.filter(|&from| from <= range.last) {
+            pieces.push((from, range.last));
+        }
+        for (first, last) in pieces {
+            taken.insert(
+                first,
+                Range {
+                    first,
+                    last,
+                    ..range
+                },
+            );
+        }
+    }
+    taken.into_values().collect()
 }
 
 /// A CSV field without its surrounding double quotes (`""` inside is one quote).
@@ -314,6 +377,50 @@ mod tests {
         assert_eq!(net("2a03:b0c0:2:d0::1").map(|n| n.asn), Some(14061));
         assert_eq!(net("1.0.1.1"), None, "between ranges");
         assert_eq!(net("10.0.0.1"), None);
+    }
+
+    /// Ranges may overlap — a wide range with narrower ones inside it, in one file or across
+    /// files (or a hostile line covering everything): every address inside the wide range is
+    /// still found, the narrower range wins within a file, and the first configured file wins.
+    #[test]
+    fn overlapping_ranges_are_all_found_and_the_first_file_wins() {
+        let asn = |db: &AsnDb, ip: [u8; 4]| db.lookup(IpAddr::from(ip)).map(|n| n.asn);
+        let mut db = AsnDb::default();
+        db.add_csv(
+            "10.0.0.0,10.255.255.255,1,Wide\n\
+             10.1.0.0,10.1.255.255,2,Narrow\n\
+             10.1.2.0,10.1.2.255,3,Narrower\n\
+             10.200.0.0,10.200.0.255,4,Last\n",
+        );
+        db.add_csv(
+            "0.0.0.0,255.255.255.255,666,Everything\n\
+             10.1.0.0,10.1.0.255,5,Second file\n\
+             11.0.0.0,11.0.0.255,6,Only here\n",
+        );
+        let db = db.sorted();
+        assert_eq!(asn(&db, [10, 0, 0, 1]), Some(1));
+        assert_eq!(
+            asn(&db, [10, 2, 0, 1]),
+            Some(1),
+            "after a narrower range inside"
+        );
+        assert_eq!(
+            asn(&db, [10, 1, 0, 1]),
+            Some(2),
+            "the narrower range in one file"
+        );
+        assert_eq!(asn(&db, [10, 1, 2, 9]), Some(3));
+        assert_eq!(asn(&db, [10, 1, 3, 9]), Some(2), "after the narrowest");
+        assert_eq!(asn(&db, [10, 200, 0, 9]), Some(4));
+        assert_eq!(asn(&db, [10, 255, 255, 255]), Some(1));
+        assert_eq!(asn(&db, [11, 0, 0, 1]), Some(6));
+        assert_eq!(
+            asn(&db, [9, 9, 9, 9]),
+            Some(666),
+            "only the second file knows it"
+        );
+        assert_eq!(asn(&db, [255, 255, 255, 255]), Some(666));
+        assert_eq!(asn(&db, [0, 0, 0, 0]), Some(666));
     }
 
     #[test]

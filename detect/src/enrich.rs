@@ -354,7 +354,7 @@ struct Record {
     // GeoIP2 / GeoLite2.
     country: Option<Named>,
     registered_country: Option<Named>,
-    city: Option<CityField>,
+    city: Option<CityName>,
     location: Option<Location>,
     // DB-IP Lite (ip-location-db).
     country_code: Option<String>,
@@ -362,13 +362,39 @@ struct Record {
     longitude: Option<f64>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum CityField {
-    Name(String),
-    Record {
-        names: Option<BTreeMap<String, String>>,
-    },
+/// `city`: a name (DB-IP Lite) or a record holding it by language (GeoIP2), of which only the
+/// English name is kept. Read by a visitor of either form: an untagged enum buffered the whole
+/// record (every language's name, each a new string) before trying each form — on a cache
+/// miss, most of what a lookup cost.
+struct CityName(Option<String>);
+
+impl<'de> Deserialize<'de> for CityName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct CityRecord {
+            names: Option<Names>,
+        }
+        #[derive(Deserialize)]
+        struct Names {
+            en: Option<String>,
+        }
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = CityName;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a city name or a record of its names")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<CityName, E> {
+                Ok(CityName(Some(name.to_owned())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<CityName, A::Error> {
+                let record =
+                    CityRecord::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(CityName(record.names.and_then(|n| n.en)))
+            }
+        }
+        deserializer.deserialize_any(Either)
+    }
 }
 
 #[derive(Deserialize)]
@@ -390,12 +416,7 @@ impl Record {
             .and_then(|c| c.iso_code)
             .or(self.country_code)
             .or(self.registered_country.and_then(|c| c.iso_code));
-        let city = match self.city {
-            Some(CityField::Name(name)) => Some(name),
-            Some(CityField::Record { names }) => names.and_then(|n| n.get("en").cloned()),
-            None => None,
-        }
-        .filter(|c| !c.is_empty());
+        let city = self.city.and_then(|c| c.0).filter(|c| !c.is_empty());
         let (lat, lon, radius) = match self.location {
             Some(l) => (l.latitude, l.longitude, l.accuracy_radius),
             None => (self.latitude, self.longitude, None),
@@ -716,36 +737,41 @@ mod tests {
         assert!(off.all_lists().is_empty());
     }
 
+    /// Records of both layouts, decoded as a database's are (through serde), with the fields
+    /// each layout has beside those read.
     #[test]
-    fn records_of_both_layouts() {
-        let dbip = Record {
-            country_code: Some("DE".into()),
-            city: Some(CityField::Name("Berlin".into())),
-            latitude: Some(52.52),
-            longitude: Some(13.4),
-            ..Record::default()
-        };
+    fn records_of_both_layouts() -> Result<(), serde_json::Error> {
+        let dbip: Record = serde_json::from_str(
+            r#"{"city":"Berlin","country_code":"DE","latitude":52.52,"longitude":13.4,
+                "state1":"Land Berlin","postcode":"10117","timezone":"Europe/Berlin"}"#,
+        )?;
         let geo = dbip.into_geo();
         assert_eq!(geo.as_ref().and_then(|g| g.country.as_deref()), Some("DE"));
         assert_eq!(geo.as_ref().and_then(|g| g.city.as_deref()), Some("Berlin"));
-        let maxmind = Record {
-            country: Some(Named {
-                iso_code: Some("SE".into()),
-            }),
-            city: Some(CityField::Record {
-                names: Some([("en".to_string(), "Linköping".to_string())].into()),
-            }),
-            location: Some(Location {
-                latitude: Some(58.4),
-                longitude: Some(15.6),
-                accuracy_radius: Some(76),
-            }),
-            ..Record::default()
-        };
+        let maxmind: Record = serde_json::from_str(
+            r#"{"city":{"geoname_id":2694762,"names":{"de":"Linköping","en":"Linköping","ja":"リンシェーピング"}},
+                "continent":{"code":"EU","names":{"en":"Europe"}},
+                "country":{"geoname_id":2661886,"iso_code":"SE","names":{"en":"Sweden"}},
+                "location":{"accuracy_radius":76,"latitude":58.4,"longitude":15.6,"time_zone":"Europe/Stockholm"},
+                "subdivisions":[{"iso_code":"E","names":{"en":"Östergötland County"}}]}"#,
+        )?;
         let geo = maxmind.into_geo();
+        assert_eq!(geo.as_ref().and_then(|g| g.country.as_deref()), Some("SE"));
+        assert_eq!(
+            geo.as_ref().and_then(|g| g.city.as_deref()),
+            Some("Linköping")
+        );
         assert_eq!(geo.as_ref().and_then(|g| g.accuracy_radius_km), Some(76));
         assert_eq!(geo.as_ref().and_then(|g| g.latitude), Some(58.4));
+        // A city record without an English name, or with no names: no city.
+        let unnamed: Record = serde_json::from_str(
+            r#"{"city":{"names":{"de":"Köln"}},"country":{"iso_code":"DE"}}"#,
+        )?;
+        assert_eq!(unnamed.into_geo().and_then(|g| g.city), None);
+        let bare: Record = serde_json::from_str(r#"{"city":{},"country":{"iso_code":"DE"}}"#)?;
+        assert_eq!(bare.into_geo().map(|g| g.country), Some(Some("DE".into())));
         assert!(Record::default().into_geo().is_none());
+        Ok(())
     }
 
     /// Against the real DB-IP database when the local setup fetched it.

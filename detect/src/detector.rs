@@ -743,18 +743,43 @@ impl Detector {
                 let horizon = max
                     .checked_sub_signed(self.state_ttl)
                     .map_or(i64::MIN, |h| h.timestamp());
+                // An actor that has acted keeps when it last did (and nothing else) so its
+                // return is still judged dormant — old credentials used again after a long
+                // silence are the return that matters most; the bound on baselines evicts
+                // such least recently seen actors first. Peer groups, and actors known only
+                // by failed sign-ins, are forgotten. A pruned actor has no `first_seen`.
                 let old: Vec<String> = self
                     .principals
                     .iter()
                     .filter(|(_, s)| {
-                        s.last_seen.max(s.first_seen) < horizon && s.pending.is_empty()
+                        s.last_seen.max(s.first_seen) < horizon
+                            && s.pending.is_empty()
+                            && (s.first_seen > 0 || s.last_id.is_empty())
                     })
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in old {
-                    if let Some(state) = self.principals.remove(&k) {
-                        self.forgotten(k, state.on_changelog);
-                        alerts.extend(crate::fold::close_all(state.folds));
+                    let keep = !k.starts_with(crate::anomaly::PEER_PREFIX);
+                    match self.principals.get_mut(&k) {
+                        Some(state) if keep && !state.last_id.is_empty() => {
+                            let folds = std::mem::take(&mut state.folds);
+                            let last_id = std::mem::take(&mut state.last_id);
+                            let (offset, last_seen) = (state.offset, state.last_seen);
+                            let on_changelog = state.on_changelog;
+                            **state = crate::anomaly::PrincipalState::default();
+                            state.offset = offset;
+                            state.last_seen = last_seen;
+                            state.last_id = last_id;
+                            state.on_changelog = on_changelog;
+                            alerts.extend(crate::fold::close_all(folds));
+                            self.dirty.insert(k);
+                        }
+                        _ => {
+                            if let Some(state) = self.principals.remove(&k) {
+                                self.forgotten(k, state.on_changelog);
+                                alerts.extend(crate::fold::close_all(state.folds));
+                            }
+                        }
                     }
                 }
             }
@@ -1906,6 +1931,34 @@ mod tests {
             ],
         );
         assert_eq!(dormant(&alerts).len(), 1, "{alerts:?}");
+    }
+
+    /// A user silent for longer than `state_ttl` whose baseline the periodic pruning has
+    /// forgotten meanwhile (the partition read 10,000 other activities): its return — old
+    /// credentials used again, the silence that matters most — is still dormant, and the
+    /// pruned actor keeps no baseline, only when it last acted.
+    #[test]
+    fn a_return_after_pruning_is_still_dormant() {
+        let user = serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::187901811700:user/old-key", "userName": "old-key", "accountId": "187901811700"});
+        let busy = serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::187901811700:user/busy", "userName": "busy", "accountId": "187901811700"});
+        let mut d = detector();
+        let mut facts = Facts::default();
+        let mut alerts = d.observe(&acting(user.clone(), "ListBuckets", 0, 0), 0, &mut facts);
+        let other = acting(busy, "ListBuckets", 200, 0);
+        for offset in 1..=10_000 {
+            alerts.extend(d.observe(&other, offset, &mut facts));
+        }
+        let key = "arn:aws:iam::187901811700:user/old-key";
+        let pruned = d
+            .principals
+            .get(key)
+            .map(|s| (s.first_seen, s.api_known.len()));
+        assert_eq!(pruned, Some((0, 0)), "pruned to when it last acted");
+        let back = acting(user, "ListBuckets", 200, 5);
+        alerts.extend(d.observe(&back, 10_001, &mut facts));
+        let found = dormant(&alerts);
+        assert_eq!(found.len(), 1, "{alerts:#?}");
+        assert_eq!(found[0].evidence.activity_ids, [back.id.clone()]);
     }
 
     /// A user silent for longer than `state_ttl` whose name is then sprayed: the failed

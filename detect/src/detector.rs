@@ -1958,7 +1958,10 @@ mod tests {
         alerts.extend(d.observe(&back, 10_001, &mut facts));
         let found = dormant(&alerts);
         assert_eq!(found.len(), 1, "{alerts:#?}");
-        assert_eq!(found[0].evidence.activity_ids, [back.id.clone()]);
+        assert_eq!(
+            found[0].evidence.activity_ids,
+            std::slice::from_ref(&back.id)
+        );
     }
 
     /// A user silent for longer than `state_ttl` whose name is then sprayed: the failed

@@ -91,7 +91,7 @@ pub(crate) fn acts_itself(a: &Activity) -> bool {
 
 /// A human at a keyboard: a console sign-in, the console, or a command line with an address.
 pub(crate) fn is_interactive(a: &Activity) -> bool {
-    if !acts_itself(a) || a.source_ip.is_none() || !a.outcome.is_success() {
+    if !acts_itself(a) || a.source_ip.is_none() || !a.outcome.is_success() || names_only(a) {
         return false;
     }
     if a.event_type.as_deref() == Some("AwsConsoleSignIn") {
@@ -150,6 +150,17 @@ fn deleted_objects(a: &Activity) -> Option<u32> {
         })
         .count();
     (n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// A sign-in record that names an actor without proving any credential of it — anyone can
+/// type a user name: a failed sign-in (to the console or Identity Center's portal, whose wrong
+/// passwords are failed `CredentialVerification`s), or the portal's `CredentialChallenge`,
+/// which only says a password (or MFA code) was asked for. Counted as that actor's failure
+/// where it failed, but never the actor acting: no return from a silence, no place it was.
+pub(crate) fn names_only(a: &Activity) -> bool {
+    let signin = a.event_source == "signin.amazonaws.com"
+        || a.event_type.as_deref() == Some("AwsConsoleSignIn");
+    signin && (!a.outcome.is_success() || a.event_name == "CredentialChallenge")
 }
 
 /// Units an activity adds to each rate. A deleted bucket is a whole data store, not one

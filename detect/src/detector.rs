@@ -1342,6 +1342,43 @@ mod tests {
         assert_eq!(alerts[0].entity.id, "9.9.9.9");
     }
 
+    /// Identity Center's portal: a wrong password is a failed `CredentialVerification` of a
+    /// user known by its id alone (no ARN, no name). Guesses at one user are that user's burst;
+    /// guesses at many users from one address are a spray — each user a principal of its
+    /// own, not one for the whole account.
+    #[test]
+    fn identity_center_password_guesses_are_sign_in_failures() {
+        let portal = |user: &str, ip: &str, minute: i64| {
+            let mut a = failure(user, ip, minute);
+            a.event_name = "CredentialVerification".into();
+            a.event_type = Some("AwsServiceEvent".into());
+            a.principal = Principal {
+                kind: "IdentityCenterUser".into(),
+                account_id: Some("1".into()),
+                on_behalf_of: Some(format!("94482488-{user}")),
+                ..Principal::default()
+            };
+            a
+        };
+        let guesses: Vec<_> = (0..5).map(|m| portal("alice", "1.2.3.4", m)).collect();
+        let alerts = run(&mut detector(), &guesses);
+        let mut entities: Vec<&str> = alerts.iter().map(|a| a.entity.id.as_str()).collect();
+        entities.sort_unstable();
+        assert_eq!(entities, ["1.2.3.4", "identity-center:94482488-alice"]);
+        let spray: Vec<_> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .enumerate()
+            .map(|(i, u)| portal(u, "9.9.9.9", i as i64))
+            .collect();
+        let alerts = run(&mut detector(), &spray);
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        assert_eq!(alerts[0].entity.id, "9.9.9.9");
+        assert!(
+            alerts[0].evidence.summary.contains("password spray"),
+            "{alerts:#?}"
+        );
+    }
+
     #[test]
     fn out_of_order_within_lateness_gives_the_same_alerts() {
         let ordered: Vec<_> = (0..5).map(|m| failure("alice", "1.2.3.4", m)).collect();

@@ -98,11 +98,31 @@ pub(crate) fn settle(
 /// Whether `activity` goes to the per-source-IP count: a failed console sign-in from a known
 /// address, with that count on.
 pub fn counts_per_source_ip(cfg: &SigninFailuresConfig, activity: &Activity) -> bool {
-    cfg.enabled
-        && cfg.per_source_ip
-        && activity.event_name == "ConsoleLogin"
-        && !activity.outcome.is_success()
-        && activity.source_ip.is_some()
+    cfg.enabled && cfg.per_source_ip && failed_signin(activity) && activity.source_ip.is_some()
+}
+
+/// A failed sign-in: to the console (`ConsoleLogin`), or to Identity Center's portal, where a
+/// wrong password or MFA code is a failed `CredentialVerification` (the portal writes no
+/// `UserAuthentication` unless every factor passed).
+fn failed_signin(activity: &Activity) -> bool {
+    let signin = match activity.event_name.as_str() {
+        "ConsoleLogin" => true,
+        "CredentialVerification" => activity.event_source == "signin.amazonaws.com",
+        _ => false,
+    };
+    signin && !activity.outcome.is_success()
+}
+
+/// Whom a failed sign-in tried, and how to name it: the principal as CloudTrail gives it —
+/// or, for an Identity Center user known by its id alone (no ARN, name or principal id, which
+/// would make every such user of an account one principal), its actor.
+fn tried(activity: &Activity) -> (String, String) {
+    let p = &activity.principal;
+    if p.arn.is_some() || p.name.is_some() || p.principal_id.is_some() {
+        return (p.key(), p.display());
+    }
+    let key = activity.actor_key().into_owned();
+    (key.clone(), key)
 }
 
 /// Failed console sign-ins counted per source IP over one partition of the sign-in failures
@@ -226,15 +246,12 @@ impl SigninFailures {
         offset: Offset,
         closed: &mut Vec<(Offset, Offset)>,
     ) -> Vec<Alert> {
-        if !self.cfg.enabled
-            || activity.event_name != "ConsoleLogin"
-            || activity.outcome.is_success()
-        {
+        if !self.cfg.enabled || !failed_signin(activity) {
             return Vec::new();
         }
         let mut keys = Vec::with_capacity(2);
         if self.cfg.per_principal {
-            keys.push(BurstKey::Principal(activity.principal.key()));
+            keys.push(BurstKey::Principal(tried(activity).0));
         }
         if self.cfg.per_source_ip {
             if let Some(ip) = activity.source_ip {
@@ -285,7 +302,7 @@ impl SigninFailures {
             time: t,
             id: activity.id.clone(),
             principal: match &key {
-                BurstKey::SourceIp(_) => activity.principal.key(),
+                BurstKey::SourceIp(_) => tried(activity).0,
                 BurstKey::Principal(_) => String::new(),
             },
         };
@@ -313,15 +330,15 @@ impl SigninFailures {
         let spray =
             matches!(key, BurstKey::SourceIp(_)) && targets >= 3 && targets * 2 >= window_ids.len();
         let (what, entity) = match &key {
-            BurstKey::Principal(_) => (
+            BurstKey::Principal(principal) => (
                 format!(
                     "{} failed console sign-ins for {}",
                     window_ids.len(),
-                    activity.principal.display()
+                    tried(activity).1
                 ),
                 Entity {
                     kind: kinds::PRINCIPAL.into(),
-                    id: activity.principal.key(),
+                    id: principal.clone(),
                 },
             ),
             BurstKey::SourceIp(ip) => (

@@ -162,6 +162,7 @@ fn normalize_record<I: IdentityField>(
         non_empty(record.error_code),
         non_empty(record.error_message),
         record.response_elements.as_ref(),
+        record.service_event_details.as_deref(),
     );
     let resources = resources(
         &event_source,
@@ -343,6 +344,7 @@ fn outcome(
     error_code: Option<String>,
     error_message: Option<String>,
     response: Option<&RawJson>,
+    service_details: Option<&RawValue>,
 ) -> Outcome {
     if error_code.is_some() {
         return Outcome {
@@ -351,12 +353,20 @@ fn outcome(
             error_message,
         };
     }
-    // Console sign-ins fail without an errorCode: `responseElements.ConsoleLogin = "Failure"`.
-    // (Read only for sign-ins: the first read parses the field.)
+    // Sign-ins fail without an errorCode: the console's in `responseElements.ConsoleLogin =
+    // "Failure"`, Identity Center's (a wrong password, a failed MFA code) in
+    // `serviceEventDetails.CredentialVerification = "Failure"`. (Read only for sign-ins.)
+    let says_failure =
+        |m: &serde_json::Map<String, Value>| m.values().any(|v| v.as_str() == Some("Failure"));
     let signin_failed = event_source == "signin.amazonaws.com"
-        && response
+        && (response
             .and_then(|r| r.as_object())
-            .is_some_and(|m| m.values().any(|v| v.as_str() == Some("Failure")));
+            .is_some_and(says_failure)
+            || service_details
+                .and_then(|d| serde_json::from_str::<Value>(d.get()).ok())
+                .as_ref()
+                .and_then(Value::as_object)
+                .is_some_and(says_failure));
     if signin_failed {
         return Outcome {
             status: OutcomeStatus::Failure,
@@ -768,6 +778,9 @@ struct RawRecord<I = MapOnly<RawIdentity>> {
     response_elements: Option<RawJson>,
     #[serde(default)]
     additional_event_data: Option<RawJson>,
+    /// Read only for sign-ins (Identity Center's verdicts); kept as text, not published.
+    #[serde(default)]
+    service_event_details: Option<Box<RawValue>>,
     /// One that is not an object (null, a string) counts as absent.
     #[serde(default)]
     user_identity: Option<I>,
@@ -850,6 +863,35 @@ mod tests {
         let a = normalize_at(ROOT_LOGIN_FAILURE, ("a.json", 1))?;
         assert_eq!(a.id, normalize_at(ROOT_LOGIN_FAILURE, ("b.json", 9))?.id);
         assert_eq!(a.id, normalize(ROOT_LOGIN_FAILURE)?.id);
+        Ok(())
+    }
+
+    /// Identity Center's portal writes a sign-in as a challenge, then its verification, then
+    /// (only when every factor passed) `UserAuthentication`; a wrong password is a
+    /// `CredentialVerification` whose failure is in `serviceEventDetails`, with no errorCode.
+    #[test]
+    fn a_failed_identity_center_verification_is_a_failure() -> Result<(), NormalizeError> {
+        let record = |name: &str, verdict: &str| {
+            format!(
+                r#"{{"eventVersion":"1.09","userIdentity":{{"type":"IdentityCenterUser","accountId":"123456789012","onBehalfOf":{{"userId":"94482488-3041-7026-18f3-be45837cd0e4","identityStoreArn":"arn:aws:identitystore::123456789012:identitystore/d-9067bc2b9c"}},"credentialId":"db5b5fab"}},"eventTime":"2026-10-20T14:50:00Z","eventSource":"signin.amazonaws.com","eventName":"{name}","awsRegion":"us-east-1","sourceIPAddress":"203.0.113.9","userAgent":"Mozilla/5.0","requestParameters":null,"responseElements":null,"additionalEventData":{{"AuthWorkflowID":"73ab4876","CredentialType":"PASSWORD"}},"serviceEventDetails":{{"{name}":"{verdict}"}},"requestID":"309d6b79","eventID":"79cb9e86-830c-71c2-cdcc-69292f45e678","readOnly":false,"eventType":"AwsServiceEvent","managementEvent":true,"recipientAccountId":"123456789012","eventCategory":"Management"}}"#
+            )
+        };
+        let failed = normalize(&record("CredentialVerification", "Failure"))?;
+        assert_eq!(failed.outcome.status, OutcomeStatus::Failure);
+        assert_eq!(
+            failed.outcome.error_message.as_deref(),
+            Some("Failed authentication")
+        );
+        assert_eq!(
+            failed.actor.id,
+            "identity-center:94482488-3041-7026-18f3-be45837cd0e4"
+        );
+        let passed = normalize(&record("CredentialVerification", "Success"))?;
+        assert_eq!(passed.outcome.status, OutcomeStatus::Success);
+        // Elsewhere a "Failure" in serviceEventDetails is not a sign-in's.
+        let other = record("CredentialVerification", "Failure")
+            .replace("signin.amazonaws.com", "sso.amazonaws.com");
+        assert_eq!(normalize(&other)?.outcome.status, OutcomeStatus::Success);
         Ok(())
     }
 

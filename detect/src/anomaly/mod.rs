@@ -654,13 +654,9 @@ fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
-/// A failed sign-in (to the console or Identity Center's portal): it names an actor without
-/// proving any credential of it — anyone can type a user name. Counted as a failure of that
-/// actor, but not the actor acting.
+/// See [`crate::classify::names_only`].
 fn named_only(a: &Activity) -> bool {
-    !a.outcome.is_success()
-        && (a.event_source == "signin.amazonaws.com"
-            || a.event_type.as_deref() == Some("AwsConsoleSignIn"))
+    crate::classify::names_only(a)
 }
 
 /// Everything learned about one principal.
@@ -1110,7 +1106,9 @@ impl Anomalies {
             .geo
             .as_ref()
             .filter(|_| self.geo_enabled && acts_itself(a));
-        let counted = self.country(st, org, &seen, geo, &mut out);
+        // Where someone typed the actor's name is not where the actor was: a prompt or a
+        // failed sign-in neither teaches a country nor is an infrequent one.
+        let counted = self.country(st, org, &seen, geo.filter(|_| acted), &mut out);
         if org.countable {
             org.counted |= org.census.count(
                 org.partition,
@@ -1469,6 +1467,84 @@ mod tests {
         let mut m = activity(0, "DescribeInstances", "203.0.113.66");
         m.enrichment_mut().ip_categories = vec!["malicious".into()];
         assert_eq!(ids(&run(&[m]), "suspicious-ip").len(), 1);
+    }
+
+    /// An Identity Center portal sign-in event of one user at `t` from `ip`, as CloudTrail
+    /// writes it: `CredentialChallenge` (the portal asked for a password), then
+    /// `CredentialVerification` (its verdict in `serviceEventDetails`), then, once every factor
+    /// passed, `UserAuthentication`.
+    fn portal(t: i64, name: &str, verdict: &str, ip: &str) -> Activity {
+        let time = DateTime::<Utc>::from_timestamp(1_700_000_000 + t, 0).unwrap_or_default();
+        let record = json!({
+            "eventVersion": "1.09", "eventTime": time.to_rfc3339(),
+            "eventSource": "signin.amazonaws.com", "eventName": name, "eventType": "AwsServiceEvent",
+            "awsRegion": "us-east-1", "recipientAccountId": "111111111111", "sourceIPAddress": ip,
+            "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) Chrome/129.0",
+            "eventID": format!("00000000-0000-4000-a000-{:012}", t.unsigned_abs()),
+            "userIdentity": {"type": "IdentityCenterUser", "accountId": "111111111111",
+                "onBehalfOf": {"userId": "94482488-3041-7026-18f3-be45837cd0e4",
+                    "identityStoreArn": "arn:aws:identitystore::111111111111:identitystore/d-9067bc2b9c"}},
+            "additionalEventData": {"CredentialType": "PASSWORD"},
+            "serviceEventDetails": {name: verdict},
+        });
+        match trailguard_ingest::normalize::normalize(&record.to_string()) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Someone typing an Identity Center user's name and a wrong password is a prompt and a
+    /// failed verification: neither is the user acting, so neither travels, teaches or raises
+    /// a country — the failures count toward the user's `failed-logins` — and the user's own
+    /// sign-in from that country later is still infrequent.
+    #[test]
+    fn identity_center_prompts_and_failures_are_not_the_user_acting() {
+        let home = |t: i64, name: &str, verdict: &str| {
+            at(portal(t, name, verdict, "198.51.100.1"), "US", 40.7, -74.0)
+        };
+        let away = |t: i64, name: &str, verdict: &str| {
+            at(portal(t, name, verdict, "203.0.113.50"), "SG", 1.35, 103.8)
+        };
+        let mut acts: Vec<Activity> = (0..9)
+            .flat_map(|d| {
+                [
+                    home(d * DAY, "CredentialChallenge", "Success"),
+                    home(d * DAY + 5, "CredentialVerification", "Success"),
+                    home(d * DAY + 10, "UserAuthentication", "Success"),
+                ]
+            })
+            .collect();
+        // Half an hour after her last sign-in, a stranger guesses from Singapore, 12 times.
+        for i in 0..12 {
+            let t = 8 * DAY + 1800 + i * 60;
+            acts.push(away(t, "CredentialChallenge", "Success"));
+            acts.push(away(t + 5, "CredentialVerification", "Failure"));
+        }
+        let alerts = run(&acts);
+        assert!(ids(&alerts, "impossible-travel").is_empty(), "{alerts:#?}");
+        assert!(ids(&alerts, "infrequent-country").is_empty(), "{alerts:#?}");
+        assert_eq!(ids(&alerts, "failed-logins").len(), 1, "{alerts:#?}");
+        // A week later she (or whoever now has her password) signs in from Singapore.
+        acts.push(away(15 * DAY, "CredentialChallenge", "Success"));
+        acts.push(away(15 * DAY + 5, "CredentialVerification", "Success"));
+        acts.push(away(15 * DAY + 10, "UserAuthentication", "Success"));
+        let alerts = run(&acts);
+        assert_eq!(ids(&alerts, "infrequent-country").len(), 1, "{alerts:#?}");
+    }
+
+    /// A failed console sign-in from a country neither teaches it nor raises it: the user's
+    /// own sign-in from there a week later is what is infrequent.
+    #[test]
+    fn a_failed_sign_in_does_not_teach_its_country() {
+        let mut acts: Vec<Activity> = (0..8)
+            .map(|d| at(signin(d * DAY, false), "US", 40.7, -74.0))
+            .collect();
+        acts.push(at(signin(8 * DAY, true), "SG", 1.35, 103.8));
+        let alerts = run(&acts);
+        assert!(ids(&alerts, "infrequent-country").is_empty(), "{alerts:#?}");
+        acts.push(at(signin(15 * DAY, false), "SG", 1.35, 103.8));
+        let alerts = run(&acts);
+        assert_eq!(ids(&alerts, "infrequent-country").len(), 1, "{alerts:#?}");
     }
 
     /// A console sign-in by alice at `t`, failed or not.

@@ -144,12 +144,16 @@ impl Anomalies {
     }
 }
 
-/// A failed sign-in to the console or to Identity Center's portal by a named actor (a failed
-/// `ConsoleLogin` for a user name that does not exist is logged with the name hidden: no one's
-/// own failure rate).
+/// A failed sign-in to the console or to Identity Center's portal (a wrong password or MFA
+/// code is a failed `CredentialVerification` there) by a named actor (a failed `ConsoleLogin`
+/// for a user name that does not exist is logged with the name hidden: no one's own failure
+/// rate).
 fn failed_signin(a: &trailguard_common::Activity) -> bool {
     a.event_source == "signin.amazonaws.com"
-        && matches!(a.event_name.as_str(), "ConsoleLogin" | "UserAuthentication")
+        && matches!(
+            a.event_name.as_str(),
+            "ConsoleLogin" | "UserAuthentication" | "CredentialVerification"
+        )
         && !a.outcome.is_success()
         && !a
             .principal

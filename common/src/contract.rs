@@ -45,6 +45,9 @@ pub mod kinds {
     pub const AMI: &str = "ami";
     /// An RDS DB or cluster snapshot (entity).
     pub const RDS_SNAPSHOT: &str = "rds-snapshot";
+    /// An AWS service in an account and region, `SERVICE in ACCOUNT/REGION` (entity): a
+    /// defence switched off when CloudTrail names no resource of it.
+    pub const AWS_SERVICE: &str = "aws-service";
     /// `Principal.kind` of the activities Trailguard itself publishes (inventory snapshots):
     /// no baseline, watermark or fact is learned from them.
     pub const TRAILGUARD: &str = "Trailguard";

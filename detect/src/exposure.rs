@@ -1366,7 +1366,7 @@ impl Exposure {
             &DEFENSE_EVASION,
             (cfg.severity, &cfg.actions),
             a,
-            None,
+            Some(defence_of(a)),
             b.severity,
             summary,
             ("Defense Evasion", "T1562", "Impair Defenses"),
@@ -1771,11 +1771,23 @@ impl Exposure {
             return;
         }
         let summary = format!("{} {what} for the user {user}", who(a));
+        // The user given credentials, keyed as its actor is (path-less ARN).
+        let name = user.rsplit('/').next().unwrap_or(user);
+        let victim = match a.account_id.as_deref() {
+            Some(account) => format!(
+                "arn:{}:iam::{account}:user/{name}",
+                a.partition.as_deref().unwrap_or("aws")
+            ),
+            None => format!("user/{name}"),
+        };
         out.push(self.alert(
             &CREDENTIALS_FOR_ANOTHER,
             (cfg.severity, &cfg.actions),
             a,
-            None,
+            Some(Entity {
+                kind: kinds::PRINCIPAL.into(),
+                id: victim,
+            }),
             Severity::Medium,
             summary,
             (
@@ -1824,6 +1836,27 @@ impl EventPolicy for Exposure {
             }
             _ => self.judge_blinding(a, alerts),
         }
+    }
+}
+
+/// The defence an activity switched off, as an alert's entity: the resource CloudTrail names,
+/// else its service in the account and region — so one actor blinding several defences within
+/// the hour raises an alert for each, while the same defence touched again folds.
+fn defence_of(a: &Activity) -> Entity {
+    if let Some(r) = a.resources.first() {
+        return Entity {
+            kind: r.kind.clone(),
+            id: r.id.clone(),
+        };
+    }
+    Entity {
+        kind: kinds::AWS_SERVICE.into(),
+        id: format!(
+            "{} in {}/{}",
+            a.event_source.trim_end_matches(".amazonaws.com"),
+            a.account_id.as_deref().unwrap_or("-"),
+            a.region.as_deref().unwrap_or("-")
+        ),
     }
 }
 
@@ -2806,6 +2839,62 @@ mod tests {
         let mut out = Vec::new();
         Exposure::new(cfg).evaluate(&a, &mut out);
         assert!(out.is_empty());
+    }
+
+    /// Each is about what it harms, not the actor: a defence switched off (its service, or the
+    /// resource CloudTrail names, in the account and region), the user given credentials —
+    /// so different defences or users an actor goes through within the hour are alerts of
+    /// their own, not "(and N more times)" of the first (folds are by policy and entity).
+    #[test]
+    fn what_is_harmed_is_the_entity() {
+        let entity = |source: &str, name: &str, params: Value| {
+            run(&record(
+                source,
+                name,
+                sso("dana@example.com"),
+                params,
+                false,
+            ))
+            .first()
+            .map(|a| (a.entity.kind.clone(), a.entity.id.clone()))
+        };
+        let detector = entity(
+            "guardduty.amazonaws.com",
+            "DeleteDetector",
+            json!({"detectorId": "d1"}),
+        );
+        let disabled = entity(
+            "guardduty.amazonaws.com",
+            "UpdateDetector",
+            json!({"detectorId": "d1", "enable": false}),
+        );
+        let left = entity(
+            "organizations.amazonaws.com",
+            "LeaveOrganization",
+            json!({}),
+        );
+        let hub = entity("securityhub.amazonaws.com", "DisableSecurityHub", json!({}));
+        assert!(detector.is_some() && left.is_some() && hub.is_some());
+        assert_eq!(detector, disabled, "one detector, one incident");
+        assert_ne!(detector, left);
+        assert_ne!(detector, hub);
+        assert!(detector
+            .iter()
+            .chain(&left)
+            .all(|(_, id)| !id.contains("dana")));
+        let for_user =
+            |user: &str, name: &str| entity("iam.amazonaws.com", name, json!({"userName": user}));
+        assert_eq!(
+            for_user("bob", "CreateAccessKey"),
+            Some((
+                kinds::PRINCIPAL.to_string(),
+                "arn:aws:iam::111111111111:user/bob".to_string()
+            ))
+        );
+        assert_eq!(
+            for_user("carol", "CreateLoginProfile").map(|e| e.1),
+            Some("arn:aws:iam::111111111111:user/carol".to_string())
+        );
     }
 
     #[test]

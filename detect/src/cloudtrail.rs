@@ -81,6 +81,13 @@ impl CloudTrailChanges {
             {
                 self.cfg.severity.max(Severity::High)
             }
+            // Selectors that log no management writes stop the trail where it matters: what
+            // is changed next is not recorded.
+            "PutEventSelectors"
+                if activity.outcome.is_success() && stops_management_writes(activity) =>
+            {
+                self.cfg.severity.max(Severity::High)
+            }
             _ => self.cfg.severity,
         };
         let alert = AlertBuilder::about(&CLOUDTRAIL_CHANGES, activity, severity)
@@ -103,6 +110,52 @@ impl CloudTrailChanges {
     }
 }
 
+/// Whether a `PutEventSelectors` leaves its trail logging no management write: every basic
+/// selector excludes management events or logs only reads, or no advanced selector selects
+/// the `Management` category without confining it to reads. (An empty list is not judged.)
+fn stops_management_writes(activity: &Activity) -> bool {
+    use serde_json::Value;
+    let Some(params) = activity.request_parameters.as_ref() else {
+        return false;
+    };
+    let list = |key: &str| {
+        params
+            .get(key)
+            .and_then(Value::as_array)
+            .filter(|l| !l.is_empty())
+    };
+    if let Some(selectors) = list("eventSelectors") {
+        let logs_writes = |s: &Value| {
+            s.get("includeManagementEvents").and_then(Value::as_bool) != Some(false)
+                && !s
+                    .get("readWriteType")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("ReadOnly"))
+        };
+        return !selectors.iter().any(logs_writes);
+    }
+    if let Some(selectors) = list("advancedEventSelectors") {
+        let logs_writes = |s: &Value| {
+            let fields = s.get("fieldSelectors").and_then(Value::as_array);
+            let equals = |field: &str, value: &str| {
+                fields.is_some_and(|f| {
+                    f.iter().any(|f| {
+                        f.get("field").and_then(Value::as_str) == Some(field)
+                            && f.get("equals").and_then(Value::as_array).is_some_and(|v| {
+                                v.iter().any(|v| {
+                                    v.as_str().is_some_and(|v| v.eq_ignore_ascii_case(value))
+                                })
+                            })
+                    })
+                })
+            };
+            equals("eventCategory", "Management") && !equals("readOnly", "true")
+        };
+        return !selectors.iter().any(logs_writes);
+    }
+    false
+}
+
 impl EventPolicy for CloudTrailChanges {
     fn policies(&self) -> Vec<&'static PolicyMeta<'static>> {
         vec![&CLOUDTRAIL_CHANGES]
@@ -110,5 +163,77 @@ impl EventPolicy for CloudTrailChanges {
 
     fn evaluate(&self, activity: &Activity, alerts: &mut Vec<Alert>) {
         alerts.extend(self.judge(activity));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selectors(params: serde_json::Value, failed: bool) -> Option<Severity> {
+        let mut record = serde_json::json!({
+            "eventVersion": "1.09", "eventTime": "2024-06-02T19:41:40Z",
+            "eventSource": "cloudtrail.amazonaws.com", "eventName": "PutEventSelectors",
+            "awsRegion": "us-east-1", "recipientAccountId": "111111111111",
+            "sourceIPAddress": "198.51.100.7", "userAgent": "aws-cli/2.15.0",
+            "userIdentity": {"type": "IAMUser", "userName": "mallory", "accountId": "111111111111",
+                "arn": "arn:aws:iam::111111111111:user/mallory"},
+            "requestParameters": params,
+        });
+        if failed {
+            record["errorCode"] = "AccessDenied".into();
+        }
+        let activity = match trailguard_ingest::normalize::normalize(&record.to_string()) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        CloudTrailChanges::new(SimplePolicyConfig::default())
+            .judge(&activity)
+            .map(|a| a.severity)
+    }
+
+    /// Selectors that stop logging management writes are as good as stopping the trail.
+    #[test]
+    fn selectors_that_stop_management_writes_are_high() {
+        let basic = |include: bool, rw: &str| {
+            serde_json::json!({"trailName": "t", "eventSelectors": [
+                {"includeManagementEvents": include, "readWriteType": rw, "dataResources": []}]})
+        };
+        assert_eq!(selectors(basic(false, "All"), false), Some(Severity::High));
+        assert_eq!(
+            selectors(basic(true, "ReadOnly"), false),
+            Some(Severity::High)
+        );
+        assert_eq!(selectors(basic(true, "All"), false), Some(Severity::Medium));
+        assert_eq!(
+            selectors(basic(true, "WriteOnly"), false),
+            Some(Severity::Medium)
+        );
+        assert_eq!(
+            selectors(basic(false, "All"), true),
+            Some(Severity::Medium),
+            "an attempt"
+        );
+        let mut two = basic(false, "All");
+        if let Some(list) = two["eventSelectors"].as_array_mut() {
+            list.push(serde_json::json!({"readWriteType": "WriteOnly"}));
+        }
+        assert_eq!(
+            selectors(two, false),
+            Some(Severity::Medium),
+            "one logs writes"
+        );
+        let advanced = |fields: serde_json::Value| serde_json::json!({"trailName": "t", "advancedEventSelectors": [{"fieldSelectors": fields}]});
+        let data_only = advanced(serde_json::json!([
+            {"field": "eventCategory", "equals": ["Data"]},
+            {"field": "resources.type", "equals": ["AWS::S3::Object"]}]));
+        assert_eq!(selectors(data_only, false), Some(Severity::High));
+        let reads = advanced(serde_json::json!([
+            {"field": "eventCategory", "equals": ["Management"]},
+            {"field": "readOnly", "equals": ["true"]}]));
+        assert_eq!(selectors(reads, false), Some(Severity::High));
+        let management = advanced(serde_json::json!([
+            {"field": "eventCategory", "equals": ["Management"]}]));
+        assert_eq!(selectors(management, false), Some(Severity::Medium));
     }
 }

@@ -167,8 +167,9 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         "cloudtrail-changes medium cloudtrail-trail example-trail".into(), // failed DeleteTrail
         "cloudtrail-changes medium cloudtrail-trail management-events".into(), // UpdateTrail
         // PutEventSelectors: Panther's two variants of one event (same eventID UUID, different
-        // selectors) are one activity to Trailguard.
-        "cloudtrail-changes medium cloudtrail-trail sample-cloudtrail-name".into(),
+        // selectors) are one activity to Trailguard — the first, whose selectors log no
+        // management events: as good as stopping the trail, high.
+        "cloudtrail-changes high cloudtrail-trail sample-cloudtrail-name".into(),
         "console-signin-failures medium principal arn:aws:iam::123456789012:user/tester".into(), // the sample's burst
         "console-signin-failures medium source-ip 111.111.111.111".into(),
         "s3-bucket-public high s3-bucket corporate-documents".into(), // public-access block deleted

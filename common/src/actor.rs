@@ -15,6 +15,7 @@
 //! | `AssumedRole` whose session name is an e-mail address | the person (SAML IdPs set `RoleSessionName` to the user's e-mail or UPN) | `person:NAME` |
 //! | any other `AssumedRole` | the role: instance (`i-…`), Lambda, ECS, CI and service sessions are one workload | the role ARN, `arn:…:iam::ACCOUNT:role/NAME` |
 //! | `IdentityCenterUser` | the Identity Center user (`userName`, else `onBehalfOf.userId`) | `person:NAME` or `identity-center:USER-ID` |
+//! | `Unknown` with a `userName` and no ARN (Identity Center's older records of its sign-ins and portal) | the Identity Center user | `person:NAME` |
 //! | `SAMLUser` (the `AssumeRoleWithSAML` call itself) | the SAML subject | `person:NAME` |
 //! | `WebIdentityUser` (the `AssumeRoleWithWebIdentity` call itself) | the identity provider's subject | `web-identity:PROVIDER-SUBJECT` |
 //! | `FederatedUser` (`GetFederationToken`) | the federated user | its ARN |
@@ -218,6 +219,11 @@ impl Actor {
                     ),
                     None => fallback(principal),
                 }
+            }
+            // Identity Center's older records of its sign-ins and portal calls: no ARN, the
+            // user's name (the same as its permission-set sessions' name).
+            "Unknown" if arn.is_empty() && !name.trim().is_empty() && name != HIDDEN_USER_NAME => {
+                person(name, "identity-center")
             }
             "SAMLUser" if !name.trim().is_empty() => person(name, "saml"),
             "WebIdentityUser" => {
@@ -446,6 +452,42 @@ mod tests {
             (other.kind, other.id.as_str()),
             (ActorKind::Account, "account:999999999999")
         );
+    }
+
+    /// Identity Center's older records of its own sign-ins and portal calls name the user as
+    /// `type: Unknown` with a `userName` (no ARN): that user, joined with its permission-set
+    /// sessions (whose session name is the same user name).
+    #[test]
+    fn identity_center_users_in_the_older_shape() {
+        let legacy = |name: Option<&str>| {
+            Actor::of(&Principal {
+                kind: "Unknown".into(),
+                account_id: Some("123456789012".into()),
+                principal_id: Some("123456789012".into()),
+                name: name.map(str::to_string),
+                ..Principal::default()
+            })
+        };
+        let alice = legacy(Some("Alice@Example.com"));
+        assert_eq!(
+            (alice.kind, alice.id.as_str(), alice.basis.as_str()),
+            (
+                ActorKind::Person,
+                "person:alice@example.com",
+                "identity-center"
+            )
+        );
+        assert_eq!(legacy(None).basis, "principal");
+        assert_eq!(legacy(Some(" ")).basis, "principal");
+        assert_eq!(legacy(Some(HIDDEN_USER_NAME)).basis, "principal");
+        // With an ARN it is not Identity Center's shape.
+        let with_arn = Actor::of(&Principal {
+            kind: "Unknown".into(),
+            arn: Some("arn:aws:iam::123456789012:user/x".into()),
+            name: Some("alice".into()),
+            ..Principal::default()
+        });
+        assert_eq!(with_arn.basis, "principal");
     }
 
     #[test]

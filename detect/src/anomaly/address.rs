@@ -19,6 +19,13 @@ impl Anomalies {
             .filter(|_| acts_itself(a) && !corporate && !categories.is_empty())
         {
             let ip = addr.to_string();
+            // A failed sign-in or a password prompt is someone using the actor's name, not
+            // the actor: said so (the alert stays, to tell whose password is being tried).
+            let acted = if crate::classify::names_only(a) {
+                "was the name of a sign-in attempt"
+            } else {
+                "acted"
+            };
             let anon: Vec<&str> = categories
                 .iter()
                 .map(String::as_str)
@@ -27,7 +34,7 @@ impl Anomalies {
             let d = &self.cfg.anonymous_ip;
             if !anon.is_empty() && self.on(d, a) && self.may_fire(st, format!("anon|{ip}"), t) {
                 let summary = format!(
-                    "{who} acted through an anonymizing service ({}): {}",
+                    "{who} {acted} through an anonymizing service ({}): {}",
                     anon.join(", "),
                     a.event_name
                 );
@@ -47,7 +54,7 @@ impl Anomalies {
                 && self.may_fire(st, format!("bad|{ip}"), t)
             {
                 let summary = format!(
-                    "{who} acted from an address on a threat-intelligence list: {}",
+                    "{who} {acted} from an address on a threat-intelligence list: {}",
                     a.event_name
                 );
                 out.push(self.alert(

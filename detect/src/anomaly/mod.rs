@@ -1532,6 +1532,34 @@ mod tests {
         assert_eq!(ids(&alerts, "infrequent-country").len(), 1, "{alerts:#?}");
     }
 
+    /// A guess at a user's password from a Tor exit is still told (it tells whose password is
+    /// being tried), as an attempt in the user's name, not as the user acting.
+    #[test]
+    fn an_attempt_through_tor_is_told_as_an_attempt() {
+        let mut guess = portal(0, "CredentialVerification", "Failure", "185.220.101.5");
+        guess.enrichment_mut().ip_categories = vec!["tor".into()];
+        let alerts = run(&[guess]);
+        let tor: Vec<&str> = alerts
+            .iter()
+            .filter(|a| a.policy_id == "anonymous-ip")
+            .map(|a| a.evidence.summary.as_str())
+            .collect();
+        assert_eq!(tor.len(), 1, "{alerts:#?}");
+        assert!(
+            tor[0].contains("was the name of a sign-in attempt"),
+            "{tor:?}"
+        );
+        let mut call = activity(0, "DescribeInstances", "185.220.101.5");
+        call.enrichment_mut().ip_categories = vec!["tor".into()];
+        let alerts = run(&[call]);
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.evidence.summary.contains(" acted through")),
+            "{alerts:#?}"
+        );
+    }
+
     /// A failed console sign-in from a country neither teaches it nor raises it: the user's
     /// own sign-in from there a week later is what is infrequent.
     #[test]

@@ -119,8 +119,19 @@ pub static TEMPLATES: &[Template] = &[
             name: "IAM policy change",
             kind: AlertKind::ActivityPolicy,
         },
-        sources: &["iam.amazonaws.com"],
+        // Identity Center's permission sets are IAM policies it provisions into accounts.
+        sources: &["iam.amazonaws.com", "sso.amazonaws.com"],
         events: &[
+            "AttachManagedPolicyToPermissionSet",
+            "AttachCustomerManagedPolicyReferenceToPermissionSet",
+            "PutInlinePolicyToPermissionSet",
+            "PutPermissionsBoundaryToPermissionSet",
+            "DetachManagedPolicyFromPermissionSet",
+            "DeleteInlinePolicyFromPermissionSet",
+            "DeletePermissionsBoundaryFromPermissionSet",
+            "CreatePermissionSet",
+            "UpdatePermissionSet",
+            "CreateAccountAssignment",
             "AttachUserPolicy",
             "AttachRolePolicy",
             "AttachGroupPolicy",
@@ -401,6 +412,15 @@ fn trust_is_open(doc: Option<&Value>) -> bool {
 }
 
 fn judge_iam_policy(a: &Activity) -> Option<(i8, String)> {
+    // Identity Center's calls on its own service, IAM's on IAM.
+    let identity_center =
+        a.event_name.contains("PermissionSet") || a.event_name.contains("AccountAssignment");
+    if identity_center != (a.event_source == "sso.amazonaws.com") {
+        return None;
+    }
+    if identity_center {
+        return judge_permission_set(a);
+    }
     let p = params(a);
     let target = text(p, "userName")
         .map(|u| format!("user {u}"))
@@ -434,6 +454,46 @@ fn judge_iam_policy(a: &Activity) -> Option<(i8, String)> {
         return Some((1, format!("let anyone assume {target}")));
     }
     Some((0, format!("changed {target}")))
+}
+
+/// An Identity Center permission set changed, or given to a user or group in an account.
+fn judge_permission_set(a: &Activity) -> Option<(i8, String)> {
+    let p = params(a);
+    let set = text(p, "permissionSetArn")
+        .map(|arn| arn.rsplit('/').next().unwrap_or(arn))
+        .unwrap_or("a permission set");
+    Some(match a.event_name.as_str() {
+        "AttachManagedPolicyToPermissionSet" => {
+            let arn = text(p, "managedPolicyArn").unwrap_or("a policy");
+            let managed = arn.rsplit('/').next().unwrap_or("");
+            let powerful = arn.starts_with("arn:aws") && POWERFUL_POLICIES.contains(&managed);
+            let name = if powerful { managed } else { arn };
+            (
+                i8::from(powerful),
+                format!("attached {name} to permission set {set}"),
+            )
+        }
+        "PutInlinePolicyToPermissionSet"
+            if document_is_admin(p.and_then(|p| p.get("inlinePolicy"))) =>
+        {
+            (
+                1,
+                format!("granted every action on every resource to permission set {set}"),
+            )
+        }
+        "CreateAccountAssignment" => (
+            0,
+            format!(
+                "gave {} {} permission set {set} in account {}",
+                text(p, "principalType")
+                    .unwrap_or("a principal")
+                    .to_ascii_lowercase(),
+                text(p, "principalId").unwrap_or("?"),
+                text(p, "targetId").unwrap_or("?")
+            ),
+        ),
+        name => (0, format!("changed permission set {set} ({name})")),
+    })
 }
 
 fn judge_network_acl(a: &Activity) -> Option<(i8, String)> {
@@ -797,6 +857,64 @@ mod tests {
         let got = fire(&denied);
         assert_eq!(got[0].1, Severity::Medium);
         assert!(got[0].2.contains("attempt failed: AccessDenied"));
+    }
+
+    /// Identity Center's permission sets are IAM policies provisioned into accounts, and an
+    /// account assignment gives a user or group one of them in an account: an administrator's
+    /// set attached, an inline policy allowing everything, an assignment made — persistence
+    /// and escalation through the organization's SSO, judged as the IAM calls are.
+    #[test]
+    fn identity_center_permission_sets_and_assignments() {
+        let sso = |name: &str, params: Value| activity("sso.amazonaws.com", name, params, None);
+        let set = "arn:aws:sso:::permissionSet/ssoins-7223a5b4f3c1d2e0/ps-0123456789abcdef";
+        let got = fire(&sso(
+            "AttachManagedPolicyToPermissionSet",
+            json!({"instanceArn": "arn:aws:sso:::instance/ssoins-7223a5b4f3c1d2e0",
+                "permissionSetArn": set,
+                "managedPolicyArn": "arn:aws:iam::aws:policy/AdministratorAccess"}),
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].0.as_str(), got[0].1),
+            ("iam-policy-changes", Severity::High)
+        );
+        assert!(got[0].2.contains("ps-0123456789abcdef"), "{got:?}");
+        let inline = fire(&sso(
+            "PutInlinePolicyToPermissionSet",
+            json!({"permissionSetArn": set, "inlinePolicy":
+                "{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"*\",\"Resource\":\"*\"}]}"}),
+        ));
+        assert_eq!(
+            inline.first().map(|g| g.1),
+            Some(Severity::High),
+            "{inline:?}"
+        );
+        let assigned = fire(&sso(
+            "CreateAccountAssignment",
+            json!({"instanceArn": "arn:aws:sso:::instance/ssoins-7223a5b4f3c1d2e0",
+                "targetId": "222233334444", "targetType": "AWS_ACCOUNT", "permissionSetArn": set,
+                "principalType": "USER", "principalId": "94482488-3041-7026-18f3-be45837cd0e4"}),
+        ));
+        assert_eq!(assigned.len(), 1, "{assigned:?}");
+        assert_eq!(assigned[0].1, Severity::Medium);
+        assert!(
+            assigned[0].2.contains("222233334444") && assigned[0].2.contains("94482488"),
+            "{assigned:?}"
+        );
+        let read_only = fire(&sso(
+            "AttachManagedPolicyToPermissionSet",
+            json!({"permissionSetArn": set,
+                "managedPolicyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"}),
+        ));
+        assert_eq!(read_only.first().map(|g| g.1), Some(Severity::Medium));
+        // The same names on another service are not these.
+        assert!(fire(&activity(
+            "iam.amazonaws.com",
+            "CreateAccountAssignment",
+            json!({}),
+            None
+        ))
+        .is_empty());
     }
 
     #[test]

@@ -743,11 +743,12 @@ impl Detector {
                 let horizon = max
                     .checked_sub_signed(self.state_ttl)
                     .map_or(i64::MIN, |h| h.timestamp());
-                // An actor that has acted keeps when it last did (and nothing else) so its
-                // return is still judged dormant — old credentials used again after a long
-                // silence are the return that matters most; the bound on baselines evicts
-                // such least recently seen actors first. Peer groups, and actors known only
-                // by failed sign-ins, are forgotten. A pruned actor has no `first_seen`.
+                // An actor that may be dormant (see `may_be_dormant`) and has acted keeps when
+                // it last did (and nothing else) so its return is still judged dormant — old
+                // credentials used again after a long silence are the return that matters
+                // most; the bound on baselines evicts such least recently seen actors first.
+                // Workloads, peer groups and actors known only by failed sign-ins are
+                // forgotten. A pruned actor has no `first_seen`.
                 let old: Vec<String> = self
                     .principals
                     .iter()
@@ -759,7 +760,7 @@ impl Detector {
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in old {
-                    let keep = !k.starts_with(crate::anomaly::PEER_PREFIX);
+                    let keep = crate::anomaly::may_be_dormant(&k);
                     match self.principals.get_mut(&k) {
                         Some(state) if keep && !state.last_id.is_empty() => {
                             let folds = std::mem::take(&mut state.folds);
@@ -1978,11 +1979,28 @@ mod tests {
     fn a_return_after_pruning_is_still_dormant() {
         let user = serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::187901811700:user/old-key", "userName": "old-key", "accountId": "187901811700"});
         let busy = serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::187901811700:user/busy", "userName": "busy", "accountId": "187901811700"});
+        let role = serde_json::json!({"type": "AssumedRole", "principalId": "AROAEXAMPLE:ci",
+            "arn": "arn:aws:sts::187901811700:assumed-role/deploy/ci", "accountId": "187901811700"});
+        let ci = serde_json::json!({"type": "WebIdentityUser",
+            "principalId": "token.actions.githubusercontent.com:repo:org/app:ref:refs/heads/main",
+            "userName": "repo:org/app:ref:refs/heads/main"});
         let mut d = detector();
         let mut facts = Facts::default();
         let mut alerts = d.observe(&acting(user.clone(), "ListBuckets", 0, 0), 0, &mut facts);
+        let workloads = [
+            acting(role, "ListBuckets", 0, 1),
+            acting(ci, "ListBuckets", 0, 2),
+        ];
+        for (offset, a) in workloads.iter().enumerate() {
+            alerts.extend(d.observe(a, offset as Offset + 1, &mut facts));
+        }
+        let keys: Vec<String> = workloads.iter().map(|a| a.actor.id.clone()).collect();
+        assert!(
+            keys.iter().all(|k| d.principals.contains_key(k)),
+            "{keys:?}"
+        );
         let other = acting(busy, "ListBuckets", 200, 0);
-        for offset in 1..=10_000 {
+        for offset in 3..=10_000 {
             alerts.extend(d.observe(&other, offset, &mut facts));
         }
         let key = "arn:aws:iam::187901811700:user/old-key";
@@ -1991,6 +2009,10 @@ mod tests {
             .get(key)
             .map(|s| (s.first_seen, s.api_known.len()));
         assert_eq!(pruned, Some((0, 0)), "pruned to when it last acted");
+        // A workload is never dormant: pruned, it is forgotten (a role, a CI job's subject).
+        for workload in &keys {
+            assert!(!d.principals.contains_key(workload), "{workload}");
+        }
         let back = acting(user, "ListBuckets", 200, 5);
         alerts.extend(d.observe(&back, 10_001, &mut facts));
         let found = dormant(&alerts);

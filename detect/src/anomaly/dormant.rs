@@ -8,6 +8,19 @@ use trailguard_common::contract::{ActorKind, Alert, Severity};
 use super::{Anomalies, PrincipalState, Seen, Who, DORMANT_PRINCIPAL};
 use crate::classify::acts_itself;
 
+/// Whether the actor keyed `key` is one `dormant-principal` judges — a user, person, root,
+/// federated user or other account (not a web-identity subject, a role acting as a workload,
+/// a service, `anonymous` or a peer group) — told by its key, as a pruned actor keeps no
+/// activity to tell it by (the keys of [`trailguard_common::actor`]).
+pub(crate) fn may_be_dormant(key: &str) -> bool {
+    const PEOPLE: [&str; 3] = ["person:", "identity-center:", "account:"];
+    if PEOPLE.iter().any(|p| key.starts_with(p)) {
+        return true;
+    }
+    key.starts_with("arn:")
+        && (key.contains(":user/") || key.ends_with(":root") || key.contains(":federated-user/"))
+}
+
 impl Anomalies {
     /// Raises `dormant-principal` when `seen` is the actor's first activity after
     /// `dormant_after` of silence; `previous` is when it last acted before (unix seconds; 0 for
@@ -66,5 +79,34 @@ impl Anomalies {
                 "Valid Accounts: Cloud Accounts",
             ),
         ));
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::may_be_dormant;
+
+    #[test]
+    fn the_actors_that_may_be_dormant_by_their_keys() {
+        for key in [
+            "arn:aws:iam::111111111111:user/alice",
+            "arn:aws-us-gov:iam::111111111111:root",
+            "arn:aws:sts::111111111111:federated-user/bob",
+            "person:alice@example.com",
+            "identity-center:94482488-3041-7026-18f3-be45837cd0e4",
+            "account:999999999999",
+        ] {
+            assert!(may_be_dormant(key), "{key}");
+        }
+        for key in [
+            "arn:aws:iam::111111111111:role/deploy",
+            "web-identity:repo:org/app:ref:refs/heads/main",
+            "service:ec2.amazonaws.com",
+            "anonymous",
+            "peers:org",
+            "111111111111/Unknown",
+        ] {
+            assert!(!may_be_dormant(key), "{key}");
+        }
     }
 }

@@ -33,6 +33,7 @@ mod address;
 pub(crate) mod behaviour;
 mod country;
 mod dormant;
+pub(crate) use dormant::may_be_dormant;
 mod mfa;
 mod rates;
 mod terminated;

@@ -154,13 +154,27 @@ fn deleted_objects(a: &Activity) -> Option<u32> {
 
 /// A sign-in record that names an actor without proving any credential of it — anyone can
 /// type a user name: a failed sign-in (to the console or Identity Center's portal, whose wrong
-/// passwords are failed `CredentialVerification`s), or the portal's `CredentialChallenge`,
-/// which only says a password (or MFA code) was asked for. Counted as that actor's failure
-/// where it failed, but never the actor acting: no return from a silence, no place it was.
+/// passwords are failed `CredentialVerification`s), or a [`is_prompt`]. Counted as that
+/// actor's failure where it failed, but never the actor acting: no return from a silence, no
+/// place it was, and an alert about it only notifies.
 pub(crate) fn names_only(a: &Activity) -> bool {
-    let signin = a.event_source == "signin.amazonaws.com"
-        || a.event_type.as_deref() == Some("AwsConsoleSignIn");
-    signin && (!a.outcome.is_success() || a.event_name == "CredentialChallenge")
+    is_signin(a) && (!a.outcome.is_success() || is_prompt(a))
+}
+
+/// A sign-in service's record that someone was asked for, or asked for, a credential — logged
+/// as a success, yet anyone who types a user name causes it: Identity Center's
+/// `CredentialChallenge` (a password or MFA code asked for; the verdict follows as
+/// `CredentialVerification`), root's `PasswordRecoveryRequested` (a reset e-mail asked for).
+pub(crate) fn is_prompt(a: &Activity) -> bool {
+    is_signin(a)
+        && matches!(
+            a.event_name.as_str(),
+            "CredentialChallenge" | "PasswordRecoveryRequested"
+        )
+}
+
+fn is_signin(a: &Activity) -> bool {
+    a.event_source == "signin.amazonaws.com" || a.event_type.as_deref() == Some("AwsConsoleSignIn")
 }
 
 /// Units an activity adds to each rate. A deleted bucket is a whole data store, not one

@@ -175,7 +175,8 @@ fn disarm_if_failed(
     activity: &Activity,
     act_on_failed: &std::collections::HashSet<String>,
 ) {
-    if activity.outcome.is_success() {
+    // A password prompt is a success anyone can cause: as a failure here.
+    if activity.outcome.is_success() && !crate::classify::names_only(activity) {
         return;
     }
     for alert in alerts {
@@ -1378,6 +1379,41 @@ mod tests {
             alerts[0].evidence.summary.contains("password spray"),
             "{alerts:#?}"
         );
+    }
+
+    /// A password prompt (Identity Center's `CredentialChallenge`, root's password recovery
+    /// request) is logged as a success, yet anyone who types a user name causes it: an alert
+    /// about one keeps only its notifications, as an alert about a failed sign-in does.
+    #[test]
+    fn alerts_about_a_password_prompt_only_notify() {
+        use trailguard_common::contract::{ActionKind, RequestedAction};
+        for name in ["CredentialChallenge", "PasswordRecoveryRequested"] {
+            let mut prompt = failure("alice", "198.51.100.7", 0);
+            prompt.event_name = name.into();
+            prompt.outcome.status = OutcomeStatus::Success;
+            let meta = crate::policy::PolicyMeta {
+                id: "terminated-user",
+                name: "t",
+                kind: trailguard_common::contract::AlertKind::Anomaly,
+            };
+            let armed = |kind| RequestedAction {
+                kind,
+                target: crate::policy::action_target(kind, &prompt),
+            };
+            let mut alerts = vec![crate::policy::AlertBuilder::about(
+                &meta,
+                &prompt,
+                trailguard_common::contract::Severity::High,
+            )
+            .actions(vec![
+                armed(ActionKind::Notify),
+                armed(ActionKind::SuspendUser),
+            ])
+            .id_from(&[name])];
+            disarm_if_failed(&mut alerts, &prompt, &Default::default());
+            let kinds: Vec<ActionKind> = alerts[0].actions.iter().map(|a| a.kind).collect();
+            assert_eq!(kinds, [ActionKind::Notify], "{name}");
+        }
     }
 
     #[test]

@@ -16,7 +16,13 @@ impl Anomalies {
         let categories = &a.enrichment.ip_categories;
         if let Some(addr) = a
             .source_ip
-            .filter(|_| acts_itself(a) && !corporate && !categories.is_empty())
+            // A prompt says nothing of its own (the verdict that follows is judged).
+            .filter(|_| {
+                acts_itself(a)
+                    && !corporate
+                    && !categories.is_empty()
+                    && !crate::classify::is_prompt(a)
+            })
         {
             let ip = addr.to_string();
             // A failed sign-in or a password prompt is someone using the actor's name, not

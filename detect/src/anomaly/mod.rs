@@ -1550,6 +1550,10 @@ mod tests {
             tor[0].contains("was the name of a sign-in attempt"),
             "{tor:?}"
         );
+        // The prompt before it says nothing of its own: the verification's verdict follows.
+        let mut prompt = portal(0, "CredentialChallenge", "Success", "185.220.101.5");
+        prompt.enrichment_mut().ip_categories = vec!["tor".into()];
+        assert!(ids(&run(&[prompt]), "anonymous-ip").is_empty());
         let mut call = activity(0, "DescribeInstances", "185.220.101.5");
         call.enrichment_mut().ip_categories = vec!["tor".into()];
         let alerts = run(&[call]);
@@ -1559,6 +1563,43 @@ mod tests {
                 .any(|a| a.evidence.summary.contains(" acted through")),
             "{alerts:#?}"
         );
+    }
+
+    /// Anyone who knows the root user's e-mail address can ask for its password to be reset
+    /// (`PasswordRecoveryRequested`, logged as a success): no return from a silence, nor the
+    /// end of one — root's own use the next day is.
+    #[test]
+    fn a_root_password_recovery_request_is_not_root_acting() {
+        let root = |t: i64, source: &str, name: &str| {
+            let time = DateTime::<Utc>::from_timestamp(1_700_000_000 + t, 0).unwrap_or_default();
+            let record = json!({
+                "eventTime": time.to_rfc3339(), "eventSource": source, "eventName": name,
+                "eventType": if source == "signin.amazonaws.com" { "AwsConsoleSignIn" } else { "AwsApiCall" },
+                "awsRegion": "us-east-1", "recipientAccountId": "111111111111",
+                "sourceIPAddress": "198.51.100.7", "userAgent": "Mozilla/5.0",
+                "eventID": format!("00000000-0000-4000-b000-{:012}", t.unsigned_abs()),
+                "userIdentity": {"type": "Root", "principalId": "111111111111",
+                    "arn": "arn:aws:iam::111111111111:root", "accountId": "111111111111"},
+                "responseElements": if source == "signin.amazonaws.com" { json!({name: "Success"}) } else { json!(null) },
+            });
+            match trailguard_ingest::normalize::normalize(&record.to_string()) {
+                Ok(a) => a,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let acts = [
+            root(0, "s3.amazonaws.com", "ListBuckets"),
+            root(
+                60 * DAY,
+                "signin.amazonaws.com",
+                "PasswordRecoveryRequested",
+            ),
+        ];
+        let alerts = run(&acts);
+        assert!(ids(&alerts, "dormant-principal").is_empty(), "{alerts:#?}");
+        let mut acts = acts.to_vec();
+        acts.push(root(61 * DAY, "s3.amazonaws.com", "ListBuckets"));
+        assert_eq!(ids(&run(&acts), "dormant-principal").len(), 1);
     }
 
     /// A failed console sign-in from a country neither teaches it nor raises it: the user's

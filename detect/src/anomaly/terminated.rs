@@ -25,7 +25,9 @@ impl Anomalies {
         let mut out = Vec::new();
         let t = a.event_time.timestamp();
         let d = &self.cfg.terminated_user;
-        if acts_itself(a) && self.on(d, a) {
+        // A prompt (a password asked for) is anyone typing the name; a failed sign-in is
+        // still told (someone tries a leaver's password), its actions disarmed.
+        if acts_itself(a) && !crate::classify::is_prompt(a) && self.on(d, a) {
             if let Some((summary, severity, termination)) =
                 crate::facts::terminated(facts, &self.cfg.terminated_users, a)
             {

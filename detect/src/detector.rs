@@ -1354,9 +1354,11 @@ mod tests {
             let mut a = failure(user, ip, minute);
             a.event_name = "CredentialVerification".into();
             a.event_type = Some("AwsServiceEvent".into());
+            // As ingest reads it: the user id is the name too (no userName in the record).
             a.principal = Principal {
                 kind: "IdentityCenterUser".into(),
                 account_id: Some("1".into()),
+                name: Some(format!("94482488-{user}")),
                 on_behalf_of: Some(format!("94482488-{user}")),
                 ..Principal::default()
             };

@@ -113,16 +113,18 @@ fn failed_signin(activity: &Activity) -> bool {
     signin && !activity.outcome.is_success()
 }
 
-/// Whom a failed sign-in tried, and how to name it: the principal as CloudTrail gives it —
-/// or, for an Identity Center user known by its id alone (no ARN, name or principal id, which
-/// would make every such user of an account one principal), its actor.
+/// Whom a failed sign-in tried, and how to name it: the principal's ARN when the record has
+/// one, else its actor — an IAM user's failures are written without an ARN, Identity
+/// Center's name the user by id or user name only — so a burst's entity is the id its
+/// baselines and other alerts use (`arn:…:user/NAME`, `identity-center:ID`, `person:NAME`).
 fn tried(activity: &Activity) -> (String, String) {
     let p = &activity.principal;
-    if p.arn.is_some() || p.name.is_some() || p.principal_id.is_some() {
+    if p.arn.is_some() {
         return (p.key(), p.display());
     }
     let key = activity.actor_key().into_owned();
-    (key.clone(), key)
+    let name = p.name.clone().unwrap_or_else(|| key.clone());
+    (key, name)
 }
 
 /// Failed console sign-ins counted per source IP over one partition of the sign-in failures

@@ -656,6 +656,14 @@ const BLINDING: &[Blinding] = &[
         severity: Severity::High,
         when: always,
     },
+    // Bedrock's record of every prompt and answer: what an LLMjacker deletes first.
+    Blinding {
+        source: "bedrock.amazonaws.com",
+        name: "DeleteModelInvocationLoggingConfiguration",
+        what: "stopped logging Bedrock model invocations",
+        severity: Severity::Medium,
+        when: always,
+    },
     Blinding {
         source: "kms.amazonaws.com",
         name: "ScheduleKeyDeletion",
@@ -1366,7 +1374,8 @@ impl Exposure {
             &DEFENSE_EVASION,
             (cfg.severity, &cfg.actions),
             a,
-            Some(defence_of(a)),
+            // A refusal names whatever its caller typed: about the actor (see below).
+            a.outcome.is_success().then(|| defence_of(a)),
             b.severity,
             summary,
             ("Defense Evasion", "T1562", "Impair Defenses"),
@@ -1784,7 +1793,9 @@ impl Exposure {
             &CREDENTIALS_FOR_ANOTHER,
             (cfg.severity, &cfg.actions),
             a,
-            Some(Entity {
+            // A refused call needs no right and names whatever its caller typed: refusals
+            // are about the actor, so made-up names fold into one alert instead of one each.
+            a.outcome.is_success().then(|| Entity {
                 kind: kinds::PRINCIPAL.into(),
                 id: victim,
             }),
@@ -1839,24 +1850,50 @@ impl EventPolicy for Exposure {
     }
 }
 
-/// The defence an activity switched off, as an alert's entity: the resource CloudTrail names,
-/// else its service in the account and region — so one actor blinding several defences within
-/// the hour raises an alert for each, while the same defence touched again folds.
+/// The defence an activity switched off, as an alert's entity: the call and what it named (a
+/// detector, rule, recorder, key, …; else the first resource CloudTrail lists) in the account
+/// and region — so one actor blinding several defences within the hour raises an alert for
+/// each, while the same call on the same thing again folds.
 fn defence_of(a: &Activity) -> Entity {
-    if let Some(r) = a.resources.first() {
-        return Entity {
-            kind: r.kind.clone(),
-            id: r.id.clone(),
-        };
+    const NAMED_BY: &[&str] = &[
+        "detectorId",
+        "name",
+        "Name",
+        "ruleName",
+        "keyId",
+        "KeyId",
+        "configurationRecorderName",
+        "ConfigurationRecorderName",
+        "deliveryChannelName",
+        "DeliveryChannelName",
+        "configRuleName",
+        "ConfigRuleName",
+        "resolverQueryLogConfigId",
+        "ResolverQueryLogConfigId",
+        "analyzerName",
+        "graphArn",
+    ];
+    let params = a.request_parameters.as_ref();
+    let named = NAMED_BY.iter().find_map(|key| {
+        params
+            .and_then(|p| p.get(*key))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let thing = named.or_else(|| a.resources.first().map(|r| r.id.clone()));
+    let service = a.event_source.trim_end_matches(".amazonaws.com");
+    let mut id = format!("{service} {}", a.event_name);
+    if let Some(thing) = thing.filter(|t| !t.is_empty()) {
+        id.push(' ');
+        id.push_str(&thing);
     }
+    id.push_str(" in ");
+    id.push_str(a.account_id.as_deref().unwrap_or("-"));
+    id.push('/');
+    id.push_str(a.region.as_deref().unwrap_or("-"));
     Entity {
         kind: kinds::AWS_SERVICE.into(),
-        id: format!(
-            "{} in {}/{}",
-            a.event_source.trim_end_matches(".amazonaws.com"),
-            a.account_id.as_deref().unwrap_or("-"),
-            a.region.as_deref().unwrap_or("-")
-        ),
+        id,
     }
 }
 
@@ -2858,11 +2895,13 @@ mod tests {
             .first()
             .map(|a| (a.entity.kind.clone(), a.entity.id.clone()))
         };
-        let detector = entity(
-            "guardduty.amazonaws.com",
-            "DeleteDetector",
-            json!({"detectorId": "d1"}),
-        );
+        let detector = |id: &str| {
+            entity(
+                "guardduty.amazonaws.com",
+                "DeleteDetector",
+                json!({ "detectorId": id }),
+            )
+        };
         let disabled = entity(
             "guardduty.amazonaws.com",
             "UpdateDetector",
@@ -2874,10 +2913,49 @@ mod tests {
             json!({}),
         );
         let hub = entity("securityhub.amazonaws.com", "DisableSecurityHub", json!({}));
-        assert!(detector.is_some() && left.is_some() && hub.is_some());
-        assert_eq!(detector, disabled, "one detector, one incident");
-        assert_ne!(detector, left);
-        assert_ne!(detector, hub);
+        let rule = |name: &str| {
+            entity(
+                "events.amazonaws.com",
+                "DeleteRule",
+                json!({ "name": name }),
+            )
+        };
+        let stopped = entity(
+            "config.amazonaws.com",
+            "StopConfigurationRecorder",
+            json!({"configurationRecorderName": "default"}),
+        );
+        let channel = entity(
+            "config.amazonaws.com",
+            "DeleteDeliveryChannel",
+            json!({"deliveryChannelName": "default"}),
+        );
+        assert!(detector("d1").is_some() && left.is_some() && hub.is_some());
+        assert_eq!(detector("d1"), detector("d1"), "the same call again folds");
+        assert_ne!(detector("d1"), detector("d2"));
+        assert_ne!(detector("d1"), disabled, "another call on it");
+        assert_ne!(detector("d1"), left);
+        assert_ne!(detector("d1"), hub);
+        assert!(stopped.is_some() && channel.is_some());
+        assert_ne!(stopped, channel);
+        let findings = rule("guardduty-findings-to-slack");
+        assert_ne!(findings, rule("securityhub-findings-to-jira"));
+        assert!(
+            findings
+                .as_ref()
+                .is_some_and(|(_, id)| id.contains("guardduty-findings-to-slack")),
+            "{findings:?}"
+        );
+        assert!(
+            entity(
+                "bedrock.amazonaws.com",
+                "DeleteModelInvocationLoggingConfiguration",
+                json!({})
+            )
+            .is_some(),
+            "Bedrock's invocation log"
+        );
+        let detector = detector("d1");
         assert!(detector
             .iter()
             .chain(&left)
@@ -2894,6 +2972,30 @@ mod tests {
         assert_eq!(
             for_user("carol", "CreateLoginProfile").map(|e| e.1),
             Some("arn:aws:iam::111111111111:user/carol".to_string())
+        );
+        // A refused call names whatever its caller typed (no right is needed to be refused):
+        // refusals are about the actor, so made-up names fold into one alert, not one each.
+        let refused = |source: &str, name: &str, params: Value| {
+            run(&record(source, name, sso("dana@example.com"), params, true))
+                .first()
+                .map(|a| a.entity.id.clone())
+        };
+        let actor = Some("person:dana@example.com".to_string());
+        assert_eq!(
+            refused(
+                "iam.amazonaws.com",
+                "CreateAccessKey",
+                json!({"userName": "u1"})
+            ),
+            actor
+        );
+        assert_eq!(
+            refused(
+                "kms.amazonaws.com",
+                "ScheduleKeyDeletion",
+                json!({"keyId": "made-up-1"})
+            ),
+            actor
         );
     }
 

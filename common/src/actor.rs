@@ -99,6 +99,32 @@ impl Actor {
         Actor::of_in(principal, None)
     }
 
+    /// The actor of a record of `event_source` by `principal` (see [`Actor::of_in`]): also
+    /// reads Identity Center's older records of its own sign-ins and portal calls
+    /// (`signin.amazonaws.com`, `sso.amazonaws.com`), which name the user as `type: Unknown`
+    /// with a `userName` and no ARN — the same name as its permission-set sessions'. (Other
+    /// services write `Unknown` too, and ingest writes it for a record with no type: only
+    /// Identity Center's own records are read so.)
+    pub fn of_event(principal: &Principal, partition: Option<&str>, event_source: &str) -> Actor {
+        let name = principal.name.as_deref().unwrap_or_default();
+        let legacy_identity_center =
+            matches!(event_source, "signin.amazonaws.com" | "sso.amazonaws.com")
+                && principal.kind == "Unknown"
+                && principal.arn.as_deref().unwrap_or_default().is_empty()
+                && !name.trim().is_empty()
+                && name != HIDDEN_USER_NAME
+                && principal.on_behalf_of.as_deref() != Some(name);
+        if legacy_identity_center {
+            return Actor {
+                kind: ActorKind::Person,
+                id: format!("person:{}", name.trim().to_lowercase()),
+                name: name.trim().to_string(),
+                basis: "identity-center".into(),
+            };
+        }
+        Actor::of_in(principal, partition)
+    }
+
     /// The actor behind `principal`, in `partition` (the activity's: `aws` when not known) for
     /// the keys built without an ARN to go on.
     pub fn of_in(principal: &Principal, partition: Option<&str>) -> Actor {
@@ -219,11 +245,6 @@ impl Actor {
                     ),
                     None => fallback(principal),
                 }
-            }
-            // Identity Center's older records of its sign-ins and portal calls: no ARN, the
-            // user's name (the same as its permission-set sessions' name).
-            "Unknown" if arn.is_empty() && !name.trim().is_empty() && name != HIDDEN_USER_NAME => {
-                person(name, "identity-center")
             }
             "SAMLUser" if !name.trim().is_empty() => person(name, "saml"),
             "WebIdentityUser" => {
@@ -459,15 +480,28 @@ mod tests {
     /// sessions (whose session name is the same user name).
     #[test]
     fn identity_center_users_in_the_older_shape() {
-        let legacy = |name: Option<&str>| {
-            Actor::of(&Principal {
-                kind: "Unknown".into(),
-                account_id: Some("123456789012".into()),
-                principal_id: Some("123456789012".into()),
-                name: name.map(str::to_string),
-                ..Principal::default()
-            })
+        let principal = |name: Option<&str>| Principal {
+            kind: "Unknown".into(),
+            account_id: Some("123456789012".into()),
+            principal_id: Some("123456789012".into()),
+            name: name.map(str::to_string),
+            ..Principal::default()
         };
+        let legacy =
+            |name: Option<&str>| Actor::of_event(&principal(name), None, "signin.amazonaws.com");
+        // Another service's `Unknown` (WorkDocs, a record with no type) is not read so.
+        let elsewhere = Actor::of_event(
+            &principal(Some("alice@example.com")),
+            None,
+            "workdocs.amazonaws.com",
+        );
+        assert_eq!(elsewhere.basis, "principal");
+        let portal = Actor::of_event(
+            &principal(Some("alice@example.com")),
+            None,
+            "sso.amazonaws.com",
+        );
+        assert_eq!(portal.id, "person:alice@example.com");
         let alice = legacy(Some("Alice@Example.com"));
         assert_eq!(
             (alice.kind, alice.id.as_str(), alice.basis.as_str()),
@@ -481,12 +515,16 @@ mod tests {
         assert_eq!(legacy(Some(" ")).basis, "principal");
         assert_eq!(legacy(Some(HIDDEN_USER_NAME)).basis, "principal");
         // With an ARN it is not Identity Center's shape.
-        let with_arn = Actor::of(&Principal {
-            kind: "Unknown".into(),
-            arn: Some("arn:aws:iam::123456789012:user/x".into()),
-            name: Some("alice".into()),
-            ..Principal::default()
-        });
+        let with_arn = Actor::of_event(
+            &Principal {
+                kind: "Unknown".into(),
+                arn: Some("arn:aws:iam::123456789012:user/x".into()),
+                name: Some("alice".into()),
+                ..Principal::default()
+            },
+            None,
+            "signin.amazonaws.com",
+        );
         assert_eq!(with_arn.basis, "principal");
     }
 

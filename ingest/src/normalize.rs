@@ -205,7 +205,7 @@ fn normalize_record<I: IdentityField>(
         .then(|| format!("{}#{}", arrival.0, arrival.1));
     let id = stable_id(parts.into_iter().chain(arrival_text.as_deref()));
 
-    let actor = Actor::of_in(&principal, partition.as_deref());
+    let actor = Actor::of_event(&principal, partition.as_deref(), &event_source);
     Ok(Activity {
         schema_version: ACTIVITY_SCHEMA_VERSION,
         id,

@@ -154,6 +154,17 @@ pub static TEMPLATES: &[Template] = &[
             "PutRolePermissionsBoundary",
             "DeleteUserPermissionsBoundary",
             "DeleteRolePermissionsBoundary",
+            // Group membership: a group's policies are its members'.
+            "AddUserToGroup",
+            // Identity providers: whoever holds a trusted provider's key signs in as anyone
+            // it names.
+            "CreateSAMLProvider",
+            "UpdateSAMLProvider",
+            "DeleteSAMLProvider",
+            "CreateOpenIDConnectProvider",
+            "UpdateOpenIDConnectProviderThumbprint",
+            "AddClientIDToOpenIDConnectProvider",
+            "DeleteOpenIDConnectProvider",
         ],
         severity: Severity::Medium,
         mitre: (
@@ -422,6 +433,49 @@ fn judge_iam_policy(a: &Activity) -> Option<(i8, String)> {
         return judge_permission_set(a);
     }
     let p = params(a);
+    if a.event_name == "AddUserToGroup" {
+        let group = text(p, "groupName").unwrap_or("a group");
+        let user = text(p, "userName").unwrap_or("a user");
+        // What the group may do is not in the record; its name is what there is to go on.
+        let admins = group.to_ascii_lowercase().contains("admin");
+        return Some((
+            i8::from(admins),
+            format!("added user {user} to group {group}"),
+        ));
+    }
+    if a.event_name.contains("SAMLProvider") || a.event_name.contains("OpenIDConnectProvider") {
+        // Identity Center making its own provider (`AWSSSO_…_DO_NOT_DELETE`) is not a change
+        // anyone chose (a CloudFormation stack's, on its caller's behalf, is).
+        if a.principal.invoked_by.as_deref() == Some("sso.amazonaws.com") {
+            return None;
+        }
+        let provider = [
+            "sAMLProviderArn",
+            "SAMLProviderArn",
+            "openIDConnectProviderArn",
+            "OpenIDConnectProviderArn",
+            "name",
+            "url",
+        ]
+        .iter()
+        .find_map(|k| text(p, k))
+        .map(|arn| arn.rsplit('/').next().unwrap_or(arn))
+        .unwrap_or("an identity provider");
+        // New metadata for a provider already trusted: the keys of the identity provider
+        // every federated role believes are now whoever supplied it (a golden-SAML swap).
+        let swapped = a.event_name == "UpdateSAMLProvider";
+        let what = match a.event_name.as_str() {
+            "CreateSAMLProvider" | "CreateOpenIDConnectProvider" => "trusted a new",
+            "UpdateSAMLProvider" => "replaced the keys (metadata) of the",
+            "UpdateOpenIDConnectProviderThumbprint" => "changed the certificate thumbprint of the",
+            "AddClientIDToOpenIDConnectProvider" => "added a client (audience) to the",
+            _ => "removed the",
+        };
+        return Some((
+            i8::from(swapped),
+            format!("{what} identity provider {provider}"),
+        ));
+    }
     let target = text(p, "userName")
         .map(|u| format!("user {u}"))
         .or_else(|| text(p, "roleName").map(|r| format!("role {r}")))
@@ -915,6 +969,72 @@ mod tests {
             None
         ))
         .is_empty());
+    }
+
+    /// Joining an administrators' group, and trusting a new or changed identity provider (whose
+    /// key then signs in as anyone it names), are IAM changes as a policy is.
+    #[test]
+    fn group_membership_and_identity_providers() {
+        let iam =
+            |name: &str, params: Value| fire(&activity("iam.amazonaws.com", name, params, None));
+        let joined = iam(
+            "AddUserToGroup",
+            json!({"groupName": "Administrators", "userName": "mallory"}),
+        );
+        assert_eq!(joined.len(), 1, "{joined:?}");
+        assert_eq!(
+            (joined[0].0.as_str(), joined[0].1),
+            ("iam-policy-changes", Severity::High)
+        );
+        assert!(
+            joined[0].2.contains("mallory") && joined[0].2.contains("Administrators"),
+            "{joined:?}"
+        );
+        let readers = iam(
+            "AddUserToGroup",
+            json!({"groupName": "readers", "userName": "bob"}),
+        );
+        assert_eq!(readers.first().map(|g| g.1), Some(Severity::Medium));
+        let swapped = iam(
+            "UpdateSAMLProvider",
+            json!({"sAMLProviderArn": "arn:aws:iam::111111111111:saml-provider/Okta",
+                "sAMLMetadataDocument": "<EntityDescriptor/>"}),
+        );
+        assert_eq!(
+            swapped.first().map(|g| g.1),
+            Some(Severity::High),
+            "{swapped:?}"
+        );
+        assert!(swapped[0].2.contains("Okta"), "{swapped:?}");
+        let mut by_sso = activity(
+            "iam.amazonaws.com",
+            "CreateSAMLProvider",
+            json!({"name": "AWSSSO_abdf34fd171b4a7e_DO_NOT_DELETE"}),
+            None,
+        );
+        by_sso.principal.invoked_by = Some("sso.amazonaws.com".into());
+        assert!(fire(&by_sso).is_empty(), "Identity Center's own");
+        for (name, params) in [
+            (
+                "CreateSAMLProvider",
+                json!({"name": "NewIdP", "sAMLMetadataDocument": "<x/>"}),
+            ),
+            (
+                "CreateOpenIDConnectProvider",
+                json!({"url": "https://token.example.com"}),
+            ),
+            (
+                "UpdateOpenIDConnectProviderThumbprint",
+                json!({"openIDConnectProviderArn": "arn:aws:iam::111111111111:oidc-provider/token.example.com"}),
+            ),
+        ] {
+            let got = iam(name, params);
+            assert_eq!(
+                got.first().map(|g| g.1),
+                Some(Severity::Medium),
+                "{name}: {got:?}"
+            );
+        }
     }
 
     #[test]

@@ -152,6 +152,20 @@ fn deleted_objects(a: &Activity) -> Option<u32> {
     (n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
+/// How many objects a `DeleteObjects` request named, from its body's size, when the record
+/// lists them under an `ARNPrefix` rather than one by one (as trails usually write it): each
+/// `<Object><Key>…</Key></Object>` is about 100 bytes with a typical key, and one request names
+/// at most 1,000. An estimate — a whole bucket emptied a thousand at a time still counts in
+/// thousands, not one a call.
+fn objects_named_by_size(a: &Activity) -> Option<u32> {
+    let bytes = a
+        .additional_event_data
+        .as_ref()
+        .and_then(|d| d.get("bytesTransferredIn"))
+        .and_then(Value::as_u64)?;
+    Some((bytes / 100).clamp(1, 1_000) as u32)
+}
+
 /// A sign-in record that names an actor without proving any credential of it — anyone can
 /// type a user name: a failed sign-in (to the console or Identity Center's portal, whose wrong
 /// passwords are failed `CredentialVerification`s), or a [`is_prompt`]. Counted as that
@@ -201,6 +215,7 @@ pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {
             units[RateKind::Deletion as usize] = deleted_objects(a)
                 .or_else(|| count_items(params.map(RawJson::value), &["Delete", "Object"]))
                 .or_else(|| count_items(params.map(RawJson::value), &["delete", "Object"]))
+                .or_else(|| objects_named_by_size(a))
                 .unwrap_or(1)
                 .max(1);
         }
@@ -306,6 +321,26 @@ mod tests {
             }),
         );
         assert_eq!(rate_units(&objects, 10)[RateKind::Deletion as usize], 3);
+        // As a trail usually writes it: the objects under an `ARNPrefix`, not one by one, so
+        // the request body's size tells how many were named (about 100 bytes each, at most the
+        // 1,000 one request may delete).
+        let prefixed = |bytes: u64| {
+            s3(
+                "DeleteObjects",
+                serde_json::json!({
+                    "requestParameters": {"bucketName": "b", "delete": ""},
+                    "additionalEventData": {"bytesTransferredIn": bytes, "bytesTransferredOut": 0},
+                    "resources": [
+                        {"type": "AWS::S3::Object", "ARNPrefix": "arn:aws:s3:::b/"},
+                        {"accountId": "1", "type": "AWS::S3::Bucket", "ARN": "arn:aws:s3:::b"}
+                    ]
+                }),
+            )
+        };
+        let deleted = |bytes| rate_units(&prefixed(bytes), 10)[RateKind::Deletion as usize];
+        assert_eq!(deleted(84_000), 840);
+        assert_eq!(deleted(5_000_000), 1_000);
+        assert_eq!(deleted(40), 1);
         let one = s3(
             "DeleteObject",
             serde_json::json!({"requestParameters": {"bucketName": "b", "key": "k"}}),

@@ -131,8 +131,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
         assert_eq!(
-            count, 34,
-            "5 built-in, 6 exposure, 7 templates, 16 anomaly detections"
+            count, 35,
+            "5 built-in, 6 exposure, 8 templates, 16 anomaly detections"
         );
     }
 }

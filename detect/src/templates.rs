@@ -273,6 +273,23 @@ pub static TEMPLATES: &[Template] = &[
     },
     Template {
         meta: PolicyMeta {
+            id: "s3-object-customer-key",
+            name: "S3 objects encrypted with a customer-provided key",
+            kind: AlertKind::ActivityPolicy,
+        },
+        sources: &["s3.amazonaws.com"],
+        events: &[
+            "PutObject",
+            "CopyObject",
+            "CreateMultipartUpload",
+            "UploadPartCopy",
+        ],
+        severity: Severity::Medium,
+        mitre: ("Impact", "T1486", "Data Encrypted for Impact"),
+        judge: judge_customer_key,
+    },
+    Template {
+        meta: PolicyMeta {
             id: "security-group-changes",
             name: "Security group configuration change",
             kind: AlertKind::ActivityPolicy,
@@ -610,8 +627,87 @@ fn judge_bucket(a: &Activity) -> Option<(i8, String)> {
                 .and_then(|p| p.get("VersioningConfiguration"))
                 .and_then(|v| v.get("Status"))
                 .and_then(Value::as_str)
-                .is_some_and(|s| s != "Enabled"));
+                .is_some_and(|s| s != "Enabled"))
+        || (a.event_name.starts_with("PutBucketLifecycle") && expires_soon(params(a)));
     Some((i8::from(weakening), format!("{} on {bucket}", a.event_name)))
+}
+
+/// An object written with a key only the writer holds (SSE-C: S3 keeps no copy, so no one
+/// else can read it back) — how ransomware with stolen keys holds a bucket's data (the
+/// "Codefinger" campaign): worse when an object is copied onto itself, existing data
+/// re-encrypted in place. Objects written otherwise are not judged.
+fn judge_customer_key(a: &Activity) -> Option<(i8, String)> {
+    // Every object write comes here (data events, the most numerous): their documents are
+    // parsed only when their text names a customer key at all.
+    let mentions = |doc: Option<&trailguard_common::RawJson>, what: &str| {
+        doc.is_some_and(|d| d.text().contains(what))
+    };
+    if !mentions(a.request_parameters.as_ref(), "customer-algorithm")
+        && !mentions(a.additional_event_data.as_ref(), "SSE_C")
+    {
+        return None;
+    }
+    let p = params(a);
+    let customer_key = text(p, "x-amz-server-side-encryption-customer-algorithm").is_some()
+        || a.additional_event_data
+            .as_ref()
+            .and_then(|d| d.get("SSEApplied"))
+            .and_then(Value::as_str)
+            == Some("SSE_C");
+    if !customer_key {
+        return None;
+    }
+    let bucket = text(p, "bucketName").unwrap_or("a bucket");
+    let key = text(p, "key").unwrap_or("");
+    let source = text(p, "x-amz-copy-source").map(|s| s.trim_start_matches('/'));
+    let object = format!("{bucket}/{key}");
+    let in_place = source
+        .and_then(|s| s.split('?').next())
+        .is_some_and(|s| s == object || s.ends_with(&format!(":{object}")));
+    Some(if in_place {
+        (
+            1,
+            format!("re-encrypted {bucket}/{key} in place with a key only it holds (SSE-C)"),
+        )
+    } else {
+        (
+            0,
+            format!("wrote {bucket}/{key} encrypted with a key only it holds (SSE-C)"),
+        )
+    })
+}
+
+/// Whether a lifecycle configuration expires objects (current or previous versions) within a
+/// week: data deleted on a timer, the second half of ransomware that encrypted it first.
+fn expires_soon(p: Option<&Value>) -> bool {
+    let Some(config) = p.and_then(|p| {
+        p.get("LifecycleConfiguration")
+            .or_else(|| p.get("lifecycleConfiguration"))
+    }) else {
+        return false;
+    };
+    let rules: Vec<&Value> = match config.get("Rule").or_else(|| config.get("Rules")) {
+        Some(Value::Array(rules)) => rules.iter().collect(),
+        Some(rule) => vec![rule],
+        None => Vec::new(),
+    };
+    let days = |v: Option<&Value>| match v {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    };
+    rules.into_iter().any(|rule| {
+        let enabled = rule
+            .get("Status")
+            .and_then(Value::as_str)
+            .is_none_or(|s| s.eq_ignore_ascii_case("Enabled"));
+        let current = days(rule.get("Expiration").and_then(|e| e.get("Days")));
+        let previous = days(
+            rule.get("NoncurrentVersionExpiration")
+                .and_then(|e| e.get("NoncurrentDays")),
+        );
+        enabled && current.into_iter().chain(previous).any(|d| d <= 7)
+    })
 }
 
 /// Ports whose exposure to the internet is an incident in itself.
@@ -1035,6 +1131,57 @@ mod tests {
                 "{name}: {got:?}"
             );
         }
+    }
+
+    /// Objects written with a key only the writer holds (SSE-C): what S3 ransomware does to
+    /// a bucket's objects with stolen keys (re-encrypting them in place, then expiring the
+    /// originals). A lifecycle rule that expires objects within days is worse than one that
+    /// tidies.
+    #[test]
+    fn customer_key_encryption_and_short_expiry() {
+        let s3 =
+            |name: &str, params: Value| fire(&activity("s3.amazonaws.com", name, params, None));
+        let in_place = s3(
+            "CopyObject",
+            json!({"bucketName": "finance", "key": "q3.xlsx", "x-amz-copy-source": "finance/q3.xlsx",
+                "x-amz-server-side-encryption-customer-algorithm": "AES256"}),
+        );
+        assert_eq!(in_place.len(), 1, "{in_place:?}");
+        assert_eq!(
+            (in_place[0].0.as_str(), in_place[0].1),
+            ("s3-object-customer-key", Severity::High)
+        );
+        let put = s3(
+            "PutObject",
+            json!({"bucketName": "finance", "key": "new.xlsx",
+                "x-amz-server-side-encryption-customer-algorithm": "AES256"}),
+        );
+        assert_eq!(put.first().map(|g| g.1), Some(Severity::Medium), "{put:?}");
+        assert!(s3(
+            "PutObject",
+            json!({"bucketName": "finance", "key": "plain.txt"})
+        )
+        .is_empty());
+        assert!(s3(
+            "PutObject",
+            json!({"bucketName": "finance", "key": "kms.txt", "x-amz-server-side-encryption": "aws:kms"})
+        )
+        .is_empty());
+        let expiry = |days: Value| {
+            s3(
+                "PutBucketLifecycleConfiguration",
+                json!({"bucketName": "finance", "LifecycleConfiguration": {"Rule": [
+                    {"ID": "tidy", "Status": "Enabled", "Filter": {"Prefix": "tmp/"},
+                        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
+                    {"ID": "x", "Status": "Enabled", "Filter": {"Prefix": ""},
+                        "Expiration": {"Days": days}}]}}),
+            )
+            .first()
+            .map(|g| g.1)
+        };
+        assert_eq!(expiry(json!(1)), Some(Severity::Medium));
+        assert_eq!(expiry(json!("3")), Some(Severity::Medium));
+        assert_eq!(expiry(json!(365)), Some(Severity::Low));
     }
 
     #[test]

@@ -203,6 +203,20 @@ pub const TABLE: &[Row] = &[
     row(EC2, "ModifySnapshotAttribute", Exfiltration, 4),
     row(EC2, "SharedSnapshotCopyInitiated", Exfiltration, 4),
     row(EC2, "TerminateInstances", Impact, 2),
+    // A Glue development endpoint runs as the role passed to it, reachable over SSH by the
+    // key given: a way to a role's rights (and, updated, into an existing one's).
+    row(
+        "glue.amazonaws.com",
+        "CreateDevEndpoint",
+        PrivilegeEscalation,
+        3,
+    ),
+    row(
+        "glue.amazonaws.com",
+        "UpdateDevEndpoint",
+        PrivilegeEscalation,
+        4,
+    ),
     row("guardduty.amazonaws.com", "CreateIPSet", DefenseEvasion, 4),
     row(
         "guardduty.amazonaws.com",
@@ -313,10 +327,23 @@ pub const TABLE: &[Row] = &[
     row(S3, "PutBucketReplication", Exfiltration, 3),
     row(S3, "PutBucketVersioning", Impact, 2),
     // A notebook's lifecycle script runs as the notebook's role at every start.
+    // A notebook runs as the role passed to it; a presigned URL opens a shell in it.
+    row(
+        "sagemaker.amazonaws.com",
+        "CreateNotebookInstance",
+        PrivilegeEscalation,
+        2,
+    ),
     row(
         "sagemaker.amazonaws.com",
         "CreateNotebookInstanceLifecycleConfig",
         Persistence,
+        3,
+    ),
+    row(
+        "sagemaker.amazonaws.com",
+        "CreatePresignedNotebookInstanceUrl",
+        LateralMovement,
         3,
     ),
     row(

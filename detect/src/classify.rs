@@ -152,17 +152,17 @@ fn deleted_objects(a: &Activity) -> Option<u32> {
     (n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
-/// How many objects a `DeleteObjects` request named, from its body's size, when the record
-/// lists them under an `ARNPrefix` rather than one by one (as trails usually write it): each
-/// `<Object><Key>…</Key></Object>` is about 100 bytes with a typical key, and one request names
-/// at most 1,000. An estimate — a whole bucket emptied a thousand at a time still counts in
+/// How many objects a `DeleteObjects` request named, from the size of its request or answer
+/// (the larger), when the record lists them under an `ARNPrefix` rather than one by one (as
+/// trails usually write it): each key's XML is about 100 bytes with a typical key, and one
+/// request names at most 1,000. An estimate — a whole bucket emptied a thousand at a time still counts in
 /// thousands, not one a call.
 fn objects_named_by_size(a: &Activity) -> Option<u32> {
-    let bytes = a
-        .additional_event_data
-        .as_ref()
-        .and_then(|d| d.get("bytesTransferredIn"))
-        .and_then(Value::as_u64)?;
+    let data = a.additional_event_data.as_ref()?;
+    let bytes = |key: &str| data.get(key).and_then(Value::as_u64);
+    // The request names every key; the answer too (`<Deleted><Key>…`) unless asked to be
+    // quiet: whichever is larger.
+    let bytes = bytes("bytesTransferredIn").max(bytes("bytesTransferredOut"))?;
     Some((bytes / 100).clamp(1, 1_000) as u32)
 }
 
@@ -329,7 +329,7 @@ mod tests {
                 "DeleteObjects",
                 serde_json::json!({
                     "requestParameters": {"bucketName": "b", "delete": ""},
-                    "additionalEventData": {"bytesTransferredIn": bytes, "bytesTransferredOut": 0},
+                    "additionalEventData": {"bytesTransferredIn": bytes, "bytesTransferredOut": bytes / 2},
                     "resources": [
                         {"type": "AWS::S3::Object", "ARNPrefix": "arn:aws:s3:::b/"},
                         {"accountId": "1", "type": "AWS::S3::Bucket", "ARN": "arn:aws:s3:::b"}
@@ -341,6 +341,12 @@ mod tests {
         assert_eq!(deleted(84_000), 840);
         assert_eq!(deleted(5_000_000), 1_000);
         assert_eq!(deleted(40), 1);
+        // Sizes as some records have them: the answer's only.
+        let mut answer = prefixed(0);
+        answer.additional_event_data = Some(
+            serde_json::json!({"bytesTransferredIn": 0, "bytesTransferredOut": 404_840}).into(),
+        );
+        assert_eq!(rate_units(&answer, 10)[RateKind::Deletion as usize], 1_000);
         let one = s3(
             "DeleteObject",
             serde_json::json!({"requestParameters": {"bucketName": "b", "key": "k"}}),

@@ -628,6 +628,7 @@ impl Detector {
                 matched,
                 t,
                 self.fold_period,
+                &activity.event_name,
                 &mut opened,
             );
             for until in opened {

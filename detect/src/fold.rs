@@ -13,7 +13,7 @@
 //! fold closed raises its first record again); remediate acts on an id once.
 
 use serde::{Deserialize, Serialize};
-use trailguard_common::contract::Alert;
+use trailguard_common::contract::{kinds, Alert};
 
 /// How repeats of an event-driven policy fold into one alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,12 +98,20 @@ impl Fold {
     }
 }
 
-/// What makes two alerts one incident: the policy, the entity, the severity — and the acting
-/// principal. Folds live in the actor's state, but a session merely *named* like a person (or
-/// a role's other sessions) must not disappear into another principal's fold as a repeat.
-fn key_of(alert: &Alert) -> String {
+/// What makes two alerts one incident: the policy, the entity, the severity, the call — and
+/// the acting principal. Folds live in the actor's state, but a session merely *named* like a
+/// person (or a role's other sessions) must not disappear into another principal's fold as a
+/// repeat; and another call on the same thing is the next step, not a repeat (a trail's
+/// `DeleteTrail` after its `StopLogging` is an alert of its own). An alert about the actor
+/// itself (the root user used) folds whatever the call: the incident is the actor.
+fn key_of(alert: &Alert, call: &str) -> String {
+    let about_the_actor = alert
+        .actor
+        .as_ref()
+        .is_some_and(|actor| alert.entity.kind == kinds::PRINCIPAL && alert.entity.id == actor.id);
+    let call = if about_the_actor { "" } else { call };
     format!(
-        "{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{call}",
         alert.policy_id,
         alert.entity.kind,
         alert.entity.id,
@@ -125,15 +133,17 @@ pub fn fold(
     t: i64,
     period: i64,
 ) -> Vec<Alert> {
-    fold_noting(folds, alerts, t, period, &mut Vec::new())
+    fold_noting(folds, alerts, t, period, "", &mut Vec::new())
 }
 
-/// [`fold`], also noting the end of each fold it opens in `opened`.
+/// [`fold`] of the alerts a call (`eventName`) raised, also noting the end of each fold it
+/// opens in `opened`.
 pub fn fold_noting(
     folds: &mut thin_vec::ThinVec<Fold>,
     alerts: Vec<Alert>,
     t: i64,
     period: i64,
+    call: &str,
     opened: &mut Vec<i64>,
 ) -> Vec<Alert> {
     let mut out = close_before(folds, t);
@@ -152,7 +162,7 @@ pub fn fold_noting(
             out.push(alert);
             continue;
         }
-        let key = key_of(&alert);
+        let key = key_of(&alert, call);
         if let Some(open) = folds.iter_mut().find(|f| f.key == key) {
             // The same activity again (re-published past ingest's de-duplication) is no repeat.
             let id = alert.evidence.activity_ids.last();
@@ -251,6 +261,40 @@ mod tests {
             last_time: None,
             signature: None,
         }
+    }
+
+    /// Another call on the same entity by the same actor within the hour is the next step of
+    /// what it is doing, not a repeat: published, not folded. The same call again folds.
+    #[test]
+    fn another_call_on_the_same_entity_is_not_a_repeat() {
+        let mut folds = thin_vec::ThinVec::new();
+        let mut opened = Vec::new();
+        let mut out = fold_noting(
+            &mut folds,
+            vec![alert("a", "trail", Severity::High, 0)],
+            0,
+            3600,
+            "StopLogging",
+            &mut opened,
+        );
+        out.extend(fold_noting(
+            &mut folds,
+            vec![alert("b", "trail", Severity::High, 60)],
+            60,
+            3600,
+            "DeleteTrail",
+            &mut opened,
+        ));
+        assert_eq!(out.len(), 2, "{out:#?}");
+        let again = fold_noting(
+            &mut folds,
+            vec![alert("c", "trail", Severity::High, 120)],
+            120,
+            3600,
+            "DeleteTrail",
+            &mut opened,
+        );
+        assert!(again.is_empty(), "{again:#?}");
     }
 
     #[test]

@@ -98,18 +98,21 @@ impl Fold {
     }
 }
 
-/// What makes two alerts one incident: the policy, the entity, the severity, the call — and
-/// the acting principal. Folds live in the actor's state, but a session merely *named* like a
-/// person (or a role's other sessions) must not disappear into another principal's fold as a
-/// repeat; and another call on the same thing is the next step, not a repeat (a trail's
-/// `DeleteTrail` after its `StopLogging` is an alert of its own). An alert about the actor
-/// itself (the root user used) folds whatever the call: the incident is the actor.
+/// What makes two alerts one incident: the policy, the entity, the severity — and the acting
+/// principal. Folds live in the actor's state, but a session merely *named* like a person (or
+/// a role's other sessions) must not disappear into another principal's fold as a repeat.
+/// For a high alert the call too: another high call on the same thing is the next step, not a
+/// repeat (a trail's `DeleteTrail` after its `StopLogging`), while the routine calls of a
+/// change (a bucket's versioning, encryption, policy… made by one deployment) stay one alert.
+/// An alert about the actor itself (the root user used) folds whatever the call: the
+/// incident is the actor.
 fn key_of(alert: &Alert, call: &str) -> String {
     let about_the_actor = alert
         .actor
         .as_ref()
         .is_some_and(|actor| alert.entity.kind == kinds::PRINCIPAL && alert.entity.id == actor.id);
-    let call = if about_the_actor { "" } else { call };
+    let by_call = alert.severity == trailguard_common::contract::Severity::High && !about_the_actor;
+    let call = if by_call { call } else { "" };
     format!(
         "{}|{}|{}|{}|{}|{call}",
         alert.policy_id,
@@ -263,8 +266,9 @@ mod tests {
         }
     }
 
-    /// Another call on the same entity by the same actor within the hour is the next step of
-    /// what it is doing, not a repeat: published, not folded. The same call again folds.
+    /// Another high call on the same entity by the same actor within the hour is the next step
+    /// of what it is doing, not a repeat: published, not folded. The same call again folds; so
+    /// do a change's routine calls (medium and low) on one thing.
     #[test]
     fn another_call_on_the_same_entity_is_not_a_repeat() {
         let mut folds = thin_vec::ThinVec::new();
@@ -295,6 +299,23 @@ mod tests {
             &mut opened,
         );
         assert!(again.is_empty(), "{again:#?}");
+        let mut routine = fold_noting(
+            &mut folds,
+            vec![alert("d", "bucket", Severity::Low, 180)],
+            180,
+            3600,
+            "PutBucketVersioning",
+            &mut opened,
+        );
+        routine.extend(fold_noting(
+            &mut folds,
+            vec![alert("e", "bucket", Severity::Low, 200)],
+            200,
+            3600,
+            "PutBucketEncryption",
+            &mut opened,
+        ));
+        assert_eq!(routine.len(), 1, "{routine:#?}");
     }
 
     #[test]

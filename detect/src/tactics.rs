@@ -326,8 +326,8 @@ pub const TABLE: &[Row] = &[
     row(S3, "PutBucketPolicy", Exfiltration, 2),
     row(S3, "PutBucketReplication", Exfiltration, 3),
     row(S3, "PutBucketVersioning", Impact, 2),
-    // A notebook's lifecycle script runs as the notebook's role at every start.
-    // A notebook runs as the role passed to it; a presigned URL opens a shell in it.
+    // A notebook runs as the role passed to it; a presigned URL opens a shell in it; its
+    // lifecycle script runs as that role at every start.
     row(
         "sagemaker.amazonaws.com",
         "CreateNotebookInstance",

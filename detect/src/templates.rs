@@ -480,7 +480,18 @@ fn judge_iam_policy(a: &Activity) -> Option<(i8, String)> {
         .unwrap_or("an identity provider");
         // New metadata for a provider already trusted: the keys of the identity provider
         // every federated role believes are now whoever supplied it (a golden-SAML swap).
-        let swapped = a.event_name == "UpdateSAMLProvider";
+        // Unless the request shows it changed only the provider's own keys or encryption mode.
+        let metadata = ["sAMLMetadataDocument", "SAMLMetadataDocument"]
+            .iter()
+            .any(|k| text(p, k).is_some());
+        let keys_only = [
+            "assertionEncryptionMode",
+            "addPrivateKey",
+            "removePrivateKey",
+        ]
+        .iter()
+        .any(|k| p.and_then(|p| p.get(*k)).is_some());
+        let swapped = a.event_name == "UpdateSAMLProvider" && (metadata || !keys_only);
         let what = match a.event_name.as_str() {
             "CreateSAMLProvider" | "CreateOpenIDConnectProvider" => "trusted a new",
             "UpdateSAMLProvider" => "replaced the keys (metadata) of the",
@@ -659,9 +670,10 @@ fn judge_customer_key(a: &Activity) -> Option<(i8, String)> {
     }
     let bucket = text(p, "bucketName").unwrap_or("a bucket");
     let key = text(p, "key").unwrap_or("");
-    let source = text(p, "x-amz-copy-source").map(|s| s.trim_start_matches('/'));
+    let source = text(p, "x-amz-copy-source").map(|s| percent_decoded(s.trim_start_matches('/')));
     let object = format!("{bucket}/{key}");
     let in_place = source
+        .as_deref()
         .and_then(|s| s.split('?').next())
         .is_some_and(|s| s == object || s.ends_with(&format!(":{object}")));
     Some(if in_place {
@@ -677,8 +689,17 @@ fn judge_customer_key(a: &Activity) -> Option<(i8, String)> {
     })
 }
 
-/// Whether a lifecycle configuration expires objects (current or previous versions) within a
-/// week: data deleted on a timer, the second half of ransomware that encrypted it first.
+/// `x-amz-copy-source` is URL-encoded (`q3%20report.xlsx`); the request's `key` is not.
+fn percent_decoded(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Whether a lifecycle configuration expires a whole bucket's objects (current or previous
+/// versions) within a week, or on a date: data deleted on a timer, the second half of
+/// ransomware that encrypted it first. A rule confined to a prefix or tag (`tmp/`, query
+/// results) is housekeeping.
 fn expires_soon(p: Option<&Value>) -> bool {
     let Some(config) = p.and_then(|p| {
         p.get("LifecycleConfiguration")
@@ -696,17 +717,35 @@ fn expires_soon(p: Option<&Value>) -> bool {
         Some(Value::String(s)) => s.trim().parse().ok(),
         _ => None,
     };
+    // No filter, or one that selects everything (an empty prefix, no tag, no size bound).
+    let whole_bucket = |rule: &Value| {
+        // (`*` selects only keys starting with one, but is what a wildcard is taken to be.)
+        let empty = |v: Option<&Value>| {
+            v.is_none_or(|v| v.as_str().is_some_and(|p| matches!(p, "" | "*" | "/")))
+        };
+        match rule.get("Filter") {
+            None => empty(rule.get("Prefix")),
+            Some(Value::Object(filter)) => {
+                filter.iter().all(|(k, v)| k == "Prefix" && empty(Some(v)))
+            }
+            Some(other) => empty(Some(other)),
+        }
+    };
     rules.into_iter().any(|rule| {
         let enabled = rule
             .get("Status")
             .and_then(Value::as_str)
             .is_none_or(|s| s.eq_ignore_ascii_case("Enabled"));
-        let current = days(rule.get("Expiration").and_then(|e| e.get("Days")));
+        let expiration = rule.get("Expiration");
+        let current = days(expiration.and_then(|e| e.get("Days")));
+        let on_a_date = expiration.and_then(|e| e.get("Date")).is_some();
         let previous = days(
             rule.get("NoncurrentVersionExpiration")
                 .and_then(|e| e.get("NoncurrentDays")),
         );
-        enabled && current.into_iter().chain(previous).any(|d| d <= 7)
+        enabled
+            && whole_bucket(rule)
+            && (on_a_date || current.into_iter().chain(previous).any(|d| d <= 7))
     })
 }
 
@@ -815,6 +854,41 @@ fn judge_vpc(a: &Activity) -> Option<(i8, String)> {
 /// The entity an alert of a template is about: the first resource named by the request,
 /// else the acting principal.
 fn entity(a: &Activity) -> Entity {
+    let p = params(a);
+    // What some calls are about is not the first name their request holds: the group a user
+    // joins, the identity provider changed, the permission set and whom an assignment gives
+    // it to where.
+    let special = match a.event_name.as_str() {
+        "AddUserToGroup" => text(p, "groupName").map(|g| ("iam-group", g.to_string())),
+        name if name.contains("SAMLProvider") || name.contains("OpenIDConnectProvider") => [
+            "sAMLProviderArn",
+            "SAMLProviderArn",
+            "openIDConnectProviderArn",
+            "OpenIDConnectProviderArn",
+            "name",
+            "url",
+        ]
+        .iter()
+        .find_map(|k| text(p, k))
+        .map(|id| ("identity-provider", id.to_string())),
+        "CreateAccountAssignment" => text(p, "permissionSetArn").map(|set| {
+            let to = |k| text(p, k).unwrap_or("?");
+            (
+                "account-assignment",
+                format!("{}/{}/{set}", to("targetId"), to("principalId")),
+            )
+        }),
+        name if name.contains("PermissionSet") => {
+            text(p, "permissionSetArn").map(|set| ("permission-set", set.to_string()))
+        }
+        _ => None,
+    };
+    if let Some((kind, id)) = special {
+        return Entity {
+            kind: kind.into(),
+            id,
+        };
+    }
     const KEYS: &[(&str, &str)] = &[
         ("bucketName", kinds::S3_BUCKET),
         ("instanceId", "ec2-instance"),
@@ -836,7 +910,6 @@ fn entity(a: &Activity) -> Entity {
         ("groupName", "iam-group"),
         ("policyName", "iam-policy"),
     ];
-    let p = params(a);
     for (key, kind) in KEYS {
         if let Some(id) = text(p, key) {
             return Entity {
@@ -1047,6 +1120,14 @@ mod tests {
         ));
         assert_eq!(assigned.len(), 1, "{assigned:?}");
         assert_eq!(assigned[0].1, Severity::Medium);
+        let entity = Templates::new(&TemplatesConfig::new())
+            .judge(&sso(
+                "CreateAccountAssignment",
+                json!({"targetId": "222233334444", "principalId": "u-1", "permissionSetArn": set}),
+            ))
+            .first()
+            .map(|a| a.entity.id.clone());
+        assert_eq!(entity, Some(format!("222233334444/u-1/{set}")));
         assert!(
             assigned[0].2.contains("222233334444") && assigned[0].2.contains("94482488"),
             "{assigned:?}"
@@ -1102,6 +1183,31 @@ mod tests {
             "{swapped:?}"
         );
         assert!(swapped[0].2.contains("Okta"), "{swapped:?}");
+        // Only its private keys or encryption mode changed, not whom it trusts: medium.
+        let keys_only = iam(
+            "UpdateSAMLProvider",
+            json!({"sAMLProviderArn": "arn:aws:iam::111111111111:saml-provider/Okta",
+                "assertionEncryptionMode": "Required"}),
+        );
+        assert_eq!(keys_only.first().map(|g| g.1), Some(Severity::Medium));
+        // Each provider, each group, each assignment is its own entity.
+        let of = |name: &str, params: Value| {
+            Templates::new(&TemplatesConfig::new())
+                .judge(&activity("iam.amazonaws.com", name, params, None))
+                .first()
+                .map(|a| (a.entity.kind.clone(), a.entity.id.clone()))
+        };
+        assert_eq!(
+            of("CreateSAMLProvider", json!({"name": "Evil"})),
+            Some(("identity-provider".to_string(), "Evil".to_string()))
+        );
+        assert_eq!(
+            of(
+                "AddUserToGroup",
+                json!({"groupName": "PowerUsers", "userName": "bob"})
+            ),
+            Some(("iam-group".to_string(), "PowerUsers".to_string()))
+        );
         let mut by_sso = activity(
             "iam.amazonaws.com",
             "CreateSAMLProvider",
@@ -1182,6 +1288,50 @@ mod tests {
         assert_eq!(expiry(json!(1)), Some(Severity::Medium));
         assert_eq!(expiry(json!("3")), Some(Severity::Medium));
         assert_eq!(expiry(json!(365)), Some(Severity::Low));
+        let rule = |rule: Value| {
+            s3(
+                "PutBucketLifecycleConfiguration",
+                json!({"bucketName": "finance", "LifecycleConfiguration": {"Rule": rule}}),
+            )
+            .first()
+            .map(|g| g.1)
+        };
+        // On a date (past or near, every object goes at once), the whole bucket: worse.
+        assert_eq!(
+            rule(json!({"Status": "Enabled", "Expiration": {"Date": "2025-01-01T00:00:00Z"}})),
+            Some(Severity::Medium)
+        );
+        // Housekeeping confined to a prefix or a tag is not.
+        assert_eq!(
+            rule(
+                json!({"Status": "Enabled", "Filter": {"Prefix": "athena-results/"},
+                "Expiration": {"Days": 1}})
+            ),
+            Some(Severity::Low)
+        );
+        assert_eq!(
+            rule(
+                json!({"Status": "Enabled", "Filter": {"Tag": {"Key": "tmp", "Value": "1"}},
+                "Expiration": {"Days": 1}})
+            ),
+            Some(Severity::Low)
+        );
+        assert_eq!(
+            rule(json!({"Status": "Disabled", "Expiration": {"Days": 1}})),
+            Some(Severity::Low)
+        );
+        // A key with a space: the copy source is URL-encoded.
+        let spaced = s3(
+            "CopyObject",
+            json!({"bucketName": "finance", "key": "q3 report.xlsx",
+                "x-amz-copy-source": "finance/q3%20report.xlsx",
+                "x-amz-server-side-encryption-customer-algorithm": "AES256"}),
+        );
+        assert_eq!(
+            spaced.first().map(|g| g.1),
+            Some(Severity::High),
+            "{spaced:?}"
+        );
     }
 
     #[test]

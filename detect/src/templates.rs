@@ -460,24 +460,15 @@ fn judge_iam_policy(a: &Activity) -> Option<(i8, String)> {
             format!("added user {user} to group {group}"),
         ));
     }
-    if a.event_name.contains("SAMLProvider") || a.event_name.contains("OpenIDConnectProvider") {
+    if is_identity_provider_call(&a.event_name) {
         // Identity Center making its own provider (`AWSSSO_…_DO_NOT_DELETE`) is not a change
         // anyone chose (a CloudFormation stack's, on its caller's behalf, is).
         if a.principal.invoked_by.as_deref() == Some("sso.amazonaws.com") {
             return None;
         }
-        let provider = [
-            "sAMLProviderArn",
-            "SAMLProviderArn",
-            "openIDConnectProviderArn",
-            "OpenIDConnectProviderArn",
-            "name",
-            "url",
-        ]
-        .iter()
-        .find_map(|k| text(p, k))
-        .map(|arn| arn.rsplit('/').next().unwrap_or(arn))
-        .unwrap_or("an identity provider");
+        let provider = identity_provider(p)
+            .map(|arn| arn.rsplit('/').next().unwrap_or(arn))
+            .unwrap_or("an identity provider");
         // New metadata for a provider already trusted: the keys of the identity provider
         // every federated role believes are now whoever supplied it (a golden-SAML swap).
         // Unless the request shows it changed only the provider's own keys or encryption mode.
@@ -536,6 +527,26 @@ fn judge_iam_policy(a: &Activity) -> Option<(i8, String)> {
         return Some((1, format!("let anyone assume {target}")));
     }
     Some((0, format!("changed {target}")))
+}
+
+/// A SAML or OpenID Connect identity provider's call (`CreateSAMLProvider`,
+/// `UpdateOpenIDConnectProviderThumbprint`, …).
+fn is_identity_provider_call(name: &str) -> bool {
+    name.contains("SAMLProvider") || name.contains("OpenIDConnectProvider")
+}
+
+/// The identity provider a request names: its ARN, or for a new one its name or URL.
+fn identity_provider(p: Option<&Value>) -> Option<&str> {
+    [
+        "sAMLProviderArn",
+        "SAMLProviderArn",
+        "openIDConnectProviderArn",
+        "OpenIDConnectProviderArn",
+        "name",
+        "url",
+    ]
+    .iter()
+    .find_map(|k| text(p, k))
 }
 
 /// An Identity Center permission set changed, or given to a user or group in an account.
@@ -860,17 +871,9 @@ fn entity(a: &Activity) -> Entity {
     // it to where.
     let special = match a.event_name.as_str() {
         "AddUserToGroup" => text(p, "groupName").map(|g| ("iam-group", g.to_string())),
-        name if name.contains("SAMLProvider") || name.contains("OpenIDConnectProvider") => [
-            "sAMLProviderArn",
-            "SAMLProviderArn",
-            "openIDConnectProviderArn",
-            "OpenIDConnectProviderArn",
-            "name",
-            "url",
-        ]
-        .iter()
-        .find_map(|k| text(p, k))
-        .map(|id| ("identity-provider", id.to_string())),
+        name if is_identity_provider_call(name) => {
+            identity_provider(p).map(|id| ("identity-provider", id.to_string()))
+        }
         "CreateAccountAssignment" => text(p, "permissionSetArn").map(|set| {
             let to = |k| text(p, k).unwrap_or("?");
             (

@@ -655,11 +655,6 @@ fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
-/// See [`crate::classify::names_only`].
-fn named_only(a: &Activity) -> bool {
-    crate::classify::names_only(a)
-}
-
 /// Everything learned about one principal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrincipalState {
@@ -1069,7 +1064,7 @@ impl Anomalies {
         // termination is judged by). An actor that has acted itself has a `last_id`; one known
         // only by failures has none, and its `last_seen` is its latest failure (how recently
         // it was seen, for pruning and eviction), never a time it acted.
-        let acted = !named_only(a);
+        let acted = !crate::classify::names_only(a);
         let has_acted = !st.last_id.is_empty();
         let previous = if has_acted { st.last_seen } else { 0 };
         if new_principal {

@@ -57,6 +57,8 @@ pub mod kinds {
 pub const INVENTORY_SOURCE: &str = "inventory.trailguard";
 /// `eventName` of an inventory snapshot of one S3 bucket.
 pub const BUCKET_SNAPSHOT: &str = "BucketSnapshot";
+/// `eventName` of an inventory snapshot of one account's CloudTrail trails.
+pub const TRAIL_SNAPSHOT: &str = "TrailSnapshot";
 
 /// One normalized CloudTrail record.
 ///

@@ -114,10 +114,16 @@ impl CloudTrailChanges {
 /// selector excludes management events or logs only reads, or no advanced selector selects
 /// the `Management` category without confining it to reads. (An empty list is not judged.)
 fn stops_management_writes(activity: &Activity) -> bool {
+    activity
+        .request_parameters
+        .as_deref()
+        .is_some_and(logs_no_management_writes)
+}
+
+/// Whether event selectors (`eventSelectors`, else `advancedEventSelectors`, in
+/// PutEventSelectors' request shapes) log no management write; empty lists are not judged.
+pub(crate) fn logs_no_management_writes(params: &serde_json::Value) -> bool {
     use serde_json::Value;
-    let Some(params) = activity.request_parameters.as_ref() else {
-        return false;
-    };
     let list = |key: &str| {
         params
             .get(key)

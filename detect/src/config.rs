@@ -18,6 +18,8 @@ pub struct PoliciesConfig {
     pub console_signin_failures: SigninFailuresConfig,
     /// CloudTrail configuration changes (stopping or deleting a trail is always `high`).
     pub cloudtrail_changes: SimplePolicyConfig,
+    /// An account CloudTrail does not record (see [`crate::trail_coverage`]).
+    pub trail_coverage: crate::trail_coverage::TrailCoverageConfig,
     /// S3 bucket is publicly accessible.
     pub s3_bucket_public: BucketPublicConfig,
     /// S3 bucket shared with an external account (see [`crate::bucket_shared`]).
@@ -80,6 +82,9 @@ impl PoliciesConfig {
     pub fn event_policies(&self) -> Vec<Box<dyn EventPolicy>> {
         vec![
             Box::new(CloudTrailChanges::new(self.cloudtrail_changes.clone())),
+            Box::new(crate::trail_coverage::TrailCoverage::new(
+                self.trail_coverage.clone(),
+            )),
             Box::new(BucketPublic::new(self.s3_bucket_public.clone())),
             Box::new(crate::bucket_shared::BucketShared::new(
                 self.s3_external_grantee.clone(),
@@ -131,8 +136,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
         assert_eq!(
-            count, 35,
-            "5 built-in, 6 exposure, 8 templates, 16 anomaly detections"
+            count, 36,
+            "6 built-in, 6 exposure, 8 templates, 16 anomaly detections"
         );
     }
 }

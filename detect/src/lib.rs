@@ -46,6 +46,7 @@ pub mod signin;
 pub mod state;
 pub mod tactics;
 pub mod templates;
+pub mod trail_coverage;
 
 use std::time::Duration;
 

@@ -55,7 +55,9 @@ pub enum Command {
     /// Take the posture inventory: every bucket of every account (ListBuckets, GetBucketAcl,
     /// GetBucketPolicy, GetBucketPolicyStatus, GetPublicAccessBlock, and the account's
     /// public-access block), one `BucketSnapshot` activity per bucket, so buckets that were
-    /// public before Trailguard started are caught too. Accounts: `aws.accounts` /
+    /// public before Trailguard started are caught too; and each account's trails (ListTrails,
+    /// GetTrail, GetTrailStatus, GetEventSelectors), one `TrailSnapshot` activity per account,
+    /// so an account CloudTrail does not record is caught. Accounts: `aws.accounts` /
     /// `aws.organization_accounts` with `aws.role_arn_template`, else the credentials' own.
     Inventory {
         /// Account to read through the assumed role (repeatable; adds to `aws.accounts`).

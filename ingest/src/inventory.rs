@@ -1,6 +1,7 @@
 //! Posture inventory: every bucket of every account, as it is now, published as one
 //! `BucketSnapshot` activity per bucket so detect's public-bucket policy also catches buckets
-//! that were public before Trailguard started watching the trail.
+//! that were public before Trailguard started watching the trail; and each account's trails,
+//! as one `TrailSnapshot` (see [`crate::trail_inventory`]).
 //!
 //! A snapshot carries what decides exposure, in the shapes CloudTrail uses for the same
 //! settings: the ACL (`AccessControlPolicy`), the bucket policy (`bucketPolicy`), S3's own
@@ -348,6 +349,38 @@ async fn account_inventory(
             None
         }
     };
+    // The account's trails first: a snapshot saying the account is not recorded matters more
+    // than any one bucket.
+    let trails =
+        crate::trail_inventory::read_trails(aws, account, &region, &mut summary.api_calls).await;
+    let unread = trails.as_ref().map_or(0, |trails| {
+        trails.iter().filter(|t| !t.errors.is_empty()).count()
+    });
+    match &trails {
+        Err(err) => {
+            tracing::warn!(account = %id, error = %err, "cannot list the account's trails");
+            summary.errors += 1;
+        }
+        Ok(_) if unread > 0 => {
+            tracing::warn!(account = %id, trails = unread, "some trail settings could not be read");
+            summary.errors += 1;
+        }
+        Ok(_) => {}
+    }
+    let snapshot = crate::trail_inventory::snapshot_activity(
+        &id,
+        partition,
+        &region,
+        trails.as_deref().map_err(String::as_str),
+        Utc::now(),
+    );
+    summary.records += 1;
+    let source = format!("inventory://{id}/cloudtrail");
+    let origin = crate::publish::Origin {
+        source: &source,
+        index: 0,
+    };
+    publisher.activity(snapshot, origin, b"").await;
     let home = s3_client_for(aws, &account.sdk, None);
     let mut clients: HashMap<String, aws_sdk_s3::Client> = HashMap::new();
     let mut token: Option<String> = None;

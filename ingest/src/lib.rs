@@ -41,6 +41,7 @@ pub mod service;
 pub mod split;
 pub mod sqs;
 pub mod stream;
+pub mod trail_inventory;
 pub mod trim;
 
 use serde::{Deserialize, Serialize};

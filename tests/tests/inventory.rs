@@ -1,7 +1,9 @@
 //! `ingest inventory` against moto, across two accounts through assumed roles: every bucket's
 //! exposure settings become a `BucketSnapshot` activity of the right account, and detect alerts
 //! on the public ones (a public ACL in one account, a public policy in the other), not on the
-//! private one.
+//! private one. Each account's trails become a `TrailSnapshot`: the account whose only trails
+//! are stopped is alerted on (`trail-coverage`), the one with a logging multi-region trail is
+//! not.
 
 use std::time::Duration;
 
@@ -37,6 +39,30 @@ async fn two_accounts_through_assumed_roles() -> Result<()> {
         .put_bucket_policy()
         .bucket(&policy_public)
         .policy(policy.to_string())
+        .send()
+        .await?;
+
+    // Trails: a logging multi-region trail in one account, a stopped one in the other.
+    let (logging, stopped) = (format!("inv-trail-{tag}"), format!("inv-stopped-{tag}"));
+    own.create_bucket().bucket(&logging).send().await?;
+    other.create_bucket().bucket(&stopped).send().await?;
+    let own_trails = aws_sdk_cloudtrail::Client::new(&trailguard_tests::aws_shared().await?);
+    own_trails
+        .create_trail()
+        .name(&logging)
+        .s3_bucket_name(&logging)
+        .is_multi_region_trail(true)
+        .include_global_service_events(true)
+        .send()
+        .await?;
+    own_trails.start_logging().name(&logging).send().await?;
+    let other_trails =
+        aws_sdk_cloudtrail::Client::new(&trailguard_tests::aws_in_account(OTHER).await?);
+    other_trails
+        .create_trail()
+        .name(&stopped)
+        .s3_bucket_name(&stopped)
+        .is_multi_region_trail(true)
         .send()
         .await?;
 
@@ -88,6 +114,37 @@ async fn two_accounts_through_assumed_roles() -> Result<()> {
             mine.iter().all(|m| seen.contains(m))
         },
     )?;
+    // One trail snapshot per account, naming this run's trail with what was read of it.
+    let trail_named = |record: &trailguard_tests::Record, name: &str| -> Option<Value> {
+        let activity = record.json().ok()?;
+        let trails = activity["request_parameters"]["trails"].as_array()?.clone();
+        let trail = trails.into_iter().find(|t| t["name"] == name)?;
+        (activity["event_name"] == "TrailSnapshot").then_some(json!({
+            "account": activity["account_id"], "trail": trail}))
+    };
+    let own_trail = snapshots.iter().find_map(|r| trail_named(r, &logging));
+    let other_trail = snapshots.iter().find_map(|r| trail_named(r, &stopped));
+    assert_eq!(
+        own_trail.as_ref().map(|t| (
+            &t["account"],
+            &t["trail"]["isLogging"],
+            &t["trail"]["isMultiRegionTrail"]
+        )),
+        Some((&json!(OWN), &json!(true), &json!(true))),
+        "{own_trail:?}"
+    );
+    assert_eq!(
+        other_trail
+            .as_ref()
+            .map(|t| (&t["account"], &t["trail"]["isLogging"])),
+        Some((&json!(OTHER), &json!(false))),
+        "{other_trail:?}"
+    );
+    assert!(
+        own_trail.is_some_and(|t| t["trail"]["eventSelectors"].is_array()),
+        "event selectors read"
+    );
+
     let mut accounts = std::collections::BTreeMap::new();
     for record in &snapshots {
         let activity = record.json()?;
@@ -116,9 +173,31 @@ async fn two_accounts_through_assumed_roles() -> Result<()> {
                 .filter_map(|r| r.json().ok())
                 .filter_map(|a| a["entity"]["id"].as_str().map(str::to_string))
                 .collect();
-            buckets.contains(&acl_public) && buckets.contains(&policy_public)
+            buckets.contains(&acl_public)
+                && buckets.contains(&policy_public)
+                && buckets.iter().any(|b| b == OTHER)
         },
     )?;
+    // The account whose trails are all stopped, not the recorded one. Each account's
+    // snapshots share a key, so the recorded account's trail snapshot was judged before its
+    // buckets were.
+    let coverage: Vec<Value> = alerts
+        .iter()
+        .filter_map(|r| r.json().ok())
+        .filter(|a| a["policy_id"] == "trail-coverage")
+        .collect();
+    let about_other = coverage.iter().find(|a| a["entity"]["id"] == OTHER);
+    assert!(
+        about_other.is_some_and(|a| a["severity"] == "high"
+            && a["evidence"]["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains(&format!("{stopped} (stopped)")))),
+        "{coverage:?}"
+    );
+    assert!(
+        !coverage.iter().any(|a| a["entity"]["id"] == OWN),
+        "{coverage:?}"
+    );
     detect.stop("-TERM")?;
     let flagged: Vec<Value> = alerts
         .iter()

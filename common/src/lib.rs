@@ -19,6 +19,7 @@
 //! - [`s3`]: what makes a bucket public (detect alerts on it, remediate undoes it).
 //! - [`sign`]: HMAC signatures on alerts (detect signs, remediate verifies).
 //! - [`sync`]: locks taken whether or not a panic poisoned them.
+//! - [`trail`]: what a CloudTrail trail's settings record (detect judges them).
 
 pub mod actor;
 pub mod aws;
@@ -35,6 +36,7 @@ pub mod shutdown;
 pub mod sign;
 pub mod sync;
 pub mod telemetry;
+pub mod trail;
 
 pub use contract::{ActionRecord, Activity, Alert};
 pub use error::Error;

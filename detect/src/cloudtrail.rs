@@ -117,49 +117,7 @@ fn stops_management_writes(activity: &Activity) -> bool {
     activity
         .request_parameters
         .as_deref()
-        .is_some_and(logs_no_management_writes)
-}
-
-/// Whether event selectors (`eventSelectors`, else `advancedEventSelectors`, in
-/// PutEventSelectors' request shapes) log no management write; empty lists are not judged.
-pub(crate) fn logs_no_management_writes(params: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    let list = |key: &str| {
-        params
-            .get(key)
-            .and_then(Value::as_array)
-            .filter(|l| !l.is_empty())
-    };
-    if let Some(selectors) = list("eventSelectors") {
-        let logs_writes = |s: &Value| {
-            s.get("includeManagementEvents").and_then(Value::as_bool) != Some(false)
-                && !s
-                    .get("readWriteType")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| t.eq_ignore_ascii_case("ReadOnly"))
-        };
-        return !selectors.iter().any(logs_writes);
-    }
-    if let Some(selectors) = list("advancedEventSelectors") {
-        let logs_writes = |s: &Value| {
-            let fields = s.get("fieldSelectors").and_then(Value::as_array);
-            let equals = |field: &str, value: &str| {
-                fields.is_some_and(|f| {
-                    f.iter().any(|f| {
-                        f.get("field").and_then(Value::as_str) == Some(field)
-                            && f.get("equals").and_then(Value::as_array).is_some_and(|v| {
-                                v.iter().any(|v| {
-                                    v.as_str().is_some_and(|v| v.eq_ignore_ascii_case(value))
-                                })
-                            })
-                    })
-                })
-            };
-            equals("eventCategory", "Management") && !equals("readOnly", "true")
-        };
-        return !selectors.iter().any(logs_writes);
-    }
-    false
+        .is_some_and(trailguard_common::trail::logs_no_management_writes)
 }
 
 impl EventPolicy for CloudTrailChanges {

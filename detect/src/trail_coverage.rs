@@ -10,6 +10,7 @@ use trailguard_common::contract::{
     kinds, ActionKind, Alert, AlertKind, Entity, RequestedAction, Severity, INVENTORY_SOURCE,
     TRAIL_SNAPSHOT,
 };
+use trailguard_common::trail::{logs_no_management_writes, DELIVERY_STALE_SECS};
 use trailguard_common::Activity;
 
 use crate::policy::{security_team, AlertBuilder, EventPolicy, PolicyMeta};
@@ -20,10 +21,6 @@ pub const TRAIL_COVERAGE: PolicyMeta<'static> = PolicyMeta {
     name: "CloudTrail does not record an account",
     kind: AlertKind::ActivityPolicy,
 };
-
-/// A trail whose last delivery of log files failed and whose last success is older than this
-/// is not delivering (CloudTrail delivers every few minutes while there is activity).
-const DELIVERY_STALE_SECS: i64 = 3600;
 
 /// Trails named in an alert's summary, at most.
 const SHOWN: usize = 20;
@@ -57,47 +54,86 @@ pub struct TrailCoverage {
 }
 
 /// One trail of a snapshot, as the judgement needs it.
-struct Trail<'a> {
-    name: &'a str,
-    home_region: &'a str,
-    multi_region: bool,
-    global_events: bool,
+struct Trail {
+    name: String,
+    home_region: String,
+    /// Owned by another account: the organization's trail, seen from a member.
+    elsewhere: bool,
+    /// `None`: GetTrail could not be read.
+    multi_region: Option<bool>,
+    global_events: Option<bool>,
     /// `None`: could not be read.
     logging: Option<bool>,
     /// Whether it logs management writes; `None`: its selectors could not be read.
     writes: Option<bool>,
-    /// The delivery error, when the last success is older than the error can be.
-    undelivered: Option<&'a str>,
+    /// The delivery error, when nothing was delivered for [`DELIVERY_STALE_SECS`] since.
+    undelivered: Option<String>,
+    /// What could not be read, for the summary.
+    unread: Option<String>,
 }
 
-impl<'a> Trail<'a> {
-    fn of(trail: &'a Value, now: DateTime<Utc>) -> Option<Self> {
+/// Text from a snapshot as a summary shows it: control characters dropped, at most 128
+/// characters (a forged snapshot's names are anyone's).
+fn clip(text: &str) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(128).collect();
+    if text.chars().filter(|c| !c.is_control()).nth(128).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+impl Trail {
+    fn of(trail: &Value, account: &str, now: DateTime<Utc>) -> Self {
         let text = |key: &str| trail.get(key).and_then(Value::as_str);
         let flag = |key: &str| trail.get(key).and_then(Value::as_bool);
-        let read = |key: &str| trail.get("errors").and_then(|e| e.get(key)).is_none();
+        let errors = trail.get("errors").and_then(Value::as_object);
+        let read = |key: &str| errors.is_none_or(|e| !e.contains_key(key));
         let writes = (read("eventSelectors")
             && (trail.get("eventSelectors").is_some()
                 || trail.get("advancedEventSelectors").is_some()))
-        .then(|| !crate::cloudtrail::logs_no_management_writes(trail));
+        .then(|| !logs_no_management_writes(trail));
         let delivered = text("latestDeliveryTime")
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc));
         let undelivered = text("latestDeliveryError")
             .filter(|e| !e.is_empty())
-            .filter(|_| delivered.is_none_or(|t| (now - t).num_seconds() > DELIVERY_STALE_SECS));
-        Some(Trail {
-            name: text("name").or_else(|| text("trailARN"))?,
-            home_region: text("homeRegion").unwrap_or("?"),
-            multi_region: flag("isMultiRegionTrail").unwrap_or(false),
-            global_events: flag("includeGlobalServiceEvents").unwrap_or(false),
-            logging: if read("status") {
-                flag("isLogging")
-            } else {
-                None
-            },
+            .filter(|_| delivered.is_none_or(|t| (now - t).num_seconds() > DELIVERY_STALE_SECS))
+            .map(clip);
+        let arn = text("trailARN").unwrap_or_default();
+        let owner = arn.split(':').nth(4).filter(|a| !a.is_empty());
+        let (multi_region, global_events) = if read("trail") {
+            (
+                flag("isMultiRegionTrail"),
+                flag("includeGlobalServiceEvents"),
+            )
+        } else {
+            (None, None)
+        };
+        let logging = if read("status") {
+            flag("isLogging")
+        } else {
+            None
+        };
+        let unread = errors.filter(|e| !e.is_empty()).map(|e| {
+            let mut what: Vec<&str> = e.keys().map(String::as_str).collect();
+            what.truncate(4);
+            what.join(", ")
+        });
+        // Not an object, or nothing read: unreadable.
+        let unread = unread.or_else(|| {
+            (logging.is_none() || writes.is_none()).then(|| "status, eventSelectors".to_string())
+        });
+        Trail {
+            name: clip(text("name").unwrap_or(if arn.is_empty() { "(unnamed)" } else { arn })),
+            home_region: clip(text("homeRegion").unwrap_or("?")),
+            elsewhere: owner.is_some_and(|o| o != account),
+            multi_region,
+            global_events,
+            logging,
             writes,
             undelivered,
-        })
+            unread,
+        }
     }
 
     /// Logging and keeping management writes, as far as could be read.
@@ -109,25 +145,42 @@ impl<'a> Trail<'a> {
         }
     }
 
-    /// Why it records nothing that matters (when [`Trail::records`] is `Some(false)` or it
-    /// does not deliver).
+    /// Recording and delivering what it records.
+    fn delivers(&self) -> bool {
+        self.records() == Some(true) && self.undelivered.is_none()
+    }
+
+    /// Why it records nothing that matters (when it does not [`Trail::delivers`]).
     fn failing(&self) -> String {
         let why = if self.logging == Some(false) {
             "stopped".to_string()
         } else if self.writes == Some(false) {
             "logs no management writes".to_string()
+        } else if let Some(error) = &self.undelivered {
+            format!("cannot deliver its logs: {error}")
         } else {
             format!(
-                "cannot deliver its logs: {}",
-                self.undelivered.unwrap_or("unknown error")
+                "could not be read: {}",
+                self.unread.as_deref().unwrap_or("?")
             )
         };
         format!("{} ({why})", self.name)
     }
 }
 
+/// The trails named in a summary: at most [`SHOWN`] (an account holds at most five a region;
+/// a hostile snapshot is cut short).
+fn listed<'a>(trails: impl ExactSizeIterator<Item = &'a Trail>) -> String {
+    let count = trails.len();
+    let mut named: Vec<String> = trails.take(SHOWN).map(Trail::failing).collect();
+    if count > SHOWN {
+        named.push(format!("and {} more", count - SHOWN));
+    }
+    named.join(", ")
+}
+
 /// What a trail snapshot of `account` says, as a severity and a sentence; `None` when the
-/// account is recorded in full, or when what decides could not be read (pure).
+/// account is recorded in full, or when what decides is judged elsewhere (pure).
 pub fn judge_snapshot(
     account: &str,
     params: &Value,
@@ -135,37 +188,46 @@ pub fn judge_snapshot(
     all_regions: bool,
 ) -> Option<(Severity, String)> {
     let trails = params.get("trails")?.as_array()?;
-    let trails: Vec<Trail> = trails.iter().filter_map(|t| Trail::of(t, now)).collect();
-    let delivering: Vec<&Trail> = trails
-        .iter()
-        .filter(|t| t.records() == Some(true) && t.undelivered.is_none())
-        .collect();
+    let trails: Vec<Trail> = trails.iter().map(|t| Trail::of(t, account, now)).collect();
+    let delivering: Vec<&Trail> = trails.iter().filter(|t| t.delivers()).collect();
+    let unknown: Vec<&Trail> = trails.iter().filter(|t| t.records().is_none()).collect();
     if delivering.is_empty() {
-        // A trail that may be recording (its status or selectors unreadable) is not judged.
-        if trails.iter().any(|t| t.records().is_none()) {
+        // The organization's trail, which a member account may not be allowed to read, is
+        // judged in the snapshot of the account that owns it.
+        if unknown.iter().any(|t| t.elsewhere) {
             return None;
+        }
+        if !unknown.is_empty() {
+            return Some((
+                Severity::Medium,
+                format!(
+                    "account {account}: cannot verify that CloudTrail records it — no trail                      read records its management writes: {} (the inventory's role needs                      cloudtrail:GetTrail, GetTrailStatus and GetEventSelectors)",
+                    listed(trails.iter())
+                ),
+            ));
         }
         let why = if trails.is_empty() {
             "has no trail".to_string()
         } else {
-            // An account holds at most five trails a region; a hostile snapshot is cut short.
-            let mut failing: Vec<String> = trails.iter().take(SHOWN).map(Trail::failing).collect();
-            if trails.len() > SHOWN {
-                failing.push(format!("and {} more", trails.len() - SHOWN));
-            }
-            format!("has no trail recording it: {}", failing.join(", "))
+            format!("has no trail recording it: {}", listed(trails.iter()))
         };
         return Some((
             Severity::High,
             format!(
-                "account {account} {why} — what is done in it is not recorded, and Trailguard \
-                 sees none of it"
+                "account {account} {why} — no trail file of it reaches Trailguard's s3 or sqs                  sources, and what is done in it is kept only in CloudTrail's 90-day event                  history (management events), or a CloudTrail Lake event data store if one                  records it"
             ),
         ));
     }
+    // A trail that could not be read may be the one that records every region.
+    if trails
+        .iter()
+        .any(|t| t.records() != Some(false) && (t.records().is_none() || t.multi_region.is_none()))
+    {
+        return None;
+    }
     let mut gaps = Vec::new();
-    if all_regions && !delivering.iter().any(|t| t.multi_region) {
-        let mut regions: Vec<&str> = delivering.iter().map(|t| t.home_region).collect();
+    if all_regions && !delivering.iter().any(|t| t.multi_region == Some(true)) {
+        let mut regions: Vec<&str> = delivering.iter().map(|t| t.home_region.as_str()).collect();
         regions.sort_unstable();
         regions.dedup();
         regions.truncate(SHOWN);
@@ -174,7 +236,10 @@ pub fn judge_snapshot(
             regions.join(", ")
         ));
     }
-    if !delivering.iter().any(|t| t.multi_region || t.global_events) {
+    if !delivering
+        .iter()
+        .any(|t| t.multi_region == Some(true) || t.global_events == Some(true))
+    {
         gaps.push(
             "no trail records global services' events (IAM, STS, CloudFront): identity changes \
              are not recorded"
@@ -209,9 +274,19 @@ impl TrailCoverage {
         if self.cfg.allow_accounts.iter().any(|a| a == account) {
             return None;
         }
-        let params = activity.request_parameters.as_deref()?;
-        let (severity, summary) =
-            judge_snapshot(account, params, activity.event_time, self.cfg.all_regions)?;
+        let (severity, summary) = if activity.trimmed.is_empty() {
+            let params = activity.request_parameters.as_deref()?;
+            judge_snapshot(account, params, activity.event_time, self.cfg.all_regions)?
+        } else {
+            // Too large to publish whole: what decides may be what was cut.
+            (
+                Severity::Medium,
+                format!(
+                    "account {account}: cannot verify that CloudTrail records it — its trail \
+                     snapshot was too large and was trimmed"
+                ),
+            )
+        };
         let alert = AlertBuilder::about(&TRAIL_COVERAGE, activity, severity)
             .entity(Entity {
                 kind: kinds::AWS_ACCOUNT.into(),
@@ -315,7 +390,7 @@ mod tests {
                 vec![with(
                     with(good(), "latestDeliveryError", json!("AccessDenied")),
                     "latestDeliveryTime",
-                    json!("2026-12-04T09:00:00+00:00"),
+                    json!("2026-12-03T09:00:00+00:00"),
                 )],
                 "org (cannot deliver its logs: AccessDenied)",
             ),
@@ -343,31 +418,93 @@ mod tests {
     #[test]
     fn a_delivery_error_followed_by_deliveries_is_not_judged() {
         let recovered = with(good(), "latestDeliveryError", json!("AccessDenied"));
-        assert_eq!(judge(vec![recovered]), None, "delivered two minutes ago");
+        assert_eq!(
+            judge(vec![recovered.clone()]),
+            None,
+            "delivered two minutes ago"
+        );
+        // A quiet day: the error stays, the last delivery is hours old.
+        let quiet = with(
+            recovered,
+            "latestDeliveryTime",
+            json!("2026-12-05T01:00:00+00:00"),
+        );
+        assert_eq!(judge(vec![quiet]), None);
+    }
+
+    fn unread(mut trail: Value, errors: Value, drop: &[&str]) -> Value {
+        if let Some(t) = trail.as_object_mut() {
+            for key in drop {
+                t.remove(*key);
+            }
+            t.insert("errors".into(), errors);
+        }
+        trail
+    }
+
+    /// The organization's trail, seen from a member account.
+    fn organization_trail() -> Value {
+        with(
+            good(),
+            "trailARN",
+            json!("arn:aws:cloudtrail:us-east-1:999988887777:trail/org"),
+        )
     }
 
     #[test]
-    fn what_could_not_be_read_is_not_judged() {
-        // A member account may not read the organization trail's status; it is judged in the
-        // management account's snapshot.
-        let mut unread = good();
-        if let Some(t) = unread.as_object_mut() {
-            t.remove("isLogging");
-            t.insert("errors".into(), json!({"status": "AccessDenied"}));
-        }
-        assert_eq!(judge(vec![unread.clone()]), None);
-        assert_eq!(
-            judge(vec![unread, with(good(), "isLogging", json!(false))]),
-            None
+    fn what_could_not_be_read_is_not_taken_for_recording() -> Result<(), String> {
+        // The account's own trail, unreadable: nothing read records it.
+        let status = unread(good(), json!({"status": "AccessDenied"}), &["isLogging"]);
+        let selectors = unread(
+            good(),
+            json!({"eventSelectors": "AccessDenied"}),
+            &["eventSelectors", "advancedEventSelectors"],
         );
-        let mut no_selectors = good();
-        if let Some(t) = no_selectors.as_object_mut() {
-            t.remove("eventSelectors");
-            t.remove("advancedEventSelectors");
-            t.insert("errors".into(), json!({"eventSelectors": "AccessDenied"}));
+        for trails in [
+            vec![status.clone()],
+            vec![selectors],
+            vec![status, with(good(), "isLogging", json!(false))],
+            vec![json!("not a trail")],
+        ] {
+            let (severity, summary) = judge(trails.clone()).ok_or(format!("{trails:?}"))?;
+            assert_eq!(severity, Severity::Medium, "{summary}");
+            assert!(summary.contains("cannot verify"), "{summary}");
         }
-        assert_eq!(judge(vec![no_selectors]), None);
-        // Trails that could not be listed.
+        Ok(())
+    }
+
+    #[test]
+    fn an_organization_trail_is_judged_in_its_own_account() {
+        // A member account may not read the organization trail's status or settings.
+        let member_view = unread(
+            organization_trail(),
+            json!({"trail": "TrailNotFound", "status": "CloudTrailARNInvalid",
+                "eventSelectors": "CloudTrailARNInvalid"}),
+            &[
+                "isLogging",
+                "eventSelectors",
+                "advancedEventSelectors",
+                "isMultiRegionTrail",
+            ],
+        );
+        assert_eq!(judge(vec![member_view.clone()]), None);
+        // Beside a local single-region trail: the unread one may record every region.
+        let local = with(good(), "isMultiRegionTrail", json!(false));
+        assert_eq!(judge(vec![member_view, local.clone()]), None);
+        // Read, and stopped: judged here too.
+        let stopped = with(organization_trail(), "isLogging", json!(false));
+        assert_eq!(judge(vec![stopped]).map(|(s, _)| s), Some(Severity::High));
+        // A failed GetTrail is not "single-region".
+        let no_details = unread(
+            good(),
+            json!({"trail": "Throttling"}),
+            &["isMultiRegionTrail", "includeGlobalServiceEvents"],
+        );
+        assert_eq!(judge(vec![no_details, local]), None);
+    }
+
+    #[test]
+    fn unlisted_trails_are_not_judged() {
         assert_eq!(
             judge_snapshot(
                 "111122223333",
@@ -377,6 +514,28 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_trimmed_snapshot_cannot_be_verified() -> Result<(), String> {
+        let mut activity = snapshot(json!({"trails": []}), kinds::TRAILGUARD);
+        activity.trimmed = vec!["requestParameters: scalars only".into()];
+        let alert = TrailCoverage::new(TrailCoverageConfig::default())
+            .judge(&activity)
+            .ok_or("no alert")?;
+        assert_eq!(alert.severity, Severity::Medium);
+        assert!(alert.evidence.summary.contains("trimmed"));
+        Ok(())
+    }
+
+    #[test]
+    fn forged_names_are_clipped() -> Result<(), String> {
+        let long = format!("evil\n{}", "x".repeat(10_000));
+        let trail = with(with(good(), "name", json!(long)), "isLogging", json!(false));
+        let (_, summary) = judge(vec![trail]).ok_or("no alert")?;
+        assert!(!summary.contains('\n'), "{summary}");
+        assert!(summary.len() < 1000, "{} bytes", summary.len());
+        Ok(())
     }
 
     #[test]

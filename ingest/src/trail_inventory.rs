@@ -18,6 +18,7 @@ use trailguard_common::contract::{
     kinds, stable_id, Activity, Outcome, OutcomeStatus, Principal, Resource,
     ACTIVITY_SCHEMA_VERSION, INVENTORY_SOURCE, TRAIL_SNAPSHOT,
 };
+use trailguard_common::trail::DELIVERY_STALE_SECS;
 
 /// What was read about one trail.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -35,6 +36,8 @@ pub struct TrailState {
     pub organization: Option<bool>,
     /// GetTrail: records global services' events (IAM, STS, CloudFront).
     pub global_events: Option<bool>,
+    /// GetTrail: the bucket its log files go to.
+    pub bucket: Option<String>,
     /// GetTrailStatus: logging now.
     pub logging: Option<bool>,
     /// GetTrailStatus: the last error delivering log files to the bucket, if any.
@@ -61,6 +64,7 @@ fn trail_value(trail: &TrailState) -> Value {
             "includeGlobalServiceEvents",
             trail.global_events.map(Value::Bool),
         ),
+        ("s3BucketName", trail.bucket.clone().map(Value::String)),
         ("isLogging", trail.logging.map(Value::Bool)),
         (
             "latestDeliveryError",
@@ -86,8 +90,9 @@ fn trail_value(trail: &TrailState) -> Value {
 }
 
 /// The activity describing the trails of `account` (`Err`: they could not be listed), seen
-/// at `now` (pure). Its id changes when what the trails record does, and otherwise once a
-/// day — not with every delivery of log files.
+/// at `now` (pure). Its id changes when what the trails record does — a trail's deliveries
+/// becoming older than [`DELIVERY_STALE_SECS`] included — and otherwise once a day, not with
+/// every delivery of log files.
 pub fn snapshot_activity(
     account: &str,
     partition: &str,
@@ -116,7 +121,13 @@ pub fn snapshot_activity(
     let mut stable = params.clone();
     if let Some(Value::Array(trails)) = stable.get_mut("trails") {
         for trail in trails.iter_mut().filter_map(Value::as_object_mut) {
-            trail.remove("latestDeliveryTime");
+            let delivered = trail.remove("latestDeliveryTime").and_then(|t| {
+                t.as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            });
+            let recent =
+                delivered.is_some_and(|t| (now - t.to_utc()).num_seconds() <= DELIVERY_STALE_SECS);
+            trail.insert("deliveredRecently".into(), Value::Bool(recent));
         }
     }
     let digest = hex::encode(Sha256::digest(Value::Object(stable).to_string().as_bytes()));
@@ -161,6 +172,11 @@ pub fn snapshot_activity(
     }
 }
 
+/// Data resources' values kept in a snapshot, at most (up to 250 each, and none decides
+/// whether management writes are recorded): a snapshot stays far below the size at which
+/// ingest would trim it.
+const MAX_VALUES: usize = 16;
+
 /// Event selectors in PutEventSelectors' request shapes (what CloudTrail logs, and what
 /// detect's `cloudtrail-changes` reads).
 fn selectors_value(
@@ -174,7 +190,9 @@ fn selectors_value(
                 "readWriteType": s.read_write_type().map(|t| t.as_str()),
                 "includeManagementEvents": s.include_management_events(),
                 "dataResources": s.data_resources().iter()
-                    .map(|d| json!({"type": d.r#type(), "values": d.values()}))
+                    .map(|d| json!({"type": d.r#type(),
+                        "values": &d.values()[..d.values().len().min(MAX_VALUES)],
+                        "valuesCount": d.values().len()}))
                     .collect::<Vec<_>>(),
                 "excludeManagementEventSources": s.exclude_management_event_sources(),
             })
@@ -190,6 +208,8 @@ fn selectors_value(
                 .map(|f| {
                     let mut field = Map::new();
                     field.insert("field".into(), json!(f.field()));
+                    // The values decide whether management writes are logged: kept whole
+                    // (CloudTrail allows a few hundred in all).
                     for (key, values) in [
                         ("equals", f.equals()),
                         ("startsWith", f.starts_with()),
@@ -234,6 +254,7 @@ async fn read_trail(client: &aws_sdk_cloudtrail::Client, trail: &mut TrailState,
         Ok(out) => {
             if let Some(t) = out.trail() {
                 trail.multi_region = t.is_multi_region_trail();
+                trail.bucket = t.s3_bucket_name().map(str::to_string);
                 trail.organization = t.is_organization_trail();
                 trail.global_events = t.include_global_service_events();
             }
@@ -334,6 +355,108 @@ mod tests {
             delivered: DateTime::from_timestamp(1_700_000_000, 0),
             ..TrailState::default()
         }
+    }
+
+    /// What ingest writes of a trail's selectors is what detect judges: read through the SDK's
+    /// own types, as from AWS.
+    #[test]
+    fn selectors_are_written_as_the_judgement_reads_them() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use aws_sdk_cloudtrail::operation::get_event_selectors::GetEventSelectorsOutput;
+        use aws_sdk_cloudtrail::types::{
+            AdvancedEventSelector, AdvancedFieldSelector, DataResource, EventSelector,
+            ReadWriteType,
+        };
+        use trailguard_common::trail::logs_no_management_writes;
+        let basic = |rw: ReadWriteType, management: bool| {
+            GetEventSelectorsOutput::builder()
+                .event_selectors(
+                    EventSelector::builder()
+                        .read_write_type(rw)
+                        .include_management_events(management)
+                        .data_resources(
+                            DataResource::builder()
+                                .r#type("AWS::S3::Object")
+                                .set_values(Some(
+                                    (0..100).map(|i| format!("arn:aws:s3:::b{i}/")).collect(),
+                                ))
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        };
+        let judged = |out: &GetEventSelectorsOutput| {
+            logs_no_management_writes(&Value::Object(selectors_value(out)))
+        };
+        assert!(!judged(&basic(ReadWriteType::All, true)));
+        assert!(!judged(&basic(ReadWriteType::WriteOnly, true)));
+        assert!(judged(&basic(ReadWriteType::ReadOnly, true)));
+        assert!(judged(&basic(ReadWriteType::All, false)));
+        let values = selectors_value(&basic(ReadWriteType::All, true));
+        assert_eq!(
+            values["eventSelectors"][0]["dataResources"][0]["values"]
+                .as_array()
+                .map(Vec::len),
+            Some(MAX_VALUES)
+        );
+        assert_eq!(
+            values["eventSelectors"][0]["dataResources"][0]["valuesCount"],
+            json!(100)
+        );
+        let field = |name: &str, value: &str| {
+            AdvancedFieldSelector::builder()
+                .field(name)
+                .equals(value)
+                .build()
+        };
+        let advanced = |fields: Vec<AdvancedFieldSelector>| -> Result<GetEventSelectorsOutput, Box<dyn std::error::Error>> {
+            let selector = AdvancedEventSelector::builder()
+                .name("s")
+                .set_field_selectors(Some(fields))
+                .build()?;
+            Ok(GetEventSelectorsOutput::builder()
+                .advanced_event_selectors(selector)
+                .build())
+        };
+        let management = field("eventCategory", "Management")?;
+        assert!(!judged(&advanced(vec![management.clone()])?));
+        assert!(!judged(&advanced(vec![
+            management.clone(),
+            field("readOnly", "false")?
+        ])?));
+        assert!(judged(&advanced(vec![
+            management,
+            field("readOnly", "true")?
+        ])?));
+        assert!(judged(&advanced(vec![field("eventCategory", "Data")?])?));
+        Ok(())
+    }
+
+    #[test]
+    fn a_delivery_going_stale_changes_the_id() {
+        // Midnight UTC; the last delivery at noon the day before.
+        let midnight = DateTime::from_timestamp(1_699_920_000, 0).unwrap_or_default();
+        let mut failing = trail();
+        failing.delivery_error = Some("AccessDenied".into());
+        failing.delivered = Some(midnight - chrono::Duration::hours(12));
+        let id = |hour| {
+            let now = midnight + chrono::Duration::hours(hour);
+            snapshot_activity(
+                "111122223333",
+                "aws",
+                "us-east-1",
+                Ok(&[failing.clone()]),
+                now,
+            )
+            .id
+        };
+        assert_eq!(id(1), id(10), "delivered within a day: the same id all day");
+        assert_ne!(
+            id(10),
+            id(13),
+            "the same day, no longer delivered within a day"
+        );
     }
 
     #[test]

@@ -89,6 +89,17 @@ pub(crate) fn acts_itself(a: &Activity) -> bool {
         && !matches!(a.principal.kind.as_str(), "AWSService" | "Trailguard")
 }
 
+/// A change someone asked for: their own call, or CloudFormation's on their behalf (a stack's
+/// resources are made with the caller's credentials or the stack's role, the record naming
+/// CloudFormation in `invokedBy`). What such a change exposes or switches off is judged
+/// whichever made it: a template is as good a way to open a role to another account as a
+/// call. Other services acting for the account (AWS Backup, Image Builder) are not.
+pub(crate) fn requested_change(a: &Activity) -> bool {
+    acts_itself(a)
+        || (a.principal.invoked_by.as_deref() == Some("cloudformation.amazonaws.com")
+            && !matches!(a.principal.kind.as_str(), "AWSService" | "Trailguard"))
+}
+
 /// A human at a keyboard: a console sign-in, the console, or a command line with an address.
 pub(crate) fn is_interactive(a: &Activity) -> bool {
     if !acts_itself(a) || a.source_ip.is_none() || !a.outcome.is_success() || names_only(a) {

@@ -17,9 +17,9 @@
 //!   permission, or the resource policy of a secret, KMS key, ECR repository, SQS queue, SNS
 //!   topic or EventBridge bus opened to everyone or to an account outside (T1098, T1546); a
 //!   Lambda function URL without authentication.
-//! - `instance-credentials-outside-aws`: an EC2 instance's role credentials (a session named
-//!   after the instance) used from a network that is not AWS's: taken off the instance
-//!   (T1552.005). Needs AS data (`geo.asn_databases`).
+//! - `instance-credentials-outside-aws`: an EC2 instance's or ECS task's role credentials (a
+//!   session named after the instance or task) used from a network that is not AWS's: taken
+//!   off the instance or out of the task (T1552.005). Needs AS data (`geo.asn_databases`).
 //!
 //! Failed attempts raise them too, one severity lower (a probe for what stolen credentials
 //! may do), and request nothing but notifications.
@@ -32,7 +32,7 @@ use trailguard_common::contract::{
 use trailguard_common::s3::items;
 use trailguard_common::Activity;
 
-use crate::classify::acts_itself;
+use crate::classify::{acts_itself, requested_change};
 use crate::policy::who as who_acted;
 use crate::policy::{allowed, requested, who, AlertBuilder, EventPolicy, PolicyMeta};
 use trailguard_common::contract::kinds;
@@ -174,6 +174,23 @@ fn is_instance_id(session: &str) -> bool {
     })
 }
 
+/// What an ECS task's role session is named: the task's id, 32 lower-case hex digits (a UUID
+/// for tasks of the older ARN format).
+fn is_task_id(session: &str) -> bool {
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match session.len() {
+        32 => hex(session),
+        36 => {
+            let parts: Vec<&str> = session.split('-').collect();
+            parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| hex(p))
+        }
+        _ => false,
+    }
+}
+
 /// Settings of `resource-shared-out`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -280,6 +297,22 @@ fn narrows_guardduty(params: &Value) -> bool {
 /// New accounts of the organization no longer get GuardDuty (or some of it) by default.
 fn stops_auto_enable(params: &Value) -> bool {
     turns_off(params)
+}
+
+/// Bedrock's invocation logging set to record no prompt text (`textDataDeliveryEnabled`
+/// false), or to deliver nowhere (neither S3 nor CloudWatch Logs).
+fn strips_invocation_logging(params: &Value) -> bool {
+    let Some(config) = params.get("loggingConfig") else {
+        return false;
+    };
+    let text_off = config
+        .get("textDataDeliveryEnabled")
+        .and_then(Value::as_bool)
+        == Some(false);
+    let nowhere = ["s3Config", "cloudWatchConfig"]
+        .iter()
+        .all(|k| config.get(k).is_none_or(Value::is_null));
+    text_off || nowhere
 }
 
 /// Security Hub told to stop checking a control.
@@ -663,6 +696,13 @@ const BLINDING: &[Blinding] = &[
         what: "stopped logging Bedrock model invocations",
         severity: Severity::Medium,
         when: always,
+    },
+    Blinding {
+        source: "bedrock.amazonaws.com",
+        name: "PutModelInvocationLoggingConfiguration",
+        what: "set Bedrock's invocation logging to keep no prompts, or to deliver nowhere",
+        severity: Severity::Medium,
+        when: strips_invocation_logging,
     },
     Blinding {
         source: "kms.amazonaws.com",
@@ -1293,7 +1333,7 @@ impl Exposure {
     fn judge_shared_out(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.resource_shared_out;
         // What AWS Backup, Image Builder and the like do on the account's behalf is theirs.
-        if !cfg.enabled || !acts_itself(a) || allowed(&cfg.allow_principals, a) {
+        if !cfg.enabled || !requested_change(a) || allowed(&cfg.allow_principals, a) {
             return;
         }
         let Some((kind, id, outside)) = self.shared_out(a) else {
@@ -1340,7 +1380,7 @@ impl Exposure {
 
     fn judge_blinding(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.defense_evasion;
-        if !cfg.enabled || !acts_itself(a) {
+        if !cfg.enabled || !requested_change(a) {
             return;
         }
         let null = Value::Null;
@@ -1529,6 +1569,20 @@ impl Exposure {
                 text("secretId")?,
                 document("resourcePolicy")?,
             )),
+            // A grant lets its grantee use the key without a word in the key policy: to an
+            // outside account, what it encrypts (snapshots re-encrypted for ransom, data
+            // copied out) is theirs to read. AWS services' own grants (EBS, RDS) name the
+            // account's roles or are made by the service.
+            ("kms.amazonaws.com", "CreateGrant") => {
+                let key = text("keyId")?;
+                let owner = principal_account(&key).unwrap_or(own);
+                let grantee = text("granteePrincipal")?;
+                let account = principal_account(&grantee)?;
+                if account == owner || trusted.iter().any(|t| t == account) {
+                    return None;
+                }
+                Some(("a grant on KMS key", key, Some(vec![account.to_string()])))
+            }
             ("kms.amazonaws.com", "PutKeyPolicy") => Some((
                 "the key policy of KMS key",
                 text("keyId")?,
@@ -1621,7 +1675,7 @@ impl Exposure {
 
     fn judge_granted_outside(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.access_granted_outside;
-        if !cfg.enabled || !acts_itself(a) {
+        if !cfg.enabled || !requested_change(a) {
             return;
         }
         let Some((what, resource, who)) = self.opened(a) else {
@@ -1691,8 +1745,14 @@ impl Exposure {
         else {
             return;
         };
-        if !is_instance_id(session)
-            || AWS_ASNS.contains(&network.asn)
+        let holder = if is_instance_id(session) {
+            "instance"
+        } else if is_task_id(session) {
+            "ECS task"
+        } else {
+            return;
+        };
+        if AWS_ASNS.contains(&network.asn)
             || cfg.trusted_asns.contains(&network.asn)
             || allowed(&cfg.allow_principals, a)
         {
@@ -1715,7 +1775,7 @@ impl Exposure {
             "tried"
         };
         let summary = format!(
-            "the credentials of instance {session} (role {role}) {verb} {} from {ip} ({from}), outside AWS",
+            "the credentials of {holder} {session} (role {role}) {verb} {} from {ip} ({from}), outside AWS",
             a.event_name
         );
         // About the instance's credentials: one alert per instance, its calls folded.
@@ -2400,6 +2460,126 @@ mod tests {
         .is_empty());
     }
 
+    /// A KMS grant to another account opens the key as a key policy would.
+    #[test]
+    fn a_kms_grant_to_another_account() {
+        let grant = |key: &str, grantee: &str| {
+            run(&record(
+                "kms.amazonaws.com",
+                "CreateGrant",
+                user("mallory"),
+                json!({"keyId": key, "granteePrincipal": grantee,
+                    "operations": ["Decrypt", "ReEncryptFrom", "CreateGrant"]}),
+                false,
+            ))
+        };
+        let key = "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let alerts = grant(key, "arn:aws:iam::999988887777:root");
+        assert_eq!(ids(&alerts), [("access-granted-outside", Severity::Medium)]);
+        assert!(
+            alerts[0].evidence.summary.contains("999988887777"),
+            "{}",
+            alerts[0].evidence.summary
+        );
+        assert!(grant(key, "arn:aws:iam::111111111111:role/app").is_empty());
+        assert!(grant(key, "rds.eu-west-1.amazonaws.com").is_empty());
+        // Another account's key granted back to that account.
+        assert!(grant(
+            "arn:aws:kms:us-east-1:999988887777:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:iam::999988887777:root"
+        )
+        .is_empty());
+    }
+
+    /// LLMjackers keep Bedrock's invocation logging but stop it recording prompts.
+    #[test]
+    fn bedrock_invocation_logging_stripped() {
+        let put = |config: Value| {
+            run(&record(
+                "bedrock.amazonaws.com",
+                "PutModelInvocationLoggingConfiguration",
+                user("mallory"),
+                json!({"loggingConfig": config}),
+                false,
+            ))
+        };
+        let s3 = json!({"bucketName": "llm-logs", "keyPrefix": "bedrock/"});
+        assert_eq!(
+            ids(&put(
+                json!({"s3Config": s3, "textDataDeliveryEnabled": false,
+                "imageDataDeliveryEnabled": true, "embeddingDataDeliveryEnabled": true})
+            )),
+            [("defense-evasion", Severity::Medium)]
+        );
+        assert_eq!(
+            ids(&put(json!({"textDataDeliveryEnabled": true}))),
+            [("defense-evasion", Severity::Medium)],
+            "logged nowhere"
+        );
+        assert!(put(json!({"s3Config": s3, "textDataDeliveryEnabled": true,
+            "imageDataDeliveryEnabled": false}))
+        .is_empty());
+        assert!(put(json!({"cloudWatchConfig": {"logGroupName": "g",
+            "roleArn": "arn:aws:iam::111111111111:role/r"}, "textDataDeliveryEnabled": true}))
+        .is_empty());
+    }
+
+    /// What a CloudFormation stack creates is judged as what its caller does: the record is
+    /// the caller's (or the stack role's) with `invokedBy` CloudFormation.
+    #[test]
+    fn what_a_stack_makes_is_judged() {
+        let via_stack = |mut identity: Value, source: &str, name: &str, params: Value| {
+            identity["invokedBy"] = json!("cloudformation.amazonaws.com");
+            let mut a = record(source, name, identity, params, false);
+            a.source_ip = None;
+            a.source_host = Some("cloudformation.amazonaws.com".into());
+            a
+        };
+        let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::999988887777:root"}, "Action": "sts:AssumeRole"}]})
+        .to_string();
+        let role = via_stack(
+            sso("dana@example.com"),
+            "iam.amazonaws.com",
+            "CreateRole",
+            json!({"roleName": "ops", "assumeRolePolicyDocument": trust}),
+        );
+        assert_eq!(
+            ids(&run(&role)),
+            [("access-granted-outside", Severity::Medium)]
+        );
+        let snapshot = via_stack(
+            user("mallory"),
+            "ec2.amazonaws.com",
+            "ModifySnapshotAttribute",
+            json!({"snapshotId": "snap-0123", "attributeType": "CREATE_VOLUME_PERMISSION",
+                "createVolumePermission": {"add": {"items": [{"group": "all"}]}}}),
+        );
+        assert_eq!(
+            ids(&run(&snapshot)),
+            [("resource-shared-out", Severity::High)]
+        );
+        let detector = via_stack(
+            user("mallory"),
+            "guardduty.amazonaws.com",
+            "DeleteDetector",
+            json!({"detectorId": "12abc34d567e8fa901bc2d34e56789f0"}),
+        );
+        assert_eq!(ids(&run(&detector)), [("defense-evasion", Severity::High)]);
+        // Another service acting for the account (AWS Backup copying to its vault) is not.
+        let mut backup = user("mallory");
+        backup["invokedBy"] = json!("backup.amazonaws.com");
+        let copy = record(
+            "ec2.amazonaws.com",
+            "ModifySnapshotAttribute",
+            backup,
+            json!({"snapshotId": "snap-0123", "attributeType": "CREATE_VOLUME_PERMISSION",
+                "createVolumePermission": {"add": {"items": [{"userId": "999999999999"}]}}}),
+            false,
+        );
+        assert!(run(&copy).is_empty());
+    }
+
     #[test]
     fn access_granted_outside() {
         let trust = |principal: Value, condition: Option<Value>| {
@@ -2859,6 +3039,25 @@ mod tests {
         assert!(from("i-01234567", Some(14618)).is_empty());
         assert!(from("deploy-1234", Some(14061)).is_empty());
         assert!(from("i-0123456789abcdefz", Some(14061)).is_empty());
+        // An ECS task's role session is named after the task (32 hex digits, or a UUID for
+        // tasks of the older ARN format).
+        let task = from("0123456789abcdef0123456789abcdef", Some(14061));
+        assert_eq!(
+            ids(&task),
+            [("instance-credentials-outside-aws", Severity::High)]
+        );
+        assert!(
+            task[0].evidence.summary.contains("ECS task"),
+            "{}",
+            task[0].evidence.summary
+        );
+        assert_eq!(
+            ids(&from("01234567-89ab-cdef-0123-456789abcdef", Some(14061))),
+            [("instance-credentials-outside-aws", Severity::High)]
+        );
+        assert!(from("0123456789abcdef0123456789abcdef", Some(16509)).is_empty());
+        assert!(from("0123456789abcdef0123456789abcde", Some(14061)).is_empty());
+        assert!(from("0123456789ABCDEF0123456789ABCDEF", Some(14061)).is_empty());
         // A trusted egress.
         let mut cfg = ExposurePolicies::default();
         cfg.instance_credentials_outside_aws.trusted_asns = vec![14061];

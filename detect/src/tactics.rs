@@ -136,6 +136,9 @@ pub const TABLE: &[Row] = &[
         Impact,
         3,
     ),
+    row("batch.amazonaws.com", "CreateComputeEnvironment", Impact, 2),
+    row(BEDROCK, "Converse", Impact, 2),
+    row(BEDROCK, "ConverseStream", Impact, 2),
     row(BEDROCK, "CreateFoundationModelAgreement", Impact, 3),
     row(
         BEDROCK,
@@ -148,6 +151,12 @@ pub const TABLE: &[Row] = &[
     row(BEDROCK, "InvokeModelWithResponseStream", Impact, 2),
     row(BEDROCK, "ListFoundationModels", Discovery, 2),
     row(BEDROCK, "PutFoundationModelEntitlement", Impact, 3),
+    row(
+        BEDROCK,
+        "PutModelInvocationLoggingConfiguration",
+        DefenseEvasion,
+        3,
+    ),
     row(BEDROCK, "PutUseCaseForModelAccess", Impact, 3),
     row("cloudtrail.amazonaws.com", "DeleteTrail", DefenseEvasion, 5),
     row(
@@ -179,6 +188,12 @@ pub const TABLE: &[Row] = &[
     row("datasync.amazonaws.com", "CreateTask", Exfiltration, 3),
     row(
         "ec2-instance-connect.amazonaws.com",
+        "OpenTunnel",
+        LateralMovement,
+        3,
+    ),
+    row(
+        "ec2-instance-connect.amazonaws.com",
         "SendSSHPublicKey",
         LateralMovement,
         3,
@@ -189,8 +204,10 @@ pub const TABLE: &[Row] = &[
         LateralMovement,
         4,
     ),
+    row(EC2, "CreateFleet", Impact, 2),
     row(EC2, "CreateInstanceExportTask", Exfiltration, 4),
     row(EC2, "CreateKeyPair", Persistence, 2),
+    row(EC2, "CreateLaunchTemplateVersion", Persistence, 2),
     row(EC2, "DeleteFlowLogs", DefenseEvasion, 4),
     row(EC2, "DeleteSnapshot", Impact, 2),
     row(EC2, "DisableEbsEncryptionByDefault", DefenseEvasion, 4),
@@ -200,11 +217,12 @@ pub const TABLE: &[Row] = &[
     row(EC2, "ImportKeyPair", Persistence, 3),
     row(EC2, "ModifyImageAttribute", Exfiltration, 4),
     row(EC2, "ModifyInstanceAttribute", Persistence, 2),
+    row(EC2, "ModifyLaunchTemplate", Persistence, 2),
     row(EC2, "ModifySnapshotAttribute", Exfiltration, 4),
+    row(EC2, "RequestSpotFleet", Impact, 2),
     row(EC2, "SharedSnapshotCopyInitiated", Exfiltration, 4),
     row(EC2, "TerminateInstances", Impact, 2),
-    // A Glue development endpoint runs as the role passed to it, reachable over SSH by the
-    // key given: a way to a role's rights (and, updated, into an existing one's).
+    row("ecs.amazonaws.com", "ExecuteCommand", LateralMovement, 3),
     row(
         "glue.amazonaws.com",
         "CreateDevEndpoint",
@@ -269,6 +287,7 @@ pub const TABLE: &[Row] = &[
     row(IAM, "UpdateSAMLProvider", Persistence, 4),
     row(IAM, "UploadSSHPublicKey", Persistence, 3),
     row("inspector2.amazonaws.com", "Disable", DefenseEvasion, 4),
+    row(KMS, "CreateGrant", Persistence, 2),
     row(KMS, "DisableKey", Impact, 3),
     row(KMS, "PutKeyPolicy", Persistence, 3),
     row(KMS, "ScheduleKeyDeletion", Impact, 4),
@@ -320,14 +339,11 @@ pub const TABLE: &[Row] = &[
     row(S3, "DeleteBucket", Impact, 2),
     row(S3, "DeleteBucketPolicy", DefenseEvasion, 2),
     row(S3, "PutBucketAcl", Exfiltration, 2),
-    // An expiry rule on the trail's bucket erases the evidence a day later.
     row(S3, "PutBucketLifecycle", DefenseEvasion, 2),
     row(S3, "PutBucketLogging", DefenseEvasion, 2),
     row(S3, "PutBucketPolicy", Exfiltration, 2),
     row(S3, "PutBucketReplication", Exfiltration, 3),
     row(S3, "PutBucketVersioning", Impact, 2),
-    // A notebook runs as the role passed to it; a presigned URL opens a shell in it; its
-    // lifecycle script runs as that role at every start.
     row(
         "sagemaker.amazonaws.com",
         "CreateNotebookInstance",
@@ -352,6 +368,7 @@ pub const TABLE: &[Row] = &[
         Persistence,
         4,
     ),
+    row("scheduler.amazonaws.com", "CreateSchedule", Persistence, 2),
     row(
         "secretsmanager.amazonaws.com",
         "BatchGetSecretValue",
@@ -377,6 +394,23 @@ pub const TABLE: &[Row] = &[
         DefenseEvasion,
         5,
     ),
+    row(
+        "servicequotas.amazonaws.com",
+        "RequestServiceQuotaIncrease",
+        Impact,
+        2,
+    ),
+    row("ses.amazonaws.com", "CreateEmailIdentity", Impact, 2),
+    row("ses.amazonaws.com", "GetSendQuota", Discovery, 2),
+    row("ses.amazonaws.com", "PutAccountDetails", Impact, 3),
+    row(
+        "ses.amazonaws.com",
+        "UpdateAccountSendingEnabled",
+        Impact,
+        3,
+    ),
+    row("ses.amazonaws.com", "VerifyEmailIdentity", Impact, 2),
+    row(SSM, "CreateAssociation", LateralMovement, 3),
     row(SSM, "DescribeParameters", Discovery, 2),
     row(SSM, "GetParameter", CredentialAccess, 2),
     row(SSM, "GetParameters", CredentialAccess, 2),

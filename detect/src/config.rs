@@ -136,8 +136,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
         assert_eq!(
-            count, 36,
-            "6 built-in, 6 exposure, 8 templates, 16 anomaly detections"
+            count, 37,
+            "6 built-in, 7 exposure, 8 templates, 16 anomaly detections"
         );
     }
 }

@@ -20,6 +20,8 @@
 //! - `instance-credentials-outside-aws`: an EC2 instance's or ECS task's role credentials (a
 //!   session named after the instance or task) used from a network that is not AWS's: taken
 //!   off the instance or out of the task (T1552.005). Needs AS data (`geo.asn_databases`).
+//! - `outside-key-encryption`: the account's snapshots, volumes, images, buckets or objects
+//!   put under a KMS key of another account (T1486): ransom by key.
 //!
 //! Failed attempts raise them too, one severity lower (a probe for what stolen credentials
 //! may do), and request nothing but notifications.
@@ -67,6 +69,12 @@ pub const INSTANCE_CREDENTIALS_OUTSIDE: PolicyMeta<'static> = PolicyMeta {
     name: "Instance credentials used outside AWS",
     kind: AlertKind::ActivityPolicy,
 };
+/// The account's data encrypted with a key another account holds.
+pub const OUTSIDE_KEY_ENCRYPTION: PolicyMeta<'static> = PolicyMeta {
+    id: "outside-key-encryption",
+    name: "Data encrypted with another account's key",
+    kind: AlertKind::ActivityPolicy,
+};
 /// Credentials created for another user.
 pub const CREDENTIALS_FOR_ANOTHER: PolicyMeta<'static> = PolicyMeta {
     id: "credentials-for-another-user",
@@ -99,7 +107,8 @@ impl Default for ExposureConfig {
     }
 }
 
-/// Settings of `access-granted-outside`.
+/// Settings of `access-granted-outside`, and of `outside-key-encryption` (whose default
+/// severity is high).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrantedOutsideConfig {
@@ -191,6 +200,98 @@ fn is_task_id(session: &str) -> bool {
     }
 }
 
+/// The calls that choose the KMS key the account's own data is encrypted with: source, name,
+/// what is encrypted (`{}` the bucket, when the call names one), and whether it is an object
+/// write (many; parsed only when its text names a key ARN).
+const ENCRYPTING: &[(&str, &str, &str, bool)] = &[
+    (
+        "ec2.amazonaws.com",
+        "CopySnapshot",
+        "a copy of an EBS snapshot",
+        false,
+    ),
+    ("ec2.amazonaws.com", "CopyImage", "a copy of an AMI", false),
+    (
+        "ec2.amazonaws.com",
+        "CreateVolume",
+        "a new EBS volume",
+        false,
+    ),
+    (
+        "ec2.amazonaws.com",
+        "ModifyEbsDefaultKmsKeyId",
+        "every new EBS volume of the account (its default key)",
+        false,
+    ),
+    (
+        "rds.amazonaws.com",
+        "CopyDBSnapshot",
+        "a copy of an RDS snapshot",
+        false,
+    ),
+    (
+        "rds.amazonaws.com",
+        "CopyDBClusterSnapshot",
+        "a copy of an RDS cluster snapshot",
+        false,
+    ),
+    (
+        "s3.amazonaws.com",
+        "PutBucketEncryption",
+        "every new object of bucket {} (its default encryption)",
+        false,
+    ),
+    (
+        "s3.amazonaws.com",
+        "PutObject",
+        "an object of bucket {}",
+        true,
+    ),
+    (
+        "s3.amazonaws.com",
+        "CopyObject",
+        "an object of bucket {}",
+        true,
+    ),
+    (
+        "s3.amazonaws.com",
+        "CreateMultipartUpload",
+        "an object of bucket {}",
+        true,
+    ),
+];
+
+/// The KMS key ARNs a request names (`kmsKeyId`, S3's `KMSMasterKeyID` and
+/// `x-amz-server-side-encryption-aws-kms-key-id`, in any case, at any depth up to 8).
+fn kms_key_arns<'a>(v: &'a Value, depth: usize, out: &mut Vec<&'a str>) {
+    if depth > 8 {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let named = [
+                    "kmskeyid",
+                    "kmsmasterkeyid",
+                    "x-amz-server-side-encryption-aws-kms-key-id",
+                ]
+                .iter()
+                .any(|n| k.eq_ignore_ascii_case(n));
+                match v {
+                    Value::String(key)
+                        if named && key.starts_with("arn:") && key.contains(":kms:") =>
+                    {
+                        out.push(key)
+                    }
+                    _ => kms_key_arns(v, depth + 1, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| kms_key_arns(v, depth + 1, out)),
+        _ => {}
+    }
+}
+
 /// Settings of `resource-shared-out`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -244,6 +345,8 @@ pub struct ExposurePolicies {
     pub instance_credentials_outside_aws: InstanceCredentialsConfig,
     /// `access-granted-outside`.
     pub access_granted_outside: GrantedOutsideConfig,
+    /// `outside-key-encryption`.
+    pub outside_key_encryption: GrantedOutsideConfig,
 }
 
 /// What switching a defence off looks like: event source, event name, what it does, its
@@ -1330,6 +1433,69 @@ impl Exposure {
             .id_from(&[meta.id, a.id.as_str()])
     }
 
+    fn judge_outside_key(&self, a: &Activity, out: &mut Vec<Alert>) {
+        let cfg = &self.cfg.outside_key_encryption;
+        let Some(&(_, _, what, objects)) = ENCRYPTING
+            .iter()
+            .find(|(source, name, _, _)| *name == a.event_name && *source == a.event_source)
+        else {
+            return;
+        };
+        if !cfg.enabled || !requested_change(a) {
+            return;
+        }
+        let Some(params) = a.request_parameters.as_ref() else {
+            return;
+        };
+        // Object writes are many: parsed only when their text names a KMS key ARN.
+        if objects && !params.text().contains(":kms:") {
+            return;
+        }
+        let own = a.account_id.as_deref().unwrap_or_default();
+        let mut keys = Vec::new();
+        kms_key_arns(params, 0, &mut keys);
+        let Some((key, holder)) = keys.into_iter().find_map(|key| {
+            let holder = key.split(':').nth(4).filter(|h| is_account(h))?;
+            (holder != own && !cfg.trusted_accounts.iter().any(|t| t == holder))
+                .then(|| (key.to_string(), holder.to_string()))
+        }) else {
+            return;
+        };
+        if allowed(&cfg.allow_principals, a) {
+            return;
+        }
+        let resource = crate::policy::action_target(ActionKind::MakeBucketPrivate, a).id;
+        let what = if resource.is_empty() || !what.contains("{}") {
+            what.replace(" {}", "")
+        } else {
+            what.replace("{}", &resource)
+        };
+        let verb = if a.outcome.is_success() {
+            "encrypted"
+        } else {
+            "tried to encrypt"
+        };
+        let summary = format!(
+            "{} {verb} {what} with KMS key {key} of account {holder}: whoever holds that key \
+             decides whether the data can be read",
+            who_acted(a)
+        );
+        // About the key: every copy made under it folds into one alert.
+        let entity = Entity {
+            kind: "resource".into(),
+            id: format!("{own}/{key}"),
+        };
+        out.push(self.alert(
+            &OUTSIDE_KEY_ENCRYPTION,
+            (cfg.severity, &cfg.actions),
+            a,
+            Some(entity),
+            Severity::High,
+            summary,
+            ("Impact", "T1486", "Data Encrypted for Impact"),
+        ));
+    }
+
     fn judge_shared_out(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.resource_shared_out;
         // What AWS Backup, Image Builder and the like do on the account's behalf is theirs.
@@ -1879,6 +2045,7 @@ impl EventPolicy for Exposure {
             &CREDENTIALS_FOR_ANOTHER,
             &INSTANCE_CREDENTIALS_OUTSIDE,
             &ACCESS_GRANTED_OUTSIDE,
+            &OUTSIDE_KEY_ENCRYPTION,
         ]
     }
 
@@ -1890,7 +2057,9 @@ impl EventPolicy for Exposure {
             "ec2.amazonaws.com" | "rds.amazonaws.com" => {
                 self.judge_shared_out(a, alerts);
                 self.judge_blinding(a, alerts);
+                self.judge_outside_key(a, alerts);
             }
+            "s3.amazonaws.com" => self.judge_outside_key(a, alerts),
             "iam.amazonaws.com" => {
                 self.judge_credentials(a, alerts);
                 self.judge_granted_outside(a, alerts);
@@ -2458,6 +2627,79 @@ mod tests {
             false
         ))
         .is_empty());
+    }
+
+    /// Data re-encrypted under a key another account holds: ransom by key.
+    #[test]
+    fn data_encrypted_with_an_outside_key() {
+        let foreign = "arn:aws:kms:us-east-1:999988887777:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let own = "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let call = |source: &str, name: &str, params: Value| {
+            run(&record(source, name, user("mallory"), params, false))
+        };
+        let copy = |key: &str| {
+            call(
+                "ec2.amazonaws.com",
+                "CopySnapshot",
+                json!({"sourceRegion": "us-east-1", "sourceSnapshotId": "snap-0123",
+                    "encrypted": true, "kmsKeyId": key}),
+            )
+        };
+        let alerts = copy(foreign);
+        assert_eq!(ids(&alerts), [("outside-key-encryption", Severity::High)]);
+        assert!(
+            alerts[0].evidence.summary.contains("999988887777"),
+            "{}",
+            alerts[0].evidence.summary
+        );
+        assert!(copy(own).is_empty());
+        assert!(
+            copy("1234abcd-12ab-34cd-56ef-1234567890ab").is_empty(),
+            "a key id is the account's own"
+        );
+        assert_eq!(
+            ids(&call(
+                "ec2.amazonaws.com",
+                "ModifyEbsDefaultKmsKeyId",
+                json!({"ModifyEbsDefaultKmsKeyIdRequest": {"KmsKeyId": foreign}})
+            )),
+            [("outside-key-encryption", Severity::High)]
+        );
+        assert_eq!(
+            ids(&call(
+                "s3.amazonaws.com",
+                "PutBucketEncryption",
+                json!({"bucketName": "data", "ServerSideEncryptionConfiguration": {"Rule": {
+                    "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms",
+                        "KMSMasterKeyID": foreign}}}})
+            )),
+            [("outside-key-encryption", Severity::High)]
+        );
+        assert_eq!(
+            ids(&call(
+                "s3.amazonaws.com",
+                "CopyObject",
+                json!({"bucketName": "data", "key": "a.csv", "x-amz-copy-source": "data/a.csv",
+                    "x-amz-server-side-encryption": "aws:kms",
+                    "x-amz-server-side-encryption-aws-kms-key-id": foreign})
+            )),
+            [("outside-key-encryption", Severity::High)]
+        );
+        // A key account of the organization's, trusted.
+        let mut cfg = ExposurePolicies::default();
+        cfg.outside_key_encryption.trusted_accounts = vec!["999988887777".into()];
+        let mut out = Vec::new();
+        Exposure::new(cfg).evaluate(
+            &record(
+                "ec2.amazonaws.com",
+                "CopySnapshot",
+                user("mallory"),
+                json!({"sourceSnapshotId": "snap-0123", "kmsKeyId": foreign}),
+                false,
+            ),
+            &mut out,
+        );
+        assert!(out.is_empty());
     }
 
     /// A KMS grant to another account opens the key as a key policy would.

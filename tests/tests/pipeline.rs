@@ -281,6 +281,8 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         // What CloudFormation makes is judged as a call is: Panther's fixture of a stack's
         // service role setting an ECR repository policy open to everyone.
         ("access-granted-outside high", 1),
+        // Panther's fixture of objects copied in place under an attacker's KMS key.
+        ("outside-key-encryption high", 1),
         ("resource-shared-out medium", 2),
         ("defense-evasion high", 3),
         // (medium: 4 since Bedrock's invocation logging deleted is a defence off — Panther's

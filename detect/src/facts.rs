@@ -397,11 +397,14 @@ const GLOBAL_SERVICES: &[&str] = &[
     "account.amazonaws.com",
 ];
 
-/// Calls that create a resource (not data written into one).
+/// Calls that create a resource (not data written into one), or ask for room to create
+/// them (a service quota increase: the first step of mining in a region).
 fn creates(a: &Activity) -> bool {
-    ["Create", "Run", "Import", "Allocate", "Register", "Launch"]
+    (["Create", "Run", "Import", "Allocate", "Register", "Launch"]
         .iter()
         .any(|p| a.event_name.starts_with(p))
+        || (a.event_source == "servicequotas.amazonaws.com"
+            && a.event_name == "RequestServiceQuotaIncrease"))
         && a.outcome.is_success()
         && !GLOBAL_SERVICES.contains(&a.event_source.as_str())
         && !crate::classify::is_data_event(a)
@@ -840,6 +843,36 @@ mod tests {
             region_verdict(&facts, week, &read, facts.complete_through()),
             RegionVerdict::Usual
         );
+    }
+
+    /// A quota increase asked for in a region the organization has not used is the first
+    /// step of mining there: judged as a creation, and no harmless first write hides it.
+    #[test]
+    fn a_quota_request_in_a_new_region() {
+        let mut facts = Facts::default();
+        let week = 7 * 86_400;
+        for (k, f) in facts_of(&act(
+            0,
+            "ec2.amazonaws.com",
+            "RunInstances",
+            json!({}),
+            admin(),
+            "us-east-1",
+        )) {
+            facts.learn(&k, f);
+        }
+        let quota = act(
+            8 * 86_400,
+            "servicequotas.amazonaws.com",
+            "RequestServiceQuotaIncrease",
+            json!({"serviceCode": "ec2", "quotaCode": "L-417A185B", "desiredValue": 512}),
+            admin(),
+            "ap-south-2",
+        );
+        assert!(matches!(
+            region_verdict(&facts, week, &quota, facts.complete_through()),
+            RegionVerdict::Unusual(_)
+        ));
     }
 
     #[test]

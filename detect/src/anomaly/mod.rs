@@ -404,16 +404,39 @@ pub struct Rate {
     /// Variance per hour.
     #[serde(rename = "v")]
     var: f32,
+    /// The largest hour, fading by half in a week ([`PEAK_KEEP`]): a job's nightly burst is
+    /// usual for it, which the mean and variance over every hour, empty ones included, never
+    /// learn.
+    #[serde(rename = "p", default, skip_serializing_if = "is_zero")]
+    peak: f32,
     /// Per-minute counts of the last hour: (unix minute, count).
     #[serde(rename = "r", default, skip_serializing_if = "ThinVec::is_empty")]
     recent: ThinVec<(i64, u32)>,
     /// Ids of the last few activities counted (evidence), while a burst may be building.
     #[serde(rename = "e", default, skip_serializing_if = "ThinVec::is_empty")]
     evidence: ThinVec<ActivityId>,
-    /// Quiet until this unix second after firing.
-    #[serde(rename = "q", default)]
-    quiet_until: i64,
+    /// Quiet until this unix second after firing (32 bits, unsigned: until 2106; the
+    /// changelog keeps the number as before).
+    #[serde(rename = "q", default, deserialize_with = "unix_second_of_i64")]
+    quiet_until: u32,
 }
+
+/// A unix second in 32 unsigned bits, saturating: a time before 1970 or after 2106 (no real
+/// event's; a forged far-future one already stops its rate's hours) is clamped.
+pub(crate) fn narrow_second(t: i64) -> u32 {
+    t.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// Reads a unix second saved as any integer (earlier versions kept 64 bits), saturating.
+fn unix_second_of_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    Ok(narrow_second(i64::deserialize(d)?))
+}
+
+/// What is left of a rate's peak after an hour: half of it after a week (168 hours), so a
+/// nightly job's hour is still most of itself the next night.
+const PEAK_KEEP: f32 = 0.995_882;
+/// A sliding hour within this multiple of the actor's (fading) largest hour is usual.
+const PEAK_FACTOR: f32 = 1.5;
 
 /// A unix hour in 32 bits, saturating: only an hour more than 245,000 years from 1970 is out
 /// of range.
@@ -492,6 +515,8 @@ impl Rate {
             self.mean += ALPHA * d;
             self.var = (1.0 - ALPHA) * (self.var + ALPHA * d * d);
             let gap = (i64::from(hour) - i64::from(self.hour) - 1).min(10_000) as i32;
+            // The closed hour, then the silent hours since fade it.
+            self.peak = (self.peak * PEAK_KEEP).max(c) * PEAK_KEEP.powi(gap.max(0));
             if gap > 0 {
                 let keep = (1.0 - ALPHA).powi(gap);
                 // Zero hours pull the mean down and spread the variance.
@@ -531,12 +556,13 @@ impl Rate {
             .sum()
     }
 
-    /// The count a sliding hour must reach: far above this principal's usual hours, and at
-    /// least the sensitivity's floor.
+    /// The count a sliding hour must reach: far above this principal's usual hours, above
+    /// its recent largest hour ([`PEAK_FACTOR`]), and at least the sensitivity's floor.
     fn threshold(&self, floor: u32, sigmas: f32, factor: f32) -> u32 {
         let spread = self.mean + sigmas * self.var.max(0.0).sqrt();
         let scaled = factor * self.mean.max(1.0);
-        (spread.max(scaled).ceil() as u32).max(floor)
+        let peaked = PEAK_FACTOR * self.peak;
+        (spread.max(scaled).max(peaked).ceil() as u32).max(floor)
     }
 
     /// Takes one closed hour's count `c` of one peer into a peer group's baseline (a rate of
@@ -1759,6 +1785,44 @@ mod tests {
             ));
         }
         assert!(ids(&run(&spread), "vm-deletion").is_empty());
+    }
+
+    /// A nightly job's burst, every night for three weeks, is its usual; twice and a half
+    /// as many is not.
+    #[test]
+    fn a_nightly_burst_is_learned() {
+        let mut r = Rate::default();
+        let night = |r: &mut Rate, day: i64, n: i64| {
+            let mut count = 0;
+            for i in 0..n {
+                count = r.add(day * 86_400 + 3600 + i * 30, 1, "x");
+            }
+            count
+        };
+        for day in 0..21 {
+            night(&mut r, day, 12);
+        }
+        let threshold = r.threshold(10, 5.0, 3.0);
+        // A bigger night than usual (16) is not a burst; thirty are.
+        assert!(threshold > 16, "threshold {threshold}");
+        assert!(threshold <= 20, "threshold {threshold}");
+        // A fortnight without the job fades what it taught.
+        let mut quiet = r.clone();
+        quiet.add(35 * 86_400, 1, "x");
+        assert!(quiet.peak < 3.0, "peak {}", quiet.peak);
+    }
+
+    #[test]
+    fn a_rate_saved_before_peaks_has_none() -> anyhow::Result<()> {
+        let old: Rate = serde_json::from_value(serde_json::json!({"h": 0, "n": 0, "m": 0.0,
+            "v": 0.0, "q": -5}))?;
+        assert_eq!(old.peak, 0.0);
+        assert_eq!(old.quiet_until, 0, "saturated");
+        let mut r = Rate::default();
+        r.add(3600, 12, "x");
+        r.add(7200, 1, "x");
+        assert_eq!(serde_json::to_value(&r)?["p"], 12.0);
+        Ok(())
     }
 
     #[test]

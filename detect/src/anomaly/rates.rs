@@ -116,8 +116,8 @@ impl Anomalies {
         };
         let usual = rate.mean;
         let count = rate.add(t, n, &a.id);
-        if count >= threshold && t >= rate.quiet_until && self.on(d, a) {
-            rate.quiet_until = t + 3600;
+        if count >= threshold && t >= i64::from(rate.quiet_until) && self.on(d, a) {
+            rate.quiet_until = super::narrow_second(t + 3600);
             let who = Who(a);
             let evidence: Vec<String> = rate.evidence.iter().map(ToString::to_string).collect();
             let summary = if learned {

@@ -241,25 +241,28 @@ const ENCRYPTING: &[(&str, &str, &str, bool)] = &[
         "every new object of bucket {} (its default encryption)",
         false,
     ),
-    (
-        "s3.amazonaws.com",
-        "PutObject",
-        "an object of bucket {}",
-        true,
-    ),
+    // An object copied onto itself: re-encrypted in place. New objects written into another
+    // account's bucket under that account's required key are the owner's business.
     (
         "s3.amazonaws.com",
         "CopyObject",
-        "an object of bucket {}",
-        true,
-    ),
-    (
-        "s3.amazonaws.com",
-        "CreateMultipartUpload",
-        "an object of bucket {}",
+        "an object of bucket {}, in place,",
         true,
     ),
 ];
+
+/// A `CopyObject` whose source is the object it writes (`x-amz-copy-source`, URL-encoded,
+/// `BUCKET/KEY` with an optional leading `/` and `?versionId=`).
+fn copied_in_place(params: &Value) -> bool {
+    let text = |k: &str| params.get(k).and_then(Value::as_str);
+    let (Some(bucket), Some(key), Some(source)) =
+        (text("bucketName"), text("key"), text("x-amz-copy-source"))
+    else {
+        return false;
+    };
+    let source = percent_decode(source.split('?').next().unwrap_or_default());
+    source.trim_start_matches('/') == format!("{bucket}/{key}")
+}
 
 /// The KMS key ARNs a request names (`kmsKeyId`, S3's `KMSMasterKeyID` and
 /// `x-amz-server-side-encryption-aws-kms-key-id`, in any case, at any depth up to 8).
@@ -1448,7 +1451,7 @@ impl Exposure {
             return;
         };
         // Object writes are many: parsed only when their text names a KMS key ARN.
-        if objects && !params.text().contains(":kms:") {
+        if objects && (!params.text().contains(":kms:") || !copied_in_place(params)) {
             return;
         }
         let own = a.account_id.as_deref().unwrap_or_default();
@@ -1546,7 +1549,9 @@ impl Exposure {
 
     fn judge_blinding(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.defense_evasion;
-        if !cfg.enabled || !requested_change(a) {
+        // Not what CloudFormation does: deleting a stack deletes its keys, rules and
+        // detectors (every `cdk destroy`, every ephemeral environment).
+        if !cfg.enabled || !acts_itself(a) {
             return;
         }
         let null = Value::Null;
@@ -1744,7 +1749,15 @@ impl Exposure {
                 let owner = principal_account(&key).unwrap_or(own);
                 let grantee = text("granteePrincipal")?;
                 let account = principal_account(&grantee)?;
-                if account == owner || trusted.iter().any(|t| t == account) {
+                // A member account granting its own roles (or its service-linked roles) a
+                // central key is how AWS documents using another account's key: the grantee
+                // is the caller's account, or the account the record is for.
+                let caller = a.principal.account_id.as_deref();
+                if account == owner
+                    || account == own
+                    || Some(account) == caller
+                    || trusted.iter().any(|t| t == account)
+                {
                     return None;
                 }
                 Some(("a grant on KMS key", key, Some(vec![account.to_string()])))
@@ -1911,10 +1924,13 @@ impl Exposure {
         else {
             return;
         };
-        let holder = if is_instance_id(session) {
-            "instance"
-        } else if is_task_id(session) {
-            "ECS task"
+        // A task's id is only what its session is named: random hex names are also chosen
+        // by code that assumes roles, and Roles Anywhere (used off AWS by design) names
+        // sessions after certificate serials, with a source identity. Medium, and not those.
+        let (holder, severity) = if is_instance_id(session) {
+            ("instance", Severity::High)
+        } else if is_task_id(session) && a.principal.source_identity.is_none() {
+            ("ECS task", Severity::Medium)
         } else {
             return;
         };
@@ -1954,7 +1970,7 @@ impl Exposure {
             (cfg.severity, &cfg.actions),
             a,
             Some(entity),
-            Severity::High,
+            severity,
             summary,
             (
                 "Credential Access",
@@ -2679,12 +2695,28 @@ mod tests {
             ids(&call(
                 "s3.amazonaws.com",
                 "CopyObject",
-                json!({"bucketName": "data", "key": "a.csv", "x-amz-copy-source": "data/a.csv",
+                json!({"bucketName": "data", "key": "a b.csv", "x-amz-copy-source": "/data/a%20b.csv",
                     "x-amz-server-side-encryption": "aws:kms",
                     "x-amz-server-side-encryption-aws-kms-key-id": foreign})
             )),
             [("outside-key-encryption", Severity::High)]
         );
+        // Written into another account's bucket under its required key: the owner's business.
+        for (name, params) in [
+            (
+                "PutObject",
+                json!({"bucketName": "partner-drop", "key": "a.csv",
+                "x-amz-server-side-encryption-aws-kms-key-id": foreign}),
+            ),
+            (
+                "CopyObject",
+                json!({"bucketName": "partner-drop", "key": "a.csv",
+                "x-amz-copy-source": "data/a.csv",
+                "x-amz-server-side-encryption-aws-kms-key-id": foreign}),
+            ),
+        ] {
+            assert!(call("s3.amazonaws.com", name, params).is_empty(), "{name}");
+        }
         // A key account of the organization's, trusted.
         let mut cfg = ExposurePolicies::default();
         cfg.outside_key_encryption.trusted_accounts = vec!["999988887777".into()];
@@ -2725,6 +2757,12 @@ mod tests {
         );
         assert!(grant(key, "arn:aws:iam::111111111111:role/app").is_empty());
         assert!(grant(key, "rds.eu-west-1.amazonaws.com").is_empty());
+        // A member granting its own role a central key (both accounts log it).
+        assert!(grant(
+            "arn:aws:kms:us-east-1:999988887777:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:iam::111111111111:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
+        )
+        .is_empty());
         // Another account's key granted back to that account.
         assert!(grant(
             "arn:aws:kms:us-east-1:999988887777:key/1234abcd-12ab-34cd-56ef-1234567890ab",
@@ -2801,13 +2839,14 @@ mod tests {
             ids(&run(&snapshot)),
             [("resource-shared-out", Severity::High)]
         );
-        let detector = via_stack(
+        // A stack's deletion deletes what it made: not a defence switched off.
+        let teardown = via_stack(
             user("mallory"),
-            "guardduty.amazonaws.com",
-            "DeleteDetector",
-            json!({"detectorId": "12abc34d567e8fa901bc2d34e56789f0"}),
+            "kms.amazonaws.com",
+            "ScheduleKeyDeletion",
+            json!({"keyId": "1234abcd-12ab-34cd-56ef-1234567890ab", "pendingWindowInDays": 7}),
         );
-        assert_eq!(ids(&run(&detector)), [("defense-evasion", Severity::High)]);
+        assert!(run(&teardown).is_empty());
         // Another service acting for the account (AWS Backup copying to its vault) is not.
         let mut backup = user("mallory");
         backup["invokedBy"] = json!("backup.amazonaws.com");
@@ -3286,7 +3325,7 @@ mod tests {
         let task = from("0123456789abcdef0123456789abcdef", Some(14061));
         assert_eq!(
             ids(&task),
-            [("instance-credentials-outside-aws", Severity::High)]
+            [("instance-credentials-outside-aws", Severity::Medium)]
         );
         assert!(
             task[0].evidence.summary.contains("ECS task"),
@@ -3295,7 +3334,7 @@ mod tests {
         );
         assert_eq!(
             ids(&from("01234567-89ab-cdef-0123-456789abcdef", Some(14061))),
-            [("instance-credentials-outside-aws", Severity::High)]
+            [("instance-credentials-outside-aws", Severity::Medium)]
         );
         assert!(from("0123456789abcdef0123456789abcdef", Some(16509)).is_empty());
         assert!(from("0123456789abcdef0123456789abcde", Some(14061)).is_empty());

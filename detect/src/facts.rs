@@ -846,7 +846,8 @@ mod tests {
     }
 
     /// A quota increase asked for in a region the organization has not used is the first
-    /// step of mining there: judged as a creation, and no harmless first write hides it.
+    /// step of mining there: judged as a creation (it establishes the region, as any write
+    /// there does, so it must be judged itself).
     #[test]
     fn a_quota_request_in_a_new_region() {
         let mut facts = Facts::default();

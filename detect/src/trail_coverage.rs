@@ -201,7 +201,9 @@ pub fn judge_snapshot(
             return Some((
                 Severity::Medium,
                 format!(
-                    "account {account}: cannot verify that CloudTrail records it — no trail                      read records its management writes: {} (the inventory's role needs                      cloudtrail:GetTrail, GetTrailStatus and GetEventSelectors)",
+                    "account {account}: cannot verify that CloudTrail records it — no trail \
+                     read records its management writes: {} (the inventory's role needs \
+                     cloudtrail:GetTrail, GetTrailStatus and GetEventSelectors)",
                     listed(trails.iter())
                 ),
             ));
@@ -214,7 +216,10 @@ pub fn judge_snapshot(
         return Some((
             Severity::High,
             format!(
-                "account {account} {why} — no trail file of it reaches Trailguard's s3 or sqs                  sources, and what is done in it is kept only in CloudTrail's 90-day event                  history (management events), or a CloudTrail Lake event data store if one                  records it"
+                "account {account} {why} — no trail file of it reaches Trailguard's s3 or sqs \
+                 sources, and what is done in it is kept only in CloudTrail's 90-day event \
+                 history (management events), or a CloudTrail Lake event data store if one \
+                 records it"
             ),
         ));
     }
@@ -402,6 +407,10 @@ mod tests {
             assert_eq!(severity, Severity::High, "{summary}");
             assert!(summary.contains(why), "{summary} lacks {why}");
             assert!(summary.contains("111122223333"), "{summary}");
+            assert!(
+                !summary.contains("  "),
+                "one space between words: {summary}"
+            );
         }
         Ok(())
     }

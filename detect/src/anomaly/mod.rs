@@ -404,7 +404,7 @@ pub struct Rate {
     /// Variance per hour.
     #[serde(rename = "v")]
     var: f32,
-    /// The largest hour, fading by half in a week ([`PEAK_KEEP`]): a job's nightly burst is
+    /// The largest clock hour, fading by half in a week ([`PEAK_KEEP`]): a job's nightly burst is
     /// usual for it, which the mean and variance over every hour, empty ones included, never
     /// learn.
     #[serde(rename = "p", default, skip_serializing_if = "is_zero")]
@@ -437,6 +437,9 @@ fn unix_second_of_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::
 const PEAK_KEEP: f32 = 0.995_882;
 /// A sliding hour within this multiple of the actor's (fading) largest hour is usual.
 const PEAK_FACTOR: f32 = 1.5;
+/// The largest hour raises a threshold to at most this multiple of what the mean, spread and
+/// floor ask.
+const PEAK_CAP: f32 = 2.0;
 
 /// A unix hour in 32 bits, saturating: only an hour more than 245,000 years from 1970 is out
 /// of range.
@@ -515,7 +518,8 @@ impl Rate {
             self.mean += ALPHA * d;
             self.var = (1.0 - ALPHA) * (self.var + ALPHA * d * d);
             let gap = (i64::from(hour) - i64::from(self.hour) - 1).min(10_000) as i32;
-            // The closed hour, then the silent hours since fade it.
+            // The closed hour, then the silent hours since fade it. Learnt from closed hours
+            // only: a burst must not raise the threshold it is being judged against.
             self.peak = (self.peak * PEAK_KEEP).max(c) * PEAK_KEEP.powi(gap.max(0));
             if gap > 0 {
                 let keep = (1.0 - ALPHA).powi(gap);
@@ -556,13 +560,16 @@ impl Rate {
             .sum()
     }
 
-    /// The count a sliding hour must reach: far above this principal's usual hours, above
-    /// its recent largest hour ([`PEAK_FACTOR`]), and at least the sensitivity's floor.
+    /// The count a sliding hour must reach: far above this principal's usual hours, and at
+    /// least the sensitivity's floor; raised towards its recent largest hour
+    /// ([`PEAK_FACTOR`]), but never past [`PEAK_CAP`] times the rest — so hours an intruder
+    /// fills, each a little larger, cannot walk the threshold up.
     fn threshold(&self, floor: u32, sigmas: f32, factor: f32) -> u32 {
         let spread = self.mean + sigmas * self.var.max(0.0).sqrt();
         let scaled = factor * self.mean.max(1.0);
-        let peaked = PEAK_FACTOR * self.peak;
-        (spread.max(scaled).max(peaked).ceil() as u32).max(floor)
+        let usual = spread.max(scaled).max(floor as f32);
+        let peaked = (PEAK_FACTOR * self.peak).min(PEAK_CAP * usual);
+        (usual.max(peaked).ceil() as u32).max(floor)
     }
 
     /// Takes one closed hour's count `c` of one peer into a peer group's baseline (a rate of
@@ -1810,6 +1817,33 @@ mod tests {
         let mut quiet = r.clone();
         quiet.add(35 * 86_400, 1, "x");
         assert!(quiet.peak < 3.0, "peak {}", quiet.peak);
+    }
+
+    /// Hours an intruder fills, each a third larger than the last (under the 1.5 the largest
+    /// hour allows), alert within a few hours: the largest hour raises the threshold to at
+    /// most twice the usual.
+    #[test]
+    fn a_ramp_cannot_walk_the_threshold_up() {
+        let mut r = Rate::default();
+        // A quiet week of one an hour.
+        for h in 0..168i64 {
+            r.add(h * 3600, 1, "x");
+        }
+        let mut n = 9.0f64;
+        let mut caught = None;
+        'hours: for h in 168..180i64 {
+            // Judged as detect judges: the threshold before each call.
+            for i in 0..n as i64 {
+                let threshold = r.threshold(10, 5.0, 3.0);
+                let count = r.add(h * 3600 + i * (3600 / n as i64).max(1), 1, "x");
+                if count >= threshold {
+                    caught = Some(h - 168);
+                    break 'hours;
+                }
+            }
+            n *= 1.3;
+        }
+        assert!(caught.is_some_and(|h| h <= 4), "caught in hour {caught:?}");
     }
 
     #[test]

@@ -91,9 +91,10 @@ pub(crate) fn acts_itself(a: &Activity) -> bool {
 
 /// A change someone asked for: their own call, or CloudFormation's on their behalf (a stack's
 /// resources are made with the caller's credentials or the stack's role, the record naming
-/// CloudFormation in `invokedBy`). What such a change exposes or switches off is judged
-/// whichever made it: a template is as good a way to open a role to another account as a
-/// call. Other services acting for the account (AWS Backup, Image Builder) are not.
+/// CloudFormation in `invokedBy`). What such a change exposes is judged whichever made it:
+/// a template is as good a way to open a role to another account as a call. Other services
+/// acting for the account (AWS Backup, Image Builder) are not; and what a stack deletes is
+/// not a defence switched off (`defense-evasion` keeps to [`acts_itself`]).
 pub(crate) fn requested_change(a: &Activity) -> bool {
     acts_itself(a)
         || (a.principal.invoked_by.as_deref() == Some("cloudformation.amazonaws.com")

@@ -119,11 +119,46 @@ pub fn snapshot_activity(
     let digest = hex::encode(Sha256::digest(params.to_string().as_bytes()));
     let day = now.format("%Y-%m-%d").to_string();
     let id = stable_id([INVENTORY_SOURCE, account, &bucket.name, &digest, &day]);
+    let resources = vec![Resource {
+        kind: kinds::S3_BUCKET.into(),
+        id: bucket.name.clone(),
+    }];
+    inventory_activity(
+        InventoryRecord {
+            account,
+            partition,
+            region: &bucket.region,
+            event_name: BUCKET_SNAPSHOT,
+        },
+        id,
+        params,
+        resources,
+        now,
+    )
+}
+
+/// Where and what an inventory activity is.
+pub(crate) struct InventoryRecord<'a> {
+    pub account: &'a str,
+    pub partition: &'a str,
+    pub region: &'a str,
+    pub event_name: &'a str,
+}
+
+/// An activity of the inventory (its principal Trailguard's own, so nothing learns from it),
+/// taken at `now`, with its id, settings and resources (pure).
+pub(crate) fn inventory_activity(
+    record: InventoryRecord<'_>,
+    id: String,
+    params: Value,
+    resources: Vec<Resource>,
+    now: DateTime<Utc>,
+) -> Activity {
     let principal = Principal {
         kind: kinds::TRAILGUARD.into(),
         arn: None,
         name: Some("inventory".into()),
-        account_id: Some(account.into()),
+        account_id: Some(record.account.into()),
         ..Principal::default()
     };
     Activity {
@@ -132,11 +167,11 @@ pub fn snapshot_activity(
         event_id: None,
         event_time: now,
         event_source: INVENTORY_SOURCE.into(),
-        event_name: BUCKET_SNAPSHOT.into(),
+        event_name: record.event_name.into(),
         event_type: Some("TrailguardInventory".into()),
-        account_id: Some(account.into()),
-        region: Some(bucket.region.clone()),
-        partition: Some(partition.into()),
+        account_id: Some(record.account.into()),
+        region: Some(record.region.into()),
+        partition: Some(record.partition.into()),
         actor: trailguard_common::contract::Actor::of(&principal),
         principal,
         source_ip: None,
@@ -148,10 +183,7 @@ pub fn snapshot_activity(
             error_code: None,
             error_message: None,
         },
-        resources: vec![Resource {
-            kind: kinds::S3_BUCKET.into(),
-            id: bucket.name.clone(),
-        }],
+        resources,
         request_id: None,
         request_parameters: Some(params.into()),
         response_elements: None,

@@ -15,8 +15,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use trailguard_common::aws::{Account, AwsConfig, CallError};
 use trailguard_common::contract::{
-    kinds, stable_id, Activity, Outcome, OutcomeStatus, Principal, Resource,
-    ACTIVITY_SCHEMA_VERSION, INVENTORY_SOURCE, TRAIL_SNAPSHOT,
+    kinds, stable_id, Activity, Resource, INVENTORY_SOURCE, TRAIL_SNAPSHOT,
 };
 use trailguard_common::trail::DELIVERY_STALE_SECS;
 
@@ -133,43 +132,18 @@ pub fn snapshot_activity(
     let digest = hex::encode(Sha256::digest(Value::Object(stable).to_string().as_bytes()));
     let day = now.format("%Y-%m-%d").to_string();
     let id = stable_id([INVENTORY_SOURCE, account, TRAIL_SNAPSHOT, &digest, &day]);
-    let principal = Principal {
-        kind: kinds::TRAILGUARD.into(),
-        arn: None,
-        name: Some("inventory".into()),
-        account_id: Some(account.into()),
-        ..Principal::default()
-    };
-    Activity {
-        schema_version: ACTIVITY_SCHEMA_VERSION,
-        id,
-        event_id: None,
-        event_time: now,
-        event_source: INVENTORY_SOURCE.into(),
-        event_name: TRAIL_SNAPSHOT.into(),
-        event_type: Some("TrailguardInventory".into()),
-        account_id: Some(account.into()),
-        region: Some(region.into()),
-        partition: Some(partition.into()),
-        actor: trailguard_common::contract::Actor::of(&principal),
-        principal,
-        source_ip: None,
-        source_host: Some("trailguard".into()),
-        user_agent: None,
-        read_only: Some(true),
-        outcome: Outcome {
-            status: OutcomeStatus::Success,
-            error_code: None,
-            error_message: None,
+    crate::inventory::inventory_activity(
+        crate::inventory::InventoryRecord {
+            account,
+            partition,
+            region,
+            event_name: TRAIL_SNAPSHOT,
         },
+        id,
+        Value::Object(params),
         resources,
-        request_id: None,
-        request_parameters: Some(Value::Object(params).into()),
-        response_elements: None,
-        additional_event_data: None,
-        enrichment: Default::default(),
-        trimmed: Vec::new(),
-    }
+        now,
+    )
 }
 
 /// Data resources' values kept in a snapshot, at most (up to 250 each, and none decides

@@ -96,9 +96,10 @@ pub(crate) fn acts_itself(a: &Activity) -> bool {
 /// acting for the account (AWS Backup, Image Builder) are not; and what a stack deletes is
 /// not a defence switched off (`defense-evasion` keeps to [`acts_itself`]).
 pub(crate) fn requested_change(a: &Activity) -> bool {
-    acts_itself(a)
-        || (a.principal.invoked_by.as_deref() == Some("cloudformation.amazonaws.com")
-            && !matches!(a.principal.kind.as_str(), "AWSService" | "Trailguard"))
+    matches!(
+        a.principal.invoked_by.as_deref(),
+        None | Some("cloudformation.amazonaws.com")
+    ) && !matches!(a.principal.kind.as_str(), "AWSService" | "Trailguard")
 }
 
 /// A human at a keyboard: a console sign-in, the console, or a command line with an address.

@@ -781,10 +781,9 @@ mod tests {
         assert!(terminated(&facts, &[], &after).is_none());
     }
 
-    #[test]
-    fn a_new_region_after_the_learning_period() {
+    /// The facts after one instance launched in us-east-1 at the start of the history.
+    fn using_us_east_1() -> Facts {
         let mut facts = Facts::default();
-        let week = 7 * 86_400;
         for (k, f) in facts_of(&act(
             0,
             "ec2.amazonaws.com",
@@ -795,6 +794,13 @@ mod tests {
         )) {
             facts.learn(&k, f);
         }
+        facts
+    }
+
+    #[test]
+    fn a_new_region_after_the_learning_period() {
+        let facts = using_us_east_1();
+        let week = 7 * 86_400;
         let early = act(
             86_400,
             "ec2.amazonaws.com",
@@ -850,18 +856,8 @@ mod tests {
     /// there does, so it must be judged itself).
     #[test]
     fn a_quota_request_in_a_new_region() {
-        let mut facts = Facts::default();
+        let facts = using_us_east_1();
         let week = 7 * 86_400;
-        for (k, f) in facts_of(&act(
-            0,
-            "ec2.amazonaws.com",
-            "RunInstances",
-            json!({}),
-            admin(),
-            "us-east-1",
-        )) {
-            facts.learn(&k, f);
-        }
         let quota = act(
             8 * 86_400,
             "servicequotas.amazonaws.com",

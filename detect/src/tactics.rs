@@ -10,7 +10,7 @@
 //! boundaries removed), lateral movement (SSM, EC2 Instance Connect, serial console),
 //! exfiltration (snapshots, images and exports shared or copied out), defense evasion
 //! (logging and detection switched off) and impact (deletion, encryption keys, backups, model
-//! abuse). Reads that enumerate (`List*`, `Describe*`, `Get*` without a row of their own)
+//! abuse, compute for mining: [`ACCELERATED`]). Reads that enumerate (`List*`, `Describe*`, `Get*` without a row of their own)
 //! are discovery, weight 1.
 //!
 //! The table is documented in docs/policies.md; a row added here is a line there.
@@ -118,6 +118,7 @@ const LAMBDA: &str = "lambda.amazonaws.com";
 const KMS: &str = "kms.amazonaws.com";
 const RDS: &str = "rds.amazonaws.com";
 const BEDROCK: &str = "bedrock.amazonaws.com";
+const SAGEMAKER: &str = "sagemaker.amazonaws.com";
 
 /// The table, by service. Kept sorted by (source, name) for lookup (a test checks).
 pub const TABLE: &[Row] = &[
@@ -344,26 +345,21 @@ pub const TABLE: &[Row] = &[
     row(S3, "PutBucketPolicy", Exfiltration, 2),
     row(S3, "PutBucketReplication", Exfiltration, 3),
     row(S3, "PutBucketVersioning", Impact, 2),
+    row(SAGEMAKER, "CreateNotebookInstance", PrivilegeEscalation, 2),
     row(
-        "sagemaker.amazonaws.com",
-        "CreateNotebookInstance",
-        PrivilegeEscalation,
-        2,
-    ),
-    row(
-        "sagemaker.amazonaws.com",
+        SAGEMAKER,
         "CreateNotebookInstanceLifecycleConfig",
         Persistence,
         3,
     ),
     row(
-        "sagemaker.amazonaws.com",
+        SAGEMAKER,
         "CreatePresignedNotebookInstanceUrl",
         LateralMovement,
         3,
     ),
     row(
-        "sagemaker.amazonaws.com",
+        SAGEMAKER,
         "UpdateNotebookInstanceLifecycleConfig",
         Persistence,
         4,
@@ -465,35 +461,221 @@ pub fn call_key(source: &str, name: &str) -> u32 {
 }
 
 /// What `a`'s call means: its row's stable key ([`call_key`]), tactic and weight, or for an
-/// enumerating read, discovery of weight 1 (key `None`).
+/// enumerating read, discovery of weight 1 (key `None`). A call that asks for accelerated
+/// compute is [`ACCELERATED`]'s, whatever its own row.
 pub fn classify(a: &Activity) -> Option<(Option<u32>, Tactic, u8)> {
     let name = base_name(&a.event_source, &a.event_name);
     // Shortened to the lookup's lifetime (a map is covariant in its keys).
     let index: &Index<'_> = &INDEX;
-    if let Some(&(key, r)) = index.get(&(a.event_source.as_str(), name)) {
-        // Parameters read without decryption are configuration, not secrets.
-        let weight = if r.source == SSM && r.name.starts_with("GetParameter") && !decrypts(a) {
-            1
-        } else {
-            r.weight
-        };
-        return Some((Some(key), r.tactic, weight));
+    if let Some(entry) = index.get(&(a.event_source.as_str(), name)) {
+        if entry.compute && !accelerated_types(a).is_empty() {
+            let r = &ACCELERATED;
+            return Some((Some(call_key(r.source, r.name)), r.tactic, r.weight));
+        }
+        if let Some((key, r)) = entry.row {
+            // Parameters read without decryption are configuration, not secrets.
+            let weight = if r.source == SSM && r.name.starts_with("GetParameter") && !decrypts(a) {
+                1
+            } else {
+                r.weight
+            };
+            return Some((Some(key), r.tactic, weight));
+        }
     }
     is_enumeration(a).then_some((None, Discovery, 1))
 }
 
-/// Rows by (source, name), each with its [`call_key`].
-type Index<'a> = HashMap<(&'a str, &'a str), (u32, &'static Row), foldhash::fast::FixedState>;
+/// Accelerated compute — GPU, Trainium, Inferentia, FPGA or video-transcoding instances —
+/// asked for by any call that names instance types: what cryptocurrency mining and stolen
+/// model hosting run on, at tens of dollars an hour each. One row whatever the call (an
+/// actor that runs GPU instances is known to, whether it asks for them by `RunInstances`, a
+/// fleet, a Batch environment or SageMaker), never in [`TABLE`]: no event has its name.
+pub const ACCELERATED: Row = row("trailguard", "accelerated compute", Impact, 4);
+
+/// The calls that name instance types to run (source, name): [`ACCELERATED`] when one of
+/// them is accelerated. Launches by AWS services (Auto Scaling, Batch, EKS) are the
+/// services' own calls; these are the requests that set them going.
+const COMPUTE: &[(&str, &str)] = &[
+    ("autoscaling.amazonaws.com", "CreateAutoScalingGroup"),
+    ("autoscaling.amazonaws.com", "CreateLaunchConfiguration"),
+    ("autoscaling.amazonaws.com", "UpdateAutoScalingGroup"),
+    ("batch.amazonaws.com", "CreateComputeEnvironment"),
+    ("batch.amazonaws.com", "UpdateComputeEnvironment"),
+    (EC2, "CreateCapacityReservation"),
+    (EC2, "CreateFleet"),
+    (EC2, "CreateLaunchTemplate"),
+    (EC2, "CreateLaunchTemplateVersion"),
+    (EC2, "ModifyInstanceAttribute"),
+    (EC2, "RequestSpotFleet"),
+    (EC2, "RequestSpotInstances"),
+    (EC2, "RunInstances"),
+    ("eks.amazonaws.com", "CreateNodegroup"),
+    ("elasticmapreduce.amazonaws.com", "AddInstanceFleet"),
+    ("elasticmapreduce.amazonaws.com", "AddInstanceGroups"),
+    ("elasticmapreduce.amazonaws.com", "RunJobFlow"),
+    ("gamelift.amazonaws.com", "CreateFleet"),
+    (SAGEMAKER, "CreateApp"),
+    (SAGEMAKER, "CreateCluster"),
+    (SAGEMAKER, "CreateEndpointConfig"),
+    (SAGEMAKER, "CreateHyperParameterTuningJob"),
+    (SAGEMAKER, "CreateNotebookInstance"),
+    (SAGEMAKER, "CreateProcessingJob"),
+    (SAGEMAKER, "CreateTrainingJob"),
+    (SAGEMAKER, "CreateTransformJob"),
+    (SAGEMAKER, "UpdateCluster"),
+    (SAGEMAKER, "UpdateNotebookInstance"),
+];
+
+/// The accelerated instance types `a` asks for (its request, and for a launch its response:
+/// a launch template's type shows only there), at most eight, each once; or how it asks for
+/// accelerators by attribute (`acceleratorTypes`, `acceleratorCount`) instead of by type.
+pub fn accelerated_types(a: &Activity) -> Vec<String> {
+    let mut out = Vec::new();
+    // A bound on what one record can make this walk: generous for the largest fleets.
+    let mut budget = 20_000u32;
+    for part in [&a.request_parameters, &a.response_elements]
+        .into_iter()
+        .flatten()
+    {
+        collect_accelerated(part, false, &mut budget, &mut out);
+    }
+    out
+}
+
+/// Most accelerated types named in one alert.
+const MOST_TYPES: usize = 8;
+
+fn collect_accelerated(
+    value: &serde_json::Value,
+    under_type: bool,
+    budget: &mut u32,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    if *budget == 0 || out.len() >= MOST_TYPES {
+        return;
+    }
+    *budget -= 1;
+    let add = |out: &mut Vec<String>, what: String| {
+        if !out.contains(&what) && out.len() < MOST_TYPES {
+            out.push(what);
+        }
+    };
+    match value {
+        Value::String(s) if under_type && is_accelerated(s) => add(out, s.clone()),
+        Value::Array(items) => {
+            for item in items {
+                collect_accelerated(item, under_type, budget, out);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                if ends_with_ignoring_case(key, "acceleratortypes") {
+                    for kind in strings(item) {
+                        if ["gpu", "fpga", "inference"]
+                            .iter()
+                            .any(|k| kind.eq_ignore_ascii_case(k))
+                        {
+                            add(
+                                out,
+                                format!("accelerator type {}", kind.to_ascii_lowercase()),
+                            );
+                        }
+                    }
+                } else if ends_with_ignoring_case(key, "acceleratorcount") {
+                    let least = item
+                        .as_object()
+                        .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("min")))
+                        .and_then(|(_, v)| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
+                    if let Some(n @ 1..) = least {
+                        add(out, format!("at least {n} accelerators"));
+                    }
+                } else {
+                    let under = under_type
+                        || ends_with_ignoring_case(key, "instancetype")
+                        || ends_with_ignoring_case(key, "instancetypes");
+                    collect_accelerated(item, under, budget, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `value`'s strings: itself, or an array's (as `acceleratorTypes` is written: a list, or
+/// EC2's `{"item": [...]}`).
+fn strings(value: &serde_json::Value) -> Vec<&str> {
+    match value {
+        serde_json::Value::String(s) => vec![s],
+        serde_json::Value::Array(items) => items.iter().flat_map(strings).collect(),
+        serde_json::Value::Object(map) => map.values().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn ends_with_ignoring_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len()
+        && text.as_bytes()[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// An accelerated instance type or family: `p4d.24xlarge`, `g5`, `ml.trn1.32xlarge`. The
+/// family's letters say what it carries — `p`, `g`, `gr` (NVIDIA GPUs), `trn` (Trainium), `inf`
+/// (Inferentia), `dl` (Gaudi), `f` (FPGA), `vt` (video transcoding) — followed by its
+/// generation's digit; no other family starts so.
+pub fn is_accelerated(instance_type: &str) -> bool {
+    let text = instance_type.trim();
+    let text = match text.get(..3) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("ml.") => &text[3..],
+        _ => text,
+    };
+    let family = text.split('.').next().unwrap_or_default();
+    let letters = family.bytes().take_while(u8::is_ascii_alphabetic).count();
+    let starts_generation = family
+        .as_bytes()
+        .get(letters)
+        .is_some_and(u8::is_ascii_digit);
+    starts_generation
+        && ["p", "g", "gr", "trn", "inf", "dl", "f", "vt"]
+            .iter()
+            .any(|f| family[..letters].eq_ignore_ascii_case(f))
+}
+
+/// A call looked up: its row, and whether it names instance types to run ([`COMPUTE`]).
+#[derive(Clone, Copy)]
+struct Entry {
+    row: Option<(u32, &'static Row)>,
+    compute: bool,
+}
+
+/// Calls by (source, name): [`TABLE`]'s rows, each with its [`call_key`], and the calls of
+/// [`COMPUTE`].
+type Index<'a> = HashMap<(&'a str, &'a str), Entry, foldhash::fast::FixedState>;
 
 /// The table by (source, name), each row with its [`call_key`]: every activity is looked up
 /// (twice: its actor's baseline and the organization's rarity), and a binary search over the
 /// table's strings and the key's hash were ≈ 8 % of detect's instructions. Static keys: an
 /// activity's name is looked up, never inserted, so a fixed seed is safe.
 static INDEX: LazyLock<Index<'static>> = LazyLock::new(|| {
-    TABLE
+    let mut index: Index<'static> = TABLE
         .iter()
-        .map(|r| ((r.source, r.name), (call_key(r.source, r.name), r)))
-        .collect()
+        .map(|r| {
+            let entry = Entry {
+                row: Some((call_key(r.source, r.name), r)),
+                compute: false,
+            };
+            ((r.source, r.name), entry)
+        })
+        .collect();
+    for &call in COMPUTE {
+        index
+            .entry(call)
+            .or_insert(Entry {
+                row: None,
+                compute: false,
+            })
+            .compute = true;
+    }
+    index
 });
 
 /// `withDecryption: true` on an SSM parameter read.
@@ -527,6 +709,7 @@ pub fn is_enumeration(a: &Activity) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_table_is_sorted_and_has_no_duplicates() {
@@ -625,6 +808,176 @@ mod tests {
         ] {
             let code = call("lambda.amazonaws.com", name, serde_json::json!({}));
             assert_eq!(classify(&code).map(|c| c.1), Some(Persistence), "{name}");
+        }
+    }
+
+    #[test]
+    fn accelerated_families_are_told_by_their_letters() {
+        for accelerated in [
+            "p2.xlarge",
+            "p4d.24xlarge",
+            "p5e.48xlarge",
+            "g4dn.xlarge",
+            "G5.2XLARGE",
+            "gr6.4xlarge",
+            "trn1n.32xlarge",
+            "inf2.xlarge",
+            "dl1.24xlarge",
+            "f1.2xlarge",
+            "vt1.3xlarge",
+            "ml.p4d.24xlarge",
+            "ml.g5.xlarge",
+            "p3",
+            " g6 ",
+        ] {
+            assert!(is_accelerated(accelerated), "{accelerated}");
+        }
+        for ordinary in [
+            "t3.micro",
+            "m5.large",
+            "c6gn.16xlarge",
+            "x2gd.large",
+            "i4g.large",
+            "hpc7g.16xlarge",
+            "mac2.metal",
+            "u-6tb1.metal",
+            "ml.m5.xlarge",
+            "optimal",
+            "g",
+            "gp3",
+            "p",
+            "",
+            "ml.",
+            "é1.large",
+        ] {
+            assert!(!is_accelerated(ordinary), "{ordinary}");
+        }
+    }
+
+    #[test]
+    fn asking_for_accelerated_compute_is_one_row_whatever_the_call() {
+        let accelerated = Some((
+            Some(call_key(ACCELERATED.source, ACCELERATED.name)),
+            Impact,
+            4,
+        ));
+        let cases = [
+            (
+                EC2,
+                "RunInstances",
+                json!({"instanceType": "p4d.24xlarge", "minCount": 1}),
+            ),
+            (
+                EC2,
+                "RequestSpotInstances",
+                json!({"launchSpecification": {"instanceType": "g5.12xlarge"}}),
+            ),
+            (
+                EC2,
+                "RequestSpotFleet",
+                json!({"spotFleetRequestConfig": {"launchSpecifications": {"items": [
+                    {"instanceType": "c5.large"}, {"instanceType": "p3.16xlarge"}]}}}),
+            ),
+            (
+                EC2,
+                "CreateFleet",
+                json!({"CreateFleetRequest": {"LaunchTemplateConfigs": {"Overrides": {
+                    "InstanceRequirements": {"AcceleratorTypes": {"item": "gpu"}}}}}}),
+            ),
+            (
+                EC2,
+                "CreateLaunchTemplate",
+                json!({"CreateLaunchTemplateRequest": {"LaunchTemplateData": {
+                    "InstanceRequirements": {"AcceleratorCount": {"Min": 1}}}}}),
+            ),
+            (
+                EC2,
+                "ModifyInstanceAttribute",
+                json!({"instanceId": "i-0abc", "instanceType": {"value": "g4dn.xlarge"}}),
+            ),
+            (
+                "batch.amazonaws.com",
+                "CreateComputeEnvironment",
+                json!({"computeResources": {"instanceTypes": ["optimal", "p3"]}}),
+            ),
+            (
+                SAGEMAKER,
+                "CreateTrainingJob",
+                json!({"resourceConfig": {"instanceType": "ml.p4d.24xlarge"}}),
+            ),
+            (
+                "elasticmapreduce.amazonaws.com",
+                "RunJobFlow",
+                json!({"instances": {"masterInstanceType": "m5.xlarge",
+                    "slaveInstanceType": "g4dn.2xlarge"}}),
+            ),
+            (
+                "eks.amazonaws.com",
+                "CreateNodegroup",
+                json!({"instanceTypes": ["inf2.xlarge"]}),
+            ),
+        ];
+        for (source, name, params) in cases {
+            let a = call(source, name, params);
+            assert_eq!(classify(&a), accelerated, "{name}");
+            assert!(!accelerated_types(&a).is_empty(), "{name}");
+        }
+        // A launch from a template names its type only in the response.
+        let mut templated = call(
+            EC2,
+            "RunInstances",
+            json!({"launchTemplate": {"launchTemplateId": "lt-0abc"}}),
+        );
+        assert_eq!(classify(&templated), None);
+        let response = json!({"instancesSet": {"items": [
+            {"instanceId": "i-1", "instanceType": "p5.48xlarge"},
+            {"instanceId": "i-2", "instanceType": "p5.48xlarge"}]}});
+        templated.response_elements =
+            trailguard_common::RawJson::from_text(&response.to_string()).ok();
+        assert_eq!(classify(&templated), accelerated);
+        assert_eq!(accelerated_types(&templated), ["p5.48xlarge"]);
+        // Ordinary compute keeps its own row, or none; a type named anywhere else, or by a
+        // call that runs nothing, is not asked for.
+        let ordinary = [
+            (
+                EC2,
+                "RunInstances",
+                json!({"instanceType": "t3.micro"}),
+                None,
+            ),
+            (
+                EC2,
+                "CreateFleet",
+                json!({"CreateFleetRequest": {"LaunchTemplateConfigs": {"Overrides": {
+                    "InstanceType": "m5.large",
+                    "InstanceRequirements": {"AcceleratorCount": {"Max": 0},
+                        "AcceleratorTypes": {"item": "none"}}}}}}),
+                Some(Impact),
+            ),
+            (
+                "batch.amazonaws.com",
+                "CreateComputeEnvironment",
+                json!({"computeResources": {"instanceTypes": ["optimal"]}}),
+                Some(Impact),
+            ),
+            (
+                EC2,
+                "RunInstances",
+                json!({"tagSpecificationSet": {"items": [
+                {"tags": [{"key": "Name", "value": "p4d.24xlarge"}]}]}}),
+                None,
+            ),
+            (
+                EC2,
+                "CreateTags",
+                json!({"instanceType": "p4d.24xlarge"}),
+                None,
+            ),
+        ];
+        for (source, name, params, tactic) in ordinary {
+            let a = call(source, name, params.clone());
+            assert_eq!(classify(&a).map(|c| c.1), tactic, "{name} {params}");
+            assert_ne!(classify(&a), accelerated, "{name} {params}");
         }
     }
 }

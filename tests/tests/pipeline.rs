@@ -302,8 +302,10 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         // (high: 4 since SES's GetSendQuota is classified, the first probe of spam crews with
         // stolen keys — Panther's SES enumeration fixture, from a network and agent the role
         // had not used.)
+        // (medium: 11 since accelerated compute is classified: Stratus Red Team's refused
+        // p2.xlarge launches, Panther's "Failed Unusual EC2" fixture.)
         ("unusual-api-behaviour high", 4),
-        ("unusual-api-behaviour medium", 10),
+        ("unusual-api-behaviour medium", 11),
         // Panther's fixture of a role session decrypting a dozen SSM parameters at once.
         ("credential-access-burst medium", 1),
     ]

@@ -21,7 +21,7 @@ use super::{
     Anomalies, PrincipalState, Seen, Sensitivity, Who, CREDENTIAL_BURST, DISCOVERY_BURST,
     UNUSUAL_API,
 };
-use crate::tactics::Tactic;
+use crate::tactics::{accelerated_types, call_key, Tactic, ACCELERATED};
 
 /// Most networks and user-agent families remembered per actor.
 const REMEMBERED: usize = 8;
@@ -339,7 +339,17 @@ impl Anomalies {
         if !self.may_fire(st, format!("api|{}", tactic as u8), t) {
             return;
         }
-        let name = a.event_name.as_str();
+        // Accelerated compute is named with what was asked for, and is resource hijacking.
+        let accelerated = row == call_key(ACCELERATED.source, ACCELERATED.name);
+        let name = if accelerated {
+            format!(
+                "{} for accelerated compute ({})",
+                a.event_name,
+                accelerated_types(a).join(", ")
+            )
+        } else {
+            a.event_name.clone()
+        };
         let never = if learned {
             "a call it has never made"
         } else if peer_calls.is_some() {
@@ -359,7 +369,11 @@ impl Anomalies {
         } else {
             Severity::Medium
         };
-        let (technique, technique_name) = tactic.technique();
+        let (technique, technique_name) = if accelerated {
+            ("T1496", "Resource Hijacking")
+        } else {
+            tactic.technique()
+        };
         out.push(self.alert(
             a,
             &UNUSUAL_API,
@@ -720,6 +734,50 @@ mod tests {
             )
             .len(),
             1
+        );
+    }
+
+    #[test]
+    fn accelerated_compute_never_asked_for_is_resource_hijacking() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut census = crate::census::Census::default();
+        let launch = |t: i64, instance_type: &str| {
+            let mut a = call(t, "ec2.amazonaws.com", "RunInstances", HOME, CLI, false);
+            let params = json!({"instanceType": instance_type, "minCount": 4, "maxCount": 4});
+            a.request_parameters = trailguard_common::RawJson::from_text(&params.to_string()).ok();
+            a
+        };
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        // Ordinary instances are not classified at all.
+        let web = an.observe(&mut st, &mut census, &launch(9 * DAY, "m5.large"));
+        assert!(fired(&web, "unusual-api-behaviour").is_empty(), "{web:?}");
+        // GPUs, from home with the usual tool: 4 + 1 (its first impact call).
+        let alerts = an.observe(&mut st, &mut census, &launch(9 * DAY + 60, "p4d.24xlarge"));
+        let unusual = fired(&alerts, "unusual-api-behaviour");
+        assert_eq!(unusual.len(), 1, "{alerts:?}");
+        let summary = &unusual[0].evidence.summary;
+        assert!(
+            summary.contains("RunInstances for accelerated compute (p4d.24xlarge)"),
+            "{summary}"
+        );
+        assert_eq!(unusual[0].mitre[0].technique_id, "T1496");
+        // Once run, GPUs are the actor's own, whatever call asks for them next.
+        let mut fleet = call(
+            9 * DAY + 7200,
+            "ec2.amazonaws.com",
+            "RequestSpotFleet",
+            "203.0.113.9",
+            "Boto3/1.34.0",
+            false,
+        );
+        let config = json!({"spotFleetRequestConfig": {"launchSpecifications": {"items": [
+            {"instanceType": "g5.48xlarge"}]}}});
+        fleet.request_parameters = trailguard_common::RawJson::from_text(&config.to_string()).ok();
+        let later = an.observe(&mut st, &mut census, &fleet);
+        assert!(
+            fired(&later, "unusual-api-behaviour").is_empty(),
+            "{later:?}"
         );
     }
 

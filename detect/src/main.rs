@@ -354,7 +354,9 @@ async fn backtest(
                     .map(|a| {
                         json!({"id": a.id, "policy": a.policy_id, "severity": a.severity,
                         "time": a.time, "entity": a.entity, "occurrences": a.occurrences,
-                        "summary": a.evidence.summary})
+                        "summary": a.evidence.summary, "account_id": a.account_id,
+                        "actor": a.actor.as_ref().map(|x| &x.id),
+                        "principal": a.principal.as_ref().and_then(|p| p.arn.as_ref())})
                     })
                     .collect();
                 println!(

@@ -385,7 +385,10 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
             .map(|a| {
                 (
                     a["id"].as_str().unwrap_or_default().to_string(),
-                    format!("{} x{} {}", a["policy"], a["occurrences"], a["summary"]),
+                    format!(
+                        "{} x{} {} by {} as {}",
+                        a["policy"], a["occurrences"], a["summary"], a["actor"], a["principal"]
+                    ),
                 )
             })
             .collect();
@@ -395,8 +398,12 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
                 (
                     a.id.clone(),
                     format!(
-                        "{:?} x{} {:?}",
-                        a.policy_id, a.occurrences, a.evidence.summary
+                        "{:?} x{} {:?} by {} as {}",
+                        a.policy_id,
+                        a.occurrences,
+                        a.evidence.summary,
+                        serde_json::json!(a.actor.as_ref().map(|x| &x.id)),
+                        serde_json::json!(a.principal.as_ref().and_then(|p| p.arn.as_ref())),
                     ),
                 )
             })

@@ -253,9 +253,110 @@ pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {
                     .unwrap_or(1)
                     .max(1);
         }
+        // Instances asked for in numbers without a `RunInstances` of the caller's own: the
+        // fleet's and Auto Scaling's launches are their service roles' calls.
+        ("ec2.amazonaws.com", "CreateFleet") if ok => {
+            units[RateKind::VmCreation as usize] = fleet_instances(a).unwrap_or(1).max(1);
+        }
+        ("ec2.amazonaws.com", "RequestSpotFleet") if ok => {
+            let config = params.map(RawJson::value).and_then(|p| {
+                field(p, "SpotFleetRequestConfig").or_else(|| {
+                    field(
+                        field(p, "RequestSpotFleetRequest")?,
+                        "SpotFleetRequestConfig",
+                    )
+                })
+            });
+            units[RateKind::VmCreation as usize] =
+                config.and_then(capacity_in_instances).unwrap_or(1).max(1);
+        }
+        ("ec2.amazonaws.com", "RequestSpotInstances") if ok => {
+            units[RateKind::VmCreation as usize] = params
+                .and_then(|p| field(p, "instanceCount"))
+                .and_then(number)
+                .unwrap_or(1)
+                .max(1);
+        }
+        ("autoscaling.amazonaws.com", "CreateAutoScalingGroup") if ok => {
+            units[RateKind::VmCreation as usize] = params
+                .and_then(|p| field(p, "desiredCapacity").or_else(|| field(p, "minSize")))
+                .and_then(number)
+                .unwrap_or(0);
+        }
         _ => {}
     }
     units
+}
+
+/// Most instances one request counts for: a request names its numbers, and a forged one could
+/// name billions.
+const MOST_INSTANCES: u64 = 10_000;
+
+/// `value`'s field `name`, in any ASCII case (EC2's records write the same field
+/// `TargetCapacity` or `targetCapacity` by API version).
+fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
+    value
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// A count, written as a number or as its digits, at most [`MOST_INSTANCES`].
+fn number(value: &Value) -> Option<u32> {
+    let n = value
+        .as_u64()
+        .or_else(|| value.as_str()?.trim().parse().ok())?;
+    Some(n.min(MOST_INSTANCES) as u32)
+}
+
+/// EC2's lists are `{"item": [...]}`, or `{"item": {...}}` for one: how many.
+fn listed(value: &Value) -> u32 {
+    match field(value, "item").unwrap_or(value) {
+        Value::Array(items) => items.len() as u32,
+        Value::Null => 0,
+        _ => 1,
+    }
+}
+
+/// A fleet's target capacity (`TotalTargetCapacity`, `TargetCapacity`) when it counts
+/// instances: capacity in vCPUs or memory (`TargetCapacityUnitType`) says nothing of them.
+fn capacity_in_instances(config: &Value) -> Option<u32> {
+    let unit = field(config, "TargetCapacityUnitType").and_then(Value::as_str);
+    if unit.is_some_and(|u| !u.eq_ignore_ascii_case("units")) {
+        return None;
+    }
+    let spec = field(config, "TargetCapacitySpecification").unwrap_or(config);
+    let unit = field(spec, "TargetCapacityUnitType").and_then(Value::as_str);
+    if unit.is_some_and(|u| !u.eq_ignore_ascii_case("units")) {
+        return None;
+    }
+    field(spec, "TotalTargetCapacity")
+        .or_else(|| field(spec, "TargetCapacity"))
+        .and_then(number)
+}
+
+/// Instances a `CreateFleet` launched (an `instant` fleet lists them in its response), else
+/// the capacity it asks for.
+fn fleet_instances(a: &Activity) -> Option<u32> {
+    let launched = a
+        .response_elements
+        .as_deref()
+        .and_then(|r| field(r, "CreateFleetResponse").or(Some(r)))
+        .and_then(|r| field(r, "fleetInstanceSet"))
+        .map(|set| {
+            let sets = field(set, "item").unwrap_or(set);
+            let each = |s: &Value| field(s, "instanceIds").map_or(0, listed);
+            match sets {
+                Value::Array(items) => items.iter().map(each).sum::<u32>(),
+                one => each(one),
+            }
+        })
+        .filter(|n| *n > 0);
+    launched.map(|n| n.min(MOST_INSTANCES as u32)).or_else(|| {
+        let request = a.request_parameters.as_deref()?;
+        capacity_in_instances(field(request, "CreateFleetRequest").unwrap_or(request))
+    })
 }
 
 #[cfg(test)]
@@ -365,5 +466,70 @@ mod tests {
             serde_json::json!({"requestParameters": {"bucketName": "b", "key": "k"}}),
         );
         assert_eq!(rate_units(&one, 10)[RateKind::Deletion as usize], 1);
+    }
+
+    /// Fleets, spot requests and Auto Scaling groups count the instances they ask for: their
+    /// launches are the services' own calls, so the request is the caller's only record.
+    #[test]
+    fn fleets_and_groups_count_the_instances_they_ask_for() {
+        let call = |source: &str, name: &str, extra: serde_json::Value| {
+            let mut record = serde_json::json!({
+                "eventTime": "2024-05-01T10:00:00Z", "eventSource": source, "eventName": name,
+                "recipientAccountId": "1", "sourceIPAddress": "198.51.100.1",
+                "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::1:user/alice",
+                    "userName": "alice"},
+            });
+            if let (Some(r), Some(e)) = (record.as_object_mut(), extra.as_object()) {
+                r.extend(e.clone());
+            }
+            let a = trailguard_ingest::normalize::normalize(&record.to_string()).unwrap();
+            rate_units(&a, 10)[RateKind::VmCreation as usize]
+        };
+        let ec2 = "ec2.amazonaws.com";
+        // An instant fleet lists what it launched; another asks for its capacity.
+        let instant = serde_json::json!({
+            "requestParameters": {"CreateFleetRequest": {"Type": "instant",
+                "TargetCapacitySpecification": {"TotalTargetCapacity": 40}}},
+            "responseElements": {"CreateFleetResponse": {"fleetInstanceSet": {"item": [
+                {"instanceIds": {"item": ["i-1", "i-2", "i-3"]}},
+                {"instanceIds": {"item": "i-4"}}]}}},
+        });
+        assert_eq!(call(ec2, "CreateFleet", instant), 4);
+        let maintained = serde_json::json!({"requestParameters": {"CreateFleetRequest": {
+            "Type": "maintain", "TargetCapacitySpecification": {"TotalTargetCapacity": "40"}}}});
+        assert_eq!(call(ec2, "CreateFleet", maintained), 40);
+        // Capacity in vCPUs says nothing of instances.
+        let vcpus = serde_json::json!({"requestParameters": {"CreateFleetRequest": {
+            "TargetCapacitySpecification": {"TotalTargetCapacity": 768,
+                "TargetCapacityUnitType": "vcpu"}}}});
+        assert_eq!(call(ec2, "CreateFleet", vcpus), 1);
+        for config in [
+            serde_json::json!({"RequestSpotFleetRequest": {"SpotFleetRequestConfig": {
+                "TargetCapacity": 60, "Type": "maintain"}}}),
+            serde_json::json!({"spotFleetRequestConfig": {"targetCapacity": 60}}),
+        ] {
+            let spot = serde_json::json!({"requestParameters": config});
+            assert_eq!(call(ec2, "RequestSpotFleet", spot), 60);
+        }
+        let spot = serde_json::json!({"requestParameters": {"instanceCount": 5}});
+        assert_eq!(call(ec2, "RequestSpotInstances", spot), 5);
+        let group = serde_json::json!({"requestParameters": {"autoScalingGroupName": "miners",
+            "minSize": 0, "maxSize": 100, "desiredCapacity": 100}});
+        assert_eq!(
+            call("autoscaling.amazonaws.com", "CreateAutoScalingGroup", group),
+            100
+        );
+        let empty = serde_json::json!({"requestParameters": {"minSize": 0, "maxSize": 10}});
+        assert_eq!(
+            call("autoscaling.amazonaws.com", "CreateAutoScalingGroup", empty),
+            0
+        );
+        // A forged count is bounded; a refused request launched nothing.
+        let forged = serde_json::json!({"requestParameters": {"spotFleetRequestConfig": {
+            "targetCapacity": 4_000_000_000_u64}}});
+        assert_eq!(call(ec2, "RequestSpotFleet", forged), 10_000);
+        let refused = serde_json::json!({"errorCode": "UnauthorizedOperation",
+            "requestParameters": {"instanceCount": 5}});
+        assert_eq!(call(ec2, "RequestSpotInstances", refused), 0);
     }
 }

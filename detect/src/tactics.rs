@@ -187,6 +187,8 @@ pub const TABLE: &[Row] = &[
         5,
     ),
     row("datasync.amazonaws.com", "CreateTask", Exfiltration, 3),
+    row("dynamodb.amazonaws.com", "DeleteBackup", Impact, 3),
+    row("dynamodb.amazonaws.com", "DeleteTable", Impact, 2),
     row(
         "ec2-instance-connect.amazonaws.com",
         "OpenTunnel",
@@ -224,6 +226,12 @@ pub const TABLE: &[Row] = &[
     row(EC2, "SharedSnapshotCopyInitiated", Exfiltration, 4),
     row(EC2, "TerminateInstances", Impact, 2),
     row("ecs.amazonaws.com", "ExecuteCommand", LateralMovement, 3),
+    row(
+        "elasticfilesystem.amazonaws.com",
+        "DeleteFileSystem",
+        Impact,
+        3,
+    ),
     row(
         "glue.amazonaws.com",
         "CreateDevEndpoint",
@@ -309,6 +317,12 @@ pub const TABLE: &[Row] = &[
         DefenseEvasion,
         5,
     ),
+    row(RDS, "DeleteDBCluster", Impact, 2),
+    row(RDS, "DeleteDBClusterSnapshot", Impact, 2),
+    row(RDS, "DeleteDBInstance", Impact, 2),
+    row(RDS, "DeleteDBInstanceAutomatedBackup", Impact, 3),
+    row(RDS, "DeleteDBSnapshot", Impact, 2),
+    row(RDS, "ModifyDBCluster", Persistence, 2),
     row(RDS, "ModifyDBClusterSnapshotAttribute", Exfiltration, 4),
     row(RDS, "ModifyDBInstance", Persistence, 2),
     row(RDS, "ModifyDBSnapshotAttribute", Exfiltration, 4),
@@ -371,6 +385,7 @@ pub const TABLE: &[Row] = &[
         CredentialAccess,
         4,
     ),
+    row("secretsmanager.amazonaws.com", "DeleteSecret", Impact, 2),
     row(
         "secretsmanager.amazonaws.com",
         "GetSecretValue",
@@ -462,24 +477,18 @@ pub fn call_key(source: &str, name: &str) -> u32 {
 
 /// What `a`'s call means: its row's stable key ([`call_key`]), tactic and weight, or for an
 /// enumerating read, discovery of weight 1 (key `None`). A call that asks for accelerated
-/// compute is [`ACCELERATED`]'s, whatever its own row.
+/// compute is [`ACCELERATED`]'s, whatever its own row; point-in-time recovery turned off is
+/// [`RECOVERY_OFF`]'s.
 pub fn classify(a: &Activity) -> Option<(Option<u32>, Tactic, u8)> {
     let name = base_name(&a.event_source, &a.event_name);
     // Shortened to the lookup's lifetime (a map is covariant in its keys).
     let index: &Index<'_> = &INDEX;
     if let Some(entry) = index.get(&(a.event_source.as_str(), name)) {
-        if entry.compute && !accelerated_types(a).is_empty() {
-            let r = &ACCELERATED;
+        if let Some(r) = entry.derive.and_then(|derive| derive(a)) {
             return Some((Some(call_key(r.source, r.name)), r.tactic, r.weight));
         }
         if let Some((key, r)) = entry.row {
-            // Parameters read without decryption are configuration, not secrets.
-            let weight = if r.source == SSM && r.name.starts_with("GetParameter") && !decrypts(a) {
-                1
-            } else {
-                r.weight
-            };
-            return Some((Some(key), r.tactic, weight));
+            return Some((Some(key), r.tactic, weighed(r, a)));
         }
     }
     is_enumeration(a).then_some((None, Discovery, 1))
@@ -491,6 +500,30 @@ pub fn classify(a: &Activity) -> Option<(Option<u32>, Tactic, u8)> {
 /// actor that runs GPU instances is known to, whether it asks for them by `RunInstances`, a
 /// fleet, a Batch environment or SageMaker), never in [`TABLE`]: no event has its name.
 pub const ACCELERATED: Row = row("trailguard", "accelerated compute", Impact, 4);
+
+/// DynamoDB's point-in-time recovery turned off (`UpdateContinuousBackups`): the table's
+/// history gone, the step before destroying or ransoming it. A row of its own, apart from the
+/// call (turning recovery on, which infrastructure code does, would otherwise teach it).
+pub const RECOVERY_OFF: Row = row(
+    "dynamodb.amazonaws.com",
+    "UpdateContinuousBackups (recovery off)",
+    Impact,
+    3,
+);
+
+fn accelerated(a: &Activity) -> Option<&'static Row> {
+    (!accelerated_types(a).is_empty()).then_some(&ACCELERATED)
+}
+
+fn recovery_off(a: &Activity) -> Option<&'static Row> {
+    let enabled = a
+        .request_parameters
+        .as_ref()
+        .and_then(|p| p.get("pointInTimeRecoverySpecification"))
+        .and_then(|s| s.get("pointInTimeRecoveryEnabled"))
+        .and_then(serde_json::Value::as_bool);
+    (enabled == Some(false)).then_some(&RECOVERY_OFF)
+}
 
 /// The calls that name instance types to run (source, name): [`ACCELERATED`] when one of
 /// them is accelerated. Launches by AWS services (Auto Scaling, Batch, EKS) are the
@@ -640,15 +673,16 @@ pub fn is_accelerated(instance_type: &str) -> bool {
             .any(|f| family[..letters].eq_ignore_ascii_case(f))
 }
 
-/// A call looked up: its row, and whether it names instance types to run ([`COMPUTE`]).
+/// A call looked up: its row, and what it may be instead, read from its parameters
+/// ([`ACCELERATED`] for the calls of [`COMPUTE`], [`RECOVERY_OFF`]).
 #[derive(Clone, Copy)]
 struct Entry {
     row: Option<(u32, &'static Row)>,
-    compute: bool,
+    derive: Option<fn(&Activity) -> Option<&'static Row>>,
 }
 
 /// Calls by (source, name): [`TABLE`]'s rows, each with its [`call_key`], and the calls of
-/// [`COMPUTE`].
+/// [`COMPUTE`] and the other calls read for what they are.
 type Index<'a> = HashMap<(&'a str, &'a str), Entry, foldhash::fast::FixedState>;
 
 /// The table by (source, name), each row with its [`call_key`]: every activity is looked up
@@ -661,22 +695,84 @@ static INDEX: LazyLock<Index<'static>> = LazyLock::new(|| {
         .map(|r| {
             let entry = Entry {
                 row: Some((call_key(r.source, r.name), r)),
-                compute: false,
+                derive: None,
             };
             ((r.source, r.name), entry)
         })
         .collect();
-    for &call in COMPUTE {
+    let derived = COMPUTE
+        .iter()
+        .map(|&call| (call, accelerated as fn(&Activity) -> Option<&'static Row>))
+        .chain([(
+            ("dynamodb.amazonaws.com", "UpdateContinuousBackups"),
+            recovery_off as fn(&Activity) -> Option<&'static Row>,
+        )]);
+    for (call, derive) in derived {
         index
             .entry(call)
             .or_insert(Entry {
                 row: None,
-                compute: false,
+                derive: None,
             })
-            .compute = true;
+            .derive = Some(derive);
     }
     index
 });
+
+/// `a`'s weight: its row's, or what its parameters make it.
+fn weighed(r: &Row, a: &Activity) -> u8 {
+    let flag = |name: &str| {
+        a.request_parameters
+            .as_ref()
+            .and_then(|p| p.get(name))
+            .and_then(serde_json::Value::as_bool)
+    };
+    match (r.source, r.name) {
+        // Parameters read without decryption are configuration, not secrets.
+        (SSM, name) if name.starts_with("GetParameter") && !decrypts(a) => 1,
+        // A command or association for every managed instance at once.
+        (SSM, "SendCommand" | "CreateAssociation") if targets_every_instance(a) => 4,
+        // Gone for good: no final snapshot, no recovery window.
+        (RDS, "DeleteDBInstance" | "DeleteDBCluster")
+            if flag("skipFinalSnapshot") == Some(true) =>
+        {
+            3
+        }
+        ("secretsmanager.amazonaws.com", "DeleteSecret")
+            if flag("forceDeleteWithoutRecovery") == Some(true) =>
+        {
+            4
+        }
+        // The master password reset: whoever set it owns the database.
+        (RDS, "ModifyDBInstance" | "ModifyDBCluster")
+            if a.request_parameters
+                .as_ref()
+                .is_some_and(|p| p.get("masterUserPassword").is_some()) =>
+        {
+            3
+        }
+        _ => r.weight,
+    }
+}
+
+/// An SSM command or association targeting every managed instance: the target
+/// `InstanceIds` with the value `*`.
+fn targets_every_instance(a: &Activity) -> bool {
+    let Some(targets) = a
+        .request_parameters
+        .as_ref()
+        .and_then(|p| p.get("targets"))
+        .and_then(serde_json::Value::as_array)
+    else {
+        return false;
+    };
+    targets.iter().any(|t| {
+        t.get("key").and_then(serde_json::Value::as_str) == Some("InstanceIds")
+            && t.get("values")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|v| v.iter().any(|v| v.as_str() == Some("*")))
+    })
+}
 
 /// `withDecryption: true` on an SSM parameter read.
 fn decrypts(a: &Activity) -> bool {
@@ -979,5 +1075,77 @@ mod tests {
             assert_eq!(classify(&a).map(|c| c.1), tactic, "{name} {params}");
             assert_ne!(classify(&a), accelerated, "{name} {params}");
         }
+    }
+
+    /// What the parameters say weighs: everything at once, nothing kept, the database taken.
+    #[test]
+    fn parameters_weigh_on_what_a_call_means() {
+        let weight = |source: &str, name: &str, params: serde_json::Value| {
+            classify(&call(source, name, params)).map(|c| (c.1, c.2))
+        };
+        let everywhere = json!({"targets": [{"key": "InstanceIds", "values": ["*"]}],
+            "documentName": "AWS-RunShellScript"});
+        let tagged = json!({"targets": [{"key": "tag:Role", "values": ["web"]}]});
+        assert_eq!(
+            weight(SSM, "SendCommand", everywhere.clone()),
+            Some((LateralMovement, 4))
+        );
+        assert_eq!(
+            weight(SSM, "CreateAssociation", everywhere),
+            Some((LateralMovement, 4))
+        );
+        assert_eq!(
+            weight(SSM, "SendCommand", tagged),
+            Some((LateralMovement, 3))
+        );
+        let db = json!({"dBInstanceIdentifier": "orders"});
+        let gone = json!({"dBInstanceIdentifier": "orders", "skipFinalSnapshot": true});
+        assert_eq!(
+            weight(RDS, "DeleteDBInstance", db.clone()),
+            Some((Impact, 2))
+        );
+        assert_eq!(
+            weight(RDS, "DeleteDBInstance", gone.clone()),
+            Some((Impact, 3))
+        );
+        assert_eq!(weight(RDS, "DeleteDBCluster", gone), Some((Impact, 3)));
+        let reset = json!({"dBInstanceIdentifier": "orders", "masterUserPassword": "****"});
+        assert_eq!(weight(RDS, "ModifyDBInstance", db), Some((Persistence, 2)));
+        assert_eq!(
+            weight(RDS, "ModifyDBInstance", reset.clone()),
+            Some((Persistence, 3))
+        );
+        assert_eq!(
+            weight(RDS, "ModifyDBCluster", reset),
+            Some((Persistence, 3))
+        );
+        let secrets = "secretsmanager.amazonaws.com";
+        let window = json!({"secretId": "prod/db", "recoveryWindowInDays": 7});
+        let force = json!({"secretId": "prod/db", "forceDeleteWithoutRecovery": true});
+        assert_eq!(weight(secrets, "DeleteSecret", window), Some((Impact, 2)));
+        assert_eq!(weight(secrets, "DeleteSecret", force), Some((Impact, 4)));
+        // Recovery turned off is a row of its own; turned on, nothing.
+        let dynamodb = "dynamodb.amazonaws.com";
+        let recovery = |on: bool| {
+            call(
+                dynamodb,
+                "UpdateContinuousBackups",
+                json!({"tableName": "orders",
+                    "pointInTimeRecoverySpecification": {"pointInTimeRecoveryEnabled": on}}),
+            )
+        };
+        assert_eq!(
+            classify(&recovery(false)),
+            Some((
+                Some(call_key(RECOVERY_OFF.source, RECOVERY_OFF.name)),
+                Impact,
+                3
+            ))
+        );
+        assert_eq!(classify(&recovery(true)), None);
+        assert_eq!(
+            weight(dynamodb, "DeleteTable", json!({"tableName": "orders"})),
+            Some((Impact, 2))
+        );
     }
 }

@@ -99,6 +99,7 @@ pub static TEMPLATES: &[Template] = &[
             "ModifyInstanceAttribute",
             "ResetInstanceAttribute",
             "ModifyInstanceMetadataOptions",
+            "ModifyInstanceMetadataDefaults",
             "AssociateIamInstanceProfile",
             "ReplaceIamInstanceProfileAssociation",
             "DisassociateIamInstanceProfile",
@@ -365,6 +366,14 @@ fn text<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a str> {
     v.and_then(|v| v.get(key)).and_then(Value::as_str)
 }
 
+/// `v`'s field `key`, in any ASCII case.
+fn field<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a Value> {
+    v?.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
 fn judge_instance(a: &Activity) -> Option<(i8, String)> {
     let p = params(a);
     let instance = text(p, "instanceId").unwrap_or("an instance");
@@ -386,13 +395,28 @@ fn judge_instance(a: &Activity) -> Option<(i8, String)> {
         .unwrap_or_default();
     // Startup scripts run as root on every boot: persistence.
     let bump = i8::from(changed.contains(&"userData"));
-    if a.event_name == "ModifyInstanceMetadataOptions" {
+    if matches!(
+        a.event_name.as_str(),
+        "ModifyInstanceMetadataOptions" | "ModifyInstanceMetadataDefaults"
+    ) {
+        // CloudTrail nests these requests under `<call>Request`, with EC2's capitalised
+        // names; other exports write them flat.
+        let request = field(p, &format!("{}Request", a.event_name)).or(p);
+        let tokens = field(request, "HttpTokens").and_then(Value::as_str);
         // Allowing IMDSv1 again (tokens optional) reopens credential theft through SSRF.
-        let v1 = text(p, "httpTokens") == Some("optional");
+        let v1 = tokens.is_some_and(|t| t.eq_ignore_ascii_case("optional"));
+        let what = if a.event_name == "ModifyInstanceMetadataDefaults" {
+            "the account's default metadata options for new instances".to_string()
+        } else {
+            let instance = field(request, "InstanceId")
+                .and_then(Value::as_str)
+                .unwrap_or(instance);
+            format!("the metadata options of {instance}")
+        };
         return Some((
             i8::from(v1),
             format!(
-                "changed the metadata options of {instance}{}",
+                "changed {what}{}",
                 if v1 { " (IMDSv1 allowed)" } else { "" }
             ),
         ));
@@ -1395,6 +1419,53 @@ mod tests {
         let flow = json!({"DeleteFlowLogsRequest": {"FlowLogId": {"content": "fl-1"}}});
         assert_eq!(
             fire(&activity("ec2.amazonaws.com", "DeleteFlowLogs", flow, None))[0].1,
+            Severity::Medium
+        );
+    }
+
+    /// IMDSv1 allowed again, as CloudTrail records it: the request nested under
+    /// `ModifyInstanceMetadataOptionsRequest` with EC2's capitalised names (and the flat
+    /// shape of other exports); for the account's default, and in a launch template.
+    #[test]
+    fn imdsv1_allowed_again_is_high_in_every_shape() {
+        let judged = |name: &str, params: Value| {
+            fire(&activity("ec2.amazonaws.com", name, params, None))
+                .into_iter()
+                .map(|(_, severity, summary)| (severity, summary))
+                .next()
+                .unwrap_or((Severity::Low, "nothing".into()))
+        };
+        for (name, params) in [
+            (
+                "ModifyInstanceMetadataOptions",
+                json!({"ModifyInstanceMetadataOptionsRequest": {
+                    "InstanceId": "i-0abc", "HttpTokens": "optional", "HttpEndpoint": "enabled"}}),
+            ),
+            (
+                "ModifyInstanceMetadataOptions",
+                json!({"instanceId": "i-0abc", "httpTokens": "optional"}),
+            ),
+        ] {
+            let (severity, summary) = judged(name, params);
+            assert_eq!(severity, Severity::High, "{summary}");
+            assert!(
+                summary.contains("i-0abc") && summary.contains("IMDSv1"),
+                "{summary}"
+            );
+        }
+        let required = json!({"ModifyInstanceMetadataOptionsRequest": {
+            "InstanceId": "i-0abc", "HttpTokens": "required"}});
+        let (severity, summary) = judged("ModifyInstanceMetadataOptions", required);
+        assert_eq!(severity, Severity::Medium, "{summary}");
+        assert!(summary.contains("i-0abc"), "{summary}");
+        // The account's default for new instances.
+        let default = json!({"ModifyInstanceMetadataDefaultsRequest": {"HttpTokens": "optional"}});
+        let (severity, summary) = judged("ModifyInstanceMetadataDefaults", default);
+        assert_eq!(severity, Severity::High, "{summary}");
+        assert!(summary.contains("IMDSv1"), "{summary}");
+        let default = json!({"ModifyInstanceMetadataDefaultsRequest": {"HttpTokens": "required"}});
+        assert_eq!(
+            judged("ModifyInstanceMetadataDefaults", default).0,
             Severity::Medium
         );
     }

@@ -789,9 +789,36 @@ const SENSITIVE_PORTS: &[i64] = &[22, 3389, 3306, 5432, 1433, 6379, 9200, 27017,
 
 fn judge_security_group(a: &Activity) -> Option<(i8, String)> {
     let p = params(a);
+    // Newer calls nest their request under `<call>Request`, capitalised.
+    let nested = field(p, &format!("{}Request", a.event_name));
     let group = text(p, "groupId")
         .or_else(|| text(p, "groupName"))
+        .or_else(|| field(nested, "GroupId").and_then(Value::as_str))
         .unwrap_or("a security group");
+    if a.event_name == "ModifySecurityGroupRules" {
+        // Each rule edited in place: `SecurityGroupRule` {`SecurityGroupRuleId`,
+        // `SecurityGroupRule`: the rule as it is now}, one or a list.
+        let edits = field(nested, "SecurityGroupRule");
+        let open = items(edits)
+            .into_iter()
+            .filter_map(|edit| field(Some(edit), "SecurityGroupRule"))
+            .filter_map(edited_open_to_world)
+            .reduce(|a, b| match (a, b) {
+                (None, _) | (_, None) => None,
+                // Every port beats a sensitive one, which beats any other.
+                (Some(x), _) if SENSITIVE_PORTS.contains(&x) => Some(x),
+                (_, y) => y,
+            });
+        if let Some(port) = open {
+            // The request does not say whether the rule is ingress or egress (egress to
+            // anywhere is every group's default): one step up, not two.
+            let ports = port.map_or("every port".to_string(), |p| format!("port {p}"));
+            return Some((
+                1,
+                format!("edited a rule of {group} to allow {ports} to or from the internet"),
+            ));
+        }
+    }
     if a.event_name == "AuthorizeSecurityGroupIngress" {
         if let Some(port) = open_to_world(p) {
             let bump = if port.is_none_or(|p| SENSITIVE_PORTS.contains(&p)) {
@@ -804,6 +831,39 @@ fn judge_security_group(a: &Activity) -> Option<(i8, String)> {
         }
     }
     Some((0, format!("{} on {group}", a.event_name)))
+}
+
+/// A rule as `ModifySecurityGroupRules` sets it, when it is to or from anywhere
+/// (`CidrIpv4` 0.0.0.0/0, `CidrIpv6` ::/0): `Some(Some(port))` for a sensitive port in range
+/// (or the from-port), `Some(None)` for every port.
+fn edited_open_to_world(rule: &Value) -> Option<Option<i64>> {
+    let cidr = |key| field(Some(rule), key).and_then(Value::as_str);
+    if cidr("CidrIpv4") != Some("0.0.0.0/0") && cidr("CidrIpv6") != Some("::/0") {
+        return None;
+    }
+    let number =
+        |key| field(Some(rule), key).and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
+    let protocol = field(Some(rule), "IpProtocol").and_then(|v| {
+        v.as_str()
+            .map(str::to_string)
+            .or_else(|| v.as_i64().map(|n| n.to_string()))
+    });
+    Some(
+        match (protocol.as_deref(), number("FromPort"), number("ToPort")) {
+            (Some("-1"), _, _) | (_, None, _) => None,
+            (_, Some(f), Some(t)) if f <= 0 && t >= 65535 => None,
+            (_, Some(f), to) => {
+                let t = to.unwrap_or(f);
+                Some(
+                    SENSITIVE_PORTS
+                        .iter()
+                        .copied()
+                        .find(|s| (f..=t).contains(s))
+                        .unwrap_or(f),
+                )
+            }
+        },
+    )
 }
 
 /// When an ingress request opens something to 0.0.0.0/0 or ::/0: `Some(Some(port))` for a
@@ -1468,6 +1528,41 @@ mod tests {
             judged("ModifyInstanceMetadataDefaults", default).0,
             Severity::Medium
         );
+    }
+
+    /// A rule edited in place (`ModifySecurityGroupRules`, the console's way), as CloudTrail
+    /// records it: nested under `ModifySecurityGroupRulesRequest`, capitalised.
+    #[test]
+    fn a_rule_edited_open_to_the_world_is_judged() {
+        let edit = |cidr: (&str, &str), protocol: &str, from: i64, to: i64| {
+            let rule = json!({"IpProtocol": protocol, "FromPort": from, "ToPort": to,
+                cidr.0: cidr.1, "Description": ""});
+            let params = json!({"ModifySecurityGroupRulesRequest": {"GroupId": "sg-0db",
+                "SecurityGroupRule": {"SecurityGroupRuleId": "sgr-1", "SecurityGroupRule": rule}}});
+            fire(&activity(
+                "ec2.amazonaws.com",
+                "ModifySecurityGroupRules",
+                params,
+                None,
+            ))
+            .into_iter()
+            .next()
+            .map(|(_, severity, summary)| (severity, summary))
+            .unwrap_or((Severity::Low, "nothing".into()))
+        };
+        // The request does not say ingress or egress: one step up, not two.
+        let (severity, summary) = edit(("CidrIpv4", "0.0.0.0/0"), "tcp", 22, 22);
+        assert_eq!(severity, Severity::Medium, "{summary}");
+        assert!(
+            summary.contains("sg-0db") && summary.contains("port 22"),
+            "{summary}"
+        );
+        let (severity, summary) = edit(("CidrIpv6", "::/0"), "-1", -1, -1);
+        assert_eq!(severity, Severity::Medium, "{summary}");
+        assert!(summary.contains("every port"), "{summary}");
+        let (severity, summary) = edit(("CidrIpv4", "10.0.0.0/8"), "tcp", 22, 22);
+        assert_eq!(severity, Severity::Low, "{summary}");
+        assert!(summary.contains("sg-0db"), "{summary}");
     }
 
     #[test]

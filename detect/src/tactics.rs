@@ -169,6 +169,49 @@ pub const TABLE: &[Row] = &[
     row("cloudtrail.amazonaws.com", "StopLogging", DefenseEvasion, 5),
     row("cloudtrail.amazonaws.com", "UpdateTrail", DefenseEvasion, 3),
     row(
+        "codebuild.amazonaws.com",
+        "CreateProject",
+        PrivilegeEscalation,
+        2,
+    ),
+    row("codebuild.amazonaws.com", "UpdateProject", Persistence, 2),
+    row(
+        "codepipeline.amazonaws.com",
+        "UpdatePipeline",
+        Persistence,
+        2,
+    ),
+    row(
+        "cognito-identity.amazonaws.com",
+        "CreateIdentityPool",
+        Persistence,
+        2,
+    ),
+    row(
+        "cognito-identity.amazonaws.com",
+        "SetIdentityPoolRoles",
+        PrivilegeEscalation,
+        3,
+    ),
+    row(
+        "cognito-identity.amazonaws.com",
+        "UpdateIdentityPool",
+        Persistence,
+        2,
+    ),
+    row(
+        "cognito-idp.amazonaws.com",
+        "AdminCreateUser",
+        Persistence,
+        2,
+    ),
+    row(
+        "cognito-idp.amazonaws.com",
+        "AdminSetUserPassword",
+        Persistence,
+        3,
+    ),
+    row(
         "config.amazonaws.com",
         "DeleteConfigurationRecorder",
         DefenseEvasion,
@@ -189,6 +232,14 @@ pub const TABLE: &[Row] = &[
     row("datasync.amazonaws.com", "CreateTask", Exfiltration, 3),
     row("dynamodb.amazonaws.com", "DeleteBackup", Impact, 3),
     row("dynamodb.amazonaws.com", "DeleteTable", Impact, 2),
+    row(
+        "dynamodb.amazonaws.com",
+        "ExportTableToPointInTime",
+        Exfiltration,
+        3,
+    ),
+    row("ebs.amazonaws.com", "GetSnapshotBlock", Exfiltration, 3),
+    row("ebs.amazonaws.com", "ListSnapshotBlocks", Exfiltration, 3),
     row(
         "ec2-instance-connect.amazonaws.com",
         "OpenTunnel",
@@ -211,6 +262,8 @@ pub const TABLE: &[Row] = &[
     row(EC2, "CreateInstanceExportTask", Exfiltration, 4),
     row(EC2, "CreateKeyPair", Persistence, 2),
     row(EC2, "CreateLaunchTemplateVersion", Persistence, 2),
+    row(EC2, "CreateTrafficMirrorSession", Exfiltration, 3),
+    row(EC2, "CreateTrafficMirrorTarget", Exfiltration, 3),
     row(EC2, "DeleteFlowLogs", DefenseEvasion, 4),
     row(EC2, "DeleteSnapshot", Impact, 2),
     row(EC2, "DisableEbsEncryptionByDefault", DefenseEvasion, 4),
@@ -225,6 +278,7 @@ pub const TABLE: &[Row] = &[
     row(EC2, "RequestSpotFleet", Impact, 2),
     row(EC2, "SharedSnapshotCopyInitiated", Exfiltration, 4),
     row(EC2, "TerminateInstances", Impact, 2),
+    row("ecr.amazonaws.com", "PutImageTagMutability", Persistence, 2),
     row("ecs.amazonaws.com", "ExecuteCommand", LateralMovement, 3),
     row(
         "elasticfilesystem.amazonaws.com",
@@ -232,6 +286,8 @@ pub const TABLE: &[Row] = &[
         Impact,
         3,
     ),
+    row("events.amazonaws.com", "DeleteRule", DefenseEvasion, 2),
+    row("events.amazonaws.com", "DisableRule", DefenseEvasion, 3),
     row(
         "glue.amazonaws.com",
         "CreateDevEndpoint",
@@ -244,6 +300,7 @@ pub const TABLE: &[Row] = &[
         PrivilegeEscalation,
         4,
     ),
+    row("guardduty.amazonaws.com", "CreateFilter", DefenseEvasion, 3),
     row("guardduty.amazonaws.com", "CreateIPSet", DefenseEvasion, 4),
     row(
         "guardduty.amazonaws.com",
@@ -266,6 +323,13 @@ pub const TABLE: &[Row] = &[
     row(
         "guardduty.amazonaws.com",
         "UpdateDetector",
+        DefenseEvasion,
+        3,
+    ),
+    row("guardduty.amazonaws.com", "UpdateFilter", DefenseEvasion, 3),
+    row(
+        "guardduty.amazonaws.com",
+        "UpdateMalwareScanSettings",
         DefenseEvasion,
         3,
     ),
@@ -295,6 +359,13 @@ pub const TABLE: &[Row] = &[
     row(IAM, "UpdateLoginProfile", Persistence, 4),
     row(IAM, "UpdateSAMLProvider", Persistence, 4),
     row(IAM, "UploadSSHPublicKey", Persistence, 3),
+    row(
+        "identitystore.amazonaws.com",
+        "CreateGroupMembership",
+        PrivilegeEscalation,
+        2,
+    ),
+    row("identitystore.amazonaws.com", "CreateUser", Persistence, 2),
     row("inspector2.amazonaws.com", "Disable", DefenseEvasion, 4),
     row(KMS, "CreateGrant", Persistence, 2),
     row(KMS, "DisableKey", Impact, 3),
@@ -310,12 +381,72 @@ pub const TABLE: &[Row] = &[
     row(LAMBDA, "UpdateFunctionConfiguration", Persistence, 2),
     row("logs.amazonaws.com", "DeleteLogGroup", DefenseEvasion, 3),
     row("logs.amazonaws.com", "DeleteLogStream", DefenseEvasion, 2),
+    row(
+        "logs.amazonaws.com",
+        "DeleteMetricFilter",
+        DefenseEvasion,
+        3,
+    ),
+    row(
+        "logs.amazonaws.com",
+        "DeleteSubscriptionFilter",
+        DefenseEvasion,
+        3,
+    ),
     row("macie2.amazonaws.com", "DisableMacie", DefenseEvasion, 4),
+    row(
+        "monitoring.amazonaws.com",
+        "DeleteAlarms",
+        DefenseEvasion,
+        3,
+    ),
+    row(
+        "monitoring.amazonaws.com",
+        "DisableAlarmActions",
+        DefenseEvasion,
+        3,
+    ),
+    row(
+        "organizations.amazonaws.com",
+        "AcceptHandshake",
+        DefenseEvasion,
+        3,
+    ),
+    row(
+        "organizations.amazonaws.com",
+        "DeletePolicy",
+        DefenseEvasion,
+        2,
+    ),
+    row(
+        "organizations.amazonaws.com",
+        "DetachPolicy",
+        DefenseEvasion,
+        3,
+    ),
+    row(
+        "organizations.amazonaws.com",
+        "DisablePolicyType",
+        DefenseEvasion,
+        4,
+    ),
+    row(
+        "organizations.amazonaws.com",
+        "InviteAccountToOrganization",
+        Persistence,
+        3,
+    ),
     row(
         "organizations.amazonaws.com",
         "LeaveOrganization",
         DefenseEvasion,
         5,
+    ),
+    row(
+        "organizations.amazonaws.com",
+        "RegisterDelegatedAdministrator",
+        Persistence,
+        3,
     ),
     row(RDS, "DeleteDBCluster", Impact, 2),
     row(RDS, "DeleteDBClusterSnapshot", Impact, 2),
@@ -328,6 +459,18 @@ pub const TABLE: &[Row] = &[
     row(RDS, "ModifyDBSnapshotAttribute", Exfiltration, 4),
     row(RDS, "StartExportTask", Exfiltration, 3),
     row(
+        "redshift.amazonaws.com",
+        "AuthorizeDataShare",
+        Exfiltration,
+        3,
+    ),
+    row(
+        "redshift.amazonaws.com",
+        "AuthorizeSnapshotAccess",
+        Exfiltration,
+        4,
+    ),
+    row(
         "rolesanywhere.amazonaws.com",
         "CreateProfile",
         Persistence,
@@ -338,6 +481,36 @@ pub const TABLE: &[Row] = &[
         "CreateTrustAnchor",
         Persistence,
         4,
+    ),
+    row(
+        "route53domains.amazonaws.com",
+        "DisableDomainTransferLock",
+        Impact,
+        4,
+    ),
+    row(
+        "route53domains.amazonaws.com",
+        "RetrieveDomainAuthCode",
+        Impact,
+        4,
+    ),
+    row(
+        "route53domains.amazonaws.com",
+        "TransferDomainToAnotherAwsAccount",
+        Impact,
+        5,
+    ),
+    row(
+        "route53domains.amazonaws.com",
+        "UpdateDomainContact",
+        Impact,
+        2,
+    ),
+    row(
+        "route53domains.amazonaws.com",
+        "UpdateDomainNameservers",
+        Impact,
+        3,
     ),
     row(
         "route53resolver.amazonaws.com",
@@ -421,6 +594,8 @@ pub const TABLE: &[Row] = &[
         3,
     ),
     row("ses.amazonaws.com", "VerifyEmailIdentity", Impact, 2),
+    row("sns.amazonaws.com", "DeleteTopic", DefenseEvasion, 2),
+    row("sns.amazonaws.com", "Unsubscribe", DefenseEvasion, 2),
     row(SSM, "CreateAssociation", LateralMovement, 3),
     row(SSM, "DescribeParameters", Discovery, 2),
     row(SSM, "GetParameter", CredentialAccess, 2),
@@ -742,6 +917,22 @@ fn weighed(r: &Row, a: &Activity) -> u8 {
             if flag("forceDeleteWithoutRecovery") == Some(true) =>
         {
             4
+        }
+        // An identity pool opened to unauthenticated users: its guest role is anyone's.
+        ("cognito-identity.amazonaws.com", "CreateIdentityPool" | "UpdateIdentityPool")
+            if flag("allowUnauthenticatedIdentities") == Some(true) =>
+        {
+            4
+        }
+        // Tags made immutable is hardening; mutable, a released tag can be overwritten.
+        ("ecr.amazonaws.com", "PutImageTagMutability")
+            if a.request_parameters
+                .as_ref()
+                .and_then(|p| p.get("imageTagMutability"))
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|m| m.starts_with("IMMUTABLE")) =>
+        {
+            1
         }
         // The master password reset: whoever set it owns the database.
         (RDS, "ModifyDBInstance" | "ModifyDBCluster")
@@ -1124,6 +1315,28 @@ mod tests {
         let force = json!({"secretId": "prod/db", "forceDeleteWithoutRecovery": true});
         assert_eq!(weight(secrets, "DeleteSecret", window), Some((Impact, 2)));
         assert_eq!(weight(secrets, "DeleteSecret", force), Some((Impact, 4)));
+        let pools = "cognito-identity.amazonaws.com";
+        let guests = json!({"identityPoolName": "app", "allowUnauthenticatedIdentities": true});
+        let members = json!({"identityPoolName": "app", "allowUnauthenticatedIdentities": false});
+        assert_eq!(
+            weight(pools, "UpdateIdentityPool", guests),
+            Some((Persistence, 4))
+        );
+        assert_eq!(
+            weight(pools, "CreateIdentityPool", members),
+            Some((Persistence, 2))
+        );
+        let ecr = "ecr.amazonaws.com";
+        let mutable = json!({"repositoryName": "app", "imageTagMutability": "MUTABLE"});
+        let immutable = json!({"repositoryName": "app", "imageTagMutability": "IMMUTABLE"});
+        assert_eq!(
+            weight(ecr, "PutImageTagMutability", mutable),
+            Some((Persistence, 2))
+        );
+        assert_eq!(
+            weight(ecr, "PutImageTagMutability", immutable),
+            Some((Persistence, 1))
+        );
         // Recovery turned off is a row of its own; turned on, nothing.
         let dynamodb = "dynamodb.amazonaws.com";
         let recovery = |on: bool| {

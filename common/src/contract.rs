@@ -114,6 +114,12 @@ pub struct Activity {
     /// `readOnly`, when CloudTrail says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
+    /// A data or network-activity event, as CloudTrail says (`eventCategory` `Data` or
+    /// `NetworkActivity`, or `managementEvent: false`): an object read or written, a message
+    /// published, not a change to the account. False (and absent) for management events and
+    /// for records that do not say.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_event: bool,
     /// Whether the action succeeded.
     pub outcome: Outcome,
     /// Resources the event touched (bucket names, instance ids, ARNs, ...).

@@ -50,37 +50,39 @@ pub(crate) fn is_write(a: &Activity) -> bool {
     PREFIXES.iter().any(|p| a.event_name.starts_with(p))
 }
 
-/// Data-plane calls that are not administration even when they write.
+/// Data-plane calls that are not administration even when they write: what CloudTrail marks a
+/// data event, and these calls (for records and exports that do not say).
 pub(crate) fn is_data_event(a: &Activity) -> bool {
-    matches!(
-        (a.event_source.as_str(), a.event_name.as_str()),
-        (
-            "s3.amazonaws.com",
-            "PutObject"
-                | "DeleteObject"
-                | "DeleteObjects"
-                | "CopyObject"
-                | "CreateMultipartUpload"
-                | "UploadPart"
-                | "CompleteMultipartUpload"
-                | "AbortMultipartUpload"
-                | "PutObjectAcl"
-                | "PutObjectTagging"
-                | "RestoreObject"
-        ) | ("lambda.amazonaws.com", "Invoke")
-            | ("kms.amazonaws.com", _)
-            | ("sts.amazonaws.com", _)
-            | ("signin.amazonaws.com", _)
-            | (
-                "dynamodb.amazonaws.com",
-                "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem"
-            )
-            | (
-                "sqs.amazonaws.com",
-                "SendMessage" | "DeleteMessage" | "DeleteMessageBatch" | "SendMessageBatch"
-            )
-            | ("logs.amazonaws.com", "PutLogEvents" | "CreateLogStream")
-    )
+    a.data_event
+        || matches!(
+            (a.event_source.as_str(), a.event_name.as_str()),
+            (
+                "s3.amazonaws.com",
+                "PutObject"
+                    | "DeleteObject"
+                    | "DeleteObjects"
+                    | "CopyObject"
+                    | "CreateMultipartUpload"
+                    | "UploadPart"
+                    | "CompleteMultipartUpload"
+                    | "AbortMultipartUpload"
+                    | "PutObjectAcl"
+                    | "PutObjectTagging"
+                    | "RestoreObject"
+            ) | ("lambda.amazonaws.com", "Invoke")
+                | ("kms.amazonaws.com", _)
+                | ("sts.amazonaws.com", _)
+                | ("signin.amazonaws.com", _)
+                | (
+                    "dynamodb.amazonaws.com",
+                    "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem"
+                )
+                | (
+                    "sqs.amazonaws.com",
+                    "SendMessage" | "DeleteMessage" | "DeleteMessageBatch" | "SendMessageBatch"
+                )
+                | ("logs.amazonaws.com", "PutLogEvents" | "CreateLogStream")
+        )
 }
 
 /// Human and machine identities that act on their own (not a service on someone's behalf).
@@ -531,5 +533,40 @@ mod tests {
         let refused = serde_json::json!({"errorCode": "UnauthorizedOperation",
             "requestParameters": {"instanceCount": 5}});
         assert_eq!(call(ec2, "RequestSpotInstances", refused), 0);
+    }
+
+    /// What CloudTrail marks a data event is not administration, whatever the call: an
+    /// object's retention or legal hold set, an item written. A management write still is.
+    #[test]
+    fn data_events_are_told_by_their_category() {
+        let admin = |extra: serde_json::Value, source: &str, name: &str| {
+            let mut record = serde_json::json!({
+                "eventTime": "2024-05-01T10:00:00Z", "eventSource": source, "eventName": name,
+                "recipientAccountId": "1", "sourceIPAddress": "198.51.100.1",
+                "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::1:user/alice",
+                    "userName": "alice"},
+            });
+            if let (Some(r), Some(e)) = (record.as_object_mut(), extra.as_object()) {
+                r.extend(e.clone());
+            }
+            let a = trailguard_ingest::normalize::normalize(&record.to_string()).unwrap();
+            rate_units(&a, 10)[RateKind::Admin as usize]
+        };
+        let s3 = "s3.amazonaws.com";
+        let data = serde_json::json!({"eventCategory": "Data", "managementEvent": false});
+        assert_eq!(admin(data, s3, "PutObjectRetention"), 0);
+        let unmanaged = serde_json::json!({"managementEvent": false});
+        assert_eq!(admin(unmanaged, s3, "PutObjectLegalHold"), 0);
+        let network = serde_json::json!({"eventCategory": "NetworkActivity"});
+        assert_eq!(
+            admin(network, "dynamodb.amazonaws.com", "UpdateTimeToLive"),
+            0
+        );
+        let management =
+            serde_json::json!({"eventCategory": "Management", "managementEvent": true});
+        assert_eq!(admin(management.clone(), s3, "PutBucketPolicy"), 1);
+        // A record that does not say is judged by its call.
+        assert_eq!(admin(serde_json::json!({}), s3, "PutObjectRetention"), 1);
+        assert_eq!(admin(management, s3, "PutObject"), 0);
     }
 }

@@ -1022,6 +1022,7 @@ mod tests {
             source_host: None,
             user_agent: None,
             read_only: None,
+            data_event: false,
             outcome: Outcome {
                 status: OutcomeStatus::Failure,
                 error_code: None,

@@ -595,6 +595,7 @@ pub const TABLE: &[Row] = &[
     ),
     row("ses.amazonaws.com", "VerifyEmailIdentity", Impact, 2),
     row("sns.amazonaws.com", "DeleteTopic", DefenseEvasion, 2),
+    row("sns.amazonaws.com", "SetSMSAttributes", Impact, 3),
     row("sns.amazonaws.com", "Unsubscribe", DefenseEvasion, 2),
     row(SSM, "CreateAssociation", LateralMovement, 3),
     row(SSM, "DescribeParameters", Discovery, 2),

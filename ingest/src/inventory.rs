@@ -178,6 +178,7 @@ pub(crate) fn inventory_activity(
         source_host: Some("trailguard".into()),
         user_agent: None,
         read_only: Some(true),
+        data_event: false,
         outcome: Outcome {
             status: OutcomeStatus::Success,
             error_code: None,

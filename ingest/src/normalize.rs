@@ -223,6 +223,9 @@ fn normalize_record<I: IdentityField>(
         source_host,
         user_agent: non_empty(record.user_agent),
         read_only: record.read_only.as_ref().and_then(as_bool),
+        data_event: record.event_category.as_deref().is_some_and(|c| {
+            c.eq_ignore_ascii_case("Data") || c.eq_ignore_ascii_case("NetworkActivity")
+        }) || record.management_event.as_ref().and_then(as_bool) == Some(false),
         outcome,
         resources,
         request_id,
@@ -766,6 +769,10 @@ struct RawRecord<I = MapOnly<RawIdentity>> {
     user_agent: Option<String>,
     #[serde(default)]
     read_only: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    event_category: Option<String>,
+    #[serde(default)]
+    management_event: Option<Value>,
     #[serde(default, deserialize_with = "lenient_string")]
     error_code: Option<String>,
     #[serde(default, deserialize_with = "lenient_string")]

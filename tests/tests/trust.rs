@@ -706,6 +706,7 @@ async fn detect_ignores_what_it_did_not_sign_on_its_own_topics() -> Result<()> {
             source_host: None,
             user_agent: None,
             read_only: None,
+            data_event: false,
             outcome: Outcome {
                 status: OutcomeStatus::Failure,
                 error_code: None,

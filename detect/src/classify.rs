@@ -2,6 +2,7 @@
 //! (not a service on its behalf), and the units each of the four anomaly rates counts. Used by
 //! the anomaly detections and by the organization facts.
 
+use crate::policy::field_ci as field;
 use serde_json::Value;
 use trailguard_common::{Activity, RawJson};
 
@@ -294,16 +295,6 @@ pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {
 /// name billions.
 const MOST_INSTANCES: u64 = 10_000;
 
-/// `value`'s field `name`, in any ASCII case (EC2's records write the same field
-/// `TargetCapacity` or `targetCapacity` by API version).
-fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
-    value
-        .as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-}
-
 /// A count, written as a number or as its digits, at most [`MOST_INSTANCES`].
 fn number(value: &Value) -> Option<u32> {
     let n = value
@@ -365,16 +356,26 @@ fn fleet_instances(a: &Activity) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn s3(name: &str, extra: serde_json::Value) -> Activity {
+    /// `name` on `source` by the IAM user alice, the record's fields `extra` added.
+    fn by_alice(source: &str, name: &str, extra: serde_json::Value) -> Activity {
         let mut record = serde_json::json!({
-            "eventTime": "2024-05-01T10:00:00Z", "eventSource": "s3.amazonaws.com", "eventName": name,
-            "eventCategory": "Data", "recipientAccountId": "1", "sourceIPAddress": "198.51.100.1",
+            "eventTime": "2024-05-01T10:00:00Z", "eventSource": source, "eventName": name,
+            "recipientAccountId": "1", "sourceIPAddress": "198.51.100.1",
             "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::1:user/alice", "userName": "alice"},
         });
         if let (Some(r), Some(e)) = (record.as_object_mut(), extra.as_object()) {
             r.extend(e.clone());
         }
         trailguard_ingest::normalize::normalize(&record.to_string()).unwrap()
+    }
+
+    /// An S3 data event by alice.
+    fn s3(name: &str, extra: serde_json::Value) -> Activity {
+        let mut extra = extra;
+        if let Some(e) = extra.as_object_mut() {
+            e.entry("eventCategory").or_insert("Data".into());
+        }
+        by_alice("s3.amazonaws.com", name, extra)
     }
 
     /// The console's and the command line's agents, in any ASCII case, are a person at a
@@ -475,17 +476,7 @@ mod tests {
     #[test]
     fn fleets_and_groups_count_the_instances_they_ask_for() {
         let call = |source: &str, name: &str, extra: serde_json::Value| {
-            let mut record = serde_json::json!({
-                "eventTime": "2024-05-01T10:00:00Z", "eventSource": source, "eventName": name,
-                "recipientAccountId": "1", "sourceIPAddress": "198.51.100.1",
-                "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::1:user/alice",
-                    "userName": "alice"},
-            });
-            if let (Some(r), Some(e)) = (record.as_object_mut(), extra.as_object()) {
-                r.extend(e.clone());
-            }
-            let a = trailguard_ingest::normalize::normalize(&record.to_string()).unwrap();
-            rate_units(&a, 10)[RateKind::VmCreation as usize]
+            rate_units(&by_alice(source, name, extra), 10)[RateKind::VmCreation as usize]
         };
         let ec2 = "ec2.amazonaws.com";
         // An instant fleet lists what it launched; another asks for its capacity.
@@ -540,17 +531,7 @@ mod tests {
     #[test]
     fn data_events_are_told_by_their_category() {
         let admin = |extra: serde_json::Value, source: &str, name: &str| {
-            let mut record = serde_json::json!({
-                "eventTime": "2024-05-01T10:00:00Z", "eventSource": source, "eventName": name,
-                "recipientAccountId": "1", "sourceIPAddress": "198.51.100.1",
-                "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::1:user/alice",
-                    "userName": "alice"},
-            });
-            if let (Some(r), Some(e)) = (record.as_object_mut(), extra.as_object()) {
-                r.extend(e.clone());
-            }
-            let a = trailguard_ingest::normalize::normalize(&record.to_string()).unwrap();
-            rate_units(&a, 10)[RateKind::Admin as usize]
+            rate_units(&by_alice(source, name, extra), 10)[RateKind::Admin as usize]
         };
         let s3 = "s3.amazonaws.com";
         let data = serde_json::json!({"eventCategory": "Data", "managementEvent": false});

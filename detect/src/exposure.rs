@@ -1082,16 +1082,6 @@ fn unshare_actions(
         .collect()
 }
 
-/// The value of `params`' key spelt `lower` in any case (records spell the permission APIs'
-/// parameters as the SDK that made the call did).
-fn param_ci<'a>(params: &'a Value, lower: &str) -> Option<&'a Value> {
-    params
-        .as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(lower))
-        .map(|(_, v)| v)
-}
-
 /// Who a permission naming accounts (a list or one) lets in: `Some(None)` for everyone (a
 /// wildcard), else the accounts less `own` and `trusted`; `None` when none is left. Anything
 /// else names no account (AWS refuses it).
@@ -1648,14 +1638,14 @@ impl Exposure {
         // (`queueUrl`, `QueueUrl`): their keys are read in any case. A missing name loses
         // the name, never the alert.
         let ci_text = |k: &str| {
-            param_ci(params, k)
+            crate::policy::field_ci(params, k)
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_default()
         };
         let ci_policy = |k: &str| {
-            param_ci(params, k)
-                .and_then(|at| param_ci(at, "policy"))
+            crate::policy::field_ci(params, k)
+                .and_then(|at| crate::policy::field_ci(at, "policy"))
                 .and_then(|d| policy_opened(d, own, trusted))
         };
         match (a.event_source.as_str(), name) {
@@ -1782,12 +1772,20 @@ impl Exposure {
             ("sqs.amazonaws.com", "AddPermission") => Some((
                 "SQS queue",
                 ci_text("queueurl"),
-                accounts_outside(param_ci(params, "awsaccountids")?, own, trusted)?,
+                accounts_outside(
+                    crate::policy::field_ci(params, "awsaccountids")?,
+                    own,
+                    trusted,
+                )?,
             )),
             ("sns.amazonaws.com", "AddPermission") => Some((
                 "SNS topic",
                 ci_text("topicarn"),
-                accounts_outside(param_ci(params, "awsaccountid")?, own, trusted)?,
+                accounts_outside(
+                    crate::policy::field_ci(params, "awsaccountid")?,
+                    own,
+                    trusted,
+                )?,
             )),
             // Created with a policy: the same as setting it.
             ("sqs.amazonaws.com", "CreateQueue") => Some((
@@ -1817,7 +1815,7 @@ impl Exposure {
                 Some((
                     "the policy of SNS topic",
                     ci_text("topicarn"),
-                    param_ci(params, "attributevalue")
+                    crate::policy::field_ci(params, "attributevalue")
                         .and_then(|d| policy_opened(d, own, trusted))?,
                 ))
             }

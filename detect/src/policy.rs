@@ -193,6 +193,17 @@ pub fn mitre(tactic: &str, technique_id: &str, technique: &str) -> Mitre {
     }
 }
 
+/// `value`'s field `key`, in any ASCII case: records spell the same parameter as the SDK or
+/// API version that made the call did (`targetCapacity`, `TargetCapacity`), and EC2's newer
+/// calls nest theirs capitalised under `<call>Request`.
+pub fn field_ci<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    value
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
 /// Whether `activity`'s principal is on `list` (by ARN, an IAM user's name, or the role a session was
 /// issued by), or its actor (by id: `person:alice@example.com`, a role ARN) when AWS or the
 /// identity provider vouches for who the actor is. A person inferred from an e-mail-like

@@ -366,12 +366,9 @@ fn text<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a str> {
     v.and_then(|v| v.get(key)).and_then(Value::as_str)
 }
 
-/// `v`'s field `key`, in any ASCII case.
+/// `v`'s field `key`, in any ASCII case ([`crate::policy::field_ci`]).
 fn field<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a Value> {
-    v?.as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v)
+    crate::policy::field_ci(v?, key)
 }
 
 fn judge_instance(a: &Activity) -> Option<(i8, String)> {

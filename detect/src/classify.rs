@@ -250,8 +250,7 @@ pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {
                             .and_then(|s| s.get("items"))
                             .and_then(|i| i.get(0))
                             .and_then(|i| i.get("minCount"))
-                            .and_then(Value::as_u64)
-                            .map(|n| n as u32)
+                            .and_then(number)
                     })
                     .unwrap_or(1)
                     .max(1);
@@ -259,7 +258,7 @@ pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {
         // Instances asked for in numbers without a `RunInstances` of the caller's own: the
         // fleet's and Auto Scaling's launches are their service roles' calls.
         ("ec2.amazonaws.com", "CreateFleet") if ok => {
-            units[RateKind::VmCreation as usize] = fleet_instances(a).unwrap_or(1).max(1);
+            units[RateKind::VmCreation as usize] = fleet_instances(a).unwrap_or(1);
         }
         ("ec2.amazonaws.com", "RequestSpotFleet") if ok => {
             let config = params.map(RawJson::value).and_then(|p| {
@@ -281,10 +280,16 @@ pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {
                 .max(1);
         }
         ("autoscaling.amazonaws.com", "CreateAutoScalingGroup") if ok => {
-            units[RateKind::VmCreation as usize] = params
+            // A capacity in vCPUs or memory (`desiredCapacityType`) is at least one instance.
+            let in_units = params
+                .and_then(|p| field(p, "desiredCapacityType"))
+                .and_then(Value::as_str)
+                .is_none_or(|t| t.eq_ignore_ascii_case("units"));
+            let asked = params
                 .and_then(|p| field(p, "desiredCapacity").or_else(|| field(p, "minSize")))
                 .and_then(number)
                 .unwrap_or(0);
+            units[RateKind::VmCreation as usize] = if in_units { asked } else { asked.min(1) };
         }
         _ => {}
     }
@@ -303,9 +308,10 @@ fn number(value: &Value) -> Option<u32> {
     Some(n.min(MOST_INSTANCES) as u32)
 }
 
-/// EC2's lists are `{"item": [...]}`, or `{"item": {...}}` for one: how many.
+/// EC2's lists are `{"item": [...]}` (or `items`), or `{"item": {...}}` for one: how many.
 fn listed(value: &Value) -> u32 {
-    match field(value, "item").unwrap_or(value) {
+    let list = field(value, "item").or_else(|| field(value, "items"));
+    match list.unwrap_or(value) {
         Value::Array(items) => items.len() as u32,
         Value::Null => 0,
         _ => 1,
@@ -324,14 +330,54 @@ fn capacity_in_instances(config: &Value) -> Option<u32> {
     if unit.is_some_and(|u| !u.eq_ignore_ascii_case("units")) {
         return None;
     }
-    field(spec, "TotalTargetCapacity")
+    let target = field(spec, "TotalTargetCapacity")
         .or_else(|| field(spec, "TargetCapacity"))
-        .and_then(number)
+        .and_then(number)?;
+    // Each instance type may weigh more than one unit (`WeightedCapacity`): at least
+    // the target over the heaviest weight.
+    let heaviest = most_weight(config, 0).max(1);
+    Some(target.div_ceil(heaviest))
 }
 
-/// Instances a `CreateFleet` launched (an `instant` fleet lists them in its response), else
-/// the capacity it asks for.
+/// The largest `WeightedCapacity` under `value` (a whole number, at least 1; at most 16
+/// levels down).
+fn most_weight(value: &Value, depth: u8) -> u32 {
+    if depth > 16 {
+        return 1;
+    }
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                if k.eq_ignore_ascii_case("WeightedCapacity") {
+                    v.as_f64()
+                        .or_else(|| v.as_str()?.trim().parse().ok())
+                        .filter(|w| w.is_finite() && *w >= 1.0)
+                        .map_or(1, |w| w.min(f64::from(u32::MAX)).ceil() as u32)
+                } else {
+                    most_weight(v, depth + 1)
+                }
+            })
+            .max()
+            .unwrap_or(1),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| most_weight(v, depth + 1))
+            .max()
+            .unwrap_or(1),
+        _ => 1,
+    }
+}
+
+/// Instances a `CreateFleet` launched (an `instant` fleet lists them in its response: what
+/// it could not launch is not counted), else the capacity it asks for.
 fn fleet_instances(a: &Activity) -> Option<u32> {
+    let request = a.request_parameters.as_deref();
+    let request = request.map(|r| field(r, "CreateFleetRequest").unwrap_or(r));
+    let instant = request
+        .and_then(|r| field(r, "Type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("instant"));
     let launched = a
         .response_elements
         .as_deref()
@@ -345,11 +391,12 @@ fn fleet_instances(a: &Activity) -> Option<u32> {
                 one => each(one),
             }
         })
-        .filter(|n| *n > 0);
-    launched.map(|n| n.min(MOST_INSTANCES as u32)).or_else(|| {
-        let request = a.request_parameters.as_deref()?;
-        capacity_in_instances(field(request, "CreateFleetRequest").unwrap_or(request))
-    })
+        .filter(|n| *n > 0 || instant);
+    match launched {
+        Some(n) => Some(n.min(MOST_INSTANCES as u32)),
+        None if instant => Some(0),
+        None => request.and_then(capacity_in_instances),
+    }
 }
 
 #[cfg(test)]
@@ -504,6 +551,20 @@ mod tests {
             let spot = serde_json::json!({"requestParameters": config});
             assert_eq!(call(ec2, "RequestSpotFleet", spot), 60);
         }
+        // Weighted capacity: 512 units of instances weighing 16 are 32 instances.
+        let weighted = serde_json::json!({"requestParameters": {"spotFleetRequestConfig": {
+            "targetCapacity": 512, "launchSpecifications": {"items": [
+                {"instanceType": "c5.24xlarge", "weightedCapacity": 16},
+                {"instanceType": "c5.12xlarge", "weightedCapacity": 8}]}}}});
+        assert_eq!(call(ec2, "RequestSpotFleet", weighted), 32);
+        // An instant fleet that launched nothing launched nothing.
+        let failed = serde_json::json!({
+            "requestParameters": {"CreateFleetRequest": {"Type": "instant",
+                "TargetCapacitySpecification": {"TotalTargetCapacity": 100}}},
+            "responseElements": {"CreateFleetResponse": {"fleetInstanceSet": "",
+                "errorSet": {"item": {"errorCode": "InsufficientInstanceCapacity"}}}},
+        });
+        assert_eq!(call(ec2, "CreateFleet", failed), 0);
         let spot = serde_json::json!({"requestParameters": {"instanceCount": 5}});
         assert_eq!(call(ec2, "RequestSpotInstances", spot), 5);
         let group = serde_json::json!({"requestParameters": {"autoScalingGroupName": "miners",
@@ -512,6 +573,15 @@ mod tests {
             call("autoscaling.amazonaws.com", "CreateAutoScalingGroup", group),
             100
         );
+        let vcpus = serde_json::json!({"requestParameters": {"desiredCapacity": 768,
+            "desiredCapacityType": "vcpu"}});
+        assert_eq!(
+            call("autoscaling.amazonaws.com", "CreateAutoScalingGroup", vcpus),
+            1
+        );
+        let launch = serde_json::json!({"requestParameters": {"instancesSet": {"items": [
+            {"imageId": "ami-1", "minCount": 4_000_000_000_u64, "maxCount": 4_000_000_000_u64}]}}});
+        assert_eq!(call(ec2, "RunInstances", launch), 10_000);
         let empty = serde_json::json!({"requestParameters": {"minSize": 0, "maxSize": 10}});
         assert_eq!(
             call("autoscaling.amazonaws.com", "CreateAutoScalingGroup", empty),

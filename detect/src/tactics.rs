@@ -278,7 +278,6 @@ pub const TABLE: &[Row] = &[
     row(EC2, "RequestSpotFleet", Impact, 2),
     row(EC2, "SharedSnapshotCopyInitiated", Exfiltration, 4),
     row(EC2, "TerminateInstances", Impact, 2),
-    row("ecr.amazonaws.com", "PutImageTagMutability", Persistence, 2),
     row("ecs.amazonaws.com", "ExecuteCommand", LateralMovement, 3),
     row(
         "elasticfilesystem.amazonaws.com",
@@ -447,6 +446,12 @@ pub const TABLE: &[Row] = &[
         "RegisterDelegatedAdministrator",
         Persistence,
         3,
+    ),
+    row(
+        "organizations.amazonaws.com",
+        "UpdatePolicy",
+        DefenseEvasion,
+        2,
     ),
     row(RDS, "DeleteDBCluster", Impact, 2),
     row(RDS, "DeleteDBClusterSnapshot", Impact, 2),
@@ -687,18 +692,132 @@ pub const RECOVERY_OFF: Row = row(
     3,
 );
 
+/// What a call's parameters make it, each a row of its own apart from the call's (or
+/// instead of it): an actor that makes the call the ordinary way is not thereby known to make
+/// it this way, and a harmless form (tags made immutable, recovery turned on) teaches nothing.
+pub const DERIVED: &[Row] = &[
+    ACCELERATED,
+    RECOVERY_OFF,
+    EVERY_INSTANCE,
+    NO_FINAL_SNAPSHOT,
+    NO_RECOVERY_WINDOW,
+    MASTER_PASSWORD_RESET,
+    POOL_OPEN_TO_GUESTS,
+    TAGS_MUTABLE,
+    RULE_DISABLED,
+    ALARM_ACTIONS_OFF,
+];
+
+/// An SSM command or association for every managed instance at once (`InstanceIds` `*`).
+pub const EVERY_INSTANCE: Row = row(SSM, "command for every instance", LateralMovement, 4);
+/// An RDS instance or cluster deleted without a final snapshot: gone for good.
+pub const NO_FINAL_SNAPSHOT: Row = row(RDS, "deleted without a final snapshot", Impact, 3);
+/// A secret deleted at once (`forceDeleteWithoutRecovery`): no recovery window.
+pub const NO_RECOVERY_WINDOW: Row = row(
+    "secretsmanager.amazonaws.com",
+    "DeleteSecret (no recovery window)",
+    Impact,
+    4,
+);
+/// An RDS master password reset (`masterUserPassword`): whoever set it owns the database.
+pub const MASTER_PASSWORD_RESET: Row = row(RDS, "master password reset", Persistence, 3);
+/// A Cognito identity pool created or updated open to unauthenticated users: its guest role
+/// is anyone's.
+pub const POOL_OPEN_TO_GUESTS: Row = row(
+    "cognito-identity.amazonaws.com",
+    "identity pool open to guests",
+    Persistence,
+    4,
+);
+/// ECR tags made mutable: a released tag can then be overwritten (immutable is hardening,
+/// not classified).
+pub const TAGS_MUTABLE: Row = row("ecr.amazonaws.com", "tags made mutable", Persistence, 2);
+/// An EventBridge rule put disabled (`PutRule` with `State` `DISABLED`): as `DisableRule`.
+pub const RULE_DISABLED: Row = row(
+    "events.amazonaws.com",
+    "rule put disabled",
+    DefenseEvasion,
+    3,
+);
+/// A CloudWatch alarm put with its actions off (`PutMetricAlarm` `actionsEnabled` false): as
+/// `DisableAlarmActions`.
+pub const ALARM_ACTIONS_OFF: Row = row(
+    "monitoring.amazonaws.com",
+    "alarm put with actions off",
+    DefenseEvasion,
+    3,
+);
+
 fn accelerated(a: &Activity) -> Option<&'static Row> {
-    (!accelerated_types(a).is_empty()).then_some(&ACCELERATED)
+    // Capacity blocks are for accelerated instances only.
+    if a.event_name == "PurchaseCapacityBlock" || !accelerated_types(a).is_empty() {
+        Some(&ACCELERATED)
+    } else {
+        None
+    }
+}
+
+/// `a`'s request parameter `name` (in any ASCII case).
+fn param<'a>(a: &'a Activity, name: &str) -> Option<&'a serde_json::Value> {
+    crate::policy::field_ci(a.request_parameters.as_deref()?, name)
+}
+
+fn is_true(value: Option<&serde_json::Value>) -> bool {
+    value.is_some_and(|v| {
+        v.as_bool() == Some(true) || v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("true"))
+    })
+}
+
+fn is_false(value: Option<&serde_json::Value>) -> bool {
+    value.is_some_and(|v| {
+        v.as_bool() == Some(false) || v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("false"))
+    })
+}
+
+fn every_instance(a: &Activity) -> Option<&'static Row> {
+    targets_every_instance(a).then_some(&EVERY_INSTANCE)
+}
+
+fn no_final_snapshot(a: &Activity) -> Option<&'static Row> {
+    is_true(param(a, "skipFinalSnapshot")).then_some(&NO_FINAL_SNAPSHOT)
+}
+
+fn no_recovery_window(a: &Activity) -> Option<&'static Row> {
+    is_true(param(a, "forceDeleteWithoutRecovery")).then_some(&NO_RECOVERY_WINDOW)
+}
+
+fn master_password_reset(a: &Activity) -> Option<&'static Row> {
+    param(a, "masterUserPassword")
+        .is_some()
+        .then_some(&MASTER_PASSWORD_RESET)
+}
+
+fn pool_open_to_guests(a: &Activity) -> Option<&'static Row> {
+    is_true(param(a, "allowUnauthenticatedIdentities")).then_some(&POOL_OPEN_TO_GUESTS)
+}
+
+fn tags_mutable(a: &Activity) -> Option<&'static Row> {
+    param(a, "imageTagMutability")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|m| m.eq_ignore_ascii_case("MUTABLE"))
+        .then_some(&TAGS_MUTABLE)
+}
+
+fn rule_disabled(a: &Activity) -> Option<&'static Row> {
+    param(a, "state")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|s| s.eq_ignore_ascii_case("DISABLED"))
+        .then_some(&RULE_DISABLED)
+}
+
+fn alarm_actions_off(a: &Activity) -> Option<&'static Row> {
+    is_false(param(a, "actionsEnabled")).then_some(&ALARM_ACTIONS_OFF)
 }
 
 fn recovery_off(a: &Activity) -> Option<&'static Row> {
-    let enabled = a
-        .request_parameters
-        .as_ref()
-        .and_then(|p| p.get("pointInTimeRecoverySpecification"))
-        .and_then(|s| s.get("pointInTimeRecoveryEnabled"))
-        .and_then(serde_json::Value::as_bool);
-    (enabled == Some(false)).then_some(&RECOVERY_OFF)
+    let spec = param(a, "pointInTimeRecoverySpecification");
+    is_false(spec.and_then(|s| crate::policy::field_ci(s, "pointInTimeRecoveryEnabled")))
+        .then_some(&RECOVERY_OFF)
 }
 
 /// The calls that name instance types to run (source, name): [`ACCELERATED`] when one of
@@ -715,6 +834,7 @@ const COMPUTE: &[(&str, &str)] = &[
     (EC2, "CreateLaunchTemplate"),
     (EC2, "CreateLaunchTemplateVersion"),
     (EC2, "ModifyInstanceAttribute"),
+    (EC2, "PurchaseCapacityBlock"),
     (EC2, "RequestSpotFleet"),
     (EC2, "RequestSpotInstances"),
     (EC2, "RunInstances"),
@@ -771,7 +891,10 @@ fn collect_accelerated(
         }
     };
     match value {
-        Value::String(s) if under_type && is_accelerated(s) => add(out, s.clone()),
+        // Named in the summary: a type is a few characters, a forged one need not be.
+        Value::String(s) if under_type && is_accelerated(s) => {
+            add(out, s.chars().take(32).collect())
+        }
         Value::Array(items) => {
             for item in items {
                 collect_accelerated(item, under_type, budget, out);
@@ -779,7 +902,18 @@ fn collect_accelerated(
         }
         Value::Object(map) => {
             for (key, item) in map {
-                if ends_with_ignoring_case(key, "acceleratortypes") {
+                // What is excluded (`ExcludedInstanceTypes`) is not asked for.
+                if key.to_ascii_lowercase().contains("exclude") {
+                    continue;
+                }
+                if ends_with_ignoring_case(key, "acceleratornames")
+                    || ends_with_ignoring_case(key, "acceleratormanufacturers")
+                {
+                    if let Some(first) = strings(item).into_iter().find(|s| !s.is_empty()) {
+                        let first: String = first.chars().take(32).collect();
+                        add(out, format!("accelerator {}", first.to_ascii_lowercase()));
+                    }
+                } else if ends_with_ignoring_case(key, "acceleratortypes") {
                     for kind in strings(item) {
                         if ["gpu", "fpga", "inference"]
                             .iter()
@@ -791,13 +925,20 @@ fn collect_accelerated(
                             );
                         }
                     }
-                } else if ends_with_ignoring_case(key, "acceleratorcount") {
+                } else if ends_with_ignoring_case(key, "acceleratorcount")
+                    || ends_with_ignoring_case(key, "acceleratortotalmemorymib")
+                {
                     let least = item
                         .as_object()
                         .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("min")))
                         .and_then(|(_, v)| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
                     if let Some(n @ 1..) = least {
-                        add(out, format!("at least {n} accelerators"));
+                        let what = if ends_with_ignoring_case(key, "count") {
+                            "accelerators"
+                        } else {
+                            "MiB of accelerator memory"
+                        };
+                        add(out, format!("at least {n} {what}"));
                     }
                 } else {
                     let under = under_type
@@ -839,10 +980,12 @@ pub fn is_accelerated(instance_type: &str) -> bool {
     };
     let family = text.split('.').next().unwrap_or_default();
     let letters = family.bytes().take_while(u8::is_ascii_alphabetic).count();
+    // The generation's digit, or a wildcard for every generation (`p*` in
+    // `AllowedInstanceTypes`).
     let starts_generation = family
         .as_bytes()
         .get(letters)
-        .is_some_and(u8::is_ascii_digit);
+        .is_some_and(|b| b.is_ascii_digit() || *b == b'*');
     starts_generation
         && ["p", "g", "gr", "trn", "inf", "dl", "f", "vt"]
             .iter()
@@ -876,13 +1019,40 @@ static INDEX: LazyLock<Index<'static>> = LazyLock::new(|| {
             ((r.source, r.name), entry)
         })
         .collect();
+    type Derive = fn(&Activity) -> Option<&'static Row>;
     let derived = COMPUTE
         .iter()
-        .map(|&call| (call, accelerated as fn(&Activity) -> Option<&'static Row>))
-        .chain([(
-            ("dynamodb.amazonaws.com", "UpdateContinuousBackups"),
-            recovery_off as fn(&Activity) -> Option<&'static Row>,
-        )]);
+        .map(|&call| (call, accelerated as Derive))
+        .chain([
+            (
+                ("dynamodb.amazonaws.com", "UpdateContinuousBackups"),
+                recovery_off as Derive,
+            ),
+            ((SSM, "SendCommand"), every_instance),
+            ((SSM, "CreateAssociation"), every_instance),
+            ((RDS, "DeleteDBInstance"), no_final_snapshot),
+            ((RDS, "DeleteDBCluster"), no_final_snapshot),
+            (
+                ("secretsmanager.amazonaws.com", "DeleteSecret"),
+                no_recovery_window,
+            ),
+            ((RDS, "ModifyDBInstance"), master_password_reset),
+            ((RDS, "ModifyDBCluster"), master_password_reset),
+            (
+                ("cognito-identity.amazonaws.com", "CreateIdentityPool"),
+                pool_open_to_guests,
+            ),
+            (
+                ("cognito-identity.amazonaws.com", "UpdateIdentityPool"),
+                pool_open_to_guests,
+            ),
+            (("ecr.amazonaws.com", "PutImageTagMutability"), tags_mutable),
+            (("events.amazonaws.com", "PutRule"), rule_disabled),
+            (
+                ("monitoring.amazonaws.com", "PutMetricAlarm"),
+                alarm_actions_off,
+            ),
+        ]);
     for (call, derive) in derived {
         index
             .entry(call)
@@ -895,72 +1065,27 @@ static INDEX: LazyLock<Index<'static>> = LazyLock::new(|| {
     index
 });
 
-/// `a`'s weight: its row's, or what its parameters make it.
+/// `a`'s weight: its row's, but an SSM parameter read without decryption weighs 1.
 fn weighed(r: &Row, a: &Activity) -> u8 {
-    let flag = |name: &str| {
-        a.request_parameters
-            .as_ref()
-            .and_then(|p| p.get(name))
-            .and_then(serde_json::Value::as_bool)
-    };
-    match (r.source, r.name) {
-        // Parameters read without decryption are configuration, not secrets.
-        (SSM, name) if name.starts_with("GetParameter") && !decrypts(a) => 1,
-        // A command or association for every managed instance at once.
-        (SSM, "SendCommand" | "CreateAssociation") if targets_every_instance(a) => 4,
-        // Gone for good: no final snapshot, no recovery window.
-        (RDS, "DeleteDBInstance" | "DeleteDBCluster")
-            if flag("skipFinalSnapshot") == Some(true) =>
-        {
-            3
-        }
-        ("secretsmanager.amazonaws.com", "DeleteSecret")
-            if flag("forceDeleteWithoutRecovery") == Some(true) =>
-        {
-            4
-        }
-        // An identity pool opened to unauthenticated users: its guest role is anyone's.
-        ("cognito-identity.amazonaws.com", "CreateIdentityPool" | "UpdateIdentityPool")
-            if flag("allowUnauthenticatedIdentities") == Some(true) =>
-        {
-            4
-        }
-        // Tags made immutable is hardening; mutable, a released tag can be overwritten.
-        ("ecr.amazonaws.com", "PutImageTagMutability")
-            if a.request_parameters
-                .as_ref()
-                .and_then(|p| p.get("imageTagMutability"))
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(|m| m.starts_with("IMMUTABLE")) =>
-        {
-            1
-        }
-        // The master password reset: whoever set it owns the database.
-        (RDS, "ModifyDBInstance" | "ModifyDBCluster")
-            if a.request_parameters
-                .as_ref()
-                .is_some_and(|p| p.get("masterUserPassword").is_some()) =>
-        {
-            3
-        }
-        _ => r.weight,
+    // Parameters read without decryption are configuration, not secrets.
+    if r.source == SSM && r.name.starts_with("GetParameter") && !decrypts(a) {
+        1
+    } else {
+        r.weight
     }
 }
 
 /// An SSM command or association targeting every managed instance: the target
 /// `InstanceIds` with the value `*`.
 fn targets_every_instance(a: &Activity) -> bool {
-    let Some(targets) = a
-        .request_parameters
-        .as_ref()
-        .and_then(|p| p.get("targets"))
-        .and_then(serde_json::Value::as_array)
-    else {
+    let Some(targets) = param(a, "targets").and_then(serde_json::Value::as_array) else {
         return false;
     };
     targets.iter().any(|t| {
-        t.get("key").and_then(serde_json::Value::as_str) == Some("InstanceIds")
-            && t.get("values")
+        crate::policy::field_ci(t, "key")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|k| k.eq_ignore_ascii_case("InstanceIds"))
+            && crate::policy::field_ci(t, "values")
                 .and_then(serde_json::Value::as_array)
                 .is_some_and(|v| v.iter().any(|v| v.as_str() == Some("*")))
     })
@@ -1210,6 +1335,34 @@ mod tests {
             assert_eq!(classify(&a), accelerated, "{name}");
             assert!(!accelerated_types(&a).is_empty(), "{name}");
         }
+        // Asked for by wildcard, by accelerator name or memory; a capacity block is one.
+        for (name, params) in [
+            (
+                "CreateFleet",
+                json!({"CreateFleetRequest": {"LaunchTemplateConfigs": {"Overrides": {
+                    "InstanceRequirements": {"AllowedInstanceTypes": {"item": ["p*", "g5.*"]}}}}}}),
+            ),
+            (
+                "CreateFleet",
+                json!({"CreateFleetRequest": {"LaunchTemplateConfigs": {"Overrides": {
+                    "InstanceRequirements": {"AcceleratorNames": {"item": "a100"}}}}}}),
+            ),
+            (
+                "CreateLaunchTemplate",
+                json!({"CreateLaunchTemplateRequest": {"LaunchTemplateData": {
+                    "InstanceRequirements": {"AcceleratorTotalMemoryMiB": {"Min": 16384}}}}}),
+            ),
+            (
+                "PurchaseCapacityBlock",
+                json!({"CapacityBlockOfferingId": "cbr-0abc"}),
+            ),
+        ] {
+            assert_eq!(classify(&call(EC2, name, params)), accelerated, "{name}");
+        }
+        // A type named at length is named short.
+        let long = format!("p4d.{}", "x".repeat(5000));
+        let forged = call(EC2, "RunInstances", json!({"instanceType": long}));
+        assert_eq!(accelerated_types(&forged)[0].chars().count(), 32);
         // A launch from a template names its type only in the response.
         let mut templated = call(
             EC2,
@@ -1261,6 +1414,15 @@ mod tests {
                 json!({"instanceType": "p4d.24xlarge"}),
                 None,
             ),
+            // Accelerators excluded are not asked for.
+            (
+                EC2,
+                "CreateFleet",
+                json!({"CreateFleetRequest": {"LaunchTemplateConfigs": {"Overrides": {
+                    "InstanceRequirements": {"VCpuCount": {"Min": 2},
+                        "ExcludedInstanceTypes": {"item": ["g4dn.*", "p3.*"]}}}}}}),
+                Some(Impact),
+            ),
         ];
         for (source, name, params, tactic) in ordinary {
             let a = call(source, name, params.clone());
@@ -1269,97 +1431,127 @@ mod tests {
         }
     }
 
-    /// What the parameters say weighs: everything at once, nothing kept, the database taken.
+    /// What the parameters say is a row of its own: everything at once, nothing kept, the
+    /// database taken, guests let in, the alerting switched off in passing. The ordinary form
+    /// keeps the call's row (or none), so it teaches nothing about the other.
     #[test]
-    fn parameters_weigh_on_what_a_call_means() {
-        let weight = |source: &str, name: &str, params: serde_json::Value| {
-            classify(&call(source, name, params)).map(|c| (c.1, c.2))
+    fn parameters_make_a_call_a_row_of_its_own() {
+        let classified = |source: &str, name: &str, params: serde_json::Value| {
+            classify(&call(source, name, params))
+        };
+        let derived = |r: &Row| Some((Some(call_key(r.source, r.name)), r.tactic, r.weight));
+        let own = |source: &str, name: &str, tactic: Tactic, weight: u8| {
+            Some((Some(call_key(source, name)), tactic, weight))
         };
         let everywhere = json!({"targets": [{"key": "InstanceIds", "values": ["*"]}],
             "documentName": "AWS-RunShellScript"});
-        let tagged = json!({"targets": [{"key": "tag:Role", "values": ["web"]}]});
+        let tagged = json!({"Targets": [{"Key": "tag:Role", "Values": ["web"]}]});
         assert_eq!(
-            weight(SSM, "SendCommand", everywhere.clone()),
-            Some((LateralMovement, 4))
+            classified(SSM, "SendCommand", everywhere.clone()),
+            derived(&EVERY_INSTANCE)
         );
         assert_eq!(
-            weight(SSM, "CreateAssociation", everywhere),
-            Some((LateralMovement, 4))
+            classified(SSM, "CreateAssociation", everywhere),
+            derived(&EVERY_INSTANCE)
         );
         assert_eq!(
-            weight(SSM, "SendCommand", tagged),
-            Some((LateralMovement, 3))
+            classified(SSM, "SendCommand", tagged),
+            own(SSM, "SendCommand", LateralMovement, 3)
         );
         let db = json!({"dBInstanceIdentifier": "orders"});
         let gone = json!({"dBInstanceIdentifier": "orders", "skipFinalSnapshot": true});
         assert_eq!(
-            weight(RDS, "DeleteDBInstance", db.clone()),
-            Some((Impact, 2))
+            classified(RDS, "DeleteDBInstance", db.clone()),
+            own(RDS, "DeleteDBInstance", Impact, 2)
         );
         assert_eq!(
-            weight(RDS, "DeleteDBInstance", gone.clone()),
-            Some((Impact, 3))
+            classified(RDS, "DeleteDBInstance", gone.clone()),
+            derived(&NO_FINAL_SNAPSHOT)
         );
-        assert_eq!(weight(RDS, "DeleteDBCluster", gone), Some((Impact, 3)));
+        assert_eq!(
+            classified(RDS, "DeleteDBCluster", gone),
+            derived(&NO_FINAL_SNAPSHOT)
+        );
         let reset = json!({"dBInstanceIdentifier": "orders", "masterUserPassword": "****"});
-        assert_eq!(weight(RDS, "ModifyDBInstance", db), Some((Persistence, 2)));
         assert_eq!(
-            weight(RDS, "ModifyDBInstance", reset.clone()),
-            Some((Persistence, 3))
+            classified(RDS, "ModifyDBInstance", db),
+            own(RDS, "ModifyDBInstance", Persistence, 2)
         );
         assert_eq!(
-            weight(RDS, "ModifyDBCluster", reset),
-            Some((Persistence, 3))
+            classified(RDS, "ModifyDBCluster", reset),
+            derived(&MASTER_PASSWORD_RESET)
         );
         let secrets = "secretsmanager.amazonaws.com";
         let window = json!({"secretId": "prod/db", "recoveryWindowInDays": 7});
         let force = json!({"secretId": "prod/db", "forceDeleteWithoutRecovery": true});
-        assert_eq!(weight(secrets, "DeleteSecret", window), Some((Impact, 2)));
-        assert_eq!(weight(secrets, "DeleteSecret", force), Some((Impact, 4)));
+        assert_eq!(
+            classified(secrets, "DeleteSecret", window),
+            own(secrets, "DeleteSecret", Impact, 2)
+        );
+        assert_eq!(
+            classified(secrets, "DeleteSecret", force),
+            derived(&NO_RECOVERY_WINDOW)
+        );
         let pools = "cognito-identity.amazonaws.com";
         let guests = json!({"identityPoolName": "app", "allowUnauthenticatedIdentities": true});
         let members = json!({"identityPoolName": "app", "allowUnauthenticatedIdentities": false});
         assert_eq!(
-            weight(pools, "UpdateIdentityPool", guests),
-            Some((Persistence, 4))
+            classified(pools, "UpdateIdentityPool", guests),
+            derived(&POOL_OPEN_TO_GUESTS)
         );
         assert_eq!(
-            weight(pools, "CreateIdentityPool", members),
-            Some((Persistence, 2))
+            classified(pools, "CreateIdentityPool", members),
+            own(pools, "CreateIdentityPool", Persistence, 2)
         );
         let ecr = "ecr.amazonaws.com";
         let mutable = json!({"repositoryName": "app", "imageTagMutability": "MUTABLE"});
         let immutable = json!({"repositoryName": "app", "imageTagMutability": "IMMUTABLE"});
         assert_eq!(
-            weight(ecr, "PutImageTagMutability", mutable),
-            Some((Persistence, 2))
+            classified(ecr, "PutImageTagMutability", mutable),
+            derived(&TAGS_MUTABLE)
+        );
+        assert_eq!(classified(ecr, "PutImageTagMutability", immutable), None);
+        let events = "events.amazonaws.com";
+        let off = json!({"name": "security-alerts", "state": "DISABLED"});
+        let on = json!({"name": "security-alerts", "state": "ENABLED"});
+        assert_eq!(classified(events, "PutRule", off), derived(&RULE_DISABLED));
+        assert_eq!(classified(events, "PutRule", on), None);
+        let alarms = "monitoring.amazonaws.com";
+        let silent = json!({"alarmName": "root-login", "actionsEnabled": false});
+        assert_eq!(
+            classified(alarms, "PutMetricAlarm", silent),
+            derived(&ALARM_ACTIONS_OFF)
         );
         assert_eq!(
-            weight(ecr, "PutImageTagMutability", immutable),
-            Some((Persistence, 1))
+            classified(alarms, "PutMetricAlarm", json!({"alarmName": "cpu"})),
+            None
         );
         // Recovery turned off is a row of its own; turned on, nothing.
         let dynamodb = "dynamodb.amazonaws.com";
         let recovery = |on: bool| {
-            call(
-                dynamodb,
-                "UpdateContinuousBackups",
-                json!({"tableName": "orders",
-                    "pointInTimeRecoverySpecification": {"pointInTimeRecoveryEnabled": on}}),
-            )
+            json!({"tableName": "orders",
+                "pointInTimeRecoverySpecification": {"pointInTimeRecoveryEnabled": on}})
         };
         assert_eq!(
-            classify(&recovery(false)),
-            Some((
-                Some(call_key(RECOVERY_OFF.source, RECOVERY_OFF.name)),
-                Impact,
-                3
-            ))
+            classified(dynamodb, "UpdateContinuousBackups", recovery(false)),
+            derived(&RECOVERY_OFF)
         );
-        assert_eq!(classify(&recovery(true)), None);
         assert_eq!(
-            weight(dynamodb, "DeleteTable", json!({"tableName": "orders"})),
-            Some((Impact, 2))
+            classified(dynamodb, "UpdateContinuousBackups", recovery(true)),
+            None
         );
+        assert_eq!(
+            classified(dynamodb, "DeleteTable", json!({"tableName": "orders"})),
+            own(dynamodb, "DeleteTable", Impact, 2)
+        );
+        // Every derived row's key is its own: no row of the table, no other derived row.
+        let mut keys: Vec<u32> = TABLE
+            .iter()
+            .chain(DERIVED)
+            .map(|r| call_key(r.source, r.name))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), TABLE.len() + DERIVED.len());
     }
 }

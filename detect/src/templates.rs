@@ -401,7 +401,13 @@ fn judge_instance(a: &Activity) -> Option<(i8, String)> {
         let request = field(p, &format!("{}Request", a.event_name)).or(p);
         let tokens = field(request, "HttpTokens").and_then(Value::as_str);
         // Allowing IMDSv1 again (tokens optional) reopens credential theft through SSRF.
-        let v1 = tokens.is_some_and(|t| t.eq_ignore_ascii_case("optional"));
+        // For the account's default, no preference leaves new instances to their image and
+        // launch settings: IMDSv1 wherever those allow it.
+        let v1 = tokens.is_some_and(|t| {
+            t.eq_ignore_ascii_case("optional")
+                || (a.event_name == "ModifyInstanceMetadataDefaults"
+                    && t.eq_ignore_ascii_case("no-preference"))
+        });
         let what = if a.event_name == "ModifyInstanceMetadataDefaults" {
             "the account's default metadata options for new instances".to_string()
         } else {
@@ -807,11 +813,13 @@ fn judge_security_group(a: &Activity) -> Option<(i8, String)> {
                 (_, y) => y,
             });
         if let Some(port) = open {
-            // The request does not say whether the rule is ingress or egress (egress to
-            // anywhere is every group's default): one step up, not two.
+            // The request does not say whether the rule is ingress or egress: everything to
+            // anywhere is every group's default egress rule, and web ports out are ordinary.
+            // A sensitive port (SSH, RDP, databases) either way is worth a look: one step up.
+            let sensitive = port.is_some_and(|p| SENSITIVE_PORTS.contains(&p));
             let ports = port.map_or("every port".to_string(), |p| format!("port {p}"));
             return Some((
-                1,
+                i8::from(sensitive),
                 format!("edited a rule of {group} to allow {ports} to or from the internet"),
             ));
         }
@@ -1482,7 +1490,7 @@ mod tests {
 
     /// IMDSv1 allowed again, as CloudTrail records it: the request nested under
     /// `ModifyInstanceMetadataOptionsRequest` with EC2's capitalised names (and the flat
-    /// shape of other exports); for the account's default, and in a launch template.
+    /// shape of other exports); and for the account's default.
     #[test]
     fn imdsv1_allowed_again_is_high_in_every_shape() {
         let judged = |name: &str, params: Value| {
@@ -1520,6 +1528,12 @@ mod tests {
         let (severity, summary) = judged("ModifyInstanceMetadataDefaults", default);
         assert_eq!(severity, Severity::High, "{summary}");
         assert!(summary.contains("IMDSv1"), "{summary}");
+        let default =
+            json!({"ModifyInstanceMetadataDefaultsRequest": {"HttpTokens": "no-preference"}});
+        assert_eq!(
+            judged("ModifyInstanceMetadataDefaults", default).0,
+            Severity::High
+        );
         let default = json!({"ModifyInstanceMetadataDefaultsRequest": {"HttpTokens": "required"}});
         assert_eq!(
             judged("ModifyInstanceMetadataDefaults", default).0,
@@ -1547,15 +1561,18 @@ mod tests {
             .map(|(_, severity, summary)| (severity, summary))
             .unwrap_or((Severity::Low, "nothing".into()))
         };
-        // The request does not say ingress or egress: one step up, not two.
+        // The request does not say ingress or egress: a sensitive port is one step up, not
+        // two; every port (the default egress rule) and web ports are said, not raised.
         let (severity, summary) = edit(("CidrIpv4", "0.0.0.0/0"), "tcp", 22, 22);
         assert_eq!(severity, Severity::Medium, "{summary}");
         assert!(
             summary.contains("sg-0db") && summary.contains("port 22"),
             "{summary}"
         );
+        let (severity, summary) = edit(("CidrIpv4", "0.0.0.0/0"), "tcp", 443, 443);
+        assert_eq!(severity, Severity::Low, "{summary}");
         let (severity, summary) = edit(("CidrIpv6", "::/0"), "-1", -1, -1);
-        assert_eq!(severity, Severity::Medium, "{summary}");
+        assert_eq!(severity, Severity::Low, "{summary}");
         assert!(summary.contains("every port"), "{summary}");
         let (severity, summary) = edit(("CidrIpv4", "10.0.0.0/8"), "tcp", 22, 22);
         assert_eq!(severity, Severity::Low, "{summary}");

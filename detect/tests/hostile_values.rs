@@ -50,6 +50,91 @@ fn records() -> Vec<Value> {
     out
 }
 
+/// Calls whose parameters the policies read in depth and the shared records lack, in the
+/// shapes CloudTrail writes them: they are mutated like the shared records.
+fn deep_calls() -> Vec<Value> {
+    let call = |source: &str, name: &str, params: Value, response: Value| {
+        json!({"eventVersion": "1.09", "eventTime": "2026-10-20T10:00:00Z",
+            "eventSource": source, "eventName": name, "awsRegion": "us-east-1",
+            "sourceIPAddress": "203.0.113.9", "userAgent": "aws-cli/2.15.0",
+            "recipientAccountId": "111122223333", "eventID": "x",
+            "userIdentity": {"type": "IAMUser", "accountId": "111122223333",
+                "arn": "arn:aws:iam::111122223333:user/alice", "userName": "alice",
+                "accessKeyId": "AKIAEXAMPLE"},
+            "requestParameters": params, "responseElements": response})
+    };
+    let ec2 = "ec2.amazonaws.com";
+    vec![
+        call(
+            ec2,
+            "CreateFleet",
+            json!({"CreateFleetRequest": {"Type": "instant",
+            "TargetCapacitySpecification": {"TotalTargetCapacity": 40, "TargetCapacityUnitType": "units"},
+            "LaunchTemplateConfigs": {"Overrides": {"InstanceType": "p4d.24xlarge", "WeightedCapacity": 2,
+                "InstanceRequirements": {"AcceleratorCount": {"Min": 1}, "AcceleratorTypes": {"item": "gpu"},
+                    "ExcludedInstanceTypes": {"item": "g4dn.*"}}}}}}),
+            json!({"CreateFleetResponse": {"fleetInstanceSet": {"item": [{"instanceIds": {"item": ["i-1", "i-2"]}}]}}}),
+        ),
+        call(
+            ec2,
+            "RequestSpotFleet",
+            json!({"spotFleetRequestConfig": {"targetCapacity": 60,
+            "launchSpecifications": {"items": [{"instanceType": "g5.48xlarge", "weightedCapacity": 4}]}}}),
+            json!(null),
+        ),
+        call(
+            ec2,
+            "RunInstances",
+            json!({"instanceType": "p5.48xlarge",
+            "instancesSet": {"items": [{"imageId": "ami-1", "minCount": 8, "maxCount": 8}]}}),
+            json!({"instancesSet": {"items": [{"instanceId": "i-1", "instanceType": "p5.48xlarge"}]}}),
+        ),
+        call(
+            ec2,
+            "ModifySecurityGroupRules",
+            json!({"ModifySecurityGroupRulesRequest": {"GroupId": "sg-1",
+            "SecurityGroupRule": {"SecurityGroupRuleId": "sgr-1", "SecurityGroupRule": {"IpProtocol": "tcp",
+                "FromPort": 22, "ToPort": 22, "CidrIpv4": "0.0.0.0/0"}}}}),
+            json!(null),
+        ),
+        call(
+            ec2,
+            "ModifyInstanceMetadataOptions",
+            json!({"ModifyInstanceMetadataOptionsRequest": {
+            "InstanceId": "i-1", "HttpTokens": "optional"}}),
+            json!(null),
+        ),
+        call(
+            "autoscaling.amazonaws.com",
+            "CreateAutoScalingGroup",
+            json!({"autoScalingGroupName": "g",
+            "desiredCapacity": 30, "desiredCapacityType": "units",
+            "mixedInstancesPolicy": {"launchTemplate": {"overrides": [{"instanceType": "g6.xlarge"}]}}}),
+            json!(null),
+        ),
+        call(
+            "dynamodb.amazonaws.com",
+            "UpdateContinuousBackups",
+            json!({"tableName": "t",
+            "pointInTimeRecoverySpecification": {"pointInTimeRecoveryEnabled": false}}),
+            json!(null),
+        ),
+        call(
+            "ssm.amazonaws.com",
+            "SendCommand",
+            json!({"documentName": "AWS-RunShellScript",
+            "targets": [{"key": "InstanceIds", "values": ["*"]}]}),
+            json!(null),
+        ),
+        call(
+            "events.amazonaws.com",
+            "PutRule",
+            json!({"name": "r", "state": "DISABLED"}),
+            json!(null),
+        ),
+    ]
+}
+
 /// What replaces a field: every JSON type, the ends of numbers' ranges, strings policies split
 /// or match on.
 fn hostile() -> Vec<Value> {
@@ -187,8 +272,9 @@ fn variants(records: &[Value]) -> Vec<Value> {
 
 #[test]
 fn hostile_values_panic_no_policy() {
-    let records = records();
+    let mut records = records();
     assert!(records.len() >= 500, "{} shared records", records.len());
+    records.extend(deep_calls());
     let variants = variants(&records);
     assert!(variants.len() > 15 * records.len(), "{}", variants.len());
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -342,10 +342,15 @@ impl Anomalies {
         // Accelerated compute is named with what was asked for, and is resource hijacking.
         let accelerated = row == call_key(ACCELERATED.source, ACCELERATED.name);
         let name = if accelerated {
+            let types = accelerated_types(a);
             format!(
                 "{} for accelerated compute ({})",
                 a.event_name,
-                accelerated_types(a).join(", ")
+                if types.is_empty() {
+                    "a capacity block".to_string()
+                } else {
+                    types.join(", ")
+                }
             )
         } else {
             a.event_name.clone()

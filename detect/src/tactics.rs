@@ -10,8 +10,9 @@
 //! boundaries removed), lateral movement (SSM, EC2 Instance Connect, serial console),
 //! exfiltration (snapshots, images and exports shared or copied out), defense evasion
 //! (logging and detection switched off) and impact (deletion, encryption keys, backups, model
-//! abuse, compute for mining: [`ACCELERATED`]). Reads that enumerate (`List*`, `Describe*`, `Get*` without a row of their own)
-//! are discovery, weight 1.
+//! abuse, compute for mining: [`ACCELERATED`]). Reads that enumerate (`List*`, `Describe*`,
+//! `Get*` without a row of their own) are discovery, weight 1. Some calls are read for what
+//! their parameters make them, each such form a row of its own ([`DERIVED`]).
 //!
 //! The table is documented in docs/policies.md; a row added here is a line there.
 

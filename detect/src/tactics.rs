@@ -763,16 +763,22 @@ fn param<'a>(a: &'a Activity, name: &str) -> Option<&'a serde_json::Value> {
     crate::policy::field_ci(a.request_parameters.as_deref()?, name)
 }
 
-fn is_true(value: Option<&serde_json::Value>) -> bool {
-    value.is_some_and(|v| {
-        v.as_bool() == Some(true) || v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("true"))
+/// A flag's value, written as a boolean or as its word (in any ASCII case).
+fn flag(value: Option<&serde_json::Value>) -> Option<bool> {
+    let v = value?;
+    v.as_bool().or_else(|| match v.as_str()? {
+        s if s.eq_ignore_ascii_case("true") => Some(true),
+        s if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
     })
 }
 
+fn is_true(value: Option<&serde_json::Value>) -> bool {
+    flag(value) == Some(true)
+}
+
 fn is_false(value: Option<&serde_json::Value>) -> bool {
-    value.is_some_and(|v| {
-        v.as_bool() == Some(false) || v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("false"))
-    })
+    flag(value) == Some(false)
 }
 
 fn every_instance(a: &Activity) -> Option<&'static Row> {

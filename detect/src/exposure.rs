@@ -4,7 +4,10 @@
 //! one record is enough.
 //!
 //! - `resource-shared-out`: an EBS snapshot, an AMI or an RDS (cluster) snapshot made public
-//!   or shared with an account that is neither the resource's own nor trusted (MITRE T1537).
+//!   or shared with an account that is neither the resource's own nor trusted (MITRE T1537);
+//!   so too a Redshift snapshot or datashare, a DynamoDB export to another account's bucket, a
+//!   backup copied (or a plan copying backups) to another account's vault, a RAM resource
+//!   share and a Lake Formation grant.
 //! - `defense-evasion`: GuardDuty, AWS Config, Security Hub, Route 53 Resolver query logging,
 //!   Detective, Access Analyzer, Macie or Inspector switched off or muted, a KMS key scheduled
 //!   for deletion, the account leaving its organization (T1562). CloudTrail itself is
@@ -39,10 +42,10 @@ use crate::policy::who as who_acted;
 use crate::policy::{allowed, requested, who, AlertBuilder, EventPolicy, PolicyMeta};
 use trailguard_common::contract::kinds;
 
-/// A snapshot or image shared outside the organization.
+/// A snapshot, image, export or share that hands data to another account.
 pub const RESOURCE_SHARED_OUT: PolicyMeta<'static> = PolicyMeta {
     id: "resource-shared-out",
-    name: "Snapshot or image shared outside the organization",
+    name: "Data or resource shared outside the organization",
     kind: AlertKind::ActivityPolicy,
 };
 /// Security monitoring switched off or muted.
@@ -960,6 +963,95 @@ fn is_account(id: &str) -> bool {
     id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The grantee a principal value names: an account id, an organization or OU ARN, or the
+/// account of any other ARN (a role, a namespace, a vault). Keywords (`ADX`,
+/// `amazon-redshift-support`, `IAM_ALLOWED_PRINCIPALS`) and service names name none.
+fn grantee_of(value: &Value) -> Option<Grantee> {
+    let text = value.as_str()?;
+    if org_id(text).is_some() {
+        return Some(Grantee::Organization(text.to_string()));
+    }
+    principal_account(text).map(|account| Grantee::Account(account.to_string()))
+}
+
+/// Every value under a key named `key` (any case) in `value`, to a depth of eight: the
+/// copy actions of a backup plan's rules, wherever the plan puts them.
+fn values_named<'a>(value: &'a Value, key: &str, depth: usize, out: &mut Vec<&'a Value>) {
+    if depth > 8 || out.len() >= 100 {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k.eq_ignore_ascii_case(key) {
+                    out.push(v);
+                } else {
+                    values_named(v, key, depth + 1, out);
+                }
+            }
+        }
+        Value::Array(list) => list
+            .iter()
+            .for_each(|v| values_named(v, key, depth + 1, out)),
+        _ => {}
+    }
+}
+
+/// What a Lake Formation grant is on, as a person reads it: `table sales.orders`, `database
+/// sales`, a data location's ARN; the first resource of a batch.
+fn lake_formation_resource(params: &Value) -> String {
+    let mut resources = Vec::new();
+    values_named(params, "resource", 0, &mut resources);
+    let field = |v: &Value, k: &str| {
+        crate::policy::field_ci(v, k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    for resource in resources {
+        for (kind, names) in [
+            ("table", ["databaseName", "name"]),
+            ("tableWithColumns", ["databaseName", "name"]),
+            ("database", ["name", ""]),
+            ("dataLocation", ["resourceArn", ""]),
+        ] {
+            let Some(of) = crate::policy::field_ci(resource, kind) else {
+                continue;
+            };
+            let parts: Vec<String> = names
+                .iter()
+                .filter(|n| !n.is_empty())
+                .filter_map(|n| field(of, n))
+                .collect();
+            let what = if kind == "tableWithColumns" {
+                "table"
+            } else {
+                kind
+            };
+            return match parts.is_empty() {
+                true => what.to_string(),
+                false => format!("{what} {}", parts.join(".")),
+            };
+        }
+    }
+    "a Data Catalog resource".to_string()
+}
+
+/// What a call shares out, as [`Exposure::shared_out`] finds it.
+struct Shared {
+    /// The kind of resource, as a person reads it (`EBS snapshot`, `DynamoDB table`).
+    kind: &'static str,
+    /// The resource, as the call names it.
+    id: String,
+    /// How it goes out: the verb done, the verb tried and what comes before the grantees
+    /// (`exported`, `tried to export`, `to a bucket of`).
+    how: (&'static str, &'static str, &'static str),
+    /// The grantees outside.
+    outside: Vec<Grantee>,
+}
+
+/// Shared with someone: the words of the snapshots, images and shares.
+const SHARED_WITH: (&str, &str, &str) = ("shared", "tried to share", "with");
+
 /// The grantees an EC2 permission change adds: `{"add": {"items": [{"group": "all"},
 /// {"userId": "…"}]}}`, or the flat form (`operationType: add`, `userIds`, `groupNames`).
 fn ec2_added(params: &Value, permission: &str) -> Vec<Grantee> {
@@ -1034,11 +1126,13 @@ fn unshare_actions(
             "rds-snapshot",
             format!("snapshot:{id}"),
         ),
-        _ => (
+        "RDS cluster snapshot" => (
             ActionKind::UnshareSnapshot,
             "rds-cluster-snapshot",
             format!("cluster-snapshot:{id}"),
         ),
+        // Nothing else is taken back: remediate unshares snapshots and images only.
+        _ => return Vec::new(),
     };
     let (Some(account), Some(region)) = (a.account_id.as_deref(), a.region.as_deref()) else {
         return Vec::new();
@@ -1334,10 +1428,16 @@ impl Exposure {
         Exposure { cfg }
     }
 
-    /// What `a` shares out, when it does: (kind of resource, its id, the grantees outside).
-    fn shared_out(&self, a: &Activity) -> Option<(&'static str, String, Vec<Grantee>)> {
+    /// What `a` shares out, when it does: the resource and the grantees outside.
+    fn shared_out(&self, a: &Activity) -> Option<Shared> {
         let params = a.request_parameters.as_ref()?;
-        let text = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
+        let text = |k: &str| {
+            crate::policy::field_ci(params, k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let grantee = |k: &str| crate::policy::field_ci(params, k).and_then(grantee_of);
+        let mut how = SHARED_WITH;
         let (kind, id, grantees) = match (a.event_source.as_str(), a.event_name.as_str()) {
             ("ec2.amazonaws.com", "ModifySnapshotAttribute") => (
                 "EBS snapshot",
@@ -1376,6 +1476,70 @@ impl Exposure {
                 };
                 (kind, id, grantees)
             }
+            ("redshift.amazonaws.com", "AuthorizeSnapshotAccess") => (
+                "Redshift snapshot",
+                text("snapshotIdentifier").or_else(|| text("snapshotArn"))?,
+                grantee("accountWithRestoreAccess").into_iter().collect(),
+            ),
+            ("redshift.amazonaws.com", "AuthorizeDataShare") => (
+                "Redshift datashare",
+                text("dataShareArn")?,
+                grantee("consumerIdentifier").into_iter().collect(),
+            ),
+            // To a bucket of another account (the API asks for its owner then).
+            ("dynamodb.amazonaws.com", "ExportTableToPointInTime") => {
+                how = ("exported", "tried to export", "to a bucket of");
+                (
+                    "DynamoDB table",
+                    text("tableArn")?,
+                    grantee("s3BucketOwner").into_iter().collect(),
+                )
+            }
+            ("backup.amazonaws.com", "StartCopyJob") => {
+                how = ("copied", "tried to copy", "to a backup vault of");
+                (
+                    "recovery point",
+                    text("recoveryPointArn")?,
+                    grantee("destinationBackupVaultArn").into_iter().collect(),
+                )
+            }
+            // A plan whose rules copy every backup to a vault of another account.
+            ("backup.amazonaws.com", "CreateBackupPlan" | "UpdateBackupPlan") => {
+                how = ("set", "tried to set", "to copy backups to a vault of");
+                let plan = crate::policy::field_ci(params, "backupPlan");
+                let name = plan
+                    .and_then(|p| crate::policy::field_ci(p, "backupPlanName"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .or_else(|| text("backupPlanId"))
+                    .unwrap_or_else(|| "(unnamed)".to_string());
+                let mut vaults = Vec::new();
+                values_named(params, "destinationBackupVaultArn", 0, &mut vaults);
+                (
+                    "backup plan",
+                    name,
+                    vaults.into_iter().filter_map(grantee_of).collect(),
+                )
+            }
+            // Resource Access Manager: subnets, transit gateways, databases, catalogs…
+            ("ram.amazonaws.com", "CreateResourceShare" | "AssociateResourceShare") => (
+                "RAM resource share",
+                text("resourceShareArn").or_else(|| text("name"))?,
+                items(crate::policy::field_ci(params, "principals"))
+                    .into_iter()
+                    .filter_map(grantee_of)
+                    .collect(),
+            ),
+            ("lakeformation.amazonaws.com", "GrantPermissions" | "BatchGrantPermissions") => {
+                how = ("made a", "tried to make a", "to");
+                let mut principals = Vec::new();
+                values_named(params, "dataLakePrincipalIdentifier", 0, &mut principals);
+                (
+                    "Lake Formation grant on",
+                    lake_formation_resource(params),
+                    principals.into_iter().filter_map(grantee_of).collect(),
+                )
+            }
             _ => return None,
         };
         let own = a.account_id.as_deref();
@@ -1394,7 +1558,22 @@ impl Exposure {
                 }),
             })
             .collect();
-        (!outside.is_empty()).then_some((kind, id, outside))
+        // Each grantee once, however often the call names it.
+        let mut outside = outside;
+        let mut seen: Vec<Grantee> = Vec::new();
+        outside.retain(|g| {
+            let new = !seen.contains(g);
+            if new {
+                seen.push(g.clone());
+            }
+            new
+        });
+        (!outside.is_empty()).then_some(Shared {
+            kind,
+            id,
+            how,
+            outside,
+        })
     }
 
     /// An alert of `meta` about `a`'s principal (or `entity`).
@@ -1495,7 +1674,13 @@ impl Exposure {
         if !cfg.enabled || !requested_change(a) || allowed(&cfg.allow_principals, a) {
             return;
         }
-        let Some((kind, id, outside)) = self.shared_out(a) else {
+        let Some(Shared {
+            kind,
+            id,
+            how: (done, tried, to_whom),
+            outside,
+        }) = self.shared_out(a)
+        else {
             return;
         };
         let to: Vec<String> = outside
@@ -1506,17 +1691,14 @@ impl Exposure {
                 Grantee::Organization(arn) => format!("organization {arn}"),
             })
             .collect();
-        let verb = if a.outcome.is_success() {
-            "shared"
-        } else {
-            "tried to share"
-        };
-        let summary = format!("{} {verb} {kind} {id} with {}", who(a), to.join(", "));
+        let verb = if a.outcome.is_success() { done } else { tried };
+        let summary = format!("{} {verb} {kind} {id} {to_whom} {}", who(a), to.join(", "));
         // About the resource: two snapshots shared are two alerts, not one folded.
         let entity_kind = match kind {
             "EBS snapshot" => kinds::EBS_SNAPSHOT,
             "AMI" => kinds::AMI,
-            _ => kinds::RDS_SNAPSHOT,
+            "RDS snapshot" | "RDS cluster snapshot" => kinds::RDS_SNAPSHOT,
+            _ => "resource",
         };
         let entity = Entity {
             kind: entity_kind.into(),
@@ -2074,6 +2256,14 @@ impl EventPolicy for Exposure {
                 self.judge_outside_key(a, alerts);
             }
             "s3.amazonaws.com" => self.judge_outside_key(a, alerts),
+            "redshift.amazonaws.com"
+            | "dynamodb.amazonaws.com"
+            | "backup.amazonaws.com"
+            | "ram.amazonaws.com"
+            | "lakeformation.amazonaws.com" => {
+                self.judge_shared_out(a, alerts);
+                self.judge_blinding(a, alerts);
+            }
             "iam.amazonaws.com" => {
                 self.judge_credentials(a, alerts);
                 self.judge_granted_outside(a, alerts);
@@ -2362,6 +2552,185 @@ mod tests {
             ids(&run(&failed)),
             [("resource-shared-out", Severity::Medium)]
         );
+    }
+
+    #[test]
+    fn data_copied_or_shared_with_another_account() {
+        // Each call that hands data (or a way into the network) to another account, with
+        // what it names: (source, name, parameters, what the summary must name).
+        let outside = [
+            (
+                "redshift.amazonaws.com",
+                "AuthorizeSnapshotAccess",
+                json!({"snapshotIdentifier": "dw-2026-11", "accountWithRestoreAccess": "999999999999"}),
+                "Redshift snapshot dw-2026-11",
+            ),
+            (
+                "redshift.amazonaws.com",
+                "AuthorizeDataShare",
+                json!({"dataShareArn": "arn:aws:redshift:us-east-1:111111111111:datashare:ns-1/sales",
+                    "consumerIdentifier": "999999999999"}),
+                "Redshift datashare arn:aws:redshift:us-east-1:111111111111:datashare:ns-1/sales",
+            ),
+            (
+                "dynamodb.amazonaws.com",
+                "ExportTableToPointInTime",
+                json!({"tableArn": "arn:aws:dynamodb:us-east-1:111111111111:table/orders",
+                    "s3Bucket": "drop-zone", "s3BucketOwner": "999999999999",
+                    "exportFormat": "DYNAMODB_JSON"}),
+                "DynamoDB table arn:aws:dynamodb:us-east-1:111111111111:table/orders",
+            ),
+            (
+                "backup.amazonaws.com",
+                "StartCopyJob",
+                json!({"recoveryPointArn": "arn:aws:rds:us-east-1:111111111111:snapshot:awsbackup:job-1",
+                    "sourceBackupVaultName": "Default",
+                    "destinationBackupVaultArn": "arn:aws:backup:us-east-1:999999999999:backup-vault:drop",
+                    "iamRoleArn": "arn:aws:iam::111111111111:role/backup"}),
+                "recovery point arn:aws:rds:us-east-1:111111111111:snapshot:awsbackup:job-1",
+            ),
+            (
+                "backup.amazonaws.com",
+                "CreateBackupPlan",
+                json!({"backupPlan": {"backupPlanName": "nightly", "rules": [{"ruleName": "r",
+                    "targetBackupVaultName": "Default",
+                    "copyActions": [{"destinationBackupVaultArn":
+                        "arn:aws:backup:eu-west-1:999999999999:backup-vault:drop"}]}]}}),
+                "backup plan nightly",
+            ),
+            (
+                "ram.amazonaws.com",
+                "CreateResourceShare",
+                json!({"name": "net", "allowExternalPrincipals": true,
+                    "resourceArns": ["arn:aws:ec2:us-east-1:111111111111:subnet/subnet-1"],
+                    "principals": ["999999999999"]}),
+                "RAM resource share net",
+            ),
+            (
+                "ram.amazonaws.com",
+                "AssociateResourceShare",
+                json!({"resourceShareArn": "arn:aws:ram:us-east-1:111111111111:resource-share/abc",
+                    "principals": ["arn:aws:iam::999999999999:role/reader"]}),
+                "RAM resource share arn:aws:ram:us-east-1:111111111111:resource-share/abc",
+            ),
+            (
+                "lakeformation.amazonaws.com",
+                "GrantPermissions",
+                json!({"principal": {"dataLakePrincipalIdentifier": "999999999999"},
+                    "resource": {"table": {"databaseName": "sales", "name": "orders"}},
+                    "permissions": ["SELECT"], "permissionsWithGrantOption": ["SELECT"]}),
+                "Lake Formation grant",
+            ),
+        ];
+        let mut trusting = ExposurePolicies::default();
+        trusting.resource_shared_out.trusted_accounts = vec!["999999999999".into()];
+        for (source, name, params, names) in outside {
+            let shared = record(source, name, user("mallory"), params.clone(), false);
+            let alerts = run(&shared);
+            assert_eq!(
+                ids(&alerts),
+                [("resource-shared-out", Severity::High)],
+                "{name}"
+            );
+            let summary = &alerts[0].evidence.summary;
+            assert!(summary.contains(names), "{name}: {summary}");
+            assert!(
+                summary.contains("account 999999999999"),
+                "{name}: {summary}"
+            );
+            // About the resource, in the account it belongs to.
+            assert_eq!(alerts[0].entity.kind, "resource", "{name}");
+            assert!(alerts[0].entity.id.starts_with("111111111111/"), "{name}");
+            // Remediate takes back snapshots and images only: nothing but a notification
+            // is asked for here (never an unshare aimed at something else).
+            assert!(
+                alerts[0]
+                    .actions
+                    .iter()
+                    .all(|r| r.kind == ActionKind::Notify),
+                "{name}: {:?}",
+                alerts[0].actions
+            );
+            // A trusted account is inside.
+            let mut out = Vec::new();
+            Exposure::new(trusting.clone()).evaluate(&shared, &mut out);
+            assert!(out.is_empty(), "{name}: {out:?}");
+            // A refused attempt: one lower.
+            let refused = record(source, name, user("mallory"), params, true);
+            assert_eq!(
+                ids(&run(&refused)),
+                [("resource-shared-out", Severity::Medium)],
+                "{name}"
+            );
+        }
+        // The same calls kept inside the account, or naming no account at all.
+        let inside = [
+            (
+                "redshift.amazonaws.com",
+                "AuthorizeSnapshotAccess",
+                json!({"snapshotIdentifier": "dw", "accountWithRestoreAccess": "amazon-redshift-support"}),
+            ),
+            (
+                "redshift.amazonaws.com",
+                "AuthorizeDataShare",
+                json!({"dataShareArn": "arn:aws:redshift:us-east-1:111111111111:datashare:ns-1/sales",
+                    "consumerIdentifier": "ADX"}),
+            ),
+            (
+                "dynamodb.amazonaws.com",
+                "ExportTableToPointInTime",
+                json!({"tableArn": "arn:aws:dynamodb:us-east-1:111111111111:table/orders",
+                    "s3Bucket": "analytics"}),
+            ),
+            (
+                "dynamodb.amazonaws.com",
+                "ExportTableToPointInTime",
+                json!({"tableArn": "arn:aws:dynamodb:us-east-1:111111111111:table/orders",
+                    "s3Bucket": "analytics", "s3BucketOwner": "111111111111"}),
+            ),
+            (
+                "backup.amazonaws.com",
+                "StartCopyJob",
+                json!({"recoveryPointArn": "arn:aws:ec2:us-east-1::snapshot/snap-1",
+                    "destinationBackupVaultArn": "arn:aws:backup:eu-west-1:111111111111:backup-vault:dr"}),
+            ),
+            (
+                "ram.amazonaws.com",
+                "CreateResourceShare",
+                json!({"name": "net", "allowExternalPrincipals": false,
+                    "resourceArns": ["arn:aws:ec2:us-east-1:111111111111:subnet/subnet-1"]}),
+            ),
+            (
+                "lakeformation.amazonaws.com",
+                "GrantPermissions",
+                json!({"principal": {"dataLakePrincipalIdentifier":
+                        "arn:aws:iam::111111111111:role/analyst"},
+                    "resource": {"database": {"name": "sales"}}, "permissions": ["DESCRIBE"]}),
+            ),
+        ];
+        for (source, name, params) in inside {
+            let kept = record(source, name, user("dana"), params, false);
+            assert!(run(&kept).is_empty(), "{name}: {:?}", run(&kept));
+        }
+        // A share with the organization is inside it when the organization is trusted.
+        let org = "arn:aws:organizations::111111111111:organization/o-abc123";
+        let to_org = record(
+            "ram.amazonaws.com",
+            "CreateResourceShare",
+            user("dana"),
+            json!({"name": "tgw", "principals": [org],
+                "resourceArns": ["arn:aws:ec2:us-east-1:111111111111:transit-gateway/tgw-1"]}),
+            false,
+        );
+        assert_eq!(
+            ids(&run(&to_org)),
+            [("resource-shared-out", Severity::High)]
+        );
+        let mut own_org = ExposurePolicies::default();
+        own_org.resource_shared_out.trusted_organizations = vec![org.into()];
+        let mut out = Vec::new();
+        Exposure::new(own_org).evaluate(&to_org, &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
-use trailguard_common::contract::Alert;
+use trailguard_common::contract::{Alert, Severity};
 use trailguard_common::Activity;
 
 use crate::config::PoliciesConfig;
@@ -818,6 +818,15 @@ impl Detector {
         raised.extend(self.signin.observe(activity, offset, &mut self.closed));
         disarm_if_failed(&mut raised, activity, &self.act_on_failed);
         alerts.extend(raised);
+        // Several detections about this actor within the hour: one more, about them all.
+        if alerts.iter().any(|a| a.severity >= Severity::Medium) {
+            let mut sequence: Vec<Alert> = self
+                .judge_sequence(activity, offset, &alerts)
+                .into_iter()
+                .collect();
+            disarm_if_failed(&mut sequence, activity, &self.act_on_failed);
+            alerts.extend(sequence);
+        }
         // Inventory snapshots carry the time they were taken, not trail time: they must not
         // move the watermark of a backfill.
         if activity.principal.kind != kinds::TRAILGUARD
@@ -836,6 +845,28 @@ impl Detector {
             }
         }
         alerts
+    }
+
+    /// Adds what was raised about `activity` to its actor's sequence of detections (see
+    /// [`crate::anomaly::Anomalies::sequence`]): an `attack-sequence` alert when they complete
+    /// one. Only when this call applied the activity to the baseline: a replay of what a
+    /// restored baseline holds has its detections there already, and what they completed
+    /// was published before the save.
+    fn judge_sequence(
+        &mut self,
+        activity: &Activity,
+        offset: Offset,
+        alerts: &[Alert],
+    ) -> Option<Alert> {
+        if activity.principal.kind == kinds::TRAILGUARD {
+            return None;
+        }
+        let key = baseline_key(activity);
+        let state = self.principals.get_mut(key.as_ref())?;
+        if state.offset != offset.saturating_add(1) {
+            return None;
+        }
+        self.anomalies.sequence(state, activity, alerts)
     }
 
     /// Judges `activity` for an unusual region, now if the facts allow, else holds it (also

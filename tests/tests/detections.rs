@@ -506,7 +506,8 @@ async fn people_behind_role_sessions() -> Result<()> {
 /// user and quiet for a colleague who keeps working as usual: `unusual-admin-activity` (80
 /// administrative calls within an hour from someone who makes two an hour),
 /// `storage-deletion` (six buckets deleted in minutes by someone who deletes an object a day)
-/// and `vm-creation` (one `RunInstances` of 15 instances from someone who launches one a day).
+/// and `vm-creation` (one `RunInstances` of 15 instances from someone who launches one a day)
+/// — and, being several detections about one actor within the hour, `attack-sequence`.
 #[tokio::test(flavor = "multi_thread")]
 async fn bursts_after_a_week_of_ordinary_work() -> Result<()> {
     let run = Run::new("bursts")?;
@@ -605,7 +606,13 @@ async fn bursts_after_a_week_of_ordinary_work() -> Result<()> {
     records.sort_by_key(|r| r["eventTime"].as_str().unwrap_or_default().to_string());
     run.ingest_records(&records)?;
     let detect = run.spawn("detect", &[])?;
-    let want = ["unusual-admin-activity", "storage-deletion", "vm-creation"];
+    // Together they are one actor's attack within the hour, too.
+    let want = [
+        "unusual-admin-activity",
+        "storage-deletion",
+        "vm-creation",
+        "attack-sequence",
+    ];
     let alerts = alerts_until(&run, detect, &want, Duration::from_secs(5))?;
     let grace = "arn:aws:iam::123456789012:user/grace";
     for policy in want {

@@ -285,6 +285,11 @@ async fn replay_gives_exact_alerts_actions_and_dead_letters() -> Result<()> {
         ("outside-key-encryption high", 1),
         ("resource-shared-out medium", 2),
         ("defense-evasion high", 3),
+        // Three different detections about one actor within an hour: the compromised-root
+        // capture (CloudTrail changed, root used, a call it never made), and two of Panther's
+        // fixture actors whose tests all sit at one instant (CloudTrail stopped and a defence
+        // off; a share out, a network ACL and a policy change).
+        ("attack-sequence high", 3),
         // (medium: 4 since Bedrock's invocation logging deleted is a defence off — Panther's
         // "dr.evil" fixture.)
         ("defense-evasion medium", 4),

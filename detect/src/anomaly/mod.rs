@@ -36,7 +36,10 @@ mod dormant;
 pub(crate) use dormant::may_be_dormant;
 mod mfa;
 mod rates;
+mod sequence;
 mod terminated;
+mod thin_str;
+pub use thin_str::ThinStr;
 mod travel;
 
 pub use travel::haversine_km;
@@ -204,6 +207,10 @@ pub struct AnomalyConfig {
     /// Many different secrets, decrypted parameters, instance passwords or user data read
     /// within ten minutes: credentials dumped.
     pub credential_access_burst: DetectionConfig,
+    /// Several different detections (at least `medium`) about one actor within an hour:
+    /// three at `medium` sensitivity, four at `low`, two at `high` (see
+    /// `detect/src/anomaly/sequence.rs`).
+    pub attack_sequence: DetectionConfig,
     /// Speeds, distances, memory sizes and floors (see [`AnomalyTuning`]).
     pub tuning: AnomalyTuning,
 }
@@ -236,6 +243,7 @@ impl Default for AnomalyConfig {
             discovery_burst: DetectionConfig::default(),
             mfa_skipped: DetectionConfig::default(),
             credential_access_burst: DetectionConfig::default(),
+            attack_sequence: DetectionConfig::default(),
             tuning: AnomalyTuning::default(),
         }
     }
@@ -382,6 +390,11 @@ meta!(
     CREDENTIAL_BURST,
     "credential-access-burst",
     "Many secrets read in minutes"
+);
+meta!(
+    ATTACK_SEQUENCE,
+    "attack-sequence",
+    "Several detections about one actor within an hour"
 );
 meta!(
     MFA_SKIPPED,
@@ -716,8 +729,8 @@ pub struct PrincipalState {
     #[serde(rename = "i", default, skip_serializing_if = "ActivityId::is_empty")]
     pub last_id: ActivityId,
     /// Access key of the latest activity, when it had one.
-    #[serde(rename = "k", default, skip_serializing_if = "str::is_empty")]
-    pub last_key: Box<str>,
+    #[serde(rename = "k", default, skip_serializing_if = "ThinStr::is_empty")]
+    pub last_key: ThinStr,
     /// Classified calls made successfully (stable keys of [`crate::tactics::TABLE`]'s rows,
     /// [`crate::tactics::call_key`]), sorted.
     #[serde(rename = "ak", default, skip_serializing_if = "ThinVec::is_empty")]
@@ -785,6 +798,9 @@ pub struct PrincipalState {
     /// Alerts of the event-driven policies whose repeats are being folded in.
     #[serde(rename = "g", default, skip_serializing_if = "ThinVec::is_empty")]
     pub folds: ThinVec<crate::fold::Fold>,
+    /// The detections about the actor in the last hour, one per policy (`attack-sequence`).
+    #[serde(rename = "sq", default, skip_serializing_if = "ThinVec::is_empty")]
+    sequence: ThinVec<sequence::Detected>,
     /// Countries new to the actor whose judgement waits for the organization's counts.
     #[serde(rename = "w", default, skip_serializing_if = "ThinVec::is_empty")]
     pub pending: ThinVec<PendingCountry>,
@@ -929,7 +945,7 @@ impl PrincipalState {
         }
         std::mem::size_of::<Self>()
             + self.last_id.heap_size()
-            + self.last_key.len()
+            + self.last_key.heap_size()
             + list(&self.countries)
             + self
                 .countries
@@ -970,6 +986,8 @@ impl PrincipalState {
             + list(&self.agents)
             + list(&self.discovery)
             + list(&self.secrets)
+            + list(&self.sequence)
+            + self.sequence.iter().map(|x| x.heap_size()).sum::<usize>()
             + list(&self.pending)
             + self
                 .pending
@@ -1107,7 +1125,7 @@ impl Anomalies {
         if acted && (t >= st.last_seen || !has_acted) {
             st.last_id = ActivityId::new(&a.id);
             let key = a.principal.access_key_id.as_deref().unwrap_or("");
-            if *st.last_key != *key {
+            if st.last_key.as_bytes() != key.as_bytes() {
                 st.last_key = key.into();
             }
         }
@@ -2067,7 +2085,7 @@ mod layout_tests {
         let state: PrincipalState = serde_json::from_str(saved)?;
         assert_eq!(state.rates[0].hour, 476_304);
         assert_eq!(state.refusals, (476_304, 9, 5));
-        assert_eq!(&*state.last_key, "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(state.last_key.as_str(), "AKIAIOSFODNN7EXAMPLE");
         assert_eq!(serde_json::to_string(&state)?, saved);
         // Out of the narrower range (no version wrote these; a forged or damaged record):
         // saturated, not refused.

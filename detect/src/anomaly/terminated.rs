@@ -113,7 +113,7 @@ impl Anomalies {
         }
         // A deactivated key counts only if it is the key the principal last used.
         if let Some(key) = fact_key.strip_prefix("key:") {
-            if *st.last_key != *key {
+            if st.last_key.as_bytes() != key.as_bytes() {
                 return None;
             }
         }

@@ -120,6 +120,7 @@ pub fn builtin_policies() -> Vec<&'static crate::policy::PolicyMeta<'static>> {
         &crate::anomaly::DISCOVERY_BURST,
         &crate::anomaly::CREDENTIAL_BURST,
         &crate::anomaly::MFA_SKIPPED,
+        &crate::anomaly::ATTACK_SEQUENCE,
         &crate::facts::TERMINATED_USER,
         &crate::facts::UNUSUAL_REGION,
     ]);
@@ -136,8 +137,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
         assert_eq!(
-            count, 37,
-            "6 built-in, 7 exposure, 8 templates, 16 anomaly detections"
+            count, 38,
+            "6 built-in, 7 exposure, 8 templates, 17 anomaly detections"
         );
     }
 }

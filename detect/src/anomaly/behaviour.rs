@@ -37,6 +37,10 @@ const CHAIN_SECS: i64 = 3600;
 const OTHER_ALERT_SECS: i64 = 6 * 3600;
 /// Refused calls in an hour from which a refusal ratio of one half counts as probing.
 const PROBING_REFUSALS: u16 = 5;
+/// Calls weakening defences that the actor never made, within [`CHAIN_SECS`], that are a
+/// spree: the alerting pipeline taken apart (rules, alarms, subscriptions, topics, filters)
+/// piece by piece, each piece too common alone to be high.
+const DEFENCE_SPREE: usize = 3;
 
 /// One step of a ten-minute window of distinct things (`(key, last time, refused)`, at most
 /// `cap`, oldest dropped first): the window ends at the newest time seen, so a record arriving
@@ -282,6 +286,19 @@ impl Anomalies {
         }
         super::room_for_one(&mut st.api_unusual);
         st.api_unusual.push((tactic as u8, t));
+        // Defences taken apart one after another from a network or with a tool the actor
+        // never used: high, whatever each weighs alone. (From where it always works, the same
+        // calls are what a Terraform run replacing rules and alarms makes.)
+        let strange = seen.learned && (new_network || new_agent);
+        let spree = if tactic == Tactic::DefenseEvasion && strange {
+            st.api_unusual
+                .iter()
+                .filter(|(other, _)| *other == tactic as u8)
+                .count()
+        } else {
+            0
+        };
+        let spree = (spree >= DEFENCE_SPREE).then_some(spree);
         let learned = seen.learned;
         let mut score = u32::from(weight);
         let mut why = Vec::new();
@@ -333,10 +350,20 @@ impl Anomalies {
             Sensitivity::Medium => 5,
             Sensitivity::High => 4,
         };
-        if score < threshold || !self.on(d, a) {
+        if let Some(n) = spree {
+            why.push(format!(
+                "{n} calls weakening defences it never made within an hour"
+            ));
+        }
+        if (score < threshold && spree.is_none()) || !self.on(d, a) {
             return;
         }
-        if !self.may_fire(st, format!("api|{}", tactic as u8), t) {
+        // A spree fires once more (high) after the tactic's own alert of the day.
+        let quiet = match spree {
+            Some(_) => format!("api-spree|{}", tactic as u8),
+            None => format!("api|{}", tactic as u8),
+        };
+        if !self.may_fire(st, quiet, t) {
             return;
         }
         // Accelerated compute is named with what was asked for, and is resource hijacking.
@@ -369,7 +396,7 @@ impl Anomalies {
             if why.is_empty() { "" } else { "; " },
             why.join("; ")
         );
-        let severity = if score + u32::from(org_rare) >= 7 {
+        let severity = if spree.is_some() || score + u32::from(org_rare) >= 7 {
             Severity::High
         } else {
             Severity::Medium
@@ -740,6 +767,99 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn defences_dismantled_in_a_spree_are_high() {
+        let an = Anomalies::new(AnomalyConfig::default(), false);
+        let mut census = crate::census::Census::default();
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        // From home with the usual CLI: each is a defence-evasion call alice never made.
+        let spree = [
+            ("events.amazonaws.com", "DisableRule"),
+            ("monitoring.amazonaws.com", "DeleteAlarms"),
+            ("logs.amazonaws.com", "DeleteSubscriptionFilter"),
+            ("sns.amazonaws.com", "DeleteTopic"),
+        ];
+        let run = |ip: &str, ua: &str| {
+            let mut st = PrincipalState::default();
+            let mut census = crate::census::Census::default();
+            ordinary(&an, &mut st, &mut census);
+            let mut raised = Vec::new();
+            for (i, (source, name)) in spree.into_iter().enumerate() {
+                let a = call(9 * DAY + 60 * i as i64, source, name, ip, ua, false);
+                raised.extend(
+                    fired(
+                        &an.observe(&mut st, &mut census, &a),
+                        "unusual-api-behaviour",
+                    )
+                    .into_iter()
+                    .map(|x| (x.severity, x.evidence.summary.clone())),
+                );
+            }
+            raised
+        };
+        // From a network and tool it never used the first is medium already (one per tactic
+        // a day); the third within the hour is high, once.
+        let raised = run("203.0.113.9", "Boto3/1.34.0");
+        let severities: Vec<Severity> = raised.iter().map(|(s, _)| *s).collect();
+        assert_eq!(severities, [Severity::Medium, Severity::High], "{raised:?}");
+        assert!(
+            raised[1].1.contains("3 calls weakening defences"),
+            "{}",
+            raised[1].1
+        );
+        // A new network alone is enough.
+        let raised = run("203.0.113.9", CLI);
+        assert_eq!(
+            raised.last().map(|r| r.0),
+            Some(Severity::High),
+            "{raised:?}"
+        );
+        // From where it always works, with its usual tool, the same calls are what a
+        // Terraform run replacing rules and alarms makes: no spree.
+        let raised = run(HOME, CLI);
+        assert!(raised.iter().all(|r| r.0 != Severity::High), "{raised:?}");
+        // The same three a day apart each: no spree.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut apart = Vec::new();
+        for (i, (source, name)) in spree.into_iter().take(3).enumerate() {
+            let a = call(9 * DAY + 2 * DAY * i as i64, source, name, HOME, CLI, false);
+            apart.extend(
+                fired(
+                    &an.observe(&mut st, &mut census, &a),
+                    "unusual-api-behaviour",
+                )
+                .into_iter()
+                .map(|x| x.severity),
+            );
+        }
+        assert!(!apart.contains(&Severity::High), "{apart:?}");
+        // Three calls of another tactic within the hour are not a spree of this kind.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut other = Vec::new();
+        for (i, (source, name)) in [
+            ("iam.amazonaws.com", "CreateUser"),
+            ("iam.amazonaws.com", "CreateLoginProfile"),
+            ("iam.amazonaws.com", "CreateAccessKey"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let a = call(9 * DAY + 60 * i as i64, source, name, HOME, CLI, false);
+            other.extend(
+                fired(
+                    &an.observe(&mut st, &mut census, &a),
+                    "unusual-api-behaviour",
+                )
+                .into_iter()
+                .map(|x| x.severity),
+            );
+        }
+        assert!(!other.contains(&Severity::High), "{other:?}");
     }
 
     #[test]

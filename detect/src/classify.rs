@@ -117,7 +117,17 @@ pub(crate) fn is_interactive(a: &Activity) -> bool {
     a.user_agent
         .as_deref()
         .zip(agents)
-        .is_some_and(|(agent, agents)| agents.is_match(agent))
+        .is_some_and(|(agent, agents)| agents.is_match(agent) && !in_aws_runtime(agent))
+}
+
+/// A command line or SDK running inside AWS — CloudShell, a Lambda function, a container, a
+/// build — says so in its agent (`exec-env/`, from `AWS_EXECUTION_ENV`): the address is the
+/// runtime's, not where the person at the keyboard is.
+fn in_aws_runtime(agent: &str) -> bool {
+    agent
+        .as_bytes()
+        .windows(b"exec-env/".len())
+        .any(|w| w.eq_ignore_ascii_case(b"exec-env/"))
 }
 
 /// What the user agents of the console and the command line hold (ASCII case aside), found
@@ -455,6 +465,11 @@ mod tests {
             "aws-cli",
             "aws-internal/2",
             "",
+            // A command line running inside AWS (CloudShell, a Lambda function, a build):
+            // its address is the runtime's, not where the person sits.
+            "aws-cli/2.18.5 md/awscrt#0.21.5 ua/2.0 os/linux#6.1 lang/python#3.12.6 exec-env/CloudShell cfg/retry-mode#standard",
+            "aws-cli/2.15.0 Python/3.11 Linux/5.10 exec-env/AWS_ECS_FARGATE",
+            "AWS-CLI/1.32.0 Python/3.9 EXEC-ENV/CodeBuild",
         ] {
             assert!(!with(Some(agent), serde_json::json!({})), "{agent}");
         }

@@ -68,6 +68,10 @@ pub type Baselines =
 pub struct Detector {
     /// The policies that judge each activity on its own (see [`PoliciesConfig::event_policies`]).
     event_policies: Vec<Box<dyn crate::policy::EventPolicy>>,
+    /// Whether the activity being observed was applied to its actor's baseline (not a
+    /// replay of one a restored baseline holds): only then is it added to the actor's
+    /// sequence of detections.
+    applied_now: bool,
     signin: SigninFailures,
     /// Out-of-order tolerance: state is kept this long past the end of its window.
     lateness: Duration,
@@ -219,6 +223,7 @@ impl Detector {
             census_days: std::collections::BTreeSet::new(),
             census_to_save: std::collections::BTreeSet::new(),
             held_countries: std::collections::BTreeSet::new(),
+            applied_now: false,
             dirty: std::collections::HashSet::default(),
             state_ttl: Duration::from_std(cfg.anomaly.state_ttl).unwrap_or(Duration::days(180)),
             max_baselines: cfg.anomaly.max_baselines.max(1),
@@ -686,6 +691,7 @@ impl Detector {
             }
         }
         state.offset = offset + 1;
+        self.applied_now = true;
         // A learned actor's classified calls teach its peer groups, and the organization's,
         // what their members do — only its own successful ones, and not one just judged
         // unusual (a compromised member must not vouch for the calls of the identities its
@@ -802,6 +808,7 @@ impl Detector {
         facts: &mut Facts,
     ) -> Vec<Alert> {
         self.next_offset = self.next_offset.max(offset.saturating_add(1));
+        self.applied_now = false;
         let mut matched = Vec::new();
         for policy in &self.event_policies {
             policy.evaluate(activity, &mut matched);
@@ -861,11 +868,12 @@ impl Detector {
         if activity.principal.kind == kinds::TRAILGUARD {
             return None;
         }
-        let key = baseline_key(activity);
-        let state = self.principals.get_mut(key.as_ref())?;
-        if state.offset != offset.saturating_add(1) {
+        if !self.applied_now {
             return None;
         }
+        let key = baseline_key(activity);
+        let state = self.principals.get_mut(key.as_ref())?;
+        debug_assert_eq!(state.offset, offset.saturating_add(1));
         self.anomalies.sequence(state, activity, alerts)
     }
 
@@ -948,19 +956,35 @@ impl Detector {
             };
             let pending = state.pending.remove(i);
             crate::anomaly::release_if_empty(&mut state.pending);
-            out.extend(self.anomalies.decide_country(state, pending, &facts.census));
+            let activity = pending.activity().clone();
+            if let Some(alert) = self.anomalies.decide_country(state, pending, &facts.census) {
+                // As for a held region (see `raise_region`).
+                let sequence =
+                    self.anomalies
+                        .sequence(state, &activity, std::slice::from_ref(&alert));
+                out.push(alert);
+                out.extend(sequence);
+            }
             self.dirty.insert(key);
         }
         out
     }
 
     /// The unusual-region alert for `activity`, suppressed as the principal's state says.
-    fn raise_region(&mut self, activity: &Activity, why: String) -> Option<Alert> {
+    fn raise_region(&mut self, activity: &Activity, why: String) -> Vec<Alert> {
         let key = baseline_key(activity).into_owned();
         let state = self.principals.entry(key.clone()).or_default();
-        let alert = self.anomalies.unusual_region(state, activity, why)?;
+        let Some(alert) = self.anomalies.unusual_region(state, activity, why) else {
+            return Vec::new();
+        };
+        // Decided now or after waiting for the organization's facts, it joins the actor's
+        // sequence of detections all the same (by event time): how soon the facts came does
+        // not decide whether a sequence is raised.
+        let sequence = self
+            .anomalies
+            .sequence(state, activity, std::slice::from_ref(&alert));
         self.dirty.insert(key);
-        Some(alert)
+        std::iter::once(alert).chain(sequence).collect()
     }
 
     /// How many held activities were judged before their facts were complete since the last

@@ -941,7 +941,7 @@ fn lower(severity: Severity) -> Severity {
 }
 
 /// `group: all` or a `userId` in a permission list (`{"items": [...]}`, a list, or one).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Grantee {
     Everyone,
     Account(String),
@@ -1035,6 +1035,12 @@ fn lake_formation_resource(params: &Value) -> String {
     }
     "a Data Catalog resource".to_string()
 }
+
+/// Most grantees read from one share (a list of principals is the caller's to make long).
+const MOST_GRANTEES: usize = 1_000;
+
+/// Most grantees named in a summary; the rest are counted.
+const NAMED_GRANTEES: usize = 10;
 
 /// What a call shares out, as [`Exposure::shared_out`] finds it.
 struct Shared {
@@ -1522,14 +1528,22 @@ impl Exposure {
                 )
             }
             // Resource Access Manager: subnets, transit gateways, databases, catalogs…
-            ("ram.amazonaws.com", "CreateResourceShare" | "AssociateResourceShare") => (
-                "RAM resource share",
-                text("resourceShareArn").or_else(|| text("name"))?,
-                items(crate::policy::field_ci(params, "principals"))
-                    .into_iter()
-                    .filter_map(grantee_of)
-                    .collect(),
-            ),
+            // A share that allows no external principals reaches only the organization's own
+            // accounts (RAM refuses the others).
+            ("ram.amazonaws.com", "CreateResourceShare" | "AssociateResourceShare")
+                if crate::policy::field_ci(params, "allowExternalPrincipals")
+                    .is_none_or(|v| v.as_bool() != Some(false)) =>
+            {
+                (
+                    "RAM resource share",
+                    text("resourceShareArn").or_else(|| text("name"))?,
+                    items(crate::policy::field_ci(params, "principals"))
+                        .into_iter()
+                        .take(MOST_GRANTEES)
+                        .filter_map(grantee_of)
+                        .collect(),
+                )
+            }
             ("lakeformation.amazonaws.com", "GrantPermissions" | "BatchGrantPermissions") => {
                 how = ("made a", "tried to make a", "to");
                 let mut principals = Vec::new();
@@ -1558,16 +1572,11 @@ impl Exposure {
                 }),
             })
             .collect();
-        // Each grantee once, however often the call names it.
+        // Each grantee once, however often the call names it (the lists are cut to
+        // `MOST_GRANTEES` where they are read).
         let mut outside = outside;
-        let mut seen: Vec<Grantee> = Vec::new();
-        outside.retain(|g| {
-            let new = !seen.contains(g);
-            if new {
-                seen.push(g.clone());
-            }
-            new
-        });
+        let mut seen: std::collections::HashSet<Grantee> = std::collections::HashSet::new();
+        outside.retain(|g| seen.insert(g.clone()));
         (!outside.is_empty()).then_some(Shared {
             kind,
             id,
@@ -1683,14 +1692,18 @@ impl Exposure {
         else {
             return;
         };
-        let to: Vec<String> = outside
+        let mut to: Vec<String> = outside
             .iter()
+            .take(NAMED_GRANTEES)
             .map(|g| match g {
                 Grantee::Everyone => "everyone (public)".to_string(),
                 Grantee::Account(id) => format!("account {id}"),
                 Grantee::Organization(arn) => format!("organization {arn}"),
             })
             .collect();
+        if outside.len() > NAMED_GRANTEES {
+            to.push(format!("{} more", outside.len() - NAMED_GRANTEES));
+        }
         let verb = if a.outcome.is_success() { done } else { tried };
         let summary = format!("{} {verb} {kind} {id} {to_whom} {}", who(a), to.join(", "));
         // About the resource: two snapshots shared are two alerts, not one folded.
@@ -2712,6 +2725,35 @@ mod tests {
             let kept = record(source, name, user("dana"), params, false);
             assert!(run(&kept).is_empty(), "{name}: {:?}", run(&kept));
         }
+        // A share that allows no external principals names only the organization's accounts
+        // (RAM refuses others), whatever it lists.
+        let internal = record(
+            "ram.amazonaws.com",
+            "CreateResourceShare",
+            user("dana"),
+            json!({"name": "net", "allowExternalPrincipals": false,
+                "resourceArns": ["arn:aws:ec2:us-east-1:111111111111:subnet/subnet-1"],
+                "principals": ["222222222222", "333333333333"]}),
+            false,
+        );
+        assert!(run(&internal).is_empty(), "{:?}", run(&internal));
+        // A hostile list of principals: read up to a bound, the summary names ten.
+        let many: Vec<String> = (0..5_000)
+            .map(|i| format!("{:012}", 900_000_000_000u64 + i))
+            .collect();
+        let flood = record(
+            "ram.amazonaws.com",
+            "AssociateResourceShare",
+            user("mallory"),
+            json!({"resourceShareArn": "arn:aws:ram:us-east-1:111111111111:resource-share/x",
+                "principals": many}),
+            false,
+        );
+        let alerts = run(&flood);
+        assert_eq!(ids(&alerts), [("resource-shared-out", Severity::High)]);
+        let summary = &alerts[0].evidence.summary;
+        assert!(summary.ends_with("990 more"), "{summary}");
+        assert!(summary.len() < 1_000, "{}", summary.len());
         // A share with the organization is inside it when the organization is trusted.
         let org = "arn:aws:organizations::111111111111:organization/o-abc123";
         let to_org = record(

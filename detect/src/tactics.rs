@@ -751,9 +751,12 @@ pub const ALARM_ACTIONS_OFF: Row = row(
     3,
 );
 
-/// A CodeBuild build told to run another buildspec or other code than its project's
-/// (`buildspecOverride`, `sourceLocationOverride`): the project's role runs whatever the
-/// caller wrote — a pipeline poisoned without changing the pipeline.
+/// A CodeBuild build told to run another buildspec, other code or another image than its
+/// project's, or opened to an interactive session (`buildspecOverride`,
+/// `sourceLocationOverride`, `secondarySourcesOverride`, `imageOverride`,
+/// `debugSessionEnabled`): the project's role runs whatever the caller wrote — a pipeline
+/// poisoned without changing the pipeline. (A branch carrying its own buildspec, named by
+/// `sourceVersion`, is not told apart from an ordinary build.)
 pub const BUILD_OVERRIDDEN: Row = row(
     "codebuild.amazonaws.com",
     "build with its buildspec or source overridden",
@@ -837,21 +840,30 @@ fn alarm_actions_off(a: &Activity) -> Option<&'static Row> {
 }
 
 fn build_overridden(a: &Activity) -> Option<&'static Row> {
-    ["buildspecOverride", "sourceLocationOverride"]
-        .iter()
-        .any(|k| {
-            param(a, k)
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(|v| !v.trim().is_empty())
-        })
-        .then_some(&BUILD_OVERRIDDEN)
+    use serde_json::Value;
+    let given = |k: &str| match param(a, k) {
+        Some(Value::String(v)) => !v.trim().is_empty(),
+        Some(Value::Array(v)) => !v.is_empty(),
+        Some(Value::Object(v)) => !v.is_empty(),
+        _ => false,
+    };
+    let overridden = [
+        "buildspecOverride",
+        "sourceLocationOverride",
+        "secondarySourcesOverride",
+        "imageOverride",
+    ]
+    .iter()
+    .any(|k| given(k))
+        || is_true(param(a, "debugSessionEnabled"));
+    overridden.then_some(&BUILD_OVERRIDDEN)
 }
 
-/// Accounts AWS publishes its own Lambda layers from (in the commercial regions): Lambda
-/// Insights, the Parameters and Secrets extension, the AWS Distro for OpenTelemetry,
-/// Powertools for AWS Lambda, the AppConfig extension. A layer of one of them is AWS's code,
-/// not another account's. (Layers AWS publishes from other accounts — newer regions, other
-/// extensions — count as foreign: once per actor, as any first use.)
+/// Accounts AWS publishes its own Lambda layers from: Lambda Insights (most regions), the
+/// Parameters and Secrets extension and the AppConfig extension (in `us-east-1`; other
+/// regions have their own accounts), the AWS Distro for OpenTelemetry and Powertools for AWS
+/// Lambda. A layer of one of them is AWS's code, not another account's. Layers AWS publishes
+/// from other accounts count as foreign: once per actor, as any first use.
 const AWS_LAYER_ACCOUNTS: &[&str] = &[
     "580247275435",
     "177933569100",
@@ -1633,6 +1645,18 @@ mod tests {
         assert_eq!(classified(codebuild, "StartBuild", plain), None);
         let empty = json!({"projectName": "release", "buildspecOverride": ""});
         assert_eq!(classified(codebuild, "StartBuild", empty), None);
+        for other in [
+            json!({"projectName": "release", "imageOverride": "attacker/image:latest"}),
+            json!({"projectName": "release", "debugSessionEnabled": true}),
+            json!({"projectName": "release", "secondarySourcesOverride": [{"type": "S3",
+                "location": "bucket/x.zip", "sourceIdentifier": "s2"}]}),
+        ] {
+            assert_eq!(
+                classified(codebuild, "StartBuild", other.clone()),
+                derived(&BUILD_OVERRIDDEN),
+                "{other}"
+            );
+        }
         // A Lambda layer of another account put under a function (its code runs in the
         // function, with its role); the account's own layers are the function's.
         let foreign = json!({"functionName": "billing",

@@ -41,6 +41,9 @@ const PROBING_REFUSALS: u16 = 5;
 /// spree: the alerting pipeline taken apart (rules, alarms, subscriptions, topics, filters)
 /// piece by piece, each piece too common alone to be high.
 const DEFENCE_SPREE: usize = 3;
+/// Set on the tactic of a refused call in the actor's recent unusual calls (tactics are
+/// below 8).
+const REFUSED_MARK: u8 = 0x80;
 
 /// One step of a ten-minute window of distinct things (`(key, last time, refused)`, at most
 /// `cap`, oldest dropped first): the window ends at the newest time seen, so a record arriving
@@ -280,17 +283,20 @@ impl Anomalies {
         let chained = st
             .api_unusual
             .iter()
-            .any(|(other, _)| *other != tactic as u8);
+            .any(|(other, _)| other & !REFUSED_MARK != tactic as u8);
         if st.api_unusual.len() >= 8 {
             st.api_unusual.remove(0);
         }
         super::room_for_one(&mut st.api_unusual);
-        st.api_unusual.push((tactic as u8, t));
+        // A refused call is marked: never learned, the same one tried again would count again.
+        st.api_unusual
+            .push((tactic as u8 | if failed { REFUSED_MARK } else { 0 }, t));
         // Defences taken apart one after another from a network or with a tool the actor
         // never used: high, whatever each weighs alone. (From where it always works, the same
         // calls are what a Terraform run replacing rules and alarms makes.)
         let strange = seen.learned && (new_network || new_agent);
-        let spree = if tactic == Tactic::DefenseEvasion && strange {
+        // Only calls that succeeded (each learned once made, so each a different call).
+        let spree = if tactic == Tactic::DefenseEvasion && strange && !failed {
             st.api_unusual
                 .iter()
                 .filter(|(other, _)| *other == tactic as u8)
@@ -821,12 +827,42 @@ mod tests {
         // Terraform run replacing rules and alarms makes: no spree.
         let raised = run(HOME, CLI);
         assert!(raised.iter().all(|r| r.0 != Severity::High), "{raised:?}");
+        // The same call refused three times is one call tried, not a spree.
+        let mut st = PrincipalState::default();
+        ordinary(&an, &mut st, &mut census);
+        let mut refused = Vec::new();
+        for i in 0..3 {
+            let a = call(
+                9 * DAY + 60 * i,
+                "monitoring.amazonaws.com",
+                "DeleteAlarms",
+                "203.0.113.9",
+                CLI,
+                true,
+            );
+            refused.extend(
+                fired(
+                    &an.observe(&mut st, &mut census, &a),
+                    "unusual-api-behaviour",
+                )
+                .into_iter()
+                .map(|x| x.severity),
+            );
+        }
+        assert!(!refused.contains(&Severity::High), "{refused:?}");
         // The same three a day apart each: no spree.
         let mut st = PrincipalState::default();
         ordinary(&an, &mut st, &mut census);
         let mut apart = Vec::new();
         for (i, (source, name)) in spree.into_iter().take(3).enumerate() {
-            let a = call(9 * DAY + 2 * DAY * i as i64, source, name, HOME, CLI, false);
+            let a = call(
+                9 * DAY + 2 * DAY * i as i64,
+                source,
+                name,
+                "203.0.113.9",
+                "Boto3/1.34.0",
+                false,
+            );
             apart.extend(
                 fired(
                     &an.observe(&mut st, &mut census, &a),
@@ -849,7 +885,14 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let a = call(9 * DAY + 60 * i as i64, source, name, HOME, CLI, false);
+            let a = call(
+                9 * DAY + 60 * i as i64,
+                source,
+                name,
+                "203.0.113.9",
+                "Boto3/1.34.0",
+                false,
+            );
             other.extend(
                 fired(
                     &an.observe(&mut st, &mut census, &a),

@@ -41,6 +41,9 @@ pub struct Detected {
     /// Its activity.
     #[serde(rename = "i")]
     activity: ActivityId,
+    /// Its activity's principal (hashed): one actor may act as several.
+    #[serde(rename = "w", default)]
+    principal: u32,
 }
 
 impl Detected {
@@ -60,30 +63,36 @@ impl Anomalies {
         raised: &[Alert],
     ) -> Option<Alert> {
         let d = &self.cfg.attack_sequence;
-        if !self.on(d, a) {
+        // A refused call, or a record anyone can cause by typing a name (a failed or
+        // prompted sign-in), is not the actor acting: counted, it would let anyone plant
+        // detections on someone else's sequence.
+        if !self.on(d, a) || !a.outcome.is_success() || crate::classify::names_only(a) {
             return None;
         }
         let t = a.event_time.timestamp();
-        st.sequence.retain(|x| x.time > t - WINDOW);
+        let principal = super::behaviour::hash(&[&a.principal.key()]);
+        // Kept while they may still share an hour with a later activity (read in order) or
+        // with this one.
+        st.sequence.retain(|x| x.time > t - 2 * WINDOW);
+        let mut added = false;
         for alert in raised {
-            if alert.severity < Severity::Medium
-                || alert.policy_id == ATTACK_SEQUENCE.id
-                || !alert.evidence.activity_ids.contains(&a.id)
-            {
+            if !about_this(alert, a) {
                 continue;
             }
+            added = true;
             match st
                 .sequence
                 .iter_mut()
                 .find(|x| *x.policy == *alert.policy_id)
             {
-                Some(x) => {
-                    if t >= x.time {
-                        x.time = t;
-                        x.activity = ActivityId::new(&a.id);
-                    }
-                    x.severity = x.severity.max(alert.severity);
+                // The newest of a policy: what is nearest the activities that follow.
+                Some(x) if t >= x.time => {
+                    x.time = t;
+                    x.activity = ActivityId::new(&a.id);
+                    x.principal = principal;
+                    x.severity = alert.severity;
                 }
+                Some(_) => {}
                 None => {
                     if st.sequence.len() >= KEPT {
                         if let Some(oldest) =
@@ -92,29 +101,65 @@ impl Anomalies {
                             st.sequence.remove(oldest);
                         }
                     }
+                    super::room_for_one(&mut st.sequence);
                     st.sequence.push(Detected {
                         policy: alert.policy_id.as_str().into(),
                         severity: alert.severity,
                         time: t,
                         activity: ActivityId::new(&a.id),
+                        principal,
                     });
                 }
             }
+        }
+        super::release_if_empty(&mut st.sequence);
+        if !added {
+            return None;
         }
         let needed = match self.sens(d) {
             Sensitivity::Low => 4,
             Sensitivity::Medium => 3,
             Sensitivity::High => 2,
         };
-        // Within an hour of this activity (one read late may sit after it).
-        let near = |x: &&Detected| x.time <= t + WINDOW;
-        if st.sequence.iter().filter(near).count() < needed
-            || !self.may_fire(st, "sequence".into(), t)
-        {
+        // The most detections within one hour that this activity's falls in (whatever order
+        // the records were read in, the same hour: its earliest and latest at most an hour
+        // apart).
+        let starts = st
+            .sequence
+            .iter()
+            .map(|x| x.time)
+            .filter(|s| (t - WINDOW..=t).contains(s));
+        let best = starts
+            .map(|s| {
+                st.sequence
+                    .iter()
+                    .filter(|x| (s..=s + WINDOW).contains(&x.time))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        if best < needed || !self.may_fire(st, "sequence".into(), t) {
             return None;
         }
-        let mut within: Vec<&Detected> = st.sequence.iter().filter(near).collect();
-        within.sort_by_key(|x| x.time);
+        let start = st
+            .sequence
+            .iter()
+            .map(|x| x.time)
+            .filter(|s| (t - WINDOW..=t).contains(s))
+            .find(|s| {
+                st.sequence
+                    .iter()
+                    .filter(|x| (*s..=*s + WINDOW).contains(&x.time))
+                    .count()
+                    == best
+            })
+            .unwrap_or(t);
+        let mut within: Vec<&Detected> = st
+            .sequence
+            .iter()
+            .filter(|x| (start..=start + WINDOW).contains(&x.time))
+            .collect();
+        within.sort_by(|x, y| x.time.cmp(&y.time).then_with(|| x.policy.cmp(&y.policy)));
         let listed: Vec<String> = within
             .iter()
             .map(|x| format!("{} ({})", x.policy, severity_word(x.severity)))
@@ -126,11 +171,20 @@ impl Anomalies {
                 ids.push(id);
             }
         }
+        // One actor may be several principals (a person's sessions in several accounts): the
+        // alert names this activity's, and asks for more than a notification only when every
+        // detection was about that principal.
+        let all_this = within.iter().all(|x| x.principal == principal);
         let summary = format!(
-            "{} raised {} different detections within an hour: {}",
+            "{} raised {} different detections within an hour: {}{}",
             Who(a),
             within.len(),
-            listed.join(", ")
+            listed.join(", "),
+            if all_this {
+                ""
+            } else {
+                " (some through other sessions or credentials of the same actor)"
+            }
         );
         let mut alert = self.alert(
             a,
@@ -143,8 +197,27 @@ impl Anomalies {
         );
         // No one technique: the detections it gathers name theirs.
         alert.mitre.clear();
+        if !all_this {
+            alert
+                .actions
+                .retain(|r| r.kind == trailguard_common::contract::ActionKind::Notify);
+        }
         Some(alert)
     }
+}
+
+/// Whether `alert` is a detection about `a`'s principal acting in `a`: at least `medium`,
+/// with `a` in its evidence, naming `a`'s principal as the one who acted, and not about a
+/// group (a custom threshold over several principals; a Sigma correlation names none).
+fn about_this(alert: &Alert, a: &Activity) -> bool {
+    alert.severity >= Severity::Medium
+        && alert.policy_id != ATTACK_SEQUENCE.id
+        && alert.entity.kind != "group"
+        && alert.evidence.activity_ids.contains(&a.id)
+        && alert
+            .principal
+            .as_ref()
+            .is_some_and(|p| p.key() == a.principal.key())
 }
 
 fn severity_word(s: Severity) -> &'static str {
@@ -159,9 +232,13 @@ fn severity_word(s: Severity) -> &'static str {
 mod tests {
     use super::super::{AnomalyConfig, DetectionConfig};
     use super::*;
-    use trailguard_common::contract::AlertKind;
+    use trailguard_common::contract::{ActionKind, AlertKind};
 
     fn activity(t: i64, n: u32) -> Activity {
+        activity_of("ci", t, n, false)
+    }
+
+    fn activity_of(user: &str, t: i64, n: u32, refused: bool) -> Activity {
         let time = chrono::DateTime::<chrono::Utc>::from_timestamp(1_700_000_000 + t, 0)
             .unwrap_or_default();
         let record = serde_json::json!({
@@ -169,10 +246,14 @@ mod tests {
             "eventName": "RunInstances", "eventType": "AwsApiCall", "awsRegion": "ap-south-1",
             "recipientAccountId": "111111111111", "sourceIPAddress": "89.46.223.10",
             "eventID": format!("00000000-0000-4000-8000-{n:012}"),
-            "userIdentity": {"type": "IAMUser", "userName": "ci", "accountId": "111111111111",
-                "arn": "arn:aws:iam::111111111111:user/ci", "principalId": "AIDACI",
+            "userIdentity": {"type": "IAMUser", "userName": user, "accountId": "111111111111",
+                "arn": format!("arn:aws:iam::111111111111:user/{user}"), "principalId": "AIDACI",
                 "accessKeyId": "AKIACI"},
         });
+        let mut record = record;
+        if refused {
+            record["errorCode"] = "AccessDenied".into();
+        }
         match trailguard_ingest::normalize::normalize(&record.to_string()) {
             Ok(a) => a,
             Err(e) => panic!("{e}"),
@@ -276,20 +357,159 @@ mod tests {
             ),
         ];
         assert_eq!(sequences(&found), 0, "each more than an hour from the last");
-        // An alert decided now about another activity (held, released by this one) is not
-        // this actor's.
+        // Two within the hour now (unusual-region at 4000 is too old; vm-creation at 8000 and
+        // this one): a third that is not about this activity's principal acting does not
+        // complete them.
         let a4 = activity(8_100, 4);
+        assert!(an
+            .sequence(
+                &mut st,
+                &a4,
+                &[raised(&a4, "discovery-burst", Severity::Medium)]
+            )
+            .is_none());
+        let a5 = activity(8_200, 5);
+        // Decided now about another activity (held, released by this one).
         let other = activity(8_050, 99);
         let about_other = raised(&other, "dormant-principal", Severity::High);
-        assert!(an.sequence(&mut st, &a4, &[about_other]).is_none());
+        // About a group of principals (a custom threshold by source address).
+        let mut group = raised(&a5, "many-users-one-ip", Severity::High);
+        group.entity.kind = "group".into();
+        // About another principal, with this activity in its evidence.
+        let mut someone = raised(&a5, "credentials-for-another-user", Severity::High);
+        someone.principal = activity_of("mallory", 8_200, 5, false).principal.into();
+        let low = raised(&a5, "security-group-changes", Severity::Low);
+        assert!(an
+            .sequence(&mut st, &a5, &[about_other, group, someone, low])
+            .is_none());
+        // A refused call counts for nothing, though anyone may cause one in the actor's
+        // name (a failed sign-in names whoever was typed).
+        let refused = activity_of("ci", 8_300, 6, true);
+        assert!(an
+            .sequence(
+                &mut st,
+                &refused,
+                &[raised(&refused, "root-activity", Severity::High)]
+            )
+            .is_none());
         // Replayed (the same activity and alert again): still two policies within the hour.
         assert!(an
             .sequence(
                 &mut st,
-                &a3,
-                &[raised(&a3, "vm-creation", Severity::Medium)]
+                &a4,
+                &[raised(&a4, "discovery-burst", Severity::Medium)]
             )
             .is_none());
+        // The third about this principal does.
+        let a7 = activity(8_400, 7);
+        assert!(an
+            .sequence(
+                &mut st,
+                &a7,
+                &[raised(&a7, "anonymous-ip", Severity::Medium)]
+            )
+            .is_some());
+    }
+
+    #[test]
+    fn within_an_hour_means_one_hour_whatever_the_order_read() {
+        let an = Anomalies::new(AnomalyConfig::default(), true);
+        let mut st = PrincipalState::default();
+        // 7,000 seconds apart, then a record read late between them: no hour holds all three.
+        let (early, late, middle) = (activity(0, 1), activity(7_000, 2), activity(3_500, 3));
+        let found = [
+            an.sequence(
+                &mut st,
+                &early,
+                &[raised(&early, "infrequent-country", Severity::Medium)],
+            ),
+            an.sequence(
+                &mut st,
+                &late,
+                &[raised(&late, "vm-creation", Severity::Medium)],
+            ),
+            an.sequence(
+                &mut st,
+                &middle,
+                &[raised(&middle, "unusual-region", Severity::Medium)],
+            ),
+        ];
+        assert_eq!(sequences(&found), 0);
+        // Within one hour, read out of order: one.
+        let mut st = PrincipalState::default();
+        let (b1, b2, b3) = (activity(3_000, 1), activity(0, 2), activity(1_500, 3));
+        let found = [
+            an.sequence(
+                &mut st,
+                &b1,
+                &[raised(&b1, "infrequent-country", Severity::Medium)],
+            ),
+            an.sequence(
+                &mut st,
+                &b2,
+                &[raised(&b2, "vm-creation", Severity::Medium)],
+            ),
+            an.sequence(
+                &mut st,
+                &b3,
+                &[raised(&b3, "unusual-region", Severity::Medium)],
+            ),
+        ];
+        assert_eq!(sequences(&found), 1);
+    }
+
+    #[test]
+    fn actions_only_when_every_detection_is_the_named_principals() {
+        let cfg = AnomalyConfig {
+            attack_sequence: DetectionConfig {
+                actions: Some(vec![ActionKind::Notify, ActionKind::RequireSignIn]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let an = Anomalies::new(cfg, true);
+        let kinds = |alert: &Alert| alert.actions.iter().map(|r| r.kind).collect::<Vec<_>>();
+        // All three the same principal's: the actions configured.
+        let mut st = PrincipalState::default();
+        let a: Vec<Activity> = (0..3).map(|i| activity(i * 60, i as u32)).collect();
+        let mut last = None;
+        for (a, p) in a
+            .iter()
+            .zip(["anonymous-ip", "discovery-burst", "vm-creation"])
+        {
+            last = an.sequence(&mut st, a, &[raised(a, p, Severity::Medium)]);
+        }
+        let Some(alert) = last else {
+            panic!("three detections raise attack-sequence");
+        };
+        assert!(
+            kinds(&alert).contains(&ActionKind::RequireSignIn),
+            "{:?}",
+            kinds(&alert)
+        );
+        // One of them through another principal of the same actor (another session): the
+        // alert names this principal, and only notifies.
+        let mut st = PrincipalState::default();
+        let other = activity_of("ci-other-session", 0, 10, false);
+        an.sequence(
+            &mut st,
+            &other,
+            &[raised(&other, "anonymous-ip", Severity::Medium)],
+        );
+        let mut last = None;
+        for (i, p) in ["discovery-burst", "vm-creation"].into_iter().enumerate() {
+            let a = activity(60 * (i as i64 + 1), 20 + i as u32);
+            last = an.sequence(&mut st, &a, &[raised(&a, p, Severity::Medium)]);
+        }
+        let Some(alert) = last else {
+            panic!("three detections of one actor raise attack-sequence");
+        };
+        assert_eq!(kinds(&alert), [ActionKind::Notify]);
+        assert!(
+            alert.evidence.summary.contains("other sessions"),
+            "{}",
+            alert.evidence.summary
+        );
     }
 
     #[test]

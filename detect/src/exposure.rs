@@ -16,7 +16,7 @@
 //! - `credentials-for-another-user`: an access key or console password created or changed for
 //!   a user other than the caller (T1098.001).
 //!
-//! - `access-granted-outside`: a role's trust policy, a Lambda function's or layer's
+//! - `access-granted-outside`: an EKS cluster's access entry, a role's trust policy, a Lambda function's or layer's
 //!   permission, or the resource policy of a secret, KMS key, ECR repository, SQS queue, SNS
 //!   topic or EventBridge bus opened to everyone or to an account outside (T1098, T1546); a
 //!   Lambda function URL without authentication.
@@ -1844,6 +1844,21 @@ impl Exposure {
                 .and_then(|d| policy_opened(d, own, trusted))
         };
         match (a.event_source.as_str(), name) {
+            // An EKS access entry (and the access policy, cluster-admin or another, given to
+            // it) for a principal of another account: its Kubernetes API is theirs.
+            ("eks.amazonaws.com", "CreateAccessEntry" | "AssociateAccessPolicy") => {
+                let principal = ci_text("principalArn");
+                let account = principal_account(&principal)?;
+                if account == own || trusted.iter().any(|t| t == account) {
+                    return None;
+                }
+                let cluster = text("name").unwrap_or_else(|| ci_text("clusterName"));
+                Some((
+                    "the Kubernetes API of EKS cluster",
+                    cluster,
+                    Some(vec![account.to_string()]),
+                ))
+            }
             ("iam.amazonaws.com", "CreateRole") => Some((
                 "the trust policy of role",
                 text("roleName")?,
@@ -2281,6 +2296,7 @@ impl EventPolicy for Exposure {
                 self.judge_credentials(a, alerts);
                 self.judge_granted_outside(a, alerts);
             }
+            "eks.amazonaws.com" => self.judge_granted_outside(a, alerts),
             "lambda.amazonaws.com"
             | "rolesanywhere.amazonaws.com"
             | "secretsmanager.amazonaws.com"
@@ -2772,6 +2788,56 @@ mod tests {
         own_org.resource_shared_out.trusted_organizations = vec![org.into()];
         let mut out = Vec::new();
         Exposure::new(own_org).evaluate(&to_org, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_kubernetes_cluster_opened_to_another_account() {
+        let eks = "eks.amazonaws.com";
+        let outside_admin = record(
+            eks,
+            "AssociateAccessPolicy",
+            sso("dana@example.com"),
+            json!({"name": "prod", "principalArn": "arn:aws:iam::999988887777:role/ops",
+                "policyArn": "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+                "accessScope": {"type": "cluster"}}),
+            false,
+        );
+        let alerts = run(&outside_admin);
+        assert_eq!(
+            ids(&alerts),
+            [("access-granted-outside", Severity::Medium)],
+            "{alerts:?}"
+        );
+        let summary = &alerts[0].evidence.summary;
+        assert!(summary.contains("EKS cluster prod"), "{summary}");
+        assert!(summary.contains("999988887777"), "{summary}");
+        let entry = record(
+            eks,
+            "CreateAccessEntry",
+            user("mallory"),
+            json!({"name": "prod", "principalArn": "arn:aws:iam::999988887777:role/ops",
+                "type": "STANDARD"}),
+            false,
+        );
+        assert_eq!(
+            ids(&run(&entry)),
+            [("access-granted-outside", Severity::Medium)]
+        );
+        // The account's own roles, and a trusted account's, are inside.
+        let own = record(
+            eks,
+            "CreateAccessEntry",
+            user("dana"),
+            json!({"name": "prod", "principalArn": "arn:aws:iam::111111111111:role/nodes",
+                "type": "EC2_LINUX"}),
+            false,
+        );
+        assert!(run(&own).is_empty());
+        let mut cfg = ExposurePolicies::default();
+        cfg.access_granted_outside.trusted_accounts = vec!["999988887777".into()];
+        let mut out = Vec::new();
+        Exposure::new(cfg).evaluate(&entry, &mut out);
         assert!(out.is_empty(), "{out:?}");
     }
 

@@ -281,6 +281,14 @@ pub const TABLE: &[Row] = &[
     row(EC2, "TerminateInstances", Impact, 2),
     row("ecs.amazonaws.com", "ExecuteCommand", LateralMovement, 3),
     row(
+        "eks.amazonaws.com",
+        "AssociateAccessPolicy",
+        PrivilegeEscalation,
+        2,
+    ),
+    row("eks.amazonaws.com", "CreateAccessEntry", Persistence, 2),
+    row("eks.amazonaws.com", "UpdateClusterConfig", Persistence, 2),
+    row(
         "elasticfilesystem.amazonaws.com",
         "DeleteFileSystem",
         Impact,

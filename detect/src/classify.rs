@@ -117,18 +117,38 @@ pub(crate) fn is_interactive(a: &Activity) -> bool {
     a.user_agent
         .as_deref()
         .zip(agents)
-        .is_some_and(|(agent, agents)| agents.is_match(agent) && !in_aws_runtime(agent))
+        .is_some_and(|(agent, agents)| agents.is_match(agent) && !in_aws_runtime(a, agent))
 }
 
 /// A command line or SDK running inside AWS — CloudShell, a Lambda function, a container, a
 /// build — says so in its agent (`exec-env/`, from `AWS_EXECUTION_ENV`): the address is the
-/// runtime's, not where the person at the keyboard is.
-fn in_aws_runtime(agent: &str) -> bool {
-    agent
-        .as_bytes()
-        .windows(b"exec-env/".len())
-        .any(|w| w.eq_ignore_ascii_case(b"exec-env/"))
+/// runtime's, not where the person at the keyboard is. The agent is the caller's to write, so
+/// when the address's network is known it must be Amazon's too (else anyone could opt out of
+/// impossible travel by naming an execution environment).
+fn in_aws_runtime(a: &Activity, agent: &str) -> bool {
+    /// Amazon's AS numbers (EC2 and its other networks).
+    const AMAZON: [u32; 4] = [16509, 14618, 8987, 7224];
+    let amazon = a
+        .enrichment
+        .network
+        .as_ref()
+        .is_none_or(|n| AMAZON.contains(&n.asn));
+    amazon
+        && EXEC_ENV
+            .as_ref()
+            .is_some_and(|finder| finder.is_match(agent))
 }
+
+/// `exec-env/`, in any ASCII case, found in one fast pass (it runs for every interactive
+/// activity). A pattern this short always builds; were that ever to fail, nothing counts as
+/// running inside AWS.
+static EXEC_ENV: std::sync::LazyLock<Option<aho_corasick::AhoCorasick>> =
+    std::sync::LazyLock::new(|| {
+        aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(["exec-env/"])
+            .ok()
+    });
 
 /// What the user agents of the console and the command line hold (ASCII case aside), found
 /// in one pass without a lower-cased copy (the check runs for most activities). Five short
@@ -474,6 +494,19 @@ mod tests {
             assert!(!with(Some(agent), serde_json::json!({})), "{agent}");
         }
         assert!(!with(None, serde_json::json!({})));
+        // An agent naming an execution environment from a network that is not Amazon's is
+        // someone writing it (it would opt out of impossible travel): still a keyboard.
+        let cloudshell = "aws-cli/2.18.5 lang/python#3.12.6 exec-env/CloudShell";
+        let on = |asn: u32| {
+            let mut a = s3("ListBuckets", serde_json::json!({"userAgent": cloudshell}));
+            a.enrichment_mut().network = Some(trailguard_common::contract::Network {
+                asn,
+                organization: None,
+            });
+            is_interactive(&a)
+        };
+        assert!(!on(16509), "CloudShell from EC2's network");
+        assert!(on(14061), "claimed from a hosting provider's network");
         let failed = serde_json::json!({"errorCode": "AccessDenied"});
         assert!(!with(Some("aws-cli/2.15.0"), failed));
     }

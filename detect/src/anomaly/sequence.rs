@@ -69,6 +69,10 @@ impl Anomalies {
         if !self.on(d, a) || !a.outcome.is_success() || crate::classify::names_only(a) {
             return None;
         }
+        // Most activities that raise anything raise nothing this counts.
+        if !raised.iter().any(|alert| about_this(alert, a)) {
+            return None;
+        }
         let t = a.event_time.timestamp();
         let principal = super::behaviour::hash(&[&a.principal.key()]);
         // Kept while they may still share an hour with a later activity (read in order) or
@@ -214,10 +218,7 @@ fn about_this(alert: &Alert, a: &Activity) -> bool {
         && alert.policy_id != ATTACK_SEQUENCE.id
         && alert.entity.kind != "group"
         && alert.evidence.activity_ids.contains(&a.id)
-        && alert
-            .principal
-            .as_ref()
-            .is_some_and(|p| p.key() == a.principal.key())
+        && alert.principal.as_ref() == Some(&a.principal)
 }
 
 fn severity_word(s: Severity) -> &'static str {

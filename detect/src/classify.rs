@@ -123,8 +123,8 @@ pub(crate) fn is_interactive(a: &Activity) -> bool {
 /// A command line or SDK running inside AWS — CloudShell, a Lambda function, a container, a
 /// build — says so in its agent (`exec-env/`, from `AWS_EXECUTION_ENV`): the address is the
 /// runtime's, not where the person at the keyboard is. The agent is the caller's to write, so
-/// when the address's network is known it must be Amazon's too (else anyone could opt out of
-/// impossible travel by naming an execution environment).
+/// the address's network must be known to be Amazon's too (else anyone could opt out of
+/// impossible travel by naming an execution environment); without AS data, nothing is.
 fn in_aws_runtime(a: &Activity, agent: &str) -> bool {
     /// Amazon's AS numbers (EC2 and its other networks).
     const AMAZON: [u32; 4] = [16509, 14618, 8987, 7224];
@@ -132,7 +132,7 @@ fn in_aws_runtime(a: &Activity, agent: &str) -> bool {
         .enrichment
         .network
         .as_ref()
-        .is_none_or(|n| AMAZON.contains(&n.asn));
+        .is_some_and(|n| AMAZON.contains(&n.asn));
     amazon
         && EXEC_ENV
             .as_ref()
@@ -487,9 +487,6 @@ mod tests {
             "",
             // A command line running inside AWS (CloudShell, a Lambda function, a build):
             // its address is the runtime's, not where the person sits.
-            "aws-cli/2.18.5 md/awscrt#0.21.5 ua/2.0 os/linux#6.1 lang/python#3.12.6 exec-env/CloudShell cfg/retry-mode#standard",
-            "aws-cli/2.15.0 Python/3.11 Linux/5.10 exec-env/AWS_ECS_FARGATE",
-            "AWS-CLI/1.32.0 Python/3.9 EXEC-ENV/CodeBuild",
         ] {
             assert!(!with(Some(agent), serde_json::json!({})), "{agent}");
         }
@@ -506,7 +503,10 @@ mod tests {
             is_interactive(&a)
         };
         assert!(!on(16509), "CloudShell from EC2's network");
+        assert!(!on(14618), "CloudShell from EC2's network");
         assert!(on(14061), "claimed from a hosting provider's network");
+        // Without AS data nothing tells the runtime's network: still a keyboard.
+        assert!(with(Some(cloudshell), serde_json::json!({})));
         let failed = serde_json::json!({"errorCode": "AccessDenied"});
         assert!(!with(Some("aws-cli/2.15.0"), failed));
     }

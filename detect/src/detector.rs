@@ -873,7 +873,10 @@ impl Detector {
         }
         let key = baseline_key(activity);
         let state = self.principals.get_mut(key.as_ref())?;
-        debug_assert_eq!(state.offset, offset.saturating_add(1));
+        // Forgotten and made again since (pruned, then a region judged): not this baseline.
+        if state.offset != offset.saturating_add(1) {
+            return None;
+        }
         self.anomalies.sequence(state, activity, alerts)
     }
 
@@ -956,35 +959,19 @@ impl Detector {
             };
             let pending = state.pending.remove(i);
             crate::anomaly::release_if_empty(&mut state.pending);
-            let activity = pending.activity().clone();
-            if let Some(alert) = self.anomalies.decide_country(state, pending, &facts.census) {
-                // As for a held region (see `raise_region`).
-                let sequence =
-                    self.anomalies
-                        .sequence(state, &activity, std::slice::from_ref(&alert));
-                out.push(alert);
-                out.extend(sequence);
-            }
+            out.extend(self.anomalies.decide_country(state, pending, &facts.census));
             self.dirty.insert(key);
         }
         out
     }
 
     /// The unusual-region alert for `activity`, suppressed as the principal's state says.
-    fn raise_region(&mut self, activity: &Activity, why: String) -> Vec<Alert> {
+    fn raise_region(&mut self, activity: &Activity, why: String) -> Option<Alert> {
         let key = baseline_key(activity).into_owned();
         let state = self.principals.entry(key.clone()).or_default();
-        let Some(alert) = self.anomalies.unusual_region(state, activity, why) else {
-            return Vec::new();
-        };
-        // Decided now or after waiting for the organization's facts, it joins the actor's
-        // sequence of detections all the same (by event time): how soon the facts came does
-        // not decide whether a sequence is raised.
-        let sequence = self
-            .anomalies
-            .sequence(state, activity, std::slice::from_ref(&alert));
+        let alert = self.anomalies.unusual_region(state, activity, why)?;
         self.dirty.insert(key);
-        std::iter::once(alert).chain(sequence).collect()
+        Some(alert)
     }
 
     /// How many held activities were judged before their facts were complete since the last

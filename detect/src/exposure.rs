@@ -1036,7 +1036,7 @@ fn lake_formation_resource(params: &Value) -> String {
     "a Data Catalog resource".to_string()
 }
 
-/// Most grantees read from one share (a list of principals is the caller's to make long).
+/// Most grantees read from a RAM share's list of principals (the caller's to make long).
 const MOST_GRANTEES: usize = 1_000;
 
 /// Most grantees named in a summary; the rest are counted.
@@ -1702,7 +1702,13 @@ impl Exposure {
             })
             .collect();
         if outside.len() > NAMED_GRANTEES {
-            to.push(format!("{} more", outside.len() - NAMED_GRANTEES));
+            // A list cut where it was read has more than it says.
+            let at_least = if outside.len() >= MOST_GRANTEES {
+                "at least "
+            } else {
+                ""
+            };
+            to.push(format!("{at_least}{} more", outside.len() - NAMED_GRANTEES));
         }
         let verb = if a.outcome.is_success() { done } else { tried };
         let summary = format!("{} {verb} {kind} {id} {to_whom} {}", who(a), to.join(", "));
@@ -2768,7 +2774,7 @@ mod tests {
         let alerts = run(&flood);
         assert_eq!(ids(&alerts), [("resource-shared-out", Severity::High)]);
         let summary = &alerts[0].evidence.summary;
-        assert!(summary.ends_with("990 more"), "{summary}");
+        assert!(summary.ends_with("at least 990 more"), "{summary}");
         assert!(summary.len() < 1_000, "{}", summary.len());
         // A share with the organization is inside it when the organization is trusted.
         let org = "arn:aws:organizations::111111111111:organization/o-abc123";

@@ -41,7 +41,7 @@ const PROBING_REFUSALS: u16 = 5;
 /// spree: the alerting pipeline taken apart (rules, alarms, subscriptions, topics, filters)
 /// piece by piece, each piece too common alone to be high.
 const DEFENCE_SPREE: usize = 3;
-/// Set on the tactic of a refused call in the actor's recent unusual calls (tactics are
+/// Set on the tactic of a failed call in the actor's recent unusual calls (tactics are
 /// below 8).
 const REFUSED_MARK: u8 = 0x80;
 
@@ -288,15 +288,17 @@ impl Anomalies {
             st.api_unusual.remove(0);
         }
         super::room_for_one(&mut st.api_unusual);
-        // A refused call is marked: never learned, the same one tried again would count again.
+        // A call that failed (refused, throttled, invalid) is marked: never learned, the same
+        // one tried again would count again.
+        let succeeded = a.outcome.is_success();
         st.api_unusual
-            .push((tactic as u8 | if failed { REFUSED_MARK } else { 0 }, t));
+            .push((tactic as u8 | if succeeded { 0 } else { REFUSED_MARK }, t));
         // Defences taken apart one after another from a network or with a tool the actor
         // never used: high, whatever each weighs alone. (From where it always works, the same
         // calls are what a Terraform run replacing rules and alarms makes.)
         let strange = seen.learned && (new_network || new_agent);
         // Only calls that succeeded (each learned once made, so each a different call).
-        let spree = if tactic == Tactic::DefenseEvasion && strange && !failed {
+        let spree = if tactic == Tactic::DefenseEvasion && strange && succeeded {
             st.api_unusual
                 .iter()
                 .filter(|(other, _)| *other == tactic as u8)

@@ -798,7 +798,8 @@ pub struct PrincipalState {
     /// Alerts of the event-driven policies whose repeats are being folded in.
     #[serde(rename = "g", default, skip_serializing_if = "ThinVec::is_empty")]
     pub folds: ThinVec<crate::fold::Fold>,
-    /// The detections about the actor in the last hour, one per policy (`attack-sequence`).
+    /// The detections about the actor in the last two hours, the newest of each policy
+    /// (`attack-sequence`).
     #[serde(rename = "sq", default, skip_serializing_if = "ThinVec::is_empty")]
     sequence: ThinVec<sequence::Detected>,
     /// Countries new to the actor whose judgement waits for the organization's counts.

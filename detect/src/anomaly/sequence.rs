@@ -1,8 +1,8 @@
 //! `attack-sequence`: several different detections about one actor within an hour.
 //!
-//! An intrusion is rarely one alert. Stolen keys used from a new country, then a region the
-//! organization never works in, then instances by the dozen: each step alone is `medium` (a
-//! traveller, a migration, a scale-out), together they are the attack. This detection keeps,
+//! An intrusion is rarely one alert. Stolen keys used from an anonymising network, a sweep
+//! of every secret, then instances by the dozen: each step alone is `medium` (a privacy
+//! tool, a migration, a scale-out), together they are the attack. This detection keeps,
 //! with the actor's baseline (so a restart keeps it), the detections of the last hour that
 //! were at least `medium`, and raises `high` once they come from enough different policies:
 //! three at `medium` sensitivity, four at `low`, two at `high`. The same policy again does not
@@ -10,8 +10,11 @@
 //! detection with its activity as evidence.
 //!
 //! Only alerts about the activity being applied count — an alert decided later about another
-//! activity (an unusual region whose judgement waited for the organization's counts) is not
-//! the actor of the activity that released it. Such held decisions do not count at all.
+//! activity is not the actor of the activity that released it. `unusual-region` and
+//! `infrequent-country` never count: each waits, or not, for the organization's counts from
+//! other partitions, so whether one would join a sequence (and which activities it names)
+//! would depend on how soon those arrived, and a replay could raise a sequence the first run
+//! did not. The newest detection of each policy is kept.
 
 use serde::{Deserialize, Serialize};
 use trailguard_common::contract::{Alert, Severity};
@@ -21,6 +24,10 @@ use super::{ActivityId, Anomalies, PrincipalState, Sensitivity, Who, ATTACK_SEQU
 
 /// The span one sequence's detections must fall in (event time, seconds).
 pub const WINDOW: i64 = 3_600;
+
+/// The detections decided by the organization's counts, now or when they arrive (see the
+/// module docs): never counted.
+const WAITS_FOR_FACTS: [&str; 2] = ["unusual-region", "infrequent-country"];
 
 /// Most detections one actor's sequence keeps (the newest; more different policies than
 /// this within an hour are past every threshold).
@@ -41,15 +48,15 @@ pub struct Detected {
     /// Its activity.
     #[serde(rename = "i")]
     activity: ActivityId,
-    /// Its activity's principal (hashed): one actor may act as several.
+    /// Its activity's principal (its key): one actor may act as several.
     #[serde(rename = "w", default)]
-    principal: u32,
+    principal: Box<str>,
 }
 
 impl Detected {
     /// Bytes allocated for it beyond its slot.
     pub fn heap_size(&self) -> usize {
-        self.policy.len() + self.activity.heap_size()
+        self.policy.len() + self.principal.len() + self.activity.heap_size()
     }
 }
 
@@ -74,7 +81,7 @@ impl Anomalies {
             return None;
         }
         let t = a.event_time.timestamp();
-        let principal = super::behaviour::hash(&[&a.principal.key()]);
+        let principal: Box<str> = a.principal.key().into();
         // Kept while they may still share an hour with a later activity (read in order) or
         // with this one.
         st.sequence.retain(|x| x.time > t - 2 * WINDOW);
@@ -93,7 +100,7 @@ impl Anomalies {
                 Some(x) if t >= x.time => {
                     x.time = t;
                     x.activity = ActivityId::new(&a.id);
-                    x.principal = principal;
+                    x.principal = principal.clone();
                     x.severity = alert.severity;
                 }
                 Some(_) => {}
@@ -111,7 +118,7 @@ impl Anomalies {
                         severity: alert.severity,
                         time: t,
                         activity: ActivityId::new(&a.id),
-                        principal,
+                        principal: principal.clone(),
                     });
                 }
             }
@@ -215,6 +222,7 @@ impl Anomalies {
 /// group (a custom threshold over several principals; a Sigma correlation names none).
 fn about_this(alert: &Alert, a: &Activity) -> bool {
     alert.severity >= Severity::Medium
+        && !WAITS_FOR_FACTS.contains(&alert.policy_id.as_str())
         && alert.policy_id != ATTACK_SEQUENCE.id
         && alert.entity.kind != "group"
         && alert.evidence.activity_ids.contains(&a.id)
@@ -286,21 +294,21 @@ mod tests {
             an.sequence(
                 &mut st,
                 &a1,
-                &[raised(&a1, "infrequent-country", Severity::Medium)],
+                &[raised(&a1, "root-activity", Severity::Medium)],
             ),
             // The same policy again adds nothing; a low one does not count.
             an.sequence(
                 &mut st,
                 &a2,
                 &[
-                    raised(&a2, "infrequent-country", Severity::Medium),
+                    raised(&a2, "root-activity", Severity::Medium),
                     raised(&a2, "security-group-changes", Severity::Low),
                 ],
             ),
             an.sequence(
                 &mut st,
                 &a2,
-                &[raised(&a2, "unusual-region", Severity::Medium)],
+                &[raised(&a2, "credential-access-burst", Severity::Medium)],
             ),
         ];
         assert_eq!(sequences(&found), 0, "two policies are not a sequence");
@@ -315,7 +323,7 @@ mod tests {
         assert_eq!(alert.policy_id, "attack-sequence");
         assert_eq!(alert.severity, Severity::High);
         assert_eq!(alert.entity.id, a3.principal.key());
-        for policy in ["infrequent-country", "unusual-region", "vm-creation"] {
+        for policy in ["root-activity", "credential-access-burst", "vm-creation"] {
             assert!(
                 alert.evidence.summary.contains(policy),
                 "{}",
@@ -344,12 +352,12 @@ mod tests {
             an.sequence(
                 &mut st,
                 &a1,
-                &[raised(&a1, "infrequent-country", Severity::High)],
+                &[raised(&a1, "root-activity", Severity::High)],
             ),
             an.sequence(
                 &mut st,
                 &a2,
-                &[raised(&a2, "unusual-region", Severity::Medium)],
+                &[raised(&a2, "credential-access-burst", Severity::Medium)],
             ),
             an.sequence(
                 &mut st,
@@ -413,6 +421,31 @@ mod tests {
     }
 
     #[test]
+    fn verdicts_that_wait_for_the_organization_never_count() {
+        let an = Anomalies::new(AnomalyConfig::default(), true);
+        let mut st = PrincipalState::default();
+        let a: Vec<Activity> = (0..3).map(|i| activity(i * 60, i as u32)).collect();
+        let found = [
+            an.sequence(
+                &mut st,
+                &a[0],
+                &[raised(&a[0], "infrequent-country", Severity::Medium)],
+            ),
+            an.sequence(
+                &mut st,
+                &a[1],
+                &[raised(&a[1], "unusual-region", Severity::Medium)],
+            ),
+            an.sequence(
+                &mut st,
+                &a[2],
+                &[raised(&a[2], "vm-creation", Severity::Medium)],
+            ),
+        ];
+        assert_eq!(sequences(&found), 0);
+    }
+
+    #[test]
     fn within_an_hour_means_one_hour_whatever_the_order_read() {
         let an = Anomalies::new(AnomalyConfig::default(), true);
         let mut st = PrincipalState::default();
@@ -422,7 +455,7 @@ mod tests {
             an.sequence(
                 &mut st,
                 &early,
-                &[raised(&early, "infrequent-country", Severity::Medium)],
+                &[raised(&early, "root-activity", Severity::Medium)],
             ),
             an.sequence(
                 &mut st,
@@ -432,7 +465,7 @@ mod tests {
             an.sequence(
                 &mut st,
                 &middle,
-                &[raised(&middle, "unusual-region", Severity::Medium)],
+                &[raised(&middle, "credential-access-burst", Severity::Medium)],
             ),
         ];
         assert_eq!(sequences(&found), 0);
@@ -443,7 +476,7 @@ mod tests {
             an.sequence(
                 &mut st,
                 &b1,
-                &[raised(&b1, "infrequent-country", Severity::Medium)],
+                &[raised(&b1, "root-activity", Severity::Medium)],
             ),
             an.sequence(
                 &mut st,
@@ -453,7 +486,7 @@ mod tests {
             an.sequence(
                 &mut st,
                 &b3,
-                &[raised(&b3, "unusual-region", Severity::Medium)],
+                &[raised(&b3, "credential-access-burst", Severity::Medium)],
             ),
         ];
         assert_eq!(sequences(&found), 1);

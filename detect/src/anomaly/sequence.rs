@@ -135,36 +135,30 @@ impl Anomalies {
         // The most detections within one hour that this activity's falls in (whatever order
         // the records were read in, the same hour: its earliest and latest at most an hour
         // apart).
-        let starts = st
-            .sequence
-            .iter()
-            .map(|x| x.time)
-            .filter(|s| (t - WINDOW..=t).contains(s));
-        let best = starts
-            .map(|s| {
+        let (best, start) = {
+            let from = |s: i64| {
                 st.sequence
                     .iter()
                     .filter(|x| (s..=s + WINDOW).contains(&x.time))
                     .count()
-            })
-            .max()
-            .unwrap_or(0);
+            };
+            // The first start (in the order kept) of the fullest hour.
+            let mut best = (0, t);
+            for s in st.sequence.iter().map(|x| x.time) {
+                let n = if (t - WINDOW..=t).contains(&s) {
+                    from(s)
+                } else {
+                    0
+                };
+                if n > best.0 {
+                    best = (n, s);
+                }
+            }
+            best
+        };
         if best < needed || !self.may_fire(st, "sequence".into(), t) {
             return None;
         }
-        let start = st
-            .sequence
-            .iter()
-            .map(|x| x.time)
-            .filter(|s| (t - WINDOW..=t).contains(s))
-            .find(|s| {
-                st.sequence
-                    .iter()
-                    .filter(|x| (*s..=*s + WINDOW).contains(&x.time))
-                    .count()
-                    == best
-            })
-            .unwrap_or(t);
         let mut within: Vec<&Detected> = st
             .sequence
             .iter()
@@ -281,6 +275,11 @@ mod tests {
             .id(format!("{policy}-{}", a.id))
     }
 
+    /// `policy`'s medium alert about `a`, added to `st`'s sequence.
+    fn feed(an: &Anomalies, st: &mut PrincipalState, a: &Activity, policy: &str) -> Option<Alert> {
+        an.sequence(st, a, &[raised(a, policy, Severity::Medium)])
+    }
+
     fn sequences(found: &[Option<Alert>]) -> usize {
         found.iter().flatten().count()
     }
@@ -291,11 +290,7 @@ mod tests {
         let mut st = PrincipalState::default();
         let (a1, a2, a3) = (activity(0, 1), activity(600, 2), activity(1_800, 3));
         let found = [
-            an.sequence(
-                &mut st,
-                &a1,
-                &[raised(&a1, "root-activity", Severity::Medium)],
-            ),
+            feed(&an, &mut st, &a1, "root-activity"),
             // The same policy again adds nothing; a low one does not count.
             an.sequence(
                 &mut st,
@@ -305,18 +300,10 @@ mod tests {
                     raised(&a2, "security-group-changes", Severity::Low),
                 ],
             ),
-            an.sequence(
-                &mut st,
-                &a2,
-                &[raised(&a2, "credential-access-burst", Severity::Medium)],
-            ),
+            feed(&an, &mut st, &a2, "credential-access-burst"),
         ];
         assert_eq!(sequences(&found), 0, "two policies are not a sequence");
-        let third = an.sequence(
-            &mut st,
-            &a3,
-            &[raised(&a3, "vm-creation", Severity::Medium)],
-        );
+        let third = feed(&an, &mut st, &a3, "vm-creation");
         let Some(alert) = third else {
             panic!("three different detections within an hour raise attack-sequence");
         };
@@ -354,16 +341,8 @@ mod tests {
                 &a1,
                 &[raised(&a1, "root-activity", Severity::High)],
             ),
-            an.sequence(
-                &mut st,
-                &a2,
-                &[raised(&a2, "credential-access-burst", Severity::Medium)],
-            ),
-            an.sequence(
-                &mut st,
-                &a3,
-                &[raised(&a3, "vm-creation", Severity::Medium)],
-            ),
+            feed(&an, &mut st, &a2, "credential-access-burst"),
+            feed(&an, &mut st, &a3, "vm-creation"),
         ];
         assert_eq!(sequences(&found), 0, "each more than an hour from the last");
         // Two within the hour now (unusual-region at 4000 is too old; vm-creation at 8000 and
@@ -426,21 +405,9 @@ mod tests {
         let mut st = PrincipalState::default();
         let a: Vec<Activity> = (0..3).map(|i| activity(i * 60, i as u32)).collect();
         let found = [
-            an.sequence(
-                &mut st,
-                &a[0],
-                &[raised(&a[0], "infrequent-country", Severity::Medium)],
-            ),
-            an.sequence(
-                &mut st,
-                &a[1],
-                &[raised(&a[1], "unusual-region", Severity::Medium)],
-            ),
-            an.sequence(
-                &mut st,
-                &a[2],
-                &[raised(&a[2], "vm-creation", Severity::Medium)],
-            ),
+            feed(&an, &mut st, &a[0], "infrequent-country"),
+            feed(&an, &mut st, &a[1], "unusual-region"),
+            feed(&an, &mut st, &a[2], "vm-creation"),
         ];
         assert_eq!(sequences(&found), 0);
     }
@@ -452,42 +419,18 @@ mod tests {
         // 7,000 seconds apart, then a record read late between them: no hour holds all three.
         let (early, late, middle) = (activity(0, 1), activity(7_000, 2), activity(3_500, 3));
         let found = [
-            an.sequence(
-                &mut st,
-                &early,
-                &[raised(&early, "root-activity", Severity::Medium)],
-            ),
-            an.sequence(
-                &mut st,
-                &late,
-                &[raised(&late, "vm-creation", Severity::Medium)],
-            ),
-            an.sequence(
-                &mut st,
-                &middle,
-                &[raised(&middle, "credential-access-burst", Severity::Medium)],
-            ),
+            feed(&an, &mut st, &early, "root-activity"),
+            feed(&an, &mut st, &late, "vm-creation"),
+            feed(&an, &mut st, &middle, "credential-access-burst"),
         ];
         assert_eq!(sequences(&found), 0);
         // Within one hour, read out of order: one.
         let mut st = PrincipalState::default();
         let (b1, b2, b3) = (activity(3_000, 1), activity(0, 2), activity(1_500, 3));
         let found = [
-            an.sequence(
-                &mut st,
-                &b1,
-                &[raised(&b1, "root-activity", Severity::Medium)],
-            ),
-            an.sequence(
-                &mut st,
-                &b2,
-                &[raised(&b2, "vm-creation", Severity::Medium)],
-            ),
-            an.sequence(
-                &mut st,
-                &b3,
-                &[raised(&b3, "credential-access-burst", Severity::Medium)],
-            ),
+            feed(&an, &mut st, &b1, "root-activity"),
+            feed(&an, &mut st, &b2, "vm-creation"),
+            feed(&an, &mut st, &b3, "credential-access-burst"),
         ];
         assert_eq!(sequences(&found), 1);
     }
@@ -525,11 +468,7 @@ mod tests {
         // alert names this principal, and only notifies.
         let mut st = PrincipalState::default();
         let other = activity_of("ci-other-session", 0, 10, false);
-        an.sequence(
-            &mut st,
-            &other,
-            &[raised(&other, "anonymous-ip", Severity::Medium)],
-        );
+        feed(&an, &mut st, &other, "anonymous-ip");
         let mut last = None;
         for (i, p) in ["discovery-burst", "vm-creation"].into_iter().enumerate() {
             let a = activity(60 * (i as i64 + 1), 20 + i as u32);

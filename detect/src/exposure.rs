@@ -186,6 +186,38 @@ fn is_instance_id(session: &str) -> bool {
     })
 }
 
+/// The service account (`NAMESPACE:NAME`) whose projected token `a` exchanges for a role's
+/// credentials: an `AssumeRoleWithWebIdentity` whose identity provider is an EKS cluster's
+/// issuer (`oidc.eks.REGION.amazonaws.com/id/…`). Such a token is mounted into one pod; the
+/// pod calls from its node (AWS) or through an endpoint.
+fn eks_service_account(a: &Activity) -> Option<&str> {
+    if a.principal.kind != "WebIdentityUser"
+        || a.event_name != "AssumeRoleWithWebIdentity"
+        || a.event_source != "sts.amazonaws.com"
+    {
+        return None;
+    }
+    let provider = a.principal.principal_id.as_deref()?;
+    let host = provider
+        .split_once(":oidc-provider/")?
+        .1
+        .split('/')
+        .next()?;
+    let eks = host.starts_with("oidc.eks.")
+        && (host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn"));
+    if !eks {
+        return None;
+    }
+    let name = a.principal.name.as_deref().unwrap_or("?");
+    let name = name.strip_prefix("system:serviceaccount:").unwrap_or(name);
+    // Named in the summary: the token's subject is the cluster's to write, a forged one need
+    // not be short.
+    Some(match name.char_indices().nth(128) {
+        Some((at, _)) => &name[..at],
+        None => name,
+    })
+}
+
 /// What an ECS task's role session is named: the task's id, 32 lower-case hex digits (a UUID
 /// for tasks of the older ARN format).
 fn is_task_id(session: &str) -> bool {
@@ -214,6 +246,14 @@ const ENCRYPTING: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     ("ec2.amazonaws.com", "CopyImage", "a copy of an AMI", false),
+    // Only the destination key is read (a partner's ciphertext brought under the account's
+    // own key is the account's).
+    (
+        "kms.amazonaws.com",
+        "ReEncrypt",
+        "ciphertext of the account's keys again (ReEncrypt)",
+        false,
+    ),
     (
         "ec2.amazonaws.com",
         "CreateVolume",
@@ -1634,7 +1674,12 @@ impl Exposure {
         }
         let own = a.account_id.as_deref().unwrap_or_default();
         let mut keys = Vec::new();
-        kms_key_arns(params, 0, &mut keys);
+        if a.event_name == "ReEncrypt" {
+            let destination = params.get("destinationKeyId").and_then(Value::as_str);
+            keys.extend(destination.filter(|k| k.starts_with("arn:") && k.contains(":kms:")));
+        } else {
+            kms_key_arns(params, 0, &mut keys);
+        }
         let Some((key, holder)) = keys.into_iter().find_map(|key| {
             let holder = key.split(':').nth(4).filter(|h| is_account(h))?;
             (holder != own && !cfg.trusted_accounts.iter().any(|t| t == holder))
@@ -2127,7 +2172,19 @@ impl Exposure {
         let Some(network) = a.enrichment.network.as_ref() else {
             return;
         };
-        if !cfg.enabled || a.principal.kind != "AssumedRole" || !acts_itself(a) {
+        if !cfg.enabled || !acts_itself(a) {
+            return;
+        }
+        if let Some(account) = eks_service_account(a) {
+            if !AWS_ASNS.contains(&network.asn)
+                && !cfg.trusted_asns.contains(&network.asn)
+                && !allowed(&cfg.allow_principals, a)
+            {
+                out.push(self.token_outside_aws(a, account, network));
+            }
+            return;
+        }
+        if a.principal.kind != "AssumedRole" {
             return;
         }
         let Some(session) = a
@@ -2192,6 +2249,53 @@ impl Exposure {
                 "Unsecured Credentials: Cloud Instance Metadata API",
             ),
         ));
+    }
+
+    /// An EKS pod's service-account token exchanged for its role's credentials outside AWS.
+    fn token_outside_aws(
+        &self,
+        a: &Activity,
+        account: &str,
+        network: &trailguard_common::contract::Network,
+    ) -> Alert {
+        let cfg = &self.cfg.instance_credentials_outside_aws;
+        let role = a
+            .request_parameters
+            .as_ref()
+            .and_then(|p| p.get("roleArn"))
+            .and_then(serde_json::Value::as_str)
+            .and_then(|arn| arn.rsplit('/').next())
+            .unwrap_or("?");
+        let from = match &network.organization {
+            Some(org) => format!("AS{} {org}", network.asn),
+            None => format!("AS{}", network.asn),
+        };
+        let ip = a.source_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let verb = if a.outcome.is_success() {
+            "was exchanged for"
+        } else {
+            "was offered for"
+        };
+        let summary = format!(
+            "the token of EKS service account {account} {verb} the credentials of role {role} from {ip} ({from}), outside AWS: taken from its pod"
+        );
+        let entity = Entity {
+            kind: kinds::PRINCIPAL.into(),
+            id: a.actor_key().into_owned(),
+        };
+        self.alert(
+            &INSTANCE_CREDENTIALS_OUTSIDE,
+            (cfg.severity, &cfg.actions),
+            a,
+            Some(entity),
+            Severity::High,
+            summary,
+            (
+                "Credential Access",
+                "T1528",
+                "Steal Application Access Token",
+            ),
+        )
     }
 
     fn judge_credentials(&self, a: &Activity, out: &mut Vec<Alert>) {
@@ -2309,7 +2413,12 @@ impl EventPolicy for Exposure {
             | "ecr.amazonaws.com"
             | "sqs.amazonaws.com"
             | "sns.amazonaws.com" => self.judge_granted_outside(a, alerts),
-            "kms.amazonaws.com" | "events.amazonaws.com" => {
+            "kms.amazonaws.com" => {
+                self.judge_granted_outside(a, alerts);
+                self.judge_blinding(a, alerts);
+                self.judge_outside_key(a, alerts);
+            }
+            "events.amazonaws.com" => {
                 self.judge_granted_outside(a, alerts);
                 self.judge_blinding(a, alerts);
             }
@@ -3182,6 +3291,28 @@ mod tests {
             )),
             [("outside-key-encryption", Severity::High)]
         );
+        // The account's ciphertext decrypted and encrypted again under another account's key
+        // (`ReEncrypt`: the plaintext never leaves KMS, the result is the other account's to
+        // open). Only where it goes counts: data brought in from a partner's key is ours.
+        let reencrypt = |source: &str, destination: &str| {
+            call(
+                "kms.amazonaws.com",
+                "ReEncrypt",
+                json!({"sourceKeyId": source, "destinationKeyId": destination,
+                    "sourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                    "destinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"}),
+            )
+        };
+        let alerts = reencrypt(own, foreign);
+        assert_eq!(ids(&alerts), [("outside-key-encryption", Severity::High)]);
+        assert!(
+            alerts[0].evidence.summary.contains("ReEncrypt")
+                && alerts[0].evidence.summary.contains("999988887777"),
+            "{}",
+            alerts[0].evidence.summary
+        );
+        assert!(reencrypt(foreign, own).is_empty());
+        assert!(reencrypt(own, "alias/archive").is_empty());
         // Written into another account's bucket under its required key: the owner's business.
         for (name, params) in [
             (
@@ -3837,6 +3968,59 @@ mod tests {
         let mut out = Vec::new();
         Exposure::new(cfg).evaluate(&a, &mut out);
         assert!(out.is_empty());
+    }
+
+    /// A pod's projected service-account token is good only inside its cluster: exchanged for
+    /// the role's credentials from a network outside AWS, it was taken from the pod.
+    #[test]
+    fn eks_service_account_tokens_used_outside_aws() {
+        let issuer = "arn:aws:iam::111111111111:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/8F1A2B3C4D5E6F708192A3B4C5D6E7F8";
+        let pod = |provider: &str, asn: Option<u32>, error: bool| {
+            let mut a = record(
+                "sts.amazonaws.com",
+                "AssumeRoleWithWebIdentity",
+                json!({"type": "WebIdentityUser",
+                    "principalId": format!("{provider}:sts.amazonaws.com:system:serviceaccount:prod:orders-api"),
+                    "userName": "system:serviceaccount:prod:orders-api",
+                    "identityProvider": provider}),
+                json!({"roleArn": "arn:aws:iam::111111111111:role/orders-api-irsa",
+                    "roleSessionName": "botocore-session-1792455120"}),
+                error,
+            );
+            a.enrichment_mut().network = asn.map(|asn| trailguard_common::contract::Network {
+                asn,
+                organization: Some("DigitalOcean".into()),
+            });
+            run(&a)
+        };
+        let alerts = pod(issuer, Some(14061), false);
+        assert_eq!(
+            ids(&alerts),
+            [("instance-credentials-outside-aws", Severity::High)]
+        );
+        let summary = &alerts[0].evidence.summary;
+        assert!(
+            summary.contains("prod:orders-api")
+                && summary.contains("orders-api-irsa")
+                && summary.contains("AS14061"),
+            "{summary}"
+        );
+        // Refused (an expired token), it was still taken from the pod: a level lower, as
+        // every refused call here.
+        assert_eq!(
+            ids(&pod(issuer, Some(14061), true)),
+            [("instance-credentials-outside-aws", Severity::Medium)]
+        );
+        // From the cluster's nodes (AWS), through an endpoint (no AS): nothing.
+        assert!(pod(issuer, Some(16509), false).is_empty());
+        assert!(pod(issuer, None, false).is_empty());
+        // Other identity providers federate from anywhere (CI runners, other clouds).
+        for other in [
+            "arn:aws:iam::111111111111:oidc-provider/token.actions.githubusercontent.com",
+            "arn:aws:iam::111111111111:oidc-provider/oidc.eks.example.com/id/ABC",
+        ] {
+            assert!(pod(other, Some(14061), false).is_empty(), "{other}");
+        }
     }
 
     /// Each is about what it harms, not the actor: a defence switched off (its service, or the

@@ -1,5 +1,5 @@
 //! Logon from a risky IP address: a successful sign-in — to the console, to the Identity Center
-//! portal, or a federation into a role (SAML, web identity) — from an address the intelligence
+//! portal or its command-line tokens, or a federation into a role (SAML, web identity) — from an address the intelligence
 //! feeds put in a risk category (Tor, VPN, proxy, hosting, malicious), or whose network is a
 //! hosting provider's or one configured as risky (see [`crate::network`]). No baseline: the first
 //! sign-in of a brand-new identity counts. Tuned apart from the anomaly detections, which judge
@@ -29,6 +29,11 @@ const SIGNINS: &[(&str, &str)] = &[
     ("sts.amazonaws.com", "AssumeRoleWithSAML"),
     ("sts.amazonaws.com", "AssumeRoleWithWebIdentity"),
     ("sts.amazonaws.com", "GetFederationToken"),
+    // Identity Center's command-line door: a role's credentials fetched with the portal
+    // token, and the token itself issued (a device sign-in completed, a cached token
+    // refreshed). A token stolen from a laptop's cache, or a device code phished, is used so.
+    ("sso.amazonaws.com", "GetRoleCredentials"),
+    ("sso-oauth.amazonaws.com", "CreateToken"),
 ];
 
 /// Settings of `risky-ip-signin`.
@@ -95,11 +100,18 @@ impl RiskySignin {
             a.event_name.as_str(),
             "AssumeRoleWithWebIdentity" | "GetFederationToken"
         );
+        // People run the command line on AWS too (CloudShell, WorkSpaces, development
+        // instances): for its token calls AWS's own networks are no risk; rented servers are.
+        let on_aws = matches!(a.event_name.as_str(), "GetRoleCredentials" | "CreateToken")
+            && a.enrichment
+                .network
+                .as_ref()
+                .is_some_and(|n| crate::exposure::AWS_ASNS.contains(&n.asn));
         let risky: Vec<&str> = categories
             .iter()
             .map(String::as_str)
             .filter(|c| self.cfg.categories.iter().any(|x| x == c))
-            .filter(|c| !(workload && *c == "hosting"))
+            .filter(|c| !((workload || on_aws) && *c == "hosting"))
             .collect();
         if risky.is_empty() || allowed(&self.cfg.allow_principals, a) {
             return None;
@@ -114,6 +126,8 @@ impl RiskySignin {
             "UserAuthentication" => "signed in to the Identity Center portal",
             "Federate" => "opened an account through Identity Center",
             "GetFederationToken" => "took federation credentials",
+            "GetRoleCredentials" => "took a role's credentials through Identity Center",
+            "CreateToken" => "was issued an Identity Center token (command line or device sign-in)",
             _ => "federated into a role",
         };
         let network = match &a.enrichment.network {
@@ -220,6 +234,44 @@ mod tests {
             false,
         );
         assert!(policy.judge(&ci).is_some());
+    }
+
+    #[test]
+    fn identity_center_tokens_taken_from_a_rented_server_alert() {
+        // The command line's door to Identity Center: a cached token refreshed, a device
+        // sign-in completed, a role's credentials fetched — from a VPS, as a stolen token is.
+        let policy = RiskySignin::new(RiskySigninConfig::default());
+        let vps = |name: &str, source: &str, asn: u32| {
+            let mut a = signin(name, source, &["hosting"], false);
+            a.enrichment_mut().network = Some(trailguard_common::contract::Network {
+                asn,
+                organization: Some("hosting".into()),
+            });
+            a
+        };
+        for (name, source) in [
+            ("GetRoleCredentials", "sso.amazonaws.com"),
+            ("CreateToken", "sso-oauth.amazonaws.com"),
+        ] {
+            let alert = policy.judge(&vps(name, source, 14061));
+            let alert = alert.unwrap_or_else(|| panic!("{name} from DigitalOcean"));
+            assert!(
+                alert.evidence.summary.contains("Identity Center"),
+                "{}",
+                alert.evidence.summary
+            );
+            // From AWS's own networks (CloudShell, WorkSpaces, a development instance) it
+            // is where people work.
+            assert!(policy.judge(&vps(name, source, 16509)).is_none(), "{name}");
+            // Refused (a device code not yet approved, an expired token): nothing taken.
+            let mut refused = vps(name, source, 14061);
+            refused.outcome.status = trailguard_common::contract::OutcomeStatus::Failure;
+            assert!(policy.judge(&refused).is_none(), "{name}");
+        }
+        // The portal's other reads are not a door.
+        assert!(policy
+            .judge(&vps("ListAccounts", "sso.amazonaws.com", 14061))
+            .is_none());
     }
 
     #[test]

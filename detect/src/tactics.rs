@@ -160,6 +160,14 @@ pub const TABLE: &[Row] = &[
         3,
     ),
     row(BEDROCK, "PutUseCaseForModelAccess", Impact, 3),
+    // A file taken out of a CloudShell environment's home directory (what was gathered there
+    // with the console session's rights).
+    row(
+        "cloudshell.amazonaws.com",
+        "GetFileDownloadUrls",
+        Exfiltration,
+        3,
+    ),
     row("cloudtrail.amazonaws.com", "DeleteTrail", DefenseEvasion, 5),
     row(
         "cloudtrail.amazonaws.com",
@@ -717,6 +725,7 @@ pub const DERIVED: &[Row] = &[
     ALARM_ACTIONS_OFF,
     BUILD_OVERRIDDEN,
     FOREIGN_LAYER,
+    ENDPOINT_TO_INTERNET,
 ];
 
 /// An SSM command or association for every managed instance at once (`InstanceIds` `*`).
@@ -774,6 +783,16 @@ pub const BUILD_OVERRIDDEN: Row = row(
 /// A Lambda function given a layer of another account (`CreateFunction`,
 /// `UpdateFunctionConfiguration`): that account's code runs in the function, with its role.
 pub const FOREIGN_LAYER: Row = row(LAMBDA, "layer of another account", Persistence, 3);
+/// An EKS cluster's API endpoint opened to every address (`UpdateClusterConfig` with
+/// `publicAccessCidrs` `0.0.0.0/0` or `::/0`, the endpoint not made private): whoever holds a
+/// credential the cluster accepts reaches it from anywhere. (A cluster created public, as
+/// EKS's default is, is the creation's row: most are.)
+pub const ENDPOINT_TO_INTERNET: Row = row(
+    "eks.amazonaws.com",
+    "API endpoint opened to every address",
+    Persistence,
+    3,
+);
 
 fn accelerated(a: &Activity) -> Option<&'static Row> {
     // Capacity blocks are for accelerated instances only.
@@ -895,6 +914,16 @@ fn foreign_layer(a: &Activity) -> Option<&'static Row> {
                 && !AWS_LAYER_ACCOUNTS.contains(&account)
         })
         .then_some(&FOREIGN_LAYER)
+}
+
+fn endpoint_to_internet(a: &Activity) -> Option<&'static Row> {
+    let vpc = param(a, "resourcesVpcConfig")?;
+    let field = |k: &str| crate::policy::field_ci(vpc, k);
+    let everyone = strings(field("publicAccessCidrs")?)
+        .into_iter()
+        .take(64)
+        .any(|cidr| matches!(cidr.trim(), "0.0.0.0/0" | "::/0"));
+    (everyone && !is_false(field("endpointPublicAccess"))).then_some(&ENDPOINT_TO_INTERNET)
 }
 
 fn recovery_off(a: &Activity) -> Option<&'static Row> {
@@ -1142,6 +1171,10 @@ static INDEX: LazyLock<Index<'static>> = LazyLock::new(|| {
             ),
             ((LAMBDA, "CreateFunction"), foreign_layer),
             ((LAMBDA, "UpdateFunctionConfiguration"), foreign_layer),
+            (
+                ("eks.amazonaws.com", "UpdateClusterConfig"),
+                endpoint_to_internet,
+            ),
         ]);
     for (call, derive) in derived {
         index
@@ -1689,6 +1722,44 @@ mod tests {
         assert_eq!(
             classified(LAMBDA, "UpdateFunctionConfiguration20150331v2", own_layer),
             own(LAMBDA, "UpdateFunctionConfiguration", Persistence, 2)
+        );
+        // An EKS cluster's API endpoint opened to every address: its own row. Other
+        // configuration (logging, narrower ranges, a private endpoint) is the call's.
+        let eks = "eks.amazonaws.com";
+        let opened = json!({"name": "prod", "resourcesVpcConfig": {"endpointPublicAccess": true,
+            "endpointPrivateAccess": true, "publicAccessCidrs": ["10.1.0.0/16", "0.0.0.0/0"]}});
+        assert_eq!(
+            classified(eks, "UpdateClusterConfig", opened),
+            derived(&ENDPOINT_TO_INTERNET)
+        );
+        let v6 = json!({"name": "prod", "resourcesVpcConfig": {"publicAccessCidrs": ["::/0"]}});
+        assert_eq!(
+            classified(eks, "UpdateClusterConfig", v6),
+            derived(&ENDPOINT_TO_INTERNET)
+        );
+        for kept in [
+            json!({"name": "prod", "resourcesVpcConfig": {"endpointPublicAccess": true,
+                "publicAccessCidrs": ["203.0.113.0/24"]}}),
+            json!({"name": "prod", "resourcesVpcConfig": {"endpointPublicAccess": false,
+                "endpointPrivateAccess": true, "publicAccessCidrs": ["0.0.0.0/0"]}}),
+            json!({"name": "prod", "logging": {"clusterLogging": [{"types": ["audit"],
+                "enabled": true}]}}),
+        ] {
+            assert_eq!(
+                classified(eks, "UpdateClusterConfig", kept.clone()),
+                own(eks, "UpdateClusterConfig", Persistence, 2),
+                "{kept}"
+            );
+        }
+        // A file taken out of CloudShell's home directory.
+        let shell = "cloudshell.amazonaws.com";
+        assert_eq!(
+            classified(
+                shell,
+                "GetFileDownloadUrls",
+                json!({"EnvironmentId": "e", "FileDownloadPath": "/home/cloudshell-user/x.tgz"})
+            ),
+            own(shell, "GetFileDownloadUrls", Exfiltration, 3)
         );
         // Every derived row's key is its own: no row of the table, no other derived row.
         let mut keys: Vec<u32> = TABLE

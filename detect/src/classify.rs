@@ -237,6 +237,17 @@ fn is_signin(a: &Activity) -> bool {
     a.event_source == "signin.amazonaws.com" || a.event_type.as_deref() == Some("AwsConsoleSignIn")
 }
 
+/// S3 objects `a` read for its actor: one for a successful `GetObject` (a data event) the
+/// actor made itself; what a service read on its behalf is the service's.
+pub(crate) fn downloaded_objects(a: &Activity) -> u32 {
+    u32::from(
+        a.event_name == "GetObject"
+            && a.event_source == "s3.amazonaws.com"
+            && a.outcome.is_success()
+            && acts_itself(a),
+    )
+}
+
 /// Units an activity adds to each rate. A deleted bucket is a whole data store, not one
 /// object: it counts `bucket_weight` deletions.
 pub(crate) fn rate_units(a: &Activity, bucket_weight: u32) -> [u32; 4] {

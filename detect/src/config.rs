@@ -112,6 +112,7 @@ pub fn builtin_policies() -> Vec<&'static crate::policy::PolicyMeta<'static>> {
         &crate::anomaly::IMPOSSIBLE_TRAVEL,
         &crate::anomaly::UNUSUAL_ADMIN,
         &crate::anomaly::STORAGE_DELETION,
+        &crate::anomaly::UNUSUAL_DOWNLOAD,
         &crate::anomaly::VM_DELETION,
         &crate::anomaly::VM_CREATION,
         &crate::anomaly::FAILED_LOGINS,
@@ -137,8 +138,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
         assert_eq!(
-            count, 38,
-            "6 built-in, 7 exposure, 8 templates, 17 anomaly detections"
+            count, 39,
+            "6 built-in, 7 exposure, 8 templates, 18 anomaly detections"
         );
     }
 }

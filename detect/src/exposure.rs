@@ -2251,6 +2251,69 @@ impl Exposure {
         ));
     }
 
+    /// A secret of the account read by an account outside the organization: a grant to it,
+    /// used, whether or not the grant was seen being made (a policy older than Trailguard, a
+    /// trail that missed it). The record is the secret's account's copy of the call.
+    fn judge_read_outside(&self, a: &Activity, out: &mut Vec<Alert>) {
+        let cfg = &self.cfg.access_granted_outside;
+        if !cfg.enabled
+            || !matches!(
+                a.event_name.as_str(),
+                "GetSecretValue" | "BatchGetSecretValue"
+            )
+            || !a.outcome.is_success()
+            || !acts_itself(a)
+        {
+            return;
+        }
+        let (Some(own), Some(reader)) =
+            (a.account_id.as_deref(), a.principal.account_id.as_deref())
+        else {
+            return;
+        };
+        if reader == own
+            || !is_account(reader)
+            || cfg.trusted_accounts.iter().any(|t| t == reader)
+            || allowed(&cfg.allow_principals, a)
+        {
+            return;
+        }
+        let params = a.request_parameters.as_deref();
+        let secret = params
+            .and_then(|p| crate::policy::field_ci(p, "secretId"))
+            .and_then(Value::as_str)
+            .or_else(|| {
+                let list = params.and_then(|p| crate::policy::field_ci(p, "secretIdList"))?;
+                list.as_array()?.first()?.as_str()
+            })
+            .unwrap_or("?");
+        // Named in the summary and the entity: the caller wrote it.
+        let secret: String = secret.chars().take(256).collect();
+        let summary = format!(
+            "{} of account {reader} read secret {secret} of this account ({}): access granted outside the organization, used",
+            who_acted(a),
+            a.event_name
+        );
+        // About the secret: every read of it folds into one alert.
+        let entity = Entity {
+            kind: "resource".into(),
+            id: format!("{own}/{secret}"),
+        };
+        out.push(self.alert(
+            &ACCESS_GRANTED_OUTSIDE,
+            (cfg.severity, &cfg.actions),
+            a,
+            Some(entity),
+            Severity::High,
+            summary,
+            (
+                "Credential Access",
+                "T1555.006",
+                "Credentials from Password Stores: Cloud Secrets Management Stores",
+            ),
+        ));
+    }
+
     /// An EKS pod's service-account token exchanged for its role's credentials outside AWS.
     fn token_outside_aws(
         &self,
@@ -2407,9 +2470,12 @@ impl EventPolicy for Exposure {
                 self.judge_granted_outside(a, alerts);
             }
             "eks.amazonaws.com" => self.judge_granted_outside(a, alerts),
+            "secretsmanager.amazonaws.com" => {
+                self.judge_granted_outside(a, alerts);
+                self.judge_read_outside(a, alerts);
+            }
             "lambda.amazonaws.com"
             | "rolesanywhere.amazonaws.com"
-            | "secretsmanager.amazonaws.com"
             | "ecr.amazonaws.com"
             | "sqs.amazonaws.com"
             | "sns.amazonaws.com" => self.judge_granted_outside(a, alerts),
@@ -3968,6 +4034,64 @@ mod tests {
         let mut out = Vec::new();
         Exposure::new(cfg).evaluate(&a, &mut out);
         assert!(out.is_empty());
+    }
+
+    /// A secret read by an account outside the organization: a grant to it, used — whether
+    /// or not the grant was seen being made.
+    #[test]
+    fn secrets_read_by_another_account() {
+        let secret = "arn:aws:secretsmanager:us-east-1:111111111111:secret:prod/db/orders-fcAEab";
+        let reader = |account: &str| {
+            json!({"type": "AssumedRole", "accountId": account,
+                "principalId": "AROAOPS:worker",
+                "arn": format!("arn:aws:sts::{account}:assumed-role/ops/worker"),
+                "sessionContext": {"sessionIssuer": {"type": "Role",
+                    "arn": format!("arn:aws:iam::{account}:role/ops"), "userName": "ops"}}})
+        };
+        let read = |identity: Value, error: bool, cfg: ExposurePolicies| {
+            let a = record(
+                "secretsmanager.amazonaws.com",
+                "GetSecretValue",
+                identity,
+                json!({"secretId": secret}),
+                error,
+            );
+            let mut out = Vec::new();
+            Exposure::new(cfg).evaluate(&a, &mut out);
+            out
+        };
+        let outsider = read(reader("999988887777"), false, ExposurePolicies::default());
+        assert_eq!(ids(&outsider), [("access-granted-outside", Severity::High)]);
+        let summary = &outsider[0].evidence.summary;
+        assert!(
+            summary.contains("999988887777") && summary.contains("prod/db/orders"),
+            "{summary}"
+        );
+        assert_eq!(
+            outsider[0].entity.id,
+            format!("111111111111/{secret}"),
+            "one alert per secret"
+        );
+        // The account's own, a trusted account, a refused read: nothing.
+        assert!(read(reader("111111111111"), false, ExposurePolicies::default()).is_empty());
+        let mut trusting = ExposurePolicies::default();
+        trusting.access_granted_outside.trusted_accounts = vec!["999988887777".into()];
+        assert!(read(reader("999988887777"), false, trusting).is_empty());
+        assert!(read(reader("999988887777"), true, ExposurePolicies::default()).is_empty());
+        // Logged as the other account itself (no session details), still that account.
+        assert_eq!(
+            ids(&read(
+                json!({"type": "AWSAccount", "accountId": "999988887777",
+                    "principalId": "AROAOPS:worker"}),
+                false,
+                ExposurePolicies::default()
+            )),
+            [("access-granted-outside", Severity::High)]
+        );
+        // A service reading for the account (invokedBy) is the account's.
+        let mut service = reader("999988887777");
+        service["invokedBy"] = "cloudformation.amazonaws.com".into();
+        assert!(read(service, false, ExposurePolicies::default()).is_empty());
     }
 
     /// A pod's projected service-account token is good only inside its cluster: exchanged for

@@ -106,6 +106,8 @@ pub struct AnomalyTuning {
     pub admin_floor: u32,
     /// storage-deletion: deletions an hour that are never unusual (low ×4, high ×0.4).
     pub deletion_floor: u32,
+    /// unusual-download: S3 objects read an hour that are never unusual (low ×4, high ×0.4).
+    pub download_floor: u32,
     /// vm-deletion and vm-creation: instances an hour that are never unusual (low ×2,
     /// high ×0.5).
     pub vm_floor: u32,
@@ -126,6 +128,7 @@ impl Default for AnomalyTuning {
             places_remembered: 4,
             admin_floor: 50,
             deletion_floor: 50,
+            download_floor: 500,
             vm_floor: 10,
             failed_login_floor: 10,
             org_window_days: 30,
@@ -180,6 +183,9 @@ pub struct AnomalyConfig {
     /// How many deletions one deleted bucket counts for in `storage_deletion` (a bucket is a
     /// whole data store; an object is one).
     pub bucket_deletion_weight: u32,
+    /// Unusual multiple file download activities: S3 objects an actor read in an hour
+    /// (`GetObject` data events), against its own usual hours.
+    pub unusual_download: DetectionConfig,
     /// Multiple delete VM activities.
     pub vm_deletion: DetectionConfig,
     /// Multiple failed login attempts: an actor's failed console sign-ins in an hour, against
@@ -232,6 +238,7 @@ impl Default for AnomalyConfig {
             unusual_admin_activity: DetectionConfig::default(),
             storage_deletion: DetectionConfig::default(),
             bucket_deletion_weight: 10,
+            unusual_download: DetectionConfig::default(),
             vm_deletion: DetectionConfig::default(),
             failed_logins: DetectionConfig::default(),
             vm_creation: DetectionConfig::default(),
@@ -302,6 +309,7 @@ impl AnomalyConfig {
             ("places_remembered", (1..=32).contains(&t.places_remembered)),
             ("admin_floor", t.admin_floor > 0),
             ("deletion_floor", t.deletion_floor > 0),
+            ("download_floor", t.download_floor > 0),
             ("vm_floor", t.vm_floor > 0),
             ("failed_login_floor", t.failed_login_floor > 0),
             ("org_window_days", (1..=365).contains(&t.org_window_days)),
@@ -365,6 +373,11 @@ meta!(
     "Unusual multiple storage deletion activities"
 );
 meta!(VM_DELETION, "vm-deletion", "Multiple delete VM activities");
+meta!(
+    UNUSUAL_DOWNLOAD,
+    "unusual-download",
+    "Unusual multiple file download activities"
+);
 meta!(
     FAILED_LOGINS,
     "failed-logins",
@@ -595,11 +608,6 @@ impl Rate {
         self.hour_count = self.hour_count.saturating_add(1);
     }
 
-    /// Never counted anything.
-    fn is_empty(&self) -> bool {
-        *self == Rate::default()
-    }
-
     /// Drops what only a building burst needs, once it is an hour old.
     fn settle(&mut self, now: i64) {
         let minute = now.div_euclid(60);
@@ -722,9 +730,14 @@ pub struct PrincipalState {
     /// The four rates.
     #[serde(rename = "r", default)]
     rates: [Rate; 4],
-    /// Failed sign-ins an hour (a field of its own: the rates above are persisted as four).
-    #[serde(rename = "x", default, skip_serializing_if = "Rate::is_empty")]
-    signin_failures: Rate,
+    /// Failed sign-ins an hour, for the actors that ever failed one (a field of its own: the
+    /// rates above are persisted as four; boxed, as the next: most actors never sign in, and
+    /// a baseline stays in its size class).
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    signin_failures: Option<Box<Rate>>,
+    /// S3 objects read an hour, for the actors that read any.
+    #[serde(rename = "dl", default, skip_serializing_if = "Option::is_none")]
+    downloads: Option<Box<Rate>>,
     /// Id of the latest activity (evidence for a termination learned after it).
     #[serde(rename = "i", default, skip_serializing_if = "ActivityId::is_empty")]
     pub last_id: ActivityId,
@@ -918,7 +931,11 @@ impl PrincipalState {
     pub fn fit_lists(&mut self) {
         self.countries.shrink_to_fit();
         self.places.shrink_to_fit();
-        for rate in self.rates.iter_mut().chain([&mut self.signin_failures]) {
+        let boxed = [
+            self.signin_failures.as_deref_mut(),
+            self.downloads.as_deref_mut(),
+        ];
+        for rate in self.rates.iter_mut().chain(boxed.into_iter().flatten()) {
             rate.recent.shrink_to_fit();
             rate.evidence.shrink_to_fit();
         }
@@ -959,10 +976,16 @@ impl PrincipalState {
                 .iter()
                 .map(|p| p.label.capacity() + p.id.capacity())
                 .sum::<usize>()
+            + [&self.signin_failures, &self.downloads]
+                .iter()
+                .filter(|r| r.is_some())
+                .count()
+                * std::mem::size_of::<Rate>()
             + self
                 .rates
                 .iter()
-                .chain([&self.signin_failures])
+                .chain(self.signin_failures.as_deref())
+                .chain(self.downloads.as_deref())
                 .map(|r| {
                     list(&r.recent)
                         + list(&r.evidence)
@@ -1813,6 +1836,89 @@ mod tests {
         assert!(ids(&run(&spread), "vm-deletion").is_empty());
     }
 
+    /// An actor that reads a few objects an hour, then hundreds in one: data taken. The job
+    /// that reads thousands every night has that for its usual.
+    #[test]
+    fn unusual_downloads_against_the_actors_own_hours() {
+        let read = |t: i64, key: usize, error: bool| {
+            let mut a = activity(t, "GetObject", "198.51.100.1");
+            a.event_source = "s3.amazonaws.com".into();
+            a.data_event = true;
+            a.id = format!("read-{t}-{key}");
+            if error {
+                a.outcome.status = trailguard_common::contract::OutcomeStatus::Failure;
+            }
+            a
+        };
+        // Eight days of ten reads a day, then 600 within twenty minutes.
+        let mut acts: Vec<Activity> = (0..8 * 10).map(|i| read(i * DAY / 10, 0, false)).collect();
+        acts.extend((0..600).map(|i| read(8 * DAY + i * 2, i as usize, false)));
+        let alerts = run(&acts);
+        assert_eq!(ids(&alerts, "unusual-download").len(), 1, "{alerts:#?}");
+        let alert = alerts.iter().find(|a| a.policy_id == "unusual-download");
+        assert!(
+            alert.is_some_and(|a| a.evidence.summary.contains("500 S3 objects read")
+                && a.mitre.iter().any(|m| m.tactic == "Exfiltration")),
+            "{alert:?}"
+        );
+        // The same 600 refused: nothing read.
+        let mut refused: Vec<Activity> =
+            (0..8 * 10).map(|i| read(i * DAY / 10, 0, false)).collect();
+        refused.extend((0..600).map(|i| read(8 * DAY + i * 2, i as usize, true)));
+        assert!(ids(&run(&refused), "unusual-download").is_empty());
+        // A nightly job of 2,000 reads for three weeks: its 22nd night is its usual.
+        let mut nightly = Vec::new();
+        for day in 0..22 {
+            nightly.extend((0..2000).map(|i| read(day * DAY + 3600 + i, i as usize, false)));
+        }
+        let job = run(&nightly);
+        let fired = job.iter().filter(|a| a.policy_id == "unusual-download");
+        // Only while it learned (its first night, against the floor) may it have fired.
+        assert!(
+            fired
+                .clone()
+                .all(|a| a.evidence.summary.contains("while still new")),
+            "{:#?}",
+            fired.collect::<Vec<_>>()
+        );
+        // An actor that never reads keeps no download baseline.
+        let mut st = PrincipalState::default();
+        let (an, mut org) = (
+            Anomalies::new(AnomalyConfig::default(), true),
+            crate::census::Census::default(),
+        );
+        an.observe(
+            &mut st,
+            &mut org,
+            &activity(0, "TerminateInstances", "198.51.100.1"),
+        );
+        assert!(st.downloads.is_none());
+    }
+
+    /// Failed sign-ins are kept boxed now: a baseline saved with them inline reads back
+    /// with them, and one without them is written as before (no field).
+    #[test]
+    fn failed_signins_saved_before_read_back() -> Result<(), serde_json::Error> {
+        let empty = r#"{"h":0,"n":0,"m":0.0,"v":0.0}"#;
+        let saved = format!(
+            r#"{{"o":7,"f":1700000000,"l":1700003600,"r":[{empty},{empty},{empty},{empty}],"x":{{"h":472222,"n":3,"m":0.5,"v":0.25}}}}"#
+        );
+        let st: PrincipalState = serde_json::from_str(&saved)?;
+        let failures = st
+            .signin_failures
+            .as_deref()
+            .map(|r| (r.hour, r.hour_count));
+        assert_eq!(failures, Some((472_222, 3)));
+        let none: PrincipalState = serde_json::from_str(r#"{"o":7,"f":1,"l":2}"#)?;
+        assert!(none.signin_failures.is_none() && none.downloads.is_none());
+        let text = serde_json::to_string(&none)?;
+        assert!(
+            !text.contains("\"x\"") && !text.contains("\"dl\""),
+            "{text}"
+        );
+        Ok(())
+    }
+
     /// A nightly job's burst, every night for three weeks, is its usual; twice and a half
     /// as many is not.
     #[test]
@@ -2060,8 +2166,14 @@ mod layout_tests {
             state.places.capacity(),
             state.rates[0].recent.capacity(),
             state.rates[0].evidence.capacity(),
-            state.signin_failures.recent.capacity(),
-            state.signin_failures.evidence.capacity(),
+            state
+                .signin_failures
+                .as_ref()
+                .map_or(0, |r| r.recent.capacity()),
+            state
+                .signin_failures
+                .as_ref()
+                .map_or(0, |r| r.evidence.capacity()),
             state.api_known.capacity(),
             state.api_vouched_once.capacity(),
             state.api_unusual.capacity(),

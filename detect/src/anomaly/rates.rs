@@ -5,9 +5,9 @@ use trailguard_common::contract::{Alert, Severity};
 
 use super::{
     Anomalies, PrincipalState, Seen, Sensitivity, Who, FAILED_LOGINS, STORAGE_DELETION,
-    UNUSUAL_ADMIN, VM_CREATION, VM_DELETION,
+    UNUSUAL_ADMIN, UNUSUAL_DOWNLOAD, VM_CREATION, VM_DELETION,
 };
-use crate::classify::{rate_units, RateKind};
+use crate::classify::{downloaded_objects, rate_units, RateKind};
 
 impl Anomalies {
     /// The rates: count this activity's units, alert when a sliding hour passes the
@@ -65,20 +65,43 @@ impl Anomalies {
                 .filter(|(p, _)| p.hour_count >= super::PEER_HOURS);
             self.judge_rate(rate, n, floor, peers, d, meta, what, mitre, seen, out);
         }
+        // Failed sign-ins: kept only for the actors that ever failed one.
         let failed = failed_signin(a);
-        let floor = (self.cfg.tuning.failed_login_floor, 2.0, 0.5);
-        self.judge_rate(
-            &mut st.signin_failures,
-            u32::from(failed),
-            floor,
-            None,
-            &self.cfg.failed_logins,
-            &FAILED_LOGINS,
-            "failed sign-ins",
-            ("Credential Access", "T1110", "Brute Force"),
-            seen,
-            out,
-        );
+        if failed || st.signin_failures.is_some() {
+            let floor = (self.cfg.tuning.failed_login_floor, 2.0, 0.5);
+            let rate = st.signin_failures.get_or_insert_with(Default::default);
+            self.judge_rate(
+                rate,
+                u32::from(failed),
+                floor,
+                None,
+                &self.cfg.failed_logins,
+                &FAILED_LOGINS,
+                "failed sign-ins",
+                ("Credential Access", "T1110", "Brute Force"),
+                seen,
+                out,
+            );
+        }
+        // Objects read: kept only for the actors that read any (no peers: the volume a job
+        // reads is its own).
+        let read = downloaded_objects(a);
+        if read > 0 || st.downloads.is_some() {
+            let t = &self.cfg.tuning;
+            let rate = st.downloads.get_or_insert_with(Default::default);
+            self.judge_rate(
+                rate,
+                read,
+                (t.download_floor, 4.0, 0.4),
+                None,
+                &self.cfg.unusual_download,
+                &UNUSUAL_DOWNLOAD,
+                "S3 objects read",
+                ("Exfiltration", "T1530", "Data from Cloud Storage Object"),
+                seen,
+                out,
+            );
+        }
     }
 
     /// Counts `n` units of one rate; alerts when its sliding hour reaches the threshold: the

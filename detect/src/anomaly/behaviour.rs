@@ -7,7 +7,8 @@
 //! families it works from. After learning, a classified call it has never made scores its
 //! weight, plus one for a tactic it never used, one for a new network, one for a new user
 //! agent, one for a failure, and two when it comes within an hour of another unusual call of
-//! a different tactic, one when half or more of its sensitive calls this hour were refused
+//! a different tactic (for a learned actor, only with a new network or agent or a failure),
+//! one when half or more of its sensitive calls this hour were refused
 //! (five at least), and one when another policy alerted about it in the last six hours. While
 //! it learns, its peers' calls (the role its sessions come from, its account's people or
 //! users; a call counts as theirs once two members have made it) stand in for its own, so an
@@ -329,7 +330,10 @@ impl Anomalies {
                 a.outcome.error_code.as_deref().unwrap_or("failed")
             ));
         }
-        if chained {
+        // A learned actor working where and with what it always does, trying new calls one
+        // after another, is most often a new piece of work (an admin's first permission sets):
+        // the chain counts when something else is strange too.
+        if chained && (!learned || new_network || new_agent || failed) {
             score += 2;
             why.push("within an hour of other unusual calls of other tactics".to_string());
         }
@@ -727,35 +731,44 @@ mod tests {
         )
         .is_empty());
         // A chain of tactics: the first is quiet, the second of another tactic within the hour
-        // weighs two more.
-        let mut st = PrincipalState::default();
-        ordinary(&an, &mut st, &mut census);
-        an.observe(
-            &mut st,
-            &mut census,
-            &call(
+        // weighs two more — when something else about it is strange (here a network alice
+        // never used). From home with her usual tool, new calls one after another are a new
+        // piece of work, each judged alone.
+        let chain = |ip: &str| {
+            let mut st = PrincipalState::default();
+            let mut census = crate::census::Census::default();
+            ordinary(&an, &mut st, &mut census);
+            let first = call(
                 9 * DAY,
                 "secretsmanager.amazonaws.com",
                 "GetSecretValue",
                 HOME,
                 CLI,
                 false,
-            ),
-        );
-        let escalate = call(
-            9 * DAY + 300,
-            "iam.amazonaws.com",
-            "AttachUserPolicy",
-            HOME,
-            CLI,
-            false,
-        );
-        let alerts = an.observe(&mut st, &mut census, &escalate);
-        assert_eq!(
-            fired(&alerts, "unusual-api-behaviour").len(),
-            1,
-            "{alerts:?}"
-        );
+            );
+            assert!(fired(
+                &an.observe(&mut st, &mut census, &first),
+                "unusual-api-behaviour"
+            )
+            .is_empty());
+            // Weight 2, its first persistence call: 3, or 4 from a new network; the chain
+            // makes it 6.
+            let persist = call(
+                9 * DAY + 300,
+                "iam.amazonaws.com",
+                "CreateRole",
+                ip,
+                CLI,
+                false,
+            );
+            fired(
+                &an.observe(&mut st, &mut census, &persist),
+                "unusual-api-behaviour",
+            )
+            .len()
+        };
+        assert_eq!(chain("203.0.113.9"), 1);
+        assert_eq!(chain(HOME), 0);
         // The heaviest calls fire alone.
         let mut st = PrincipalState::default();
         ordinary(&an, &mut st, &mut census);

@@ -15,7 +15,7 @@
 //! | `AssumedRole` whose session name is an e-mail address | the person (SAML IdPs set `RoleSessionName` to the user's e-mail or UPN) | `person:NAME` |
 //! | any other `AssumedRole` | the role: instance (`i-…`), Lambda, ECS, CI and service sessions are one workload | the role ARN, `arn:…:iam::ACCOUNT:role/NAME` |
 //! | `IdentityCenterUser` | the Identity Center user (`userName`, else `onBehalfOf.userId`) | `person:NAME` or `identity-center:USER-ID` |
-//! | `Unknown` with a `userName` and no ARN (Identity Center's older records of its sign-ins and portal) | the Identity Center user | `person:NAME` |
+//! | `Unknown` with a `userName` and no ARN (Identity Center's older records of its sign-ins, portal and tokens) | the Identity Center user | `person:NAME` |
 //! | `SAMLUser` (the `AssumeRoleWithSAML` call itself) | the SAML subject | `person:NAME` |
 //! | `WebIdentityUser` (the `AssumeRoleWithWebIdentity` call itself) | the identity provider's subject | `web-identity:PROVIDER-SUBJECT` |
 //! | `FederatedUser` (`GetFederationToken`) | the federated user | its ARN |
@@ -100,20 +100,21 @@ impl Actor {
     }
 
     /// The actor of a record of `event_source` by `principal` (see [`Actor::of_in`]): also
-    /// reads Identity Center's older records of its own sign-ins and portal calls
-    /// (`signin.amazonaws.com`, `sso.amazonaws.com`), which name the user as `type: Unknown`
+    /// reads Identity Center's older records of its own sign-ins, portal calls and tokens
+    /// (`signin.amazonaws.com`, `sso.amazonaws.com`, `sso-oauth.amazonaws.com`), which name the user as `type: Unknown`
     /// with a `userName` and no ARN — the same name as its permission-set sessions'. (Other
     /// services write `Unknown` too, and ingest writes it for a record with no type: only
     /// Identity Center's own records are read so.)
     pub fn of_event(principal: &Principal, partition: Option<&str>, event_source: &str) -> Actor {
         let name = principal.name.as_deref().unwrap_or_default();
-        let legacy_identity_center =
-            matches!(event_source, "signin.amazonaws.com" | "sso.amazonaws.com")
-                && principal.kind == "Unknown"
-                && principal.arn.as_deref().unwrap_or_default().is_empty()
-                && !name.trim().is_empty()
-                && name != HIDDEN_USER_NAME
-                && principal.on_behalf_of.as_deref() != Some(name);
+        let legacy_identity_center = matches!(
+            event_source,
+            "signin.amazonaws.com" | "sso.amazonaws.com" | "sso-oauth.amazonaws.com"
+        ) && principal.kind == "Unknown"
+            && principal.arn.as_deref().unwrap_or_default().is_empty()
+            && !name.trim().is_empty()
+            && name != HIDDEN_USER_NAME
+            && principal.on_behalf_of.as_deref() != Some(name);
         if legacy_identity_center {
             return Actor {
                 kind: ActorKind::Person,
@@ -502,6 +503,13 @@ mod tests {
             "sso.amazonaws.com",
         );
         assert_eq!(portal.id, "person:alice@example.com");
+        // The command line's token, issued or refreshed, is the same person's.
+        let token = Actor::of_event(
+            &principal(Some("alice@example.com")),
+            None,
+            "sso-oauth.amazonaws.com",
+        );
+        assert_eq!(token.id, "person:alice@example.com");
         let alice = legacy(Some("Alice@Example.com"));
         assert_eq!(
             (alice.kind, alice.id.as_str(), alice.basis.as_str()),

@@ -237,15 +237,26 @@ fn is_signin(a: &Activity) -> bool {
     a.event_source == "signin.amazonaws.com" || a.event_type.as_deref() == Some("AwsConsoleSignIn")
 }
 
-/// S3 objects `a` read for its actor: one for a successful `GetObject` (a data event) the
-/// actor made itself; what a service read on its behalf is the service's.
-pub(crate) fn downloaded_objects(a: &Activity) -> u32 {
-    u32::from(
-        a.event_name == "GetObject"
-            && a.event_source == "s3.amazonaws.com"
-            && a.outcome.is_success()
-            && acts_itself(a),
-    )
+/// The S3 object `a` read for its actor, as a hash of its ARN (from the record's resources;
+/// 0 when it names none): a successful `GetObject` the actor made itself. What a service
+/// read on its behalf is the service's, and unauthenticated reads of a public bucket are
+/// nobody's.
+pub(crate) fn downloaded_object(a: &Activity) -> Option<u32> {
+    let read = a.event_name == "GetObject"
+        && a.event_source == "s3.amazonaws.com"
+        && a.outcome.is_success()
+        && acts_itself(a)
+        && a.principal.account_id.as_deref() != Some("ANONYMOUS_PRINCIPAL");
+    if !read {
+        return None;
+    }
+    // `arn:aws:s3:::BUCKET/KEY`: the object (the bucket's ARN has no `/`).
+    let object = a
+        .resources
+        .iter()
+        .find(|r| r.id.starts_with("arn:") && r.id.contains(":::") && r.id.contains('/'))
+        .map_or(0, |r| crate::tactics::fnv1a(r.id.bytes()).max(1));
+    Some(object)
 }
 
 /// Units an activity adds to each rate. A deleted bucket is a whole data store, not one

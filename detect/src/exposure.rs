@@ -1675,15 +1675,27 @@ impl Exposure {
         let own = a.account_id.as_deref().unwrap_or_default();
         let mut keys = Vec::new();
         if a.event_name == "ReEncrypt" {
-            let destination = params.get("destinationKeyId").and_then(Value::as_str);
+            // Another account re-encrypting the account's ciphertext under its own key takes
+            // it out (`access-granted-outside`); the stored data is unchanged. The account's
+            // own people doing so put it under the other account's key.
+            if a.principal.account_id.as_deref().is_some_and(|c| c != own) {
+                return;
+            }
+            let destination =
+                crate::policy::field_ci(params, "destinationKeyId").and_then(Value::as_str);
             keys.extend(destination.filter(|k| k.starts_with("arn:") && k.contains(":kms:")));
         } else {
             kms_key_arns(params, 0, &mut keys);
         }
         let Some((key, holder)) = keys.into_iter().find_map(|key| {
             let holder = key.split(':').nth(4).filter(|h| is_account(h))?;
-            (holder != own && !cfg.trusted_accounts.iter().any(|t| t == holder))
-                .then(|| (key.to_string(), holder.to_string()))
+            // Named in the summary and the entity: the caller wrote it.
+            (holder != own && !cfg.trusted_accounts.iter().any(|t| t == holder)).then(|| {
+                (
+                    key.chars().take(256).collect::<String>(),
+                    holder.to_string(),
+                )
+            })
         }) else {
             return;
         };
@@ -2251,19 +2263,20 @@ impl Exposure {
         ));
     }
 
-    /// A secret of the account read by an account outside the organization: a grant to it,
-    /// used, whether or not the grant was seen being made (a policy older than Trailguard, a
-    /// trail that missed it). The record is the secret's account's copy of the call.
+    /// A grant to an account not in `trusted_accounts`, used: a secret of the account read by
+    /// a principal of that account, or ciphertext of one of the account's KMS keys
+    /// re-encrypted by it under a key of its own (which it can then open) — whether or not the
+    /// grant was seen being made (a policy older than Trailguard, a trail that missed it). The
+    /// record is the resource's account's copy of the call. Medium, as a grant to a named
+    /// account is: an organization whose member accounts share secrets or keys lists them.
     fn judge_read_outside(&self, a: &Activity, out: &mut Vec<Alert>) {
         let cfg = &self.cfg.access_granted_outside;
-        if !cfg.enabled
-            || !matches!(
-                a.event_name.as_str(),
-                "GetSecretValue" | "BatchGetSecretValue"
-            )
-            || !a.outcome.is_success()
-            || !acts_itself(a)
-        {
+        // (`BatchGetSecretValue` is also logged as one `GetSecretValue` a secret.)
+        let reads = matches!(
+            (a.event_source.as_str(), a.event_name.as_str()),
+            ("secretsmanager.amazonaws.com", "GetSecretValue") | ("kms.amazonaws.com", "ReEncrypt")
+        );
+        if !cfg.enabled || !reads || !a.outcome.is_success() || !acts_itself(a) {
             return;
         }
         let (Some(own), Some(reader)) =
@@ -2278,39 +2291,57 @@ impl Exposure {
         {
             return;
         }
-        let params = a.request_parameters.as_deref();
-        let secret = params
-            .and_then(|p| crate::policy::field_ci(p, "secretId"))
-            .and_then(Value::as_str)
-            .or_else(|| {
-                let list = params.and_then(|p| crate::policy::field_ci(p, "secretIdList"))?;
-                list.as_array()?.first()?.as_str()
-            })
-            .unwrap_or("?");
-        // Named in the summary and the entity: the caller wrote it.
-        let secret: String = secret.chars().take(256).collect();
+        let param = |name: &str| {
+            a.request_parameters
+                .as_deref()
+                .and_then(|p| crate::policy::field_ci(p, name))
+                .and_then(Value::as_str)
+        };
+        // Named in the summary and the entity: the caller wrote them.
+        let bounded = |text: &str| text.chars().take(256).collect::<String>();
+        let (resource, what) = if a.event_source == "kms.amazonaws.com" {
+            // A key id or alias without an ARN is the caller's own account's: only a
+            // destination named as one of this account's keys stays inside.
+            let destination = param("destinationKeyId").unwrap_or("?");
+            if destination.split(':').nth(4) == Some(own) {
+                return;
+            }
+            let source = bounded(param("sourceKeyId").unwrap_or("?"));
+            let what = format!(
+                "re-encrypted ciphertext of this account's KMS key {source} under key {} (ReEncrypt): that account can now decrypt it",
+                bounded(destination)
+            );
+            (source, what)
+        } else {
+            let secret = bounded(param("secretId").unwrap_or("?"));
+            let what = format!("read secret {secret} of this account (GetSecretValue)");
+            (secret, what)
+        };
         let summary = format!(
-            "{} of account {reader} read secret {secret} of this account ({}): access granted outside the organization, used",
-            who_acted(a),
-            a.event_name
+            "{} of account {reader}, not a trusted account, {what}: access granted outside, used",
+            who_acted(a)
         );
-        // About the secret: every read of it folds into one alert.
+        // About the resource: every use of it folds into one alert.
         let entity = Entity {
             kind: "resource".into(),
-            id: format!("{own}/{secret}"),
+            id: format!("{own}/{resource}"),
         };
         out.push(self.alert(
             &ACCESS_GRANTED_OUTSIDE,
             (cfg.severity, &cfg.actions),
             a,
             Some(entity),
-            Severity::High,
+            Severity::Medium,
             summary,
-            (
-                "Credential Access",
-                "T1555.006",
-                "Credentials from Password Stores: Cloud Secrets Management Stores",
-            ),
+            if a.event_source == "kms.amazonaws.com" {
+                ("Collection", "T1530", "Data from Cloud Storage")
+            } else {
+                (
+                    "Credential Access",
+                    "T1555.006",
+                    "Credentials from Password Stores: Cloud Secrets Management Stores",
+                )
+            },
         ));
     }
 
@@ -2329,6 +2360,8 @@ impl Exposure {
             .and_then(serde_json::Value::as_str)
             .and_then(|arn| arn.rsplit('/').next())
             .unwrap_or("?");
+        // The caller wrote it.
+        let role: String = role.chars().take(128).collect();
         let from = match &network.organization {
             Some(org) => format!("AS{} {org}", network.asn),
             None => format!("AS{}", network.asn),
@@ -2483,6 +2516,7 @@ impl EventPolicy for Exposure {
                 self.judge_granted_outside(a, alerts);
                 self.judge_blinding(a, alerts);
                 self.judge_outside_key(a, alerts);
+                self.judge_read_outside(a, alerts);
             }
             "events.amazonaws.com" => {
                 self.judge_granted_outside(a, alerts);
@@ -4036,10 +4070,10 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    /// A secret read by an account outside the organization: a grant to it, used — whether
-    /// or not the grant was seen being made.
+    /// A secret read, or a key's ciphertext re-encrypted, by an account not trusted: a grant
+    /// to it, used — whether or not the grant was seen being made.
     #[test]
-    fn secrets_read_by_another_account() {
+    fn secrets_and_keys_used_by_another_account() {
         let secret = "arn:aws:secretsmanager:us-east-1:111111111111:secret:prod/db/orders-fcAEab";
         let reader = |account: &str| {
             json!({"type": "AssumedRole", "accountId": account,
@@ -4061,7 +4095,10 @@ mod tests {
             out
         };
         let outsider = read(reader("999988887777"), false, ExposurePolicies::default());
-        assert_eq!(ids(&outsider), [("access-granted-outside", Severity::High)]);
+        assert_eq!(
+            ids(&outsider),
+            [("access-granted-outside", Severity::Medium)]
+        );
         let summary = &outsider[0].evidence.summary;
         assert!(
             summary.contains("999988887777") && summary.contains("prod/db/orders"),
@@ -4086,12 +4123,43 @@ mod tests {
                 false,
                 ExposurePolicies::default()
             )),
-            [("access-granted-outside", Severity::High)]
+            [("access-granted-outside", Severity::Medium)]
         );
         // A service reading for the account (invokedBy) is the account's.
         let mut service = reader("999988887777");
         service["invokedBy"] = "cloudformation.amazonaws.com".into();
         assert!(read(service, false, ExposurePolicies::default()).is_empty());
+        // The account's ciphertext re-encrypted by the other account under a key of its own
+        // (named by ARN, or by id: a key id is the caller's own account's): it can open it.
+        let ours = "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let reencrypt = |identity: Value, destination: &str| {
+            run(&record(
+                "kms.amazonaws.com",
+                "ReEncrypt",
+                identity,
+                json!({"sourceKeyId": ours, "destinationKeyId": destination}),
+                false,
+            ))
+        };
+        for theirs in [
+            "arn:aws:kms:us-east-1:999988887777:key/0badc0de-0bad-c0de-0bad-c0de0badc0de",
+            "0badc0de-0bad-c0de-0bad-c0de0badc0de",
+        ] {
+            let alerts = reencrypt(reader("999988887777"), theirs);
+            // Taken out, not ransomed: the account's stored data is unchanged.
+            assert_eq!(
+                ids(&alerts),
+                [("access-granted-outside", Severity::Medium)],
+                "{theirs}"
+            );
+            assert!(
+                alerts[0].evidence.summary.contains("ReEncrypt"),
+                "{}",
+                alerts[0].evidence.summary
+            );
+        }
+        // Into one of this account's keys: inside.
+        assert!(reencrypt(reader("999988887777"), ours).is_empty());
     }
 
     /// A pod's projected service-account token is good only inside its cluster: exchanged for

@@ -784,7 +784,8 @@ pub const BUILD_OVERRIDDEN: Row = row(
 /// `UpdateFunctionConfiguration`): that account's code runs in the function, with its role.
 pub const FOREIGN_LAYER: Row = row(LAMBDA, "layer of another account", Persistence, 3);
 /// An EKS cluster's API endpoint opened to every address (`UpdateClusterConfig` with
-/// `publicAccessCidrs` `0.0.0.0/0` or `::/0`, the endpoint not made private): whoever holds a
+/// `publicAccessCidrs` naming `0.0.0.0/0`, `::/0` or another block as wide: [`wide_range`];
+/// the endpoint not made private): whoever holds a
 /// credential the cluster accepts reaches it from anywhere. (A cluster created public, as
 /// EKS's default is, is the creation's row: most are.)
 pub const ENDPOINT_TO_INTERNET: Row = row(
@@ -919,11 +920,26 @@ fn foreign_layer(a: &Activity) -> Option<&'static Row> {
 fn endpoint_to_internet(a: &Activity) -> Option<&'static Row> {
     let vpc = param(a, "resourcesVpcConfig")?;
     let field = |k: &str| crate::policy::field_ci(vpc, k);
-    let everyone = strings(field("publicAccessCidrs")?)
-        .into_iter()
+    let everyone = field("publicAccessCidrs")?
+        .as_array()?
+        .iter()
         .take(64)
-        .any(|cidr| matches!(cidr.trim(), "0.0.0.0/0" | "::/0"));
+        .filter_map(serde_json::Value::as_str)
+        .any(wide_range);
     (everyone && !is_false(field("endpointPublicAccess"))).then_some(&ENDPOINT_TO_INTERNET)
+}
+
+/// A CIDR block of a large part of the internet: IPv4 `/8` or wider, IPv6 `/16` or wider
+/// (`0.0.0.0/0` written as halves or quarters is as open).
+fn wide_range(cidr: &str) -> bool {
+    let Some((address, bits)) = cidr.trim().split_once('/') else {
+        return false;
+    };
+    match (address.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(bits)) => bits <= 8,
+        (Ok(std::net::IpAddr::V6(_)), Ok(bits)) => bits <= 16,
+        _ => false,
+    }
 }
 
 fn recovery_off(a: &Activity) -> Option<&'static Row> {
@@ -1732,14 +1748,21 @@ mod tests {
             classified(eks, "UpdateClusterConfig", opened),
             derived(&ENDPOINT_TO_INTERNET)
         );
-        let v6 = json!({"name": "prod", "resourcesVpcConfig": {"publicAccessCidrs": ["::/0"]}});
-        assert_eq!(
-            classified(eks, "UpdateClusterConfig", v6),
-            derived(&ENDPOINT_TO_INTERNET)
-        );
+        for open in [
+            json!(["::/0"]),
+            json!(["0.0.0.0/1", "128.0.0.0/1"]),
+            json!([" 64.0.0.0/2"]),
+        ] {
+            let wide = json!({"name": "prod", "resourcesVpcConfig": {"publicAccessCidrs": open}});
+            assert_eq!(
+                classified(eks, "UpdateClusterConfig", wide.clone()),
+                derived(&ENDPOINT_TO_INTERNET),
+                "{wide}"
+            );
+        }
         for kept in [
             json!({"name": "prod", "resourcesVpcConfig": {"endpointPublicAccess": true,
-                "publicAccessCidrs": ["203.0.113.0/24"]}}),
+                "publicAccessCidrs": ["203.0.113.0/24", "198.51.0.0/16", "0.0.0.0", "x/0"]}}),
             json!({"name": "prod", "resourcesVpcConfig": {"endpointPublicAccess": false,
                 "endpointPrivateAccess": true, "publicAccessCidrs": ["0.0.0.0/0"]}}),
             json!({"name": "prod", "logging": {"clusterLogging": [{"types": ["audit"],

@@ -620,6 +620,40 @@ impl Rate {
     }
 }
 
+/// S3 objects an actor read an hour (`unusual-download`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Downloads {
+    /// The unix hour this actor's first object read was seen: a baseline kept since before
+    /// this detection existed learns from here, like a new actor's.
+    #[serde(rename = "s")]
+    since: i32,
+    /// Objects read an hour.
+    #[serde(rename = "r")]
+    rate: Rate,
+    /// The last objects counted (hashes of their ARNs), newest first: the parts of one large
+    /// object, read as ranged requests (the CLI and SDKs read anything past 8 MB so, each
+    /// part a `GetObject` of its own), count once.
+    #[serde(rename = "k", default)]
+    recent: [u32; RECENT_OBJECTS],
+}
+
+/// Objects remembered to count a ranged read's parts once: more than the CLI reads at once
+/// (10 requests).
+const RECENT_OBJECTS: usize = 16;
+
+impl Downloads {
+    /// Counts a read of `object` (its hash, 0 unknown: each read counts): 1 when it is not
+    /// among the objects counted last.
+    fn count(&mut self, object: u32) -> u32 {
+        if object != 0 && self.recent.contains(&object) {
+            return 0;
+        }
+        self.recent.rotate_right(1);
+        self.recent[0] = object;
+        1
+    }
+}
+
 /// Where a principal recently acted from, interactively.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Place {
@@ -737,7 +771,7 @@ pub struct PrincipalState {
     signin_failures: Option<Box<Rate>>,
     /// S3 objects read an hour, for the actors that read any.
     #[serde(rename = "dl", default, skip_serializing_if = "Option::is_none")]
-    downloads: Option<Box<Rate>>,
+    downloads: Option<Box<Downloads>>,
     /// Id of the latest activity (evidence for a termination learned after it).
     #[serde(rename = "i", default, skip_serializing_if = "ActivityId::is_empty")]
     pub last_id: ActivityId,
@@ -933,7 +967,7 @@ impl PrincipalState {
         self.places.shrink_to_fit();
         let boxed = [
             self.signin_failures.as_deref_mut(),
-            self.downloads.as_deref_mut(),
+            self.downloads.as_deref_mut().map(|d| &mut d.rate),
         ];
         for rate in self.rates.iter_mut().chain(boxed.into_iter().flatten()) {
             rate.recent.shrink_to_fit();
@@ -976,16 +1010,19 @@ impl PrincipalState {
                 .iter()
                 .map(|p| p.label.capacity() + p.id.capacity())
                 .sum::<usize>()
-            + [&self.signin_failures, &self.downloads]
-                .iter()
-                .filter(|r| r.is_some())
-                .count()
-                * std::mem::size_of::<Rate>()
+            + self
+                .signin_failures
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<Rate>())
+            + self
+                .downloads
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<Downloads>())
             + self
                 .rates
                 .iter()
                 .chain(self.signin_failures.as_deref())
-                .chain(self.downloads.as_deref())
+                .chain(self.downloads.as_deref().map(|d| &d.rate))
                 .map(|r| {
                     list(&r.recent)
                         + list(&r.evidence)
@@ -1837,22 +1874,41 @@ mod tests {
     }
 
     /// An actor that reads a few objects an hour, then hundreds in one: data taken. The job
-    /// that reads thousands every night has that for its usual.
+    /// that reads thousands every night has that for its usual; the parts of one large object
+    /// are one object.
     #[test]
     fn unusual_downloads_against_the_actors_own_hours() {
-        let read = |t: i64, key: usize, error: bool| {
+        use trailguard_common::contract::{ActorKind, Resource};
+        let read = |t: i64, key: Option<usize>, error: bool| {
             let mut a = activity(t, "GetObject", "198.51.100.1");
             a.event_source = "s3.amazonaws.com".into();
             a.data_event = true;
-            a.id = format!("read-{t}-{key}");
+            a.id = format!("read-{t}-{key:?}");
+            if let Some(key) = key {
+                a.resources = vec![
+                    Resource {
+                        kind: "arn".into(),
+                        id: format!("arn:aws:s3:::data/part-{key}.parquet"),
+                    },
+                    Resource {
+                        kind: "arn".into(),
+                        id: "arn:aws:s3:::data".into(),
+                    },
+                ];
+            }
             if error {
                 a.outcome.status = trailguard_common::contract::OutcomeStatus::Failure;
             }
             a
         };
-        // Eight days of ten reads a day, then 600 within twenty minutes.
-        let mut acts: Vec<Activity> = (0..8 * 10).map(|i| read(i * DAY / 10, 0, false)).collect();
-        acts.extend((0..600).map(|i| read(8 * DAY + i * 2, i as usize, false)));
+        let quiet_week = || -> Vec<Activity> {
+            (0..8 * 10)
+                .map(|i| read(i * DAY / 10, Some(0), false))
+                .collect()
+        };
+        // Eight days of ten reads a day, then 600 objects within twenty minutes.
+        let mut acts = quiet_week();
+        acts.extend((0..600).map(|i| read(8 * DAY + i * 2, Some(i as usize + 1), false)));
         let alerts = run(&acts);
         assert_eq!(ids(&alerts, "unusual-download").len(), 1, "{alerts:#?}");
         let alert = alerts.iter().find(|a| a.policy_id == "unusual-download");
@@ -1861,26 +1917,88 @@ mod tests {
                 && a.mitre.iter().any(|m| m.tactic == "Exfiltration")),
             "{alert:?}"
         );
+        // Records that name no object count each read.
+        let mut unnamed = quiet_week();
+        unnamed.extend((0..600).map(|i| read(8 * DAY + i * 2, None, false)));
+        assert_eq!(ids(&run(&unnamed), "unusual-download").len(), 1);
         // The same 600 refused: nothing read.
-        let mut refused: Vec<Activity> =
-            (0..8 * 10).map(|i| read(i * DAY / 10, 0, false)).collect();
-        refused.extend((0..600).map(|i| read(8 * DAY + i * 2, i as usize, true)));
+        let mut refused = quiet_week();
+        refused.extend((0..600).map(|i| read(8 * DAY + i * 2, Some(i as usize + 1), true)));
         assert!(ids(&run(&refused), "unusual-download").is_empty());
-        // A nightly job of 2,000 reads for three weeks: its 22nd night is its usual.
+        // Forty large objects, each read as 25 ranged parts by ten requests at once: 40
+        // objects, not 1,000 reads.
+        let mut ranged = quiet_week();
+        for batch in 0..4 {
+            for part in 0..25 {
+                for object in 0..10 {
+                    let t = 8 * DAY + batch * 600 + part * 10 + object;
+                    ranged.push(read(
+                        t,
+                        Some(batch as usize * 10 + object as usize + 1),
+                        false,
+                    ));
+                }
+            }
+        }
+        assert!(ids(&run(&ranged), "unusual-download").is_empty());
+        // Unauthenticated reads of a public bucket are nobody's.
+        let mut public = quiet_week();
+        public.extend((0..600).map(|i| {
+            let mut a = read(8 * DAY + i * 2, Some(i as usize + 1), false);
+            a.principal.account_id = Some("ANONYMOUS_PRINCIPAL".into());
+            a
+        }));
+        assert!(ids(&run(&public), "unusual-download").is_empty());
+        // A nightly job (a role) of 2,000 reads for three weeks: its first week is learned,
+        // never judged against the floor; then each night is its usual.
         let mut nightly = Vec::new();
         for day in 0..22 {
-            nightly.extend((0..2000).map(|i| read(day * DAY + 3600 + i, i as usize, false)));
+            nightly.extend((0..2000).map(|i| {
+                let mut a = read(day * DAY + 3600 + i, Some(i as usize + 1), false);
+                a.actor.kind = ActorKind::Role;
+                a
+            }));
         }
-        let job = run(&nightly);
-        let fired = job.iter().filter(|a| a.policy_id == "unusual-download");
-        // Only while it learned (its first night, against the floor) may it have fired.
-        assert!(
-            fired
-                .clone()
-                .all(|a| a.evidence.summary.contains("while still new")),
-            "{:#?}",
-            fired.collect::<Vec<_>>()
+        assert!(ids(&run(&nightly), "unusual-download").is_empty());
+        // A person is judged from the first read: an admin who never read objects, reading
+        // 600 in twenty minutes on her ninth day.
+        let person = |mut a: Activity| {
+            a.actor.kind = ActorKind::Person;
+            a
+        };
+        let mut admin: Vec<Activity> = (0..8)
+            .map(|d| person(activity(d * DAY, "DescribeInstances", "198.51.100.1")))
+            .collect();
+        admin.extend((0..600).map(|i| person(read(8 * DAY + i * 2, Some(i as usize + 1), false))));
+        assert_eq!(ids(&run(&admin), "unusual-download").len(), 1);
+        // A known user's (or workload's) first reads after a week of other work: learned
+        // first.
+        let mut job: Vec<Activity> = (0..8)
+            .map(|d| activity(d * DAY, "DescribeInstances", "198.51.100.1"))
+            .collect();
+        job.extend((0..600).map(|i| read(8 * DAY + i * 2, Some(i as usize + 1), false)));
+        assert!(ids(&run(&job), "unusual-download").is_empty());
+        // A brand-new IAM user reading 1,200 objects in its first hour: past the new actors'
+        // floor (500 × 2). A brand-new role doing so is a new job.
+        let fresh: Vec<Activity> = (0..1200)
+            .map(|i| read(i * 2, Some(i as usize + 1), false))
+            .collect();
+        let fresh_alerts = run(&fresh);
+        assert_eq!(
+            ids(&fresh_alerts, "unusual-download").len(),
+            1,
+            "{:?} {fresh_alerts:#?}",
+            fresh[0].actor
         );
+        let role: Vec<Activity> = fresh
+            .iter()
+            .cloned()
+            .map(|mut a| {
+                a.actor.kind = ActorKind::Role;
+                a
+            })
+            .collect();
+        assert!(ids(&run(&role), "unusual-download").is_empty());
         // An actor that never reads keeps no download baseline.
         let mut st = PrincipalState::default();
         let (an, mut org) = (

@@ -7,7 +7,8 @@ use super::{
     Anomalies, PrincipalState, Seen, Sensitivity, Who, FAILED_LOGINS, STORAGE_DELETION,
     UNUSUAL_ADMIN, UNUSUAL_DOWNLOAD, VM_CREATION, VM_DELETION,
 };
-use crate::classify::{downloaded_objects, rate_units, RateKind};
+use crate::classify::{downloaded_object, rate_units, RateKind};
+use trailguard_common::contract::ActorKind;
 
 impl Anomalies {
     /// The rates: count this activity's units, alert when a sliding hour passes the
@@ -85,22 +86,47 @@ impl Anomalies {
         }
         // Objects read: kept only for the actors that read any (no peers: the volume a job
         // reads is its own).
-        let read = downloaded_objects(a);
-        if read > 0 || st.downloads.is_some() {
-            let t = &self.cfg.tuning;
-            let rate = st.downloads.get_or_insert_with(Default::default);
-            self.judge_rate(
-                rate,
-                read,
-                (t.download_floor, 4.0, 0.4),
-                None,
-                &self.cfg.unusual_download,
-                &UNUSUAL_DOWNLOAD,
-                "S3 objects read",
-                ("Exfiltration", "T1530", "Data from Cloud Storage Object"),
-                seen,
-                out,
-            );
+        let object = downloaded_object(a);
+        if object.is_some() || st.downloads.is_some() {
+            let t = seen.t;
+            let d = st.downloads.get_or_insert_with(|| {
+                Box::new(super::Downloads {
+                    since: super::unix_hour(t),
+                    ..Default::default()
+                })
+            });
+            let read = object.map_or(0, |o| d.count(o));
+            // A workload's volume is learned from its own reads: until it has read for a
+            // learning period (as every actor did when this detection came), it is not judged
+            // — a job's nightly thousands are not a burst. People are judged from the first;
+            // a new IAM user (an intruder's backdoor as often as an application's) against
+            // the floor for new actors.
+            let reading_for = i64::from(super::unix_hour(t)) - i64::from(d.since);
+            let read_long = reading_for * 3600 >= self.cfg.learning_period.as_secs() as i64;
+            let judged = match a.actor.kind {
+                ActorKind::Person | ActorKind::Root => true,
+                ActorKind::User => !seen.learned || read_long,
+                _ => read_long,
+            };
+            if judged {
+                let tuning = &self.cfg.tuning;
+                self.judge_rate(
+                    &mut d.rate,
+                    read,
+                    (tuning.download_floor, 4.0, 0.4),
+                    None,
+                    &self.cfg.unusual_download,
+                    &UNUSUAL_DOWNLOAD,
+                    "S3 objects read",
+                    ("Exfiltration", "T1530", "Data from Cloud Storage"),
+                    seen,
+                    out,
+                );
+            } else if read > 0 {
+                d.rate.add(t, read, &a.id);
+            } else {
+                d.rate.settle(t);
+            }
         }
     }
 

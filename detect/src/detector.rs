@@ -2525,8 +2525,9 @@ mod tests {
                 .take_changes()
                 .into_iter()
                 .filter_map(|(key, st)| {
-                    let text = serde_json::to_string(st?).ok()?;
-                    Some((key, Box::new(serde_json::from_str(&text).ok()?)))
+                    let text = serde_json::to_string(st?).expect("a baseline serializes");
+                    let back = serde_json::from_str(&text).expect("a baseline reads back");
+                    Some((key, Box::new(back)))
                 })
                 .collect();
             let mark = first.applied_mark();

@@ -2306,7 +2306,14 @@ impl Exposure {
             if destination.split(':').nth(4) == Some(own) {
                 return;
             }
-            let source = bounded(param("sourceKeyId").unwrap_or("?"));
+            // The request names the source key only sometimes; the record's resources
+            // name it (this account's key) and the destination.
+            let listed = a
+                .resources
+                .iter()
+                .map(|r| r.id.as_str())
+                .find(|id| id.contains(":kms:") && id.split(':').nth(4) == Some(own));
+            let source = bounded(param("sourceKeyId").or(listed).unwrap_or("?"));
             let what = format!(
                 "re-encrypted ciphertext of this account's KMS key {source} under key {} (ReEncrypt): that account can now decrypt it",
                 bounded(destination)
@@ -4160,6 +4167,26 @@ mod tests {
         }
         // Into one of this account's keys: inside.
         assert!(reencrypt(reader("999988887777"), ours).is_empty());
+        // As AWS's sample record has it: the source key only among the resources.
+        let mut listed = record(
+            "kms.amazonaws.com",
+            "ReEncrypt",
+            reader("999988887777"),
+            json!({"destinationKeyId": "0badc0de-0bad-c0de-0bad-c0de0badc0de"}),
+            false,
+        );
+        listed.resources = vec![trailguard_common::contract::Resource {
+            kind: "arn".into(),
+            id: ours.into(),
+        }];
+        let alerts = run(&listed);
+        assert_eq!(
+            alerts
+                .iter()
+                .map(|a| a.entity.id.as_str())
+                .collect::<Vec<_>>(),
+            [format!("111111111111/{ours}").as_str()]
+        );
     }
 
     /// A pod's projected service-account token is good only inside its cluster: exchanged for

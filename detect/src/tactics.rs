@@ -935,9 +935,12 @@ fn wide_range(cidr: &str) -> bool {
     let Some((address, bits)) = cidr.trim().split_once('/') else {
         return false;
     };
+    // Private and unique-local blocks are no part of the internet.
     match (address.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
-        (Ok(std::net::IpAddr::V4(_)), Ok(bits)) => bits <= 8,
-        (Ok(std::net::IpAddr::V6(_)), Ok(bits)) => bits <= 16,
+        (Ok(std::net::IpAddr::V4(v4)), Ok(bits)) => bits <= 8 && !v4.is_private(),
+        (Ok(std::net::IpAddr::V6(v6)), Ok(bits)) => {
+            bits <= 16 && (v6.segments()[0] & 0xfe00) != 0xfc00
+        }
         _ => false,
     }
 }
@@ -1762,7 +1765,8 @@ mod tests {
         }
         for kept in [
             json!({"name": "prod", "resourcesVpcConfig": {"endpointPublicAccess": true,
-                "publicAccessCidrs": ["203.0.113.0/24", "198.51.0.0/16", "0.0.0.0", "x/0"]}}),
+                "publicAccessCidrs": ["203.0.113.0/24", "198.51.0.0/16", "0.0.0.0", "x/0",
+                    "10.0.0.0/8", "fd00::/8"]}}),
             json!({"name": "prod", "resourcesVpcConfig": {"endpointPublicAccess": false,
                 "endpointPrivateAccess": true, "publicAccessCidrs": ["0.0.0.0/0"]}}),
             json!({"name": "prod", "logging": {"clusterLogging": [{"types": ["audit"],

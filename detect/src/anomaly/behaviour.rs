@@ -7,7 +7,8 @@
 //! families it works from. After learning, a classified call it has never made scores its
 //! weight, plus one for a tactic it never used, one for a new network, one for a new user
 //! agent, one for a failure, and two when it comes within an hour of another unusual call of
-//! a different tactic (for a learned actor, only with a new network or agent or a failure),
+//! a different tactic (one for a learned actor working from its usual network with its usual
+//! agent, and then never enough for high),
 //! one when half or more of its sensitive calls this hour were refused
 //! (five at least), and one when another policy alerted about it in the last six hours. While
 //! it learns, its peers' calls (the role its sessions come from, its account's people or
@@ -331,11 +332,22 @@ impl Anomalies {
             ));
         }
         // A learned actor working where and with what it always does, trying new calls one
-        // after another, is most often a new piece of work (an admin's first permission sets):
-        // the chain counts when something else is strange too.
-        if chained && (!learned || new_network || new_agent || failed) {
-            score += 2;
-            why.push("within an hour of other unusual calls of other tactics".to_string());
+        // after another, is most often a new piece of work (an admin's first permission
+        // sets): the chain weighs one, not two, and never makes the call high. (A session
+        // stolen and used from the victim's own machine looks the same: medium, not silent.)
+        let mut usual_chain = 0;
+        if chained {
+            if learned && !(new_network || new_agent || failed) {
+                score += 1;
+                usual_chain = 1;
+                why.push(
+                    "within an hour of other unusual calls of other tactics, from where it works"
+                        .to_string(),
+                );
+            } else {
+                score += 2;
+                why.push("within an hour of other unusual calls of other tactics".to_string());
+            }
         }
         let (_, calls, refusals) = st.refusals;
         if refusals >= PROBING_REFUSALS && u32::from(refusals) * 2 >= u32::from(calls) {
@@ -408,7 +420,7 @@ impl Anomalies {
             if why.is_empty() { "" } else { "; " },
             why.join("; ")
         );
-        let severity = if spree.is_some() || score + u32::from(org_rare) >= 7 {
+        let severity = if spree.is_some() || score - usual_chain + u32::from(org_rare) >= 7 {
             Severity::High
         } else {
             Severity::Medium
@@ -731,10 +743,10 @@ mod tests {
         )
         .is_empty());
         // A chain of tactics: the first is quiet, the second of another tactic within the hour
-        // weighs two more — when something else about it is strange (here a network alice
-        // never used). From home with her usual tool, new calls one after another are a new
-        // piece of work, each judged alone.
-        let chain = |ip: &str| {
+        // weighs two more when something else about it is strange (here a network alice never
+        // used); from home with her usual tool one more (new calls one after another are most
+        // often a new piece of work), and never enough for high.
+        let chain = |ip: &str, name: &str| {
             let mut st = PrincipalState::default();
             let mut census = crate::census::Census::default();
             ordinary(&an, &mut st, &mut census);
@@ -751,24 +763,23 @@ mod tests {
                 "unusual-api-behaviour"
             )
             .is_empty());
-            // Weight 2, its first persistence call: 3, or 4 from a new network; the chain
-            // makes it 6.
-            let persist = call(
-                9 * DAY + 300,
-                "iam.amazonaws.com",
-                "CreateRole",
-                ip,
-                CLI,
-                false,
-            );
+            let next = call(9 * DAY + 300, "iam.amazonaws.com", name, ip, CLI, false);
             fired(
-                &an.observe(&mut st, &mut census, &persist),
+                &an.observe(&mut st, &mut census, &next),
                 "unusual-api-behaviour",
             )
-            .len()
+            .iter()
+            .map(|a| a.severity)
+            .collect::<Vec<_>>()
         };
-        assert_eq!(chain("203.0.113.9"), 1);
-        assert_eq!(chain(HOME), 0);
+        // Weight 2, its first persistence call: 3, or 4 from a new network; +2 makes it 6,
+        // +1 from home 4.
+        assert_eq!(chain("203.0.113.9", "CreateRole"), [Severity::Medium]);
+        assert!(chain(HOME, "CreateRole").is_empty());
+        // Weight 3, its first privilege escalation call: 4 alone, 5 with the chain from home
+        // (medium); from a new network 7 (high).
+        assert_eq!(chain(HOME, "AttachUserPolicy"), [Severity::Medium]);
+        assert_eq!(chain("203.0.113.9", "AttachUserPolicy"), [Severity::High]);
         // The heaviest calls fire alone.
         let mut st = PrincipalState::default();
         ordinary(&an, &mut st, &mut census);

@@ -623,17 +623,13 @@ impl Rate {
 /// S3 objects an actor read an hour (`unusual-download`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Downloads {
-    /// The unix hour this actor's first object read was seen: a baseline kept since before
-    /// this detection existed learns from here, like a new actor's.
-    #[serde(rename = "s")]
-    since: i32,
     /// Objects read an hour.
-    #[serde(rename = "r")]
+    #[serde(rename = "r", default)]
     rate: Rate,
     /// The last objects counted (hashes of their ARNs), newest first: the parts of one large
     /// object, read as ranged requests (the CLI and SDKs read anything past 8 MB so, each
     /// part a `GetObject` of its own), count once.
-    #[serde(rename = "k", default)]
+    #[serde(rename = "k", default, skip_serializing_if = "is_zero")]
     recent: [u32; RECENT_OBJECTS],
 }
 
@@ -772,6 +768,11 @@ pub struct PrincipalState {
     /// S3 objects read an hour, for the actors that read any.
     #[serde(rename = "dl", default, skip_serializing_if = "Option::is_none")]
     downloads: Option<Box<Downloads>>,
+    /// The unix hour from which this baseline counted its objects read: its first activity
+    /// for a new actor, the first after the upgrade for one known before (0 until then: a
+    /// baseline saved before `unusual-download` existed).
+    #[serde(rename = "rs", default, skip_serializing_if = "is_zero")]
+    reads_since: i32,
     /// Id of the latest activity (evidence for a termination learned after it).
     #[serde(rename = "i", default, skip_serializing_if = "ActivityId::is_empty")]
     pub last_id: ActivityId,
@@ -1949,8 +1950,8 @@ mod tests {
             a
         }));
         assert!(ids(&run(&public), "unusual-download").is_empty());
-        // A nightly job (a role) of 2,000 reads for three weeks: its first week is learned,
-        // never judged against the floor; then each night is its usual.
+        // A nightly job (a new role) of 2,000 reads for three weeks: under a new role's floor
+        // (4 × 500 × 2) while it learns; then each night is its usual.
         let mut nightly = Vec::new();
         for day in 0..22 {
             nightly.extend((0..2000).map(|i| {
@@ -1971,13 +1972,42 @@ mod tests {
             .collect();
         admin.extend((0..600).map(|i| person(read(8 * DAY + i * 2, Some(i as usize + 1), false))));
         assert_eq!(ids(&run(&admin), "unusual-download").len(), 1);
-        // A known user's (or workload's) first reads after a week of other work: learned
-        // first.
-        let mut job: Vec<Activity> = (0..8)
+        // A known user's first reads after a week of other work (its credentials stolen,
+        // say): judged against its own hours, which held no reads.
+        let mut known: Vec<Activity> = (0..8)
             .map(|d| activity(d * DAY, "DescribeInstances", "198.51.100.1"))
             .collect();
-        job.extend((0..600).map(|i| read(8 * DAY + i * 2, Some(i as usize + 1), false)));
-        assert!(ids(&run(&job), "unusual-download").is_empty());
+        known.extend((0..600).map(|i| read(8 * DAY + i * 2, Some(i as usize + 1), false)));
+        assert_eq!(ids(&run(&known), "unusual-download").len(), 1);
+        // The same from a baseline saved before objects read were counted (no `rs`): its
+        // reads are learned for a learning period first.
+        let (an, mut org) = (
+            Anomalies::new(AnomalyConfig::default(), true),
+            crate::census::Census::default(),
+        );
+        let mut st = PrincipalState::default();
+        for d in 0..8 {
+            an.observe(
+                &mut st,
+                &mut org,
+                &activity(d * DAY, "DescribeInstances", "198.51.100.1"),
+            );
+        }
+        let mut before: PrincipalState =
+            serde_json::from_str(&serde_json::to_string(&st).unwrap_or_default())
+                .unwrap_or_default();
+        assert!(before.reads_since > 0);
+        before.reads_since = 0;
+        let upgraded: Vec<Alert> = (0..600)
+            .flat_map(|i| {
+                an.observe(
+                    &mut before,
+                    &mut org,
+                    &read(8 * DAY + i * 2, Some(i as usize + 1), false),
+                )
+            })
+            .collect();
+        assert!(ids(&upgraded, "unusual-download").is_empty());
         // A brand-new IAM user reading 1,200 objects in its first hour: past the new actors'
         // floor (500 × 2). A brand-new role doing so is a new job.
         let fresh: Vec<Activity> = (0..1200)

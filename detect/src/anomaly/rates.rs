@@ -86,34 +86,39 @@ impl Anomalies {
         }
         // Objects read: kept only for the actors that read any (no peers: the volume a job
         // reads is its own).
+        let t = seen.t;
+        if st.reads_since == 0 {
+            st.reads_since = super::unix_hour(t).max(1);
+        }
         let object = downloaded_object(a);
         if object.is_some() || st.downloads.is_some() {
-            let t = seen.t;
-            let d = st.downloads.get_or_insert_with(|| {
-                Box::new(super::Downloads {
-                    since: super::unix_hour(t),
-                    ..Default::default()
-                })
-            });
+            let d = st.downloads.get_or_insert_with(Default::default);
             let read = object.map_or(0, |o| d.count(o));
-            // A workload's volume is learned from its own reads: until it has read for a
-            // learning period (as every actor did when this detection came), it is not judged
-            // — a job's nightly thousands are not a burst. People are judged from the first;
-            // a new IAM user (an intruder's backdoor as often as an application's) against
-            // the floor for new actors.
-            let reading_for = i64::from(super::unix_hour(t)) - i64::from(d.since);
-            let read_long = reading_for * 3600 >= self.cfg.learning_period.as_secs() as i64;
-            let judged = match a.actor.kind {
-                ActorKind::Person | ActorKind::Root => true,
-                ActorKind::User => !seen.learned || read_long,
-                _ => read_long,
-            };
-            if judged {
+            // An actor known before its reads were counted (a baseline of a version without
+            // this detection) learns them for a learning period first: a job's nightly
+            // thousands are not a burst. People are judged at once; every other actor as
+            // any rate is — while it is new, against the floor times `learning_factor`, four
+            // times more for a role (a new job's first night).
+            let counted_for = (i64::from(super::unix_hour(t)) - i64::from(st.reads_since)) * 3600;
+            let known_before = seen.learned
+                && counted_for < self.cfg.learning_period.as_secs() as i64
+                && !matches!(a.actor.kind, ActorKind::Person | ActorKind::Root);
+            if known_before {
+                if read > 0 {
+                    d.rate.add(t, read, &a.id);
+                } else {
+                    d.rate.settle(t);
+                }
+            } else {
                 let tuning = &self.cfg.tuning;
+                let new_role = !seen.learned && a.actor.kind == ActorKind::Role;
+                let floor = tuning
+                    .download_floor
+                    .saturating_mul(if new_role { 4 } else { 1 });
                 self.judge_rate(
                     &mut d.rate,
                     read,
-                    (tuning.download_floor, 4.0, 0.4),
+                    (floor, 4.0, 0.4),
                     None,
                     &self.cfg.unusual_download,
                     &UNUSUAL_DOWNLOAD,
@@ -122,10 +127,6 @@ impl Anomalies {
                     seen,
                     out,
                 );
-            } else if read > 0 {
-                d.rate.add(t, read, &a.id);
-            } else {
-                d.rate.settle(t);
             }
         }
     }

@@ -1089,6 +1089,20 @@ mod tests {
             .collect()
     }
 
+    /// The baselines `detector` changed, saved as the changelog keeps them (JSON) and read
+    /// back, as a restart restores them.
+    fn saved_through_json(detector: &mut Detector) -> Baselines {
+        detector
+            .take_changes()
+            .into_iter()
+            .filter_map(|(key, st)| {
+                let text = serde_json::to_string(st?).expect("a baseline serializes");
+                let back = serde_json::from_str(&text).expect("a baseline reads back");
+                Some((key, Box::new(back)))
+            })
+            .collect()
+    }
+
     fn detector() -> Detector {
         Detector::new(
             &PoliciesConfig::default(),
@@ -1857,12 +1871,7 @@ mod tests {
                 .enumerate()
                 .flat_map(|(o, a)| first.observe(a, o as Offset, &mut facts))
                 .collect();
-            let saved: Baselines = first
-                .take_changes()
-                .into_iter()
-                .filter_map(|(k, st)| Some((k, serde_json::to_string(st?).ok()?)))
-                .filter_map(|(k, json)| Some((k, Box::new(serde_json::from_str(&json).ok()?))))
-                .collect();
+            let saved = saved_through_json(&mut first);
             let mut second = detector();
             second.restore(saved, first.applied_mark());
             // Replay from the start: what the saved state covers is skipped.
@@ -2520,16 +2529,7 @@ mod tests {
                 .enumerate()
                 .flat_map(|(o, a)| first.observe(a, o as Offset, &mut facts))
                 .collect();
-            // Saved as the changelog keeps them, and read back.
-            let saved: Baselines = first
-                .take_changes()
-                .into_iter()
-                .filter_map(|(key, st)| {
-                    let text = serde_json::to_string(st?).expect("a baseline serializes");
-                    let back = serde_json::from_str(&text).expect("a baseline reads back");
-                    Some((key, Box::new(back)))
-                })
-                .collect();
+            let saved = saved_through_json(&mut first);
             let mark = first.applied_mark();
             let mut second = detector();
             second.restore(saved, mark);

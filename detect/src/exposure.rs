@@ -218,6 +218,19 @@ fn eks_service_account(a: &Activity) -> Option<&str> {
     })
 }
 
+/// `a`'s address and its network as summaries name them (`AS14061 DigitalOcean`).
+fn caller_network(
+    a: &Activity,
+    network: &trailguard_common::contract::Network,
+) -> (String, String) {
+    let ip = a.source_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let from = match &network.organization {
+        Some(org) => format!("AS{} {org}", network.asn),
+        None => format!("AS{}", network.asn),
+    };
+    (ip, from)
+}
+
 /// What an ECS task's role session is named: the task's id, 32 lower-case hex digits (a UUID
 /// for tasks of the older ARN format).
 fn is_task_id(session: &str) -> bool {
@@ -2229,11 +2242,7 @@ impl Exposure {
             .as_deref()
             .and_then(|arn| arn.rsplit('/').next())
             .unwrap_or("?");
-        let from = match &network.organization {
-            Some(org) => format!("AS{} {org}", network.asn),
-            None => format!("AS{}", network.asn),
-        };
-        let ip = a.source_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let (ip, from) = caller_network(a, network);
         let verb = if a.outcome.is_success() {
             "called"
         } else {
@@ -2369,11 +2378,7 @@ impl Exposure {
             .unwrap_or("?");
         // The caller wrote it.
         let role: String = role.chars().take(128).collect();
-        let from = match &network.organization {
-            Some(org) => format!("AS{} {org}", network.asn),
-            None => format!("AS{}", network.asn),
-        };
-        let ip = a.source_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let (ip, from) = caller_network(a, network);
         let verb = if a.outcome.is_success() {
             "was exchanged for"
         } else {

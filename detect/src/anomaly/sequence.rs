@@ -321,13 +321,7 @@ mod tests {
         assert_eq!(alert.evidence.activity_ids, [a2.id.clone(), a3.id.clone()]);
         // Once: a fourth within the suppression period raises nothing more.
         let a4 = activity(2_000, 4);
-        assert!(an
-            .sequence(
-                &mut st,
-                &a4,
-                &[raised(&a4, "discovery-burst", Severity::Medium)]
-            )
-            .is_none());
+        assert!(feed(&an, &mut st, &a4, "discovery-burst").is_none());
     }
 
     #[test]
@@ -349,13 +343,7 @@ mod tests {
         // this one): a third that is not about this activity's principal acting does not
         // complete them.
         let a4 = activity(8_100, 4);
-        assert!(an
-            .sequence(
-                &mut st,
-                &a4,
-                &[raised(&a4, "discovery-burst", Severity::Medium)]
-            )
-            .is_none());
+        assert!(feed(&an, &mut st, &a4, "discovery-burst").is_none());
         let a5 = activity(8_200, 5);
         // Decided now about another activity (held, released by this one).
         let other = activity(8_050, 99);
@@ -381,22 +369,10 @@ mod tests {
             )
             .is_none());
         // Replayed (the same activity and alert again): still two policies within the hour.
-        assert!(an
-            .sequence(
-                &mut st,
-                &a4,
-                &[raised(&a4, "discovery-burst", Severity::Medium)]
-            )
-            .is_none());
+        assert!(feed(&an, &mut st, &a4, "discovery-burst").is_none());
         // The third about this principal does.
         let a7 = activity(8_400, 7);
-        assert!(an
-            .sequence(
-                &mut st,
-                &a7,
-                &[raised(&a7, "anonymous-ip", Severity::Medium)]
-            )
-            .is_some());
+        assert!(feed(&an, &mut st, &a7, "anonymous-ip").is_some());
     }
 
     #[test]
@@ -454,7 +430,7 @@ mod tests {
             .iter()
             .zip(["anonymous-ip", "discovery-burst", "vm-creation"])
         {
-            last = an.sequence(&mut st, a, &[raised(a, p, Severity::Medium)]);
+            last = feed(&an, &mut st, a, p);
         }
         let Some(alert) = last else {
             panic!("three detections raise attack-sequence");
@@ -472,7 +448,7 @@ mod tests {
         let mut last = None;
         for (i, p) in ["discovery-burst", "vm-creation"].into_iter().enumerate() {
             let a = activity(60 * (i as i64 + 1), 20 + i as u32);
-            last = an.sequence(&mut st, &a, &[raised(&a, p, Severity::Medium)]);
+            last = feed(&an, &mut st, &a, p);
         }
         let Some(alert) = last else {
             panic!("three detections of one actor raise attack-sequence");
@@ -501,7 +477,7 @@ mod tests {
             let found: Vec<Option<Alert>> = a
                 .iter()
                 .zip(policies)
-                .map(|(a, p)| an.sequence(&mut st, a, &[raised(a, p, Severity::Medium)]))
+                .map(|(a, p)| feed(&an, &mut st, a, p))
                 .collect();
             found.iter().position(Option::is_some)
         };

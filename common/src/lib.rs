@@ -25,6 +25,7 @@ pub mod actor;
 pub mod aws;
 pub mod aws_calls;
 pub mod cli;
+pub mod compact;
 pub mod config;
 pub mod contract;
 mod error;

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use trailguard_common::compact::ActivityEncoding;
 use trailguard_common::Activity;
 use trailguard_detect::config::PoliciesConfig;
 use trailguard_detect::detector::Detector;
@@ -167,8 +168,8 @@ fn main() {
     let cfg = PoliciesConfig::default();
     let mut detector = Detector::new(&cfg, Duration::from_secs(300)).with_geo(&cfg, has_geo);
     if callgrind::is_rerun() {
-        if std::env::var_os("TRAILGUARD_BENCH_DECODE").is_some() {
-            let messages = messages_of(&activities);
+        if let Ok(encoding) = std::env::var("TRAILGUARD_BENCH_DECODE") {
+            let messages = messages_of(&activities, encoding_named(&encoding));
             bench_counted_decode(&messages);
             return;
         }
@@ -269,30 +270,31 @@ fn main() {
         );
     }
     // What the service does before all of that: each message from the activities topic
-    // decoded (UTF-8, JSON, schema version, time range).
-    let messages = messages_of(&activities);
-    drop(activities);
-    let bytes: usize = messages.iter().map(Vec::len).sum();
-    let began = Instant::now();
-    let decoded = bench_counted_decode(&messages);
-    let secs = began.elapsed().as_secs_f64();
-    assert_eq!(decoded, n, "every activity decodes");
-    println!(
-        "  decode (an activities-topic message to an Activity): {:.0} activities/s on one core ({:.0} MB/s, {:.0} bytes each)",
-        n as f64 / secs,
-        bytes as f64 / secs / 1e6,
-        bytes as f64 / n as f64
-    );
-    let mut env = counted_env.to_vec();
-    env.push(("TRAILGUARD_BENCH_DECODE", "1".to_string()));
-    match callgrind::instructions("bench_counted_decode", &env) {
-        Ok(count) => println!(
-            "  {:.0} instructions/activity to decode (callgrind, {counted} activities)",
-            count as f64 / counted as f64
-        ),
-        Err(why) => println!("  instructions to decode: skipped ({why})"),
+    // decoded (UTF-8, JSON, schema version, time range), in either encoding ingest writes.
+    for name in ["json", "compact"] {
+        let messages = messages_of(&activities, encoding_named(name));
+        let bytes: usize = messages.iter().map(Vec::len).sum();
+        let began = Instant::now();
+        let decoded = bench_counted_decode(&messages);
+        let secs = began.elapsed().as_secs_f64();
+        assert_eq!(decoded, n, "every activity decodes");
+        println!(
+            "  decode {name} (an activities-topic message to an Activity): {:.0} activities/s on one core ({:.0} MB/s, {:.0} bytes each)",
+            n as f64 / secs,
+            bytes as f64 / secs / 1e6,
+            bytes as f64 / n as f64
+        );
+        let mut env = counted_env.to_vec();
+        env.push(("TRAILGUARD_BENCH_DECODE", name.to_string()));
+        match callgrind::instructions("bench_counted_decode", &env) {
+            Ok(count) => println!(
+                "  {:.0} instructions/activity to decode {name} (callgrind, {counted} activities)",
+                count as f64 / counted as f64
+            ),
+            Err(why) => println!("  instructions to decode {name}: skipped ({why})"),
+        }
     }
-    drop(messages);
+    drop(activities);
     backtest(&all_raw(), &cfg, sigma, &mut enricher);
 }
 
@@ -383,11 +385,19 @@ fn backtest(
 }
 
 /// Each activity as the activities topic carries it.
-fn messages_of(activities: &[Activity]) -> Vec<Vec<u8>> {
+fn messages_of(activities: &[Activity], encoding: ActivityEncoding) -> Vec<Vec<u8>> {
     activities
         .iter()
-        .map(|a| serde_json::to_vec(a).expect("an activity serializes"))
+        .map(|a| encoding.to_vec(a).expect("an activity serializes"))
         .collect()
+}
+
+/// `publish.activity_encoding`'s value `name`.
+fn encoding_named(name: &str) -> ActivityEncoding {
+    match name {
+        "compact" => ActivityEncoding::Compact,
+        _ => ActivityEncoding::Json,
+    }
 }
 
 /// Every message decoded as the service decodes it (and dropped); how many decoded.

@@ -157,36 +157,15 @@ impl Metrics {
 }
 
 /// An activities-topic message as the [`Activity`] detect evaluates, or why it cannot be
-/// evaluated. The payload is checked as UTF-8 once and parsed once: a schema version newer
-/// than this detect reads is refused whether or not the rest would decode.
+/// evaluated: its JSON, or its compact encoding (told apart by the compact one's first byte,
+/// which JSON cannot begin with). JSON is checked as UTF-8 once and parsed once: a schema
+/// version newer than this detect reads is refused whether or not the rest would decode.
 pub fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
-    #[derive(serde::Deserialize)]
-    struct Versioned {
-        schema_version: u32,
-    }
-    let newer = |version: u32| {
-        Poison::new(
-            "unsupported_schema_version",
-            format!("schema_version {version} is newer than this detect reads ({ACTIVITY_SCHEMA_VERSION})"),
-        )
-    };
     let bytes = payload.ok_or(Poison::new("empty_message", "message has no value"))?;
-    // JSON is UTF-8 throughout; one pass here spares serde_json a check of every string.
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        Poison::new(
-            "undecodable_activity",
-            format!("not an Activity: not UTF-8 ({e})"),
-        )
-    })?;
-    let mut activity: Activity = match serde_json::from_str(text) {
-        Ok(activity) => activity,
-        // Only a message that does not decode is read again, for a version to name.
-        Err(e) => {
-            return Err(match serde_json::from_str::<Versioned>(text) {
-                Ok(v) if v.schema_version > ACTIVITY_SCHEMA_VERSION => newer(v.schema_version),
-                _ => Poison::new("undecodable_activity", format!("not an Activity: {e}")),
-            })
-        }
+    let mut activity = if trailguard_common::compact::is_compact(bytes) {
+        compact(bytes)?
+    } else {
+        json(bytes)?
     };
     if activity.schema_version > ACTIVITY_SCHEMA_VERSION {
         return Err(newer(activity.schema_version));
@@ -208,6 +187,49 @@ pub fn decode(payload: Option<&[u8]>) -> Result<Activity, Poison> {
         );
     }
     Ok(activity)
+}
+
+/// A compact activity ([`trailguard_common::compact`]: ingest's `publish.activity_encoding`).
+fn compact(bytes: &[u8]) -> Result<Activity, Poison> {
+    use trailguard_common::compact::CompactError;
+    trailguard_common::compact::decode(bytes).map_err(|e| match e {
+        CompactError::NewerFormat(_) => Poison::new("unsupported_schema_version", e.to_string()),
+        e => Poison::new(
+            "undecodable_activity",
+            format!("not an Activity: compact, {e}"),
+        ),
+    })
+}
+
+/// An activity's JSON.
+fn json(bytes: &[u8]) -> Result<Activity, Poison> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        schema_version: u32,
+    }
+    // JSON is UTF-8 throughout; one pass here spares serde_json a check of every string.
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Poison::new(
+            "undecodable_activity",
+            format!("not an Activity: not UTF-8 ({e})"),
+        )
+    })?;
+    serde_json::from_str(text).map_err(|e| {
+        // Only a message that does not decode is read again, for a version to name.
+        match serde_json::from_str::<Versioned>(text) {
+            Ok(v) if v.schema_version > ACTIVITY_SCHEMA_VERSION => newer(v.schema_version),
+            _ => Poison::new("undecodable_activity", format!("not an Activity: {e}")),
+        }
+    })
+}
+
+fn newer(version: u32) -> Poison {
+    Poison::new(
+        "unsupported_schema_version",
+        format!(
+            "schema_version {version} is newer than this detect reads ({ACTIVITY_SCHEMA_VERSION})"
+        ),
+    )
 }
 
 /// Runs detect until `shutdown`, then commits what is safe and returns; `health` hears when
@@ -2048,6 +2070,48 @@ mod tests {
         json["event_time"] = serde_json::json!("0001-01-01T00:00:00Z");
         assert!(decode(Some(json.to_string().as_bytes()))
             .is_err_and(|p| p.kind == "event_time_out_of_range"));
+    }
+
+    #[test]
+    fn compact_activities_decode_as_their_json_does() {
+        use trailguard_common::compact::{ActivityEncoding, FORMAT, MAGIC};
+        let kind = |payload: &[u8]| decode(Some(payload)).err().map(|p| p.kind);
+        let activity = created_user("a", 1);
+        let compact = ActivityEncoding::Compact
+            .to_vec(&activity)
+            .unwrap_or_default();
+        let json = ActivityEncoding::Json.to_vec(&activity).unwrap_or_default();
+        let (from_compact, from_json) = (decode(Some(&compact)), decode(Some(&json)));
+        assert!(from_compact.is_ok() && from_json.is_ok());
+        assert_eq!(
+            serde_json::to_value(from_compact.ok()).ok(),
+            serde_json::to_value(from_json.ok()).ok()
+        );
+        // The same refusals, for the same reasons.
+        let mut newer = activity.clone();
+        newer.schema_version = ACTIVITY_SCHEMA_VERSION + 1;
+        let bytes = ActivityEncoding::Compact.to_vec(&newer).unwrap_or_default();
+        assert_eq!(kind(&bytes), Some("unsupported_schema_version"));
+        let mut format = compact.clone();
+        format[MAGIC.len()] = FORMAT + 1;
+        assert_eq!(kind(&format), Some("unsupported_schema_version"));
+        let mut old = activity.clone();
+        old.event_time = chrono::DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or_default();
+        let bytes = ActivityEncoding::Compact.to_vec(&old).unwrap_or_default();
+        assert_eq!(kind(&bytes), Some("event_time_out_of_range"));
+        assert_eq!(
+            kind(&compact[..compact.len() - 1]),
+            Some("undecodable_activity")
+        );
+        assert_eq!(kind(&MAGIC), Some("undecodable_activity"));
+        // Schema version 1 had no actor: resolved here, as from JSON.
+        let mut first = activity.clone();
+        first.actor = Default::default();
+        let bytes = ActivityEncoding::Compact.to_vec(&first).unwrap_or_default();
+        assert_eq!(
+            decode(Some(&bytes)).map(|a| a.actor.id).ok(),
+            Some(activity.actor.id.clone())
+        );
     }
 
     #[test]

@@ -280,12 +280,12 @@ enum Streamed {
 fn read_chunk(
     (first, chunk): (usize, Vec<u8>),
     (source, ordinal): (&str, &mut usize),
-    (limits, most): (crate::split::Limits, usize),
+    (limits, fit): (crate::split::Limits, crate::handover::Fit),
     spare: &mut impl FnMut() -> Lists,
     send: &mut impl FnMut(Part) -> bool,
 ) -> bool {
     let chunk = Arc::new(chunk);
-    let mut batch = Batch::new(Arc::clone(&chunk), most, spare, send);
+    let mut batch = Batch::new(Arc::clone(&chunk), fit, spare, send);
     let mut taken = true;
     crate::lines::locate(first, &chunk, limits, |record| {
         if taken {
@@ -515,7 +515,7 @@ async fn stream_lines_of(
     let (spares_tx, spares_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let (lists_tx, lists_rx) = std::sync::mpsc::channel::<Lists>();
     let source = name.to_string();
-    let most = publisher.max_activity_bytes();
+    let fit = publisher.fit();
     let reading = tokio::task::spawn_blocking(move || -> Result<(), SplitError> {
         let opened = open()?;
         // Stops reading once nothing takes what it reads (a shutdown), even inside a line
@@ -537,7 +537,7 @@ async fn stream_lines_of(
                 Piece::Lines { first, bytes } => read_chunk(
                     (first, bytes),
                     (&source, &mut ordinal),
-                    (limits, most),
+                    (limits, fit),
                     &mut || spare_lists(&lists_rx),
                     &mut |part| tx.blocking_send(part).is_ok(),
                 ),
@@ -677,7 +677,7 @@ mod tests {
         let taken = read_chunk(
             (1, chunk.to_vec()),
             ("f", &mut ordinal),
-            (limits, 900_000),
+            (limits, crate::handover::Fit::json(900_000)),
             &mut Default::default,
             &mut |part| {
                 parts.push(part);

@@ -88,21 +88,41 @@ pub(crate) const MOST_HELD: usize = 4 << 20;
 /// A batch's lists, emptied by the publishing task and handed back to be filled again.
 pub(crate) type Lists = (Vec<Item>, Vec<u8>);
 
-/// Serializes a normalized record into `out` when it fits in `most` bytes: done on the
+/// How the reading thread serializes activities: in `encoding`
+/// (`publish.activity_encoding`), when they take at most `most` bytes (larger ones are the
+/// publisher's to trim).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fit {
+    pub most: usize,
+    pub encoding: trailguard_common::compact::ActivityEncoding,
+}
+
+#[cfg(test)]
+impl Fit {
+    /// JSON, at most `most` bytes.
+    pub fn json(most: usize) -> Fit {
+        Fit {
+            most,
+            encoding: Default::default(),
+        }
+    }
+}
+
+/// Serializes a normalized record into `out` when it fits (see [`Fit`]): done on the
 /// reading thread, which also drops the activity, so that what crosses to the publishing
 /// thread is bytes, not an activity's many allocations. With it, the size of an activity
 /// held whole (too large, to be trimmed), 0 for the rest.
 fn prepare(
     normalized: Result<Activity, crate::normalize::NormalizeError>,
     out: &mut Vec<u8>,
-    most: usize,
+    fit: Fit,
 ) -> (Ready, usize) {
     let activity = match normalized {
         Ok(activity) => activity,
         Err(e) => return (Ready::Failed(Poison::from(e)), 0),
     };
     let start = out.len();
-    if serde_json::to_writer(&mut *out, &activity).is_err() || out.len() - start > most {
+    if fit.encoding.write(&activity, out).is_err() || out.len() - start > fit.most {
         let whole = out.len() - start;
         out.truncate(start);
         return (Ready::Activity(Box::new(activity)), whole);
@@ -131,8 +151,8 @@ pub(crate) struct Batch<'f, S, T> {
     out: Vec<u8>,
     /// Bytes of activities too large to serialize here, held whole, and of reasons.
     held: usize,
-    /// The largest activity serialized here (larger ones are trimmed by the publisher).
-    most: usize,
+    /// How activities are serialized here (larger ones are trimmed by the publisher).
+    fit: Fit,
     spare: &'f mut S,
     send: &'f mut T,
     /// False once `send` was refused: nothing takes the records any more.
@@ -145,15 +165,15 @@ where
     T: FnMut(Part) -> bool,
 {
     /// A batch of records read from `chunk`, its lists taken from `spare`, handed to `send`;
-    /// activities larger than `most` bytes are not serialized here.
-    pub fn new(chunk: Arc<Vec<u8>>, most: usize, spare: &'f mut S, send: &'f mut T) -> Self {
+    /// activities that do not [`Fit`] are not serialized here.
+    pub fn new(chunk: Arc<Vec<u8>>, fit: Fit, spare: &'f mut S, send: &'f mut T) -> Self {
         let (items, out) = spare();
         Batch {
             chunk,
             items,
             out,
             held: 0,
-            most,
+            fit,
             spare,
             send,
             taken: true,
@@ -193,7 +213,7 @@ where
             let (ready, whole) = prepare(
                 normalize_at(text, (source, ordinal)),
                 &mut self.out,
-                self.most,
+                self.fit,
             );
             self.held += whole;
             ready

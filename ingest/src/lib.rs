@@ -107,6 +107,10 @@ pub struct PublishConfig {
     pub max_decompressed_bytes: u64,
     /// A record or NDJSON line larger than this is dead-lettered as `too_large` unparsed.
     pub max_record_bytes: usize,
+    /// How activities are written to the activities topic: `json` (the default, as
+    /// `schemas/activity.schema.json` describes) or `compact` (a binary layout detect decodes
+    /// in a third of JSON's time; see docs/wire.md). Detect reads both.
+    pub activity_encoding: trailguard_common::compact::ActivityEncoding,
 }
 
 impl Default for PublishConfig {
@@ -119,6 +123,7 @@ impl Default for PublishConfig {
             max_clock_skew: std::time::Duration::from_secs(24 * 3600),
             max_decompressed_bytes: crate::split::Limits::default().max_decompressed,
             max_record_bytes: crate::split::Limits::default().max_record,
+            activity_encoding: Default::default(),
         }
     }
 }

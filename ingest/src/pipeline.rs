@@ -132,7 +132,7 @@ pub async fn process(
     publisher: &mut Publisher,
     summary: &mut Summary,
 ) {
-    let (limits, most) = (publisher.limits(), publisher.max_activity_bytes());
+    let (limits, fit) = (publisher.limits(), publisher.fit());
     // A gzip input that breaks off is dead-lettered as it was stored (unless it was cut short
     // when read: then it names itself); any other is read in place.
     let stored = (is_gzip(&bytes) && cut.is_none()).then(|| bytes.clone());
@@ -142,7 +142,7 @@ pub async fn process(
     let reading = tokio::task::spawn_blocking(move || {
         read_whole(
             (bytes, cut),
-            (&source, limits, most),
+            (&source, limits, fit),
             &mut || spare_lists(&lists_rx),
             &mut |part| tx.blocking_send(part).is_ok(),
         )
@@ -184,7 +184,7 @@ const PARTS_AHEAD: usize = 4;
 /// it, is then not handed over.
 fn read_whole(
     (bytes, cut): (bytes::Bytes, Option<SplitError>),
-    (source, limits, most): (&str, Limits, usize),
+    (source, limits, fit): (&str, Limits, crate::handover::Fit),
     spare: &mut impl FnMut() -> Lists,
     send: &mut impl FnMut(Part) -> bool,
 ) -> Option<SplitError> {
@@ -195,7 +195,7 @@ fn read_whole(
         (Vec::from(bytes), cut)
     };
     let chunk = Arc::new(plain);
-    let mut batch = Batch::new(Arc::clone(&chunk), most, spare, send);
+    let mut batch = Batch::new(Arc::clone(&chunk), fit, spare, send);
     let mut ordinal = 0;
     let mut hand_over = |item: RawItem<'_>, batch: &mut Batch<'_, _, _>| {
         ordinal += 1;
@@ -396,7 +396,7 @@ mod tests {
         let mut parts = Vec::new();
         let broke = read_whole(
             (input.into(), None),
-            ("f", Limits::default(), 900_000),
+            ("f", Limits::default(), crate::handover::Fit::json(900_000)),
             &mut Default::default,
             &mut |part| {
                 parts.push(part);
@@ -459,7 +459,7 @@ mod tests {
         let cut = SplitError::TooLarge("more than 47 bytes".into());
         let broke = read_whole(
             (doc.to_vec().into(), Some(cut.clone())),
-            ("f", Limits::default(), 900_000),
+            ("f", Limits::default(), crate::handover::Fit::json(900_000)),
             &mut Default::default,
             &mut |part| {
                 parts.push(part);

@@ -233,6 +233,8 @@ pub struct Publisher {
     failed: u64,
     first_error: Option<String>,
     buffer: Vec<u8>,
+    /// How activities are written (`publish.activity_encoding`).
+    encoding: trailguard_common::compact::ActivityEncoding,
 }
 
 impl Publisher {
@@ -266,6 +268,7 @@ impl Publisher {
             failed: 0,
             first_error: None,
             buffer: Vec::with_capacity(4096),
+            encoding: cfg.publish.activity_encoding,
         }
     }
 
@@ -299,6 +302,14 @@ impl Publisher {
         self.max_dead_letter_bytes
     }
 
+    /// How activities are serialized for the topic, and the largest queued as it is.
+    pub(crate) fn fit(&self) -> crate::handover::Fit {
+        crate::handover::Fit {
+            most: self.max_dead_letter_bytes,
+            encoding: self.encoding,
+        }
+    }
+
     /// Queues one activity normalized from `original` (the record as read), keyed by its
     /// principal, unless it repeats one already queued. An activity from the future (beyond
     /// `publish.max_clock_skew`) is dead-lettered; one too large for the broker is trimmed
@@ -311,7 +322,7 @@ impl Publisher {
             return;
         }
         self.buffer.clear();
-        if let Err(err) = serde_json::to_writer(&mut self.buffer, &activity) {
+        if let Err(err) = self.encoding.write(&activity, &mut self.buffer) {
             // Serializing plain data to memory cannot fail; count it if it ever does.
             self.record_failure(err.to_string());
             return;
@@ -321,7 +332,7 @@ impl Publisher {
             // Larger than a Kafka message may be: trim the bulky fields so detection still
             // sees the call.
             let size = self.buffer.len();
-            match crate::trim::shrink(&mut activity, self.max_dead_letter_bytes) {
+            match crate::trim::shrink(&mut activity, self.max_dead_letter_bytes, self.encoding) {
                 Some(json) => {
                     tracing::info!(source = origin.source, index = origin.index, size, trimmed = ?activity.trimmed, "activity trimmed to fit");
                     self.metrics

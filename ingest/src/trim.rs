@@ -60,12 +60,12 @@ fn reduce(value: &mut Value, depth: usize) {
 /// Shrinks `activity` until its JSON is at most `limit` bytes, noting each step in its
 /// `trimmed`; returns that JSON, or `None` when even the smallest form is too large (an
 /// enormous event name or principal).
-pub fn shrink(activity: &mut Activity, limit: usize) -> Option<Vec<u8>> {
-    let fits = |a: &Activity| {
-        serde_json::to_vec(a)
-            .ok()
-            .filter(|json| json.len() <= limit)
-    };
+pub fn shrink(
+    activity: &mut Activity,
+    limit: usize,
+    encoding: trailguard_common::compact::ActivityEncoding,
+) -> Option<Vec<u8>> {
+    let fits = |a: &Activity| encoding.to_vec(a).ok().filter(|json| json.len() <= limit);
     for name in FIELDS {
         if let Some(raw) = field(activity, name).take() {
             let mut value = raw.into_value();
@@ -126,7 +126,7 @@ mod tests {
         let mut activity = run_instances(1200);
         let whole = serde_json::to_vec(&activity).map(|j| j.len()).unwrap_or(0);
         assert!(whole > 900_000, "{whole}");
-        let json = shrink(&mut activity, 900_000).unwrap_or_default();
+        let json = shrink(&mut activity, 900_000, Default::default()).unwrap_or_default();
         assert!(!json.is_empty() && json.len() <= 900_000);
         assert_eq!(
             activity.trimmed,
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn fields_are_given_up_in_order_and_hopeless_ones_say_so() {
         let mut activity = run_instances(50);
-        let json = shrink(&mut activity, 1_500).unwrap_or_default();
+        let json = shrink(&mut activity, 1_500, Default::default()).unwrap_or_default();
         assert!(!json.is_empty());
         // What was answered goes whole before what was asked is touched.
         assert_eq!(
@@ -169,7 +169,23 @@ mod tests {
         assert!(activity.request_parameters.is_some());
         let mut activity = run_instances(1);
         activity.event_name = "x".repeat(5_000);
-        assert!(shrink(&mut activity, 2_000).is_none());
+        assert!(shrink(&mut activity, 2_000, Default::default()).is_none());
+    }
+
+    #[test]
+    fn compact_activities_are_trimmed_to_their_own_size() {
+        use trailguard_common::compact::{self, ActivityEncoding};
+        let mut activity = run_instances(1200);
+        let whole = ActivityEncoding::Compact
+            .to_vec(&activity)
+            .map(|b| b.len())
+            .unwrap_or(0);
+        assert!(whole > 900_000, "{whole}");
+        let bytes = shrink(&mut activity, 900_000, ActivityEncoding::Compact).unwrap_or_default();
+        assert!(!bytes.is_empty() && bytes.len() <= 900_000);
+        let back = compact::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.trimmed, ["responseElements: nested detail removed"]);
+        assert_eq!(back.id, activity.id);
     }
 
     #[test]

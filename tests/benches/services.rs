@@ -3,8 +3,10 @@
 //! and 10,000 sessions of 40 roles (detect's actor for a session is its role) over the last hour; a plain consumer reads the topic
 //! through; then detect, with its default policies, reads it from the start while the bench
 //! scrapes its `trailguard_detect_activities_total` every 100 ms. Each rate runs from the first
-//! record to the last (joining the group and start-up aside). `ingest files` next to a raw
-//! publish of the same bytes is the ingest bench's.
+//! record to the last (joining the group and start-up aside). All of it twice: with the
+//! activities as JSON (ingest's default) and in the compact encoding
+//! (`publish.activity_encoding = "compact"`), each on a topic of its own. `ingest files` next
+//! to a raw publish of the same bytes is the ingest bench's.
 //!
 //! Env: `TRAILGUARD_BENCH_BROKERS`, `TRAILGUARD_TEST_BIN_DIR` (the release binaries),
 //! `TRAILGUARD_BENCH_SERVICE_RECORDS` (default 300000).
@@ -31,15 +33,8 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000);
-    let mut run = Run::new("bench-services")?;
-    for (key, value) in run.env.iter_mut() {
-        if key == "TRAILGUARD_BROKERS" {
-            *value = brokers.clone();
-        }
-    }
-    let dir = std::env::temp_dir().join(&run.id);
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("records.jsonl");
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("records.jsonl");
     {
         let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
         let end = chrono::Utc::now();
@@ -50,14 +45,34 @@ fn main() -> Result<()> {
             writeln!(file, "{}", synthetic::ordinary(i, ACTORS, &id, &time))?;
         }
     }
-    let started = Instant::now();
-    run.ingest_files(&path)?;
-    let ingest = started.elapsed();
-    let _ = std::fs::remove_file(&path);
     println!(
-        "detect service vs raw consume: {n} records by {} IAM users and sessions of 40 roles published \
-         by `ingest files` in {:.1} s ({:.0} records/s, start-up included)",
-        ACTORS / 2,
+        "detect service vs raw consume: {n} records by {} IAM users and sessions of 40 roles",
+        ACTORS / 2
+    );
+    for encoding in ["json", "compact"] {
+        measure(encoding, &path, n, &brokers)?;
+    }
+    Ok(())
+}
+
+/// The records at `path` published by `ingest files` with the activities in `encoding`, read
+/// by a raw consumer and by detect.
+fn measure(encoding: &str, path: &std::path::Path, n: usize, brokers: &str) -> Result<()> {
+    let mut run = Run::new("bench-services")?;
+    for (key, value) in run.env.iter_mut() {
+        if key == "TRAILGUARD_BROKERS" {
+            *value = brokers.to_string();
+        }
+    }
+    run.env.push((
+        "TRAILGUARD_PUBLISH__ACTIVITY_ENCODING".into(),
+        encoding.into(),
+    ));
+    let started = Instant::now();
+    run.ingest_files(path)?;
+    let ingest = started.elapsed();
+    println!(
+        "  activities as {encoding}: published by `ingest files` in {:.1} s ({:.0} records/s, start-up included)",
         ingest.as_secs_f64(),
         n as f64 / ingest.as_secs_f64()
     );
@@ -65,7 +80,7 @@ fn main() -> Result<()> {
     // A raw consume of the topic: librdkafka's defaults, every payload touched.
     let topic = run.topic("activities");
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("{}-raw", run.id))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -89,7 +104,7 @@ fn main() -> Result<()> {
     let raw = first.map(|f| f.elapsed()).unwrap_or_default();
     let raw_rate = n as f64 / raw.as_secs_f64();
     println!(
-        "  raw consume: {raw_rate:.0} activities/s ({:.0} MB/s, {:.0} bytes each)",
+        "    raw consume: {raw_rate:.0} activities/s ({:.0} MB/s, {:.0} bytes each)",
         bytes as f64 / 1e6 / raw.as_secs_f64(),
         bytes as f64 / n as f64
     );
@@ -133,7 +148,7 @@ fn main() -> Result<()> {
     ensure!(last >= n, "detect evaluated {last} of {n}");
     let rate = (last - at_first) as f64 / since.elapsed().as_secs_f64();
     println!(
-        "  detect service: {rate:.0} activities/s ({:.0} % of the raw consume), default policies",
+        "    detect service: {rate:.0} activities/s ({:.0} % of the raw consume), default policies",
         100.0 * rate / raw_rate
     );
     Ok(())

@@ -1,7 +1,8 @@
 //! Same input, same alerts: one stream of activities replayed into fresh detects — one
 //! instance and two, over three partitions and over six — raises the same alert ids every
 //! time, including the decisions that depend on facts learned on other partitions (a region's
-//! first use, a deactivated key, the organization's countries).
+//! first use, a deactivated key, the organization's countries) — and whether ingest wrote the
+//! activities as JSON or in the compact encoding (docs/wire.md).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -178,13 +179,18 @@ fn stream() -> Vec<Value> {
     records
 }
 
-/// The activities of `records`, ingested into a run with `partitions` activities partitions.
-fn ingested(records: &[Value], partitions: u32) -> Result<Run> {
+/// The activities of `records`, ingested into a run with `partitions` activities partitions,
+/// written in `encoding` (`publish.activity_encoding`).
+fn ingested(records: &[Value], partitions: u32, encoding: &str) -> Result<Run> {
     let mut run = Run::new(&format!("same-input-{partitions}"))?;
     run.env.retain(|(k, _)| k != "TRAILGUARD_KAFKA__PARTITIONS");
     run.env.push((
         "TRAILGUARD_KAFKA__PARTITIONS".into(),
         partitions.to_string(),
+    ));
+    run.env.push((
+        "TRAILGUARD_PUBLISH__ACTIVITY_ENCODING".into(),
+        encoding.into(),
     ));
     run.ingest_records(records)?;
     Ok(run)
@@ -261,8 +267,51 @@ fn replay(source: &Run, instances: usize, count: usize) -> Result<BTreeMap<Strin
 #[tokio::test(flavor = "multi_thread")]
 async fn same_input_same_alerts() -> Result<()> {
     let records = stream();
-    let three = ingested(&records, 3)?;
-    let six = ingested(&records, 6)?;
+    let three = ingested(&records, 3, "json")?;
+    let six = ingested(&records, 6, "json")?;
+    let compact = ingested(&records, 3, "compact")?;
+    // The compact topic holds the same activities, each under the same key: decoded as detect
+    // decodes them, they are the JSON topic's.
+    let activities = |run: &Run| -> Result<BTreeMap<String, (String, Value)>> {
+        let topic = run.topic("activities");
+        read_topic(
+            &topic,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            |r| r.len() >= records.len(),
+        )?
+        .iter()
+        .map(|r| {
+            let activity = trailguard_detect::decode(Some(&r.value))
+                .map_err(|p| anyhow::anyhow!("{topic}: {}: {}", p.kind, p.reason))?;
+            Ok((
+                activity.id.clone(),
+                (r.key.clone(), serde_json::to_value(&activity)?),
+            ))
+        })
+        .collect()
+    };
+    let (from_json, from_compact) = (activities(&three)?, activities(&compact)?);
+    ensure!(
+        from_json.len() == records.len(),
+        "{} activities",
+        from_json.len()
+    );
+    ensure!(
+        from_compact == from_json,
+        "the compact topic's activities differ from the JSON topic's"
+    );
+    let raw = read_topic(
+        &compact.topic("activities"),
+        Duration::from_secs(10),
+        Duration::ZERO,
+        |r| !r.is_empty(),
+    )?;
+    ensure!(
+        raw.iter()
+            .all(|r| trailguard_common::compact::is_compact(&r.value)),
+        "ingest wrote the compact topic in another encoding"
+    );
     let first = replay(&three, 1, records.len())?;
     let about = |policy: &str| -> Vec<String> {
         let mut who: Vec<String> = first
@@ -299,7 +348,7 @@ async fn same_input_same_alerts() -> Result<()> {
         "terminated-user about {:?}",
         about("terminated-user")
     );
-    for (source, instances) in [(&three, 2), (&six, 1), (&six, 2)] {
+    for (source, instances) in [(&three, 2), (&six, 1), (&six, 2), (&compact, 1)] {
         let again = replay(source, instances, records.len())?;
         let ids = |m: &BTreeMap<String, Alert>| -> Vec<String> {
             m.values()

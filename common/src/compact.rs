@@ -20,8 +20,8 @@
 //! (`0xFF` cannot begin JSON, or appear in UTF-8 at all), a format byte ([`FORMAT`]), then the
 //! fields in [`encode`]'s order. Lengths and counts are LEB128 varints; an optional string is
 //! its length plus one, 0 when absent; an optional flag is 0 absent, 1 false, 2 true. Every
-//! length is checked against what is left before anything is allocated, so a hostile message
-//! costs at most its own size.
+//! length and count is checked against what is left before anything is allocated, so a
+//! hostile message decodes to at most about ten times its size (see [`LEAST_ITEM`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -52,18 +52,15 @@ pub enum ActivityEncoding {
 
 impl ActivityEncoding {
     /// Appends `activity` in this encoding to `out`.
-    pub fn write(self, activity: &Activity, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    pub fn write(self, activity: &Activity, out: &mut Vec<u8>) -> Result<(), WriteError> {
         match self {
-            ActivityEncoding::Json => serde_json::to_writer(out, activity),
-            ActivityEncoding::Compact => {
-                encode(activity, out);
-                Ok(())
-            }
+            ActivityEncoding::Json => Ok(serde_json::to_writer(out, activity)?),
+            ActivityEncoding::Compact => Ok(encode(activity, out)?),
         }
     }
 
     /// `activity` in this encoding.
-    pub fn to_vec(self, activity: &Activity) -> Result<Vec<u8>, serde_json::Error> {
+    pub fn to_vec(self, activity: &Activity) -> Result<Vec<u8>, WriteError> {
         let mut out = Vec::new();
         self.write(activity, &mut out)?;
         Ok(out)
@@ -75,7 +72,18 @@ pub fn is_compact(payload: &[u8]) -> bool {
     payload.starts_with(&MAGIC)
 }
 
-/// Why a compact activity could not be read.
+/// Why an activity could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// As JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// In the compact encoding.
+    #[error(transparent)]
+    Compact(#[from] CompactError),
+}
+
+/// Why a compact activity could not be read (or written).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompactError {
     /// Not [`MAGIC`].
@@ -90,6 +98,9 @@ pub enum CompactError {
     /// Bytes left after the last field.
     #[error("{0} bytes after the activity")]
     Trailing(usize),
+    /// More text than the layout's four bytes of length can say.
+    #[error("{0} bytes of text are more than 4 GiB")]
+    TooLarge(usize),
     /// A field that does not hold what its place says.
     #[error("{field}: {why}")]
     Invalid {
@@ -107,8 +118,8 @@ fn invalid(field: &'static str, why: impl std::fmt::Display) -> CompactError {
     }
 }
 
-/// Appends `activity`'s compact encoding to `out`.
-pub fn encode(activity: &Activity, out: &mut Vec<u8>) {
+/// Appends `activity`'s compact encoding to `out`; on an error, `out` may hold part of it.
+pub fn encode(activity: &Activity, out: &mut Vec<u8>) -> Result<(), CompactError> {
     let Activity {
         schema_version,
         id,
@@ -202,14 +213,19 @@ pub fn encode(activity: &Activity, out: &mut Vec<u8>) {
     }
     out.opt(request_id.as_deref());
     for doc in [request_parameters, response_elements, additional_event_data] {
-        out.opt(doc.as_ref().map(RawJson::text));
+        // A null document is none, as its JSON (`null`) reads back.
+        out.opt(
+            doc.as_ref()
+                .map(RawJson::text)
+                .filter(|text| *text != "null"),
+        );
     }
     // Detect fills the enrichment after it decodes: on the topic it is almost always empty,
     // and carried as its JSON when not.
     if enrichment.is_empty() {
         out.opt(None);
     } else {
-        let json = serde_json::to_string(&**enrichment).unwrap_or_default();
+        let json = serde_json::to_string(&**enrichment).map_err(|e| invalid("enrichment", e))?;
         out.opt(Some(&json));
     }
     out.varint(trimmed.len() as u64);
@@ -217,11 +233,11 @@ pub fn encode(activity: &Activity, out: &mut Vec<u8>) {
         out.str(step);
     }
     let Writer { text: out, shape } = w;
-    // More than 4 GiB of text cannot be said in four bytes: the length is then wrong and the
-    // message refused where it is read (Kafka's messages are far smaller).
-    let length = u32::try_from(out.len() - text_at).unwrap_or(u32::MAX);
+    let length = out.len() - text_at;
+    let length = u32::try_from(length).map_err(|_| CompactError::TooLarge(length))?;
     out[length_at..text_at].copy_from_slice(&length.to_le_bytes());
     out.extend_from_slice(&shape);
+    Ok(())
 }
 
 fn put_principal(out: &mut Writer<'_>, principal: &Principal) {
@@ -257,16 +273,20 @@ fn put_principal(out: &mut Writer<'_>, principal: &Principal) {
     out.shape.push(u8::from(*is_root));
 }
 
-const ACTOR_KINDS: [ActorKind; 8] = [
-    ActorKind::User,
-    ActorKind::Person,
-    ActorKind::Role,
-    ActorKind::Root,
-    ActorKind::Federated,
-    ActorKind::Service,
-    ActorKind::Account,
-    ActorKind::Unknown,
-];
+/// The kind a byte stands for ([`actor_kind_byte`]'s inverse).
+fn actor_kind_of(byte: u8) -> Option<ActorKind> {
+    Some(match byte {
+        0 => ActorKind::User,
+        1 => ActorKind::Person,
+        2 => ActorKind::Role,
+        3 => ActorKind::Root,
+        4 => ActorKind::Federated,
+        5 => ActorKind::Service,
+        6 => ActorKind::Account,
+        7 => ActorKind::Unknown,
+        _ => return None,
+    })
+}
 
 fn actor_kind_byte(kind: ActorKind) -> u8 {
     // Exhaustive: a new kind does not compile until it has a byte.
@@ -404,8 +424,7 @@ pub fn decode(payload: &[u8]) -> Result<Activity, CompactError> {
     };
     let kind = r.byte()?;
     let actor = Actor {
-        kind: *ACTOR_KINDS
-            .get(usize::from(kind))
+        kind: actor_kind_of(kind)
             .ok_or_else(|| invalid("actor.kind", format!("unknown kind {kind}")))?,
         id: r.string("actor.id")?,
         name: r.string("actor.name")?,
@@ -435,9 +454,7 @@ pub fn decode(payload: &[u8]) -> Result<Activity, CompactError> {
         error_code: r.opt("outcome.error_code")?,
         error_message: r.opt("outcome.error_message")?,
     };
-    // Each resource takes at least two bytes: a count larger than what is left is refused
-    // before anything is allocated for it.
-    let count = r.count("resources", 2)?;
+    let count = r.count("resources")?;
     let mut resources = Vec::with_capacity(count);
     for _ in 0..count {
         resources.push(Resource {
@@ -453,7 +470,7 @@ pub fn decode(payload: &[u8]) -> Result<Activity, CompactError> {
         None => Enrichment::default(),
         Some(json) => serde_json::from_str(json).map_err(|e| invalid("enrichment", e))?,
     };
-    let count = r.count("trimmed", 1)?;
+    let count = r.count("trimmed")?;
     let mut trimmed = Vec::with_capacity(count);
     for _ in 0..count {
         trimmed.push(r.string("trimmed")?);
@@ -492,6 +509,12 @@ pub fn decode(payload: &[u8]) -> Result<Activity, CompactError> {
         trimmed,
     })
 }
+
+/// The fewest bytes of a message a list's item is allowed: the least resource ingest writes
+/// (`arn`, a one-character id, two lengths) takes six, and a trimming step more. So a message
+/// of empty items — two bytes each, 48 decoded — is refused, and a message decodes to at most
+/// about ten times its size (its JSON, to about three).
+const LEAST_ITEM: usize = 6;
 
 /// A cursor over a compact activity's shape, taking its strings from its text in turn.
 struct Reader<'a> {
@@ -543,14 +566,18 @@ impl<'a> Reader<'a> {
         Err(invalid("varint", "longer than 64 bits"))
     }
 
-    /// A count of items each at least `least` bytes long, refused when they cannot fit.
-    fn count(&mut self, field: &'static str, least: usize) -> Result<usize, CompactError> {
+    /// A list's count, refused unless what is left of the message holds that many items of
+    /// [`LEAST_ITEM`] bytes: checked before anything is allocated for them.
+    fn count(&mut self, field: &'static str) -> Result<usize, CompactError> {
         let value = self.varint()?;
-        let n = usize::try_from(value).unwrap_or(usize::MAX);
-        if n > (self.bytes.len() - self.at) / least {
-            return Err(invalid(field, format!("{value} items cannot fit")));
+        let left = (self.bytes.len() - self.at) + (self.text.len() - self.used);
+        match usize::try_from(value) {
+            Ok(n) if n <= left / LEAST_ITEM => Ok(n),
+            _ => Err(invalid(
+                field,
+                format!("{value} items cannot fit in the {left} bytes left"),
+            )),
         }
-        Ok(n)
     }
 
     /// The next `length` bytes of the text: refused past its end or inside a character.
@@ -590,10 +617,13 @@ impl<'a> Reader<'a> {
         Ok(self.opt_str(field)?.map(str::to_owned))
     }
 
+    /// A CloudTrail document: a `null` one is none, as its JSON reads.
     fn document(&mut self, field: &'static str) -> Result<Option<RawJson>, CompactError> {
         self.opt_str(field)?
             .map(|text| RawJson::from_text(text).map_err(|e| invalid(field, e)))
             .transpose()
+            // Compacted: white space around it is gone.
+            .map(|doc| doc.filter(|doc| doc.text() != "null"))
     }
 
     fn flag(&mut self, field: &'static str) -> Result<Option<bool>, CompactError> {
@@ -668,6 +698,17 @@ mod tests {
         .expect("the full activity reads")
     }
 
+    const ACTOR_KINDS: [ActorKind; 8] = [
+        ActorKind::User,
+        ActorKind::Person,
+        ActorKind::Role,
+        ActorKind::Root,
+        ActorKind::Federated,
+        ActorKind::Service,
+        ActorKind::Account,
+        ActorKind::Unknown,
+    ];
+
     /// An activity with only what is required.
     fn sparse() -> Activity {
         serde_json::from_value(json!({
@@ -684,6 +725,12 @@ mod tests {
 
     fn json_of(activity: &Activity) -> Value {
         serde_json::to_value(activity).expect("an activity serializes")
+    }
+
+    /// `activity` written as JSON and read back as detect reads JSON.
+    fn through_json(activity: &Activity) -> Activity {
+        let json = serde_json::to_vec(activity).expect("serializes");
+        serde_json::from_slice(&json).expect("its JSON reads back")
     }
 
     fn round_trip(activity: &Activity) -> Activity {
@@ -730,10 +777,113 @@ mod tests {
     }
 
     #[test]
-    fn json_is_never_taken_for_compact() {
-        let json = serde_json::to_vec(&full()).expect("serializes");
-        assert!(!is_compact(&json));
-        assert_eq!(decode(&json).err(), Some(CompactError::NotCompact));
+    fn the_layout_is_the_documented_one() {
+        // docs/wire.md, byte for byte: an encoder and decoder changed together would pass
+        // every round trip and still break messages already on the topic, and older detects.
+        let mut activity = sparse();
+        activity.id = "i".into();
+        activity.event_time = DateTime::<Utc>::from_timestamp(1_700_000_000, 5).expect("a time");
+        activity.event_source = "s".into();
+        activity.event_name = "n".into();
+        activity.region = Some("r".into());
+        activity.principal.mfa_authenticated = Some(true);
+        activity.actor = Actor {
+            kind: ActorKind::Role,
+            id: "a".into(),
+            name: String::new(),
+            basis: "b".into(),
+        };
+        activity.source_ip = Some("192.0.2.1".parse().expect("an address"));
+        activity.read_only = Some(false);
+        activity.data_event = true;
+        activity.resources = vec![Resource {
+            kind: "k".into(),
+            id: "d".into(),
+        }];
+        activity.request_parameters = Some(RawJson::from_text("{}").expect("json"));
+        activity.trimmed = vec!["trimmed".into()];
+        let bytes = ActivityEncoding::Compact
+            .to_vec(&activity)
+            .expect("encodes");
+        let text = "isnrUnknownabkd{}trimmed";
+        let mut expected = vec![0xFF, b'T', b'G', b'A', 1, text.len() as u8, 0, 0, 0];
+        expected.extend_from_slice(text.as_bytes());
+        expected.extend_from_slice(&[
+            2, // schema version
+            1, 0, // id, event id (absent)
+            0x80, 0xC4, 0x9F, 0xD5, 0x0C, 5, // 1,700,000,000 s zigzagged, 5 ns
+            1, 1, 0, 0, 2, 0, // source, name, type, account, region "r", partition
+            7, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, // principal: type .. is_root
+            2, 1, 0, 1, // actor: role, id, name, basis
+            4, 192, 0, 2, 1, // source_ip
+            0, 0, 1, 1, // source_host, user_agent, read_only false, data_event
+            0, 0, 0, // outcome
+            1, 1, 1, // one resource
+            0, 3, 0, 0, // request id, the documents
+            0, 1, 7, // enrichment, one trimmed step
+        ]);
+        assert_eq!(bytes, expected);
+        assert_eq!(
+            json_of(&decode(&expected).expect("decodes")),
+            json_of(&activity)
+        );
+    }
+
+    #[test]
+    fn actor_kind_bytes_go_both_ways() {
+        let kinds: Vec<(u8, ActorKind)> = (0..=u8::MAX)
+            .filter_map(|b| actor_kind_of(b).map(|k| (b, k)))
+            .collect();
+        // Eight kinds, 0-7: a kind added to `ActorKind` needs a byte in both functions.
+        assert_eq!(kinds.len(), 8);
+        for (byte, kind) in kinds {
+            assert_eq!(actor_kind_byte(kind), byte);
+        }
+    }
+
+    #[test]
+    fn a_message_costs_a_bounded_multiple_of_its_size() {
+        // Lists of empty items: each takes two bytes of the shape, and 48 bytes decoded.
+        let mut activity = sparse();
+        activity.resources = vec![
+            Resource {
+                kind: String::new(),
+                id: String::new(),
+            };
+            1000
+        ];
+        let bytes = ActivityEncoding::Compact
+            .to_vec(&activity)
+            .expect("encodes");
+        assert!(matches!(
+            decode(&bytes),
+            Err(CompactError::Invalid {
+                field: "resources",
+                ..
+            })
+        ));
+        let mut activity = sparse();
+        activity.trimmed = vec![String::new(); 1000];
+        let bytes = ActivityEncoding::Compact
+            .to_vec(&activity)
+            .expect("encodes");
+        assert!(matches!(
+            decode(&bytes),
+            Err(CompactError::Invalid {
+                field: "trimmed",
+                ..
+            })
+        ));
+        // The least resource ingest writes (`arn` and a one-character id) reads back.
+        let mut activity = sparse();
+        activity.resources = vec![
+            Resource {
+                kind: "arn".into(),
+                id: "x".into(),
+            };
+            1000
+        ];
+        assert_eq!(round_trip(&activity).resources.len(), 1000);
     }
 
     #[test]
@@ -904,6 +1054,8 @@ mod tests {
             ("[1e999]", true),
             ("\"\\ud800\"", true),
             ("{\"a\" : [ 1 ,2 ]}", false),
+            // JSON reads a null document as none: so does this encoding.
+            ("null", false),
         ] {
             // A valid document as long as `text`, then `text` written over it.
             let placeholder = format!("\"{}\"", "q".repeat(text.len() - 2));
@@ -918,10 +1070,14 @@ mod tests {
                 .expect("the placeholder");
             bytes[at..at + text.len()].copy_from_slice(text.as_bytes());
             match decode(&bytes) {
-                Ok(back) if !refused => assert_eq!(
-                    back.request_parameters.as_ref().map(RawJson::value),
-                    Some(&serde_json::from_str::<Value>(text).expect("json"))
-                ),
+                Ok(back) if !refused => {
+                    let value = serde_json::from_str::<Value>(text).expect("json");
+                    assert_eq!(
+                        back.request_parameters.as_ref().map(RawJson::value),
+                        (!value.is_null()).then_some(&value)
+                    );
+                    assert_eq!(json_of(&back), json_of(&through_json(&back)));
+                }
                 Err(CompactError::Invalid {
                     field: "request_parameters",
                     ..
@@ -956,6 +1112,8 @@ mod tests {
                         json_of(&decode(&again).expect("decodes")),
                         json_of(&activity)
                     );
+                    // What this encoding accepts, JSON carries as the same activity.
+                    assert_eq!(json_of(&through_json(&activity)), json_of(&activity));
                 }
             }
         }

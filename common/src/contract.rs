@@ -1,8 +1,10 @@
 //! The wire contract: what flows on Trailguard's topics.
 //!
-//! Every message is JSON. Each type carries a `schema_version`; consumers accept every version up
-//! to the one they were built with. Changes that only add optional fields keep the version; any
-//! other change bumps it. The JSON Schemas in `schemas/` are generated from these types
+//! Every message is JSON — but for activities when ingest writes them in the compact encoding
+//! ([`crate::compact`], docs/wire.md). Each type carries a `schema_version`; consumers accept
+//! every version up to the one they were built with. Changes that only add optional fields keep
+//! the version; any other change bumps it. Any field added to `Activity` (optional or not) also
+//! changes the compact layout: its `FORMAT` goes up, and detect is upgraded before ingest. The JSON Schemas in `schemas/` are generated from these types
 //! (`cargo run -p trailguard-common --bin gen-schemas`) and a test fails when they drift.
 
 use std::collections::BTreeMap;

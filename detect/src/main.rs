@@ -238,6 +238,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let payload = message.payload().unwrap_or_default();
                     let line = match topic {
                         // Raw text from a topic: escaped, so it cannot drive the terminal.
+                        TailTopic::Activities if json => {
+                            printable(&activity_text(payload)).into_owned()
+                        }
                         _ if json => printable(&String::from_utf8_lossy(payload)).into_owned(),
                         TailTopic::Alerts => serde_json::from_slice::<Alert>(payload)
                             .map(|a| a.to_string())
@@ -245,9 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         TailTopic::Actions => serde_json::from_slice::<ActionRecord>(payload)
                             .map(|a| a.to_string())
                             .unwrap_or_else(|e| format!("(not an action record: {e})")),
-                        TailTopic::Activities => {
-                            printable(&String::from_utf8_lossy(payload)).into_owned()
-                        }
+                        TailTopic::Activities => printable(&activity_text(payload)).into_owned(),
                         TailTopic::Dlq => {
                             let mut text = String::from("DEAD LETTER");
                             if let Some(headers) = message.headers() {
@@ -281,6 +282,20 @@ enum Input {
         since: chrono::DateTime<chrono::Utc>,
         until: Option<chrono::DateTime<chrono::Utc>>,
     },
+}
+
+/// An activities-topic message as text: its JSON as it is, a compact one decoded to its JSON
+/// (docs/wire.md), or why it cannot be.
+fn activity_text(payload: &[u8]) -> std::borrow::Cow<'_, str> {
+    if !trailguard_common::compact::is_compact(payload) {
+        return String::from_utf8_lossy(payload);
+    }
+    match trailguard_common::compact::decode(payload) {
+        Ok(activity) => serde_json::to_string(&activity)
+            .unwrap_or_else(|e| format!("(not an activity: {e})"))
+            .into(),
+        Err(e) => format!("(not an activity: compact, {e})").into(),
+    }
 }
 
 /// `detect backtest`: the policies of `cfg` (and of `diff`, an older configuration) over

@@ -63,7 +63,8 @@ pub(crate) enum Span {
 /// A record as the reading thread hands it over.
 #[derive(Debug)]
 pub(crate) enum Ready {
-    /// Normalized and serialized: where its id, key and JSON are in its batch's `out`.
+    /// Normalized and serialized: where its id, key and bytes (JSON or compact, as
+    /// [`Fit::encoding`] says) are in its batch's `out`.
     Serialized {
         id: Range<usize>,
         key: Range<usize>,

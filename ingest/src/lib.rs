@@ -109,7 +109,7 @@ pub struct PublishConfig {
     pub max_record_bytes: usize,
     /// How activities are written to the activities topic: `json` (the default, as
     /// `schemas/activity.schema.json` describes) or `compact` (a binary layout detect decodes
-    /// in a third of JSON's time; see docs/wire.md). Detect reads both.
+    /// in half JSON's instructions; see docs/wire.md). Detect reads both.
     pub activity_encoding: trailguard_common::compact::ActivityEncoding,
 }
 

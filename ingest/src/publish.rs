@@ -196,7 +196,8 @@ pub struct Origin<'a> {
 }
 
 /// An activity serialized where it was normalized (a reading thread), ready to be queued: its
-/// id, time and key, and its JSON, within the size a message may be.
+/// id, time and key, and its bytes (in `publish.activity_encoding`), within the size a message
+/// may be.
 #[derive(Debug, Clone, Copy)]
 pub struct Serialized<'a> {
     /// The activity's id.
@@ -205,7 +206,7 @@ pub struct Serialized<'a> {
     pub event_time: chrono::DateTime<chrono::Utc>,
     /// Its key on the topic: the actor's id.
     pub key: &'a str,
-    /// Its JSON.
+    /// Its bytes: JSON or compact (`publish.activity_encoding`).
     pub json: &'a [u8],
 }
 

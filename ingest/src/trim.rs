@@ -57,8 +57,8 @@ fn reduce(value: &mut Value, depth: usize) {
     }
 }
 
-/// Shrinks `activity` until its JSON is at most `limit` bytes, noting each step in its
-/// `trimmed`; returns that JSON, or `None` when even the smallest form is too large (an
+/// Shrinks `activity` until it takes at most `limit` bytes in `encoding`, noting each step in
+/// its `trimmed`; returns those bytes, or `None` when even the smallest form is too large (an
 /// enormous event name or principal).
 pub fn shrink(
     activity: &mut Activity,

@@ -303,9 +303,9 @@ async fn same_input_same_alerts() -> Result<()> {
     );
     let raw = read_topic(
         &compact.topic("activities"),
-        Duration::from_secs(10),
-        Duration::ZERO,
-        |r| !r.is_empty(),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |r| r.len() >= records.len(),
     )?;
     ensure!(
         raw.iter()

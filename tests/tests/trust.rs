@@ -588,6 +588,66 @@ async fn tail_prints_hostile_records_safely() -> Result<()> {
     Ok(())
 }
 
+/// `detect tail activities` prints a compact activity (docs/wire.md) as its JSON, escaped, and
+/// says why a compact message that does not decode is not one.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_prints_compact_activities_as_json() -> Result<()> {
+    use trailguard_common::compact::ActivityEncoding;
+    let run = Run::new("trust-tail-compact")?;
+    let activities = run.topic("activities");
+    let mut cfg = trailguard_common::config::KafkaConfig {
+        brokers: trailguard_tests::brokers()?,
+        partitions: 1,
+        ..Default::default()
+    };
+    cfg.topics.activities = activities.clone();
+    trailguard_common::kafka::ensure_topics(
+        &cfg,
+        &[trailguard_common::config::TopicRole::Activities],
+    )
+    .await?;
+    let mut record = trailguard_tests::api_call(
+        0,
+        "ListBuckets",
+        "s3.amazonaws.com",
+        "tail-user",
+        "198.51.100.7",
+        json!({}),
+        7,
+    );
+    record["userAgent"] = json!("agent\u{1b}[2J");
+    let activity = trailguard_ingest::normalize::normalize(&record.to_string())?;
+    let bytes = ActivityEncoding::Compact.to_vec(&activity)?;
+    produce(&activities, "k", &bytes).await?;
+    produce(&activities, "k", &bytes[..bytes.len() - 3]).await?;
+    let output = run
+        .command(
+            "detect",
+            &[
+                "tail",
+                "activities",
+                "--from-beginning",
+                "--count",
+                "2",
+                "--idle-seconds",
+                "20",
+            ],
+        )?
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "tail failed: {stdout}");
+    ensure!(
+        stdout.contains(&format!("\"id\":\"{}\"", activity.id)),
+        "the activity as JSON: {stdout}"
+    );
+    ensure!(
+        stdout.contains("(not an activity: compact, truncated"),
+        "{stdout}"
+    );
+    ensure!(!stdout.contains('\u{1b}'), "{stdout:?}");
+    Ok(())
+}
+
 /// Publishes `value` under `key` to every partition of `topic` (a forged record, unsigned).
 async fn produce_everywhere(topic: &str, key: &str, value: &[u8], partitions: i32) -> Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -365,13 +365,18 @@ async fn stdin_head(
 ) -> std::io::Result<Head> {
     use std::io::Read;
     let limits = publisher.limits();
+    // Read on a thread of its own, so that a shutdown ends a wait on a silent pipe.
+    let stdin = crate::stdin::Stdin::open(shutdown.clone())?;
+    let ended = stdin.clone();
+    let reading = stdin.clone();
     let (head, shape) = tokio::task::spawn_blocking(move || {
+        let stdin = reading;
         // Sized at once (up to 256 MiB), so reading it never copies it to grow it.
         let wanted = stream_above.saturating_add(1).min(256 << 20);
         let mut head = Vec::with_capacity(usize::try_from(wanted).unwrap_or(256 << 20));
         // At least gzip's two magic bytes, to tell it.
-        std::io::stdin()
-            .lock()
+        stdin
+            .clone()
             .take(stream_above.saturating_add(1).max(2))
             .read_to_end(&mut head)?;
         if head.len() as u64 <= stream_above {
@@ -385,7 +390,7 @@ async fn stdin_head(
         // Judged on stdin as it comes; what is read to judge it is kept, to be read again.
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recording = Recording {
-            inner: std::io::stdin(),
+            inner: stdin,
             seen: seen.clone(),
         };
         let judged = std::io::Read::chain(&head[..], recording);
@@ -399,8 +404,15 @@ async fn stdin_head(
     })
     .await
     .map_err(std::io::Error::other)??;
+    let interrupted = |summary: &mut Summary| {
+        if ended.cut() {
+            tracing::warn!("shutdown while stdin was open: what was read of it is published, the rest of the pipe is not read");
+            summary.interrupted = true;
+        }
+    };
     match shape {
         None => {
+            interrupted(summary);
             let (head, cut) = cut_at(head, limits.max_decompressed);
             return Ok(Head::Whole(head, cut));
         }
@@ -408,12 +420,15 @@ async fn stdin_head(
         Some(_) => {
             // Large, and not NDJSON: read whole, as before, within the limit.
             let most = limits.max_decompressed;
-            return tokio::task::spawn_blocking(move || {
-                let (all, cut) = read_at_most(std::io::stdin().lock(), head, most)?;
+            let reading = stdin.clone();
+            let whole = tokio::task::spawn_blocking(move || {
+                let (all, cut) = read_at_most(reading, head, most)?;
                 Ok(Head::Whole(all, cut))
             })
             .await
             .map_err(std::io::Error::other)?;
+            interrupted(summary);
+            return whole;
         }
     }
     tracing::info!(read_so_far = head.len(), "streaming stdin");
@@ -424,13 +439,14 @@ async fn stdin_head(
             inner: HeadFirst {
                 head,
                 at: 0,
-                rest: std::io::stdin(),
+                rest: stdin,
             },
             count: counted,
         }))
     });
     let keep_long = limits.max_decompressed.min(KEEP_LONG_ON_STDIN);
     let unparsed = stream_lines_of(STDIN, open, keep_long, publisher, summary, shutdown).await;
+    interrupted(summary);
     let bytes = read.load(std::sync::atomic::Ordering::Relaxed);
     crate::pipeline::count_input(publisher, summary, bytes);
     Ok(Head::Streamed(unparsed))
@@ -561,7 +577,10 @@ async fn stream_lines_of(
         lists: &lists_tx,
         chunks: Some(&spares_tx),
     };
-    let records = publish_parts(name, &mut rx, back, publisher, summary, Some(shutdown)).await;
+    // stdin cannot be read again: every part read from it is published, and its reading ends
+    // at a shutdown by itself (crate::stdin). A file stops at the part being published.
+    let stop = (name != STDIN).then_some(shutdown);
+    let records = publish_parts(name, &mut rx, back, publisher, summary, stop).await;
     drop(rx);
     let broke = match reading.await {
         Ok(Ok(())) => None,

@@ -40,6 +40,7 @@ pub mod s3;
 pub mod service;
 pub mod split;
 pub mod sqs;
+mod stdin;
 pub mod stream;
 pub mod trail_inventory;
 pub mod trim;

@@ -778,3 +778,89 @@ async fn records_are_fitted_to_the_topics_limit() -> Result<()> {
     );
     Ok(())
 }
+
+/// stdin that stops coming without ending (a stuck upstream, `tail -f`): SIGTERM stops
+/// ingest within seconds, and every whole record it read is published — read whole (stdin
+/// small so far) and streamed (past `files.stream_above_bytes`) — the part of a line it read
+/// without its end is dead-lettered with the reason, not dropped.
+#[test]
+fn a_stalled_stdin_stops_on_sigterm_keeping_what_it_read() -> Result<()> {
+    for (records, above) in [(3usize, "33554432"), (400, "4096")] {
+        let run = Run::new("hostile-stalled-stdin")?;
+        let log = std::env::temp_dir().join(format!("{}-ingest.log", run.id));
+        let mut child = run
+            .command("ingest", &["files", "--summary", "json", "-"])?
+            .env("TRAILGUARD_FILES__STREAM_ABOVE_BYTES", above)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        for i in 0..records {
+            let record = json!({
+                "eventVersion": "1.08", "eventTime": "2024-05-01T00:00:00Z",
+                "eventSource": "s3.amazonaws.com", "eventName": "ListBuckets",
+                "awsRegion": "us-east-1", "sourceIPAddress": "192.0.2.1",
+                "eventID": format!("00000000-0000-4000-8000-{i:012}"),
+                "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111111111111:user/u"},
+            });
+            writeln!(stdin, "{record}")?;
+        }
+        // Half a line more, and then nothing: the pipe stays open.
+        write!(stdin, "{{\"eventVersion\": \"1.08\", \"eventTi")?;
+        stdin.flush()?;
+        std::thread::sleep(Duration::from_secs(3));
+        ensure!(child.try_wait()?.is_none(), "ingest ended with stdin open");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        ensure!(sent.success(), "kill failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                anyhow::bail!(
+                    "{records} records: ingest did not stop within 20 s of SIGTERM with stdin open; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        drop(stdin);
+        // Not a success: the run was interrupted, and a part of stdin (the cut line) is a
+        // dead letter, which a failing exit reports (stdin cannot be read again).
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        ensure!(!status.success(), "{records} records: {status}; log: {log}");
+        ensure!(
+            log.contains("INTERRUPTED") && log.contains(&format!("published {records} activities")),
+            "{records} records: the summary; log: {log}"
+        );
+        let published = read_topic(
+            &run.topic("activities"),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            |r| r.len() >= records,
+        )?;
+        ensure!(published.len() == records, "{} published", published.len());
+        let dead = read_topic(
+            &run.topic("dlq"),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            |r| !r.is_empty(),
+        )?;
+        ensure!(
+            dead.len() == 1
+                && dead[0]
+                    .value
+                    .starts_with(b"{\"eventVersion\": \"1.08\", \"eventTi"),
+            "{records} records: the cut line's dead letter: {:?}",
+            dead.iter()
+                .map(|r| (String::from_utf8_lossy(&r.value).into_owned(), &r.headers))
+                .collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}

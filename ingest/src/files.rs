@@ -258,8 +258,13 @@ pub async fn run(
     if stdin_unparsed > 0 {
         // stdin cannot be read again: say so with a failing exit, after keeping it.
         tracing::info!(summary = %summary, "files finished");
+        let cut = if summary.interrupted {
+            " (a shutdown cut stdin short: its last line may be one of them)"
+        } else {
+            ""
+        };
         return Err(Error::Source(format!(
-            "{stdin_unparsed} part(s) of stdin could not be read as CloudTrail JSON; they are on the dead-letter topic (source `stdin`)"
+            "{stdin_unparsed} part(s) of stdin could not be read as CloudTrail JSON{cut}; they are on the dead-letter topic (source `stdin`)"
         )));
     }
     Ok(summary)
@@ -336,7 +341,7 @@ async fn stream_path(
             .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
             .map_err(|e| SplitError::Read(format!("opening it again: {e}")))
     });
-    stream_lines_of(&name, open, 0, publisher, summary, shutdown).await;
+    stream_lines_of(&name, open, 0, publisher, summary, Some(shutdown)).await;
     Streamed::Done
 }
 
@@ -367,6 +372,7 @@ async fn stdin_head(
     let limits = publisher.limits();
     // Read on a thread of its own, so that a shutdown ends a wait on a silent pipe.
     let stdin = crate::stdin::Stdin::open(shutdown.clone())?;
+    tracing::info!("reading stdin");
     let ended = stdin.clone();
     let reading = stdin.clone();
     let (head, shape) = tokio::task::spawn_blocking(move || {
@@ -445,7 +451,9 @@ async fn stdin_head(
         }))
     });
     let keep_long = limits.max_decompressed.min(KEEP_LONG_ON_STDIN);
-    let unparsed = stream_lines_of(STDIN, open, keep_long, publisher, summary, shutdown).await;
+    // stdin cannot be read again: every part read from it is published, and its reading ends
+    // at a shutdown by itself (crate::stdin).
+    let unparsed = stream_lines_of(STDIN, open, keep_long, publisher, summary, None).await;
     interrupted(summary);
     let bytes = read.load(std::sync::atomic::Ordering::Relaxed);
     crate::pipeline::count_input(publisher, summary, bytes);
@@ -514,14 +522,16 @@ type Opener = Box<dyn FnOnce() -> Result<Box<dyn std::io::Read + Send>, SplitErr
 /// serialized on a blocking thread and handed over a bounded channel, chunk by chunk, to be published here;
 /// lines longer than `max_record` are kept up to `keep_long` bytes for their dead letters.
 /// Records before a break are published and the input dead-lettered with where it broke.
-/// Returns how many parts of it could not be read as records.
+/// Publishing stops at the part being published once `stop` (a file's shutdown) is
+/// cancelled; without one (stdin, which ends at a shutdown by itself), every part read is
+/// published. Returns how many parts of it could not be read as records.
 async fn stream_lines_of(
     name: &str,
     open: Opener,
     keep_long: u64,
     publisher: &mut Publisher,
     summary: &mut Summary,
-    shutdown: &CancellationToken,
+    stop: Option<&CancellationToken>,
 ) -> u64 {
     let limits = publisher.limits();
     let unparsed_before = summary.unparsed;
@@ -577,9 +587,6 @@ async fn stream_lines_of(
         lists: &lists_tx,
         chunks: Some(&spares_tx),
     };
-    // stdin cannot be read again: every part read from it is published, and its reading ends
-    // at a shutdown by itself (crate::stdin). A file stops at the part being published.
-    let stop = (name != STDIN).then_some(shutdown);
     let records = publish_parts(name, &mut rx, back, publisher, summary, stop).await;
     drop(rx);
     let broke = match reading.await {

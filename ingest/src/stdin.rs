@@ -3,13 +3,14 @@
 //!
 //! A read of stdin that waits on a silent pipe cannot be given up: std offers no way to
 //! interrupt it. So one thread reads stdin, a chunk at a time, into a bounded channel, and
-//! [`Stdin`] reads from the channel. Once shutdown is requested, a read of [`Stdin`] hands out
-//! what the thread has read already and then ends, as if stdin had (marking [`Stdin::cut`]):
+//! [`Stdin`] reads from the channel. Once shutdown is requested, the thread reads no more, and a
+//! read of [`Stdin`] hands out what the thread has read already (at most [`AHEAD`] chunks,
+//! however fast the pipe flows) and then ends, as if stdin had (marking [`Stdin::cut`]):
 //! everything read is published or dead-lettered (a line read without its end is not a
-//! record), and the process exits with the thread still waiting on the pipe.
+//! record), and the process exits with the thread still waiting on the pipe when it was.
 
 use std::io::{self, Read};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,12 +31,24 @@ pub(crate) struct Stdin {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// What the reading thread hands over.
+enum Piece {
+    Bytes(Vec<u8>),
+    /// stdin failed: every later read fails so too.
+    Failed(io::Error),
+    /// A shutdown: the thread stopped reading.
+    Stopped,
+}
+
 struct Inner {
-    chunks: Receiver<io::Result<Vec<u8>>>,
+    pieces: Receiver<Piece>,
     chunk: Vec<u8>,
     at: usize,
     ended: bool,
     cut: bool,
+    /// The error stdin failed with, given again to every read after it: a broken stdin
+    /// never reads as ended.
+    failed: Option<(io::ErrorKind, String)>,
     stop: CancellationToken,
 }
 
@@ -46,38 +59,20 @@ impl Stdin {
     }
 
     /// Starts reading `source` on a thread of its own.
-    pub fn of(
-        mut source: impl Read + Send + 'static,
-        stop: CancellationToken,
-    ) -> io::Result<Stdin> {
-        let (tx, chunks) = std::sync::mpsc::sync_channel(AHEAD);
+    pub fn of(source: impl Read + Send + 'static, stop: CancellationToken) -> io::Result<Stdin> {
+        let (tx, pieces) = std::sync::mpsc::sync_channel(AHEAD);
+        let stopping = stop.clone();
         std::thread::Builder::new()
             .name("stdin".into())
-            .spawn(move || loop {
-                let mut chunk = vec![0u8; CHUNK];
-                match source.read(&mut chunk) {
-                    // The end: the channel closes when the thread does.
-                    Ok(0) => break,
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        if tx.send(Ok(chunk)).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        break;
-                    }
-                }
-            })?;
+            .spawn(move || pump(source, &tx, &stopping))?;
         Ok(Stdin {
             inner: Arc::new(Mutex::new(Inner {
-                chunks,
+                pieces,
                 chunk: Vec::new(),
                 at: 0,
                 ended: false,
                 cut: false,
+                failed: None,
                 stop,
             })),
         })
@@ -89,10 +84,44 @@ impl Stdin {
     }
 }
 
+/// The reading thread: `source` a chunk at a time into `tx`, until its end, an error, or a
+/// shutdown (looked for before each read: a read already waiting on a silent pipe is left
+/// waiting, and [`Stdin`] ends without it).
+fn pump(mut source: impl Read, tx: &SyncSender<Piece>, stop: &CancellationToken) {
+    loop {
+        if stop.is_cancelled() {
+            let _ = tx.send(Piece::Stopped);
+            return;
+        }
+        let mut chunk = vec![0u8; CHUNK];
+        match source.read(&mut chunk) {
+            // The end: the channel closes when the thread does.
+            Ok(0) => return,
+            Ok(n) => {
+                chunk.truncate(n);
+                if tx.send(Piece::Bytes(chunk)).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Piece::Failed(e));
+                return;
+            }
+        }
+    }
+}
+
 impl Read for Stdin {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            if let Some((kind, why)) = &inner.failed {
+                return Err(io::Error::new(*kind, why.clone()));
+            }
             if inner.at < inner.chunk.len() {
                 let n = buf.len().min(inner.chunk.len() - inner.at);
                 let at = inner.at;
@@ -104,24 +133,25 @@ impl Read for Stdin {
                 return Ok(0);
             }
             // What the thread has read is handed out before a shutdown ends the reading.
-            let next = match inner.chunks.try_recv() {
+            let next = match inner.pieces.try_recv() {
                 Ok(next) => Ok(next),
                 Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-                Err(TryRecvError::Empty) if inner.stop.is_cancelled() => {
-                    inner.ended = true;
-                    inner.cut = true;
-                    return Ok(0);
-                }
-                Err(TryRecvError::Empty) => inner.chunks.recv_timeout(LOOK),
+                Err(TryRecvError::Empty) if inner.stop.is_cancelled() => Ok(Piece::Stopped),
+                Err(TryRecvError::Empty) => inner.pieces.recv_timeout(LOOK),
             };
             match next {
-                Ok(Ok(chunk)) => {
+                Ok(Piece::Bytes(chunk)) => {
                     inner.chunk = chunk;
                     inner.at = 0;
                 }
-                Ok(Err(e)) => {
-                    inner.ended = true;
+                Ok(Piece::Failed(e)) => {
+                    inner.failed = Some((e.kind(), e.to_string()));
                     return Err(e);
+                }
+                Ok(Piece::Stopped) => {
+                    inner.ended = true;
+                    inner.cut = true;
+                    return Ok(0);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -216,6 +246,28 @@ mod tests {
         }
         let mut stdin = Stdin::of(Broken, CancellationToken::new()).expect("a thread");
         assert!(stdin.read(&mut [0; 8]).is_err());
-        assert_eq!(stdin.read(&mut [0; 8]).expect("ended"), 0);
+        // Every later read fails too, clones' as well: a broken stdin never reads as ended.
+        assert!(stdin.read(&mut [0; 8]).is_err());
+        assert!(stdin.clone().read_to_end(&mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_flowing_pipe_ends_at_a_shutdown_too() {
+        // stdin that never ends and never waits: after the shutdown, at most what the thread
+        // had read ahead is handed out.
+        let stop = CancellationToken::new();
+        let mut stdin = Stdin::of(io::repeat(b'x'), stop.clone()).expect("a thread");
+        let mut first = vec![0u8; 1 << 20];
+        stdin.read_exact(&mut first).expect("a megabyte");
+        stop.cancel();
+        let mut rest = Vec::new();
+        stdin.read_to_end(&mut rest).expect("ends");
+        assert!(
+            rest.len() <= (AHEAD + 2) * CHUNK,
+            "{} bytes after",
+            rest.len()
+        );
+        assert!(stdin.cut());
+        assert_eq!(stdin.read(&mut []).expect("nothing asked"), 0);
     }
 }

@@ -779,6 +779,70 @@ async fn records_are_fitted_to_the_topics_limit() -> Result<()> {
     Ok(())
 }
 
+/// A CloudTrail record as one NDJSON line.
+fn stdin_record(i: usize) -> String {
+    json!({
+        "eventVersion": "1.08", "eventTime": "2024-05-01T00:00:00Z",
+        "eventSource": "s3.amazonaws.com", "eventName": "ListBuckets",
+        "awsRegion": "us-east-1", "sourceIPAddress": "192.0.2.1",
+        "eventID": format!("00000000-0000-4000-8000-{i:012}"),
+        "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111111111111:user/u"},
+    })
+    .to_string()
+}
+
+/// `ingest files --summary json -` with stdin a pipe the test holds, once ingest says it reads
+/// it; its log.
+fn ingest_reading_stdin(
+    run: &Run,
+    above: &str,
+) -> Result<(
+    std::process::Child,
+    std::process::ChildStdin,
+    std::path::PathBuf,
+)> {
+    let log = std::env::temp_dir().join(format!("{}-ingest.log", run.id));
+    let mut child = run
+        .command("ingest", &["files", "--summary", "json", "-"])?
+        .env("TRAILGUARD_FILES__STREAM_ABOVE_BYTES", above)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let stdin = child.stdin.take().context("stdin")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("reading stdin")
+    {
+        ensure!(Instant::now() < deadline, "ingest never read stdin");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((child, stdin, log))
+}
+
+/// Sends SIGTERM to `child` and waits at most 20 s for it to stop.
+fn terminate(child: &mut std::process::Child, log: &Path) -> Result<std::process::ExitStatus> {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    ensure!(sent.success(), "kill failed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!(
+                "ingest did not stop within 20 s of SIGTERM with stdin open; log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// stdin that stops coming without ending (a stuck upstream, `tail -f`): SIGTERM stops
 /// ingest within seconds, and every whole record it read is published — read whole (stdin
 /// small so far) and streamed (past `files.stream_above_bytes`) — the part of a line it read
@@ -787,56 +851,29 @@ async fn records_are_fitted_to_the_topics_limit() -> Result<()> {
 fn a_stalled_stdin_stops_on_sigterm_keeping_what_it_read() -> Result<()> {
     for (records, above) in [(3usize, "33554432"), (400, "4096")] {
         let run = Run::new("hostile-stalled-stdin")?;
-        let log = std::env::temp_dir().join(format!("{}-ingest.log", run.id));
-        let mut child = run
-            .command("ingest", &["files", "--summary", "json", "-"])?
-            .env("TRAILGUARD_FILES__STREAM_ABOVE_BYTES", above)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        let mut stdin = child.stdin.take().context("stdin")?;
+        let (mut child, mut stdin, log) = ingest_reading_stdin(&run, above)?;
         for i in 0..records {
-            let record = json!({
-                "eventVersion": "1.08", "eventTime": "2024-05-01T00:00:00Z",
-                "eventSource": "s3.amazonaws.com", "eventName": "ListBuckets",
-                "awsRegion": "us-east-1", "sourceIPAddress": "192.0.2.1",
-                "eventID": format!("00000000-0000-4000-8000-{i:012}"),
-                "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111111111111:user/u"},
-            });
-            writeln!(stdin, "{record}")?;
+            writeln!(stdin, "{}", stdin_record(i))?;
         }
         // Half a line more, and then nothing: the pipe stays open.
         write!(stdin, "{{\"eventVersion\": \"1.08\", \"eventTi")?;
         stdin.flush()?;
-        std::thread::sleep(Duration::from_secs(3));
+        // Published as it is read, when streamed; read whole, it waits for the end.
+        std::thread::sleep(Duration::from_secs(2));
         ensure!(child.try_wait()?.is_none(), "ingest ended with stdin open");
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
-        ensure!(sent.success(), "kill failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                anyhow::bail!(
-                    "{records} records: ingest did not stop within 20 s of SIGTERM with stdin open; log: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = terminate(&mut child, &log)?;
         drop(stdin);
-        // Not a success: the run was interrupted, and a part of stdin (the cut line) is a
-        // dead letter, which a failing exit reports (stdin cannot be read again).
+        // A failure naming the cut line's dead letter (stdin cannot be read again).
         let log = std::fs::read_to_string(&log).unwrap_or_default();
-        ensure!(!status.success(), "{records} records: {status}; log: {log}");
         ensure!(
-            log.contains("INTERRUPTED") && log.contains(&format!("published {records} activities")),
-            "{records} records: the summary; log: {log}"
+            status.code() == Some(1),
+            "{records} records: {status}; log: {log}"
+        );
+        ensure!(
+            log.contains("INTERRUPTED")
+                && log.contains(&format!("published {records} activities"))
+                && log.contains("a shutdown cut stdin short"),
+            "{records} records: the summary and the error; log: {log}"
         );
         let published = read_topic(
             &run.topic("activities"),
@@ -855,12 +892,69 @@ fn a_stalled_stdin_stops_on_sigterm_keeping_what_it_read() -> Result<()> {
             dead.len() == 1
                 && dead[0]
                     .value
-                    .starts_with(b"{\"eventVersion\": \"1.08\", \"eventTi"),
+                    .starts_with(b"{\"eventVersion\": \"1.08\", \"eventTi")
+                && header(&dead[0], "trailguard.error_kind") == "invalid_json",
             "{records} records: the cut line's dead letter: {:?}",
             dead.iter()
                 .map(|r| (String::from_utf8_lossy(&r.value).into_owned(), &r.headers))
                 .collect::<Vec<_>>()
         );
     }
+    Ok(())
+}
+
+/// stdin that keeps flowing (`zcat huge.gz | ingest files -`): SIGTERM stops ingest within
+/// seconds all the same — it reads no more, and publishes what it read, whole lines only.
+#[test]
+fn a_flowing_stdin_stops_on_sigterm() -> Result<()> {
+    let run = Run::new("hostile-flowing-stdin")?;
+    let (mut child, mut stdin, log) = ingest_reading_stdin(&run, "4096")?;
+    let writing = std::thread::spawn(move || {
+        // Until ingest stops reading: then the pipe breaks.
+        (0..)
+            .try_for_each(|i| writeln!(stdin, "{}", stdin_record(i)))
+            .err()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(
+        child.try_wait()?.is_none(),
+        "ingest ended with stdin flowing"
+    );
+    let status = terminate(&mut child, &log)?;
+    ensure!(writing.join().is_ok(), "the writer panicked");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut stdout)?;
+    }
+    // Interrupted (130, the summary on stdout) — or, when the shutdown cut a line, a failure
+    // naming its dead letter (1, the summary in the log).
+    let count: usize = match status.code() {
+        Some(130) => {
+            let summary: Value = serde_json::from_str(&stdout)?;
+            ensure!(summary["interrupted"] == true, "{summary}");
+            summary["published"].as_u64().context("published")? as usize
+        }
+        Some(1) if log.contains("INTERRUPTED") => log
+            .split("published ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .context("the summary's count")?,
+        _ => anyhow::bail!("{status}; log: {log}"),
+    };
+    // What the summary says was published is on the topic: none of what was read is lost.
+    ensure!(count > 0, "nothing published; log: {log}");
+    let published = read_topic(
+        &run.topic("activities"),
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        |r| r.len() >= count,
+    )?;
+    ensure!(
+        published.len() == count,
+        "{} on the topic, {count} in the summary",
+        published.len()
+    );
     Ok(())
 }

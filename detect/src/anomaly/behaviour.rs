@@ -34,7 +34,7 @@ const _: () = assert!(WINDOW_CALLS <= u8::MAX as usize);
 /// The discovery window.
 const WINDOW_SECS: i64 = 600;
 /// How long an unusual call makes the next one of another tactic weigh more.
-const CHAIN_SECS: i64 = 3600;
+pub(super) const CHAIN_SECS: i64 = 3600;
 /// How long another alert about the actor makes an unusual call weigh more.
 const OTHER_ALERT_SECS: i64 = 6 * 3600;
 /// Refused calls in an hour from which a refusal ratio of one half counts as probing.
@@ -143,7 +143,7 @@ pub(crate) fn hash(parts: &[&str]) -> u32 {
 }
 
 /// The network an activity comes from: its AS number, else its /16 (IPv4) or /48 (IPv6).
-fn network(a: &trailguard_common::Activity) -> Option<u32> {
+pub(super) fn network(a: &trailguard_common::Activity) -> Option<u32> {
     if let Some(n) = &a.enrichment.network {
         return Some(n.asn | 0x8000_0000);
     }

@@ -1874,6 +1874,63 @@ mod tests {
         assert!(ids(&run(&spread), "vm-deletion").is_empty());
     }
 
+    /// The same burst of reads is worse from where stolen credentials are used: a rented
+    /// server the actor first used within the hour, or an address the intelligence lists name.
+    /// From its usual network, a new home network, or AWS's own (an instance of its own), it
+    /// stays medium.
+    #[test]
+    fn unusual_downloads_from_a_rented_server_are_high() {
+        use trailguard_common::contract::{ActorKind, Network, Resource};
+        let at = |t: i64, name: &str, ip: &str, asn: u32, categories: &[&str]| {
+            let mut a = activity(t, name, ip);
+            a.actor.kind = ActorKind::Person;
+            let e = a.enrichment_mut();
+            e.network = Some(Network {
+                asn,
+                organization: None,
+            });
+            e.ip_categories = categories.iter().map(ToString::to_string).collect();
+            a
+        };
+        let read = |t: i64, key: usize, ip: &str, asn: u32, categories: &[&str]| {
+            let mut a = at(t, "GetObject", ip, asn, categories);
+            a.event_source = "s3.amazonaws.com".into();
+            a.data_event = true;
+            a.id = format!("read-{t}-{key}");
+            a.resources = vec![Resource {
+                kind: "arn".into(),
+                id: format!("arn:aws:s3:::data/{key}"),
+            }];
+            a
+        };
+        // Eight days of work from home (AS 7922), then 600 objects read within twenty minutes.
+        let severity = |ip: &str, asn: u32, categories: &[&str]| {
+            let mut acts: Vec<Activity> = (0..8)
+                .map(|d| at(d * DAY, "DescribeInstances", "73.162.10.20", 7922, &[]))
+                .collect();
+            acts.extend((0..600).map(|i| read(8 * DAY + i * 2, i as usize, ip, asn, categories)));
+            let alerts = run(&acts);
+            let found: Vec<_> = alerts
+                .iter()
+                .filter(|a| a.policy_id == "unusual-download")
+                .map(|a| (a.severity, a.evidence.summary.clone()))
+                .collect();
+            assert_eq!(found.len(), 1, "{ip}: {alerts:#?}");
+            found[0].clone()
+        };
+        let (rented, summary) = severity("104.248.10.20", 14061, &["hosting"]);
+        assert_eq!(rented, Severity::High, "{summary}");
+        assert!(summary.contains("AS14061"), "{summary}");
+        assert_eq!(severity("185.220.101.4", 4224, &["tor"]).0, Severity::High);
+        assert_eq!(severity("73.162.10.20", 7922, &[]).0, Severity::Medium);
+        assert_eq!(severity("24.5.10.20", 7922, &[]).0, Severity::Medium);
+        assert_eq!(severity("98.37.10.20", 33651, &[]).0, Severity::Medium);
+        assert_eq!(
+            severity("3.238.10.20", 14618, &["hosting"]).0,
+            Severity::Medium
+        );
+    }
+
     /// An actor that reads a few objects an hour, then hundreds in one: data taken. The job
     /// that reads thousands every night has that for its usual; the parts of one large object
     /// are one object.

@@ -115,6 +115,7 @@ impl Anomalies {
                 let floor = tuning
                     .download_floor
                     .saturating_mul(if new_role { 4 } else { 1 });
+                let before = out.len();
                 self.judge_rate(
                     &mut d.rate,
                     read,
@@ -127,6 +128,14 @@ impl Anomalies {
                     seen,
                     out,
                 );
+                if out.len() > before {
+                    if let (Some(alert), Some(why)) =
+                        (out.last_mut(), download_escalation(st, seen))
+                    {
+                        alert.severity = Severity::High;
+                        alert.evidence.summary.push_str(&format!(", {why}"));
+                    }
+                }
             }
         }
     }
@@ -192,6 +201,47 @@ impl Anomalies {
             out.push(alert);
         }
     }
+}
+
+/// Why a burst of objects read is high rather than medium: it comes from an address the
+/// intelligence lists name (anonymising, malicious, a risky network), or from a hosting
+/// network that is not AWS's and that the actor — one with a baseline — first used within the
+/// hour: stolen credentials on a rented server. A person's new home or mobile network, or an
+/// instance in AWS, leaves it medium.
+fn download_escalation(st: &PrincipalState, seen: &Seen<'_>) -> Option<String> {
+    let e = &seen.a.enrichment;
+    let listed = e.ip_categories.iter().find(|c| {
+        matches!(
+            c.as_str(),
+            "tor" | "vpn" | "proxy" | "malicious" | "risky-network"
+        )
+    });
+    if let Some(listed) = listed {
+        return Some(format!("from an address listed as {listed}"));
+    }
+    let network = e.network.as_ref()?;
+    let hosting = e.ip_categories.iter().any(|c| c == "hosting");
+    if !seen.learned || !hosting || crate::exposure::AWS_ASNS.contains(&network.asn) {
+        return None;
+    }
+    let key = super::behaviour::network(seen.a)?;
+    let fresh = st
+        .networks
+        .iter()
+        .find(|(v, _)| *v == key)
+        .is_none_or(|(_, first)| seen.t - first < super::behaviour::CHAIN_SECS);
+    fresh.then(|| {
+        // The organization's name is the AS database's (configuration, not the record's).
+        let name = network
+            .organization
+            .as_deref()
+            .map(|o| format!(" {o}"))
+            .unwrap_or_default();
+        format!(
+            "from a hosting network it first used within the hour (AS{}{name})",
+            network.asn
+        )
+    })
 }
 
 /// A failed sign-in to the console or to Identity Center's portal (a wrong password or MFA

@@ -154,11 +154,26 @@ fn main() {
         .unwrap_or(3)
         .max(1);
     let (mut ingest_rates, mut raw_rates, mut ingest_cpus) = (Vec::new(), Vec::new(), Vec::new());
+    let mut compact_rates = Vec::new();
     for round in 1..=rounds {
         let topics = format!("{run}-{round}");
         let children = cpu_seconds(Whose::Children);
-        let (ingest_secs, with_start_up) = ingest_file(&ingest, &brokers, &path, &topics, n);
+        let (ingest_secs, with_start_up) =
+            ingest_file(&ingest, &brokers, &path, &topics, n, "json");
         let ingest_cpu = cpu_seconds(Whose::Children) - children;
+        // The same with the activities in the compact encoding (docs/wire.md).
+        let children = cpu_seconds(Whose::Children);
+        let (compact_secs, _) = ingest_file(
+            &ingest,
+            &brokers,
+            &path,
+            &format!("{topics}-compact"),
+            n,
+            "compact",
+        );
+        let compact_cpu = cpu_seconds(Whose::Children) - children;
+        let compact_rate = n as f64 / compact_secs;
+        compact_rates.push(compact_rate);
         let own = cpu_seconds(Whose::Own);
         let raw_secs = raw_publish(&brokers, &records, &topics);
         let raw_cpu = cpu_seconds(Whose::Own) - own;
@@ -170,6 +185,10 @@ fn main() {
             bytes as f64 / 1e6 / raw_secs,
             raw_cpu * 1e6 / n as f64,
             100.0 * ingest_rate / raw_rate
+        );
+        println!(
+            "round {round}: ingest files → topic, compact activities: {compact_rate:.0} records/s ({compact_secs:.2} s; {:.1} µs of CPU a record)",
+            compact_cpu * 1e6 / n as f64
         );
         ingest_rates.push(ingest_rate);
         raw_rates.push(raw_rate);
@@ -187,6 +206,11 @@ fn main() {
     println!(
         "ingest files / raw publish: {:.0} % (medians)",
         100.0 * ingest_rate / raw_rate
+    );
+    let compact_rate = median(&mut compact_rates);
+    println!(
+        "ingest files → topic, compact activities: {compact_rate:.0} records/s, median of {rounds} ({:.0} % of the raw publish)",
+        100.0 * compact_rate / raw_rate
     );
     // Less bound to what else the machine runs than the rates: the CPU ingest used (all its
     // threads, start-up included), a record.
@@ -234,9 +258,17 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Runs `ingest files` on `path` (`n` records) into `{topics}.activities`: its time by its own
-/// summary (from its first read, its producer connected), and with start-up and connecting.
-fn ingest_file(ingest: &str, brokers: &str, path: &Path, topics: &str, n: usize) -> (f64, f64) {
+/// Runs `ingest files` on `path` (`n` records) into `{topics}.activities`, the activities in
+/// `encoding` (`publish.activity_encoding`): its time by its own summary (from its first read,
+/// its producer connected), and with start-up and connecting.
+fn ingest_file(
+    ingest: &str,
+    brokers: &str,
+    path: &Path,
+    topics: &str,
+    n: usize,
+    encoding: &str,
+) -> (f64, f64) {
     let started = Instant::now();
     let output = std::process::Command::new(ingest)
         .args([
@@ -252,6 +284,7 @@ fn ingest_file(ingest: &str, brokers: &str, path: &Path, topics: &str, n: usize)
             format!("{topics}.activities"),
         )
         .env("TRAILGUARD_KAFKA__TOPICS__DLQ", format!("{topics}.dlq"))
+        .env("TRAILGUARD_PUBLISH__ACTIVITY_ENCODING", encoding)
         .env("TRAILGUARD_LOG__LEVEL", "warn")
         .stderr(std::process::Stdio::null())
         .output()

@@ -87,6 +87,9 @@ pub const CATEGORIES: &[&str] = &[
     "corporate",
 ];
 
+/// The categories of anonymising services: the caller hides where it is.
+pub const ANONYMISING: &[&str] = &["tor", "vpn", "proxy"];
+
 /// One list of addresses: one IP or CIDR per line (`#` starts a comment; a CSV line's first
 /// column is used), all of one category.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -176,6 +176,14 @@ pub const AWS_ASNS: &[u32] = &[
     16509, 14618, 8987, 7224, 9059, 10124, 17493, 38895, 39111, 58588, 62785, 135630,
 ];
 
+/// Whether `a` came from one of Amazon's networks ([`AWS_ASNS`]), as the AS database says.
+pub fn on_aws_network(a: &Activity) -> bool {
+    a.enrichment
+        .network
+        .as_ref()
+        .is_some_and(|n| AWS_ASNS.contains(&n.asn))
+}
+
 /// Whether `session` is what EC2 names an instance profile's session: the instance id.
 fn is_instance_id(session: &str) -> bool {
     session.strip_prefix("i-").is_some_and(|hex| {

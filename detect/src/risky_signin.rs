@@ -103,10 +103,7 @@ impl RiskySignin {
         // People run the command line on AWS too (CloudShell, WorkSpaces, development
         // instances): for its token calls AWS's own networks are no risk; rented servers are.
         let on_aws = matches!(a.event_name.as_str(), "GetRoleCredentials" | "CreateToken")
-            && a.enrichment
-                .network
-                .as_ref()
-                .is_some_and(|n| crate::exposure::AWS_ASNS.contains(&n.asn));
+            && crate::exposure::on_aws_network(a);
         let risky: Vec<&str> = categories
             .iter()
             .map(String::as_str)

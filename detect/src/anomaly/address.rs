@@ -35,7 +35,7 @@ impl Anomalies {
             let anon: Vec<&str> = categories
                 .iter()
                 .map(String::as_str)
-                .filter(|c| matches!(*c, "tor" | "vpn" | "proxy"))
+                .filter(|c| crate::enrich::ANONYMISING.contains(c))
                 .collect();
             let d = &self.cfg.anonymous_ip;
             if !anon.is_empty() && self.on(d, a) && self.may_fire(st, format!("anon|{ip}"), t) {

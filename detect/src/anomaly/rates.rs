@@ -211,17 +211,15 @@ impl Anomalies {
 fn download_escalation(st: &PrincipalState, seen: &Seen<'_>) -> Option<String> {
     let e = &seen.a.enrichment;
     let listed = e.ip_categories.iter().find(|c| {
-        matches!(
-            c.as_str(),
-            "tor" | "vpn" | "proxy" | "malicious" | "risky-network"
-        )
+        crate::enrich::ANONYMISING.contains(&c.as_str())
+            || matches!(c.as_str(), "malicious" | "risky-network")
     });
     if let Some(listed) = listed {
         return Some(format!("from an address listed as {listed}"));
     }
     let network = e.network.as_ref()?;
     let hosting = e.ip_categories.iter().any(|c| c == "hosting");
-    if !seen.learned || !hosting || crate::exposure::AWS_ASNS.contains(&network.asn) {
+    if !seen.learned || !hosting || crate::exposure::on_aws_network(seen.a) {
         return None;
     }
     let key = super::behaviour::network(seen.a)?;

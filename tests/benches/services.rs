@@ -5,7 +5,8 @@
 //! scrapes its `trailguard_detect_activities_total` every 100 ms. Each rate runs from the first
 //! record to the last (joining the group and start-up aside). All of it twice: with the
 //! activities as JSON (ingest's default) and in the compact encoding
-//! (`publish.activity_encoding = "compact"`), each on a topic of its own. `ingest files` next
+//! (`publish.activity_encoding = "compact"`), each on a topic of its own. Beside each rate,
+//! the CPU each side spent a message (all its threads, from `/proc`). `ingest files` next
 //! to a raw publish of the same bytes is the ingest bench's.
 //!
 //! Env: `TRAILGUARD_BENCH_BROKERS`, `TRAILGUARD_TEST_BIN_DIR` (the release binaries),
@@ -90,23 +91,29 @@ fn measure(encoding: &str, path: &std::path::Path, n: usize, brokers: &str) -> R
         .create()?;
     consumer.subscribe(&[&topic])?;
     let (mut read, mut bytes, mut first) = (0usize, 0usize, None);
+    let mut raw_cpu_from = 0.0;
     let deadline = Instant::now() + Duration::from_secs(600);
     while read < n && Instant::now() < deadline {
         use rdkafka::Message as _;
         let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        first.get_or_insert_with(Instant::now);
+        if first.is_none() {
+            first = Some(Instant::now());
+            raw_cpu_from = cpu_seconds("self");
+        }
         read += 1;
         bytes += msg.payload().map_or(0, <[u8]>::len);
     }
     ensure!(read == n, "the raw consumer read {read} of {n}");
     let raw = first.map(|f| f.elapsed()).unwrap_or_default();
+    let raw_cpu = cpu_seconds("self") - raw_cpu_from;
     let raw_rate = n as f64 / raw.as_secs_f64();
     println!(
-        "    raw consume: {raw_rate:.0} activities/s ({:.0} MB/s, {:.0} bytes each)",
+        "    raw consume: {raw_rate:.0} activities/s ({:.0} MB/s, {:.0} bytes each; {:.2} µs of CPU a message)",
         bytes as f64 / 1e6 / raw.as_secs_f64(),
-        bytes as f64 / n as f64
+        bytes as f64 / n as f64,
+        raw_cpu * 1e6 / n as f64
     );
     drop(consumer);
 
@@ -131,12 +138,13 @@ fn measure(encoding: &str, path: &std::path::Path, n: usize, brokers: &str) -> R
             .unwrap_or(0.0) as usize
     };
     let deadline = Instant::now() + Duration::from_secs(1200);
-    let mut first: Option<(Instant, usize)> = None;
+    let mut first: Option<(Instant, usize, f64)> = None;
     let mut last = 0;
+    let pid = detect.child.id().to_string();
     while Instant::now() < deadline {
         let now = evaluated();
         if now > 0 && first.is_none() {
-            first = Some((Instant::now(), now));
+            first = Some((Instant::now(), now, cpu_seconds(&pid)));
         }
         last = now;
         if now >= n {
@@ -144,12 +152,38 @@ fn measure(encoding: &str, path: &std::path::Path, n: usize, brokers: &str) -> R
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (since, at_first) = first.context("detect evaluated nothing")?;
+    let cpu = cpu_seconds(&pid);
+    let (since, at_first, cpu_from) = first.context("detect evaluated nothing")?;
     ensure!(last >= n, "detect evaluated {last} of {n}");
-    let rate = (last - at_first) as f64 / since.elapsed().as_secs_f64();
+    let counted = (last - at_first) as f64;
+    let rate = counted / since.elapsed().as_secs_f64();
+    let detect_cpu = (cpu - cpu_from) * 1e6 / counted;
     println!(
-        "    detect service: {rate:.0} activities/s ({:.0} % of the raw consume), default policies",
-        100.0 * rate / raw_rate
+        "    detect service: {rate:.0} activities/s ({:.0} % of the raw consume), default policies; {detect_cpu:.2} µs of CPU an activity, all its threads ({:.1}× the raw consume's)",
+        100.0 * rate / raw_rate,
+        detect_cpu / (raw_cpu * 1e6 / n as f64)
     );
     Ok(())
+}
+
+/// CPU seconds (user + system, every thread) process `pid` (or `self`) has used so far, from
+/// `/proc/<pid>/stat`; 0 where it cannot be read. Less bound to what else the machine runs
+/// than a rate: a service that needs several times a raw consume's CPU a message cannot keep
+/// up with one on the same cores.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces;
+    // utime and stime are fields 14 and 15, and `fields` starts at field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let at = |field: usize| -> f64 {
+        fields
+            .get(field - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Clock ticks: 100 a second on Linux (`getconf CLK_TCK`).
+    (at(14) + at(15)) / 100.0
 }

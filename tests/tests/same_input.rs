@@ -248,6 +248,18 @@ fn replay(source: &Run, instances: usize, count: usize) -> Result<BTreeMap<Strin
             && scrape(&detects, "trailguard_detect_held_activities") == Some(0.0);
         settled = if done { settled + 1 } else { 0 };
     }
+    // Every evaluated activity's lag is observed, and the state gauge, set once a batch,
+    // holds the baselines of the last one too.
+    let (evaluated, lags) = (
+        scrape(&detects, evaluated),
+        scrape(&detects, "trailguard_detect_event_lag_seconds_count"),
+    );
+    ensure!(
+        evaluated == lags,
+        "{evaluated:?} evaluated, {lags:?} lags observed"
+    );
+    let entries = scrape(&detects, "trailguard_detect_state_entries");
+    ensure!(entries > Some(0.0), "state entries {entries:?} when idle");
     let records = read_topic(
         &run.topic("alerts"),
         Duration::from_secs(30),

@@ -68,7 +68,7 @@ impl Metrics {
         let lag = Histogram::with_opts(
             HistogramOpts::new(
                 "trailguard_detect_event_lag_seconds",
-                "Wall-clock time minus event time when an activity is evaluated (the clock read once a batch of up to 512 records).",
+                "Wall-clock time minus event time when an activity is evaluated (the clock read once a batch of up to 512 records, and after any send or restore).",
             )
             .buckets(vec![
                 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
@@ -299,6 +299,7 @@ pub async fn run(
         cfg: &cfg,
         metrics: &metrics,
         shutdown: &shutdown,
+        waited: Default::default(),
     };
     // Notes revoked partitions, so their state is dropped (the next owner rebuilds it from
     // the committed offset).
@@ -361,8 +362,9 @@ pub async fn run(
         tokio::task::JoinHandle<Result<Vec<Prepared>, tokio::task::JoinError>>,
     > = None;
     let mut checkpointed = std::time::Instant::now();
-    // The clock the event lag is measured against, read once a batch: a clock read is a
-    // system call on some virtual machines, once an activity it was ≈ 4 % of this thread.
+    // The clock the event lag is measured against, read once a batch and again after anything
+    // that waited (a send, a partition's restore): a clock read is a system call on some
+    // virtual machines, once an activity it was ≈ 4 % of this thread.
     let mut now = chrono::Utc::now();
     loop {
         let Some(Prepared {
@@ -382,6 +384,7 @@ pub async fn run(
                     .map_err(|e| Error::Stopped(format!("reading consumed records: {e}")))?;
                 ready.extend(batch);
                 now = chrono::Utc::now();
+                sink.take_waited();
                 // The next batch, if records wait, is read while this one is evaluated —
                 // unless a checkpoint is due (it runs when nothing is being read), or detect
                 // is stopping.
@@ -576,6 +579,7 @@ pub async fn run(
             )
             .await?;
             state.detectors.insert(partition, detector);
+            now = chrono::Utc::now();
         }
         let Some(detector) = state.detectors.get_mut(&partition) else {
             continue;
@@ -583,6 +587,9 @@ pub async fn run(
         if let Some(mut activity) = activity {
             enricher.enrich(&mut activity);
             metrics.evaluated.inc();
+            if sink.take_waited() {
+                now = chrono::Utc::now();
+            }
             let lag = (now - activity.event_time).num_milliseconds() as f64 / 1000.0;
             metrics.lag.observe(lag.max(0.0));
             // Forwarded before, if its baseline was saved: a replay does not count it twice.
@@ -1604,9 +1611,18 @@ struct Sink<'a> {
     cfg: &'a DetectConfig,
     metrics: &'a Metrics,
     shutdown: &'a CancellationToken,
+    /// Set by every send (each waits for the broker): the loop's clock is then read again
+    /// before the next activity's lag is measured.
+    waited: std::sync::atomic::AtomicBool,
 }
 
 impl Sink<'_> {
+    /// Whether anything was sent since the last call.
+    fn take_waited(&self) -> bool {
+        self.waited
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Publishes `alerts` in order ([`Sink::alert`]).
     async fn alerts(&self, alerts: Vec<Alert>) -> Result<(), Stopped> {
         for alert in &alerts {
@@ -1759,6 +1775,8 @@ impl Sink<'_> {
             &payload,
         );
         let topic = &self.cfg.kafka.topics.detect_facts;
+        self.waited
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let sent = kafka::send_until_durable_to(
             self.producer,
             topic,
@@ -1836,6 +1854,8 @@ impl Sink<'_> {
         payload: &[u8],
         headers: Option<rdkafka::message::OwnedHeaders>,
     ) -> kafka::Sent {
+        self.waited
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         kafka::send_until_durable(self.producer, topic, key, payload, headers, self.shutdown).await
     }
 

@@ -248,16 +248,38 @@ fn replay(source: &Run, instances: usize, count: usize) -> Result<BTreeMap<Strin
             && scrape(&detects, "trailguard_detect_held_activities") == Some(0.0);
         settled = if done { settled + 1 } else { 0 };
     }
-    // Every evaluated activity's lag is observed, and the state gauge, set once a batch,
-    // holds the baselines of the last one too.
-    let (evaluated, lags) = (
+    // Every evaluated activity's lag is observed, against a clock read while detect ran (it
+    // is read once a batch): the mean lag lies between the newest record's age and the
+    // oldest's, as of this run.
+    let (evaluated, lags, lag_sum) = (
         scrape(&detects, evaluated),
         scrape(&detects, "trailguard_detect_event_lag_seconds_count"),
+        scrape(&detects, "trailguard_detect_event_lag_seconds_sum"),
     );
     ensure!(
         evaluated == lags,
         "{evaluated:?} evaluated, {lags:?} lags observed"
     );
+    // The records replayed (the stream is the same every time).
+    let times: Vec<chrono::DateTime<chrono::Utc>> = stream()
+        .iter()
+        .filter_map(|r| r["eventTime"].as_str()?.parse().ok())
+        .collect();
+    let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
+        anyhow::bail!("no event times in the stream");
+    };
+    let now = chrono::Utc::now();
+    let age = |t: &chrono::DateTime<chrono::Utc>| (now - *t).num_seconds() as f64;
+    let mean = lag_sum.unwrap_or(0.0) / lags.unwrap_or(1.0);
+    // The run itself took at most its deadline: lags were measured up to that long ago.
+    ensure!(
+        (age(last) - 600.0..=age(first) + 60.0).contains(&mean),
+        "mean lag {mean} s, records aged {} to {} s",
+        age(last),
+        age(first)
+    );
+    // The state gauge, set once a batch, is set after the last one too: detect, idle, holds
+    // the baselines of the actors it evaluated.
     let entries = scrape(&detects, "trailguard_detect_state_entries");
     ensure!(entries > Some(0.0), "state entries {entries:?} when idle");
     let records = read_topic(

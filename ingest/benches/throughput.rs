@@ -20,6 +20,9 @@ use trailguard_ingest::files::{expand, Input};
 
 #[path = "../../tests/benches/support/callgrind.rs"]
 mod callgrind;
+#[path = "../../tests/benches/support/cpu.rs"]
+mod cpu;
+use cpu::{cpu_seconds, Whose};
 
 // As in the ingest binary.
 #[global_allocator]
@@ -219,37 +222,6 @@ fn main() {
         median(&mut ingest_cpus)
     );
     let _ = std::fs::remove_file(&path);
-}
-
-/// Whose CPU time [`cpu_seconds`] reads.
-enum Whose {
-    /// This process's.
-    Own,
-    /// Its children's that have ended and been waited for.
-    Children,
-}
-
-/// CPU seconds (user + system) so far, from `/proc/self/stat`; 0 where it cannot be read.
-fn cpu_seconds(whose: Whose) -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime, stime, cutime, cstime are fields 14–17; `fields` starts at field 3.
-    let at = |field: usize| -> f64 {
-        fields
-            .get(field - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let ticks = match whose {
-        Whose::Own => at(14) + at(15),
-        Whose::Children => at(16) + at(17),
-    };
-    // Clock ticks: 100 a second on Linux (`getconf CLK_TCK`).
-    ticks / 100.0
 }
 
 /// The middle value (the upper of the two middle ones for an even count).

@@ -20,6 +20,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use trailguard_tests::{admin_addr, http_get, sample_value, synthetic, Run};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::{cpu_seconds, Whose};
+
 const ACTORS: usize = 20_000;
 
 fn main() -> Result<()> {
@@ -100,14 +104,14 @@ fn measure(encoding: &str, path: &std::path::Path, n: usize, brokers: &str) -> R
         };
         if first.is_none() {
             first = Some(Instant::now());
-            raw_cpu_from = cpu_seconds("self");
+            raw_cpu_from = cpu_seconds(Whose::Own);
         }
         read += 1;
         bytes += msg.payload().map_or(0, <[u8]>::len);
     }
     ensure!(read == n, "the raw consumer read {read} of {n}");
     let raw = first.map(|f| f.elapsed()).unwrap_or_default();
-    let raw_cpu = cpu_seconds("self") - raw_cpu_from;
+    let raw_cpu = cpu_seconds(Whose::Own) - raw_cpu_from;
     let raw_rate = n as f64 / raw.as_secs_f64();
     println!(
         "    raw consume: {raw_rate:.0} activities/s ({:.0} MB/s, {:.0} bytes each; {:.2} µs of CPU a message)",
@@ -144,7 +148,7 @@ fn measure(encoding: &str, path: &std::path::Path, n: usize, brokers: &str) -> R
     while Instant::now() < deadline {
         let now = evaluated();
         if now > 0 && first.is_none() {
-            first = Some((Instant::now(), now, cpu_seconds(&pid)));
+            first = Some((Instant::now(), now, cpu_seconds(Whose::Process(&pid))));
         }
         last = now;
         if now >= n {
@@ -152,7 +156,7 @@ fn measure(encoding: &str, path: &std::path::Path, n: usize, brokers: &str) -> R
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let cpu = cpu_seconds(&pid);
+    let cpu = cpu_seconds(Whose::Process(&pid));
     let (since, at_first, cpu_from) = first.context("detect evaluated nothing")?;
     ensure!(last >= n, "detect evaluated {last} of {n}");
     let counted = (last - at_first) as f64;
@@ -164,26 +168,4 @@ fn measure(encoding: &str, path: &std::path::Path, n: usize, brokers: &str) -> R
         detect_cpu / (raw_cpu * 1e6 / n as f64)
     );
     Ok(())
-}
-
-/// CPU seconds (user + system, every thread) process `pid` (or `self`) has used so far, from
-/// `/proc/<pid>/stat`; 0 where it cannot be read. Less bound to what else the machine runs
-/// than a rate: a service that needs several times a raw consume's CPU a message cannot keep
-/// up with one on the same cores.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces;
-    // utime and stime are fields 14 and 15, and `fields` starts at field 3.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let at = |field: usize| -> f64 {
-        fields
-            .get(field - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Clock ticks: 100 a second on Linux (`getconf CLK_TCK`).
-    (at(14) + at(15)) / 100.0
 }
